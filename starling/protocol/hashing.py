@@ -18,7 +18,11 @@ import hashlib
 import hmac
 from typing import Any
 
-from starling.protocol.canonical_json import CanonicalJsonError, encode_canonical_json_lenient
+from starling.protocol.canonical_json import (
+    CanonicalJsonError,
+    encode_canonical_json,
+    encode_canonical_json_lenient,
+)
 from starling.protocol.redaction import RedactionError, redact
 from starling.protocol.room_versions import EventFormat, RoomVersion
 from starling.protocol.unpadded_base64 import decode_base64, encode_base64
@@ -33,13 +37,16 @@ class EventHashError(ValueError):
     """The event cannot be hashed (not a JSON object, no JSON form, no event ID...)."""
 
 
-def encode_event_json(obj: JsonDict) -> bytes:
+def encode_event_json(obj: JsonDict, *, strict: bool = False) -> bytes:
     """The canonical JSON that hashes and signatures are computed over.
 
-    Lenient (floats and big integers kept, as room versions 1-5 require); EventHashError
-    if `obj` has no JSON form at all.
+    Lenient by default (floats and big integers kept, as room versions 1-5 require);
+    strict=True refuses them, for building events of room versions 6+. EventHashError if
+    `obj` has no (canonical) JSON form.
     """
     try:
+        if strict:
+            return encode_canonical_json(obj)
         return encode_canonical_json_lenient(obj)
     except CanonicalJsonError as e:
         raise EventHashError(str(e)) from None
@@ -50,20 +57,20 @@ def _require_object(pdu: Any) -> None:
         raise EventHashError("event is not a JSON object")
 
 
-def compute_content_hash(pdu: JsonDict) -> bytes:
-    """The sha256 content hash of `pdu` (32 raw bytes)."""
+def compute_content_hash(pdu: JsonDict, *, strict: bool = False) -> bytes:
+    """The sha256 content hash of `pdu` (32 raw bytes). strict: see `encode_event_json`."""
     _require_object(pdu)
     stripped = {k: v for k, v in pdu.items() if k not in _NOT_IN_CONTENT_HASH}
-    return hashlib.sha256(encode_event_json(stripped)).digest()
+    return hashlib.sha256(encode_event_json(stripped, strict=strict)).digest()
 
 
-def add_content_hash(pdu: JsonDict) -> JsonDict:
+def add_content_hash(pdu: JsonDict, *, strict: bool = False) -> JsonDict:
     """A shallow copy of `pdu` with `hashes` set to {"sha256": <its content hash>}.
 
     Any other hash algorithms already present are dropped: we only know sha256, and a
-    stale entry would be signed along with it.
+    stale entry would be signed along with it. strict: see `encode_event_json`.
     """
-    digest = compute_content_hash(pdu)
+    digest = compute_content_hash(pdu, strict=strict)
     out = dict(pdu)
     out["hashes"] = {"sha256": encode_base64(digest)}
     return out
