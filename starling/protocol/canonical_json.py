@@ -1,13 +1,22 @@
-"""Canonical JSON (spec: Appendices > Canonical JSON), built on orjson.
+"""Canonical JSON (spec: Appendices > Signing JSON > Canonical JSON), and parsing JSON text
+into values that have a canonical form.
 
-orjson already writes what the spec asks: keys sorted by code point (orjson sorts UTF-8
-bytes, which orders the same), no insignificant whitespace, UTF-8 rather than \\u escapes,
-and the shortest escapes for control characters. What it does not do is refuse what has
-no canonical form: floats, and integers outside [-(2^53)+1, 2^53-1].
+Owns: `encode_canonical_json` (the bytes that get hashed and signed), its lenient twin for
+room versions 1-5 (whose events may carry floats and big integers), and the two parsers
+`parse_json_strict` (room versions 6+ PDUs, client bodies) and `parse_json_lenient`.
+
+orjson with OPT_SORT_KEYS already writes what the spec asks: keys sorted by code point
+(orjson sorts by UTF-8 bytes, which is the same order), no insignificant whitespace, raw
+UTF-8 instead of \\u escapes, the short escapes for \\b \\t \\n \\f \\r \\" \\\\ and lower-case
+\\u00XX for the other C0 controls. OPT_STRICT_INTEGER refuses integers outside exactly
+[-(2**53)+1, 2**53-1], the spec's range, and orjson itself refuses non-str keys, lone
+surrogates and nesting deeper than 254. What orjson does not refuse is floats (it writes
+NaN and infinity as null), so one type walk over the value remains, see `_check_types`.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -15,34 +24,176 @@ import orjson
 MAX_SAFE_INT = 2**53 - 1
 MIN_SAFE_INT = -(2**53) + 1
 
+_STRICT = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
+
 
 class CanonicalJsonError(ValueError):
-    """The value has no canonical JSON form."""
+    """The value has no canonical JSON form, or the JSON text does not parse to one."""
 
 
-def _check(value: Any) -> None:
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, dict):
-            for k, item in v.items():
-                if not isinstance(k, str):
-                    raise CanonicalJsonError("object keys must be strings")
-                stack.append(item)
-        elif isinstance(v, (list, tuple)):
-            stack.extend(v)
-        elif isinstance(v, bool) or v is None or isinstance(v, str):
-            continue
-        elif isinstance(v, int):
-            if not MIN_SAFE_INT <= v <= MAX_SAFE_INT:
-                raise CanonicalJsonError(f"integer {v} is outside the canonical JSON range")
-        elif isinstance(v, float):
-            raise CanonicalJsonError("floats are not allowed in canonical JSON")
-        else:
-            raise CanonicalJsonError(f"{type(v).__name__} is not a JSON type")
+def _check_types(value: Any) -> None:
+    """Refuse floats and anything that is not a JSON type, anywhere in `value`.
+
+    Runs after orjson.dumps succeeded, so depth is at most 254 and recursion is safe.
+    Measured on typical events (see the module tests' notes): a plain loop with `type(x)
+    is str` checks beats both an explicit stack and testing whole containers with
+    `frozenset.issuperset(map(type, ...))`, because event containers are small.
+    """
+    t = type(value)
+    if t is dict:
+        for item in value.values():
+            ti = type(item)
+            if ti is str or ti is int:
+                continue
+            _check_types(item)
+    elif t is list:
+        for item in value:
+            ti = type(item)
+            if ti is str or ti is int:
+                continue
+            _check_types(item)
+    elif t is str or t is int or t is bool or value is None:
+        return
+    else:
+        _check_other(value)
+
+
+def _check_other(value: Any) -> None:
+    """The slow path: floats, and subclasses of the JSON types (orjson encodes those as
+    their base type, and so does the stdlib json module)."""
+    if isinstance(value, float):
+        raise CanonicalJsonError("floats are not allowed in canonical JSON")
+    if isinstance(value, (str, int)):  # bool is an int subclass
+        return
+    if isinstance(value, dict):
+        for item in value.values():
+            _check_types(item)
+        return
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _check_types(item)
+        return
+    # orjson would happily encode dataclasses, datetimes, UUIDs...; those are not JSON.
+    raise CanonicalJsonError(f"{type(value).__name__} is not a JSON type")
 
 
 def encode_canonical_json(value: Any) -> bytes:
     """The canonical JSON bytes of `value`; CanonicalJsonError if it has none."""
-    _check(value)
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    try:
+        out = orjson.dumps(value, option=_STRICT)
+    except orjson.JSONEncodeError as e:
+        raise CanonicalJsonError(f"no canonical JSON form: {e}") from None
+    _check_types(value)
+    return out
+
+
+def encode_canonical_json_lenient(value: Any) -> bytes:
+    """Canonical-style JSON for room versions 1-5, whose events may hold floats and
+    integers outside the safe range (spec: "Servers SHOULD be capable of handling JSON
+    which is considered invalid by these restrictions").
+
+    Gives the same bytes as the stdlib-based encoders other servers use (Synapse's
+    `canonicaljson`), so their hashes and signatures verify. NaN and infinity have no JSON
+    form and are refused.
+    """
+    try:
+        return encode_canonical_json(value)
+    except CanonicalJsonError:
+        pass
+    # Slow path, only for the rare out-of-range value: the stdlib spells floats the way
+    # Python's repr does (1e-07), which is what the sender hashed; orjson writes 1e-7.
+    try:
+        text = json.dumps(
+            value,
+            ensure_ascii=False,
+            separators=(",", ":"),
+            sort_keys=True,
+            allow_nan=False,
+        )
+        return text.encode("utf-8")
+    except (TypeError, ValueError, RecursionError, UnicodeEncodeError) as e:
+        raise CanonicalJsonError(f"no JSON form: {e}") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise CanonicalJsonError(f"{name} is not valid JSON")
+
+
+def parse_json_strict(data: bytes | bytearray | memoryview | str) -> Any:
+    """Parse JSON text that must have a canonical form: no floats (1.5, 1e10, 1.0), no
+    integers outside [-(2**53)+1, 2**53-1], no NaN/Infinity, valid UTF-8 without lone
+    surrogates. Duplicate keys are allowed (the last one wins). `-0` parses as 0.
+
+    For room versions 6+ PDUs and for client request bodies. CanonicalJsonError otherwise.
+    """
+    value = _orjson_loads(data)
+    try:
+        _check_parsed(value, strict=True)
+    except RecursionError:
+        raise CanonicalJsonError("JSON nested too deeply") from None
+    return value
+
+
+def parse_json_lenient(data: bytes | bytearray | memoryview | str) -> Any:
+    """Parse any standard JSON text: floats and big integers are kept (big integers
+    exactly), NaN/Infinity and invalid UTF-8 are refused. For room versions 1-5.
+    CanonicalJsonError on text that is not JSON.
+    """
+    value = _orjson_loads(data)
+    try:
+        exact = _check_parsed(value, strict=False)
+    except RecursionError:
+        raise CanonicalJsonError("JSON nested too deeply") from None
+    if exact:
+        return value
+    # orjson turns integers beyond 64 bits into floats; re-parse with the stdlib, which
+    # keeps them exact. Only reached when the text held a float-looking number.
+    text = data if isinstance(data, str) else bytes(data).decode("utf-8")
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as e:
+        raise CanonicalJsonError(f"invalid JSON: {e}") from None
+
+
+def _orjson_loads(data: bytes | bytearray | memoryview | str) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise CanonicalJsonError(f"invalid JSON: {e}") from None
+    except TypeError as e:  # not bytes/str at all
+        raise CanonicalJsonError(f"JSON input must be bytes or str: {e}") from None
+
+
+def _check_parsed(value: Any, *, strict: bool) -> bool:
+    """Walk a freshly parsed value (only dict, list, str, int, float, bool, None occur).
+
+    strict: raise on floats and out-of-range ints. Not strict: return False if a float
+    was seen (so the caller can re-parse exactly), True otherwise.
+    """
+    t = type(value)
+    items: Any
+    if t is dict:
+        items = value.values()
+    elif t is list:
+        items = value
+    elif t is int:
+        if strict and not MIN_SAFE_INT <= value <= MAX_SAFE_INT:
+            raise CanonicalJsonError(f"integer {value} is outside the canonical JSON range")
+        return True
+    elif t is float:
+        if strict:
+            raise CanonicalJsonError("floats are not allowed in canonical JSON")
+        return False
+    else:
+        return True
+    # Fast path: a container of strings, bools and nulls needs no look inside.
+    if _PARSED_LEAVES.issuperset(map(type, items)):
+        return True
+    ok = True
+    for item in items:
+        if type(item) not in _PARSED_LEAVES and not _check_parsed(item, strict=strict):
+            ok = False
+    return ok
+
+
+_PARSED_LEAVES = frozenset({str, bool, type(None)})
