@@ -363,7 +363,7 @@ def test_malformed_input_never_raises(
         e = Event(pdu, f"$s{i}", rv)
         auth_state[e.state_map_key] = e
     if with_create:
-        create = {"type": "m.room.create", "state_key": "", "sender": ALICE}
+        create: dict[str, Any] = {"type": "m.room.create", "state_key": "", "sender": ALICE}
         create["content"] = create_content
         if not rv.room_id_from_create_event:
             create["room_id"] = ROOM
@@ -376,3 +376,28 @@ def test_malformed_input_never_raises(
     assert isinstance(check_auth_events_list(ev, list(auth_state.values())), AuthDecision)
     keys = auth_types_for_event(ev.type, ev.state_key, ev.sender, ev.content, rv)
     assert all(isinstance(t, str) and isinstance(s, str) for t, s in keys)
+
+
+_TPI_SCENARIO = next(s for s in SCENARIOS if s.name == "third_party_invite_v1_allowed")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    signed_extra=st.dictionaries(st.sampled_from(["signatures", "mxid", "token", "x"]), _json),
+    invite_content=st.dictionaries(st.sampled_from(["public_key", "public_keys", "x"]), _json),
+)
+def test_malformed_third_party_invite_never_raises(
+    signed_extra: dict[str, Any], invite_content: dict[str, Any]
+) -> None:
+    s = _TPI_SCENARIO
+    pdu = copy.deepcopy(s.event.pdu)
+    pdu["content"]["third_party_invite"]["signed"].update(signed_extra)
+    event = Event(pdu, s.event.event_id, s.room_version)
+    state = dict(s.state)
+    key = ("m.room.third_party_invite", "tok123")
+    invite = state[key]
+    state[key] = Event({**invite.pdu, "content": invite_content}, invite.event_id, s.room_version)
+    decision = check_auth_rules(event, state)
+    assert isinstance(decision, AuthDecision)
+    # The invite's real public key is gone, so nothing can verify any more.
+    assert not decision.allowed
