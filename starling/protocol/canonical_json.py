@@ -128,7 +128,7 @@ def parse_json_strict(data: bytes | bytearray | memoryview | str) -> Any:
     """
     value = _orjson_loads(data)
     try:
-        _check_parsed(value, strict=True)
+        _check_parsed(value)
     except RecursionError:
         raise CanonicalJsonError("JSON nested too deeply") from None
     return value
@@ -141,11 +141,10 @@ def parse_json_lenient(data: bytes | bytearray | memoryview | str) -> Any:
     """
     value = _orjson_loads(data)
     try:
-        exact = _check_parsed(value, strict=False)
+        if not _has_float(value):
+            return value
     except RecursionError:
         raise CanonicalJsonError("JSON nested too deeply") from None
-    if exact:
-        return value
     # orjson turns integers beyond 64 bits into floats; re-parse with the stdlib, which
     # keeps them exact. Only reached when the text held a float-looking number.
     text = data if isinstance(data, str) else bytes(data).decode("utf-8")
@@ -164,12 +163,9 @@ def _orjson_loads(data: bytes | bytearray | memoryview | str) -> Any:
         raise CanonicalJsonError(f"JSON input must be bytes or str: {e}") from None
 
 
-def _check_parsed(value: Any, *, strict: bool) -> bool:
-    """Walk a freshly parsed value (only dict, list, str, int, float, bool, None occur).
-
-    strict: raise on floats and out-of-range ints. Not strict: return False if a float
-    was seen (so the caller can re-parse exactly), True otherwise.
-    """
+def _check_parsed(value: Any) -> None:
+    """Refuse floats and out-of-range ints in a freshly parsed value (only dict, list,
+    str, int, float, bool and None occur). Same plain-loop shape as `_check_types`."""
     t = type(value)
     items: Any
     if t is dict:
@@ -177,23 +173,32 @@ def _check_parsed(value: Any, *, strict: bool) -> bool:
     elif t is list:
         items = value
     elif t is int:
-        if strict and not MIN_SAFE_INT <= value <= MAX_SAFE_INT:
+        if not MIN_SAFE_INT <= value <= MAX_SAFE_INT:
             raise CanonicalJsonError(f"integer {value} is outside the canonical JSON range")
-        return True
+        return
     elif t is float:
-        if strict:
-            raise CanonicalJsonError("floats are not allowed in canonical JSON")
-        return False
+        raise CanonicalJsonError("floats are not allowed in canonical JSON")
     else:
-        return True
-    # Fast path: a container of strings, bools and nulls needs no look inside.
-    if _PARSED_LEAVES.issuperset(map(type, items)):
-        return True
-    ok = True
+        return
     for item in items:
-        if type(item) not in _PARSED_LEAVES and not _check_parsed(item, strict=strict):
-            ok = False
-    return ok
+        if type(item) is not str:
+            _check_parsed(item)
 
 
-_PARSED_LEAVES = frozenset({str, bool, type(None)})
+def _has_float(value: Any) -> bool:
+    """Whether a freshly parsed value holds a float anywhere."""
+    t = type(value)
+    items: Any
+    if t is dict:
+        items = value.values()
+    elif t is list:
+        items = value
+    else:
+        return t is float
+    for item in items:
+        ti = type(item)
+        if ti is str or ti is int:
+            continue
+        if _has_float(item):
+            return True
+    return False
