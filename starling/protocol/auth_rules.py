@@ -24,13 +24,11 @@ from typing import Any
 
 from starling.protocol.event import Event, StateKey
 from starling.protocol.power_levels import (
-    NAMED_LEVELS,
-    InvalidPowerLevel,
     PowerLevels,
     creators,
     is_valid_user_id,
     original_creator,
-    parse_power_level_value,
+    power_levels_change_error,
     server_of,
 )
 from starling.protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
@@ -215,9 +213,17 @@ def check_auth_rules(event: Event, auth_state: Mapping[StateKey, Event]) -> Auth
         if event.state_key != sender:
             return _deny("state_key starting with @ is not the sender")
 
-    # Rule 10.
+    # Rule 10 (rule 9 in rooms 6-11).
     if etype == "m.room.power_levels":
-        return _check_power_levels(event, pl_event, pl, sender_level, rules)
+        error = power_levels_change_error(
+            event.content,
+            pl_event.content if pl_event is not None else None,
+            sender,
+            sender_level,
+            pl.creators,
+            rules,
+        )
+        return ALLOWED if error is None else _deny(error)
 
     # Rule 11 (rooms 1-2 only; later versions check redactions when applying them).
     if etype == "m.room.redaction" and rules.redaction_auth_rule:
@@ -467,163 +473,3 @@ def _third_party_signature_matches(signed: dict[str, Any], content: Mapping[str,
                     continue
                 return True
     return False
-
-
-# --- Rule 10: power levels -----------------------------------------------------------------
-
-
-class _Levels:
-    """The values a power-levels content sets explicitly: named levels and the three maps."""
-
-    __slots__ = ("events", "named", "notifications", "users")
-
-    def __init__(self) -> None:
-        self.named: dict[str, int] = {}
-        self.events: dict[str, int] = {}
-        self.notifications: dict[str, int] = {}
-        self.users: dict[str, int] = {}
-
-
-def _parse_new_levels(content: Mapping[str, Any], rules: RoomVersion) -> _Levels | str:
-    """The explicit values of a proposed power-levels content, or why it is invalid.
-
-    Rule 10.1 (rooms 1-9) only spells out `users`; the other values are held to the same
-    form here, since their meaning would otherwise be undefined. Rooms 10+ (rules 9.1-9.3)
-    demand JSON integers throughout. `notifications` is only looked at from room 6 on,
-    the version that brought it under the rules. An absent `users` means no entries.
-    """
-    levels = _Levels()
-    for name in NAMED_LEVELS:
-        if name in content:
-            try:
-                levels.named[name] = parse_power_level_value(content[name], rules)
-            except InvalidPowerLevel:
-                return f"{name} is not a valid power level"
-    maps: list[tuple[str, dict[str, int]]] = [("events", levels.events)]
-    if rules.limit_notifications_power_levels:
-        maps.append(("notifications", levels.notifications))
-    for name, target in maps:
-        if name not in content:
-            continue
-        value = content[name]
-        if not isinstance(value, dict):
-            return f"{name} is not an object"
-        for key, level in value.items():
-            try:
-                target[key] = parse_power_level_value(level, rules)
-            except InvalidPowerLevel:
-                return f"{name} has an invalid power level for {key!r}"
-    users = content.get("users", {})
-    if not isinstance(users, dict):
-        return "users is not an object"
-    for user_id, level in users.items():
-        if not is_valid_user_id(user_id):
-            return f"users has an invalid user ID {user_id!r}"
-        try:
-            levels.users[user_id] = parse_power_level_value(level, rules)
-        except InvalidPowerLevel:
-            return f"users has an invalid power level for {user_id}"
-    return levels
-
-
-def _parse_old_levels(content: Mapping[str, Any], rules: RoomVersion) -> _Levels:
-    """The explicit values of the power-levels event in the state, leniently: entries this
-    room version cannot parse count as absent."""
-    levels = _Levels()
-    for name in NAMED_LEVELS:
-        if name in content:
-            try:
-                levels.named[name] = parse_power_level_value(content[name], rules)
-            except InvalidPowerLevel:
-                pass
-    for name, target in (
-        ("events", levels.events),
-        ("notifications", levels.notifications),
-        ("users", levels.users),
-    ):
-        value = content.get(name)
-        if isinstance(value, dict):
-            for key, level in value.items():
-                try:
-                    target[key] = parse_power_level_value(level, rules)
-                except InvalidPowerLevel:
-                    pass
-    return levels
-
-
-def _check_power_levels(
-    event: Event,
-    current: Event | None,
-    pl: PowerLevels,
-    sender_level: int | float,
-    rules: RoomVersion,
-) -> AuthDecision:
-    """Rule 10 (rule 9 in rooms 6-11, rule 10 again in room 12)."""
-    new = _parse_new_levels(event.content, rules)
-    if isinstance(new, str):
-        return _deny(new)
-    if rules.privileged_creators:
-        # Room 12, rule 10.4: creators are never listed; their level is fixed at infinity.
-        listed = pl.creators.intersection(new.users)
-        if listed:
-            return _deny(f"users lists the room creator {min(listed)}")
-    if current is None:  # rule 10.2: the first power-levels event
-        return ALLOWED
-    old = _parse_old_levels(current.content, rules)
-    sender = event.sender
-
-    # Rule 10.3: added, changed or removed named levels; an absent side is not compared.
-    for name in NAMED_LEVELS:
-        before = old.named.get(name)
-        after = new.named.get(name)
-        if before == after:
-            continue
-        if before is not None and before > sender_level:
-            return _deny(f"{name} is above the power level of {sender}")
-        if after is not None and after > sender_level:
-            return _deny(f"new {name} is above the power level of {sender}")
-
-    # Rules 10.4/10.5 (and `notifications` from room 6 on).
-    maps = [("events", old.events, new.events)]
-    if rules.limit_notifications_power_levels:
-        maps.append(("notifications", old.notifications, new.notifications))
-    for name, before_map, after_map in maps:
-        denial = _check_map_changes(name, before_map, after_map, sender_level, sender)
-        if denial is not None:
-            return denial
-
-    # Rules 10.6/10.7: other users' entries at or above the sender's level are untouchable;
-    # nobody may be raised above the sender.
-    for user_id in _keys_of_both(old.users, new.users):
-        before = old.users.get(user_id)
-        after = new.users.get(user_id)
-        if before == after:
-            continue
-        if user_id != sender and before is not None and before >= sender_level:
-            return _deny(f"power level of {user_id} is not below that of {sender}")
-        if after is not None and after > sender_level:
-            return _deny(f"new power level of {user_id} is above that of {sender}")
-    return ALLOWED
-
-
-def _keys_of_both(before: Mapping[str, int], after: Mapping[str, int]) -> set[str]:
-    return set(before).union(after)
-
-
-def _check_map_changes(
-    name: str,
-    before_map: Mapping[str, int],
-    after_map: Mapping[str, int],
-    sender_level: int | float,
-    sender: str,
-) -> AuthDecision | None:
-    for key in _keys_of_both(before_map, after_map):
-        before = before_map.get(key)
-        after = after_map.get(key)
-        if before == after:
-            continue
-        if before is not None and before > sender_level:
-            return _deny(f"{name} level of {key} is above the power level of {sender}")
-        if after is not None and after > sender_level:
-            return _deny(f"new {name} level of {key} is above the power level of {sender}")
-    return None

@@ -10,7 +10,8 @@ Sources: Client-Server API > Permissions and the `m.room.power_levels` schema (d
 Room Version 1 > "values as strings" / "values as floats"; Room Version 10 (integers only);
 Room Version 12 (creators have an infinite level). Reading is lenient: a value this room
 version cannot parse falls back to the default, because the event is already in the room.
-Whether a *new* power-levels event is acceptable is the auth rules' business (auth_rules.py).
+`power_levels_change_error` is auth rule 10 (whether a new power-levels content may
+replace the current one), strict where reading is lenient; auth_rules.py calls it.
 """
 
 from __future__ import annotations
@@ -251,3 +252,169 @@ class PowerLevels:
             f"msg={self.events_default} invite={self.invite} kick={self.kick} "
             f"ban={self.ban} redact={self.redact} creators={sorted(self.creators)!r}>"
         )
+
+
+# --- Whether a new power-levels content is acceptable (auth rule 10) ---------------------
+
+
+class _Levels:
+    """The values a power-levels content sets explicitly: named levels and the three maps."""
+
+    __slots__ = ("events", "named", "notifications", "users")
+
+    def __init__(self) -> None:
+        self.named: dict[str, int] = {}
+        self.events: dict[str, int] = {}
+        self.notifications: dict[str, int] = {}
+        self.users: dict[str, int] = {}
+
+
+def _parse_new_levels(content: Mapping[str, Any], rules: RoomVersion) -> _Levels | str:
+    """The explicit values of a proposed power-levels content, or why it is invalid.
+
+    Rule 10.1 (rooms 1-9) only spells out `users`; the other values are held to the same
+    form here, since their meaning would otherwise be undefined. Rooms 10+ (rules 9.1-9.3)
+    demand JSON integers throughout. `notifications` is only looked at from room 6 on,
+    the version that brought it under the rules. An absent `users` means no entries.
+    """
+    levels = _Levels()
+    for name in NAMED_LEVELS:
+        if name in content:
+            try:
+                levels.named[name] = parse_power_level_value(content[name], rules)
+            except InvalidPowerLevel:
+                return f"{name} is not a valid power level"
+    maps: list[tuple[str, dict[str, int]]] = [("events", levels.events)]
+    if rules.limit_notifications_power_levels:
+        maps.append(("notifications", levels.notifications))
+    for name, target in maps:
+        if name not in content:
+            continue
+        value = content[name]
+        if not isinstance(value, dict):
+            return f"{name} is not an object"
+        for key, level in value.items():
+            try:
+                target[key] = parse_power_level_value(level, rules)
+            except InvalidPowerLevel:
+                return f"{name} has an invalid power level for {key!r}"
+    users = content.get("users", {})
+    if not isinstance(users, dict):
+        return "users is not an object"
+    for user_id, level in users.items():
+        if not is_valid_user_id(user_id):
+            return f"users has an invalid user ID {user_id!r}"
+        try:
+            levels.users[user_id] = parse_power_level_value(level, rules)
+        except InvalidPowerLevel:
+            return f"users has an invalid power level for {user_id}"
+    return levels
+
+
+def _parse_old_levels(content: Mapping[str, Any], rules: RoomVersion) -> _Levels:
+    """The explicit values of the power-levels event in the state, leniently: entries this
+    room version cannot parse count as absent."""
+    levels = _Levels()
+    for name in NAMED_LEVELS:
+        if name in content:
+            try:
+                levels.named[name] = parse_power_level_value(content[name], rules)
+            except InvalidPowerLevel:
+                pass
+    for name, target in (
+        ("events", levels.events),
+        ("notifications", levels.notifications),
+        ("users", levels.users),
+    ):
+        value = content.get(name)
+        if isinstance(value, dict):
+            for key, level in value.items():
+                try:
+                    target[key] = parse_power_level_value(level, rules)
+                except InvalidPowerLevel:
+                    pass
+    return levels
+
+
+def power_levels_change_error(
+    new_content: Mapping[str, Any],
+    current_content: Mapping[str, Any] | None,
+    sender: str,
+    sender_level: int | float,
+    room_creators: frozenset[str],
+    room_version: RoomVersion,
+) -> str | None:
+    """Why `sender` (at `sender_level` under the current power levels) may not replace
+    `current_content` (None: there is none yet) with `new_content`, or None if they may.
+
+    Auth rule 10 of room 1 (rule 9 in rooms 6-11, 10 again in room 12), after the rules
+    on membership and required levels have passed.
+    """
+    rules = room_version
+    new = _parse_new_levels(new_content, rules)
+    if isinstance(new, str):
+        return new
+    if rules.privileged_creators:
+        # Room 12, rule 10.4: creators are never listed; their level is fixed at infinity.
+        listed = room_creators.intersection(new.users)
+        if listed:
+            return f"users lists the room creator {min(listed)}"
+    if current_content is None:  # rule 10.2: the first power-levels event
+        return None
+    old = _parse_old_levels(current_content, rules)
+
+    # Rule 10.3: added, changed or removed named levels; an absent side is not compared.
+    for name in NAMED_LEVELS:
+        before = old.named.get(name)
+        after = new.named.get(name)
+        if before == after:
+            continue
+        if before is not None and before > sender_level:
+            return f"{name} is above the power level of {sender}"
+        if after is not None and after > sender_level:
+            return f"new {name} is above the power level of {sender}"
+
+    # Rules 10.4/10.5 (and `notifications` from room 6 on).
+    maps = [("events", old.events, new.events)]
+    if rules.limit_notifications_power_levels:
+        maps.append(("notifications", old.notifications, new.notifications))
+    for name, before_map, after_map in maps:
+        error = _map_change_error(name, before_map, after_map, sender_level, sender)
+        if error is not None:
+            return error
+
+    # Rules 10.6/10.7: other users' entries at or above the sender's level are untouchable;
+    # nobody may be raised above the sender.
+    for user_id in _keys_of_both(old.users, new.users):
+        before = old.users.get(user_id)
+        after = new.users.get(user_id)
+        if before == after:
+            continue
+        if user_id != sender and before is not None and before >= sender_level:
+            return f"power level of {user_id} is not below that of {sender}"
+        if after is not None and after > sender_level:
+            return f"new power level of {user_id} is above that of {sender}"
+    return None
+
+
+def _keys_of_both(before: Mapping[str, int], after: Mapping[str, int]) -> set[str]:
+    return set(before).union(after)
+
+
+def _map_change_error(
+    name: str,
+    before_map: Mapping[str, int],
+    after_map: Mapping[str, int],
+    sender_level: int | float,
+    sender: str,
+) -> str | None:
+    for key in _keys_of_both(before_map, after_map):
+        before = before_map.get(key)
+        after = after_map.get(key)
+        if before == after:
+            continue
+        if before is not None and before > sender_level:
+            return f"{name} level of {key} is above the power level of {sender}"
+        if after is not None and after > sender_level:
+            return f"new {name} level of {key} is above the power level of {sender}"
+    return None

@@ -228,3 +228,48 @@ def test_malformed_content_is_read_with_defaults() -> None:
         pl = PowerLevels.from_state(_create(v1, creator=ALICE), _pl(v1, content), v1)
         assert pl.user_level(BOB) == 0
         assert pl.notification_level("room") == 50
+
+
+def test_power_levels_change_error() -> None:
+    from starling.protocol.power_levels import power_levels_change_error
+
+    v6, v10, v12 = (get_room_version(v) for v in ("6", "10", "12"))
+    current = {"users": {ALICE: 100, BOB: 50}, "ban": 50}
+    none = frozenset[str]()
+    # Absent on one side is not compared: bob may add a kick level within his own.
+    assert power_levels_change_error({**current, "kick": 40}, current, BOB, 50, none, v6) is None
+    assert "kick" in str(
+        power_levels_change_error({**current, "kick": 60}, current, BOB, 50, none, v6)
+    )
+    # Own entry may go down; others at the sender's level may not be touched.
+    assert (
+        power_levels_change_error(
+            {"users": {ALICE: 100, BOB: 0}, "ban": 50}, current, BOB, 50, none, v6
+        )
+        is None
+    )
+    demote = {"users": {ALICE: 100, BOB: 50, CAROL: 0}, "ban": 50}
+    with_carol = {"users": {ALICE: 100, BOB: 50, CAROL: 50}, "ban": 50}
+    assert "not below" in str(power_levels_change_error(demote, with_carol, BOB, 50, none, v6))
+    # Same value in another form is no change (rooms 1-9).
+    assert (
+        power_levels_change_error(
+            {"users": {ALICE: "100", BOB: 50}, "ban": " 50"}, current, BOB, 50, none, v6
+        )
+        is None
+    )
+    assert (
+        power_levels_change_error({"users": {ALICE: "100"}}, None, ALICE, 100, none, v10)
+        is not None
+    )
+    # Room 12: creators are never listed, and an infinite sender can grant any integer.
+    creators_ = frozenset({ALICE})
+    assert "creator" in str(
+        power_levels_change_error({"users": {ALICE: 100}}, None, ALICE, math.inf, creators_, v12)
+    )
+    assert (
+        power_levels_change_error(
+            {"users": {BOB: 2**53 - 1}}, {"users": {}}, ALICE, math.inf, creators_, v12
+        )
+        is None
+    )
