@@ -1,0 +1,194 @@
+"""The PostgreSQL engine: an asyncpg connection pool.
+
+Each ``transaction()`` holds one pooled connection for its whole block; reads and single
+writes outside transactions borrow any connection for one statement. ``?`` placeholders
+are rewritten to ``$n`` (cached per SQL string) and asyncpg caches the prepared statements
+per connection.
+
+Also here: :func:`create_database` / :func:`drop_database`, used by tests and by
+``starling`` setup commands.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import asyncpg
+
+from starling.storage.database import (
+    Database,
+    IntegrityError,
+    Row,
+    StorageError,
+    Transaction,
+    UniqueViolation,
+)
+from starling.storage.dialect import POSTGRES, to_dollar_params
+
+T = TypeVar("T")
+
+STATEMENT_CACHE_SIZE = 512
+
+
+def _rowcount(status: str) -> int:
+    """Rows changed, from a command status such as ``UPDATE 3`` or ``INSERT 0 1``."""
+    last = status.rpartition(" ")[2]
+    return int(last) if last.isdigit() else 0
+
+
+async def _translated(call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except asyncpg.UniqueViolationError as e:
+        raise UniqueViolation(str(e)) from e
+    except asyncpg.IntegrityConstraintViolationError as e:
+        raise IntegrityError(str(e)) from e
+
+
+class PostgresDatabase(Database):
+    sql = POSTGRES
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._closed = False
+
+    @classmethod
+    async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> PostgresDatabase:
+        try:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min(min_size, max_size),
+                max_size=max_size,
+                statement_cache_size=STATEMENT_CACHE_SIZE,
+            )
+        except (OSError, asyncpg.PostgresError) as e:
+            raise StorageError(f"cannot connect to PostgreSQL at {_redact(dsn)}: {e}") from e
+        return cls(pool)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError("database is closed")
+
+    async def fetch_all(self, sql: str, *args: Any) -> list[Row]:
+        self._check_open()
+        rows: list[Row] = await _translated(self._pool.fetch(to_dollar_params(sql), *args))
+        return rows
+
+    async def fetch_one(self, sql: str, *args: Any) -> Row | None:
+        self._check_open()
+        row: Row | None = await _translated(self._pool.fetchrow(to_dollar_params(sql), *args))
+        return row
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        self._check_open()
+        status = await _translated(self._pool.execute(to_dollar_params(sql), *args))
+        return _rowcount(status)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        self._check_open()
+        async with self._pool.acquire() as conn:
+            pg_txn = conn.transaction()
+            await pg_txn.start()
+            txn = PostgresTransaction(conn)
+            committed = False
+            try:
+                yield txn
+                txn.active = False
+                await _translated(pg_txn.commit())
+                committed = True
+            finally:
+                txn.active = False
+                if not committed and not conn.is_closed():
+                    try:
+                        await pg_txn.rollback()
+                    except (asyncpg.PostgresError, asyncpg.InterfaceError):
+                        # A failed COMMIT has already ended the transaction; anything else
+                        # broken is dealt with by the pool when the connection is released.
+                        pass
+                txn._finish(committed)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._pool.close()
+
+
+class PostgresTransaction(Transaction):
+    sql = POSTGRES
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        super().__init__()
+        self._conn = conn
+        self.active = True
+
+    def _run(self, method: Callable[..., Awaitable[T]], sql: str, *args: Any) -> Awaitable[T]:
+        if not self.active:
+            raise StorageError("transaction used outside its `async with` block")
+        return _translated(method(to_dollar_params(sql), *args))
+
+    async def fetch_all(self, sql: str, *args: Any) -> list[Row]:
+        rows: list[Row] = await self._run(self._conn.fetch, sql, *args)
+        return rows
+
+    async def fetch_one(self, sql: str, *args: Any) -> Row | None:
+        row: Row | None = await self._run(self._conn.fetchrow, sql, *args)
+        return row
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return _rowcount(await self._run(self._conn.execute, sql, *args))
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        await self._run(self._conn.executemany, sql, rows)
+
+
+# -- creating and dropping databases (tests, setup commands)
+
+_DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def _redact(dsn: str) -> str:
+    parts = urllib.parse.urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def dsn_with_database(dsn: str, name: str) -> str:
+    """The same server and credentials as ``dsn``, database ``name``."""
+    return urllib.parse.urlunsplit(urllib.parse.urlsplit(dsn)._replace(path="/" + name))
+
+
+def _check_name(name: str) -> None:
+    if not _DB_NAME.match(name):
+        raise ValueError(f"invalid database name {name!r}")
+
+
+async def create_database(admin_dsn: str, name: str, *, connect_timeout: float = 10.0) -> str:
+    """Create database ``name`` (UTF-8, C collation) through ``admin_dsn``; return the DSN
+    to open it."""
+    _check_name(name)
+    conn = await asyncpg.connect(admin_dsn, timeout=connect_timeout)
+    try:
+        await conn.execute(
+            f"CREATE DATABASE \"{name}\" ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+        )
+    finally:
+        await conn.close()
+    return dsn_with_database(admin_dsn, name)
+
+
+async def drop_database(admin_dsn: str, name: str, *, connect_timeout: float = 10.0) -> None:
+    """Drop database ``name`` (if it exists), disconnecting anyone still using it."""
+    _check_name(name)
+    conn = await asyncpg.connect(admin_dsn, timeout=connect_timeout)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()

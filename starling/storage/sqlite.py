@@ -1,0 +1,283 @@
+"""The SQLite engine: stdlib sqlite3 in WAL mode, one writer thread, a pool of readers.
+
+SQLite allows one writer at a time, so instead of letting connections fight over the lock
+(SQLITE_BUSY), every write runs on one connection owned by one thread (a single-thread
+executor). An asyncio lock hands that writer to one ``transaction()`` block (or one
+``execute``) at a time, FIFO. Reads outside transactions run on a small pool of reader
+threads, each with its own read-only connection; WAL lets them read while the writer
+writes, and each read sees everything committed before it started.
+
+No sqlite3 call ever runs on the event-loop thread (including connect and close).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import shutil
+import sqlite3
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from starling.storage.database import (
+    Database,
+    IntegrityError,
+    Row,
+    StorageError,
+    Transaction,
+    UniqueViolation,
+)
+from starling.storage.dialect import SQLITE
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_SECONDS = 10.0
+
+
+def _connect(path: str, *, query_only: bool) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        path,
+        timeout=BUSY_TIMEOUT_SECONDS,
+        isolation_level=None,  # autocommit; transactions are explicit BEGIN ... COMMIT
+        check_same_thread=False,  # used by one thread at a time; closed from another
+        cached_statements=256,
+    )
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    if query_only:
+        conn.execute("PRAGMA query_only = ON")
+    else:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            conn.close()
+            raise StorageError(f"could not put {path} in WAL mode (got {mode!r})")
+    return conn
+
+
+def _translate(e: sqlite3.IntegrityError) -> IntegrityError:
+    name = getattr(e, "sqlite_errorname", "")
+    if name in ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"):
+        return UniqueViolation(str(e))
+    return IntegrityError(str(e))
+
+
+# The functions below run on a database thread, never on the event loop.
+
+
+def _fetch_all(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Row]:
+    return conn.execute(sql, args).fetchall()
+
+
+def _fetch_one(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> Row | None:
+    cursor = conn.execute(sql, args)
+    try:
+        row: Row | None = cursor.fetchone()
+        return row
+    finally:
+        # An unfinished statement would keep this connection's read snapshot open, and
+        # later reads on it would miss newer commits.
+        cursor.close()
+
+
+def _execute(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> int:
+    cursor = conn.execute(sql, args)
+    try:
+        return max(cursor.rowcount, 0)
+    finally:
+        cursor.close()
+
+
+def _executemany(conn: sqlite3.Connection, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+    conn.executemany(sql, rows).close()
+
+
+def _begin(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        # Only reachable if a cancelled task left one behind: nobody owns it any more.
+        conn.rollback()
+    conn.execute("BEGIN IMMEDIATE")
+
+
+async def _settle(future: asyncio.Future[T]) -> T:
+    """Await a database job that must finish (commit, rollback) even if we are cancelled:
+    wait for its outcome, then let the cancellation continue."""
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(future)
+            break
+        except asyncio.CancelledError:
+            if future.cancelled():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+class SqliteDatabase(Database):
+    sql = SQLITE
+
+    def __init__(self, path: str, readers: int, tempdir: str | None) -> None:
+        self.path = path
+        self._tempdir = tempdir
+        self._writer_executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._reader_executor = ThreadPoolExecutor(
+            max(1, readers), thread_name_prefix="sqlite-reader"
+        )
+        self._writer: sqlite3.Connection | None = None
+        self._write_lock = asyncio.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: str, *, readers: int = 4) -> SqliteDatabase:
+        """Open (creating if needed) the database file at ``path``; ``:memory:`` or ``""``
+        opens a private temporary file that is deleted on close."""
+        tempdir = None
+        if path in ("", ":memory:"):
+            tempdir = tempfile.mkdtemp(prefix="starling-sqlite-")
+            path = str(Path(tempdir) / "starling.db")
+        db = cls(path, readers, tempdir)
+        try:
+            db._writer = await db._on_writer_thread(
+                functools.partial(_connect, path, query_only=False)
+            )
+        except BaseException:
+            await db.close()
+            raise
+        return db
+
+    # -- running jobs on the database threads
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError("database is closed")
+
+    def _submit_write(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        return asyncio.wrap_future(self._writer_executor.submit(fn, self._writer, *args))
+
+    async def _on_writer_thread(self, fn: Callable[[], T]) -> T:
+        return await asyncio.wrap_future(self._writer_executor.submit(fn))
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await self._submit_write(fn, *args)
+        except sqlite3.IntegrityError as e:
+            raise _translate(e) from e
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path, query_only=True)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    async def _read(
+        self,
+        fn: Callable[[sqlite3.Connection, str, Sequence[Any]], T],
+        sql: str,
+        args: Sequence[Any],
+    ) -> T:
+        self._check_open()
+
+        def job() -> T:
+            return fn(self._reader(), sql, args)
+
+        return await asyncio.wrap_future(self._reader_executor.submit(job))
+
+    # -- the Database API
+
+    async def fetch_all(self, sql: str, *args: Any) -> list[Row]:
+        return await self._read(_fetch_all, sql, args)
+
+    async def fetch_one(self, sql: str, *args: Any) -> Row | None:
+        return await self._read(_fetch_one, sql, args)
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        async with self._write_lock:
+            self._check_open()
+            # In autocommit mode a single statement is its own transaction.
+            return await self._write(_execute, sql, args)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        async with self._write_lock:
+            self._check_open()
+            assert self._writer is not None
+            await _settle(self._submit_write(_begin))
+            txn = SqliteTransaction(self)
+            committed = False
+            try:
+                yield txn
+                txn.active = False
+                await _settle(self._submit_write(sqlite3.Connection.commit))
+                committed = True
+            finally:
+                txn.active = False
+                if not committed:
+                    await _settle(self._submit_write(sqlite3.Connection.rollback))
+                txn._finish(committed)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # Let a running transaction finish; new ones are refused by _check_open.
+        async with self._write_lock:
+            await asyncio.to_thread(self._shutdown)
+
+    def _shutdown(self) -> None:
+        """Runs on a helper thread: drain both executors, close every connection."""
+        self._reader_executor.shutdown(wait=True)
+        if self._writer is not None:
+            writer = self._writer
+            self._writer_executor.submit(writer.close).result()
+            self._writer = None
+        self._writer_executor.shutdown(wait=True)
+        for conn in self._readers:
+            conn.close()
+        self._readers.clear()
+        if self._tempdir is not None:
+            shutil.rmtree(self._tempdir, ignore_errors=True)
+
+
+class SqliteTransaction(Transaction):
+    sql = SQLITE
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        super().__init__()
+        self._db = db
+        self.active = True
+
+    def _check(self) -> None:
+        if not self.active:
+            raise StorageError("transaction used outside its `async with` block")
+
+    async def fetch_all(self, sql: str, *args: Any) -> list[Row]:
+        self._check()
+        return await self._db._write(_fetch_all, sql, args)
+
+    async def fetch_one(self, sql: str, *args: Any) -> Row | None:
+        self._check()
+        return await self._db._write(_fetch_one, sql, args)
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        self._check()
+        return await self._db._write(_execute, sql, args)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._check()
+        # Materialise here: a generator must not run on the database thread.
+        batch = rows if isinstance(rows, list | tuple) else list(rows)
+        await self._db._write(_executemany, sql, batch)
