@@ -1,0 +1,430 @@
+"""Accounts storage: users, devices, access tokens and registration tokens.
+
+Narrow by design (DESIGN §4): the accounts service gets this and nothing else. Each method
+is one round trip where the engines allow it; list arguments are sent as one array
+parameter, never one query per item. Access tokens are stored as their sha256, never in
+clear.
+
+Policy (who may log in, what deactivation also removes) belongs to the accounts service;
+this module only keeps the rows consistent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
+
+from starling.storage.database import Database, Row
+
+
+class UserExists(Exception):
+    """The user ID is already registered."""
+
+
+class RegistrationTokenExists(Exception):
+    """The registration token already exists."""
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def hash_token(token: str) -> bytes:
+    """How an access token is stored and looked up."""
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class User:
+    user_id: str
+    password_hash: str | None
+    created_ts: int
+    admin: bool
+    deactivated: bool
+    is_guest: bool
+    appservice_id: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Device:
+    user_id: str
+    device_id: str
+    display_name: str | None
+    last_seen_ts: int | None
+    last_seen_ip: str | None
+
+
+class TokenOwner(NamedTuple):
+    """Who an access token belongs to: everything request authentication needs."""
+
+    user_id: str
+    device_id: str | None
+    valid_until_ms: int | None
+    is_admin: bool
+    deactivated: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RegistrationToken:
+    token: str
+    uses_allowed: int | None
+    pending: int
+    completed: int
+    expiry_time: int | None
+
+
+class _Unset:
+    """Marks an argument that was not given (as opposed to given as None)."""
+
+
+UNSET: Any = _Unset()
+
+_USER_COLUMNS = "user_id, password_hash, created_ts, admin, deactivated, is_guest, appservice_id"
+_DEVICE_COLUMNS = "user_id, device_id, display_name, last_seen_ts, last_seen_ip"
+_REG_TOKEN_COLUMNS = "token, uses_allowed, pending, completed, expiry_time"
+_REG_TOKEN_VALID = (
+    "(uses_allowed IS NULL OR pending + completed < uses_allowed)"
+    " AND (expiry_time IS NULL OR expiry_time > ?)"
+)
+
+
+def _user(row: Row) -> User:
+    return User(
+        user_id=row[0],
+        password_hash=row[1],
+        created_ts=row[2],
+        admin=bool(row[3]),
+        deactivated=bool(row[4]),
+        is_guest=bool(row[5]),
+        appservice_id=row[6],
+    )
+
+
+def _device(row: Row) -> Device:
+    return Device(row[0], row[1], row[2], row[3], row[4])
+
+
+def _registration_token(row: Row) -> RegistrationToken:
+    return RegistrationToken(row[0], row[1], row[2], row[3], row[4])
+
+
+class AccountStore:
+    def __init__(self, db: Database, *, clock_ms: Callable[[], int] = _now_ms) -> None:
+        self._db = db
+        self._clock_ms = clock_ms
+
+    # -- users
+
+    async def create_user(
+        self,
+        user_id: str,
+        password_hash: str | None,
+        *,
+        admin: bool = False,
+        is_guest: bool = False,
+        appservice_id: str | None = None,
+    ) -> None:
+        """Register ``user_id``; raise :class:`UserExists` if it is taken."""
+        inserted = await self._db.execute(
+            f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, FALSE, ?, ?)"
+            " ON CONFLICT (user_id) DO NOTHING",
+            user_id,
+            password_hash,
+            self._clock_ms(),
+            admin,
+            is_guest,
+            appservice_id,
+        )
+        if not inserted:
+            raise UserExists(user_id)
+
+    async def get_user(self, user_id: str) -> User | None:
+        row = await self._db.fetch_one(
+            f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = ?", user_id
+        )
+        return None if row is None else _user(row)
+
+    async def user_exists(self, user_id: str) -> bool:
+        return (
+            await self._db.fetch_one("SELECT 1 FROM users WHERE user_id = ?", user_id) is not None
+        )
+
+    async def set_password_hash(self, user_id: str, password_hash: str | None) -> bool:
+        """Set (or with None, remove) the password; False if there is no such user."""
+        return bool(
+            await self._db.execute(
+                "UPDATE users SET password_hash = ? WHERE user_id = ?", password_hash, user_id
+            )
+        )
+
+    async def set_admin(self, user_id: str, admin: bool) -> bool:
+        return bool(
+            await self._db.execute("UPDATE users SET admin = ? WHERE user_id = ?", admin, user_id)
+        )
+
+    async def deactivate(self, user_id: str) -> bool:
+        """Mark the user deactivated and remove its password. Devices and tokens are the
+        service's to remove (``delete_devices``, ``delete_all_tokens``)."""
+        return bool(
+            await self._db.execute(
+                "UPDATE users SET deactivated = TRUE, password_hash = NULL WHERE user_id = ?",
+                user_id,
+            )
+        )
+
+    # -- devices
+
+    async def upsert_device(
+        self,
+        user_id: str,
+        device_id: str,
+        initial_display_name: str | None = None,
+        *,
+        last_seen_ts: int | None = None,
+        last_seen_ip: str | None = None,
+    ) -> bool:
+        """Create the device if it does not exist (returning True); otherwise keep its
+        display name (the spec ignores ``initial_device_display_name`` for a known device)
+        and only update ``last_seen_*`` if given."""
+        async with self._db.transaction() as txn:
+            created = await txn.execute(
+                f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (user_id, device_id) DO NOTHING",
+                user_id,
+                device_id,
+                initial_display_name,
+                last_seen_ts,
+                last_seen_ip,
+            )
+            if not created and (last_seen_ts is not None or last_seen_ip is not None):
+                await txn.execute(
+                    "UPDATE devices SET last_seen_ts = COALESCE(?, last_seen_ts),"
+                    " last_seen_ip = COALESCE(?, last_seen_ip)"
+                    " WHERE user_id = ? AND device_id = ?",
+                    last_seen_ts,
+                    last_seen_ip,
+                    user_id,
+                    device_id,
+                )
+        return bool(created)
+
+    async def get_device(self, user_id: str, device_id: str) -> Device | None:
+        row = await self._db.fetch_one(
+            f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE user_id = ? AND device_id = ?",
+            user_id,
+            device_id,
+        )
+        return None if row is None else _device(row)
+
+    async def list_devices(self, user_id: str) -> list[Device]:
+        rows = await self._db.fetch_all(
+            f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE user_id = ? ORDER BY device_id",
+            user_id,
+        )
+        return [_device(row) for row in rows]
+
+    async def update_device_display_name(
+        self, user_id: str, device_id: str, display_name: str | None
+    ) -> bool:
+        """False if there is no such device."""
+        return bool(
+            await self._db.execute(
+                "UPDATE devices SET display_name = ? WHERE user_id = ? AND device_id = ?",
+                display_name,
+                user_id,
+                device_id,
+            )
+        )
+
+    async def update_devices_last_seen(
+        self, seen: Iterable[tuple[str, str, int, str | None]]
+    ) -> None:
+        """Batch update from ``(user_id, device_id, last_seen_ts, last_seen_ip)`` tuples —
+        for a periodic flush of the client-IP tracker, not one write per request."""
+        rows = [(ts, ip, user_id, device_id) for user_id, device_id, ts, ip in seen]
+        if not rows:
+            return
+        async with self._db.transaction() as txn:
+            await txn.executemany(
+                "UPDATE devices SET last_seen_ts = ?, last_seen_ip = ?"
+                " WHERE user_id = ? AND device_id = ?",
+                rows,
+            )
+
+    async def delete_devices(self, user_id: str, device_ids: Sequence[str]) -> int:
+        """Delete these devices of ``user_id`` and (by cascade) their access tokens; return
+        how many devices were deleted."""
+        if not device_ids:
+            return 0
+        sql = self._db.sql
+        return await self._db.execute(
+            f"DELETE FROM devices WHERE user_id = ? AND {sql.in_array('device_id')}",
+            user_id,
+            sql.array(device_ids),
+        )
+
+    # -- access tokens
+
+    async def add_access_token(
+        self,
+        token: str,
+        user_id: str,
+        device_id: str | None,
+        valid_until_ms: int | None = None,
+        *,
+        refresh_token_id: int | None = None,
+    ) -> None:
+        """Store a new access token (hashed). The device, if any, must already exist."""
+        await self._db.execute(
+            "INSERT INTO access_tokens"
+            " (token_hash, user_id, device_id, created_ts, valid_until_ms, refresh_token_id)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            hash_token(token),
+            user_id,
+            device_id,
+            self._clock_ms(),
+            valid_until_ms,
+            refresh_token_id,
+        )
+
+    async def get_by_access_token(self, token: str) -> TokenOwner | None:
+        """The token's user, device, expiry and the user's admin/deactivated flags; None if
+        the token is unknown. Expiry is the caller's to check (soft-logout needs it)."""
+        row = await self._db.fetch_one(
+            "SELECT t.user_id, t.device_id, t.valid_until_ms, u.admin, u.deactivated"
+            " FROM access_tokens AS t JOIN users AS u ON u.user_id = t.user_id"
+            " WHERE t.token_hash = ?",
+            hash_token(token),
+        )
+        if row is None:
+            return None
+        return TokenOwner(row[0], row[1], row[2], bool(row[3]), bool(row[4]))
+
+    async def delete_access_token(self, token: str) -> bool:
+        return bool(
+            await self._db.execute(
+                "DELETE FROM access_tokens WHERE token_hash = ?", hash_token(token)
+            )
+        )
+
+    async def delete_all_tokens(self, user_id: str, except_device: str | None = None) -> int:
+        """Delete every access token of ``user_id``, except those of ``except_device``."""
+        if except_device is None:
+            return await self._db.execute("DELETE FROM access_tokens WHERE user_id = ?", user_id)
+        return await self._db.execute(
+            "DELETE FROM access_tokens WHERE user_id = ? AND (device_id IS NULL OR device_id <> ?)",
+            user_id,
+            except_device,
+        )
+
+    # -- registration tokens
+
+    async def create_registration_token(
+        self, token: str, uses_allowed: int | None = None, expiry_time: int | None = None
+    ) -> None:
+        """Raise :class:`RegistrationTokenExists` if ``token`` exists."""
+        inserted = await self._db.execute(
+            "INSERT INTO registration_tokens (token, uses_allowed, expiry_time) VALUES (?, ?, ?)"
+            " ON CONFLICT (token) DO NOTHING",
+            token,
+            uses_allowed,
+            expiry_time,
+        )
+        if not inserted:
+            raise RegistrationTokenExists(token)
+
+    async def get_registration_token(self, token: str) -> RegistrationToken | None:
+        row = await self._db.fetch_one(
+            f"SELECT {_REG_TOKEN_COLUMNS} FROM registration_tokens WHERE token = ?", token
+        )
+        return None if row is None else _registration_token(row)
+
+    async def list_registration_tokens(self, valid: bool | None = None) -> list[RegistrationToken]:
+        """All tokens, or only the (in)valid ones: valid = uses left and not expired."""
+        if valid is None:
+            rows = await self._db.fetch_all(
+                f"SELECT {_REG_TOKEN_COLUMNS} FROM registration_tokens ORDER BY token"
+            )
+        else:
+            condition = _REG_TOKEN_VALID if valid else f"NOT ({_REG_TOKEN_VALID})"
+            rows = await self._db.fetch_all(
+                f"SELECT {_REG_TOKEN_COLUMNS} FROM registration_tokens"
+                f" WHERE {condition} ORDER BY token",
+                self._clock_ms(),
+            )
+        return [_registration_token(row) for row in rows]
+
+    async def update_registration_token(
+        self, token: str, *, uses_allowed: int | None = UNSET, expiry_time: int | None = UNSET
+    ) -> RegistrationToken | None:
+        """Change the given fields (None clears a limit); return the token as it now is,
+        or None if there is no such token."""
+        changes = {
+            column: value
+            for column, value in (("uses_allowed", uses_allowed), ("expiry_time", expiry_time))
+            if value is not UNSET
+        }
+        if not changes:
+            return await self.get_registration_token(token)
+        assignments = ", ".join(f"{column} = ?" for column in changes)
+        async with self._db.transaction() as txn:
+            row = await txn.fetch_one(
+                f"UPDATE registration_tokens SET {assignments} WHERE token = ?"
+                f" RETURNING {_REG_TOKEN_COLUMNS}",
+                *changes.values(),
+                token,
+            )
+        return None if row is None else _registration_token(row)
+
+    async def delete_registration_token(self, token: str) -> bool:
+        return bool(
+            await self._db.execute("DELETE FROM registration_tokens WHERE token = ?", token)
+        )
+
+    async def use_registration_token(self, token: str) -> bool:
+        """Atomically count one completed registration if the token is valid (uses left,
+        not expired); False (and nothing changed) otherwise."""
+        return bool(
+            await self._db.execute(
+                "UPDATE registration_tokens SET completed = completed + 1"
+                f" WHERE token = ? AND {_REG_TOKEN_VALID}",
+                token,
+                self._clock_ms(),
+            )
+        )
+
+    async def reserve_registration_token(self, token: str) -> bool:
+        """Atomically hold one use for a registration in progress (``pending + 1``) if the
+        token is valid. Follow with :meth:`complete_registration_token` or
+        :meth:`release_registration_token`."""
+        return bool(
+            await self._db.execute(
+                "UPDATE registration_tokens SET pending = pending + 1"
+                f" WHERE token = ? AND {_REG_TOKEN_VALID}",
+                token,
+                self._clock_ms(),
+            )
+        )
+
+    async def complete_registration_token(self, token: str) -> bool:
+        """Turn one pending use into a completed one."""
+        return bool(
+            await self._db.execute(
+                "UPDATE registration_tokens SET pending = pending - 1, completed = completed + 1"
+                " WHERE token = ? AND pending > 0",
+                token,
+            )
+        )
+
+    async def release_registration_token(self, token: str) -> bool:
+        """Give back a pending use (the registration was abandoned)."""
+        return bool(
+            await self._db.execute(
+                "UPDATE registration_tokens SET pending = pending - 1"
+                " WHERE token = ? AND pending > 0",
+                token,
+            )
+        )
