@@ -21,6 +21,8 @@ import heapq
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
+from itertools import chain
+from operator import attrgetter
 
 from starling.protocol.auth_rules import auth_types_for_event, check_auth_rules
 from starling.protocol.event import Event, StateKey
@@ -39,6 +41,7 @@ POWER_LEVELS_KEY: StateKey = ("m.room.power_levels", "")
 JOIN_RULES_KEY: StateKey = ("m.room.join_rules", "")
 
 _NO_IDS: frozenset[str] = frozenset()
+_AUTH_IDS = attrgetter("auth_event_ids")
 
 
 class MissingEventsError(Exception):
@@ -80,10 +83,10 @@ def auth_chain(event_ids: Iterable[str], events: Mapping[str, Event]) -> set[str
     """
     missing: set[str] = set()
     starts = list(event_ids)
-    chain = _closure(_auth_ids_of(starts, events, missing), events, missing)
+    result = _closure(_auth_ids_of(starts, events, missing), events, missing)
     if missing:
         raise MissingEventsError(missing)
-    return chain
+    return result
 
 
 def resolve_state(
@@ -118,26 +121,20 @@ def _separate(
     state map with the same value"); in v1 only differing event IDs conflict.
     """
     first, *rest = state_sets
-    unconflicted: dict[StateKey, str] = {}
     conflicted: dict[StateKey, set[str]] = {}
     if not rest:
         return dict(first), conflicted
-    keys: set[StateKey] = set(first)
-    for state in rest:
-        keys.update(state)
-    for key in keys:
-        values = {state.get(key) for state in state_sets}
-        if len(values) == 1:
-            (only,) = values
-            if only is not None:
-                unconflicted[key] = only
-            continue
-        values.discard(None)
-        ids: set[str] = {v for v in values if v is not None}
-        if len(ids) == 1 and not missing_key_conflicts:
-            unconflicted[key] = ids.pop()
-        else:
-            conflicted[key] = ids
+    # With thousands of agreed keys and a few hundred conflicts, this filter is most of
+    # the work: one dict lookup per key and state set.
+    unconflicted = {k: v for k, v in first.items() if rest[0].get(k) == v}
+    for state in rest[1:]:
+        unconflicted = {k: v for k, v in unconflicted.items() if state.get(k) == v}
+    for state in state_sets:
+        for key in state.keys() - unconflicted.keys():
+            conflicted.setdefault(key, set()).add(state[key])
+    if not missing_key_conflicts:
+        for key in [k for k, ids in conflicted.items() if len(ids) == 1]:
+            unconflicted[key] = conflicted.pop(key).pop()
     return unconflicted, conflicted
 
 
@@ -159,29 +156,49 @@ def _closure(
     events: Mapping[str, Event],
     missing: set[str],
     stop: AbstractSet[str] = _NO_IDS,
-    edges: dict[str, list[str]] | None = None,
 ) -> set[str]:
     """`starts` plus their auth ancestors, never entering `stop` (which must be closed
-    under ancestry). Unknown IDs go to `missing`. When `edges` is given, every auth
-    link followed is recorded there as auth event -> [events citing it]."""
+    under ancestry). Unknown IDs go to `missing`."""
+    seen = set(starts)
+    seen.difference_update(stop)
+    frontier = seen
+    # Level by level with set operations: the per-event Python work is one lookup.
+    while frontier:
+        try:
+            # The whole level in C: map/attrgetter/chain never enter Python code.
+            found = set(chain.from_iterable(map(_AUTH_IDS, map(events.__getitem__, frontier))))
+        except KeyError:
+            found = set()
+            for event_id in frontier:
+                event = events.get(event_id)
+                if event is None:
+                    missing.add(event_id)
+                else:
+                    found.update(event.auth_event_ids)
+        found -= seen
+        found.difference_update(stop)
+        seen |= found
+        frontier = found
+    seen -= missing
+    return seen
+
+
+def _cited_by(starts: Iterable[str], events: Mapping[str, Event]) -> dict[str, list[str]]:
+    """The reverse auth links among `starts` and their ancestors: auth event -> the
+    events citing it. Every event must be present."""
+    cited_by: dict[str, list[str]] = {}
     seen: set[str] = set()
-    stack = [s for s in starts if s not in stop]
+    stack = list(starts)
     while stack:
         event_id = stack.pop()
         if event_id in seen:
             continue
         seen.add(event_id)
-        event = events.get(event_id)
-        if event is None:
-            missing.add(event_id)
-            continue
-        for auth_id in event.auth_event_ids:
-            if edges is not None:
-                edges.setdefault(auth_id, []).append(event_id)
-            if auth_id not in seen and auth_id not in stop:
+        for auth_id in events[event_id].auth_event_ids:
+            cited_by.setdefault(auth_id, []).append(event_id)
+            if auth_id not in seen:
                 stack.append(auth_id)
-    seen -= missing
-    return seen
+    return cited_by
 
 
 def _create_event_for(event: Event, events: Mapping[str, Event]) -> Event | None:
@@ -231,7 +248,7 @@ def _resolve_v2(
     common = _closure(unconflicted.values(), events, missing)
     reach: list[set[str]] = []
     for state in state_sets:
-        own = [event_id for event_id in state.values() if event_id in conflicted]
+        own = [state[key] for key in conflicted_by_key if key in state]
         reach.append(_closure(own, events, missing, stop=common))
     if missing:
         raise MissingEventsError(missing)
@@ -270,8 +287,7 @@ def _conflicted_subgraph(conflicted: set[str], events: Mapping[str, Event]) -> s
     """Events on some auth_events path between two conflicted events, endpoints included:
     the ancestors of the conflicted events from which a conflicted event is reachable
     again, found by walking the recorded links forward from the conflicted events."""
-    cited_by: dict[str, list[str]] = {}
-    _closure(conflicted, events, set(), edges=cited_by)
+    cited_by = _cited_by(conflicted, events)
     subgraph = set(conflicted)
     stack = list(conflicted)
     while stack:
@@ -289,6 +305,8 @@ def _parents_within(members: set[str], events: Mapping[str, Event]) -> dict[str,
     through: dict[str, frozenset[str]] = {}  # outside event -> member ancestors
     empty: frozenset[str] = frozenset()
 
+    entered: set[str] = set()
+
     def resolve(start: str) -> frozenset[str]:
         stack: list[tuple[str, bool]] = [(start, False)]
         while stack:
@@ -297,6 +315,9 @@ def _parents_within(members: set[str], events: Mapping[str, Event]) -> dict[str,
                 continue
             auth_ids = events[event_id].auth_event_ids
             if not expanded:
+                if event_id in entered:
+                    continue  # an auth cycle (only forgeable in rooms 1-2): cut it here
+                entered.add(event_id)
                 stack.append((event_id, True))
                 stack.extend((a, False) for a in auth_ids if a not in members and a not in through)
                 continue
@@ -306,7 +327,7 @@ def _parents_within(members: set[str], events: Mapping[str, Event]) -> dict[str,
                     found = found or set()
                     found.add(a)
                 else:
-                    below = through[a]
+                    below = through.get(a, empty)
                     if below:
                         found = found or set()
                         found |= below
@@ -408,10 +429,10 @@ def _mainline_order(
     def reached_from(start: str | None) -> float:
         path: list[str] = []
         current = start
-        while current is not None and current not in position:
+        while current is not None and current not in position and current not in path:
             path.append(current)
             current = _power_levels_parent(events[current], events)
-        found = position[current] if current is not None else math.inf
+        found = position.get(current, math.inf) if current is not None else math.inf
         for visited in path:
             position[visited] = found
         return found

@@ -532,6 +532,28 @@ def test_result_does_not_depend_on_input_order(data: st.DataObject) -> None:
     assert resolve_state(room_version, shuffled_sets, shuffled_events) == expected
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    room_version=st.sampled_from(["1", "2", "10", "11", "12"]),
+    data=st.data(),
+)
+def test_synthetic_forks_do_not_depend_on_input_order(
+    seed: int, room_version: str, data: st.DataObject
+) -> None:
+    from benchmarks.state_res_input import generate, load
+
+    fixture = generate(n_state=40, n_conflicted=24, room_version=room_version, seed=seed)
+    rv, state_sets, events = load(fixture)
+    expected = resolve_state(rv, state_sets, events)
+    for key in state_sets[0].keys() & state_sets[1].keys():
+        if state_sets[0][key] == state_sets[1][key]:
+            assert expected[key] == state_sets[0][key]
+    shuffled_sets = [dict(data.draw(st.permutations(list(s.items())))) for s in state_sets[::-1]]
+    shuffled_events = dict(data.draw(st.permutations(list(events.items()))))
+    assert resolve_state(rv, shuffled_sets, shuffled_events) == expected
+
+
 def test_no_conflict_returns_the_common_state() -> None:
     _, state_sets, events = load_fixture(_fixture_data()[0])
     rv = get_room_version(V2_ROOM)
