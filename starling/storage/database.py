@@ -10,6 +10,8 @@ Semantics both engines share:
 - ``Database.fetch_*`` read committed data outside any transaction (SQLite: a reader
   connection; PostgreSQL: any pooled connection). A read issued after a write has returned
   sees that write.
+  They are for reads only: on SQLite they run on read-only connections, so a write (even
+  ``INSERT ... RETURNING``) must go through ``execute`` or a transaction.
 - ``Database.execute`` is one write in its own transaction.
 - ``Database.transaction()`` is a block of statements committed on a clean exit and rolled
   back on an exception. On SQLite all write transactions are serialised (one writer). On

@@ -221,7 +221,10 @@ class SqliteDatabase(Database):
             try:
                 yield txn
                 txn.active = False
-                await _settle(self._submit_write(sqlite3.Connection.commit))
+                try:
+                    await _settle(self._submit_write(sqlite3.Connection.commit))
+                except sqlite3.IntegrityError as e:  # deferred constraints
+                    raise _translate(e) from e
                 committed = True
             finally:
                 txn.active = False
