@@ -1,0 +1,45 @@
+# Starling: `make run` starts a server on SQLite; `make test` runs lint, types and tests.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= data
+SERVER_NAME ?= localhost
+
+.PHONY: run test lint typecheck pytest install dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstall when the dependency list changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(VENV)/.installed $@
+
+install: $(VENV)/.installed
+dev: $(VENV)/.dev-installed
+
+$(DATA)/starling.yaml: | $(VENV)/.installed
+	$(BIN)/starling generate-config --server-name $(SERVER_NAME) --data-dir $(DATA)
+
+run: $(VENV)/.installed $(DATA)/starling.yaml
+	$(BIN)/starling serve -c $(DATA)/starling.yaml
+
+lint: dev
+	$(BIN)/ruff check starling tests benchmarks
+	$(BIN)/ruff format --check starling tests benchmarks
+
+typecheck: dev
+	$(BIN)/mypy
+
+pytest: dev
+	$(BIN)/pytest -q -n 2
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Client-Server API handlers (spec: client-server-api)."""

@@ -1,0 +1,77 @@
+"""Discovery and liveness: /_matrix/client/versions, .well-known, /health, metrics.
+
+Spec: client-server-api "Server Discovery" and "API Standards > Versions";
+server-server-api "Resolving server names" (/.well-known/matrix/server).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from starling.api.http import json_response
+from starling.config import Config
+from starling.errors import MatrixError
+
+# Only what is really served: each spec version is listed once everything it requires
+# of a homeserver is implemented. Extended as the Client-Server API grows.
+SUPPORTED_SPEC_VERSIONS: list[str] = []
+UNSTABLE_FEATURES: dict[str, bool] = {}
+
+
+class DiscoveryResource:
+    def __init__(self, config: Config) -> None:
+        self._config = config
+
+    def register(self, app: web.Application, *, client: bool, federation: bool) -> None:
+        app.router.add_get("/health", self.health)
+        if client:
+            app.router.add_get("/_matrix/client/versions", self.versions)
+            app.router.add_get("/.well-known/matrix/client", self.well_known_client)
+        if federation or self._config.serve_server_wellknown:
+            app.router.add_get("/.well-known/matrix/server", self.well_known_server)
+
+    async def health(self, request: web.Request) -> web.Response:
+        """GET /health — liveness, as Synapse answers it."""
+        return web.Response(text="OK", content_type="text/plain")
+
+    async def versions(self, request: web.Request) -> web.Response:
+        """GET /_matrix/client/versions (spec: client-server-api/#get_matrixclientversions)."""
+        return json_response(
+            {"versions": SUPPORTED_SPEC_VERSIONS, "unstable_features": UNSTABLE_FEATURES}
+        )
+
+    async def well_known_client(self, request: web.Request) -> web.Response:
+        """GET /.well-known/matrix/client (spec: client-server-api/#getwell-knownmatrixclient)."""
+        if not self._config.serve_client_wellknown:
+            raise MatrixError(404, "M_NOT_FOUND", ".well-known/matrix/client is not served here")
+        body = dict(self._config.extra_well_known_client_content)
+        body["m.homeserver"] = {"base_url": self._config.client_base_url}
+        return json_response(body)
+
+    async def well_known_server(self, request: web.Request) -> web.Response:
+        """GET /.well-known/matrix/server (spec: server-server-api/#getwell-knownmatrixserver)."""
+        if not self._config.serve_server_wellknown:
+            raise MatrixError(404, "M_NOT_FOUND", ".well-known/matrix/server is not served here")
+        host = self._config.server_name
+        port = next(
+            (
+                lis.port
+                for lis in self._config.listeners
+                if any("federation" in r.names for r in lis.resources)
+            ),
+            8448,
+        )
+        if ":" not in host.rsplit("]", 1)[-1]:
+            host = f"{host}:{port}"
+        return json_response({"m.server": host})
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """GET /metrics and /_synapse/metrics — Prometheus text format."""
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def register_metrics(app: web.Application) -> None:
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/_synapse/metrics", metrics_handler)

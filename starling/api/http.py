@@ -1,0 +1,160 @@
+"""The HTTP edge shared by every listener: errors, CORS, limits, access log, metrics.
+
+One middleware does all of it, in the order a request needs it: answer CORS preflights
+before routing can say 405, time the request, turn every failure into the spec's error
+JSON (unknown endpoint → 404 `M_UNRECOGNIZED`, wrong method → 405 `M_UNRECOGNIZED`, body
+over the limit → 413 `M_TOO_LARGE`, a bug → 500 `M_UNKNOWN` logged with its traceback),
+add the CORS headers the spec asks for, then log and count the request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import Counter, Histogram
+
+from starling.errors import MatrixError, not_json, too_large, unrecognized
+
+logger = logging.getLogger("starling.http")
+access_logger = logging.getLogger("starling.access")
+
+# Deepest JSON nesting accepted in a request body: deep enough for any real event
+# content, shallow enough that walking it is cheap.
+MAX_JSON_DEPTH = 64
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, HEAD, POST, PUT, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization",
+}
+
+REQUESTS = Counter(
+    "starling_http_requests_total",
+    "HTTP requests served, by route, method and status code.",
+    ["route", "method", "code"],
+)
+REQUEST_SECONDS = Histogram(
+    "starling_http_request_duration_seconds",
+    "Time to serve an HTTP request, by route.",
+    ["route", "method"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+    )
+
+
+def error_response(err: MatrixError) -> web.Response:
+    return json_response(err.to_json(), status=err.status, headers=err.headers or None)
+
+
+def _depth_ok(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if d > limit:
+            return False
+        if isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values() if isinstance(x, (dict, list)))
+        elif isinstance(v, list):
+            stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
+    return True
+
+
+def parse_json_object(raw: bytes, allow_empty: bool = False) -> dict[str, Any]:
+    """A request body as a JSON object, or M_NOT_JSON."""
+    if not raw.strip():
+        if allow_empty:
+            return {}
+        raise not_json("Request body is empty; expected a JSON object")
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise not_json(f"Content not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise not_json("Request body must be a JSON object")
+    if not _depth_ok(value, MAX_JSON_DEPTH):
+        raise not_json(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+async def read_json_object(request: web.Request, allow_empty: bool = False) -> dict[str, Any]:
+    """Read and parse the request body (bounded by the app's client_max_size)."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large() from None
+    return parse_json_object(raw, allow_empty)
+
+
+def _route_name(request: web.Request) -> str:
+    info = request.match_info
+    route = getattr(info, "route", None)
+    resource = getattr(route, "resource", None)
+    if resource is None:
+        return "unmatched"
+    return str(resource.canonical)
+
+
+@web.middleware
+async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    start = time.perf_counter()
+    response: web.StreamResponse
+    if request.method == "OPTIONS":
+        response = web.Response(status=204)
+    else:
+        try:
+            response = await handler(request)
+        except MatrixError as e:
+            response = error_response(e)
+        except web.HTTPException as e:
+            response = _http_exception_response(e)
+        except Exception:
+            logger.exception("Unhandled error serving %s %s", request.method, request.path)
+            response = error_response(MatrixError(500, "M_UNKNOWN", "Internal server error"))
+    if not response.prepared:
+        response.headers.update(CORS_HEADERS)
+    elapsed = time.perf_counter() - start
+    route = _route_name(request)
+    REQUESTS.labels(route, request.method, str(response.status)).inc()
+    REQUEST_SECONDS.labels(route, request.method).observe(elapsed)
+    access_logger.info(
+        '%s "%s %s" %d %.1fms user=%s',
+        request.remote,
+        request.method,
+        request.path_qs if len(request.path_qs) < 400 else request.path + "?...",
+        response.status,
+        elapsed * 1000,
+        request.get("user_id", "-"),
+    )
+    return response
+
+
+def _http_exception_response(e: web.HTTPException) -> web.Response:
+    if isinstance(e, web.HTTPNotFound):
+        return error_response(unrecognized(404, "Unrecognized request"))
+    if isinstance(e, web.HTTPMethodNotAllowed):
+        return error_response(unrecognized(405, "Unrecognized request: method not allowed"))
+    if isinstance(e, web.HTTPRequestEntityTooLarge):
+        return error_response(too_large())
+    if 300 <= e.status < 400:
+        return web.Response(status=e.status, headers=e.headers)
+    code = "M_UNKNOWN" if e.status >= 500 else "M_UNRECOGNIZED"
+    return error_response(MatrixError(e.status, code, e.reason or "Error"))
+
+
+def make_web_app(max_body_size: int) -> web.Application:
+    """An aiohttp application with the Matrix edge behaviour; routes are added by the caller."""
+    return web.Application(middlewares=[edge_middleware], client_max_size=max_body_size)

@@ -1,0 +1,237 @@
+"""The `starling` command: generate-config, serve, register-user, version, debug.
+
+Every command has --help. Errors a user can fix (bad config, file exists, user taken) are
+printed as one line on stderr with exit code 2 (1 for a failed run), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import logging
+import logging.config
+import signal
+import sys
+from pathlib import Path
+
+import yaml
+
+from starling import __version__
+from starling.config import Config, ConfigError, load_config
+
+EXIT_USAGE = 2
+
+
+def _fail(msg: str, code: int = EXIT_USAGE) -> int:
+    print(f"starling: {msg}", file=sys.stderr)
+    return code
+
+
+def _setup_logging(config: Config) -> None:
+    if config.log_config:
+        path = config.resolve_path(config.log_config)
+        with open(path, encoding="utf-8") as f:
+            logging.config.dictConfig(yaml.safe_load(f))
+        return
+    logging.basicConfig(
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# --- generate-config ---------------------------------------------------------------------
+
+
+def cmd_generate_config(args: argparse.Namespace) -> int:
+    from starling.generate_config import generate
+
+    try:
+        path = generate(
+            Path(args.data_dir),
+            args.server_name,
+            http_port=args.http_port,
+            federation_port=args.federation_port,
+            database=args.database,
+            open_registration=args.open_registration,
+            no_rate_limit=args.no_rate_limit,
+            force=args.force,
+        )
+    except (ConfigError, FileExistsError) as e:
+        return _fail(str(e))
+    print(f"Wrote {path} and a new signing key. Start the server with:")
+    print(f"  starling serve -c {path}")
+    return 0
+
+
+# --- serve -------------------------------------------------------------------------------
+
+
+async def _serve(config: Config, config_path: str) -> int:
+    from starling.app import Homeserver
+
+    hs = await Homeserver.start(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    for url in hs.bound:
+        print(f"Starling {__version__} for {config.server_name} listening on {url}", flush=True)
+    print(
+        "Create the first user with:\n"
+        f"  starling register-user -c {config_path} alice --password 'secret' --admin",
+        flush=True,
+    )
+    try:
+        await stop.wait()
+    finally:
+        logging.getLogger("starling").info("shutting down")
+        await hs.stop()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        return _fail(f"invalid configuration: {e}")
+    _setup_logging(config)
+    try:
+        return asyncio.run(_serve(config, args.config))
+    except OSError as e:
+        return _fail(f"cannot start: {e}", 1)
+    except RuntimeError as e:
+        return _fail(str(e), 1)
+
+
+# --- register-user -----------------------------------------------------------------------
+
+
+async def _register(config: Config, user: str, password: str, admin: bool) -> str:
+    from starling.accounts.passwords import PasswordHasher
+    from starling.accounts.registration import register_local_user
+    from starling.app import storage_config
+    from starling.storage.accounts import AccountStore
+    from starling.storage.database import open_database
+
+    db = await open_database(storage_config(config))
+    try:
+        return await register_local_user(
+            AccountStore(db), PasswordHasher(), config.server_name, user, password, admin=admin
+        )
+    finally:
+        await db.close()
+
+
+def cmd_register_user(args: argparse.Namespace) -> int:
+    from starling.errors import MatrixError
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        return _fail(f"invalid configuration: {e}")
+    password = args.password
+    if password is None:
+        if not sys.stdin.isatty():
+            return _fail("--password is required when not run on a terminal")
+        password = getpass.getpass("Password: ")
+        if password != getpass.getpass("Confirm password: "):
+            return _fail("passwords do not match")
+    try:
+        user_id = asyncio.run(_register(config, args.user, password, args.admin))
+    except MatrixError as e:
+        return _fail(e.error)
+    print(f"Created {'admin ' if args.admin else ''}user {user_id}")
+    return 0
+
+
+# --- version -----------------------------------------------------------------------------
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(f"starling {__version__}")
+    return 0
+
+
+# --- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="starling",
+        description="Starling: a federated, end-to-end encrypted Matrix homeserver.",
+    )
+    parser.add_argument("--version", action="version", version=f"starling {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    g = sub.add_parser(
+        "generate-config",
+        help="write a new config file and signing key",
+        description="Write DIR/starling.yaml and a new ed25519 signing key for a new server.",
+    )
+    g.add_argument("--server-name", required=True, help="the domain in user IDs (immutable)")
+    g.add_argument("--data-dir", required=True, help="where the config, key and data live")
+    g.add_argument("--http-port", type=int, default=8008, help="client API port (default 8008)")
+    g.add_argument(
+        "--federation-port", type=int, default=8448, help="federation port (default 8448)"
+    )
+    g.add_argument(
+        "--database",
+        default="sqlite",
+        help="'sqlite' (default, DIR/starling.db) or a postgresql://user@host:port/db URL",
+    )
+    g.add_argument(
+        "--open-registration",
+        action="store_true",
+        help="let anyone register without a token (off by default)",
+    )
+    g.add_argument(
+        "--no-rate-limit",
+        action="store_true",
+        help="turn every rate limit off (load tests and test harnesses)",
+    )
+    g.add_argument("--force", action="store_true", help="overwrite an existing config and key")
+    g.set_defaults(func=cmd_generate_config)
+
+    s = sub.add_parser(
+        "serve",
+        help="run the homeserver",
+        description="Run the homeserver until SIGTERM or SIGINT, then drain and exit 0.",
+    )
+    s.add_argument("-c", "--config", required=True, help="path to starling.yaml")
+    s.set_defaults(func=cmd_serve)
+
+    r = sub.add_parser(
+        "register-user",
+        help="create an account directly in the database",
+        description="Create a local account directly (like Synapse's register_new_matrix_user).",
+    )
+    r.add_argument("-c", "--config", required=True, help="path to starling.yaml")
+    r.add_argument("user", help="localpart or full user ID (@alice:example.org)")
+    r.add_argument("--password", help="the password (prompted for on a terminal if omitted)")
+    r.add_argument("--admin", action="store_true", help="make the user a server admin")
+    r.set_defaults(func=cmd_register_user)
+
+    v = sub.add_parser("version", help="print the version", description="Print the version.")
+    v.set_defaults(func=cmd_version)
+
+    from starling.debug_cli import add_debug_commands
+
+    add_debug_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with contextlib.suppress(BrokenPipeError):
+        code: int = args.func(args)
+        return code
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,393 @@
+"""Typed configuration: a YAML file plus environment overrides, validated at start.
+
+Key names follow Synapse's homeserver.yaml wherever the concept is the same, so a Matrix
+admin finds what they expect (`server_name`, `listeners`, `database`, `signing_key_path`,
+`rc_message` ...). Every section is a dataclass; `load_config` walks the YAML against the
+dataclasses and stops with a `ConfigError` that names the offending key and what is
+allowed, so a typo never starts a half-configured server.
+
+Environment overrides: `STARLING_<KEY>` for a top-level key and `STARLING_<SECTION>__<KEY>`
+for nested ones (`STARLING_DATABASE__ARGS__DATABASE=/tmp/x.db`); values are parsed as YAML
+scalars, so `true`, `8008` and `0.5` mean what they look like.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from starling.protocol.room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS
+
+ENV_PREFIX = "STARLING_"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the key and what is allowed."""
+
+
+# --- sections ------------------------------------------------------------------------
+
+
+@dataclass
+class ListenerResource:
+    names: list[Literal["client", "federation", "metrics", "health", "media", "keys"]] = field(
+        default_factory=lambda: ["client"]
+    )
+    compress: bool = False
+
+
+@dataclass
+class Listener:
+    port: int = 8008
+    bind_addresses: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    type: Literal["http", "metrics"] = "http"
+    tls: bool = False
+    x_forwarded: bool = False
+    resources: list[ListenerResource] = field(default_factory=lambda: [ListenerResource()])
+
+
+@dataclass
+class DatabaseArgs:
+    # sqlite3: `database` is the file path. psycopg2/postgresql: the connection parameters.
+    database: str = "starling.db"
+    user: str | None = None
+    password: str | None = None
+    host: str | None = None
+    port: int | None = None
+    cp_min: int = 2
+    cp_max: int = 10
+
+
+@dataclass
+class DatabaseConfig:
+    # "psycopg2" is what Synapse configs say; we connect with asyncpg either way.
+    name: Literal["sqlite3", "psycopg2", "postgresql"] = "sqlite3"
+    args: DatabaseArgs = field(default_factory=DatabaseArgs)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.name == "sqlite3"
+
+    def postgres_dsn(self) -> str:
+        a = self.args
+        auth = a.user or "postgres"
+        if a.password:
+            auth += ":" + a.password
+        host = a.host or "127.0.0.1"
+        port = a.port or 5432
+        return f"postgresql://{auth}@{host}:{port}/{a.database}"
+
+
+@dataclass
+class RateLimit:
+    per_second: float = 0.2
+    burst_count: int = 10
+
+
+def _rl(per_second: float, burst_count: int) -> Any:
+    return field(default_factory=lambda: RateLimit(per_second, burst_count))
+
+
+@dataclass
+class LoginRateLimits:
+    address: RateLimit = _rl(0.003, 5)
+    account: RateLimit = _rl(0.003, 5)
+    failed_attempts: RateLimit = _rl(0.17, 3)
+
+
+@dataclass
+class JoinRateLimits:
+    local: RateLimit = _rl(0.1, 10)
+    remote: RateLimit = _rl(0.01, 10)
+
+
+@dataclass
+class InviteRateLimits:
+    per_room: RateLimit = _rl(0.3, 10)
+    per_user: RateLimit = _rl(0.003, 5)
+    per_issuer: RateLimit = _rl(0.3, 10)
+
+
+@dataclass
+class PresenceConfig:
+    enabled: bool = True
+
+
+@dataclass
+class Config:
+    server_name: str = ""
+    public_baseurl: str | None = None
+    listeners: list[Listener] = field(default_factory=lambda: [Listener()])
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    signing_key_path: str = "signing.key"
+    media_store_path: str = "media_store"
+    max_upload_size: str | int = "50M"
+    # Largest accepted JSON request body, in bytes (media uploads have max_upload_size).
+    max_request_body_size: int = 1024 * 1024
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_config: str | None = None
+
+    enable_registration: bool = False
+    enable_registration_without_verification: bool = False
+    registration_requires_token: bool = False
+    registration_shared_secret: str | None = None
+    allow_guest_access: bool = False
+    default_room_version: str = DEFAULT_ROOM_VERSION
+
+    # .well-known: served when set (Synapse: serve_server_wellknown).
+    serve_server_wellknown: bool = False
+    serve_client_wellknown: bool = True
+    extra_well_known_client_content: dict[str, Any] = field(default_factory=dict)
+
+    enable_metrics: bool = False
+    presence: PresenceConfig = field(default_factory=PresenceConfig)
+
+    rc_message: RateLimit = _rl(0.2, 10)
+    rc_registration: RateLimit = _rl(0.17, 3)
+    rc_login: LoginRateLimits = field(default_factory=LoginRateLimits)
+    rc_joins: JoinRateLimits = field(default_factory=JoinRateLimits)
+    rc_joins_per_room: RateLimit = _rl(1, 10)
+    rc_invites: InviteRateLimits = field(default_factory=InviteRateLimits)
+    rc_admin_redaction: RateLimit | None = None
+
+    # Where relative paths in this file are resolved from (the config file's directory).
+    config_dir: str = field(default=".", metadata={"internal": True})
+
+    # --- derived -----------------------------------------------------------------
+    def resolve_path(self, p: str) -> Path:
+        path = Path(p)
+        return path if path.is_absolute() else Path(self.config_dir) / path
+
+    @property
+    def max_upload_size_bytes(self) -> int:
+        return parse_size(self.max_upload_size)
+
+    @property
+    def client_base_url(self) -> str:
+        if self.public_baseurl:
+            return self.public_baseurl.rstrip("/") + "/"
+        for listener in self.listeners:
+            if listener.type == "http" and any("client" in r.names for r in listener.resources):
+                return f"http://{self.server_name.split(':')[0]}:{listener.port}/"
+        return f"https://{self.server_name}/"
+
+
+# --- validation ------------------------------------------------------------------------
+
+
+def parse_size(value: str | int) -> int:
+    """'50M' -> bytes; Synapse's size suffixes K, M, G (powers of 1024)."""
+    if isinstance(value, int):
+        return value
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    v = value.strip().upper()
+    try:
+        if v and v[-1] in units:
+            return int(v[:-1]) * units[v[-1]]
+        return int(v)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a size (like 50M or 1048576)") from None
+
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(tp))
+    if origin is list:
+        return f"a list of ({_describe(get_args(tp)[0])})"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping with keys " + ", ".join(
+            f.name for f in dataclasses.fields(tp) if not f.metadata.get("internal")
+        )
+    if tp is type(None):
+        return "null"
+    return {int: "an integer", str: "a string", bool: "true or false", float: "a number"}.get(
+        tp, str(tp)
+    )
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in get_args(tp):
+            try:
+                return _convert(value, arg, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{path}: expected {_describe(tp)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{path}: expected null")
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise ConfigError(f"{path}: expected {_describe(tp)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected {_describe(tp)}, got {value!r}")
+        (item_tp,) = get_args(tp)
+        return [_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected {_describe(tp)}, got {value!r}")
+        return _build(tp, value, path)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{path}: expected {_describe(tp)}, got {value!r}")
+
+
+def _build(cls: Any, data: Mapping[str, Any], path: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            allowed = ", ".join(sorted(fields))
+            raise ConfigError(f"unknown configuration key {where!r}; allowed here: {allowed}")
+        kwargs[key] = _convert(value, hints[key], where)
+    return cls(**kwargs)
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name.startswith(ENV_PREFIX + "TEST"):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if not all(parts):
+            continue
+        if parts[0] not in {f.name for f in dataclasses.fields(Config)}:
+            continue  # not a config key (e.g. STARLING_SPEC_DIR)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        target = data
+        for p in parts[:-1]:
+            nxt = target.get(p)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                target[p] = nxt
+            target = nxt
+        target[parts[-1]] = value
+
+
+def _check_semantics(cfg: Config) -> None:
+    from starling.protocol.identifiers import is_valid_server_name
+
+    if not cfg.server_name:
+        raise ConfigError("server_name: required (the domain in your users' IDs, e.g. example.org)")
+    if not is_valid_server_name(cfg.server_name):
+        raise ConfigError(f"server_name: {cfg.server_name!r} is not a valid Matrix server name")
+    if cfg.default_room_version not in KNOWN_ROOM_VERSIONS:
+        raise ConfigError(
+            f"default_room_version: {cfg.default_room_version!r} is not supported; "
+            f"allowed: {', '.join(KNOWN_ROOM_VERSIONS)}"
+        )
+    try:
+        parse_size(cfg.max_upload_size)
+    except ValueError as e:
+        raise ConfigError(f"max_upload_size: {e}") from None
+    if cfg.max_request_body_size < 1024:
+        raise ConfigError("max_request_body_size: must be at least 1024 bytes")
+    if not cfg.listeners:
+        raise ConfigError("listeners: at least one listener is required")
+    for i, listener in enumerate(cfg.listeners):
+        if not 0 <= listener.port <= 65535:
+            raise ConfigError(f"listeners[{i}].port: must be between 0 and 65535")
+        if listener.tls:
+            raise ConfigError(
+                f"listeners[{i}].tls: TLS termination is not built in; put a reverse proxy "
+                "in front (set tls: false)"
+            )
+    if cfg.database.args.cp_min < 1 or cfg.database.args.cp_max < cfg.database.args.cp_min:
+        raise ConfigError("database.args: need 1 <= cp_min <= cp_max")
+    for name in ("rc_message", "rc_registration", "rc_joins_per_room"):
+        rl: RateLimit = getattr(cfg, name)
+        if rl.per_second < 0 or rl.burst_count < 0:
+            raise ConfigError(f"{name}: per_second and burst_count must not be negative")
+
+
+def load_config_dict(
+    data: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None, config_dir: str = "."
+) -> Config:
+    """Build and validate a Config from parsed YAML plus environment overrides."""
+    merged: dict[str, Any] = dict(data or {})
+    _apply_env(merged, os.environ if environ is None else environ)
+    cfg: Config = _build(Config, merged, "")
+    cfg.config_dir = config_dir
+    _check_semantics(cfg)
+    return cfg
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, merge with the environment and validate a config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {str(p)!r}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of keys to values")
+    return load_config_dict(data, environ, config_dir=str(p.resolve().parent))
+
+
+def all_keys() -> list[tuple[str, str, Any]]:
+    """(dotted key, type description, default) for every key: drives docs and tests."""
+    out: list[tuple[str, str, Any]] = []
+
+    def walk(cls: Any, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("internal"):
+                continue
+            tp = hints[f.name]
+            key = prefix + f.name
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = None
+            if dataclasses.is_dataclass(tp):
+                out.append((key, "mapping", None))
+                walk(tp, key + ".")
+            else:
+                out.append((key, _describe(tp), default))
+
+    walk(Config, "")
+    return out

@@ -1,0 +1,204 @@
+"""`starling debug ...`: the protocol core as command-line tools for server admins.
+
+Like Dendrite's resolve-state: each command reads JSON, prints JSON, exits 0 on success
+and 2 with a one-line message on bad input. They run the same code the server runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import orjson
+
+from starling.protocol.canonical_json import CanonicalJsonError, encode_canonical_json
+from starling.protocol.event import Event
+from starling.protocol.room_versions import (
+    KNOWN_ROOM_VERSIONS,
+    RoomVersion,
+    UnknownRoomVersion,
+    get_room_version,
+)
+
+EXIT_BAD_INPUT = 2
+
+
+class BadInput(Exception):
+    pass
+
+
+def _read(path: str) -> bytes:
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read()
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise BadInput(f"cannot read {path}: {e.strerror}") from None
+
+
+def _load_json(path: str) -> Any:
+    raw = _read(path)
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise BadInput(f"{path}: not valid JSON: {e}") from None
+
+
+def _room_version(ident: str) -> RoomVersion:
+    try:
+        return get_room_version(ident)
+    except UnknownRoomVersion:
+        raise BadInput(
+            f"unknown room version {ident!r}; known: {', '.join(KNOWN_ROOM_VERSIONS)}"
+        ) from None
+
+
+def _event_id(pdu: dict[str, Any], rv: RoomVersion, trust_ids: bool) -> str:
+    from starling.protocol.hashing import compute_event_id
+
+    given = pdu.get("event_id")
+    if trust_ids:
+        if not isinstance(given, str):
+            raise BadInput("with --trust-ids every event needs an event_id string")
+        return given
+    try:
+        return compute_event_id(pdu, rv)
+    except ValueError as e:
+        raise BadInput(f"cannot compute the event ID: {e}") from None
+
+
+def _event(pdu: Any, rv: RoomVersion, trust_ids: bool, what: str) -> Event:
+    if not isinstance(pdu, dict):
+        raise BadInput(f"{what}: expected a JSON object")
+    return Event(pdu, _event_id(pdu, rv, trust_ids), rv)
+
+
+def _print(value: Any) -> None:
+    sys.stdout.buffer.write(orjson.dumps(value) + b"\n")
+
+
+def cmd_canonical_json(args: argparse.Namespace) -> None:
+    value = _load_json(args.file)
+    try:
+        sys.stdout.buffer.write(encode_canonical_json(value) + b"\n")
+    except CanonicalJsonError as e:
+        raise BadInput(f"no canonical form: {e}") from None
+
+
+def cmd_event_id(args: argparse.Namespace) -> None:
+    rv = _room_version(args.room_version)
+    pdu = _load_json(args.file)
+    if not isinstance(pdu, dict):
+        raise BadInput("expected a JSON object (one event)")
+    _print({"event_id": _event_id(pdu, rv, trust_ids=False)})
+
+
+def cmd_check_auth(args: argparse.Namespace) -> None:
+    from starling.protocol.auth_rules import check_auth_rules
+
+    rv = _room_version(args.room_version)
+    event = _event(_load_json(args.event_file), rv, args.trust_ids, "EVENT_FILE")
+    auth_list = _load_json(args.auth_events_file)
+    if not isinstance(auth_list, list):
+        raise BadInput("AUTH_EVENTS_FILE: expected a JSON list of events")
+    auth_state = {}
+    for i, pdu in enumerate(auth_list):
+        ev = _event(pdu, rv, args.trust_ids, f"AUTH_EVENTS_FILE[{i}]")
+        if ev.state_key is None:
+            raise BadInput(f"AUTH_EVENTS_FILE[{i}]: auth events must be state events")
+        auth_state[ev.state_map_key] = ev
+    decision = check_auth_rules(event, auth_state)
+    if decision.allowed:
+        _print({"allowed": True})
+    else:
+        _print({"allowed": False, "reason": decision.reason})
+
+
+def cmd_resolve_state(args: argparse.Namespace) -> None:
+    from starling.protocol.state_res import MissingEventsError, resolve_state, state_set_from_ids
+
+    rv = _room_version(args.room_version)
+    data = _load_json(args.file)
+    if not isinstance(data, dict) or not isinstance(data.get("events"), list):
+        raise BadInput('FILE: expected {"events": [...], "state_sets": [[...], ...]}')
+    sets = data.get("state_sets")
+    if not isinstance(sets, list) or not all(isinstance(s, list) for s in sets):
+        raise BadInput("FILE: state_sets must be a list of lists of event IDs")
+    events: dict[str, Event] = {}
+    for i, pdu in enumerate(data["events"]):
+        ev = _event(pdu, rv, args.trust_ids, f"events[{i}]")
+        events[ev.event_id] = ev
+    try:
+        state_sets = [state_set_from_ids(s, events) for s in sets]
+        resolved = resolve_state(rv, state_sets, events)
+    except MissingEventsError as e:
+        raise BadInput(f"events missing from FILE: {', '.join(sorted(e.event_ids))}") from None
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+    _print(sorted([t, sk, eid] for (t, sk), eid in resolved.items()))
+
+
+def add_debug_commands(sub: Any) -> None:
+    debug = sub.add_parser(
+        "debug",
+        help="protocol tools: canonical JSON, event IDs, auth checks, state resolution",
+        description="Protocol tools for server admins. Read JSON, print JSON; exit 2 on bad input.",
+    )
+    dsub = debug.add_subparsers(dest="debug_command", metavar="TOOL")
+    dsub.required = True
+
+    c = dsub.add_parser(
+        "canonical-json",
+        help="print the canonical JSON of stdin (or FILE)",
+        description="Print the canonical JSON form of the input, or why it has none.",
+    )
+    c.add_argument("file", nargs="?", default="-", help="input file (default: stdin)")
+    c.set_defaults(func=_wrap(cmd_canonical_json))
+
+    e = dsub.add_parser(
+        "event-id",
+        help="compute the event ID of an event",
+        description='Print {"event_id": ...} for the event in FILE.',
+    )
+    e.add_argument("--room-version", required=True)
+    e.add_argument("file", help="a JSON file holding one event (- for stdin)")
+    e.set_defaults(func=_wrap(cmd_event_id))
+
+    a = dsub.add_parser(
+        "check-auth",
+        help="run the authorization rules on an event",
+        description='Print {"allowed": true} or {"allowed": false, "reason": ...}.',
+    )
+    a.add_argument("--room-version", required=True)
+    a.add_argument("--trust-ids", action="store_true", help="take each event_id as given")
+    a.add_argument("event_file", metavar="EVENT_FILE")
+    a.add_argument("auth_events_file", metavar="AUTH_EVENTS_FILE", help="a JSON list of events")
+    a.set_defaults(func=_wrap(cmd_check_auth))
+
+    r = dsub.add_parser(
+        "resolve-state",
+        help="run state resolution",
+        description=(
+            'FILE = {"events": [every event, auth chains included], "state_sets": '
+            "[[event IDs], ...]}. Prints the resolved state as a sorted JSON list of "
+            "[type, state_key, event_id]."
+        ),
+    )
+    r.add_argument("--room-version", required=True)
+    r.add_argument("--trust-ids", action="store_true", help="take each event_id as given")
+    r.add_argument("file", metavar="FILE")
+    r.set_defaults(func=_wrap(cmd_resolve_state))
+
+
+def _wrap(fn: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            fn(args)
+        except BadInput as e:
+            print(f"starling debug: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        return 0
+
+    return run
