@@ -1,0 +1,1 @@
+"""Rooms: creating rooms and events, membership, room state."""

@@ -1,0 +1,245 @@
+"""Creating rooms: POST /createRoom's sequence of initial events.
+
+Spec: client-server-api "Creation" — the create event, the creator's join, power levels
+(with power_level_content_override), the canonical alias, the preset's join rules, history
+visibility and guest access, initial_state, name, topic, then the invites. Defaults follow
+Synapse where the spec leaves them open.
+"""
+
+from __future__ import annotations
+
+import copy
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starling.errors import MatrixError, bad_json, invalid_param
+from starling.protocol.event import Event
+from starling.protocol.identifiers import is_valid_user_id
+from starling.protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion, get_room_version
+from starling.rooms.event_service import RoomEventService
+
+PRESETS = ("private_chat", "public_chat", "trusted_private_chat")
+MAX_INITIAL_STATE = 100
+MAX_INVITES = 100
+
+# Events whose initial values the preset or request sets; initial_state may not override
+# the ones createRoom itself decides.
+_CONTROLLED = {"m.room.create", "m.room.member", "m.room.power_levels"}
+
+ProfileLookup = Callable[[str], Awaitable[dict[str, Any]]]
+
+
+@dataclass
+class CreateRoomRequest:
+    creator: str
+    preset: str | None = None
+    visibility: str = "private"
+    room_version: str | None = None
+    name: str | None = None
+    topic: str | None = None
+    room_alias_name: str | None = None
+    invite: list[str] = field(default_factory=list)
+    is_direct: bool = False
+    initial_state: list[dict[str, Any]] = field(default_factory=list)
+    creation_content: dict[str, Any] = field(default_factory=dict)
+    power_level_content_override: dict[str, Any] | None = None
+
+    @classmethod
+    def from_body(cls, creator: str, body: dict[str, Any]) -> CreateRoomRequest:
+        """Validate a /createRoom body; M_BAD_JSON / M_INVALID_PARAM naming the field."""
+
+        def opt_str(key: str) -> str | None:
+            v = body.get(key)
+            if v is not None and not isinstance(v, str):
+                raise bad_json(f"'{key}' must be a string")
+            return v
+
+        def opt_obj(key: str) -> dict[str, Any] | None:
+            v = body.get(key)
+            if v is not None and not isinstance(v, dict):
+                raise bad_json(f"'{key}' must be an object")
+            return v
+
+        preset = opt_str("preset")
+        if preset is not None and preset not in PRESETS:
+            raise invalid_param(f"'preset' must be one of {', '.join(PRESETS)}")
+        visibility = opt_str("visibility") or "private"
+        if visibility not in ("public", "private"):
+            raise invalid_param("'visibility' must be 'public' or 'private'")
+        invite = body.get("invite", [])
+        if not isinstance(invite, list) or not all(isinstance(u, str) for u in invite):
+            raise bad_json("'invite' must be a list of user IDs")
+        if len(invite) > MAX_INVITES:
+            raise invalid_param(f"at most {MAX_INVITES} invites")
+        for u in invite:
+            if not is_valid_user_id(u):
+                raise invalid_param(f"invalid user ID in 'invite': {u!r}")
+        initial_state = body.get("initial_state", [])
+        if not isinstance(initial_state, list) or len(initial_state) > MAX_INITIAL_STATE:
+            raise bad_json(f"'initial_state' must be a list of at most {MAX_INITIAL_STATE}")
+        for ev in initial_state:
+            if (
+                not isinstance(ev, dict)
+                or not isinstance(ev.get("type"), str)
+                or not isinstance(ev.get("content"), dict)
+                or not isinstance(ev.get("state_key", ""), str)
+            ):
+                raise bad_json("each initial_state entry needs a 'type' and 'content' object")
+        is_direct = body.get("is_direct", False)
+        if not isinstance(is_direct, bool):
+            raise bad_json("'is_direct' must be a boolean")
+        if body.get("invite_3pid"):
+            raise MatrixError(
+                400, "M_UNRECOGNIZED", "Third-party invites are not supported by this server"
+            )
+        return cls(
+            creator=creator,
+            preset=preset,
+            visibility=visibility,
+            room_version=opt_str("room_version"),
+            name=opt_str("name"),
+            topic=opt_str("topic"),
+            room_alias_name=opt_str("room_alias_name"),
+            invite=list(dict.fromkeys(invite)),
+            is_direct=is_direct,
+            initial_state=initial_state,
+            creation_content=opt_obj("creation_content") or {},
+            power_level_content_override=opt_obj("power_level_content_override"),
+        )
+
+
+def default_power_levels(
+    req: CreateRoomRequest, rv: RoomVersion, invitees_as_admins: bool
+) -> dict[str, Any]:
+    users: dict[str, int] = {}
+    if not rv.privileged_creators:
+        users[req.creator] = 100
+        if invitees_as_admins:
+            for u in req.invite:
+                users[u] = 100
+    return {
+        "users": users,
+        "users_default": 0,
+        "events": {
+            "m.room.name": 50,
+            "m.room.power_levels": 100,
+            "m.room.history_visibility": 100,
+            "m.room.canonical_alias": 50,
+            "m.room.avatar": 50,
+            # Room version 12: above state_default so that only creators can upgrade.
+            "m.room.tombstone": 150 if rv.privileged_creators else 100,
+            "m.room.server_acl": 100,
+            "m.room.encryption": 100,
+        },
+        "events_default": 0,
+        "state_default": 50,
+        "ban": 50,
+        "kick": 50,
+        "redact": 50,
+        "invite": 50,
+    }
+
+
+class RoomCreator:
+    def __init__(
+        self,
+        server_name: str,
+        events: RoomEventService,
+        default_room_version: str,
+        profile_lookup: ProfileLookup,
+        alias_creator: Callable[[str, str, str], Awaitable[None]] | None = None,
+        publish_room: Callable[[str, bool], Awaitable[None]] | None = None,
+        invite: Callable[[str, str, str, bool], Awaitable[Event]] | None = None,
+    ) -> None:
+        self._server_name = server_name
+        self._events = events
+        self._default_room_version = default_room_version
+        self._profile = profile_lookup
+        self._create_alias = alias_creator
+        self._publish = publish_room
+        self._invite = invite
+
+    async def create(self, req: CreateRoomRequest) -> tuple[str, Event]:
+        """Create the room; returns (room_id, create event)."""
+        version_id = req.room_version or self._default_room_version
+        if version_id not in KNOWN_ROOM_VERSIONS:
+            raise MatrixError(
+                400, "M_UNSUPPORTED_ROOM_VERSION", f"Room version {version_id!r} is not supported"
+            )
+        rv = get_room_version(version_id)
+        preset = req.preset or ("public_chat" if req.visibility == "public" else "private_chat")
+        alias = None
+        if req.room_alias_name is not None:
+            if (
+                not req.room_alias_name
+                or ":" in req.room_alias_name
+                or any(c.isspace() for c in req.room_alias_name)
+            ):
+                raise invalid_param("'room_alias_name' must be a non-empty localpart")
+            alias = f"#{req.room_alias_name}:{self._server_name}"
+
+        creation = copy.deepcopy(req.creation_content)
+        creation["room_version"] = rv.identifier
+        if rv.create_event_has_creator:
+            creation["creator"] = req.creator
+        if preset == "trusted_private_chat" and rv.privileged_creators and req.invite:
+            extra = creation.get("additional_creators", [])
+            if not isinstance(extra, list):
+                raise bad_json("'creation_content.additional_creators' must be a list")
+            creation["additional_creators"] = list(dict.fromkeys([*extra, *req.invite]))
+        room_id = None if rv.room_id_from_create_event else self._new_room_id()
+        create = await self._events.create_room_event(rv, room_id, req.creator, creation)
+        room_id = create.room_id
+
+        send = self._events.send
+        member = {"membership": "join", **(await self._profile(req.creator))}
+        await send(room_id, req.creator, "m.room.member", member, req.creator)
+
+        pl = default_power_levels(req, rv, preset == "trusted_private_chat")
+        if req.power_level_content_override:
+            pl.update(copy.deepcopy(req.power_level_content_override))
+        await send(room_id, req.creator, "m.room.power_levels", pl, "")
+
+        if alias is not None and self._create_alias is not None:
+            await self._create_alias(alias, room_id, req.creator)
+            await send(room_id, req.creator, "m.room.canonical_alias", {"alias": alias}, "")
+
+        state_keys_set = {(e["type"], e.get("state_key", "")) for e in req.initial_state}
+        join_rule = "public" if preset == "public_chat" else "invite"
+        if ("m.room.join_rules", "") not in state_keys_set:
+            await send(room_id, req.creator, "m.room.join_rules", {"join_rule": join_rule}, "")
+        if ("m.room.history_visibility", "") not in state_keys_set:
+            await send(
+                room_id,
+                req.creator,
+                "m.room.history_visibility",
+                {"history_visibility": "shared"},
+                "",
+            )
+        if preset != "public_chat" and ("m.room.guest_access", "") not in state_keys_set:
+            await send(
+                room_id, req.creator, "m.room.guest_access", {"guest_access": "can_join"}, ""
+            )
+        for ev in req.initial_state:
+            if ev["type"] in _CONTROLLED:
+                continue
+            await send(room_id, req.creator, ev["type"], ev["content"], ev.get("state_key", ""))
+        if req.name is not None:
+            await send(room_id, req.creator, "m.room.name", {"name": req.name}, "")
+        if req.topic is not None:
+            topic = {
+                "topic": req.topic,
+                "m.topic": {"m.text": [{"mimetype": "text/plain", "body": req.topic}]},
+            }
+            await send(room_id, req.creator, "m.room.topic", topic, "")
+        if req.visibility == "public" and self._publish is not None:
+            await self._publish(room_id, True)
+        if self._invite is not None:
+            for user_id in req.invite:
+                await self._invite(room_id, req.creator, user_id, req.is_direct)
+        return room_id, create
+
+    def _new_room_id(self) -> str:
+        return f"!{secrets.token_urlsafe(18)}:{self._server_name}"

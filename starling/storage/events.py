@@ -1,0 +1,359 @@
+"""Events: the room DAG's nodes, their stream positions and the rooms they belong to.
+
+Events are immutable, so they are cached by ID once read (an LRU of parsed `Event`s); what
+can change about an event (rejected, soft-failed, redacted) lives in `EventMeta`. Every
+read takes a batch of IDs and costs one query for the cache misses.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import orjson
+
+from starling.protocol.event import Event
+from starling.protocol.room_versions import RoomVersion, get_room_version
+from starling.storage.database import Database, Row, Transaction
+
+
+@dataclass(slots=True)
+class EventMeta:
+    """What the server knows about an event beyond its PDU."""
+
+    event_nid: int
+    stream_ordering: int | None
+    rejected_reason: str | None
+    soft_failed: bool
+    outlier: bool
+    device_id: str | None
+    txn_id: str | None
+    redacted_by: str | None
+    replaces_state: str | None
+    state_before: int | None
+    state_after: int | None
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LruCache(Generic[K, V]):
+    """A small LRU: immutable values only (events, state snapshots)."""
+
+    def __init__(self, max_size: int) -> None:
+        self._data: OrderedDict[K, V] = OrderedDict()
+        self._max = max_size
+
+    def get(self, key: K) -> V | None:
+        v = self._data.get(key)
+        if v is not None:
+            self._data.move_to_end(key)
+        return v
+
+    def put(self, key: K, value: V) -> None:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        if len(self._data) > self._max:
+            self._data.popitem(last=False)
+
+    def pop(self, key: K) -> None:
+        self._data.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+_EVENT_COLUMNS = (
+    "e.event_id, e.json, r.room_version, e.event_nid, e.stream_ordering, e.rejected_reason,"
+    " e.soft_failed, e.outlier, e.device_id, e.txn_id, e.redacted_by, e.replaces_state,"
+    " e.state_before, e.state_after"
+)
+
+
+class EventStore:
+    def __init__(self, db: Database, cache_size: int = 50_000) -> None:
+        self._db = db
+        self._events: LruCache[str, tuple[Event, EventMeta]] = LruCache(cache_size)
+        self._room_versions: dict[str, RoomVersion] = {}
+
+    # --- rooms ---------------------------------------------------------------------------
+
+    async def store_room(
+        self, txn: Transaction, room_id: str, room_version: RoomVersion, creator: str, ts: int
+    ) -> None:
+        await txn.execute(
+            "INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (room_id) DO NOTHING",
+            room_id,
+            room_version.identifier,
+            creator,
+            ts,
+        )
+        self._room_versions[room_id] = room_version
+
+    async def get_room_version(self, room_id: str) -> RoomVersion | None:
+        rv = self._room_versions.get(room_id)
+        if rv is None:
+            ident = await self._db.fetch_val(
+                "SELECT room_version FROM rooms WHERE room_id = ?", room_id
+            )
+            if ident is None:
+                return None
+            rv = get_room_version(ident)
+            self._room_versions[room_id] = rv
+        return rv
+
+    # --- reading events ------------------------------------------------------------------
+
+    def _from_row(self, row: Row) -> tuple[Event, EventMeta]:
+        rv = get_room_version(row[2])
+        event = Event(orjson.loads(row[1]), row[0], rv)
+        meta = EventMeta(
+            event_nid=row[3],
+            stream_ordering=row[4],
+            rejected_reason=row[5],
+            soft_failed=bool(row[6]),
+            outlier=bool(row[7]),
+            device_id=row[8],
+            txn_id=row[9],
+            redacted_by=row[10],
+            replaces_state=row[11],
+            state_before=row[12],
+            state_after=row[13],
+        )
+        return event, meta
+
+    async def get_events_with_meta(
+        self, event_ids: Iterable[str]
+    ) -> dict[str, tuple[Event, EventMeta]]:
+        """Known events among `event_ids` (rejected ones included), with their metadata."""
+        found: dict[str, tuple[Event, EventMeta]] = {}
+        missing: list[str] = []
+        for eid in event_ids:
+            hit = self._events.get(eid)
+            if hit is None:
+                missing.append(eid)
+            else:
+                found[eid] = hit
+        if missing:
+            rows = await self._db.fetch_all(
+                f"SELECT {_EVENT_COLUMNS} FROM events e JOIN rooms r ON r.room_id = e.room_id"
+                f" WHERE {self._db.sql.in_array('e.event_id')}",
+                self._db.sql.array(missing),
+            )
+            for row in rows:
+                pair = self._from_row(row)
+                self._events.put(row[0], pair)
+                found[row[0]] = pair
+        return found
+
+    async def get_events(
+        self, event_ids: Iterable[str], allow_rejected: bool = False
+    ) -> dict[str, Event]:
+        got = await self.get_events_with_meta(event_ids)
+        return {
+            eid: ev
+            for eid, (ev, meta) in got.items()
+            if allow_rejected or meta.rejected_reason is None
+        }
+
+    async def get_event(self, event_id: str) -> tuple[Event, EventMeta] | None:
+        return (await self.get_events_with_meta([event_id])).get(event_id)
+
+    def invalidate(self, event_id: str) -> None:
+        """Forget a cached event whose metadata changed (e.g. it was redacted)."""
+        self._events.pop(event_id)
+
+    async def get_event_by_txn(self, sender: str, device_id: str, txn_id: str) -> str | None:
+        val = await self._db.fetch_val(
+            "SELECT event_id FROM events WHERE sender = ? AND device_id = ? AND txn_id = ?",
+            sender,
+            device_id,
+            txn_id,
+        )
+        return str(val) if val is not None else None
+
+    async def get_forward_extremities(self, room_id: str) -> list[str]:
+        rows = await self._db.fetch_all(
+            "SELECT event_id FROM forward_extremities WHERE room_id = ?", room_id
+        )
+        return [r[0] for r in rows]
+
+    async def get_max_depth(self, event_ids: Sequence[str]) -> int:
+        events = await self.get_events(event_ids, allow_rejected=True)
+        return max((e.depth for e in events.values()), default=0)
+
+    # --- timeline reads ------------------------------------------------------------------
+
+    async def get_room_events_between(
+        self,
+        room_id: str,
+        from_exclusive: int | None,
+        to_inclusive: int,
+        limit: int,
+        backwards: bool = True,
+    ) -> list[tuple[Event, EventMeta]]:
+        """Timeline events (not outliers, not soft-failed) with stream positions in
+        (from_exclusive, to_inclusive], newest first when `backwards`."""
+        lower = from_exclusive if from_exclusive is not None else -(2**62)
+        order = "DESC" if backwards else "ASC"
+        rows = await self._db.fetch_all(
+            f"SELECT {_EVENT_COLUMNS} FROM events e JOIN rooms r ON r.room_id = e.room_id"
+            " WHERE e.room_id = ? AND e.stream_ordering > ? AND e.stream_ordering <= ?"
+            f" AND NOT e.soft_failed ORDER BY e.stream_ordering {order} LIMIT ?",
+            room_id,
+            lower,
+            to_inclusive,
+            limit,
+        )
+        return [self._cached_row(row) for row in rows]
+
+    async def get_recent_events_for_rooms(
+        self, room_ids: Sequence[str], from_exclusive: int | None, to_inclusive: int, limit: int
+    ) -> dict[str, list[tuple[Event, EventMeta]]]:
+        """For each room, up to `limit` newest timeline events in (from, to], oldest first.
+
+        One query for all rooms (a window function), so a sync over 50 rooms costs one
+        round trip, not 50.
+        """
+        if not room_ids:
+            return {}
+        lower = from_exclusive if from_exclusive is not None else -(2**62)
+        rows = await self._db.fetch_all(
+            f"SELECT {_EVENT_COLUMNS} FROM ("
+            "  SELECT e.*, ROW_NUMBER() OVER ("
+            "    PARTITION BY e.room_id ORDER BY e.stream_ordering DESC) AS rn"
+            "  FROM events e"
+            f"  WHERE {self._db.sql.in_array('e.room_id')}"
+            "    AND e.stream_ordering > ? AND e.stream_ordering <= ? AND NOT e.soft_failed"
+            ") e JOIN rooms r ON r.room_id = e.room_id"
+            " WHERE e.rn <= ? ORDER BY e.stream_ordering ASC",
+            self._db.sql.array(room_ids),
+            lower,
+            to_inclusive,
+            limit,
+        )
+        out: dict[str, list[tuple[Event, EventMeta]]] = {}
+        for row in rows:
+            pair = self._cached_row(row)
+            out.setdefault(pair[0].room_id, []).append(pair)
+        return out
+
+    def _cached_row(self, row: Row) -> tuple[Event, EventMeta]:
+        hit = self._events.get(row[0])
+        if hit is not None:
+            return hit
+        pair = self._from_row(row)
+        self._events.put(row[0], pair)
+        return pair
+
+    async def get_rooms_changed_between(
+        self, room_ids: Sequence[str], from_exclusive: int, to_inclusive: int
+    ) -> set[str]:
+        if not room_ids:
+            return set()
+        rows = await self._db.fetch_all(
+            "SELECT DISTINCT room_id FROM events"
+            f" WHERE {self._db.sql.in_array('room_id')}"
+            " AND stream_ordering > ? AND stream_ordering <= ?",
+            self._db.sql.array(room_ids),
+            from_exclusive,
+            to_inclusive,
+        )
+        return {r[0] for r in rows}
+
+    # --- writing events ------------------------------------------------------------------
+
+    async def insert_event(
+        self,
+        txn: Transaction,
+        event: Event,
+        *,
+        stream_ordering: int | None,
+        state_before: int | None,
+        state_after: int | None,
+        replaces_state: str | None = None,
+        rejected_reason: str | None = None,
+        soft_failed: bool = False,
+        outlier: bool = False,
+        device_id: str | None = None,
+        txn_id: str | None = None,
+    ) -> int:
+        """Insert one event and its DAG edges; returns its event_nid."""
+        nid = await txn.fetch_val(
+            "INSERT INTO events (event_id, room_id, stream_ordering, depth, type, state_key,"
+            " sender, origin_server_ts, json, state_before, state_after, rejected_reason,"
+            " soft_failed, outlier, device_id, txn_id, replaces_state)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING event_nid",
+            event.event_id,
+            event.room_id,
+            stream_ordering,
+            event.depth,
+            event.type,
+            event.state_key,
+            event.sender,
+            event.origin_server_ts,
+            orjson.dumps(event.pdu).decode(),
+            state_before,
+            state_after,
+            rejected_reason,
+            soft_failed,
+            outlier,
+            device_id,
+            txn_id,
+            replaces_state,
+        )
+        if event.prev_event_ids:
+            await txn.executemany(
+                "INSERT INTO event_edges (event_nid, prev_event_id) VALUES (?, ?)"
+                " ON CONFLICT DO NOTHING",
+                [(nid, p) for p in event.prev_event_ids],
+            )
+        meta = EventMeta(
+            event_nid=int(nid),
+            stream_ordering=stream_ordering,
+            rejected_reason=rejected_reason,
+            soft_failed=soft_failed,
+            outlier=outlier,
+            device_id=device_id,
+            txn_id=txn_id,
+            redacted_by=None,
+            replaces_state=replaces_state,
+            state_before=state_before,
+            state_after=state_after,
+        )
+        txn.call_after_commit(lambda: self._events.put(event.event_id, (event, meta)))
+        return int(nid)
+
+    async def set_forward_extremities(
+        self, txn: Transaction, room_id: str, remove: Iterable[str], add: str
+    ) -> None:
+        removed = list(remove)
+        if removed:
+            await txn.execute(
+                "DELETE FROM forward_extremities WHERE room_id = ?"
+                f" AND {txn.sql.in_array('event_id')}",
+                room_id,
+                txn.sql.array(removed),
+            )
+        await txn.execute(
+            "INSERT INTO forward_extremities (room_id, event_id) VALUES (?, ?)"
+            " ON CONFLICT DO NOTHING",
+            room_id,
+            add,
+        )
+
+    async def mark_redacted(self, txn: Transaction, target_id: str, redaction_id: str) -> None:
+        await txn.execute(
+            "UPDATE events SET redacted_by = ? WHERE event_id = ? AND redacted_by IS NULL",
+            redaction_id,
+            target_id,
+        )
+        txn.call_after_commit(lambda: self.invalidate(target_id))
+
+    async def nids_for_event_ids(self, event_ids: Sequence[str]) -> dict[str, int]:
+        got = await self.get_events_with_meta(event_ids)
+        return {eid: meta.event_nid for eid, (_, meta) in got.items()}

@@ -1,0 +1,138 @@
+"""Current room memberships, denormalised from room state for fast lookups.
+
+"Which rooms is this user in" and "who is joined to this room" are asked on every sync and
+every sent event, so both are cached; the cache is updated after the commit that changes
+a membership (only this process writes memberships).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from starling.storage.database import Database, Transaction
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    room_id: str
+    user_id: str
+    membership: str
+    event_id: str
+    stream_ordering: int | None
+
+
+class MembershipStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._joined: dict[str, frozenset[str]] = {}
+        self._user_rooms: dict[str, dict[str, Membership]] = {}
+
+    async def record(self, txn: Transaction, rows: Sequence[Membership]) -> None:
+        if not rows:
+            return
+        await txn.executemany(
+            "INSERT INTO room_memberships (room_id, user_id, membership, event_id,"
+            " stream_ordering) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership,"
+            " event_id = excluded.event_id, stream_ordering = excluded.stream_ordering",
+            [(m.room_id, m.user_id, m.membership, m.event_id, m.stream_ordering) for m in rows],
+        )
+        if any(m.membership == "join" for m in rows):
+            await txn.executemany(
+                "DELETE FROM room_forgotten WHERE user_id = ? AND room_id = ?",
+                [(m.user_id, m.room_id) for m in rows if m.membership == "join"],
+            )
+
+        def invalidate() -> None:
+            for m in rows:
+                self._joined.pop(m.room_id, None)
+                self._user_rooms.pop(m.user_id, None)
+
+        txn.call_after_commit(invalidate)
+
+    async def get_joined_users(self, room_id: str) -> frozenset[str]:
+        hit = self._joined.get(room_id)
+        if hit is None:
+            rows = await self._db.fetch_all(
+                "SELECT user_id FROM room_memberships WHERE room_id = ? AND membership = 'join'",
+                room_id,
+            )
+            hit = frozenset(r[0] for r in rows)
+            self._joined[room_id] = hit
+        return hit
+
+    async def get_members(self, room_id: str) -> list[Membership]:
+        rows = await self._db.fetch_all(
+            "SELECT room_id, user_id, membership, event_id, stream_ordering"
+            " FROM room_memberships WHERE room_id = ?",
+            room_id,
+        )
+        return [Membership(*r) for r in rows]
+
+    async def get_rooms_for_user(self, user_id: str) -> dict[str, Membership]:
+        """Every room where the user has a membership (any kind), keyed by room ID."""
+        hit = self._user_rooms.get(user_id)
+        if hit is None:
+            rows = await self._db.fetch_all(
+                "SELECT room_id, user_id, membership, event_id, stream_ordering"
+                " FROM room_memberships WHERE user_id = ?",
+                user_id,
+            )
+            hit = {r[0]: Membership(*r) for r in rows}
+            self._user_rooms[user_id] = hit
+        return hit
+
+    async def get_joined_rooms(self, user_id: str) -> list[str]:
+        rooms = await self.get_rooms_for_user(user_id)
+        return [r for r, m in rooms.items() if m.membership == "join"]
+
+    async def get_membership(self, room_id: str, user_id: str) -> Membership | None:
+        return (await self.get_rooms_for_user(user_id)).get(room_id)
+
+    async def get_membership_changes(
+        self, user_id: str, from_exclusive: int, to_inclusive: int
+    ) -> list[tuple[str, str, int]]:
+        """(room_id, event_id, stream_ordering) of the user's member events in the range."""
+        rows = await self._db.fetch_all(
+            "SELECT room_id, event_id, stream_ordering FROM events"
+            " WHERE type = 'm.room.member' AND state_key = ?"
+            " AND stream_ordering > ? AND stream_ordering <= ? AND NOT soft_failed"
+            " AND rejected_reason IS NULL ORDER BY stream_ordering",
+            user_id,
+            from_exclusive,
+            to_inclusive,
+        )
+        return [(r[0], r[1], int(r[2])) for r in rows]
+
+    async def users_sharing_a_room(self, user_id: str) -> set[str]:
+        rooms = await self.get_joined_rooms(user_id)
+        users: set[str] = set()
+        for room_id in rooms:
+            users |= await self.get_joined_users(room_id)
+        return users
+
+    async def forget(self, user_id: str, room_id: str) -> None:
+        await self._db.execute(
+            "INSERT INTO room_forgotten (user_id, room_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            user_id,
+            room_id,
+        )
+
+    async def forgotten_rooms(self, user_id: str) -> set[str]:
+        rows = await self._db.fetch_all(
+            "SELECT room_id FROM room_forgotten WHERE user_id = ?", user_id
+        )
+        return {r[0] for r in rows}
+
+    async def count_joined(self, room_ids: Iterable[str]) -> dict[str, int]:
+        ids = list(room_ids)
+        if not ids:
+            return {}
+        rows = await self._db.fetch_all(
+            "SELECT room_id, COUNT(*) FROM room_memberships"
+            f" WHERE membership = 'join' AND {self._db.sql.in_array('room_id')}"
+            " GROUP BY room_id",
+            self._db.sql.array(ids),
+        )
+        return {r[0]: int(r[1]) for r in rows}

@@ -1,0 +1,172 @@
+"""Room state: state groups stored as bounded delta chains, and each room's current state.
+
+A state group is the full state at some point of a room's DAG. It is stored as the keys
+that differ from a previous group, and after `MAX_CHAIN_LENGTH` deltas as a full snapshot,
+so reading any group walks a bounded chain in one recursive query, and a message (which
+changes no state) costs no state rows at all. (type, state_key) pairs are interned to
+integers (`state_keys`), entries point at `event_nid`s.
+
+Groups are immutable, so they are cached once read. Current state is cached per room and
+updated after each commit; only this process writes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from starling.protocol.event import StateKey
+from starling.storage.database import Database, Transaction
+from starling.storage.events import LruCache
+
+MAX_CHAIN_LENGTH = 32
+
+StateMap = Mapping[StateKey, str]
+
+
+class StateStore:
+    def __init__(self, db: Database, cache_size: int = 5_000) -> None:
+        self._db = db
+        self._groups: LruCache[int, tuple[StateMap, int]] = LruCache(cache_size)
+        self._key_nids: dict[StateKey, int] = {}
+        self._current: LruCache[str, dict[StateKey, str]] = LruCache(cache_size)
+
+    # --- state groups --------------------------------------------------------------------
+
+    async def get_state_ids(self, group: int) -> StateMap:
+        """The full state of a group: (type, state_key) -> event ID."""
+        return (await self._load_group(group))[0]
+
+    async def _load_group(self, group: int) -> tuple[StateMap, int]:
+        hit = self._groups.get(group)
+        if hit is not None:
+            return hit
+        rows = await self._db.fetch_all(
+            "WITH RECURSIVE chain (g, dist) AS ("
+            "  SELECT CAST(? AS BIGINT), 0"
+            "  UNION ALL"
+            "  SELECT sg.prev_group, chain.dist + 1 FROM state_groups sg"
+            "  JOIN chain ON sg.state_group = chain.g WHERE sg.prev_group IS NOT NULL"
+            ")"
+            " SELECT k.type, k.state_key, ev.event_id, chain.dist"
+            " FROM chain"
+            " JOIN state_group_entries sge ON sge.state_group = chain.g"
+            " JOIN state_keys k ON k.key_nid = sge.key_nid"
+            " JOIN events ev ON ev.event_nid = sge.event_nid"
+            " ORDER BY chain.dist DESC",
+            group,
+        )
+        state: dict[StateKey, str] = {}
+        chain_length = 0
+        # Oldest group first, so nearer deltas overwrite what they changed.
+        for etype, state_key, event_id, dist in rows:
+            state[(etype, state_key)] = event_id
+            chain_length = max(chain_length, int(dist))
+        frozen: StateMap = MappingProxyType(state)
+        self._groups.put(group, (frozen, chain_length))
+        return frozen, chain_length
+
+    async def _key_nids_for(self, txn: Transaction, keys: list[StateKey]) -> dict[StateKey, int]:
+        out: dict[StateKey, int] = {}
+        missing: list[StateKey] = []
+        for key in keys:
+            nid = self._key_nids.get(key)
+            if nid is None:
+                missing.append(key)
+            else:
+                out[key] = nid
+        if missing:
+            await txn.executemany(
+                "INSERT INTO state_keys (type, state_key) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                missing,
+            )
+            for etype, state_key in missing:
+                nid = await txn.fetch_val(
+                    "SELECT key_nid FROM state_keys WHERE type = ? AND state_key = ?",
+                    etype,
+                    state_key,
+                )
+                out[(etype, state_key)] = int(nid)
+                self._key_nids[(etype, state_key)] = int(nid)
+        return out
+
+    async def create_group(
+        self,
+        txn: Transaction,
+        room_id: str,
+        prev_group: int | None,
+        delta: Mapping[StateKey, str],
+        full_state: Mapping[StateKey, str],
+        event_nids: Mapping[str, int],
+    ) -> int:
+        """Store a new group whose full state is `full_state`, written as `delta` over
+        `prev_group` unless that chain is already long (then as a snapshot).
+
+        `event_nids` must map every event ID that is written (the delta's, or all of
+        full_state's for a snapshot) to its event_nid.
+        """
+        chain_length = 0
+        if prev_group is not None:
+            _, prev_chain = await self._load_group(prev_group)
+            chain_length = prev_chain + 1
+            if chain_length > MAX_CHAIN_LENGTH:
+                prev_group = None
+                chain_length = 0
+        entries = delta if prev_group is not None else full_state
+        group = int(
+            await txn.fetch_val(
+                "INSERT INTO state_groups (room_id, prev_group, chain_length) VALUES (?, ?, ?)"
+                " RETURNING state_group",
+                room_id,
+                prev_group,
+                chain_length,
+            )
+        )
+        if entries:
+            nids = await self._key_nids_for(txn, list(entries))
+            await txn.executemany(
+                "INSERT INTO state_group_entries (state_group, key_nid, event_nid)"
+                " VALUES (?, ?, ?)",
+                [(group, nids[k], event_nids[eid]) for k, eid in entries.items()],
+            )
+        snapshot: StateMap = MappingProxyType(dict(full_state))
+        txn.call_after_commit(lambda: self._groups.put(group, (snapshot, chain_length)))
+        return group
+
+    # --- current state -------------------------------------------------------------------
+
+    async def get_current_state_ids(self, room_id: str) -> dict[StateKey, str]:
+        """The room's current state. The returned dict is shared: do not modify it."""
+        hit = self._current.get(room_id)
+        if hit is not None:
+            return hit
+        rows = await self._db.fetch_all(
+            "SELECT k.type, k.state_key, ev.event_id FROM current_state cs"
+            " JOIN state_keys k ON k.key_nid = cs.key_nid"
+            " JOIN events ev ON ev.event_nid = cs.event_nid"
+            " WHERE cs.room_id = ?",
+            room_id,
+        )
+        state = {(r[0], r[1]): r[2] for r in rows}
+        self._current.put(room_id, state)
+        return state
+
+    async def update_current_state(
+        self,
+        txn: Transaction,
+        room_id: str,
+        new_state: Mapping[StateKey, str],
+        changed: Mapping[StateKey, str],
+        event_nids: Mapping[str, int],
+    ) -> None:
+        """Write `changed` into current_state; `new_state` is the full result, cached
+        after commit."""
+        if changed:
+            nids = await self._key_nids_for(txn, list(changed))
+            await txn.executemany(
+                "INSERT INTO current_state (room_id, key_nid, event_nid) VALUES (?, ?, ?)"
+                " ON CONFLICT (room_id, key_nid) DO UPDATE SET event_nid = excluded.event_nid",
+                [(room_id, nids[k], event_nids[eid]) for k, eid in changed.items()],
+            )
+        snapshot = dict(new_state)
+        txn.call_after_commit(lambda: self._current.put(room_id, snapshot))
