@@ -69,6 +69,7 @@ class Transaction(abc.ABC):
     sql: Dialect
 
     def __init__(self) -> None:
+        self.active = True  # False once the `async with` block has ended
         self._after_commit: list[Callable[[], None]] = []
         self._on_rollback: list[Callable[[], None]] = []
 

@@ -125,7 +125,6 @@ class PostgresTransaction(Transaction):
     def __init__(self, conn: asyncpg.Connection) -> None:
         super().__init__()
         self._conn = conn
-        self.active = True
 
     def _run(self, method: Callable[..., Awaitable[T]], sql: str, *args: Any) -> Awaitable[T]:
         if not self.active:

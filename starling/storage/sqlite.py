@@ -261,7 +261,6 @@ class SqliteTransaction(Transaction):
     def __init__(self, db: SqliteDatabase) -> None:
         super().__init__()
         self._db = db
-        self.active = True
 
     def _check(self) -> None:
         if not self.active:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import re
 
-from starling.storage.database import Database, Transaction
+from starling.storage.database import Database, StorageError, Transaction
 
 _STREAM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
@@ -80,6 +80,9 @@ class StreamIdGenerator:
         """``count`` new increasing positions, to be written by ``txn``."""
         if count < 1:
             raise ValueError("count must be at least 1")
+        if not txn.active:
+            # Its callbacks would never run, and the id would hold the stream back forever.
+            raise StorageError("stream ids must be allocated inside an open transaction")
         if self._dialect == "postgres":
             # The lock keeps registration in the same order as the sequence hands out ids.
             async with self._allocate_lock:

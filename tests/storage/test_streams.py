@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from starling.storage import Database, StreamIdGenerator, open_database
+from starling.storage import Database, StorageError, StreamIdGenerator, open_database
 from tests.storage.dbfixtures import small_pool_config
 
 
@@ -104,3 +104,12 @@ async def test_positions_survive_a_restart(database_url: str) -> None:
 async def test_invalid_stream_name(database: Database) -> None:
     with pytest.raises(ValueError):
         await StreamIdGenerator.create(database, "Robert'); DROP TABLE users;--")
+
+
+async def test_allocating_outside_a_transaction_is_refused(database: Database) -> None:
+    stream = await StreamIdGenerator.create(database, "events")
+    async with database.transaction() as txn:
+        pass
+    with pytest.raises(StorageError):
+        await stream.next_id(txn)
+    assert stream.current_position() == 0
