@@ -9,16 +9,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
+from starling.accounts.auth import RequestAuthenticator
+from starling.accounts.passwords import PasswordHasher
+from starling.api.client import rooms as client_rooms
 from starling.api.discovery import DiscoveryResource, register_metrics
 from starling.api.http import make_web_app
+from starling.api.services import Services
 from starling.config import Config, Listener
+from starling.errors import MatrixError
+from starling.protocol.event import Event
 from starling.protocol.signing import SigningKey
+from starling.ratelimit import RateLimits
+from starling.rooms.builder import EventBuilder
+from starling.rooms.creation import RoomCreator
+from starling.rooms.event_service import RoomEventService
+from starling.rooms.membership import MembershipService
+from starling.storage.accounts import AccountStore
+from starling.storage.aliases import AliasExists, AliasStore
 from starling.storage.database import Database, open_database
 from starling.storage.database import DatabaseConfig as StorageConfig
+from starling.storage.events import EventStore
+from starling.storage.memberships import MembershipStore
+from starling.storage.profiles import ProfileStore
+from starling.storage.state import StateStore
+from starling.storage.streams import StreamIdGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -51,17 +71,67 @@ def load_signing_key(config: Config) -> SigningKey:
     return SigningKey.from_key_file(text)
 
 
-@dataclass
-class Services:
-    """Everything the HTTP layer may call, built once in `build_services`."""
+async def build_services(config: Config, db: Database, signing_key: SigningKey) -> Services:
+    account_store = AccountStore(db)
+    events_stream = await StreamIdGenerator.create(db, "events")
+    event_store = EventStore(db)
+    state_store = StateStore(db)
+    membership_store = MembershipStore(db)
+    profile_store = ProfileStore(db)
+    alias_store = AliasStore(db)
 
-    config: Config
-    db: Database
-    signing_key: SigningKey
+    async def profile_lookup(user_id: str) -> dict[str, Any]:
+        return await profile_store.get_profile(user_id) or {}
 
+    room_events = RoomEventService(
+        db,
+        event_store,
+        state_store,
+        membership_store,
+        events_stream,
+        EventBuilder(config.server_name, signing_key),
+    )
+    membership = MembershipService(room_events, membership_store, profile_lookup)
 
-def build_services(config: Config, db: Database, signing_key: SigningKey) -> Services:
-    return Services(config=config, db=db, signing_key=signing_key)
+    async def invite(room_id: str, sender: str, target: str, is_direct: bool) -> Event:
+        return await membership.invite(room_id, sender, target, is_direct=is_direct)
+
+    async def create_alias(alias: str, room_id: str, creator: str) -> None:
+        try:
+            await alias_store.create_alias(alias, room_id, creator)
+        except AliasExists:
+            raise MatrixError(400, "M_ROOM_IN_USE", f"Room alias {alias} already exists") from None
+
+    async def alias_taken(alias: str) -> bool:
+        return await alias_store.get_alias(alias) is not None
+
+    room_creator = RoomCreator(
+        config.server_name,
+        room_events,
+        config.default_room_version,
+        profile_lookup,
+        alias_creator=create_alias,
+        invite=invite,
+        alias_taken=alias_taken,
+    )
+    return Services(
+        config=config,
+        db=db,
+        signing_key=signing_key,
+        account_store=account_store,
+        passwords=PasswordHasher(),
+        auth=RequestAuthenticator(account_store),
+        events_stream=events_stream,
+        event_store=event_store,
+        state_store=state_store,
+        membership_store=membership_store,
+        profile_store=profile_store,
+        alias_store=alias_store,
+        rate_limits=RateLimits(config),
+        room_events=room_events,
+        room_creator=room_creator,
+        membership=membership,
+    )
 
 
 def build_listener_app(services: Services, listener: Listener) -> web.Application:
@@ -75,9 +145,18 @@ def build_listener_app(services: Services, listener: Listener) -> web.Applicatio
     DiscoveryResource(config).register(
         app, client="client" in names, federation="federation" in names
     )
+    if "client" in names:
+        for register in CLIENT_ROUTES:
+            register(app, services)
     if "metrics" in names and config.enable_metrics:
         register_metrics(app)
     return app
+
+
+# Each Client-Server API area registers its routes with one function.
+CLIENT_ROUTES: list[Callable[[web.Application, Services], None]] = [
+    client_rooms.register,
+]
 
 
 @dataclass
@@ -91,7 +170,7 @@ class Homeserver:
     async def start(cls, config: Config) -> Homeserver:
         signing_key = load_signing_key(config)
         db = await open_database(storage_config(config))
-        hs = cls(config=config, services=build_services(config, db, signing_key))
+        hs = cls(config=config, services=await build_services(config, db, signing_key))
         try:
             await hs._start_listeners()
         except BaseException:

@@ -9,12 +9,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.pg import fresh_postgres_database
+from tests.support.dbfixtures import fresh_database_url
 
 STARLING = [sys.executable, "-m", "starling.cli"]
 
@@ -121,11 +121,11 @@ def test_serve_with_bad_config_is_one_clear_line(tmp_path: Path) -> None:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def database_arg(request: pytest.FixtureRequest) -> Iterator[str]:
+async def database_arg(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     if request.param == "sqlite":
         yield "sqlite"
         return
-    with fresh_postgres_database() as dsn:
+    async with fresh_database_url("postgres", tmp_path) as dsn:
         yield dsn
 
 

@@ -45,6 +45,9 @@ REQUEST_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 
+USER_ID_KEY = web.RequestKey("user_id", str)
+"""Set by authentication, read by the access log."""
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -137,7 +140,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
         request.path_qs if len(request.path_qs) < 400 else request.path + "?...",
         response.status,
         elapsed * 1000,
-        request.get("user_id", "-"),
+        request.get(USER_ID_KEY, "-"),
     )
     return response
 

@@ -152,7 +152,9 @@ class RoomCreator:
         alias_creator: Callable[[str, str, str], Awaitable[None]] | None = None,
         publish_room: Callable[[str, bool], Awaitable[None]] | None = None,
         invite: Callable[[str, str, str, bool], Awaitable[Event]] | None = None,
+        alias_taken: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
+        self._alias_taken = alias_taken
         self._server_name = server_name
         self._events = events
         self._default_room_version = default_room_version
@@ -179,6 +181,8 @@ class RoomCreator:
             ):
                 raise invalid_param("'room_alias_name' must be a non-empty localpart")
             alias = f"#{req.room_alias_name}:{self._server_name}"
+            if self._alias_taken is not None and await self._alias_taken(alias):
+                raise MatrixError(400, "M_ROOM_IN_USE", f"Room alias {alias} already exists")
 
         creation = copy.deepcopy(req.creation_content)
         creation["room_version"] = rv.identifier

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -146,7 +146,7 @@ class RoomEventService:
         device_id: str | None = None,
         txn_id: str | None = None,
         redacts: str | None = None,
-        check: Callable[[Mapping[StateKey, Event], RoomVersion], None] | None = None,
+        check: Callable[[Mapping[StateKey, Event], RoomVersion], Awaitable[None]] | None = None,
     ) -> Event:
         """Create, authorise and persist one event in an existing room.
 
@@ -172,9 +172,11 @@ class RoomEventService:
                 room_id, room_version, [e.event_id for e in prev_events]
             )
             keys = auth_keys_for(event_type, state_key, sender, content, room_version)
+            if check is not None:
+                keys = [*keys, ("m.room.power_levels", "")]
             auth_state = await self._load_state(before.ids, keys)
             if check is not None:
-                check(auth_state, room_version)
+                await check(auth_state, room_version)
             event = self._builder.build(
                 room_version=room_version,
                 room_id=room_id,

@@ -26,7 +26,7 @@ from starling.storage.migrator import (
     load_migrations,
     schema_version,
 )
-from tests.storage.dbfixtures import postgres_admin_dsn, small_pool_config
+from tests.support.dbfixtures import postgres_admin_dsn, small_pool_config
 
 
 async def _make_table(db: Database) -> None:

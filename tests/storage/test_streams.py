@@ -8,7 +8,7 @@ import random
 import pytest
 
 from starling.storage import Database, StorageError, StreamIdGenerator, open_database
-from tests.storage.dbfixtures import small_pool_config
+from tests.support.dbfixtures import small_pool_config
 
 
 async def test_ids_are_monotonic_under_concurrency(database: Database) -> None:

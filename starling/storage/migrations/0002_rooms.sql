@@ -111,3 +111,10 @@ CREATE TABLE room_aliases (
     creator TEXT NOT NULL
 );
 CREATE INDEX room_aliases_room ON room_aliases (room_id);
+
+-- Global profiles of local users (display name and avatar), copied into member events.
+CREATE TABLE profiles (
+    user_id TEXT PRIMARY KEY,
+    displayname TEXT,
+    avatar_url TEXT
+);

@@ -1,4 +1,5 @@
-"""Fixtures for storage tests: every test that takes ``database`` runs on both engines."""
+"""Shared fixtures: every test that takes `engine`, `database` or `hs` runs on SQLite and
+on PostgreSQL (DESIGN §8)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from starling.storage import Database
-from tests.storage.dbfixtures import ENGINES, fresh_database_url, make_test_database
+from tests.support.dbfixtures import ENGINES, fresh_database_url, make_test_database
+from tests.support.harness import Harness, make_harness
 
 
 @pytest.fixture(params=ENGINES)
@@ -30,3 +32,10 @@ async def database_url(engine: str, tmp_path: Path) -> AsyncIterator[str]:
     """A URL for a fresh empty database, once per engine (for open/close/reopen tests)."""
     async with fresh_database_url(engine, tmp_path) as url:
         yield url
+
+
+@pytest.fixture
+async def hs(database: Database, tmp_path: Path) -> AsyncIterator[Harness]:
+    """A whole homeserver on a fresh database (both engines), served in-process."""
+    async with make_harness(database, tmp_path) as harness:
+        yield harness

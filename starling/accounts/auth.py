@@ -1,0 +1,66 @@
+"""Who is making a request: access token → Requester, with a small cache.
+
+Every authenticated request asks this, so valid tokens are cached for a short time (a
+revoked token is dropped from the cache at once by `invalidate_*`; the TTL only bounds
+how long a token deleted behind our back, e.g. by another process, stays usable).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from starling.errors import MatrixError, unknown_token
+from starling.storage.accounts import AccountStore, TokenOwner
+
+TOKEN_CACHE_SECONDS = 60.0
+TOKEN_CACHE_MAX = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Requester:
+    user_id: str
+    device_id: str | None
+    is_admin: bool
+    access_token: str
+    is_guest: bool = False
+
+
+class RequestAuthenticator:
+    def __init__(self, store: AccountStore) -> None:
+        self._store = store
+        self._cache: dict[str, tuple[TokenOwner, float]] = {}
+
+    async def requester_for_token(self, token: str) -> Requester:
+        """The requester owning `token`; M_UNKNOWN_TOKEN (401) if none or expired."""
+        now = time.monotonic()
+        hit = self._cache.get(token)
+        owner: TokenOwner | None
+        if hit is not None and hit[1] > now:
+            owner = hit[0]
+        else:
+            owner = await self._store.get_by_access_token(token)
+            if owner is None:
+                raise unknown_token()
+            if len(self._cache) >= TOKEN_CACHE_MAX:
+                self._cache.clear()
+            self._cache[token] = (owner, now + TOKEN_CACHE_SECONDS)
+        if owner.deactivated:
+            self._cache.pop(token, None)
+            raise MatrixError(401, "M_USER_DEACTIVATED", "This account has been deactivated")
+        if owner.valid_until_ms is not None and owner.valid_until_ms <= time.time() * 1000:
+            raise unknown_token("Access token has expired", soft_logout=True)
+        return Requester(
+            user_id=owner.user_id,
+            device_id=owner.device_id,
+            is_admin=owner.is_admin,
+            access_token=token,
+        )
+
+    def invalidate_token(self, token: str) -> None:
+        self._cache.pop(token, None)
+
+    def invalidate_user(self, user_id: str) -> None:
+        for token, (owner, _) in list(self._cache.items()):
+            if owner.user_id == user_id:
+                del self._cache[token]

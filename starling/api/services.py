@@ -1,0 +1,57 @@
+"""The typed bag of services the HTTP handlers receive, built by starling.app.
+
+Handlers take what they need from it; nothing here constructs anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starling.accounts.auth import RequestAuthenticator
+from starling.accounts.passwords import PasswordHasher
+from starling.config import Config
+from starling.protocol.signing import SigningKey
+from starling.ratelimit import RateLimits
+from starling.rooms.creation import RoomCreator
+from starling.rooms.event_service import RoomEventService
+from starling.rooms.membership import MembershipService
+from starling.storage.accounts import AccountStore
+from starling.storage.aliases import AliasStore
+from starling.storage.database import Database
+from starling.storage.events import EventStore
+from starling.storage.memberships import MembershipStore
+from starling.storage.profiles import ProfileStore
+from starling.storage.state import StateStore
+from starling.storage.streams import StreamIdGenerator
+
+
+@dataclass
+class Services:
+    """Everything the HTTP layer may call, built once in `build_services`.
+
+    Each area adds its collaborators here and wires them in `build_services`; handlers
+    receive this and use only what they need.
+    """
+
+    config: Config
+    db: Database
+    signing_key: SigningKey
+    # accounts
+    account_store: AccountStore
+    passwords: PasswordHasher
+    auth: RequestAuthenticator
+    # rooms
+    events_stream: StreamIdGenerator
+    event_store: EventStore
+    state_store: StateStore
+    membership_store: MembershipStore
+    profile_store: ProfileStore
+    alias_store: AliasStore
+    rate_limits: RateLimits
+    room_events: RoomEventService
+    room_creator: RoomCreator
+    membership: MembershipService
+
+    @property
+    def server_name(self) -> str:
+        return self.config.server_name

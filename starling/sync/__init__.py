@@ -1,0 +1,1 @@
+"""/sync: building responses from the streams, and long-polling for changes."""

@@ -1,0 +1,50 @@
+"""How other areas contribute sections to /sync.
+
+The sync service owns the token and the rooms/timeline/state parts. Every other stream
+(typing, receipts, account data, presence, to-device, device lists, one-time-key counts)
+is a `SyncExtension`: it names its position in the sync token, says where that stream is
+now, and writes its part into the response being built. The sync service calls each
+extension once per /sync with the range (since, upto] of its own stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass
+class SyncContext:
+    user_id: str
+    device_id: str | None
+    # This extension's stream range: (since, upto]. since is None on an initial sync
+    # (or full_state), meaning "everything current".
+    since: int | None
+    upto: int
+    # Rooms in the response, by section; per-room dicts can be filled in through `room`.
+    joined_rooms: frozenset[str] = frozenset()
+    full_state: bool = False
+    # The filter's sections for this extension's data (already parsed), if any.
+    filter: dict[str, Any] = field(default_factory=dict)
+
+
+class SyncExtension(Protocol):
+    # The key of this stream's position in the sync token ("typing", "receipts",
+    # "account_data", "presence", "to_device", "device_lists", ...).
+    stream_name: str
+
+    def current_position(self) -> int:
+        """The stream's current position (upper bound of what can be read now)."""
+        ...
+
+    async def contribute(self, ctx: SyncContext, response: dict[str, Any]) -> bool:
+        """Write this stream's changes in (since, upto] into `response`.
+
+        Global sections go at their top-level key (`to_device`, `device_lists`,
+        `presence`, `account_data`, `device_one_time_keys_count`, ...). Per-room parts go
+        under `response["rooms"]["join"][room_id]` (e.g. `ephemeral`, `account_data`);
+        create the room's dict with `response["rooms"]["join"].setdefault(room_id, {})`
+        only for rooms in ctx.joined_rooms. Return True if anything was added that
+        should end a long-poll (the response is not empty).
+        """
+        ...

@@ -1,0 +1,127 @@
+"""Creating rooms, membership and sending events through the Client-Server API."""
+
+from __future__ import annotations
+
+import pytest
+
+from starling.protocol.hashing import compute_event_id
+from tests.support.harness import Harness
+
+V3 = "/_matrix/client/v3"
+
+
+async def test_create_room_and_send(hs: Harness) -> None:
+    alice, tok = await hs.register("alice")
+    room_id = await hs.create_room(tok, name="Test", topic="t", preset="private_chat")
+    assert room_id.startswith("!")
+    eid = await hs.send_message(tok, room_id, "hello", txn="t1")
+    # The same transaction ID gives the same event.
+    again = await hs.send_message(tok, room_id, "hello", txn="t1")
+    assert again == eid
+    state = await hs.services.room_events.current_state_ids(room_id)
+    assert ("m.room.name", "") in state and ("m.room.topic", "") in state
+    assert state[("m.room.member", alice)]
+    found = await hs.services.event_store.get_event(eid)
+    assert found is not None
+    event, meta = found
+    assert compute_event_id(event.pdu, event.room_version) == eid
+    assert meta.stream_ordering is not None
+
+
+@pytest.mark.parametrize("version", ["1", "3", "6", "10", "11", "12"])
+async def test_room_versions(hs: Harness, version: str) -> None:
+    _, tok = await hs.register()
+    room_id = await hs.create_room(tok, room_version=version, preset="public_chat")
+    await hs.send_message(tok, room_id, "x")
+    bob, btok = await hs.register()
+    status, body = await hs.request("POST", f"{V3}/join/{room_id}", btok, {})
+    assert status == 200, body
+    assert room_id in (await hs.services.membership_store.get_joined_rooms(bob))
+
+
+async def test_membership_flow(hs: Harness) -> None:
+    alice, atok = await hs.register()
+    bob, btok = await hs.register()
+    room_id = await hs.create_room(atok)
+    # Not invited: can't join a private room.
+    status, body = await hs.request("POST", f"{V3}/rooms/{room_id}/join", btok, {})
+    assert status == 403 and body["errcode"] == "M_FORBIDDEN"
+    status, _ = await hs.request("POST", f"{V3}/rooms/{room_id}/invite", atok, {"user_id": bob})
+    assert status == 200
+    status, _ = await hs.request("POST", f"{V3}/rooms/{room_id}/join", btok, {})
+    assert status == 200
+    status, body = await hs.request("GET", f"{V3}/joined_rooms", btok)
+    assert body == {"joined_rooms": [room_id]}
+    # Bob can't kick Alice (power 0 vs 100).
+    status, body = await hs.request("POST", f"{V3}/rooms/{room_id}/kick", btok, {"user_id": alice})
+    assert status == 403
+    status, _ = await hs.request(
+        "POST", f"{V3}/rooms/{room_id}/ban", atok, {"user_id": bob, "reason": "spam"}
+    )
+    assert status == 200
+    status, body = await hs.request("POST", f"{V3}/rooms/{room_id}/join", btok, {})
+    assert status == 403
+    status, _ = await hs.request("POST", f"{V3}/rooms/{room_id}/unban", atok, {"user_id": bob})
+    assert status == 200
+    status, _ = await hs.request("POST", f"{V3}/rooms/{room_id}/forget", btok, {})
+    assert status == 200
+
+
+async def test_errors(hs: Harness) -> None:
+    _, tok = await hs.register()
+    status, body = await hs.request("POST", f"{V3}/createRoom", tok, {"room_version": "99"})
+    assert status == 400 and body["errcode"] == "M_UNSUPPORTED_ROOM_VERSION"
+    status, body = await hs.request("POST", f"{V3}/createRoom", tok, {"invite": "x"})
+    assert status == 400 and body["errcode"] == "M_BAD_JSON"
+    status, body = await hs.request("POST", f"{V3}/createRoom", None, {})
+    assert status == 401 and body["errcode"] == "M_MISSING_TOKEN"
+    status, body = await hs.request("POST", f"{V3}/createRoom", "nope", {})
+    assert status == 401 and body["errcode"] == "M_UNKNOWN_TOKEN"
+    status, body = await hs.request(
+        "PUT", f"{V3}/rooms/!nope:test.local/send/m.room.message/1", tok, {"body": "x"}
+    )
+    assert status in (403, 404)
+    room_id = await hs.create_room(tok)
+    status, body = await hs.request(
+        "PUT", f"{V3}/rooms/{room_id}/send/m.room.message/2", tok, {"n": 1.5}
+    )
+    assert status == 400 and body["errcode"] == "M_BAD_JSON"
+    status, body = await hs.request(
+        "PUT", f"{V3}/rooms/{room_id}/send/m.room.message/3", tok, {"b": "x" * 70000}
+    )
+    assert status == 413 and body["errcode"] == "M_TOO_LARGE"
+
+
+async def test_state_and_redaction(hs: Harness) -> None:
+    alice, atok = await hs.register()
+    bob, btok = await hs.register()
+    room_id = await hs.create_room(atok, preset="public_chat")
+    await hs.request("POST", f"{V3}/join/{room_id}", btok, {})
+    status, body = await hs.request(
+        "PUT", f"{V3}/rooms/{room_id}/state/m.room.topic", btok, {"topic": "x"}
+    )
+    assert status == 403
+    status, body = await hs.request(
+        "PUT", f"{V3}/rooms/{room_id}/state/m.room.topic/", atok, {"topic": "new"}
+    )
+    assert status == 200
+    eid = await hs.send_message(atok, room_id, "secret")
+    status, body = await hs.request(
+        "PUT", f"{V3}/rooms/{room_id}/redact/{eid}/r1", btok, {"reason": "no"}
+    )
+    assert status == 403
+    status, body = await hs.request("PUT", f"{V3}/rooms/{room_id}/redact/{eid}/r2", atok, {})
+    assert status == 200
+    found = await hs.services.event_store.get_event(eid)
+    assert found is not None and found[1].redacted_by == body["event_id"]
+
+
+async def test_alias_on_create(hs: Harness) -> None:
+    _, tok = await hs.register()
+    room_id = await hs.create_room(tok, room_alias_name="town")
+    assert await hs.services.alias_store.get_alias("#town:test.local") == room_id
+    status, body = await hs.request("POST", f"{V3}/createRoom", tok, {"room_alias_name": "town"})
+    assert status == 400 and body["errcode"] == "M_ROOM_IN_USE"
+    bob, btok = await hs.register()
+    status, body = await hs.request("POST", f"{V3}/join/%23town:test.local", btok, {})
+    assert status == 403  # private room: not invited

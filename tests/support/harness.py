@@ -1,0 +1,107 @@
+"""An in-process homeserver for API tests: real services on a real database, the client
+listener's aiohttp app behind aiohttp's test client, and helpers to make users."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp.test_utils import TestClient, TestServer
+
+from starling.api.services import Services
+from starling.app import build_listener_app, build_services
+from starling.config import Config, Listener, ListenerResource, load_config_dict
+from starling.protocol.signing import SigningKey
+from starling.storage import Database
+
+SERVER_NAME = "test.local"
+
+
+class Harness:
+    def __init__(self, services: Services, client: TestClient) -> None:
+        self.services = services
+        self.client = client
+        self.server_name = services.config.server_name
+
+    async def register(
+        self, localpart: str | None = None, *, admin: bool = False, device_id: str = "DEV"
+    ) -> tuple[str, str]:
+        """Create a user with a device and access token directly; returns (user_id, token)."""
+        localpart = localpart or f"u{secrets.token_hex(4)}"
+        user_id = f"@{localpart}:{self.server_name}"
+        store = self.services.account_store
+        await store.create_user(user_id, None, admin=admin)
+        await self.services.profile_store.create_profile(user_id, localpart)
+        await store.upsert_device(user_id, device_id, None)
+        token = secrets.token_urlsafe(24)
+        await store.add_access_token(token, user_id, device_id)
+        return user_id, token
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        params: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
+        async with self.client.request(
+            method, path, headers=headers, data=data, params=params
+        ) as resp:
+            text = await resp.read()
+            try:
+                parsed = orjson.loads(text) if text else None
+            except orjson.JSONDecodeError:
+                parsed = text
+            return resp.status, parsed
+
+    async def create_room(self, token: str, **body: Any) -> str:
+        status, resp = await self.request("POST", "/_matrix/client/v3/createRoom", token, body)
+        assert status == 200, resp
+        room_id: str = resp["room_id"]
+        return room_id
+
+    async def send_message(
+        self, token: str, room_id: str, text: str, txn: str | None = None
+    ) -> str:
+        txn = txn or secrets.token_hex(8)
+        status, resp = await self.request(
+            "PUT",
+            f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn}",
+            token,
+            {"msgtype": "m.text", "body": text},
+        )
+        assert status == 200, resp
+        event_id: str = resp["event_id"]
+        return event_id
+
+
+def make_test_config(tmp_path: Path, **overrides: Any) -> Config:
+    data: dict[str, Any] = {
+        "server_name": SERVER_NAME,
+        "media_store_path": str(tmp_path / "media"),
+        "signing_key_path": str(tmp_path / "signing.key"),
+        "registration_shared_secret": "test-shared-secret",
+    }
+    data.update(overrides)
+    return load_config_dict(data, environ={}, config_dir=str(tmp_path))
+
+
+@asynccontextmanager
+async def make_harness(
+    database: Database, tmp_path: Path, **config_overrides: Any
+) -> AsyncIterator[Harness]:
+    config = make_test_config(tmp_path, **config_overrides)
+    services = await build_services(config, database, SigningKey.generate())
+    listener = Listener(port=0, resources=[ListenerResource(names=["client", "media"])])
+    app = build_listener_app(services, listener)
+    async with TestClient(TestServer(app)) as client:
+        yield Harness(services, client)
