@@ -93,8 +93,8 @@ async def test_errors(hs: Harness) -> None:
 
 
 async def test_state_and_redaction(hs: Harness) -> None:
-    alice, atok = await hs.register()
-    bob, btok = await hs.register()
+    _alice, atok = await hs.register()
+    _bob, btok = await hs.register()
     room_id = await hs.create_room(atok, preset="public_chat")
     await hs.request("POST", f"{V3}/join/{room_id}", btok, {})
     status, body = await hs.request(
@@ -122,6 +122,6 @@ async def test_alias_on_create(hs: Harness) -> None:
     assert await hs.services.alias_store.get_alias("#town:test.local") == room_id
     status, body = await hs.request("POST", f"{V3}/createRoom", tok, {"room_alias_name": "town"})
     assert status == 400 and body["errcode"] == "M_ROOM_IN_USE"
-    bob, btok = await hs.register()
+    _bob, btok = await hs.register()
     status, body = await hs.request("POST", f"{V3}/join/%23town:test.local", btok, {})
     assert status == 403  # private room: not invited

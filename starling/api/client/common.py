@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from starling.accounts.auth import RequestAuthenticator, Requester
+from starling.api.http import USER_ID_KEY
 from starling.errors import MatrixError, invalid_param, missing_token
 
 REQUESTER_KEY = web.RequestKey("requester", Requester)
