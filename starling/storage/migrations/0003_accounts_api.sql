@@ -1,0 +1,1 @@
+-- Accounts API: refresh tokens, user-interactive auth sessions.

@@ -1,0 +1,1 @@
+-- Sync: stored filters and sync bookkeeping.

@@ -1,0 +1,1 @@
+-- Around the room: receipts, account data, tags, presence, directory.

@@ -1,0 +1,1 @@
+-- End-to-end encryption: device keys, one-time and fallback keys, to-device messages, cross-signing, key backup, device lists.

@@ -1,0 +1,1 @@
+-- Media repository: uploaded and remote media, thumbnails, URL previews.
