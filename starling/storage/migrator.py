@@ -95,6 +95,8 @@ def split_sqlite_script(script: str) -> list[str]:
 
 async def _run_script(txn: Transaction, script: str) -> None:
     if txn.dialect == "postgres":
+        if not split_sqlite_script(script):
+            return  # only comments: asyncpg returns no status for an empty script
         # Without arguments asyncpg uses the simple protocol, which runs a whole script.
         await txn.execute(script)
     else:
