@@ -30,6 +30,7 @@ from starling.rooms.builder import EventBuilder
 from starling.rooms.creation import RoomCreator
 from starling.rooms.event_service import RoomEventService
 from starling.rooms.membership import MembershipService
+from starling.rooms.upgrade import RoomUpgrader
 from starling.storage.accounts import AccountStore
 from starling.storage.aliases import AliasExists, AliasStore
 from starling.storage.database import Database, open_database
@@ -131,6 +132,7 @@ async def build_services(config: Config, db: Database, signing_key: SigningKey) 
         room_events=room_events,
         room_creator=room_creator,
         membership=membership,
+        room_upgrader=RoomUpgrader(config.server_name, room_events, event_store, alias_store),
     )
 
 

@@ -15,6 +15,7 @@ from starling.ratelimit import RateLimits
 from starling.rooms.creation import RoomCreator
 from starling.rooms.event_service import RoomEventService
 from starling.rooms.membership import MembershipService
+from starling.rooms.upgrade import RoomUpgrader
 from starling.storage.accounts import AccountStore
 from starling.storage.aliases import AliasStore
 from starling.storage.database import Database
@@ -51,6 +52,7 @@ class Services:
     room_events: RoomEventService
     room_creator: RoomCreator
     membership: MembershipService
+    room_upgrader: RoomUpgrader
 
     @property
     def server_name(self) -> str:

@@ -125,3 +125,46 @@ async def test_alias_on_create(hs: Harness) -> None:
     _bob, btok = await hs.register()
     status, body = await hs.request("POST", f"{V3}/join/%23town:test.local", btok, {})
     assert status == 403  # private room: not invited
+
+
+@pytest.mark.parametrize("old,new", [("10", "12"), ("12", "11"), ("1", "10")])
+async def test_room_upgrade(hs: Harness, old: str, new: str) -> None:
+    alice, atok = await hs.register()
+    _bob, btok = await hs.register()
+    carol, _ = await hs.register()
+    room_id = await hs.create_room(
+        atok, room_version=old, preset="public_chat", name="Old", room_alias_name=f"up{old}"
+    )
+    await hs.request("POST", f"{V3}/join/{room_id}", btok, {})
+    await hs.request("POST", f"{V3}/rooms/{room_id}/ban", atok, {"user_id": carol})
+    status, body = await hs.request(
+        "POST", f"{V3}/rooms/{room_id}/upgrade", btok, {"new_version": new}
+    )
+    assert status == 403
+    status, body = await hs.request(
+        "POST", f"{V3}/rooms/{room_id}/upgrade", atok, {"new_version": "99"}
+    )
+    assert status == 400 and body["errcode"] == "M_UNSUPPORTED_ROOM_VERSION"
+    status, body = await hs.request(
+        "POST", f"{V3}/rooms/{room_id}/upgrade", atok, {"new_version": new}
+    )
+    assert status == 200, body
+    new_room = body["replacement_room"]
+    events = hs.services.room_events
+    old_state = await events.current_state_events(room_id)
+    assert old_state[("m.room.tombstone", "")].content["replacement_room"] == new_room
+    new_state = await events.current_state_events(new_room)
+    create = new_state[("m.room.create", "")]
+    assert create.content["room_version"] == new
+    assert create.content["predecessor"]["room_id"] == room_id
+    assert new_state[("m.room.name", "")].content["name"] == "Old"
+    assert new_state[("m.room.member", carol)].membership == "ban"
+    assert new_state[("m.room.member", alice)].membership == "join"
+    assert await hs.services.alias_store.get_alias(f"#up{old}:test.local") == new_room
+    # Bob can no longer talk in the old room; he can join the new one.
+    status, _ = await hs.request(
+        "PUT", f"{V3}/rooms/{room_id}/send/m.room.message/x", btok, {"body": "hi"}
+    )
+    assert status == 403
+    status, _ = await hs.request("POST", f"{V3}/join/{new_room}", btok, {})
+    assert status == 200

@@ -148,6 +148,17 @@ class RoomRoutes:
         )
         return json_response({})
 
+    # POST /rooms/{roomId}/upgrade  (spec: #post_matrixclientv3roomsroomidupgrade)
+    async def upgrade(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        body = await read_json_object(request)
+        new_version = body_str(body, "new_version", required=True)
+        assert new_version is not None
+        new_room = await self.svc.room_upgrader.upgrade(
+            _room_id_param(request), requester.user_id, new_version
+        )
+        return json_response({"replacement_room": new_room})
+
     # GET /joined_rooms
     async def joined_rooms(self, request: web.Request) -> web.Response:
         requester = await require_user(request, self.svc.auth)
@@ -286,6 +297,7 @@ def register(app: web.Application, svc: Services) -> None:
     add("POST", f"{V3}/rooms/{{roomId}}/ban", r.ban)
     add("POST", f"{V3}/rooms/{{roomId}}/unban", r.unban)
     add("GET", f"{V3}/joined_rooms", r.joined_rooms)
+    add("POST", f"{V3}/rooms/{{roomId}}/upgrade", r.upgrade)
     add("PUT", f"{V3}/rooms/{{roomId}}/send/{{eventType}}/{{txnId}}", r.send)
     add("PUT", f"{V3}/rooms/{{roomId}}/state/{{eventType}}", r.put_state)
     add("PUT", f"{V3}/rooms/{{roomId}}/state/{{eventType}}/{{stateKey:.*}}", r.put_state)

@@ -1,0 +1,211 @@
+"""Room upgrades: replace a room by a new one of another room version.
+
+Spec: client-server-api modules/room_upgrades.md ("Server behaviour"). The new room's
+create event names its predecessor; the state that defines the room (names, topic, join
+rules, power levels, encryption, bans...) is copied; local aliases move; the old room gets
+an m.room.tombstone pointing at the new one and its power levels are raised so that
+ordinary members can no longer talk there. Synapse's choices fill the gaps (which state is
+copied, how the old room is restricted).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starling.errors import MatrixError, forbidden
+from starling.protocol.event import Event, StateKey
+from starling.protocol.power_levels import PowerLevels
+from starling.protocol.room_versions import KNOWN_ROOM_VERSIONS, get_room_version
+from starling.rooms.event_service import RoomEventService, user_power
+from starling.storage.aliases import AliasStore
+from starling.storage.events import EventStore
+
+# State carried over to the new room, as Synapse does.
+COPIED_STATE = (
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.topic",
+    "m.room.history_visibility",
+    "m.room.guest_access",
+    "m.room.avatar",
+    "m.room.encryption",
+    "m.room.server_acl",
+    "m.room.pinned_events",
+)
+
+Publisher = Callable[[str, bool], Awaitable[None]]
+IsPublic = Callable[[str], Awaitable[bool]]
+
+
+class RoomUpgrader:
+    def __init__(
+        self,
+        server_name: str,
+        events: RoomEventService,
+        event_store: EventStore,
+        aliases: AliasStore,
+        is_public: IsPublic | None = None,
+        publish: Publisher | None = None,
+    ) -> None:
+        self._server_name = server_name
+        self._events = events
+        self._store = event_store
+        self._aliases = aliases
+        self._is_public = is_public
+        self._publish = publish
+
+    async def upgrade(self, old_room_id: str, user_id: str, new_version_id: str) -> str:
+        """Upgrade; returns the replacement room's ID."""
+        if new_version_id not in KNOWN_ROOM_VERSIONS:
+            raise MatrixError(
+                400,
+                "M_UNSUPPORTED_ROOM_VERSION",
+                f"Room version {new_version_id!r} is not supported",
+            )
+        new_rv = get_room_version(new_version_id)
+        state = await self._events.current_state_events(old_room_id)
+        create = state.get(("m.room.create", ""))
+        if create is None:
+            raise MatrixError(404, "M_NOT_FOUND", f"Unknown room {old_room_id}")
+        old_rv = create.room_version
+        member = state.get(("m.room.member", user_id))
+        if member is None or member.membership != "join":
+            raise forbidden("You are not in this room")
+        levels = PowerLevels.from_state(create, state.get(("m.room.power_levels", "")), old_rv)
+        if user_power(state, user_id) < levels.event_level("m.room.tombstone", True):
+            raise forbidden("You don't have permission to upgrade this room")
+
+        extremities = await self._store.get_forward_extremities(old_room_id)
+        last_event = sorted(extremities)[0] if extremities else None
+        creation: dict[str, Any] = {"room_version": new_rv.identifier}
+        predecessor: dict[str, Any] = {"room_id": old_room_id}
+        if last_event is not None:
+            predecessor["event_id"] = last_event
+        creation["predecessor"] = predecessor
+        for key in ("type", "m.federate"):
+            if key in create.content:
+                creation[key] = copy.deepcopy(create.content[key])
+        if new_rv.create_event_has_creator:
+            creation["creator"] = user_id
+        new_room_id = await self._create_new_room(
+            new_rv.room_id_from_create_event, creation, user_id
+        )
+        send = self._events.send
+
+        profile: dict[str, Any] = {
+            k: member.content[k] for k in ("displayname", "avatar_url") if k in member.content
+        }
+        await send(
+            new_room_id, user_id, "m.room.member", {"membership": "join", **profile}, user_id
+        )
+        await send(
+            new_room_id,
+            user_id,
+            "m.room.power_levels",
+            self._new_power_levels(state, user_id, new_rv.privileged_creators),
+            "",
+        )
+        for etype in COPIED_STATE:
+            ev = state.get((etype, ""))
+            if ev is not None and ev.content:
+                await send(new_room_id, user_id, etype, copy.deepcopy(ev.content), "")
+        for (etype, target), ev in state.items():
+            if etype == "m.room.member" and ev.membership == "ban":
+                await send(
+                    new_room_id,
+                    user_id,
+                    "m.room.member",
+                    {"membership": "ban", **_reason(ev)},
+                    target,
+                )
+
+        await self._move_aliases(state, old_room_id, new_room_id, user_id)
+        await send(
+            old_room_id,
+            user_id,
+            "m.room.tombstone",
+            {"body": "This room has been replaced", "replacement_room": new_room_id},
+            "",
+        )
+        await self._restrict_old_room(state, old_room_id, user_id)
+        if self._is_public is not None and self._publish is not None:
+            if await self._is_public(old_room_id):
+                await self._publish(new_room_id, True)
+                await self._publish(old_room_id, False)
+        return new_room_id
+
+    async def _create_new_room(
+        self, id_from_create: bool, creation: dict[str, Any], user_id: str
+    ) -> str:
+        import secrets
+
+        rv = get_room_version(creation["room_version"])
+        room_id = None if id_from_create else f"!{secrets.token_urlsafe(18)}:{self._server_name}"
+        create = await self._events.create_room_event(rv, room_id, user_id, creation)
+        return create.room_id
+
+    def _new_power_levels(
+        self, state: dict[StateKey, Event], user_id: str, privileged_creators: bool
+    ) -> dict[str, Any]:
+        pl_event = state.get(("m.room.power_levels", ""))
+        content = copy.deepcopy(pl_event.content) if pl_event is not None else {}
+        users = content.get("users")
+        users = dict(users) if isinstance(users, dict) else {}
+        if privileged_creators:
+            users.pop(user_id, None)  # creators are not listed in room version 12
+        else:
+            users[user_id] = max(100, _int(users.get(user_id), 0))
+        content["users"] = users
+        if privileged_creators:
+            events = content.get("events")
+            events = dict(events) if isinstance(events, dict) else {}
+            events["m.room.tombstone"] = max(150, _int(events.get("m.room.tombstone"), 0))
+            content["events"] = events
+        return content
+
+    async def _move_aliases(
+        self, state: dict[StateKey, Event], old_room_id: str, new_room_id: str, user_id: str
+    ) -> None:
+        local = await self._aliases.aliases_for_room(old_room_id)
+        for alias in local:
+            creator = await self._aliases.get_alias_creator(alias)
+            await self._aliases.delete_alias(alias)
+            await self._aliases.create_alias(alias, new_room_id, creator or user_id)
+        canonical = state.get(("m.room.canonical_alias", ""))
+        if canonical is not None and canonical.content:
+            await self._events.send(
+                new_room_id, user_id, "m.room.canonical_alias", copy.deepcopy(canonical.content), ""
+            )
+            try:
+                await self._events.send(old_room_id, user_id, "m.room.canonical_alias", {}, "")
+            except MatrixError:
+                pass  # the upgrader may not be allowed to clear it; the tombstone suffices
+
+    async def _restrict_old_room(
+        self, state: dict[StateKey, Event], room_id: str, user_id: str
+    ) -> None:
+        pl_event = state.get(("m.room.power_levels", ""))
+        content = copy.deepcopy(pl_event.content) if pl_event is not None else {}
+        restricted = max(50, _int(content.get("users_default"), 0) + 1)
+        changed = False
+        for key in ("events_default", "invite"):
+            if _int(content.get(key), 0) < restricted:
+                content[key] = restricted
+                changed = True
+        if changed:
+            try:
+                await self._events.send(room_id, user_id, "m.room.power_levels", content, "")
+            except MatrixError:
+                pass  # the upgrader may lack the power to change levels; the room is still
+                # tombstoned
+
+
+def _int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _reason(ev: Event) -> dict[str, Any]:
+    reason = ev.content.get("reason")
+    return {"reason": reason} if isinstance(reason, str) else {}
