@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
-from starling.storage.database import Database, Row
+from starling.storage.database import Database, Row, Transaction
 
 
 class UserExists(Exception):
@@ -65,6 +65,16 @@ class TokenOwner(NamedTuple):
     valid_until_ms: int | None
     is_admin: bool
     deactivated: bool
+    is_guest: bool = False
+    refresh_token_id: int | None = None
+
+
+class RefreshedSession(NamedTuple):
+    """The outcome of rotating a refresh token."""
+
+    user_id: str
+    device_id: str
+    revoked_refresh_ids: list[int]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -294,14 +304,15 @@ class AccountStore:
         """The token's user, device, expiry and the user's admin/deactivated flags; None if
         the token is unknown. Expiry is the caller's to check (soft-logout needs it)."""
         row = await self._db.fetch_one(
-            "SELECT t.user_id, t.device_id, t.valid_until_ms, u.admin, u.deactivated"
+            "SELECT t.user_id, t.device_id, t.valid_until_ms, u.admin, u.deactivated,"
+            " u.is_guest, t.refresh_token_id"
             " FROM access_tokens AS t JOIN users AS u ON u.user_id = t.user_id"
             " WHERE t.token_hash = ?",
             hash_token(token),
         )
         if row is None:
             return None
-        return TokenOwner(row[0], row[1], row[2], bool(row[3]), bool(row[4]))
+        return TokenOwner(row[0], row[1], row[2], bool(row[3]), bool(row[4]), bool(row[5]), row[6])
 
     async def delete_access_token(self, token: str) -> bool:
         return bool(
@@ -319,6 +330,140 @@ class AccountStore:
             user_id,
             except_device,
         )
+
+    async def delete_device_tokens(self, user_id: str, device_id: str) -> None:
+        """Delete the access and refresh tokens of one device, keeping the device."""
+        async with self._db.transaction() as txn:
+            await txn.execute(
+                "DELETE FROM access_tokens WHERE user_id = ? AND device_id = ?", user_id, device_id
+            )
+            await txn.execute(
+                "DELETE FROM refresh_tokens WHERE user_id = ? AND device_id = ?",
+                user_id,
+                device_id,
+            )
+
+    async def delete_tokens_except(self, user_id: str, keep_token: str) -> None:
+        """Delete every access and refresh token of ``user_id`` but ``keep_token`` (and the
+        refresh token it was issued with)."""
+        keep = hash_token(keep_token)
+        async with self._db.transaction() as txn:
+            keep_refresh = await txn.fetch_val(
+                "SELECT refresh_token_id FROM access_tokens WHERE token_hash = ?", keep
+            )
+            await txn.execute(
+                "DELETE FROM access_tokens WHERE user_id = ? AND token_hash <> ?", user_id, keep
+            )
+            await txn.execute(
+                "DELETE FROM refresh_tokens WHERE user_id = ? AND id <> ?",
+                user_id,
+                -1 if keep_refresh is None else keep_refresh,
+            )
+
+    # -- refresh tokens
+
+    async def add_refreshable_access_token(
+        self,
+        access_token: str,
+        refresh_token: str,
+        user_id: str,
+        device_id: str,
+        valid_until_ms: int,
+    ) -> int:
+        """Store a new refresh token and the expiring access token issued with it; return
+        the refresh token's id."""
+        async with self._db.transaction() as txn:
+            return await self._insert_refresh_pair(
+                txn, access_token, refresh_token, user_id, device_id, valid_until_ms
+            )
+
+    async def _insert_refresh_pair(
+        self,
+        txn: Transaction,
+        access_token: str,
+        refresh_token: str,
+        user_id: str,
+        device_id: str,
+        valid_until_ms: int,
+    ) -> int:
+        now = self._clock_ms()
+        refresh_id: int = await txn.fetch_val(
+            "INSERT INTO refresh_tokens (token_hash, user_id, device_id, created_ts)"
+            " VALUES (?, ?, ?, ?) RETURNING id",
+            hash_token(refresh_token),
+            user_id,
+            device_id,
+            now,
+        )
+        await txn.execute(
+            "INSERT INTO access_tokens"
+            " (token_hash, user_id, device_id, created_ts, valid_until_ms, refresh_token_id)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            hash_token(access_token),
+            user_id,
+            device_id,
+            now,
+            valid_until_ms,
+            refresh_id,
+        )
+        return refresh_id
+
+    async def rotate_refresh_token(
+        self,
+        old_refresh_token: str,
+        new_access_token: str,
+        new_refresh_token: str,
+        valid_until_ms: int,
+    ) -> RefreshedSession | None:
+        """Exchange a refresh token for a new pair; None if the token is unknown (or was
+        revoked). Using a token revokes its predecessor and any successor it had been
+        exchanged for before (a retried refresh), with their access tokens."""
+        async with self._db.transaction() as txn:
+            row = await txn.fetch_one(
+                "SELECT id, user_id, device_id, next_token_id FROM refresh_tokens"
+                f" WHERE token_hash = ?{txn.sql.for_update}",
+                hash_token(old_refresh_token),
+            )
+            if row is None:
+                return None
+            old_id, user_id, device_id, stale_next = row[0], row[1], row[2], row[3]
+            predecessors = await txn.fetch_all(
+                "SELECT id FROM refresh_tokens WHERE next_token_id = ?", old_id
+            )
+            revoked = [r[0] for r in predecessors]
+            if stale_next is not None:
+                revoked.append(stale_next)
+            await self._revoke_refresh_ids(txn, revoked)
+            new_id = await self._insert_refresh_pair(
+                txn, new_access_token, new_refresh_token, user_id, device_id, valid_until_ms
+            )
+            await txn.execute(
+                "UPDATE refresh_tokens SET next_token_id = ? WHERE id = ?", new_id, old_id
+            )
+        return RefreshedSession(user_id, device_id, revoked)
+
+    async def revoke_refresh_predecessors(self, refresh_token_id: int) -> list[int]:
+        """The successor ``refresh_token_id`` has been used: delete the refresh tokens it
+        replaced, with their access tokens. Returns the ids deleted (usually none)."""
+        found = await self._db.fetch_all(
+            "SELECT id FROM refresh_tokens WHERE next_token_id = ?", refresh_token_id
+        )
+        if not found:
+            return []
+        ids = [r[0] for r in found]
+        async with self._db.transaction() as txn:
+            await self._revoke_refresh_ids(txn, ids)
+        return ids
+
+    @staticmethod
+    async def _revoke_refresh_ids(txn: Transaction, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        sql = txn.sql
+        await txn.execute(
+            f"DELETE FROM access_tokens WHERE {sql.in_array('refresh_token_id')}", sql.array(ids)
+        )
+        await txn.execute(f"DELETE FROM refresh_tokens WHERE {sql.in_array('id')}", sql.array(ids))
 
     # -- registration tokens
 
@@ -428,3 +573,126 @@ class AccountStore:
                 token,
             )
         )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UIAuthSession:
+    session_id: str
+    created_ts: int
+    uri: str
+    method: str
+    user_id: str | None
+    registration_token: str | None
+    completed: frozenset[str]
+
+
+class _Abandon(Exception):
+    """Rolls a transaction back from inside."""
+
+
+class UIAuthStore:
+    """User-interactive auth sessions: what each authorises and the stages completed.
+
+    A registration token used in a session holds one ``pending`` use of that token until
+    the session is claimed (the caller then completes or releases the use) or expires
+    (the use is released here)."""
+
+    def __init__(self, db: Database, *, clock_ms: Callable[[], int] = _now_ms) -> None:
+        self._db = db
+        self._clock_ms = clock_ms
+
+    async def create_session(
+        self, session_id: str, uri: str, method: str, user_id: str | None
+    ) -> None:
+        await self._db.execute(
+            "INSERT INTO ui_auth_sessions (session_id, created_ts, uri, method, user_id)"
+            " VALUES (?, ?, ?, ?, ?)",
+            session_id,
+            self._clock_ms(),
+            uri,
+            method,
+            user_id,
+        )
+
+    async def get_session(self, session_id: str) -> UIAuthSession | None:
+        rows = await self._db.fetch_all(
+            "SELECT s.created_ts, s.uri, s.method, s.user_id, s.registration_token, c.stage_type"
+            " FROM ui_auth_sessions AS s"
+            " LEFT JOIN ui_auth_stages AS c ON c.session_id = s.session_id"
+            " WHERE s.session_id = ?",
+            session_id,
+        )
+        if not rows:
+            return None
+        first = rows[0]
+        stages = frozenset(r[5] for r in rows if r[5] is not None)
+        return UIAuthSession(session_id, first[0], first[1], first[2], first[3], first[4], stages)
+
+    async def mark_stage_completed(self, session_id: str, stage_type: str) -> bool:
+        """False if the session no longer exists."""
+        async with self._db.transaction() as txn:
+            exists = await txn.fetch_val(
+                f"SELECT 1 FROM ui_auth_sessions WHERE session_id = ?{txn.sql.for_update}",
+                session_id,
+            )
+            if exists is None:
+                return False
+            await txn.execute(
+                "INSERT INTO ui_auth_stages (session_id, stage_type) VALUES (?, ?)"
+                " ON CONFLICT (session_id, stage_type) DO NOTHING",
+                session_id,
+                stage_type,
+            )
+        return True
+
+    async def reserve_registration_token(self, session_id: str, token: str, valid_at: int) -> bool:
+        """Hold one use of ``token`` for this session (``pending + 1``) if the token is
+        valid at ``valid_at`` and the session holds none yet; False otherwise."""
+        try:
+            async with self._db.transaction() as txn:
+                claimed = await txn.execute(
+                    "UPDATE ui_auth_sessions SET registration_token = ?"
+                    " WHERE session_id = ? AND registration_token IS NULL",
+                    token,
+                    session_id,
+                )
+                if not claimed:
+                    return False
+                reserved = await txn.execute(
+                    "UPDATE registration_tokens SET pending = pending + 1"
+                    f" WHERE token = ? AND {_REG_TOKEN_VALID}",
+                    token,
+                    valid_at,
+                )
+                if not reserved:
+                    raise _Abandon
+        except _Abandon:
+            return False
+        return True
+
+    async def claim_session(self, session_id: str) -> tuple[bool, str | None]:
+        """Delete the session, so that it authorises one operation only. Returns whether
+        it existed and the registration token whose pending use now belongs to the
+        caller (to complete or release)."""
+        async with self._db.transaction() as txn:
+            row = await txn.fetch_one(
+                "DELETE FROM ui_auth_sessions WHERE session_id = ? RETURNING registration_token",
+                session_id,
+            )
+        return (row is not None, None if row is None else row[0])
+
+    async def delete_expired(self, created_before_ms: int) -> int:
+        """Delete sessions created before the cutoff, releasing their token uses."""
+        async with self._db.transaction() as txn:
+            rows = await txn.fetch_all(
+                "DELETE FROM ui_auth_sessions WHERE created_ts < ? RETURNING registration_token",
+                created_before_ms,
+            )
+            tokens = [(r[0],) for r in rows if r[0] is not None]
+            if tokens:
+                await txn.executemany(
+                    "UPDATE registration_tokens SET pending = pending - 1"
+                    " WHERE token = ? AND pending > 0",
+                    tokens,
+                )
+        return len(rows)
