@@ -3,6 +3,10 @@
 Every authenticated request asks this, so valid tokens are cached for a short time (a
 revoked token is dropped from the cache at once by `invalidate_*`; the TTL only bounds
 how long a token deleted behind our back, e.g. by another process, stays usable).
+
+The first use of an access token issued by a refresh revokes the refresh token it
+replaced (spec: "Refreshing access tokens"); a new token is always a cache miss, so that
+check costs one lookup per fresh token.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ class RequestAuthenticator:
             owner = await self._store.get_by_access_token(token)
             if owner is None:
                 raise unknown_token()
+            if owner.refresh_token_id is not None and not owner.deactivated:
+                revoked = await self._store.revoke_refresh_predecessors(owner.refresh_token_id)
+                self.invalidate_refresh_tokens(revoked)
             if len(self._cache) >= TOKEN_CACHE_MAX:
                 self._cache.clear()
             self._cache[token] = (owner, now + TOKEN_CACHE_SECONDS)
@@ -55,6 +62,7 @@ class RequestAuthenticator:
             device_id=owner.device_id,
             is_admin=owner.is_admin,
             access_token=token,
+            is_guest=owner.is_guest,
         )
 
     def invalidate_token(self, token: str) -> None:
@@ -63,4 +71,18 @@ class RequestAuthenticator:
     def invalidate_user(self, user_id: str) -> None:
         for token, (owner, _) in list(self._cache.items()):
             if owner.user_id == user_id:
+                del self._cache[token]
+
+    def invalidate_device(self, user_id: str, device_id: str) -> None:
+        for token, (owner, _) in list(self._cache.items()):
+            if owner.user_id == user_id and owner.device_id == device_id:
+                del self._cache[token]
+
+    def invalidate_refresh_tokens(self, refresh_token_ids: list[int]) -> None:
+        """Drop the access tokens issued with these (now revoked) refresh tokens."""
+        if not refresh_token_ids:
+            return
+        ids = set(refresh_token_ids)
+        for token, (owner, _) in list(self._cache.items()):
+            if owner.refresh_token_id in ids:
                 del self._cache[token]

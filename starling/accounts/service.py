@@ -1,0 +1,621 @@
+"""AccountService: registration, login, sessions (access and refresh tokens), devices,
+password changes and deactivation — the policy over the accounts store.
+
+Devices change here (created at login/registration, deleted at logout, on request or on
+deactivation); other services learn of it through :meth:`AccountService.add_device_listener`.
+User-interactive auth for the endpoints that need it goes through :mod:`starling.accounts.uia`
+with the stage checkers defined here (password, dummy, registration token).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import secrets
+import string
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from starling.accounts.auth import RequestAuthenticator, Requester
+from starling.accounts.passwords import PasswordHasher
+from starling.accounts.registration import check_password, local_user_id, register_local_user
+from starling.accounts.uia import (
+    DUMMY,
+    PASSWORD,
+    REGISTRATION_TOKEN,
+    CompletedAuth,
+    StageChecker,
+    StageFailed,
+    UserInteractiveAuth,
+    check_dummy,
+)
+from starling.config import Config, RateLimit
+from starling.errors import MatrixError, bad_json, forbidden, limit_exceeded, missing_param
+from starling.ratelimit import RateLimits, TokenBuckets
+from starling.rooms.membership import MembershipService
+from starling.storage.accounts import AccountStore, Device, UIAuthSession
+from starling.storage.memberships import MembershipStore
+from starling.storage.profiles import ProfileStore
+
+logger = logging.getLogger(__name__)
+
+# Synapse's defaults: refreshable access tokens live 5 minutes; device names 100 chars.
+REFRESHABLE_TOKEN_LIFETIME_MS = 5 * 60 * 1000
+MAX_DEVICE_DISPLAY_NAME_LENGTH = 100
+MAX_DEVICE_ID_LENGTH = 255
+MAX_TOKEN_LENGTH = 1024
+# Unauthenticated /register probes (each creates a UIA session) and availability checks.
+PROBE_LIMIT = RateLimit(per_second=1.0, burst_count=20)
+TOKEN_VALIDITY_LIMIT = RateLimit(per_second=0.1, burst_count=5)  # Synapse's default
+_LOCKOUT_MAX_ENTRIES = 10_000
+
+DeviceListener = Callable[[str, list[str], bool], Awaitable[None] | None]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_access_token() -> str:
+    return "syt_" + secrets.token_urlsafe(30)
+
+
+def new_refresh_token() -> str:
+    return "syr_" + secrets.token_urlsafe(30)
+
+
+def new_device_id() -> str:
+    return "".join(secrets.choice(string.ascii_uppercase) for _ in range(10))
+
+
+def identifier_user(body: Mapping[str, Any]) -> str:
+    """The user named by a login or UIA password body: ``identifier`` (m.id.user) or the
+    legacy top-level ``user``. Third-party identifiers are refused: none are bound here."""
+    identifier = body.get("identifier")
+    if identifier is None:
+        if "medium" in body or "address" in body:
+            raise _no_threepids()
+        user = body.get("user")
+        if user is None:
+            raise missing_param("Missing 'identifier'")
+        if not isinstance(user, str):
+            raise bad_json("'user' must be a string")
+        return user
+    if not isinstance(identifier, dict):
+        raise bad_json("'identifier' must be an object")
+    kind = identifier.get("type")
+    if kind == "m.id.user":
+        user = identifier.get("user")
+        if user is None:
+            raise missing_param("Missing 'identifier.user'")
+        if not isinstance(user, str):
+            raise bad_json("'identifier.user' must be a string")
+        return user
+    if kind in ("m.id.thirdparty", "m.id.phone"):
+        raise _no_threepids()
+    raise MatrixError(400, "M_UNKNOWN", f"Unknown login identifier type {kind!r}")
+
+
+def _no_threepids() -> MatrixError:
+    return forbidden("Third-party identifiers are not supported: none are bound on this server")
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """Credentials issued at login, registration or refresh."""
+
+    user_id: str
+    device_id: str
+    access_token: str
+    refresh_token: str | None = None
+    expires_in_ms: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "user_id": self.user_id,
+            "access_token": self.access_token,
+            "device_id": self.device_id,
+        }
+        if self.refresh_token is not None:
+            out["refresh_token"] = self.refresh_token
+            out["expires_in_ms"] = self.expires_in_ms
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationRequest:
+    username: str | None
+    password: str | None
+    device_id: str | None
+    initial_device_display_name: str | None
+    inhibit_login: bool
+    refresh_token: bool
+    auth: Any
+
+
+class AccountService:
+    """Accounts policy. Device listeners: ``add_device_listener(cb)`` registers
+    ``cb(user_id, device_ids, deleted)``, called after the change is committed whenever
+    devices of a local user are created (``deleted=False``: at login or registration)
+    or deleted (``deleted=True``: logout, logout/all, device deletion, password change
+    with ``logout_devices``, deactivation). It may be a plain function or a coroutine
+    function; its errors are logged, never raised to the request."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: AccountStore,
+        uia: UserInteractiveAuth,
+        passwords: PasswordHasher,
+        auth: RequestAuthenticator,
+        profiles: ProfileStore,
+        memberships: MembershipStore,
+        membership: MembershipService,
+        rate_limits: RateLimits,
+        clock_ms: Callable[[], int] = _now_ms,
+        refreshable_token_lifetime_ms: int = REFRESHABLE_TOKEN_LIFETIME_MS,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self.uia = uia
+        self._passwords = passwords
+        self._auth = auth
+        self._profiles = profiles
+        self._memberships = memberships
+        self._membership = membership
+        self._rate_limits = rate_limits
+        self._clock_ms = clock_ms
+        self.refreshable_token_lifetime_ms = refreshable_token_lifetime_ms
+        self._buckets = TokenBuckets()
+        self._device_listeners: list[DeviceListener] = []
+        # user ID -> monotonic time until which its logins are refused (failed attempts).
+        self._locked_until: dict[str, float] = {}
+
+    @property
+    def server_name(self) -> str:
+        return self._config.server_name
+
+    # -- device listeners
+
+    def add_device_listener(self, callback: DeviceListener) -> None:
+        """See the class docstring."""
+        self._device_listeners.append(callback)
+
+    async def _devices_changed(self, user_id: str, device_ids: list[str], deleted: bool) -> None:
+        if not device_ids:
+            return
+        for listener in self._device_listeners:
+            try:
+                result = listener(user_id, list(device_ids), deleted)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                logger.exception("device listener failed for %s", user_id)
+
+    # -- sessions
+
+    async def issue_session(
+        self,
+        user_id: str,
+        device_id: str | None = None,
+        initial_display_name: str | None = None,
+        *,
+        refreshable: bool = False,
+    ) -> Session:
+        """Log ``user_id`` in on ``device_id`` (a new device if None). Reusing a device
+        invalidates the tokens it had (spec: relationship between tokens and devices)."""
+        if initial_display_name is not None:
+            initial_display_name = initial_display_name[:MAX_DEVICE_DISPLAY_NAME_LENGTH]
+        if device_id is None:
+            while True:
+                device_id = new_device_id()
+                if await self._store.upsert_device(user_id, device_id, initial_display_name):
+                    break
+            created = True
+        else:
+            created = await self._store.upsert_device(user_id, device_id, initial_display_name)
+            if not created:
+                await self._store.delete_device_tokens(user_id, device_id)
+                self._auth.invalidate_device(user_id, device_id)
+        access_token = new_access_token()
+        session: Session
+        if refreshable:
+            refresh_token = new_refresh_token()
+            lifetime = self.refreshable_token_lifetime_ms
+            await self._store.add_refreshable_access_token(
+                access_token, refresh_token, user_id, device_id, self._clock_ms() + lifetime
+            )
+            session = Session(user_id, device_id, access_token, refresh_token, lifetime)
+        else:
+            await self._store.add_access_token(access_token, user_id, device_id)
+            session = Session(user_id, device_id, access_token)
+        if created:
+            await self._devices_changed(user_id, [device_id], False)
+        return session
+
+    async def refresh(self, refresh_token: str) -> Session:
+        """POST /refresh: a new access token and refresh token for the same device."""
+        if len(refresh_token) > MAX_TOKEN_LENGTH:
+            raise _unknown_refresh_token()
+        access_token = new_access_token()
+        new_refresh = new_refresh_token()
+        lifetime = self.refreshable_token_lifetime_ms
+        rotated = await self._store.rotate_refresh_token(
+            refresh_token, access_token, new_refresh, self._clock_ms() + lifetime
+        )
+        if rotated is None:
+            raise _unknown_refresh_token()
+        self._auth.invalidate_refresh_tokens(rotated.revoked_refresh_ids)
+        return Session(rotated.user_id, rotated.device_id, access_token, new_refresh, lifetime)
+
+    async def logout(self, requester: Requester) -> None:
+        """Delete the requester's token and (as the spec asks) its device."""
+        if requester.device_id is None:
+            await self._store.delete_access_token(requester.access_token)
+            self._auth.invalidate_token(requester.access_token)
+            return
+        await self.delete_devices(requester.user_id, [requester.device_id])
+        self._auth.invalidate_token(requester.access_token)
+
+    async def logout_all(self, user_id: str) -> None:
+        devices = [d.device_id for d in await self._store.list_devices(user_id)]
+        await self._store.delete_devices(user_id, devices)
+        await self._store.delete_all_tokens(user_id)
+        self._auth.invalidate_user(user_id)
+        await self._devices_changed(user_id, devices, True)
+
+    # -- login
+
+    async def login_with_password(
+        self,
+        ip: str,
+        user: str,
+        password: str,
+        *,
+        device_id: str | None,
+        initial_display_name: str | None,
+        refreshable: bool,
+    ) -> Session:
+        user_id = self._login_user_id(user)
+        await self._rate_limits.check_login(ip, user_id or user)
+        if user_id is None:
+            await self._failed_login(user)
+            raise _bad_login()
+        self._check_lockout(user_id)
+        record = await self._store.get_user(user_id)
+        if record is None:
+            await self._failed_login(user_id)
+            raise _bad_login()
+        if record.deactivated:
+            raise MatrixError(403, "M_USER_DEACTIVATED", "This account has been deactivated")
+        if record.password_hash is None or not await self._passwords.verify(
+            record.password_hash, password
+        ):
+            await self._failed_login(user_id)
+            raise _bad_login()
+        return await self.issue_session(
+            user_id, device_id, initial_display_name, refreshable=refreshable
+        )
+
+    def _login_user_id(self, user: str) -> str | None:
+        """The local user ID a login names (case-insensitively, as Synapse), or None."""
+        if len(user) > 512:
+            return None
+        try:
+            return local_user_id(self.server_name, user.lower())
+        except MatrixError:
+            return None
+
+    def _check_lockout(self, user_id: str) -> None:
+        until = self._locked_until.get(user_id)
+        if until is None:
+            return
+        remaining = until - time.monotonic()
+        if remaining <= 0:
+            del self._locked_until[user_id]
+            return
+        raise limit_exceeded(int(remaining * 1000) + 1)
+
+    async def _failed_login(self, user_id: str) -> None:
+        """Count a failed attempt; once the limit trips, every login (right or wrong) of
+        this user is refused until it has refilled."""
+        try:
+            await self._rate_limits.check_failed_login(user_id)
+        except MatrixError as e:
+            retry_ms = int(e.extra.get("retry_after_ms", 1000))
+            if len(self._locked_until) >= _LOCKOUT_MAX_ENTRIES:
+                now = time.monotonic()
+                self._locked_until = {k: v for k, v in self._locked_until.items() if v > now}
+            self._locked_until[user_id] = time.monotonic() + retry_ms / 1000
+            raise
+
+    # -- user-interactive auth with a password (account management)
+
+    async def _check_password_stage(self, session: UIAuthSession, auth: Mapping[str, Any]) -> None:
+        user = identifier_user(auth)
+        password = auth.get("password")
+        if not isinstance(password, str):
+            raise bad_json("'auth.password' must be a string")
+        if self._login_user_id(user) != session.user_id or session.user_id is None:
+            raise StageFailed("M_FORBIDDEN", "The identifier is not the logged-in user")
+        self._check_lockout(session.user_id)
+        record = await self._store.get_user(session.user_id)
+        if (
+            record is None
+            or record.password_hash is None
+            or not await self._passwords.verify(record.password_hash, password)
+        ):
+            await self._failed_login(session.user_id)
+            raise StageFailed("M_FORBIDDEN", "Invalid password")
+
+    async def require_password_auth(
+        self, requester: Requester, auth: Any, uri: str, method: str
+    ) -> CompletedAuth:
+        """UIA for account management: one flow, m.login.password as the requester."""
+        return await self.uia.authenticate(
+            auth,
+            uri=uri,
+            method=method,
+            user_id=requester.user_id,
+            flows=[[PASSWORD]],
+            checkers={PASSWORD: self._check_password_stage},
+        )
+
+    # -- registration
+
+    def _check_registration_enabled(self) -> None:
+        if not self._config.enable_registration:
+            raise forbidden("Registration has been disabled")
+
+    async def check_username_available(self, ip: str, username: str) -> None:
+        """GET /register/available: M_INVALID_USERNAME, M_USER_IN_USE or nothing."""
+        self._check_registration_enabled()
+        self._buckets.take("register_available", ip, PROBE_LIMIT)
+        user_id = self._registrable_user_id(username)
+        if await self._store.user_exists(user_id):
+            raise _user_in_use(user_id)
+
+    def _registrable_user_id(self, username: str) -> str:
+        user_id = local_user_id(self.server_name, username.lower())
+        if user_id[1:].split(":", 1)[0].isdigit():
+            # Numeric localparts are what guests get (as in Synapse).
+            raise MatrixError(
+                400, "M_INVALID_USERNAME", "Numeric user IDs are reserved for guest users"
+            )
+        return user_id
+
+    async def registration_token_valid(self, ip: str, token: str) -> bool:
+        """GET /register/m.login.registration_token/validity."""
+        self._check_registration_enabled()
+        self._buckets.take("token_validity", ip, TOKEN_VALIDITY_LIMIT)
+        if len(token) > MAX_TOKEN_LENGTH:
+            return False
+        found = await self._store.get_registration_token(token)
+        if found is None:
+            return False
+        uses_left = found.uses_allowed is None or (
+            found.pending + found.completed < found.uses_allowed
+        )
+        not_expired = found.expiry_time is None or found.expiry_time > self._clock_ms()
+        return uses_left and not_expired
+
+    async def _check_registration_token_stage(
+        self, session: UIAuthSession, auth: Mapping[str, Any]
+    ) -> None:
+        token = auth.get("token")
+        if token is None:
+            raise missing_param("Missing 'auth.token'")
+        if not isinstance(token, str):
+            raise bad_json("'auth.token' must be a string")
+        if session.registration_token is not None:
+            if session.registration_token == token:
+                return
+            raise StageFailed("M_UNAUTHORIZED", "A different token is already in use")
+        if len(token) > MAX_TOKEN_LENGTH or not await self.uia.reserve_registration_token(
+            session, token
+        ):
+            raise StageFailed("M_UNAUTHORIZED", "Invalid registration token")
+
+    def registration_flows(self) -> list[list[str]]:
+        if self._config.registration_requires_token:
+            return [[REGISTRATION_TOKEN]]
+        return [[DUMMY]]
+
+    async def register(self, ip: str, req: RegistrationRequest, uri: str) -> dict[str, Any]:
+        """POST /register (kind=user): validate, run UIA, create the account and log in."""
+        self._check_registration_enabled()
+        user_id = None
+        if req.username is not None:
+            user_id = self._registrable_user_id(req.username)
+            if await self._store.user_exists(user_id):
+                raise _user_in_use(user_id)
+        if req.password is not None:
+            check_password(req.password)
+        if req.auth is None:
+            self._buckets.take("register_probe", ip, PROBE_LIMIT)
+        else:
+            if req.password is None:
+                raise missing_param("Missing 'password'")
+            await self._rate_limits.check_registration(ip)
+        checkers: dict[str, StageChecker] = {
+            DUMMY: check_dummy,
+            REGISTRATION_TOKEN: self._check_registration_token_stage,
+        }
+        done = await self.uia.authenticate(
+            req.auth,
+            uri=uri,
+            method="POST",
+            user_id=None,
+            flows=self.registration_flows(),
+            checkers=checkers,
+        )
+        assert req.password is not None  # auth was given, so the password was required
+        try:
+            if user_id is None:
+                user_id = await self._create_generated_user(req.password, is_guest=False)
+            else:
+                await register_local_user(
+                    self._store, self._passwords, self.server_name, user_id, req.password
+                )
+        except BaseException:
+            if done.registration_token is not None:
+                await self._store.release_registration_token(done.registration_token)
+            raise
+        if done.registration_token is not None:
+            await self._store.complete_registration_token(done.registration_token)
+        return await self._after_registration(
+            user_id,
+            req.device_id,
+            req.initial_device_display_name,
+            inhibit_login=req.inhibit_login,
+            refreshable=req.refresh_token,
+        )
+
+    async def register_guest(
+        self, ip: str, initial_display_name: str | None, refreshable: bool
+    ) -> dict[str, Any]:
+        """POST /register?kind=guest."""
+        if not self._config.allow_guest_access:
+            raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is disabled")
+        await self._rate_limits.check_registration(ip)
+        user_id = await self._create_generated_user(None, is_guest=True)
+        return await self._after_registration(
+            user_id, None, initial_display_name, inhibit_login=False, refreshable=refreshable
+        )
+
+    async def register_by_admin(
+        self, username: str, password: str | None, *, admin: bool, displayname: str | None
+    ) -> dict[str, Any]:
+        """Shared-secret registration: no UIA, no registration switch, no rate limit."""
+        user_id = await register_local_user(
+            self._store,
+            self._passwords,
+            self.server_name,
+            username.lower(),
+            password,
+            admin=admin,
+        )
+        return await self._after_registration(
+            user_id, None, None, inhibit_login=False, refreshable=False, displayname=displayname
+        )
+
+    async def _create_generated_user(self, password: str | None, *, is_guest: bool) -> str:
+        """An account with a free numeric localpart (how Synapse names generated users)."""
+        for _ in range(20):
+            localpart = str(secrets.randbelow(9 * 10**9) + 10**9)
+            user_id = f"@{localpart}:{self.server_name}"
+            if await self._store.user_exists(user_id):
+                continue
+            try:
+                return await register_local_user(
+                    self._store,
+                    self._passwords,
+                    self.server_name,
+                    localpart,
+                    password,
+                    is_guest=is_guest,
+                )
+            except MatrixError as e:
+                if e.errcode != "M_USER_IN_USE":
+                    raise
+        raise MatrixError(500, "M_UNKNOWN", "Could not allocate a user ID")
+
+    async def _after_registration(
+        self,
+        user_id: str,
+        device_id: str | None,
+        initial_display_name: str | None,
+        *,
+        inhibit_login: bool,
+        refreshable: bool,
+        displayname: str | None = None,
+    ) -> dict[str, Any]:
+        localpart = user_id[1:].split(":", 1)[0]
+        await self._profiles.create_profile(user_id, displayname or localpart)
+        if inhibit_login:
+            return {"user_id": user_id, "home_server": self.server_name}
+        session = await self.issue_session(
+            user_id, device_id, initial_display_name, refreshable=refreshable
+        )
+        return {**session.to_json(), "home_server": self.server_name}
+
+    # -- devices
+
+    async def list_devices(self, user_id: str) -> list[Device]:
+        return await self._store.list_devices(user_id)
+
+    async def get_device(self, user_id: str, device_id: str) -> Device | None:
+        return await self._store.get_device(user_id, device_id)
+
+    async def rename_device(self, user_id: str, device_id: str, display_name: str | None) -> bool:
+        if display_name is not None and len(display_name) > MAX_DEVICE_DISPLAY_NAME_LENGTH:
+            raise MatrixError(
+                400,
+                "M_TOO_LARGE",
+                f"Device display name is too long (max {MAX_DEVICE_DISPLAY_NAME_LENGTH})",
+            )
+        return await self._store.update_device_display_name(user_id, device_id, display_name)
+
+    async def delete_devices(self, user_id: str, device_ids: Sequence[str]) -> list[str]:
+        """Delete those of ``device_ids`` that exist, with their tokens; return them."""
+        wanted = set(device_ids)
+        existing = [d.device_id for d in await self._store.list_devices(user_id)]
+        doomed = [d for d in existing if d in wanted]
+        if not doomed:
+            return []
+        await self._store.delete_devices(user_id, doomed)
+        for device_id in doomed:
+            self._auth.invalidate_device(user_id, device_id)
+        await self._devices_changed(user_id, doomed, True)
+        return doomed
+
+    # -- password, deactivation
+
+    async def change_password(
+        self, requester: Requester, new_password: str, *, logout_devices: bool
+    ) -> None:
+        check_password(new_password)
+        password_hash = await self._passwords.hash(new_password)
+        await self._store.set_password_hash(requester.user_id, password_hash)
+        if not logout_devices:
+            return
+        others = [
+            d.device_id
+            for d in await self._store.list_devices(requester.user_id)
+            if d.device_id != requester.device_id
+        ]
+        await self._store.delete_devices(requester.user_id, others)
+        await self._store.delete_tokens_except(requester.user_id, requester.access_token)
+        self._auth.invalidate_user(requester.user_id)
+        await self._devices_changed(requester.user_id, others, True)
+
+    async def deactivate(self, user_id: str, *, erase: bool) -> None:
+        """Deactivate: no password, no devices or tokens, out of every room."""
+        await self._store.deactivate(user_id)
+        await self.logout_all(user_id)
+        if erase:
+            await self._profiles.set_field(user_id, "displayname", None)
+            await self._profiles.set_field(user_id, "avatar_url", None)
+        rooms = await self._memberships.get_rooms_for_user(user_id)
+        for room_id, member in list(rooms.items()):
+            if member.membership not in ("join", "invite", "knock"):
+                continue
+            try:
+                await self._membership.leave(room_id, user_id)
+            except MatrixError as e:
+                logger.warning("deactivating %s: could not leave %s: %s", user_id, room_id, e)
+
+
+def _bad_login() -> MatrixError:
+    return forbidden("Invalid username or password")
+
+
+def _user_in_use(user_id: str) -> MatrixError:
+    return MatrixError(400, "M_USER_IN_USE", f"User ID {user_id} is already taken")
+
+
+def _unknown_refresh_token() -> MatrixError:
+    return MatrixError(401, "M_UNKNOWN_TOKEN", "Unknown or used refresh token", soft_logout=False)
