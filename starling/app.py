@@ -17,6 +17,11 @@ from aiohttp import web
 
 from starling.accounts.auth import RequestAuthenticator
 from starling.accounts.passwords import PasswordHasher
+from starling.accounts.service import AccountService
+from starling.accounts.shared_secret import SharedSecretRegistration
+from starling.accounts.uia import UserInteractiveAuth
+from starling.api.admin import registration as admin_registration
+from starling.api.client import accounts as client_accounts
 from starling.api.client import rooms as client_rooms
 from starling.api.discovery import DiscoveryResource, register_metrics
 from starling.api.http import make_web_app
@@ -31,7 +36,7 @@ from starling.rooms.creation import RoomCreator
 from starling.rooms.event_service import RoomEventService
 from starling.rooms.membership import MembershipService
 from starling.rooms.upgrade import RoomUpgrader
-from starling.storage.accounts import AccountStore
+from starling.storage.accounts import AccountStore, UIAuthStore
 from starling.storage.aliases import AliasExists, AliasStore
 from starling.storage.database import Database, open_database
 from starling.storage.database import DatabaseConfig as StorageConfig
@@ -115,20 +120,36 @@ async def build_services(config: Config, db: Database, signing_key: SigningKey) 
         invite=invite,
         alias_taken=alias_taken,
     )
+    passwords = PasswordHasher()
+    auth = RequestAuthenticator(account_store)
+    rate_limits = RateLimits(config)
+    accounts = AccountService(
+        config=config,
+        store=account_store,
+        uia=UserInteractiveAuth(UIAuthStore(db)),
+        passwords=passwords,
+        auth=auth,
+        profiles=profile_store,
+        memberships=membership_store,
+        membership=membership,
+        rate_limits=rate_limits,
+    )
     return Services(
         config=config,
         db=db,
         signing_key=signing_key,
         account_store=account_store,
-        passwords=PasswordHasher(),
-        auth=RequestAuthenticator(account_store),
+        passwords=passwords,
+        auth=auth,
+        accounts=accounts,
+        shared_secret_registration=SharedSecretRegistration(config.registration_shared_secret),
         events_stream=events_stream,
         event_store=event_store,
         state_store=state_store,
         membership_store=membership_store,
         profile_store=profile_store,
         alias_store=alias_store,
-        rate_limits=RateLimits(config),
+        rate_limits=rate_limits,
         room_events=room_events,
         room_creator=room_creator,
         membership=membership,
@@ -158,6 +179,8 @@ def build_listener_app(services: Services, listener: Listener) -> web.Applicatio
 # Each Client-Server API area registers its routes with one function.
 CLIENT_ROUTES: list[Callable[[web.Application, Services], None]] = [
     client_rooms.register,
+    client_accounts.register,
+    admin_registration.register,
 ]
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from starling.accounts.auth import RequestAuthenticator
 from starling.accounts.passwords import PasswordHasher
+from starling.accounts.service import AccountService
+from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.config import Config
 from starling.protocol.signing import SigningKey
 from starling.ratelimit import RateLimits
@@ -41,6 +43,8 @@ class Services:
     account_store: AccountStore
     passwords: PasswordHasher
     auth: RequestAuthenticator
+    accounts: AccountService
+    shared_secret_registration: SharedSecretRegistration
     # rooms
     events_stream: StreamIdGenerator
     event_store: EventStore

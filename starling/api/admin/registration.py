@@ -1,0 +1,179 @@
+"""Admin API: shared-secret registration and registration tokens (Synapse's paths).
+
+- ``GET/POST /_synapse/admin/v1/register``: a nonce, then an HMAC-authenticated
+  registration (no access token; the shared secret is the credential).
+- ``/_synapse/admin/v1/registration_tokens``: list (``?valid=``), create (``/new``),
+  read, update and delete tokens; admin access token required.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+import time
+from typing import Any
+
+from aiohttp import web
+
+from starling.api.admin.common import ADMIN_V1, require_admin
+from starling.api.client.common import body_str, query_bool
+from starling.api.http import json_response, read_json_object
+from starling.api.services import Services
+from starling.errors import MatrixError, bad_json, invalid_param, not_found
+from starling.storage.accounts import UNSET, RegistrationToken, RegistrationTokenExists
+
+TOKEN_CHARS = string.ascii_letters + string.digits + "._~-"
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
+DEFAULT_TOKEN_LENGTH = 16
+MAX_TOKEN_LENGTH = 64
+
+
+def _token_json(token: RegistrationToken) -> dict[str, Any]:
+    return {
+        "token": token.token,
+        "uses_allowed": token.uses_allowed,
+        "pending": token.pending,
+        "completed": token.completed,
+        "expiry_time": token.expiry_time,
+    }
+
+
+def _optional_count(body: dict[str, Any], key: str) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+        raise invalid_param(f"'{key}' must be a non-negative integer or null")
+    return value
+
+
+def _optional_expiry(body: dict[str, Any]) -> int | None:
+    value = body.get("expiry_time")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise invalid_param("'expiry_time' must be an integer (ms since the epoch) or null")
+    if value < time.time() * 1000:
+        raise invalid_param("'expiry_time' must not be in the past")
+    return value
+
+
+class AdminRegistrationRoutes:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+
+    # GET /_synapse/admin/v1/register  (Synapse admin API: shared-secret registration)
+    async def get_nonce(self, request: web.Request) -> web.Response:
+        return json_response({"nonce": self.svc.shared_secret_registration.new_nonce()})
+
+    # POST /_synapse/admin/v1/register
+    async def register(self, request: web.Request) -> web.Response:
+        body = await read_json_object(request)
+        nonce = body_str(body, "nonce", required=True)
+        username = body_str(body, "username", required=True)
+        password = body_str(body, "password", required=True)
+        mac = body_str(body, "mac", required=True)
+        displayname = body_str(body, "displayname")
+        user_type = body_str(body, "user_type")
+        admin = body.get("admin", False)
+        if not isinstance(admin, bool):
+            raise bad_json("'admin' must be a boolean")
+        assert nonce is not None and username is not None
+        assert password is not None and mac is not None
+        if user_type is not None:
+            # Spent like any other attempt, so a refused request cannot be replayed.
+            self.svc.shared_secret_registration.discard_nonce(nonce)
+            raise invalid_param("User types are not supported by this server")
+        self.svc.shared_secret_registration.verify(nonce, username, password, admin, None, mac)
+        result = await self.svc.accounts.register_by_admin(
+            username, password, admin=admin, displayname=displayname
+        )
+        return json_response(result)
+
+    # GET /_synapse/admin/v1/registration_tokens
+    async def list_tokens(self, request: web.Request) -> web.Response:
+        await require_admin(request, self.svc.auth)
+        valid = query_bool(request, "valid") if "valid" in request.query else None
+        tokens = await self.svc.account_store.list_registration_tokens(valid)
+        return json_response({"registration_tokens": [_token_json(t) for t in tokens]})
+
+    # POST /_synapse/admin/v1/registration_tokens/new
+    async def create_token(self, request: web.Request) -> web.Response:
+        await require_admin(request, self.svc.auth)
+        body = await read_json_object(request, allow_empty=True)
+        uses_allowed = _optional_count(body, "uses_allowed")
+        expiry_time = _optional_expiry(body)
+        store = self.svc.account_store
+        if "token" in body:
+            token = body["token"]
+            if not isinstance(token, str) or not _TOKEN_RE.match(token):
+                raise invalid_param(
+                    "'token' must be 1-64 characters from A-Z, a-z, 0-9 and . _ ~ -"
+                )
+            try:
+                await store.create_registration_token(token, uses_allowed, expiry_time)
+            except RegistrationTokenExists:
+                raise invalid_param(f"Token already exists: {token}") from None
+        else:
+            length = body.get("length", DEFAULT_TOKEN_LENGTH)
+            if isinstance(length, bool) or not isinstance(length, int):
+                raise invalid_param("'length' must be an integer")
+            if not 0 < length <= MAX_TOKEN_LENGTH:
+                raise invalid_param(f"'length' must be between 1 and {MAX_TOKEN_LENGTH}")
+            for _ in range(10):
+                token = "".join(secrets.choice(TOKEN_CHARS) for _ in range(length))
+                try:
+                    await store.create_registration_token(token, uses_allowed, expiry_time)
+                    break
+                except RegistrationTokenExists:
+                    continue
+            else:
+                raise MatrixError(500, "M_UNKNOWN", "Could not generate a unique token")
+        created = await store.get_registration_token(token)
+        if created is None:
+            raise not_found("Registration token was deleted")
+        return json_response(_token_json(created))
+
+    # GET /_synapse/admin/v1/registration_tokens/{token}
+    async def get_token(self, request: web.Request) -> web.Response:
+        await require_admin(request, self.svc.auth)
+        found = await self.svc.account_store.get_registration_token(request.match_info["token"])
+        if found is None:
+            raise not_found("No such registration token")
+        return json_response(_token_json(found))
+
+    # PUT /_synapse/admin/v1/registration_tokens/{token}
+    async def update_token(self, request: web.Request) -> web.Response:
+        await require_admin(request, self.svc.auth)
+        body = await read_json_object(request, allow_empty=True)
+        changes: dict[str, Any] = {"uses_allowed": UNSET, "expiry_time": UNSET}
+        if "uses_allowed" in body:
+            changes["uses_allowed"] = _optional_count(body, "uses_allowed")
+        if "expiry_time" in body:
+            changes["expiry_time"] = _optional_expiry(body)
+        updated = await self.svc.account_store.update_registration_token(
+            request.match_info["token"], **changes
+        )
+        if updated is None:
+            raise not_found("No such registration token")
+        return json_response(_token_json(updated))
+
+    # DELETE /_synapse/admin/v1/registration_tokens/{token}
+    async def delete_token(self, request: web.Request) -> web.Response:
+        await require_admin(request, self.svc.auth)
+        if not await self.svc.account_store.delete_registration_token(request.match_info["token"]):
+            raise not_found("No such registration token")
+        return json_response({})
+
+
+def register(app: web.Application, svc: Services) -> None:
+    r = AdminRegistrationRoutes(svc)
+    add = app.router.add_route
+    add("GET", f"{ADMIN_V1}/register", r.get_nonce)
+    add("POST", f"{ADMIN_V1}/register", r.register)
+    add("GET", f"{ADMIN_V1}/registration_tokens", r.list_tokens)
+    add("POST", f"{ADMIN_V1}/registration_tokens/new", r.create_token)
+    add("GET", f"{ADMIN_V1}/registration_tokens/{{token}}", r.get_token)
+    add("PUT", f"{ADMIN_V1}/registration_tokens/{{token}}", r.update_token)
+    add("DELETE", f"{ADMIN_V1}/registration_tokens/{{token}}", r.delete_token)

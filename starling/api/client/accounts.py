@@ -1,0 +1,269 @@
+"""Client-Server API: accounts — registration, login, logout, tokens, devices, password
+and deactivation.
+
+Spec: client-server-api "Client authentication" (legacy login, registration,
+user-interactive auth, refresh, logout, whoami, account management) and the "Device
+management" module. The policy lives in `starling.accounts.service.AccountService`;
+these handlers parse and shape JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from starling.accounts.registration import check_password
+from starling.accounts.service import RegistrationRequest, identifier_user
+from starling.api.client.common import body_str, require_user
+from starling.api.http import json_response, read_json_object
+from starling.api.services import Services
+from starling.errors import MatrixError, bad_json, invalid_param, missing_param, not_found
+from starling.storage.accounts import Device
+
+V1 = "/_matrix/client/v1"
+V3 = "/_matrix/client/v3"
+MAX_DEVICES_PER_REQUEST = 1000
+MAX_DEVICE_ID_LENGTH = 255
+
+
+def _bool(body: dict[str, Any], key: str, default: bool) -> bool:
+    value = body.get(key, default)
+    if not isinstance(value, bool):
+        raise bad_json(f"'{key}' must be a boolean")
+    return value
+
+
+def _device_id(body: dict[str, Any]) -> str | None:
+    device_id = body_str(body, "device_id")
+    if device_id is not None and not 0 < len(device_id) <= MAX_DEVICE_ID_LENGTH:
+        raise invalid_param(f"'device_id' must be 1-{MAX_DEVICE_ID_LENGTH} characters")
+    return device_id
+
+
+def _device_json(device: Device) -> dict[str, Any]:
+    return {
+        "device_id": device.device_id,
+        "display_name": device.display_name,
+        "last_seen_ip": device.last_seen_ip,
+        "last_seen_ts": device.last_seen_ts,
+    }
+
+
+def _remote(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+class AccountRoutes:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        self.accounts = svc.accounts
+
+    # POST /_matrix/client/v3/register  (spec: #post_matrixclientv3register)
+    async def register(self, request: web.Request) -> web.Response:
+        kind = request.query.get("kind", "user")
+        body = await read_json_object(request, allow_empty=True)
+        refresh = _bool(body, "refresh_token", False)
+        display_name = body_str(body, "initial_device_display_name")
+        if kind == "guest":
+            result = await self.accounts.register_guest(_remote(request), display_name, refresh)
+            return json_response(result)
+        if kind != "user":
+            raise invalid_param("'kind' must be 'user' or 'guest'")
+        req = RegistrationRequest(
+            username=body_str(body, "username"),
+            password=body_str(body, "password"),
+            device_id=_device_id(body),
+            initial_device_display_name=display_name,
+            inhibit_login=_bool(body, "inhibit_login", False),
+            refresh_token=refresh,
+            auth=body.get("auth"),
+        )
+        result = await self.accounts.register(_remote(request), req, request.path)
+        return json_response(result)
+
+    # GET /_matrix/client/v3/register/available  (spec: #get_matrixclientv3registeravailable)
+    async def register_available(self, request: web.Request) -> web.Response:
+        username = request.query.get("username")
+        if username is None:
+            raise missing_param("Missing 'username'")
+        await self.accounts.check_username_available(_remote(request), username)
+        return json_response({"available": True})
+
+    # GET /_matrix/client/v1/register/m.login.registration_token/validity
+    # (spec: #get_matrixclientv1registermloginregistration_tokenvalidity)
+    async def token_validity(self, request: web.Request) -> web.Response:
+        token = request.query.get("token")
+        if token is None:
+            raise missing_param("Missing 'token'")
+        valid = await self.accounts.registration_token_valid(_remote(request), token)
+        return json_response({"valid": valid})
+
+    # GET /_matrix/client/v3/login  (spec: #get_matrixclientv3login)
+    async def login_flows(self, request: web.Request) -> web.Response:
+        return json_response({"flows": [{"type": "m.login.password"}]})
+
+    # POST /_matrix/client/v3/login  (spec: #post_matrixclientv3login)
+    async def login(self, request: web.Request) -> web.Response:
+        body = await read_json_object(request)
+        login_type = body_str(body, "type", required=True)
+        if login_type != "m.login.password":
+            raise MatrixError(400, "M_UNKNOWN", f"Unknown login type {login_type!r}")
+        user = identifier_user(body)
+        password = body_str(body, "password", required=True)
+        assert password is not None
+        session = await self.accounts.login_with_password(
+            _remote(request),
+            user,
+            password,
+            device_id=_device_id(body),
+            initial_display_name=body_str(body, "initial_device_display_name"),
+            refreshable=_bool(body, "refresh_token", False),
+        )
+        return json_response({**session.to_json(), "home_server": self.svc.server_name})
+
+    # POST /_matrix/client/v3/refresh  (spec: #post_matrixclientv3refresh)
+    async def refresh(self, request: web.Request) -> web.Response:
+        body = await read_json_object(request)
+        token = body_str(body, "refresh_token", required=True)
+        assert token is not None
+        session = await self.accounts.refresh(token)
+        return json_response(
+            {
+                "access_token": session.access_token,
+                "refresh_token": session.refresh_token,
+                "expires_in_ms": session.expires_in_ms,
+            }
+        )
+
+    # POST /_matrix/client/v3/logout  (spec: #post_matrixclientv3logout)
+    async def logout(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        await self.accounts.logout(requester)
+        return json_response({})
+
+    # POST /_matrix/client/v3/logout/all  (spec: #post_matrixclientv3logoutall)
+    async def logout_all(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        await self.accounts.logout_all(requester.user_id)
+        return json_response({})
+
+    # GET /_matrix/client/v3/account/whoami  (spec: #get_matrixclientv3accountwhoami)
+    async def whoami(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        out: dict[str, Any] = {"user_id": requester.user_id, "is_guest": requester.is_guest}
+        if requester.device_id is not None:
+            out["device_id"] = requester.device_id
+        return json_response(out)
+
+    # GET /_matrix/client/v3/account/3pid  (spec: #get_matrixclientv3account3pid)
+    async def threepids(self, request: web.Request) -> web.Response:
+        await require_user(request, self.svc.auth)
+        return json_response({"threepids": []})  # no third-party IDs are bound here
+
+    # POST /_matrix/client/v3/account/password  (spec: #post_matrixclientv3accountpassword)
+    async def change_password(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        body = await read_json_object(request)
+        new_password = body_str(body, "new_password", required=True)
+        assert new_password is not None
+        logout_devices = _bool(body, "logout_devices", True)
+        check_password(new_password)  # before UIA, which spends the session
+        await self.accounts.require_password_auth(
+            requester, body.get("auth"), request.path, request.method
+        )
+        await self.accounts.change_password(requester, new_password, logout_devices=logout_devices)
+        return json_response({})
+
+    # POST /_matrix/client/v3/account/deactivate  (spec: #post_matrixclientv3accountdeactivate)
+    async def deactivate(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        body = await read_json_object(request, allow_empty=True)
+        erase = _bool(body, "erase", False)
+        body_str(body, "id_server")
+        await self.accounts.require_password_auth(
+            requester, body.get("auth"), request.path, request.method
+        )
+        await self.accounts.deactivate(requester.user_id, erase=erase)
+        # No third-party IDs are bound here, so there was nothing to unbind.
+        return json_response({"id_server_unbind_result": "success"})
+
+    # GET /_matrix/client/v3/devices  (spec: #get_matrixclientv3devices)
+    async def list_devices(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        devices = await self.accounts.list_devices(requester.user_id)
+        return json_response({"devices": [_device_json(d) for d in devices]})
+
+    # GET /_matrix/client/v3/devices/{deviceId}  (spec: #get_matrixclientv3devicesdeviceid)
+    async def get_device(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        device = await self.accounts.get_device(requester.user_id, request.match_info["deviceId"])
+        if device is None:
+            raise not_found("No such device")
+        return json_response(_device_json(device))
+
+    # PUT /_matrix/client/v3/devices/{deviceId}  (spec: #put_matrixclientv3devicesdeviceid)
+    async def update_device(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        body = await read_json_object(request, allow_empty=True)
+        device_id = request.match_info["deviceId"]
+        if "display_name" not in body:
+            if await self.accounts.get_device(requester.user_id, device_id) is None:
+                raise not_found("No such device")
+            return json_response({})
+        name = body_str(body, "display_name")
+        if not await self.accounts.rename_device(requester.user_id, device_id, name):
+            raise not_found("No such device")
+        return json_response({})
+
+    # DELETE /_matrix/client/v3/devices/{deviceId}  (spec: #delete_matrixclientv3devicesdeviceid)
+    async def delete_device(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        body = await read_json_object(request, allow_empty=True)
+        device_id = request.match_info["deviceId"]
+        if await self.accounts.get_device(requester.user_id, device_id) is None:
+            raise not_found("No such device")
+        await self.accounts.require_password_auth(
+            requester, body.get("auth"), request.path, request.method
+        )
+        await self.accounts.delete_devices(requester.user_id, [device_id])
+        return json_response({})
+
+    # POST /_matrix/client/v3/delete_devices  (spec: #post_matrixclientv3delete_devices)
+    async def delete_devices(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        body = await read_json_object(request)
+        devices = body.get("devices")
+        if devices is None:
+            raise missing_param("Missing 'devices'")
+        if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
+            raise bad_json("'devices' must be a list of strings")
+        if len(devices) > MAX_DEVICES_PER_REQUEST:
+            raise invalid_param(f"At most {MAX_DEVICES_PER_REQUEST} devices per request")
+        await self.accounts.require_password_auth(
+            requester, body.get("auth"), request.path, request.method
+        )
+        await self.accounts.delete_devices(requester.user_id, devices)
+        return json_response({})
+
+
+def register(app: web.Application, svc: Services) -> None:
+    r = AccountRoutes(svc)
+    add = app.router.add_route
+    add("POST", f"{V3}/register", r.register)
+    add("GET", f"{V3}/register/available", r.register_available)
+    add("GET", f"{V1}/register/m.login.registration_token/validity", r.token_validity)
+    add("GET", f"{V3}/login", r.login_flows)
+    add("POST", f"{V3}/login", r.login)
+    add("POST", f"{V3}/refresh", r.refresh)
+    add("POST", f"{V3}/logout", r.logout)
+    add("POST", f"{V3}/logout/all", r.logout_all)
+    add("GET", f"{V3}/account/whoami", r.whoami)
+    add("GET", f"{V3}/account/3pid", r.threepids)
+    add("POST", f"{V3}/account/password", r.change_password)
+    add("POST", f"{V3}/account/deactivate", r.deactivate)
+    add("GET", f"{V3}/devices", r.list_devices)
+    add("GET", f"{V3}/devices/{{deviceId}}", r.get_device)
+    add("PUT", f"{V3}/devices/{{deviceId}}", r.update_device)
+    add("DELETE", f"{V3}/devices/{{deviceId}}", r.delete_device)
+    add("POST", f"{V3}/delete_devices", r.delete_devices)
