@@ -242,6 +242,66 @@ class EventStore:
             out.setdefault(pair[0].room_id, []).append(pair)
         return out
 
+    async def get_recent_events_for_ranges(
+        self, ranges: Sequence[tuple[str, int | None, int]], limit: int
+    ) -> dict[str, list[tuple[Event, EventMeta]]]:
+        """For each (room, from_exclusive, to_inclusive), up to `limit` newest timeline
+        events in that range, newest first.
+
+        One statement per 50 rooms: a UNION ALL of per-room top-N scans, each served by
+        the (room_id, stream_ordering) index, so a room's cost is `limit` rows however
+        long its history (a window function would scan every event of every room).
+        """
+        out: dict[str, list[tuple[Event, EventMeta]]] = {}
+        items = list(ranges)
+        for start in range(0, len(items), 50):
+            chunk = items[start : start + 50]
+            parts: list[str] = []
+            args: list[object] = []
+            for room_id, lower, upper in chunk:
+                parts.append(
+                    f"SELECT * FROM (SELECT {_EVENT_COLUMNS} FROM events e"
+                    " JOIN rooms r ON r.room_id = e.room_id"
+                    " WHERE e.room_id = ? AND e.stream_ordering > ? AND e.stream_ordering <= ?"
+                    " AND NOT e.soft_failed ORDER BY e.stream_ordering DESC LIMIT ?) AS q"
+                    f"{len(parts)}"
+                )
+                args.extend(
+                    [room_id, lower if lower is not None else -(2**62), upper, limit]
+                )
+            rows = await self._db.fetch_all(" UNION ALL ".join(parts), *args)
+            for row in rows:
+                pair = self._cached_row(row)
+                out.setdefault(pair[0].room_id, []).append(pair)
+        for events in out.values():
+            events.sort(key=lambda p: -(p[1].stream_ordering or 0))
+        return out
+
+    async def get_state_groups_at(
+        self, room_ids: Sequence[str], position: int
+    ) -> dict[str, int]:
+        """For each room, the state group after its last timeline event at or before
+        `position` (the room's state as of that stream position). Rooms with no event by
+        then are absent. One statement per 100 rooms, each an index lookup."""
+        out: dict[str, int] = {}
+        items = list(room_ids)
+        for start in range(0, len(items), 100):
+            chunk = items[start : start + 100]
+            parts = [
+                "SELECT CAST(? AS TEXT), (SELECT e.state_after FROM events e"
+                " WHERE e.room_id = ? AND e.stream_ordering <= ? AND NOT e.soft_failed"
+                " AND e.state_after IS NOT NULL ORDER BY e.stream_ordering DESC LIMIT 1)"
+                for _ in chunk
+            ]
+            args: list[object] = []
+            for room_id in chunk:
+                args.extend([room_id, room_id, position])
+            rows = await self._db.fetch_all(" UNION ALL ".join(parts), *args)
+            for room_id, group in rows:
+                if group is not None:
+                    out[room_id] = int(group)
+        return out
+
     def _cached_row(self, row: Row) -> tuple[Event, EventMeta]:
         hit = self._events.get(row[0])
         if hit is not None:

@@ -22,6 +22,14 @@ class Membership:
     stream_ordering: int | None
 
 
+@dataclass(slots=True)
+class RoomMemberSummary:
+    joined: int
+    invited: int
+    # (user_id, membership), joined first, then invited, then departed; earliest first.
+    members: list[tuple[str, str]]
+
+
 class MembershipStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -136,3 +144,41 @@ class MembershipStore:
             self._db.sql.array(ids),
         )
         return {r[0]: int(r[1]) for r in rows}
+
+    async def get_room_summaries(
+        self, room_ids: Iterable[str], hero_limit: int = 6
+    ) -> dict[str, RoomMemberSummary]:
+        """Joined and invited counts and hero candidates for several rooms, in two
+        queries. Heroes: joined, then invited members, earliest first; where a room has
+        neither, those who left or were banned (the spec's "Calculating the display name
+        for a room")."""
+        ids = list(room_ids)
+        out = {r: RoomMemberSummary(0, 0, []) for r in ids}
+        if not ids:
+            return out
+        rows = await self._db.fetch_all(
+            "SELECT room_id, membership, COUNT(*) FROM room_memberships"
+            f" WHERE {self._db.sql.in_array('room_id')} AND membership IN ('join', 'invite')"
+            " GROUP BY room_id, membership",
+            self._db.sql.array(ids),
+        )
+        for room_id, membership, count in rows:
+            if membership == "join":
+                out[room_id].joined = int(count)
+            else:
+                out[room_id].invited = int(count)
+        rows = await self._db.fetch_all(
+            "SELECT room_id, user_id, membership FROM ("
+            "  SELECT room_id, user_id, membership, ROW_NUMBER() OVER ("
+            "    PARTITION BY room_id ORDER BY"
+            "    CASE membership WHEN 'join' THEN 0 WHEN 'invite' THEN 1 ELSE 2 END,"
+            "    stream_ordering, user_id) AS rn"
+            f"  FROM room_memberships WHERE {self._db.sql.in_array('room_id')}"
+            "    AND membership IN ('join', 'invite', 'leave', 'ban')"
+            ") m WHERE rn <= ? ORDER BY room_id, rn",
+            self._db.sql.array(ids),
+            hero_limit + 1,
+        )
+        for room_id, user_id, membership in rows:
+            out[room_id].members.append((user_id, membership))
+        return out

@@ -12,7 +12,7 @@ updated after each commit; only this process writes it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 from starling.protocol.event import StateKey
@@ -65,6 +65,92 @@ class StateStore:
         frozen: StateMap = MappingProxyType(state)
         self._groups.put(group, (frozen, chain_length))
         return frozen, chain_length
+
+    async def get_state_ids_for_groups(self, groups: Iterable[int]) -> dict[int, StateMap]:
+        """Full state for several groups: cached ones free, the rest in one query."""
+        out: dict[int, StateMap] = {}
+        missing: list[int] = []
+        for group in set(groups):
+            hit = self._groups.get(group)
+            if hit is None:
+                missing.append(group)
+            else:
+                out[group] = hit[0]
+        if not missing:
+            return out
+        rows = await self._db.fetch_all(
+            "WITH RECURSIVE chain (root, g, dist) AS ("
+            "  SELECT sg.state_group, sg.state_group, 0 FROM state_groups sg"
+            f"  WHERE {self._db.sql.in_array('sg.state_group')}"
+            "  UNION ALL"
+            "  SELECT chain.root, sg.prev_group, chain.dist + 1 FROM state_groups sg"
+            "  JOIN chain ON sg.state_group = chain.g WHERE sg.prev_group IS NOT NULL"
+            ")"
+            " SELECT chain.root, k.type, k.state_key, ev.event_id, chain.dist"
+            " FROM chain"
+            " JOIN state_group_entries sge ON sge.state_group = chain.g"
+            " JOIN state_keys k ON k.key_nid = sge.key_nid"
+            " JOIN events ev ON ev.event_nid = sge.event_nid"
+            " ORDER BY chain.root, chain.dist DESC",
+            self._db.sql.array(missing),
+        )
+        states: dict[int, dict[StateKey, str]] = {g: {} for g in missing}
+        chains: dict[int, int] = dict.fromkeys(missing, 0)
+        for root, etype, state_key, event_id, dist in rows:
+            states[int(root)][(etype, state_key)] = event_id
+            chains[int(root)] = max(chains[int(root)], int(dist))
+        for group, state in states.items():
+            frozen: StateMap = MappingProxyType(state)
+            self._groups.put(group, (frozen, chains[group]))
+            out[group] = frozen
+        return out
+
+    async def get_state_entries_for_groups(
+        self, groups: Iterable[int], keys: Iterable[StateKey]
+    ) -> dict[int, dict[StateKey, str]]:
+        """Only the given keys of several groups' state, in one query: what visibility
+        checks and stripped state need, without loading a big room's whole state."""
+        wanted = set(keys)
+        out: dict[int, dict[StateKey, str]] = {}
+        missing: list[int] = []
+        for group in set(groups):
+            hit = self._groups.get(group)
+            if hit is None:
+                missing.append(group)
+            else:
+                out[group] = {k: hit[0][k] for k in wanted if k in hit[0]}
+        if not missing or not wanted:
+            for group in missing:
+                out[group] = {}
+            return out
+        types = sorted({t for t, _ in wanted})
+        state_keys = sorted({sk for _, sk in wanted})
+        rows = await self._db.fetch_all(
+            "WITH RECURSIVE chain (root, g, dist) AS ("
+            "  SELECT sg.state_group, sg.state_group, 0 FROM state_groups sg"
+            f"  WHERE {self._db.sql.in_array('sg.state_group')}"
+            "  UNION ALL"
+            "  SELECT chain.root, sg.prev_group, chain.dist + 1 FROM state_groups sg"
+            "  JOIN chain ON sg.state_group = chain.g WHERE sg.prev_group IS NOT NULL"
+            ")"
+            " SELECT chain.root, k.type, k.state_key, ev.event_id, chain.dist"
+            " FROM chain"
+            " JOIN state_group_entries sge ON sge.state_group = chain.g"
+            " JOIN state_keys k ON k.key_nid = sge.key_nid"
+            " JOIN events ev ON ev.event_nid = sge.event_nid"
+            f" WHERE {self._db.sql.in_array('k.type')}"
+            f" AND {self._db.sql.in_array('k.state_key')}"
+            " ORDER BY chain.root, chain.dist DESC",
+            self._db.sql.array(missing),
+            self._db.sql.array(types),
+            self._db.sql.array(state_keys),
+        )
+        for group in missing:
+            out[group] = {}
+        for root, etype, state_key, event_id, _dist in rows:
+            if (etype, state_key) in wanted:
+                out[int(root)][(etype, state_key)] = event_id
+        return out
 
     async def _key_nids_for(self, txn: Transaction, keys: list[StateKey]) -> dict[StateKey, int]:
         out: dict[StateKey, int] = {}

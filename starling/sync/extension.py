@@ -10,7 +10,10 @@ extension once per /sync with the range (since, upto] of its own stream.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from starling.sync.filtering import SyncFilter
 
 
 @dataclass
@@ -24,8 +27,16 @@ class SyncContext:
     # Rooms in the response, by section; per-room dicts can be filled in through `room`.
     joined_rooms: frozenset[str] = frozenset()
     full_state: bool = False
-    # The filter's sections for this extension's data (already parsed), if any.
+    # The request's whole filter JSON as validated ({} when none); `sync_filter` below
+    # is the same, parsed.
     filter: dict[str, Any] = field(default_factory=dict)
+    # The request's set_presence ("online", "offline", "unavailable"), None if not given:
+    # for the presence extension.
+    set_presence: str | None = None
+    # The same filter, validated: `sync_filter.presence`, `.account_data`, `.ephemeral`,
+    # `.room_account_data` are EventFilters with `matches_json(event, room_id)` and
+    # `filter_json(events, room_id)` (which also applies the section's `limit`).
+    sync_filter: SyncFilter | None = None
 
 
 class SyncExtension(Protocol):

@@ -1,0 +1,73 @@
+"""Client-Server API: filters (spec: client-server-api "Filtering").
+
+POST /user/{userId}/filter stores a validated filter and returns its ID; GET returns it.
+Only the user themself may do either (403 otherwise). A filter may be at most
+MAX_FILTER_BYTES of JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from starling.api.client.common import require_user
+from starling.api.http import json_response, parse_json_object
+from starling.api.services import Services
+from starling.errors import MatrixError, forbidden, not_found, too_large
+from starling.protocol.identifiers import is_valid_user_id
+from starling.sync.filtering import MAX_FILTER_BYTES, parse_sync_filter
+
+V3 = "/_matrix/client/v3"
+
+
+def _own_user(request: web.Request, user_id: str, svc: Services) -> None:
+    target = request.match_info["userId"]
+    if not is_valid_user_id(target):
+        raise MatrixError(400, "M_INVALID_PARAM", f"{target!r} is not a user ID")
+    if target != user_id:
+        raise forbidden("Cannot use filters of other users")
+    if not target.endswith(":" + svc.server_name):
+        raise MatrixError(400, "M_UNKNOWN", "Can only use filters of local users")
+
+
+async def _read_filter_body(request: web.Request) -> dict[str, Any]:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large() from None
+    if len(raw) > MAX_FILTER_BYTES:
+        raise too_large(f"Filter larger than {MAX_FILTER_BYTES} bytes")
+    return parse_json_object(raw)
+
+
+class FilterRoutes:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+
+    # POST /_matrix/client/v3/user/{userId}/filter  (spec: #post_matrixclientv3useruseridfilter)
+    async def create(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        _own_user(request, requester.user_id, self.svc)
+        body = await _read_filter_body(request)
+        parse_sync_filter(body)
+        filter_id = await self.svc.filter_store.add_filter(requester.user_id, body)
+        return json_response({"filter_id": str(filter_id)})
+
+    # GET /_matrix/client/v3/user/{userId}/filter/{filterId}
+    async def get(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        _own_user(request, requester.user_id, self.svc)
+        raw_id = request.match_info["filterId"]
+        if not raw_id.isdigit() or len(raw_id) > 18:
+            raise not_found("No such filter")
+        found = await self.svc.filter_store.get_filter(requester.user_id, int(raw_id))
+        if found is None:
+            raise not_found("No such filter")
+        return json_response(found)
+
+
+def register(app: web.Application, svc: Services) -> None:
+    r = FilterRoutes(svc)
+    app.router.add_route("POST", f"{V3}/user/{{userId}}/filter", r.create)
+    app.router.add_route("GET", f"{V3}/user/{{userId}}/filter/{{filterId}}", r.get)

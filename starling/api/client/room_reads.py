@@ -1,0 +1,148 @@
+"""Client-Server API: reading rooms (spec: client-server-api "Room participation",
+"Pagination", "Retrieving events around an event").
+
+GET /rooms/{roomId}/event/{eventId}, /state, /state/{eventType}/{stateKey}, /members,
+/joined_members, /messages and /context/{eventId}. Handlers validate parameters and
+call `RoomHistory`, which applies access and history visibility.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from starling.api.client.common import query_int, require_user
+from starling.api.http import json_response
+from starling.api.services import Services
+from starling.errors import invalid_param, missing_param
+from starling.sync.filtering import NO_FILTER, EventFilter, parse_event_filter, parse_filter_json
+from starling.sync.history import DEFAULT_LIMIT, MAX_MESSAGES_LIMIT
+from starling.sync.tokens import parse_room_position
+
+V3 = "/_matrix/client/v3"
+
+
+def _room_id(request: web.Request) -> str:
+    room_id = request.match_info["roomId"]
+    if not room_id.startswith("!") or len(room_id) > 255:
+        raise invalid_param(f"{room_id[:80]!r} is not a room ID")
+    return room_id
+
+
+def _event_id(request: web.Request) -> str:
+    event_id = request.match_info["eventId"]
+    if not event_id.startswith("$") or len(event_id) > 255:
+        raise invalid_param(f"{event_id[:80]!r} is not an event ID")
+    return event_id
+
+
+def _room_event_filter(request: web.Request) -> EventFilter:
+    raw = request.query.get("filter")
+    if not raw:
+        return NO_FILTER
+    value = parse_filter_json(raw)
+    if not isinstance(value, dict):
+        raise invalid_param("'filter' must be a JSON object")
+    return parse_event_filter(value)
+
+
+class RoomReadRoutes:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+
+    # GET /rooms/{roomId}/event/{eventId}  (spec: #get_matrixclientv3roomsroomideventeventid)
+    async def event(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        body = await self.svc.room_history.get_event(
+            requester.user_id, requester.device_id, _room_id(request), _event_id(request)
+        )
+        return json_response(body)
+
+    # GET /rooms/{roomId}/state  (spec: #get_matrixclientv3roomsroomidstate)
+    async def state(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        events = await self.svc.room_history.state_events(requester.user_id, _room_id(request))
+        return json_response(events)
+
+    # GET /rooms/{roomId}/state/{eventType}/{stateKey}
+    async def state_event(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        fmt = request.query.get("format", "content")
+        if fmt not in ("content", "event"):
+            raise invalid_param("'format' must be 'content' or 'event'")
+        _, formatted = await self.svc.room_history.state_event(
+            requester.user_id,
+            _room_id(request),
+            request.match_info["eventType"],
+            request.match_info.get("stateKey", ""),
+        )
+        return json_response(formatted if fmt == "event" else formatted["content"])
+
+    # GET /rooms/{roomId}/members  (spec: #get_matrixclientv3roomsroomidmembers)
+    async def members(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        at_raw = request.query.get("at")
+        chunk = await self.svc.room_history.members(
+            requester.user_id,
+            _room_id(request),
+            parse_room_position(at_raw) if at_raw else None,
+            request.query.get("membership"),
+            request.query.get("not_membership"),
+        )
+        return json_response({"chunk": chunk})
+
+    # GET /rooms/{roomId}/joined_members
+    async def joined_members(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        joined = await self.svc.room_history.joined_members(requester.user_id, _room_id(request))
+        return json_response({"joined": joined})
+
+    # GET /rooms/{roomId}/messages  (spec: #get_matrixclientv3roomsroomidmessages)
+    async def messages(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        room_id = _room_id(request)
+        direction = request.query.get("dir")
+        if direction is None:
+            raise missing_param("'dir' is required")
+        if direction not in ("b", "f"):
+            raise invalid_param("'dir' must be 'b' or 'f'")
+        from_token = request.query.get("from") or None
+        to_token = request.query.get("to") or None
+        limit = query_int(request, "limit", DEFAULT_LIMIT, maximum=MAX_MESSAGES_LIMIT)
+        body = await self.svc.room_history.messages(
+            requester.user_id,
+            requester.device_id,
+            room_id,
+            from_pos=parse_room_position(from_token) if from_token else None,
+            from_token=from_token,
+            to_pos=parse_room_position(to_token) if to_token else None,
+            backwards=direction == "b",
+            limit=limit,
+            efilter=_room_event_filter(request),
+        )
+        return json_response(body)
+
+    # GET /rooms/{roomId}/context/{eventId}  (spec: #get_matrixclientv3roomsroomidcontexteventid)
+    async def context(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        body = await self.svc.room_history.context(
+            requester.user_id,
+            requester.device_id,
+            _room_id(request),
+            _event_id(request),
+            query_int(request, "limit", DEFAULT_LIMIT, maximum=MAX_MESSAGES_LIMIT),
+            _room_event_filter(request),
+        )
+        return json_response(body)
+
+
+def register(app: web.Application, svc: Services) -> None:
+    r = RoomReadRoutes(svc)
+    add = app.router.add_route
+    add("GET", f"{V3}/rooms/{{roomId}}/event/{{eventId}}", r.event)
+    add("GET", f"{V3}/rooms/{{roomId}}/state", r.state)
+    add("GET", f"{V3}/rooms/{{roomId}}/state/{{eventType}}", r.state_event)
+    add("GET", f"{V3}/rooms/{{roomId}}/state/{{eventType}}/{{stateKey:.*}}", r.state_event)
+    add("GET", f"{V3}/rooms/{{roomId}}/members", r.members)
+    add("GET", f"{V3}/rooms/{{roomId}}/joined_members", r.joined_members)
+    add("GET", f"{V3}/rooms/{{roomId}}/messages", r.messages)
+    add("GET", f"{V3}/rooms/{{roomId}}/context/{{eventId}}", r.context)

@@ -1,0 +1,92 @@
+"""Client-Server API: GET /sync (spec: client-server-api "Syncing").
+
+Parameters are validated here (a bad `since`, `timeout`, `filter`, `set_presence` or
+boolean is a 400, never a 500); the work is `SyncService.sync`. Filters named by ID are
+read from the filter store; both stored and inline filters are parsed once and cached.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from starling.api.client.common import query_bool, query_int, require_user
+from starling.api.http import json_response
+from starling.api.services import Services
+from starling.errors import MatrixError, invalid_param
+from starling.storage.events import LruCache
+from starling.sync.filtering import (
+    DEFAULT_SYNC_FILTER,
+    SyncFilter,
+    parse_filter_json,
+    parse_sync_filter,
+)
+from starling.sync.service import MAX_TIMEOUT_MS, SyncRequest
+from starling.sync.tokens import SyncToken
+
+V3 = "/_matrix/client/v3"
+PRESENCE_STATES = ("online", "offline", "unavailable")
+
+
+class SyncRoutes:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        self._inline: LruCache[str, SyncFilter] = LruCache(1000)
+        self._stored: LruCache[tuple[str, int], SyncFilter] = LruCache(10_000)
+
+    async def _filter(self, user_id: str, raw: str | None) -> SyncFilter:
+        if raw is None or raw == "":
+            return DEFAULT_SYNC_FILTER
+        if raw.startswith("{"):
+            hit = self._inline.get(raw)
+            if hit is None:
+                hit = parse_sync_filter(parse_filter_json(raw))
+                self._inline.put(raw, hit)
+            return hit
+        if not raw.isdigit() or len(raw) > 18:
+            raise invalid_param("No such filter")
+        key = (user_id, int(raw))
+        hit = self._stored.get(key)
+        if hit is None:
+            stored = await self.svc.filter_store.get_filter(user_id, int(raw))
+            if stored is None:
+                raise invalid_param("No such filter")
+            hit = parse_sync_filter(stored)
+            self._stored.put(key, hit)
+        return hit
+
+    # GET /_matrix/client/v3/sync  (spec: #get_matrixclientv3sync)
+    async def sync(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        if "from" in request.query:
+            raise invalid_param("'from' is not a /sync parameter; did you mean 'since'?")
+        since_raw = request.query.get("since")
+        since = SyncToken.parse(since_raw) if since_raw else None
+        timeout = query_int(request, "timeout", 0, maximum=MAX_TIMEOUT_MS)
+        full_state = query_bool(request, "full_state")
+        use_state_after = query_bool(request, "use_state_after") or query_bool(
+            request, "org.matrix.msc4222.use_state_after"
+        )
+        set_presence = request.query.get("set_presence")
+        if set_presence is not None and set_presence not in PRESENCE_STATES:
+            raise MatrixError(
+                400, "M_INVALID_PARAM", f"'set_presence' must be one of {PRESENCE_STATES}"
+            )
+        sync_filter = await self._filter(requester.user_id, request.query.get("filter"))
+        response = await self.svc.sync.sync(
+            SyncRequest(
+                user_id=requester.user_id,
+                device_id=requester.device_id,
+                filter=sync_filter,
+                since=since,
+                timeout_ms=timeout,
+                full_state=full_state,
+                set_presence=set_presence,
+                use_state_after=use_state_after,
+            )
+        )
+        return json_response(response)
+
+
+def register(app: web.Application, svc: Services) -> None:
+    r = SyncRoutes(svc)
+    app.router.add_route("GET", f"{V3}/sync", r.sync)

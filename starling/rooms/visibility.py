@@ -1,0 +1,132 @@
+"""History visibility: which events a user may read (spec: "History visibility" module).
+
+An event is judged by the room's state *before* it: the history_visibility setting and
+the user's membership then. A user joined at the time sees it; otherwise
+`world_readable` shows it to anyone, `invited` to users invited at the time, `joined` to
+no one else, and `shared` to users who are joined to the room now (so a user who left
+sees history up to their departure, and no further). Two cases look at the event itself,
+as Synapse does: a history_visibility change is judged by the more permissive of the old
+and new settings, and a user's own membership event by the more permissive of their old
+and new membership (so everyone sees their own leave).
+
+Judging is per distinct state group, not per event: messages between two state changes
+share a group, so a page of a busy room costs one lookup of two state keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from starling.protocol.event import Event, StateKey
+from starling.storage.events import EventMeta, EventStore
+from starling.storage.memberships import MembershipStore
+from starling.storage.state import StateStore
+
+EventPair = tuple[Event, EventMeta]
+
+HISTORY_VISIBILITY: StateKey = ("m.room.history_visibility", "")
+# Most permissive first (Synapse's VISIBILITY_PRIORITY / MEMBERSHIP_PRIORITY).
+VISIBILITY_PRIORITY = ("world_readable", "shared", "invited", "joined")
+MEMBERSHIP_PRIORITY = ("join", "invite", "knock", "leave", "ban")
+
+
+def effective_visibility(value: object) -> str:
+    return value if isinstance(value, str) and value in VISIBILITY_PRIORITY else "shared"
+
+
+def _membership(value: object) -> str:
+    return value if isinstance(value, str) and value in MEMBERSHIP_PRIORITY else "leave"
+
+
+def _more_permissive(a: str, b: str, order: Sequence[str]) -> str:
+    return a if order.index(a) <= order.index(b) else b
+
+
+def allowed(event: Event, user_id: str, visibility: str, membership: str, is_peeking: bool) -> bool:
+    """The decision for one event, given the state before it."""
+    if event.type == HISTORY_VISIBILITY[0] and event.state_key == "":
+        visibility = _more_permissive(
+            visibility,
+            effective_visibility(event.content.get("history_visibility")),
+            VISIBILITY_PRIORITY,
+        )
+    if event.type == "m.room.member" and event.state_key == user_id:
+        new = _membership(event.membership)
+        if new == "leave" and membership in ("join", "invite"):
+            return True
+        membership = _more_permissive(new, membership, MEMBERSHIP_PRIORITY)
+    if visibility == "world_readable" or membership == "join":
+        return True
+    if visibility == "joined":
+        return False
+    if visibility == "invited":
+        return membership == "invite"
+    return not is_peeking  # shared
+
+
+class HistoryVisibility:
+    def __init__(self, events: EventStore, state: StateStore, memberships: MembershipStore) -> None:
+        self._events = events
+        self._state = state
+        self._memberships = memberships
+
+    async def filter_events(
+        self,
+        user_id: str,
+        pairs: Sequence[EventPair],
+        *,
+        joined_rooms: Iterable[str] | None = None,
+    ) -> list[EventPair]:
+        """The events the user may see, in the given order. Rejected events are dropped.
+
+        `joined_rooms` (the rooms the user is joined to now) decides who is peeking; it
+        is looked up when not given.
+        """
+        pairs = [p for p in pairs if p[1].rejected_reason is None]
+        if not pairs:
+            return []
+        if joined_rooms is None:
+            joined = set(await self._memberships.get_joined_rooms(user_id))
+        else:
+            joined = set(joined_rooms)
+        decided = await self._state_decisions(user_id, {m.state_before for _, m in pairs})
+        return [
+            (event, meta)
+            for event, meta in pairs
+            if allowed(event, user_id, *decided[meta.state_before], event.room_id not in joined)
+        ]
+
+    async def is_visible(self, user_id: str, pair: EventPair) -> bool:
+        return bool(await self.filter_events(user_id, [pair]))
+
+    async def _state_decisions(
+        self, user_id: str, groups: Iterable[int | None]
+    ) -> dict[int | None, tuple[str, str]]:
+        """(visibility, membership) of the user in each state group."""
+        wanted = [g for g in set(groups) if g is not None]
+        member_key: StateKey = ("m.room.member", user_id)
+        entries = await self._state.get_state_entries_for_groups(
+            wanted, [HISTORY_VISIBILITY, member_key]
+        )
+        ids = {eid for entry in entries.values() for eid in entry.values()}
+        events = await self._events.get_events(ids) if ids else {}
+        out: dict[int | None, tuple[str, str]] = {None: ("shared", "leave")}
+        for group in wanted:
+            entry = entries.get(group, {})
+            hv = events.get(entry.get(HISTORY_VISIBILITY, ""))
+            member = events.get(entry.get(member_key, ""))
+            out[group] = (
+                effective_visibility(hv.content.get("history_visibility") if hv else None),
+                _membership(member.membership if member else None),
+            )
+        return out
+
+    async def current_visibility(self, room_id: str) -> str:
+        state = await self._state.get_current_state_ids(room_id)
+        eid = state.get(HISTORY_VISIBILITY)
+        if eid is None:
+            return "shared"
+        events = await self._events.get_events([eid])
+        hv = events.get(eid)
+        return effective_visibility(hv.content.get("history_visibility") if hv else None)
+

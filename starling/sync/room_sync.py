@@ -1,0 +1,548 @@
+"""The rooms part of a /sync response: join, invite, leave and knock sections.
+
+Spec: client-server-api "Syncing", "Lazy-loading room members". One response is built
+from a fixed window of the events stream, (since, upto], with a fixed number of reads
+whatever the number of rooms: the user's memberships (cached), the membership changes in
+the window, the timelines of every room in one batch, the visibility of those events per
+distinct state group, the state groups needed (one batch), the events to send (one
+batch) and the room summaries (one batch). Refilling a timeline emptied by filters is
+also batched, and bounded.
+
+Which rooms appear:
+- initial sync: every joined room (full state), every invite and knock, and with
+  `include_leave` every room left or banned from (up to the departure);
+- incremental: joined rooms with new events (state as a delta from `since`), rooms
+  whose membership changed in the window (a new join gets full state; an invite, knock or
+  departure goes to its section), and with `full_state` every joined room again.
+Forgotten rooms never appear.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from starling.protocol.event import Event, StateKey
+from starling.rooms.client_format import (
+    EventFormatter,
+    FormatOptions,
+    JsonDict,
+    stripped_state_event,
+)
+from starling.rooms.visibility import HistoryVisibility
+from starling.storage.events import EventMeta, EventStore
+from starling.storage.memberships import Membership, MembershipStore
+from starling.storage.state import StateStore
+from starling.sync.filtering import SyncFilter
+from starling.sync.lazy_members import KnownMembers, LazyMemberCache
+from starling.sync.tokens import pagination_token
+
+logger = logging.getLogger(__name__)
+
+EventPair = tuple[Event, EventMeta]
+
+# State shown to invitees and knockers (the spec's recommended stripped state).
+STRIPPED_STATE_TYPES = (
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.topic",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+)
+MAX_HEROES = 5
+# Extra rounds of reading older events for timelines that filters or history visibility
+# emptied, before giving up and marking them limited.
+MAX_REFILL_ROUNDS = 3
+MAX_FETCH = 500
+
+
+@dataclass
+class RoomsRequest:
+    user_id: str
+    device_id: str | None
+    filter: SyncFilter
+    since: int | None  # events position of `since`; None for an initial sync
+    upto: int
+    full_state: bool
+    use_state_after: bool
+    since_token: str | None
+    next_token: str
+
+
+@dataclass
+class _Plan:
+    room_id: str
+    section: str  # "join" or "leave"
+    lower: int | None  # timeline: events after this position...
+    upper: int  # ...up to and including this one
+    full_state: bool  # send all state rather than a delta from `lower`
+    no_state: bool = False  # never joined: no state at all (a rejected invite)
+    end_event: str | None = None  # leave rooms: the departure; its state ends the room
+    events: list[EventPair] = field(default_factory=list)  # newest first
+    limited: bool = False
+    exhausted: bool = False
+    scanned_to: int | None = None  # oldest position read so far
+
+
+@dataclass
+class RoomsResult:
+    rooms: dict[str, dict[str, Any]]
+    has_data: bool
+    joined_rooms: frozenset[str]
+
+
+class RoomSyncBuilder:
+    def __init__(
+        self,
+        events: EventStore,
+        state: StateStore,
+        memberships: MembershipStore,
+        visibility: HistoryVisibility,
+        formatter: EventFormatter,
+        lazy_cache: LazyMemberCache,
+    ) -> None:
+        self._events = events
+        self._state = state
+        self._memberships = memberships
+        self._visibility = visibility
+        self._formatter = formatter
+        self._lazy = lazy_cache
+
+    async def build(self, req: RoomsRequest) -> RoomsResult:
+        memberships = await self._memberships.get_rooms_for_user(req.user_id)
+        joined = frozenset(r for r, m in memberships.items() if m.membership == "join")
+        if req.since is None:
+            plans, invites, knocks = await self._initial_plans(req, memberships)
+        else:
+            plans, invites, knocks = await self._incremental_plans(req, memberships, joined)
+        filt = req.filter
+        plans = [p for p in plans if filt.includes_room(p.room_id)]
+        invites = [m for m in invites if filt.includes_room(m.room_id)]
+        knocks = [m for m in knocks if filt.includes_room(m.room_id)]
+        rooms: dict[str, dict[str, Any]] = {"join": {}, "invite": {}, "leave": {}, "knock": {}}
+        has_data = False
+        if plans:
+            has_data = await self._fill_rooms(req, plans, joined, rooms)
+        if invites:
+            rooms["invite"] = await self._stripped_rooms(req, invites, "invite_state")
+            has_data = True
+        if knocks:
+            rooms["knock"] = await self._stripped_rooms(req, knocks, "knock_state")
+            has_data = True
+        visible_joined = frozenset(r for r in joined if filt.includes_room(r))
+        return RoomsResult(rooms, has_data, visible_joined)
+
+    # --- which rooms ---------------------------------------------------------------------
+
+    async def _initial_plans(
+        self, req: RoomsRequest, memberships: Mapping[str, Membership]
+    ) -> tuple[list[_Plan], list[Membership], list[Membership]]:
+        plans: list[_Plan] = []
+        invites: list[Membership] = []
+        knocks: list[Membership] = []
+        departed: list[Membership] = []
+        for room_id, m in memberships.items():
+            if m.membership == "join":
+                plans.append(_Plan(room_id, "join", None, req.upto, full_state=True))
+            elif m.membership == "invite":
+                invites.append(m)
+            elif m.membership == "knock":
+                knocks.append(m)
+            elif req.filter.include_leave:
+                departed.append(m)
+        if departed:
+            forgotten = await self._memberships.forgotten_rooms(req.user_id)
+            for m in departed:
+                if m.room_id not in forgotten:
+                    plans.append(
+                        _Plan(
+                            m.room_id,
+                            "leave",
+                            None,
+                            min(m.stream_ordering or req.upto, req.upto),
+                            full_state=True,
+                            end_event=m.event_id,
+                        )
+                    )
+        return plans, invites, knocks
+
+    async def _incremental_plans(
+        self,
+        req: RoomsRequest,
+        memberships: Mapping[str, Membership],
+        joined: frozenset[str],
+    ) -> tuple[list[_Plan], list[Membership], list[Membership]]:
+        assert req.since is not None
+        since = req.since
+        changes = await self._memberships.get_membership_changes(req.user_id, since, req.upto)
+        by_room: dict[str, list[tuple[str, int]]] = {}
+        for room_id, event_id, pos in changes:
+            by_room.setdefault(room_id, []).append((event_id, pos))
+        plans: list[_Plan] = []
+        invites: list[Membership] = []
+        knocks: list[Membership] = []
+        if by_room:
+            change_events = await self._events.get_events_with_meta(
+                eid for room_changes in by_room.values() for eid, _ in room_changes
+            )
+            earlier_ids = {
+                change_events[changes_[0][0]][1].replaces_state
+                for changes_ in by_room.values()
+                if changes_[0][0] in change_events
+            } - {None}
+            earlier = await self._events.get_events([e for e in earlier_ids if e])
+            forgotten: set[str] | None = None
+            for room_id, room_changes in by_room.items():
+                last_id, last_pos = room_changes[-1]
+                found = [change_events[e] for e, _ in room_changes if e in change_events]
+                if not found:
+                    continue
+                first_meta = found[0][1]
+                prev = earlier.get(first_meta.replaces_state or "")
+                joined_at_since = prev is not None and prev.membership == "join"
+                stayed_joined = joined_at_since and all(ev.membership == "join" for ev, _ in found)
+                latest = found[-1][0].membership
+                if latest == "join":
+                    plans.append(
+                        _Plan(room_id, "join", since, req.upto, full_state=not stayed_joined)
+                    )
+                elif latest == "invite":
+                    invites.append(Membership(room_id, req.user_id, "invite", last_id, last_pos))
+                elif latest == "knock":
+                    knocks.append(Membership(room_id, req.user_id, "knock", last_id, last_pos))
+                else:
+                    if forgotten is None:
+                        forgotten = await self._memberships.forgotten_rooms(req.user_id)
+                    if room_id in forgotten:
+                        continue
+                    was_ever_joined = joined_at_since or any(
+                        ev.membership == "join" for ev, _ in found
+                    )
+                    plans.append(
+                        _Plan(
+                            room_id,
+                            "leave",
+                            since,
+                            last_pos,
+                            full_state=was_ever_joined and not joined_at_since,
+                            no_state=not was_ever_joined,
+                            end_event=last_id,
+                        )
+                    )
+        steady = [r for r in joined if r not in by_room]
+        if req.full_state:
+            active = set(steady)
+        else:
+            active = await self._events.get_rooms_changed_between(steady, since, req.upto)
+        for room_id in steady:
+            if room_id in active:
+                plans.append(_Plan(room_id, "join", since, req.upto, full_state=req.full_state))
+        if req.full_state and req.filter.include_leave:
+            planned = {p.room_id for p in plans}
+            forgotten_rooms = await self._memberships.forgotten_rooms(req.user_id)
+            for room_id, m in memberships.items():
+                if (
+                    m.membership in ("leave", "ban")
+                    and room_id not in planned
+                    and room_id not in forgotten_rooms
+                ):
+                    upper = min(m.stream_ordering or req.upto, req.upto)
+                    plans.append(_Plan(room_id, "leave", since, upper, True, end_event=m.event_id))
+        return plans, invites, knocks
+
+    # --- timelines -----------------------------------------------------------------------
+
+    async def _load_timelines(
+        self, req: RoomsRequest, plans: Sequence[_Plan], joined: frozenset[str]
+    ) -> None:
+        limit = req.filter.timeline_limit
+        tfilter = req.filter.timeline
+        fetch = limit + 1 if tfilter.is_noop else min(4 * limit + 1, MAX_FETCH)
+        pending = list(plans)
+        for round_ in range(MAX_REFILL_ROUNDS + 1):
+            ranges = [
+                (p.room_id, p.lower, p.scanned_to - 1 if p.scanned_to is not None else p.upper)
+                for p in pending
+            ]
+            fetched = await self._events.get_recent_events_for_ranges(ranges, fetch)
+            candidates: list[EventPair] = []
+            for p in pending:
+                rows = fetched.get(p.room_id, [])
+                if len(rows) < fetch:
+                    p.exhausted = True
+                if rows:
+                    p.scanned_to = rows[-1][1].stream_ordering
+                candidates.extend(
+                    (ev, meta)
+                    for ev, meta in rows
+                    if tfilter.matches(ev.type, ev.sender, ev.room_id, ev.content)
+                )
+            visible = await self._visibility.filter_events(
+                req.user_id, candidates, joined_rooms=joined
+            )
+            by_room: dict[str, list[EventPair]] = {}
+            for pair in visible:
+                by_room.setdefault(pair[0].room_id, []).append(pair)
+            still: list[_Plan] = []
+            for p in pending:
+                p.events.extend(by_room.get(p.room_id, []))
+                if len(p.events) > limit:
+                    p.events = p.events[:limit]
+                    p.limited = True
+                elif not p.exhausted:
+                    if round_ == MAX_REFILL_ROUNDS:
+                        p.limited = True
+                    else:
+                        still.append(p)
+            if not still:
+                break
+            pending = still
+            fetch = min(fetch * 2, MAX_FETCH)
+
+    # --- state ---------------------------------------------------------------------------
+
+    async def _fill_rooms(
+        self,
+        req: RoomsRequest,
+        plans: list[_Plan],
+        joined: frozenset[str],
+        rooms: dict[str, dict[str, Any]],
+    ) -> bool:
+        await self._load_timelines(req, plans, joined)
+        end_metas = await self._events.get_events_with_meta(
+            p.end_event for p in plans if p.end_event is not None
+        )
+        # The state each room's `state` section is measured at: before the timeline's
+        # first event (after its last with use_state_after); with no timeline, the
+        # room's state at the end of its window.
+        target_groups: dict[str, int | None] = {}
+        at_upto: list[str] = []
+        for p in plans:
+            group: int | None = None
+            if p.events:
+                meta = p.events[0][1] if req.use_state_after else p.events[-1][1]
+                group = meta.state_after if req.use_state_after else meta.state_before
+            elif p.end_event is not None and p.end_event in end_metas:
+                group = end_metas[p.end_event][1].state_after
+            else:
+                at_upto.append(p.room_id)
+            target_groups[p.room_id] = group
+        if at_upto:
+            upto_groups = await self._events.get_state_groups_at(at_upto, req.upto)
+            for room_id in at_upto:
+                target_groups[room_id] = upto_groups.get(room_id)
+        delta_rooms = [p.room_id for p in plans if not p.full_state and not p.no_state]
+        since_groups: dict[str, int] = {}
+        if delta_rooms and req.since is not None:
+            since_groups = await self._events.get_state_groups_at(delta_rooms, req.since)
+        groups = {g for g in target_groups.values() if g is not None}
+        groups |= set(since_groups.values())
+        maps = await self._state.get_state_ids_for_groups(groups)
+
+        lazy = req.filter.lazy_load_members
+        redundant = req.filter.state.include_redundant_members
+        known = self._lazy.known(req.user_id, req.device_id, req.since_token) if lazy else {}
+        new_known: dict[str, Mapping[str, str]] = dict(known)
+        state_ids: dict[str, dict[StateKey, str]] = {}
+        targets: dict[str, Mapping[StateKey, str]] = {}
+        for p in plans:
+            group = target_groups[p.room_id]
+            target: Mapping[StateKey, str] = maps.get(group, {}) if group is not None else {}
+            targets[p.room_id] = target
+            if p.no_state:
+                state_ids[p.room_id] = {}
+                continue
+            if p.full_state:
+                chosen = dict(target)
+            elif since_groups.get(p.room_id) == group and group is not None:
+                chosen = {}
+            else:
+                before = maps.get(since_groups.get(p.room_id, -1), {})
+                chosen = {k: v for k, v in target.items() if before.get(k) != v}
+            if lazy:
+                chosen = self._lazy_members(req, p, target, chosen, known, new_known, redundant)
+            state_ids[p.room_id] = chosen
+        # Incremental rooms left with nothing to show (their new events all filtered
+        # out or invisible, and no state change) are left out.
+        plans = [
+            p
+            for p in plans
+            if p.events or p.full_state or p.section == "leave" or state_ids[p.room_id]
+        ]
+        if not plans:
+            return False
+
+        timeline_ids = {e.event_id for p in plans for e, _ in p.events}
+        wanted_state = {eid for p in plans for eid in state_ids[p.room_id].values()}
+        state_events = await self._events.get_events_with_meta(wanted_state)
+        sfilter = req.filter.state
+        opts = FormatOptions(
+            req.user_id,
+            req.device_id,
+            include_room_id=False,
+            event_format=req.filter.event_format,
+            event_fields=req.filter.event_fields,
+        )
+        # Everything is formatted in one batch.
+        batch: list[EventPair] = []
+        spans: list[tuple[_Plan, int, int]] = []
+        for p in plans:
+            start = len(batch)
+            batch.extend(reversed(p.events))
+            mid = len(batch)
+            for eid in state_ids[p.room_id].values():
+                pair = state_events.get(eid)
+                if pair is None or (eid in timeline_ids and not req.use_state_after):
+                    continue
+                ev = pair[0]
+                if sfilter.matches(ev.type, ev.sender, ev.room_id, ev.content):
+                    batch.append(pair)
+            spans.append((p, start, mid))
+        formatted = await self._formatter.format(batch, opts)
+        summaries = await self._summaries(req.user_id, plans, targets, batch)
+        has_data = False
+        for i, (p, start, mid) in enumerate(spans):
+            end = spans[i + 1][1] if i + 1 < len(spans) else len(batch)
+            timeline_events = formatted[start:mid]
+            state_section = formatted[mid:end]
+            entry: dict[str, Any] = {
+                "timeline": {
+                    "events": timeline_events,
+                    "limited": p.limited,
+                    "prev_batch": pagination_token(
+                        (p.events[-1][1].stream_ordering or 0) - 1
+                        if p.events
+                        else (p.lower if p.lower is not None else p.upper)
+                    ),
+                },
+                "state_after" if req.use_state_after else "state": {"events": state_section},
+            }
+            if p.section == "join":
+                entry["summary"] = summaries.get(p.room_id, {})
+            rooms[p.section][p.room_id] = entry
+            has_data = True
+        if lazy:
+            self._lazy.record(req.user_id, req.device_id, req.next_token, new_known)
+        return has_data
+
+    def _lazy_members(
+        self,
+        req: RoomsRequest,
+        p: _Plan,
+        target: Mapping[StateKey, str],
+        chosen: dict[StateKey, str],
+        known: KnownMembers,
+        new_known: dict[str, Mapping[str, str]],
+        redundant: bool,
+    ) -> dict[StateKey, str]:
+        """Keep non-member state; of members, only the timeline's senders and the user,
+        and of those only what this client does not already have."""
+        wanted = {e.sender for e, _ in p.events} | {req.user_id}
+        out = {k: v for k, v in chosen.items() if k[0] != "m.room.member"}
+        room_known = known.get(p.room_id, {})
+        room_new = dict(room_known)
+        for user in wanted:
+            eid = target.get(("m.room.member", user))
+            if eid is None:
+                continue
+            if redundant or room_known.get(user) != eid or ("m.room.member", user) in chosen:
+                out[("m.room.member", user)] = eid
+            room_new[user] = eid
+        for ev, _ in p.events:
+            if ev.type == "m.room.member" and ev.state_key is not None:
+                room_new[ev.state_key] = ev.event_id
+        new_known[p.room_id] = room_new
+        return out
+
+    async def _summaries(
+        self,
+        user_id: str,
+        plans: Sequence[_Plan],
+        targets: Mapping[str, Mapping[StateKey, str]],
+        batch: Sequence[EventPair],
+    ) -> dict[str, JsonDict]:
+        """m.heroes and member counts, for joined rooms whose membership may have
+        changed in the client's view (full state, or member events sent)."""
+        touched = {e.room_id for e, _ in batch if e.type == "m.room.member"}
+        rooms = [
+            p.room_id
+            for p in plans
+            if p.section == "join" and (p.full_state or p.room_id in touched)
+        ]
+        if not rooms:
+            return {}
+        summaries = await self._memberships.get_room_summaries(rooms, MAX_HEROES + 1)
+        naming_ids = {
+            room_id: [
+                targets[room_id][k]
+                for k in (("m.room.name", ""), ("m.room.canonical_alias", ""))
+                if k in targets[room_id]
+            ]
+            for room_id in rooms
+        }
+        naming = await self._events.get_events(eid for ids in naming_ids.values() for eid in ids)
+        out: dict[str, JsonDict] = {}
+        for room_id in rooms:
+            s = summaries[room_id]
+            summary: JsonDict = {
+                "m.joined_member_count": s.joined,
+                "m.invited_member_count": s.invited,
+            }
+            named = any(
+                (naming[eid].content.get("name") or naming[eid].content.get("alias"))
+                for eid in naming_ids[room_id]
+                if eid in naming
+            )
+            if not named:
+                others = [u for u, m in s.members if u != user_id and m in ("join", "invite")]
+                if not others:
+                    others = [u for u, _ in s.members if u != user_id]
+                summary["m.heroes"] = others[:MAX_HEROES]
+            out[room_id] = summary
+        return out
+
+    # --- invites and knocks --------------------------------------------------------------
+
+    async def _stripped_rooms(
+        self, req: RoomsRequest, memberships: Sequence[Membership], key: str
+    ) -> dict[str, JsonDict]:
+        """invite_state / knock_state: stripped state at the membership event, then the
+        event itself."""
+        found = await self._events.get_events_with_meta(m.event_id for m in memberships)
+        pairs = [found[m.event_id] for m in memberships if m.event_id in found]
+        keys: set[StateKey] = {(t, "") for t in STRIPPED_STATE_TYPES}
+        keys |= {("m.room.member", ev.sender) for ev, _ in pairs}
+        groups = [meta.state_before for _, meta in pairs if meta.state_before is not None]
+        entries = await self._state.get_state_entries_for_groups(groups, keys)
+        ids = {eid for entry in entries.values() for eid in entry.values()}
+        state_events = await self._events.get_events(ids)
+        opts = FormatOptions(
+            req.user_id,
+            req.device_id,
+            include_room_id=False,
+            event_format=req.filter.event_format,
+        )
+        formatted = await self._formatter.format(pairs, opts)
+        out: dict[str, JsonDict] = {}
+        for (event, meta), own in zip(pairs, formatted, strict=True):
+            carried = event.unsigned.get(
+                "invite_room_state" if key == "invite_state" else "knock_room_state"
+            )
+            stripped: list[JsonDict]
+            if isinstance(carried, list):
+                stripped = [e for e in carried if isinstance(e, dict)]
+            else:
+                entry = entries.get(meta.state_before or -1, {})
+                wanted = [(t, "") for t in STRIPPED_STATE_TYPES]
+                wanted.append(("m.room.member", event.sender))
+                stripped = [
+                    stripped_state_event(state_events[entry[k]])
+                    for k in wanted
+                    if k in entry and entry[k] in state_events and k[1] != req.user_id
+                ]
+            out[event.room_id] = {key: {"events": [*stripped, own]}}
+        return out
