@@ -1,0 +1,108 @@
+"""Client-Server API: end-to-end encryption keys and cross-signing.
+
+Spec: client-server-api "End-to-End Encryption" > Key management API (keys.yaml) and
+"Cross-signing" (cross_signing.yaml).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from starling.api.client.common import require_user
+from starling.api.http import json_response, read_json_object
+from starling.api.services import Services
+from starling.errors import bad_json, missing_param
+from starling.sync.tokens import SyncToken
+
+V3 = "/_matrix/client/v3"
+MAX_TIMEOUT_MS = 60_000
+
+
+def _timeout(body: dict[str, Any]) -> int:
+    value = body.get("timeout", 10_000)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise bad_json("'timeout' must be an integer")
+    return min(max(value, 0), MAX_TIMEOUT_MS)
+
+
+class KeyRoutes:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+
+    # POST /_matrix/client/v3/keys/upload  (spec: #post_matrixclientv3keysupload)
+    async def upload(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        body = await read_json_object(request)
+        result = await self.svc.e2ee.keys.upload(requester.user_id, requester.device_id, body)
+        return json_response(result)
+
+    # POST /_matrix/client/v3/keys/query  (spec: #post_matrixclientv3keysquery)
+    async def query(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        body = await read_json_object(request)
+        if "device_keys" not in body:
+            raise missing_param("Missing 'device_keys'")
+        result = await self.svc.e2ee.keys.query(
+            requester.user_id, body["device_keys"], _timeout(body)
+        )
+        return json_response(result)
+
+    # POST /_matrix/client/v3/keys/claim  (spec: #post_matrixclientv3keysclaim)
+    async def claim(self, request: web.Request) -> web.Response:
+        await require_user(request, self.svc.auth)
+        body = await read_json_object(request)
+        if "one_time_keys" not in body:
+            raise missing_param("Missing 'one_time_keys'")
+        result = await self.svc.e2ee.keys.claim(body["one_time_keys"], _timeout(body))
+        return json_response(result)
+
+    # GET /_matrix/client/v3/keys/changes  (spec: #get_matrixclientv3keyschanges)
+    async def changes(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        raw_from = request.query.get("from")
+        if raw_from is None:
+            raise missing_param("Missing 'from'")
+        current = self.svc.e2ee.device_lists.current_position()
+        since = SyncToken.parse(raw_from).streams.get("device_lists", 0)
+        upto = current
+        raw_to = request.query.get("to")
+        if raw_to is not None:
+            upto = min(SyncToken.parse(raw_to).streams.get("device_lists", current), current)
+        result = await self.svc.e2ee.keys.changes(requester.user_id, since, upto)
+        return json_response(result)
+
+    # POST /_matrix/client/v3/keys/device_signing/upload
+    # (spec: #post_matrixclientv3keysdevice_signingupload)
+    async def upload_signing_keys(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        body = await read_json_object(request)
+        cross_signing = self.svc.e2ee.cross_signing
+        if await cross_signing.is_noop(requester.user_id, body):
+            return json_response({})
+        if await cross_signing.needs_auth(requester.user_id, body):
+            await self.svc.accounts.require_password_auth(
+                requester, body.get("auth"), request.path, request.method
+            )
+        await cross_signing.upload_keys(requester.user_id, body)
+        return json_response({})
+
+    # POST /_matrix/client/v3/keys/signatures/upload
+    # (spec: #post_matrixclientv3keyssignaturesupload)
+    async def upload_signatures(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        body = await read_json_object(request)
+        result = await self.svc.e2ee.cross_signing.upload_signatures(requester.user_id, body)
+        return json_response(result)
+
+
+def register(app: web.Application, svc: Services) -> None:
+    r = KeyRoutes(svc)
+    add = app.router.add_route
+    add("POST", f"{V3}/keys/upload", r.upload)
+    add("POST", f"{V3}/keys/query", r.query)
+    add("POST", f"{V3}/keys/claim", r.claim)
+    add("GET", f"{V3}/keys/changes", r.changes)
+    add("POST", f"{V3}/keys/device_signing/upload", r.upload_signing_keys)
+    add("POST", f"{V3}/keys/signatures/upload", r.upload_signatures)

@@ -1,0 +1,260 @@
+"""Cross-signing: the master, self-signing and user-signing keys, and signatures on keys.
+
+Spec: client-server-api "Cross-signing" (/keys/device_signing/upload,
+/keys/signatures/upload). User-interactive authentication for replacing keys is the HTTP
+handler's (it needs the request); `needs_auth` tells it when the spec requires it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from starling.e2ee.device_lists import DeviceListTracker
+from starling.e2ee.keys import CROSS_SIGNING_TYPES, master_public_key
+from starling.e2ee.validation import (
+    canonical,
+    check_cross_signing_key,
+    check_signature,
+    device_verify_key,
+    invalid_signature,
+    unsigned_part,
+    verify_key_for,
+)
+from starling.errors import MatrixError, bad_json, forbidden, missing_param, not_found
+from starling.protocol.signing import VerifyKey
+from starling.storage.accounts import AccountStore
+from starling.storage.database import Database
+from starling.storage.e2e_keys import E2eKeyStore, StoredSignature
+
+_BODY_KEYS = {
+    "master": "master_key",
+    "self_signing": "self_signing_key",
+    "user_signing": "user_signing_key",
+}
+MAX_SIGNED_OBJECTS = 1000
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _verify_key_of(key: Mapping[str, Any]) -> tuple[str, VerifyKey] | None:
+    public = master_public_key(key)
+    if public is None:
+        return None
+    key_id = f"ed25519:{public}"
+    return key_id, verify_key_for(key_id, public)
+
+
+class CrossSigningService:
+    def __init__(
+        self,
+        db: Database,
+        store: E2eKeyStore,
+        accounts: AccountStore,
+        device_lists: DeviceListTracker,
+        *,
+        clock_ms: Callable[[], int] = _now_ms,
+    ) -> None:
+        self._db = db
+        self._store = store
+        self._accounts = accounts
+        self._device_lists = device_lists
+        self._clock_ms = clock_ms
+
+    async def _current(self, user_id: str) -> dict[str, str]:
+        found = await self._store.get_cross_signing_keys([user_id], CROSS_SIGNING_TYPES)
+        return found.get(user_id, {})
+
+    async def needs_auth(self, user_id: str, body: Mapping[str, Any]) -> bool:
+        """UIA is needed to replace an existing master key setup with anything new."""
+        current = await self._current(user_id)
+        if "master" not in current:
+            return False
+        return not self._all_known(current, body)
+
+    async def is_noop(self, user_id: str, body: Mapping[str, Any]) -> bool:
+        """Every key given is exactly the stored one: the upload is a retry."""
+        current = await self._current(user_id)
+        given = [k for k in _BODY_KEYS.values() if body.get(k) is not None]
+        return bool(given) and self._all_known(current, body)
+
+    @staticmethod
+    def _all_known(current: Mapping[str, str], body: Mapping[str, Any]) -> bool:
+        for key_type, field in _BODY_KEYS.items():
+            given = body.get(field)
+            if given is None:
+                continue
+            stored = current.get(key_type)
+            try:
+                if stored is None or canonical(given) != stored:
+                    return False
+            except MatrixError:
+                return False
+        return True
+
+    # -- POST /keys/device_signing/upload
+
+    async def upload_keys(self, user_id: str, body: Mapping[str, Any]) -> None:
+        current = await self._current(user_id)
+        new: dict[str, tuple[str, str]] = {}
+        master = body.get("master_key")
+        if master is not None:
+            master_id, master_public, master_key = check_cross_signing_key(
+                master, user_id, "master"
+            )
+            new["master"] = (master_public, canonical(master))
+        elif "master" in current:
+            found = _verify_key_of(orjson.loads(current["master"]))
+            if found is None:
+                raise MatrixError(500, "M_UNKNOWN", "The stored master key is unusable")
+            master_id, master_key = found
+        else:
+            raise missing_param("No master key available: upload one with the others")
+        for key_type in ("self_signing", "user_signing"):
+            obj = body.get(_BODY_KEYS[key_type])
+            if obj is None:
+                continue
+            _, public, _ = check_cross_signing_key(obj, user_id, key_type)
+            check_signature(obj, user_id, master_id, master_key)
+            new[key_type] = (public, canonical(obj))
+        if not new:
+            return
+        device_ids = {d.device_id for d in await self._accounts.list_devices(user_id)}
+        if any(public in device_ids for public, _ in new.values()):
+            raise forbidden("A cross-signing key's public key is one of your device IDs")
+        public_change = [t for t in new if t != "user_signing" and current.get(t) != new[t][1]]
+        private_change = (
+            "user_signing" in new and current.get("user_signing") != new["user_signing"][1]
+        )
+        audience = await self._device_lists.audience(user_id) if public_change else set()
+        async with self._db.transaction() as txn:
+            await self._store.set_cross_signing_keys(txn, user_id, new, self._clock_ms())
+            if public_change:
+                await self._device_lists.mark_changed(txn, [user_id], notify=audience)
+            if private_change:
+                # Only the user sees their user-signing key.
+                await self._device_lists.mark_changed(txn, [user_id], observer=user_id)
+
+    # -- POST /keys/signatures/upload
+
+    async def upload_signatures(self, user_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        if sum(len(v) if isinstance(v, dict) else 1 for v in body.values()) > MAX_SIGNED_OBJECTS:
+            raise MatrixError(
+                400,
+                "M_INVALID_PARAM",
+                f"At most {MAX_SIGNED_OBJECTS} objects may be signed at once",
+            )
+        for target_user, objects in body.items():
+            if not isinstance(objects, dict):
+                raise bad_json(f"Signatures for {target_user} must be an object of key objects")
+        users = list(body)
+        cross = await self._store.get_cross_signing_keys(
+            set(users) | {user_id}, CROSS_SIGNING_TYPES
+        )
+        mine = cross.get(user_id, {})
+        devices: dict[str, dict[str, Any]] = {}
+        if user_id in body:
+            for row in await self._store.get_device_keys_for_users([user_id]):
+                devices[row.device_id] = orjson.loads(row.key_json)
+        failures: dict[str, dict[str, Any]] = {}
+        to_store: list[StoredSignature] = []
+        for target_user, objects in body.items():
+            for key_id, obj in objects.items():
+                try:
+                    if not isinstance(obj, dict):
+                        raise bad_json("A signed key object must be an object")
+                    if target_user == user_id:
+                        to_store.append(self._own_signature(user_id, key_id, obj, mine, devices))
+                    else:
+                        to_store.append(
+                            self._other_signature(
+                                user_id, target_user, key_id, obj, mine, cross.get(target_user, {})
+                            )
+                        )
+                except MatrixError as e:
+                    failures.setdefault(target_user, {})[key_id] = {
+                        "errcode": e.errcode,
+                        "error": e.error,
+                    }
+        if to_store:
+            own = any(s.target_user_id == user_id for s in to_store)
+            others = sorted({s.target_user_id for s in to_store if s.target_user_id != user_id})
+            audience = await self._device_lists.audience(user_id) if own else set()
+            async with self._db.transaction() as txn:
+                await self._store.store_signatures(txn, to_store)
+                if own:
+                    await self._device_lists.mark_changed(txn, [user_id], notify=audience)
+                if others:
+                    await self._device_lists.mark_changed(txn, others, observer=user_id)
+        return {"failures": failures}
+
+    def _own_signature(
+        self,
+        user_id: str,
+        key_id: str,
+        obj: dict[str, Any],
+        mine: Mapping[str, str],
+        devices: Mapping[str, dict[str, Any]],
+    ) -> StoredSignature:
+        master = orjson.loads(mine["master"]) if "master" in mine else None
+        if master is not None and key_id == master_public_key(master):
+            # One of the user's devices signs the master key.
+            if unsigned_part(obj) != unsigned_part(master):
+                raise invalid_signature("The signed object is not the stored master key")
+            signed_by = obj.get("signatures", {}).get(user_id, {})
+            for signer_key_id, signature in (
+                signed_by.items() if isinstance(signed_by, dict) else ()
+            ):
+                algorithm, _, device_id = str(signer_key_id).partition(":")
+                device = devices.get(device_id)
+                if algorithm != "ed25519" or device is None:
+                    continue
+                device_key = device_verify_key(device, device_id)
+                if device_key is None:
+                    continue
+                check_signature(obj, user_id, signer_key_id, device_key)
+                return StoredSignature(user_id, key_id, user_id, signer_key_id, signature)
+            raise invalid_signature("The master key is not signed by one of your devices")
+        device = devices.get(key_id)
+        if device is None:
+            raise not_found(f"Unknown device or key {key_id}")
+        if "self_signing" not in mine:
+            raise not_found("No self-signing key uploaded")
+        found = _verify_key_of(orjson.loads(mine["self_signing"]))
+        if found is None:
+            raise MatrixError(500, "M_UNKNOWN", "The stored self-signing key is unusable")
+        ssk_id, ssk = found
+        if unsigned_part(obj) != unsigned_part(device):
+            raise invalid_signature("The signed object is not the device's stored keys")
+        check_signature(obj, user_id, ssk_id, ssk)
+        return StoredSignature(user_id, key_id, user_id, ssk_id, obj["signatures"][user_id][ssk_id])
+
+    def _other_signature(
+        self,
+        user_id: str,
+        target_user: str,
+        key_id: str,
+        obj: dict[str, Any],
+        mine: Mapping[str, str],
+        theirs: Mapping[str, str],
+    ) -> StoredSignature:
+        if "user_signing" not in mine:
+            raise not_found("No user-signing key uploaded")
+        found = _verify_key_of(orjson.loads(mine["user_signing"]))
+        if found is None:
+            raise MatrixError(500, "M_UNKNOWN", "The stored user-signing key is unusable")
+        usk_id, usk = found
+        master = orjson.loads(theirs["master"]) if "master" in theirs else None
+        if master is None or key_id != master_public_key(master):
+            raise not_found(f"{key_id} is not {target_user}'s master key")
+        if unsigned_part(obj) != unsigned_part(master):
+            raise invalid_signature("The signed object is not the stored master key")
+        check_signature(obj, user_id, usk_id, usk)
+        return StoredSignature(
+            target_user, key_id, user_id, usk_id, obj["signatures"][user_id][usk_id]
+        )

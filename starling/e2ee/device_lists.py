@@ -1,0 +1,159 @@
+"""Device-list tracking: the device_lists stream and what /sync and /keys/changes report.
+
+Two kinds of rows go on the stream (starling.storage.device_lists):
+- a user's devices or cross-signing keys changed (written by the key services in the same
+  transaction as the change);
+- a user's membership of a room went into or out of "join" (written here, from the room
+  event listener, batched).
+
+For a reader U and a range (since, upto], `changes` reports:
+- changed: users sharing a room with U now whose devices/keys changed in the range, plus
+  users who newly share a room with U (U joined a room they are in, or they joined one of
+  U's rooms). U's own changes are included.
+- left: users who left a room U is in, or were in a room U left, and now share no room
+  with U.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from starling.protocol.event import Event
+from starling.storage.database import Database, Transaction
+from starling.storage.device_lists import DeviceListStore
+from starling.storage.memberships import MembershipStore
+from starling.storage.streams import StreamIdGenerator
+
+logger = logging.getLogger(__name__)
+
+NotifyUsers = Callable[[Iterable[str]], None]
+# event IDs of member events -> the membership each one replaced (None: none before)
+PreviousMemberships = Callable[[Sequence[str]], Awaitable[Mapping[str, str | None]]]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceListChanges:
+    changed: list[str]
+    left: list[str]
+
+
+class DeviceListTracker:
+    def __init__(
+        self,
+        db: Database,
+        store: DeviceListStore,
+        stream: StreamIdGenerator,
+        memberships: MembershipStore,
+        previous_memberships: PreviousMemberships,
+        notify: NotifyUsers,
+    ) -> None:
+        self._db = db
+        self._store = store
+        self._stream = stream
+        self._memberships = memberships
+        self._previous_memberships = previous_memberships
+        self._notify = notify
+        self._pending: list[Event] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    def current_position(self) -> int:
+        return self._stream.current_position()
+
+    async def audience(self, user_id: str) -> set[str]:
+        """Who hears about ``user_id``'s device changes: everyone sharing a room, and the
+        user."""
+        users = await self._memberships.users_sharing_a_room(user_id)
+        users.add(user_id)
+        return users
+
+    async def mark_changed(
+        self,
+        txn: Transaction,
+        user_ids: Sequence[str],
+        *,
+        observer: str | None = None,
+        notify: Iterable[str] = (),
+    ) -> int:
+        """Inside the caller's transaction: these users' devices or keys changed. With
+        ``observer``, only that user is told. ``notify`` is woken after the commit."""
+        stream_id = await self._stream.next_id(txn)
+        await self._store.add_changes(txn, stream_id, user_ids, observer)
+        wake = set(notify)
+        if observer is not None:
+            wake.add(observer)
+        txn.call_after_commit(lambda: self._notify(wake))
+        return stream_id
+
+    # -- room memberships (from RoomEventService listeners)
+
+    def on_new_event(self, event: Event, position: int) -> None:
+        """RoomEventService listener: queue membership transitions to record."""
+        if event.type != "m.room.member" or event.state_key is None:
+            return
+        self._pending.append(event)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def flush(self) -> None:
+        """Wait until every queued membership change is on the stream."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
+
+    async def _flush_loop(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self._record_memberships(batch)
+            except Exception:
+                logger.exception("recording %d membership changes failed", len(batch))
+
+    async def _record_memberships(self, events: Sequence[Event]) -> None:
+        previous = await self._previous_memberships([e.event_id for e in events])
+        rows: list[tuple[str, str, bool]] = []
+        for event in events:
+            assert event.state_key is not None
+            now_joined = event.membership == "join"
+            was_joined = previous.get(event.event_id) == "join"
+            if now_joined != was_joined:
+                rows.append((event.room_id, event.state_key, now_joined))
+        if not rows:
+            return
+        async with self._db.transaction() as txn:
+            stream_id = await self._stream.next_id(txn)
+            await self._store.add_memberships(txn, stream_id, rows)
+        wake: set[str] = set()
+        for room_id, user_id, _ in rows:
+            wake.add(user_id)
+            wake |= await self._memberships.get_joined_users(room_id)
+        self._notify(wake)
+
+    # -- reading
+
+    async def changes(self, user_id: str, since: int, upto: int) -> DeviceListChanges:
+        if upto <= since:
+            return DeviceListChanges([], [])
+        joined_rooms = await self._memberships.get_joined_rooms(user_id)
+        sharing = await self.audience(user_id)
+        newly_sharing: set[str] = set()
+        maybe_left: set[str] = set()
+        # The user's own transitions first, to know which rooms they were in.
+        transitions = await self._store.membership_changes(user_id, joined_rooms, since, upto)
+        rooms_left = {room for room, member, joined in transitions if member == user_id}
+        rooms_left -= set(joined_rooms)
+        if rooms_left:
+            transitions = await self._store.membership_changes(
+                user_id, set(joined_rooms) | rooms_left, since, upto
+            )
+        for room_id, member, joined in transitions:
+            if member == user_id:
+                others = await self._memberships.get_joined_users(room_id)
+                (newly_sharing if joined else maybe_left).update(others)
+            else:
+                (newly_sharing if joined else maybe_left).add(member)
+        changed = await self._store.changed_users(user_id, sharing, since, upto)
+        changed |= newly_sharing & sharing
+        left = maybe_left - sharing
+        return DeviceListChanges(sorted(changed), sorted(left))

@@ -1,0 +1,84 @@
+"""Assembling the E2EE services (called from starling.app.build_services)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from starling.e2ee.cross_signing import CrossSigningService
+from starling.e2ee.device_lists import DeviceListTracker, NotifyUsers
+from starling.e2ee.key_backup import KeyBackupService
+from starling.e2ee.keys import E2eKeyService
+from starling.e2ee.sync import DeviceListsExtension, ToDeviceExtension
+from starling.e2ee.to_device import ToDeviceService
+from starling.storage.accounts import AccountStore
+from starling.storage.database import Database
+from starling.storage.device_lists import DeviceListStore
+from starling.storage.e2e_keys import E2eKeyStore
+from starling.storage.events import EventStore
+from starling.storage.key_backup import KeyBackupStore
+from starling.storage.memberships import MembershipStore
+from starling.storage.streams import StreamIdGenerator
+from starling.storage.to_device import ToDeviceStore
+
+
+@dataclass
+class E2ee:
+    keys: E2eKeyService
+    cross_signing: CrossSigningService
+    to_device: ToDeviceService
+    key_backup: KeyBackupService
+    device_lists: DeviceListTracker
+    to_device_extension: ToDeviceExtension
+    device_lists_extension: DeviceListsExtension
+
+
+async def build_e2ee(
+    server_name: str,
+    db: Database,
+    accounts: AccountStore,
+    events: EventStore,
+    memberships: MembershipStore,
+    notify: NotifyUsers,
+) -> E2ee:
+    """The services on their own streams ("to_device", "device_lists"). The caller
+    subscribes `device_lists.on_new_event` to room events and `keys.devices_changed` to
+    device creation/deletion."""
+
+    async def previous_memberships(event_ids: Sequence[str]) -> Mapping[str, str | None]:
+        metas = await events.get_events_with_meta(event_ids)
+        replaced = {eid: meta.replaces_state for eid, (_, meta) in metas.items()}
+        old = await events.get_events([r for r in replaced.values() if r is not None])
+        out: dict[str, str | None] = {}
+        for eid, prev in replaced.items():
+            prev_event = old.get(prev) if prev is not None else None
+            out[eid] = prev_event.membership if prev_event is not None else None
+        return out
+
+    key_store = E2eKeyStore(db)
+    to_device_store = ToDeviceStore(db)
+    tracker = DeviceListTracker(
+        db,
+        DeviceListStore(db),
+        await StreamIdGenerator.create(db, "device_lists"),
+        memberships,
+        previous_memberships,
+        notify,
+    )
+    keys = E2eKeyService(server_name, db, key_store, to_device_store, tracker)
+    to_device = ToDeviceService(
+        server_name,
+        db,
+        to_device_store,
+        await StreamIdGenerator.create(db, "to_device"),
+        notify,
+    )
+    return E2ee(
+        keys=keys,
+        cross_signing=CrossSigningService(db, key_store, accounts, tracker),
+        to_device=to_device,
+        key_backup=KeyBackupService(db, KeyBackupStore(db)),
+        device_lists=tracker,
+        to_device_extension=ToDeviceExtension(to_device, keys),
+        device_lists_extension=DeviceListsExtension(tracker),
+    )

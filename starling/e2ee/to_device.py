@@ -1,0 +1,189 @@
+"""Send-to-device messaging: accepting messages, and handing each device its inbox.
+
+Spec: client-server-api "Send-to-Device messaging". One request is one position on the
+to_device stream and at most one message per recipient device, so a device's messages are
+ordered by position. A message stays in the inbox until a /sync from a token past it
+arrives; a response that had to stop early (at most `MAX_PER_SYNC` messages) records what
+it carried, so the next /sync acknowledges exactly that and not the rest (and moves the
+stream on, so that no later response shares its token).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+import orjson
+
+from starling.errors import MatrixError, bad_json, invalid_param
+from starling.protocol.canonical_json import CanonicalJsonError, encode_canonical_json
+from starling.protocol.identifiers import is_valid_user_id
+from starling.storage.database import Database
+from starling.storage.streams import StreamIdGenerator
+from starling.storage.to_device import ToDeviceStore
+
+logger = logging.getLogger(__name__)
+
+# Recommended by the spec: at most 100 messages per /sync response.
+MAX_PER_SYNC = 100
+# Most recipient devices in one request (after expanding "*"), and the largest content.
+MAX_RECIPIENTS = 10_000
+MAX_CONTENT_BYTES = 64 * 1024
+# A device that never syncs must not grow its inbox without bound: past this many
+# pending messages, new ones for it are dropped (and logged).
+MAX_INBOX = 10_000
+TXN_ID_LIFETIME_MS = 24 * 3600 * 1000
+_PRUNE_EVERY_MS = 10 * 60 * 1000
+
+
+class RemoteToDeviceSender(Protocol):
+    """Queues to-device messages for users on another server (federation EDUs)."""
+
+    async def send(
+        self, sender: str, event_type: str, server_name: str, messages: Mapping[str, Any]
+    ) -> None: ...
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ToDeviceService:
+    def __init__(
+        self,
+        server_name: str,
+        db: Database,
+        store: ToDeviceStore,
+        stream: StreamIdGenerator,
+        notify: Callable[[Iterable[str]], None],
+        *,
+        remote: RemoteToDeviceSender | None = None,
+        clock_ms: Callable[[], int] = _now_ms,
+    ) -> None:
+        self._server_name = server_name
+        self._db = db
+        self._store = store
+        self._stream = stream
+        self._notify = notify
+        self.remote = remote
+        self._clock_ms = clock_ms
+        self._last_prune = 0
+
+    def current_position(self) -> int:
+        return self._stream.current_position()
+
+    async def send(
+        self,
+        sender: str,
+        sender_device: str | None,
+        event_type: str,
+        txn_id: str,
+        messages: Any,
+    ) -> None:
+        """PUT /sendToDevice/{eventType}/{txnId}: queue one message per target device."""
+        if not isinstance(messages, dict):
+            raise bad_json("'messages' must be an object")
+        local: dict[str, dict[str, str]] = {}
+        remote: dict[str, dict[str, Any]] = {}
+        total = 0
+        for user_id, by_device in messages.items():
+            if not isinstance(by_device, dict):
+                raise bad_json("'messages' must map user IDs to {device ID: content}")
+            if not is_valid_user_id(user_id):
+                raise invalid_param(f"{user_id!r} is not a valid user ID")
+            for content in by_device.values():
+                if not isinstance(content, dict):
+                    raise bad_json("Each to-device message content must be an object")
+                total += 1
+            server = user_id.split(":", 1)[1]
+            if server != self._server_name:
+                remote.setdefault(server, {})[user_id] = by_device
+                continue
+            local[user_id] = {}
+            for device_id, content in by_device.items():
+                local[user_id][device_id] = self._encode(sender, event_type, content)
+        if total > MAX_RECIPIENTS:
+            raise invalid_param(f"At most {MAX_RECIPIENTS} messages may be sent at once")
+        rows = await self._expand(local)
+        if len(rows) > MAX_RECIPIENTS:
+            raise invalid_param(f"At most {MAX_RECIPIENTS} devices may be sent to at once")
+        now = self._clock_ms()
+        async with self._db.transaction() as txn:
+            if not await self._store.claim_txn(txn, sender, sender_device or "", txn_id, now):
+                return  # a retry of a request already served
+            if now - self._last_prune > _PRUNE_EVERY_MS:
+                self._last_prune = now
+                await self._store.prune_txns(txn, now - TXN_ID_LIFETIME_MS)
+            if rows:
+                sizes = await self._store.inbox_sizes(txn, [(u, d) for u, d, _ in rows])
+                full = {k for k, n in sizes.items() if n >= MAX_INBOX}
+                if full:
+                    logger.warning(
+                        "dropping %s messages from %s: %d inboxes full",
+                        event_type,
+                        sender,
+                        len(full),
+                    )
+                    rows = [r for r in rows if (r[0], r[1]) not in full]
+            if rows:
+                stream_id = await self._stream.next_id(txn)
+                await self._store.add_messages(txn, stream_id, rows)
+                recipients = {u for u, _, _ in rows}
+                txn.call_after_commit(lambda: self._notify(recipients))
+        for server, by_user in remote.items():
+            if self.remote is None:
+                logger.info("to-device %s for %s not sent: no federation", event_type, server)
+                continue
+            await self.remote.send(sender, event_type, server, by_user)
+
+    def _encode(self, sender: str, event_type: str, content: dict[str, Any]) -> str:
+        try:
+            encoded = encode_canonical_json(
+                {"content": content, "sender": sender, "type": event_type}
+            )
+        except CanonicalJsonError as e:
+            raise bad_json(f"Message content is not valid JSON for Matrix: {e}") from None
+        if len(encoded) > MAX_CONTENT_BYTES:
+            raise MatrixError(
+                413, "M_TOO_LARGE", f"A to-device message may be at most {MAX_CONTENT_BYTES} bytes"
+            )
+        return encoded.decode("utf-8")
+
+    async def _expand(self, local: dict[str, dict[str, str]]) -> list[tuple[str, str, str]]:
+        """Inbox rows for existing devices; "*" means every device of the user (a message
+        for a specific device wins over "*" for that device)."""
+        if not local:
+            return []
+        devices = await self._store.devices_of(list(local))
+        rows: list[tuple[str, str, str]] = []
+        for user_id, by_device in local.items():
+            known = devices.get(user_id, set())
+            targets: dict[str, str] = {}
+            if "*" in by_device:
+                targets = {d: by_device["*"] for d in known}
+            for device_id, message in by_device.items():
+                if device_id != "*" and device_id in known:
+                    targets[device_id] = message
+            rows.extend((user_id, d, m) for d, m in sorted(targets.items()))
+        return rows
+
+    async def messages_for_sync(
+        self, user_id: str, device_id: str, since: int | None, upto: int
+    ) -> list[dict[str, Any]]:
+        """The device's messages for a /sync from ``since`` whose token will hold ``upto``,
+        acknowledging what the ``since`` token's response carried."""
+        after = 0
+        if since is not None:
+            after = await self._store.acknowledge(user_id, device_id, since)
+        found = await self._store.get_messages(user_id, device_id, after, upto, MAX_PER_SYNC)
+        if len(found) == MAX_PER_SYNC and found[-1][0] < upto:
+            async with self._db.transaction() as txn:
+                await self._store.record_partial_delivery(
+                    txn, user_id, device_id, upto, found[-1][0]
+                )
+                # Move the stream on, so the next response's token differs from this
+                # one's: a token then tells which of the two the client has.
+                await self._stream.next_id(txn)
+        return [orjson.loads(message) for _, message in found]
