@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from starling.errors import MatrixError, unknown_token
-from starling.storage.accounts import AccountStore, TokenOwner
+from starling.storage.accounts import AccountStore, TokenSession
 
 TOKEN_CACHE_SECONDS = 60.0
 TOKEN_CACHE_MAX = 10_000
@@ -33,17 +33,17 @@ class Requester:
 class RequestAuthenticator:
     def __init__(self, store: AccountStore) -> None:
         self._store = store
-        self._cache: dict[str, tuple[TokenOwner, float]] = {}
+        self._cache: dict[str, tuple[TokenSession, float]] = {}
 
     async def requester_for_token(self, token: str) -> Requester:
         """The requester owning `token`; M_UNKNOWN_TOKEN (401) if none or expired."""
         now = time.monotonic()
         hit = self._cache.get(token)
-        owner: TokenOwner | None
+        owner: TokenSession | None
         if hit is not None and hit[1] > now:
             owner = hit[0]
         else:
-            owner = await self._store.get_by_access_token(token)
+            owner = await self._store.get_token_session(token)
             if owner is None:
                 raise unknown_token()
             if owner.refresh_token_id is not None and not owner.deactivated:

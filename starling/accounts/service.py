@@ -46,6 +46,7 @@ REFRESHABLE_TOKEN_LIFETIME_MS = 5 * 60 * 1000
 MAX_DEVICE_DISPLAY_NAME_LENGTH = 100
 MAX_DEVICE_ID_LENGTH = 255
 MAX_TOKEN_LENGTH = 1024
+MAX_LOGIN_NAME_LENGTH = 512
 # Unauthenticated /register probes (each creates a UIA session) and availability checks.
 PROBE_LIMIT = RateLimit(per_second=1.0, burst_count=20)
 TOKEN_VALIDITY_LIMIT = RateLimit(per_second=0.1, burst_count=5)  # Synapse's default
@@ -280,9 +281,11 @@ class AccountService:
         refreshable: bool,
     ) -> Session:
         user_id = self._login_user_id(user)
-        await self._rate_limits.check_login(ip, user_id or user)
+        # Unknown names are limited under their (bounded) spelling, like real accounts.
+        key = user_id or user[:MAX_LOGIN_NAME_LENGTH]
+        await self._rate_limits.check_login(ip, key)
         if user_id is None:
-            await self._failed_login(user)
+            await self._failed_login(key)
             raise _bad_login()
         self._check_lockout(user_id)
         record = await self._store.get_user(user_id)
@@ -302,7 +305,7 @@ class AccountService:
 
     def _login_user_id(self, user: str) -> str | None:
         """The local user ID a login names (case-insensitively, as Synapse), or None."""
-        if len(user) > 512:
+        if len(user) > MAX_LOGIN_NAME_LENGTH:
             return None
         try:
             return local_user_id(self.server_name, user.lower())

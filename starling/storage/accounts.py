@@ -65,8 +65,19 @@ class TokenOwner(NamedTuple):
     valid_until_ms: int | None
     is_admin: bool
     deactivated: bool
-    is_guest: bool = False
-    refresh_token_id: int | None = None
+
+
+class TokenSession(NamedTuple):
+    """A TokenOwner plus the guest flag and the refresh token the access token was issued
+    with (None if it is not refreshable)."""
+
+    user_id: str
+    device_id: str | None
+    valid_until_ms: int | None
+    is_admin: bool
+    deactivated: bool
+    is_guest: bool
+    refresh_token_id: int | None
 
 
 class RefreshedSession(NamedTuple):
@@ -303,6 +314,11 @@ class AccountStore:
     async def get_by_access_token(self, token: str) -> TokenOwner | None:
         """The token's user, device, expiry and the user's admin/deactivated flags; None if
         the token is unknown. Expiry is the caller's to check (soft-logout needs it)."""
+        found = await self.get_token_session(token)
+        return None if found is None else TokenOwner(*found[:5])
+
+    async def get_token_session(self, token: str) -> TokenSession | None:
+        """Like :meth:`get_by_access_token`, with ``is_guest`` and ``refresh_token_id``."""
         row = await self._db.fetch_one(
             "SELECT t.user_id, t.device_id, t.valid_until_ms, u.admin, u.deactivated,"
             " u.is_guest, t.refresh_token_id"
@@ -312,7 +328,9 @@ class AccountStore:
         )
         if row is None:
             return None
-        return TokenOwner(row[0], row[1], row[2], bool(row[3]), bool(row[4]), bool(row[5]), row[6])
+        return TokenSession(
+            row[0], row[1], row[2], bool(row[3]), bool(row[4]), bool(row[5]), row[6]
+        )
 
     async def delete_access_token(self, token: str) -> bool:
         return bool(
