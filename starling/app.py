@@ -20,6 +20,7 @@ from starling.accounts.passwords import PasswordHasher
 from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.accounts.uia import UserInteractiveAuth
+from starling.api import media as media_api
 from starling.api.admin import registration as admin_registration
 from starling.api.client import accounts as client_accounts
 from starling.api.client import rooms as client_rooms
@@ -28,6 +29,8 @@ from starling.api.http import make_web_app
 from starling.api.services import Services
 from starling.config import Config, Listener
 from starling.errors import MatrixError
+from starling.media.filestore import FileStore
+from starling.media.service import MediaService
 from starling.protocol.event import Event
 from starling.protocol.signing import SigningKey
 from starling.ratelimit import RateLimits
@@ -41,6 +44,7 @@ from starling.storage.aliases import AliasExists, AliasStore
 from starling.storage.database import Database, open_database
 from starling.storage.database import DatabaseConfig as StorageConfig
 from starling.storage.events import EventStore
+from starling.storage.media import MediaStore
 from starling.storage.memberships import MembershipStore
 from starling.storage.profiles import ProfileStore
 from starling.storage.state import StateStore
@@ -154,7 +158,15 @@ async def build_services(config: Config, db: Database, signing_key: SigningKey) 
         room_creator=room_creator,
         membership=membership,
         room_upgrader=RoomUpgrader(config.server_name, room_events, event_store, alias_store),
+        media=build_media(config, db),
     )
+
+
+def build_media(config: Config, db: Database) -> MediaService:
+    files = FileStore(config.resolve_path(config.media_store_path))
+    files.setup()
+    # Remote media (federation) plugs in as a RemoteMediaFetcher; none yet.
+    return MediaService(config, MediaStore(db), files, remote=None)
 
 
 def build_listener_app(services: Services, listener: Listener) -> web.Application:
@@ -171,6 +183,8 @@ def build_listener_app(services: Services, listener: Listener) -> web.Applicatio
     if "client" in names:
         for register in CLIENT_ROUTES:
             register(app, services)
+    if names & {"client", "media"}:
+        media_api.register(app, services, client="client" in names, legacy=True)
     if "metrics" in names and config.enable_metrics:
         register_metrics(app)
     return app
@@ -228,4 +242,5 @@ class Homeserver:
             except TimeoutError:
                 logger.warning("listener did not drain in time; closing anyway")
         self.runners.clear()
+        await self.services.media.close()
         await self.services.db.close()

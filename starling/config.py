@@ -122,6 +122,31 @@ class PresenceConfig:
 
 
 @dataclass
+class ThumbnailSize:
+    width: int = 32
+    height: int = 32
+    method: Literal["crop", "scale"] = "scale"
+
+
+def _default_thumbnail_sizes() -> list[ThumbnailSize]:
+    # The sizes the spec says servers SHOULD produce.
+    return [
+        ThumbnailSize(32, 32, "crop"),
+        ThumbnailSize(96, 96, "crop"),
+        ThumbnailSize(320, 240, "scale"),
+        ThumbnailSize(640, 480, "scale"),
+        ThumbnailSize(800, 600, "scale"),
+    ]
+
+
+@dataclass
+class MediaUploadLimit:
+    # At most max_size bytes uploaded per user in any time_period (e.g. 1d).
+    time_period: str | int = "1d"
+    max_size: str | int = "1G"
+
+
+@dataclass
 class Config:
     server_name: str = ""
     public_baseurl: str | None = None
@@ -157,6 +182,21 @@ class Config:
     rc_joins_per_room: RateLimit = _rl(1, 10)
     rc_invites: InviteRateLimits = field(default_factory=InviteRateLimits)
     rc_admin_redaction: RateLimit | None = None
+
+    # media repository (Synapse's names)
+    max_image_pixels: str | int = "32M"
+    dynamic_thumbnails: bool = False
+    thumbnail_sizes: list[ThumbnailSize] = field(default_factory=_default_thumbnail_sizes)
+    enable_authenticated_media: bool = True
+    max_pending_media_uploads: int = 5
+    unused_expiration_time: str | int = "24h"
+    media_upload_limits: list[MediaUploadLimit] = field(default_factory=list)
+    rc_media_create: RateLimit = _rl(10, 50)
+    url_preview_enabled: bool = False
+    url_preview_ip_range_blacklist: list[str] = field(default_factory=list)
+    url_preview_ip_range_whitelist: list[str] = field(default_factory=list)
+    url_preview_url_blacklist: list[dict[str, str]] = field(default_factory=list)
+    max_spider_size: str | int = "10M"
 
     # Where relative paths in this file are resolved from (the config file's directory).
     config_dir: str = field(default=".", metadata={"internal": True})
@@ -195,6 +235,21 @@ def parse_size(value: str | int) -> int:
         return int(v)
     except ValueError:
         raise ValueError(f"{value!r} is not a size (like 50M or 1048576)") from None
+
+
+def parse_duration(value: str | int) -> int:
+    """'24h' -> milliseconds; Synapse's suffixes s, m, h, d, w, y (a bare number is ms)."""
+    if isinstance(value, int):
+        return value
+    units = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+    units["y"] = 365 * units["d"]
+    v = value.strip().lower()
+    try:
+        if v and v[-1] in units:
+            return int(v[:-1]) * units[v[-1]]
+        return int(v)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a duration (like 24h, 30m or 5000)") from None
 
 
 def _describe(tp: Any) -> str:
@@ -318,6 +373,7 @@ def _check_semantics(cfg: Config) -> None:
         parse_size(cfg.max_upload_size)
     except ValueError as e:
         raise ConfigError(f"max_upload_size: {e}") from None
+    _check_media(cfg)
     if cfg.max_request_body_size < 1024:
         raise ConfigError("max_request_body_size: must be at least 1024 bytes")
     if not cfg.listeners:
@@ -336,6 +392,59 @@ def _check_semantics(cfg: Config) -> None:
         rl: RateLimit = getattr(cfg, name)
         if rl.per_second < 0 or rl.burst_count < 0:
             raise ConfigError(f"{name}: per_second and burst_count must not be negative")
+
+
+def _check_media(cfg: Config) -> None:
+    import ipaddress
+    import re
+
+    for name in ("max_image_pixels", "max_spider_size"):
+        try:
+            if parse_size(getattr(cfg, name)) <= 0:
+                raise ValueError("must be positive")
+        except ValueError as e:
+            raise ConfigError(f"{name}: {e}") from None
+    try:
+        if parse_duration(cfg.unused_expiration_time) <= 0:
+            raise ValueError("must be positive")
+    except ValueError as e:
+        raise ConfigError(f"unused_expiration_time: {e}") from None
+    for i, limit in enumerate(cfg.media_upload_limits):
+        try:
+            if parse_duration(limit.time_period) <= 0 or parse_size(limit.max_size) < 0:
+                raise ValueError("time_period must be positive, max_size not negative")
+        except ValueError as e:
+            raise ConfigError(f"media_upload_limits[{i}]: {e}") from None
+    for i, size in enumerate(cfg.thumbnail_sizes):
+        if not (1 <= size.width <= 10_000 and 1 <= size.height <= 10_000):
+            raise ConfigError(f"thumbnail_sizes[{i}]: width and height must be 1..10000")
+    if cfg.max_pending_media_uploads < 1:
+        raise ConfigError("max_pending_media_uploads: must be at least 1")
+    for name in ("url_preview_ip_range_blacklist", "url_preview_ip_range_whitelist"):
+        for i, cidr in enumerate(getattr(cfg, name)):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(f"{name}[{i}]: {cidr!r} is not an IP range") from None
+    url_parts = {"scheme", "netloc", "hostname", "path", "query", "fragment"}
+    url_parts |= {"username", "password"}
+    for i, entry in enumerate(cfg.url_preview_url_blacklist):
+        if not entry or not all(isinstance(v, str) for v in entry.values()):
+            raise ConfigError(
+                f"url_preview_url_blacklist[{i}]: expected a mapping of URL parts to patterns"
+            )
+        unknown = set(entry) - url_parts
+        if unknown:
+            raise ConfigError(
+                f"url_preview_url_blacklist[{i}]: unknown URL part {sorted(unknown)[0]!r}; "
+                f"allowed: {', '.join(sorted(url_parts))}"
+            )
+        for part, pattern in entry.items():
+            if pattern.startswith("^"):
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    raise ConfigError(f"url_preview_url_blacklist[{i}].{part}: {e}") from None
 
 
 def load_config_dict(

@@ -12,6 +12,7 @@ from starling.accounts.passwords import PasswordHasher
 from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.config import Config
+from starling.media.service import MediaService
 from starling.protocol.signing import SigningKey
 from starling.ratelimit import RateLimits
 from starling.rooms.creation import RoomCreator
@@ -57,6 +58,8 @@ class Services:
     room_creator: RoomCreator
     membership: MembershipService
     room_upgrader: RoomUpgrader
+    # media
+    media: MediaService
 
     @property
     def server_name(self) -> str:

@@ -1,0 +1,649 @@
+"""The media repository: uploads, downloads, thumbnails, URL previews, and the admin's
+quarantine and deletion.
+
+Content is content-addressed on disk (`FileStore`) and described in the database
+(`MediaStore`): many media IDs may share one file, which is removed when the last row naming
+it goes. Commit and release of one hash are serialised by a per-hash lock, so a file is
+never deleted between an upload writing it and the upload's row being inserted.
+
+Media of other servers goes through an optional `RemoteMediaFetcher` (federation plugs in
+there); without one, other servers' media is 404 `M_NOT_FOUND`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from starling.config import Config, parse_duration, parse_size
+from starling.errors import MatrixError, forbidden, invalid_param, not_found, too_large
+from starling.media import thumbnailer
+from starling.media.filestore import ContentTooLarge, FileStore, StagedFile
+from starling.media.preview import UrlPreviewer
+from starling.protocol.identifiers import is_valid_server_name
+from starling.ratelimit import TokenBuckets
+from starling.storage.media import MediaIdTaken, MediaInfo, MediaStore, NewMedia, ThumbnailInfo
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MEDIA_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
+MAX_UPLOAD_NAME = 255
+MAX_CONTENT_TYPE = 255
+DEFAULT_TIMEOUT_MS = 20_000
+MAX_TIMEOUT_MS = 60_000
+_CONTENT_TYPE = re.compile(r"[!-~][ -~]*")
+_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp"}
+
+
+def not_yet_uploaded() -> MatrixError:
+    return MatrixError(504, "M_NOT_YET_UPLOADED", "Content has not yet been uploaded")
+
+
+@dataclass(frozen=True, slots=True)
+class MediaFile:
+    """Something to send back: a file on disk and how to describe it."""
+
+    path: Path
+    content_type: str
+    upload_name: str | None
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteMedia:
+    content_type: str | None
+    upload_name: str | None
+    chunks: AsyncIterator[bytes]
+
+
+class RemoteMediaFetcher(Protocol):
+    """Fetches media from its origin server (federation's /media/download)."""
+
+    async def fetch(
+        self, server_name: str, media_id: str, *, max_bytes: int, timeout_ms: int
+    ) -> RemoteMedia | None:
+        """The media, or None when the origin does not have it."""
+        ...
+
+
+class KeyedLocks:
+    """One asyncio lock per key, forgotten when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Any, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def __call__(self, key: Any) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+def check_media_id(media_id: str) -> None:
+    # The spec's media ID alphabet: nothing that could climb out of a directory.
+    if not MEDIA_ID.fullmatch(media_id):
+        raise not_found("Invalid media ID")
+
+
+def check_server_name(server_name: str) -> None:
+    if not is_valid_server_name(server_name):
+        raise invalid_param("Invalid server name")
+
+
+def clean_content_type(value: str | None) -> str:
+    if value is None:
+        return "application/octet-stream"
+    value = value.strip()
+    if not value or len(value) > MAX_CONTENT_TYPE or not _CONTENT_TYPE.fullmatch(value):
+        return "application/octet-stream"
+    return value
+
+
+def check_upload_name(name: str | None) -> str | None:
+    if name is None or name == "":
+        return None
+    if len(name) > MAX_UPLOAD_NAME:
+        raise invalid_param(f"filename longer than {MAX_UPLOAD_NAME} characters")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise invalid_param("filename contains control characters")
+    return name
+
+
+class MediaService:
+    def __init__(
+        self,
+        config: Config,
+        store: MediaStore,
+        files: FileStore,
+        remote: RemoteMediaFetcher | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self.server_name = config.server_name
+        self.store = store
+        self.files = files
+        self.remote = remote
+        self._clock = clock
+        self.max_upload_size = config.max_upload_size_bytes
+        self.max_image_pixels = parse_size(config.max_image_pixels)
+        self._unused_expiry_ms = parse_duration(config.unused_expiration_time)
+        self._quotas = [
+            (parse_duration(q.time_period), parse_size(q.max_size))
+            for q in config.media_upload_limits
+        ]
+        self._hash_locks = KeyedLocks()
+        self._thumb_locks = KeyedLocks()
+        self._remote_locks = KeyedLocks()
+        self._uploaded = asyncio.Condition()
+        self._buckets = TokenBuckets()
+        self._image_jobs = asyncio.Semaphore(max(1, os.cpu_count() or 1))
+        self.previewer = UrlPreviewer(config, store, self._store_preview_image)
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    async def close(self) -> None:
+        await self.previewer.close()
+
+    def media_config(self) -> dict[str, Any]:
+        return {"m.upload.size": self.max_upload_size}
+
+    def _new_media_id(self) -> str:
+        return secrets.token_urlsafe(18).replace("-", "a").replace("_", "b")
+
+    # --- storing content ----------------------------------------------------------
+
+    async def _stage(
+        self, user_id: str, chunks: AsyncIterator[bytes], declared_length: int | None
+    ) -> StagedFile:
+        if declared_length is not None:
+            if declared_length > self.max_upload_size:
+                raise too_large(f"Upload larger than the limit of {self.max_upload_size} bytes")
+            await self._check_quota(user_id, declared_length)
+        try:
+            staged = await self.files.stage_stream(chunks, self.max_upload_size)
+        except ContentTooLarge:
+            raise too_large(
+                f"Upload larger than the limit of {self.max_upload_size} bytes"
+            ) from None
+        try:
+            await self._check_quota(user_id, staged.size)
+        except BaseException:
+            await self.files.discard(staged)
+            raise
+        return staged
+
+    async def _check_quota(self, user_id: str, adding: int) -> None:
+        now = self._now_ms()
+        for period_ms, max_bytes in self._quotas:
+            used = await self.store.uploaded_bytes_since(user_id, now - period_ms)
+            if used + adding > max_bytes:
+                raise forbidden("Media upload limit exceeded")
+
+    async def _commit(self, staged: StagedFile, write_row: Callable[[], Awaitable[T]]) -> T:
+        """Move staged content into the store and write the row naming it, atomically with
+        respect to releases of the same hash."""
+        async with self._hash_locks(staged.sha256):
+            await self.files.commit(staged)
+            try:
+                return await write_row()
+            except BaseException:
+                if not await self.store.sha256_in_use(staged.sha256):
+                    await self.files.delete(staged.sha256)
+                raise
+
+    async def _release(self, hashes: list[str]) -> None:
+        """Delete the files no row names any more."""
+        for sha256 in set(hashes):
+            async with self._hash_locks(sha256):
+                if not await self.store.sha256_in_use(sha256):
+                    await self.files.delete(sha256)
+
+    async def upload(
+        self,
+        user_id: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        content_type: str | None,
+        upload_name: str | None,
+        declared_length: int | None = None,
+    ) -> str:
+        """POST /upload: store content under a new media ID; returns the mxc:// URI."""
+        upload_name = check_upload_name(upload_name)
+        staged = await self._stage(user_id, chunks, declared_length)
+        media_id = self._new_media_id()
+        now = self._now_ms()
+        row = NewMedia(
+            server_name=self.server_name,
+            media_id=media_id,
+            user_id=user_id,
+            content_type=clean_content_type(content_type),
+            upload_name=upload_name,
+            media_length=staged.size,
+            sha256=staged.sha256,
+            created_ts=now,
+            authenticated=self._config.enable_authenticated_media,
+        )
+        await self._commit(staged, lambda: self.store.insert_media(row))
+        return f"mxc://{self.server_name}/{media_id}"
+
+    async def create(self, user_id: str) -> tuple[str, int]:
+        """POST /create: reserve a media ID; returns (mxc URI, unused_expires_at)."""
+        self._buckets.take("media_create", user_id, self._config.rc_media_create)
+        now = self._now_ms()
+        await self.store.delete_expired_pending(now)
+        pending = await self.store.count_pending(user_id, now)
+        if pending >= self._config.max_pending_media_uploads:
+            raise MatrixError(
+                429,
+                "M_LIMIT_EXCEEDED",
+                "Too many pending media uploads",
+                retry_after_ms=min(self._unused_expiry_ms, 60_000),
+            )
+        expires = now + self._unused_expiry_ms
+        for _ in range(3):
+            media_id = self._new_media_id()
+            try:
+                await self.store.create_pending(
+                    self.server_name,
+                    media_id,
+                    user_id,
+                    now,
+                    expires,
+                    self._config.enable_authenticated_media,
+                )
+            except MediaIdTaken:
+                continue
+            return f"mxc://{self.server_name}/{media_id}", expires
+        raise MatrixError(500, "M_UNKNOWN", "Could not allocate a media ID")
+
+    async def upload_to(
+        self,
+        user_id: str,
+        server_name: str,
+        media_id: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        content_type: str | None,
+        upload_name: str | None,
+        declared_length: int | None = None,
+    ) -> None:
+        """PUT /upload/{serverName}/{mediaId}: the content of a created media ID."""
+        check_server_name(server_name)
+        check_media_id(media_id)
+        upload_name = check_upload_name(upload_name)
+        if server_name != self.server_name:
+            raise not_found("Unknown media ID")
+        self._check_pending(await self.store.get_media(server_name, media_id), user_id)
+        staged = await self._stage(user_id, chunks, declared_length)
+
+        async def fill() -> bool:
+            return await self.store.complete_pending(
+                server_name,
+                media_id,
+                content_type=clean_content_type(content_type),
+                upload_name=upload_name,
+                media_length=staged.size,
+                sha256=staged.sha256,
+                uploaded_ts=self._now_ms(),
+            )
+
+        # Checked again: it may have expired or been filled while the body streamed in.
+        try:
+            self._check_pending(await self.store.get_media(server_name, media_id), user_id)
+        except BaseException:
+            await self.files.discard(staged)
+            raise
+        if not await self._commit(staged, fill):
+            await self._release([staged.sha256])
+            raise self._overwrite_error()
+        async with self._uploaded:
+            self._uploaded.notify_all()
+
+    def _check_pending(self, info: MediaInfo | None, user_id: str) -> None:
+        if info is None:
+            raise not_found("Unknown media ID")
+        if info.user_id != user_id:
+            raise forbidden("This media ID was created by another user")
+        if info.uploaded:
+            raise self._overwrite_error()
+        if info.unused_expires_at is not None and info.unused_expires_at <= self._now_ms():
+            raise not_found("Media ID expired")
+
+    @staticmethod
+    def _overwrite_error() -> MatrixError:
+        return MatrixError(409, "M_CANNOT_OVERWRITE_MEDIA", "Media already uploaded")
+
+    # --- finding media to serve ---------------------------------------------------
+
+    async def _media_for_serving(
+        self,
+        server_name: str,
+        media_id: str,
+        *,
+        authenticated: bool,
+        timeout_ms: int,
+        allow_remote: bool,
+    ) -> MediaInfo:
+        check_server_name(server_name)
+        check_media_id(media_id)
+        if server_name == self.server_name:
+            info = await self._local_media(media_id, timeout_ms)
+        else:
+            info = await self._remote_media(server_name, media_id, allow_remote, timeout_ms)
+        if info.quarantined_by is not None:
+            raise not_found("Media not found")
+        if not authenticated and self._config.enable_authenticated_media and info.authenticated:
+            # Frozen: media stored since the switch is served only to authenticated requests.
+            raise not_found("Media not found")
+        return info
+
+    async def _local_media(self, media_id: str, timeout_ms: int) -> MediaInfo:
+        deadline = time.monotonic() + min(max(timeout_ms, 0), MAX_TIMEOUT_MS) / 1000
+        while True:
+            info = await self.store.get_media(self.server_name, media_id)
+            if info is None:
+                raise not_found("Media not found")
+            if info.uploaded:
+                return info
+            if info.unused_expires_at is not None and info.unused_expires_at <= self._now_ms():
+                raise not_found("Media not found")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise not_yet_uploaded()
+            # Woken by an upload in this process; the periodic re-check covers the rest.
+            async with self._uploaded:
+                try:
+                    await asyncio.wait_for(self._uploaded.wait(), min(remaining, 1.0))
+                except TimeoutError:
+                    pass
+
+    async def _remote_media(
+        self, server_name: str, media_id: str, allow_remote: bool, timeout_ms: int
+    ) -> MediaInfo:
+        info = await self.store.get_media(server_name, media_id)
+        if info is not None and info.uploaded:
+            return info
+        if self.remote is None or not allow_remote:
+            raise not_found("Media not found")
+        async with self._remote_locks((server_name, media_id)):
+            info = await self.store.get_media(server_name, media_id)
+            if info is not None and info.uploaded:
+                return info
+            fetched = await self.remote.fetch(
+                server_name,
+                media_id,
+                max_bytes=self.max_upload_size,
+                timeout_ms=min(max(timeout_ms, 0), MAX_TIMEOUT_MS),
+            )
+            if fetched is None:
+                raise not_found("Media not found")
+            try:
+                staged = await self.files.stage_stream(fetched.chunks, self.max_upload_size)
+            except ContentTooLarge:
+                raise MatrixError(502, "M_TOO_LARGE", "Remote content is too large") from None
+            row = NewMedia(
+                server_name=server_name,
+                media_id=media_id,
+                user_id=None,
+                content_type=clean_content_type(fetched.content_type),
+                upload_name=check_upload_name(fetched.upload_name),
+                media_length=staged.size,
+                sha256=staged.sha256,
+                created_ts=self._now_ms(),
+                # "New" for the freeze means newly cached (spec: content repository).
+                authenticated=self._config.enable_authenticated_media,
+            )
+            await self._commit(staged, lambda: self.store.insert_media(row))
+        info = await self.store.get_media(server_name, media_id)
+        if info is None:
+            raise not_found("Media not found")
+        return info
+
+    async def _existing_file(self, info: MediaInfo) -> MediaFile:
+        assert info.sha256 is not None and info.media_length is not None
+        if not await self.files.exists(info.sha256):
+            logger.error(
+                "media %s/%s: its file %s is missing", info.server_name, info.media_id, info.sha256
+            )
+            raise not_found("Media not found")
+        return MediaFile(
+            path=self.files.path_for(info.sha256),
+            content_type=info.content_type or "application/octet-stream",
+            upload_name=info.upload_name,
+            length=info.media_length,
+        )
+
+    async def download(
+        self,
+        server_name: str,
+        media_id: str,
+        *,
+        authenticated: bool,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+        allow_remote: bool = True,
+    ) -> MediaFile:
+        info = await self._media_for_serving(
+            server_name,
+            media_id,
+            authenticated=authenticated,
+            timeout_ms=timeout_ms,
+            allow_remote=allow_remote,
+        )
+        await self.store.touch(server_name, media_id, self._now_ms())
+        return await self._existing_file(info)
+
+    # --- thumbnails ---------------------------------------------------------------
+
+    def _choose_box(self, width: int, height: int, method: str) -> tuple[int, int, str]:
+        """The configured thumbnail size that serves a request for width x height."""
+        if self._config.dynamic_thumbnails or not self._config.thumbnail_sizes:
+            return width, height, method
+        sizes = [s for s in self._config.thumbnail_sizes if s.method == method]
+        sizes = sizes or list(self._config.thumbnail_sizes)
+        covering = [s for s in sizes if s.width >= width and s.height >= height]
+        if covering:
+            best = min(covering, key=lambda s: (s.width * s.height, s.width))
+        else:
+            best = max(sizes, key=lambda s: (s.width * s.height, s.width))
+        return best.width, best.height, best.method
+
+    async def _in_executor(self, fn: Callable[..., T], *args: Any) -> T:
+        # Image work is CPU-bound: at most one job per core, the rest queue here.
+        async with self._image_jobs:
+            return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    async def thumbnail(
+        self,
+        server_name: str,
+        media_id: str,
+        width: int,
+        height: int,
+        method: str,
+        *,
+        animated: bool,
+        authenticated: bool,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+        allow_remote: bool = True,
+    ) -> MediaFile:
+        if method not in ("crop", "scale"):
+            raise invalid_param("method must be crop or scale")
+        if width < 1 or height < 1:
+            raise invalid_param("width and height must be positive")
+        info = await self._media_for_serving(
+            server_name,
+            media_id,
+            authenticated=authenticated,
+            timeout_ms=timeout_ms,
+            allow_remote=allow_remote,
+        )
+        original = await self._existing_file(info)
+        image = await self._in_executor(thumbnailer.probe, original.path, self.max_image_pixels)
+        await self.store.touch(server_name, media_id, self._now_ms())
+        want_animated = animated and image.animated
+        if (
+            image.width <= width
+            and image.height <= height
+            and (want_animated or not image.animated)
+        ):
+            # Smaller than asked for: the original is the best thumbnail (spec).
+            ext = _EXTENSIONS.get(image.content_type, "bin")
+            return MediaFile(original.path, image.content_type, f"thumbnail.{ext}", original.length)
+        box_w, box_h, box_method = self._choose_box(width, height, method)
+        key = (server_name, media_id, box_w, box_h, box_method, want_animated)
+        thumb = await self._cached_thumbnail(*key)
+        if thumb is None:
+            async with self._thumb_locks(key):
+                thumb = await self._cached_thumbnail(*key)
+                if thumb is None:
+                    thumb = await self._generate(
+                        server_name,
+                        media_id,
+                        original.path,
+                        box_w,
+                        box_h,
+                        box_method,
+                        want_animated,
+                    )
+        ext = _EXTENSIONS.get(thumb.content_type, "bin")
+        return MediaFile(
+            self.files.path_for(thumb.sha256),
+            thumb.content_type,
+            f"thumbnail.{ext}",
+            thumb.media_length,
+        )
+
+    async def _cached_thumbnail(
+        self, server_name: str, media_id: str, w: int, h: int, method: str, animated: bool
+    ) -> ThumbnailInfo | None:
+        thumb = await self.store.get_thumbnail(server_name, media_id, w, h, method, animated)
+        if thumb is not None and await self.files.exists(thumb.sha256):
+            return thumb
+        return None
+
+    async def _generate(
+        self,
+        server_name: str,
+        media_id: str,
+        source: Path,
+        box_w: int,
+        box_h: int,
+        method: str,
+        animated: bool,
+    ) -> ThumbnailInfo:
+        made = await self._in_executor(
+            thumbnailer.make_thumbnail,
+            source,
+            box_w,
+            box_h,
+            method,
+            animated,
+            self.max_image_pixels,
+        )
+        staged = await self.files.stage_bytes(made.data)
+        thumb = ThumbnailInfo(
+            target_width=box_w,
+            target_height=box_h,
+            method=method,
+            animated=animated,
+            width=made.width,
+            height=made.height,
+            content_type=made.content_type,
+            media_length=staged.size,
+            sha256=staged.sha256,
+        )
+
+        async def write_row() -> str | None:
+            written, replaced = await self.store.upsert_thumbnail(
+                server_name, media_id, thumb, self._now_ms()
+            )
+            if not written:
+                raise not_found("Media not found")  # deleted while the thumbnail was made
+            return replaced
+
+        replaced = await self._commit(staged, write_row)
+        if replaced is not None and replaced != thumb.sha256:
+            await self._release([replaced])
+        return thumb
+
+    # --- URL previews -------------------------------------------------------------
+
+    async def preview_url(self, user_id: str, url: str) -> dict[str, Any]:
+        return await self.previewer.preview(user_id, url)
+
+    async def _store_preview_image(
+        self, user_id: str, body: bytes, content_type: str, name: str | None
+    ) -> tuple[str, int, int, int] | None:
+        staged = await self.files.stage_bytes(body)
+        try:
+            image = await self._in_executor(
+                thumbnailer.probe, staged.temp_path, self.max_image_pixels
+            )
+        except MatrixError:
+            await self.files.discard(staged)
+            return None
+        media_id = self._new_media_id()
+        try:
+            upload_name = check_upload_name(name)
+        except MatrixError:
+            upload_name = None
+        row = NewMedia(
+            server_name=self.server_name,
+            media_id=media_id,
+            user_id=user_id,
+            content_type=image.content_type,
+            upload_name=upload_name,
+            media_length=staged.size,
+            sha256=staged.sha256,
+            created_ts=self._now_ms(),
+            authenticated=self._config.enable_authenticated_media,
+            url_cache=True,
+        )
+        await self._commit(staged, lambda: self.store.insert_media(row))
+        return f"mxc://{self.server_name}/{media_id}", staged.size, image.width, image.height
+
+    # --- admin --------------------------------------------------------------------
+
+    async def get_media_info(self, server_name: str, media_id: str) -> MediaInfo | None:
+        return await self.store.get_media(server_name, media_id)
+
+    async def quarantine_media(self, server_name: str, media_id: str, by: str = "admin") -> bool:
+        return await self.store.quarantine(server_name, media_id, by)
+
+    async def quarantine_user_media(self, user_id: str, by: str = "admin") -> int:
+        return await self.store.quarantine_user(user_id, by)
+
+    async def delete_media(self, server_name: str, media_id: str) -> bool:
+        """Delete one media (and its thumbnails); files nothing else names are removed."""
+        hashes = await self.store.delete_media(server_name, media_id)
+        if hashes is None:
+            return False
+        await self._release(hashes)
+        return True
+
+    async def delete_user_media(self, user_id: str) -> list[str]:
+        """Delete every media a user uploaded; returns the deleted media IDs."""
+        deleted = []
+        for server_name, media_id in await self.store.media_ids_of_user(user_id):
+            if await self.delete_media(server_name, media_id):
+                deleted.append(media_id)
+        return deleted
