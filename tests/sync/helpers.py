@@ -28,6 +28,19 @@ async def sync(hs: Harness, token: str, since: str | None = None, **params: Any)
     return result
 
 
+async def settled_token(hs: Harness, token: str, **params: Any) -> str:
+    """A since token with everything so far consumed: an initial sync, then incremental
+    ones until nothing is new (the first sync itself may move streams, e.g. presence)."""
+    body = await sync(hs, token, **params)
+    for _ in range(5):
+        nxt = await sync(hs, token, since=body["next_batch"], **params)
+        if nxt["next_batch"] == body["next_batch"]:
+            break
+        body = nxt
+    batch: str = body["next_batch"]
+    return batch
+
+
 def timeline_bodies(room: dict[str, Any]) -> list[str]:
     return [
         e["content"]["body"]

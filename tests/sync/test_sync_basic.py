@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from tests.support.harness import Harness
-from tests.sync.helpers import V3, invite, join, sync, timeline_bodies
+from tests.sync.helpers import V3, invite, join, settled_token, sync, timeline_bodies
 
 
 async def test_initial_sync_has_rooms_timeline_and_state(hs: Harness) -> None:
@@ -47,7 +47,7 @@ async def test_long_poll_woken_by_other_users_message(hs: Harness) -> None:
     _bob, btok = await hs.register("bob")
     room_id = await hs.create_room(atok, preset="public_chat")
     await join(hs, btok, room_id)
-    first = await sync(hs, atok)
+    since = await settled_token(hs, atok)
 
     async def later() -> None:
         await asyncio.sleep(0.2)
@@ -55,7 +55,7 @@ async def test_long_poll_woken_by_other_users_message(hs: Harness) -> None:
 
     task = asyncio.create_task(later())
     start = time.monotonic()
-    body = await sync(hs, atok, since=first["next_batch"], timeout=10000)
+    body = await sync(hs, atok, since=since, timeout=10000)
     elapsed = time.monotonic() - start
     await task
     assert elapsed < 2, elapsed
@@ -65,19 +65,19 @@ async def test_long_poll_woken_by_other_users_message(hs: Harness) -> None:
 async def test_long_poll_times_out_empty(hs: Harness) -> None:
     _, tok = await hs.register("alice")
     await hs.create_room(tok)
-    first = await sync(hs, tok)
+    since = await settled_token(hs, tok)
     start = time.monotonic()
-    body = await sync(hs, tok, since=first["next_batch"], timeout=300)
+    body = await sync(hs, tok, since=since, timeout=300)
     assert time.monotonic() - start >= 0.25
     assert body["rooms"]["join"] == {}
-    assert body["next_batch"] == first["next_batch"]
+    assert body["next_batch"] == since
 
 
 async def test_long_poll_woken_by_invite(hs: Harness) -> None:
     _, atok = await hs.register("alice")
     bob, btok = await hs.register("bob")
     room_id = await hs.create_room(atok)
-    first = await sync(hs, btok)
+    since = await settled_token(hs, btok)
 
     async def later() -> None:
         await asyncio.sleep(0.2)
@@ -85,7 +85,7 @@ async def test_long_poll_woken_by_invite(hs: Harness) -> None:
 
     task = asyncio.create_task(later())
     start = time.monotonic()
-    body = await sync(hs, btok, since=first["next_batch"], timeout=10000)
+    body = await sync(hs, btok, since=since, timeout=10000)
     await task
     assert time.monotonic() - start < 2
     assert room_id in body["rooms"]["invite"]
