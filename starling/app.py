@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from starling.account_data.service import AccountDataService
 from starling.accounts.auth import RequestAuthenticator
 from starling.accounts.passwords import PasswordHasher
 from starling.accounts.service import AccountService
@@ -22,33 +23,60 @@ from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.accounts.uia import UserInteractiveAuth
 from starling.api import media as media_api
 from starling.api.admin import registration as admin_registration
+from starling.api.client import account_data as client_account_data
 from starling.api.client import accounts as client_accounts
+from starling.api.client import capabilities as client_capabilities
+from starling.api.client import directory as client_directory
+from starling.api.client import filters as client_filters
+from starling.api.client import key_backup as client_key_backup
+from starling.api.client import keys as client_keys
+from starling.api.client import presence as client_presence
+from starling.api.client import profile as client_profile
+from starling.api.client import receipts as client_receipts
+from starling.api.client import room_reads as client_room_reads
 from starling.api.client import rooms as client_rooms
+from starling.api.client import sync as client_sync
+from starling.api.client import to_device as client_to_device
+from starling.api.client import typing as client_typing
 from starling.api.discovery import DiscoveryResource, register_metrics
 from starling.api.http import make_web_app
 from starling.api.services import Services
 from starling.config import Config, Listener
+from starling.directory.service import DirectoryService
+from starling.e2ee.services import build_e2ee
 from starling.errors import MatrixError
 from starling.media.filestore import FileStore
 from starling.media.service import MediaService
+from starling.notifier import Notifier
+from starling.presence.service import PresenceService
+from starling.profile.service import ProfileService
 from starling.protocol.event import Event
 from starling.protocol.signing import SigningKey
 from starling.ratelimit import RateLimits
+from starling.receipts.service import ReceiptsService
+from starling.receipts.unread import UnreadCounts
 from starling.rooms.builder import EventBuilder
 from starling.rooms.creation import RoomCreator
 from starling.rooms.event_service import RoomEventService
 from starling.rooms.membership import MembershipService
 from starling.rooms.upgrade import RoomUpgrader
+from starling.storage.account_data import AccountDataStore
 from starling.storage.accounts import AccountStore, UIAuthStore
 from starling.storage.aliases import AliasExists, AliasStore
 from starling.storage.database import Database, open_database
 from starling.storage.database import DatabaseConfig as StorageConfig
+from starling.storage.directory import DirectoryStore
 from starling.storage.events import EventStore
 from starling.storage.media import MediaStore
 from starling.storage.memberships import MembershipStore
+from starling.storage.presence import PresenceStore
 from starling.storage.profiles import ProfileStore
+from starling.storage.receipts import ReceiptStore
 from starling.storage.state import StateStore
 from starling.storage.streams import StreamIdGenerator
+from starling.sync.extension import SyncExtension
+from starling.sync.wiring import build_sync
+from starling.typing.service import TypingService
 
 logger = logging.getLogger(__name__)
 
@@ -115,15 +143,32 @@ async def build_services(config: Config, db: Database, signing_key: SigningKey) 
     async def alias_taken(alias: str) -> bool:
         return await alias_store.get_alias(alias) is not None
 
+    notifier = Notifier()
+    extras = await build_room_extras(
+        config,
+        db,
+        notifier,
+        account_store,
+        event_store,
+        events_stream,
+        membership_store,
+        profile_store,
+        alias_store,
+        room_events,
+    )
     room_creator = RoomCreator(
         config.server_name,
         room_events,
         config.default_room_version,
         profile_lookup,
         alias_creator=create_alias,
+        publish_room=extras.directory.publish,
         invite=invite,
         alias_taken=alias_taken,
     )
+    sync = build_sync(db, event_store, state_store, membership_store, room_events, notifier)
+    for extension in extras.sync_extensions():
+        sync.sync.add_extension(extension)
     passwords = PasswordHasher()
     auth = RequestAuthenticator(account_store)
     rate_limits = RateLimits(config)
@@ -138,6 +183,18 @@ async def build_services(config: Config, db: Database, signing_key: SigningKey) 
         membership=membership,
         rate_limits=rate_limits,
     )
+    e2ee = await build_e2ee(
+        config.server_name,
+        db,
+        account_store,
+        event_store,
+        membership_store,
+        lambda users: notifier.notify(users=users),
+    )
+    room_events.add_listener(e2ee.device_lists.on_new_event)
+    accounts.add_device_listener(e2ee.keys.devices_changed)
+    sync.sync.add_extension(e2ee.to_device_extension)
+    sync.sync.add_extension(e2ee.device_lists_extension)
     return Services(
         config=config,
         db=db,
@@ -157,9 +214,106 @@ async def build_services(config: Config, db: Database, signing_key: SigningKey) 
         room_events=room_events,
         room_creator=room_creator,
         membership=membership,
-        room_upgrader=RoomUpgrader(config.server_name, room_events, event_store, alias_store),
+        room_upgrader=RoomUpgrader(
+            config.server_name,
+            room_events,
+            event_store,
+            alias_store,
+            is_public=extras.directory.is_public,
+            publish=extras.directory.publish,
+        ),
         media=build_media(config, db),
+        notifier=notifier,
+        sync=sync.sync,
+        room_history=sync.room_history,
+        filter_store=sync.filter_store,
+        typing=extras.typing,
+        receipts=extras.receipts,
+        unread_counts=extras.unread_counts,
+        account_data=extras.account_data,
+        presence=extras.presence,
+        profile=extras.profile,
+        directory=extras.directory,
+        e2ee=e2ee,
     )
+
+
+@dataclass
+class RoomExtras:
+    typing: TypingService
+    receipts: ReceiptsService
+    unread_counts: UnreadCounts
+    account_data: AccountDataService
+    presence: PresenceService
+    profile: ProfileService
+    directory: DirectoryService
+
+    def sync_extensions(self) -> list[SyncExtension]:
+        # Unread counts go last: they fill in the rooms the others put in the response.
+        return [self.typing, self.receipts, self.account_data, self.presence, self.unread_counts]
+
+
+async def build_room_extras(
+    config: Config,
+    db: Database,
+    notifier: Notifier,
+    account_store: AccountStore,
+    event_store: EventStore,
+    events_stream: StreamIdGenerator,
+    membership_store: MembershipStore,
+    profile_store: ProfileStore,
+    alias_store: AliasStore,
+    room_events: RoomEventService,
+) -> RoomExtras:
+    """Typing, receipts, unread counts, account data, presence, profiles, directory."""
+    account_data = AccountDataService(
+        AccountDataStore(db, await StreamIdGenerator.create(db, "account_data")), notifier
+    )
+    receipt_store = ReceiptStore(db, await StreamIdGenerator.create(db, "receipts"))
+    presence = await PresenceService.create(
+        PresenceStore(db, await StreamIdGenerator.create(db, "presence")),
+        membership_store,
+        notifier,
+        enabled=config.presence.enabled,
+    )
+    extras = RoomExtras(
+        typing=TypingService(membership_store, notifier),
+        receipts=ReceiptsService(
+            receipt_store, event_store, membership_store, account_data, notifier
+        ),
+        unread_counts=UnreadCounts(
+            db,
+            receipt_store,
+            event_store,
+            events_stream,
+            membership_store,
+            profile_store,
+            room_events,
+        ),
+        account_data=account_data,
+        presence=presence,
+        profile=ProfileService(
+            config.server_name, profile_store, account_store, membership_store, room_events
+        ),
+        directory=DirectoryService(
+            config.server_name,
+            alias_store,
+            DirectoryStore(db),
+            membership_store,
+            event_store,
+            room_events,
+        ),
+    )
+    room_events.add_listener(extras.directory.on_new_event)
+    room_events.add_listener(extras.typing.on_new_event)
+    local_suffix = ":" + config.server_name
+
+    def activity(event: Event, position: int) -> None:
+        if event.sender.endswith(local_suffix):
+            presence.bump_active(event.sender)
+
+    room_events.add_listener(activity)
+    return extras
 
 
 def build_media(config: Config, db: Database) -> MediaService:
@@ -193,8 +347,21 @@ def build_listener_app(services: Services, listener: Listener) -> web.Applicatio
 # Each Client-Server API area registers its routes with one function.
 CLIENT_ROUTES: list[Callable[[web.Application, Services], None]] = [
     client_rooms.register,
+    client_room_reads.register,
+    client_sync.register,
+    client_filters.register,
+    client_keys.register,
+    client_to_device.register,
+    client_key_backup.register,
     client_accounts.register,
     admin_registration.register,
+    client_typing.register,
+    client_receipts.register,
+    client_presence.register,
+    client_profile.register,
+    client_account_data.register,
+    client_directory.register,
+    client_capabilities.register,
 ]
 
 
@@ -236,11 +403,15 @@ class Homeserver:
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), close the database."""
+        # End /sync long-polls now, so draining does not wait for their timeouts.
+        self.services.notifier.close()
         for runner in self.runners:
             try:
                 await asyncio.wait_for(runner.cleanup(), SHUTDOWN_GRACE_SECONDS + 1)
             except TimeoutError:
                 logger.warning("listener did not drain in time; closing anyway")
         self.runners.clear()
+        self.services.typing.close()
+        await self.services.presence.close()
         await self.services.media.close()
         await self.services.db.close()

@@ -81,6 +81,10 @@ class Notifier:
         self._closed = True
         self.notify_all()
 
+    def is_waiting(self, user_id: str) -> bool:
+        """Whether the user has a /sync long-poll waiting now."""
+        return user_id in self._by_user
+
     @property
     def waiting(self) -> int:
         return sum(len(w) for w in self._by_user.values())

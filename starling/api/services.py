@@ -7,14 +7,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from starling.account_data.service import AccountDataService
 from starling.accounts.auth import RequestAuthenticator
 from starling.accounts.passwords import PasswordHasher
 from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.config import Config
+from starling.directory.service import DirectoryService
+from starling.e2ee.services import E2ee
 from starling.media.service import MediaService
+from starling.notifier import Notifier
+from starling.presence.service import PresenceService
+from starling.profile.service import ProfileService
 from starling.protocol.signing import SigningKey
 from starling.ratelimit import RateLimits
+from starling.receipts.service import ReceiptsService
+from starling.receipts.unread import UnreadCounts
 from starling.rooms.creation import RoomCreator
 from starling.rooms.event_service import RoomEventService
 from starling.rooms.membership import MembershipService
@@ -23,10 +31,14 @@ from starling.storage.accounts import AccountStore
 from starling.storage.aliases import AliasStore
 from starling.storage.database import Database
 from starling.storage.events import EventStore
+from starling.storage.filters import FilterStore
 from starling.storage.memberships import MembershipStore
 from starling.storage.profiles import ProfileStore
 from starling.storage.state import StateStore
 from starling.storage.streams import StreamIdGenerator
+from starling.sync.history import RoomHistory
+from starling.sync.service import SyncService
+from starling.typing.service import TypingService
 
 
 @dataclass
@@ -60,6 +72,22 @@ class Services:
     room_upgrader: RoomUpgrader
     # media
     media: MediaService
+    # around the room: wakes /sync long-polls; typing, receipts, unread counts, account
+    # data, presence (the SyncExtensions), profiles and the directory
+    notifier: Notifier
+    typing: TypingService
+    receipts: ReceiptsService
+    unread_counts: UnreadCounts
+    account_data: AccountDataService
+    presence: PresenceService
+    profile: ProfileService
+    directory: DirectoryService
+    # sync: /sync (extensions register with `sync.add_extension`), filters, room reads
+    sync: SyncService
+    room_history: RoomHistory
+    filter_store: FilterStore
+    # end-to-end encryption: keys, cross-signing, to-device, device lists, key backup
+    e2ee: E2ee
 
     @property
     def server_name(self) -> str:

@@ -1,0 +1,48 @@
+"""Client-Server API: capabilities.
+
+Spec: client-server-api "Capabilities negotiation" (#get_matrixclientv3capabilities).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from starling.api.client.common import require_user
+from starling.api.http import json_response
+from starling.api.services import Services
+from starling.protocol.room_versions import KNOWN_ROOM_VERSIONS
+
+V3 = "/_matrix/client/v3"
+
+
+def capabilities(svc: Services) -> dict[str, Any]:
+    return {
+        "m.change_password": {"enabled": True},
+        "m.room_versions": {
+            "default": svc.config.default_room_version,
+            "available": dict.fromkeys(KNOWN_ROOM_VERSIONS, "stable"),
+        },
+        "m.set_displayname": {"enabled": True},
+        "m.set_avatar_url": {"enabled": True},
+        "m.3pid_changes": {"enabled": False},
+        "m.get_login_token": {"enabled": False},
+        "m.profile_fields": {"enabled": True, "allowed": ["displayname", "avatar_url"]},
+    }
+
+
+class CapabilityRoutes:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        self.body = {"capabilities": capabilities(svc)}
+
+    # GET /capabilities
+    async def get_capabilities(self, request: web.Request) -> web.Response:
+        await require_user(request, self.svc.auth)
+        return json_response(self.body)
+
+
+def register(app: web.Application, svc: Services) -> None:
+    r = CapabilityRoutes(svc)
+    app.router.add_route("GET", f"{V3}/capabilities", r.get_capabilities)

@@ -1,0 +1,77 @@
+"""Client-Server API: receipts and read markers.
+
+Spec: client-server-api modules/receipts.md (#post_matrixclientv3roomsroomidreceiptreceipttypeeventid)
+and modules/read_markers.md (#post_matrixclientv3roomsroomidread_markers).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from starling.api.client.common import require_user
+from starling.api.http import json_response, read_json_object
+from starling.api.services import Services
+from starling.errors import bad_json, invalid_param
+
+V3 = "/_matrix/client/v3"
+
+
+def _room_id(request: web.Request) -> str:
+    room_id = request.match_info["roomId"]
+    if not room_id.startswith("!"):
+        raise invalid_param(f"{room_id!r} is not a room ID")
+    return room_id
+
+
+def _optional_event_id(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise bad_json(f"'{key}' must be an event ID string")
+    return value
+
+
+class ReceiptRoutes:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+
+    # POST /rooms/{roomId}/receipt/{receiptType}/{eventId}
+    async def post_receipt(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        room_id = _room_id(request)
+        body = await read_json_object(request, allow_empty=True)
+        thread_id = body.get("thread_id")
+        if thread_id is not None and (not isinstance(thread_id, str) or not thread_id):
+            raise invalid_param("thread_id field must be a non-empty string")
+        await self.svc.receipts.set_receipt(
+            room_id,
+            requester.user_id,
+            request.match_info["receiptType"],
+            request.match_info["eventId"],
+            thread_id,
+        )
+        return json_response({})
+
+    # POST /rooms/{roomId}/read_markers
+    async def post_read_markers(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        room_id = _room_id(request)
+        body = await read_json_object(request)
+        await self.svc.receipts.set_read_markers(
+            room_id,
+            requester.user_id,
+            _optional_event_id(body, "m.fully_read"),
+            _optional_event_id(body, "m.read"),
+            _optional_event_id(body, "m.read.private"),
+        )
+        return json_response({})
+
+
+def register(app: web.Application, svc: Services) -> None:
+    r = ReceiptRoutes(svc)
+    add = app.router.add_route
+    add("POST", f"{V3}/rooms/{{roomId}}/receipt/{{receiptType}}/{{eventId}}", r.post_receipt)
+    add("POST", f"{V3}/rooms/{{roomId}}/read_markers", r.post_read_markers)

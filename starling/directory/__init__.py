@@ -1,0 +1,1 @@
+"""Room aliases and the published room directory (publicRooms)."""

@@ -1,0 +1,1 @@
+"""Presence: online / unavailable / offline of local users, in memory, on a stream."""

@@ -1,0 +1,363 @@
+"""Presence (spec: client-server-api modules/presence.md).
+
+Current presence of local users lives in memory. A change others should see (state,
+status message, or currently_active flipping) is announced: written to the database
+with the next "presence" stream position, and the users sharing a room woken. Activity
+that changes nothing visible (last_active_ts moving while already active) stays in
+memory and is flushed in batches, without a stream position.
+
+Like Synapse: a user is currently_active for a minute after activity; an online user
+idle for five minutes becomes unavailable; a user who set presence by syncing or PUT
+and has not synced for 30 seconds (and has no /sync long-poll waiting) goes offline. One
+background loop, running only while someone is not offline, applies these timeouts.
+
+Users see the presence of users they share a room with, and their own. With
+`presence.enabled: false`, PUT is accepted and ignored, GET answers offline, and /sync
+carries no presence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from starling.errors import forbidden, invalid_param
+from starling.notifier import Notifier
+from starling.receipts.sections import add_global_events, section_matcher
+from starling.storage.memberships import MembershipStore
+from starling.storage.presence import PresenceRow, PresenceStore
+from starling.sync.extension import SyncContext
+
+logger = logging.getLogger(__name__)
+
+STATES = ("online", "unavailable", "offline")
+MAX_STATUS_MSG_LENGTH = 1024
+# currently_active lasts this long after the last activity.
+ACTIVE_WINDOW_MS = 60_000
+# Online users with no activity for this long become unavailable.
+IDLE_TIMEOUT_MS = 5 * 60_000
+# Users not syncing for this long go offline.
+SYNC_TIMEOUT_MS = 30_000
+# How often the timeouts are checked and last-active times flushed.
+CHECK_INTERVAL_S = 5.0
+FLUSH_INTERVAL_MS = 60_000
+
+
+@dataclass(slots=True)
+class _Presence:
+    state: str
+    status_msg: str | None
+    last_active_ts: int
+    currently_active: bool
+    last_sync_ts: int = 0
+
+
+class PresenceService:
+    """Presence state and the presence SyncExtension (stream "presence")."""
+
+    stream_name = "presence"
+
+    def __init__(
+        self,
+        store: PresenceStore,
+        memberships: MembershipStore,
+        notifier: Notifier,
+        *,
+        enabled: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._memberships = memberships
+        self._notifier = notifier
+        self.enabled = enabled
+        self._clock = clock
+        self._states: dict[str, _Presence] = {}
+        self._not_offline: set[str] = set()
+        self._syncing: dict[str, int] = {}
+        self._unflushed: dict[str, int] = {}  # user -> last_active_ts not yet written
+        self._last_flush = 0
+        self._loop_task: asyncio.Task[None] | None = None
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def create(
+        cls,
+        store: PresenceStore,
+        memberships: MembershipStore,
+        notifier: Notifier,
+        *,
+        enabled: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> PresenceService:
+        """Load the users who were not offline (their timeouts then apply as usual)."""
+        service = cls(store, memberships, notifier, enabled=enabled, clock=clock)
+        now = service._now()
+        for row in await store.get_not_offline():
+            service._states[row.user_id] = _Presence(
+                row.state, row.status_msg, row.last_active_ts, row.currently_active, now
+            )
+            service._not_offline.add(row.user_id)
+        return service
+
+    def _now(self) -> int:
+        return int(self._clock() * 1000)
+
+    def current_position(self) -> int:
+        return self._store.stream.current_position()
+
+    async def _load(self, user_id: str) -> _Presence:
+        state = self._states.get(user_id)
+        if state is None:
+            rows = await self._store.get([user_id])
+            row = rows.get(user_id)
+            state = (
+                _Presence("offline", None, 0, False)
+                if row is None
+                else _Presence(row.state, row.status_msg, row.last_active_ts, False)
+            )
+            self._states.setdefault(user_id, state)
+            state = self._states[user_id]
+        return state
+
+    # --- changes ---------------------------------------------------------------------
+
+    async def set_state(
+        self, user_id: str, presence: str, status_msg: str | None = None, *, keep_msg: bool = False
+    ) -> None:
+        """PUT /presence/{userId}/status: set the state (and status message)."""
+        if presence not in STATES:
+            raise invalid_param(f"'presence' must be one of {', '.join(STATES)}")
+        if status_msg is not None and len(status_msg) > MAX_STATUS_MSG_LENGTH:
+            raise invalid_param(f"'status_msg' must be at most {MAX_STATUS_MSG_LENGTH} characters")
+        if not self.enabled:
+            return
+        now = self._now()
+        old = await self._load(user_id)
+        new = replace(old, state=presence, last_sync_ts=now)
+        if not keep_msg:
+            new.status_msg = status_msg
+        if presence == "online":
+            new.last_active_ts = now
+            new.currently_active = True
+        await self._apply({user_id: new})
+
+    async def set_presence_from_sync(self, user_id: str, set_presence: str | None) -> None:
+        """Called by /sync with its `set_presence` parameter (None means online).
+
+        "offline" leaves the state alone; otherwise a user who was offline becomes
+        `set_presence`, and the sync keeps them from timing out."""
+        if not self.enabled:
+            return
+        now = self._now()
+        old = await self._load(user_id)
+        old.last_sync_ts = now
+        if set_presence == "offline":
+            return
+        wanted = set_presence or "online"
+        if wanted not in STATES:
+            raise invalid_param(f"'set_presence' must be one of {', '.join(STATES)}")
+        if old.state == "offline":
+            new = replace(old, state=wanted)
+            if wanted == "online":
+                new.last_active_ts = now
+                new.currently_active = True
+            await self._apply({user_id: new})
+
+    @contextlib.asynccontextmanager
+    async def user_syncing(self, user_id: str, set_presence: str | None) -> AsyncIterator[None]:
+        """Wrap a /sync request: sets presence like `set_presence_from_sync` and keeps the
+        user from timing out to offline while the request (a long-poll) runs."""
+        await self.set_presence_from_sync(user_id, set_presence)
+        self._syncing[user_id] = self._syncing.get(user_id, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._syncing.get(user_id, 1) - 1
+            if left:
+                self._syncing[user_id] = left
+            else:
+                self._syncing.pop(user_id, None)
+                state = self._states.get(user_id)
+                if state is not None:
+                    state.last_sync_ts = self._now()
+
+    def bump_active(self, user_id: str) -> None:
+        """The user did something (sent an event...): refresh last_active_ts in memory;
+        announces only if that makes them currently_active or brings them back online."""
+        if not self.enabled:
+            return
+        state = self._states.get(user_id)
+        if state is None or state.state == "offline":
+            return
+        now = self._now()
+        state.last_active_ts = now
+        if state.currently_active and state.state == "online":
+            self._unflushed[user_id] = now
+            return
+        new = replace(state, state="online", currently_active=True)
+        self._spawn(self._apply({user_id: new}))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        task.add_done_callback(_log_failure)
+
+    async def _apply(self, changes: dict[str, _Presence]) -> None:
+        """Announce the visible changes (persist with stream positions, wake watchers);
+        keep the others in memory only."""
+        visible: dict[str, _Presence] = {}
+        for user_id, new in changes.items():
+            old = self._states.get(user_id)
+            if old is None or _visible_change(old, new):
+                visible[user_id] = new
+            else:
+                self._states[user_id] = new
+                if new.last_active_ts != old.last_active_ts:
+                    self._unflushed[user_id] = new.last_active_ts
+        if not visible:
+            return
+        rows = [
+            PresenceRow(u, s.state, s.status_msg, s.last_active_ts, s.currently_active)
+            for u, s in visible.items()
+        ]
+        async with self._write_lock:
+            await self._store.announce(rows)
+        rooms: set[str] = set()
+        for user_id, state in visible.items():
+            self._states[user_id] = state
+            self._unflushed.pop(user_id, None)
+            if state.state == "offline":
+                self._not_offline.discard(user_id)
+            else:
+                self._not_offline.add(user_id)
+            rooms.update(await self._memberships.get_joined_rooms(user_id))
+        self._notifier.notify(users=list(visible), rooms=rooms)
+        self._ensure_loop()
+
+    def _ensure_loop(self) -> None:
+        if self._not_offline and (self._loop_task is None or self._loop_task.done()):
+            self._loop_task = asyncio.get_running_loop().create_task(self._timeout_loop())
+
+    async def _timeout_loop(self) -> None:
+        while self._not_offline:
+            await asyncio.sleep(CHECK_INTERVAL_S)
+            try:
+                await self.check_timeouts()
+            except Exception:
+                logger.exception("presence timeout check failed")
+
+    async def check_timeouts(self) -> None:
+        """Apply idle / sync timeouts and currently_active expiry; flush last-active."""
+        now = self._now()
+        changes: dict[str, _Presence] = {}
+        for user_id in list(self._not_offline):
+            state = self._states.get(user_id)
+            if state is None:
+                continue
+            new = state
+            syncing = user_id in self._syncing or self._notifier.is_waiting(user_id)
+            if not syncing and now - state.last_sync_ts > SYNC_TIMEOUT_MS:
+                new = replace(state, state="offline", currently_active=False)
+            else:
+                if state.currently_active and now - state.last_active_ts > ACTIVE_WINDOW_MS:
+                    new = replace(new, currently_active=False)
+                if new.state == "online" and now - state.last_active_ts > IDLE_TIMEOUT_MS:
+                    new = replace(new, state="unavailable")
+            if new is not state:
+                changes[user_id] = new
+        if changes:
+            await self._apply(changes)
+        if self._unflushed and now - self._last_flush >= FLUSH_INTERVAL_MS:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write the pending last-active times (no stream positions)."""
+        pending, self._unflushed = self._unflushed, {}
+        self._last_flush = self._now()
+        async with self._write_lock:
+            await self._store.save_last_active(sorted(pending.items()))
+
+    async def close(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        await self.flush()
+
+    # --- reads -----------------------------------------------------------------------
+
+    def _format(self, user_id: str, state: _Presence, now: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"presence": state.state}
+        if state.last_active_ts:
+            out["last_active_ago"] = max(0, now - state.last_active_ts)
+        if state.status_msg is not None:
+            out["status_msg"] = state.status_msg
+        if state.state != "offline":
+            out["currently_active"] = state.currently_active
+        return out
+
+    async def get_presence(self, observer: str, user_id: str) -> dict[str, Any]:
+        """GET /presence/{userId}/status, as `observer` (403 unless they share a room)."""
+        if not self.enabled:
+            return {"presence": "offline"}
+        if observer != user_id and user_id not in await self._memberships.users_sharing_a_room(
+            observer
+        ):
+            raise forbidden("You are not allowed to see their presence")
+        return self._format(user_id, await self._load(user_id), self._now())
+
+    # --- SyncExtension ---------------------------------------------------------------
+
+    async def contribute(self, ctx: SyncContext, response: dict[str, Any]) -> bool:
+        """m.presence events of the requester and the users sharing a room with them,
+        changed in (since, upto] (on an initial sync: those who are not offline)."""
+        if not self.enabled:
+            return False
+        await self.set_presence_from_sync(ctx.user_id, ctx.set_presence)
+        allowed = section_matcher(ctx, "presence")
+        users = await self._memberships.users_sharing_a_room(ctx.user_id)
+        users.add(ctx.user_id)
+        now = self._now()
+        if ctx.since is None:
+            wanted = sorted(u for u in users if u in self._not_offline)
+        else:
+            rows = await self._store.changed_between(ctx.since, ctx.upto, sorted(users))
+            for row in rows:
+                if row.user_id not in self._states:
+                    self._states[row.user_id] = _Presence(
+                        row.state, row.status_msg, row.last_active_ts, row.currently_active
+                    )
+            wanted = sorted(row.user_id for row in rows)
+        events = [
+            event
+            for event in (
+                {
+                    "type": "m.presence",
+                    "sender": user_id,
+                    "content": self._format(user_id, self._states[user_id], now),
+                }
+                for user_id in wanted
+                if user_id in self._states
+            )
+            if allowed(event, None)
+        ]
+        add_global_events(response, "presence", events)
+        return bool(events)
+
+
+def _visible_change(old: _Presence, new: _Presence) -> bool:
+    return (
+        old.state != new.state
+        or old.status_msg != new.status_msg
+        or old.currently_active != new.currently_active
+    )
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("presence update failed", exc_info=task.exception())

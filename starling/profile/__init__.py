@@ -1,0 +1,1 @@
+"""User profiles: display name and avatar, and their propagation into rooms."""

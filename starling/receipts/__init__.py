@@ -1,0 +1,1 @@
+"""Read receipts, the fully-read marker, and unread notification counts for /sync."""

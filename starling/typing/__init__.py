@@ -1,0 +1,1 @@
+"""Typing notifications: who is typing in which room (in memory), and their /sync part."""

@@ -1,0 +1,154 @@
+"""Typing notifications (spec: client-server-api modules/typing_notifications.md).
+
+Typing state is ephemeral and lives in memory only: per room, the users typing and when
+each stops. Every change (start, stop, expiry) advances the "typing" stream by one and
+records the position on the room, so an incremental /sync sends a room's m.typing only
+when it changed since the token. A typing user who stays typing does not move the stream.
+A restart forgets everything, which the spec allows; positions restart at 0, and a token
+from before the restart is treated like an initial sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starling.errors import forbidden
+from starling.notifier import Notifier
+from starling.protocol.event import Event
+from starling.receipts.sections import add_room_events, section_matcher
+from starling.storage.memberships import MembershipStore
+from starling.sync.extension import SyncContext
+
+# The longest a typing notification lasts without being renewed.
+MAX_TYPING_TIMEOUT_MS = 30_000
+DEFAULT_TYPING_TIMEOUT_MS = 30_000
+
+
+class TypingService:
+    """The typing state of every room, and its SyncExtension (stream "typing")."""
+
+    stream_name = "typing"
+
+    def __init__(
+        self,
+        memberships: MembershipStore,
+        notifier: Notifier,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._memberships = memberships
+        self._notifier = notifier
+        self._clock = clock
+        self._position = 0
+        # room -> {user: monotonic time the notification ends}
+        self._typing: dict[str, dict[str, float]] = {}
+        # room -> stream position of its last change
+        self._changed_at: dict[str, int] = {}
+        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+
+    def current_position(self) -> int:
+        return self._position
+
+    def typing_users(self, room_id: str) -> list[str]:
+        now = self._clock()
+        return sorted(u for u, until in self._typing.get(room_id, {}).items() if until > now)
+
+    async def set_typing(
+        self, room_id: str, user_id: str, typing: bool, timeout_ms: int = DEFAULT_TYPING_TIMEOUT_MS
+    ) -> None:
+        """Start (for at most MAX_TYPING_TIMEOUT_MS) or stop typing; the user must be
+        joined to the room (else M_FORBIDDEN)."""
+        membership = await self._memberships.get_membership(room_id, user_id)
+        if membership is None or membership.membership != "join":
+            raise forbidden("You are not in this room")
+        if typing:
+            self.started(room_id, user_id, timeout_ms)
+        else:
+            self.stopped(room_id, user_id)
+
+    def started(self, room_id: str, user_id: str, timeout_ms: int) -> None:
+        """Record that a user is typing (also for typing EDUs from federation)."""
+        seconds = max(0, min(timeout_ms, MAX_TYPING_TIMEOUT_MS)) / 1000
+        users = self._typing.setdefault(room_id, {})
+        was_typing = users.get(user_id, 0.0) > self._clock()
+        users[user_id] = self._clock() + seconds
+        key = (room_id, user_id)
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        self._timers[key] = asyncio.get_running_loop().call_later(
+            seconds, self._expire, room_id, user_id
+        )
+        if not was_typing:
+            self._changed(room_id)
+
+    def stopped(self, room_id: str, user_id: str) -> None:
+        timer = self._timers.pop((room_id, user_id), None)
+        if timer is not None:
+            timer.cancel()
+        users = self._typing.get(room_id)
+        if users is not None and users.pop(user_id, None) is not None:
+            if not users:
+                del self._typing[room_id]
+            self._changed(room_id)
+
+    def _expire(self, room_id: str, user_id: str) -> None:
+        self._timers.pop((room_id, user_id), None)
+        users = self._typing.get(room_id)
+        if users is None or user_id not in users or users[user_id] > self._clock():
+            return
+        del users[user_id]
+        if not users:
+            del self._typing[room_id]
+        self._changed(room_id)
+
+    def _changed(self, room_id: str) -> None:
+        self._position += 1
+        self._changed_at[room_id] = self._position
+        self._notifier.notify(rooms=[room_id])
+
+    def on_new_event(self, event: Event, position: int) -> None:
+        """RoomEventService listener: a user who leaves a room stops typing there."""
+        if (
+            event.type == "m.room.member"
+            and event.state_key is not None
+            and event.membership != "join"
+            and event.state_key in self._typing.get(event.room_id, {})
+        ):
+            self.stopped(event.room_id, event.state_key)
+
+    def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
+    # --- SyncExtension ---------------------------------------------------------------
+
+    async def contribute(self, ctx: SyncContext, response: dict[str, Any]) -> bool:
+        """m.typing in the ephemeral section of each joined room whose typing changed in
+        (since, upto] (on an initial sync: each room where someone is typing)."""
+        allowed = section_matcher(ctx, "ephemeral")
+        since = ctx.since
+        if since is not None and since > self._position:
+            since = None  # a token from before a restart
+        if since is None:
+            candidates = [r for r in self._typing if r in ctx.joined_rooms]
+        elif len(self._changed_at) < len(ctx.joined_rooms):
+            candidates = [
+                r for r, at in self._changed_at.items() if at > since and r in ctx.joined_rooms
+            ]
+        else:
+            candidates = [r for r in ctx.joined_rooms if self._changed_at.get(r, 0) > since]
+        added = False
+        for room_id in candidates:
+            users = self.typing_users(room_id)
+            if since is None and not users:
+                continue
+            event = {"type": "m.typing", "content": {"user_ids": users}}
+            if not allowed(event, room_id):
+                continue
+            add_room_events(response, room_id, "ephemeral", [event])
+            added = True
+        return added
