@@ -347,22 +347,26 @@ class MediaService:
         check_server_name(server_name)
         check_media_id(media_id)
         if server_name == self.server_name:
-            info = await self._local_media(media_id, timeout_ms)
+            info = await self._local_media(media_id, timeout_ms, authenticated)
         else:
             info = await self._remote_media(server_name, media_id, allow_remote, timeout_ms)
+        self._check_servable(info, authenticated)
+        return info
+
+    def _check_servable(self, info: MediaInfo, authenticated: bool) -> None:
         if info.quarantined_by is not None:
             raise not_found("Media not found")
         if not authenticated and self._config.enable_authenticated_media and info.authenticated:
             # Frozen: media stored since the switch is served only to authenticated requests.
             raise not_found("Media not found")
-        return info
 
-    async def _local_media(self, media_id: str, timeout_ms: int) -> MediaInfo:
+    async def _local_media(self, media_id: str, timeout_ms: int, authenticated: bool) -> MediaInfo:
         deadline = time.monotonic() + min(max(timeout_ms, 0), MAX_TIMEOUT_MS) / 1000
         while True:
             info = await self.store.get_media(self.server_name, media_id)
             if info is None:
                 raise not_found("Media not found")
+            self._check_servable(info, authenticated)  # before waiting for an upload
             if info.uploaded:
                 return info
             if info.unused_expires_at is not None and info.unused_expires_at <= self._now_ms():

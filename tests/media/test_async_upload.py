@@ -145,3 +145,12 @@ async def test_create_is_rate_limited(make_hs: MakeHs) -> None:
     status, body = await hs.request("POST", "/_matrix/media/v1/create", alice)
     assert status == 429 and body["errcode"] == "M_LIMIT_EXCEEDED"
     assert body["retry_after_ms"] > 0
+
+
+async def test_frozen_pending_media_is_not_found_at_once_on_old_endpoints(hs: Harness) -> None:
+    _, alice = await hs.register()
+    mid, _ = await _create(hs, alice)
+    start = time.monotonic()
+    status, _, body = await get(hs, f"{V3}/download/{hs.server_name}/{mid}?timeout_ms=5000")
+    assert status == 404 and b"M_NOT_FOUND" in body
+    assert time.monotonic() - start < 2
