@@ -217,6 +217,8 @@ class UrlPreviewer:
                     )
             except MatrixError:
                 raise
+            except aiohttp.InvalidURL:
+                raise invalid_param("Invalid URL") from None
             except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
                 if is_blocked_error(e):
                     raise blocked() from None

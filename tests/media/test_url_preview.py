@@ -229,6 +229,9 @@ async def test_preview_refuses_internal_addresses(make_hs: MakeHs, site: Site) -
         status, body = await _preview(hs, token, site.url("/page", host))
         assert status == 403, (host, body)
         assert body["errcode"] == "M_FORBIDDEN"
+    # 127.0.0.1 written as one number: not a canonical address, refused as a bad URL.
+    status, body = await _preview(hs, token, site.url("/page", "2130706433"))
+    assert status == 400 and body["errcode"] == "M_INVALID_PARAM"
     assert site.hits == {}
 
 
