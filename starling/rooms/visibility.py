@@ -129,4 +129,3 @@ class HistoryVisibility:
         events = await self._events.get_events([eid])
         hv = events.get(eid)
         return effective_visibility(hv.content.get("history_visibility") if hv else None)
-
