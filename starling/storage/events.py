@@ -266,9 +266,7 @@ class EventStore:
                     " AND NOT e.soft_failed ORDER BY e.stream_ordering DESC LIMIT ?) AS q"
                     f"{len(parts)}"
                 )
-                args.extend(
-                    [room_id, lower if lower is not None else -(2**62), upper, limit]
-                )
+                args.extend([room_id, lower if lower is not None else -(2**62), upper, limit])
             rows = await self._db.fetch_all(" UNION ALL ".join(parts), *args)
             for row in rows:
                 pair = self._cached_row(row)
@@ -277,9 +275,7 @@ class EventStore:
             events.sort(key=lambda p: -(p[1].stream_ordering or 0))
         return out
 
-    async def get_state_groups_at(
-        self, room_ids: Sequence[str], position: int
-    ) -> dict[str, int]:
+    async def get_state_groups_at(self, room_ids: Sequence[str], position: int) -> dict[str, int]:
         """For each room, the state group after its last timeline event at or before
         `position` (the room's state as of that stream position). Rooms with no event by
         then are absent. One statement per 100 rooms, each an index lookup."""

@@ -354,7 +354,7 @@ def _malformed_cases() -> list[Any]:
     return [
         pytest.param(rv_id, mutation, reason, id=f"{name}-v{rv_id}")
         for name, mutation, reason in MALFORMED
-        for rv_id in getattr(mutation, "versions", ALL_VERSIONS)
+        for rv_id in sorted(getattr(mutation, "versions", ALL_VERSIONS), key=int)
     ]
 
 
