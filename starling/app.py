@@ -169,6 +169,7 @@ async def build_services(config: Config, db: Database, signing_key: SigningKey) 
     sync = build_sync(db, event_store, state_store, membership_store, room_events, notifier)
     for extension in extras.sync_extensions():
         sync.sync.add_extension(extension)
+    sync.sync.use_ignored_users(extras.account_data.get_ignored_users)
     passwords = PasswordHasher()
     auth = RequestAuthenticator(account_store)
     rate_limits = RateLimits(config)

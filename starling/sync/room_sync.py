@@ -71,6 +71,8 @@ class RoomsRequest:
     use_state_after: bool
     since_token: str | None
     next_token: str
+    # Users whose events (other than state) and invites this user does not see.
+    ignored: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -280,6 +282,7 @@ class RoomSyncBuilder:
                     (ev, meta)
                     for ev, meta in rows
                     if tfilter.matches(ev.type, ev.sender, ev.room_id, ev.content)
+                    and (ev.state_key is not None or ev.sender not in req.ignored)
                 )
             visible = await self._visibility.filter_events(
                 req.user_id, candidates, joined_rooms=joined
@@ -513,7 +516,12 @@ class RoomSyncBuilder:
         """invite_state / knock_state: stripped state at the membership event, then the
         event itself."""
         found = await self._events.get_events_with_meta(m.event_id for m in memberships)
-        pairs = [found[m.event_id] for m in memberships if m.event_id in found]
+        pairs = [
+            found[m.event_id]
+            for m in memberships
+            if m.event_id in found
+            and not (key == "invite_state" and found[m.event_id][0].sender in req.ignored)
+        ]
         keys: set[StateKey] = {(t, "") for t in STRIPPED_STATE_TYPES}
         keys |= {("m.room.member", ev.sender) for ev, _ in pairs}
         groups = [meta.state_before for _, meta in pairs if meta.state_before is not None]

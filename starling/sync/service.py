@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -50,6 +50,9 @@ class SyncRequest:
     use_state_after: bool = False
 
 
+IgnoredUsersLookup = Callable[[str], Awaitable[frozenset[str]]]
+
+
 class SyncService:
     def __init__(
         self,
@@ -63,7 +66,13 @@ class SyncService:
         self._notifier = notifier
         self._rooms = rooms
         self._extensions: list[SyncExtension] = []
+        self._ignored_users: IgnoredUsersLookup | None = None
         room_events.add_listener(self._on_new_event)
+
+    def use_ignored_users(self, lookup: IgnoredUsersLookup) -> None:
+        """Where to read a user's m.ignored_user_list: their events (other than state)
+        and their invites are left out of that user's syncs (spec: "Ignoring Users")."""
+        self._ignored_users = lookup
 
     def _on_new_event(self, event: Event, position: int) -> None:
         users = [event.state_key] if event.type == "m.room.member" and event.state_key else []
@@ -159,6 +168,11 @@ class SyncService:
                 use_state_after=req.use_state_after,
                 since_token=since.encode() if since is not None else None,
                 next_token=now.encode(),
+                ignored=(
+                    await self._ignored_users(req.user_id)
+                    if self._ignored_users is not None
+                    else frozenset()
+                ),
             )
         )
         response["rooms"] = rooms.rooms
