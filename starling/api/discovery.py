@@ -13,9 +13,15 @@ from starling.api.http import json_response
 from starling.config import Config
 from starling.errors import MatrixError
 
-# Only what is really served: each spec version is listed once everything it requires
-# of a homeserver is implemented. Extended as the Client-Server API grows.
-SUPPORTED_SPEC_VERSIONS: list[str] = []
+# The spec versions whose core Client-Server API is served (docs/status.md lists the
+# optional modules not implemented yet). v1.11 is what tells clients to use
+# authenticated media; later versions are added as their requirements are met.
+SUPPORTED_SPEC_VERSIONS: list[str] = [
+    "r0.5.0",
+    "r0.6.0",
+    "r0.6.1",
+    *(f"v1.{minor}" for minor in range(1, 12)),
+]
 UNSTABLE_FEATURES: dict[str, bool] = {}
 
 
