@@ -188,8 +188,9 @@ class StateStore:
         """Store a new group whose full state is `full_state`, written as `delta` over
         `prev_group` unless that chain is already long (then as a snapshot).
 
-        `event_nids` must map every event ID that is written (the delta's, or all of
-        full_state's for a snapshot) to its event_nid.
+        `event_nids` maps event IDs to their event_nid; those of written entries it lacks
+        are read from the events table (a snapshot writes all of full_state, while callers
+        usually know only the nids of what changed).
         """
         chain_length = 0
         if prev_group is not None:
@@ -210,6 +211,7 @@ class StateStore:
         )
         if entries:
             nids = await self._key_nids_for(txn, list(entries))
+            event_nids = await self._complete_event_nids(txn, entries.values(), event_nids)
             await txn.executemany(
                 "INSERT INTO state_group_entries (state_group, key_nid, event_nid)"
                 " VALUES (?, ?, ?)",
@@ -218,6 +220,19 @@ class StateStore:
         snapshot: StateMap = MappingProxyType(dict(full_state))
         txn.call_after_commit(lambda: self._groups.put(group, (snapshot, chain_length)))
         return group
+
+    async def _complete_event_nids(
+        self, txn: Transaction, event_ids: Iterable[str], known: Mapping[str, int]
+    ) -> Mapping[str, int]:
+        missing = {eid for eid in event_ids if eid not in known}
+        if not missing:
+            return known
+        sql = self._db.sql
+        rows = await txn.fetch_all(
+            f"SELECT event_id, event_nid FROM events WHERE {sql.in_array('event_id')}",
+            sql.array(sorted(missing)),
+        )
+        return {**known, **{str(r[0]): int(r[1]) for r in rows}}
 
     # --- current state -------------------------------------------------------------------
 

@@ -26,10 +26,12 @@ from nio import (
     RegisterResponse,
     RoomCreateEvent,
     RoomCreateResponse,
+    RoomGetStateResponse,
     RoomInviteResponse,
     RoomMemberEvent,
     RoomMessagesResponse,
     RoomMessageText,
+    RoomPutStateResponse,
     RoomReadMarkersResponse,
     RoomSendResponse,
     RoomTypingResponse,
@@ -295,3 +297,28 @@ async def _conversation(alice: AsyncClient, bob: AsyncClient, new_bob_device: As
     earlier_id = sent[-3][0]  # a message Bob sent; Alice marks it read
     expect(await alice.update_receipt_marker(room_id, earlier_id), UpdateReceiptMarkerResponse)
     await sync_until(bob, bob_since, receipt_from(alice.user_id, earlier_id), "Alice's receipt")
+
+
+async def test_long_state_history(
+    starling_server: RunningServer, alice_and_bob: tuple[AsyncClient, AsyncClient]
+) -> None:
+    """More state changes than one delta chain of state groups holds (the store then
+    writes a full snapshot): every change is accepted and the room's state stays right."""
+    alice, bob = alice_and_bob
+    assert bob.user_id is not None
+    room_id = expect(await alice.room_create(name="busy"), RoomCreateResponse).room_id
+    topics = [f"topic {i}" for i in range(80)]
+    for topic in topics:
+        expect(
+            await alice.room_put_state(room_id, "m.room.topic", {"topic": topic}),
+            RoomPutStateResponse,
+        )
+    expect(await alice.room_invite(room_id, bob.user_id), RoomInviteResponse)
+    assert expect(await bob.join(room_id), JoinResponse).room_id == room_id
+    state = expect(await bob.room_get_state(room_id), RoomGetStateResponse).events
+    by_key = {(e["type"], e["state_key"]): e["content"] for e in state}
+    assert by_key[("m.room.topic", "")] == {"topic": topics[-1]}
+    assert by_key[("m.room.name", "")] == {"name": "busy"}
+    assert by_key[("m.room.member", bob.user_id)]["membership"] == "join"
+    assert by_key[("m.room.member", alice.user_id)]["membership"] == "join"
+    assert ("m.room.create", "") in by_key and ("m.room.power_levels", "") in by_key
