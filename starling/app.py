@@ -33,6 +33,7 @@ from starling.api.client import keys as client_keys
 from starling.api.client import presence as client_presence
 from starling.api.client import profile as client_profile
 from starling.api.client import receipts as client_receipts
+from starling.api.client import relations as client_relations
 from starling.api.client import room_reads as client_room_reads
 from starling.api.client import rooms as client_rooms
 from starling.api.client import sync as client_sync
@@ -59,7 +60,9 @@ from starling.rooms.builder import EventBuilder
 from starling.rooms.creation import RoomCreator
 from starling.rooms.event_service import RoomEventService
 from starling.rooms.membership import MembershipService
+from starling.rooms.relations import RelationAggregator, RelationsService
 from starling.rooms.upgrade import RoomUpgrader
+from starling.rooms.visibility import HistoryVisibility
 from starling.storage.account_data import AccountDataStore
 from starling.storage.accounts import AccountStore, UIAuthStore
 from starling.storage.aliases import AliasExists, AliasStore
@@ -72,6 +75,7 @@ from starling.storage.memberships import MembershipStore
 from starling.storage.presence import PresenceStore
 from starling.storage.profiles import ProfileStore
 from starling.storage.receipts import ReceiptStore
+from starling.storage.relations import RelationStore
 from starling.storage.state import StateStore
 from starling.storage.streams import StreamIdGenerator
 from starling.sync.extension import SyncExtension
@@ -117,6 +121,7 @@ async def build_services(config: Config, db: Database, signing_key: SigningKey) 
     membership_store = MembershipStore(db)
     profile_store = ProfileStore(db)
     alias_store = AliasStore(db)
+    relation_store = RelationStore(db)
 
     async def profile_lookup(user_id: str) -> dict[str, Any]:
         return await profile_store.get_profile(user_id) or {}
@@ -128,6 +133,7 @@ async def build_services(config: Config, db: Database, signing_key: SigningKey) 
         membership_store,
         events_stream,
         EventBuilder(config.server_name, signing_key),
+        relation_store,
     )
     membership = MembershipService(room_events, membership_store, profile_lookup)
 
@@ -170,6 +176,18 @@ async def build_services(config: Config, db: Database, signing_key: SigningKey) 
     for extension in extras.sync_extensions():
         sync.sync.add_extension(extension)
     sync.sync.use_ignored_users(extras.account_data.get_ignored_users)
+    sync.formatter.use_aggregations(
+        RelationAggregator(
+            event_store, relation_store, extras.account_data.get_ignored_users
+        ).bundle
+    )
+    relations = RelationsService(
+        event_store,
+        relation_store,
+        HistoryVisibility(event_store, state_store, membership_store),
+        sync.formatter,
+        sync.room_history.access,
+    )
     passwords = PasswordHasher()
     auth = RequestAuthenticator(account_store)
     rate_limits = RateLimits(config)
@@ -228,6 +246,7 @@ async def build_services(config: Config, db: Database, signing_key: SigningKey) 
         sync=sync.sync,
         room_history=sync.room_history,
         filter_store=sync.filter_store,
+        relations=relations,
         typing=extras.typing,
         receipts=extras.receipts,
         unread_counts=extras.unread_counts,
@@ -363,6 +382,7 @@ CLIENT_ROUTES: list[Callable[[web.Application, Services], None]] = [
     client_account_data.register,
     client_directory.register,
     client_capabilities.register,
+    client_relations.register,
 ]
 
 

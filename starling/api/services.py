@@ -26,6 +26,7 @@ from starling.receipts.unread import UnreadCounts
 from starling.rooms.creation import RoomCreator
 from starling.rooms.event_service import RoomEventService
 from starling.rooms.membership import MembershipService
+from starling.rooms.relations import RelationsService
 from starling.rooms.upgrade import RoomUpgrader
 from starling.storage.accounts import AccountStore
 from starling.storage.aliases import AliasStore
@@ -86,6 +87,8 @@ class Services:
     sync: SyncService
     room_history: RoomHistory
     filter_store: FilterStore
+    # relations: /relations and /threads (bundled aggregations go through the formatter)
+    relations: RelationsService
     # end-to-end encryption: keys, cross-signing, to-device, device lists, key backup
     e2ee: E2ee
 

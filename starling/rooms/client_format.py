@@ -9,13 +9,14 @@ one the room version stores, so every client finds it. `event_format=federation`
 the PDU itself.
 
 Formatting takes a batch: the replaced state events and the redaction events are
-loaded in one read each.
+loaded in one read each, and the bundled aggregations (`unsigned.m.relations`: threads,
+edits, references) come from one call of the bundler for the whole batch.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,31 @@ class FormatOptions:
     include_room_id: bool = True
     event_format: str = "client"  # or "federation"
     event_fields: tuple[tuple[str, ...], ...] | None = None
+
+
+@dataclass(frozen=True)
+class ThreadBundle:
+    """The m.thread aggregation of a thread root."""
+
+    latest: EventPair
+    count: int
+    participated: bool
+
+
+@dataclass
+class Bundle:
+    """An event's bundled aggregations, before formatting (spec: "Aggregations of child
+    events")."""
+
+    thread: ThreadBundle | None = None
+    replace: EventPair | None = None  # the most recent valid edit
+    references: list[str] | None = None
+
+
+# Bundled aggregations for a batch of events, as seen by a user: event ID -> Bundle. It
+# includes the bundles of the thread roots' latest events (their edits).
+Bundler = Callable[[Sequence[EventPair], str | None], Awaitable[Mapping[str, Bundle]]]
+_NO_BUNDLES: Mapping[str, Bundle] = {}
 
 
 def now_ms() -> int:
@@ -83,6 +109,11 @@ def only_fields(event: JsonDict, paths: Sequence[tuple[str, ...]]) -> JsonDict:
 class EventFormatter:
     def __init__(self, events: EventStore) -> None:
         self._events = events
+        self._bundler: Bundler | None = None
+
+    def use_aggregations(self, bundler: Bundler) -> None:
+        """Add bundled aggregations (unsigned.m.relations), one bundler call per batch."""
+        self._bundler = bundler
 
     async def format(
         self, pairs: Sequence[EventPair], opts: FormatOptions, now: int | None = None
@@ -98,7 +129,10 @@ class EventFormatter:
             if meta.redacted_by is not None:
                 related.add(meta.redacted_by)
         loaded = await self._events.get_events_with_meta(related) if related else {}
-        return [self._one(event, meta, opts, now, loaded) for event, meta in pairs]
+        bundles = _NO_BUNDLES
+        if self._bundler is not None:
+            bundles = await self._bundler(pairs, opts.user_id)
+        return [self._one(event, meta, opts, now, loaded, bundles) for event, meta in pairs]
 
     async def format_one(self, pair: EventPair, opts: FormatOptions) -> JsonDict:
         return (await self.format([pair], opts))[0]
@@ -110,6 +144,7 @@ class EventFormatter:
         opts: FormatOptions,
         now: int,
         loaded: Mapping[str, EventPair],
+        bundles: Mapping[str, Bundle] = _NO_BUNDLES,
     ) -> JsonDict:
         pdu = event.pdu
         redaction: EventPair | None = None
@@ -144,6 +179,11 @@ class EventFormatter:
                 now,
                 {},
             )
+        bundle = bundles.get(event.event_id)
+        if bundle is not None:
+            relations = self._relations(bundle, opts, now, bundles)
+            if relations:
+                unsigned["m.relations"] = relations
         if opts.event_format == "federation":
             out = dict(pdu)
             merged = dict(out.get("unsigned") or {})
@@ -173,4 +213,25 @@ class EventFormatter:
                     out["content"] = {**content, "redacts": target}
         if opts.event_fields is not None:
             return only_fields(out, opts.event_fields)
+        return out
+
+    def _relations(
+        self, bundle: Bundle, opts: FormatOptions, now: int, bundles: Mapping[str, Bundle]
+    ) -> JsonDict:
+        """unsigned.m.relations; the events in it are formatted like the event itself."""
+        inner = FormatOptions(opts.user_id, opts.device_id, opts.include_room_id, opts.event_format)
+        out: JsonDict = {}
+        if bundle.thread is not None:
+            latest, latest_meta = bundle.thread.latest
+            # The latest reply's own bundle never has a thread (a reply cannot be a
+            # root), so this recursion stops there.
+            out["m.thread"] = {
+                "latest_event": self._one(latest, latest_meta, inner, now, {}, bundles),
+                "count": bundle.thread.count,
+                "current_user_participated": bundle.thread.participated,
+            }
+        if bundle.replace is not None:
+            out["m.replace"] = self._one(bundle.replace[0], bundle.replace[1], inner, now, {})
+        if bundle.references:
+            out["m.reference"] = {"chunk": [{"event_id": eid} for eid in bundle.references]}
         return out

@@ -27,6 +27,7 @@ from starling.rooms.builder import EventBuilder, auth_keys_for, listed_auth_even
 from starling.storage.database import Database
 from starling.storage.events import EventStore
 from starling.storage.memberships import Membership, MembershipStore
+from starling.storage.relations import RelationStore
 from starling.storage.state import StateStore
 from starling.storage.streams import StreamIdGenerator
 
@@ -57,6 +58,7 @@ class RoomEventService:
         memberships: MembershipStore,
         events_stream: StreamIdGenerator,
         builder: EventBuilder,
+        relations: RelationStore | None = None,
     ) -> None:
         self._db = db
         self._events = events
@@ -64,6 +66,7 @@ class RoomEventService:
         self._memberships = memberships
         self._stream = events_stream
         self._builder = builder
+        self._relations = relations if relations is not None else RelationStore(db)
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._listeners: list[NewEventListener] = []
 
@@ -273,6 +276,7 @@ class RoomEventService:
                 txn_id=txn_id,
             )
             nids[event.event_id] = nid
+            await self._relations.record(txn, event, position)
             group_after = group_before
             if is_state:
                 group_after = await self._state.create_group(
@@ -311,6 +315,7 @@ class RoomEventService:
             await self._memberships.record(txn, memberships)
             if redaction_target is not None:
                 await self._events.mark_redacted(txn, redaction_target, event.event_id)
+                await self._relations.on_redacted(txn, redaction_target, room_id)
             txn.call_after_commit(lambda: self._notify(event, position))
         return position
 

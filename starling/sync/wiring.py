@@ -24,6 +24,8 @@ class SyncServices:
     sync: SyncService
     room_history: RoomHistory
     filter_store: FilterStore
+    # The formatter every read path uses (bundled aggregations plug into it).
+    formatter: EventFormatter
 
 
 def build_sync(
@@ -50,4 +52,5 @@ def build_sync(
             lambda: room_events.current_position,
         ),
         filter_store=FilterStore(db),
+        formatter=formatter,
     )

@@ -1,0 +1,214 @@
+"""Relations: the children of an event, the threads of a room and the bundled
+aggregations (spec: client-server-api "Forming relationships between events",
+"Aggregations of child events", modules "Threading", "Event replacements",
+"Reference relations").
+
+`RelationAggregator.bundle` computes `unsigned.m.relations` for a batch of events being
+formatted, in a fixed number of queries whatever the batch size: thread summaries, then
+the latest valid edits and the references of the events and of the threads' latest
+replies, then the events those name. Annotations are not bundled (the spec dropped
+them); an edit or an annotation gets no aggregations of its own, an event that relates
+to another cannot be a thread root, and a redacted event gets no edit.
+
+`RelationsService` serves /relations and /threads: room access first (403), the parent
+must exist in the room and be visible to the user (404), then every child passes history
+visibility. Pages walk the events stream; tokens are the stream positions of
+`starling.sync.tokens`, so /messages and /sync tokens are accepted too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+from starling.errors import not_found
+from starling.protocol.event import Event
+from starling.rooms.client_format import (
+    Bundle,
+    EventFormatter,
+    FormatOptions,
+    JsonDict,
+    ThreadBundle,
+)
+from starling.rooms.visibility import HistoryVisibility
+from starling.storage.events import EventMeta, EventStore
+from starling.storage.relations import ANNOTATION, REPLACE, RelationStore, relation_of
+from starling.sync.tokens import pagination_token
+
+EventPair = tuple[Event, EventMeta]
+IgnoredUsersLookup = Callable[[str], Awaitable[frozenset[str]]]
+# Raises 403 M_FORBIDDEN when the user may not read the room (RoomHistory.access).
+RoomAccessCheck = Callable[[str, str], Awaitable[object]]
+
+# How deep `recurse=true` follows relations of relations (the spec asks for at least 3).
+RECURSION_DEPTH = 3
+
+
+class RelationAggregator:
+    def __init__(
+        self,
+        events: EventStore,
+        store: RelationStore,
+        ignored_users: IgnoredUsersLookup | None = None,
+    ) -> None:
+        self._events = events
+        self._store = store
+        self._ignored_users = ignored_users
+
+    async def bundle(self, pairs: Sequence[EventPair], user_id: str | None) -> dict[str, Bundle]:
+        """The bundled aggregations of each event (and of their threads' latest replies)."""
+        wanted: dict[str, EventPair] = {}
+        related: set[str] = set()
+        for event, meta in pairs:
+            if event.state_key is not None or meta.rejected_reason is not None:
+                continue  # state events get no bundled aggregations (spec)
+            relation = relation_of(event.content) if meta.redacted_by is None else None
+            if relation is not None:
+                if relation.rel_type in (REPLACE, ANNOTATION):
+                    continue
+                related.add(event.event_id)
+            wanted[event.event_id] = (event, meta)
+        if not wanted:
+            return {}
+        ignored: frozenset[str] = frozenset()
+        if user_id is not None and self._ignored_users is not None:
+            ignored = await self._ignored_users(user_id)
+
+        roots = [eid for eid in wanted if eid not in related]
+        summaries = await self._store.thread_summaries(roots, user_id, ignored)
+        extra = {s.latest_event_id for s in summaries.values()} - wanted.keys()
+        unredacted = [eid for eid, (_, meta) in wanted.items() if meta.redacted_by is None]
+        edits = await self._store.latest_edits([*unredacted, *extra])
+        references = await self._store.references([*wanted, *extra], ignored)
+        loaded = await self._events.get_events_with_meta(
+            extra | set(edits.values()) | {s.latest_event_id for s in summaries.values()}
+        )
+
+        out: dict[str, Bundle] = {}
+        for root_id, summary in summaries.items():
+            latest = loaded.get(summary.latest_event_id)
+            if latest is None:
+                continue
+            root_sender = wanted[root_id][0].sender
+            out.setdefault(root_id, Bundle()).thread = ThreadBundle(
+                latest, summary.count, summary.user_participated or root_sender == user_id
+            )
+        for parent_id, edit_id in edits.items():
+            edit = loaded.get(edit_id)
+            if edit is not None:
+                out.setdefault(parent_id, Bundle()).replace = edit
+        for parent_id, children in references.items():
+            out.setdefault(parent_id, Bundle()).references = children
+        return out
+
+
+class RelationsService:
+    def __init__(
+        self,
+        events: EventStore,
+        store: RelationStore,
+        visibility: HistoryVisibility,
+        formatter: EventFormatter,
+        room_access: RoomAccessCheck,
+    ) -> None:
+        self._events = events
+        self._store = store
+        self._visibility = visibility
+        self._formatter = formatter
+        self._room_access = room_access
+
+    async def _visible_parent(self, user_id: str, room_id: str, event_id: str) -> EventPair:
+        await self._room_access(user_id, room_id)
+        found = await self._events.get_event(event_id)
+        if (
+            found is None
+            or found[0].room_id != room_id
+            or found[1].rejected_reason is not None
+            or not await self._visibility.is_visible(user_id, found)
+        ):
+            raise not_found("Unknown parent event")
+        return found
+
+    async def _load(self, user_id: str, event_ids: Sequence[str]) -> list[EventPair]:
+        """The events, in the given order, that the user may see."""
+        got = await self._events.get_events_with_meta(event_ids)
+        pairs = [got[eid] for eid in event_ids if eid in got and not got[eid][1].soft_failed]
+        return await self._visibility.filter_events(user_id, pairs)
+
+    async def relations(
+        self,
+        user_id: str,
+        device_id: str | None,
+        room_id: str,
+        event_id: str,
+        *,
+        rel_type: str | None,
+        event_type: str | None,
+        from_pos: int | None,
+        from_token: str | None,
+        to_pos: int | None,
+        backwards: bool,
+        limit: int,
+        recurse: bool,
+    ) -> JsonDict:
+        """GET /rooms/{roomId}/relations/{eventId}[/{relType}[/{eventType}]]: one page of
+        the children, newest first when `backwards`. A position token splits the stream:
+        events at or before it are behind, events after it ahead."""
+        await self._visible_parent(user_id, room_id, event_id)
+        if backwards:
+            lower, upper = to_pos, from_pos
+        else:
+            lower, upper = from_pos, to_pos
+        rows = await self._store.get_children(
+            room_id,
+            event_id,
+            rel_type=rel_type,
+            event_type=event_type,
+            lower_exclusive=lower,
+            upper_inclusive=upper,
+            backwards=backwards,
+            limit=limit + 1,
+            recurse_depth=RECURSION_DEPTH if recurse else 1,
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        visible = await self._load(user_id, [eid for eid, _ in rows])
+        body: JsonDict = {
+            "chunk": await self._formatter.format(visible, FormatOptions(user_id, device_id))
+        }
+        if more and rows:
+            last = rows[-1][1]
+            body["next_batch"] = pagination_token(last - 1 if backwards else last)
+        if from_token is not None:
+            body["prev_batch"] = from_token
+        if recurse:
+            body["recursion_depth"] = RECURSION_DEPTH
+        return body
+
+    async def threads(
+        self,
+        user_id: str,
+        device_id: str | None,
+        room_id: str,
+        *,
+        participated_only: bool,
+        from_pos: int | None,
+        limit: int,
+    ) -> JsonDict:
+        """GET /rooms/{roomId}/threads: the thread roots by latest reply, newest first."""
+        await self._room_access(user_id, room_id)
+        rows = await self._store.get_threads(
+            room_id, from_pos, limit + 1, user_id if participated_only else None
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        roots = [
+            pair
+            for pair in await self._load(user_id, [eid for eid, _ in rows])
+            if pair[0].room_id == room_id
+        ]
+        body: JsonDict = {
+            "chunk": await self._formatter.format(roots, FormatOptions(user_id, device_id))
+        }
+        if more and rows:
+            body["next_batch"] = pagination_token(rows[-1][1] - 1)
+        return body
