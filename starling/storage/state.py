@@ -24,6 +24,27 @@ MAX_CHAIN_LENGTH = 32
 StateMap = Mapping[StateKey, str]
 
 
+def _chain_query(dialect_in_array: str, key_filter: str = "") -> str:
+    """Every entry of the groups in the array parameter and of the groups their delta
+    chains lead to, with each root group and its distance down the chain (oldest last)."""
+    return (
+        "WITH RECURSIVE chain (root, g, dist) AS ("
+        "  SELECT sg.state_group, sg.state_group, 0 FROM state_groups sg"
+        f"  WHERE {dialect_in_array}"
+        "  UNION ALL"
+        "  SELECT chain.root, sg.prev_group, chain.dist + 1 FROM state_groups sg"
+        "  JOIN chain ON sg.state_group = chain.g WHERE sg.prev_group IS NOT NULL"
+        ")"
+        " SELECT chain.root, k.type, k.state_key, ev.event_id, chain.dist"
+        " FROM chain"
+        " JOIN state_group_entries sge ON sge.state_group = chain.g"
+        " JOIN state_keys k ON k.key_nid = sge.key_nid"
+        " JOIN events ev ON ev.event_nid = sge.event_nid"
+        f"{key_filter}"
+        " ORDER BY chain.root, chain.dist DESC"
+    )
+
+
 class StateStore:
     def __init__(self, db: Database, cache_size: int = 5_000) -> None:
         self._db = db
@@ -39,32 +60,13 @@ class StateStore:
 
     async def _load_group(self, group: int) -> tuple[StateMap, int]:
         hit = self._groups.get(group)
-        if hit is not None:
-            return hit
-        rows = await self._db.fetch_all(
-            "WITH RECURSIVE chain (g, dist) AS ("
-            "  SELECT CAST(? AS BIGINT), 0"
-            "  UNION ALL"
-            "  SELECT sg.prev_group, chain.dist + 1 FROM state_groups sg"
-            "  JOIN chain ON sg.state_group = chain.g WHERE sg.prev_group IS NOT NULL"
-            ")"
-            " SELECT k.type, k.state_key, ev.event_id, chain.dist"
-            " FROM chain"
-            " JOIN state_group_entries sge ON sge.state_group = chain.g"
-            " JOIN state_keys k ON k.key_nid = sge.key_nid"
-            " JOIN events ev ON ev.event_nid = sge.event_nid"
-            " ORDER BY chain.dist DESC",
-            group,
-        )
-        state: dict[StateKey, str] = {}
-        chain_length = 0
-        # Oldest group first, so nearer deltas overwrite what they changed.
-        for etype, state_key, event_id, dist in rows:
-            state[(etype, state_key)] = event_id
-            chain_length = max(chain_length, int(dist))
-        frozen: StateMap = MappingProxyType(state)
-        self._groups.put(group, (frozen, chain_length))
-        return frozen, chain_length
+        if hit is None:
+            await self.get_state_ids_for_groups([group])
+            hit = self._groups.get(group)
+        if hit is None:  # evicted at once by a tiny cache: read without caching
+            state = (await self.get_state_ids_for_groups([group]))[group]
+            return state, 0
+        return hit
 
     async def get_state_ids_for_groups(self, groups: Iterable[int]) -> dict[int, StateMap]:
         """Full state for several groups: cached ones free, the rest in one query."""
@@ -79,19 +81,7 @@ class StateStore:
         if not missing:
             return out
         rows = await self._db.fetch_all(
-            "WITH RECURSIVE chain (root, g, dist) AS ("
-            "  SELECT sg.state_group, sg.state_group, 0 FROM state_groups sg"
-            f"  WHERE {self._db.sql.in_array('sg.state_group')}"
-            "  UNION ALL"
-            "  SELECT chain.root, sg.prev_group, chain.dist + 1 FROM state_groups sg"
-            "  JOIN chain ON sg.state_group = chain.g WHERE sg.prev_group IS NOT NULL"
-            ")"
-            " SELECT chain.root, k.type, k.state_key, ev.event_id, chain.dist"
-            " FROM chain"
-            " JOIN state_group_entries sge ON sge.state_group = chain.g"
-            " JOIN state_keys k ON k.key_nid = sge.key_nid"
-            " JOIN events ev ON ev.event_nid = sge.event_nid"
-            " ORDER BY chain.root, chain.dist DESC",
+            _chain_query(self._db.sql.in_array("sg.state_group")),
             self._db.sql.array(missing),
         )
         states: dict[int, dict[StateKey, str]] = {g: {} for g in missing}
@@ -126,21 +116,11 @@ class StateStore:
         types = sorted({t for t, _ in wanted})
         state_keys = sorted({sk for _, sk in wanted})
         rows = await self._db.fetch_all(
-            "WITH RECURSIVE chain (root, g, dist) AS ("
-            "  SELECT sg.state_group, sg.state_group, 0 FROM state_groups sg"
-            f"  WHERE {self._db.sql.in_array('sg.state_group')}"
-            "  UNION ALL"
-            "  SELECT chain.root, sg.prev_group, chain.dist + 1 FROM state_groups sg"
-            "  JOIN chain ON sg.state_group = chain.g WHERE sg.prev_group IS NOT NULL"
-            ")"
-            " SELECT chain.root, k.type, k.state_key, ev.event_id, chain.dist"
-            " FROM chain"
-            " JOIN state_group_entries sge ON sge.state_group = chain.g"
-            " JOIN state_keys k ON k.key_nid = sge.key_nid"
-            " JOIN events ev ON ev.event_nid = sge.event_nid"
-            f" WHERE {self._db.sql.in_array('k.type')}"
-            f" AND {self._db.sql.in_array('k.state_key')}"
-            " ORDER BY chain.root, chain.dist DESC",
+            _chain_query(
+                self._db.sql.in_array("sg.state_group"),
+                f" WHERE {self._db.sql.in_array('k.type')}"
+                f" AND {self._db.sql.in_array('k.state_key')}",
+            ),
             self._db.sql.array(missing),
             self._db.sql.array(types),
             self._db.sql.array(state_keys),
