@@ -32,6 +32,7 @@ from starling.api.client import key_backup as client_key_backup
 from starling.api.client import keys as client_keys
 from starling.api.client import presence as client_presence
 from starling.api.client import profile as client_profile
+from starling.api.client import pushrules as client_pushrules
 from starling.api.client import receipts as client_receipts
 from starling.api.client import relations as client_relations
 from starling.api.client import room_reads as client_room_reads
@@ -53,6 +54,8 @@ from starling.presence.service import PresenceService
 from starling.profile.service import ProfileService
 from starling.protocol.event import Event
 from starling.protocol.signing import SigningKey
+from starling.push.pushers import PusherService
+from starling.push.service import PushRulesService
 from starling.ratelimit import RateLimits
 from starling.receipts.service import ReceiptsService
 from starling.receipts.unread import UnreadCounts
@@ -254,6 +257,8 @@ async def build_services(config: Config, db: Database, signing_key: SigningKey) 
         presence=extras.presence,
         profile=extras.profile,
         directory=extras.directory,
+        push_rules=extras.push_rules,
+        pushers=PusherService(extras.account_data),
         e2ee=e2ee,
     )
 
@@ -267,6 +272,7 @@ class RoomExtras:
     presence: PresenceService
     profile: ProfileService
     directory: DirectoryService
+    push_rules: PushRulesService
 
     def sync_extensions(self) -> list[SyncExtension]:
         # Unread counts go last: they fill in the rooms the others put in the response.
@@ -290,6 +296,7 @@ async def build_room_extras(
         AccountDataStore(db, await StreamIdGenerator.create(db, "account_data")), notifier
     )
     receipt_store = ReceiptStore(db, await StreamIdGenerator.create(db, "receipts"))
+    push_rules = PushRulesService(account_data, membership_store, profile_store, room_events)
     presence = await PresenceService.create(
         PresenceStore(db, await StreamIdGenerator.create(db, "presence")),
         membership_store,
@@ -309,6 +316,7 @@ async def build_room_extras(
             membership_store,
             profile_store,
             room_events,
+            push_rules,
         ),
         account_data=account_data,
         presence=presence,
@@ -323,6 +331,7 @@ async def build_room_extras(
             event_store,
             room_events,
         ),
+        push_rules=push_rules,
     )
     room_events.add_listener(extras.directory.on_new_event)
     room_events.add_listener(extras.typing.on_new_event)
@@ -382,6 +391,7 @@ CLIENT_ROUTES: list[Callable[[web.Application, Services], None]] = [
     client_account_data.register,
     client_directory.register,
     client_capabilities.register,
+    client_pushrules.register,
     client_relations.register,
 ]
 

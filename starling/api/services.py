@@ -20,6 +20,8 @@ from starling.notifier import Notifier
 from starling.presence.service import PresenceService
 from starling.profile.service import ProfileService
 from starling.protocol.signing import SigningKey
+from starling.push.pushers import PusherService
+from starling.push.service import PushRulesService
 from starling.ratelimit import RateLimits
 from starling.receipts.service import ReceiptsService
 from starling.receipts.unread import UnreadCounts
@@ -83,6 +85,9 @@ class Services:
     presence: PresenceService
     profile: ProfileService
     directory: DirectoryService
+    # push rules (their evaluation feeds unread counts) and pushers (stored, not delivered)
+    push_rules: PushRulesService
+    pushers: PusherService
     # sync: /sync (extensions register with `sync.add_extension`), filters, room reads
     sync: SyncService
     room_history: RoomHistory

@@ -1,15 +1,15 @@
 """Unread notification counts for /sync: `unread_notifications` (and, when the filter
 asks, `unread_thread_notifications`) of each joined room.
 
-Full push-rule evaluation is not implemented. The counts follow the spec's default
-push rules in a simplified form: an event notifies the user when it is from someone else,
-after the user's latest m.read / m.read.private receipt (unthreaded, or of the event's
-thread) and after the user joined, and is a message (not an m.notice, not an edit), an
-encrypted event, a sticker, a call invite, a poll start, or an invite of the user.
-Other state events do not count. It is a highlight when its m.mentions lists the user,
-or m.mentions.room is set by a sender with the room's "room" notification power; without
-m.mentions, when its body contains the user's display name or localpart (as a word), or
-"@room" from such a sender. Counting stops at UNREAD_CAP per room (clients show "99+").
+The counts come from the user's push rules (spec: client-server-api modules/push.md,
+"Receiving notifications"): an event counts when it is from someone else, after the user's
+latest m.read / m.read.private receipt (unthreaded, or of the event's thread) and after
+the user joined, and the user's rules give it the "notify" action; it is a highlight when
+they also set the "highlight" tweak. The rules are evaluated here, when the counts are
+asked for, on the newest events of each room after those bounds (at most
+SCAN_FACTOR * UNREAD_CAP per room, in one query); counting stops at UNREAD_CAP per room
+(clients show "99+"). Evaluation per event is pure and cheap; the compiled rule sets are
+cached by the push rules service until the user's m.push_rules change.
 
 The counts change with every new event and receipt, so this extension's "position" is
 the sum of the events and receipts positions: it moves whenever either stream does.
@@ -19,12 +19,11 @@ must be registered after the extensions that add rooms (typing, receipts, accoun
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import Any
 
-from starling.protocol.event import Event
-from starling.protocol.power_levels import PowerLevels
+from starling.protocol.push_rules import is_highlight, notifies
+from starling.push.service import PushRulesService
 from starling.receipts.sections import joined_room, wants_thread_counts
 from starling.receipts.service import MAIN_THREAD, thread_of
 from starling.rooms.event_service import RoomEventService
@@ -32,51 +31,17 @@ from starling.storage.database import Database
 from starling.storage.events import EventStore
 from starling.storage.memberships import MembershipStore
 from starling.storage.profiles import ProfileStore
-from starling.storage.receipts import ReceiptStore, unread_candidates
+from starling.storage.receipts import ReceiptStore, events_after_bounds
 from starling.storage.streams import StreamIdGenerator
 from starling.sync.extension import SyncContext
 
 UNREAD_CAP = 100
-NOTIFYING_TYPES = (
-    "m.room.message",
-    "m.room.encrypted",
-    "m.sticker",
-    "m.call.invite",
-    "m.poll.start",
-    "org.matrix.msc3381.poll.start",
-)
+# How many of the newest events after the read receipt are evaluated per room, as a
+# multiple of UNREAD_CAP: non-notifying events (reactions, edits, member changes) share
+# the window with the ones that count.
+SCAN_FACTOR = 3
 
 Counts = dict[str, list[int]]  # thread ("main" or root ID) -> [notifications, highlights]
-
-
-def _word_pattern(text: str) -> re.Pattern[str]:
-    return re.compile(rf"(?<!\w){re.escape(text)}(?!\w)", re.IGNORECASE)
-
-
-class _Mentions:
-    """What highlights one user: their ID, display name and localpart."""
-
-    def __init__(self, user_id: str, displayname: str | None) -> None:
-        self.user_id = user_id
-        localpart = user_id[1:].split(":", 1)[0]
-        self.patterns = [_word_pattern(localpart)]
-        if displayname and displayname.strip():
-            self.patterns.append(_word_pattern(displayname.strip()))
-
-    def in_body(self, body: Any) -> bool:
-        return isinstance(body, str) and any(p.search(body) for p in self.patterns)
-
-
-def _notifies(event: Event, user_id: str) -> bool:
-    if event.type == "m.room.member":
-        return event.state_key == user_id and event.membership == "invite"
-    if event.type == "m.room.message":
-        if event.content.get("msgtype") == "m.notice":
-            return False
-        relates = event.content.get("m.relates_to")
-        if isinstance(relates, dict) and relates.get("rel_type") == "m.replace":
-            return False
-    return True
 
 
 class UnreadCounts:
@@ -93,6 +58,7 @@ class UnreadCounts:
         memberships: MembershipStore,
         profiles: ProfileStore,
         room_events: RoomEventService,
+        push_rules: PushRulesService,
     ) -> None:
         self._db = db
         self._receipts = receipts
@@ -101,6 +67,7 @@ class UnreadCounts:
         self._memberships = memberships
         self._profiles = profiles
         self._room_events = room_events
+        self._push_rules = push_rules
 
     def current_position(self) -> int:
         return self._events_stream.current_position() + self._receipts.stream.current_position()
@@ -116,65 +83,33 @@ class UnreadCounts:
         for room_id in rooms:
             joined_at = memberships[room_id].stream_ordering or 0
             lower[room_id] = max(joined_at, read.get(room_id, {}).get("", 0))
-        candidates = await unread_candidates(self._db, user_id, lower, NOTIFYING_TYPES, UNREAD_CAP)
-        events = await self._events.get_events([eid for _, eid, _ in candidates])
-        profile = await self._profiles.get_profile(user_id) or {}
-        mentions = _Mentions(user_id, profile.get("displayname"))
-        out: dict[str, Counts] = {r: {} for r in rooms}
-        room_power: dict[str, PowerLevels | None] = {}
+        cap = UNREAD_CAP
+        candidates = await events_after_bounds(self._db, user_id, lower, SCAN_FACTOR * cap)
+        candidates.sort(key=lambda c: c[2], reverse=True)  # newest first
+        loaded = await self._events.get_events([eid for _, eid, _ in candidates])
+        # Events of threads already read are skipped before evaluating the rest.
+        unread = []
         for room_id, event_id, position in candidates:
-            event = events.get(event_id)
-            if event is None or not _notifies(event, user_id):
+            event = loaded.get(event_id)
+            if event is None:
                 continue
             thread = thread_of(event)
             if position <= read.get(room_id, {}).get(thread, -1):
                 continue
+            unread.append((room_id, event, thread))
+        actions = await self._push_rules.actions_for(user_id, (e for _, e, _ in unread))
+        out: dict[str, Counts] = {r: {} for r in rooms}
+        counted: dict[str, int] = {}
+        for room_id, event, thread in unread:
+            event_actions = actions.get(event.event_id)
+            if not notifies(event_actions) or counted.get(room_id, 0) >= cap:
+                continue
+            counted[room_id] = counted.get(room_id, 0) + 1
             counter = out[room_id].setdefault(thread, [0, 0])
             counter[0] += 1
-            if await self._highlights(event, mentions, room_power):
+            if is_highlight(event_actions):
                 counter[1] += 1
         return out
-
-    async def _highlights(
-        self, event: Event, mentions: _Mentions, room_power: dict[str, PowerLevels | None]
-    ) -> bool:
-        if event.type not in ("m.room.message", "m.sticker", "m.poll.start"):
-            return False
-        content = event.content
-        declared = content.get("m.mentions")
-        if isinstance(declared, dict):
-            user_ids = declared.get("user_ids")
-            if isinstance(user_ids, list) and mentions.user_id in user_ids:
-                return True
-            if declared.get("room") is True:
-                return await self._may_notify_room(event, room_power)
-            return False
-        body = content.get("body")
-        if mentions.in_body(body):
-            return True
-        if isinstance(body, str) and "@room" in body:
-            return await self._may_notify_room(event, room_power)
-        return False
-
-    async def _may_notify_room(
-        self, event: Event, room_power: dict[str, PowerLevels | None]
-    ) -> bool:
-        if event.room_id not in room_power:
-            state = await self._room_events.current_state_events(
-                event.room_id, [("m.room.create", ""), ("m.room.power_levels", "")]
-            )
-            create = state.get(("m.room.create", ""))
-            room_power[event.room_id] = (
-                None
-                if create is None
-                else PowerLevels.from_state(
-                    create, state.get(("m.room.power_levels", "")), create.room_version
-                )
-            )
-        levels = room_power[event.room_id]
-        return levels is not None and levels.user_level(event.sender) >= levels.notification_level(
-            "room"
-        )
 
     # --- SyncExtension ---------------------------------------------------------------
 

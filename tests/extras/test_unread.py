@@ -88,7 +88,9 @@ async def test_highlights(hs: Harness) -> None:
         hs, alice_token, room_id, {"msgtype": "m.text", "body": "all", "m.mentions": {"room": True}}
     )
     got = (await counts(hs, bob))[room_id]["unread_notifications"]
-    assert got == {"notification_count": 5, "highlight_count": 3}
+    # The pill and the @room highlight. The localpart in the body alone does not: spec
+    # v1.17 removed the body-based default rules (.m.rule.contains_user_name and friends).
+    assert got == {"notification_count": 5, "highlight_count": 2}
     # bob has no power for @room: alice gets no highlight from it.
     await send(
         hs, bob_token, room_id, {"msgtype": "m.text", "body": "all", "m.mentions": {"room": True}}
@@ -101,6 +103,18 @@ async def test_display_name_highlights(hs: Harness) -> None:
     _alice, alice_token, bob, bob_token, room_id = await shared_room(hs)
     status, _ = await hs.request(
         "PUT", f"{V3}/profile/{bob}/displayname", bob_token, {"displayname": "Robert Tables"}
+    )
+    assert status == 200
+    # The spec's defaults no longer look for display names in bodies (v1.17): bob opts in
+    # with his own rule using the contains_display_name condition.
+    status, _ = await hs.request(
+        "PUT",
+        f"{V3}/pushrules/global/override/my-name",
+        bob_token,
+        {
+            "conditions": [{"kind": "contains_display_name"}],
+            "actions": ["notify", {"set_tweak": "highlight"}],
+        },
     )
     assert status == 200
     await hs.send_message(alice_token, room_id, "ask robert tables about it")

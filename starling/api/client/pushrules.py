@@ -1,0 +1,177 @@
+"""Client-Server API: push rules and pushers.
+
+Spec: client-server-api modules/push.md, pushrules.yaml (#get_matrixclientv3pushrules,
+#get_matrixclientv3pushrulesglobal, GET/PUT/DELETE
+#put_matrixclientv3pushrulesglobalkindruleid, .../enabled, .../actions) and pusher.yaml
+(#get_matrixclientv3pushers, #post_matrixclientv3pushersset).
+
+Only the "global" scope exists. Server-default rules (IDs starting with ".") can be
+enabled/disabled and given other actions, but not created, moved or deleted (400).
+Pushers are stored and listed; nothing is delivered to push gateways yet (see
+starling.push.pushers). GET /notifications is not implemented.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from aiohttp import web
+
+from starling.api.client.common import require_user
+from starling.api.http import json_response, read_json_object
+from starling.api.services import Services
+from starling.errors import MatrixError, invalid_param, not_found
+from starling.protocol import push_rules as pr
+
+V3 = "/_matrix/client/v3"
+T = TypeVar("T")
+
+
+async def _push_errors(call: Awaitable[T]) -> T:
+    """The protocol core's rule errors as Matrix errors."""
+    try:
+        return await call
+    except pr.PushRuleNotFound as e:
+        raise not_found(str(e.args[0]) if e.args else "Unknown push rule") from None
+    except pr.PushRuleAnchorNotFound as e:
+        raise MatrixError(400, "M_UNKNOWN", str(e.args[0])) from None
+    except pr.PushRuleError as e:
+        raise invalid_param(str(e)) from None
+
+
+def _kind(request: web.Request) -> str:
+    kind = request.match_info["kind"]
+    if kind not in pr.KINDS:
+        raise invalid_param(f"Unknown push rule kind {kind!r}")
+    return kind
+
+
+class PushRuleRoutes:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+
+    # GET /pushrules/
+    async def get_all(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        ruleset = await self.svc.push_rules.get_ruleset(requester.user_id)
+        return json_response({"global": ruleset})
+
+    # GET /pushrules/global/
+    async def get_global(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        return json_response(await self.svc.push_rules.get_ruleset(requester.user_id))
+
+    # GET /pushrules/global/{kind}/{ruleId}
+    async def get_rule(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        rule = await _push_errors(
+            self.svc.push_rules.get_rule(
+                requester.user_id, _kind(request), request.match_info["ruleId"]
+            )
+        )
+        return json_response(rule)
+
+    # PUT /pushrules/global/{kind}/{ruleId}
+    async def put_rule(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        kind = _kind(request)
+        body = await read_json_object(request)
+        await _push_errors(
+            self.svc.push_rules.put_rule(
+                requester.user_id,
+                kind,
+                request.match_info["ruleId"],
+                body,
+                before=request.query.get("before"),
+                after=request.query.get("after"),
+            )
+        )
+        return json_response({})
+
+    # DELETE /pushrules/global/{kind}/{ruleId}
+    async def delete_rule(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        await _push_errors(
+            self.svc.push_rules.delete_rule(
+                requester.user_id, _kind(request), request.match_info["ruleId"]
+            )
+        )
+        return json_response({})
+
+    async def _attribute(self, request: web.Request, name: str) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        rule = await _push_errors(
+            self.svc.push_rules.get_rule(
+                requester.user_id, _kind(request), request.match_info["ruleId"]
+            )
+        )
+        return json_response({name: rule[name]})
+
+    # GET /pushrules/global/{kind}/{ruleId}/enabled
+    async def get_enabled(self, request: web.Request) -> web.Response:
+        return await self._attribute(request, "enabled")
+
+    # GET /pushrules/global/{kind}/{ruleId}/actions
+    async def get_actions(self, request: web.Request) -> web.Response:
+        return await self._attribute(request, "actions")
+
+    # PUT /pushrules/global/{kind}/{ruleId}/enabled
+    async def put_enabled(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        kind = _kind(request)
+        body = await read_json_object(request)
+        enabled = body.get("enabled")
+        if not isinstance(enabled, bool):
+            raise invalid_param("'enabled' must be a boolean")
+        await _push_errors(
+            self.svc.push_rules.set_enabled(
+                requester.user_id, kind, request.match_info["ruleId"], enabled
+            )
+        )
+        return json_response({})
+
+    # PUT /pushrules/global/{kind}/{ruleId}/actions
+    async def put_actions(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        kind = _kind(request)
+        body = await read_json_object(request)
+        if "actions" not in body:
+            raise MatrixError(400, "M_MISSING_PARAM", "Missing 'actions'")
+        await _push_errors(
+            self.svc.push_rules.set_actions(
+                requester.user_id, kind, request.match_info["ruleId"], body["actions"]
+            )
+        )
+        return json_response({})
+
+    # GET /pushers
+    async def get_pushers(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        return json_response({"pushers": await self.svc.pushers.get_pushers(requester.user_id)})
+
+    # POST /pushers/set
+    async def set_pusher(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        body = await read_json_object(request)
+        await self.svc.pushers.set_pusher(requester.user_id, body)
+        return json_response({})
+
+
+def register(app: web.Application, svc: Services) -> None:
+    r = PushRuleRoutes(svc)
+    routes: list[tuple[str, str, Callable[[web.Request], Awaitable[web.Response]]]] = [
+        ("GET", "/pushrules/", r.get_all),
+        ("GET", "/pushrules/global/", r.get_global),
+        ("GET", "/pushrules/global/{kind}/{ruleId}", r.get_rule),
+        ("PUT", "/pushrules/global/{kind}/{ruleId}", r.put_rule),
+        ("DELETE", "/pushrules/global/{kind}/{ruleId}", r.delete_rule),
+        ("GET", "/pushrules/global/{kind}/{ruleId}/enabled", r.get_enabled),
+        ("PUT", "/pushrules/global/{kind}/{ruleId}/enabled", r.put_enabled),
+        ("GET", "/pushrules/global/{kind}/{ruleId}/actions", r.get_actions),
+        ("PUT", "/pushrules/global/{kind}/{ruleId}/actions", r.put_actions),
+        ("GET", "/pushers", r.get_pushers),
+        ("POST", "/pushers/set", r.set_pusher),
+    ]
+    for method, path, handler in routes:
+        app.router.add_route(method, V3 + path, handler)

@@ -1,0 +1,1 @@
+"""Push notifications: per-user push rules and their evaluation, and pushers."""

@@ -1,0 +1,121 @@
+"""Pushers: where a user's notifications should be sent (spec: client-server-api
+modules/push.md, pusher.yaml: GET /pushers, POST /pushers/set).
+
+Pushers are stored and listed only. **Nothing is delivered yet**: Starling does not call
+push gateways (`/_matrix/push/v1/notify`) nor send notification e-mails, so a registered
+pusher has no effect beyond being listed.
+
+Storage, for now: one entry per user in the account_data table under the reserved room
+key `PUSHERS_ROOM` (never a room ID, so /sync never sends it), content
+{"pushers": [pusher, ...]}. This keeps the schema unchanged; a dedicated table is due when
+delivery arrives. Known gap of this interim store: `append: false` cannot remove the same
+app_id/pushkey registered by *other* users (it needs a cross-user lookup).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from typing import Any
+from urllib.parse import urlsplit
+
+from starling.account_data.service import AccountDataService
+from starling.errors import bad_json, invalid_param, missing_param
+
+PUSHERS_ROOM = "pushers"
+PUSHERS_TYPE = "org.starling.pushers"
+KINDS = frozenset({"http", "email"})
+MAX_APP_ID_CHARS = 64
+MAX_PUSHKEY_BYTES = 512
+MAX_PUSHERS_PER_USER = 100
+NOTIFY_PATH = "/_matrix/push/v1/notify"
+_REQUIRED_WHEN_SET = ("app_display_name", "device_display_name", "lang", "data")
+_LISTED = (
+    "pushkey",
+    "kind",
+    "app_id",
+    "app_display_name",
+    "device_display_name",
+    "profile_tag",
+    "lang",
+    "data",
+)
+
+
+def _validated(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The pusher to store, or None for a deletion (kind null). Raises MatrixError."""
+    missing = [k for k in ("kind", "app_id", "pushkey") if k not in body]
+    if missing:
+        raise missing_param(f"Missing parameters: {', '.join(missing)}")
+    app_id, pushkey, kind = body["app_id"], body["pushkey"], body["kind"]
+    if not isinstance(app_id, str) or not app_id or len(app_id) > MAX_APP_ID_CHARS:
+        raise invalid_param(f"'app_id' must be a string of 1-{MAX_APP_ID_CHARS} characters")
+    if not isinstance(pushkey, str) or not pushkey or len(pushkey.encode()) > MAX_PUSHKEY_BYTES:
+        raise invalid_param(f"'pushkey' must be a string of 1-{MAX_PUSHKEY_BYTES} bytes")
+    if kind is None:
+        return None
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise invalid_param('\'kind\' must be "http", "email" or null')
+    missing = [k for k in _REQUIRED_WHEN_SET if body.get(k) is None]
+    if missing:
+        raise missing_param(f"Missing parameters: {', '.join(missing)}")
+    for key in ("app_display_name", "device_display_name", "lang"):
+        if not isinstance(body[key], str):
+            raise bad_json(f"'{key}' must be a string")
+    profile_tag = body.get("profile_tag")
+    if profile_tag is not None and not isinstance(profile_tag, str):
+        raise bad_json("'profile_tag' must be a string")
+    data = body["data"]
+    if not isinstance(data, dict):
+        raise bad_json("'data' must be an object")
+    if kind == "http":
+        url = data.get("url")
+        if not isinstance(url, str):
+            raise missing_param("'url' is required in 'data' for http pushers")
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            raise invalid_param("'data.url' is not a URL") from None
+        # The spec asks clients for HTTPS; plain http is accepted (local gateways, tests).
+        if parts.scheme not in ("https", "http") or not parts.netloc or parts.path != NOTIFY_PATH:
+            raise invalid_param(f"'data.url' must be an HTTPS URL with the path {NOTIFY_PATH}")
+    elif "@" not in pushkey:
+        raise invalid_param("An email pusher's 'pushkey' must be an email address")
+    pusher = {k: body[k] for k in _LISTED if body.get(k) is not None}
+    return pusher
+
+
+class PusherService:
+    def __init__(self, account_data: AccountDataService) -> None:
+        self._account_data = account_data
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    async def get_pushers(self, user_id: str) -> list[dict[str, Any]]:
+        content = await self._account_data.get(user_id, PUSHERS_ROOM, PUSHERS_TYPE)
+        pushers = content.get("pushers") if content else None
+        return [p for p in pushers if isinstance(p, dict)] if isinstance(pushers, list) else []
+
+    async def set_pusher(self, user_id: str, body: dict[str, Any]) -> None:
+        """POST /pushers/set: create, replace (same app_id and pushkey) or delete."""
+        pusher = _validated(body)
+        append = body.get("append", False)
+        if not isinstance(append, bool):
+            raise bad_json("'append' must be a boolean")
+        key = (body["app_id"], body["pushkey"])
+        lock = self._locks.get(user_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[user_id] = lock
+        async with lock:
+            current = await self.get_pushers(user_id)
+            kept = [p for p in current if (p.get("app_id"), p.get("pushkey")) != key]
+            if pusher is None:
+                if len(kept) == len(current):
+                    return  # deleting a pusher that does not exist is not an error
+            else:
+                if len(kept) >= MAX_PUSHERS_PER_USER:
+                    raise invalid_param(f"A user can have at most {MAX_PUSHERS_PER_USER} pushers")
+                kept.append(pusher)
+            await self._account_data.set_account_data(
+                user_id, PUSHERS_ROOM, PUSHERS_TYPE, {"pushers": kept}
+            )

@@ -1,0 +1,1 @@
+"""Push rules and pushers over the Client-Server API."""
