@@ -4,9 +4,10 @@ aggregations (spec: client-server-api "Forming relationships between events",
 "Reference relations").
 
 `RelationAggregator.bundle` computes `unsigned.m.relations` for a batch of events being
-formatted, in a fixed number of queries whatever the batch size: thread summaries, then
-the latest valid edits and the references of the events and of the threads' latest
-replies, then the events those name. Annotations are not bundled (the spec dropped
+formatted, in a fixed number of queries whatever the batch size: one statement for the
+thread summaries, latest valid edits and references of the events; when there are
+threads, one more for the edits and references of their latest replies; then one read
+of the events named. Annotations are not bundled (the spec dropped
 them); an edit or an annotation gets no aggregations of its own, an event that relates
 to another cannot be a thread root, and a redacted event gets no edit.
 
@@ -73,15 +74,32 @@ class RelationAggregator:
         if user_id is not None and self._ignored_users is not None:
             ignored = await self._ignored_users(user_id)
 
-        roots = [eid for eid in wanted if eid not in related]
-        summaries = await self._store.thread_summaries(roots, user_id, ignored)
-        extra = {s.latest_event_id for s in summaries.values()} - wanted.keys()
-        unredacted = [eid for eid, (_, meta) in wanted.items() if meta.redacted_by is None]
-        edits = await self._store.latest_edits([*unredacted, *extra])
-        references = await self._store.references([*wanted, *extra], ignored)
-        loaded = await self._events.get_events_with_meta(
-            extra | set(edits.values()) | {s.latest_event_id for s in summaries.values()}
+        # Round one: the events themselves. Round two, only when there are threads:
+        # the edits and references of the threads' latest replies.
+        found = await self._store.aggregations(
+            thread_roots=[eid for eid in wanted if eid not in related],
+            edit_targets=[eid for eid, (_, meta) in wanted.items() if meta.redacted_by is None],
+            reference_targets=list(wanted),
+            user_id=user_id,
+            ignored=ignored,
         )
+        summaries = found.threads
+        edits = dict(found.edits)
+        references = dict(found.references)
+        latest_ids = {s.latest_event_id for s in summaries.values()}
+        extra = sorted(latest_ids - wanted.keys())
+        if extra:
+            more = await self._store.aggregations(
+                thread_roots=[],
+                edit_targets=extra,
+                reference_targets=extra,
+                user_id=user_id,
+                ignored=ignored,
+            )
+            edits.update(more.edits)
+            references.update(more.references)
+        to_load = latest_ids | set(edits.values())
+        loaded = await self._events.get_events_with_meta(to_load) if to_load else {}
 
         out: dict[str, Bundle] = {}
         for root_id, summary in summaries.items():

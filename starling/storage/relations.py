@@ -75,6 +75,13 @@ class ThreadSummary:
     user_participated: bool  # the asking user sent a reply
 
 
+@dataclass(frozen=True, slots=True)
+class Aggregations:
+    threads: dict[str, ThreadSummary]  # thread root -> summary
+    edits: dict[str, str]  # original -> its latest valid edit
+    references: dict[str, list[str]]  # parent -> referencing events, oldest first
+
+
 class RelationStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -256,81 +263,85 @@ class RelationStore:
 
     # --- aggregations --------------------------------------------------------------------
 
+    async def aggregations(
+        self,
+        *,
+        thread_roots: Sequence[str],
+        edit_targets: Sequence[str],
+        reference_targets: Sequence[str],
+        user_id: str | None,
+        ignored: frozenset[str],
+    ) -> Aggregations:
+        """The raw material of bundled aggregations, in one statement:
+
+        - for each of `thread_roots` that has replies: the latest reply, the number of
+          replies and whether `user_id` sent one;
+        - for each of `edit_targets`: its most recent valid replacement (same room, same
+          sender, same type, the original not a state event; spec: "Validity of
+          replacement events"), by origin_server_ts, then the largest event ID;
+        - for each of `reference_targets`: the events that m.reference it, oldest first.
+
+        Children sent by `ignored` users are left out of threads and references.
+        """
+        parts: list[str] = []
+        args: list[Any] = []
+        array = self._db.sql.array
+        join_parent = "JOIN events p ON p.event_id = r.relates_to_id AND p.room_id = r.room_id"
+        if thread_roots:
+            args += [user_id or "", array(thread_roots), THREAD]
+            not_ignored = self._not_ignored(ignored, args)
+            parts.append(
+                "SELECT 't', q.relates_to_id, q.event_id, q.cnt, q.mine, q.so FROM ("
+                "  SELECT r.relates_to_id, r.event_id, r.stream_ordering AS so,"
+                "    COUNT(*) OVER (PARTITION BY r.relates_to_id) AS cnt,"
+                "    MAX(CASE WHEN r.sender = ? THEN 1 ELSE 0 END)"
+                "      OVER (PARTITION BY r.relates_to_id) AS mine,"
+                "    ROW_NUMBER() OVER ("
+                "      PARTITION BY r.relates_to_id ORDER BY r.stream_ordering DESC) AS rn"
+                f"  FROM event_relations r {join_parent}"
+                f"  WHERE {self._db.sql.in_array('r.relates_to_id')} AND r.rel_type = ?"
+                f"{not_ignored}"
+                ") q WHERE q.rn = 1"
+            )
+        if edit_targets:
+            args += [array(edit_targets), REPLACE]
+            parts.append(
+                "SELECT 'e', q.relates_to_id, q.event_id, 0, 0, q.so FROM ("
+                "  SELECT r.relates_to_id, r.event_id, r.stream_ordering AS so, RANK() OVER ("
+                "    PARTITION BY r.relates_to_id ORDER BY r.origin_server_ts DESC) AS rk"
+                f"  FROM event_relations r {join_parent}"
+                f"  WHERE {self._db.sql.in_array('r.relates_to_id')} AND r.rel_type = ?"
+                "    AND r.is_valid_edit AND p.sender = r.sender AND p.type = r.type"
+                "    AND p.state_key IS NULL"
+                ") q WHERE q.rk = 1"
+            )
+        if reference_targets:
+            args += [array(reference_targets), REFERENCE]
+            not_ignored = self._not_ignored(ignored, args)
+            parts.append(
+                "SELECT 'r', r.relates_to_id, r.event_id, 0, 0, r.stream_ordering"
+                f" FROM event_relations r {join_parent}"
+                f" WHERE {self._db.sql.in_array('r.relates_to_id')} AND r.rel_type = ?"
+                f"{not_ignored}"
+            )
+        out = Aggregations({}, {}, {})
+        if not parts:
+            return out
+        rows = await self._db.fetch_all(" UNION ALL ".join(parts), *args)
+        for kind, parent, child, count, mine, _ in sorted(rows, key=lambda r: int(r[5])):
+            if kind == "t":
+                out.threads[parent] = ThreadSummary(child, int(count), bool(mine))
+            elif kind == "e":
+                # Ties on the timestamp go to the largest event ID, compared by code
+                # point here (the database's collation may not be).
+                if parent not in out.edits or child > out.edits[parent]:
+                    out.edits[parent] = child
+            else:
+                out.references.setdefault(parent, []).append(child)
+        return out
+
     def _not_ignored(self, ignored: frozenset[str], args: list[Any]) -> str:
         if not ignored:
             return ""
         args.append(self._db.sql.array(sorted(ignored)))
         return f" AND NOT ({self._db.sql.in_array('r.sender')})"
-
-    async def thread_summaries(
-        self, parent_ids: Sequence[str], user_id: str | None, ignored: frozenset[str]
-    ) -> dict[str, ThreadSummary]:
-        """For each parent that is a thread root: its latest reply, the number of replies
-        and whether `user_id` sent one, leaving out replies from `ignored` users."""
-        if not parent_ids:
-            return {}
-        args: list[Any] = [user_id or "", self._db.sql.array(parent_ids), THREAD]
-        not_ignored = self._not_ignored(ignored, args)
-        rows = await self._db.fetch_all(
-            "SELECT q.relates_to_id, q.event_id, q.cnt, q.mine FROM ("
-            "  SELECT r.relates_to_id, r.event_id,"
-            "    COUNT(*) OVER (PARTITION BY r.relates_to_id) AS cnt,"
-            "    MAX(CASE WHEN r.sender = ? THEN 1 ELSE 0 END)"
-            "      OVER (PARTITION BY r.relates_to_id) AS mine,"
-            "    ROW_NUMBER() OVER ("
-            "      PARTITION BY r.relates_to_id ORDER BY r.stream_ordering DESC) AS rn"
-            "  FROM event_relations r"
-            "  JOIN events p ON p.event_id = r.relates_to_id AND p.room_id = r.room_id"
-            f"  WHERE {self._db.sql.in_array('r.relates_to_id')} AND r.rel_type = ?"
-            f"{not_ignored}"
-            ") q WHERE q.rn = 1",
-            *args,
-        )
-        return {r[0]: ThreadSummary(r[1], int(r[2]), bool(r[3])) for r in rows}
-
-    async def latest_edits(self, parent_ids: Sequence[str]) -> dict[str, str]:
-        """For each parent, its most recent valid replacement: same room, same sender,
-        same type, the parent not a state event (spec: "Validity of replacement
-        events"); latest by origin_server_ts, then the largest event ID."""
-        if not parent_ids:
-            return {}
-        rows = await self._db.fetch_all(
-            "SELECT q.relates_to_id, q.event_id FROM ("
-            "  SELECT r.relates_to_id, r.event_id, RANK() OVER ("
-            "    PARTITION BY r.relates_to_id ORDER BY r.origin_server_ts DESC) AS rk"
-            "  FROM event_relations r"
-            "  JOIN events p ON p.event_id = r.relates_to_id AND p.room_id = r.room_id"
-            f"  WHERE {self._db.sql.in_array('r.relates_to_id')} AND r.rel_type = ?"
-            "    AND r.is_valid_edit AND p.sender = r.sender AND p.type = r.type"
-            "    AND p.state_key IS NULL"
-            ") q WHERE q.rk = 1",
-            self._db.sql.array(parent_ids),
-            REPLACE,
-        )
-        out: dict[str, str] = {}
-        for parent, edit in rows:
-            # Ties on the timestamp go to the largest event ID, compared by code point
-            # here (the database's collation may not be).
-            if parent not in out or edit > out[parent]:
-                out[parent] = edit
-        return out
-
-    async def references(
-        self, parent_ids: Sequence[str], ignored: frozenset[str]
-    ) -> dict[str, list[str]]:
-        """For each parent, the events that m.reference it, oldest first."""
-        if not parent_ids:
-            return {}
-        args: list[Any] = [self._db.sql.array(parent_ids), REFERENCE]
-        not_ignored = self._not_ignored(ignored, args)
-        rows = await self._db.fetch_all(
-            "SELECT r.relates_to_id, r.event_id FROM event_relations r"
-            " JOIN events p ON p.event_id = r.relates_to_id AND p.room_id = r.room_id"
-            f" WHERE {self._db.sql.in_array('r.relates_to_id')} AND r.rel_type = ?"
-            f"{not_ignored} ORDER BY r.stream_ordering",
-            *args,
-        )
-        out: dict[str, list[str]] = {}
-        for parent, child in rows:
-            out.setdefault(parent, []).append(child)
-        return out

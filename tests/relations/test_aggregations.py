@@ -244,23 +244,31 @@ async def test_bundles_on_every_read_path(hs: Harness) -> None:
 async def test_one_batch_of_queries_per_formatting_call(
     hs: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The bundler is called once per page, whatever the number of events on it."""
-    from starling.storage.relations import RelationStore
-
+    """Bundling a page costs the same few statements whatever the number of events: one
+    for the events' threads, edits and references, one more for the threads' latest
+    replies when there are threads."""
     room_id, [(_, atok)] = await _room_with(hs, "alice")
     for i in range(6):
         root = await hs.send_message(atok, room_id, f"root {i}")
         await reply_in_thread(hs, atok, room_id, root, f"reply {i}")
         await edit(hs, atok, room_id, root, f"root {i} edited")
-    calls: dict[str, int] = {}
-    for name in ("thread_summaries", "latest_edits", "references"):
-        original = getattr(RelationStore, name)
+    plain_room = await hs.create_room(atok)
+    for i in range(6):
+        parent = await hs.send_message(atok, plain_room, f"parent {i}")
+        await reference(hs, atok, plain_room, parent, f"ref {i}")
+    db = hs.services.db
+    seen: list[str] = []
+    original = db.fetch_all
 
-        def counting(self: Any, *args: Any, _name: str = name, _f: Any = original) -> Any:
-            calls[_name] = calls.get(_name, 0) + 1
-            return _f(self, *args)
+    async def counting(sql: str, *args: Any) -> Any:
+        seen.append(sql)
+        return await original(sql, *args)
 
-        monkeypatch.setattr(RelationStore, name, counting)
+    monkeypatch.setattr(db, "fetch_all", counting)
+
+    def relation_queries() -> int:
+        return len([q for q in seen if "event_relations" in q])
+
     status, body = await hs.request(
         "GET", f"{V3}/rooms/{room_id}/messages", atok, params={"dir": "b", "limit": "30"}
     )
@@ -268,4 +276,17 @@ async def test_one_batch_of_queries_per_formatting_call(
     threaded = [e for e in body["chunk"] if "m.thread" in relations_of(e)]
     assert len(threaded) == 6
     assert all("m.replace" in relations_of(e) for e in threaded)
-    assert calls == {"thread_summaries": 1, "latest_edits": 1, "references": 1}
+    # The latest replies are on the page too, so one statement covers them.
+    assert relation_queries() == 1
+    seen.clear()
+    root = threaded[0]["event_id"]
+    bundled = relations_of(await get_event(hs, atok, room_id, root))
+    assert bundled["m.thread"]["count"] == 1
+    assert relation_queries() == 2
+    seen.clear()
+    status, body = await hs.request(
+        "GET", f"{V3}/rooms/{plain_room}/messages", atok, params={"dir": "b", "limit": "30"}
+    )
+    assert status == 200, body
+    assert len([e for e in body["chunk"] if "m.reference" in relations_of(e)]) == 6
+    assert relation_queries() == 1
