@@ -77,6 +77,7 @@ from starling.storage.media import MediaStore
 from starling.storage.memberships import MembershipStore
 from starling.storage.presence import PresenceStore
 from starling.storage.profiles import ProfileStore
+from starling.storage.pushers import PusherStore
 from starling.storage.receipts import ReceiptStore
 from starling.storage.relations import RelationStore
 from starling.storage.state import StateStore
@@ -258,7 +259,7 @@ async def build_services(config: Config, db: Database, signing_key: SigningKey) 
         profile=extras.profile,
         directory=extras.directory,
         push_rules=extras.push_rules,
-        pushers=PusherService(extras.account_data),
+        pushers=PusherService(PusherStore(db)),
         e2ee=e2ee,
     )
 
@@ -445,4 +446,5 @@ class Homeserver:
         self.services.typing.close()
         await self.services.presence.close()
         await self.services.media.close()
+        self.services.passwords.close()
         await self.services.db.close()

@@ -70,8 +70,10 @@ def cmd_generate_config(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: Config, config_path: str) -> int:
+    from starling.accounts.passwords import release_freed_memory_promptly
     from starling.app import Homeserver
 
+    release_freed_memory_promptly()
     hs = await Homeserver.start(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

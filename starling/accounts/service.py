@@ -47,8 +47,18 @@ MAX_DEVICE_DISPLAY_NAME_LENGTH = 100
 MAX_DEVICE_ID_LENGTH = 255
 MAX_TOKEN_LENGTH = 1024
 MAX_LOGIN_NAME_LENGTH = 512
-# Unauthenticated /register probes (each creates a UIA session) and availability checks.
+# Unauthenticated /register probes (each creates a UIA session) and availability checks:
+# at least this generous, more when rc_registration is (e.g. --no-rate-limit).
 PROBE_LIMIT = RateLimit(per_second=1.0, burst_count=20)
+
+
+def probe_limit(rc_registration: RateLimit) -> RateLimit:
+    return RateLimit(
+        per_second=max(PROBE_LIMIT.per_second, rc_registration.per_second),
+        burst_count=max(PROBE_LIMIT.burst_count, rc_registration.burst_count),
+    )
+
+
 TOKEN_VALIDITY_LIMIT = RateLimit(per_second=0.1, burst_count=5)  # Synapse's default
 _LOCKOUT_MAX_ENTRIES = 10_000
 
@@ -171,6 +181,7 @@ class AccountService:
         self._clock_ms = clock_ms
         self.refreshable_token_lifetime_ms = refreshable_token_lifetime_ms
         self._buckets = TokenBuckets()
+        self._probe_limit = probe_limit(config.rc_registration)
         self._device_listeners: list[DeviceListener] = []
         # user ID -> monotonic time until which its logins are refused (failed attempts).
         self._locked_until: dict[str, float] = {}
@@ -376,7 +387,7 @@ class AccountService:
     async def check_username_available(self, ip: str, username: str) -> None:
         """GET /register/available: M_INVALID_USERNAME, M_USER_IN_USE or nothing."""
         self._check_registration_enabled()
-        self._buckets.take("register_available", ip, PROBE_LIMIT)
+        self._buckets.take("register_available", ip, self._probe_limit)
         user_id = self._registrable_user_id(username)
         if await self._store.user_exists(user_id):
             raise _user_in_use(user_id)
@@ -438,7 +449,7 @@ class AccountService:
         if req.password is not None:
             check_password(req.password)
         if req.auth is None:
-            self._buckets.take("register_probe", ip, PROBE_LIMIT)
+            self._buckets.take("register_probe", ip, self._probe_limit)
         else:
             if req.password is None:
                 raise missing_param("Missing 'password'")

@@ -5,25 +5,19 @@ Pushers are stored and listed only. **Nothing is delivered yet**: Starling does 
 push gateways (`/_matrix/push/v1/notify`) nor send notification e-mails, so a registered
 pusher has no effect beyond being listed.
 
-Storage, for now: one entry per user in the account_data table under the reserved room
-key `PUSHERS_ROOM` (never a room ID, so /sync never sends it), content
-{"pushers": [pusher, ...]}. This keeps the schema unchanged; a dedicated table is due when
-delivery arrives. Known gap of this interim store: `append: false` cannot remove the same
-app_id/pushkey registered by *other* users (it needs a cross-user lookup).
+Stored in the `pushers` table (starling/storage/pushers.py). As the spec asks, a pusher
+set without `append: true` replaces the same app_id and pushkey registered by any other
+user.
 """
 
 from __future__ import annotations
 
-import asyncio
-import weakref
 from typing import Any
 from urllib.parse import urlsplit
 
-from starling.account_data.service import AccountDataService
 from starling.errors import bad_json, invalid_param, missing_param
+from starling.storage.pushers import PusherStore, TooManyPushers
 
-PUSHERS_ROOM = "pushers"
-PUSHERS_TYPE = "org.starling.pushers"
 KINDS = frozenset({"http", "email"})
 MAX_APP_ID_CHARS = 64
 MAX_PUSHKEY_BYTES = 512
@@ -86,14 +80,11 @@ def _validated(body: dict[str, Any]) -> dict[str, Any] | None:
 
 
 class PusherService:
-    def __init__(self, account_data: AccountDataService) -> None:
-        self._account_data = account_data
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+    def __init__(self, store: PusherStore) -> None:
+        self._store = store
 
     async def get_pushers(self, user_id: str) -> list[dict[str, Any]]:
-        content = await self._account_data.get(user_id, PUSHERS_ROOM, PUSHERS_TYPE)
-        pushers = content.get("pushers") if content else None
-        return [p for p in pushers if isinstance(p, dict)] if isinstance(pushers, list) else []
+        return await self._store.list(user_id)
 
     async def set_pusher(self, user_id: str, body: dict[str, Any]) -> None:
         """POST /pushers/set: create, replace (same app_id and pushkey) or delete."""
@@ -101,21 +92,13 @@ class PusherService:
         append = body.get("append", False)
         if not isinstance(append, bool):
             raise bad_json("'append' must be a boolean")
-        key = (body["app_id"], body["pushkey"])
-        lock = self._locks.get(user_id)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[user_id] = lock
-        async with lock:
-            current = await self.get_pushers(user_id)
-            kept = [p for p in current if (p.get("app_id"), p.get("pushkey")) != key]
-            if pusher is None:
-                if len(kept) == len(current):
-                    return  # deleting a pusher that does not exist is not an error
-            else:
-                if len(kept) >= MAX_PUSHERS_PER_USER:
-                    raise invalid_param(f"A user can have at most {MAX_PUSHERS_PER_USER} pushers")
-                kept.append(pusher)
-            await self._account_data.set_account_data(
-                user_id, PUSHERS_ROOM, PUSHERS_TYPE, {"pushers": kept}
+        if pusher is None:
+            # Deleting a pusher that does not exist is not an error.
+            await self._store.delete(user_id, body["app_id"], body["pushkey"])
+            return
+        try:
+            await self._store.set(
+                user_id, pusher, replace_others=not append, max_per_user=MAX_PUSHERS_PER_USER
             )
+        except TooManyPushers:
+            raise invalid_param(f"A user can have at most {MAX_PUSHERS_PER_USER} pushers") from None

@@ -255,3 +255,19 @@ async def test_token_validity_endpoint(make_hs: HarnessFactory) -> None:
         assert (status, resp) == (200, {"valid": False})
         status, resp = await hs.request("GET", V1_VALIDITY)
         assert (status, resp["errcode"]) == (400, "M_MISSING_PARAM")
+
+
+async def test_registration_probes_follow_rc_registration(make_hs: HarnessFactory) -> None:
+    """Unauthenticated /register probes are limited at least as generously as
+    rc_registration (so --no-rate-limit lifts them too)."""
+    unlimited = {"per_second": 1_000_000, "burst_count": 1_000_000}
+    async with make_hs(enable_registration=True, rc_registration=unlimited) as hs:
+        for _ in range(40):
+            status, body = await hs.request("POST", "/_matrix/client/v3/register", None, {})
+            assert status == 401, body
+    async with make_hs(enable_registration=True) as hs:
+        statuses = [
+            (await hs.request("POST", "/_matrix/client/v3/register", None, {}))[0]
+            for _ in range(40)
+        ]
+        assert statuses.count(401) >= 20 and 429 in statuses

@@ -226,3 +226,36 @@ async def test_pusher_validation(hs: Harness) -> None:
         assert (status, resp["errcode"]) == (400, errcode), (body, resp)
     email = {**base, "kind": "email", "app_id": "m.email", "pushkey": "bob@example.org", "data": {}}
     await ok(hs, "POST", f"{V3}/pushers/set", token, email)
+
+
+async def test_pushers_are_replaced_across_users_unless_appended(hs: Harness) -> None:
+    alice, atok = await hs.register()
+    bob, btok = await hs.register()
+    pusher = {
+        "kind": "http",
+        "app_id": "org.example.app",
+        "pushkey": "same-device-key",
+        "app_display_name": "App",
+        "device_display_name": "Phone",
+        "lang": "en",
+        "data": {"url": "https://push.example.org/_matrix/push/v1/notify"},
+    }
+    assert (await hs.request("POST", f"{V3}/pushers/set", atok, pusher))[0] == 200
+    # The same app_id/pushkey set by Bob without append removes Alice's.
+    assert (await hs.request("POST", f"{V3}/pushers/set", btok, pusher))[0] == 200
+    status, body = await hs.request("GET", f"{V3}/pushers", atok)
+    assert status == 200 and body["pushers"] == []
+    status, body = await hs.request("GET", f"{V3}/pushers", btok)
+    assert [p["pushkey"] for p in body["pushers"]] == ["same-device-key"]
+    # With append, both keep it.
+    appended = {**pusher, "append": True}
+    assert (await hs.request("POST", f"{V3}/pushers/set", atok, appended))[0] == 200
+    for token in (atok, btok):
+        status, body = await hs.request("GET", f"{V3}/pushers", token)
+        assert len(body["pushers"]) == 1
+    # kind null deletes only the caller's.
+    deletion = {"kind": None, "app_id": "org.example.app", "pushkey": "same-device-key"}
+    assert (await hs.request("POST", f"{V3}/pushers/set", atok, deletion))[0] == 200
+    assert (await hs.request("GET", f"{V3}/pushers", atok))[1]["pushers"] == []
+    assert len((await hs.request("GET", f"{V3}/pushers", btok))[1]["pushers"]) == 1
+    assert alice != bob

@@ -1,0 +1,78 @@
+"""Pushers: one row per (user, app_id, pushkey), the pusher JSON as the client gave it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from starling.storage.database import Database
+
+
+class TooManyPushers(Exception):
+    pass
+
+
+class PusherStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def list(self, user_id: str) -> list[dict[str, Any]]:
+        rows = await self._db.fetch_all(
+            "SELECT data FROM pushers WHERE user_id = ? ORDER BY created_ts, app_id, pushkey",
+            user_id,
+        )
+        return [orjson.loads(r[0]) for r in rows]
+
+    async def set(
+        self,
+        user_id: str,
+        pusher: dict[str, Any],
+        *,
+        replace_others: bool,
+        max_per_user: int,
+        token_hash: bytes | None = None,
+    ) -> None:
+        """Add or replace the user's pusher with this app_id and pushkey; with
+        `replace_others`, other users' pushers with the same pair go (spec: `append`)."""
+        app_id, pushkey = pusher["app_id"], pusher["pushkey"]
+        async with self._db.transaction() as txn:
+            if replace_others:
+                await txn.execute(
+                    "DELETE FROM pushers WHERE app_id = ? AND pushkey = ? AND user_id <> ?",
+                    app_id,
+                    pushkey,
+                    user_id,
+                )
+            count = await txn.fetch_val(
+                "SELECT COUNT(*) FROM pushers WHERE user_id = ?"
+                " AND NOT (app_id = ? AND pushkey = ?)",
+                user_id,
+                app_id,
+                pushkey,
+            )
+            if int(count) >= max_per_user:
+                raise TooManyPushers()
+            await txn.execute(
+                "INSERT INTO pushers (user_id, app_id, pushkey, access_token_hash, data,"
+                " created_ts) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET data = excluded.data,"
+                " access_token_hash = excluded.access_token_hash",
+                user_id,
+                app_id,
+                pushkey,
+                token_hash,
+                orjson.dumps(pusher).decode(),
+                int(time.time() * 1000),
+            )
+
+    async def delete(self, user_id: str, app_id: str, pushkey: str) -> bool:
+        return (
+            await self._db.execute(
+                "DELETE FROM pushers WHERE user_id = ? AND app_id = ? AND pushkey = ?",
+                user_id,
+                app_id,
+                pushkey,
+            )
+        ) > 0
