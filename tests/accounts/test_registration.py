@@ -265,7 +265,8 @@ async def test_registration_probes_follow_rc_registration(make_hs: HarnessFactor
         for _ in range(40):
             status, body = await hs.request("POST", "/_matrix/client/v3/register", None, {})
             assert status == 401, body
-    async with make_hs(enable_registration=True) as hs:
+    synapse_default = {"per_second": 0.17, "burst_count": 3}
+    async with make_hs(enable_registration=True, rc_registration=synapse_default) as hs:
         statuses = [
             (await hs.request("POST", "/_matrix/client/v3/register", None, {}))[0]
             for _ in range(40)
