@@ -18,6 +18,7 @@ UPDATE SET c = excluded.c`` / ``DO NOTHING``, ``RETURNING``, ``BOOLEAN`` columns
 
 from __future__ import annotations
 
+import abc
 import functools
 import json
 import re
@@ -78,7 +79,7 @@ def to_dollar_params(sql: str) -> str:
 _MIGRATION_TOKEN = re.compile(r"\{(\w+)\}")
 
 
-class Dialect:
+class Dialect(abc.ABC):
     """SQL fragments that differ per engine. Use ``db.sql`` / ``txn.sql`` to get the
     right one; never branch on the engine in store code when a helper here can do it."""
 
@@ -89,14 +90,14 @@ class Dialect:
     """Append to a SELECT inside a transaction to lock the rows read (PostgreSQL); empty on
     SQLite, where the single writer already serialises transactions."""
 
+    @abc.abstractmethod
     def in_array(self, column: str) -> str:
         """A condition true when ``column`` is in the array parameter given by
         :meth:`array` (one ``?``)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def array(self, values: Iterable[Any]) -> Any:
         """The parameter value for an :meth:`in_array` placeholder."""
-        raise NotImplementedError
 
     def render_migration(self, sql: str) -> str:
         """Replace ``{token}`` type names (e.g. ``{blob}``) in a shared migration file.
