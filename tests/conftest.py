@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,15 @@ async def database_url(engine: str, tmp_path: Path) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def hs(database: Database, tmp_path: Path) -> AsyncIterator[Harness]:
+def hs_config() -> dict[str, Any]:
+    """Config overrides for `hs`; a test folder's conftest overrides this fixture."""
+    return {}
+
+
+@pytest.fixture
+async def hs(
+    database: Database, tmp_path: Path, hs_config: dict[str, Any]
+) -> AsyncIterator[Harness]:
     """A whole homeserver on a fresh database (both engines), served in-process."""
-    async with make_harness(database, tmp_path) as harness:
+    async with make_harness(database, tmp_path, **hs_config) as harness:
         yield harness

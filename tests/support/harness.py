@@ -20,6 +20,15 @@ from starling.storage import Database
 
 SERVER_NAME = "test.local"
 
+_FAST = {"per_second": 1000, "burst_count": 1000}
+# For tests that send many events, joins and invites quickly on purpose.
+UNLIMITED_ROOM_RATES: dict[str, Any] = {
+    "rc_message": _FAST,
+    "rc_joins": {"local": _FAST, "remote": _FAST},
+    "rc_joins_per_room": _FAST,
+    "rc_invites": {"per_room": _FAST, "per_user": _FAST, "per_issuer": _FAST},
+}
+
 
 class Harness:
     def __init__(self, services: Services, client: TestClient) -> None:
