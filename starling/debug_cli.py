@@ -25,7 +25,7 @@ EXIT_BAD_INPUT = 2
 
 
 class BadInput(Exception):
-    pass
+    """Input the command cannot use; printed as one line, exit code 2."""
 
 
 def _read(path: str) -> bytes:

@@ -132,7 +132,7 @@ DEFAULT_ROOM_VERSION = "12"
 
 
 class UnknownRoomVersion(ValueError):
-    pass
+    """A room version this server does not implement."""
 
 
 def get_room_version(identifier: str) -> RoomVersion:

@@ -6,7 +6,7 @@ from starling.storage.database import Database, UniqueViolation
 
 
 class AliasExists(Exception):
-    pass
+    """The alias is already taken."""
 
 
 class AliasStore:

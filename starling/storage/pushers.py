@@ -11,7 +11,7 @@ from starling.storage.database import Database
 
 
 class TooManyPushers(Exception):
-    pass
+    """The user already has the most pushers allowed."""
 
 
 class PusherStore:
