@@ -18,8 +18,14 @@ from typing import Any
 from starling.protocol.hashing import EventHashError, add_content_hash, reference_hash_input
 from starling.protocol.identifiers import IdentifierError, check_event_id, parse_user_id
 from starling.protocol.room_versions import EventFormat, RoomVersion
-from starling.protocol.signing import SignatureError, SigningKey, VerifyKey
-from starling.protocol.unpadded_base64 import decode_base64, encode_base64
+from starling.protocol.signing import (
+    SignatureError,
+    SigningKey,
+    VerifyKey,
+    check_signature,
+    find_signature,
+)
+from starling.protocol.unpadded_base64 import encode_base64
 
 JsonDict = dict[str, Any]
 
@@ -85,27 +91,12 @@ def verify_event_signature(
 ) -> None:
     """SignatureError unless `pdu` carries a valid signature by `server_name` under
     `key_id`. Holds for the full event and for any redacted copy of it."""
-    signatures = pdu.get("signatures") if isinstance(pdu, dict) else None
-    ours = signatures.get(server_name) if isinstance(signatures, dict) else None
-    if not isinstance(ours, dict):
-        raise SignatureError(f"event is not signed by {server_name}")
-    signature_base64 = ours.get(key_id)
-    if not isinstance(signature_base64, str):
-        raise SignatureError(f"event has no signature by {server_name} with {key_id}")
-    try:
-        signature = decode_base64(signature_base64)
-    except ValueError as e:
-        raise SignatureError(f"signature by {server_name} with {key_id}: {e}") from None
-    if not isinstance(verify_key, VerifyKey):
-        raise SignatureError("verify_key must be a VerifyKey")
+    signature = find_signature(pdu, server_name, key_id)
     try:
         message = reference_hash_input(pdu, room_version)
     except EventHashError as e:
         raise SignatureError(f"event cannot carry a valid signature: {e}") from None
-    try:
-        verify_key.verify(message, signature)
-    except SignatureError as e:
-        raise SignatureError(f"signature by {server_name} with {key_id}: {e}") from None
+    check_signature(message, signature, verify_key, server_name, key_id)
 
 
 def _user_domain(user_id: Any, what: str) -> str:

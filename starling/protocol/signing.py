@@ -283,6 +283,36 @@ def signature_key_ids(obj: Mapping[str, Any], server_name: str) -> list[str]:
     return [k for k in ours if isinstance(k, str) and k.startswith(ED25519 + ":")]
 
 
+def find_signature(obj: Mapping[str, Any], server_name: str, key_id: str) -> bytes:
+    """The signature `obj` carries by `server_name` under `key_id`; SignatureError if
+    there is none or it is not base64."""
+    if not isinstance(obj, Mapping):
+        raise SignatureError("only JSON objects carry signatures")
+    signatures = obj.get("signatures")
+    ours = signatures.get(server_name) if isinstance(signatures, Mapping) else None
+    if not isinstance(ours, Mapping):
+        raise SignatureError(f"object is not signed by {server_name}")
+    signature_base64 = ours.get(key_id)
+    if not isinstance(signature_base64, str):
+        raise SignatureError(f"object has no signature by {server_name} with {key_id}")
+    try:
+        return decode_base64(signature_base64)
+    except ValueError as e:
+        raise SignatureError(f"signature by {server_name} with {key_id}: {e}") from None
+
+
+def check_signature(
+    message: bytes, signature: bytes, verify_key: VerifyKey, server_name: str, key_id: str
+) -> None:
+    """SignatureError unless `signature` over `message` verifies with `verify_key`."""
+    if not isinstance(verify_key, VerifyKey):
+        raise SignatureError("verify_key must be a VerifyKey")
+    try:
+        verify_key.verify(message, signature)
+    except SignatureError as e:
+        raise SignatureError(f"signature by {server_name} with {key_id}: {e}") from None
+
+
 def verify_signed_json(
     obj: Mapping[str, Any],
     server_name: str,
@@ -296,21 +326,8 @@ def verify_signed_json(
 
     strict=False accepts room version 1-5 content with floats or big integers.
     """
-    if not isinstance(obj, Mapping):
-        raise SignatureError("only JSON objects carry signatures")
-    signatures = obj.get("signatures")
-    if not isinstance(signatures, Mapping):
-        raise SignatureError("object has no 'signatures'")
-    ours = signatures.get(server_name)
-    if not isinstance(ours, Mapping):
-        raise SignatureError(f"object is not signed by {server_name}")
-    signature_base64 = ours.get(key_id)
-    if not isinstance(signature_base64, str):
-        raise SignatureError(f"object has no signature by {server_name} with {key_id}")
-    try:
-        signature = decode_base64(signature_base64)
-    except ValueError as e:
-        raise SignatureError(f"signature by {server_name} with {key_id}: {e}") from None
+    signature = find_signature(obj, server_name, key_id)
+    check_signature(_signable_bytes(obj, strict=strict), signature, verify_key, server_name, key_id)
     if not isinstance(verify_key, VerifyKey):
         raise SignatureError("verify_key must be a VerifyKey")
     try:
