@@ -99,6 +99,13 @@ class Dialect(abc.ABC):
     def array(self, values: Iterable[Any]) -> Any:
         """The parameter value for an :meth:`in_array` placeholder."""
 
+    @abc.abstractmethod
+    def text_int_pairs(
+        self, alias: str, text_col: str, int_col: str, pairs: Sequence[tuple[str, int]]
+    ) -> tuple[str, list[Any]]:
+        """A FROM-clause table `alias(text_col, int_col)` holding `pairs`, and its
+        parameters: per-row bounds for one query over many rooms."""
+
     def render_migration(self, sql: str) -> str:
         """Replace ``{token}`` type names (e.g. ``{blob}``) in a shared migration file.
         Braces around any other word are left untouched."""
@@ -124,6 +131,15 @@ class SqliteDialect(Dialect):
     def array(self, values: Iterable[Any]) -> Any:
         return json.dumps(list(values))
 
+    def text_int_pairs(
+        self, alias: str, text_col: str, int_col: str, pairs: Sequence[tuple[str, int]]
+    ) -> tuple[str, list[Any]]:
+        sql = (
+            f"(SELECT json_extract(j.value, '$[0]') AS {text_col},"
+            f" json_extract(j.value, '$[1]') AS {int_col} FROM json_each(?) j) {alias}"
+        )
+        return sql, [json.dumps([[t, n] for t, n in pairs])]
+
 
 class PostgresDialect(Dialect):
     name = "postgres"
@@ -139,6 +155,12 @@ class PostgresDialect(Dialect):
 
     def array(self, values: Iterable[Any]) -> Any:
         return values if isinstance(values, Sequence) else list(values)
+
+    def text_int_pairs(
+        self, alias: str, text_col: str, int_col: str, pairs: Sequence[tuple[str, int]]
+    ) -> tuple[str, list[Any]]:
+        sql = f"unnest(?::text[], ?::bigint[]) AS {alias}({text_col}, {int_col})"
+        return sql, [[t for t, _ in pairs], [n for _, n in pairs]]
 
 
 SQLITE = SqliteDialect()

@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import orjson
-
 from starling.storage.database import Database
 from starling.storage.streams import StreamIdGenerator
 
@@ -120,49 +118,6 @@ class ReceiptStore:
         return None if value is None else str(value)
 
 
-async def unread_candidates(
-    db: Database,
-    user_id: str,
-    lower_bounds: dict[str, int],
-    event_types: Sequence[str],
-    per_room_cap: int,
-) -> list[tuple[str, str, int]]:
-    """(room_id, event_id, stream_ordering) of the newest events (at most `per_room_cap`
-    per room) after each room's lower bound that may notify `user_id`: events of the
-    given types from others, plus member events about the user. One query for all rooms.
-    """
-    if not lower_bounds:
-        return []
-    rooms = list(lower_bounds)
-    if db.dialect == "postgres":
-        bounds_sql = "unnest(?::text[], ?::bigint[]) AS b(room_id, lower_bound)"
-        bounds_args: list[object] = [rooms, [lower_bounds[r] for r in rooms]]
-    else:
-        bounds_sql = (
-            "(SELECT json_extract(j.value, '$[0]') AS room_id,"
-            " json_extract(j.value, '$[1]') AS lower_bound FROM json_each(?) j) b"
-        )
-        bounds_args = [orjson.dumps([[r, lower_bounds[r]] for r in rooms]).decode()]
-    rows = await db.fetch_all(
-        "SELECT room_id, event_id, stream_ordering FROM ("
-        "  SELECT e.room_id, e.event_id, e.stream_ordering, ROW_NUMBER() OVER ("
-        "    PARTITION BY e.room_id ORDER BY e.stream_ordering DESC) AS rn"
-        f"  FROM {bounds_sql}"
-        "  JOIN events e ON e.room_id = b.room_id AND e.stream_ordering > b.lower_bound"
-        "  WHERE e.sender <> ? AND NOT e.soft_failed AND e.rejected_reason IS NULL"
-        "    AND e.redacted_by IS NULL AND ("
-        f"      (e.state_key IS NULL AND {db.sql.in_array('e.type')})"
-        "      OR (e.type = 'm.room.member' AND e.state_key = ?))"
-        ") x WHERE rn <= ?",
-        *bounds_args,
-        user_id,
-        db.sql.array(event_types),
-        user_id,
-        per_room_cap,
-    )
-    return [(r[0], r[1], int(r[2])) for r in rows]
-
-
 async def events_after_bounds(
     db: Database,
     user_id: str,
@@ -174,16 +129,9 @@ async def events_after_bounds(
     push rules are evaluated on for unread counts. One query for all rooms."""
     if not lower_bounds:
         return []
-    rooms = list(lower_bounds)
-    if db.dialect == "postgres":
-        bounds_sql = "unnest(?::text[], ?::bigint[]) AS b(room_id, lower_bound)"
-        bounds_args: list[object] = [rooms, [lower_bounds[r] for r in rooms]]
-    else:
-        bounds_sql = (
-            "(SELECT json_extract(j.value, '$[0]') AS room_id,"
-            " json_extract(j.value, '$[1]') AS lower_bound FROM json_each(?) j) b"
-        )
-        bounds_args = [orjson.dumps([[r, lower_bounds[r]] for r in rooms]).decode()]
+    bounds_sql, bounds_args = db.sql.text_int_pairs(
+        "b", "room_id", "lower_bound", list(lower_bounds.items())
+    )
     rows = await db.fetch_all(
         "SELECT room_id, event_id, stream_ordering FROM ("
         "  SELECT e.room_id, e.event_id, e.stream_ordering, ROW_NUMBER() OVER ("
