@@ -40,6 +40,7 @@ from starling.api.client import rooms as client_rooms
 from starling.api.client import sync as client_sync
 from starling.api.client import to_device as client_to_device
 from starling.api.client import typing as client_typing
+from starling.api.client import voip as client_voip
 from starling.api.discovery import DiscoveryResource, register_metrics
 from starling.api.http import make_web_app
 from starling.api.services import Services
@@ -394,6 +395,7 @@ CLIENT_ROUTES: list[Callable[[web.Application, Services], None]] = [
     client_capabilities.register,
     client_pushrules.register,
     client_relations.register,
+    client_voip.register,
 ]
 
 

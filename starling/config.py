@@ -175,6 +175,14 @@ class Config:
     enable_metrics: bool = False
     presence: PresenceConfig = field(default_factory=PresenceConfig)
 
+    # VoIP: TURN servers handed to clients (/voip/turnServer), Synapse's keys.
+    turn_uris: list[str] = field(default_factory=list)
+    turn_shared_secret: str | None = None
+    turn_username: str | None = None
+    turn_password: str | None = None
+    turn_user_lifetime: str | int = "1h"
+    turn_allow_guests: bool = True
+
     rc_message: RateLimit = _rl(0.2, 10)
     rc_registration: RateLimit = _rl(0.17, 3)
     rc_login: LoginRateLimits = field(default_factory=LoginRateLimits)
@@ -373,6 +381,11 @@ def _check_semantics(cfg: Config) -> None:
         parse_size(cfg.max_upload_size)
     except ValueError as e:
         raise ConfigError(f"max_upload_size: {e}") from None
+    try:
+        if parse_duration(cfg.turn_user_lifetime) <= 0:
+            raise ValueError("must be positive")
+    except ValueError as e:
+        raise ConfigError(f"turn_user_lifetime: {e}") from None
     _check_media(cfg)
     if cfg.max_request_body_size < 1024:
         raise ConfigError("max_request_body_size: must be at least 1024 bytes")
