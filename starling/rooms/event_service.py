@@ -249,7 +249,6 @@ class RoomEventService:
         nids = await self._events.nids_for_event_ids(list(needed_nids))
         member_events = await self._events.get_events(
             [eid for (t, _), eid in changed.items() if t == "m.room.member"]
-            + ([event.event_id] if False else [])
         )
         member_events[event.event_id] = event
         redaction_target = event.redacts if event.type == "m.room.redaction" else None
