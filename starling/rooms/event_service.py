@@ -194,7 +194,17 @@ class RoomEventService:
             decision = check_auth_rules(event, auth_state)
             if not decision.allowed:
                 raise MatrixError(403, "M_FORBIDDEN", decision.reason)
-            await self._persist(event, before, device_id=device_id, txn_id=txn_id)
+            # A message on top of the room's only extremity changes no state: the current
+            # state is already the state after that extremity (persisted with it).
+            await self._persist(
+                event,
+                before,
+                device_id=device_id,
+                txn_id=txn_id,
+                keeps_current_state=(
+                    state_key is None and len(extremities) == 1 and before.group is not None
+                ),
+            )
             return event
 
     async def create_room_event(
@@ -233,16 +243,20 @@ class RoomEventService:
         device_id: str | None = None,
         txn_id: str | None = None,
         new_room: RoomVersion | None = None,
+        keeps_current_state: bool = False,
     ) -> int:
         room_id = event.room_id
         is_state = event.state_key is not None
-        after_ids: dict[StateKey, str] = dict(before.ids)
+        after_ids: Mapping[StateKey, str] = before.ids
         replaces = None
+        changed: dict[StateKey, str] = {}
         if is_state:
             replaces = before.ids.get(event.state_map_key)
-            after_ids[event.state_map_key] = event.event_id
-        current = await self._state.get_current_state_ids(room_id)
-        changed = {k: v for k, v in after_ids.items() if current.get(k) != v}
+            after_ids = {**before.ids, event.state_map_key: event.event_id}
+        if not keeps_current_state:
+            # Copying and comparing the whole state is only needed when it may change.
+            current = await self._state.get_current_state_ids(room_id)
+            changed = {k: v for k, v in after_ids.items() if current.get(k) != v}
         needed_nids = set(changed.values()) - {event.event_id}
         if before.group is None and before.ids:
             needed_nids |= set(before.ids.values())
@@ -294,7 +308,8 @@ class RoomEventService:
             await self._events.set_forward_extremities(
                 txn, room_id, event.prev_event_ids, event.event_id
             )
-            await self._state.update_current_state(txn, room_id, after_ids, changed, nids)
+            if not keeps_current_state:
+                await self._state.update_current_state(txn, room_id, after_ids, changed, nids)
             memberships = []
             for (etype, user_id), eid in changed.items():
                 if etype != "m.room.member":
