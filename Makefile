@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= data
 SERVER_NAME ?= localhost
 
-.PHONY: run test lint typecheck pytest install dev clean
+.PHONY: run test lint typecheck pytest install dev dev-js clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 dev: $(VENV)/.dev-installed
 
+# matrix-js-sdk for tests/interop/test_js_sdk.py (needs Node.js and npm), exactly as locked.
+JS_DIR := tests/interop/js
+$(JS_DIR)/node_modules/.installed: $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
+	cd $(JS_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+dev-js: $(JS_DIR)/node_modules/.installed
+
 $(DATA)/starling.yaml: | $(VENV)/.installed
 	$(BIN)/starling generate-config --server-name $(SERVER_NAME) --data-dir $(DATA)
 
@@ -36,10 +44,10 @@ lint: dev
 typecheck: dev
 	$(BIN)/mypy
 
-pytest: dev
+pytest: dev dev-js
 	$(BIN)/pytest -q -n 2
 
 test: lint typecheck pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis $(JS_DIR)/node_modules
