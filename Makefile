@@ -25,9 +25,13 @@ dev: $(VENV)/.dev-installed
 
 # matrix-js-sdk for tests/interop/test_js_sdk.py (needs Node.js and npm), exactly as locked.
 JS_DIR := tests/interop/js
+# Without npm the JS test is skipped (and fails under CI=true, which must run it).
 $(JS_DIR)/node_modules/.installed: $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
-	cd $(JS_DIR) && npm ci --no-audit --no-fund --loglevel=error
-	touch $@
+	@if command -v npm >/dev/null 2>&1; then \
+		cd $(JS_DIR) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else \
+		echo "npm not found: the matrix-js-sdk interop test will be skipped"; \
+	fi
 
 dev-js: $(JS_DIR)/node_modules/.installed
 
