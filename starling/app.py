@@ -28,6 +28,7 @@ from starling.api.client import accounts as client_accounts
 from starling.api.client import capabilities as client_capabilities
 from starling.api.client import directory as client_directory
 from starling.api.client import filters as client_filters
+from starling.api.client import hierarchy as client_hierarchy
 from starling.api.client import key_backup as client_key_backup
 from starling.api.client import keys as client_keys
 from starling.api.client import presence as client_presence
@@ -37,9 +38,11 @@ from starling.api.client import receipts as client_receipts
 from starling.api.client import relations as client_relations
 from starling.api.client import room_reads as client_room_reads
 from starling.api.client import rooms as client_rooms
+from starling.api.client import search as client_search
 from starling.api.client import sync as client_sync
 from starling.api.client import to_device as client_to_device
 from starling.api.client import typing as client_typing
+from starling.api.client import user_directory as client_user_directory
 from starling.api.client import voip as client_voip
 from starling.api.discovery import DiscoveryResource, register_metrics
 from starling.api.http import make_web_app
@@ -63,10 +66,12 @@ from starling.receipts.unread import UnreadCounts
 from starling.rooms.builder import EventBuilder
 from starling.rooms.creation import RoomCreator
 from starling.rooms.event_service import RoomEventService
+from starling.rooms.hierarchy import SpaceHierarchy
 from starling.rooms.membership import MembershipService
 from starling.rooms.relations import RelationAggregator, RelationsService
 from starling.rooms.upgrade import RoomUpgrader
 from starling.rooms.visibility import HistoryVisibility
+from starling.search.service import SearchService
 from starling.storage.account_data import AccountDataStore
 from starling.storage.accounts import AccountStore, UIAuthStore
 from starling.storage.aliases import AliasExists, AliasStore
@@ -81,11 +86,14 @@ from starling.storage.profiles import ProfileStore
 from starling.storage.pushers import PusherStore
 from starling.storage.receipts import ReceiptStore
 from starling.storage.relations import RelationStore
+from starling.storage.search import SearchStore
 from starling.storage.state import StateStore
 from starling.storage.streams import StreamIdGenerator
+from starling.storage.user_directory import UserDirectoryStore
 from starling.sync.extension import SyncExtension
 from starling.sync.wiring import build_sync
 from starling.typing.service import TypingService
+from starling.user_directory.service import UserDirectoryService
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +135,7 @@ async def build_services(config: Config, db: Database, signing_key: SigningKey) 
     profile_store = ProfileStore(db)
     alias_store = AliasStore(db)
     relation_store = RelationStore(db)
+    search_store = SearchStore(db)
 
     async def profile_lookup(user_id: str) -> dict[str, Any]:
         return await profile_store.get_profile(user_id) or {}
@@ -139,6 +148,7 @@ async def build_services(config: Config, db: Database, signing_key: SigningKey) 
         events_stream,
         EventBuilder(config.server_name, signing_key),
         relation_store,
+        search_store,
     )
     membership = MembershipService(room_events, membership_store, profile_lookup)
 
@@ -219,6 +229,19 @@ async def build_services(config: Config, db: Database, signing_key: SigningKey) 
     accounts.add_device_listener(e2ee.keys.devices_changed)
     sync.sync.add_extension(e2ee.to_device_extension)
     sync.sync.add_extension(e2ee.device_lists_extension)
+    user_directory = UserDirectoryService(
+        UserDirectoryStore(db), search_all_users=config.user_directory.search_all_users
+    )
+    room_events.add_listener(user_directory.on_new_event)
+    search = SearchService(
+        search_store,
+        event_store,
+        state_store,
+        membership_store,
+        HistoryVisibility(event_store, state_store, membership_store),
+        sync.formatter,
+        sync.room_history.state_events,
+    )
     return Services(
         config=config,
         db=db,
@@ -262,6 +285,9 @@ async def build_services(config: Config, db: Database, signing_key: SigningKey) 
         push_rules=extras.push_rules,
         pushers=PusherService(PusherStore(db)),
         e2ee=e2ee,
+        user_directory=user_directory,
+        search=search,
+        hierarchy=SpaceHierarchy(room_events, event_store, membership_store),
     )
 
 
@@ -396,6 +422,9 @@ CLIENT_ROUTES: list[Callable[[web.Application, Services], None]] = [
     client_pushrules.register,
     client_relations.register,
     client_voip.register,
+    client_user_directory.register,
+    client_search.register,
+    client_hierarchy.register,
 ]
 
 

@@ -122,6 +122,15 @@ class PresenceConfig:
 
 
 @dataclass
+class UserDirectoryConfig:
+    """Synapse's `user_directory` section."""
+
+    enabled: bool = True
+    # False: only users sharing a room with the searcher or in public rooms are found.
+    search_all_users: bool = False
+
+
+@dataclass
 class ThumbnailSize:
     width: int = 32
     height: int = 32
@@ -174,6 +183,7 @@ class Config:
 
     enable_metrics: bool = False
     presence: PresenceConfig = field(default_factory=PresenceConfig)
+    user_directory: UserDirectoryConfig = field(default_factory=UserDirectoryConfig)
 
     # VoIP: TURN servers handed to clients (/voip/turnServer), Synapse's keys.
     turn_uris: list[str] = field(default_factory=list)

@@ -27,9 +27,11 @@ from starling.receipts.service import ReceiptsService
 from starling.receipts.unread import UnreadCounts
 from starling.rooms.creation import RoomCreator
 from starling.rooms.event_service import RoomEventService
+from starling.rooms.hierarchy import SpaceHierarchy
 from starling.rooms.membership import MembershipService
 from starling.rooms.relations import RelationsService
 from starling.rooms.upgrade import RoomUpgrader
+from starling.search.service import SearchService
 from starling.storage.accounts import AccountStore
 from starling.storage.aliases import AliasStore
 from starling.storage.database import Database
@@ -42,6 +44,7 @@ from starling.storage.streams import StreamIdGenerator
 from starling.sync.history import RoomHistory
 from starling.sync.service import SyncService
 from starling.typing.service import TypingService
+from starling.user_directory.service import UserDirectoryService
 
 
 @dataclass
@@ -96,6 +99,10 @@ class Services:
     relations: RelationsService
     # end-to-end encryption: keys, cross-signing, to-device, device lists, key backup
     e2ee: E2ee
+    # discovery: the user directory, server-side search of room events, space hierarchies
+    user_directory: UserDirectoryService
+    search: SearchService
+    hierarchy: SpaceHierarchy
 
     @property
     def server_name(self) -> str:

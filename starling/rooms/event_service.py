@@ -28,6 +28,7 @@ from starling.storage.database import Database
 from starling.storage.events import EventStore
 from starling.storage.memberships import Membership, MembershipStore
 from starling.storage.relations import RelationStore
+from starling.storage.search import SearchStore
 from starling.storage.state import StateStore
 from starling.storage.streams import StreamIdGenerator
 
@@ -59,6 +60,7 @@ class RoomEventService:
         events_stream: StreamIdGenerator,
         builder: EventBuilder,
         relations: RelationStore | None = None,
+        search: SearchStore | None = None,
     ) -> None:
         self._db = db
         self._events = events
@@ -67,6 +69,7 @@ class RoomEventService:
         self._stream = events_stream
         self._builder = builder
         self._relations = relations if relations is not None else RelationStore(db)
+        self._search = search if search is not None else SearchStore(db)
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._listeners: list[NewEventListener] = []
 
@@ -290,6 +293,7 @@ class RoomEventService:
             )
             nids[event.event_id] = nid
             await self._relations.record(txn, event, position)
+            await self._search.record(txn, event, position)
             group_after = group_before
             if is_state:
                 group_after = await self._state.create_group(
@@ -330,6 +334,7 @@ class RoomEventService:
             if redaction_target is not None:
                 await self._events.mark_redacted(txn, redaction_target, event.event_id)
                 await self._relations.on_redacted(txn, redaction_target, room_id)
+                await self._search.on_redacted(txn, redaction_target)
             txn.call_after_commit(lambda: self._notify(event, position))
         return position
 

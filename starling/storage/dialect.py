@@ -8,7 +8,9 @@ Queries are written once, for both engines, with ``?`` placeholders. What differ
   parameter-count limit) — see :meth:`Dialect.in_array` / :meth:`Dialect.array`;
 - column types in migrations: ``{blob}``, ``{bigint_pk_auto}`` ... — see
   :meth:`Dialect.render_migration`;
-- row locking: ``SELECT ... FOR UPDATE`` exists only on PostgreSQL (SQLite has one writer).
+- row locking: ``SELECT ... FOR UPDATE`` exists only on PostgreSQL (SQLite has one writer);
+- full-text search: FTS5 tables on SQLite, tsvector columns/expressions with GIN indexes on
+  PostgreSQL — see :meth:`Dialect.event_search_source` and friends.
 
 What is the same and needs no helper (SQLite >= 3.35): ``INSERT ... ON CONFLICT (...) DO
 UPDATE SET c = excluded.c`` / ``DO NOTHING``, ``RETURNING``, ``BOOLEAN`` columns with
@@ -106,6 +108,24 @@ class Dialect(abc.ABC):
         """A FROM-clause table `alias(text_col, int_col)` holding `pairs`, and its
         parameters: per-row bounds for one query over many rooms."""
 
+    # --- full-text search (migration 0010: FTS5 on SQLite, tsvector + GIN on PostgreSQL) ---
+
+    @abc.abstractmethod
+    def prefix_query(self, words: Sequence[str]) -> str:
+        """The parameter for a full-text source below: every word, each as a prefix.
+        `words` must be alphanumeric (no query syntax)."""
+
+    @abc.abstractmethod
+    def event_search_source(self) -> tuple[str, str]:
+        """A FROM clause yielding ``event_search s`` rows matching a
+        :meth:`prefix_query` (its one ``?``, the first parameter of the FROM clause),
+        and the expression of their score (higher is more relevant)."""
+
+    @abc.abstractmethod
+    def user_directory_source(self) -> tuple[str, str]:
+        """Like :meth:`event_search_source`, for ``profiles p`` matched by user ID and
+        display name words."""
+
     def render_migration(self, sql: str) -> str:
         """Replace ``{token}`` type names (e.g. ``{blob}``) in a shared migration file.
         Braces around any other word are left untouched."""
@@ -140,6 +160,25 @@ class SqliteDialect(Dialect):
         )
         return sql, [json.dumps([[t, n] for t, n in pairs])]
 
+    def prefix_query(self, words: Sequence[str]) -> str:
+        return " ".join(f'"{w}"*' for w in words)
+
+    def event_search_source(self) -> tuple[str, str]:
+        return (
+            "(SELECT rowid AS search_id, -rank AS score FROM event_search_fts"
+            " WHERE event_search_fts MATCH ?) f"
+            " JOIN event_search s ON s.search_id = f.search_id",
+            "f.score",
+        )
+
+    def user_directory_source(self) -> tuple[str, str]:
+        return (
+            "(SELECT rowid AS profile_rowid, -rank AS score FROM user_directory_fts"
+            " WHERE user_directory_fts MATCH ?) f"
+            " JOIN profiles p ON p.rowid = f.profile_rowid",
+            "f.score",
+        )
+
 
 class PostgresDialect(Dialect):
     name = "postgres"
@@ -161,6 +200,26 @@ class PostgresDialect(Dialect):
     ) -> tuple[str, list[Any]]:
         sql = f"unnest(?::text[], ?::bigint[]) AS {alias}({text_col}, {int_col})"
         return sql, [[t for t, _ in pairs], [n for _, n in pairs]]
+
+    def prefix_query(self, words: Sequence[str]) -> str:
+        return " & ".join(f"{w}:*" for w in words)
+
+    def event_search_source(self) -> tuple[str, str]:
+        return (
+            "(SELECT to_tsquery('english', ?) AS q) f JOIN event_search s ON s.vector @@ f.q",
+            "ts_rank_cd(s.vector, f.q)",
+        )
+
+    def user_directory_source(self) -> tuple[str, str]:
+        # The same expression as the profiles_directory index of migration 0010.
+        vector = (
+            "to_tsvector('simple', regexp_replace(p.user_id || ' ' ||"
+            " COALESCE(p.displayname, ''), '[[:punct:]]', ' ', 'g'))"
+        )
+        return (
+            f"(SELECT to_tsquery('simple', ?) AS q) f JOIN profiles p ON {vector} @@ f.q",
+            f"ts_rank_cd({vector}, f.q)",
+        )
 
 
 SQLITE = SqliteDialect()

@@ -1,0 +1,49 @@
+"""Client-Server API: GET /_matrix/client/v1/rooms/{roomId}/hierarchy (spec: "Spaces",
+#get_matrixclientv1roomsroomidhierarchy). The walk is `starling.rooms.hierarchy`."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from starling.api.client.common import query_bool, query_int, require_user
+from starling.api.http import json_response
+from starling.api.services import Services
+from starling.errors import invalid_param
+from starling.rooms.hierarchy import DEFAULT_LIMIT, MAX_LIMIT
+
+MAX_ROOM_ID_LENGTH = 255
+MAX_TOKEN_LENGTH = 128
+
+
+class HierarchyRoutes:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+
+    # GET /_matrix/client/v1/rooms/{roomId}/hierarchy
+    async def hierarchy(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        room_id = request.match_info["roomId"]
+        if not room_id.startswith("!") or len(room_id) > MAX_ROOM_ID_LENGTH:
+            raise invalid_param(f"{room_id[:80]!r} is not a room ID")
+        limit = query_int(request, "limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
+        max_depth = (
+            query_int(request, "max_depth", 0, minimum=0) if "max_depth" in request.query else None
+        )
+        suggested_only = query_bool(request, "suggested_only")
+        from_token = request.query.get("from")
+        if from_token is not None and (not from_token or len(from_token) > MAX_TOKEN_LENGTH):
+            raise invalid_param("Unknown pagination token")
+        body = await self.svc.hierarchy.hierarchy(
+            requester.user_id,
+            room_id,
+            suggested_only=suggested_only,
+            max_depth=max_depth,
+            limit=limit,
+            from_token=from_token,
+        )
+        return json_response(body)
+
+
+def register(app: web.Application, svc: Services) -> None:
+    r = HierarchyRoutes(svc)
+    app.router.add_route("GET", "/_matrix/client/v1/rooms/{roomId}/hierarchy", r.hierarchy)

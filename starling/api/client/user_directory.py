@@ -1,0 +1,49 @@
+"""Client-Server API: POST /user_directory/search (spec: client-server-api "User
+Directory", #post_matrixclientv3user_directorysearch).
+
+With `user_directory.enabled` off, every search answers no results (as Synapse does).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from starling.api.client.common import require_user
+from starling.api.http import json_response, read_json_object
+from starling.api.services import Services
+from starling.errors import bad_json, missing_param
+
+DEFAULT_LIMIT = 10
+MAX_LIMIT = 50
+MAX_TERM_LENGTH = 256
+
+
+class UserDirectoryRoutes:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+
+    # POST /_matrix/client/v3/user_directory/search
+    async def search(self, request: web.Request) -> web.Response:
+        requester = await require_user(request, self.svc.auth)
+        body = await read_json_object(request)
+        term = body.get("search_term")
+        if term is None:
+            raise missing_param("Missing 'search_term'")
+        if not isinstance(term, str):
+            raise bad_json("'search_term' must be a string")
+        limit = body.get("limit", DEFAULT_LIMIT)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise bad_json("'limit' must be a non-negative integer")
+        limit = min(limit, MAX_LIMIT)
+        if not self.svc.config.user_directory.enabled or limit == 0:
+            return json_response({"results": [], "limited": False})
+        result = await self.svc.user_directory.search(
+            requester.user_id, term[:MAX_TERM_LENGTH], limit
+        )
+        return json_response(result)
+
+
+def register(app: web.Application, svc: Services) -> None:
+    r = UserDirectoryRoutes(svc)
+    for version in ("v3", "r0"):
+        app.router.add_route("POST", f"/_matrix/client/{version}/user_directory/search", r.search)

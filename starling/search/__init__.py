@@ -1,0 +1,1 @@
+"""Server-side search of room events (spec: modules "Server Side Search")."""

@@ -1,0 +1,317 @@
+"""POST /search, category room_events (spec: modules "Server Side Search").
+
+The rooms searched are those the user is joined to (up to now) and those they left or
+were banned from (up to their departure, as Synapse does); a `filter.rooms` narrows
+them. Candidates come from the full-text index in pages (`SearchStore.search`), then
+pass the rest of the filter (senders, types, contains_url) and history visibility; a
+page that they thin out is refilled from further on, a bounded number of times.
+
+Ordering: `rank` (most relevant first, newest first among equals) or `recent` (newest
+first). Both paginate: the `next_batch` token is `k<offset>` for rank (rows of the
+ranked match list already consumed) and `t<position>` for recent (results continue
+below that stream position). Groupings by room_id and sender list the event IDs of the
+page; with `recent`, each room group carries a token for more results in that room
+(`t<position>~<room_id>`). `count` is the number of matches before visibility is
+applied: the spec allows an estimate. `highlights` are the words searched for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from starling.errors import invalid_param
+from starling.protocol.event import Event
+from starling.rooms.client_format import EventFormatter, FormatOptions, JsonDict
+from starling.rooms.visibility import HistoryVisibility
+from starling.storage.events import EventMeta, EventStore
+from starling.storage.memberships import MembershipStore
+from starling.storage.search import SearchHit, SearchStore, search_words
+from starling.storage.state import StateStore
+from starling.sync.filtering import EventFilter
+from starling.sync.tokens import pagination_token
+
+EventPair = tuple[Event, EventMeta]
+# (user_id, room_id) -> the room's current state events, formatted (RoomHistory.state_events)
+StateReader = Callable[[str, str], Any]
+
+UNBOUNDED = 2**62
+MAX_ROUNDS = 5
+MAX_TOKEN_LENGTH = 512
+
+
+@dataclass(frozen=True)
+class SearchToken:
+    by_rank: bool
+    value: int  # rank: offset; recent: exclusive upper stream position
+    room_id: str | None = None
+
+    def encode(self) -> str:
+        head = f"{'k' if self.by_rank else 't'}{self.value}"
+        return head if self.room_id is None else f"{head}~{self.room_id}"
+
+    @classmethod
+    def parse(cls, token: str) -> SearchToken:
+        head, sep, room_id = token.partition("~")
+        if (
+            len(token) > MAX_TOKEN_LENGTH
+            or head[:1] not in ("k", "t")
+            or not head[1:].isdigit()
+            or (sep and not room_id.startswith("!"))
+        ):
+            raise invalid_param("Invalid next_batch token")
+        return cls(head[0] == "k", int(head[1:]), room_id or None)
+
+
+@dataclass(frozen=True)
+class EventContextRequest:
+    before_limit: int = 5
+    after_limit: int = 5
+    include_profile: bool = False
+
+
+@dataclass(frozen=True)
+class RoomEventsQuery:
+    search_term: str
+    keys: tuple[str, ...]
+    efilter: EventFilter
+    limit: int
+    by_rank: bool
+    context: EventContextRequest | None
+    include_state: bool
+    group_by_room: bool
+    group_by_sender: bool
+
+
+class SearchService:
+    def __init__(
+        self,
+        store: SearchStore,
+        events: EventStore,
+        state: StateStore,
+        memberships: MembershipStore,
+        visibility: HistoryVisibility,
+        formatter: EventFormatter,
+        state_reader: StateReader,
+    ) -> None:
+        self._store = store
+        self._events = events
+        self._state = state
+        self._memberships = memberships
+        self._visibility = visibility
+        self._formatter = formatter
+        self._state_reader = state_reader
+
+    async def _searchable_rooms(self, user_id: str) -> tuple[dict[str, int], list[str]]:
+        """{room_id: last stream position the user may search}, and the joined rooms."""
+        rooms = await self._memberships.get_rooms_for_user(user_id)
+        bounds: dict[str, int] = {}
+        joined: list[str] = []
+        departed: dict[str, str] = {}
+        for room_id, m in rooms.items():
+            if m.membership == "join":
+                bounds[room_id] = UNBOUNDED
+                joined.append(room_id)
+            elif m.membership in ("leave", "ban"):
+                departed[room_id] = m.event_id
+        if departed:
+            metas = await self._events.get_events_with_meta(departed.values())
+            for room_id, event_id in departed.items():
+                found = metas.get(event_id)
+                if found is not None and found[1].stream_ordering is not None:
+                    bounds[room_id] = found[1].stream_ordering
+        return bounds, joined
+
+    async def room_events(
+        self, user_id: str, device_id: str | None, query: RoomEventsQuery, token: str | None
+    ) -> JsonDict:
+        words = search_words(query.search_term)
+        start = SearchToken.parse(token) if token is not None else None
+        if start is not None and start.by_rank != query.by_rank:
+            raise invalid_param("next_batch token is for a different order_by")
+        bounds, joined = await self._searchable_rooms(user_id)
+        f = query.efilter
+        wanted = {
+            r: upper
+            for r, upper in bounds.items()
+            if (f.rooms is None or r in f.rooms) and r not in f.not_rooms
+        }
+        if start is not None and start.room_id is not None:
+            wanted = {r: u for r, u in wanted.items() if r == start.room_id}
+        rooms = sorted(wanted.items())
+        keys = query.keys
+        count = await self._store.count(words, rooms, keys)
+
+        offset = start.value if start is not None and start.by_rank else 0
+        before = start.value if start is not None and not start.by_rank else None
+        found: list[tuple[EventPair, SearchHit]] = []
+        more = False
+        batch = max(query.limit * 2, 20)
+        for _ in range(MAX_ROUNDS):
+            hits = await self._store.search(
+                words,
+                rooms,
+                keys,
+                by_rank=query.by_rank,
+                before=before,
+                offset=offset,
+                limit=batch,
+            )
+            pairs = await self._events.get_events_with_meta(h.event_id for h in hits)
+            candidates = [
+                pair
+                for pair in pairs.values()
+                if f.matches(pair[0].type, pair[0].sender, pair[0].room_id, pair[0].content)
+            ]
+            visible = {
+                e.event_id
+                for e, _ in await self._visibility.filter_events(
+                    user_id, candidates, joined_rooms=joined
+                )
+            }
+            consumed = 0
+            for index, hit in enumerate(hits):
+                consumed = index + 1
+                pair = pairs.get(hit.event_id)
+                if pair is None or hit.event_id not in visible:
+                    continue
+                found.append((pair, hit))
+                if len(found) == query.limit:
+                    break
+            offset += consumed
+            if hits:
+                before = hits[consumed - 1].stream_ordering
+            if len(found) == query.limit:
+                more = consumed < len(hits) or len(hits) == batch
+                break
+            if len(hits) < batch:
+                break
+            batch = min(batch * 2, 500)
+        else:
+            more = True
+
+        opts = FormatOptions(user_id, device_id)
+        formatted = await self._formatter.format([p for p, _ in found], opts)
+        results: list[JsonDict] = []
+        for (pair, hit), event_json in zip(found, formatted, strict=True):
+            result: JsonDict = {"rank": hit.score, "result": event_json}
+            if query.context is not None:
+                result["context"] = await self._context(
+                    user_id, device_id, pair, wanted.get(pair[0].room_id, UNBOUNDED), query.context
+                )
+            results.append(result)
+
+        body: JsonDict = {"count": count, "highlights": words, "results": results}
+        next_token: SearchToken | None = None
+        if more and found:
+            next_token = SearchToken(
+                query.by_rank,
+                offset if query.by_rank else found[-1][1].stream_ordering,
+                start.room_id if start is not None else None,
+            )
+            body["next_batch"] = next_token.encode()
+        groups = self._groups(query, found, more)
+        if groups:
+            body["groups"] = groups
+        if query.include_state:
+            state: JsonDict = {}
+            for room_id in dict.fromkeys(p[0].room_id for p, _ in found):
+                state[room_id] = await self._state_reader(user_id, room_id)
+            body["state"] = state
+        return body
+
+    def _groups(
+        self, query: RoomEventsQuery, found: Sequence[tuple[EventPair, SearchHit]], more: bool
+    ) -> JsonDict:
+        groups: JsonDict = {}
+        if query.group_by_room:
+            by_room: dict[str, JsonDict] = {}
+            for (event, _), hit in found:
+                order = hit.score if query.by_rank else hit.stream_ordering
+                group = by_room.setdefault(event.room_id, {"results": [], "order": order})
+                group["results"].append(event.event_id)
+                if not query.by_rank and more:
+                    # Results of this room continue below its oldest one on this page.
+                    group["next_batch"] = SearchToken(
+                        False, hit.stream_ordering, event.room_id
+                    ).encode()
+            groups["room_id"] = by_room
+        if query.group_by_sender:
+            by_sender: dict[str, JsonDict] = {}
+            for (event, _), hit in found:
+                order = hit.score if query.by_rank else hit.stream_ordering
+                group = by_sender.setdefault(event.sender, {"results": [], "order": order})
+                group["results"].append(event.event_id)
+            groups["sender"] = by_sender
+        return groups
+
+    async def _context(
+        self,
+        user_id: str,
+        device_id: str | None,
+        pair: EventPair,
+        upper: int,
+        request: EventContextRequest,
+    ) -> JsonDict:
+        """Events around a result that the user may see (spec: event_context)."""
+        event, meta = pair
+        position = meta.stream_ordering or 0
+        before: list[EventPair] = []
+        after: list[EventPair] = []
+        if request.before_limit:
+            rows = await self._events.get_room_events_between(
+                event.room_id, None, position - 1, request.before_limit * 2, backwards=True
+            )
+            visible = await self._visibility.filter_events(user_id, rows)
+            before = visible[: request.before_limit]
+        if request.after_limit and position < upper:
+            rows = await self._events.get_room_events_between(
+                event.room_id,
+                position,
+                min(upper, UNBOUNDED),
+                request.after_limit * 2,
+                backwards=False,
+            )
+            visible = await self._visibility.filter_events(user_id, rows)
+            after = visible[: request.after_limit]
+        opts = FormatOptions(user_id, device_id)
+        formatted_before = await self._formatter.format(before, opts)
+        formatted_after = await self._formatter.format(after, opts)
+        start = (before[-1][1].stream_ordering or 0) - 1 if before else position - 1
+        end = (after[-1][1].stream_ordering or 0) if after else position
+        context: JsonDict = {
+            "start": pagination_token(start),
+            "end": pagination_token(end),
+            "events_before": formatted_before,
+            "events_after": formatted_after,
+        }
+        if request.include_profile:
+            context["profile_info"] = await self._profiles(
+                [*before, pair, *after], meta.state_after
+            )
+        return context
+
+    async def _profiles(self, pairs: Sequence[EventPair], group: int | None) -> JsonDict:
+        """Display names and avatars of the senders, from their member events in the
+        room's state at the result (the profile they had then)."""
+        senders = sorted({e.sender for e, _ in pairs})
+        if group is None:
+            return {}
+        entries = await self._state.get_state_entries_for_groups(
+            [group], [("m.room.member", s) for s in senders]
+        )
+        ids = entries.get(group, {})
+        members = await self._events.get_events(ids.values())
+        out: JsonDict = {}
+        for (_, sender), event_id in ids.items():
+            member = members.get(event_id)
+            if member is None:
+                continue
+            info: JsonDict = {}
+            for key in ("displayname", "avatar_url"):
+                value = member.content.get(key)
+                if isinstance(value, str):
+                    info[key] = value
+            out[sender] = info
+        return out

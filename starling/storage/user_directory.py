@@ -1,0 +1,85 @@
+"""The user directory's query: local users found by user ID and display name words.
+
+The words of every local profile are indexed by migration 0010 (an FTS5 table kept
+current by triggers on ``profiles`` on SQLite; a GIN expression index on ``profiles`` on
+PostgreSQL), so a profile change is searchable as soon as it is committed. Who may be
+found is decided in the same statement with joins over ``room_memberships``: users
+joined to a room the searcher is joined to, or to one of the given public rooms. One
+statement per search, whatever the number of users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from starling.storage.database import Database
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryUser:
+    user_id: str
+    displayname: str | None
+    avatar_url: str | None
+
+
+class UserDirectoryStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def search(
+        self,
+        words: Sequence[str],
+        limit: int,
+        *,
+        searcher: str,
+        public_rooms: Sequence[str] | None,
+    ) -> list[DirectoryUser]:
+        """Up to `limit` active local users matching every word as a prefix, best first
+        (then those with a display name and an avatar, then by user ID).
+
+        `public_rooms` None: any user may be found. Otherwise only users sharing a
+        joined room with `searcher`, or joined to one of `public_rooms`.
+        """
+        if not words:
+            return []
+        sql = self._db.sql
+        source, score = sql.user_directory_source()
+        args: list[Any] = [sql.prefix_query(words)]
+        where = " WHERE NOT u.deactivated AND NOT u.is_guest"
+        if public_rooms is not None:
+            where += (
+                " AND EXISTS (SELECT 1 FROM room_memberships m"
+                " WHERE m.user_id = p.user_id AND m.membership = 'join' AND ("
+                " m.room_id IN (SELECT mine.room_id FROM room_memberships mine"
+                "   WHERE mine.user_id = ? AND mine.membership = 'join')"
+                f" OR {sql.in_array('m.room_id')}))"
+            )
+            args += [searcher, sql.array(list(public_rooms))]
+        rows = await self._db.fetch_all(
+            f"SELECT p.user_id, p.displayname, p.avatar_url FROM {source}"
+            f" JOIN users u ON u.user_id = p.user_id{where}"
+            f" ORDER BY {score} DESC, p.displayname IS NULL, p.avatar_url IS NULL, p.user_id"
+            " LIMIT ?",
+            *args,
+            limit,
+        )
+        return [DirectoryUser(r[0], r[1], r[2]) for r in rows]
+
+    async def public_room_candidates(
+        self, room_ids: Sequence[str] | None = None
+    ) -> list[tuple[str, str, Any]]:
+        """(room_id, event type, event JSON) of the current join rules and history
+        visibility of the given rooms (None: every room), to decide which are public."""
+        sql = self._db.sql
+        only = "" if room_ids is None else f" AND {sql.in_array('cs.room_id')}"
+        rows = await self._db.fetch_all(
+            "SELECT cs.room_id, sk.type, e.json FROM current_state cs"
+            " JOIN state_keys sk ON sk.key_nid = cs.key_nid"
+            " JOIN events e ON e.event_nid = cs.event_nid"
+            " WHERE sk.state_key = ''"
+            f" AND sk.type IN ('m.room.join_rules', 'm.room.history_visibility'){only}",
+            *([] if room_ids is None else [sql.array(list(room_ids))]),
+        )
+        return [(r[0], r[1], r[2]) for r in rows]

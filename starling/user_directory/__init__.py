@@ -1,0 +1,1 @@
+"""The user directory (spec: client-server-api "User Directory")."""
