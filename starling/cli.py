@@ -12,6 +12,7 @@ import contextlib
 import getpass
 import logging
 import logging.config
+import os
 import signal
 import sys
 from pathlib import Path
@@ -62,7 +63,7 @@ def cmd_generate_config(args: argparse.Namespace) -> int:
     except (ConfigError, FileExistsError) as e:
         return _fail(str(e))
     print(f"Wrote {path} and a new signing key. Start the server with:")
-    print(f"  starling serve -c {path}")
+    print(f"  {_own_command()} serve -c {path}")
     return 0
 
 
@@ -83,7 +84,7 @@ async def _serve(config: Config, config_path: str) -> int:
         print(f"Starling {__version__} for {config.server_name} listening on {url}", flush=True)
     print(
         "Create the first user with:\n"
-        f"  starling register-user -c {config_path} alice --password 'secret' --admin",
+        f"  {_own_command()} register-user -c {config_path} alice --password 'secret' --admin",
         flush=True,
     )
     try:
@@ -92,6 +93,14 @@ async def _serve(config: Config, config_path: str) -> int:
         logging.getLogger("starling").info("shutting down")
         await hs.stop()
     return 0
+
+
+def _own_command() -> str:
+    """How this command was invoked (e.g. .venv/bin/starling), for the hints it prints."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    if os.path.basename(argv0) == "starling":
+        return argv0
+    return "starling"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
