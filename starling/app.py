@@ -193,7 +193,10 @@ async def build_services(config: Config, db: Database, signing_key: SigningKey) 
     sync.sync.use_ignored_users(extras.account_data.get_ignored_users)
     sync.formatter.use_aggregations(
         RelationAggregator(
-            event_store, relation_store, extras.account_data.get_ignored_users
+            event_store,
+            relation_store,
+            extras.account_data.get_ignored_users,
+            HistoryVisibility(event_store, state_store, membership_store).filter_events,
         ).bundle
     )
     relations = RelationsService(

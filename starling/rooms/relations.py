@@ -32,13 +32,27 @@ from starling.rooms.client_format import (
 )
 from starling.rooms.visibility import HistoryVisibility
 from starling.storage.events import EventMeta, EventStore
-from starling.storage.relations import ANNOTATION, REPLACE, RelationStore, relation_of
+from starling.storage.relations import (
+    ANNOTATION,
+    REPLACE,
+    THREAD,
+    RelationStore,
+    ThreadSummary,
+    is_valid_edit,
+    relation_of,
+)
 from starling.sync.tokens import pagination_token
 
 EventPair = tuple[Event, EventMeta]
 IgnoredUsersLookup = Callable[[str], Awaitable[frozenset[str]]]
 # Raises 403 M_FORBIDDEN when the user may not read the room (RoomHistory.access).
 RoomAccessCheck = Callable[[str, str], Awaitable[object]]
+# The events (user, pairs) the user may see: HistoryVisibility.filter_events.
+VisibilityFilter = Callable[[str, Sequence[EventPair]], Awaitable[list[EventPair]]]
+
+# How many children of one parent are read to find the latest the user may see, when
+# the latest of all is hidden from them (they left, or joined later).
+MAX_FALLBACK_SCAN = 1000
 
 # How deep `recurse=true` follows relations of relations (the spec asks for at least 3).
 RECURSION_DEPTH = 3
@@ -50,10 +64,12 @@ class RelationAggregator:
         events: EventStore,
         store: RelationStore,
         ignored_users: IgnoredUsersLookup | None = None,
+        visible: VisibilityFilter | None = None,
     ) -> None:
         self._events = events
         self._store = store
         self._ignored_users = ignored_users
+        self._visible = visible
 
     async def bundle(self, pairs: Sequence[EventPair], user_id: str | None) -> dict[str, Bundle]:
         """The bundled aggregations of each event (and of their threads' latest replies)."""
@@ -99,7 +115,13 @@ class RelationAggregator:
             edits.update(more.edits)
             references.update(more.references)
         to_load = latest_ids | set(edits.values())
+        if self._visible is not None:
+            to_load |= {eid for children in references.values() for eid in children}
         loaded = await self._events.get_events_with_meta(to_load) if to_load else {}
+        if self._visible is not None and user_id is not None and loaded:
+            await self._hide_invisible(
+                user_id, wanted, summaries, edits, references, loaded, ignored
+            )
 
         out: dict[str, Bundle] = {}
         for root_id, summary in summaries.items():
@@ -117,6 +139,104 @@ class RelationAggregator:
         for parent_id, children in references.items():
             out.setdefault(parent_id, Bundle()).references = children
         return out
+
+    async def _hide_invisible(
+        self,
+        user_id: str,
+        wanted: dict[str, EventPair],
+        summaries: dict[str, ThreadSummary],
+        edits: dict[str, str],
+        references: dict[str, list[str]],
+        loaded: dict[str, EventPair],
+        ignored: frozenset[str],
+    ) -> None:
+        """Children the user may not see (history visibility) are not bundled: a hidden
+        latest reply or edit gives way to the latest one they may see. Updates the
+        arguments in place; runs queries only when something is hidden."""
+        assert self._visible is not None
+        seen = {e.event_id for e, _ in await self._visible(user_id, list(loaded.values()))}
+        if len(seen) == len(loaded):
+            return
+        for root_id, summary in list(summaries.items()):
+            if summary.latest_event_id in seen:
+                continue
+            root = wanted[root_id][0]
+            replies = await self._visible_children(user_id, root.room_id, root_id, THREAD)
+            replies = [p for p in replies if p[0].sender not in ignored]
+            if not replies:
+                del summaries[root_id]
+                continue
+            latest = replies[0]
+            summaries[root_id] = ThreadSummary(
+                latest[0].event_id,
+                len(replies),
+                any(e.sender == user_id for e, _ in replies),
+            )
+            loaded[latest[0].event_id] = latest
+            seen.add(latest[0].event_id)
+            more = await self._store.aggregations(
+                thread_roots=[],
+                edit_targets=[latest[0].event_id],
+                reference_targets=[latest[0].event_id],
+                user_id=user_id,
+                ignored=ignored,
+            )
+            edits.update(more.edits)
+            references.update(more.references)
+            extra = set(more.edits.values()) | {
+                eid for children in more.references.values() for eid in children
+            }
+            if extra:
+                pairs = await self._events.get_events_with_meta(extra)
+                loaded.update(pairs)
+                seen |= {e.event_id for e, _ in await self._visible(user_id, list(pairs.values()))}
+        for parent_id, edit_id in list(edits.items()):
+            if edit_id in seen:
+                continue
+            del edits[parent_id]
+            parent = wanted.get(parent_id) or loaded.get(parent_id)
+            if parent is None:
+                continue
+            original = parent[0]
+            candidates = [
+                (e, m)
+                for e, m in await self._visible_children(
+                    user_id, original.room_id, parent_id, REPLACE
+                )
+                if is_valid_edit(e)
+                and e.sender == original.sender
+                and e.type == original.type
+                and original.state_key is None
+            ]
+            if candidates:
+                best = max(candidates, key=lambda p: (p[0].origin_server_ts, p[0].event_id))
+                edits[parent_id] = best[0].event_id
+                loaded[best[0].event_id] = best
+        for parent_id, children in list(references.items()):
+            kept = [eid for eid in children if eid in seen]
+            if kept:
+                references[parent_id] = kept
+            else:
+                del references[parent_id]
+
+    async def _visible_children(
+        self, user_id: str, room_id: str, parent_id: str, rel_type: str
+    ) -> list[EventPair]:
+        """The children of one relation type the user may see, newest first."""
+        assert self._visible is not None
+        rows = await self._store.get_children(
+            room_id,
+            parent_id,
+            rel_type=rel_type,
+            event_type=None,
+            lower_exclusive=None,
+            upper_inclusive=None,
+            backwards=True,
+            limit=MAX_FALLBACK_SCAN,
+        )
+        got = await self._events.get_events_with_meta(eid for eid, _ in rows)
+        pairs = [got[eid] for eid, _ in rows if eid in got and not got[eid][1].soft_failed]
+        return await self._visible(user_id, pairs)
 
 
 class RelationsService:

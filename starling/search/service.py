@@ -1,10 +1,11 @@
 """POST /search, category room_events (spec: modules "Server Side Search").
 
 The rooms searched are those the user is joined to (up to now) and those they left or
-were banned from (up to their departure, as Synapse does); a `filter.rooms` narrows
-them. Candidates come from the full-text index in pages (`SearchStore.search`), then
-pass the rest of the filter (senders, types, contains_url) and history visibility; a
-page that they thin out is refilled from further on, a bounded number of times.
+were banned from (up to their departure, as Synapse does) and have not forgotten; a
+`filter.rooms` narrows them. Candidates come from the full-text index in pages
+(`SearchStore.search`), then pass the rest of the filter (senders, types, contains_url)
+and history visibility; a page that they thin out is refilled from further on, a bounded
+number of times.
 
 Ordering: `rank` (most relevant first, newest first among equals) or `recent` (newest
 first). Both paginate: the `next_batch` token is `k<offset>` for rank (rows of the
@@ -115,6 +116,10 @@ class SearchService:
                 joined.append(room_id)
             elif m.membership in ("leave", "ban"):
                 departed[room_id] = m.event_id
+        if departed:
+            # A forgotten room's history is no longer searchable (spec: /forget).
+            for room_id in await self._memberships.forgotten_rooms(user_id):
+                departed.pop(room_id, None)
         if departed:
             metas = await self._events.get_events_with_meta(departed.values())
             for room_id, event_id in departed.items():

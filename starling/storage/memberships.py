@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import orjson
+
 from starling.storage.database import Database, Transaction
 
 
@@ -119,6 +121,27 @@ class MembershipStore:
         for room_id in rooms:
             users |= await self.get_joined_users(room_id)
         return users
+
+    async def rooms_ever_joined(self, user_id: str, room_ids: Iterable[str]) -> set[str]:
+        """Those of the rooms the user has ever joined (by their accepted member events)."""
+        wanted = sorted(set(room_ids))
+        if not wanted:
+            return set()
+        rows = await self._db.fetch_all(
+            "SELECT room_id, json FROM events WHERE type = 'm.room.member' AND state_key = ?"
+            f" AND {self._db.sql.in_array('room_id')}"
+            " AND NOT soft_failed AND rejected_reason IS NULL AND NOT outlier",
+            user_id,
+            self._db.sql.array(wanted),
+        )
+        out: set[str] = set()
+        for room_id, raw in rows:
+            if room_id in out:
+                continue
+            content = orjson.loads(raw).get("content")
+            if isinstance(content, dict) and content.get("membership") == "join":
+                out.add(room_id)
+        return out
 
     async def forget(self, user_id: str, room_id: str) -> None:
         await self._db.execute(

@@ -3,9 +3,9 @@
 Spec: client-server-api "Getting events for a room", "Room participation" (event,
 state, members, joined_members), "Pagination" (/messages), "Retrieving events around
 an event" (/context). Every read first asks `access`: a joined user reads the room as it
-is now, a user who left or was banned reads it as it was when they left (and no later
-events), anyone may read a world-readable room; everyone else gets 403. Then each event
-passes history visibility.
+is now, a user who left or was banned after having joined reads it as it was when they
+left (and no later events) until they forget it, anyone may read a world-readable room;
+everyone else gets 403. Then each event passes history visibility.
 
 Paging walks the events stream of one room by position. A page that filters or history
 visibility thin out is refilled from further back, a bounded number of times, so a
@@ -71,7 +71,15 @@ class RoomHistory:
         m = await self._memberships.get_membership(room_id, user_id)
         if m is not None and m.membership == "join":
             return RoomAccess(room_id, "join", None, None, True)
-        if m is not None and m.membership in ("leave", "ban"):
+        if (
+            m is not None
+            and m.membership in ("leave", "ban")
+            # Once forgotten, a room's history is no longer theirs to read (spec: /forget).
+            and room_id not in await self._memberships.forgotten_rooms(user_id)
+            # A rejected invite, a rescinded knock or a ban from outside gives no view
+            # of a room they were never in.
+            and await self._memberships.rooms_ever_joined(user_id, [room_id])
+        ):
             found = await self._events.get_event(m.event_id)
             upper = found[1].stream_ordering if found is not None else None
             return RoomAccess(room_id, m.membership, upper, m.event_id, False)
@@ -100,6 +108,9 @@ class RoomHistory:
         found = await self._events.get_event(event_id)
         if found is None or found[0].room_id != room_id or found[1].rejected_reason:
             raise not_found("Event not found")
+        m = await self._memberships.get_membership(room_id, user_id)
+        if m is not None and m.membership in ("leave", "ban"):
+            await self.access(user_id, room_id)  # 403 once they have forgotten the room
         if not await self._visibility.is_visible(user_id, found):
             raise forbidden("You don't have permission to see this event")
         return await self._formatter.format_one(found, FormatOptions(user_id, device_id))

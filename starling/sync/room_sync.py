@@ -158,6 +158,9 @@ class RoomSyncBuilder:
                 departed.append(m)
         if departed:
             forgotten = await self._memberships.forgotten_rooms(req.user_id)
+            ever_joined = await self._memberships.rooms_ever_joined(
+                req.user_id, (m.room_id for m in departed)
+            )
             for m in departed:
                 if m.room_id not in forgotten:
                     plans.append(
@@ -167,6 +170,9 @@ class RoomSyncBuilder:
                             None,
                             min(m.stream_ordering or req.upto, req.upto),
                             full_state=True,
+                            # Never joined (a rejected invite, a ban from outside): no
+                            # state, as in an incremental sync.
+                            no_state=m.room_id not in ever_joined,
                             end_event=m.event_id,
                         )
                     )
@@ -246,14 +252,29 @@ class RoomSyncBuilder:
         if req.full_state and req.filter.include_leave:
             planned = {p.room_id for p in plans}
             forgotten_rooms = await self._memberships.forgotten_rooms(req.user_id)
-            for room_id, m in memberships.items():
-                if (
-                    m.membership in ("leave", "ban")
-                    and room_id not in planned
-                    and room_id not in forgotten_rooms
-                ):
-                    upper = min(m.stream_ordering or req.upto, req.upto)
-                    plans.append(_Plan(room_id, "leave", since, upper, True, end_event=m.event_id))
+            departed = [
+                m
+                for room_id, m in memberships.items()
+                if m.membership in ("leave", "ban")
+                and room_id not in planned
+                and room_id not in forgotten_rooms
+            ]
+            ever_joined = await self._memberships.rooms_ever_joined(
+                req.user_id, (m.room_id for m in departed)
+            )
+            for m in departed:
+                upper = min(m.stream_ordering or req.upto, req.upto)
+                plans.append(
+                    _Plan(
+                        m.room_id,
+                        "leave",
+                        since,
+                        upper,
+                        True,
+                        no_state=m.room_id not in ever_joined,
+                        end_event=m.event_id,
+                    )
+                )
         return plans, invites, knocks
 
     # --- timelines -----------------------------------------------------------------------
