@@ -168,6 +168,12 @@ class CrossSigningService:
                 try:
                     if not isinstance(obj, dict):
                         raise bad_json("A signed key object must be an object")
+                    signatures = obj.get("signatures")
+                    if not isinstance(signatures, dict) or not all(
+                        isinstance(v, dict) and all(isinstance(s, str) for s in v.values())
+                        for v in signatures.values()
+                    ):
+                        raise bad_json("'signatures' must be an object of objects of strings")
                     if target_user == user_id:
                         to_store.append(self._own_signature(user_id, key_id, obj, mine, devices))
                     else:

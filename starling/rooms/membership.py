@@ -56,14 +56,26 @@ class MembershipService:
         *,
         reason: str | None = None,
         via: Sequence[str] = (),
+        guest: bool = False,
     ) -> Event | None:
-        """Join; returns the new member event, or None when already joined unchanged."""
+        """Join; returns the new member event, or None when already joined unchanged.
+        A guest may only join a room whose ``m.room.guest_access`` is ``can_join`` (spec:
+        Guest access, server behaviour)."""
         profile = await self._profile(user_id)
         content = _reason({"membership": "join", **profile}, reason)
         if not await self._room_known(room_id):
             if self._remote_join is not None:
+                if guest:  # the room's guest_access cannot be checked before joining
+                    raise MatrixError(
+                        403, "M_GUEST_ACCESS_FORBIDDEN", "Guests cannot join this room"
+                    )
                 return await self._remote_join(room_id, user_id, via, content)
             raise MatrixError(404, "M_NOT_FOUND", f"No known room {room_id}")
+        if guest:
+            key = ("m.room.guest_access", "")
+            access = (await self._events.current_state_events(room_id, [key])).get(key)
+            if access is None or access.content.get("guest_access") != "can_join":
+                raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guests cannot join this room")
         current = await self._memberships.get_membership(room_id, user_id)
         if current is not None and current.membership == "join" and reason is None:
             state = await self._events.current_state_events(room_id, [("m.room.member", user_id)])

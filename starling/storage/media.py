@@ -220,8 +220,10 @@ class MediaStore:
 
     async def uploaded_bytes_since(self, user_id: str, since_ms: int) -> int:
         value = await self._db.fetch_val(
+            # uploaded_ts, not created_ts: content put into a media ID reserved long ago
+            # (POST /create) counts when it arrives.
             "SELECT COALESCE(SUM(media_length), 0) FROM media WHERE user_id = ?"
-            " AND created_ts >= ? AND sha256 IS NOT NULL AND url_cache = FALSE",
+            " AND uploaded_ts >= ? AND sha256 IS NOT NULL AND url_cache = FALSE",
             user_id,
             since_ms,
         )

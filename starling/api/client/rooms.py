@@ -80,7 +80,11 @@ class RoomRoutes:
         room_id, servers = await self._resolve_room(target)
         via = request.query.getall("via", []) or request.query.getall("server_name", [])
         await self.svc.membership.join(
-            room_id, requester.user_id, reason=body_str(body, "reason"), via=[*via, *servers]
+            room_id,
+            requester.user_id,
+            reason=body_str(body, "reason"),
+            via=[*via, *servers],
+            guest=requester.is_guest,
         )
         return json_response({"room_id": room_id})
 
