@@ -66,6 +66,7 @@ from starling.receipts.unread import UnreadCounts
 from starling.rooms.builder import EventBuilder
 from starling.rooms.creation import RoomCreator
 from starling.rooms.event_service import RoomEventService
+from starling.rooms.guests import GuestEvictor
 from starling.rooms.hierarchy import SpaceHierarchy
 from starling.rooms.membership import MembershipService
 from starling.rooms.relations import RelationAggregator, RelationsService
@@ -151,6 +152,9 @@ async def build_services(config: Config, db: Database, signing_key: SigningKey) 
         search_store,
     )
     membership = MembershipService(room_events, membership_store, profile_lookup)
+    room_events.add_listener(
+        GuestEvictor(membership_store, membership, account_store.guests_among).on_event
+    )
 
     async def invite(room_id: str, sender: str, target: str, is_direct: bool) -> Event:
         return await membership.invite(room_id, sender, target, is_direct=is_direct)

@@ -162,6 +162,17 @@ class AccountStore:
         if not inserted:
             raise UserExists(user_id)
 
+    async def guests_among(self, user_ids: Iterable[str]) -> set[str]:
+        """Which of these users are guest accounts (one query)."""
+        ids = list(user_ids)
+        if not ids:
+            return set()
+        rows = await self._db.fetch_all(
+            f"SELECT user_id FROM users WHERE is_guest AND {self._db.sql.in_array('user_id')}",
+            self._db.sql.array(ids),
+        )
+        return {r[0] for r in rows}
+
     async def get_user(self, user_id: str) -> User | None:
         row = await self._db.fetch_one(
             f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = ?", user_id

@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from starling.accounts.auth import RequestAuthenticator, Requester
+from starling.api.client.guests import guest_may_call
 from starling.api.http import USER_ID_KEY
 from starling.errors import MatrixError, invalid_param, missing_token
 
@@ -31,6 +32,10 @@ async def require_user(request: web.Request, auth: RequestAuthenticator) -> Requ
     if token is None:
         raise missing_token()
     requester = await auth.requester_for_token(token)
+    if requester.is_guest and not guest_may_call(request.method, request.path):
+        raise MatrixError(
+            403, "M_GUEST_ACCESS_FORBIDDEN", "Guest accounts may not use this endpoint"
+        )
     request[USER_ID_KEY] = requester.user_id  # for the access log
     request[REQUESTER_KEY] = requester
     return requester

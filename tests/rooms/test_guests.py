@@ -1,0 +1,68 @@
+"""Guest accounts: only the spec's endpoints, only rooms that admit guests, and out again
+when a room stops admitting them."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.support.harness import Harness
+
+V3 = "/_matrix/client/v3"
+
+
+@pytest.fixture
+def hs_config() -> dict[str, Any]:
+    return {"allow_guest_access": True}
+
+
+async def _guest(hs: Harness) -> tuple[str, str]:
+    status, body = await hs.request("POST", f"{V3}/register?kind=guest", None, {})
+    assert status == 200, body
+    return body["user_id"], body["access_token"]
+
+
+async def test_guests_may_use_only_the_listed_endpoints(hs: Harness) -> None:
+    guest, token = await _guest(hs)
+    status, body = await hs.request("GET", f"{V3}/account/whoami", token)
+    assert status == 200 and body["user_id"] == guest and body["is_guest"] is True
+    assert (await hs.request("GET", f"{V3}/sync", token))[0] == 200
+    for method, path, payload in [
+        ("POST", f"{V3}/createRoom", {}),
+        ("PUT", f"{V3}/user/{guest}/account_data/x.y", {"a": 1}),
+        ("POST", f"{V3}/room_keys/version", {"algorithm": "x", "auth_data": {}}),
+        ("PUT", f"{V3}/profile/{guest}/avatar_url", {"avatar_url": "mxc://a/b"}),
+    ]:
+        status, body = await hs.request(method, path, token, payload)
+        assert status == 403 and body["errcode"] == "M_GUEST_ACCESS_FORBIDDEN", (path, body)
+    status, _ = await hs.request(
+        "PUT", f"{V3}/profile/{guest}/displayname", token, {"displayname": "Visitor"}
+    )
+    assert status == 200
+
+
+async def test_guests_leave_when_the_room_stops_admitting_them(hs: Harness) -> None:
+    _, owner = await hs.register()
+    room = await hs.create_room(owner, preset="public_chat")
+    guest, token = await _guest(hs)
+    status, body = await hs.request("POST", f"{V3}/rooms/{room}/join", token, {})
+    assert status == 403 and body["errcode"] == "M_GUEST_ACCESS_FORBIDDEN"
+    status, _ = await hs.request(
+        "PUT", f"{V3}/rooms/{room}/state/m.room.guest_access", owner, {"guest_access": "can_join"}
+    )
+    assert status == 200
+    assert (await hs.request("POST", f"{V3}/rooms/{room}/join", token, {}))[0] == 200
+    members = hs.services.membership_store
+    assert guest in await members.get_joined_users(room)
+    status, _ = await hs.request(
+        "PUT", f"{V3}/rooms/{room}/state/m.room.guest_access", owner, {"guest_access": "forbidden"}
+    )
+    assert status == 200
+    for _ in range(100):  # the eviction runs just after the commit
+        if guest not in await members.get_joined_users(room):
+            break
+        await asyncio.sleep(0.02)
+    membership = await members.get_membership(room, guest)
+    assert membership is not None and membership.membership == "leave"
