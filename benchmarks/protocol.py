@@ -35,7 +35,6 @@ import platform
 import pstats
 import random
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import state_res_input
+from benchmarks.machine import cpu_model, git_commit
 from starling.protocol.event import Event
 from starling.protocol.event_signing import hash_and_sign_event, verify_event_signature
 from starling.protocol.hashing import (
@@ -359,41 +359,12 @@ def results_table(cases: list[Case]) -> str:
 # --- the benchmark --------------------------------------------------------------------
 
 
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "starling"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return out + (" (starling/ has uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_description() -> str:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (
-        f"{_cpu_model()}, {os.cpu_count()} cores (shared with other engineers' "
+        f"{cpu_model()}, {os.cpu_count()} cores (shared with other engineers' "
         f"processes; load average at start {load}); Python {platform.python_version()}; "
-        f"matrix-synapse {importlib.metadata.version('matrix-synapse')}; Starling {_git_commit()}"
+        f"matrix-synapse {importlib.metadata.version('matrix-synapse')}; Starling {git_commit()}"
     )
 
 

@@ -19,7 +19,6 @@ import importlib.metadata
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import aiohttp
 
+from benchmarks.machine import cpu_model, git_commit
 from benchmarks.server import load, servers
 from benchmarks.server.load import Api, Params, Results, User
 
@@ -167,42 +167,13 @@ def run_one(
 # --- the report ------------------------------------------------------------------------
 
 
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "starling"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return out + (" (starling/ has uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_description(load_at_start: tuple[float, float, float]) -> str:
     load_avg = ", ".join(f"{x:.2f}" for x in load_at_start)
     return (
-        f"{_cpu_model()}, {os.cpu_count()} cores (shared with other engineers' processes; "
+        f"{cpu_model()}, {os.cpu_count()} cores (shared with other engineers' processes; "
         f"load average at start {load_avg}, at end "
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}); Python {platform.python_version()}; "
-        f"matrix-synapse {importlib.metadata.version('matrix-synapse')}; Starling {_git_commit()}"
+        f"matrix-synapse {importlib.metadata.version('matrix-synapse')}; Starling {git_commit()}"
     )
 
 
