@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import importlib.metadata
 import os
@@ -76,10 +77,8 @@ METRICS: list[tuple[str, str, str, bool]] = [
 async def _sampler(server: servers.Server, stop: asyncio.Event) -> None:
     while not stop.is_set():
         server.sample()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=0.25)
-        except TimeoutError:
-            pass
 
 
 async def run_scenarios(

@@ -9,6 +9,7 @@ errors fast can never look fast. Times are wall-clock from the client's side
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import statistics
 import time
@@ -27,7 +28,7 @@ REQUEST_TIMEOUT_S = 60
 
 
 class ServerError(RuntimeError):
-    pass
+    """The server answered a setup or load request with an error."""
 
 
 @dataclass
@@ -326,10 +327,8 @@ async def delivery_latency(api: Api, sender: User, syncer: User, p: Params, res:
     finally:
         stop = True
         poller.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await poller
-        except (asyncio.CancelledError, Exception):
-            pass
     res.values["delivery_p50_ms"] = percentile(samples, 50) * 1000
     res.values["delivery_p99_ms"] = percentile(samples, 99) * 1000
 

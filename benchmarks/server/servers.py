@@ -14,6 +14,7 @@ descendants.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -47,12 +48,10 @@ def free_port() -> int:
 
 def _children(pid: int) -> list[int]:
     kids: list[int] = []
-    try:
+    with contextlib.suppress(OSError):
         for task in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{task}/children") as f:
                 kids.extend(int(c) for c in f.read().split())
-    except OSError:
-        pass
     return kids
 
 
@@ -66,13 +65,10 @@ def process_tree(pid: int) -> list[int]:
 
 
 def _status_kib(pid: int, key: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
     return 0
 
 
@@ -102,11 +98,8 @@ class Server:
         """Start the peak readings afresh: VmHWM := VmRSS for every process of the tree
         (`echo 5 > /proc/PID/clear_refs`, Linux >= 4.0) and the sampled peak."""
         for pid in self.pids():
-            try:
-                with open(f"/proc/{pid}/clear_refs", "w") as f:
-                    f.write("5")
-            except OSError:
-                pass
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/clear_refs", "w") as f:
+                f.write("5")
         self.peak_sampled_kib = self.rss_kib()
 
     def sample(self) -> None:
@@ -134,10 +127,8 @@ class Server:
                 pass
             except ProcessLookupError:
                 pass
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers in the group, if any
-        except (ProcessLookupError, PermissionError):
-            pass
         if self.proc.poll() is None:
             self.proc.wait(timeout=10)
 

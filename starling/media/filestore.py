@@ -15,6 +15,7 @@ waits on the disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -62,11 +63,9 @@ class FileStore:
         self._tmp.mkdir(parents=True, exist_ok=True)
         cutoff = time.time() - _STALE_TEMP_SECONDS
         for entry in self._tmp.iterdir():
-            try:
+            with contextlib.suppress(OSError):
                 if entry.is_file() and entry.stat().st_mtime < cutoff:
                     entry.unlink()
-            except OSError:
-                pass
 
     def path_for(self, sha256: str) -> Path:
         if not _HEX64.fullmatch(sha256):
@@ -128,10 +127,8 @@ class FileStore:
 
 
 def _unlink(path: Path) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    except FileNotFoundError:
-        pass
 
 
 def _close_and_unlink(f: Any, path: Path) -> None:

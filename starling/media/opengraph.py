@@ -9,6 +9,7 @@ input size, number of keys and value lengths.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import re
 from html.parser import HTMLParser
 from typing import Any
@@ -90,11 +91,10 @@ def parse_opengraph(html: str) -> dict[str, Any]:
     """The page's OpenGraph keys with fallbacks; og:image may be relative (the caller
     resolves and fetches it)."""
     parser = _OGParser()
-    try:
+    # The tokenizer gives up on some broken markup: keep what it read until then.
+    with contextlib.suppress(AssertionError, ValueError):
         parser.feed(html[:MAX_HTML_CHARS])
         parser.close()
-    except (AssertionError, ValueError):  # the tokenizer gives up on some broken markup
-        pass
     og: dict[str, Any] = dict(parser.og)
     if not og.get("og:title"):
         title = parser.fallback.get("og:title") or parser.title

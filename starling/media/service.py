@@ -19,7 +19,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -376,10 +376,8 @@ class MediaService:
                 raise not_yet_uploaded()
             # Woken by an upload in this process; the periodic re-check covers the rest.
             async with self._uploaded:
-                try:
+                with suppress(TimeoutError):
                     await asyncio.wait_for(self._uploaded.wait(), min(remaining, 1.0))
-                except TimeoutError:
-                    pass
 
     async def _remote_media(
         self, server_name: str, media_id: str, allow_remote: bool, timeout_ms: int

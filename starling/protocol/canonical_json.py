@@ -16,6 +16,7 @@ NaN and infinity as null), so one type walk over the value remains, see `_check_
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -96,10 +97,8 @@ def encode_canonical_json_lenient(value: Any) -> bytes:
     `canonicaljson`), so their hashes and signatures verify. NaN and infinity have no JSON
     form and are refused.
     """
-    try:
+    with contextlib.suppress(CanonicalJsonError):
         return encode_canonical_json(value)
-    except CanonicalJsonError:
-        pass
     # Slow path, only for the rare out-of-range value: the stdlib spells floats the way
     # Python's repr does (1e-07), which is what the sender hashed; orjson writes 1e-7.
     try:

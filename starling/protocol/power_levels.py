@@ -16,6 +16,7 @@ replace the current one), strict where reading is lenient; auth_rules.py calls i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Mapping
@@ -152,10 +153,8 @@ def _lenient_map(value: Any, room_version: RoomVersion) -> dict[str, int]:
         return value
     out: dict[str, int] = {}
     for k, v in value.items():
-        try:
+        with contextlib.suppress(InvalidPowerLevel):
             out[k] = parse_power_level_value(v, room_version)
-        except InvalidPowerLevel:
-            pass
     return out
 
 
@@ -317,10 +316,8 @@ def _parse_old_levels(content: Mapping[str, Any], rules: RoomVersion) -> _Levels
     levels = _Levels()
     for name in NAMED_LEVELS:
         if name in content:
-            try:
+            with contextlib.suppress(InvalidPowerLevel):
                 levels.named[name] = parse_power_level_value(content[name], rules)
-            except InvalidPowerLevel:
-                pass
     for name, target in (
         ("events", levels.events),
         ("notifications", levels.notifications),
@@ -329,10 +326,8 @@ def _parse_old_levels(content: Mapping[str, Any], rules: RoomVersion) -> _Levels
         value = content.get(name)
         if isinstance(value, dict):
             for key, level in value.items():
-                try:
+                with contextlib.suppress(InvalidPowerLevel):
                     target[key] = parse_power_level_value(level, rules)
-                except InvalidPowerLevel:
-                    pass
     return levels
 
 

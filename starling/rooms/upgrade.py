@@ -10,6 +10,7 @@ copied, how the old room is restricted).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -178,10 +179,9 @@ class RoomUpgrader:
             await self._events.send(
                 new_room_id, user_id, "m.room.canonical_alias", copy.deepcopy(canonical.content), ""
             )
-            try:
+            # The upgrader may not be allowed to clear it; the tombstone suffices.
+            with contextlib.suppress(MatrixError):
                 await self._events.send(old_room_id, user_id, "m.room.canonical_alias", {}, "")
-            except MatrixError:
-                pass  # the upgrader may not be allowed to clear it; the tombstone suffices
 
     async def _restrict_old_room(
         self, state: dict[StateKey, Event], room_id: str, user_id: str
@@ -195,11 +195,9 @@ class RoomUpgrader:
                 content[key] = restricted
                 changed = True
         if changed:
-            try:
+            # The upgrader may lack the power to change levels; the room is still tombstoned.
+            with contextlib.suppress(MatrixError):
                 await self._events.send(room_id, user_id, "m.room.power_levels", content, "")
-            except MatrixError:
-                pass  # the upgrader may lack the power to change levels; the room is still
-                # tombstoned
 
 
 def _int(value: Any, default: int) -> int:

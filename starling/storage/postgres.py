@@ -11,6 +11,7 @@ Also here: :func:`create_database` / :func:`drop_database`, used by tests and by
 
 from __future__ import annotations
 
+import contextlib
 import re
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -104,12 +105,10 @@ class PostgresDatabase(Database):
             finally:
                 txn.active = False
                 if not committed and not conn.is_closed():
-                    try:
+                    # A failed COMMIT has already ended the transaction; anything else
+                    # broken is dealt with by the pool when the connection is released.
+                    with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError):
                         await pg_txn.rollback()
-                    except (asyncpg.PostgresError, asyncpg.InterfaceError):
-                        # A failed COMMIT has already ended the transaction; anything else
-                        # broken is dealt with by the pool when the connection is released.
-                        pass
                 txn._finish(committed)
 
     async def close(self) -> None:

@@ -7,6 +7,7 @@ levels enforced on redaction, and redacted events read back stripped."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -126,10 +127,8 @@ class Seen:
             if remaining <= 0:
                 raise AssertionError(f"the syncer never delivered {what} within {DEADLINE_S}s")
             self._changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                pass
 
 
 async def raw_sync_until(
