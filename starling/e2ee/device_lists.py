@@ -124,10 +124,10 @@ class DeviceListTracker:
         async with self._db.transaction() as txn:
             stream_id = await self._stream.next_id(txn)
             await self._store.add_memberships(txn, stream_id, rows)
-        wake: set[str] = set()
-        for room_id, user_id, _ in rows:
-            wake.add(user_id)
-            wake |= await self._memberships.get_joined_users(room_id)
+        wake: set[str] = {user_id for _, user_id, _ in rows}
+        members = await self._memberships.get_joined_users_for_rooms(r for r, _, _ in rows)
+        for users in members.values():
+            wake |= users
         self._notify(wake)
 
     # -- reading
@@ -147,10 +147,12 @@ class DeviceListTracker:
             transitions = await self._store.membership_changes(
                 user_id, set(joined_rooms) | rooms_left, since, upto
             )
+        members = await self._memberships.get_joined_users_for_rooms(
+            room_id for room_id, member, _ in transitions if member == user_id
+        )
         for room_id, member, joined in transitions:
             if member == user_id:
-                others = await self._memberships.get_joined_users(room_id)
-                (newly_sharing if joined else maybe_left).update(others)
+                (newly_sharing if joined else maybe_left).update(members[room_id])
             else:
                 (newly_sharing if joined else maybe_left).add(member)
         changed = await self._store.changed_users(user_id, sharing, since, upto)

@@ -63,14 +63,9 @@ class MembershipStore:
 
     async def get_joined_users(self, room_id: str) -> frozenset[str]:
         hit = self._joined.get(room_id)
-        if hit is None:
-            rows = await self._db.fetch_all(
-                "SELECT user_id FROM room_memberships WHERE room_id = ? AND membership = 'join'",
-                room_id,
-            )
-            hit = frozenset(r[0] for r in rows)
-            self._joined[room_id] = hit
-        return hit
+        if hit is not None:
+            return hit
+        return (await self.get_joined_users_for_rooms([room_id]))[room_id]
 
     async def get_members(self, room_id: str) -> list[Membership]:
         rows = await self._db.fetch_all(
@@ -115,11 +110,38 @@ class MembershipStore:
         )
         return [(r[0], r[1], int(r[2])) for r in rows]
 
+    async def get_joined_users_for_rooms(
+        self, room_ids: Iterable[str]
+    ) -> dict[str, frozenset[str]]:
+        """Joined users of several rooms: cached rooms free, the rest in one query."""
+        out: dict[str, frozenset[str]] = {}
+        missing: list[str] = []
+        for room_id in set(room_ids):
+            hit = self._joined.get(room_id)
+            if hit is None:
+                missing.append(room_id)
+            else:
+                out[room_id] = hit
+        if missing:
+            rows = await self._db.fetch_all(
+                "SELECT room_id, user_id FROM room_memberships"
+                f" WHERE membership = 'join' AND {self._db.sql.in_array('room_id')}",
+                self._db.sql.array(missing),
+            )
+            found: dict[str, set[str]] = {room_id: set() for room_id in missing}
+            for room_id, user_id in rows:
+                found[room_id].add(user_id)
+            for room_id, users in found.items():
+                frozen = frozenset(users)
+                self._joined[room_id] = frozen
+                out[room_id] = frozen
+        return out
+
     async def users_sharing_a_room(self, user_id: str) -> set[str]:
         rooms = await self.get_joined_rooms(user_id)
         users: set[str] = set()
-        for room_id in rooms:
-            users |= await self.get_joined_users(room_id)
+        for members in (await self.get_joined_users_for_rooms(rooms)).values():
+            users |= members
         return users
 
     async def rooms_ever_joined(self, user_id: str, room_ids: Iterable[str]) -> set[str]:

@@ -146,14 +146,19 @@ class StateStore:
                 "INSERT INTO state_keys (type, state_key) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 missing,
             )
-            for etype, state_key in missing:
-                nid = await txn.fetch_val(
-                    "SELECT key_nid FROM state_keys WHERE type = ? AND state_key = ?",
-                    etype,
-                    state_key,
-                )
-                out[(etype, state_key)] = int(nid)
-                self._key_nids[(etype, state_key)] = int(nid)
+            # One read for all of them: the rows matching both lists are a superset of the
+            # pairs wanted, and the pairs not wanted are simply skipped.
+            wanted = set(missing)
+            rows = await txn.fetch_all(
+                "SELECT type, state_key, key_nid FROM state_keys"
+                f" WHERE {txn.sql.in_array('type')} AND {txn.sql.in_array('state_key')}",
+                txn.sql.array(sorted({t for t, _ in wanted})),
+                txn.sql.array(sorted({k for _, k in wanted})),
+            )
+            for etype, state_key, nid in rows:
+                if (etype, state_key) in wanted:
+                    out[(etype, state_key)] = int(nid)
+                    self._key_nids[(etype, state_key)] = int(nid)
         return out
 
     async def create_group(
