@@ -5,29 +5,10 @@
 #   benchmarks/run_protocol.sh --repeat 3      # any option of benchmarks/protocol.py
 #   benchmarks/run_protocol.sh --profile sign  # profile Starling's side of a case
 #
-# Builds benchmarks/.venv-synapse once (matrix-synapse from PyPI plus Starling,
-# editable) and reinstalls when the pinned version or pyproject.toml changes.
-# SYNAPSE_VENV=DIR puts that venv elsewhere.
+# The Synapse venv is built by synapse_venv.sh (SYNAPSE_VENV=DIR puts it elsewhere).
 set -euo pipefail
 
-SYNAPSE_VERSION=1.163.2
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${SYNAPSE_VENV:-$ROOT/benchmarks/.venv-synapse}"
-STAMP="$VENV/.installed-synapse-$SYNAPSE_VERSION"
-PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
-
-if [[ ! -x "$VENV/bin/python" ]]; then
-    echo "creating $VENV" >&2
-    "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
-fi
-if [[ ! -f "$STAMP" || "$ROOT/pyproject.toml" -nt "$STAMP" ]]; then
-    echo "installing matrix-synapse==$SYNAPSE_VERSION and Starling into $VENV" >&2
-    "$VENV/bin/python" -m pip install --quiet "matrix-synapse==$SYNAPSE_VERSION"
-    "$VENV/bin/python" -m pip install --quiet -e "$ROOT"
-    rm -f "$VENV"/.installed-synapse-*
-    touch "$STAMP"
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/synapse_venv.sh"
 
 cd "$ROOT"
 exec env PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \

@@ -6,31 +6,14 @@
 #   benchmarks/run_server.sh --quick --no-write   # a small smoke run
 #   benchmarks/run_server.sh --only starling --scenarios throughput --profile /tmp/st.txt
 #
-# Uses benchmarks/.venv-synapse (built as run_protocol.sh builds it: matrix-synapse from
-# PyPI plus Starling, editable), adding psycopg2-binary for Synapse on PostgreSQL and,
+# Uses benchmarks/.venv-synapse (built by synapse_venv.sh: matrix-synapse from PyPI plus
+# Starling, editable), adding psycopg2-binary for Synapse on PostgreSQL and,
 # for --profile, py-spy. SYNAPSE_VENV=DIR puts that venv elsewhere.
 set -euo pipefail
 
-SYNAPSE_VERSION=1.163.2
 PSYCOPG2_VERSION=2.9.13
 PY_SPY_VERSION=0.4.3
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${SYNAPSE_VENV:-$ROOT/benchmarks/.venv-synapse}"
-STAMP="$VENV/.installed-synapse-$SYNAPSE_VERSION"
-PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
-
-if [[ ! -x "$VENV/bin/python" ]]; then
-    echo "creating $VENV" >&2
-    "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
-fi
-if [[ ! -f "$STAMP" || "$ROOT/pyproject.toml" -nt "$STAMP" ]]; then
-    echo "installing matrix-synapse==$SYNAPSE_VERSION and Starling into $VENV" >&2
-    "$VENV/bin/python" -m pip install --quiet "matrix-synapse==$SYNAPSE_VERSION"
-    "$VENV/bin/python" -m pip install --quiet -e "$ROOT"
-    rm -f "$VENV"/.installed-synapse-*
-    touch "$STAMP"
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/synapse_venv.sh"
 if ! "$VENV/bin/python" -c "import psycopg2" 2>/dev/null; then
     echo "installing psycopg2-binary==$PSYCOPG2_VERSION into $VENV (Synapse on PostgreSQL)" >&2
     "$VENV/bin/python" -m pip install --quiet "psycopg2-binary==$PSYCOPG2_VERSION"
