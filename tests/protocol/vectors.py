@@ -1,4 +1,4 @@
-"""Loads the spec's checked test vectors (../shared/matrix-spec/vectors.json)."""
+"""Loads the spec's checked test vectors (tests/protocol/data/vectors.json, see its README)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 _CANDIDATES = [
     os.environ.get("STARLING_SPEC_DIR", ""),
-    str(Path(__file__).resolve().parents[2] / ".." / "shared" / "matrix-spec"),
+    str(Path(__file__).resolve().parent / "data"),
 ]
 
 
@@ -18,9 +18,7 @@ def spec_dir() -> Path:
     for c in _CANDIDATES:
         if c and (Path(c) / "vectors.json").is_file():
             return Path(c).resolve()
-    raise FileNotFoundError(
-        "vectors.json not found: set STARLING_SPEC_DIR to the matrix-spec data folder"
-    )
+    raise FileNotFoundError("vectors.json not found in tests/protocol/data or STARLING_SPEC_DIR")
 
 
 @cache
