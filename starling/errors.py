@@ -35,6 +35,12 @@ class MatrixError(Exception):
         return body
 
 
+class ConflictError(Exception):
+    """A write lost a race with a concurrent one (a unique constraint fired). Storage's
+    UniqueViolation is one; the HTTP layer answers 409 so the client can retry, never 500.
+    Services still catch the races they expect and answer precisely."""
+
+
 def forbidden(msg: str = "Forbidden") -> MatrixError:
     return MatrixError(403, "M_FORBIDDEN", msg)
 

@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
-from starling.errors import MatrixError, not_json, too_large, unrecognized
+from starling.errors import ConflictError, MatrixError, not_json, too_large, unrecognized
 
 logger = logging.getLogger("starling.http")
 access_logger = logging.getLogger("starling.access")
@@ -27,6 +27,9 @@ access_logger = logging.getLogger("starling.access")
 # content, shallow enough that walking it is cheap.
 MAX_JSON_DEPTH = 64
 
+CONFLICT = MatrixError(
+    409, "M_UNKNOWN", "The request conflicted with a concurrent change; retry it"
+)
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, HEAD, POST, PUT, DELETE, OPTIONS",
@@ -124,6 +127,10 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
             response = error_response(e)
         except web.HTTPException as e:
             response = _http_exception_response(e)
+        except ConflictError:
+            # A race no service expected: a bug to fix, but the client's retry can succeed.
+            logger.warning("Conflict serving %s %s", request.method, request.path, exc_info=True)
+            response = error_response(CONFLICT)
         except Exception:
             logger.exception("Unhandled error serving %s %s", request.method, request.path)
             response = error_response(MatrixError(500, "M_UNKNOWN", "Internal server error"))

@@ -33,6 +33,9 @@ class EventBuilder:
         self._clock = clock
         self._v1_counter = 0
 
+    def now(self) -> int:
+        return self._clock()
+
     def build(
         self,
         *,
@@ -45,10 +48,12 @@ class EventBuilder:
         prev_events: Sequence[Event],
         auth_events: Sequence[Event],
         redacts: str | None = None,
+        origin_server_ts: int | None = None,
     ) -> Event:
         """A signed event with its ID; M_BAD_JSON / M_TOO_LARGE if it cannot be one.
 
-        `auth_events` are the events `auth_keys_for` selected from the state before it.
+        `auth_events` are the events `auth_keys_for` selected from the state before it;
+        `origin_server_ts` defaults to the clock's now.
         """
         auth_ids = [e.event_id for e in auth_events]
         depth = max((e.depth for e in prev_events), default=0) + 1
@@ -57,7 +62,7 @@ class EventBuilder:
             "sender": sender,
             "content": content,
             "depth": min(depth, 2**53 - 1),
-            "origin_server_ts": self._clock(),
+            "origin_server_ts": self._clock() if origin_server_ts is None else origin_server_ts,
             "prev_events": [e.event_id for e in prev_events],
             "auth_events": auth_ids,
         }

@@ -24,7 +24,7 @@ from starling.protocol.power_levels import PowerLevels
 from starling.protocol.room_versions import RoomVersion
 from starling.protocol.state_res import MissingEventsError, resolve_state
 from starling.rooms.builder import EventBuilder, auth_keys_for, listed_auth_events
-from starling.storage.database import Database
+from starling.storage.database import Database, UniqueViolation
 from starling.storage.events import EventStore
 from starling.storage.memberships import Membership, MembershipStore
 from starling.storage.relations import RelationStore
@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 MAX_PREV_EVENTS = 20
 # Rounds of fetching missing events for a state resolution before giving up.
 MAX_RESOLVE_ROUNDS = 50
+# Room IDs tried before giving up when concurrent creations collide (see create_room_event).
+MAX_CREATE_ATTEMPTS = 32
 
 NewEventListener = Callable[[Event, int], None]
 
@@ -213,23 +215,38 @@ class RoomEventService:
     async def create_room_event(
         self, room_version: RoomVersion, room_id: str | None, sender: str, content: dict[str, Any]
     ) -> Event:
-        """Build and persist a room's m.room.create event; the room exists afterwards."""
-        event = self._builder.build(
-            room_version=room_version,
-            room_id=room_id,
-            event_type="m.room.create",
-            sender=sender,
-            content=content,
-            state_key="",
-            prev_events=[],
-            auth_events=[],
-        )
-        decision = check_auth_rules(event, {})
-        if not decision.allowed:
-            raise MatrixError(400, "M_BAD_JSON", f"Invalid create event: {decision.reason}")
-        async with self.room_lock(event.room_id):
-            await self._persist(event, StateSnapshot({}, None), new_room=room_version)
-        return event
+        """Build and persist a room's m.room.create event; the room exists afterwards.
+
+        Where the room ID is the create event's hash (room version 12), two creations by
+        one user with the same content in one millisecond would be the same room: a taken
+        ID is retried with a later origin_server_ts (as Synapse does), so every creation
+        makes its own room.
+        """
+        ts = self._builder.now()
+        for attempt in range(MAX_CREATE_ATTEMPTS):
+            event = self._builder.build(
+                room_version=room_version,
+                room_id=room_id,
+                event_type="m.room.create",
+                sender=sender,
+                content=content,
+                state_key="",
+                prev_events=[],
+                auth_events=[],
+                origin_server_ts=ts + attempt,
+            )
+            decision = check_auth_rules(event, {})
+            if not decision.allowed:
+                raise MatrixError(400, "M_BAD_JSON", f"Invalid create event: {decision.reason}")
+            async with self.room_lock(event.room_id):
+                if await self._events.get_room_version(event.room_id) is not None:
+                    continue
+                try:
+                    await self._persist(event, StateSnapshot({}, None), new_room=room_version)
+                except UniqueViolation:
+                    continue  # another process took this ID in the meantime
+            return event
+        raise MatrixError(409, "M_UNKNOWN", "Could not pick a free room ID; retry")
 
     async def _load_state(
         self, state: Mapping[StateKey, str], keys: Sequence[StateKey]

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
+from starling.errors import ConflictError
 from starling.storage.dialect import Dialect, DialectName
 
 
@@ -55,7 +56,7 @@ class IntegrityError(StorageError):
     """A constraint (foreign key, NOT NULL, CHECK, unique) was violated."""
 
 
-class UniqueViolation(IntegrityError):
+class UniqueViolation(IntegrityError, ConflictError):
     """A unique or primary-key constraint was violated."""
 
 

@@ -12,6 +12,7 @@ from starling.api.discovery import DiscoveryResource, register_metrics
 from starling.api.http import make_web_app, read_json_object
 from starling.config import load_config_dict
 from starling.errors import MatrixError
+from starling.storage.database import UniqueViolation
 
 
 async def _echo(request: web.Request) -> web.Response:
@@ -25,6 +26,10 @@ async def _boom(request: web.Request) -> web.Response:
 
 async def _forbidden(request: web.Request) -> web.Response:
     raise MatrixError(403, "M_FORBIDDEN", "no")
+
+
+async def _unique(request: web.Request) -> web.Response:
+    raise UniqueViolation("UNIQUE constraint failed: events.event_id")
 
 
 @pytest.fixture
@@ -45,6 +50,7 @@ async def client() -> AsyncIterator[TestClient]:
     app.router.add_post("/echo", _echo)
     app.router.add_get("/boom", _boom)
     app.router.add_get("/forbidden", _forbidden)
+    app.router.add_get("/unique", _unique)
     async with TestClient(TestServer(app)) as c:
         yield c
 
@@ -131,3 +137,10 @@ async def test_health_and_metrics(client: TestClient) -> None:
     text = await r.text()
     assert "starling_http_requests_total" in text
     assert 'route="/_matrix/client/versions"' in text
+
+
+async def test_unexpected_unique_violation_is_a_retryable_conflict(client: TestClient) -> None:
+    resp = await client.get("/unique")
+    assert resp.status == 409
+    body = await resp.json()
+    assert body["errcode"] == "M_UNKNOWN" and "retry" in body["error"]
