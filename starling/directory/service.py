@@ -24,6 +24,7 @@ from starling.accounts.auth import Requester
 from starling.errors import MatrixError, forbidden, invalid_param, not_found
 from starling.protocol.event import Event
 from starling.protocol.identifiers import is_valid_room_alias, is_valid_room_id
+from starling.protocol.numbers import parse_int
 from starling.protocol.power_levels import PowerLevels
 from starling.rooms.event_service import RoomEventService, user_power
 from starling.storage.aliases import AliasExists, AliasStore
@@ -82,9 +83,10 @@ def _token(direction: str, entry: dict[str, Any]) -> str:
 def _parse_token(token: str) -> tuple[str, tuple[int, str]]:
     direction, rest = token[:1], token[1:]
     count, sep, room_id = rest.partition("_")
-    if direction not in ("n", "p") or not sep or not count.isdigit() or not room_id:
+    members = parse_int(count, minimum=0)
+    if direction not in ("n", "p") or not sep or members is None or not room_id:
         raise invalid_param("Invalid pagination token")
-    return direction, (-int(count), room_id)
+    return direction, (-members, room_id)
 
 
 def _matches(entry: dict[str, Any], term: str) -> bool:

@@ -15,6 +15,7 @@ import orjson
 
 from starling.e2ee.validation import canonical
 from starling.errors import MatrixError, bad_json, invalid_param, missing_param, not_found
+from starling.protocol.numbers import parse_int
 from starling.storage.database import Database
 from starling.storage.key_backup import BackupVersion, KeyBackupStore, RoomKey
 
@@ -26,9 +27,7 @@ MAX_SESSION_DATA_BYTES = 64 * 1024
 def parse_version(raw: str | None) -> int | None:
     """A version string as stored (a positive integer); None for anything else, which no
     backup can have."""
-    if raw is None or not raw.isdigit() or len(raw) > 18:
-        return None
-    return int(raw)
+    return None if raw is None else parse_int(raw, minimum=1)
 
 
 def _unknown_version(version: str | None) -> MatrixError:

@@ -8,7 +8,6 @@ input size, number of keys and value lengths.
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import re
 from html.parser import HTMLParser
@@ -32,11 +31,13 @@ def decode_html(body: bytes, content_type_charset: str | None) -> str:
     for name in candidates:
         if not name:
             continue
+        # A page names any codec it likes: unknown ones, binary codecs ("base64", "zlib"),
+        # ones that always fail ("undefined") or refuse errors="replace" ("idna"), names
+        # with NUL. Only a text encoding that decodes is used; anything else falls through.
         try:
-            codecs.lookup(name)
-        except LookupError:
+            return body.decode(name, errors="replace")
+        except (LookupError, UnicodeError, ValueError):
             continue
-        return body.decode(name, errors="replace")
     return body.decode("utf-8", errors="replace")
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from starling.errors import invalid_param
 from starling.protocol.event import Event
+from starling.protocol.numbers import parse_int
 from starling.rooms.client_format import EventFormatter, FormatOptions, JsonDict
 from starling.rooms.visibility import HistoryVisibility
 from starling.storage.events import EventMeta, EventStore
@@ -58,7 +59,7 @@ class SearchToken:
         if (
             len(token) > MAX_TOKEN_LENGTH
             or head[:1] not in ("k", "t")
-            or not head[1:].isdigit()
+            or parse_int(head[1:], minimum=0) is None
             or (sep and not room_id.startswith("!"))
         ):
             raise invalid_param("Invalid next_batch token")

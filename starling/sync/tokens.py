@@ -22,17 +22,18 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from starling.errors import invalid_param
+from starling.protocol.numbers import parse_int
 
 STREAM_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
-_INT = re.compile(r"-?[0-9]{1,19}")
 MAX_TOKEN_LENGTH = 1024
 MAX_STREAMS = 64
 
 
 def _int(text: str, token: str) -> int:
-    if not _INT.fullmatch(text):
+    value = parse_int(text)
+    if value is None:
         raise invalid_param(f"Invalid token {token[:80]!r}")
-    return int(text)
+    return value
 
 
 @dataclass(frozen=True)

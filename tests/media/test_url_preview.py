@@ -328,3 +328,8 @@ def test_opengraph_parser_bounds_and_charsets() -> None:
     latin = '<meta charset="iso-8859-1"><title>caf\xe9</title>'.encode("latin-1")
     assert parse_opengraph(decode_html(latin, None))["og:title"] == "café"
     assert decode_html(b"\xff\xfe", "no-such-charset") == "\ufffd\ufffd"
+    # Codecs Python knows but that are not text encodings, or fail on any input.
+    for charset in ("base64", "rot13", "zlib", "undefined", "idna", "punycode", "utf-8\x00"):
+        assert decode_html(b"<title>x\xff</title>", charset) == "<title>x\ufffd</title>"
+    meta = b'<meta charset="undefined"><title>x</title>'
+    assert parse_opengraph(decode_html(meta, None))["og:title"] == "x"

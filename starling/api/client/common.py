@@ -10,6 +10,7 @@ from starling.accounts.auth import RequestAuthenticator, Requester
 from starling.api.client.guests import guest_may_call
 from starling.api.http import USER_ID_KEY
 from starling.errors import MatrixError, invalid_param, missing_token
+from starling.protocol.numbers import parse_int
 
 REQUESTER_KEY = web.RequestKey("requester", Requester)
 
@@ -53,10 +54,9 @@ def query_int(
     raw = request.query.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise invalid_param(f"'{name}' must be an integer") from None
+    value = parse_int(raw)
+    if value is None:
+        raise invalid_param(f"'{name}' must be an integer")
     if value < minimum:
         raise invalid_param(f"'{name}' must be at least {minimum}")
     return min(value, maximum)

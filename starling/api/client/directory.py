@@ -17,6 +17,7 @@ from starling.api.http import json_response, read_json_object
 from starling.api.services import Services
 from starling.directory.service import MAX_SEARCH_TERM_LENGTH
 from starling.errors import bad_json, invalid_param
+from starling.protocol.numbers import parse_int
 
 V3 = "/_matrix/client/v3"
 
@@ -88,10 +89,10 @@ class DirectoryRoutes:
         raw_limit = request.query.get("limit")
         limit = None
         if raw_limit is not None:
-            try:
-                limit = _limit(int(raw_limit))
-            except ValueError:
-                raise invalid_param("'limit' must be an integer") from None
+            parsed = parse_int(raw_limit)
+            if parsed is None:
+                raise invalid_param("'limit' must be an integer")
+            limit = _limit(parsed)
         result = await self.svc.directory.public_rooms(
             limit=limit,
             since=request.query.get("since") or None,

@@ -16,6 +16,7 @@ from starling.api.http import json_response, parse_json_object
 from starling.api.services import Services
 from starling.errors import MatrixError, forbidden, not_found, too_large
 from starling.protocol.identifiers import is_valid_user_id
+from starling.protocol.numbers import parse_int
 from starling.sync.filtering import MAX_FILTER_BYTES, parse_sync_filter
 
 V3 = "/_matrix/client/v3"
@@ -59,9 +60,10 @@ class FilterRoutes:
         requester = await require_user(request, self.svc.auth)
         _own_user(request, requester.user_id, self.svc)
         raw_id = request.match_info["filterId"]
-        if not raw_id.isdigit() or len(raw_id) > 18:
+        filter_id = parse_int(raw_id, minimum=0)
+        if filter_id is None:
             raise not_found("No such filter")
-        found = await self.svc.filter_store.get_filter(requester.user_id, int(raw_id))
+        found = await self.svc.filter_store.get_filter(requester.user_id, filter_id)
         if found is None:
             raise not_found("No such filter")
         return json_response(found)

@@ -13,6 +13,7 @@ from starling.api.client.common import query_bool, query_int, require_user
 from starling.api.http import json_response
 from starling.api.services import Services
 from starling.errors import MatrixError, invalid_param
+from starling.protocol.numbers import parse_int
 from starling.storage.events import LruCache
 from starling.sync.filtering import (
     DEFAULT_SYNC_FILTER,
@@ -42,12 +43,13 @@ class SyncRoutes:
                 hit = parse_sync_filter(parse_filter_json(raw))
                 self._inline.put(raw, hit)
             return hit
-        if not raw.isdigit() or len(raw) > 18:
+        filter_id = parse_int(raw, minimum=0)
+        if filter_id is None:
             raise invalid_param("No such filter")
-        key = (user_id, int(raw))
+        key = (user_id, filter_id)
         hit = self._stored.get(key)
         if hit is None:
-            stored = await self.svc.filter_store.get_filter(user_id, int(raw))
+            stored = await self.svc.filter_store.get_filter(user_id, filter_id)
             if stored is None:
                 raise invalid_param("No such filter")
             hit = parse_sync_filter(stored)

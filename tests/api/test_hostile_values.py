@@ -1,0 +1,112 @@
+"""Hostile scalar values in every path and query parameter: a Matrix 4xx, never a 500.
+
+The numbers that broke things: integers beyond 64 bits (the database cannot hold them),
+digits Python's int() reads but no client means ("²", "٣"), exponent and signed forms,
+and control characters. test_no_500 covers bodies; this walks parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from tests.api.test_no_500 import PLACEHOLDERS, _routes
+from tests.support.harness import Harness
+
+HOSTILE = ["9999999999999999999", "-9999999999999999999", "²", "٣", "1e3", " 1", "\x00"]
+QUERY_PARAMS = [
+    "limit",
+    "timeout",
+    "since",
+    "from",
+    "to",
+    "at",
+    "version",
+    "filter",
+    "ts",
+    "max_depth",
+    "width",
+    "height",
+    "timeout_ms",
+    "dir",
+    "membership",
+    "not_membership",
+    "server_name",
+    "via",
+    "recurse",
+    "include",
+    "url",
+    "search_term",
+]
+
+
+async def _setup(hs: Harness) -> tuple[str, dict[str, str]]:
+    user_id, token = await hs.register("hostile")
+    room = await hs.create_room(token, room_alias_name="hostileroom")
+    event_id = await hs.send_message(token, room, "hello")
+    status, resp = await hs.request(
+        "POST",
+        "/_matrix/client/v3/room_keys/version",
+        token,
+        {"algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": {"public_key": "x"}},
+    )
+    assert status == 200, resp
+    values = dict(PLACEHOLDERS)
+    values.update(roomId=room, roomIdOrAlias=room, eventId=event_id, userId=user_id, version="1")
+    return token, values
+
+
+def _check(failures: list[Any], what: Any, status: int, resp: Any) -> None:
+    if status >= 500 or (status >= 400 and not (isinstance(resp, dict) and "errcode" in resp)):
+        failures.append((what, status, resp))
+
+
+async def test_hostile_query_values(hs: Harness) -> None:
+    token, values = await _setup(hs)
+    routes = [
+        (m, p)
+        for m, p in _routes(hs, values)
+        if m == "GET" and "logout" not in p and "deactivate" not in p
+    ]
+    failures: list[Any] = []
+    for method, path in routes:
+        for name in QUERY_PARAMS:
+            for value in HOSTILE:
+                query = f"{name}={quote(value)}"
+                status, resp = await hs.request(method, f"{path}?{query}", token)
+                _check(failures, (method, path, query), status, resp)
+    assert not failures, failures[:10]
+
+
+async def test_hostile_path_values(hs: Harness) -> None:
+    token, values = await _setup(hs)
+    failures: list[Any] = []
+    for name in values:
+        for value in HOSTILE:
+            mutated = {**values, name: quote(value, safe="")}
+            for method, path in _routes(hs, mutated):
+                if "logout" in path or "deactivate" in path or method not in ("GET", "PUT"):
+                    continue
+                status, resp = await hs.request(method, path, token, raw=b"{}")
+                _check(failures, (method, path), status, resp)
+    assert not failures, failures[:10]
+
+
+@pytest.mark.parametrize(
+    "query", ["from=t9999999999999999999", "from=t-9999999999999999999", "to=t99999999999999999999"]
+)
+async def test_pagination_tokens_beyond_64_bits(hs: Harness, query: str) -> None:
+    _, token = await hs.register()
+    room = await hs.create_room(token)
+    status, resp = await hs.request(
+        "GET", f"/_matrix/client/v3/rooms/{room}/messages?dir=b&{query}", token
+    )
+    assert status == 400 and resp["errcode"] == "M_INVALID_PARAM", resp
+
+
+async def test_backup_version_of_unicode_digits_is_not_found(hs: Harness) -> None:
+    _, token = await hs.register()
+    status, resp = await hs.request("GET", "/_matrix/client/v3/room_keys/version/%C2%B2", token)
+    assert status == 404 and resp["errcode"] == "M_NOT_FOUND", resp
