@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= data
 SERVER_NAME ?= localhost
 
-.PHONY: run test lint typecheck pytest install dev dev-js clean
+.PHONY: run test lint typecheck pytest install dev dev-js clean fuzz fuzz-atheris
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +42,8 @@ run: $(VENV)/.installed $(DATA)/starling.yaml
 	$(BIN)/starling serve -c $(DATA)/starling.yaml
 
 lint: dev
-	$(BIN)/ruff check starling tests benchmarks
-	$(BIN)/ruff format --check starling tests benchmarks
+	$(BIN)/ruff check starling tests benchmarks fuzz
+	$(BIN)/ruff format --check starling tests benchmarks fuzz
 
 typecheck: dev
 	$(BIN)/mypy
@@ -52,6 +52,19 @@ pytest: dev dev-js
 	$(BIN)/pytest -q -n 2
 
 test: lint typecheck pytest
+
+# The fuzz properties (tests/fuzz) run ~100 examples each inside `make test`; this runs
+# FUZZ_EXAMPLES each (the failures hypothesis finds are kept in .hypothesis/ and replayed).
+FUZZ_EXAMPLES ?= 20000
+fuzz: dev
+	STARLING_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -p no:xdist tests/fuzz
+
+# Coverage-guided fuzzing of one parser with atheris (see fuzz/atheris_targets.py).
+TARGET ?= pdu
+SECONDS ?= 600
+fuzz-atheris: dev
+	$(BIN)/python -m pip install --quiet atheris==3.0.0
+	$(BIN)/python fuzz/atheris_targets.py $(TARGET) -max_total_time=$(SECONDS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis $(JS_DIR)/node_modules

@@ -24,6 +24,9 @@ import orjson
 
 MAX_SAFE_INT = 2**53 - 1
 MIN_SAFE_INT = -(2**53) + 1
+# orjson parses containers nested up to 1024 deep but encodes at most 254; the strict
+# parser refuses what could not be encoded again (and so never be hashed or signed).
+MAX_NESTING = 254
 
 _STRICT = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
 
@@ -162,11 +165,14 @@ def _orjson_loads(data: bytes | bytearray | memoryview | str) -> Any:
         raise CanonicalJsonError(f"JSON input must be bytes or str: {e}") from None
 
 
-def _check_parsed(value: Any) -> None:
-    """Refuse floats and out-of-range ints in a freshly parsed value (only dict, list,
-    str, int, float, bool and None occur). Same plain-loop shape as `_check_types`."""
+def _check_parsed(value: Any, depth: int = 1) -> None:
+    """Refuse floats, out-of-range ints and nesting deeper than MAX_NESTING in a freshly
+    parsed value (only dict, list, str, int, float, bool and None occur). Same plain-loop
+    shape as `_check_types`."""
     t = type(value)
     items: Any
+    if depth > MAX_NESTING and (t is dict or t is list):
+        raise CanonicalJsonError(f"JSON nested deeper than {MAX_NESTING} levels")
     if t is dict:
         items = value.values()
     elif t is list:
@@ -181,7 +187,7 @@ def _check_parsed(value: Any) -> None:
         return
     for item in items:
         if type(item) is not str:
-            _check_parsed(item)
+            _check_parsed(item, depth + 1)
 
 
 def _has_float(value: Any) -> bool:

@@ -99,6 +99,15 @@ def test_deep_nesting_refused_cleanly() -> None:
         parse_json_strict("[" * 2000 + "]" * 2000)
 
 
+def test_strict_parse_refuses_nesting_it_could_not_encode() -> None:
+    """orjson parses 1024 levels but encodes 254: found by tests/fuzz."""
+    ok = "[" * 254 + "]" * 254
+    assert encode_canonical_json(parse_json_strict(ok)) == ok.encode()
+    for text in ("[" * 255 + "]" * 255, '{"a":' * 255 + "1" + "}" * 255):
+        with pytest.raises(CanonicalJsonError):
+            parse_json_strict(text)
+
+
 def test_subclass_values_and_tuples_encode_like_the_stdlib() -> None:
     class S(str):
         pass
