@@ -151,13 +151,22 @@ async def build_services(config: Config, db: Database, signing_key: SigningKey) 
         relation_store,
         search_store,
     )
-    membership = MembershipService(room_events, membership_store, profile_lookup)
+    rate_limits = RateLimits(config)
+    membership = MembershipService(
+        room_events,
+        membership_store,
+        profile_lookup,
+        server_name=config.server_name,
+        rate_limits=rate_limits,
+    )
     room_events.add_listener(
         GuestEvictor(membership_store, membership, account_store.guests_among).on_event
     )
 
     async def invite(room_id: str, sender: str, target: str, is_direct: bool) -> Event:
-        return await membership.invite(room_id, sender, target, is_direct=is_direct)
+        return await membership.invite(
+            room_id, sender, target, is_direct=is_direct, ratelimit=False
+        )
 
     async def create_alias(alias: str, room_id: str, creator: str) -> None:
         try:
@@ -212,7 +221,6 @@ async def build_services(config: Config, db: Database, signing_key: SigningKey) 
     )
     passwords = PasswordHasher()
     auth = RequestAuthenticator(account_store)
-    rate_limits = RateLimits(config)
     accounts = AccountService(
         config=config,
         store=account_store,

@@ -11,9 +11,10 @@ version renumbered or changed a rule the comment names that version. Version dif
 are read from the rule flags of `RoomVersion`, never from the version string.
 
 Everything here is pure and total: malformed events (wrong types, missing keys) are
-denied with a reason, never raised. The signature on `join_authorised_via_users_server`
-events is only checked for presence here; verifying it cryptographically belongs to the
-signature step of the receipt pipeline, which has the server keys.
+denied with a reason, never raised. For `join_authorised_via_users_server` (rule 4.2,
+room 8+) the rule here demands an ed25519 signature from the authorising user's server;
+verifying it cryptographically belongs to the signature step of the receipt pipeline
+(`Keyring.verify_event_signatures`), which has the server keys.
 """
 
 from __future__ import annotations
@@ -280,11 +281,7 @@ def _check_member(
         authoriser = content["join_authorised_via_users_server"]
         if not is_valid_user_id(authoriser):
             return _deny("join_authorised_via_users_server is not a user ID")
-        signatures = event.pdu.get("signatures")
-        server_sigs = (
-            signatures.get(server_of(authoriser)) if isinstance(signatures, dict) else None
-        )
-        if not isinstance(server_sigs, dict) or not server_sigs:
+        if not _has_server_signature(event, server_of(authoriser)):
             return _deny("event is not signed by the authorising user's server")
 
     target_membership = _membership(auth_state, target)
@@ -379,6 +376,22 @@ def _check_member(
         return ALLOWED
 
     return _deny(f"unknown membership {membership!r}")
+
+
+def _has_server_signature(event: Event, server_name: str) -> bool:
+    """Whether the event carries an ed25519 signature string from `server_name`. That the
+    signature verifies is checked where the server keys are: the keyring's
+    `verify_event_signatures` on receipt, which covers the authorising server of a
+    restricted join; a local event is only signed after the membership service has
+    checked the join's allow conditions and chosen its authoriser itself."""
+    signatures = event.pdu.get("signatures")
+    by_key = signatures.get(server_name) if isinstance(signatures, dict) else None
+    if not isinstance(by_key, dict):
+        return False
+    return any(
+        isinstance(key_id, str) and key_id.startswith("ed25519:") and isinstance(sig, str) and sig
+        for key_id, sig in by_key.items()
+    )
 
 
 def _power_levels(

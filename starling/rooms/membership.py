@@ -3,7 +3,13 @@
 Spec: client-server-api "Room membership". Each change is an m.room.member event sent
 through RoomEventService, so the auth rules decide who may do what; this module adds
 what the client API asks beyond them (the reason field, profile fields on joins, the
-idempotent re-join) and turns a denial into M_FORBIDDEN with the rule's reason.
+idempotent re-join, guest access, the `rc_joins` and `rc_invites` rate limits, and the
+allow conditions of restricted rooms, whose authorising user this server picks itself)
+and turns a denial into M_FORBIDDEN with the rule's reason.
+
+Every way a client changes a membership ends here: the /join, /invite, ... endpoints and
+a raw `PUT /rooms/{roomId}/state/m.room.member/{userId}` (`set_membership`), so the state
+endpoint can never skip a rule the dedicated endpoints apply.
 
 Joining a room this server is not in needs federation (make_join/send_join), which the
 federation layer provides through `remote_join`; without it such joins are M_NOT_FOUND.
@@ -14,8 +20,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from starling.errors import MatrixError, forbidden
-from starling.protocol.event import Event
+from starling.errors import MatrixError, bad_json, forbidden
+from starling.protocol.event import Event, StateKey
+from starling.protocol.power_levels import PowerLevels
+from starling.protocol.restricted_joins import (
+    AUTHORISER_KEY,
+    allowed_room_ids,
+    choose_authoriser,
+    is_restricted,
+)
+from starling.ratelimit import RateLimits
 from starling.rooms.event_service import RoomEventService
 from starling.storage.memberships import MembershipStore
 
@@ -23,6 +37,17 @@ ProfileLookup = Callable[[str], Awaitable[dict[str, Any]]]
 RemoteJoin = Callable[[str, str, Sequence[str], dict[str, Any]], Awaitable[Event]]
 
 MAX_REASON_LENGTH = 1024
+MEMBERSHIPS = ("join", "leave", "invite", "ban", "knock")
+_JOIN_KEYS: list[StateKey] = [
+    ("m.room.create", ""),
+    ("m.room.join_rules", ""),
+    ("m.room.power_levels", ""),
+    ("m.room.guest_access", ""),
+]
+
+
+def _guest_forbidden() -> MatrixError:
+    return MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guests cannot join this room")
 
 
 def _reason(content: dict[str, Any], reason: str | None) -> dict[str, Any]:
@@ -40,14 +65,55 @@ class MembershipService:
         memberships: MembershipStore,
         profile_lookup: ProfileLookup,
         remote_join: RemoteJoin | None = None,
+        *,
+        server_name: str,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         self._events = events
         self._memberships = memberships
         self._profile = profile_lookup
         self._remote_join = remote_join
+        self._server_name = server_name
+        self._rate_limits = rate_limits
 
     async def _room_known(self, room_id: str) -> bool:
         return bool(await self._events.current_state_ids(room_id))
+
+    async def set_membership(
+        self,
+        room_id: str,
+        sender: str,
+        target: str,
+        content: dict[str, Any],
+        *,
+        guest: bool = False,
+    ) -> Event | None:
+        """PUT /rooms/{roomId}/state/m.room.member/{target}: the change `content` asks
+        for, by the same rules as the endpoint made for it. The client's other content
+        keys (display name, avatar, reason, ...) are kept; None when nothing changed."""
+        membership = content.get("membership")
+        if membership not in MEMBERSHIPS:
+            raise bad_json(f"'membership' must be one of {', '.join(MEMBERSHIPS)}")
+        extra = {k: v for k, v in content.items() if k not in ("membership", "reason")}
+        reason = content.get("reason")
+        if guest and not (sender == target and membership in ("join", "leave")):
+            raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guests may only join or leave")
+        if membership in ("join", "knock") and sender != target:
+            raise forbidden(f"Cannot {membership} on behalf of another user")
+        if membership == "join":
+            return await self.join(room_id, sender, reason=reason, guest=guest, content=extra)
+        if membership == "knock":
+            return await self.knock(room_id, sender, reason, content=extra)
+        if membership == "invite":
+            return await self.invite(room_id, sender, target, reason=reason, content=extra)
+        if membership == "ban":
+            return await self.ban(room_id, sender, target, reason, content=extra)
+        if sender == target:
+            return await self.leave(room_id, sender, reason)
+        current = await self._memberships.get_membership(room_id, target)
+        if current is not None and current.membership == "ban":
+            return await self.unban(room_id, sender, target, reason)
+        return await self.kick(room_id, sender, target, reason)
 
     async def join(
         self,
@@ -57,34 +123,70 @@ class MembershipService:
         reason: str | None = None,
         via: Sequence[str] = (),
         guest: bool = False,
+        content: dict[str, Any] | None = None,
     ) -> Event | None:
         """Join; returns the new member event, or None when already joined unchanged.
         A guest may only join a room whose ``m.room.guest_access`` is ``can_join`` (spec:
-        Guest access, server behaviour)."""
-        profile = await self._profile(user_id)
-        content = _reason({"membership": "join", **profile}, reason)
+        Guest access, server behaviour). A restricted room admits a user without an
+        invite only if they are joined to one of the rooms its allow conditions name;
+        this server then names a local member who can invite as the authoriser."""
+        given = {k: v for k, v in (content or {}).items() if k != AUTHORISER_KEY}
+        new_content = _reason(
+            {**(await self._profile(user_id)), **given, "membership": "join"}, reason
+        )
         if not await self._room_known(room_id):
             if self._remote_join is not None:
                 if guest:  # the room's guest_access cannot be checked before joining
-                    raise MatrixError(
-                        403, "M_GUEST_ACCESS_FORBIDDEN", "Guests cannot join this room"
-                    )
-                return await self._remote_join(room_id, user_id, via, content)
+                    raise _guest_forbidden()
+                if self._rate_limits is not None:
+                    await self._rate_limits.check_join(user_id, room_id, local=False)
+                return await self._remote_join(room_id, user_id, via, new_content)
             raise MatrixError(404, "M_NOT_FOUND", f"No known room {room_id}")
+        state = await self._events.current_state_events(
+            room_id, [*_JOIN_KEYS, ("m.room.member", user_id)]
+        )
         if guest:
-            key = ("m.room.guest_access", "")
-            access = (await self._events.current_state_events(room_id, [key])).get(key)
+            access = state.get(("m.room.guest_access", ""))
             if access is None or access.content.get("guest_access") != "can_join":
-                raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guests cannot join this room")
-        current = await self._memberships.get_membership(room_id, user_id)
-        if current is not None and current.membership == "join" and reason is None:
-            state = await self._events.current_state_events(room_id, [("m.room.member", user_id)])
-            existing = state.get(("m.room.member", user_id))
+                raise _guest_forbidden()
+        existing = state.get(("m.room.member", user_id))
+        current = existing.content.get("membership") if existing is not None else None
+        if current == "join" and reason is None:
             if existing is not None and all(
-                existing.content.get(k) == v for k, v in content.items()
+                existing.content.get(k) == v for k, v in new_content.items()
             ):
                 return None
-        return await self._events.send(room_id, user_id, "m.room.member", content, user_id)
+        if current not in ("join", "invite"):
+            authoriser = await self._restricted_join_authoriser(room_id, user_id, state)
+            if authoriser is not None:
+                new_content[AUTHORISER_KEY] = authoriser
+        if current != "join" and self._rate_limits is not None:
+            # Only a new join is limited: a profile change of a member is not a join.
+            await self._rate_limits.check_join(user_id, room_id, local=True)
+        return await self._events.send(room_id, user_id, "m.room.member", new_content, user_id)
+
+    async def _restricted_join_authoriser(
+        self, room_id: str, user_id: str, state: dict[StateKey, Event]
+    ) -> str | None:
+        """For a join without an invite: None if the join rule is not restricted, the
+        authorising user if the user meets an allow condition, else M_FORBIDDEN."""
+        join_rules = state.get(("m.room.join_rules", ""))
+        create = state.get(("m.room.create", ""))
+        if join_rules is None or create is None:
+            return None
+        rules = create.room_version
+        if not is_restricted(join_rules.content.get("join_rule"), rules):
+            return None
+        allowed = allowed_room_ids(join_rules.content)
+        mine = await self._memberships.get_rooms_for_user(user_id)
+        if not any(r in mine and mine[r].membership == "join" for r in allowed):
+            raise forbidden("You are not joined to any of the rooms that admit members here")
+        levels = PowerLevels.from_state(create, state.get(("m.room.power_levels", "")), rules)
+        joined = await self._memberships.get_joined_users(room_id)
+        authoriser = choose_authoriser(joined, levels, self._server_name)
+        if authoriser is None:
+            raise forbidden("No user of this server can authorise joining this room")
+        return authoriser
 
     async def leave(self, room_id: str, user_id: str, reason: str | None = None) -> Event | None:
         if not await self._room_known(room_id):
@@ -105,17 +207,21 @@ class MembershipService:
         *,
         reason: str | None = None,
         is_direct: bool = False,
+        content: dict[str, Any] | None = None,
+        ratelimit: bool = True,
     ) -> Event:
+        """`ratelimit=False` for the invites of createRoom (as in Synapse)."""
         await self._require_room(room_id)
         current = await self._memberships.get_membership(room_id, target)
         if current is not None and current.membership == "join":
             raise forbidden(f"{target} is already in the room")
         if current is not None and current.membership == "ban":
             raise forbidden(f"{target} is banned from the room")
-        content: dict[str, Any] = {"membership": "invite"}
+        if ratelimit and self._rate_limits is not None:
+            await self._rate_limits.check_invite(sender, room_id, target)
+        content = {**(await self._profile(target)), **(content or {}), "membership": "invite"}
         if is_direct:
             content["is_direct"] = True
-        content.update(await self._profile(target))
         return await self._events.send(
             room_id, sender, "m.room.member", _reason(content, reason), target
         )
@@ -130,9 +236,17 @@ class MembershipService:
         content = _reason({"membership": "leave"}, reason)
         return await self._events.send(room_id, sender, "m.room.member", content, target)
 
-    async def ban(self, room_id: str, sender: str, target: str, reason: str | None = None) -> Event:
+    async def ban(
+        self,
+        room_id: str,
+        sender: str,
+        target: str,
+        reason: str | None = None,
+        *,
+        content: dict[str, Any] | None = None,
+    ) -> Event:
         await self._require_room(room_id)
-        content = _reason({"membership": "ban"}, reason)
+        content = _reason({**(content or {}), "membership": "ban"}, reason)
         return await self._events.send(room_id, sender, "m.room.member", content, target)
 
     async def unban(
@@ -145,10 +259,18 @@ class MembershipService:
         content = _reason({"membership": "leave"}, reason)
         return await self._events.send(room_id, sender, "m.room.member", content, target)
 
-    async def knock(self, room_id: str, user_id: str, reason: str | None = None) -> Event:
+    async def knock(
+        self,
+        room_id: str,
+        user_id: str,
+        reason: str | None = None,
+        *,
+        content: dict[str, Any] | None = None,
+    ) -> Event:
         if not await self._room_known(room_id):
             raise MatrixError(404, "M_NOT_FOUND", f"No known room {room_id}")
-        content = _reason({"membership": "knock", **(await self._profile(user_id))}, reason)
+        profile = await self._profile(user_id)
+        content = _reason({**profile, **(content or {}), "membership": "knock"}, reason)
         return await self._events.send(room_id, user_id, "m.room.member", content, user_id)
 
     async def forget(self, room_id: str, user_id: str) -> None:

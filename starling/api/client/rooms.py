@@ -203,6 +203,17 @@ class RoomRoutes:
         if len(state_key.encode()) > MAX_TYPE_BYTES:
             raise invalid_param("State key must be at most 255 bytes")
         content = await read_json_object(request)
+        if event_type == "m.room.member":
+            # A membership change obeys the membership rules, whichever endpoint asks.
+            changed = await self.svc.membership.set_membership(
+                room_id, requester.user_id, state_key, content, guest=requester.is_guest
+            )
+            if changed is None:  # nothing changed: the member event in place stands
+                current = await self.svc.room_events.current_state_events(
+                    room_id, [(event_type, state_key)]
+                )
+                changed = current[(event_type, state_key)]
+            return json_response({"event_id": changed.event_id})
         if event_type == "m.room.canonical_alias":
             await self._check_canonical_alias(room_id, content)
         current = await self.svc.room_events.current_state_events(
