@@ -1,0 +1,114 @@
+"""Which servers must receive an event: the servers with joined members in the room around
+it, i.e. in the state before or after it (so a server whose last user leaves or is kicked
+still learns of it), plus the server of an invited user.
+
+A state group never changes, so the servers joined in it are cached per group: a run of
+messages on the same state costs one lookup, and a batch of events costs at most one state
+query and one event query for all the groups it has not seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from starling.protocol.event import Event, StateKey
+from starling.storage.events import LruCache
+
+
+class StateGroups(Protocol):
+    async def get_state_ids_for_groups(
+        self, groups: Iterable[int]
+    ) -> Mapping[int, Mapping[StateKey, str]]: ...
+
+
+class EventLoader(Protocol):
+    async def get_events(
+        self, event_ids: Iterable[str], allow_rejected: bool = False
+    ) -> Mapping[str, Event]: ...
+
+
+class CurrentMembers(Protocol):
+    async def get_joined_users(self, room_id: str) -> frozenset[str]: ...
+
+
+def server_of(user_id: str) -> str:
+    """The server name of a user ID (everything after the first colon)."""
+    return user_id.partition(":")[2]
+
+
+class JoinedHosts:
+    def __init__(
+        self,
+        state: StateGroups,
+        events: EventLoader,
+        members: CurrentMembers,
+        cache_size: int = 10_000,
+    ) -> None:
+        self._state = state
+        self._events = events
+        self._members = members
+        self._by_group: LruCache[int, frozenset[str]] = LruCache(cache_size)
+
+    async def for_groups(self, groups: Iterable[int]) -> dict[int, frozenset[str]]:
+        """The servers with a joined member in each state group (batched over misses)."""
+        out: dict[int, frozenset[str]] = {}
+        missing: list[int] = []
+        for group in set(groups):
+            hit = self._by_group.get(group)
+            if hit is None:
+                missing.append(group)
+            else:
+                out[group] = hit
+        if not missing:
+            return out
+        states = await self._state.get_state_ids_for_groups(missing)
+        member_ids = {
+            eid
+            for state in states.values()
+            for (etype, _), eid in state.items()
+            if etype == "m.room.member"
+        }
+        members = await self._events.get_events(member_ids)
+        for group in missing:
+            hosts = frozenset(
+                server_of(state_key)
+                for (etype, state_key), eid in states.get(group, {}).items()
+                if etype == "m.room.member"
+                and (ev := members.get(eid)) is not None
+                and ev.membership == "join"
+            )
+            self._by_group.put(group, hosts)
+            out[group] = hosts
+        return out
+
+    async def for_events(self, events: Sequence[tuple[Event, Any]]) -> dict[str, frozenset[str]]:
+        """event ID -> the servers that must receive it (this server not removed).
+
+        Each pair is (event, meta) with `state_before`/`state_after` group numbers; an
+        event without them falls back to the room's current members.
+        """
+        groups: set[int] = set()
+        for _, meta in events:
+            for group in (meta.state_before, meta.state_after):
+                if group is not None:
+                    groups.add(group)
+        by_group = await self.for_groups(groups)
+        current: dict[str, frozenset[str]] = {}
+        out: dict[str, frozenset[str]] = {}
+        for event, meta in events:
+            hosts: set[str] = set()
+            known = False
+            for group in (meta.state_before, meta.state_after):
+                if group is not None:
+                    hosts |= by_group.get(group, frozenset())
+                    known = True
+            if not known:
+                if event.room_id not in current:
+                    users = await self._members.get_joined_users(event.room_id)
+                    current[event.room_id] = frozenset(server_of(u) for u in users)
+                hosts |= current[event.room_id]
+            if event.type == "m.room.member" and event.membership == "invite" and event.state_key:
+                hosts.add(server_of(event.state_key))  # the invitee's server
+            out[event.event_id] = frozenset(h for h in hosts if h)
+        return out
