@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from starling.accounts.passwords import PasswordHasher
 from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.accounts.uia import UserInteractiveAuth
+from starling.api import federation as federation_api
 from starling.api import media as media_api
 from starling.api.admin import registration as admin_registration
 from starling.api.client import account_data as client_account_data
@@ -45,12 +47,16 @@ from starling.api.client import typing as client_typing
 from starling.api.client import user_directory as client_user_directory
 from starling.api.client import voip as client_voip
 from starling.api.discovery import DiscoveryResource, register_metrics
+from starling.api.federation.auth import OriginAuthenticator
 from starling.api.http import make_web_app
 from starling.api.services import Services
 from starling.config import Config, Listener
 from starling.directory.service import DirectoryService
+from starling.directory.service import RemotePublicRooms as RemotePublicRoomsFetcher
 from starling.e2ee.services import build_e2ee
 from starling.errors import MatrixError
+from starling.federation.public_rooms import RemotePublicRooms
+from starling.federation.transport import FederationTransport, build_federation_transport
 from starling.media.filestore import FileStore
 from starling.media.service import MediaService
 from starling.notifier import Notifier
@@ -116,6 +122,21 @@ def storage_config(config: Config) -> StorageConfig:
     return StorageConfig(url=url, pool_min_size=args.cp_min, pool_max_size=args.cp_max)
 
 
+def tls_context(config: Config) -> ssl.SSLContext:
+    """The server-side TLS context of `tls: true` listeners (tls_certificate_path and
+    tls_private_key_path, PEM)."""
+    assert config.tls_certificate_path and config.tls_private_key_path  # config checks it
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    cert = config.resolve_path(config.tls_certificate_path)
+    key = config.resolve_path(config.tls_private_key_path)
+    try:
+        context.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as e:
+        raise RuntimeError(f"cannot load TLS certificate {cert} / key {key}: {e}") from None
+    return context
+
+
 def load_signing_key(config: Config) -> SigningKey:
     path = config.resolve_path(config.signing_key_path)
     try:
@@ -127,7 +148,16 @@ def load_signing_key(config: Config) -> SigningKey:
     return SigningKey.from_key_file(text)
 
 
-async def build_services(config: Config, db: Database, signing_key: SigningKey) -> Services:
+async def build_services(
+    config: Config,
+    db: Database,
+    signing_key: SigningKey,
+    *,
+    federation: FederationTransport | None = None,
+) -> Services:
+    """Every service; `federation` replaces the federation transport (tests give one
+    with fake DNS)."""
+    federation = federation or build_federation_transport(config, db, signing_key)
     account_store = AccountStore(db)
     events_stream = await StreamIdGenerator.create(db, "events")
     event_store = EventStore(db)
@@ -189,6 +219,7 @@ async def build_services(config: Config, db: Database, signing_key: SigningKey) 
         profile_store,
         alias_store,
         room_events,
+        RemotePublicRooms(federation.client).fetch,
     )
     room_creator = RoomCreator(
         config.server_name,
@@ -303,6 +334,7 @@ async def build_services(config: Config, db: Database, signing_key: SigningKey) 
         user_directory=user_directory,
         search=search,
         hierarchy=SpaceHierarchy(room_events, event_store, membership_store),
+        federation=federation,
     )
 
 
@@ -333,6 +365,7 @@ async def build_room_extras(
     profile_store: ProfileStore,
     alias_store: AliasStore,
     room_events: RoomEventService,
+    remote_public_rooms: RemotePublicRoomsFetcher | None = None,
 ) -> RoomExtras:
     """Typing, receipts, unread counts, account data, presence, profiles, directory."""
     account_data = AccountDataService(
@@ -373,6 +406,7 @@ async def build_room_extras(
             membership_store,
             event_store,
             room_events,
+            remote_public_rooms,
         ),
         push_rules=push_rules,
     )
@@ -411,6 +445,16 @@ def build_listener_app(services: Services, listener: Listener) -> web.Applicatio
             register(app, services)
     if names & {"client", "media"}:
         media_api.register(app, services, client="client" in names, legacy=True)
+    if names & {"federation", "keys"}:
+        routes = []
+        if "federation" in names:
+            routes += federation_api.federation_routes(services)
+        if "keys" in names:
+            routes += federation_api.key_routes(services)
+        authenticator = OriginAuthenticator(
+            config.server_name, services.federation, config.federation_domain_whitelist
+        )
+        federation_api.register(app, authenticator, routes)
     if "metrics" in names and config.enable_metrics:
         register_metrics(app)
     return app
@@ -473,11 +517,15 @@ class Homeserver:
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
             await runner.setup()
             self.runners.append(runner)
+            ssl_context = tls_context(self.config) if listener.tls else None
             for addr in listener.bind_addresses:
-                site = web.TCPSite(runner, addr, listener.port, reuse_address=True)
+                site = web.TCPSite(
+                    runner, addr, listener.port, reuse_address=True, ssl_context=ssl_context
+                )
                 await site.start()
                 host = f"[{addr}]" if ":" in addr else addr
-                self.bound.append(f"http://{host}:{listener.port}")
+                scheme = "https" if ssl_context else "http"
+                self.bound.append(f"{scheme}://{host}:{listener.port}")
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), close the database."""
@@ -492,5 +540,6 @@ class Homeserver:
         self.services.typing.close()
         await self.services.presence.close()
         await self.services.media.close()
+        await self.services.federation.close()
         self.services.passwords.close()
         await self.services.db.close()

@@ -58,6 +58,9 @@ def cmd_generate_config(args: argparse.Namespace) -> int:
             database=args.database,
             open_registration=args.open_registration,
             no_rate_limit=args.no_rate_limit,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_self_signed=args.tls_self_signed,
             force=args.force,
         )
     except (ConfigError, FileExistsError) as e:
@@ -203,6 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-rate-limit",
         action="store_true",
         help="turn every rate limit off (load tests and test harnesses)",
+    )
+    g.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="PEM certificate chain: the federation listener serves HTTPS with it",
+    )
+    g.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    g.add_argument(
+        "--tls-self-signed",
+        action="store_true",
+        help="make a self-signed certificate in DIR/tls/ for the federation listener (LANs)",
     )
     g.add_argument("--force", action="store_true", help="overwrite an existing config and key")
     g.set_defaults(func=cmd_generate_config)

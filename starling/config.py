@@ -117,6 +117,62 @@ class InviteRateLimits:
 
 
 @dataclass
+class FederationRateLimit:
+    """Synapse's `rc_federation`: per origin server, over `window_size` ms, requests past
+    `sleep_limit` are delayed `sleep_delay` ms each, past `reject_limit` waiting ones are
+    refused (429), and at most `concurrent` are processed at once."""
+
+    window_size: int = 1000
+    sleep_limit: int = 10
+    sleep_delay: int = 500
+    reject_limit: int = 50
+    concurrent: int = 3
+
+
+@dataclass
+class TrustedKeyServer:
+    """One entry of `trusted_key_servers`: a notary asked for keys a server did not give
+    us itself. `verify_keys` (key ID -> unpadded base64) pins the notary's own keys."""
+
+    server_name: str = ""
+    verify_keys: dict[str, str] | None = None
+
+
+def _default_trusted_key_servers() -> list[TrustedKeyServer]:
+    # Synapse's default notary.
+    return [
+        TrustedKeyServer(
+            "matrix.org", {"ed25519:auto": "Noi6WqcDj0QmPxCNQqgezwTlBKrfqehY1u2FyWP9uYw"}
+        )
+    ]
+
+
+# Synapse's DEFAULT_IP_RANGE_BLACKLIST: loopback, private, link-local, CGNAT,
+# documentation, benchmarking, multicast and other special-purpose ranges.
+DEFAULT_IP_RANGE_BLACKLIST = [
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "192.0.0.0/24",
+    "169.254.0.0/16",
+    "192.88.99.0/24",
+    "198.18.0.0/15",
+    "192.0.2.0/24",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/4",
+    "::1/128",
+    "fe80::/10",
+    "fc00::/7",
+    "2001:db8::/32",
+    "ff00::/8",
+    "fec0::/10",
+]
+
+
+@dataclass
 class PresenceConfig:
     enabled: bool = True
 
@@ -200,6 +256,29 @@ class Config:
     rc_joins_per_room: RateLimit = _rl(1, 10)
     rc_invites: InviteRateLimits = field(default_factory=InviteRateLimits)
     rc_admin_redaction: RateLimit | None = None
+    rc_federation: FederationRateLimit = field(default_factory=FederationRateLimit)
+
+    # TLS for listeners with `tls: true` (Synapse's keys): PEM certificate chain and key.
+    tls_certificate_path: str | None = None
+    tls_private_key_path: str | None = None
+
+    # Federation (Synapse's keys). None: federate with anyone; a list: only with these.
+    federation_domain_whitelist: list[str] | None = None
+    federation_verify_certificates: bool = True
+    # PEM files of the CAs trusted for federation, replacing the system's when set.
+    federation_custom_ca_list: list[str] = field(default_factory=list)
+    # Server names (globs, e.g. *.onion) whose certificates are not verified.
+    federation_certificate_verification_whitelist: list[str] = field(default_factory=list)
+    # Outbound connections (federation) to these IP ranges are refused, unless whitelisted.
+    ip_range_blacklist: list[str] = field(default_factory=lambda: list(DEFAULT_IP_RANGE_BLACKLIST))
+    ip_range_whitelist: list[str] = field(default_factory=list)
+    trusted_key_servers: list[TrustedKeyServer] = field(
+        default_factory=_default_trusted_key_servers
+    )
+    # Keys this server signed with before: {"ed25519:id": {"key": base64, "expired_ts": ms}}.
+    old_signing_keys: dict[str, Any] = field(default_factory=dict)
+    # How long others may cache our /_matrix/key/v2/server answer (valid_until_ts).
+    key_refresh_interval: str | int = "1d"
 
     # media repository (Synapse's names)
     max_image_pixels: str | int = "32M"
@@ -397,6 +476,7 @@ def _check_semantics(cfg: Config) -> None:
     except ValueError as e:
         raise ConfigError(f"turn_user_lifetime: {e}") from None
     _check_media(cfg)
+    _check_federation(cfg)
     if cfg.max_request_body_size < 1024:
         raise ConfigError("max_request_body_size: must be at least 1024 bytes")
     if not cfg.listeners:
@@ -404,10 +484,10 @@ def _check_semantics(cfg: Config) -> None:
     for i, listener in enumerate(cfg.listeners):
         if not 0 <= listener.port <= 65535:
             raise ConfigError(f"listeners[{i}].port: must be between 0 and 65535")
-        if listener.tls:
+        if listener.tls and not (cfg.tls_certificate_path and cfg.tls_private_key_path):
             raise ConfigError(
-                f"listeners[{i}].tls: TLS termination is not built in; put a reverse proxy "
-                "in front (set tls: false)"
+                f"listeners[{i}].tls: needs tls_certificate_path and tls_private_key_path "
+                "(PEM files; `starling generate-config --tls-self-signed` makes a pair)"
             )
     if cfg.database.args.cp_min < 1 or cfg.database.args.cp_max < cfg.database.args.cp_min:
         raise ConfigError("database.args: need 1 <= cp_min <= cp_max")
@@ -415,6 +495,58 @@ def _check_semantics(cfg: Config) -> None:
         rl: RateLimit = getattr(cfg, name)
         if rl.per_second < 0 or rl.burst_count < 0:
             raise ConfigError(f"{name}: per_second and burst_count must not be negative")
+
+
+def _check_federation(cfg: Config) -> None:
+    import ipaddress
+
+    from starling.protocol.identifiers import is_valid_server_name
+    from starling.protocol.signing import KeyFormatError, decode_verify_key_base64
+
+    for name in ("ip_range_blacklist", "ip_range_whitelist"):
+        for i, cidr in enumerate(getattr(cfg, name)):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(f"{name}[{i}]: {cidr!r} is not an IP range") from None
+    for i, server in enumerate(cfg.federation_domain_whitelist or []):
+        if not is_valid_server_name(server):
+            raise ConfigError(f"federation_domain_whitelist[{i}]: {server!r} is not a server name")
+    for i, notary in enumerate(cfg.trusted_key_servers):
+        where = f"trusted_key_servers[{i}]"
+        if not is_valid_server_name(notary.server_name):
+            raise ConfigError(f"{where}.server_name: {notary.server_name!r} is not a server name")
+        for key_id, key in (notary.verify_keys or {}).items():
+            try:
+                decode_verify_key_base64(key_id, key)
+            except (KeyFormatError, TypeError) as e:
+                raise ConfigError(f"{where}.verify_keys.{key_id}: {e}") from None
+    for key_id, entry in cfg.old_signing_keys.items():
+        where = f"old_signing_keys.{key_id}"
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("expired_ts"), int)
+            or not isinstance(entry.get("key"), str)
+        ):
+            raise ConfigError(f"{where}: expected {{key: <base64>, expired_ts: <ms>}}")
+        try:
+            decode_verify_key_base64(key_id, entry["key"])
+        except (KeyFormatError, TypeError) as e:
+            raise ConfigError(f"{where}: {e}") from None
+    try:
+        if parse_duration(cfg.key_refresh_interval) < 60_000:
+            raise ValueError("must be at least a minute")
+    except ValueError as e:
+        raise ConfigError(f"key_refresh_interval: {e}") from None
+    rc = cfg.rc_federation
+    if (
+        min(rc.window_size, rc.sleep_limit, rc.reject_limit, rc.concurrent) < 1
+        or rc.sleep_delay < 0
+    ):
+        raise ConfigError(
+            "rc_federation: window_size, sleep_limit, reject_limit and concurrent must be "
+            "at least 1, sleep_delay not negative"
+        )
 
 
 def _check_media(cfg: Config) -> None:

@@ -15,6 +15,7 @@ from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.config import Config
 from starling.directory.service import DirectoryService
 from starling.e2ee.services import E2ee
+from starling.federation.transport import FederationTransport
 from starling.media.service import MediaService
 from starling.notifier import Notifier
 from starling.presence.service import PresenceService
@@ -103,6 +104,8 @@ class Services:
     user_directory: UserDirectoryService
     search: SearchService
     hierarchy: SpaceHierarchy
+    # federation transport: signed outbound client, keyring, key answers, inbound limits
+    federation: FederationTransport
 
     @property
     def server_name(self) -> str:

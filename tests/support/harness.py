@@ -15,8 +15,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from starling.api.services import Services
 from starling.app import build_listener_app, build_services
 from starling.config import Config, Listener, ListenerResource, load_config_dict
+from starling.federation.transport import build_federation_transport
 from starling.protocol.signing import SigningKey
 from starling.storage import Database
+from tests.support.offline_dns import TableHostResolver, TableSrvResolver
 
 SERVER_NAME = "test.local"
 
@@ -109,8 +111,20 @@ async def make_harness(
     database: Database, tmp_path: Path, **config_overrides: Any
 ) -> AsyncIterator[Harness]:
     config = make_test_config(tmp_path, **config_overrides)
-    services = await build_services(config, database, SigningKey.generate())
+    signing_key = SigningKey.generate()
+    # Federation never leaves the machine in tests: SRV and host names from empty tables.
+    federation = build_federation_transport(
+        config,
+        database,
+        signing_key,
+        srv_resolver=TableSrvResolver(),
+        host_resolver=TableHostResolver(),
+    )
+    services = await build_services(config, database, signing_key, federation=federation)
     listener = Listener(port=0, resources=[ListenerResource(names=["client", "media"])])
     app = build_listener_app(services, listener)
-    async with TestClient(TestServer(app)) as client:
-        yield Harness(services, client)
+    try:
+        async with TestClient(TestServer(app)) as client:
+            yield Harness(services, client)
+    finally:
+        await federation.close()

@@ -1,0 +1,75 @@
+"""This server's published room directory, for other servers (spec: Server-Server API >
+Published Room Directory)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from starling.api.federation.auth import authenticate_origin, federation_body
+from starling.api.federation.routes import Route
+from starling.api.http import json_response
+from starling.directory.service import DirectoryService
+from starling.errors import bad_json, invalid_param
+
+PATH = "/_matrix/federation/v1/publicRooms"
+MAX_SEARCH_TERM_LENGTH = 1000
+
+
+def _limit(value: object) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise invalid_param("'limit' must be a non-negative integer")
+    return value or None  # 0: no limit (the directory's page size caps it)
+
+
+class PublicRoomsApi:
+    def __init__(self, directory: DirectoryService) -> None:
+        self._directory = directory
+
+    def routes(self) -> list[Route]:
+        return [("GET", PATH, self.get_public_rooms), ("POST", PATH, self.post_public_rooms)]
+
+    async def get_public_rooms(self, request: web.Request) -> web.Response:
+        """GET /_matrix/federation/v1/publicRooms
+        (spec: server-server-api/#get_matrixfederationv1publicrooms)."""
+        await authenticate_origin(request)
+        raw = request.query.get("limit")
+        try:
+            limit = _limit(int(raw)) if raw is not None else None
+        except ValueError:
+            raise invalid_param("'limit' must be an integer") from None
+        result = await self._directory.public_rooms(
+            limit=limit, since=request.query.get("since") or None
+        )
+        return json_response(result)
+
+    async def post_public_rooms(self, request: web.Request) -> web.Response:
+        """POST /_matrix/federation/v1/publicRooms
+        (spec: server-server-api/#post_matrixfederationv1publicrooms)."""
+        await authenticate_origin(request)
+        body = federation_body(request)
+        since = body.get("since")
+        if since is not None and not isinstance(since, str):
+            raise bad_json("'since' must be a string")
+        search_filter = body.get("filter") or {}
+        if not isinstance(search_filter, dict):
+            raise bad_json("'filter' must be an object")
+        term = search_filter.get("generic_search_term")
+        if term is not None and not isinstance(term, str):
+            raise bad_json("'generic_search_term' must be a string")
+        if term is not None and len(term) > MAX_SEARCH_TERM_LENGTH:
+            raise invalid_param(f"The search term is longer than {MAX_SEARCH_TERM_LENGTH}")
+        room_types = search_filter.get("room_types")
+        if room_types is not None and (
+            not isinstance(room_types, list)
+            or not all(t is None or isinstance(t, str) for t in room_types)
+        ):
+            raise bad_json("'room_types' must be a list of strings or nulls")
+        result = await self._directory.public_rooms(
+            limit=_limit(body.get("limit")),
+            since=since or None,
+            search=term.strip() if term else None,
+            room_types=room_types,
+        )
+        return json_response(result)

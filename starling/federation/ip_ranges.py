@@ -1,0 +1,82 @@
+"""Which addresses federation may connect to: `ip_range_blacklist` / `ip_range_whitelist`.
+
+Synapse's rules: an address in the blacklist is refused unless it is in the whitelist;
+the unspecified addresses (0.0.0.0, ::) are always refused; an IPv4-mapped IPv6 address
+is judged as the IPv4 address it carries. The default blacklist (config.py) holds the
+loopback, private and other special-purpose ranges, so a server on the internet cannot be
+made to call into its own network; `ip_range_blacklist: []` allows them (LANs, tests).
+
+The check is made where the socket is opened (`guarded_socket_factory`), on the exact
+address about to be connected to: that covers IP literals (which aiohttp never resolves),
+every address a name resolves to, and DNS rebinding between a check and the connect.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_ALWAYS_REFUSED = [ipaddress.ip_network("0.0.0.0/32"), ipaddress.ip_network("::/128")]
+
+
+class BlockedAddressError(OSError):
+    """A connection to an address refused by the IP range rules."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(f"connection to {address} refused by ip_range_blacklist")
+        self.address = address
+
+
+class IPRangePolicy:
+    def __init__(self, blacklist: Iterable[str], whitelist: Iterable[str] = ()) -> None:
+        self._deny: list[IPNetwork] = [ipaddress.ip_network(c, strict=False) for c in blacklist]
+        self._allow: list[IPNetwork] = [ipaddress.ip_network(c, strict=False) for c in whitelist]
+
+    def is_allowed(self, address: str | IPAddress) -> bool:
+        try:
+            ip = ipaddress.ip_address(
+                address.split("%", 1)[0] if isinstance(address, str) else address
+            )
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if any(ip in net for net in _ALWAYS_REFUSED):
+            return False
+        if any(ip in net for net in self._allow):
+            return True
+        return not any(ip in net for net in self._deny)
+
+
+def guarded_socket_factory(policy: IPRangePolicy) -> Any:
+    """An aiohttp socket factory that refuses to open a socket to a refused address."""
+
+    def factory(addr_info: tuple[Any, ...]) -> socket.socket:
+        family, type_, proto, _, sockaddr = addr_info
+        if not policy.is_allowed(str(sockaddr[0])):
+            raise BlockedAddressError(str(sockaddr[0]))
+        return socket.socket(family=family, type=type_, proto=proto)
+
+    return factory
+
+
+def is_blocked_error(exc: BaseException) -> bool:
+    """Whether a client error was caused by the IP range rules."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, BlockedAddressError):
+            return True
+        if isinstance(e, BaseExceptionGroup):
+            stack.extend(e.exceptions)
+        stack.extend((e.__cause__, e.__context__, getattr(e, "os_error", None)))
+    return False
