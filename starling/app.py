@@ -56,6 +56,7 @@ from starling.directory.service import RemotePublicRooms as RemotePublicRoomsFet
 from starling.e2ee.services import build_e2ee
 from starling.errors import MatrixError
 from starling.federation.public_rooms import RemotePublicRooms
+from starling.federation.sender import FederationSender, JoinedHosts
 from starling.federation.transport import FederationTransport, build_federation_transport
 from starling.media.filestore import FileStore
 from starling.media.service import MediaService
@@ -86,6 +87,7 @@ from starling.storage.database import Database, open_database
 from starling.storage.database import DatabaseConfig as StorageConfig
 from starling.storage.directory import DirectoryStore
 from starling.storage.events import EventStore
+from starling.storage.federation_sender import FederationSenderStore
 from starling.storage.media import MediaStore
 from starling.storage.memberships import MembershipStore
 from starling.storage.presence import PresenceStore
@@ -192,6 +194,17 @@ async def build_services(
     room_events.add_listener(
         GuestEvictor(membership_store, membership, account_store.guests_among).on_event
     )
+    federation_sender = FederationSender(
+        config.server_name,
+        FederationSenderStore(db),
+        event_store,
+        JoinedHosts(state_store, event_store, membership_store),
+        federation.client,
+        events_stream.current_position,
+    )
+    # Only a wake-up: the sender reads the events stream from its stored positions.
+    room_events.add_listener(federation_sender.on_new_event)
+    federation.on_inbound_request.append(federation_sender.destination_is_up)
 
     async def invite(room_id: str, sender: str, target: str, is_direct: bool) -> Event:
         return await membership.invite(
@@ -335,6 +348,7 @@ async def build_services(
         search=search,
         hierarchy=SpaceHierarchy(room_events, event_store, membership_store),
         federation=federation,
+        federation_sender=federation_sender,
     )
 
 
@@ -500,6 +514,7 @@ class Homeserver:
         db = await open_database(storage_config(config))
         hs = cls(config=config, services=await build_services(config, db, signing_key))
         try:
+            await hs.services.federation_sender.start()
             await hs._start_listeners()
         except BaseException:
             await hs.stop()
@@ -540,6 +555,7 @@ class Homeserver:
         self.services.typing.close()
         await self.services.presence.close()
         await self.services.media.close()
+        await self.services.federation_sender.stop()
         await self.services.federation.close()
         self.services.passwords.close()
         await self.services.db.close()

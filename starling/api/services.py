@@ -15,6 +15,7 @@ from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.config import Config
 from starling.directory.service import DirectoryService
 from starling.e2ee.services import E2ee
+from starling.federation.sender import FederationSender
 from starling.federation.transport import FederationTransport
 from starling.media.service import MediaService
 from starling.notifier import Notifier
@@ -106,6 +107,8 @@ class Services:
     hierarchy: SpaceHierarchy
     # federation transport: signed outbound client, keyring, key answers, inbound limits
     federation: FederationTransport
+    # outbound federation: the per-destination transaction queues
+    federation_sender: FederationSender
 
     @property
     def server_name(self) -> str:

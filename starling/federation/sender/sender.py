@@ -56,6 +56,8 @@ REPLAY_LIMIT = 500
 # EDUs waiting for one destination; the oldest are dropped past this.
 MAX_QUEUED_EDUS = 5_000
 TXN_TIMEOUT_SECONDS = 30.0
+# Events fanned out to nobody between writes of the sender's position.
+POSITION_WRITE_INTERVAL = 1_000
 
 
 class TransactionClient(Protocol):
@@ -120,6 +122,7 @@ class FederationSender:
         self._clock = clock
         self._destinations: dict[str, _Destination] = {}
         self._position = 0
+        self._stored_position = 0
         self._woken = asyncio.Event()
         self._fan_out_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -138,7 +141,7 @@ class FederationSender:
             # First start: the past is not owed to anyone (rooms had no remote servers).
             position = self._events_position()
             await self._store.set_position(position)
-        self._position = position
+        self._position = self._stored_position = position
         for row in await self._store.destinations_needing_attention():
             dest = self._from_row(row)
             dest.catching_up = row.newest_owed > row.last_successful
@@ -165,6 +168,9 @@ class FederationSender:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._started and self._position > self._stored_position:
+            with contextlib.suppress(Exception):
+                await self._store.set_position(self._position)
 
     def wake(self) -> None:
         """New events were persisted: fan them out (cheap; safe to call per event)."""
@@ -247,7 +253,11 @@ class FederationSender:
                     per_dest.setdefault(host, []).append((position, event))
         owed = {dest: {ev.room_id: pos for pos, ev in items} for dest, items in per_dest.items()}
         first_owed = {dest: items[0][0] for dest, items in per_dest.items()}
-        await self._store.record_fan_out(owed, first_owed, batch_end)
+        if per_dest or batch_end - self._stored_position >= POSITION_WRITE_INTERVAL:
+            await self._store.record_fan_out(owed, first_owed, batch_end)
+            self._stored_position = batch_end
+        # else: nothing owed to anyone (a room without remote servers). The position is
+        # written later; re-reading these events after a crash owes nobody anything.
         self._position = batch_end
         unknown = [d for d in per_dest if d not in self._destinations]
         if unknown:
