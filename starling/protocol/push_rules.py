@@ -30,6 +30,7 @@ from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
+from starling.protocol.glob import compile_glob
 from starling.protocol.identifiers import split_property_path
 from starling.protocol.power_levels import DEFAULT_NOTIFICATION
 
@@ -360,24 +361,21 @@ _WORD = "(?-i:[A-Za-z0-9_])"
 _NON_WORD = "(?-i:[^A-Za-z0-9_])"
 
 
-def _glob_body(pattern: str) -> str:
-    return "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-
-
 @lru_cache(maxsize=4096)
-def _regex(body: str, words: bool) -> re.Pattern[str]:
-    if words:
-        # The match starts and ends at a word boundary: the value's start/end, or a
-        # character outside [A-Za-z0-9_] on either side of the edge.
-        body = f"(?:(?<!{_WORD})|(?={_NON_WORD})){body}(?:(?!{_WORD})|(?<={_NON_WORD}))"
+def _display_name_regex(name: str) -> re.Pattern[str]:
+    # A literal (no wildcards, so nothing to backtrack over) between word boundaries: the
+    # value's start/end, or a character outside [A-Za-z0-9_] on either side of the edge.
+    body = re.escape(name)
+    body = f"(?:(?<!{_WORD})|(?={_NON_WORD})){body}(?:(?!{_WORD})|(?<={_NON_WORD}))"
     return re.compile(body, re.IGNORECASE | re.DOTALL)
 
 
 def glob_matches(pattern: str, value: str, *, words: bool = False) -> bool:
     """Case-insensitive glob (* and ?) match: the whole value, or with `words` any
-    substring starting and ending at word boundaries."""
-    regex = _regex(_glob_body(pattern), words)
-    return (regex.search(value) if words else regex.fullmatch(value)) is not None
+    substring starting and ending at word boundaries. Without backtracking
+    (`starling.protocol.glob`): patterns and values are both user input."""
+    glob = compile_glob(pattern, ignore_case=True)
+    return glob.matches_words(value) if words else glob.matches(value)
 
 
 def _lookup(event: Mapping[str, Any], path: Sequence[str]) -> Any:
@@ -408,12 +406,12 @@ def _compile_condition(condition: Any) -> Matcher:
     if kind == "event_match":
         path = tuple(split_property_path(condition["key"]))
         words = path == ("content", "body")
-        regex = _regex(_glob_body(condition["pattern"]), words)
-        find = regex.search if words else regex.fullmatch
+        glob = compile_glob(condition["pattern"], ignore_case=True)
+        match = glob.matches_words if words else glob.matches
 
         def event_match(event: Mapping[str, Any], ctx: PushContext) -> bool:
             value = _lookup(event, path)
-            return isinstance(value, str) and find(value) is not None
+            return isinstance(value, str) and match(value)
 
         return event_match
     if kind == "event_property_is":
@@ -461,7 +459,7 @@ def _contains_display_name(event: Mapping[str, Any], ctx: PushContext) -> bool:
     body = content.get("body") if isinstance(content, Mapping) else None
     if not name or not isinstance(body, str):
         return False
-    return _regex(re.escape(name), True).search(body) is not None
+    return _display_name_regex(name).search(body) is not None
 
 
 def condition_matches(

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from starling.protocol.glob import compile_glob
 from starling.sync.extension import SyncContext
 
 
@@ -32,16 +31,12 @@ def add_global_events(response: dict[str, Any], section: str, events: list[dict[
         response.setdefault(section, {}).setdefault("events", []).extend(events)
 
 
-@functools.lru_cache(maxsize=1024)
-def _pattern(pattern: str) -> re.Pattern[str]:
-    # '*' matches any run of characters: the filter grammar's only wildcard.
-    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
-
-
 def _matches(pattern: str, value: str) -> bool:
+    # '*' matches any run of characters: the filter grammar's only wildcard. Matched
+    # without backtracking: the pattern is user input.
     if "*" not in pattern:
         return pattern == value
-    return _pattern(pattern).fullmatch(value) is not None
+    return compile_glob(pattern, question_mark=False).matches(value)
 
 
 def filter_allows(

@@ -3,13 +3,12 @@
 A filter arrives as JSON (stored with POST /user/{userId}/filter, or inline in /sync and
 /messages). `parse_sync_filter` validates it once into immutable objects whose `matches`
 calls are cheap enough for the hot path: type patterns with `*` wildcards are compiled to
-one regular expression, sender and room lists become sets. Anything malformed is a 400
+backtracking-free globs, sender and room lists become sets. Anything malformed is a 400
 `M_BAD_JSON` naming the offending field, never a 500.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import orjson
 
 from starling.errors import MatrixError
+from starling.protocol.glob import compile_glob
 from starling.protocol.identifiers import (
     IdentifierError,
     is_valid_room_id,
@@ -89,14 +89,25 @@ def _object(obj: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
     return value
 
 
-def _type_matcher(patterns: Sequence[str] | None) -> re.Pattern[str] | None:
-    """One regex for a list of type patterns, where `*` matches any run of characters."""
-    if patterns is None:
-        return None
-    if not patterns:
-        return re.compile(r"(?!)")  # matches nothing
-    body = "|".join(".*".join(re.escape(part) for part in pat.split("*")) for pat in patterns)
-    return re.compile(f"(?:{body})", re.DOTALL)
+class TypePatterns:
+    """A list of event type patterns, where `*` matches any run of characters (the
+    filter grammar's only wildcard). Exact types are a set lookup; wildcard patterns are
+    matched without backtracking (`starling.protocol.glob`): they are user input."""
+
+    __slots__ = ("_exact", "_globs")
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        self._exact = frozenset(p for p in patterns if "*" not in p)
+        self._globs = tuple(
+            compile_glob(p, question_mark=False) for p in dict.fromkeys(patterns) if "*" in p
+        )
+
+    def matches(self, event_type: str) -> bool:
+        return event_type in self._exact or any(g.matches(event_type) for g in self._globs)
+
+
+def _type_matcher(patterns: Sequence[str] | None) -> TypePatterns | None:
+    return None if patterns is None else TypePatterns(patterns)
 
 
 @dataclass(frozen=True)
@@ -104,8 +115,8 @@ class EventFilter:
     """An EventFilter or RoomEventFilter: which events of one section to include."""
 
     limit: int | None = None
-    types: re.Pattern[str] | None = None
-    not_types: re.Pattern[str] | None = None
+    types: TypePatterns | None = None
+    not_types: TypePatterns | None = None
     senders: frozenset[str] | None = None
     not_senders: frozenset[str] = frozenset()
     rooms: frozenset[str] | None = None
@@ -126,9 +137,9 @@ class EventFilter:
     ) -> bool:
         if self.is_noop:
             return True
-        if self.not_types is not None and self.not_types.fullmatch(event_type):
+        if self.not_types is not None and self.not_types.matches(event_type):
             return False
-        if self.types is not None and not self.types.fullmatch(event_type):
+        if self.types is not None and not self.types.matches(event_type):
             return False
         if sender is not None:
             if sender in self.not_senders:

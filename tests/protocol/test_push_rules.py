@@ -9,6 +9,7 @@ import pytest
 
 from starling.protocol import push_rules as pr
 from tests.protocol.vectors import vector_ids, vectors
+from tests.support.hang_guard import finishes
 
 ME = "@bob:example.org"
 OTHER = "@alice:example.org"
@@ -277,3 +278,20 @@ def test_stored_ruleset_round_trip_keeps_changes_to_defaults() -> None:
     assert pr.find_rule(again, "underride", ".m.rule.message")["actions"] == []
     with pytest.raises(pr.PushRuleNotFound):
         pr.find_rule(again, "override", ".m.rule.gone")
+
+
+def test_event_match_patterns_do_not_backtrack() -> None:
+    """A push rule's pattern is user input: many `*`s against a long body must not make
+    matching backtrack (the guard only catches a hang; it takes milliseconds)."""
+    body = "a" * 10_000
+
+    def work() -> list[bool]:
+        return [
+            pr.condition_matches(
+                {"kind": "event_match", "key": key, "pattern": "*a*a*a*a*a*a*a*a*b"},
+                _msg(body, topic=body),
+            )
+            for key in ("content.body", "content.topic")
+        ]
+
+    assert finishes(work) == [False, False]
