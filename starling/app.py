@@ -232,6 +232,7 @@ async def build_services(
         profile_store,
         alias_store,
         room_events,
+        HistoryVisibility(event_store, state_store, membership_store),
         RemotePublicRooms(federation.client).fetch,
     )
     room_creator = RoomCreator(
@@ -379,6 +380,7 @@ async def build_room_extras(
     profile_store: ProfileStore,
     alias_store: AliasStore,
     room_events: RoomEventService,
+    visibility: HistoryVisibility,
     remote_public_rooms: RemotePublicRoomsFetcher | None = None,
 ) -> RoomExtras:
     """Typing, receipts, unread counts, account data, presence, profiles, directory."""
@@ -396,7 +398,12 @@ async def build_room_extras(
     extras = RoomExtras(
         typing=TypingService(membership_store, notifier),
         receipts=ReceiptsService(
-            receipt_store, event_store, membership_store, account_data, notifier
+            receipt_store,
+            event_store,
+            membership_store,
+            account_data,
+            notifier,
+            visible=visibility.is_visible,
         ),
         unread_counts=UnreadCounts(
             db,

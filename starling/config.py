@@ -489,6 +489,18 @@ def _check_semantics(cfg: Config) -> None:
                 f"listeners[{i}].tls: needs tls_certificate_path and tls_private_key_path "
                 "(PEM files; `starling generate-config --tls-self-signed` makes a pair)"
             )
+    if (
+        cfg.enable_registration
+        and not cfg.registration_requires_token
+        and not cfg.enable_registration_without_verification
+    ):
+        # Synapse's guard: anyone on the internet could create accounts with no check.
+        raise ConfigError(
+            "enable_registration: open registration without verification (no "
+            "registration_requires_token) lets anyone create accounts; set "
+            "registration_requires_token: true, or confirm with "
+            "enable_registration_without_verification: true"
+        )
     if cfg.database.args.cp_min < 1 or cfg.database.args.cp_max < cfg.database.args.cp_min:
         raise ConfigError("database.args: need 1 <= cp_min <= cp_max")
     for name in ("rc_message", "rc_registration", "rc_joins_per_room"):

@@ -50,6 +50,7 @@ def test_unknown_key_lists_what_is_allowed() -> None:
 def test_environment_overrides_top_level_and_nested() -> None:
     env = {
         "STARLING_ENABLE_REGISTRATION": "true",
+        "STARLING_ENABLE_REGISTRATION_WITHOUT_VERIFICATION": "true",
         "STARLING_DATABASE__ARGS__DATABASE": "/tmp/other.db",
         "STARLING_RC_MESSAGE__PER_SECOND": "5",
         "STARLING_SPEC_DIR": "/not/a/config/key",
@@ -97,3 +98,23 @@ def test_docs_list_every_key() -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
     missing = [key for key, _, _ in all_keys() if f"`{key}`" not in doc]
     assert not missing, f"docs/configuration.md does not describe: {missing}"
+
+
+def test_open_registration_without_verification_must_be_confirmed() -> None:
+    with pytest.raises(ConfigError, match="enable_registration_without_verification"):
+        load_config_dict({"server_name": "a.org", "enable_registration": True}, environ={})
+    confirmed = load_config_dict(
+        {
+            "server_name": "a.org",
+            "enable_registration": True,
+            "enable_registration_without_verification": True,
+        },
+        environ={},
+    )
+    assert confirmed.enable_registration
+    # A registration token is verification enough.
+    tokens = load_config_dict(
+        {"server_name": "a.org", "enable_registration": True, "registration_requires_token": True},
+        environ={},
+    )
+    assert tokens.registration_requires_token

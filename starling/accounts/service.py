@@ -303,10 +303,13 @@ class AccountService:
         if record is None:
             await self._failed_login(user_id)
             raise _bad_login()
-        if record.deactivated:
-            raise MatrixError(403, "M_USER_DEACTIVATED", "This account has been deactivated")
-        if record.password_hash is None or not await self._passwords.verify(
-            record.password_hash, password
+        # The password is checked first: a wrong one never learns the account's state.
+        # Deactivation removes the password, so a deactivated account answers exactly as
+        # a wrong password does (as it would to its former owner).
+        if (
+            record.password_hash is None
+            or not await self._passwords.verify(record.password_hash, password)
+            or record.deactivated
         ):
             await self._failed_login(user_id)
             raise _bad_login()

@@ -11,7 +11,7 @@ room account data, also only moved forward.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starling.account_data.service import AccountDataService
@@ -20,7 +20,7 @@ from starling.notifier import Notifier
 from starling.protocol.event import Event
 from starling.protocol.identifiers import is_valid_event_id
 from starling.receipts.sections import add_room_events, section_matcher
-from starling.storage.events import EventStore
+from starling.storage.events import EventMeta, EventStore
 from starling.storage.memberships import MembershipStore
 from starling.storage.receipts import Receipt, ReceiptStore
 from starling.sync.extension import SyncContext
@@ -53,6 +53,7 @@ class ReceiptsService:
         account_data: AccountDataService,
         notifier: Notifier,
         clock: Callable[[], float] = time.time,
+        visible: Callable[[str, tuple[Event, EventMeta]], Awaitable[bool]] | None = None,
     ) -> None:
         self._store = store
         self._events = events
@@ -60,6 +61,8 @@ class ReceiptsService:
         self._account_data = account_data
         self._notifier = notifier
         self._clock = clock
+        # History visibility: a receipt is only taken on an event the user may see.
+        self._visible = visible
 
     def current_position(self) -> int:
         return self._store.stream.current_position()
@@ -72,7 +75,13 @@ class ReceiptsService:
         if not is_valid_event_id(event_id):
             raise invalid_param(f"{event_id!r} is not an event ID")
         found = await self._events.get_event(event_id)
-        if found is None or found[0].room_id != room_id or found[1].rejected_reason is not None:
+        if (
+            found is None
+            or found[0].room_id != room_id
+            or found[1].rejected_reason is not None
+            # An event the user may not see is answered as one that does not exist.
+            or (self._visible is not None and not await self._visible(user_id, found))
+        ):
             raise not_found(f"Unknown event {event_id} in room {room_id}")
         event, meta = found
         position = meta.stream_ordering if meta.stream_ordering is not None else 0

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from starling.errors import MatrixError
+from starling.errors import MatrixError, invalid_param
 from starling.protocol.auth_rules import check_auth_rules
 from starling.protocol.event import Event, StateKey
 from starling.protocol.power_levels import PowerLevels
@@ -167,10 +167,16 @@ class RoomEventService:
             if room_version is None:
                 raise MatrixError(404, "M_NOT_FOUND", f"Unknown room {room_id}")
             if txn_id is not None and device_id is not None:
-                existing = await self._events.get_event_by_txn(sender, device_id, txn_id)
+                # A transaction ID is scoped to the device and the request: the same ID
+                # in another room is another message.
+                existing = await self._events.get_event_by_txn(sender, device_id, room_id, txn_id)
                 if existing is not None:
                     got = await self._events.get_event(existing)
                     if got is not None:
+                        if got[0].type != event_type or got[0].redacts != redacts:
+                            raise invalid_param(
+                                "Transaction ID already used for another request in this room"
+                            )
                         return got[0]
             extremities = await self._events.get_forward_extremities(room_id)
             prev = await self._events.get_events(extremities, allow_rejected=True)

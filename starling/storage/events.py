@@ -1,20 +1,23 @@
 """Events: the room DAG's nodes, their stream positions and the rooms they belong to.
 
 Events are immutable, so they are cached by ID once read (an LRU of parsed `Event`s); what
-can change about an event (rejected, soft-failed, redacted) lives in `EventMeta`. Every
-read takes a batch of IDs and costs one query for the cache misses.
+can change about an event (rejected, soft-failed, redacted) lives in `EventMeta`. A redacted
+event is read in its redacted form (the cache entry is dropped when the redaction lands).
+Every read takes a batch of IDs and costs one query for the cache misses.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import orjson
 
 from starling.protocol.event import Event
+from starling.protocol.redaction import RedactionError, redact
 from starling.protocol.room_versions import RoomVersion, get_room_version
 from starling.storage.database import Database, Row, Transaction
 
@@ -110,7 +113,14 @@ class EventStore:
 
     def _from_row(self, row: Row) -> tuple[Event, EventMeta]:
         rv = get_room_version(row[2])
-        event = Event(orjson.loads(row[1]), row[0], rv)
+        pdu = orjson.loads(row[1])
+        if row[10] is not None:
+            # A redacted event is read redacted everywhere (state content, profiles in
+            # member lists, push rules, federation), as Synapse does; only the stored
+            # row keeps the original until it is purged.
+            with suppress(RedactionError):
+                pdu = redact(pdu, rv)
+        event = Event(pdu, row[0], rv)
         meta = EventMeta(
             event_nid=row[3],
             stream_ordering=row[4],
@@ -167,11 +177,15 @@ class EventStore:
         """Forget a cached event whose metadata changed (e.g. it was redacted)."""
         self._events.pop(event_id)
 
-    async def get_event_by_txn(self, sender: str, device_id: str, txn_id: str) -> str | None:
+    async def get_event_by_txn(
+        self, sender: str, device_id: str, room_id: str, txn_id: str
+    ) -> str | None:
         val = await self._db.fetch_val(
-            "SELECT event_id FROM events WHERE sender = ? AND device_id = ? AND txn_id = ?",
+            "SELECT event_id FROM events"
+            " WHERE sender = ? AND device_id = ? AND room_id = ? AND txn_id = ?",
             sender,
             device_id,
+            room_id,
             txn_id,
         )
         return str(val) if val is not None else None

@@ -147,6 +147,13 @@ class RoomHistory:
         access = await self.access(user_id, room_id)
         if at is not None and access.upper is not None:
             at = min(at, access.upper)
+        if at is not None:
+            # The member list at a point the user could not see (before they joined a
+            # `joined` room, say) is refused, as Synapse does: the room's last event at
+            # that point must be visible to them.
+            last = await self._events.get_room_events_between(room_id, None, at, 1)
+            if last and not await self._visibility.is_visible(user_id, last[0]):
+                raise forbidden("You may not see the room's members at that point")
         state: Mapping[StateKey, str]
         if at is None:
             state = await self._state_at_access(access)

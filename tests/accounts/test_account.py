@@ -102,7 +102,7 @@ async def test_deactivate_leaves_rooms_and_blocks_login(ohs: Harness) -> None:
         f"{R}/login",
         body={"type": "m.login.password", "user": "alice", "password": PASSWORD},
     )
-    assert (status, resp["errcode"]) == (403, "M_USER_DEACTIVATED")
+    assert (status, resp["errcode"]) == (403, "M_FORBIDDEN")  # no password any more
     assert await ohs.services.profile_store.get_profile(ALICE) == {}
     user = await ohs.services.account_store.get_user(ALICE)
     assert user is not None and user.deactivated and user.password_hash is None

@@ -127,7 +127,10 @@ async def test_deactivated_user_cannot_log_in(ohs: Harness) -> None:
     await ohs.services.account_store.deactivate("@fred:test.local")
     body = _password_login({"type": "m.id.user", "user": "fred"})
     status, resp = await ohs.request("POST", f"{R}/login", body=body)
-    assert (status, resp["errcode"]) == (403, "M_USER_DEACTIVATED")
+    # Not M_USER_DEACTIVATED: that would tell anyone, password or not, the account's state.
+    assert (status, resp["errcode"]) == (403, "M_FORBIDDEN")
+    wrong = {**body, "password": "not the password"}
+    assert await ohs.request("POST", f"{R}/login", body=wrong) == (status, resp)
 
 
 async def test_logout_deletes_token_and_device(ohs: Harness) -> None:
