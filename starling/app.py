@@ -453,7 +453,7 @@ def build_media(config: Config, db: Database) -> MediaService:
 def build_listener_app(services: Services, listener: Listener) -> web.Application:
     """The aiohttp application serving one listener's resources."""
     config = services.config
-    app = make_web_app(config.max_request_body_size)
+    app = make_web_app(config.max_request_body_size, x_forwarded=listener.x_forwarded)
     names = {n for r in listener.resources for n in r.names}
     if listener.type == "metrics":
         register_metrics(app)

@@ -4,15 +4,18 @@ One middleware does all of it, in the order a request needs it: answer CORS pref
 before routing can say 405, time the request, turn every failure into the spec's error
 JSON (unknown endpoint → 404 `M_UNRECOGNIZED`, wrong method → 405 `M_UNRECOGNIZED`, body
 over the limit → 413 `M_TOO_LARGE`, a bug → 500 `M_UNKNOWN` logged with its traceback),
-add the CORS headers the spec asks for, then log and count the request.
+add the CORS headers the spec asks for, then log and count the request (never a secret
+from the query string: `loggable_path`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote_plus
 
 import orjson
 from aiohttp import web
@@ -105,6 +108,32 @@ async def read_json_object(request: web.Request, allow_empty: bool = False) -> d
     return parse_json_object(raw, allow_empty)
 
 
+# Query parameters that carry a secret (the deprecated `?access_token=`, registration and
+# login tokens, 3PID client secrets): their values never reach a log.
+SECRET_QUERY_PARAMS = frozenset(
+    {"access_token", "token", "login_token", "loginToken", "refresh_token", "client_secret"}
+)
+MAX_LOGGED_PATH = 400
+
+
+def loggable_path(path: str, query_string: str) -> str:
+    """The path and query for a log line, with secret parameters' values replaced by
+    `<redacted>` (names are compared percent-decoded, as the server reads them)."""
+    if len(path) >= MAX_LOGGED_PATH:
+        path = path[:MAX_LOGGED_PATH] + "..."
+    if not query_string:
+        return path
+    if len(query_string) >= MAX_LOGGED_PATH:
+        return path + "?..."
+    parts = []
+    for pair in query_string.split("&"):
+        name, sep, _ = pair.partition("=")
+        if unquote_plus(name) in SECRET_QUERY_PARAMS:
+            pair = f"{name}{sep or '='}<redacted>"
+        parts.append(pair)
+    return f"{path}?{'&'.join(parts)}"
+
+
 def _route_name(request: web.Request) -> str:
     info = request.match_info
     route = getattr(info, "route", None)
@@ -144,7 +173,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
         '%s "%s %s" %d %.1fms user=%s',
         request.remote,
         request.method,
-        request.path_qs if len(request.path_qs) < 400 else request.path + "?...",
+        loggable_path(request.path, request.query_string),
         response.status,
         elapsed * 1000,
         request.get(USER_ID_KEY, "-"),
@@ -165,6 +194,34 @@ def _http_exception_response(e: web.HTTPException) -> web.Response:
     return error_response(MatrixError(e.status, code, e.reason or "Error"))
 
 
-def make_web_app(max_body_size: int) -> web.Application:
-    """An aiohttp application with the Matrix edge behaviour; routes are added by the caller."""
-    return web.Application(middlewares=[edge_middleware], client_max_size=max_body_size)
+def forwarded_client(x_forwarded_for: str | None) -> str | None:
+    """The client address a reverse proxy reports: the last `X-Forwarded-For` entry,
+    which the proxy itself added (earlier entries are whatever the client claimed).
+    None when absent or not an IP address."""
+    if not x_forwarded_for:
+        return None
+    candidate = x_forwarded_for.rsplit(",", 1)[-1].strip()
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        return None
+
+
+@web.middleware
+async def forwarded_for_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """On a listener behind a trusted proxy (`x_forwarded: true`): the request's
+    `remote` is the client's address, for per-address limits and the access log."""
+    client = forwarded_client(request.headers.get("X-Forwarded-For"))
+    if client is not None:
+        request = request.clone(remote=client)
+    return await handler(request)
+
+
+def make_web_app(max_body_size: int, *, x_forwarded: bool = False) -> web.Application:
+    """An aiohttp application with the Matrix edge behaviour; routes are added by the caller.
+    `x_forwarded` believes the proxy's `X-Forwarded-For` (only for listeners marked so:
+    anywhere else a client could name its own address)."""
+    middlewares = [forwarded_for_middleware] if x_forwarded else []
+    return web.Application(
+        middlewares=[*middlewares, edge_middleware], client_max_size=max_body_size
+    )
