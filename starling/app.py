@@ -56,6 +56,7 @@ from starling.directory.service import RemotePublicRooms as RemotePublicRoomsFet
 from starling.e2ee.services import build_e2ee
 from starling.errors import MatrixError
 from starling.federation.public_rooms import RemotePublicRooms
+from starling.federation.remote_queries import RemoteQueries
 from starling.federation.sender import FederationSender, JoinedHosts
 from starling.federation.transport import FederationTransport, build_federation_transport
 from starling.media.filestore import FileStore
@@ -234,6 +235,7 @@ async def build_services(
         room_events,
         HistoryVisibility(event_store, state_store, membership_store),
         RemotePublicRooms(federation.client).fetch,
+        RemoteQueries(federation.client),
     )
     room_creator = RoomCreator(
         config.server_name,
@@ -382,6 +384,7 @@ async def build_room_extras(
     room_events: RoomEventService,
     visibility: HistoryVisibility,
     remote_public_rooms: RemotePublicRoomsFetcher | None = None,
+    remote_queries: RemoteQueries | None = None,
 ) -> RoomExtras:
     """Typing, receipts, unread counts, account data, presence, profiles, directory."""
     account_data = AccountDataService(
@@ -418,7 +421,12 @@ async def build_room_extras(
         account_data=account_data,
         presence=presence,
         profile=ProfileService(
-            config.server_name, profile_store, account_store, membership_store, room_events
+            config.server_name,
+            profile_store,
+            account_store,
+            membership_store,
+            room_events,
+            remote_queries.query_profile if remote_queries is not None else None,
         ),
         directory=DirectoryService(
             config.server_name,
@@ -428,6 +436,7 @@ async def build_room_extras(
             event_store,
             room_events,
             remote_public_rooms,
+            remote_queries.query_directory if remote_queries is not None else None,
         ),
         push_rules=push_rules,
     )

@@ -44,6 +44,8 @@ _RELEVANT = frozenset({*DIRECTORY_STATE_TYPES, "m.room.member"})
 RemotePublicRooms = Callable[
     [str, int | None, str | None, dict[str, Any]], Awaitable[dict[str, Any]]
 ]
+# Resolves another server's room alias over federation: alias -> (room ID, servers).
+RemoteAliasLookup = Callable[[str], Awaitable[tuple[str, list[str]]]]
 
 
 def _entry(room_id: str, state: dict[str, dict[str, Any]], joined: int) -> dict[str, Any]:
@@ -105,6 +107,7 @@ class DirectoryService:
         events: EventStore,
         room_events: RoomEventService,
         remote_public_rooms: RemotePublicRooms | None = None,
+        remote_alias_lookup: RemoteAliasLookup | None = None,
     ) -> None:
         self._server_name = server_name
         self._aliases = aliases
@@ -113,6 +116,7 @@ class DirectoryService:
         self._events = events
         self._room_events = room_events
         self._remote_public_rooms = remote_public_rooms
+        self._remote_alias_lookup = remote_alias_lookup
         self._public: set[str] | None = None
         self._entries: dict[str, dict[str, Any]] = {}
         self._stale: set[str] = set()
@@ -174,6 +178,10 @@ class DirectoryService:
         """GET /directory/room/{roomAlias}: room ID and servers to join through."""
         if len(alias) > MAX_ALIAS_LENGTH or not is_valid_room_alias(alias):
             raise invalid_param(f"{alias!r} is not a valid room alias")
+        if alias.partition(":")[2] != self._server_name and self._remote_alias_lookup is not None:
+            # Another server's alias: ask it (server-server API /query/directory).
+            remote_id, servers = await self._remote_alias_lookup(alias)
+            return {"room_id": remote_id, "servers": servers}
         room_id = await self._aliases.get_alias(alias)
         if room_id is None:
             raise not_found(f"Room alias {alias} not found")

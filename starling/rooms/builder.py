@@ -14,7 +14,7 @@ from starling.errors import MatrixError
 from starling.protocol.auth_rules import auth_types_for_event
 from starling.protocol.event import Event, StateKey
 from starling.protocol.event_format import EventFormatError, validate_pdu
-from starling.protocol.event_signing import EventSigningError, hash_and_sign_event
+from starling.protocol.event_signing import EventSigningError, hash_and_sign_event, sign_event
 from starling.protocol.hashing import compute_event_id
 from starling.protocol.room_versions import EventFormat, RedactionRules, RoomVersion
 from starling.protocol.signing import SigningKey
@@ -55,6 +55,36 @@ class EventBuilder:
         `auth_events` are the events `auth_keys_for` selected from the state before it;
         `origin_server_ts` defaults to the clock's now.
         """
+        pdu = self.template(
+            room_version=room_version,
+            room_id=room_id,
+            event_type=event_type,
+            sender=sender,
+            content=content,
+            state_key=state_key,
+            prev_events=prev_events,
+            auth_events=auth_events,
+            redacts=redacts,
+            origin_server_ts=origin_server_ts,
+        )
+        return self.finish(pdu, room_version)
+
+    def template(
+        self,
+        *,
+        room_version: RoomVersion,
+        room_id: str | None,
+        event_type: str,
+        sender: str,
+        content: dict[str, Any],
+        state_key: str | None,
+        prev_events: Sequence[Event],
+        auth_events: Sequence[Event],
+        redacts: str | None = None,
+        origin_server_ts: int | None = None,
+    ) -> dict[str, Any]:
+        """The unsigned, unhashed PDU: what make_join/make_leave/make_knock answer with
+        (the requesting server fills in its own origin, timestamp and ID and signs)."""
         auth_ids = [e.event_id for e in auth_events]
         depth = max((e.depth for e in prev_events), default=0) + 1
         pdu: dict[str, Any] = {
@@ -83,6 +113,33 @@ class EventBuilder:
         elif room_version.redaction is not RedactionRules.V11:
             # Rooms before 11 still protect `origin` under redaction; later ones dropped it.
             pdu["origin"] = self._server_name
+        return pdu
+
+    def adopt_template(self, template: dict[str, Any], room_version: RoomVersion) -> Event:
+        """Our event from a resident server's make_join/make_leave/make_knock template:
+        this server's origin, timestamp and (rooms 1-2) event ID, hashed and signed."""
+        pdu = {
+            k: v
+            for k, v in template.items()
+            if k not in ("signatures", "hashes", "unsigned", "event_id", "origin")
+        }
+        pdu["origin_server_ts"] = self._clock()
+        if room_version.event_format is EventFormat.V1:
+            self._v1_counter += 1
+            pdu["event_id"] = f"${self._clock()}{self._v1_counter}:{self._server_name}"
+        if room_version.redaction is not RedactionRules.V11:
+            pdu["origin"] = self._server_name
+        return self.finish(pdu, room_version)
+
+    def countersign(self, event: Event) -> Event:
+        """`event` with this server's signature added (a restricted join it authorised,
+        an invite of one of its users); the event ID does not change."""
+        pdu = sign_event(event.pdu, self._server_name, self._key, event.room_version)
+        return Event(pdu, event.event_id, event.room_version)
+
+    def finish(self, pdu: dict[str, Any], room_version: RoomVersion) -> Event:
+        """Hash and sign a PDU of this server's (built here, or a template a resident
+        server sent), check its format and derive its ID."""
         try:
             signed = hash_and_sign_event(pdu, self._server_name, self._key, room_version)
             validate_pdu(signed, room_version)

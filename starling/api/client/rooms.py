@@ -58,10 +58,9 @@ class RoomRoutes:
         if room_id_or_alias.startswith("!"):
             return room_id_or_alias, []
         if room_id_or_alias.startswith("#") and is_valid_room_alias(room_id_or_alias):
-            found = await self.svc.alias_store.get_alias(room_id_or_alias)
-            if found is None:
-                raise MatrixError(404, "M_NOT_FOUND", f"Room alias {room_id_or_alias} not found")
-            return found, []
+            # A local alias, or another server's asked over federation.
+            found = await self.svc.directory.resolve_alias(room_id_or_alias)
+            return found["room_id"], list(found["servers"])
         raise invalid_param(f"{room_id_or_alias!r} is not a room ID or alias")
 
     # POST /_matrix/client/v3/createRoom  (spec: #post_matrixclientv3createroom)

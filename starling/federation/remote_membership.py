@@ -1,0 +1,292 @@
+"""The joining side of the membership handshakes: this server's users joining, knocking
+on, rejecting invites to or retracting knocks from rooms this server is not in, inviting
+users of other servers, and the directory and profile queries those flows start from.
+
+Spec: server-server API "Joining Rooms" (make_join, then send_join v2 to the same
+resident), "Knocking upon a room", "Leaving Rooms (Rejecting Invites)", "Inviting to a
+room" (invite v2, which carries the room version).
+
+A template from a resident server is checked before it is signed (the spec: `type`,
+`room_id`, `sender`, `state_key` and `content.membership` must be what we asked for); a
+countersigned invite must be the same event with the invitee's server's signature.
+Candidates are tried in order: a server that cannot be reached, does not know the room or
+cannot grant the join is skipped; a refusal (403, or 400 the client should see) is final.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+from urllib.parse import quote
+
+from starling.errors import MatrixError, forbidden
+from starling.federation.errors import FederationError, FederationUnreachable
+from starling.federation.membership import parse_pdu, pdu_for_federation, stripped_state
+from starling.federation.sender.hosts import server_of
+from starling.protocol.event import Event
+from starling.protocol.restricted_joins import AUTHORISER_KEY
+from starling.protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion, get_room_version
+from starling.rooms.builder import EventBuilder
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_ROOM_VERSIONS = sorted(KNOWN_ROOM_VERSIONS)
+HANDSHAKE_TIMEOUT = 60.0
+# Errors meaning "try another resident".
+_TRY_NEXT_ERRCODES = {"M_UNABLE_TO_AUTHORISE_JOIN", "M_UNABLE_TO_GRANT_JOIN", "M_NOT_FOUND"}
+
+
+def _path(template: str, *args: str) -> str:
+    return template.format(*(quote(a, safe="") for a in args))
+
+
+class HandshakeClient(Protocol):
+    async def get_json(
+        self, destination: str, path: str, query: Any = None, *, timeout: float = 60.0
+    ) -> Any: ...
+
+    async def put_json(
+        self, destination: str, path: str, body: Any, *, timeout: float = 60.0
+    ) -> Any: ...
+
+
+class JoinResponseProcessor(Protocol):
+    async def process_send_join_response(
+        self,
+        origin: str,
+        room_id: str,
+        room_version: RoomVersion,
+        join_event: Event,
+        state: list[dict[str, Any]],
+        auth_chain: list[dict[str, Any]],
+    ) -> int: ...
+
+
+class EventVerifier(Protocol):
+    async def verify_event_signatures(self, event: Event) -> None: ...
+
+
+class RemoteMembershipStore(Protocol):
+    async def store_remote_membership(self, event: Event) -> int: ...
+
+
+class RemoteMembership:
+    def __init__(
+        self,
+        *,
+        server_name: str,
+        builder: EventBuilder,
+        client: HandshakeClient,
+        joins: JoinResponseProcessor,
+        verifier: EventVerifier,
+        store: RemoteMembershipStore,
+    ) -> None:
+        self._server_name = server_name
+        self._builder = builder
+        self._client = client
+        self._joins = joins
+        self._verifier = verifier
+        self._store = store
+
+    # --- joins, knocks, leaves --------------------------------------------------------------
+
+    async def join(
+        self, room_id: str, user_id: str, candidates: Sequence[str], content: dict[str, Any]
+    ) -> Event:
+        """Join a room through the first candidate resident that lets us in."""
+
+        async def attempt(server: str) -> Event:
+            room_version, event = await self._make(server, "join", room_id, user_id, content)
+            response = await self._client.put_json(
+                server,
+                _path("/_matrix/federation/v2/send_join/{}/{}", room_id, event.event_id),
+                pdu_for_federation(event),
+                timeout=HANDSHAKE_TIMEOUT,
+            )
+            if not isinstance(response, dict):
+                raise _BadResident("send_join answer is not an object")
+            state, auth_chain = response.get("state"), response.get("auth_chain")
+            if not isinstance(state, list) or not isinstance(auth_chain, list):
+                raise _BadResident("send_join answer has no state or auth_chain")
+            join_event = event
+            signed = response.get("event")
+            if isinstance(signed, dict) and event.content.get(AUTHORISER_KEY) is not None:
+                # A restricted join comes back with the authorising server's signature.
+                countersigned = parse_pdu(signed, room_version, event.event_id)
+                if countersigned.content != event.content:
+                    raise _BadResident("send_join changed the join event")
+                join_event = countersigned
+            await self._joins.process_send_join_response(
+                server, room_id, room_version, join_event, state, auth_chain
+            )
+            return join_event
+
+        return await self._try(candidates, attempt)
+
+    async def knock(
+        self, room_id: str, user_id: str, candidates: Sequence[str], content: dict[str, Any]
+    ) -> Event:
+        """Knock through the first candidate; the knock is remembered with the room's
+        stripped state so the user sees it in /sync."""
+
+        async def attempt(server: str) -> Event:
+            room_version, event = await self._make(server, "knock", room_id, user_id, content)
+            response = await self._client.put_json(
+                server,
+                _path("/_matrix/federation/v1/send_knock/{}/{}", room_id, event.event_id),
+                pdu_for_federation(event),
+                timeout=HANDSHAKE_TIMEOUT,
+            )
+            state = response.get("knock_room_state") if isinstance(response, dict) else None
+            stored = dict(event.pdu)
+            stored["unsigned"] = {"knock_room_state": stripped_state(state)}
+            knock = Event(stored, event.event_id, room_version)
+            await self._store.store_remote_membership(knock)
+            return knock
+
+        return await self._try(candidates, attempt)
+
+    async def leave(
+        self, room_id: str, user_id: str, candidates: Sequence[str], content: dict[str, Any]
+    ) -> Event:
+        """Reject an invite or retract a knock in a room this server is not in."""
+
+        async def attempt(server: str) -> Event:
+            _, event = await self._make(server, "leave", room_id, user_id, content)
+            await self._client.put_json(
+                server,
+                _path("/_matrix/federation/v2/send_leave/{}/{}", room_id, event.event_id),
+                pdu_for_federation(event),
+                timeout=HANDSHAKE_TIMEOUT,
+            )
+            await self._store.store_remote_membership(event)
+            return event
+
+        return await self._try(candidates, attempt)
+
+    async def _make(
+        self,
+        server: str,
+        membership: str,
+        room_id: str,
+        user_id: str,
+        content: dict[str, Any],
+    ) -> tuple[RoomVersion, Event]:
+        """make_{membership} at `server`, the template checked, our event signed."""
+        query = {"ver": SUPPORTED_ROOM_VERSIONS} if membership != "leave" else None
+        response = await self._client.get_json(
+            server,
+            _path("/_matrix/federation/v1/make_" + membership + "/{}/{}", room_id, user_id),
+            query,
+            timeout=HANDSHAKE_TIMEOUT,
+        )
+        if not isinstance(response, dict) or not isinstance(response.get("event"), dict):
+            raise _BadResident(f"make_{membership} answer has no event")
+        version_id = response.get("room_version", "1")
+        if not isinstance(version_id, str) or version_id not in KNOWN_ROOM_VERSIONS:
+            raise MatrixError(
+                400,
+                "M_UNSUPPORTED_ROOM_VERSION",
+                f"This server does not support room version {version_id!r}",
+            )
+        room_version = get_room_version(version_id)
+        template: dict[str, Any] = dict(response["event"])
+        template_content = template.get("content")
+        if (
+            template.get("type") != "m.room.member"
+            or template.get("room_id") != room_id
+            or template.get("sender") != user_id
+            or template.get("state_key") != user_id
+            or not isinstance(template_content, dict)
+            or template_content.get("membership") != membership
+        ):
+            raise _BadResident(f"make_{membership} template is not our {membership}")
+        merged = {**content, "membership": membership}
+        authoriser = template_content.get(AUTHORISER_KEY)
+        if membership == "join" and isinstance(authoriser, str):
+            merged[AUTHORISER_KEY] = authoriser
+        else:
+            merged.pop(AUTHORISER_KEY, None)
+        template["content"] = merged
+        return room_version, self._builder.adopt_template(template, room_version)
+
+    async def _try(self, candidates: Sequence[str], attempt: Any) -> Event:
+        servers = _unique(s for s in candidates if s and s != self._server_name)
+        if not servers:
+            raise MatrixError(404, "M_NOT_FOUND", "No server to reach the room through")
+        last: str = "no server answered"
+        for server in servers:
+            try:
+                event: Event = await attempt(server)
+                return event
+            except FederationUnreachable as e:
+                last = f"{server} unreachable: {e.reason}"
+            except FederationError as e:
+                if e.status == 429 or e.status >= 500 or e.errcode in _TRY_NEXT_ERRCODES:
+                    last = f"{server}: {e}"
+                elif e.status == 403:
+                    raise forbidden(e.message or f"{server} refused") from None
+                else:
+                    raise MatrixError(
+                        400 if e.status < 500 else 502,
+                        e.errcode or "M_UNKNOWN",
+                        e.message or str(e),
+                    ) from None
+            except _BadResident as e:
+                last = f"{server}: {e}"
+            logger.info("membership handshake: %s", last)
+        raise MatrixError(502, "M_UNKNOWN", f"Could not reach the room: {last}")
+
+    # --- invites ----------------------------------------------------------------------------
+
+    async def invite(self, event: Event, invite_room_state: list[dict[str, Any]]) -> Event:
+        """Have the invitee's server countersign our invite (invite v2); returns the event
+        with both signatures, ready to persist."""
+        target = server_of(event.state_key or "")
+        try:
+            response = await self._client.put_json(
+                target,
+                _path("/_matrix/federation/v2/invite/{}/{}", event.room_id, event.event_id),
+                {
+                    "room_version": event.room_version.identifier,
+                    "event": pdu_for_federation(event),
+                    "invite_room_state": invite_room_state,
+                },
+                timeout=HANDSHAKE_TIMEOUT,
+            )
+        except FederationUnreachable as e:
+            raise MatrixError(502, "M_UNKNOWN", f"Cannot reach {target}: {e.reason}") from None
+        except FederationError as e:
+            if e.status == 403:
+                raise forbidden(e.message or f"{target} refused the invite") from None
+            raise MatrixError(
+                400 if e.status < 500 else 502, e.errcode or "M_UNKNOWN", e.message or str(e)
+            ) from None
+        signed_json = response.get("event") if isinstance(response, dict) else None
+        try:
+            signed = parse_pdu(signed_json, event.room_version, event.event_id)
+        except MatrixError:
+            raise MatrixError(502, "M_UNKNOWN", f"{target} returned a bad invite") from None
+        if signed.content != event.content or signed.sender != event.sender:
+            raise MatrixError(502, "M_UNKNOWN", f"{target} changed the invite")
+        try:
+            await self._verifier.verify_event_signatures(signed)
+        except Exception as e:
+            raise MatrixError(502, "M_UNKNOWN", f"{target}'s signature: {e}") from None
+        signatures = signed.pdu.get("signatures")
+        if not isinstance(signatures, dict) or target not in signatures:
+            raise MatrixError(502, "M_UNKNOWN", f"{target} did not sign the invite")
+        return signed
+
+
+class _BadResident(Exception):
+    """A resident's answer we cannot use: try the next candidate."""
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    seen: list[str] = []
+    for item in items:
+        if item not in seen:
+            seen.append(item)
+    return seen

@@ -1,0 +1,87 @@
+"""Questions this server asks other servers for its clients (spec: server-server API
+"Querying for information"): where a room alias points (`/query/directory`, for joining
+by a remote alias and `GET /directory/room/{alias}`) and a remote user's profile
+(`/query/profile`, for `GET /profile/{userId}`). Answers are checked for shape; an
+unreachable server is a 502, an unknown name a 404.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from starling.errors import MatrixError
+from starling.federation.errors import FederationError, FederationUnreachable
+from starling.federation.sender.hosts import server_of
+
+QUERY_TIMEOUT = 15.0
+MAX_SERVERS = 20
+
+
+class QueryClient(Protocol):
+    async def get_json(
+        self, destination: str, path: str, query: Any = None, *, timeout: float = 60.0
+    ) -> Any: ...
+
+
+class RemoteQueries:
+    def __init__(self, client: QueryClient) -> None:
+        self._client = client
+
+    async def query_directory(self, alias: str) -> tuple[str, list[str]]:
+        """GET /query/directory at the alias's server: (room ID, servers in the room)."""
+        server = alias.partition(":")[2]
+        try:
+            response = await self._client.get_json(
+                server,
+                "/_matrix/federation/v1/query/directory",
+                {"room_alias": alias},
+                timeout=QUERY_TIMEOUT,
+            )
+        except FederationError as e:
+            if e.status == 404:
+                raise MatrixError(404, "M_NOT_FOUND", f"Room alias {alias} not found") from None
+            raise MatrixError(502, "M_UNKNOWN", f"{server}: {e}") from None
+        except FederationUnreachable as e:
+            raise MatrixError(502, "M_UNKNOWN", f"Cannot reach {server}: {e.reason}") from None
+        room_id = response.get("room_id") if isinstance(response, dict) else None
+        servers = response.get("servers") if isinstance(response, dict) else None
+        if not isinstance(room_id, str) or not room_id.startswith("!"):
+            raise MatrixError(502, "M_UNKNOWN", f"{server} answered without a room ID")
+        listed = [s for s in servers if isinstance(s, str)] if isinstance(servers, list) else []
+        return room_id, _unique([server, *listed[:20]])
+
+    async def query_profile(self, user_id: str, field: str | None = None) -> dict[str, Any]:
+        """GET /query/profile at the user's server."""
+        server = server_of(user_id)
+        query = {"user_id": user_id}
+        if field is not None:
+            query["field"] = field
+        try:
+            response = await self._client.get_json(
+                server, "/_matrix/federation/v1/query/profile", query, timeout=QUERY_TIMEOUT
+            )
+        except FederationError as e:
+            if e.status == 404:
+                raise MatrixError(404, "M_NOT_FOUND", "Profile not found") from None
+            raise MatrixError(502, "M_UNKNOWN", f"{server}: {e}") from None
+        except FederationUnreachable as e:
+            # No profile information can be had: the spec's 404, which clients handle.
+            raise MatrixError(
+                404, "M_NOT_FOUND", f"Profile not found ({server} unreachable: {e.reason})"
+            ) from None
+        if not isinstance(response, dict):
+            raise MatrixError(502, "M_UNKNOWN", f"{server} answered with no profile")
+        out: dict[str, Any] = {}
+        for key in ("displayname", "avatar_url"):
+            value = response.get(key)
+            if isinstance(value, str) and (field is None or field == key):
+                out[key] = value
+        return out
+
+
+def _unique(items: list[str]) -> list[str]:
+    seen: list[str] = []
+    for item in items:
+        if item not in seen:
+            seen.append(item)
+    return seen
