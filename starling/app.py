@@ -286,6 +286,7 @@ async def build_services(
         event_store,
         membership_store,
         lambda users: notifier.notify(users=users),
+        rate_limits,
     )
     room_events.add_listener(e2ee.device_lists.on_new_event)
     accounts.add_device_listener(e2ee.keys.devices_changed)

@@ -256,6 +256,8 @@ class Config:
     rc_joins_per_room: RateLimit = _rl(1, 10)
     rc_invites: InviteRateLimits = field(default_factory=InviteRateLimits)
     rc_admin_redaction: RateLimit | None = None
+    # To-device messages per sending user, counted per recipient device (not Synapse's).
+    rc_to_device: RateLimit = _rl(100, 10_000)
     rc_federation: FederationRateLimit = field(default_factory=FederationRateLimit)
 
     # TLS for listeners with `tls: true` (Synapse's keys): PEM certificate chain and key.
@@ -503,7 +505,7 @@ def _check_semantics(cfg: Config) -> None:
         )
     if cfg.database.args.cp_min < 1 or cfg.database.args.cp_max < cfg.database.args.cp_min:
         raise ConfigError("database.args: need 1 <= cp_min <= cp_max")
-    for name in ("rc_message", "rc_registration", "rc_joins_per_room"):
+    for name in ("rc_message", "rc_registration", "rc_joins_per_room", "rc_to_device"):
         rl: RateLimit = getattr(cfg, name)
         if rl.per_second < 0 or rl.burst_count < 0:
             raise ConfigError(f"{name}: per_second and burst_count must not be negative")

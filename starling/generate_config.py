@@ -82,7 +82,13 @@ def build_config(
     if tls is not None:
         cfg["tls_certificate_path"], cfg["tls_private_key_path"] = tls
     if no_rate_limit:
-        for key in ("rc_message", "rc_registration", "rc_joins_per_room", "rc_admin_redaction"):
+        for key in (
+            "rc_message",
+            "rc_registration",
+            "rc_joins_per_room",
+            "rc_admin_redaction",
+            "rc_to_device",
+        ):
             cfg[key] = dict(_UNLIMITED)
         cfg["rc_login"] = {k: dict(_UNLIMITED) for k in ("address", "account", "failed_attempts")}
         cfg["rc_joins"] = {k: dict(_UNLIMITED) for k in ("local", "remote")}

@@ -77,3 +77,9 @@ class RateLimits:
         self._buckets.take("invite_room", room_id, inv.per_room)
         self._buckets.take("invite_user", target, inv.per_user)
         self._buckets.take("invite_issuer", sender, inv.per_issuer)
+
+    async def check_to_device(self, sender: str, messages: int) -> None:
+        """`messages` to-device messages (one per recipient device) from `sender`; a
+        request larger than the burst takes the whole bucket, so it can still pass."""
+        limit = self._config.rc_to_device
+        self._buckets.take("to_device", sender, limit, float(min(messages, limit.burst_count)))

@@ -11,6 +11,7 @@ from starling.e2ee.key_backup import KeyBackupService
 from starling.e2ee.keys import E2eKeyService
 from starling.e2ee.sync import DeviceListsExtension, ToDeviceExtension
 from starling.e2ee.to_device import ToDeviceService
+from starling.ratelimit import RateLimits
 from starling.storage.accounts import AccountStore
 from starling.storage.database import Database
 from starling.storage.device_lists import DeviceListStore
@@ -40,6 +41,7 @@ async def build_e2ee(
     events: EventStore,
     memberships: MembershipStore,
     notify: NotifyUsers,
+    rate_limits: RateLimits | None = None,
 ) -> E2ee:
     """The services on their own streams ("to_device", "device_lists"). The caller
     subscribes `device_lists.on_new_event` to room events and `keys.devices_changed` to
@@ -72,6 +74,7 @@ async def build_e2ee(
         to_device_store,
         await StreamIdGenerator.create(db, "to_device"),
         notify,
+        rate_limits=rate_limits,
     )
     return E2ee(
         keys=keys,

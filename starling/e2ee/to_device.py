@@ -6,6 +6,11 @@ ordered by position. A message stays in the inbox until a /sync from a token pas
 arrives; a response that had to stop early (at most `MAX_PER_SYNC` messages) records what
 it carried, so the next /sync acknowledges exactly that and not the rest (and moves the
 stream on, so that no later response shares its token).
+
+Floods: each sending user is limited by `rc_to_device` (counted per recipient device), and
+a request with a message for a device whose inbox holds `MAX_INBOX` messages is refused
+as a whole with 429 `M_LIMIT_EXCEEDED` - the sender learns and may retry; nothing is
+silently dropped.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import orjson
 from starling.errors import MatrixError, bad_json, invalid_param
 from starling.protocol.canonical_json import CanonicalJsonError, encode_canonical_json
 from starling.protocol.identifiers import is_valid_user_id
+from starling.ratelimit import RateLimits
 from starling.storage.database import Database
 from starling.storage.streams import StreamIdGenerator
 from starling.storage.to_device import ToDeviceStore
@@ -32,8 +38,11 @@ MAX_PER_SYNC = 100
 MAX_RECIPIENTS = 10_000
 MAX_CONTENT_BYTES = 64 * 1024
 # A device that never syncs must not grow its inbox without bound: past this many
-# pending messages, new ones for it are dropped (and logged).
+# pending messages, a request with a message for it is refused (429), never dropped.
 MAX_INBOX = 10_000
+# How long a sender refused for a full inbox is asked to wait: the recipient has to
+# sync first, which nobody can predict.
+FULL_INBOX_RETRY_MS = 30_000
 TXN_ID_LIFETIME_MS = 24 * 3600 * 1000
 _PRUNE_EVERY_MS = 10 * 60 * 1000
 
@@ -61,6 +70,7 @@ class ToDeviceService:
         *,
         remote: RemoteToDeviceSender | None = None,
         clock_ms: Callable[[], int] = _now_ms,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         self._server_name = server_name
         self._db = db
@@ -69,7 +79,9 @@ class ToDeviceService:
         self._notify = notify
         self.remote = remote
         self._clock_ms = clock_ms
+        self._rate_limits = rate_limits
         self._last_prune = 0
+        self.max_inbox = MAX_INBOX
 
     def current_position(self) -> int:
         return self._stream.current_position()
@@ -109,6 +121,9 @@ class ToDeviceService:
         rows = await self._expand(local)
         if len(rows) > MAX_RECIPIENTS:
             raise invalid_param(f"At most {MAX_RECIPIENTS} devices may be sent to at once")
+        if self._rate_limits is not None:
+            remote_count = sum(len(d) for by_user in remote.values() for d in by_user.values())
+            await self._rate_limits.check_to_device(sender, len(rows) + remote_count)
         now = self._clock_ms()
         async with self._db.transaction() as txn:
             if not await self._store.claim_txn(txn, sender, sender_device or "", txn_id, now):
@@ -118,15 +133,24 @@ class ToDeviceService:
                 await self._store.prune_txns(txn, now - TXN_ID_LIFETIME_MS)
             if rows:
                 sizes = await self._store.inbox_sizes(txn, [(u, d) for u, d, _ in rows])
-                full = {k for k, n in sizes.items() if n >= MAX_INBOX}
+                full = sorted(k for k, n in sizes.items() if n >= self.max_inbox)
                 if full:
-                    logger.warning(
-                        "dropping %s messages from %s: %d inboxes full",
+                    # Refused as a whole (the transaction, and so the claimed txn ID,
+                    # rolls back): the client retries later, nothing is lost unseen.
+                    logger.info(
+                        "refusing %s from %s: %d recipient inboxes full (first: %s %s)",
                         event_type,
                         sender,
                         len(full),
+                        *full[0],
                     )
-                    rows = [r for r in rows if (r[0], r[1]) not in full]
+                    raise MatrixError(
+                        429,
+                        "M_LIMIT_EXCEEDED",
+                        f"The to-device inbox of {full[0][0]}'s device {full[0][1]} is full",
+                        headers={"Retry-After": str(FULL_INBOX_RETRY_MS // 1000)},
+                        retry_after_ms=FULL_INBOX_RETRY_MS,
+                    )
             if rows:
                 stream_id = await self._stream.next_id(txn)
                 await self._store.add_messages(txn, stream_id, rows)
