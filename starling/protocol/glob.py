@@ -9,12 +9,14 @@ Patterns and values both come from users, so a regex translation (whose backtrac
 is exponential in the number of `*`s) is out. A pattern is split at its `*`s into
 segments; the first segment is anchored at the start, the last at the end, and each
 middle one is placed at its leftmost fit after the previous one - leftmost is always a
-best choice, because a `*` absorbs whatever lies between. The cost is at worst
-O(len(value) x len(pattern)) and usually one `str.find` per segment.
+best choice, because a `*` absorbs whatever lies between. Each segment's search resumes
+where the previous one stopped, so the value is walked once: literal segments with
+`str.find`, segments with `?` bit-parallel (Shift-And).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -32,56 +34,56 @@ def fold_case(value: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Segment:
-    """A run of the pattern between two `*`s: literal characters and `?`s."""
+    """A run of the pattern between two `*`s: literal characters and `?`s. A segment
+    with `?`s is searched bit-parallel (Shift-And: one step per character of the value,
+    whatever the segment's length); a literal one with `str.find`."""
 
     text: str
-    any_char: frozenset[int]  # offsets of `?`
-    # The longest literal run and its offset, to jump to candidates with str.find.
-    anchor: str
-    anchor_at: int
+    wild: bool  # has a `?`
+    masks: dict[str, int]  # bit k set where the segment's character k accepts the key
+    any_mask: int  # the bits of the `?`s: what any other character is accepted at
 
     def fits_at(self, value: str, pos: int) -> bool:
         size = len(self.text)
         if pos < 0 or pos + size > len(value):
             return False
-        if not self.any_char:
+        if not self.wild:
             return value.startswith(self.text, pos)
-        return all(k in self.any_char or self.text[k] == value[pos + k] for k in range(size))
+        return all((self.masks.get(value[pos + k], self.any_mask) >> k) & 1 for k in range(size))
+
+    def fits(self, value: str, start: int, stop: int) -> Iterator[int]:
+        """Every position p >= start where the segment fits within value[:stop], in
+        increasing order; linear in stop - start."""
+        size = len(self.text)
+        if size == 0:
+            yield from range(start, stop + 1)
+            return
+        if not self.wild:
+            pos = value.find(self.text, start, stop)
+            while pos >= 0:
+                yield pos
+                pos = value.find(self.text, pos + 1, stop)
+            return
+        state, goal, masks, any_mask = 0, 1 << (size - 1), self.masks, self.any_mask
+        for index in range(start, stop):
+            state = ((state << 1) | 1) & masks.get(value[index], any_mask)
+            if state & goal:
+                yield index - size + 1
 
     def find(self, value: str, start: int, stop: int) -> int:
-        """The leftmost position >= start where the segment fits ending by `stop`; -1."""
-        last = stop - len(self.text)
-        if last < start:
-            return -1
-        if not self.any_char:
-            return value.find(self.text, start, stop)
-        if not self.anchor:  # all `?`: any position fits
-            return start
-        pos = start
-        while pos <= last:
-            hit = value.find(
-                self.anchor, pos + self.anchor_at, last + self.anchor_at + len(self.anchor)
-            )
-            if hit < 0:
-                return -1
-            candidate = hit - self.anchor_at
-            if self.fits_at(value, candidate):
-                return candidate
-            pos = candidate + 1
-        return -1
+        """The leftmost position >= start where the segment fits within value[:stop]; -1."""
+        return next(self.fits(value, start, stop), -1)
 
 
 def _segment(text: str, single: str | None) -> _Segment:
     if single is None or single not in text:
-        return _Segment(text, frozenset(), text, 0)
-    any_char = frozenset(i for i, c in enumerate(text) if c == single)
-    best, best_at, run_at = "", 0, 0
-    for i in range(len(text) + 1):
-        if i == len(text) or text[i] == single:
-            if i - run_at > len(best):
-                best, best_at = text[run_at:i], run_at
-            run_at = i + 1
-    return _Segment(text, any_char, best, best_at)
+        return _Segment(text, False, {}, 0)
+    any_mask = sum(1 << k for k, c in enumerate(text) if c == single)
+    masks: dict[str, int] = {}
+    for k, c in enumerate(text):
+        if c != single:
+            masks[c] = masks.get(c, any_mask) | (1 << k)
+    return _Segment(text, True, masks, any_mask)
 
 
 class Glob:
@@ -117,21 +119,23 @@ class Glob:
         [A-Za-z0-9_] (taken on either side of the edge)."""
         value = self._value(value)
         n = len(value)
-        starts = [i for i in range(n + 1) if _starts_word(value, i)]
-        ends = [j for j in range(n + 1) if _ends_word(value, j)]
         first, last = self._segments[0], self._segments[-1]
         if len(self._segments) == 1:
-            ends_set = set(ends)
             size = len(first.text)
-            return any(i + size in ends_set and first.fits_at(value, i) for i in starts)
-        # The leftmost start leaves the most room for the rest; the rightmost end too.
-        start = next((i for i in starts if first.fits_at(value, i)), -1)
+            return any(
+                _starts_word(value, i) and _ends_word(value, i + size)
+                for i in first.fits(value, 0, n)
+            )
+        # The leftmost start leaves the most room for the rest; then each middle segment
+        # leftmost; then any fit of the last segment that ends at a boundary.
+        start = next((i for i in first.fits(value, 0, n) if _starts_word(value, i)), -1)
         if start < 0:
             return False
-        end = next((j for j in reversed(ends) if last.fits_at(value, j - len(last.text))), -1)
-        if end < 0:
+        pos = self._place_middle(value, start + len(first.text), n)
+        if pos < 0:
             return False
-        return self._place_middle(value, start + len(first.text), end - len(last.text)) >= 0
+        size = len(last.text)
+        return any(_ends_word(value, j + size) for j in last.fits(value, pos, n))
 
     def _place_middle(self, value: str, start: int, stop: int) -> int:
         """Fit the middle segments leftmost, in order, within value[start:stop]; the

@@ -66,3 +66,15 @@ def test_many_wildcards_against_a_long_value_finish() -> None:
     assert finishes(lambda: Glob(pattern, ignore_case=True).matches_words(value)) is False
     assert finishes(lambda: Glob("*a?a*a?a*a?a*a?b").matches(value)) is False
     assert finishes(lambda: Glob(pattern).matches(value + "b")) is True
+
+
+def test_long_question_mark_patterns_against_a_long_value_finish() -> None:
+    """`?`s make segments that str.find cannot search: they must not cost
+    len(value) x len(pattern) steps in Python either."""
+    value = "a" * 65_536
+    wild = "a?" * 500 + "b"
+    assert finishes(lambda: Glob(wild).matches_words(value)) is False
+    assert finishes(lambda: Glob("*" + wild + "*").matches(value)) is False
+    assert finishes(lambda: Glob("*" + wild).matches_words(value)) is False
+    assert finishes(lambda: Glob("?" * 1000 + "*" + wild).matches_words(value)) is False
+    assert finishes(lambda: Glob("*" + "a?" * 500).matches(value)) is True
