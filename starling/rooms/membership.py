@@ -98,6 +98,9 @@ class MembershipService:
         reason = content.get("reason")
         if guest and not (sender == target and membership in ("join", "leave")):
             raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guests may only join or leave")
+        if "third_party_invite" in content:
+            # Only the server builds these, from an identity server's signed invite.
+            raise forbidden("Third-party invites cannot be sent as member events")
         if membership in ("join", "knock") and sender != target:
             raise forbidden(f"Cannot {membership} on behalf of another user")
         if membership == "join":

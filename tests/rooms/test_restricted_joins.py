@@ -147,6 +147,15 @@ async def test_the_state_endpoint_applies_the_membership_rules(hs: Harness) -> N
     assert (await hs.request("POST", f"{V3}/join/{room}", btok, {}))[0] == 200
     status, body = await hs.request("PUT", _member_path(room, bob), otok, {"membership": "invite"})
     assert status == 403 and body["errcode"] == "M_FORBIDDEN", body
+    # Nor is a hand-made third-party invite (only the server builds those).
+    carol, _ = await hs.register()
+    status, body = await hs.request(
+        "PUT",
+        _member_path(room, carol),
+        otok,
+        {"membership": "invite", "third_party_invite": {"display_name": "c", "signed": {}}},
+    )
+    assert status == 403 and body["errcode"] == "M_FORBIDDEN", body
     # A membership that is not one of the spec's is the client's error.
     status, body = await hs.request("PUT", _member_path(room, bob), btok, {"membership": "boss"})
     assert status == 400 and body["errcode"] == "M_BAD_JSON", body
