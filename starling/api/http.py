@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,7 +22,15 @@ import orjson
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
-from starling.errors import ConflictError, MatrixError, not_json, too_large, unrecognized
+from starling.errors import (
+    ConflictError,
+    MatrixError,
+    bad_json,
+    invalid_param,
+    not_json,
+    too_large,
+    unrecognized,
+)
 
 logger = logging.getLogger("starling.http")
 access_logger = logging.getLogger("starling.access")
@@ -99,13 +108,37 @@ def parse_json_object(raw: bytes, allow_empty: bool = False) -> dict[str, Any]:
     return value
 
 
+def _has_nul(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if "\x00" in v:
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
 async def read_json_object(request: web.Request, allow_empty: bool = False) -> dict[str, Any]:
-    """Read and parse the request body (bounded by the app's client_max_size)."""
+    """Read and parse a client's request body (bounded by the app's client_max_size).
+
+    A string holding NUL is refused (400 M_BAD_JSON): no client text needs it and
+    PostgreSQL cannot store it in a text column. (Federation bodies are parsed with
+    `parse_json_object`: other servers' events may carry what the spec allows.)
+    """
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise too_large() from None
-    return parse_json_object(raw, allow_empty)
+    value = parse_json_object(raw, allow_empty)
+    # A JSON text can only hold NUL as an escape; walk the value only when one may be there.
+    if b"\\u0000" in raw and _has_nul(value):
+        raise bad_json("Strings may not contain NUL characters")
+    return value
 
 
 # Query parameters that carry a secret (the deprecated `?access_token=`, registration and
@@ -143,6 +176,19 @@ def _route_name(request: web.Request) -> str:
     return str(resource.canonical)
 
 
+# C0 controls and DEL: no identifier, token or parameter of the API contains one, and NUL
+# cannot even be stored in PostgreSQL text.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _refuse_control_characters(request: web.Request) -> None:
+    """400 M_INVALID_PARAM for a control character in the decoded path or query."""
+    if _CONTROL.search(request.path) or any(
+        _CONTROL.search(k) or _CONTROL.search(v) for k, v in request.query.items()
+    ):
+        raise invalid_param("Control characters are not allowed in the path or query")
+
+
 @web.middleware
 async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     start = time.perf_counter()
@@ -151,6 +197,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
         response = web.Response(status=204)
     else:
         try:
+            _refuse_control_characters(request)
             response = await handler(request)
         except MatrixError as e:
             response = error_response(e)

@@ -23,6 +23,7 @@ MAX_ID_BYTES = 255
 """User IDs, room IDs, room aliases and event IDs: at most 255 bytes of UTF-8."""
 
 MAX_ROOM_VERSION_LENGTH = 32
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class IdentifierError(ValueError):
@@ -93,8 +94,10 @@ def _split_sigil_id(identifier: str, sigil: str, what: str) -> tuple[str, str]:
     localpart, sep, domain = identifier[1:].partition(":")
     if not sep:
         raise IdentifierError(f"{what} {identifier!r} has no ':domain'")
-    if "\x00" in localpart:
-        raise IdentifierError(f"{what} {identifier!r} contains NUL")
+    if _CONTROL.search(localpart):
+        # The grammar forbids only NUL; we refuse every C0 control and DEL too: such an
+        # ID cannot be shown, logged or typed, and no real server mints one.
+        raise IdentifierError(f"{what} {identifier!r} contains a control character")
     if not is_valid_server_name(domain):
         raise IdentifierError(f"{what} {identifier!r} has an invalid server name")
     return localpart, domain

@@ -16,7 +16,7 @@ from typing import Any
 
 from starling.errors import MatrixError, bad_json, invalid_param
 from starling.protocol.event import Event
-from starling.protocol.identifiers import is_valid_user_id
+from starling.protocol.identifiers import is_valid_room_alias, is_valid_user_id
 from starling.protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion, get_room_version
 from starling.rooms.event_service import RoomEventService
 
@@ -174,13 +174,17 @@ class RoomCreator:
         preset = req.preset or ("public_chat" if req.visibility == "public" else "private_chat")
         alias = None
         if req.room_alias_name is not None:
+            alias = f"#{req.room_alias_name}:{self._server_name}"
             if (
                 not req.room_alias_name
                 or ":" in req.room_alias_name
                 or any(c.isspace() for c in req.room_alias_name)
+                or not is_valid_room_alias(alias)
             ):
-                raise invalid_param("'room_alias_name' must be a non-empty localpart")
-            alias = f"#{req.room_alias_name}:{self._server_name}"
+                raise invalid_param(
+                    "'room_alias_name' must be a non-empty localpart without ':', spaces or "
+                    "control characters"
+                )
             if self._alias_taken is not None and await self._alias_taken(alias):
                 raise MatrixError(400, "M_ROOM_IN_USE", f"Room alias {alias} already exists")
 

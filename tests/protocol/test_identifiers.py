@@ -228,3 +228,13 @@ def test_namespaced_and_opaque() -> None:
     assert is_valid_opaque_identifier("AbC-._~9")
     for bad in ["", "a b", "a/b", "a" * 256, "é"]:
         assert not is_valid_opaque_identifier(bad)
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x01", "\t", "\n", "\x1b", "\x7f"])
+def test_control_characters_are_refused_in_every_sigil_id(char: str) -> None:
+    assert not is_valid_user_id(f"@a{char}b:example.org")
+    assert not is_valid_room_alias(f"#a{char}b:example.org")
+    assert not is_valid_room_id(f"!a{char}b:example.org")
+    assert not is_valid_event_id(f"$a{char}b:example.org")
+    # Spaces and other Unicode stay valid in historical IDs.
+    assert is_valid_user_id("@a b☃:example.org")
