@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,33 +21,19 @@ from starling.accounts.passwords import PasswordHasher
 from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.accounts.uia import UserInteractiveAuth
-from starling.api import federation as federation_api
-from starling.api import media as media_api
-from starling.api.admin import registration as admin_registration
-from starling.api.client import account_data as client_account_data
-from starling.api.client import accounts as client_accounts
-from starling.api.client import capabilities as client_capabilities
-from starling.api.client import directory as client_directory
-from starling.api.client import filters as client_filters
-from starling.api.client import hierarchy as client_hierarchy
-from starling.api.client import key_backup as client_key_backup
-from starling.api.client import keys as client_keys
-from starling.api.client import presence as client_presence
-from starling.api.client import profile as client_profile
-from starling.api.client import pushrules as client_pushrules
-from starling.api.client import receipts as client_receipts
-from starling.api.client import relations as client_relations
-from starling.api.client import room_reads as client_room_reads
-from starling.api.client import rooms as client_rooms
-from starling.api.client import search as client_search
-from starling.api.client import sync as client_sync
-from starling.api.client import to_device as client_to_device
-from starling.api.client import typing as client_typing
-from starling.api.client import user_directory as client_user_directory
-from starling.api.client import voip as client_voip
+from starling.api.admin.registration import admin_table
+from starling.api.client.routes import client_table
 from starling.api.discovery import DiscoveryResource, register_metrics
-from starling.api.federation.auth import OriginAuthenticator
+from starling.api.federation.auth import (
+    FEDERATION_AUTH,
+    OriginAuthenticator,
+    authenticate_origin,
+    release_slot_middleware,
+)
+from starling.api.federation.routes import federation_table, keys_table
 from starling.api.http import make_web_app
+from starling.api.media import media_tables
+from starling.api.routing import Guards, mount
 from starling.api.services import Services
 from starling.config import Config, Listener
 from starling.directory.service import DirectoryService
@@ -471,51 +456,31 @@ def build_listener_app(services: Services, listener: Listener) -> web.Applicatio
     DiscoveryResource(config).register(
         app, client="client" in names, federation="federation" in names
     )
+    guards = Guards(
+        auth=services.auth,
+        rate_limits=services.rate_limits,
+        authenticate_origin=authenticate_origin,
+    )
     if "client" in names:
-        for register in CLIENT_ROUTES:
-            register(app, services)
+        mount(app, client_table(services), guards)
+        mount(app, admin_table(services), guards)
     if names & {"client", "media"}:
-        media_api.register(app, services, client="client" in names, legacy=True)
+        client_media, legacy_media = media_tables(services)
+        if "client" in names:
+            mount(app, client_media, guards)
+        mount(app, legacy_media, guards)
     if names & {"federation", "keys"}:
-        routes = []
-        if "federation" in names:
-            routes += federation_api.federation_routes(services)
-        if "keys" in names:
-            routes += federation_api.key_routes(services)
-        authenticator = OriginAuthenticator(
+        app[FEDERATION_AUTH] = OriginAuthenticator(
             config.server_name, services.federation, config.federation_domain_whitelist
         )
-        federation_api.register(app, authenticator, routes)
+        app.middlewares.append(release_slot_middleware)
+        if "federation" in names:
+            mount(app, federation_table(services), guards)
+        if "keys" in names:
+            mount(app, keys_table(services), guards)
     if "metrics" in names and config.enable_metrics:
         register_metrics(app)
     return app
-
-
-# Each Client-Server API area registers its routes with one function.
-CLIENT_ROUTES: list[Callable[[web.Application, Services], None]] = [
-    client_rooms.register,
-    client_room_reads.register,
-    client_sync.register,
-    client_filters.register,
-    client_keys.register,
-    client_to_device.register,
-    client_key_backup.register,
-    client_accounts.register,
-    admin_registration.register,
-    client_typing.register,
-    client_receipts.register,
-    client_presence.register,
-    client_profile.register,
-    client_account_data.register,
-    client_directory.register,
-    client_capabilities.register,
-    client_pushrules.register,
-    client_relations.register,
-    client_voip.register,
-    client_user_directory.register,
-    client_search.register,
-    client_hierarchy.register,
-]
 
 
 @dataclass

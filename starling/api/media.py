@@ -17,8 +17,9 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from starling.api.client.common import query_bool, query_int, require_user
+from starling.api.client.common import query_bool, query_int
 from starling.api.http import json_response
+from starling.api.routing import Auth, RouteTable, get, post, put, requester_of
 from starling.api.services import Services
 from starling.errors import MatrixError, missing_param
 from starling.media.service import DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS, MediaFile
@@ -129,12 +130,11 @@ class MediaResource:
 
     # GET /_matrix/client/v1/media/config, GET /_matrix/media/v3/config
     async def config(self, request: web.Request) -> web.Response:
-        await require_user(request, self._svc.auth)
         return json_response(self._media.media_config())
 
     # POST /_matrix/media/v3/upload
     async def upload(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self._svc.auth)
+        requester = requester_of(request)
         mxc = await self._media.upload(
             requester.user_id,
             _body_chunks(request),
@@ -146,13 +146,13 @@ class MediaResource:
 
     # POST /_matrix/media/v1/create
     async def create(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self._svc.auth)
+        requester = requester_of(request)
         mxc, expires = await self._media.create(requester.user_id)
         return json_response({"content_uri": mxc, "unused_expires_at": expires})
 
     # PUT /_matrix/media/v3/upload/{serverName}/{mediaId}
     async def upload_to(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self._svc.auth)
+        requester = requester_of(request)
         await self._media.upload_to(
             requester.user_id,
             request.match_info["serverName"],
@@ -166,7 +166,6 @@ class MediaResource:
 
     # GET /_matrix/client/v1/media/download/{serverName}/{mediaId}[/{fileName}]
     async def download_authenticated(self, request: web.Request) -> web.FileResponse:
-        await require_user(request, self._svc.auth)
         return await self._download(request, authenticated=True)
 
     # GET /_matrix/media/v3/download/{serverName}/{mediaId}[/{fileName}] (deprecated)
@@ -186,7 +185,6 @@ class MediaResource:
 
     # GET /_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}
     async def thumbnail_authenticated(self, request: web.Request) -> web.FileResponse:
-        await require_user(request, self._svc.auth)
         return await self._thumbnail(request, authenticated=True)
 
     # GET /_matrix/media/v3/thumbnail/{serverName}/{mediaId} (deprecated)
@@ -214,7 +212,7 @@ class MediaResource:
 
     # GET /_matrix/client/v1/media/preview_url, GET /_matrix/media/v3/preview_url
     async def preview_url(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self._svc.auth)
+        requester = requester_of(request)
         url = request.query.get("url")
         if not url:
             raise missing_param("Missing 'url'")
@@ -222,26 +220,36 @@ class MediaResource:
         return json_response(await self._media.preview_url(requester.user_id, url))
 
 
-def register(app: web.Application, services: Services, *, client: bool, legacy: bool) -> None:
-    """Add the media routes: `client` for /_matrix/client/v1/media, `legacy` for
-    /_matrix/media/{r0,v1,v3}."""
+def media_tables(services: Services) -> tuple[RouteTable, RouteTable]:
+    """The authenticated media API under /_matrix/client/v1/media (client listeners), and
+    the deprecated /_matrix/media/{r0,v1,v3} (client and media listeners)."""
     r = MediaResource(services)
     ids = "{serverName}/{mediaId}"
-    if client:
-        base = "/_matrix/client/v1/media"
-        app.router.add_get(f"{base}/config", r.config)
-        app.router.add_get(f"{base}/download/{ids}", r.download_authenticated)
-        app.router.add_get(f"{base}/download/{ids}/{{fileName}}", r.download_authenticated)
-        app.router.add_get(f"{base}/thumbnail/{ids}", r.thumbnail_authenticated)
-        app.router.add_get(f"{base}/preview_url", r.preview_url)
-    if legacy:
-        for version in ("r0", "v1", "v3"):
-            base = f"/_matrix/media/{version}"
-            app.router.add_get(f"{base}/config", r.config)
-            app.router.add_post(f"{base}/upload", r.upload)
-            app.router.add_put(f"{base}/upload/{ids}", r.upload_to)
-            app.router.add_post(f"{base}/create", r.create)
-            app.router.add_get(f"{base}/download/{ids}", r.download_legacy)
-            app.router.add_get(f"{base}/download/{ids}/{{fileName}}", r.download_legacy)
-            app.router.add_get(f"{base}/thumbnail/{ids}", r.thumbnail_legacy)
-            app.router.add_get(f"{base}/preview_url", r.preview_url)
+    client = RouteTable(
+        "media",
+        "/_matrix/client/{version}/media",
+        ("v1",),
+        [
+            get("/config", r.config),
+            get(f"/download/{ids}", r.download_authenticated, guests=True),
+            get(f"/download/{ids}/{{fileName}}", r.download_authenticated, guests=True),
+            get(f"/thumbnail/{ids}", r.thumbnail_authenticated, guests=True),
+            get("/preview_url", r.preview_url),
+        ],
+    )
+    legacy = RouteTable(
+        "media (deprecated)",
+        "/_matrix/media/{version}",
+        ("r0", "v1", "v3"),
+        [
+            get("/config", r.config),
+            post("/upload", r.upload),
+            put(f"/upload/{ids}", r.upload_to),
+            post("/create", r.create),
+            get(f"/download/{ids}", r.download_legacy, Auth.NONE),
+            get(f"/download/{ids}/{{fileName}}", r.download_legacy, Auth.NONE),
+            get(f"/thumbnail/{ids}", r.thumbnail_legacy, Auth.NONE),
+            get("/preview_url", r.preview_url),
+        ],
+    )
+    return client, legacy

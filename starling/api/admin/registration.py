@@ -16,9 +16,9 @@ from typing import Any
 
 from aiohttp import web
 
-from starling.api.admin.common import ADMIN_V1, require_admin
 from starling.api.client.common import body_str, query_bool
 from starling.api.http import json_response, read_json_object
+from starling.api.routing import Auth, RouteTable, delete, get, post, put
 from starling.api.services import Services
 from starling.errors import MatrixError, bad_json, invalid_param, not_found
 from starling.storage.accounts import UNSET, RegistrationToken, RegistrationTokenExists
@@ -93,14 +93,12 @@ class AdminRegistrationRoutes:
 
     # GET /_synapse/admin/v1/registration_tokens
     async def list_tokens(self, request: web.Request) -> web.Response:
-        await require_admin(request, self.svc.auth)
         valid = query_bool(request, "valid") if "valid" in request.query else None
         tokens = await self.svc.account_store.list_registration_tokens(valid)
         return json_response({"registration_tokens": [_token_json(t) for t in tokens]})
 
     # POST /_synapse/admin/v1/registration_tokens/new
     async def create_token(self, request: web.Request) -> web.Response:
-        await require_admin(request, self.svc.auth)
         body = await read_json_object(request, allow_empty=True)
         uses_allowed = _optional_count(body, "uses_allowed")
         expiry_time = _optional_expiry(body)
@@ -137,7 +135,6 @@ class AdminRegistrationRoutes:
 
     # GET /_synapse/admin/v1/registration_tokens/{token}
     async def get_token(self, request: web.Request) -> web.Response:
-        await require_admin(request, self.svc.auth)
         found = await self.svc.account_store.get_registration_token(request.match_info["token"])
         if found is None:
             raise not_found("No such registration token")
@@ -145,7 +142,6 @@ class AdminRegistrationRoutes:
 
     # PUT /_synapse/admin/v1/registration_tokens/{token}
     async def update_token(self, request: web.Request) -> web.Response:
-        await require_admin(request, self.svc.auth)
         body = await read_json_object(request, allow_empty=True)
         changes: dict[str, Any] = {"uses_allowed": UNSET, "expiry_time": UNSET}
         if "uses_allowed" in body:
@@ -161,19 +157,26 @@ class AdminRegistrationRoutes:
 
     # DELETE /_synapse/admin/v1/registration_tokens/{token}
     async def delete_token(self, request: web.Request) -> web.Response:
-        await require_admin(request, self.svc.auth)
         if not await self.svc.account_store.delete_registration_token(request.match_info["token"]):
             raise not_found("No such registration token")
         return json_response({})
 
 
-def register(app: web.Application, svc: Services) -> None:
+def admin_table(svc: Services) -> RouteTable:
+    """The admin API on Synapse's paths (/_synapse/admin/v1)."""
     r = AdminRegistrationRoutes(svc)
-    add = app.router.add_route
-    add("GET", f"{ADMIN_V1}/register", r.get_nonce)
-    add("POST", f"{ADMIN_V1}/register", r.register)
-    add("GET", f"{ADMIN_V1}/registration_tokens", r.list_tokens)
-    add("POST", f"{ADMIN_V1}/registration_tokens/new", r.create_token)
-    add("GET", f"{ADMIN_V1}/registration_tokens/{{token}}", r.get_token)
-    add("PUT", f"{ADMIN_V1}/registration_tokens/{{token}}", r.update_token)
-    add("DELETE", f"{ADMIN_V1}/registration_tokens/{{token}}", r.delete_token)
+    return RouteTable(
+        "admin",
+        "/_synapse/admin/{version}",
+        ("v1",),
+        [
+            # Shared-secret registration: the HMAC over the nonce is the credential.
+            get("/register", r.get_nonce, Auth.NONE),
+            post("/register", r.register, Auth.NONE),
+            get("/registration_tokens", r.list_tokens, Auth.ADMIN),
+            post("/registration_tokens/new", r.create_token, Auth.ADMIN),
+            get("/registration_tokens/{token}", r.get_token, Auth.ADMIN),
+            put("/registration_tokens/{token}", r.update_token, Auth.ADMIN),
+            delete("/registration_tokens/{token}", r.delete_token, Auth.ADMIN),
+        ],
+    )

@@ -15,14 +15,13 @@ from aiohttp import web
 
 from starling.accounts.registration import check_password
 from starling.accounts.service import RegistrationRequest, identifier_user
-from starling.api.client.common import body_str, require_user
+from starling.api.client.common import body_str
 from starling.api.http import json_response, read_json_object
+from starling.api.routing import requester_of
 from starling.api.services import Services
 from starling.errors import MatrixError, bad_json, invalid_param, missing_param, not_found
 from starling.storage.accounts import Device
 
-V1 = "/_matrix/client/v1"
-V3 = "/_matrix/client/v3"
 MAX_DEVICES_PER_REQUEST = 1000
 MAX_DEVICE_ID_LENGTH = 255
 
@@ -138,19 +137,19 @@ class AccountRoutes:
 
     # POST /_matrix/client/v3/logout  (spec: #post_matrixclientv3logout)
     async def logout(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         await self.accounts.logout(requester)
         return json_response({})
 
     # POST /_matrix/client/v3/logout/all  (spec: #post_matrixclientv3logoutall)
     async def logout_all(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         await self.accounts.logout_all(requester.user_id)
         return json_response({})
 
     # GET /_matrix/client/v3/account/whoami  (spec: #get_matrixclientv3accountwhoami)
     async def whoami(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         out: dict[str, Any] = {"user_id": requester.user_id, "is_guest": requester.is_guest}
         if requester.device_id is not None:
             out["device_id"] = requester.device_id
@@ -158,12 +157,11 @@ class AccountRoutes:
 
     # GET /_matrix/client/v3/account/3pid  (spec: #get_matrixclientv3account3pid)
     async def threepids(self, request: web.Request) -> web.Response:
-        await require_user(request, self.svc.auth)
         return json_response({"threepids": []})  # no third-party IDs are bound here
 
     # POST /_matrix/client/v3/account/password  (spec: #post_matrixclientv3accountpassword)
     async def change_password(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request)
         new_password = body_str(body, "new_password", required=True)
         assert new_password is not None
@@ -177,7 +175,7 @@ class AccountRoutes:
 
     # POST /_matrix/client/v3/account/deactivate  (spec: #post_matrixclientv3accountdeactivate)
     async def deactivate(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request, allow_empty=True)
         erase = _bool(body, "erase", False)
         body_str(body, "id_server")
@@ -190,13 +188,13 @@ class AccountRoutes:
 
     # GET /_matrix/client/v3/devices  (spec: #get_matrixclientv3devices)
     async def list_devices(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         devices = await self.accounts.list_devices(requester.user_id)
         return json_response({"devices": [_device_json(d) for d in devices]})
 
     # GET /_matrix/client/v3/devices/{deviceId}  (spec: #get_matrixclientv3devicesdeviceid)
     async def get_device(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         device = await self.accounts.get_device(requester.user_id, request.match_info["deviceId"])
         if device is None:
             raise not_found("No such device")
@@ -204,7 +202,7 @@ class AccountRoutes:
 
     # PUT /_matrix/client/v3/devices/{deviceId}  (spec: #put_matrixclientv3devicesdeviceid)
     async def update_device(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request, allow_empty=True)
         device_id = request.match_info["deviceId"]
         if "display_name" not in body:
@@ -218,7 +216,7 @@ class AccountRoutes:
 
     # DELETE /_matrix/client/v3/devices/{deviceId}  (spec: #delete_matrixclientv3devicesdeviceid)
     async def delete_device(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request, allow_empty=True)
         device_id = request.match_info["deviceId"]
         if await self.accounts.get_device(requester.user_id, device_id) is None:
@@ -231,7 +229,7 @@ class AccountRoutes:
 
     # POST /_matrix/client/v3/delete_devices  (spec: #post_matrixclientv3delete_devices)
     async def delete_devices(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request)
         devices = body.get("devices")
         if devices is None:
@@ -245,25 +243,3 @@ class AccountRoutes:
         )
         await self.accounts.delete_devices(requester.user_id, devices)
         return json_response({})
-
-
-def register(app: web.Application, svc: Services) -> None:
-    r = AccountRoutes(svc)
-    add = app.router.add_route
-    add("POST", f"{V3}/register", r.register)
-    add("GET", f"{V3}/register/available", r.register_available)
-    add("GET", f"{V1}/register/m.login.registration_token/validity", r.token_validity)
-    add("GET", f"{V3}/login", r.login_flows)
-    add("POST", f"{V3}/login", r.login)
-    add("POST", f"{V3}/refresh", r.refresh)
-    add("POST", f"{V3}/logout", r.logout)
-    add("POST", f"{V3}/logout/all", r.logout_all)
-    add("GET", f"{V3}/account/whoami", r.whoami)
-    add("GET", f"{V3}/account/3pid", r.threepids)
-    add("POST", f"{V3}/account/password", r.change_password)
-    add("POST", f"{V3}/account/deactivate", r.deactivate)
-    add("GET", f"{V3}/devices", r.list_devices)
-    add("GET", f"{V3}/devices/{{deviceId}}", r.get_device)
-    add("PUT", f"{V3}/devices/{{deviceId}}", r.update_device)
-    add("DELETE", f"{V3}/devices/{{deviceId}}", r.delete_device)
-    add("POST", f"{V3}/delete_devices", r.delete_devices)

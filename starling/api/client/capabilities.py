@@ -9,12 +9,9 @@ from typing import Any
 
 from aiohttp import web
 
-from starling.api.client.common import require_user
 from starling.api.http import json_response
 from starling.api.services import Services
 from starling.protocol.room_versions import KNOWN_ROOM_VERSIONS
-
-V3 = "/_matrix/client/v3"
 
 
 def capabilities(svc: Services) -> dict[str, Any]:
@@ -39,10 +36,4 @@ class CapabilityRoutes:
 
     # GET /capabilities
     async def get_capabilities(self, request: web.Request) -> web.Response:
-        await require_user(request, self.svc.auth)
         return json_response(self.body)
-
-
-def register(app: web.Application, svc: Services) -> None:
-    r = CapabilityRoutes(svc)
-    app.router.add_route("GET", f"{V3}/capabilities", r.get_capabilities)

@@ -12,21 +12,13 @@ from typing import Any
 
 from aiohttp import web
 
-from starling.api.client.common import body_str, optional_user, require_user
+from starling.api.client.common import body_str
 from starling.api.http import json_response, read_json_object
+from starling.api.routing import requester_of
 from starling.api.services import Services
 from starling.directory.service import MAX_SEARCH_TERM_LENGTH
 from starling.errors import bad_json, invalid_param
 from starling.protocol.numbers import parse_int
-
-V3 = "/_matrix/client/v3"
-
-
-def _room_id(request: web.Request) -> str:
-    room_id = request.match_info["roomId"]
-    if not room_id.startswith("!"):
-        raise invalid_param(f"{room_id!r} is not a room ID")
-    return room_id
 
 
 def _limit(value: Any) -> int | None:
@@ -45,7 +37,7 @@ class DirectoryRoutes:
 
     # PUT /directory/room/{roomAlias}
     async def put_alias(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request)
         room_id = body_str(body, "room_id", required=True)
         assert room_id is not None
@@ -60,32 +52,31 @@ class DirectoryRoutes:
 
     # DELETE /directory/room/{roomAlias}
     async def delete_alias(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         await self.svc.directory.delete_alias(requester, request.match_info["roomAlias"])
         return json_response({})
 
     # GET /rooms/{roomId}/aliases
     async def room_aliases(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
-        aliases = await self.svc.directory.room_aliases(requester, _room_id(request))
+        requester = requester_of(request)
+        aliases = await self.svc.directory.room_aliases(requester, request.match_info["roomId"])
         return json_response({"aliases": aliases})
 
     # GET /directory/list/room/{roomId}
     async def get_visibility(self, request: web.Request) -> web.Response:
-        visibility = await self.svc.directory.get_visibility(_room_id(request))
+        visibility = await self.svc.directory.get_visibility(request.match_info["roomId"])
         return json_response({"visibility": visibility})
 
     # PUT /directory/list/room/{roomId}
     async def put_visibility(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request, allow_empty=True)
         visibility = body_str(body, "visibility") or "public"
-        await self.svc.directory.set_visibility(requester, _room_id(request), visibility)
+        await self.svc.directory.set_visibility(requester, request.match_info["roomId"], visibility)
         return json_response({})
 
     # GET /publicRooms
     async def get_public_rooms(self, request: web.Request) -> web.Response:
-        await optional_user(request, self.svc.auth)
         raw_limit = request.query.get("limit")
         limit = None
         if raw_limit is not None:
@@ -102,7 +93,6 @@ class DirectoryRoutes:
 
     # POST /publicRooms
     async def post_public_rooms(self, request: web.Request) -> web.Response:
-        await require_user(request, self.svc.auth)
         body = await read_json_object(request, allow_empty=True)
         since = body_str(body, "since")
         search_filter = body.get("filter")
@@ -127,16 +117,3 @@ class DirectoryRoutes:
             server=request.query.get("server") or None,
         )
         return json_response(result)
-
-
-def register(app: web.Application, svc: Services) -> None:
-    r = DirectoryRoutes(svc)
-    add = app.router.add_route
-    add("PUT", f"{V3}/directory/room/{{roomAlias}}", r.put_alias)
-    add("GET", f"{V3}/directory/room/{{roomAlias}}", r.get_alias)
-    add("DELETE", f"{V3}/directory/room/{{roomAlias}}", r.delete_alias)
-    add("GET", f"{V3}/rooms/{{roomId}}/aliases", r.room_aliases)
-    add("GET", f"{V3}/directory/list/room/{{roomId}}", r.get_visibility)
-    add("PUT", f"{V3}/directory/list/room/{{roomId}}", r.put_visibility)
-    add("GET", f"{V3}/publicRooms", r.get_public_rooms)
-    add("POST", f"{V3}/publicRooms", r.post_public_rooms)

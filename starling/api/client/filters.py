@@ -11,21 +11,16 @@ from typing import Any
 
 from aiohttp import web
 
-from starling.api.client.common import require_user
 from starling.api.http import json_response, parse_json_object
+from starling.api.routing import requester_of
 from starling.api.services import Services
 from starling.errors import MatrixError, forbidden, not_found, too_large
-from starling.protocol.identifiers import is_valid_user_id
 from starling.protocol.numbers import parse_int
 from starling.sync.filtering import MAX_FILTER_BYTES, parse_sync_filter
-
-V3 = "/_matrix/client/v3"
 
 
 def _own_user(request: web.Request, user_id: str, svc: Services) -> None:
     target = request.match_info["userId"]
-    if not is_valid_user_id(target):
-        raise MatrixError(400, "M_INVALID_PARAM", f"{target!r} is not a user ID")
     if target != user_id:
         raise forbidden("Cannot use filters of other users")
     if not target.endswith(":" + svc.server_name):
@@ -48,7 +43,7 @@ class FilterRoutes:
 
     # POST /_matrix/client/v3/user/{userId}/filter  (spec: #post_matrixclientv3useruseridfilter)
     async def create(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         _own_user(request, requester.user_id, self.svc)
         body = await _read_filter_body(request)
         parse_sync_filter(body)
@@ -57,7 +52,7 @@ class FilterRoutes:
 
     # GET /_matrix/client/v3/user/{userId}/filter/{filterId}
     async def get(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         _own_user(request, requester.user_id, self.svc)
         raw_id = request.match_info["filterId"]
         filter_id = parse_int(raw_id, minimum=0)
@@ -67,9 +62,3 @@ class FilterRoutes:
         if found is None:
             raise not_found("No such filter")
         return json_response(found)
-
-
-def register(app: web.Application, svc: Services) -> None:
-    r = FilterRoutes(svc)
-    app.router.add_route("POST", f"{V3}/user/{{userId}}/filter", r.create)
-    app.router.add_route("GET", f"{V3}/user/{{userId}}/filter/{{filterId}}", r.get)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from starling.api.client.common import query_bool, query_int, require_user
+from starling.api.client.common import query_bool, query_int
 from starling.api.http import json_response
+from starling.api.routing import requester_of
 from starling.api.services import Services
 from starling.errors import invalid_param
 from starling.rooms.hierarchy import DEFAULT_LIMIT, MAX_LIMIT
 
-MAX_ROOM_ID_LENGTH = 255
 MAX_TOKEN_LENGTH = 128
 
 
@@ -21,10 +21,8 @@ class HierarchyRoutes:
 
     # GET /_matrix/client/v1/rooms/{roomId}/hierarchy
     async def hierarchy(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         room_id = request.match_info["roomId"]
-        if not room_id.startswith("!") or len(room_id) > MAX_ROOM_ID_LENGTH:
-            raise invalid_param(f"{room_id[:80]!r} is not a room ID")
         limit = query_int(request, "limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
         max_depth = (
             query_int(request, "max_depth", 0, minimum=0) if "max_depth" in request.query else None
@@ -42,8 +40,3 @@ class HierarchyRoutes:
             from_token=from_token,
         )
         return json_response(body)
-
-
-def register(app: web.Application, svc: Services) -> None:
-    r = HierarchyRoutes(svc)
-    app.router.add_route("GET", "/_matrix/client/v1/rooms/{roomId}/hierarchy", r.hierarchy)

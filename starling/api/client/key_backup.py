@@ -10,14 +10,12 @@ from typing import Any
 
 from aiohttp import web
 
-from starling.api.client.common import require_user
 from starling.api.http import json_response, read_json_object
+from starling.api.routing import requester_of
 from starling.api.services import Services
 from starling.e2ee.key_backup import parse_room_key
 from starling.errors import bad_json
 from starling.storage.key_backup import RoomKey
-
-V3 = "/_matrix/client/v3"
 
 
 def _sessions(room_id: str, body: Any) -> list[RoomKey]:
@@ -32,20 +30,20 @@ class KeyBackupRoutes:
 
     # POST /room_keys/version  (spec: #post_matrixclientv3room_keysversion)
     async def create_version(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request)
         return json_response(await self.svc.e2ee.key_backup.create_version(requester.user_id, body))
 
     # GET /room_keys/version and /room_keys/version/{version}
     # (spec: #get_matrixclientv3room_keysversion, #get_matrixclientv3room_keysversionversion)
     async def get_version(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         version = request.match_info.get("version")
         return json_response(await self.svc.e2ee.key_backup.get_version(requester.user_id, version))
 
     # PUT /room_keys/version/{version}  (spec: #put_matrixclientv3room_keysversionversion)
     async def update_version(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request)
         await self.svc.e2ee.key_backup.update_version(
             requester.user_id, request.match_info["version"], body
@@ -54,7 +52,7 @@ class KeyBackupRoutes:
 
     # DELETE /room_keys/version/{version}  (spec: #delete_matrixclientv3room_keysversionversion)
     async def delete_version(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         await self.svc.e2ee.key_backup.delete_version(
             requester.user_id, request.match_info["version"]
         )
@@ -62,7 +60,7 @@ class KeyBackupRoutes:
 
     # PUT /room_keys/keys[/{roomId}[/{sessionId}]]  (spec: #put_matrixclientv3room_keyskeys)
     async def put_keys(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request)
         room_id = request.match_info.get("roomId")
         session_id = request.match_info.get("sessionId")
@@ -83,7 +81,7 @@ class KeyBackupRoutes:
 
     # GET /room_keys/keys[/{roomId}[/{sessionId}]]  (spec: #get_matrixclientv3room_keyskeys)
     async def get_keys(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         result = await self.svc.e2ee.key_backup.get_keys(
             requester.user_id,
             request.query.get("version"),
@@ -94,7 +92,7 @@ class KeyBackupRoutes:
 
     # DELETE /room_keys/keys[/{roomId}[/{sessionId}]]  (spec: #delete_matrixclientv3room_keyskeys)
     async def delete_keys(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         result = await self.svc.e2ee.key_backup.delete_keys(
             requester.user_id,
             request.query.get("version"),
@@ -102,18 +100,3 @@ class KeyBackupRoutes:
             request.match_info.get("sessionId"),
         )
         return json_response(result)
-
-
-def register(app: web.Application, svc: Services) -> None:
-    r = KeyBackupRoutes(svc)
-    add = app.router.add_route
-    add("POST", f"{V3}/room_keys/version", r.create_version)
-    add("GET", f"{V3}/room_keys/version", r.get_version)
-    add("GET", f"{V3}/room_keys/version/{{version}}", r.get_version)
-    add("PUT", f"{V3}/room_keys/version/{{version}}", r.update_version)
-    add("DELETE", f"{V3}/room_keys/version/{{version}}", r.delete_version)
-    for suffix in ("", "/{roomId}", "/{roomId}/{sessionId}"):
-        path = f"{V3}/room_keys/keys{suffix}"
-        add("PUT", path, r.put_keys)
-        add("GET", path, r.get_keys)
-        add("DELETE", path, r.delete_keys)

@@ -10,13 +10,12 @@ from typing import Any
 
 from aiohttp import web
 
-from starling.api.client.common import require_user
 from starling.api.http import json_response, read_json_object
+from starling.api.routing import requester_of
 from starling.api.services import Services
 from starling.errors import bad_json, missing_param
 from starling.sync.tokens import SyncToken
 
-V3 = "/_matrix/client/v3"
 MAX_TIMEOUT_MS = 60_000
 
 
@@ -33,14 +32,14 @@ class KeyRoutes:
 
     # POST /_matrix/client/v3/keys/upload  (spec: #post_matrixclientv3keysupload)
     async def upload(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request)
         result = await self.svc.e2ee.keys.upload(requester.user_id, requester.device_id, body)
         return json_response(result)
 
     # POST /_matrix/client/v3/keys/query  (spec: #post_matrixclientv3keysquery)
     async def query(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request)
         if "device_keys" not in body:
             raise missing_param("Missing 'device_keys'")
@@ -51,7 +50,6 @@ class KeyRoutes:
 
     # POST /_matrix/client/v3/keys/claim  (spec: #post_matrixclientv3keysclaim)
     async def claim(self, request: web.Request) -> web.Response:
-        await require_user(request, self.svc.auth)
         body = await read_json_object(request)
         if "one_time_keys" not in body:
             raise missing_param("Missing 'one_time_keys'")
@@ -60,7 +58,7 @@ class KeyRoutes:
 
     # GET /_matrix/client/v3/keys/changes  (spec: #get_matrixclientv3keyschanges)
     async def changes(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         raw_from = request.query.get("from")
         if raw_from is None:
             raise missing_param("Missing 'from'")
@@ -76,7 +74,7 @@ class KeyRoutes:
     # POST /_matrix/client/v3/keys/device_signing/upload
     # (spec: #post_matrixclientv3keysdevice_signingupload)
     async def upload_signing_keys(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request)
         cross_signing = self.svc.e2ee.cross_signing
         if await cross_signing.is_noop(requester.user_id, body):
@@ -91,18 +89,7 @@ class KeyRoutes:
     # POST /_matrix/client/v3/keys/signatures/upload
     # (spec: #post_matrixclientv3keyssignaturesupload)
     async def upload_signatures(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request)
         result = await self.svc.e2ee.cross_signing.upload_signatures(requester.user_id, body)
         return json_response(result)
-
-
-def register(app: web.Application, svc: Services) -> None:
-    r = KeyRoutes(svc)
-    add = app.router.add_route
-    add("POST", f"{V3}/keys/upload", r.upload)
-    add("POST", f"{V3}/keys/query", r.query)
-    add("POST", f"{V3}/keys/claim", r.claim)
-    add("GET", f"{V3}/keys/changes", r.changes)
-    add("POST", f"{V3}/keys/device_signing/upload", r.upload_signing_keys)
-    add("POST", f"{V3}/keys/signatures/upload", r.upload_signatures)

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from starling.api.client.common import optional_user, require_user
 from starling.api.http import json_response, read_json_object
+from starling.api.routing import requester_of
 from starling.api.services import Services
 from starling.errors import missing_param
-
-V3 = "/_matrix/client/v3"
 
 
 class ProfileRoutes:
@@ -24,13 +22,11 @@ class ProfileRoutes:
 
     # GET /profile/{userId}
     async def get_profile(self, request: web.Request) -> web.Response:
-        await optional_user(request, self.svc.auth)
         profile = await self.svc.profile.get_profile(request.match_info["userId"])
         return json_response(profile)
 
     # GET /profile/{userId}/{keyName}
     async def get_field(self, request: web.Request) -> web.Response:
-        await optional_user(request, self.svc.auth)
         value = await self.svc.profile.get_field(
             request.match_info["userId"], request.match_info["keyName"]
         )
@@ -38,7 +34,7 @@ class ProfileRoutes:
 
     # PUT /profile/{userId}/{keyName}
     async def put_field(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         field = request.match_info["keyName"]
         body = await read_json_object(request)
         if field not in body:
@@ -50,17 +46,8 @@ class ProfileRoutes:
 
     # DELETE /profile/{userId}/{keyName}
     async def delete_field(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         await self.svc.profile.set_field(
             requester.user_id, request.match_info["userId"], request.match_info["keyName"], None
         )
         return json_response({})
-
-
-def register(app: web.Application, svc: Services) -> None:
-    r = ProfileRoutes(svc)
-    add = app.router.add_route
-    add("GET", f"{V3}/profile/{{userId}}", r.get_profile)
-    add("GET", f"{V3}/profile/{{userId}}/{{keyName}}", r.get_field)
-    add("PUT", f"{V3}/profile/{{userId}}/{{keyName}}", r.put_field)
-    add("DELETE", f"{V3}/profile/{{userId}}/{{keyName}}", r.delete_field)

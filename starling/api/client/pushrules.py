@@ -13,18 +13,17 @@ starling.push.pushers). GET /notifications is not implemented.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import TypeVar
 
 from aiohttp import web
 
-from starling.api.client.common import require_user
 from starling.api.http import json_response, read_json_object
+from starling.api.routing import requester_of
 from starling.api.services import Services
 from starling.errors import MatrixError, invalid_param, not_found
 from starling.protocol import push_rules as pr
 
-V3 = "/_matrix/client/v3"
 T = TypeVar("T")
 
 
@@ -53,18 +52,18 @@ class PushRuleRoutes:
 
     # GET /pushrules/
     async def get_all(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         ruleset = await self.svc.push_rules.get_ruleset(requester.user_id)
         return json_response({"global": ruleset})
 
     # GET /pushrules/global/
     async def get_global(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         return json_response(await self.svc.push_rules.get_ruleset(requester.user_id))
 
     # GET /pushrules/global/{kind}/{ruleId}
     async def get_rule(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         rule = await _push_errors(
             self.svc.push_rules.get_rule(
                 requester.user_id, _kind(request), request.match_info["ruleId"]
@@ -74,7 +73,7 @@ class PushRuleRoutes:
 
     # PUT /pushrules/global/{kind}/{ruleId}
     async def put_rule(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         kind = _kind(request)
         body = await read_json_object(request)
         await _push_errors(
@@ -91,7 +90,7 @@ class PushRuleRoutes:
 
     # DELETE /pushrules/global/{kind}/{ruleId}
     async def delete_rule(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         await _push_errors(
             self.svc.push_rules.delete_rule(
                 requester.user_id, _kind(request), request.match_info["ruleId"]
@@ -100,7 +99,7 @@ class PushRuleRoutes:
         return json_response({})
 
     async def _attribute(self, request: web.Request, name: str) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         rule = await _push_errors(
             self.svc.push_rules.get_rule(
                 requester.user_id, _kind(request), request.match_info["ruleId"]
@@ -118,7 +117,7 @@ class PushRuleRoutes:
 
     # PUT /pushrules/global/{kind}/{ruleId}/enabled
     async def put_enabled(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         kind = _kind(request)
         body = await read_json_object(request)
         enabled = body.get("enabled")
@@ -133,7 +132,7 @@ class PushRuleRoutes:
 
     # PUT /pushrules/global/{kind}/{ruleId}/actions
     async def put_actions(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         kind = _kind(request)
         body = await read_json_object(request)
         if "actions" not in body:
@@ -147,31 +146,12 @@ class PushRuleRoutes:
 
     # GET /pushers
     async def get_pushers(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         return json_response({"pushers": await self.svc.pushers.get_pushers(requester.user_id)})
 
     # POST /pushers/set
     async def set_pusher(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request)
         await self.svc.pushers.set_pusher(requester.user_id, body)
         return json_response({})
-
-
-def register(app: web.Application, svc: Services) -> None:
-    r = PushRuleRoutes(svc)
-    routes: list[tuple[str, str, Callable[[web.Request], Awaitable[web.Response]]]] = [
-        ("GET", "/pushrules/", r.get_all),
-        ("GET", "/pushrules/global/", r.get_global),
-        ("GET", "/pushrules/global/{kind}/{ruleId}", r.get_rule),
-        ("PUT", "/pushrules/global/{kind}/{ruleId}", r.put_rule),
-        ("DELETE", "/pushrules/global/{kind}/{ruleId}", r.delete_rule),
-        ("GET", "/pushrules/global/{kind}/{ruleId}/enabled", r.get_enabled),
-        ("PUT", "/pushrules/global/{kind}/{ruleId}/enabled", r.put_enabled),
-        ("GET", "/pushrules/global/{kind}/{ruleId}/actions", r.get_actions),
-        ("PUT", "/pushrules/global/{kind}/{ruleId}/actions", r.put_actions),
-        ("GET", "/pushers", r.get_pushers),
-        ("POST", "/pushers/set", r.set_pusher),
-    ]
-    for method, path, handler in routes:
-        app.router.add_route(method, V3 + path, handler)

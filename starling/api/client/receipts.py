@@ -10,19 +10,10 @@ from typing import Any
 
 from aiohttp import web
 
-from starling.api.client.common import require_user
 from starling.api.http import json_response, read_json_object
+from starling.api.routing import requester_of
 from starling.api.services import Services
 from starling.errors import bad_json, invalid_param
-
-V3 = "/_matrix/client/v3"
-
-
-def _room_id(request: web.Request) -> str:
-    room_id = request.match_info["roomId"]
-    if not room_id.startswith("!"):
-        raise invalid_param(f"{room_id!r} is not a room ID")
-    return room_id
 
 
 def _optional_event_id(body: dict[str, Any], key: str) -> str | None:
@@ -40,8 +31,8 @@ class ReceiptRoutes:
 
     # POST /rooms/{roomId}/receipt/{receiptType}/{eventId}
     async def post_receipt(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
-        room_id = _room_id(request)
+        requester = requester_of(request)
+        room_id = request.match_info["roomId"]
         body = await read_json_object(request, allow_empty=True)
         thread_id = body.get("thread_id")
         if thread_id is not None and (not isinstance(thread_id, str) or not thread_id):
@@ -57,8 +48,8 @@ class ReceiptRoutes:
 
     # POST /rooms/{roomId}/read_markers
     async def post_read_markers(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
-        room_id = _room_id(request)
+        requester = requester_of(request)
+        room_id = request.match_info["roomId"]
         body = await read_json_object(request)
         await self.svc.receipts.set_read_markers(
             room_id,
@@ -68,10 +59,3 @@ class ReceiptRoutes:
             _optional_event_id(body, "m.read.private"),
         )
         return json_response({})
-
-
-def register(app: web.Application, svc: Services) -> None:
-    r = ReceiptRoutes(svc)
-    add = app.router.add_route
-    add("POST", f"{V3}/rooms/{{roomId}}/receipt/{{receiptType}}/{{eventId}}", r.post_receipt)
-    add("POST", f"{V3}/rooms/{{roomId}}/read_markers", r.post_read_markers)

@@ -10,33 +10,19 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from starling.api.client.common import query_bool, query_int, require_user
+from starling.api.client.common import query_bool, query_int
 from starling.api.http import json_response
+from starling.api.routing import requester_of
 from starling.api.services import Services
 from starling.errors import invalid_param
 from starling.sync.tokens import parse_room_position
 
-V1 = "/_matrix/client/v1"
 # Synapse's defaults and caps for these endpoints.
 DEFAULT_RELATIONS_LIMIT = 5
 MAX_RELATIONS_LIMIT = 1000
 DEFAULT_THREADS_LIMIT = 5
 MAX_THREADS_LIMIT = 100
 MAX_NAME_LENGTH = 255
-
-
-def _room_id(request: web.Request) -> str:
-    room_id = request.match_info["roomId"]
-    if not room_id.startswith("!") or len(room_id) > MAX_NAME_LENGTH:
-        raise invalid_param(f"{room_id[:80]!r} is not a room ID")
-    return room_id
-
-
-def _event_id(request: web.Request) -> str:
-    event_id = request.match_info["eventId"]
-    if not event_id.startswith("$") or len(event_id) > MAX_NAME_LENGTH:
-        raise invalid_param(f"{event_id[:80]!r} is not an event ID")
-    return event_id
 
 
 def _path_name(request: web.Request, name: str) -> str | None:
@@ -59,9 +45,9 @@ class RelationRoutes:
 
     # GET /rooms/{roomId}/relations/{eventId}[/{relType}[/{eventType}]]
     async def relations(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
-        room_id = _room_id(request)
-        event_id = _event_id(request)
+        requester = requester_of(request)
+        room_id = request.match_info["roomId"]
+        event_id = request.match_info["eventId"]
         rel_type = _path_name(request, "relType")
         event_type = _path_name(request, "eventType")
         direction = request.query.get("dir", "b")
@@ -90,8 +76,8 @@ class RelationRoutes:
 
     # GET /rooms/{roomId}/threads
     async def threads(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
-        room_id = _room_id(request)
+        requester = requester_of(request)
+        room_id = request.match_info["roomId"]
         include = request.query.get("include", "all")
         if include not in ("all", "participated"):
             raise invalid_param("'include' must be 'all' or 'participated'")
@@ -108,13 +94,3 @@ class RelationRoutes:
             limit=limit,
         )
         return json_response(body)
-
-
-def register(app: web.Application, svc: Services) -> None:
-    r = RelationRoutes(svc)
-    add = app.router.add_route
-    base = f"{V1}/rooms/{{roomId}}/relations/{{eventId}}"
-    add("GET", base, r.relations)
-    add("GET", f"{base}/{{relType}}", r.relations)
-    add("GET", f"{base}/{{relType}}/{{eventType}}", r.relations)
-    add("GET", f"{V1}/rooms/{{roomId}}/threads", r.threads)

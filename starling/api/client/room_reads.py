@@ -10,29 +10,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from starling.api.client.common import query_int, require_user
+from starling.api.client.common import query_int
 from starling.api.http import json_response
+from starling.api.routing import requester_of
 from starling.api.services import Services
 from starling.errors import invalid_param, missing_param
 from starling.sync.filtering import NO_FILTER, EventFilter, parse_event_filter, parse_filter_json
 from starling.sync.history import DEFAULT_LIMIT, MAX_MESSAGES_LIMIT
 from starling.sync.tokens import parse_room_position
-
-V3 = "/_matrix/client/v3"
-
-
-def _room_id(request: web.Request) -> str:
-    room_id = request.match_info["roomId"]
-    if not room_id.startswith("!") or len(room_id) > 255:
-        raise invalid_param(f"{room_id[:80]!r} is not a room ID")
-    return room_id
-
-
-def _event_id(request: web.Request) -> str:
-    event_id = request.match_info["eventId"]
-    if not event_id.startswith("$") or len(event_id) > 255:
-        raise invalid_param(f"{event_id[:80]!r} is not an event ID")
-    return event_id
 
 
 def _room_event_filter(request: web.Request) -> EventFilter:
@@ -51,27 +36,32 @@ class RoomReadRoutes:
 
     # GET /rooms/{roomId}/event/{eventId}  (spec: #get_matrixclientv3roomsroomideventeventid)
     async def event(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await self.svc.room_history.get_event(
-            requester.user_id, requester.device_id, _room_id(request), _event_id(request)
+            requester.user_id,
+            requester.device_id,
+            request.match_info["roomId"],
+            request.match_info["eventId"],
         )
         return json_response(body)
 
     # GET /rooms/{roomId}/state  (spec: #get_matrixclientv3roomsroomidstate)
     async def state(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
-        events = await self.svc.room_history.state_events(requester.user_id, _room_id(request))
+        requester = requester_of(request)
+        events = await self.svc.room_history.state_events(
+            requester.user_id, request.match_info["roomId"]
+        )
         return json_response(events)
 
     # GET /rooms/{roomId}/state/{eventType}/{stateKey}
     async def state_event(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         fmt = request.query.get("format", "content")
         if fmt not in ("content", "event"):
             raise invalid_param("'format' must be 'content' or 'event'")
         _, formatted = await self.svc.room_history.state_event(
             requester.user_id,
-            _room_id(request),
+            request.match_info["roomId"],
             request.match_info["eventType"],
             request.match_info.get("stateKey", ""),
         )
@@ -79,11 +69,11 @@ class RoomReadRoutes:
 
     # GET /rooms/{roomId}/members  (spec: #get_matrixclientv3roomsroomidmembers)
     async def members(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         at_raw = request.query.get("at")
         chunk = await self.svc.room_history.members(
             requester.user_id,
-            _room_id(request),
+            request.match_info["roomId"],
             parse_room_position(at_raw) if at_raw else None,
             request.query.get("membership"),
             request.query.get("not_membership"),
@@ -92,14 +82,16 @@ class RoomReadRoutes:
 
     # GET /rooms/{roomId}/joined_members
     async def joined_members(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
-        joined = await self.svc.room_history.joined_members(requester.user_id, _room_id(request))
+        requester = requester_of(request)
+        joined = await self.svc.room_history.joined_members(
+            requester.user_id, request.match_info["roomId"]
+        )
         return json_response({"joined": joined})
 
     # GET /rooms/{roomId}/messages  (spec: #get_matrixclientv3roomsroomidmessages)
     async def messages(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
-        room_id = _room_id(request)
+        requester = requester_of(request)
+        room_id = request.match_info["roomId"]
         direction = request.query.get("dir")
         if direction is None:
             raise missing_param("'dir' is required")
@@ -123,26 +115,13 @@ class RoomReadRoutes:
 
     # GET /rooms/{roomId}/context/{eventId}  (spec: #get_matrixclientv3roomsroomidcontexteventid)
     async def context(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await self.svc.room_history.context(
             requester.user_id,
             requester.device_id,
-            _room_id(request),
-            _event_id(request),
+            request.match_info["roomId"],
+            request.match_info["eventId"],
             query_int(request, "limit", DEFAULT_LIMIT, maximum=MAX_MESSAGES_LIMIT),
             _room_event_filter(request),
         )
         return json_response(body)
-
-
-def register(app: web.Application, svc: Services) -> None:
-    r = RoomReadRoutes(svc)
-    add = app.router.add_route
-    add("GET", f"{V3}/rooms/{{roomId}}/event/{{eventId}}", r.event)
-    add("GET", f"{V3}/rooms/{{roomId}}/state", r.state)
-    add("GET", f"{V3}/rooms/{{roomId}}/state/{{eventType}}", r.state_event)
-    add("GET", f"{V3}/rooms/{{roomId}}/state/{{eventType}}/{{stateKey:.*}}", r.state_event)
-    add("GET", f"{V3}/rooms/{{roomId}}/members", r.members)
-    add("GET", f"{V3}/rooms/{{roomId}}/joined_members", r.joined_members)
-    add("GET", f"{V3}/rooms/{{roomId}}/messages", r.messages)
-    add("GET", f"{V3}/rooms/{{roomId}}/context/{{eventId}}", r.context)

@@ -12,8 +12,9 @@ from typing import Any
 
 from aiohttp import web
 
-from starling.api.client.common import body_str, require_user
+from starling.api.client.common import body_str
 from starling.api.http import json_response, read_json_object
+from starling.api.routing import requester_of
 from starling.api.services import Services
 from starling.errors import MatrixError, forbidden, invalid_param
 from starling.protocol.event import Event, StateKey
@@ -23,16 +24,8 @@ from starling.protocol.room_versions import RoomVersion
 from starling.rooms.creation import CreateRoomRequest
 from starling.rooms.event_service import user_power
 
-V3 = "/_matrix/client/v3"
 MAX_TYPE_BYTES = 255
 MAX_TXN_ID_BYTES = 255
-
-
-def _room_id_param(request: web.Request) -> str:
-    room_id = request.match_info["roomId"]
-    if not room_id.startswith("!"):
-        raise invalid_param(f"{room_id!r} is not a room ID")
-    return room_id
 
 
 def _event_type(raw: str) -> str:
@@ -65,7 +58,7 @@ class RoomRoutes:
 
     # POST /_matrix/client/v3/createRoom  (spec: #post_matrixclientv3createroom)
     async def create_room(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request)
         req = CreateRoomRequest.from_body(requester.user_id, body)
         room_id, _ = await self.svc.room_creator.create(req)
@@ -73,9 +66,9 @@ class RoomRoutes:
 
     # POST /join/{roomIdOrAlias} and /rooms/{roomId}/join  (spec: #post_matrixclientv3joinroomidoralias)
     async def join(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request, allow_empty=True)
-        target = request.match_info.get("roomIdOrAlias") or _room_id_param(request)
+        target = request.match_info.get("roomIdOrAlias") or request.match_info["roomId"]
         room_id, servers = await self._resolve_room(target)
         via = request.query.getall("via", []) or request.query.getall("server_name", [])
         await self.svc.membership.join(
@@ -89,7 +82,7 @@ class RoomRoutes:
 
     # POST /knock/{roomIdOrAlias}  (spec: #post_matrixclientv3knockroomidoralias)
     async def knock(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request, allow_empty=True)
         room_id, _ = await self._resolve_room(request.match_info["roomIdOrAlias"])
         await self.svc.membership.knock(room_id, requester.user_id, body_str(body, "reason"))
@@ -97,29 +90,29 @@ class RoomRoutes:
 
     # POST /rooms/{roomId}/leave
     async def leave(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request, allow_empty=True)
         await self.svc.membership.leave(
-            _room_id_param(request), requester.user_id, body_str(body, "reason")
+            request.match_info["roomId"], requester.user_id, body_str(body, "reason")
         )
         return json_response({})
 
     # POST /rooms/{roomId}/forget
     async def forget(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
-        await self.svc.membership.forget(_room_id_param(request), requester.user_id)
+        requester = requester_of(request)
+        await self.svc.membership.forget(request.match_info["roomId"], requester.user_id)
         return json_response({})
 
     # POST /rooms/{roomId}/invite
     async def invite(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request)
         if "id_server" in body or "medium" in body:
             raise MatrixError(
                 400, "M_UNRECOGNIZED", "Third-party invites are not supported by this server"
             )
         await self.svc.membership.invite(
-            _room_id_param(request),
+            request.match_info["roomId"],
             requester.user_id,
             _target_user(body),
             reason=body_str(body, "reason"),
@@ -128,56 +121,64 @@ class RoomRoutes:
 
     # POST /rooms/{roomId}/kick, /ban, /unban
     async def kick(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request)
         await self.svc.membership.kick(
-            _room_id_param(request), requester.user_id, _target_user(body), body_str(body, "reason")
+            request.match_info["roomId"],
+            requester.user_id,
+            _target_user(body),
+            body_str(body, "reason"),
         )
         return json_response({})
 
     async def ban(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request)
         await self.svc.membership.ban(
-            _room_id_param(request), requester.user_id, _target_user(body), body_str(body, "reason")
+            request.match_info["roomId"],
+            requester.user_id,
+            _target_user(body),
+            body_str(body, "reason"),
         )
         return json_response({})
 
     async def unban(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request)
         await self.svc.membership.unban(
-            _room_id_param(request), requester.user_id, _target_user(body), body_str(body, "reason")
+            request.match_info["roomId"],
+            requester.user_id,
+            _target_user(body),
+            body_str(body, "reason"),
         )
         return json_response({})
 
     # POST /rooms/{roomId}/upgrade  (spec: #post_matrixclientv3roomsroomidupgrade)
     async def upgrade(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request)
         new_version = body_str(body, "new_version", required=True)
         assert new_version is not None
         new_room = await self.svc.room_upgrader.upgrade(
-            _room_id_param(request), requester.user_id, new_version
+            request.match_info["roomId"], requester.user_id, new_version
         )
         return json_response({"replacement_room": new_room})
 
     # GET /joined_rooms
     async def joined_rooms(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         rooms = await self.svc.membership_store.get_joined_rooms(requester.user_id)
         return json_response({"joined_rooms": sorted(rooms)})
 
     # PUT /rooms/{roomId}/send/{eventType}/{txnId}  (spec: #put_matrixclientv3roomsroomidsendeventtypetxnid)
     async def send(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
-        room_id = _room_id_param(request)
+        requester = requester_of(request)
+        room_id = request.match_info["roomId"]
         event_type = _event_type(request.match_info["eventType"])
         txn_id = request.match_info["txnId"]
         if not txn_id or len(txn_id.encode()) > MAX_TXN_ID_BYTES:
             raise invalid_param("Transaction ID must be 1-255 bytes")
         content = await read_json_object(request)
-        await self.svc.rate_limits.check_message(requester.user_id)
         redacts = None
         if event_type == "m.room.redaction":
             redacts = body_str(content, "redacts", required=True)
@@ -195,8 +196,8 @@ class RoomRoutes:
 
     # PUT /rooms/{roomId}/state/{eventType}/{stateKey}
     async def put_state(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
-        room_id = _room_id_param(request)
+        requester = requester_of(request)
+        room_id = request.match_info["roomId"]
         event_type = _event_type(request.match_info["eventType"])
         state_key = request.match_info.get("stateKey", "")
         if len(state_key.encode()) > MAX_TYPE_BYTES:
@@ -251,8 +252,8 @@ class RoomRoutes:
 
     # PUT /rooms/{roomId}/redact/{eventId}/{txnId}  (spec: #put_matrixclientv3roomsroomidredacteventidtxnid)
     async def redact(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
-        room_id = _room_id_param(request)
+        requester = requester_of(request)
+        room_id = request.match_info["roomId"]
         target_id = request.match_info["eventId"]
         txn_id = request.match_info["txnId"]
         body = await read_json_object(request, allow_empty=True)
@@ -295,24 +296,3 @@ class RoomRoutes:
                 raise forbidden("You don't have permission to redact other users' events")
 
         return check
-
-
-def register(app: web.Application, svc: Services) -> None:
-    r = RoomRoutes(svc)
-    add = app.router.add_route
-    add("POST", f"{V3}/createRoom", r.create_room)
-    add("POST", f"{V3}/join/{{roomIdOrAlias}}", r.join)
-    add("POST", f"{V3}/rooms/{{roomId}}/join", r.join)
-    add("POST", f"{V3}/knock/{{roomIdOrAlias}}", r.knock)
-    add("POST", f"{V3}/rooms/{{roomId}}/leave", r.leave)
-    add("POST", f"{V3}/rooms/{{roomId}}/forget", r.forget)
-    add("POST", f"{V3}/rooms/{{roomId}}/invite", r.invite)
-    add("POST", f"{V3}/rooms/{{roomId}}/kick", r.kick)
-    add("POST", f"{V3}/rooms/{{roomId}}/ban", r.ban)
-    add("POST", f"{V3}/rooms/{{roomId}}/unban", r.unban)
-    add("GET", f"{V3}/joined_rooms", r.joined_rooms)
-    add("POST", f"{V3}/rooms/{{roomId}}/upgrade", r.upgrade)
-    add("PUT", f"{V3}/rooms/{{roomId}}/send/{{eventType}}/{{txnId}}", r.send)
-    add("PUT", f"{V3}/rooms/{{roomId}}/state/{{eventType}}", r.put_state)
-    add("PUT", f"{V3}/rooms/{{roomId}}/state/{{eventType}}/{{stateKey:.*}}", r.put_state)
-    add("PUT", f"{V3}/rooms/{{roomId}}/redact/{{eventId}}/{{txnId}}", r.redact)

@@ -14,8 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
-from starling.api.client.common import require_user
 from starling.api.http import json_response, read_json_object
+from starling.api.routing import requester_of
 from starling.api.services import Services
 from starling.errors import MatrixError, bad_json, invalid_param, missing_param
 from starling.search.service import EventContextRequest, RoomEventsQuery
@@ -109,7 +109,7 @@ class SearchRoutes:
 
     # POST /_matrix/client/v3/search
     async def search(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request)
         categories = _object(body, "search_categories", "")
         if categories is None:
@@ -123,9 +123,3 @@ class SearchRoutes:
             requester.user_id, requester.device_id, query, token
         )
         return json_response({"search_categories": {"room_events": result}})
-
-
-def register(app: web.Application, svc: Services) -> None:
-    r = SearchRoutes(svc)
-    for version in ("v3", "r0"):
-        app.router.add_route("POST", f"/_matrix/client/{version}/search", r.search)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from starling.api.client.common import query_bool, query_int, require_user
+from starling.api.client.common import query_bool, query_int
 from starling.api.http import json_response
+from starling.api.routing import requester_of
 from starling.api.services import Services
 from starling.errors import MatrixError, invalid_param
 from starling.protocol.numbers import parse_int
@@ -24,7 +25,6 @@ from starling.sync.filtering import (
 from starling.sync.service import MAX_TIMEOUT_MS, SyncRequest
 from starling.sync.tokens import SyncToken
 
-V3 = "/_matrix/client/v3"
 PRESENCE_STATES = ("online", "offline", "unavailable")
 
 
@@ -58,7 +58,7 @@ class SyncRoutes:
 
     # GET /_matrix/client/v3/sync  (spec: #get_matrixclientv3sync)
     async def sync(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         if "from" in request.query:
             raise invalid_param("'from' is not a /sync parameter; did you mean 'since'?")
         since_raw = request.query.get("since")
@@ -87,8 +87,3 @@ class SyncRoutes:
             )
         )
         return json_response(response)
-
-
-def register(app: web.Application, svc: Services) -> None:
-    r = SyncRoutes(svc)
-    app.router.add_route("GET", f"{V3}/sync", r.sync)

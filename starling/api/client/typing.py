@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from starling.api.client.common import require_user
 from starling.api.http import json_response, read_json_object
+from starling.api.routing import requester_of
 from starling.api.services import Services
 from starling.errors import bad_json, forbidden, invalid_param, missing_param
 from starling.typing.service import DEFAULT_TYPING_TIMEOUT_MS
-
-V3 = "/_matrix/client/v3"
 
 
 class TypingRoutes:
@@ -23,13 +21,11 @@ class TypingRoutes:
 
     # PUT /rooms/{roomId}/typing/{userId}
     async def put_typing(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         room_id = request.match_info["roomId"]
         user_id = request.match_info["userId"]
         if user_id != requester.user_id:
             raise forbidden("You can only set your own typing state")
-        if not room_id.startswith("!"):
-            raise invalid_param(f"{room_id!r} is not a room ID")
         body = await read_json_object(request)
         typing = body.get("typing")
         if typing is None:
@@ -44,8 +40,3 @@ class TypingRoutes:
                 raise invalid_param("'timeout' must not be negative")
         await self.svc.typing.set_typing(room_id, user_id, typing, timeout)
         return json_response({})
-
-
-def register(app: web.Application, svc: Services) -> None:
-    r = TypingRoutes(svc)
-    app.router.add_route("PUT", f"{V3}/rooms/{{roomId}}/typing/{{userId}}", r.put_typing)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from starling.api.client.common import require_user
 from starling.api.http import json_response, read_json_object
+from starling.api.routing import requester_of
 from starling.api.services import Services
 from starling.errors import bad_json, missing_param
 
@@ -24,7 +24,7 @@ class UserDirectoryRoutes:
 
     # POST /_matrix/client/v3/user_directory/search
     async def search(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         body = await read_json_object(request)
         term = body.get("search_term")
         if term is None:
@@ -41,9 +41,3 @@ class UserDirectoryRoutes:
             requester.user_id, term[:MAX_TERM_LENGTH], limit
         )
         return json_response(result)
-
-
-def register(app: web.Application, svc: Services) -> None:
-    r = UserDirectoryRoutes(svc)
-    for version in ("v3", "r0"):
-        app.router.add_route("POST", f"/_matrix/client/{version}/user_directory/search", r.search)

@@ -21,13 +21,11 @@ import time
 
 from aiohttp import web
 
-from starling.api.client.common import require_user
 from starling.api.http import json_response
+from starling.api.routing import requester_of
 from starling.api.services import Services
 from starling.config import parse_duration
 from starling.errors import MatrixError
-
-V3 = "/_matrix/client/v3"
 
 
 def turn_credentials(secret: str, user_id: str, lifetime_ms: int, now_ms: int) -> tuple[str, str]:
@@ -44,7 +42,7 @@ class VoipRoutes:
 
     # GET /_matrix/client/v3/voip/turnServer  (spec: #get_matrixclientv3voipturnserver)
     async def turn_server(self, request: web.Request) -> web.Response:
-        requester = await require_user(request, self.svc.auth)
+        requester = requester_of(request)
         config = self.svc.config
         if not config.turn_uris:
             return json_response({})
@@ -73,24 +71,8 @@ class VoipRoutes:
 
     # GET /_matrix/client/v3/thirdparty/protocols  (spec: #get_matrixclientv3thirdpartyprotocols)
     async def protocols(self, request: web.Request) -> web.Response:
-        await require_user(request, self.svc.auth)
         return json_response({})
 
     # GET /thirdparty/protocol/{protocol}, /thirdparty/location[/{protocol}], /user[/...]
     async def unknown_protocol(self, request: web.Request) -> web.Response:
-        await require_user(request, self.svc.auth)
         raise MatrixError(404, "M_NOT_FOUND", "No third-party networks are bridged here")
-
-
-def register(app: web.Application, svc: Services) -> None:
-    r = VoipRoutes(svc)
-    app.router.add_get(f"{V3}/voip/turnServer", r.turn_server)
-    app.router.add_get(f"{V3}/thirdparty/protocols", r.protocols)
-    for path in (
-        "protocol/{protocol}",
-        "location/{protocol}",
-        "user/{protocol}",
-        "location",
-        "user",
-    ):
-        app.router.add_get(f"{V3}/thirdparty/{path}", r.unknown_protocol)

@@ -8,7 +8,6 @@ import time
 
 from aiohttp import web
 
-from starling.api.federation.routes import Route
 from starling.api.http import json_response, read_json_object
 from starling.errors import bad_json, invalid_param
 from starling.federation.keyring import KeyServer
@@ -25,15 +24,6 @@ def _now_ms() -> int:
 class KeysApi:
     def __init__(self, key_server: KeyServer) -> None:
         self._keys = key_server
-
-    def routes(self) -> list[Route]:
-        return [
-            ("GET", "/_matrix/key/v2/server", self.server_keys),
-            # The deprecated form naming a key ID: the same answer (Synapse serves it too).
-            ("GET", "/_matrix/key/v2/server/{key_id}", self.server_keys),
-            ("GET", "/_matrix/key/v2/query/{server_name}", self.query_one),
-            ("POST", "/_matrix/key/v2/query", self.query_many),
-        ]
 
     async def server_keys(self, request: web.Request) -> web.Response:
         """GET /_matrix/key/v2/server

@@ -22,14 +22,14 @@ from typing import Any
 from aiohttp import web
 
 from starling.api.federation.auth import authenticate_origin, federation_body
-from starling.api.federation.routes import Route
 from starling.api.http import json_response
+from starling.api.routing import Auth, Route, get, put
 from starling.errors import MatrixError, bad_json
 from starling.federation.membership import ResidentMembership, pdu_for_federation
 from starling.protocol.room_versions import KNOWN_ROOM_VERSIONS, get_room_version
 
-V1 = "/_matrix/federation/v1"
-V2 = "/_matrix/federation/v2"
+FEDERATION = Auth.FEDERATION
+V2 = ("v2",)
 
 
 def _room_and(request: web.Request, second: str) -> tuple[str, str]:
@@ -45,17 +45,18 @@ class FederationMembershipApi:
         self._resident = resident
 
     def routes(self) -> list[Route]:
+        """This area's rows of `routes.federation_table`."""
         return [
-            ("GET", f"{V1}/make_join/{{roomId}}/{{userId}}", self.make_join),
-            ("PUT", f"{V1}/send_join/{{roomId}}/{{eventId}}", self.send_join_v1),
-            ("PUT", f"{V2}/send_join/{{roomId}}/{{eventId}}", self.send_join_v2),
-            ("GET", f"{V1}/make_leave/{{roomId}}/{{userId}}", self.make_leave),
-            ("PUT", f"{V1}/send_leave/{{roomId}}/{{eventId}}", self.send_leave_v1),
-            ("PUT", f"{V2}/send_leave/{{roomId}}/{{eventId}}", self.send_leave_v2),
-            ("GET", f"{V1}/make_knock/{{roomId}}/{{userId}}", self.make_knock),
-            ("PUT", f"{V1}/send_knock/{{roomId}}/{{eventId}}", self.send_knock),
-            ("PUT", f"{V1}/invite/{{roomId}}/{{eventId}}", self.invite_v1),
-            ("PUT", f"{V2}/invite/{{roomId}}/{{eventId}}", self.invite_v2),
+            get("/make_join/{roomId}/{userId}", self.make_join, FEDERATION),
+            put("/send_join/{roomId}/{eventId}", self.send_join_v1, FEDERATION),
+            put("/send_join/{roomId}/{eventId}", self.send_join_v2, FEDERATION, versions=V2),
+            get("/make_leave/{roomId}/{userId}", self.make_leave, FEDERATION),
+            put("/send_leave/{roomId}/{eventId}", self.send_leave_v1, FEDERATION),
+            put("/send_leave/{roomId}/{eventId}", self.send_leave_v2, FEDERATION, versions=V2),
+            get("/make_knock/{roomId}/{userId}", self.make_knock, FEDERATION),
+            put("/send_knock/{roomId}/{eventId}", self.send_knock, FEDERATION),
+            put("/invite/{roomId}/{eventId}", self.invite_v1, FEDERATION),
+            put("/invite/{roomId}/{eventId}", self.invite_v2, FEDERATION, versions=V2),
         ]
 
     # --- joins ------------------------------------------------------------------------------

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from starling.api.federation.auth import authenticate_origin, federation_body
-from starling.api.federation.routes import Route
+from starling.api.federation.auth import federation_body
 from starling.api.http import json_response
 from starling.directory.service import DirectoryService
 from starling.errors import bad_json, invalid_param
 
-PATH = "/_matrix/federation/v1/publicRooms"
 MAX_SEARCH_TERM_LENGTH = 1000
 
 
@@ -27,13 +25,9 @@ class PublicRoomsApi:
     def __init__(self, directory: DirectoryService) -> None:
         self._directory = directory
 
-    def routes(self) -> list[Route]:
-        return [("GET", PATH, self.get_public_rooms), ("POST", PATH, self.post_public_rooms)]
-
     async def get_public_rooms(self, request: web.Request) -> web.Response:
         """GET /_matrix/federation/v1/publicRooms
         (spec: server-server-api/#get_matrixfederationv1publicrooms)."""
-        await authenticate_origin(request)
         raw = request.query.get("limit")
         try:
             limit = _limit(int(raw)) if raw is not None else None
@@ -47,7 +41,6 @@ class PublicRoomsApi:
     async def post_public_rooms(self, request: web.Request) -> web.Response:
         """POST /_matrix/federation/v1/publicRooms
         (spec: server-server-api/#post_matrixfederationv1publicrooms)."""
-        await authenticate_origin(request)
         body = federation_body(request)
         since = body.get("since")
         if since is not None and not isinstance(since, str):

@@ -1,8 +1,46 @@
-"""A federation route: (method, path, handler). Each area's API class lists its routes;
-`starling.api.federation.register` adds them to a listener's application."""
+"""The Server-Server API's route tables: what we serve to other homeservers and how each
+endpoint is guarded (see `starling.api.routing`).
+
+Add an endpoint by appending a `Route` to the table it belongs to: a federation endpoint
+is `Auth.FEDERATION` (the guard checks the request's X-Matrix signature, and the handler
+reads the origin server with `routing.origin(request)`), unless the spec makes it
+public (GET /version, the key server's endpoints), which are `Auth.NONE`. Versions other
+than the table's default (v2 of send_join, invite, ...) go in the route's `versions`.
+An area with many endpoints may hand its rows over from a `routes()` method (as
+`membership.FederationMembershipApi` does) for the table to splice in.
+"""
 
 from __future__ import annotations
 
-from starling.api.http import Handler
+from starling.api.federation import version
+from starling.api.federation.keys import KeysApi
+from starling.api.federation.public_rooms import PublicRoomsApi
+from starling.api.routing import Auth, Route, RouteTable, get, post
+from starling.api.services import Services
 
-Route = tuple[str, str, Handler]
+FEDERATION = Auth.FEDERATION
+NONE = Auth.NONE
+
+
+def federation_table(services: Services) -> RouteTable:
+    """Every /_matrix/federation endpoint (paths under v1 unless marked)."""
+    public_rooms = PublicRoomsApi(services.directory)
+    routes: list[Route] = [
+        get("/version", version.version, NONE),
+        get("/publicRooms", public_rooms.get_public_rooms, FEDERATION),
+        post("/publicRooms", public_rooms.post_public_rooms, FEDERATION),
+    ]
+    return RouteTable("federation", "/_matrix/federation/{version}", ("v1",), routes)
+
+
+def keys_table(services: Services) -> RouteTable:
+    """The key server: this server's signing keys, and notary queries (under v2)."""
+    keys = KeysApi(services.federation.key_server)
+    routes: list[Route] = [
+        get("/server", keys.server_keys, NONE),
+        # The deprecated form naming a key ID: the same answer (Synapse serves it too).
+        get("/server/{key_id}", keys.server_keys, NONE),
+        get("/query/{server_name}", keys.query_one, NONE),
+        post("/query", keys.query_many, NONE),
+    ]
+    return RouteTable("keys", "/_matrix/key/{version}", ("v2",), routes)

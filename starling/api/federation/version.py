@@ -5,14 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from starling import __version__
-from starling.api.federation.routes import Route
 from starling.api.http import json_response
 
 
 async def version(request: web.Request) -> web.Response:
     """GET /_matrix/federation/v1/version — implementation name and version."""
     return json_response({"server": {"name": "Starling", "version": __version__}})
-
-
-def routes() -> list[Route]:
-    return [("GET", "/_matrix/federation/v1/version", version)]

@@ -1,0 +1,209 @@
+"""The Client-Server API's route table: every endpoint we serve under /_matrix/client and
+how it is guarded (see `starling.api.routing`).
+
+Guests (spec: modules/guest_access.md) may call the endpoints the spec opens to them —
+reading rooms they may see, joining, leaving and sending, their display name and devices,
+whoami and the E2EE key endpoints — and, like Synapse, what clients need to run at all
+(filters, capabilities, push rules, logout, TURN credentials); `guests=True` marks them.
+"""
+
+from __future__ import annotations
+
+from starling.api.client.account_data import AccountDataRoutes
+from starling.api.client.accounts import AccountRoutes
+from starling.api.client.capabilities import CapabilityRoutes
+from starling.api.client.directory import DirectoryRoutes
+from starling.api.client.filters import FilterRoutes
+from starling.api.client.hierarchy import HierarchyRoutes
+from starling.api.client.key_backup import KeyBackupRoutes
+from starling.api.client.keys import KeyRoutes
+from starling.api.client.presence import PresenceRoutes
+from starling.api.client.profile import ProfileRoutes
+from starling.api.client.pushrules import PushRuleRoutes
+from starling.api.client.receipts import ReceiptRoutes
+from starling.api.client.relations import RelationRoutes
+from starling.api.client.room_reads import RoomReadRoutes
+from starling.api.client.rooms import RoomRoutes
+from starling.api.client.search import SearchRoutes
+from starling.api.client.sync import SyncRoutes
+from starling.api.client.to_device import ToDeviceRoutes
+from starling.api.client.typing import TypingRoutes
+from starling.api.client.user_directory import UserDirectoryRoutes
+from starling.api.client.voip import VoipRoutes
+from starling.api.routing import Auth, RateClass, Route, RouteTable, delete, get, post, put
+from starling.api.services import Services
+
+PREFIX = "/_matrix/client/{version}"
+V1 = ("v1",)
+V3_R0 = ("v3", "r0")
+NONE = Auth.NONE
+OPTIONAL = Auth.OPTIONAL
+
+
+def client_table(svc: Services) -> RouteTable:
+    """Every Client-Server endpoint; paths are under /_matrix/client/v3 unless marked."""
+    accounts = AccountRoutes(svc)
+    rooms = RoomRoutes(svc)
+    reads = RoomReadRoutes(svc)
+    sync = SyncRoutes(svc)
+    filters = FilterRoutes(svc)
+    keys = KeyRoutes(svc)
+    to_device = ToDeviceRoutes(svc)
+    backup = KeyBackupRoutes(svc)
+    typing = TypingRoutes(svc)
+    receipts = ReceiptRoutes(svc)
+    presence = PresenceRoutes(svc)
+    profile = ProfileRoutes(svc)
+    account_data = AccountDataRoutes(svc)
+    directory = DirectoryRoutes(svc)
+    capabilities = CapabilityRoutes(svc)
+    push = PushRuleRoutes(svc)
+    relations = RelationRoutes(svc)
+    voip = VoipRoutes(svc)
+    user_directory = UserDirectoryRoutes(svc)
+    search = SearchRoutes(svc)
+    hierarchy = HierarchyRoutes(svc)
+    routes: list[Route] = [
+        # Accounts: registration, login, tokens, account management, devices
+        post("/register", accounts.register, NONE),
+        get("/register/available", accounts.register_available, NONE),
+        get(
+            "/register/m.login.registration_token/validity",
+            accounts.token_validity,
+            NONE,
+            versions=V1,
+        ),
+        get("/login", accounts.login_flows, NONE),
+        post("/login", accounts.login, NONE),
+        post("/refresh", accounts.refresh, NONE),
+        post("/logout", accounts.logout, guests=True),
+        post("/logout/all", accounts.logout_all),
+        get("/account/whoami", accounts.whoami, guests=True),
+        get("/account/3pid", accounts.threepids),
+        post("/account/password", accounts.change_password),
+        post("/account/deactivate", accounts.deactivate),
+        get("/devices", accounts.list_devices, guests=True),
+        get("/devices/{deviceId}", accounts.get_device, guests=True),
+        put("/devices/{deviceId}", accounts.update_device, guests=True),
+        delete("/devices/{deviceId}", accounts.delete_device),
+        post("/delete_devices", accounts.delete_devices),
+        # Rooms: creating, membership, sending
+        post("/createRoom", rooms.create_room),
+        post("/join/{roomIdOrAlias}", rooms.join),
+        post("/rooms/{roomId}/join", rooms.join, guests=True),
+        post("/knock/{roomIdOrAlias}", rooms.knock),
+        post("/rooms/{roomId}/leave", rooms.leave, guests=True),
+        post("/rooms/{roomId}/forget", rooms.forget),
+        post("/rooms/{roomId}/invite", rooms.invite),
+        post("/rooms/{roomId}/kick", rooms.kick),
+        post("/rooms/{roomId}/ban", rooms.ban),
+        post("/rooms/{roomId}/unban", rooms.unban),
+        get("/joined_rooms", rooms.joined_rooms),
+        post("/rooms/{roomId}/upgrade", rooms.upgrade),
+        put(
+            "/rooms/{roomId}/send/{eventType}/{txnId}",
+            rooms.send,
+            guests=True,
+            rate_limit=RateClass.MESSAGE,
+        ),
+        put("/rooms/{roomId}/state/{eventType}", rooms.put_state, guests=True),
+        put("/rooms/{roomId}/state/{eventType}/{stateKey:.*}", rooms.put_state, guests=True),
+        put("/rooms/{roomId}/redact/{eventId}/{txnId}", rooms.redact),
+        # Reading rooms
+        get("/rooms/{roomId}/event/{eventId}", reads.event, guests=True),
+        get("/rooms/{roomId}/state", reads.state, guests=True),
+        get("/rooms/{roomId}/state/{eventType}", reads.state_event, guests=True),
+        get("/rooms/{roomId}/state/{eventType}/{stateKey:.*}", reads.state_event, guests=True),
+        get("/rooms/{roomId}/members", reads.members, guests=True),
+        get("/rooms/{roomId}/joined_members", reads.joined_members),
+        get("/rooms/{roomId}/messages", reads.messages, guests=True),
+        get("/rooms/{roomId}/context/{eventId}", reads.context, guests=True),
+        get("/rooms/{roomId}/relations/{eventId}", relations.relations, versions=V1),
+        get("/rooms/{roomId}/relations/{eventId}/{relType}", relations.relations, versions=V1),
+        get(
+            "/rooms/{roomId}/relations/{eventId}/{relType}/{eventType}",
+            relations.relations,
+            versions=V1,
+        ),
+        get("/rooms/{roomId}/threads", relations.threads, versions=V1),
+        get("/rooms/{roomId}/hierarchy", hierarchy.hierarchy, versions=V1),
+        # Sync and filters
+        get("/sync", sync.sync, guests=True),
+        post("/user/{userId}/filter", filters.create, guests=True),
+        get("/user/{userId}/filter/{filterId}", filters.get, guests=True),
+        # End-to-end encryption: keys, cross-signing, to-device, key backup
+        post("/keys/upload", keys.upload, guests=True),
+        post("/keys/query", keys.query, guests=True),
+        post("/keys/claim", keys.claim, guests=True),
+        get("/keys/changes", keys.changes),
+        post("/keys/device_signing/upload", keys.upload_signing_keys),
+        post("/keys/signatures/upload", keys.upload_signatures),
+        put("/sendToDevice/{eventType}/{txnId}", to_device.send, guests=True),
+        post("/room_keys/version", backup.create_version),
+        get("/room_keys/version", backup.get_version),
+        get("/room_keys/version/{version}", backup.get_version),
+        put("/room_keys/version/{version}", backup.update_version),
+        delete("/room_keys/version/{version}", backup.delete_version),
+        *(
+            route
+            for suffix in ("", "/{roomId}", "/{roomId}/{sessionId}")
+            for route in (
+                put(f"/room_keys/keys{suffix}", backup.put_keys),
+                get(f"/room_keys/keys{suffix}", backup.get_keys),
+                delete(f"/room_keys/keys{suffix}", backup.delete_keys),
+            )
+        ),
+        # Around the room: typing, receipts, presence, profiles, account data, tags
+        put("/rooms/{roomId}/typing/{userId}", typing.put_typing),
+        post("/rooms/{roomId}/receipt/{receiptType}/{eventId}", receipts.post_receipt),
+        post("/rooms/{roomId}/read_markers", receipts.post_read_markers),
+        put("/presence/{userId}/status", presence.put_status),
+        get("/presence/{userId}/status", presence.get_status),
+        get("/profile/{userId}", profile.get_profile, OPTIONAL, guests=True),
+        get("/profile/{userId}/{keyName}", profile.get_field, OPTIONAL, guests=True),
+        put("/profile/{userId}/{keyName:displayname}", profile.put_field, guests=True),
+        put("/profile/{userId}/{keyName}", profile.put_field),
+        delete("/profile/{userId}/{keyName:displayname}", profile.delete_field, guests=True),
+        delete("/profile/{userId}/{keyName}", profile.delete_field),
+        put("/user/{userId}/account_data/{type}", account_data.put_global),
+        get("/user/{userId}/account_data/{type}", account_data.get_global),
+        put("/user/{userId}/rooms/{roomId}/account_data/{type}", account_data.put_room),
+        get("/user/{userId}/rooms/{roomId}/account_data/{type}", account_data.get_room),
+        get("/user/{userId}/rooms/{roomId}/tags", account_data.get_tags),
+        put("/user/{userId}/rooms/{roomId}/tags/{tag}", account_data.put_tag),
+        delete("/user/{userId}/rooms/{roomId}/tags/{tag}", account_data.delete_tag),
+        # Room aliases and the room directory
+        put("/directory/room/{roomAlias}", directory.put_alias),
+        get("/directory/room/{roomAlias}", directory.get_alias, NONE),
+        delete("/directory/room/{roomAlias}", directory.delete_alias),
+        get("/rooms/{roomId}/aliases", directory.room_aliases),
+        get("/directory/list/room/{roomId}", directory.get_visibility, NONE),
+        put("/directory/list/room/{roomId}", directory.put_visibility),
+        get("/publicRooms", directory.get_public_rooms, OPTIONAL),
+        post("/publicRooms", directory.post_public_rooms),
+        # Discovery: user directory, server-side search
+        post("/user_directory/search", user_directory.search, versions=V3_R0),
+        post("/search", search.search, versions=V3_R0),
+        # Capabilities, push rules and pushers
+        get("/capabilities", capabilities.get_capabilities, guests=True),
+        get("/pushrules/", push.get_all, guests=True),
+        get("/pushrules/global/", push.get_global, guests=True),
+        get("/pushrules/global/{kind}/{ruleId}", push.get_rule, guests=True),
+        put("/pushrules/global/{kind}/{ruleId}", push.put_rule),
+        delete("/pushrules/global/{kind}/{ruleId}", push.delete_rule),
+        get("/pushrules/global/{kind}/{ruleId}/enabled", push.get_enabled, guests=True),
+        put("/pushrules/global/{kind}/{ruleId}/enabled", push.put_enabled),
+        get("/pushrules/global/{kind}/{ruleId}/actions", push.get_actions, guests=True),
+        put("/pushrules/global/{kind}/{ruleId}/actions", push.put_actions),
+        get("/pushers", push.get_pushers),
+        post("/pushers/set", push.set_pusher),
+        # VoIP and third-party networks
+        get("/voip/turnServer", voip.turn_server, guests=True),
+        get("/thirdparty/protocols", voip.protocols),
+        get("/thirdparty/protocol/{protocol}", voip.unknown_protocol),
+        get("/thirdparty/location/{protocol}", voip.unknown_protocol),
+        get("/thirdparty/user/{protocol}", voip.unknown_protocol),
+        get("/thirdparty/location", voip.unknown_protocol),
+        get("/thirdparty/user", voip.unknown_protocol),
+    ]
+    return RouteTable("client", PREFIX, ("v3",), routes)
