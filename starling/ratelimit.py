@@ -83,3 +83,12 @@ class RateLimits:
         request larger than the burst takes the whole bucket, so it can still pass."""
         limit = self._config.rc_to_device
         self._buckets.take("to_device", sender, limit, float(min(messages, limit.burst_count)))
+
+    async def check_redaction(self, user_id: str, *, own: bool) -> None:
+        """A redaction: of one's own event it is a message; of someone else's (a room
+        moderator's) it spends `rc_admin_redaction` when that is set (Synapse's rule)."""
+        admin = self._config.rc_admin_redaction
+        if own or admin is None:
+            self._buckets.take("message", user_id, self._config.rc_message)
+        else:
+            self._buckets.take("admin_redaction", user_id, admin)

@@ -272,14 +272,19 @@ class RoomRoutes:
             device_id=requester.device_id,
             txn_id=txn_id,
             redacts=target_id,
-            check=self._redaction_check(room_id, requester.user_id, target_id),
+            check=self._redaction_check(room_id, requester.user_id, target_id, rate_limited=True),
         )
         return json_response({"event_id": event.event_id})
 
-    def _redaction_check(self, room_id: str, sender: str, target_id: str | None) -> Any:
+    def _redaction_check(
+        self, room_id: str, sender: str, target_id: str | None, *, rate_limited: bool = False
+    ) -> Any:
         """Under the room lock: the target must be an event of this room, and redacting
-        someone else's event needs the redact power level (spec: "Redactions")."""
+        someone else's event needs the redact power level (spec: "Redactions").
+        `rate_limited`: spend `rc_message` for one's own event, `rc_admin_redaction`
+        (when set) for someone else's, as Synapse does."""
         store = self.svc.event_store
+        rate_limits = self.svc.rate_limits
 
         async def check(state: Mapping[StateKey, Event], rv: RoomVersion) -> None:
             if target_id is None:
@@ -287,6 +292,8 @@ class RoomRoutes:
             found = await store.get_event(target_id)
             if found is None or found[0].room_id != room_id:
                 raise MatrixError(404, "M_NOT_FOUND", "No such event in this room")
+            if rate_limited:
+                await rate_limits.check_redaction(sender, own=found[0].sender == sender)
             if found[0].sender == sender:
                 return
             levels = PowerLevels.from_state(
