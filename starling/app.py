@@ -23,6 +23,7 @@ from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.accounts.uia import UserInteractiveAuth
 from starling.api.admin.registration import admin_table
 from starling.api.client.routes import client_table
+from starling.api.connection_guard import ConnectionLimits, GuardedAppRunner, PeerCounter
 from starling.api.discovery import DiscoveryResource, register_metrics
 from starling.api.federation.auth import (
     FEDERATION_AUTH,
@@ -489,6 +490,7 @@ class Homeserver:
     services: Services
     runners: list[web.AppRunner] = field(default_factory=list)
     bound: list[str] = field(default_factory=list)
+    peers: PeerCounter = field(default_factory=PeerCounter)  # open connections per address
 
     @classmethod
     async def start(cls, config: Config) -> Homeserver:
@@ -511,7 +513,7 @@ class Homeserver:
                 )
                 continue
             app = build_listener_app(self.services, listener)
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+            runner = self._runner(app, listener)
             await runner.setup()
             self.runners.append(runner)
             ssl_context = tls_context(self.config) if listener.tls else None
@@ -523,6 +525,23 @@ class Homeserver:
                 host = f"[{addr}]" if ":" in addr else addr
                 scheme = "https" if ssl_context else "http"
                 self.bound.append(f"{scheme}://{host}:{listener.port}")
+
+    def _runner(self, app: web.Application, listener: Listener) -> web.AppRunner:
+        """The listener's runner, with the slow-client deadlines and the per-address
+        connection cap (not behind a proxy: there every connection is the proxy's)."""
+        limits = self.config.http_limits
+        return GuardedAppRunner(
+            app,
+            ConnectionLimits(
+                header_timeout=limits.header_timeout,
+                body_timeout=limits.body_timeout,
+                keepalive_timeout=limits.keepalive_timeout,
+                max_connections_per_ip=limits.max_connections_per_ip,
+            ),
+            None if listener.x_forwarded else self.peers,
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+        )
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), close the database."""

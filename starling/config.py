@@ -173,6 +173,16 @@ DEFAULT_IP_RANGE_BLACKLIST = [
 
 
 @dataclass
+class HttpLimits:
+    """Time-outs and caps at the HTTP edge against slow and abusive clients (seconds)."""
+
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    keepalive_timeout: float = 60.0
+    max_connections_per_ip: int = 1000  # 0: no cap
+
+
+@dataclass
 class PresenceConfig:
     enabled: bool = True
 
@@ -222,6 +232,7 @@ class Config:
     max_upload_size: str | int = "50M"
     # Largest accepted JSON request body, in bytes (media uploads have max_upload_size).
     max_request_body_size: int = 1024 * 1024
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_config: str | None = None
 
@@ -456,6 +467,14 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
         target[parts[-1]] = value
 
 
+def _check_http_limits(limits: HttpLimits) -> None:
+    for name in ("header_timeout", "body_timeout", "keepalive_timeout"):
+        if not 0 < getattr(limits, name) <= 3600:
+            raise ConfigError(f"http_limits.{name}: must be between 0 and 3600 seconds")
+    if limits.max_connections_per_ip < 0:
+        raise ConfigError("http_limits.max_connections_per_ip: must be 0 (no cap) or more")
+
+
 def _check_semantics(cfg: Config) -> None:
     from starling.protocol.identifiers import is_valid_server_name
 
@@ -479,6 +498,7 @@ def _check_semantics(cfg: Config) -> None:
         raise ConfigError(f"turn_user_lifetime: {e}") from None
     _check_media(cfg)
     _check_federation(cfg)
+    _check_http_limits(cfg.http_limits)
     if cfg.max_request_body_size < 1024:
         raise ConfigError("max_request_body_size: must be at least 1024 bytes")
     if not cfg.listeners:
