@@ -93,6 +93,9 @@ from starling.user_directory.service import UserDirectoryService
 
 logger = logging.getLogger(__name__)
 
+# Largest request body on a listener serving federation: a full transaction, with room.
+FEDERATION_MAX_REQUEST_BODY = 16 * 1024 * 1024
+
 # How long in-flight requests may run on after SIGTERM before they are cut.
 SHUTDOWN_GRACE_SECONDS = 3.0
 
@@ -449,8 +452,12 @@ def build_media(config: Config, db: Database) -> MediaService:
 def build_listener_app(services: Services, listener: Listener) -> web.Application:
     """The aiohttp application serving one listener's resources."""
     config = services.config
-    app = make_web_app(config.max_request_body_size, x_forwarded=listener.x_forwarded)
     names = {n for r in listener.resources for n in r.names}
+    max_body = config.max_request_body_size
+    if "federation" in names:
+        # A transaction may carry 50 PDUs and 100 EDUs of up to 64 KiB each.
+        max_body = max(max_body, FEDERATION_MAX_REQUEST_BODY)
+    app = make_web_app(max_body, x_forwarded=listener.x_forwarded)
     if listener.type == "metrics":
         register_metrics(app)
         return app

@@ -34,6 +34,7 @@ import orjson
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
+from starling import __version__
 from starling.config import Config
 from starling.federation.discovery import (
     WELL_KNOWN_MAX_BYTES,
@@ -216,6 +217,7 @@ class FederationClient:
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
+                headers={"User-Agent": f"Starling/{__version__}"},
                 trust_env=False,
                 max_line_size=16 * 1024,
                 max_field_size=16 * 1024,
@@ -239,6 +241,8 @@ class FederationClient:
             allow_redirects=True,
             max_redirects=WELL_KNOWN_MAX_REDIRECTS,
         ) as resp:
+            if resp.url.scheme != "https":  # redirected off HTTPS: not trusted
+                return WellKnownResponse(status=400, body=b"", cache_control=None)
             try:
                 body = await _read_bounded(resp, WELL_KNOWN_MAX_BYTES)
             except _TooLarge:

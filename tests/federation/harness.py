@@ -381,6 +381,7 @@ def _generate(
     pki: TestPKI,
     database_arg: str,
     extra_config: dict[str, Any],
+    verify_certificates: bool,
 ) -> None:
     generated = subprocess.run(
         [
@@ -409,12 +410,15 @@ def _generate(
         stdin=subprocess.DEVNULL,
     )
     assert generated.returncode == 0, generated.stderr
-    appended = {
+    appended: dict[str, Any] = {
         "federation_verify_certificates": False,
         "ip_range_blacklist": [],
         "trusted_key_servers": [],
-        **extra_config,
     }
+    if verify_certificates:
+        appended["federation_verify_certificates"] = True
+        appended["federation_custom_ca_list"] = [str(pki.ca_cert)]
+    appended.update(extra_config)
     with open(server.config_path, "a", encoding="utf-8") as f:
         f.write("\n" + yaml.safe_dump(appended, sort_keys=False))
 
@@ -427,9 +431,12 @@ async def federation_servers(
     engine: str = "sqlite",
     proxy: Sequence[bool] | bool = False,
     extra_config: dict[str, Any] | None = None,
+    verify_certificates: bool = False,
 ) -> AsyncIterator[list[FederatedServer]]:
     """Start `count` servers (SQLite or PostgreSQL, a fresh database each), yield them,
-    stop them all (SIGTERM) and drop their databases."""
+    stop them all (SIGTERM) and drop their databases. `verify_certificates` makes them
+    verify each other's certificates against the test CA (instead of the external
+    harness's `federation_verify_certificates: false`)."""
     pki = make_test_pki(tmp_path / "pki")
     proxies = [proxy] * count if isinstance(proxy, bool) else list(proxy)
     async with AsyncExitStack() as stack:
@@ -454,7 +461,9 @@ async def federation_servers(
                 await forwarder.start()
                 stack.push_async_callback(forwarder.stop)
             database_arg = "sqlite" if engine == "sqlite" else url
-            await asyncio.to_thread(_generate, server, pki, database_arg, extra_config or {})
+            await asyncio.to_thread(
+                _generate, server, pki, database_arg, extra_config or {}, verify_certificates
+            )
             stack.push_async_callback(server.close)
             stack.push_async_callback(asyncio.to_thread, server.stop)
             servers.append(server)

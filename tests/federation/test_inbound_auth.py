@@ -139,6 +139,9 @@ async def test_authentication(hs: Harness, fed: TestClient) -> None:
         "M_NOT_JSON",
     )
     assert seen == [REMOTE, REMOTE, REMOTE]  # failures call no hook
+    # A federation listener takes bodies the size of a full transaction (client: 1 MiB).
+    big = {"limit": 1, "padding": "x" * (3 * 1024 * 1024)}
+    assert (await call(fed, "POST", PUBLIC_ROOMS, key=key, body=big))[0] == 200
 
 
 async def test_version_and_key_endpoints(hs: Harness, fed: TestClient) -> None:
