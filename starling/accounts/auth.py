@@ -30,6 +30,10 @@ class Requester:
     is_guest: bool = False
 
 
+# Tokens we issue are ~44 characters; configured (appservice) ones are bounded by this too.
+MAX_TOKEN_LENGTH = 1024
+
+
 class RequestAuthenticator:
     def __init__(self, store: AccountStore) -> None:
         self._store = store
@@ -37,6 +41,8 @@ class RequestAuthenticator:
 
     async def requester_for_token(self, token: str) -> Requester:
         """The requester owning `token`; M_UNKNOWN_TOKEN (401) if none or expired."""
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise unknown_token()  # longer than any token this server issues
         now = time.monotonic()
         hit = self._cache.get(token)
         owner: TokenSession | None

@@ -19,7 +19,8 @@ Owns the per-connection deadlines and the per-address connection cap of every li
 
 aiohttp has no header or body read time-outs, so these live in a subclass of its
 `RequestHandler` (the asyncio protocol of one HTTP/1 connection), created by
-`GuardedAppRunner`. It relies on two internals of aiohttp 3.x: `_messages` (requests whose
+`GuardedAppRunner`; it is a `MatrixRequestHandler` (http_server.py: request-line and header
+limits answered as Matrix errors). It relies on two internals of aiohttp 3.x: `_messages` (requests whose
 headers are parsed, waiting to be served) and the `Server.__call__` protocol factory;
 tests/api/test_connection_guard.py fails if either changes.
 """
@@ -37,6 +38,7 @@ from aiohttp import web
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
+from starling.api.http_server import HANDLER_ARGS, MatrixRequestHandler
 from starling.errors import MatrixError
 
 logger = logging.getLogger("starling.http")
@@ -98,7 +100,7 @@ class PeerCounter:
         return self._open[host]
 
 
-class GuardedRequestHandler(RequestHandler):
+class GuardedRequestHandler(MatrixRequestHandler):
     """aiohttp's HTTP/1 connection protocol with header and body deadlines and the
     per-address cap."""
 
@@ -247,7 +249,9 @@ class GuardedAppRunner(web.AppRunner):
         peers: PeerCounter | None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(app, keepalive_timeout=limits.keepalive_timeout, **kwargs)
+        super().__init__(
+            app, keepalive_timeout=limits.keepalive_timeout, **{**HANDLER_ARGS, **kwargs}
+        )
         self._guard_limits = limits
         self._guard_peers = peers
 

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import BaseRunner, TestClient, TestServer
 
+from starling.api.http_server import MatrixAppRunner
 from starling.api.services import Services
 from starling.app import build_listener_app, build_services
 from starling.config import Config, Listener, ListenerResource, load_config_dict
@@ -95,6 +96,13 @@ class Harness:
         return event_id
 
 
+class MatrixTestServer(TestServer):
+    """aiohttp's TestServer on the runner `starling serve` uses (its limits and errors)."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return MatrixAppRunner(self.app, **kwargs)
+
+
 def make_test_config(tmp_path: Path, **overrides: Any) -> Config:
     data: dict[str, Any] = {
         "server_name": SERVER_NAME,
@@ -124,7 +132,7 @@ async def make_harness(
     listener = Listener(port=0, resources=[ListenerResource(names=["client", "media"])])
     app = build_listener_app(services, listener)
     try:
-        async with TestClient(TestServer(app)) as client:
+        async with TestClient(MatrixTestServer(app)) as client:
             yield Harness(services, client)
     finally:
         await federation.close()
