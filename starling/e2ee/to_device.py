@@ -8,9 +8,10 @@ it carried, so the next /sync acknowledges exactly that and not the rest (and mo
 stream on, so that no later response shares its token).
 
 Floods: each sending user is limited by `rc_to_device` (counted per recipient device), and
-a request with a message for a device whose inbox holds `MAX_INBOX` messages is refused
-as a whole with 429 `M_LIMIT_EXCEEDED` - the sender learns and may retry; nothing is
-silently dropped.
+a request with a message for a device that holds `MAX_PENDING_PER_SENDER` messages from
+this sender, or `MAX_INBOX` in all, is refused as a whole with 429 `M_LIMIT_EXCEEDED` -
+the sender learns and may retry; nothing is silently dropped, and one flooding sender
+does not shut out the others.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from starling.errors import MatrixError, bad_json, invalid_param
 from starling.protocol.canonical_json import CanonicalJsonError, encode_canonical_json
 from starling.protocol.identifiers import is_valid_user_id
 from starling.ratelimit import RateLimits
-from starling.storage.database import Database
+from starling.storage.database import Database, Transaction
 from starling.storage.streams import StreamIdGenerator
 from starling.storage.to_device import ToDeviceStore
 
@@ -37,9 +38,12 @@ MAX_PER_SYNC = 100
 # Most recipient devices in one request (after expanding "*"), and the largest content.
 MAX_RECIPIENTS = 10_000
 MAX_CONTENT_BYTES = 64 * 1024
-# A device that never syncs must not grow its inbox without bound: past this many
-# pending messages, a request with a message for it is refused (429), never dropped.
-MAX_INBOX = 10_000
+# A device that never syncs must not grow its inbox without bound, nor may one sender
+# fill it for everyone: past this many pending messages from one sender, or in all, a
+# request with a message for it is refused (429), never dropped. The total is far above
+# what a dead device collects from its owner's contacts in years of key sharing.
+MAX_PENDING_PER_SENDER = 5_000
+MAX_INBOX = 100_000
 # How long a sender refused for a full inbox is asked to wait: the recipient has to
 # sync first, which nobody can predict.
 FULL_INBOX_RETRY_MS = 30_000
@@ -57,6 +61,16 @@ class RemoteToDeviceSender(Protocol):
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _inbox_full(message: str) -> MatrixError:
+    return MatrixError(
+        429,
+        "M_LIMIT_EXCEEDED",
+        message,
+        headers={"Retry-After": str(FULL_INBOX_RETRY_MS // 1000)},
+        retry_after_ms=FULL_INBOX_RETRY_MS,
+    )
 
 
 class ToDeviceService:
@@ -82,6 +96,7 @@ class ToDeviceService:
         self._rate_limits = rate_limits
         self._last_prune = 0
         self.max_inbox = MAX_INBOX
+        self.max_pending_per_sender = MAX_PENDING_PER_SENDER
 
     def current_position(self) -> int:
         return self._stream.current_position()
@@ -132,28 +147,9 @@ class ToDeviceService:
                 self._last_prune = now
                 await self._store.prune_txns(txn, now - TXN_ID_LIFETIME_MS)
             if rows:
-                sizes = await self._store.inbox_sizes(txn, [(u, d) for u, d, _ in rows])
-                full = sorted(k for k, n in sizes.items() if n >= self.max_inbox)
-                if full:
-                    # Refused as a whole (the transaction, and so the claimed txn ID,
-                    # rolls back): the client retries later, nothing is lost unseen.
-                    logger.info(
-                        "refusing %s from %s: %d recipient inboxes full (first: %s %s)",
-                        event_type,
-                        sender,
-                        len(full),
-                        *full[0],
-                    )
-                    raise MatrixError(
-                        429,
-                        "M_LIMIT_EXCEEDED",
-                        f"The to-device inbox of {full[0][0]}'s device {full[0][1]} is full",
-                        headers={"Retry-After": str(FULL_INBOX_RETRY_MS // 1000)},
-                        retry_after_ms=FULL_INBOX_RETRY_MS,
-                    )
-            if rows:
+                await self._refuse_if_full(txn, sender, event_type, [(u, d) for u, d, _ in rows])
                 stream_id = await self._stream.next_id(txn)
-                await self._store.add_messages(txn, stream_id, rows)
+                await self._store.add_messages(txn, stream_id, rows, sender)
                 recipients = {u for u, _, _ in rows}
                 txn.call_after_commit(lambda: self._notify(recipients))
         for server, by_user in remote.items():
@@ -161,6 +157,33 @@ class ToDeviceService:
                 logger.info("to-device %s for %s not sent: no federation", event_type, server)
                 continue
             await self.remote.send(sender, event_type, server, by_user)
+
+    async def _refuse_if_full(
+        self, txn: Transaction, sender: str, event_type: str, recipients: list[tuple[str, str]]
+    ) -> None:
+        """429 for the whole request (the transaction, and so the claimed txn ID, rolls
+        back) when a recipient's inbox is full, or holds as many messages from this
+        sender as one sender may have waiting: the client retries later; nothing is
+        lost unseen."""
+        from_sender = await self._store.pending_from(txn, sender, recipients)
+        flooded = sorted(k for k, n in from_sender.items() if n >= self.max_pending_per_sender)
+        if flooded:
+            user_id, device_id = flooded[0]
+            raise _inbox_full(
+                f"{user_id}'s device {device_id} has {self.max_pending_per_sender} messages"
+                " from you waiting; retry once it has read them"
+            )
+        sizes = await self._store.inbox_sizes(txn, recipients)
+        full = sorted(k for k, n in sizes.items() if n >= self.max_inbox)
+        if full:
+            logger.info(
+                "refusing %s from %s: %d recipient inboxes full (first: %s %s)",
+                event_type,
+                sender,
+                len(full),
+                *full[0],
+            )
+            raise _inbox_full(f"The to-device inbox of {full[0][0]}'s device {full[0][1]} is full")
 
     def _encode(self, sender: str, event_type: str, content: dict[str, Any]) -> str:
         try:

@@ -69,13 +69,34 @@ class ToDeviceStore:
         return {(r[0], r[1]): int(r[2]) for r in rows if (r[0], r[1]) in wanted}
 
     @staticmethod
-    async def add_messages(txn: Transaction, stream_id: int, rows: Sequence[InboxRow]) -> None:
+    async def pending_from(
+        txn: Transaction, sender: str, recipients: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], int]:
+        """Pending messages from `sender` per (user, device), for the recipients that
+        have any."""
+        if not recipients:
+            return {}
+        sql = txn.sql
+        users = sorted({u for u, _ in recipients})
+        rows = await txn.fetch_all(
+            "SELECT user_id, device_id, COUNT(*) FROM to_device_inbox"
+            f" WHERE sender = ? AND {sql.in_array('user_id')} GROUP BY user_id, device_id",
+            sender,
+            sql.array(users),
+        )
+        wanted = set(recipients)
+        return {(r[0], r[1]): int(r[2]) for r in rows if (r[0], r[1]) in wanted}
+
+    @staticmethod
+    async def add_messages(
+        txn: Transaction, stream_id: int, rows: Sequence[InboxRow], sender: str = ""
+    ) -> None:
         if not rows:
             return
         await txn.executemany(
-            "INSERT INTO to_device_inbox (user_id, device_id, stream_id, message_json)"
-            " VALUES (?, ?, ?, ?)",
-            [(u, d, stream_id, m) for u, d, m in rows],
+            "INSERT INTO to_device_inbox (user_id, device_id, stream_id, message_json, sender)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(u, d, stream_id, m, sender) for u, d, m in rows],
         )
 
     async def acknowledge(self, user_id: str, device_id: str, token_position: int) -> int:

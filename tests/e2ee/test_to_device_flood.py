@@ -50,18 +50,28 @@ class TestRateLimit:
 
 async def test_a_full_inbox_refuses_instead_of_dropping(hs: Harness) -> None:
     service = hs.services.e2ee.to_device
-    service.max_inbox = 3
+    service.max_pending_per_sender = 2
+    service.max_inbox = 4
     alice = await new_device(hs, "alice")
+    carol = await new_device(hs, "carol")
+    dave = await new_device(hs, "dave")
     bob = await new_device(hs, "bob")
-    for i in range(3):
-        assert (await send(hs, alice, f"f{i}", {bob.user_id: {"DEV": {"i": i}}}))[0] == 200
-    status, body = await send(hs, alice, "f3", {bob.user_id: {"DEV": {"i": 3}}})
+    for i in range(2):
+        assert (await send(hs, alice, f"a{i}", {bob.user_id: {"DEV": {"i": i}}}))[0] == 200
+    # Alice has as many messages waiting for bob's device as one sender may: refused.
+    status, body = await send(hs, alice, "a2", {bob.user_id: {"DEV": {"i": 2}}})
     assert _limited(status, body), body
-    # The refused request was not recorded as served: the same transaction ID is retried
-    # once bob has read his inbox, and then delivered.
+    # Others still reach bob, until his inbox is full.
+    for i in range(2):
+        assert (await send(hs, carol, f"c{i}", {bob.user_id: {"DEV": {"i": 10 + i}}}))[0] == 200
+    status, body = await send(hs, dave, "d0", {bob.user_id: {"DEV": {"i": 20}}})
+    assert _limited(status, body), body
+    # The refused requests were not recorded as served: the same transaction IDs are
+    # retried once bob has read his inbox, and then delivered.
     events, token = await sync(hs, bob, None)
-    assert [e["content"]["i"] for e in events] == [0, 1, 2]
+    assert [e["content"]["i"] for e in events] == [0, 1, 10, 11]
     await sync(hs, bob, token)  # acknowledges them
-    assert (await send(hs, alice, "f3", {bob.user_id: {"DEV": {"i": 3}}}))[0] == 200
+    assert (await send(hs, alice, "a2", {bob.user_id: {"DEV": {"i": 2}}}))[0] == 200
+    assert (await send(hs, dave, "d0", {bob.user_id: {"DEV": {"i": 20}}}))[0] == 200
     events, _ = await sync(hs, bob, token)
-    assert [e["content"]["i"] for e in events] == [3]
+    assert [e["content"]["i"] for e in events] == [2, 20]
