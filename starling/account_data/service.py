@@ -11,13 +11,12 @@ data; `get_ignored_users` reads it (cached) for the sync service to filter event
 
 from __future__ import annotations
 
-import asyncio
-import weakref
 from typing import Any
 
 import orjson
 
 from starling.errors import MatrixError, bad_json, invalid_param, too_large
+from starling.locks import KeyedLock
 from starling.notifier import Notifier
 from starling.protocol.identifiers import is_valid_user_id
 from starling.receipts.sections import add_global_events, add_room_events, section_matcher
@@ -61,7 +60,7 @@ class AccountDataService:
         self._store = store
         self._notifier = notifier
         self._ignored: dict[str, frozenset[str]] = {}
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._locks: KeyedLock[str] = KeyedLock()
 
     def current_position(self) -> int:
         return self._store.stream.current_position()
@@ -155,11 +154,7 @@ class AccountDataService:
     async def _modify_tags(self, user_id: str, room_id: str, modify: Any) -> None:
         # One writer per user in this process, so two tag edits never lose each other's
         # change (the row may not exist yet, so a row lock alone would not do).
-        lock = self._locks.get(user_id)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[user_id] = lock
-        async with lock:
+        async with self._locks(user_id):
             position, _ = await self._store.modify(user_id, room_id, TAGS, modify)
         if position is not None:
             self._notifier.notify(users=[user_id])

@@ -19,13 +19,14 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from starling.config import Config, parse_duration, parse_size
 from starling.errors import MatrixError, forbidden, invalid_param, not_found, too_large
+from starling.locks import KeyedLock
 from starling.media import thumbnailer
 from starling.media.filestore import ContentTooLarge, FileStore, StagedFile
 from starling.media.preview import UrlPreviewer
@@ -75,27 +76,6 @@ class RemoteMediaFetcher(Protocol):
     ) -> RemoteMedia | None:
         """The media, or None when the origin does not have it."""
         ...
-
-
-class KeyedLocks:
-    """One asyncio lock per key, forgotten when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[Any, tuple[asyncio.Lock, int]] = {}
-
-    @asynccontextmanager
-    async def __call__(self, key: Any) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 def check_media_id(media_id: str) -> None:
@@ -150,9 +130,9 @@ class MediaService:
             (parse_duration(q.time_period), parse_size(q.max_size))
             for q in config.media_upload_limits
         ]
-        self._hash_locks = KeyedLocks()
-        self._thumb_locks = KeyedLocks()
-        self._remote_locks = KeyedLocks()
+        self._hash_locks: KeyedLock[str] = KeyedLock()
+        self._thumb_locks: KeyedLock[tuple[str, str, int, int, str, bool]] = KeyedLock()
+        self._remote_locks: KeyedLock[tuple[str, str]] = KeyedLock()
         self._uploaded = asyncio.Condition()
         self._buckets = TokenBuckets()
         self._image_jobs = asyncio.Semaphore(max(1, os.cpu_count() or 1))

@@ -16,13 +16,12 @@ ones, not those at the time of each event.
 
 from __future__ import annotations
 
-import asyncio
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from starling.account_data.service import AccountDataService
+from starling.locks import KeyedLock
 from starling.protocol import push_rules as pr
 from starling.protocol.event import Event
 from starling.protocol.power_levels import PowerLevels
@@ -63,7 +62,7 @@ class PushRulesService:
         self._profiles = profiles
         self._room_events = room_events
         self._compiled: OrderedDict[str, pr.PushRuleSet] = OrderedDict()
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._locks: KeyedLock[str] = KeyedLock()
 
     # --- the ruleset -----------------------------------------------------------------
 
@@ -110,11 +109,7 @@ class PushRulesService:
         await self._modify(user_id, lambda rs: pr.set_actions(rs, kind, rule_id, actions))
 
     async def _modify(self, user_id: str, change: Callable[[pr.Ruleset], pr.Ruleset]) -> None:
-        lock = self._locks.get(user_id)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[user_id] = lock
-        async with lock:
+        async with self._locks(user_id):
             new = change(await self.get_ruleset(user_id))
             try:
                 await self._account_data.set_account_data(user_id, None, PUSH_RULES, {SCOPE: new})
