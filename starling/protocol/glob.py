@@ -163,7 +163,18 @@ def _ends_word(value: str, j: int) -> bool:
     return j == len(value) or not _is_word(value[j]) or (j > 0 and not _is_word(value[j - 1]))
 
 
-@lru_cache(maxsize=4096)
+# Patterns longer than this are compiled afresh each time rather than cached, so that the
+# cache's memory stays small whatever patterns users store.
+MAX_CACHED_PATTERN = 512
+
+
 def compile_glob(pattern: str, *, question_mark: bool = True, ignore_case: bool = False) -> Glob:
-    """A cached compiled pattern (patterns repeat: push rules, filters)."""
+    """A compiled pattern, cached when short (patterns repeat: push rules, filters)."""
+    if len(pattern) > MAX_CACHED_PATTERN:
+        return Glob(pattern, question_mark=question_mark, ignore_case=ignore_case)
+    return _cached_glob(pattern, question_mark, ignore_case)
+
+
+@lru_cache(maxsize=4096)
+def _cached_glob(pattern: str, question_mark: bool, ignore_case: bool) -> Glob:
     return Glob(pattern, question_mark=question_mark, ignore_case=ignore_case)
