@@ -323,7 +323,8 @@ class FederationClient:
     ) -> tuple[int, bytes]:
         url = URL.build(
             scheme="https",
-            host=target.host,
+            # With encoded=True yarl takes the host as written: an IPv6 one needs brackets.
+            host=f"[{target.host}]" if ":" in target.host else target.host,
             port=target.port,
             path=path,
             query_string=query_string,

@@ -51,6 +51,9 @@ WELL_KNOWN_FAILURE_BACKOFF = 2 * 60.0
 WELL_KNOWN_MAX_BACKOFF = 3600.0
 # A .well-known/matrix/server body is a few dozen bytes; refuse anything large.
 WELL_KNOWN_MAX_BYTES = 50 * 1024
+# Hostnames whose well-known answer is remembered; past this the expired entries, then
+# the oldest, are forgotten (a flood of names must not grow memory without bound).
+WELL_KNOWN_CACHE_SIZE = 10_000
 
 
 class DiscoveryError(Exception):
@@ -274,17 +277,28 @@ class ServerResolver:
             failures = (previous.failures if previous else 0) + 1
             backoff = min(WELL_KNOWN_FAILURE_BACKOFF * 2 ** (failures - 1), WELL_KNOWN_MAX_BACKOFF)
             logger.info("well-known of %s unreachable (%s); retry in %ds", hostname, e, backoff)
-            self._well_known[hostname] = _CacheEntry(None, now + backoff, failures)
+            self._remember(hostname, _CacheEntry(None, now + backoff, failures))
             return None
         if response.status != 200:
-            self._well_known[hostname] = _CacheEntry(None, now + WELL_KNOWN_INVALID_CACHE)
+            self._remember(hostname, _CacheEntry(None, now + WELL_KNOWN_INVALID_CACHE))
             return None
         try:
             delegated = parse_well_known(response.body)
         except DiscoveryError as e:
             logger.info("well-known of %s is invalid: %s", hostname, e)
-            self._well_known[hostname] = _CacheEntry(None, now + WELL_KNOWN_INVALID_CACHE)
+            self._remember(hostname, _CacheEntry(None, now + WELL_KNOWN_INVALID_CACHE))
             return None
         period = well_known_cache_period(response.cache_control)
-        self._well_known[hostname] = _CacheEntry(delegated, now + period)
+        self._remember(hostname, _CacheEntry(delegated, now + period))
         return delegated
+
+    def _remember(self, hostname: str, entry: _CacheEntry) -> None:
+        cache = self._well_known
+        cache.pop(hostname, None)
+        cache[hostname] = entry
+        if len(cache) > WELL_KNOWN_CACHE_SIZE:
+            now = self._clock()
+            for name in [n for n, e in cache.items() if e.expires <= now]:
+                del cache[name]
+            while len(cache) > WELL_KNOWN_CACHE_SIZE:
+                del cache[next(iter(cache))]

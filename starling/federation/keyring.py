@@ -21,6 +21,7 @@ queries from the cache.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -64,6 +65,9 @@ MAX_KEY_VALIDITY_MS = 7 * 24 * 3600 * 1000
 # we wanted (limits the load a sender of bogus key IDs can make us cause).
 REFETCH_INTERVAL = 10.0
 KEY_FETCH_TIMEOUT = 15.0
+# Servers whose keys (and last fetch time) are held in memory; past this the oldest are
+# forgotten (they are still in the database).
+MEMORY_CACHE_SERVERS = 10_000
 KEY_QUERY_PATH = "/_matrix/key/v2/query"
 KEY_SERVER_PATH = "/_matrix/key/v2/server"
 
@@ -252,6 +256,7 @@ class Keyring:
                 for k in await self._store.get_keys(server_name)
             }
             self._cache[server_name] = keys
+            _trim(self._cache)
         cached = keys.get(key_id)
         if cached is not None and cached.valid_until_ts >= at_ts:
             return cached.verify_key
@@ -264,6 +269,7 @@ class Keyring:
             if last is not None and self._monotonic() - last < REFETCH_INTERVAL:
                 return
             self._last_fetch[server_name] = self._monotonic()
+            _trim(self._last_fetch)
             task = asyncio.create_task(self._fetch_keys(server_name, key_id, at_ts))
             self._in_flight[server_name] = task
             task.add_done_callback(lambda _t: self._in_flight.pop(server_name, None))
@@ -347,6 +353,7 @@ class Keyring:
             last = self._last_fetch.get(server_name)
             if last is None or self._monotonic() - last >= REFETCH_INTERVAL:
                 self._last_fetch[server_name] = self._monotonic()
+                _trim(self._last_fetch)
                 try:
                     response = await self._client.get_json(
                         server_name, KEY_SERVER_PATH, timeout=KEY_FETCH_TIMEOUT
@@ -364,6 +371,14 @@ class Keyring:
             if isinstance(value, dict):
                 out.append(value)
         return out[:1] if out else []
+
+
+def _trim(cache: dict[str, Any]) -> None:
+    """Forget the oldest entries of a per-server dict grown past MEMORY_CACHE_SERVERS."""
+    excess = len(cache) - MEMORY_CACHE_SERVERS
+    if excess > 0:
+        for name in list(itertools.islice(cache, excess)):
+            del cache[name]
 
 
 class KeyServer:

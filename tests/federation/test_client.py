@@ -102,6 +102,23 @@ async def test_signed_requests_verify_at_the_destination(tmp_path: Path) -> None
     assert put["method"] == "PUT" and post["method"] == "POST"
 
 
+async def test_ipv6_literal_destination(tmp_path: Path) -> None:
+    pki = pki_for(tmp_path)
+    key = SigningKey.generate()
+    recorder = Recorder(key, [])
+    async with tls_app(recording_app(recorder), pki, host="::1") as port:
+        client = make_client(
+            tmp_path, key, ip_range_blacklist=[], federation_custom_ca_list=[str(pki.ca_cert)]
+        )
+        try:
+            # The certificate names ::1 as an IP address: checked, without SNI.
+            assert (await client.get_json(f"[::1]:{port}", "/_matrix/x", {"a": "b"}))["ok"]
+        finally:
+            await client.close()
+    (seen,) = recorder.seen
+    assert seen["host"] == f"[::1]:{port}" and seen["raw_path"] == "/_matrix/x?a=b"
+
+
 async def test_certificate_verification(tmp_path: Path) -> None:
     pki = pki_for(tmp_path, ("localhost",))
     key = SigningKey.generate()

@@ -298,3 +298,14 @@ async def test_well_known_refused_on_a_blacklisted_address(tmp_path: Path) -> No
         finally:
             await client.close()
     assert hits == []
+
+
+async def test_well_known_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import starling.federation.discovery as discovery
+
+    monkeypatch.setattr(discovery, "WELL_KNOWN_CACHE_SIZE", 5)
+    r, *_ = resolver()
+    for i in range(20):
+        await r.resolve(f"host{i}.test")
+    assert len(r._well_known) == 5
+    assert list(r._well_known) == [f"host{i}.test" for i in range(15, 20)]

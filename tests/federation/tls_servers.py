@@ -21,13 +21,15 @@ def pki_for(tmp_path: Path, hostnames: tuple[str, ...] = ("localhost", "example.
 
 
 @asynccontextmanager
-async def tls_app(app: web.Application, pki: TestPKI) -> AsyncIterator[int]:
-    """Serve `app` over TLS on 127.0.0.1; yields the port."""
+async def tls_app(
+    app: web.Application, pki: TestPKI, host: str = "127.0.0.1"
+) -> AsyncIterator[int]:
+    """Serve `app` over TLS on `host` (127.0.0.1 or ::1); yields the port."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(str(pki.cert), str(pki.key))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    site = web.TCPSite(runner, host, 0, ssl_context=context)
     await site.start()
     server = site._server
     assert server is not None
