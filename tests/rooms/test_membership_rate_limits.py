@@ -4,10 +4,15 @@ of a member is not a join, and the invites of createRoom are not limited."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
+from starling.errors import MatrixError
+from starling.protocol.event import Event
+from starling.ratelimit import RateLimits
+from starling.rooms.membership import MembershipService
 from tests.support.harness import Harness
 
 V3 = "/_matrix/client/v3"
@@ -131,3 +136,40 @@ class TestInvitesPerRoom:
         assert (await _invite(hs, otok, room, targets[0]))[0] == 200
         assert (await _invite(hs, otok, room, targets[1]))[0] == 200
         assert _limited(*await _invite(hs, otok, room, targets[2]))
+
+
+class TestRemoteJoins:
+    @pytest.fixture
+    def hs_config(self) -> dict[str, Any]:
+        return {"rc_joins": {"local": _FAST, "remote": _TWO}, "rc_joins_per_room": _FAST}
+
+    async def test_joins_over_federation_spend_the_remote_limit(self, hs: Harness) -> None:
+        joined: list[str] = []
+
+        async def remote_join(
+            room_id: str, user_id: str, via: Sequence[str], content: dict[str, Any]
+        ) -> Event:
+            joined.append(room_id)
+            raise MatrixError(404, "M_NOT_FOUND", "no federation in this test")
+
+        async def no_profile(user_id: str) -> dict[str, Any]:
+            return {}
+
+        svc = hs.services
+        membership = MembershipService(
+            svc.room_events,
+            svc.membership_store,
+            no_profile,
+            remote_join,
+            server_name=hs.server_name,
+            rate_limits=RateLimits(svc.config),
+        )
+        user, _ = await hs.register()
+        for n in range(2):
+            with pytest.raises(MatrixError) as refused:
+                await membership.join(f"!r{n}:elsewhere.example", user, via=["elsewhere.example"])
+            assert refused.value.errcode == "M_NOT_FOUND"
+        with pytest.raises(MatrixError) as limited:
+            await membership.join("!r2:elsewhere.example", user, via=["elsewhere.example"])
+        assert limited.value.errcode == "M_LIMIT_EXCEEDED"
+        assert joined == ["!r0:elsewhere.example", "!r1:elsewhere.example"]
