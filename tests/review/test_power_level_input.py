@@ -43,11 +43,9 @@ async def test_create_room_with_bad_power_level_override(
 
 @pytest.mark.parametrize("change", NOT_INTEGERS + MALFORMED)
 async def test_put_power_levels_with_bad_values(hs: Harness, change: dict[str, Any]) -> None:
-    user, tok = await hs.register()
+    _, tok = await hs.register()
     room = await hs.create_room(tok)
-    status, current = await hs.request(
-        "GET", f"{V3}/rooms/{room}/state/m.room.power_levels/", tok
-    )
+    status, current = await hs.request("GET", f"{V3}/rooms/{room}/state/m.room.power_levels/", tok)
     assert status == 200
     status, resp = await hs.request(
         "PUT", f"{V3}/rooms/{room}/state/m.room.power_levels/", tok, {**current, **change}
