@@ -94,7 +94,7 @@ class EventVerifier(Protocol):
 
 
 class InviteStore(Protocol):
-    async def store_remote_membership(self, event: Event) -> int: ...
+    async def store(self, event: Event) -> int: ...
 
 
 ServerAllowed = Callable[[str, str], Awaitable[bool]]
@@ -321,15 +321,19 @@ class ResidentMembership:
         except Exception as e:  # SignatureVerifyError, or the keys could not be fetched
             raise forbidden(f"The invite's signature does not verify: {e}") from None
         signed = self._builder.countersign(event)
-        if not await self._we_are_in(room_id):
+        if await self._we_are_in(room_id):
+            # The room's DAG is here: take the invite in now, through the receipt checks,
+            # rather than when the inviting server's transaction brings it.
+            problem = await self._receiver.on_send_pdu(origin, dict(signed.pdu))
+            if problem is not None:
+                logger.info("invite %s from %s: %s", signed.event_id, origin, problem)
+        else:
             stripped = stripped_state(invite_room_state)
             stored = dict(signed.pdu)
             unsigned = dict(stored.get("unsigned") or {})
             unsigned["invite_room_state"] = stripped
             stored["unsigned"] = unsigned
-            await self._invites.store_remote_membership(
-                Event(stored, signed.event_id, room_version)
-            )
+            await self._invites.store(Event(stored, signed.event_id, room_version))
         return signed
 
     # --- helpers ----------------------------------------------------------------------------

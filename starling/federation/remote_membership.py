@@ -16,18 +16,24 @@ cannot grant the join is skipped; a refusal (403, or 400 the client should see) 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import quote
 
 from starling.errors import MatrixError, forbidden
 from starling.federation.errors import FederationError, FederationUnreachable
-from starling.federation.membership import parse_pdu, pdu_for_federation, stripped_state
+from starling.federation.membership import (
+    STRIPPED_STATE_TYPES,
+    parse_pdu,
+    pdu_for_federation,
+    stripped_state,
+)
 from starling.federation.sender.hosts import server_of
-from starling.protocol.event import Event
+from starling.protocol.event import Event, StateKey
 from starling.protocol.restricted_joins import AUTHORISER_KEY
 from starling.protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion, get_room_version
 from starling.rooms.builder import EventBuilder
+from starling.storage.memberships import Membership
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +74,27 @@ class EventVerifier(Protocol):
 
 
 class RemoteMembershipStore(Protocol):
-    async def store_remote_membership(self, event: Event) -> int: ...
+    async def store(self, event: Event) -> int: ...
+
+
+class MembershipReader(Protocol):
+    async def get_membership(self, room_id: str, user_id: str) -> Membership | None: ...
+
+
+class EventReader(Protocol):
+    async def get_events(
+        self, event_ids: Iterable[str], allow_rejected: bool = False
+    ) -> Mapping[str, Event]: ...
+
+
+class CurrentState(Protocol):
+    async def get_current_state_ids(self, room_id: str) -> Mapping[StateKey, str]: ...
+
+
+def room_id_server(room_id: str) -> str | None:
+    """The server named in a room ID (room versions 1-11); None for v12 room IDs."""
+    _, sep, server = room_id.partition(":")
+    return server if sep and server else None
 
 
 class RemoteMembership:
@@ -81,6 +107,9 @@ class RemoteMembership:
         joins: JoinResponseProcessor,
         verifier: EventVerifier,
         store: RemoteMembershipStore,
+        memberships: MembershipReader,
+        events: EventReader,
+        state: CurrentState,
     ) -> None:
         self._server_name = server_name
         self._builder = builder
@@ -88,6 +117,66 @@ class RemoteMembership:
         self._joins = joins
         self._verifier = verifier
         self._store = store
+        self._memberships = memberships
+        self._events = events
+        self._state = state
+
+    # --- what the client API calls ----------------------------------------------------------
+
+    async def join_room(
+        self, room_id: str, user_id: str, via: Sequence[str], content: dict[str, Any]
+    ) -> Event:
+        """Join a room this server is not in: through the given servers, then whoever
+        invited the user, then the server named in the room ID."""
+        return await self.join(
+            room_id, user_id, await self._candidates(room_id, user_id, via), content
+        )
+
+    async def knock_room(
+        self, room_id: str, user_id: str, via: Sequence[str], content: dict[str, Any]
+    ) -> Event:
+        return await self.knock(
+            room_id, user_id, await self._candidates(room_id, user_id, via), content
+        )
+
+    async def leave_room(self, room_id: str, user_id: str, content: dict[str, Any]) -> Event:
+        """Reject an invite to (or retract a knock on) a room this server is not in."""
+        return await self.leave(
+            room_id, user_id, await self._candidates(room_id, user_id, ()), content
+        )
+
+    async def countersigned_invite(self, event: Event) -> Event:
+        """Our invite of another server's user, signed by that server (invite v2), with
+        the room's stripped state for the invitee."""
+        return await self.invite(event, await self._invite_room_state(event))
+
+    async def _candidates(self, room_id: str, user_id: str, via: Sequence[str]) -> list[str]:
+        servers = list(via)
+        current = await self._memberships.get_membership(room_id, user_id)
+        if current is not None:
+            found = await self._events.get_events([current.event_id], allow_rejected=True)
+            event = found.get(current.event_id)
+            if event is not None:
+                servers.append(server_of(event.sender))
+                carried = event.unsigned.get("knock_room_state")
+                if isinstance(carried, list):
+                    servers.extend(
+                        server_of(e["sender"])
+                        for e in carried
+                        if isinstance(e, dict) and isinstance(e.get("sender"), str)
+                    )
+        named = room_id_server(room_id)
+        if named is not None:
+            servers.append(named)
+        return _unique(s for s in servers if s and s != self._server_name)
+
+    async def _invite_room_state(self, event: Event) -> list[dict[str, Any]]:
+        state_ids = await self._state.get_current_state_ids(event.room_id)
+        keys: list[StateKey] = [(t, "") for t in STRIPPED_STATE_TYPES]
+        keys.append(("m.room.member", event.sender))
+        wanted = [state_ids[k] for k in keys if k in state_ids]
+        found = await self._events.get_events(wanted)
+        return [pdu_for_federation(found[e]) for e in wanted if e in found]
 
     # --- joins, knocks, leaves --------------------------------------------------------------
 
@@ -142,7 +231,7 @@ class RemoteMembership:
             stored = dict(event.pdu)
             stored["unsigned"] = {"knock_room_state": stripped_state(state)}
             knock = Event(stored, event.event_id, room_version)
-            await self._store.store_remote_membership(knock)
+            await self._store.store(knock)
             return knock
 
         return await self._try(candidates, attempt)
@@ -160,7 +249,7 @@ class RemoteMembership:
                 pdu_for_federation(event),
                 timeout=HANDSHAKE_TIMEOUT,
             )
-            await self._store.store_remote_membership(event)
+            await self._store.store(event)
             return event
 
         return await self._try(candidates, attempt)

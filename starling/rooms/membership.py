@@ -11,14 +11,17 @@ Every way a client changes a membership ends here: the /join, /invite, ... endpo
 a raw `PUT /rooms/{roomId}/state/m.room.member/{userId}` (`set_membership`), so the state
 endpoint can never skip a rule the dedicated endpoints apply.
 
-Joining a room this server is not in needs federation (make_join/send_join), which the
-federation layer provides through `remote_join`; without it such joins are M_NOT_FOUND.
+Rooms this server is not in are reached over federation through `remote`
+(`starling.federation.remote_membership`): joining and knocking through a resident server
+(make_join/send_join, make_knock/send_knock), rejecting an invite or retracting a knock
+(make_leave/send_leave), and inviting another server's user (invite v2, signed by that
+server before the invite is persisted). Without it such requests are M_NOT_FOUND.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from starling.errors import MatrixError, bad_json, forbidden
 from starling.protocol.event import Event, StateKey
@@ -34,7 +37,23 @@ from starling.rooms.event_service import RoomEventService
 from starling.storage.memberships import MembershipStore
 
 ProfileLookup = Callable[[str], Awaitable[dict[str, Any]]]
-RemoteJoin = Callable[[str, str, Sequence[str], dict[str, Any]], Awaitable[Event]]
+
+
+class RemoteRooms(Protocol):
+    """Membership changes in rooms this server is not in, made through other servers."""
+
+    async def join_room(
+        self, room_id: str, user_id: str, via: Sequence[str], content: dict[str, Any]
+    ) -> Event: ...
+
+    async def knock_room(
+        self, room_id: str, user_id: str, via: Sequence[str], content: dict[str, Any]
+    ) -> Event: ...
+
+    async def leave_room(self, room_id: str, user_id: str, content: dict[str, Any]) -> Event: ...
+
+    async def countersigned_invite(self, event: Event) -> Event: ...
+
 
 MAX_REASON_LENGTH = 1024
 MEMBERSHIPS = ("join", "leave", "invite", "ban", "knock")
@@ -64,7 +83,7 @@ class MembershipService:
         events: RoomEventService,
         memberships: MembershipStore,
         profile_lookup: ProfileLookup,
-        remote_join: RemoteJoin | None = None,
+        remote: RemoteRooms | None = None,
         *,
         server_name: str,
         rate_limits: RateLimits | None = None,
@@ -72,12 +91,30 @@ class MembershipService:
         self._events = events
         self._memberships = memberships
         self._profile = profile_lookup
-        self._remote_join = remote_join
+        self._remote = remote
         self._server_name = server_name
         self._rate_limits = rate_limits
 
+    def use_remote(self, remote: RemoteRooms) -> None:
+        """Reach rooms this server is not in through other servers (set once, at start)."""
+        self._remote = remote
+
     async def _room_known(self, room_id: str) -> bool:
         return bool(await self._events.current_state_ids(room_id))
+
+    async def _reach_through_others(self, room_id: str) -> list[str] | None:
+        """None when this server can act in the room itself; else the other servers in
+        it (empty if unknown): the room is not known here, or none of our users is joined
+        any more while other servers' users are (our copy of its state may be stale)."""
+        if self._remote is None:
+            return None
+        if not await self._room_known(room_id):
+            return []
+        joined = await self._memberships.get_joined_users(room_id)
+        servers = {u.partition(":")[2] for u in joined}
+        if not joined or self._server_name in servers:
+            return None
+        return sorted(servers)
 
     async def set_membership(
         self,
@@ -137,13 +174,14 @@ class MembershipService:
         new_content = _reason(
             {**(await self._profile(user_id)), **given, "membership": "join"}, reason
         )
+        others = await self._reach_through_others(room_id)
+        if others is not None and self._remote is not None:
+            if guest:  # the room's guest_access cannot be checked before joining
+                raise _guest_forbidden()
+            if self._rate_limits is not None:
+                await self._rate_limits.check_join(user_id, room_id, local=False)
+            return await self._remote.join_room(room_id, user_id, [*via, *others], new_content)
         if not await self._room_known(room_id):
-            if self._remote_join is not None:
-                if guest:  # the room's guest_access cannot be checked before joining
-                    raise _guest_forbidden()
-                if self._rate_limits is not None:
-                    await self._rate_limits.check_join(user_id, room_id, local=False)
-                return await self._remote_join(room_id, user_id, via, new_content)
             raise MatrixError(404, "M_NOT_FOUND", f"No known room {room_id}")
         state = await self._events.current_state_events(
             room_id, [*_JOIN_KEYS, ("m.room.member", user_id)]
@@ -193,6 +231,15 @@ class MembershipService:
 
     async def leave(self, room_id: str, user_id: str, reason: str | None = None) -> Event | None:
         if not await self._room_known(room_id):
+            current = await self._memberships.get_membership(room_id, user_id)
+            if (
+                self._remote is not None
+                and current is not None
+                and current.membership in ("invite", "knock")
+            ):
+                # An invite from, or a knock through, another server: tell it.
+                content = _reason({"membership": "leave"}, reason)
+                return await self._remote.leave_room(room_id, user_id, content)
             raise MatrixError(404, "M_NOT_FOUND", f"No known room {room_id}")
         current = await self._memberships.get_membership(room_id, user_id)
         if current is None or current.membership in ("leave", "ban"):
@@ -269,11 +316,15 @@ class MembershipService:
         reason: str | None = None,
         *,
         content: dict[str, Any] | None = None,
+        via: Sequence[str] = (),
     ) -> Event:
-        if not await self._room_known(room_id):
-            raise MatrixError(404, "M_NOT_FOUND", f"No known room {room_id}")
         profile = await self._profile(user_id)
         content = _reason({**profile, **(content or {}), "membership": "knock"}, reason)
+        others = await self._reach_through_others(room_id)
+        if others is not None and self._remote is not None:
+            return await self._remote.knock_room(room_id, user_id, [*via, *others], content)
+        if not await self._room_known(room_id):
+            raise MatrixError(404, "M_NOT_FOUND", f"No known room {room_id}")
         return await self._events.send(room_id, user_id, "m.room.member", content, user_id)
 
     async def forget(self, room_id: str, user_id: str) -> None:

@@ -48,7 +48,7 @@ class InviteRecorder:
     def __init__(self) -> None:
         self.stored: list[Event] = []
 
-    async def store_remote_membership(self, event: Event) -> int:
+    async def store(self, event: Event) -> int:
         self.stored.append(event)
         return 1
 
@@ -433,3 +433,21 @@ async def test_invites_are_countersigned_only_for_local_users_from_their_inviter
     assert set(signed.pdu["signatures"]) == {REMOTE, setup.hs.server_name}
     (stored,) = setup.invites.stored
     assert stored.unsigned["invite_room_state"] == state
+
+
+async def test_an_invite_into_a_room_we_are_in_goes_through_the_receipt_checks(
+    setup: Setup,
+) -> None:
+    room, _ = await setup.room(preset="public_chat")
+    carol = f"@carol:{REMOTE}"
+    await setup.join_remote(room, carol)
+    bob, _ = await setup.hs.register("bob")
+    made = await setup.resident.make_membership(REMOTE, room, carol, "join", ["10", "11", "12"])
+    rv = get_room_version(made["room_version"])
+    template = {**made["event"], "state_key": bob, "content": {"membership": "invite"}}
+    invite = setup.remote_builder.adopt_template(template, rv)
+    signed = await setup.resident.receive_invite(REMOTE, room, invite.event_id, invite.pdu, rv, [])
+    ((origin, pdu),) = setup.receiver.pdus
+    assert origin == REMOTE and pdu == signed.pdu
+    assert set(pdu["signatures"]) == {REMOTE, setup.hs.server_name}
+    assert setup.invites.stored == []  # the DAG is here: no out-of-band copy

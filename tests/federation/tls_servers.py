@@ -31,7 +31,9 @@ async def tls_app(
     await runner.setup()
     site = web.TCPSite(runner, host, 0, ssl_context=context)
     await site.start()
-    port = int(runner.addresses[0][1])
+    server = site._server
+    assert server is not None
+    port = int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
     try:
         yield port
     finally:

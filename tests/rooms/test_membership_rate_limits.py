@@ -146,11 +146,25 @@ class TestRemoteJoins:
     async def test_joins_over_federation_spend_the_remote_limit(self, hs: Harness) -> None:
         joined: list[str] = []
 
-        async def remote_join(
-            room_id: str, user_id: str, via: Sequence[str], content: dict[str, Any]
-        ) -> Event:
-            joined.append(room_id)
-            raise MatrixError(404, "M_NOT_FOUND", "no federation in this test")
+        class NoFederation:
+            async def join_room(
+                self, room_id: str, user_id: str, via: Sequence[str], content: dict[str, Any]
+            ) -> Event:
+                joined.append(room_id)
+                raise MatrixError(404, "M_NOT_FOUND", "no federation in this test")
+
+            async def knock_room(
+                self, room_id: str, user_id: str, via: Sequence[str], content: dict[str, Any]
+            ) -> Event:
+                raise AssertionError("not knocking")
+
+            async def leave_room(
+                self, room_id: str, user_id: str, content: dict[str, Any]
+            ) -> Event:
+                raise AssertionError("not leaving")
+
+            async def countersigned_invite(self, event: Event) -> Event:
+                raise AssertionError("not inviting")
 
         async def no_profile(user_id: str) -> dict[str, Any]:
             return {}
@@ -160,7 +174,7 @@ class TestRemoteJoins:
             svc.room_events,
             svc.membership_store,
             no_profile,
-            remote_join,
+            NoFederation(),
             server_name=hs.server_name,
             rate_limits=RateLimits(svc.config),
         )

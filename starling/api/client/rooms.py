@@ -84,8 +84,11 @@ class RoomRoutes:
     async def knock(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request, allow_empty=True)
-        room_id, _ = await self._resolve_room(request.match_info["roomIdOrAlias"])
-        await self.svc.membership.knock(room_id, requester.user_id, body_str(body, "reason"))
+        room_id, servers = await self._resolve_room(request.match_info["roomIdOrAlias"])
+        via = request.query.getall("via", []) or request.query.getall("server_name", [])
+        await self.svc.membership.knock(
+            room_id, requester.user_id, body_str(body, "reason"), via=[*via, *servers]
+        )
         return json_response({"room_id": room_id})
 
     # POST /rooms/{roomId}/leave
