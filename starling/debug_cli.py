@@ -12,7 +12,11 @@ from typing import Any
 
 import orjson
 
-from starling.protocol.canonical_json import CanonicalJsonError, encode_canonical_json
+from starling.protocol.canonical_json import (
+    CanonicalJsonError,
+    encode_canonical_json,
+    parse_json_strict,
+)
 from starling.protocol.event import Event
 from starling.protocol.room_versions import (
     KNOWN_ROOM_VERSIONS,
@@ -80,8 +84,8 @@ def _print(value: Any) -> None:
 
 
 def cmd_canonical_json(args: argparse.Namespace) -> None:
-    value = _load_json(args.file)
     try:
+        value = parse_json_strict(_read(args.file))
         sys.stdout.buffer.write(encode_canonical_json(value) + b"\n")
     except CanonicalJsonError as e:
         raise BadInput(f"no canonical form: {e}") from None

@@ -45,7 +45,14 @@ def test_canonical_json_from_stdin(capsys: pytest.CaptureFixture[str]) -> None:
     assert out == '{"a":"\u00e9","b":1}\n'
 
 
-@pytest.mark.parametrize("text", [b'{"a": 1.5}', b"[9007199254740992]", b"{not json"])
+def test_canonical_json_of_the_spec_example(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["debug", "canonical-json"], capsys, b'{"a": -0, "b": 1e10}')
+    assert (code, out) == (0, '{"a":0,"b":10000000000}\n')
+
+
+@pytest.mark.parametrize(
+    "text", [b'{"a": 1.5}', b"[9007199254740992]", b"{not json", b"[1e-3]", b"[1e99999]"]
+)
 def test_canonical_json_refuses(capsys: pytest.CaptureFixture[str], text: bytes) -> None:
     code, out, err = run(["debug", "canonical-json"], capsys, text)
     assert code == 2 and out == "" and err.startswith("starling debug:")

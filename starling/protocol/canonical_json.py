@@ -17,6 +17,7 @@ NaN and infinity as null), so one type walk over the value remains, see `_check_
 from __future__ import annotations
 
 import contextlib
+import decimal
 import json
 from typing import Any
 
@@ -122,18 +123,41 @@ def _reject_constant(name: str) -> Any:
 
 
 def parse_json_strict(data: bytes | bytearray | memoryview | str) -> Any:
-    """Parse JSON text that must have a canonical form: no floats (1.5, 1e10, 1.0), no
+    """Parse JSON text that must have a canonical form: no fractions (1.5, 1e-3), no
     integers outside [-(2**53)+1, 2**53-1], no NaN/Infinity, valid UTF-8 without lone
-    surrogates. Duplicate keys are allowed (the last one wins). `-0` parses as 0.
+    surrogates. Duplicate keys are allowed (the last one wins).
+
+    Integral numbers however they are written (`-0`, `1e10`, `1.0`, `2E+3`) are integers,
+    as the spec's own canonical-JSON example has it (`{"a": -0, "b": 1e10}` encodes as
+    `{"a":0,"b":10000000000}`). Exact: the text is read again with decimals when it holds
+    such a number, so a fraction no float can tell from an integer is still refused.
 
     For room versions 6+ PDUs and for client request bodies. CanonicalJsonError otherwise.
     """
     value = _orjson_loads(data)
     try:
+        if _has_float(value):
+            text = data if isinstance(data, str) else bytes(data).decode("utf-8")
+            value = json.loads(text, parse_float=_integral_number, parse_constant=_reject_constant)
         _check_parsed(value)
     except RecursionError:
         raise CanonicalJsonError("JSON nested too deeply") from None
+    except ValueError as e:
+        if isinstance(e, CanonicalJsonError):
+            raise
+        raise CanonicalJsonError(f"invalid JSON: {e}") from None
     return value
+
+
+def _integral_number(text: str) -> int:
+    """A JSON number written with a fraction or exponent, as an integer if it is one."""
+    number = decimal.Decimal(text)
+    # Beyond 17 digits it is out of range anyway; never build a huge int from "1e999999".
+    if number.adjusted() > 16:
+        raise CanonicalJsonError(f"number {text[:40]} is outside the canonical JSON range")
+    if number != number.to_integral_value():
+        raise CanonicalJsonError("fractions are not allowed in canonical JSON")
+    return int(number)
 
 
 def parse_json_lenient(data: bytes | bytearray | memoryview | str) -> Any:
