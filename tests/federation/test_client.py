@@ -293,3 +293,35 @@ async def test_unreachable(tmp_path: Path) -> None:
             await client.get_json("unknown.test:1", "/_matrix/x")
     finally:
         await client.close()
+
+
+async def test_srv_delegation_sends_the_original_name_as_host_and_sni(tmp_path: Path) -> None:
+    from starling.federation.discovery import SrvRecord
+    from tests.federation.harness import free_port
+
+    # The certificate is for example.test only: the name the spec says to check.
+    pki = pki_for(tmp_path, ("example.test",))
+    key = SigningKey.generate()
+    recorder = Recorder(key, [])
+    async with tls_app(recording_app(recorder), pki) as port:
+        srv = TableSrvResolver(
+            {"_matrix-fed._tcp.example.test": [SrvRecord(10, 0, port, "box.internal.test")]}
+        )
+        client = FederationClient(
+            client_config(
+                tmp_path, ip_range_blacklist=[], federation_custom_ca_list=[str(pki.ca_cert)]
+            ),
+            key,
+            srv_resolver=srv,
+            host_resolver=TableHostResolver(
+                {"example.test": "127.0.0.1", "box.internal.test": "127.0.0.1"}
+            ),
+            well_known_port=free_port(),  # nothing there: no well-known
+        )
+        try:
+            assert (await client.get_json("example.test", "/_matrix/x"))["ok"]
+        finally:
+            await client.close()
+    (seen,) = recorder.seen
+    assert seen["host"] == "example.test"
+    assert seen["destination"] == "example.test"

@@ -124,3 +124,35 @@ def test_self_signed_certificate_serves_https(tmp_path: Path) -> None:
         out = proc.communicate(timeout=15)[0].decode()
     assert proc.returncode == 0, out
     assert f"listening on https://127.0.0.1:{port}" in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"ip_range_blacklist": ["nope"]}, "ip_range_blacklist[0]"),
+        ({"ip_range_whitelist": ["10.0.0.0/33"]}, "ip_range_whitelist[0]"),
+        ({"federation_domain_whitelist": ["bad name"]}, "federation_domain_whitelist[0]"),
+        ({"trusted_key_servers": [{"server_name": ""}]}, "trusted_key_servers[0].server_name"),
+        (
+            {"trusted_key_servers": [{"server_name": "n.test", "verify_keys": {"ed25519:a": "!"}}]},
+            "trusted_key_servers[0].verify_keys",
+        ),
+        ({"old_signing_keys": {"ed25519:a": {"key": "x"}}}, "old_signing_keys.ed25519:a"),
+        ({"key_refresh_interval": "1s"}, "key_refresh_interval"),
+        ({"rc_federation": {"concurrent": 0}}, "rc_federation"),
+    ],
+)
+def test_federation_config_is_validated(extra: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config_dict({"server_name": "a.test", **extra}, environ={})
+    assert message in str(e.value)
+
+
+def test_federation_config_defaults_are_synapses() -> None:
+    cfg = load_config_dict({"server_name": "a.test"}, environ={})
+    assert cfg.federation_verify_certificates is True
+    assert "127.0.0.0/8" in cfg.ip_range_blacklist and "10.0.0.0/8" in cfg.ip_range_blacklist
+    assert [t.server_name for t in cfg.trusted_key_servers] == ["matrix.org"]
+    assert cfg.federation_domain_whitelist is None
+    cfg = load_config_dict({"server_name": "a.test", "ip_range_blacklist": []}, environ={})
+    assert cfg.ip_range_blacklist == []

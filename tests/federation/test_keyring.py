@@ -266,3 +266,23 @@ async def test_own_server_and_key_server(database: Database) -> None:
     clock.mono += 100
     (cached,) = await server.query({REMOTE: clock.ms + 30 * DAY})
     verify_signed_json(cached, REMOTE, remote.key_id, remote.verify_key)
+
+
+async def test_notary_without_pinned_keys_is_checked_with_its_published_keys(
+    database: Database,
+) -> None:
+    client, clock = FakeClient(), Clock()
+    key, notary_key = SigningKey.generate("r1"), SigningKey.generate("n1")
+    client.answers[(NOTARY, "/_matrix/key/v2/server")] = build_server_keys(
+        NOTARY, [notary_key], NOW + DAY
+    )
+    client.answers[(NOTARY, "/_matrix/key/v2/query")] = {
+        "server_keys": [sign_json(remote_keys(key, NOW + DAY), NOTARY, notary_key)]
+    }
+    keyring = make_keyring(database, client, clock, [Notary(NOTARY, None)])
+    assert await keyring.get_verify_key(REMOTE, key.key_id, NOW) == key.verify_key
+    assert [c[:2] for c in client.calls] == [
+        (REMOTE, "/_matrix/key/v2/server"),
+        (NOTARY, "/_matrix/key/v2/query"),
+        (NOTARY, "/_matrix/key/v2/server"),
+    ]
