@@ -43,6 +43,13 @@ MAX_UPLOAD_NAME = 255
 MAX_CONTENT_TYPE = 255
 DEFAULT_TIMEOUT_MS = 20_000
 MAX_TIMEOUT_MS = 60_000
+MAX_DECODABLE_REMEMBERED = 10_000
+
+
+def _area(size: tuple[int, int]) -> int:
+    return size[0] * size[1]
+
+
 _CONTENT_TYPE = re.compile(r"[!-~][ -~]*")
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp"}
 
@@ -136,6 +143,8 @@ class MediaService:
         self._uploaded = asyncio.Condition()
         self._buckets = TokenBuckets()
         self._image_jobs = asyncio.Semaphore(max(1, os.cpu_count() or 1))
+        # Media whose pixels are known to decode (served as their own thumbnail).
+        self._decodable: set[tuple[str, str]] = set()
         self.previewer = UrlPreviewer(config, store, self._store_preview_image)
 
     def _now_ms(self) -> int:
@@ -436,17 +445,31 @@ class MediaService:
 
     # --- thumbnails ---------------------------------------------------------------
 
-    def _choose_box(self, width: int, height: int, method: str) -> tuple[int, int, str]:
-        """The configured thumbnail size that serves a request for width x height."""
+    def _choose_box(
+        self, width: int, height: int, method: str, image: thumbnailer.ImageInfo
+    ) -> tuple[int, int, str]:
+        """The thumbnail size that serves a request for width x height of `image`: the
+        smallest configured size at least as large as asked whose thumbnail is smaller
+        than the image; if none is, the requested size itself, made on the fly (a
+        thumbnail as large as the original would be no thumbnail at all)."""
         if self._config.dynamic_thumbnails or not self._config.thumbnail_sizes:
             return width, height, method
         sizes = [s for s in self._config.thumbnail_sizes if s.method == method]
         sizes = sizes or list(self._config.thumbnail_sizes)
-        covering = [s for s in sizes if s.width >= width and s.height >= height]
+        covering = [
+            s
+            for s in sizes
+            if s.width >= width
+            and s.height >= height
+            and _area(thumbnailer.output_size(image, s.width, s.height, s.method))
+            < image.width * image.height
+        ]
         if covering:
             best = min(covering, key=lambda s: (s.width * s.height, s.width))
-        else:
-            best = max(sizes, key=lambda s: (s.width * s.height, s.width))
+            return best.width, best.height, best.method
+        if any(s.width >= width and s.height >= height for s in sizes):
+            return width, height, method
+        best = max(sizes, key=lambda s: (s.width * s.height, s.width))
         return best.width, best.height, best.method
 
     async def _in_executor(self, fn: Callable[..., T], *args: Any) -> T:
@@ -487,10 +510,16 @@ class MediaService:
             and image.height <= height
             and (want_animated or not image.animated)
         ):
-            # Smaller than asked for: the original is the best thumbnail (spec).
+            # Smaller than asked for: the original is the best thumbnail (spec), once
+            # its pixels are known to decode (media never changes: checked once).
+            if (server_name, media_id) not in self._decodable:
+                await self._in_executor(thumbnailer.verify, original.path, self.max_image_pixels)
+                if len(self._decodable) >= MAX_DECODABLE_REMEMBERED:
+                    self._decodable.clear()
+                self._decodable.add((server_name, media_id))
             ext = _EXTENSIONS.get(image.content_type, "bin")
             return MediaFile(original.path, image.content_type, f"thumbnail.{ext}", original.length)
-        box_w, box_h, box_method = self._choose_box(width, height, method)
+        box_w, box_h, box_method = self._choose_box(width, height, method, image)
         key = (server_name, media_id, box_w, box_h, box_method, want_animated)
         thumb = await self._cached_thumbnail(*key)
         if thumb is None:

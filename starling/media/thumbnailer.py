@@ -111,6 +111,22 @@ def probe(path: Path, max_pixels: int) -> ImageInfo:
     return info
 
 
+def verify(path: Path, max_pixels: int) -> ImageInfo:
+    """Type and dimensions of an image whose pixels decode (every frame of an animation,
+    up to MAX_ANIMATED_FRAMES); the spec's 400 error if they do not. For serving an
+    original as its own thumbnail: a corrupt file must not pass as an image."""
+    im, info = _open(path, max_pixels)
+    try:
+        for index in range(min(getattr(im, "n_frames", 1), MAX_ANIMATED_FRAMES)):
+            im.seek(index)
+            im.load()
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        raise cannot_thumbnail() from None
+    finally:
+        im.close()
+    return info
+
+
 def scaled_size(width: int, height: int, box_w: int, box_h: int) -> tuple[int, int]:
     """The size of an image scaled to fit inside box_w x box_h, never enlarged."""
     if width <= box_w and height <= box_h:

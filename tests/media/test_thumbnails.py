@@ -247,3 +247,37 @@ async def test_huge_requested_size_is_clamped(hs: Harness) -> None:
     mxc = await upload(hs, token, png, "image/png")
     body, _, _ = await _thumb(hs, token, mxc, "width=99999999999&height=99999999999")
     assert body == png
+
+
+def _corrupt_pixels(data: bytes) -> bytes:
+    """A PNG whose header is fine and whose pixel data is garbage."""
+    start = data.index(b"IDAT") + 8
+    return data[:start] + bytes(b ^ 0x5A for b in data[start : start + 200]) + data[start + 200 :]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "width=32&height=32&method=crop",
+        "width=64&height=64&method=scale",
+        "width=1000&height=1000&method=scale",  # larger than the image: no resizing needed
+    ],
+)
+async def test_corrupt_image_is_an_error_not_a_broken_thumbnail(hs: Harness, query: str) -> None:
+    _, token = await hs.register()
+    data = _corrupt_pixels(image_bytes("PNG", (320, 240)))
+    mxc = await upload(hs, token, data, "image/png")
+    status, headers, body = await get(
+        hs, f"{V1}/thumbnail/{hs.server_name}/{media_id(mxc)}?{query}", token
+    )
+    assert status == 400 and b"M_UNKNOWN" in body, (status, headers, body[:100])
+
+
+async def test_scale_picks_a_size_smaller_than_the_original(hs: Harness) -> None:
+    _, token = await hs.register()
+    mxc = await upload(hs, token, image_bytes("PNG", (320, 240)), "image/png")
+    _, _, im = await _thumb(hs, token, mxc, "width=64&height=64&method=scale")
+    assert im is not None and im.size[0] <= 96 and im.size[1] <= 96 and im.size < (320, 240)
+    assert im.size == (64, 48)
+    _, _, im = await _thumb(hs, token, mxc, "width=50&height=50&method=crop")
+    assert im is not None and im.size == (96, 96)
