@@ -413,3 +413,39 @@ def _map_change_error(
         if after is not None and after > sender_level:
             return f"new {name} level of {key} is above the power level of {sender}"
     return None
+
+
+_LEVEL_KEYS = (
+    "ban",
+    "kick",
+    "redact",
+    "invite",
+    "events_default",
+    "state_default",
+    "users_default",
+)
+_MAP_KEYS = ("events", "users", "notifications")
+
+
+def power_levels_shape_error(content: Mapping[str, Any]) -> str | None:
+    """Why a power-levels content is not even shaped like one (a level given as an object
+    or list, `events` / `users` / `notifications` not objects of levels), or None.
+
+    For events this server builds: such a body is the client's malformed request (400
+    M_BAD_JSON), as Synapse's schema check has it. Values of the right shape but the wrong
+    kind (a string where this room version wants an integer) are left to the auth rules,
+    which refuse them (403).
+    """
+    for key in _LEVEL_KEYS:
+        if isinstance(content.get(key), (dict, list)):
+            return f"'{key}' must be a power level, not {type(content[key]).__name__}"
+    for key in _MAP_KEYS:
+        value = content.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            return f"'{key}' must be an object of power levels"
+        for name, level in value.items():
+            if isinstance(level, (dict, list)) or level is None:
+                return f"'{key}.{name}' must be a power level"
+    return None

@@ -16,6 +16,7 @@ from starling.protocol.event import Event, StateKey
 from starling.protocol.event_format import EventFormatError, validate_pdu
 from starling.protocol.event_signing import EventSigningError, hash_and_sign_event, sign_event
 from starling.protocol.hashing import compute_event_id
+from starling.protocol.power_levels import power_levels_shape_error
 from starling.protocol.room_versions import EventFormat, RedactionRules, RoomVersion
 from starling.protocol.signing import SigningKey
 
@@ -85,6 +86,10 @@ class EventBuilder:
     ) -> dict[str, Any]:
         """The unsigned, unhashed PDU: what make_join/make_leave/make_knock answer with
         (the requesting server fills in its own origin, timestamp and ID and signs)."""
+        if event_type == "m.room.power_levels" and state_key == "":
+            shape_error = power_levels_shape_error(content)
+            if shape_error is not None:
+                raise MatrixError(400, "M_BAD_JSON", f"Invalid power levels: {shape_error}")
         auth_ids = [e.event_id for e in auth_events]
         depth = max((e.depth for e in prev_events), default=0) + 1
         pdu: dict[str, Any] = {

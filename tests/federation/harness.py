@@ -34,7 +34,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -361,7 +361,48 @@ class FederatedServer:
         event_id: str = resp["event_id"]
         return event_id
 
-    # --- federation API (unsigned; signed requests: tests/federation/signed.py) ---
+    async def join(self, user: User, room: str, via: Sequence[str] = ()) -> str:
+        """POST /join/{roomIdOrAlias}?via=...; returns the room ID."""
+        from urllib.parse import quote
+
+        query = "&".join(f"via={quote(v, safe='')}" for v in via)
+        status, resp = await self.client_request(
+            "POST",
+            f"/_matrix/client/v3/join/{quote(room, safe='')}" + (f"?{query}" if query else ""),
+            user.token,
+            {},
+        )
+        assert status == 200, (status, resp)
+        room_id: str = resp["room_id"]
+        return room_id
+
+    async def invite(self, user: User, room_id: str, target: str) -> None:
+        status, resp = await self.client_request(
+            "POST", f"/_matrix/client/v3/rooms/{room_id}/invite", user.token, {"user_id": target}
+        )
+        assert status == 200, (status, resp)
+
+    async def state(self, user: User, room_id: str) -> list[dict[str, Any]]:
+        status, resp = await self.client_request(
+            "GET", f"/_matrix/client/v3/rooms/{room_id}/state", user.token
+        )
+        assert status == 200, (status, resp)
+        events: list[dict[str, Any]] = resp
+        return events
+
+    async def messages(self, user: User, room_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest `limit` events of the room, newest first (GET /messages dir=b)."""
+        status, resp = await self.client_request(
+            "GET",
+            f"/_matrix/client/v3/rooms/{room_id}/messages",
+            user.token,
+            params={"dir": "b", "limit": str(limit)},
+        )
+        assert status == 200, (status, resp)
+        chunk: list[dict[str, Any]] = resp["chunk"]
+        return chunk
+
+    # --- federation API (unsigned; signed requests: `signed_request` below) ---
 
     async def federation_get(
         self, path: str, headers: dict[str, str] | None = None
@@ -374,6 +415,18 @@ class FederatedServer:
         ) as resp:
             raw = await resp.read()
             return resp.status, orjson.loads(raw) if raw else None
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], *, timeout: float = 30.0, what: str = "condition"
+) -> None:
+    """Poll `check` until it returns true; AssertionError after `timeout` seconds (a
+    hang guard, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout} s")
+        await asyncio.sleep(0.1)
 
 
 def _generate(

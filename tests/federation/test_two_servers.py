@@ -3,6 +3,7 @@ keys fetched and verified across servers, X-Matrix authentication both ways, /ve
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -102,8 +103,10 @@ async def test_two_servers_authenticate_each_other(engine: str, tmp_path: Path) 
         )
         assert status == 200 and [r["room_id"] for r in body["chunk"]] == [room_id], body
 
-        # Restarted on the same data directory, b keeps its key and users.
-        await b.restart()
+        # Stopped with SIGTERM (exit 0) and restarted on the same data directory, b keeps
+        # its key and users.
+        assert await asyncio.to_thread(b.stop) == 0, b.log_tail()
+        await asyncio.to_thread(b.start)
         assert b.signing_key().key_id == b_key.key_id
         status, body = await b.client_request("GET", "/_matrix/client/v3/account/whoami", bob.token)
         assert status == 200 and body["user_id"] == bob.user_id, body

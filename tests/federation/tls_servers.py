@@ -31,9 +31,7 @@ async def tls_app(
     await runner.setup()
     site = web.TCPSite(runner, host, 0, ssl_context=context)
     await site.start()
-    server = site._server
-    assert server is not None
-    port = int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+    port = int(runner.addresses[0][1])
     try:
         yield port
     finally:
