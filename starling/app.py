@@ -62,8 +62,11 @@ from starling.rooms.creation import RoomCreator
 from starling.rooms.event_service import RoomEventService
 from starling.rooms.guests import GuestEvictor
 from starling.rooms.hierarchy import SpaceHierarchy
+from starling.rooms.locks import RoomLocks
 from starling.rooms.membership import MembershipService
+from starling.rooms.persister import EventPersister
 from starling.rooms.relations import RelationAggregator, RelationsService
+from starling.rooms.state_calculator import StateCalculator
 from starling.rooms.upgrade import RoomUpgrader
 from starling.rooms.visibility import HistoryVisibility
 from starling.search.service import SearchService
@@ -163,15 +166,26 @@ async def build_services(
     async def profile_lookup(user_id: str) -> dict[str, Any]:
         return await profile_store.get_profile(user_id) or {}
 
-    room_events = RoomEventService(
+    state_calculator = StateCalculator(event_store, state_store)
+    persister = EventPersister(
         db,
         event_store,
         state_store,
         membership_store,
         events_stream,
-        EventBuilder(config.server_name, signing_key),
+        await StreamIdGenerator.create(db, "backfill"),
+        state_calculator,
         relation_store,
         search_store,
+    )
+    room_locks = RoomLocks()
+    room_events = RoomEventService(
+        event_store,
+        state_store,
+        EventBuilder(config.server_name, signing_key),
+        state_calculator,
+        persister,
+        room_locks,
     )
     rate_limits = RateLimits(config)
     membership = MembershipService(
@@ -311,6 +325,9 @@ async def build_services(
         alias_store=alias_store,
         rate_limits=rate_limits,
         room_events=room_events,
+        room_locks=room_locks,
+        state_calculator=state_calculator,
+        persister=persister,
         room_creator=room_creator,
         membership=membership,
         room_upgrader=RoomUpgrader(

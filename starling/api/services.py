@@ -30,8 +30,11 @@ from starling.receipts.unread import UnreadCounts
 from starling.rooms.creation import RoomCreator
 from starling.rooms.event_service import RoomEventService
 from starling.rooms.hierarchy import SpaceHierarchy
+from starling.rooms.locks import RoomLocks
 from starling.rooms.membership import MembershipService
+from starling.rooms.persister import EventPersister
 from starling.rooms.relations import RelationsService
+from starling.rooms.state_calculator import StateCalculator
 from starling.rooms.upgrade import RoomUpgrader
 from starling.search.service import SearchService
 from starling.storage.accounts import AccountStore
@@ -75,6 +78,11 @@ class Services:
     alias_store: AliasStore
     rate_limits: RateLimits
     room_events: RoomEventService
+    # the event path every federation flow shares (DESIGN §6): the per-room write lock,
+    # the state calculator and the one persister
+    room_locks: RoomLocks
+    state_calculator: StateCalculator
+    persister: EventPersister
     room_creator: RoomCreator
     membership: MembershipService
     room_upgrader: RoomUpgrader

@@ -1,20 +1,18 @@
-"""The path every local event takes: build, authorise, persist, notify (DESIGN §6).
+"""The local event sender: what every event this server's users send goes through.
 
-Under the room's lock: the forward extremities become prev_events, the state before the
-event is the state after them (resolved when the DAG has forked), auth events are chosen
-from that state, the event is hashed, signed and checked against the auth rules, then
-written with its stream position, state group, extremities, current state and membership
-changes in one transaction. Waiters are woken after the commit.
+Under the room's lock (rooms.locks): transaction-ID idempotency, the forward extremities
+become prev_events, the state before the event is the state after them (the state
+calculator resolves it when the DAG has forked), auth events are chosen from that state,
+the client API's own checks run, the event is hashed, signed and checked against the auth
+rules, and the persister stores it (DESIGN §6: the same persister every federation path
+ends in). Also the read side callers use for state: current state and state at events.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from starling.errors import MatrixError, invalid_param
@@ -22,75 +20,67 @@ from starling.protocol.auth_rules import check_auth_rules
 from starling.protocol.event import Event, StateKey
 from starling.protocol.power_levels import PowerLevels
 from starling.protocol.room_versions import RoomVersion
-from starling.protocol.state_res import MissingEventsError, resolve_state
 from starling.rooms.builder import EventBuilder, auth_keys_for, listed_auth_events
-from starling.storage.database import Database, UniqueViolation
+from starling.rooms.locks import RoomLocks
+from starling.rooms.persister import (
+    EventContext,
+    EventPersister,
+    NewEventListener,
+    StateDeltaListener,
+)
+from starling.rooms.state_calculator import (
+    EMPTY_STATE,
+    MissingStateError,
+    StateCalculator,
+    StateSnapshot,
+)
+from starling.storage.database import UniqueViolation
 from starling.storage.events import EventStore
-from starling.storage.memberships import Membership, MembershipStore
-from starling.storage.relations import RelationStore
-from starling.storage.search import SearchStore
 from starling.storage.state import StateStore
-from starling.storage.streams import StreamIdGenerator
 
 logger = logging.getLogger(__name__)
 
 # The spec allows at most 20 prev_events; a wider fork is merged over several events.
 MAX_PREV_EVENTS = 20
-# Rounds of fetching missing events for a state resolution before giving up.
-MAX_RESOLVE_ROUNDS = 50
 # Room IDs tried before giving up when concurrent creations collide (see create_room_event).
 MAX_CREATE_ATTEMPTS = 32
 
-NewEventListener = Callable[[Event, int], None]
-
-
-@dataclass(frozen=True, slots=True)
-class StateSnapshot:
-    """The state at a point of the DAG: the map, and the stored group holding it (if any)."""
-
-    ids: Mapping[StateKey, str]
-    group: int | None
+__all__ = ["MAX_PREV_EVENTS", "RoomEventService", "StateSnapshot", "user_power"]
 
 
 class RoomEventService:
     def __init__(
         self,
-        db: Database,
         events: EventStore,
         state: StateStore,
-        memberships: MembershipStore,
-        events_stream: StreamIdGenerator,
         builder: EventBuilder,
-        relations: RelationStore | None = None,
-        search: SearchStore | None = None,
+        calculator: StateCalculator,
+        persister: EventPersister,
+        locks: RoomLocks,
     ) -> None:
-        self._db = db
         self._events = events
         self._state = state
-        self._memberships = memberships
-        self._stream = events_stream
         self._builder = builder
-        self._relations = relations if relations is not None else RelationStore(db)
-        self._search = search if search is not None else SearchStore(db)
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._listeners: list[NewEventListener] = []
+        self._calculator = calculator
+        self._persister = persister
+        self._locks = locks
 
     def add_listener(self, listener: NewEventListener) -> None:
         """Called (after commit, on the loop) with each new timeline event and its position."""
-        self._listeners.append(listener)
+        self._persister.add_listener(listener)
+
+    def add_state_listener(self, listener: StateDeltaListener) -> None:
+        """Called (after commit) with each change of a room's current state."""
+        self._persister.add_state_listener(listener)
 
     @property
     def current_position(self) -> int:
-        return self._stream.current_position()
+        return self._persister.current_position
 
     @asynccontextmanager
     async def room_lock(self, room_id: str) -> AsyncIterator[None]:
         """Serialise writes to one room; other rooms proceed in parallel."""
-        lock = self._locks.get(room_id)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[room_id] = lock
-        async with lock:
+        async with self._locks.lock(room_id):
             yield
 
     # --- state ---------------------------------------------------------------------------
@@ -99,36 +89,19 @@ class RoomEventService:
         self, room_id: str, room_version: RoomVersion, event_ids: Sequence[str]
     ) -> StateSnapshot:
         """The state after the given events, resolved if they disagree."""
-        if not event_ids:
-            return StateSnapshot({}, None)
-        metas = await self._events.get_events_with_meta(event_ids)
-        groups = sorted({m.state_after for _, m in metas.values() if m.state_after is not None})
-        if not groups:
-            return StateSnapshot({}, None)
-        if len(groups) == 1:
-            return StateSnapshot(await self._state.get_state_ids(groups[0]), groups[0])
-        state_sets = [await self._state.get_state_ids(g) for g in groups]
-        resolved = await self.resolve(room_version, state_sets)
-        return StateSnapshot(resolved, None)
+        try:
+            return await self._calculator.state_after_events(room_id, room_version, event_ids)
+        except MissingStateError as e:
+            raise MatrixError(500, "M_UNKNOWN", f"Cannot compute room state: {e}") from None
 
     async def resolve(
         self, room_version: RoomVersion, state_sets: Sequence[Mapping[StateKey, str]]
     ) -> dict[StateKey, str]:
         """State resolution with the events it needs loaded from the store."""
-        wanted = {eid for s in state_sets for eid in s.values()}
-        loaded: dict[str, Event] = {}
-        for _ in range(MAX_RESOLVE_ROUNDS):
-            loaded.update(await self._events.get_events(wanted - loaded.keys(), True))
-            try:
-                return resolve_state(room_version, state_sets, loaded)
-            except MissingEventsError as e:
-                missing = set(e.event_ids) - loaded.keys()
-                if not missing or not missing - wanted:
-                    raise MatrixError(
-                        500, "M_UNKNOWN", "Cannot resolve room state: events are missing"
-                    ) from None
-                wanted |= missing
-        raise MatrixError(500, "M_UNKNOWN", "Cannot resolve room state: auth chain too deep")
+        try:
+            return await self._calculator.resolve(room_version, state_sets)
+        except MissingStateError as e:
+            raise MatrixError(500, "M_UNKNOWN", f"Cannot resolve room state: {e}") from None
 
     async def current_state_ids(self, room_id: str) -> dict[StateKey, str]:
         return await self._state.get_current_state_ids(room_id)
@@ -205,16 +178,8 @@ class RoomEventService:
             decision = check_auth_rules(event, auth_state)
             if not decision.allowed:
                 raise MatrixError(403, "M_FORBIDDEN", decision.reason)
-            # A message on top of the room's only extremity changes no state: the current
-            # state is already the state after that extremity (persisted with it).
-            await self._persist(
-                event,
-                before,
-                device_id=device_id,
-                txn_id=txn_id,
-                keeps_current_state=(
-                    state_key is None and len(extremities) == 1 and before.group is not None
-                ),
+            await self._persister.persist(
+                event, EventContext(before), device_id=device_id, txn_id=txn_id, fresh=True
             )
             return event
 
@@ -248,7 +213,9 @@ class RoomEventService:
                 if await self._events.get_room_version(event.room_id) is not None:
                     continue
                 try:
-                    await self._persist(event, StateSnapshot({}, None), new_room=room_version)
+                    await self._persister.persist(
+                        event, EventContext(EMPTY_STATE), new_room=room_version, fresh=True
+                    )
                 except UniqueViolation:
                     continue  # another process took this ID in the meantime
             return event
@@ -260,113 +227,6 @@ class RoomEventService:
         ids = {k: state[k] for k in keys if k in state}
         events = await self._events.get_events(ids.values())
         return {k: events[eid] for k, eid in ids.items() if eid in events}
-
-    async def _persist(
-        self,
-        event: Event,
-        before: StateSnapshot,
-        *,
-        device_id: str | None = None,
-        txn_id: str | None = None,
-        new_room: RoomVersion | None = None,
-        keeps_current_state: bool = False,
-    ) -> int:
-        room_id = event.room_id
-        is_state = event.state_key is not None
-        after_ids: Mapping[StateKey, str] = before.ids
-        replaces = None
-        changed: dict[StateKey, str] = {}
-        if is_state:
-            replaces = before.ids.get(event.state_map_key)
-            after_ids = {**before.ids, event.state_map_key: event.event_id}
-        if not keeps_current_state:
-            # Copying and comparing the whole state is only needed when it may change.
-            current = await self._state.get_current_state_ids(room_id)
-            changed = {k: v for k, v in after_ids.items() if current.get(k) != v}
-        needed_nids = set(changed.values()) - {event.event_id}
-        if before.group is None and before.ids:
-            needed_nids |= set(before.ids.values())
-        nids = await self._events.nids_for_event_ids(list(needed_nids))
-        member_events = await self._events.get_events(
-            [eid for (t, _), eid in changed.items() if t == "m.room.member"]
-        )
-        member_events[event.event_id] = event
-        redaction_target = event.redacts if event.type == "m.room.redaction" else None
-
-        async with self._db.transaction() as txn:
-            if new_room is not None:
-                await self._events.store_room(
-                    txn, room_id, new_room, event.sender, event.origin_server_ts
-                )
-            position = await self._stream.next_id(txn)
-            group_before = before.group
-            if group_before is None and before.ids:
-                group_before = await self._state.create_group(
-                    txn, room_id, None, before.ids, before.ids, nids
-                )
-            nid = await self._events.insert_event(
-                txn,
-                event,
-                stream_ordering=position,
-                state_before=group_before,
-                state_after=group_before,
-                replaces_state=replaces,
-                device_id=device_id,
-                txn_id=txn_id,
-            )
-            nids[event.event_id] = nid
-            await self._relations.record(txn, event, position)
-            await self._search.record(txn, event, position)
-            group_after = group_before
-            if is_state:
-                group_after = await self._state.create_group(
-                    txn,
-                    room_id,
-                    group_before,
-                    {event.state_map_key: event.event_id},
-                    after_ids,
-                    nids,
-                )
-                await txn.execute(
-                    "UPDATE events SET state_after = ? WHERE event_nid = ?", group_after, nid
-                )
-                # The cached meta was built with state_after = before; refresh it.
-                txn.call_after_commit(lambda: self._events.invalidate(event.event_id))
-            await self._events.set_forward_extremities(
-                txn, room_id, event.prev_event_ids, event.event_id
-            )
-            if not keeps_current_state:
-                await self._state.update_current_state(txn, room_id, after_ids, changed, nids)
-            memberships = []
-            for (etype, user_id), eid in changed.items():
-                if etype != "m.room.member":
-                    continue
-                member_event = member_events.get(eid)
-                if member_event is None or member_event.membership is None:
-                    continue
-                memberships.append(
-                    Membership(
-                        room_id,
-                        user_id,
-                        member_event.membership,
-                        eid,
-                        position if eid == event.event_id else None,
-                    )
-                )
-            await self._memberships.record(txn, memberships)
-            if redaction_target is not None:
-                await self._events.mark_redacted(txn, redaction_target, event.event_id)
-                await self._relations.on_redacted(txn, redaction_target, room_id)
-                await self._search.on_redacted(txn, redaction_target)
-            txn.call_after_commit(lambda: self._notify(event, position))
-        return position
-
-    def _notify(self, event: Event, position: int) -> None:
-        for listener in self._listeners:
-            try:
-                listener(event, position)
-            except Exception:
-                logger.exception("new-event listener failed for %s", event.event_id)
 
 
 def user_power(auth_state: Mapping[StateKey, Event], user_id: str) -> int | float:

@@ -4,22 +4,30 @@ Events are immutable, so they are cached by ID once read (an LRU of parsed `Even
 can change about an event (rejected, soft-failed, redacted) lives in `EventMeta`. A redacted
 event is read in its redacted form (the cache entry is dropped when the redaction lands).
 Every read takes a batch of IDs and costs one query for the cache misses.
+
+Kinds of stored events (written only by rooms.persister): timeline events have a positive
+stream position; backfilled ones a negative one (older history, never in /sync); outliers
+none (known only as auth or state, no state of their own). Rejected and soft-failed events
+are stored for federation answers and never served as timeline events. The graph: prev
+edges (`event_edges`), auth edges (`event_auth`), forward extremities (the DAG's newest
+accepted events) and backward extremities (prev events of accepted events that we lack).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import orjson
 
-from starling.protocol.event import Event
+from starling.protocol.event import Event, StateKey
 from starling.protocol.redaction import RedactionError, redact
 from starling.protocol.room_versions import RoomVersion, get_room_version
-from starling.storage.database import Database, Row, Transaction
+from starling.storage.database import Database, Row, StorageError, Transaction
+from starling.storage.state_chain import chain_query
 
 
 @dataclass(slots=True)
@@ -81,6 +89,10 @@ class EventStore:
         self._db = db
         self._events: LruCache[str, tuple[Event, EventMeta]] = LruCache(cache_size)
         self._room_versions: dict[str, RoomVersion] = {}
+        # Per-room extremities, cached: every write to them holds the room's lock and
+        # updates the cache after commit (one writer process; scale-out must invalidate).
+        self._forward: LruCache[str, frozenset[str]] = LruCache(10_000)
+        self._backward: LruCache[str, frozenset[str]] = LruCache(10_000)
 
     # --- rooms ---------------------------------------------------------------------------
 
@@ -191,10 +203,15 @@ class EventStore:
         return str(val) if val is not None else None
 
     async def get_forward_extremities(self, room_id: str) -> list[str]:
-        rows = await self._db.fetch_all(
-            "SELECT event_id FROM forward_extremities WHERE room_id = ?", room_id
-        )
-        return [r[0] for r in rows]
+        """The room's newest accepted events (cached; written only under the room's lock)."""
+        hit = self._forward.get(room_id)
+        if hit is None:
+            rows = await self._db.fetch_all(
+                "SELECT event_id FROM forward_extremities WHERE room_id = ?", room_id
+            )
+            hit = frozenset(str(r[0]) for r in rows)
+            self._forward.put(room_id, hit)
+        return sorted(hit)
 
     async def get_max_depth(self, event_ids: Sequence[str]) -> int:
         events = await self.get_events(event_ids, allow_rejected=True)
@@ -217,10 +234,65 @@ class EventStore:
         rows = await self._db.fetch_all(
             f"SELECT {_EVENT_COLUMNS} FROM events e JOIN rooms r ON r.room_id = e.room_id"
             " WHERE e.room_id = ? AND e.stream_ordering > ? AND e.stream_ordering <= ?"
-            f" AND NOT e.soft_failed ORDER BY e.stream_ordering {order} LIMIT ?",
+            f" AND NOT e.soft_failed AND e.rejected_reason IS NULL ORDER BY e.stream_ordering {order} LIMIT ?",
             room_id,
             lower,
             to_inclusive,
+            limit,
+        )
+        return [self._cached_row(row) for row in rows]
+
+    async def get_room_history(
+        self,
+        room_id: str,
+        *,
+        after: tuple[int | None, int] | None,
+        not_after: tuple[int | None, int] | None,
+        max_stream: int | None,
+        limit: int,
+        backwards: bool,
+    ) -> list[tuple[Event, EventMeta]]:
+        """Timeline events of the room in history (topological) order — by depth, then
+        stream position — newest first when `backwards`. Backfilled events (negative
+        positions) are included where their depth puts them.
+
+        Bounds are (depth, stream) points: an event is "after" (d, s) when its (depth,
+        stream) is greater; a point with depth None compares stream positions only (a
+        stream token). `max_stream` leaves out events that arrived later (the reader's
+        current position, or a departed member's last position)."""
+        clauses = [
+            "e.room_id = ?",
+            "e.stream_ordering IS NOT NULL",
+            "NOT e.outlier",
+            "NOT e.soft_failed",
+            "e.rejected_reason IS NULL",
+        ]
+        args: list[object] = [room_id]
+        if after is not None:
+            depth, stream = after
+            if depth is None:
+                clauses.append("e.stream_ordering > ?")
+                args.append(stream)
+            else:
+                clauses.append("(e.depth > ? OR (e.depth = ? AND e.stream_ordering > ?))")
+                args.extend([depth, depth, stream])
+        if not_after is not None:
+            depth, stream = not_after
+            if depth is None:
+                clauses.append("e.stream_ordering <= ?")
+                args.append(stream)
+            else:
+                clauses.append("(e.depth < ? OR (e.depth = ? AND e.stream_ordering <= ?))")
+                args.extend([depth, depth, stream])
+        if max_stream is not None:
+            clauses.append("e.stream_ordering <= ?")
+            args.append(max_stream)
+        order = "DESC" if backwards else "ASC"
+        rows = await self._db.fetch_all(
+            f"SELECT {_EVENT_COLUMNS} FROM events e JOIN rooms r ON r.room_id = e.room_id"
+            f" WHERE {' AND '.join(clauses)}"
+            f" ORDER BY e.depth {order}, e.stream_ordering {order} LIMIT ?",
+            *args,
             limit,
         )
         return [self._cached_row(row) for row in rows]
@@ -242,7 +314,7 @@ class EventStore:
             "    PARTITION BY e.room_id ORDER BY e.stream_ordering DESC) AS rn"
             "  FROM events e"
             f"  WHERE {self._db.sql.in_array('e.room_id')}"
-            "    AND e.stream_ordering > ? AND e.stream_ordering <= ? AND NOT e.soft_failed"
+            "    AND e.stream_ordering > ? AND e.stream_ordering <= ? AND NOT e.soft_failed AND e.rejected_reason IS NULL"
             ") e JOIN rooms r ON r.room_id = e.room_id"
             " WHERE e.rn <= ? ORDER BY e.stream_ordering ASC",
             self._db.sql.array(room_ids),
@@ -277,10 +349,11 @@ class EventStore:
                     f"SELECT * FROM (SELECT {_EVENT_COLUMNS} FROM events e"
                     " JOIN rooms r ON r.room_id = e.room_id"
                     " WHERE e.room_id = ? AND e.stream_ordering > ? AND e.stream_ordering <= ?"
-                    " AND NOT e.soft_failed ORDER BY e.stream_ordering DESC LIMIT ?) AS q"
+                    " AND NOT e.soft_failed AND e.rejected_reason IS NULL ORDER BY e.stream_ordering DESC LIMIT ?) AS q"
                     f"{len(parts)}"
                 )
-                args.extend([room_id, lower if lower is not None else -(2**62), upper, limit])
+                # Backfilled events (negative positions) are history, never /sync timeline.
+                args.extend([room_id, lower if lower is not None else 0, upper, limit])
             rows = await self._db.fetch_all(" UNION ALL ".join(parts), *args)
             for row in rows:
                 pair = self._cached_row(row)
@@ -299,7 +372,7 @@ class EventStore:
             chunk = items[start : start + 100]
             parts = [
                 "SELECT CAST(? AS TEXT), (SELECT e.state_after FROM events e"
-                " WHERE e.room_id = ? AND e.stream_ordering <= ? AND NOT e.soft_failed"
+                " WHERE e.room_id = ? AND e.stream_ordering <= ? AND NOT e.soft_failed AND e.rejected_reason IS NULL"
                 " AND e.state_after IS NOT NULL ORDER BY e.stream_ordering DESC LIMIT 1)"
                 for _ in chunk
             ]
@@ -328,7 +401,8 @@ class EventStore:
         rows = await self._db.fetch_all(
             "SELECT DISTINCT room_id FROM events"
             f" WHERE {self._db.sql.in_array('room_id')}"
-            " AND stream_ordering > ? AND stream_ordering <= ?",
+            " AND stream_ordering > ? AND stream_ordering <= ?"
+            " AND NOT soft_failed AND rejected_reason IS NULL",
             self._db.sql.array(room_ids),
             from_exclusive,
             to_inclusive,
@@ -376,12 +450,13 @@ class EventStore:
             txn_id,
             replaces_state,
         )
-        if event.prev_event_ids:
+        if event.prev_event_ids and not outlier:
             await txn.executemany(
                 "INSERT INTO event_edges (event_nid, prev_event_id) VALUES (?, ?)"
                 " ON CONFLICT DO NOTHING",
                 [(nid, p) for p in event.prev_event_ids],
             )
+        await self._insert_auth_edges(txn, [event])
         meta = EventMeta(
             event_nid=int(nid),
             stream_ordering=stream_ordering,
@@ -398,10 +473,92 @@ class EventStore:
         txn.call_after_commit(lambda: self._events.put(event.event_id, (event, meta)))
         return int(nid)
 
-    async def set_forward_extremities(
-        self, txn: Transaction, room_id: str, remove: Iterable[str], add: str
+    async def _insert_auth_edges(self, txn: Transaction, events: Sequence[Event]) -> None:
+        rows = {(e.event_id, a) for e in events for a in e.auth_event_ids}
+        if rows:
+            await txn.executemany(
+                "INSERT INTO event_auth (event_id, auth_event_id) VALUES (?, ?)"
+                " ON CONFLICT DO NOTHING",
+                sorted(rows),
+            )
+
+    async def insert_outliers(
+        self, txn: Transaction, events: Sequence[Event], rejected: Mapping[str, str]
     ) -> None:
+        """Insert events known only as auth or state (no stream position, no state, no
+        prev edges), in one batch. Events already stored are left as they are."""
+        if not events:
+            return
+        await txn.executemany(
+            "INSERT INTO events (event_id, room_id, stream_ordering, depth, type, state_key,"
+            " sender, origin_server_ts, json, rejected_reason, outlier)"
+            " VALUES (?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, TRUE) ON CONFLICT (event_id) DO NOTHING",
+            [
+                (
+                    e.event_id,
+                    e.room_id,
+                    e.depth,
+                    e.type,
+                    e.state_key,
+                    e.sender,
+                    e.origin_server_ts,
+                    orjson.dumps(e.pdu).decode(),
+                    rejected.get(e.event_id),
+                )
+                for e in events
+            ],
+        )
+        await self._insert_auth_edges(txn, events)
+
+    async def promote_outlier(
+        self,
+        txn: Transaction,
+        event: Event,
+        *,
+        stream_ordering: int,
+        state_before: int | None,
+        state_after: int | None,
+        replaces_state: str | None,
+        rejected_reason: str | None,
+        soft_failed: bool,
+    ) -> int:
+        """Make a stored outlier a timeline event (its state is now known); returns its
+        event_nid."""
+        nid = await txn.fetch_val(
+            "UPDATE events SET stream_ordering = ?, state_before = ?, state_after = ?,"
+            " replaces_state = ?, rejected_reason = ?, soft_failed = ?, outlier = FALSE"
+            " WHERE event_id = ? AND outlier RETURNING event_nid",
+            stream_ordering,
+            state_before,
+            state_after,
+            replaces_state,
+            rejected_reason,
+            soft_failed,
+            event.event_id,
+        )
+        if nid is None:
+            raise StorageError(f"{event.event_id} is not a stored outlier")
+        if event.prev_event_ids:
+            await txn.executemany(
+                "INSERT INTO event_edges (event_nid, prev_event_id) VALUES (?, ?)"
+                " ON CONFLICT DO NOTHING",
+                [(nid, p) for p in event.prev_event_ids],
+            )
+        txn.call_after_commit(lambda: self.invalidate(event.event_id))
+        return int(nid)
+
+    async def set_forward_extremities(
+        self, txn: Transaction, room_id: str, remove: Iterable[str], add: str | None
+    ) -> None:
+        """Remove `remove` from the room's forward extremities and add `add`."""
         removed = list(remove)
+        known = self._forward.get(room_id)
+        if known is not None:
+            after = (known - set(removed)) | ({add} if add is not None else set())
+            txn.call_after_commit(lambda: self._forward.put(room_id, after))
+        else:
+            txn.call_after_commit(lambda: self._forward.pop(room_id))
+        txn.call_on_rollback(lambda: self._forward.pop(room_id))
         if removed:
             await txn.execute(
                 "DELETE FROM forward_extremities WHERE room_id = ?"
@@ -409,12 +566,112 @@ class EventStore:
                 room_id,
                 txn.sql.array(removed),
             )
-        await txn.execute(
-            "INSERT INTO forward_extremities (room_id, event_id) VALUES (?, ?)"
-            " ON CONFLICT DO NOTHING",
-            room_id,
-            add,
+        if add is not None:
+            await txn.execute(
+                "INSERT INTO forward_extremities (room_id, event_id) VALUES (?, ?)"
+                " ON CONFLICT DO NOTHING",
+                room_id,
+                add,
+            )
+
+    # --- the graph: backward extremities, auth chains, state at an event ---------------
+
+    async def have_events(self, event_ids: Iterable[str]) -> set[str]:
+        """Those of `event_ids` stored here in any form (outliers, rejected included)."""
+        wanted = set(event_ids)
+        found = {eid for eid in wanted if self._events.get(eid) is not None}
+        rest = sorted(wanted - found)
+        if rest:
+            rows = await self._db.fetch_all(
+                f"SELECT event_id FROM events WHERE {self._db.sql.in_array('event_id')}",
+                self._db.sql.array(rest),
+            )
+            found.update(str(r[0]) for r in rows)
+        return found
+
+    async def get_backward_extremities(self, room_id: str) -> list[str]:
+        """Prev events of the room's accepted timeline events that are not stored here
+        (or only as outliers): where backfill continues."""
+        return sorted(await self._backward_extremities(room_id))
+
+    async def _backward_extremities(self, room_id: str) -> frozenset[str]:
+        hit = self._backward.get(room_id)
+        if hit is None:
+            rows = await self._db.fetch_all(
+                "SELECT event_id FROM backward_extremities WHERE room_id = ?", room_id
+            )
+            hit = frozenset(str(r[0]) for r in rows)
+            self._backward.put(room_id, hit)
+        return hit
+
+    async def is_backward_extremity(self, room_id: str, event_id: str) -> bool:
+        return event_id in await self._backward_extremities(room_id)
+
+    async def update_backward_extremities(
+        self, txn: Transaction, room_id: str, add: Iterable[str], remove: Iterable[str]
+    ) -> None:
+        """Add and remove backward extremities (the cached set is updated after commit;
+        one writer per room, as every room write holds the room's lock)."""
+        current = await self._backward_extremities(room_id)
+        added = sorted(set(add) - current)
+        removed = sorted(set(remove) & current)
+        if added:
+            await txn.executemany(
+                "INSERT INTO backward_extremities (room_id, event_id) VALUES (?, ?)"
+                " ON CONFLICT DO NOTHING",
+                [(room_id, eid) for eid in added],
+            )
+        if removed:
+            await txn.execute(
+                "DELETE FROM backward_extremities WHERE room_id = ?"
+                f" AND {txn.sql.in_array('event_id')}",
+                room_id,
+                txn.sql.array(removed),
+            )
+        if added or removed:
+            after = (current | set(added)) - set(removed)
+            txn.call_after_commit(lambda: self._backward.put(room_id, after))
+            txn.call_on_rollback(lambda: self._backward.pop(room_id))
+
+    async def get_auth_chain_ids(self, event_ids: Iterable[str]) -> set[str]:
+        """Every event reachable from `event_ids` through auth edges (the starting
+        events only if another one reaches them), in one recursive query."""
+        starts = sorted(set(event_ids))
+        if not starts:
+            return set()
+        rows = await self._db.fetch_all(
+            "WITH RECURSIVE chain (id) AS ("
+            "  SELECT auth_event_id FROM event_auth"
+            f"  WHERE {self._db.sql.in_array('event_id')}"
+            "  UNION"
+            "  SELECT ea.auth_event_id FROM event_auth ea JOIN chain ON ea.event_id = chain.id"
+            ") SELECT id FROM chain",
+            self._db.sql.array(starts),
         )
+        return {str(r[0]) for r in rows}
+
+    async def get_state_ids_before(self, event_id: str) -> dict[StateKey, str] | None:
+        """The room state before the event, or None if the event is unknown or an
+        outlier (its state is not known here)."""
+        found = await self.get_event(event_id)
+        if found is None or found[1].outlier or found[1].state_before is None:
+            if found is not None and not found[1].outlier and found[0].prev_event_ids == ():
+                return {}  # a create event: the state before it is empty
+            return None
+        rows = await self._db.fetch_all(
+            chain_query(self._db.sql.in_array("sg.state_group")),
+            self._db.sql.array([found[1].state_before]),
+        )
+        return {(etype, state_key): eid for _root, etype, state_key, eid, _dist in rows}
+
+    async def set_state_after(
+        self, txn: Transaction, event_id: str, event_nid: int, group: int
+    ) -> None:
+        """Record the state group after a state event (stored after the event itself,
+        whose nid the group's entry needs)."""
+        await txn.execute("UPDATE events SET state_after = ? WHERE event_nid = ?", group, event_nid)
+        # The cached meta was built with state_after = before; refresh it.
+        txn.call_after_commit(lambda: self.invalidate(event_id))
 
     async def mark_redacted(self, txn: Transaction, target_id: str, redaction_id: str) -> None:
         await txn.execute(

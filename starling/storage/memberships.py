@@ -24,6 +24,16 @@ class Membership:
     stream_ordering: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class MembershipChange:
+    """A change of a user's member event in a room's current state."""
+
+    room_id: str
+    event_id: str | None  # the member event now in the state (None: none any more)
+    prev_event_id: str | None  # the one it replaced (None: the user had none)
+    stream_ordering: int  # the events-stream position of the change
+
+
 @dataclass(slots=True)
 class RoomMemberSummary:
     joined: int
@@ -97,18 +107,38 @@ class MembershipStore:
 
     async def get_membership_changes(
         self, user_id: str, from_exclusive: int, to_inclusive: int
-    ) -> list[tuple[str, str, int]]:
-        """(room_id, event_id, stream_ordering) of the user's member events in the range."""
+    ) -> list[MembershipChange]:
+        """Changes of the user's membership in the room's current state in the range,
+        oldest first: read from the current-state-delta stream, so a membership that
+        state resolution flipped is there too, at the position where it changed."""
         rows = await self._db.fetch_all(
-            "SELECT room_id, event_id, stream_ordering FROM events"
+            "SELECT room_id, event_id, prev_event_id, stream_id"
+            " FROM current_state_delta_stream"
             " WHERE type = 'm.room.member' AND state_key = ?"
-            " AND stream_ordering > ? AND stream_ordering <= ? AND NOT soft_failed"
-            " AND rejected_reason IS NULL ORDER BY stream_ordering",
+            " AND stream_id > ? AND stream_id <= ? ORDER BY stream_id",
             user_id,
             from_exclusive,
             to_inclusive,
         )
-        return [(r[0], r[1], int(r[2])) for r in rows]
+        return [MembershipChange(r[0], r[1], r[2], int(r[3])) for r in rows]
+
+    async def remove(self, txn: Transaction, room_id: str, user_ids: Sequence[str]) -> None:
+        """Users whose member event left the room's current state (state resolution can
+        drop a key): they have no membership any more."""
+        if not user_ids:
+            return
+        await txn.execute(
+            f"DELETE FROM room_memberships WHERE room_id = ? AND {txn.sql.in_array('user_id')}",
+            room_id,
+            txn.sql.array(sorted(user_ids)),
+        )
+
+        def invalidate() -> None:
+            self._joined.pop(room_id, None)
+            for user_id in user_ids:
+                self._user_rooms.pop(user_id, None)
+
+        txn.call_after_commit(invalidate)
 
     async def get_joined_users_for_rooms(
         self, room_ids: Iterable[str]

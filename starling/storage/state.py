@@ -18,31 +18,11 @@ from types import MappingProxyType
 from starling.protocol.event import StateKey
 from starling.storage.database import Database, Transaction
 from starling.storage.events import LruCache
+from starling.storage.state_chain import chain_query as _chain_query
 
 MAX_CHAIN_LENGTH = 32
 
 StateMap = Mapping[StateKey, str]
-
-
-def _chain_query(dialect_in_array: str, key_filter: str = "") -> str:
-    """Every entry of the groups in the array parameter and of the groups their delta
-    chains lead to, with each root group and its distance down the chain (oldest last)."""
-    return (
-        "WITH RECURSIVE chain (root, g, dist) AS ("
-        "  SELECT sg.state_group, sg.state_group, 0 FROM state_groups sg"
-        f"  WHERE {dialect_in_array}"
-        "  UNION ALL"
-        "  SELECT chain.root, sg.prev_group, chain.dist + 1 FROM state_groups sg"
-        "  JOIN chain ON sg.state_group = chain.g WHERE sg.prev_group IS NOT NULL"
-        ")"
-        " SELECT chain.root, k.type, k.state_key, ev.event_id, chain.dist"
-        " FROM chain"
-        " JOIN state_group_entries sge ON sge.state_group = chain.g"
-        " JOIN state_keys k ON k.key_nid = sge.key_nid"
-        " JOIN events ev ON ev.event_nid = sge.event_nid"
-        f"{key_filter}"
-        " ORDER BY chain.root, chain.dist DESC"
-    )
 
 
 class StateStore:
@@ -242,17 +222,43 @@ class StateStore:
         txn: Transaction,
         room_id: str,
         new_state: Mapping[StateKey, str],
-        changed: Mapping[StateKey, str],
+        changed: Mapping[StateKey, str | None],
         event_nids: Mapping[str, int],
+        *,
+        previous: Mapping[StateKey, str],
+        position: int,
     ) -> None:
-        """Write `changed` into current_state; `new_state` is the full result, cached
-        after commit."""
+        """Write `changed` into current_state (None: the key left the state) and record
+        each change in the current-state-delta stream at `position`, with the event it
+        replaced (from `previous`, the state before). `new_state` is the full result,
+        cached after commit."""
         if changed:
             nids = await self._key_nids_for(txn, list(changed))
+            upserts = [(room_id, nids[k], event_nids[e]) for k, e in changed.items() if e]
+            removed = [nids[k] for k, e in changed.items() if e is None]
+            if upserts:
+                await txn.executemany(
+                    "INSERT INTO current_state (room_id, key_nid, event_nid) VALUES (?, ?, ?)"
+                    " ON CONFLICT (room_id, key_nid) DO UPDATE SET"
+                    " event_nid = excluded.event_nid",
+                    upserts,
+                )
+            if removed:
+                await txn.execute(
+                    "DELETE FROM current_state WHERE room_id = ?"
+                    f" AND {txn.sql.in_array('key_nid')}",
+                    room_id,
+                    txn.sql.array(removed),
+                )
             await txn.executemany(
-                "INSERT INTO current_state (room_id, key_nid, event_nid) VALUES (?, ?, ?)"
-                " ON CONFLICT (room_id, key_nid) DO UPDATE SET event_nid = excluded.event_nid",
-                [(room_id, nids[k], event_nids[eid]) for k, eid in changed.items()],
+                "INSERT INTO current_state_delta_stream"
+                " (stream_id, room_id, type, state_key, event_id, prev_event_id)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (position, room_id, k[0], k[1], e, previous.get(k))
+                    for k, e in sorted(changed.items())
+                ],
             )
         snapshot = dict(new_state)
         txn.call_after_commit(lambda: self._current.put(room_id, snapshot))
+        txn.call_on_rollback(lambda: self._current.pop(room_id))

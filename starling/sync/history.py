@@ -7,8 +7,10 @@ is now, a user who left or was banned after having joined reads it as it was whe
 left (and no later events) until they forget it, anyone may read a world-readable room;
 everyone else gets 403. Then each event passes history visibility.
 
-Paging walks the events stream of one room by position. A page that filters or history
-visibility thin out is refilled from further back, a bounded number of times, so a
+Paging walks one room's history in topological order — depth, then stream position —
+with tokens that carry both (sync.tokens), so an event backfilled or fetched into a gap
+later sits where the graph puts it, not as the newest message. A page that filters or
+history visibility thin out is refilled from further on, a bounded number of times, so a
 client is not sent a run of empty pages.
 """
 
@@ -26,7 +28,7 @@ from starling.storage.events import EventMeta, EventStore
 from starling.storage.memberships import MembershipStore
 from starling.storage.state import StateStore
 from starling.sync.filtering import NO_FILTER, EventFilter
-from starling.sync.tokens import pagination_token
+from starling.sync.tokens import HistoryPosition
 
 EventPair = tuple[Event, EventMeta]
 
@@ -204,29 +206,38 @@ class RoomHistory:
         self,
         user_id: str,
         room_id: str,
-        cursor: int,
-        bound: int | None,
+        cursor: HistoryPosition | None,
+        bound: HistoryPosition | None,
         backwards: bool,
         limit: int,
         efilter: EventFilter,
-    ) -> tuple[list[EventPair], int, bool]:
-        """Up to `limit` visible events matching the filter, walking from `cursor`
-        (exclusive going forwards, inclusive going backwards) towards `bound`.
-        Returns the events, the cursor after the last one, and whether the walk
-        reached `bound` (or the room's edge)."""
+        max_stream: int,
+    ) -> tuple[list[EventPair], HistoryPosition | None, bool]:
+        """Up to `limit` visible events matching the filter, walking history from
+        `cursor` (None: the room's edge) towards `bound` (None: the other edge), events
+        that arrived after `max_stream` left out. Returns the events, the position after
+        the last one read, and whether the walk reached `bound` (or the room's edge)."""
         out: list[EventPair] = []
         fetch = limit if efilter.is_noop else min(limit * 3, MAX_MESSAGES_LIMIT)
         exhausted = False
+
+        def point(p: HistoryPosition | None) -> tuple[int | None, int] | None:
+            return None if p is None else (p.depth, p.stream)
+
+        def past(pair: EventPair) -> HistoryPosition:
+            event, meta = pair
+            stream = meta.stream_ordering or 0
+            return HistoryPosition(stream - 1 if backwards else stream, event.depth)
+
         for _ in range(MAX_PAGE_ROUNDS):
-            if backwards:
-                rows = await self._events.get_room_events_between(
-                    room_id, bound, cursor, fetch, backwards=True
-                )
-            else:
-                upper = bound if bound is not None else self._current_position()
-                rows = await self._events.get_room_events_between(
-                    room_id, cursor, upper, fetch, backwards=False
-                )
+            rows = await self._events.get_room_history(
+                room_id,
+                after=point(bound if backwards else cursor),
+                not_after=point(cursor if backwards else bound),
+                max_stream=max_stream,
+                limit=fetch,
+                backwards=backwards,
+            )
             exhausted = len(rows) < fetch
             matching = [
                 (ev, meta)
@@ -237,14 +248,10 @@ class RoomHistory:
             for pair in visible:
                 out.append(pair)
                 if len(out) == limit:
-                    pos = pair[1].stream_ordering or 0
-                    last_row = rows[-1][1].stream_ordering or 0
-                    cursor = pos - 1 if backwards else pos
                     # Rows after this one were read but not returned: not exhausted.
-                    return out, cursor, exhausted and pos == last_row
+                    return out, past(pair), exhausted and pair[0].event_id == rows[-1][0].event_id
             if rows:
-                pos = rows[-1][1].stream_ordering or 0
-                cursor = pos - 1 if backwards else pos
+                cursor = past(rows[-1])
             if exhausted:
                 break
             fetch = min(fetch * 2, MAX_MESSAGES_LIMIT)
@@ -256,41 +263,33 @@ class RoomHistory:
         device_id: str | None,
         room_id: str,
         *,
-        from_pos: int | None,
+        from_pos: HistoryPosition | None,
         from_token: str | None,
-        to_pos: int | None,
+        to_pos: HistoryPosition | None,
         backwards: bool,
         limit: int,
         efilter: EventFilter = NO_FILTER,
     ) -> JsonDict:
+        """/messages: history in topological order (depth, then stream position)."""
         access = await self.access(user_id, room_id)
-        now = self._current_position()
-        if backwards:
-            cursor = from_pos if from_pos is not None else now
-            if access.upper is not None:
-                cursor = min(cursor, access.upper)
-            bound = to_pos
+        max_stream = self._current_position()
+        if access.upper is not None:
+            max_stream = min(max_stream, access.upper)
+        if from_token is not None:
+            start = from_token
         else:
-            cursor = from_pos if from_pos is not None else BEGINNING
-            bound = to_pos if to_pos is not None else now
-            if access.upper is not None:
-                bound = min(bound, access.upper)
-        start = from_token if from_token is not None else pagination_token(cursor)
+            start = HistoryPosition(max_stream if backwards else BEGINNING).encode()
         response: JsonDict = {"start": start, "chunk": []}
         if limit == 0:
             response["end"] = start
             return response
-        if (not backwards and bound is not None and cursor >= bound) or (
-            backwards and bound is not None and cursor <= bound
-        ):
-            return response
         events, end, exhausted = await self._page(
-            user_id, room_id, cursor, bound, backwards, limit, efilter
+            user_id, room_id, from_pos, to_pos, backwards, limit, efilter, max_stream
         )
         opts = FormatOptions(user_id, device_id)
         response["chunk"] = await self._formatter.format(events, opts)
-        if not exhausted or (not backwards and events):
-            response["end"] = pagination_token(end)
+        if end is not None and (not exhausted or (not backwards and events)):
+            response["end"] = end.encode()
         if efilter.lazy_load_members and events:
             response["state"] = await self._member_state(
                 user_id, device_id, events, {e.sender for e, _ in events}
@@ -333,20 +332,26 @@ class RoomHistory:
         position = found[1].stream_ordering
         if position is None:
             raise MatrixError(404, "M_NOT_FOUND", "Event is not part of the room's timeline")
+        depth = found[0].depth
+        max_stream = self._current_position()
+        if access.upper is not None:
+            max_stream = min(max_stream, access.upper)
         before_limit = limit // 2
         after_limit = limit - before_limit
         before: list[EventPair] = []
         after: list[EventPair] = []
-        start_pos, end_pos = position - 1, position
+        start_pos = HistoryPosition(position - 1, depth)
+        end_pos = HistoryPosition(position, depth)
         if before_limit:
-            before, start_pos, _ = await self._page(
-                user_id, room_id, position - 1, None, True, before_limit, efilter
+            before, before_end, _ = await self._page(
+                user_id, room_id, start_pos, None, True, before_limit, efilter, max_stream
             )
-        upper = access.upper if access.upper is not None else self._current_position()
-        if after_limit and position < upper:
-            after, end_pos, _ = await self._page(
-                user_id, room_id, position, upper, False, after_limit, efilter
+            start_pos = before_end or start_pos
+        if after_limit:
+            after, after_end, _ = await self._page(
+                user_id, room_id, end_pos, None, False, after_limit, efilter, max_stream
             )
+            end_pos = after_end or end_pos
         opts = FormatOptions(user_id, device_id)
         formatted = await self._formatter.format([*before, found, *after], opts)
         last = after[-1] if after else found
@@ -360,8 +365,8 @@ class RoomHistory:
         state_pairs = await self._events.get_events_with_meta(state.values())
         state_list = [state_pairs[eid] for eid in state.values() if eid in state_pairs]
         return {
-            "start": pagination_token(start_pos),
-            "end": pagination_token(end_pos),
+            "start": start_pos.encode(),
+            "end": end_pos.encode(),
             "events_before": formatted[: len(before)],
             "event": formatted[len(before)],
             "events_after": formatted[len(before) + 1 :],

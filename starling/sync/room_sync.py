@@ -33,7 +33,7 @@ from starling.rooms.client_format import (
 )
 from starling.rooms.visibility import HistoryVisibility
 from starling.storage.events import EventMeta, EventStore
-from starling.storage.memberships import Membership, MembershipStore
+from starling.storage.memberships import Membership, MembershipChange, MembershipStore
 from starling.storage.state import StateStore
 from starling.sync.filtering import SyncFilter
 from starling.sync.lazy_members import KnownMembers, LazyMemberCache
@@ -186,50 +186,45 @@ class RoomSyncBuilder:
     ) -> tuple[list[_Plan], list[Membership], list[Membership]]:
         assert req.since is not None
         since = req.since
+        # From the current-state-delta stream: a membership flipped by state resolution
+        # shows up here even when no new member event of the user arrived.
         changes = await self._memberships.get_membership_changes(req.user_id, since, req.upto)
-        by_room: dict[str, list[tuple[str, int]]] = {}
-        for room_id, event_id, pos in changes:
-            by_room.setdefault(room_id, []).append((event_id, pos))
+        by_room: dict[str, list[MembershipChange]] = {}
+        for change in changes:
+            by_room.setdefault(change.room_id, []).append(change)
         plans: list[_Plan] = []
         invites: list[Membership] = []
         knocks: list[Membership] = []
         if by_room:
-            change_events = await self._events.get_events_with_meta(
-                eid for room_changes in by_room.values() for eid, _ in room_changes
-            )
-            earlier_ids = {
-                change_events[changes_[0][0]][1].replaces_state
-                for changes_ in by_room.values()
-                if changes_[0][0] in change_events
-            } - {None}
-            earlier = await self._events.get_events([e for e in earlier_ids if e])
+            wanted = {c.event_id for cs in by_room.values() for c in cs if c.event_id}
+            wanted |= {cs[0].prev_event_id for cs in by_room.values() if cs[0].prev_event_id}
+            member_events = await self._events.get_events(wanted, allow_rejected=True)
             forgotten: set[str] | None = None
             for room_id, room_changes in by_room.items():
-                last_id, last_pos = room_changes[-1]
-                found = [change_events[e] for e, _ in room_changes if e in change_events]
-                if not found:
-                    continue
-                first_meta = found[0][1]
-                prev = earlier.get(first_meta.replaces_state or "")
+                last = room_changes[-1]
+                last_id, last_pos = last.event_id, last.stream_ordering
+                seen = [
+                    member_events[c.event_id].membership if c.event_id in member_events else None
+                    for c in room_changes
+                ]
+                prev = member_events.get(room_changes[0].prev_event_id or "")
                 joined_at_since = prev is not None and prev.membership == "join"
-                stayed_joined = joined_at_since and all(ev.membership == "join" for ev, _ in found)
-                latest = found[-1][0].membership
+                stayed_joined = joined_at_since and all(m == "join" for m in seen)
+                latest = seen[-1]
                 if latest == "join":
                     plans.append(
                         _Plan(room_id, "join", since, req.upto, full_state=not stayed_joined)
                     )
-                elif latest == "invite":
+                elif latest == "invite" and last_id is not None:
                     invites.append(Membership(room_id, req.user_id, "invite", last_id, last_pos))
-                elif latest == "knock":
+                elif latest == "knock" and last_id is not None:
                     knocks.append(Membership(room_id, req.user_id, "knock", last_id, last_pos))
                 else:
                     if forgotten is None:
                         forgotten = await self._memberships.forgotten_rooms(req.user_id)
                     if room_id in forgotten:
                         continue
-                    was_ever_joined = joined_at_since or any(
-                        ev.membership == "join" for ev, _ in found
-                    )
+                    was_ever_joined = joined_at_since or "join" in seen
                     plans.append(
                         _Plan(
                             room_id,

@@ -24,7 +24,7 @@ from typing import Any
 
 from starling.errors import MatrixError
 from starling.notifier import Notifier
-from starling.protocol.event import Event
+from starling.protocol.event import Event, StateKey
 from starling.rooms.event_service import RoomEventService
 from starling.storage.memberships import MembershipStore
 from starling.sync.extension import SyncContext, SyncExtension
@@ -68,6 +68,7 @@ class SyncService:
         self._extensions: list[SyncExtension] = []
         self._ignored_users: IgnoredUsersLookup | None = None
         room_events.add_listener(self._on_new_event)
+        room_events.add_state_listener(self._on_state_change)
 
     def use_ignored_users(self, lookup: IgnoredUsersLookup) -> None:
         """Where to read a user's m.ignored_user_list: their events (other than state)
@@ -77,6 +78,14 @@ class SyncService:
     def _on_new_event(self, event: Event, position: int) -> None:
         users = [event.state_key] if event.type == "m.room.member" and event.state_key else []
         self._notifier.notify(users=users, rooms=[event.room_id])
+
+    def _on_state_change(
+        self, room_id: str, changed: Mapping[StateKey, str | None], position: int
+    ) -> None:
+        # A membership changed by state resolution (no member event of that user is new).
+        users = [key for (etype, key), _ in changed.items() if etype == "m.room.member"]
+        if users:
+            self._notifier.notify(users=users, rooms=[room_id])
 
     # --- extensions ----------------------------------------------------------------------
 

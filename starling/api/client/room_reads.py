@@ -17,7 +17,7 @@ from starling.api.services import Services
 from starling.errors import invalid_param, missing_param
 from starling.sync.filtering import NO_FILTER, EventFilter, parse_event_filter, parse_filter_json
 from starling.sync.history import DEFAULT_LIMIT, MAX_MESSAGES_LIMIT
-from starling.sync.tokens import parse_room_position
+from starling.sync.tokens import parse_history_position, parse_room_position
 
 
 def _room_event_filter(request: web.Request) -> EventFilter:
@@ -104,9 +104,9 @@ class RoomReadRoutes:
             requester.user_id,
             requester.device_id,
             room_id,
-            from_pos=parse_room_position(from_token) if from_token else None,
+            from_pos=parse_history_position(from_token) if from_token else None,
             from_token=from_token,
-            to_pos=parse_room_position(to_token) if to_token else None,
+            to_pos=parse_history_position(to_token) if to_token else None,
             backwards=direction == "b",
             limit=limit,
             efilter=_room_event_filter(request),

@@ -1,0 +1,348 @@
+"""The one persister every event ends in (DESIGN §6 "One persister for every event").
+
+Local sends, inbound PDUs, send_join state, backfill and gap-filling all call
+`EventPersister.persist(event, context)` (or `persist_outliers` for events known only as
+auth or state), holding the room's lock (rooms.locks). The context says what the caller
+decided: the state before the event, and whether it was rejected, soft-failed, is an
+outlier or was backfilled. From that, and only here, in one transaction:
+
+- stream positions: the events stream for timeline events; a separate counter, negated,
+  for backfilled events (older history sorts below everything); none for outliers;
+- state groups: the state before the event, and after it (= before plus the event for
+  a state event that was not rejected: a rejected event never changes state);
+- forward extremities: an accepted event replaces the extremities among its prev events
+  and becomes one itself, unless it was backfilled or a stored event already cites it
+  (it filled a gap); rejected, soft-failed, outlier and backfilled events never do;
+- backward extremities: prev events of accepted events that are not stored (or only as
+  outliers); an event stops being one when it is stored;
+- current state: the resolution of the forward extremities' states (fast path: an event
+  on top of every extremity gives its own state after, and a message there changes
+  nothing), with every change recorded in the current-state-delta stream and in the
+  denormalised memberships — so a membership flipped by state resolution reaches /sync;
+- auth edges (`event_auth`), relations, search, redactions of accepted events.
+
+After commit, listeners hear about accepted timeline events (not backfilled ones) and
+about current-state changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from starling.protocol.event import Event, StateKey
+from starling.protocol.room_versions import RoomVersion
+from starling.rooms.state_calculator import StateCalculator, StateSnapshot
+from starling.storage.database import Database, Transaction
+from starling.storage.events import EventStore
+from starling.storage.memberships import Membership, MembershipStore
+from starling.storage.relations import RelationStore
+from starling.storage.search import SearchStore
+from starling.storage.state import StateStore
+from starling.storage.streams import StreamIdGenerator
+
+logger = logging.getLogger(__name__)
+
+NewEventListener = Callable[[Event, int], None]
+# (room_id, {key: new event ID or None if the key left the state}, position)
+StateDeltaListener = Callable[[str, Mapping[StateKey, str | None], int], None]
+
+
+@dataclass(frozen=True)
+class EventContext:
+    """What the caller decided about an event it hands to the persister."""
+
+    state_before: StateSnapshot
+    rejected_reason: str | None = None
+    soft_failed: bool = False
+    outlier: bool = False  # no state known; no stream position
+    backfilled: bool = False  # negative stream position; never an extremity
+
+    @property
+    def accepted(self) -> bool:
+        return self.rejected_reason is None and not self.soft_failed
+
+
+class EventPersister:
+    def __init__(
+        self,
+        db: Database,
+        events: EventStore,
+        state: StateStore,
+        memberships: MembershipStore,
+        events_stream: StreamIdGenerator,
+        backfill_stream: StreamIdGenerator,
+        calculator: StateCalculator,
+        relations: RelationStore,
+        search: SearchStore,
+    ) -> None:
+        self._db = db
+        self._events = events
+        self._state = state
+        self._memberships = memberships
+        self._stream = events_stream
+        self._backfill_stream = backfill_stream
+        self._calculator = calculator
+        self._relations = relations
+        self._search = search
+        self._listeners: list[NewEventListener] = []
+        self._state_listeners: list[StateDeltaListener] = []
+
+    def add_listener(self, listener: NewEventListener) -> None:
+        """Called (after commit, on the loop) with each accepted timeline event that is
+        not backfilled, and its position."""
+        self._listeners.append(listener)
+
+    def add_state_listener(self, listener: StateDeltaListener) -> None:
+        """Called (after commit) with each change of a room's current state."""
+        self._state_listeners.append(listener)
+
+    @property
+    def current_position(self) -> int:
+        return self._stream.current_position()
+
+    # --- outliers ------------------------------------------------------------------------
+
+    async def persist_outliers(
+        self,
+        events: Sequence[Event],
+        room_version: RoomVersion,
+        *,
+        rejected: Mapping[str, str] | None = None,
+    ) -> None:
+        """Store events known only as auth or state (send_join's state and auth chain,
+        /event_auth answers), in one transaction. Already stored events are skipped. The
+        room is recorded if this server did not know it (a room joined over federation).
+        `rejected` maps event IDs to the reason they were rejected."""
+        have = await self._events.have_events(e.event_id for e in events)
+        new: dict[str, Event] = {}
+        for event in events:
+            if event.event_id not in have:
+                new.setdefault(event.event_id, event)
+        if not new:
+            return
+        unknown_rooms: dict[str, Event] = {}
+        for event in new.values():
+            if event.room_id in unknown_rooms:
+                if event.type == "m.room.create" and event.state_key == "":
+                    unknown_rooms[event.room_id] = event
+            elif await self._events.get_room_version(event.room_id) is None:
+                unknown_rooms[event.room_id] = event
+        async with self._db.transaction() as txn:
+            for room_id, first in sorted(unknown_rooms.items()):
+                await self._events.store_room(
+                    txn, room_id, room_version, first.sender, first.origin_server_ts
+                )
+            await self._events.insert_outliers(txn, list(new.values()), rejected or {})
+
+    # --- timeline events -----------------------------------------------------------------
+
+    async def persist(
+        self,
+        event: Event,
+        context: EventContext,
+        *,
+        device_id: str | None = None,
+        txn_id: str | None = None,
+        new_room: RoomVersion | None = None,
+        fresh: bool = False,
+    ) -> int | None:
+        """Store `event` as `context` says; returns its stream position (None for an
+        outlier). The caller holds the room's lock. An event already stored as a timeline
+        event is left alone (its position is returned); an outlier is promoted. `fresh`:
+        the caller has just built the event, so it cannot be stored yet (no look-up)."""
+        room_id = event.room_id
+        if context.outlier:
+            reasons = {event.event_id: context.rejected_reason} if context.rejected_reason else {}
+            await self.persist_outliers([event], event.room_version, rejected=reasons)
+            return None
+        existing = None if fresh else await self._events.get_event(event.event_id)
+        if existing is not None and not existing[1].outlier:
+            return existing[1].stream_ordering
+        room_version = new_room
+        if room_version is None and await self._events.get_room_version(room_id) is None:
+            room_version = event.room_version  # first timeline event of a remote room
+
+        before = context.state_before
+        accepted = context.accepted
+        is_state = event.state_key is not None
+        changes_state = is_state and context.rejected_reason is None
+        after_ids: Mapping[StateKey, str] = before.ids
+        replaces = None
+        if is_state:
+            replaces = before.ids.get(event.state_map_key)
+            if changes_state:
+                after_ids = {**before.ids, event.state_map_key: event.event_id}
+
+        # The graph around the event.
+        fills_gap = await self._events.is_backward_extremity(room_id, event.event_id)
+        missing_prevs: list[str] = []
+        if accepted and event.prev_event_ids:
+            known = await self._events.get_events_with_meta(event.prev_event_ids)
+            missing_prevs = [
+                p for p in event.prev_event_ids if p not in known or known[p][1].outlier
+            ]
+        becomes_extremity = accepted and not context.backfilled and not fills_gap
+        replaced_extremities: list[str] = []
+        previous_state: Mapping[StateKey, str] = {}
+        new_state: Mapping[StateKey, str] | None = None
+        changed: dict[StateKey, str | None] = {}
+        if becomes_extremity:
+            extremities = await self._events.get_forward_extremities(room_id)
+            prevs = set(event.prev_event_ids)
+            replaced_extremities = [x for x in extremities if x in prevs]
+            others = [x for x in extremities if x not in prevs]
+            # A message on top of every extremity changes no state: the current state is
+            # already the state after them, which is the state before this event.
+            if changes_state or set(extremities) != prevs:
+                previous_state = await self._state.get_current_state_ids(room_id)
+                new_state = await self._current_state_with(event, after_ids, others)
+                changed = {k: v for k, v in new_state.items() if previous_state.get(k) != v}
+                changed.update({k: None for k in previous_state if k not in new_state})
+
+        needed_nids = {e for e in changed.values() if e is not None} - {event.event_id}
+        if before.group is None and before.ids:
+            needed_nids |= set(before.ids.values())
+        nids = await self._events.nids_for_event_ids(list(needed_nids))
+        member_events = await self._events.get_events(
+            [e for (t, _), e in changed.items() if t == "m.room.member" and e is not None],
+            allow_rejected=True,
+        )
+        member_events[event.event_id] = event
+        redaction_target = event.redacts if event.type == "m.room.redaction" and accepted else None
+
+        async with self._db.transaction() as txn:
+            if room_version is not None:
+                await self._events.store_room(
+                    txn, room_id, room_version, event.sender, event.origin_server_ts
+                )
+            if context.backfilled:
+                position = -(await self._backfill_stream.next_id(txn))
+            else:
+                position = await self._stream.next_id(txn)
+            group_before = before.group
+            if group_before is None and before.ids:
+                group_before = await self._state.create_group(
+                    txn, room_id, None, before.ids, before.ids, nids
+                )
+            if existing is not None:
+                nid = await self._events.promote_outlier(
+                    txn,
+                    event,
+                    stream_ordering=position,
+                    state_before=group_before,
+                    state_after=group_before,
+                    replaces_state=replaces,
+                    rejected_reason=context.rejected_reason,
+                    soft_failed=context.soft_failed,
+                )
+            else:
+                nid = await self._events.insert_event(
+                    txn,
+                    event,
+                    stream_ordering=position,
+                    state_before=group_before,
+                    state_after=group_before,
+                    replaces_state=replaces,
+                    rejected_reason=context.rejected_reason,
+                    soft_failed=context.soft_failed,
+                    device_id=device_id,
+                    txn_id=txn_id,
+                )
+            nids[event.event_id] = nid
+            if accepted:
+                await self._relations.record(txn, event, position)
+                await self._search.record(txn, event, position)
+            if changes_state:
+                group_after = await self._state.create_group(
+                    txn,
+                    room_id,
+                    group_before,
+                    {event.state_map_key: event.event_id},
+                    after_ids,
+                    nids,
+                )
+                await self._events.set_state_after(txn, event.event_id, nid, group_after)
+            if becomes_extremity:
+                await self._events.set_forward_extremities(
+                    txn, room_id, replaced_extremities, event.event_id
+                )
+            if missing_prevs or fills_gap:
+                await self._events.update_backward_extremities(
+                    txn, room_id, missing_prevs, [event.event_id] if fills_gap else []
+                )
+            if new_state is not None:
+                await self._state.update_current_state(
+                    txn,
+                    room_id,
+                    new_state,
+                    changed,
+                    nids,
+                    previous=previous_state,
+                    position=position,
+                )
+                await self._record_memberships(txn, room_id, changed, member_events, position)
+            if redaction_target is not None:
+                await self._events.mark_redacted(txn, redaction_target, event.event_id)
+                await self._relations.on_redacted(txn, redaction_target, room_id)
+                await self._search.on_redacted(txn, redaction_target)
+            if accepted and not context.backfilled:
+                txn.call_after_commit(lambda: self._notify(event, position))
+            if changed:
+                delta = dict(changed)
+                txn.call_after_commit(lambda: self._notify_state(room_id, delta, position))
+        return position
+
+    async def _current_state_with(
+        self, event: Event, after_ids: Mapping[StateKey, str], other_extremities: Sequence[str]
+    ) -> Mapping[StateKey, str]:
+        """The room's current state once `event` is a forward extremity beside
+        `other_extremities`: the resolution of all their states."""
+        if not other_extremities:
+            return after_ids
+        metas = await self._events.get_events_with_meta(other_extremities)
+        groups = sorted({m.state_after for _, m in metas.values() if m.state_after is not None})
+        states = await self._state.get_state_ids_for_groups(groups)
+        return await self._calculator.resolve(
+            event.room_version, [after_ids, *(states[g] for g in groups)], pending=[event]
+        )
+
+    async def _record_memberships(
+        self,
+        txn: Transaction,
+        room_id: str,
+        changed: Mapping[StateKey, str | None],
+        member_events: Mapping[str, Event],
+        position: int,
+    ) -> None:
+        rows: list[Membership] = []
+        gone: list[str] = []
+        for (etype, user_id), eid in changed.items():
+            if etype != "m.room.member":
+                continue
+            if eid is None:
+                gone.append(user_id)
+                continue
+            member_event = member_events.get(eid)
+            if member_event is None or member_event.membership is None:
+                continue
+            rows.append(Membership(room_id, user_id, member_event.membership, eid, position))
+        await self._memberships.record(txn, rows)
+        await self._memberships.remove(txn, room_id, gone)
+
+    def _notify(self, event: Event, position: int) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event, position)
+            except Exception:
+                logger.exception("new-event listener failed for %s", event.event_id)
+
+    def _notify_state(
+        self, room_id: str, changed: Mapping[StateKey, str | None], position: int
+    ) -> None:
+        for listener in self._state_listeners:
+            try:
+                listener(room_id, changed, position)
+            except Exception:
+                logger.exception("state listener failed for %s", room_id)
