@@ -136,6 +136,54 @@ class EventPersister:
                 )
             await self._events.insert_outliers(txn, list(new.values()), rejected or {})
 
+    async def persist_out_of_band_membership(self, event: Event) -> int:
+        """A member event of a room whose state this server does not have — an invite
+        from another server, the rejection of such an invite, a knock or its retraction:
+        stored as an outlier but with a stream position, recorded as the user's
+        membership and in the current-state-delta stream (not in the room's current
+        state), so the user's /sync shows it. The caller holds the room's lock. Returns
+        the position (the existing one if the event is already stored)."""
+        if event.type != "m.room.member" or event.state_key is None or event.membership is None:
+            raise ValueError(f"{event.event_id} is not a member event")
+        existing = await self._events.get_event(event.event_id)
+        if existing is not None and existing[1].stream_ordering is not None:
+            return existing[1].stream_ordering
+        room_id, user_id = event.room_id, event.state_key
+        known_room = await self._events.get_room_version(room_id) is not None
+        previous = await self._memberships.get_membership(room_id, user_id)
+        key: StateKey = ("m.room.member", user_id)
+        async with self._db.transaction() as txn:
+            if not known_room:
+                await self._events.store_room(
+                    txn, room_id, event.room_version, event.sender, event.origin_server_ts
+                )
+            position = await self._stream.next_id(txn)
+            if existing is None:
+                await self._events.insert_event(
+                    txn,
+                    event,
+                    stream_ordering=position,
+                    state_before=None,
+                    state_after=None,
+                    outlier=True,
+                )
+            else:
+                await self._events.set_outlier_position(txn, event.event_id, position)
+            await self._state.record_state_delta(
+                txn,
+                room_id,
+                key,
+                event.event_id,
+                previous.event_id if previous is not None else None,
+                position,
+            )
+            await self._memberships.record(
+                txn, [Membership(room_id, user_id, event.membership, event.event_id, position)]
+            )
+            delta: dict[StateKey, str | None] = {key: event.event_id}
+            txn.call_after_commit(lambda: self._notify_state(room_id, delta, position))
+        return position
+
     # --- timeline events -----------------------------------------------------------------
 
     async def persist(

@@ -83,6 +83,9 @@ _EVENT_COLUMNS = (
     " e.state_before, e.state_after"
 )
 
+# What clients may see as timeline events: not outliers, not soft-failed, not rejected.
+_SERVED = "NOT e.outlier AND NOT e.soft_failed AND e.rejected_reason IS NULL"
+
 
 class EventStore:
     def __init__(self, db: Database, cache_size: int = 50_000) -> None:
@@ -234,7 +237,7 @@ class EventStore:
         rows = await self._db.fetch_all(
             f"SELECT {_EVENT_COLUMNS} FROM events e JOIN rooms r ON r.room_id = e.room_id"
             " WHERE e.room_id = ? AND e.stream_ordering > ? AND e.stream_ordering <= ?"
-            f" AND NOT e.soft_failed AND e.rejected_reason IS NULL ORDER BY e.stream_ordering {order} LIMIT ?",
+            f" AND {_SERVED} ORDER BY e.stream_ordering {order} LIMIT ?",
             room_id,
             lower,
             to_inclusive,
@@ -260,13 +263,7 @@ class EventStore:
         stream) is greater; a point with depth None compares stream positions only (a
         stream token). `max_stream` leaves out events that arrived later (the reader's
         current position, or a departed member's last position)."""
-        clauses = [
-            "e.room_id = ?",
-            "e.stream_ordering IS NOT NULL",
-            "NOT e.outlier",
-            "NOT e.soft_failed",
-            "e.rejected_reason IS NULL",
-        ]
+        clauses = ["e.room_id = ?", "e.stream_ordering IS NOT NULL", _SERVED]
         args: list[object] = [room_id]
         if after is not None:
             depth, stream = after
@@ -314,7 +311,7 @@ class EventStore:
             "    PARTITION BY e.room_id ORDER BY e.stream_ordering DESC) AS rn"
             "  FROM events e"
             f"  WHERE {self._db.sql.in_array('e.room_id')}"
-            "    AND e.stream_ordering > ? AND e.stream_ordering <= ? AND NOT e.soft_failed AND e.rejected_reason IS NULL"
+            f"    AND e.stream_ordering > ? AND e.stream_ordering <= ? AND {_SERVED}"
             ") e JOIN rooms r ON r.room_id = e.room_id"
             " WHERE e.rn <= ? ORDER BY e.stream_ordering ASC",
             self._db.sql.array(room_ids),
@@ -349,7 +346,7 @@ class EventStore:
                     f"SELECT * FROM (SELECT {_EVENT_COLUMNS} FROM events e"
                     " JOIN rooms r ON r.room_id = e.room_id"
                     " WHERE e.room_id = ? AND e.stream_ordering > ? AND e.stream_ordering <= ?"
-                    " AND NOT e.soft_failed AND e.rejected_reason IS NULL ORDER BY e.stream_ordering DESC LIMIT ?) AS q"
+                    f" AND {_SERVED} ORDER BY e.stream_ordering DESC LIMIT ?) AS q"
                     f"{len(parts)}"
                 )
                 # Backfilled events (negative positions) are history, never /sync timeline.
@@ -372,7 +369,7 @@ class EventStore:
             chunk = items[start : start + 100]
             parts = [
                 "SELECT CAST(? AS TEXT), (SELECT e.state_after FROM events e"
-                " WHERE e.room_id = ? AND e.stream_ordering <= ? AND NOT e.soft_failed AND e.rejected_reason IS NULL"
+                f" WHERE e.room_id = ? AND e.stream_ordering <= ? AND {_SERVED}"
                 " AND e.state_after IS NOT NULL ORDER BY e.stream_ordering DESC LIMIT 1)"
                 for _ in chunk
             ]
@@ -402,7 +399,7 @@ class EventStore:
             "SELECT DISTINCT room_id FROM events"
             f" WHERE {self._db.sql.in_array('room_id')}"
             " AND stream_ordering > ? AND stream_ordering <= ?"
-            " AND NOT soft_failed AND rejected_reason IS NULL",
+            " AND NOT outlier AND NOT soft_failed AND rejected_reason IS NULL",
             self._db.sql.array(room_ids),
             from_exclusive,
             to_inclusive,
@@ -546,6 +543,15 @@ class EventStore:
             )
         txn.call_after_commit(lambda: self.invalidate(event.event_id))
         return int(nid)
+
+    async def set_outlier_position(self, txn: Transaction, event_id: str, position: int) -> None:
+        """Give a stored outlier a stream position (an out-of-band membership)."""
+        await txn.execute(
+            "UPDATE events SET stream_ordering = ? WHERE event_id = ? AND outlier",
+            position,
+            event_id,
+        )
+        txn.call_after_commit(lambda: self.invalidate(event_id))
 
     async def set_forward_extremities(
         self, txn: Transaction, room_id: str, remove: Iterable[str], add: str | None

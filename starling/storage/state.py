@@ -217,6 +217,29 @@ class StateStore:
         self._current.put(room_id, state)
         return state
 
+    async def record_state_delta(
+        self,
+        txn: Transaction,
+        room_id: str,
+        key: StateKey,
+        event_id: str | None,
+        prev_event_id: str | None,
+        position: int,
+    ) -> None:
+        """One row of the current-state-delta stream without touching current state: an
+        out-of-band membership (an invite to a room whose state this server lacks)."""
+        await txn.execute(
+            "INSERT INTO current_state_delta_stream"
+            " (stream_id, room_id, type, state_key, event_id, prev_event_id)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            position,
+            room_id,
+            key[0],
+            key[1],
+            event_id,
+            prev_event_id,
+        )
+
     async def update_current_state(
         self,
         txn: Transaction,

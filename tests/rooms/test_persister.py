@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from starling.protocol.event import Event, StateKey
+from starling.protocol.room_versions import get_room_version
 from starling.protocol.signing import SigningKey
 from starling.rooms.builder import EventBuilder, auth_keys_for, listed_auth_events
 from starling.rooms.persister import EventContext
@@ -356,3 +357,33 @@ async def test_auth_chain_is_one_query(hs: Harness) -> None:
     assert msg.event_id not in chain
     assert state[("m.room.member", bob)] not in chain  # Bob's join is not in Alice's chain
     assert await s.event_store.get_auth_chain_ids([]) == set()
+
+
+async def test_out_of_band_invite_reaches_sync(hs: Harness) -> None:
+    """An invite from another server to a room this server knows nothing of: stored as
+    an outlier with a stream position, and Bob's /sync lists it."""
+    bob, btok = await hs.register("bob")
+    since = (await sync(hs, btok))["next_batch"]
+    rv = get_room_version("10")
+    invite = EventBuilder("other.example", BUILDER_KEY).build(
+        room_version=rv,
+        room_id="!remote:other.example",
+        event_type="m.room.member",
+        sender="@carol:other.example",
+        content={"membership": "invite"},
+        state_key=bob,
+        prev_events=[],
+        auth_events=[],
+    )
+    s = hs.services
+    async with s.room_locks.lock(invite.room_id):
+        position = await s.persister.persist_out_of_band_membership(invite)
+        assert await s.persister.persist_out_of_band_membership(invite) == position
+    found = await s.event_store.get_event(invite.event_id)
+    assert found is not None and found[1].outlier and found[1].stream_ordering == position
+    assert await s.room_events.current_state_ids(invite.room_id) == {}
+    membership = await s.membership_store.get_membership(invite.room_id, bob)
+    assert membership is not None and membership.membership == "invite"
+    body = await sync(hs, btok, since)
+    assert invite.room_id in body["rooms"]["invite"], body["rooms"]
+    assert invite.room_id in (await sync(hs, btok))["rooms"]["invite"]
