@@ -25,6 +25,7 @@ import asyncio
 import fnmatch
 import logging
 import ssl
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -32,6 +33,7 @@ from urllib.parse import quote, urlencode
 import aiohttp
 import orjson
 from aiohttp.abc import AbstractResolver
+from prometheus_client import Counter, Histogram
 from yarl import URL
 
 from starling import __version__
@@ -62,6 +64,18 @@ WELL_KNOWN_TIMEOUT = 10.0
 WELL_KNOWN_MAX_REDIRECTS = 5
 
 Query = Mapping[str, str | int | Sequence[str]]
+
+OUTBOUND_REQUESTS = Counter(
+    "starling_federation_client_requests_total",
+    "Federation requests sent, by method and outcome (2xx, 4xx, 5xx, unreachable, denied).",
+    ["method", "outcome"],
+)
+OUTBOUND_SECONDS = Histogram(
+    "starling_federation_client_request_duration_seconds",
+    "Time from resolving a destination to its answer (or to giving up), by method.",
+    ["method"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 
 
 def federation_path(template: str, *args: str) -> str:
@@ -263,6 +277,35 @@ class FederationClient:
     ) -> Any:
         if not path.startswith("/_matrix/"):
             raise ValueError(f"federation path must start with /_matrix/: {path!r}")
+        outcome = "unreachable"
+        start = time.perf_counter()
+        try:
+            result = await self._request_inner(
+                method, destination, path, query, body, timeout, max_size
+            )
+            outcome = "2xx"
+            return result
+        except FederationDenied:
+            outcome = "denied"
+            raise
+        except FederationError as e:
+            outcome = f"{e.status // 100}xx"
+            raise
+        finally:
+            OUTBOUND_REQUESTS.labels(method, outcome).inc()
+            if outcome != "denied":
+                OUTBOUND_SECONDS.labels(method).observe(time.perf_counter() - start)
+
+    async def _request_inner(
+        self,
+        method: str,
+        destination: str,
+        path: str,
+        query: Query | None,
+        body: Any,
+        timeout: float,
+        max_size: int,
+    ) -> Any:
         self._check_destination(destination)
         try:
             targets = await asyncio.wait_for(self.resolver.resolve(destination), timeout)

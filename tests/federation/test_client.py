@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from starling.federation.client import FederationClient, federation_path
+from starling.federation.client import OUTBOUND_REQUESTS, FederationClient, federation_path
 from starling.federation.errors import FederationDenied, FederationError, FederationUnreachable
 from starling.federation.ip_ranges import IPRangePolicy
 from starling.protocol.signing import SigningKey
@@ -255,9 +255,11 @@ async def test_errors_and_limits(tmp_path: Path) -> None:
             federation_verify_certificates=False,
         )
         d = f"localhost:{port}"
+        not_found_before = OUTBOUND_REQUESTS.labels("GET", "4xx")._value.get()
         try:
             with pytest.raises(FederationError) as e:
                 await client.get_json(d, "/_matrix/nf")
+            assert OUTBOUND_REQUESTS.labels("GET", "4xx")._value.get() == not_found_before + 1
             assert (e.value.status, e.value.errcode, e.value.message) == (
                 404,
                 "M_NOT_FOUND",
