@@ -179,6 +179,16 @@ class KeyBackupService:
             etag = await self._store.lock_version(txn, user_id, version)
             if etag is None:  # deleted meanwhile
                 raise _unknown_version(raw_version)
+            # A new version created since the check above is the current one now: keys
+            # must not land in the old one (create_version waits for this lock).
+            latest = await self._store.current_version_in(txn, user_id)
+            if latest != version:
+                raise MatrixError(
+                    403,
+                    "M_WRONG_ROOM_KEYS_VERSION",
+                    "Wrong backup version",
+                    current_version=str(latest),
+                )
             current = await self._store.get_keys_for_rooms(
                 txn, user_id, version, [k.room_id for k in keys]
             )

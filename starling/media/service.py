@@ -138,6 +138,7 @@ class MediaService:
             for q in config.media_upload_limits
         ]
         self._hash_locks: KeyedLock[str] = KeyedLock()
+        self._quota_locks: KeyedLock[str] = KeyedLock()
         self._thumb_locks: KeyedLock[tuple[str, str, int, int, str, bool]] = KeyedLock()
         self._remote_locks: KeyedLock[tuple[str, str]] = KeyedLock()
         self._uploaded = asyncio.Condition()
@@ -174,11 +175,6 @@ class MediaService:
             raise too_large(
                 f"Upload larger than the limit of {self.max_upload_size} bytes"
             ) from None
-        try:
-            await self._check_quota(user_id, staged.size)
-        except BaseException:
-            await self.files.discard(staged)
-            raise
         return staged
 
     async def _check_quota(self, user_id: str, adding: int) -> None:
@@ -187,6 +183,23 @@ class MediaService:
             used = await self.store.uploaded_bytes_since(user_id, now - period_ms)
             if used + adding > max_bytes:
                 raise forbidden("Media upload limit exceeded")
+
+    async def _commit_within_quota(
+        self, user_id: str, staged: StagedFile, write_row: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Check the user's upload quota and write the row in one step per user, so two
+        uploads finishing together cannot both pass a check that counts neither.
+        One process: the lock is in memory (a second process would need a database lock
+        on the user's uploads)."""
+        if not self._quotas:
+            return await self._commit(staged, write_row)
+        async with self._quota_locks(user_id):
+            try:
+                await self._check_quota(user_id, staged.size)
+            except BaseException:
+                await self.files.discard(staged)
+                raise
+            return await self._commit(staged, write_row)
 
     async def _commit(self, staged: StagedFile, write_row: Callable[[], Awaitable[T]]) -> T:
         """Move staged content into the store and write the row naming it, atomically with
@@ -232,7 +245,7 @@ class MediaService:
             created_ts=now,
             authenticated=self._config.enable_authenticated_media,
         )
-        await self._commit(staged, lambda: self.store.insert_media(row))
+        await self._commit_within_quota(user_id, staged, lambda: self.store.insert_media(row))
         return f"mxc://{self.server_name}/{media_id}"
 
     async def create(self, user_id: str) -> tuple[str, int]:
@@ -302,7 +315,7 @@ class MediaService:
         except BaseException:
             await self.files.discard(staged)
             raise
-        if not await self._commit(staged, fill):
+        if not await self._commit_within_quota(user_id, staged, fill):
             await self._release([staged.sha256])
             raise self._overwrite_error()
         async with self._uploaded:

@@ -50,6 +50,9 @@ class KeyBackupStore:
         for attempt in range(5):
             try:
                 async with self._db.transaction() as txn:
+                    # Lock the current version first: a key upload holding it finishes
+                    # before the new version exists, and one starting later sees it.
+                    await self.current_version_in(txn, user_id)
                     last = await txn.fetch_val(
                         "SELECT MAX(version) FROM e2e_room_keys_versions WHERE user_id = ?",
                         user_id,
@@ -143,6 +146,16 @@ class KeyBackupStore:
                 args.append(session_id)
         rows = await self._db.fetch_all(sql + " ORDER BY room_id, session_id", *args)
         return [_room_key(r) for r in rows]
+
+    @staticmethod
+    async def current_version_in(txn: Transaction, user_id: str) -> int | None:
+        """The current (latest live) version number, its row locked (PostgreSQL)."""
+        version = await txn.fetch_val(
+            "SELECT version FROM e2e_room_keys_versions WHERE user_id = ? AND NOT deleted"
+            f" ORDER BY version DESC LIMIT 1{txn.sql.for_update}",
+            user_id,
+        )
+        return None if version is None else int(version)
 
     @staticmethod
     async def lock_version(txn: Transaction, user_id: str, version: int) -> int | None:

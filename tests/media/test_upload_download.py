@@ -4,9 +4,11 @@ of unauthenticated media, malformed IDs, and the admin operations."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from nio.crypto.attachments import decrypt_attachment, encrypt_attachment
 
@@ -314,3 +316,46 @@ async def test_quarantine_and_user_deletion(hs: Harness) -> None:
     assert len(_files_in(hs)) == 1  # "two" is still bob's
     status, _, body = await get(hs, f"{V1}/download/{hs.server_name}/{media_id(b1)}", bob)
     assert status == 200 and body == b"two"
+
+
+async def test_concurrent_uploads_cannot_both_pass_the_quota(make_hs: MakeHs) -> None:
+    hs = await make_hs(media_upload_limits=[{"time_period": "1h", "max_size": 3000}])
+    alice_id, alice = await hs.register()
+    store = hs.services.media.store
+    insert = store.insert_media
+    second_checked = asyncio.Event()
+    checks = 0
+    count = store.uploaded_bytes_since
+
+    async def counting(user_id: str, since: int) -> int:
+        # The second upload checks twice (its declared length, then what arrived).
+        nonlocal checks
+        used = await count(user_id, since)
+        if second:
+            checks += 1
+            if checks == 2:
+                second_checked.set()
+        return used
+
+    second: list[asyncio.Task[tuple[int, Any]]] = []
+
+    async def insert_while_another_upload_runs(row: Any) -> Any:
+        if not second:
+            # The first upload passed its quota check; the second runs now, before the
+            # first's row exists. It must not pass a check that counts neither.
+            second.append(
+                asyncio.create_task(hs.request("POST", f"{V3}/upload", alice, raw=b"b" * 2000))
+            )
+            # Until the second reaches its own check; with the fix it waits for ours, so
+            # this only bounds the wait (no assertion on time).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(second_checked.wait(), timeout=3)
+        return await insert(row)
+
+    store.insert_media = insert_while_another_upload_runs  # type: ignore[method-assign]
+    store.uploaded_bytes_since = counting  # type: ignore[method-assign]
+    status, _ = await hs.request("POST", f"{V3}/upload", alice, raw=b"a" * 2000)
+    assert status == 200
+    status, body = await second[0]
+    assert (status, body["errcode"]) == (403, "M_FORBIDDEN"), body
+    assert await count(alice_id, 0) == 2000

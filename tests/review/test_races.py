@@ -27,3 +27,30 @@ async def test_concurrent_create_room_by_one_user_makes_distinct_rooms(hs: Harne
     for room_id in room_ids:
         state = await hs.services.room_events.current_state_ids(room_id)
         assert ("m.room.create", "") in state and ("m.room.power_levels", "") in state
+
+
+async def test_key_upload_racing_a_new_backup_version_never_lands_in_the_old_one(
+    hs: Harness,
+) -> None:
+    from tests.e2ee.support import new_device
+    from tests.e2ee.test_key_backup import create, key, put
+
+    d = await new_device(hs, "alice")
+    old = await create(hs, d)
+    service = hs.services.e2ee.key_backup
+    store = service._store
+    checked = service._writable
+    new_version: list[str] = []
+
+    async def check_then_new_version(user_id: str, raw: str | None) -> int:
+        # The upload passed its version check; a new backup version is created right
+        # then, before the upload writes.
+        number = await checked(user_id, raw)
+        new_version.append(str(await store.create_version(user_id, "alg", "{}")))
+        return number
+
+    service._writable = check_then_new_version  # type: ignore[method-assign]
+    status, resp = await put(hs, d, old, "/!room:test.local/sess", key())
+    assert (status, resp["errcode"]) == (403, "M_WRONG_ROOM_KEYS_VERSION"), resp
+    assert resp["current_version"] == new_version[0]
+    assert await store.count_keys(d.user_id, int(old)) == 0
