@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -89,6 +90,28 @@ class EventReader(Protocol):
 
 class CurrentState(Protocol):
     async def get_current_state_ids(self, room_id: str) -> Mapping[StateKey, str]: ...
+
+
+class OutOfBandPersister(Protocol):
+    async def persist_out_of_band_membership(self, event: Event) -> int: ...
+
+
+class RoomLocker(Protocol):
+    def lock(self, room_id: str) -> AbstractAsyncContextManager[Any]: ...
+
+
+class OutOfBandMemberships:
+    """Members of rooms this server is not in (an invite from another server, a knock
+    through one, the leave that rejects or retracts them), stored by the persister under
+    the room's lock so the user's /sync shows them."""
+
+    def __init__(self, persister: OutOfBandPersister, locks: RoomLocker) -> None:
+        self._persister = persister
+        self._locks = locks
+
+    async def store(self, event: Event) -> int:
+        async with self._locks.lock(event.room_id):
+            return await self._persister.persist_out_of_band_membership(event)
 
 
 def room_id_server(room_id: str) -> str | None:

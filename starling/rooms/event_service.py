@@ -128,8 +128,13 @@ class RoomEventService:
         txn_id: str | None = None,
         redacts: str | None = None,
         check: Callable[[Mapping[StateKey, Event], RoomVersion], Awaitable[None]] | None = None,
+        countersign: Callable[[Event], Awaitable[Event]] | None = None,
     ) -> Event:
         """Create, authorise and persist one event in an existing room.
+
+        `countersign` gets the authorised event before it is persisted and returns it
+        with another server's signature added (an invite of that server's user, which
+        that server signs first: server-server API "Inviting to a room").
 
         `check` runs under the room lock against the current state, before the event is
         built, for rules that are the client API's rather than the auth rules' (e.g. a
@@ -178,6 +183,8 @@ class RoomEventService:
             decision = check_auth_rules(event, auth_state)
             if not decision.allowed:
                 raise MatrixError(403, "M_FORBIDDEN", decision.reason)
+            if countersign is not None:
+                event = await countersign(event)
             await self._persister.persist(
                 event, EventContext(before), device_id=device_id, txn_id=txn_id, fresh=True
             )

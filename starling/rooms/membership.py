@@ -272,8 +272,17 @@ class MembershipService:
         content = {**(await self._profile(target)), **(content or {}), "membership": "invite"}
         if is_direct:
             content["is_direct"] = True
+        countersign = None
+        if target.partition(":")[2] != self._server_name and self._remote is not None:
+            # The invitee's server signs the invite before it is persisted (invite v2).
+            countersign = self._remote.countersigned_invite
         return await self._events.send(
-            room_id, sender, "m.room.member", _reason(content, reason), target
+            room_id,
+            sender,
+            "m.room.member",
+            _reason(content, reason),
+            target,
+            countersign=countersign,
         )
 
     async def kick(
