@@ -10,7 +10,9 @@
 * every socket is checked against `ip_range_blacklist`/`ip_range_whitelist` on the exact
   address being connected to;
 * signs every request with X-Matrix, including `destination`;
-* bounds time (`timeout`), the response size and the JSON nesting depth.
+* bounds time (`timeout`), the response size and the JSON nesting depth;
+* sends once more on a new connection when a pooled keep-alive connection turns out to
+  have been closed by the server (any method; aiohttp alone retries only idempotent ones).
 
 Errors: `FederationError(status, errcode, message)` when the server answered with an error
 or an unusable body, `FederationUnreachable(destination, reason)` when it did not answer.
@@ -332,24 +334,29 @@ class FederationClient:
             headers["Content-Type"] = "application/json"
         failures: list[str] = []
         for target in targets:
-            try:
-                status, raw = await self._send(
-                    method,
-                    destination,
-                    target,
-                    path,
-                    query_string,
-                    headers,
-                    data,
-                    timeout,
-                    max_size,
-                )
-            except _Unreachable as e:
-                failures.append(f"{target.host}:{target.port}: {e}")
-                if e.final:
+            # A pooled keep-alive connection the server has since closed fails at once
+            # ("server disconnected"): that one attempt is made again, on a new connection.
+            for attempt in range(2):
+                try:
+                    status, raw = await self._send(
+                        method,
+                        destination,
+                        target,
+                        path,
+                        query_string,
+                        headers,
+                        data,
+                        timeout,
+                        max_size,
+                    )
+                except _Unreachable as e:
+                    if e.stale_connection and attempt == 0:
+                        continue
+                    failures.append(f"{target.host}:{target.port}: {e}")
                     break
-                continue
-            return _parse_response(destination, status, raw)
+                return _parse_response(destination, status, raw)
+            if failures and failures[-1].endswith(_TIMED_OUT):
+                break
         raise FederationUnreachable(destination, "; ".join(failures) or "no target")
 
     async def _send(
@@ -388,19 +395,24 @@ class FederationClient:
                 raw = await _read_bounded(resp, max_size)
                 return resp.status, raw
         except TimeoutError:
-            raise _Unreachable("timed out", final=True) from None
+            raise _Unreachable(_TIMED_OUT) from None
         except _TooLarge:
             raise FederationError(502, None, f"response larger than {max_size} bytes") from None
+        except aiohttp.ServerDisconnectedError as e:
+            raise _Unreachable(f"{type(e).__name__}: {e}", stale_connection=True) from None
         except (aiohttp.ClientError, OSError, ssl.SSLError) as e:
             if is_blocked_error(e):
                 raise _Unreachable("address refused by ip_range_blacklist") from None
             raise _Unreachable(f"{type(e).__name__}: {e}") from None
 
 
+_TIMED_OUT = "timed out"
+
+
 class _Unreachable(Exception):
-    def __init__(self, reason: str, *, final: bool = False) -> None:
+    def __init__(self, reason: str, *, stale_connection: bool = False) -> None:
         super().__init__(reason)
-        self.final = final
+        self.stale_connection = stale_connection
 
 
 class _TooLarge(Exception):

@@ -327,3 +327,59 @@ async def test_srv_delegation_sends_the_original_name_as_host_and_sni(tmp_path: 
     (seen,) = recorder.seen
     assert seen["host"] == "example.test"
     assert seen["destination"] == "example.test"
+
+
+async def test_a_closed_keepalive_connection_is_retried_once(tmp_path: Path) -> None:
+    """The server answers once, keeps the connection, then drops it on the next request
+    without an answer (as when its idle timeout fires): the client sends again on a new
+    connection instead of calling the server unreachable."""
+    import asyncio
+    import ssl
+
+    pki = pki_for(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(pki.cert), str(pki.key))
+    connections: list[int] = []
+    body = b'{"ok":true}'
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: keep-alive\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        first = len(connections) == 1
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(_content_length(head))
+            writer.write(answer)
+            await writer.drain()
+            if first:
+                await reader.readuntil(b"\r\n\r\n")  # the second request: dropped
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    client = make_client(
+        tmp_path, SigningKey.generate(), ip_range_blacklist=[], federation_verify_certificates=False
+    )
+    try:
+        async with server:
+            # POST: aiohttp itself retries only idempotent methods.
+            for _ in range(2):
+                answer_ = await client.post_json(f"localhost:{port}", "/_matrix/x", {})
+                assert answer_ == {"ok": True}
+    finally:
+        await client.close()
+    assert len(connections) == 2
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
