@@ -107,12 +107,18 @@ def validate_pdu(pdu: JsonDict, room_version: RoomVersion) -> None:
     etype = _require(pdu, "type", str, "a string")
     if _utf8_len(etype, "type") > MAX_TYPE_BYTES:
         raise EventFormatError(f"type is longer than {MAX_TYPE_BYTES} bytes")
+    # Not in the spec's grammar, but no database text column can hold NUL (PostgreSQL
+    # refuses it), and type and state_key are stored and indexed as text.
+    if "\x00" in etype:
+        raise EventFormatError("type contains NUL")
     if "state_key" in pdu:
         state_key = pdu["state_key"]
         if not isinstance(state_key, str):
             raise EventFormatError("'state_key' must be a string when present")
         if _utf8_len(state_key, "state_key") > MAX_STATE_KEY_BYTES:
             raise EventFormatError(f"state_key is longer than {MAX_STATE_KEY_BYTES} bytes")
+        if "\x00" in state_key:
+            raise EventFormatError("state_key contains NUL")
 
     sender = _require(pdu, "sender", str, "a string")
     if not is_valid_user_id(sender):

@@ -36,26 +36,33 @@ def relation_of(content: Mapping[str, Any]) -> Relation | None:
     """The well-formed m.relates_to of an event's content, or None.
 
     A relation needs a string rel_type and a string event_id that looks like an event
-    ID; an annotation needs a string key. Anything else is not a relation (replies,
-    which carry only m.in_reply_to, included).
+    ID; an annotation needs a string key. None of them may hold NUL (no text column can
+    store it). Anything else is not a relation (replies, which carry only m.in_reply_to,
+    included).
     """
     relates_to = content.get("m.relates_to")
     if not isinstance(relates_to, dict):
         return None
     rel_type = relates_to.get("rel_type")
     parent_id = relates_to.get("event_id")
-    if not isinstance(rel_type, str) or not rel_type or len(rel_type) > MAX_ID_LENGTH:
+    if (
+        not isinstance(rel_type, str)
+        or not rel_type
+        or len(rel_type) > MAX_ID_LENGTH
+        or "\x00" in rel_type
+    ):
         return None
     if (
         not isinstance(parent_id, str)
         or not parent_id.startswith("$")
         or len(parent_id) > MAX_ID_LENGTH
+        or "\x00" in parent_id
     ):
         return None
     key = None
     if rel_type == ANNOTATION:
         key = relates_to.get("key")
-        if not isinstance(key, str):
+        if not isinstance(key, str) or "\x00" in key:
             return None
     return Relation(rel_type, parent_id, key)
 

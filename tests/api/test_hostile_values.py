@@ -110,3 +110,39 @@ async def test_backup_version_of_unicode_digits_is_not_found(hs: Harness) -> Non
     _, token = await hs.register()
     status, resp = await hs.request("GET", "/_matrix/client/v3/room_keys/version/%C2%B2", token)
     assert status == 404 and resp["errcode"] == "M_NOT_FOUND", resp
+
+
+@pytest.mark.parametrize("big", ["9999999999999999999", "99999999999999999999999", "²"])
+async def test_tokens_with_huge_positions_in_every_pair(hs: Harness, big: str) -> None:
+    _, token = await hs.register()
+    room = await hs.create_room(token)
+    event_id = await hs.send_message(token, room, "hi")
+    paths = [
+        f"/_matrix/client/v3/keys/changes?from=s{big}&to=s1",
+        f"/_matrix/client/v3/keys/changes?from=s1&to=s{big}",
+        f"/_matrix/client/v3/sync?since=s{big}",
+        f"/_matrix/client/v3/sync?since=s1~receipts.{big}",
+        f"/_matrix/client/v3/rooms/{room}/messages?dir=f&from=t1&to=t{big}",
+        f"/_matrix/client/v3/rooms/{room}/members?at=t{big}",
+        f"/_matrix/client/v3/rooms/{room}/members?at=s{big}",
+        f"/_matrix/client/v1/rooms/{room}/relations/{event_id}?from={big}",
+        f"/_matrix/client/v1/rooms/{room}/relations/{event_id}?from=t{big}",
+        f"/_matrix/client/v1/rooms/{room}/threads?from={big}",
+        f"/_matrix/client/v1/rooms/{room}/threads?from=t{big}",
+        f"/_matrix/client/v1/rooms/{room}/hierarchy?from={big}",
+        f"/_matrix/client/v3/notifications?from={big}",
+        f"/_matrix/client/v3/publicRooms?since=n{big}_!x:test.local",
+        f"/_matrix/client/v3/rooms/{room}/context/{event_id}?limit={big}",
+        f"/_matrix/client/v3/rooms/{room}/initialSync?limit={big}",
+        f"/_matrix/client/v3/events?from=s{big}",
+    ]
+    for path in paths:
+        status, resp = await hs.request("GET", path, token)
+        assert status < 500 and (status < 400 or "errcode" in resp), (path, status, resp)
+    status, resp = await hs.request(
+        "POST",
+        f"/_matrix/client/v3/search?next_batch=k{big}",
+        token,
+        {"search_categories": {"room_events": {"search_term": "hi"}}},
+    )
+    assert status < 500, resp

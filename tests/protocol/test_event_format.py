@@ -440,3 +440,26 @@ def test_fuzz_only_event_format_error(rv_id: str, changes: dict[str, Any]) -> No
         assert e.reason
     else:
         assert event.event_id
+
+
+def test_nul_in_type_or_state_key_is_refused() -> None:
+    from starling.protocol.event_format import EventFormatError, validate_pdu
+    from starling.protocol.room_versions import get_room_version
+
+    rv = get_room_version("11")
+    base = {
+        "type": "m.room.topic",
+        "state_key": "",
+        "sender": "@a:example.org",
+        "room_id": "!r:example.org",
+        "content": {},
+        "depth": 1,
+        "origin_server_ts": 1,
+        "prev_events": [],
+        "auth_events": [],
+        "hashes": {"sha256": "a" * 43},
+        "signatures": {},
+    }
+    for bad in ({"type": "m.a\x00b"}, {"state_key": "\x00"}):
+        with pytest.raises(EventFormatError, match="NUL"):
+            validate_pdu({**base, **bad}, rv)
