@@ -1,0 +1,50 @@
+"""Missing prev events are pulled with get_missing_events (bounded) and processed oldest
+first, before the event that cited them."""
+
+from __future__ import annotations
+
+from starling.federation.receipt.remote import MISSING_EVENTS_LIMIT, MISSING_EVENTS_ROUNDS
+from tests.federation.conftest import Scenario
+
+
+async def test_missing_prev_events_are_fetched_in_order(scenario: Scenario) -> None:
+    s = scenario
+    m1 = s.dag.message(s.alice, "1")
+    topic = s.dag.add(s.alice, "m.room.topic", {"topic": "t"}, state_key="")
+    m3 = s.dag.message(s.alice, "3")
+    assert await s.send(m3) is None  # only the newest arrives
+    assert s.client.count("get_missing_events") == 1
+    assert s.rooms.timeline[-3:] == [m1.event_id, topic.event_id, m3.event_id]
+    assert s.rooms.current[s.dag.room_id][("m.room.topic", "")] == topic.event_id
+    assert s.rooms.extremities[s.dag.room_id] == [m3.event_id]
+    assert s.client.count("state_ids") == 0  # no gap left
+
+
+async def test_fetching_is_bounded(scenario: Scenario) -> None:
+    s = scenario
+    ours = list(s.rooms.extremities[s.dag.room_id])
+    count = MISSING_EVENTS_LIMIT * MISSING_EVENTS_ROUNDS + 5
+    for i in range(count):
+        s.dag.message(s.alice, str(i))
+    last = s.dag.message(s.alice, "last")
+    assert await s.send(last) is None
+    assert s.client.count("get_missing_events") == MISSING_EVENTS_ROUNDS
+    # What get_missing_events could not bring is bridged with the state at the oldest.
+    assert s.client.count("state_ids") == 1
+    assert s.rooms.meta(last.event_id).rejected_reason is None
+    # The events older than the gap stay unknown: our old extremity is still one.
+    assert set(s.rooms.extremities[s.dag.room_id]) == {*ours, last.event_id}
+    assert len(s.rooms.timeline) == 5 + MISSING_EVENTS_LIMIT * MISSING_EVENTS_ROUNDS + 1
+
+
+async def test_forged_missing_event_is_dropped_and_the_gap_bridged(scenario: Scenario) -> None:
+    s = scenario
+    from tests.federation.dag import FakeServer
+
+    impostor = FakeServer("remote.example")
+    forged = s.dag.message(s.alice, "forged", signer=impostor)
+    after = s.dag.message(s.alice, "after")
+    assert await s.send(after) is None
+    assert forged.event_id not in s.rooms.events
+    assert s.client.count("state_ids") == 1
+    assert s.rooms.meta(after.event_id).rejected_reason is None
