@@ -107,12 +107,27 @@ def cmd_check_auth(args: argparse.Namespace) -> None:
     auth_list = _load_json(args.auth_events_file)
     if not isinstance(auth_list, list):
         raise BadInput("AUTH_EVENTS_FILE: expected a JSON list of events")
-    auth_state = {}
+    given: dict[str, Event] = {}
     for i, pdu in enumerate(auth_list):
         ev = _event(pdu, rv, args.trust_ids, f"AUTH_EVENTS_FILE[{i}]")
         if ev.state_key is None:
             raise BadInput(f"AUTH_EVENTS_FILE[{i}]: auth events must be state events")
-        auth_state[ev.state_map_key] = ev
+        given[ev.event_id] = ev
+    if "auth_events" in event.pdu:
+        # The event names its auth events: the same checks as on receipt of a PDU (step
+        # 4): exactly an allowed selection, then the rules against those events alone.
+        from starling.federation.receipt.auth_events import check_auth_events
+        from starling.federation.receipt.verdict import Rejected
+
+        create = next((e for e in given.values() if e.state_map_key == ("m.room.create", "")), None)
+        verdict = check_auth_events(event, given, create_event=create)
+        if isinstance(verdict, Rejected):
+            _print({"allowed": False, "reason": verdict.reason})
+        else:
+            _print({"allowed": True})
+        return
+    # Without auth_events the file is the state to check against (the fixtures' form).
+    auth_state = {ev.state_map_key: ev for ev in given.values()}
     decision = check_auth_rules(event, auth_state)
     if decision.allowed:
         _print({"allowed": True})
@@ -173,7 +188,13 @@ def add_debug_commands(sub: Any) -> None:
     a = dsub.add_parser(
         "check-auth",
         help="run the authorization rules on an event",
-        description='Print {"allowed": true} or {"allowed": false, "reason": ...}.',
+        description=(
+            'Print {"allowed": true} or {"allowed": false, "reason": ...}. When the event '
+            "has auth_events, they are checked as on receipt of a PDU (an allowed selection: "
+            "no duplicates, none unneeded or from another room, the create event listed "
+            "except in room 12) and the rules run against those events only; otherwise "
+            "AUTH_EVENTS_FILE is the state to check against."
+        ),
     )
     a.add_argument("--room-version", required=True)
     a.add_argument("--trust-ids", action="store_true", help="take each event_id as given")

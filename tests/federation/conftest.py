@@ -9,6 +9,7 @@ import pytest
 
 from starling.federation.event_handler import FederationEventHandler
 from starling.federation.receipt.remote import RemoteEvents
+from starling.federation.room_access import RoomAccess
 from starling.protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from tests.federation.dag import Dag, FakeServer
 from tests.federation.fakes import FakeKeyring, FakeRemote
@@ -30,7 +31,6 @@ class Scenario:
     client: FakeRemote
     keyring: FakeKeyring
     handler: FederationEventHandler
-    acl_denied: set[str]
 
     @property
     def alice(self) -> str:
@@ -62,11 +62,7 @@ async def make_scenario(room_version: RoomVersion) -> Scenario:
     await rooms.seed(room_version, events)
     client = FakeRemote(dag)
     keyring = FakeKeyring([remote, local])
-    denied: set[str] = set()
-
-    async def allowed(room_id: str, server: str) -> bool:
-        return server not in denied
-
+    access = RoomAccess(rooms, rooms, rooms)
     handler = FederationEventHandler(
         events=rooms,
         state=rooms,
@@ -76,9 +72,9 @@ async def make_scenario(room_version: RoomVersion) -> Scenario:
         locks=rooms,
         keyring=keyring,
         remote=RemoteEvents(client),
-        server_allowed=allowed,
+        server_allowed=access.server_allowed,
     )
-    return Scenario(remote, local, dag, rooms, client, keyring, handler, denied)
+    return Scenario(remote, local, dag, rooms, client, keyring, handler)
 
 
 @pytest.fixture

@@ -31,6 +31,8 @@ class Meta:
     outlier: bool = False
     backfilled: bool = False
     state_after: dict[StateKey, str] | None = None
+    state_before: dict[StateKey, str] | None = None
+    redacted_by: str | None = None
     position: int | None = None
 
 
@@ -73,6 +75,25 @@ class MemoryRooms:
             if etype == "m.room.member" and self.events[eid][0].membership == "join":
                 out.add(sk)
         return frozenset(out)
+
+    async def get_state_ids_before(self, event_id: str) -> dict[StateKey, str] | None:
+        got = self.events.get(event_id)
+        if got is None or got[1].state_before is None:
+            return None
+        return dict(got[1].state_before)
+
+    async def get_auth_chain_ids(self, event_ids: Iterable[str]) -> set[str]:
+        out: set[str] = set()
+        todo = list(event_ids)
+        while todo:
+            got = self.events.get(todo.pop())
+            if got is None:
+                continue
+            for a in got[0].auth_event_ids:
+                if a not in out:
+                    out.add(a)
+                    todo.append(a)
+        return out
 
     @asynccontextmanager
     async def _lock(self, room_id: str) -> AsyncIterator[None]:
@@ -137,6 +158,7 @@ class MemoryRooms:
             soft_failed=context.soft_failed,
             backfilled=context.backfilled,
             state_after=after,
+            state_before=dict(context.state_before.ids),
             position=pos,
         )
         self.events[event.event_id] = (event, meta)
