@@ -90,6 +90,27 @@ class FakeRemote:
         if kind == "event_auth":
             ev = self._event(parts[6])
             return {"auth_chain": [dict(e.pdu) for e in self.dag.auth_chain([ev.event_id])]}
+        if kind == "backfill":
+            assert query is not None
+            limit = int(query["limit"])
+            frontier = [e for e in query["v"] if e in self.dag.events and e not in self.hidden]
+            seen: set[str] = set()
+            out: list[Event] = []
+            while frontier and len(out) < limit:
+                level = sorted(
+                    {self.dag.events[e] for e in frontier if e not in seen},
+                    key=lambda e: (-e.depth, e.event_id),
+                )
+                seen.update(e.event_id for e in level)
+                frontier = []
+                for ev in level[: limit - len(out)]:
+                    out.append(ev)
+                    frontier.extend(
+                        p
+                        for p in ev.prev_event_ids
+                        if p in self.dag.events and p not in self.hidden
+                    )
+            return {"origin": "x", "origin_server_ts": 0, "pdus": [dict(e.pdu) for e in out]}
         if kind == "event":
             ev = self._event(parts[5])
             return {"origin": "x", "origin_server_ts": 0, "pdus": [dict(ev.pdu)]}

@@ -82,6 +82,18 @@ class MemoryRooms:
             return None
         return dict(got[1].state_before)
 
+    async def get_backward_extremities(self, room_id: str) -> list[str]:
+        """Prev events of the room's DAG events that we lack (or hold only as outliers)."""
+        out = set()
+        for ev, meta in self.events.values():
+            if ev.room_id != room_id or meta.outlier:
+                continue
+            for p in ev.prev_event_ids:
+                got = self.events.get(p)
+                if got is None or got[1].outlier:
+                    out.add(p)
+        return sorted(out)
+
     async def get_auth_chain_ids(self, event_ids: Iterable[str]) -> set[str]:
         out: set[str] = set()
         todo = list(event_ids)
@@ -138,9 +150,16 @@ class MemoryRooms:
 
     # --- EventPersister -------------------------------------------------------------------
 
-    async def persist_outliers(self, events: Sequence[Event], room_version: RoomVersion) -> None:
+    async def persist_outliers(
+        self,
+        events: Sequence[Event],
+        room_version: RoomVersion,
+        *,
+        rejected: Mapping[str, str] | None = None,
+    ) -> None:
         for ev in events:
-            self.events.setdefault(ev.event_id, (ev, Meta(outlier=True)))
+            reason = (rejected or {}).get(ev.event_id)
+            self.events.setdefault(ev.event_id, (ev, Meta(outlier=True, rejected_reason=reason)))
 
     async def persist(
         self, event: Event, context: EventContext, *, new_room: RoomVersion | None = None

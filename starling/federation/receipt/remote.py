@@ -119,6 +119,19 @@ class RemoteEvents:
         )
         return _pdu_list(answer, "auth_chain")
 
+    async def backfill(
+        self, destination: str, room_id: str, from_ids: Sequence[str], limit: int
+    ) -> list[dict[str, Any]] | None:
+        """GET /backfill: up to `limit` events before `from_ids`; None if it failed."""
+        answer = await self._get(
+            destination,
+            f"/_matrix/federation/v1/backfill/{_q(room_id)}",
+            {"v": list(from_ids), "limit": str(limit)},
+        )
+        if not isinstance(answer, dict) or not isinstance(answer.get("pdus"), list):
+            return None
+        return _pdu_list(answer, "pdus")[:limit]
+
     async def event(self, origin: str, event_id: str) -> dict[str, Any] | None:
         """GET /event/{eventId}: one PDU (a transaction of one), or None."""
         answer = await self._get(origin, f"/_matrix/federation/v1/event/{_q(event_id)}")

@@ -1,0 +1,94 @@
+"""Backfilling history from other servers (Server-Server API > Backfilling and retrieving
+missing events): when a client pages back past the oldest event we hold in a room that
+other servers share, we ask them for the events before our backward extremities (the
+prev events we cite but lack) and run what comes back through the receipt pipeline as
+backfilled events (negative stream positions: history, never /sync timeline, never an
+extremity).
+
+Servers with joined users are tried one after the other, those with the most members
+first, until one answers with events.
+Concurrent backfills of one room share a single fetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+from starling.federation.receipt.remote import RemoteEvents
+from starling.protocol.power_levels import server_of
+
+logger = logging.getLogger(__name__)
+
+BACKFILL_LIMIT = 100
+# Backward extremities named in one request (the deepest ones).
+MAX_EXTREMITIES = 20
+# Servers tried for one backfill.
+MAX_SERVERS = 5
+
+
+class _Graph(Protocol):
+    async def get_backward_extremities(self, room_id: str) -> list[str]: ...
+
+
+class _Members(Protocol):
+    async def get_joined_users(self, room_id: str) -> frozenset[str]: ...
+
+
+class _Pipeline(Protocol):
+    async def process_pulled_events(
+        self, origin: str, room_id: str, pdus: list[dict[str, Any]], *, backfilled: bool
+    ) -> None: ...
+
+
+class Backfiller:
+    def __init__(
+        self,
+        server_name: str,
+        graph: _Graph,
+        memberships: _Members,
+        remote: RemoteEvents,
+        pipeline: _Pipeline,
+    ) -> None:
+        self._server_name = server_name
+        self._graph = graph
+        self._memberships = memberships
+        self._remote = remote
+        self._pipeline = pipeline
+        self._running: dict[str, asyncio.Task[bool]] = {}
+
+    async def backfill(self, room_id: str, limit: int = BACKFILL_LIMIT) -> bool:
+        """Fetch history before the room's backward extremities; True if any server
+        answered with events (which are then stored)."""
+        task = self._running.get(room_id)
+        if task is None:
+            task = asyncio.create_task(self._backfill(room_id, limit))
+            self._running[room_id] = task
+            task.add_done_callback(lambda _: self._running.pop(room_id, None))
+        return await asyncio.shield(task)
+
+    async def _backfill(self, room_id: str, limit: int) -> bool:
+        extremities = (await self._graph.get_backward_extremities(room_id))[:MAX_EXTREMITIES]
+        if not extremities:
+            return False
+        for server in (await self._servers(room_id))[:MAX_SERVERS]:
+            pdus = await self._remote.backfill(server, room_id, extremities, limit)
+            if not pdus:
+                continue
+            try:
+                await self._pipeline.process_pulled_events(server, room_id, pdus, backfilled=True)
+            except Exception:
+                logger.exception("backfill of %s from %s failed", room_id, server)
+                continue
+            return True
+        return False
+
+    async def _servers(self, room_id: str) -> list[str]:
+        joined = await self._memberships.get_joined_users(room_id)
+        counts: dict[str, int] = {}
+        for user in joined:
+            server = server_of(user)
+            if server and server != self._server_name:
+                counts[server] = counts.get(server, 0) + 1
+        return sorted(counts, key=lambda s: (-counts[s], s))
