@@ -177,7 +177,8 @@ class FederationEventHandler:
                     state_ids[ev.state_map_key] = eid
             if ("m.room.create", "") not in state_ids:
                 raise SendJoinResponseError("the room's state has no valid create event")
-            await self._persister.persist_outliers(batch.ordered(), room_version)
+            events, rejected = batch.to_store()
+            await self._persister.persist_outliers(events, room_version, rejected=rejected)
 
             event, _ = checked_content(join_event)
             known = {**accepted, **(await self._events.get_events(event.auth_event_ids))}
@@ -260,7 +261,10 @@ class FederationEventHandler:
         if set(extremities) == set(event.prev_event_ids):
             return False
         current_ids = await self._state.get_current_state_ids(event.room_id)
-        current = await self._calculator.resolve(event.room_version, [current_ids, before.ids])
+        try:
+            current = await self._calculator.resolve(event.room_version, [current_ids, before.ids])
+        except MissingStateError:
+            current = dict(current_ids)
         auth_state = await load_auth_state(event, current, self._loader)
         verdict = check_against_current_state(event, auth_state)
         if isinstance(verdict, SoftFailed):
@@ -362,8 +366,9 @@ class FederationEventHandler:
         batch = await check_batch(pdus, room_id, rv, self._keyring, self._events, wanted=wanted)
         for eid, why in batch.refused.items():
             logger.info("fetched event %s refused: %s", eid, why)
-        if batch.accepted:
-            await self._persister.persist_outliers(batch.ordered(), rv)
+        events, rejected = batch.to_store()
+        if events:
+            await self._persister.persist_outliers(events, rv, rejected=rejected)
 
     async def _state_before(self, origin: str, event: Event) -> StateSnapshot | None:
         """The state before `event`: from our DAG when we have its prev events, else
@@ -411,6 +416,9 @@ class FederationEventHandler:
         known_prevs = [p for p in event.prev_event_ids if p not in set(missing)]
         if not known_prevs:
             return StateSnapshot(remote_state, None)
-        ours = await self._calculator.state_after_events(room_id, rv, known_prevs)
-        resolved = await self._calculator.resolve(rv, [ours.ids, remote_state])
+        try:
+            ours = await self._calculator.state_after_events(room_id, rv, known_prevs)
+            resolved = await self._calculator.resolve(rv, [ours.ids, remote_state])
+        except MissingStateError:
+            return StateSnapshot(remote_state, None)
         return StateSnapshot(resolved, None)

@@ -83,7 +83,11 @@ class PersisterPort(Protocol):
     ) -> int | None: ...
 
     async def persist_outliers(
-        self, events: Sequence[Event], room_version: RoomVersion
+        self,
+        events: Sequence[Event],
+        room_version: RoomVersion,
+        *,
+        rejected: Mapping[str, str] | None = None,
     ) -> None: ...
 
 

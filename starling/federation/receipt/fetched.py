@@ -4,8 +4,8 @@ signatures and content hash checked, and it is authorised against its own auth e
 in an order where every auth event is decided before the events citing it.
 
 What passes becomes an outlier: stored, usable as state and as an auth event, with no
-place in the DAG. What fails is not stored: a dropped event is unusable, and an event
-whose auth events reject it cannot authorise anything either.
+place in the DAG. An event its auth events reject is stored as a rejected outlier, so
+whatever cites it is rejected too; a dropped event (malformed, forged) is not stored.
 """
 
 from __future__ import annotations
@@ -31,10 +31,17 @@ _VERIFY_CONCURRENCY = 32
 @dataclass
 class CheckedBatch:
     accepted: dict[str, Event] = field(default_factory=dict)  # in a valid auth order
-    refused: dict[str, str] = field(default_factory=dict)  # event ID -> why
+    rejected: dict[str, tuple[Event, str]] = field(default_factory=dict)  # step 4 failed
+    refused: dict[str, str] = field(default_factory=dict)  # dropped (or rejected): why
 
     def ordered(self) -> list[Event]:
         return list(self.accepted.values())
+
+    def to_store(self) -> tuple[list[Event], dict[str, str]]:
+        """The events to store as outliers (accepted and rejected: a rejected event is
+        remembered as such, so nothing citing it is accepted later) and the reasons."""
+        reasons = {eid: why for eid, (_, why) in self.rejected.items()}
+        return [*self.accepted.values(), *(ev for ev, _ in self.rejected.values())], reasons
 
 
 def parse_batch(
@@ -119,10 +126,12 @@ async def check_batch(
             progressed = True
             create = known.get(cid) if cid is not None else None
             verdict = check_auth_events(event, known, rejected=rejected, create_event=create)
+            known[event.event_id] = event
             if isinstance(verdict, Accepted):
-                known[event.event_id] = event
                 out.accepted[event.event_id] = event
             else:
+                rejected.add(event.event_id)
+                out.rejected[event.event_id] = (event, verdict.reason)
                 out.refused[event.event_id] = verdict.reason
         if not progressed:  # an auth cycle: nothing in it can be authorised
             for event in waiting:

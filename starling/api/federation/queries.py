@@ -1,0 +1,46 @@
+"""Queries about this server's names.
+
+GET /_matrix/federation/v1/query/directory?room_alias=   (server-server-api/#get_matrixfederationv1querydirectory)
+GET /_matrix/federation/v1/query/profile?user_id=&field= (server-server-api/#get_matrixfederationv1queryprofile)
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from starling.api.federation.auth import authenticate_origin
+from starling.api.federation.routes import Route
+
+from starling.api.http import json_response
+from starling.errors import MatrixError
+from starling.federation.queries import FederationQueries
+
+V1 = "/_matrix/federation/v1"
+
+
+def _required(request: web.Request, name: str) -> str:
+    value = request.query.get(name)
+    if not value:
+        raise MatrixError(400, "M_MISSING_PARAM", f"Missing '{name}' query parameter")
+    return value
+
+
+class FederationQueriesApi:
+    def __init__(self, queries: FederationQueries) -> None:
+        self._queries = queries
+
+    async def directory(self, request: web.Request) -> web.Response:
+        """GET /_matrix/federation/v1/query/directory?room_alias="""
+        await authenticate_origin(request)
+        return json_response(await self._queries.directory(_required(request, "room_alias")))
+
+    async def profile(self, request: web.Request) -> web.Response:
+        """GET /_matrix/federation/v1/query/profile?user_id=&field="""
+        await authenticate_origin(request)
+        user_id = _required(request, "user_id")
+        return json_response(await self._queries.profile(user_id, request.query.get("field")))
+
+    def routes(self) -> list[Route]:
+        return [
+            ("GET", f"{V1}/query/directory", self.directory),
+            ("GET", f"{V1}/query/profile", self.profile),
+        ]
