@@ -1,0 +1,52 @@
+"""Pushed PDUs: the origin must take part in the room and speak only for its own users;
+the room's server ACL applies to every PDU."""
+
+from __future__ import annotations
+
+from tests.federation.conftest import REMOTE, Scenario
+from tests.federation.dag import FakeServer
+
+
+async def test_sender_of_another_server_is_refused(scenario: Scenario) -> None:
+    s = scenario
+    event = s.dag.message(s.bob)  # a user of local.test, pushed by remote.example
+    outcome = await s.handler.on_send_pdu(REMOTE, dict(event.pdu))
+    assert outcome is not None and "not a user of" in outcome
+    assert event.event_id not in s.rooms.events
+
+
+async def test_origin_not_in_the_room_is_refused(scenario: Scenario) -> None:
+    s = scenario
+    stranger = FakeServer("stranger.example")
+    s.keyring.servers[stranger.name] = stranger
+    s.dag.servers[stranger.name] = stranger
+    msg = s.dag.message(stranger.user("eve"), track=False)
+    outcome = await s.handler.on_send_pdu(stranger.name, dict(msg.pdu))
+    assert outcome is not None and "not in room" in outcome
+    # Its own user's join is let through to the checks (a public room: accepted).
+    join = s.dag.join(stranger.user("eve"))
+    assert await s.handler.on_send_pdu(stranger.name, dict(join.pdu)) is None
+    assert s.rooms.meta(join.event_id).rejected_reason is None
+    msg2 = s.dag.message(stranger.user("eve"))
+    assert await s.handler.on_send_pdu(stranger.name, dict(msg2.pdu)) is None
+
+
+async def test_rejected_fetched_auth_event_is_remembered(scenario: Scenario) -> None:
+    s = scenario
+    carol = s.remote.user("carol")
+    # The remote's DAG holds a power levels change by a non-member (rejected anywhere)
+    # and cites it as auth event: we learn it only through event_auth.
+    bad_pl = s.dag.add(carol, "m.room.power_levels", s.dag.power_levels(carol), state_key="")
+    keys = [("m.room.member", s.alice)]
+    if s.dag.room_version.create_event_in_auth_events:
+        keys.insert(0, ("m.room.create", ""))
+    auth = [s.dag.current_state()[k] for k in keys if k in s.dag.current_state()]
+    auth = [a for a in auth if a != bad_pl.event_id] + [bad_pl.event_id]
+    s.client.withheld.add(bad_pl.event_id)
+    s.client.hidden.add(bad_pl.event_id)  # not even /event: only the auth chain has it
+    event = s.dag.message(s.alice, auth=auth, prev=[bad_pl.event_id])
+    s.client.hidden.discard(bad_pl.event_id)
+    assert await s.send(event) is None
+    assert s.rooms.meta(bad_pl.event_id).rejected_reason is not None
+    assert s.rooms.meta(event.event_id).rejected_reason is not None
+    assert event.event_id not in s.rooms.timeline
