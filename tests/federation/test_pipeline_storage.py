@@ -1,0 +1,151 @@
+"""The receipt pipeline over the real event path (state calculator, persister, room locks)
+on both engines: a room hosted by a fake remote server that our user joins through a
+send_join answer, then PDUs pushed and pulled, checked by what a client sees (/sync,
+/messages) and what the store holds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starling.federation.backfill import Backfiller
+from starling.federation.event_handler import FederationEventHandler
+from starling.federation.receipt.remote import RemoteEvents
+from starling.federation.room_access import RoomAccess
+from starling.protocol.event import Event
+from starling.protocol.room_versions import KNOWN_ROOM_VERSIONS
+from tests.federation.dag import Dag, FakeServer
+from tests.federation.fakes import FakeKeyring, FakeRemote
+from tests.support.harness import Harness
+
+REMOTE = "remote.example"
+
+
+class Room:
+    """A remote-hosted room joined by a local user of `hs`."""
+
+    def __init__(self, hs: Harness, rv: str = "10") -> None:
+        self.hs = hs
+        self.remote = FakeServer(REMOTE)
+        self.local = FakeServer(hs.server_name)  # signs our join in the fake DAG
+        self.dag = Dag(KNOWN_ROOM_VERSIONS[rv], [self.remote, self.local])
+        self.alice = self.remote.user("alice")
+        self.client = FakeRemote(self.dag)
+        s = hs.services
+        access = RoomAccess(s.event_store, s.state_store, s.membership_store)
+        self.handler = FederationEventHandler(
+            events=s.event_store,
+            state=s.state_store,
+            memberships=s.membership_store,
+            calculator=s.state_calculator,
+            persister=s.persister,
+            locks=s.room_locks,
+            keyring=FakeKeyring([self.remote, self.local]),
+            remote=RemoteEvents(self.client),
+            server_allowed=access.server_allowed,
+        )
+
+    async def join(self, localpart: str = "bob", history: int = 0) -> tuple[str, str]:
+        self.dag.standard_room(self.alice)
+        for i in range(history):
+            self.dag.message(self.alice, f"old {i}")
+        user_id, token = await self.hs.register(localpart)
+        join = self.dag.join(user_id)
+        state = self.dag.state_before(join)
+        await self.handler.process_send_join_response(
+            REMOTE,
+            self.dag.room_id,
+            self.dag.room_version,
+            join,
+            [dict(e.pdu) for e in self.dag.state_events(state)],
+            [dict(e.pdu) for e in self.dag.auth_chain(state.values())],
+        )
+        return user_id, token
+
+    async def push(self, event: Event) -> str | None:
+        return await self.handler.on_send_pdu(REMOTE, dict(event.pdu))
+
+    async def meta(self, event_id: str) -> Any:
+        got = await self.hs.services.event_store.get_event(event_id)
+        assert got is not None, event_id
+        return got[1]
+
+
+async def _timeline(hs: Harness, token: str, room_id: str) -> list[str]:
+    status, body = await hs.request(
+        "GET",
+        f"/_matrix/client/v3/rooms/{room_id}/messages",
+        token,
+        params={"dir": "b", "limit": "50"},
+    )
+    assert status == 200, body
+    return [e["event_id"] for e in reversed(body["chunk"])]
+
+
+async def test_join_then_messages_both_checked(hs: Harness) -> None:
+    room = Room(hs)
+    _, token = await room.join()
+    good = room.dag.message(room.alice, "hello")
+    assert await room.push(good) is None
+    mallory = room.dag.message(room.remote.user("mallory"), "sneaky", track=False)
+    assert await room.push(mallory) is None
+    assert (await room.meta(mallory.event_id)).rejected_reason
+    timeline = await _timeline(hs, token, room.dag.room_id)
+    assert good.event_id in timeline and mallory.event_id not in timeline
+    assert await hs.services.event_store.get_forward_extremities(room.dag.room_id) == [
+        good.event_id
+    ]
+
+
+async def test_soft_failed_ban_evasion_on_storage(hs: Harness) -> None:
+    room = Room(hs)
+    _, token = await room.join()
+    carol = room.remote.user("carol")
+    join = room.dag.join(carol)
+    assert await room.push(join) is None
+    ban = room.dag.add(room.alice, "m.room.member", {"membership": "ban"}, state_key=carol)
+    assert await room.push(ban) is None
+    evading = room.dag.message(carol, "still here", prev=[join.event_id], track=False)
+    assert await room.push(evading) is None
+    meta = await room.meta(evading.event_id)
+    assert meta.soft_failed and meta.rejected_reason is None
+    assert evading.event_id not in await _timeline(hs, token, room.dag.room_id)
+    assert await hs.services.event_store.get_forward_extremities(room.dag.room_id) == [
+        ban.event_id
+    ]
+
+
+async def test_missing_events_and_gap_on_storage(hs: Harness) -> None:
+    room = Room(hs)
+    _, token = await room.join()
+    m1 = room.dag.message(room.alice, "1")
+    m2 = room.dag.message(room.alice, "2")
+    assert await room.push(m2) is None  # m1 comes through get_missing_events
+    assert room.client.count("get_missing_events") == 1
+    dave = room.remote.user("dave")
+    dave_join = room.dag.join(dave)
+    room.client.withheld.add(dave_join.event_id)
+    m3 = room.dag.message(dave, "3")
+    assert await room.push(m3) is None  # dave's join only through state_ids
+    assert room.client.count("state_ids") == 1
+    assert (await room.meta(dave_join.event_id)).outlier
+    timeline = await _timeline(hs, token, room.dag.room_id)
+    assert timeline[-3:] == [m1.event_id, m2.event_id, m3.event_id]
+    state = await hs.services.state_store.get_current_state_ids(room.dag.room_id)
+    assert state[("m.room.member", dave)] == dave_join.event_id
+
+
+async def test_backfill_on_storage(hs: Harness) -> None:
+    room = Room(hs)
+    _, token = await room.join(history=4)
+    s = hs.services
+    backfiller = Backfiller(
+        hs.server_name, s.event_store, s.membership_store, RemoteEvents(room.client), room.handler
+    )
+    assert await backfiller.backfill(room.dag.room_id)
+    timeline = await _timeline(hs, token, room.dag.room_id)
+    bodies = []
+    for eid in timeline:
+        ev = room.dag.events.get(eid)
+        if ev is not None and ev.type == "m.room.message":
+            bodies.append(ev.content["body"])
+    assert bodies == [f"old {i}" for i in range(4)]
