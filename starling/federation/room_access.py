@@ -20,35 +20,11 @@ from typing import Any, Protocol
 
 from starling.errors import MatrixError
 from starling.protocol.event import Event, StateKey
+from starling.protocol.glob import Glob, compile_glob
 from starling.protocol.power_levels import server_of
 
 ACL_KEY: StateKey = ("m.room.server_acl", "")
 HISTORY_KEY: StateKey = ("m.room.history_visibility", "")
-
-
-def glob_matches(pattern: str, text: str) -> bool:
-    """`*` (any run) and `?` (one character) glob matching in O(len(pattern)*len(text))
-    worst case, without regular expressions (Appendices > Glob-style matching)."""
-    p = t = 0
-    star = -1
-    mark = 0
-    while t < len(text):
-        if p < len(pattern) and (pattern[p] == "?" or pattern[p] == text[t]):
-            p += 1
-            t += 1
-        elif p < len(pattern) and pattern[p] == "*":
-            star = p
-            mark = t
-            p += 1
-        elif star != -1:
-            p = star + 1
-            mark += 1
-            t = mark
-        else:
-            return False
-    while p < len(pattern) and pattern[p] == "*":
-        p += 1
-    return p == len(pattern)
 
 
 def _host(server_name: str) -> str:
@@ -75,13 +51,17 @@ def acl_allows(content: Mapping[str, Any] | None, server_name: str) -> bool:
     """Whether an `m.room.server_acl` content (None: no ACL) lets `server_name` in."""
     if content is None:
         return True
-    host = _host(server_name).lower()
+    host = _host(server_name)
     allow_ip = content.get("allow_ip_literals")
     if allow_ip is False and _is_ip_literal(host):
         return False
-    if any(glob_matches(p.lower(), host) for p in _patterns(content.get("deny"))):
+    if any(_glob(p).matches(host) for p in _patterns(content.get("deny"))):
         return False
-    return any(glob_matches(p.lower(), host) for p in _patterns(content.get("allow")))
+    return any(_glob(p).matches(host) for p in _patterns(content.get("allow")))
+
+
+def _glob(pattern: str) -> Glob:
+    return compile_glob(pattern, ignore_case=True)
 
 
 class _Events(Protocol):

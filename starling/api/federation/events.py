@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+
 from starling.api.federation.auth import authenticate_origin, federation_body
 from starling.api.federation.routes import Route
-
 from starling.api.http import json_response
 from starling.errors import MatrixError
 from starling.federation.reads import DEFAULT_MISSING_EVENTS, FederationReads

@@ -7,9 +7,9 @@ GET /_matrix/federation/v1/query/profile?user_id=&field= (server-server-api/#get
 from __future__ import annotations
 
 from aiohttp import web
+
 from starling.api.federation.auth import authenticate_origin
 from starling.api.federation.routes import Route
-
 from starling.api.http import json_response
 from starling.errors import MatrixError
 from starling.federation.queries import FederationQueries
