@@ -41,7 +41,9 @@ from starling.directory.service import DirectoryService
 from starling.directory.service import RemotePublicRooms as RemotePublicRoomsFetcher
 from starling.e2ee.services import build_e2ee
 from starling.errors import MatrixError
+from starling.federation.inbound import build_federation_inbound
 from starling.federation.public_rooms import RemotePublicRooms
+from starling.federation.queries import FederationQueries
 from starling.federation.remote_queries import RemoteQueries
 from starling.federation.sender import FederationSender, JoinedHosts
 from starling.federation.transport import FederationTransport, build_federation_transport
@@ -308,6 +310,19 @@ async def build_services(
         sync.formatter,
         sync.room_history.state_events,
     )
+    federation_inbound = build_federation_inbound(
+        server_name=config.server_name,
+        db=db,
+        event_store=event_store,
+        state_store=state_store,
+        membership_store=membership_store,
+        calculator=state_calculator,
+        persister=persister,
+        locks=room_locks,
+        keyring=federation.keyring,
+        client=federation.client,
+        queries=FederationQueries(config.server_name, extras.directory, extras.profile),
+    )
     return Services(
         config=config,
         db=db,
@@ -359,6 +374,7 @@ async def build_services(
         hierarchy=SpaceHierarchy(room_events, event_store, membership_store),
         federation=federation,
         federation_sender=federation_sender,
+        federation_inbound=federation_inbound,
     )
 
 

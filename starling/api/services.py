@@ -15,6 +15,7 @@ from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.config import Config
 from starling.directory.service import DirectoryService
 from starling.e2ee.services import E2ee
+from starling.federation.inbound import FederationInbound
 from starling.federation.sender import FederationSender
 from starling.federation.transport import FederationTransport
 from starling.media.service import MediaService
@@ -117,6 +118,8 @@ class Services:
     federation: FederationTransport
     # outbound federation: the per-destination transaction queues
     federation_sender: FederationSender
+    # federation inbound: the receipt pipeline, /send, the DAG reads, queries, backfill
+    federation_inbound: FederationInbound
 
     @property
     def server_name(self) -> str:

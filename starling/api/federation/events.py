@@ -8,7 +8,8 @@ GET  /_matrix/federation/v1/event_auth/{roomId}/{eventId} (#get_matrixfederation
 GET  /_matrix/federation/v1/backfill/{roomId}            (#get_matrixfederationv1backfillroomid)
 POST /_matrix/federation/v1/get_missing_events/{roomId}  (#post_matrixfederationv1get_missing_eventsroomid)
 
-Handlers authenticate the origin, parse, call one service method, and format.
+The route guard authenticates the origin (X-Matrix); handlers parse, call one service
+method, and format.
 """
 
 from __future__ import annotations
@@ -17,14 +18,12 @@ from typing import Any
 
 from aiohttp import web
 
-from starling.api.federation.auth import authenticate_origin, federation_body
-from starling.api.federation.routes import Route
+from starling.api.federation.auth import federation_body
 from starling.api.http import json_response
+from starling.api.routing import Auth, Route, get, origin, post, put
 from starling.errors import MatrixError
 from starling.federation.reads import DEFAULT_MISSING_EVENTS, FederationReads
 from starling.federation.transactions import TransactionReceiver
-
-V1 = "/_matrix/federation/v1"
 
 
 def _bad(msg: str) -> MatrixError:
@@ -65,55 +64,56 @@ class FederationEventsApi:
 
     async def send(self, request: web.Request) -> web.Response:
         """PUT /_matrix/federation/v1/send/{txnId}"""
-        origin = await authenticate_origin(request)
         body = federation_body(request)
-        answer = await self._receiver.on_transaction(origin, request.match_info["txnId"], body)
+        answer = await self._receiver.on_transaction(
+            origin(request), request.match_info["txnId"], body
+        )
         return json_response(answer)
 
     async def event(self, request: web.Request) -> web.Response:
         """GET /_matrix/federation/v1/event/{eventId}"""
-        origin = await authenticate_origin(request)
-        return json_response(await self._reads.get_event(origin, request.match_info["eventId"]))
+        return json_response(
+            await self._reads.get_event(origin(request), request.match_info["eventId"])
+        )
 
     async def state(self, request: web.Request) -> web.Response:
         """GET /_matrix/federation/v1/state/{roomId}?event_id="""
-        origin = await authenticate_origin(request)
         event_id = _required_query(request, "event_id")
         return json_response(
-            await self._reads.state(origin, request.match_info["roomId"], event_id)
+            await self._reads.state(origin(request), request.match_info["roomId"], event_id)
         )
 
     async def state_ids(self, request: web.Request) -> web.Response:
         """GET /_matrix/federation/v1/state_ids/{roomId}?event_id="""
-        origin = await authenticate_origin(request)
         event_id = _required_query(request, "event_id")
         return json_response(
-            await self._reads.state_ids(origin, request.match_info["roomId"], event_id)
+            await self._reads.state_ids(origin(request), request.match_info["roomId"], event_id)
         )
 
     async def event_auth(self, request: web.Request) -> web.Response:
         """GET /_matrix/federation/v1/event_auth/{roomId}/{eventId}"""
-        origin = await authenticate_origin(request)
         info = request.match_info
-        return json_response(await self._reads.event_auth(origin, info["roomId"], info["eventId"]))
+        return json_response(
+            await self._reads.event_auth(origin(request), info["roomId"], info["eventId"])
+        )
 
     async def backfill(self, request: web.Request) -> web.Response:
         """GET /_matrix/federation/v1/backfill/{roomId}?v=...&limit="""
-        origin = await authenticate_origin(request)
         from_ids = request.query.getall("v", [])
         if not from_ids:
             raise MatrixError(400, "M_MISSING_PARAM", "Missing 'v' query parameter")
         limit = _int(_required_query(request, "limit"), "limit", 0)
         return json_response(
-            await self._reads.backfill(origin, request.match_info["roomId"], from_ids, limit)
+            await self._reads.backfill(
+                origin(request), request.match_info["roomId"], from_ids, limit
+            )
         )
 
     async def get_missing_events(self, request: web.Request) -> web.Response:
         """POST /_matrix/federation/v1/get_missing_events/{roomId}"""
-        origin = await authenticate_origin(request)
         body = federation_body(request)
         answer = await self._reads.get_missing_events(
-            origin,
+            origin(request),
             request.match_info["roomId"],
             _id_list(body, "earliest_events"),
             _id_list(body, "latest_events"),
@@ -123,12 +123,14 @@ class FederationEventsApi:
         return json_response(answer)
 
     def routes(self) -> list[Route]:
+        """This area's rows of `routes.federation_table` (all v1, all X-Matrix)."""
+        fed = Auth.FEDERATION
         return [
-            ("PUT", f"{V1}/send/{{txnId}}", self.send),
-            ("GET", f"{V1}/event/{{eventId}}", self.event),
-            ("GET", f"{V1}/state/{{roomId}}", self.state),
-            ("GET", f"{V1}/state_ids/{{roomId}}", self.state_ids),
-            ("GET", f"{V1}/event_auth/{{roomId}}/{{eventId}}", self.event_auth),
-            ("GET", f"{V1}/backfill/{{roomId}}", self.backfill),
-            ("POST", f"{V1}/get_missing_events/{{roomId}}", self.get_missing_events),
+            put("/send/{txnId}", self.send, fed),
+            get("/event/{eventId}", self.event, fed),
+            get("/state/{roomId}", self.state, fed),
+            get("/state_ids/{roomId}", self.state_ids, fed),
+            get("/event_auth/{roomId}/{eventId}", self.event_auth, fed),
+            get("/backfill/{roomId}", self.backfill, fed),
+            post("/get_missing_events/{roomId}", self.get_missing_events, fed),
         ]

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from starling.api.federation.auth import authenticate_origin
-from starling.api.federation.routes import Route
 from starling.api.http import json_response
+from starling.api.routing import Auth, Route, get
 from starling.errors import MatrixError
 from starling.federation.queries import FederationQueries
-
-V1 = "/_matrix/federation/v1"
 
 
 def _required(request: web.Request, name: str) -> str:
@@ -30,17 +27,16 @@ class FederationQueriesApi:
 
     async def directory(self, request: web.Request) -> web.Response:
         """GET /_matrix/federation/v1/query/directory?room_alias="""
-        await authenticate_origin(request)
         return json_response(await self._queries.directory(_required(request, "room_alias")))
 
     async def profile(self, request: web.Request) -> web.Response:
         """GET /_matrix/federation/v1/query/profile?user_id=&field="""
-        await authenticate_origin(request)
         user_id = _required(request, "user_id")
         return json_response(await self._queries.profile(user_id, request.query.get("field")))
 
     def routes(self) -> list[Route]:
+        """This area's rows of `routes.federation_table` (v1, X-Matrix)."""
         return [
-            ("GET", f"{V1}/query/directory", self.directory),
-            ("GET", f"{V1}/query/profile", self.profile),
+            get("/query/directory", self.directory, Auth.FEDERATION),
+            get("/query/profile", self.profile, Auth.FEDERATION),
         ]

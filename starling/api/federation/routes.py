@@ -13,8 +13,10 @@ An area with many endpoints may hand its rows over from a `routes()` method (as
 from __future__ import annotations
 
 from starling.api.federation import version
+from starling.api.federation.events import FederationEventsApi
 from starling.api.federation.keys import KeysApi
 from starling.api.federation.public_rooms import PublicRoomsApi
+from starling.api.federation.queries import FederationQueriesApi
 from starling.api.routing import Auth, Route, RouteTable, get, post
 from starling.api.services import Services
 
@@ -25,10 +27,15 @@ NONE = Auth.NONE
 def federation_table(services: Services) -> RouteTable:
     """Every /_matrix/federation endpoint (paths under v1 unless marked)."""
     public_rooms = PublicRoomsApi(services.directory)
+    inbound = services.federation_inbound
     routes: list[Route] = [
         get("/version", version.version, NONE),
         get("/publicRooms", public_rooms.get_public_rooms, FEDERATION),
         post("/publicRooms", public_rooms.post_public_rooms, FEDERATION),
+        # the room DAG: /send, /event, /state(_ids), /event_auth, /backfill, missing events
+        *FederationEventsApi(inbound.transactions, inbound.reads).routes(),
+        # /query/directory, /query/profile
+        *FederationQueriesApi(inbound.queries).routes(),
     ]
     return RouteTable("federation", "/_matrix/federation/{version}", ("v1",), routes)
 
