@@ -4,8 +4,12 @@ Typing state is ephemeral and lives in memory only: per room, the users typing a
 each stops. Every change (start, stop, expiry) advances the "typing" stream by one and
 records the position on the room, so an incremental /sync sends a room's m.typing only
 when it changed since the token. A typing user who stays typing does not move the stream.
-A restart forgets everything, which the spec allows; positions restart at 0, and a token
-from before the restart is treated like an initial sync.
+A restart forgets everything, which the spec allows. Positions follow the wall clock in
+milliseconds (each change takes the next integer, or the current millisecond if that is
+higher), so a new process starts above every position the previous one handed out and a
+token from before a restart hides nothing that changes after it; a token from the future
+(a clock set back, or a burst of more than one change per millisecond just before the
+restart) is treated like an initial sync.
 """
 
 from __future__ import annotations
@@ -37,11 +41,13 @@ class TypingService:
         memberships: MembershipStore,
         notifier: Notifier,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._memberships = memberships
         self._notifier = notifier
         self._clock = clock
-        self._position = 0
+        self._wall_clock = wall_clock
+        self._position = self._wall_ms()
         # room -> {user: monotonic time the notification ends}
         self._typing: dict[str, dict[str, float]] = {}
         # room -> stream position of its last change
@@ -50,6 +56,9 @@ class TypingService:
 
     def current_position(self) -> int:
         return self._position
+
+    def _wall_ms(self) -> int:
+        return int(self._wall_clock() * 1000)
 
     def typing_users(self, room_id: str) -> list[str]:
         now = self._clock()
@@ -105,7 +114,7 @@ class TypingService:
         self._changed(room_id)
 
     def _changed(self, room_id: str) -> None:
-        self._position += 1
+        self._position = max(self._position + 1, self._wall_ms())
         self._changed_at[room_id] = self._position
         self._notifier.notify(rooms=[room_id])
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
-from tests.extras.helpers import V3, contribute, ephemeral, shared_room
+from starling.typing.service import TypingService
+from tests.extras.helpers import V3, contribute, ephemeral, join, shared_room
 from tests.support.harness import Harness
 
 
@@ -99,3 +101,35 @@ async def test_typing_timeout_is_capped(hs: Harness) -> None:
     typing = hs.services.typing
     until = typing._typing[room_id][alice]
     assert until - typing._clock() <= 30.0
+
+
+async def test_token_from_before_a_restart_misses_nothing(hs: Harness) -> None:
+    """Typing lives in memory, so a restart starts the stream afresh; a token the previous
+    process gave must not hide what changes after the restart (no stream may have a gap
+    across a crash: see tests/crash)."""
+    alice, alice_token, bob, bob_token, room_a = await shared_room(hs)
+    room_b = await hs.create_room(alice_token, preset="public_chat")
+    await join(hs, bob_token, room_b)
+    old = hs.services.typing
+    for _ in range(3):  # the old process: three changes in room A
+        old.started(room_a, alice, 20000)
+        old.stopped(room_a, alice)
+    _, _, old_since = await contribute(hs, old, bob, None)
+
+    # The new process starts (at least) a second later.
+    restarted = TypingService(
+        hs.services.membership_store, hs.services.notifier, wall_clock=lambda: time.time() + 1
+    )
+    try:
+        # After the restart: alice types in room B, then room A changes a few times.
+        restarted.started(room_b, alice, 20000)
+        for _ in range(6):
+            restarted.started(room_a, alice, 20000)
+            restarted.stopped(room_a, alice)
+        response, added, _ = await contribute(hs, restarted, bob, old_since)
+    finally:
+        restarted.close()
+    assert added
+    assert ephemeral(response, room_b, "m.typing") == [
+        {"type": "m.typing", "content": {"user_ids": [alice]}}
+    ]
