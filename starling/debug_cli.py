@@ -162,7 +162,8 @@ def cmd_resolve_state(args: argparse.Namespace) -> None:
 def add_debug_commands(sub: Any) -> None:
     debug = sub.add_parser(
         "debug",
-        help="protocol tools: canonical JSON, event IDs, auth checks, state resolution",
+        help="protocol tools: canonical JSON, event IDs, auth checks, state resolution, "
+        "federation checks",
         description="Protocol tools for server admins. Read JSON, print JSON; exit 2 on bad input.",
     )
     dsub = debug.add_subparsers(dest="debug_command", metavar="TOOL")
@@ -216,14 +217,57 @@ def add_debug_commands(sub: Any) -> None:
     r.add_argument("file", metavar="FILE")
     r.set_defaults(func=_wrap(cmd_resolve_state))
 
+    f = dsub.add_parser(
+        "federation-check",
+        help="check that a server can be federated with: discovery, TLS, /version, keys",
+        description=(
+            "Resolve SERVER_NAME as federation does, then fetch its /version and signing "
+            "keys over TLS and check them. Prints a JSON report; exits 0 if the keys check "
+            "out, 1 otherwise. -c uses a config's federation settings (certificate "
+            "verification, IP ranges); without it, the defaults."
+        ),
+    )
+    f.add_argument("server_name", metavar="SERVER_NAME")
+    f.add_argument("-c", "--config", help="path to starling.yaml (federation settings)")
+    f.set_defaults(func=_wrap(cmd_federation_check))
+
+
+def cmd_federation_check(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from starling.config import ConfigError, load_config, load_config_dict
+    from starling.federation.client import FederationClient
+    from starling.federation.tester import check_server
+    from starling.protocol.signing import SigningKey
+
+    try:
+        if args.config:
+            config = load_config(args.config)
+        else:
+            config = load_config_dict({"server_name": "federation-check.invalid"})
+    except ConfigError as e:
+        raise BadInput(f"invalid configuration: {e}") from None
+
+    async def run() -> dict[str, Any]:
+        # An ephemeral key: the endpoints checked need no authentication.
+        client = FederationClient(config, SigningKey.generate())
+        try:
+            return await check_server(client, args.server_name)
+        finally:
+            await client.close()
+
+    report = asyncio.run(run())
+    _print(report)
+    return 0 if report["ok"] else 1
+
 
 def _wrap(fn: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
-            fn(args)
+            code = fn(args)
         except BadInput as e:
             print(f"starling debug: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        return 0
+        return code if isinstance(code, int) else 0
 
     return run

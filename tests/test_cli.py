@@ -48,6 +48,7 @@ def free_port() -> int:
         ["debug", "event-id"],
         ["debug", "check-auth"],
         ["debug", "resolve-state"],
+        ["debug", "federation-check"],
     ],
 )
 def test_every_command_has_help(command: list[str]) -> None:

@@ -4,12 +4,14 @@ keys fetched and verified across servers, X-Matrix authentication both ways, /ve
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from pathlib import Path
 
+import orjson
 import pytest
 
 from starling.protocol.signing import SigningKey, verify_signed_json
-from tests.federation.harness import federation_servers, signed_request
+from tests.federation.harness import STARLING, federation_servers, free_port, signed_request
 from tests.support.dbfixtures import ENGINES
 
 pytestmark = pytest.mark.integration
@@ -44,6 +46,28 @@ async def test_two_servers_authenticate_each_other(engine: str, tmp_path: Path) 
         assert response["verify_keys"] == {b_key.key_id: {"key": b_key.public_key_base64}}
         verify_signed_json(response, b.server_name, b_key.key_id, b_key.verify_key)
         verify_signed_json(response, a.server_name, a_key.key_id, a_key.verify_key)
+
+        # The admin's check, with a's federation settings: b resolves, answers, and its
+        # keys check out; a port with nothing behind it does not.
+        check = await asyncio.to_thread(
+            _run, "debug", "federation-check", b.server_name, "-c", str(a.config_path)
+        )
+        assert check.returncode == 0, check.stderr
+        report = orjson.loads(check.stdout)
+        assert report["ok"] and report["version"]["server"]["name"] == "Starling"
+        assert report["keys"]["verify_keys"] == {b_key.key_id: b_key.public_key_base64}
+        assert report["targets"] == [
+            {
+                "host": "localhost",
+                "port": b.name_port,
+                "host_header": b.server_name,
+                "tls_name": "localhost",
+            }
+        ]
+        check = await asyncio.to_thread(
+            _run, "debug", "federation-check", f"localhost:{free_port()}", "-c", str(a.config_path)
+        )
+        assert check.returncode == 1 and not orjson.loads(check.stdout)["ok"]
 
         # A request signed by b with b's key is accepted by a (which fetches b's keys).
         path = "/_matrix/federation/v1/publicRooms"
@@ -110,3 +134,9 @@ async def test_two_servers_authenticate_each_other(engine: str, tmp_path: Path) 
         assert b.signing_key().key_id == b_key.key_id
         status, body = await b.client_request("GET", "/_matrix/client/v3/account/whoami", bob.token)
         assert status == 200 and body["user_id"] == bob.user_id, body
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*STARLING, *args], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+    )
