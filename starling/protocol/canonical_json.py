@@ -127,9 +127,10 @@ def parse_json_strict(data: bytes | bytearray | memoryview | str) -> Any:
     integers outside [-(2**53)+1, 2**53-1], no NaN/Infinity, valid UTF-8 without lone
     surrogates. Duplicate keys are allowed (the last one wins).
 
-    Integral numbers however they are written (`-0`, `1e10`, `1.0`, `2E+3`) are integers,
-    as the spec's own canonical-JSON example has it (`{"a": -0, "b": 1e10}` encodes as
-    `{"a":0,"b":10000000000}`). Exact: the text is read again with decimals when it holds
+    Integral numbers written in exponent form (`1e10`, `2E+3`) are integers, and `-0` is
+    0, as the spec's own canonical-JSON example has it (`{"a": -0, "b": 1e10}` encodes as
+    `{"a":0,"b":10000000000}`); a decimal point without an exponent (`1.0`, `-0.0`) is
+    still a float and refused. Exact: the text is read again with decimals when it holds
     such a number, so a fraction no float can tell from an integer is still refused.
 
     For room versions 6+ PDUs and for client request bodies. CanonicalJsonError otherwise.
@@ -150,7 +151,9 @@ def parse_json_strict(data: bytes | bytearray | memoryview | str) -> Any:
 
 
 def _integral_number(text: str) -> int:
-    """A JSON number written with a fraction or exponent, as an integer if it is one."""
+    """A JSON number written with an exponent, as an integer if it is one."""
+    if "e" not in text and "E" not in text:
+        raise CanonicalJsonError("floats are not allowed in canonical JSON")
     number = decimal.Decimal(text)
     # Beyond 17 digits it is out of range anyway; never build a huge int from "1e999999".
     if number.adjusted() > 16:
