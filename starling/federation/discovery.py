@@ -33,7 +33,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -90,22 +90,41 @@ class SrvResolver(Protocol):
 
 
 class DnsPythonSrvResolver:
-    """SRV lookups with dnspython's async resolver (with its TTL-respecting cache)."""
+    """SRV lookups with dnspython's async resolver (with its TTL-respecting cache). The
+    system's resolver configuration is read at the first lookup; without one (no
+    /etc/resolv.conf) every lookup finds no records, so discovery falls back to port 8448
+    instead of the server failing."""
 
     def __init__(self, timeout: float = 10.0) -> None:
+        self._timeout = timeout
+        self._resolver: Any = None
+        self._unconfigured = False
+
+    def _get_resolver(self) -> Any:
         import dns.asyncresolver
         import dns.resolver
 
-        self._resolver = dns.asyncresolver.Resolver()
-        self._resolver.cache = dns.resolver.Cache()
-        self._resolver.lifetime = timeout
+        if self._resolver is None and not self._unconfigured:
+            try:
+                resolver = dns.asyncresolver.Resolver()
+            except dns.resolver.NoResolverConfiguration as e:
+                logger.warning("no DNS resolver configuration (%s): SRV lookups are off", e)
+                self._unconfigured = True
+                return None
+            resolver.cache = dns.resolver.Cache()
+            resolver.lifetime = self._timeout
+            self._resolver = resolver
+        return self._resolver
 
     async def resolve_srv(self, name: str) -> list[SrvRecord]:
         import dns.exception
         import dns.resolver
 
+        resolver = self._get_resolver()
+        if resolver is None:
+            return []
         try:
-            answer = await self._resolver.resolve(name, "SRV")
+            answer = await resolver.resolve(name, "SRV")
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.NoNameservers):
             return []
         except dns.exception.DNSException as e:

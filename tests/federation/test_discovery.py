@@ -309,3 +309,20 @@ async def test_well_known_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> N
         await r.resolve(f"host{i}.test")
     assert len(r._well_known) == 5
     assert list(r._well_known) == [f"host{i}.test" for i in range(15, 20)]
+
+
+async def test_dnspython_resolver_without_configuration_finds_no_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dns.asyncresolver
+    import dns.resolver
+
+    from starling.federation.discovery import DnsPythonSrvResolver
+
+    def unconfigured(*args: object, **kwargs: object) -> None:
+        raise dns.resolver.NoResolverConfiguration("cannot open /etc/resolv.conf")
+
+    monkeypatch.setattr(dns.asyncresolver, "Resolver", unconfigured)
+    resolver = DnsPythonSrvResolver()  # constructing it reads nothing yet
+    assert await resolver.resolve_srv("_matrix-fed._tcp.example.test") == []
+    assert await resolver.resolve_srv("_matrix._tcp.example.test") == []
