@@ -252,7 +252,14 @@ async def build_services(
         invite=invite,
         alias_taken=alias_taken,
     )
-    sync = build_sync(db, event_store, state_store, membership_store, room_events, notifier)
+
+    async def backfill(room_id: str) -> bool:
+        # federation_inbound is built further down (it needs the directory and profiles).
+        return await federation_inbound.backfiller.backfill(room_id)
+
+    sync = build_sync(
+        db, event_store, state_store, membership_store, room_events, notifier, backfill
+    )
     for extension in extras.sync_extensions():
         sync.sync.add_extension(extension)
     sync.sync.use_ignored_users(extras.account_data.get_ignored_users)

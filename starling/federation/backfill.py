@@ -7,13 +7,16 @@ extremity).
 
 Servers with joined users are tried one after the other, those with the most members
 first, until one answers with events.
-Concurrent backfills of one room share a single fetch.
+Concurrent backfills of one room share a single fetch, and a room where every server
+failed us is not asked again for a while (unless its backward extremities moved).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from starling.federation.receipt.remote import RemoteEvents
@@ -26,6 +29,9 @@ BACKFILL_LIMIT = 100
 MAX_EXTREMITIES = 20
 # Servers tried for one backfill.
 MAX_SERVERS = 5
+# After every server failed us at the same backward extremities, /messages does not ask
+# again for this long (clients page back in bursts).
+RETRY_AFTER_MS = 30_000
 
 
 class _Graph(Protocol):
@@ -50,6 +56,7 @@ class Backfiller:
         memberships: _Members,
         remote: RemoteEvents,
         pipeline: _Pipeline,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._server_name = server_name
         self._graph = graph
@@ -57,6 +64,9 @@ class Backfiller:
         self._remote = remote
         self._pipeline = pipeline
         self._running: dict[str, asyncio.Task[bool]] = {}
+        self._clock = clock
+        # room -> (when every server failed, the backward extremities then)
+        self._failed: dict[str, tuple[float, frozenset[str]]] = {}
 
     async def backfill(self, room_id: str, limit: int = BACKFILL_LIMIT) -> bool:
         """Fetch history before the room's backward extremities; True if any server
@@ -72,6 +82,13 @@ class Backfiller:
         extremities = (await self._graph.get_backward_extremities(room_id))[:MAX_EXTREMITIES]
         if not extremities:
             return False
+        failed = self._failed.get(room_id)
+        now = self._clock()
+        if failed is not None:
+            when, at = failed
+            if at == frozenset(extremities) and now - when < RETRY_AFTER_MS / 1000:
+                return False
+            del self._failed[room_id]
         for server in (await self._servers(room_id))[:MAX_SERVERS]:
             pdus = await self._remote.backfill(server, room_id, extremities, limit)
             if not pdus:
@@ -82,6 +99,9 @@ class Backfiller:
                 logger.exception("backfill of %s from %s failed", room_id, server)
                 continue
             return True
+        if len(self._failed) > 10_000:
+            self._failed.clear()
+        self._failed[room_id] = (now, frozenset(extremities))
         return False
 
     async def _servers(self, room_id: str) -> list[str]:

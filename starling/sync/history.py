@@ -16,7 +16,7 @@ client is not sent a run of empty pages.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,8 +59,11 @@ class RoomHistory:
         visibility: HistoryVisibility,
         formatter: EventFormatter,
         current_position: Any,
+        backfill: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self._events = events
+        # Fetches history from other servers in the room (True if events were added).
+        self._backfill = backfill
         self._state = state
         self._memberships = memberships
         self._visibility = visibility
@@ -286,6 +289,18 @@ class RoomHistory:
         events, end, exhausted = await self._page(
             user_id, room_id, from_pos, to_pos, backwards, limit, efilter, max_stream
         )
+        if (
+            backwards
+            and exhausted
+            and len(events) < limit
+            and to_pos is None
+            and self._backfill is not None
+            and await self._backfill(room_id)
+        ):
+            # We reached the start of what we hold; other servers had more: page again.
+            events, end, exhausted = await self._page(
+                user_id, room_id, from_pos, to_pos, backwards, limit, efilter, max_stream
+            )
         opts = FormatOptions(user_id, device_id)
         response["chunk"] = await self._formatter.format(events, opts)
         if end is not None and (not exhausted or (not backwards and events)):

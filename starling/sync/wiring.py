@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from starling.notifier import Notifier
@@ -35,7 +36,9 @@ def build_sync(
     membership_store: MembershipStore,
     room_events: RoomEventService,
     notifier: Notifier,
+    backfill: Callable[[str], Awaitable[bool]] | None = None,
 ) -> SyncServices:
+    """`backfill(room_id)` fetches older history from other servers for /messages."""
     visibility = HistoryVisibility(event_store, state_store, membership_store)
     formatter = EventFormatter(event_store)
     rooms = RoomSyncBuilder(
@@ -50,6 +53,7 @@ def build_sync(
             visibility,
             formatter,
             lambda: room_events.current_position,
+            backfill,
         ),
         filter_store=FilterStore(db),
         formatter=formatter,

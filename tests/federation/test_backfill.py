@@ -55,3 +55,31 @@ async def test_nothing_to_backfill_or_nobody_answers(room_version: RoomVersion) 
     )
     client.hidden.update(dag.events)  # the remote answers nothing
     assert not await backfiller.backfill(dag.room_id)
+
+
+async def test_a_room_nobody_could_backfill_is_not_asked_again_at_once(
+    room_version: RoomVersion,
+) -> None:
+    dag, rooms, handler, _remote, local = _setup(room_version)
+    client = handler._remote._client
+    now = [1000.0]
+    backfiller = Backfiller(LOCAL, rooms, rooms, RemoteEvents(client), handler, lambda: now[0])
+    history = [dag.message(dag.create_event.sender, str(i)) for i in range(2)]
+    join = dag.join(local.user("bob"))
+    state = dag.state_before(join)
+    await handler.process_send_join_response(
+        REMOTE,
+        dag.room_id,
+        room_version,
+        join,
+        [dict(e.pdu) for e in dag.state_events(state)],
+        [dict(e.pdu) for e in dag.auth_chain(state.values())],
+    )
+    client.hidden.update(e.event_id for e in history)
+    assert not await backfiller.backfill(dag.room_id)
+    client.hidden.clear()
+    asked = client.count("backfill")
+    assert not await backfiller.backfill(dag.room_id)  # within the pause: not asked
+    assert client.count("backfill") == asked
+    now[0] += 31
+    assert await backfiller.backfill(dag.room_id)

@@ -152,3 +152,23 @@ async def test_backfill_on_storage(hs: Harness) -> None:
         if ev.type == "m.room.message":
             meta = await room.meta(ev.event_id)
             assert meta.stream_ordering is not None and meta.stream_ordering < 0
+
+
+async def test_messages_backfills_at_the_start_of_local_history(hs: Harness) -> None:
+    """/messages that reaches the oldest event we hold asks the room's other servers."""
+    room = Room(hs)
+    inbound = hs.services.federation_inbound
+    remote = RemoteEvents(room.client)
+    # The server's own pipeline and backfiller, talking to the fake remote.
+    inbound.events._remote = remote
+    inbound.backfiller._remote = remote
+    inbound.events._keyring = room.handler._keyring
+    _, token = await room.join(history=3)
+    timeline = await _timeline(hs, token, room.dag.room_id)
+    bodies = [
+        room.dag.events[eid].content.get("body")
+        for eid in timeline
+        if eid in room.dag.events and room.dag.events[eid].type == "m.room.message"
+    ]
+    assert bodies == ["old 0", "old 1", "old 2"]
+    assert room.client.count("backfill") == 1
