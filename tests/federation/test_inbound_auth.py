@@ -116,6 +116,11 @@ async def test_authentication(hs: Harness, fed: TestClient) -> None:
         errcode(await call(fed, "POST", PUBLIC_ROOMS, header=signed, body={"limit": 2}))
         == unauthorized
     )
+    # A key of an algorithm that does not exist: refused without asking for keys.
+    fetches_before = len(hs.services.federation.keyring._last_fetch)
+    odd = signed_get.replace('key="ed25519:r1"', 'key="curve9:r1"')
+    assert errcode(await call(fed, "GET", PUBLIC_ROOMS, header=odd)) == unauthorized
+    assert len(hs.services.federation.keyring._last_fetch) == fetches_before
     # Our own name, a server whose keys cannot be had, one outside the whitelist.
     own = hs.services.signing_key
     assert errcode(await call(fed, "GET", PUBLIC_ROOMS, origin="test.local", key=own)) == (

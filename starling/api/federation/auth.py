@@ -29,6 +29,7 @@ from starling.api.http import USER_ID_KEY, Handler, parse_json_object
 from starling.errors import MatrixError, forbidden, not_json, too_large
 from starling.federation.errors import SignatureVerifyError
 from starling.federation.transport import FederationTransport
+from starling.protocol.signing import ED25519
 from starling.protocol.x_matrix import XMatrixError, parse_header, verify_request
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ class OriginAuthenticator:
             auth = parse_header(header)
         except XMatrixError as e:
             raise unauthorized(str(e)) from None
+        if not auth.key.startswith(ED25519 + ":"):
+            # No other algorithm exists: refused without fetching the origin's keys.
+            raise unauthorized(f"Unsupported key algorithm in {auth.key!r}")
         if auth.origin == self._server_name:
             raise unauthorized("Requests from this server's own name are not accepted")
         if auth.destination is not None and auth.destination != self._server_name:
