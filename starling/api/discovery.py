@@ -59,17 +59,12 @@ class DiscoveryResource:
         """GET /.well-known/matrix/server (spec: server-server-api/#getwell-knownmatrixserver)."""
         if not self._config.serve_server_wellknown:
             raise MatrixError(404, "M_NOT_FOUND", ".well-known/matrix/server is not served here")
+        # Whoever fetched https://<server_name>/.well-known reached us on port 443, so
+        # that is where federation goes (Synapse's rule); a server name with a port keeps
+        # it. The listener's own port is not used: a proxy may sit in between.
         host = self._config.server_name
-        port = next(
-            (
-                lis.port
-                for lis in self._config.listeners
-                if any("federation" in r.names for r in lis.resources)
-            ),
-            8448,
-        )
         if ":" not in host.rsplit("]", 1)[-1]:
-            host = f"{host}:{port}"
+            host = f"{host}:443"
         return json_response({"m.server": host})
 
 
