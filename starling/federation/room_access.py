@@ -14,54 +14,22 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from starling.errors import MatrixError
 from starling.protocol.event import Event, StateKey
-from starling.protocol.glob import Glob, compile_glob
 from starling.protocol.power_levels import server_of
+from starling.protocol.server_acl import server_allowed
 
 ACL_KEY: StateKey = ("m.room.server_acl", "")
 HISTORY_KEY: StateKey = ("m.room.history_visibility", "")
 
 
-def _host(server_name: str) -> str:
-    """The server name without its port (IPv6 literals keep their brackets)."""
-    if server_name.startswith("["):
-        end = server_name.find("]")
-        return server_name[: end + 1] if end != -1 else server_name
-    return server_name.rpartition(":")[0] if ":" in server_name else server_name
-
-
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
-def _patterns(value: Any) -> list[str]:
-    return [p for p in value if isinstance(p, str)] if isinstance(value, list) else []
-
-
 def acl_allows(content: Mapping[str, Any] | None, server_name: str) -> bool:
-    """Whether an `m.room.server_acl` content (None: no ACL) lets `server_name` in."""
-    if content is None:
-        return True
-    host = _host(server_name)
-    allow_ip = content.get("allow_ip_literals")
-    if allow_ip is False and _is_ip_literal(host):
-        return False
-    if any(_glob(p).matches(host) for p in _patterns(content.get("deny"))):
-        return False
-    return any(_glob(p).matches(host) for p in _patterns(content.get("allow")))
-
-
-def _glob(pattern: str) -> Glob:
-    return compile_glob(pattern, ignore_case=True)
+    """Whether an `m.room.server_acl` content (None: no ACL) lets `server_name` in
+    (`protocol/server_acl.py` holds the rules)."""
+    return server_allowed(content, server_name)
 
 
 class _Events(Protocol):
