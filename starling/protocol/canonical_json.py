@@ -154,11 +154,18 @@ def _integral_number(text: str) -> int:
     """A JSON number written with an exponent, as an integer if it is one."""
     if "e" not in text and "E" not in text:
         raise CanonicalJsonError("floats are not allowed in canonical JSON")
-    number = decimal.Decimal(text)
+    try:
+        number = decimal.Decimal(text)
+    except decimal.DecimalException:  # an exponent beyond what decimal can hold
+        raise CanonicalJsonError(f"number {text[:40]} is outside any range") from None
+    if number.is_zero():  # 0e5, -0e-999
+        return 0
     # Beyond 17 digits it is out of range anyway; never build a huge int from "1e999999".
     if number.adjusted() > 16:
         raise CanonicalJsonError(f"number {text[:40]} is outside the canonical JSON range")
-    if number != number.to_integral_value():
+    # Below 1 in magnitude it is a fraction; and never round with an exponent beyond the
+    # decimal context's range ("1e-04704992900719925470" raised InvalidOperation).
+    if number.adjusted() < 0 or number != number.to_integral_value():
         raise CanonicalJsonError("fractions are not allowed in canonical JSON")
     return int(number)
 

@@ -210,3 +210,16 @@ def test_integral_numbers_normalise_to_integers() -> None:
         "c": [100, -2],
     }
     assert all(type(v) is int for v in parse_json_strict("[1e10, 150e-1, -0]"))
+
+
+def test_extreme_exponents_refused_or_zero() -> None:
+    """Found by fuzz/atheris_targets.py: a decimal exponent too small for the decimal
+    context raised decimal.InvalidOperation out of the parser (a 500 for a client body, a
+    failed transaction for a PDU)."""
+    with pytest.raises(CanonicalJsonError):
+        parse_json_strict('{"": [1e-04704992900719925470]}')
+    with pytest.raises(CanonicalJsonError):
+        parse_json_strict("[1.5e-99999999999999999999, 1]")
+    with pytest.raises(CanonicalJsonError):
+        parse_json_strict("[0e-99999999999999999999]")
+    assert parse_json_strict("[0e-999, -0e-999999999999999999, 1e-0]") == [0, 0, 1]
