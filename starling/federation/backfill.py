@@ -19,8 +19,10 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from starling.federation.receipt.fetched import ancestors_within, parse_batch
 from starling.federation.receipt.remote import RemoteEvents
 from starling.protocol.power_levels import server_of
+from starling.protocol.room_versions import RoomVersion
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +38,8 @@ RETRY_AFTER_MS = 30_000
 
 class _Graph(Protocol):
     async def get_backward_extremities(self, room_id: str) -> list[str]: ...
+
+    async def get_room_version(self, room_id: str) -> RoomVersion | None: ...
 
 
 class _Members(Protocol):
@@ -89,8 +93,15 @@ class Backfiller:
             if at == frozenset(extremities) and now - when < RETRY_AFTER_MS / 1000:
                 return False
             del self._failed[room_id]
+        room_version = await self._graph.get_room_version(room_id)
+        if room_version is None:
+            return False
         for server in (await self._servers(room_id))[:MAX_SERVERS]:
-            pdus = await self._remote.backfill(server, room_id, extremities, limit)
+            answer = await self._remote.backfill(server, room_id, extremities, limit)
+            parsed, _ = parse_batch(answer or [], room_id, room_version, None)
+            # Only the history we asked for: the extremities and their ancestors.
+            wanted = ancestors_within(extremities, parsed)
+            pdus = [ev.pdu for ev in wanted.values()]
             if not pdus:
                 continue
             try:

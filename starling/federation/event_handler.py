@@ -35,7 +35,7 @@ from starling.federation.ports import (
 )
 from starling.federation.receipt.auth_events import check_auth_events, create_event_id_for
 from starling.federation.receipt.content_hash import checked_content
-from starling.federation.receipt.fetched import check_batch, parse_batch
+from starling.federation.receipt.fetched import ancestors_within, check_batch, parse_batch
 from starling.federation.receipt.format import check_format, claimed_room_id
 from starling.federation.receipt.remote import (
     MAX_SINGLE_FETCHES,
@@ -336,6 +336,8 @@ class FederationEventHandler:
             if not frontier:
                 break
             latest = frontier
+        # Only what lies between our extremities and the event: its ancestors.
+        collected = ancestors_within(event.prev_event_ids, collected)
         for missing in sorted(collected.values(), key=lambda e: (e.depth, e.event_id)):
             if await self._is_known_in_dag(missing.event_id):
                 continue

@@ -55,6 +55,7 @@ class FakeRemote:
         self.calls: list[tuple[str, str]] = []
         self.hidden: set[str] = set()  # event IDs the remote pretends not to have
         self.withheld: set[str] = set()  # left out of get_missing_events answers only
+        self.extra: list[Event] = []  # slipped into every backfill/get_missing_events answer
 
     def _event(self, eid: str) -> Event:
         ev = self.dag.events.get(eid)
@@ -110,6 +111,7 @@ class FakeRemote:
                         for p in ev.prev_event_ids
                         if p in self.dag.events and p not in self.hidden
                     )
+            out.extend(self.extra)
             return {"origin": "x", "origin_server_ts": 0, "pdus": [dict(e.pdu) for e in out]}
         if kind == "event":
             ev = self._event(parts[5])
@@ -139,6 +141,7 @@ class FakeRemote:
                 continue
             out.append(ev)
             frontier.extend(ev.prev_event_ids)
+        out.extend(self.extra)
         return {"events": [dict(e.pdu) for e in out]}
 
     def count(self, kind: str) -> int:

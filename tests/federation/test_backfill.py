@@ -83,3 +83,26 @@ async def test_a_room_nobody_could_backfill_is_not_asked_again_at_once(
     assert client.count("backfill") == asked
     now[0] += 31
     assert await backfiller.backfill(dag.room_id)
+
+
+async def test_backfill_keeps_only_the_history_asked_for(room_version: RoomVersion) -> None:
+    dag, rooms, handler, _remote, local = _setup(room_version)
+    client = handler._remote._client
+    base = dag.extremities[0]
+    old = dag.message(dag.create_event.sender, "old")
+    join = dag.join(local.user("bob"))
+    stray = dag.message(dag.create_event.sender, "stray", prev=[base], track=False)
+    client.extra.append(stray)
+    state = dag.state_before(join)
+    await handler.process_send_join_response(
+        REMOTE,
+        dag.room_id,
+        room_version,
+        join,
+        [dict(e.pdu) for e in dag.state_events(state)],
+        [dict(e.pdu) for e in dag.auth_chain(state.values())],
+    )
+    backfiller = Backfiller(LOCAL, rooms, rooms, RemoteEvents(client), handler)
+    assert await backfiller.backfill(dag.room_id)
+    assert rooms.meta(old.event_id).backfilled
+    assert stray.event_id not in rooms.events

@@ -48,3 +48,16 @@ async def test_forged_missing_event_is_dropped_and_the_gap_bridged(scenario: Sce
     assert forged.event_id not in s.rooms.events
     assert s.client.count("state_ids") == 1
     assert s.rooms.meta(after.event_id).rejected_reason is None
+
+
+async def test_events_that_are_not_ancestors_are_ignored(scenario: Scenario) -> None:
+    s = scenario
+    base = s.dag.extremities[0]
+    m1 = s.dag.message(s.alice, "1")
+    # A valid event on a branch of the remote's own making, slipped into the answer.
+    stray = s.dag.message(s.alice, "stray", prev=[base], track=False)
+    s.client.extra.append(stray)
+    m2 = s.dag.message(s.alice, "2")
+    assert await s.send(m2) is None
+    assert m1.event_id in s.rooms.events
+    assert stray.event_id not in s.rooms.events

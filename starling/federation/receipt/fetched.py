@@ -64,6 +64,22 @@ def parse_batch(
     return events, refused
 
 
+def ancestors_within(start: Iterable[str], events: Mapping[str, Event]) -> dict[str, Event]:
+    """The events of `events` reachable from `start` (included) through prev_events
+    inside `events`: what a server answering "the events before these" may send. Anything
+    else in its answer (a branch of its own making) is left out."""
+    out: dict[str, Event] = {}
+    todo = [e for e in start if e in events]
+    while todo:
+        eid = todo.pop()
+        if eid in out:
+            continue
+        event = events[eid]
+        out[eid] = event
+        todo.extend(p for p in event.prev_event_ids if p in events and p not in out)
+    return out
+
+
 async def verify_batch(
     events: Mapping[str, Event], keyring: EventSignatureVerifier
 ) -> tuple[dict[str, Event], dict[str, str]]:
