@@ -41,9 +41,11 @@ from starling.directory.service import DirectoryService
 from starling.directory.service import RemotePublicRooms as RemotePublicRoomsFetcher
 from starling.e2ee.services import build_e2ee
 from starling.errors import MatrixError
-from starling.federation.inbound import build_federation_inbound
+from starling.federation.inbound import FederationInbound, build_federation_inbound
+from starling.federation.membership import ResidentMembership
 from starling.federation.public_rooms import RemotePublicRooms
 from starling.federation.queries import FederationQueries
+from starling.federation.remote_membership import OutOfBandMemberships, RemoteMembership
 from starling.federation.remote_queries import RemoteQueries
 from starling.federation.sender import FederationSender, JoinedHosts
 from starling.federation.transport import FederationTransport, build_federation_transport
@@ -330,6 +332,20 @@ async def build_services(
         client=federation.client,
         queries=FederationQueries(config.server_name, extras.directory, extras.profile),
     )
+    resident, remote = build_federation_membership(
+        config,
+        signing_key,
+        federation,
+        federation_inbound,
+        federation_sender,
+        event_store,
+        state_store,
+        membership_store,
+        account_store,
+        persister,
+        room_locks,
+    )
+    membership.use_remote(remote)
     return Services(
         config=config,
         db=db,
@@ -382,7 +398,52 @@ async def build_services(
         federation=federation,
         federation_sender=federation_sender,
         federation_inbound=federation_inbound,
+        federation_membership=resident,
     )
+
+
+def build_federation_membership(
+    config: Config,
+    signing_key: SigningKey,
+    federation: FederationTransport,
+    inbound: FederationInbound,
+    sender: FederationSender,
+    event_store: EventStore,
+    state_store: StateStore,
+    membership_store: MembershipStore,
+    account_store: AccountStore,
+    persister: EventPersister,
+    room_locks: RoomLocks,
+) -> tuple[ResidentMembership, RemoteMembership]:
+    """Both sides of the membership handshakes with other servers: answering theirs
+    (make_join/send_join, leaves, knocks, invites) and making ours."""
+    builder = EventBuilder(config.server_name, signing_key)
+    out_of_band = OutOfBandMemberships(persister, room_locks)
+    resident = ResidentMembership(
+        server_name=config.server_name,
+        builder=builder,
+        events=event_store,
+        state=state_store,
+        members=membership_store,
+        receiver=inbound.events,
+        server_allowed=inbound.access.server_allowed,
+        record_relayed=sender.record_relayed,
+        verifier=federation.keyring,
+        invites=out_of_band,
+        user_exists=account_store.user_exists,
+    )
+    remote = RemoteMembership(
+        server_name=config.server_name,
+        builder=builder,
+        client=federation.client,
+        joins=inbound.events,
+        verifier=federation.keyring,
+        store=out_of_band,
+        memberships=membership_store,
+        events=event_store,
+        state=state_store,
+    )
+    return resident, remote
 
 
 @dataclass

@@ -16,6 +16,7 @@ from starling.config import Config
 from starling.directory.service import DirectoryService
 from starling.e2ee.services import E2ee
 from starling.federation.inbound import FederationInbound
+from starling.federation.membership import ResidentMembership
 from starling.federation.sender import FederationSender
 from starling.federation.transport import FederationTransport
 from starling.media.service import MediaService
@@ -120,6 +121,8 @@ class Services:
     federation_sender: FederationSender
     # federation inbound: the receipt pipeline, /send, the DAG reads, queries, backfill
     federation_inbound: FederationInbound
+    # the resident side of make_join/send_join, leaves, knocks and invites
+    federation_membership: ResidentMembership
 
     @property
     def server_name(self) -> str:

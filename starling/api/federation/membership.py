@@ -21,9 +21,10 @@ from typing import Any
 
 from aiohttp import web
 
-from starling.api.federation.auth import authenticate_origin, federation_body
+from starling.api.federation.auth import federation_body
 from starling.api.http import json_response
 from starling.api.routing import Auth, Route, get, put
+from starling.api.routing import origin as calling_server
 from starling.errors import MatrixError, bad_json
 from starling.federation.membership import ResidentMembership, pdu_for_federation
 from starling.protocol.room_versions import KNOWN_ROOM_VERSIONS, get_room_version
@@ -62,7 +63,7 @@ class FederationMembershipApi:
     # --- joins ------------------------------------------------------------------------------
 
     async def _make(self, request: web.Request, membership: str) -> web.Response:
-        origin = await authenticate_origin(request)
+        origin = calling_server(request)
         room_id, user_id = _room_and(request, "userId")
         versions = request.query.getall("ver", []) if membership != "leave" else None
         if membership != "leave" and not versions:
@@ -80,7 +81,7 @@ class FederationMembershipApi:
         return await self._make(request, "join")
 
     async def _send_join(self, request: web.Request) -> dict[str, Any]:
-        origin = await authenticate_origin(request)
+        origin = calling_server(request)
         room_id, event_id = _room_and(request, "eventId")
         pdu = federation_body(request)
         before = pdu.get("signatures")
@@ -109,7 +110,7 @@ class FederationMembershipApi:
         return await self._make(request, "leave")
 
     async def _send_leave(self, request: web.Request) -> None:
-        origin = await authenticate_origin(request)
+        origin = calling_server(request)
         room_id, event_id = _room_and(request, "eventId")
         pdu = federation_body(request)
         await self._resident.send_membership(origin, room_id, event_id, pdu, "leave")
@@ -136,7 +137,7 @@ class FederationMembershipApi:
     async def send_knock(self, request: web.Request) -> web.Response:
         """PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}
         (spec: server-server-api/#put_matrixfederationv1send_knockroomideventid)."""
-        origin = await authenticate_origin(request)
+        origin = calling_server(request)
         room_id, event_id = _room_and(request, "eventId")
         pdu = federation_body(request)
         await self._resident.send_membership(origin, room_id, event_id, pdu, "knock")
@@ -147,7 +148,7 @@ class FederationMembershipApi:
     async def invite_v1(self, request: web.Request) -> web.Response:
         """PUT /_matrix/federation/v1/invite/{roomId}/{eventId} — rooms 1 and 2 only
         (spec: server-server-api/#put_matrixfederationv1inviteroomideventid)."""
-        origin = await authenticate_origin(request)
+        origin = calling_server(request)
         room_id, event_id = _room_and(request, "eventId")
         pdu = federation_body(request)
         unsigned = pdu.get("unsigned")
@@ -160,7 +161,7 @@ class FederationMembershipApi:
     async def invite_v2(self, request: web.Request) -> web.Response:
         """PUT /_matrix/federation/v2/invite/{roomId}/{eventId}
         (spec: server-server-api/#put_matrixfederationv2inviteroomideventid)."""
-        origin = await authenticate_origin(request)
+        origin = calling_server(request)
         room_id, event_id = _room_and(request, "eventId")
         body = federation_body(request)
         version_id = body.get("room_version")

@@ -15,6 +15,7 @@ from __future__ import annotations
 from starling.api.federation import version
 from starling.api.federation.events import FederationEventsApi
 from starling.api.federation.keys import KeysApi
+from starling.api.federation.membership import FederationMembershipApi
 from starling.api.federation.public_rooms import PublicRoomsApi
 from starling.api.federation.queries import FederationQueriesApi
 from starling.api.routing import Auth, Route, RouteTable, get, post
@@ -36,6 +37,8 @@ def federation_table(services: Services) -> RouteTable:
         *FederationEventsApi(inbound.transactions, inbound.reads).routes(),
         # /query/directory, /query/profile
         *FederationQueriesApi(inbound.queries).routes(),
+        # make_join/send_join, make_leave/send_leave, make_knock/send_knock, invite
+        *FederationMembershipApi(services.federation_membership).routes(),
     ]
     return RouteTable("federation", "/_matrix/federation/{version}", ("v1",), routes)
 
