@@ -189,7 +189,11 @@ def parse_event_filter(
     """Validate one EventFilter (or RoomEventFilter when `room_event`)."""
     limit = obj.get("limit")
     if limit is not None:
-        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit != int(limit):
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, (int, float))
+            or (isinstance(limit, float) and not limit.is_integer())  # also NaN, infinity
+        ):
             raise _bad(f"'{where}limit' must be an integer")
         if limit < 1:
             raise _bad(f"'{where}limit' must be greater than 0")

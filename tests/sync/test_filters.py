@@ -109,6 +109,13 @@ def test_sync_filter_defaults_and_caps() -> None:
         parse_sync_filter({"room": {"timeline": {"limit": 1.5}}})
 
 
+@pytest.mark.parametrize("limit", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_limit_refused(limit: float) -> None:
+    """Found by tests/fuzz: NaN and infinity raised ValueError / OverflowError."""
+    with pytest.raises(MatrixError):
+        parse_sync_filter({"room": {"timeline": {"limit": limit}}})
+
+
 async def test_filters_in_sync_stored_and_inline(hs: Harness) -> None:
     alice, atok = await hs.register("alice")
     bob, btok = await hs.register("bob")
