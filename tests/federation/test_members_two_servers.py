@@ -147,3 +147,78 @@ async def test_two_servers_share_rooms(engine: str, tmp_path: Path) -> None:
 
 async def _is(value: Any, expected: str) -> bool:
     return bool(await value == expected)
+
+
+async def synced_rooms(server: FederatedServer, user: User, section: str) -> set[str]:
+    status, body = await server.client_request("GET", f"{V3}/sync", user.token)
+    assert status == 200, body
+    return set(body.get("rooms", {}).get(section, {}))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_knocks_and_restricted_joins_across_servers(engine: str, tmp_path: Path) -> None:
+    async with federation_servers(tmp_path, 2, engine=engine) as (a, b):
+        alice = await a.register("alice")
+        bob = await b.register("bob")
+        carol = await b.register("carol")
+
+        # bob knocks on a's room through a; alice lets him in with an invite.
+        knockable = await a.create_room(
+            alice,
+            preset="private_chat",
+            room_version="10",
+            initial_state=[
+                {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}
+            ],
+        )
+        status, body = await b.client_request(
+            "POST",
+            f"{V3}/knock/{quote(knockable)}",
+            bob.token,
+            {"reason": "let me in"},
+            params={"via": a.server_name},
+        )
+        assert status == 200, (body, b.log_tail(), a.log_tail())
+        await wait_until(
+            lambda: _is(membership(a, alice, knockable, bob.user_id), "knock"), "bob's knock"
+        )
+        assert knockable in await synced_rooms(b, bob, "knock")
+        status, body = await a.client_request(
+            "POST", f"{V3}/rooms/{quote(knockable)}/invite", alice.token, {"user_id": bob.user_id}
+        )
+        assert status == 200, body
+        status, body = await join(b, bob, knockable)
+        assert status == 200, (body, b.log_tail())
+
+        # A restricted room admits members of a room bob is in; a signs as authoriser.
+        space = await a.create_room(alice, preset="public_chat", room_version="10")
+        status, body = await join(b, bob, space, via=[a.server_name])
+        assert status == 200, body
+        restricted = await a.create_room(
+            alice,
+            preset="private_chat",
+            room_version="10",
+            initial_state=[
+                {
+                    "type": "m.room.join_rules",
+                    "state_key": "",
+                    "content": {
+                        "join_rule": "restricted",
+                        "allow": [{"type": "m.room_membership", "room_id": space}],
+                    },
+                }
+            ],
+        )
+        status, body = await join(b, bob, restricted, via=[a.server_name])
+        assert status == 200, (body, b.log_tail(), a.log_tail())
+        status, member = await a.client_request(
+            "GET",
+            f"{V3}/rooms/{quote(restricted)}/state/m.room.member/{quote(bob.user_id)}",
+            alice.token,
+        )
+        assert status == 200 and member["membership"] == "join", member
+        assert member["join_authorised_via_users_server"] == alice.user_id
+        # carol is in no room that admits her: refused, and not a member at a.
+        status, body = await join(b, carol, restricted, via=[a.server_name])
+        assert (status, body["errcode"]) == (403, "M_FORBIDDEN"), body
+        assert await membership(a, alice, restricted, carol.user_id) == ""
