@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.federation.harness import FederatedServer, User, federation_servers
+from tests.federation.harness import FederatedServer, User, federation_servers, signed_request
 from tests.support.dbfixtures import ENGINES
 
 pytestmark = pytest.mark.integration
@@ -222,3 +222,34 @@ async def test_knocks_and_restricted_joins_across_servers(engine: str, tmp_path:
         status, body = await join(b, carol, restricted, via=[a.server_name])
         assert (status, body["errcode"]) == (403, "M_FORBIDDEN"), body
         assert await membership(a, alice, restricted, carol.user_id) == ""
+
+        # Over the wire, a signs only what it should for b.
+        key = b.signing_key()
+        # (IDs unescaped in these paths: '!', '@' and ':' are path characters, and the
+        # signature covers the path exactly as sent.)
+        status, body = await signed_request(
+            a,
+            "GET",
+            f"/_matrix/federation/v1/make_join/{space}/{alice.user_id}?ver=10",
+            origin=b.server_name,
+            key=key,
+        )
+        assert (status, body["errcode"]) == (403, "M_FORBIDDEN"), body  # not b's user
+        status, made = await signed_request(
+            a,
+            "GET",
+            f"/_matrix/federation/v1/make_join/{space}/{carol.user_id}?ver=10",
+            origin=b.server_name,
+            key=key,
+        )
+        assert status == 200 and made["room_version"] == "10", made
+        not_a_join = {**made["event"], "content": {"membership": "ban"}}
+        status, body = await signed_request(
+            a,
+            "PUT",
+            f"/_matrix/federation/v2/send_join/{space}/$whatever",
+            origin=b.server_name,
+            key=key,
+            body=not_a_join,
+        )
+        assert status == 400, body
