@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 SUPPORTED_ROOM_VERSIONS = sorted(KNOWN_ROOM_VERSIONS)
 HANDSHAKE_TIMEOUT = 60.0
+# The invite exchange runs under the room's write lock (the invite is persisted only once
+# the invitee's server signed it): a dead server must not hold the room for long.
+INVITE_TIMEOUT = 20.0
 # Errors meaning "try another resident".
 _TRY_NEXT_ERRCODES = {"M_UNABLE_TO_AUTHORISE_JOIN", "M_UNABLE_TO_GRANT_JOIN", "M_NOT_FOUND"}
 
@@ -365,7 +368,7 @@ class RemoteMembership:
                     "event": pdu_for_federation(event),
                     "invite_room_state": invite_room_state,
                 },
-                timeout=HANDSHAKE_TIMEOUT,
+                timeout=INVITE_TIMEOUT,
             )
         except FederationUnreachable as e:
             raise MatrixError(502, "M_UNKNOWN", f"Cannot reach {target}: {e.reason}") from None
