@@ -219,9 +219,15 @@ async def test_dangerous_types_and_names_are_not_served_inline(make_hs: MakeHs) 
         "text/xml",
     ):
         mid = await _upload(hs, token, svg, ctype, filename='a";x=".svg')
+        # A file name with CR LF never reaches a header: control characters in a path
+        # are refused outright.
+        evil = f"/_matrix/client/v1/media/download/{hs.server_name}/{mid}/x%0d%0aX-Evil:%201"
+        async with hs.client.get(evil, headers={"Authorization": f"Bearer {token}"}) as r:
+            assert r.status == 400 and "X-Evil" not in r.headers
+            assert (await r.json())["errcode"] == "M_INVALID_PARAM"
         for path in (
             f"/_matrix/client/v1/media/download/{hs.server_name}/{mid}",
-            f"/_matrix/client/v1/media/download/{hs.server_name}/{mid}/x%0d%0aX-Evil:%201",
+            f"/_matrix/client/v1/media/download/{hs.server_name}/{mid}/x%22%3B%20y.svg",
         ):
             async with hs.client.get(path, headers={"Authorization": f"Bearer {token}"}) as r:
                 assert r.status == 200
