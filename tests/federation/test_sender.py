@@ -330,3 +330,20 @@ async def test_first_start_does_not_send_history(setup: Setup) -> None:
     new = await setup.say(room, alice, "after")
     await wait_for(lambda: new in setup.client.event_ids(REMOTE))
     assert old not in setup.client.event_ids(REMOTE)
+
+
+async def test_servers_denied_by_the_room_acl_are_sent_nothing(setup: Setup) -> None:
+    room, alice = await setup.room_with_remote(REMOTE, OTHER)
+    await setup.start()
+    acl = await setup.services.room_events.send(
+        room, alice, "m.room.server_acl", {"allow": ["*"], "deny": ["other.test"]}, ""
+    )
+    # The ACL itself still reaches other.test (it was in the room before it)...
+    await wait_for(lambda: acl.event_id in setup.client.event_ids(OTHER))
+    after = await setup.say(room, alice, "not for other.test")
+    await wait_for(lambda: after in setup.client.event_ids(REMOTE))
+    # ...but nothing after it does.
+    last = await setup.say(room, alice, "still not")
+    await wait_for(lambda: last in setup.client.event_ids(REMOTE))
+    assert after not in setup.client.event_ids(OTHER)
+    assert last not in setup.client.event_ids(OTHER)

@@ -1,6 +1,7 @@
 """Which servers must receive an event: the servers with joined members in the room around
 it, i.e. in the state before or after it (so a server whose last user leaves or is kicked
-still learns of it), plus the server of an invited user.
+still learns of it), plus the server of an invited user; never a server the room's server
+ACL (in that state) denies.
 
 A state group never changes, so the servers joined in it are cached per group: a run of
 messages on the same state costs one lookup, and a batch of events costs at most one state
@@ -13,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from starling.protocol.event import Event, StateKey
+from starling.protocol.server_acl import ACL_EVENT_TYPE, server_allowed
 from starling.storage.events import LruCache
 
 
@@ -63,21 +65,26 @@ class JoinedHosts:
         if not missing:
             return out
         states = await self._state.get_state_ids_for_groups(missing)
-        member_ids = {
+        wanted = {
             eid
             for state in states.values()
             for (etype, _), eid in state.items()
-            if etype == "m.room.member"
+            if etype in ("m.room.member", ACL_EVENT_TYPE)
         }
-        members = await self._events.get_events(member_ids)
+        members = await self._events.get_events(wanted)
         for group in missing:
-            hosts = frozenset(
-                server_of(state_key)
-                for (etype, state_key), eid in states.get(group, {}).items()
-                if etype == "m.room.member"
-                and (ev := members.get(eid)) is not None
-                and ev.membership == "join"
-            )
+            state = states.get(group, {})
+            acl_id = state.get((ACL_EVENT_TYPE, ""))
+            acl = members.get(acl_id) if acl_id is not None else None
+            joined: set[str] = set()
+            for (etype, state_key), eid in state.items():
+                ev = members.get(eid) if etype == "m.room.member" else None
+                if ev is not None and ev.membership == "join":
+                    joined.add(server_of(state_key))
+            if acl is not None:
+                # A server the room's ACL shuts out is sent nothing.
+                joined = {h for h in joined if server_allowed(acl.content, h)}
+            hosts = frozenset(joined)
             self._by_group.put(group, hosts)
             out[group] = hosts
         return out
