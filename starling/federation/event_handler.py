@@ -144,11 +144,7 @@ class FederationEventHandler:
             for event in ordered:
                 if await self._is_known_in_dag(event.event_id):
                     continue
-                outcome = await self._receive(
-                    origin, event, backfilled=backfilled, fetch_missing=False
-                )
-                if outcome is not None:
-                    logger.info("pulled event %s from %s: %s", event.event_id, origin, outcome)
+                await self._receive_one_of_many(origin, event, backfilled=backfilled)
 
     async def process_send_join_response(
         self,
@@ -197,6 +193,16 @@ class FederationEventHandler:
             return position
 
     # --- one event --------------------------------------------------------------------
+
+    async def _receive_one_of_many(self, origin: str, event: Event, *, backfilled: bool) -> None:
+        """A pulled event: its failure, whatever it is, does not stop the next one."""
+        try:
+            outcome = await self._receive(origin, event, backfilled=backfilled, fetch_missing=False)
+        except Exception:
+            logger.exception("pulled event %s from %s failed", event.event_id, origin)
+            return
+        if outcome is not None:
+            logger.info("pulled event %s from %s: %s", event.event_id, origin, outcome)
 
     async def _receive(
         self, origin: str, event: Event, *, backfilled: bool, fetch_missing: bool
@@ -341,9 +347,7 @@ class FederationEventHandler:
         for missing in sorted(collected.values(), key=lambda e: (e.depth, e.event_id)):
             if await self._is_known_in_dag(missing.event_id):
                 continue
-            outcome = await self._receive(origin, missing, backfilled=False, fetch_missing=False)
-            if outcome is not None:
-                logger.info("missing event %s from %s: %s", missing.event_id, origin, outcome)
+            await self._receive_one_of_many(origin, missing, backfilled=False)
 
     async def _ensure_auth_events(self, origin: str, event: Event) -> None:
         """Fetch the event's auth chain from `origin` if we lack any of its auth events

@@ -50,3 +50,22 @@ async def test_rejected_fetched_auth_event_is_remembered(scenario: Scenario) -> 
     assert s.rooms.meta(bad_pl.event_id).rejected_reason is not None
     assert s.rooms.meta(event.event_id).rejected_reason is not None
     assert event.event_id not in s.rooms.timeline
+
+
+async def test_one_failing_pulled_event_does_not_stop_the_others(scenario: Scenario) -> None:
+    s = scenario
+    first = s.dag.message(s.alice, "first")
+    second = s.dag.message(s.alice, "second")
+    original = s.rooms.persist
+
+    async def failing(event, context, **kw):  # type: ignore[no-untyped-def]
+        if event.event_id == first.event_id:
+            raise RuntimeError("disk full")
+        return await original(event, context, **kw)
+
+    s.rooms.persist = failing  # type: ignore[method-assign]
+    await s.handler.process_pulled_events(
+        REMOTE, s.dag.room_id, [dict(first.pdu), dict(second.pdu)], backfilled=False
+    )
+    assert first.event_id not in s.rooms.events
+    assert s.rooms.meta(second.event_id).rejected_reason is None
