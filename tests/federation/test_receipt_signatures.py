@@ -66,3 +66,27 @@ async def test_restricted_join_needs_the_authorising_servers_signature(rv: str) 
     outcome = await s.send(join)
     assert outcome is not None and "signature" in outcome
     assert join.event_id not in s.rooms.events
+
+
+@pytest.mark.parametrize("rv", ["8", "10", "12"])
+async def test_restricted_join_with_the_authorisers_signature_is_accepted(rv: str) -> None:
+    s = await make_scenario(KNOWN_ROOM_VERSIONS[rv])
+    rule = s.dag.add(
+        s.alice,
+        "m.room.join_rules",
+        {"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": "!x:y"}]},
+        state_key="",
+    )
+    assert await s.send(rule) is None
+    carol = s.remote.user("carol")
+    join = s.dag.add(
+        carol,
+        "m.room.member",
+        {"membership": "join", "join_authorised_via_users_server": s.bob},
+        state_key=carol,
+    )
+    signed = cosign(join, s.local)  # bob's server vouches for the join
+    assert await s.send(signed) is None
+    meta = s.rooms.meta(join.event_id)
+    assert meta.rejected_reason is None, meta.rejected_reason
+    assert s.rooms.current[s.dag.room_id][("m.room.member", carol)] == join.event_id
