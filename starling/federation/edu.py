@@ -5,8 +5,9 @@ Unknown types are ignored, as the spec asks of anything a server does not implem
 EDU that names a user of another server than the origin is dropped here, before any
 handler sees it: a server speaks only for its own users. Which fields name users is
 known per type for the spec's EDUs (`USER_FIELDS`); handlers registered for other types
-say it themselves. Room-local EDUs (typing, receipts) must also pass the room's server
-ACL: their handlers check it per room.
+say it themselves. Room-local EDUs pass the room's server ACL here too (Server-Server
+API > Server Access Control Lists): a typing notification for a room that denies the
+origin is dropped, and a receipts EDU loses the rooms that deny it.
 """
 
 from __future__ import annotations
@@ -62,9 +63,14 @@ USER_FIELDS: dict[str, UsersNamed] = {
 }
 
 
+ServerAllowed = Callable[[str, str], Awaitable[bool]]
+"""(room_id, server_name) -> whether the room's server ACL lets that server in."""
+
+
 class EduRegistry:
-    def __init__(self) -> None:
+    def __init__(self, server_allowed: ServerAllowed | None = None) -> None:
         self._handlers: dict[str, tuple[EduHandler, UsersNamed | None]] = {}
+        self._server_allowed = server_allowed
 
     def register(
         self, edu_type: str, handler: EduHandler, *, users: UsersNamed | None = None
@@ -93,7 +99,28 @@ class EduRegistry:
                 if not isinstance(user_id, str) or server_of(user_id) != origin:
                     logger.info("dropped %s EDU from %s naming %r", edu_type, origin, user_id)
                     return
+        acl_checked = await self._apply_acl(origin, edu_type, content)
+        if acl_checked is None:
+            logger.info("dropped %s EDU from %s: denied by the room's ACL", edu_type, origin)
+            return
         try:
-            await handler(origin, content)
+            await handler(origin, acl_checked)
         except Exception:
             logger.exception("%s EDU from %s failed", edu_type, origin)
+
+    async def _apply_acl(
+        self, origin: str, edu_type: str, content: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The content with what the rooms' ACLs deny removed; None if nothing is left."""
+        allowed = self._server_allowed
+        if allowed is None:
+            return content
+        if edu_type == "m.typing":
+            room_id = content.get("room_id")
+            if not isinstance(room_id, str) or not await allowed(room_id, origin):
+                return None
+            return content
+        if edu_type == "m.receipt":
+            kept = {r: v for r, v in content.items() if await allowed(r, origin)}
+            return kept or None
+        return content

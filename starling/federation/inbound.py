@@ -67,7 +67,7 @@ def build_federation_inbound(
         remote=remote,
         server_allowed=access.server_allowed,
     )
-    edus = EduRegistry()
+    edus = EduRegistry(access.server_allowed)
     return FederationInbound(
         events=handler,
         transactions=TransactionReceiver(handler, event_store, InboundTransactionStore(db), edus),

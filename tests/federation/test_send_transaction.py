@@ -125,3 +125,37 @@ async def test_edus_dispatched_only_for_the_origins_users(database: Database) ->
     answer = await receiver.on_transaction(REMOTE, "edus", {"pdus": [], "edus": edus})
     assert answer == {"pdus": {}}
     assert seen == [(REMOTE, edus[0]["content"])]
+
+
+async def test_room_edus_obey_the_server_acl(database: Database) -> None:
+    s, _, _ = await _setup(database)
+    denied_room = "!denied:elsewhere"
+
+    async def allowed(room_id: str, server: str) -> bool:
+        return room_id != denied_room
+
+    seen: list[tuple[str, Any]] = []
+
+    async def record(origin: str, content: dict[str, Any]) -> None:
+        seen.append((origin, content))
+
+    edus = EduRegistry(allowed)
+    edus.register("m.typing", record)
+    edus.register("m.receipt", record)
+    receiver = TransactionReceiver(s.handler, s.rooms, InboundTransactionStore(database), edus)
+    me = "@a:remote.example"
+    receipt = {"m.read": {me: {"event_ids": ["$e"], "data": {"ts": 1}}}}
+    body = {
+        "pdus": [],
+        "edus": [
+            {"edu_type": "m.typing", "content": {"room_id": denied_room, "user_id": me}},
+            {"edu_type": "m.typing", "content": {"room_id": "!ok:x", "user_id": me}},
+            {"edu_type": "m.receipt", "content": {denied_room: receipt, "!ok:x": receipt}},
+            {"edu_type": "m.receipt", "content": {denied_room: receipt}},
+        ],
+    }
+    await receiver.on_transaction(REMOTE, "acl", body)
+    assert seen == [
+        (REMOTE, {"room_id": "!ok:x", "user_id": me}),
+        (REMOTE, {"!ok:x": receipt}),
+    ]
