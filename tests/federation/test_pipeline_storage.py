@@ -109,6 +109,13 @@ async def test_soft_failed_ban_evasion_on_storage(hs: Harness) -> None:
     meta = await room.meta(evading.event_id)
     assert meta.soft_failed and meta.rejected_reason is None
     assert evading.event_id not in await _timeline(hs, token, room.dag.room_id)
+    mallory = room.dag.message(room.remote.user("mallory"), "rejected", track=False)
+    assert await room.push(mallory) is None
+    status, body = await hs.request("GET", "/_matrix/client/v3/sync", token)
+    assert status == 200, body
+    synced = [e["event_id"] for e in body["rooms"]["join"][room.dag.room_id]["timeline"]["events"]]
+    assert ban.event_id in synced
+    assert evading.event_id not in synced and mallory.event_id not in synced
     assert await hs.services.event_store.get_forward_extremities(room.dag.room_id) == [ban.event_id]
 
 
