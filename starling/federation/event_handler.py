@@ -26,6 +26,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from starling.errors import MatrixError
 from starling.federation.ports import (
     EventReader,
     PersisterPort,
@@ -64,8 +65,13 @@ class JoinedUsersReader(Protocol):
     async def get_joined_users(self, room_id: str) -> frozenset[str]: ...
 
 
-class SendJoinResponseError(Exception):
-    """A send_join response we cannot join with (no create event, join not allowed...)."""
+class SendJoinResponseError(MatrixError):
+    """A send_join response we cannot join with (no create event, join not allowed...):
+    the resident server's fault, answered to our client as 502 M_UNKNOWN."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(502, "M_UNKNOWN", f"The room's server sent an unusable join: {reason}")
+        self.reason = reason
 
 
 class _Loader:

@@ -86,10 +86,12 @@ async def test_answer_without_create_or_not_allowing_us(room_version: RoomVersio
     state = dag.current_state()
     pdus = [dict(e.pdu) for e in dag.state_events(state)]
     chain = [dict(e.pdu) for e in dag.auth_chain(state.values())]
-    with pytest.raises(SendJoinResponseError, match="not allowed"):
+    with pytest.raises(SendJoinResponseError, match="not allowed") as e:
         await handler.process_send_join_response(
             REMOTE, dag.room_id, room_version, join, pdus, chain
         )
+    # A Matrix error for our client (the resident's fault), never a 500.
+    assert e.value.status == 502 and e.value.errcode == "M_UNKNOWN"
     no_create = [p for p in pdus if p["type"] != "m.room.create"]
     chain_no_create = [p for p in chain if p["type"] != "m.room.create"]
     with pytest.raises(SendJoinResponseError, match="create"):
