@@ -2,7 +2,8 @@
 unacknowledged half-exists — across SIGKILLs of a real `starling serve` at random moments.
 
 Several clients work at once against one server process: two users send room messages,
-one sends to-device messages, one uploads one-time keys, two long-poll /sync (one reading
+one sends to-device messages, one uploads one-time keys while another claims them, two
+long-poll /sync (one reading
 the room, one reading its to-device inbox). The test SIGKILLs the server at random
 moments (STARLING_CRASH_KILLS times, at least 20 in CI; some more while it is still
 starting), restarts it on the same data,
@@ -16,7 +17,8 @@ After the last restart it checks:
 - the /sync chain that lived through every crash saw every message exactly once (no
   stream gap hid one from it), and so does a fresh /sync after the last restart;
 - every to-device message that got a 200 reached the device exactly once;
-- every one-time key that got a 200 is counted, and nothing beyond what was sent;
+- no one-time key is handed out twice by /keys/claim, and every one that got a 200 is
+  either handed out or still counted (nothing beyond what was sent);
 - in the database: every event with a stream position has its state groups, and every
   forward extremity is a stored event.
 """
@@ -50,6 +52,7 @@ BURST_SECONDS = (0.15, 0.8)
 V3 = "/_matrix/client/v3"
 TO_DEVICE_TYPE = "org.starling.crash_test"
 SYNC_FILTER = '{"room":{"timeline":{"limit":1000},"state":{"lazy_load_members":true}}}'
+KEY_TARGET = 60  # one-time keys Bob's device keeps on the server
 NO_ROOMS_FILTER = '{"room":{"rooms":[]},"presence":{"not_types":["*"]}}'
 
 
@@ -92,6 +95,8 @@ class Record:
     to_device_attempted: set[str] = field(default_factory=set)
     keys_acked: set[str] = field(default_factory=set)
     keys_attempted: set[str] = field(default_factory=set)
+    keys_claimed: list[str] = field(default_factory=list)  # key IDs handed out by 200s
+    claims_unanswered: int = 0  # claims without an answer: each may have taken one key
     room_chain: list[str] = field(default_factory=list)  # event IDs seen by the /sync chain
     inbox: list[str] = field(default_factory=list)  # to-device ids seen by the inbox chain
     unexpected: list[str] = field(default_factory=list)  # non-200 answers to valid requests
@@ -204,8 +209,17 @@ class Workload:
             self.rec.to_device_acked.add(txn)
 
     async def key_uploader(self) -> None:
+        """Bob's device keeps about KEY_TARGET one-time keys on the server, as clients do:
+        it uploads three more whenever the count it was last told is below the target."""
         n = 0
+        count = 0
         while not self.stopping:
+            if count >= KEY_TARGET:
+                await asyncio.sleep(0.05)
+                count = 0  # ask again (an empty upload answers the count)
+                answer = await self._until_acked(self.bob, "POST", f"{V3}/keys/upload", {})
+                count = answer["one_time_key_counts"].get("signed_curve25519", 0)
+                continue
             n += 1
             keys = {}
             for i in range(3):
@@ -217,8 +231,30 @@ class Workload:
                     self.bob_key,
                 )
                 keys[f"signed_curve25519:{key_id}"] = signed
-            await self._until_acked(self.bob, "POST", f"{V3}/keys/upload", {"one_time_keys": keys})
+            answer = await self._until_acked(
+                self.bob, "POST", f"{V3}/keys/upload", {"one_time_keys": keys}
+            )
             self.rec.keys_acked.update(k.partition(":")[2] for k in keys)
+            count = answer["one_time_key_counts"].get("signed_curve25519", 0)
+
+    async def key_claimer(self) -> None:
+        """Carol claims Bob's one-time keys, as a client starting an Olm session does. A
+        claim has no transaction ID, so one without an answer is not retried."""
+        body = {"one_time_keys": {self.bob.user_id: {self.bob.device_id: "signed_curve25519"}}}
+        while not self.stopping:
+            await self.up.wait()
+            try:
+                status, answer = await self.carol.call("POST", f"{V3}/keys/claim", body)
+            except Unreachable:
+                self.rec.claims_unanswered += 1
+                await asyncio.sleep(0.05)
+                continue
+            if status != 200:
+                self.rec.unexpected.append(f"POST /keys/claim: {status} {answer}")
+                continue
+            got = answer["one_time_keys"].get(self.bob.user_id, {}).get(self.bob.device_id, {})
+            self.rec.keys_claimed.extend(k.partition(":")[2] for k in got)
+            await asyncio.sleep(0.02)
 
     async def _sync_once(self, client: Client, since: str, filter_text: str, timeout: int) -> Any:
         params = {"since": since, "timeout": str(timeout), "filter": filter_text}
@@ -300,6 +336,7 @@ async def _run(engine: str, tmp_path: Path) -> None:
                     asyncio.create_task(w.sender(w.bob, "b1")),
                     asyncio.create_task(w.to_device_sender()),
                     asyncio.create_task(w.key_uploader()),
+                    asyncio.create_task(w.key_claimer()),
                     asyncio.create_task(w.room_syncer()),
                     asyncio.create_task(w.inbox_syncer()),
                 ]
@@ -329,6 +366,7 @@ async def _run(engine: str, tmp_path: Path) -> None:
         f"crash test ({engine}): {server.starts - 1} kills ({server.early_kills} while"
         f" starting), {len(w.rec.sent)} messages, "
         f"{len(w.rec.to_device_acked)} to-device messages, {len(w.rec.keys_acked)} keys"
+        f" ({len(w.rec.keys_claimed)} claimed)"
     )
 
 
@@ -405,15 +443,17 @@ async def _check_api(w: Workload) -> None:
     undelivered = rec.to_device_acked - set(inbox)
     assert not undelivered, f"acknowledged to-device messages never delivered: {undelivered}"
 
-    # One-time keys: all acknowledged ones stored, nothing invented.
+    # One-time keys: none handed out twice, none invented, all acknowledged ones either
+    # handed out or still there.
+    claimed = Counter(rec.keys_claimed)
+    assert not {k for k, n in claimed.items() if n > 1}, "a one-time key was claimed twice"
+    assert set(claimed) <= rec.keys_attempted
     status, body = await w.bob.call("POST", f"{V3}/keys/upload", {})
     assert status == 200, body
     count = body["one_time_key_counts"].get("signed_curve25519", 0)
-    assert len(rec.keys_acked) <= count <= len(rec.keys_attempted), (
-        count,
-        len(rec.keys_acked),
-        len(rec.keys_attempted),
-    )
+    most = len(rec.keys_attempted - set(claimed))
+    least = len(rec.keys_acked - set(claimed)) - rec.claims_unanswered
+    assert least <= count <= most, (count, least, most)
 
 
 async def _check_database(engine: str, url: str, w: Workload) -> None:
