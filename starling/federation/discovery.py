@@ -10,7 +10,8 @@ the spec numbers them:
 2. Hostname with an explicit port: that host and port; Host = the server name.
 3. Otherwise `https://<hostname>/.well-known/matrix/server` (cached: Cache-Control
    max-age within [5 min, 48 h], 24 h without one; an invalid answer for an hour; a
-   failed fetch with exponential backoff from 2 min up to an hour). A valid `m.server`
+   failed fetch with exponential backoff from 2 min up to an hour, during which a
+   delegation answered within the last 48 h stays in use). A valid `m.server`
    delegates to `<delegated_hostname>[:<delegated_port>]`, resolved by 3.1 IP literal,
    3.2 explicit port, 3.3 SRV `_matrix-fed._tcp`, 3.4 SRV `_matrix._tcp`, 3.5 port 8448;
    Host and certificate name are the delegated hostname (with the delegated port when
@@ -223,6 +224,7 @@ class _CacheEntry:
     delegated: str | None  # None: no valid well-known
     expires: float
     failures: int = 0
+    fetched: float | None = None  # when `delegated` was last answered
 
 
 class ServerResolver:
@@ -296,8 +298,20 @@ class ServerResolver:
             failures = (previous.failures if previous else 0) + 1
             backoff = min(WELL_KNOWN_FAILURE_BACKOFF * 2 ** (failures - 1), WELL_KNOWN_MAX_BACKOFF)
             logger.info("well-known of %s unreachable (%s); retry in %ds", hostname, e, backoff)
-            self._remember(hostname, _CacheEntry(None, now + backoff, failures))
-            return None
+            # A delegation answered before stays in use through a blip (up to the maximum
+            # cache time after it was last answered): falling back to SRV/8448 would send
+            # requests somewhere the server said not to.
+            kept = None
+            if (
+                previous is not None
+                and previous.delegated is not None
+                and previous.fetched is not None
+                and now - previous.fetched < WELL_KNOWN_MAX_CACHE
+            ):
+                kept = previous.delegated
+            fetched = previous.fetched if kept is not None and previous else None
+            self._remember(hostname, _CacheEntry(kept, now + backoff, failures, fetched))
+            return kept
         if response.status != 200:
             self._remember(hostname, _CacheEntry(None, now + WELL_KNOWN_INVALID_CACHE))
             return None
@@ -308,7 +322,7 @@ class ServerResolver:
             self._remember(hostname, _CacheEntry(None, now + WELL_KNOWN_INVALID_CACHE))
             return None
         period = well_known_cache_period(response.cache_control)
-        self._remember(hostname, _CacheEntry(delegated, now + period))
+        self._remember(hostname, _CacheEntry(delegated, now + period, fetched=now))
         return delegated
 
     def _remember(self, hostname: str, entry: _CacheEntry) -> None:

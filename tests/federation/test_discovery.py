@@ -326,3 +326,28 @@ async def test_dnspython_resolver_without_configuration_finds_no_records(
     resolver = DnsPythonSrvResolver()  # constructing it reads nothing yet
     assert await resolver.resolve_srv("_matrix-fed._tcp.example.test") == []
     assert await resolver.resolve_srv("_matrix._tcp.example.test") == []
+
+
+async def test_a_known_delegation_survives_an_unreachable_well_known() -> None:
+    r, _, wk, clock = resolver()
+    wk.answers["example.test"] = ok('{"m.server": "fed.example.test:8443"}', "max-age=3600")
+    delegated = [Target("fed.example.test", 8443, "fed.example.test:8443", "fed.example.test")]
+    assert await r.resolve("example.test") == delegated
+    # Expired, and the well-known is down: the delegation stays (during the backoff).
+    clock.now += 3601
+    wk.answers["example.test"] = OSError("connection reset")
+    assert await r.resolve("example.test") == delegated
+    clock.now += 121
+    assert await r.resolve("example.test") == delegated
+    # Two days after it was last answered, it is not trusted any more.
+    clock.now += 48 * 3600
+    assert await r.resolve("example.test") == [
+        Target("example.test", 8448, "example.test", "example.test")
+    ]
+    # An answer that is not a delegation (404) replaces it at once.
+    r, _, wk, clock = resolver()
+    wk.answers["example.test"] = ok('{"m.server": "fed.example.test:8443"}', "max-age=3600")
+    await r.resolve("example.test")
+    clock.now += 3601
+    wk.answers["example.test"] = WellKnownResponse(404, b"", None)
+    assert (await r.resolve("example.test"))[0].port == 8448
