@@ -189,6 +189,18 @@ async def test_knocks_and_restricted_joins_across_servers(engine: str, tmp_path:
         assert status == 200, body
         status, body = await join(b, bob, knockable)
         assert status == 200, (body, b.log_tail())
+        # carol knocks too, then thinks better of it: the retraction reaches a.
+        status, body = await b.client_request(
+            "POST", f"{V3}/knock/{quote(knockable)}", carol.token, {}, params={"via": a.server_name}
+        )
+        assert status == 200, body
+        status, body = await b.client_request(
+            "POST", f"{V3}/rooms/{quote(knockable)}/leave", carol.token, {}
+        )
+        assert status == 200, (body, b.log_tail())
+        await wait_until(
+            lambda: _is(membership(a, alice, knockable, carol.user_id), "leave"), "retraction"
+        )
 
         # A restricted room admits members of a room bob is in; a signs as authoriser.
         space = await a.create_room(alice, preset="public_chat", room_version="10")
