@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= data
 SERVER_NAME ?= localhost
 
-.PHONY: run test lint typecheck pytest install dev dev-js clean fuzz fuzz-atheris
+.PHONY: run test lint typecheck pytest install dev dev-js synapse clean fuzz fuzz-atheris
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ $(JS_DIR)/node_modules/.installed: $(JS_DIR)/package.json $(JS_DIR)/package-lock
 
 dev-js: $(JS_DIR)/node_modules/.installed
 
+# matrix-synapse (pinned in benchmarks/synapse_venv.sh) in its own venv,
+# benchmarks/.venv-synapse, for the benchmarks and tests/federation/test_synapse_interop.py.
+# Built once, reinstalled only when the pin or pyproject.toml changes.
+synapse:
+	bash -c 'source benchmarks/synapse_venv.sh'
+
 $(DATA)/starling.yaml: | $(VENV)/.installed
 	$(BIN)/starling generate-config --server-name $(SERVER_NAME) --data-dir $(DATA)
 
@@ -48,8 +54,9 @@ lint: dev
 typecheck: dev
 	$(BIN)/mypy
 
-pytest: dev dev-js
-	$(BIN)/pytest -q -n 2
+# loadgroup: the Synapse interop tests share one Synapse per worker (xdist_group).
+pytest: dev dev-js synapse
+	$(BIN)/pytest -q -n 2 --dist loadgroup
 
 test: lint typecheck pytest
 

@@ -1,0 +1,295 @@
+"""Interop with a real Synapse (issue 9, "Interop with Synapse"): rooms shared between a
+Starling server (SQLite and PostgreSQL, started with the harness) and Synapse 1.163.2 (SQLite,
+tests/federation/synapse.py), over TLS on loopback. One Synapse per module (per xdist
+worker) serves every scenario; each scenario uses fresh users and rooms on it.
+
+Joins both ways, messages both ways, history from before a server joined fetched by
+/messages (backfill) both ways, invites both ways (one accepted, one rejected each way),
+leaves both ways, and displaynames/profiles seen across servers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from tests.federation.harness import (
+    FederatedServer,
+    User,
+    eventually,
+    federation_servers,
+    make_test_pki,
+)
+from tests.federation.synapse import SynapseServer, start_synapse
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("synapse")]
+
+WAIT = 60.0  # hang guard for anything crossing servers
+
+
+@pytest.fixture(scope="module")
+def synapse_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SynapseServer]:
+    directory = tmp_path_factory.mktemp("synapse")
+    server = start_synapse(directory, make_test_pki(directory / "pki"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def synapse(synapse_process: SynapseServer) -> AsyncIterator[SynapseServer]:
+    """The module's Synapse, with a client session for this test's event loop."""
+    try:
+        yield synapse_process
+    finally:
+        await synapse_process.close()
+        assert synapse_process.proc is not None
+        assert synapse_process.proc.poll() is None, synapse_process.log_tail()
+
+
+@pytest.fixture
+async def starling(engine: str, tmp_path: Path) -> AsyncIterator[FederatedServer]:
+    async with federation_servers(tmp_path, 1, engine=engine) as (server,):
+        yield server
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+async def membership(server: FederatedServer, user: User, room_id: str, target: str) -> str | None:
+    status, body = await server.client_request(
+        "GET", f"/_matrix/client/v3/rooms/{room_id}/state/m.room.member/{quote(target)}", user.token
+    )
+    if status != 200:
+        return None
+    value: str = body["membership"]
+    return value
+
+
+async def member_content(
+    server: FederatedServer, user: User, room_id: str, target: str
+) -> dict[str, Any]:
+    status, body = await server.client_request(
+        "GET", f"/_matrix/client/v3/rooms/{room_id}/state/m.room.member/{quote(target)}", user.token
+    )
+    assert status == 200, (status, body)
+    content: dict[str, Any] = body
+    return content
+
+
+async def bodies(server: FederatedServer, user: User, room_id: str) -> list[str]:
+    """The message bodies /messages returns, oldest first (backfilling as it goes)."""
+    events = await server.messages(user, room_id)
+    return [
+        e["content"]["body"]
+        for e in reversed(events)
+        if e["type"] == "m.room.message" and "body" in e.get("content", {})
+    ]
+
+
+async def invited_rooms(server: FederatedServer, user: User) -> set[str]:
+    status, body = await server.client_request(
+        "GET", "/_matrix/client/v3/sync", user.token, params={"timeout": "0"}
+    )
+    assert status == 200, (status, body)
+    return set(body.get("rooms", {}).get("invite", {}))
+
+
+async def leave(server: FederatedServer, user: User, room_id: str) -> None:
+    status, body = await server.client_request(
+        "POST", f"/_matrix/client/v3/rooms/{room_id}/leave", user.token, {}
+    )
+    assert status == 200, (status, body)
+
+
+async def set_displayname(server: FederatedServer, user: User, name: str) -> None:
+    status, body = await server.client_request(
+        "PUT",
+        f"/_matrix/client/v3/profile/{quote(user.user_id)}/displayname",
+        user.token,
+        {"displayname": name},
+    )
+    assert status == 200, (status, body)
+
+
+async def displayname(server: FederatedServer, user: User, target: str) -> str | None:
+    status, body = await server.client_request(
+        "GET", f"/_matrix/client/v3/profile/{quote(target)}", user.token
+    )
+    assert status == 200, (status, body)
+    name: str | None = body.get("displayname")
+    return name
+
+
+async def wait_for_bodies(
+    server: FederatedServer, user: User, room_id: str, expected: list[str], what: str
+) -> list[str]:
+    got: list[str] = []
+
+    async def present() -> bool:
+        nonlocal got
+        got = await bodies(server, user, room_id)
+        return all(text in got for text in expected)
+
+    await eventually(present, timeout=WAIT, what=what)
+    return got
+
+
+# --- scenarios ---------------------------------------------------------------------------
+
+
+async def test_starling_user_joins_room_on_synapse(
+    synapse: SynapseServer, starling: FederatedServer
+) -> None:
+    sam = await synapse.register()
+    alice = await starling.register()
+    await set_displayname(synapse, sam, "Sam on Synapse")
+    await set_displayname(starling, alice, "Alice on Starling")
+    room_id = await synapse.create_room(sam, preset="public_chat", name="synapse room")
+    await synapse.send_message(sam, room_id, "before alice joined 1")
+    await synapse.send_message(sam, room_id, "before alice joined 2")
+
+    assert await starling.join(alice, room_id, via=[synapse.server_name]) == room_id
+
+    # History from before Starling joined, backfilled from Synapse by /messages, in order.
+    got = await wait_for_bodies(
+        starling, alice, room_id, ["before alice joined 1", "before alice joined 2"], "backfill"
+    )
+    assert got.index("before alice joined 1") < got.index("before alice joined 2")
+
+    # Messages both ways.
+    await starling.send_message(alice, room_id, "hello from starling")
+    await wait_for_bodies(synapse, sam, room_id, ["hello from starling"], "starling -> synapse")
+    await synapse.send_message(sam, room_id, "hello from synapse")
+    await wait_for_bodies(starling, alice, room_id, ["hello from synapse"], "synapse -> starling")
+
+    # Displaynames: each side sees the other's in the room and through profile queries.
+    assert (await member_content(synapse, sam, room_id, alice.user_id)).get(
+        "displayname"
+    ) == "Alice on Starling"
+    assert (await member_content(starling, alice, room_id, sam.user_id)).get(
+        "displayname"
+    ) == "Sam on Synapse"
+    assert await displayname(starling, alice, sam.user_id) == "Sam on Synapse"
+    assert await displayname(synapse, sam, alice.user_id) == "Alice on Starling"
+
+    # Same room state on both servers.
+    s_state = {
+        (e["type"], e["state_key"], e["event_id"]) for e in await synapse.state(sam, room_id)
+    }
+
+    async def same_state() -> bool:
+        mine = {
+            (e["type"], e["state_key"], e["event_id"]) for e in await starling.state(alice, room_id)
+        }
+        return mine == s_state
+
+    await eventually(same_state, timeout=WAIT, what="same state on both servers")
+
+    # Alice leaves: Synapse sees it.
+    await leave(starling, alice, room_id)
+
+    async def left_on_synapse() -> bool:
+        return await membership(synapse, sam, room_id, alice.user_id) == "leave"
+
+    await eventually(left_on_synapse, timeout=WAIT, what="alice's leave on synapse")
+
+
+async def test_synapse_user_joins_room_on_starling(
+    synapse: SynapseServer, starling: FederatedServer
+) -> None:
+    alice = await starling.register()
+    sam = await synapse.register()
+    await set_displayname(starling, alice, "Alice Host")
+    room_id = await starling.create_room(alice, preset="public_chat", name="starling room")
+    await starling.send_message(alice, room_id, "before sam joined 1")
+    await starling.send_message(alice, room_id, "before sam joined 2")
+
+    assert await synapse.join(sam, room_id, via=[starling.server_name]) == room_id
+
+    got = await wait_for_bodies(
+        synapse, sam, room_id, ["before sam joined 1", "before sam joined 2"], "backfill"
+    )
+    assert got.index("before sam joined 1") < got.index("before sam joined 2")
+
+    async def sam_joined_on_starling() -> bool:
+        return await membership(starling, alice, room_id, sam.user_id) == "join"
+
+    await eventually(sam_joined_on_starling, timeout=WAIT, what="sam's join on starling")
+
+    await synapse.send_message(sam, room_id, "hi from synapse")
+    await wait_for_bodies(starling, alice, room_id, ["hi from synapse"], "synapse -> starling")
+    await starling.send_message(alice, room_id, "hi from starling")
+    await wait_for_bodies(synapse, sam, room_id, ["hi from starling"], "starling -> synapse")
+
+    assert (await member_content(synapse, sam, room_id, alice.user_id)).get(
+        "displayname"
+    ) == "Alice Host"
+
+    # Sam leaves: Starling sees it, and later messages still reach... nobody on Synapse.
+    await leave(synapse, sam, room_id)
+
+    async def left_on_starling() -> bool:
+        return await membership(starling, alice, room_id, sam.user_id) == "leave"
+
+    await eventually(left_on_starling, timeout=WAIT, what="sam's leave on starling")
+
+
+async def test_invites_both_ways(synapse: SynapseServer, starling: FederatedServer) -> None:
+    alice = await starling.register()
+    ann = await starling.register()
+    sam = await synapse.register()
+    sue = await synapse.register()
+
+    # Synapse invites Starling users to a private room: alice accepts, ann rejects.
+    s_room = await synapse.create_room(sam, preset="private_chat")
+    await synapse.invite(sam, s_room, alice.user_id)
+    await synapse.invite(sam, s_room, ann.user_id)
+    for user in (alice, ann):
+
+        async def invited(user: User = user) -> bool:
+            return s_room in await invited_rooms(starling, user)
+
+        await eventually(invited, timeout=WAIT, what=f"synapse's invite on starling for {user}")
+    assert await starling.join(alice, s_room, via=[synapse.server_name]) == s_room
+    await leave(starling, ann, s_room)
+
+    async def answers_on_synapse() -> bool:
+        return (
+            await membership(synapse, sam, s_room, alice.user_id) == "join"
+            and await membership(synapse, sam, s_room, ann.user_id) == "leave"
+        )
+
+    await eventually(answers_on_synapse, timeout=WAIT, what="invite answers on synapse")
+    assert s_room not in await invited_rooms(starling, ann)
+
+    # Starling invites Synapse users: sam accepts, sue rejects.
+    a_room = await starling.create_room(alice, preset="private_chat")
+    await starling.invite(alice, a_room, sam.user_id)
+    await starling.invite(alice, a_room, sue.user_id)
+    for user in (sam, sue):
+
+        async def invited_s(user: User = user) -> bool:
+            return a_room in await invited_rooms(synapse, user)
+
+        await eventually(invited_s, timeout=WAIT, what=f"starling's invite on synapse for {user}")
+    assert await synapse.join(sam, a_room, via=[starling.server_name]) == a_room
+    await leave(synapse, sue, a_room)
+
+    async def answers_on_starling() -> bool:
+        return (
+            await membership(starling, alice, a_room, sam.user_id) == "join"
+            and await membership(starling, alice, a_room, sue.user_id) == "leave"
+        )
+
+    await eventually(answers_on_starling, timeout=WAIT, what="invite answers on starling")
+
+    # The accepted invites lead to working rooms both ways.
+    await synapse.send_message(sam, a_room, "thanks for the invite")
+    await wait_for_bodies(starling, alice, a_room, ["thanks for the invite"], "sam -> alice")
+    await starling.send_message(alice, s_room, "glad to be here")
+    await wait_for_bodies(synapse, sam, s_room, ["glad to be here"], "alice -> sam")
