@@ -565,6 +565,21 @@ class EventStore:
         else:
             txn.call_after_commit(lambda: self._forward.pop(room_id))
         txn.call_on_rollback(lambda: self._forward.pop(room_id))
+        if (
+            len(removed) == 1
+            and add is not None
+            and known is not None
+            and removed[0] in known
+            and add not in known
+        ):
+            # The usual case, an event on top of the only extremity: one statement.
+            await txn.execute(
+                "UPDATE forward_extremities SET event_id = ? WHERE room_id = ? AND event_id = ?",
+                add,
+                room_id,
+                removed[0],
+            )
+            return
         if removed:
             await txn.execute(
                 "DELETE FROM forward_extremities WHERE room_id = ?"
