@@ -242,8 +242,12 @@ async def test_membership_flipped_by_resolution_reaches_sync(hs: Harness) -> Non
         state=state,
         state_key=bob,
     )
+    child = await build(hs, room_id, alice, "m.room.message", {}, prev=[ban, base], state=state)
+    with pytest.raises(MissingStateError) as unknown:  # a prev event never seen
+        await s.state_calculator.state_before(child)
+    assert unknown.value.event_ids == {ban.event_id}
     await s.persister.persist_outliers([ban], ban.room_version)
-    with pytest.raises(MissingStateError) as missing:
+    with pytest.raises(MissingStateError) as missing:  # a prev event known without state
         await s.state_calculator.state_before(
             await build(hs, room_id, alice, "m.room.message", {}, prev=[ban], state=state)
         )
@@ -333,6 +337,7 @@ async def test_outlier_promoted_to_timeline(hs: Harness) -> None:
     await s.persister.persist_outliers([event, event], event.room_version)
     assert await s.event_store.have_events([event.event_id, "$nope"]) == {event.event_id}
     assert await s.event_store.get_state_ids_before(event.event_id) is None
+    assert await s.event_store.get_state_ids_before("$unknown") is None
     position = await persist(hs, event)
     assert position is not None and position > 0
     found = await s.event_store.get_event(event.event_id)
