@@ -217,6 +217,68 @@ class StateStore:
         self._current.put(room_id, state)
         return state
 
+    async def get_current_state_for_rooms(
+        self, room_ids: Iterable[str]
+    ) -> dict[str, dict[StateKey, str]]:
+        """Current state of several rooms: cached ones free, the rest in one query. The
+        returned dicts are shared: do not modify them."""
+        out: dict[str, dict[StateKey, str]] = {}
+        missing: list[str] = []
+        for room_id in set(room_ids):
+            hit = self._current.get(room_id)
+            if hit is None:
+                missing.append(room_id)
+            else:
+                out[room_id] = hit
+        if missing:
+            rows = await self._db.fetch_all(
+                "SELECT cs.room_id, k.type, k.state_key, ev.event_id FROM current_state cs"
+                " JOIN state_keys k ON k.key_nid = cs.key_nid"
+                " JOIN events ev ON ev.event_nid = cs.event_nid"
+                f" WHERE {self._db.sql.in_array('cs.room_id')}",
+                self._db.sql.array(sorted(missing)),
+            )
+            loaded: dict[str, dict[StateKey, str]] = {room_id: {} for room_id in missing}
+            for room_id, etype, state_key, event_id in rows:
+                loaded[room_id][(etype, state_key)] = event_id
+            for room_id, state in loaded.items():
+                self._current.put(room_id, state)
+                out[room_id] = state
+        return out
+
+    async def get_current_state_at(
+        self, room_ids: Iterable[str], position: int
+    ) -> dict[str, Mapping[StateKey, str]]:
+        """Each room's current state as it was at events-stream `position`: the current
+        state with every later change of the current-state-delta stream undone (so a
+        state resolution after a fork counts, unlike the state after the last event).
+        Two queries for any number of rooms."""
+        wanted = sorted(set(room_ids))
+        if not wanted:
+            return {}
+        # Current state first, then the changes: a change committed in between is undone
+        # to the value the first read saw, so the result is consistent either way.
+        current = await self.get_current_state_for_rooms(wanted)
+        rows = await self._db.fetch_all(
+            "SELECT room_id, type, state_key, prev_event_id FROM current_state_delta_stream"
+            f" WHERE {self._db.sql.in_array('room_id')} AND stream_id > ?"
+            " ORDER BY stream_id DESC",
+            self._db.sql.array(wanted),
+            position,
+        )
+        out: dict[str, Mapping[StateKey, str]] = dict(current)
+        undone: dict[str, dict[StateKey, str]] = {}
+        for room_id, etype, state_key, prev_event_id in rows:
+            state = undone.get(room_id)
+            if state is None:
+                state = undone[room_id] = dict(current.get(room_id, {}))
+            if prev_event_id is None:
+                state.pop((etype, state_key), None)
+            else:
+                state[(etype, state_key)] = prev_event_id
+        out.update(undone)
+        return out
+
     async def record_state_delta(
         self,
         txn: Transaction,

@@ -163,9 +163,9 @@ class RoomHistory:
         if at is None:
             state = await self._state_at_access(access)
         else:
-            groups = await self._events.get_state_groups_at([room_id], at)
-            group = groups.get(room_id)
-            state = await self._state.get_state_ids(group) if group is not None else {}
+            # The room's current state at that position (state resolution included).
+            states = await self._state.get_current_state_at([room_id], at)
+            state = states.get(room_id, {})
         ids = [eid for (etype, _), eid in state.items() if etype == "m.room.member"]
         pairs = await self._events.get_events_with_meta(ids)
 

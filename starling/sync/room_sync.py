@@ -336,31 +336,40 @@ class RoomSyncBuilder:
             p.end_event for p in plans if p.end_event is not None
         )
         # The state each room's `state` section is measured at: before the timeline's
-        # first event (after its last with use_state_after); with no timeline, the
-        # room's state at the end of its window.
-        target_groups: dict[str, int | None] = {}
+        # first event (with use_state_after, the room's state at the end of the window);
+        # with no timeline, the room's state at the end of its window. "The room's state
+        # at a position" is its current state then (the resolution of its forward
+        # extremities, from the current-state-delta stream), not the state after its
+        # latest event, which differ after a fork.
+        target_groups: dict[str, int] = {}
         at_upto: list[str] = []
         for p in plans:
-            group: int | None = None
-            if p.events:
-                meta = p.events[0][1] if req.use_state_after else p.events[-1][1]
-                group = meta.state_after if req.use_state_after else meta.state_before
-            elif p.end_event is not None and p.end_event in end_metas:
+            if p.end_event is not None and p.end_event in end_metas and not p.events:
                 group = end_metas[p.end_event][1].state_after
+            elif p.events and not req.use_state_after:
+                group = p.events[-1][1].state_before
+            elif p.events and p.end_event is not None:
+                group = p.events[0][1].state_after  # a departure: the state it left
             else:
                 at_upto.append(p.room_id)
-            target_groups[p.room_id] = group
-        if at_upto:
-            upto_groups = await self._events.get_state_groups_at(at_upto, req.upto)
-            for room_id in at_upto:
-                target_groups[room_id] = upto_groups.get(room_id)
+                continue
+            if group is not None:
+                target_groups[p.room_id] = group
         delta_rooms = [p.room_id for p in plans if not p.full_state and not p.no_state]
-        since_groups: dict[str, int] = {}
-        if delta_rooms and req.since is not None:
+        maps = await self._state.get_state_ids_for_groups(set(target_groups.values()))
+        upto_states = await self._state.get_current_state_at(at_upto, req.upto)
+        # What the client holds for `since`: with use_state_after, the room's state as
+        # that response gave it; otherwise its state after the events it was sent (a
+        # client applies timeline state events), so a branch that lost state resolution
+        # is corrected by this response.
+        since_states: dict[str, Mapping[StateKey, str]] = {}
+        if delta_rooms and req.since is not None and req.use_state_after:
+            since_states = await self._state.get_current_state_at(delta_rooms, req.since)
+        elif delta_rooms and req.since is not None:
             since_groups = await self._events.get_state_groups_at(delta_rooms, req.since)
-        groups = {g for g in target_groups.values() if g is not None}
-        groups |= set(since_groups.values())
-        maps = await self._state.get_state_ids_for_groups(groups)
+            since_maps = await self._state.get_state_ids_for_groups(set(since_groups.values()))
+            since_states = {r: since_maps[g] for r, g in since_groups.items()}
+        empty: Mapping[StateKey, str] = {}
 
         lazy = req.filter.lazy_load_members
         redundant = req.filter.state.include_redundant_members
@@ -369,19 +378,23 @@ class RoomSyncBuilder:
         state_ids: dict[str, dict[StateKey, str]] = {}
         targets: dict[str, Mapping[StateKey, str]] = {}
         for p in plans:
-            group = target_groups[p.room_id]
-            target: Mapping[StateKey, str] = maps.get(group, {}) if group is not None else {}
+            group = target_groups.get(p.room_id)
+            target: Mapping[StateKey, str] = (
+                maps.get(group, empty) if group is not None else upto_states.get(p.room_id, empty)
+            )
             targets[p.room_id] = target
             if p.no_state:
                 state_ids[p.room_id] = {}
                 continue
             if p.full_state:
                 chosen = dict(target)
-            elif since_groups.get(p.room_id) == group and group is not None:
-                chosen = {}
             else:
-                before = maps.get(since_groups.get(p.room_id, -1), {})
-                chosen = {k: v for k, v in target.items() if before.get(k) != v}
+                before = since_states.get(p.room_id, empty)
+                chosen = (
+                    {}
+                    if before is target
+                    else {k: v for k, v in target.items() if before.get(k) != v}
+                )
             if lazy:
                 chosen = self._lazy_members(req, p, target, chosen, known, new_known, redundant)
             state_ids[p.room_id] = chosen

@@ -392,3 +392,57 @@ async def test_out_of_band_invite_reaches_sync(hs: Harness) -> None:
     body = await sync(hs, btok, since)
     assert invite.room_id in body["rooms"]["invite"], body["rooms"]
     assert invite.room_id in (await sync(hs, btok))["rooms"]["invite"]
+
+
+async def test_sync_state_after_a_fork_is_the_resolved_state(hs: Harness) -> None:
+    """Two topics on two branches; the one that loses state resolution arrives last.
+    With use_state_after, /sync gives the resolved topic; without it, the next response
+    corrects a client that applied the losing topic from its timeline."""
+    room_id, alice, atok, _bob, btok = await room_with_bob(hs)
+    s = hs.services
+    since = (await sync(hs, btok))["next_batch"]
+    base = await tip(hs, room_id)
+    state = await s.room_events.current_state_ids(room_id)
+
+    async def topic(text: str) -> Event:
+        return await build(
+            hs,
+            room_id,
+            alice,
+            "m.room.topic",
+            {"topic": text},
+            prev=[base],
+            state=state,
+            state_key="",
+        )
+
+    # Same sender and power: the later origin_server_ts is applied last and wins.
+    loser = await topic("loser")
+    winner = await topic("winner")
+    while winner.origin_server_ts <= loser.origin_server_ts:
+        winner = await topic("winner")
+    await persist(hs, winner)
+    await persist(hs, loser)
+    current = await s.room_events.current_state_ids(room_id)
+    assert current[("m.room.topic", "")] == winner.event_id
+
+    status, body = await hs.request(
+        "GET",
+        f"{V3}/sync",
+        btok,
+        params={"since": since, "timeout": "0", "use_state_after": "true"},
+    )
+    assert status == 200, body
+    room = body["rooms"]["join"][room_id]
+    assert [e["event_id"] for e in room["timeline"]["events"]] == [winner.event_id, loser.event_id]
+    topics = [e for e in room["state_after"]["events"] if e["type"] == "m.room.topic"]
+    assert [e["event_id"] for e in topics] == [winner.event_id]
+
+    plain = await sync(hs, btok, since)  # a client applying its timeline holds "loser"
+    after_merge = await hs.send_message(atok, room_id, "merge")
+    body = await sync(hs, btok, plain["next_batch"])
+    room = body["rooms"]["join"][room_id]
+    assert [e["event_id"] for e in room["timeline"]["events"]] == [after_merge]
+    assert [e["event_id"] for e in room["state"]["events"] if e["type"] == "m.room.topic"] == [
+        winner.event_id
+    ]
