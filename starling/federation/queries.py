@@ -36,7 +36,8 @@ class FederationQueries:
         return await self._directory.resolve_alias(room_alias)
 
     async def profile(self, user_id: str, field: str | None) -> dict[str, Any]:
-        """One of our users' profile (or one field of it); 404 M_NOT_FOUND otherwise."""
+        """One of our users' profile (or one field of it; `{}` when that field is not set,
+        as Synapse answers); 404 M_NOT_FOUND for a user we do not have."""
         if field is not None and field not in PROFILE_FIELDS:
             raise invalid_param(f"Unknown profile field {field!r}")
         if server_of(user_id) != self._server_name:
@@ -50,5 +51,5 @@ class FederationQueries:
         if field is None:
             return {k: v for k, v in profile.items() if v is not None}
         if profile.get(field) is None:
-            raise not_found(f"Profile field {field!r} not set")
+            return {}
         return {field: profile[field]}
