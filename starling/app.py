@@ -346,6 +346,11 @@ async def build_services(
         room_locks,
     )
     membership.use_remote(remote)
+    # To-device messages across servers: a persisted outbox the sender reads, and the
+    # inbound EDU handler.
+    e2ee.federated_to_device.wake = federation_sender.stored_edus_added
+    federation_sender.use_stored_edus(e2ee.federated_to_device)
+    federation_inbound.edus.register("m.direct_to_device", e2ee.federated_to_device.on_edu)
     return Services(
         config=config,
         db=db,

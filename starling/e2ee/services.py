@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from starling.e2ee.cross_signing import CrossSigningService
 from starling.e2ee.device_lists import DeviceListTracker, NotifyUsers
+from starling.e2ee.federated_to_device import FederatedToDevice
 from starling.e2ee.key_backup import KeyBackupService
 from starling.e2ee.keys import E2eKeyService
 from starling.e2ee.sync import DeviceListsExtension, ToDeviceExtension
@@ -17,6 +18,7 @@ from starling.storage.database import Database
 from starling.storage.device_lists import DeviceListStore
 from starling.storage.e2e_keys import E2eKeyStore
 from starling.storage.events import EventStore
+from starling.storage.federation_to_device import FederationToDeviceStore
 from starling.storage.key_backup import KeyBackupStore
 from starling.storage.memberships import MembershipStore
 from starling.storage.streams import StreamIdGenerator
@@ -28,6 +30,7 @@ class E2ee:
     keys: E2eKeyService
     cross_signing: CrossSigningService
     to_device: ToDeviceService
+    federated_to_device: FederatedToDevice
     key_backup: KeyBackupService
     device_lists: DeviceListTracker
     to_device_extension: ToDeviceExtension
@@ -68,18 +71,29 @@ async def build_e2ee(
         notify,
     )
     keys = E2eKeyService(server_name, db, key_store, to_device_store, tracker)
+    to_device_stream = await StreamIdGenerator.create(db, "to_device")
+    federated_to_device = FederatedToDevice(
+        server_name,
+        db,
+        FederationToDeviceStore(db),
+        to_device_store,
+        to_device_stream,
+        notify,
+    )
     to_device = ToDeviceService(
         server_name,
         db,
         to_device_store,
-        await StreamIdGenerator.create(db, "to_device"),
+        to_device_stream,
         notify,
+        remote=federated_to_device,
         rate_limits=rate_limits,
     )
     return E2ee(
         keys=keys,
         cross_signing=CrossSigningService(db, key_store, accounts, tracker),
         to_device=to_device,
+        federated_to_device=federated_to_device,
         key_backup=KeyBackupService(db, KeyBackupStore(db)),
         device_lists=tracker,
         to_device_extension=ToDeviceExtension(to_device, keys),

@@ -51,11 +51,16 @@ TXN_ID_LIFETIME_MS = 24 * 3600 * 1000
 _PRUNE_EVERY_MS = 10 * 60 * 1000
 
 
-class RemoteToDeviceSender(Protocol):
-    """Queues to-device messages for users on another server (federation EDUs)."""
+class RemoteToDeviceOutbox(Protocol):
+    """Queues to-device messages for users on other servers (federation EDUs), within
+    the sending request's transaction (e2ee/federated_to_device.py)."""
 
-    async def send(
-        self, sender: str, event_type: str, server_name: str, messages: Mapping[str, Any]
+    async def queue(
+        self,
+        txn: Transaction,
+        sender: str,
+        event_type: str,
+        by_server: Mapping[str, Mapping[str, Any]],
     ) -> None: ...
 
 
@@ -82,7 +87,7 @@ class ToDeviceService:
         stream: StreamIdGenerator,
         notify: Callable[[Iterable[str]], None],
         *,
-        remote: RemoteToDeviceSender | None = None,
+        remote: RemoteToDeviceOutbox | None = None,
         clock_ms: Callable[[], int] = _now_ms,
         rate_limits: RateLimits | None = None,
     ) -> None:
@@ -126,6 +131,8 @@ class ToDeviceService:
                 total += 1
             server = user_id.split(":", 1)[1]
             if server != self._server_name:
+                for content in by_device.values():
+                    self._encode(sender, event_type, content)  # same limits as local
                 remote.setdefault(server, {})[user_id] = by_device
                 continue
             local[user_id] = {}
@@ -152,11 +159,11 @@ class ToDeviceService:
                 await self._store.add_messages(txn, stream_id, rows, sender)
                 recipients = {u for u, _, _ in rows}
                 txn.call_after_commit(lambda: self._notify(recipients))
-        for server, by_user in remote.items():
-            if self.remote is None:
-                logger.info("to-device %s for %s not sent: no federation", event_type, server)
-                continue
-            await self.remote.send(sender, event_type, server, by_user)
+            if remote:
+                if self.remote is None:
+                    logger.info("to-device %s for %s not sent: no federation", event_type, remote)
+                else:
+                    await self.remote.queue(txn, sender, event_type, remote)
 
     async def _refuse_if_full(
         self, txn: Transaction, sender: str, event_type: str, recipients: list[tuple[str, str]]

@@ -21,6 +21,10 @@ A destination that comes back is caught up at once: any request from it
 (`destination_is_up`, called by inbound request authentication) or a successful retry ends
 the backoff and flushes its queue.
 
+EDUs come from memory (`send_edu`: typing, receipts... lost with the process, as they may
+be) or from a `StoredEdus` source (to-device messages: read back in order, deleted once a
+transaction carrying them was accepted, so they survive restarts of either side).
+
 The sender wakes on `wake()` (called after each persisted event) and never polls. One
 process sends federation traffic; a second sender process would need the destination rows
 claimed first (scale-out work).
@@ -66,6 +70,19 @@ class TransactionClient(Protocol):
     ) -> Any: ...
 
 
+class StoredEdus(Protocol):
+    """EDUs kept in the database until delivered (to-device messages): read back per
+    destination in order, deleted once a transaction carrying them was accepted."""
+
+    async def destinations_pending(self) -> list[str]: ...
+
+    async def pending(self, destination: str, limit: int) -> tuple[list[dict[str, Any]], int]:
+        """Up to `limit` EDUs and the token that acknowledges them."""
+        ...
+
+    async def delivered(self, destination: str, upto: int) -> None: ...
+
+
 class SenderEvents(Protocol):
     async def get_events_with_meta(
         self, event_ids: Iterable[str]
@@ -91,7 +108,12 @@ class _Destination:
     dirty: bool = False
     pending: list[tuple[int, Event]] = field(default_factory=list)
     edus: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_QUEUED_EDUS))
+    # The stored-EDU source may hold EDUs for this destination.
+    stored_edus: bool = False
     task: asyncio.Task[None] | None = None
+    # Writing its row (a destination first met through an EDU); its retry state is only
+    # written once this is done.
+    row_written: asyncio.Task[None] | None = None
     timer: asyncio.TimerHandle | None = None
 
     @property
@@ -132,6 +154,11 @@ class FederationSender:
         # start time makes them unique across restarts, the counter within this run.
         self._txn_prefix = f"{clock():x}"
         self._txn_counter = itertools.count(1)
+        self._stored_edus: StoredEdus | None = None
+
+    def use_stored_edus(self, source: StoredEdus) -> None:
+        """Carry `source`'s persisted EDUs (call before `start`)."""
+        self._stored_edus = source
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -146,6 +173,9 @@ class FederationSender:
             dest = self._from_row(row)
             dest.catching_up = row.newest_owed > row.last_successful
             self._destinations[row.destination] = dest
+        if self._stored_edus is not None:
+            for name in await self._stored_edus.destinations_pending():
+                self._destination(name).stored_edus = True
         self._started = True
         for dest in self._destinations.values():
             self._kick(dest)
@@ -199,13 +229,25 @@ class FederationSender:
         """Queue an EDU for `destination` (sent with the next transaction, in order)."""
         if destination == self._server_name or self._stopping:
             return
-        dest = self._destinations.get(destination)
-        if dest is None:
-            dest = _Destination(destination, last_successful=self._position)
-            self._destinations[destination] = dest
-            self._spawn(self._store.ensure_destination(destination, self._position))
+        dest = self._destination(destination)
         dest.edus.append({"edu_type": edu_type, "content": content})
         self._kick(dest)
+
+    def stored_edus_added(self, destination: str) -> None:
+        """The stored-EDU source has new EDUs for `destination` (after its commit)."""
+        if destination == self._server_name or self._stopping:
+            return
+        dest = self._destination(destination)
+        dest.stored_edus = True
+        self._kick(dest)
+
+    def _destination(self, name: str) -> _Destination:
+        dest = self._destinations.get(name)
+        if dest is None:
+            dest = _Destination(name, last_successful=self._position)
+            self._destinations[name] = dest
+            dest.row_written = self._spawn(self._store.ensure_destination(name, self._position))
+        return dest
 
     async def record_relayed(self, event_id: str, origin: str) -> None:
         """This server will send `event_id` (made by `origin`) to the room's other servers.
@@ -329,7 +371,7 @@ class FederationSender:
             return
         if dest.task is not None and not dest.task.done():
             return
-        if not (dest.pending or dest.edus or dest.catching_up):
+        if not (dest.pending or dest.edus or dest.stored_edus or dest.catching_up):
             return
         wait_ms = dest.retry_until_ms - self._clock()
         if wait_ms > 0:
@@ -345,6 +387,9 @@ class FederationSender:
 
     async def _run(self, dest: _Destination) -> None:
         try:
+            if dest.row_written is not None:
+                await dest.row_written
+                dest.row_written = None
             while not self._stopping:
                 if dest.catching_up:
                     outcome = await self._catch_up_step(dest)
@@ -353,7 +398,7 @@ class FederationSender:
                     if outcome == "done":
                         dest.catching_up = False
                     continue
-                if not dest.pending and not dest.edus:
+                if not dest.pending and not dest.edus and not dest.stored_edus:
                     return
                 batch = dest.pending[:MAX_PDUS_PER_TXN]
                 if not await self._send_transaction(dest, [ev for _, ev in batch]):
@@ -373,7 +418,7 @@ class FederationSender:
         upto = self._position
         rooms = await self._store.rooms_owed(dest.name, dest.last_successful)
         if not rooms:
-            if dest.edus and not await self._send_transaction(dest, []):
+            if (dest.edus or dest.stored_edus) and not await self._send_transaction(dest, []):
                 return "failed"
             return "more" if dest.dirty else "done"
         rows = await self._store.room_events_after(
@@ -401,7 +446,11 @@ class FederationSender:
             # Replayed events are in stream order: delivered up to the chunk's last one.
             if len(rows) <= REPLAY_LIMIT:
                 await self._delivered(dest, chunk[-1][0])
-        if not events and dest.edus and not await self._send_transaction(dest, []):
+        if (
+            not events
+            and (dest.edus or dest.stored_edus)
+            and not await self._send_transaction(dest, [])
+        ):
             return "failed"
         await self._delivered(dest, upto)
         return "more"
@@ -434,12 +483,40 @@ class FederationSender:
         """One transaction with these PDUs and up to 100 queued EDUs. True when delivered
         (or refused for good), False when the destination is failing (now backing off)."""
         edus = list(itertools.islice(dest.edus, MAX_EDUS_PER_TXN))
+        stored: list[dict[str, Any]] = []
+        stored_upto = 0
+        room = MAX_EDUS_PER_TXN - len(edus)
+        if dest.stored_edus and self._stored_edus is not None and room > 0:
+            # Cleared before reading: EDUs stored meanwhile set it again.
+            dest.stored_edus = False
+            stored, stored_upto = await self._stored_edus.pending(dest.name, room)
+            if len(stored) == room:
+                dest.stored_edus = True  # there may be more
+        if not pdus and not edus and not stored:
+            return True
+        delivered = False
+        try:
+            delivered = await self._send_transaction_body(dest, pdus, edus, stored)
+        finally:
+            if not delivered and stored:
+                dest.stored_edus = True  # read them again next time
+        if delivered and stored and self._stored_edus is not None:
+            await self._stored_edus.delivered(dest.name, stored_upto)
+        return delivered
+
+    async def _send_transaction_body(
+        self,
+        dest: _Destination,
+        pdus: list[Event],
+        edus: list[dict[str, Any]],
+        stored: list[dict[str, Any]],
+    ) -> bool:
         txn_id = f"{self._txn_prefix}.{next(self._txn_counter)}"
         body = {
             "origin": self._server_name,
             "origin_server_ts": self._clock(),
             "pdus": [_pdu_json(ev) for ev in pdus],
-            "edus": edus,
+            "edus": edus + stored,
         }
         try:
             response = await self._client.put_json(
@@ -487,6 +564,7 @@ class FederationSender:
         dest.retry_until_ms = now + self._backoff.jittered(interval)
         # What it was sent in memory is in the store too: read it back when it returns.
         dest.pending.clear()
+
         dest.catching_up = True
         await self._store.set_retry(
             dest.name, dest.retry_interval_ms, dest.retry_until_ms, dest.failing_since_ms
@@ -494,7 +572,7 @@ class FederationSender:
         # Schedule the retry once this task has ended.
         asyncio.get_running_loop().call_soon(self._kick, dest)
 
-    def _spawn(self, work: Awaitable[Any]) -> None:
+    def _spawn(self, work: Awaitable[Any]) -> asyncio.Task[None]:
         async def run() -> None:
             try:
                 await work
@@ -504,6 +582,7 @@ class FederationSender:
         task = asyncio.create_task(run())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
 
 def _pdu_json(event: Event) -> dict[str, Any]:
