@@ -47,6 +47,7 @@ from starling.federation.public_rooms import RemotePublicRooms
 from starling.federation.queries import FederationQueries
 from starling.federation.remote_membership import OutOfBandMemberships, RemoteMembership
 from starling.federation.remote_queries import RemoteQueries
+from starling.federation.room_edus import RoomEdus
 from starling.federation.sender import FederationSender, JoinedHosts
 from starling.federation.transport import FederationTransport, build_federation_transport
 from starling.media.filestore import FileStore
@@ -351,6 +352,17 @@ async def build_services(
     e2ee.federated_to_device.wake = federation_sender.stored_edus_added
     federation_sender.use_stored_edus(e2ee.federated_to_device)
     federation_inbound.edus.register("m.direct_to_device", e2ee.federated_to_device.on_edu)
+    room_edus = RoomEdus(
+        config.server_name,
+        federation_sender,
+        membership_store.get_joined_users,
+        extras.typing,
+        extras.receipts.on_remote_receipt,
+    )
+    extras.typing.on_local_change = room_edus.local_typing
+    extras.receipts.on_local_receipt = room_edus.local_receipt
+    federation_inbound.edus.register("m.typing", room_edus.on_typing)
+    federation_inbound.edus.register("m.receipt", room_edus.on_receipt)
     return Services(
         config=config,
         db=db,

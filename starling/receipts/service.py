@@ -63,6 +63,8 @@ class ReceiptsService:
         self._clock = clock
         # History visibility: a receipt is only taken on an event the user may see.
         self._visible = visible
+        # Told of each new local receipt (federation sends the public ones).
+        self.on_local_receipt: Callable[[Receipt], Awaitable[None]] | None = None
 
     def current_position(self) -> int:
         return self._store.stream.current_position()
@@ -125,6 +127,8 @@ class ReceiptsService:
                 self._notifier.notify(users=[user_id])
             else:
                 self._notifier.notify(rooms=[room_id])
+            if self.on_local_receipt is not None:
+                await self.on_local_receipt(receipt)
 
     async def set_fully_read(self, room_id: str, user_id: str, event_id: str) -> None:
         """Move the m.fully_read marker (room account data) forward to the event."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starling.errors import forbidden
@@ -53,6 +53,8 @@ class TypingService:
         # room -> stream position of its last change
         self._changed_at: dict[str, int] = {}
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        # Told of each local user's typing change (room, user, typing): federation.
+        self.on_local_change: Callable[[str, str, bool], Awaitable[None]] | None = None
 
     def current_position(self) -> int:
         return self._position
@@ -76,6 +78,8 @@ class TypingService:
             self.started(room_id, user_id, timeout_ms)
         else:
             self.stopped(room_id, user_id)
+        if self.on_local_change is not None:
+            await self.on_local_change(room_id, user_id, typing)
 
     def started(self, room_id: str, user_id: str, timeout_ms: int) -> None:
         """Record that a user is typing (also for typing EDUs from federation)."""
