@@ -73,6 +73,9 @@ class RoomsRequest:
     next_token: str
     # Users whose events (other than state) and invites this user does not see.
     ignored: frozenset[str] = frozenset()
+    # The name of each room's state section ("state", "state_after", or MSC4222's
+    # unstable "org.matrix.msc4222.state_after" for a client that asked that way).
+    state_key: str = "state"
 
 
 @dataclass
@@ -451,7 +454,7 @@ class RoomSyncBuilder:
                         else (p.lower if p.lower is not None else p.upper)
                     ),
                 },
-                "state_after" if req.use_state_after else "state": {"events": state_section},
+                req.state_key: {"events": state_section},
             }
             if p.section == "join":
                 entry["summary"] = summaries.get(p.room_id, {})

@@ -48,6 +48,16 @@ class SyncRequest:
     full_state: bool = False
     set_presence: str | None = None
     use_state_after: bool = False
+    # MSC4222 before it became stable: a client that asked with the unstable parameter
+    # (`org.matrix.msc4222.use_state_after`, matrix-js-sdk) reads the unstable key.
+    unstable_state_after: bool = False
+
+    @property
+    def state_key(self) -> str:
+        """The name of each room's state section in the response."""
+        if not self.use_state_after:
+            return "state"
+        return "org.matrix.msc4222.state_after" if self.unstable_state_after else "state_after"
 
 
 IgnoredUsersLookup = Callable[[str], Awaitable[frozenset[str]]]
@@ -175,6 +185,7 @@ class SyncService:
                 upto=now.events,
                 full_state=req.full_state,
                 use_state_after=req.use_state_after,
+                state_key=req.state_key,
                 since_token=since.encode() if since is not None else None,
                 next_token=now.encode(),
                 ignored=(
@@ -225,7 +236,7 @@ class SyncService:
     def _complete_rooms(response: dict[str, Any], req: SyncRequest, upto: int) -> None:
         """Rooms an extension added (ephemeral or account data only) get the empty
         timeline and state every client expects to find."""
-        state_key = "state_after" if req.use_state_after else "state"
+        state_key = req.state_key
         for section in ("join", "leave"):
             rooms: Mapping[str, dict[str, Any]] = response["rooms"].get(section, {})
             for entry in rooms.values():

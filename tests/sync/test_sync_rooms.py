@@ -323,3 +323,39 @@ async def test_full_state_returns_everything_at_once(hs: Harness) -> None:
     body = await sync(hs, tok, since=first["next_batch"], full_state=True, timeout=10000)
     room = body["rooms"]["join"][room_id]
     assert "m.room.create" in {e["type"] for e in room["state"]["events"]}
+
+
+async def test_unstable_use_state_after_answers_with_the_unstable_key(hs: Harness) -> None:
+    """matrix-js-sdk asks with `org.matrix.msc4222.use_state_after` and reads only
+    `org.matrix.msc4222.state_after` (as Synapse answers it): with the stable key, a client
+    that joined an encrypted room after an invite saw no room state, so no encryption."""
+    _, atok = await hs.register("alice")
+    bob, btok = await hs.register("bob")
+    encryption = {"algorithm": "m.megolm.v1.aes-sha2"}
+    room_id = await hs.create_room(
+        atok,
+        invite=[bob],
+        initial_state=[{"type": "m.room.encryption", "state_key": "", "content": encryption}],
+    )
+    unstable = {"org.matrix.msc4222.use_state_after": True}
+    invited = await sync(hs, btok, **unstable)
+    assert room_id in invited["rooms"]["invite"]
+    await join(hs, btok, room_id)
+    for _ in range(3):  # more messages than the timeline holds: the state is not in it
+        await hs.send_message(atok, room_id, "hi")
+    limit = {"room": {"timeline": {"limit": 2}}}
+    for body in (
+        await sync(hs, btok, since=invited["next_batch"], filter=limit, **unstable),
+        await sync(hs, btok, filter=limit, **unstable),  # an initial sync
+    ):
+        room = body["rooms"]["join"][room_id]
+        assert "state" not in room and "state_after" not in room
+        state = room["org.matrix.msc4222.state_after"]["events"]
+        assert {"type": "m.room.encryption", "content": encryption}.items() <= next(
+            e for e in state if e["type"] == "m.room.encryption"
+        ).items()
+    # The stable parameter (alone or with the unstable one) gets the stable key.
+    both = await sync(hs, btok, filter=limit, use_state_after=True, **unstable)
+    room = both["rooms"]["join"][room_id]
+    assert "org.matrix.msc4222.state_after" not in room and "state" not in room
+    assert "m.room.encryption" in {e["type"] for e in room["state_after"]["events"]}

@@ -65,9 +65,8 @@ class SyncRoutes:
         since = SyncToken.parse(since_raw) if since_raw else None
         timeout = query_int(request, "timeout", 0, maximum=MAX_TIMEOUT_MS)
         full_state = query_bool(request, "full_state")
-        use_state_after = query_bool(request, "use_state_after") or query_bool(
-            request, "org.matrix.msc4222.use_state_after"
-        )
+        stable_state_after = query_bool(request, "use_state_after")
+        unstable_state_after = query_bool(request, "org.matrix.msc4222.use_state_after")
         set_presence = request.query.get("set_presence")
         if set_presence is not None and set_presence not in PRESENCE_STATES:
             raise MatrixError(
@@ -83,7 +82,8 @@ class SyncRoutes:
                 timeout_ms=timeout,
                 full_state=full_state,
                 set_presence=set_presence,
-                use_state_after=use_state_after,
+                use_state_after=stable_state_after or unstable_state_after,
+                unstable_state_after=unstable_state_after and not stable_state_after,
             )
         )
         return json_response(response)

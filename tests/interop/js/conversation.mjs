@@ -9,6 +9,7 @@
 // here; on success the only thing on stdout is one line of JSON for pytest to check again,
 // on failure the script exits non-zero with the reason on stderr. No crypto.
 
+import "./node22.mjs";
 import assert from "node:assert/strict";
 
 import {

@@ -1,0 +1,272 @@
+// matrix-js-sdk with Rust crypto (the stack Element Web runs on) against a real
+// `starling serve`, driven by tests/interop/test_js_sdk_e2ee.py.
+//
+//   node e2ee.mjs http://127.0.0.1:PORT [matrix-js-sdk | matrix-js-sdk-old]
+//
+// Alice and Bob register, start Rust crypto (in memory) and sync; Alice bootstraps
+// cross-signing and creates an encrypted room inviting Bob; Bob's client learns the room is
+// encrypted from the invite-then-join sync, and messages go both ways, each decrypted by the
+// other; the server's copy of the room (raw /messages) holds only m.room.encrypted; an
+// olm-encrypted to-device message reaches Bob; Bob sees Alice's cross-signing identity; a
+// second device of Bob's logs in and decrypts a new message; when it logs out, it leaves
+// Alice's view of Bob's devices. Every step is asserted here; on success stdout holds one
+// line of JSON for pytest to check again (it also counts /keys/query in the access log).
+
+import "./node22.mjs";
+import assert from "node:assert/strict";
+
+const BASE_URL = process.argv[2] ?? process.env.STARLING_URL;
+const SDK = process.argv[3] ?? "matrix-js-sdk";
+const PASSWORD = "correct horse battery staple";
+const SUFFIX = process.env.USER_SUFFIX ?? ""; // to run again against the same server
+const WAIT_MS = 20_000; // for any one thing to reach the other side
+const IDLE_MS = Number(process.env.IDLE_MS ?? 5_000);
+const OVERALL_MS = 100_000;
+
+const sdk = await import(SDK);
+const { logger } = await import(`${SDK}/lib/logger.js`);
+const { ClientEvent, createClient, MatrixError, MatrixEventEvent, RoomEvent, SyncState } = sdk;
+
+logger.setLevel(process.env.JS_SDK_LOG_LEVEL ?? "warn");
+console.log = console.info = console.debug = console.warn = console.error;
+
+function fail(message) {
+    process.stderr.write(`FAIL: ${message}\n`);
+    process.exit(1);
+}
+const overall = setTimeout(() => fail(`not done within ${OVERALL_MS} ms`), OVERALL_MS);
+
+/** Poll `check` (async, truthy when done) until it holds; reject after WAIT_MS. */
+async function until(what, check) {
+    const deadline = Date.now() + WAIT_MS;
+    for (;;) {
+        const got = await check();
+        if (got) return got;
+        if (Date.now() > deadline) throw new Error(`never saw ${what} within ${WAIT_MS} ms`);
+        await new Promise((r) => setTimeout(r, 100));
+    }
+}
+
+async function register(username) {
+    const anonymous = createClient({ baseUrl: BASE_URL });
+    let session;
+    try {
+        await anonymous.registerRequest({ username, password: PASSWORD });
+        assert.fail("registration without auth succeeded");
+    } catch (e) {
+        if (!(e instanceof MatrixError)) throw e;
+        session = e.data.session;
+    }
+    return anonymous.registerRequest({
+        username,
+        password: PASSWORD,
+        initial_device_display_name: `${username} first`,
+        auth: { type: "m.login.dummy", session },
+    });
+}
+
+async function login(username) {
+    const anonymous = createClient({ baseUrl: BASE_URL });
+    return anonymous.loginRequest({
+        type: "m.login.password",
+        identifier: { type: "m.id.user", user: username },
+        password: PASSWORD,
+        initial_device_display_name: `${username} second`,
+    });
+}
+
+/** A client with Rust crypto (in-memory store), its first sync in. */
+async function cryptoClient(creds) {
+    const client = createClient({
+        baseUrl: BASE_URL,
+        userId: creds.user_id,
+        deviceId: creds.device_id,
+        accessToken: creds.access_token,
+    });
+    await client.initRustCrypto({ useIndexedDB: false });
+    const prepared = new Promise((resolve, reject) => {
+        client.on(ClientEvent.Sync, (state, _prev, data) => {
+            if (state === SyncState.Prepared) resolve();
+            if (state === SyncState.Error) reject(data?.error ?? new Error("sync error"));
+        });
+    });
+    await client.startClient({ initialSyncLimit: 20, lazyLoadMembers: true });
+    await prepared;
+    return client;
+}
+
+/** The decrypted body of the event `eventId` once `client` has it in `roomId`. */
+async function decryptedBody(client, roomId, eventId, what) {
+    return until(what, async () => {
+        const ev = client
+            .getRoom(roomId)
+            ?.getLiveTimeline()
+            .getEvents()
+            .find((e) => e.getId() === eventId);
+        if (!ev) return undefined;
+        await client.decryptEventIfNeeded(ev);
+        if (ev.isDecryptionFailure() || ev.getType() !== "m.room.message") return undefined;
+        assert.equal(ev.getWireType(), "m.room.encrypted", `${what}: sent in the clear`);
+        return ev.getContent().body;
+    });
+}
+
+async function rawMessages(creds, roomId) {
+    const url = `${BASE_URL}/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/messages?dir=b&limit=100`;
+    const resp = await fetch(url, { headers: { Authorization: `Bearer ${creds.access_token}` } });
+    assert.equal(resp.status, 200);
+    return (await resp.json()).chunk;
+}
+
+async function main() {
+    assert.ok(BASE_URL, "pass the server URL as argv[2] or STARLING_URL");
+    const result = { sdk: SDK };
+    const aliceCreds = await register(`alice${SUFFIX}`);
+    const bobCreds = await register(`bob${SUFFIX}`);
+    const alice = await cryptoClient(aliceCreds);
+    const bob = await cryptoClient(bobCreds);
+    const aliceId = aliceCreds.user_id;
+    const bobId = bobCreds.user_id;
+    result.alice = aliceId;
+    result.bob = bobId;
+
+    // Cross-signing bootstrapped by Alice (UIA with her password), seen by Bob.
+    await alice.getCrypto().bootstrapCrossSigning({
+        authUploadDeviceSigningKeys: async (makeRequest) => {
+            await makeRequest({
+                type: "m.login.password",
+                identifier: { type: "m.id.user", user: aliceId },
+                password: PASSWORD,
+            });
+        },
+    });
+    assert.ok(await alice.getCrypto().isCrossSigningReady(), "Alice's cross-signing not ready");
+    result.bob_sees_alice_cross_signing = await bob
+        .getCrypto()
+        .userHasCrossSigningKeys(aliceId, true);
+    assert.ok(result.bob_sees_alice_cross_signing, "Bob does not see Alice's cross-signing");
+
+    // An encrypted room created with an invite; Bob joins and knows it is encrypted.
+    const { room_id: roomId } = await alice.createRoom({
+        name: "encrypted",
+        invite: [bobId],
+        initial_state: [
+            {
+                type: "m.room.encryption",
+                state_key: "",
+                content: { algorithm: "m.megolm.v1.aes-sha2" },
+            },
+        ],
+    });
+    result.room_id = roomId;
+    await until("Bob's invite", () => bob.getRoom(roomId)?.getMyMembership() === "invite");
+    await bob.joinRoom(roomId);
+    await until("Bob's join in his own sync", () => bob.getRoom(roomId)?.getMyMembership() === "join");
+    result.bob_knows_room_encrypted = await until("Bob's client knowing the room is encrypted", () =>
+        bob.getCrypto().isEncryptionEnabledInRoom(roomId),
+    );
+    await until("Bob's join seen by Alice", () =>
+        alice.getRoom(roomId)?.getMember(bobId)?.membership === "join",
+    );
+
+    const aliceDevice = await until("Alice's device cross-signed, seen by Bob", async () => {
+        await bob.getCrypto().getUserDeviceInfo([aliceId], true);
+        const status = await bob
+            .getCrypto()
+            .getDeviceVerificationStatus(aliceId, aliceCreds.device_id);
+        return status?.signedByOwner ? status : undefined;
+    });
+    result.alice_device_signed_by_owner = aliceDevice.signedByOwner;
+
+    // Messages both ways, decrypted by the other.
+    const plaintexts = [];
+    const sent1 = await alice.sendTextMessage(roomId, "secret from alice 1");
+    plaintexts.push("secret from alice 1");
+    assert.equal(await decryptedBody(bob, roomId, sent1.event_id, "Alice's message at Bob"), plaintexts[0]);
+    const sent2 = await bob.sendTextMessage(roomId, "secret from bob 1");
+    plaintexts.push("secret from bob 1");
+    assert.equal(await decryptedBody(alice, roomId, sent2.event_id, "Bob's reply at Alice"), plaintexts[1]);
+    result.messages_decrypted = 2;
+
+    // Olm-encrypted to-device from Alice to Bob's device.
+    // matrix-js-sdk 43 says how a to-device message came (ReceivedToDeviceMessage); 36 only
+    // hands over the decrypted event (the test checks the server relayed m.room.encrypted).
+    const toDevice = new Promise((resolve) => {
+        if (ClientEvent.ReceivedToDeviceMessage) {
+            bob.on(ClientEvent.ReceivedToDeviceMessage, ({ message, encryptionInfo }) => {
+                if (message.type === "org.example.starling.ping") {
+                    resolve({ content: message.content, olm: encryptionInfo !== null });
+                }
+            });
+        } else {
+            bob.on(ClientEvent.ToDeviceEvent, (ev) => {
+                if (ev.getType() === "org.example.starling.ping") {
+                    resolve({ content: ev.getContent(), olm: null });
+                }
+            });
+        }
+    });
+    const batch = await alice
+        .getCrypto()
+        .encryptToDeviceMessages(
+            "org.example.starling.ping",
+            [{ userId: bobId, deviceId: bobCreds.device_id }],
+            { n: 42 },
+        );
+    assert.equal(batch.eventType, "m.room.encrypted");
+    await alice.queueToDevice(batch);
+    const ping = await Promise.race([
+        toDevice,
+        new Promise((_, reject) => setTimeout(() => reject(new Error("to-device never arrived")), WAIT_MS)),
+    ]);
+    assert.equal(ping.content.n, 42);
+    assert.notEqual(ping.olm, false, "the to-device message arrived in the clear");
+    result.to_device_olm = ping.olm ?? "not reported by this SDK";
+
+    // A second device of Bob's logs in and decrypts a new message.
+    const bob2Creds = await login(`bob${SUFFIX}`);
+    const bob2 = await cryptoClient(bob2Creds);
+    await until("Bob's second device in Alice's view", async () => {
+        const devices = await alice.getCrypto().getUserDeviceInfo([bobId], true);
+        return devices.get(bobId)?.has(bob2Creds.device_id);
+    });
+    const sent3 = await alice.sendTextMessage(roomId, "secret from alice 2");
+    plaintexts.push("secret from alice 2");
+    assert.equal(await decryptedBody(bob2, roomId, sent3.event_id, "Alice's message at Bob's 2nd device"), plaintexts[2]);
+    assert.equal(await decryptedBody(bob, roomId, sent3.event_id, "Alice's message at Bob"), plaintexts[2]);
+    result.second_device_decrypted = true;
+
+    // Bob's second device logs out and leaves Alice's list of his devices.
+    bob2.stopClient();
+    await bob2.logout(true);
+    await until("Bob's logged-out device gone from Alice's view", async () => {
+        const devices = await alice.getCrypto().getUserDeviceInfo([bobId], true);
+        return devices.get(bobId) && !devices.get(bobId).has(bob2Creds.device_id);
+    });
+    result.logged_out_device_gone = true;
+    const sent4 = await bob.sendTextMessage(roomId, "secret from bob 2");
+    plaintexts.push("secret from bob 2");
+    assert.equal(await decryptedBody(alice, roomId, sent4.event_id, "Bob's last message at Alice"), plaintexts[3]);
+    result.messages_decrypted = 4;
+
+    // What the server holds: only ciphertext.
+    const chunk = await rawMessages(aliceCreds, roomId);
+    const types = chunk.map((e) => e.type);
+    assert.ok(!types.includes("m.room.message"), `plaintext message on the server: ${types}`);
+    assert.equal(types.filter((t) => t === "m.room.encrypted").length, 4);
+    const raw = JSON.stringify(chunk);
+    for (const p of plaintexts) assert.ok(!raw.includes(p), `plaintext "${p}" on the server`);
+    result.server_ciphertext_only = true;
+    result.plaintexts = plaintexts;
+
+    // Both clients idle for a while, their sync loops running: no /keys/query loop (the
+    // test counts those requests in the server's access log).
+    await new Promise((r) => setTimeout(r, IDLE_MS));
+    alice.stopClient();
+    bob.stopClient();
+    clearTimeout(overall);
+    process.stdout.write(JSON.stringify(result) + "\n");
+    process.exit(0);
+}
+
+main().catch((e) => fail(e?.stack ?? String(e)));
