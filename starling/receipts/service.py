@@ -20,7 +20,7 @@ from starling.notifier import Notifier
 from starling.protocol.event import Event
 from starling.protocol.identifiers import is_valid_event_id
 from starling.receipts.sections import add_room_events, section_matcher
-from starling.storage.events import EventMeta, EventStore
+from starling.storage.events import EventStore, StoredEvent
 from starling.storage.memberships import MembershipStore
 from starling.storage.receipts import Receipt, ReceiptStore
 from starling.sync.extension import SyncContext
@@ -53,7 +53,7 @@ class ReceiptsService:
         account_data: AccountDataService,
         notifier: Notifier,
         clock: Callable[[], float] = time.time,
-        visible: Callable[[str, tuple[Event, EventMeta]], Awaitable[bool]] | None = None,
+        visible: Callable[[str, StoredEvent], Awaitable[bool]] | None = None,
     ) -> None:
         self._store = store
         self._events = events
@@ -79,8 +79,8 @@ class ReceiptsService:
         found = await self._events.get_event(event_id)
         if (
             found is None
-            or found[0].room_id != room_id
-            or found[1].rejected_reason is not None
+            or found.event.room_id != room_id
+            or found.meta.rejected_reason is not None
             # An event the user may not see is answered as one that does not exist.
             or (self._visible is not None and not await self._visible(user_id, found))
         ):
@@ -138,7 +138,7 @@ class ReceiptsService:
             if current["event_id"] == event_id:
                 return
             found = await self._events.get_event(current["event_id"])
-            old_position = found[1].stream_ordering if found is not None else None
+            old_position = found.meta.stream_ordering if found is not None else None
             if old_position is not None and old_position >= position:
                 return
         await self._account_data.set_account_data(
@@ -197,8 +197,8 @@ class ReceiptsService:
         if receipt.receipt_type != "m.read":
             return
         found = await self._events.get_event(receipt.event_id)
-        position = found[1].stream_ordering if found is not None else None
-        if found is not None and found[0].room_id != receipt.room_id:
+        position = found.meta.stream_ordering if found is not None else None
+        if found is not None and found.event.room_id != receipt.room_id:
             return
         if await self._store.upsert(receipt, position) is not None:
             self._notifier.notify(rooms=[receipt.room_id])

@@ -22,10 +22,9 @@ from typing import Any
 
 from starling.protocol.event import Event
 from starling.protocol.redaction import RedactionError, redact
-from starling.storage.events import EventMeta, EventStore
+from starling.storage.events import EventMeta, EventStore, StoredEvent
 
 JsonDict = dict[str, Any]
-EventPair = tuple[Event, EventMeta]
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class FormatOptions:
 class ThreadBundle:
     """The m.thread aggregation of a thread root."""
 
-    latest: EventPair
+    latest: StoredEvent
     count: int
     participated: bool
 
@@ -54,13 +53,13 @@ class Bundle:
     events")."""
 
     thread: ThreadBundle | None = None
-    replace: EventPair | None = None  # the most recent valid edit
+    replace: StoredEvent | None = None  # the most recent valid edit
     references: list[str] | None = None
 
 
 # Bundled aggregations for a batch of events, as seen by a user: event ID -> Bundle. It
 # includes the bundles of the thread roots' latest events (their edits).
-Bundler = Callable[[Sequence[EventPair], str | None], Awaitable[Mapping[str, Bundle]]]
+Bundler = Callable[[Sequence[StoredEvent], str | None], Awaitable[Mapping[str, Bundle]]]
 _NO_BUNDLES: Mapping[str, Bundle] = {}
 
 
@@ -116,7 +115,7 @@ class EventFormatter:
         self._bundler = bundler
 
     async def format(
-        self, pairs: Sequence[EventPair], opts: FormatOptions, now: int | None = None
+        self, pairs: Sequence[StoredEvent], opts: FormatOptions, now: int | None = None
     ) -> list[JsonDict]:
         """Client (or federation) JSON for each event, in order."""
         if not pairs:
@@ -134,7 +133,7 @@ class EventFormatter:
             bundles = await self._bundler(pairs, opts.user_id)
         return [self._one(event, meta, opts, now, loaded, bundles) for event, meta in pairs]
 
-    async def format_one(self, pair: EventPair, opts: FormatOptions) -> JsonDict:
+    async def format_one(self, pair: StoredEvent, opts: FormatOptions) -> JsonDict:
         return (await self.format([pair], opts))[0]
 
     def _one(
@@ -143,11 +142,11 @@ class EventFormatter:
         meta: EventMeta,
         opts: FormatOptions,
         now: int,
-        loaded: Mapping[str, EventPair],
+        loaded: Mapping[str, StoredEvent],
         bundles: Mapping[str, Bundle] = _NO_BUNDLES,
     ) -> JsonDict:
         pdu = event.pdu
-        redaction: EventPair | None = None
+        redaction: StoredEvent | None = None
         if meta.redacted_by is not None:
             redaction = loaded.get(meta.redacted_by)
             pdu = redacted_pdu(event)
@@ -231,7 +230,7 @@ class EventFormatter:
                 "current_user_participated": bundle.thread.participated,
             }
         if bundle.replace is not None:
-            out["m.replace"] = self._one(bundle.replace[0], bundle.replace[1], inner, now, {})
+            out["m.replace"] = self._one(*bundle.replace, inner, now, {})
         if bundle.references:
             out["m.reference"] = {"chunk": [{"event_id": eid} for eid in bundle.references]}
         return out

@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 
 from starling.errors import not_found
-from starling.protocol.event import Event
 from starling.rooms.client_format import (
     Bundle,
     EventFormatter,
@@ -31,7 +30,7 @@ from starling.rooms.client_format import (
     ThreadBundle,
 )
 from starling.rooms.visibility import HistoryVisibility
-from starling.storage.events import EventMeta, EventStore
+from starling.storage.events import EventStore, StoredEvent
 from starling.storage.relations import (
     ANNOTATION,
     REPLACE,
@@ -43,12 +42,11 @@ from starling.storage.relations import (
 )
 from starling.sync.tokens import pagination_token
 
-EventPair = tuple[Event, EventMeta]
 IgnoredUsersLookup = Callable[[str], Awaitable[frozenset[str]]]
 # Raises 403 M_FORBIDDEN when the user may not read the room (RoomHistory.access).
 RoomAccessCheck = Callable[[str, str], Awaitable[object]]
 # The events (user, pairs) the user may see: HistoryVisibility.filter_events.
-VisibilityFilter = Callable[[str, Sequence[EventPair]], Awaitable[list[EventPair]]]
+VisibilityFilter = Callable[[str, Sequence[StoredEvent]], Awaitable[list[StoredEvent]]]
 
 # How many children of one parent are read to find the latest the user may see, when
 # the latest of all is hidden from them (they left, or joined later).
@@ -71,11 +69,12 @@ class RelationAggregator:
         self._ignored_users = ignored_users
         self._visible = visible
 
-    async def bundle(self, pairs: Sequence[EventPair], user_id: str | None) -> dict[str, Bundle]:
+    async def bundle(self, pairs: Sequence[StoredEvent], user_id: str | None) -> dict[str, Bundle]:
         """The bundled aggregations of each event (and of their threads' latest replies)."""
-        wanted: dict[str, EventPair] = {}
+        wanted: dict[str, StoredEvent] = {}
         related: set[str] = set()
-        for event, meta in pairs:
+        for pair in pairs:
+            event, meta = pair
             if event.state_key is not None or meta.rejected_reason is not None:
                 continue  # state events get no bundled aggregations (spec)
             relation = relation_of(event.content) if meta.redacted_by is None else None
@@ -83,7 +82,7 @@ class RelationAggregator:
                 if relation.rel_type in (REPLACE, ANNOTATION):
                     continue
                 related.add(event.event_id)
-            wanted[event.event_id] = (event, meta)
+            wanted[event.event_id] = pair
         if not wanted:
             return {}
         ignored: frozenset[str] = frozenset()
@@ -128,7 +127,7 @@ class RelationAggregator:
             latest = loaded.get(summary.latest_event_id)
             if latest is None:
                 continue
-            root_sender = wanted[root_id][0].sender
+            root_sender = wanted[root_id].event.sender
             out.setdefault(root_id, Bundle()).thread = ThreadBundle(
                 latest, summary.count, summary.user_participated or root_sender == user_id
             )
@@ -143,11 +142,11 @@ class RelationAggregator:
     async def _hide_invisible(
         self,
         user_id: str,
-        wanted: dict[str, EventPair],
+        wanted: dict[str, StoredEvent],
         summaries: dict[str, ThreadSummary],
         edits: dict[str, str],
         references: dict[str, list[str]],
-        loaded: dict[str, EventPair],
+        loaded: dict[str, StoredEvent],
         ignored: frozenset[str],
     ) -> None:
         """Children the user may not see (history visibility) are not bundled: a hidden
@@ -162,22 +161,22 @@ class RelationAggregator:
                 continue
             root = wanted[root_id][0]
             replies = await self._visible_children(user_id, root.room_id, root_id, THREAD)
-            replies = [p for p in replies if p[0].sender not in ignored]
+            replies = [p for p in replies if p.event.sender not in ignored]
             if not replies:
                 del summaries[root_id]
                 continue
             latest = replies[0]
             summaries[root_id] = ThreadSummary(
-                latest[0].event_id,
+                latest.event.event_id,
                 len(replies),
                 any(e.sender == user_id for e, _ in replies),
             )
-            loaded[latest[0].event_id] = latest
-            seen.add(latest[0].event_id)
+            loaded[latest.event.event_id] = latest
+            seen.add(latest.event.event_id)
             more = await self._store.aggregations(
                 thread_roots=[],
-                edit_targets=[latest[0].event_id],
-                reference_targets=[latest[0].event_id],
+                edit_targets=[latest.event.event_id],
+                reference_targets=[latest.event.event_id],
                 user_id=user_id,
                 ignored=ignored,
             )
@@ -197,21 +196,21 @@ class RelationAggregator:
             parent = wanted.get(parent_id) or loaded.get(parent_id)
             if parent is None:
                 continue
-            original = parent[0]
+            original = parent.event
             candidates = [
-                (e, m)
-                for e, m in await self._visible_children(
+                child
+                for child in await self._visible_children(
                     user_id, original.room_id, parent_id, REPLACE
                 )
-                if is_valid_edit(e)
-                and e.sender == original.sender
-                and e.type == original.type
+                if is_valid_edit(child.event)
+                and child.event.sender == original.sender
+                and child.event.type == original.type
                 and original.state_key is None
             ]
             if candidates:
-                best = max(candidates, key=lambda p: (p[0].origin_server_ts, p[0].event_id))
-                edits[parent_id] = best[0].event_id
-                loaded[best[0].event_id] = best
+                best = max(candidates, key=lambda p: (p.event.origin_server_ts, p.event.event_id))
+                edits[parent_id] = best.event.event_id
+                loaded[best.event.event_id] = best
         for parent_id, children in list(references.items()):
             kept = [eid for eid in children if eid in seen]
             if kept:
@@ -221,7 +220,7 @@ class RelationAggregator:
 
     async def _visible_children(
         self, user_id: str, room_id: str, parent_id: str, rel_type: str
-    ) -> list[EventPair]:
+    ) -> list[StoredEvent]:
         """The children of one relation type the user may see, newest first."""
         assert self._visible is not None
         rows = await self._store.get_children(
@@ -235,7 +234,7 @@ class RelationAggregator:
             limit=MAX_FALLBACK_SCAN,
         )
         got = await self._events.get_events_with_meta(eid for eid, _ in rows)
-        pairs = [got[eid] for eid, _ in rows if eid in got and not got[eid][1].soft_failed]
+        pairs = [got[eid] for eid, _ in rows if eid in got and not got[eid].meta.soft_failed]
         return await self._visible(user_id, pairs)
 
 
@@ -254,22 +253,22 @@ class RelationsService:
         self._formatter = formatter
         self._room_access = room_access
 
-    async def _visible_parent(self, user_id: str, room_id: str, event_id: str) -> EventPair:
+    async def _visible_parent(self, user_id: str, room_id: str, event_id: str) -> StoredEvent:
         await self._room_access(user_id, room_id)
         found = await self._events.get_event(event_id)
         if (
             found is None
-            or found[0].room_id != room_id
-            or found[1].rejected_reason is not None
+            or found.event.room_id != room_id
+            or found.meta.rejected_reason is not None
             or not await self._visibility.is_visible(user_id, found)
         ):
             raise not_found("Unknown parent event")
         return found
 
-    async def _load(self, user_id: str, event_ids: Sequence[str]) -> list[EventPair]:
+    async def _load(self, user_id: str, event_ids: Sequence[str]) -> list[StoredEvent]:
         """The events, in the given order, that the user may see."""
         got = await self._events.get_events_with_meta(event_ids)
-        pairs = [got[eid] for eid in event_ids if eid in got and not got[eid][1].soft_failed]
+        pairs = [got[eid] for eid in event_ids if eid in got and not got[eid].meta.soft_failed]
         return await self._visibility.filter_events(user_id, pairs)
 
     async def relations(
@@ -342,7 +341,7 @@ class RelationsService:
         roots = [
             pair
             for pair in await self._load(user_id, [eid for eid, _ in rows])
-            if pair[0].room_id == room_id
+            if pair.event.room_id == room_id
         ]
         body: JsonDict = {
             "chunk": await self._formatter.format(roots, FormatOptions(user_id, device_id))

@@ -18,11 +18,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from starling.protocol.event import Event, StateKey
-from starling.storage.events import EventMeta, EventStore
+from starling.storage.events import EventStore, StoredEvent
 from starling.storage.memberships import MembershipStore
 from starling.storage.state import StateStore
-
-EventPair = tuple[Event, EventMeta]
 
 HISTORY_VISIBILITY: StateKey = ("m.room.history_visibility", "")
 # Most permissive first (Synapse's VISIBILITY_PRIORITY / MEMBERSHIP_PRIORITY).
@@ -73,16 +71,16 @@ class HistoryVisibility:
     async def filter_events(
         self,
         user_id: str,
-        pairs: Sequence[EventPair],
+        pairs: Sequence[StoredEvent],
         *,
         joined_rooms: Iterable[str] | None = None,
-    ) -> list[EventPair]:
+    ) -> list[StoredEvent]:
         """The events the user may see, in the given order. Rejected events are dropped.
 
         `joined_rooms` (the rooms the user is joined to now) decides who is peeking; it
         is looked up when not given.
         """
-        pairs = [p for p in pairs if p[1].rejected_reason is None]
+        pairs = [p for p in pairs if p.meta.rejected_reason is None]
         if not pairs:
             return []
         if joined_rooms is None:
@@ -91,12 +89,17 @@ class HistoryVisibility:
             joined = set(joined_rooms)
         decided = await self._state_decisions(user_id, {m.state_before for _, m in pairs})
         return [
-            (event, meta)
-            for event, meta in pairs
-            if allowed(event, user_id, *decided[meta.state_before], event.room_id not in joined)
+            pair
+            for pair in pairs
+            if allowed(
+                pair.event,
+                user_id,
+                *decided[pair.meta.state_before],
+                pair.event.room_id not in joined,
+            )
         ]
 
-    async def is_visible(self, user_id: str, pair: EventPair) -> bool:
+    async def is_visible(self, user_id: str, pair: StoredEvent) -> bool:
         return bool(await self.filter_events(user_id, [pair]))
 
     async def _state_decisions(

@@ -23,18 +23,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from starling.errors import invalid_param
-from starling.protocol.event import Event
 from starling.protocol.numbers import parse_int
 from starling.rooms.client_format import EventFormatter, FormatOptions, JsonDict
 from starling.rooms.visibility import HistoryVisibility
-from starling.storage.events import EventMeta, EventStore
+from starling.storage.events import EventStore, StoredEvent
 from starling.storage.memberships import MembershipStore
 from starling.storage.search import SearchHit, SearchStore, search_words
 from starling.storage.state import StateStore
 from starling.sync.filtering import EventFilter
 from starling.sync.tokens import pagination_token
 
-EventPair = tuple[Event, EventMeta]
 # (user_id, room_id) -> the room's current state events, formatted (RoomHistory.state_events)
 StateReader = Callable[[str, str], Any]
 
@@ -125,8 +123,8 @@ class SearchService:
             metas = await self._events.get_events_with_meta(departed.values())
             for room_id, event_id in departed.items():
                 found = metas.get(event_id)
-                if found is not None and found[1].stream_ordering is not None:
-                    bounds[room_id] = found[1].stream_ordering
+                if found is not None and found.meta.stream_ordering is not None:
+                    bounds[room_id] = found.meta.stream_ordering
         return bounds, joined
 
     async def room_events(
@@ -151,7 +149,7 @@ class SearchService:
 
         offset = start.value if start is not None and start.by_rank else 0
         before = start.value if start is not None and not start.by_rank else None
-        found: list[tuple[EventPair, SearchHit]] = []
+        found: list[tuple[StoredEvent, SearchHit]] = []
         more = False
         batch = max(query.limit * 2, 20)
         for _ in range(MAX_ROUNDS):
@@ -168,7 +166,9 @@ class SearchService:
             candidates = [
                 pair
                 for pair in pairs.values()
-                if f.matches(pair[0].type, pair[0].sender, pair[0].room_id, pair[0].content)
+                if f.matches(
+                    pair.event.type, pair.event.sender, pair.event.room_id, pair.event.content
+                )
             ]
             visible = {
                 e.event_id
@@ -204,7 +204,11 @@ class SearchService:
             result: JsonDict = {"rank": hit.score, "result": event_json}
             if query.context is not None:
                 result["context"] = await self._context(
-                    user_id, device_id, pair, wanted.get(pair[0].room_id, UNBOUNDED), query.context
+                    user_id,
+                    device_id,
+                    pair,
+                    wanted.get(pair.event.room_id, UNBOUNDED),
+                    query.context,
                 )
             results.append(result)
 
@@ -222,13 +226,13 @@ class SearchService:
             body["groups"] = groups
         if query.include_state:
             state: JsonDict = {}
-            for room_id in dict.fromkeys(p[0].room_id for p, _ in found):
+            for room_id in dict.fromkeys(p.event.room_id for p, _ in found):
                 state[room_id] = await self._state_reader(user_id, room_id)
             body["state"] = state
         return body
 
     def _groups(
-        self, query: RoomEventsQuery, found: Sequence[tuple[EventPair, SearchHit]], more: bool
+        self, query: RoomEventsQuery, found: Sequence[tuple[StoredEvent, SearchHit]], more: bool
     ) -> JsonDict:
         groups: JsonDict = {}
         if query.group_by_room:
@@ -256,15 +260,15 @@ class SearchService:
         self,
         user_id: str,
         device_id: str | None,
-        pair: EventPair,
+        pair: StoredEvent,
         upper: int,
         request: EventContextRequest,
     ) -> JsonDict:
         """Events around a result that the user may see (spec: event_context)."""
         event, meta = pair
         position = meta.stream_ordering or 0
-        before: list[EventPair] = []
-        after: list[EventPair] = []
+        before: list[StoredEvent] = []
+        after: list[StoredEvent] = []
         if request.before_limit:
             rows = await self._events.get_room_events_between(
                 event.room_id, None, position - 1, request.before_limit * 2, backwards=True
@@ -284,8 +288,8 @@ class SearchService:
         opts = FormatOptions(user_id, device_id)
         formatted_before = await self._formatter.format(before, opts)
         formatted_after = await self._formatter.format(after, opts)
-        start = (before[-1][1].stream_ordering or 0) - 1 if before else position - 1
-        end = (after[-1][1].stream_ordering or 0) if after else position
+        start = (before[-1].meta.stream_ordering or 0) - 1 if before else position - 1
+        end = (after[-1].meta.stream_ordering or 0) if after else position
         context: JsonDict = {
             "start": pagination_token(start),
             "end": pagination_token(end),
@@ -298,7 +302,7 @@ class SearchService:
             )
         return context
 
-    async def _profiles(self, pairs: Sequence[EventPair], group: int | None) -> JsonDict:
+    async def _profiles(self, pairs: Sequence[StoredEvent], group: int | None) -> JsonDict:
         """Display names and avatars of the senders, from their member events in the
         room's state at the result (the profile they had then)."""
         senders = sorted({e.sender for e, _ in pairs})

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 import orjson
 
@@ -45,6 +45,13 @@ class EventMeta:
     replaces_state: str | None
     state_before: int | None
     state_after: int | None
+
+
+class StoredEvent(NamedTuple):
+    """An event as stored: its immutable PDU and what this server knows about it."""
+
+    event: Event
+    meta: EventMeta
 
 
 K = TypeVar("K")
@@ -90,7 +97,7 @@ _SERVED = "NOT e.outlier AND NOT e.soft_failed AND e.rejected_reason IS NULL"
 class EventStore:
     def __init__(self, db: Database, cache_size: int = 50_000) -> None:
         self._db = db
-        self._events: LruCache[str, tuple[Event, EventMeta]] = LruCache(cache_size)
+        self._events: LruCache[str, StoredEvent] = LruCache(cache_size)
         self._room_versions: dict[str, RoomVersion] = {}
         # Per-room extremities, cached: every write to them holds the room's lock and
         # updates the cache after commit (one writer process; scale-out must invalidate).
@@ -126,7 +133,7 @@ class EventStore:
 
     # --- reading events ------------------------------------------------------------------
 
-    def _from_row(self, row: Row) -> tuple[Event, EventMeta]:
+    def _from_row(self, row: Row) -> StoredEvent:
         rv = get_room_version(row[2])
         pdu = orjson.loads(row[1])
         if row[10] is not None:
@@ -149,13 +156,11 @@ class EventStore:
             state_before=row[12],
             state_after=row[13],
         )
-        return event, meta
+        return StoredEvent(event, meta)
 
-    async def get_events_with_meta(
-        self, event_ids: Iterable[str]
-    ) -> dict[str, tuple[Event, EventMeta]]:
+    async def get_events_with_meta(self, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
         """Known events among `event_ids` (rejected ones included), with their metadata."""
-        found: dict[str, tuple[Event, EventMeta]] = {}
+        found: dict[str, StoredEvent] = {}
         missing: list[str] = []
         for eid in event_ids:
             hit = self._events.get(eid)
@@ -185,7 +190,7 @@ class EventStore:
             if allow_rejected or meta.rejected_reason is None
         }
 
-    async def get_event(self, event_id: str) -> tuple[Event, EventMeta] | None:
+    async def get_event(self, event_id: str) -> StoredEvent | None:
         return (await self.get_events_with_meta([event_id])).get(event_id)
 
     def invalidate(self, event_id: str) -> None:
@@ -229,7 +234,7 @@ class EventStore:
         to_inclusive: int,
         limit: int,
         backwards: bool = True,
-    ) -> list[tuple[Event, EventMeta]]:
+    ) -> list[StoredEvent]:
         """Timeline events (not outliers, not soft-failed) with stream positions in
         (from_exclusive, to_inclusive], newest first when `backwards`."""
         lower = from_exclusive if from_exclusive is not None else -(2**62)
@@ -254,7 +259,7 @@ class EventStore:
         max_stream: int | None,
         limit: int,
         backwards: bool,
-    ) -> list[tuple[Event, EventMeta]]:
+    ) -> list[StoredEvent]:
         """Timeline events of the room in history (topological) order — by depth, then
         stream position — newest first when `backwards`. Backfilled events (negative
         positions) are included where their depth puts them.
@@ -296,7 +301,7 @@ class EventStore:
 
     async def get_recent_events_for_rooms(
         self, room_ids: Sequence[str], from_exclusive: int | None, to_inclusive: int, limit: int
-    ) -> dict[str, list[tuple[Event, EventMeta]]]:
+    ) -> dict[str, list[StoredEvent]]:
         """For each room, up to `limit` newest timeline events in (from, to], oldest first.
 
         One query for all rooms (a window function), so a sync over 50 rooms costs one
@@ -319,15 +324,15 @@ class EventStore:
             to_inclusive,
             limit,
         )
-        out: dict[str, list[tuple[Event, EventMeta]]] = {}
+        out: dict[str, list[StoredEvent]] = {}
         for row in rows:
             pair = self._cached_row(row)
-            out.setdefault(pair[0].room_id, []).append(pair)
+            out.setdefault(pair.event.room_id, []).append(pair)
         return out
 
     async def get_recent_events_for_ranges(
         self, ranges: Sequence[tuple[str, int | None, int]], limit: int
-    ) -> dict[str, list[tuple[Event, EventMeta]]]:
+    ) -> dict[str, list[StoredEvent]]:
         """For each (room, from_exclusive, to_inclusive), up to `limit` newest timeline
         events in that range, newest first.
 
@@ -335,7 +340,7 @@ class EventStore:
         the (room_id, stream_ordering) index, so a room's cost is `limit` rows however
         long its history (a window function would scan every event of every room).
         """
-        out: dict[str, list[tuple[Event, EventMeta]]] = {}
+        out: dict[str, list[StoredEvent]] = {}
         items = list(ranges)
         for start in range(0, len(items), 50):
             chunk = items[start : start + 50]
@@ -354,9 +359,9 @@ class EventStore:
             rows = await self._db.fetch_all(" UNION ALL ".join(parts), *args)
             for row in rows:
                 pair = self._cached_row(row)
-                out.setdefault(pair[0].room_id, []).append(pair)
+                out.setdefault(pair.event.room_id, []).append(pair)
         for events in out.values():
-            events.sort(key=lambda p: -(p[1].stream_ordering or 0))
+            events.sort(key=lambda p: -(p.meta.stream_ordering or 0))
         return out
 
     async def get_state_groups_at(self, room_ids: Sequence[str], position: int) -> dict[str, int]:
@@ -382,7 +387,7 @@ class EventStore:
                     out[room_id] = int(group)
         return out
 
-    def _cached_row(self, row: Row) -> tuple[Event, EventMeta]:
+    def _cached_row(self, row: Row) -> StoredEvent:
         hit = self._events.get(row[0])
         if hit is not None:
             return hit
@@ -467,7 +472,7 @@ class EventStore:
             state_before=state_before,
             state_after=state_after,
         )
-        txn.call_after_commit(lambda: self._events.put(event.event_id, (event, meta)))
+        txn.call_after_commit(lambda: self._events.put(event.event_id, StoredEvent(event, meta)))
         return int(nid)
 
     async def _insert_auth_edges(self, txn: Transaction, events: Sequence[Event]) -> None:
@@ -675,13 +680,13 @@ class EventStore:
         """The room state before the event, or None if the event is unknown or an
         outlier (its state is not known here)."""
         found = await self.get_event(event_id)
-        if found is None or found[1].outlier or found[1].state_before is None:
-            if found is not None and not found[1].outlier and found[0].prev_event_ids == ():
+        if found is None or found.meta.outlier or found.meta.state_before is None:
+            if found is not None and not found.meta.outlier and found.event.prev_event_ids == ():
                 return {}  # a create event: the state before it is empty
             return None
         rows = await self._db.fetch_all(
             chain_query(self._db.sql.in_array("sg.state_group")),
-            self._db.sql.array([found[1].state_before]),
+            self._db.sql.array([found.meta.state_before]),
         )
         return {(etype, state_key): eid for _root, etype, state_key, eid, _dist in rows}
 

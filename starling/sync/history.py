@@ -24,13 +24,11 @@ from starling.errors import MatrixError, forbidden, invalid_param, not_found
 from starling.protocol.event import Event, StateKey
 from starling.rooms.client_format import EventFormatter, FormatOptions, JsonDict
 from starling.rooms.visibility import HistoryVisibility
-from starling.storage.events import EventMeta, EventStore
+from starling.storage.events import EventStore, StoredEvent
 from starling.storage.memberships import MembershipStore
 from starling.storage.state import StateStore
 from starling.sync.filtering import NO_FILTER, EventFilter
 from starling.sync.tokens import HistoryPosition
-
-EventPair = tuple[Event, EventMeta]
 
 MAX_MESSAGES_LIMIT = 1000
 DEFAULT_LIMIT = 10
@@ -86,7 +84,7 @@ class RoomHistory:
             and await self._memberships.rooms_ever_joined(user_id, [room_id])
         ):
             found = await self._events.get_event(m.event_id)
-            upper = found[1].stream_ordering if found is not None else None
+            upper = found.meta.stream_ordering if found is not None else None
             return RoomAccess(room_id, m.membership, upper, m.event_id, False)
         if await self._visibility.current_visibility(room_id) == "world_readable" and (
             await self._state.get_current_state_ids(room_id)
@@ -98,11 +96,11 @@ class RoomHistory:
         """The room's state as the user may see it: now, or when they left."""
         if access.departure_event is not None:
             found = await self._events.get_event(access.departure_event)
-            if found is not None and found[1].state_after is not None:
-                return await self._state.get_state_ids(found[1].state_after)
+            if found is not None and found.meta.state_after is not None:
+                return await self._state.get_state_ids(found.meta.state_after)
         return await self._state.get_current_state_ids(access.room_id)
 
-    async def _visible(self, user_id: str, pairs: Sequence[EventPair]) -> list[EventPair]:
+    async def _visible(self, user_id: str, pairs: Sequence[StoredEvent]) -> list[StoredEvent]:
         return await self._visibility.filter_events(user_id, pairs)
 
     # --- single events and state ---------------------------------------------------------
@@ -111,7 +109,7 @@ class RoomHistory:
         self, user_id: str, device_id: str | None, room_id: str, event_id: str
     ) -> JsonDict:
         found = await self._events.get_event(event_id)
-        if found is None or found[0].room_id != room_id or found[1].rejected_reason:
+        if found is None or found.event.room_id != room_id or found.meta.rejected_reason:
             raise not_found("Event not found")
         m = await self._memberships.get_membership(room_id, user_id)
         if m is not None and m.membership in ("leave", "ban"):
@@ -136,7 +134,7 @@ class RoomHistory:
         found = await self._events.get_event(eid) if eid is not None else None
         if found is None:
             raise not_found("Event not found")
-        return found[0], await self._formatter.format_one(found, FormatOptions(user_id))
+        return found.event, await self._formatter.format_one(found, FormatOptions(user_id))
 
     async def members(
         self,
@@ -179,7 +177,7 @@ class RoomHistory:
                 return m != not_membership
             return True
 
-        chosen = [pairs[eid] for eid in ids if eid in pairs and wanted(pairs[eid][0])]
+        chosen = [pairs[eid] for eid in ids if eid in pairs and wanted(pairs[eid].event)]
         return await self._formatter.format(chosen, FormatOptions(user_id))
 
     async def joined_members(self, user_id: str, room_id: str) -> dict[str, JsonDict]:
@@ -215,19 +213,19 @@ class RoomHistory:
         limit: int,
         efilter: EventFilter,
         max_stream: int,
-    ) -> tuple[list[EventPair], HistoryPosition | None, bool]:
+    ) -> tuple[list[StoredEvent], HistoryPosition | None, bool]:
         """Up to `limit` visible events matching the filter, walking history from
         `cursor` (None: the room's edge) towards `bound` (None: the other edge), events
         that arrived after `max_stream` left out. Returns the events, the position after
         the last one read, and whether the walk reached `bound` (or the room's edge)."""
-        out: list[EventPair] = []
+        out: list[StoredEvent] = []
         fetch = limit if efilter.is_noop else min(limit * 3, MAX_MESSAGES_LIMIT)
         exhausted = False
 
         def point(p: HistoryPosition | None) -> tuple[int | None, int] | None:
             return None if p is None else (p.depth, p.stream)
 
-        def past(pair: EventPair) -> HistoryPosition:
+        def past(pair: StoredEvent) -> HistoryPosition:
             event, meta = pair
             stream = meta.stream_ordering or 0
             return HistoryPosition(stream - 1 if backwards else stream, event.depth)
@@ -243,16 +241,22 @@ class RoomHistory:
             )
             exhausted = len(rows) < fetch
             matching = [
-                (ev, meta)
-                for ev, meta in rows
-                if efilter.matches(ev.type, ev.sender, ev.room_id, ev.content)
+                pair
+                for pair in rows
+                if efilter.matches(
+                    pair.event.type, pair.event.sender, pair.event.room_id, pair.event.content
+                )
             ]
             visible = await self._visible(user_id, matching)
             for pair in visible:
                 out.append(pair)
                 if len(out) == limit:
                     # Rows after this one were read but not returned: not exhausted.
-                    return out, past(pair), exhausted and pair[0].event_id == rows[-1][0].event_id
+                    return (
+                        out,
+                        past(pair),
+                        exhausted and pair.event.event_id == rows[-1].event.event_id,
+                    )
             if rows:
                 cursor = past(rows[-1])
             if exhausted:
@@ -315,11 +319,11 @@ class RoomHistory:
         self,
         user_id: str,
         device_id: str | None,
-        events: Sequence[EventPair],
+        events: Sequence[StoredEvent],
         senders: set[str],
     ) -> list[JsonDict]:
         """The member events of `senders` in the state at the first of `events`."""
-        group = events[0][1].state_after
+        group = events[0].meta.state_after
         if group is None:
             return []
         keys = [("m.room.member", s) for s in sorted(senders)]
@@ -340,21 +344,21 @@ class RoomHistory:
     ) -> JsonDict:
         access = await self.access(user_id, room_id)
         found = await self._events.get_event(event_id)
-        if found is None or found[0].room_id != room_id or found[1].rejected_reason:
+        if found is None or found.event.room_id != room_id or found.meta.rejected_reason:
             raise not_found("Event not found")
         if not await self._visibility.is_visible(user_id, found):
             raise forbidden("You don't have permission to see this event")
-        position = found[1].stream_ordering
+        position = found.meta.stream_ordering
         if position is None:
             raise MatrixError(404, "M_NOT_FOUND", "Event is not part of the room's timeline")
-        depth = found[0].depth
+        depth = found.event.depth
         max_stream = self._current_position()
         if access.upper is not None:
             max_stream = min(max_stream, access.upper)
         before_limit = limit // 2
         after_limit = limit - before_limit
-        before: list[EventPair] = []
-        after: list[EventPair] = []
+        before: list[StoredEvent] = []
+        after: list[StoredEvent] = []
         start_pos = HistoryPosition(position - 1, depth)
         end_pos = HistoryPosition(position, depth)
         if before_limit:
@@ -370,7 +374,7 @@ class RoomHistory:
         opts = FormatOptions(user_id, device_id)
         formatted = await self._formatter.format([*before, found, *after], opts)
         last = after[-1] if after else found
-        state_group = last[1].state_after
+        state_group = last.meta.state_after
         state: Mapping[StateKey, str] = (
             await self._state.get_state_ids(state_group) if state_group is not None else {}
         )

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from starling.protocol.event import Event, StateKey
+from starling.protocol.event import StateKey
 from starling.rooms.client_format import (
     EventFormatter,
     FormatOptions,
@@ -32,7 +32,7 @@ from starling.rooms.client_format import (
     stripped_state_event,
 )
 from starling.rooms.visibility import HistoryVisibility
-from starling.storage.events import EventMeta, EventStore
+from starling.storage.events import EventStore, StoredEvent
 from starling.storage.memberships import Membership, MembershipChange, MembershipStore
 from starling.storage.state import StateStore
 from starling.sync.filtering import SyncFilter
@@ -41,7 +41,6 @@ from starling.sync.tokens import pagination_token
 
 logger = logging.getLogger(__name__)
 
-EventPair = tuple[Event, EventMeta]
 
 # State shown to invitees and knockers (the spec's recommended stripped state).
 STRIPPED_STATE_TYPES = (
@@ -87,7 +86,7 @@ class _Plan:
     full_state: bool  # send all state rather than a delta from `lower`
     no_state: bool = False  # never joined: no state at all (a rejected invite)
     end_event: str | None = None  # leave rooms: the departure; its state ends the room
-    events: list[EventPair] = field(default_factory=list)  # newest first
+    events: list[StoredEvent] = field(default_factory=list)  # newest first
     limited: bool = False
     exhausted: bool = False
     scanned_to: int | None = None  # oldest position read so far
@@ -290,25 +289,27 @@ class RoomSyncBuilder:
                 for p in pending
             ]
             fetched = await self._events.get_recent_events_for_ranges(ranges, fetch)
-            candidates: list[EventPair] = []
+            candidates: list[StoredEvent] = []
             for p in pending:
                 rows = fetched.get(p.room_id, [])
                 if len(rows) < fetch:
                     p.exhausted = True
                 if rows:
-                    p.scanned_to = rows[-1][1].stream_ordering
+                    p.scanned_to = rows[-1].meta.stream_ordering
                 candidates.extend(
-                    (ev, meta)
-                    for ev, meta in rows
-                    if tfilter.matches(ev.type, ev.sender, ev.room_id, ev.content)
-                    and (ev.state_key is not None or ev.sender not in req.ignored)
+                    pair
+                    for pair in rows
+                    if tfilter.matches(
+                        pair.event.type, pair.event.sender, pair.event.room_id, pair.event.content
+                    )
+                    and (pair.event.state_key is not None or pair.event.sender not in req.ignored)
                 )
             visible = await self._visibility.filter_events(
                 req.user_id, candidates, joined_rooms=joined
             )
-            by_room: dict[str, list[EventPair]] = {}
+            by_room: dict[str, list[StoredEvent]] = {}
             for pair in visible:
-                by_room.setdefault(pair[0].room_id, []).append(pair)
+                by_room.setdefault(pair.event.room_id, []).append(pair)
             still: list[_Plan] = []
             for p in pending:
                 p.events.extend(by_room.get(p.room_id, []))
@@ -348,11 +349,11 @@ class RoomSyncBuilder:
         at_upto: list[str] = []
         for p in plans:
             if p.end_event is not None and p.end_event in end_metas and not p.events:
-                group = end_metas[p.end_event][1].state_after
+                group = end_metas[p.end_event].meta.state_after
             elif p.events and not req.use_state_after:
-                group = p.events[-1][1].state_before
+                group = p.events[-1].meta.state_before
             elif p.events and p.end_event is not None:
-                group = p.events[0][1].state_after  # a departure: the state it left
+                group = p.events[0].meta.state_after  # a departure: the state it left
             else:
                 at_upto.append(p.room_id)
                 continue
@@ -423,7 +424,7 @@ class RoomSyncBuilder:
             event_fields=req.filter.event_fields,
         )
         # Everything is formatted in one batch.
-        batch: list[EventPair] = []
+        batch: list[StoredEvent] = []
         spans: list[tuple[_Plan, int, int]] = []
         for p in plans:
             start = len(batch)
@@ -433,7 +434,7 @@ class RoomSyncBuilder:
                 pair = state_events.get(eid)
                 if pair is None or (eid in timeline_ids and not req.use_state_after):
                     continue
-                ev = pair[0]
+                ev = pair.event
                 if sfilter.matches(ev.type, ev.sender, ev.room_id, ev.content):
                     batch.append(pair)
             spans.append((p, start, mid))
@@ -449,7 +450,7 @@ class RoomSyncBuilder:
                     "events": timeline_events,
                     "limited": p.limited,
                     "prev_batch": pagination_token(
-                        (p.events[-1][1].stream_ordering or 0) - 1
+                        (p.events[-1].meta.stream_ordering or 0) - 1
                         if p.events
                         else (p.lower if p.lower is not None else p.upper)
                     ),
@@ -498,7 +499,7 @@ class RoomSyncBuilder:
         user_id: str,
         plans: Sequence[_Plan],
         targets: Mapping[str, Mapping[StateKey, str]],
-        batch: Sequence[EventPair],
+        batch: Sequence[StoredEvent],
     ) -> dict[str, JsonDict]:
         """m.heroes and member counts, for joined rooms whose membership may have
         changed in the client's view (full state, or member events sent)."""
@@ -552,7 +553,7 @@ class RoomSyncBuilder:
             found[m.event_id]
             for m in memberships
             if m.event_id in found
-            and not (key == "invite_state" and found[m.event_id][0].sender in req.ignored)
+            and not (key == "invite_state" and found[m.event_id].event.sender in req.ignored)
         ]
         keys: set[StateKey] = {(t, "") for t in STRIPPED_STATE_TYPES}
         keys |= {("m.room.member", ev.sender) for ev, _ in pairs}

@@ -293,11 +293,11 @@ class RoomRoutes:
             if target_id is None:
                 return
             found = await store.get_event(target_id)
-            if found is None or found[0].room_id != room_id:
+            if found is None or found.event.room_id != room_id:
                 raise MatrixError(404, "M_NOT_FOUND", "No such event in this room")
             if rate_limited:
-                await rate_limits.check_redaction(sender, own=found[0].sender == sender)
-            if found[0].sender == sender:
+                await rate_limits.check_redaction(sender, own=found.event.sender == sender)
+            if found.event.sender == sender:
                 return
             levels = PowerLevels.from_state(
                 state.get(("m.room.create", "")), state.get(("m.room.power_levels", "")), rv
