@@ -18,6 +18,7 @@ from aiohttp import web
 from starling.account_data.service import AccountDataService
 from starling.accounts.auth import RequestAuthenticator
 from starling.accounts.passwords import PasswordHasher
+from starling.accounts.registration_tokens import RegistrationTokens
 from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.accounts.uia import UserInteractiveAuth
@@ -62,7 +63,9 @@ from starling.push.service import PushRulesService
 from starling.ratelimit import RateLimits
 from starling.receipts.service import ReceiptsService
 from starling.receipts.unread import UnreadCounts
+from starling.relations.service import RelationAggregator, RelationsService
 from starling.rooms.builder import EventBuilder
+from starling.rooms.client_events import ClientEvents
 from starling.rooms.creation import RoomCreator
 from starling.rooms.event_service import RoomEventService
 from starling.rooms.guests import GuestEvictor
@@ -70,7 +73,6 @@ from starling.rooms.hierarchy import SpaceHierarchy
 from starling.rooms.locks import RoomLocks
 from starling.rooms.membership import MembershipService
 from starling.rooms.persister import EventPersister
-from starling.rooms.relations import RelationAggregator, RelationsService
 from starling.rooms.state_calculator import StateCalculator
 from starling.rooms.upgrade import RoomUpgrader
 from starling.rooms.visibility import HistoryVisibility
@@ -83,6 +85,7 @@ from starling.storage.database import DatabaseConfig as StorageConfig
 from starling.storage.directory import DirectoryStore
 from starling.storage.events import EventStore
 from starling.storage.federation_sender import FederationSenderStore
+from starling.storage.filters import FilterStore
 from starling.storage.media import MediaStore
 from starling.storage.memberships import MembershipStore
 from starling.storage.presence import PresenceStore
@@ -95,6 +98,7 @@ from starling.storage.state import StateStore
 from starling.storage.streams import StreamIdGenerator
 from starling.storage.user_directory import UserDirectoryStore
 from starling.sync.extension import SyncExtension
+from starling.sync.filters import SyncFilters
 from starling.sync.wiring import build_sync
 from starling.typing.service import TypingService
 from starling.user_directory.service import UserDirectoryService
@@ -154,7 +158,7 @@ async def build_services(
     signing_key: SigningKey,
     *,
     federation: FederationTransport | None = None,
-) -> Services:
+) -> Components:
     """Every service; `federation` replaces the federation transport (tests give one
     with fake DNS)."""
     federation = federation or build_federation_transport(config, db, signing_key)
@@ -363,8 +367,19 @@ async def build_services(
     extras.receipts.on_local_receipt = room_edus.local_receipt
     federation_inbound.edus.register("m.typing", room_edus.on_typing)
     federation_inbound.edus.register("m.receipt", room_edus.on_receipt)
-    return Services(
+    return Components(
         config=config,
+        registration_tokens=RegistrationTokens(account_store),
+        client_events=ClientEvents(
+            config.server_name,
+            room_events,
+            membership,
+            event_store,
+            alias_store,
+            membership_store,
+            rate_limits,
+        ),
+        sync_filters=SyncFilters(sync.filter_store),
         db=db,
         signing_key=signing_key,
         account_store=account_store,
@@ -461,6 +476,26 @@ def build_federation_membership(
         state=state_store,
     )
     return resident, remote
+
+
+@dataclass
+class Components(Services):
+    """The running server's whole object graph: the services the API edge calls, and the
+    database, stores and internals behind them (for shutdown, the CLI and tests)."""
+
+    db: Database
+    signing_key: SigningKey
+    account_store: AccountStore
+    passwords: PasswordHasher
+    events_stream: StreamIdGenerator
+    event_store: EventStore
+    state_store: StateStore
+    membership_store: MembershipStore
+    profile_store: ProfileStore
+    alias_store: AliasStore
+    filter_store: FilterStore
+    notifier: Notifier
+    unread_counts: UnreadCounts
 
 
 @dataclass
@@ -612,7 +647,7 @@ def build_listener_app(services: Services, listener: Listener) -> web.Applicatio
 @dataclass
 class Homeserver:
     config: Config
-    services: Services
+    services: Components
     runners: list[web.AppRunner] = field(default_factory=list)
     bound: list[str] = field(default_factory=list)
     peers: PeerCounter = field(default_factory=PeerCounter)  # open connections per address

@@ -1,7 +1,9 @@
 """The layering rules of DESIGN.md §2, enforced on every module's imports.
 
 api → domains → storage, everything may use protocol; protocol imports nothing of ours and
-no I/O; client/ is a separate program that may share only protocol.
+no I/O; client/ is a separate program that may share only protocol. The API edge never
+reaches storage itself (it calls domain services), and no two packages import each other,
+however indirectly (cycles between domains are broken with streams and notifications).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ ALLOWED = {
     "shared": {"protocol"},
     "storage": {"protocol", "shared"},
     "domain": {"protocol", "shared", "storage", "domain"},
-    "api": {"protocol", "shared", "storage", "domain"},
+    "api": {"protocol", "shared", "domain"},
     "client": {"protocol"},
     "entry": {"protocol", "shared", "storage", "domain", "api", "entry"},
     "root": set(),
@@ -98,3 +100,71 @@ def test_the_checker_sees_a_violation(tmp_path: Path) -> None:
     src.write_text("from starling.api.http import json_response\nimport asyncio\n")
     assert "starling.api.http" in _imports(src, "starling.protocol.x")
     assert _layer("starling.api.http") not in ALLOWED["protocol"]
+    assert _layer("starling.storage.events") not in ALLOWED["api"]
+
+
+def _package(module: str) -> str:
+    """`starling.rooms.membership` → `rooms`; top-level modules are their own package."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def _package_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for module, path in MODULES:
+        source = _package(module)
+        for imp in _imports(path, module):
+            if imp.startswith("starling.") and _package(imp) != source:
+                graph.setdefault(source, set()).add(_package(imp))
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one package (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for succ in sorted(graph.get(node, ())):
+            if succ not in index:
+                visit(succ)
+                low[node] = min(low[node], low[succ])
+            elif succ in on_stack:
+                low[node] = min(low[node], index[succ])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_package_import_cycles() -> None:
+    cycles = _cycles(_package_graph())
+    assert not cycles, f"packages that import each other (directly or not): {cycles}"
+
+
+def test_the_cycle_check_sees_a_cycle() -> None:
+    graph = {
+        "rooms": {"sync", "storage"},
+        "sync": {"search"},
+        "search": {"rooms"},
+        "api": {"rooms"},
+    }
+    assert _cycles(graph) == [["rooms", "search", "sync"]]
+    assert _cycles({"api": {"rooms"}, "rooms": {"storage"}}) == []

@@ -19,9 +19,9 @@ from starling.errors import MatrixError, bad_json, invalid_param, too_large
 from starling.locks import KeyedLock
 from starling.notifier import Notifier
 from starling.protocol.identifiers import is_valid_user_id
-from starling.receipts.sections import add_global_events, add_room_events, section_matcher
 from starling.storage.account_data import GLOBAL, AccountDataStore
 from starling.sync.extension import SyncContext
+from starling.sync.sections import add_global_events, add_room_events, section_matcher
 
 MAX_CONTENT_BYTES = 64 * 1024
 MAX_TYPE_BYTES = 255

@@ -35,7 +35,8 @@ from starling.config import Config, RateLimit
 from starling.errors import MatrixError, bad_json, forbidden, limit_exceeded, missing_param
 from starling.ratelimit import RateLimits, TokenBuckets
 from starling.rooms.membership import MembershipService
-from starling.storage.accounts import AccountStore, Device, UIAuthSession
+from starling.storage.accounts import AccountStore, UIAuthSession
+from starling.storage.accounts import Device as Device  # what list_devices answers
 from starling.storage.memberships import MembershipStore
 from starling.storage.profiles import ProfileStore
 

@@ -22,7 +22,7 @@ from starling.api.http import json_response
 from starling.api.routing import Auth, RouteTable, get, post, put, requester_of
 from starling.api.services import Services
 from starling.errors import MatrixError, missing_param
-from starling.media.service import DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS, MediaFile
+from starling.media.service import DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS, MediaFile, MediaService
 
 CSP = (
     "sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; "
@@ -124,9 +124,8 @@ def _required_dimension(request: web.Request, name: str) -> int:
 
 
 class MediaResource:
-    def __init__(self, services: Services) -> None:
-        self._svc = services
-        self._media = services.media
+    def __init__(self, media: MediaService) -> None:
+        self._media = media
 
     # GET /_matrix/client/v1/media/config, GET /_matrix/media/v3/config
     async def config(self, request: web.Request) -> web.Response:
@@ -223,7 +222,7 @@ class MediaResource:
 def media_tables(services: Services) -> tuple[RouteTable, RouteTable]:
     """The authenticated media API under /_matrix/client/v1/media (client listeners), and
     the deprecated /_matrix/media/{r0,v1,v3} (client and media listeners)."""
-    r = MediaResource(services)
+    r = MediaResource(services.media)
     ids = "{serverName}/{mediaId}"
     client = RouteTable(
         "media",

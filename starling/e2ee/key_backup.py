@@ -17,7 +17,8 @@ from starling.e2ee.validation import canonical
 from starling.errors import MatrixError, bad_json, invalid_param, missing_param, not_found
 from starling.protocol.numbers import parse_int
 from starling.storage.database import Database
-from starling.storage.key_backup import BackupVersion, KeyBackupStore, RoomKey
+from starling.storage.key_backup import BackupVersion, KeyBackupStore
+from starling.storage.key_backup import RoomKey as RoomKey  # what parse_room_key makes
 
 MAX_KEYS_PER_REQUEST = 10_000
 MAX_ID_BYTES = 255

@@ -28,10 +28,10 @@ from typing import Any
 
 from starling.errors import forbidden, invalid_param
 from starling.notifier import Notifier
-from starling.receipts.sections import add_global_events, section_matcher
 from starling.storage.memberships import MembershipStore
 from starling.storage.presence import PresenceRow, PresenceStore
 from starling.sync.extension import SyncContext
+from starling.sync.sections import add_global_events, section_matcher
 
 logger = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from starling.errors import forbidden, invalid_param, not_found
 from starling.notifier import Notifier
 from starling.protocol.event import Event
 from starling.protocol.identifiers import is_valid_event_id
-from starling.receipts.sections import add_room_events, section_matcher
 from starling.storage.events import EventStore, StoredEvent
 from starling.storage.memberships import MembershipStore
 from starling.storage.receipts import Receipt, ReceiptStore
 from starling.sync.extension import SyncContext
+from starling.sync.sections import add_room_events, section_matcher
 
 RECEIPT_TYPES = ("m.read", "m.read.private")
 FULLY_READ = "m.fully_read"

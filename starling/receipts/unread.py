@@ -24,7 +24,6 @@ from typing import Any
 
 from starling.protocol.push_rules import is_highlight, notifies
 from starling.push.service import PushRulesService
-from starling.receipts.sections import joined_room, wants_thread_counts
 from starling.receipts.service import MAIN_THREAD, thread_of
 from starling.rooms.event_service import RoomEventService
 from starling.storage.database import Database
@@ -34,6 +33,7 @@ from starling.storage.profiles import ProfileStore
 from starling.storage.receipts import ReceiptStore, events_after_bounds
 from starling.storage.streams import StreamIdGenerator
 from starling.sync.extension import SyncContext
+from starling.sync.sections import joined_room, wants_thread_counts
 
 UNREAD_CAP = 100
 # How many of the newest events after the read receipt are evaluated per room, as a

@@ -28,6 +28,7 @@ from starling.rooms.client_format import EventFormatter, FormatOptions, JsonDict
 from starling.rooms.visibility import HistoryVisibility
 from starling.storage.events import EventStore, StoredEvent
 from starling.storage.memberships import MembershipStore
+from starling.storage.search import ALL_KEYS as ALL_KEYS  # the searchable keys
 from starling.storage.search import SearchHit, SearchStore, search_words
 from starling.storage.state import StateStore
 from starling.sync.filtering import EventFilter

@@ -22,9 +22,9 @@ from typing import Any
 from starling.errors import forbidden
 from starling.notifier import Notifier
 from starling.protocol.event import Event
-from starling.receipts.sections import add_room_events, section_matcher
 from starling.storage.memberships import MembershipStore
 from starling.sync.extension import SyncContext
+from starling.sync.sections import add_room_events, section_matcher
 
 # The longest a typing notification lasts without being renewed.
 MAX_TYPING_TIMEOUT_MS = 30_000

@@ -13,8 +13,7 @@ import orjson
 from aiohttp.test_utils import BaseRunner, TestClient, TestServer
 
 from starling.api.http_server import MatrixAppRunner
-from starling.api.services import Services
-from starling.app import build_listener_app, build_services
+from starling.app import Components, build_listener_app, build_services
 from starling.config import Config, Listener, ListenerResource, load_config_dict
 from starling.federation.transport import build_federation_transport
 from starling.protocol.signing import SigningKey
@@ -34,7 +33,7 @@ UNLIMITED_ROOM_RATES: dict[str, Any] = {
 
 
 class Harness:
-    def __init__(self, services: Services, client: TestClient) -> None:
+    def __init__(self, services: Components, client: TestClient) -> None:
         self.services = services
         self.client = client
         self.server_name = services.config.server_name

@@ -4,8 +4,8 @@ sections)."""
 
 from __future__ import annotations
 
-from starling.receipts.sections import filter_allows
 from starling.sync.filtering import parse_event_filter
+from starling.sync.sections import filter_allows
 from tests.support.hang_guard import finishes
 
 HOSTILE = "*a*a*a*a*a*a*a*a*a*a*a*a*b"

@@ -9,21 +9,20 @@
 from __future__ import annotations
 
 import re
-import secrets
-import string
 import time
 from typing import Any
 
 from aiohttp import web
 
+from starling.accounts.registration_tokens import UNSET, RegistrationToken, RegistrationTokens
+from starling.accounts.service import AccountService
+from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.api.client.common import body_str, query_bool
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import Auth, RouteTable, delete, get, post, put
 from starling.api.services import Services
-from starling.errors import MatrixError, bad_json, invalid_param, not_found
-from starling.storage.accounts import UNSET, RegistrationToken, RegistrationTokenExists
+from starling.errors import bad_json, invalid_param, not_found
 
-TOKEN_CHARS = string.ascii_letters + string.digits + "._~-"
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
 DEFAULT_TOKEN_LENGTH = 16
 MAX_TOKEN_LENGTH = 64
@@ -60,12 +59,19 @@ def _optional_expiry(body: dict[str, Any]) -> int | None:
 
 
 class AdminRegistrationRoutes:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
+    def __init__(
+        self,
+        shared_secret: SharedSecretRegistration,
+        accounts: AccountService,
+        tokens: RegistrationTokens,
+    ) -> None:
+        self.shared_secret = shared_secret
+        self.accounts = accounts
+        self.tokens = tokens
 
     # GET /_synapse/admin/v1/register  (Synapse admin API: shared-secret registration)
     async def get_nonce(self, request: web.Request) -> web.Response:
-        return json_response({"nonce": self.svc.shared_secret_registration.new_nonce()})
+        return json_response({"nonce": self.shared_secret.new_nonce()})
 
     # POST /_synapse/admin/v1/register
     async def register(self, request: web.Request) -> web.Response:
@@ -83,10 +89,10 @@ class AdminRegistrationRoutes:
         assert password is not None and mac is not None
         if user_type is not None:
             # Spent like any other attempt, so a refused request cannot be replayed.
-            self.svc.shared_secret_registration.discard_nonce(nonce)
+            self.shared_secret.discard_nonce(nonce)
             raise invalid_param("User types are not supported by this server")
-        self.svc.shared_secret_registration.verify(nonce, username, password, admin, None, mac)
-        result = await self.svc.accounts.register_by_admin(
+        self.shared_secret.verify(nonce, username, password, admin, None, mac)
+        result = await self.accounts.register_by_admin(
             username, password, admin=admin, displayname=displayname
         )
         return json_response(result)
@@ -94,7 +100,7 @@ class AdminRegistrationRoutes:
     # GET /_synapse/admin/v1/registration_tokens
     async def list_tokens(self, request: web.Request) -> web.Response:
         valid = query_bool(request, "valid") if "valid" in request.query else None
-        tokens = await self.svc.account_store.list_registration_tokens(valid)
+        tokens = await self.tokens.list(valid)
         return json_response({"registration_tokens": [_token_json(t) for t in tokens]})
 
     # POST /_synapse/admin/v1/registration_tokens/new
@@ -102,40 +108,26 @@ class AdminRegistrationRoutes:
         body = await read_json_object(request, allow_empty=True)
         uses_allowed = _optional_count(body, "uses_allowed")
         expiry_time = _optional_expiry(body)
-        store = self.svc.account_store
+        token = None
+        length = DEFAULT_TOKEN_LENGTH
         if "token" in body:
             token = body["token"]
             if not isinstance(token, str) or not _TOKEN_RE.match(token):
                 raise invalid_param(
                     "'token' must be 1-64 characters from A-Z, a-z, 0-9 and . _ ~ -"
                 )
-            try:
-                await store.create_registration_token(token, uses_allowed, expiry_time)
-            except RegistrationTokenExists:
-                raise invalid_param(f"Token already exists: {token}") from None
         else:
             length = body.get("length", DEFAULT_TOKEN_LENGTH)
             if isinstance(length, bool) or not isinstance(length, int):
                 raise invalid_param("'length' must be an integer")
             if not 0 < length <= MAX_TOKEN_LENGTH:
                 raise invalid_param(f"'length' must be between 1 and {MAX_TOKEN_LENGTH}")
-            for _ in range(10):
-                token = "".join(secrets.choice(TOKEN_CHARS) for _ in range(length))
-                try:
-                    await store.create_registration_token(token, uses_allowed, expiry_time)
-                    break
-                except RegistrationTokenExists:
-                    continue
-            else:
-                raise MatrixError(500, "M_UNKNOWN", "Could not generate a unique token")
-        created = await store.get_registration_token(token)
-        if created is None:
-            raise not_found("Registration token was deleted")
+        created = await self.tokens.create(token, length, uses_allowed, expiry_time)
         return json_response(_token_json(created))
 
     # GET /_synapse/admin/v1/registration_tokens/{token}
     async def get_token(self, request: web.Request) -> web.Response:
-        found = await self.svc.account_store.get_registration_token(request.match_info["token"])
+        found = await self.tokens.get(request.match_info["token"])
         if found is None:
             raise not_found("No such registration token")
         return json_response(_token_json(found))
@@ -148,23 +140,23 @@ class AdminRegistrationRoutes:
             changes["uses_allowed"] = _optional_count(body, "uses_allowed")
         if "expiry_time" in body:
             changes["expiry_time"] = _optional_expiry(body)
-        updated = await self.svc.account_store.update_registration_token(
-            request.match_info["token"], **changes
-        )
+        updated = await self.tokens.update(request.match_info["token"], **changes)
         if updated is None:
             raise not_found("No such registration token")
         return json_response(_token_json(updated))
 
     # DELETE /_synapse/admin/v1/registration_tokens/{token}
     async def delete_token(self, request: web.Request) -> web.Response:
-        if not await self.svc.account_store.delete_registration_token(request.match_info["token"]):
+        if not await self.tokens.delete(request.match_info["token"]):
             raise not_found("No such registration token")
         return json_response({})
 
 
 def admin_table(svc: Services) -> RouteTable:
     """The admin API on Synapse's paths (/_synapse/admin/v1)."""
-    r = AdminRegistrationRoutes(svc)
+    r = AdminRegistrationRoutes(
+        svc.shared_secret_registration, svc.accounts, svc.registration_tokens
+    )
     return RouteTable(
         "admin",
         "/_synapse/admin/{version}",

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from starling.account_data.service import AccountDataService
 from starling.accounts.auth import Requester
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import requester_of
-from starling.api.services import Services
 from starling.errors import forbidden, not_found
 
 
@@ -25,24 +25,22 @@ def _own_user(request: web.Request, requester: Requester, verb: str) -> str:
 
 
 class AccountDataRoutes:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
+    def __init__(self, account_data: AccountDataService) -> None:
+        self.account_data = account_data
 
     # PUT /user/{userId}/account_data/{type}
     async def put_global(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         user_id = _own_user(request, requester, "add")
         content = await read_json_object(request)
-        await self.svc.account_data.put_from_client(
-            user_id, None, request.match_info["type"], content
-        )
+        await self.account_data.put_from_client(user_id, None, request.match_info["type"], content)
         return json_response({})
 
     # GET /user/{userId}/account_data/{type}
     async def get_global(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         user_id = _own_user(request, requester, "get")
-        content = await self.svc.account_data.get(user_id, None, request.match_info["type"])
+        content = await self.account_data.get(user_id, None, request.match_info["type"])
         if content is None:
             raise not_found("Account data not found")
         return json_response(content)
@@ -53,7 +51,7 @@ class AccountDataRoutes:
         user_id = _own_user(request, requester, "add")
         room_id = request.match_info["roomId"]
         content = await read_json_object(request)
-        await self.svc.account_data.put_from_client(
+        await self.account_data.put_from_client(
             user_id, room_id, request.match_info["type"], content
         )
         return json_response({})
@@ -63,7 +61,7 @@ class AccountDataRoutes:
         requester = requester_of(request)
         user_id = _own_user(request, requester, "get")
         room_id = request.match_info["roomId"]
-        content = await self.svc.account_data.get(user_id, room_id, request.match_info["type"])
+        content = await self.account_data.get(user_id, room_id, request.match_info["type"])
         if content is None:
             raise not_found("Room account data not found")
         return json_response(content)
@@ -72,7 +70,7 @@ class AccountDataRoutes:
     async def get_tags(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         user_id = _own_user(request, requester, "get")
-        tags = await self.svc.account_data.get_tags(user_id, request.match_info["roomId"])
+        tags = await self.account_data.get_tags(user_id, request.match_info["roomId"])
         return json_response({"tags": tags})
 
     # PUT /user/{userId}/rooms/{roomId}/tags/{tag}
@@ -81,14 +79,14 @@ class AccountDataRoutes:
         user_id = _own_user(request, requester, "add")
         room_id = request.match_info["roomId"]
         body = await read_json_object(request, allow_empty=True)
-        await self.svc.account_data.add_tag(user_id, room_id, request.match_info["tag"], body)
+        await self.account_data.add_tag(user_id, room_id, request.match_info["tag"], body)
         return json_response({})
 
     # DELETE /user/{userId}/rooms/{roomId}/tags/{tag}
     async def delete_tag(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         user_id = _own_user(request, requester, "remove")
-        await self.svc.account_data.remove_tag(
+        await self.account_data.remove_tag(
             user_id, request.match_info["roomId"], request.match_info["tag"]
         )
         return json_response({})

@@ -14,13 +14,16 @@ from typing import Any
 from aiohttp import web
 
 from starling.accounts.registration import check_password
-from starling.accounts.service import RegistrationRequest, identifier_user
+from starling.accounts.service import (
+    AccountService,
+    Device,
+    RegistrationRequest,
+    identifier_user,
+)
 from starling.api.client.common import body_str
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import requester_of
-from starling.api.services import Services
 from starling.errors import MatrixError, bad_json, invalid_param, missing_param, not_found
-from starling.storage.accounts import Device
 
 MAX_DEVICES_PER_REQUEST = 1000
 MAX_DEVICE_ID_LENGTH = 255
@@ -54,9 +57,9 @@ def _remote(request: web.Request) -> str:
 
 
 class AccountRoutes:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
-        self.accounts = svc.accounts
+    def __init__(self, server_name: str, accounts: AccountService) -> None:
+        self.server_name = server_name
+        self.accounts = accounts
 
     # POST /_matrix/client/v3/register  (spec: #post_matrixclientv3register)
     async def register(self, request: web.Request) -> web.Response:
@@ -119,7 +122,7 @@ class AccountRoutes:
             initial_display_name=body_str(body, "initial_device_display_name"),
             refreshable=_bool(body, "refresh_token", False),
         )
-        return json_response({**session.to_json(), "home_server": self.svc.server_name})
+        return json_response({**session.to_json(), "home_server": self.server_name})
 
     # POST /_matrix/client/v3/refresh  (spec: #post_matrixclientv3refresh)
     async def refresh(self, request: web.Request) -> web.Response:

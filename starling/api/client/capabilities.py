@@ -10,15 +10,14 @@ from typing import Any
 from aiohttp import web
 
 from starling.api.http import json_response
-from starling.api.services import Services
 from starling.protocol.room_versions import KNOWN_ROOM_VERSIONS
 
 
-def capabilities(svc: Services) -> dict[str, Any]:
+def capabilities(default_room_version: str) -> dict[str, Any]:
     return {
         "m.change_password": {"enabled": True},
         "m.room_versions": {
-            "default": svc.config.default_room_version,
+            "default": default_room_version,
             "available": dict.fromkeys(KNOWN_ROOM_VERSIONS, "stable"),
         },
         "m.set_displayname": {"enabled": True},
@@ -30,10 +29,9 @@ def capabilities(svc: Services) -> dict[str, Any]:
 
 
 class CapabilityRoutes:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
-        self.body = {"capabilities": capabilities(svc)}
+    def __init__(self, default_room_version: str) -> None:
+        self.body = {"capabilities": capabilities(default_room_version)}
 
-    # GET /capabilities
+    # GET /_matrix/client/v3/capabilities  (spec: #get_matrixclientv3capabilities)
     async def get_capabilities(self, request: web.Request) -> web.Response:
         return json_response(self.body)

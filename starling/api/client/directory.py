@@ -15,8 +15,7 @@ from aiohttp import web
 from starling.api.client.common import body_str
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import requester_of
-from starling.api.services import Services
-from starling.directory.service import MAX_SEARCH_TERM_LENGTH
+from starling.directory.service import MAX_SEARCH_TERM_LENGTH, DirectoryService
 from starling.errors import bad_json, invalid_param
 from starling.protocol.numbers import parse_int
 
@@ -32,8 +31,8 @@ def _limit(value: Any) -> int | None:
 
 
 class DirectoryRoutes:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
+    def __init__(self, directory: DirectoryService) -> None:
+        self.directory = directory
 
     # PUT /directory/room/{roomAlias}
     async def put_alias(self, request: web.Request) -> web.Response:
@@ -41,30 +40,28 @@ class DirectoryRoutes:
         body = await read_json_object(request)
         room_id = body_str(body, "room_id", required=True)
         assert room_id is not None
-        await self.svc.directory.create_alias(requester, request.match_info["roomAlias"], room_id)
+        await self.directory.create_alias(requester, request.match_info["roomAlias"], room_id)
         return json_response({})
 
     # GET /directory/room/{roomAlias}
     async def get_alias(self, request: web.Request) -> web.Response:
-        return json_response(
-            await self.svc.directory.resolve_alias(request.match_info["roomAlias"])
-        )
+        return json_response(await self.directory.resolve_alias(request.match_info["roomAlias"]))
 
     # DELETE /directory/room/{roomAlias}
     async def delete_alias(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
-        await self.svc.directory.delete_alias(requester, request.match_info["roomAlias"])
+        await self.directory.delete_alias(requester, request.match_info["roomAlias"])
         return json_response({})
 
     # GET /rooms/{roomId}/aliases
     async def room_aliases(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
-        aliases = await self.svc.directory.room_aliases(requester, request.match_info["roomId"])
+        aliases = await self.directory.room_aliases(requester, request.match_info["roomId"])
         return json_response({"aliases": aliases})
 
     # GET /directory/list/room/{roomId}
     async def get_visibility(self, request: web.Request) -> web.Response:
-        visibility = await self.svc.directory.get_visibility(request.match_info["roomId"])
+        visibility = await self.directory.get_visibility(request.match_info["roomId"])
         return json_response({"visibility": visibility})
 
     # PUT /directory/list/room/{roomId}
@@ -72,7 +69,7 @@ class DirectoryRoutes:
         requester = requester_of(request)
         body = await read_json_object(request, allow_empty=True)
         visibility = body_str(body, "visibility") or "public"
-        await self.svc.directory.set_visibility(requester, request.match_info["roomId"], visibility)
+        await self.directory.set_visibility(requester, request.match_info["roomId"], visibility)
         return json_response({})
 
     # GET /publicRooms
@@ -84,7 +81,7 @@ class DirectoryRoutes:
             if parsed is None:
                 raise invalid_param("'limit' must be an integer")
             limit = _limit(parsed)
-        result = await self.svc.directory.public_rooms(
+        result = await self.directory.public_rooms(
             limit=limit,
             since=request.query.get("since") or None,
             server=request.query.get("server") or None,
@@ -109,7 +106,7 @@ class DirectoryRoutes:
             or not all(t is None or isinstance(t, str) for t in room_types)
         ):
             raise bad_json("'room_types' must be a list of strings or nulls")
-        result = await self.svc.directory.public_rooms(
+        result = await self.directory.public_rooms(
             limit=_limit(body.get("limit")),
             since=since or None,
             search=term.strip() if term else None,

@@ -13,17 +13,17 @@ from aiohttp import web
 
 from starling.api.http import json_response, parse_json_object
 from starling.api.routing import requester_of
-from starling.api.services import Services
 from starling.errors import MatrixError, forbidden, not_found, too_large
 from starling.protocol.numbers import parse_int
-from starling.sync.filtering import MAX_FILTER_BYTES, parse_sync_filter
+from starling.sync.filtering import MAX_FILTER_BYTES
+from starling.sync.filters import SyncFilters
 
 
-def _own_user(request: web.Request, user_id: str, svc: Services) -> None:
+def _own_user(request: web.Request, user_id: str, server_name: str) -> None:
     target = request.match_info["userId"]
     if target != user_id:
         raise forbidden("Cannot use filters of other users")
-    if not target.endswith(":" + svc.server_name):
+    if not target.endswith(":" + server_name):
         raise MatrixError(400, "M_UNKNOWN", "Can only use filters of local users")
 
 
@@ -38,27 +38,28 @@ async def _read_filter_body(request: web.Request) -> dict[str, Any]:
 
 
 class FilterRoutes:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
+    def __init__(self, server_name: str, filters: SyncFilters) -> None:
+        self.server_name = server_name
+        self.filters = filters
 
     # POST /_matrix/client/v3/user/{userId}/filter  (spec: #post_matrixclientv3useruseridfilter)
     async def create(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
-        _own_user(request, requester.user_id, self.svc)
+        _own_user(request, requester.user_id, self.server_name)
         body = await _read_filter_body(request)
-        parse_sync_filter(body)
-        filter_id = await self.svc.filter_store.add_filter(requester.user_id, body)
+        filter_id = await self.filters.create(requester.user_id, body)
         return json_response({"filter_id": str(filter_id)})
 
     # GET /_matrix/client/v3/user/{userId}/filter/{filterId}
+    # (spec: #get_matrixclientv3useruseridfilterfilterid)
     async def get(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
-        _own_user(request, requester.user_id, self.svc)
+        _own_user(request, requester.user_id, self.server_name)
         raw_id = request.match_info["filterId"]
         filter_id = parse_int(raw_id, minimum=0)
         if filter_id is None:
             raise not_found("No such filter")
-        found = await self.svc.filter_store.get_filter(requester.user_id, filter_id)
+        found = await self.filters.get(requester.user_id, filter_id)
         if found is None:
             raise not_found("No such filter")
         return json_response(found)

@@ -8,16 +8,15 @@ from aiohttp import web
 from starling.api.client.common import query_bool, query_int
 from starling.api.http import json_response
 from starling.api.routing import requester_of
-from starling.api.services import Services
 from starling.errors import invalid_param
-from starling.rooms.hierarchy import DEFAULT_LIMIT, MAX_LIMIT
+from starling.rooms.hierarchy import DEFAULT_LIMIT, MAX_LIMIT, SpaceHierarchy
 
 MAX_TOKEN_LENGTH = 128
 
 
 class HierarchyRoutes:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
+    def __init__(self, hierarchy: SpaceHierarchy) -> None:
+        self.service = hierarchy
 
     # GET /_matrix/client/v1/rooms/{roomId}/hierarchy
     async def hierarchy(self, request: web.Request) -> web.Response:
@@ -31,7 +30,7 @@ class HierarchyRoutes:
         from_token = request.query.get("from")
         if from_token is not None and (not from_token or len(from_token) > MAX_TOKEN_LENGTH):
             raise invalid_param("Unknown pagination token")
-        body = await self.svc.hierarchy.hierarchy(
+        body = await self.service.hierarchy(
             requester.user_id,
             room_id,
             suggested_only=suggested_only,

@@ -12,10 +12,8 @@ from aiohttp import web
 
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import requester_of
-from starling.api.services import Services
-from starling.e2ee.key_backup import parse_room_key
+from starling.e2ee.key_backup import KeyBackupService, RoomKey, parse_room_key
 from starling.errors import bad_json
-from starling.storage.key_backup import RoomKey
 
 
 def _sessions(room_id: str, body: Any) -> list[RoomKey]:
@@ -25,37 +23,33 @@ def _sessions(room_id: str, body: Any) -> list[RoomKey]:
 
 
 class KeyBackupRoutes:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
+    def __init__(self, key_backup: KeyBackupService) -> None:
+        self.key_backup = key_backup
 
     # POST /room_keys/version  (spec: #post_matrixclientv3room_keysversion)
     async def create_version(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
-        return json_response(await self.svc.e2ee.key_backup.create_version(requester.user_id, body))
+        return json_response(await self.key_backup.create_version(requester.user_id, body))
 
     # GET /room_keys/version and /room_keys/version/{version}
     # (spec: #get_matrixclientv3room_keysversion, #get_matrixclientv3room_keysversionversion)
     async def get_version(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         version = request.match_info.get("version")
-        return json_response(await self.svc.e2ee.key_backup.get_version(requester.user_id, version))
+        return json_response(await self.key_backup.get_version(requester.user_id, version))
 
     # PUT /room_keys/version/{version}  (spec: #put_matrixclientv3room_keysversionversion)
     async def update_version(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
-        await self.svc.e2ee.key_backup.update_version(
-            requester.user_id, request.match_info["version"], body
-        )
+        await self.key_backup.update_version(requester.user_id, request.match_info["version"], body)
         return json_response({})
 
     # DELETE /room_keys/version/{version}  (spec: #delete_matrixclientv3room_keysversionversion)
     async def delete_version(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
-        await self.svc.e2ee.key_backup.delete_version(
-            requester.user_id, request.match_info["version"]
-        )
+        await self.key_backup.delete_version(requester.user_id, request.match_info["version"])
         return json_response({})
 
     # PUT /room_keys/keys[/{roomId}[/{sessionId}]]  (spec: #put_matrixclientv3room_keyskeys)
@@ -74,7 +68,7 @@ class KeyBackupRoutes:
             keys = _sessions(room_id, body)
         else:
             keys = [parse_room_key(room_id, session_id, body)]
-        result = await self.svc.e2ee.key_backup.put_keys(
+        result = await self.key_backup.put_keys(
             requester.user_id, request.query.get("version"), keys
         )
         return json_response(result)
@@ -82,7 +76,7 @@ class KeyBackupRoutes:
     # GET /room_keys/keys[/{roomId}[/{sessionId}]]  (spec: #get_matrixclientv3room_keyskeys)
     async def get_keys(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
-        result = await self.svc.e2ee.key_backup.get_keys(
+        result = await self.key_backup.get_keys(
             requester.user_id,
             request.query.get("version"),
             request.match_info.get("roomId"),
@@ -93,7 +87,7 @@ class KeyBackupRoutes:
     # DELETE /room_keys/keys[/{roomId}[/{sessionId}]]  (spec: #delete_matrixclientv3room_keyskeys)
     async def delete_keys(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
-        result = await self.svc.e2ee.key_backup.delete_keys(
+        result = await self.key_backup.delete_keys(
             requester.user_id,
             request.query.get("version"),
             request.match_info.get("roomId"),

@@ -10,9 +10,12 @@ from typing import Any
 
 from aiohttp import web
 
+from starling.accounts.service import AccountService
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import requester_of
-from starling.api.services import Services
+from starling.e2ee.cross_signing import CrossSigningService
+from starling.e2ee.device_lists import DeviceListTracker
+from starling.e2ee.keys import E2eKeyService
 from starling.errors import bad_json, missing_param
 from starling.sync.tokens import SyncToken
 
@@ -27,14 +30,23 @@ def _timeout(body: dict[str, Any]) -> int:
 
 
 class KeyRoutes:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
+    def __init__(
+        self,
+        keys: E2eKeyService,
+        cross_signing: CrossSigningService,
+        device_lists: DeviceListTracker,
+        accounts: AccountService,
+    ) -> None:
+        self.keys = keys
+        self.cross_signing = cross_signing
+        self.device_lists = device_lists
+        self.accounts = accounts
 
     # POST /_matrix/client/v3/keys/upload  (spec: #post_matrixclientv3keysupload)
     async def upload(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
-        result = await self.svc.e2ee.keys.upload(requester.user_id, requester.device_id, body)
+        result = await self.keys.upload(requester.user_id, requester.device_id, body)
         return json_response(result)
 
     # POST /_matrix/client/v3/keys/query  (spec: #post_matrixclientv3keysquery)
@@ -43,9 +55,7 @@ class KeyRoutes:
         body = await read_json_object(request)
         if "device_keys" not in body:
             raise missing_param("Missing 'device_keys'")
-        result = await self.svc.e2ee.keys.query(
-            requester.user_id, body["device_keys"], _timeout(body)
-        )
+        result = await self.keys.query(requester.user_id, body["device_keys"], _timeout(body))
         return json_response(result)
 
     # POST /_matrix/client/v3/keys/claim  (spec: #post_matrixclientv3keysclaim)
@@ -53,7 +63,7 @@ class KeyRoutes:
         body = await read_json_object(request)
         if "one_time_keys" not in body:
             raise missing_param("Missing 'one_time_keys'")
-        result = await self.svc.e2ee.keys.claim(body["one_time_keys"], _timeout(body))
+        result = await self.keys.claim(body["one_time_keys"], _timeout(body))
         return json_response(result)
 
     # GET /_matrix/client/v3/keys/changes  (spec: #get_matrixclientv3keyschanges)
@@ -62,13 +72,13 @@ class KeyRoutes:
         raw_from = request.query.get("from")
         if raw_from is None:
             raise missing_param("Missing 'from'")
-        current = self.svc.e2ee.device_lists.current_position()
+        current = self.device_lists.current_position()
         since = SyncToken.parse(raw_from).streams.get("device_lists", 0)
         upto = current
         raw_to = request.query.get("to")
         if raw_to is not None:
             upto = min(SyncToken.parse(raw_to).streams.get("device_lists", current), current)
-        result = await self.svc.e2ee.keys.changes(requester.user_id, since, upto)
+        result = await self.keys.changes(requester.user_id, since, upto)
         return json_response(result)
 
     # POST /_matrix/client/v3/keys/device_signing/upload
@@ -76,11 +86,11 @@ class KeyRoutes:
     async def upload_signing_keys(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
-        cross_signing = self.svc.e2ee.cross_signing
+        cross_signing = self.cross_signing
         if await cross_signing.is_noop(requester.user_id, body):
             return json_response({})
         if await cross_signing.needs_auth(requester.user_id, body):
-            await self.svc.accounts.require_password_auth(
+            await self.accounts.require_password_auth(
                 requester, body.get("auth"), request.path, request.method
             )
         await cross_signing.upload_keys(requester.user_id, body)
@@ -91,5 +101,5 @@ class KeyRoutes:
     async def upload_signatures(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
-        result = await self.svc.e2ee.cross_signing.upload_signatures(requester.user_id, body)
+        result = await self.cross_signing.upload_signatures(requester.user_id, body)
         return json_response(result)

@@ -11,13 +11,13 @@ from aiohttp import web
 from starling.api.client.common import body_str
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import requester_of
-from starling.api.services import Services
 from starling.errors import forbidden
+from starling.presence.service import PresenceService
 
 
 class PresenceRoutes:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
+    def __init__(self, presence: PresenceService) -> None:
+        self.presence = presence
 
     # PUT /presence/{userId}/status
     async def put_status(self, request: web.Request) -> web.Response:
@@ -29,7 +29,7 @@ class PresenceRoutes:
         presence = body_str(body, "presence", required=True)
         assert presence is not None
         status_msg = body_str(body, "status_msg")
-        await self.svc.presence.set_state(
+        await self.presence.set_state(
             user_id, presence, status_msg, keep_msg="status_msg" not in body
         )
         return json_response({})
@@ -38,4 +38,4 @@ class PresenceRoutes:
     async def get_status(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         user_id = request.match_info["userId"]
-        return json_response(await self.svc.presence.get_presence(requester.user_id, user_id))
+        return json_response(await self.presence.get_presence(requester.user_id, user_id))

@@ -12,22 +12,22 @@ from aiohttp import web
 
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import requester_of
-from starling.api.services import Services
 from starling.errors import missing_param
+from starling.profile.service import ProfileService
 
 
 class ProfileRoutes:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
+    def __init__(self, profile: ProfileService) -> None:
+        self.profile = profile
 
     # GET /profile/{userId}
     async def get_profile(self, request: web.Request) -> web.Response:
-        profile = await self.svc.profile.get_profile(request.match_info["userId"])
+        profile = await self.profile.get_profile(request.match_info["userId"])
         return json_response(profile)
 
     # GET /profile/{userId}/{keyName}
     async def get_field(self, request: web.Request) -> web.Response:
-        value = await self.svc.profile.get_field(
+        value = await self.profile.get_field(
             request.match_info["userId"], request.match_info["keyName"]
         )
         return json_response(value)
@@ -39,7 +39,7 @@ class ProfileRoutes:
         body = await read_json_object(request)
         if field not in body:
             raise missing_param(f"Missing '{field}'")
-        await self.svc.profile.set_field(
+        await self.profile.set_field(
             requester.user_id, request.match_info["userId"], field, body[field]
         )
         return json_response({})
@@ -47,7 +47,7 @@ class ProfileRoutes:
     # DELETE /profile/{userId}/{keyName}
     async def delete_field(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
-        await self.svc.profile.set_field(
+        await self.profile.set_field(
             requester.user_id, request.match_info["userId"], request.match_info["keyName"], None
         )
         return json_response({})

@@ -20,9 +20,10 @@ from aiohttp import web
 
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import requester_of
-from starling.api.services import Services
 from starling.errors import MatrixError, invalid_param, not_found
 from starling.protocol import push_rules as pr
+from starling.push.pushers import PusherService
+from starling.push.service import PushRulesService
 
 T = TypeVar("T")
 
@@ -47,25 +48,26 @@ def _kind(request: web.Request) -> str:
 
 
 class PushRuleRoutes:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
+    def __init__(self, push_rules: PushRulesService, pushers: PusherService) -> None:
+        self.push_rules = push_rules
+        self.pushers = pushers
 
     # GET /pushrules/
     async def get_all(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
-        ruleset = await self.svc.push_rules.get_ruleset(requester.user_id)
+        ruleset = await self.push_rules.get_ruleset(requester.user_id)
         return json_response({"global": ruleset})
 
     # GET /pushrules/global/
     async def get_global(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
-        return json_response(await self.svc.push_rules.get_ruleset(requester.user_id))
+        return json_response(await self.push_rules.get_ruleset(requester.user_id))
 
     # GET /pushrules/global/{kind}/{ruleId}
     async def get_rule(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         rule = await _push_errors(
-            self.svc.push_rules.get_rule(
+            self.push_rules.get_rule(
                 requester.user_id, _kind(request), request.match_info["ruleId"]
             )
         )
@@ -77,7 +79,7 @@ class PushRuleRoutes:
         kind = _kind(request)
         body = await read_json_object(request)
         await _push_errors(
-            self.svc.push_rules.put_rule(
+            self.push_rules.put_rule(
                 requester.user_id,
                 kind,
                 request.match_info["ruleId"],
@@ -92,7 +94,7 @@ class PushRuleRoutes:
     async def delete_rule(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         await _push_errors(
-            self.svc.push_rules.delete_rule(
+            self.push_rules.delete_rule(
                 requester.user_id, _kind(request), request.match_info["ruleId"]
             )
         )
@@ -101,7 +103,7 @@ class PushRuleRoutes:
     async def _attribute(self, request: web.Request, name: str) -> web.Response:
         requester = requester_of(request)
         rule = await _push_errors(
-            self.svc.push_rules.get_rule(
+            self.push_rules.get_rule(
                 requester.user_id, _kind(request), request.match_info["ruleId"]
             )
         )
@@ -124,7 +126,7 @@ class PushRuleRoutes:
         if not isinstance(enabled, bool):
             raise invalid_param("'enabled' must be a boolean")
         await _push_errors(
-            self.svc.push_rules.set_enabled(
+            self.push_rules.set_enabled(
                 requester.user_id, kind, request.match_info["ruleId"], enabled
             )
         )
@@ -138,7 +140,7 @@ class PushRuleRoutes:
         if "actions" not in body:
             raise MatrixError(400, "M_MISSING_PARAM", "Missing 'actions'")
         await _push_errors(
-            self.svc.push_rules.set_actions(
+            self.push_rules.set_actions(
                 requester.user_id, kind, request.match_info["ruleId"], body["actions"]
             )
         )
@@ -147,11 +149,11 @@ class PushRuleRoutes:
     # GET /pushers
     async def get_pushers(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
-        return json_response({"pushers": await self.svc.pushers.get_pushers(requester.user_id)})
+        return json_response({"pushers": await self.pushers.get_pushers(requester.user_id)})
 
     # POST /pushers/set
     async def set_pusher(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
-        await self.svc.pushers.set_pusher(requester.user_id, body)
+        await self.pushers.set_pusher(requester.user_id, body)
         return json_response({})

@@ -12,8 +12,8 @@ from aiohttp import web
 
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import requester_of
-from starling.api.services import Services
 from starling.errors import bad_json, invalid_param
+from starling.receipts.service import ReceiptsService
 
 
 def _optional_event_id(body: dict[str, Any], key: str) -> str | None:
@@ -26,8 +26,8 @@ def _optional_event_id(body: dict[str, Any], key: str) -> str | None:
 
 
 class ReceiptRoutes:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
+    def __init__(self, receipts: ReceiptsService) -> None:
+        self.receipts = receipts
 
     # POST /rooms/{roomId}/receipt/{receiptType}/{eventId}
     async def post_receipt(self, request: web.Request) -> web.Response:
@@ -37,7 +37,7 @@ class ReceiptRoutes:
         thread_id = body.get("thread_id")
         if thread_id is not None and (not isinstance(thread_id, str) or not thread_id):
             raise invalid_param("thread_id field must be a non-empty string")
-        await self.svc.receipts.set_receipt(
+        await self.receipts.set_receipt(
             room_id,
             requester.user_id,
             request.match_info["receiptType"],
@@ -51,7 +51,7 @@ class ReceiptRoutes:
         requester = requester_of(request)
         room_id = request.match_info["roomId"]
         body = await read_json_object(request)
-        await self.svc.receipts.set_read_markers(
+        await self.receipts.set_read_markers(
             room_id,
             requester.user_id,
             _optional_event_id(body, "m.fully_read"),

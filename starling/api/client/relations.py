@@ -13,8 +13,8 @@ from aiohttp import web
 from starling.api.client.common import query_bool, query_int
 from starling.api.http import json_response
 from starling.api.routing import requester_of
-from starling.api.services import Services
 from starling.errors import invalid_param
+from starling.relations.service import RelationsService
 from starling.sync.tokens import parse_room_position
 
 # Synapse's defaults and caps for these endpoints.
@@ -40,8 +40,8 @@ def _position(request: web.Request, name: str) -> tuple[int | None, str | None]:
 
 
 class RelationRoutes:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
+    def __init__(self, relations: RelationsService) -> None:
+        self.service = relations
 
     # GET /rooms/{roomId}/relations/{eventId}[/{relType}[/{eventType}]]
     async def relations(self, request: web.Request) -> web.Response:
@@ -58,7 +58,7 @@ class RelationRoutes:
         limit = query_int(
             request, "limit", DEFAULT_RELATIONS_LIMIT, minimum=1, maximum=MAX_RELATIONS_LIMIT
         )
-        body = await self.svc.relations.relations(
+        body = await self.service.relations(
             requester.user_id,
             requester.device_id,
             room_id,
@@ -85,7 +85,7 @@ class RelationRoutes:
         limit = query_int(
             request, "limit", DEFAULT_THREADS_LIMIT, minimum=1, maximum=MAX_THREADS_LIMIT
         )
-        body = await self.svc.relations.threads(
+        body = await self.service.threads(
             requester.user_id,
             requester.device_id,
             room_id,

@@ -13,10 +13,9 @@ from aiohttp import web
 from starling.api.client.common import query_int
 from starling.api.http import json_response
 from starling.api.routing import requester_of
-from starling.api.services import Services
 from starling.errors import invalid_param, missing_param
 from starling.sync.filtering import NO_FILTER, EventFilter, parse_event_filter, parse_filter_json
-from starling.sync.history import DEFAULT_LIMIT, MAX_MESSAGES_LIMIT
+from starling.sync.history import DEFAULT_LIMIT, MAX_MESSAGES_LIMIT, RoomHistory
 from starling.sync.tokens import parse_history_position, parse_room_position
 
 
@@ -31,13 +30,13 @@ def _room_event_filter(request: web.Request) -> EventFilter:
 
 
 class RoomReadRoutes:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
+    def __init__(self, room_history: RoomHistory) -> None:
+        self.room_history = room_history
 
     # GET /rooms/{roomId}/event/{eventId}  (spec: #get_matrixclientv3roomsroomideventeventid)
     async def event(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
-        body = await self.svc.room_history.get_event(
+        body = await self.room_history.get_event(
             requester.user_id,
             requester.device_id,
             request.match_info["roomId"],
@@ -48,7 +47,7 @@ class RoomReadRoutes:
     # GET /rooms/{roomId}/state  (spec: #get_matrixclientv3roomsroomidstate)
     async def state(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
-        events = await self.svc.room_history.state_events(
+        events = await self.room_history.state_events(
             requester.user_id, request.match_info["roomId"]
         )
         return json_response(events)
@@ -59,7 +58,7 @@ class RoomReadRoutes:
         fmt = request.query.get("format", "content")
         if fmt not in ("content", "event"):
             raise invalid_param("'format' must be 'content' or 'event'")
-        _, formatted = await self.svc.room_history.state_event(
+        _, formatted = await self.room_history.state_event(
             requester.user_id,
             request.match_info["roomId"],
             request.match_info["eventType"],
@@ -71,7 +70,7 @@ class RoomReadRoutes:
     async def members(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         at_raw = request.query.get("at")
-        chunk = await self.svc.room_history.members(
+        chunk = await self.room_history.members(
             requester.user_id,
             request.match_info["roomId"],
             parse_room_position(at_raw) if at_raw else None,
@@ -83,7 +82,7 @@ class RoomReadRoutes:
     # GET /rooms/{roomId}/joined_members
     async def joined_members(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
-        joined = await self.svc.room_history.joined_members(
+        joined = await self.room_history.joined_members(
             requester.user_id, request.match_info["roomId"]
         )
         return json_response({"joined": joined})
@@ -100,7 +99,7 @@ class RoomReadRoutes:
         from_token = request.query.get("from") or None
         to_token = request.query.get("to") or None
         limit = query_int(request, "limit", DEFAULT_LIMIT, maximum=MAX_MESSAGES_LIMIT)
-        body = await self.svc.room_history.messages(
+        body = await self.room_history.messages(
             requester.user_id,
             requester.device_id,
             room_id,
@@ -116,7 +115,7 @@ class RoomReadRoutes:
     # GET /rooms/{roomId}/context/{eventId}  (spec: #get_matrixclientv3roomsroomidcontexteventid)
     async def context(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
-        body = await self.svc.room_history.context(
+        body = await self.room_history.context(
             requester.user_id,
             requester.device_id,
             request.match_info["roomId"],

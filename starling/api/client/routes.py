@@ -42,27 +42,30 @@ OPTIONAL = Auth.OPTIONAL
 
 def client_table(svc: Services) -> RouteTable:
     """Every Client-Server endpoint; paths are under /_matrix/client/v3 unless marked."""
-    accounts = AccountRoutes(svc)
-    rooms = RoomRoutes(svc)
-    reads = RoomReadRoutes(svc)
-    sync = SyncRoutes(svc)
-    filters = FilterRoutes(svc)
-    keys = KeyRoutes(svc)
-    to_device = ToDeviceRoutes(svc)
-    backup = KeyBackupRoutes(svc)
-    typing = TypingRoutes(svc)
-    receipts = ReceiptRoutes(svc)
-    presence = PresenceRoutes(svc)
-    profile = ProfileRoutes(svc)
-    account_data = AccountDataRoutes(svc)
-    directory = DirectoryRoutes(svc)
-    capabilities = CapabilityRoutes(svc)
-    push = PushRuleRoutes(svc)
-    relations = RelationRoutes(svc)
-    voip = VoipRoutes(svc)
-    user_directory = UserDirectoryRoutes(svc)
-    search = SearchRoutes(svc)
-    hierarchy = HierarchyRoutes(svc)
+    e2ee = svc.e2ee
+    accounts = AccountRoutes(svc.server_name, svc.accounts)
+    rooms = RoomRoutes(
+        svc.room_creator, svc.membership, svc.room_upgrader, svc.directory, svc.client_events
+    )
+    reads = RoomReadRoutes(svc.room_history)
+    sync = SyncRoutes(svc.sync, svc.sync_filters)
+    filters = FilterRoutes(svc.server_name, svc.sync_filters)
+    keys = KeyRoutes(e2ee.keys, e2ee.cross_signing, e2ee.device_lists, svc.accounts)
+    to_device = ToDeviceRoutes(e2ee.to_device)
+    backup = KeyBackupRoutes(e2ee.key_backup)
+    typing = TypingRoutes(svc.typing)
+    receipts = ReceiptRoutes(svc.receipts)
+    presence = PresenceRoutes(svc.presence)
+    profile = ProfileRoutes(svc.profile)
+    account_data = AccountDataRoutes(svc.account_data)
+    directory = DirectoryRoutes(svc.directory)
+    capabilities = CapabilityRoutes(svc.config.default_room_version)
+    push = PushRuleRoutes(svc.push_rules, svc.pushers)
+    relations = RelationRoutes(svc.relations)
+    voip = VoipRoutes(svc.config)
+    user_directory = UserDirectoryRoutes(svc.config.user_directory.enabled, svc.user_directory)
+    search = SearchRoutes(svc.search)
+    hierarchy = HierarchyRoutes(svc.hierarchy)
     routes: list[Route] = [
         # Accounts: registration, login, tokens, account management, devices
         post("/register", accounts.register, NONE),

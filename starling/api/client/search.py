@@ -16,10 +16,8 @@ from aiohttp import web
 
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import requester_of
-from starling.api.services import Services
 from starling.errors import MatrixError, bad_json, invalid_param, missing_param
-from starling.search.service import EventContextRequest, RoomEventsQuery
-from starling.storage.search import ALL_KEYS
+from starling.search.service import ALL_KEYS, EventContextRequest, RoomEventsQuery, SearchService
 from starling.sync.filtering import NO_FILTER, parse_event_filter
 
 DEFAULT_LIMIT = 10
@@ -104,8 +102,8 @@ def parse_room_events(category: dict[str, Any]) -> RoomEventsQuery:
 
 
 class SearchRoutes:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
+    def __init__(self, search: SearchService) -> None:
+        self.service = search
 
     # POST /_matrix/client/v3/search
     async def search(self, request: web.Request) -> web.Response:
@@ -119,7 +117,7 @@ class SearchRoutes:
             raise MatrixError(400, "M_UNKNOWN", "Invalid search query: no supported category")
         query = parse_room_events(room_events)
         token = request.query.get("next_batch")
-        result = await self.svc.search.room_events(
+        result = await self.service.room_events(
             requester.user_id, requester.device_id, query, token
         )
         return json_response({"search_categories": {"room_events": result}})

@@ -1,8 +1,8 @@
 """Client-Server API: GET /sync (spec: client-server-api "Syncing").
 
 Parameters are validated here (a bad `since`, `timeout`, `filter`, `set_presence` or
-boolean is a 400, never a 500); the work is `SyncService.sync`. Filters named by ID are
-read from the filter store; both stored and inline filters are parsed once and cached.
+boolean is a 400, never a 500); the work is `SyncService.sync`, the `filter` parameter
+is resolved by `SyncFilters`.
 """
 
 from __future__ import annotations
@@ -12,49 +12,18 @@ from aiohttp import web
 from starling.api.client.common import query_bool, query_int
 from starling.api.http import json_response
 from starling.api.routing import requester_of
-from starling.api.services import Services
 from starling.errors import MatrixError, invalid_param
-from starling.protocol.numbers import parse_int
-from starling.storage.events import LruCache
-from starling.sync.filtering import (
-    DEFAULT_SYNC_FILTER,
-    SyncFilter,
-    parse_filter_json,
-    parse_sync_filter,
-)
-from starling.sync.service import MAX_TIMEOUT_MS, SyncRequest
+from starling.sync.filters import SyncFilters
+from starling.sync.service import MAX_TIMEOUT_MS, SyncRequest, SyncService
 from starling.sync.tokens import SyncToken
 
 PRESENCE_STATES = ("online", "offline", "unavailable")
 
 
 class SyncRoutes:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
-        self._inline: LruCache[str, SyncFilter] = LruCache(1000)
-        self._stored: LruCache[tuple[str, int], SyncFilter] = LruCache(10_000)
-
-    async def _filter(self, user_id: str, raw: str | None) -> SyncFilter:
-        if raw is None or raw == "":
-            return DEFAULT_SYNC_FILTER
-        if raw.startswith("{"):
-            hit = self._inline.get(raw)
-            if hit is None:
-                hit = parse_sync_filter(parse_filter_json(raw))
-                self._inline.put(raw, hit)
-            return hit
-        filter_id = parse_int(raw, minimum=0)
-        if filter_id is None:
-            raise invalid_param("No such filter")
-        key = (user_id, filter_id)
-        hit = self._stored.get(key)
-        if hit is None:
-            stored = await self.svc.filter_store.get_filter(user_id, filter_id)
-            if stored is None:
-                raise invalid_param("No such filter")
-            hit = parse_sync_filter(stored)
-            self._stored.put(key, hit)
-        return hit
+    def __init__(self, sync: SyncService, filters: SyncFilters) -> None:
+        self.sync_service = sync
+        self.filters = filters
 
     # GET /_matrix/client/v3/sync  (spec: #get_matrixclientv3sync)
     async def sync(self, request: web.Request) -> web.Response:
@@ -72,8 +41,8 @@ class SyncRoutes:
             raise MatrixError(
                 400, "M_INVALID_PARAM", f"'set_presence' must be one of {PRESENCE_STATES}"
             )
-        sync_filter = await self._filter(requester.user_id, request.query.get("filter"))
-        response = await self.svc.sync.sync(
+        sync_filter = await self.filters.for_sync(requester.user_id, request.query.get("filter"))
+        response = await self.sync_service.sync(
             SyncRequest(
                 user_id=requester.user_id,
                 device_id=requester.device_id,

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import requester_of
-from starling.api.services import Services
+from starling.e2ee.to_device import ToDeviceService
 from starling.errors import invalid_param, missing_param
 
 MAX_TYPE_BYTES = 255
@@ -17,8 +17,8 @@ MAX_TXN_ID_BYTES = 255
 
 
 class ToDeviceRoutes:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
+    def __init__(self, to_device: ToDeviceService) -> None:
+        self.to_device = to_device
 
     # PUT /_matrix/client/v3/sendToDevice/{eventType}/{txnId}
     # (spec: #put_matrixclientv3sendtodeviceeventtypetxnid)
@@ -33,7 +33,7 @@ class ToDeviceRoutes:
         body = await read_json_object(request)
         if "messages" not in body:
             raise missing_param("Missing 'messages'")
-        await self.svc.e2ee.to_device.send(
+        await self.to_device.send(
             requester.user_id, requester.device_id, event_type, txn_id, body["messages"]
         )
         return json_response({})

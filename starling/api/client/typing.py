@@ -10,14 +10,13 @@ from aiohttp import web
 
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import requester_of
-from starling.api.services import Services
 from starling.errors import bad_json, forbidden, invalid_param, missing_param
-from starling.typing.service import DEFAULT_TYPING_TIMEOUT_MS
+from starling.typing.service import DEFAULT_TYPING_TIMEOUT_MS, TypingService
 
 
 class TypingRoutes:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
+    def __init__(self, typing: TypingService) -> None:
+        self.typing = typing
 
     # PUT /rooms/{roomId}/typing/{userId}
     async def put_typing(self, request: web.Request) -> web.Response:
@@ -38,5 +37,5 @@ class TypingRoutes:
                 raise bad_json("'timeout' must be an integer")
             if timeout < 0:
                 raise invalid_param("'timeout' must not be negative")
-        await self.svc.typing.set_typing(room_id, user_id, typing, timeout)
+        await self.typing.set_typing(room_id, user_id, typing, timeout)
         return json_response({})

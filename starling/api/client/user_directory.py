@@ -10,8 +10,8 @@ from aiohttp import web
 
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import requester_of
-from starling.api.services import Services
 from starling.errors import bad_json, missing_param
+from starling.user_directory.service import UserDirectoryService
 
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 50
@@ -19,8 +19,9 @@ MAX_TERM_LENGTH = 256
 
 
 class UserDirectoryRoutes:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
+    def __init__(self, enabled: bool, user_directory: UserDirectoryService) -> None:
+        self.enabled = enabled
+        self.user_directory = user_directory
 
     # POST /_matrix/client/v3/user_directory/search
     async def search(self, request: web.Request) -> web.Response:
@@ -35,9 +36,7 @@ class UserDirectoryRoutes:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise bad_json("'limit' must be a non-negative integer")
         limit = min(limit, MAX_LIMIT)
-        if not self.svc.config.user_directory.enabled or limit == 0:
+        if not self.enabled or limit == 0:
             return json_response({"results": [], "limited": False})
-        result = await self.svc.user_directory.search(
-            requester.user_id, term[:MAX_TERM_LENGTH], limit
-        )
+        result = await self.user_directory.search(requester.user_id, term[:MAX_TERM_LENGTH], limit)
         return json_response(result)

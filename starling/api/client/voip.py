@@ -23,8 +23,7 @@ from aiohttp import web
 
 from starling.api.http import json_response
 from starling.api.routing import requester_of
-from starling.api.services import Services
-from starling.config import parse_duration
+from starling.config import Config, parse_duration
 from starling.errors import MatrixError
 
 
@@ -37,13 +36,13 @@ def turn_credentials(secret: str, user_id: str, lifetime_ms: int, now_ms: int) -
 
 
 class VoipRoutes:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
+    def __init__(self, config: Config) -> None:
+        self.config = config
 
     # GET /_matrix/client/v3/voip/turnServer  (spec: #get_matrixclientv3voipturnserver)
     async def turn_server(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
-        config = self.svc.config
+        config = self.config
         if not config.turn_uris:
             return json_response({})
         if requester.is_guest and not config.turn_allow_guests:

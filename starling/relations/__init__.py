@@ -1,0 +1,1 @@
+"""Relations between events: /relations, /threads and bundled aggregations."""
