@@ -127,11 +127,14 @@ class MediaResource:
     def __init__(self, media: MediaService) -> None:
         self._media = media
 
-    # GET /_matrix/client/v1/media/config, GET /_matrix/media/v3/config
+    # GET /_matrix/client/v1/media/config
+    # GET /_matrix/media/v3/config
+    # (spec: client-server-api/#get_matrixclientv1mediaconfig)
     async def config(self, request: web.Request) -> web.Response:
         return json_response(self._media.media_config())
 
     # POST /_matrix/media/v3/upload
+    # (spec: client-server-api/#post_matrixmediav3upload)
     async def upload(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         mxc = await self._media.upload(
@@ -144,12 +147,14 @@ class MediaResource:
         return json_response({"content_uri": mxc})
 
     # POST /_matrix/media/v1/create
+    # (spec: client-server-api/#post_matrixmediav1create)
     async def create(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         mxc, expires = await self._media.create(requester.user_id)
         return json_response({"content_uri": mxc, "unused_expires_at": expires})
 
     # PUT /_matrix/media/v3/upload/{serverName}/{mediaId}
+    # (spec: client-server-api/#put_matrixmediav3uploadservernamemediaid)
     async def upload_to(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         await self._media.upload_to(
@@ -163,11 +168,15 @@ class MediaResource:
         )
         return json_response({})
 
-    # GET /_matrix/client/v1/media/download/{serverName}/{mediaId}[/{fileName}]
+    # GET /_matrix/client/v1/media/download/{serverName}/{mediaId}
+    # GET /_matrix/client/v1/media/download/{serverName}/{mediaId}/{fileName}
+    # (spec: client-server-api/#get_matrixclientv1mediadownloadservernamemediaid)
     async def download_authenticated(self, request: web.Request) -> web.FileResponse:
         return await self._download(request, authenticated=True)
 
-    # GET /_matrix/media/v3/download/{serverName}/{mediaId}[/{fileName}] (deprecated)
+    # GET /_matrix/media/v3/download/{serverName}/{mediaId}
+    # GET /_matrix/media/v3/download/{serverName}/{mediaId}/{fileName}
+    # (spec: client-server-api/#get_matrixmediav3downloadservernamemediaid)
     async def download_legacy(self, request: web.Request) -> web.FileResponse:
         return await self._download(request, authenticated=False)
 
@@ -183,10 +192,12 @@ class MediaResource:
         return file_response(f, filename, authenticated=authenticated)
 
     # GET /_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}
+    # (spec: client-server-api/#get_matrixclientv1mediathumbnailservernamemediaid)
     async def thumbnail_authenticated(self, request: web.Request) -> web.FileResponse:
         return await self._thumbnail(request, authenticated=True)
 
-    # GET /_matrix/media/v3/thumbnail/{serverName}/{mediaId} (deprecated)
+    # GET /_matrix/media/v3/thumbnail/{serverName}/{mediaId}
+    # (spec: client-server-api/#get_matrixmediav3thumbnailservernamemediaid)
     async def thumbnail_legacy(self, request: web.Request) -> web.FileResponse:
         return await self._thumbnail(request, authenticated=False)
 
@@ -209,7 +220,9 @@ class MediaResource:
         )
         return file_response(f, f.upload_name, authenticated=authenticated, force_inline=True)
 
-    # GET /_matrix/client/v1/media/preview_url, GET /_matrix/media/v3/preview_url
+    # GET /_matrix/client/v1/media/preview_url
+    # GET /_matrix/media/v3/preview_url
+    # (spec: client-server-api/#get_matrixclientv1mediapreview_url)
     async def preview_url(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         url = request.query.get("url")

@@ -3,15 +3,22 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 from pathlib import Path
 from typing import Any
+from unittest.mock import MagicMock
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from starling.accounts.auth import Requester
+from starling.api.admin.registration import admin_table
+from starling.api.client.routes import client_table
+from starling.api.federation.routes import federation_table, keys_table
 from starling.api.http import json_response, make_web_app
+from starling.api.media import media_tables
 from starling.api.routing import (
     Auth,
     Guards,
@@ -189,3 +196,26 @@ def test_a_route_needing_a_missing_guard_fails_at_mount() -> None:
     app = make_web_app(1024)
     with pytest.raises(ValueError, match="origin authenticator"):
         mount(app, table(), Guards(FakeTokens(), None, None))
+
+
+def _served_tables() -> list[RouteTable]:
+    services = MagicMock()
+    services.config.default_room_version = "10"
+    return [
+        client_table(services),
+        admin_table(services),
+        *media_tables(services),
+        federation_table(services),
+        keys_table(services),
+    ]
+
+
+def test_every_handler_names_its_endpoint_and_links_the_spec() -> None:
+    undocumented = []
+    for table in _served_tables():
+        for method, path, route in table.endpoints():
+            handler = route.handler
+            text = (inspect.getcomments(handler) or "") + (inspect.getdoc(handler) or "")
+            if f"{method} /_" not in text or not re.search(r"\((spec: |Synapse )", text):
+                undocumented.append(f"{method} {path}")
+    assert not undocumented, undocumented

@@ -69,11 +69,13 @@ class AdminRegistrationRoutes:
         self.accounts = accounts
         self.tokens = tokens
 
-    # GET /_synapse/admin/v1/register  (Synapse admin API: shared-secret registration)
+    # GET /_synapse/admin/v1/register
+    # (Synapse admin API: docs/admin_api/register_api.md)
     async def get_nonce(self, request: web.Request) -> web.Response:
         return json_response({"nonce": self.shared_secret.new_nonce()})
 
     # POST /_synapse/admin/v1/register
+    # (Synapse admin API: docs/admin_api/register_api.md)
     async def register(self, request: web.Request) -> web.Response:
         body = await read_json_object(request)
         nonce = body_str(body, "nonce", required=True)
@@ -98,12 +100,14 @@ class AdminRegistrationRoutes:
         return json_response(result)
 
     # GET /_synapse/admin/v1/registration_tokens
+    # (Synapse admin API: docs/admin_api/registration_tokens.md)
     async def list_tokens(self, request: web.Request) -> web.Response:
         valid = query_bool(request, "valid") if "valid" in request.query else None
         tokens = await self.tokens.list(valid)
         return json_response({"registration_tokens": [_token_json(t) for t in tokens]})
 
     # POST /_synapse/admin/v1/registration_tokens/new
+    # (Synapse admin API: docs/admin_api/registration_tokens.md)
     async def create_token(self, request: web.Request) -> web.Response:
         body = await read_json_object(request, allow_empty=True)
         uses_allowed = _optional_count(body, "uses_allowed")
@@ -126,6 +130,7 @@ class AdminRegistrationRoutes:
         return json_response(_token_json(created))
 
     # GET /_synapse/admin/v1/registration_tokens/{token}
+    # (Synapse admin API: docs/admin_api/registration_tokens.md)
     async def get_token(self, request: web.Request) -> web.Response:
         found = await self.tokens.get(request.match_info["token"])
         if found is None:
@@ -133,6 +138,7 @@ class AdminRegistrationRoutes:
         return json_response(_token_json(found))
 
     # PUT /_synapse/admin/v1/registration_tokens/{token}
+    # (Synapse admin API: docs/admin_api/registration_tokens.md)
     async def update_token(self, request: web.Request) -> web.Response:
         body = await read_json_object(request, allow_empty=True)
         changes: dict[str, Any] = {"uses_allowed": UNSET, "expiry_time": UNSET}
@@ -146,6 +152,7 @@ class AdminRegistrationRoutes:
         return json_response(_token_json(updated))
 
     # DELETE /_synapse/admin/v1/registration_tokens/{token}
+    # (Synapse admin API: docs/admin_api/registration_tokens.md)
     async def delete_token(self, request: web.Request) -> web.Response:
         if not await self.tokens.delete(request.match_info["token"]):
             raise not_found("No such registration token")

@@ -28,7 +28,8 @@ class AccountDataRoutes:
     def __init__(self, account_data: AccountDataService) -> None:
         self.account_data = account_data
 
-    # PUT /user/{userId}/account_data/{type}
+    # PUT /_matrix/client/v3/user/{userId}/account_data/{type}
+    # (spec: client-server-api/#put_matrixclientv3useruseridaccount_datatype)
     async def put_global(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         user_id = _own_user(request, requester, "add")
@@ -36,7 +37,8 @@ class AccountDataRoutes:
         await self.account_data.put_from_client(user_id, None, request.match_info["type"], content)
         return json_response({})
 
-    # GET /user/{userId}/account_data/{type}
+    # GET /_matrix/client/v3/user/{userId}/account_data/{type}
+    # (spec: client-server-api/#get_matrixclientv3useruseridaccount_datatype)
     async def get_global(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         user_id = _own_user(request, requester, "get")
@@ -45,7 +47,8 @@ class AccountDataRoutes:
             raise not_found("Account data not found")
         return json_response(content)
 
-    # PUT /user/{userId}/rooms/{roomId}/account_data/{type}
+    # PUT /_matrix/client/v3/user/{userId}/rooms/{roomId}/account_data/{type}
+    # (spec: client-server-api/#put_matrixclientv3useruseridroomsroomidaccount_datatype)
     async def put_room(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         user_id = _own_user(request, requester, "add")
@@ -56,7 +59,8 @@ class AccountDataRoutes:
         )
         return json_response({})
 
-    # GET /user/{userId}/rooms/{roomId}/account_data/{type}
+    # GET /_matrix/client/v3/user/{userId}/rooms/{roomId}/account_data/{type}
+    # (spec: client-server-api/#get_matrixclientv3useruseridroomsroomidaccount_datatype)
     async def get_room(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         user_id = _own_user(request, requester, "get")
@@ -66,14 +70,16 @@ class AccountDataRoutes:
             raise not_found("Room account data not found")
         return json_response(content)
 
-    # GET /user/{userId}/rooms/{roomId}/tags
+    # GET /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags
+    # (spec: client-server-api/#get_matrixclientv3useruseridroomsroomidtags)
     async def get_tags(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         user_id = _own_user(request, requester, "get")
         tags = await self.account_data.get_tags(user_id, request.match_info["roomId"])
         return json_response({"tags": tags})
 
-    # PUT /user/{userId}/rooms/{roomId}/tags/{tag}
+    # PUT /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags/{tag}
+    # (spec: client-server-api/#put_matrixclientv3useruseridroomsroomidtagstag)
     async def put_tag(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         user_id = _own_user(request, requester, "add")
@@ -82,7 +88,8 @@ class AccountDataRoutes:
         await self.account_data.add_tag(user_id, room_id, request.match_info["tag"], body)
         return json_response({})
 
-    # DELETE /user/{userId}/rooms/{roomId}/tags/{tag}
+    # DELETE /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags/{tag}
+    # (spec: client-server-api/#delete_matrixclientv3useruseridroomsroomidtagstag)
     async def delete_tag(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         user_id = _own_user(request, requester, "remove")

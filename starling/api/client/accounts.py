@@ -61,7 +61,8 @@ class AccountRoutes:
         self.server_name = server_name
         self.accounts = accounts
 
-    # POST /_matrix/client/v3/register  (spec: #post_matrixclientv3register)
+    # POST /_matrix/client/v3/register
+    # (spec: client-server-api/#post_matrixclientv3register)
     async def register(self, request: web.Request) -> web.Response:
         kind = request.query.get("kind", "user")
         body = await read_json_object(request, allow_empty=True)
@@ -84,7 +85,8 @@ class AccountRoutes:
         result = await self.accounts.register(_remote(request), req, request.path)
         return json_response(result)
 
-    # GET /_matrix/client/v3/register/available  (spec: #get_matrixclientv3registeravailable)
+    # GET /_matrix/client/v3/register/available
+    # (spec: client-server-api/#get_matrixclientv3registeravailable)
     async def register_available(self, request: web.Request) -> web.Response:
         username = request.query.get("username")
         if username is None:
@@ -93,7 +95,7 @@ class AccountRoutes:
         return json_response({"available": True})
 
     # GET /_matrix/client/v1/register/m.login.registration_token/validity
-    # (spec: #get_matrixclientv1registermloginregistration_tokenvalidity)
+    # (spec: client-server-api/#get_matrixclientv1registermloginregistration_tokenvalidity)
     async def token_validity(self, request: web.Request) -> web.Response:
         token = request.query.get("token")
         if token is None:
@@ -101,11 +103,13 @@ class AccountRoutes:
         valid = await self.accounts.registration_token_valid(_remote(request), token)
         return json_response({"valid": valid})
 
-    # GET /_matrix/client/v3/login  (spec: #get_matrixclientv3login)
+    # GET /_matrix/client/v3/login
+    # (spec: client-server-api/#get_matrixclientv3login)
     async def login_flows(self, request: web.Request) -> web.Response:
         return json_response({"flows": [{"type": "m.login.password"}]})
 
-    # POST /_matrix/client/v3/login  (spec: #post_matrixclientv3login)
+    # POST /_matrix/client/v3/login
+    # (spec: client-server-api/#post_matrixclientv3login)
     async def login(self, request: web.Request) -> web.Response:
         body = await read_json_object(request)
         login_type = body_str(body, "type", required=True)
@@ -124,7 +128,8 @@ class AccountRoutes:
         )
         return json_response({**session.to_json(), "home_server": self.server_name})
 
-    # POST /_matrix/client/v3/refresh  (spec: #post_matrixclientv3refresh)
+    # POST /_matrix/client/v3/refresh
+    # (spec: client-server-api/#post_matrixclientv3refresh)
     async def refresh(self, request: web.Request) -> web.Response:
         body = await read_json_object(request)
         token = body_str(body, "refresh_token", required=True)
@@ -138,19 +143,22 @@ class AccountRoutes:
             }
         )
 
-    # POST /_matrix/client/v3/logout  (spec: #post_matrixclientv3logout)
+    # POST /_matrix/client/v3/logout
+    # (spec: client-server-api/#post_matrixclientv3logout)
     async def logout(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         await self.accounts.logout(requester)
         return json_response({})
 
-    # POST /_matrix/client/v3/logout/all  (spec: #post_matrixclientv3logoutall)
+    # POST /_matrix/client/v3/logout/all
+    # (spec: client-server-api/#post_matrixclientv3logoutall)
     async def logout_all(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         await self.accounts.logout_all(requester.user_id)
         return json_response({})
 
-    # GET /_matrix/client/v3/account/whoami  (spec: #get_matrixclientv3accountwhoami)
+    # GET /_matrix/client/v3/account/whoami
+    # (spec: client-server-api/#get_matrixclientv3accountwhoami)
     async def whoami(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         out: dict[str, Any] = {"user_id": requester.user_id, "is_guest": requester.is_guest}
@@ -158,11 +166,13 @@ class AccountRoutes:
             out["device_id"] = requester.device_id
         return json_response(out)
 
-    # GET /_matrix/client/v3/account/3pid  (spec: #get_matrixclientv3account3pid)
+    # GET /_matrix/client/v3/account/3pid
+    # (spec: client-server-api/#get_matrixclientv3account3pid)
     async def threepids(self, request: web.Request) -> web.Response:
         return json_response({"threepids": []})  # no third-party IDs are bound here
 
-    # POST /_matrix/client/v3/account/password  (spec: #post_matrixclientv3accountpassword)
+    # POST /_matrix/client/v3/account/password
+    # (spec: client-server-api/#post_matrixclientv3accountpassword)
     async def change_password(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
@@ -176,7 +186,8 @@ class AccountRoutes:
         await self.accounts.change_password(requester, new_password, logout_devices=logout_devices)
         return json_response({})
 
-    # POST /_matrix/client/v3/account/deactivate  (spec: #post_matrixclientv3accountdeactivate)
+    # POST /_matrix/client/v3/account/deactivate
+    # (spec: client-server-api/#post_matrixclientv3accountdeactivate)
     async def deactivate(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request, allow_empty=True)
@@ -189,13 +200,15 @@ class AccountRoutes:
         # No third-party IDs are bound here, so there was nothing to unbind.
         return json_response({"id_server_unbind_result": "success"})
 
-    # GET /_matrix/client/v3/devices  (spec: #get_matrixclientv3devices)
+    # GET /_matrix/client/v3/devices
+    # (spec: client-server-api/#get_matrixclientv3devices)
     async def list_devices(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         devices = await self.accounts.list_devices(requester.user_id)
         return json_response({"devices": [_device_json(d) for d in devices]})
 
-    # GET /_matrix/client/v3/devices/{deviceId}  (spec: #get_matrixclientv3devicesdeviceid)
+    # GET /_matrix/client/v3/devices/{deviceId}
+    # (spec: client-server-api/#get_matrixclientv3devicesdeviceid)
     async def get_device(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         device = await self.accounts.get_device(requester.user_id, request.match_info["deviceId"])
@@ -203,7 +216,8 @@ class AccountRoutes:
             raise not_found("No such device")
         return json_response(_device_json(device))
 
-    # PUT /_matrix/client/v3/devices/{deviceId}  (spec: #put_matrixclientv3devicesdeviceid)
+    # PUT /_matrix/client/v3/devices/{deviceId}
+    # (spec: client-server-api/#put_matrixclientv3devicesdeviceid)
     async def update_device(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request, allow_empty=True)
@@ -217,7 +231,8 @@ class AccountRoutes:
             raise not_found("No such device")
         return json_response({})
 
-    # DELETE /_matrix/client/v3/devices/{deviceId}  (spec: #delete_matrixclientv3devicesdeviceid)
+    # DELETE /_matrix/client/v3/devices/{deviceId}
+    # (spec: client-server-api/#delete_matrixclientv3devicesdeviceid)
     async def delete_device(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request, allow_empty=True)
@@ -230,7 +245,8 @@ class AccountRoutes:
         await self.accounts.delete_devices(requester.user_id, [device_id])
         return json_response({})
 
-    # POST /_matrix/client/v3/delete_devices  (spec: #post_matrixclientv3delete_devices)
+    # POST /_matrix/client/v3/delete_devices
+    # (spec: client-server-api/#post_matrixclientv3delete_devices)
     async def delete_devices(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)

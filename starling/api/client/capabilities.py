@@ -32,6 +32,7 @@ class CapabilityRoutes:
     def __init__(self, default_room_version: str) -> None:
         self.body = {"capabilities": capabilities(default_room_version)}
 
-    # GET /_matrix/client/v3/capabilities  (spec: #get_matrixclientv3capabilities)
+    # GET /_matrix/client/v3/capabilities
+    # (spec: client-server-api/#get_matrixclientv3capabilities)
     async def get_capabilities(self, request: web.Request) -> web.Response:
         return json_response(self.body)

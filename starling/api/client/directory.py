@@ -34,7 +34,8 @@ class DirectoryRoutes:
     def __init__(self, directory: DirectoryService) -> None:
         self.directory = directory
 
-    # PUT /directory/room/{roomAlias}
+    # PUT /_matrix/client/v3/directory/room/{roomAlias}
+    # (spec: client-server-api/#put_matrixclientv3directoryroomroomalias)
     async def put_alias(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
@@ -43,28 +44,33 @@ class DirectoryRoutes:
         await self.directory.create_alias(requester, request.match_info["roomAlias"], room_id)
         return json_response({})
 
-    # GET /directory/room/{roomAlias}
+    # GET /_matrix/client/v3/directory/room/{roomAlias}
+    # (spec: client-server-api/#get_matrixclientv3directoryroomroomalias)
     async def get_alias(self, request: web.Request) -> web.Response:
         return json_response(await self.directory.resolve_alias(request.match_info["roomAlias"]))
 
-    # DELETE /directory/room/{roomAlias}
+    # DELETE /_matrix/client/v3/directory/room/{roomAlias}
+    # (spec: client-server-api/#delete_matrixclientv3directoryroomroomalias)
     async def delete_alias(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         await self.directory.delete_alias(requester, request.match_info["roomAlias"])
         return json_response({})
 
-    # GET /rooms/{roomId}/aliases
+    # GET /_matrix/client/v3/rooms/{roomId}/aliases
+    # (spec: client-server-api/#get_matrixclientv3roomsroomidaliases)
     async def room_aliases(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         aliases = await self.directory.room_aliases(requester, request.match_info["roomId"])
         return json_response({"aliases": aliases})
 
-    # GET /directory/list/room/{roomId}
+    # GET /_matrix/client/v3/directory/list/room/{roomId}
+    # (spec: client-server-api/#get_matrixclientv3directorylistroomroomid)
     async def get_visibility(self, request: web.Request) -> web.Response:
         visibility = await self.directory.get_visibility(request.match_info["roomId"])
         return json_response({"visibility": visibility})
 
-    # PUT /directory/list/room/{roomId}
+    # PUT /_matrix/client/v3/directory/list/room/{roomId}
+    # (spec: client-server-api/#put_matrixclientv3directorylistroomroomid)
     async def put_visibility(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request, allow_empty=True)
@@ -72,7 +78,8 @@ class DirectoryRoutes:
         await self.directory.set_visibility(requester, request.match_info["roomId"], visibility)
         return json_response({})
 
-    # GET /publicRooms
+    # GET /_matrix/client/v3/publicRooms
+    # (spec: client-server-api/#get_matrixclientv3publicrooms)
     async def get_public_rooms(self, request: web.Request) -> web.Response:
         raw_limit = request.query.get("limit")
         limit = None
@@ -88,7 +95,8 @@ class DirectoryRoutes:
         )
         return json_response(result)
 
-    # POST /publicRooms
+    # POST /_matrix/client/v3/publicRooms
+    # (spec: client-server-api/#post_matrixclientv3publicrooms)
     async def post_public_rooms(self, request: web.Request) -> web.Response:
         body = await read_json_object(request, allow_empty=True)
         since = body_str(body, "since")

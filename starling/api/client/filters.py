@@ -42,7 +42,8 @@ class FilterRoutes:
         self.server_name = server_name
         self.filters = filters
 
-    # POST /_matrix/client/v3/user/{userId}/filter  (spec: #post_matrixclientv3useruseridfilter)
+    # POST /_matrix/client/v3/user/{userId}/filter
+    # (spec: client-server-api/#post_matrixclientv3useruseridfilter)
     async def create(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         _own_user(request, requester.user_id, self.server_name)
@@ -51,7 +52,7 @@ class FilterRoutes:
         return json_response({"filter_id": str(filter_id)})
 
     # GET /_matrix/client/v3/user/{userId}/filter/{filterId}
-    # (spec: #get_matrixclientv3useruseridfilterfilterid)
+    # (spec: client-server-api/#get_matrixclientv3useruseridfilterfilterid)
     async def get(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         _own_user(request, requester.user_id, self.server_name)

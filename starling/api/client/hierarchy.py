@@ -19,6 +19,7 @@ class HierarchyRoutes:
         self.service = hierarchy
 
     # GET /_matrix/client/v1/rooms/{roomId}/hierarchy
+    # (spec: client-server-api/#get_matrixclientv1roomsroomidhierarchy)
     async def hierarchy(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         room_id = request.match_info["roomId"]

@@ -26,33 +26,40 @@ class KeyBackupRoutes:
     def __init__(self, key_backup: KeyBackupService) -> None:
         self.key_backup = key_backup
 
-    # POST /room_keys/version  (spec: #post_matrixclientv3room_keysversion)
+    # POST /_matrix/client/v3/room_keys/version
+    # (spec: client-server-api/#post_matrixclientv3room_keysversion)
     async def create_version(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
         return json_response(await self.key_backup.create_version(requester.user_id, body))
 
-    # GET /room_keys/version and /room_keys/version/{version}
-    # (spec: #get_matrixclientv3room_keysversion, #get_matrixclientv3room_keysversionversion)
+    # GET /_matrix/client/v3/room_keys/version
+    # GET /_matrix/client/v3/room_keys/version/{version}
+    # (spec: client-server-api/#get_matrixclientv3room_keysversion)
     async def get_version(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         version = request.match_info.get("version")
         return json_response(await self.key_backup.get_version(requester.user_id, version))
 
-    # PUT /room_keys/version/{version}  (spec: #put_matrixclientv3room_keysversionversion)
+    # PUT /_matrix/client/v3/room_keys/version/{version}
+    # (spec: client-server-api/#put_matrixclientv3room_keysversionversion)
     async def update_version(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
         await self.key_backup.update_version(requester.user_id, request.match_info["version"], body)
         return json_response({})
 
-    # DELETE /room_keys/version/{version}  (spec: #delete_matrixclientv3room_keysversionversion)
+    # DELETE /_matrix/client/v3/room_keys/version/{version}
+    # (spec: client-server-api/#delete_matrixclientv3room_keysversionversion)
     async def delete_version(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         await self.key_backup.delete_version(requester.user_id, request.match_info["version"])
         return json_response({})
 
-    # PUT /room_keys/keys[/{roomId}[/{sessionId}]]  (spec: #put_matrixclientv3room_keyskeys)
+    # PUT /_matrix/client/v3/room_keys/keys
+    # PUT /_matrix/client/v3/room_keys/keys/{roomId}
+    # PUT /_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}
+    # (spec: client-server-api/#put_matrixclientv3room_keyskeys)
     async def put_keys(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
@@ -73,7 +80,10 @@ class KeyBackupRoutes:
         )
         return json_response(result)
 
-    # GET /room_keys/keys[/{roomId}[/{sessionId}]]  (spec: #get_matrixclientv3room_keyskeys)
+    # GET /_matrix/client/v3/room_keys/keys
+    # GET /_matrix/client/v3/room_keys/keys/{roomId}
+    # GET /_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}
+    # (spec: client-server-api/#get_matrixclientv3room_keyskeys)
     async def get_keys(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         result = await self.key_backup.get_keys(
@@ -84,7 +94,10 @@ class KeyBackupRoutes:
         )
         return json_response(result)
 
-    # DELETE /room_keys/keys[/{roomId}[/{sessionId}]]  (spec: #delete_matrixclientv3room_keyskeys)
+    # DELETE /_matrix/client/v3/room_keys/keys
+    # DELETE /_matrix/client/v3/room_keys/keys/{roomId}
+    # DELETE /_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}
+    # (spec: client-server-api/#delete_matrixclientv3room_keyskeys)
     async def delete_keys(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         result = await self.key_backup.delete_keys(

@@ -42,14 +42,16 @@ class KeyRoutes:
         self.device_lists = device_lists
         self.accounts = accounts
 
-    # POST /_matrix/client/v3/keys/upload  (spec: #post_matrixclientv3keysupload)
+    # POST /_matrix/client/v3/keys/upload
+    # (spec: client-server-api/#post_matrixclientv3keysupload)
     async def upload(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
         result = await self.keys.upload(requester.user_id, requester.device_id, body)
         return json_response(result)
 
-    # POST /_matrix/client/v3/keys/query  (spec: #post_matrixclientv3keysquery)
+    # POST /_matrix/client/v3/keys/query
+    # (spec: client-server-api/#post_matrixclientv3keysquery)
     async def query(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
@@ -58,7 +60,8 @@ class KeyRoutes:
         result = await self.keys.query(requester.user_id, body["device_keys"], _timeout(body))
         return json_response(result)
 
-    # POST /_matrix/client/v3/keys/claim  (spec: #post_matrixclientv3keysclaim)
+    # POST /_matrix/client/v3/keys/claim
+    # (spec: client-server-api/#post_matrixclientv3keysclaim)
     async def claim(self, request: web.Request) -> web.Response:
         body = await read_json_object(request)
         if "one_time_keys" not in body:
@@ -66,7 +69,8 @@ class KeyRoutes:
         result = await self.keys.claim(body["one_time_keys"], _timeout(body))
         return json_response(result)
 
-    # GET /_matrix/client/v3/keys/changes  (spec: #get_matrixclientv3keyschanges)
+    # GET /_matrix/client/v3/keys/changes
+    # (spec: client-server-api/#get_matrixclientv3keyschanges)
     async def changes(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         raw_from = request.query.get("from")
@@ -82,7 +86,7 @@ class KeyRoutes:
         return json_response(result)
 
     # POST /_matrix/client/v3/keys/device_signing/upload
-    # (spec: #post_matrixclientv3keysdevice_signingupload)
+    # (spec: client-server-api/#post_matrixclientv3keysdevice_signingupload)
     async def upload_signing_keys(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
@@ -97,7 +101,7 @@ class KeyRoutes:
         return json_response({})
 
     # POST /_matrix/client/v3/keys/signatures/upload
-    # (spec: #post_matrixclientv3keyssignaturesupload)
+    # (spec: client-server-api/#post_matrixclientv3keyssignaturesupload)
     async def upload_signatures(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)

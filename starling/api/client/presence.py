@@ -19,7 +19,8 @@ class PresenceRoutes:
     def __init__(self, presence: PresenceService) -> None:
         self.presence = presence
 
-    # PUT /presence/{userId}/status
+    # PUT /_matrix/client/v3/presence/{userId}/status
+    # (spec: client-server-api/#put_matrixclientv3presenceuseridstatus)
     async def put_status(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         user_id = request.match_info["userId"]
@@ -34,7 +35,8 @@ class PresenceRoutes:
         )
         return json_response({})
 
-    # GET /presence/{userId}/status
+    # GET /_matrix/client/v3/presence/{userId}/status
+    # (spec: client-server-api/#get_matrixclientv3presenceuseridstatus)
     async def get_status(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         user_id = request.match_info["userId"]

@@ -20,19 +20,22 @@ class ProfileRoutes:
     def __init__(self, profile: ProfileService) -> None:
         self.profile = profile
 
-    # GET /profile/{userId}
+    # GET /_matrix/client/v3/profile/{userId}
+    # (spec: client-server-api/#get_matrixclientv3profileuserid)
     async def get_profile(self, request: web.Request) -> web.Response:
         profile = await self.profile.get_profile(request.match_info["userId"])
         return json_response(profile)
 
-    # GET /profile/{userId}/{keyName}
+    # GET /_matrix/client/v3/profile/{userId}/{keyName}
+    # (spec: client-server-api/#get_matrixclientv3profileuseridkeyname)
     async def get_field(self, request: web.Request) -> web.Response:
         value = await self.profile.get_field(
             request.match_info["userId"], request.match_info["keyName"]
         )
         return json_response(value)
 
-    # PUT /profile/{userId}/{keyName}
+    # PUT /_matrix/client/v3/profile/{userId}/{keyName}
+    # (spec: client-server-api/#put_matrixclientv3profileuseridkeyname)
     async def put_field(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         field = request.match_info["keyName"]
@@ -44,7 +47,8 @@ class ProfileRoutes:
         )
         return json_response({})
 
-    # DELETE /profile/{userId}/{keyName}
+    # DELETE /_matrix/client/v3/profile/{userId}/{keyName}
+    # (spec: client-server-api/#delete_matrixclientv3profileuseridkeyname)
     async def delete_field(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         await self.profile.set_field(

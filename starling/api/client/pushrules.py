@@ -52,18 +52,21 @@ class PushRuleRoutes:
         self.push_rules = push_rules
         self.pushers = pushers
 
-    # GET /pushrules/
+    # GET /_matrix/client/v3/pushrules/
+    # (spec: client-server-api/#get_matrixclientv3pushrules)
     async def get_all(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         ruleset = await self.push_rules.get_ruleset(requester.user_id)
         return json_response({"global": ruleset})
 
-    # GET /pushrules/global/
+    # GET /_matrix/client/v3/pushrules/global/
+    # (spec: client-server-api/#get_matrixclientv3pushrulesglobal)
     async def get_global(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         return json_response(await self.push_rules.get_ruleset(requester.user_id))
 
-    # GET /pushrules/global/{kind}/{ruleId}
+    # GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}
+    # (spec: client-server-api/#get_matrixclientv3pushrulesglobalkindruleid)
     async def get_rule(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         rule = await _push_errors(
@@ -73,7 +76,8 @@ class PushRuleRoutes:
         )
         return json_response(rule)
 
-    # PUT /pushrules/global/{kind}/{ruleId}
+    # PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}
+    # (spec: client-server-api/#put_matrixclientv3pushrulesglobalkindruleid)
     async def put_rule(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         kind = _kind(request)
@@ -90,7 +94,8 @@ class PushRuleRoutes:
         )
         return json_response({})
 
-    # DELETE /pushrules/global/{kind}/{ruleId}
+    # DELETE /_matrix/client/v3/pushrules/global/{kind}/{ruleId}
+    # (spec: client-server-api/#delete_matrixclientv3pushrulesglobalkindruleid)
     async def delete_rule(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         await _push_errors(
@@ -109,15 +114,18 @@ class PushRuleRoutes:
         )
         return json_response({name: rule[name]})
 
-    # GET /pushrules/global/{kind}/{ruleId}/enabled
+    # GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled
+    # (spec: client-server-api/#get_matrixclientv3pushrulesglobalkindruleidenabled)
     async def get_enabled(self, request: web.Request) -> web.Response:
         return await self._attribute(request, "enabled")
 
-    # GET /pushrules/global/{kind}/{ruleId}/actions
+    # GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions
+    # (spec: client-server-api/#get_matrixclientv3pushrulesglobalkindruleidactions)
     async def get_actions(self, request: web.Request) -> web.Response:
         return await self._attribute(request, "actions")
 
-    # PUT /pushrules/global/{kind}/{ruleId}/enabled
+    # PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled
+    # (spec: client-server-api/#put_matrixclientv3pushrulesglobalkindruleidenabled)
     async def put_enabled(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         kind = _kind(request)
@@ -132,7 +140,8 @@ class PushRuleRoutes:
         )
         return json_response({})
 
-    # PUT /pushrules/global/{kind}/{ruleId}/actions
+    # PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions
+    # (spec: client-server-api/#put_matrixclientv3pushrulesglobalkindruleidactions)
     async def put_actions(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         kind = _kind(request)
@@ -146,12 +155,14 @@ class PushRuleRoutes:
         )
         return json_response({})
 
-    # GET /pushers
+    # GET /_matrix/client/v3/pushers
+    # (spec: client-server-api/#get_matrixclientv3pushers)
     async def get_pushers(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         return json_response({"pushers": await self.pushers.get_pushers(requester.user_id)})
 
-    # POST /pushers/set
+    # POST /_matrix/client/v3/pushers/set
+    # (spec: client-server-api/#post_matrixclientv3pushersset)
     async def set_pusher(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)

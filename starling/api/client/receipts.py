@@ -29,7 +29,8 @@ class ReceiptRoutes:
     def __init__(self, receipts: ReceiptsService) -> None:
         self.receipts = receipts
 
-    # POST /rooms/{roomId}/receipt/{receiptType}/{eventId}
+    # POST /_matrix/client/v3/rooms/{roomId}/receipt/{receiptType}/{eventId}
+    # (spec: client-server-api/#post_matrixclientv3roomsroomidreceiptreceipttypeeventid)
     async def post_receipt(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         room_id = request.match_info["roomId"]
@@ -46,7 +47,8 @@ class ReceiptRoutes:
         )
         return json_response({})
 
-    # POST /rooms/{roomId}/read_markers
+    # POST /_matrix/client/v3/rooms/{roomId}/read_markers
+    # (spec: client-server-api/#post_matrixclientv3roomsroomidread_markers)
     async def post_read_markers(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         room_id = request.match_info["roomId"]

@@ -43,7 +43,10 @@ class RelationRoutes:
     def __init__(self, relations: RelationsService) -> None:
         self.service = relations
 
-    # GET /rooms/{roomId}/relations/{eventId}[/{relType}[/{eventType}]]
+    # GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}
+    # GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}
+    # GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}/{eventType}
+    # (spec: client-server-api/#get_matrixclientv1roomsroomidrelationseventid)
     async def relations(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         room_id = request.match_info["roomId"]
@@ -74,7 +77,8 @@ class RelationRoutes:
         )
         return json_response(body)
 
-    # GET /rooms/{roomId}/threads
+    # GET /_matrix/client/v1/rooms/{roomId}/threads
+    # (spec: client-server-api/#get_matrixclientv1roomsroomidthreads)
     async def threads(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         room_id = request.match_info["roomId"]

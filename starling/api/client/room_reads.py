@@ -33,7 +33,8 @@ class RoomReadRoutes:
     def __init__(self, room_history: RoomHistory) -> None:
         self.room_history = room_history
 
-    # GET /rooms/{roomId}/event/{eventId}  (spec: #get_matrixclientv3roomsroomideventeventid)
+    # GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}
+    # (spec: client-server-api/#get_matrixclientv3roomsroomideventeventid)
     async def event(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await self.room_history.get_event(
@@ -44,7 +45,8 @@ class RoomReadRoutes:
         )
         return json_response(body)
 
-    # GET /rooms/{roomId}/state  (spec: #get_matrixclientv3roomsroomidstate)
+    # GET /_matrix/client/v3/rooms/{roomId}/state
+    # (spec: client-server-api/#get_matrixclientv3roomsroomidstate)
     async def state(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         events = await self.room_history.state_events(
@@ -52,7 +54,9 @@ class RoomReadRoutes:
         )
         return json_response(events)
 
-    # GET /rooms/{roomId}/state/{eventType}/{stateKey}
+    # GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}
+    # GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}
+    # (spec: client-server-api/#get_matrixclientv3roomsroomidstateeventtypestatekey)
     async def state_event(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         fmt = request.query.get("format", "content")
@@ -66,7 +70,8 @@ class RoomReadRoutes:
         )
         return json_response(formatted if fmt == "event" else formatted["content"])
 
-    # GET /rooms/{roomId}/members  (spec: #get_matrixclientv3roomsroomidmembers)
+    # GET /_matrix/client/v3/rooms/{roomId}/members
+    # (spec: client-server-api/#get_matrixclientv3roomsroomidmembers)
     async def members(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         at_raw = request.query.get("at")
@@ -79,7 +84,8 @@ class RoomReadRoutes:
         )
         return json_response({"chunk": chunk})
 
-    # GET /rooms/{roomId}/joined_members
+    # GET /_matrix/client/v3/rooms/{roomId}/joined_members
+    # (spec: client-server-api/#get_matrixclientv3roomsroomidjoined_members)
     async def joined_members(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         joined = await self.room_history.joined_members(
@@ -87,7 +93,8 @@ class RoomReadRoutes:
         )
         return json_response({"joined": joined})
 
-    # GET /rooms/{roomId}/messages  (spec: #get_matrixclientv3roomsroomidmessages)
+    # GET /_matrix/client/v3/rooms/{roomId}/messages
+    # (spec: client-server-api/#get_matrixclientv3roomsroomidmessages)
     async def messages(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         room_id = request.match_info["roomId"]
@@ -112,7 +119,8 @@ class RoomReadRoutes:
         )
         return json_response(body)
 
-    # GET /rooms/{roomId}/context/{eventId}  (spec: #get_matrixclientv3roomsroomidcontexteventid)
+    # GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}
+    # (spec: client-server-api/#get_matrixclientv3roomsroomidcontexteventid)
     async def context(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await self.room_history.context(

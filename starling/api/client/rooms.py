@@ -72,7 +72,8 @@ class RoomRoutes:
             return found["room_id"], list(found["servers"])
         raise invalid_param(f"{room_id_or_alias!r} is not a room ID or alias")
 
-    # POST /_matrix/client/v3/createRoom  (spec: #post_matrixclientv3createroom)
+    # POST /_matrix/client/v3/createRoom
+    # (spec: client-server-api/#post_matrixclientv3createroom)
     async def create_room(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
@@ -80,7 +81,9 @@ class RoomRoutes:
         room_id, _ = await self.creator.create(req)
         return json_response({"room_id": room_id})
 
-    # POST /join/{roomIdOrAlias} and /rooms/{roomId}/join  (spec: #post_matrixclientv3joinroomidoralias)
+    # POST /_matrix/client/v3/join/{roomIdOrAlias}
+    # POST /_matrix/client/v3/rooms/{roomId}/join
+    # (spec: client-server-api/#post_matrixclientv3joinroomidoralias)
     async def join(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request, allow_empty=True)
@@ -96,7 +99,8 @@ class RoomRoutes:
         )
         return json_response({"room_id": room_id})
 
-    # POST /knock/{roomIdOrAlias}  (spec: #post_matrixclientv3knockroomidoralias)
+    # POST /_matrix/client/v3/knock/{roomIdOrAlias}
+    # (spec: client-server-api/#post_matrixclientv3knockroomidoralias)
     async def knock(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request, allow_empty=True)
@@ -107,7 +111,8 @@ class RoomRoutes:
         )
         return json_response({"room_id": room_id})
 
-    # POST /rooms/{roomId}/leave
+    # POST /_matrix/client/v3/rooms/{roomId}/leave
+    # (spec: client-server-api/#post_matrixclientv3roomsroomidleave)
     async def leave(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request, allow_empty=True)
@@ -116,13 +121,15 @@ class RoomRoutes:
         )
         return json_response({})
 
-    # POST /rooms/{roomId}/forget
+    # POST /_matrix/client/v3/rooms/{roomId}/forget
+    # (spec: client-server-api/#post_matrixclientv3roomsroomidforget)
     async def forget(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         await self.membership.forget(request.match_info["roomId"], requester.user_id)
         return json_response({})
 
-    # POST /rooms/{roomId}/invite
+    # POST /_matrix/client/v3/rooms/{roomId}/invite
+    # (spec: client-server-api/#post_matrixclientv3roomsroomidinvite)
     async def invite(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
@@ -138,7 +145,8 @@ class RoomRoutes:
         )
         return json_response({})
 
-    # POST /rooms/{roomId}/kick, /ban, /unban
+    # POST /_matrix/client/v3/rooms/{roomId}/kick
+    # (spec: client-server-api/#post_matrixclientv3roomsroomidkick)
     async def kick(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
@@ -150,6 +158,8 @@ class RoomRoutes:
         )
         return json_response({})
 
+    # POST /_matrix/client/v3/rooms/{roomId}/ban
+    # (spec: client-server-api/#post_matrixclientv3roomsroomidban)
     async def ban(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
@@ -161,6 +171,8 @@ class RoomRoutes:
         )
         return json_response({})
 
+    # POST /_matrix/client/v3/rooms/{roomId}/unban
+    # (spec: client-server-api/#post_matrixclientv3roomsroomidunban)
     async def unban(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
@@ -172,7 +184,8 @@ class RoomRoutes:
         )
         return json_response({})
 
-    # POST /rooms/{roomId}/upgrade  (spec: #post_matrixclientv3roomsroomidupgrade)
+    # POST /_matrix/client/v3/rooms/{roomId}/upgrade
+    # (spec: client-server-api/#post_matrixclientv3roomsroomidupgrade)
     async def upgrade(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
@@ -183,13 +196,14 @@ class RoomRoutes:
         )
         return json_response({"replacement_room": new_room})
 
-    # GET /_matrix/client/v3/joined_rooms  (spec: #get_matrixclientv3joined_rooms)
+    # GET /_matrix/client/v3/joined_rooms
+    # (spec: client-server-api/#get_matrixclientv3joined_rooms)
     async def joined_rooms(self, request: web.Request) -> web.Response:
         rooms = await self.events.joined_rooms(requester_of(request).user_id)
         return json_response({"joined_rooms": rooms})
 
     # PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}
-    # (spec: #put_matrixclientv3roomsroomidsendeventtypetxnid)
+    # (spec: client-server-api/#put_matrixclientv3roomsroomidsendeventtypetxnid)
     async def send(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         room_id = request.match_info["roomId"]
@@ -210,8 +224,9 @@ class RoomRoutes:
         )
         return json_response({"event_id": event.event_id})
 
+    # PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}
     # PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}
-    # (spec: #put_matrixclientv3roomsroomidstateeventtypestatekey)
+    # (spec: client-server-api/#put_matrixclientv3roomsroomidstateeventtypestatekey)
     async def put_state(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         event_type = _event_type(request.match_info["eventType"])
@@ -230,7 +245,7 @@ class RoomRoutes:
         return json_response({"event_id": event_id})
 
     # PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}
-    # (spec: #put_matrixclientv3roomsroomidredacteventidtxnid)
+    # (spec: client-server-api/#put_matrixclientv3roomsroomidredacteventidtxnid)
     async def redact(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         txn_id = request.match_info["txnId"]

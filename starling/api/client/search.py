@@ -106,6 +106,7 @@ class SearchRoutes:
         self.service = search
 
     # POST /_matrix/client/v3/search
+    # (spec: client-server-api/#post_matrixclientv3search)
     async def search(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)

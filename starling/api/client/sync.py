@@ -25,7 +25,8 @@ class SyncRoutes:
         self.sync_service = sync
         self.filters = filters
 
-    # GET /_matrix/client/v3/sync  (spec: #get_matrixclientv3sync)
+    # GET /_matrix/client/v3/sync
+    # (spec: client-server-api/#get_matrixclientv3sync)
     async def sync(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         if "from" in request.query:

@@ -21,7 +21,7 @@ class ToDeviceRoutes:
         self.to_device = to_device
 
     # PUT /_matrix/client/v3/sendToDevice/{eventType}/{txnId}
-    # (spec: #put_matrixclientv3sendtodeviceeventtypetxnid)
+    # (spec: client-server-api/#put_matrixclientv3sendtodeviceeventtypetxnid)
     async def send(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         event_type = request.match_info["eventType"]

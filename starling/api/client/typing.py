@@ -18,7 +18,8 @@ class TypingRoutes:
     def __init__(self, typing: TypingService) -> None:
         self.typing = typing
 
-    # PUT /rooms/{roomId}/typing/{userId}
+    # PUT /_matrix/client/v3/rooms/{roomId}/typing/{userId}
+    # (spec: client-server-api/#put_matrixclientv3roomsroomidtypinguserid)
     async def put_typing(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         room_id = request.match_info["roomId"]

@@ -24,6 +24,7 @@ class UserDirectoryRoutes:
         self.user_directory = user_directory
 
     # POST /_matrix/client/v3/user_directory/search
+    # (spec: client-server-api/#post_matrixclientv3user_directorysearch)
     async def search(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)

@@ -39,7 +39,8 @@ class VoipRoutes:
     def __init__(self, config: Config) -> None:
         self.config = config
 
-    # GET /_matrix/client/v3/voip/turnServer  (spec: #get_matrixclientv3voipturnserver)
+    # GET /_matrix/client/v3/voip/turnServer
+    # (spec: client-server-api/#get_matrixclientv3voipturnserver)
     async def turn_server(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         config = self.config
@@ -68,10 +69,16 @@ class VoipRoutes:
             }
         )
 
-    # GET /_matrix/client/v3/thirdparty/protocols  (spec: #get_matrixclientv3thirdpartyprotocols)
+    # GET /_matrix/client/v3/thirdparty/protocols
+    # (spec: client-server-api/#get_matrixclientv3thirdpartyprotocols)
     async def protocols(self, request: web.Request) -> web.Response:
         return json_response({})
 
-    # GET /thirdparty/protocol/{protocol}, /thirdparty/location[/{protocol}], /user[/...]
+    # GET /_matrix/client/v3/thirdparty/location
+    # GET /_matrix/client/v3/thirdparty/location/{protocol}
+    # GET /_matrix/client/v3/thirdparty/protocol/{protocol}
+    # GET /_matrix/client/v3/thirdparty/user
+    # GET /_matrix/client/v3/thirdparty/user/{protocol}
+    # (spec: client-server-api/#get_matrixclientv3thirdpartylocation)
     async def unknown_protocol(self, request: web.Request) -> web.Response:
         raise MatrixError(404, "M_NOT_FOUND", "No third-party networks are bridged here")

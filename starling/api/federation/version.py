@@ -9,5 +9,6 @@ from starling.api.http import json_response
 
 
 async def version(request: web.Request) -> web.Response:
-    """GET /_matrix/federation/v1/version — implementation name and version."""
+    """GET /_matrix/federation/v1/version — implementation name and version
+    (spec: server-server-api/#get_matrixfederationv1version)."""
     return json_response({"server": {"name": "Starling", "version": __version__}})
