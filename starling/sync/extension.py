@@ -10,10 +10,9 @@ extension once per /sync with the range (since, upto] of its own stream.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from starling.sync.filtering import SyncFilter
+from starling.sync.filtering import SyncFilter, parse_sync_filter
 
 
 @dataclass
@@ -33,10 +32,21 @@ class SyncContext:
     # The request's set_presence ("online", "offline", "unavailable"), None if not given:
     # for the presence extension.
     set_presence: str | None = None
-    # The same filter, validated: `sync_filter.presence`, `.account_data`, `.ephemeral`,
-    # `.room_account_data` are EventFilters with `matches_json(event, room_id)` and
-    # `filter_json(events, room_id)` (which also applies the section's `limit`).
+    # The same filter, validated (parsed from `filter` when not given): `.presence`,
+    # `.account_data`, `.ephemeral`, `.room_account_data` are EventFilters with
+    # `matches_json(event, room_id)` and `filter_json(events, room_id)` (which also
+    # applies the section's `limit`). Extensions read it as `filters`.
     sync_filter: SyncFilter | None = None
+
+    def __post_init__(self) -> None:
+        if self.sync_filter is None:
+            self.sync_filter = parse_sync_filter(self.filter)
+
+    @property
+    def filters(self) -> SyncFilter:
+        """The request's filter, parsed: how every section matches its events."""
+        assert self.sync_filter is not None  # set in __post_init__
+        return self.sync_filter
 
 
 class SyncExtension(Protocol):
