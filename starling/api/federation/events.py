@@ -63,7 +63,8 @@ class FederationEventsApi:
         self._reads = reads
 
     async def send(self, request: web.Request) -> web.Response:
-        """PUT /_matrix/federation/v1/send/{txnId}"""
+        """PUT /_matrix/federation/v1/send/{txnId}
+        (spec: server-server-api/#put_matrixfederationv1sendtxnid)"""
         body = federation_body(request)
         answer = await self._receiver.on_transaction(
             origin(request), request.match_info["txnId"], body
@@ -71,34 +72,39 @@ class FederationEventsApi:
         return json_response(answer)
 
     async def event(self, request: web.Request) -> web.Response:
-        """GET /_matrix/federation/v1/event/{eventId}"""
+        """GET /_matrix/federation/v1/event/{eventId}
+        (spec: server-server-api/#get_matrixfederationv1eventeventid)"""
         return json_response(
             await self._reads.get_event(origin(request), request.match_info["eventId"])
         )
 
     async def state(self, request: web.Request) -> web.Response:
-        """GET /_matrix/federation/v1/state/{roomId}?event_id="""
+        """GET /_matrix/federation/v1/state/{roomId}?event_id=
+        (spec: server-server-api/#get_matrixfederationv1stateroomid)"""
         event_id = _required_query(request, "event_id")
         return json_response(
             await self._reads.state(origin(request), request.match_info["roomId"], event_id)
         )
 
     async def state_ids(self, request: web.Request) -> web.Response:
-        """GET /_matrix/federation/v1/state_ids/{roomId}?event_id="""
+        """GET /_matrix/federation/v1/state_ids/{roomId}?event_id=
+        (spec: server-server-api/#get_matrixfederationv1state_idsroomid)"""
         event_id = _required_query(request, "event_id")
         return json_response(
             await self._reads.state_ids(origin(request), request.match_info["roomId"], event_id)
         )
 
     async def event_auth(self, request: web.Request) -> web.Response:
-        """GET /_matrix/federation/v1/event_auth/{roomId}/{eventId}"""
+        """GET /_matrix/federation/v1/event_auth/{roomId}/{eventId}
+        (spec: server-server-api/#get_matrixfederationv1event_authroomideventid)"""
         info = request.match_info
         return json_response(
             await self._reads.event_auth(origin(request), info["roomId"], info["eventId"])
         )
 
     async def backfill(self, request: web.Request) -> web.Response:
-        """GET /_matrix/federation/v1/backfill/{roomId}?v=...&limit="""
+        """GET /_matrix/federation/v1/backfill/{roomId}?v=...&limit=
+        (spec: server-server-api/#get_matrixfederationv1backfillroomid)"""
         from_ids = request.query.getall("v", [])
         if not from_ids:
             raise MatrixError(400, "M_MISSING_PARAM", "Missing 'v' query parameter")
@@ -110,7 +116,8 @@ class FederationEventsApi:
         )
 
     async def get_missing_events(self, request: web.Request) -> web.Response:
-        """POST /_matrix/federation/v1/get_missing_events/{roomId}"""
+        """POST /_matrix/federation/v1/get_missing_events/{roomId}
+        (spec: server-server-api/#post_matrixfederationv1get_missing_eventsroomid)"""
         body = federation_body(request)
         answer = await self._reads.get_missing_events(
             origin(request),

@@ -26,11 +26,13 @@ class FederationQueriesApi:
         self._queries = queries
 
     async def directory(self, request: web.Request) -> web.Response:
-        """GET /_matrix/federation/v1/query/directory?room_alias="""
+        """GET /_matrix/federation/v1/query/directory?room_alias=
+        (spec: server-server-api/#get_matrixfederationv1querydirectory)"""
         return json_response(await self._queries.directory(_required(request, "room_alias")))
 
     async def profile(self, request: web.Request) -> web.Response:
-        """GET /_matrix/federation/v1/query/profile?user_id=&field="""
+        """GET /_matrix/federation/v1/query/profile?user_id=&field=
+        (spec: server-server-api/#get_matrixfederationv1queryprofile)"""
         user_id = _required(request, "user_id")
         return json_response(await self._queries.profile(user_id, request.query.get("field")))
 
