@@ -34,13 +34,13 @@ from typing import Protocol
 from aiohttp import web
 
 from starling.accounts.auth import Requester
-from starling.api.http import USER_ID_KEY
+from starling.api.http import USER_ID_KEY, Handler
 from starling.errors import MatrixError, forbidden, invalid_param, missing_token
 from starling.protocol.identifiers import MAX_ID_BYTES, is_valid_room_id, is_valid_user_id
 from starling.ratelimit import RateLimits
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OriginAuthenticator = Callable[[web.Request], Awaitable[str]]
+OriginCheck = Callable[[web.Request], Awaitable[str]]
+"""Authenticates a federation request; returns its origin server."""
 
 REQUESTER_KEY = web.RequestKey("requester", Requester)
 ORIGIN_KEY = web.RequestKey("origin", str)
@@ -136,7 +136,7 @@ class Guards:
 
     auth: TokenAuthenticator | None = None
     rate_limits: RateLimits | None = None
-    authenticate_origin: OriginAuthenticator | None = None
+    authenticate_origin: OriginCheck | None = None
 
 
 # --- what handlers read --------------------------------------------------------------------
