@@ -9,6 +9,7 @@ leaves both ways, and displaynames/profiles seen across servers."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -293,3 +294,158 @@ async def test_invites_both_ways(synapse: SynapseServer, starling: FederatedServ
     await wait_for_bodies(starling, alice, a_room, ["thanks for the invite"], "sam -> alice")
     await starling.send_message(alice, s_room, "glad to be here")
     await wait_for_bodies(synapse, sam, s_room, ["glad to be here"], "alice -> sam")
+
+
+async def history(server: FederatedServer, user: User, room_id: str, pages: int = 20) -> list[str]:
+    """Every message body /messages pages back to (dir=b, 50 a page), oldest first."""
+    found: list[str] = []
+    params = {"dir": "b", "limit": "50"}
+    for _ in range(pages):
+        status, body = await server.client_request(
+            "GET", f"/_matrix/client/v3/rooms/{room_id}/messages", user.token, params=params
+        )
+        assert status == 200, (status, body)
+        found += [
+            e["content"]["body"]
+            for e in body["chunk"]
+            if e["type"] == "m.room.message" and "body" in e.get("content", {})
+        ]
+        if "end" not in body or not body["chunk"]:
+            break
+        params = {"dir": "b", "limit": "50", "from": body["end"]}
+    return found[::-1]
+
+
+async def send_many(server: FederatedServer, user: User, room_id: str, texts: list[str]) -> None:
+    for text in texts:
+        await server.send_message(user, room_id, text)
+
+
+async def test_long_history_backfilled_page_by_page_both_ways(
+    synapse: SynapseServer, starling: FederatedServer
+) -> None:
+    """More history than one backfill request carries (Synapse asks for at most 100
+    events), fetched by paging /messages."""
+    alice = await starling.register()
+    sam = await synapse.register()
+    s_texts = [f"synapse history {i}" for i in range(105)]
+    a_texts = [f"starling history {i}" for i in range(105)]
+    s_room = await synapse.create_room(sam, preset="public_chat")
+    a_room = await starling.create_room(alice, preset="public_chat")
+    await send_many(synapse, sam, s_room, s_texts)
+    await send_many(starling, alice, a_room, a_texts)
+    assert await starling.join(alice, s_room, via=[synapse.server_name]) == s_room
+    assert await synapse.join(sam, a_room, via=[starling.server_name]) == a_room
+
+    for server, user, room_id, texts in (
+        (starling, alice, s_room, s_texts),
+        (synapse, sam, a_room, a_texts),
+    ):
+        got: list[str] = []
+
+        async def complete(
+            server: FederatedServer = server,
+            user: User = user,
+            room_id: str = room_id,
+            texts: list[str] = texts,
+        ) -> bool:
+            nonlocal got
+            got = await history(server, user, room_id)
+            return got == texts
+
+        try:
+            await eventually(complete, timeout=WAIT, what=f"whole history on {server.label}")
+        except AssertionError:
+            raise AssertionError((server.label, len(got), got[:3], got[-3:])) from None
+
+
+async def test_room_versions_both_ways(synapse: SynapseServer, starling: FederatedServer) -> None:
+    """A room of each family of room versions on each server, joined from the other."""
+    alice = await starling.register()
+    sam = await synapse.register()
+    for v in ("1", "3", "6", "9", "10", "11", "12"):
+        s_room = await synapse.create_room(sam, preset="public_chat", room_version=v)
+        a_room = await starling.create_room(alice, preset="public_chat", room_version=v)
+        assert await starling.join(alice, s_room, via=[synapse.server_name]) == s_room
+        assert await synapse.join(sam, a_room, via=[starling.server_name]) == a_room
+        await starling.send_message(alice, s_room, f"v{v} from starling")
+        await synapse.send_message(sam, a_room, f"v{v} from synapse")
+        await wait_for_bodies(synapse, sam, s_room, [f"v{v} from starling"], f"v{v} to synapse")
+        await wait_for_bodies(starling, alice, a_room, [f"v{v} from synapse"], f"v{v} to starling")
+
+
+async def test_aliases_redactions_kicks_and_bans(
+    synapse: SynapseServer, starling: FederatedServer
+) -> None:
+    alice = await starling.register()
+    sam = await synapse.register()
+    tag = secrets.token_hex(4)  # Synapse lives for the whole module
+    s_room = await synapse.create_room(sam, preset="public_chat", room_alias_name=f"s-{tag}")
+    a_room = await starling.create_room(alice, preset="public_chat", room_alias_name=f"a-{tag}")
+    # Joins by alias: the alias is resolved at its server (/query/directory).
+    assert await starling.join(alice, f"#s-{tag}:{synapse.server_name}") == s_room
+    assert await synapse.join(sam, f"#a-{tag}:{starling.server_name}") == a_room
+
+    # Redactions both ways.
+    s_msg = await synapse.send_message(sam, a_room, "to be redacted by sam")
+    a_msg = await starling.send_message(alice, s_room, "to be redacted by alice")
+    await wait_for_bodies(starling, alice, a_room, ["to be redacted by sam"], "sam's message")
+    await wait_for_bodies(synapse, sam, s_room, ["to be redacted by alice"], "alice's message")
+    for server, user, room_id, event_id in (
+        (synapse, sam, a_room, s_msg),
+        (starling, alice, s_room, a_msg),
+    ):
+        status, body = await server.client_request(
+            "PUT",
+            f"/_matrix/client/v3/rooms/{room_id}/redact/{quote(event_id)}/r{event_id[1:9]}",
+            user.token,
+            {"reason": "oops"},
+        )
+        assert status == 200, (status, body)
+
+    async def redacted(server: FederatedServer, user: User, room_id: str, event_id: str) -> bool:
+        status, body = await server.client_request(
+            "GET", f"/_matrix/client/v3/rooms/{room_id}/event/{quote(event_id)}", user.token
+        )
+        return status == 200 and body.get("content") == {}
+
+    await eventually(
+        lambda: redacted(starling, alice, a_room, s_msg), timeout=WAIT, what="redacted on starling"
+    )
+    await eventually(
+        lambda: redacted(synapse, sam, s_room, a_msg), timeout=WAIT, what="redacted on synapse"
+    )
+
+    # Kicks and bans across servers: alice kicks sam from her room, sam bans alice from his.
+    status, body = await starling.client_request(
+        "POST",
+        f"/_matrix/client/v3/rooms/{a_room}/kick",
+        alice.token,
+        {"user_id": sam.user_id, "reason": "kick"},
+    )
+    assert status == 200, (status, body)
+    status, body = await synapse.client_request(
+        "POST",
+        f"/_matrix/client/v3/rooms/{s_room}/ban",
+        sam.token,
+        {"user_id": alice.user_id, "reason": "ban"},
+    )
+    assert status == 200, (status, body)
+
+    async def kicked_on_synapse() -> bool:
+        return await membership(synapse, sam, a_room, sam.user_id) == "leave"
+
+    async def banned_on_starling() -> bool:
+        return await membership(starling, alice, s_room, alice.user_id) == "ban"
+
+    await eventually(kicked_on_synapse, timeout=WAIT, what="sam's kick on synapse")
+    await eventually(banned_on_starling, timeout=WAIT, what="alice's ban on starling")
+    # Alice cannot come back; sam can.
+    status, body = await starling.client_request(
+        "POST",
+        f"/_matrix/client/v3/join/{quote(s_room)}?server_name={quote(synapse.server_name)}",
+        alice.token,
+        {},
+    )
+    assert status == 403, (status, body)
+    assert await synapse.join(sam, a_room, via=[starling.server_name]) == a_room
