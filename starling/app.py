@@ -40,8 +40,10 @@ from starling.api.services import Services
 from starling.config import Config, Listener
 from starling.directory.service import DirectoryService
 from starling.directory.service import RemotePublicRooms as RemotePublicRoomsFetcher
+from starling.e2ee.federation_keys import RemoteKeys
 from starling.e2ee.services import build_e2ee
 from starling.errors import MatrixError
+from starling.federation.device_lists import DeviceListFederation
 from starling.federation.inbound import FederationInbound, build_federation_inbound
 from starling.federation.membership import ResidentMembership
 from starling.federation.public_rooms import RemotePublicRooms
@@ -356,6 +358,18 @@ async def build_services(
     e2ee.federated_to_device.wake = federation_sender.stored_edus_added
     federation_sender.use_stored_edus(e2ee.federated_to_device)
     federation_inbound.edus.register("m.direct_to_device", e2ee.federated_to_device.on_edu)
+    # Keys of other servers' users, for our clients' /keys/query and /keys/claim.
+    e2ee.keys.remote = RemoteKeys(federation.client)
+    device_list_federation = DeviceListFederation(
+        config.server_name,
+        federation_sender,
+        membership_store.users_sharing_a_room,
+        e2ee.keys.query,
+        e2ee.device_lists.mark_remote_changed,
+    )
+    e2ee.device_lists.listeners.append(device_list_federation.on_change)
+    federation_inbound.edus.register("m.device_list_update", device_list_federation.on_edu)
+    federation_inbound.edus.register("m.signing_key_update", device_list_federation.on_edu)
     room_edus = RoomEdus(
         config.server_name,
         federation_sender,

@@ -30,6 +30,9 @@ from starling.storage.streams import StreamIdGenerator
 logger = logging.getLogger(__name__)
 
 NotifyUsers = Callable[[Iterable[str]], None]
+# (user_id, device IDs that changed - empty: cross-signing keys -, deleted, stream_id):
+# told after the commit of each change everyone may see (federation sends it on).
+DeviceChangeListener = Callable[[str, Sequence[str], bool, int], None]
 # event IDs of member events -> the membership each one replaced (None: none before)
 PreviousMemberships = Callable[[Sequence[str]], Awaitable[Mapping[str, str | None]]]
 
@@ -58,6 +61,7 @@ class DeviceListTracker:
         self._notify = notify
         self._pending: list[Event] = []
         self._flusher: asyncio.Task[None] | None = None
+        self.listeners: list[DeviceChangeListener] = []
 
     def current_position(self) -> int:
         return self._stream.current_position()
@@ -76,16 +80,35 @@ class DeviceListTracker:
         *,
         observer: str | None = None,
         notify: Iterable[str] = (),
+        device_ids: Sequence[str] = (),
+        deleted: bool = False,
     ) -> int:
         """Inside the caller's transaction: these users' devices or keys changed. With
-        ``observer``, only that user is told. ``notify`` is woken after the commit."""
+        ``observer``, only that user is told. ``notify`` is woken after the commit, and
+        the listeners are told of a change everyone may see (``device_ids``: which
+        devices, none for cross-signing keys; ``deleted``: they were deleted)."""
         stream_id = await self._stream.next_id(txn)
         await self._store.add_changes(txn, stream_id, user_ids, observer)
         wake = set(notify)
         if observer is not None:
             wake.add(observer)
-        txn.call_after_commit(lambda: self._notify(wake))
+
+        def after_commit() -> None:
+            self._notify(wake)
+            if observer is None:
+                for listener in self.listeners:
+                    for user_id in user_ids:
+                        listener(user_id, device_ids, deleted, stream_id)
+
+        txn.call_after_commit(after_commit)
         return stream_id
+
+    async def mark_remote_changed(self, user_id: str) -> None:
+        """Another server says its user's devices or keys changed: tell whoever shares a
+        room with them (their /keys/changes and sync `device_lists`)."""
+        audience = await self.audience(user_id)
+        async with self._db.transaction() as txn:
+            await self.mark_changed(txn, [user_id], notify=audience)
 
     # -- room memberships (from RoomEventService listeners)
 

@@ -7,6 +7,7 @@ Spec: client-server-api "End-to-End Encryption" > Key management API (/keys/uplo
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
@@ -158,7 +159,9 @@ class E2eKeyService:
                                 f"Device {device_id} already has different identity keys"
                             )
                     await self._store.set_device_keys(txn, user_id, device_id, new_device_keys, now)
-                    await self._device_lists.mark_changed(txn, [user_id], notify=audience)
+                    await self._device_lists.mark_changed(
+                        txn, [user_id], notify=audience, device_ids=[device_id]
+                    )
             if one_time:
                 stored_keys = await self._store.add_one_time_keys(
                     txn, user_id, device_id, one_time, now
@@ -212,8 +215,10 @@ class E2eKeyService:
         }
         if local:
             await self._query_local(requester, local, result)
-        for server_name, users in remote.items():
-            await self._query_remote(server_name, users, timeout_ms, result)
+        # Every server at once, each within the timeout; one that fails is in `failures`.
+        await asyncio.gather(
+            *(self._query_remote(s, users, timeout_ms, result) for s, users in remote.items())
+        )
         return result
 
     async def _query_local(
@@ -357,7 +362,9 @@ class E2eKeyService:
             if deleted:
                 await self._store.delete_device_keys(txn, user_id, device_ids)
                 await self._to_device.delete_inboxes(txn, user_id, device_ids)
-            await self._device_lists.mark_changed(txn, [user_id], notify=audience)
+            await self._device_lists.mark_changed(
+                txn, [user_id], notify=audience, device_ids=device_ids, deleted=deleted
+            )
 
     # -- sync: per-device key counts
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from starling.e2ee.cross_signing import CrossSigningService
 from starling.e2ee.device_lists import DeviceListTracker, NotifyUsers
 from starling.e2ee.federated_to_device import FederatedToDevice
+from starling.e2ee.federation_keys import FederationKeyServer
 from starling.e2ee.key_backup import KeyBackupService
 from starling.e2ee.keys import E2eKeyService
 from starling.e2ee.sync import DeviceListsExtension, ToDeviceExtension
@@ -31,6 +32,7 @@ class E2ee:
     cross_signing: CrossSigningService
     to_device: ToDeviceService
     federated_to_device: FederatedToDevice
+    federation_keys: FederationKeyServer
     key_backup: KeyBackupService
     device_lists: DeviceListTracker
     to_device_extension: ToDeviceExtension
@@ -94,6 +96,7 @@ async def build_e2ee(
         cross_signing=CrossSigningService(db, key_store, accounts, tracker),
         to_device=to_device,
         federated_to_device=federated_to_device,
+        federation_keys=FederationKeyServer(server_name, keys, accounts, tracker.current_position),
         key_backup=KeyBackupService(db, KeyBackupStore(db)),
         device_lists=tracker,
         to_device_extension=ToDeviceExtension(to_device, keys),

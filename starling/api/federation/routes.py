@@ -18,6 +18,7 @@ from starling.api.federation.keys import KeysApi
 from starling.api.federation.membership import FederationMembershipApi
 from starling.api.federation.public_rooms import PublicRoomsApi
 from starling.api.federation.queries import FederationQueriesApi
+from starling.api.federation.user_keys import UserKeysApi
 from starling.api.routing import Auth, Route, RouteTable, get, post
 from starling.api.services import Services
 
@@ -39,6 +40,8 @@ def federation_table(services: Services) -> RouteTable:
         *FederationQueriesApi(inbound.queries).routes(),
         # make_join/send_join, make_leave/send_leave, make_knock/send_knock, invite
         *FederationMembershipApi(services.federation_membership).routes(),
+        # our users' devices and keys: /user/devices, /user/keys/query, /user/keys/claim
+        *UserKeysApi(services.e2ee.federation_keys).routes(),
     ]
     return RouteTable("federation", "/_matrix/federation/{version}", ("v1",), routes)
 

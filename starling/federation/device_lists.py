@@ -1,0 +1,144 @@
+"""Device lists and cross-signing keys across servers (Server-Server API > Device
+Management, Cross-signing): the `m.device_list_update` and `m.signing_key_update` EDUs,
+both ways.
+
+Outbound: after each committed change to a local user's devices (a new device's keys,
+a deleted device) an `m.device_list_update` per device goes to every other server
+sharing a room with the user, numbered by the device-list stream and chained to the
+previous update sent for that user (`prev_id`; empty after a restart, which makes the
+receiver resync through `/user/devices/{userId}`). A change to the user's public
+cross-signing keys sends `m.signing_key_update` with the current keys.
+
+Inbound: we keep no copy of other servers' device lists - the client's `/keys/query`
+for a remote user asks its server each time - so an update (whatever its `prev_id`)
+needs no resync: it only marks the user changed for the local users sharing a room with
+them, which is what their `/keys/changes` and sync `device_lists.changed` report. An
+update for a user nobody here shares a room with is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from starling.protocol.power_levels import server_of
+
+logger = logging.getLogger(__name__)
+
+
+class EduSender(Protocol):
+    def send_edu(self, destination: str, edu_type: str, content: dict[str, Any]) -> None: ...
+
+
+UsersSharing = Callable[[str], Awaitable[set[str]]]
+"""user_id -> the users sharing a room with them."""
+KeysOf = Callable[[str, Mapping[str, list[str]]], Awaitable[dict[str, Any]]]
+"""(requester, {user: [device IDs]}) -> a /keys/query answer (local users)."""
+MarkChanged = Callable[[str], Awaitable[None]]
+
+
+class DeviceListFederation:
+    def __init__(
+        self,
+        server_name: str,
+        sender: EduSender,
+        users_sharing: UsersSharing,
+        keys_of: KeysOf,
+        mark_remote_changed: MarkChanged,
+    ) -> None:
+        self._server_name = server_name
+        self._sender = sender
+        self._users_sharing = users_sharing
+        self._keys_of = keys_of
+        self._mark_remote_changed = mark_remote_changed
+        self._last_sent: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()
+
+    # --- outbound -------------------------------------------------------------------------
+
+    def on_change(
+        self, user_id: str, device_ids: Sequence[str], deleted: bool, stream_id: int
+    ) -> None:
+        """DeviceListTracker listener (after the commit)."""
+        if server_of(user_id) != self._server_name:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._send(user_id, list(device_ids), deleted, stream_id)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _servers_sharing(self, user_id: str) -> list[str]:
+        servers = {server_of(u) for u in await self._users_sharing(user_id)}
+        servers.discard(self._server_name)
+        return sorted(servers)
+
+    async def _send(
+        self, user_id: str, device_ids: list[str], deleted: bool, stream_id: int
+    ) -> None:
+        try:
+            # One at a time, so that each update's prev_id is the one sent before it.
+            async with self._lock:
+                servers = await self._servers_sharing(user_id)
+                if not servers:
+                    return
+                answer = await self._keys_of("", {user_id: device_ids})
+                if not device_ids:
+                    self._send_signing_keys(user_id, servers, answer)
+                    return
+                prev = self._last_sent.get(user_id)
+                self._last_sent[user_id] = stream_id
+                devices = answer.get("device_keys", {}).get(user_id, {})
+                for device_id in device_ids:
+                    content: dict[str, Any] = {
+                        "user_id": user_id,
+                        "device_id": device_id,
+                        "stream_id": stream_id,
+                        "prev_id": [prev] if prev is not None else [],
+                        "deleted": deleted,
+                    }
+                    keys = devices.get(device_id)
+                    if not deleted and keys is not None:
+                        keys = dict(keys)
+                        unsigned = keys.pop("unsigned", None)
+                        content["keys"] = keys
+                        if isinstance(unsigned, dict) and "device_display_name" in unsigned:
+                            content["device_display_name"] = unsigned["device_display_name"]
+                    for server in servers:
+                        self._sender.send_edu(server, "m.device_list_update", content)
+        except Exception:
+            logger.exception("sending the device list update of %s failed", user_id)
+
+    def _send_signing_keys(self, user_id: str, servers: list[str], answer: dict[str, Any]) -> None:
+        content: dict[str, Any] = {"user_id": user_id}
+        master = answer.get("master_keys", {}).get(user_id)
+        self_signing = answer.get("self_signing_keys", {}).get(user_id)
+        if master is not None:
+            content["master_key"] = master
+        if self_signing is not None:
+            content["self_signing_key"] = self_signing
+        if len(content) == 1:
+            return
+        for server in servers:
+            self._sender.send_edu(server, "m.signing_key_update", content)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    # --- inbound --------------------------------------------------------------------------
+
+    async def on_edu(self, origin: str, content: dict[str, Any]) -> None:
+        """`m.device_list_update` or `m.signing_key_update` from `origin` (the registry
+        has checked that the user is the origin's)."""
+        user_id = content.get("user_id")
+        if not isinstance(user_id, str):
+            return
+        sharing = await self._users_sharing(user_id)
+        if not any(server_of(u) == self._server_name for u in sharing):
+            logger.debug("device list update of %s: nobody here shares a room", user_id)
+            return
+        await self._mark_remote_changed(user_id)

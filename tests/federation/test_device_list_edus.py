@@ -1,0 +1,151 @@
+"""m.device_list_update / m.signing_key_update with fakes (who is sent what, prev_id
+chains, inbound only for users sharing a room), and RemoteKeys refusing keys a server
+hands out under names that are not its own."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from starling.e2ee.federation_keys import RemoteKeys
+from starling.federation.device_lists import DeviceListFederation
+from starling.federation.edu import EduRegistry
+
+ALICE = "@alice:here.test"
+BOB = "@bob:remote.test"
+
+
+class Fakes:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, dict[str, Any]]] = []
+        self.marked: list[str] = []
+        self.sharing: dict[str, set[str]] = {
+            ALICE: {BOB, "@carol:other.test", "@dan:here.test"},
+            BOB: {ALICE},
+        }
+
+    def send_edu(self, destination: str, edu_type: str, content: dict[str, Any]) -> None:
+        self.sent.append((destination, edu_type, content))
+
+    async def users_sharing(self, user_id: str) -> set[str]:
+        return self.sharing.get(user_id, set())
+
+    async def keys_of(self, requester: str, wanted: Mapping[str, list[str]]) -> dict[str, Any]:
+        devices = {
+            d: {
+                "user_id": ALICE,
+                "device_id": d,
+                "keys": {f"ed25519:{d}": "k"},
+                "unsigned": {"device_display_name": "phone"},
+            }
+            for d in wanted.get(ALICE, [])
+        }
+        return {
+            "device_keys": {ALICE: devices},
+            "master_keys": {ALICE: {"user_id": ALICE, "usage": ["master"], "keys": {}}},
+            "self_signing_keys": {},
+        }
+
+    async def mark(self, user_id: str) -> None:
+        self.marked.append(user_id)
+
+
+async def settle(fed: DeviceListFederation) -> None:
+    while fed._tasks:
+        await asyncio.gather(*fed._tasks)
+
+
+async def test_updates_go_to_servers_sharing_a_room_with_a_prev_id_chain() -> None:
+    fakes = Fakes()
+    fed = DeviceListFederation("here.test", fakes, fakes.users_sharing, fakes.keys_of, fakes.mark)
+    fed.on_change(ALICE, ["PHONE"], False, 10)
+    await settle(fed)
+    fed.on_change(ALICE, ["OLD"], True, 12)
+    await settle(fed)
+    fed.on_change(BOB, ["X"], False, 13)  # another server's user: not ours to send
+    await settle(fed)
+    assert [(d, t) for d, t, _ in fakes.sent] == [
+        ("other.test", "m.device_list_update"),
+        ("remote.test", "m.device_list_update"),
+        ("other.test", "m.device_list_update"),
+        ("remote.test", "m.device_list_update"),
+    ]
+    first, second = fakes.sent[0][2], fakes.sent[2][2]
+    assert first == {
+        "user_id": ALICE,
+        "device_id": "PHONE",
+        "stream_id": 10,
+        "prev_id": [],
+        "deleted": False,
+        "keys": {"user_id": ALICE, "device_id": "PHONE", "keys": {"ed25519:PHONE": "k"}},
+        "device_display_name": "phone",
+    }
+    assert second["prev_id"] == [10] and second["deleted"] and "keys" not in second
+
+
+async def test_cross_signing_changes_send_signing_key_updates() -> None:
+    fakes = Fakes()
+    fed = DeviceListFederation("here.test", fakes, fakes.users_sharing, fakes.keys_of, fakes.mark)
+    fed.on_change(ALICE, [], False, 3)
+    await settle(fed)
+    assert {(d, t) for d, t, _ in fakes.sent} == {
+        ("other.test", "m.signing_key_update"),
+        ("remote.test", "m.signing_key_update"),
+    }
+    assert fakes.sent[0][2]["master_key"]["usage"] == ["master"]
+
+
+async def test_inbound_updates_mark_users_sharing_a_room_only() -> None:
+    fakes = Fakes()
+    fed = DeviceListFederation("here.test", fakes, fakes.users_sharing, fakes.keys_of, fakes.mark)
+    registry = EduRegistry()
+    registry.register("m.device_list_update", fed.on_edu)
+    registry.register("m.signing_key_update", fed.on_edu)
+    update = {"user_id": BOB, "device_id": "D", "stream_id": 5, "prev_id": [99]}
+    await registry.dispatch("remote.test", {"edu_type": "m.device_list_update", "content": update})
+    await registry.dispatch(
+        "remote.test", {"edu_type": "m.signing_key_update", "content": {"user_id": BOB}}
+    )
+    assert fakes.marked == [BOB, BOB]
+    fakes.marked.clear()
+    for origin, content in [
+        ("remote.test", {"user_id": "@stranger:remote.test", "device_id": "D"}),  # no room
+        ("evil.test", update),  # names another server's user
+        ("remote.test", {"user_id": 5}),
+    ]:
+        await registry.dispatch(origin, {"edu_type": "m.device_list_update", "content": content})
+    assert fakes.marked == []
+
+
+class FakePoster:
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+        self.calls: list[tuple[str, str, Any, float]] = []
+
+    async def post_json(
+        self, destination: str, path: str, body: Any, *, timeout: float = 60.0
+    ) -> Any:
+        self.calls.append((destination, path, body, timeout))
+        return self.answer
+
+
+async def test_remote_keys_are_taken_only_under_their_own_names() -> None:
+    good = {"user_id": BOB, "device_id": "D", "keys": {}}
+    poster = FakePoster(
+        {
+            "device_keys": {
+                BOB: {"D": good, "E": {"user_id": "@eve:remote.test", "device_id": "E"}},
+                "@eve:remote.test": {"D": {"user_id": "@eve:remote.test", "device_id": "D"}},
+            },
+            "master_keys": {BOB: {"user_id": "@eve:remote.test"}},
+        }
+    )
+    answer = await RemoteKeys(poster).query_keys("remote.test", {BOB: []}, 500_000)
+    assert answer == {"device_keys": {BOB: {"D": good}}, "master_keys": {}}
+    assert poster.calls[0][1] == "/_matrix/federation/v1/user/keys/query"
+    assert poster.calls[0][3] == 60.0  # the client's timeout, capped
+    claimed = await RemoteKeys(
+        FakePoster({"one_time_keys": {BOB: {"D": {"k:1": {}}, "Z": {"k:2": {}}}, "@x:y.test": {}}})
+    ).claim_keys("remote.test", {BOB: {"D": "k"}}, 2_000)
+    assert claimed == {"one_time_keys": {BOB: {"D": {"k:1": {}}}}}
