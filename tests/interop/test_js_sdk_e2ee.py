@@ -3,8 +3,9 @@ serve` (both engines), newest release and one a year older (npm alias matrix-js-
 through tests/interop/js/e2ee.mjs: cross-signing bootstrapped by Alice and seen by Bob, an
 encrypted room created with an invite and joined (Bob's client knows it is encrypted),
 messages both ways decrypted, an olm-encrypted to-device message, a second device that
-decrypts new messages and, logged out, leaves the peer's device list; the server holds only
-ciphertext. The script asserts every step; this test checks its JSON report and the server's
+decrypts new messages and, logged out, leaves the peer's device list; SAS verification
+between the two users' devices; a key backup created on one device and restored on a new one
+that decrypts the old messages; the server holds only ciphertext. The script asserts every step; this test checks its JSON report and the server's
 access log (to-device relayed as m.room.encrypted, /keys/query bounded and silent while the
 clients idle).
 
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.integration
 
 SCRIPT = JS_DIR / "e2ee.mjs"
 TIMEOUT_S = 110  # the script gives up by itself after 100 s
-IDLE_MS = 3000  # both clients sync idly at the end
+IDLE_MS = 6000  # both clients sync idly at the end
 # A whole run makes about 20 /keys/query (each client's own, new devices, logins, the
 # script's explicit downloads); the loop clients fell into made ~300 a minute.
 MAX_KEY_QUERIES = 40
@@ -85,6 +86,8 @@ async def test_js_sdk_rust_crypto(starling_server: RunningServer, sdk: str) -> N
         assert report["to_device_olm"] in (True, "not reported by this SDK")
         assert report["second_device_decrypted"] is True
         assert report["logged_out_device_gone"] is True
+        assert report["sas_verified"] is True
+        assert report["backup_restored_keys"] >= 2  # Alice's session and Bob's
         assert report["server_ciphertext_only"] is True
 
         log = access_log(server)
@@ -94,12 +97,13 @@ async def test_js_sdk_rust_crypto(starling_server: RunningServer, sdk: str) -> N
         to_device = [p for m, p, _ in log if m == "PUT" and "/sendToDevice/" in p]
         assert any("/sendToDevice/m.room.encrypted/" in p for p in to_device)
         assert not any("org.example.starling.ping" in p for p in to_device)
-        # No /keys/query loop: bounded over the run, none while both clients idle (after
-        # the script's last request before idling, its raw /messages read).
+        # No /keys/query loop: bounded over the run, none in the second half of the clients'
+        # idle time (after the script's last request, a raw /messages read).
         queries = [
             i for i, (m, p, _) in enumerate(log) if m == "POST" and p.endswith("/keys/query")
         ]
         assert len(queries) <= MAX_KEY_QUERIES, f"{len(queries)} /keys/query requests"
+        print(f"{sdk} on {server.engine}: {len(queries)} /keys/query in the whole run")
         last_read = max(i for i, (m, p, _) in enumerate(log) if "/messages?dir=b" in p)
         assert [i for i in queries if i > last_read] == []
         # The plaintext never reached the server's log either.

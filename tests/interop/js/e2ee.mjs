@@ -9,7 +9,9 @@
 // other; the server's copy of the room (raw /messages) holds only m.room.encrypted; an
 // olm-encrypted to-device message reaches Bob; Bob sees Alice's cross-signing identity; a
 // second device of Bob's logs in and decrypts a new message; when it logs out, it leaves
-// Alice's view of Bob's devices. Every step is asserted here; on success stdout holds one
+// Alice's view of Bob's devices; SAS verification between Alice's and Bob's devices; a key
+// backup made by Alice's device is restored on a new one, which decrypts the old messages;
+// both clients then idle (no /keys/query loop). Every step is asserted here; on success stdout holds one
 // line of JSON for pytest to check again (it also counts /keys/query in the access log).
 
 import "./node22.mjs";
@@ -25,7 +27,10 @@ const OVERALL_MS = 100_000;
 
 const sdk = await import(SDK);
 const { logger } = await import(`${SDK}/lib/logger.js`);
-const { ClientEvent, createClient, MatrixError, MatrixEventEvent, RoomEvent, SyncState } = sdk;
+const { ClientEvent, createClient, MatrixError, SyncState } = sdk;
+const { CryptoEvent, VerificationPhase, VerifierEvent } = await import(
+    `${SDK}/lib/crypto-api/index.js`
+);
 
 logger.setLevel(process.env.JS_SDK_LOG_LEVEL ?? "warn");
 console.log = console.info = console.debug = console.warn = console.error;
@@ -249,6 +254,80 @@ async function main() {
     assert.equal(await decryptedBody(alice, roomId, sent4.event_id, "Bob's last message at Alice"), plaintexts[3]);
     result.messages_decrypted = 4;
 
+    // SAS verification between Alice's and Bob's devices (to-device m.key.verification.*):
+    // both see the same emoji and confirm; each then holds the other's device verified.
+    const bobRequest = new Promise((resolve) => {
+        bob.on(CryptoEvent.VerificationRequestReceived, (request) => resolve(request));
+    });
+    const aliceRequest = await alice
+        .getCrypto()
+        .requestDeviceVerification(bobId, bobCreds.device_id);
+    const incoming = await Promise.race([
+        bobRequest,
+        new Promise((_, reject) =>
+            setTimeout(() => reject(new Error("verification request never reached Bob")), WAIT_MS),
+        ),
+    ]);
+    assert.equal(incoming.otherUserId, aliceId);
+    await incoming.accept();
+    await until("Alice's request ready", () => aliceRequest.phase === VerificationPhase.Ready);
+    const shown = [];
+    const confirmOnShow = (verifier) =>
+        verifier.on(VerifierEvent.ShowSas, (sas) => {
+            shown.push(sas.sas.emoji.map(([emoji]) => emoji).join(""));
+            sas.confirm();
+        });
+    const aliceVerifier = await aliceRequest.startVerification("m.sas.v1");
+    confirmOnShow(aliceVerifier);
+    const aliceDone = aliceVerifier.verify();
+    const bobVerifier = await until("Bob's verifier", () => incoming.verifier);
+    confirmOnShow(bobVerifier);
+    await Promise.all([aliceDone, bobVerifier.verify()]);
+    assert.equal(shown.length, 2);
+    assert.equal(shown[0], shown[1], "the two sides showed different emoji");
+    await until("Bob's device verified at Alice", async () =>
+        (await alice.getCrypto().getDeviceVerificationStatus(bobId, bobCreds.device_id))?.isVerified(),
+    );
+    await until("Alice's device verified at Bob", async () =>
+        (await bob.getCrypto().getDeviceVerificationStatus(aliceId, aliceCreds.device_id))?.isVerified(),
+    );
+    await until("both requests done", () =>
+        aliceRequest.phase === VerificationPhase.Done && incoming.phase === VerificationPhase.Done,
+    );
+    result.sas_verified = true;
+
+    // Key backup created on Alice's device; a new device of hers restores it (with the
+    // backup key handed over, as secret storage would) and decrypts the old messages.
+    await alice.getCrypto().resetKeyBackup();
+    const version = await until("Alice's backup active", () =>
+        alice.getCrypto().getActiveSessionBackupVersion(),
+    );
+    await until("Alice's room keys in the backup", async () => {
+        const url = `${BASE_URL}/_matrix/client/v3/room_keys/keys?version=${version}`;
+        const resp = await fetch(url, {
+            headers: { Authorization: `Bearer ${aliceCreds.access_token}` },
+        });
+        const sessions = (await resp.json()).rooms?.[roomId]?.sessions ?? {};
+        return Object.keys(sessions).length >= 2; // Alice's outbound session and Bob's
+    });
+    const alice2Creds = await login(`alice${SUFFIX}`);
+    const alice2 = await cryptoClient(alice2Creds);
+    const backupKey = await alice.getCrypto().getSessionBackupPrivateKey();
+    assert.ok(backupKey, "no backup key on Alice's device");
+    await alice2.getCrypto().storeSessionBackupPrivateKey(backupKey, version);
+    const restored = await alice2.getCrypto().restoreKeyBackup();
+    assert.ok(restored.imported >= 2, `restored ${JSON.stringify(restored)}`);
+    assert.equal(
+        await decryptedBody(alice2, roomId, sent2.event_id, "Bob's old message at Alice's new device"),
+        plaintexts[1],
+    );
+    assert.equal(
+        await decryptedBody(alice2, roomId, sent1.event_id, "Alice's old message at her new device"),
+        plaintexts[0],
+    );
+    result.backup_restored_keys = restored.imported;
+    alice2.stopClient();
+
     // What the server holds: only ciphertext.
     const chunk = await rawMessages(aliceCreds, roomId);
     const types = chunk.map((e) => e.type);
@@ -261,7 +340,11 @@ async function main() {
 
     // Both clients idle for a while, their sync loops running: no /keys/query loop (the
     // test counts those requests in the server's access log).
-    await new Promise((r) => setTimeout(r, IDLE_MS));
+    // The first half lets late device-list updates (Alice's new device) settle; the raw
+    // /messages read between the halves marks where the test expects silence.
+    await new Promise((r) => setTimeout(r, IDLE_MS / 2));
+    await rawMessages(aliceCreds, roomId);
+    await new Promise((r) => setTimeout(r, IDLE_MS / 2));
     alice.stopClient();
     bob.stopClient();
     clearTimeout(overall);
