@@ -9,6 +9,7 @@ leaves both ways, and displaynames/profiles seen across servers."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -449,3 +450,126 @@ async def test_aliases_redactions_kicks_and_bans(
     )
     assert status == 403, (status, body)
     assert await synapse.join(sam, a_room, via=[starling.server_name]) == a_room
+
+
+async def put_state(
+    server: FederatedServer, user: User, room_id: str, event_type: str, content: dict[str, Any]
+) -> str:
+    status, body = await server.client_request(
+        "PUT", f"/_matrix/client/v3/rooms/{room_id}/state/{event_type}/", user.token, content
+    )
+    assert status == 200, (status, body)
+    event_id: str = body["event_id"]
+    return event_id
+
+
+async def test_restricted_joins_and_knocks_both_ways(
+    synapse: SynapseServer, starling: FederatedServer
+) -> None:
+    alice = await starling.register()
+    sam = await synapse.register()
+    await restricted_join_and_knock(synapse, sam, starling, alice)
+    await restricted_join_and_knock(starling, alice, synapse, sam)
+
+
+async def restricted_join_and_knock(
+    host: FederatedServer, owner: User, guest_server: FederatedServer, guest: User
+) -> None:
+    """`guest` joins a restricted room on `host` (allowed by another room of `host`), and
+    knocks on a room there, is invited in by `owner` and joins."""
+    # A room the guest joins first, which lets them into a restricted room.
+    space = await host.create_room(owner, preset="public_chat", room_version="10")
+    assert await guest_server.join(guest, space, via=[host.server_name]) == space
+    restricted = await host.create_room(
+        owner,
+        room_version="10",
+        initial_state=[
+            {
+                "type": "m.room.join_rules",
+                "state_key": "",
+                "content": {
+                    "join_rule": "restricted",
+                    "allow": [{"type": "m.room_membership", "room_id": space}],
+                },
+            }
+        ],
+    )
+    assert await guest_server.join(guest, restricted, via=[host.server_name]) == restricted
+
+    async def joined(room: str = restricted, host: FederatedServer = host) -> bool:
+        return await membership(host, owner, room, guest.user_id) == "join"
+
+    await eventually(joined, timeout=WAIT, what=f"restricted join on {host.label}")
+
+    # Knock, then the host's user invites the knocker in.
+    knockable = await host.create_room(
+        owner,
+        room_version="10",
+        initial_state=[
+            {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}
+        ],
+    )
+    status, body = await guest_server.client_request(
+        "POST",
+        f"/_matrix/client/v3/knock/{quote(knockable)}?via={quote(host.server_name)}",
+        guest.token,
+        {"reason": "let me in"},
+    )
+    assert status == 200, (status, body)
+
+    async def knocked(room: str = knockable, host: FederatedServer = host) -> bool:
+        return await membership(host, owner, room, guest.user_id) == "knock"
+
+    await eventually(knocked, timeout=WAIT, what=f"knock on {host.label}")
+    await host.invite(owner, knockable, guest.user_id)
+
+    async def invited(room: str = knockable, server: FederatedServer = guest_server) -> bool:
+        return room in await invited_rooms(server, guest)
+
+    await eventually(invited, timeout=WAIT, what=f"invite after knock on {guest_server.label}")
+    assert await guest_server.join(guest, knockable, via=[host.server_name]) == knockable
+
+
+@pytest.mark.parametrize("room_version", ["1", "12"])  # state resolution v1 and v2
+async def test_concurrent_state_changes_converge(
+    synapse: SynapseServer, starling: FederatedServer, room_version: str
+) -> None:
+    alice = await starling.register()
+    sam = await synapse.register()
+    room_id = await synapse.create_room(sam, preset="public_chat", room_version=room_version)
+    assert await starling.join(alice, room_id, via=[synapse.server_name]) == room_id
+    # Alice may set the topic too.
+    status, levels = await synapse.client_request(
+        "GET", f"/_matrix/client/v3/rooms/{room_id}/state/m.room.power_levels/", sam.token
+    )
+    assert status == 200, levels
+    levels["users"][alice.user_id] = 50
+    await put_state(synapse, sam, room_id, "m.room.power_levels", levels)
+
+    async def alice_can() -> bool:
+        status, got = await starling.client_request(
+            "GET", f"/_matrix/client/v3/rooms/{room_id}/state/m.room.power_levels/", alice.token
+        )
+        return status == 200 and got.get("users", {}).get(alice.user_id) == 50
+
+    await eventually(alice_can, timeout=WAIT, what="power levels on starling")
+
+    # Both set the topic at the same time, then each sends a message (merging the fork).
+    await asyncio.gather(
+        put_state(synapse, sam, room_id, "m.room.topic", {"topic": "synapse's topic"}),
+        put_state(starling, alice, room_id, "m.room.topic", {"topic": "starling's topic"}),
+    )
+    await synapse.send_message(sam, room_id, "after the topics (sam)")
+    await starling.send_message(alice, room_id, "after the topics (alice)")
+    both = ["after the topics (sam)", "after the topics (alice)"]
+    await wait_for_bodies(synapse, sam, room_id, both, "both messages on synapse")
+    await wait_for_bodies(starling, alice, room_id, both, "both messages on starling")
+
+    async def same_state() -> bool:
+        s = {(e["type"], e["state_key"], e["event_id"]) for e in await synapse.state(sam, room_id)}
+        a = {
+            (e["type"], e["state_key"], e["event_id"]) for e in await starling.state(alice, room_id)
+        }
+        return s == a
+
+    await eventually(same_state, timeout=WAIT, what="the same state after concurrent topics")
