@@ -46,6 +46,7 @@ from starling.errors import MatrixError
 from starling.federation.device_lists import DeviceListFederation
 from starling.federation.inbound import FederationInbound, build_federation_inbound
 from starling.federation.membership import ResidentMembership
+from starling.federation.presence import PresenceFederation
 from starling.federation.public_rooms import RemotePublicRooms
 from starling.federation.queries import FederationQueries
 from starling.federation.remote_membership import OutOfBandMemberships, RemoteMembership
@@ -59,6 +60,7 @@ from starling.notifier import Notifier
 from starling.presence.service import PresenceService
 from starling.profile.service import ProfileService
 from starling.protocol.event import Event
+from starling.protocol.power_levels import server_of
 from starling.protocol.signing import SigningKey
 from starling.push.pushers import PusherService
 from starling.push.service import PushRulesService
@@ -370,6 +372,15 @@ async def build_services(
     e2ee.device_lists.listeners.append(device_list_federation.on_change)
     federation_inbound.edus.register("m.device_list_update", device_list_federation.on_edu)
     federation_inbound.edus.register("m.signing_key_update", device_list_federation.on_edu)
+    presence_federation = PresenceFederation(
+        config.server_name,
+        federation_sender,
+        membership_store.users_sharing_a_room,
+        extras.presence,
+    )
+    extras.presence.is_local = lambda user_id: server_of(user_id) == config.server_name
+    extras.presence.on_local_changes = presence_federation.local_changes
+    federation_inbound.edus.register("m.presence", presence_federation.on_edu)
     room_edus = RoomEdus(
         config.server_name,
         federation_sender,

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -83,6 +83,10 @@ class PresenceService:
         self._last_flush = 0
         self._loop_task: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
+        # Set by app.py for federation: which users are this server's (only they time
+        # out here; other servers time out their own), and who hears of local changes.
+        self.is_local: Callable[[str], bool] = lambda user_id: True
+        self.on_local_changes: Callable[[dict[str, dict[str, Any]]], Awaitable[None]] | None = None
 
     @classmethod
     async def create(
@@ -230,13 +234,33 @@ class PresenceService:
         for user_id, state in visible.items():
             self._states[user_id] = state
             self._unflushed.pop(user_id, None)
-            if state.state == "offline":
+            if state.state == "offline" or not self.is_local(user_id):
                 self._not_offline.discard(user_id)
             else:
                 self._not_offline.add(user_id)
             rooms.update(await self._memberships.get_joined_rooms(user_id))
         self._notifier.notify(users=list(visible), rooms=rooms)
         self._ensure_loop()
+        local = {u: s for u, s in visible.items() if self.is_local(u)}
+        if local and self.on_local_changes is not None:
+            now = self._now()
+            await self.on_local_changes({u: self._format(u, s, now) for u, s in local.items()})
+
+    async def remote_update(
+        self,
+        user_id: str,
+        presence: str,
+        status_msg: str | None,
+        last_active_ago: int,
+        currently_active: bool,
+    ) -> None:
+        """Another server's user's presence (from an m.presence EDU)."""
+        if not self.enabled or presence not in STATES:
+            return
+        new = _Presence(
+            presence, status_msg, max(0, self._now() - last_active_ago), currently_active
+        )
+        await self._apply({user_id: new})
 
     def _ensure_loop(self) -> None:
         if self._not_offline and (self._loop_task is None or self._loop_task.done()):

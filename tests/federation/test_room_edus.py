@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from starling.federation.edu import EduRegistry
+from starling.federation.presence import PresenceFederation
 from starling.federation.room_edus import RoomEdus
 from starling.storage.receipts import Receipt
 
@@ -120,3 +121,74 @@ async def test_inbound_receipts_keep_threads_and_drop_garbage() -> None:
     ]:
         await registry.dispatch("remote.test", {"edu_type": "m.receipt", "content": content})
     assert fakes.receipts == []
+
+
+class FakePresence:
+    def __init__(self) -> None:
+        self.enabled = True
+        self.updates: list[tuple[str, str, str | None, int, bool]] = []
+
+    async def remote_update(
+        self, user_id: str, presence: str, status_msg: str | None, ago: int, active: bool
+    ) -> None:
+        self.updates.append((user_id, presence, status_msg, ago, active))
+
+
+async def test_presence_batched_per_server_and_taken_for_users_sharing_a_room() -> None:
+    fakes = Fakes()
+    presence = FakePresence()
+
+    async def sharing(user_id: str) -> set[str]:
+        return set(JOINED) if user_id in JOINED else set()
+
+    fed = PresenceFederation("here.test", fakes, sharing, presence)
+    await fed.local_changes(
+        {
+            "@alice:here.test": {"presence": "online", "currently_active": True},
+            "@zed:here.test": {"presence": "offline"},  # shares no room: nobody told
+        }
+    )
+    assert fakes.sent == [
+        (
+            server,
+            "m.presence",
+            {
+                "push": [
+                    {
+                        "user_id": "@alice:here.test",
+                        "presence": "online",
+                        "last_active_ago": 0,
+                        "currently_active": True,
+                    }
+                ]
+            },
+        )
+        for server in ("other.test", "remote.test")
+    ]
+    registry = EduRegistry()
+    registry.register("m.presence", fed.on_edu)
+    push = [
+        {
+            "user_id": "@bob:remote.test",
+            "presence": "unavailable",
+            "status_msg": "hi",
+            "last_active_ago": 5,
+            "currently_active": False,
+        }
+    ]
+    await registry.dispatch("remote.test", {"edu_type": "m.presence", "content": {"push": push}})
+    assert presence.updates == [("@bob:remote.test", "unavailable", "hi", 5, False)]
+    presence.updates.clear()
+    for origin, items in [
+        ("remote.test", [{"user_id": "@stranger:remote.test", "presence": "online"}]),
+        ("evil.test", push),  # names another server's user
+        ("remote.test", [{"user_id": "@bob:remote.test", "presence": 5}]),
+    ]:
+        await registry.dispatch(origin, {"edu_type": "m.presence", "content": {"push": items}})
+    assert presence.updates == []
+    # Presence off: nothing sent, nothing taken.
+    presence.enabled = False
+    fakes.sent.clear()
+    await fed.local_changes({"@alice:here.test": {"presence": "online"}})
+    await registry.dispatch("remote.test", {"edu_type": "m.presence", "content": {"push": push}})
+    assert fakes.sent == [] and presence.updates == []

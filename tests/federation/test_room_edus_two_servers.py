@@ -1,8 +1,9 @@
-"""Two real `starling serve` processes over TLS (both engines): typing notifications and
-read receipts (threaded; private ones stay home) cross servers both ways."""
+"""Two real `starling serve` processes over TLS (both engines): typing notifications,
+read receipts (threaded; private ones stay home) and presence cross servers both ways."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -60,7 +61,7 @@ async def post_receipt(
     assert status == 200, body
 
 
-async def test_typing_and_receipts_cross_both_ways(engine: str, tmp_path: Path) -> None:
+async def test_typing_receipts_and_presence_cross_both_ways(engine: str, tmp_path: Path) -> None:
     async with federation_servers(tmp_path, 2, engine=engine) as (a, b):
         alice = await a.register("alice")
         bob = await b.register("bob")
@@ -115,3 +116,28 @@ async def test_typing_and_receipts_cross_both_ways(engine: str, tmp_path: Path) 
             return alice.user_id in got.get(second, {}).get("m.read", {})
 
         await eventually(bob_sees_alices_receipt, what="alice's receipt on b")
+
+        # Presence: alice's status reaches bob on b, bob's reaches alice on a.
+        for server, user, text in ((a, alice, "lunch"), (b, bob, "busy")):
+            status, body = await server.client_request(
+                "PUT",
+                f"{V3}/presence/{quote(user.user_id)}/status",
+                user.token,
+                {"presence": "unavailable", "status_msg": text},
+            )
+            assert status == 200, body
+
+        def presence_of(
+            server: FederatedServer, observer: User, user: User, text: str
+        ) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                status, body = await server.client_request(
+                    "GET", f"{V3}/presence/{quote(user.user_id)}/status", observer.token
+                )
+                assert status == 200, body
+                return body.get("presence") == "unavailable" and body.get("status_msg") == text
+
+            return check
+
+        await eventually(presence_of(b, bob, alice, "lunch"), what="alice's presence on b")
+        await eventually(presence_of(a, alice, bob, "busy"), what="bob's presence on a")
