@@ -216,6 +216,9 @@ class FederatedServer:
     engine: str
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    # The proxy in front of the federation port (proxy=True): stopping it cuts the server
+    # off from every other server's requests (a netsplit), starting it again heals that.
+    forwarder: TcpForwarder | None = field(default=None, repr=False)
     _session: aiohttp.ClientSession | None = field(default=None, repr=False)
 
     @property
@@ -512,6 +515,7 @@ async def federation_servers(
             if proxies[i]:
                 forwarder = TcpForwarder(name_port, federation_port)
                 await forwarder.start()
+                server.forwarder = forwarder
                 stack.push_async_callback(forwarder.stop)
             database_arg = "sqlite" if engine == "sqlite" else url
             await asyncio.to_thread(
