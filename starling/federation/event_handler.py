@@ -127,8 +127,14 @@ class FederationEventHandler:
         if isinstance(parsed, Dropped):
             return parsed.reason
         event = parsed
-        if server_of(event.sender) != origin:
-            return f"sender {event.sender} is not a user of {origin}"
+        # The sender may be another server's user: a resident relays the joins, leaves
+        # and knocks it accepted through send_join/send_leave/send_knock ("the resident
+        # server must also send the event to other servers"). Step 2 checks the
+        # signature of the sender's server whoever relays the event; that server must
+        # be allowed by the room's ACL as much as the origin.
+        sender_server = server_of(event.sender)
+        if sender_server != origin and not await self._server_allowed(room_id, sender_server):
+            return f"server {sender_server} is denied by the room's server ACL"
         if not await self._origin_in_room(origin, event):
             return f"server {origin} is not in room {room_id}"
         async with self._locks.lock(room_id):
@@ -348,8 +354,16 @@ class FederationEventHandler:
             if not frontier:
                 break
             latest = frontier
-        # Only what lies between our extremities and the event: its ancestors.
-        collected = ancestors_within(event.prev_event_ids, collected)
+        # Only what lies between our DAG and the event: its ancestors, reached without
+        # passing through an event we already hold as a timeline event. The answer may
+        # go on past those (a breadth-first walk stops only at the `earliest` we named);
+        # what lies behind them — the room's state before our join, which we hold as
+        # outliers — is history for backfill, never new timeline events.
+        in_dag = await self._events.get_events_with_meta(collected)
+        behind = {eid for eid, (_, meta) in in_dag.items() if not meta.outlier}
+        collected = ancestors_within(
+            event.prev_event_ids, {k: v for k, v in collected.items() if k not in behind}
+        )
         for missing in sorted(collected.values(), key=lambda e: (e.depth, e.event_id)):
             if await self._is_known_in_dag(missing.event_id):
                 continue

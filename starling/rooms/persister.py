@@ -10,9 +10,12 @@ outlier or was backfilled. From that, and only here, in one transaction:
   for backfilled events (older history sorts below everything); none for outliers;
 - state groups: the state before the event, and after it (= before plus the event for
   a state event that was not rejected: a rejected event never changes state);
-- forward extremities: an accepted event replaces the extremities among its prev events
-  and becomes one itself, unless it was backfilled or a stored event already cites it
-  (it filled a gap); rejected, soft-failed, outlier and backfilled events never do;
+- forward extremities: an accepted event that is not backfilled replaces the extremities
+  among its prev events and becomes one itself, unless a stored event that is neither
+  rejected nor soft-failed already cites it — a timeline event (it filled a gap) or an
+  outlier (a state or auth event of a later point: an old event pulled into the timeline
+  is no tip). The room never loses its last extremity that way. Rejected, soft-failed,
+  outlier and backfilled events never take part;
 - backward extremities: prev events of accepted events that are not stored (or only as
   outliers); an event stops being one when it is stored;
 - current state: the resolution of the forward extremities' states (fast path: an event
@@ -231,21 +234,35 @@ class EventPersister:
             missing_prevs = [
                 p for p in event.prev_event_ids if p not in known or known[p][1].outlier
             ]
-        becomes_extremity = accepted and not context.backfilled and not fills_gap
+        in_dag = accepted and not context.backfilled
+        # A stored event citing this one (a timeline event after a gap, or an outlier: a
+        # state or auth event we hold of a later point) means it is not a tip of the DAG.
+        cited = fills_gap or (
+            in_dag and not fresh and await self._events.is_cited_as_prev_event(event.event_id)
+        )
+        becomes_extremity = in_dag and not cited
         replaced_extremities: list[str] = []
         previous_state: Mapping[StateKey, str] = {}
         new_state: Mapping[StateKey, str] | None = None
         changed: dict[StateKey, str | None] = {}
-        if becomes_extremity:
+        if in_dag:
             extremities = await self._events.get_forward_extremities(room_id)
             prevs = set(event.prev_event_ids)
             replaced_extremities = [x for x in extremities if x in prevs]
             others = [x for x in extremities if x not in prevs]
-            # A message on top of every extremity changes no state: the current state is
-            # already the state after them, which is the state before this event.
-            if changes_state or set(extremities) != prevs:
+            if not becomes_extremity and not others:
+                replaced_extremities = []  # never leave the room without a forward extremity
+            if becomes_extremity and (changes_state or set(extremities) != prevs):
+                # A message on top of every extremity changes no state: the current state
+                # is already the state after them, which is the state before this event.
                 previous_state = await self._state.get_current_state_ids(room_id)
                 new_state = await self._current_state_with(event, after_ids, others)
+            elif not becomes_extremity and replaced_extremities:
+                # Its prev events are no tips either; the current state is that of the
+                # extremities left.
+                previous_state = await self._state.get_current_state_ids(room_id)
+                new_state = await self._state_of_extremities(event.room_version, others)
+            if new_state is not None:
                 changed = {k: v for k, v in new_state.items() if previous_state.get(k) != v}
                 changed.update({k: None for k in previous_state if k not in new_state})
 
@@ -312,9 +329,12 @@ class EventPersister:
                     nids,
                 )
                 await self._events.set_state_after(txn, event.event_id, nid, group_after)
-            if becomes_extremity:
+            if becomes_extremity or replaced_extremities:
                 await self._events.set_forward_extremities(
-                    txn, room_id, replaced_extremities, event.event_id
+                    txn,
+                    room_id,
+                    replaced_extremities,
+                    event.event_id if becomes_extremity else None,
                 )
             if missing_prevs or fills_gap:
                 await self._events.update_backward_extremities(
@@ -355,6 +375,19 @@ class EventPersister:
         return await self._calculator.resolve(
             event.room_version, [after_ids, *(states[g] for g in groups)], pending=[event]
         )
+
+    async def _state_of_extremities(
+        self, room_version: RoomVersion, extremities: Sequence[str]
+    ) -> Mapping[StateKey, str] | None:
+        """The resolution of the states after `extremities` (None if none is known)."""
+        metas = await self._events.get_events_with_meta(extremities)
+        groups = sorted({m.state_after for _, m in metas.values() if m.state_after is not None})
+        if not groups:
+            return None
+        states = await self._state.get_state_ids_for_groups(groups)
+        if len(groups) == 1:
+            return states[groups[0]]
+        return await self._calculator.resolve(room_version, [states[g] for g in groups])
 
     async def _record_memberships(
         self,

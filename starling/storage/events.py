@@ -487,8 +487,9 @@ class EventStore:
     async def insert_outliers(
         self, txn: Transaction, events: Sequence[Event], rejected: Mapping[str, str]
     ) -> None:
-        """Insert events known only as auth or state (no stream position, no state, no
-        prev edges), in one batch. Events already stored are left as they are."""
+        """Insert events known only as auth or state (no stream position, no state), with
+        their prev and auth edges, in one batch. Events already stored are left as they
+        are."""
         if not events:
             return
         await txn.executemany(
@@ -511,6 +512,39 @@ class EventStore:
             ],
         )
         await self._insert_auth_edges(txn, events)
+        await self._insert_outlier_edges(txn, events)
+
+    async def _insert_outlier_edges(self, txn: Transaction, events: Sequence[Event]) -> None:
+        """Prev edges of just-inserted outliers (one statement): an outlier is a known
+        descendant of what it cites, so nothing it cites is a forward extremity."""
+        ids = sorted({e.event_id for e in events if e.prev_event_ids})
+        if not ids:
+            return
+        rows = await txn.fetch_all(
+            f"SELECT event_id, event_nid FROM events WHERE {txn.sql.in_array('event_id')}",
+            txn.sql.array(ids),
+        )
+        nids = {str(r[0]): int(r[1]) for r in rows}
+        edges = sorted(
+            {(nids[e.event_id], p) for e in events if e.event_id in nids for p in e.prev_event_ids}
+        )
+        if edges:
+            await txn.executemany(
+                "INSERT INTO event_edges (event_nid, prev_event_id) VALUES (?, ?)"
+                " ON CONFLICT DO NOTHING",
+                edges,
+            )
+
+    async def is_cited_as_prev_event(self, event_id: str) -> bool:
+        """Whether a stored event that is neither rejected nor soft-failed (a timeline
+        event or an outlier) cites `event_id` among its prev_events."""
+        row = await self._db.fetch_one(
+            "SELECT 1 FROM event_edges ed JOIN events r ON r.event_nid = ed.event_nid"
+            " WHERE ed.prev_event_id = ? AND r.rejected_reason IS NULL AND NOT r.soft_failed"
+            " LIMIT 1",
+            event_id,
+        )
+        return row is not None
 
     async def promote_outlier(
         self,

@@ -1,5 +1,6 @@
-"""Pushed PDUs: the origin must take part in the room and speak only for its own users;
-the room's server ACL applies to every PDU."""
+"""Pushed PDUs: the origin must take part in the room; it may relay other servers' events
+(a resident fans out the joins it accepted through send_join), whose own signatures say who
+made them; the room's server ACL applies to the origin and to the sender's server."""
 
 from __future__ import annotations
 
@@ -7,12 +8,51 @@ from tests.federation.conftest import REMOTE, Scenario
 from tests.federation.dag import FakeServer
 
 
-async def test_sender_of_another_server_is_refused(scenario: Scenario) -> None:
+def _third(s: Scenario) -> FakeServer:
+    third = FakeServer("third.example")
+    s.keyring.servers[third.name] = third
+    s.dag.servers[third.name] = third
+    return third
+
+
+async def test_resident_relays_another_servers_join(scenario: Scenario) -> None:
     s = scenario
-    event = s.dag.message(s.bob)  # a user of local.test, pushed by remote.example
-    outcome = await s.handler.on_send_pdu(REMOTE, dict(event.pdu))
-    assert outcome is not None and "not a user of" in outcome
-    assert event.event_id not in s.rooms.events
+    carol = _third(s).user("carol")
+    join = s.dag.join(carol)  # signed by third.example, pushed by the resident
+    assert await s.handler.on_send_pdu(REMOTE, dict(join.pdu)) is None
+    assert s.rooms.meta(join.event_id).rejected_reason is None
+    assert s.rooms.timeline[-1] == join.event_id
+    msg = s.dag.message(carol, "relayed too")
+    assert await s.handler.on_send_pdu(REMOTE, dict(msg.pdu)) is None
+    assert s.rooms.timeline[-1] == msg.event_id
+
+
+async def test_relayed_event_needs_its_senders_signature(scenario: Scenario) -> None:
+    s = scenario
+    carol = _third(s).user("carol")
+    # The relaying server signs an event in another server's user's name: dropped.
+    forged = s.dag.join(carol, signer=s.remote, track=False)
+    outcome = await s.handler.on_send_pdu(REMOTE, dict(forged.pdu))
+    assert outcome is not None and "signature" in outcome
+    assert forged.event_id not in s.rooms.events
+    # Our own user's event, made up by the remote: it holds no signature of ours.
+    fake_bob = s.dag.message(s.bob, signer=s.remote, track=False)
+    outcome = await s.handler.on_send_pdu(REMOTE, dict(fake_bob.pdu))
+    assert outcome is not None and "signature" in outcome
+    assert fake_bob.event_id not in s.rooms.events
+
+
+async def test_relayed_event_of_a_denied_server_is_refused(scenario: Scenario) -> None:
+    s = scenario
+    third = _third(s)
+    acl = s.dag.add(
+        s.alice, "m.room.server_acl", {"allow": ["*"], "deny": [third.name]}, state_key=""
+    )
+    assert await s.send(acl) is None
+    join = s.dag.join(third.user("carol"), track=False)
+    outcome = await s.handler.on_send_pdu(REMOTE, dict(join.pdu))
+    assert outcome is not None and "ACL" in outcome
+    assert join.event_id not in s.rooms.events
 
 
 async def test_origin_not_in_the_room_is_refused(scenario: Scenario) -> None:

@@ -139,6 +139,49 @@ async def test_missing_events_and_gap_on_storage(hs: Harness) -> None:
     assert state[("m.room.member", dave)] == dave_join.event_id
 
 
+async def test_gap_fill_stops_at_our_own_dag(hs: Harness) -> None:
+    """A join concurrent with a message we have: the remote's get_missing_events walk
+    goes on past our join into the room's creation (it stops only at the `earliest` we
+    named). Those events, held as outliers from the send_join state, stay outliers: no
+    old state event is pulled into the timeline or becomes a forward extremity."""
+    room = Room(hs)
+    _, token = await room.join()
+    store = hs.services.event_store
+    room_id = room.dag.room_id
+    (our_join,) = await store.get_forward_extremities(room_id)
+    seen = room.dag.message(room.alice, "after our join")
+    assert await room.push(seen) is None
+    carol_join = room.dag.join(room.remote.user("carol"), prev=[our_join])  # never pushed
+    merge = room.dag.message(room.alice, "both")
+    assert set(merge.prev_event_ids) == {seen.event_id, carol_join.event_id}
+    assert await room.push(merge) is None
+    assert room.client.count("get_missing_events") == 1
+    assert not (await room.meta(carol_join.event_id)).outlier
+    assert await store.get_forward_extremities(room_id) == [merge.event_id]
+    for key in (("m.room.create", ""), ("m.room.power_levels", "")):
+        assert (await room.meta(room.dag.current_state()[key])).outlier, key
+    timeline = await _timeline(hs, token, room_id)
+    assert timeline[-3:] == [seen.event_id, carol_join.event_id, merge.event_id]
+
+
+async def test_relayed_join_of_a_third_server_on_storage(hs: Harness) -> None:
+    """The resident relays a join it accepted through send_join for a third server's
+    user: it reaches the timeline and the next event cites it alone."""
+    room = Room(hs)
+    await room.join()
+    third = FakeServer("third.example")
+    room.dag.servers[third.name] = third
+    room.handler._keyring.servers[third.name] = third  # type: ignore[attr-defined]
+    join = room.dag.join(third.user("carol"))
+    assert await room.push(join) is None
+    meta = await room.meta(join.event_id)
+    assert not meta.outlier and meta.rejected_reason is None and not meta.soft_failed
+    assert room.client.count("get_missing_events") == 0
+    assert await hs.services.event_store.get_forward_extremities(room.dag.room_id) == [
+        join.event_id
+    ]
+
+
 async def test_backfill_on_storage(hs: Harness) -> None:
     room = Room(hs)
     _, token = await room.join(history=4)

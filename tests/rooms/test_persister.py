@@ -347,6 +347,48 @@ async def test_outlier_promoted_to_timeline(hs: Harness) -> None:
     assert event.event_id in timeline_ids(await sync(hs, btok), room_id)
 
 
+async def test_event_cited_by_a_stored_event_is_no_extremity(hs: Harness) -> None:
+    """An event pulled into the timeline after a later event is stored that cites it —
+    as an outlier (a state or auth event of a later point) or a timeline event — is no
+    tip; its prev events stop being tips too. A rejected or soft-failed referencer does
+    not count."""
+    room_id, alice, _atok, _bob, _btok = await room_with_bob(hs)
+    s = hs.services
+    store = s.event_store
+    base = await tip(hs, room_id)
+    state = await s.room_events.current_state_ids(room_id)
+
+    async def msg(body: str, prev: Event) -> Event:
+        return await build(
+            hs, room_id, alice, "m.room.message", {"body": body}, prev=[prev], state=state
+        )
+
+    x1, x2 = await msg("x1", base), await msg("x2", base)
+    await persist(hs, x1)
+    await persist(hs, x2)
+    assert set(await store.get_forward_extremities(room_id)) == {x1.event_id, x2.event_id}
+    a = await msg("a", x1)
+    later = await msg("later", a)
+    await s.persister.persist_outliers([later], later.room_version)
+    assert await persist(hs, a) is not None
+    assert await store.get_forward_extremities(room_id) == [x2.event_id]
+    # The last extremity is never given up, even when its child is cited.
+    b = await msg("b", x2)
+    await s.persister.persist_outliers([await msg("after b", b)], b.room_version)
+    await persist(hs, b)
+    assert await store.get_forward_extremities(room_id) == [x2.event_id]
+    # Referencers that are not part of the DAG do not count.
+    c = await msg("c", x2)
+    bad = await msg("rejected", c)
+    await s.persister.persist_outliers([bad], bad.room_version, rejected={bad.event_id: "auth"})
+    await persist(hs, c)
+    assert await store.get_forward_extremities(room_id) == [c.event_id]
+    d = await msg("d", c)
+    await persist(hs, await msg("soft-failed", d), state_before=state, soft_failed=True)
+    await persist(hs, d, state_before=state)
+    assert await store.get_forward_extremities(room_id) == [d.event_id]
+
+
 async def test_auth_chain_is_one_query(hs: Harness) -> None:
     room_id, _alice, atok, bob, _btok = await room_with_bob(hs)
     s = hs.services
