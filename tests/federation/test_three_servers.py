@@ -7,6 +7,8 @@ server off from the others' requests):
   replies cite Alice's message, so the graph forks; Alice's next message cites both.
 - The netsplit heals: b and c fetch what they missed and all three servers have the same
   state and the same history.
+- Bob and Charlie reply concurrently again with nobody cut off; Alice's next message
+  merges whatever forked and the state still converges.
 - A ban racing a topic change (all three cut off from each other while they happen)
   resolves identically on every server.
 - An event forged in b's name (b's key ID, another key) inside a transaction b really
@@ -15,6 +17,7 @@ server off from the others' requests):
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from pathlib import Path
 from typing import Any
@@ -144,6 +147,21 @@ async def test_three_servers_fork_merge_heal_and_race(engine: str, tmp_path: Pat
         for server, user in views:
             newest = (await server.messages(user, room, limit=1))[0]
             assert newest["event_id"] == merge, server.label
+
+        # Concurrent replies with every server reachable: delivered live, in whatever
+        # order the transactions cross; the next message merges whatever forked.
+        live = await asyncio.gather(
+            b.send_message(bob, room, "bob again"), c.send_message(charlie, room, "charlie again")
+        )
+        for server, user in views:
+            await wait_events(server, user, room, *live)
+        merge_live = await a.send_message(alice, room, "and again")
+        assert set((await pdu(a, b, merge_live))["prev_events"]) <= {merge, *live}
+        for server, user in views:
+            await wait_events(server, user, room, merge_live)
+        await eventually(
+            lambda: converged(views, room), timeout=DELIVERY_TIMEOUT, what="state converges"
+        )
 
         # A ban racing a topic change. Bob becomes a moderator; then, with every server cut
         # off from the others, Alice bans Bob on a while Bob sets the topic on b.

@@ -1,7 +1,7 @@
 -- Prev edges for outliers too (until now only timeline events had them): an outlier is a
 -- known descendant of the events it cites, so none of those may become a forward
 -- extremity when it is later pulled into the timeline. Shared with
--- 0017_outlier_prev_edges.sqlite.sql except for reading prev_events out of the JSON
+-- 0018_outlier_prev_edges.sqlite.sql except for reading prev_events out of the JSON
 -- (room versions 1 and 2 list [event_id, hashes] pairs).
 INSERT INTO event_edges (event_nid, prev_event_id)
 SELECT event_nid, prev_event_id FROM (
