@@ -145,12 +145,7 @@ class E2eKeyService:
         now = self._clock_ms()
         async with self._db.transaction() as txn:
             if new_device_keys is not None:
-                existing = await txn.fetch_val(
-                    "SELECT key_json FROM e2e_device_keys WHERE user_id = ? AND device_id = ?"
-                    f"{txn.sql.for_update}",
-                    user_id,
-                    device_id,
-                )
+                existing = await self._store.device_keys_for_update(txn, user_id, device_id)
                 if existing != new_device_keys:
                     if existing is not None:
                         old_keys = orjson.loads(existing).get("keys")

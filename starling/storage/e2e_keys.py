@@ -87,6 +87,17 @@ class E2eKeyStore:
         return [StoredDeviceKeys(r[0], r[1], r[2], r[3]) for r in rows]
 
     @staticmethod
+    async def device_keys_for_update(txn: Transaction, user_id: str, device_id: str) -> str | None:
+        """The device's keys (JSON) as stored, its row locked until the transaction ends."""
+        value = await txn.fetch_val(
+            "SELECT key_json FROM e2e_device_keys WHERE user_id = ? AND device_id = ?"
+            f"{txn.sql.for_update}",
+            user_id,
+            device_id,
+        )
+        return None if value is None else str(value)
+
+    @staticmethod
     async def set_device_keys(
         txn: Transaction, user_id: str, device_id: str, key_json: str, now_ms: int
     ) -> None:
