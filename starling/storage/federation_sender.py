@@ -134,6 +134,26 @@ class FederationSenderStore:
         )
         return {r[0]: self._row(tuple(r)) for r in rows}
 
+    async def list_destinations(
+        self, offset: int, limit: int, name_contains: str | None = None
+    ) -> tuple[list[DestinationRow], int]:
+        """A page of destinations by name, and how many there are (admin API)."""
+        where, args = "", []
+        if name_contains:
+            where = " WHERE d.destination LIKE ?"
+            args.append("%" + name_contains.replace("%", "").replace("_", "") + "%")
+        total = await self._db.fetch_val(
+            f"SELECT COUNT(*) FROM federation_destinations d{where}", *args
+        )
+        rows = await self._db.fetch_all(
+            f"SELECT {self._DESTINATION_COLUMNS} FROM federation_destinations d{where}"
+            " ORDER BY d.destination LIMIT ? OFFSET ?",
+            *args,
+            limit,
+            offset,
+        )
+        return [self._row(tuple(r)) for r in rows], int(total)
+
     async def destinations_needing_attention(self) -> list[DestinationRow]:
         """Destinations that are owed events or are backing off (loaded at start)."""
         rows = await self._db.fetch_all(

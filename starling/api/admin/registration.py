@@ -17,6 +17,7 @@ from aiohttp import web
 from starling.accounts.registration_tokens import UNSET, RegistrationToken, RegistrationTokens
 from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
+from starling.api.admin.federation import FederationDestinationsAdmin
 from starling.api.client.common import body_str, query_bool
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import Auth, RouteTable, delete, get, post, put
@@ -177,5 +178,7 @@ def admin_table(svc: Services) -> RouteTable:
             get("/registration_tokens/{token}", r.get_token, Auth.ADMIN),
             put("/registration_tokens/{token}", r.update_token, Auth.ADMIN),
             delete("/registration_tokens/{token}", r.delete_token, Auth.ADMIN),
+            # federation destinations: list, one, reset_connection
+            *FederationDestinationsAdmin(svc.federation_sender).routes(),
         ],
     )

@@ -47,7 +47,8 @@ from starling.federation.errors import FederationError, FederationUnreachable
 from starling.federation.sender.backoff import BackoffPolicy
 from starling.federation.sender.hosts import JoinedHosts, server_of
 from starling.protocol.event import Event
-from starling.storage.federation_sender import DestinationRow, FederationSenderStore
+from starling.storage.federation_sender import DestinationRow as DestinationRow
+from starling.storage.federation_sender import FederationSenderStore
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +225,20 @@ class FederationSender:
             dest.timer = None
         self._spawn(self._store.set_retry(server, 0, 0, None))
         self._kick(dest)
+
+    async def list_destinations(
+        self, offset: int, limit: int, name_contains: str | None = None
+    ) -> tuple[list[DestinationRow], int]:
+        """Admin: a page of destinations with their retry state, and the total."""
+        return await self._store.list_destinations(offset, limit, name_contains)
+
+    async def get_destination(self, destination: str) -> DestinationRow | None:
+        return (await self._store.get_destinations([destination])).get(destination)
+
+    async def reset_connection(self, destination: str) -> None:
+        """Admin: forget the backoff for `destination` and try it now."""
+        await self._store.set_retry(destination, 0, 0, None)
+        self.destination_is_up(destination)
 
     def send_edu(self, destination: str, edu_type: str, content: dict[str, Any]) -> None:
         """Queue an EDU for `destination` (sent with the next transaction, in order)."""
