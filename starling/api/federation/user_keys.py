@@ -19,15 +19,18 @@ class UserKeysApi:
         self._keys = keys
 
     async def devices(self, request: web.Request) -> web.Response:
-        """GET /_matrix/federation/v1/user/devices/{userId}"""
+        """GET /_matrix/federation/v1/user/devices/{userId}
+        (spec: server-server-api/#get_matrixfederationv1userdevicesuserid)"""
         return json_response(await self._keys.devices(request.match_info["userId"]))
 
     async def query(self, request: web.Request) -> web.Response:
-        """POST /_matrix/federation/v1/user/keys/query"""
+        """POST /_matrix/federation/v1/user/keys/query
+        (spec: server-server-api/#post_matrixfederationv1userkeysquery)"""
         return json_response(await self._keys.query(await read_json_object(request)))
 
     async def claim(self, request: web.Request) -> web.Response:
-        """POST /_matrix/federation/v1/user/keys/claim"""
+        """POST /_matrix/federation/v1/user/keys/claim
+        (spec: server-server-api/#post_matrixfederationv1userkeysclaim)"""
         return json_response(await self._keys.claim(await read_json_object(request)))
 
     def routes(self) -> list[Route]:
