@@ -54,9 +54,8 @@ lint: dev
 typecheck: dev
 	$(BIN)/mypy
 
-# loadgroup: the Synapse interop tests share one Synapse per worker (xdist_group).
 pytest: dev dev-js synapse
-	$(BIN)/pytest -q -n 2 --dist loadgroup
+	$(BIN)/pytest -q -n 2
 
 test: lint typecheck pytest
 

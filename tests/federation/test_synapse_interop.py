@@ -1,7 +1,7 @@
 """Interop with a real Synapse (issue 9, "Interop with Synapse"): rooms shared between a
 Starling server (SQLite and PostgreSQL, started with the harness) and Synapse 1.163.2 (SQLite,
 tests/federation/synapse.py), over TLS on loopback. One Synapse per module (per xdist
-worker) serves every scenario; each scenario uses fresh users and rooms on it.
+worker that runs some of its tests) serves every scenario; each scenario uses fresh users and rooms on it.
 
 Joins both ways, messages both ways, history from before a server joined fetched by
 /messages (backfill) both ways, invites both ways (one accepted, one rejected each way),
@@ -27,7 +27,7 @@ from tests.federation.harness import (
 )
 from tests.federation.synapse import SynapseServer, start_synapse
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("synapse")]
+pytestmark = pytest.mark.integration
 
 WAIT = 60.0  # hang guard for anything crossing servers
 
