@@ -48,7 +48,8 @@ class FederationDestinationsAdmin:
         self._sender = sender
 
     async def list_destinations(self, request: web.Request) -> web.Response:
-        """GET /_synapse/admin/v1/federation/destinations"""
+        """GET /_synapse/admin/v1/federation/destinations
+        (Synapse admin API: docs/admin_api/federation.md)"""
         start = _int_param(request, "from", 0, 2**31)
         limit = _int_param(request, "limit", 100, MAX_LIMIT)
         rows, total = await self._sender.list_destinations(
@@ -60,11 +61,13 @@ class FederationDestinationsAdmin:
         return json_response(body)
 
     async def one(self, request: web.Request) -> web.Response:
-        """GET /_synapse/admin/v1/federation/destinations/{destination}"""
+        """GET /_synapse/admin/v1/federation/destinations/{destination}
+        (Synapse admin API: docs/admin_api/federation.md)"""
         return json_response(_json(await self._row(request.match_info["destination"])))
 
     async def reset_connection(self, request: web.Request) -> web.Response:
-        """POST /_synapse/admin/v1/federation/destinations/{destination}/reset_connection"""
+        """POST /_synapse/admin/v1/federation/destinations/{destination}/reset_connection
+        (Synapse admin API: docs/admin_api/federation.md)"""
         row = await self._row(request.match_info["destination"])
         await self._sender.reset_connection(row.destination)
         return json_response({})
