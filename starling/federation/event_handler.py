@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from starling.errors import MatrixError
+from starling.federation.metrics import INBOUND_PDUS
 from starling.federation.ports import (
     EventReader,
     PersisterPort,
@@ -254,6 +255,8 @@ class FederationEventHandler:
             backfilled=backfilled,
         )
         await self._persister.persist(event, context)
+        outcome = "rejected" if rejected_reason else "soft_failed" if soft_failed else "accepted"
+        INBOUND_PDUS.labels(outcome).inc()
         return None
 
     async def _check_own_auth_events(self, event: Event) -> str | None:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from starling.errors import MatrixError
 from starling.federation.edu import EduRegistry
+from starling.federation.metrics import INBOUND_PDUS
 from starling.protocol.hashing import EventHashError, compute_event_id
 from starling.protocol.room_versions import RoomVersion
 from starling.storage.federation_transactions import InboundTransactionStore
@@ -99,6 +100,8 @@ class TransactionReceiver:
                 except Exception:
                     logger.exception("PDU %s from %s failed", event_id, origin)
                     error = "internal error processing this PDU"
+                if error is not None:
+                    INBOUND_PDUS.labels("dropped").inc()
                 if event_id is not None:
                     results[event_id] = {} if error is None else {"error": error}
 

@@ -170,3 +170,20 @@ async def test_inbound_refuses_foreign_senders_and_garbage(hs: Harness) -> None:
     for content in bad_contents:
         await registry.dispatch(REMOTE, {"edu_type": "m.direct_to_device", "content": content})
     assert await inbox(hs, bob, "PHONE") == []
+
+
+async def test_metrics_count_failures_and_queued_edus(setup: Setup) -> None:
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = sample("starling_federation_transaction_failures_total", destination="m.test")
+    setup.client.down.add("m.test")
+    sender = await start_sender(setup)
+    sender.send_edu("m.test", "m.typing", {"n": 1})
+    await setup.wait_stored_backoff("m.test")
+    after = sample("starling_federation_transaction_failures_total", destination="m.test")
+    assert after == before + 1
+    sender.send_edu("m.test", "m.typing", {"n": 2})
+    assert sample("starling_federation_destination_queue", destination="m.test") == 2

@@ -44,6 +44,11 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from starling.federation.errors import FederationError, FederationUnreachable
+from starling.federation.metrics import (
+    DESTINATION_QUEUE,
+    TRANSACTION_FAILURES,
+    TRANSACTION_SECONDS,
+)
 from starling.federation.sender.backoff import BackoffPolicy
 from starling.federation.sender.hosts import JoinedHosts, server_of
 from starling.protocol.event import Event
@@ -382,6 +387,7 @@ class FederationSender:
 
     def _kick(self, dest: _Destination) -> None:
         """Make sure a task is sending to `dest` if it has work and may be tried now."""
+        DESTINATION_QUEUE.labels(dest.name).set(len(dest.pending) + len(dest.edus))
         if self._stopping or not self._started:
             return
         if dest.task is not None and not dest.task.done():
@@ -533,6 +539,7 @@ class FederationSender:
             "pdus": [_pdu_json(ev) for ev in pdus],
             "edus": edus + stored,
         }
+        started = time.monotonic()
         try:
             response = await self._client.put_json(
                 dest.name,
@@ -552,9 +559,11 @@ class FederationSender:
             await self._failed(dest)
             return False
         else:
+            TRANSACTION_SECONDS.observe(time.monotonic() - started)
             _log_pdu_errors(dest.name, response)
         for _ in edus:
             dest.edus.popleft()
+        DESTINATION_QUEUE.labels(dest.name).set(len(dest.pending) + len(dest.edus))
         if dest.backing_off:
             await self._recovered(dest)
         return True
@@ -571,6 +580,7 @@ class FederationSender:
         await self._store.set_retry(dest.name, 0, 0, None)
 
     async def _failed(self, dest: _Destination) -> None:
+        TRANSACTION_FAILURES.labels(dest.name).inc()
         now = self._clock()
         if dest.failing_since_ms is None:
             dest.failing_since_ms = now
