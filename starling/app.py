@@ -62,6 +62,7 @@ from starling.profile.service import ProfileService
 from starling.protocol.event import Event
 from starling.protocol.power_levels import server_of
 from starling.protocol.signing import SigningKey
+from starling.push.delivery import PushSender
 from starling.push.pushers import PusherService
 from starling.push.service import PushRulesService
 from starling.ratelimit import RateLimits
@@ -392,6 +393,17 @@ async def build_services(
     extras.receipts.on_local_receipt = room_edus.local_receipt
     federation_inbound.edus.register("m.typing", room_edus.on_typing)
     federation_inbound.edus.register("m.receipt", room_edus.on_receipt)
+    pusher_store = PusherStore(db)
+    unread_counts = extras.unread_counts
+
+    async def badge_count(user_id: str) -> int:
+        rooms = await membership_store.get_joined_rooms(user_id)
+        counts = await unread_counts.counts(user_id, rooms)
+        return sum(n for per_thread in counts.values() for n, _ in per_thread.values())
+
+    push_sender = PushSender(pusher_store, membership_store, extras.push_rules, badge_count)
+    # Only an in-memory queue: see starling/push/delivery.py for why no stored position.
+    room_events.add_listener(push_sender.on_new_event)
     return Components(
         config=config,
         registration_tokens=RegistrationTokens(account_store),
@@ -447,7 +459,8 @@ async def build_services(
         profile=extras.profile,
         directory=extras.directory,
         push_rules=extras.push_rules,
-        pushers=PusherService(PusherStore(db)),
+        pushers=PusherService(pusher_store),
+        push_sender=push_sender,
         e2ee=e2ee,
         user_directory=user_directory,
         search=search,
@@ -521,6 +534,7 @@ class Components(Services):
     filter_store: FilterStore
     notifier: Notifier
     unread_counts: UnreadCounts
+    push_sender: PushSender
 
 
 @dataclass
@@ -684,6 +698,7 @@ class Homeserver:
         hs = cls(config=config, services=await build_services(config, db, signing_key))
         try:
             await hs.services.federation_sender.start()
+            await hs.services.push_sender.start()
             await hs._start_listeners()
         except BaseException:
             await hs.stop()
@@ -742,6 +757,7 @@ class Homeserver:
         await self.services.presence.close()
         await self.services.media.close()
         await self.services.federation_sender.stop()
+        await self.services.push_sender.stop()
         await self.services.federation.close()
         self.services.passwords.close()
         await self.services.db.close()

@@ -1,9 +1,8 @@
 """Pushers: where a user's notifications should be sent (spec: client-server-api
 modules/push.md, pusher.yaml: GET /pushers, POST /pushers/set).
 
-Pushers are stored and listed only. **Nothing is delivered yet**: Starling does not call
-push gateways (`/_matrix/push/v1/notify`) nor send notification e-mails, so a registered
-pusher has no effect beyond being listed.
+HTTP pushers are delivered to by starling.push.delivery (`/_matrix/push/v1/notify`);
+e-mail pushers are stored and listed but no e-mail is sent.
 
 Stored in the `pushers` table (starling/storage/pushers.py). As the spec asks, a pusher
 set without `append: true` replaces the same app_id and pushkey registered by any other

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
 from starling.storage.database import Database
+
+_BATCH = 500  # users per IN (...) query
+PushersByUser = dict[str, list[dict[str, Any]]]
 
 
 class TooManyPushers(Exception):
@@ -24,6 +28,25 @@ class PusherStore:
             user_id,
         )
         return [orjson.loads(r[0]) for r in rows]
+
+    async def list_http_for_users(self, user_ids: Iterable[str]) -> PushersByUser:
+        """User -> their HTTP pushers (with `pushkey_ts`), for those users that have any."""
+        users = sorted(set(user_ids))
+        out: PushersByUser = {}
+        for start in range(0, len(users), _BATCH):
+            chunk = users[start : start + _BATCH]
+            marks = ", ".join("?" for _ in chunk)
+            rows = await self._db.fetch_all(
+                f"SELECT user_id, data, created_ts FROM pushers WHERE user_id IN ({marks})"
+                " ORDER BY user_id, created_ts, app_id, pushkey",
+                *chunk,
+            )
+            for user_id, data, created_ts in rows:
+                pusher = orjson.loads(data)
+                if pusher.get("kind") == "http":
+                    pusher["pushkey_ts"] = int(created_ts)
+                    out.setdefault(user_id, []).append(pusher)
+        return out
 
     async def set(
         self,

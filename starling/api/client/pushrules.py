@@ -7,8 +7,8 @@ Spec: client-server-api modules/push.md, pushrules.yaml (#get_matrixclientv3push
 
 Only the "global" scope exists. Server-default rules (IDs starting with ".") can be
 enabled/disabled and given other actions, but not created, moved or deleted (400).
-Pushers are stored and listed; nothing is delivered to push gateways yet (see
-starling.push.pushers). GET /notifications is not implemented.
+Pushers are stored and listed; HTTP pushers are delivered to in the background
+(starling.push.delivery). GET /notifications is not implemented.
 """
 
 from __future__ import annotations
