@@ -14,22 +14,18 @@ every address a name resolves to, and DNS rebinding between a check and the conn
 from __future__ import annotations
 
 import ipaddress
-import socket
 from collections.abc import Iterable
 from typing import Any
+
+from starling import address_guard
+from starling.address_guard import BlockedAddressError, is_blocked_error
+
+__all__ = ["BlockedAddressError", "IPRangePolicy", "guarded_socket_factory", "is_blocked_error"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _ALWAYS_REFUSED = [ipaddress.ip_network("0.0.0.0/32"), ipaddress.ip_network("::/128")]
-
-
-class BlockedAddressError(OSError):
-    """A connection to an address refused by the IP range rules."""
-
-    def __init__(self, address: str) -> None:
-        super().__init__(f"connection to {address} refused by ip_range_blacklist")
-        self.address = address
 
 
 class IPRangePolicy:
@@ -55,28 +51,4 @@ class IPRangePolicy:
 
 def guarded_socket_factory(policy: IPRangePolicy) -> Any:
     """An aiohttp socket factory that refuses to open a socket to a refused address."""
-
-    def factory(addr_info: tuple[Any, ...]) -> socket.socket:
-        family, type_, proto, _, sockaddr = addr_info
-        if not policy.is_allowed(str(sockaddr[0])):
-            raise BlockedAddressError(str(sockaddr[0]))
-        return socket.socket(family=family, type=type_, proto=proto)
-
-    return factory
-
-
-def is_blocked_error(exc: BaseException) -> bool:
-    """Whether a client error was caused by the IP range rules."""
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, BlockedAddressError):
-            return True
-        if isinstance(e, BaseExceptionGroup):
-            stack.extend(e.exceptions)
-        stack.extend((e.__cause__, e.__context__, getattr(e, "os_error", None)))
-    return False
+    return address_guard.guarded_socket_factory(policy, "ip_range_blacklist")

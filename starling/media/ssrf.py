@@ -24,6 +24,18 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
+from starling import address_guard
+from starling.address_guard import BlockedAddressError, is_blocked_error
+
+__all__ = [
+    "BlockedAddressError",
+    "GuardedResolver",
+    "IPPolicy",
+    "guarded_session",
+    "guarded_socket_factory",
+    "is_blocked_error",
+]
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -56,14 +68,6 @@ _ALWAYS_DENIED = [
     "ff00::/8",
 ]
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-
-
-class BlockedAddressError(OSError):
-    """A connection to a denied address was refused."""
-
-    def __init__(self, address: str) -> None:
-        super().__init__(f"connection to {address} refused by the URL preview IP policy")
-        self.address = address
 
 
 def _networks(cidrs: Iterable[str]) -> list[IPNetwork]:
@@ -124,7 +128,7 @@ class GuardedResolver(AbstractResolver):
         results = await self._inner.resolve(host, port, family)
         for r in results:
             if not self._policy.is_allowed(r["host"]):
-                raise BlockedAddressError(f"{host} ({r['host']})")
+                raise BlockedAddressError(f"{host} ({r['host']})", "the URL preview IP policy")
         return results
 
     async def close(self) -> None:
@@ -133,14 +137,7 @@ class GuardedResolver(AbstractResolver):
 
 def guarded_socket_factory(policy: IPPolicy) -> Any:
     """An aiohttp/aiohappyeyeballs socket factory that refuses denied peers."""
-
-    def factory(addr_info: tuple[Any, ...]) -> socket.socket:
-        family, type_, proto, _, sockaddr = addr_info
-        if not policy.is_allowed(str(sockaddr[0])):
-            raise BlockedAddressError(str(sockaddr[0]))
-        return socket.socket(family=family, type=type_, proto=proto)
-
-    return factory
+    return address_guard.guarded_socket_factory(policy, "the URL preview IP policy")
 
 
 def guarded_session(policy: IPPolicy, timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession:
@@ -159,22 +156,3 @@ def guarded_session(policy: IPPolicy, timeout: aiohttp.ClientTimeout) -> aiohttp
         max_line_size=16 * 1024,
         max_field_size=16 * 1024,
     )
-
-
-def is_blocked_error(exc: BaseException) -> bool:
-    """Whether a client error was caused by the IP policy."""
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, BlockedAddressError):
-            return True
-        if isinstance(e, BaseExceptionGroup):
-            stack.extend(e.exceptions)
-        stack.append(e.__cause__)
-        stack.append(e.__context__)
-        stack.append(getattr(e, "os_error", None))
-    return False
