@@ -229,11 +229,17 @@ class EventPersister:
         # The graph around the event.
         fills_gap = await self._events.is_backward_extremity(room_id, event.event_id)
         missing_prevs: list[str] = []
+        # Prev events of the rejected or soft-failed events this one cites: those never
+        # replaced them as extremities, this event does (no tip dangles behind them).
+        behind_excluded: set[str] = set()
         if accepted and event.prev_event_ids:
             known = await self._events.get_events_with_meta(event.prev_event_ids)
             missing_prevs = [
                 p for p in event.prev_event_ids if p not in known or known[p][1].outlier
             ]
+            for prev_event, prev_meta in known.values():
+                if prev_meta.rejected_reason is not None or prev_meta.soft_failed:
+                    behind_excluded.update(prev_event.prev_event_ids)
         in_dag = accepted and not context.backfilled
         # A stored event citing this one (a timeline event after a gap, or an outlier: a
         # state or auth event we hold of a later point) means it is not a tip of the DAG.
@@ -247,7 +253,7 @@ class EventPersister:
         changed: dict[StateKey, str | None] = {}
         if in_dag:
             extremities = await self._events.get_forward_extremities(room_id)
-            prevs = set(event.prev_event_ids)
+            prevs = set(event.prev_event_ids) | behind_excluded
             replaced_extremities = [x for x in extremities if x in prevs]
             others = [x for x in extremities if x not in prevs]
             if not becomes_extremity and not others:

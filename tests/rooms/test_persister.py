@@ -351,7 +351,7 @@ async def test_event_cited_by_a_stored_event_is_no_extremity(hs: Harness) -> Non
     """An event pulled into the timeline after a later event is stored that cites it —
     as an outlier (a state or auth event of a later point) or a timeline event — is no
     tip; its prev events stop being tips too. A rejected or soft-failed referencer does
-    not count."""
+    not count, and an event citing a soft-failed one replaces the tip behind it."""
     room_id, alice, _atok, _bob, _btok = await room_with_bob(hs)
     s = hs.services
     store = s.event_store
@@ -387,6 +387,13 @@ async def test_event_cited_by_a_stored_event_is_no_extremity(hs: Harness) -> Non
     await persist(hs, await msg("soft-failed", d), state_before=state, soft_failed=True)
     await persist(hs, d, state_before=state)
     assert await store.get_forward_extremities(room_id) == [d.event_id]
+    # An event on top of a soft-failed one replaces the extremity behind it.
+    shunned = await msg("shunned", d)
+    await persist(hs, shunned, state_before=state, soft_failed=True)
+    assert await store.get_forward_extremities(room_id) == [d.event_id]
+    on_top = await msg("on top", shunned)
+    await persist(hs, on_top, state_before=state)
+    assert await store.get_forward_extremities(room_id) == [on_top.event_id]
 
 
 async def test_auth_chain_is_one_query(hs: Harness) -> None:
