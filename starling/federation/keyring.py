@@ -175,6 +175,9 @@ class Keyring:
         for key_id, (key, expired_ts) in (old_keys or {}).items():
             self._own.setdefault(key_id, CachedKey(key, expired_ts))
         self._cache: dict[str, dict[str, CachedKey]] = {}
+        # Bumped by every stored key response: a load from the store that a response
+        # overtook must not put its stale keys into the cache.
+        self._generation: dict[str, int] = {}
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._last_fetch: dict[str, float] = {}
 
@@ -251,12 +254,14 @@ class Keyring:
     async def _cached(self, server_name: str, key_id: str, at_ts: int) -> VerifyKey | None:
         keys = self._cache.get(server_name)
         if keys is None:
+            generation = self._generation.get(server_name, 0)
             keys = {
                 k.key_id: CachedKey(VerifyKey.from_base64(k.verify_key), k.valid_until_ts)
                 for k in await self._store.get_keys(server_name)
             }
-            self._cache[server_name] = keys
-            _trim(self._cache)
+            if self._generation.get(server_name, 0) == generation:
+                self._cache[server_name] = keys
+                _trim(self._cache)
         cached = keys.get(key_id)
         if cached is not None and cached.valid_until_ts >= at_ts:
             return cached.verify_key
@@ -337,6 +342,8 @@ class Keyring:
         stored = StoredResponse(from_server, valid_until, fetched, orjson.dumps(response).decode())
         await self._store.store_keys(server_name, keys, fetched, stored)
         self._cache.pop(server_name, None)  # reloaded (merged with older keys) on next use
+        self._generation[server_name] = self._generation.get(server_name, 0) + 1
+        _trim(self._generation)
         return keys
 
     # --- notary --------------------------------------------------------------------------

@@ -4,6 +4,8 @@ checked with the key valid at the right time; this server's key answers and nota
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -286,3 +288,38 @@ async def test_notary_without_pinned_keys_is_checked_with_its_published_keys(
         (NOTARY, "/_matrix/key/v2/query"),
         (NOTARY, "/_matrix/key/v2/server"),
     ]
+
+
+async def test_key_response_overtaking_a_cache_load_is_not_lost(database: Database) -> None:
+    """A load of a server's keys from the store that a fresh key response overtakes must
+    not cache the keys it read before: the response's keys are found at once (no 401s
+    until the refetch interval has passed)."""
+    client, clock = FakeClient(), Clock()
+    key = SigningKey.generate("r1")
+    store = ServerKeyStore(database)
+    gate, read = asyncio.Event(), asyncio.Event()
+    real_get_keys = store.get_keys
+
+    async def slow_get_keys(server_name: str) -> Any:
+        rows = await real_get_keys(server_name)
+        read.set()
+        await gate.wait()
+        return rows
+
+    store.get_keys = slow_get_keys  # type: ignore[method-assign]
+    keyring = Keyring(
+        US,
+        SigningKey.generate("us1"),
+        store,
+        client,  # type: ignore[arg-type]
+        notaries=[],
+        clock_ms=lambda: clock.ms,
+        monotonic=lambda: clock.mono,
+    )
+    loading = asyncio.create_task(keyring.get_verify_key(REMOTE, key.key_id, NOW))
+    await read.wait()  # the load has read the store (no keys yet) and waits
+    await keyring.accept_response(REMOTE, remote_keys(key, NOW + DAY), from_server=REMOTE)
+    gate.set()
+    with contextlib.suppress(SignatureVerifyError):
+        await loading
+    assert await keyring.get_verify_key(REMOTE, key.key_id, NOW) == key.verify_key
