@@ -13,7 +13,7 @@ from starling.errors import MatrixError
 from starling.storage.accounts import AccountStore, UserExists
 
 # Spec (Appendices > User Identifiers): new localparts use a-z 0-9 . _ = - / +
-_LOCALPART_RE = re.compile(r"^[a-z0-9._=\-/+]+$")
+_LOCALPART_RE = re.compile(r"[a-z0-9._=\-/+]+", re.ASCII)
 MAX_USER_ID_BYTES = 255
 MAX_PASSWORD_LENGTH = 512
 
@@ -30,7 +30,7 @@ def local_user_id(server_name: str, user: str) -> str:
         local = user
     if not local:
         raise MatrixError(400, "M_INVALID_USERNAME", "User ID localpart must not be empty")
-    if not _LOCALPART_RE.match(local):
+    if not _LOCALPART_RE.fullmatch(local):
         raise MatrixError(
             400,
             "M_INVALID_USERNAME",

@@ -110,6 +110,10 @@ async def test_invalid_and_taken_usernames(ohs: Harness) -> None:
             "GET", f"{R}/register/available", params={"username": name}
         )
         assert (status, resp["errcode"]) == (400, code), name
+    # A final newline is not part of the grammar (a regex's `$` alone would let it through).
+    body = {"username": "newname\n", "password": PASSWORD, "auth": {"type": "m.login.dummy"}}
+    status, resp = await ohs.request("POST", f"{R}/register", body=body)
+    assert (status, resp["errcode"]) == (400, "M_INVALID_USERNAME")
 
 
 async def test_register_available(ohs: Harness) -> None:
