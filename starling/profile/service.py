@@ -28,7 +28,7 @@ MAX_AVATAR_URL_LENGTH = 1024
 # Member-event keys a profile update does not copy from the current join event: the
 # profile itself, and what belonged to that join only.
 _NOT_CARRIED_OVER = frozenset({*FIELDS, "reason", "join_authorised_via_users_server"})
-_MXC = re.compile(r"^mxc://[A-Za-z0-9.:\[\]-]+/[A-Za-z0-9_-]+$")
+_MXC = re.compile(r"mxc://[A-Za-z0-9.:\[\]-]+/[A-Za-z0-9_-]+", re.ASCII)
 
 # Looks up a remote user's profile over federation: (user_id, field or None) -> profile.
 RemoteProfileLookup = Callable[[str, str | None], Awaitable[dict[str, Any]]]
@@ -46,7 +46,7 @@ def validate_field(field: str, value: Any) -> str | None:
                 f"'displayname' must be at most {MAX_DISPLAYNAME_LENGTH} characters"
             )
         return value
-    if len(value) > MAX_AVATAR_URL_LENGTH or not _MXC.match(value):
+    if len(value) > MAX_AVATAR_URL_LENGTH or not _MXC.fullmatch(value):
         raise invalid_param("'avatar_url' must be an mxc:// URI")
     return value
 

@@ -57,6 +57,8 @@ async def test_profile_errors(hs: Harness) -> None:
             "M_INVALID_PARAM",
         ),
         (f"{V3}/profile/{alice}/avatar_url", {"avatar_url": "mxc://server"}, "M_INVALID_PARAM"),
+        # A final newline is not part of an MXC URI (a regex's `$` would let it through).
+        (f"{V3}/profile/{alice}/avatar_url", {"avatar_url": "mxc://s/a\n"}, "M_INVALID_PARAM"),
         (f"{V3}/profile/{alice}/m.tz", {"m.tz": "Europe/Paris"}, "M_INVALID_PARAM"),
     ]
     for p, body_in, errcode in cases:
