@@ -111,11 +111,19 @@ class RoomHistory:
         found = await self._events.get_event(event_id)
         if found is None or found.event.room_id != room_id or found.meta.rejected_reason:
             raise not_found("Event not found")
+        # The spec's only error here is 404 "not found or you do not have permission to
+        # read this event": an event the user may not see is answered like a missing one,
+        # which also keeps its existence from outsiders.
         m = await self._memberships.get_membership(room_id, user_id)
         if m is not None and m.membership in ("leave", "ban"):
-            await self.access(user_id, room_id)  # 403 once they have forgotten the room
+            try:
+                await self.access(user_id, room_id)  # refused once they forgot the room
+            except MatrixError as e:
+                if e.status == 403:
+                    raise not_found("Event not found") from None
+                raise
         if not await self._visibility.is_visible(user_id, found):
-            raise forbidden("You don't have permission to see this event")
+            raise not_found("Event not found")
         return await self._formatter.format_one(found, FormatOptions(user_id, device_id))
 
     async def state_events(self, user_id: str, room_id: str) -> list[JsonDict]:

@@ -57,7 +57,8 @@ async def test_visibility_matrix(hs: Harness, visibility: str, expected: list[st
     by_body = {e["content"].get("body"): e["event_id"] for e in page["chunk"]}
     first = by_body["before invite"]
     status, _ = await hs.request("GET", f"{V3}/rooms/{room_id}/event/{first}", btok)
-    assert status == (200 if "before invite" in expected else 403)
+    # /event answers 404 for an event the user may not see (the spec's only error).
+    assert status == (200 if "before invite" in expected else 404)
     status, _ = await hs.request("GET", f"{V3}/rooms/{room_id}/context/{first}", btok)
     assert status == (200 if "before invite" in expected else 403)
 
@@ -102,11 +103,14 @@ async def test_outsider_forbidden_unless_world_readable(hs: Harness) -> None:
         f"{V3}/rooms/{room_id}/members",
         f"{V3}/rooms/{room_id}/joined_members",
         f"{V3}/rooms/{room_id}/context/{event_id}",
-        f"{V3}/rooms/{room_id}/event/{event_id}",
         f"{V3}/rooms/{room_id}/state/m.room.create/",
     ):
         status, body = await hs.request("GET", path, etok)
         assert status == 403 and body["errcode"] == "M_FORBIDDEN", (path, body)
+    # /event: "not found or you do not have permission" is one 404 (spec), never a 403
+    # that would tell an outsider the event exists.
+    status, body = await hs.request("GET", f"{V3}/rooms/{room_id}/event/{event_id}", etok)
+    assert status == 404 and body["errcode"] == "M_NOT_FOUND", body
     await set_state(
         hs, atok, room_id, "m.room.history_visibility", {"history_visibility": "world_readable"}
     )
@@ -117,7 +121,7 @@ async def test_outsider_forbidden_unless_world_readable(hs: Harness) -> None:
     status, got = await hs.request("GET", f"{V3}/rooms/{room_id}/event/{readable}", etok)
     assert status == 200 and got["content"]["body"] == "for everyone"
     status, _ = await hs.request("GET", f"{V3}/rooms/{room_id}/event/{event_id}", etok)
-    assert status == 403
+    assert status == 404
 
 
 async def test_unknown_event_is_404(hs: Harness) -> None:
