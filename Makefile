@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 DATA ?= data
 SERVER_NAME ?= localhost
 
-.PHONY: run test lint typecheck pytest install dev dev-js synapse clean fuzz fuzz-atheris
+.PHONY: run test lint typecheck pytest install dev dev-js synapse clean fuzz fuzz-atheris \
+	sytest
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +72,25 @@ SECONDS ?= 600
 fuzz-atheris: dev
 	$(BIN)/python -m pip install --quiet atheris==3.0.0
 	$(BIN)/python fuzz/atheris_targets.py $(TARGET) -max_total_time=$(SECONDS)
+
+# SyTest (matrix-org/sytest) against this tree's Starling (tests/sytest/, docs/sytest.md).
+# Its runner and sources are in the peer-suites folder next to the repository; the results
+# land in $(SYTEST_WORK)/results/latest/. SYTEST_TESTS restricts the run to some test files
+# (tests/30rooms/01state.pl ...), SYTEST_DB=postgres runs both servers on PostgreSQL.
+PEER_SUITES ?= ../shared/peer-suites
+SYTEST_WORK ?= sytest-run
+SYTEST_ROOM_VERSION ?= 10
+SYTEST_TESTS ?=
+SYTEST_DB ?= sqlite
+SYTEST_EXPECTED ?= tests/sytest/expected-failures.txt
+SYTEST_TIMEOUT ?= 5400
+SYTEST_RUN = $(BIN)/python tests/sytest/run.py --peer-suites $(PEER_SUITES) \
+	--work $(SYTEST_WORK) $(if $(filter postgres,$(SYTEST_DB)),--postgres) \
+	--timeout $(SYTEST_TIMEOUT) \
+	--expected-failures $(SYTEST_EXPECTED)
+
+sytest: install
+	$(SYTEST_RUN) -- --room-version $(SYTEST_ROOM_VERSION) $(SYTEST_TESTS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis $(JS_DIR)/node_modules
