@@ -45,6 +45,7 @@ from starling.e2ee.services import build_e2ee
 from starling.errors import MatrixError
 from starling.federation.device_lists import DeviceListFederation
 from starling.federation.inbound import FederationInbound, build_federation_inbound
+from starling.federation.ip_ranges import IPRangePolicy
 from starling.federation.membership import ResidentMembership
 from starling.federation.presence import PresenceFederation
 from starling.federation.public_rooms import RemotePublicRooms
@@ -401,7 +402,13 @@ async def build_services(
         counts = await unread_counts.counts(user_id, rooms)
         return sum(n for per_thread in counts.values() for n, _ in per_thread.values())
 
-    push_sender = PushSender(pusher_store, membership_store, extras.push_rules, badge_count)
+    push_sender = PushSender(
+        pusher_store,
+        membership_store,
+        extras.push_rules,
+        badge_count,
+        address_policy=IPRangePolicy(config.ip_range_blacklist, config.ip_range_whitelist),
+    )
     # Only an in-memory queue: see starling/push/delivery.py for why no stored position.
     room_events.add_listener(push_sender.on_new_event)
     return Components(

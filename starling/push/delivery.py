@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 
+from starling.address_guard import AddressPolicy, guarded_socket_factory, is_blocked_error
 from starling.protocol.event import Event
 from starling.protocol.push_rules import notifies
 from starling.push.service import PushRulesService
@@ -93,9 +94,13 @@ class PushSender:
         push_rules: PushRulesService,
         unread: BadgeCount,
         *,
+        address_policy: AddressPolicy | None = None,
         first_backoff: float = FIRST_BACKOFF_SECONDS,
     ) -> None:
         self._pushers = pushers
+        # Pusher URLs come from users: without this, any user could make the server
+        # POST into its own network (ip_range_blacklist, as Synapse applies it to push).
+        self._address_policy = address_policy
         self._memberships = memberships
         self._push_rules = push_rules
         self._unread = unread
@@ -119,8 +124,19 @@ class PushSender:
 
     async def start(self) -> None:
         if self._worker is None:
+            connector = (
+                aiohttp.TCPConnector(
+                    socket_factory=guarded_socket_factory(
+                        self._address_policy, "ip_range_blacklist"
+                    )
+                )
+                if self._address_policy is not None
+                else None
+            )
             self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS),
+                trust_env=False,
             )
             self._worker = asyncio.create_task(self._run())
 
@@ -204,6 +220,10 @@ class PushSender:
                         return "sent"
                     reason = f"HTTP {resp.status}"
             except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+                if is_blocked_error(e):
+                    # Refused by ip_range_blacklist: no retry will be allowed either.
+                    logger.warning("push to %s refused by ip_range_blacklist (%s); dropped", url, e)
+                    return "failed"
                 reason = repr(e)
             if attempt < MAX_ATTEMPTS:
                 logger.info("push to %s failed (%s); retry in %.1fs", url, reason, delay)

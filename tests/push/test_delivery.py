@@ -5,6 +5,7 @@ and the events that must not be pushed."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -43,6 +44,13 @@ class Gateway:
     async def next(self) -> dict[str, Any]:
         body: dict[str, Any] = (await asyncio.wait_for(self.received.get(), WAIT))["notification"]
         return body
+
+
+@pytest.fixture
+def hs_config(request: pytest.FixtureRequest) -> dict[str, Any]:
+    # The gateway listens on loopback, which the default ip_range_blacklist refuses.
+    overrides: dict[str, Any] = getattr(request, "param", {"ip_range_blacklist": []})
+    return overrides
 
 
 @pytest.fixture
@@ -208,4 +216,26 @@ async def test_invite_is_pushed_to_the_invitee(pushing: Harness, gateway: Gatewa
     n = await gateway.next()
     assert n["type"] == "m.room.member" and n["sender"] == alice
     assert n["content"]["membership"] == "invite"
+    assert gateway.received.empty()
+
+
+@pytest.mark.parametrize("hs_config", [{}], indirect=True)
+async def test_gateway_in_a_blacklisted_range_is_never_contacted(
+    pushing: Harness, gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pusher URL is the user's to choose: with the default ip_range_blacklist the server
+    never connects to loopback (or any private range) to deliver it."""
+    hs = pushing
+    _alice, atok, _bob, btok, room = await dm_room(hs)
+    await set_pusher(hs, btok, gateway)
+    await hs.send_message(atok, room, "hello")
+    sender = hs.services.push_sender
+    # The refusal is final (no retries): the delivery task ends without a request.
+    with caplog.at_level(logging.WARNING, logger="starling.push.delivery"):
+        for _ in range(100):  # a hang guard of 5 s
+            await asyncio.sleep(0.05)
+            if "refused" in caplog.text and not sender._tasks:
+                break
+    assert "refused by ip_range_blacklist" in caplog.text
+    assert not sender._tasks, "delivery still retrying a refused address"
     assert gateway.received.empty()
