@@ -192,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     # The adapter runs Starling from this tree, with this interpreter (the venv's).
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
 
-    cmd = ["bash", str(runner), "--hs-command", shlex.join([sys.executable, str(ADAPTER)])]
+    # `exec`: the adapter replaces SyTest's /bin/sh, so SyTest's SIGINT reaches a process that
+    # waits for Starling to drain rather than a shell it kills.
+    hs_command = "exec " + shlex.join([sys.executable, str(ADAPTER)])
+    cmd = ["bash", str(runner), "--hs-command", hs_command]
     if not args.no_install_deps and perl_deps_missing(runner, env):
         if not install_deps_allowed():
             print(
