@@ -54,7 +54,7 @@ KNOWN_CONDITIONS = frozenset(
 MAX_RULE_ID_LENGTH = 255
 _MAX_SAFE_INT = 2**53 - 1
 _USER_ID_PLACEHOLDER = "[the user's Matrix ID]"
-_MEMBER_COUNT = re.compile(r"^(==|<=|>=|<|>)?([0-9]{1,15})$")
+_MEMBER_COUNT = re.compile(r"^(==|<=|>=|<|>)?([0-9]{1,15})\Z")
 _COMPARE: dict[str, Callable[[int, int], bool]] = {
     "==": lambda a, b: a == b,
     "<": lambda a, b: a < b,

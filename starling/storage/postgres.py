@@ -147,7 +147,7 @@ class PostgresTransaction(Transaction):
 
 # -- creating and dropping databases (tests, setup commands)
 
-_DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 
 
 def _redact(dsn: str) -> str:

@@ -26,7 +26,7 @@ import re
 
 from starling.storage.database import Database, StorageError, Transaction
 
-_STREAM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+_STREAM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}\Z")
 
 
 class StreamIdGenerator:

@@ -187,6 +187,7 @@ async def test_registration_token_bad_input(ohs: Harness) -> None:
         {"token": "x" * 65},
         {"token": 5},
         {"token": "exists"},
+        {"token": "abc\n"},  # `$` would let a trailing newline through
         {"length": 0},
         {"length": 65},
         {"length": "8"},

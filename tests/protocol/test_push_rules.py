@@ -185,6 +185,7 @@ def test_contains_display_name_and_member_count() -> None:
         (">3", 3, False),
         (">=3", 3, True),
         ("<=1", 2, False),
+        ("2\n", 2, False),  # `$` would match before a trailing newline: malformed
     ],
 )
 def test_room_member_count(is_: str, count: int, expected: bool) -> None:

@@ -24,7 +24,7 @@ from starling.api.routing import Auth, RouteTable, delete, get, post, put
 from starling.api.services import Services
 from starling.errors import bad_json, invalid_param, not_found
 
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9._~-]{1,64}\Z")
 DEFAULT_TOKEN_LENGTH = 16
 MAX_TOKEN_LENGTH = 64
 
