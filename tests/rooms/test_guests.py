@@ -66,3 +66,20 @@ async def test_guests_leave_when_the_room_stops_admitting_them(hs: Harness) -> N
         await asyncio.sleep(0.02)
     membership = await members.get_membership(room, guest)
     assert membership is not None and membership.membership == "leave"
+
+
+async def test_guests_join_by_alias_only_rooms_that_admit_them(hs: Harness) -> None:
+    """POST /join/{roomIdOrAlias} admits guests as Synapse does, under the same rule as
+    /rooms/{roomId}/join: only a room whose guest_access is can_join."""
+    _, owner = await hs.register()
+    room = await hs.create_room(owner, preset="public_chat", room_alias_name="visitors")
+    alias = f"%23visitors:{hs.server_name}"
+    _, token = await _guest(hs)
+    status, body = await hs.request("POST", f"{V3}/join/{alias}", token, {})
+    assert status == 403 and body["errcode"] == "M_GUEST_ACCESS_FORBIDDEN", body
+    status, _ = await hs.request(
+        "PUT", f"{V3}/rooms/{room}/state/m.room.guest_access", owner, {"guest_access": "can_join"}
+    )
+    assert status == 200
+    status, body = await hs.request("POST", f"{V3}/join/{alias}", token, {})
+    assert status == 200 and body["room_id"] == room, body

@@ -92,7 +92,9 @@ def client_table(svc: Services) -> RouteTable:
         post("/delete_devices", accounts.delete_devices),
         # Rooms: creating, membership, sending
         post("/createRoom", rooms.create_room),
-        post("/join/{roomIdOrAlias}", rooms.join),
+        # Not in the spec's guest list, but Synapse admits guests here too (the room must
+        # still have guest_access can_join), and clients join by alias this way.
+        post("/join/{roomIdOrAlias}", rooms.join, guests=True),
         post("/rooms/{roomId}/join", rooms.join, guests=True),
         post("/knock/{roomIdOrAlias}", rooms.knock),
         post("/rooms/{roomId}/leave", rooms.leave, guests=True),
