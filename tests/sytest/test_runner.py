@@ -98,3 +98,21 @@ def test_adapter_config_is_valid_and_serves_everything_on_the_tls_port(tmp_path:
     assert config.allow_guest_access and config.enable_registration
     assert config.url_preview_enabled
     assert config.rc_message.per_second >= 1000
+
+
+def test_new_failures_are_traced_to_their_files_and_retried_once(tmp_path: Path) -> None:
+    tests_dir = tmp_path / "sytest" / "tests"
+    (tests_dir / "30rooms").mkdir(parents=True)
+    (tests_dir / "30rooms" / "01state.pl").write_text('test "Room state works",\n  do => 1;\n')
+    (tests_dir / "10apidoc").mkdir()
+    (tests_dir / "10apidoc" / "01register.pl").write_text("test 'Other test', do => 1;\n")
+    assert run.test_files_for({"Room state works"}, tests_dir) == ["tests/30rooms/01state.pl"]
+    assert run.test_files_for({"Unknown"}, tests_dir) == []
+
+    first = run.Outcomes(passed={"a"}, failed={"flaky one", "broken one"})
+    retry = run.Outcomes(passed={"flaky one"}, failed={"broken one"})
+    after = run.outcomes_after_retry(first, retry)
+    assert after.failed == {"broken one"}
+    assert after.passed == {"a", "flaky one"}
+    code, report = run.compare(after, {}, full_run=True)
+    assert code == 1 and "NEW FAILURE: broken one" in report and "flaky one" not in report
