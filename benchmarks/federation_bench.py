@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -96,6 +97,7 @@ class FakeRemote:
         app.router.add_post(
             "/_matrix/federation/v1/get_missing_events/{room}", self.get_missing_events
         )
+        app.router.add_get("/_matrix/federation/v1/state_ids/{room}", self.state_ids)
         return app
 
     @contextlib.asynccontextmanager
@@ -129,6 +131,23 @@ class FakeRemote:
                     {"origin": self.name, "origin_server_ts": now_ms(), "pdus": [pdu_json(found)]}
                 )
         return web.json_response({"errcode": "M_NOT_FOUND", "error": "no such event"}, status=404)
+
+    async def state_ids(self, request: web.Request) -> web.Response:
+        """The state before an event of a hosted room, and its auth chain."""
+        dag = self.rooms.get(request.match_info["room"])
+        event = dag.events.get(request.query.get("event_id", "")) if dag else None
+        if dag is None or event is None or event.event_id not in dag.state_after:
+            return web.json_response({"errcode": "M_NOT_FOUND", "error": "unknown"}, status=404)
+        state = dict(dag.state_after[event.event_id])
+        if event.state_key is not None:
+            state.pop(event.state_map_key, None)
+            state.update(
+                {k: v for k, v in dag.state_before(event).items() if k == event.state_map_key}
+            )
+        chain = dag.auth_chain(state.values())
+        return web.json_response(
+            {"pdu_ids": list(state.values()), "auth_chain_ids": [e.event_id for e in chain]}
+        )
 
     async def get_missing_events(self, request: web.Request) -> web.Response:
         """The events before `latest_events` back to `earliest_events`, oldest first (a
@@ -244,6 +263,9 @@ async def remote_join(server: FederatedServer, remote: FakeRemote, room_id: str)
     for pdu in body["state"]:
         after[(pdu["type"], pdu["state_key"])] = compute_event_id(pdu, ROOM_VERSION)
     after[("m.room.member", user)] = join.event_id
+    for pdu in [*body["state"], *body["auth_chain"]]:
+        eid = compute_event_id(pdu, ROOM_VERSION)
+        dag.events[eid] = Event(pdu, eid, ROOM_VERSION)
     dag.events[join.event_id] = join
     dag.state_after[join.event_id] = after
     dag.extremities = [join.event_id]
@@ -512,6 +534,10 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--txns", type=int, default=20, help="transactions of 50 PDUs")
@@ -524,6 +550,8 @@ def main() -> None:
     parser.add_argument("--scenarios", default="send,join,catchup")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    # SIGTERM (e.g. from `timeout`) unwinds like ^C, so the servers are stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
     args.txns = max(1, min(args.txns, 200))
     args.members = max(2, min(args.members, 5000))
     args.missed = max(1, min(args.missed, 500))
