@@ -81,13 +81,16 @@ class FakeRemote:
     name: str = ""
     rooms: dict[str, Dag] = field(default_factory=dict)
     received_pdus: int = 0
+    # what the servers asked for and did not get (method path -> count): an endpoint the
+    # fake remote lacks shows up here and in the report's notes
+    misses: dict[str, int] = field(default_factory=dict)
 
     @property
     def identity(self) -> FakeServer:
         return FakeServer(self.name, self.key)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._count_misses])
         app.router.add_get("/_matrix/key/v2/server", self.keys)
         app.router.add_get("/_matrix/federation/v1/version", self.version)
         app.router.add_put("/_matrix/federation/v1/send/{txn}", self.send)
@@ -98,7 +101,22 @@ class FakeRemote:
             "/_matrix/federation/v1/get_missing_events/{room}", self.get_missing_events
         )
         app.router.add_get("/_matrix/federation/v1/state_ids/{room}", self.state_ids)
+        app.router.add_get("/_matrix/federation/v1/state/{room}", self.state)
+        app.router.add_get("/_matrix/federation/v1/backfill/{room}", self.backfill)
         return app
+
+    @web.middleware
+    async def _count_misses(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = exc
+        if response.status >= 400:
+            key = f"{request.method} {request.path.rsplit('/', 1)[0]}/… {response.status}"
+            self.misses[key] = self.misses.get(key, 0) + 1
+        if isinstance(response, web.HTTPException):
+            raise response
+        return response
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -132,21 +150,74 @@ class FakeRemote:
                 )
         return web.json_response({"errcode": "M_NOT_FOUND", "error": "no such event"}, status=404)
 
-    async def state_ids(self, request: web.Request) -> web.Response:
-        """The state before an event of a hosted room, and its auth chain."""
+    def _state_at(self, request: web.Request) -> tuple[Dag, dict[StateKey, str]] | None:
+        """The hosted room and the state before `?event_id=` in it (what /state and
+        /state_ids describe), or None when the room or the event is unknown here."""
         dag = self.rooms.get(request.match_info["room"])
         event = dag.events.get(request.query.get("event_id", "")) if dag else None
         if dag is None or event is None or event.event_id not in dag.state_after:
-            return web.json_response({"errcode": "M_NOT_FOUND", "error": "unknown"}, status=404)
+            return None
         state = dict(dag.state_after[event.event_id])
         if event.state_key is not None:
             state.pop(event.state_map_key, None)
             state.update(
                 {k: v for k, v in dag.state_before(event).items() if k == event.state_map_key}
             )
+        return dag, state
+
+    async def state_ids(self, request: web.Request) -> web.Response:
+        """GET /_matrix/federation/v1/state_ids/{roomId}?event_id=: the IDs of the state
+        before an event of a hosted room, and of its auth chain."""
+        found = self._state_at(request)
+        if found is None:
+            return web.json_response({"errcode": "M_NOT_FOUND", "error": "unknown"}, status=404)
+        dag, state = found
         chain = dag.auth_chain(state.values())
         return web.json_response(
             {"pdu_ids": list(state.values()), "auth_chain_ids": [e.event_id for e in chain]}
+        )
+
+    async def state(self, request: web.Request) -> web.Response:
+        """GET /_matrix/federation/v1/state/{roomId}?event_id=: the same as full events
+        (Synapse asks for these after /state_ids when it lacks some of them)."""
+        found = self._state_at(request)
+        if found is None:
+            return web.json_response({"errcode": "M_NOT_FOUND", "error": "unknown"}, status=404)
+        dag, state = found
+        chain = dag.auth_chain(state.values())
+        return web.json_response(
+            {
+                "pdus": [pdu_json(e) for e in dag.state_events(state)],
+                "auth_chain": [pdu_json(e) for e in chain],
+            }
+        )
+
+    async def backfill(self, request: web.Request) -> web.Response:
+        """GET /_matrix/federation/v1/backfill/{roomId}?v=&limit=: the `v` events and the
+        ones before them, walking prev_events breadth-first, at most `limit` (≤ 100)."""
+        dag = self.rooms.get(request.match_info["room"])
+        if dag is None:
+            return web.json_response({"errcode": "M_NOT_FOUND", "error": "no room"}, status=404)
+        try:
+            limit = max(0, min(int(request.query.get("limit", "10")), 100))
+        except ValueError:
+            return web.json_response({"errcode": "M_INVALID_PARAM", "error": "limit"}, status=400)
+        frontier = [e for e in request.query.getall("v", []) if e in dag.events]
+        found: list[Event] = []
+        seen: set[str] = set()
+        while frontier and len(found) < limit:
+            eid = frontier.pop(0)
+            if eid in seen or eid not in dag.events:
+                continue
+            seen.add(eid)
+            found.append(dag.events[eid])
+            frontier.extend(dag.events[eid].prev_event_ids)
+        return web.json_response(
+            {
+                "origin": self.name,
+                "origin_server_ts": now_ms(),
+                "pdus": [pdu_json(e) for e in found],
+            }
         )
 
     async def get_missing_events(self, request: web.Request) -> web.Response:
@@ -322,9 +393,22 @@ async def inbound_send(
         chunk = await server.messages(alice, room_id, 5)
         return any(e["content"].get("body") == last for e in chunk)
 
-    # Synapse answers /send once the PDUs are staged and processes them afterwards: the
-    # measurement ends when the last message is visible to A's user.
+    # Synapse answers /send once the PDUs are staged and processes them afterwards, and
+    # when a gap is too long for /get_missing_events it persists the newest event over the
+    # gap and fetches the rest only when a client pages back (/backfill). So the
+    # measurement ends when every sent message is visible to A's user (/messages paged
+    # back, which is what triggers that backfill); the last message's arrival is kept too.
     await eventually(has_last, f"{last} visible on {server.label}", timeout=WAIT + 600, poll=0.05)
+    last_visible = time.perf_counter() - start
+    wanted = {p["content"]["body"] for pdus in txns[: t + 1] for p in pdus}
+    visible: set[str] = set()
+
+    async def all_visible() -> bool:
+        nonlocal visible
+        visible = await visible_bodies(server, alice.token, room_id, sent)
+        return wanted <= visible
+
+    await eventually(all_visible, f"all {sent} messages visible on {server.label}", poll=0.2)
     elapsed = time.perf_counter() - start
     return {
         "pdus_per_s": accepted / elapsed,
@@ -333,8 +417,26 @@ async def inbound_send(
         "errors": errors,
         "first_error": first_error,
         "seconds": elapsed,
+        "last_visible_seconds": last_visible,
         "answered_seconds": answered,
     }
+
+
+async def visible_bodies(server: FederatedServer, token: str, room_id: str, n: int) -> set[str]:
+    """The bodies of the newest `n` (or more) events of the room that `token`'s user can
+    read, paging back through /messages (bounded: at most n / 100 + 5 pages)."""
+    bodies: set[str] = set()
+    params = {"dir": "b", "limit": "100"}
+    for _ in range(n // 100 + 5):
+        status, resp = await server.client_request(
+            "GET", f"/_matrix/client/v3/rooms/{room_id}/messages", token, params=params
+        )
+        assert status == 200, (status, resp)
+        bodies.update(str(e.get("content", {}).get("body")) for e in resp["chunk"])
+        if not resp["chunk"] or "end" not in resp:
+            break
+        params = {**params, "from": resp["end"]}
+    return bodies
 
 
 # --- scenario 2: join a remote room of N members -------------------------------------------
@@ -454,7 +556,16 @@ async def servers(impl: str, directory: Path) -> AsyncIterator[list[FederatedSer
 
 async def run_impl(impl: str, args: argparse.Namespace, scenarios: set[str]) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix=f"fedbench-{impl}-") as tmp:
+    keep = os.environ.get("FEDBENCH_KEEP") is not None  # keep the servers' directories
+    prefix = f"fedbench-{impl}-"
+    place = (
+        contextlib.nullcontext(tempfile.mkdtemp(prefix=prefix))
+        if keep
+        else tempfile.TemporaryDirectory(prefix=prefix)
+    )
+    with place as tmp:
+        if keep:
+            print(f"{impl}: servers' directories kept in {tmp}", file=sys.stderr)
         directory = Path(tmp)
         remote = FakeRemote(make_test_pki(directory / "remote-pki"))
         async with remote.running(), servers(impl, directory) as (a, b):
@@ -474,6 +585,8 @@ async def run_impl(impl: str, args: argparse.Namespace, scenarios: set[str]) -> 
                         f"--- {server.label} log tail ---\n{server.log_tail(3000)}", file=sys.stderr
                     )
                 raise
+            if remote.misses:
+                results.setdefault("notes", []).append(f"the fake remote answered {remote.misses}")
             for server in (a, b):
                 if "Traceback" in server.log_tail(10**7):
                     results.setdefault("notes", []).append(f"a Traceback in {server.label}'s log")
