@@ -84,6 +84,8 @@ class FakeRemote:
     # what the servers asked for and did not get (method path -> count): an endpoint the
     # fake remote lacks shows up here and in the report's notes
     misses: dict[str, int] = field(default_factory=dict)
+    # what the servers pulled from it (endpoint -> requests): how a receiver filled gaps
+    pulls: dict[str, int] = field(default_factory=dict)
 
     @property
     def identity(self) -> FakeServer:
@@ -111,6 +113,9 @@ class FakeRemote:
             response = await handler(request)
         except web.HTTPException as exc:
             response = exc
+        parts = request.path.split("/")
+        if len(parts) > 4 and parts[2] == "federation" and parts[4] not in ("send", "version"):
+            self.pulls[parts[4]] = self.pulls.get(parts[4], 0) + 1
         if response.status >= 400:
             key = f"{request.method} {request.path.rsplit('/', 1)[0]}/… {response.status}"
             self.misses[key] = self.misses.get(key, 0) + 1
@@ -572,6 +577,7 @@ async def run_impl(impl: str, args: argparse.Namespace, scenarios: set[str]) -> 
             try:
                 if "send" in scenarios:
                     results["send"] = await inbound_send(a, remote, args)
+                    results["send"]["pulled_from_remote"] = dict(remote.pulls)
                     print(impl, "send", results["send"], file=sys.stderr)
                 if "join" in scenarios:
                     results["join"] = await remote_room_join(a, remote, args.members)
