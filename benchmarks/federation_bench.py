@@ -8,9 +8,9 @@ remote homeserver in this process (`FakeRemote`: its own ed25519 key, served at
 
 1. inbound /send: the fake remote joins a public room on A (make_join + send_join), then
    sends transactions of 50 signed messages chained on its join (hashes, signatures,
-   auth events as a real server builds them); accepted PDUs per second over every
-   transaction (a PDU counts when the /send answer has no error for it), bounded in count
-   and time; afterwards A's client API must show the last message.
+   auth events as a real server builds them); accepted PDUs (no error in the /send answer)
+   per second, from the first /send until A's user sees every sent message (/messages),
+   bounded in count and time.
 2. join a remote room of 500 members: the fake remote hosts a room of `--members`
    members (same host for both implementations, built identically); a user of A joins it
    (POST /join?via=remote): the time until the join answers; then A must list every member.
@@ -74,7 +74,8 @@ def now_ms() -> int:
 @dataclass
 class FakeRemote:
     """A remote homeserver in this process: serves its key, accepts transactions, and
-    hosts rooms (make_join, send_join, /event) built as signed DAGs."""
+    hosts rooms built as signed DAGs (make_join, send_join, and what a receiver pulls to
+    fill a gap: /event, /get_missing_events, /state_ids, /state, /backfill)."""
 
     pki: TestPKI
     key: SigningKey = field(default_factory=lambda: SigningKey.generate("a_bench"))
