@@ -408,6 +408,7 @@ async def build_services(
         extras.push_rules,
         badge_count,
         address_policy=IPRangePolicy(config.ip_range_blacklist, config.ip_range_whitelist),
+        verify_certificates=not config.use_insecure_ssl_client_just_for_testing_do_not_use,
     )
     # Only an in-memory queue: see starling/push/delivery.py for why no stored position.
     room_events.add_listener(push_sender.on_new_event)

@@ -285,6 +285,9 @@ class Config:
     # Outbound connections (federation) to these IP ranges are refused, unless whitelisted.
     ip_range_blacklist: list[str] = field(default_factory=lambda: list(DEFAULT_IP_RANGE_BLACKLIST))
     ip_range_whitelist: list[str] = field(default_factory=list)
+    # Synapse's key: push gateways (and later app services) are called without checking
+    # their certificates. Only for test rigs (SyTest's gateway has a test CA); never in use.
+    use_insecure_ssl_client_just_for_testing_do_not_use: bool = False
     trusted_key_servers: list[TrustedKeyServer] = field(
         default_factory=_default_trusted_key_servers
     )

@@ -95,12 +95,14 @@ class PushSender:
         unread: BadgeCount,
         *,
         address_policy: AddressPolicy | None = None,
+        verify_certificates: bool = True,
         first_backoff: float = FIRST_BACKOFF_SECONDS,
     ) -> None:
         self._pushers = pushers
         # Pusher URLs come from users: without this, any user could make the server
         # POST into its own network (ip_range_blacklist, as Synapse applies it to push).
         self._address_policy = address_policy
+        self._verify_certificates = verify_certificates
         self._memberships = memberships
         self._push_rules = push_rules
         self._unread = unread
@@ -124,15 +126,12 @@ class PushSender:
 
     async def start(self) -> None:
         if self._worker is None:
-            connector = (
-                aiohttp.TCPConnector(
-                    socket_factory=guarded_socket_factory(
-                        self._address_policy, "ip_range_blacklist"
-                    )
-                )
+            factory = (
+                guarded_socket_factory(self._address_policy, "ip_range_blacklist")
                 if self._address_policy is not None
                 else None
             )
+            connector = aiohttp.TCPConnector(socket_factory=factory, ssl=self._verify_certificates)
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS),

@@ -71,6 +71,8 @@ def sytest_settings(hs: dict[str, Any]) -> dict[str, Any]:
         "registration_shared_secret": hs["registration_shared_secret"],
         "allow_guest_access": True,
         "url_preview_enabled": True,
+        # SyTest's push gateway (and app services) serve HTTPS with its test CA.
+        "use_insecure_ssl_client_just_for_testing_do_not_use": True,
         "url_preview_ip_range_whitelist": ["127.0.0.0/8", "::1/128"],
         "log_level": os.environ.get("STARLING_SYTEST_LOG_LEVEL", "INFO"),
     }
