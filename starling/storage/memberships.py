@@ -46,6 +46,9 @@ class MembershipStore:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._joined: dict[str, frozenset[str]] = {}
+        # Bumped by every invalidation: a read that began before a membership commit must
+        # not put its (stale) answer into the cache after that commit's invalidation.
+        self._joined_generation = 0
         self._user_rooms: dict[str, dict[str, Membership]] = {}
 
     async def record(self, txn: Transaction, rows: Sequence[Membership]) -> None:
@@ -65,6 +68,7 @@ class MembershipStore:
             )
 
         def invalidate() -> None:
+            self._joined_generation += 1
             for m in rows:
                 self._joined.pop(m.room_id, None)
                 self._user_rooms.pop(m.user_id, None)
@@ -134,6 +138,7 @@ class MembershipStore:
         )
 
         def invalidate() -> None:
+            self._joined_generation += 1
             self._joined.pop(room_id, None)
             for user_id in user_ids:
                 self._user_rooms.pop(user_id, None)
@@ -153,6 +158,7 @@ class MembershipStore:
             else:
                 out[room_id] = hit
         if missing:
+            generation = self._joined_generation
             rows = await self._db.fetch_all(
                 "SELECT room_id, user_id FROM room_memberships"
                 f" WHERE membership = 'join' AND {self._db.sql.in_array('room_id')}",
@@ -161,9 +167,11 @@ class MembershipStore:
             found: dict[str, set[str]] = {room_id: set() for room_id in missing}
             for room_id, user_id in rows:
                 found[room_id].add(user_id)
+            still_current = generation == self._joined_generation
             for room_id, users in found.items():
                 frozen = frozenset(users)
-                self._joined[room_id] = frozen
+                if still_current:
+                    self._joined[room_id] = frozen
                 out[room_id] = frozen
         return out
 
