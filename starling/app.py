@@ -105,6 +105,7 @@ from starling.storage.streams import StreamIdGenerator
 from starling.storage.user_directory import UserDirectoryStore
 from starling.sync.extension import SyncExtension
 from starling.sync.filters import SyncFilters
+from starling.sync.sliding.wiring import build_sliding_sync
 from starling.sync.wiring import build_sync
 from starling.typing.service import TypingService
 from starling.user_directory.service import UserDirectoryService
@@ -317,6 +318,20 @@ async def build_services(
     accounts.add_device_listener(e2ee.keys.devices_changed)
     sync.sync.add_extension(e2ee.to_device_extension)
     sync.sync.add_extension(e2ee.device_lists_extension)
+    sliding_sync = build_sliding_sync(
+        db,
+        event_store,
+        state_store,
+        membership_store,
+        extras.account_data_store,
+        room_events,
+        notifier,
+        sync.sync,
+        sync.formatter,
+        extras.account_data.get_ignored_users,
+        e2ee.keys.key_counts,
+        extras.unread_counts.counts,
+    )
     user_directory = UserDirectoryService(
         UserDirectoryStore(db), search_all_users=config.user_directory.search_all_users
     )
@@ -456,6 +471,7 @@ async def build_services(
         media=build_media(config, db),
         notifier=notifier,
         sync=sync.sync,
+        sliding_sync=sliding_sync,
         room_history=sync.room_history,
         filter_store=sync.filter_store,
         relations=relations,
@@ -554,6 +570,8 @@ class RoomExtras:
     presence: PresenceService
     profile: ProfileService
     directory: DirectoryService
+    # read by sliding sync's list filters (m.direct, tags)
+    account_data_store: AccountDataStore
     push_rules: PushRulesService
 
     def sync_extensions(self) -> list[SyncExtension]:
@@ -577,9 +595,8 @@ async def build_room_extras(
     remote_queries: RemoteQueries | None = None,
 ) -> RoomExtras:
     """Typing, receipts, unread counts, account data, presence, profiles, directory."""
-    account_data = AccountDataService(
-        AccountDataStore(db, await StreamIdGenerator.create(db, "account_data")), notifier
-    )
+    account_data_store = AccountDataStore(db, await StreamIdGenerator.create(db, "account_data"))
+    account_data = AccountDataService(account_data_store, notifier)
     receipt_store = ReceiptStore(db, await StreamIdGenerator.create(db, "receipts"))
     push_rules = PushRulesService(account_data, membership_store, profile_store, room_events)
     presence = await PresenceService.create(
@@ -609,6 +626,7 @@ async def build_room_extras(
             push_rules,
         ),
         account_data=account_data,
+        account_data_store=account_data_store,
         presence=presence,
         profile=ProfileService(
             config.server_name,

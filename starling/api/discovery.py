@@ -22,7 +22,10 @@ SUPPORTED_SPEC_VERSIONS: list[str] = [
     "r0.6.1",
     *(f"v1.{minor}" for minor in range(1, 12)),
 ]
-UNSTABLE_FEATURES: dict[str, bool] = {}
+UNSTABLE_FEATURES: dict[str, bool] = {
+    # Simplified sliding sync (MSC4186), which Element X requires.
+    "org.matrix.simplified_msc3575": True,
+}
 
 
 class DiscoveryResource:

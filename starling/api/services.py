@@ -41,6 +41,7 @@ from starling.search.service import SearchService
 from starling.sync.filters import SyncFilters
 from starling.sync.history import RoomHistory
 from starling.sync.service import SyncService
+from starling.sync.sliding.service import SlidingSyncService
 from starling.typing.service import TypingService
 from starling.user_directory.service import UserDirectoryService
 
@@ -81,6 +82,7 @@ class Services:
     pushers: PusherService
     # sync: /sync, filters, room reads
     sync: SyncService
+    sliding_sync: SlidingSyncService
     sync_filters: SyncFilters
     room_history: RoomHistory
     # relations: /relations and /threads (bundled aggregations go through the formatter)

@@ -35,7 +35,7 @@ from starling.rooms.visibility import HistoryVisibility
 from starling.storage.events import EventStore, StoredEvent
 from starling.storage.memberships import Membership, MembershipChange, MembershipStore
 from starling.storage.state import StateStore
-from starling.sync.filtering import SyncFilter
+from starling.sync.filtering import SyncFilter, parse_sync_filter
 from starling.sync.lazy_members import KnownMembers, LazyMemberCache
 from starling.sync.tokens import pagination_token
 
@@ -542,6 +542,31 @@ class RoomSyncBuilder:
         return out
 
     # --- invites and knocks --------------------------------------------------------------
+
+    async def stripped_state(
+        self,
+        user_id: str,
+        device_id: str | None,
+        memberships: Sequence[Membership],
+        key: str,
+        ignored: frozenset[str] = frozenset(),
+    ) -> dict[str, list[JsonDict]]:
+        """Per room, the `invite_state` (key "invite_state") or `knock_state` events /sync
+        gives for these memberships (sliding sync shows the same)."""
+        req = RoomsRequest(
+            user_id=user_id,
+            device_id=device_id,
+            filter=parse_sync_filter({}),
+            since=None,
+            upto=0,
+            full_state=False,
+            use_state_after=False,
+            since_token=None,
+            next_token="",
+            ignored=ignored,
+        )
+        rooms = await self._stripped_rooms(req, memberships, key)
+        return {room_id: entry[key]["events"] for room_id, entry in rooms.items()}
 
     async def _stripped_rooms(
         self, req: RoomsRequest, memberships: Sequence[Membership], key: str

@@ -25,6 +25,7 @@ from starling.api.client.relations import RelationRoutes
 from starling.api.client.room_reads import RoomReadRoutes
 from starling.api.client.rooms import RoomRoutes
 from starling.api.client.search import SearchRoutes
+from starling.api.client.sliding_sync import SlidingSyncRoutes
 from starling.api.client.sync import SyncRoutes
 from starling.api.client.to_device import ToDeviceRoutes
 from starling.api.client.typing import TypingRoutes
@@ -36,6 +37,7 @@ from starling.api.services import Services
 PREFIX = "/_matrix/client/{version}"
 V1 = ("v1",)
 V3_R0 = ("v3", "r0")
+SIMPLIFIED_SLIDING_SYNC = ("unstable/org.matrix.simplified_msc3575",)
 NONE = Auth.NONE
 OPTIONAL = Auth.OPTIONAL
 
@@ -49,6 +51,7 @@ def client_table(svc: Services) -> RouteTable:
     )
     reads = RoomReadRoutes(svc.room_history)
     sync = SyncRoutes(svc.sync, svc.sync_filters)
+    sliding = SlidingSyncRoutes(svc.sliding_sync)
     filters = FilterRoutes(svc.server_name, svc.sync_filters)
     keys = KeyRoutes(e2ee.keys, e2ee.cross_signing, e2ee.device_lists, svc.accounts)
     to_device = ToDeviceRoutes(e2ee.to_device)
@@ -134,6 +137,7 @@ def client_table(svc: Services) -> RouteTable:
         get("/rooms/{roomId}/hierarchy", hierarchy.hierarchy, versions=V1),
         # Sync and filters
         get("/sync", sync.sync, guests=True),
+        post("/sync", sliding.sync, guests=True, versions=SIMPLIFIED_SLIDING_SYNC),
         post("/user/{userId}/filter", filters.create, guests=True),
         get("/user/{userId}/filter/{filterId}", filters.get, guests=True),
         # End-to-end encryption: keys, cross-signing, to-device, key backup
