@@ -22,6 +22,7 @@ from starling.accounts.registration_tokens import RegistrationTokens
 from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.accounts.uia import UserInteractiveAuth
+from starling.admin.users import AdminUsers
 from starling.api.admin.registration import admin_table
 from starling.api.client.routes import client_table
 from starling.api.connection_guard import ConnectionLimits, GuardedAppRunner, PeerCounter
@@ -85,6 +86,7 @@ from starling.rooms.visibility import HistoryVisibility
 from starling.search.service import SearchService
 from starling.storage.account_data import AccountDataStore
 from starling.storage.accounts import AccountStore, UIAuthStore
+from starling.storage.admin_users import AdminUserStore
 from starling.storage.aliases import AliasExists, AliasStore
 from starling.storage.database import Database, open_database
 from starling.storage.database import DatabaseConfig as StorageConfig
@@ -427,8 +429,20 @@ async def build_services(
     )
     # Only an in-memory queue: see starling/push/delivery.py for why no stored position.
     room_events.add_listener(push_sender.on_new_event)
+    admin_users = AdminUsers(
+        server_name=config.server_name,
+        accounts=accounts,
+        account_store=account_store,
+        store=AdminUserStore(db),
+        passwords=passwords,
+        profiles=extras.profile,
+        profile_store=profile_store,
+        memberships=membership_store,
+        auth=auth,
+    )
     return Components(
         config=config,
+        admin_users=admin_users,
         registration_tokens=RegistrationTokens(account_store),
         client_events=ClientEvents(
             config.server_name,

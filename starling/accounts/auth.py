@@ -28,6 +28,8 @@ class Requester:
     is_admin: bool
     access_token: str
     is_guest: bool = False
+    shadow_banned: bool = False
+    """Set by an admin: the user's sends succeed for them but reach nobody (Synapse)."""
 
 
 # Tokens we issue are ~44 characters; configured (appservice) ones are bounded by this too.
@@ -61,6 +63,10 @@ class RequestAuthenticator:
         if owner.deactivated:
             self._cache.pop(token, None)
             raise MatrixError(401, "M_USER_DEACTIVATED", "This account has been deactivated")
+        if owner.locked:
+            raise MatrixError(
+                401, "M_USER_LOCKED", "This account has been locked", soft_logout=True
+            )
         if owner.valid_until_ms is not None and owner.valid_until_ms <= time.time() * 1000:
             raise unknown_token("Access token has expired", soft_logout=True)
         return Requester(
@@ -69,6 +75,7 @@ class RequestAuthenticator:
             is_admin=owner.is_admin,
             access_token=token,
             is_guest=owner.is_guest,
+            shadow_banned=owner.shadow_banned,
         )
 
     def invalidate_token(self, token: str) -> None:

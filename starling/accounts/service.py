@@ -314,6 +314,10 @@ class AccountService:
         ):
             await self._failed_login(user_id)
             raise _bad_login()
+        if await self._store.is_locked(user_id):
+            raise MatrixError(
+                401, "M_USER_LOCKED", "This account has been locked", soft_logout=True
+            )
         return await self.issue_session(
             user_id, device_id, initial_display_name, refreshable=refreshable
         )
@@ -564,6 +568,13 @@ class AccountService:
 
     async def list_devices(self, user_id: str) -> list[Device]:
         return await self._store.list_devices(user_id)
+
+    async def create_device(self, user_id: str, device_id: str) -> bool:
+        """Create the device (no token) unless it exists; True if it was created."""
+        created = await self._store.upsert_device(user_id, device_id)
+        if created:
+            await self._devices_changed(user_id, [device_id], False)
+        return created
 
     async def get_device(self, user_id: str, device_id: str) -> Device | None:
         return await self._store.get_device(user_id, device_id)

@@ -13,6 +13,7 @@ from starling.accounts.auth import RequestAuthenticator
 from starling.accounts.registration_tokens import RegistrationTokens
 from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
+from starling.admin.users import AdminUsers
 from starling.config import Config
 from starling.directory.service import DirectoryService
 from starling.e2ee.services import E2ee
@@ -56,6 +57,8 @@ class Services:
     accounts: AccountService
     shared_secret_registration: SharedSecretRegistration
     registration_tokens: RegistrationTokens
+    # the admin API's services (Synapse's /_synapse/admin)
+    admin_users: AdminUsers
     # rooms
     rate_limits: RateLimits
     room_events: RoomEventService

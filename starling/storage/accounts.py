@@ -78,6 +78,8 @@ class TokenSession(NamedTuple):
     deactivated: bool
     is_guest: bool
     refresh_token_id: int | None
+    locked: bool = False
+    shadow_banned: bool = False
 
 
 class RefreshedSession(NamedTuple):
@@ -183,6 +185,10 @@ class AccountStore:
         return (
             await self._db.fetch_one("SELECT 1 FROM users WHERE user_id = ?", user_id) is not None
         )
+
+    async def is_locked(self, user_id: str) -> bool:
+        """Whether an admin locked the account (Synapse's ``locked``)."""
+        return bool(await self._db.fetch_val("SELECT locked FROM users WHERE user_id = ?", user_id))
 
     async def set_password_hash(self, user_id: str, password_hash: str | None) -> bool:
         """Set (or with None, remove) the password; False if there is no such user."""
@@ -332,7 +338,7 @@ class AccountStore:
         """Like :meth:`get_by_access_token`, with ``is_guest`` and ``refresh_token_id``."""
         row = await self._db.fetch_one(
             "SELECT t.user_id, t.device_id, t.valid_until_ms, u.admin, u.deactivated,"
-            " u.is_guest, t.refresh_token_id"
+            " u.is_guest, t.refresh_token_id, u.locked, u.shadow_banned"
             " FROM access_tokens AS t JOIN users AS u ON u.user_id = t.user_id"
             " WHERE t.token_hash = ?",
             hash_token(token),
@@ -340,7 +346,15 @@ class AccountStore:
         if row is None:
             return None
         return TokenSession(
-            row[0], row[1], row[2], bool(row[3]), bool(row[4]), bool(row[5]), row[6]
+            row[0],
+            row[1],
+            row[2],
+            bool(row[3]),
+            bool(row[4]),
+            bool(row[5]),
+            row[6],
+            bool(row[7]),
+            bool(row[8]),
         )
 
     async def delete_access_token(self, token: str) -> bool:

@@ -1,0 +1,164 @@
+"""What the admin API reads and sets on accounts beyond what logins need: the paged,
+filtered user list, one user's details with profile and last-seen time, and the admin
+flags (locked, shadow-banned, erased, reactivation).
+
+Narrow by design (DESIGN §4): the admin users service gets this; the accounts service keeps
+`AccountStore` for sessions and devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from starling.storage.database import Database, Row
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UserDetails:
+    user_id: str
+    is_guest: bool
+    admin: bool
+    deactivated: bool
+    erased: bool
+    shadow_banned: bool
+    locked: bool
+    displayname: str | None
+    avatar_url: str | None
+    creation_ts: int
+    last_seen_ts: int | None
+    appservice_id: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UserFilter:
+    """Which users a listing returns (Synapse's /v2/users and /v3/users parameters)."""
+
+    user_id: str | None = None
+    """Substring of the user ID (ignored when ``name`` is given)."""
+    name: str | None = None
+    """Substring of the user ID or the display name, case-insensitively."""
+    guests: bool = True
+    admins: bool | None = None
+    deactivated: bool | None = False
+    """True: only deactivated; False: no deactivated; None: both."""
+    locked: bool = False
+    """Whether locked users are included."""
+    no_users: bool = False
+    """``not_user_type=""`` excludes users without a type: all of ours."""
+
+
+# order_by value -> column (Synapse's names; `user_type` has no column here: all are NULL).
+ORDER_COLUMNS: dict[str, str] = {
+    "name": "u.user_id",
+    "is_guest": "u.is_guest",
+    "admin": "u.admin",
+    "user_type": "u.user_id",
+    "deactivated": "u.deactivated",
+    "shadow_banned": "u.shadow_banned",
+    "displayname": "p.displayname",
+    "avatar_url": "p.avatar_url",
+    "creation_ts": "u.created_ts",
+    "last_seen_ts": "(SELECT MAX(d.last_seen_ts) FROM devices AS d WHERE d.user_id = u.user_id)",
+}
+_NULLABLE_ORDERS = frozenset({"displayname", "avatar_url", "last_seen_ts"})
+
+_DETAIL_COLUMNS = (
+    "u.user_id, u.is_guest, u.admin, u.deactivated, u.erased, u.shadow_banned, u.locked,"
+    " p.displayname, p.avatar_url, u.created_ts,"
+    " (SELECT MAX(d.last_seen_ts) FROM devices AS d WHERE d.user_id = u.user_id)"
+    " AS last_seen_ts, u.appservice_id"
+)
+_FROM = "FROM users AS u LEFT JOIN profiles AS p ON p.user_id = u.user_id"
+
+
+def _details(row: Row) -> UserDetails:
+    return UserDetails(
+        user_id=row[0],
+        is_guest=bool(row[1]),
+        admin=bool(row[2]),
+        deactivated=bool(row[3]),
+        erased=bool(row[4]),
+        shadow_banned=bool(row[5]),
+        locked=bool(row[6]),
+        displayname=row[7],
+        avatar_url=row[8],
+        creation_ts=row[9],
+        last_seen_ts=row[10],
+        appservice_id=row[11],
+    )
+
+
+def _like_pattern(text: str) -> str:
+    """``%text%`` with LIKE's wildcards in `text` escaped (ESCAPE '\\')."""
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+class AdminUserStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def get_details(self, user_id: str) -> UserDetails | None:
+        row = await self._db.fetch_one(
+            f"SELECT {_DETAIL_COLUMNS} {_FROM} WHERE u.user_id = ?", user_id
+        )
+        return None if row is None else _details(row)
+
+    async def list_users(
+        self, where: UserFilter, order_by: str, backwards: bool, start: int, limit: int
+    ) -> tuple[list[UserDetails], int]:
+        """One page of users and how many match in all. `order_by` is a key of
+        `ORDER_COLUMNS`; ties are broken by ascending user ID."""
+        clauses: list[str] = []
+        args: list[Any] = []
+        if where.no_users:
+            clauses.append("FALSE")
+        if where.name is not None:
+            clauses.append(
+                "(LOWER(u.user_id) LIKE ? ESCAPE '\\' OR LOWER(p.displayname) LIKE ? ESCAPE '\\')"
+            )
+            args += [_like_pattern(where.name)] * 2
+        elif where.user_id is not None:
+            clauses.append("LOWER(u.user_id) LIKE ? ESCAPE '\\'")
+            args.append(_like_pattern(where.user_id))
+        if not where.guests:
+            clauses.append("NOT u.is_guest")
+        if where.admins is not None:
+            clauses.append("u.admin" if where.admins else "NOT u.admin")
+        if where.deactivated is not None:
+            clauses.append("u.deactivated" if where.deactivated else "NOT u.deactivated")
+        if not where.locked:
+            clauses.append("NOT u.locked")
+        condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        total = await self._db.fetch_val(f"SELECT COUNT(*) {_FROM} {condition}", *args)
+        column = ORDER_COLUMNS[order_by]
+        direction = "DESC" if backwards else "ASC"
+        # NULLs sort first going forwards on both engines (PostgreSQL puts them last).
+        null_order = f"({column} IS NOT NULL) {direction}, " if order_by in _NULLABLE_ORDERS else ""
+        rows = await self._db.fetch_all(
+            f"SELECT {_DETAIL_COLUMNS} {_FROM} {condition}"
+            f" ORDER BY {null_order}{column} {direction}, u.user_id ASC LIMIT ? OFFSET ?",
+            *args,
+            limit,
+            start,
+        )
+        return [_details(r) for r in rows], int(total or 0)
+
+    async def set_flag(self, user_id: str, flag: str, value: bool) -> bool:
+        """Set ``locked``, ``shadow_banned`` or ``erased``; False if there is no such user."""
+        if flag not in ("locked", "shadow_banned", "erased"):
+            raise ValueError(flag)
+        return bool(
+            await self._db.execute(f"UPDATE users SET {flag} = ? WHERE user_id = ?", value, user_id)
+        )
+
+    async def reactivate(self, user_id: str, password_hash: str | None) -> bool:
+        return bool(
+            await self._db.execute(
+                "UPDATE users SET deactivated = FALSE, erased = FALSE, password_hash = ?"
+                " WHERE user_id = ?",
+                password_hash,
+                user_id,
+            )
+        )
