@@ -1,0 +1,141 @@
+"""Sliding sync's extensions: to_device, e2ee, account_data, receipts, typing (both
+engines), and a long-poll woken by an extension's stream."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tests.e2ee.support import new_device, upload_ok
+from tests.support.harness import Harness
+from tests.sync.helpers import V3, join
+from tests.sync.test_sliding_sync import all_rooms, ss
+
+
+def with_ext(**extensions: Any) -> dict[str, Any]:
+    return {**all_rooms(), "extensions": extensions}
+
+
+async def test_to_device_and_e2ee(hs: Harness) -> None:
+    alice = await new_device(hs, "alice")
+    bob = await new_device(hs, "bob")
+    room = await hs.create_room(alice.token, preset="public_chat")
+    status, _ = await hs.request("POST", f"{V3}/join/{room}", bob.token, {})
+    assert status == 200
+    await hs.services.e2ee.device_lists.flush()
+    ext = {"to_device": {"enabled": True}, "e2ee": {"enabled": True}}
+    first = await ss(hs, bob.token, with_ext(**ext))
+    e2ee = first["extensions"]["e2ee"]
+    assert e2ee["device_one_time_keys_count"] == {"signed_curve25519": 0}
+    assert e2ee["device_unused_fallback_key_types"] == []
+    assert "device_lists" not in e2ee
+    assert first["extensions"]["to_device"]["events"] == []
+    alice_first = await ss(hs, alice.token, with_ext(**ext))
+
+    await upload_ok(
+        hs,
+        bob,
+        device_keys=bob.device_keys(),
+        one_time_keys=bob.one_time_keys(4),
+        fallback_keys=bob.fallback_key(),
+    )
+    status, _ = await hs.request(
+        "PUT",
+        f"{V3}/sendToDevice/m.room_key_request/t1",
+        alice.token,
+        {"messages": {bob.user_id: {"DEV": {"hello": "bob"}}}},
+    )
+    assert status == 200
+    since = first["extensions"]["to_device"]["next_batch"]
+    ext["to_device"]["since"] = since
+    second = await ss(hs, bob.token, with_ext(**ext), pos=first["pos"])
+    to_device = second["extensions"]["to_device"]
+    assert to_device["events"] == [
+        {"content": {"hello": "bob"}, "sender": alice.user_id, "type": "m.room_key_request"}
+    ]
+    assert to_device["next_batch"] != since
+    e2ee = second["extensions"]["e2ee"]
+    assert e2ee["device_one_time_keys_count"] == {"signed_curve25519": 4}
+    assert e2ee["device_unused_fallback_key_types"] == ["signed_curve25519"]
+    ext["to_device"]["since"] = to_device["next_batch"]
+    third = await ss(hs, bob.token, with_ext(**ext), pos=second["pos"])
+    assert third["extensions"]["to_device"]["events"] == []
+    # Delivered once: acknowledged by the next since.
+    assert await hs.services.db.fetch_val("SELECT COUNT(*) FROM to_device_inbox") == 0
+
+    await hs.services.e2ee.device_lists.flush()
+    alice_next = await ss(hs, alice.token, with_ext(**ext), pos=alice_first["pos"])
+    assert bob.user_id in alice_next["extensions"]["e2ee"]["device_lists"]["changed"]
+
+
+async def test_account_data_receipts_and_typing(hs: Harness) -> None:
+    alice, atok = await hs.register("alice")
+    _, btok = await hs.register("bob")
+    room = await hs.create_room(atok, preset="public_chat")
+    await join(hs, btok, room)
+    event_id = await hs.send_message(btok, room, "read me")
+    status, _ = await hs.request(
+        "PUT", f"{V3}/user/{alice}/account_data/org.example.global", atok, {"a": 1}
+    )
+    assert status == 200
+    status, _ = await hs.request(
+        "PUT", f"{V3}/user/{alice}/rooms/{room}/account_data/org.example.room", atok, {"b": 2}
+    )
+    assert status == 200
+    status, _ = await hs.request("POST", f"{V3}/rooms/{room}/receipt/m.read/{event_id}", btok, {})
+    assert status == 200
+    ext = {
+        "account_data": {"enabled": True},
+        "receipts": {"enabled": True},
+        "typing": {"enabled": True},
+    }
+    first = await ss(hs, atok, with_ext(**ext))
+    exts = first["extensions"]
+    assert {"type": "org.example.global", "content": {"a": 1}} in exts["account_data"]["global"]
+    assert exts["account_data"]["rooms"][room] == [
+        {"type": "org.example.room", "content": {"b": 2}}
+    ]
+    receipt = exts["receipts"]["rooms"][room]
+    assert receipt["type"] == "m.receipt"
+    assert f"@bob:{hs.server_name}" in receipt["content"][event_id]["m.read"]
+    assert exts["typing"]["rooms"] == {}
+
+    status, _ = await hs.request(
+        "PUT",
+        f"{V3}/rooms/{room}/typing/@bob:{hs.server_name}",
+        btok,
+        {"typing": True, "timeout": 30000},
+    )
+    assert status == 200
+    second = await ss(hs, atok, with_ext(**ext), pos=first["pos"])
+    exts = second["extensions"]
+    assert exts["typing"]["rooms"][room]["content"]["user_ids"] == [f"@bob:{hs.server_name}"]
+    # Only changes: the receipt and account data already sent are not repeated.
+    assert exts["receipts"]["rooms"] == {}
+    assert exts["account_data"] == {"global": [], "rooms": {}}
+
+
+async def test_long_poll_woken_by_to_device(hs: Harness) -> None:
+    alice = await new_device(hs, "alice")
+    bob = await new_device(hs, "bob")
+    ext = {"to_device": {"enabled": True}}
+    first = await ss(hs, bob.token, with_ext(**ext))
+    ext["to_device"]["since"] = first["extensions"]["to_device"]["next_batch"]
+    settled = await ss(hs, bob.token, with_ext(**ext), pos=first["pos"])
+
+    async def later() -> None:
+        await asyncio.sleep(0.2)
+        status, _ = await hs.request(
+            "PUT",
+            f"{V3}/sendToDevice/m.test/t1",
+            alice.token,
+            {"messages": {bob.user_id: {"DEV": {"x": 1}}}},
+        )
+        assert status == 200
+
+    task = asyncio.create_task(later())
+    woke = await asyncio.wait_for(
+        ss(hs, bob.token, with_ext(**ext), pos=settled["pos"], timeout=20000), timeout=15
+    )
+    await task
+    assert woke["extensions"]["to_device"]["events"][0]["content"] == {"x": 1}
