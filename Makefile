@@ -49,8 +49,8 @@ run: $(VENV)/.installed $(DATA)/starling.yaml
 	$(BIN)/starling serve -c $(DATA)/starling.yaml
 
 lint: dev
-	$(BIN)/ruff check starling tests benchmarks fuzz
-	$(BIN)/ruff format --check starling tests benchmarks fuzz
+	$(BIN)/ruff check starling starling_client tests benchmarks fuzz
+	$(BIN)/ruff format --check starling starling_client tests benchmarks fuzz
 
 typecheck: dev
 	$(BIN)/mypy

@@ -1,0 +1,231 @@
+"""A thin async wrapper over the Client-Server API endpoints the client uses (aiohttp)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+API = "/_matrix/client/v3"
+
+
+class MatrixError(Exception):
+    """An error answer from the homeserver (or no answer at all: status 0)."""
+
+    def __init__(self, status: int, errcode: str, error: str) -> None:
+        super().__init__(f"{errcode}: {error} (HTTP {status})" if status else error)
+        self.status = status
+        self.errcode = errcode
+        self.error = error
+
+
+def _q(value: str) -> str:
+    return quote(value, safe="")
+
+
+class Api:
+    def __init__(
+        self, homeserver: str, access_token: str | None = None, *, timeout_s: float = 60.0
+    ) -> None:
+        self.homeserver = homeserver.rstrip("/")
+        self.access_token = access_token
+        self._session: aiohttp.ClientSession | None = None
+        self._timeout_s = timeout_s
+        self._txn = itertools.count()
+        self._txn_prefix = f"{int(time.time() * 1000)}.{os.getpid()}"
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def txn_id(self) -> str:
+        return f"{self._txn_prefix}.{next(self._txn)}"
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        params: dict[str, str] | None = None,
+        data: bytes | None = None,
+        content_type: str | None = None,
+        timeout_s: float | None = None,
+        auth: bool = True,
+    ) -> dict[str, Any]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        headers = {}
+        if auth and self.access_token:
+            headers["Authorization"] = f"Bearer {self.access_token}"
+        if data is not None:
+            headers["Content-Type"] = content_type or "application/octet-stream"
+            payload: bytes | None = data
+        elif body is not None:
+            headers["Content-Type"] = "application/json"
+            payload = json.dumps(body).encode("utf-8")
+        else:
+            payload = None
+        try:
+            async with self._session.request(
+                method,
+                self.homeserver + path,
+                data=payload,
+                params=params,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout_s or self._timeout_s),
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise MatrixError(0, "M_CONNECTION", f"cannot reach {self.homeserver}: {e}") from e
+        try:
+            answer = json.loads(raw) if raw else {}
+        except ValueError:
+            answer = None
+        if status >= 400 or not isinstance(answer, dict):
+            errcode = (
+                answer.get("errcode", "M_UNKNOWN") if isinstance(answer, dict) else "M_UNKNOWN"
+            )
+            error = (
+                answer.get("error", "")
+                if isinstance(answer, dict)
+                else raw[:200].decode(errors="replace")
+            )
+            raise MatrixError(status, str(errcode), str(error))
+        return answer
+
+    async def get_bytes(self, path: str, *, timeout_s: float | None = None) -> bytes:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        headers = {"Authorization": f"Bearer {self.access_token}"} if self.access_token else {}
+        try:
+            async with self._session.get(
+                self.homeserver + path,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout_s or self._timeout_s),
+            ) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    try:
+                        answer = json.loads(raw)
+                    except ValueError:
+                        answer = {}
+                    raise MatrixError(
+                        resp.status,
+                        str(answer.get("errcode", "M_UNKNOWN")),
+                        str(answer.get("error", "")),
+                    )
+                return raw
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise MatrixError(0, "M_CONNECTION", f"cannot reach {self.homeserver}: {e}") from e
+
+    # ---- accounts ---------------------------------------------------------------------
+
+    async def login(
+        self, user: str, password: str, device_name: str, device_id: str | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": user},
+            "password": password,
+            "initial_device_display_name": device_name,
+        }
+        if device_id:
+            body["device_id"] = device_id
+        return await self.request("POST", f"{API}/login", body, auth=False)
+
+    async def logout(self) -> None:
+        await self.request("POST", f"{API}/logout", {})
+
+    # ---- sync and rooms ---------------------------------------------------------------
+
+    async def sync(self, since: str | None, timeout_ms: int) -> dict[str, Any]:
+        params = {"timeout": str(timeout_ms)}
+        if since:
+            params["since"] = since
+        return await self.request(
+            "GET", f"{API}/sync", params=params, timeout_s=timeout_ms / 1000 + 30
+        )
+
+    async def create_room(self, body: dict[str, Any]) -> str:
+        answer = await self.request("POST", f"{API}/createRoom", body)
+        return str(answer["room_id"])
+
+    async def join(self, room: str) -> str:
+        answer = await self.request("POST", f"{API}/join/{_q(room)}", {})
+        return str(answer["room_id"])
+
+    async def leave(self, room_id: str) -> None:
+        await self.request("POST", f"{API}/rooms/{_q(room_id)}/leave", {})
+
+    async def invite(self, room_id: str, user_id: str) -> None:
+        await self.request("POST", f"{API}/rooms/{_q(room_id)}/invite", {"user_id": user_id})
+
+    async def members(self, room_id: str) -> list[dict[str, Any]]:
+        answer = await self.request("GET", f"{API}/rooms/{_q(room_id)}/members")
+        chunk = answer.get("chunk")
+        return [e for e in chunk if isinstance(e, dict)] if isinstance(chunk, list) else []
+
+    async def state(self, room_id: str) -> list[dict[str, Any]]:
+        raw = await self.get_bytes(f"{API}/rooms/{_q(room_id)}/state")
+        events = json.loads(raw)
+        return [e for e in events if isinstance(e, dict)] if isinstance(events, list) else []
+
+    async def messages(
+        self, room_id: str, *, limit: int = 50, from_token: str | None = None
+    ) -> dict[str, Any]:
+        params = {"dir": "b", "limit": str(limit)}
+        if from_token:
+            params["from"] = from_token
+        return await self.request("GET", f"{API}/rooms/{_q(room_id)}/messages", params=params)
+
+    async def send(self, room_id: str, event_type: str, content: dict[str, Any]) -> str:
+        path = f"{API}/rooms/{_q(room_id)}/send/{_q(event_type)}/{_q(self.txn_id())}"
+        answer = await self.request("PUT", path, content)
+        return str(answer["event_id"])
+
+    async def send_to_device(self, event_type: str, messages: dict[str, dict[str, Any]]) -> None:
+        path = f"{API}/sendToDevice/{_q(event_type)}/{_q(self.txn_id())}"
+        await self.request("PUT", path, {"messages": messages})
+
+    # ---- keys -------------------------------------------------------------------------
+
+    async def keys_upload(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.request("POST", f"{API}/keys/upload", body)
+
+    async def keys_query(self, users: list[str]) -> dict[str, Any]:
+        return await self.request(
+            "POST", f"{API}/keys/query", {"device_keys": {u: [] for u in users}}
+        )
+
+    async def keys_claim(self, one_time_keys: dict[str, dict[str, str]]) -> dict[str, Any]:
+        return await self.request("POST", f"{API}/keys/claim", {"one_time_keys": one_time_keys})
+
+    # ---- media ------------------------------------------------------------------------
+
+    async def upload(self, data: bytes, content_type: str, filename: str | None = None) -> str:
+        params = {"filename": filename} if filename else None
+        answer = await self.request(
+            "POST",
+            "/_matrix/media/v3/upload",
+            params=params,
+            data=data,
+            content_type=content_type,
+            timeout_s=600,
+        )
+        return str(answer["content_uri"])
+
+    async def download(self, mxc: str) -> bytes:
+        if not mxc.startswith("mxc://") or mxc.count("/") != 3:
+            raise MatrixError(0, "M_INVALID_PARAM", f"not an mxc:// URI: {mxc!r}")
+        server, media_id = mxc[len("mxc://") :].split("/", 1)
+        return await self.get_bytes(
+            f"/_matrix/client/v1/media/download/{_q(server)}/{_q(media_id)}", timeout_s=600
+        )

@@ -1,0 +1,235 @@
+"""`starling-chat`: the command line of Starling's encrypted client.
+
+    starling-chat --store DIR login --homeserver URL USER_ID --password P
+    starling-chat --store DIR create-room [--name N] [--invite USER_ID ...] [--unencrypted]
+    starling-chat --store DIR join ROOM
+    starling-chat --store DIR rooms [--json]
+    starling-chat --store DIR send ROOM TEXT
+    starling-chat --store DIR tail ROOM [--count N] [--timeout S] [--json]
+    starling-chat --store DIR devices USER_ID [--json]
+
+The store's secrets are sealed with a key derived from a passphrase: STARLING_CHAT_PASSPHRASE,
+or the contents of --passphrase-file, or else a random key kept in DIR/passphrase (mode 0600)
+— that last one protects nothing against someone who can read DIR; say so in the threat
+model. Exit status 0 on success; an error is one line on stderr and status 1 (2 for usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from starling_client.api import MatrixError
+from starling_client.client import Client, Message
+from starling_client.store import StoreError
+
+PASSPHRASE_ENV = "STARLING_CHAT_PASSPHRASE"
+
+
+class CliError(Exception):
+    pass
+
+
+def passphrase(args: argparse.Namespace, store_dir: Path) -> str:
+    if os.environ.get(PASSPHRASE_ENV):
+        return os.environ[PASSPHRASE_ENV]
+    if args.passphrase_file:
+        text = Path(args.passphrase_file).read_text(encoding="utf-8").strip()
+        if not text:
+            raise CliError(f"{args.passphrase_file} is empty")
+        return text
+    key_file = store_dir / "passphrase"
+    if key_file.exists():
+        return key_file.read_text(encoding="utf-8").strip()
+    store_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        text = secrets.token_urlsafe(32)
+        out.write(text)
+    return text
+
+
+def _message_json(message: Message) -> dict[str, object]:
+    return {
+        "event_id": message.event_id,
+        "room_id": message.room_id,
+        "sender": message.sender,
+        "origin_server_ts": message.origin_server_ts,
+        "msgtype": message.msgtype,
+        "body": message.body,
+        "encrypted": message.encrypted,
+        "sender_device": message.sender_device,
+        "verified": message.verified,
+    }
+
+
+def _message_line(message: Message) -> str:
+    lock = "🔒" if message.encrypted else "  "
+    when = time.strftime("%H:%M", time.localtime(message.origin_server_ts / 1000))
+    return f"{when} {lock} {message.sender}: {message.body if message.body is not None else '[' + str(message.msgtype) + ']'}"
+
+
+async def run(args: argparse.Namespace) -> int:
+    store_dir = Path(args.store)
+    key = passphrase(args, store_dir)
+    if args.command == "login":
+        user = args.user_id
+        client = await Client.login(
+            store_dir, args.homeserver, user, args.password, key, args.device_name
+        )
+        try:
+            print(f"logged in as {client.user_id} (device {client.device_id})")
+        finally:
+            await client.close()
+        return 0
+    client = Client.open(store_dir, key)
+    try:
+        return await command(client, args)
+    finally:
+        await client.close()
+
+
+async def command(client: Client, args: argparse.Namespace) -> int:
+    out = sys.stdout
+    if args.command == "create-room":
+        room_id = await client.create_room(
+            name=args.name,
+            invite=args.invite or [],
+            encrypted=not args.unencrypted,
+            direct=args.direct,
+        )
+        print(room_id, file=out)
+    elif args.command == "join":
+        print(await client.join(args.room), file=out)
+    elif args.command == "rooms":
+        await client.sync_once(timeout_ms=0)
+        for info in sorted(client.rooms.values(), key=lambda r: r.room_id):
+            if args.json:
+                print(json.dumps(info.to_json()), file=out)
+            else:
+                lock = "encrypted" if info.encrypted else "unencrypted"
+                print(f"{info.room_id}\t{info.membership}\t{lock}\t{info.name or ''}", file=out)
+    elif args.command == "send":
+        room_id = resolve_room(client, args.room)
+        print(await client.send_text(room_id, args.text), file=out)
+    elif args.command == "tail":
+        room_id = resolve_room(client, args.room)
+        await tail(client, room_id, args.count, args.timeout, args.json)
+    elif args.command == "devices":
+        for device in await client.devices(args.user_id):
+            if args.json:
+                print(json.dumps(device), file=out)
+            else:
+                state = "verified" if device["verified"] else "unverified"
+                print(f"{device['device_id']}\t{device['ed25519']}\t{state}", file=out)
+    else:  # pragma: no cover - argparse refuses unknown commands
+        raise CliError(f"unknown command {args.command}")
+    return 0
+
+
+def resolve_room(client: Client, room: str) -> str:
+    if room.startswith("!"):
+        return room
+    for info in client.rooms.values():
+        if info.name == room:
+            return info.room_id
+    raise CliError(f"no room named {room!r} (use its !room ID)")
+
+
+async def tail(
+    client: Client, room_id: str, count: int | None, timeout_s: float | None, as_json: bool
+) -> None:
+    printed = 0
+
+    async def loop() -> None:
+        nonlocal printed
+        async for message in client.tail(room_id, timeout_ms=5_000):
+            line = (
+                json.dumps(_message_json(message), ensure_ascii=False)
+                if as_json
+                else _message_line(message)
+            )
+            print(line, flush=True)
+            printed += 1
+            if count is not None and printed >= count:
+                return
+
+    if timeout_s is None:
+        await loop()
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(loop(), timeout_s)
+    if count is not None and printed < count:
+        raise CliError(f"only {printed} of {count} messages arrived within {timeout_s:g}s")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="starling-chat", description="Starling's end-to-end encrypted Matrix client"
+    )
+    p.add_argument("--store", required=True, help="directory of this device's session and keys")
+    p.add_argument(
+        "--passphrase-file", help=f"file holding the store passphrase (or set {PASSPHRASE_ENV})"
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    login = sub.add_parser("login", help="log in with a password and create this device")
+    login.add_argument("--homeserver", required=True, help="e.g. https://matrix.example.org")
+    login.add_argument("user_id", help="@user:server or the bare localpart")
+    login.add_argument("--password", required=True)
+    login.add_argument("--device-name", default="starling-chat")
+
+    create = sub.add_parser(
+        "create-room", help="create a room (encrypted by default); prints its ID"
+    )
+    create.add_argument("--name")
+    create.add_argument("--invite", nargs="*", metavar="USER_ID")
+    create.add_argument("--unencrypted", action="store_true")
+    create.add_argument("--direct", action="store_true", help="a direct chat with the invitee")
+
+    join = sub.add_parser("join", help="join a room by ID or alias")
+    join.add_argument("room")
+
+    rooms = sub.add_parser("rooms", help="list rooms")
+    rooms.add_argument("--json", action="store_true")
+
+    send = sub.add_parser("send", help="send a text message; prints the event ID")
+    send.add_argument("room")
+    send.add_argument("text")
+
+    tail_p = sub.add_parser("tail", help="print (decrypted) messages as they arrive")
+    tail_p.add_argument("room")
+    tail_p.add_argument("--count", type=int, help="stop after this many messages")
+    tail_p.add_argument("--timeout", type=float, help="stop after this many seconds")
+    tail_p.add_argument("--json", action="store_true", help="one JSON object a line")
+
+    devices = sub.add_parser("devices", help="a user's devices and whether they are verified")
+    devices.add_argument("user_id")
+    devices.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "tail" and args.count is not None and args.count < 1:
+        print("starling-chat: --count must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(run(args))
+    except (CliError, StoreError, MatrixError, OSError) as e:
+        print(f"starling-chat: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,524 @@
+"""The async SDK: log in, sync, follow rooms and their timelines, send — encrypting with
+the crypto machine wherever a room has `m.room.encryption`, and creating rooms encrypted
+unless asked otherwise.
+
+    client = await Client.login(store_dir, "https://example.org", "@me:example.org", pw, passphrase)
+    room_id = await client.create_room(name="plans", invite=["@you:example.org"])
+    await client.send_text(room_id, "hello")
+    async for message in client.tail(room_id): ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starling_client.api import Api, MatrixError
+from starling_client.crypto import MEGOLM, CryptoMachine, DecryptionError
+from starling_client.store import Session, Store, StoreError
+
+log = logging.getLogger("starling_client")
+
+STORE_FILE = "client.db"
+ENCRYPTION_STATE = {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": MEGOLM}}
+# Events waiting for a room key are retried on later syncs; this many at most per client.
+MAX_PENDING = 5000
+
+
+@dataclass
+class RoomInfo:
+    room_id: str
+    membership: str = "join"  # join, invite, leave
+    name: str | None = None
+    encrypted: bool = False
+    members: dict[str, str] = field(default_factory=dict)  # user → membership
+    members_loaded: bool = False
+    unread: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "room_id": self.room_id,
+            "membership": self.membership,
+            "name": self.name,
+            "encrypted": self.encrypted,
+            "members": self.members,
+            "members_loaded": self.members_loaded,
+            "unread": self.unread,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RoomInfo:
+        return cls(**data)
+
+    def recipients(self) -> list[str]:
+        """The users a room key goes to: joined and invited members."""
+        return sorted(u for u, m in self.members.items() if m in ("join", "invite"))
+
+
+@dataclass
+class Message:
+    """A room message as the user sees it (decrypted when it was encrypted)."""
+
+    room_id: str
+    event_id: str
+    sender: str
+    type: str
+    content: dict[str, Any]
+    origin_server_ts: int
+    encrypted: bool
+    sender_device: str | None = None
+    verified: bool = False
+    error: str | None = None  # why an encrypted event could not be decrypted
+
+    @property
+    def msgtype(self) -> str | None:
+        value = self.content.get("msgtype")
+        return value if isinstance(value, str) else None
+
+    @property
+    def body(self) -> str | None:
+        value = self.content.get("body")
+        return value if isinstance(value, str) else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "room_id": self.room_id,
+            "event_id": self.event_id,
+            "sender": self.sender,
+            "type": self.type,
+            "content": self.content,
+            "origin_server_ts": self.origin_server_ts,
+            "encrypted": self.encrypted,
+            "sender_device": self.sender_device,
+            "verified": self.verified,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Message:
+        return cls(**data)
+
+
+class Client:
+    """One logged-in device. Not thread-safe; one sync loop per client."""
+
+    def __init__(self, store: Store, session: Session) -> None:
+        self.store = store
+        self.session = session
+        self.api = Api(session.homeserver, session.access_token)
+        self.crypto: CryptoMachine = store.load_machine(session.user_id, session.device_id)
+        self.rooms: dict[str, RoomInfo] = {
+            r: RoomInfo.from_json(d) for r, d in store.rooms().items()
+        }
+        self._lock = asyncio.Lock()
+        self._pending: dict[tuple[str, str], dict[str, Any]] = {}  # (room, event) → event
+
+    # ---- opening ------------------------------------------------------------------------
+
+    @classmethod
+    async def login(
+        cls,
+        store_dir: Path,
+        homeserver: str,
+        user: str,
+        password: str,
+        passphrase: str,
+        device_name: str = "starling-chat",
+    ) -> Client:
+        """Log in with a password and start a fresh store in `store_dir` for the new device
+        (its keys are uploaded and a first sync is made)."""
+        path = store_dir / STORE_FILE
+        if path.exists():
+            existing = Store(path, passphrase)
+            try:
+                if existing.session() is not None:
+                    raise StoreError(f"{store_dir} already holds a session; use another --store")
+            finally:
+                existing.close()
+            path.unlink()
+        api = Api(homeserver)
+        try:
+            answer = await api.login(user, password, device_name)
+        finally:
+            await api.close()
+        session = Session(
+            homeserver.rstrip("/"),
+            str(answer["user_id"]),
+            str(answer["device_id"]),
+            str(answer["access_token"]),
+        )
+        store = Store(path, passphrase)
+        store.save_session(session)
+        client = cls(store, session)
+        await client.upload_keys()
+        await client.sync_once(timeout_ms=0)
+        return client
+
+    @classmethod
+    def open(cls, store_dir: Path, passphrase: str) -> Client:
+        path = store_dir / STORE_FILE
+        if not path.exists():
+            raise StoreError(f"no session in {store_dir}: log in first")
+        store = Store(path, passphrase)
+        session = store.session()
+        if session is None:
+            store.close()
+            raise StoreError(f"no session in {store_dir}: log in first")
+        return cls(store, session)
+
+    async def close(self) -> None:
+        await self.api.close()
+        self.store.close()
+
+    @property
+    def user_id(self) -> str:
+        return self.session.user_id
+
+    @property
+    def device_id(self) -> str:
+        return self.session.device_id
+
+    # ---- keys ---------------------------------------------------------------------------
+
+    async def upload_keys(self) -> None:
+        for _ in range(3):
+            body = self.crypto.keys_to_upload()
+            if body is None:
+                break
+            self.store.save_machine(self.crypto)  # the keys exist before the server sees them
+            answer = await self.api.keys_upload(body)
+            self.crypto.keys_uploaded(answer)
+            self.store.save_machine(self.crypto)
+            if not self.crypto.needs_upload():
+                break
+
+    async def _query_keys(self) -> None:
+        users = self.crypto.users_to_query()
+        if users:
+            answer = await self.api.keys_query(users)
+            self.crypto.receive_keys_query(users, answer)
+            self.store.save_machine(self.crypto)
+
+    # ---- sync ---------------------------------------------------------------------------
+
+    async def sync_once(self, timeout_ms: int = 30_000) -> list[Message]:
+        """One /sync. Room state and device-list changes first, then a key query for the
+        users whose devices we must know, then to-device events (room keys), then the
+        timelines; returns the new messages."""
+        since = self.store.next_batch
+        answer = await self.api.sync(since, timeout_ms)
+        async with self._lock:
+            self._apply_sync_state(answer)
+            await self._query_keys()
+            self._apply_to_device(answer)
+            messages = self._apply_timelines(answer, initial=since is None)
+            self.store.save_machine(self.crypto)
+            if isinstance(answer.get("next_batch"), str):
+                self.store.set_next_batch(answer["next_batch"])
+            if self.crypto.needs_upload():
+                await self.upload_keys()
+        return messages
+
+    def _apply_sync_state(self, answer: dict[str, Any]) -> None:
+        crypto = self.crypto
+        lists = answer.get("device_lists") or {}
+        crypto.receive_device_list_changes(
+            [u for u in lists.get("changed", []) if isinstance(u, str)],
+            [u for u in lists.get("left", []) if isinstance(u, str)],
+        )
+        unused = answer.get("device_unused_fallback_key_types")
+        crypto.receive_sync_counts(
+            answer.get("device_one_time_keys_count"),
+            [t for t in unused if isinstance(t, str)] if isinstance(unused, list) else None,
+        )
+        rooms = answer.get("rooms") or {}
+        for room_id, room in (rooms.get("join") or {}).items():
+            if not isinstance(room, dict):
+                continue
+            info = self.rooms.setdefault(room_id, RoomInfo(room_id))
+            info.membership = "join"
+            state = (room.get("state") or {}).get("events", [])
+            timeline = (room.get("timeline") or {}).get("events", [])
+            for event in [*state, *timeline]:
+                if isinstance(event, dict) and "state_key" in event:
+                    self._apply_state(info, event)
+            if info.encrypted:
+                crypto.track_users(info.recipients())
+            self.store.save_room(room_id, info.to_json())
+        for room_id, room in (rooms.get("invite") or {}).items():
+            info = self.rooms.setdefault(room_id, RoomInfo(room_id))
+            info.membership = "invite"
+            for event in (room.get("invite_state") or {}).get("events", []):
+                if isinstance(event, dict):
+                    self._apply_state(info, event)
+            self.store.save_room(room_id, info.to_json())
+        for room_id in rooms.get("leave") or {}:
+            left = self.rooms.get(room_id)
+            if left is not None:
+                left.membership = "leave"
+                self.store.save_room(room_id, left.to_json())
+
+    def _apply_to_device(self, answer: dict[str, Any]) -> None:
+        to_device = (answer.get("to_device") or {}).get("events", [])
+        for event in to_device if isinstance(to_device, list) else []:
+            if not isinstance(event, dict):
+                continue
+            try:
+                self.crypto.receive_to_device(event)
+            except DecryptionError as e:
+                log.warning("to-device event from %s not decrypted: %s", event.get("sender"), e)
+
+    def _apply_timelines(self, answer: dict[str, Any], *, initial: bool) -> list[Message]:
+        messages: list[Message] = []
+        # Events that waited for their room key may decrypt now.
+        for (room_id, event_id), event in list(self._pending.items()):
+            message = self._decrypt(room_id, event, keep_pending=False)
+            if message.error is None:
+                del self._pending[(room_id, event_id)]
+                if self.store.add_message(room_id, event_id, message.to_json(), seen=False):
+                    messages.append(message)
+        rooms = answer.get("rooms") or {}
+        for room_id, room in (rooms.get("join") or {}).items():
+            if not isinstance(room, dict):
+                continue
+            info = self.rooms[room_id]
+            for event in (room.get("timeline") or {}).get("events", []):
+                if not isinstance(event, dict) or "state_key" in event:
+                    continue
+                if event.get("type") not in ("m.room.message", "m.room.encrypted", "m.sticker"):
+                    continue
+                message = self._decrypt(room_id, event, keep_pending=True)
+                if message.type not in ("m.room.message", "m.sticker"):
+                    continue  # undecryptable yet, or decrypted to something else
+                if self.store.add_message(
+                    room_id, message.event_id, message.to_json(), seen=initial
+                ):
+                    if not initial:
+                        if message.sender != self.user_id:
+                            info.unread += 1
+                        messages.append(message)
+            self.store.save_room(room_id, info.to_json())
+        return messages
+
+    def _apply_state(self, info: RoomInfo, event: dict[str, Any]) -> None:
+        kind, content = event.get("type"), event.get("content")
+        state_key = event.get("state_key")
+        if not isinstance(content, dict) or not isinstance(state_key, str):
+            return
+        if kind == "m.room.encryption" and state_key == "":
+            if content.get("algorithm") == MEGOLM:
+                info.encrypted = True
+                self.crypto.set_room_encryption(info.room_id, content)
+        elif kind == "m.room.name" and state_key == "":
+            name = content.get("name")
+            info.name = name if isinstance(name, str) else None
+        elif kind == "m.room.member":
+            membership = content.get("membership")
+            if not isinstance(membership, str):
+                return
+            before = info.members.get(state_key)
+            info.members[state_key] = membership
+            if before in ("join", "invite") and membership not in ("join", "invite"):
+                self.crypto.member_left(info.room_id, state_key)
+
+    def _decrypt(self, room_id: str, event: dict[str, Any], *, keep_pending: bool) -> Message:
+        event_id = str(event.get("event_id", ""))
+        sender = str(event.get("sender", ""))
+        ts = event.get("origin_server_ts")
+        ts = ts if isinstance(ts, int) else 0
+        content = event.get("content")
+        content = content if isinstance(content, dict) else {}
+        if event.get("type") != "m.room.encrypted":
+            return Message(room_id, event_id, sender, str(event.get("type")), content, ts, False)
+        try:
+            got = self.crypto.decrypt_room_event(room_id, event)
+        except DecryptionError as e:
+            if keep_pending and e.code == "unknown_session" and len(self._pending) < MAX_PENDING:
+                self._pending[(room_id, event_id)] = event
+            return Message(
+                room_id, event_id, sender, "m.room.encrypted", content, ts, True, error=str(e)
+            )
+        return Message(
+            room_id,
+            event_id,
+            sender,
+            got.type,
+            got.content,
+            ts,
+            True,
+            got.sender_device,
+            got.verified,
+        )
+
+    async def sync_forever(self, timeout_ms: int = 30_000) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                await self.sync_once(timeout_ms)
+                backoff = 1.0
+            except MatrixError as e:
+                if e.status in (401, 403):
+                    raise
+                log.warning("sync failed, retrying in %.0fs: %s", backoff, e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 60.0)
+
+    async def tail(
+        self, room_id: str | None = None, *, timeout_ms: int = 30_000
+    ) -> AsyncIterator[Message]:
+        """Messages not shown before (stored ones first), then new ones as syncs bring them,
+        each marked seen once yielded. Endless: the caller stops iterating."""
+        while True:
+            for rid in [room_id] if room_id else sorted(self.rooms):
+                for data in self.store.messages(rid, unseen_only=True):
+                    message = Message.from_json(data)
+                    self.store.mark_seen(rid, [message.event_id])
+                    yield message
+            await self.sync_once(timeout_ms)
+
+    def timeline(self, room_id: str, limit: int = 50) -> list[Message]:
+        """The stored (decrypted) messages of a room, oldest first."""
+        return [Message.from_json(d) for d in self.store.messages(room_id, limit=limit)]
+
+    # ---- rooms --------------------------------------------------------------------------
+
+    async def create_room(
+        self,
+        *,
+        name: str | None = None,
+        invite: Iterable[str] = (),
+        encrypted: bool = True,
+        direct: bool = False,
+        public: bool = False,
+    ) -> str:
+        """Create a room, encrypted unless `encrypted=False` (a public room is never made
+        encrypted implicitly)."""
+        invitees = list(invite)
+        body: dict[str, Any] = {
+            "preset": "public_chat"
+            if public
+            else ("trusted_private_chat" if direct else "private_chat"),
+            "invite": invitees,
+        }
+        if name:
+            body["name"] = name
+        if direct:
+            body["is_direct"] = True
+        if encrypted:
+            body["initial_state"] = [ENCRYPTION_STATE]
+        room_id = await self.api.create_room(body)
+        async with self._lock:
+            info = self.rooms.setdefault(room_id, RoomInfo(room_id))
+            info.name = name
+            info.members = {self.user_id: "join", **dict.fromkeys(invitees, "invite")}
+            info.members_loaded = True
+            if encrypted:
+                info.encrypted = True
+                self.crypto.set_room_encryption(room_id, ENCRYPTION_STATE["content"])  # type: ignore[arg-type]
+                self.crypto.track_users(info.recipients())
+            self.store.save_room(room_id, info.to_json())
+            self.store.save_machine(self.crypto)
+        return room_id
+
+    async def join(self, room: str) -> str:
+        room_id = await self.api.join(room)
+        async with self._lock:
+            info = self.rooms.setdefault(room_id, RoomInfo(room_id))
+            info.membership = "join"
+            await self._load_room_state(info)
+        return room_id
+
+    async def invite(self, room_id: str, user_id: str) -> None:
+        await self.api.invite(room_id, user_id)
+        async with self._lock:
+            info = self.rooms.setdefault(room_id, RoomInfo(room_id))
+            info.members[user_id] = "invite"
+            if info.encrypted:
+                self.crypto.track_users([user_id])
+            self.store.save_room(room_id, info.to_json())
+
+    async def _load_room_state(self, info: RoomInfo) -> None:
+        """Read the room's full state (members, encryption) from the server."""
+        for event in await self.api.state(info.room_id):
+            self._apply_state(info, event)
+        info.members_loaded = True
+        if info.encrypted:
+            self.crypto.track_users(info.recipients())
+        self.store.save_room(info.room_id, info.to_json())
+        self.store.save_machine(self.crypto)
+
+    # ---- sending ------------------------------------------------------------------------
+
+    async def send_text(self, room_id: str, body: str) -> str:
+        return await self.send_message(room_id, {"msgtype": "m.text", "body": body})
+
+    async def send_message(
+        self, room_id: str, content: dict[str, Any], event_type: str = "m.room.message"
+    ) -> str:
+        """Send an event, encrypted if the room is: the room key goes first to every device
+        of every joined or invited member that lacks it."""
+        async with self._lock:
+            info = self.rooms.get(room_id)
+            if info is None or not info.members_loaded:
+                info = info or RoomInfo(room_id)
+                self.rooms[room_id] = info
+                await self._load_room_state(info)
+            if info.encrypted:
+                encrypted = await self._encrypt(info, event_type, content)
+                self.store.save_machine(self.crypto)
+        if info.encrypted:
+            event_id = await self.api.send(room_id, "m.room.encrypted", encrypted)
+        else:
+            event_id = await self.api.send(room_id, event_type, content)
+        # Our own message, stored as already seen: its echo in /sync is not news to tail.
+        if event_type in ("m.room.message", "m.sticker"):
+            now = int(time.time() * 1000)
+            echo = Message(
+                room_id,
+                event_id,
+                self.user_id,
+                event_type,
+                content,
+                now,
+                info.encrypted,
+                self.device_id,
+                True,
+            )
+            self.store.add_message(room_id, event_id, echo.to_json(), seen=True)
+        return event_id
+
+    async def _encrypt(
+        self, info: RoomInfo, event_type: str, content: dict[str, Any]
+    ) -> dict[str, Any]:
+        crypto = self.crypto
+        members = info.recipients()
+        crypto.track_users(members)
+        await self._query_keys()
+        claims = crypto.missing_olm_sessions(members)
+        if claims:
+            answer = await self.api.keys_claim(claims)
+            crypto.receive_keys_claim(claims, answer)
+        to_device = crypto.share_room_key(info.room_id, members)
+        if to_device:
+            try:
+                await self.api.send_to_device("m.room.encrypted", to_device)
+            except MatrixError:
+                crypto.discard_outbound(info.room_id)
+                raise
+        self.store.save_machine(crypto)
+        return crypto.encrypt_room_event(info.room_id, event_type, content)
+
+    # ---- devices ------------------------------------------------------------------------
+
+    async def devices(self, user_id: str) -> list[dict[str, Any]]:
+        """A user's devices as our crypto state knows them (after a fresh key query)."""
+        async with self._lock:
+            self.crypto.track_users([user_id])
+            self.crypto.outdated.add(user_id)
+            await self._query_keys()
+        return [d.to_json() for d in self.crypto.devices.get(user_id, {}).values()]

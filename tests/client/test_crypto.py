@@ -1,0 +1,425 @@
+"""The client's crypto state machine without a server: a tiny in-memory "key server" stands
+in for /keys/upload, /keys/query and /keys/claim, and to-device messages are handed over by
+hand. Olm session set-up both ways, Megolm sharing and decryption, the rotation rules, replay
+and forgery refusals, one-time and fallback key replenishing."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from starling_client.crypto import (
+    MEGOLM,
+    OLM,
+    CryptoMachine,
+    DecryptionError,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000
+
+    def __call__(self) -> int:
+        return self.now
+
+
+class KeyServer:
+    """Just enough of a homeserver's key endpoints."""
+
+    def __init__(self) -> None:
+        self.device_keys: dict[str, dict[str, Any]] = {}
+        self.otks: dict[tuple[str, str], dict[str, Any]] = {}
+        self.fallbacks: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def upload(self, machine: CryptoMachine) -> dict[str, Any] | None:
+        body = machine.keys_to_upload()
+        if body is None:
+            return None
+        me = (machine.user_id, machine.device_id)
+        if "device_keys" in body:
+            self.device_keys.setdefault(machine.user_id, {})[machine.device_id] = body[
+                "device_keys"
+            ]
+        self.otks.setdefault(me, {}).update(body.get("one_time_keys", {}))
+        if "fallback_keys" in body:
+            self.fallbacks[me] = body["fallback_keys"]
+        machine.keys_uploaded({"one_time_key_counts": {"signed_curve25519": len(self.otks[me])}})
+        return body
+
+    def query(self, machine: CryptoMachine) -> None:
+        users = machine.users_to_query()
+        machine.receive_keys_query(
+            users, {"device_keys": {u: copy.deepcopy(self.device_keys.get(u, {})) for u in users}}
+        )
+
+    def claim(self, machine: CryptoMachine, users: list[str]) -> None:
+        wanted = machine.missing_olm_sessions(users)
+        answer: dict[str, dict[str, Any]] = {}
+        for user, devices in wanted.items():
+            for device in devices:
+                pool = self.otks.get((user, device), {})
+                if pool:
+                    key_id = sorted(pool)[0]
+                    answer.setdefault(user, {})[device] = {key_id: pool.pop(key_id)}
+                elif (user, device) in self.fallbacks:
+                    answer.setdefault(user, {})[device] = dict(self.fallbacks[(user, device)])
+        machine.receive_keys_claim(wanted, {"one_time_keys": answer})
+
+
+def deliver(
+    to_device: dict[str, dict[str, Any]], sender: str, machines: list[CryptoMachine]
+) -> list[Any]:
+    """Hand each machine its to-device messages; return what they decrypted."""
+    out = []
+    for machine in machines:
+        content = to_device.get(machine.user_id, {}).get(machine.device_id)
+        if content is not None:
+            event = {"type": "m.room.encrypted", "sender": sender, "content": content}
+            out.append(machine.receive_to_device(event))
+    return out
+
+
+ROOM = "!room:example.org"
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def world(clock: Clock) -> tuple[KeyServer, CryptoMachine, CryptoMachine]:
+    server = KeyServer()
+    alice = CryptoMachine("@alice:example.org", "ALICE1", clock=clock)
+    bob = CryptoMachine("@bob:example.org", "BOB1", clock=clock)
+    for m in (alice, bob):
+        assert server.upload(m) is not None
+        m.track_users(["@alice:example.org", "@bob:example.org"])
+        m.set_room_encryption(ROOM, {"algorithm": MEGOLM})
+    for m in (alice, bob):
+        server.query(m)
+    return server, alice, bob
+
+
+def send(
+    server: KeyServer,
+    sender: CryptoMachine,
+    members: list[str],
+    receivers: list[CryptoMachine],
+    body: str,
+    event_id: str,
+) -> dict[str, Any]:
+    server.claim(sender, members)
+    deliver(sender.share_room_key(ROOM, members), sender.user_id, receivers)
+    content = sender.encrypt_room_event(ROOM, "m.room.message", {"msgtype": "m.text", "body": body})
+    return {
+        "type": "m.room.encrypted",
+        "sender": sender.user_id,
+        "event_id": event_id,
+        "room_id": ROOM,
+        "content": content,
+    }
+
+
+MEMBERS = ["@alice:example.org", "@bob:example.org"]
+
+
+def test_first_upload_has_signed_device_otk_and_fallback_keys(
+    world: tuple[KeyServer, CryptoMachine, CryptoMachine],
+) -> None:
+    server, alice, _ = world
+    keys = server.device_keys["@alice:example.org"]["ALICE1"]
+    assert keys["algorithms"] == [OLM, MEGOLM]
+    assert keys["keys"]["ed25519:ALICE1"] == alice.ed25519
+    otks = server.otks[("@alice:example.org", "ALICE1")]
+    assert len(otks) == alice.otk_target()
+    assert all(k.startswith("signed_curve25519:") for k in otks)
+    assert all("ed25519:ALICE1" in v["signatures"]["@alice:example.org"] for v in otks.values())
+    (fallback,) = server.fallbacks[("@alice:example.org", "ALICE1")].values()
+    assert fallback["fallback"] is True
+    assert alice.keys_to_upload() is None and not alice.needs_upload()
+
+
+def test_megolm_message_decrypts_and_olm_works_both_ways(
+    world: tuple[KeyServer, CryptoMachine, CryptoMachine],
+) -> None:
+    server, alice, bob = world
+    event = send(server, alice, MEMBERS, [bob], "hello bob", "$1")
+    assert event["content"]["algorithm"] == MEGOLM
+    assert "hello bob" not in str(event["content"])
+    got = bob.decrypt_room_event(ROOM, event)
+    assert (got.type, got.content["body"], got.sender, got.sender_device) == (
+        "m.room.message",
+        "hello bob",
+        "@alice:example.org",
+        "ALICE1",
+    )
+    assert got.verified is False
+    # Alice decrypts her own message too.
+    assert alice.decrypt_room_event(ROOM, event).content["body"] == "hello bob"
+    # Bob answers over the Olm session Alice started (no claim needed any more).
+    assert bob.missing_olm_sessions(MEMBERS) == {}
+    reply = send(server, bob, MEMBERS, [alice], "hi alice", "$2")
+    assert alice.decrypt_room_event(ROOM, reply).content["body"] == "hi alice"
+
+
+def test_verified_flag_follows_the_users_choice(
+    world: tuple[KeyServer, CryptoMachine, CryptoMachine],
+) -> None:
+    server, alice, bob = world
+    bob.set_verified("@alice:example.org", "ALICE1")
+    event = send(server, alice, MEMBERS, [bob], "x", "$1")
+    assert bob.decrypt_room_event(ROOM, event).verified is True
+
+
+def test_replay_with_another_event_id_is_refused(
+    world: tuple[KeyServer, CryptoMachine, CryptoMachine],
+) -> None:
+    server, alice, bob = world
+    event = send(server, alice, MEMBERS, [bob], "once", "$1")
+    bob.decrypt_room_event(ROOM, event)
+    bob.decrypt_room_event(ROOM, event)  # the same event again is fine
+    with pytest.raises(DecryptionError) as e:
+        bob.decrypt_room_event(ROOM, {**event, "event_id": "$other"})
+    assert e.value.code == "replay"
+
+
+def test_event_moved_to_another_room_or_sender_is_refused(
+    world: tuple[KeyServer, CryptoMachine, CryptoMachine],
+) -> None:
+    server, alice, bob = world
+    event = send(server, alice, MEMBERS, [bob], "x", "$1")
+    with pytest.raises(DecryptionError) as e:
+        bob.decrypt_room_event("!other:example.org", event)
+    assert e.value.code == "unknown_session"
+    with pytest.raises(DecryptionError) as e:
+        bob.decrypt_room_event(ROOM, {**event, "sender": "@mallory:example.org"})
+    assert e.value.code == "wrong_sender"
+
+
+def test_unknown_session_until_the_key_arrives(
+    world: tuple[KeyServer, CryptoMachine, CryptoMachine],
+) -> None:
+    server, alice, bob = world
+    server.claim(alice, MEMBERS)
+    to_device = alice.share_room_key(ROOM, MEMBERS)
+    content = alice.encrypt_room_event(ROOM, "m.room.message", {"body": "late"})
+    event = {
+        "type": "m.room.encrypted",
+        "sender": alice.user_id,
+        "event_id": "$1",
+        "content": content,
+    }
+    with pytest.raises(DecryptionError) as e:
+        bob.decrypt_room_event(ROOM, event)
+    assert e.value.code == "unknown_session"
+    deliver(to_device, alice.user_id, [bob])
+    assert bob.decrypt_room_event(ROOM, event).content["body"] == "late"
+
+
+def test_rotation_after_n_messages(
+    world: tuple[KeyServer, CryptoMachine, CryptoMachine],
+) -> None:
+    server, alice, bob = world
+    alice.rooms.clear()
+    alice.set_room_encryption(ROOM, {"algorithm": MEGOLM, "rotation_period_msgs": 3})
+    sessions = []
+    for i in range(7):
+        event = send(server, alice, MEMBERS, [bob], f"m{i}", f"${i}")
+        sessions.append(event["content"]["session_id"])
+        assert bob.decrypt_room_event(ROOM, event).content["body"] == f"m{i}"
+    assert len(set(sessions[:3])) == 1
+    assert sessions[3] != sessions[2]
+    assert len(set(sessions[3:6])) == 1
+    assert sessions[6] != sessions[5]
+
+
+def test_rotation_after_period(
+    world: tuple[KeyServer, CryptoMachine, CryptoMachine], clock: Clock
+) -> None:
+    server, alice, bob = world
+    alice.rooms.clear()
+    alice.set_room_encryption(ROOM, {"algorithm": MEGOLM, "rotation_period_ms": 60_000})
+    first = send(server, alice, MEMBERS, [bob], "a", "$1")["content"]["session_id"]
+    clock.now += 59_999
+    assert send(server, alice, MEMBERS, [bob], "b", "$2")["content"]["session_id"] == first
+    clock.now += 1
+    assert send(server, alice, MEMBERS, [bob], "c", "$3")["content"]["session_id"] != first
+
+
+def test_settings_cannot_be_weakened_by_a_later_event(
+    world: tuple[KeyServer, CryptoMachine, CryptoMachine],
+) -> None:
+    _, alice, _ = world
+    alice.set_room_encryption(ROOM, {"algorithm": MEGOLM, "rotation_period_msgs": 5})
+    alice.set_room_encryption(ROOM, {"algorithm": MEGOLM, "rotation_period_msgs": 1000})
+    assert alice.rooms[ROOM].rotation_period_msgs == 5
+
+
+def test_rotation_when_a_member_leaves_and_leaver_cannot_read_on(
+    world: tuple[KeyServer, CryptoMachine, CryptoMachine], clock: Clock
+) -> None:
+    server, alice, bob = world
+    carol = CryptoMachine("@carol:example.org", "CAROL1", clock=clock)
+    server.upload(carol)
+    carol.set_room_encryption(ROOM, {"algorithm": MEGOLM})
+    three = [*MEMBERS, "@carol:example.org"]
+    alice.track_users(three)
+    server.query(alice)
+    first = send(server, alice, three, [bob, carol], "all", "$1")
+    assert carol.decrypt_room_event(ROOM, first).content["body"] == "all"
+    alice.member_left(ROOM, "@carol:example.org")
+    second = send(server, alice, MEMBERS, [bob, carol], "not carol", "$2")
+    assert second["content"]["session_id"] != first["content"]["session_id"]
+    assert bob.decrypt_room_event(ROOM, second).content["body"] == "not carol"
+    with pytest.raises(DecryptionError):
+        carol.decrypt_room_event(ROOM, second)
+
+
+def test_rotation_when_a_device_disappears_from_the_device_list(
+    world: tuple[KeyServer, CryptoMachine, CryptoMachine], clock: Clock
+) -> None:
+    server, alice, bob = world
+    bob2 = CryptoMachine("@bob:example.org", "BOB2", clock=clock)
+    server.upload(bob2)
+    bob2.set_room_encryption(ROOM, {"algorithm": MEGOLM})
+    alice.receive_device_list_changes(["@bob:example.org"], [])
+    server.query(alice)
+    first = send(server, alice, MEMBERS, [bob, bob2], "both", "$1")
+    assert bob2.decrypt_room_event(ROOM, first).content["body"] == "both"
+    del server.device_keys["@bob:example.org"]["BOB2"]
+    alice.receive_device_list_changes(["@bob:example.org"], [])
+    assert alice.users_to_query() == ["@bob:example.org"]
+    server.query(alice)
+    second = send(server, alice, MEMBERS, [bob, bob2], "only bob1", "$2")
+    assert second["content"]["session_id"] != first["content"]["session_id"]
+    with pytest.raises(DecryptionError):
+        bob2.decrypt_room_event(ROOM, second)
+
+
+def test_new_device_of_a_member_gets_the_current_key_without_rotation(
+    world: tuple[KeyServer, CryptoMachine, CryptoMachine], clock: Clock
+) -> None:
+    server, alice, bob = world
+    first = send(server, alice, MEMBERS, [bob], "one", "$1")
+    bob2 = CryptoMachine("@bob:example.org", "BOB2", clock=clock)
+    server.upload(bob2)
+    alice.receive_device_list_changes(["@bob:example.org"], [])
+    server.query(alice)
+    second = send(server, alice, MEMBERS, [bob, bob2], "two", "$2")
+    assert second["content"]["session_id"] == first["content"]["session_id"]
+    assert bob2.decrypt_room_event(ROOM, second).content["body"] == "two"
+
+
+def test_device_keys_with_bad_signature_or_changed_identity_are_refused(
+    world: tuple[KeyServer, CryptoMachine, CryptoMachine], clock: Clock
+) -> None:
+    server, alice, bob = world
+    carol = CryptoMachine("@carol:example.org", "CAROL1", clock=clock)
+    server.upload(carol)
+    keys = server.device_keys["@carol:example.org"]["CAROL1"]
+    keys["keys"]["curve25519:CAROL1"] = bob.curve25519  # tampered after signing
+    alice.track_users(["@carol:example.org"])
+    server.query(alice)
+    assert alice.devices["@carol:example.org"] == {}
+    # Bob's device ID answered with another device's keys (a server swapping identities).
+    impostor = CryptoMachine("@bob:example.org", "BOB1", clock=clock)
+    server.device_keys["@bob:example.org"]["BOB1"] = impostor.device_keys()
+    alice.receive_device_list_changes(["@bob:example.org"], [])
+    server.query(alice)
+    assert "BOB1" not in alice.devices["@bob:example.org"]
+    # Keys naming another user or device are refused too.
+    server.device_keys["@bob:example.org"]["BOB9"] = bob.device_keys()
+    alice.receive_device_list_changes(["@bob:example.org"], [])
+    server.query(alice)
+    assert "BOB9" not in alice.devices["@bob:example.org"]
+
+
+def test_claimed_key_without_the_devices_signature_starts_no_session(
+    world: tuple[KeyServer, CryptoMachine, CryptoMachine],
+) -> None:
+    server, alice, _ = world
+    pool = server.otks[("@bob:example.org", "BOB1")]
+    for key_obj in pool.values():
+        key_obj["signatures"]["@bob:example.org"]["ed25519:BOB1"] = "A" * 86
+    server.fallbacks.clear()
+    server.claim(alice, MEMBERS)
+    assert alice.olm_sessions == {}
+    assert alice.share_room_key(ROOM, MEMBERS) == {}
+    assert [d.device_id for d in alice.withheld_devices(ROOM, MEMBERS)] == ["BOB1"]
+    # The failed device is not claimed again at once.
+    assert alice.missing_olm_sessions(MEMBERS) == {}
+
+
+def test_olm_payload_checks(
+    world: tuple[KeyServer, CryptoMachine, CryptoMachine],
+) -> None:
+    server, alice, bob = world
+    server.claim(alice, MEMBERS)
+    device = alice.devices["@bob:example.org"]["BOB1"]
+    content = alice.encrypt_olm(device, "m.dummy", {})
+    forged = {"type": "m.room.encrypted", "sender": "@mallory:example.org", "content": content}
+    with pytest.raises(DecryptionError) as e:
+        bob.receive_to_device(forged)
+    assert e.value.code == "bad_payload"
+    with pytest.raises(DecryptionError) as e:
+        bob.receive_to_device(
+            {"type": "m.room.encrypted", "sender": alice.user_id, "content": {"algorithm": OLM}}
+        )
+    assert e.value.code == "bad_event"
+    garbage = copy.deepcopy(content)
+    garbage["ciphertext"][bob.curve25519]["body"] = "!!!"
+    with pytest.raises(DecryptionError):
+        bob.receive_to_device(
+            {"type": "m.room.encrypted", "sender": alice.user_id, "content": garbage}
+        )
+
+
+def test_one_time_keys_are_replenished_and_fallback_replaced(
+    world: tuple[KeyServer, CryptoMachine, CryptoMachine],
+) -> None:
+    server, alice, bob = world
+    server.claim(alice, MEMBERS)
+    deliver(alice.share_room_key(ROOM, MEMBERS), alice.user_id, [bob])
+    left = len(server.otks[("@bob:example.org", "BOB1")])
+    assert left == bob.otk_target() - 1
+    bob.receive_sync_counts({"signed_curve25519": left}, ["signed_curve25519"])
+    assert bob.needs_upload()
+    body = server.upload(bob)
+    assert body is not None and len(body["one_time_keys"]) == 1
+    assert "fallback_keys" not in body and "device_keys" not in body
+    old_fallback = server.fallbacks[("@bob:example.org", "BOB1")]
+    bob.receive_sync_counts({"signed_curve25519": bob.otk_target()}, [])
+    body = server.upload(bob)
+    assert body is not None and set(body) == {"fallback_keys"}
+    assert server.fallbacks[("@bob:example.org", "BOB1")] != old_fallback
+
+
+def test_olm_session_from_the_fallback_key(
+    world: tuple[KeyServer, CryptoMachine, CryptoMachine],
+) -> None:
+    server, alice, bob = world
+    server.otks[("@bob:example.org", "BOB1")].clear()
+    event = send(server, alice, MEMBERS, [bob], "via fallback", "$1")
+    assert bob.decrypt_room_event(ROOM, event).content["body"] == "via fallback"
+
+
+def test_left_users_are_no_longer_tracked(
+    world: tuple[KeyServer, CryptoMachine, CryptoMachine],
+) -> None:
+    _, alice, _ = world
+    alice.receive_device_list_changes([], ["@bob:example.org"])
+    assert "@bob:example.org" not in alice.tracked
+    assert "@bob:example.org" not in alice.devices
+    alice.receive_device_list_changes(["@bob:example.org"], [])
+    assert alice.users_to_query() == []
+
+
+def test_meta_round_trips(world: tuple[KeyServer, CryptoMachine, CryptoMachine]) -> None:
+    _, alice, _ = world
+    again = CryptoMachine(alice.user_id, alice.device_id, alice.account)
+    again.load_meta(alice.meta())
+    assert again.meta() == alice.meta()

@@ -1,0 +1,277 @@
+"""Starling's own client against a real `starling serve` (SQLite and PostgreSQL): two
+Starling clients chat encrypted both ways; a Starling client and matrix-nio (olm/megolm,
+E2E on) exchange encrypted messages both ways; a member who leaves cannot read what follows;
+the store survives a restart; and the server only ever holds ciphertext."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from nio import AsyncClient, JoinResponse, RoomSendResponse
+
+from starling_client.client import Client, Message
+from starling_client.crypto import MEGOLM
+from starling_client.store import StoreError
+from tests.interop.conftest import RunningServer
+from tests.interop.test_nio_e2ee import PASSWORD, Device, expect, raw_messages, register, until
+from tests.interop.test_nio_e2ee import login as nio_login
+
+pytestmark = pytest.mark.integration
+
+PASSPHRASE = "client store passphrase"
+DEADLINE_S = 30.0
+
+
+@pytest.fixture
+async def opened() -> AsyncIterator[list[Client | AsyncClient]]:
+    """Closes every client a test opens, before the server stops."""
+    clients: list[Client | AsyncClient] = []
+    yield clients
+    for client in clients:
+        await client.close()
+
+
+async def starling_login(
+    server: RunningServer, user: str, store: Path, opened: list[Client | AsyncClient]
+) -> Client:
+    client = await Client.login(
+        store, server.url, f"@{user}:{server.server_name}", PASSWORD, PASSPHRASE
+    )
+    opened.append(client)
+    return client
+
+
+async def sync_until(
+    clients: list[Client], done: Callable[[], bool], what: str, *, others: list[Device] = ()
+) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        if done():
+            return
+        for client in clients:
+            await client.sync_once(timeout_ms=500)
+        for device in others:
+            await device.tick(timeout_ms=200)
+    assert done(), f"within {DEADLINE_S}s: never {what}"
+
+
+def texts(client: Client, room_id: str) -> list[Message]:
+    return [m for m in client.timeline(room_id, limit=1000) if m.type == "m.room.message"]
+
+
+def has_text(client: Client, room_id: str, event_id: str, body: str) -> bool:
+    return any(m.event_id == event_id and m.body == body for m in texts(client, room_id))
+
+
+def nio_has(device: Device, event_id: str, body: str) -> bool:
+    return any(e.event_id == event_id and e.body == body and e.decrypted for e in device.texts)
+
+
+async def assert_ciphertext_only(
+    server: RunningServer, token: str, room_id: str, bodies: list[str]
+) -> None:
+    raw = await raw_messages(server, token, room_id)
+    assert not [e for e in raw if e["type"] == "m.room.message"], "plaintext message stored"
+    encrypted = [e for e in raw if e["type"] == "m.room.encrypted"]
+    assert len(encrypted) >= len(bodies)
+    assert all(e["content"]["algorithm"] == MEGOLM for e in encrypted)
+    dumped = json.dumps(raw)
+    for body in bodies:
+        assert body not in dumped, f"the server returned the plaintext {body!r}"
+    if server.engine == "sqlite":
+        for path in server.log.parent.joinpath("server").rglob("*"):
+            if path.is_file() and path.suffix != ".log":
+                data = path.read_bytes()
+                for body in bodies:
+                    assert body.encode() not in data, f"{body!r} found in {path}"
+
+
+async def test_two_starling_clients_chat_encrypted(
+    starling_server: RunningServer, tmp_path: Path, opened: list[Client | AsyncClient]
+) -> None:
+    server = starling_server
+    try:
+        await asyncio.wait_for(_two_starling(server, tmp_path, opened), timeout=120)
+    except BaseException:
+        print(f"--- starling serve ({server.engine}) log tail ---\n{server.log_tail()}")
+        raise
+
+
+async def _two_starling(server: RunningServer, tmp_path: Path, opened: list) -> None:
+    await register(server, "alice", tmp_path / "alice-reg")
+    await register(server, "bob", tmp_path / "bob-reg")
+    alice = await starling_login(server, "alice", tmp_path / "alice", opened)
+    bob = await starling_login(server, "bob", tmp_path / "bob", opened)
+    assert alice.crypto.device_keys_uploaded and bob.crypto.device_keys_uploaded
+
+    room_id = await alice.create_room(name="plans", invite=[bob.user_id])
+    assert alice.rooms[room_id].encrypted
+    await sync_until([bob], lambda: bob.rooms.get(room_id) is not None, "Bob saw the invite")
+    assert bob.rooms[room_id].membership == "invite"
+    await bob.join(room_id)
+    assert bob.rooms[room_id].encrypted, "Bob did not learn the room is encrypted"
+    await sync_until(
+        [alice],
+        lambda: alice.rooms[room_id].members.get(bob.user_id) == "join",
+        "Alice saw Bob join",
+    )
+
+    sent: list[str] = []
+    for i in range(2):
+        for speaker, listener in ((alice, bob), (bob, alice)):
+            body = f"{speaker.user_id} secret {i}"
+            event_id = await speaker.send_text(room_id, body)
+            sent.append(body)
+            await sync_until(
+                [listener, speaker],
+                functools.partial(has_text, listener, room_id, event_id, body),
+                f"{listener.user_id} decrypted {body!r}",
+            )
+            got = next(m for m in texts(listener, room_id) if m.event_id == event_id)
+            assert got.encrypted and got.sender == speaker.user_id
+            assert got.sender_device == speaker.device_id
+    # Each side decrypts its own messages too.
+    own = [m.body for m in texts(alice, room_id) if m.sender == alice.user_id]
+    assert own == [f"{alice.user_id} secret 0", f"{alice.user_id} secret 1"]
+    await assert_ciphertext_only(server, alice.session.access_token, room_id, sent)
+
+    # A restart from the store keeps the session and the keys: Bob reopens and reads on.
+    await bob.close()
+    opened.remove(bob)
+    with pytest.raises(StoreError):
+        Client.open(tmp_path / "bob", "wrong passphrase")
+    bob = Client.open(tmp_path / "bob", PASSPHRASE)
+    opened.append(bob)
+    after = "after Bob's restart"
+    event_id = await alice.send_text(room_id, after)
+    await sync_until(
+        [bob], lambda: has_text(bob, room_id, event_id, after), "Bob decrypted after restart"
+    )
+    reply = "Bob answers from the reopened store"
+    reply_id = await bob.send_text(room_id, reply)
+    await sync_until(
+        [alice], lambda: has_text(alice, room_id, reply_id, reply), "Alice decrypted Bob's reply"
+    )
+
+    # Carol joins then leaves; Alice's next message uses a new session Carol never gets.
+    await register(server, "carol", tmp_path / "carol-reg")
+    carol = await starling_login(server, "carol", tmp_path / "carol", opened)
+    await alice.invite(room_id, carol.user_id)
+    await carol.join(room_id)
+    await sync_until(
+        [alice],
+        lambda: alice.rooms[room_id].members.get(carol.user_id) == "join",
+        "Alice saw Carol join",
+    )
+    hello = "hello carol"
+    hello_id = await alice.send_text(room_id, hello)
+    await sync_until([carol], lambda: has_text(carol, room_id, hello_id, hello), "Carol decrypted")
+    first_session = alice.crypto.outbound[room_id].session_id
+    await carol.api.leave(room_id)
+    await sync_until(
+        [alice],
+        lambda: alice.rooms[room_id].members.get(carol.user_id) == "leave",
+        "Alice saw Carol leave",
+    )
+    secret = "after carol left"
+    secret_id = await alice.send_text(room_id, secret)
+    assert alice.crypto.outbound[room_id].session_id != first_session
+    await sync_until([bob], lambda: has_text(bob, room_id, secret_id, secret), "Bob decrypted")
+    assert all(key[1] != alice.crypto.outbound[room_id].session_id for key in carol.crypto.inbound)
+
+
+async def test_starling_client_and_nio_exchange_encrypted_messages(
+    starling_server: RunningServer, tmp_path: Path, opened: list[Client | AsyncClient]
+) -> None:
+    server = starling_server
+    try:
+        await asyncio.wait_for(_with_nio(server, tmp_path, opened), timeout=120)
+    except BaseException:
+        print(f"--- starling serve ({server.engine}) log tail ---\n{server.log_tail()}")
+        raise
+
+
+async def _with_nio(server: RunningServer, tmp_path: Path, opened: list) -> None:
+    await register(server, "alice", tmp_path / "alice-reg")
+    await register(server, "nina", tmp_path / "nina-reg")
+    alice = await starling_login(server, "alice", tmp_path / "alice", opened)
+    nio_client = await nio_login(server, "nina", tmp_path / "nina", "nina nio")
+    opened.append(nio_client)
+    nina = Device("nina", nio_client)
+    await nina.tick(timeout_ms=0)
+    assert nina.uploads == 1
+
+    # Alice (Starling) creates the encrypted room; Nina (nio) joins.
+    room_id = await alice.create_room(name="with nio", invite=[nina.user_id])
+    await until([nina], lambda: room_id in nina.client.invited_rooms, "Nina saw the invite")
+    expect(await nina.client.join(room_id), JoinResponse)
+    await sync_until(
+        [alice],
+        lambda: (
+            alice.rooms[room_id].members.get(nina.user_id) == "join"
+            and room_id in nina.client.rooms
+            and nina.client.rooms[room_id].encrypted
+        ),
+        "both saw Nina join the encrypted room",
+        others=[nina],
+    )
+
+    sent: list[str] = []
+    for i in range(2):
+        # Starling → nio
+        body = f"from starling {i}"
+        event_id = await alice.send_text(room_id, body)
+        sent.append(body)
+        await until(
+            [nina],
+            functools.partial(nio_has, nina, event_id, body),
+            f"nio decrypted {body!r}",
+        )
+        # nio → Starling
+        body = f"from nio {i}"
+        answer = expect(
+            await nina.client.room_send(
+                room_id,
+                "m.room.message",
+                {"msgtype": "m.text", "body": body},
+                ignore_unverified_devices=True,
+            ),
+            RoomSendResponse,
+        )
+        sent.append(body)
+        await sync_until(
+            [alice],
+            functools.partial(has_text, alice, room_id, answer.event_id, body),
+            f"Starling decrypted nio's {body!r}",
+            others=[nina],
+        )
+        got = next(m for m in texts(alice, room_id) if m.event_id == answer.event_id)
+        assert got.encrypted and got.sender == nina.user_id and got.sender_device == nina.device_id
+    assert not [e for e in nina.undecrypted if e.sender == alice.user_id]
+    await assert_ciphertext_only(server, alice.session.access_token, room_id, sent)
+
+    # nio creates a room (its own m.room.encryption) and Starling joins and talks there too.
+    created = await nina.client.room_create(
+        name="nio's room",
+        invite=[alice.user_id],
+        initial_state=[
+            {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": MEGOLM}}
+        ],
+    )
+    nio_room = created.room_id
+    await sync_until([alice], lambda: nio_room in alice.rooms, "Alice saw nio's invite")
+    await alice.join(nio_room)
+    assert alice.rooms[nio_room].encrypted
+    body = "starling in nio's room"
+    event_id = await alice.send_text(nio_room, body)
+    await until(
+        [nina],
+        lambda: any(e.event_id == event_id and e.body == body for e in nina.texts),
+        "nio decrypted Starling's message in its own room",
+    )
