@@ -22,6 +22,7 @@ from starling.accounts.registration_tokens import RegistrationTokens
 from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.accounts.uia import UserInteractiveAuth
+from starling.admin.rooms import AdminRooms
 from starling.admin.users import AdminUsers
 from starling.api.admin.registration import admin_table
 from starling.api.client.routes import client_table
@@ -86,6 +87,7 @@ from starling.rooms.visibility import HistoryVisibility
 from starling.search.service import SearchService
 from starling.storage.account_data import AccountDataStore
 from starling.storage.accounts import AccountStore, UIAuthStore
+from starling.storage.admin_rooms import AdminRoomStore
 from starling.storage.admin_users import AdminUserStore
 from starling.storage.aliases import AliasExists, AliasStore
 from starling.storage.database import Database, open_database
@@ -440,9 +442,20 @@ async def build_services(
         memberships=membership_store,
         auth=auth,
     )
+    admin_rooms = AdminRooms(
+        server_name=config.server_name,
+        store=AdminRoomStore(db, config.server_name, event_store, state_store, membership_store),
+        room_events=room_events,
+        events=event_store,
+        membership=membership,
+        memberships=membership_store,
+        aliases=alias_store,
+    )
+    membership.use_room_blocks(admin_rooms.is_blocked)
     return Components(
         config=config,
         admin_users=admin_users,
+        admin_rooms=admin_rooms,
         registration_tokens=RegistrationTokens(account_store),
         client_events=ClientEvents(
             config.server_name,

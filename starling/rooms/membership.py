@@ -94,6 +94,11 @@ class MembershipService:
         self._remote = remote
         self._server_name = server_name
         self._rate_limits = rate_limits
+        self._is_blocked: Callable[[str], Awaitable[bool]] | None = None
+
+    def use_room_blocks(self, is_blocked: Callable[[str], Awaitable[bool]]) -> None:
+        """Refuse local joins to rooms an admin blocked (set once, at start)."""
+        self._is_blocked = is_blocked
 
     def use_remote(self, remote: RemoteRooms) -> None:
         """Reach rooms this server is not in through other servers (set once, at start)."""
@@ -170,6 +175,8 @@ class MembershipService:
         Guest access, server behaviour). A restricted room admits a user without an
         invite only if they are joined to one of the rooms its allow conditions name;
         this server then names a local member who can invite as the authoriser."""
+        if self._is_blocked is not None and await self._is_blocked(room_id):
+            raise forbidden("This room has been blocked on this server")
         given = {k: v for k, v in (content or {}).items() if k != AUTHORISER_KEY}
         new_content = _reason(
             {**(await self._profile(user_id)), **given, "membership": "join"}, reason

@@ -80,6 +80,9 @@ class LruCache(Generic[K, V]):
     def pop(self, key: K) -> None:
         self._data.pop(key, None)
 
+    def keys(self) -> list[K]:
+        return list(self._data)
+
     def __len__(self) -> int:
         return len(self._data)
 
@@ -118,6 +121,16 @@ class EventStore:
             ts,
         )
         self._room_versions[room_id] = room_version
+
+    def forget_room(self, room_id: str) -> None:
+        """Drop what is cached of a room purged from the database (admin room deletion)."""
+        self._room_versions.pop(room_id, None)
+        self._forward.pop(room_id)
+        self._backward.pop(room_id)
+        for event_id in self._events.keys():
+            cached = self._events.get(event_id)
+            if cached is not None and cached[0].room_id == room_id:
+                self._events.pop(event_id)
 
     async def get_room_version(self, room_id: str) -> RoomVersion | None:
         rv = self._room_versions.get(room_id)

@@ -32,6 +32,11 @@ class StateStore:
         self._key_nids: dict[StateKey, int] = {}
         self._current: LruCache[str, dict[StateKey, str]] = LruCache(cache_size)
 
+    def forget_room(self, room_id: str) -> None:
+        """Drop the cached current state of a room purged from the database. (Cached state
+        groups are keyed by group number, never reused, so they can stay.)"""
+        self._current.pop(room_id)
+
     # --- state groups --------------------------------------------------------------------
 
     async def get_state_ids(self, group: int) -> StateMap:

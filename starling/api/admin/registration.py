@@ -18,6 +18,7 @@ from starling.accounts.registration_tokens import UNSET, RegistrationToken, Regi
 from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.api.admin.federation import FederationDestinationsAdmin
+from starling.api.admin.rooms import AdminRoomRoutes
 from starling.api.admin.users import AdminUserRoutes
 from starling.api.client.common import body_str, query_bool
 from starling.api.http import json_response, read_json_object
@@ -183,5 +184,7 @@ def admin_table(svc: Services) -> RouteTable:
             *FederationDestinationsAdmin(svc.federation_sender).routes(),
             # users: list, query, create/modify, deactivate, devices, rooms, login as
             *AdminUserRoutes(svc.admin_users).routes(),
+            # rooms: list, details, members, state, block, delete (and its status), join
+            *AdminRoomRoutes(svc.admin_rooms).routes(),
         ],
     )

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from starling.admin.users import AdminUsers, UserChanges, UserFilter
+from starling.api.admin.common import backwards, body_bool, optional_bool_query
 from starling.api.client.common import query_bool, query_int
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import Auth, Route, delete, get, post, put, requester_of
@@ -19,19 +20,6 @@ from starling.profile.service import validate_field
 MAX_LIMIT = 1000
 MAX_DEVICE_ID_LENGTH = 255
 MAX_DEVICES_PER_REQUEST = 1000
-
-
-def _optional_bool_query(request: web.Request, name: str) -> bool | None:
-    return query_bool(request, name) if name in request.query else None
-
-
-def _body_bool(body: dict[str, Any], key: str) -> bool | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, bool):
-        raise bad_json(f"'{key}' must be a boolean")
-    return value
 
 
 def _device_id(value: Any) -> str:
@@ -44,26 +32,18 @@ def _user_filter(request: web.Request, *, v3: bool) -> UserFilter:
     name = request.query.get("name")
     user_id = request.query.get("user_id")
     if v3:
-        deactivated = _optional_bool_query(request, "deactivated")
+        deactivated = optional_bool_query(request, "deactivated")
     else:
         deactivated = None if query_bool(request, "deactivated", False) else False
     return UserFilter(
         user_id=user_id or None,
         name=name or None,
         guests=query_bool(request, "guests", True),
-        admins=_optional_bool_query(request, "admins"),
+        admins=optional_bool_query(request, "admins"),
         deactivated=deactivated,
         locked=query_bool(request, "locked", False),
         no_users="" in request.query.getall("not_user_type", []),
     )
-
-
-def _direction(request: web.Request) -> bool:
-    """True for backwards (``dir=b``)."""
-    value = request.query.get("dir", "f")
-    if value not in ("f", "b"):
-        raise invalid_param("Unknown direction: 'dir' must be 'f' or 'b'")
-    return value == "b"
 
 
 class AdminUserRoutes:
@@ -77,7 +57,7 @@ class AdminUserRoutes:
         body = await self._users.list_users(
             _user_filter(request, v3=v3),
             request.query.get("order_by", "name"),
-            _direction(request),
+            backwards(request),
             query_int(request, "from", 0),
             query_int(request, "limit", 100, maximum=MAX_LIMIT),
         )
@@ -103,7 +83,7 @@ class AdminUserRoutes:
             raise invalid_param("External IDs are not supported by this server")
         if body.get("user_type") is not None:
             raise invalid_param("User types are not supported by this server")
-        logout = _body_bool(body, "logout_devices")
+        logout = body_bool(body, "logout_devices")
         changes = UserChanges(
             password=password,
             logout_devices=True if logout is None else logout,
@@ -111,9 +91,9 @@ class AdminUserRoutes:
             avatar_url=validate_field("avatar_url", body.get("avatar_url")),
             set_displayname="displayname" in body,
             set_avatar_url="avatar_url" in body,
-            admin=_body_bool(body, "admin"),
-            deactivated=_body_bool(body, "deactivated"),
-            locked=_body_bool(body, "locked"),
+            admin=body_bool(body, "admin"),
+            deactivated=body_bool(body, "deactivated"),
+            locked=body_bool(body, "locked"),
         )
         created = await self._users.put_user(requester_of(request).user_id, user_id, changes)
         return json_response(await self._users.get_user(user_id), status=201 if created else 200)
@@ -122,7 +102,7 @@ class AdminUserRoutes:
         """POST /_synapse/admin/v1/deactivate/{userId}
         (Synapse admin API: docs/admin_api/user_admin_api.md#deactivate-account)"""
         body = await read_json_object(request, allow_empty=True)
-        erase = _body_bool(body, "erase") or False
+        erase = body_bool(body, "erase") or False
         await self._users.deactivate(request.match_info["userId"], erase=erase)
         return json_response({"id_server_unbind_result": "success"})
 
@@ -135,7 +115,7 @@ class AdminUserRoutes:
             raise missing_param("Missing 'new_password'")
         if not isinstance(password, str):
             raise bad_json("'new_password' must be a string")
-        logout = _body_bool(body, "logout_devices")
+        logout = body_bool(body, "logout_devices")
         await self._users.reset_password(
             request.match_info["userId"], password, True if logout is None else logout
         )
@@ -150,7 +130,7 @@ class AdminUserRoutes:
         """PUT /_synapse/admin/v1/users/{userId}/admin
         (Synapse admin API: docs/admin_api/user_admin_api.md)"""
         body = await read_json_object(request)
-        admin = _body_bool(body, "admin")
+        admin = body_bool(body, "admin")
         if admin is None:
             raise missing_param("Missing 'admin'")
         await self._users.set_admin(

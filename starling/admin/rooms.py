@@ -1,0 +1,422 @@
+"""Server admins managing rooms: Synapse's room admin API rules (docs/admin_api/rooms.md,
+room_membership.md), answered in Synapse's JSON shapes.
+
+Deleting a room makes every local member leave (as themselves, so their clients see an
+ordinary leave), removes the room's local aliases and its directory entry, optionally
+blocks it (no local user may join it again) and, by default, purges it from the database.
+`DELETE /v2/rooms` runs that as a background task whose status is kept in memory for a day
+(as Synapse keeps it): a restart forgets the statuses, never the work already committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from starling.errors import MatrixError, forbidden, invalid_param, not_found
+from starling.rooms.event_service import RoomEventService
+from starling.rooms.membership import MembershipService
+from starling.storage.admin_rooms import AdminRoomStore, RoomSummary
+from starling.storage.aliases import AliasStore
+from starling.storage.events import EventStore
+from starling.storage.memberships import MembershipStore
+
+logger = logging.getLogger(__name__)
+
+STATUS_KEPT_SECONDS = 24 * 3600
+
+# order_by -> (sort key, largest first when going forwards)
+ROOM_ORDERS: dict[str, tuple[str, bool]] = {
+    "name": ("name", False),
+    "alphabetical": ("name", False),
+    "canonical_alias": ("canonical_alias", False),
+    "joined_members": ("joined_members", True),
+    "size": ("joined_members", True),
+    "joined_local_members": ("joined_local_members", True),
+    "version": ("version", True),
+    "creator": ("creator", False),
+    "encryption": ("encryption", False),
+    "federatable": ("federatable", True),
+    "public": ("public", True),
+    "join_rules": ("join_rules", False),
+    "guest_access": ("guest_access", False),
+    "history_visibility": ("history_visibility", False),
+    "state_events": ("state_events", True),
+}
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def room_json(room: RoomSummary) -> dict[str, Any]:
+    """A room as Synapse's room list shows it."""
+    state = room.state
+    create = state.get("m.room.create", {})
+    return {
+        "room_id": room.room_id,
+        "name": _str_or_none(state.get("m.room.name", {}).get("name")),
+        "canonical_alias": _str_or_none(state.get("m.room.canonical_alias", {}).get("alias")),
+        "joined_members": room.joined_members,
+        "joined_local_members": room.joined_local_members,
+        "version": room.version,
+        "creator": room.creator,
+        "encryption": _str_or_none(state.get("m.room.encryption", {}).get("algorithm")),
+        "federatable": create.get("m.federate", True) is not False,
+        "public": room.public,
+        "join_rules": _str_or_none(state.get("m.room.join_rules", {}).get("join_rule")),
+        "guest_access": _str_or_none(state.get("m.room.guest_access", {}).get("guest_access")),
+        "history_visibility": _str_or_none(
+            state.get("m.room.history_visibility", {}).get("history_visibility")
+        ),
+        "state_events": room.state_events,
+        "room_type": _str_or_none(create.get("type")),
+    }
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    # None sorts after every value (Synapse's NULLS LAST on PostgreSQL), whatever the order.
+    if value is None:
+        return (1, "")
+    if isinstance(value, bool):
+        return (0, int(value))
+    return (0, value)
+
+
+@dataclass
+class DeleteTask:
+    delete_id: str
+    room_id: str
+    status: str = "scheduled"
+    error: str | None = None
+    kicked_users: list[str] = field(default_factory=list)
+    failed_to_kick_users: list[str] = field(default_factory=list)
+    local_aliases: list[str] = field(default_factory=list)
+    finished_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "delete_id": self.delete_id,
+            "room_id": self.room_id,
+            "status": self.status,
+            "shutdown_room": {
+                "kicked_users": self.kicked_users,
+                "failed_to_kick_users": self.failed_to_kick_users,
+                "local_aliases": self.local_aliases,
+                "new_room_id": None,
+            },
+        }
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+@dataclass(frozen=True)
+class DeleteRequest:
+    block: bool = False
+    purge: bool = True
+    force_purge: bool = False
+
+
+class AdminRooms:
+    def __init__(
+        self,
+        *,
+        server_name: str,
+        store: AdminRoomStore,
+        room_events: RoomEventService,
+        events: EventStore,
+        membership: MembershipService,
+        memberships: MembershipStore,
+        aliases: AliasStore,
+    ) -> None:
+        self._server_name = server_name
+        self._store = store
+        self._room_events = room_events
+        self._events = events
+        self._membership = membership
+        self._memberships = memberships
+        self._aliases = aliases
+        self._tasks: dict[str, DeleteTask] = {}
+        self._running: set[asyncio.Task[None]] = set()
+
+    # -- reading
+
+    async def list_rooms(
+        self,
+        *,
+        start: int,
+        limit: int,
+        order_by: str,
+        backwards: bool,
+        search_term: str | None,
+        public: bool | None,
+        empty: bool | None,
+    ) -> dict[str, Any]:
+        if order_by not in ROOM_ORDERS:
+            raise invalid_param(f"Unknown value for order_by: {order_by[:40]!r}")
+        rooms = [room_json(r) for r in await self._store.summaries()]
+        if search_term:
+            needle = search_term.lower()
+            rooms = [
+                r
+                for r in rooms
+                if needle in (r["name"] or "").lower()
+                or needle in (r["canonical_alias"] or "").split(":", 1)[0].lower()
+                or search_term in r["room_id"]
+            ]
+        if public is not None:
+            rooms = [r for r in rooms if r["public"] is public]
+        if empty is not None:
+            rooms = [r for r in rooms if (r["joined_members"] == 0) is empty]
+        key, largest_first = ROOM_ORDERS[order_by]
+        rooms.sort(key=lambda r: r["room_id"])
+        present = [r for r in rooms if r[key] is not None]
+        absent = [r for r in rooms if r[key] is None]
+        present.sort(key=lambda r: _sort_key(r[key]), reverse=largest_first != backwards)
+        rooms = present + absent
+        page = rooms[start : start + limit]
+        body: dict[str, Any] = {"rooms": page, "offset": start, "total_rooms": len(rooms)}
+        if start + len(page) < len(rooms):
+            body["next_batch"] = start + len(page)
+        if start > 0:
+            body["prev_batch"] = max(0, start - limit)
+        return body
+
+    async def _summary(self, room_id: str) -> RoomSummary:
+        found = await self._store.summaries(room_id)
+        if not found:
+            raise not_found("Room not found")
+        return found[0]
+
+    async def details(self, room_id: str) -> dict[str, Any]:
+        room = await self._summary(room_id)
+        out = room_json(room)
+        tombstone = room.state.get("m.room.tombstone")
+        out.update(
+            {
+                "topic": _str_or_none(room.state.get("m.room.topic", {}).get("topic")),
+                "avatar": _str_or_none(room.state.get("m.room.avatar", {}).get("url")),
+                "joined_local_devices": None,
+                "forgotten": False,
+                "tombstoned": tombstone is not None,
+                "replacement_room": _str_or_none((tombstone or {}).get("replacement_room")),
+            }
+        )
+        return out
+
+    async def members(self, room_id: str) -> list[str]:
+        await self._summary(room_id)
+        return sorted(await self._memberships.get_joined_users(room_id))
+
+    async def state(self, room_id: str, event_type: str | None) -> list[dict[str, Any]]:
+        await self._summary(room_id)
+        events = await self._room_events.current_state_events(room_id)
+        out = []
+        for (etype, state_key), event in sorted(events.items()):
+            if event_type is not None and etype != event_type:
+                continue
+            out.append(
+                {
+                    "type": etype,
+                    "state_key": state_key,
+                    "content": event.content,
+                    "sender": event.sender,
+                    "event_id": event.event_id,
+                    "origin_server_ts": event.origin_server_ts,
+                    "room_id": room_id,
+                    "unsigned": {},
+                }
+            )
+        return out
+
+    async def forward_extremities(self, room_id: str) -> list[dict[str, Any]]:
+        await self._summary(room_id)
+        return await self._store.forward_extremities(room_id)
+
+    # -- blocking
+
+    async def block_status(self, room_id: str) -> dict[str, Any]:
+        by = await self._store.blocked_by(room_id)
+        return {"block": False} if by is None else {"block": True, "user_id": by}
+
+    async def set_blocked(self, admin_id: str, room_id: str, block: bool) -> None:
+        if block:
+            await self._store.block(room_id, admin_id)
+        else:
+            await self._store.unblock(room_id)
+
+    async def is_blocked(self, room_id: str) -> bool:
+        return await self._store.is_blocked(room_id)
+
+    # -- membership on the admin's behalf
+
+    async def resolve(self, room_id_or_alias: str) -> str:
+        if room_id_or_alias.startswith("#"):
+            room_id = await self._aliases.get_alias(room_id_or_alias)
+            if room_id is None:
+                raise not_found("Room alias not found")
+            return room_id
+        if not room_id_or_alias.startswith("!"):
+            raise invalid_param(f"{room_id_or_alias[:80]!r} is not a room ID or alias")
+        return room_id_or_alias
+
+    async def join_user(self, admin_id: str, room_id_or_alias: str, user_id: str) -> str:
+        """POST /_synapse/admin/v1/join/{roomIdOrAlias}: a local user joins; if the room
+        needs an invite, the admin invites them first (so the admin must be in it)."""
+        if not user_id.endswith(":" + self._server_name):
+            raise invalid_param("This endpoint can only be used with local users")
+        room_id = await self.resolve(room_id_or_alias)
+        await self._summary(room_id)
+        try:
+            await self._membership.join(room_id, user_id)
+        except MatrixError as e:
+            if e.status != 403:
+                raise
+            admin_member = await self._memberships.get_membership(room_id, admin_id)
+            if admin_member is None or admin_member.membership != "join":
+                raise forbidden("The room needs an invite, and you are not in it") from None
+            await self._membership.invite(room_id, admin_id, user_id)
+            await self._membership.join(room_id, user_id)
+        return room_id
+
+    async def make_room_admin(self, room_id_or_alias: str, user_id: str) -> None:
+        """POST /_synapse/admin/v1/rooms/{roomIdOrAlias}/make_room_admin: the local member
+        with the highest power level gives `user_id` that level (inviting them first when
+        they are not in the room)."""
+        if not user_id.endswith(":" + self._server_name):
+            raise invalid_param("Only local users can be made room admins")
+        room_id = await self.resolve(room_id_or_alias)
+        await self._summary(room_id)
+        state = await self._room_events.current_state_events(
+            room_id, [("m.room.power_levels", ""), ("m.room.create", "")]
+        )
+        levels_event = state.get(("m.room.power_levels", ""))
+        levels: dict[str, Any] = dict(levels_event.content) if levels_event is not None else {}
+        users: dict[str, Any] = dict(levels.get("users") or {})
+        create = state.get(("m.room.create", ""))
+        creators: set[str] = set()
+        version = await self._events.get_room_version(room_id)
+        if create is not None and version is not None and version.privileged_creators:
+            extra = create.content.get("additional_creators")
+            creators = {create.sender, *(extra if isinstance(extra, list) else [])}
+
+        def level(user: str) -> float:
+            if user in creators:
+                return float("inf")
+            value = users.get(user, levels.get("users_default", 0))
+            return float(value) if isinstance(value, int) else 0.0
+
+        suffix = ":" + self._server_name
+        joined = sorted(
+            u for u in await self._memberships.get_joined_users(room_id) if u.endswith(suffix)
+        )
+        if not joined:
+            raise invalid_param("No local member of the room can give admin rights")
+        granter = max(joined, key=level)
+        needed = (levels.get("events") or {}).get(
+            "m.room.power_levels", levels.get("state_default", 50)
+        )
+        if levels_event is not None and level(granter) < (
+            needed if isinstance(needed, int) else 50
+        ):
+            raise forbidden("No local member of the room can change power levels")
+        if user_id in creators:
+            return
+        grant = 100 if level(granter) == float("inf") else int(level(granter))
+        member = await self._memberships.get_membership(room_id, user_id)
+        if member is None or member.membership not in ("join", "invite"):
+            await self._membership.invite(room_id, granter, user_id)
+        users[user_id] = max(grant, int(level(user_id)))
+        levels["users"] = users
+        await self._room_events.send(room_id, granter, "m.room.power_levels", levels, "")
+
+    # -- deletion
+
+    def _expire_statuses(self) -> None:
+        now = time.monotonic()
+        for delete_id, task in list(self._tasks.items()):
+            if task.finished_at is not None and now - task.finished_at > STATUS_KEPT_SECONDS:
+                del self._tasks[delete_id]
+
+    async def start_delete(self, admin_id: str, room_id: str, req: DeleteRequest) -> str:
+        """DELETE /_synapse/admin/v2/rooms/{roomId}: starts in the background."""
+        self._expire_statuses()
+        if not req.block:
+            await self._summary(room_id)
+        task = DeleteTask(secrets.token_urlsafe(12), room_id)
+        self._tasks[task.delete_id] = task
+        running = asyncio.create_task(self._run_delete(admin_id, task, req))
+        self._running.add(running)
+        running.add_done_callback(self._running.discard)
+        return task.delete_id
+
+    async def delete_now(self, admin_id: str, room_id: str, req: DeleteRequest) -> dict[str, Any]:
+        """DELETE /_synapse/admin/v1/rooms/{roomId}: the same, answered when done."""
+        if not req.block:
+            await self._summary(room_id)
+        task = DeleteTask(secrets.token_urlsafe(12), room_id)
+        await self._run_delete(admin_id, task, req)
+        if task.status == "failed":
+            raise MatrixError(500, "M_UNKNOWN", task.error or "Room deletion failed")
+        shutdown: dict[str, Any] = task.to_json()["shutdown_room"]
+        return shutdown
+
+    async def _run_delete(self, admin_id: str, task: DeleteTask, req: DeleteRequest) -> None:
+        task.status = "active"
+        try:
+            await self._shut_down(admin_id, task, req)
+            task.status = "complete"
+        except Exception as e:
+            logger.exception("deleting room %s failed", task.room_id)
+            task.status = "failed"
+            task.error = str(e) or type(e).__name__
+        finally:
+            task.finished_at = time.monotonic()
+
+    async def _shut_down(self, admin_id: str, task: DeleteTask, req: DeleteRequest) -> None:
+        room_id = task.room_id
+        if req.block:
+            await self._store.block(room_id, admin_id)
+        known = bool(await self._store.summaries(room_id))
+        if not known:
+            return
+        suffix = ":" + self._server_name
+        members = await self._memberships.get_members(room_id)
+        for m in sorted(members, key=lambda m: m.user_id):
+            if not m.user_id.endswith(suffix) or m.membership not in ("join", "invite", "knock"):
+                continue
+            try:
+                await self._membership.leave(room_id, m.user_id)
+                await self._membership.forget(room_id, m.user_id)
+                task.kicked_users.append(m.user_id)
+            except MatrixError as e:
+                logger.warning("deleting %s: %s could not leave: %s", room_id, m.user_id, e)
+                task.failed_to_kick_users.append(m.user_id)
+        for alias in await self._aliases.aliases_for_room(room_id):
+            if alias.endswith(suffix):
+                await self._aliases.delete_alias(alias)
+                task.local_aliases.append(alias)
+        if not req.purge:
+            return
+        if task.failed_to_kick_users and not req.force_purge:
+            raise RuntimeError("Local users are still in the room; use force_purge to purge")
+        await self._store.purge(room_id)
+
+    def delete_status(self, delete_id: str) -> dict[str, Any]:
+        self._expire_statuses()
+        task = self._tasks.get(delete_id)
+        if task is None:
+            raise not_found("delete id not found")
+        return task.to_json()
+
+    def delete_statuses(self, room_id: str) -> list[dict[str, Any]]:
+        self._expire_statuses()
+        found = [t.to_json() for t in self._tasks.values() if t.room_id == room_id]
+        if not found:
+            raise not_found("No delete task for room")
+        return found
