@@ -48,6 +48,7 @@ from starling.errors import MatrixError
 from starling.federation.device_lists import DeviceListFederation
 from starling.federation.inbound import FederationInbound, build_federation_inbound
 from starling.federation.ip_ranges import IPRangePolicy
+from starling.federation.media import FederationMediaFetcher
 from starling.federation.membership import ResidentMembership
 from starling.federation.presence import PresenceFederation
 from starling.federation.public_rooms import RemotePublicRooms
@@ -60,6 +61,7 @@ from starling.federation.transport import FederationTransport, build_federation_
 from starling.media.filestore import FileStore
 from starling.media.service import MediaService
 from starling.notifier import Notifier
+from starling.openid.tokens import OpenIdTokens
 from starling.presence.service import PresenceService
 from starling.profile.service import ProfileService
 from starling.protocol.event import Event
@@ -98,6 +100,7 @@ from starling.storage.federation_sender import FederationSenderStore
 from starling.storage.filters import FilterStore
 from starling.storage.media import MediaStore
 from starling.storage.memberships import MembershipStore
+from starling.storage.openid import OpenIdStore
 from starling.storage.presence import PresenceStore
 from starling.storage.profiles import ProfileStore
 from starling.storage.pushers import PusherStore
@@ -457,6 +460,7 @@ async def build_services(
         admin_users=admin_users,
         admin_rooms=admin_rooms,
         registration_tokens=RegistrationTokens(account_store),
+        openid=OpenIdTokens(config.server_name, OpenIdStore(db)),
         client_events=ClientEvents(
             config.server_name,
             room_events,
@@ -495,7 +499,7 @@ async def build_services(
             is_public=extras.directory.is_public,
             publish=extras.directory.publish,
         ),
-        media=build_media(config, db),
+        media=build_media(config, db, FederationMediaFetcher(federation.client)),
         notifier=notifier,
         sync=sync.sync,
         sliding_sync=sliding_sync,
@@ -687,11 +691,12 @@ async def build_room_extras(
     return extras
 
 
-def build_media(config: Config, db: Database) -> MediaService:
+def build_media(
+    config: Config, db: Database, remote: FederationMediaFetcher | None = None
+) -> MediaService:
     files = FileStore(config.resolve_path(config.media_store_path))
     files.setup()
-    # Remote media (federation) plugs in as a RemoteMediaFetcher; none yet.
-    return MediaService(config, MediaStore(db), files, remote=None)
+    return MediaService(config, MediaStore(db), files, remote=remote)
 
 
 def build_listener_app(services: Services, listener: Listener) -> web.Application:

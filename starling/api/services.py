@@ -23,6 +23,7 @@ from starling.federation.membership import ResidentMembership
 from starling.federation.sender import FederationSender
 from starling.federation.transport import FederationTransport
 from starling.media.service import MediaService
+from starling.openid.tokens import OpenIdTokens
 from starling.presence.service import PresenceService
 from starling.profile.service import ProfileService
 from starling.push.pushers import PusherService
@@ -98,6 +99,8 @@ class Services:
     user_directory: UserDirectoryService
     search: SearchService
     hierarchy: SpaceHierarchy
+    # OpenID tokens for third parties (client request_token, federation userinfo)
+    openid: OpenIdTokens
     # federation transport: signed outbound client, keyring, key answers, inbound limits
     federation: FederationTransport
     # outbound federation: the per-destination transaction queues

@@ -28,7 +28,8 @@ import fnmatch
 import logging
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -308,30 +309,9 @@ class FederationClient:
         timeout: float,
         max_size: int,
     ) -> Any:
-        self._check_destination(destination)
-        try:
-            targets = await asyncio.wait_for(self.resolver.resolve(destination), timeout)
-        except DiscoveryError as e:
-            raise FederationUnreachable(destination, f"cannot resolve: {e}") from None
-        except TimeoutError:
-            raise FederationUnreachable(destination, "timed out resolving") from None
-        query_string = _encode_query(query)
-        uri = path + ("?" + query_string if query_string else "")
-        try:
-            authorization = sign_request(
-                self._key,
-                method=method,
-                uri=uri,
-                origin=self._server_name,
-                destination=destination,
-                content=body,
-            )
-            data = encode_canonical_json_lenient(body) if body is not None else None
-        except (XMatrixError, CanonicalJsonError) as e:
-            raise ValueError(f"cannot send this request body: {e}") from None
-        headers = {"Authorization": authorization}
-        if data is not None:
-            headers["Content-Type"] = "application/json"
+        targets, query_string, headers, data = await self._prepare(
+            method, destination, path, query, body, timeout
+        )
         failures: list[str] = []
         for target in targets:
             # A pooled keep-alive connection the server has since closed fails at once
@@ -359,6 +339,135 @@ class FederationClient:
                 break
         raise FederationUnreachable(destination, "; ".join(failures) or "no target")
 
+    async def _prepare(
+        self,
+        method: str,
+        destination: str,
+        path: str,
+        query: Query | None,
+        body: Any,
+        timeout: float,
+    ) -> tuple[list[Target], str, dict[str, str], bytes | None]:
+        """Policy, discovery and the X-Matrix signature: (targets, query string, headers,
+        body bytes) of a request about to be sent."""
+        self._check_destination(destination)
+        try:
+            targets = await asyncio.wait_for(self.resolver.resolve(destination), timeout)
+        except DiscoveryError as e:
+            raise FederationUnreachable(destination, f"cannot resolve: {e}") from None
+        except TimeoutError:
+            raise FederationUnreachable(destination, "timed out resolving") from None
+        query_string = _encode_query(query)
+        uri = path + ("?" + query_string if query_string else "")
+        try:
+            authorization = sign_request(
+                self._key,
+                method=method,
+                uri=uri,
+                origin=self._server_name,
+                destination=destination,
+                content=body,
+            )
+            data = encode_canonical_json_lenient(body) if body is not None else None
+        except (XMatrixError, CanonicalJsonError) as e:
+            raise ValueError(f"cannot send this request body: {e}") from None
+        headers = {"Authorization": authorization}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        return list(targets), query_string, headers, data
+
+    @asynccontextmanager
+    async def stream_get(
+        self,
+        destination: str,
+        path: str,
+        query: Query | None = None,
+        *,
+        timeout: float,
+        total_timeout: float,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A signed GET whose answer (any status) is read by the caller, for bodies too big
+        to hold in memory (media). `timeout` bounds resolving, connecting and each wait
+        for data; `total_timeout` the whole exchange. Redirects are not followed."""
+        if not path.startswith("/_matrix/"):
+            raise ValueError(f"federation path must start with /_matrix/: {path!r}")
+        targets, query_string, headers, _ = await self._prepare(
+            "GET", destination, path, query, None, timeout
+        )
+        session = self._get_session()
+        failures: list[str] = []
+        response: aiohttp.ClientResponse | None = None
+        start = time.perf_counter()
+        for target in targets:
+            for attempt in range(2):
+                try:
+                    response = await session.get(
+                        _target_url(target, path, query_string),
+                        headers={**headers, "Host": target.host_header},
+                        ssl=self._ssl_for(destination, target.tls_name),
+                        server_hostname=target.sni,
+                        timeout=aiohttp.ClientTimeout(
+                            total=total_timeout, sock_connect=timeout, sock_read=timeout
+                        ),
+                        allow_redirects=False,
+                    )
+                except TimeoutError:
+                    failures.append(f"{target.host}:{target.port}: {_TIMED_OUT}")
+                except aiohttp.ServerDisconnectedError as e:
+                    if attempt == 0:
+                        continue  # a pooled connection the server had closed: once more
+                    failures.append(f"{target.host}:{target.port}: {type(e).__name__}")
+                except (aiohttp.ClientError, OSError, ssl.SSLError) as e:
+                    reason = "address refused by ip_range_blacklist"
+                    if not is_blocked_error(e):
+                        reason = f"{type(e).__name__}: {e}"
+                    failures.append(f"{target.host}:{target.port}: {reason}")
+                break
+            if response is not None or (failures and failures[-1].endswith(_TIMED_OUT)):
+                break
+        if response is None:
+            OUTBOUND_REQUESTS.labels("GET", "unreachable").inc()
+            raise FederationUnreachable(destination, "; ".join(failures) or "no target")
+        OUTBOUND_REQUESTS.labels("GET", f"{response.status // 100}xx").inc()
+        OUTBOUND_SECONDS.labels("GET").observe(time.perf_counter() - start)
+        try:
+            yield response
+        finally:
+            response.release()
+
+    @asynccontextmanager
+    async def stream_url(
+        self, url: str, *, timeout: float, total_timeout: float, max_redirects: int = 5
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """An unsigned GET of a URL another server pointed us to (a media `Location`),
+        redirects followed (bounded), every connection under `ip_range_blacklist` and
+        certificate checks as for federation."""
+        parsed = URL(url)
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise FederationUnreachable(url[:200], "not an http(s) URL")
+        try:
+            response = await self._get_session().get(
+                parsed,
+                ssl=self._ssl_for(parsed.host, parsed.host) if parsed.scheme == "https" else False,
+                timeout=aiohttp.ClientTimeout(
+                    total=total_timeout, sock_connect=timeout, sock_read=timeout
+                ),
+                allow_redirects=True,
+                max_redirects=max_redirects,
+            )
+        except TimeoutError:
+            raise FederationUnreachable(parsed.host, _TIMED_OUT) from None
+        except (aiohttp.ClientError, OSError, ssl.SSLError) as e:
+            if is_blocked_error(e):
+                raise FederationUnreachable(
+                    parsed.host, "address refused by ip_range_blacklist"
+                ) from None
+            raise FederationUnreachable(parsed.host, f"{type(e).__name__}: {e}") from None
+        try:
+            yield response
+        finally:
+            response.release()
+
     async def _send(
         self,
         method: str,
@@ -371,15 +480,7 @@ class FederationClient:
         timeout: float,
         max_size: int,
     ) -> tuple[int, bytes]:
-        url = URL.build(
-            scheme="https",
-            # With encoded=True yarl takes the host as written: an IPv6 one needs brackets.
-            host=f"[{target.host}]" if ":" in target.host else target.host,
-            port=target.port,
-            path=path,
-            query_string=query_string,
-            encoded=True,
-        )
+        url = _target_url(target, path, query_string)
         session = self._get_session()
         try:
             async with session.request(
@@ -407,6 +508,18 @@ class FederationClient:
 
 
 _TIMED_OUT = "timed out"
+
+
+def _target_url(target: Target, path: str, query_string: str) -> URL:
+    return URL.build(
+        scheme="https",
+        # With encoded=True yarl takes the host as written: an IPv6 one needs brackets.
+        host=f"[{target.host}]" if ":" in target.host else target.host,
+        port=target.port,
+        path=path,
+        query_string=query_string,
+        encoded=True,
+    )
 
 
 class _Unreachable(Exception):

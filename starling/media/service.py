@@ -19,7 +19,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import suppress
+from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -78,10 +78,11 @@ class RemoteMedia:
 class RemoteMediaFetcher(Protocol):
     """Fetches media from its origin server (federation's /media/download)."""
 
-    async def fetch(
+    def fetch(
         self, server_name: str, media_id: str, *, max_bytes: int, timeout_ms: int
-    ) -> RemoteMedia | None:
-        """The media, or None when the origin does not have it."""
+    ) -> AbstractAsyncContextManager[RemoteMedia | None]:
+        """The media, or None when the origin does not have it; its chunks are read
+        while the context is open. Errors are MatrixErrors for the client."""
         ...
 
 
@@ -393,18 +394,18 @@ class MediaService:
             info = await self.store.get_media(server_name, media_id)
             if info is not None and info.uploaded:
                 return info
-            fetched = await self.remote.fetch(
+            async with self.remote.fetch(
                 server_name,
                 media_id,
                 max_bytes=self.max_upload_size,
                 timeout_ms=min(max(timeout_ms, 0), MAX_TIMEOUT_MS),
-            )
-            if fetched is None:
-                raise not_found("Media not found")
-            try:
-                staged = await self.files.stage_stream(fetched.chunks, self.max_upload_size)
-            except ContentTooLarge:
-                raise MatrixError(502, "M_TOO_LARGE", "Remote content is too large") from None
+            ) as fetched:
+                if fetched is None:
+                    raise not_found("Media not found")
+                try:
+                    staged = await self.files.stage_stream(fetched.chunks, self.max_upload_size)
+                except ContentTooLarge:
+                    raise MatrixError(502, "M_TOO_LARGE", "Remote content is too large") from None
             row = NewMedia(
                 server_name=server_name,
                 media_id=media_id,

@@ -142,7 +142,7 @@ class SynapseServer(FederatedServer):
                 "type": "http",
                 "tls": False,
                 "x_forwarded": False,
-                "resources": [{"names": ["client"], "compress": False}],
+                "resources": [{"names": ["client", "media"], "compress": False}],
             },
         ]
         cfg["database"] = {

@@ -26,6 +26,7 @@ from tests.federation.harness import (
     make_test_pki,
 )
 from tests.federation.synapse import SynapseServer, start_synapse
+from tests.federation.test_media_two_servers import check_image_crosses
 
 pytestmark = pytest.mark.integration
 
@@ -573,3 +574,12 @@ async def test_concurrent_state_changes_converge(
         return s == a
 
     await eventually(same_state, timeout=WAIT, what="the same state after concurrent topics")
+
+
+async def test_media_both_ways(synapse: SynapseServer, starling: FederatedServer) -> None:
+    """An image uploaded on one server downloads and thumbnails through the other
+    (authenticated federation media, v1.11+)."""
+    sam = await synapse.register()
+    alice = await starling.register()
+    await check_image_crosses(synapse, sam, starling, alice)
+    await check_image_crosses(starling, alice, synapse, sam)

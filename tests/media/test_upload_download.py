@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -245,15 +246,16 @@ async def test_malformed_ids_are_refused(hs: Harness) -> None:
     assert status == 404 and body["errcode"] == "M_NOT_FOUND"
 
 
-async def test_unknown_and_remote_media_are_not_found(hs: Harness) -> None:
+async def test_unknown_and_unreachable_media(hs: Harness) -> None:
     _, token = await hs.register()
-    for path in (
-        f"{V1}/download/{hs.server_name}/doesNotExist",
-        f"{V1}/download/other.example/someMedia",
-        f"{V3}/download/other.example/someMedia",
-    ):
+    status, _, body = await get(hs, f"{V1}/download/{hs.server_name}/doesNotExist", token)
+    assert status == 404 and b"M_NOT_FOUND" in body
+    # The server of other.example cannot be resolved in the tests: 502, not a false 404.
+    for path in (f"{V1}/download/other.example/someMedia", f"{V3}/download/other.example/m"):
         status, _, body = await get(hs, path, token)
-        assert status == 404 and b"M_NOT_FOUND" in body
+        assert status == 502 and b"M_UNKNOWN" in body
+    status, _, body = await get(hs, f"{V3}/download/other.example/m?allow_remote=false")
+    assert status == 404 and b"M_NOT_FOUND" in body
 
 
 class _Origin:
@@ -262,18 +264,21 @@ class _Origin:
     def __init__(self) -> None:
         self.calls = 0
 
+    @asynccontextmanager
     async def fetch(
         self, server_name: str, media_id: str, *, max_bytes: int, timeout_ms: int
-    ) -> RemoteMedia | None:
+    ) -> AsyncIterator[RemoteMedia | None]:
         self.calls += 1
         if (server_name, media_id) != ("other.example", "remote1"):
-            return None
+            yield None
+            return
 
         async def chunks() -> AsyncIterator[bytes]:
+            await asyncio.sleep(0.05)  # the others wait on the first fetch
             yield b"remote "
             yield b"bytes"
 
-        return RemoteMedia("text/plain", "r.txt", chunks())
+        yield RemoteMedia("text/plain", "r.txt", chunks())
 
 
 async def test_remote_media_goes_through_the_fetcher_and_is_cached(hs: Harness) -> None:
@@ -359,3 +364,26 @@ async def test_concurrent_uploads_cannot_both_pass_the_quota(make_hs: MakeHs) ->
     status, body = await second[0]
     assert (status, body["errcode"]) == (403, "M_FORBIDDEN"), body
     assert await count(alice_id, 0) == 2000
+
+
+class _BigOrigin:
+    """An origin whose media is larger than this server accepts (and names no length)."""
+
+    @asynccontextmanager
+    async def fetch(
+        self, server_name: str, media_id: str, *, max_bytes: int, timeout_ms: int
+    ) -> AsyncIterator[RemoteMedia | None]:
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(10):
+                yield b"x" * 1000
+
+        yield RemoteMedia("text/plain", None, chunks())
+
+
+async def test_remote_media_over_the_size_limit_is_not_cached(make_hs: MakeHs) -> None:
+    hs = await make_hs(max_upload_size="4K")
+    _, token = await hs.register()
+    hs.services.media.remote = _BigOrigin()
+    status, _, body = await get(hs, f"{V1}/download/other.example/big", token)
+    assert status == 502 and b"M_TOO_LARGE" in body
+    assert await hs.services.media.get_media_info("other.example", "big") is None

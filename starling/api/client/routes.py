@@ -17,6 +17,7 @@ from starling.api.client.filters import FilterRoutes
 from starling.api.client.hierarchy import HierarchyRoutes
 from starling.api.client.key_backup import KeyBackupRoutes
 from starling.api.client.keys import KeyRoutes
+from starling.api.client.openid import OpenIdRoutes
 from starling.api.client.presence import PresenceRoutes
 from starling.api.client.profile import ProfileRoutes
 from starling.api.client.pushrules import PushRuleRoutes
@@ -66,6 +67,7 @@ def client_table(svc: Services) -> RouteTable:
     push = PushRuleRoutes(svc.push_rules, svc.pushers)
     relations = RelationRoutes(svc.relations)
     voip = VoipRoutes(svc.config)
+    openid = OpenIdRoutes(svc.openid)
     user_directory = UserDirectoryRoutes(svc.config.user_directory.enabled, svc.user_directory)
     search = SearchRoutes(svc.search)
     hierarchy = HierarchyRoutes(svc.hierarchy)
@@ -140,6 +142,7 @@ def client_table(svc: Services) -> RouteTable:
         post("/sync", sliding.sync, guests=True, versions=SIMPLIFIED_SLIDING_SYNC),
         post("/user/{userId}/filter", filters.create, guests=True),
         get("/user/{userId}/filter/{filterId}", filters.get, guests=True),
+        post("/user/{userId}/openid/request_token", openid.request_token),
         # End-to-end encryption: keys, cross-signing, to-device, key backup
         post("/keys/upload", keys.upload, guests=True),
         post("/keys/query", keys.query, guests=True),

@@ -15,7 +15,9 @@ from __future__ import annotations
 from starling.api.federation import version
 from starling.api.federation.events import FederationEventsApi
 from starling.api.federation.keys import KeysApi
+from starling.api.federation.media import FederationMediaApi
 from starling.api.federation.membership import FederationMembershipApi
+from starling.api.federation.openid import FederationOpenIdApi
 from starling.api.federation.public_rooms import PublicRoomsApi
 from starling.api.federation.queries import FederationQueriesApi
 from starling.api.federation.user_keys import UserKeysApi
@@ -42,6 +44,10 @@ def federation_table(services: Services) -> RouteTable:
         *FederationMembershipApi(services.federation_membership).routes(),
         # our users' devices and keys: /user/devices, /user/keys/query, /user/keys/claim
         *UserKeysApi(services.e2ee.federation_keys).routes(),
+        # this server's media: /media/download, /media/thumbnail
+        *FederationMediaApi(services.media).routes(),
+        # OpenID tokens for third parties (unsigned): /openid/userinfo
+        *FederationOpenIdApi(services.openid).routes(),
     ]
     return RouteTable("federation", "/_matrix/federation/{version}", ("v1",), routes)
 

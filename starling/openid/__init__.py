@@ -1,0 +1,1 @@
+"""OpenID tokens (client-server-api "OpenID", server-server-api "OpenID")."""
