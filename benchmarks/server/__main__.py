@@ -36,7 +36,15 @@ from benchmarks.server.load import Api, Params, Results, User
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 SERVERS = ("starling", "synapse")
-SCENARIOS = ("send_latency", "throughput", "delivery", "create_rooms", "joins", "initial_sync")
+SCENARIOS = (
+    "send_latency",
+    "throughput",
+    "delivery",
+    "create_rooms",
+    "joins",
+    "initial_sync",
+    "sliding_sync",
+)
 
 # (key, label, unit, lower is better)
 METRICS: list[tuple[str, str, str, bool]] = [
@@ -58,6 +66,14 @@ METRICS: list[tuple[str, str, str, bool]] = [
         True,
     ),
     ("initial_sync_ms", "initial /sync: median of {sync_repeats} more", "ms", True),
+    (
+        "sliding_sync_first_ms",
+        "initial sliding sync (MSC4186), {sync_rooms} rooms x {sliding_messages_per_room}"
+        " msgs, one list, timeline 10: first",
+        "ms",
+        True,
+    ),
+    ("sliding_sync_ms", "initial sliding sync: median of {sync_repeats} more", "ms", True),
     ("create_rooms_s", "createRoom rate ({create_rooms} sequential)", "rooms/s", False),
     ("create_p50_ms", "  createRoom p50", "ms", True),
     (
@@ -115,6 +131,7 @@ async def run_scenarios(
                 "create_rooms": lambda: load.create_rooms(api, one("creator"), params, res),
                 "joins": lambda: load.many_joins(api, one("host"), users["joiners"], params, res),
                 "initial_sync": lambda: load.initial_sync(api, one("big"), params, res),
+                "sliding_sync": lambda: load.sliding_sync(api, one("slider"), params, res),
             }
             for name in scenarios:
                 if server.proc.poll() is not None:

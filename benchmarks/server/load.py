@@ -48,6 +48,7 @@ class Params:
     sync_rooms: int = 50
     sync_messages_per_room: int = 100
     sync_repeats: int = 5
+    sliding_messages_per_room: int = 20
     create_rooms: int = 50
     joiners: int = 200
     join_concurrency: int = 8
@@ -190,6 +191,7 @@ async def register_users(api: Api, p: Params, res: Results) -> dict[str, list[Us
         "delivery": ["dsend", "dsync"],
         "creator": ["creator"],
         "big": ["big"],
+        "slider": ["slider"],
         "host": ["host"],
         "joiners": [f"j{i}" for i in range(p.joiners)],
     }
@@ -402,3 +404,62 @@ async def initial_sync(api: Api, user: User, p: Params, res: Results) -> None:
     res.values["initial_sync_first_ms"] = await timed(0) * 1000
     repeats = [await timed(i + 1) for i in range(p.sync_repeats)]
     res.values["initial_sync_ms"] = statistics.median(repeats) * 1000
+
+
+SLIDING_SYNC = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
+
+
+async def sliding_sync(api: Api, user: User, p: Params, res: Results) -> None:
+    """Simplified sliding sync (MSC4186): one user in `sync_rooms` rooms of
+    `sliding_messages_per_room` messages each (setup), then a new connection's first
+    request with one list over every room (timeline limit 10, Element X's room-list
+    required_state): the first one, then the median of `sync_repeats` more. Each is a new
+    connection (its own conn_id, no pos), so no server can answer from what it sent before."""
+    start = time.perf_counter()
+    rooms = [await api.create_room(user, name=f"sliding {i}") for i in range(p.sync_rooms)]
+    jobs = [
+        functools.partial(api.send, user, r, f"history {j}")
+        for j in range(p.sliding_messages_per_room)
+        for r in rooms
+    ]
+    await bounded_gather(jobs, p.setup_concurrency, time.monotonic() + 400)
+    res.notes.append(
+        f"sliding sync setup ({p.sync_rooms} rooms x {p.sliding_messages_per_room} messages): "
+        f"{time.perf_counter() - start:.1f} s"
+    )
+    body = {
+        "lists": {
+            "all": {
+                "ranges": [[0, p.sync_rooms - 1]],
+                "timeline_limit": 10,
+                "required_state": [
+                    ["m.room.name", ""],
+                    ["m.room.avatar", ""],
+                    ["m.room.encryption", ""],
+                    ["m.room.create", ""],
+                    ["m.room.member", "$ME"],
+                    ["m.room.member", "$LAZY"],
+                ],
+            }
+        },
+        "extensions": {"e2ee": {"enabled": True}, "account_data": {"enabled": True}},
+    }
+
+    async def timed(n: int) -> float:
+        t0 = time.perf_counter()
+        _, resp = await api.call(
+            "POST", SLIDING_SYNC, user, {**body, "conn_id": f"bench-{n}"}, params={"timeout": "0"}
+        )
+        took = time.perf_counter() - t0
+        got = resp.get("rooms", {})
+        if set(got) != set(rooms):
+            raise ServerError(f"sliding sync returned {len(got)} of {len(rooms)} rooms")
+        for room_id in rooms:
+            timeline = got[room_id].get("timeline", [])
+            if len(timeline) != 10:
+                raise ServerError(f"sliding sync timeline of {room_id}: {len(timeline)} events")
+        return took
+
+    res.values["sliding_sync_first_ms"] = await timed(0) * 1000
+    repeats = [await timed(i + 1) for i in range(p.sync_repeats)]
+    res.values["sliding_sync_ms"] = statistics.median(repeats) * 1000
