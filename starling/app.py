@@ -112,6 +112,7 @@ from starling.storage.streams import StreamIdGenerator
 from starling.storage.user_directory import UserDirectoryStore
 from starling.sync.extension import SyncExtension
 from starling.sync.filters import SyncFilters
+from starling.sync.legacy import LegacySync
 from starling.sync.sliding.wiring import build_sliding_sync
 from starling.sync.wiring import build_sync
 from starling.typing.service import TypingService
@@ -504,6 +505,18 @@ async def build_services(
         sync=sync.sync,
         sliding_sync=sliding_sync,
         room_history=sync.room_history,
+        legacy_sync=LegacySync(
+            sync.sync,
+            event_store,
+            membership_store,
+            HistoryVisibility(event_store, state_store, membership_store),
+            sync.formatter,
+            sync.room_history,
+            notifier,
+            extras.presence.presence_events,
+            extras.directory.is_public,
+            extras.presence.user_syncing,
+        ),
         filter_store=sync.filter_store,
         relations=relations,
         typing=extras.typing,

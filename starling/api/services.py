@@ -43,6 +43,7 @@ from starling.rooms.upgrade import RoomUpgrader
 from starling.search.service import SearchService
 from starling.sync.filters import SyncFilters
 from starling.sync.history import RoomHistory
+from starling.sync.legacy import LegacySync
 from starling.sync.service import SyncService
 from starling.sync.sliding.service import SlidingSyncService
 from starling.typing.service import TypingService
@@ -91,6 +92,8 @@ class Services:
     sliding_sync: SlidingSyncService
     sync_filters: SyncFilters
     room_history: RoomHistory
+    # the deprecated r0 reads: /events, /initialSync, /rooms/{roomId}/initialSync
+    legacy_sync: LegacySync
     # relations: /relations and /threads (bundled aggregations go through the formatter)
     relations: RelationsService
     # end-to-end encryption: keys, cross-signing, to-device, device lists, key backup

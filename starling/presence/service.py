@@ -337,6 +337,38 @@ class PresenceService:
 
     # --- SyncExtension ---------------------------------------------------------------
 
+    async def presence_events(
+        self, users: set[str], since: int | None, upto: int, *, include_offline: bool = False
+    ) -> list[dict[str, Any]]:
+        """m.presence events of these users changed in (since, upto]; with since None,
+        of those who are not offline (of all of them with `include_offline`)."""
+        if not self.enabled:
+            return []
+        now = self._now()
+        if since is None and include_offline:
+            for user_id in sorted(users):
+                await self._load(user_id)
+            wanted = sorted(users)
+        elif since is None:
+            wanted = sorted(u for u in users if u in self._not_offline)
+        else:
+            rows = await self._store.changed_between(since, upto, sorted(users))
+            for row in rows:
+                if row.user_id not in self._states:
+                    self._states[row.user_id] = _Presence(
+                        row.state, row.status_msg, row.last_active_ts, row.currently_active
+                    )
+            wanted = sorted(row.user_id for row in rows)
+        return [
+            {
+                "type": "m.presence",
+                "sender": user_id,
+                "content": self._format(user_id, self._states[user_id], now),
+            }
+            for user_id in wanted
+            if user_id in self._states
+        ]
+
     async def contribute(self, ctx: SyncContext, response: dict[str, Any]) -> bool:
         """m.presence events of the requester and the users sharing a room with them,
         changed in (since, upto] (on an initial sync: those who are not offline)."""
@@ -346,28 +378,9 @@ class PresenceService:
         allowed = section_matcher(ctx, "presence")
         users = await self._memberships.users_sharing_a_room(ctx.user_id)
         users.add(ctx.user_id)
-        now = self._now()
-        if ctx.since is None:
-            wanted = sorted(u for u in users if u in self._not_offline)
-        else:
-            rows = await self._store.changed_between(ctx.since, ctx.upto, sorted(users))
-            for row in rows:
-                if row.user_id not in self._states:
-                    self._states[row.user_id] = _Presence(
-                        row.state, row.status_msg, row.last_active_ts, row.currently_active
-                    )
-            wanted = sorted(row.user_id for row in rows)
         events = [
             event
-            for event in (
-                {
-                    "type": "m.presence",
-                    "sender": user_id,
-                    "content": self._format(user_id, self._states[user_id], now),
-                }
-                for user_id in wanted
-                if user_id in self._states
-            )
+            for event in await self.presence_events(users, ctx.since, ctx.upto)
             if allowed(event, None)
         ]
         add_global_events(response, "presence", events)

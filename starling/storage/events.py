@@ -263,6 +263,25 @@ class EventStore:
         )
         return [self._cached_row(row) for row in rows]
 
+    async def get_events_for_rooms_between(
+        self, room_ids: Sequence[str], from_exclusive: int, to_inclusive: int, limit: int
+    ) -> list[StoredEvent]:
+        """Timeline events of these rooms with stream positions in (from, to], oldest
+        first, at most `limit` (the legacy /events stream)."""
+        if not room_ids:
+            return []
+        rows = await self._db.fetch_all(
+            f"SELECT {_EVENT_COLUMNS} FROM events e JOIN rooms r ON r.room_id = e.room_id"
+            f" WHERE {self._db.sql.in_array('e.room_id')}"
+            " AND e.stream_ordering > ? AND e.stream_ordering <= ?"
+            f" AND {_SERVED} ORDER BY e.stream_ordering ASC LIMIT ?",
+            self._db.sql.array(room_ids),
+            max(from_exclusive, 0),
+            to_inclusive,
+            limit,
+        )
+        return [self._cached_row(row) for row in rows]
+
     async def get_room_history(
         self,
         room_id: str,

@@ -315,7 +315,9 @@ class RoomHistory:
             )
         opts = FormatOptions(user_id, device_id)
         response["chunk"] = await self._formatter.format(events, opts)
-        if end is not None and (not exhausted or (not backwards and events)):
+        # Like Synapse: a page with events always has an `end` (the next page may be
+        # empty); only an empty page at the start of history leaves it out.
+        if end is not None and (not exhausted or events):
             response["end"] = end.encode()
         if efilter.lazy_load_members and events:
             response["state"] = await self._member_state(

@@ -17,6 +17,7 @@ from starling.api.client.filters import FilterRoutes
 from starling.api.client.hierarchy import HierarchyRoutes
 from starling.api.client.key_backup import KeyBackupRoutes
 from starling.api.client.keys import KeyRoutes
+from starling.api.client.legacy_sync import LegacySyncRoutes
 from starling.api.client.openid import OpenIdRoutes
 from starling.api.client.presence import PresenceRoutes
 from starling.api.client.profile import ProfileRoutes
@@ -53,6 +54,7 @@ def client_table(svc: Services) -> RouteTable:
     reads = RoomReadRoutes(svc.room_history)
     sync = SyncRoutes(svc.sync, svc.sync_filters)
     sliding = SlidingSyncRoutes(svc.sliding_sync)
+    legacy = LegacySyncRoutes(svc.legacy_sync)
     filters = FilterRoutes(svc.server_name, svc.sync_filters)
     keys = KeyRoutes(e2ee.keys, e2ee.cross_signing, e2ee.device_lists, svc.accounts)
     to_device = ToDeviceRoutes(e2ee.to_device)
@@ -143,6 +145,10 @@ def client_table(svc: Services) -> RouteTable:
         post("/user/{userId}/filter", filters.create, guests=True),
         get("/user/{userId}/filter/{filterId}", filters.get, guests=True),
         post("/user/{userId}/openid/request_token", openid.request_token),
+        # The deprecated r0 reads; guests may read /events of one (world-readable) room
+        get("/events", legacy.events, guests=True, versions=V3_R0),
+        get("/initialSync", legacy.initial_sync, versions=V3_R0),
+        get("/rooms/{roomId}/initialSync", legacy.room_initial_sync, guests=True, versions=V3_R0),
         # End-to-end encryption: keys, cross-signing, to-device, key backup
         post("/keys/upload", keys.upload, guests=True),
         post("/keys/query", keys.query, guests=True),
