@@ -5,7 +5,9 @@
     starling-chat --store DIR join ROOM
     starling-chat --store DIR rooms [--json]
     starling-chat --store DIR send ROOM TEXT
-    starling-chat --store DIR tail ROOM [--count N] [--timeout S] [--json]
+    starling-chat --store DIR send-file ROOM PATH
+    starling-chat --store DIR send-voice ROOM PATH.ogg
+    starling-chat --store DIR tail ROOM [--count N] [--timeout S] [--json] [--save-dir D]
     starling-chat --store DIR devices USER_ID [--json]
 
 The store's secrets are sealed with a key derived from a passphrase: STARLING_CHAT_PASSPHRASE,
@@ -120,9 +122,19 @@ async def command(client: Client, args: argparse.Namespace) -> int:
     elif args.command == "send":
         room_id = resolve_room(client, args.room)
         print(await client.send_text(room_id, args.text), file=out)
+    elif args.command == "send-file":
+        room_id = resolve_room(client, args.room)
+        print(await client.send_file(room_id, Path(args.path)), file=out)
+    elif args.command == "send-voice":
+        room_id = resolve_room(client, args.room)
+        try:
+            print(await client.send_voice(room_id, Path(args.path)), file=out)
+        except ValueError as e:
+            raise CliError(str(e)) from e
     elif args.command == "tail":
         room_id = resolve_room(client, args.room)
-        await tail(client, room_id, args.count, args.timeout, args.json)
+        save_dir = Path(args.save_dir) if args.save_dir else Path(args.store) / "downloads"
+        await tail(client, room_id, args.count, args.timeout, args.json, save_dir)
     elif args.command == "devices":
         for device in await client.devices(args.user_id):
             if args.json:
@@ -144,19 +156,53 @@ def resolve_room(client: Client, room: str) -> str:
     raise CliError(f"no room named {room!r} (use its !room ID)")
 
 
+ATTACHMENT_TYPES = ("m.image", "m.file", "m.audio", "m.video")
+
+
+async def save_attachment(client: Client, message: Message, save_dir: Path) -> Path | None:
+    """Download, decrypt and check an attachment into `save_dir`; its path."""
+    if message.msgtype not in ATTACHMENT_TYPES:
+        return None
+    data = await client.download(message)
+    if data is None:
+        return None
+    name = os.path.basename(message.body or "file").lstrip(".") or "file"
+    safe_id = "".join(c if c.isalnum() else "_" for c in message.event_id)[:64]
+    await asyncio.to_thread(save_dir.mkdir, parents=True, exist_ok=True)
+    path = save_dir / f"{safe_id}-{name}"
+    await asyncio.to_thread(path.write_bytes, data)
+    return path
+
+
 async def tail(
-    client: Client, room_id: str, count: int | None, timeout_s: float | None, as_json: bool
+    client: Client,
+    room_id: str,
+    count: int | None,
+    timeout_s: float | None,
+    as_json: bool,
+    save_dir: Path,
 ) -> None:
     printed = 0
 
     async def loop() -> None:
         nonlocal printed
         async for message in client.tail(room_id, timeout_ms=5_000):
-            line = (
-                json.dumps(_message_json(message), ensure_ascii=False)
-                if as_json
-                else _message_line(message)
-            )
+            try:
+                saved = await save_attachment(client, message, save_dir)
+                error = None
+            except (MatrixError, ValueError) as e:
+                saved, error = None, str(e)
+            if as_json:
+                data = _message_json(message)
+                if message.msgtype in ATTACHMENT_TYPES:
+                    data["file"] = str(saved) if saved else None
+                    if error:
+                        data["error"] = error
+                if message.msgtype == "m.audio":
+                    data["voice"] = "org.matrix.msc3245.voice" in message.content
+                line = json.dumps(data, ensure_ascii=False)
+            else:
+                line = _message_line(message) + (f" -> {saved}" if saved else "")
             print(line, flush=True)
             printed += 1
             if count is not None and printed >= count:
@@ -205,11 +251,24 @@ def parser() -> argparse.ArgumentParser:
     send.add_argument("room")
     send.add_argument("text")
 
+    send_file = sub.add_parser(
+        "send-file", help="send a file (images as m.image with a thumbnail), encrypted"
+    )
+    send_file.add_argument("room")
+    send_file.add_argument("path")
+
+    send_voice = sub.add_parser("send-voice", help="send an Ogg/Opus file as a voice message")
+    send_voice.add_argument("room")
+    send_voice.add_argument("path")
+
     tail_p = sub.add_parser("tail", help="print (decrypted) messages as they arrive")
     tail_p.add_argument("room")
     tail_p.add_argument("--count", type=int, help="stop after this many messages")
     tail_p.add_argument("--timeout", type=float, help="stop after this many seconds")
     tail_p.add_argument("--json", action="store_true", help="one JSON object a line")
+    tail_p.add_argument(
+        "--save-dir", help="where decrypted attachments are saved (default: STORE/downloads)"
+    )
 
     devices = sub.add_parser("devices", help="a user's devices and whether they are verified")
     devices.add_argument("user_id")

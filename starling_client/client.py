@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mimetypes
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -19,6 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from starling_client.api import Api, MatrixError
+from starling_client.attachments import (
+    decrypt_attachment,
+    encrypt_attachment,
+    image_info,
+    ogg_opus_duration_ms,
+)
 from starling_client.crypto import MEGOLM, CryptoMachine, DecryptionError
 from starling_client.store import Session, Store, StoreError
 
@@ -512,6 +519,88 @@ class Client:
                 raise
         self.store.save_machine(crypto)
         return crypto.encrypt_room_event(info.room_id, event_type, content)
+
+    # ---- attachments --------------------------------------------------------------------
+
+    async def _upload(self, room_id: str, data: bytes, mimetype: str, name: str) -> dict[str, Any]:
+        """Upload a file: encrypted (an `EncryptedFile` with `url`) in encrypted rooms, else
+        as is (`{"url": ...}`)."""
+        if self._room_encrypted(room_id):
+            ciphertext, info = encrypt_attachment(data)
+            info["url"] = await self.api.upload(ciphertext, "application/octet-stream")
+            return {"file": info}
+        return {"url": await self.api.upload(data, mimetype, name)}
+
+    def _room_encrypted(self, room_id: str) -> bool:
+        info = self.rooms.get(room_id)
+        return bool(info and info.encrypted) or self.crypto.is_encrypted(room_id)
+
+    async def send_file(self, room_id: str, path: Path, mimetype: str | None = None) -> str:
+        """Send a file: an image as `m.image` with a thumbnail, anything else as `m.file`;
+        both encrypted (file and thumbnail, each with its own key) in encrypted rooms."""
+        if room_id not in self.rooms or not self.rooms[room_id].members_loaded:
+            async with self._lock:
+                info = self.rooms.setdefault(room_id, RoomInfo(room_id))
+                await self._load_room_state(info)
+        data = await asyncio.to_thread(path.read_bytes)
+        mimetype = mimetype or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        encrypted = self._room_encrypted(room_id)
+        image = await asyncio.to_thread(image_info, data) if mimetype.startswith("image/") else None
+        meta: dict[str, Any] = {"mimetype": mimetype, "size": len(data)}
+        content: dict[str, Any] = {"body": path.name, "msgtype": "m.image" if image else "m.file"}
+        content.update(await self._upload(room_id, data, mimetype, path.name))
+        if image is not None:
+            meta.update({"w": image.width, "h": image.height})
+            thumb = await self._upload(
+                room_id, image.thumbnail, image.thumbnail_mimetype, "thumbnail"
+            )
+            if encrypted:
+                meta["thumbnail_file"] = thumb["file"]
+            else:
+                meta["thumbnail_url"] = thumb["url"]
+            meta["thumbnail_info"] = {
+                "mimetype": image.thumbnail_mimetype,
+                "size": len(image.thumbnail),
+                "w": image.thumbnail_width,
+                "h": image.thumbnail_height,
+            }
+        content["info"] = meta
+        return await self.send_message(room_id, content)
+
+    async def send_voice(self, room_id: str, path: Path) -> str:
+        """Send an Ogg/Opus file as a voice message (`m.audio` with MSC3245's voice flag and
+        the duration)."""
+        data = await asyncio.to_thread(path.read_bytes)
+        duration = ogg_opus_duration_ms(data)
+        if duration is None:
+            raise ValueError(f"{path} is not an Ogg/Opus file")
+        if room_id not in self.rooms or not self.rooms[room_id].members_loaded:
+            async with self._lock:
+                info = self.rooms.setdefault(room_id, RoomInfo(room_id))
+                await self._load_room_state(info)
+        content: dict[str, Any] = {
+            "body": path.name,
+            "msgtype": "m.audio",
+            "info": {"mimetype": "audio/ogg", "size": len(data), "duration": duration},
+            "org.matrix.msc1767.audio": {"duration": duration},
+            "org.matrix.msc3245.voice": {},
+        }
+        content.update(await self._upload(room_id, data, "audio/ogg", path.name))
+        return await self.send_message(room_id, content)
+
+    async def download(self, message: Message, *, thumbnail: bool = False) -> bytes | None:
+        """The (decrypted, hash-checked) file of an attachment message, or None if it has
+        none."""
+        content = message.content
+        info = content.get("info") if isinstance(content.get("info"), dict) else {}
+        encrypted_file = (info or {}).get("thumbnail_file") if thumbnail else content.get("file")
+        url = (info or {}).get("thumbnail_url") if thumbnail else content.get("url")
+        if isinstance(encrypted_file, dict) and isinstance(encrypted_file.get("url"), str):
+            ciphertext = await self.api.download(encrypted_file["url"])
+            return await asyncio.to_thread(decrypt_attachment, ciphertext, encrypted_file)
+        if isinstance(url, str):
+            return await self.api.download(url)
+        return None
 
     # ---- devices ------------------------------------------------------------------------
 

@@ -74,6 +74,26 @@ async def test_cli_conversation(starling_server: RunningServer, tmp_path: Path) 
     assert [json.loads(x)["event_id"] for x in lines] == [reply]
     assert json.loads(lines[0])["body"] == "and back"
 
+    # An attachment: encrypted on the way, saved decrypted by tail, byte-identical.
+    doc = tmp_path / "notes.bin"
+    doc.write_bytes(bytes(range(256)) * 64)
+    file_event = (await ok(alice, "send-file", room_id, str(doc))).strip()
+    lines = (
+        await ok(bob, "tail", room_id, "--count", "1", "--timeout", "30", "--json")
+    ).splitlines()
+    got = json.loads(lines[0])
+    assert (got["event_id"], got["msgtype"], got["body"], got["encrypted"]) == (
+        file_event,
+        "m.file",
+        "notes.bin",
+        True,
+    )
+    saved = await asyncio.to_thread(Path(got["file"]).read_bytes)
+    assert saved == bytes(range(256)) * 64
+    assert Path(got["file"]).parent == bob / "downloads"
+    done = await asyncio.to_thread(chat, alice, "send-voice", room_id, str(doc))
+    assert done.returncode == 1 and "not an Ogg/Opus file" in done.stderr
+
     token_free = await raw_messages_as(server, tmp_path, room_id)
     assert "hello from the command line" not in token_free and "and back" not in token_free
 

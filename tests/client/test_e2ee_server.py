@@ -7,13 +7,28 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import json
+import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from nio import AsyncClient, JoinResponse, RoomSendResponse
+from nio import (
+    AsyncClient,
+    JoinResponse,
+    MemoryDownloadResponse,
+    RoomEncryptedAudio,
+    RoomEncryptedFile,
+    RoomEncryptedImage,
+    RoomEncryptedMedia,
+    RoomSendResponse,
+    SyncResponse,
+    UploadResponse,
+)
+from nio.crypto.attachments import decrypt_attachment as nio_decrypt
+from PIL import Image
 
 from starling_client.client import Client, Message
 from starling_client.crypto import MEGOLM
@@ -275,3 +290,146 @@ async def _with_nio(server: RunningServer, tmp_path: Path, opened: list) -> None
         lambda: any(e.event_id == event_id and e.body == body for e in nina.texts),
         "nio decrypted Starling's message in its own room",
     )
+
+
+class MediaDevice(Device):
+    """A nio device that also keeps every timeline event (encrypted media included)."""
+
+    def __init__(self, name: str, client: AsyncClient) -> None:
+        super().__init__(name, client)
+        self.events: list[object] = []
+
+    async def tick(self, timeout_ms: int = 1000) -> SyncResponse:
+        response = await super().tick(timeout_ms)
+        for room in response.rooms.join.values():
+            self.events.extend(room.timeline.events)
+        return response
+
+
+def png(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 120, 200)).save(out, "PNG")
+    return out.getvalue()
+
+
+def opus_file(seconds: int) -> bytes:
+    def page(granule: int, payload: bytes, seq: int) -> bytes:
+        header = b"OggS\x00" + bytes([2 if seq == 0 else 0])
+        header += struct.pack("<qIII", granule, 7, seq, 0)
+        return header + bytes([1, len(payload)]) + payload
+
+    head = b"OpusHead\x01\x01" + struct.pack("<HI", 312, 48000) + b"\0\0\0"
+    body = b"voice " * 30
+    return page(0, head, 0) + page(0, b"OpusTags", 1) + page(312 + 48000 * seconds, body, 2)
+
+
+async def test_encrypted_attachments_with_nio(
+    starling_server: RunningServer, tmp_path: Path, opened: list[Client | AsyncClient]
+) -> None:
+    server = starling_server
+    try:
+        await asyncio.wait_for(_attachments(server, tmp_path, opened), timeout=120)
+    except BaseException:
+        print(f"--- starling serve ({server.engine}) log tail ---\n{server.log_tail()}")
+        raise
+
+
+async def _attachments(server: RunningServer, tmp_path: Path, opened: list) -> None:
+    await register(server, "alice", tmp_path / "alice-reg")
+    await register(server, "nina", tmp_path / "nina-reg")
+    alice = await starling_login(server, "alice", tmp_path / "alice", opened)
+    nio_client = await nio_login(server, "nina", tmp_path / "nina", "nina nio")
+    opened.append(nio_client)
+    nina = MediaDevice("nina", nio_client)
+    await nina.tick(timeout_ms=0)
+    room_id = await alice.create_room(invite=[nina.user_id])
+    await until([nina], lambda: room_id in nina.client.invited_rooms, "Nina saw the invite")
+    expect(await nina.client.join(room_id), JoinResponse)
+    await sync_until(
+        [alice],
+        lambda: alice.rooms[room_id].members.get(nina.user_id) == "join",
+        "Alice saw Nina join",
+        others=[nina],
+    )
+
+    # Starling → nio: an image (with an encrypted thumbnail), a voice message, a file.
+    image = png(1200, 900)
+    voice = opus_file(3)
+    document = b"quarterly numbers, confidential " * 100
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "photo.png").write_bytes(image)
+    (files / "memo.ogg").write_bytes(voice)
+    (files / "report.txt").write_bytes(document)
+    image_id = await alice.send_file(room_id, files / "photo.png")
+    voice_id = await alice.send_voice(room_id, files / "memo.ogg")
+    file_id = await alice.send_file(room_id, files / "report.txt")
+
+    def received(event_id: str) -> RoomEncryptedMedia | None:
+        for e in nina.events:
+            if isinstance(e, RoomEncryptedMedia) and e.event_id == event_id:
+                return e
+        return None
+
+    await until(
+        [nina],
+        lambda: all(received(e) for e in (image_id, voice_id, file_id)),
+        "nio received the three encrypted attachments",
+    )
+    got_image, got_voice, got_file = (received(e) for e in (image_id, voice_id, file_id))
+    assert isinstance(got_image, RoomEncryptedImage)
+    assert isinstance(got_voice, RoomEncryptedAudio)
+    assert isinstance(got_file, RoomEncryptedFile)
+
+    async def nio_fetch(url: str, key: dict, hashes: dict, iv: str) -> bytes:
+        downloaded = await nina.client.download(mxc=url)
+        assert isinstance(downloaded, MemoryDownloadResponse), downloaded
+        return nio_decrypt(downloaded.body, key["k"], hashes["sha256"], iv)
+
+    for event, plain in ((got_image, image), (got_voice, voice), (got_file, document)):
+        assert event.decrypted
+        assert await nio_fetch(event.url, event.key, event.hashes, event.iv) == plain
+    source = got_image.source["content"]
+    thumb = source["info"]["thumbnail_file"]
+    thumbnail = await nio_fetch(thumb["url"], thumb["key"], thumb["hashes"], thumb["iv"])
+    with Image.open(io.BytesIO(thumbnail)) as t:
+        assert t.size == (800, 600)
+    assert source["info"]["w"] == 1200 and source["info"]["h"] == 900
+    audio = got_voice.source["content"]
+    assert "org.matrix.msc3245.voice" in audio
+    assert audio["info"]["duration"] == 3000 and audio["info"]["mimetype"] == "audio/ogg"
+
+    # nio → Starling: an encrypted file uploaded and sent by nio.
+    nio_doc = b"nio's secret attachment " * 50
+    uploaded, keys = await nina.client.upload(
+        io.BytesIO(nio_doc), "text/plain", "nio.txt", encrypt=True, filesize=len(nio_doc)
+    )
+    assert isinstance(uploaded, UploadResponse) and keys is not None
+    sent = await nina.client.room_send(
+        room_id,
+        "m.room.message",
+        {
+            "msgtype": "m.file",
+            "body": "nio.txt",
+            "file": {**keys, "url": uploaded.content_uri},
+            "info": {"mimetype": "text/plain", "size": len(nio_doc)},
+        },
+        ignore_unverified_devices=True,
+    )
+    sent_id = expect(sent, RoomSendResponse).event_id
+    await sync_until(
+        [alice],
+        lambda: any(m.event_id == sent_id for m in texts(alice, room_id)),
+        "Starling received nio's file",
+        others=[nina],
+    )
+    message = next(m for m in texts(alice, room_id) if m.event_id == sent_id)
+    assert message.encrypted and message.msgtype == "m.file"
+    assert await alice.download(message) == nio_doc
+
+    # The server's media holds only ciphertext.
+    await assert_ciphertext_only(server, alice.session.access_token, room_id, [])
+    if server.engine == "sqlite":
+        stored = b"".join(p.read_bytes() for p in (tmp_path / "server").rglob("*") if p.is_file())
+        for plain in (document[:64], nio_doc[:48], b"voice voice voice", image[-64:]):
+            assert plain not in stored
