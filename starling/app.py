@@ -340,6 +340,7 @@ async def build_services(
         e2ee.keys.key_counts,
         extras.unread_counts.counts,
     )
+    sliding_sync.use_presence(extras.presence.set_presence_from_sync)
     user_directory = UserDirectoryService(
         UserDirectoryStore(db), search_all_users=config.user_directory.search_all_users
     )

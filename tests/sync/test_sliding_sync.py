@@ -409,3 +409,108 @@ async def test_bad_input_is_a_matrix_error(hs: Harness) -> None:
     assert status == 400 and resp["errcode"] == "M_INVALID_PARAM"
     status, resp = await hs.request("POST", SS, None, {})
     assert status == 401
+
+
+async def test_raised_timeline_limit_expands_and_widened_state_is_sent(hs: Harness) -> None:
+    _, tok = await hs.register("alice")
+    room = await hs.create_room(tok, name="R", topic="T")
+    for i in range(5):
+        await hs.send_message(tok, room, f"m{i}")
+    small = all_rooms(limit=1)
+    body = await ss(hs, tok, small)
+    assert bodies(body["rooms"][room]) == ["m4"]
+    # Same config, nothing new: the room is not sent.
+    again = await ss(hs, tok, small, pos=body["pos"])
+    assert room not in again["rooms"]
+    # A larger limit re-sends the newest events at once, flagged as expanded.
+    big = all_rooms(limit=3)
+    body2 = await ss(hs, tok, big, pos=again["pos"])
+    r2 = body2["rooms"][room]
+    assert bodies(r2) == ["m2", "m3", "m4"]
+    assert r2["expanded_timeline"] is True and r2["unstable_expanded_timeline"] is True
+    assert "initial" not in r2
+    # Widening required_state sends just the newly matched state.
+    wider = all_rooms(limit=3)
+    wider["lists"]["all"]["required_state"].append(["m.room.topic", ""])
+    body3 = await ss(hs, tok, wider, pos=body2["pos"])
+    r3 = body3["rooms"][room]
+    assert [(e["type"], e["content"].get("topic")) for e in r3["required_state"]] == [
+        ("m.room.topic", "T")
+    ]
+    assert "timeline" not in r3
+
+
+async def test_kicked_and_left_rooms(hs: Harness) -> None:
+    _, atok = await hs.register("alice")
+    bob, btok = await hs.register("bob")
+    kicked = await hs.create_room(atok, name="kick", preset="public_chat")
+    left = await hs.create_room(atok, name="left", preset="public_chat")
+    never_sent = await hs.create_room(atok, name="gone", preset="public_chat")
+    for room in (kicked, left, never_sent):
+        await join(hs, btok, room)
+    await leave(hs, btok, never_sent)
+    body = await ss(hs, btok, all_rooms(limit=2))
+    # A room left before this connection started is not in the list.
+    assert body["lists"]["all"]["count"] == 2
+    assert set(body["rooms"]) == {kicked, left}
+    status, resp = await hs.request(
+        "POST", f"{V3}/rooms/{kicked}/kick", atok, {"user_id": bob, "reason": "bye"}
+    )
+    assert status == 200, resp
+    await leave(hs, btok, left)
+    await hs.send_message(atok, kicked, "after the kick")
+    body2 = await ss(hs, btok, all_rooms(limit=2), pos=body["pos"])
+    assert body2["rooms"][kicked]["membership"] == "leave"
+    assert body2["rooms"][left]["membership"] == "leave"
+    # The kick is the last event Bob sees; later messages are not his to read.
+    assert "after the kick" not in bodies(body2["rooms"][kicked])
+    # A fresh connection still lists the kick (not the room he left himself).
+    fresh = await ss(hs, btok, all_rooms(limit=2))
+    assert fresh["lists"]["all"]["ops"][0]["room_ids"] == [kicked]
+
+
+async def test_ignored_users_invites_are_hidden(hs: Harness) -> None:
+    alice, atok = await hs.register("alice")
+    bob, btok = await hs.register("bob")
+    room = await hs.create_room(atok, name="spam")
+    status, _ = await hs.request(
+        "PUT",
+        f"{V3}/user/{bob}/account_data/m.ignored_user_list",
+        btok,
+        {"ignored_users": {alice: {}}},
+    )
+    assert status == 200
+    await invite(hs, atok, room, bob)
+    body = await ss(hs, btok, all_rooms())
+    assert body["lists"]["all"]["count"] == 0
+    assert body["rooms"] == {}
+
+
+async def test_space_and_tag_filters(hs: Harness) -> None:
+    alice, tok = await hs.register("alice")
+    space = await hs.create_room(tok, name="space", creation_content={"type": "m.space"})
+    child = await hs.create_room(tok, name="child")
+    other = await hs.create_room(tok, name="other")
+    await set_state(hs, tok, space, "m.space.child", {"via": [hs.server_name]}, key=child)
+    status, _ = await hs.request(
+        "PUT", f"{V3}/user/{alice}/rooms/{other}/tags/m.favourite", tok, {"order": 0.5}
+    )
+    assert status == 200
+
+    def lst(filters: dict[str, Any]) -> dict[str, Any]:
+        return {"ranges": [[0, 9]], "timeline_limit": 0, "required_state": [], "filters": filters}
+
+    body = await ss(
+        hs,
+        tok,
+        {
+            "lists": {
+                "in_space": lst({"spaces": [space]}),
+                "fav": lst({"tags": ["m.favourite"]}),
+                "not_fav": lst({"not_tags": ["m.favourite"], "not_room_types": ["m.space"]}),
+            }
+        },
+    )
+    assert body["lists"]["in_space"]["ops"][0]["room_ids"] == [child]
+    assert body["lists"]["fav"]["ops"][0]["room_ids"] == [other]
+    assert body["lists"]["not_fav"]["ops"][0]["room_ids"] == [child]

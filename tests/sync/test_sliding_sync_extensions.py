@@ -139,3 +139,34 @@ async def test_long_poll_woken_by_to_device(hs: Harness) -> None:
     )
     await task
     assert woke["extensions"]["to_device"]["events"][0]["content"] == {"x": 1}
+
+
+async def test_room_back_in_range_gets_receipts_it_missed(hs: Harness) -> None:
+    _, atok = await hs.register("alice")
+    bob, btok = await hs.register("bob")
+    room_a = await hs.create_room(atok, preset="public_chat")
+    room_b = await hs.create_room(atok, preset="public_chat")
+    await join(hs, btok, room_b)
+    event_b = await hs.send_message(atok, room_b, "in b")
+    body = {**all_rooms(range_end=0), "extensions": {"receipts": {"enabled": True}}}
+    first = await ss(hs, atok, body)
+    assert first["lists"]["all"]["ops"][0]["room_ids"] == [room_b]
+    await hs.send_message(atok, room_a, "a moves up")
+    status, _ = await hs.request("POST", f"{V3}/rooms/{room_b}/receipt/m.read/{event_b}", btok, {})
+    assert status == 200
+    second = await ss(hs, atok, body, pos=first["pos"])
+    assert second["lists"]["all"]["ops"][0]["room_ids"] == [room_a]
+    assert room_b not in second["extensions"]["receipts"]["rooms"]
+    await hs.send_message(atok, room_b, "b is back")
+    third = await ss(hs, atok, body, pos=second["pos"])
+    assert third["lists"]["all"]["ops"][0]["room_ids"] == [room_b]
+    receipt = third["extensions"]["receipts"]["rooms"][room_b]
+    assert bob in receipt["content"][event_b]["m.read"]
+
+
+async def test_polling_marks_the_user_online(hs: Harness) -> None:
+    alice, tok = await hs.register("alice")
+    await ss(hs, tok, all_rooms())
+    status, body = await hs.request("GET", f"{V3}/presence/{alice}/status", tok)
+    assert status == 200
+    assert body["presence"] == "online"

@@ -60,6 +60,9 @@ class Snapshot:
     token: SyncToken
     rooms: Mapping[str, RoomSent]
     list_counts: Mapping[str, int]
+    # The joined rooms the room-scoped extensions covered in that response: a room
+    # coming back into scope gets its current receipts, typing and account data.
+    extension_rooms: frozenset[str] = frozenset()
 
 
 EMPTY = Snapshot(SyncToken(0), MappingProxyType({}), MappingProxyType({}))

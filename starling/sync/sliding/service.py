@@ -26,6 +26,8 @@ from starling.sync.sliding.rooms import RoomResultBuilder, RoomWork
 from starling.sync.tokens import SyncToken
 
 IgnoredLookup = Callable[[str], Awaitable[frozenset[str]]]
+# Presence's "this user is syncing" hook: (user_id, set_presence or None for online).
+PresenceHook = Callable[[str, str | None], Awaitable[None]]
 
 
 class SlidingSyncService:
@@ -49,6 +51,11 @@ class SlidingSyncService:
         self._activity = activity
         self._ignored = ignored_users
         self.connections = ConnectionStore()
+        self._presence: PresenceHook | None = None
+
+    def use_presence(self, hook: PresenceHook) -> None:
+        """Polling marks the user online (MSC4186 `set_presence`, as /sync does)."""
+        self._presence = hook
 
     async def sync(self, req: SlidingRequest) -> dict[str, Any]:
         device = req.device_id or ""
@@ -61,6 +68,8 @@ class SlidingSyncService:
                 req.user_id, device, req.conn_id, req.pos
             )
         first = req.pos is None
+        if self._presence is not None:
+            await self._presence(req.user_id, req.set_presence)
         timeout = 0.0 if first else min(max(req.timeout_ms, 0), MAX_TIMEOUT_MS) / 1000
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -102,8 +111,14 @@ class SlidingSyncService:
         )
         rooms_sent = dict(snapshot.rooms)
         rooms_sent.update(built.sent)
-        fresh = frozenset(r for r, e in built.rooms.items() if e.get("initial")) | frozenset(
-            r for r in listed.configs if r not in snapshot.rooms
+        scopes = (
+            _scope(req.extensions.account_data, listed),
+            _scope(req.extensions.receipts, listed),
+            _scope(req.extensions.typing, listed),
+        )
+        in_scope = scopes[0] | scopes[1] | scopes[2]
+        fresh = frozenset(r for r, e in built.rooms.items() if e.get("initial")) | (
+            in_scope - snapshot.extension_rooms
         )
         streams = dict(now.streams)
         extensions, ext_data = await self._extensions.build(
@@ -113,10 +128,7 @@ class SlidingSyncService:
             prev_token,
             now,
             ExtensionRooms(
-                account_data=_scope(req.extensions.account_data, listed),
-                receipts=_scope(req.extensions.receipts, listed),
-                typing=_scope(req.extensions.typing, listed),
-                fresh=fresh,
+                account_data=scopes[0], receipts=scopes[1], typing=scopes[2], fresh=fresh
             ),
             streams,
         )
@@ -134,6 +146,7 @@ class SlidingSyncService:
             SyncToken(now.events, MappingProxyType(streams)),
             MappingProxyType(rooms_sent),
             MappingProxyType(counts),
+            in_scope,
         )
         return response, has_data, new_snapshot
 
