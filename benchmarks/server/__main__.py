@@ -280,6 +280,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/")
     ap.add_argument("--keep", action="store_true", help="keep the servers' work directories")
+    ap.add_argument("--sync-rooms", type=int, help="rooms of the initial-sync user (default 50)")
+    ap.add_argument(
+        "--sync-messages", type=int, help="messages per room for the initial sync (default 100)"
+    )
     args = ap.parse_args()
 
     params = Params()
@@ -295,6 +299,10 @@ def main() -> int:
             create_rooms=5,
             joiners=20,
         )
+    if args.sync_rooms is not None:
+        params.sync_rooms = args.sync_rooms
+    if args.sync_messages is not None:
+        params.sync_messages_per_room = args.sync_messages
     scenarios = tuple(s for s in args.scenarios.split(",") if s)
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:

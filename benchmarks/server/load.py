@@ -371,14 +371,21 @@ async def initial_sync(api: Api, user: User, p: Params, res: Results) -> None:
     initial sync never waits) so that Synapse's 2-minute /sync response cache, keyed on
     the request, cannot answer a repeat."""
     start = time.perf_counter()
-    rooms = [await api.create_room(user, name=f"sync {i}") for i in range(p.sync_rooms)]
+    # The rooms are created concurrently too (as an independent harness does): concurrent
+    # createRoom calls by one user must all succeed.
+    rooms = await bounded_gather(
+        [functools.partial(api.create_room, user, name=f"sync {i}") for i in range(p.sync_rooms)],
+        p.setup_concurrency,
+        time.monotonic() + 300,
+    )
     jobs = [
         functools.partial(api.send, user, r, f"history {j}")
         for j in range(p.sync_messages_per_room)
         for r in rooms
     ]
     # Ordered by message number, so the rooms fill up evenly.
-    await bounded_gather(jobs, p.setup_concurrency, time.monotonic() + 400)
+    bound = max(400, len(jobs) // 50)  # 500 rooms x 100 messages: 1 000 s
+    await bounded_gather(jobs, p.setup_concurrency, time.monotonic() + bound)
     res.notes.append(
         f"initial sync setup ({p.sync_rooms} rooms x {p.sync_messages_per_room} messages): "
         f"{time.perf_counter() - start:.1f} s"

@@ -64,6 +64,8 @@ class RoomEventService:
         self._calculator = calculator
         self._persister = persister
         self._locks = locks
+        # The last origin_server_ts given to a create event (see create_room_event).
+        self._last_create_ts = 0
 
     def add_listener(self, listener: NewEventListener) -> None:
         """Called (after commit, on the loop) with each new timeline event and its position."""
@@ -198,10 +200,13 @@ class RoomEventService:
         Where the room ID is the create event's hash (room version 12), two creations by
         one user with the same content in one millisecond would be the same room: a taken
         ID is retried with a later origin_server_ts (as Synapse does), so every creation
-        makes its own room.
+        makes its own room. Each attempt takes the next unused millisecond of this
+        process (`_last_create_ts`), so concurrent creations start on different candidates
+        instead of all walking the same sequence (50 at once used to exhaust the attempts).
         """
-        ts = self._builder.now()
-        for attempt in range(MAX_CREATE_ATTEMPTS):
+        for _ in range(MAX_CREATE_ATTEMPTS):
+            ts = max(self._builder.now(), self._last_create_ts + 1)
+            self._last_create_ts = ts
             event = self._builder.build(
                 room_version=room_version,
                 room_id=room_id,
@@ -211,7 +216,7 @@ class RoomEventService:
                 state_key="",
                 prev_events=[],
                 auth_events=[],
-                origin_server_ts=ts + attempt,
+                origin_server_ts=ts,
             )
             decision = check_auth_rules(event, {})
             if not decision.allowed:

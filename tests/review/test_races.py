@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from starling.rooms.builder import EventBuilder
+from starling.rooms.event_service import MAX_CREATE_ATTEMPTS
 from tests.support.harness import Harness
 
 V3 = "/_matrix/client/v3"
@@ -12,18 +13,20 @@ V3 = "/_matrix/client/v3"
 
 async def test_concurrent_create_room_by_one_user_makes_distinct_rooms(hs: Harness) -> None:
     _, tok = await hs.register("alice")
-    # Freeze the clock: every create event gets the same origin_server_ts, the worst case
-    # of several requests in one millisecond.
+    # Freeze the clock: every create event would get the same origin_server_ts, the worst
+    # case of several requests in one millisecond. More creations than the retry bound
+    # (MAX_CREATE_ATTEMPTS), as a benchmark setting up 50 rooms at once.
     builder = hs.services.room_events._builder
     assert isinstance(builder, EventBuilder)
     builder._clock = lambda: 1_700_000_000_000
     body = {"room_version": "12", "preset": "private_chat"}
+    n = MAX_CREATE_ATTEMPTS + 8
     results = await asyncio.gather(
-        *(hs.request("POST", f"{V3}/createRoom", tok, body) for _ in range(4))
+        *(hs.request("POST", f"{V3}/createRoom", tok, body) for _ in range(n))
     )
-    assert [s for s, _ in results] == [200] * 4, results
+    assert [s for s, _ in results] == [200] * n, results
     room_ids = {r["room_id"] for _, r in results}
-    assert len(room_ids) == 4
+    assert len(room_ids) == n
     for room_id in room_ids:
         state = await hs.services.room_events.current_state_ids(room_id)
         assert ("m.room.create", "") in state and ("m.room.power_levels", "") in state
