@@ -57,6 +57,7 @@ from starling.federation.remote_membership import OutOfBandMemberships, RemoteMe
 from starling.federation.remote_queries import RemoteQueries
 from starling.federation.room_edus import RoomEdus
 from starling.federation.sender import FederationSender, JoinedHosts
+from starling.federation.timestamps import TimestampLookup
 from starling.federation.transport import FederationTransport, build_federation_transport
 from starling.media.filestore import FileStore
 from starling.media.service import MediaService
@@ -95,6 +96,7 @@ from starling.storage.aliases import AliasExists, AliasStore
 from starling.storage.database import Database, open_database
 from starling.storage.database import DatabaseConfig as StorageConfig
 from starling.storage.directory import DirectoryStore
+from starling.storage.event_timestamps import EventTimestampStore
 from starling.storage.events import EventStore
 from starling.storage.federation_sender import FederationSenderStore
 from starling.storage.filters import FilterStore
@@ -463,6 +465,16 @@ async def build_services(
         admin_rooms=admin_rooms,
         registration_tokens=RegistrationTokens(account_store),
         openid=OpenIdTokens(config.server_name, OpenIdStore(db)),
+        timestamps=TimestampLookup(
+            config.server_name,
+            EventTimestampStore(db),
+            event_store,
+            membership_store,
+            federation.client,
+            federation_inbound.access,
+            federation_inbound.events,
+            sync.room_history.access,
+        ),
         client_events=ClientEvents(
             config.server_name,
             room_events,

@@ -21,6 +21,7 @@ from starling.e2ee.services import E2ee
 from starling.federation.inbound import FederationInbound
 from starling.federation.membership import ResidentMembership
 from starling.federation.sender import FederationSender
+from starling.federation.timestamps import TimestampLookup
 from starling.federation.transport import FederationTransport
 from starling.media.service import MediaService
 from starling.openid.tokens import OpenIdTokens
@@ -104,6 +105,8 @@ class Services:
     hierarchy: SpaceHierarchy
     # OpenID tokens for third parties (client request_token, federation userinfo)
     openid: OpenIdTokens
+    # /timestamp_to_event (client and federation)
+    timestamps: TimestampLookup
     # federation transport: signed outbound client, keyring, key answers, inbound limits
     federation: FederationTransport
     # outbound federation: the per-destination transaction queues

@@ -583,3 +583,36 @@ async def test_media_both_ways(synapse: SynapseServer, starling: FederatedServer
     alice = await starling.register()
     await check_image_crosses(synapse, sam, starling, alice)
     await check_image_crosses(starling, alice, synapse, sam)
+
+
+async def test_timestamp_to_event_both_ways(
+    synapse: SynapseServer, starling: FederatedServer
+) -> None:
+    """Each server, joined late to a room of the other, finds the other's older messages
+    by /timestamp_to_event (asking over federation) and can show them with /context."""
+    sam = await synapse.register()
+    alice = await starling.register()
+    for host, host_user, guest, guest_user in (
+        (synapse, sam, starling, alice),
+        (starling, alice, synapse, sam),
+    ):
+        room_id = await host.create_room(host_user, preset="public_chat")
+        early = await host.send_message(host_user, room_id, "early")
+        status, event = await host.client_request(
+            "GET", f"/_matrix/client/v3/rooms/{room_id}/event/{quote(early)}", host_user.token
+        )
+        assert status == 200, event
+        ts = event["origin_server_ts"]
+        await asyncio.sleep(0.05)
+        assert await guest.join(guest_user, room_id, via=[host.server_name]) == room_id
+        status, body = await guest.client_request(
+            "GET",
+            f"/_matrix/client/v1/rooms/{room_id}/timestamp_to_event",
+            guest_user.token,
+            params={"ts": str(ts), "dir": "f"},
+        )
+        assert status == 200 and body["event_id"] == early, (body, guest.log_tail())
+        status, context = await guest.client_request(
+            "GET", f"/_matrix/client/v3/rooms/{room_id}/context/{quote(early)}", guest_user.token
+        )
+        assert status == 200 and context["event"]["content"]["body"] == "early", context

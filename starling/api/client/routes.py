@@ -29,6 +29,7 @@ from starling.api.client.rooms import RoomRoutes
 from starling.api.client.search import SearchRoutes
 from starling.api.client.sliding_sync import SlidingSyncRoutes
 from starling.api.client.sync import SyncRoutes
+from starling.api.client.timestamps import TimestampRoutes
 from starling.api.client.to_device import ToDeviceRoutes
 from starling.api.client.typing import TypingRoutes
 from starling.api.client.user_directory import UserDirectoryRoutes
@@ -70,6 +71,7 @@ def client_table(svc: Services) -> RouteTable:
     relations = RelationRoutes(svc.relations)
     voip = VoipRoutes(svc.config)
     openid = OpenIdRoutes(svc.openid)
+    timestamps = TimestampRoutes(svc.timestamps)
     user_directory = UserDirectoryRoutes(svc.config.user_directory.enabled, svc.user_directory)
     search = SearchRoutes(svc.search)
     hierarchy = HierarchyRoutes(svc.hierarchy)
@@ -139,6 +141,11 @@ def client_table(svc: Services) -> RouteTable:
         ),
         get("/rooms/{roomId}/threads", relations.threads, versions=V1),
         get("/rooms/{roomId}/hierarchy", hierarchy.hierarchy, versions=V1),
+        get(
+            "/rooms/{roomId}/timestamp_to_event",
+            timestamps.timestamp_to_event,
+            versions=("v1", "unstable/org.matrix.msc3030"),
+        ),
         # Sync and filters
         get("/sync", sync.sync, guests=True),
         post("/sync", sliding.sync, guests=True, versions=SIMPLIFIED_SLIDING_SYNC),

@@ -20,6 +20,7 @@ from starling.api.federation.membership import FederationMembershipApi
 from starling.api.federation.openid import FederationOpenIdApi
 from starling.api.federation.public_rooms import PublicRoomsApi
 from starling.api.federation.queries import FederationQueriesApi
+from starling.api.federation.timestamps import FederationTimestampApi
 from starling.api.federation.user_keys import UserKeysApi
 from starling.api.routing import Auth, Route, RouteTable, get, post
 from starling.api.services import Services
@@ -48,6 +49,8 @@ def federation_table(services: Services) -> RouteTable:
         *FederationMediaApi(services.media).routes(),
         # OpenID tokens for third parties (unsigned): /openid/userinfo
         *FederationOpenIdApi(services.openid).routes(),
+        # /timestamp_to_event/{roomId}
+        *FederationTimestampApi(services.timestamps).routes(),
     ]
     return RouteTable("federation", "/_matrix/federation/{version}", ("v1",), routes)
 
