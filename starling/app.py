@@ -22,6 +22,7 @@ from starling.accounts.registration_tokens import RegistrationTokens
 from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.accounts.uia import UserInteractiveAuth
+from starling.admin.media import AdminMedia
 from starling.admin.rooms import AdminRooms
 from starling.admin.users import AdminUsers
 from starling.api.admin.registration import admin_table
@@ -90,6 +91,7 @@ from starling.rooms.visibility import HistoryVisibility
 from starling.search.service import SearchService
 from starling.storage.account_data import AccountDataStore
 from starling.storage.accounts import AccountStore, UIAuthStore
+from starling.storage.admin_media import AdminMediaStore
 from starling.storage.admin_rooms import AdminRoomStore
 from starling.storage.admin_users import AdminUserStore
 from starling.storage.aliases import AliasExists, AliasStore
@@ -459,10 +461,17 @@ async def build_services(
         aliases=alias_store,
     )
     membership.use_room_blocks(admin_rooms.is_blocked)
+    media = build_media(config, db, FederationMediaFetcher(federation.client))
+    admin_media = AdminMedia(
+        server_name=config.server_name,
+        store=AdminMediaStore(db, config.server_name),
+        media=media,
+    )
     return Components(
         config=config,
         admin_users=admin_users,
         admin_rooms=admin_rooms,
+        admin_media=admin_media,
         registration_tokens=RegistrationTokens(account_store),
         openid=OpenIdTokens(config.server_name, OpenIdStore(db)),
         timestamps=TimestampLookup(
@@ -513,7 +522,7 @@ async def build_services(
             is_public=extras.directory.is_public,
             publish=extras.directory.publish,
         ),
-        media=build_media(config, db, FederationMediaFetcher(federation.client)),
+        media=media,
         notifier=notifier,
         sync=sync.sync,
         sliding_sync=sliding_sync,

@@ -13,6 +13,7 @@ from starling.accounts.auth import RequestAuthenticator
 from starling.accounts.registration_tokens import RegistrationTokens
 from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
+from starling.admin.media import AdminMedia
 from starling.admin.rooms import AdminRooms
 from starling.admin.users import AdminUsers
 from starling.config import Config
@@ -64,6 +65,7 @@ class Services:
     # the admin API's services (Synapse's /_synapse/admin)
     admin_users: AdminUsers
     admin_rooms: AdminRooms
+    admin_media: AdminMedia
     # rooms
     rate_limits: RateLimits
     room_events: RoomEventService

@@ -18,6 +18,7 @@ from starling.accounts.registration_tokens import UNSET, RegistrationToken, Regi
 from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.api.admin.federation import FederationDestinationsAdmin
+from starling.api.admin.media import AdminMediaRoutes
 from starling.api.admin.rooms import AdminRoomRoutes
 from starling.api.admin.users import AdminUserRoutes
 from starling.api.client.common import body_str, query_bool
@@ -186,5 +187,7 @@ def admin_table(svc: Services) -> RouteTable:
             *AdminUserRoutes(svc.admin_users).routes(),
             # rooms: list, details, members, state, block, delete (and its status), join
             *AdminRoomRoutes(svc.admin_rooms).routes(),
+            # media: per user and room, quarantine, protection, deletion, remote cache
+            *AdminMediaRoutes(svc.admin_media).routes(),
         ],
     )
