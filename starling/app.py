@@ -44,6 +44,7 @@ from starling.config import Config, Listener
 from starling.directory.service import DirectoryService
 from starling.directory.service import RemotePublicRooms as RemotePublicRoomsFetcher
 from starling.e2ee.federation_keys import RemoteKeys
+from starling.e2ee.remote_device_lists import RemoteDeviceLists
 from starling.e2ee.services import build_e2ee
 from starling.errors import MatrixError
 from starling.federation.device_lists import DeviceListFederation
@@ -391,17 +392,40 @@ async def build_services(
     federation_sender.use_stored_edus(e2ee.federated_to_device)
     federation_inbound.edus.register("m.direct_to_device", e2ee.federated_to_device.on_edu)
     # Keys of other servers' users, for our clients' /keys/query and /keys/claim.
-    e2ee.keys.remote = RemoteKeys(federation.client)
+    remote_keys = RemoteKeys(federation.client)
+    e2ee.keys.remote = remote_keys
+
+    async def shares_room_with_ours(user_id: str) -> bool:
+        sharing = await membership_store.users_sharing_a_room(user_id)
+        return any(server_of(u) == config.server_name for u in sharing)
+
+    # The cache of remote users' device lists (resynced through /user/devices).
+    remote_device_lists = RemoteDeviceLists(
+        config.server_name,
+        e2ee.device_list_store,
+        remote_keys,
+        shares_room_with_ours,
+        e2ee.device_lists.mark_remote_changed,
+    )
+    e2ee.keys.remote_cache = remote_device_lists
+    e2ee.remote_device_lists = remote_device_lists
+    e2ee.device_lists.on_left = remote_device_lists.maybe_forget
     device_list_federation = DeviceListFederation(
         config.server_name,
         federation_sender,
         membership_store.users_sharing_a_room,
         e2ee.keys.query,
         e2ee.device_lists.mark_remote_changed,
+        e2ee.device_list_store,
+        remote_device_lists,
     )
     e2ee.device_lists.listeners.append(device_list_federation.on_change)
-    federation_inbound.edus.register("m.device_list_update", device_list_federation.on_edu)
-    federation_inbound.edus.register("m.signing_key_update", device_list_federation.on_edu)
+    federation_inbound.edus.register(
+        "m.device_list_update", device_list_federation.on_device_list_update
+    )
+    federation_inbound.edus.register(
+        "m.signing_key_update", device_list_federation.on_signing_key_update
+    )
     presence_federation = PresenceFederation(
         config.server_name,
         federation_sender,
@@ -850,6 +874,8 @@ class Homeserver:
         await self.services.presence.close()
         await self.services.media.close()
         await self.services.federation_sender.stop()
+        if self.services.e2ee.remote_device_lists is not None:
+            await self.services.e2ee.remote_device_lists.close()
         await self.services.push_sender.stop()
         await self.services.federation.close()
         self.services.passwords.close()

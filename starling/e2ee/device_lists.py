@@ -35,6 +35,8 @@ NotifyUsers = Callable[[Iterable[str]], None]
 DeviceChangeListener = Callable[[str, Sequence[str], bool, int], None]
 # event IDs of member events -> the membership each one replaced (None: none before)
 PreviousMemberships = Callable[[Sequence[str]], Awaitable[Mapping[str, str | None]]]
+# Users who may no longer share a room with any of ours (someone left a room).
+MaybeStoppedSharing = Callable[[set[str]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,7 @@ class DeviceListTracker:
         self._pending: list[Event] = []
         self._flusher: asyncio.Task[None] | None = None
         self.listeners: list[DeviceChangeListener] = []
+        self.on_left: MaybeStoppedSharing | None = None
 
     def current_position(self) -> int:
         return self._stream.current_position()
@@ -86,8 +89,11 @@ class DeviceListTracker:
         """Inside the caller's transaction: these users' devices or keys changed. With
         ``observer``, only that user is told. ``notify`` is woken after the commit, and
         the listeners are told of a change everyone may see (``device_ids``: which
-        devices, none for cross-signing keys; ``deleted``: they were deleted)."""
-        stream_id = await self._stream.next_id(txn)
+        devices, none for cross-signing keys; ``deleted``: they were deleted). Each device
+        gets its own stream position (so each of its federation updates has its own
+        `stream_id`); the last one is returned."""
+        ids = await self._stream.next_ids(txn, max(1, len(device_ids)))
+        stream_id = ids[-1]
         await self._store.add_changes(txn, stream_id, user_ids, observer)
         wake = set(notify)
         if observer is not None:
@@ -98,7 +104,11 @@ class DeviceListTracker:
             if observer is None:
                 for listener in self.listeners:
                     for user_id in user_ids:
-                        listener(user_id, device_ids, deleted, stream_id)
+                        if not device_ids:
+                            listener(user_id, [], deleted, stream_id)
+                            continue
+                        for device_id, device_stream_id in zip(device_ids, ids, strict=True):
+                            listener(user_id, [device_id], deleted, device_stream_id)
 
         txn.call_after_commit(after_commit)
         return stream_id
@@ -152,6 +162,16 @@ class DeviceListTracker:
         for users in members.values():
             wake |= users
         self._notify(wake)
+        if self.on_left is not None:
+            # Whoever left, and whoever stays in a room someone left, may share no room
+            # with our users any more.
+            maybe: set[str] = set()
+            for room_id, user_id, joined in rows:
+                if not joined:
+                    maybe.add(user_id)
+                    maybe |= members.get(room_id, set())
+            if maybe:
+                await self.on_left(maybe)
 
     # -- reading
 

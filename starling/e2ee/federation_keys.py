@@ -14,8 +14,9 @@ cannot hand out keys under someone else's name).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from starling.e2ee.keys import E2eKeyService
 from starling.errors import MatrixError, bad_json
@@ -24,6 +25,7 @@ from starling.storage.accounts import AccountStore
 
 QUERY_PATH = "/_matrix/federation/v1/user/keys/query"
 CLAIM_PATH = "/_matrix/federation/v1/user/keys/claim"
+DEVICES_PATH = "/_matrix/federation/v1/user/devices/{}"
 # The shortest and longest a client may make us wait for another server.
 MIN_TIMEOUT_MS = 1_000
 MAX_TIMEOUT_MS = 60_000
@@ -39,12 +41,14 @@ class FederationKeyServer:
         server_name: str,
         keys: E2eKeyService,
         accounts: AccountStore,
-        device_list_position: Any,
+        outbound_head: Callable[[str], Awaitable[int | None]],
     ) -> None:
         self._server_name = server_name
         self._keys = keys
         self._accounts = accounts
-        self._position = device_list_position
+        # The stream_id of the last m.device_list_update sent for a user: the next one's
+        # prev_id, so a server that resynced from this answer can follow on.
+        self._outbound_head = outbound_head
 
     def _ours(self, user_id: Any) -> bool:
         return (
@@ -79,6 +83,9 @@ class FederationKeyServer:
         """GET /_matrix/federation/v1/user/devices/{userId}"""
         if not self._ours(user_id):
             raise MatrixError(403, "M_FORBIDDEN", "That user is not on this server")
+        # Read before the devices: an update made meanwhile is then both in this answer
+        # and sent after it (applied twice, harmlessly), never in neither.
+        stream_id = await self._outbound_head(user_id) or 0
         listed = await self._accounts.list_devices(user_id)
         result = await self._keys.query("", {user_id: []})
         keyed = result["device_keys"].get(user_id, {})
@@ -93,7 +100,7 @@ class FederationKeyServer:
             devices.append(entry)
         out: dict[str, Any] = {
             "user_id": user_id,
-            "stream_id": self._position(),
+            "stream_id": stream_id,
             "devices": devices,
         }
         if user_id in result["master_keys"]:
@@ -108,16 +115,26 @@ class JsonPoster(Protocol):
         self, destination: str, path: str, body: Any, *, timeout: float = 60.0
     ) -> Any: ...
 
+    async def get_json(self, destination: str, path: str, *, timeout: float = 60.0) -> Any: ...
+
 
 def _timeout_s(timeout_ms: int) -> float:
     return max(MIN_TIMEOUT_MS, min(timeout_ms, MAX_TIMEOUT_MS)) / 1000
 
 
 class RemoteKeys:
-    """e2ee.keys.RemoteKeyQuerier over federation."""
+    """e2ee.keys.RemoteKeyQuerier and the device-list cache's DeviceFetcher over
+    federation."""
 
     def __init__(self, client: JsonPoster) -> None:
         self._client = client
+
+    async def user_devices(self, user_id: str, timeout: float) -> Any:
+        """GET /user/devices/{userId} on the user's server (the caller checks the
+        answer)."""
+        return await self._client.get_json(
+            _server(user_id), DEVICES_PATH.format(quote(user_id, safe="")), timeout=timeout
+        )
 
     async def query_keys(
         self, server_name: str, device_keys: Mapping[str, list[str]], timeout_ms: int

@@ -53,6 +53,14 @@ class RemoteKeyQuerier(Protocol):
     ) -> dict[str, Any]: ...
 
 
+class CachedRemoteKeys(Protocol):
+    """The cache of remote users' device lists (e2ee.remote_device_lists)."""
+
+    async def cached_keys(
+        self, users: Mapping[str, list[str]]
+    ) -> tuple[dict[str, Any], dict[str, list[str]]]: ...
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -108,6 +116,7 @@ class E2eKeyService:
         self._to_device = to_device_store
         self._device_lists = device_lists
         self.remote = remote
+        self.remote_cache: CachedRemoteKeys | None = None
         self._clock_ms = clock_ms
 
     # -- POST /keys/upload
@@ -264,6 +273,12 @@ class E2eKeyService:
         timeout_ms: int,
         result: dict[str, Any],
     ) -> None:
+        if self.remote_cache is not None:
+            cached, users = await self.remote_cache.cached_keys(users)
+            for section, by_user in cached.items():
+                result[section].update(by_user)
+            if not users:
+                return
         if self.remote is None:
             result["failures"][server_name] = _failure(None)
             return

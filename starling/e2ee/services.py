@@ -11,6 +11,7 @@ from starling.e2ee.federated_to_device import FederatedToDevice
 from starling.e2ee.federation_keys import FederationKeyServer
 from starling.e2ee.key_backup import KeyBackupService
 from starling.e2ee.keys import E2eKeyService
+from starling.e2ee.remote_device_lists import RemoteDeviceLists
 from starling.e2ee.sync import DeviceListsExtension, ToDeviceExtension
 from starling.e2ee.to_device import ToDeviceService
 from starling.ratelimit import RateLimits
@@ -22,6 +23,7 @@ from starling.storage.events import EventStore
 from starling.storage.federation_to_device import FederationToDeviceStore
 from starling.storage.key_backup import KeyBackupStore
 from starling.storage.memberships import MembershipStore
+from starling.storage.remote_device_lists import RemoteDeviceListStore
 from starling.storage.streams import StreamIdGenerator
 from starling.storage.to_device import ToDeviceStore
 
@@ -35,8 +37,12 @@ class E2ee:
     federation_keys: FederationKeyServer
     key_backup: KeyBackupService
     device_lists: DeviceListTracker
+    # The remote device-list cache and the outbound chain heads (federation).
+    device_list_store: RemoteDeviceListStore
     to_device_extension: ToDeviceExtension
     device_lists_extension: DeviceListsExtension
+    # Set by the composition root once federation exists.
+    remote_device_lists: RemoteDeviceLists | None = None
 
 
 async def build_e2ee(
@@ -73,6 +79,7 @@ async def build_e2ee(
         notify,
     )
     keys = E2eKeyService(server_name, db, key_store, to_device_store, tracker)
+    device_list_store = RemoteDeviceListStore(db)
     to_device_stream = await StreamIdGenerator.create(db, "to_device")
     federated_to_device = FederatedToDevice(
         server_name,
@@ -96,9 +103,12 @@ async def build_e2ee(
         cross_signing=CrossSigningService(db, key_store, accounts, tracker),
         to_device=to_device,
         federated_to_device=federated_to_device,
-        federation_keys=FederationKeyServer(server_name, keys, accounts, tracker.current_position),
+        federation_keys=FederationKeyServer(
+            server_name, keys, accounts, device_list_store.outbound_head
+        ),
         key_backup=KeyBackupService(db, KeyBackupStore(db)),
         device_lists=tracker,
+        device_list_store=device_list_store,
         to_device_extension=ToDeviceExtension(to_device, keys),
         device_lists_extension=DeviceListsExtension(tracker),
     )

@@ -4,16 +4,16 @@ both ways.
 
 Outbound: after each committed change to a local user's devices (a new device's keys,
 a deleted device) an `m.device_list_update` per device goes to every other server
-sharing a room with the user, numbered by the device-list stream and chained to the
-previous update sent for that user (`prev_id`; empty after a restart, which makes the
-receiver resync through `/user/devices/{userId}`). A change to the user's public
+sharing a room with the user, numbered by the device-list stream (each device its own
+position) and chained to the previous update sent for that user (`prev_id`). The head
+of each user's chain is stored, so the chain goes on after a restart, and
+`/user/devices` answers with it as its `stream_id`. A change to the user's public
 cross-signing keys sends `m.signing_key_update` with the current keys.
 
-Inbound: we keep no copy of other servers' device lists - the client's `/keys/query`
-for a remote user asks its server each time - so an update (whatever its `prev_id`)
-needs no resync: it only marks the user changed for the local users sharing a room with
-them, which is what their `/keys/changes` and sync `device_lists.changed` report. An
-update for a user nobody here shares a room with is ignored.
+Inbound: the update goes to the remote device-list cache (e2ee.remote_device_lists:
+applied, or a resync scheduled), and marks the user changed for the local users sharing
+a room with them, which is what their `/keys/changes` and sync `device_lists.changed`
+report. An update for a user nobody here shares a room with is ignored.
 """
 
 from __future__ import annotations
@@ -39,6 +39,20 @@ KeysOf = Callable[[str, Mapping[str, list[str]]], Awaitable[dict[str, Any]]]
 MarkChanged = Callable[[str], Awaitable[None]]
 
 
+class ChainHeads(Protocol):
+    """The stored head of each local user's update chain."""
+
+    async def outbound_head(self, user_id: str) -> int | None: ...
+
+    async def set_outbound_head(self, user_id: str, stream_id: int) -> None: ...
+
+
+class RemoteCache(Protocol):
+    async def device_list_update(self, content: Mapping[str, Any]) -> None: ...
+
+    async def signing_key_update(self, content: Mapping[str, Any]) -> None: ...
+
+
 class DeviceListFederation:
     def __init__(
         self,
@@ -47,13 +61,16 @@ class DeviceListFederation:
         users_sharing: UsersSharing,
         keys_of: KeysOf,
         mark_remote_changed: MarkChanged,
+        heads: ChainHeads,
+        cache: RemoteCache | None = None,
     ) -> None:
         self._server_name = server_name
         self._sender = sender
         self._users_sharing = users_sharing
         self._keys_of = keys_of
         self._mark_remote_changed = mark_remote_changed
-        self._last_sent: dict[str, int] = {}
+        self._heads = heads
+        self._cache = cache
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
 
@@ -89,10 +106,12 @@ class DeviceListFederation:
                 if not device_ids:
                     self._send_signing_keys(user_id, servers, answer)
                     return
-                prev = self._last_sent.get(user_id)
-                self._last_sent[user_id] = stream_id
                 devices = answer.get("device_keys", {}).get(user_id, {})
                 for device_id in device_ids:
+                    prev = await self._heads.outbound_head(user_id)
+                    if prev is not None and prev >= stream_id:
+                        continue  # already sent (the listener told twice)
+                    await self._heads.set_outbound_head(user_id, stream_id)
                     content: dict[str, Any] = {
                         "user_id": user_id,
                         "device_id": device_id,
@@ -131,14 +150,27 @@ class DeviceListFederation:
 
     # --- inbound --------------------------------------------------------------------------
 
-    async def on_edu(self, origin: str, content: dict[str, Any]) -> None:
-        """`m.device_list_update` or `m.signing_key_update` from `origin` (the registry
-        has checked that the user is the origin's)."""
+    async def on_device_list_update(self, origin: str, content: dict[str, Any]) -> None:
+        """`m.device_list_update` from `origin` (the registry has checked that the user
+        is the origin's)."""
+        if await self._shared(content):
+            if self._cache is not None:
+                await self._cache.device_list_update(content)
+            await self._mark_remote_changed(content["user_id"])
+
+    async def on_signing_key_update(self, origin: str, content: dict[str, Any]) -> None:
+        """`m.signing_key_update` from `origin`."""
+        if await self._shared(content):
+            if self._cache is not None:
+                await self._cache.signing_key_update(content)
+            await self._mark_remote_changed(content["user_id"])
+
+    async def _shared(self, content: dict[str, Any]) -> bool:
         user_id = content.get("user_id")
-        if not isinstance(user_id, str):
-            return
+        if not isinstance(user_id, str) or server_of(user_id) == self._server_name:
+            return False
         sharing = await self._users_sharing(user_id)
         if not any(server_of(u) == self._server_name for u in sharing):
             logger.debug("device list update of %s: nobody here shares a room", user_id)
-            return
-        await self._mark_remote_changed(user_id)
+            return False
+        return True

@@ -20,6 +20,7 @@ class Fakes:
     def __init__(self) -> None:
         self.sent: list[tuple[str, str, dict[str, Any]]] = []
         self.marked: list[str] = []
+        self.heads = {}
         self.sharing: dict[str, set[str]] = {
             ALICE: {BOB, "@carol:other.test", "@dan:here.test"},
             BOB: {ALICE},
@@ -50,6 +51,20 @@ class Fakes:
     async def mark(self, user_id: str) -> None:
         self.marked.append(user_id)
 
+    # The stored chain heads (they outlive a DeviceListFederation: a restart).
+    heads: dict[str, int]
+
+    async def outbound_head(self, user_id: str) -> int | None:
+        return self.heads.get(user_id)
+
+    async def set_outbound_head(self, user_id: str, stream_id: int) -> None:
+        self.heads[user_id] = stream_id
+
+    def federation(self) -> DeviceListFederation:
+        return DeviceListFederation(
+            "here.test", self, self.users_sharing, self.keys_of, self.mark, self
+        )
+
 
 async def settle(fed: DeviceListFederation) -> None:
     while fed._tasks:
@@ -58,7 +73,7 @@ async def settle(fed: DeviceListFederation) -> None:
 
 async def test_updates_go_to_servers_sharing_a_room_with_a_prev_id_chain() -> None:
     fakes = Fakes()
-    fed = DeviceListFederation("here.test", fakes, fakes.users_sharing, fakes.keys_of, fakes.mark)
+    fed = fakes.federation()
     fed.on_change(ALICE, ["PHONE"], False, 10)
     await settle(fed)
     fed.on_change(ALICE, ["OLD"], True, 12)
@@ -82,11 +97,22 @@ async def test_updates_go_to_servers_sharing_a_room_with_a_prev_id_chain() -> No
         "device_display_name": "phone",
     }
     assert second["prev_id"] == [10] and second["deleted"] and "keys" not in second
+    # After a restart the chain goes on from the stored head.
+    fakes.sent.clear()
+    fed = fakes.federation()
+    fed.on_change(ALICE, ["TABLET"], False, 20)
+    await settle(fed)
+    assert [c["prev_id"] for _, _, c in fakes.sent] == [[12], [12]]
+    # A change told twice is sent once.
+    fakes.sent.clear()
+    fed.on_change(ALICE, ["TABLET"], False, 20)
+    await settle(fed)
+    assert fakes.sent == []
 
 
 async def test_cross_signing_changes_send_signing_key_updates() -> None:
     fakes = Fakes()
-    fed = DeviceListFederation("here.test", fakes, fakes.users_sharing, fakes.keys_of, fakes.mark)
+    fed = fakes.federation()
     fed.on_change(ALICE, [], False, 3)
     await settle(fed)
     assert {(d, t) for d, t, _ in fakes.sent} == {
@@ -98,10 +124,10 @@ async def test_cross_signing_changes_send_signing_key_updates() -> None:
 
 async def test_inbound_updates_mark_users_sharing_a_room_only() -> None:
     fakes = Fakes()
-    fed = DeviceListFederation("here.test", fakes, fakes.users_sharing, fakes.keys_of, fakes.mark)
+    fed = fakes.federation()
     registry = EduRegistry()
-    registry.register("m.device_list_update", fed.on_edu)
-    registry.register("m.signing_key_update", fed.on_edu)
+    registry.register("m.device_list_update", fed.on_device_list_update)
+    registry.register("m.signing_key_update", fed.on_signing_key_update)
     update = {"user_id": BOB, "device_id": "D", "stream_id": 5, "prev_id": [99]}
     await registry.dispatch("remote.test", {"edu_type": "m.device_list_update", "content": update})
     await registry.dispatch(

@@ -1,7 +1,7 @@
 """Two real `starling serve` processes over TLS (both engines): a new device on b is seen
 by a's user through /keys/changes, the sync `device_lists` section and /keys/query (over
 federation), its one-time key is claimed through a, and a server that cannot be reached
-lands in `failures`."""
+lands in `failures` (except for the users a has cached)."""
 
 from __future__ import annotations
 
@@ -151,15 +151,18 @@ async def test_a_new_remote_device_is_seen_and_its_keys_claimed(
             )
             assert status == 400 and body["errcode"] == "M_BAD_JSON", (path, body)
 
-        # A server that is down is a failure, not an error.
+        # A server that is down is a failure, not an error, for a user a has not cached
+        # (sharing no room with a's users); bob's devices a answers from its cache.
         await b.close()
         await asyncio.to_thread(b.stop)
+        stranger = f"@stranger:{b.server_name}"
         status, body = await a.client_request(
             "POST",
             f"{V3}/keys/query",
             alice.token,
-            {"device_keys": {bob.user_id: []}, "timeout": 2000},
+            {"device_keys": {bob.user_id: [], stranger: []}, "timeout": 2000},
         )
         assert status == 200, body
         assert b.server_name in body["failures"]
-        assert bob.user_id not in body["device_keys"]
+        assert stranger not in body["device_keys"]
+        assert set(body["device_keys"][bob.user_id]) == {bob.device_id, "TABLET"}
