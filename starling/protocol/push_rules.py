@@ -126,17 +126,17 @@ def validate_rule_id(rule_id: str) -> None:
 
 
 def validate_actions(actions: Any) -> list[Any]:
-    """The actions to store: a list of "notify" and {"set_tweak": ...} objects; the
-    historical actions are accepted and stripped."""
+    """The actions to store: a list of "notify" and {"set_tweak": ...} objects. The
+    historical actions ("dont_notify", "coalesce") are kept as the client gave them (it
+    reads them back, as from Synapse) and mean nothing when rules are evaluated."""
     if not isinstance(actions, list):
         raise PushRuleError("'actions' must be a list")
     out: list[Any] = []
     for action in actions:
         if isinstance(action, str):
-            if action == "notify":
-                out.append(action)
-            elif action not in HISTORICAL_ACTIONS:
+            if action != "notify" and action not in HISTORICAL_ACTIONS:
                 raise PushRuleError(f"Unrecognised action {action!r}")
+            out.append(action)
         elif isinstance(action, dict) and isinstance(action.get("set_tweak"), str):
             out.append(action)
         else:

@@ -169,6 +169,9 @@ class EventFormatter:
                 prev_content = prev_pdu.get("content")
                 unsigned["prev_content"] = prev_content if isinstance(prev_content, dict) else {}
                 unsigned["prev_sender"] = prev_event.sender
+        if meta.redacted_by is not None:
+            # Synapse names the redaction beside the event itself (clients read either).
+            unsigned["redacted_by"] = meta.redacted_by
         if redaction is not None:
             # Formatted plainly: a redaction's own redacted_because is never needed.
             unsigned["redacted_because"] = self._one(

@@ -235,7 +235,10 @@ def test_validation() -> None:
     with pytest.raises(pr.PushRuleError):
         pr.make_user_rule("bogus", "x", {"actions": []})
     rule = pr.make_user_rule("override", "x", {"actions": ["notify", "dont_notify", "coalesce"]})
-    assert rule["actions"] == ["notify"] and rule["enabled"] is True and rule["default"] is False
+    # Historical actions are kept as given; evaluation ignores them.
+    assert rule["actions"] == ["notify", "dont_notify", "coalesce"]
+    assert pr.clean_actions(rule["actions"]) == ["notify"]
+    assert rule["enabled"] is True and rule["default"] is False
 
 
 def test_ordering_edits() -> None:

@@ -259,3 +259,38 @@ async def test_pushers_are_replaced_across_users_unless_appended(hs: Harness) ->
     assert (await hs.request("GET", f"{V3}/pushers", atok))[1]["pushers"] == []
     assert len((await hs.request("GET", f"{V3}/pushers", btok))[1]["pushers"]) == 1
     assert alice != bob
+
+
+async def test_rules_of_one_kind_and_historical_actions(hs: Harness) -> None:
+    _user, token = await hs.register()
+    await ok(
+        hs, "PUT", f"{RULES}/sender/{quote('@bob:example.com')}", token, {"actions": ["notify"]}
+    )
+    rules = await ok(hs, "GET", f"{RULES}/sender/", token)
+    assert [r["rule_id"] for r in rules] == ["@bob:example.com"]
+    # "dont_notify" is read back as given (clients set it; evaluation ignores it).
+    path = f"{RULES}/override/.m.rule.suppress_notices/actions"
+    await ok(hs, "PUT", path, token, {"actions": ["dont_notify"]})
+    assert await ok(hs, "GET", path, token) == {"actions": ["dont_notify"]}
+
+
+async def test_malformed_rule_paths_are_400(hs: Harness) -> None:
+    _user, token = await hs.register()
+    for method, path in [
+        ("PUT", "/"),
+        ("PUT", "/not_a_scope/room/x"),
+        ("PUT", "/global"),
+        ("PUT", "/global/room"),
+        ("PUT", "/global/room/"),
+        ("PUT", "/global/override/.m.rule.master/not_an_attr"),
+        ("GET", "/global"),
+        ("GET", "/global/room"),
+        ("GET", "/not_a_scope/"),
+        ("GET", "/global/not_a_template/"),
+        ("GET", "/global/override/.m.rule.master/not_an_attr"),
+        ("DELETE", "/global/room/"),
+    ]:
+        status, resp = await hs.request(method, f"{V3}/pushrules{path}", token, {"actions": []})
+        assert status == 400, (method, path, resp)
+    status, _ = await hs.request("GET", f"{V3}/pushrules/global/override/not_a_rule", token)
+    assert status == 404

@@ -161,3 +161,23 @@ async def test_room_initial_sync_refused_to_outsiders(hs: Harness) -> None:
     room_id = await hs.create_room(atok)
     status, body = await hs.request("GET", f"{V3}/rooms/{room_id}/initialSync", btok)
     assert status == 403 and body["errcode"] == "M_FORBIDDEN", body
+
+
+async def test_post_send_and_redact_without_transaction_id(hs: Harness) -> None:
+    _, tok = await hs.register("alice")
+    room_id = await hs.create_room(tok)
+    ids = []
+    for _ in range(2):
+        status, body = await hs.request(
+            "POST", f"{R0}/rooms/{room_id}/send/m.room.message", tok, {"body": "x"}
+        )
+        assert status == 200, body
+        ids.append(body["event_id"])
+    assert ids[0] != ids[1]  # not idempotent: each POST is a new event
+    status, body = await hs.request(
+        "POST", f"{V3}/rooms/{room_id}/redact/{ids[0]}", tok, {"reason": "oops"}
+    )
+    assert status == 200, body
+    status, event = await hs.request("GET", f"{V3}/rooms/{room_id}/event/{ids[0]}", tok)
+    assert status == 200 and event["content"] == {}, event
+    assert event["unsigned"]["redacted_by"] == body["event_id"]

@@ -65,6 +65,24 @@ class PushRuleRoutes:
         requester = requester_of(request)
         return json_response(await self.push_rules.get_ruleset(requester.user_id))
 
+    # GET /_matrix/client/v3/pushrules/global/{kind}/
+    # (Synapse serves the rules of one kind, in evaluation order)
+    async def get_kind(self, request: web.Request) -> web.Response:
+        requester = requester_of(request)
+        kind = _kind(request)
+        ruleset = await self.push_rules.get_ruleset(requester.user_id)
+        return json_response(ruleset[kind])
+
+    # GET /_matrix/client/v3/pushrules/{path}
+    # PUT /_matrix/client/v3/pushrules/{path}
+    # DELETE /_matrix/client/v3/pushrules/{path}
+    # (Synapse answers 400 for a path under /pushrules/ that names no scope, kind, rule
+    # or attribute — an unknown scope, a missing or empty rule ID, an unknown attribute)
+    async def malformed(self, request: web.Request) -> web.Response:
+        raise MatrixError(
+            400, "M_UNRECOGNIZED", "Push rule paths are /pushrules/global/{kind}/{ruleId}"
+        )
+
     # GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}
     # (spec: client-server-api/#get_matrixclientv3pushrulesglobalkindruleid)
     async def get_rule(self, request: web.Request) -> web.Response:

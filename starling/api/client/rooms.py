@@ -7,6 +7,7 @@ Reads of room data (event, state, members, messages, context) live in `room_read
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from aiohttp import web
@@ -33,6 +34,9 @@ def _event_type(raw: str) -> str:
 
 
 def _txn_id(request: web.Request) -> str:
+    if "txnId" not in request.match_info:
+        # The r0 POST forms without a transaction ID: each request is a new event.
+        return f"post.{secrets.token_urlsafe(12)}"
     txn_id = request.match_info["txnId"]
     if not txn_id or len(txn_id.encode()) > MAX_TXN_ID_BYTES:
         raise invalid_param("Transaction ID must be 1-255 bytes")
@@ -204,6 +208,8 @@ class RoomRoutes:
 
     # PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}
     # (spec: client-server-api/#put_matrixclientv3roomsroomidsendeventtypetxnid)
+    # POST /_matrix/client/v3/rooms/{roomId}/send/{eventType} (Synapse keeps r0's form
+    # without a transaction ID: not idempotent)
     async def send(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         room_id = request.match_info["roomId"]
@@ -246,9 +252,11 @@ class RoomRoutes:
 
     # PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}
     # (spec: client-server-api/#put_matrixclientv3roomsroomidredacteventidtxnid)
+    # POST /_matrix/client/v3/rooms/{roomId}/redact/{eventId} (Synapse keeps r0's form
+    # without a transaction ID: not idempotent)
     async def redact(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
-        txn_id = request.match_info["txnId"]
+        txn_id = _txn_id(request)
         body = await read_json_object(request, allow_empty=True)
         event = await self.events.redact(
             request.match_info["roomId"],

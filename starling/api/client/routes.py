@@ -123,6 +123,14 @@ def client_table(svc: Services) -> RouteTable:
         put("/rooms/{roomId}/state/{eventType}", rooms.put_state, guests=True),
         put("/rooms/{roomId}/state/{eventType}/{stateKey:.*}", rooms.put_state, guests=True),
         put("/rooms/{roomId}/redact/{eventId}/{txnId}", rooms.redact),
+        post("/rooms/{roomId}/redact/{eventId}", rooms.redact, versions=V3_R0),
+        post(
+            "/rooms/{roomId}/send/{eventType}",
+            rooms.send,
+            guests=True,
+            rate_limit=RateClass.MESSAGE,
+            versions=V3_R0,
+        ),
         # Reading rooms
         get("/rooms/{roomId}/event/{eventId}", reads.event, guests=True),
         get("/rooms/{roomId}/state", reads.state, guests=True),
@@ -213,6 +221,7 @@ def client_table(svc: Services) -> RouteTable:
         get("/capabilities", capabilities.get_capabilities, guests=True),
         get("/pushrules/", push.get_all, guests=True),
         get("/pushrules/global/", push.get_global, guests=True),
+        get("/pushrules/global/{kind}/", push.get_kind, guests=True),
         get("/pushrules/global/{kind}/{ruleId}", push.get_rule, guests=True),
         put("/pushrules/global/{kind}/{ruleId}", push.put_rule),
         delete("/pushrules/global/{kind}/{ruleId}", push.delete_rule),
@@ -220,6 +229,10 @@ def client_table(svc: Services) -> RouteTable:
         put("/pushrules/global/{kind}/{ruleId}/enabled", push.put_enabled),
         get("/pushrules/global/{kind}/{ruleId}/actions", push.get_actions, guests=True),
         put("/pushrules/global/{kind}/{ruleId}/actions", push.put_actions),
+        # Anything else under /pushrules/ (after the routes above): 400, as Synapse
+        get("/pushrules/{path:.*}", push.malformed, guests=True),
+        put("/pushrules/{path:.*}", push.malformed),
+        delete("/pushrules/{path:.*}", push.malformed),
         get("/pushers", push.get_pushers),
         post("/pushers/set", push.set_pusher),
         # VoIP and third-party networks
