@@ -1,7 +1,9 @@
 """End-to-end encryption across two real servers with matrix-nio (olm/megolm through
 vodozemac), both engines: Alice on server a and Bob on server b query and claim each
 other's keys over federation, share megolm sessions through to-device messages that
-cross servers, and exchange encrypted messages both ways that each side decrypts."""
+cross servers, and exchange encrypted messages both ways that each side decrypts. Then
+Bob logs in on a second device on b: Alice's client hears of it through her server's
+device-list cache (the update crossed servers), and her next message decrypts on it."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ async def test_encrypted_conversation_across_servers(engine: str, tmp_path: Path
         try:
             await asyncio.wait_for(
                 _conversation(running(a, engine), running(b, engine), opened, tmp_path),
-                timeout=150,
+                timeout=240,
             )
         except BaseException:
             print(f"--- a ---\n{a.log_tail()}\n--- b ---\n{b.log_tail()}")
@@ -81,6 +83,11 @@ async def _conversation(
         )
 
     await until([alice, bob], both_joined_encrypted, "both saw the encrypted room with both in")
+    await _exchange(alice, bob, room_id)
+    await _second_device(sb, alice, bob, room_id, opened, tmp_path)
+
+
+async def _exchange(alice: Device, bob: Device, room_id: str) -> None:
 
     sent: list[tuple[str, Device, str]] = []
     for i in range(2):
@@ -109,3 +116,56 @@ async def _conversation(
         got = [(e.event_id, e.body) for e in device.texts if e.sender == other.user_id]
         assert got == expected, f"{device.name} decrypted {got}, expected {expected}"
         assert all(e.decrypted for e in device.texts if e.sender == other.user_id)
+
+
+async def _second_device(
+    sb: RunningServer,
+    alice: Device,
+    bob: Device,
+    room_id: str,
+    opened: list[Any],
+    tmp_path: Path,
+) -> None:
+    bob2_client = await login(sb, "bob", tmp_path / "bob-2", "bob second")
+    opened.append(bob2_client)
+    bob2 = Device("bob-2", bob2_client)
+    assert bob2.device_id != bob.device_id
+    await bob2.tick(timeout_ms=0)
+    assert bob2.uploads == 1, "Bob's second device did not upload keys after its first sync"
+
+    alice.device_lists_changed.clear()
+    await until(
+        [alice, bob2],
+        lambda: bob2.device_id in alice.client.device_store[bob.user_id],
+        "learned of Bob's second device on the other server (device_lists.changed, "
+        "then /keys/query)",
+    )
+    assert bob.user_id in alice.device_lists_changed, "Alice was not told Bob's devices changed"
+    assert bob2_client.olm is not None
+    assert (
+        alice.client.device_store[bob.user_id][bob2.device_id].ed25519
+        == bob2_client.olm.account.identity_keys["ed25519"]
+    )
+
+    later = "alice secret for both of Bob's devices"
+    later_id = expect(
+        await alice.client.room_send(
+            room_id,
+            "m.room.message",
+            {"msgtype": "m.text", "body": later},
+            ignore_unverified_devices=True,
+        ),
+        RoomSendResponse,
+    ).event_id
+
+    def later_on(device: Device) -> bool:
+        return any(e.event_id == later_id and e.body == later for e in device.texts)
+
+    await until(
+        [alice, bob2, bob],
+        lambda: later_on(bob2) and later_on(bob),
+        f"decrypted Alice's {later!r} ({later_id}, sent after the second device appeared) "
+        "on both of Bob's devices",
+    )
+    decrypted = next(e for e in bob2.texts if e.event_id == later_id)
+    assert decrypted.decrypted and decrypted.sender == alice.user_id
