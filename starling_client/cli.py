@@ -8,6 +8,7 @@
     starling-chat --store DIR send-file ROOM PATH
     starling-chat --store DIR send-voice ROOM PATH.ogg
     starling-chat --store DIR tail ROOM [--count N] [--timeout S] [--json] [--save-dir D]
+    starling-chat --store DIR verify USER_ID [DEVICE_ID] [--yes] [--wait] [--timeout S]
     starling-chat --store DIR devices USER_ID [--json]
 
 The store's secrets are sealed with a key derived from a passphrase: STARLING_CHAT_PASSPHRASE,
@@ -32,6 +33,7 @@ from pathlib import Path
 from starling_client.api import MatrixError
 from starling_client.client import Client, Message
 from starling_client.store import StoreError
+from starling_client.verification import Sas
 
 PASSPHRASE_ENV = "STARLING_CHAT_PASSPHRASE"
 
@@ -135,6 +137,8 @@ async def command(client: Client, args: argparse.Namespace) -> int:
         room_id = resolve_room(client, args.room)
         save_dir = Path(args.save_dir) if args.save_dir else Path(args.store) / "downloads"
         await tail(client, room_id, args.count, args.timeout, args.json, save_dir)
+    elif args.command == "verify":
+        await verify(client, args.user_id, args.device_id, args.yes, args.wait, args.timeout)
     elif args.command == "devices":
         for device in await client.devices(args.user_id):
             if args.json:
@@ -145,6 +149,83 @@ async def command(client: Client, args: argparse.Namespace) -> int:
     else:  # pragma: no cover - argparse refuses unknown commands
         raise CliError(f"unknown command {args.command}")
     return 0
+
+
+async def verify(
+    client: Client,
+    user_id: str,
+    device_id: str | None,
+    yes: bool,
+    wait: bool,
+    timeout_s: float,
+) -> None:
+    """SAS with one device of `user_id`: answer its pending request if it sent one (or
+    wait for one with --wait), else start; show the emoji; confirm on --yes or when the
+    user says they match; succeed when both MACs check out."""
+
+    async def run() -> Sas:
+        await client.sync_once(timeout_ms=0)
+        sas: Sas | None = None
+        while True:
+            incoming = client.incoming_verifications(user_id)
+            if incoming:
+                sas = await client.accept_verification(incoming[0])
+                txn = incoming[0]
+                break
+            if not wait:
+                break
+            await client.sync_once(timeout_ms=2_000)
+        if not incoming:
+            target = device_id or await only_device(client, user_id)
+            sas = await client.start_verification(user_id, target)
+            txn = sas.transaction_id
+        shown = False
+        while True:
+            sas = sas or client.verifications.get(txn)
+            if sas is not None:
+                if sas.state == "cancelled":
+                    raise CliError(f"verification cancelled: {sas.cancel_code} {sas.cancel_reason}")
+                if sas.verified:
+                    return sas
+                if sas.state == "keys" and not shown:
+                    shown = True
+                    emoji = "  ".join(f"{e} {name}" for e, name in sas.emoji())
+                    print(f"emoji: {emoji}", flush=True)
+                    print("decimals: " + " ".join(str(d) for d in sas.decimals()), flush=True)
+                    if yes or await asyncio.to_thread(
+                        ask, "Do they match the other device? [y/N] "
+                    ):
+                        await client.confirm_verification(sas)
+                    else:
+                        await client.cancel_verification(sas, mismatch=True)
+                        raise CliError("the emoji did not match: verification cancelled")
+                    if sas.verified:
+                        return sas
+            await client.sync_once(timeout_ms=2_000)
+
+    try:
+        sas = await asyncio.wait_for(run(), timeout_s)
+    except TimeoutError:
+        raise CliError(f"verification did not finish within {timeout_s:g}s") from None
+    print(f"verified {sas.their_user} {sas.their_device}")
+
+
+def ask(prompt: str) -> bool:
+    try:
+        return input(prompt).strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+async def only_device(client: Client, user_id: str) -> str:
+    devices = [
+        d["device_id"]
+        for d in await client.devices(user_id)
+        if not (user_id == client.user_id and d["device_id"] == client.device_id)
+    ]
+    if len(devices) != 1:
+        raise CliError(f"{user_id} has {len(devices)} devices; name one: {', '.join(devices)}")
+    return str(devices[0])
 
 
 def resolve_room(client: Client, room: str) -> str:
@@ -269,6 +350,13 @@ def parser() -> argparse.ArgumentParser:
     tail_p.add_argument(
         "--save-dir", help="where decrypted attachments are saved (default: STORE/downloads)"
     )
+
+    verify_p = sub.add_parser("verify", help="verify a device by comparing emoji (SAS)")
+    verify_p.add_argument("user_id")
+    verify_p.add_argument("device_id", nargs="?")
+    verify_p.add_argument("--yes", action="store_true", help="accept matching emoji (scripts)")
+    verify_p.add_argument("--wait", action="store_true", help="wait for the other side to start")
+    verify_p.add_argument("--timeout", type=float, default=120.0)
 
     devices = sub.add_parser("devices", help="a user's devices and whether they are verified")
     devices.add_argument("user_id")

@@ -26,8 +26,9 @@ from starling_client.attachments import (
     image_info,
     ogg_opus_duration_ms,
 )
-from starling_client.crypto import MEGOLM, CryptoMachine, DecryptionError
+from starling_client.crypto import MEGOLM, CryptoMachine, DecryptionError, Device
 from starling_client.store import Session, Store, StoreError
+from starling_client.verification import SAS_V1, Outgoing, Sas
 
 log = logging.getLogger("starling_client")
 
@@ -124,6 +125,9 @@ class Client:
         }
         self._lock = asyncio.Lock()
         self._pending: dict[tuple[str, str], dict[str, Any]] = {}  # (room, event) → event
+        self.verifications: dict[str, Sas] = {}  # transaction ID → SAS in progress
+        self.verification_requests: dict[str, tuple[str, str]] = {}  # txn → (user, device)
+        self._readied: set[str] = set()  # incoming verifications the user accepted
 
     # ---- opening ------------------------------------------------------------------------
 
@@ -222,7 +226,8 @@ class Client:
         async with self._lock:
             self._apply_sync_state(answer)
             await self._query_keys()
-            self._apply_to_device(answer)
+            verification = self._apply_to_device(answer)
+            await self._on_verification_events(verification)
             messages = self._apply_timelines(answer, initial=since is None)
             self.store.save_machine(self.crypto)
             if isinstance(answer.get("next_batch"), str):
@@ -270,15 +275,30 @@ class Client:
                 left.membership = "leave"
                 self.store.save_room(room_id, left.to_json())
 
-    def _apply_to_device(self, answer: dict[str, Any]) -> None:
+    def _apply_to_device(self, answer: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+        """Decrypt to-device events (installing room keys); the verification events among
+        them, plain or decrypted, as (sender, type, content)."""
+        verification: list[tuple[str, str, dict[str, Any]]] = []
         to_device = (answer.get("to_device") or {}).get("events", [])
         for event in to_device if isinstance(to_device, list) else []:
             if not isinstance(event, dict):
                 continue
+            sender, kind, content = event.get("sender"), event.get("type"), event.get("content")
             try:
-                self.crypto.receive_to_device(event)
+                decrypted = self.crypto.receive_to_device(event)
             except DecryptionError as e:
-                log.warning("to-device event from %s not decrypted: %s", event.get("sender"), e)
+                log.warning("to-device event from %s not decrypted: %s", sender, e)
+                continue
+            if decrypted is not None:
+                sender, kind, content = decrypted.sender, decrypted.type, decrypted.content
+            if (
+                isinstance(sender, str)
+                and isinstance(kind, str)
+                and kind.startswith("m.key.verification.")
+                and isinstance(content, dict)
+            ):
+                verification.append((sender, kind, content))
+        return verification
 
     def _apply_timelines(self, answer: dict[str, Any], *, initial: bool) -> list[Message]:
         messages: list[Message] = []
@@ -601,6 +621,143 @@ class Client:
         if isinstance(url, str):
             return await self.api.download(url)
         return None
+
+    # ---- verification -------------------------------------------------------------------
+
+    async def _send_verification(self, user: str, device: str, outgoing: Outgoing) -> None:
+        kind, content = outgoing
+        await self.api.send_to_device(kind, {user: {device: content}})
+
+    async def _device(self, user: str, device_id: str) -> Device | None:
+        """A device's keys, querying them if we do not know the device yet."""
+        device = self.crypto.devices.get(user, {}).get(device_id)
+        if device is None:
+            self.crypto.track_users([user])
+            self.crypto.outdated.add(user)
+            await self._query_keys()
+            device = self.crypto.devices.get(user, {}).get(device_id)
+        return device
+
+    async def _on_verification_events(self, events: list[tuple[str, str, dict[str, Any]]]) -> None:
+        for sender, kind, content in events:
+            txn = content.get("transaction_id")
+            if not isinstance(txn, str) or not txn:
+                continue
+            if kind == "m.key.verification.request":
+                methods = content.get("methods")
+                from_device = content.get("from_device")
+                if isinstance(from_device, str) and isinstance(methods, list) and SAS_V1 in methods:
+                    self.verification_requests[txn] = (sender, from_device)
+                continue
+            if kind == "m.key.verification.start":
+                from_device = content.get("from_device")
+                if not isinstance(from_device, str) or txn in self.verifications:
+                    continue
+                device = await self._device(sender, from_device)
+                if device is None:
+                    cancel = (
+                        "m.key.verification.cancel",
+                        {"transaction_id": txn, "code": "m.user", "reason": "unknown device"},
+                    )
+                    await self._send_verification(sender, from_device, cancel)
+                    continue
+                sas = Sas.from_start(
+                    self.user_id,
+                    self.device_id,
+                    self.crypto.ed25519,
+                    sender,
+                    device.ed25519,
+                    content,
+                )
+                self.verifications[txn] = sas
+                if sas.state == "cancelled":
+                    await self._send_verification(sender, from_device, sas.cancellation())
+                elif txn in self._readied:
+                    await self._send_verification(sender, from_device, sas.accept())
+                continue
+            ongoing = self.verifications.get(txn)
+            if ongoing is None or ongoing.their_user != sender:
+                continue
+            for outgoing in ongoing.receive(kind, content):
+                await self._send_verification(ongoing.their_user, ongoing.their_device, outgoing)
+            self._note_verified(ongoing)
+
+    def _note_verified(self, sas: Sas) -> None:
+        if sas.verified:
+            device = self.crypto.devices.get(sas.their_user, {}).get(sas.their_device)
+            if device is not None and device.ed25519 == sas.their_ed25519 and not device.verified:
+                self.crypto.set_verified(sas.their_user, sas.their_device)
+                self.store.save_machine(self.crypto)
+
+    async def start_verification(self, user_id: str, device_id: str) -> Sas:
+        """Begin a SAS verification with one device (`m.key.verification.start`); syncs
+        carry it on. Compare `sas.emoji()` once `sas.state == "keys"`, then
+        `confirm_verification` or `cancel_verification`."""
+        async with self._lock:
+            device = await self._device(user_id, device_id)
+            if device is None:
+                raise ValueError(f"{user_id} has no device {device_id}")
+            sas, start = Sas.start(
+                self.user_id,
+                self.device_id,
+                self.crypto.ed25519,
+                user_id,
+                device_id,
+                device.ed25519,
+            )
+            self.verifications[sas.transaction_id] = sas
+            await self._send_verification(user_id, device_id, start)
+        return sas
+
+    def incoming_verifications(self, user_id: str | None = None) -> list[str]:
+        """Transaction IDs of verifications other devices asked for that we have not
+        answered yet (requests, and starts we have not accepted)."""
+        found = [
+            txn
+            for txn, (user, _) in self.verification_requests.items()
+            if txn not in self._readied and (user_id is None or user == user_id)
+        ]
+        found += [
+            txn
+            for txn, sas in self.verifications.items()
+            if not sas.we_started
+            and sas.state == "started"
+            and txn not in self._readied
+            and (user_id is None or sas.their_user == user_id)
+        ]
+        return found
+
+    async def accept_verification(self, transaction_id: str) -> Sas | None:
+        """Answer an incoming verification: `accept` a start, or `ready` a request (the
+        start that follows is accepted when it comes). The Sas, once there is one."""
+        async with self._lock:
+            self._readied.add(transaction_id)
+            sas = self.verifications.get(transaction_id)
+            if sas is not None:
+                if sas.state == "started" and not sas.we_started:
+                    await self._send_verification(sas.their_user, sas.their_device, sas.accept())
+                return sas
+            request = self.verification_requests.get(transaction_id)
+            if request is None:
+                raise ValueError(f"no verification {transaction_id}")
+            ready = {
+                "transaction_id": transaction_id,
+                "from_device": self.device_id,
+                "methods": [SAS_V1],
+            }
+            await self._send_verification(*request, ("m.key.verification.ready", ready))
+            return None
+
+    async def confirm_verification(self, sas: Sas) -> None:
+        """The emoji match: send our MAC (the device is verified once theirs checks)."""
+        async with self._lock:
+            for outgoing in sas.confirm():
+                await self._send_verification(sas.their_user, sas.their_device, outgoing)
+            self._note_verified(sas)
+
+    async def cancel_verification(self, sas: Sas, *, mismatch: bool = False) -> None:
+        outgoing = sas.mismatch() if mismatch else sas.cancel()
+        await self._send_verification(sas.their_user, sas.their_device, outgoing)
 
     # ---- devices ------------------------------------------------------------------------
 
