@@ -23,6 +23,7 @@ from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.accounts.uia import UserInteractiveAuth
 from starling.admin.media import AdminMedia
+from starling.admin.reports import ContentReports
 from starling.admin.rooms import AdminRooms
 from starling.admin.users import AdminUsers
 from starling.api.admin.registration import admin_table
@@ -111,6 +112,7 @@ from starling.storage.profiles import ProfileStore
 from starling.storage.pushers import PusherStore
 from starling.storage.receipts import ReceiptStore
 from starling.storage.relations import RelationStore
+from starling.storage.reports import ReportStore
 from starling.storage.search import SearchStore
 from starling.storage.state import StateStore
 from starling.storage.streams import StreamIdGenerator
@@ -491,8 +493,15 @@ async def build_services(
         store=AdminMediaStore(db, config.server_name),
         media=media,
     )
+    reports = ContentReports(
+        store=ReportStore(db),
+        events=event_store,
+        memberships=membership_store,
+        rooms=AdminRoomStore(db, config.server_name, event_store, state_store, membership_store),
+    )
     return Components(
         config=config,
+        reports=reports,
         admin_users=admin_users,
         admin_rooms=admin_rooms,
         admin_media=admin_media,

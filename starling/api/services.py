@@ -14,6 +14,7 @@ from starling.accounts.registration_tokens import RegistrationTokens
 from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.admin.media import AdminMedia
+from starling.admin.reports import ContentReports
 from starling.admin.rooms import AdminRooms
 from starling.admin.users import AdminUsers
 from starling.config import Config
@@ -66,6 +67,8 @@ class Services:
     admin_users: AdminUsers
     admin_rooms: AdminRooms
     admin_media: AdminMedia
+    # content reports: users report events and rooms, admins read them
+    reports: ContentReports
     # rooms
     rate_limits: RateLimits
     room_events: RoomEventService

@@ -19,6 +19,7 @@ from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.api.admin.federation import FederationDestinationsAdmin
 from starling.api.admin.media import AdminMediaRoutes
+from starling.api.admin.reports import AdminReportRoutes
 from starling.api.admin.rooms import AdminRoomRoutes
 from starling.api.admin.users import AdminUserRoutes
 from starling.api.client.common import body_str, query_bool
@@ -189,5 +190,7 @@ def admin_table(svc: Services) -> RouteTable:
             *AdminRoomRoutes(svc.admin_rooms).routes(),
             # media: per user and room, quarantine, protection, deletion, remote cache
             *AdminMediaRoutes(svc.admin_media).routes(),
+            # what users reported
+            *AdminReportRoutes(svc.reports).routes(),
         ],
     )

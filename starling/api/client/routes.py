@@ -24,6 +24,7 @@ from starling.api.client.profile import ProfileRoutes
 from starling.api.client.pushrules import PushRuleRoutes
 from starling.api.client.receipts import ReceiptRoutes
 from starling.api.client.relations import RelationRoutes
+from starling.api.client.reports import ReportRoutes
 from starling.api.client.room_reads import RoomReadRoutes
 from starling.api.client.rooms import RoomRoutes
 from starling.api.client.search import SearchRoutes
@@ -68,6 +69,7 @@ def client_table(svc: Services) -> RouteTable:
     directory = DirectoryRoutes(svc.directory)
     capabilities = CapabilityRoutes(svc.config.default_room_version)
     push = PushRuleRoutes(svc.push_rules, svc.pushers)
+    reports = ReportRoutes(svc.reports)
     relations = RelationRoutes(svc.relations)
     voip = VoipRoutes(svc.config)
     openid = OpenIdRoutes(svc.openid)
@@ -235,6 +237,13 @@ def client_table(svc: Services) -> RouteTable:
         delete("/pushrules/{path:.*}", push.malformed),
         get("/pushers", push.get_pushers),
         post("/pushers/set", push.set_pusher),
+        # reporting content (the message rate limit bounds report floods)
+        post(
+            "/rooms/{roomId}/report/{eventId}",
+            reports.report_event,
+            rate_limit=RateClass.MESSAGE,
+        ),
+        post("/rooms/{roomId}/report", reports.report_room, rate_limit=RateClass.MESSAGE),
         # VoIP and third-party networks
         get("/voip/turnServer", voip.turn_server, guests=True),
         get("/thirdparty/protocols", voip.protocols),
