@@ -49,6 +49,7 @@ from starling.e2ee.remote_device_lists import RemoteDeviceLists
 from starling.e2ee.services import build_e2ee
 from starling.errors import MatrixError
 from starling.federation.device_lists import DeviceListFederation
+from starling.federation.hierarchy import RemoteHierarchy
 from starling.federation.inbound import FederationInbound, build_federation_inbound
 from starling.federation.ip_ranges import IPRangePolicy
 from starling.federation.media import FederationMediaFetcher
@@ -587,7 +588,14 @@ async def build_services(
         e2ee=e2ee,
         user_directory=user_directory,
         search=search,
-        hierarchy=SpaceHierarchy(room_events, event_store, membership_store),
+        hierarchy=SpaceHierarchy(
+            room_events,
+            event_store,
+            membership_store,
+            server_name=config.server_name,
+            remote=RemoteHierarchy(federation.client).fetch,
+            server_allowed=federation_inbound.access.server_allowed,
+        ),
         federation=federation,
         federation_sender=federation_sender,
         federation_inbound=federation_inbound,

@@ -10,10 +10,23 @@ answers 403 then. Which rooms a user may see follows the spec's list: joined or
 invited, a public join rule, a restricted rule the user meets, a knockable room, or
 world-readable history — and never a room they are banned from.
 
-Only rooms this server is in are walked: remote children need federation, and are
-skipped. Pagination keeps the rest of the walk (the stack of rooms to visit and the
-rooms seen) in memory under a random token for a while, as Synapse keeps its sessions;
-a token from another request, or one that has expired, is 400 M_INVALID_PARAM.
+Children this server is not in are asked of the servers their `m.space.child` event
+names in `via` (server-server-api GET /hierarchy/{roomId}): the answer's room is shown if
+the user may see it by what the answer says (a public or knockable join rule, world-
+readable history, a restricted rule naming a room the user is in) or by their own
+invite; the children summarised in one answer serve the walk without asking again
+(unless they are spaces whose children are still needed); rooms an answer calls
+inaccessible are not asked about. The walk's root must be a room this server is in.
+
+Pagination keeps the rest of the walk (the stack of rooms to visit, the rooms seen and
+what other servers said) in memory under a random token for a while, as Synapse keeps
+its sessions; a token from another request, or one that has expired, is 400
+M_INVALID_PARAM.
+
+Other servers get `for_server`: one level of the tree (the room and its children that
+this server is in), for a server that passes the room's ACL and could see the room
+(public, knockable or world-readable, or one of its users joined or invited, or in a
+room a restricted join rule names); the rest is 404 as for an unknown room.
 """
 
 from __future__ import annotations
@@ -21,13 +34,15 @@ from __future__ import annotations
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from starling.errors import MatrixError, forbidden, invalid_param
+from starling.errors import MatrixError, forbidden, invalid_param, not_found
 from starling.protocol.event import Event, StateKey
+from starling.protocol.power_levels import server_of
 from starling.rooms.event_service import RoomEventService
+from starling.rooms.hierarchy_remote import RemoteHierarchyFetcher, parse_answer
 from starling.storage.events import EventStore
 from starling.storage.memberships import MembershipStore
 
@@ -40,6 +55,10 @@ MAX_LIMIT = 50
 SESSION_SECONDS = 300
 MAX_SESSIONS = 1000
 MAX_ORDER_LENGTH = 50
+# Servers of a child's `via` asked about it, and children summarised for a server.
+MAX_VIA = 3
+MAX_CHILDREN_FOR_SERVER = 50
+VISIBLE_JOIN_RULES = ("public", "knock", "knock_restricted")
 
 
 @dataclass
@@ -50,9 +69,13 @@ class _Walk:
     root: str
     suggested_only: bool
     max_depth: int | None
-    stack: list[tuple[str, int]]
+    # (room ID, depth, the servers to ask about it if this server is not in it)
+    stack: list[tuple[str, int, tuple[str, ...]]]
     seen: set[str] = field(default_factory=set)
     created: float = field(default_factory=time.monotonic)
+    # What other servers said: summaries of children, and rooms not to ask about.
+    remote_rooms: dict[str, JsonDict] = field(default_factory=dict)
+    inaccessible: set[str] = field(default_factory=set)
 
 
 def _valid_order(value: object) -> bool:
@@ -64,10 +87,13 @@ def _valid_order(value: object) -> bool:
 
 
 def _child_sort_key(event: Event) -> tuple[int, str, int, str]:
-    order = event.content.get("order")
+    return _order_key(event.content.get("order"), event.origin_server_ts, event.state_key or "")
+
+
+def _order_key(order: object, ts: int, state_key: str) -> tuple[int, str, int, str]:
     if _valid_order(order):
-        return (0, str(order), event.origin_server_ts, event.state_key or "")
-    return (1, "", event.origin_server_ts, event.state_key or "")
+        return (0, str(order), ts, state_key)
+    return (1, "", ts, state_key)
 
 
 def _valid_via(event: Event) -> bool:
@@ -87,10 +113,19 @@ class SpaceHierarchy:
         room_events: RoomEventService,
         events: EventStore,
         memberships: MembershipStore,
+        *,
+        server_name: str = "",
+        remote: RemoteHierarchyFetcher | None = None,
+        server_allowed: Callable[[str, str], Awaitable[bool]] | None = None,
     ) -> None:
         self._room_events = room_events
         self._events = events
         self._memberships = memberships
+        self._server_name = server_name
+        # Asks another server about a room we are not in (None: never).
+        self._remote = remote
+        # The room's server ACL lets a server in (room ID, server name).
+        self._server_allowed = server_allowed
         self._walks: OrderedDict[str, _Walk] = OrderedDict()
 
     async def hierarchy(
@@ -115,26 +150,31 @@ class SpaceHierarchy:
             state = await self._local_state(room_id)
             if state is None or not await self._accessible(user_id, room_id, state):
                 raise forbidden(f"You cannot view room {room_id}")
-            walk = _Walk(user_id, room_id, suggested_only, max_depth, [(room_id, 0)])
+            walk = _Walk(user_id, room_id, suggested_only, max_depth, [(room_id, 0, ())])
 
         rooms: list[JsonDict] = []
         while walk.stack and len(rooms) < limit:
-            current, depth = walk.stack.pop()
+            current, depth, via = walk.stack.pop()
             if current in walk.seen:
                 continue
             walk.seen.add(current)
             state = await self._local_state(current)
             if state is None:
-                continue  # a remote room: needs federation
-            if current != walk.root and not await self._accessible(user_id, current, state):
-                continue
-            children = self._children(state, walk.suggested_only)
-            rooms.append(await self._entry(current, state, children))
+                entry = await self._remote_entry(walk, current, depth, via)
+                if entry is None:
+                    continue
+            else:
+                if current != walk.root and not await self._accessible(user_id, current, state):
+                    continue
+                entry = await self._entry(
+                    current, state, self._children(state, walk.suggested_only)
+                )
+            rooms.append(entry)
             if walk.max_depth is None or depth < walk.max_depth:
-                for child in reversed(children):
-                    child_id = child.state_key or ""
-                    if child_id not in walk.seen:
-                        walk.stack.append((child_id, depth + 1))
+                for child in reversed(entry["children_state"]):
+                    child_id = child["state_key"]
+                    if child_id not in walk.seen and child_id not in walk.inaccessible:
+                        walk.stack.append((child_id, depth + 1, tuple(child["content"]["via"])))
 
         body: JsonDict = {"rooms": rooms}
         if walk.stack:
@@ -169,7 +209,111 @@ class SpaceHierarchy:
             list(walk.stack),
             set(walk.seen),
             walk.created,
+            dict(walk.remote_rooms),
+            set(walk.inaccessible),
         )
+
+    # --- rooms of other servers ----------------------------------------------------------
+
+    async def _remote_entry(
+        self, walk: _Walk, room_id: str, depth: int, via: tuple[str, ...]
+    ) -> JsonDict | None:
+        """A room this server is not in, as its servers describe it, if the user may see
+        it; None otherwise."""
+        if self._remote is None or room_id in walk.inaccessible:
+            return None
+        summary: JsonDict | None = None
+        known = walk.remote_rooms.get(room_id)
+        at_max_depth = walk.max_depth is not None and depth >= walk.max_depth
+        if known is not None and (known.get("room_type") != SPACE or at_max_depth):
+            summary = {**known, "children_state": []}
+        else:
+            asked = [s for s in dict.fromkeys(via) if s != self._server_name][:MAX_VIA]
+            for server in asked:
+                parsed = parse_answer(
+                    await self._remote(server, room_id, walk.suggested_only), room_id
+                )
+                if parsed is None:
+                    continue
+                summary, children, inaccessible = parsed
+                walk.remote_rooms.update(children)
+                walk.inaccessible |= inaccessible
+                break
+        if summary is None or not await self._remote_accessible(walk.user_id, summary):
+            return None
+        children_state = summary.get("children_state", [])
+        if summary.get("room_type") != SPACE:
+            children_state = []
+        children_state = [
+            c
+            for c in children_state
+            if not walk.suggested_only or c["content"].get("suggested") is True
+        ]
+        children_state.sort(
+            key=lambda c: _order_key(
+                c["content"].get("order"), c["origin_server_ts"], c["state_key"]
+            )
+        )
+        return {**summary, "children_state": children_state}
+
+    async def _remote_accessible(self, user_id: str, summary: JsonDict) -> bool:
+        if summary.get("join_rule") in VISIBLE_JOIN_RULES or summary.get("world_readable"):
+            return True
+        allowed = summary.get("allowed_room_ids") or []
+        if allowed:
+            joined = set(await self._memberships.get_joined_rooms(user_id))
+            if any(r in joined for r in allowed):
+                return True
+        member = await self._memberships.get_membership(summary["room_id"], user_id)
+        return member is not None and member.membership in ("join", "invite")
+
+    # --- for other servers ---------------------------------------------------------------
+
+    async def for_server(self, origin: str, room_id: str, suggested_only: bool) -> JsonDict:
+        """GET /_matrix/federation/v1/hierarchy/{roomId}: the room and the children this
+        server is in, as far as `origin` may see them."""
+        state = await self._local_state(room_id)
+        if state is None or not await self._server_may_see(origin, room_id, state):
+            raise not_found(f"Unknown room: {room_id}")
+        children = self._children(state, suggested_only)
+        room = await self._entry(room_id, state, children)
+        summaries: list[JsonDict] = []
+        inaccessible: list[str] = []
+        for child in children[:MAX_CHILDREN_FOR_SERVER]:
+            child_id = child.state_key or ""
+            child_state = await self._local_state(child_id)
+            if child_state is None:
+                continue  # not ours to describe
+            if await self._server_may_see(origin, child_id, child_state):
+                summary = await self._entry(child_id, child_state, [])
+                del summary["children_state"]
+                summaries.append(summary)
+            else:
+                inaccessible.append(child_id)
+        return {"room": room, "children": summaries, "inaccessible_children": inaccessible}
+
+    async def _server_may_see(
+        self, server: str, room_id: str, state: Mapping[StateKey, Event]
+    ) -> bool:
+        if self._server_allowed is not None and not await self._server_allowed(room_id, server):
+            return False
+        if _text(state, "m.room.join_rules", "join_rule") in VISIBLE_JOIN_RULES:
+            return True
+        if _text(state, "m.room.history_visibility", "history_visibility") == "world_readable":
+            return True
+        for (event_type, state_key), event in state.items():
+            if (
+                event_type == "m.room.member"
+                and server_of(state_key) == server
+                and event.membership in ("join", "invite")
+            ):
+                return True
+        if _text(state, "m.room.join_rules", "join_rule") in ("restricted", "knock_restricted"):
+            for allowed in self._allowed_rooms(state):
+                joined = await self._memberships.get_joined_users(allowed)
+                if any(server_of(u) == server for u in joined):
+                    return True
+        return False
 
     # --- rooms ---------------------------------------------------------------------------
 

@@ -616,3 +616,44 @@ async def test_timestamp_to_event_both_ways(
             "GET", f"/_matrix/client/v3/rooms/{room_id}/context/{quote(early)}", guest_user.token
         )
         assert status == 200 and context["event"]["content"]["body"] == "early", context
+
+
+async def test_space_hierarchy_both_ways(synapse: SynapseServer, starling: FederatedServer) -> None:
+    """A space on one server whose child space is on the other: each server's /hierarchy
+    walks into the other's rooms over federation."""
+    sam = await synapse.register()
+    alice = await starling.register()
+    for host, host_user, guest, guest_user in (
+        (synapse, sam, starling, alice),
+        (starling, alice, synapse, sam),
+    ):
+        space = await host.create_room(
+            host_user,
+            preset="public_chat",
+            name="remote space",
+            creation_content={"type": "m.space"},
+        )
+        child = await host.create_room(host_user, preset="public_chat", name="remote child")
+        status, body = await host.client_request(
+            "PUT",
+            f"/_matrix/client/v3/rooms/{space}/state/m.space.child/{child}",
+            host_user.token,
+            {"via": [host.server_name]},
+        )
+        assert status == 200, body
+        top = await guest.create_room(
+            guest_user, preset="public_chat", name="top", creation_content={"type": "m.space"}
+        )
+        status, body = await guest.client_request(
+            "PUT",
+            f"/_matrix/client/v3/rooms/{top}/state/m.space.child/{space}",
+            guest_user.token,
+            {"via": [host.server_name]},
+        )
+        assert status == 200, body
+        status, body = await guest.client_request(
+            "GET", f"/_matrix/client/v1/rooms/{top}/hierarchy", guest_user.token
+        )
+        assert status == 200, body
+        names = [r.get("name") for r in body["rooms"]]
+        assert names == ["top", "remote space", "remote child"], (body, host.log_tail())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from starling.api.federation import version
 from starling.api.federation.events import FederationEventsApi
+from starling.api.federation.hierarchy import FederationHierarchyApi
 from starling.api.federation.keys import KeysApi
 from starling.api.federation.media import FederationMediaApi
 from starling.api.federation.membership import FederationMembershipApi
@@ -51,6 +52,8 @@ def federation_table(services: Services) -> RouteTable:
         *FederationOpenIdApi(services.openid).routes(),
         # /timestamp_to_event/{roomId}
         *FederationTimestampApi(services.timestamps).routes(),
+        # spaces: /hierarchy/{roomId}
+        *FederationHierarchyApi(services.hierarchy).routes(),
     ]
     return RouteTable("federation", "/_matrix/federation/{version}", ("v1",), routes)
 
