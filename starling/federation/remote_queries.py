@@ -3,10 +3,19 @@
 by a remote alias and `GET /directory/room/{alias}`) and a remote user's profile
 (`/query/profile`, for `GET /profile/{userId}`). Answers are checked for shape; an
 unreachable server is a 502, an unknown name a 404.
+
+Alias answers are kept for a minute (a client joining by alias resolves it, then joins,
+and rooms shared by many users are joined by many), and concurrent lookups of one alias
+share one request; errors are not kept, so an alias created a moment ago is found on the
+next try.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from starling.errors import MatrixError
@@ -15,6 +24,8 @@ from starling.federation.sender.hosts import server_of
 
 QUERY_TIMEOUT = 15.0
 MAX_SERVERS = 20
+ALIAS_CACHE_SECONDS = 60.0
+MAX_CACHED_ALIASES = 10_000
 
 
 class QueryClient(Protocol):
@@ -24,11 +35,31 @@ class QueryClient(Protocol):
 
 
 class RemoteQueries:
-    def __init__(self, client: QueryClient) -> None:
+    def __init__(self, client: QueryClient, clock: Callable[[], float] = time.monotonic) -> None:
         self._client = client
+        self._clock = clock
+        self._aliases: OrderedDict[str, tuple[float, tuple[str, list[str]]]] = OrderedDict()
+        self._alias_lookups: dict[str, asyncio.Task[tuple[str, list[str]]]] = {}
 
     async def query_directory(self, alias: str) -> tuple[str, list[str]]:
-        """GET /query/directory at the alias's server: (room ID, servers in the room)."""
+        """GET /query/directory at the alias's server: (room ID, servers in the room),
+        from the cache when asked within the last minute."""
+        hit = self._aliases.get(alias)
+        if hit is not None and self._clock() - hit[0] < ALIAS_CACHE_SECONDS:
+            return hit[1][0], list(hit[1][1])
+        task = self._alias_lookups.get(alias)
+        if task is None:
+            task = asyncio.create_task(self._query_directory(alias))
+            self._alias_lookups[alias] = task
+            task.add_done_callback(lambda _: self._alias_lookups.pop(alias, None))
+        room_id, servers = await asyncio.shield(task)
+        self._aliases[alias] = (self._clock(), (room_id, servers))
+        self._aliases.move_to_end(alias)
+        while len(self._aliases) > MAX_CACHED_ALIASES:
+            self._aliases.popitem(last=False)
+        return room_id, list(servers)
+
+    async def _query_directory(self, alias: str) -> tuple[str, list[str]]:
         server = alias.partition(":")[2]
         try:
             response = await self._client.get_json(
