@@ -41,6 +41,11 @@ from starling.api.http import make_web_app
 from starling.api.media import media_tables
 from starling.api.routing import Guards, mount
 from starling.api.services import Services
+from starling.appservice.client import AppServiceClient
+from starling.appservice.queries import AppServiceQueries
+from starling.appservice.registration import load_registrations
+from starling.appservice.registry import AppServiceRegistry
+from starling.appservice.sender import AppServiceSender
 from starling.config import Config, Listener
 from starling.directory.service import DirectoryService
 from starling.directory.service import RemotePublicRooms as RemotePublicRoomsFetcher
@@ -98,6 +103,7 @@ from starling.storage.admin_media import AdminMediaStore
 from starling.storage.admin_rooms import AdminRoomStore
 from starling.storage.admin_users import AdminUserStore
 from starling.storage.aliases import AliasExists, AliasStore
+from starling.storage.appservice import AppServiceStore
 from starling.storage.database import Database, open_database
 from starling.storage.database import DatabaseConfig as StorageConfig
 from starling.storage.directory import DirectoryStore
@@ -175,6 +181,12 @@ def load_signing_key(config: Config) -> SigningKey:
     return SigningKey.from_key_file(text)
 
 
+def load_app_services(config: Config) -> AppServiceRegistry:
+    """The registrations in `app_service_config_files`; ConfigError if any is bad."""
+    paths = [config.resolve_path(p) for p in config.app_service_config_files]
+    return AppServiceRegistry(load_registrations(paths, config.server_name))
+
+
 async def build_services(
     config: Config,
     db: Database,
@@ -186,6 +198,10 @@ async def build_services(
     with fake DNS)."""
     federation = federation or build_federation_transport(config, db, signing_key)
     account_store = AccountStore(db)
+    app_services = load_app_services(config)
+    app_service_client = AppServiceClient(
+        verify_certificates=not config.use_insecure_ssl_client_just_for_testing_do_not_use
+    )
     events_stream = await StreamIdGenerator.create(db, "events")
     event_store = EventStore(db)
     state_store = StateStore(db)
@@ -195,8 +211,27 @@ async def build_services(
     relation_store = RelationStore(db)
     search_store = SearchStore(db)
 
+    async def user_exists(user_id: str) -> bool:
+        return await account_store.user_exists(user_id)
+
+    async def alias_exists(alias: str) -> bool:
+        return await alias_store.get_alias(alias) is not None
+
+    app_service_queries = AppServiceQueries(
+        config.server_name,
+        app_services,
+        app_service_client,
+        user_exists=user_exists,
+        alias_exists=alias_exists,
+    )
+
     async def profile_lookup(user_id: str) -> dict[str, Any]:
-        return await profile_store.get_profile(user_id) or {}
+        profile = await profile_store.get_profile(user_id)
+        if profile is None and await app_service_queries.query_user(user_id):
+            # An unknown user of an application service's namespace (an invite, say):
+            # the service was asked and has created it.
+            profile = await profile_store.get_profile(user_id)
+        return profile or {}
 
     state_calculator = StateCalculator(event_store, state_store)
     persister = EventPersister(
@@ -309,7 +344,7 @@ async def build_services(
         sync.room_history.access,
     )
     passwords = PasswordHasher()
-    auth = RequestAuthenticator(account_store)
+    auth = RequestAuthenticator(account_store, app_services)
     accounts = AccountService(
         config=config,
         store=account_store,
@@ -320,7 +355,20 @@ async def build_services(
         memberships=membership_store,
         membership=membership,
         rate_limits=rate_limits,
+        app_services=app_services,
     )
+    extras.directory.use_app_services(app_services, app_service_queries.query_alias)
+    app_service_sender = AppServiceSender(
+        app_services,
+        AppServiceStore(db),
+        event_store,
+        membership_store,
+        alias_store,
+        app_service_client,
+        events_stream.current_position,
+    )
+    # Only a wake-up: the sender reads the events stream from its stored positions.
+    room_events.add_listener(app_service_sender.on_new_event)
     e2ee = await build_e2ee(
         config.server_name,
         db,
@@ -600,6 +648,10 @@ async def build_services(
         federation_sender=federation_sender,
         federation_inbound=federation_inbound,
         federation_membership=resident,
+        app_service_queries=app_service_queries,
+        app_services=app_services,
+        app_service_client=app_service_client,
+        app_service_sender=app_service_sender,
     )
 
 
@@ -666,6 +718,9 @@ class Components(Services):
     notifier: Notifier
     unread_counts: UnreadCounts
     push_sender: PushSender
+    app_services: AppServiceRegistry
+    app_service_client: AppServiceClient
+    app_service_sender: AppServiceSender
 
 
 @dataclass
@@ -833,6 +888,8 @@ class Homeserver:
         try:
             await hs.services.federation_sender.start()
             await hs.services.push_sender.start()
+            await hs.services.accounts.ensure_app_service_senders()
+            await hs.services.app_service_sender.start()
             await hs._start_listeners()
         except BaseException:
             await hs.stop()
@@ -894,6 +951,8 @@ class Homeserver:
         if self.services.e2ee.remote_device_lists is not None:
             await self.services.e2ee.remote_device_lists.close()
         await self.services.push_sender.stop()
+        await self.services.app_service_sender.stop()
+        await self.services.app_service_client.close()
         await self.services.federation.close()
         self.services.passwords.close()
         await self.services.db.close()

@@ -107,8 +107,11 @@ def _own_command() -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from starling.app import load_app_services
+
     try:
         config = load_config(args.config)
+        load_app_services(config)  # checked before anything starts
     except ConfigError as e:
         return _fail(f"invalid configuration: {e}")
     _setup_logging(config)

@@ -241,6 +241,8 @@ class Config:
     registration_requires_token: bool = False
     registration_shared_secret: str | None = None
     allow_guest_access: bool = False
+    # Application-service registration files (Synapse's format; starling/appservice/).
+    app_service_config_files: list[str] = field(default_factory=list)
     default_room_version: str = DEFAULT_ROOM_VERSION
 
     # .well-known: served when set (Synapse: serve_server_wellknown).

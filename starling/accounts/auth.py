@@ -14,7 +14,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from starling.errors import MatrixError, unknown_token
+from starling.appservice.registration import AppService
+from starling.appservice.registry import AppServiceRegistry
+from starling.errors import MatrixError, forbidden, unknown_token
 from starling.storage.accounts import AccountStore, TokenSession
 
 TOKEN_CACHE_SECONDS = 60.0
@@ -30,6 +32,12 @@ class Requester:
     is_guest: bool = False
     shadow_banned: bool = False
     """Set by an admin: the user's sends succeed for them but reach nobody (Synapse)."""
+    app_service: AppService | None = None
+    """Set when an application service's ``as_token`` made the request."""
+
+    @property
+    def rate_limited(self) -> bool:
+        return self.app_service is None or self.app_service.rate_limited
 
 
 # Tokens we issue are ~44 characters; configured (appservice) ones are bounded by this too.
@@ -37,14 +45,22 @@ MAX_TOKEN_LENGTH = 1024
 
 
 class RequestAuthenticator:
-    def __init__(self, store: AccountStore) -> None:
+    def __init__(self, store: AccountStore, app_services: AppServiceRegistry | None = None) -> None:
         self._store = store
+        self._app_services = app_services or AppServiceRegistry()
         self._cache: dict[str, tuple[TokenSession, float]] = {}
 
-    async def requester_for_token(self, token: str) -> Requester:
-        """The requester owning `token`; M_UNKNOWN_TOKEN (401) if none or expired."""
+    async def requester_for_token(self, token: str, user_id: str | None = None) -> Requester:
+        """The requester owning `token`; M_UNKNOWN_TOKEN (401) if none or expired.
+
+        An application service's ``as_token`` acts as its sender, or as `user_id` (the
+        request's ``user_id`` parameter, spec: "Identity assertion") when that user is
+        in its namespace and registered; `user_id` is ignored for any other token."""
         if len(token) > MAX_TOKEN_LENGTH:
             raise unknown_token()  # longer than any token this server issues
+        service = self._app_services.by_token(token) if self._app_services else None
+        if service is not None:
+            return await self._app_service_requester(service, token, user_id)
         now = time.monotonic()
         hit = self._cache.get(token)
         owner: TokenSession | None
@@ -77,6 +93,20 @@ class RequestAuthenticator:
             is_guest=owner.is_guest,
             shadow_banned=owner.shadow_banned,
         )
+
+    async def _app_service_requester(
+        self, service: AppService, token: str, user_id: str | None
+    ) -> Requester:
+        if user_id is None or user_id == service.sender:
+            return Requester(service.sender, None, False, token, app_service=service)
+        if not service.user_in_namespace(user_id):
+            raise forbidden("Application service cannot masquerade as this user")
+        record = await self._store.get_user(user_id)
+        if record is None:
+            raise forbidden("Application service has not registered this user")
+        if record.deactivated:
+            raise MatrixError(401, "M_USER_DEACTIVATED", "This account has been deactivated")
+        return Requester(user_id, None, False, token, app_service=service)
 
     def invalidate_token(self, token: str) -> None:
         self._cache.pop(token, None)

@@ -31,11 +31,12 @@ from starling.accounts.uia import (
     UserInteractiveAuth,
     check_dummy,
 )
+from starling.appservice.registry import AppServiceRegistry, exclusive_error
 from starling.config import Config, RateLimit
 from starling.errors import MatrixError, bad_json, forbidden, limit_exceeded, missing_param
 from starling.ratelimit import RateLimits, TokenBuckets
 from starling.rooms.membership import MembershipService
-from starling.storage.accounts import AccountStore, UIAuthSession
+from starling.storage.accounts import AccountStore, UIAuthSession, UserExists
 from starling.storage.accounts import Device as Device  # what list_devices answers
 from starling.storage.memberships import MembershipStore
 from starling.storage.profiles import ProfileStore
@@ -169,8 +170,10 @@ class AccountService:
         rate_limits: RateLimits,
         clock_ms: Callable[[], int] = _now_ms,
         refreshable_token_lifetime_ms: int = REFRESHABLE_TOKEN_LIFETIME_MS,
+        app_services: AppServiceRegistry | None = None,
     ) -> None:
         self._config = config
+        self._app_services = app_services or AppServiceRegistry()
         self._store = store
         self.uia = uia
         self._passwords = passwords
@@ -190,6 +193,13 @@ class AccountService:
     @property
     def server_name(self) -> str:
         return self._config.server_name
+
+    @property
+    def has_app_services(self) -> bool:
+        return bool(self._app_services)
+
+    async def requester_for_token(self, token: str) -> Requester:
+        return await self._auth.requester_for_token(token)
 
     # -- device listeners
 
@@ -407,6 +417,8 @@ class AccountService:
             raise MatrixError(
                 400, "M_INVALID_USERNAME", "Numeric user IDs are reserved for guest users"
             )
+        if self._app_services.user_reserved(user_id):
+            raise exclusive_error(f"{user_id} is reserved by an application service")
         return user_id
 
     async def registration_token_valid(self, ip: str, token: str) -> bool:
@@ -494,6 +506,70 @@ class AccountService:
             req.initial_device_display_name,
             inhibit_login=req.inhibit_login,
             refreshable=req.refresh_token,
+        )
+
+    async def register_app_service_user(
+        self, requester: Requester, username: str | None, req: RegistrationRequest
+    ) -> dict[str, Any]:
+        """POST /register with ``type: m.login.application_service``: the service creates
+        a user of its namespace, with no password and no user-interactive auth (spec:
+        application-service-api "Server admin style permissions")."""
+        service = requester.app_service
+        if service is None:
+            raise MatrixError(401, "M_MISSING_TOKEN", "An application service token is required")
+        if username is None:
+            raise missing_param("Missing 'username'")
+        user_id = local_user_id(self.server_name, username.lower())
+        if not service.user_in_namespace(user_id):
+            raise exclusive_error(f"{user_id} is not in this application service's namespace")
+        if self._app_services.user_reserved(user_id, allowed=service):
+            raise exclusive_error(f"{user_id} is reserved by another application service")
+        try:
+            await self._store.create_user(user_id, None, appservice_id=service.id)
+        except UserExists:
+            raise _user_in_use(user_id) from None
+        return await self._after_registration(
+            user_id,
+            req.device_id,
+            req.initial_device_display_name,
+            inhibit_login=req.inhibit_login,
+            refreshable=req.refresh_token,
+        )
+
+    async def ensure_app_service_senders(self) -> None:
+        """Each service's own user exists (created at start, as Synapse does)."""
+        for service in self._app_services.services:
+            if await self._store.user_exists(service.sender):
+                continue
+            try:
+                await self._store.create_user(service.sender, None, appservice_id=service.id)
+            except UserExists:
+                continue
+            localpart = service.sender[1:].split(":", 1)[0]
+            await self._profiles.create_profile(service.sender, localpart)
+
+    async def login_as_app_service_user(
+        self,
+        requester: Requester,
+        user: str,
+        *,
+        device_id: str | None,
+        initial_display_name: str | None,
+        refreshable: bool,
+    ) -> Session:
+        """POST /login with ``m.login.application_service``: a session for a user of the
+        calling service's namespace."""
+        service = requester.app_service
+        if service is None:
+            raise MatrixError(401, "M_MISSING_TOKEN", "An application service token is required")
+        user_id = self._login_user_id(user)
+        if user_id is None or not service.owns_user(user_id):
+            raise forbidden("This user is not in the application service's namespace")
+        record = await self._store.get_user(user_id)
+        if record is None or record.deactivated:
+            raise forbidden("Invalid user")
+        return await self.issue_session(
+            user_id, device_id, initial_display_name, refreshable=refreshable
         )
 
     async def register_guest(

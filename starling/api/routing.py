@@ -47,7 +47,9 @@ ORIGIN_KEY = web.RequestKey("origin", str)
 
 
 class TokenAuthenticator(Protocol):
-    async def requester_for_token(self, token: str) -> Requester: ...
+    async def requester_for_token(self, token: str, user_id: str | None = None) -> Requester:
+        """`user_id`: the request's ``user_id`` parameter (application services)."""
+        ...
 
 
 class Auth(Enum):
@@ -210,7 +212,7 @@ async def _authenticate_user(
     token = access_token_from(request)
     if token is None:
         raise missing_token()
-    found = await auth.requester_for_token(token)
+    found = await auth.requester_for_token(token, request.query.get("user_id"))
     if found.is_guest and not guests:
         raise MatrixError(
             403, "M_GUEST_ACCESS_FORBIDDEN", "Guest accounts may not use this endpoint"
@@ -221,6 +223,8 @@ async def _authenticate_user(
 
 
 async def _spend(rate_limits: RateLimits, rate_limit: RateClass, key: str) -> None:
+    """Spend the limit; requesters exempt from limits (``rate_limited: false`` application
+    services) never get here."""
     if rate_limit is RateClass.MESSAGE:
         await rate_limits.check_message(key)
 
@@ -245,11 +249,13 @@ def guarded(route: Route, guards: Guards) -> Handler:
         key: str | None = None
         if kind is Auth.USER:
             assert auth is not None
-            key = (await _authenticate_user(request, auth, guests)).user_id
+            found = await _authenticate_user(request, auth, guests)
+            key = found.user_id if found.rate_limited else None
         elif kind is Auth.OPTIONAL:
             assert auth is not None
             if access_token_from(request) is not None:
-                key = (await _authenticate_user(request, auth, guests)).user_id
+                found = await _authenticate_user(request, auth, guests)
+                key = found.user_id if found.rate_limited else None
         elif kind is Auth.ADMIN:
             assert auth is not None
             admin = await _authenticate_user(request, auth, guests)

@@ -17,6 +17,7 @@ from starling.admin.media import AdminMedia
 from starling.admin.reports import ContentReports
 from starling.admin.rooms import AdminRooms
 from starling.admin.users import AdminUsers
+from starling.appservice.queries import AppServiceQueries
 from starling.config import Config
 from starling.directory.service import DirectoryService
 from starling.e2ee.services import E2ee
@@ -112,6 +113,8 @@ class Services:
     openid: OpenIdTokens
     # /timestamp_to_event (client and federation)
     timestamps: TimestampLookup
+    # application services: their queries (users, aliases, third-party lookups, ping)
+    app_service_queries: AppServiceQueries
     # federation transport: signed outbound client, keyring, key answers, inbound limits
     federation: FederationTransport
     # outbound federation: the per-destination transaction queues

@@ -2,7 +2,9 @@
 "Listing rooms").
 
 Aliases: only this server's aliases can be created here; the creator must be in the
-room (server admins need not be). An alias may be deleted by its creator, a server
+room (server admins and application services need not be). An alias in an application
+service's exclusive namespace is that service's alone (M_EXCLUSIVE for anyone else), and
+an unknown alias in a service's namespace is asked of the service before it is 404. An alias may be deleted by its creator, a server
 admin, or anyone allowed to change the room's m.room.canonical_alias; the canonical
 alias event is then updated if it named the alias (as Synapse does).
 
@@ -21,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from starling.accounts.auth import Requester
+from starling.appservice.registry import AppServiceRegistry, exclusive_error
 from starling.errors import MatrixError, forbidden, invalid_param, not_found
 from starling.protocol.event import Event
 from starling.protocol.identifiers import is_valid_room_alias, is_valid_room_id
@@ -46,6 +49,8 @@ RemotePublicRooms = Callable[
 ]
 # Resolves another server's room alias over federation: alias -> (room ID, servers).
 RemoteAliasLookup = Callable[[str], Awaitable[tuple[str, list[str]]]]
+# Asks the application services whose namespace holds a local alias to create it.
+AliasQuery = Callable[[str], Awaitable[bool]]
 
 
 def _entry(room_id: str, state: dict[str, dict[str, Any]], joined: int) -> dict[str, Any]:
@@ -120,6 +125,14 @@ class DirectoryService:
         self._public: set[str] | None = None
         self._entries: dict[str, dict[str, Any]] = {}
         self._stale: set[str] = set()
+        self._app_services = AppServiceRegistry()
+        self._query_alias: AliasQuery | None = None
+
+    def use_app_services(self, registry: AppServiceRegistry, query_alias: AliasQuery) -> None:
+        """Aliases in exclusive namespaces are the services' own; an unknown alias in a
+        namespace is asked of its services (spec: application service API, "Querying")."""
+        self._app_services = registry
+        self._query_alias = query_alias
 
     # --- aliases ---------------------------------------------------------------------
 
@@ -163,9 +176,15 @@ class DirectoryService:
         self._check_local_alias(alias)
         if not is_valid_room_id(room_id):
             raise invalid_param(f"{room_id!r} is not a room ID")
+        service = requester.app_service
+        if service is not None and not service.alias_in_namespace(alias):
+            raise exclusive_error(f"{alias} is not in this application service's namespace")
+        if self._app_services.alias_reserved(alias, allowed=service):
+            raise exclusive_error(f"{alias} is reserved by an application service")
         if await self._events.get_room_version(room_id) is None:
             raise not_found(f"Unknown room {room_id}")
-        if not requester.is_admin:
+        # An application service manages the aliases of its namespace (as in Synapse).
+        if not requester.is_admin and service is None:
             membership = await self._memberships.get_membership(room_id, requester.user_id)
             if membership is None or membership.membership != "join":
                 raise forbidden("You must be in the room to create an alias for it")
@@ -183,6 +202,8 @@ class DirectoryService:
             remote_id, servers = await self._remote_alias_lookup(alias)
             return {"room_id": remote_id, "servers": servers}
         room_id = await self._aliases.get_alias(alias)
+        if room_id is None and self._query_alias is not None and await self._query_alias(alias):
+            room_id = await self._aliases.get_alias(alias)  # the service has created it
         if room_id is None:
             raise not_found(f"Room alias {alias} not found")
         return {"room_id": room_id, "servers": await self._servers_in_room(room_id)}
@@ -200,7 +221,11 @@ class DirectoryService:
         if room_id is None:
             raise not_found(f"Room alias {alias} not found")
         creator = await self._aliases.get_alias_creator(alias)
-        if creator != requester.user_id and not await self._can_moderate(requester, room_id):
+        service = requester.app_service
+        own = creator == requester.user_id or (
+            service is not None and service.alias_in_namespace(alias, exclusive=True)
+        )
+        if not own and not await self._can_moderate(requester, room_id):
             raise forbidden("You don't have permission to delete the alias")
         if not await self._aliases.delete_alias(alias):
             raise not_found(f"Room alias {alias} not found")

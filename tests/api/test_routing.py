@@ -43,7 +43,7 @@ USERS = {
 
 
 class FakeTokens:
-    async def requester_for_token(self, token: str) -> Requester:
+    async def requester_for_token(self, token: str, user_id: str | None = None) -> Requester:
         if token not in USERS:
             raise unknown_token()
         return USERS[token]

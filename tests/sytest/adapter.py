@@ -15,7 +15,8 @@ What SyTest assumes of every homeserver, and how it is set here:
   loopback addresses (`ip_range_blacklist: []`); no notary (`trusted_key_servers: []`);
 - open registration with the dummy stage, the shared secret from the JSON, guest access;
 - no rate limits (`--no-rate-limit`);
-- URL previews on, loopback pages allowed (SyTest serves the page it previews).
+- URL previews on, loopback pages allowed (SyTest serves the page it previews);
+- SyTest's application-service registration files (`app_service_config_files`).
 
 Database: SQLite in the server's directory, or PostgreSQL when `$STARLING_SYTEST_POSTGRES`
 names an admin connection (e.g. `postgresql://postgres@127.0.0.1:5432/postgres`): then a
@@ -74,6 +75,8 @@ def sytest_settings(hs: dict[str, Any]) -> dict[str, Any]:
         # SyTest's push gateway (and app services) serve HTTPS with its test CA.
         "use_insecure_ssl_client_just_for_testing_do_not_use": True,
         "url_preview_ip_range_whitelist": ["127.0.0.0/8", "::1/128"],
+        # SyTest's application services (Synapse-format registration files it wrote).
+        "app_service_config_files": list(hs.get("app_service_config_files") or []),
         "log_level": os.environ.get("STARLING_SYTEST_LOG_LEVEL", "INFO"),
     }
     return settings

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from starling.accounts.auth import Requester
 from starling.accounts.registration import check_password
 from starling.accounts.service import (
     AccountService,
@@ -22,8 +23,17 @@ from starling.accounts.service import (
 )
 from starling.api.client.common import body_str
 from starling.api.http import json_response, read_json_object
-from starling.api.routing import requester_of
-from starling.errors import MatrixError, bad_json, invalid_param, missing_param, not_found
+from starling.api.routing import access_token_from, requester_of
+from starling.errors import (
+    MatrixError,
+    bad_json,
+    invalid_param,
+    missing_param,
+    missing_token,
+    not_found,
+)
+
+APP_SERVICE_LOGIN = "m.login.application_service"
 
 MAX_DEVICES_PER_REQUEST = 1000
 MAX_DEVICE_ID_LENGTH = 255
@@ -82,8 +92,26 @@ class AccountRoutes:
             refresh_token=refresh,
             auth=body.get("auth"),
         )
+        auth = body.get("auth")
+        auth_type = auth.get("type") if isinstance(auth, dict) else None
+        if APP_SERVICE_LOGIN in (body.get("type"), auth_type):
+            # An application service registering a user of its namespace.
+            requester = await self._app_service_requester(request)
+            result = await self.accounts.register_app_service_user(requester, req.username, req)
+            return json_response(result)
         result = await self.accounts.register(_remote(request), req, request.path)
         return json_response(result)
+
+    async def _app_service_requester(self, request: web.Request) -> Requester:
+        token = access_token_from(request)
+        if token is None:
+            raise missing_token()
+        requester = await self.accounts.requester_for_token(token)
+        if requester.app_service is None:
+            raise MatrixError(
+                401, "M_UNKNOWN_TOKEN", "m.login.application_service needs an as_token"
+            )
+        return requester
 
     # GET /_matrix/client/v3/register/available
     # (spec: client-server-api/#get_matrixclientv3registeravailable)
@@ -106,13 +134,26 @@ class AccountRoutes:
     # GET /_matrix/client/v3/login
     # (spec: client-server-api/#get_matrixclientv3login)
     async def login_flows(self, request: web.Request) -> web.Response:
-        return json_response({"flows": [{"type": "m.login.password"}]})
+        flows = [{"type": "m.login.password"}]
+        if self.accounts.has_app_services:
+            flows.append({"type": APP_SERVICE_LOGIN})
+        return json_response({"flows": flows})
 
     # POST /_matrix/client/v3/login
     # (spec: client-server-api/#post_matrixclientv3login)
     async def login(self, request: web.Request) -> web.Response:
         body = await read_json_object(request)
         login_type = body_str(body, "type", required=True)
+        if login_type == APP_SERVICE_LOGIN:
+            requester = await self._app_service_requester(request)
+            session = await self.accounts.login_as_app_service_user(
+                requester,
+                identifier_user(body),
+                device_id=_device_id(body),
+                initial_display_name=body_str(body, "initial_device_display_name"),
+                refreshable=_bool(body, "refresh_token", False),
+            )
+            return json_response({**session.to_json(), "home_server": self.server_name})
         if login_type != "m.login.password":
             raise MatrixError(400, "M_UNKNOWN", f"Unknown login type {login_type!r}")
         user = identifier_user(body)
@@ -193,9 +234,11 @@ class AccountRoutes:
         body = await read_json_object(request, allow_empty=True)
         erase = _bool(body, "erase", False)
         body_str(body, "id_server")
-        await self.accounts.require_password_auth(
-            requester, body.get("auth"), request.path, request.method
-        )
+        if requester.app_service is None:
+            # An application service deactivates its users without user-interactive auth.
+            await self.accounts.require_password_auth(
+                requester, body.get("auth"), request.path, request.method
+            )
         await self.accounts.deactivate(requester.user_id, erase=erase)
         # No third-party IDs are bound here, so there was nothing to unbind.
         return json_response({"id_server_unbind_result": "success"})

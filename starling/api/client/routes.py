@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from starling.api.client.account_data import AccountDataRoutes
 from starling.api.client.accounts import AccountRoutes
+from starling.api.client.appservice import AppServiceRoutes
 from starling.api.client.capabilities import CapabilityRoutes
 from starling.api.client.directory import DirectoryRoutes
 from starling.api.client.filters import FilterRoutes
@@ -74,6 +75,7 @@ def client_table(svc: Services) -> RouteTable:
     voip = VoipRoutes(svc.config)
     openid = OpenIdRoutes(svc.openid)
     timestamps = TimestampRoutes(svc.timestamps)
+    appservice = AppServiceRoutes(svc.app_service_queries)
     user_directory = UserDirectoryRoutes(svc.config.user_directory.enabled, svc.user_directory)
     search = SearchRoutes(svc.search)
     hierarchy = HierarchyRoutes(svc.hierarchy)
@@ -246,11 +248,13 @@ def client_table(svc: Services) -> RouteTable:
         post("/rooms/{roomId}/report", reports.report_room, rate_limit=RateClass.MESSAGE),
         # VoIP and third-party networks
         get("/voip/turnServer", voip.turn_server, guests=True),
-        get("/thirdparty/protocols", voip.protocols),
-        get("/thirdparty/protocol/{protocol}", voip.unknown_protocol),
-        get("/thirdparty/location/{protocol}", voip.unknown_protocol),
-        get("/thirdparty/user/{protocol}", voip.unknown_protocol),
-        get("/thirdparty/location", voip.unknown_protocol),
-        get("/thirdparty/user", voip.unknown_protocol),
+        get("/thirdparty/protocols", appservice.protocols),
+        get("/thirdparty/protocol/{protocol}", appservice.protocol),
+        get("/thirdparty/location/{protocol}", appservice.location),
+        get("/thirdparty/user/{protocol}", appservice.user),
+        get("/thirdparty/location", appservice.location_reverse),
+        get("/thirdparty/user", appservice.user_reverse),
+        # Application services
+        post("/appservice/{appserviceId}/ping", appservice.ping, versions=V1),
     ]
     return RouteTable("client", PREFIX, ("v3",), routes)

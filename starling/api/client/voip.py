@@ -1,15 +1,14 @@
 """VoIP and third-party-network discovery.
 
 Spec: client-server-api modules/voip_events.md (GET /voip/turnServer) and
-modules/third_party_networks.md (GET /thirdparty/protocols).
+modules/third_party_networks.md.
 
 TURN credentials follow the TURN REST API convention that coturn's `use-auth-secret`
 implements (and Synapse uses): username `<expiry seconds>:<user ID>`, password the base64
 HMAC-SHA1 of the username keyed with `turn_shared_secret`; or fixed `turn_username` and
 `turn_password`. With no TURN server configured the answer is `{}`, as Synapse's.
 
-Third-party networks come from application services, which this server does not host
-yet, so the protocol list is empty and any named protocol is unknown.
+Third-party networks come from application services: see `api/client/appservice.py`.
 """
 
 from __future__ import annotations
@@ -68,17 +67,3 @@ class VoipRoutes:
                 "ttl": lifetime_ms // 1000,
             }
         )
-
-    # GET /_matrix/client/v3/thirdparty/protocols
-    # (spec: client-server-api/#get_matrixclientv3thirdpartyprotocols)
-    async def protocols(self, request: web.Request) -> web.Response:
-        return json_response({})
-
-    # GET /_matrix/client/v3/thirdparty/location
-    # GET /_matrix/client/v3/thirdparty/location/{protocol}
-    # GET /_matrix/client/v3/thirdparty/protocol/{protocol}
-    # GET /_matrix/client/v3/thirdparty/user
-    # GET /_matrix/client/v3/thirdparty/user/{protocol}
-    # (spec: client-server-api/#get_matrixclientv3thirdpartylocation)
-    async def unknown_protocol(self, request: web.Request) -> web.Response:
-        raise MatrixError(404, "M_NOT_FOUND", "No third-party networks are bridged here")

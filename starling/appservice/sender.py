@@ -1,0 +1,251 @@
+"""Pushing events to application services: PUT /_matrix/app/v1/transactions/{txnId}
+(spec: application-service-api "Pushing events").
+
+One task per service with a URL. It reads the events stream from the service's stored
+position, keeps the events the service is interested in, and stores them as the next
+transaction while moving the position past them, in one database transaction
+(`storage/appservice.py`). Stored transactions are sent oldest first, one at a time, each
+under its own ID until the service accepts it: so delivery is ordered, survives restarts,
+and a retried transaction carries the same ID (the service deduplicates on it). A failure
+waits with exponential backoff (from `initial_backoff`, doubling, capped at `max_backoff`)
+before the same transaction is tried again. New events only wake the task; it never
+trusts in-memory callbacks for what to send.
+
+A service is interested in an event (as Synapse decides) when its namespaces hold the
+sender, the state key of a membership event, the room ID, one of the room's local
+aliases, or a user joined to the room; its own sender counts as in its namespace.
+
+Ephemeral data (typing, receipts, presence) for services with ``receive_ephemeral`` is
+queued in memory and put into the next transaction (as ``ephemeral`` and MSC2409's
+``de.sorunome.msc2409.ephemeral``); it is not kept across a restart, as it is ephemeral.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+
+from starling.appservice.client import AppServiceClient
+from starling.appservice.registration import AppService
+from starling.appservice.registry import AppServiceRegistry
+from starling.protocol.event import Event
+from starling.storage.aliases import AliasStore
+from starling.storage.appservice import AppServiceStore
+from starling.storage.events import EventStore, StoredEvent
+from starling.storage.memberships import MembershipStore
+
+logger = logging.getLogger(__name__)
+
+MAX_EVENTS_PER_TRANSACTION = 100
+MAX_EPHEMERAL_PER_TRANSACTION = 100
+MAX_QUEUED_EPHEMERAL = 1000
+
+
+def client_event(stored: StoredEvent, now_ms: int) -> dict[str, Any]:
+    """The Client-Server format of a room event, as transactions carry it."""
+    event, meta = stored
+    content = event.pdu.get("content")
+    out: dict[str, Any] = {
+        "event_id": event.event_id,
+        "type": event.type,
+        "content": content if isinstance(content, dict) else {},
+        "sender": event.sender,
+        "origin_server_ts": event.origin_server_ts,
+        "room_id": event.room_id,
+        "unsigned": {"age": max(0, now_ms - event.origin_server_ts)},
+    }
+    if event.state_key is not None:
+        out["state_key"] = event.state_key
+    if meta.replaces_state is not None:
+        out["unsigned"]["replaces_state"] = meta.replaces_state
+    if event.type == "m.room.redaction" and event.redacts is not None:
+        out["redacts"] = event.redacts
+    return out
+
+
+class _Interest:
+    """Answers "is this service interested in this event" for one batch, loading each
+    room's members and aliases at most once."""
+
+    def __init__(self, memberships: MembershipStore, aliases: AliasStore) -> None:
+        self._memberships = memberships
+        self._aliases = aliases
+        self._joined: dict[str, frozenset[str]] = {}
+        self._room_aliases: dict[str, list[str]] = {}
+
+    async def __call__(self, service: AppService, event: Event) -> bool:
+        if service.owns_user(event.sender):
+            return True
+        if event.type == "m.room.member" and event.state_key is not None:
+            if service.owns_user(event.state_key):
+                return True
+        if service.room_in_namespace(event.room_id):
+            return True
+        if service.aliases:
+            aliases = self._room_aliases.get(event.room_id)
+            if aliases is None:
+                aliases = self._room_aliases[event.room_id] = await self._aliases.aliases_for_room(
+                    event.room_id
+                )
+            if any(service.alias_in_namespace(a) for a in aliases):
+                return True
+        joined = self._joined.get(event.room_id)
+        if joined is None:
+            joined = self._joined[event.room_id] = await self._memberships.get_joined_users(
+                event.room_id
+            )
+        return any(service.owns_user(u) for u in joined)
+
+
+class AppServiceSender:
+    def __init__(
+        self,
+        registry: AppServiceRegistry,
+        store: AppServiceStore,
+        events: EventStore,
+        memberships: MembershipStore,
+        aliases: AliasStore,
+        client: AppServiceClient,
+        current_position: Callable[[], int],
+        *,
+        initial_backoff: float = 0.5,
+        max_backoff: float = 300.0,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self._registry = registry
+        self._store = store
+        self._events = events
+        self._memberships = memberships
+        self._aliases = aliases
+        self._client = client
+        self._current_position = current_position
+        self._initial_backoff = initial_backoff
+        self._max_backoff = max_backoff
+        self._clock_ms = clock_ms
+        self._wake: dict[str, asyncio.Event] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._ephemeral: dict[str, list[dict[str, Any]]] = {}
+        self.on_delivered: list[Callable[[str, int], Awaitable[None] | None]] = []
+
+    def _services(self) -> Sequence[AppService]:
+        return [s for s in self._registry.services if s.url]
+
+    async def start(self) -> None:
+        position = self._current_position()
+        for service in self._services():
+            await self._store.start_at(service.id, position)
+            self._wake[service.id] = asyncio.Event()
+            self._tasks[service.id] = asyncio.create_task(
+                self._run(service), name=f"appservice-sender-{service.id}"
+            )
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                logger.exception("application service sender failed")
+
+    def on_new_event(self, event: Event, position: int) -> None:
+        """A room-events listener: only a wake-up (the tasks read the stream)."""
+        for wake in self._wake.values():
+            wake.set()
+
+    def add_ephemeral(self, edu: dict[str, Any], users: Sequence[str] = ()) -> None:
+        """Queue ephemeral data for every ``receive_ephemeral`` service that owns one of
+        `users` (or, with no users given, for all of them)."""
+        for service in self._services():
+            if not service.receive_ephemeral:
+                continue
+            if users and not any(service.owns_user(u) for u in users):
+                continue
+            queue = self._ephemeral.setdefault(service.id, [])
+            if len(queue) >= MAX_QUEUED_EPHEMERAL:
+                del queue[0]  # the oldest goes: a service that is down misses some
+            queue.append(edu)
+            self._wake[service.id].set()
+
+    async def _run(self, service: AppService) -> None:
+        backoff = 0.0
+        wake = self._wake[service.id]
+        while True:
+            try:
+                pending = await self._store.oldest_pending(service.id)
+                if pending is not None:
+                    body = orjson.loads(pending.body)
+                    if await self._client.push_transaction(service, pending.txn_id, body):
+                        await self._store.delivered(service.id, pending.txn_id)
+                        backoff = 0.0
+                        for callback in self.on_delivered:
+                            result = callback(service.id, pending.txn_id)
+                            if result is not None:
+                                await result
+                        continue
+                    backoff = min(
+                        self._max_backoff, backoff * 2 if backoff else self._initial_backoff
+                    )
+                    await asyncio.sleep(backoff)
+                    continue
+                wake.clear()
+                if not await self._build_next(service):
+                    await wake.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("application service %s: sending failed", service.id)
+                await asyncio.sleep(max(backoff, self._initial_backoff))
+
+    async def _build_next(self, service: AppService) -> bool:
+        """Store the next transaction (or just move the position past events the service
+        does not care about); False when there was nothing new."""
+        known = await self._store.get_position(service.id)
+        position = known[0] if known is not None else self._current_position()
+        upto = self._current_position()
+        rows = (
+            await self._store.stream_event_ids(position, upto, MAX_EVENTS_PER_TRANSACTION)
+            if upto > position
+            else []
+        )
+        ephemeral = self._ephemeral.get(service.id, [])[:MAX_EPHEMERAL_PER_TRANSACTION]
+        if not rows and not ephemeral:
+            if upto > position:
+                await self._store.set_position(service.id, upto)
+            return False
+        new_position = rows[-1][1] if len(rows) == MAX_EVENTS_PER_TRANSACTION else upto
+        new_position = max(new_position, position)
+        stored = await self._events.get_events_with_meta(eid for eid, _ in rows)
+        interest = _Interest(self._memberships, self._aliases)
+        now = self._clock_ms()
+        events = []
+        for event_id, _ in rows:
+            pair = stored.get(event_id)
+            if pair is not None and await interest(service, pair[0]):
+                events.append(client_event(pair, now))
+        if not events and not ephemeral:
+            await self._store.set_position(service.id, new_position)
+            return True
+        body: dict[str, Any] = {"events": events}
+        if ephemeral:
+            body["ephemeral"] = ephemeral
+            body["de.sorunome.msc2409.ephemeral"] = ephemeral
+        txn_id = await self._store.enqueue(service.id, orjson.dumps(body).decode(), new_position)
+        del self._ephemeral.get(service.id, [])[: len(ephemeral)]
+        logger.debug(
+            "application service %s: transaction %d (%d events, %d ephemeral)",
+            service.id,
+            txn_id,
+            len(events),
+            len(ephemeral),
+        )
+        return True
