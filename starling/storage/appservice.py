@@ -1,4 +1,4 @@
-"""Application-service delivery queues (migration 0021): each service's position in the
+"""Application-service delivery queues (migration 0024): each service's position in the
 events stream, its last transaction ID, and the transactions built but not yet accepted.
 
 Building a transaction and moving the position past the events it holds is one database
