@@ -199,7 +199,7 @@ class RemoteDeviceLists:
             return
         keys: dict[str, str] = {}
         for field, key_type in (("master_key", "master"), ("self_signing_key", "self_signing")):
-            if field in content:
+            if content.get(field) is not None:
                 key_json = _key_of(content[field], user_id)
                 if key_json is None:
                     logger.info("unusable %s in a signing key update of %s", field, user_id)
@@ -336,7 +336,8 @@ class RemoteDeviceLists:
             )
         cross: dict[str, str] = {}
         for field, key_type in (("master_key", "master"), ("self_signing_key", "self_signing")):
-            if field in answer:
+            # Synapse sends null for a key the user does not have.
+            if answer.get(field) is not None:
                 key_json = _key_of(answer[field], user_id)
                 if key_json is None:
                     return None

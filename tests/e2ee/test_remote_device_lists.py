@@ -64,8 +64,10 @@ class FakeRemote:
                 for d, k in self.devices.items()
             ],
         }
-        if self.master is not None and user_id == BOB:
+        if user_id == BOB:
+            # Synapse's shape: null for a key the user does not have.
             answer["master_key"] = self.master
+            answer["self_signing_key"] = None
         return answer
 
     async def shares_room(self, user_id: str) -> bool:

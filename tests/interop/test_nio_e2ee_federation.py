@@ -3,7 +3,8 @@ vodozemac), both engines: Alice on server a and Bob on server b query and claim 
 other's keys over federation, share megolm sessions through to-device messages that
 cross servers, and exchange encrypted messages both ways that each side decrypts. Then
 Bob logs in on a second device on b: Alice's client hears of it through her server's
-device-list cache (the update crossed servers), and her next message decrypts on it."""
+device-list cache (the update crossed servers), and her next message decrypts on it; the
+same for a second device of Alice on a."""
 
 from __future__ import annotations
 
@@ -83,11 +84,13 @@ async def _conversation(
         )
 
     await until([alice, bob], both_joined_encrypted, "both saw the encrypted room with both in")
-    await _exchange(alice, bob, room_id)
-    await _second_device(sb, alice, bob, room_id, opened, tmp_path)
+    await exchange(alice, bob, room_id)
+    # A device added later, on either server, decrypts what comes after.
+    await second_device(sb, bob, alice, room_id, opened, tmp_path)
+    await second_device(sa, alice, bob, room_id, opened, tmp_path)
 
 
-async def _exchange(alice: Device, bob: Device, room_id: str) -> None:
+async def exchange(alice: Device, bob: Device, room_id: str) -> None:
 
     sent: list[tuple[str, Device, str]] = []
     for i in range(2):
@@ -118,38 +121,43 @@ async def _exchange(alice: Device, bob: Device, room_id: str) -> None:
         assert all(e.decrypted for e in device.texts if e.sender == other.user_id)
 
 
-async def _second_device(
-    sb: RunningServer,
-    alice: Device,
-    bob: Device,
+async def second_device(
+    server: RunningServer,
+    owner: Device,
+    sender: Device,
     room_id: str,
     opened: list[Any],
     tmp_path: Path,
-) -> None:
-    bob2_client = await login(sb, "bob", tmp_path / "bob-2", "bob second")
-    opened.append(bob2_client)
-    bob2 = Device("bob-2", bob2_client)
-    assert bob2.device_id != bob.device_id
-    await bob2.tick(timeout_ms=0)
-    assert bob2.uploads == 1, "Bob's second device did not upload keys after its first sync"
+) -> Device:
+    """`owner` logs in on a second device (on their `server`): `sender`'s client learns
+    of it through the device-list update that crossed servers, and `sender`'s next
+    message decrypts on both of the owner's devices."""
+    localpart = owner.user_id[1:].split(":", 1)[0]
+    new_client = await login(server, localpart, tmp_path / f"{owner.name}-2", "second")
+    opened.append(new_client)
+    new = Device(f"{owner.name}-2", new_client)
+    assert new.device_id != owner.device_id
+    await new.tick(timeout_ms=0)
+    assert new.uploads == 1, f"{new.name} did not upload keys after its first sync"
 
-    alice.device_lists_changed.clear()
+    sender.device_lists_changed.clear()
     await until(
-        [alice, bob2],
-        lambda: bob2.device_id in alice.client.device_store[bob.user_id],
-        "learned of Bob's second device on the other server (device_lists.changed, "
-        "then /keys/query)",
+        [sender, new],
+        lambda: new.device_id in sender.client.device_store[owner.user_id],
+        f"learned of {new.name} on the other server (device_lists.changed, then /keys/query)",
     )
-    assert bob.user_id in alice.device_lists_changed, "Alice was not told Bob's devices changed"
-    assert bob2_client.olm is not None
+    assert owner.user_id in sender.device_lists_changed, (
+        f"{sender.name} was not told {owner.name}'s devices changed"
+    )
+    assert new_client.olm is not None
     assert (
-        alice.client.device_store[bob.user_id][bob2.device_id].ed25519
-        == bob2_client.olm.account.identity_keys["ed25519"]
+        sender.client.device_store[owner.user_id][new.device_id].ed25519
+        == new_client.olm.account.identity_keys["ed25519"]
     )
 
-    later = "alice secret for both of Bob's devices"
+    later = f"{sender.name} secret for both of {owner.name}'s devices"
     later_id = expect(
-        await alice.client.room_send(
+        await sender.client.room_send(
             room_id,
             "m.room.message",
             {"msgtype": "m.text", "body": later},
@@ -162,10 +170,11 @@ async def _second_device(
         return any(e.event_id == later_id and e.body == later for e in device.texts)
 
     await until(
-        [alice, bob2, bob],
-        lambda: later_on(bob2) and later_on(bob),
-        f"decrypted Alice's {later!r} ({later_id}, sent after the second device appeared) "
-        "on both of Bob's devices",
+        [sender, new, owner],
+        lambda: later_on(new) and later_on(owner),
+        f"decrypted {sender.name}'s {later!r} ({later_id}, sent after the second device "
+        f"appeared) on both of {owner.name}'s devices",
     )
-    decrypted = next(e for e in bob2.texts if e.event_id == later_id)
-    assert decrypted.decrypted and decrypted.sender == alice.user_id
+    decrypted = next(e for e in new.texts if e.event_id == later_id)
+    assert decrypted.decrypted and decrypted.sender == sender.user_id
+    return new
