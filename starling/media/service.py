@@ -7,7 +7,10 @@ it goes. Commit and release of one hash are serialised by a per-hash lock, so a 
 never deleted between an upload writing it and the upload's row being inserted.
 
 Media of other servers goes through an optional `RemoteMediaFetcher` (federation plugs in
-there); without one, other servers' media is 404 `M_NOT_FOUND`.
+there; without one, other servers' media is 404 `M_NOT_FOUND`): fetched once per media
+(concurrent requests wait on the first), staged to disk under `max_upload_size`, then
+cached like local media (quarantine and deletion apply); a miss (not found, unreachable,
+too large) is remembered for `REMOTE_MISS_SECONDS`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass
@@ -44,6 +48,11 @@ MAX_CONTENT_TYPE = 255
 DEFAULT_TIMEOUT_MS = 20_000
 MAX_TIMEOUT_MS = 60_000
 MAX_DECODABLE_REMEMBERED = 10_000
+# A remote media its server did not have, or a server that could not be reached, is not
+# asked about again for this long (a client retrying, or many clients showing one broken
+# image, would otherwise each send a request; a dead server would cost each a timeout).
+REMOTE_MISS_SECONDS = 30.0
+MAX_REMOTE_MISSES = 10_000
 
 
 def _area(size: tuple[int, int]) -> int:
@@ -116,6 +125,14 @@ def check_upload_name(name: str | None) -> str | None:
     return name
 
 
+def _remote_upload_name(name: str | None) -> str | None:
+    """Another server's file name, if it is one we would accept (else none)."""
+    try:
+        return check_upload_name(name)
+    except MatrixError:
+        return None
+
+
 class MediaService:
     def __init__(
         self,
@@ -142,6 +159,7 @@ class MediaService:
         self._quota_locks: KeyedLock[str] = KeyedLock()
         self._thumb_locks: KeyedLock[tuple[str, str, int, int, str, bool]] = KeyedLock()
         self._remote_locks: KeyedLock[tuple[str, str]] = KeyedLock()
+        self._remote_misses: OrderedDict[tuple[str, str], tuple[float, MatrixError]] = OrderedDict()
         self._uploaded = asyncio.Condition()
         self._buckets = TokenBuckets()
         self._image_jobs = asyncio.Semaphore(max(1, os.cpu_count() or 1))
@@ -390,39 +408,57 @@ class MediaService:
             return info
         if self.remote is None or not allow_remote:
             raise not_found("Media not found")
-        async with self._remote_locks((server_name, media_id)):
+        key = (server_name, media_id)
+        async with self._remote_locks(key):
             info = await self.store.get_media(server_name, media_id)
             if info is not None and info.uploaded:
                 return info
-            async with self.remote.fetch(
-                server_name,
-                media_id,
-                max_bytes=self.max_upload_size,
-                timeout_ms=min(max(timeout_ms, 0), MAX_TIMEOUT_MS),
-            ) as fetched:
-                if fetched is None:
-                    raise not_found("Media not found")
-                try:
-                    staged = await self.files.stage_stream(fetched.chunks, self.max_upload_size)
-                except ContentTooLarge:
-                    raise MatrixError(502, "M_TOO_LARGE", "Remote content is too large") from None
-            row = NewMedia(
-                server_name=server_name,
-                media_id=media_id,
-                user_id=None,
-                content_type=clean_content_type(fetched.content_type),
-                upload_name=check_upload_name(fetched.upload_name),
-                media_length=staged.size,
-                sha256=staged.sha256,
-                created_ts=self._now_ms(),
-                # "New" for the freeze means newly cached (spec: content repository).
-                authenticated=self._config.enable_authenticated_media,
-            )
-            await self._commit(staged, lambda: self.store.insert_media(row))
+            miss = self._remote_misses.get(key)
+            if miss is not None:
+                if time.monotonic() < miss[0]:
+                    raise miss[1]
+                del self._remote_misses[key]
+            try:
+                await self._fetch_remote(server_name, media_id, timeout_ms)
+            except MatrixError as e:
+                if e.status in (404, 502):
+                    self._remote_misses[key] = (time.monotonic() + REMOTE_MISS_SECONDS, e)
+                    while len(self._remote_misses) > MAX_REMOTE_MISSES:
+                        self._remote_misses.popitem(last=False)
+                raise
         info = await self.store.get_media(server_name, media_id)
         if info is None:
             raise not_found("Media not found")
         return info
+
+    async def _fetch_remote(self, server_name: str, media_id: str, timeout_ms: int) -> None:
+        """Fetch another server's media into the cache (the caller holds its lock)."""
+        assert self.remote is not None
+        async with self.remote.fetch(
+            server_name,
+            media_id,
+            max_bytes=self.max_upload_size,
+            timeout_ms=min(max(timeout_ms, 0), MAX_TIMEOUT_MS),
+        ) as fetched:
+            if fetched is None:
+                raise not_found("Media not found")
+            try:
+                staged = await self.files.stage_stream(fetched.chunks, self.max_upload_size)
+            except ContentTooLarge:
+                raise MatrixError(502, "M_TOO_LARGE", "Remote content is too large") from None
+        row = NewMedia(
+            server_name=server_name,
+            media_id=media_id,
+            user_id=None,
+            content_type=clean_content_type(fetched.content_type),
+            upload_name=_remote_upload_name(fetched.upload_name),
+            media_length=staged.size,
+            sha256=staged.sha256,
+            created_ts=self._now_ms(),
+            # "New" for the freeze means newly cached (spec: content repository).
+            authenticated=self._config.enable_authenticated_media,
+        )
+        await self._commit(staged, lambda: self.store.insert_media(row))
 
     async def _existing_file(self, info: MediaInfo) -> MediaFile:
         assert info.sha256 is not None and info.media_length is not None

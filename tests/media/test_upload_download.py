@@ -293,6 +293,9 @@ async def test_remote_media_goes_through_the_fetcher_and_is_cached(hs: Harness) 
     assert origin.calls == 1  # fetched once, then served from the cache
     status, _, _ = await get(hs, f"{V1}/download/other.example/missing", token)
     assert status == 404
+    # Not asked again at once: the origin's answer is remembered for a while.
+    status, _, _ = await get(hs, f"{V1}/thumbnail/other.example/missing?width=5&height=5", token)
+    assert status == 404 and origin.calls == 2
     # allow_remote=false on the old endpoints never reaches out.
     status, _, _ = await get(hs, f"{V3}/download/other.example/remote2?allow_remote=false")
     assert status == 404 and origin.calls == 2
@@ -387,3 +390,4 @@ async def test_remote_media_over_the_size_limit_is_not_cached(make_hs: MakeHs) -
     status, _, body = await get(hs, f"{V1}/download/other.example/big", token)
     assert status == 502 and b"M_TOO_LARGE" in body
     assert await hs.services.media.get_media_info("other.example", "big") is None
+    assert not list((hs.services.media.files.root / "tmp").iterdir())  # nothing left staged
