@@ -23,6 +23,7 @@ from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.accounts.uia import UserInteractiveAuth
 from starling.admin.media import AdminMedia
+from starling.admin.notices import ServerNotices
 from starling.admin.reports import ContentReports
 from starling.admin.rooms import AdminRooms
 from starling.admin.users import AdminUsers
@@ -548,9 +549,21 @@ async def build_services(
         memberships=membership_store,
         rooms=AdminRoomStore(db, config.server_name, event_store, state_store, membership_store),
     )
+    server_notices = ServerNotices(
+        server_name=config.server_name,
+        config=config.server_notices,
+        accounts=account_store,
+        profiles=profile_store,
+        memberships=membership_store,
+        membership=membership,
+        creator=room_creator,
+        room_events=room_events,
+        account_data=extras.account_data,
+    )
     return Components(
         config=config,
         reports=reports,
+        server_notices=server_notices,
         admin_users=admin_users,
         admin_rooms=admin_rooms,
         admin_media=admin_media,

@@ -246,8 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("version", help="print the version", description="Print the version.")
     v.set_defaults(func=cmd_version)
 
+    from starling.admin.cli import add_admin_commands
     from starling.debug_cli import add_debug_commands
 
+    add_admin_commands(sub)
     add_debug_commands(sub)
     return parser
 

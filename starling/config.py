@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -197,6 +198,18 @@ class UserDirectoryConfig:
 
 
 @dataclass
+class ServerNoticesConfig:
+    """Synapse's `server_notices` section: off unless `system_mxid_localpart` is set."""
+
+    system_mxid_localpart: str | None = None
+    system_mxid_display_name: str | None = None
+    system_mxid_avatar_url: str | None = None
+    room_name: str = "Server Notices"
+    room_topic: str | None = None
+    auto_join: bool = False
+
+
+@dataclass
 class ThumbnailSize:
     width: int = 32
     height: int = 32
@@ -253,6 +266,7 @@ class Config:
     enable_metrics: bool = False
     presence: PresenceConfig = field(default_factory=PresenceConfig)
     user_directory: UserDirectoryConfig = field(default_factory=UserDirectoryConfig)
+    server_notices: ServerNoticesConfig = field(default_factory=ServerNoticesConfig)
 
     # VoIP: TURN servers handed to clients (/voip/turnServer), Synapse's keys.
     turn_uris: list[str] = field(default_factory=list)
@@ -487,6 +501,11 @@ def _check_semantics(cfg: Config) -> None:
         raise ConfigError("server_name: required (the domain in your users' IDs, e.g. example.org)")
     if not is_valid_server_name(cfg.server_name):
         raise ConfigError(f"server_name: {cfg.server_name!r} is not a valid Matrix server name")
+    localpart = cfg.server_notices.system_mxid_localpart
+    if localpart is not None and not re.fullmatch(r"[a-z0-9._=\-/+]+", localpart):
+        raise ConfigError(
+            f"server_notices.system_mxid_localpart: {localpart!r} is not a valid localpart"
+        )
     if cfg.default_room_version not in KNOWN_ROOM_VERSIONS:
         raise ConfigError(
             f"default_room_version: {cfg.default_room_version!r} is not supported; "

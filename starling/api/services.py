@@ -14,6 +14,7 @@ from starling.accounts.registration_tokens import RegistrationTokens
 from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.admin.media import AdminMedia
+from starling.admin.notices import ServerNotices
 from starling.admin.reports import ContentReports
 from starling.admin.rooms import AdminRooms
 from starling.admin.users import AdminUsers
@@ -70,6 +71,7 @@ class Services:
     admin_media: AdminMedia
     # content reports: users report events and rooms, admins read them
     reports: ContentReports
+    server_notices: ServerNotices
     # rooms
     rate_limits: RateLimits
     room_events: RoomEventService

@@ -12,13 +12,16 @@ from tests.support.harness import UNLIMITED_ROOM_RATES, Harness
 _GENEROUS = {"per_second": 1000, "burst_count": 1000}
 
 
+CONFIG: dict[str, Any] = {
+    **UNLIMITED_ROOM_RATES,
+    "rc_registration": _GENEROUS,
+    "rc_login": {"address": _GENEROUS, "account": _GENEROUS, "failed_attempts": _GENEROUS},
+}
+
+
 @pytest.fixture
 def hs_config() -> dict[str, Any]:
-    return {
-        **UNLIMITED_ROOM_RATES,
-        "rc_registration": _GENEROUS,
-        "rc_login": {"address": _GENEROUS, "account": _GENEROUS, "failed_attempts": _GENEROUS},
-    }
+    return dict(CONFIG)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.api.admin.federation import FederationDestinationsAdmin
 from starling.api.admin.media import AdminMediaRoutes
+from starling.api.admin.notices import AdminNoticeRoutes
 from starling.api.admin.reports import AdminReportRoutes
 from starling.api.admin.rooms import AdminRoomRoutes
 from starling.api.admin.users import AdminUserRoutes
@@ -192,5 +193,6 @@ def admin_table(svc: Services) -> RouteTable:
             *AdminMediaRoutes(svc.admin_media).routes(),
             # what users reported
             *AdminReportRoutes(svc.reports).routes(),
+            *AdminNoticeRoutes(svc.server_notices).routes(),
         ],
     )
