@@ -58,10 +58,11 @@ async def register_local_user(
     *,
     admin: bool = False,
     is_guest: bool = False,
+    password_hash: str | None = None,
 ) -> str:
-    """Create the account; M_USER_IN_USE if it exists. Returns the user ID."""
+    """Create the account; M_USER_IN_USE if it exists. Returns the user ID. The password
+    may be given already hashed (`password_hash`, from an earlier request)."""
     user_id = local_user_id(server_name, user)
-    password_hash = None
     if password is not None:
         check_password(password)
         password_hash = await hasher.hash(password)

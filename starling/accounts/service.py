@@ -25,6 +25,7 @@ from starling.accounts.uia import (
     DUMMY,
     PASSWORD,
     REGISTRATION_TOKEN,
+    AuthRequired,
     CompletedAuth,
     StageChecker,
     StageFailed,
@@ -143,7 +144,9 @@ class RegistrationRequest:
     password: str | None
     device_id: str | None
     initial_device_display_name: str | None
-    inhibit_login: bool
+    # None when the request does not say (a later request of a session then uses the
+    # first one's choice).
+    inhibit_login: bool | None
     refresh_token: bool
     auth: Any
 
@@ -459,11 +462,41 @@ class AccountService:
         return [[DUMMY]]
 
     async def register(self, ip: str, req: RegistrationRequest, uri: str) -> dict[str, Any]:
-        """POST /register (kind=user): validate, run UIA, create the account and log in."""
+        """POST /register (kind=user): validate, run UIA, create the account and log in.
+
+        As Synapse does, a session remembers the parameters of its first request (the
+        password only as its hash), so later requests may carry just `auth`; and once a
+        session has registered an account, a request retried with it gets that account
+        (logged in again) instead of an error."""
         self._check_registration_enabled()
+        auth = req.auth if isinstance(req.auth, dict) else None
+        session_id = auth.get("session") if auth is not None else None
+        state = await self.uia.session_state(session_id) if isinstance(session_id, str) else None
+        remembered = (state.params if state is not None else None) or {}
+        if state is not None and state.result is not None:
+            return await self._login_result(
+                state.result,
+                req.device_id or remembered.get("device_id"),
+                req.initial_device_display_name or remembered.get("initial_device_display_name"),
+                inhibit_login=bool(
+                    remembered.get("inhibit_login")
+                    if req.inhibit_login is None
+                    else req.inhibit_login
+                ),
+                refreshable=req.refresh_token,
+            )
+        username = req.username if req.username is not None else remembered.get("username")
+        device_id = req.device_id if req.device_id is not None else remembered.get("device_id")
+        display_name = req.initial_device_display_name
+        if display_name is None:
+            display_name = remembered.get("initial_device_display_name")
+        inhibit_login = req.inhibit_login
+        if inhibit_login is None:
+            inhibit_login = bool(remembered.get("inhibit_login", False))
+        password_hash = remembered.get("password_hash") if req.password is None else None
         user_id = None
-        if req.username is not None:
-            user_id = self._registrable_user_id(req.username)
+        if username is not None:
+            user_id = self._registrable_user_id(username)
             if await self._store.user_exists(user_id):
                 raise _user_in_use(user_id)
         if req.password is not None:
@@ -471,40 +504,68 @@ class AccountService:
         if req.auth is None:
             self._buckets.take("register_probe", ip, self._probe_limit)
         else:
-            if req.password is None:
+            if req.password is None and password_hash is None:
                 raise missing_param("Missing 'password'")
             await self._rate_limits.check_registration(ip)
         checkers: dict[str, StageChecker] = {
             DUMMY: check_dummy,
             REGISTRATION_TOKEN: self._check_registration_token_stage,
         }
-        done = await self.uia.authenticate(
-            req.auth,
-            uri=uri,
-            method="POST",
-            user_id=None,
-            flows=self.registration_flows(),
-            checkers=checkers,
-        )
-        assert req.password is not None  # auth was given, so the password was required
+        try:
+            done = await self.uia.authenticate(
+                req.auth,
+                uri=uri,
+                method="POST",
+                user_id=None,
+                flows=self.registration_flows(),
+                checkers=checkers,
+                keep_session=True,
+            )
+        except AuthRequired as e:
+            session = e.body.get("session")
+            if isinstance(session, str) and (state is None or state.params is None):
+                await self.uia.remember_params(
+                    session,
+                    {
+                        "username": username,
+                        "password_hash": (
+                            await self._passwords.hash(req.password)
+                            if req.password is not None
+                            else password_hash
+                        ),
+                        "device_id": device_id,
+                        "initial_device_display_name": display_name,
+                        "inhibit_login": inhibit_login,
+                    },
+                )
+            raise
         try:
             if user_id is None:
-                user_id = await self._create_generated_user(req.password, is_guest=False)
+                user_id = await self._create_generated_user(
+                    req.password, is_guest=False, password_hash=password_hash
+                )
             else:
                 await register_local_user(
-                    self._store, self._passwords, self.server_name, user_id, req.password
+                    self._store,
+                    self._passwords,
+                    self.server_name,
+                    user_id,
+                    req.password,
+                    password_hash=password_hash,
                 )
         except BaseException:
             if done.registration_token is not None:
                 await self._store.release_registration_token(done.registration_token)
+            await self.uia.release(done.session_id)
             raise
         if done.registration_token is not None:
             await self._store.complete_registration_token(done.registration_token)
+        await self.uia.record_result(done.session_id, user_id)
         return await self._after_registration(
             user_id,
-            req.device_id,
-            req.initial_device_display_name,
-            inhibit_login=req.inhibit_login,
+            device_id,
+            display_name,
+            inhibit_login=inhibit_login,
             refreshable=req.refresh_token,
         )
 
@@ -600,7 +661,9 @@ class AccountService:
             user_id, None, None, inhibit_login=False, refreshable=False, displayname=displayname
         )
 
-    async def _create_generated_user(self, password: str | None, *, is_guest: bool) -> str:
+    async def _create_generated_user(
+        self, password: str | None, *, is_guest: bool, password_hash: str | None = None
+    ) -> str:
         """An account with a free numeric localpart (how Synapse names generated users)."""
         for _ in range(20):
             localpart = str(secrets.randbelow(9 * 10**9) + 10**9)
@@ -615,6 +678,7 @@ class AccountService:
                     localpart,
                     password,
                     is_guest=is_guest,
+                    password_hash=password_hash,
                 )
             except MatrixError as e:
                 if e.errcode != "M_USER_IN_USE":
@@ -633,6 +697,23 @@ class AccountService:
     ) -> dict[str, Any]:
         localpart = user_id[1:].split(":", 1)[0]
         await self._profiles.create_profile(user_id, displayname or localpart)
+        return await self._login_result(
+            user_id,
+            device_id,
+            initial_display_name,
+            inhibit_login=inhibit_login,
+            refreshable=refreshable,
+        )
+
+    async def _login_result(
+        self,
+        user_id: str,
+        device_id: str | None,
+        initial_display_name: str | None,
+        *,
+        inhibit_login: bool,
+        refreshable: bool,
+    ) -> dict[str, Any]:
         if inhibit_login:
             return {"user_id": user_id, "home_server": self.server_name}
         session = await self.issue_session(

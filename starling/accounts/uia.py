@@ -77,6 +77,15 @@ class CompletedAuth:
     registration_token: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    # What the first request of the session asked for (registration), if remembered.
+    params: dict[str, Any] | None
+    # Used by an operation (kept sessions only); `result` is the account it registered.
+    claimed: bool
+    result: str | None
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -97,10 +106,13 @@ class UserInteractiveAuth:
         flows: Sequence[Sequence[str]],
         checkers: Mapping[str, StageChecker],
         params: Mapping[str, Any] | None = None,
+        keep_session: bool = False,
     ) -> CompletedAuth:
         """Advance the session in ``auth``; return once a flow is complete, else raise
         :class:`AuthRequired`. ``user_id`` is the authenticated requester (None for
-        registration); a session only serves the user, URI and method that started it."""
+        registration); a session only serves the user, URI and method that started it.
+        With ``keep_session`` the used session stays, marked claimed (see
+        `RegistrationSessions`)."""
         if auth is not None and not isinstance(auth, dict):
             raise bad_json("'auth' must be an object")
         auth = auth or {}
@@ -143,10 +155,37 @@ class UserInteractiveAuth:
 
         if not any(all(s in session.completed for s in f) for f in flows):
             raise required()
-        found, token = await self._store.claim_session(session.session_id)
+        if keep_session:
+            found, token = await self._store.keep_claimed(session.session_id)
+        else:
+            found, token = await self._store.claim_session(session.session_id)
         if not found:
             raise _unknown_session()
         return CompletedAuth(session.session_id, session.user_id, token)
+
+    # --- registration sessions: remembered parameters, replayed results ---------------
+
+    async def session_state(self, session_id: str) -> SessionState | None:
+        """A live session's remembered parameters and result (None: unknown/expired)."""
+        if len(session_id) > MAX_SESSION_ID_LENGTH:
+            return None
+        found = await self._store.get_session_state(session_id)
+        if found is None:
+            return None
+        created_ts, params, claimed, result = found
+        if created_ts < self._clock_ms() - SESSION_LIFETIME_MS:
+            return None
+        return SessionState(params, claimed, result)
+
+    async def remember_params(self, session_id: str, params: dict[str, Any]) -> None:
+        await self._store.set_params(session_id, params)
+
+    async def record_result(self, session_id: str, user_id: str) -> None:
+        await self._store.set_result(session_id, user_id)
+
+    async def release(self, session_id: str) -> None:
+        """A kept session's operation failed: it may be completed again."""
+        await self._store.unclaim(session_id)
 
     async def reserve_registration_token(self, session: UIAuthSession, token: str) -> bool:
         """For the registration-token stage: hold one use of ``token`` for ``session``."""

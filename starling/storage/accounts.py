@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
+import orjson
+
 from starling.storage.database import Database, Row, Transaction
 
 
@@ -723,6 +725,55 @@ class UIAuthStore:
                 session_id,
             )
         return (row is not None, None if row is None else row[0])
+
+    async def keep_claimed(self, session_id: str) -> tuple[bool, str | None]:
+        """Like `claim_session`, but the session stays (marked claimed, so it authorises
+        nothing more) for `set_result`: a registration retried with it is answered with
+        the account it made. False if it does not exist or was already claimed."""
+        async with self._db.transaction() as txn:
+            row = await txn.fetch_one(
+                "UPDATE ui_auth_sessions SET claimed = TRUE"
+                " WHERE session_id = ? AND NOT claimed RETURNING registration_token",
+                session_id,
+            )
+        return (row is not None, None if row is None else row[0])
+
+    async def unclaim(self, session_id: str) -> None:
+        """The claimed operation failed: the session may be used again."""
+        await self._db.execute(
+            "UPDATE ui_auth_sessions SET claimed = FALSE, registration_token = NULL"
+            " WHERE session_id = ? AND result_user_id IS NULL",
+            session_id,
+        )
+
+    async def set_result(self, session_id: str, user_id: str) -> None:
+        await self._db.execute(
+            "UPDATE ui_auth_sessions SET result_user_id = ? WHERE session_id = ?",
+            user_id,
+            session_id,
+        )
+
+    async def set_params(self, session_id: str, params: dict[str, Any]) -> None:
+        """Remember a request's parameters for the session (first ones win)."""
+        await self._db.execute(
+            "UPDATE ui_auth_sessions SET params = ? WHERE session_id = ? AND params IS NULL",
+            orjson.dumps(params).decode(),
+            session_id,
+        )
+
+    async def get_session_state(
+        self, session_id: str
+    ) -> tuple[int, dict[str, Any] | None, bool, str | None] | None:
+        """(created_ts, remembered params, claimed, registered user) of a session."""
+        row = await self._db.fetch_one(
+            "SELECT created_ts, params, claimed, result_user_id FROM ui_auth_sessions"
+            " WHERE session_id = ?",
+            session_id,
+        )
+        if row is None:
+            return None
+        params = orjson.loads(row[1]) if row[1] is not None else None
+        return int(row[0]), params if isinstance(params, dict) else None, bool(row[2]), row[3]
 
     async def delete_expired(self, created_before_ms: int) -> int:
         """Delete sessions created before the cutoff, releasing their token uses."""

@@ -46,15 +46,72 @@ async def test_nio_one_shot_dummy_auth_without_session(ohs: Harness) -> None:
     assert resp["user_id"] == "@bob:test.local"
 
 
-async def test_replayed_session_is_unknown(ohs: Harness) -> None:
+async def test_replayed_session_returns_the_same_account(ohs: Harness) -> None:
+    # As Synapse: a retried request (say, after a lost response) gets the account its
+    # session registered, logged in again, never a second account.
     status, first = await ohs.request("POST", f"{R}/register", body={})
     auth = {"type": "m.login.dummy", "session": first["session"]}
     body = {"username": "carol", "password": PASSWORD, "auth": auth}
-    status, _ = await ohs.request("POST", f"{R}/register", body=body)
+    status, done = await ohs.request("POST", f"{R}/register", body=body)
     assert status == 200
     body = {"username": "carol2", "password": PASSWORD, "auth": auth}
+    status, again = await ohs.request("POST", f"{R}/register", body=body)
+    assert status == 200, again
+    assert again["user_id"] == "@carol:test.local"
+    assert again["access_token"] != done["access_token"]
+    assert not await ohs.services.account_store.user_exists("@carol2:test.local")
+    status, who = await ohs.request("GET", f"{R}/account/whoami", again["access_token"])
+    assert status == 200 and who["user_id"] == "@carol:test.local"
+
+
+async def test_session_remembers_first_request_parameters(ohs: Harness) -> None:
+    body = {
+        "username": "dora",
+        "password": "übers3kr1t",
+        "device_id": "XYZZY",
+        "initial_device_display_name": "phone",
+        "inhibit_login": True,
+    }
+    status, first = await ohs.request("POST", f"{R}/register", body=body)
+    assert status == 401
+    auth = {"type": "m.login.dummy", "session": first["session"]}
+    status, resp = await ohs.request("POST", f"{R}/register", body={"auth": auth})
+    assert status == 200, resp
+    assert resp == {"user_id": "@dora:test.local", "home_server": "test.local"}
+    # The remembered password is the one that logs in.
+    login = {
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": "dora"},
+        "password": "übers3kr1t",
+        "device_id": "XYZZY",
+    }
+    status, resp = await ohs.request("POST", f"{R}/login", body=login)
+    assert status == 200, resp
+    # Without inhibit_login the remembered device and display name are used.
+    body = {
+        "username": "erin",
+        "password": PASSWORD,
+        "device_id": "D1",
+        "initial_device_display_name": "laptop",
+    }
+    status, first = await ohs.request("POST", f"{R}/register", body=body)
+    auth = {"type": "m.login.dummy", "session": first["session"]}
+    status, resp = await ohs.request("POST", f"{R}/register", body={"auth": auth})
+    assert status == 200 and resp["device_id"] == "D1", resp
+    status, dev = await ohs.request("GET", f"{R}/devices/D1", resp["access_token"])
+    assert status == 200 and dev["display_name"] == "laptop"
+
+
+async def test_failed_registration_leaves_session_usable(ohs: Harness) -> None:
+    await register(ohs, "frank")
+    status, first = await ohs.request("POST", f"{R}/register", body={})
+    auth = {"type": "m.login.dummy", "session": first["session"]}
+    body = {"username": "frank", "password": PASSWORD, "auth": auth}
     status, resp = await ohs.request("POST", f"{R}/register", body=body)
-    assert (status, resp["errcode"]) == (400, "M_UNKNOWN")
+    assert (status, resp["errcode"]) == (400, "M_USER_IN_USE")
+    body = {"username": "frank2", "password": PASSWORD, "auth": auth}
+    status, resp = await ohs.request("POST", f"{R}/register", body=body)
+    assert status == 200 and resp["user_id"] == "@frank2:test.local", resp
 
 
 async def test_unknown_session_and_stage(ohs: Harness) -> None:

@@ -88,7 +88,9 @@ class AccountRoutes:
             password=body_str(body, "password"),
             device_id=_device_id(body),
             initial_device_display_name=display_name,
-            inhibit_login=_bool(body, "inhibit_login", False),
+            inhibit_login=(
+                _bool(body, "inhibit_login", False) if "inhibit_login" in body else None
+            ),
             refresh_token=refresh,
             auth=body.get("auth"),
         )
