@@ -593,7 +593,7 @@ class AccountService:
             user_id,
             req.device_id,
             req.initial_device_display_name,
-            inhibit_login=req.inhibit_login,
+            inhibit_login=bool(req.inhibit_login),
             refreshable=req.refresh_token,
         )
 
