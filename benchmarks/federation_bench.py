@@ -20,6 +20,10 @@ remote homeserver in this process (`FakeRemote`: its own ed25519 key, served at
    Once B answers again, for `--nudge-after` seconds nothing else happens (the sender's own
    retry, or B pulling on its own); then B's user sends one message into the room (an inbound request from B, which both
    implementations take as "that server is back"); the table says whether that was needed.
+4. fan-out (issue 10): `--destinations` fake remotes (each its own server name, key and
+   TLS port) join a public room on A; A's user sends `--fanout-messages` messages one at a
+   time; each is timed from the send until every destination has received it in a /send
+   transaction (the median is reported), after one warm-up message.
 
 Run through benchmarks/run_federation.sh (benchmarks/README.md).
 """
@@ -82,6 +86,8 @@ class FakeRemote:
     name: str = ""
     rooms: dict[str, Dag] = field(default_factory=dict)
     received_pdus: int = 0
+    # the bodies of the m.room.message PDUs received by /send (the fan-out scenario)
+    received_bodies: set[str] = field(default_factory=set)
     # what the servers asked for and did not get (method path -> count): an endpoint the
     # fake remote lacks shows up here and in the report's notes
     misses: dict[str, int] = field(default_factory=dict)
@@ -145,6 +151,10 @@ class FakeRemote:
     async def send(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.received_pdus += len(body.get("pdus", []))
+        for pdu in body.get("pdus", []):
+            text = pdu.get("content", {}).get("body") if isinstance(pdu, dict) else None
+            if isinstance(text, str):
+                self.received_bodies.add(text)
         return web.json_response({"pdus": {}})
 
     async def event(self, request: web.Request) -> web.Response:
@@ -525,6 +535,44 @@ async def catch_up(
     }
 
 
+# --- scenario 4: fan-out --------------------------------------------------------------------
+
+
+async def fan_out(
+    server: FederatedServer, directory: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    pki = make_test_pki(directory / "fanout-pki")
+    remotes = [FakeRemote(pki) for _ in range(args.destinations)]
+    async with contextlib.AsyncExitStack() as stack:
+        for remote in remotes:
+            await stack.enter_async_context(remote.running())
+        alice = await server.register()
+        room_id = await server.create_room(
+            alice, preset="public_chat", room_version=ROOM_VERSION.identifier
+        )
+        for remote in remotes:
+            await remote_join(server, remote, room_id)
+
+        async def delivered(text: str) -> float:
+            start = time.perf_counter()
+            await server.send_message(alice, room_id, text)
+
+            async def everywhere() -> bool:
+                return all(text in r.received_bodies for r in remotes)
+
+            await eventually(everywhere, f"{text!r} at {len(remotes)} destinations", poll=0.005)
+            return time.perf_counter() - start
+
+        await delivered("warm-up")
+        times = sorted([await delivered(f"fan-out {i}") for i in range(args.fanout_messages)])
+    return {
+        "median_ms": 1000 * times[len(times) // 2],
+        "max_ms": 1000 * times[-1],
+        "destinations": len(remotes),
+        "messages": len(times),
+    }
+
+
 async def eventually(
     check: Callable[[], Any], what: str, *, timeout: float = WAIT, poll: float = 0.1
 ) -> None:
@@ -586,6 +634,9 @@ async def run_impl(impl: str, args: argparse.Namespace, scenarios: set[str]) -> 
                 if "catchup" in scenarios:
                     results["catchup"] = await catch_up(a, b, args)
                     print(impl, "catchup", results["catchup"], file=sys.stderr)
+                if "fanout" in scenarios:
+                    results["fanout"] = await fan_out(a, directory, args)
+                    print(impl, "fanout", results["fanout"], file=sys.stderr)
             except BaseException:
                 for server in (a, b):
                     print(
@@ -647,6 +698,14 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> str:
         "s",
         False,
     )
+    row(
+        f"one message to {args.destinations} destination servers (median of "
+        f"{args.fanout_messages})",
+        "fanout",
+        "median_ms",
+        "ms",
+        False,
+    )
     lines.append("")
     for impl, res in results.items():
         for key, value in res.items():
@@ -667,7 +726,9 @@ def main() -> None:
     parser.add_argument("--outage", type=float, default=30.0)
     parser.add_argument("--nudge-after", type=float, default=10.0)
     parser.add_argument("--only", choices=["starling", "synapse"])
-    parser.add_argument("--scenarios", default="send,join,catchup")
+    parser.add_argument("--destinations", type=int, default=20, help="fan-out destinations")
+    parser.add_argument("--fanout-messages", type=int, default=10)
+    parser.add_argument("--scenarios", default="send,join,catchup,fanout")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     # SIGTERM (e.g. from `timeout`) unwinds like ^C, so the servers are stopped.
@@ -676,6 +737,8 @@ def main() -> None:
     args.members = max(2, min(args.members, 5000))
     args.missed = max(1, min(args.missed, 500))
     args.outage = max(1.0, min(args.outage, 300.0))
+    args.destinations = max(1, min(args.destinations, 100))
+    args.fanout_messages = max(1, min(args.fanout_messages, 100))
     args.load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     scenarios = set(args.scenarios.split(","))
     results: dict[str, dict[str, Any]] = {}
