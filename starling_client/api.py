@@ -208,6 +208,47 @@ class Api:
     async def keys_claim(self, one_time_keys: dict[str, dict[str, str]]) -> dict[str, Any]:
         return await self.request("POST", f"{API}/keys/claim", {"one_time_keys": one_time_keys})
 
+    # ---- account data and key backup ----------------------------------------------------
+
+    async def get_account_data(self, user_id: str, event_type: str) -> dict[str, Any] | None:
+        try:
+            return await self.request(
+                "GET", f"{API}/user/{_q(user_id)}/account_data/{_q(event_type)}"
+            )
+        except MatrixError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def set_account_data(
+        self, user_id: str, event_type: str, content: dict[str, Any]
+    ) -> None:
+        await self.request(
+            "PUT", f"{API}/user/{_q(user_id)}/account_data/{_q(event_type)}", content
+        )
+
+    async def backup_version(self) -> dict[str, Any] | None:
+        try:
+            return await self.request("GET", f"{API}/room_keys/version")
+        except MatrixError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def create_backup_version(self, algorithm: str, auth_data: dict[str, Any]) -> str:
+        answer = await self.request(
+            "POST", f"{API}/room_keys/version", {"algorithm": algorithm, "auth_data": auth_data}
+        )
+        return str(answer["version"])
+
+    async def put_room_keys(self, version: str, rooms: dict[str, Any]) -> dict[str, Any]:
+        return await self.request(
+            "PUT", f"{API}/room_keys/keys", {"rooms": rooms}, params={"version": version}
+        )
+
+    async def get_room_keys(self, version: str) -> dict[str, Any]:
+        return await self.request("GET", f"{API}/room_keys/keys", params={"version": version})
+
     # ---- media ------------------------------------------------------------------------
 
     async def upload(self, data: bytes, content_type: str, filename: str | None = None) -> str:

@@ -9,6 +9,8 @@
     starling-chat --store DIR send-voice ROOM PATH.ogg
     starling-chat --store DIR tail ROOM [--count N] [--timeout S] [--json] [--save-dir D]
     starling-chat --store DIR verify USER_ID [DEVICE_ID] [--yes] [--wait] [--timeout S]
+    starling-chat --store DIR backup
+    starling-chat --store DIR restore --recovery-key KEY
     starling-chat --store DIR devices USER_ID [--json]
 
 The store's secrets are sealed with a key derived from a passphrase: STARLING_CHAT_PASSPHRASE,
@@ -31,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from starling_client.api import MatrixError
+from starling_client.backup import BackupError
 from starling_client.client import Client, Message
 from starling_client.store import StoreError
 from starling_client.verification import Sas
@@ -137,6 +140,29 @@ async def command(client: Client, args: argparse.Namespace) -> int:
         room_id = resolve_room(client, args.room)
         save_dir = Path(args.save_dir) if args.save_dir else Path(args.store) / "downloads"
         await tail(client, room_id, args.count, args.timeout, args.json, save_dir)
+    elif args.command == "backup":
+        status = await client.backup_status()
+        if status["version"] is None:
+            recovery_key = await client.create_backup()
+            status = await client.backup_status()
+            print(f"recovery key: {recovery_key}", file=out)
+            print(
+                "Write it down: it is shown only now, and restores your keys on a new device.",
+                file=out,
+            )
+        elif not status["this_device_has_key"]:
+            raise CliError(
+                f"a key backup (version {status['version']}) exists but this device does not "
+                "hold its key: run 'restore --recovery-key KEY'"
+            )
+        else:
+            await client.upload_room_keys()
+            status = await client.backup_status()
+        print(f"backup version {status['version']}: {status['count']} room keys", file=out)
+    elif args.command == "restore":
+        count = await client.restore_backup(args.recovery_key)
+        status = await client.backup_status()
+        print(f"restored {count} room keys from backup version {status['version']}", file=out)
     elif args.command == "verify":
         await verify(client, args.user_id, args.device_id, args.yes, args.wait, args.timeout)
     elif args.command == "devices":
@@ -351,6 +377,10 @@ def parser() -> argparse.ArgumentParser:
         "--save-dir", help="where decrypted attachments are saved (default: STORE/downloads)"
     )
 
+    sub.add_parser("backup", help="create the key backup (prints the recovery key once) or show it")
+    restore = sub.add_parser("restore", help="restore room keys from the key backup")
+    restore.add_argument("--recovery-key", required=True)
+
     verify_p = sub.add_parser("verify", help="verify a device by comparing emoji (SAS)")
     verify_p.add_argument("user_id")
     verify_p.add_argument("device_id", nargs="?")
@@ -371,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return asyncio.run(run(args))
-    except (CliError, StoreError, MatrixError, OSError) as e:
+    except (CliError, StoreError, MatrixError, BackupError, OSError) as e:
         print(f"starling-chat: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import mimetypes
+import os
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -26,7 +27,22 @@ from starling_client.attachments import (
     image_info,
     ogg_opus_duration_ms,
 )
+from starling_client.backup import (
+    BACKUP_ALGORITHM,
+    BACKUP_SECRET,
+    BackupError,
+    backup_public_key,
+    backup_session_data,
+    check_key,
+    decode_recovery_key,
+    decrypt_secret,
+    decrypt_session_data,
+    encode_recovery_key,
+    encrypt_secret,
+    key_description,
+)
 from starling_client.crypto import MEGOLM, CryptoMachine, DecryptionError, Device
+from starling_client.encoding import b64decode, b64encode
 from starling_client.store import Session, Store, StoreError
 from starling_client.verification import SAS_V1, Outgoing, Sas
 
@@ -124,7 +140,8 @@ class Client:
             r: RoomInfo.from_json(d) for r, d in store.rooms().items()
         }
         self._lock = asyncio.Lock()
-        self._pending: dict[tuple[str, str], dict[str, Any]] = {}  # (room, event) → event
+        # Encrypted events waiting for their room key, kept in the store across restarts.
+        self._pending: dict[tuple[str, str], dict[str, Any]] = store.pending_events()
         self.verifications: dict[str, Sas] = {}  # transaction ID → SAS in progress
         self.verification_requests: dict[str, tuple[str, str]] = {}  # txn → (user, device)
         self._readied: set[str] = set()  # incoming verifications the user accepted
@@ -234,6 +251,7 @@ class Client:
                 self.store.set_next_batch(answer["next_batch"])
             if self.crypto.needs_upload():
                 await self.upload_keys()
+            await self.upload_room_keys()
         return messages
 
     def _apply_sync_state(self, answer: dict[str, Any]) -> None:
@@ -301,14 +319,8 @@ class Client:
         return verification
 
     def _apply_timelines(self, answer: dict[str, Any], *, initial: bool) -> list[Message]:
-        messages: list[Message] = []
         # Events that waited for their room key may decrypt now.
-        for (room_id, event_id), event in list(self._pending.items()):
-            message = self._decrypt(room_id, event, keep_pending=False)
-            if message.error is None:
-                del self._pending[(room_id, event_id)]
-                if self.store.add_message(room_id, event_id, message.to_json(), seen=False):
-                    messages.append(message)
+        messages = self._retry_pending()
         rooms = answer.get("rooms") or {}
         for room_id, room in (rooms.get("join") or {}).items():
             if not isinstance(room, dict):
@@ -367,6 +379,7 @@ class Client:
         except DecryptionError as e:
             if keep_pending and e.code == "unknown_session" and len(self._pending) < MAX_PENDING:
                 self._pending[(room_id, event_id)] = event
+                self.store.add_pending(room_id, event_id, event)
             return Message(
                 room_id, event_id, sender, "m.room.encrypted", content, ts, True, error=str(e)
             )
@@ -758,6 +771,146 @@ class Client:
     async def cancel_verification(self, sas: Sas, *, mismatch: bool = False) -> None:
         outgoing = sas.mismatch() if mismatch else sas.cancel()
         await self._send_verification(sas.their_user, sas.their_device, outgoing)
+
+    # ---- key backup ---------------------------------------------------------------------
+
+    def _backup_key(self) -> tuple[str, bytes] | None:
+        version = self.store.get_secret("backup_version")
+        key = self.store.get_secret("backup_key")
+        if version is None or key is None:
+            return None
+        return version, b64decode(key)
+
+    async def backup_status(self) -> dict[str, Any]:
+        """The server's current backup, and whether this device holds its key."""
+        info = await self.api.backup_version()
+        mine = self._backup_key()
+        return {
+            "version": info.get("version") if info else None,
+            "algorithm": info.get("algorithm") if info else None,
+            "count": info.get("count") if info else None,
+            "this_device_has_key": bool(info and mine and mine[0] == info.get("version")),
+        }
+
+    async def create_backup(self) -> str:
+        """Set up secret storage and a new key backup; upload every room key we hold. The
+        recovery key it returns is shown once and never stored."""
+        ssss_key = os.urandom(32)
+        key_id = b64encode(os.urandom(18))
+        backup_private = os.urandom(32)
+        auth_data = self.crypto.sign({"public_key": backup_public_key(backup_private)})
+        version = await self.api.create_backup_version(BACKUP_ALGORITHM, auth_data)
+        await self.api.set_account_data(
+            self.user_id, f"m.secret_storage.key.{key_id}", key_description(ssss_key, "recovery")
+        )
+        await self.api.set_account_data(
+            self.user_id,
+            BACKUP_SECRET,
+            {
+                "encrypted": {
+                    key_id: encrypt_secret(ssss_key, BACKUP_SECRET, b64encode(backup_private))
+                }
+            },
+        )
+        await self.api.set_account_data(
+            self.user_id, "m.secret_storage.default_key", {"key": key_id}
+        )
+        await self.api.set_account_data(self.user_id, "m.key_backup", {"enabled": True})
+        self.store.put_secret("backup_version", version)
+        self.store.put_secret("backup_key", b64encode(backup_private))
+        await self.upload_room_keys()
+        return encode_recovery_key(ssss_key)
+
+    async def upload_room_keys(self) -> int:
+        """Back up the room keys not in the current backup yet; how many were sent."""
+        mine = self._backup_key()
+        if mine is None:
+            return 0
+        version, private = mine
+        public = backup_public_key(private)
+        done = self.store.backed_up(version)
+        todo = [s for key, s in list(self.crypto.inbound.items()) if key not in done]
+        if not todo:
+            return 0
+        rooms: dict[str, Any] = {}
+        for entry in todo:
+            data = backup_session_data(
+                public, entry.room_id, entry.session, entry.sender_key, entry.signing_key
+            )
+            rooms.setdefault(entry.room_id, {"sessions": {}})["sessions"][entry.session_id] = data
+        try:
+            await self.api.put_room_keys(version, rooms)
+        except MatrixError as e:
+            if e.errcode == "M_WRONG_ROOM_KEYS_VERSION":
+                # Another device replaced the backup: stop writing to ours.
+                self.store.put_secret("backup_version", None)
+                self.store.put_secret("backup_key", None)
+                return 0
+            raise
+        self.store.mark_backed_up(version, [(e.room_id, e.session_id) for e in todo])
+        return len(todo)
+
+    async def restore_backup(self, recovery_key: str) -> int:
+        """Open secret storage with the recovery key, take the backup key from it, and import
+        every room key of the current backup; events waiting for those keys decrypt. Returns
+        how many sessions were imported. This device then backs up to the same backup."""
+        ssss_key = decode_recovery_key(recovery_key)
+        default = await self.api.get_account_data(self.user_id, "m.secret_storage.default_key")
+        key_id = default.get("key") if default else None
+        if not isinstance(key_id, str):
+            raise BackupError("this account has no secret storage")
+        description = await self.api.get_account_data(
+            self.user_id, f"m.secret_storage.key.{key_id}"
+        )
+        if not check_key(ssss_key, description):
+            raise BackupError("wrong recovery key")
+        secret = await self.api.get_account_data(self.user_id, BACKUP_SECRET)
+        encrypted = (secret or {}).get("encrypted")
+        private = b64decode(decrypt_secret(ssss_key, BACKUP_SECRET, (encrypted or {}).get(key_id)))
+        info = await self.api.backup_version()
+        if info is None or info.get("algorithm") != BACKUP_ALGORITHM:
+            raise BackupError("the server has no key backup this client can read")
+        auth_data = info.get("auth_data")
+        if not isinstance(auth_data, dict) or auth_data.get("public_key") != backup_public_key(
+            private
+        ):
+            raise BackupError("the server's backup is not the one secret storage holds the key of")
+        version = str(info["version"])
+        answer = await self.api.get_room_keys(version)
+        imported: list[tuple[str, str]] = []
+        async with self._lock:
+            for room_id, room in (answer.get("rooms") or {}).items():
+                for session_id, data in ((room or {}).get("sessions") or {}).items():
+                    try:
+                        session = decrypt_session_data(private, data.get("session_data"))
+                        claimed = session.get("sender_claimed_keys") or {}
+                        if self.crypto.import_inbound(
+                            room_id,
+                            session["session_key"],
+                            str(session.get("sender_key", "")),
+                            str(claimed.get("ed25519", "")),
+                        ):
+                            imported.append((room_id, session_id))
+                    except (BackupError, DecryptionError, AttributeError) as e:
+                        log.warning("backed-up session %s not restored: %s", session_id, e)
+            self.store.save_machine(self.crypto)
+            self.store.put_secret("backup_version", version)
+            self.store.put_secret("backup_key", b64encode(private))
+            self.store.mark_backed_up(version, imported)
+            self._retry_pending()
+        return len(imported)
+
+    def _retry_pending(self) -> list[Message]:
+        """Decrypt the events that waited for a room key, now that some may have come."""
+        messages: list[Message] = []
+        for (room_id, event_id), event in list(self._pending.items()):
+            message = self._decrypt(room_id, event, keep_pending=False)
+            if message.error is None:
+                del self._pending[(room_id, event_id)]
+                self.store.delete_pending(room_id, event_id)
+                if self.store.add_message(room_id, event_id, message.to_json(), seen=False):
+                    messages.append(message)
+        return messages
 
     # ---- devices ------------------------------------------------------------------------
 

@@ -661,6 +661,29 @@ class CryptoMachine:
         self.inbound[key] = entry
         self._changes.inbound.append(entry)
 
+    def import_inbound(
+        self, room_id: str, exported_key: str, sender_key: str, signing_key: str
+    ) -> bool:
+        """Add a Megolm session from a key backup (or an export). Its sender is unknown: the
+        key did not come over an Olm channel, so its messages never count as verified. An
+        existing session that knows earlier messages is kept. True if it was added."""
+        try:
+            session = vodozemac.InboundGroupSession.import_session(
+                vodozemac.ExportedSessionKey(exported_key)
+            )
+        except (ValueError, vodozemac.SessionKeyDecodeException) as e:
+            raise DecryptionError("bad_payload", f"bad exported session key: {e}") from e
+        key = (room_id, str(session.session_id))
+        existing = self.inbound.get(key)
+        if existing is not None and existing.session.first_known_index <= session.first_known_index:
+            return False
+        entry = InboundGroupSession(room_id, session, "", sender_key, signing_key)
+        if existing is not None:
+            entry.sender, entry.seen = existing.sender, existing.seen
+        self.inbound[key] = entry
+        self._changes.inbound.append(entry)
+        return True
+
     # ---- Megolm ------------------------------------------------------------------------
 
     def set_room_encryption(self, room_id: str, content: dict[str, Any]) -> None:
@@ -797,7 +820,8 @@ class CryptoMachine:
         entry = self.inbound.get((room_id, session_id))
         if entry is None:
             raise DecryptionError("unknown_session", f"no key for session {session_id}")
-        if entry.sender != sender:
+        # An imported session (from a backup) has no known sender ("").
+        if entry.sender and entry.sender != sender:
             raise DecryptionError("wrong_sender", "the session belongs to another user")
         try:
             result = entry.session.decrypt(vodozemac.MegolmMessage.from_base64(ciphertext))
@@ -829,7 +853,9 @@ class CryptoMachine:
             sender,
             entry.sender_key,
             device.device_id if device else None,
-            bool(device and device.verified and device.ed25519 == entry.signing_key),
+            bool(
+                entry.sender and device and device.verified and device.ed25519 == entry.signing_key
+            ),
             session_id,
         )
 

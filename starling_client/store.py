@@ -42,6 +42,12 @@ CREATE TABLE IF NOT EXISTS inbound_sessions (
 CREATE TABLE IF NOT EXISTS outbound_sessions (
     room_id TEXT PRIMARY KEY, pickle TEXT NOT NULL, meta TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rooms (room_id TEXT PRIMARY KEY, sealed TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS backed_up (
+    room_id TEXT NOT NULL, session_id TEXT NOT NULL, version TEXT NOT NULL,
+    PRIMARY KEY (room_id, session_id, version));
+CREATE TABLE IF NOT EXISTS pending (
+    room_id TEXT NOT NULL, event_id TEXT NOT NULL, sealed TEXT NOT NULL,
+    PRIMARY KEY (room_id, event_id));
 CREATE TABLE IF NOT EXISTS messages (
     pos INTEGER PRIMARY KEY AUTOINCREMENT, room_id TEXT NOT NULL, event_id TEXT NOT NULL,
     sealed TEXT NOT NULL, seen INTEGER NOT NULL DEFAULT 0, UNIQUE (room_id, event_id));
@@ -139,6 +145,30 @@ class Store:
             return None
         homeserver, user_id, device_id, token = (str(v) for v in values)
         return Session(homeserver, user_id, device_id, self.unseal(token))
+
+    def put_secret(self, name: str, value: str | None) -> None:
+        """A sealed value (the backup key...); None deletes it."""
+        if value is None:
+            self.db.execute("DELETE FROM kv WHERE key = ?", (f"secret:{name}",))
+        else:
+            self._put(f"secret:{name}", self.seal(value))
+
+    def get_secret(self, name: str) -> str | None:
+        sealed = self._get(f"secret:{name}")
+        return None if sealed is None else self.unseal(sealed)
+
+    def backed_up(self, version: str) -> set[tuple[str, str]]:
+        rows = self.db.execute(
+            "SELECT room_id, session_id FROM backed_up WHERE version = ?", (version,)
+        )
+        return {(r, s) for r, s in rows}
+
+    def mark_backed_up(self, version: str, keys: list[tuple[str, str]]) -> None:
+        with self._tx():
+            self.db.executemany(
+                "INSERT OR IGNORE INTO backed_up VALUES (?, ?, ?)",
+                [(r, s, version) for r, s in keys],
+            )
 
     @property
     def next_batch(self) -> str | None:
@@ -277,6 +307,23 @@ class Store:
         query += " ORDER BY pos DESC LIMIT ?"
         rows = self.db.execute(query, (room_id, limit)).fetchall()
         return [json.loads(self.unseal(r[0])) for r in reversed(rows)]
+
+    def add_pending(self, room_id: str, event_id: str, event: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO pending VALUES (?, ?, ?)",
+            (room_id, event_id, self.seal(json.dumps(event))),
+        )
+
+    def delete_pending(self, room_id: str, event_id: str) -> None:
+        self.db.execute(
+            "DELETE FROM pending WHERE room_id = ? AND event_id = ?", (room_id, event_id)
+        )
+
+    def pending_events(self) -> dict[tuple[str, str], dict[str, Any]]:
+        return {
+            (room_id, event_id): json.loads(self.unseal(sealed))
+            for room_id, event_id, sealed in self.db.execute("SELECT * FROM pending")
+        }
 
     def mark_seen(self, room_id: str, event_ids: list[str]) -> None:
         with self._tx():

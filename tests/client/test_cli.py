@@ -119,6 +119,31 @@ async def test_cli_conversation(starling_server: RunningServer, tmp_path: Path) 
     )
     assert done.returncode == 1 and "M_FORBIDDEN" in done.stderr, done.stderr
 
+    # Key backup: Alice backs up (the recovery key is printed once), then a new device of
+    # hers restores it and reads the room's history, which it could not decrypt before.
+    out = await ok(alice, "backup")
+    recovery_key = out.splitlines()[0].removeprefix("recovery key: ")
+    assert len(recovery_key.replace(" ", "")) == 48
+    assert "room keys" in out.splitlines()[-1]
+    again = await ok(alice, "backup")
+    assert "recovery key" not in again and again.startswith("backup version ")
+    alice2 = tmp_path / "alice-2"
+    await ok(alice2, "login", "--homeserver", server.url, "alice", "--password", PASSWORD)
+    done = await asyncio.to_thread(chat, alice2, "send", room_id, "x")
+    assert done.returncode == 0  # sending needs no history
+    wrong = "EsT1 tNEc rSTo gMig ppTW RZ4d kc6e xKEp uoaN fJqY pVbX RxCP"
+    done = await asyncio.to_thread(chat, alice2, "restore", "--recovery-key", wrong)
+    assert done.returncode == 1 and "recovery key" in done.stderr, done.stderr
+    done = await asyncio.to_thread(chat, alice2, "backup")
+    assert done.returncode == 1 and "restore --recovery-key" in done.stderr
+    out = await ok(alice2, "restore", "--recovery-key", recovery_key)
+    assert out.startswith("restored ") and not out.startswith("restored 0 ")
+    lines = (
+        await ok(alice2, "tail", room_id, "--count", "3", "--timeout", "30", "--json")
+    ).splitlines()
+    bodies = {json.loads(x)["body"] for x in lines}
+    assert {"hello from the command line", "and back", "notes.bin"} <= bodies, bodies
+
 
 async def raw_messages_as(server: RunningServer, tmp_path: Path, room_id: str) -> str:
     """The room's events as the server returns them, fetched with a fresh plain login."""
