@@ -37,7 +37,7 @@ from starling.api.federation.auth import (
     authenticate_origin,
     release_slot_middleware,
 )
-from starling.api.federation.routes import federation_table, keys_table
+from starling.api.federation.routes import federation_table, keys_table, openid_table
 from starling.api.http import make_web_app
 from starling.api.media import media_tables
 from starling.api.routing import Guards, mount
@@ -880,6 +880,8 @@ def build_listener_app(services: Services, listener: Listener) -> web.Applicatio
             mount(app, federation_table(services), guards)
         if "keys" in names:
             mount(app, keys_table(services), guards)
+    if "openid" in names and "federation" not in names:
+        mount(app, openid_table(services), guards)
     if "metrics" in names and config.enable_metrics:
         register_metrics(app)
     return app

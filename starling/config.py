@@ -39,8 +39,8 @@ class ConfigError(Exception):
 
 @dataclass
 class ListenerResource:
-    names: list[Literal["client", "federation", "metrics", "health", "media", "keys"]] = field(
-        default_factory=lambda: ["client"]
+    names: list[Literal["client", "federation", "metrics", "health", "media", "keys", "openid"]] = (
+        field(default_factory=lambda: ["client"])
     )
     compress: bool = False
 

@@ -81,3 +81,14 @@ async def test_bad_missing_and_expired_tokens(
     finally:
         tokens._clock = real_clock
     assert (await userinfo(federation, answer["access_token"])) == (200, {"sub": alice})
+
+
+async def test_openid_listener_resource(hs: Harness) -> None:
+    """Synapse's `openid` resource: userinfo on a port serving no other federation API."""
+    listener = Listener(port=0, resources=[ListenerResource(names=["client", "openid"])])
+    alice, _ = await hs.register()
+    answer = await hs.services.openid.request_token(alice, alice)
+    async with TestClient(TestServer(build_listener_app(hs.services, listener))) as client:
+        assert (await userinfo(client, answer["access_token"])) == (200, {"sub": alice})
+        async with client.get("/_matrix/federation/v1/version") as resp:
+            assert resp.status == 404 and (await resp.json())["errcode"] == "M_UNRECOGNIZED"

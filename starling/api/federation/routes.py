@@ -58,6 +58,17 @@ def federation_table(services: Services) -> RouteTable:
     return RouteTable("federation", "/_matrix/federation/{version}", ("v1",), routes)
 
 
+def openid_table(services: Services) -> RouteTable:
+    """Only /openid/userinfo: Synapse's `openid` listener resource (integration managers
+    reach it on a port that serves no other federation endpoint)."""
+    return RouteTable(
+        "openid",
+        "/_matrix/federation/{version}",
+        ("v1",),
+        FederationOpenIdApi(services.openid).routes(),
+    )
+
+
 def keys_table(services: Services) -> RouteTable:
     """The key server: this server's signing keys, and notary queries (under v2)."""
     keys = KeysApi(services.federation.key_server)
