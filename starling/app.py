@@ -118,7 +118,7 @@ from starling.storage.openid import OpenIdStore
 from starling.storage.presence import PresenceStore
 from starling.storage.profiles import ProfileStore
 from starling.storage.pushers import PusherStore
-from starling.storage.receipts import ReceiptStore
+from starling.storage.receipts import Receipt, ReceiptStore
 from starling.storage.relations import RelationStore
 from starling.storage.reports import ReportStore
 from starling.storage.search import SearchStore
@@ -497,6 +497,8 @@ async def build_services(
     extras.typing.on_local_change = room_edus.local_typing
     extras.receipts.on_local_receipt = room_edus.local_receipt
     federation_inbound.edus.register("m.typing", room_edus.on_typing)
+    if app_service_sender.wants_ephemeral:
+        forward_app_service_ephemeral(extras, app_service_sender)
     federation_inbound.edus.register("m.receipt", room_edus.on_receipt)
     pusher_store = PusherStore(db)
     unread_counts = extras.unread_counts
@@ -666,6 +668,43 @@ async def build_services(
         app_service_client=app_service_client,
         app_service_sender=app_service_sender,
     )
+
+
+def forward_app_service_ephemeral(extras: RoomExtras, sender: AppServiceSender) -> None:
+    """Local typing and public read receipts also go to the application services that
+    asked for ephemeral data (MSC2409), after federation's own hooks."""
+    typing = extras.typing
+    receipts = extras.receipts
+    typing_hook = typing.on_local_change
+    receipt_hook = receipts.on_local_receipt
+
+    async def typing_changed(room_id: str, user_id: str, is_typing: bool) -> None:
+        if typing_hook is not None:
+            await typing_hook(room_id, user_id, is_typing)
+        edu = {
+            "type": "m.typing",
+            "room_id": room_id,
+            "content": {"user_ids": typing.typing_users(room_id)},
+        }
+        await sender.room_ephemeral(room_id, edu)
+
+    async def receipt_sent(receipt: Receipt) -> None:
+        if receipt_hook is not None:
+            await receipt_hook(receipt)
+        if receipt.receipt_type != "m.read":
+            return  # private receipts are the user's own
+        data: dict[str, Any] = {"ts": receipt.ts}
+        if receipt.thread_id:
+            data["thread_id"] = receipt.thread_id
+        edu = {
+            "type": "m.receipt",
+            "room_id": receipt.room_id,
+            "content": {receipt.event_id: {"m.read": {receipt.user_id: data}}},
+        }
+        await sender.room_ephemeral(receipt.room_id, edu)
+
+    typing.on_local_change = typing_changed
+    receipts.on_local_receipt = receipt_sent
 
 
 def build_federation_membership(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -211,4 +212,5 @@ class AppServiceQueries:
             )
             error.extra["status"] = status  # a keyword MatrixError itself takes
             raise error
-        return int((time.monotonic() - started) * 1000)
+        # Rounded up: a round trip never takes no time (and clients read 0 as missing).
+        return math.ceil((time.monotonic() - started) * 1000)

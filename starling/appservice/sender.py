@@ -176,6 +176,16 @@ class AppServiceSender:
             queue.append(edu)
             self._wake[service.id].set()
 
+    @property
+    def wants_ephemeral(self) -> bool:
+        return any(s.receive_ephemeral for s in self._services())
+
+    async def room_ephemeral(self, room_id: str, edu: dict[str, Any]) -> None:
+        """Typing or a receipt in a room: for the services with a user joined to it."""
+        joined = await self._memberships.get_joined_users(room_id)
+        if joined:
+            self.add_ephemeral(edu, sorted(joined))
+
     async def _run(self, service: AppService) -> None:
         backoff = 0.0
         wake = self._wake[service.id]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -326,3 +327,38 @@ async def test_ping(hs: Harness, fake: FakeAppService) -> None:
     _, token = await hs.register("user")
     status, body = await hs.request("POST", path, token, {})
     assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
+
+
+async def test_typing_and_receipts_reach_a_service_that_asked_for_them(
+    hs: Harness, fake: FakeAppService
+) -> None:
+    user, token = await hs.register("owner")
+    room_id = await hs.create_room(token, preset="public_chat")
+    await _register_ghost(hs)
+    await hs.request("POST", f"{V3}/rooms/{room_id}/join", AS_TOKEN, {}, params={"user_id": GHOST})
+    event_id = await hs.send_message(token, room_id, "read me")
+    status, _ = await hs.request(
+        "PUT", f"{V3}/rooms/{room_id}/typing/{user}", token, {"typing": True, "timeout": 30000}
+    )
+    assert status == 200
+    status, _ = await hs.request(
+        "POST", f"{V3}/rooms/{room_id}/receipt/m.read/{event_id}", token, {}
+    )
+    assert status == 200
+
+    def ephemeral() -> list[dict[str, Any]]:
+        return [e for _, body in fake.transactions for e in body.get("ephemeral", [])]
+
+    await fake.wait_for(lambda: {e["type"] for e in ephemeral()} >= {"m.typing", "m.receipt"})
+    typing = next(e for e in ephemeral() if e["type"] == "m.typing")
+    assert typing["room_id"] == room_id and typing["content"]["user_ids"] == [user]
+    receipt = next(e for e in ephemeral() if e["type"] == "m.receipt")
+    assert user in receipt["content"][event_id]["m.read"]
+    # A room without any of the service's users: nothing.
+    other = await hs.create_room(token)
+    await hs.request(
+        "PUT", f"{V3}/rooms/{other}/typing/{user}", token, {"typing": True, "timeout": 30000}
+    )
+    await hs.send_message(token, room_id, "flush")
+    await fake.wait_for(lambda: "flush" in [e["content"].get("body") for e in fake.events()])
+    assert all(e.get("room_id") != other for e in ephemeral())
