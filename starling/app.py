@@ -27,6 +27,7 @@ from starling.admin.notices import ServerNotices
 from starling.admin.reports import ContentReports
 from starling.admin.rooms import AdminRooms
 from starling.admin.users import AdminUsers
+from starling.api.admin.console import add_console_routes
 from starling.api.admin.registration import admin_table
 from starling.api.client.routes import client_table
 from starling.api.connection_guard import ConnectionLimits, GuardedAppRunner, PeerCounter
@@ -905,6 +906,7 @@ def build_listener_app(services: Services, listener: Listener) -> web.Applicatio
     if "client" in names:
         mount(app, client_table(services), guards)
         mount(app, admin_table(services), guards)
+        add_console_routes(app)
     if names & {"client", "media"}:
         client_media, legacy_media = media_tables(services)
         if "client" in names:
