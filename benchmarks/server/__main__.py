@@ -44,6 +44,8 @@ SCENARIOS = (
     "joins",
     "initial_sync",
     "sliding_sync",
+    "sliding_sync_big",
+    "sliding_delivery",
 )
 
 # (key, label, unit, lower is better)
@@ -74,6 +76,20 @@ METRICS: list[tuple[str, str, str, bool]] = [
         True,
     ),
     ("sliding_sync_ms", "initial sliding sync: median of {sync_repeats} more", "ms", True),
+    (
+        "sliding_big_first_ms",
+        "sliding sync, {sliding_big_rooms} rooms, list of 20, timeline 1: first",
+        "ms",
+        True,
+    ),
+    ("sliding_big_ms", "  the same: median of {sync_repeats} more", "ms", True),
+    (
+        "sliding_delivery_p50_ms",
+        "send → long-poll sliding sync delivery p50 (N={sliding_delivery_n})",
+        "ms",
+        True,
+    ),
+    ("sliding_delivery_p99_ms", "send → long-poll sliding sync delivery p99", "ms", True),
     ("create_rooms_s", "createRoom rate ({create_rooms} sequential)", "rooms/s", False),
     ("create_p50_ms", "  createRoom p50", "ms", True),
     (
@@ -132,6 +148,12 @@ async def run_scenarios(
                 "joins": lambda: load.many_joins(api, one("host"), users["joiners"], params, res),
                 "initial_sync": lambda: load.initial_sync(api, one("big"), params, res),
                 "sliding_sync": lambda: load.sliding_sync(api, one("slider"), params, res),
+                "sliding_sync_big": lambda: load.sliding_sync_big(
+                    api, one("slider_big"), params, res
+                ),
+                "sliding_delivery": lambda: load.sliding_delivery(
+                    api, users["sliding_delivery"][0], users["sliding_delivery"][1], params, res
+                ),
             }
             for name in scenarios:
                 if server.proc.poll() is not None:

@@ -49,6 +49,8 @@ class Params:
     sync_messages_per_room: int = 100
     sync_repeats: int = 5
     sliding_messages_per_room: int = 20
+    sliding_big_rooms: int = 500
+    sliding_delivery_n: int = 100
     create_rooms: int = 50
     joiners: int = 200
     join_concurrency: int = 8
@@ -192,6 +194,8 @@ async def register_users(api: Api, p: Params, res: Results) -> dict[str, list[Us
         "creator": ["creator"],
         "big": ["big"],
         "slider": ["slider"],
+        "slider_big": ["slider_big"],
+        "sliding_delivery": ["ssend", "ssync"],
         "host": ["host"],
         "joiners": [f"j{i}" for i in range(p.joiners)],
     }
@@ -470,3 +474,129 @@ async def sliding_sync(api: Api, user: User, p: Params, res: Results) -> None:
     res.values["sliding_sync_first_ms"] = await timed(0) * 1000
     repeats = [await timed(i + 1) for i in range(p.sync_repeats)]
     res.values["sliding_sync_ms"] = statistics.median(repeats) * 1000
+
+
+# What Element X asks for its room list (matrix-rust-sdk's room list service).
+ROOM_LIST_STATE = [
+    ["m.room.encryption", ""],
+    ["m.room.member", "$LAZY"],
+    ["m.room.member", "$ME"],
+    ["m.room.name", ""],
+    ["m.room.canonical_alias", ""],
+    ["m.room.power_levels", ""],
+    ["m.room.avatar", ""],
+    ["m.room.create", ""],
+]
+
+
+async def sliding_sync_big(api: Api, user: User, p: Params, res: Results) -> None:
+    """A user in `sliding_big_rooms` rooms (setup), then a new connection's first request
+    as Element X starts: one list `[0, 19]`, timeline limit 1, its room-list
+    required_state, `not_room_types: ["m.space"]`, the e2ee, to_device and account_data
+    extensions. The first one, then the median of `sync_repeats` more (each its own
+    conn_id)."""
+    start = time.perf_counter()
+    rooms = await bounded_gather(
+        [
+            functools.partial(api.create_room, user, name=f"big {i}")
+            for i in range(p.sliding_big_rooms)
+        ],
+        p.setup_concurrency,
+        time.monotonic() + 900,
+    )
+    res.notes.append(
+        f"sliding sync setup ({len(rooms)} rooms): {time.perf_counter() - start:.1f} s"
+    )
+    body = {
+        "lists": {
+            "all": {
+                "ranges": [[0, 19]],
+                "timeline_limit": 1,
+                "required_state": ROOM_LIST_STATE,
+                "filters": {"not_room_types": ["m.space"]},
+            }
+        },
+        "extensions": {
+            "e2ee": {"enabled": True},
+            "to_device": {"enabled": True},
+            "account_data": {"enabled": True},
+        },
+    }
+
+    async def timed(n: int) -> float:
+        t0 = time.perf_counter()
+        _, resp = await api.call(
+            "POST", SLIDING_SYNC, user, {**body, "conn_id": f"big-{n}"}, params={"timeout": "0"}
+        )
+        took = time.perf_counter() - t0
+        if resp.get("lists", {}).get("all", {}).get("count") != len(rooms):
+            raise ServerError(f"sliding sync list count {resp.get('lists')!r:.200}")
+        if len(resp.get("rooms", {})) != 20:
+            raise ServerError(f"sliding sync returned {len(resp.get('rooms', {}))} rooms")
+        return took
+
+    res.values["sliding_big_first_ms"] = await timed(0) * 1000
+    repeats = [await timed(i + 1) for i in range(p.sync_repeats)]
+    res.values["sliding_big_ms"] = statistics.median(repeats) * 1000
+
+
+async def sliding_delivery(api: Api, sender: User, syncer: User, p: Params, res: Results) -> None:
+    """As `delivery_latency`, with the receiving client long-polling sliding sync (one
+    list `[0, 19]`, timeline limit 10, timeout 30 s) instead of /sync."""
+    room = await api.create_room(sender, name="sliding delivery")
+    await api.join(syncer, room)
+    body = {
+        "conn_id": "delivery",
+        "lists": {
+            "all": {"ranges": [[0, 19]], "timeline_limit": 10, "required_state": ROOM_LIST_STATE}
+        },
+    }
+    _, first = await api.call("POST", SLIDING_SYNC, syncer, body, params={"timeout": "0"})
+    pos = str(first["pos"])
+    arrived: dict[int, float] = {}
+    waiting: dict[int, asyncio.Event] = {}
+    stop = False
+
+    async def poll() -> None:
+        nonlocal pos
+        while not stop:
+            _, resp = await api.call(
+                "POST", SLIDING_SYNC, syncer, body, params={"pos": pos, "timeout": "30000"}
+            )
+            now = time.perf_counter()
+            pos = str(resp["pos"])
+            for ev in resp.get("rooms", {}).get(room, {}).get("timeline", []):
+                text = ev.get("content", {}).get("body", "")
+                if ev.get("type") == "m.room.message" and text.startswith("delivery "):
+                    i = int(text.split()[1])
+                    arrived.setdefault(i, now)
+                    if i in waiting:
+                        waiting[i].set()
+
+    poller = asyncio.create_task(poll())
+    samples: list[float] = []
+    try:
+        await asyncio.sleep(0.2)
+        deadline = time.monotonic() + 120
+        for i in range(p.sliding_delivery_n):
+            waiting[i] = asyncio.Event()
+            t0 = time.perf_counter()
+            await api.send(sender, room, f"delivery {i}")
+            try:
+                await asyncio.wait_for(waiting[i].wait(), timeout=10)
+            except TimeoutError:
+                raise ServerError(f"message {i} never reached the sliding sync client") from None
+            if poller.done():
+                poller.result()
+            samples.append(arrived[i] - t0)
+            if time.monotonic() > deadline:
+                res.notes.append(f"sliding delivery: stopped at the 120 s bound after {i + 1}")
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        stop = True
+        poller.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await poller
+    res.values["sliding_delivery_p50_ms"] = percentile(samples, 50) * 1000
+    res.values["sliding_delivery_p99_ms"] = percentile(samples, 99) * 1000

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from tests.support.harness import Harness
 from tests.sync.helpers import V3, invite, join, leave, set_state
 
@@ -514,3 +516,26 @@ async def test_space_and_tag_filters(hs: Harness) -> None:
     assert body["lists"]["in_space"]["ops"][0]["room_ids"] == [child]
     assert body["lists"]["fav"]["ops"][0]["room_ids"] == [other]
     assert body["lists"]["not_fav"]["ops"][0]["room_ids"] == [child]
+
+
+async def test_response_event_budget_limits_timelines(
+    hs: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("starling.sync.sliding.service.MAX_TIMELINE_EVENTS", 4)
+    _, tok = await hs.register("alice")
+    rooms = [await hs.create_room(tok) for _ in range(3)]
+    for room in rooms:
+        for i in range(3):
+            await hs.send_message(tok, room, f"m{i}")
+    body = await ss(hs, tok, all_rooms(limit=10))
+    for room in rooms:
+        assert bodies(body["rooms"][room]) == ["m2"]
+        assert body["rooms"][room]["limited"] is True
+
+
+async def test_too_many_ranges_is_refused(hs: Harness) -> None:
+    _, tok = await hs.register("alice")
+    body = all_rooms()
+    body["lists"]["all"]["ranges"] = [[0, i] for i in range(11)]
+    resp = await ss(hs, tok, body, expect=400)
+    assert resp["errcode"] == "M_INVALID_PARAM"

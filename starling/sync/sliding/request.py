@@ -22,7 +22,7 @@ from starling.protocol.identifiers import is_valid_room_id
 
 MAX_LISTS = 100
 MAX_SUBSCRIPTIONS = 100
-MAX_RANGES = 100
+MAX_RANGES = 10
 MAX_RANGE_INDEX = 2**31 - 1
 MAX_TIMELINE_LIMIT = 1000
 MAX_REQUIRED_STATE = 100

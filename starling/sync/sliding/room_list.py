@@ -39,15 +39,33 @@ BUMP_TYPES = (
 )
 _BUMP = frozenset(BUMP_TYPES)
 SPACE_TYPE = "m.space"
+MAX_OP_ROOM_IDS = 10_000
 
 
 class RoomActivity:
     """Each room's newest served event position, and newest bump-type event position."""
 
-    def __init__(self, store: SlidingSyncStore, cache_size: int = 200_000) -> None:
+    def __init__(
+        self, store: SlidingSyncStore, start_position: int, cache_size: int = 200_000
+    ) -> None:
         self._store = store
         self._last: LruCache[str, int] = LruCache(cache_size)
         self._bump: LruCache[str, int] = LruCache(cache_size)
+        # Where each room's current state last changed, for every change since
+        # `start_position` (listeners run in the commit's callbacks, before any reader can
+        # see its position): a room absent here has not changed since then.
+        self._start = start_position
+        self._state_at: dict[str, int] = {}
+
+    def on_state_change(self, room_id: str, changed: Mapping[Any, Any], position: int) -> None:
+        if position > self._state_at.get(room_id, 0):
+            self._state_at[room_id] = position
+
+    def state_changed_after(self, room_id: str, position: int) -> bool:
+        """Whether the room's current state may have changed after `position`."""
+        if position < self._start:
+            return True
+        return self._state_at.get(room_id, 0) > position
 
     def on_new_event(self, event: Event, position: int) -> None:
         self._raise(self._last, event.room_id, position)
@@ -259,6 +277,7 @@ class RoomLister:
             req.user_id, rooms, {s for f in filters if f.spaces for s in f.spaces}
         )
         configs: dict[str, list[RoomConfig]] = {}
+        op_ids = 0
         for name, lst in req.lists.items():
             f = lst.filters
             matched = [
@@ -280,9 +299,13 @@ class RoomLister:
                             seen.add(r)
                             in_range.append(r)
             for start, end in windows:
-                ops.append(
-                    {"op": "SYNC", "range": [start, end], "room_ids": matched[start : end + 1]}
-                )
+                ids = matched[start : end + 1]
+                # `ops` (Synapse's, which current clients ignore) is bounded per response:
+                # many lists of wide ranges must not multiply the user's room IDs.
+                if op_ids + len(ids) > MAX_OP_ROOM_IDS:
+                    continue
+                op_ids += len(ids)
+                ops.append({"op": "SYNC", "range": [start, end], "room_ids": ids})
             result.lists[name] = ListResult(len(matched), ops)
             for r in in_range:
                 result.room_lists.setdefault(r, []).append(name)

@@ -47,6 +47,8 @@ class RoomWork:
     bump_stamp: int
     is_dm: bool
     expand_timeline: bool = False
+    # The response's event budget may lower the limit (the timeline is then `limited`).
+    limit_cap: int | None = None
     # filled while building
     upper: int = 0
     lower: int | None = None
@@ -69,6 +71,7 @@ class RoomResultBuilder:
         visibility: HistoryVisibility,
         formatter: EventFormatter,
         rooms_v2: RoomSyncBuilder,
+        state_changed_after: Callable[[str, int], bool],
     ) -> None:
         self._events = events
         self._state = state
@@ -76,6 +79,7 @@ class RoomResultBuilder:
         self._visibility = visibility
         self._formatter = formatter
         self._rooms_v2 = rooms_v2
+        self._state_changed_after = state_changed_after
         self._unread: UnreadLookup | None = None
 
     def use_unread_counts(self, lookup: UnreadLookup) -> None:
@@ -175,7 +179,14 @@ class RoomResultBuilder:
         for position, rooms in _group(departed, lambda w: w.upper).items():
             targets.update(await self._state.get_current_state_at(rooms, position))
         before: dict[str, Mapping[StateKey, str]] = {}
-        known = [w for w in works if w.prev is not None and w.prev.membership == "join"]
+        known: list[RoomWork] = []
+        for w in works:
+            if w.prev is None or w.prev.membership != "join":
+                continue
+            if w.room_id in joined and not self._state_changed_after(w.room_id, w.prev.position):
+                before[w.room_id] = targets.get(w.room_id, {})  # unchanged: no read
+            else:
+                known.append(w)
         for position, rooms in _group(known, lambda w: w.prev.position if w.prev else 0).items():
             before.update(await self._state.get_current_state_at(rooms, position))
 
@@ -195,7 +206,7 @@ class RoomResultBuilder:
                 member_changed.add(w.room_id)
             else:
                 old = before.get(w.room_id, empty)
-                for k in set(old) | set(target):
+                for k in set(old) | set(target) if old is not target else ():
                     if old.get(k) == target.get(k):
                         continue
                     if k[0] == "m.room.member":
@@ -351,10 +362,10 @@ class RoomResultBuilder:
         joined: frozenset[str],
         ignored: frozenset[str],
     ) -> None:
-        wanted = [w for w in works if w.config.timeline_limit > 0 and (w.lower or 0) < w.upper]
+        wanted = [w for w in works if _limit(w) > 0 and (w.lower or 0) < w.upper]
         by_limit: dict[int, list[RoomWork]] = {}
         for w in wanted:
-            by_limit.setdefault(w.config.timeline_limit, []).append(w)
+            by_limit.setdefault(_limit(w), []).append(w)
         candidates: list[StoredEvent] = []
         fetched: dict[str, list[StoredEvent]] = {}
         for limit, group in by_limit.items():
@@ -375,7 +386,7 @@ class RoomResultBuilder:
         for pair in visible:
             by_room.setdefault(pair.event.room_id, []).append(pair)
         for w in wanted:
-            limit = w.config.timeline_limit
+            limit = _limit(w)
             rows = fetched.get(w.room_id, [])
             shown = by_room.get(w.room_id, [])  # newest first
             w.limited = len(rows) > limit or (
@@ -425,6 +436,11 @@ def _timeline_depth(w: RoomWork, prev: RoomSent | None, whole: bool) -> int:
     if w.limited:
         return len(w.events)
     return min(ALL_EVENTS, prev.timeline_depth + len(w.events))
+
+
+def _limit(w: RoomWork) -> int:
+    limit = w.config.timeline_limit
+    return limit if w.limit_cap is None else min(limit, w.limit_cap)
 
 
 def _group(works: Iterable[RoomWork], key: Callable[[RoomWork], int]) -> dict[int, list[str]]:

@@ -25,6 +25,9 @@ from starling.sync.sliding.room_list import RoomActivity, RoomList, RoomLister
 from starling.sync.sliding.rooms import RoomResultBuilder, RoomWork
 from starling.sync.tokens import SyncToken
 
+# The most timeline events one response carries, over all its rooms.
+MAX_TIMELINE_EVENTS = 20_000
+
 IgnoredLookup = Callable[[str], Awaitable[frozenset[str]]]
 # Presence's "this user is syncing" hook: (user_id, set_presence or None for online).
 PresenceHook = Callable[[str, str | None], Awaitable[None]]
@@ -189,6 +192,13 @@ class SlidingSyncService:
                     expand_timeline=expand,
                 )
             )
+        total = sum(w.config.timeline_limit for w in works)
+        if total > MAX_TIMELINE_EVENTS:
+            # A request asking for more than the budget (many rooms, high limits) gets
+            # fewer events per room, marked limited; the client paginates for more.
+            cap = max(1, MAX_TIMELINE_EVENTS // len(works))
+            for w in works:
+                w.limit_cap = cap
         return works
 
 

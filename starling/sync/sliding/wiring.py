@@ -37,8 +37,9 @@ def build_sliding_sync(
 ) -> SlidingSyncService:
     """Call after every /sync extension is registered: sliding sync serves the same ones."""
     store = SlidingSyncStore(db)
-    activity = RoomActivity(store)
+    activity = RoomActivity(store, room_events.current_position)
     room_events.add_listener(activity.on_new_event)
+    room_events.add_state_listener(activity.on_state_change)
     meta = RoomMetaCache(store, event_store)
     room_events.add_state_listener(meta.on_state_change)
     visibility = HistoryVisibility(event_store, state_store, membership_store)
@@ -51,6 +52,7 @@ def build_sliding_sync(
         RoomSyncBuilder(
             event_store, state_store, membership_store, visibility, formatter, LazyMemberCache()
         ),
+        activity.state_changed_after,
     )
     builder.use_unread_counts(unread_counts)
     return SlidingSyncService(
