@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from starling.accounts.auth import Requester
 from starling.appservice.registry import AppServiceRegistry, exclusive_error
@@ -47,8 +47,15 @@ _RELEVANT = frozenset({*DIRECTORY_STATE_TYPES, "m.room.member"})
 RemotePublicRooms = Callable[
     [str, int | None, str | None, dict[str, Any]], Awaitable[dict[str, Any]]
 ]
+
+
 # Resolves another server's room alias over federation: alias -> (room ID, servers).
-RemoteAliasLookup = Callable[[str], Awaitable[tuple[str, list[str]]]]
+class RemoteAliasLookup(Protocol):
+    """Asks the alias's server (`fresh`: not from a recent answer)."""
+
+    def __call__(self, alias: str, *, fresh: bool = False) -> Awaitable[tuple[str, list[str]]]: ...
+
+
 # Asks the application services whose namespace holds a local alias to create it.
 AliasQuery = Callable[[str], Awaitable[bool]]
 
@@ -193,13 +200,15 @@ class DirectoryService:
         except AliasExists:
             raise MatrixError(409, "M_UNKNOWN", f"Room alias {alias} already exists") from None
 
-    async def resolve_alias(self, alias: str) -> dict[str, Any]:
-        """GET /directory/room/{roomAlias}: room ID and servers to join through."""
+    async def resolve_alias(self, alias: str, *, fresh: bool = False) -> dict[str, Any]:
+        """GET /directory/room/{roomAlias}: room ID and servers to join through. Another
+        server's answer may come from a recent lookup unless `fresh` (joins ask anew: an
+        alias may have been pointed at another room a moment ago)."""
         if len(alias) > MAX_ALIAS_LENGTH or not is_valid_room_alias(alias):
             raise invalid_param(f"{alias!r} is not a valid room alias")
         if alias.partition(":")[2] != self._server_name and self._remote_alias_lookup is not None:
             # Another server's alias: ask it (server-server API /query/directory).
-            remote_id, servers = await self._remote_alias_lookup(alias)
+            remote_id, servers = await self._remote_alias_lookup(alias, fresh=fresh)
             return {"room_id": remote_id, "servers": servers}
         room_id = await self._aliases.get_alias(alias)
         if room_id is None and self._query_alias is not None and await self._query_alias(alias):

@@ -4,10 +4,11 @@ by a remote alias and `GET /directory/room/{alias}`) and a remote user's profile
 (`/query/profile`, for `GET /profile/{userId}`). Answers are checked for shape; an
 unreachable server is a 502, an unknown name a 404.
 
-Alias answers are kept for a minute (a client joining by alias resolves it, then joins,
-and rooms shared by many users are joined by many), and concurrent lookups of one alias
-share one request; errors are not kept, so an alias created a moment ago is found on the
-next try.
+Alias answers are kept for a minute for `GET /directory/room/{alias}` (clients showing a
+room's alias resolve it again and again), and concurrent lookups of one alias share one
+request; joins ask anew (`fresh`: an alias may have just been pointed elsewhere, and
+joining the old room would be wrong), errors are not kept, so an alias created a moment
+ago is found on the next try.
 """
 
 from __future__ import annotations
@@ -41,10 +42,10 @@ class RemoteQueries:
         self._aliases: OrderedDict[str, tuple[float, tuple[str, list[str]]]] = OrderedDict()
         self._alias_lookups: dict[str, asyncio.Task[tuple[str, list[str]]]] = {}
 
-    async def query_directory(self, alias: str) -> tuple[str, list[str]]:
+    async def query_directory(self, alias: str, *, fresh: bool = False) -> tuple[str, list[str]]:
         """GET /query/directory at the alias's server: (room ID, servers in the room),
-        from the cache when asked within the last minute."""
-        hit = self._aliases.get(alias)
+        from the cache when asked within the last minute, unless `fresh`."""
+        hit = None if fresh else self._aliases.get(alias)
         if hit is not None and self._clock() - hit[0] < ALIAS_CACHE_SECONDS:
             return hit[1][0], list(hit[1][1])
         task = self._alias_lookups.get(alias)

@@ -58,3 +58,16 @@ async def test_alias_answers_are_cached_briefly() -> None:
     now[0] += ALIAS_CACHE_SECONDS + 1
     assert (await queries.query_directory(alias))[0] == "!moved:remote.example"
     assert client.calls == 4
+
+
+async def test_fresh_lookups_ask_the_server() -> None:
+    client = FakeClient()
+    queries = RemoteQueries(client, clock=lambda: 1000.0)
+    alias = "#room:remote.example"
+    client.known[alias] = "!old:remote.example"
+    assert (await queries.query_directory(alias))[0] == "!old:remote.example"
+    client.known[alias] = "!new:remote.example"
+    # A join asks anew (and the answer replaces the cached one).
+    assert (await queries.query_directory(alias, fresh=True))[0] == "!new:remote.example"
+    assert (await queries.query_directory(alias))[0] == "!new:remote.example"
+    assert client.calls == 2

@@ -72,7 +72,7 @@ class RoomRoutes:
             return room_id_or_alias, []
         if room_id_or_alias.startswith("#") and is_valid_room_alias(room_id_or_alias):
             # A local alias, or another server's asked over federation.
-            found = await self.directory.resolve_alias(room_id_or_alias)
+            found = await self.directory.resolve_alias(room_id_or_alias, fresh=True)
             return found["room_id"], list(found["servers"])
         raise invalid_param(f"{room_id_or_alias!r} is not a room ID or alias")
 
