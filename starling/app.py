@@ -79,7 +79,7 @@ from starling.profile.service import ProfileService
 from starling.protocol.event import Event
 from starling.protocol.power_levels import server_of
 from starling.protocol.signing import SigningKey
-from starling.push.delivery import PushSender
+from starling.push.delivery import PushSender, room_details_from
 from starling.push.pushers import PusherService
 from starling.push.service import PushRulesService
 from starling.ratelimit import RateLimits
@@ -516,9 +516,21 @@ async def build_services(
         badge_count,
         address_policy=IPRangePolicy(config.ip_range_blacklist, config.ip_range_whitelist),
         verify_certificates=not config.use_insecure_ssl_client_just_for_testing_do_not_use,
+        room_details=room_details_from(
+            state_store.get_current_state_ids, event_store.get_events_with_meta
+        ),
     )
     # Only an in-memory queue: see starling/push/delivery.py for why no stored position.
     room_events.add_listener(push_sender.on_new_event)
+    federation_receipt = extras.receipts.on_local_receipt
+
+    async def on_local_receipt(receipt: Receipt) -> None:
+        if federation_receipt is not None:
+            await federation_receipt(receipt)
+        if receipt.receipt_type in ("m.read", "m.read.private"):
+            push_sender.badge_changed(receipt.user_id)
+
+    extras.receipts.on_local_receipt = on_local_receipt
     admin_users = AdminUsers(
         server_name=config.server_name,
         accounts=accounts,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -57,10 +57,55 @@ def tweaks_of(actions: list[Any] | None) -> dict[str, Any]:
     return out
 
 
+# What a notification says about the room and sender besides the event (push gateway
+# API: room_name, room_alias, sender_display_name), read once per event.
+RoomDetails = Callable[[Event], Awaitable[dict[str, Any]]]
+
+
+async def _no_details(event: Event) -> dict[str, Any]:
+    return {}
+
+
+def room_details_from(
+    current_state: Callable[[str], Awaitable[Mapping[tuple[str, str], str]]],
+    get_events: Callable[[list[str]], Awaitable[Mapping[str, Any]]],
+) -> RoomDetails:
+    """Reads room_name, room_alias and sender_display_name from the room's current state.
+    `get_events` maps event IDs to stored (event, meta) pairs."""
+
+    async def details(event: Event) -> dict[str, Any]:
+        state = await current_state(event.room_id)
+        wanted = {
+            "room_name": (("m.room.name", ""), "name"),
+            "room_alias": (("m.room.canonical_alias", ""), "alias"),
+            "sender_display_name": (("m.room.member", event.sender), "displayname"),
+        }
+        ids = [state[key] for key, _ in wanted.values() if key in state]
+        found = await get_events(ids) if ids else {}
+        out: dict[str, Any] = {}
+        for name, (key, field) in wanted.items():
+            pair = found.get(state.get(key, ""))
+            value = pair[0].content.get(field) if pair is not None else None
+            if isinstance(value, str) and value:
+                out[name] = value
+        # Like Synapse: a room without a name is named by its canonical alias.
+        if "room_name" not in out and "room_alias" in out:
+            out["room_name"] = out["room_alias"]
+        return out
+
+    return details
+
+
 def notification_body(
-    event: Event, pusher: dict[str, Any], actions: list[Any] | None, unread: int
+    event: Event,
+    pusher: dict[str, Any],
+    actions: list[Any] | None,
+    unread: int,
+    *,
+    user_id: str | None = None,
+    details: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The request body of /_matrix/push/v1/notify for one pusher."""
+    """The request body of /_matrix/push/v1/notify for one pusher of `user_id`."""
     data = pusher.get("data") or {}
     tweaks = tweaks_of(actions)
     device = {
@@ -78,10 +123,28 @@ def notification_body(
         "prio": "high" if tweaks.get("highlight") or tweaks.get("sound") else "low",
     }
     if data.get("format") != "event_id_only":
+        # "id" is the event ID again, under the name Synapse (and older gateways) use.
+        notification["id"] = event.event_id
         notification["type"] = event.type
         notification["sender"] = event.sender
         notification["content"] = event.content
+        notification.update(details or {})
+        if event.type == "m.room.member" and event.state_key is not None:
+            notification["membership"] = event.content.get("membership")
+            notification["user_is_target"] = event.state_key == user_id
     return {"notification": notification}
+
+
+def badge_body(pusher: dict[str, Any], unread: int) -> dict[str, Any]:
+    """A badge-only notification: the user's unread count for their devices."""
+    data = pusher.get("data") or {}
+    device = {
+        "app_id": pusher["app_id"],
+        "pushkey": pusher["pushkey"],
+        "pushkey_ts": int(pusher.get("pushkey_ts", 0)),
+        "data": {k: v for k, v in data.items() if k not in _PRIVATE_DATA_KEYS},
+    }
+    return {"notification": {"counts": {"unread": unread}, "devices": [device], "prio": "low"}}
 
 
 class PushSender:
@@ -97,8 +160,10 @@ class PushSender:
         address_policy: AddressPolicy | None = None,
         verify_certificates: bool = True,
         first_backoff: float = FIRST_BACKOFF_SECONDS,
+        room_details: RoomDetails = _no_details,
     ) -> None:
         self._pushers = pushers
+        self._room_details = room_details
         # Pusher URLs come from users: without this, any user could make the server
         # POST into its own network (ip_range_blacklist, as Synapse applies it to push).
         self._address_policy = address_policy
@@ -113,6 +178,7 @@ class PushSender:
         self._queues: dict[PusherKey, deque[dict[str, Any]]] = {}
         self._tasks: dict[PusherKey, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._badge_tasks: set[asyncio.Task[None]] = set()
 
     def on_new_event(self, event: Event, position: int) -> None:
         """A RoomEventService listener: queue the event and wake the worker (no I/O)."""
@@ -123,6 +189,28 @@ class PushSender:
             return
         self._events.append(event)
         self._wake.set()
+
+    def badge_changed(self, user_id: str) -> None:
+        """The user read something (a read receipt): their gateways get the new unread
+        count alone, so a phone's badge follows (a notification with only `counts` and
+        `devices`, as the push gateway API allows and Synapse sends)."""
+        if self._worker is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._send_badge(user_id))
+        self._badge_tasks.add(task)
+        task.add_done_callback(self._badge_tasks.discard)
+
+    async def _send_badge(self, user_id: str) -> None:
+        try:
+            targets = await self._pushers.list_http_for_users({user_id})
+            if not targets.get(user_id):
+                return
+            unread = await self._unread(user_id)
+            for pusher in targets[user_id]:
+                body = badge_body(pusher, unread)
+                self._enqueue((user_id, pusher["app_id"], pusher["pushkey"]), pusher, body)
+        except Exception:
+            logger.exception("badge update failed for %s", user_id)
 
     async def start(self) -> None:
         if self._worker is None:
@@ -140,7 +228,9 @@ class PushSender:
             self._worker = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._worker, *self._tasks.values()) if t is not None]
+        tasks = [
+            t for t in (self._worker, *self._tasks.values(), *self._badge_tasks) if t is not None
+        ]
         self._worker = None
         for task in tasks:
             task.cancel()
@@ -171,13 +261,18 @@ class PushSender:
             users.add(event.state_key)  # not joined yet: the rule .m.rule.invite_for_me
         users.discard(event.sender)
         targets = await self._pushers.list_http_for_users(users)
+        details: dict[str, Any] | None = None
         for user_id in sorted(targets):
             actions = (await self._push_rules.actions_for(user_id, [event])).get(event.event_id)
             if not notifies(actions):
                 continue
             unread = await self._unread(user_id)
+            if details is None:
+                details = await self._room_details(event)
             for pusher in targets[user_id]:
-                body = notification_body(event, pusher, actions, unread)
+                body = notification_body(
+                    event, pusher, actions, unread, user_id=user_id, details=details
+                )
                 self._enqueue((user_id, pusher["app_id"], pusher["pushkey"]), pusher, body)
 
     def _enqueue(self, key: PusherKey, pusher: dict[str, Any], body: dict[str, Any]) -> None:

@@ -239,3 +239,40 @@ async def test_gateway_in_a_blacklisted_range_is_never_contacted(
     assert "refused by ip_range_blacklist" in caplog.text
     assert not sender._tasks, "delivery still retrying a refused address"
     assert gateway.received.empty()
+
+
+async def test_room_and_sender_names_and_invite_fields(pushing: Harness, gateway: Gateway) -> None:
+    hs = pushing
+    alice, atok, _bob, btok, room = await dm_room(hs)
+    await set_pusher(hs, btok, gateway)
+    await ok(hs, "PUT", f"{V3}/profile/{quote(alice)}/displayname", atok, {"displayname": "Al"})
+    await ok(hs, "PUT", f"{V3}/rooms/{quote(room)}/state/m.room.name", atok, {"name": "Hall"})
+    event_id = await hs.send_message(atok, room, "named")
+    for _ in range(5):
+        n = await gateway.next()
+        if n.get("event_id") == event_id:
+            break
+    assert n["id"] == event_id  # Synapse's name for it, which gateways read
+    assert n["room_name"] == "Hall" and n["sender_display_name"] == "Al"
+    carol, ctok = await hs.register()
+    await set_pusher(hs, ctok, gateway, pushkey="key2")
+    await ok(hs, "POST", f"{V3}/rooms/{quote(room)}/invite", atok, {"user_id": carol})
+    for _ in range(5):
+        n = await gateway.next()
+        if n.get("type") == "m.room.member":
+            break
+    assert n["membership"] == "invite" and n["user_is_target"] is True
+
+
+async def test_read_receipt_pushes_the_new_badge(pushing: Harness, gateway: Gateway) -> None:
+    hs = pushing
+    _alice, atok, _bob, btok, room = await dm_room(hs)
+    await set_pusher(hs, btok, gateway)
+    event_id = await hs.send_message(atok, room, "unread")
+    n = await gateway.next()
+    assert n["event_id"] == event_id and n["counts"]["unread"] == 1
+    await ok(hs, "POST", f"{V3}/rooms/{quote(room)}/receipt/m.read/{quote(event_id)}", btok, {})
+    badge = await gateway.next()
+    assert badge["counts"] == {"unread": 0}
+    assert "event_id" not in badge and "type" not in badge
+    assert badge["devices"][0]["pushkey"] == "key1"
