@@ -9,6 +9,7 @@
     starling-chat --store DIR send-voice ROOM PATH.ogg
     starling-chat --store DIR tail ROOM [--count N] [--timeout S] [--json] [--save-dir D]
     starling-chat --store DIR verify USER_ID [DEVICE_ID] [--yes] [--wait] [--timeout S]
+    starling-chat --store DIR files push DIR | files ls [--json] | files pull [PATH] --to DIR
     starling-chat --store DIR backup
     starling-chat --store DIR restore --recovery-key KEY
     starling-chat --store DIR devices USER_ID [--json]
@@ -35,6 +36,7 @@ from pathlib import Path
 from starling_client.api import MatrixError
 from starling_client.backup import BackupError
 from starling_client.client import Client, Message
+from starling_client.files import FileBackup, FileBackupError
 from starling_client.store import StoreError
 from starling_client.verification import Sas
 
@@ -163,6 +165,8 @@ async def command(client: Client, args: argparse.Namespace) -> int:
         count = await client.restore_backup(args.recovery_key)
         status = await client.backup_status()
         print(f"restored {count} room keys from backup version {status['version']}", file=out)
+    elif args.command == "files":
+        await files_command(client, args)
     elif args.command == "verify":
         await verify(client, args.user_id, args.device_id, args.yes, args.wait, args.timeout)
     elif args.command == "devices":
@@ -234,6 +238,53 @@ async def verify(
     except TimeoutError:
         raise CliError(f"verification did not finish within {timeout_s:g}s") from None
     print(f"verified {sas.their_user} {sas.their_device}")
+
+
+def progress_bar(path: str, what: str, done: int, total: int) -> None:
+    """A one-line progress bar on stderr, drawn only on a terminal."""
+    if not sys.stderr.isatty():
+        return
+    width = 30
+    filled = width * done // max(total, 1)
+    name = path if len(path) <= 40 else "…" + path[-39:]
+    sys.stderr.write(
+        f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {what:<12} {name:<40}"
+    )
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+async def files_command(client: Client, args: argparse.Namespace) -> None:
+    backup = FileBackup(client)
+    try:
+        if args.files_command == "push":
+            result = await backup.push(Path(args.dir), progress_bar)
+            print(
+                f"{result.sent} sent ({result.bytes_sent} bytes), {result.deduplicated} "
+                f"deduplicated, {result.unchanged} unchanged"
+            )
+        elif args.files_command == "ls":
+            for entry in sorted((await backup.index()).values(), key=lambda e: e.path):
+                if args.json:
+                    print(
+                        json.dumps(
+                            {
+                                "path": entry.path,
+                                "size": entry.size,
+                                "sha256": entry.sha256,
+                                "mtime": entry.mtime,
+                            }
+                        )
+                    )
+                else:
+                    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.mtime))
+                    print(f"{entry.size:>12}  {when}  {entry.path}")
+        else:
+            count = await backup.pull(Path(args.to), args.path, progress_bar)
+            print(f"{count} files restored to {args.to}")
+    except FileBackupError as e:
+        raise CliError(str(e)) from e
 
 
 def ask(prompt: str) -> bool:
@@ -376,6 +427,16 @@ def parser() -> argparse.ArgumentParser:
     tail_p.add_argument(
         "--save-dir", help="where decrypted attachments are saved (default: STORE/downloads)"
     )
+
+    files = sub.add_parser("files", help="encrypted file backup")
+    files_sub = files.add_subparsers(dest="files_command", required=True)
+    push = files_sub.add_parser("push", help="back up a directory (incremental, deduplicated)")
+    push.add_argument("dir")
+    ls = files_sub.add_parser("ls", help="list the backed-up files")
+    ls.add_argument("--json", action="store_true")
+    pull = files_sub.add_parser("pull", help="restore backed-up files")
+    pull.add_argument("path", nargs="?", help="a file or directory in the backup (default: all)")
+    pull.add_argument("--to", required=True, help="where to write them")
 
     sub.add_parser("backup", help="create the key backup (prints the recovery key once) or show it")
     restore = sub.add_parser("restore", help="restore room keys from the key backup")

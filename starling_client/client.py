@@ -395,6 +395,10 @@ class Client:
             got.verified,
         )
 
+    def decrypt_event(self, room_id: str, event: dict[str, Any]) -> Message:
+        """Decrypt an event read outside /sync (e.g. from /messages); `error` says why not."""
+        return self._decrypt(room_id, event, keep_pending=False)
+
     async def sync_forever(self, timeout_ms: int = 30_000) -> None:
         backoff = 1.0
         while True:
