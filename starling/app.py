@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -461,6 +462,13 @@ async def build_services(
         e2ee.device_lists.mark_remote_changed,
     )
     e2ee.keys.remote_cache = remote_device_lists
+
+    async def remote_master_keys(requester: str, users: Sequence[str]) -> dict[str, Any]:
+        answer = await e2ee.keys.query(requester, {u: [] for u in users})
+        masters: dict[str, Any] = answer["master_keys"]
+        return masters
+
+    e2ee.cross_signing.remote_master_keys = remote_master_keys
     e2ee.remote_device_lists = remote_device_lists
     e2ee.device_lists.on_left = remote_device_lists.maybe_forget
     device_list_federation = DeviceListFederation(
@@ -956,6 +964,9 @@ class Homeserver:
         try:
             await hs.services.federation_sender.start()
             await hs.services.push_sender.start()
+            if hs.services.e2ee.remote_device_lists is not None:
+                # Users left stale by the last run (a resync that had not succeeded).
+                await hs.services.e2ee.remote_device_lists.start()
             await hs.services.accounts.ensure_app_service_senders()
             await hs.services.app_service_sender.start()
             await hs._start_listeners()

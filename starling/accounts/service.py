@@ -743,7 +743,11 @@ class AccountService:
                 "M_TOO_LARGE",
                 f"Device display name is too long (max {MAX_DEVICE_DISPLAY_NAME_LENGTH})",
             )
-        return await self._store.update_device_display_name(user_id, device_id, display_name)
+        renamed = await self._store.update_device_display_name(user_id, device_id, display_name)
+        if renamed:
+            # The name is part of the device list others see (and other servers are sent).
+            await self._devices_changed(user_id, [device_id], False)
+        return renamed
 
     async def delete_devices(self, user_id: str, device_ids: Sequence[str]) -> list[str]:
         """Delete those of ``device_ids`` that exist, with their tokens; return them."""

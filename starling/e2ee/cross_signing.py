@@ -8,7 +8,7 @@ handler's (it needs the request); `needs_auth` tells it when the spec requires i
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -38,6 +38,11 @@ _BODY_KEYS = {
 MAX_SIGNED_OBJECTS = 1000
 
 
+RemoteMasterKeys = Callable[[str, Sequence[str]], Awaitable[Mapping[str, Any]]]
+"""(requester, users) -> their master keys as /keys/query gives them (other servers'
+users: from the device-list cache or their server)."""
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -65,6 +70,9 @@ class CrossSigningService:
         self._accounts = accounts
         self._device_lists = device_lists
         self._clock_ms = clock_ms
+        # Master keys of users whose keys are not stored here (set by the composition
+        # root once federation exists): a user may sign another server's user's key.
+        self.remote_master_keys: RemoteMasterKeys | None = None
 
     async def _current(self, user_id: str) -> dict[str, str]:
         found = await self._store.get_cross_signing_keys([user_id], CROSS_SIGNING_TYPES)
@@ -156,6 +164,14 @@ class CrossSigningService:
         cross = await self._store.get_cross_signing_keys(
             set(users) | {user_id}, CROSS_SIGNING_TYPES
         )
+        unknown = [u for u in users if u != user_id and "master" not in cross.get(u, {})]
+        if unknown and self.remote_master_keys is not None:
+            for target, key in (await self.remote_master_keys(user_id, unknown)).items():
+                if target in unknown and isinstance(key, dict):
+                    try:
+                        cross.setdefault(target, {})["master"] = canonical(unsigned_part(key))
+                    except MatrixError:
+                        continue  # not signable: "not their master key" below
         mine = cross.get(user_id, {})
         devices: dict[str, dict[str, Any]] = {}
         if user_id in body:

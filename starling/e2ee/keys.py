@@ -223,7 +223,25 @@ class E2eKeyService:
         await asyncio.gather(
             *(self._query_remote(s, users, timeout_ms, result) for s, users in remote.items())
         )
+        if requester and remote:
+            await self._add_own_signatures(requester, result)
         return result
+
+    async def _add_own_signatures(self, requester: str, result: dict[str, Any]) -> None:
+        """The requester's own signatures (their user-signing key's) on other servers'
+        users' master keys: stored here, seen only by them."""
+        masters: dict[str, Any] = result["master_keys"]
+        others = [u for u in masters if server_of(u) != self._server_name]
+        if not others:
+            return
+        for sig in await self._store.get_signatures(others):
+            key = masters.get(sig.target_user_id)
+            if (
+                sig.user_id == requester
+                and isinstance(key, dict)
+                and master_public_key(key) == sig.target_key_id
+            ):
+                masters[sig.target_user_id] = add_signatures(key, [sig])
 
     async def _query_local(
         self, requester: str, wanted: dict[str, list[str]], result: dict[str, Any]

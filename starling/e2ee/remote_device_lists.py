@@ -227,6 +227,11 @@ class RemoteDeviceLists:
 
     # -- resyncs
 
+    async def start(self, limit: int = 1000) -> None:
+        """Resync (in the background) the users a previous run left stale."""
+        for user_id in await self._store.stale_users(limit):
+            self._schedule(user_id)
+
     def _schedule(self, user_id: str) -> None:
         if user_id in self._resyncing:
             return

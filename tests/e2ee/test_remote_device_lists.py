@@ -330,3 +330,26 @@ async def test_outbound_chain_heads_are_stored(database: Database) -> None:
     await store.set_outbound_head("@alice:here.test", 9)
     # Another store over the same database (a restart) reads it back.
     assert await RemoteDeviceListStore(database).outbound_head("@alice:here.test") == 9
+
+
+async def test_stale_users_are_resynced_at_start(
+    database: Database, cache: RemoteDeviceLists, remote: FakeRemote
+) -> None:
+    remote.fail = 100
+    await cache.device_list_update(update("PHONE", 10, [9]))
+    await cache.settle()
+    assert await cached_without_waiting(cache) is None
+    await cache.close()
+    # The next run (a new cache over the same database) resyncs them when it starts.
+    remote.fail = 0
+    again = RemoteDeviceLists(
+        "here.test",
+        RemoteDeviceListStore(database),
+        remote,
+        remote.shares_room,
+        remote.on_changed,
+        retry_delays=(0.01,),
+    )
+    await again.start()
+    await again.settle()
+    assert await cached(again) is not None

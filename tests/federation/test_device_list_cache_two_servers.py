@@ -6,8 +6,10 @@ a answers about b's user while b is unreachable is what a has cached.
   /user/devices; with b cut off, a still answers (from the cache);
 - an `m.device_list_update` with a prev_id a never saw (a gap, signed as b): a marks the
   cache stale and resyncs from b, so the device the bogus update named never shows;
-- a new device on b is seen by a (chain applied), a deleted device disappears, a
-  cross-signing reset on b is seen on a - each answered by a while b is cut off;
+- a new device on b is seen by a (chain applied), so is its new name, a deleted device
+  disappears, a cross-signing reset on b is seen on a - each answered by a while b is
+  cut off;
+- a's user signs b's user's master key (cross-user verification across servers);
 - b restarts: the update chain goes on from the stored head.
 """
 
@@ -17,7 +19,7 @@ import secrets
 import time
 from typing import Any
 
-from tests.e2ee.support import CrossSigning, Device
+from tests.e2ee.support import CrossSigning, Device, sign
 from tests.federation.harness import (
     FederatedServer,
     User,
@@ -186,6 +188,18 @@ async def _flow(a: FederatedServer, b: FederatedServer) -> None:
     assert got["keys"] == tablet_keys.device_keys()["keys"]
     assert got["signatures"] == tablet_keys.device_keys()["signatures"]
 
+    # A renamed device: the new name reaches a too.
+    status, resp = await b.client_request(
+        "PUT", f"{V3}/devices/TABLET", bob.token, {"display_name": "Bob's tablet"}
+    )
+    assert status == 200, resp
+
+    def renamed(body: dict[str, Any]) -> bool:
+        tablet = body["device_keys"][bob.user_id].get("TABLET", {})
+        return bool(tablet.get("unsigned") == {"device_display_name": "Bob's tablet"})
+
+    await cached_answer(a, b, alice, bob, "bob's renamed TABLET on a", renamed)
+
     # 4. Cross-signing keys, then a reset of them on b.
     first = CrossSigning(bob.user_id)
     status, resp = await with_auth(
@@ -216,6 +230,34 @@ async def _flow(a: FederatedServer, b: FederatedServer) -> None:
         lambda body: body["master_keys"].get(bob.user_id) == reset.key_object("master"),
     )
     assert body["self_signing_keys"][bob.user_id] == reset.key_object("self_signing")
+
+    # alice verifies bob: her user-signing key signs his (remote) master key; a stores the
+    # signature and shows it to her alone on his master key.
+    alice_keys = CrossSigning(alice.user_id)
+    status, resp = await with_auth(
+        a, "POST", f"{V3}/keys/device_signing/upload", alice, alice_keys.upload_body()
+    )
+    assert status == 200, resp
+    usk_id = alice_keys.key_id(alice_keys.user_signing)
+    signed_bob = sign(reset.key_object("master"), alice.user_id, usk_id, alice_keys.user_signing)
+    wrong = sign(first.key_object("master"), alice.user_id, usk_id, alice_keys.user_signing)
+    status, resp = await a.client_request(
+        "POST",
+        f"{V3}/keys/signatures/upload",
+        alice.token,
+        {
+            bob.user_id: {
+                reset.master.public_key_base64: signed_bob,
+                first.master.public_key_base64: wrong,  # no longer his master key
+            }
+        },
+    )
+    assert status == 200, resp
+    assert list(resp["failures"].get(bob.user_id, {})) == [first.master.public_key_base64]
+    body = await query(a, alice, bob.user_id, 10_000)
+    assert body["master_keys"][bob.user_id]["signatures"][alice.user_id] == {
+        usk_id: signed_bob["signatures"][alice.user_id][usk_id]
+    }
 
     # 5. A deleted device disappears for a.
     status, resp = await with_auth(b, "DELETE", f"{V3}/devices/TABLET", bob, {})
