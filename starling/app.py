@@ -23,6 +23,7 @@ from starling.accounts.registration_tokens import RegistrationTokens
 from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.accounts.uia import UserInteractiveAuth
+from starling.admin.audit import AuditLog
 from starling.admin.media import AdminMedia
 from starling.admin.notices import ServerNotices
 from starling.admin.reports import ContentReports
@@ -107,6 +108,7 @@ from starling.storage.admin_rooms import AdminRoomStore
 from starling.storage.admin_users import AdminUserStore
 from starling.storage.aliases import AliasExists, AliasStore
 from starling.storage.appservice import AppServiceStore
+from starling.storage.audit_log import AuditLogStore
 from starling.storage.database import Database, open_database
 from starling.storage.database import DatabaseConfig as StorageConfig
 from starling.storage.directory import DirectoryStore
@@ -585,6 +587,7 @@ async def build_services(
     )
     return Components(
         config=config,
+        audit_log=AuditLog(AuditLogStore(db)),
         reports=reports,
         server_notices=server_notices,
         admin_users=admin_users,

@@ -127,6 +127,40 @@ class AdminMedia:
                 deleted.append(media_id)
         return deleted
 
+    async def usage_by_user(
+        self,
+        *,
+        order_by: str,
+        backwards: bool,
+        start: int,
+        limit: int,
+        from_ts: int | None,
+        until_ts: int | None,
+        search: str | None,
+    ) -> dict[str, Any]:
+        """GET /_synapse/admin/v1/statistics/users/media."""
+        if order_by not in ("user_id", "displayname", "media_length", "media_count"):
+            raise invalid_param(f"Unknown value for order_by: {order_by[:40]!r}")
+        rows, total = await self._store.usage_by_user(
+            order_by=order_by,
+            backwards=backwards,
+            start=start,
+            limit=limit,
+            from_ts=from_ts,
+            until_ts=until_ts,
+            search=search,
+        )
+        body: dict[str, Any] = {
+            "users": [
+                {"user_id": u, "displayname": d, "media_count": n, "media_length": size}
+                for u, d, n, size in rows
+            ],
+            "total": total,
+        }
+        if start + len(rows) < total:
+            body["next_token"] = start + len(rows)
+        return body
+
     async def purge_remote_cache(self, before_ts: int) -> int:
         count = 0
         for server_name, media_id in await self._store.remote_media_before(before_ts):

@@ -13,6 +13,7 @@ from starling.accounts.auth import RequestAuthenticator
 from starling.accounts.registration_tokens import RegistrationTokens
 from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
+from starling.admin.audit import AuditLog
 from starling.admin.media import AdminMedia
 from starling.admin.notices import ServerNotices
 from starling.admin.reports import ContentReports
@@ -67,6 +68,7 @@ class Services:
     registration_tokens: RegistrationTokens
     # the admin API's services (Synapse's /_synapse/admin)
     admin_users: AdminUsers
+    audit_log: AuditLog
     admin_rooms: AdminRooms
     admin_media: AdminMedia
     # content reports: users report events and rooms, admins read them

@@ -204,3 +204,51 @@ class AdminMediaStore:
             before_ts,
         )
         return [(r[0], r[1]) for r in rows]
+
+    async def usage_by_user(
+        self,
+        *,
+        order_by: str,
+        backwards: bool,
+        start: int,
+        limit: int,
+        from_ts: int | None,
+        until_ts: int | None,
+        search: str | None,
+    ) -> tuple[list[tuple[str, str | None, int, int]], int]:
+        """(user_id, displayname, media_count, media_length) of users with local uploads,
+        one page, and how many users match."""
+        media_where = ["m.server_name = ?", "m.user_id IS NOT NULL", "m.sha256 IS NOT NULL"]
+        args: list[Any] = [self._server_name]
+        if from_ts is not None:
+            media_where.append("m.created_ts >= ?")
+            args.append(from_ts)
+        if until_ts is not None:
+            media_where.append("m.created_ts <= ?")
+            args.append(until_ts)
+        outer = ""
+        if search:
+            escaped = search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            outer = "WHERE LOWER(s.user_id) LIKE ? ESCAPE '\\' OR LOWER(p.displayname) LIKE ? ESCAPE '\\'"
+            args += [f"%{escaped}%"] * 2
+        inner = (
+            "SELECT m.user_id, COUNT(*) AS media_count, SUM(COALESCE(m.media_length, 0))"
+            f" AS media_length FROM media AS m WHERE {' AND '.join(media_where)} GROUP BY m.user_id"
+        )
+        base = f"FROM ({inner}) AS s LEFT JOIN profiles AS p ON p.user_id = s.user_id {outer}"
+        total = await self._db.fetch_val(f"SELECT COUNT(*) {base}", *args)
+        column = {
+            "user_id": "s.user_id",
+            "displayname": "p.displayname",
+            "media_length": "s.media_length",
+            "media_count": "s.media_count",
+        }[order_by]
+        direction = "DESC" if backwards else "ASC"
+        rows = await self._db.fetch_all(
+            f"SELECT s.user_id, p.displayname, s.media_count, s.media_length {base}"
+            f" ORDER BY {column} {direction}, s.user_id ASC LIMIT ? OFFSET ?",
+            *args,
+            limit,
+            start,
+        )
+        return [(r[0], r[1], int(r[2]), int(r[3])) for r in rows], int(total or 0)

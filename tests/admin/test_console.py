@@ -127,10 +127,15 @@ async def test_console_in_a_browser(hs: Harness, engine: str) -> None:
             wait.until(status_says(f"{room} deleted"))
             wait.until(lambda d: "Nothing here." in d.find_element(By.ID, "rooms-table").text)
 
+            driver.find_element(By.LINK_TEXT, "Audit log").click()
+            wait.until(lambda d: "/deactivate/" in d.find_element(By.ID, "audit-table").text)
+            assert "/rooms/" in driver.find_element(By.ID, "audit-table").text
+            driver.save_screenshot(str(shots / "7-audit-log.png"))
+
             driver.find_element(By.ID, "logout").click()
             wait.until(ec.visibility_of_element_located((By.ID, "login-form")))
         finally:
-            driver.save_screenshot(str(shots / "7-last.png"))
+            driver.save_screenshot(str(shots / "8-last.png"))
             driver.quit()
 
     await asyncio.wait_for(asyncio.to_thread(script), timeout=180)

@@ -17,11 +17,13 @@ from aiohttp import web
 from starling.accounts.registration_tokens import UNSET, RegistrationToken, RegistrationTokens
 from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
+from starling.api.admin.audit import AdminAuditRoutes, with_audit
 from starling.api.admin.federation import FederationDestinationsAdmin
 from starling.api.admin.media import AdminMediaRoutes
 from starling.api.admin.notices import AdminNoticeRoutes
 from starling.api.admin.reports import AdminReportRoutes
 from starling.api.admin.rooms import AdminRoomRoutes
+from starling.api.admin.server import AdminServerRoutes
 from starling.api.admin.users import AdminUserRoutes
 from starling.api.client.common import body_str, query_bool
 from starling.api.http import json_response, read_json_object
@@ -75,14 +77,14 @@ class AdminRegistrationRoutes:
         self.accounts = accounts
         self.tokens = tokens
 
-    # GET /_synapse/admin/v1/register
-    # (Synapse admin API: docs/admin_api/register_api.md)
     async def get_nonce(self, request: web.Request) -> web.Response:
+        """GET /_synapse/admin/v1/register
+        (Synapse admin API: docs/admin_api/register_api.md)"""
         return json_response({"nonce": self.shared_secret.new_nonce()})
 
-    # POST /_synapse/admin/v1/register
-    # (Synapse admin API: docs/admin_api/register_api.md)
     async def register(self, request: web.Request) -> web.Response:
+        """POST /_synapse/admin/v1/register
+        (Synapse admin API: docs/admin_api/register_api.md)"""
         body = await read_json_object(request)
         nonce = body_str(body, "nonce", required=True)
         username = body_str(body, "username", required=True)
@@ -105,16 +107,16 @@ class AdminRegistrationRoutes:
         )
         return json_response(result)
 
-    # GET /_synapse/admin/v1/registration_tokens
-    # (Synapse admin API: docs/admin_api/registration_tokens.md)
     async def list_tokens(self, request: web.Request) -> web.Response:
+        """GET /_synapse/admin/v1/registration_tokens
+        (Synapse admin API: docs/admin_api/registration_tokens.md)"""
         valid = query_bool(request, "valid") if "valid" in request.query else None
         tokens = await self.tokens.list(valid)
         return json_response({"registration_tokens": [_token_json(t) for t in tokens]})
 
-    # POST /_synapse/admin/v1/registration_tokens/new
-    # (Synapse admin API: docs/admin_api/registration_tokens.md)
     async def create_token(self, request: web.Request) -> web.Response:
+        """POST /_synapse/admin/v1/registration_tokens/new
+        (Synapse admin API: docs/admin_api/registration_tokens.md)"""
         body = await read_json_object(request, allow_empty=True)
         uses_allowed = _optional_count(body, "uses_allowed")
         expiry_time = _optional_expiry(body)
@@ -135,17 +137,17 @@ class AdminRegistrationRoutes:
         created = await self.tokens.create(token, length, uses_allowed, expiry_time)
         return json_response(_token_json(created))
 
-    # GET /_synapse/admin/v1/registration_tokens/{token}
-    # (Synapse admin API: docs/admin_api/registration_tokens.md)
     async def get_token(self, request: web.Request) -> web.Response:
+        """GET /_synapse/admin/v1/registration_tokens/{token}
+        (Synapse admin API: docs/admin_api/registration_tokens.md)"""
         found = await self.tokens.get(request.match_info["token"])
         if found is None:
             raise not_found("No such registration token")
         return json_response(_token_json(found))
 
-    # PUT /_synapse/admin/v1/registration_tokens/{token}
-    # (Synapse admin API: docs/admin_api/registration_tokens.md)
     async def update_token(self, request: web.Request) -> web.Response:
+        """PUT /_synapse/admin/v1/registration_tokens/{token}
+        (Synapse admin API: docs/admin_api/registration_tokens.md)"""
         body = await read_json_object(request, allow_empty=True)
         changes: dict[str, Any] = {"uses_allowed": UNSET, "expiry_time": UNSET}
         if "uses_allowed" in body:
@@ -157,9 +159,9 @@ class AdminRegistrationRoutes:
             raise not_found("No such registration token")
         return json_response(_token_json(updated))
 
-    # DELETE /_synapse/admin/v1/registration_tokens/{token}
-    # (Synapse admin API: docs/admin_api/registration_tokens.md)
     async def delete_token(self, request: web.Request) -> web.Response:
+        """DELETE /_synapse/admin/v1/registration_tokens/{token}
+        (Synapse admin API: docs/admin_api/registration_tokens.md)"""
         if not await self.tokens.delete(request.match_info["token"]):
             raise not_found("No such registration token")
         return json_response({})
@@ -170,29 +172,30 @@ def admin_table(svc: Services) -> RouteTable:
     r = AdminRegistrationRoutes(
         svc.shared_secret_registration, svc.accounts, svc.registration_tokens
     )
+    routes = [
+        # Shared-secret registration: the HMAC over the nonce is the credential.
+        get("/register", r.get_nonce, Auth.NONE),
+        post("/register", r.register, Auth.NONE),
+        get("/registration_tokens", r.list_tokens, Auth.ADMIN),
+        post("/registration_tokens/new", r.create_token, Auth.ADMIN),
+        get("/registration_tokens/{token}", r.get_token, Auth.ADMIN),
+        put("/registration_tokens/{token}", r.update_token, Auth.ADMIN),
+        delete("/registration_tokens/{token}", r.delete_token, Auth.ADMIN),
+        # federation destinations: list, one, reset_connection
+        *FederationDestinationsAdmin(svc.federation_sender).routes(),
+        # users: list, query, create/modify, deactivate, devices, rooms, login as
+        *AdminUserRoutes(svc.admin_users).routes(),
+        # rooms: list, details, members, state, block, delete (and its status), join
+        *AdminRoomRoutes(svc.admin_rooms).routes(),
+        # media: per user and room, quarantine, protection, deletion, remote cache
+        *AdminMediaRoutes(svc.admin_media).routes(),
+        # what users reported
+        *AdminReportRoutes(svc.reports).routes(),
+        *AdminNoticeRoutes(svc.server_notices).routes(),
+        *AdminServerRoutes(svc.admin_media).routes(),
+        *AdminAuditRoutes(svc.audit_log).routes(),
+    ]
+    # Every change an admin makes goes into the audit log.
     return RouteTable(
-        "admin",
-        "/_synapse/admin/{version}",
-        ("v1",),
-        [
-            # Shared-secret registration: the HMAC over the nonce is the credential.
-            get("/register", r.get_nonce, Auth.NONE),
-            post("/register", r.register, Auth.NONE),
-            get("/registration_tokens", r.list_tokens, Auth.ADMIN),
-            post("/registration_tokens/new", r.create_token, Auth.ADMIN),
-            get("/registration_tokens/{token}", r.get_token, Auth.ADMIN),
-            put("/registration_tokens/{token}", r.update_token, Auth.ADMIN),
-            delete("/registration_tokens/{token}", r.delete_token, Auth.ADMIN),
-            # federation destinations: list, one, reset_connection
-            *FederationDestinationsAdmin(svc.federation_sender).routes(),
-            # users: list, query, create/modify, deactivate, devices, rooms, login as
-            *AdminUserRoutes(svc.admin_users).routes(),
-            # rooms: list, details, members, state, block, delete (and its status), join
-            *AdminRoomRoutes(svc.admin_rooms).routes(),
-            # media: per user and room, quarantine, protection, deletion, remote cache
-            *AdminMediaRoutes(svc.admin_media).routes(),
-            # what users reported
-            *AdminReportRoutes(svc.reports).routes(),
-            *AdminNoticeRoutes(svc.server_notices).routes(),
-        ],
+        "admin", "/_synapse/admin/{version}", ("v1",), with_audit(routes, svc.audit_log)
     )

@@ -261,7 +261,25 @@ async function showReports() {
   );
 }
 
-const PAGES = { dashboard: showDashboard, users: showUsers, rooms: showRooms, media: null, reports: showReports };
+async function showAudit() {
+  const data = await api("GET", ADMIN + "/v1/audit_log", undefined, { limit: 200 });
+  fillTable($("audit-table"), data.entries, [
+    ["When", (e) => e.ts],
+    ["Admin", (e) => e.admin],
+    ["Action", (e) => e.method + " " + e.path],
+    ["On", (e) => e.target],
+    ["Result", (e) => e.status],
+  ]);
+}
+
+const PAGES = {
+  dashboard: showDashboard,
+  users: showUsers,
+  rooms: showRooms,
+  media: null,
+  reports: showReports,
+  audit: showAudit,
+};
 
 async function route() {
   const loggedIn = Boolean(state.token);
