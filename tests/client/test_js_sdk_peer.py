@@ -1,0 +1,157 @@
+"""Starling's own client and matrix-js-sdk with Rust crypto (the stack Element Web runs on)
+through a real `starling serve` (both engines), the JS side driven by
+tests/interop/js/peer.mjs: encrypted messages both ways, and an encrypted image and voice
+message from Starling that js-sdk receives and decrypts with WebCrypto (Element's way).
+
+Needs Node.js and `make dev-js`; skipped without them, except in CI."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from starling_client.client import Client
+from tests.client.test_e2ee_server import has_text, opus_file, png
+from tests.interop.conftest import RunningServer
+from tests.interop.test_js_sdk import JS_DIR, node_or_skip
+from tests.interop.test_nio_e2ee import PASSWORD, register
+
+pytestmark = pytest.mark.integration
+
+DEADLINE_S = 40.0
+
+
+class Peer:
+    """The node process: JSON lines in, JSON lines out."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[dict[str, Any]] = []
+        self.used: set[int] = set()  # indexes of lines expect() already returned
+
+    async def send(self, command: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(command) + "\n").encode())
+        await self.proc.stdin.drain()
+
+    async def expect(self, pred: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        for index, line in enumerate(self.lines):
+            if index not in self.used and pred(line):
+                self.used.add(index)
+                return line
+        deadline = time.monotonic() + DEADLINE_S
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            try:
+                raw = await asyncio.wait_for(
+                    self.proc.stdout.readline(), deadline - time.monotonic()
+                )
+            except TimeoutError:
+                break
+            if not raw:
+                break
+            line = json.loads(raw)
+            self.lines.append(line)
+            if "error" in line:
+                raise AssertionError(f"js-sdk peer: {line['error']}")
+            if pred(line):
+                self.used.add(len(self.lines) - 1)
+                return line
+        raise AssertionError(f"within {DEADLINE_S}s the js-sdk peer never {what}: {self.lines}")
+
+    def event(self, body: str) -> Callable[[dict[str, Any]], bool]:
+        return lambda line: line.get("event", {}).get("body") == body
+
+
+@pytest.fixture
+async def peer_process(
+    starling_server: RunningServer, tmp_path: Path
+) -> AsyncIterator[Callable[[str], Any]]:
+    node = node_or_skip()
+    started: list[asyncio.subprocess.Process] = []
+    opened: list[Any] = []
+
+    async def start(user: str) -> Peer:
+        log = await asyncio.to_thread(open, tmp_path / f"{user}-node.log", "wb")
+        opened.append(log)
+        proc = await asyncio.create_subprocess_exec(
+            node,
+            str(JS_DIR / "peer.mjs"),
+            starling_server.url,
+            user,
+            PASSWORD,
+            cwd=JS_DIR,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+        )
+        started.append(proc)
+        return Peer(proc)
+
+    yield start
+    for proc in started:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    for log in opened:
+        log.close()
+
+
+async def test_starling_and_js_sdk_exchange_encrypted_messages_and_media(
+    starling_server: RunningServer, tmp_path: Path, peer_process: Callable[[str], Any]
+) -> None:
+    server = starling_server
+    await register(server, "alice", tmp_path / "alice-reg")
+    await register(server, "jay", tmp_path / "jay-reg")
+    alice = await Client.login(tmp_path / "alice", server.url, "alice", PASSWORD, "pw")
+    try:
+        peer: Peer = await peer_process("jay")
+        ready = (await peer.expect(lambda x: "ready" in x, "started"))["ready"]
+        jay = ready["user_id"]
+        room_id = await alice.create_room(name="with js", invite=[jay])
+        deadline = time.monotonic() + DEADLINE_S
+        while alice.rooms[room_id].members.get(jay) != "join" and time.monotonic() < deadline:
+            await alice.sync_once(timeout_ms=500)
+        assert alice.rooms[room_id].members.get(jay) == "join", "js-sdk never joined"
+
+        for i in range(2):
+            body = f"starling to js {i}"
+            event_id = await alice.send_text(room_id, body)
+            got = (await peer.expect(peer.event(body), f"decrypted {body!r}"))["event"]
+            assert got["event_id"] == event_id and got["wire_type"] == "m.room.encrypted"
+            assert got["sender"] == alice.user_id
+
+            body = f"js to starling {i}"
+            await peer.send({"cmd": "send", "room_id": room_id, "body": body})
+            sent = (await peer.expect(lambda x: "sent" in x, "sent"))["sent"]
+            deadline = time.monotonic() + DEADLINE_S
+            while not has_text(alice, room_id, sent, body) and time.monotonic() < deadline:
+                await alice.sync_once(timeout_ms=500)
+            assert has_text(alice, room_id, sent, body), f"Starling never decrypted {body!r}"
+            message = next(m for m in alice.timeline(room_id) if m.event_id == sent)
+            assert message.encrypted and message.sender == jay
+
+        # An encrypted image and a voice message, decrypted by WebCrypto on the JS side.
+        image = png(900, 700)
+        await asyncio.to_thread((tmp_path / "pic.png").write_bytes, image)
+        await asyncio.to_thread((tmp_path / "memo.ogg").write_bytes, opus_file(2))
+        await alice.send_file(room_id, tmp_path / "pic.png")
+        got = (await peer.expect(peer.event("pic.png"), "received the image"))["event"]
+        assert got["msgtype"] == "m.image" and got["wire_type"] == "m.room.encrypted"
+        assert got["info"]["w"] == 900 and "thumbnail_file" in got["info"]
+        await peer.send({"cmd": "download", "file": got["file"]})
+        downloaded = await peer.expect(lambda x: "downloaded" in x, "downloaded the image")
+        assert base64.b64decode(downloaded["downloaded"]) == image
+        await alice.send_voice(room_id, tmp_path / "memo.ogg")
+        got = (await peer.expect(peer.event("memo.ogg"), "received the voice message"))["event"]
+        assert got["msgtype"] == "m.audio" and got["voice"] and got["info"]["duration"] == 2000
+        await peer.send({"cmd": "exit"})
+    finally:
+        await alice.close()

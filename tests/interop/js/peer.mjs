@@ -1,0 +1,131 @@
+// A matrix-js-sdk client with Rust crypto (the stack Element Web runs on), driven line by
+// line over stdin/stdout by tests/client/test_js_sdk_peer.py to talk with Starling's own
+// client (starling_client) through a real `starling serve`.
+//
+//   node peer.mjs http://127.0.0.1:PORT USERNAME PASSWORD
+//
+// It logs in, starts Rust crypto (in memory) and syncs; it joins every room it is invited
+// to; every room message it sees is printed, decrypted, as one JSON line
+// {"event": {room_id, event_id, sender, type, msgtype, body, wire_type, file, decryption_failure}}.
+// Commands, one JSON object a line on stdin:
+//   {"cmd": "send", "room_id": ..., "body": ...}           → {"sent": event_id}
+//   {"cmd": "download", "file": <EncryptedFile>}           → {"downloaded": base64 of plaintext}
+//   {"cmd": "exit"}
+// Everything it prints besides those lines goes to stderr.
+
+import "./node22.mjs";
+
+const BASE_URL = process.argv[2];
+const USERNAME = process.argv[3];
+const PASSWORD = process.argv[4];
+
+const sdk = await import("matrix-js-sdk");
+const { logger } = await import("matrix-js-sdk/lib/logger.js");
+const { ClientEvent, RoomEvent, RoomMemberEvent, SyncState, createClient } = sdk;
+
+logger.setLevel(process.env.JS_SDK_LOG_LEVEL ?? "warn");
+const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
+console.log = console.info = console.debug = console.warn = console.error;
+
+const anonymous = createClient({ baseUrl: BASE_URL });
+const creds = await anonymous.loginRequest({
+    type: "m.login.password",
+    identifier: { type: "m.id.user", user: USERNAME },
+    password: PASSWORD,
+    initial_device_display_name: "js-sdk peer",
+});
+const client = createClient({
+    baseUrl: BASE_URL,
+    userId: creds.user_id,
+    deviceId: creds.device_id,
+    accessToken: creds.access_token,
+});
+await client.initRustCrypto({ useIndexedDB: false });
+
+const seen = new Set();
+async function report(ev, room) {
+    if (seen.has(ev.getId())) return;
+    await client.decryptEventIfNeeded(ev);
+    if (ev.getType() !== "m.room.message" && !ev.isDecryptionFailure()) return;
+    if (ev.isDecryptionFailure()) {
+        // Retried when the key arrives (Event.decrypted below).
+        return;
+    }
+    seen.add(ev.getId());
+    const content = ev.getContent();
+    out({
+        event: {
+            room_id: room?.roomId ?? ev.getRoomId(),
+            event_id: ev.getId(),
+            sender: ev.getSender(),
+            type: ev.getType(),
+            msgtype: content.msgtype,
+            body: content.body,
+            wire_type: ev.getWireType(),
+            file: content.file ?? null,
+            info: content.info ?? null,
+            voice: "org.matrix.msc3245.voice" in content,
+        },
+    });
+}
+client.on(RoomEvent.Timeline, (ev, room) => {
+    report(ev, room).catch((e) => console.error("report failed", e));
+});
+client.on(sdk.MatrixEventEvent.Decrypted, (ev) => {
+    report(ev, client.getRoom(ev.getRoomId())).catch((e) => console.error("report failed", e));
+});
+client.on(RoomMemberEvent.Membership, (_ev, member) => {
+    if (member.userId === client.getUserId() && member.membership === "invite") {
+        client.joinRoom(member.roomId).catch((e) => console.error("join failed", e));
+    }
+});
+
+const prepared = new Promise((resolve, reject) => {
+    client.on(ClientEvent.Sync, (state, _prev, data) => {
+        if (state === SyncState.Prepared) resolve();
+        if (state === SyncState.Error) reject(data?.error ?? new Error("sync error"));
+    });
+});
+await client.startClient({ initialSyncLimit: 20 });
+await prepared;
+out({ ready: { user_id: creds.user_id, device_id: creds.device_id } });
+
+let buffer = "";
+process.stdin.setEncoding("utf8");
+process.stdin.on("data", async (chunk) => {
+    buffer += chunk;
+    let newline;
+    while ((newline = buffer.indexOf("\n")) >= 0) {
+        const line = buffer.slice(0, newline);
+        buffer = buffer.slice(newline + 1);
+        if (!line.trim()) continue;
+        const command = JSON.parse(line);
+        try {
+            if (command.cmd === "send") {
+                const room = client.getRoom(command.room_id);
+                if (room) await client.getCrypto().prepareToEncrypt(room);
+                const sent = await client.sendMessage(command.room_id, {
+                    msgtype: "m.text",
+                    body: command.body,
+                });
+                out({ sent: sent.event_id });
+            } else if (command.cmd === "download") {
+                const file = command.file;
+                const [server, mediaId] = file.url.slice("mxc://".length).split("/");
+                const resp = await fetch(
+                    `${BASE_URL}/_matrix/client/v1/media/download/${server}/${mediaId}`,
+                    { headers: { Authorization: `Bearer ${creds.access_token}` } },
+                );
+                const ciphertext = new Uint8Array(await resp.arrayBuffer());
+                const { decryptAttachment } = await import("./attachment.mjs");
+                const plain = await decryptAttachment(ciphertext, file);
+                out({ downloaded: Buffer.from(plain).toString("base64") });
+            } else if (command.cmd === "exit") {
+                client.stopClient();
+                process.exit(0);
+            }
+        } catch (e) {
+            out({ error: String(e?.message ?? e) });
+        }
+    }
+});
