@@ -15,8 +15,9 @@ names in `via` (server-server-api GET /hierarchy/{roomId}): the answer's room is
 the user may see it by what the answer says (a public or knockable join rule, world-
 readable history, a restricted rule naming a room the user is in) or by their own
 invite; the children summarised in one answer serve the walk without asking again
-(unless they are spaces whose children are still needed); rooms an answer calls
-inaccessible are not asked about. The walk's root must be a room this server is in.
+(unless they are spaces whose children are still needed); children an answer calls
+inaccessible are not asked about. What one server says is used only for that room and
+its own children, never for rooms met elsewhere in the walk. The walk's root must be a room this server is in.
 
 Pagination keeps the rest of the walk (the stack of rooms to visit, the rooms seen and
 what other servers said) in memory under a random token for a while, as Synapse keeps
@@ -69,13 +70,11 @@ class _Walk:
     root: str
     suggested_only: bool
     max_depth: int | None
-    # (room ID, depth, the servers to ask about it if this server is not in it)
-    stack: list[tuple[str, int, tuple[str, ...]]]
+    # (room ID, depth, the servers to ask about it if this server is not in it, and the
+    # summary of it its parent's server gave, if any)
+    stack: list[tuple[str, int, tuple[str, ...], JsonDict | None]]
     seen: set[str] = field(default_factory=set)
     created: float = field(default_factory=time.monotonic)
-    # What other servers said: summaries of children, and rooms not to ask about.
-    remote_rooms: dict[str, JsonDict] = field(default_factory=dict)
-    inaccessible: set[str] = field(default_factory=set)
 
 
 def _valid_order(value: object) -> bool:
@@ -150,19 +149,24 @@ class SpaceHierarchy:
             state = await self._local_state(room_id)
             if state is None or not await self._accessible(user_id, room_id, state):
                 raise forbidden(f"You cannot view room {room_id}")
-            walk = _Walk(user_id, room_id, suggested_only, max_depth, [(room_id, 0, ())])
+            walk = _Walk(user_id, room_id, suggested_only, max_depth, [(room_id, 0, (), None)])
 
         rooms: list[JsonDict] = []
         while walk.stack and len(rooms) < limit:
-            current, depth, via = walk.stack.pop()
+            current, depth, via, known = walk.stack.pop()
             if current in walk.seen:
                 continue
             walk.seen.add(current)
             state = await self._local_state(current)
+            # What the server of a remote room said about its children (theirs only: one
+            # server's answer never speaks for rooms elsewhere in the walk).
+            child_summaries: dict[str, JsonDict] = {}
+            inaccessible: set[str] = set()
             if state is None:
-                entry = await self._remote_entry(walk, current, depth, via)
-                if entry is None:
+                found = await self._remote_entry(walk, current, depth, via, known)
+                if found is None:
                     continue
+                entry, child_summaries, inaccessible = found
             else:
                 if current != walk.root and not await self._accessible(user_id, current, state):
                     continue
@@ -173,8 +177,15 @@ class SpaceHierarchy:
             if walk.max_depth is None or depth < walk.max_depth:
                 for child in reversed(entry["children_state"]):
                     child_id = child["state_key"]
-                    if child_id not in walk.seen and child_id not in walk.inaccessible:
-                        walk.stack.append((child_id, depth + 1, tuple(child["content"]["via"])))
+                    if child_id not in walk.seen and child_id not in inaccessible:
+                        walk.stack.append(
+                            (
+                                child_id,
+                                depth + 1,
+                                tuple(child["content"]["via"]),
+                                child_summaries.get(child_id),
+                            )
+                        )
 
         body: JsonDict = {"rooms": rooms}
         if walk.stack:
@@ -209,21 +220,27 @@ class SpaceHierarchy:
             list(walk.stack),
             set(walk.seen),
             walk.created,
-            dict(walk.remote_rooms),
-            set(walk.inaccessible),
         )
 
     # --- rooms of other servers ----------------------------------------------------------
 
     async def _remote_entry(
-        self, walk: _Walk, room_id: str, depth: int, via: tuple[str, ...]
-    ) -> JsonDict | None:
+        self,
+        walk: _Walk,
+        room_id: str,
+        depth: int,
+        via: tuple[str, ...],
+        known: JsonDict | None,
+    ) -> tuple[JsonDict, dict[str, JsonDict], set[str]] | None:
         """A room this server is not in, as its servers describe it, if the user may see
-        it; None otherwise."""
-        if self._remote is None or room_id in walk.inaccessible:
+        it (with the summaries of its children and the children not to ask about, from
+        the same answer); None otherwise. `known`: its parent's server's summary of it,
+        enough unless it is a space whose children are still wanted."""
+        if self._remote is None:
             return None
         summary: JsonDict | None = None
-        known = walk.remote_rooms.get(room_id)
+        children: dict[str, JsonDict] = {}
+        inaccessible: set[str] = set()
         at_max_depth = walk.max_depth is not None and depth >= walk.max_depth
         if known is not None and (known.get("room_type") != SPACE or at_max_depth):
             summary = {**known, "children_state": []}
@@ -236,8 +253,6 @@ class SpaceHierarchy:
                 if parsed is None:
                     continue
                 summary, children, inaccessible = parsed
-                walk.remote_rooms.update(children)
-                walk.inaccessible |= inaccessible
                 break
         if summary is None or not await self._remote_accessible(walk.user_id, summary):
             return None
@@ -254,7 +269,12 @@ class SpaceHierarchy:
                 c["content"].get("order"), c["origin_server_ts"], c["state_key"]
             )
         )
-        return {**summary, "children_state": children_state}
+        named = {c["state_key"] for c in children_state}
+        return (
+            {**summary, "children_state": children_state},
+            {k: v for k, v in children.items() if k in named},
+            inaccessible & named,
+        )
 
     async def _remote_accessible(self, user_id: str, summary: JsonDict) -> bool:
         if summary.get("join_rule") in VISIBLE_JOIN_RULES or summary.get("world_readable"):

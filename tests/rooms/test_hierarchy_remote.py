@@ -145,3 +145,30 @@ async def test_remote_children_walked_and_filtered(hs: Harness) -> None:
     await add_child(hs, token, other, REMOTE_ROOM, via=["up.example"])
     status, body = await hierarchy(hs, token, other)
     assert status == 200 and room_ids(body) == [other]
+
+
+async def test_one_servers_answer_speaks_only_for_its_own_children(hs: Harness) -> None:
+    """A server cannot hide or rewrite rooms of the walk that are not its room's children."""
+    _, token = await hs.register()
+    root = await make_space(hs, token, "Root", preset="public_chat")
+    await add_child(hs, token, root, "!liar:liar.example", via=["liar.example"], order="a")
+    await add_child(hs, token, root, "!honest:good.example", via=["good.example"], order="b")
+    fake = FakeRemote(
+        {
+            "liar.example": {
+                "room": summary("!liar:liar.example"),
+                "children": [summary("!honest:good.example", name="Forged")],
+                "inaccessible_children": ["!honest:good.example"],
+            },
+            "good.example": {
+                "room": summary("!honest:good.example", name="Honest"),
+                "children": [],
+                "inaccessible_children": [],
+            },
+        }
+    )
+    hs.services.hierarchy._remote = fake.fetch
+    status, body = await hierarchy(hs, token, root)
+    assert status == 200, body
+    assert room_ids(body) == [root, "!liar:liar.example", "!honest:good.example"]
+    assert body["rooms"][2]["name"] == "Honest"
