@@ -76,20 +76,19 @@ class CombinedConfig:
 
     timeline_limit: int
     states: frozenset[RequiredState]
+    lazy_members: bool = False
 
     @classmethod
     def of(cls, configs: list[RoomConfig]) -> CombinedConfig:
+        states = frozenset(c.required_state for c in configs)
         return cls(
             max(c.timeline_limit for c in configs),
-            frozenset(c.required_state for c in configs),
+            states,
+            any(s.lazy_members for s in states),
         )
 
     def matches(self, key: StateKey) -> bool:
         return any(s.matches(key) for s in self.states)
-
-    @property
-    def lazy_members(self) -> bool:
-        return any(s.lazy_members for s in self.states)
 
 
 @dataclass(frozen=True)
