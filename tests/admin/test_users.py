@@ -431,3 +431,45 @@ async def test_username_available(hs: Harness, admin: str) -> None:
     assert (status, resp["errcode"]) == (400, "M_INVALID_USERNAME")
     status, resp = await hs.request("GET", f"{V1}/username_available", admin)
     assert (status, resp["errcode"]) == (400, "M_MISSING_PARAM")
+
+
+async def test_shadow_banned_sends_reach_nobody(hs: Harness, admin: str) -> None:
+    _, alice_token = await hs.register("alice")
+    bob, bob_token = await hs.register("bob")
+    carol, _ = await hs.register("carol")
+    room = await hs.create_room(alice_token, name="Quiet", preset="public_chat")
+    status, _ = await hs.request("POST", f"/_matrix/client/v3/join/{room}", bob_token, {})
+    assert status == 200
+    real = await hs.send_message(bob_token, room, "before the ban")
+    status, _ = await hs.request("POST", f"{V1}/users/{bob}/shadow_ban", admin)
+    assert status == 200
+    c = f"/_matrix/client/v3/rooms/{room}"
+    status, resp = await hs.request(
+        "PUT", f"{c}/send/m.room.message/t9", bob_token, {"msgtype": "m.text", "body": "spam"}
+    )
+    assert status == 200 and resp["event_id"].startswith("$")
+    fake = resp["event_id"]
+    status, resp = await hs.request("PUT", f"{c}/state/m.room.topic", bob_token, {"topic": "x"})
+    assert status == 200 and resp["event_id"].startswith("$")
+    status, resp = await hs.request("PUT", f"{c}/redact/{real}/t10", bob_token, {})
+    assert status == 200 and resp["event_id"].startswith("$")
+    status, resp = await hs.request("POST", f"{c}/invite", bob_token, {"user_id": carol})
+    assert (status, resp) == (200, {})
+    status, resp = await hs.request(
+        "POST", "/_matrix/client/v3/createRoom", bob_token, {"invite": [carol]}
+    )
+    assert status == 200
+    # nothing reached the room or carol
+    status, resp = await hs.request("GET", f"{c}/messages", alice_token, params={"dir": "b"})
+    bodies = [e["content"].get("body") for e in resp["chunk"]]
+    assert "spam" not in bodies and "before the ban" in bodies
+    assert fake not in [e["event_id"] for e in resp["chunk"]]
+    status, resp = await hs.request("GET", f"{c}/event/{real}", alice_token)
+    assert resp["content"]["body"] == "before the ban"  # not redacted
+    status, resp = await hs.request("GET", f"{c}/state/m.room.topic/", alice_token)
+    assert status == 404
+    assert await hs.services.membership_store.get_rooms_for_user(carol) == {}
+    # leaving (their own membership) still works
+    status, _ = await hs.request("POST", f"{c}/leave", bob_token, {})
+    assert status == 200
+    assert room not in await hs.services.membership_store.get_joined_rooms(bob)

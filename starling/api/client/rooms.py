@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from starling.admin.shadow_ban import fake_event_id
 from starling.api.client.common import body_str
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import requester_of
@@ -82,6 +83,8 @@ class RoomRoutes:
         requester = requester_of(request)
         body = await read_json_object(request)
         req = CreateRoomRequest.from_body(requester.user_id, body)
+        if requester.shadow_banned:
+            req.invite = []  # a shadow-banned user's invites reach nobody
         room_id, _ = await self.creator.create(req)
         return json_response({"room_id": room_id})
 
@@ -141,6 +144,9 @@ class RoomRoutes:
             raise MatrixError(
                 400, "M_UNRECOGNIZED", "Third-party invites are not supported by this server"
             )
+        if requester.shadow_banned:
+            _target_user(body)
+            return json_response({})
         await self.membership.invite(
             request.match_info["roomId"],
             requester.user_id,
@@ -219,6 +225,8 @@ class RoomRoutes:
         redacts = None
         if event_type == "m.room.redaction":
             redacts = body_str(content, "redacts", required=True)
+        if requester.shadow_banned:
+            return json_response({"event_id": fake_event_id()})
         event = await self.events.send(
             room_id,
             requester.user_id,
@@ -240,6 +248,10 @@ class RoomRoutes:
         if len(state_key.encode()) > MAX_TYPE_BYTES:
             raise invalid_param("State key must be at most 255 bytes")
         content = await read_json_object(request)
+        if requester.shadow_banned and (
+            event_type != "m.room.member" or state_key != requester.user_id
+        ):
+            return json_response({"event_id": fake_event_id()})
         event_id = await self.events.set_state(
             request.match_info["roomId"],
             requester.user_id,
@@ -258,6 +270,8 @@ class RoomRoutes:
         requester = requester_of(request)
         txn_id = _txn_id(request)
         body = await read_json_object(request, allow_empty=True)
+        if requester.shadow_banned:
+            return json_response({"event_id": fake_event_id()})
         event = await self.events.redact(
             request.match_info["roomId"],
             requester.user_id,
