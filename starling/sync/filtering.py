@@ -175,7 +175,7 @@ class EventFilter:
         """The events that match, then at most `limit` of them (the last ones)."""
         kept = [e for e in events if self.matches_json(e, room_id)]
         if self.limit is not None and len(kept) > self.limit:
-            kept = kept[-self.limit :]
+            kept = kept[-self.limit :] if self.limit else []
         return kept
 
     @property
@@ -195,8 +195,10 @@ def parse_event_filter(
             or (isinstance(limit, float) and not limit.is_integer())  # also NaN, infinity
         ):
             raise _bad(f"'{where}limit' must be an integer")
-        if limit < 1:
-            raise _bad(f"'{where}limit' must be greater than 0")
+        # The spec asks for a positive limit, but clients send 0 for "state only, no
+        # timeline" and Synapse serves it: 0 is accepted, a negative limit is not.
+        if limit < 0:
+            raise _bad(f"'{where}limit' must not be negative")
         limit = min(int(limit), MAX_LIMIT)
     types = _str_list(obj, "types", where)
     not_types = _str_list(obj, "not_types", where)

@@ -283,7 +283,7 @@ async def test_include_state(hs: Harness) -> None:
             "M_BAD_JSON",
         ),
         (
-            {"search_categories": {"room_events": {"search_term": "x", "filter": {"limit": 0}}}},
+            {"search_categories": {"room_events": {"search_term": "x", "filter": {"limit": -1}}}},
             "M_BAD_JSON",
         ),
         (

@@ -107,7 +107,7 @@ async def test_malformed_params_are_400(hs: Harness) -> None:
         {"filter": '{"room": {"timeline": {"limit": "ten"}}}'},
         {"filter": '{"room": {"rooms": ["not-a-room"]}}'},
         {"filter": '{"event_format": "xml"}'},
-        {"filter": '{"room": {"timeline": {"limit": 0}}}'},
+        {"filter": '{"room": {"timeline": {"limit": -1}}}'},
         {"filter": "[1, 2]"},
     ):
         status, body = await hs.request("GET", f"{V3}/sync", tok, params=params)
@@ -115,3 +115,22 @@ async def test_malformed_params_are_400(hs: Harness) -> None:
         assert body["errcode"].startswith("M_"), body
     status, body = await hs.request("GET", f"{V3}/sync", None)
     assert status == 401
+
+
+async def test_timeline_limit_zero_gives_state_only(hs: Harness) -> None:
+    # Clients ask for this to load rooms without history (Synapse serves it).
+    _, tok = await hs.register("alice")
+    room_id = await hs.create_room(tok)
+    await hs.send_message(tok, room_id, "hi")
+    status, body = await hs.request(
+        "GET",
+        f"{V3}/sync",
+        tok,
+        params={
+            "filter": '{"room": {"timeline": {"limit": 0}, "state": {"types": ["m.room.member"]}}}'
+        },
+    )
+    assert status == 200, body
+    room = body["rooms"]["join"][room_id]
+    assert room["timeline"]["events"] == [] and room["timeline"]["limited"] is True
+    assert [e["type"] for e in room["state"]["events"]] == ["m.room.member"]
