@@ -143,24 +143,34 @@ class TimestampLookup:
                 continue
             if local is not None and abs(found[1] - ts) >= abs(local[1] - ts):
                 return None  # ours is as close: a server that knows more agrees
-            if found[0] == (local[0] if local else None):
+            if await self._pull(server, room_id, found[0]) or local is None:
                 return found
-            await self._pull(server, room_id, found[0])
-            return found
+            return None  # closer, but not an event we could take: ours stands
         return None
 
-    async def _pull(self, server: str, room_id: str, event_id: str) -> None:
-        """Fetch the remote answer's event into our history, so /context can serve it
-        (best effort: the answer stands even if the event cannot be stored, as Synapse)."""
-        if await self._events.get_event(event_id) is not None:
-            return
-        pdu = await self._remote.event(server, event_id)
-        if pdu is None or pdu.get("room_id") != room_id:
-            return
-        try:
-            await self._pipeline.process_pulled_events(server, room_id, [pdu], backfilled=True)
-        except Exception:
-            logger.exception("could not store %s from %s", event_id, server)
+    async def _pull(self, server: str, room_id: str, event_id: str) -> bool:
+        """Fetch the remote answer's event into our history, so /context can serve it;
+        whether we now hold it as an accepted event of the room. (With no local answer
+        the remote one is given even when this fails, as Synapse does.)"""
+        if not await self._held(room_id, event_id):
+            pdu = await self._remote.event(server, event_id)
+            if pdu is None or pdu.get("room_id") != room_id:
+                return False
+            try:
+                await self._pipeline.process_pulled_events(server, room_id, [pdu], backfilled=True)
+            except Exception:
+                logger.exception("could not store %s from %s", event_id, server)
+                return False
+        return await self._held(room_id, event_id)
+
+    async def _held(self, room_id: str, event_id: str) -> bool:
+        found = await self._events.get_event(event_id)
+        return (
+            found is not None
+            and found.event.room_id == room_id
+            and not found.meta.outlier
+            and found.meta.rejected_reason is None
+        )
 
 
 def _parse_remote(answer: Any, ts: int, forwards: bool) -> tuple[str, int] | None:
