@@ -402,6 +402,7 @@ async def build_services(
         extras.unread_counts.counts,
     )
     sliding_sync.use_presence(extras.presence.set_presence_from_sync)
+    accounts.add_device_listener(sliding_sync.devices_changed)
     user_directory = UserDirectoryService(
         UserDirectoryStore(db), search_all_users=config.user_directory.search_all_users
     )

@@ -539,3 +539,43 @@ async def test_too_many_ranges_is_refused(hs: Harness) -> None:
     body["lists"]["all"]["ranges"] = [[0, i] for i in range(11)]
     resp = await ss(hs, tok, body, expect=400)
     assert resp["errcode"] == "M_INVALID_PARAM"
+
+
+async def test_heroes_for_unnamed_room_and_knocks(hs: Harness) -> None:
+    alice, atok = await hs.register("alice")
+    bob, btok = await hs.register("bob")
+    status, _ = await hs.request(
+        "PUT", f"{V3}/profile/{bob}/displayname", btok, {"displayname": "Bobby"}
+    )
+    assert status == 200
+    unnamed = await hs.create_room(atok, preset="public_chat")
+    await join(hs, btok, unnamed)
+    body = await ss(hs, atok, all_rooms())
+    heroes = body["rooms"][unnamed]["heroes"]
+    assert heroes == [{"user_id": bob, "displayname": "Bobby"}]
+    assert "name" not in body["rooms"][unnamed]
+    knockable = await hs.create_room(
+        atok,
+        name="Knock here",
+        room_version="12",
+        initial_state=[
+            {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}
+        ],
+    )
+    status, resp = await hs.request("POST", f"{V3}/knock/{knockable}", btok, {})
+    assert status == 200, resp
+    bob_view = await ss(hs, btok, all_rooms())
+    room = bob_view["rooms"][knockable]
+    assert room["membership"] == "knock"
+    assert "m.room.join_rules" in {e["type"] for e in room["invite_state"]}
+    assert alice
+
+
+async def test_logout_drops_the_devices_connections(hs: Harness) -> None:
+    _, tok = await hs.register("alice")
+    body = await ss(hs, tok, all_rooms())
+    assert len(hs.services.sliding_sync.connections) == 1
+    status, _ = await hs.request("POST", f"{V3}/logout", tok, {})
+    assert status == 200
+    assert len(hs.services.sliding_sync.connections) == 0
+    assert body["pos"]

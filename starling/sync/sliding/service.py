@@ -11,7 +11,7 @@ happen with no await between them, so nothing committed in between is missed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -55,6 +55,12 @@ class SlidingSyncService:
         self._ignored = ignored_users
         self.connections = ConnectionStore()
         self._presence: PresenceHook | None = None
+
+    async def devices_changed(self, user_id: str, device_ids: Sequence[str], deleted: bool) -> None:
+        """A device deleted (or logged out) takes its connections with it."""
+        if deleted:
+            for device_id in device_ids:
+                self.connections.forget_device(user_id, device_id)
 
     def use_presence(self, hook: PresenceHook) -> None:
         """Polling marks the user online (MSC4186 `set_presence`, as /sync does)."""
