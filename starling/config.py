@@ -253,6 +253,8 @@ class Config:
     enable_registration_without_verification: bool = False
     registration_requires_token: bool = False
     registration_shared_secret: str | None = None
+    # New accounts from /register wait for an admin's approval (Synapse's MSC3866).
+    registration_requires_approval: bool = False
     allow_guest_access: bool = False
     # Application-service registration files (Synapse's format; starling/appservice/).
     app_service_config_files: list[str] = field(default_factory=list)

@@ -327,6 +327,8 @@ class AccountService:
         ):
             await self._failed_login(user_id)
             raise _bad_login()
+        if not await self._store.is_approved(user_id):
+            raise awaiting_approval()
         if await self._store.is_locked(user_id):
             raise MatrixError(
                 401, "M_USER_LOCKED", "This account has been locked", soft_logout=True
@@ -561,6 +563,10 @@ class AccountService:
         if done.registration_token is not None:
             await self._store.complete_registration_token(done.registration_token)
         await self.uia.record_result(done.session_id, user_id)
+        if self._config.registration_requires_approval:
+            # The account exists but logs in only once an admin approves it: the login
+            # below answers M_USER_AWAITING_APPROVAL (403), as Synapse does.
+            await self._store.set_approved(user_id, False)
         return await self._after_registration(
             user_id,
             device_id,
@@ -714,6 +720,8 @@ class AccountService:
         inhibit_login: bool,
         refreshable: bool,
     ) -> dict[str, Any]:
+        if not await self._store.is_approved(user_id):
+            raise awaiting_approval()
         if inhibit_login:
             return {"user_id": user_id, "home_server": self.server_name}
         session = await self.issue_session(
@@ -797,6 +805,17 @@ class AccountService:
                 await self._membership.leave(room_id, user_id)
             except MatrixError as e:
                 logger.warning("deactivating %s: could not leave %s: %s", user_id, room_id, e)
+
+
+def awaiting_approval() -> MatrixError:
+    """An account registered under registration_requires_approval, not approved yet
+    (Synapse's MSC3866 error)."""
+    return MatrixError(
+        403,
+        "ORG.MATRIX.MSC3866_USER_AWAITING_APPROVAL",
+        "This account is pending approval by a server administrator.",
+        approval_notice_medium="org.matrix.msc3866.none",
+    )
 
 
 def _bad_login() -> MatrixError:

@@ -47,6 +47,7 @@ def user_json(user: UserDetails, *, full: bool) -> dict[str, Any]:
         "creation_ts": user.creation_ts,
         "last_seen_ts": user.last_seen_ts,
         "locked": user.locked,
+        "approved": user.approved,
     }
     if full:
         out.update(
@@ -58,7 +59,6 @@ def user_json(user: UserDetails, *, full: bool) -> dict[str, Any]:
                 "consent_version": None,
                 "consent_ts": None,
                 "suspended": False,
-                "approved": True,
             }
         )
     return out
@@ -91,6 +91,7 @@ class UserChanges:
     admin: bool | None = None
     deactivated: bool | None = None
     locked: bool | None = None
+    approved: bool | None = None
 
 
 class AdminUsers:
@@ -187,6 +188,8 @@ class AdminUsers:
                 await self._set_password(user_id, changes.password, changes.logout_devices)
         if changes.locked is not None:
             await self._store.set_flag(user_id, "locked", changes.locked)
+        if changes.approved is not None:
+            await self._store.set_flag(user_id, "approved", changes.approved)
         self._auth.invalidate_user(user_id)
         for field in _PROFILE_FIELDS:
             if getattr(changes, "set_" + field) and not (created and field == "displayname"):

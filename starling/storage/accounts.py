@@ -192,6 +192,18 @@ class AccountStore:
         """Whether an admin locked the account (Synapse's ``locked``)."""
         return bool(await self._db.fetch_val("SELECT locked FROM users WHERE user_id = ?", user_id))
 
+    async def is_approved(self, user_id: str) -> bool:
+        """False while the account waits for an admin (registration_requires_approval)."""
+        value = await self._db.fetch_val("SELECT approved FROM users WHERE user_id = ?", user_id)
+        return value is None or bool(value)
+
+    async def set_approved(self, user_id: str, approved: bool) -> bool:
+        return bool(
+            await self._db.execute(
+                "UPDATE users SET approved = ? WHERE user_id = ?", approved, user_id
+            )
+        )
+
     async def set_password_hash(self, user_id: str, password_hash: str | None) -> bool:
         """Set (or with None, remove) the password; False if there is no such user."""
         return bool(

@@ -28,6 +28,7 @@ class UserDetails:
     creation_ts: int
     last_seen_ts: int | None
     appservice_id: str | None
+    approved: bool
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -44,6 +45,8 @@ class UserFilter:
     """True: only deactivated; False: no deactivated; None: both."""
     locked: bool = False
     """Whether locked users are included."""
+    approved: bool | None = None
+    """True: only approved users; False: only those waiting for approval; None: both."""
     no_users: bool = False
     """``not_user_type=""`` excludes users without a type: all of ours."""
 
@@ -67,7 +70,7 @@ _DETAIL_COLUMNS = (
     "u.user_id, u.is_guest, u.admin, u.deactivated, u.erased, u.shadow_banned, u.locked,"
     " p.displayname, p.avatar_url, u.created_ts,"
     " (SELECT MAX(d.last_seen_ts) FROM devices AS d WHERE d.user_id = u.user_id)"
-    " AS last_seen_ts, u.appservice_id"
+    " AS last_seen_ts, u.appservice_id, u.approved"
 )
 _FROM = "FROM users AS u LEFT JOIN profiles AS p ON p.user_id = u.user_id"
 
@@ -86,6 +89,7 @@ def _details(row: Row) -> UserDetails:
         creation_ts=row[9],
         last_seen_ts=row[10],
         appservice_id=row[11],
+        approved=bool(row[12]),
     )
 
 
@@ -128,6 +132,8 @@ class AdminUserStore:
             clauses.append("u.admin" if where.admins else "NOT u.admin")
         if where.deactivated is not None:
             clauses.append("u.deactivated" if where.deactivated else "NOT u.deactivated")
+        if where.approved is not None:
+            clauses.append("u.approved" if where.approved else "NOT u.approved")
         if not where.locked:
             clauses.append("NOT u.locked")
         condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
@@ -146,8 +152,9 @@ class AdminUserStore:
         return [_details(r) for r in rows], int(total or 0)
 
     async def set_flag(self, user_id: str, flag: str, value: bool) -> bool:
-        """Set ``locked``, ``shadow_banned`` or ``erased``; False if there is no such user."""
-        if flag not in ("locked", "shadow_banned", "erased"):
+        """Set ``locked``, ``shadow_banned``, ``erased`` or ``approved``; False if there is
+        no such user."""
+        if flag not in ("locked", "shadow_banned", "erased", "approved"):
             raise ValueError(flag)
         return bool(
             await self._db.execute(f"UPDATE users SET {flag} = ? WHERE user_id = ?", value, user_id)

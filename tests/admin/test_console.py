@@ -1,5 +1,5 @@
 """The web admin console in a real headless browser (Debian's Chromium driven by Selenium):
-log in, find a user and deactivate them, quarantine a media item, delete a room, dismiss a
+log in, approve a pending registration, find a user and deactivate them, quarantine a media item, delete a room, dismiss a
 report. A screenshot of each page goes to $STARLING_TEST_ARTIFACTS/console (default
 test-artifacts/console). Both engines."""
 
@@ -42,6 +42,8 @@ async def test_console_in_a_browser(hs: Harness, engine: str) -> None:
     await set_password(hs, admin, root, "console-pw")
     bob, bob_token = await hs.register("bob")
     _, alice_token = await hs.register("alice")
+    newbie, _ = await hs.register("newbie")
+    await hs.services.account_store.set_approved(newbie, False)  # a pending registration
     room = await hs.create_room(alice_token, name="Rowdy room", preset="public_chat")
     status, _ = await hs.request("POST", f"/_matrix/client/v3/join/{room}", bob_token, {})
     assert status == 200
@@ -82,7 +84,24 @@ async def test_console_in_a_browser(hs: Harness, engine: str) -> None:
             driver.save_screenshot(str(shots / "2-dashboard.png"))
             driver.execute_script("window.confirm = () => true;")
 
+            assert "Awaiting approval\n1" in driver.find_element(By.ID, "stats").text
+
             driver.find_element(By.LINK_TEXT, "Users").click()
+            pending = wait.until(
+                ec.visibility_of_element_located(
+                    (By.CSS_SELECTOR, "#users-search input[name=pending]")
+                )
+            )
+            pending.click()
+            driver.find_element(By.CSS_SELECTOR, "#users-search button").click()
+            wait.until(lambda d: newbie in d.find_element(By.ID, "users-table").text)
+            assert bob not in driver.find_element(By.ID, "users-table").text
+            driver.find_element(
+                By.XPATH, "//table[@id='users-table']//button[text()='Approve']"
+            ).click()
+            wait.until(status_says(f"{newbie} approved"))
+            pending = driver.find_element(By.CSS_SELECTOR, "#users-search input[name=pending]")
+            pending.click()
             search = wait.until(
                 ec.visibility_of_element_located(
                     (By.CSS_SELECTOR, "#users-search input[name=name]")
@@ -142,6 +161,7 @@ async def test_console_in_a_browser(hs: Harness, engine: str) -> None:
 
     user = await hs.services.account_store.get_user(bob)
     assert user is not None and user.deactivated
+    assert await hs.services.account_store.is_approved(newbie)
     media = await hs.services.media.store.get_media(HS, media_id)
     assert media is not None and media.quarantined_by == root
     assert await hs.services.event_store.get_room_version(room) is None

@@ -42,6 +42,7 @@ def _user_filter(request: web.Request, *, v3: bool) -> UserFilter:
         admins=optional_bool_query(request, "admins"),
         deactivated=deactivated,
         locked=query_bool(request, "locked", False),
+        approved=optional_bool_query(request, "approved"),
         no_users="" in request.query.getall("not_user_type", []),
     )
 
@@ -94,6 +95,7 @@ class AdminUserRoutes:
             admin=body_bool(body, "admin"),
             deactivated=body_bool(body, "deactivated"),
             locked=body_bool(body, "locked"),
+            approved=body_bool(body, "approved"),
         )
         created = await self._users.put_user(requester_of(request).user_id, user_id, changes)
         return json_response(await self._users.get_user(user_id), status=201 if created else 200)

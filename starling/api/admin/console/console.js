@@ -95,8 +95,9 @@ const enc = encodeURIComponent;
 // --- pages ---------------------------------------------------------------------------------
 
 async function showDashboard() {
-  const [users, rooms, reports, destinations] = await Promise.all([
+  const [users, pending, rooms, reports, destinations] = await Promise.all([
     api("GET", ADMIN + "/v3/users", undefined, { limit: 1 }),
+    api("GET", ADMIN + "/v3/users", undefined, { limit: 1, approved: "false" }),
     api("GET", ADMIN + "/v1/rooms", undefined, { limit: 1 }),
     api("GET", ADMIN + "/v1/event_reports", undefined, { limit: 1 }),
     api("GET", ADMIN + "/v1/federation/destinations", undefined, { limit: 1000 }),
@@ -104,6 +105,7 @@ async function showDashboard() {
   const failing = destinations.destinations.filter((d) => d.failure_ts).length;
   const stats = [
     ["Users", users.total],
+    ["Awaiting approval", pending.total],
     ["Rooms", rooms.total_rooms],
     ["Open reports", reports.total],
     ["Federation destinations", destinations.total],
@@ -123,6 +125,7 @@ async function showUsers() {
   const form = $("users-search");
   const params = { name: form.name.value, limit: 100 };
   if (form.deactivated.checked) params.deactivated = "true";
+  if (form.pending.checked) params.approved = "false";
   params.locked = "true";
   const data = await api("GET", ADMIN + "/v2/users", undefined, params);
   fillTable(
@@ -134,6 +137,7 @@ async function showUsers() {
       ["Admin", (u) => u.admin],
       ["Deactivated", (u) => u.deactivated],
       ["Locked", (u) => u.locked],
+      ["Approved", (u) => u.approved],
       ["Created", (u) => u.creation_ts],
       ["Last seen", (u) => u.last_seen_ts],
     ],
@@ -141,6 +145,15 @@ async function showUsers() {
       u.deactivated
         ? []
         : [
+            ...(u.approved
+              ? []
+              : [
+                  button("Approve", async () => {
+                    await api("PUT", ADMIN + "/v2/users/" + enc(u.name), { approved: true });
+                    say(u.name + " approved");
+                    await showUsers();
+                  }),
+                ]),
             button("Deactivate", async () => {
               if (!confirm("Deactivate " + u.name + "? This cannot be undone.")) return;
               await api("POST", ADMIN + "/v1/deactivate/" + enc(u.name), { erase: false });
