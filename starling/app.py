@@ -968,6 +968,7 @@ class Homeserver:
         try:
             await hs.services.federation_sender.start()
             await hs.services.push_sender.start()
+            hs.services.media.start()
             if hs.services.e2ee.remote_device_lists is not None:
                 # Users left stale by the last run (a resync that had not succeeded).
                 await hs.services.e2ee.remote_device_lists.start()

@@ -189,6 +189,15 @@ class PresenceConfig:
 
 
 @dataclass
+class MediaRetentionConfig:
+    """Synapse's `media_retention` section: how long media nobody downloads is kept.
+    Only the cache of other servers' media is purged here (local media: not yet)."""
+
+    remote_media_lifetime: str | int | None = None
+    local_media_lifetime: str | int | None = None
+
+
+@dataclass
 class UserDirectoryConfig:
     """Synapse's `user_directory` section."""
 
@@ -322,6 +331,7 @@ class Config:
     max_pending_media_uploads: int = 5
     unused_expiration_time: str | int = "24h"
     media_upload_limits: list[MediaUploadLimit] = field(default_factory=list)
+    media_retention: MediaRetentionConfig = field(default_factory=MediaRetentionConfig)
     rc_media_create: RateLimit = _rl(10, 50)
     url_preview_enabled: bool = False
     url_preview_ip_range_blacklist: list[str] = field(default_factory=list)
@@ -624,6 +634,16 @@ def _check_media(cfg: Config) -> None:
             raise ValueError("must be positive")
     except ValueError as e:
         raise ConfigError(f"unused_expiration_time: {e}") from None
+    if cfg.media_retention.local_media_lifetime is not None:
+        raise ConfigError(
+            "media_retention.local_media_lifetime: not supported (only remote_media_lifetime)"
+        )
+    if cfg.media_retention.remote_media_lifetime is not None:
+        try:
+            if parse_duration(cfg.media_retention.remote_media_lifetime) <= 0:
+                raise ValueError("must be positive")
+        except ValueError as e:
+            raise ConfigError(f"media_retention.remote_media_lifetime: {e}") from None
     for i, limit in enumerate(cfg.media_upload_limits):
         try:
             if parse_duration(limit.time_period) <= 0 or parse_size(limit.max_size) < 0:

@@ -52,6 +52,7 @@ MAX_DECODABLE_REMEMBERED = 10_000
 # asked about again for this long (a client retrying, or many clients showing one broken
 # image, would otherwise each send a request; a dead server would cost each a timeout).
 REMOTE_MISS_SECONDS = 30.0
+RETENTION_CHECK_SECONDS = 3600.0
 MAX_REMOTE_MISSES = 10_000
 
 
@@ -166,11 +167,47 @@ class MediaService:
         # Media whose pixels are known to decode (served as their own thumbnail).
         self._decodable: set[tuple[str, str]] = set()
         self.previewer = UrlPreviewer(config, store, self._store_preview_image)
+        lifetime = config.media_retention.remote_media_lifetime
+        self._remote_lifetime_ms = None if lifetime is None else parse_duration(lifetime)
+        self._retention_task: asyncio.Task[None] | None = None
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
+    def start(self) -> None:
+        """Background work: purging the remote media cache (`media_retention`)."""
+        if self._remote_lifetime_ms is not None and self._retention_task is None:
+            self._retention_task = asyncio.create_task(self._retention_loop())
+
+    async def _retention_loop(self) -> None:
+        assert self._remote_lifetime_ms is not None
+        while True:
+            try:
+                purged = await self.purge_remote_cache(self._now_ms() - self._remote_lifetime_ms)
+                if purged:
+                    logger.info("media_retention: purged %d cached remote media", purged)
+            except Exception:
+                logger.exception("media_retention: purging the remote media cache failed")
+            await asyncio.sleep(RETENTION_CHECK_SECONDS)
+
+    async def purge_remote_cache(self, before_ts: int) -> int:
+        """Delete other servers' media (and thumbnails) nobody downloaded since
+        `before_ts`; how many were deleted. Fetched again if asked for later."""
+        purged = 0
+        while True:
+            batch = await self.store.remote_media_unused_since(self.server_name, before_ts, 500)
+            for server_name, media_id in batch:
+                if await self.delete_media(server_name, media_id):
+                    purged += 1
+            if len(batch) < 500:
+                return purged
+
     async def close(self) -> None:
+        if self._retention_task is not None:
+            self._retention_task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._retention_task
+            self._retention_task = None
         await self.previewer.close()
 
     def media_config(self) -> dict[str, Any]:

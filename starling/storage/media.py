@@ -229,6 +229,21 @@ class MediaStore:
         )
         return int(value or 0)
 
+    async def remote_media_unused_since(
+        self, local_server: str, before_ts: int, limit: int
+    ) -> list[tuple[str, str]]:
+        """Cached media of other servers last downloaded (or fetched) before `before_ts`,
+        oldest first."""
+        rows = await self._db.fetch_all(
+            "SELECT server_name, media_id FROM media WHERE server_name <> ?"
+            " AND COALESCE(last_access_ts, created_ts) < ?"
+            " ORDER BY COALESCE(last_access_ts, created_ts) LIMIT ?",
+            local_server,
+            before_ts,
+            limit,
+        )
+        return [(r[0], r[1]) for r in rows]
+
     async def media_ids_of_user(self, user_id: str) -> list[tuple[str, str]]:
         rows = await self._db.fetch_all(
             "SELECT server_name, media_id FROM media WHERE user_id = ? ORDER BY created_ts",

@@ -11,11 +11,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from nio.crypto.attachments import decrypt_attachment, encrypt_attachment
 
+from starling.config import ConfigError
 from starling.media.service import RemoteMedia
 from tests.media.conftest import MakeHs, auth, get, media_id, upload
-from tests.support.harness import Harness
+from tests.support.harness import Harness, make_test_config
 
 V1 = "/_matrix/client/v1/media"
 V3 = "/_matrix/media/v3"
@@ -391,3 +393,40 @@ async def test_remote_media_over_the_size_limit_is_not_cached(make_hs: MakeHs) -
     assert status == 502 and b"M_TOO_LARGE" in body
     assert await hs.services.media.get_media_info("other.example", "big") is None
     assert not list((hs.services.media.files.root / "tmp").iterdir())  # nothing left staged
+
+
+async def test_remote_cache_retention(make_hs: MakeHs) -> None:
+    hs = await make_hs(media_retention={"remote_media_lifetime": "1d"})
+    _, token = await hs.register()
+    local = media_id(await upload(hs, token, b"mine"))
+    origin = _Origin()
+    media = hs.services.media
+    media.remote = origin
+    path = f"{V1}/download/other.example/remote1"
+    status, _, body = await get(hs, path, token)
+    assert status == 200 and body == b"remote bytes" and origin.calls == 1
+    info = await media.get_media_info("other.example", "remote1")
+    assert info is not None and info.sha256 is not None
+    # Used recently: kept.
+    assert await media.purge_remote_cache(info.created_ts - 1) == 0
+    # Unused since before the cut-off: deleted with its file; local media stays.
+    assert await media.purge_remote_cache(media._now_ms() + 1) == 1
+    assert await media.get_media_info("other.example", "remote1") is None
+    assert not await media.files.exists(info.sha256)
+    assert await media.get_media_info(hs.server_name, local) is not None
+    # Asked for again: fetched again.
+    status, _, body = await get(hs, path, token)
+    assert status == 200 and body == b"remote bytes" and origin.calls == 2
+    # The hourly purge runs from start() until close() (recent media: nothing to purge).
+    media.start()
+    await asyncio.sleep(0.05)
+    assert await media.get_media_info("other.example", "remote1") is not None
+
+
+def test_media_retention_config(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="local_media_lifetime"):
+        make_test_config(tmp_path, media_retention={"local_media_lifetime": "30d"})
+    with pytest.raises(ConfigError, match="remote_media_lifetime"):
+        make_test_config(tmp_path, media_retention={"remote_media_lifetime": "soon"})
+    config = make_test_config(tmp_path, media_retention={"remote_media_lifetime": "90d"})
+    assert config.media_retention.remote_media_lifetime == "90d"
