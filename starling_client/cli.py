@@ -10,6 +10,7 @@
     starling-chat --store DIR tail ROOM [--count N] [--timeout S] [--json] [--save-dir D]
     starling-chat --store DIR verify USER_ID [DEVICE_ID] [--yes] [--wait] [--timeout S]
     starling-chat --store DIR files push DIR | files ls [--json] | files pull [PATH] --to DIR
+    starling-chat --store DIR tui
     starling-chat --store DIR backup
     starling-chat --store DIR restore --recovery-key KEY
     starling-chat --store DIR devices USER_ID [--json]
@@ -165,6 +166,14 @@ async def command(client: Client, args: argparse.Namespace) -> int:
         count = await client.restore_backup(args.recovery_key)
         status = await client.backup_status()
         print(f"restored {count} room keys from backup version {status['version']}", file=out)
+    elif args.command == "tui":
+        try:
+            from starling_client.tui import run_tui
+        except ImportError as e:
+            raise CliError(
+                f"the terminal UI needs Textual: pip install 'starling[tui]' ({e})"
+            ) from e
+        await run_tui(client)
     elif args.command == "files":
         await files_command(client, args)
     elif args.command == "verify":
@@ -427,6 +436,8 @@ def parser() -> argparse.ArgumentParser:
     tail_p.add_argument(
         "--save-dir", help="where decrypted attachments are saved (default: STORE/downloads)"
     )
+
+    sub.add_parser("tui", help="the terminal UI (rooms, timeline, composer, verification)")
 
     files = sub.add_parser("files", help="encrypted file backup")
     files_sub = files.add_subparsers(dest="files_command", required=True)

@@ -395,6 +395,30 @@ class Client:
             got.verified,
         )
 
+    async def load_history(self, room_id: str, limit: int = 1000) -> list[Message]:
+        """Page back through the room's history (`/messages`) for up to `limit` events,
+        decrypt what our keys open and keep it in the store (seen). Newest first."""
+        messages: list[Message] = []
+        token: str | None = None
+        fetched = 0
+        while fetched < limit:
+            page = await self.api.messages(
+                room_id, limit=min(100, limit - fetched), from_token=token
+            )
+            chunk = [e for e in page.get("chunk") or [] if isinstance(e, dict)]
+            fetched += len(chunk)
+            for event in chunk:
+                if event.get("type") not in ("m.room.message", "m.room.encrypted"):
+                    continue
+                message = self.decrypt_event(room_id, event)
+                if message.error is None and message.type == "m.room.message":
+                    self.store.add_message(room_id, message.event_id, message.to_json(), seen=True)
+                messages.append(message)
+            token = page.get("end")
+            if not chunk or not isinstance(token, str):
+                break
+        return messages
+
     def decrypt_event(self, room_id: str, event: dict[str, Any]) -> Message:
         """Decrypt an event read outside /sync (e.g. from /messages); `error` says why not."""
         return self._decrypt(room_id, event, keep_pending=False)
