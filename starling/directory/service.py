@@ -130,6 +130,8 @@ class DirectoryService:
         self._remote_public_rooms = remote_public_rooms
         self._remote_alias_lookup = remote_alias_lookup
         self._public: set[str] | None = None
+        # Application services' network lists: "<service id>|<network id>" -> room IDs.
+        self._networks: dict[str, set[str]] = {}
         self._entries: dict[str, dict[str, Any]] = {}
         self._stale: set[str] = set()
         self._app_services = AppServiceRegistry()
@@ -311,32 +313,80 @@ class DirectoryService:
                 self._stale.add(room_id)
             else:
                 self._public.discard(room_id)
-                self._entries.pop(room_id, None)
+                self._forget_unlisted(room_id)
+
+    async def set_network_visibility(
+        self, requester: Requester, network_id: str, room_id: str, visibility: str
+    ) -> None:
+        """PUT (and Synapse's DELETE) /directory/list/appservice/{networkId}/{roomId}: an
+        application service lists a room in its network's directory."""
+        service = requester.app_service
+        if service is None:
+            raise forbidden("Only an application service can edit its network's room list")
+        if visibility not in ("public", "private"):
+            raise invalid_param("'visibility' must be 'public' or 'private'")
+        if not network_id or len(network_id) > MAX_ALIAS_LENGTH or "|" in network_id:
+            raise invalid_param("Invalid network ID")
+        if await self._directory.is_public(room_id) is None:
+            raise not_found(f"Unknown room {room_id}")
+        public = visibility == "public"
+        await self._directory.set_network_room(service.id, network_id, room_id, public)
+        if self._public is not None:
+            rooms = self._networks.setdefault(f"{service.id}|{network_id}", set())
+            if public:
+                rooms.add(room_id)
+                self._stale.add(room_id)
+            else:
+                rooms.discard(room_id)
+                self._forget_unlisted(room_id)
+
+    def _listed(self) -> set[str]:
+        """Every room some list shows: the main one and the services' networks."""
+        listed = set(self._public or ())
+        for rooms in self._networks.values():
+            listed |= rooms
+        return listed
+
+    def _forget_unlisted(self, room_id: str) -> None:
+        if room_id not in self._listed():
+            self._entries.pop(room_id, None)
 
     async def is_public(self, room_id: str) -> bool:
         return bool(await self._directory.is_public(room_id))
 
     def on_new_event(self, event: Event, position: int) -> None:
         """RoomEventService listener: a published room's entry may have changed."""
-        if self._public is not None and event.room_id in self._public and event.type in _RELEVANT:
+        if (
+            self._public is not None
+            and event.type in _RELEVANT
+            and (
+                event.room_id in self._public
+                or any(event.room_id in rooms for rooms in self._networks.values())
+            )
+        ):
             self._stale.add(event.room_id)
 
-    async def _all_entries(self) -> list[dict[str, Any]]:
+    async def _all_entries(self) -> dict[str, dict[str, Any]]:
+        """The entries of every listed room (main list and networks), refreshed."""
         if self._public is None:
             self._public = set(await self._directory.public_room_ids())
+            self._networks = {}
+            for as_id, network_id, room_id in await self._directory.network_rooms():
+                self._networks.setdefault(f"{as_id}|{network_id}", set()).add(room_id)
             self._stale.clear()
             self._entries.clear()
-        refresh = (self._public - self._entries.keys()) | (self._stale & self._public)
+        listed = self._listed()
+        refresh = (listed - self._entries.keys()) | (self._stale & listed)
         self._stale -= refresh
         if refresh:
-            await self._refresh(sorted(refresh))
-        return [e for r, e in self._entries.items() if r in self._public]
+            await self._refresh(sorted(refresh), listed)
+        return {r: e for r, e in self._entries.items() if r in listed}
 
-    async def _refresh(self, room_ids: Sequence[str]) -> None:
+    async def _refresh(self, room_ids: Sequence[str], listed: set[str]) -> None:
         state = await self._directory.directory_state(room_ids)
         counts = await self._memberships.count_joined(room_ids)
         for room_id in room_ids:
-            if self._public is not None and room_id in self._public:
+            if room_id in listed:
                 self._entries[room_id] = _entry(room_id, state[room_id], counts.get(room_id, 0))
 
     async def public_rooms(
@@ -347,8 +397,12 @@ class DirectoryService:
         search: str | None = None,
         room_types: Sequence[str | None] | None = None,
         server: str | None = None,
+        network: str | None = None,
+        all_networks: bool = False,
     ) -> dict[str, Any]:
-        """GET/POST /publicRooms: a page of the published rooms, filtered."""
+        """GET/POST /publicRooms: a page of the published rooms, filtered. `network` (a
+        ``third_party_instance_id``) lists one application service network's rooms
+        instead; `all_networks` the main list and every network's."""
         if server is not None and server != self._server_name:
             if self._remote_public_rooms is None:
                 raise MatrixError(
@@ -362,7 +416,14 @@ class DirectoryService:
             remote: dict[str, Any] = await self._remote_public_rooms(server, limit, since, body)
             return remote
         page_size = min(limit or DEFAULT_PUBLIC_ROOMS_LIMIT, MAX_PUBLIC_ROOMS_LIMIT)
-        entries = [e for e in await self._all_entries() if e["num_joined_members"] > 0]
+        everything = await self._all_entries()
+        if all_networks:
+            chosen = set(everything)
+        elif network is not None:
+            chosen = self._networks.get(network, set())
+        else:
+            chosen = self._public or set()
+        entries = [e for r, e in everything.items() if r in chosen and e["num_joined_members"] > 0]
         if search:
             term = search.casefold()
             entries = [e for e in entries if _matches(e, term)]

@@ -53,6 +53,33 @@ class DirectoryStore:
         )
         return changed > 0
 
+    async def network_rooms(self) -> list[tuple[str, str, str]]:
+        """(service ID, network ID, room ID) of every application-service room list."""
+        rows = await self._db.fetch_all(
+            "SELECT as_id, network_id, room_id FROM appservice_room_list"
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def set_network_room(
+        self, as_id: str, network_id: str, room_id: str, public: bool
+    ) -> None:
+        if public:
+            await self._db.execute(
+                "INSERT INTO appservice_room_list (as_id, network_id, room_id)"
+                " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                as_id,
+                network_id,
+                room_id,
+            )
+        else:
+            await self._db.execute(
+                "DELETE FROM appservice_room_list"
+                " WHERE as_id = ? AND network_id = ? AND room_id = ?",
+                as_id,
+                network_id,
+                room_id,
+            )
+
     async def public_room_ids(self) -> list[str]:
         rows = await self._db.fetch_all("SELECT room_id FROM rooms WHERE is_public = TRUE")
         return [r[0] for r in rows]

@@ -362,3 +362,33 @@ async def test_typing_and_receipts_reach_a_service_that_asked_for_them(
     await hs.send_message(token, room_id, "flush")
     await fake.wait_for(lambda: "flush" in [e["content"].get("body") for e in fake.events()])
     assert all(e.get("room_id") != other for e in ephemeral())
+
+
+async def test_a_service_publishes_rooms_in_its_networks_list(hs: Harness) -> None:
+    _, token = await hs.register("owner")
+    room_id = await hs.create_room(token, preset="public_chat", name="Bridged")
+    path = f"{V3}/directory/list/appservice/net1/{room_id}"
+    status, body = await hs.request("PUT", path, token, {"visibility": "public"})
+    assert (status, body["errcode"]) == (403, "M_FORBIDDEN")  # only a service may
+    status, _ = await hs.request("PUT", path, AS_TOKEN, {"visibility": "public"})
+    assert status == 200
+
+    async def listed(body: dict[str, Any]) -> bool:
+        status, found = await hs.request("POST", f"{V3}/publicRooms", token, body)
+        assert status == 200, found
+        return room_id in [e["room_id"] for e in found["chunk"]]
+
+    assert not await listed({})
+    assert await listed({"third_party_instance_id": f"{AS_ID}|net1"})
+    assert not await listed({"third_party_instance_id": f"{AS_ID}|net2"})
+    assert await listed({"include_all_networks": True})
+    status, _ = await hs.request(
+        "PUT", f"{V3}/directory/list/room/{room_id}", token, {"visibility": "public"}
+    )
+    assert status == 200
+    status, _ = await hs.request("DELETE", path, AS_TOKEN)
+    assert status == 200
+    assert not await listed({"third_party_instance_id": f"{AS_ID}|net1"})
+    assert await listed({})
+    status, body = await hs.request("POST", f"{V3}/publicRooms", token, {"include_all_networks": 1})
+    assert (status, body["errcode"]) == (400, "M_BAD_JSON")

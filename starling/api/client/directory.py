@@ -78,6 +78,22 @@ class DirectoryRoutes:
         await self.directory.set_visibility(requester, request.match_info["roomId"], visibility)
         return json_response({})
 
+    # PUT /_matrix/client/v3/directory/list/appservice/{networkId}/{roomId}
+    # (spec: client-server-api/#put_matrixclientv3directorylistappservicenetworkidroomid)
+    # DELETE /_matrix/client/v3/directory/list/appservice/{networkId}/{roomId}
+    # (Synapse; not in the spec): the room leaves the network's list
+    async def put_network_visibility(self, request: web.Request) -> web.Response:
+        requester = requester_of(request)
+        if request.method == "DELETE":
+            visibility = "private"
+        else:
+            body = await read_json_object(request)
+            visibility = body_str(body, "visibility", required=True) or ""
+        await self.directory.set_network_visibility(
+            requester, request.match_info["networkId"], request.match_info["roomId"], visibility
+        )
+        return json_response({})
+
     # GET /_matrix/client/v3/publicRooms
     # (spec: client-server-api/#get_matrixclientv3publicrooms)
     async def get_public_rooms(self, request: web.Request) -> web.Response:
@@ -92,6 +108,8 @@ class DirectoryRoutes:
             limit=limit,
             since=request.query.get("since") or None,
             server=request.query.get("server") or None,
+            network=request.query.get("third_party_instance_id") or None,
+            all_networks=request.query.get("include_all_networks") == "true",
         )
         return json_response(result)
 
@@ -120,5 +138,14 @@ class DirectoryRoutes:
             search=term.strip() if term else None,
             room_types=room_types,
             server=request.query.get("server") or None,
+            network=body_str(body, "third_party_instance_id") or None,
+            all_networks=_flag(body, "include_all_networks"),
         )
         return json_response(result)
+
+
+def _flag(body: dict[str, Any], key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise bad_json(f"'{key}' must be a boolean")
+    return value

@@ -216,6 +216,14 @@ def client_table(svc: Services) -> RouteTable:
         get("/rooms/{roomId}/aliases", directory.room_aliases),
         get("/directory/list/room/{roomId}", directory.get_visibility, NONE),
         put("/directory/list/room/{roomId}", directory.put_visibility),
+        put(
+            "/directory/list/appservice/{networkId}/{roomId}",
+            directory.put_network_visibility,
+        ),
+        delete(
+            "/directory/list/appservice/{networkId}/{roomId}",
+            directory.put_network_visibility,
+        ),
         get("/publicRooms", directory.get_public_rooms, OPTIONAL),
         post("/publicRooms", directory.post_public_rooms),
         # Discovery: user directory, server-side search
