@@ -207,6 +207,25 @@ class UserDirectoryConfig:
 
 
 @dataclass
+class PasswordPolicy:
+    """Synapse's `password_config.policy` (MSC2000): what a user-chosen password needs."""
+
+    enabled: bool = False
+    minimum_length: int = 0
+    require_digit: bool = False
+    require_symbol: bool = False
+    require_lowercase: bool = False
+    require_uppercase: bool = False
+
+
+@dataclass
+class PasswordConfig:
+    """Synapse's `password_config` section (only its `policy` here)."""
+
+    policy: PasswordPolicy = field(default_factory=PasswordPolicy)
+
+
+@dataclass
 class ServerNoticesConfig:
     """Synapse's `server_notices` section: off unless `system_mxid_localpart` is set."""
 
@@ -278,6 +297,7 @@ class Config:
     presence: PresenceConfig = field(default_factory=PresenceConfig)
     user_directory: UserDirectoryConfig = field(default_factory=UserDirectoryConfig)
     server_notices: ServerNoticesConfig = field(default_factory=ServerNoticesConfig)
+    password_config: PasswordConfig = field(default_factory=PasswordConfig)
 
     # VoIP: TURN servers handed to clients (/voip/turnServer), Synapse's keys.
     turn_uris: list[str] = field(default_factory=list)
@@ -513,6 +533,8 @@ def _check_semantics(cfg: Config) -> None:
         raise ConfigError("server_name: required (the domain in your users' IDs, e.g. example.org)")
     if not is_valid_server_name(cfg.server_name):
         raise ConfigError(f"server_name: {cfg.server_name!r} is not a valid Matrix server name")
+    if not 0 <= cfg.password_config.policy.minimum_length <= 512:
+        raise ConfigError("password_config.policy.minimum_length: must be from 0 to 512")
     localpart = cfg.server_notices.system_mxid_localpart
     if localpart is not None and not re.fullmatch(r"[a-z0-9._=\-/+]+", localpart):
         raise ConfigError(

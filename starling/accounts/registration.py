@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from starling.accounts.passwords import PasswordHasher
+from starling.config import PasswordPolicy
 from starling.errors import MatrixError
 from starling.storage.accounts import AccountStore, UserExists
 
@@ -42,11 +43,50 @@ def local_user_id(server_name: str, user: str) -> str:
     return user_id
 
 
-def check_password(password: str) -> None:
+def check_password(password: str, policy: PasswordPolicy | None = None) -> None:
+    """Any password: not empty, not too long; a user-chosen one also obeys `policy`
+    (Synapse's password_config.policy, MSC2000's error codes)."""
     if not isinstance(password, str) or not password:
         raise MatrixError(400, "M_WEAK_PASSWORD", "Password must not be empty")
     if len(password) > MAX_PASSWORD_LENGTH:
         raise MatrixError(400, "M_INVALID_PARAM", "Password is too long")
+    if policy is None or not policy.enabled:
+        return
+    if len(password) < policy.minimum_length:
+        raise MatrixError(
+            400,
+            "M_PASSWORD_TOO_SHORT",
+            f"The password must be at least {policy.minimum_length} characters long",
+        )
+    checks = [
+        (
+            policy.require_digit,
+            any(c.isdigit() for c in password),
+            "M_PASSWORD_NO_DIGIT",
+            "a digit",
+        ),
+        (
+            policy.require_symbol,
+            any(not c.isalnum() for c in password),
+            "M_PASSWORD_NO_SYMBOL",
+            "a symbol",
+        ),
+        (
+            policy.require_lowercase,
+            any(c.islower() for c in password),
+            "M_PASSWORD_NO_LOWERCASE",
+            "a lowercase letter",
+        ),
+        (
+            policy.require_uppercase,
+            any(c.isupper() for c in password),
+            "M_PASSWORD_NO_UPPERCASE",
+            "an uppercase letter",
+        ),
+    ]
+    for required, present, errcode, what in checks:
+        if required and not present:
+            raise MatrixError(400, errcode, f"The password must contain {what}")
 
 
 async def register_local_user(

@@ -502,7 +502,7 @@ class AccountService:
             if await self._store.user_exists(user_id):
                 raise _user_in_use(user_id)
         if req.password is not None:
-            check_password(req.password)
+            check_password(req.password, self._config.password_config.policy)
         if req.auth is None:
             self._buckets.take("register_probe", ip, self._probe_limit)
         else:
@@ -772,10 +772,14 @@ class AccountService:
 
     # -- password, deactivation
 
+    def check_new_password(self, password: str) -> None:
+        """A password a user chose: the length limits and password_config.policy."""
+        check_password(password, self._config.password_config.policy)
+
     async def change_password(
         self, requester: Requester, new_password: str, *, logout_devices: bool
     ) -> None:
-        check_password(new_password)
+        self.check_new_password(new_password)
         password_hash = await self._passwords.hash(new_password)
         await self._store.set_password_hash(requester.user_id, password_hash)
         if not logout_devices:

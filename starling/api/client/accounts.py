@@ -14,7 +14,6 @@ from typing import Any
 from aiohttp import web
 
 from starling.accounts.auth import Requester
-from starling.accounts.registration import check_password
 from starling.accounts.service import (
     AccountService,
     Device,
@@ -222,7 +221,7 @@ class AccountRoutes:
         new_password = body_str(body, "new_password", required=True)
         assert new_password is not None
         logout_devices = _bool(body, "logout_devices", True)
-        check_password(new_password)  # before UIA, which spends the session
+        self.accounts.check_new_password(new_password)  # before UIA, which spends the session
         await self.accounts.require_password_auth(
             requester, body.get("auth"), request.path, request.method
         )
