@@ -145,6 +145,8 @@ class Client:
         self.verifications: dict[str, Sas] = {}  # transaction ID → SAS in progress
         self.verification_requests: dict[str, tuple[str, str]] = {}  # txn → (user, device)
         self._readied: set[str] = set()  # incoming verifications the user accepted
+        self._no_olm_told: set[tuple[str, str]] = set()  # devices sent m.no_olm
+        self._requested: set[tuple[str, str]] = set()  # (room, session) keys asked for
 
     # ---- opening ------------------------------------------------------------------------
 
@@ -244,8 +246,11 @@ class Client:
             self._apply_sync_state(answer)
             await self._query_keys()
             verification = self._apply_to_device(answer)
-            await self._on_verification_events(verification)
+            requests = [e for e in verification if e[1] == "m.room_key_request"]
+            await self._on_verification_events([e for e in verification if e not in requests])
+            await self._answer_key_requests(requests)
             messages = self._apply_timelines(answer, initial=since is None)
+            await self._request_missing_keys()
             self.store.save_machine(self.crypto)
             if isinstance(answer.get("next_batch"), str):
                 self.store.set_next_batch(answer["next_batch"])
@@ -309,13 +314,14 @@ class Client:
                 continue
             if decrypted is not None:
                 sender, kind, content = decrypted.sender, decrypted.type, decrypted.content
-            if (
-                isinstance(sender, str)
-                and isinstance(kind, str)
-                and kind.startswith("m.key.verification.")
-                and isinstance(content, dict)
-            ):
+            if not isinstance(sender, str) or not isinstance(kind, str):
+                continue
+            if not isinstance(content, dict):
+                continue
+            if kind.startswith("m.key.verification.") or kind == "m.room_key_request":
                 verification.append((sender, kind, content))
+            elif kind == "m.room_key.withheld":
+                self.crypto.receive_withheld(sender, content)
         return verification
 
     def _apply_timelines(self, answer: dict[str, Any], *, initial: bool) -> list[Message]:
@@ -377,7 +383,8 @@ class Client:
         try:
             got = self.crypto.decrypt_room_event(room_id, event)
         except DecryptionError as e:
-            if keep_pending and e.code == "unknown_session" and len(self._pending) < MAX_PENDING:
+            waiting = e.code in ("unknown_session", "withheld")
+            if keep_pending and waiting and len(self._pending) < MAX_PENDING:
                 self._pending[(room_id, event_id)] = event
                 self.store.add_pending(room_id, event_id, event)
             return Message(
@@ -578,6 +585,20 @@ class Client:
             except MatrixError:
                 crypto.discard_outbound(info.room_id)
                 raise
+        # Devices we could not open an Olm channel to are told once (m.no_olm).
+        outbound = crypto.outbound[info.room_id]
+        notices: dict[str, dict[str, Any]] = {}
+        for device in crypto.withheld_devices(info.room_id, members):
+            if (device.user_id, device.device_id) not in self._no_olm_told:
+                notices.setdefault(device.user_id, {})[device.device_id] = crypto.withheld_notice(
+                    info.room_id,
+                    outbound.session_id,
+                    "m.no_olm",
+                    "Unable to establish a secure channel.",
+                )
+        if notices:
+            await self.api.send_to_device("m.room_key.withheld", notices)
+            self._no_olm_told.update((u, d) for u, ds in notices.items() for d in ds)
         self.store.save_machine(crypto)
         return crypto.encrypt_room_event(info.room_id, event_type, content)
 
@@ -663,6 +684,41 @@ class Client:
             return await self.api.download(url)
         return None
 
+    # ---- key requests -------------------------------------------------------------------
+
+    async def _request_missing_keys(self) -> None:
+        """Ask our own other devices for the keys of events still waiting (once each)."""
+        others = [d for d in self.crypto.devices.get(self.user_id, {}) if d != self.device_id]
+        if not others:
+            return
+        wanted = []
+        for (room_id, _), event in self._pending.items():
+            content = event.get("content")
+            session_id = content.get("session_id") if isinstance(content, dict) else None
+            if isinstance(session_id, str) and (room_id, session_id) not in self._requested:
+                self._requested.add((room_id, session_id))
+                wanted.append((room_id, session_id))
+        for room_id, session_id in wanted[:50]:
+            request = self.crypto.key_request(room_id, session_id, self.api.txn_id())
+            await self.api.send_to_device("m.room_key_request", {self.user_id: {"*": request}})
+
+    async def _answer_key_requests(self, requests: list[tuple[str, str, dict[str, Any]]]) -> None:
+        """Forward keys to our own verified devices that ask for them (over Olm)."""
+        for sender, _, content in requests:
+            answer = self.crypto.answer_key_request(sender, content)
+            if answer is None:
+                continue
+            device, forwarded = answer
+            if device.curve25519 not in self.crypto.olm_sessions:
+                claims = {device.user_id: {device.device_id: "signed_curve25519"}}
+                self.crypto.receive_keys_claim(claims, await self.api.keys_claim(claims))
+            if device.curve25519 not in self.crypto.olm_sessions:
+                continue
+            encrypted = self.crypto.encrypt_olm(device, "m.forwarded_room_key", forwarded)
+            await self.api.send_to_device(
+                "m.room.encrypted", {device.user_id: {device.device_id: encrypted}}
+            )
+
     # ---- verification -------------------------------------------------------------------
 
     async def _send_verification(self, user: str, device: str, outgoing: Outgoing) -> None:
@@ -729,6 +785,9 @@ class Client:
             if device is not None and device.ed25519 == sas.their_ed25519 and not device.verified:
                 self.crypto.set_verified(sas.their_user, sas.their_device)
                 self.store.save_machine(self.crypto)
+                if sas.their_user == self.user_id:
+                    # A newly trusted device of ours may answer the key requests it ignored.
+                    self._requested.clear()
 
     async def start_verification(self, user_id: str, device_id: str) -> Sas:
         """Begin a SAS verification with one device (`m.key.verification.start`); syncs

@@ -233,6 +233,7 @@ class CryptoMachine:
         self.olm_sessions: dict[str, list[OlmSession]] = {}
         self.inbound: dict[tuple[str, str], InboundGroupSession] = {}
         self.outbound: dict[str, OutboundGroupSession] = {}
+        self.withheld: dict[str, str] = {}  # "room|session" or "user|*" → code and reason
         self._changes = Changes(account=account is None, meta=account is None)
 
     # ---- identity -------------------------------------------------------------------
@@ -631,6 +632,8 @@ class CryptoMachine:
         decrypted = self.decrypt_olm(event)
         if decrypted.type == "m.room_key":
             self._receive_room_key(decrypted)
+        elif decrypted.type == "m.forwarded_room_key":
+            self.receive_forwarded_key(decrypted)
         return decrypted
 
     def _receive_room_key(self, decrypted: Decrypted) -> None:
@@ -683,6 +686,101 @@ class CryptoMachine:
         self.inbound[key] = entry
         self._changes.inbound.append(entry)
         return True
+
+    # ---- key requests, forwarded keys, withheld notices ----------------------------------
+
+    def key_request(self, room_id: str, session_id: str, request_id: str) -> dict[str, Any]:
+        """An `m.room_key_request` for a session we lack (sent to our own devices)."""
+        return {
+            "action": "request",
+            "body": {"algorithm": MEGOLM, "room_id": room_id, "session_id": session_id},
+            "request_id": request_id,
+            "requesting_device_id": self.device_id,
+        }
+
+    def answer_key_request(
+        self, sender: str, content: dict[str, Any]
+    ) -> tuple[Device, dict[str, Any]] | None:
+        """The `m.forwarded_room_key` to send (Olm-encrypted) to the device asking, or None:
+        only our own *verified* other devices get keys, and only keys we hold."""
+        if sender != self.user_id or content.get("action") != "request":
+            return None
+        device_id = content.get("requesting_device_id")
+        body = content.get("body")
+        if not isinstance(device_id, str) or device_id == self.device_id:
+            return None
+        device = self.devices.get(self.user_id, {}).get(device_id)
+        if device is None or not device.verified or device.blocked:
+            return None
+        if not isinstance(body, dict) or body.get("algorithm") != MEGOLM:
+            return None
+        room_id, session_id = body.get("room_id"), body.get("session_id")
+        entry = self.inbound.get((str(room_id), str(session_id)))
+        if entry is None:
+            return None
+        exported = entry.session.export_at(entry.session.first_known_index)
+        if exported is None:
+            return None
+        return device, {
+            "algorithm": MEGOLM,
+            "room_id": entry.room_id,
+            "sender_key": entry.sender_key,
+            "session_id": entry.session_id,
+            "session_key": exported.to_base64(),
+            "sender_claimed_ed25519_key": entry.signing_key,
+            "forwarding_curve25519_key_chain": [],
+        }
+
+    def receive_forwarded_key(self, decrypted: Decrypted) -> bool:
+        """Take an `m.forwarded_room_key` — only from our own verified devices (the spec's
+        advice). True if a session was added."""
+        if decrypted.sender != self.user_id:
+            return False
+        device = self.device_by_curve(self.user_id, decrypted.sender_key)
+        if device is None or not device.verified or device.ed25519 != decrypted.ed25519:
+            return False
+        content = decrypted.content
+        room_id, key = content.get("room_id"), content.get("session_key")
+        if content.get("algorithm") != MEGOLM or not isinstance(room_id, str):
+            return False
+        if not isinstance(key, str):
+            return False
+        return self.import_inbound(
+            room_id,
+            key,
+            str(content.get("sender_key", "")),
+            str(content.get("sender_claimed_ed25519_key", "")),
+        )
+
+    def withheld_notice(
+        self, room_id: str, session_id: str, code: str, reason: str
+    ) -> dict[str, Any]:
+        notice: dict[str, Any] = {
+            "algorithm": MEGOLM,
+            "sender_key": self.curve25519,
+            "from_device": self.device_id,
+            "code": code,
+            "reason": reason,
+        }
+        if code != "m.no_olm":
+            notice.update({"room_id": room_id, "session_id": session_id})
+        return notice
+
+    def receive_withheld(self, sender: str, content: dict[str, Any]) -> None:
+        """Remember why a sender will not give us a key (shown instead of the message)."""
+        code = content.get("code")
+        if not isinstance(code, str):
+            return
+        session_id = content.get("session_id")
+        key = (
+            f"{content.get('room_id')}|{session_id}"
+            if isinstance(session_id, str)
+            else f"{sender}|*"
+        )
+        self.withheld[key] = f"{code}: {content.get('reason', '')}".strip()
+
+    def withheld_reason(self, room_id: str, session_id: str, sender: str) -> str | None:
+        return self.withheld.get(f"{room_id}|{session_id}") or self.withheld.get(f"{sender}|*")
 
     # ---- Megolm ------------------------------------------------------------------------
 
@@ -819,6 +917,9 @@ class CryptoMachine:
             raise DecryptionError("bad_event", "missing session_id or ciphertext")
         entry = self.inbound.get((room_id, session_id))
         if entry is None:
+            withheld = self.withheld_reason(room_id, session_id, sender)
+            if withheld is not None:
+                raise DecryptionError("withheld", f"the sender withheld the key ({withheld})")
             raise DecryptionError("unknown_session", f"no key for session {session_id}")
         # An imported session (from a backup) has no known sender ("").
         if entry.sender and entry.sender != sender:

@@ -423,3 +423,69 @@ def test_meta_round_trips(world: tuple[KeyServer, CryptoMachine, CryptoMachine])
     again = CryptoMachine(alice.user_id, alice.device_id, alice.account)
     again.load_meta(alice.meta())
     assert again.meta() == alice.meta()
+
+
+def test_keys_are_forwarded_only_to_our_own_verified_devices(
+    world: tuple[KeyServer, CryptoMachine, CryptoMachine], clock: Clock
+) -> None:
+    server, alice, bob = world
+    event = send(server, alice, MEMBERS, [bob], "before the new device", "$1")
+    alice2 = CryptoMachine("@alice:example.org", "ALICE2", clock=clock)
+    server.upload(alice2)
+    alice2.track_users(MEMBERS)
+    server.query(alice2)
+    alice.receive_device_list_changes(["@alice:example.org"], [])
+    server.query(alice)
+    session_id = event["content"]["session_id"]
+    request = alice2.key_request(ROOM, session_id, "req1")
+    # Not verified yet: nothing is forwarded. Another user asking gets nothing either.
+    assert alice.answer_key_request("@alice:example.org", request) is None
+    alice.set_verified("@alice:example.org", "ALICE2")
+    assert alice.answer_key_request("@bob:example.org", request) is None
+    assert (
+        alice.answer_key_request(
+            "@alice:example.org", {**request, "requesting_device_id": "ALICE1"}
+        )
+        is None
+    )
+    unknown = alice2.key_request(ROOM, "no-such-session", "req2")
+    assert alice.answer_key_request("@alice:example.org", unknown) is None
+    answer = alice.answer_key_request("@alice:example.org", request)
+    assert answer is not None
+    device, forwarded = answer
+    assert device.device_id == "ALICE2" and forwarded["session_id"] == session_id
+    server.claim(alice, ["@alice:example.org"])
+    encrypted = alice.encrypt_olm(device, "m.forwarded_room_key", forwarded)
+    to_device = {"type": "m.room.encrypted", "sender": alice.user_id, "content": encrypted}
+    # ALICE2 has not verified ALICE1: the forwarded key is ignored.
+    alice2.receive_to_device(to_device)
+    with pytest.raises(DecryptionError):
+        alice2.decrypt_room_event(ROOM, event)
+    alice2.set_verified("@alice:example.org", "ALICE1")
+    content = alice.encrypt_olm(device, "m.forwarded_room_key", forwarded)
+    alice2.receive_to_device({**to_device, "content": content})
+    got = alice2.decrypt_room_event(ROOM, event)
+    assert got.content["body"] == "before the new device" and got.verified is False
+    # Another user is never answered, whatever they ask.
+    assert bob.answer_key_request("@alice:example.org", request) is None
+
+
+def test_withheld_keys_are_reported(world: tuple[KeyServer, CryptoMachine, CryptoMachine]) -> None:
+    _, alice, bob = world
+    notice = alice.withheld_notice(ROOM, "SESSION", "m.unverified", "not verified")
+    bob.receive_withheld(alice.user_id, notice)
+    event = {
+        "type": "m.room.encrypted",
+        "sender": alice.user_id,
+        "event_id": "$w",
+        "content": {"algorithm": MEGOLM, "session_id": "SESSION", "ciphertext": "AAAA"},
+    }
+    with pytest.raises(DecryptionError) as e:
+        bob.decrypt_room_event(ROOM, event)
+    assert e.value.code == "withheld" and "m.unverified" in str(e.value)
+    no_olm = alice.withheld_notice(ROOM, "OTHER", "m.no_olm", "no channel")
+    assert "room_id" not in no_olm and "session_id" not in no_olm
+    bob.receive_withheld(alice.user_id, no_olm)
+    with pytest.raises(DecryptionError) as e:
+        bob.decrypt_room_event(ROOM, {**event, "content": {**event["content"], "session_id": "X"}})
+    assert e.value.code == "withheld" and "m.no_olm" in str(e.value)

@@ -163,3 +163,50 @@ async def test_verify_a_matrix_nio_device(
     assert theirs.verified and not theirs.canceled
     device = nio_client.device_store[alice.user_id][alice.device_id]
     assert device.verified
+
+
+async def test_a_new_verified_device_gets_history_keys_from_the_old_one(
+    starling_server: RunningServer, tmp_path: Path, opened: list[Client | AsyncClient]
+) -> None:
+    server = starling_server
+    await register(server, "alice", tmp_path / "alice-reg")
+    one = await Client.login(tmp_path / "one", server.url, "alice", PASSWORD, PASSPHRASE)
+    opened.append(one)
+    room_id = await one.create_room(name="notes to self")
+    bodies = [f"note {i}" for i in range(3)]
+    for body in bodies:
+        await one.send_text(room_id, body)
+    two = await Client.login(tmp_path / "two", server.url, "alice", PASSWORD, PASSPHRASE)
+    opened.append(two)
+    assert not [m for m in two.timeline(room_id) if m.body in bodies]
+
+    # The two devices verify each other.
+    sas = await one.start_verification(one.user_id, two.device_id)
+    deadline = time.monotonic() + DEADLINE_S
+    theirs: Sas | None = None
+    while theirs is None and time.monotonic() < deadline:
+        await two.sync_once(timeout_ms=300)
+        if sas.transaction_id in two.incoming_verifications():
+            theirs = await two.accept_verification(sas.transaction_id)
+    assert theirs is not None, "the new device never saw the verification"
+    while not (sas.state == theirs.state == "keys") and time.monotonic() < deadline:
+        await one.sync_once(timeout_ms=200)
+        await two.sync_once(timeout_ms=200)
+    assert sas.emoji() == theirs.emoji()
+    await one.confirm_verification(sas)
+    await two.confirm_verification(theirs)
+    while not (sas.verified and theirs.verified) and time.monotonic() < deadline:
+        await one.sync_once(timeout_ms=200)
+        await two.sync_once(timeout_ms=200)
+    assert sas.verified and theirs.verified
+
+    # The new device asks for the keys it lacks; the old one forwards them over Olm.
+    def readable() -> list[str]:
+        return [m.body for m in two.timeline(room_id) if m.body in bodies]
+
+    while len(readable()) < 3 and time.monotonic() < deadline:
+        await two.sync_once(timeout_ms=200)
+        await one.sync_once(timeout_ms=200)
+    assert sorted(readable()) == bodies
+    restored = [m for m in two.timeline(room_id) if m.body in bodies]
+    assert all(m.encrypted and not m.verified for m in restored)
