@@ -214,8 +214,17 @@ class RoomSyncBuilder:
                 stayed_joined = joined_at_since and all(m == "join" for m in seen)
                 latest = seen[-1]
                 if latest == "join":
+                    # A room joined since `since` is sent as in an initial sync: its
+                    # timeline reaches back before `since` (as history visibility lets
+                    # the user see), `limited` when there is more, with full state.
                     plans.append(
-                        _Plan(room_id, "join", since, req.upto, full_state=not stayed_joined)
+                        _Plan(
+                            room_id,
+                            "join",
+                            since if stayed_joined else None,
+                            req.upto,
+                            full_state=not stayed_joined,
+                        )
                     )
                 elif latest == "invite" and last_id is not None:
                     invites.append(Membership(room_id, req.user_id, "invite", last_id, last_pos))
@@ -512,14 +521,17 @@ class RoomSyncBuilder:
         if not rooms:
             return {}
         summaries = await self._memberships.get_room_summaries(rooms, MAX_HEROES + 1)
-        naming_ids = {
-            room_id: [
-                targets[room_id][k]
-                for k in (("m.room.name", ""), ("m.room.canonical_alias", ""))
-                if k in targets[room_id]
-            ]
-            for room_id in rooms
-        }
+        # The room's name and alias as of the end of the timeline: the state the
+        # response starts from (before the timeline), then the timeline's own changes.
+        naming_keys = (("m.room.name", ""), ("m.room.canonical_alias", ""))
+        by_room = {p.room_id: p for p in plans}
+        naming_ids: dict[str, list[str]] = {}
+        for room_id in rooms:
+            current = {k: targets[room_id][k] for k in naming_keys if k in targets[room_id]}
+            for ev, _ in reversed(by_room[room_id].events):  # oldest first
+                if ev.state_key is not None and (ev.type, ev.state_key) in naming_keys:
+                    current[(ev.type, ev.state_key)] = ev.event_id
+            naming_ids[room_id] = list(current.values())
         naming = await self._events.get_events(eid for ids in naming_ids.values() for eid in ids)
         out: dict[str, JsonDict] = {}
         for room_id in rooms:

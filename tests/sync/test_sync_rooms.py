@@ -114,9 +114,13 @@ async def test_invite_and_leave_sections(hs: Harness) -> None:
     await join(hs, btok, room_id)
     body2 = await sync(hs, btok, since=body["next_batch"])
     joined = body2["rooms"]["join"][room_id]
-    # Newly joined: full state.
+    # Newly joined: as in an initial sync, full state, and a timeline reaching back
+    # before `since` (here to the room's creation, as history visibility allows).
     state_types = {e["type"] for e in joined["state"]["events"]}
-    assert "m.room.create" in state_types
+    timeline_types = [e["type"] for e in joined["timeline"]["events"]]
+    assert "m.room.create" in state_types | set(timeline_types)
+    assert "m.room.name" in state_types | set(timeline_types)
+    assert timeline_types[-1] == "m.room.member"
     await hs.send_message(atok, room_id, "bye bob")
     status, _ = await hs.request("POST", f"{V3}/rooms/{room_id}/kick", atok, {"user_id": bob})
     assert status == 200
@@ -359,3 +363,16 @@ async def test_unstable_use_state_after_answers_with_the_unstable_key(hs: Harnes
     room = both["rooms"]["join"][room_id]
     assert "org.matrix.msc4222.state_after" not in room and "state" not in room
     assert "m.room.encryption" in {e["type"] for e in room["state_after"]["events"]}
+
+
+async def test_named_room_has_no_heroes_even_when_named_in_the_timeline(hs: Harness) -> None:
+    # The name event is in the initial sync's timeline, not in its state section: the
+    # summary still knows the room is named (spec: m.heroes only for unnamed rooms).
+    _, atok = await hs.register("alice")
+    _, btok = await hs.register("bob")
+    room_id = await hs.create_room(atok, preset="public_chat")
+    await set_state(hs, atok, room_id, "m.room.name", {"name": "A room name"})
+    await join(hs, btok, room_id)
+    body = await sync(hs, atok, filter={"room": {"state": {"lazy_load_members": True}}})
+    summary = body["rooms"]["join"][room_id]["summary"]
+    assert summary == {"m.joined_member_count": 2, "m.invited_member_count": 0}
