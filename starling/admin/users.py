@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from starling.accounts.auth import RequestAuthenticator
 from starling.accounts.passwords import PasswordHasher
 from starling.accounts.registration import check_password, local_user_id, register_local_user
@@ -306,3 +308,16 @@ class AdminUsers:
             raise not_found("User not found")
         rooms = await self._memberships.get_rooms_for_user(user_id)
         return {room_id: m.membership for room_id, m in sorted(rooms.items())}
+
+    async def account_data(self, user_id: str) -> dict[str, Any]:
+        """GET /_synapse/admin/v1/users/{userId}/accountdata: global and per-room data."""
+        await self._details(user_id)
+        global_data: dict[str, Any] = {}
+        rooms: dict[str, dict[str, Any]] = {}
+        for room_id, data_type, raw in await self._store.account_data(user_id):
+            content = orjson.loads(raw)
+            if room_id:
+                rooms.setdefault(room_id, {})[data_type] = content
+            else:
+                global_data[data_type] = content
+        return {"account_data": {"global": global_data, "rooms": rooms}}

@@ -169,3 +169,12 @@ class AdminUserStore:
                 user_id,
             )
         )
+
+    async def account_data(self, user_id: str) -> list[tuple[str, str, str]]:
+        """(room ID, "" for global; type; content JSON) of all the user's account data."""
+        rows = await self._db.fetch_all(
+            "SELECT room_id, data_type, content FROM account_data WHERE user_id = ?"
+            " ORDER BY room_id, data_type",
+            user_id,
+        )
+        return [(r[0], r[1], r[2]) for r in rows]

@@ -146,6 +146,9 @@ async def test_console_in_a_browser(hs: Harness, engine: str) -> None:
             wait.until(status_says(f"{room} deleted"))
             wait.until(lambda d: "Nothing here." in d.find_element(By.ID, "rooms-table").text)
 
+            driver.find_element(By.LINK_TEXT, "Federation").click()
+            wait.until(lambda d: "Nothing here." in d.find_element(By.ID, "federation-table").text)
+
             driver.find_element(By.LINK_TEXT, "Audit log").click()
             wait.until(lambda d: "/deactivate/" in d.find_element(By.ID, "audit-table").text)
             assert "/rooms/" in driver.find_element(By.ID, "audit-table").text

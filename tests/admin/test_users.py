@@ -473,3 +473,23 @@ async def test_shadow_banned_sends_reach_nobody(hs: Harness, admin: str) -> None
     status, _ = await hs.request("POST", f"{c}/leave", bob_token, {})
     assert status == 200
     assert room not in await hs.services.membership_store.get_joined_rooms(bob)
+
+
+async def test_account_data(hs: Harness, admin: str) -> None:
+    bob, bob_token = await hs.register("bob")
+    room = await hs.create_room(bob_token)
+    c = f"/_matrix/client/v3/user/{bob}"
+    status, _ = await hs.request("PUT", f"{c}/account_data/org.example.pref", bob_token, {"a": 1})
+    assert status == 200
+    status, _ = await hs.request(
+        "PUT", f"{c}/rooms/{room}/account_data/org.example.room", bob_token, {"b": 2}
+    )
+    assert status == 200
+    status, resp = await hs.request("GET", f"{V1}/users/{bob}/accountdata", admin)
+    assert status == 200, resp
+    assert resp["account_data"]["global"]["org.example.pref"] == {"a": 1}
+    assert resp["account_data"]["rooms"][room]["org.example.room"] == {"b": 2}
+    status, resp = await hs.request("GET", f"{V1}/users/@ghost:{HS}/accountdata", admin)
+    assert (status, resp["errcode"]) == (404, "M_NOT_FOUND")
+    status, resp = await hs.request("GET", f"{V1}/users/{bob}/accountdata", bob_token)
+    assert (status, resp["errcode"]) == (403, "M_FORBIDDEN")

@@ -245,6 +245,11 @@ class AdminUserRoutes:
         await self._users.set_shadow_banned(request.match_info["userId"], False)
         return json_response({})
 
+    async def account_data(self, request: web.Request) -> web.Response:
+        """GET /_synapse/admin/v1/users/{userId}/accountdata
+        (Synapse admin API: docs/admin_api/user_admin_api.md#account-data)"""
+        return json_response(await self._users.account_data(request.match_info["userId"]))
+
     async def username_available(self, request: web.Request) -> web.Response:
         """GET /_synapse/admin/v1/username_available?username=
         (Synapse admin API: docs/admin_api/user_admin_api.md#check-username-availability)"""
@@ -278,5 +283,6 @@ class AdminUserRoutes:
             post("/users/{userId}/login", self.login_as, Auth.ADMIN),
             post("/users/{userId}/shadow_ban", self.shadow_ban, Auth.ADMIN),
             delete("/users/{userId}/shadow_ban", self.unshadow_ban, Auth.ADMIN),
+            get("/users/{userId}/accountdata", self.account_data, Auth.ADMIN),
             get("/username_available", self.username_available, Auth.ADMIN),
         ]

@@ -274,6 +274,30 @@ async function showReports() {
   );
 }
 
+async function showFederation() {
+  const data = await api("GET", ADMIN + "/v1/federation/destinations", undefined, { limit: 1000 });
+  fillTable(
+    $("federation-table"),
+    data.destinations,
+    [
+      ["Server", (d) => d.destination],
+      ["Failing since", (d) => d.failure_ts || null],
+      ["Retry in (ms)", (d) => d.retry_interval || null],
+      ["Next retry", (d) => d.retry_until_ts || null],
+    ],
+    (d) =>
+      d.failure_ts
+        ? [
+            button("Retry now", async () => {
+              await api("POST", ADMIN + "/v1/federation/destinations/" + enc(d.destination) + "/reset_connection", {});
+              say("Retrying " + d.destination);
+              await showFederation();
+            }),
+          ]
+        : [],
+  );
+}
+
 async function showAudit() {
   const data = await api("GET", ADMIN + "/v1/audit_log", undefined, { limit: 200 });
   fillTable($("audit-table"), data.entries, [
@@ -291,6 +315,7 @@ const PAGES = {
   rooms: showRooms,
   media: null,
   reports: showReports,
+  federation: showFederation,
   audit: showAudit,
 };
 
