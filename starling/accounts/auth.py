@@ -36,6 +36,15 @@ class Requester:
     """Set when an application service's ``as_token`` made the request."""
 
     @property
+    def transaction_scope(self) -> str | None:
+        """What a client's transaction ID is unique within: its device, or for an
+        application service (which has none) the service (spec: "Transaction
+        identifiers": scoped to the access token when there is no device)."""
+        if self.device_id is None and self.app_service is not None:
+            return f"as:{self.app_service.id}"
+        return self.device_id
+
+    @property
     def rate_limited(self) -> bool:
         return self.app_service is None or self.app_service.rate_limited
 

@@ -392,3 +392,21 @@ async def test_a_service_publishes_rooms_in_its_networks_list(hs: Harness) -> No
     assert await listed({})
     status, body = await hs.request("POST", f"{V3}/publicRooms", token, {"include_all_networks": 1})
     assert (status, body["errcode"]) == (400, "M_BAD_JSON")
+
+
+async def test_transaction_ids_make_a_services_sends_idempotent(hs: Harness) -> None:
+    _, token = await hs.register("owner")
+    room_id = await hs.create_room(token, preset="public_chat")
+    await _register_ghost(hs)
+    await hs.request("POST", f"{V3}/rooms/{room_id}/join", AS_TOKEN, {}, params={"user_id": GHOST})
+    path = f"{V3}/rooms/{room_id}/send/m.room.message/retry-1"
+    message = {"msgtype": "m.text", "body": "once"}
+    first = await hs.request("PUT", path, AS_TOKEN, message, params={"user_id": GHOST})
+    again = await hs.request("PUT", path, AS_TOKEN, message, params={"user_id": GHOST})
+    assert first[0] == 200 and first == again
+    # Another user of the service with the same transaction ID is another message.
+    await _register_ghost(hs, "bridge_bob")
+    bob = {"user_id": f"@bridge_bob:{SERVER_NAME}"}
+    await hs.request("POST", f"{V3}/rooms/{room_id}/join", AS_TOKEN, {}, params=bob)
+    other = await hs.request("PUT", path, AS_TOKEN, message, params=bob)
+    assert other[0] == 200 and other[1]["event_id"] != first[1]["event_id"]

@@ -232,7 +232,7 @@ class RoomRoutes:
             requester.user_id,
             event_type,
             content,
-            device_id=requester.device_id,
+            device_id=requester.transaction_scope,
             txn_id=txn_id,
             redacts=redacts,
         )
@@ -277,7 +277,7 @@ class RoomRoutes:
             requester.user_id,
             request.match_info["eventId"],
             body_str(body, "reason"),
-            device_id=requester.device_id,
+            device_id=requester.transaction_scope,
             txn_id=txn_id,
         )
         return json_response({"event_id": event.event_id})
