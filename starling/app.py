@@ -552,7 +552,9 @@ async def build_services(
         profile_store=profile_store,
         memberships=membership_store,
         auth=auth,
+        rate_limits=rate_limits,
     )
+    await admin_users.load_rate_limit_overrides()
     admin_rooms = AdminRooms(
         server_name=config.server_name,
         store=AdminRoomStore(db, config.server_name, event_store, state_store, membership_store),

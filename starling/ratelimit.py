@@ -52,9 +52,24 @@ class RateLimits:
     def __init__(self, config: Config, buckets: TokenBuckets | None = None) -> None:
         self._config = config
         self._buckets = buckets or TokenBuckets()
+        # Admins' per-user overrides of rc_message (Synapse's override_ratelimit).
+        self._message_overrides: dict[str, RateLimit] = {}
+
+    def set_message_override(self, user_id: str, limit: RateLimit | None) -> None:
+        """Replace rc_message for one user (0 per second and 0 burst: no limit); None
+        goes back to rc_message."""
+        if limit is None:
+            self._message_overrides.pop(user_id, None)
+        else:
+            self._message_overrides[user_id] = limit
 
     async def check_message(self, user_id: str) -> None:
-        self._buckets.take("message", user_id, self._config.rc_message)
+        limit = self._message_overrides.get(user_id)
+        if limit is None:
+            limit = self._config.rc_message
+        elif limit.per_second <= 0 and limit.burst_count <= 0:
+            return
+        self._buckets.take("message", user_id, limit)
 
     async def check_registration(self, ip: str) -> None:
         self._buckets.take("registration", ip, self._config.rc_registration)

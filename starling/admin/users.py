@@ -21,8 +21,10 @@ from starling.accounts.auth import RequestAuthenticator
 from starling.accounts.passwords import PasswordHasher
 from starling.accounts.registration import check_password, local_user_id, register_local_user
 from starling.accounts.service import AccountService
+from starling.config import RateLimit
 from starling.errors import MatrixError, invalid_param, not_found
 from starling.profile.service import ProfileService
+from starling.ratelimit import RateLimits
 from starling.storage.accounts import AccountStore, Device
 from starling.storage.admin_users import ORDER_COLUMNS, AdminUserStore, UserDetails, UserFilter
 from starling.storage.memberships import MembershipStore
@@ -109,6 +111,7 @@ class AdminUsers:
         profile_store: ProfileStore,
         memberships: MembershipStore,
         auth: RequestAuthenticator,
+        rate_limits: RateLimits,
     ) -> None:
         self._server_name = server_name
         self._accounts = accounts
@@ -119,6 +122,7 @@ class AdminUsers:
         self._profile_store = profile_store
         self._memberships = memberships
         self._auth = auth
+        self._rate_limits = rate_limits
 
     # -- lookups
 
@@ -321,3 +325,30 @@ class AdminUsers:
             else:
                 global_data[data_type] = content
         return {"account_data": {"global": global_data, "rooms": rooms}}
+
+    # -- rate-limit overrides
+
+    async def load_rate_limit_overrides(self) -> None:
+        """At start: the overrides admins set, into the running rate limits."""
+        for user_id, per_second, burst in await self._store.rate_limit_overrides():
+            self._rate_limits.set_message_override(user_id, RateLimit(per_second, burst))
+
+    async def rate_limit_override(self, user_id: str) -> dict[str, int]:
+        await self._details(user_id)
+        for found, per_second, burst in await self._store.rate_limit_overrides():
+            if found == user_id:
+                return {"messages_per_second": per_second, "burst_count": burst}
+        return {}
+
+    async def set_rate_limit_override(
+        self, user_id: str, per_second: int, burst: int
+    ) -> dict[str, int]:
+        await self._details(user_id)
+        await self._store.set_rate_limit_override(user_id, per_second, burst)
+        self._rate_limits.set_message_override(user_id, RateLimit(per_second, burst))
+        return {"messages_per_second": per_second, "burst_count": burst}
+
+    async def delete_rate_limit_override(self, user_id: str) -> None:
+        await self._details(user_id)
+        await self._store.delete_rate_limit_override(user_id)
+        self._rate_limits.set_message_override(user_id, None)

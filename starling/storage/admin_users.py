@@ -178,3 +178,25 @@ class AdminUserStore:
             user_id,
         )
         return [(r[0], r[1], r[2]) for r in rows]
+
+    async def rate_limit_overrides(self) -> list[tuple[str, int, int]]:
+        rows = await self._db.fetch_all(
+            "SELECT user_id, messages_per_second, burst_count FROM ratelimit_override"
+        )
+        return [(r[0], int(r[1]), int(r[2])) for r in rows]
+
+    async def set_rate_limit_override(
+        self, user_id: str, messages_per_second: int, burst_count: int
+    ) -> None:
+        await self._db.execute(
+            "INSERT INTO ratelimit_override (user_id, messages_per_second, burst_count)"
+            " VALUES (?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET"
+            " messages_per_second = excluded.messages_per_second,"
+            " burst_count = excluded.burst_count",
+            user_id,
+            messages_per_second,
+            burst_count,
+        )
+
+    async def delete_rate_limit_override(self, user_id: str) -> None:
+        await self._db.execute("DELETE FROM ratelimit_override WHERE user_id = ?", user_id)

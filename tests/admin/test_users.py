@@ -493,3 +493,49 @@ async def test_account_data(hs: Harness, admin: str) -> None:
     assert (status, resp["errcode"]) == (404, "M_NOT_FOUND")
     status, resp = await hs.request("GET", f"{V1}/users/{bob}/accountdata", bob_token)
     assert (status, resp["errcode"]) == (403, "M_FORBIDDEN")
+
+
+async def test_rate_limit_override(hs: Harness, admin: str) -> None:
+    bob, bob_token = await hs.register("bob")
+    room = await hs.create_room(bob_token)
+    path = f"{V1}/users/{bob}/override_ratelimit"
+    status, resp = await hs.request("GET", path, admin)
+    assert (status, resp) == (200, {})
+    # one message, then nothing for a long time
+    status, resp = await hs.request(
+        "POST", path, admin, {"messages_per_second": 0, "burst_count": 1}
+    )
+    assert (status, resp) == (200, {"messages_per_second": 0, "burst_count": 1})
+    status, resp = await hs.request("GET", path, admin)
+    assert resp == {"messages_per_second": 0, "burst_count": 1}
+    send = f"/_matrix/client/v3/rooms/{room}/send/m.room.message"
+    status, _ = await hs.request("PUT", f"{send}/r1", bob_token, {"msgtype": "m.text", "body": "1"})
+    assert status == 200
+    status, resp = await hs.request(
+        "PUT", f"{send}/r2", bob_token, {"msgtype": "m.text", "body": "2"}
+    )
+    assert (status, resp["errcode"]) == (429, "M_LIMIT_EXCEEDED")
+    # 0/0: no limit at all
+    status, _ = await hs.request("POST", path, admin, {})
+    assert status == 200
+    for i in range(3):
+        status, _ = await hs.request(
+            "PUT", f"{send}/n{i}", bob_token, {"msgtype": "m.text", "body": str(i)}
+        )
+        assert status == 200
+    status, resp = await hs.request("DELETE", path, admin)
+    assert (status, resp) == (200, {})
+    status, resp = await hs.request("GET", path, admin)
+    assert resp == {}
+    for body in ({"messages_per_second": -1}, {"burst_count": "10"}, {"burst_count": True}):
+        status, resp = await hs.request("POST", path, admin, body)
+        assert (status, resp["errcode"]) == (400, "M_INVALID_PARAM"), body
+    status, resp = await hs.request("GET", f"{V1}/users/@ghost:{HS}/override_ratelimit", admin)
+    assert (status, resp["errcode"]) == (404, "M_NOT_FOUND")
+    status, resp = await hs.request("GET", path, bob_token)
+    assert (status, resp["errcode"]) == (403, "M_FORBIDDEN")
+    # what is stored is what the server loads at start
+    await hs.services.admin_users.set_rate_limit_override(bob, 5, 7)
+    await hs.services.admin_users.load_rate_limit_overrides()
+    status, resp = await hs.request("GET", path, admin)
+    assert resp == {"messages_per_second": 5, "burst_count": 7}

@@ -250,6 +250,33 @@ class AdminUserRoutes:
         (Synapse admin API: docs/admin_api/user_admin_api.md#account-data)"""
         return json_response(await self._users.account_data(request.match_info["userId"]))
 
+    async def get_rate_limit(self, request: web.Request) -> web.Response:
+        """GET /_synapse/admin/v1/users/{userId}/override_ratelimit
+        (Synapse admin API: docs/admin_api/user_admin_api.md#override-ratelimiting-for-users)"""
+        return json_response(await self._users.rate_limit_override(request.match_info["userId"]))
+
+    async def set_rate_limit(self, request: web.Request) -> web.Response:
+        """POST /_synapse/admin/v1/users/{userId}/override_ratelimit
+        (Synapse admin API: docs/admin_api/user_admin_api.md#set-ratelimit)"""
+        body = await read_json_object(request, allow_empty=True)
+        values = []
+        for key in ("messages_per_second", "burst_count"):
+            value = body.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+                raise invalid_param(f"'{key}' must be a non-negative integer")
+            values.append(value)
+        return json_response(
+            await self._users.set_rate_limit_override(
+                request.match_info["userId"], values[0], values[1]
+            )
+        )
+
+    async def delete_rate_limit(self, request: web.Request) -> web.Response:
+        """DELETE /_synapse/admin/v1/users/{userId}/override_ratelimit
+        (Synapse admin API: docs/admin_api/user_admin_api.md#delete-ratelimit)"""
+        await self._users.delete_rate_limit_override(request.match_info["userId"])
+        return json_response({})
+
     async def username_available(self, request: web.Request) -> web.Response:
         """GET /_synapse/admin/v1/username_available?username=
         (Synapse admin API: docs/admin_api/user_admin_api.md#check-username-availability)"""
@@ -284,5 +311,8 @@ class AdminUserRoutes:
             post("/users/{userId}/shadow_ban", self.shadow_ban, Auth.ADMIN),
             delete("/users/{userId}/shadow_ban", self.unshadow_ban, Auth.ADMIN),
             get("/users/{userId}/accountdata", self.account_data, Auth.ADMIN),
+            get("/users/{userId}/override_ratelimit", self.get_rate_limit, Auth.ADMIN),
+            post("/users/{userId}/override_ratelimit", self.set_rate_limit, Auth.ADMIN),
+            delete("/users/{userId}/override_ratelimit", self.delete_rate_limit, Auth.ADMIN),
             get("/username_available", self.username_available, Auth.ADMIN),
         ]
