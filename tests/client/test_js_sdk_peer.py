@@ -155,3 +155,66 @@ async def test_starling_and_js_sdk_exchange_encrypted_messages_and_media(
         await peer.send({"cmd": "exit"})
     finally:
         await alice.close()
+
+
+async def test_key_backups_cross_between_starling_and_js_sdk(
+    starling_server: RunningServer, tmp_path: Path, peer_process: Callable[[str], Any]
+) -> None:
+    """A backup made by Starling is restored by a new js-sdk device of the same user (which
+    then reads the history), and a backup made by js-sdk is restored by a new Starling
+    device (which then reads the history)."""
+    server = starling_server
+    await register(server, "alice", tmp_path / "alice-reg")
+    await register(server, "jay", tmp_path / "jay-reg")
+
+    # Starling → js-sdk.
+    alice = await Client.login(tmp_path / "alice", server.url, "alice", PASSWORD, "pw")
+    try:
+        room_id = await alice.create_room(name="alice's notes")
+        for i in range(2):
+            await alice.send_text(room_id, f"alice history {i}")
+        recovery_key = await alice.create_backup()
+    finally:
+        await alice.close()
+    alice_js: Peer = await peer_process("alice")
+    await alice_js.expect(lambda x: "ready" in x, "started")
+    await alice_js.send({"cmd": "restore_backup", "recovery_key": recovery_key})
+    restored = await alice_js.expect(lambda x: "restored" in x, "restored the backup")
+    assert restored["restored"] >= 1
+    for i in range(2):
+        got = (await alice_js.expect(alice_js.event(f"alice history {i}"), "decrypted history"))[
+            "event"
+        ]
+        assert got["wire_type"] == "m.room.encrypted"
+    await alice_js.send({"cmd": "exit"})
+
+    # js-sdk → Starling.
+    jay_js: Peer = await peer_process("jay")
+    ready = (await jay_js.expect(lambda x: "ready" in x, "started"))["ready"]
+    helper = await Client.login(tmp_path / "helper", server.url, "alice", PASSWORD, "pw")
+    try:
+        room_id = await helper.create_room(name="jay and alice", invite=[ready["user_id"]])
+        deadline = time.monotonic() + DEADLINE_S
+        while helper.rooms[room_id].members.get(ready["user_id"]) != "join":
+            assert time.monotonic() < deadline, "js-sdk never joined"
+            await helper.sync_once(timeout_ms=300)
+        for i in range(2):
+            await jay_js.send({"cmd": "send", "room_id": room_id, "body": f"jay history {i}"})
+            await jay_js.expect(lambda x: "sent" in x, "sent")
+        await jay_js.send({"cmd": "make_backup", "sessions": 1})
+        jay_key = (await jay_js.expect(lambda x: "recovery_key" in x, "made a backup"))[
+            "recovery_key"
+        ]
+    finally:
+        await helper.close()
+    await jay_js.send({"cmd": "exit"})
+    jay = await Client.login(tmp_path / "jay", server.url, "jay", PASSWORD, "pw")
+    try:
+        assert await jay.restore_backup(jay_key) >= 1
+        bodies = {m.body for m in jay.timeline(room_id)}
+        if not {"jay history 0", "jay history 1"} <= bodies:
+            await jay.load_history(room_id)
+            bodies = {m.body for m in jay.timeline(room_id)}
+        assert {"jay history 0", "jay history 1"} <= bodies, bodies
+    finally:
+        await jay.close()

@@ -10,6 +10,10 @@
 // Commands, one JSON object a line on stdin:
 //   {"cmd": "send", "room_id": ..., "body": ...}           → {"sent": event_id}
 //   {"cmd": "download", "file": <EncryptedFile>}           → {"downloaded": base64 of plaintext}
+//   {"cmd": "make_backup"}    secret storage + a key backup of every room key it holds
+//                             → {"recovery_key": "EsT1 ..."}
+//   {"cmd": "restore_backup", "recovery_key": ...}  backup key from secret storage, then
+//                             every room key of the backup → {"restored": n}
 //   {"cmd": "exit"}
 // Everything it prints besides those lines goes to stderr.
 
@@ -34,11 +38,22 @@ const creds = await anonymous.loginRequest({
     password: PASSWORD,
     initial_device_display_name: "js-sdk peer",
 });
+const { decodeRecoveryKey } = await import("matrix-js-sdk/lib/crypto-api/recovery-key.js");
+let secretStorageKey = null; // Uint8Array, once known
 const client = createClient({
     baseUrl: BASE_URL,
     userId: creds.user_id,
     deviceId: creds.device_id,
     accessToken: creds.access_token,
+    cryptoCallbacks: {
+        getSecretStorageKey: async ({ keys }) => {
+            const keyId = Object.keys(keys)[0];
+            return secretStorageKey ? [keyId, secretStorageKey] : null;
+        },
+        cacheSecretStorageKey: (_keyId, _info, key) => {
+            secretStorageKey = key;
+        },
+    },
 });
 await client.initRustCrypto({ useIndexedDB: false });
 
@@ -102,6 +117,15 @@ process.stdin.on("data", async (chunk) => {
         const command = JSON.parse(line);
         try {
             if (command.cmd === "send") {
+                // Our join may be ahead of our own sync: wait until the room is configured.
+                const deadline = Date.now() + 20_000;
+                while (
+                    !client.getRoom(command.room_id) ||
+                    !(await client.getCrypto().isEncryptionEnabledInRoom(command.room_id))
+                ) {
+                    if (Date.now() > deadline) throw new Error("the room never became encrypted");
+                    await new Promise((r) => setTimeout(r, 100));
+                }
                 const room = client.getRoom(command.room_id);
                 if (room) await client.getCrypto().prepareToEncrypt(room);
                 const sent = await client.sendMessage(command.room_id, {
@@ -120,6 +144,40 @@ process.stdin.on("data", async (chunk) => {
                 const { decryptAttachment } = await import("./attachment.mjs");
                 const plain = await decryptAttachment(ciphertext, file);
                 out({ downloaded: Buffer.from(plain).toString("base64") });
+            } else if (command.cmd === "make_backup") {
+                const crypto = client.getCrypto();
+                const generated = await crypto.createRecoveryKeyFromPassphrase();
+                secretStorageKey = generated.privateKey;
+                await crypto.bootstrapSecretStorage({
+                    createSecretStorageKey: async () => generated,
+                    setupNewKeyBackup: true,
+                    setupNewSecretStorage: true,
+                });
+                const deadline = Date.now() + 20_000;
+                for (;;) {
+                    const version = await crypto.getActiveSessionBackupVersion();
+                    if (version) {
+                        const resp = await fetch(
+                            `${BASE_URL}/_matrix/client/v3/room_keys/keys?version=${version}`,
+                            { headers: { Authorization: `Bearer ${creds.access_token}` } },
+                        );
+                        const rooms = (await resp.json()).rooms ?? {};
+                        const count = Object.values(rooms).reduce(
+                            (n, r) => n + Object.keys(r.sessions ?? {}).length,
+                            0,
+                        );
+                        if (count >= (command.sessions ?? 1)) break;
+                    }
+                    if (Date.now() > deadline) throw new Error("the backup never filled");
+                    await new Promise((r) => setTimeout(r, 200));
+                }
+                out({ recovery_key: generated.encodedPrivateKey });
+            } else if (command.cmd === "restore_backup") {
+                const crypto = client.getCrypto();
+                secretStorageKey = decodeRecoveryKey(command.recovery_key);
+                await crypto.loadSessionBackupPrivateKeyFromSecretStorage();
+                const restored = await crypto.restoreKeyBackup();
+                out({ restored: restored.imported });
             } else if (command.cmd === "exit") {
                 client.stopClient();
                 process.exit(0);
