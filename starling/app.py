@@ -51,6 +51,7 @@ from starling.appservice.registration import load_registrations
 from starling.appservice.registry import AppServiceRegistry
 from starling.appservice.sender import AppServiceSender
 from starling.config import Config, Listener
+from starling.directory.publication import PublicationRules
 from starling.directory.service import DirectoryService
 from starling.directory.service import RemotePublicRooms as RemotePublicRoomsFetcher
 from starling.e2ee.federation_keys import RemoteKeys
@@ -312,6 +313,13 @@ async def build_services(
         RemotePublicRooms(federation.client).fetch,
         RemoteQueries(federation.client),
     )
+
+    async def may_publish(user_id: str, room_id: str) -> bool:
+        user = await account_store.get_user(user_id)
+        return await extras.directory.may_publish(
+            user_id, room_id, admin=user is not None and user.admin
+        )
+
     room_creator = RoomCreator(
         config.server_name,
         room_events,
@@ -319,6 +327,7 @@ async def build_services(
         profile_lookup,
         alias_creator=create_alias,
         publish_room=extras.directory.publish,
+        may_publish=may_publish,
         invite=invite,
         alias_taken=alias_taken,
     )
@@ -886,6 +895,7 @@ async def build_room_extras(
             room_events,
             remote_public_rooms,
             remote_queries.query_directory if remote_queries is not None else None,
+            PublicationRules(config.room_list_publication_rules),
         ),
         push_rules=push_rules,
     )

@@ -226,6 +226,17 @@ class PasswordConfig:
 
 
 @dataclass
+class PublicationRule:
+    """One entry of `room_list_publication_rules` (Synapse's): globs over the publishing
+    user, one of the room's aliases and the room ID; the first rule that matches decides."""
+
+    user_id: str = "*"
+    alias: str = "*"
+    room_id: str = "*"
+    action: Literal["allow", "deny"] = "allow"
+
+
+@dataclass
 class ServerNoticesConfig:
     """Synapse's `server_notices` section: off unless `system_mxid_localpart` is set."""
 
@@ -298,6 +309,8 @@ class Config:
     user_directory: UserDirectoryConfig = field(default_factory=UserDirectoryConfig)
     server_notices: ServerNoticesConfig = field(default_factory=ServerNoticesConfig)
     password_config: PasswordConfig = field(default_factory=PasswordConfig)
+    # None: anyone who may moderate a room may publish it (Synapse before 1.126).
+    room_list_publication_rules: list[PublicationRule] | None = None
 
     # VoIP: TURN servers handed to clients (/voip/turnServer), Synapse's keys.
     turn_uris: list[str] = field(default_factory=list)

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from starling.accounts.auth import Requester
 from starling.appservice.registry import AppServiceRegistry, exclusive_error
+from starling.directory.publication import PublicationRules
 from starling.errors import MatrixError, forbidden, invalid_param, not_found
 from starling.protocol.event import Event
 from starling.protocol.identifiers import is_valid_room_alias, is_valid_room_id
@@ -120,8 +121,10 @@ class DirectoryService:
         room_events: RoomEventService,
         remote_public_rooms: RemotePublicRooms | None = None,
         remote_alias_lookup: RemoteAliasLookup | None = None,
+        publication_rules: PublicationRules | None = None,
     ) -> None:
         self._server_name = server_name
+        self._publication_rules = publication_rules or PublicationRules(None)
         self._aliases = aliases
         self._directory = directory
         self._memberships = memberships
@@ -301,7 +304,16 @@ class DirectoryService:
             raise not_found(f"Unknown room {room_id}")
         if not await self._can_moderate(requester, room_id):
             raise forbidden("You need to be a moderator of the room to change its listing")
+        if visibility == "public" and not await self.may_publish(
+            requester.user_id, room_id, admin=requester.is_admin
+        ):
+            raise forbidden("Not allowed to publish room")
         await self.publish(room_id, visibility == "public")
+
+    async def may_publish(self, user_id: str, room_id: str, *, admin: bool) -> bool:
+        """Whether room_list_publication_rules let `user_id` list the room."""
+        aliases = await self._aliases.aliases_for_room(room_id)
+        return self._publication_rules.allows(user_id, room_id, aliases, admin=admin)
 
     async def publish(self, room_id: str, public: bool) -> None:
         """Publish or unpublish without permission checks (createRoom, upgrades)."""

@@ -151,6 +151,7 @@ class RoomCreator:
         profile_lookup: ProfileLookup,
         alias_creator: Callable[[str, str, str], Awaitable[None]] | None = None,
         publish_room: Callable[[str, bool], Awaitable[None]] | None = None,
+        may_publish: Callable[[str, str], Awaitable[bool]] | None = None,
         invite: Callable[[str, str, str, bool], Awaitable[Event]] | None = None,
         alias_taken: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
@@ -161,6 +162,7 @@ class RoomCreator:
         self._profile = profile_lookup
         self._create_alias = alias_creator
         self._publish = publish_room
+        self._may_publish = may_publish
         self._invite = invite
 
     async def create(self, req: CreateRoomRequest) -> tuple[str, Event]:
@@ -243,7 +245,9 @@ class RoomCreator:
             }
             await send(room_id, req.creator, "m.room.topic", topic, "")
         if req.visibility == "public" and self._publish is not None:
-            await self._publish(room_id, True)
+            # Refused by room_list_publication_rules: created, but not listed (Synapse).
+            if self._may_publish is None or await self._may_publish(req.creator, room_id):
+                await self._publish(room_id, True)
         if self._invite is not None:
             for user_id in req.invite:
                 await self._invite(room_id, req.creator, user_id, req.is_direct)
