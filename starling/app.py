@@ -125,6 +125,7 @@ from starling.storage.profiles import ProfileStore
 from starling.storage.pushers import PusherStore
 from starling.storage.receipts import Receipt, ReceiptStore
 from starling.storage.relations import RelationStore
+from starling.storage.remote_device_lists import DeviceListOutboxStore
 from starling.storage.reports import ReportStore
 from starling.storage.search import SearchStore
 from starling.storage.state import StateStore
@@ -491,7 +492,13 @@ async def build_services(
         e2ee.device_lists.mark_remote_changed,
         e2ee.device_list_store,
         remote_device_lists,
+        DeviceListOutboxStore(db),
+        federation_sender.stored_edus_added,
     )
+    # Device-list updates go before to-device messages in each transaction, so that the
+    # receiver knows a device before its first olm message.
+    federation_sender.use_stored_edus(device_list_federation, first=True)
+    e2ee.on_stop.append(device_list_federation.close)
     e2ee.device_lists.listeners.append(device_list_federation.on_change)
     federation_inbound.edus.register(
         "m.device_list_update", device_list_federation.on_device_list_update
@@ -1043,6 +1050,8 @@ class Homeserver:
         self.services.typing.close()
         await self.services.presence.close()
         await self.services.media.close()
+        for stop in self.services.e2ee.on_stop:
+            await stop()
         await self.services.federation_sender.stop()
         if self.services.e2ee.remote_device_lists is not None:
             await self.services.e2ee.remote_device_lists.close()

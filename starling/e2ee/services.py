@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from starling.e2ee.cross_signing import CrossSigningService
 from starling.e2ee.device_lists import DeviceListTracker, NotifyUsers
@@ -43,6 +43,8 @@ class E2ee:
     device_lists_extension: DeviceListsExtension
     # Set by the composition root once federation exists.
     remote_device_lists: RemoteDeviceLists | None = None
+    # Run at shutdown while the database is still open (drain work after commits).
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
 async def build_e2ee(

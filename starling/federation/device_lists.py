@@ -4,7 +4,8 @@ both ways.
 
 Outbound: after each committed change to a local user's devices (a new device's keys,
 a deleted device) an `m.device_list_update` per device goes to every other server
-sharing a room with the user, numbered by the device-list stream (each device its own
+sharing a room with the user (through a stored outbox the federation sender carries,
+deleted once delivered, so no update is lost to a restart or an outage), numbered by the device-list stream (each device its own
 position) and chained to the previous update sent for that user (`prev_id`). The head
 of each user's chain is stored, so the chain goes on after a restart, and
 `/user/devices` answers with it as its `stream_id`. A change to the user's public
@@ -23,7 +24,10 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+import orjson
+
 from starling.protocol.power_levels import server_of
+from starling.storage.remote_device_lists import DeviceListOutboxStore
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +67,8 @@ class DeviceListFederation:
         mark_remote_changed: MarkChanged,
         heads: ChainHeads,
         cache: RemoteCache | None = None,
+        outbox: DeviceListOutboxStore | None = None,
+        wake: Callable[[str], None] | None = None,
     ) -> None:
         self._server_name = server_name
         self._sender = sender
@@ -71,6 +77,9 @@ class DeviceListFederation:
         self._mark_remote_changed = mark_remote_changed
         self._heads = heads
         self._cache = cache
+        # Without an outbox (tests), EDUs go to the sender's memory queue.
+        self._outbox = outbox
+        self._wake = wake
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
 
@@ -104,7 +113,7 @@ class DeviceListFederation:
                     return
                 answer = await self._keys_of("", {user_id: device_ids})
                 if not device_ids:
-                    self._send_signing_keys(user_id, servers, answer)
+                    await self._send_signing_keys(user_id, servers, answer, stream_id)
                     return
                 devices = answer.get("device_keys", {}).get(user_id, {})
                 for device_id in device_ids:
@@ -126,12 +135,13 @@ class DeviceListFederation:
                         content["keys"] = keys
                         if isinstance(unsigned, dict) and "device_display_name" in unsigned:
                             content["device_display_name"] = unsigned["device_display_name"]
-                    for server in servers:
-                        self._sender.send_edu(server, "m.device_list_update", content)
+                    await self._emit(servers, "m.device_list_update", content, stream_id)
         except Exception:
             logger.exception("sending the device list update of %s failed", user_id)
 
-    def _send_signing_keys(self, user_id: str, servers: list[str], answer: dict[str, Any]) -> None:
+    async def _send_signing_keys(
+        self, user_id: str, servers: list[str], answer: dict[str, Any], stream_id: int
+    ) -> None:
         content: dict[str, Any] = {"user_id": user_id}
         master = answer.get("master_keys", {}).get(user_id)
         self_signing = answer.get("self_signing_keys", {}).get(user_id)
@@ -141,10 +151,42 @@ class DeviceListFederation:
             content["self_signing_key"] = self_signing
         if len(content) == 1:
             return
-        for server in servers:
-            self._sender.send_edu(server, "m.signing_key_update", content)
+        await self._emit(servers, "m.signing_key_update", content, stream_id)
 
-    async def close(self) -> None:
+    async def _emit(
+        self, servers: list[str], edu_type: str, content: dict[str, Any], stream_id: int
+    ) -> None:
+        if self._outbox is None:
+            for server in servers:
+                self._sender.send_edu(server, edu_type, content)
+            return
+        body = orjson.dumps(content).decode()
+        await self._outbox.add([(server, stream_id, edu_type, body) for server in servers])
+        if self._wake is not None:
+            for server in servers:
+                self._wake(server)
+
+    # --- the outbox, for the federation sender (StoredEdus) ------------------------------
+
+    async def destinations_pending(self) -> list[str]:
+        return [] if self._outbox is None else await self._outbox.destinations_pending()
+
+    async def pending(self, destination: str, limit: int) -> tuple[list[dict[str, Any]], int]:
+        if self._outbox is None:
+            return [], 0
+        rows = await self._outbox.pending(destination, limit)
+        edus = [{"edu_type": t, "content": orjson.loads(body)} for _, t, body in rows]
+        return edus, (rows[-1][0] if rows else 0)
+
+    async def delivered(self, destination: str, upto: int) -> None:
+        if self._outbox is not None:
+            await self._outbox.delete_delivered(destination, upto)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Let the updates being written to the outbox finish (a change committed just
+        before shutdown is still sent after the restart), then stop."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
         for task in list(self._tasks):
             task.cancel()
 

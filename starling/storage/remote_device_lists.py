@@ -236,3 +236,43 @@ class RemoteDeviceListStore:
             user_id,
             stream_id,
         )
+
+
+class DeviceListOutboxStore:
+    """Outbound device-list EDUs kept until delivered (per destination, in stream
+    order)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def add(self, rows: Sequence[tuple[str, int, str, str]]) -> None:
+        """``(destination, stream_id, edu_type, edu_json)`` rows."""
+        if not rows:
+            return
+        async with self._db.transaction() as txn:
+            await txn.executemany(
+                "INSERT INTO device_list_outbox (destination, stream_id, edu_type, edu_json)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (destination, stream_id) DO NOTHING",
+                rows,
+            )
+
+    async def destinations_pending(self) -> list[str]:
+        rows = await self._db.fetch_all("SELECT DISTINCT destination FROM device_list_outbox")
+        return sorted(r[0] for r in rows)
+
+    async def pending(self, destination: str, limit: int) -> list[tuple[int, str, str]]:
+        """The oldest ``(stream_id, edu_type, edu_json)`` owed to ``destination``."""
+        rows = await self._db.fetch_all(
+            "SELECT stream_id, edu_type, edu_json FROM device_list_outbox"
+            " WHERE destination = ? ORDER BY stream_id LIMIT ?",
+            destination,
+            limit,
+        )
+        return [(int(r[0]), r[1], r[2]) for r in rows]
+
+    async def delete_delivered(self, destination: str, upto: int) -> None:
+        await self._db.execute(
+            "DELETE FROM device_list_outbox WHERE destination = ? AND stream_id <= ?",
+            destination,
+            upto,
+        )

@@ -10,11 +10,13 @@ a answers about b's user while b is unreachable is what a has cached.
   disappears, a cross-signing reset on b is seen on a - each answered by a while b is
   cut off;
 - a's user signs b's user's master key (cross-user verification across servers);
-- b restarts: the update chain goes on from the stored head.
+- b restarts: the update chain goes on from the stored head;
+- an update made while a is down reaches a after b restarted (b's stored outbox).
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from typing import Any
@@ -286,3 +288,24 @@ async def _flow(a: FederatedServer, b: FederatedServer) -> None:
         lambda body: "LAPTOP" in body["device_keys"][bob.user_id],
     )
     assert set(body["device_keys"][bob.user_id]) == {bob.device_id, "LAPTOP"}
+
+    # 7. An update made while a is down survives b's restart (b's outbox keeps it until a
+    # accepted it): once a is back, a's cache has the new device without another change.
+    await a.close()
+    await asyncio.to_thread(a.stop)
+    desk = await login(b, "bob", "DESK")
+    await upload_keys(b, desk)
+    await b.close()
+    await b.restart()
+    await asyncio.to_thread(a.start)
+    # Alice speaks, so b hears from a again (which ends b's backoff towards it).
+    await a.send_message(alice, room_id, "back")
+    body = await cached_answer(
+        a,
+        b,
+        alice,
+        bob,
+        "bob's DESK (added while a was down) cached on a",
+        lambda body: "DESK" in body["device_keys"][bob.user_id],
+    )
+    assert set(body["device_keys"][bob.user_id]) == {bob.device_id, "LAPTOP", "DESK"}

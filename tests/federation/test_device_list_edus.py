@@ -11,6 +11,8 @@ from typing import Any
 from starling.e2ee.federation_keys import RemoteKeys
 from starling.federation.device_lists import DeviceListFederation
 from starling.federation.edu import EduRegistry
+from starling.storage import Database
+from starling.storage.remote_device_lists import DeviceListOutboxStore
 
 ALICE = "@alice:here.test"
 BOB = "@bob:remote.test"
@@ -175,3 +177,38 @@ async def test_remote_keys_are_taken_only_under_their_own_names() -> None:
         FakePoster({"one_time_keys": {BOB: {"D": {"k:1": {}}, "Z": {"k:2": {}}}, "@x:y.test": {}}})
     ).claim_keys("remote.test", {BOB: {"D": "k"}}, 2_000)
     assert claimed == {"one_time_keys": {BOB: {"D": {"k:1": {}}}}}
+
+
+async def test_updates_wait_in_the_outbox_until_delivered(database: Database) -> None:
+    fakes = Fakes()
+    woken: list[str] = []
+    outbox = DeviceListOutboxStore(database)
+    fed = DeviceListFederation(
+        "here.test",
+        fakes,
+        fakes.users_sharing,
+        fakes.keys_of,
+        fakes.mark,
+        fakes,
+        outbox=outbox,
+        wake=woken.append,
+    )
+    fed.on_change(ALICE, ["PHONE"], False, 10)
+    await settle(fed)
+    fed.on_change(ALICE, [], False, 11)  # cross-signing keys
+    await settle(fed)
+    assert fakes.sent == []  # nothing in the sender's memory
+    assert sorted(set(woken)) == ["other.test", "remote.test"]
+    assert await fed.destinations_pending() == ["other.test", "remote.test"]
+    edus, upto = await fed.pending("remote.test", 10)
+    assert [e["edu_type"] for e in edus] == ["m.device_list_update", "m.signing_key_update"]
+    assert edus[0]["content"]["device_id"] == "PHONE" and upto == 11
+    # A limit, then delivery up to a position.
+    edus, upto = await fed.pending("other.test", 1)
+    assert len(edus) == 1 and upto == 10
+    await fed.delivered("other.test", upto)
+    edus, upto = await fed.pending("other.test", 10)
+    assert [e["edu_type"] for e in edus] == ["m.signing_key_update"] and upto == 11
+    await fed.delivered("other.test", upto)
+    await fed.delivered("remote.test", 11)
+    assert await fed.destinations_pending() == []

@@ -77,8 +77,9 @@ class TransactionClient(Protocol):
 
 
 class StoredEdus(Protocol):
-    """EDUs kept in the database until delivered (to-device messages): read back per
-    destination in order, deleted once a transaction carrying them was accepted."""
+    """EDUs kept in the database until delivered (device-list updates, to-device
+    messages): read back per destination in order, deleted once a transaction carrying
+    them was accepted."""
 
     async def destinations_pending(self) -> list[str]: ...
 
@@ -160,11 +161,12 @@ class FederationSender:
         # start time makes them unique across restarts, the counter within this run.
         self._txn_prefix = f"{clock():x}"
         self._txn_counter = itertools.count(1)
-        self._stored_edus: StoredEdus | None = None
+        self._stored_edus: list[StoredEdus] = []
 
-    def use_stored_edus(self, source: StoredEdus) -> None:
-        """Carry `source`'s persisted EDUs (call before `start`)."""
-        self._stored_edus = source
+    def use_stored_edus(self, source: StoredEdus, *, first: bool = False) -> None:
+        """Carry `source`'s persisted EDUs (call before `start`). Sources fill each
+        transaction in order; `first` puts this one before the others."""
+        self._stored_edus.insert(0 if first else len(self._stored_edus), source)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -179,8 +181,8 @@ class FederationSender:
             dest = self._from_row(row)
             dest.catching_up = row.newest_owed > row.last_successful
             self._destinations[row.destination] = dest
-        if self._stored_edus is not None:
-            for name in await self._stored_edus.destinations_pending():
+        for source in self._stored_edus:
+            for name in await source.destinations_pending():
                 self._destination(name).stored_edus = True
         self._started = True
         for dest in self._destinations.values():
@@ -505,14 +507,22 @@ class FederationSender:
         (or refused for good), False when the destination is failing (now backing off)."""
         edus = list(itertools.islice(dest.edus, MAX_EDUS_PER_TXN))
         stored: list[dict[str, Any]] = []
-        stored_upto = 0
+        acks: list[tuple[StoredEdus, int]] = []  # what to acknowledge in each source
         room = MAX_EDUS_PER_TXN - len(edus)
-        if dest.stored_edus and self._stored_edus is not None and room > 0:
+        if dest.stored_edus and self._stored_edus and room > 0:
             # Cleared before reading: EDUs stored meanwhile set it again.
             dest.stored_edus = False
-            stored, stored_upto = await self._stored_edus.pending(dest.name, room)
-            if len(stored) == room:
-                dest.stored_edus = True  # there may be more
+            for source in self._stored_edus:
+                if room <= 0:
+                    dest.stored_edus = True  # the later sources may have some
+                    break
+                got, upto = await source.pending(dest.name, room)
+                if got:
+                    stored.extend(got)
+                    acks.append((source, upto))
+                    room -= len(got)
+                    if room <= 0:
+                        dest.stored_edus = True  # there may be more
         if not pdus and not edus and not stored:
             return True
         delivered = False
@@ -521,8 +531,9 @@ class FederationSender:
         finally:
             if not delivered and stored:
                 dest.stored_edus = True  # read them again next time
-        if delivered and stored and self._stored_edus is not None:
-            await self._stored_edus.delivered(dest.name, stored_upto)
+        if delivered:
+            for source, upto in acks:
+                await source.delivered(dest.name, upto)
         return delivered
 
     async def _send_transaction_body(
