@@ -391,6 +391,19 @@ async def test_bad_input_is_a_matrix_error(hs: Harness) -> None:
         ),
         ({"room_subscriptions": {"not-a-room": {"timeline_limit": 1}}}, "M_INVALID_PARAM"),
         ({"extensions": {"to_device": {"enabled": True, "since": "abc"}}}, "M_INVALID_PARAM"),
+        ({"extensions": {"to_device": {"enabled": True, "since": "\u00b2"}}}, "M_INVALID_PARAM"),
+        ({"extensions": {"to_device": {"enabled": True, "since": "9" * 19}}}, "M_INVALID_PARAM"),
+        ({"pos": 5}, "M_BAD_JSON"),
+        ({"timeout": "soon"}, "M_BAD_JSON"),
+        ({"set_presence": "busy"}, "M_INVALID_PARAM"),
+        (
+            {
+                "lists": {
+                    "a": {"range": [0, 1], "timeline_limit": 1, "required_state": {"include": 5}}
+                }
+            },
+            "M_BAD_JSON",
+        ),
         ({"conn_id": 5}, "M_BAD_JSON"),
         (
             {

@@ -12,6 +12,7 @@ know them).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ PRESENCE_STATES = ("online", "offline", "unavailable")
 LAZY = "$LAZY"
 ME = "$ME"
 WILD = "*"
+_DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 @dataclass(frozen=True)
@@ -341,7 +343,7 @@ def parse_extensions(raw: Any) -> ExtensionsRequest:
     raw_since = to_device.get("since")
     if raw_since is not None:
         text = _str(raw_since, "extensions.to_device.since", 20)
-        if not text.isdigit():
+        if not _DIGITS.fullmatch(text):
             raise invalid_param("'extensions.to_device.since' must be a to_device next_batch")
         since = int(text)
     e2ee = _obj(body.get("e2ee"), "extensions.e2ee")
