@@ -149,6 +149,8 @@ async def users_list(c: AdminClient, a: argparse.Namespace) -> Result:
         params["admins"] = "true"
     if a.locked:
         params["locked"] = "true"
+    if a.pending:
+        params["approved"] = "false"
     body = await c.call("GET", f"{ADMIN}/v2/users", params=params)
     columns = ["name", "displayname", "admin", "deactivated", "locked", "creation_ts"]
     return body, _table_of("users", columns)
@@ -387,6 +389,7 @@ def add_admin_commands(sub: Any) -> None:
     p.add_argument("--deactivated", action="store_true", help="include deactivated users")
     p.add_argument("--admins", action="store_true", help="only server admins")
     p.add_argument("--locked", action="store_true", help="include locked users")
+    p.add_argument("--pending", action="store_true", help="only accounts awaiting approval")
     command(users, "show", "one user's details", users_show).add_argument("user")
     p = command(users, "create", "create a user (or change an existing one)", users_create)
     p.add_argument("user", help="@localpart:server")
@@ -403,6 +406,7 @@ def add_admin_commands(sub: Any) -> None:
     for name, change, text in [
         ("lock", {"locked": True}, "lock an account (every session stops)"),
         ("unlock", {"locked": False}, "unlock an account"),
+        ("approve", {"approved": True}, "approve an account waiting for approval"),
         ("make-admin", {"admin": True}, "make a user a server admin"),
         ("revoke-admin", {"admin": False}, "take server admin away"),
     ]:

@@ -238,6 +238,13 @@ class AdminRooms:
         await self._summary(room_id)
         return await self._store.forward_extremities(room_id)
 
+    async def largest_rooms(self) -> list[dict[str, Any]]:
+        """GET /_synapse/admin/v1/statistics/database/rooms: the ten largest rooms."""
+        return [
+            {"room_id": room_id, "estimated_size": size}
+            for room_id, size in await self._store.largest_rooms(10)
+        ]
+
     # -- blocking
 
     async def block_status(self, room_id: str) -> dict[str, Any]:

@@ -216,3 +216,12 @@ class AdminRoomStore:
     def _forget_cached(self, room_id: str) -> None:
         self._events.forget_room(room_id)
         self._state.forget_room(room_id)
+
+    async def largest_rooms(self, count: int) -> list[tuple[str, int]]:
+        """(room ID, bytes of its events' JSON) of the rooms that take the most space."""
+        rows = await self._db.fetch_all(
+            "SELECT room_id, SUM(LENGTH(json)) AS size FROM events GROUP BY room_id"
+            " ORDER BY size DESC, room_id ASC LIMIT ?",
+            count,
+        )
+        return [(r[0], int(r[1] or 0)) for r in rows]

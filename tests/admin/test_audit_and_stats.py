@@ -98,3 +98,20 @@ async def test_media_statistics(hs: Harness, admin: str) -> None:
         assert (status, resp["errcode"]) == (400, "M_INVALID_PARAM"), params
     status, resp = await hs.request("GET", f"{V1}/statistics/users/media", bob_token)
     assert (status, resp["errcode"]) == (403, "M_FORBIDDEN")
+
+
+async def test_largest_rooms_and_background_updates(hs: Harness, admin: str) -> None:
+    _, bob_token = await hs.register("bob")
+    small = await hs.create_room(bob_token)
+    big = await hs.create_room(bob_token)
+    for i in range(5):
+        await hs.send_message(bob_token, big, "x" * 500 + str(i))
+    status, resp = await hs.request("GET", f"{V1}/statistics/database/rooms", admin)
+    assert status == 200, resp
+    assert [r["room_id"] for r in resp["rooms"]] == [big, small]
+    assert resp["rooms"][0]["estimated_size"] > resp["rooms"][1]["estimated_size"] > 0
+    status, resp = await hs.request("GET", f"{V1}/background_updates/status", admin)
+    assert (status, resp) == (200, {"enabled": True, "current_updates": {}})
+    for path in ("/statistics/database/rooms", "/background_updates/status"):
+        status, resp = await hs.request("GET", f"{V1}{path}", bob_token)
+        assert (status, resp["errcode"]) == (403, "M_FORBIDDEN"), path

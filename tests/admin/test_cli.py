@@ -43,6 +43,12 @@ async def test_cli_commands(hs: Harness, admin: str, capsys: pytest.CaptureFixtu
     assert code == 0 and "Carol" in capsys.readouterr().out
     assert await admin_cli(hs, admin, "users", "lock", f"@carol:{HS}") == 0
     assert "locked" in capsys.readouterr().out
+    await hs.services.account_store.set_approved(f"@carol:{HS}", False)
+    assert await admin_cli(hs, admin, "users", "list", "--pending", "--locked") == 0
+    assert f"@carol:{HS}" in capsys.readouterr().out
+    assert await admin_cli(hs, admin, "users", "approve", f"@carol:{HS}") == 0
+    capsys.readouterr()
+    assert await hs.services.account_store.is_approved(f"@carol:{HS}")
     assert await admin_cli(hs, admin, "rooms", "list", "--search", "den") == 0
     assert room in capsys.readouterr().out
     assert await admin_cli(hs, admin, "users", "rooms", bob) == 0

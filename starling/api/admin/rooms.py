@@ -126,6 +126,17 @@ class AdminRoomRoutes:
         (Synapse admin API: docs/admin_api/rooms.md#query-by-delete_id)"""
         return json_response(self._rooms.delete_status(request.match_info["deleteId"]))
 
+    async def largest_rooms(self, request: web.Request) -> web.Response:
+        """GET /_synapse/admin/v1/statistics/database/rooms
+        (Synapse admin API: docs/admin_api/statistics.md#get-largest-rooms-by-size-in-database)"""
+        return json_response({"rooms": await self._rooms.largest_rooms()})
+
+    async def background_updates(self, request: web.Request) -> web.Response:
+        """GET /_synapse/admin/v1/background_updates/status
+        (Synapse admin API: docs/usage/administration/admin_api/background_updates.md)"""
+        # Starling's migrations all run at start: nothing is ever updating in the background.
+        return json_response({"enabled": True, "current_updates": {}})
+
     async def make_room_admin(self, request: web.Request) -> web.Response:
         """POST /_synapse/admin/v1/rooms/{roomIdOrAlias}/make_room_admin
         (Synapse admin API: docs/admin_api/rooms.md#make-room-admin-api)"""
@@ -160,4 +171,6 @@ class AdminRoomRoutes:
             get("/rooms/delete_status/{deleteId}", self.delete_status, Auth.ADMIN, versions=v2),
             post("/rooms/{roomIdOrAlias}/make_room_admin", self.make_room_admin, Auth.ADMIN),
             post("/join/{roomIdOrAlias}", self.join, Auth.ADMIN),
+            get("/statistics/database/rooms", self.largest_rooms, Auth.ADMIN),
+            get("/background_updates/status", self.background_updates, Auth.ADMIN),
         ]
