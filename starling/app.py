@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,7 @@ from starling.api.http import make_web_app
 from starling.api.media import media_tables
 from starling.api.routing import Guards, mount
 from starling.api.services import Services
+from starling.api.webhooks import webhooks_table
 from starling.appservice.client import AppServiceClient
 from starling.appservice.queries import AppServiceQueries
 from starling.appservice.registration import load_registrations
@@ -103,7 +104,7 @@ from starling.rooms.upgrade import RoomUpgrader
 from starling.rooms.visibility import HistoryVisibility
 from starling.search.service import SearchService
 from starling.storage.account_data import AccountDataStore
-from starling.storage.accounts import AccountStore, UIAuthStore
+from starling.storage.accounts import AccountStore, UIAuthStore, UserExists
 from starling.storage.admin_media import AdminMediaStore
 from starling.storage.admin_rooms import AdminRoomStore
 from starling.storage.admin_users import AdminUserStore
@@ -131,6 +132,7 @@ from starling.storage.search import SearchStore
 from starling.storage.state import StateStore
 from starling.storage.streams import StreamIdGenerator
 from starling.storage.user_directory import UserDirectoryStore
+from starling.storage.webhooks import WebhookStore
 from starling.sync.extension import SyncExtension
 from starling.sync.filters import SyncFilters
 from starling.sync.legacy import LegacySync
@@ -138,6 +140,8 @@ from starling.sync.sliding.wiring import build_sliding_sync
 from starling.sync.wiring import build_sync
 from starling.typing.service import TypingService
 from starling.user_directory.service import UserDirectoryService
+from starling.webhooks.incoming import IncomingWebhooks
+from starling.webhooks.outgoing import OutgoingWebhooks
 
 logger = logging.getLogger(__name__)
 
@@ -384,6 +388,18 @@ async def build_services(
     )
     # Only a wake-up: the sender reads the events stream from its stored positions.
     room_events.add_listener(app_service_sender.on_new_event)
+    incoming_webhooks, outgoing_webhooks = build_webhooks(
+        config,
+        db,
+        account_store,
+        profile_store,
+        membership_store,
+        membership,
+        room_events,
+        event_store,
+        events_stream.current_position,
+    )
+    room_events.add_listener(outgoing_webhooks.on_new_event)
     e2ee = await build_e2ee(
         config.server_name,
         db,
@@ -707,10 +723,64 @@ async def build_services(
         federation_inbound=federation_inbound,
         federation_membership=resident,
         app_service_queries=app_service_queries,
+        incoming_webhooks=incoming_webhooks,
+        outgoing_webhooks=outgoing_webhooks,
         app_services=app_services,
         app_service_client=app_service_client,
         app_service_sender=app_service_sender,
     )
+
+
+def build_webhooks(
+    config: Config,
+    db: Database,
+    accounts: AccountStore,
+    profiles: ProfileStore,
+    memberships: MembershipStore,
+    membership: MembershipService,
+    room_events: RoomEventService,
+    event_store: EventStore,
+    current_position: Callable[[], int],
+) -> tuple[IncomingWebhooks, OutgoingWebhooks]:
+    """Starling's own webhooks (config `webhooks`)."""
+
+    async def ensure_user(user_id: str) -> None:
+        if await accounts.user_exists(user_id):
+            return
+        try:
+            await accounts.create_user(user_id, None)
+        except UserExists:
+            return
+        await profiles.create_profile(user_id, user_id[1:].split(":", 1)[0])
+
+    async def is_joined(room_id: str, user_id: str) -> bool:
+        member = await memberships.get_membership(room_id, user_id)
+        return member is not None and member.membership == "join"
+
+    async def join(room_id: str, user_id: str) -> None:
+        await membership.join(room_id, user_id)
+
+    async def send(room_id: str, sender: str, content: dict[str, Any]) -> str:
+        event = await room_events.send(room_id, sender, "m.room.message", content)
+        return event.event_id
+
+    incoming = IncomingWebhooks(
+        config.server_name,
+        config.webhooks.incoming,
+        ensure_user=ensure_user,
+        is_joined=is_joined,
+        join=join,
+        send=send,
+    )
+    outgoing = OutgoingWebhooks(
+        config.webhooks.outgoing,
+        WebhookStore(db),
+        AppServiceStore(db),
+        event_store,
+        current_position,
+        verify_certificates=not config.use_insecure_ssl_client_just_for_testing_do_not_use,
+    )
+    return incoming, outgoing
 
 
 def forward_app_service_ephemeral(extras: RoomExtras, sender: AppServiceSender) -> None:
@@ -816,6 +886,7 @@ class Components(Services):
     app_services: AppServiceRegistry
     app_service_client: AppServiceClient
     app_service_sender: AppServiceSender
+    outgoing_webhooks: OutgoingWebhooks
 
 
 @dataclass
@@ -948,6 +1019,7 @@ def build_listener_app(services: Services, listener: Listener) -> web.Applicatio
     )
     if "client" in names:
         mount(app, client_table(services), guards)
+        mount(app, webhooks_table(services.incoming_webhooks), guards)
         mount(app, admin_table(services), guards)
         add_console_routes(app)
     if names & {"client", "media"}:
@@ -993,6 +1065,7 @@ class Homeserver:
                 await hs.services.e2ee.remote_device_lists.start()
             await hs.services.accounts.ensure_app_service_senders()
             await hs.services.app_service_sender.start()
+            await hs.services.outgoing_webhooks.start()
             await hs._start_listeners()
         except BaseException:
             await hs.stop()
@@ -1057,6 +1130,7 @@ class Homeserver:
             await self.services.e2ee.remote_device_lists.close()
         await self.services.push_sender.stop()
         await self.services.app_service_sender.stop()
+        await self.services.outgoing_webhooks.stop()
         await self.services.app_service_client.close()
         await self.services.federation.close()
         self.services.passwords.close()

@@ -274,6 +274,38 @@ class MediaUploadLimit:
 
 
 @dataclass
+class IncomingWebhook:
+    """POST <public URL>/_starling/webhooks/v1/incoming/{id}/{secret} posts to `room_id`."""
+
+    id: str = ""
+    room_id: str = ""
+    secret: str = ""
+    sender_localpart: str = "webhook"
+    # string.Template over the posted JSON's top-level values ($name); None: its "text".
+    template: str | None = None
+
+
+@dataclass
+class OutgoingWebhook:
+    """The room's events (of these types, with one of the keywords if any) POSTed to `url`,
+    signed with HMAC-SHA256 of `secret`."""
+
+    id: str = ""
+    room_id: str = ""
+    url: str = ""
+    secret: str = ""
+    event_types: list[str] = field(default_factory=lambda: ["m.room.message"])
+    keywords: list[str] = field(default_factory=list)
+    max_attempts: int = 8
+
+
+@dataclass
+class WebhooksConfig:
+    incoming: list[IncomingWebhook] = field(default_factory=list)
+    outgoing: list[OutgoingWebhook] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     server_name: str = ""
     public_baseurl: str | None = None
@@ -297,6 +329,8 @@ class Config:
     allow_guest_access: bool = False
     # Application-service registration files (Synapse's format; starling/appservice/).
     app_service_config_files: list[str] = field(default_factory=list)
+    # Starling's own webhooks (no Synapse equivalent): starling/webhooks/.
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     default_room_version: str = DEFAULT_ROOM_VERSION
 
     # .well-known: served when set (Synapse: serve_server_wellknown).
@@ -569,6 +603,7 @@ def _check_semantics(cfg: Config) -> None:
         raise ConfigError(f"turn_user_lifetime: {e}") from None
     _check_media(cfg)
     _check_federation(cfg)
+    _check_webhooks(cfg.webhooks)
     _check_http_limits(cfg.http_limits)
     if cfg.max_request_body_size < 1024:
         raise ConfigError("max_request_body_size: must be at least 1024 bytes")
@@ -600,6 +635,43 @@ def _check_semantics(cfg: Config) -> None:
         rl: RateLimit = getattr(cfg, name)
         if rl.per_second < 0 or rl.burst_count < 0:
             raise ConfigError(f"{name}: per_second and burst_count must not be negative")
+
+
+MIN_WEBHOOK_SECRET_LENGTH = 16
+
+
+def _check_webhooks(hooks: WebhooksConfig) -> None:
+    from urllib.parse import urlsplit
+
+    from starling.protocol.identifiers import is_valid_room_id
+
+    seen: set[tuple[str, str]] = set()
+    groups: list[tuple[str, list[IncomingWebhook | OutgoingWebhook]]] = [
+        ("incoming", list(hooks.incoming)),
+        ("outgoing", list(hooks.outgoing)),
+    ]
+    for kind, entries in groups:
+        for i, hook in enumerate(entries):
+            where = f"webhooks.{kind}[{i}]"
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", hook.id):
+                raise ConfigError(f"{where}.id: 1-64 of A-Z a-z 0-9 _ . -")
+            if (kind, hook.id) in seen:
+                raise ConfigError(f"{where}.id: {hook.id!r} is used twice")
+            seen.add((kind, hook.id))
+            if not is_valid_room_id(hook.room_id):
+                raise ConfigError(f"{where}.room_id: not a room ID")
+            if len(hook.secret) < MIN_WEBHOOK_SECRET_LENGTH:
+                raise ConfigError(
+                    f"{where}.secret: at least {MIN_WEBHOOK_SECRET_LENGTH} characters"
+                )
+    for i, hook in enumerate(hooks.incoming):
+        if not re.fullmatch(r"[a-z0-9._=\-/+]+", hook.sender_localpart):
+            raise ConfigError(f"webhooks.incoming[{i}].sender_localpart: not a localpart")
+    for i, out in enumerate(hooks.outgoing):
+        if urlsplit(out.url).scheme not in ("http", "https") or not urlsplit(out.url).hostname:
+            raise ConfigError(f"webhooks.outgoing[{i}].url: an http(s) URL")
+        if not 1 <= out.max_attempts <= 100:
+            raise ConfigError(f"webhooks.outgoing[{i}].max_attempts: between 1 and 100")
 
 
 def _check_federation(cfg: Config) -> None:

@@ -54,6 +54,7 @@ from starling.sync.service import SyncService
 from starling.sync.sliding.service import SlidingSyncService
 from starling.typing.service import TypingService
 from starling.user_directory.service import UserDirectoryService
+from starling.webhooks.incoming import IncomingWebhooks
 
 
 @dataclass
@@ -119,6 +120,8 @@ class Services:
     timestamps: TimestampLookup
     # application services: their queries (users, aliases, third-party lookups, ping)
     app_service_queries: AppServiceQueries
+    # incoming webhooks (Starling's own): a POST to a secret URL posts to a room
+    incoming_webhooks: IncomingWebhooks
     # federation transport: signed outbound client, keyring, key answers, inbound limits
     federation: FederationTransport
     # outbound federation: the per-destination transaction queues

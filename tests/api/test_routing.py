@@ -31,6 +31,7 @@ from starling.api.routing import (
     put,
     requester_of,
 )
+from starling.api.webhooks import webhooks_table
 from starling.errors import MatrixError, unknown_token
 from starling.ratelimit import RateLimits
 from tests.support.harness import make_test_config
@@ -207,6 +208,7 @@ def _served_tables() -> list[RouteTable]:
         *media_tables(services),
         federation_table(services),
         keys_table(services),
+        webhooks_table(services.incoming_webhooks),
     ]
 
 
