@@ -1,4 +1,4 @@
-"""Outgoing webhook queues (migration 0029): a position in the events stream per hook and
+"""Outgoing webhook queues (migration 0031): a position in the events stream per hook and
 the deliveries owed; a delivery that used its last attempt stays as a dead letter.
 
 Queuing deliveries and moving the position past their events is one transaction, so an
