@@ -377,7 +377,9 @@ class AccountService:
         if not isinstance(password, str):
             raise bad_json("'auth.password' must be a string")
         if self._login_user_id(user) != session.user_id or session.user_id is None:
-            raise StageFailed("M_FORBIDDEN", "The identifier is not the logged-in user")
+            # Not a wrong password to retry: someone else's credentials (a stolen access
+            # token proven with another account's password). 403, as Synapse.
+            raise forbidden("The identifier is not the logged-in user")
         self._check_lockout(session.user_id)
         record = await self._store.get_user(session.user_id)
         if (

@@ -135,7 +135,9 @@ class UserInteractiveAuth:
                 "params": dict(params or {}),
                 "session": session.session_id,
             }
-            if session.completed:
+            # A request that tried to authenticate hears what is done so far (even
+            # nothing); the first one, which did not, gets flows only (as Synapse).
+            if session.completed or auth:
                 body["completed"] = sorted(session.completed)
             return AuthRequired(body, errcode, error)
 

@@ -201,11 +201,11 @@ class RoomHistory:
         for event in events.values():
             if event.membership != "join" or event.state_key is None:
                 continue
+            # Both keys always, null when unset (as Synapse; clients test for them).
             info: JsonDict = {}
             for src, dst in (("displayname", "display_name"), ("avatar_url", "avatar_url")):
                 value = event.content.get(src)
-                if isinstance(value, str):
-                    info[dst] = value
+                info[dst] = value if isinstance(value, str) else None
             out[event.state_key] = info
         return out
 

@@ -69,9 +69,10 @@ async def test_delete_device_with_password_uia(ohs: Harness) -> None:
     body = {"auth": password_auth(ALICE, session, "wrong")}
     status, resp = await ohs.request("DELETE", f"{R}/devices/TWO", token, body)
     assert (status, resp["errcode"], resp["session"]) == (401, "M_FORBIDDEN", session)
+    # Another account's credentials are refused outright (403), not a retryable 401.
     body = {"auth": password_auth("@bob:test.local", session)}
     status, resp = await ohs.request("DELETE", f"{R}/devices/TWO", token, body)
-    assert (status, resp["errcode"]) == (401, "M_FORBIDDEN")
+    assert (status, resp["errcode"]) == (403, "M_FORBIDDEN")
     body = {"auth": password_auth("alice", session)}
     status, resp = await ohs.request("DELETE", f"{R}/devices/TWO", token, body)
     assert (status, resp) == (200, {})

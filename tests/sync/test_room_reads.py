@@ -77,7 +77,7 @@ async def test_members_and_joined_members(hs: Harness) -> None:
         assert status == 400, params
     status, body = await hs.request("GET", f"{V3}/rooms/{room_id}/joined_members", btok)
     assert status == 200
-    assert body["joined"][alice] == {"display_name": "alice"}
+    assert body["joined"][alice] == {"display_name": "alice", "avatar_url": None}
     assert set(body["joined"]) == {alice, bob}
     await leave(hs, btok, room_id)
     status, body = await hs.request("GET", path, btok)
