@@ -407,6 +407,12 @@ class MediaService:
         if server_name == self.server_name:
             info = await self._local_media(media_id, timeout_ms, authenticated)
         else:
+            # Unauthenticated requests never fetch once the old endpoints are frozen: what
+            # they would fetch is new, so not theirs to see (nor theirs to fill the cache
+            # with); only what was cached before the freeze is served to them.
+            allow_remote = allow_remote and (
+                authenticated or not self._config.enable_authenticated_media
+            )
             info = await self._remote_media(server_name, media_id, allow_remote, timeout_ms)
         self._check_servable(info, authenticated)
         return info

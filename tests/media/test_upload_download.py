@@ -253,11 +253,15 @@ async def test_unknown_and_unreachable_media(hs: Harness) -> None:
     status, _, body = await get(hs, f"{V1}/download/{hs.server_name}/doesNotExist", token)
     assert status == 404 and b"M_NOT_FOUND" in body
     # The server of other.example cannot be resolved in the tests: 502, not a false 404.
-    for path in (f"{V1}/download/other.example/someMedia", f"{V3}/download/other.example/m"):
-        status, _, body = await get(hs, path, token)
-        assert status == 502 and b"M_UNKNOWN" in body
-    status, _, body = await get(hs, f"{V3}/download/other.example/m?allow_remote=false")
-    assert status == 404 and b"M_NOT_FOUND" in body
+    status, _, body = await get(hs, f"{V1}/download/other.example/someMedia", token)
+    assert status == 502 and b"M_UNKNOWN" in body
+    # The frozen unauthenticated endpoints never reach out (nothing new is theirs).
+    for path in (
+        f"{V3}/download/other.example/m",
+        f"{V3}/download/other.example/m?allow_remote=false",
+    ):
+        status, _, body = await get(hs, path)
+        assert status == 404 and b"M_NOT_FOUND" in body
 
 
 class _Origin:
@@ -298,9 +302,19 @@ async def test_remote_media_goes_through_the_fetcher_and_is_cached(hs: Harness) 
     # Not asked again at once: the origin's answer is remembered for a while.
     status, _, _ = await get(hs, f"{V1}/thumbnail/other.example/missing?width=5&height=5", token)
     assert status == 404 and origin.calls == 2
-    # allow_remote=false on the old endpoints never reaches out.
-    status, _, _ = await get(hs, f"{V3}/download/other.example/remote2?allow_remote=false")
+    # The old endpoints, frozen by enable_authenticated_media, never reach out.
+    status, _, _ = await get(hs, f"{V3}/download/other.example/remote2")
     assert status == 404 and origin.calls == 2
+
+
+async def test_remote_media_on_the_old_endpoints_without_the_freeze(make_hs: MakeHs) -> None:
+    hs = await make_hs(enable_authenticated_media=False)
+    origin = _Origin()
+    hs.services.media.remote = origin
+    status, _, _ = await get(hs, f"{V3}/download/other.example/remote1?allow_remote=false")
+    assert status == 404 and origin.calls == 0
+    status, _, body = await get(hs, f"{V3}/download/other.example/remote1")
+    assert status == 200 and body == b"remote bytes" and origin.calls == 1
 
 
 async def test_quarantine_and_user_deletion(hs: Harness) -> None:
