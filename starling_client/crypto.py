@@ -332,12 +332,11 @@ class CryptoMachine:
     def receive_sync_counts(
         self, otk_counts: dict[str, Any] | None, unused_fallback: list[str] | None
     ) -> None:
+        # Servers leave the section out of a sync in which it did not change: an absent
+        # count keeps the last one (taking it for zero would upload 25 keys every sync).
         if isinstance(otk_counts, dict):
             count = otk_counts.get(SIGNED_CURVE25519, 0)
             self.server_otk_count = count if isinstance(count, int) else 0
-        elif self.device_keys_uploaded:
-            # The spec omits the count when it is zero.
-            self.server_otk_count = 0
         if unused_fallback is not None and SIGNED_CURVE25519 not in unused_fallback:
             if not self.fallback_needed:
                 self.fallback_needed = True

@@ -489,3 +489,15 @@ def test_withheld_keys_are_reported(world: tuple[KeyServer, CryptoMachine, Crypt
     with pytest.raises(DecryptionError) as e:
         bob.decrypt_room_event(ROOM, {**event, "content": {**event["content"], "session_id": "X"}})
     assert e.value.code == "withheld" and "m.no_olm" in str(e.value)
+
+
+def test_a_sync_without_counts_uploads_nothing_more(
+    world: tuple[KeyServer, CryptoMachine, CryptoMachine],
+) -> None:
+    server, alice, _ = world
+    before = len(server.otks[("@alice:example.org", "ALICE1")])
+    for _ in range(50):
+        alice.receive_sync_counts(None, None)
+        assert not alice.needs_upload()
+        assert server.upload(alice) is None
+    assert len(server.otks[("@alice:example.org", "ALICE1")]) == before
