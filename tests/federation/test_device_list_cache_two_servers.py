@@ -11,7 +11,8 @@ a answers about b's user while b is unreachable is what a has cached.
   cut off;
 - a's user signs b's user's master key (cross-user verification across servers);
 - b restarts: the update chain goes on from the stored head;
-- an update made while a is down reaches a after b restarted (b's stored outbox).
+- an update made while a is down reaches a after b restarted (b's stored outbox);
+- once b's user shares no room with a's users, a forgets his list.
 """
 
 from __future__ import annotations
@@ -309,3 +310,19 @@ async def _flow(a: FederatedServer, b: FederatedServer) -> None:
         lambda body: "DESK" in body["device_keys"][bob.user_id],
     )
     assert set(body["device_keys"][bob.user_id]) == {bob.device_id, "LAPTOP", "DESK"}
+
+    # 8. bob leaves the only room he shared with a's users: a forgets his list (asked
+    # again, a must go to b, which is cut off: a failure, no stale answer).
+    status, resp = await b.client_request("POST", f"{V3}/rooms/{room_id}/leave", bob.token, {})
+    assert status == 200, resp
+
+    async def forgotten() -> bool:
+        assert b.forwarder is not None
+        await b.forwarder.stop()
+        try:
+            body = await query(a, alice, bob.user_id, 1000)
+        finally:
+            await b.forwarder.start()
+        return b.server_name in body["failures"] and bob.user_id not in body["device_keys"]
+
+    await eventually(forgotten, timeout=60, what="bob's list forgotten on a after he left")
