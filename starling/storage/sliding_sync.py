@@ -2,6 +2,8 @@
 
 - each room's latest served event position (optionally of some event types only), which
   orders the room list by recency and gives `bump_stamp`;
+- each room's current state as it was at its own position (a room's state when the
+  connection last had it), from the current-state-delta stream in one read;
 - a few state types of the current state of many rooms (m.room.create, m.room.encryption,
   m.space.child), which the list filters read, without loading every member event.
 
@@ -74,3 +76,20 @@ class SlidingSyncStore:
             for room_id, etype, state_key, event_id in rows:
                 out.setdefault(str(room_id), {})[(str(etype), str(state_key))] = str(event_id)
         return out
+
+    async def state_deltas_after(
+        self, room_ids: Sequence[str], position: int
+    ) -> list[tuple[str, int, str, str, str | None]]:
+        """The rooms' current-state changes after `position`, newest first:
+        (room_id, stream_id, type, state_key, the event ID it replaced or None)."""
+        items = sorted(set(room_ids))
+        if not items:
+            return []
+        rows = await self._db.fetch_all(
+            "SELECT room_id, stream_id, type, state_key, prev_event_id"
+            f" FROM current_state_delta_stream WHERE {self._db.sql.in_array('room_id')}"
+            " AND stream_id > ? ORDER BY stream_id DESC",
+            self._db.sql.array(items),
+            position,
+        )
+        return [(str(r[0]), int(r[1]), str(r[2]), str(r[3]), r[4]) for r in rows]

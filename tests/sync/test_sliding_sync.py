@@ -592,3 +592,25 @@ async def test_logout_drops_the_devices_connections(hs: Harness) -> None:
     assert status == 200
     assert len(hs.services.sliding_sync.connections) == 0
     assert body["pos"]
+
+
+async def test_state_deltas_from_each_rooms_own_position(hs: Harness) -> None:
+    _, tok = await hs.register("alice")
+    room_a = await hs.create_room(tok, name="A0")
+    room_b = await hs.create_room(tok, name="B0")
+    config = {"timeline_limit": 0, "required_state": [["m.room.name", ""], ["m.room.topic", ""]]}
+    first = await ss(hs, tok, {"room_subscriptions": {room_a: config}})
+    assert set(first["rooms"]) == {room_a}
+    await set_state(hs, tok, room_b, "m.room.name", {"name": "B1"})
+    second = await ss(hs, tok, {"room_subscriptions": {room_b: config}}, pos=first["pos"])
+    assert second["rooms"][room_b]["name"] == "B1"
+    await set_state(hs, tok, room_a, "m.room.topic", {"topic": "TA"})
+    await set_state(hs, tok, room_b, "m.room.topic", {"topic": "TB"})
+    both = {"room_subscriptions": {room_a: config, room_b: config}}
+    third = await ss(hs, tok, both, pos=second["pos"])
+    a_state = [(e["type"], e["content"]) for e in third["rooms"][room_a]["required_state"]]
+    b_state = [(e["type"], e["content"]) for e in third["rooms"][room_b]["required_state"]]
+    assert a_state == [("m.room.topic", {"topic": "TA"})]
+    # B's rename came before the connection last had B: not sent again.
+    assert b_state == [("m.room.topic", {"topic": "TB"})]
+    assert "name" not in third["rooms"][room_b]

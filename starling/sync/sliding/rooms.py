@@ -8,10 +8,11 @@ changed and that the room's `required_state` asks for (a removed entry as a
 A raised `timeline_limit` re-sends the newest events (`expanded_timeline`); a widened
 `required_state` sends the newly matched state.
 
-Everything is read in batches for all rooms of the response: timelines (one statement
-per 50 rooms and distinct limit), visibility (per distinct state group), current state
-(cached), state at each room's last position (per distinct position), summaries, unread
-counts, bump stamps, and one formatting pass.
+Everything is read in batches for all rooms of the response: timelines (statements of 10
+rooms at once, per distinct limit), visibility (per distinct state group), current state
+(cached), each room's state at its own last position (one read of the state-delta
+stream, skipped for rooms whose state did not change), summaries, unread counts, bump
+stamps, and one formatting pass.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from starling.rooms.client_format import EventFormatter, FormatOptions, JsonDict
 from starling.rooms.visibility import HistoryVisibility
 from starling.storage.events import EventStore, StoredEvent
 from starling.storage.memberships import Membership, MembershipStore
+from starling.storage.sliding_sync import SlidingSyncStore
 from starling.storage.state import StateStore
 from starling.sync.room_sync import MAX_HEROES, RoomSyncBuilder
 from starling.sync.sliding.connections import RoomSent
@@ -74,6 +76,7 @@ class RoomResultBuilder:
         formatter: EventFormatter,
         rooms_v2: RoomSyncBuilder,
         state_changed_after: Callable[[str, int], bool],
+        store: SlidingSyncStore,
     ) -> None:
         self._events = events
         self._state = state
@@ -82,6 +85,7 @@ class RoomResultBuilder:
         self._formatter = formatter
         self._rooms_v2 = rooms_v2
         self._state_changed_after = state_changed_after
+        self._store = store
         self._unread: UnreadLookup | None = None
 
     def use_unread_counts(self, lookup: UnreadLookup) -> None:
@@ -177,20 +181,19 @@ class RoomResultBuilder:
         # has, the state at what it has.
         current = await self._state.get_current_state_for_rooms(joined)
         targets: dict[str, Mapping[StateKey, str]] = dict(current)
-        departed = [w for w in works if w.room_id not in joined]
-        for position, rooms in _group(departed, lambda w: w.upper).items():
-            targets.update(await self._state.get_current_state_at(rooms, position))
+        targets.update(
+            await self._states_at({w.room_id: w.upper for w in works if w.room_id not in joined})
+        )
         before: dict[str, Mapping[StateKey, str]] = {}
-        known: list[RoomWork] = []
+        known: dict[str, int] = {}
         for w in works:
             if w.prev is None or w.prev.membership != "join":
                 continue
             if w.room_id in joined and not self._state_changed_after(w.room_id, w.prev.position):
                 before[w.room_id] = targets.get(w.room_id, {})  # unchanged: no read
             else:
-                known.append(w)
-        for position, rooms in _group(known, lambda w: w.prev.position if w.prev else 0).items():
-            before.update(await self._state.get_current_state_at(rooms, position))
+                known[w.room_id] = w.prev.position
+        before.update(await self._states_at(known))
 
         empty: Mapping[StateKey, str] = {}
         chosen: dict[str, dict[StateKey, str]] = {}
@@ -357,6 +360,30 @@ class RoomResultBuilder:
                 entry["highlight_count"] = sum(c[1] for c in counts.values())
             out.rooms[w.room_id] = entry
 
+    async def _states_at(self, positions: Mapping[str, int]) -> dict[str, Mapping[StateKey, str]]:
+        """Each room's current state as it was at its own events position: the current
+        state with every later change undone. Two reads for any number of rooms and
+        positions (current state first, then the changes, so a change committed in
+        between is undone to what the first read saw)."""
+        if not positions:
+            return {}
+        current = await self._state.get_current_state_for_rooms(positions)
+        rows = await self._store.state_deltas_after(list(positions), min(positions.values()))
+        out: dict[str, Mapping[StateKey, str]] = {r: current.get(r, {}) for r in positions}
+        undone: dict[str, dict[StateKey, str]] = {}
+        for room_id, stream_id, etype, state_key, prev_event_id in rows:  # newest first
+            if stream_id <= positions[room_id]:
+                continue
+            state = undone.get(room_id)
+            if state is None:
+                state = undone[room_id] = dict(current.get(room_id, {}))
+            if prev_event_id is None:
+                state.pop((etype, state_key), None)
+            else:
+                state[(etype, state_key)] = prev_event_id
+        out.update(undone)
+        return out
+
     async def _timelines(
         self,
         user_id: str,
@@ -453,10 +480,3 @@ def _timeline_depth(w: RoomWork, prev: RoomSent | None, whole: bool) -> int:
 def _limit(w: RoomWork) -> int:
     limit = w.config.timeline_limit
     return limit if w.limit_cap is None else min(limit, w.limit_cap)
-
-
-def _group(works: Iterable[RoomWork], key: Callable[[RoomWork], int]) -> dict[int, list[str]]:
-    out: dict[int, list[str]] = {}
-    for w in works:
-        out.setdefault(key(w), []).append(w.room_id)
-    return out

@@ -53,6 +53,7 @@ def build_sliding_sync(
             event_store, state_store, membership_store, visibility, formatter, LazyMemberCache()
         ),
         activity.state_changed_after,
+        store,
     )
     builder.use_unread_counts(unread_counts)
     return SlidingSyncService(
