@@ -159,8 +159,13 @@ class ClientEvents:
 
         async def check(state: Mapping[StateKey, Event], rv: RoomVersion) -> None:
             found = await store.get_event(target_id)
-            if found is None or found.event.room_id != room_id:
+            if found is None:
                 raise MatrixError(404, "M_NOT_FOUND", "No such event in this room")
+            if found.event.room_id != room_id:
+                # A mistake, not a probe (event IDs are not guessable): 400, as Synapse.
+                raise MatrixError(
+                    400, "M_INVALID_PARAM", "The event to redact is in a different room"
+                )
             if rate_limited:
                 await rate_limits.check_redaction(sender, own=found.event.sender == sender)
             if found.event.sender == sender:

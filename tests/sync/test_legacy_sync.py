@@ -181,3 +181,18 @@ async def test_post_send_and_redact_without_transaction_id(hs: Harness) -> None:
     status, event = await hs.request("GET", f"{V3}/rooms/{room_id}/event/{ids[0]}", tok)
     assert status == 200 and event["content"] == {}, event
     assert event["unsigned"]["redacted_by"] == body["event_id"]
+
+
+async def test_redacting_an_event_of_another_room_is_400(hs: Harness) -> None:
+    _, tok = await hs.register("alice")
+    room_a = await hs.create_room(tok)
+    room_b = await hs.create_room(tok)
+    event_id = await hs.send_message(tok, room_a, "x")
+    status, body = await hs.request(
+        "PUT", f"{V3}/rooms/{room_b}/redact/{event_id}/t1", tok, {"reason": "wrong room"}
+    )
+    assert (status, body["errcode"]) == (400, "M_INVALID_PARAM"), body
+    status, body = await hs.request(
+        "PUT", f"{V3}/rooms/{room_b}/redact/$nope/t2", tok, {"reason": "unknown"}
+    )
+    assert (status, body["errcode"]) == (404, "M_NOT_FOUND"), body
