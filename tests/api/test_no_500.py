@@ -73,7 +73,7 @@ def _routes(hs: Harness, values: dict[str, str]) -> list[tuple[str, str]]:
         if canonical.startswith(("/_matrix", "/_synapse")):
             out.add((route.method, _fill(canonical, values)))
     # Routes that can end the session go last, so the others run authenticated.
-    return sorted(out, key=lambda r: ("logout" in r[1] or "deactivate" in r[1], r))
+    return sorted(out, key=lambda r: (r[1].endswith(("logout", "logout/all", "deactivate")), r))
 
 
 @pytest.mark.parametrize("real_ids", [False, True], ids=["unknown-ids", "real-ids"])
