@@ -51,7 +51,7 @@ from starling.appservice.queries import AppServiceQueries
 from starling.appservice.registration import load_registrations
 from starling.appservice.registry import AppServiceRegistry
 from starling.appservice.sender import AppServiceSender
-from starling.config import Config, Listener
+from starling.config import Config, Listener, parse_size
 from starling.directory.publication import PublicationRules
 from starling.directory.service import DirectoryService
 from starling.directory.service import RemotePublicRooms as RemotePublicRoomsFetcher
@@ -214,9 +214,14 @@ async def build_services(
         verify_certificates=not config.use_insecure_ssl_client_just_for_testing_do_not_use
     )
     events_stream = await StreamIdGenerator.create(db, "events")
-    event_store = EventStore(db)
+    event_store = EventStore(db, cache_size=parse_size(config.event_cache_size))
     state_store = StateStore(db)
     membership_store = MembershipStore(db)
+    # /sync asks "which rooms / whose memberships changed since": remembered in memory
+    # from here on (one writer process), so most incremental syncs need no query for it.
+    event_store.track_room_changes(events_stream.current_position())
+    state_store.member_changes.start(events_stream.current_position())
+    membership_store.use_member_changes(state_store.member_changes)
     profile_store = ProfileStore(db)
     alias_store = AliasStore(db)
     relation_store = RelationStore(db)

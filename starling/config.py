@@ -319,6 +319,8 @@ class Config:
     http_limits: HttpLimits = field(default_factory=HttpLimits)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_config: str | None = None
+    # Events kept decoded in memory (Synapse's key and default; K = 1024).
+    event_cache_size: str | int = "10K"
 
     enable_registration: bool = False
     enable_registration_without_verification: bool = False
@@ -730,6 +732,11 @@ def _check_media(cfg: Config) -> None:
     import ipaddress
     import re
 
+    try:
+        if parse_size(cfg.event_cache_size) <= 0:
+            raise ValueError("must be positive")
+    except ValueError as e:
+        raise ConfigError(f"event_cache_size: {e}") from None
     for name in ("max_image_pixels", "max_spider_size"):
         try:
             if parse_size(getattr(cfg, name)) <= 0:

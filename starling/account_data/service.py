@@ -164,7 +164,11 @@ class AccountDataService:
     async def contribute(self, ctx: SyncContext, response: dict[str, Any]) -> bool:
         """Global changes in `account_data`, room changes in each joined room's
         `account_data` (everything on an initial sync)."""
-        changes = await self._store.get_changes(ctx.user_id, ctx.since, ctx.upto)
+        changes = (
+            []  # the stream has not moved: nothing to read
+            if ctx.since is not None and ctx.since == ctx.upto
+            else await self._store.get_changes(ctx.user_id, ctx.since, ctx.upto)
+        )
         global_allowed = section_matcher(ctx, "account_data")
         room_allowed = section_matcher(ctx, "room_account_data")
         global_events: list[dict[str, Any]] = []

@@ -397,6 +397,4 @@ class E2eKeyService:
     # -- sync: per-device key counts
 
     async def key_counts(self, user_id: str, device_id: str) -> tuple[dict[str, int], list[str]]:
-        counts = await self._store.count_one_time_keys(user_id, device_id)
-        unused = await self._store.unused_fallback_key_types(user_id, device_id)
-        return counts, unused
+        return await self._store.key_counts(user_id, device_id)

@@ -56,7 +56,7 @@ class DeviceListsExtension:
 
     async def contribute(self, ctx: SyncContext, response: dict[str, Any]) -> bool:
         # Only incremental syncs carry device_lists (spec: Extensions to /sync).
-        if ctx.since is None or ctx.full_state:
+        if ctx.since is None or ctx.full_state or ctx.since == ctx.upto:
             return False
         found = await self._tracker.changes(ctx.user_id, ctx.since, ctx.upto)
         if not found.changed and not found.left:

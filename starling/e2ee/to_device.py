@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
@@ -49,6 +50,8 @@ MAX_INBOX = 100_000
 FULL_INBOX_RETRY_MS = 30_000
 TXN_ID_LIFETIME_MS = 24 * 3600 * 1000
 _PRUNE_EVERY_MS = 10 * 60 * 1000
+# Devices remembered as having an empty inbox (a /sync shortcut; forgetting is harmless).
+MAX_DRAINED = 50_000
 
 
 class RemoteToDeviceOutbox(Protocol):
@@ -102,6 +105,9 @@ class ToDeviceService:
         self._last_prune = 0
         self.max_inbox = MAX_INBOX
         self.max_pending_per_sender = MAX_PENDING_PER_SENDER
+        # (user, device) -> a position P such that the device's inbox held no message at
+        # or below P when a sync found it empty up to P (see messages_for_sync); bounded.
+        self._drained: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     def current_position(self) -> int:
         return self._stream.current_position()
@@ -227,7 +233,15 @@ class ToDeviceService:
         self, user_id: str, device_id: str, since: int | None, upto: int
     ) -> list[dict[str, Any]]:
         """The device's messages for a /sync from ``since`` whose token will hold ``upto``,
-        acknowledging what the ``since`` token's response carried."""
+        acknowledging what the ``since`` token's response carried.
+
+        A device whose inbox a sync found empty up to P, syncing from P while the stream
+        is still at P, has nothing to acknowledge or read: every message added since has
+        a position above P (stream positions), so both queries are skipped."""
+        key = (user_id, device_id)
+        if since is not None and since == upto and self._drained.get(key) == since:
+            self._drained.move_to_end(key)
+            return []
         after = 0
         if since is not None:
             after = await self._store.acknowledge(user_id, device_id, since)
@@ -240,4 +254,12 @@ class ToDeviceService:
                 # Move the stream on, so the next response's token differs from this
                 # one's: a token then tells which of the two the client has.
                 await self._stream.next_id(txn)
+        if found:
+            self._drained.pop(key, None)
+        else:
+            # Everything at or below `after` was deleted, nothing is in (after, upto].
+            self._drained[key] = upto
+            self._drained.move_to_end(key)
+            if len(self._drained) > MAX_DRAINED:
+                self._drained.popitem(last=False)
         return [orjson.loads(message) for _, message in found]

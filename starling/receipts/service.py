@@ -171,8 +171,8 @@ class ReceiptsService:
     async def contribute(self, ctx: SyncContext, response: dict[str, Any]) -> bool:
         """An m.receipt ephemeral event in each joined room with receipts changed in
         (since, upto] (all current receipts on an initial sync)."""
-        if not ctx.joined_rooms:
-            return False
+        if not ctx.joined_rooms or ctx.since == ctx.upto:
+            return False  # no room, or the stream has not moved: nothing to read
         allowed = section_matcher(ctx, "ephemeral")
         receipts = await self._store.get_receipts_for_rooms(
             sorted(ctx.joined_rooms), ctx.user_id, ctx.since, ctx.upto

@@ -146,51 +146,80 @@ class RoomEventService:
             room_version = await self._events.get_room_version(room_id)
             if room_version is None:
                 raise MatrixError(404, "M_NOT_FOUND", f"Unknown room {room_id}")
-            if txn_id is not None and device_id is not None:
-                # A transaction ID is scoped to the device and the request: the same ID
-                # in another room is another message.
+            if txn_id is None or device_id is None:
+                return await self._send_locked(
+                    room_id, room_version, sender, event_type, content, state_key,
+                    device_id, txn_id, redacts, check, countersign,
+                )  # fmt: skip
+            # A transaction ID is scoped to the device and the request: the same ID in
+            # another room is another message. New IDs are the rule and a unique index
+            # refuses a second event with one, so the stored ID is looked up only when
+            # the send fails: a retry then answers the first event, even if the sender
+            # could no longer send it now.
+            try:
+                return await self._send_locked(
+                    room_id, room_version, sender, event_type, content, state_key,
+                    device_id, txn_id, redacts, check, countersign,
+                )  # fmt: skip
+            except (MatrixError, UniqueViolation):
                 existing = await self._events.get_event_by_txn(sender, device_id, room_id, txn_id)
-                if existing is not None:
-                    got = await self._events.get_event(existing)
-                    if got is not None:
-                        if got[0].type != event_type or got[0].redacts != redacts:
-                            raise invalid_param(
-                                "Transaction ID already used for another request in this room"
-                            )
-                        return got[0]
-            extremities = await self._events.get_forward_extremities(room_id)
-            prev = await self._events.get_events(extremities, allow_rejected=True)
-            prev_events = sorted(prev.values(), key=lambda e: (-e.depth, e.event_id))
-            prev_events = prev_events[:MAX_PREV_EVENTS]
-            before = await self.state_after_events(
-                room_id, room_version, [e.event_id for e in prev_events]
-            )
-            keys = auth_keys_for(event_type, state_key, sender, content, room_version)
-            if check is not None:
-                keys = [*keys, ("m.room.power_levels", "")]
-            auth_state = await self._load_state(before.ids, keys)
-            if check is not None:
-                await check(auth_state, room_version)
-            event = self._builder.build(
-                room_version=room_version,
-                room_id=room_id,
-                event_type=event_type,
-                sender=sender,
-                content=content,
-                state_key=state_key,
-                prev_events=prev_events,
-                auth_events=listed_auth_events(auth_state, room_version),
-                redacts=redacts,
-            )
-            decision = check_auth_rules(event, auth_state)
-            if not decision.allowed:
-                raise MatrixError(403, "M_FORBIDDEN", decision.reason)
-            if countersign is not None:
-                event = await countersign(event)
-            await self._persister.persist(
-                event, EventContext(before), device_id=device_id, txn_id=txn_id, fresh=True
-            )
-            return event
+                got = await self._events.get_event(existing) if existing is not None else None
+                if got is None:
+                    raise
+                if got[0].type != event_type or got[0].redacts != redacts:
+                    raise invalid_param(
+                        "Transaction ID already used for another request in this room"
+                    ) from None
+                return got[0]
+
+    async def _send_locked(
+        self,
+        room_id: str,
+        room_version: RoomVersion,
+        sender: str,
+        event_type: str,
+        content: dict[str, Any],
+        state_key: str | None,
+        device_id: str | None,
+        txn_id: str | None,
+        redacts: str | None,
+        check: Callable[[Mapping[StateKey, Event], RoomVersion], Awaitable[None]] | None,
+        countersign: Callable[[Event], Awaitable[Event]] | None,
+    ) -> Event:
+        """`send`'s work, under the room lock."""
+        extremities = await self._events.get_forward_extremities(room_id)
+        prev = await self._events.get_events(extremities, allow_rejected=True)
+        prev_events = sorted(prev.values(), key=lambda e: (-e.depth, e.event_id))
+        prev_events = prev_events[:MAX_PREV_EVENTS]
+        before = await self.state_after_events(
+            room_id, room_version, [e.event_id for e in prev_events]
+        )
+        keys = auth_keys_for(event_type, state_key, sender, content, room_version)
+        if check is not None:
+            keys = [*keys, ("m.room.power_levels", "")]
+        auth_state = await self._load_state(before.ids, keys)
+        if check is not None:
+            await check(auth_state, room_version)
+        event = self._builder.build(
+            room_version=room_version,
+            room_id=room_id,
+            event_type=event_type,
+            sender=sender,
+            content=content,
+            state_key=state_key,
+            prev_events=prev_events,
+            auth_events=listed_auth_events(auth_state, room_version),
+            redacts=redacts,
+        )
+        decision = check_auth_rules(event, auth_state)
+        if not decision.allowed:
+            raise MatrixError(403, "M_FORBIDDEN", decision.reason)
+        if countersign is not None:
+            event = await countersign(event)
+        await self._persister.persist(
+            event, EventContext(before), device_id=device_id, txn_id=txn_id, fresh=True
+        )
+        return event
 
     async def create_room_event(
         self, room_version: RoomVersion, room_id: str | None, sender: str, content: dict[str, Any]

@@ -362,6 +362,9 @@ class EventPersister:
                 await self._relations.on_redacted(txn, redaction_target, room_id)
                 await self._search.on_redacted(txn, redaction_target)
             if accepted and not context.backfilled:
+                state_after = group_after if changes_state else group_before
+                if state_after is not None:
+                    self._events.record_state_tip(txn, room_id, position, state_after)
                 txn.call_after_commit(lambda: self._notify(event, position))
             if changed:
                 delta = dict(changed)

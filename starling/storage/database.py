@@ -94,7 +94,15 @@ class Transaction(abc.ABC):
 
     @abc.abstractmethod
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        """Run one statement once per parameter row, batched."""
+        """Run one statement once per parameter row, batched. An engine may run it
+        later, together with the next statement that returns something or the commit
+        (SQLite does: one trip to the writer thread for several statements); a failure
+        then surfaces there, still inside the transaction."""
+
+    async def queue(self, sql: str, *args: Any) -> None:
+        """`execute` for a statement whose row count nobody needs; an engine may run it
+        later, as `executemany` says."""
+        await self.execute(sql, *args)
 
     def call_after_commit(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` (synchronously, on the event loop) once this transaction has

@@ -154,6 +154,22 @@ class E2eKeyStore:
         )
         return {r[0]: int(r[1]) for r in rows}
 
+    async def key_counts(self, user_id: str, device_id: str) -> tuple[dict[str, int], list[str]]:
+        """`count_one_time_keys` and `unused_fallback_key_types` in one query (every
+        /sync asks for both)."""
+        rows = await self._db.fetch_all(
+            "SELECT 'o', algorithm, COUNT(*) FROM e2e_one_time_keys"
+            " WHERE user_id = ? AND device_id = ? GROUP BY algorithm"
+            " UNION ALL SELECT 'f', algorithm, 0 FROM e2e_fallback_keys"
+            " WHERE user_id = ? AND device_id = ? AND NOT used",
+            user_id,
+            device_id,
+            user_id,
+            device_id,
+        )
+        counts = {r[1]: int(r[2]) for r in rows if r[0] == "o"}
+        return counts, sorted(r[1] for r in rows if r[0] == "f")
+
     async def count_one_time_keys(self, user_id: str, device_id: str) -> dict[str, int]:
         rows = await self._db.fetch_all(
             "SELECT algorithm, COUNT(*) FROM e2e_one_time_keys"

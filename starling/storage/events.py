@@ -26,6 +26,7 @@ import orjson
 from starling.protocol.event import Event, StateKey
 from starling.protocol.redaction import RedactionError, redact
 from starling.protocol.room_versions import RoomVersion, get_room_version
+from starling.storage.change_cache import StreamChangeCache
 from starling.storage.database import Database, Row, StorageError, Transaction
 from starling.storage.state_chain import chain_query
 
@@ -94,6 +95,8 @@ _EVENT_COLUMNS = (
 )
 
 # What clients may see as timeline events: not outliers, not soft-failed, not rejected.
+# Recent (position, state group) pairs remembered per room for get_state_groups_at.
+MAX_TIPS = 8
 _SERVED = "NOT e.outlier AND NOT e.soft_failed AND e.rejected_reason IS NULL"
 
 
@@ -106,13 +109,62 @@ class EventStore:
         # updates the cache after commit (one writer process; scale-out must invalidate).
         self._forward: LruCache[str, frozenset[str]] = LruCache(10_000)
         self._backward: LruCache[str, frozenset[str]] = LruCache(10_000)
+        # Rooms with new timeline events (what get_rooms_changed_between finds), from
+        # `track_room_changes` on (the composition root starts it).
+        self._room_changes: StreamChangeCache[str] = StreamChangeCache()
+        # Per room, (position, state_after) of its newest served timeline events, oldest
+        # first, complete from the first one (see record_state_tip).
+        self._tips: LruCache[str, list[tuple[int, int]]] = LruCache(10_000)
+
+    def track_room_changes(self, position: int) -> None:
+        """Remember, from events-stream `position` on, which rooms got timeline events."""
+        self._room_changes.start(position)
+
+    def record_state_tip(
+        self, txn: Transaction, room_id: str, position: int, state_after: int
+    ) -> None:
+        """A served timeline event (not outlier, rejected, soft-failed or backfilled)
+        and the state group after it, once `txn` commits: get_state_groups_at answers
+        from these. The persister calls this for every such event, under the room's
+        lock, so a room's list has every one of its events after its first entry."""
+
+        def record() -> None:
+            tips = self._tips.get(room_id)
+            if tips is None:
+                tips = []
+                self._tips.put(room_id, tips)
+            tips.append((position, state_after))
+            tips.sort()
+            del tips[:-MAX_TIPS]
+
+        txn.call_after_commit(record)
+
+    def _state_group_from_tips(self, room_id: str, position: int) -> int | None:
+        tips = self._tips.get(room_id)
+        if not tips or tips[0][0] > position:
+            return None
+        return max(t for t in tips if t[0] <= position)[1]
+
+    def _record_room_change(
+        self,
+        txn: Transaction,
+        room_id: str,
+        position: int | None,
+        outlier: bool,
+        soft_failed: bool,
+        rejected_reason: str | None,
+    ) -> None:
+        # Exactly the events get_rooms_changed_between counts.
+        if position is not None and position > 0 and not outlier and not soft_failed:
+            if rejected_reason is None:
+                txn.call_after_commit(lambda: self._room_changes.changed(room_id, position))
 
     # --- rooms ---------------------------------------------------------------------------
 
     async def store_room(
         self, txn: Transaction, room_id: str, room_version: RoomVersion, creator: str, ts: int
     ) -> None:
-        await txn.execute(
+        await txn.queue(
             "INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (room_id) DO NOTHING",
             room_id,
@@ -401,7 +453,13 @@ class EventStore:
         `position` (the room's state as of that stream position). Rooms with no event by
         then are absent. One statement per 100 rooms, each an index lookup."""
         out: dict[str, int] = {}
-        items = list(room_ids)
+        items: list[str] = []
+        for room_id in room_ids:
+            known = self._state_group_from_tips(room_id, position)
+            if known is None:
+                items.append(room_id)
+            else:
+                out[room_id] = known
         for start in range(0, len(items), 100):
             chunk = items[start : start + 100]
             parts = [
@@ -432,6 +490,14 @@ class EventStore:
     ) -> set[str]:
         if not room_ids:
             return set()
+        known = self._room_changes.changed_between(room_ids, from_exclusive, to_inclusive)
+        if known is not None:
+            changed, unsure = known
+            if not unsure:
+                return changed
+            room_ids = unsure
+        else:
+            changed = set()
         rows = await self._db.fetch_all(
             "SELECT DISTINCT room_id FROM events"
             f" WHERE {self._db.sql.in_array('room_id')}"
@@ -441,7 +507,7 @@ class EventStore:
             from_exclusive,
             to_inclusive,
         )
-        return {r[0] for r in rows}
+        return changed | {r[0] for r in rows}
 
     # --- writing events ------------------------------------------------------------------
 
@@ -505,6 +571,9 @@ class EventStore:
             state_after=state_after,
         )
         txn.call_after_commit(lambda: self._events.put(event.event_id, StoredEvent(event, meta)))
+        self._record_room_change(
+            txn, event.room_id, stream_ordering, outlier, soft_failed, rejected_reason
+        )
         return int(nid)
 
     async def _insert_auth_edges(self, txn: Transaction, events: Sequence[Event]) -> None:
@@ -613,6 +682,9 @@ class EventStore:
                 [(nid, p) for p in event.prev_event_ids],
             )
         txn.call_after_commit(lambda: self.invalidate(event.event_id))
+        self._record_room_change(
+            txn, event.room_id, stream_ordering, False, soft_failed, rejected_reason
+        )
         return int(nid)
 
     async def set_outlier_position(self, txn: Transaction, event_id: str, position: int) -> None:
@@ -644,7 +716,7 @@ class EventStore:
             and add not in known
         ):
             # The usual case, an event on top of the only extremity: one statement.
-            await txn.execute(
+            await txn.queue(
                 "UPDATE forward_extremities SET event_id = ? WHERE room_id = ? AND event_id = ?",
                 add,
                 room_id,
@@ -652,14 +724,14 @@ class EventStore:
             )
             return
         if removed:
-            await txn.execute(
+            await txn.queue(
                 "DELETE FROM forward_extremities WHERE room_id = ?"
                 f" AND {txn.sql.in_array('event_id')}",
                 room_id,
                 txn.sql.array(removed),
             )
         if add is not None:
-            await txn.execute(
+            await txn.queue(
                 "INSERT INTO forward_extremities (room_id, event_id) VALUES (?, ?)"
                 " ON CONFLICT DO NOTHING",
                 room_id,
@@ -714,7 +786,7 @@ class EventStore:
                 [(room_id, eid) for eid in added],
             )
         if removed:
-            await txn.execute(
+            await txn.queue(
                 "DELETE FROM backward_extremities WHERE room_id = ?"
                 f" AND {txn.sql.in_array('event_id')}",
                 room_id,
@@ -761,12 +833,12 @@ class EventStore:
     ) -> None:
         """Record the state group after a state event (stored after the event itself,
         whose nid the group's entry needs)."""
-        await txn.execute("UPDATE events SET state_after = ? WHERE event_nid = ?", group, event_nid)
+        await txn.queue("UPDATE events SET state_after = ? WHERE event_nid = ?", group, event_nid)
         # The cached meta was built with state_after = before; refresh it.
         txn.call_after_commit(lambda: self.invalidate(event_id))
 
     async def mark_redacted(self, txn: Transaction, target_id: str, redaction_id: str) -> None:
-        await txn.execute(
+        await txn.queue(
             "UPDATE events SET redacted_by = ? WHERE event_id = ? AND redacted_by IS NULL",
             redaction_id,
             target_id,

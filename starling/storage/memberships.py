@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from starling.storage.change_cache import StreamChangeCache
 from starling.storage.database import Database, Transaction
 
 
@@ -50,6 +51,12 @@ class MembershipStore:
         # not put its (stale) answer into the cache after that commit's invalidation.
         self._joined_generation = 0
         self._user_rooms: dict[str, dict[str, Membership]] = {}
+        self._member_changes: StreamChangeCache[str] | None = None
+
+    def use_member_changes(self, changes: StreamChangeCache[str]) -> None:
+        """Where the current-state-delta stream's membership changes are remembered
+        (StateStore.member_changes): a user without one in a range needs no query."""
+        self._member_changes = changes
 
     async def record(self, txn: Transaction, rows: Sequence[Membership]) -> None:
         if not rows:
@@ -115,6 +122,10 @@ class MembershipStore:
         """Changes of the user's membership in the room's current state in the range,
         oldest first: read from the current-state-delta stream, so a membership that
         state resolution flipped is there too, at the position where it changed."""
+        if self._member_changes is not None:
+            known = self._member_changes.changed_between([user_id], from_exclusive, to_inclusive)
+            if known is not None and not known[0] and not known[1]:
+                return []  # the stream has no change of this user's membership there
         rows = await self._db.fetch_all(
             "SELECT room_id, event_id, prev_event_id, stream_id"
             " FROM current_state_delta_stream"
@@ -220,6 +231,8 @@ class MembershipStore:
         ids = list(room_ids)
         if not ids:
             return {}
+        if all(room_id in self._joined for room_id in ids):  # the joined-users cache
+            return {room_id: len(self._joined[room_id]) for room_id in ids}
         rows = await self._db.fetch_all(
             "SELECT room_id, COUNT(*) FROM room_memberships"
             f" WHERE membership = 'join' AND {self._db.sql.in_array('room_id')}"

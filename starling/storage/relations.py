@@ -101,7 +101,7 @@ class RelationStore:
         if relation is None or relation.parent_id == event.event_id:
             return
         thread_id = relation.parent_id if relation.rel_type == THREAD else None
-        await txn.execute(
+        await txn.queue(
             "INSERT INTO event_relations (event_id, relates_to_id, rel_type, room_id, type,"
             " sender, stream_ordering, origin_server_ts, thread_id, aggregation_key,"
             " is_valid_edit) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"

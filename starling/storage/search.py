@@ -90,7 +90,7 @@ class SearchStore:
         if found is None:
             return
         key, value = found
-        await txn.execute(
+        await txn.queue(
             "INSERT INTO event_search (event_id, room_id, sender, type, key, stream_ordering,"
             " origin_server_ts, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (event_id) DO NOTHING",

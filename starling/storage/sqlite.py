@@ -97,6 +97,26 @@ def _executemany(conn: sqlite3.Connection, sql: str, rows: Iterable[Sequence[Any
     conn.executemany(sql, rows).close()
 
 
+_Op = tuple[Callable[..., Any], str, Sequence[Any]]
+
+
+def _run_ops(conn: sqlite3.Connection, ops: Sequence[_Op]) -> Any:
+    """Run statements in order (the transaction's deferred ones, then the one whose
+    answer is awaited); returns the last one's result."""
+    result: Any = None
+    for fn, sql, args in ops:
+        result = fn(conn, sql, args)
+    return result
+
+
+def _begin_op(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> None:
+    _begin(conn)
+
+
+def _commit_op(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> None:
+    conn.commit()
+
+
 def _begin(conn: sqlite3.Connection) -> None:
     if conn.in_transaction:
         # Only reachable if a cancelled task left one behind: nobody owns it any more.
@@ -215,20 +235,21 @@ class SqliteDatabase(Database):
         async with self._write_lock:
             self._check_open()
             assert self._writer is not None
-            await _settle(self._submit_write(_begin))
             txn = SqliteTransaction(self)
             committed = False
             try:
                 yield txn
                 txn.active = False
                 try:
-                    await _settle(self._submit_write(sqlite3.Connection.commit))
-                except sqlite3.IntegrityError as e:  # deferred constraints
+                    # BEGIN (if nothing ran yet), the deferred statements, COMMIT: one trip.
+                    await _settle(self._submit_write(_run_ops, txn._take((_commit_op, "", ()))))
+                except sqlite3.IntegrityError as e:  # deferred statements or constraints
                     raise _translate(e) from e
                 committed = True
             finally:
                 txn.active = False
                 if not committed:
+                    txn._pending.clear()
                     await _settle(self._submit_write(sqlite3.Connection.rollback))
                 txn._finish(committed)
 
@@ -261,6 +282,15 @@ class SqliteTransaction(Transaction):
     def __init__(self, db: SqliteDatabase) -> None:
         super().__init__()
         self._db = db
+        # Statements not run yet (BEGIN first): they go to the writer thread with the next
+        # statement whose answer is awaited, or with the commit.
+        self._pending: list[_Op] = [(_begin_op, "", ())]
+
+    def _take(self, op: _Op) -> list[_Op]:
+        ops = self._pending
+        ops.append(op)
+        self._pending = []
+        return ops
 
     def _check(self) -> None:
         if not self.active:
@@ -268,18 +298,26 @@ class SqliteTransaction(Transaction):
 
     async def fetch_all(self, sql: str, *args: Any) -> list[Row]:
         self._check()
-        return await self._db._write(_fetch_all, sql, args)
+        rows: list[Row] = await self._db._write(_run_ops, self._take((_fetch_all, sql, args)))
+        return rows
 
     async def fetch_one(self, sql: str, *args: Any) -> Row | None:
         self._check()
-        return await self._db._write(_fetch_one, sql, args)
+        row: Row | None = await self._db._write(_run_ops, self._take((_fetch_one, sql, args)))
+        return row
 
     async def execute(self, sql: str, *args: Any) -> int:
         self._check()
-        return await self._db._write(_execute, sql, args)
+        count: int = await self._db._write(_run_ops, self._take((_execute, sql, args)))
+        return count
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self._check()
-        # Materialise here: a generator must not run on the database thread.
+        # Materialise here: a generator must not run on the database thread. Deferred
+        # until the next statement that answers, or the commit.
         batch = rows if isinstance(rows, list | tuple) else list(rows)
-        await self._db._write(_executemany, sql, batch)
+        self._pending.append((_executemany, sql, batch))
+
+    async def queue(self, sql: str, *args: Any) -> None:
+        self._check()
+        self._pending.append((_execute, sql, args))

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 from starling.protocol.event import StateKey
+from starling.storage.change_cache import StreamChangeCache
 from starling.storage.database import Database, Transaction
 from starling.storage.events import LruCache
 from starling.storage.state_chain import chain_query as _chain_query
@@ -31,6 +32,21 @@ class StateStore:
         self._groups: LruCache[int, tuple[StateMap, int]] = LruCache(cache_size)
         self._key_nids: dict[StateKey, int] = {}
         self._current: LruCache[str, dict[StateKey, str]] = LruCache(cache_size)
+        # Users whose m.room.member changed in the current-state-delta stream (what
+        # MembershipStore.get_membership_changes reads), once started.
+        self.member_changes: StreamChangeCache[str] = StreamChangeCache()
+
+    def _record_member_changes(
+        self, txn: Transaction, keys: Iterable[StateKey], position: int
+    ) -> None:
+        users = [k[1] for k in keys if k[0] == "m.room.member"]
+        if users:
+
+            def record() -> None:
+                for user_id in users:
+                    self.member_changes.changed(user_id, position)
+
+            txn.call_after_commit(record)
 
     def forget_room(self, room_id: str) -> None:
         """Drop the cached current state of a room purged from the database. (Cached state
@@ -295,7 +311,7 @@ class StateStore:
     ) -> None:
         """One row of the current-state-delta stream without touching current state: an
         out-of-band membership (an invite to a room whose state this server lacks)."""
-        await txn.execute(
+        await txn.queue(
             "INSERT INTO current_state_delta_stream"
             " (stream_id, room_id, type, state_key, event_id, prev_event_id)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -306,6 +322,7 @@ class StateStore:
             event_id,
             prev_event_id,
         )
+        self._record_member_changes(txn, [key], position)
 
     async def update_current_state(
         self,
@@ -334,7 +351,7 @@ class StateStore:
                     upserts,
                 )
             if removed:
-                await txn.execute(
+                await txn.queue(
                     "DELETE FROM current_state WHERE room_id = ?"
                     f" AND {txn.sql.in_array('key_nid')}",
                     room_id,
@@ -349,6 +366,7 @@ class StateStore:
                     for k, e in sorted(changed.items())
                 ],
             )
+            self._record_member_changes(txn, changed, position)
         snapshot = dict(new_state)
         txn.call_after_commit(lambda: self._current.put(room_id, snapshot))
         txn.call_on_rollback(lambda: self._current.pop(room_id))

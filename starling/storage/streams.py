@@ -96,7 +96,7 @@ class StreamIdGenerator:
             # anyway, and this keeps the allocation atomic on the event loop.
             ids = list(range(self._last + 1, self._last + count + 1))
             self._register(txn, ids)
-            await txn.execute(
+            await txn.queue(
                 "UPDATE stream_positions SET position = ? WHERE stream_name = ?",
                 ids[-1],
                 self.name,

@@ -201,3 +201,45 @@ async def test_count_is_capped(hs: Harness) -> None:
         assert got["notification_count"] == 3
     finally:
         unread.UNREAD_CAP = old
+
+
+async def test_remembered_counts_follow_new_events_redactions_and_rule_changes(
+    hs: Harness,
+) -> None:
+    """Counts are evaluated incrementally between syncs: what was remembered must
+    still change with new events, redactions, receipts and the user's rules."""
+    _alice, alice_token, bob, bob_token, room_id = await shared_room(hs)
+
+    async def count() -> int:
+        got: int = (await counts(hs, bob))[room_id]["unread_notifications"]["notification_count"]
+        return got
+
+    first = await hs.send_message(alice_token, room_id, "one")
+    assert await count() == 1
+    second = await hs.send_message(alice_token, room_id, "two")
+    assert await count() == 2
+    # A redaction of a counted message (here by alice, the room's creator) uncounts it.
+    status, _ = await hs.request(
+        "PUT", f"{V3}/rooms/{room_id}/redact/{first}/{secrets.token_hex(8)}", alice_token, {}
+    )
+    assert status == 200
+    assert await count() == 1
+    # A rule that silences alice applies to what was already evaluated too.
+    status, _ = await hs.request(
+        "PUT",
+        f"{V3}/pushrules/global/sender/{_alice}",
+        bob_token,
+        {"actions": []},
+    )
+    assert status == 200
+    assert await count() == 0
+    status, _ = await hs.request("DELETE", f"{V3}/pushrules/global/sender/{_alice}", bob_token)
+    assert status == 200
+    assert await count() == 1
+    await hs.send_message(alice_token, room_id, "three")
+    assert await count() == 2
+    status, _ = await hs.request(
+        "POST", f"{V3}/rooms/{room_id}/receipt/m.read/{second}", bob_token, {}
+    )
+    assert status == 200
+    assert await count() == 1

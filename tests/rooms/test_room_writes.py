@@ -28,6 +28,31 @@ async def test_create_room_and_send(hs: Harness) -> None:
     assert meta.stream_ordering is not None
 
 
+async def test_transaction_id_retries_answer_the_first_event(hs: Harness) -> None:
+    """A send's transaction ID is checked by the unique index, not read first: a retry
+    still gets the first event, even once the sender could no longer send it, and the
+    same ID for another kind of request in the room is refused."""
+    _, tok = await hs.register("alice")
+    _, btok = await hs.register("bob")
+    room_id = await hs.create_room(tok, preset="public_chat")
+    status, _ = await hs.request("POST", f"{V3}/join/{room_id}", btok, {})
+    assert status == 200
+    first = await hs.send_message(btok, room_id, "hello", txn="t1")
+    status, _ = await hs.request("POST", f"{V3}/rooms/{room_id}/leave", btok, {})
+    assert status == 200
+    assert await hs.send_message(btok, room_id, "hello", txn="t1") == first
+    status, body = await hs.request(
+        "PUT", f"{V3}/rooms/{room_id}/send/m.room.message/t2", btok, {"body": "x"}
+    )
+    assert status == 403, body  # a new ID: bob is no longer in the room
+    status, body = await hs.request("PUT", f"{V3}/rooms/{room_id}/send/m.reaction/t1", btok, {})
+    assert (status, body["errcode"]) == (400, "M_INVALID_PARAM"), body
+    events = await hs.services.event_store.get_recent_events_for_ranges(
+        [(room_id, None, 10**9)], 100
+    )
+    assert [e.event.event_id for e in events[room_id]].count(first) == 1
+
+
 @pytest.mark.parametrize("version", ["1", "3", "6", "10", "11", "12"])
 async def test_room_versions(hs: Harness, version: str) -> None:
     _, tok = await hs.register()

@@ -1,0 +1,209 @@
+"""CPU and database trips per request on the hot paths, in one process (no HTTP client of
+our own in the figures that matter: the database trips are exact, CPU is what the whole
+process spent, test client included).
+
+    .venv/bin/python -m benchmarks.hot_paths                  # SQLite
+    .venv/bin/python -m benchmarks.hot_paths --engine postgres
+    .venv/bin/python -m benchmarks.hot_paths --profile sync   # cProfile one case
+
+Cases, each after a warm-up:
+- `sync`: bob long-polls nothing; alice sends one message, then bob's incremental /sync
+  (the delivery benchmark's filter: one room, lazy members, no presence/account data)
+  carries it. Bob never reads, so his unread count keeps growing: `--unread` messages are
+  sent first (the independent harness's delivery run leaves 200 unread).
+- `send`: sequential PUT /send into one room.
+- `create`: POST /createRoom (public_chat, a name and a topic).
+
+"Trips" are the jobs handed to SQLite's reader and writer threads (each a thread switch
+and a wait on a shared machine), or on PostgreSQL the statements sent (each a round trip;
+BEGIN and COMMIT counted): exact counts that do not move with load. CPU is `time.process_time()` per request (all threads,
+the in-process test client included), the median of `--n` requests. Uses the test
+harness (tests/support), so it runs from a checkout with the dev dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import pstats
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from starling.storage import sqlite as sqlite_engine
+from tests.support.dbfixtures import make_test_database
+from tests.support.harness import UNLIMITED_ROOM_RATES, make_harness
+
+V3 = "/_matrix/client/v3"
+
+
+class TripCounter:
+    """Counts jobs submitted to SQLite's threads, and statements sent to PostgreSQL
+    (BEGIN and COMMIT included), patched in for the run."""
+
+    def __init__(self) -> None:
+        self.trips = 0
+        self._count_postgres()
+        cls = sqlite_engine.SqliteDatabase
+        self._orig_write = cls._submit_write
+        self._orig_read = cls._read
+        counter = self
+
+        def submit_write(db: Any, fn: Any, *args: Any) -> Any:
+            counter.trips += 1
+            return counter._orig_write(db, fn, *args)
+
+        async def read(db: Any, fn: Any, sql: str, args: Any) -> Any:
+            counter.trips += 1
+            return await counter._orig_read(db, fn, sql, args)
+
+        cls._submit_write = submit_write  # type: ignore[method-assign]
+        cls._read = read  # type: ignore[method-assign]
+
+    def _count_postgres(self) -> None:
+        from starling.storage import postgres
+
+        counter = self
+        txn_run = postgres.PostgresTransaction._run
+
+        def run(txn: Any, method: Any, sql: str, *args: Any) -> Any:
+            counter.trips += 1
+            return txn_run(txn, method, sql, *args)
+
+        postgres.PostgresTransaction._run = run  # type: ignore[method-assign]
+        db_cls = postgres.PostgresDatabase
+        for name in ("fetch_all", "fetch_one", "execute"):
+            original = getattr(db_cls, name)
+
+            async def counted(db: Any, sql: str, *args: Any, _original: Any = original) -> Any:
+                counter.trips += 1
+                return await _original(db, sql, *args)
+
+            setattr(db_cls, name, counted)
+        transaction = db_cls.transaction
+
+        @contextlib.asynccontextmanager
+        async def counted_transaction(db: Any) -> Any:
+            counter.trips += 2  # BEGIN, COMMIT
+            async with transaction(db) as txn:
+                yield txn
+
+        db_cls.transaction = counted_transaction  # type: ignore[method-assign,assignment]
+
+
+async def measure(
+    n: int,
+    before: Callable[[int], Awaitable[None]],
+    op: Callable[[int], Awaitable[None]],
+    trips: TripCounter,
+    profile: cProfile.Profile | None,
+) -> tuple[float, float, float]:
+    """Median CPU (µs), median wall (µs) and mean trips of `op`, `before` untimed."""
+    cpu: list[float] = []
+    wall: list[float] = []
+    total_trips = 0
+    for i in range(n):
+        await before(i)
+        t0, w0, k0 = time.process_time(), time.perf_counter(), trips.trips
+        if profile is not None:
+            profile.enable()
+        await op(i)
+        if profile is not None:
+            profile.disable()
+        cpu.append(time.process_time() - t0)
+        wall.append(time.perf_counter() - w0)
+        total_trips += trips.trips - k0
+    return statistics.median(cpu) * 1e6, statistics.median(wall) * 1e6, total_trips / n
+
+
+async def run(args: argparse.Namespace) -> None:
+    trips = TripCounter()
+    tmp = Path(tempfile.mkdtemp(prefix="starling-hot-"))
+    rows: list[tuple[str, float, float, float]] = []
+    async with (
+        make_test_database(args.engine, tmp) as db,
+        make_harness(db, tmp, presence={"enabled": False}, **UNLIMITED_ROOM_RATES) as hs,
+    ):
+        _, at = await hs.register("alice")
+        bob, bt = await hs.register("bob")
+        room = await hs.create_room(at, preset="public_chat")
+        status, _ = await hs.request("POST", f"{V3}/join/{room}", bt, {})
+        assert status == 200
+        for i in range(args.unread):
+            await hs.send_message(at, room, f"unread {i}")
+        _, f = await hs.request(
+            "POST",
+            f"{V3}/user/{bob}/filter",
+            bt,
+            {
+                "room": {
+                    "rooms": [room],
+                    "timeline": {"limit": 50},
+                    "state": {"lazy_load_members": True},
+                },
+                "presence": {"types": []},
+                "account_data": {"types": []},
+            },
+        )
+        fid = f["filter_id"]
+        _, body = await hs.request("GET", f"{V3}/sync", bt, params={"filter": fid})
+        since = body["next_batch"]
+
+        async def send_one(i: int) -> None:
+            await hs.send_message(at, room, f"m{i}")
+
+        async def sync_once(i: int) -> None:
+            nonlocal since
+            status, body = await hs.request(
+                "GET", f"{V3}/sync", bt, params={"filter": fid, "since": since, "timeout": "0"}
+            )
+            assert status == 200, body
+            since = body["next_batch"]
+            events = body["rooms"]["join"][room]["timeline"]["events"]
+            assert len(events) == 1, body
+
+        async def nothing(i: int) -> None:
+            return None
+
+        async def create(i: int) -> None:
+            await hs.create_room(at, preset="public_chat", name=f"room {i}", topic="t")
+
+        cases: dict[str, tuple[Callable[[int], Awaitable[None]], Any]] = {
+            "sync": (send_one, sync_once),
+            "send": (nothing, send_one),
+            "create": (nothing, create),
+        }
+        for name, (before, op) in cases.items():
+            await measure(10, before, op, trips, None)  # warm-up
+            profile = cProfile.Profile() if args.profile == name else None
+            n = args.n if name != "create" else max(10, args.n // 5)
+            cpu, wall, per_op = await measure(n, before, op, trips, profile)
+            rows.append((name, cpu, wall, per_op))
+            if profile is not None:
+                pstats.Stats(profile).sort_stats(args.sort).print_stats(args.top)
+    print(f"engine {args.engine}, {args.unread} unread before the sync case, n={args.n}")
+    trips_name = "SQLite thread trips" if args.engine == "sqlite" else "PostgreSQL round trips"
+    print(f"| case | CPU per request (µs, median) | wall (µs, median) | {trips_name} |")
+    print("|---|---:|---:|---:|")
+    for name, cpu, wall, per_op in rows:
+        print(f"| {name} | {cpu:.0f} | {wall:.0f} | {per_op:.1f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.hot_paths")
+    ap.add_argument("--engine", choices=("sqlite", "postgres"), default="sqlite")
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--unread", type=int, default=200)
+    ap.add_argument("--profile", choices=("sync", "send", "create"))
+    ap.add_argument("--sort", default="cumulative", help="pstats order for --profile")
+    ap.add_argument("--top", type=int, default=40, help="rows of --profile output")
+    asyncio.run(run(ap.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
