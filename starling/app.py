@@ -76,6 +76,7 @@ from starling.federation.timestamps import TimestampLookup
 from starling.federation.transport import FederationTransport, build_federation_transport
 from starling.media.filestore import FileStore
 from starling.media.service import MediaService
+from starling.modules.api import ModuleApi, ModuleCallbacks, load_modules
 from starling.notifier import Notifier
 from starling.openid.tokens import OpenIdTokens
 from starling.presence.service import PresenceService
@@ -625,6 +626,16 @@ async def build_services(
         room_events=room_events,
         account_data=extras.account_data,
     )
+    client_events = ClientEvents(
+        config.server_name,
+        room_events,
+        membership,
+        event_store,
+        alias_store,
+        membership_store,
+        rate_limits,
+    )
+    build_modules(config, client_events, room_events, account_store)
     return Components(
         config=config,
         audit_log=AuditLog(AuditLogStore(db)),
@@ -645,15 +656,7 @@ async def build_services(
             federation_inbound.events,
             sync.room_history.access,
         ),
-        client_events=ClientEvents(
-            config.server_name,
-            room_events,
-            membership,
-            event_store,
-            alias_store,
-            membership_store,
-            rate_limits,
-        ),
+        client_events=client_events,
         sync_filters=SyncFilters(sync.filter_store),
         db=db,
         signing_key=signing_key,
@@ -734,6 +737,52 @@ async def build_services(
         app_service_client=app_service_client,
         app_service_sender=app_service_sender,
     )
+
+
+def build_modules(
+    config: Config,
+    client_events: ClientEvents,
+    room_events: RoomEventService,
+    accounts: AccountStore,
+) -> None:
+    """Load the modules of `modules:` and plug their callbacks in."""
+    if not config.modules:
+        return
+    callbacks = ModuleCallbacks()
+
+    async def send_message(room_id: str, sender: str, body: str) -> str:
+        event = await room_events.send(
+            room_id, sender, "m.room.message", {"msgtype": "m.text", "body": body}
+        )
+        return event.event_id
+
+    api = ModuleApi(
+        config.server_name,
+        callbacks,
+        user_exists=accounts.user_exists,
+        send_message=send_message,
+    )
+    load_modules(config.modules, api)
+    if callbacks.check_event_for_spam:
+        client_events.use_policy(callbacks.check_event)
+    if callbacks.event_listeners:
+        pending: set[asyncio.Task[None]] = set()
+
+        def tell(event: Event, position: int) -> None:
+            data = {
+                "event_id": event.event_id,
+                "type": event.type,
+                "room_id": event.room_id,
+                "sender": event.sender,
+                "content": event.content,
+            }
+            if event.state_key is not None:
+                data["state_key"] = event.state_key
+            task = asyncio.get_running_loop().create_task(callbacks.tell(data))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+        room_events.add_listener(tell)
 
 
 def build_webhooks(

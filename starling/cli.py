@@ -117,6 +117,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _setup_logging(config)
     try:
         return asyncio.run(_serve(config, args.config))
+    except ConfigError as e:  # found while building the server (e.g. a module's config)
+        return _fail(f"invalid configuration: {e}")
     except OSError as e:
         return _fail(f"cannot start: {e}", 1)
     except RuntimeError as e:

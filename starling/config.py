@@ -331,6 +331,8 @@ class Config:
     allow_guest_access: bool = False
     # Application-service registration files (Synapse's format; starling/appservice/).
     app_service_config_files: list[str] = field(default_factory=list)
+    # Python modules (Synapse's key): [{module: dotted.Class, config: {...}}]; starling/modules/.
+    modules: list[dict[str, Any]] = field(default_factory=list)
     # Starling's own webhooks (no Synapse equivalent): starling/webhooks/.
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     default_room_version: str = DEFAULT_ROOM_VERSION

@@ -11,6 +11,7 @@ message, setting state and redacting, on top of building and authorising the eve
   Through the redact endpoint it spends ``rc_message`` for one's own event and
   ``rc_admin_redaction`` (when set) for someone else's.
 - ``redacts`` is a content key from room version 11 on (top level before it).
+- Server modules (`starling.modules`) may refuse a message or state event (403).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from starling.storage.events import EventStore
 from starling.storage.memberships import MembershipStore
 
 EventCheck = Callable[[Mapping[StateKey, Event], RoomVersion], Awaitable[None]]
+# A server module's verdict on a client's event: None allows it, a reason refuses it.
+EventPolicy = Callable[[dict[str, Any]], Awaitable[str | None]]
 
 
 class ClientEvents:
@@ -51,6 +54,33 @@ class ClientEvents:
         self._aliases = aliases
         self._memberships = memberships
         self._rate_limits = rate_limits
+        self._policy: EventPolicy | None = None
+
+    def use_policy(self, policy: EventPolicy) -> None:
+        """Server modules' check of a client's events: None allows, a reason refuses."""
+        self._policy = policy
+
+    async def _apply_policy(
+        self,
+        room_id: str,
+        sender: str,
+        event_type: str,
+        content: dict[str, Any],
+        state_key: str | None = None,
+    ) -> None:
+        if self._policy is None:
+            return
+        event: dict[str, Any] = {
+            "type": event_type,
+            "room_id": room_id,
+            "sender": sender,
+            "content": content,
+        }
+        if state_key is not None:
+            event["state_key"] = state_key
+        reason = await self._policy(event)
+        if reason is not None:
+            raise forbidden(reason)
 
     async def joined_rooms(self, user_id: str) -> list[str]:
         return sorted(await self._memberships.get_joined_rooms(user_id))
@@ -67,6 +97,7 @@ class ClientEvents:
         redacts: str | None = None,
     ) -> Event:
         """A message event (a redaction when `redacts` names its target)."""
+        await self._apply_policy(room_id, sender, event_type, content)
         return await self._room_events.send(
             room_id,
             sender,
@@ -103,6 +134,7 @@ class ClientEvents:
         existing = (await self._room_events.current_state_events(room_id, [key])).get(key)
         if existing is not None and existing.sender == sender and existing.content == content:
             return existing.event_id
+        await self._apply_policy(room_id, sender, event_type, content, state_key)
         event = await self._room_events.send(room_id, sender, event_type, content, state_key)
         return event.event_id
 
