@@ -516,6 +516,7 @@ async def build_services(
         remote_device_lists,
         DeviceListOutboxStore(db),
         federation_sender.stored_edus_added,
+        e2ee.device_lists.new_position,
     )
     # Device-list updates go before to-device messages in each transaction, so that the
     # receiver knows a device before its first olm message.

@@ -113,6 +113,12 @@ class DeviceListTracker:
         txn.call_after_commit(after_commit)
         return stream_id
 
+    async def new_position(self) -> int:
+        """A fresh position on the stream, with nothing written at it (federation
+        renumbers an update whose own position was overtaken by a later one)."""
+        async with self._db.transaction() as txn:
+            return await self._stream.next_id(txn)
+
     async def mark_remote_changed(self, user_id: str) -> None:
         """Another server says its user's devices or keys changed: tell whoever shares a
         room with them (their /keys/changes and sync `device_lists`)."""

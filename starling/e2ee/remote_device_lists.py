@@ -211,6 +211,9 @@ class RemoteDeviceLists:
             if not await self._store.set_cross_signing(user_id, keys):
                 await self._store.track(user_id, self._clock_ms())
                 self._schedule(user_id)
+            elif user_id in self._resyncing:
+                # The running resync may bring back older keys: one more follows it.
+                self._overflowed.add(user_id)
 
     def _remember(self, user_id: str, stream_id: int) -> None:
         recent = self._recent.get(user_id)

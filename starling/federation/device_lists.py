@@ -69,6 +69,7 @@ class DeviceListFederation:
         cache: RemoteCache | None = None,
         outbox: DeviceListOutboxStore | None = None,
         wake: Callable[[str], None] | None = None,
+        new_position: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         self._server_name = server_name
         self._sender = sender
@@ -80,6 +81,7 @@ class DeviceListFederation:
         # Without an outbox (tests), EDUs go to the sender's memory queue.
         self._outbox = outbox
         self._wake = wake
+        self._new_position = new_position
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
 
@@ -119,7 +121,12 @@ class DeviceListFederation:
                 for device_id in device_ids:
                     prev = await self._heads.outbound_head(user_id)
                     if prev is not None and prev >= stream_id:
-                        continue  # already sent (the listener told twice)
+                        # Overtaken: on PostgreSQL a later position can commit first (or
+                        # the listener told twice). Receivers ignore stream_ids they have
+                        # passed, so the update goes out under a fresh position.
+                        if self._new_position is None:
+                            continue
+                        stream_id = await self._new_position()
                     await self._heads.set_outbound_head(user_id, stream_id)
                     content: dict[str, Any] = {
                         "user_id": user_id,

@@ -212,3 +212,32 @@ async def test_updates_wait_in_the_outbox_until_delivered(database: Database) ->
     await fed.delivered("other.test", upto)
     await fed.delivered("remote.test", 11)
     assert await fed.destinations_pending() == []
+
+
+async def test_an_overtaken_update_goes_out_under_a_fresh_position() -> None:
+    fakes = Fakes()
+    fresh = iter([30])
+
+    async def new_position() -> int:
+        return next(fresh)
+
+    fed = DeviceListFederation(
+        "here.test",
+        fakes,
+        fakes.users_sharing,
+        fakes.keys_of,
+        fakes.mark,
+        fakes,
+        new_position=new_position,
+    )
+    # Position 21 committed (and was told) before 20.
+    fed.on_change(ALICE, ["TABLET"], False, 21)
+    await settle(fed)
+    fed.on_change(ALICE, ["PHONE"], False, 20)
+    await settle(fed)
+    sent = [c for d, _, c in fakes.sent if d == "remote.test"]
+    assert [(c["device_id"], c["stream_id"], c["prev_id"]) for c in sent] == [
+        ("TABLET", 21, []),
+        ("PHONE", 30, [21]),
+    ]
+    assert fakes.heads[ALICE] == 30
