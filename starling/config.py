@@ -403,6 +403,9 @@ class Config:
     unused_expiration_time: str | int = "24h"
     media_upload_limits: list[MediaUploadLimit] = field(default_factory=list)
     media_retention: MediaRetentionConfig = field(default_factory=MediaRetentionConfig)
+    # Bytes of other servers' media one client address may make this server download.
+    remote_media_download_burst_count: str | int = "500M"
+    remote_media_download_per_second: str | int = "87K"
     rc_media_create: RateLimit = _rl(10, 50)
     url_preview_enabled: bool = False
     url_preview_ip_range_blacklist: list[str] = field(default_factory=list)
@@ -739,6 +742,12 @@ def _check_media(cfg: Config) -> None:
             raise ValueError("must be positive")
     except ValueError as e:
         raise ConfigError(f"event_cache_size: {e}") from None
+    for name in ("remote_media_download_burst_count", "remote_media_download_per_second"):
+        try:
+            if parse_size(getattr(cfg, name)) < 0:
+                raise ValueError("must not be negative")
+        except ValueError as e:
+            raise ConfigError(f"{name}: {e}") from None
     for name in ("max_image_pixels", "max_spider_size"):
         try:
             if parse_size(getattr(cfg, name)) <= 0:

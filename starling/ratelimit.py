@@ -41,6 +41,14 @@ class TokenBuckets:
             raise limit_exceeded(max(1, math.ceil(wait * 1000)))
         self._buckets[(action, key)] = (tokens - cost, now)
 
+    def spend(self, action: str, key: str, limit: RateLimit, cost: float) -> None:
+        """Spend `cost` tokens that were already used (bytes downloaded): the bucket may
+        go below zero, and `take` refuses until it has refilled."""
+        now = self._clock()
+        tokens, last = self._buckets.get((action, key), (float(limit.burst_count), now))
+        tokens = min(float(limit.burst_count), tokens + (now - last) * limit.per_second)
+        self._buckets[(action, key)] = (tokens - cost, now)
+
     def _sweep(self, now: float) -> None:
         # Forget buckets untouched for an hour: any realistic limit has refilled them.
         self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 3600}

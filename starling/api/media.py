@@ -187,6 +187,7 @@ class MediaResource:
             authenticated=authenticated,
             timeout_ms=_timeout_ms(request),
             allow_remote=authenticated or query_bool(request, "allow_remote", True),
+            client_ip=request.remote,
         )
         filename = request.match_info.get("fileName") or f.upload_name
         return file_response(f, filename, authenticated=authenticated)
@@ -217,6 +218,7 @@ class MediaResource:
             authenticated=authenticated,
             timeout_ms=_timeout_ms(request),
             allow_remote=authenticated or query_bool(request, "allow_remote", True),
+            client_ip=request.remote,
         )
         return file_response(f, f.upload_name, authenticated=authenticated, force_inline=True)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from starling.config import Config, parse_duration, parse_size
+from starling.config import Config, RateLimit, parse_duration, parse_size
 from starling.errors import MatrixError, forbidden, invalid_param, not_found, too_large
 from starling.locks import KeyedLock
 from starling.media.filestore import ContentTooLarge, FileStore, StagedFile
@@ -174,6 +174,13 @@ class MediaService:
         self._remote_misses: OrderedDict[tuple[str, str], tuple[float, MatrixError]] = OrderedDict()
         self._uploaded = asyncio.Condition()
         self._buckets = TokenBuckets()
+        burst = parse_size(config.remote_media_download_burst_count)
+        # None (a burst of 0): no limit.
+        self._download_limit = (
+            RateLimit(parse_size(config.remote_media_download_per_second), burst)
+            if burst > 0
+            else None
+        )
         self._image_jobs = asyncio.Semaphore(max(1, os.cpu_count() or 1))
         # Media whose pixels are known to decode (served as their own thumbnail).
         self._decodable: set[tuple[str, str]] = set()
@@ -412,6 +419,7 @@ class MediaService:
         authenticated: bool,
         timeout_ms: int,
         allow_remote: bool,
+        client_ip: str | None,
     ) -> MediaInfo:
         check_server_name(server_name)
         check_media_id(media_id)
@@ -424,7 +432,9 @@ class MediaService:
             allow_remote = allow_remote and (
                 authenticated or not self._config.enable_authenticated_media
             )
-            info = await self._remote_media(server_name, media_id, allow_remote, timeout_ms)
+            info = await self._remote_media(
+                server_name, media_id, allow_remote, timeout_ms, client_ip
+            )
         self._check_servable(info, authenticated)
         return info
 
@@ -455,7 +465,12 @@ class MediaService:
                     await asyncio.wait_for(self._uploaded.wait(), min(remaining, 1.0))
 
     async def _remote_media(
-        self, server_name: str, media_id: str, allow_remote: bool, timeout_ms: int
+        self,
+        server_name: str,
+        media_id: str,
+        allow_remote: bool,
+        timeout_ms: int,
+        client_ip: str | None,
     ) -> MediaInfo:
         info = await self.store.get_media(server_name, media_id)
         if info is not None and info.uploaded:
@@ -472,8 +487,16 @@ class MediaService:
                 if time.monotonic() < miss[0]:
                     raise miss[1]
                 del self._remote_misses[key]
+            limit = self._download_limit if client_ip is not None else None
+            if limit is not None and client_ip is not None:
+                # What one client address makes us download (Synapse's
+                # remote_media_download_*): refused while its allowance is spent; one
+                # download may overdraw it.
+                self._buckets.take("remote_media", client_ip, limit)
             try:
-                await self._fetch_remote(server_name, media_id, timeout_ms)
+                size = await self._fetch_remote(server_name, media_id, timeout_ms)
+                if limit is not None and client_ip is not None:
+                    self._buckets.spend("remote_media", client_ip, limit, size - 1)
             except MatrixError as e:
                 if e.status in (404, 502):
                     self._remote_misses[key] = (time.monotonic() + REMOTE_MISS_SECONDS, e)
@@ -485,8 +508,9 @@ class MediaService:
             raise not_found("Media not found")
         return info
 
-    async def _fetch_remote(self, server_name: str, media_id: str, timeout_ms: int) -> None:
-        """Fetch another server's media into the cache (the caller holds its lock)."""
+    async def _fetch_remote(self, server_name: str, media_id: str, timeout_ms: int) -> int:
+        """Fetch another server's media into the cache (the caller holds its lock); its
+        size."""
         assert self.remote is not None
         async with self.remote.fetch(
             server_name,
@@ -513,6 +537,7 @@ class MediaService:
             authenticated=self._config.enable_authenticated_media,
         )
         await self._commit(staged, lambda: self.store.insert_media(row))
+        return staged.size
 
     async def _existing_file(self, info: MediaInfo) -> MediaFile:
         assert info.sha256 is not None and info.media_length is not None
@@ -536,6 +561,7 @@ class MediaService:
         authenticated: bool,
         timeout_ms: int = DEFAULT_TIMEOUT_MS,
         allow_remote: bool = True,
+        client_ip: str | None = None,
     ) -> MediaFile:
         info = await self._media_for_serving(
             server_name,
@@ -543,6 +569,7 @@ class MediaService:
             authenticated=authenticated,
             timeout_ms=timeout_ms,
             allow_remote=allow_remote,
+            client_ip=client_ip,
         )
         await self.store.touch(server_name, media_id, self._now_ms())
         return await self._existing_file(info)
@@ -593,6 +620,7 @@ class MediaService:
         authenticated: bool,
         timeout_ms: int = DEFAULT_TIMEOUT_MS,
         allow_remote: bool = True,
+        client_ip: str | None = None,
     ) -> MediaFile:
         if method not in ("crop", "scale"):
             raise invalid_param("method must be crop or scale")
@@ -604,6 +632,7 @@ class MediaService:
             authenticated=authenticated,
             timeout_ms=timeout_ms,
             allow_remote=allow_remote,
+            client_ip=client_ip,
         )
         original = await self._existing_file(info)
         image = await self._in_executor(_thumbnailer().probe, original.path, self.max_image_pixels)

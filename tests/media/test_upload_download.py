@@ -444,3 +444,37 @@ def test_media_retention_config(tmp_path: Path) -> None:
         make_test_config(tmp_path, media_retention={"remote_media_lifetime": "soon"})
     config = make_test_config(tmp_path, media_retention={"remote_media_lifetime": "90d"})
     assert config.media_retention.remote_media_lifetime == "90d"
+
+
+class _AnyOrigin:
+    """Serves every remote media ID: 12 bytes each."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @asynccontextmanager
+    async def fetch(
+        self, server_name: str, media_id: str, *, max_bytes: int, timeout_ms: int
+    ) -> AsyncIterator[RemoteMedia | None]:
+        self.calls += 1
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"remote bytes"
+
+        yield RemoteMedia("text/plain", None, chunks())
+
+
+async def test_remote_downloads_limited_per_address(make_hs: MakeHs) -> None:
+    hs = await make_hs(remote_media_download_burst_count="20", remote_media_download_per_second="1")
+    _, token = await hs.register()
+    origin = _AnyOrigin()
+    hs.services.media.remote = origin
+    # 12 bytes, then 12 more (overdrawing the 20), then refused until it refills.
+    for name in ("one", "two"):
+        status, _, body = await get(hs, f"{V1}/download/other.example/{name}", token)
+        assert status == 200 and body == b"remote bytes"
+    status, _, body = await get(hs, f"{V1}/download/other.example/three", token)
+    assert status == 429 and b"M_LIMIT_EXCEEDED" in body and origin.calls == 2
+    # What is cached is served as before.
+    status, _, body = await get(hs, f"{V1}/download/other.example/one", token)
+    assert status == 200 and origin.calls == 2
