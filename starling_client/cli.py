@@ -177,7 +177,9 @@ async def command(client: Client, args: argparse.Namespace) -> int:
     elif args.command == "files":
         await files_command(client, args)
     elif args.command == "verify":
-        await verify(client, args.user_id, args.device_id, args.yes, args.wait, args.timeout)
+        await verify(
+            client, args.user_id, args.device_id, args.yes, args.wait, args.timeout, args.start
+        )
     elif args.command == "devices":
         for device in await client.devices(args.user_id):
             if args.json:
@@ -197,6 +199,7 @@ async def verify(
     yes: bool,
     wait: bool,
     timeout_s: float,
+    bare_start: bool = False,
 ) -> None:
     """SAS with one device of `user_id`: answer its pending request if it sent one (or
     wait for one with --wait), else start; show the emoji; confirm on --yes or when the
@@ -216,8 +219,11 @@ async def verify(
             await client.sync_once(timeout_ms=2_000)
         if not incoming:
             target = device_id or await only_device(client, user_id)
-            sas = await client.start_verification(user_id, target)
-            txn = sas.transaction_id
+            if bare_start:
+                sas = await client.start_verification(user_id, target)
+                txn = sas.transaction_id
+            else:
+                txn = await client.request_verification(user_id, target)
         shown = False
         while True:
             sas = sas or client.verifications.get(txn)
@@ -458,6 +464,11 @@ def parser() -> argparse.ArgumentParser:
     verify_p.add_argument("device_id", nargs="?")
     verify_p.add_argument("--yes", action="store_true", help="accept matching emoji (scripts)")
     verify_p.add_argument("--wait", action="store_true", help="wait for the other side to start")
+    verify_p.add_argument(
+        "--start",
+        action="store_true",
+        help="send a bare m.key.verification.start instead of a request (for matrix-nio)",
+    )
     verify_p.add_argument("--timeout", type=float, default=120.0)
 
     devices = sub.add_parser("devices", help="a user's devices and whether they are verified")

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import mimetypes
 import os
+import secrets
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -146,6 +147,7 @@ class Client:
         self.verification_requests: dict[str, tuple[str, str]] = {}  # txn → (user, device)
         self._readied: set[str] = set()  # incoming verifications the user accepted
         self._no_olm_told: set[tuple[str, str]] = set()  # devices sent m.no_olm
+        self._our_requests: dict[str, tuple[str, str]] = {}  # txn → (user, device) asked
         self._requested: set[tuple[str, str]] = set()  # (room, session) keys asked for
 
     # ---- opening ------------------------------------------------------------------------
@@ -746,6 +748,36 @@ class Client:
                 if isinstance(from_device, str) and isinstance(methods, list) and SAS_V1 in methods:
                     self.verification_requests[txn] = (sender, from_device)
                 continue
+            if kind == "m.key.verification.ready" and txn in self._our_requests:
+                user, device_id = self._our_requests.pop(txn)
+                from_device = content.get("from_device")
+                methods = content.get("methods")
+                if sender != user or (device_id != "*" and from_device != device_id):
+                    continue
+                if not isinstance(from_device, str) or not isinstance(methods, list):
+                    continue
+                if SAS_V1 not in methods:
+                    cancel = (
+                        "m.key.verification.cancel",
+                        {"transaction_id": txn, "code": "m.unknown_method", "reason": "SAS only"},
+                    )
+                    await self._send_verification(sender, from_device, cancel)
+                    continue
+                device = await self._device(sender, from_device)
+                if device is None:
+                    continue
+                sas, start = Sas.start(
+                    self.user_id,
+                    self.device_id,
+                    self.crypto.ed25519,
+                    sender,
+                    from_device,
+                    device.ed25519,
+                    transaction_id=txn,
+                )
+                self.verifications[txn] = sas
+                await self._send_verification(sender, from_device, start)
+                continue
             if kind == "m.key.verification.start":
                 from_device = content.get("from_device")
                 if not isinstance(from_device, str) or txn in self.verifications:
@@ -808,6 +840,21 @@ class Client:
             self.verifications[sas.transaction_id] = sas
             await self._send_verification(user_id, device_id, start)
         return sas
+
+    async def request_verification(self, user_id: str, device_id: str) -> str:
+        """Ask a device to verify (`m.key.verification.request`, the flow Element and
+        matrix-js-sdk use); when it answers `ready`, we send the SAS `start`, and
+        `client.verifications[txn]` carries on. Returns the transaction ID."""
+        txn = secrets.token_urlsafe(16)
+        request = {
+            "from_device": self.device_id,
+            "methods": [SAS_V1],
+            "timestamp": int(time.time() * 1000),
+            "transaction_id": txn,
+        }
+        self._our_requests[txn] = (user_id, device_id)
+        await self._send_verification(user_id, device_id, ("m.key.verification.request", request))
+        return txn
 
     def incoming_verifications(self, user_id: str | None = None) -> list[str]:
         """Transaction IDs of verifications other devices asked for that we have not

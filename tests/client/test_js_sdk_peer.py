@@ -218,3 +218,49 @@ async def test_key_backups_cross_between_starling_and_js_sdk(
         assert {"jay history 0", "jay history 1"} <= bodies, bodies
     finally:
         await jay.close()
+
+
+async def test_sas_verification_with_js_sdk(
+    starling_server: RunningServer, tmp_path: Path, peer_process: Callable[[str], Any]
+) -> None:
+    """Starling requests a verification of a js-sdk (Rust crypto) device the way Element
+    does (request, ready, start); js-sdk accepts, both show the same emoji and decimals, and
+    each ends with the other's device verified."""
+    server = starling_server
+    await register(server, "alice", tmp_path / "alice-reg")
+    await register(server, "jay", tmp_path / "jay-reg")
+    alice = await Client.login(tmp_path / "alice", server.url, "alice", PASSWORD, "pw")
+    try:
+        peer: Peer = await peer_process("jay")
+        ready = (await peer.expect(lambda x: "ready" in x, "started"))["ready"]
+        jay, jay_device = ready["user_id"], ready["device_id"]
+        # Rust crypto keeps device data only for users it shares an encrypted room with.
+        room_id = await alice.create_room(invite=[jay])
+        deadline = time.monotonic() + DEADLINE_S
+        while alice.rooms[room_id].members.get(jay) != "join" and time.monotonic() < deadline:
+            await alice.sync_once(timeout_ms=300)
+        await peer.send(
+            {"cmd": "await_verification", "user_id": alice.user_id, "device_id": alice.device_id}
+        )
+        await peer.expect(lambda x: "waiting" in x, "knew Alice's device")
+        txn = await alice.request_verification(jay, jay_device)
+        deadline = time.monotonic() + DEADLINE_S
+        while txn not in alice.verifications and time.monotonic() < deadline:
+            await alice.sync_once(timeout_ms=300)
+        assert txn in alice.verifications, f"js-sdk never answered ready: {peer.lines}"
+        sas = alice.verifications[txn]
+        while sas.state not in ("keys", "cancelled") and time.monotonic() < deadline:
+            await alice.sync_once(timeout_ms=300)
+        assert sas.state == "keys", (sas.cancel_code, sas.cancel_reason)
+        shown = (await peer.expect(lambda x: "sas" in x, "showed the emoji"))["sas"]
+        assert [e for e, _ in shown["emoji"]] == [e for e, _ in sas.emoji()]
+        assert tuple(shown["decimal"]) == sas.decimals()
+        await alice.confirm_verification(sas)
+        while not sas.verified and sas.state != "cancelled" and time.monotonic() < deadline:
+            await alice.sync_once(timeout_ms=300)
+        assert sas.verified, (sas.cancel_code, sas.cancel_reason)
+        assert alice.crypto.devices[jay][jay_device].verified
+        assert (await peer.expect(lambda x: "verified" in x, "finished"))["verified"] is True
+        await peer.send({"cmd": "exit"})
+    finally:
+        await alice.close()

@@ -210,3 +210,51 @@ async def test_a_new_verified_device_gets_history_keys_from_the_old_one(
     assert sorted(readable()) == bodies
     restored = [m for m in two.timeline(room_id) if m.body in bodies]
     assert all(m.encrypted and not m.verified for m in restored)
+
+
+async def test_the_cli_requests_a_verification(
+    starling_server: RunningServer, tmp_path: Path, opened: list[Client | AsyncClient]
+) -> None:
+    """`starling-chat verify USER DEVICE --yes` sends a request (Element's flow); the other
+    Starling device answers ready, the CLI starts SAS, and both end verified."""
+    server = starling_server
+    await register(server, "alice", tmp_path / "alice-reg")
+    await register(server, "bob", tmp_path / "bob-reg")
+    alice = await Client.login(tmp_path / "alice", server.url, "alice", PASSWORD, PASSPHRASE)
+    opened.append(alice)
+    env = {**os.environ, "STARLING_CHAT_PASSPHRASE": PASSPHRASE}
+    cli = [sys.executable, "-m", "starling_client.cli", "--store", str(tmp_path / "bob")]
+    login = await asyncio.create_subprocess_exec(
+        *cli, "login", "--homeserver", server.url, "bob", "--password", PASSWORD, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(login.communicate(), 60)
+    assert login.returncode == 0, err
+    bob = await asyncio.create_subprocess_exec(
+        *cli, "verify", alice.user_id, alice.device_id, "--yes", "--timeout", "60", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        sas: Sas | None = None
+        while sas is None and time.monotonic() < deadline:
+            await alice.sync_once(timeout_ms=300)
+            for txn in alice.incoming_verifications("@bob:localhost"):
+                await alice.accept_verification(txn)  # a request: we answer ready
+            sas = next(iter(alice.verifications.values()), None)
+        assert sas is not None, "the CLI's request and start never arrived"
+        assert not sas.we_started
+        while sas.state != "keys" and sas.state != "cancelled" and time.monotonic() < deadline:
+            await alice.sync_once(timeout_ms=300)
+        assert sas.state == "keys", (sas.cancel_code, sas.cancel_reason)
+        await alice.confirm_verification(sas)
+        while not sas.verified and sas.state != "cancelled" and time.monotonic() < deadline:
+            await alice.sync_once(timeout_ms=300)
+        out, err = await asyncio.wait_for(bob.communicate(), 60)
+    finally:
+        if bob.returncode is None:
+            bob.kill()
+            await bob.wait()
+    assert sas.verified, (sas.cancel_code, sas.cancel_reason)
+    assert bob.returncode == 0, err.decode()
+    assert out.decode().splitlines()[-1] == f"verified {alice.user_id} {alice.device_id}"

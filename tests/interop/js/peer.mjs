@@ -14,6 +14,11 @@
 //                             → {"recovery_key": "EsT1 ..."}
 //   {"cmd": "restore_backup", "recovery_key": ...}  backup key from secret storage, then
 //                             every room key of the backup → {"restored": n}
+//   {"cmd": "verify", "user_id": ..., "device_id": ...}  SAS with that device (js requests,
+//                             starts, and confirms the emoji) → {"sas": {emoji, decimal}},
+//                             then {"verified": true} once the device is verified
+//   {"cmd": "await_verification", "user_id": ..., "device_id": ...}  accept the next incoming verification request, confirm
+//                             the emoji → {"sas": {emoji, decimal}}, then {"verified": bool}
 //   {"cmd": "exit"}
 // Everything it prints besides those lines goes to stderr.
 
@@ -57,6 +62,8 @@ const client = createClient({
 });
 await client.initRustCrypto({ useIndexedDB: false });
 
+const incomingRequests = [];
+client.on("crypto.verificationRequestReceived", (request) => incomingRequests.push(request));
 const seen = new Set();
 async function report(ev, room) {
     if (seen.has(ev.getId())) return;
@@ -178,11 +185,73 @@ process.stdin.on("data", async (chunk) => {
                 await crypto.loadSessionBackupPrivateKeyFromSecretStorage();
                 const restored = await crypto.restoreKeyBackup();
                 out({ restored: restored.imported });
+            } else if (command.cmd === "verify") {
+                const crypto = client.getCrypto();
+                const { VerificationPhase, VerifierEvent } = await import(
+                    "matrix-js-sdk/lib/crypto-api/index.js"
+                );
+                process.stderr.write("VERIFY: downloading devices\n");
+                await crypto.getUserDeviceInfo([command.user_id], true);
+                process.stderr.write("VERIFY: requesting\n");
+                const request = await crypto.requestDeviceVerification(
+                    command.user_id,
+                    command.device_id,
+                );
+                process.stderr.write(`VERIFY: requested ${request.transactionId} phase ${request.phase}\n`);
+                const deadline = Date.now() + 30_000;
+                while (request.phase !== VerificationPhase.Ready) {
+                    if (request.phase === VerificationPhase.Cancelled) throw new Error("cancelled");
+                    if (Date.now() > deadline) throw new Error("the request was never answered");
+                    await new Promise((r) => setTimeout(r, 100));
+                }
+                const verifier = await request.startVerification("m.sas.v1");
+                verifier.on(VerifierEvent.ShowSas, (sas) => {
+                    out({ sas: { emoji: sas.sas.emoji, decimal: sas.sas.decimal } });
+                    sas.confirm();
+                });
+                await verifier.verify();
+                const status = await crypto.getDeviceVerificationStatus(
+                    command.user_id,
+                    command.device_id,
+                );
+                out({ verified: Boolean(status?.isVerified()) });
+            } else if (command.cmd === "await_verification") {
+                const { VerificationPhase, VerifierEvent } = await import(
+                    "matrix-js-sdk/lib/crypto-api/index.js"
+                );
+                // Rust crypto handles requests only from devices it knows.
+                if (command.user_id) {
+                    await client.getCrypto().getUserDeviceInfo([command.user_id], true);
+                }
+                out({ waiting: true });
+                const deadline = Date.now() + 30_000;
+                while (incomingRequests.length === 0) {
+                    if (Date.now() > deadline) throw new Error("no verification request came");
+                    await new Promise((r) => setTimeout(r, 100));
+                }
+                const request = incomingRequests.shift();
+                await request.accept();
+                while (!request.verifier) {
+                    if (request.phase === VerificationPhase.Cancelled) throw new Error("cancelled");
+                    if (Date.now() > deadline) throw new Error("the other side never started");
+                    await new Promise((r) => setTimeout(r, 100));
+                }
+                const verifier = request.verifier;
+                verifier.on(VerifierEvent.ShowSas, (sas) => {
+                    out({ sas: { emoji: sas.sas.emoji, decimal: sas.sas.decimal } });
+                    sas.confirm();
+                });
+                await verifier.verify();
+                const status = await client
+                    .getCrypto()
+                    .getDeviceVerificationStatus(request.otherUserId, command.device_id);
+                out({ verified: Boolean(status?.isVerified()) });
             } else if (command.cmd === "exit") {
                 client.stopClient();
                 process.exit(0);
             }
         } catch (e) {
+            process.stderr.write(`COMMAND FAILED: ${e?.stack ?? e}\n`);
             out({ error: String(e?.message ?? e) });
         }
     }
