@@ -20,6 +20,10 @@ remote homeserver in this process (`FakeRemote`: its own ed25519 key, served at
    Once B answers again, for `--nudge-after` seconds nothing else happens (the sender's own
    retry, or B pulling on its own); then B's user sends one message into the room (an inbound request from B, which both
    implementations take as "that server is back"); the table says whether that was needed.
+5. remote /keys/query (issue 10): `--key-users` users of B upload device keys; A's user
+   queries all of them at once, first sharing no room (each query crosses to B), then
+   after they joined a public room on A (the servers may answer from their device-list
+   caches); the median of `--key-queries` queries each.
 4. fan-out (issue 10): `--destinations` fake remotes (each its own server name, key and
    TLS port) join a public room on A; A's user sends `--fanout-messages` messages one at a
    time; each is timed from the send until every destination has received it in a /send
@@ -583,6 +587,82 @@ async def eventually(
         await asyncio.sleep(poll)
 
 
+# --- scenario 5: remote /keys/query -------------------------------------------------------
+
+
+async def remote_keys_query(
+    a: FederatedServer, b: FederatedServer, args: argparse.Namespace
+) -> dict[str, Any]:
+    """A's user asks for the keys of `--key-users` users of B: first sharing no room with
+    them (every query goes to B over federation), then once they all joined a room with
+    A's user (the servers may answer from their device-list caches)."""
+    from tests.e2ee.support import Device
+
+    alice = await a.register()
+    users = []
+    for i in range(args.key_users):
+        user = await b.register(f"keys{i}")
+        device = Device(user.user_id, user.device_id, user.token)
+        status, body = await b.client_request(
+            "POST",
+            "/_matrix/client/v3/keys/upload",
+            user.token,
+            {"device_keys": device.device_keys()},
+        )
+        assert status == 200, body
+        users.append(user)
+
+    async def query() -> float:
+        start = time.perf_counter()
+        status, body = await a.client_request(
+            "POST",
+            "/_matrix/client/v3/keys/query",
+            alice.token,
+            {"device_keys": {u.user_id: [] for u in users}, "timeout": 30_000},
+        )
+        elapsed = time.perf_counter() - start
+        assert status == 200, body
+        assert not body.get("failures"), body.get("failures")
+        assert all(body["device_keys"].get(u.user_id) for u in users), "keys missing"
+        return elapsed
+
+    async def median(n: int) -> float:
+        times = sorted([await query() for _ in range(n)])
+        return times[len(times) // 2]
+
+    await query()
+    apart = await median(args.key_queries)
+    room_id = await a.create_room(alice, preset="public_chat")
+    slots = asyncio.Semaphore(5)
+
+    async def join(user: Any) -> None:
+        async with slots:
+            await b.join(user, room_id, via=[a.server_name])
+
+    await asyncio.gather(*(join(u) for u in users))
+
+    async def all_joined() -> bool:
+        members = [
+            e
+            for e in await a.state(alice, room_id)
+            if e["type"] == "m.room.member" and e["content"].get("membership") == "join"
+        ]
+        return len(members) == len(users) + 1
+
+    await eventually(all_joined, f"{len(users)} users of B joined on A")
+    # Let each server notice and fill its cache (a first query starts Starling's resyncs).
+    await query()
+    await asyncio.sleep(5)
+    await query()
+    sharing = await median(args.key_queries)
+    return {
+        "users": len(users),
+        "queries": args.key_queries,
+        "apart_median_ms": 1000 * apart,
+        "sharing_median_ms": 1000 * sharing,
+    }
+
+
 # --- servers -------------------------------------------------------------------------------
 
 
@@ -634,6 +714,9 @@ async def run_impl(impl: str, args: argparse.Namespace, scenarios: set[str]) -> 
                 if "catchup" in scenarios:
                     results["catchup"] = await catch_up(a, b, args)
                     print(impl, "catchup", results["catchup"], file=sys.stderr)
+                if "keys" in scenarios:
+                    results["keys"] = await remote_keys_query(a, b, args)
+                    print(impl, "keys", results["keys"], file=sys.stderr)
                 if "fanout" in scenarios:
                     results["fanout"] = await fan_out(a, directory, args)
                     print(impl, "fanout", results["fanout"], file=sys.stderr)
@@ -706,6 +789,21 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> str:
         "ms",
         False,
     )
+    row(
+        f"/keys/query for {args.key_users} users of another server, sharing no room "
+        f"(median of {args.key_queries})",
+        "keys",
+        "apart_median_ms",
+        "ms",
+        False,
+    )
+    row(
+        f"the same once they share a room (device-list caches; median of {args.key_queries})",
+        "keys",
+        "sharing_median_ms",
+        "ms",
+        False,
+    )
     lines.append("")
     for impl, res in results.items():
         for key, value in res.items():
@@ -728,7 +826,9 @@ def main() -> None:
     parser.add_argument("--only", choices=["starling", "synapse"])
     parser.add_argument("--destinations", type=int, default=20, help="fan-out destinations")
     parser.add_argument("--fanout-messages", type=int, default=10)
-    parser.add_argument("--scenarios", default="send,join,catchup,fanout")
+    parser.add_argument("--key-users", type=int, default=100, help="users in /keys/query")
+    parser.add_argument("--key-queries", type=int, default=10)
+    parser.add_argument("--scenarios", default="send,join,catchup,fanout,keys")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     # SIGTERM (e.g. from `timeout`) unwinds like ^C, so the servers are stopped.
@@ -739,6 +839,8 @@ def main() -> None:
     args.outage = max(1.0, min(args.outage, 300.0))
     args.destinations = max(1, min(args.destinations, 100))
     args.fanout_messages = max(1, min(args.fanout_messages, 100))
+    args.key_users = max(1, min(args.key_users, 1000))
+    args.key_queries = max(1, min(args.key_queries, 100))
     args.load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     scenarios = set(args.scenarios.split(","))
     results: dict[str, dict[str, Any]] = {}
