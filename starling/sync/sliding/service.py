@@ -110,37 +110,41 @@ class SlidingSyncService:
         listed = await self._lister.build(req, snapshot, ignored)
         works = await self._works(listed, snapshot)
         prev_token = None if first else snapshot.token
-        built = await self._builder.build(
-            req.user_id,
-            req.device_id,
-            works,
-            now.events,
-            None if first else snapshot.token.events,
-            ignored,
-        )
-        rooms_sent = dict(snapshot.rooms)
-        rooms_sent.update(built.sent)
         scopes = (
             _scope(req.extensions.account_data, listed),
             _scope(req.extensions.receipts, listed),
             _scope(req.extensions.typing, listed),
         )
         in_scope = scopes[0] | scopes[1] | scopes[2]
-        fresh = frozenset(r for r, e in built.rooms.items() if e.get("initial")) | (
-            in_scope - snapshot.extension_rooms
-        )
+        # Rooms sent whole in this response (new to the connection, or newly joined) and
+        # rooms coming back into an extension's scope get current data, not changes.
+        whole = frozenset(w.room_id for w in works if w.prev is None or w.prev.membership != "join")
+        fresh = whole | (in_scope - snapshot.extension_rooms)
         streams = dict(now.streams)
-        extensions, ext_data = await self._extensions.build(
-            req.user_id,
-            req.device_id,
-            req.extensions,
-            prev_token,
-            now,
-            ExtensionRooms(
-                account_data=scopes[0], receipts=scopes[1], typing=scopes[2], fresh=fresh
+        # The rooms and the extensions read different things: both at once.
+        built, (extensions, ext_data) = await asyncio.gather(
+            self._builder.build(
+                req.user_id,
+                req.device_id,
+                works,
+                now.events,
+                None if first else snapshot.token.events,
+                ignored,
             ),
-            streams,
+            self._extensions.build(
+                req.user_id,
+                req.device_id,
+                req.extensions,
+                prev_token,
+                now,
+                ExtensionRooms(
+                    account_data=scopes[0], receipts=scopes[1], typing=scopes[2], fresh=fresh
+                ),
+                streams,
+            ),
         )
+        rooms_sent = dict(snapshot.rooms)
+        rooms_sent.update(built.sent)
         counts = {name: result.count for name, result in listed.lists.items()}
         response: dict[str, Any] = {
             "lists": {
