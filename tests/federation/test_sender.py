@@ -173,16 +173,22 @@ async def test_transactions_hold_at_most_50_pdus_and_100_edus(setup: Setup) -> N
     assert edus == list(range(250))
 
 
-async def test_invitee_server_receives_the_invite(setup: Setup) -> None:
+async def test_rescinded_invite_reaches_the_invitee_server(setup: Setup) -> None:
     room, alice = await setup.room_with_remote(REMOTE)
     await setup.start()
     # Persisted directly: the invite handshake itself is tested with the membership code.
+    # The invite went by /invite, so transactions do not carry it to other.test; the
+    # rescinding leave is carried there (none of its users is joined).
     dave = f"@dave:{OTHER}"
     ev = await setup.services.room_events.send(
         room, alice, "m.room.member", {"membership": "invite"}, dave
     )
-    await wait_for(lambda: ev.event_id in setup.client.event_ids(OTHER))
     await wait_for(lambda: ev.event_id in setup.client.event_ids(REMOTE))
+    rescind = await setup.services.room_events.send(
+        room, alice, "m.room.member", {"membership": "leave"}, dave
+    )
+    await wait_for(lambda: rescind.event_id in setup.client.event_ids(OTHER))
+    assert ev.event_id not in setup.client.event_ids(OTHER)
 
 
 async def test_relayed_join_goes_to_the_other_servers_not_its_origin(setup: Setup) -> None:

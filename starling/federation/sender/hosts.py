@@ -1,7 +1,8 @@
 """Which servers must receive an event: the servers with joined members in the room around
 it, i.e. in the state before or after it (so a server whose last user leaves or is kicked
-still learns of it), plus the server of an invited user; never a server the room's server
-ACL (in that state) denies.
+still learns of it), plus the server of a user whose invite is rescinded (or who is kicked
+or banned); never a server the room's server ACL (in that state) denies. Invites travel by
+/invite, not in transactions.
 
 A state group never changes, so the servers joined in it are cached per group: a run of
 messages on the same state costs one lookup, and a batch of events costs at most one state
@@ -115,7 +116,16 @@ class JoinedHosts:
                     users = await self._members.get_joined_users(event.room_id)
                     current[event.room_id] = frozenset(server_of(u) for u in users)
                 hosts |= current[event.room_id]
-            if event.type == "m.room.member" and event.membership == "invite" and event.state_key:
-                hosts.add(server_of(event.state_key))  # the invitee's server
+            if (
+                event.type == "m.room.member"
+                and event.membership in ("leave", "ban")
+                and event.state_key
+                and event.sender != event.state_key
+            ):
+                # A rescinded invite (or a kick or ban) reaches the target's server even
+                # when none of its users is joined, as Synapse does. An invite itself
+                # goes to the invitee's server by /invite only, never in a transaction
+                # (that server may not know the room at all).
+                hosts.add(server_of(event.state_key))
             out[event.event_id] = frozenset(h for h in hosts if h)
         return out
