@@ -282,3 +282,51 @@ async def test_make_room_admin_and_join(hs: Harness, admin: str) -> None:
     assert (status, resp["errcode"]) == (404, "M_NOT_FOUND")
     status, resp = await hs.request("POST", f"{V1}/join/garbage", admin, {"user_id": dave})
     assert (status, resp["errcode"]) == (400, "M_INVALID_PARAM")
+
+
+async def test_room_messages(hs: Harness, admin: str) -> None:
+    _, alice_token = await hs.register("alice")
+    room = await hs.create_room(alice_token, preset="private_chat")
+    first = await hs.send_message(alice_token, room, "one")
+    second = await hs.send_message(alice_token, room, "two")
+    status, _ = await hs.request(
+        "PUT", f"{C}/rooms/{room}/redact/{first}/r1", alice_token, {"reason": "oops"}
+    )
+    assert status == 200
+    # the admin is not in this private room, and still reads it all
+    status, resp = await hs.request(
+        "GET", f"{V1}/rooms/{room}/messages", admin, params={"dir": "b", "limit": "3"}
+    )
+    assert status == 200, resp
+    chunk = resp["chunk"]
+    assert [e["type"] for e in chunk] == ["m.room.redaction", "m.room.message", "m.room.message"]
+    assert chunk[1]["event_id"] == second and chunk[1]["content"]["body"] == "two"
+    assert chunk[2]["event_id"] == first and chunk[2]["content"] == {}  # redacted
+    assert "end" in resp
+    status, resp = await hs.request(
+        "GET",
+        f"{V1}/rooms/{room}/messages",
+        admin,
+        params={"dir": "b", "from": resp["end"], "limit": "100"},
+    )
+    assert resp["chunk"][-1]["type"] == "m.room.create" and "end" not in resp
+    # forwards from the start, with a filter
+    status, resp = await hs.request(
+        "GET",
+        f"{V1}/rooms/{room}/messages",
+        admin,
+        params={"dir": "f", "limit": "50", "filter": '{"types": ["m.room.message"]}'},
+    )
+    assert [e["event_id"] for e in resp["chunk"]] == [first, second]
+    for params, errcode in [
+        ({"dir": "x"}, "M_INVALID_PARAM"),
+        ({"from": "garbage"}, "M_INVALID_PARAM"),
+        ({"limit": "-1"}, "M_INVALID_PARAM"),
+        ({"filter": "{"}, "M_NOT_JSON"),
+    ]:
+        status, resp = await hs.request("GET", f"{V1}/rooms/{room}/messages", admin, params=params)
+        assert (status, resp["errcode"]) == (400, errcode), params
+    status, resp = await hs.request("GET", f"{V1}/rooms/!nope:{HS}/messages", admin)
+    assert (status, resp["errcode"]) == (404, "M_NOT_FOUND")
+    status, resp = await hs.request("GET", f"{V1}/rooms/{room}/messages", alice_token)
+    assert (status, resp["errcode"]) == (403, "M_FORBIDDEN")

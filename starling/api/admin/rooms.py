@@ -10,12 +10,15 @@ from aiohttp import web
 from starling.admin.rooms import AdminRooms, DeleteRequest
 from starling.api.admin.common import backwards, body_bool, optional_bool_query
 from starling.api.client.common import query_int
+from starling.api.client.room_reads import _room_event_filter as room_event_filter
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import Auth, Route, delete, get, post, put, requester_of
 from starling.errors import bad_json, missing_param
 from starling.protocol.identifiers import is_valid_user_id
+from starling.sync.tokens import parse_history_position
 
 MAX_LIMIT = 1000
+MAX_MESSAGES = 1000
 
 
 def _user_id(body: dict[str, Any]) -> str:
@@ -62,6 +65,23 @@ class AdminRoomRoutes:
         (Synapse admin API: docs/admin_api/rooms.md#room-state-api)"""
         state = await self._rooms.state(request.match_info["roomId"], request.query.get("type"))
         return json_response({"state": state})
+
+    async def messages(self, request: web.Request) -> web.Response:
+        """GET /_synapse/admin/v1/rooms/{roomId}/messages
+        (Synapse admin API: docs/admin_api/rooms.md#room-messages-api)"""
+        from_token = request.query.get("from") or None
+        to_token = request.query.get("to") or None
+        return json_response(
+            await self._rooms.messages(
+                request.match_info["roomId"],
+                from_pos=parse_history_position(from_token) if from_token else None,
+                from_token=from_token,
+                to_pos=parse_history_position(to_token) if to_token else None,
+                backwards=backwards(request),
+                limit=query_int(request, "limit", 10, maximum=MAX_MESSAGES),
+                efilter=room_event_filter(request),
+            )
+        )
 
     async def forward_extremities(self, request: web.Request) -> web.Response:
         """GET /_synapse/admin/v1/rooms/{roomId}/forward_extremities
@@ -160,6 +180,7 @@ class AdminRoomRoutes:
             get("/rooms/{roomId}", self.details, Auth.ADMIN),
             get("/rooms/{roomId}/members", self.members, Auth.ADMIN),
             get("/rooms/{roomId}/state", self.state, Auth.ADMIN),
+            get("/rooms/{roomId}/messages", self.messages, Auth.ADMIN),
             get("/rooms/{roomId}/forward_extremities", self.forward_extremities, Auth.ADMIN),
             get("/rooms/{roomId}/block", self.get_block, Auth.ADMIN),
             put("/rooms/{roomId}/block", self.put_block, Auth.ADMIN),
