@@ -839,8 +839,8 @@ def build_webhooks(
 
 
 def forward_app_service_ephemeral(extras: RoomExtras, sender: AppServiceSender) -> None:
-    """Local typing and public read receipts also go to the application services that
-    asked for ephemeral data (MSC2409), after federation's own hooks."""
+    """Local typing, public read receipts and presence also go to the application services
+    that asked for ephemeral data (MSC2409), after federation's own hooks."""
     typing = extras.typing
     receipts = extras.receipts
     typing_hook = typing.on_local_change
@@ -871,8 +871,17 @@ def forward_app_service_ephemeral(extras: RoomExtras, sender: AppServiceSender) 
         }
         await sender.room_ephemeral(receipt.room_id, edu)
 
+    presence_hook = extras.presence.on_local_changes
+
+    async def presence_changed(changes: dict[str, dict[str, Any]]) -> None:
+        if presence_hook is not None:
+            await presence_hook(changes)
+        for user_id, content in changes.items():
+            await sender.presence(user_id, content)
+
     typing.on_local_change = typing_changed
     receipts.on_local_receipt = receipt_sent
+    extras.presence.on_local_changes = presence_changed
 
 
 def build_federation_membership(

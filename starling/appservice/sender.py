@@ -186,6 +186,13 @@ class AppServiceSender:
         if joined:
             self.add_ephemeral(edu, sorted(joined))
 
+    async def presence(self, user_id: str, content: dict[str, Any]) -> None:
+        """A local user's presence: for the services with a user sharing a room with them
+        (or owning them)."""
+        sharing = await self._memberships.users_sharing_a_room(user_id)
+        edu = {"type": "m.presence", "sender": user_id, "content": content}
+        self.add_ephemeral(edu, sorted({user_id, *sharing}))
+
     async def _run(self, service: AppService) -> None:
         backoff = 0.0
         wake = self._wake[service.id]

@@ -410,3 +410,34 @@ async def test_transaction_ids_make_a_services_sends_idempotent(hs: Harness) -> 
     await hs.request("POST", f"{V3}/rooms/{room_id}/join", AS_TOKEN, {}, params=bob)
     other = await hs.request("PUT", path, AS_TOKEN, message, params=bob)
     assert other[0] == 200 and other[1]["event_id"] != first[1]["event_id"]
+
+
+async def test_presence_of_users_sharing_a_room_reaches_the_service(
+    hs: Harness, fake: FakeAppService
+) -> None:
+    user, token = await hs.register("owner")
+    room_id = await hs.create_room(token, preset="public_chat")
+    await _register_ghost(hs)
+    await hs.request("POST", f"{V3}/rooms/{room_id}/join", AS_TOKEN, {}, params={"user_id": GHOST})
+    status, _ = await hs.request(
+        "PUT", f"{V3}/presence/{user}/status", token, {"presence": "online", "status_msg": "hi"}
+    )
+    assert status == 200
+
+    def presence() -> list[dict[str, Any]]:
+        return [
+            e
+            for _, body in fake.transactions
+            for e in body.get("ephemeral", [])
+            if e["type"] == "m.presence" and e["sender"] == user
+        ]
+
+    await fake.wait_for(lambda: bool(presence()))
+    assert presence()[-1]["content"]["status_msg"] == "hi"
+    # Someone sharing no room with the service's users: not sent.
+    loner, loner_token = await hs.register("loner")
+    await hs.request("PUT", f"{V3}/presence/{loner}/status", loner_token, {"presence": "online"})
+    await hs.send_message(token, room_id, "flush")
+    await fake.wait_for(lambda: "flush" in [e["content"].get("body") for e in fake.events()])
+    senders = {e.get("sender") for _, b in fake.transactions for e in b.get("ephemeral", [])}
+    assert loner not in senders
