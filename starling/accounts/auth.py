@@ -11,6 +11,7 @@ check costs one lookup per fresh token.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -59,17 +60,26 @@ class RequestAuthenticator:
         self._app_services = app_services or AppServiceRegistry()
         self._cache: dict[str, tuple[TokenSession, float]] = {}
 
-    async def requester_for_token(self, token: str, user_id: str | None = None) -> Requester:
+    async def requester_for_token(
+        self, token: str, user_id: str | None = None, device_id: str | None = None
+    ) -> Requester:
         """The requester owning `token`; M_UNKNOWN_TOKEN (401) if none or expired.
 
         An application service's ``as_token`` acts as its sender, or as `user_id` (the
         request's ``user_id`` parameter, spec: "Identity assertion") when that user is
-        in its namespace and registered; `user_id` is ignored for any other token."""
+        in its namespace and registered, on `device_id` (the ``device_id`` parameter) when
+        that device is the user's (400 M_UNKNOWN_DEVICE otherwise); both are ignored for
+        any other token."""
         if len(token) > MAX_TOKEN_LENGTH:
             raise unknown_token()  # longer than any token this server issues
         service = self._app_services.by_token(token) if self._app_services else None
         if service is not None:
-            return await self._app_service_requester(service, token, user_id)
+            requester = await self._app_service_requester(service, token, user_id)
+            if device_id is None:
+                return requester
+            if await self._store.get_device(requester.user_id, device_id) is None:
+                raise MatrixError(400, "M_UNKNOWN_DEVICE", "The device is not the user's")
+            return dataclasses.replace(requester, device_id=device_id)
         now = time.monotonic()
         hit = self._cache.get(token)
         owner: TokenSession | None

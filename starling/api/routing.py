@@ -47,8 +47,10 @@ ORIGIN_KEY = web.RequestKey("origin", str)
 
 
 class TokenAuthenticator(Protocol):
-    async def requester_for_token(self, token: str, user_id: str | None = None) -> Requester:
-        """`user_id`: the request's ``user_id`` parameter (application services)."""
+    async def requester_for_token(
+        self, token: str, user_id: str | None = None, device_id: str | None = None
+    ) -> Requester:
+        """`user_id`, `device_id`: the request's parameters (application services)."""
         ...
 
 
@@ -212,7 +214,9 @@ async def _authenticate_user(
     token = access_token_from(request)
     if token is None:
         raise missing_token()
-    found = await auth.requester_for_token(token, request.query.get("user_id"))
+    query = request.query
+    device_id = query.get("device_id") or query.get("org.matrix.msc3202.device_id")
+    found = await auth.requester_for_token(token, query.get("user_id"), device_id)
     if found.is_guest and not guests:
         raise MatrixError(
             403, "M_GUEST_ACCESS_FORBIDDEN", "Guest accounts may not use this endpoint"

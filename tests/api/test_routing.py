@@ -44,7 +44,9 @@ USERS = {
 
 
 class FakeTokens:
-    async def requester_for_token(self, token: str, user_id: str | None = None) -> Requester:
+    async def requester_for_token(
+        self, token: str, user_id: str | None = None, device_id: str | None = None
+    ) -> Requester:
         if token not in USERS:
             raise unknown_token()
         return USERS[token]

@@ -441,3 +441,25 @@ async def test_presence_of_users_sharing_a_room_reaches_the_service(
     await fake.wait_for(lambda: "flush" in [e["content"].get("body") for e in fake.events()])
     senders = {e.get("sender") for _, b in fake.transactions for e in b.get("ephemeral", [])}
     assert loner not in senders
+
+
+async def test_device_masquerading(hs: Harness) -> None:
+    body = await _register_ghost(hs)
+    device = body["device_id"]
+    params = {"user_id": GHOST, "device_id": str(device)}
+    status, whoami = await hs.request("GET", f"{V3}/account/whoami", AS_TOKEN, params=params)
+    assert (status, whoami) == (200, {"user_id": GHOST, "is_guest": False, "device_id": device})
+    params["device_id"] = "NOSUCHDEVICE"
+    status, error = await hs.request("GET", f"{V3}/account/whoami", AS_TOKEN, params=params)
+    assert (status, error["errcode"]) == (400, "M_UNKNOWN_DEVICE")
+    # The sender's own user has no such device either.
+    status, error = await hs.request(
+        "GET", f"{V3}/account/whoami", AS_TOKEN, params={"device_id": str(device)}
+    )
+    assert (status, error["errcode"]) == (400, "M_UNKNOWN_DEVICE")
+    # Meaningless with an ordinary token.
+    _, token = await hs.register("dave", device_id="DAVEDEV")
+    status, whoami = await hs.request(
+        "GET", f"{V3}/account/whoami", token, params={"device_id": "OTHER"}
+    )
+    assert (status, whoami["device_id"]) == (200, "DAVEDEV")
