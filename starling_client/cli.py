@@ -332,6 +332,14 @@ def resolve_room(client: Client, room: str) -> str:
 ATTACHMENT_TYPES = ("m.image", "m.file", "m.audio", "m.video")
 
 
+def safe_filename(body: str) -> str:
+    """A file name from an attachment's (untrusted) body: its last path part, only
+    letters, digits and `._- `, no leading dot, at most 100 characters."""
+    name = body.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c if c.isalnum() or c in "._- " else "_" for c in name).lstrip(". ")
+    return name[:100] or "file"
+
+
 async def save_attachment(client: Client, message: Message, save_dir: Path) -> Path | None:
     """Download, decrypt and check an attachment into `save_dir`; its path."""
     if message.msgtype not in ATTACHMENT_TYPES:
@@ -339,7 +347,7 @@ async def save_attachment(client: Client, message: Message, save_dir: Path) -> P
     data = await client.download(message)
     if data is None:
         return None
-    name = os.path.basename(message.body or "file").lstrip(".") or "file"
+    name = safe_filename(message.body or "file")
     safe_id = "".join(c if c.isalnum() else "_" for c in message.event_id)[:64]
     await asyncio.to_thread(save_dir.mkdir, parents=True, exist_ok=True)
     path = save_dir / f"{safe_id}-{name}"
