@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from starling.errors import bad_json, invalid_param, missing_param
+from starling.storage.accounts import hash_token
 from starling.storage.pushers import PusherStore, TooManyPushers
 
 KINDS = frozenset({"http", "email"})
@@ -85,8 +86,12 @@ class PusherService:
     async def get_pushers(self, user_id: str) -> list[dict[str, Any]]:
         return await self._store.list(user_id)
 
-    async def set_pusher(self, user_id: str, body: dict[str, Any]) -> None:
-        """POST /pushers/set: create, replace (same app_id and pushkey) or delete."""
+    async def set_pusher(
+        self, user_id: str, body: dict[str, Any], *, access_token: str | None = None
+    ) -> None:
+        """POST /pushers/set: create, replace (same app_id and pushkey) or delete. The
+        access token that set it is remembered: a password change that logs out the
+        other sessions removes their pushers."""
         pusher = _validated(body)
         append = body.get("append", False)
         if not isinstance(append, bool):
@@ -97,7 +102,11 @@ class PusherService:
             return
         try:
             await self._store.set(
-                user_id, pusher, replace_others=not append, max_per_user=MAX_PUSHERS_PER_USER
+                user_id,
+                pusher,
+                replace_others=not append,
+                max_per_user=MAX_PUSHERS_PER_USER,
+                token_hash=hash_token(access_token) if access_token is not None else None,
             )
         except TooManyPushers:
             raise invalid_param(f"A user can have at most {MAX_PUSHERS_PER_USER} pushers") from None

@@ -402,7 +402,7 @@ class AccountStore:
 
     async def delete_tokens_except(self, user_id: str, keep_token: str) -> None:
         """Delete every access and refresh token of ``user_id`` but ``keep_token`` (and the
-        refresh token it was issued with)."""
+        refresh token it was issued with), and the pushers the deleted tokens registered."""
         keep = hash_token(keep_token)
         async with self._db.transaction() as txn:
             keep_refresh = await txn.fetch_val(
@@ -410,6 +410,14 @@ class AccountStore:
             )
             await txn.execute(
                 "DELETE FROM access_tokens WHERE user_id = ? AND token_hash <> ?", user_id, keep
+            )
+            # Pushers registered through the tokens that go (as Synapse on a password
+            # change): the other sessions no longer receive this account's notifications.
+            await txn.execute(
+                "DELETE FROM pushers WHERE user_id = ? AND access_token_hash IS NOT NULL"
+                " AND access_token_hash <> ?",
+                user_id,
+                keep,
             )
             await txn.execute(
                 "DELETE FROM refresh_tokens WHERE user_id = ? AND id <> ?",

@@ -128,3 +128,32 @@ async def test_threepids_empty(ohs: Harness) -> None:
     alice = await register(ohs, "alice")
     status, resp = await ohs.request("GET", f"{R}/account/3pid", alice["access_token"])
     assert (status, resp) == (200, {"threepids": []})
+
+
+async def test_change_password_removes_other_sessions_pushers(ohs: Harness) -> None:
+    current = await register(ohs, "alice")
+    other = await login(ohs, "alice")
+
+    def pusher(key: str) -> dict[str, object]:
+        return {
+            "kind": "http",
+            "app_id": "org.example.app",
+            "pushkey": key,
+            "app_display_name": "Example",
+            "device_display_name": "Phone",
+            "lang": "en",
+            "data": {"url": "https://push.example.org/_matrix/push/v1/notify"},
+        }
+
+    token = current["access_token"]
+    for tok, key in ((token, "mine"), (other["access_token"], "theirs")):
+        status, resp = await ohs.request("POST", f"{R}/pushers/set", tok, pusher(key))
+        assert status == 200, resp
+    status, resp = await ohs.request(
+        "POST", f"{R}/account/password", token, {"new_password": NEW_PASSWORD}
+    )
+    body = {"new_password": NEW_PASSWORD, "auth": password_auth(ALICE, resp["session"])}
+    status, resp = await ohs.request("POST", f"{R}/account/password", token, body)
+    assert (status, resp) == (200, {})
+    status, resp = await ohs.request("GET", f"{R}/pushers", token)
+    assert [p["pushkey"] for p in resp["pushers"]] == ["mine"]

@@ -184,5 +184,5 @@ class PushRuleRoutes:
     async def set_pusher(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
-        await self.pushers.set_pusher(requester.user_id, body)
+        await self.pushers.set_pusher(requester.user_id, body, access_token=requester.access_token)
         return json_response({})
