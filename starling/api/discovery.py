@@ -25,6 +25,8 @@ SUPPORTED_SPEC_VERSIONS: list[str] = [
 UNSTABLE_FEATURES: dict[str, bool] = {
     # Simplified sliding sync (MSC4186), which Element X requires.
     "org.matrix.simplified_msc3575": True,
+    # Starling's WebSocket transport (docs/transports.md).
+    "org.starling.ws": True,
 }
 
 

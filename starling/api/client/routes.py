@@ -36,6 +36,8 @@ from starling.api.client.to_device import ToDeviceRoutes
 from starling.api.client.typing import TypingRoutes
 from starling.api.client.user_directory import UserDirectoryRoutes
 from starling.api.client.voip import VoipRoutes
+from starling.api.client.websocket import FEATURE as WS_FEATURE
+from starling.api.client.websocket import WebSocketRoutes
 from starling.api.routing import Auth, RateClass, Route, RouteTable, delete, get, post, put
 from starling.api.services import Services
 
@@ -79,6 +81,7 @@ def client_table(svc: Services) -> RouteTable:
     user_directory = UserDirectoryRoutes(svc.config.user_directory.enabled, svc.user_directory)
     search = SearchRoutes(svc.search)
     hierarchy = HierarchyRoutes(svc.hierarchy)
+    websocket = WebSocketRoutes(svc.auth)
     routes: list[Route] = [
         # Accounts: registration, login, tokens, account management, devices
         post("/register", accounts.register, NONE),
@@ -264,5 +267,9 @@ def client_table(svc: Services) -> RouteTable:
         get("/thirdparty/user", appservice.user_reverse),
         # Application services
         post("/appservice/{appserviceId}/ping", appservice.ping, versions=V1),
+        # The WebSocket transport (docs/transports.md): it authenticates itself, from the
+        # upgrade's Authorization header or its first frame, and every request it carries
+        # goes through these routes' guards.
+        get("/ws", websocket.connect, NONE, versions=(f"unstable/{WS_FEATURE}",)),
     ]
     return RouteTable("client", PREFIX, ("v3",), routes)

@@ -1,0 +1,282 @@
+"""The WebSocket transport (unstable feature ``org.starling.ws``, docs/transports.md).
+
+GET /_matrix/client/unstable/org.starling.ws/ws upgrades to one WebSocket per client
+session. JSON text frames:
+
+- client → ``{"type": "auth", "access_token": ...}`` first (unless the upgrade carried
+  ``Authorization: Bearer``; a token in the URL is refused: URLs end up in logs);
+- client → ``{"type": "sync", "since"?, "filter"?, "set_presence"?}`` starts the stream;
+  the server pushes ``{"type": "sync", "body": <the /sync response>}`` whenever /sync
+  would answer something new, each long-poll resuming from the previous ``next_batch``;
+- client → ``{"type": "request", "id", "method", "path", "body"?}``, answered by
+  ``{"type": "response", "id", "status", "body"}``;
+- bad input → ``{"type": "error", "errcode", "error", "id"?}``, the socket stays open.
+
+Sync and requests are dispatched in process through the listener's own application
+(router, middlewares, guard) with the session's token, so authentication, rate limits,
+validation and errors are exactly those of HTTP; this module adds only the framing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import WSCloseCode, WSMsgType, web
+from yarl import URL
+
+from starling.accounts.auth import Requester
+from starling.api.routing import TokenAuthenticator, access_token_from
+from starling.errors import MatrixError, invalid_param, missing_token
+
+logger = logging.getLogger(__name__)
+
+FEATURE = "org.starling.ws"
+MAX_MESSAGE_BYTES = 1024 * 1024
+"""A larger client frame closes the socket with 1009 (message too big)."""
+MAX_IN_FLIGHT = 8
+"""Request frames being served at once per socket; more are refused M_LIMIT_EXCEEDED."""
+HEARTBEAT_SECONDS = 30.0
+"""Ping interval; a peer that does not pong within half of it is disconnected."""
+AUTH_TIMEOUT_SECONDS = 10.0
+SYNC_POLL_MS = 30_000
+METHODS = ("GET", "PUT", "POST", "DELETE")
+MAX_ID_LENGTH = 128
+CLIENT_PREFIX = "/_matrix/client/"
+WS_PATH = f"/_matrix/client/unstable/{FEATURE}/ws"
+
+
+def _error(e: MatrixError, request_id: str | None = None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "error", **e.to_json()}
+    if request_id is not None:
+        frame["id"] = request_id
+    return frame
+
+
+class WebSocketRoutes:
+    def __init__(self, auth: TokenAuthenticator) -> None:
+        self.auth = auth
+
+    # GET /_matrix/client/unstable/org.starling.ws/ws
+    # (spec: none, Starling's own unstable transport; see docs/transports.md)
+    async def connect(self, request: web.Request) -> web.StreamResponse:
+        if "access_token" in request.query:
+            raise invalid_param("Send the access token in a frame or header, not the URL")
+        ws = web.WebSocketResponse(
+            heartbeat=HEARTBEAT_SECONDS, compress=True, max_msg_size=MAX_MESSAGE_BYTES
+        )
+        if not ws.can_prepare(request).ok:
+            raise MatrixError(400, "M_UNRECOGNIZED", "Expected a WebSocket upgrade")
+        token = access_token_from(request)
+        requester = await self.auth.requester_for_token(token) if token else None
+        await ws.prepare(request)
+        await _Session(request, ws, self.auth, requester, token).run()
+        return ws
+
+
+class _Session:
+    """One socket: authentication, then frames until it closes."""
+
+    def __init__(
+        self,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        auth: TokenAuthenticator,
+        requester: Requester | None,
+        token: str | None,
+    ) -> None:
+        self.request = request
+        self.ws = ws
+        self.auth = auth
+        self.requester = requester
+        self.token = token
+        self.send_lock = asyncio.Lock()
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self.sync_task: asyncio.Task[None] | None = None
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        if self.ws.closed:
+            return
+        async with self.send_lock:
+            with contextlib.suppress(ConnectionError):
+                await self.ws.send_str(orjson.dumps(frame).decode())
+
+    async def run(self) -> None:
+        try:
+            if self.requester is None and not await self.authenticate():
+                return
+            assert self.requester is not None
+            await self.send(
+                {
+                    "type": "authenticated",
+                    "user_id": self.requester.user_id,
+                    "device_id": self.requester.device_id,
+                }
+            )
+            async for message in self.ws:
+                if message.type is WSMsgType.TEXT:
+                    await self.on_text(message.data)
+                elif message.type is WSMsgType.BINARY:
+                    await self.send(_error(MatrixError(400, "M_NOT_JSON", "Send text frames")))
+        finally:
+            tasks = [*self.in_flight, *([self.sync_task] if self.sync_task else [])]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def authenticate(self) -> bool:
+        """Reads the auth frame; on failure sends an error frame and closes."""
+        try:
+            try:
+                message = await self.ws.receive(timeout=AUTH_TIMEOUT_SECONDS)
+            except TimeoutError:
+                raise missing_token() from None
+            if message.type is not WSMsgType.TEXT:
+                if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                    return False
+                raise missing_token()
+            frame = self.parse(message.data)
+            token = frame.get("access_token")
+            if frame.get("type") != "auth" or not isinstance(token, str) or not token:
+                raise missing_token()
+            self.requester = await self.auth.requester_for_token(token)
+            self.token = token
+            return True
+        except MatrixError as e:
+            await self.send(_error(e))
+            await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=e.errcode.encode())
+            return False
+
+    @staticmethod
+    def parse(data: str) -> dict[str, Any]:
+        try:
+            frame = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise MatrixError(400, "M_NOT_JSON", "A frame must be a JSON object") from None
+        if not isinstance(frame, dict):
+            raise MatrixError(400, "M_NOT_JSON", "A frame must be a JSON object")
+        return frame
+
+    async def on_text(self, data: str) -> None:
+        request_id: str | None = None
+        try:
+            frame = self.parse(data)
+            kind = frame.get("type")
+            if kind == "request":
+                raw_id = frame.get("id")
+                if not isinstance(raw_id, str) or not 0 < len(raw_id) <= MAX_ID_LENGTH:
+                    raise invalid_param(f"'id' must be a string of 1-{MAX_ID_LENGTH} characters")
+                request_id = raw_id
+                self.start_request(raw_id, frame)
+            elif kind == "sync":
+                self.start_sync(frame)
+            elif kind == "auth":
+                raise invalid_param("This socket is already authenticated")
+            else:
+                raise MatrixError(400, "M_UNRECOGNIZED", f"Unknown frame type {kind!r:.40}")
+        except MatrixError as e:
+            await self.send(_error(e, request_id))
+
+    def start_sync(self, frame: dict[str, Any]) -> None:
+        if self.sync_task is not None:
+            raise invalid_param("This socket is already syncing")
+        query: dict[str, str] = {}
+        for name in ("since", "set_presence"):
+            value = frame.get(name)
+            if value is not None:
+                if not isinstance(value, str):
+                    raise invalid_param(f"'{name}' must be a string")
+                query[name] = value
+        sync_filter = frame.get("filter")
+        if isinstance(sync_filter, dict):
+            query["filter"] = orjson.dumps(sync_filter).decode()
+        elif isinstance(sync_filter, str):
+            query["filter"] = sync_filter
+        elif sync_filter is not None:
+            raise invalid_param("'filter' must be a filter ID or a filter object")
+        self.sync_task = asyncio.create_task(self.sync_stream(query))
+
+    async def sync_stream(self, query: dict[str, str]) -> None:
+        """Long-polls /sync from `since`, pushing each answer that moved the token."""
+        since = query.get("since")
+        while not self.ws.closed:
+            params = dict(query, timeout=str(SYNC_POLL_MS))
+            if since is not None:
+                params["since"] = since
+            status, body = await self.dispatch(
+                "GET", str(URL("/_matrix/client/v3/sync").with_query(params)), None
+            )
+            if status != 200 or not isinstance(body, dict):
+                body = body if isinstance(body, dict) else {}
+                error = MatrixError(
+                    status, str(body.get("errcode", "M_UNKNOWN")), str(body.get("error", ""))
+                )
+                await self.send(dict(_error(error), status=status, stream="sync"))
+                self.sync_task = None
+                return
+            next_batch = body.get("next_batch")
+            if since is None or next_batch != since:
+                await self.send({"type": "sync", "body": body})
+            since = next_batch if isinstance(next_batch, str) else since
+
+    def start_request(self, request_id: str, frame: dict[str, Any]) -> None:
+        method = frame.get("method")
+        path = frame.get("path")
+        if method not in METHODS:
+            raise invalid_param(f"'method' must be one of {METHODS}")
+        if not isinstance(path, str) or not path.startswith(CLIENT_PREFIX):
+            raise invalid_param(f"'path' must be a path under {CLIENT_PREFIX}")
+        try:
+            url = URL(path)
+        except ValueError:
+            raise invalid_param("Malformed 'path'") from None
+        segments = url.raw_path.split("/")
+        if (
+            url.is_absolute()
+            or not url.raw_path.startswith(CLIENT_PREFIX)
+            or url.raw_path.startswith(WS_PATH)
+            or any(segment in (".", "..") for segment in segments)
+            # Media streams files, which a JSON frame cannot carry.
+            or (len(segments) > 4 and segments[4] == "media")
+        ):
+            raise invalid_param("This path cannot be requested over the WebSocket")
+        body = None if "body" not in frame else orjson.dumps(frame["body"])
+        if len(self.in_flight) >= MAX_IN_FLIGHT:
+            raise MatrixError(
+                429, "M_LIMIT_EXCEEDED", f"At most {MAX_IN_FLIGHT} requests in flight"
+            )
+        task = asyncio.create_task(self.answer(request_id, str(method), path, body))
+        self.in_flight.add(task)
+        task.add_done_callback(self.in_flight.discard)
+
+    async def answer(self, request_id: str, method: str, path: str, body: bytes | None) -> None:
+        status, answer = await self.dispatch(method, path, body)
+        await self.send({"type": "response", "id": request_id, "status": status, "body": answer})
+
+    async def dispatch(self, method: str, path: str, body: bytes | None) -> tuple[int, Any]:
+        """One request through the listener's app (its middlewares and guards) as if it
+        came over HTTP with this session's token; returns (status, parsed JSON body)."""
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            sub = self.request.clone(method=method, rel_url=path, headers=headers)
+        except ValueError:
+            return 400, {"errcode": "M_INVALID_PARAM", "error": "Malformed path"}
+        # The body is the frame's, never the upgrade request's stream.
+        sub._read_bytes = body or b""
+        try:
+            response = await self.request.app._handle(sub)
+        except Exception:
+            logger.exception("WebSocket subrequest %s %s failed", method, URL(path).path)
+            return 500, {"errcode": "M_UNKNOWN", "error": "Internal server error"}
+        raw = response.body if isinstance(response, web.Response) else None
+        if not isinstance(raw, bytes):
+            return 400, {"errcode": "M_UNRECOGNIZED", "error": "Not a JSON endpoint"}
+        try:
+            return response.status, orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            return 400, {"errcode": "M_UNRECOGNIZED", "error": "Not a JSON endpoint"}
