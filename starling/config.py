@@ -329,6 +329,8 @@ class Config:
     # New accounts from /register wait for an admin's approval (Synapse's MSC3866).
     registration_requires_approval: bool = False
     allow_guest_access: bool = False
+    # Other servers may read our published room directory (Synapse's key and default).
+    allow_public_rooms_over_federation: bool = False
     # Application-service registration files (Synapse's format; starling/appservice/).
     app_service_config_files: list[str] = field(default_factory=list)
     # Python modules (Synapse's key): [{module: dotted.Class, config: {...}}]; starling/modules/.

@@ -470,6 +470,8 @@ def _generate(
         "federation_verify_certificates": False,
         "ip_range_blacklist": [],
         "trusted_key_servers": [],
+        # the two-server tests list each other's room directories
+        "allow_public_rooms_over_federation": True,
     }
     if verify_certificates:
         appended["federation_verify_certificates"] = True

@@ -27,7 +27,10 @@ PUBLIC_ROOMS = "/_matrix/federation/v1/publicRooms"
 
 @pytest.fixture
 def hs_config() -> dict[str, Any]:
-    return {"federation_domain_whitelist": [REMOTE, "unknown.test"]}
+    return {
+        "federation_domain_whitelist": [REMOTE, "unknown.test"],
+        "allow_public_rooms_over_federation": True,
+    }
 
 
 @pytest.fixture

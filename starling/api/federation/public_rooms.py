@@ -8,7 +8,7 @@ from aiohttp import web
 from starling.api.federation.auth import federation_body
 from starling.api.http import json_response
 from starling.directory.service import DirectoryService
-from starling.errors import bad_json, invalid_param
+from starling.errors import bad_json, forbidden, invalid_param
 
 MAX_SEARCH_TERM_LENGTH = 1000
 
@@ -22,12 +22,20 @@ def _limit(value: object) -> int | None:
 
 
 class PublicRoomsApi:
-    def __init__(self, directory: DirectoryService) -> None:
+    def __init__(self, directory: DirectoryService, *, allowed: bool) -> None:
         self._directory = directory
+        # allow_public_rooms_over_federation (Synapse's key and default: off), so a
+        # company server does not list its rooms to every server that asks.
+        self._allowed = allowed
+
+    def _check_allowed(self) -> None:
+        if not self._allowed:
+            raise forbidden("This server does not share its room directory over federation")
 
     async def get_public_rooms(self, request: web.Request) -> web.Response:
         """GET /_matrix/federation/v1/publicRooms
         (spec: server-server-api/#get_matrixfederationv1publicrooms)."""
+        self._check_allowed()
         raw = request.query.get("limit")
         try:
             limit = _limit(int(raw)) if raw is not None else None
@@ -41,6 +49,7 @@ class PublicRoomsApi:
     async def post_public_rooms(self, request: web.Request) -> web.Response:
         """POST /_matrix/federation/v1/publicRooms
         (spec: server-server-api/#post_matrixfederationv1publicrooms)."""
+        self._check_allowed()
         body = federation_body(request)
         since = body.get("since")
         if since is not None and not isinstance(since, str):

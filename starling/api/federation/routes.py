@@ -32,7 +32,9 @@ NONE = Auth.NONE
 
 def federation_table(services: Services) -> RouteTable:
     """Every /_matrix/federation endpoint (paths under v1 unless marked)."""
-    public_rooms = PublicRoomsApi(services.directory)
+    public_rooms = PublicRoomsApi(
+        services.directory, allowed=services.config.allow_public_rooms_over_federation
+    )
     inbound = services.federation_inbound
     routes: list[Route] = [
         get("/version", version.version, NONE),
