@@ -171,9 +171,9 @@ class SlidingSyncService:
         for room_id, config in listed.configs.items():
             m = listed.memberships[room_id]
             prev = snapshot.rooms.get(room_id)
-            expand = False
+            # A room new to the connection, or whose membership changed, is sent whole.
             if prev is None or prev.membership_event != m.event_id:
-                pass
+                expand = False
             elif m.membership == "join" and listed.stamps.get(room_id, 0) > prev.position:
                 expand = config.timeline_limit > max(prev.timeline_depth, 0) and (
                     config.timeline_limit > prev.config.timeline_limit
