@@ -6,10 +6,10 @@ position, keeps the events the service is interested in, and stores them as the 
 transaction while moving the position past them, in one database transaction
 (`storage/appservice.py`). Stored transactions are sent oldest first, one at a time, each
 under its own ID until the service accepts it: so delivery is ordered, survives restarts,
-and a retried transaction carries the same ID (the service deduplicates on it). A failure
-waits with exponential backoff (from `initial_backoff`, doubling, capped at `max_backoff`)
-before the same transaction is tried again. New events only wake the task; it never
-trusts in-memory callbacks for what to send.
+and a retried transaction carries the same ID (the service deduplicates on it). The loop is
+`starling.delivery.loop.DeliveryLoop`, shared with outgoing webhooks: a failure waits as
+the federation sender's `BackoffPolicy` says before the same transaction is tried again.
+New events only wake the task; it never trusts in-memory callbacks for what to send.
 
 A service is interested in an event (as Synapse decides) when its namespaces hold the
 sender, the state key of a membership event, the room ID, one of the room's local
@@ -22,7 +22,7 @@ queued in memory and put into the next transaction (as ``ephemeral`` and MSC2409
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,9 +33,11 @@ import orjson
 from starling.appservice.client import AppServiceClient
 from starling.appservice.registration import AppService
 from starling.appservice.registry import AppServiceRegistry
+from starling.delivery.loop import Attempt, DeliveryLoop
+from starling.federation.sender.backoff import BackoffPolicy
 from starling.protocol.event import Event
 from starling.storage.aliases import AliasStore
-from starling.storage.appservice import AppServiceStore
+from starling.storage.appservice import AppServiceStore, QueuedTransaction
 from starling.storage.events import EventStore, StoredEvent
 from starling.storage.memberships import MembershipStore
 
@@ -113,8 +115,7 @@ class AppServiceSender:
         client: AppServiceClient,
         current_position: Callable[[], int],
         *,
-        initial_backoff: float = 0.5,
-        max_backoff: float = 300.0,
+        backoff: BackoffPolicy | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self._registry = registry
@@ -124,11 +125,9 @@ class AppServiceSender:
         self._aliases = aliases
         self._client = client
         self._current_position = current_position
-        self._initial_backoff = initial_backoff
-        self._max_backoff = max_backoff
+        self._backoff = backoff or BackoffPolicy()
         self._clock_ms = clock_ms
-        self._wake: dict[str, asyncio.Event] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._loops: dict[str, DeliveryLoop[QueuedTransaction]] = {}
         self._ephemeral: dict[str, list[dict[str, Any]]] = {}
         self.on_delivered: list[Callable[[str, int], Awaitable[None] | None]] = []
 
@@ -139,28 +138,26 @@ class AppServiceSender:
         position = self._current_position()
         for service in self._services():
             await self._store.start_at(service.id, position)
-            self._wake[service.id] = asyncio.Event()
-            self._tasks[service.id] = asyncio.create_task(
-                self._run(service), name=f"appservice-sender-{service.id}"
+            loop = DeliveryLoop[QueuedTransaction](
+                f"appservice-sender-{service.id}",
+                oldest=functools.partial(self._store.oldest_pending, service.id),
+                send=functools.partial(self._send, service),
+                fill=functools.partial(self._build_next, service),
+                policy=self._backoff,
             )
+            self._loops[service.id] = loop
+            loop.start()
 
     async def stop(self) -> None:
-        tasks = list(self._tasks.values())
-        self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                logger.exception("application service sender failed")
+        loops = list(self._loops.values())
+        self._loops.clear()
+        for loop in loops:
+            await loop.stop()
 
     def on_new_event(self, event: Event, position: int) -> None:
         """A room-events listener: only a wake-up (the tasks read the stream)."""
-        for wake in self._wake.values():
-            wake.set()
+        for loop in self._loops.values():
+            loop.wake.set()
 
     def add_ephemeral(self, edu: dict[str, Any], users: Sequence[str] = ()) -> None:
         """Queue ephemeral data for every ``receive_ephemeral`` service that owns one of
@@ -174,7 +171,9 @@ class AppServiceSender:
             if len(queue) >= MAX_QUEUED_EPHEMERAL:
                 del queue[0]  # the oldest goes: a service that is down misses some
             queue.append(edu)
-            self._wake[service.id].set()
+            loop = self._loops.get(service.id)
+            if loop is not None:
+                loop.wake.set()
 
     @property
     def wants_ephemeral(self) -> bool:
@@ -193,35 +192,16 @@ class AppServiceSender:
         edu = {"type": "m.presence", "sender": user_id, "content": content}
         self.add_ephemeral(edu, sorted({user_id, *sharing}))
 
-    async def _run(self, service: AppService) -> None:
-        backoff = 0.0
-        wake = self._wake[service.id]
-        while True:
-            try:
-                pending = await self._store.oldest_pending(service.id)
-                if pending is not None:
-                    body = orjson.loads(pending.body)
-                    if await self._client.push_transaction(service, pending.txn_id, body):
-                        await self._store.delivered(service.id, pending.txn_id)
-                        backoff = 0.0
-                        for callback in self.on_delivered:
-                            result = callback(service.id, pending.txn_id)
-                            if result is not None:
-                                await result
-                        continue
-                    backoff = min(
-                        self._max_backoff, backoff * 2 if backoff else self._initial_backoff
-                    )
-                    await asyncio.sleep(backoff)
-                    continue
-                wake.clear()
-                if not await self._build_next(service):
-                    await wake.wait()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("application service %s: sending failed", service.id)
-                await asyncio.sleep(max(backoff, self._initial_backoff))
+    async def _send(self, service: AppService, pending: QueuedTransaction) -> Attempt:
+        body = orjson.loads(pending.body)
+        if not await self._client.push_transaction(service, pending.txn_id, body):
+            return Attempt.RETRY
+        await self._store.delivered(service.id, pending.txn_id)
+        for callback in self.on_delivered:
+            result = callback(service.id, pending.txn_id)
+            if result is not None:
+                await result
+        return Attempt.DELIVERED
 
     async def _build_next(self, service: AppService) -> bool:
         """Store the next transaction (or just move the position past events the service

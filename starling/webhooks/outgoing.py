@@ -12,14 +12,15 @@ transaction (`storage/webhooks.py`). Deliveries are POSTed oldest first, one at 
 
     {"hook": "<id>", "event": {<the event in the Client-Server format>}}
 
-A 2xx answer delivers it; anything else is retried with exponential backoff, and after
-``max_attempts`` the delivery is kept as a dead letter (never sent again) and the next one
+A 2xx answer delivers it; anything else is retried after the federation sender's
+`BackoffPolicy` wait (the loop is `starling.delivery.loop.DeliveryLoop`, shared with the
+application-service sender), and after ``max_attempts`` the delivery is kept as a dead letter (never sent again) and the next one
 goes. Deliveries survive restarts. The URL is the admin's, so no address policy applies.
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import hashlib
 import hmac
 import logging
@@ -31,10 +32,12 @@ import orjson
 
 from starling.appservice.sender import client_event
 from starling.config import OutgoingWebhook
+from starling.delivery.loop import Attempt, DeliveryLoop
+from starling.federation.sender.backoff import BackoffPolicy
 from starling.protocol.event import Event
 from starling.storage.appservice import AppServiceStore
 from starling.storage.events import EventStore
-from starling.storage.webhooks import WebhookStore
+from starling.storage.webhooks import Delivery, WebhookStore
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +72,7 @@ class OutgoingWebhooks:
         current_position: Callable[[], int],
         *,
         verify_certificates: bool = True,
-        initial_backoff: float = 0.5,
-        max_backoff: float = 300.0,
+        backoff: BackoffPolicy | None = None,
     ) -> None:
         self._hooks = list(hooks)
         self._store = store
@@ -78,10 +80,8 @@ class OutgoingWebhooks:
         self._events = events
         self._current_position = current_position
         self._verify = verify_certificates
-        self._initial_backoff = initial_backoff
-        self._max_backoff = max_backoff
-        self._wake: dict[str, asyncio.Event] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._backoff = backoff or BackoffPolicy()
+        self._loops: dict[str, DeliveryLoop[Delivery]] = {}
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -91,21 +91,22 @@ class OutgoingWebhooks:
             connector=aiohttp.TCPConnector(ssl=self._verify, limit=20)
         )
         for hook in self._hooks:
-            self._wake[hook.id] = asyncio.Event()
             await self._store.position(hook.id, self._current_position())
-            self._tasks.append(asyncio.create_task(self._run(hook), name=f"webhook-{hook.id}"))
+            loop = DeliveryLoop[Delivery](
+                f"webhook-{hook.id}",
+                oldest=functools.partial(self._store.next_delivery, hook.id),
+                send=functools.partial(self._attempt, hook),
+                fill=functools.partial(self._queue_next, hook),
+                policy=self._backoff,
+            )
+            self._loops[hook.id] = loop
+            loop.start()
 
     async def stop(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                logger.exception("outgoing webhook task failed")
+        loops = list(self._loops.values())
+        self._loops.clear()
+        for loop in loops:
+            await loop.stop()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -113,46 +114,27 @@ class OutgoingWebhooks:
     def on_new_event(self, event: Event, position: int) -> None:
         """A room-events listener: only a wake-up."""
         for hook in self._hooks:
-            if hook.room_id == event.room_id:
-                self._wake[hook.id].set()
+            loop = self._loops.get(hook.id)
+            if loop is not None and hook.room_id == event.room_id:
+                loop.wake.set()
 
-    async def _run(self, hook: OutgoingWebhook) -> None:
-        backoff = 0.0
-        wake = self._wake[hook.id]
-        while True:
-            try:
-                delivery = await self._store.next_delivery(hook.id)
-                if delivery is not None:
-                    error = await self._post(hook, delivery.body.encode())
-                    if error is None:
-                        await self._store.delivered(hook.id, delivery.delivery_id)
-                        backoff = 0.0
-                        continue
-                    dead = delivery.attempts + 1 >= hook.max_attempts
-                    await self._store.failed(hook.id, delivery.delivery_id, error, dead)
-                    if dead:
-                        logger.warning(
-                            "webhook %s: delivery %d is a dead letter after %d attempts: %s",
-                            hook.id,
-                            delivery.delivery_id,
-                            delivery.attempts + 1,
-                            error,
-                        )
-                        backoff = 0.0
-                        continue
-                    backoff = min(
-                        self._max_backoff, backoff * 2 if backoff else self._initial_backoff
-                    )
-                    await asyncio.sleep(backoff)
-                    continue
-                wake.clear()
-                if not await self._queue_next(hook):
-                    await wake.wait()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("webhook %s failed", hook.id)
-                await asyncio.sleep(max(backoff, self._initial_backoff))
+    async def _attempt(self, hook: OutgoingWebhook, delivery: Delivery) -> Attempt:
+        error = await self._post(hook, delivery.body.encode())
+        if error is None:
+            await self._store.delivered(hook.id, delivery.delivery_id)
+            return Attempt.DELIVERED
+        dead = delivery.attempts + 1 >= hook.max_attempts
+        await self._store.failed(hook.id, delivery.delivery_id, error, dead)
+        if not dead:
+            return Attempt.RETRY
+        logger.warning(
+            "webhook %s: delivery %d is a dead letter after %d attempts: %s",
+            hook.id,
+            delivery.delivery_id,
+            delivery.attempts + 1,
+            error,
+        )
+        return Attempt.GIVEN_UP
 
     async def _queue_next(self, hook: OutgoingWebhook) -> bool:
         position = await self._store.position(hook.id, self._current_position())
