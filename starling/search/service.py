@@ -24,6 +24,7 @@ from typing import Any
 
 from starling.errors import invalid_param
 from starling.protocol.numbers import parse_int
+from starling.rooms import refill
 from starling.rooms.client_format import EventFormatter, FormatOptions, JsonDict
 from starling.rooms.visibility import HistoryVisibility
 from starling.storage.events import EventStore, StoredEvent
@@ -39,7 +40,66 @@ StateReader = Callable[[str, str], Any]
 
 UNBOUNDED = 2**62
 MAX_ROUNDS = 5
+MAX_BATCH = 500
 MAX_TOKEN_LENGTH = 512
+
+
+# A match and its event (None: the event is gone since it was indexed).
+_Row = tuple[SearchHit, StoredEvent | None]
+
+
+def _hit_id(row: _Row) -> str:
+    return row[0].event_id
+
+
+class _HitSource:
+    """The full-text matches in order (by rank: from `offset` on; by recency: below
+    `before`), each with its event."""
+
+    def __init__(
+        self,
+        store: SearchStore,
+        events: EventStore,
+        words: Sequence[str],
+        rooms: Sequence[tuple[str, int]],
+        keys: Sequence[str],
+        *,
+        by_rank: bool,
+        offset: int,
+        before: int | None,
+    ) -> None:
+        self._store = store
+        self._events = events
+        self._words = words
+        self._rooms = rooms
+        self._keys = keys
+        self._by_rank = by_rank
+        self.offset = offset
+        self._before = before
+        self._page: list[_Row] = []
+        self._page_offset = offset
+
+    async def read(self, n: int) -> Sequence[_Row]:
+        hits = await self._store.search(
+            self._words,
+            self._rooms,
+            self._keys,
+            by_rank=self._by_rank,
+            before=self._before,
+            offset=self.offset,
+            limit=n,
+        )
+        pairs = await self._events.get_events_with_meta(h.event_id for h in hits)
+        self._page = [(hit, pairs.get(hit.event_id)) for hit in hits]
+        self._page_offset = self.offset
+        if self._page:
+            self.stop_after(self._page[-1])
+        return self._page
+
+    def stop_after(self, row: _Row) -> None:
+        index = next(i for i, r in enumerate(self._page) if r[0].event_id == row[0].event_id)
+        self.offset = self._page_offset + index + 1
+        self._before = row[0].stream_ordering
 
 
 @dataclass(frozen=True)
@@ -148,26 +208,23 @@ class SearchService:
         keys = query.keys
         count = await self._store.count(words, rooms, keys)
 
-        offset = start.value if start is not None and start.by_rank else 0
-        before = start.value if start is not None and not start.by_rank else None
-        found: list[tuple[StoredEvent, SearchHit]] = []
-        more = False
-        batch = max(query.limit * 2, 20)
-        for _ in range(MAX_ROUNDS):
-            hits = await self._store.search(
-                words,
-                rooms,
-                keys,
-                by_rank=query.by_rank,
-                before=before,
-                offset=offset,
-                limit=batch,
-            )
-            pairs = await self._events.get_events_with_meta(h.event_id for h in hits)
+        source = _HitSource(
+            self._store,
+            self._events,
+            words,
+            rooms,
+            keys,
+            by_rank=query.by_rank,
+            offset=start.value if start is not None and start.by_rank else 0,
+            before=start.value if start is not None and not start.by_rank else None,
+        )
+
+        async def keep(rows: Sequence[_Row]) -> Sequence[_Row]:
             candidates = [
                 pair
-                for pair in pairs.values()
-                if f.matches(
+                for _, pair in rows
+                if pair is not None
+                and f.matches(
                     pair.event.type, pair.event.sender, pair.event.room_id, pair.event.content
                 )
             ]
@@ -177,26 +234,17 @@ class SearchService:
                     user_id, candidates, joined_rooms=joined
                 )
             }
-            consumed = 0
-            for index, hit in enumerate(hits):
-                consumed = index + 1
-                pair = pairs.get(hit.event_id)
-                if pair is None or hit.event_id not in visible:
-                    continue
-                found.append((pair, hit))
-                if len(found) == query.limit:
-                    break
-            offset += consumed
-            if hits:
-                before = hits[consumed - 1].stream_ordering
-            if len(found) == query.limit:
-                more = consumed < len(hits) or len(hits) == batch
-                break
-            if len(hits) < batch:
-                break
-            batch = min(batch * 2, 500)
-        else:
-            more = True
+            return [row for row in rows if row[0].event_id in visible]
+
+        kept, more = await refill.collect(
+            source,
+            keep,
+            _hit_id,
+            query.limit,
+            refill.FetchSchedule(max(query.limit * 2, 20), MAX_BATCH, MAX_ROUNDS),
+        )
+        found = [(pair, hit) for hit, pair in kept if pair is not None]
+        offset = source.offset
 
         opts = FormatOptions(user_id, device_id)
         formatted = await self._formatter.format([p for p, _ in found], opts)

@@ -22,6 +22,7 @@ from typing import Any
 
 from starling.errors import MatrixError, forbidden, invalid_param, not_found
 from starling.protocol.event import Event, StateKey
+from starling.rooms import refill
 from starling.rooms.client_format import EventFormatter, FormatOptions, JsonDict
 from starling.rooms.visibility import HistoryVisibility
 from starling.storage.events import EventStore, StoredEvent
@@ -46,6 +47,54 @@ class RoomAccess:
     # The member event that ended their view of the room (None if they are joined).
     departure_event: str | None
     joined: bool
+
+
+def _event_id(pair: StoredEvent) -> str:
+    return pair.event.event_id
+
+
+class _HistorySource:
+    """One room's history in topological order, from `cursor` (None: the room's edge)
+    towards `bound` (None: the other edge), events after `max_stream` left out."""
+
+    def __init__(
+        self,
+        events: EventStore,
+        room_id: str,
+        cursor: HistoryPosition | None,
+        bound: HistoryPosition | None,
+        *,
+        backwards: bool,
+        max_stream: int,
+    ) -> None:
+        self._events = events
+        self._room_id = room_id
+        self.cursor = cursor
+        self._bound = bound
+        self._backwards = backwards
+        self._max_stream = max_stream
+
+    async def read(self, n: int) -> Sequence[StoredEvent]:
+        lower, upper = (self._bound, self.cursor) if self._backwards else (self.cursor, self._bound)
+        rows = await self._events.get_room_history(
+            self._room_id,
+            after=_point(lower),
+            not_after=_point(upper),
+            max_stream=self._max_stream,
+            limit=n,
+            backwards=self._backwards,
+        )
+        if rows:
+            self.stop_after(rows[-1])
+        return rows
+
+    def stop_after(self, row: StoredEvent) -> None:
+        stream = row.meta.stream_ordering or 0
+        self.cursor = HistoryPosition(stream - 1 if self._backwards else stream, row.event.depth)
+
+
+def _point(p: HistoryPosition | None) -> tuple[int | None, int] | None:
+    return None if p is None else (p.depth, p.stream)
 
 
 class RoomHistory:
@@ -226,28 +275,11 @@ class RoomHistory:
         `cursor` (None: the room's edge) towards `bound` (None: the other edge), events
         that arrived after `max_stream` left out. Returns the events, the position after
         the last one read, and whether the walk reached `bound` (or the room's edge)."""
-        out: list[StoredEvent] = []
-        fetch = limit if efilter.is_noop else min(limit * 3, MAX_MESSAGES_LIMIT)
-        exhausted = False
+        source = _HistorySource(
+            self._events, room_id, cursor, bound, backwards=backwards, max_stream=max_stream
+        )
 
-        def point(p: HistoryPosition | None) -> tuple[int | None, int] | None:
-            return None if p is None else (p.depth, p.stream)
-
-        def past(pair: StoredEvent) -> HistoryPosition:
-            event, meta = pair
-            stream = meta.stream_ordering or 0
-            return HistoryPosition(stream - 1 if backwards else stream, event.depth)
-
-        for _ in range(MAX_PAGE_ROUNDS):
-            rows = await self._events.get_room_history(
-                room_id,
-                after=point(bound if backwards else cursor),
-                not_after=point(cursor if backwards else bound),
-                max_stream=max_stream,
-                limit=fetch,
-                backwards=backwards,
-            )
-            exhausted = len(rows) < fetch
+        async def keep(rows: Sequence[StoredEvent]) -> Sequence[StoredEvent]:
             matching = [
                 pair
                 for pair in rows
@@ -255,22 +287,17 @@ class RoomHistory:
                     pair.event.type, pair.event.sender, pair.event.room_id, pair.event.content
                 )
             ]
-            visible = await self._visible(user_id, matching)
-            for pair in visible:
-                out.append(pair)
-                if len(out) == limit:
-                    # Rows after this one were read but not returned: not exhausted.
-                    return (
-                        out,
-                        past(pair),
-                        exhausted and pair.event.event_id == rows[-1].event.event_id,
-                    )
-            if rows:
-                cursor = past(rows[-1])
-            if exhausted:
-                break
-            fetch = min(fetch * 2, MAX_MESSAGES_LIMIT)
-        return out, cursor, exhausted
+            return await self._visible(user_id, matching)
+
+        first = limit if efilter.is_noop else limit * 3
+        events, more = await refill.collect(
+            source,
+            keep,
+            _event_id,
+            limit,
+            refill.FetchSchedule(first, MAX_MESSAGES_LIMIT, MAX_PAGE_ROUNDS),
+        )
+        return events, source.cursor, not more
 
     async def messages(
         self,

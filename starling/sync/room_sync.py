@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starling.protocol.event import StateKey
+from starling.rooms import refill
 from starling.rooms.client_format import (
     EventFormatter,
     FormatOptions,
@@ -290,9 +291,15 @@ class RoomSyncBuilder:
     ) -> None:
         limit = req.filter.timeline_limit
         tfilter = req.filter.timeline
-        fetch = limit + 1 if tfilter.is_noop else min(4 * limit + 1, MAX_FETCH)
+        # Many rooms per query, so refill.collect (one source) does not fit; the batch
+        # sizes follow the same schedule.
+        schedule = refill.FetchSchedule(
+            limit + 1 if tfilter.is_noop else 4 * limit + 1,
+            max(MAX_FETCH, limit + 1),
+            MAX_REFILL_ROUNDS + 1,
+        )
         pending = list(plans)
-        for round_ in range(MAX_REFILL_ROUNDS + 1):
+        for round_, fetch in enumerate(schedule.sizes()):
             ranges = [
                 (p.room_id, p.lower, p.scanned_to - 1 if p.scanned_to is not None else p.upper)
                 for p in pending
@@ -333,7 +340,6 @@ class RoomSyncBuilder:
             if not still:
                 break
             pending = still
-            fetch = min(fetch * 2, MAX_FETCH)
 
     # --- state ---------------------------------------------------------------------------
 
