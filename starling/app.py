@@ -24,6 +24,7 @@ from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.accounts.uia import UserInteractiveAuth
 from starling.admin.audit import AuditLog
+from starling.admin.history import AdminHistory
 from starling.admin.media import AdminMedia
 from starling.admin.notices import ServerNotices
 from starling.admin.reports import ContentReports
@@ -106,6 +107,7 @@ from starling.rooms.visibility import HistoryVisibility
 from starling.search.service import SearchService
 from starling.storage.account_data import AccountDataStore
 from starling.storage.accounts import AccountStore, UIAuthStore, UserExists
+from starling.storage.admin_history import HistoryStore
 from starling.storage.admin_media import AdminMediaStore
 from starling.storage.admin_rooms import AdminRoomStore
 from starling.storage.admin_users import AdminUserStore
@@ -637,6 +639,13 @@ async def build_services(
         rate_limits,
     )
     build_modules(config, client_events, room_events, account_store)
+    admin_history = AdminHistory(
+        server_name=config.server_name,
+        store=HistoryStore(db, config.server_name, event_store),
+        room_events=room_events,
+        client_events=client_events,
+        retention=config.retention,
+    )
     return Components(
         config=config,
         audit_log=AuditLog(AuditLogStore(db)),
@@ -645,6 +654,7 @@ async def build_services(
         admin_users=admin_users,
         admin_rooms=admin_rooms,
         admin_media=admin_media,
+        admin_history=admin_history,
         registration_tokens=RegistrationTokens(account_store),
         openid=OpenIdTokens(config.server_name, OpenIdStore(db)),
         timestamps=TimestampLookup(
@@ -1124,6 +1134,7 @@ class Homeserver:
             await hs.services.federation_sender.start()
             await hs.services.push_sender.start()
             hs.services.media.start()
+            hs.services.admin_history.start()
             if hs.services.e2ee.remote_device_lists is not None:
                 # Users left stale by the last run (a resync that had not succeeded).
                 await hs.services.e2ee.remote_device_lists.start()
@@ -1187,6 +1198,7 @@ class Homeserver:
         self.services.typing.close()
         await self.services.presence.close()
         await self.services.media.close()
+        await self.services.admin_history.close()
         for stop in self.services.e2ee.on_stop:
             await stop()
         await self.services.federation_sender.stop()

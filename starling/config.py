@@ -198,6 +198,40 @@ class MediaRetentionConfig:
 
 
 @dataclass
+class RetentionPolicy:
+    """Lifetimes of a room's messages (Synapse's `retention.default_policy`; durations)."""
+
+    min_lifetime: str | int | None = None
+    max_lifetime: str | int | None = None
+
+
+@dataclass
+class RetentionPurgeJob:
+    """One of Synapse's `retention.purge_jobs`: every `interval`, purge the rooms whose
+    max_lifetime lies in [shortest_max_lifetime, longest_max_lifetime] (unset: open)."""
+
+    shortest_max_lifetime: str | int | None = None
+    longest_max_lifetime: str | int | None = None
+    interval: str | int = "1d"
+
+
+def _default_purge_jobs() -> list[RetentionPurgeJob]:
+    return [RetentionPurgeJob()]
+
+
+@dataclass
+class RetentionConfig:
+    """Synapse's `retention` section: message retention policies (m.room.retention) and
+    the jobs that purge expired history."""
+
+    enabled: bool = False
+    default_policy: RetentionPolicy = field(default_factory=RetentionPolicy)
+    allowed_lifetime_min: str | int | None = None
+    allowed_lifetime_max: str | int | None = None
+    purge_jobs: list[RetentionPurgeJob] = field(default_factory=_default_purge_jobs)
+
+
+@dataclass
 class UserDirectoryConfig:
     """Synapse's `user_directory` section."""
 
@@ -405,6 +439,8 @@ class Config:
     unused_expiration_time: str | int = "24h"
     media_upload_limits: list[MediaUploadLimit] = field(default_factory=list)
     media_retention: MediaRetentionConfig = field(default_factory=MediaRetentionConfig)
+    # message retention policies (Synapse's `retention`)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     # Bytes of other servers' media one client address may make this server download.
     remote_media_download_burst_count: str | int = "500M"
     remote_media_download_per_second: str | int = "87K"
@@ -452,6 +488,40 @@ def parse_size(value: str | int) -> int:
         return int(v)
     except ValueError:
         raise ValueError(f"{value!r} is not a size (like 50M or 1048576)") from None
+
+
+def _check_retention(r: RetentionConfig) -> None:
+    """Every duration of the `retention` section parses and is positive; min <= max."""
+
+    def ms(name: str, value: str | int | None) -> int | None:
+        if value is None:
+            return None
+        try:
+            out = parse_duration(value)
+        except ValueError as e:
+            raise ConfigError(f"retention.{name}: {e}") from None
+        if out <= 0:
+            raise ConfigError(f"retention.{name}: must be positive")
+        return out
+
+    pairs = [
+        ("default_policy.min_lifetime", "default_policy.max_lifetime",
+         r.default_policy.min_lifetime, r.default_policy.max_lifetime),
+        ("allowed_lifetime_min", "allowed_lifetime_max",
+         r.allowed_lifetime_min, r.allowed_lifetime_max),
+    ]  # fmt: skip
+    for i, job in enumerate(r.purge_jobs):
+        ms(f"purge_jobs[{i}].interval", job.interval)
+        pairs.append(
+            (f"purge_jobs[{i}].shortest_max_lifetime", f"purge_jobs[{i}].longest_max_lifetime",
+             job.shortest_max_lifetime, job.longest_max_lifetime)
+        )  # fmt: skip
+    for low_name, high_name, low, high in pairs:
+        lo, hi = ms(low_name, low), ms(high_name, high)
+        if lo is not None and hi is not None and lo > hi:
+            raise ConfigError(f"retention.{low_name}: greater than {high_name}")
+    if r.enabled and not r.purge_jobs:
+        raise ConfigError("retention.purge_jobs: at least one job is needed")
 
 
 def parse_duration(value: str | int) -> int:
@@ -771,6 +841,7 @@ def _check_media(cfg: Config) -> None:
                 raise ValueError("must be positive")
         except ValueError as e:
             raise ConfigError(f"media_retention.remote_media_lifetime: {e}") from None
+    _check_retention(cfg.retention)
     for i, limit in enumerate(cfg.media_upload_limits):
         try:
             if parse_duration(limit.time_period) <= 0 or parse_size(limit.max_size) < 0:

@@ -14,6 +14,7 @@ from starling.accounts.registration_tokens import RegistrationTokens
 from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.admin.audit import AuditLog
+from starling.admin.history import AdminHistory
 from starling.admin.media import AdminMedia
 from starling.admin.notices import ServerNotices
 from starling.admin.reports import ContentReports
@@ -72,6 +73,8 @@ class Services:
     audit_log: AuditLog
     admin_rooms: AdminRooms
     admin_media: AdminMedia
+    # purging history, redacting a user's events, retention policies
+    admin_history: AdminHistory
     # content reports: users report events and rooms, admins read them
     reports: ContentReports
     server_notices: ServerNotices

@@ -147,7 +147,9 @@ class ClientEvents:
         *,
         device_id: str | None,
         txn_id: str,
+        rate_limited: bool = True,
     ) -> Event:
+        """`rate_limited=False`: an admin's sweep (the admin API), not a client's request."""
         content: dict[str, Any] = {}
         if reason is not None:
             content["reason"] = reason
@@ -162,7 +164,7 @@ class ClientEvents:
             device_id=device_id,
             txn_id=txn_id,
             redacts=target_id,
-            check=self._redaction_check(room_id, sender, target_id, rate_limited=True),
+            check=self._redaction_check(room_id, sender, target_id, rate_limited=rate_limited),
         )
 
     async def _check_canonical_alias(self, room_id: str, content: dict[str, Any]) -> None:

@@ -184,6 +184,17 @@ class EventStore:
             if cached is not None and cached[0].room_id == room_id:
                 self._events.pop(event_id)
 
+    def forget_events(self, room_id: str, event_ids: Iterable[str]) -> None:
+        """Drop cached events deleted by a history purge (admin API, retention)."""
+        self.forget_extremities(room_id)
+        for event_id in event_ids:
+            self._events.pop(event_id)
+
+    def forget_extremities(self, room_id: str) -> None:
+        """Drop the room's cached extremities after a history purge changed them."""
+        self._forward.pop(room_id)
+        self._backward.pop(room_id)
+
     async def get_room_version(self, room_id: str) -> RoomVersion | None:
         rv = self._room_versions.get(room_id)
         if rv is None:

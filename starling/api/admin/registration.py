@@ -19,6 +19,7 @@ from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.api.admin.audit import AdminAuditRoutes, with_audit
 from starling.api.admin.federation import FederationDestinationsAdmin
+from starling.api.admin.history import AdminHistoryRoutes
 from starling.api.admin.media import AdminMediaRoutes
 from starling.api.admin.notices import AdminNoticeRoutes
 from starling.api.admin.reports import AdminReportRoutes
@@ -187,6 +188,8 @@ def admin_table(svc: Services) -> RouteTable:
         *AdminUserRoutes(svc.admin_users).routes(),
         # rooms: list, details, members, state, block, delete (and its status), join
         *AdminRoomRoutes(svc.admin_rooms).routes(),
+        # history: purge (and its status), redact a user's events (and its status)
+        *AdminHistoryRoutes(svc.admin_history).routes(),
         # media: per user and room, quarantine, protection, deletion, remote cache
         *AdminMediaRoutes(svc.admin_media).routes(),
         # what users reported

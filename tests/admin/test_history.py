@@ -1,0 +1,191 @@
+"""Admin API, history: purge history (docs/admin_api/purge_history_api.md) and redacting a
+user's events (user_admin_api.md), Synapse's paths and shapes, both engines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.support.harness import Harness
+
+V1 = "/_synapse/admin/v1"
+C = "/_matrix/client/v3"
+
+
+async def _count(hs: Harness, sql: str, *args: Any) -> int:
+    return int(await hs.services.db.fetch_val(sql, *args) or 0)
+
+
+async def _messages(hs: Harness, token: str, room_id: str) -> list[dict[str, Any]]:
+    status, resp = await hs.request(
+        "GET", f"{C}/rooms/{room_id}/messages", token, params={"dir": "b", "limit": "100"}
+    )
+    assert status == 200, resp
+    chunk: list[dict[str, Any]] = resp["chunk"]
+    return chunk
+
+
+async def test_history_endpoints_refuse_non_admins(hs: Harness) -> None:
+    _, plain = await hs.register("plain")
+    for method, path in [
+        ("POST", f"{V1}/purge_history/!r:test.local"),
+        ("POST", f"{V1}/purge_history/!r:test.local/$e"),
+        ("GET", f"{V1}/purge_history_status/x"),
+        ("POST", f"{V1}/user/@a:test.local/redact"),
+        ("GET", f"{V1}/user/redact_status/x"),
+    ]:
+        status, resp = await hs.request(method, path, plain, {"rooms": []})
+        assert (status, resp["errcode"]) == (403, "M_FORBIDDEN"), path
+
+
+async def test_purge_history(hs: Harness, admin: str) -> None:
+    alice, alice_token = await hs.register("alice")
+    room = await hs.create_room(alice_token, name="Old")
+    other = await hs.create_room(alice_token)
+    old = [await hs.send_message(alice_token, room, f"old {i}") for i in range(3)]
+    status, _ = await hs.request(
+        "PUT",
+        f"{C}/rooms/{room}/send/m.reaction/t1",
+        alice_token,
+        {"m.relates_to": {"rel_type": "m.annotation", "event_id": old[0], "key": "x"}},
+    )
+    assert status == 200
+    cut = await hs.send_message(alice_token, room, "cut")
+    await hs.send_message(alice_token, room, "new")
+
+    # Bad input: Matrix errors, nothing started.
+    for path, body, want in [
+        (f"{V1}/purge_history/!nope:test.local/{cut}", {}, (404, "M_NOT_FOUND")),
+        (f"{V1}/purge_history/{other}/{cut}", {}, (400, "M_UNKNOWN")),
+        (f"{V1}/purge_history/{room}/$missing", {}, (404, "M_NOT_FOUND")),
+        (f"{V1}/purge_history/{room}", {}, (400, "M_UNKNOWN")),
+        (f"{V1}/purge_history/{room}", {"purge_up_to_ts": "soon"}, (400, "M_INVALID_PARAM")),
+        (f"{V1}/purge_history/{room}", {"purge_up_to_ts": 1}, (404, "M_NOT_FOUND")),
+        (f"{V1}/purge_history/{room}/{cut}", {"delete_local_events": "yes"}, (400, "M_BAD_JSON")),
+        (f"{V1}/purge_history/{room}", [], (400, "M_NOT_JSON")),
+    ]:
+        status, resp = await hs.request("POST", path, admin, body)
+        assert (status, resp.get("errcode")) == want, (path, body, resp)
+    status, resp = await hs.request("GET", f"{V1}/purge_history_status/nope", admin)
+    assert (status, resp["errcode"]) == (404, "M_NOT_FOUND")
+
+    # By default this server's users' events stay.
+    messages = "SELECT COUNT(*) FROM events WHERE room_id = ? AND state_key IS NULL"
+    before = await _count(hs, messages, room)
+    status, resp = await hs.request("POST", f"{V1}/purge_history/{room}/{cut}", admin, {})
+    assert status == 200, resp
+    await hs.services.admin_history.settle()
+    status, resp = await hs.request("GET", f"{V1}/purge_history_status/{resp['purge_id']}", admin)
+    assert (status, resp) == (200, {"status": "complete"})
+    assert await _count(hs, messages, room) == before
+
+    state = "SELECT COUNT(*) FROM events WHERE room_id = ? AND state_key IS NOT NULL"
+    state_before = await _count(hs, state, room)
+    status, resp = await hs.request(
+        "POST",
+        f"{V1}/purge_history/{room}",
+        admin,
+        {"purge_up_to_event_id": cut, "delete_local_events": True},
+    )
+    assert status == 200, resp
+    await hs.services.admin_history.settle()
+    status, resp = await hs.request("GET", f"{V1}/purge_history_status/{resp['purge_id']}", admin)
+    assert resp == {"status": "complete"}
+    # The rows are gone: events, relations, search entries, graph edges; state stays.
+    assert await _count(hs, messages, room) == before - 4
+    assert await _count(hs, state, room) == state_before
+    ids = hs.services.db.sql.array(old)
+    for table in ("events", "event_search", "event_auth"):
+        sql = f"SELECT COUNT(*) FROM {table} WHERE {hs.services.db.sql.in_array('event_id')}"
+        assert await _count(hs, sql, ids) == 0, table
+    assert await _count(hs, "SELECT COUNT(*) FROM event_relations WHERE room_id = ?", room) == 0
+    assert await hs.services.event_store.get_event(old[0]) is None
+    bodies = [e["content"].get("body") for e in await _messages(hs, alice_token, room)]
+    assert bodies[:2] == ["new", "cut"] and "old 0" not in bodies
+    # The room still works, and the current state is whole.
+    await hs.send_message(alice_token, room, "after")
+    status, resp = await hs.request("GET", f"{C}/rooms/{room}/state/m.room.name/", alice_token)
+    assert (status, resp) == (200, {"name": "Old"})
+    status, resp = await hs.request("GET", f"{C}/sync", alice_token)
+    assert status == 200 and room in resp["rooms"]["join"]
+
+    # The newest event cannot be a cut-off beyond every forward extremity.
+    status, resp = await hs.request(
+        "POST", f"{V1}/purge_history/{room}", admin, {"purge_up_to_ts": 2**52}
+    )
+    assert status == 200  # the newest event before that time stays: nothing to refuse
+    await hs.services.admin_history.settle()
+    newest = (await _messages(hs, alice_token, room))[0]
+    assert newest["content"].get("body") == "after"
+
+    status, resp = await hs.request(
+        "GET", f"{V1}/audit_log", admin, params={"target": room, "limit": "50"}
+    )
+    assert any("/purge_history/" in e["path"] for e in resp["entries"]), resp
+    assert alice
+
+
+async def test_redact_user_events(hs: Harness, admin: str) -> None:
+    root = f"@root:{hs.server_name}"
+    bob, bob_token = await hs.register("bob")
+    _, alice_token = await hs.register("alice")
+    admin_room = await hs.create_room(admin, preset="public_chat")
+    alice_room = await hs.create_room(alice_token, preset="public_chat")
+    for room in (admin_room, alice_room):
+        status, _ = await hs.request("POST", f"{C}/join/{room}", bob_token, {})
+        assert status == 200
+    spam = [await hs.send_message(bob_token, r, "spam") for r in (admin_room, alice_room)]
+    keep = await hs.send_message(alice_token, alice_room, "hello")
+
+    for body, want in [
+        ({}, (400, "M_MISSING_PARAM")),
+        ({"rooms": "all"}, (400, "M_BAD_JSON")),
+        ({"rooms": [], "limit": 0}, (400, "M_INVALID_PARAM")),
+        ({"rooms": [], "limit": True}, (400, "M_INVALID_PARAM")),
+        ({"rooms": [], "reason": 5}, (400, "M_BAD_JSON")),
+        ({"rooms": ["!x:y"] * 1001}, (400, "M_BAD_JSON")),
+    ]:
+        status, resp = await hs.request("POST", f"{V1}/user/{bob}/redact", admin, body)
+        assert (status, resp["errcode"]) == want, body
+    status, resp = await hs.request("POST", f"{V1}/user/not-a-user/redact", admin, {"rooms": []})
+    assert status == 400
+    status, resp = await hs.request("GET", f"{V1}/user/redact_status/nope", admin)
+    assert (status, resp["errcode"]) == (404, "M_NOT_FOUND")
+
+    # Bob is local: he redacts his own events (every room he is in), with the reason.
+    status, resp = await hs.request(
+        "POST", f"{V1}/user/{bob}/redact", admin, {"rooms": [], "reason": "spam"}
+    )
+    assert status == 200, resp
+    await hs.services.admin_history.settle()
+    status, resp = await hs.request("GET", f"{V1}/user/redact_status/{resp['redact_id']}", admin)
+    assert (status, resp) == (200, {"status": "complete", "failed_redactions": {}})
+    for event_id in spam:
+        found = await hs.services.event_store.get_event(event_id)
+        assert found is not None and found.meta.redacted_by is not None
+        redaction = await hs.services.event_store.get_event(found.meta.redacted_by)
+        assert redaction is not None
+        assert (redaction.event.sender, redaction.event.content.get("reason")) == (bob, "spam")
+    untouched = await hs.services.event_store.get_event(keep)
+    assert untouched is not None and untouched.meta.redacted_by is None
+
+    # Alice's message, redacted by the admin: allowed where the admin may redact, and
+    # refused (listed in failed_redactions) where the room's power levels say no.
+    status, _ = await hs.request("POST", f"{C}/join/{admin_room}", alice_token, {})
+    assert status == 200
+    await hs.send_message(alice_token, admin_room, "mine")
+    status, _ = await hs.request("POST", f"{C}/join/{alice_room}", admin, {})
+    assert status == 200
+    status, resp = await hs.request(
+        "POST",
+        f"{V1}/user/@alice:{hs.server_name}/redact",
+        admin,
+        {"rooms": [admin_room, alice_room], "use_admin": True, "limit": 5},
+    )
+    assert status == 200
+    await hs.services.admin_history.settle()
+    status, resp = await hs.request("GET", f"{V1}/user/redact_status/{resp['redact_id']}", admin)
+    assert resp["status"] == "complete"
+    failed = resp["failed_redactions"]
+    assert set(failed) >= {keep} and len(failed) == 2, failed  # alice's room: message, join
+    status, resp = await hs.request("GET", f"{V1}/audit_log", admin, params={"target": bob})
+    assert any(e["path"].endswith("/redact") and e["admin"] == root for e in resp["entries"])
