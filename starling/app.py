@@ -117,9 +117,11 @@ from starling.storage.audit_log import AuditLogStore
 from starling.storage.database import Database, open_database
 from starling.storage.database import DatabaseConfig as StorageConfig
 from starling.storage.directory import DirectoryStore
+from starling.storage.e2ee_stores import E2eeStores
 from starling.storage.event_timestamps import EventTimestampStore
 from starling.storage.events import EventStore
 from starling.storage.federation_sender import FederationSenderStore
+from starling.storage.federation_transactions import InboundTransactionStore
 from starling.storage.filters import FilterStore
 from starling.storage.media import MediaStore
 from starling.storage.memberships import MembershipStore
@@ -132,6 +134,7 @@ from starling.storage.relations import RelationStore
 from starling.storage.remote_device_lists import DeviceListOutboxStore
 from starling.storage.reports import ReportStore
 from starling.storage.search import SearchStore
+from starling.storage.server_keys import ServerKeyStore
 from starling.storage.state import StateStore
 from starling.storage.streams import StreamIdGenerator
 from starling.storage.user_directory import UserDirectoryStore
@@ -210,7 +213,7 @@ async def build_services(
 ) -> Components:
     """Every service; `federation` replaces the federation transport (tests give one
     with fake DNS)."""
-    federation = federation or build_federation_transport(config, db, signing_key)
+    federation = federation or build_federation_transport(config, ServerKeyStore(db), signing_key)
     account_store = AccountStore(db)
     app_services = load_app_services(config)
     app_service_client = AppServiceClient(
@@ -350,7 +353,7 @@ async def build_services(
         return await federation_inbound.backfiller.backfill(room_id)
 
     sync = build_sync(
-        db, event_store, state_store, membership_store, room_events, notifier, backfill
+        FilterStore(db), event_store, state_store, membership_store, room_events, notifier, backfill
     )
     for extension in extras.sync_extensions():
         sync.sync.add_extension(extension)
@@ -408,9 +411,10 @@ async def build_services(
         events_stream.current_position,
     )
     room_events.add_listener(outgoing_webhooks.on_new_event)
-    e2ee = await build_e2ee(
+    e2ee = build_e2ee(
         config.server_name,
         db,
+        await E2eeStores.open(db),
         account_store,
         event_store,
         membership_store,
@@ -452,7 +456,7 @@ async def build_services(
     )
     federation_inbound = build_federation_inbound(
         server_name=config.server_name,
-        db=db,
+        transaction_store=InboundTransactionStore(db),
         event_store=event_store,
         state_store=state_store,
         membership_store=membership_store,

@@ -17,15 +17,10 @@ from starling.e2ee.to_device import ToDeviceService
 from starling.ratelimit import RateLimits
 from starling.storage.accounts import AccountStore
 from starling.storage.database import Database
-from starling.storage.device_lists import DeviceListStore
-from starling.storage.e2e_keys import E2eKeyStore
+from starling.storage.e2ee_stores import E2eeStores
 from starling.storage.events import EventStore
-from starling.storage.federation_to_device import FederationToDeviceStore
-from starling.storage.key_backup import KeyBackupStore
 from starling.storage.memberships import MembershipStore
 from starling.storage.remote_device_lists import RemoteDeviceListStore
-from starling.storage.streams import StreamIdGenerator
-from starling.storage.to_device import ToDeviceStore
 
 
 @dataclass
@@ -47,9 +42,10 @@ class E2ee:
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
-async def build_e2ee(
+def build_e2ee(
     server_name: str,
     db: Database,
+    stores: E2eeStores,
     accounts: AccountStore,
     events: EventStore,
     memberships: MembershipStore,
@@ -70,23 +66,23 @@ async def build_e2ee(
             out[eid] = prev_event.membership if prev_event is not None else None
         return out
 
-    key_store = E2eKeyStore(db)
-    to_device_store = ToDeviceStore(db)
+    key_store = stores.keys
+    to_device_store = stores.to_device
     tracker = DeviceListTracker(
         db,
-        DeviceListStore(db),
-        await StreamIdGenerator.create(db, "device_lists"),
+        stores.device_lists,
+        stores.device_lists_stream,
         memberships,
         previous_memberships,
         notify,
     )
     keys = E2eKeyService(server_name, db, key_store, to_device_store, tracker)
-    device_list_store = RemoteDeviceListStore(db)
-    to_device_stream = await StreamIdGenerator.create(db, "to_device")
+    device_list_store = stores.remote_device_lists
+    to_device_stream = stores.to_device_stream
     federated_to_device = FederatedToDevice(
         server_name,
         db,
-        FederationToDeviceStore(db),
+        stores.federation_to_device,
         to_device_store,
         to_device_stream,
         notify,
@@ -108,7 +104,7 @@ async def build_e2ee(
         federation_keys=FederationKeyServer(
             server_name, keys, accounts, device_list_store.outbound_head
         ),
-        key_backup=KeyBackupService(db, KeyBackupStore(db)),
+        key_backup=KeyBackupService(db, stores.key_backup),
         device_lists=tracker,
         device_list_store=device_list_store,
         to_device_extension=ToDeviceExtension(to_device, keys),

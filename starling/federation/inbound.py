@@ -22,7 +22,6 @@ from starling.federation.receipt.remote import RemoteEvents
 from starling.federation.receipt.signatures import EventSignatureVerifier
 from starling.federation.room_access import RoomAccess
 from starling.federation.transactions import TransactionReceiver
-from starling.storage.database import Database
 from starling.storage.events import EventStore
 from starling.storage.federation_transactions import InboundTransactionStore
 from starling.storage.memberships import MembershipStore
@@ -43,7 +42,7 @@ class FederationInbound:
 def build_federation_inbound(
     *,
     server_name: str,
-    db: Database,
+    transaction_store: InboundTransactionStore,
     event_store: EventStore,
     state_store: StateStore,
     membership_store: MembershipStore,
@@ -70,7 +69,7 @@ def build_federation_inbound(
     edus = EduRegistry(access.server_allowed)
     return FederationInbound(
         events=handler,
-        transactions=TransactionReceiver(handler, event_store, InboundTransactionStore(db), edus),
+        transactions=TransactionReceiver(handler, event_store, transaction_store, edus),
         edus=edus,
         reads=FederationReads(server_name, event_store, access),
         queries=queries,

@@ -22,7 +22,6 @@ from starling.federation.keyring import (
 )
 from starling.federation.ratelimit import FederationRateLimiter
 from starling.protocol.signing import SigningKey
-from starling.storage.database import Database
 from starling.storage.server_keys import ServerKeyStore
 
 
@@ -40,7 +39,7 @@ class FederationTransport:
 
 def build_federation_transport(
     config: Config,
-    db: Database,
+    key_store: ServerKeyStore,
     signing_key: SigningKey,
     *,
     srv_resolver: SrvResolver | None = None,
@@ -53,7 +52,7 @@ def build_federation_transport(
     keyring = Keyring(
         config.server_name,
         signing_key,
-        ServerKeyStore(db),
+        key_store,
         client,
         notaries=notaries_from_config(config.trusted_key_servers),
         old_keys=old_keys,

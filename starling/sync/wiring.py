@@ -9,7 +9,6 @@ from starling.notifier import Notifier
 from starling.rooms.client_format import EventFormatter
 from starling.rooms.event_service import RoomEventService
 from starling.rooms.visibility import HistoryVisibility
-from starling.storage.database import Database
 from starling.storage.events import EventStore
 from starling.storage.filters import FilterStore
 from starling.storage.memberships import MembershipStore
@@ -30,7 +29,7 @@ class SyncServices:
 
 
 def build_sync(
-    db: Database,
+    filter_store: FilterStore,
     event_store: EventStore,
     state_store: StateStore,
     membership_store: MembershipStore,
@@ -55,6 +54,6 @@ def build_sync(
             lambda: room_events.current_position,
             backfill,
         ),
-        filter_store=FilterStore(db),
+        filter_store=filter_store,
         formatter=formatter,
     )

@@ -18,6 +18,7 @@ from starling.config import Config, Listener, ListenerResource, load_config_dict
 from starling.federation.transport import build_federation_transport
 from starling.protocol.signing import SigningKey
 from starling.storage import Database
+from starling.storage.server_keys import ServerKeyStore
 from tests.support.offline_dns import TableHostResolver, TableSrvResolver
 
 SERVER_NAME = "test.local"
@@ -122,7 +123,7 @@ async def make_harness(
     # Federation never leaves the machine in tests: SRV and host names from empty tables.
     federation = build_federation_transport(
         config,
-        database,
+        ServerKeyStore(database),
         signing_key,
         srv_resolver=TableSrvResolver(),
         host_resolver=TableHostResolver(),

@@ -1,0 +1,40 @@
+"""The stores and streams behind the E2EE services, opened together by the composition
+root (starling.app) and handed to starling.e2ee.services.build_e2ee."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starling.storage.database import Database
+from starling.storage.device_lists import DeviceListStore
+from starling.storage.e2e_keys import E2eKeyStore
+from starling.storage.federation_to_device import FederationToDeviceStore
+from starling.storage.key_backup import KeyBackupStore
+from starling.storage.remote_device_lists import RemoteDeviceListStore
+from starling.storage.streams import StreamIdGenerator
+from starling.storage.to_device import ToDeviceStore
+
+
+@dataclass(frozen=True)
+class E2eeStores:
+    keys: E2eKeyStore
+    to_device: ToDeviceStore
+    to_device_stream: StreamIdGenerator
+    device_lists: DeviceListStore
+    device_lists_stream: StreamIdGenerator
+    remote_device_lists: RemoteDeviceListStore
+    federation_to_device: FederationToDeviceStore
+    key_backup: KeyBackupStore
+
+    @classmethod
+    async def open(cls, db: Database) -> E2eeStores:
+        return cls(
+            keys=E2eKeyStore(db),
+            to_device=ToDeviceStore(db),
+            to_device_stream=await StreamIdGenerator.create(db, "to_device"),
+            device_lists=DeviceListStore(db),
+            device_lists_stream=await StreamIdGenerator.create(db, "device_lists"),
+            remote_device_lists=RemoteDeviceListStore(db),
+            federation_to_device=FederationToDeviceStore(db),
+            key_backup=KeyBackupStore(db),
+        )
