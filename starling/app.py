@@ -86,6 +86,8 @@ from starling.protocol.event import Event
 from starling.protocol.power_levels import server_of
 from starling.protocol.signing import SigningKey
 from starling.push.delivery import PushSender, room_details_from
+from starling.push.evaluator import PushEvaluator
+from starling.push.notifications import NotificationsService
 from starling.push.pushers import PusherService
 from starling.push.service import PushRulesService
 from starling.ratelimit import RateLimits
@@ -128,6 +130,7 @@ from starling.storage.memberships import MembershipStore
 from starling.storage.openid import OpenIdStore
 from starling.storage.presence import PresenceStore
 from starling.storage.profiles import ProfileStore
+from starling.storage.push_actions import PushActionStore
 from starling.storage.pushers import PusherStore
 from starling.storage.receipts import Receipt, ReceiptStore
 from starling.storage.relations import RelationStore
@@ -565,10 +568,20 @@ async def build_services(
         counts = await unread_counts.counts(user_id, rooms)
         return sum(n for per_thread in counts.values() for n, _ in per_thread.values())
 
-    push_sender = PushSender(
-        pusher_store,
+    push_action_store = PushActionStore(db)
+    push_evaluator = PushEvaluator(
+        push_action_store,
+        event_store,
         membership_store,
         extras.push_rules,
+        extras.account_data,
+        events_stream.current_position,
+        lambda user_id: server_of(user_id) == config.server_name,
+    )
+    push_sender = PushSender(
+        pusher_store,
+        push_action_store,
+        event_store,
         badge_count,
         address_policy=IPRangePolicy(config.ip_range_blacklist, config.ip_range_whitelist),
         verify_certificates=not config.use_insecure_ssl_client_just_for_testing_do_not_use,
@@ -576,8 +589,10 @@ async def build_services(
             state_store.get_current_state_ids, event_store.get_events_with_meta
         ),
     )
-    # Only an in-memory queue: see starling/push/delivery.py for why no stored position.
-    room_events.add_listener(push_sender.on_new_event)
+    # The evaluator reads the events stream from its stored position; the listener only
+    # wakes it. It tells the sender whose pushers have new notifications.
+    room_events.add_listener(push_evaluator.on_new_event)
+    push_evaluator.on_notified = push_sender.notified
     federation_receipt = extras.receipts.on_local_receipt
 
     async def on_local_receipt(receipt: Receipt) -> None:
@@ -728,8 +743,12 @@ async def build_services(
         profile=extras.profile,
         directory=extras.directory,
         push_rules=extras.push_rules,
-        pushers=PusherService(pusher_store),
+        pushers=PusherService(pusher_store, events_stream.current_position),
+        notifications=NotificationsService(
+            push_action_store, event_store, extras.receipt_store, sync.formatter
+        ),
         push_sender=push_sender,
+        push_evaluator=push_evaluator,
         e2ee=e2ee,
         user_directory=user_directory,
         search=search,
@@ -961,6 +980,7 @@ class Components(Services):
     notifier: Notifier
     unread_counts: UnreadCounts
     push_sender: PushSender
+    push_evaluator: PushEvaluator
     app_services: AppServiceRegistry
     app_service_client: AppServiceClient
     app_service_sender: AppServiceSender
@@ -979,6 +999,7 @@ class RoomExtras:
     # read by sliding sync's list filters (m.direct, tags)
     account_data_store: AccountDataStore
     push_rules: PushRulesService
+    receipt_store: ReceiptStore
 
     def sync_extensions(self) -> list[SyncExtension]:
         # Unread counts go last: they fill in the rooms the others put in the response.
@@ -1054,6 +1075,7 @@ async def build_room_extras(
             PublicationRules(config.room_list_publication_rules),
         ),
         push_rules=push_rules,
+        receipt_store=receipt_store,
     )
     room_events.add_listener(extras.directory.on_new_event)
     room_events.add_listener(extras.typing.on_new_event)
@@ -1136,6 +1158,7 @@ class Homeserver:
         hs = cls(config=config, services=await build_services(config, db, signing_key))
         try:
             await hs.services.federation_sender.start()
+            await hs.services.push_evaluator.start()
             await hs.services.push_sender.start()
             hs.services.media.start()
             hs.services.admin_history.start()
@@ -1208,6 +1231,7 @@ class Homeserver:
         await self.services.federation_sender.stop()
         if self.services.e2ee.remote_device_lists is not None:
             await self.services.e2ee.remote_device_lists.close()
+        await self.services.push_evaluator.stop()
         await self.services.push_sender.stop()
         await self.services.app_service_sender.stop()
         await self.services.outgoing_webhooks.stop()

@@ -33,6 +33,7 @@ from starling.media.service import MediaService
 from starling.openid.tokens import OpenIdTokens
 from starling.presence.service import PresenceService
 from starling.profile.service import ProfileService
+from starling.push.notifications import NotificationsService
 from starling.push.pushers import PusherService
 from starling.push.service import PushRulesService
 from starling.ratelimit import RateLimits
@@ -99,9 +100,10 @@ class Services:
     presence: PresenceService
     profile: ProfileService
     directory: DirectoryService
-    # push rules and pushers (stored, not delivered)
+    # push rules, pushers and /notifications (delivery is behind Components)
     push_rules: PushRulesService
     pushers: PusherService
+    notifications: NotificationsService
     # sync: /sync, filters, room reads
     sync: SyncService
     sliding_sync: SlidingSyncService

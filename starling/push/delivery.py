@@ -1,36 +1,38 @@
 """Push delivery: HTTP pushers get POST {data.url} (spec: push-gateway-api,
-/_matrix/push/v1/notify) for each new event their user's push rules say `notify` for.
+/_matrix/push/v1/notify) for each event their user's push rules say `notify` for.
 
-Where the events come from: the RoomEventService new-event listener (after commit, on the
-loop). The listener only appends the event to an in-memory queue and wakes the worker, so
-the send path never waits for push rules or gateways. The position is not stored: events
-persisted while the server is down, or still queued when it stops, are not pushed (a push
-is a prompt to sync, not the data itself; a stored per-pusher position would add catch-up).
+Where the notifications come from: the push evaluator (starling/push/evaluator.py) stores
+them in event_push_actions as it reads the events stream, then tells this sender which
+users got new ones. Each HTTP pusher has its own stored position
+(pushers.last_stream_ordering, as in Synapse) and one task delivering its user's
+notifications after that position, in order, one request at a time, moving the position
+past each notification once it is sent (or given up on). So a slow or failing gateway
+delays only its own pushers, a new pusher starts at the stream's position when it was set,
+and a restart loses nothing: at start every pusher with notifications after its position
+resumes (events persisted while the server was down are evaluated at start, so they are
+pushed too). A notification sent just before a crash, whose position was not yet stored,
+is sent again (at least once; a gateway sees the same event ID).
 
-The worker evaluates each event for the room's joined local users that have HTTP pushers,
-and the invitee of an invite (never the sender), then hands the notification to one queue per pusher: each pusher gets
-its notifications in order, one request at a time, and a slow or failing gateway delays
-only its own pushers. A failed request (connection error, timeout, non-2xx) is retried with
-exponential backoff, at most MAX_ATTEMPTS times; then that notification is dropped. A
-pushkey the gateway lists in `rejected` removes the pusher (spec: the homeserver "MUST"
-remove it).
+A failed request (connection error, timeout, non-2xx) is retried with exponential backoff,
+at most MAX_ATTEMPTS times; then that notification is given up on. A pushkey the gateway
+lists in `rejected` removes the pusher (spec: the homeserver "MUST" remove it). Badge
+updates after a read receipt are not stored: they are sent at once (a newer one follows
+the next receipt).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 import aiohttp
 
 from starling.address_guard import AddressPolicy, guarded_socket_factory, is_blocked_error
 from starling.protocol.event import Event
-from starling.protocol.push_rules import notifies
-from starling.push.service import PushRulesService
-from starling.storage.memberships import MembershipStore
+from starling.storage.events import EventStore
+from starling.storage.push_actions import PushAction, PushActionStore
 from starling.storage.pushers import PusherStore
 
 logger = logging.getLogger(__name__)
@@ -39,8 +41,7 @@ MAX_ATTEMPTS = 6
 FIRST_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 60.0
 REQUEST_TIMEOUT_SECONDS = 20.0
-MAX_QUEUED_EVENTS = 10_000
-MAX_QUEUED_PER_PUSHER = 1_000
+BACKLOG_BATCH = 50  # notifications read per query of a pusher's backlog
 # Keys of a pusher's data that are ours, not the gateway's (spec: "data" of a device).
 _PRIVATE_DATA_KEYS = ("url", "format")
 
@@ -148,13 +149,13 @@ def badge_body(pusher: dict[str, Any], unread: int) -> dict[str, Any]:
 
 
 class PushSender:
-    """Background delivery of notifications to HTTP push gateways."""
+    """Background delivery of stored notifications to HTTP push gateways."""
 
     def __init__(
         self,
         pushers: PusherStore,
-        memberships: MembershipStore,
-        push_rules: PushRulesService,
+        actions: PushActionStore,
+        events: EventStore,
         unread: BadgeCount,
         *,
         address_policy: AddressPolicy | None = None,
@@ -163,42 +164,52 @@ class PushSender:
         room_details: RoomDetails = _no_details,
     ) -> None:
         self._pushers = pushers
+        self._actions = actions
+        self._events = events
         self._room_details = room_details
         # Pusher URLs come from users: without this, any user could make the server
         # POST into its own network (ip_range_blacklist, as Synapse applies it to push).
         self._address_policy = address_policy
         self._verify_certificates = verify_certificates
-        self._memberships = memberships
-        self._push_rules = push_rules
         self._unread = unread
         self.first_backoff = first_backoff
-        self._events: deque[Event] = deque()
-        self._wake = asyncio.Event()
-        self._worker: asyncio.Task[None] | None = None
-        self._queues: dict[PusherKey, deque[dict[str, Any]]] = {}
+        self._running = False
         self._tasks: dict[PusherKey, asyncio.Task[None]] = {}
+        # Pushers told of new notifications while their task was reading: read again.
+        self._dirty: set[PusherKey] = set()
         self._session: aiohttp.ClientSession | None = None
-        self._badge_tasks: set[asyncio.Task[None]] = set()
+        self._side_tasks: set[asyncio.Task[None]] = set()
 
-    def on_new_event(self, event: Event, position: int) -> None:
-        """A RoomEventService listener: queue the event and wake the worker (no I/O)."""
-        if self._worker is None:
-            return
-        if len(self._events) >= MAX_QUEUED_EVENTS:
-            logger.warning("push queue full; event %s not pushed", event.event_id)
-            return
-        self._events.append(event)
-        self._wake.set()
+    def notified(self, user_ids: set[str]) -> None:
+        """The evaluator stored new notifications for these users: wake their pushers."""
+        if self._running:
+            self._side_task(self._wake_users(user_ids))
 
     def badge_changed(self, user_id: str) -> None:
         """The user read something (a read receipt): their gateways get the new unread
         count alone, so a phone's badge follows (a notification with only `counts` and
         `devices`, as the push gateway API allows and Synapse sends)."""
-        if self._worker is None:
-            return
-        task = asyncio.get_running_loop().create_task(self._send_badge(user_id))
-        self._badge_tasks.add(task)
-        task.add_done_callback(self._badge_tasks.discard)
+        if self._running:
+            self._side_task(self._send_badge(user_id))
+
+    def _side_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _wake_users(self, user_ids: set[str]) -> None:
+        try:
+            targets = await self._pushers.list_http_for_users(user_ids)
+            for user_id, pushers in targets.items():
+                for pusher in pushers:
+                    self._wake((user_id, pusher["app_id"], pusher["pushkey"]))
+        except Exception:
+            logger.exception("waking pushers failed")
+
+    def _wake(self, key: PusherKey) -> None:
+        self._dirty.add(key)
+        if key not in self._tasks and self._running:
+            self._tasks[key] = asyncio.create_task(self._deliver_backlog(key))
 
     async def _send_badge(self, user_id: str) -> None:
         try:
@@ -207,97 +218,100 @@ class PushSender:
                 return
             unread = await self._unread(user_id)
             for pusher in targets[user_id]:
+                key = (user_id, pusher["app_id"], pusher["pushkey"])
                 body = badge_body(pusher, unread)
-                self._enqueue((user_id, pusher["app_id"], pusher["pushkey"]), pusher, body)
+                if await self._deliver(key, pusher["data"]["url"], body) == "rejected":
+                    await self._pushers.delete(*key)
         except Exception:
             logger.exception("badge update failed for %s", user_id)
 
     async def start(self) -> None:
-        if self._worker is None:
-            factory = (
-                guarded_socket_factory(self._address_policy, "ip_range_blacklist")
-                if self._address_policy is not None
-                else None
-            )
-            connector = aiohttp.TCPConnector(socket_factory=factory, ssl=self._verify_certificates)
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS),
-                trust_env=False,
-            )
-            self._worker = asyncio.create_task(self._run())
+        if self._running:
+            return
+        factory = (
+            guarded_socket_factory(self._address_policy, "ip_range_blacklist")
+            if self._address_policy is not None
+            else None
+        )
+        connector = aiohttp.TCPConnector(socket_factory=factory, ssl=self._verify_certificates)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS),
+            trust_env=False,
+        )
+        self._running = True
+        # Catch-up: every pusher with notifications it has not delivered yet (left by the
+        # last run, or evaluated since from events persisted while it was down).
+        for pending in await self._actions.pushers_with_backlog():
+            self._wake((pending.user_id, pending.app_id, pending.pushkey))
 
     async def stop(self) -> None:
-        tasks = [
-            t for t in (self._worker, *self._tasks.values(), *self._badge_tasks) if t is not None
-        ]
-        self._worker = None
+        self._running = False
+        tasks = [*self._tasks.values(), *self._side_tasks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        self._dirty.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
 
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._events:
-                event = self._events.popleft()
-                try:
-                    await self._handle(event)
-                except Exception:
-                    logger.exception("push evaluation failed for %s", event.event_id)
-
-    async def _handle(self, event: Event) -> None:
-        users = set(await self._memberships.get_joined_users(event.room_id))
-        if (
-            event.type == "m.room.member"
-            and event.state_key is not None
-            and event.content.get("membership") == "invite"
-        ):
-            users.add(event.state_key)  # not joined yet: the rule .m.rule.invite_for_me
-        users.discard(event.sender)
-        targets = await self._pushers.list_http_for_users(users)
-        details: dict[str, Any] | None = None
-        for user_id in sorted(targets):
-            actions = (await self._push_rules.actions_for(user_id, [event])).get(event.event_id)
-            if not notifies(actions):
-                continue
-            unread = await self._unread(user_id)
-            if details is None:
-                details = await self._room_details(event)
-            for pusher in targets[user_id]:
-                body = notification_body(
-                    event, pusher, actions, unread, user_id=user_id, details=details
-                )
-                self._enqueue((user_id, pusher["app_id"], pusher["pushkey"]), pusher, body)
-
-    def _enqueue(self, key: PusherKey, pusher: dict[str, Any], body: dict[str, Any]) -> None:
-        queue = self._queues.setdefault(key, deque())
-        if len(queue) >= MAX_QUEUED_PER_PUSHER:
-            queue.popleft()  # the oldest is the least useful prompt
-        queue.append(body)
-        if key not in self._tasks:
-            self._tasks[key] = asyncio.create_task(self._deliver_all(key, pusher["data"]["url"]))
-
-    async def _deliver_all(self, key: PusherKey, url: str) -> None:
-        queue = self._queues[key]
+    async def _deliver_backlog(self, key: PusherKey) -> None:
+        """Deliver the pusher's notifications after its stored position, in order."""
+        user_id, app_id, pushkey = key
         try:
-            while queue:
-                body = queue[0]
-                if await self._deliver(key, url, body) == "rejected":
-                    user_id, app_id, pushkey = key
+            while True:
+                self._dirty.discard(key)
+                position = await self._actions.pusher_position(user_id, app_id, pushkey)
+                pusher = next(
+                    (
+                        p
+                        for p in (await self._pushers.list_http_for_users({user_id})).get(
+                            user_id, []
+                        )
+                        if p["app_id"] == app_id and p["pushkey"] == pushkey
+                    ),
+                    None,
+                )
+                if position is None or pusher is None:
+                    return  # deleted, or no longer an HTTP pusher
+                backlog = await self._actions.after(user_id, position, BACKLOG_BATCH)
+                if not backlog:
+                    if key in self._dirty:
+                        continue  # woken while reading: look again
+                    return
+                if not await self._deliver_batch(key, pusher, backlog):
                     await self._pushers.delete(user_id, app_id, pushkey)
-                    queue.clear()
-                    break
-                queue.popleft()
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("push delivery failed for %s", key)
         finally:
             self._tasks.pop(key, None)
-            if not queue:
-                self._queues.pop(key, None)
+
+    async def _deliver_batch(
+        self, key: PusherKey, pusher: dict[str, Any], backlog: list[PushAction]
+    ) -> bool:
+        """Send each notification and store the position past it; False: pushkey rejected."""
+        user_id, app_id, pushkey = key
+        loaded = await self._events.get_events_with_meta(a.event_id for a in backlog)
+        for action in backlog:
+            pair = loaded.get(action.event_id)
+            if pair is not None:
+                event = pair[0]
+                unread = await self._unread(user_id)
+                details = await self._room_details(event)
+                body = notification_body(
+                    event, pusher, action.actions, unread, user_id=user_id, details=details
+                )
+                if await self._deliver(key, pusher["data"]["url"], body) == "rejected":
+                    return False
+            await self._actions.set_pusher_position(
+                user_id, app_id, pushkey, action.stream_ordering
+            )
+        return True
 
     async def _deliver(self, key: PusherKey, url: str, body: dict[str, Any]) -> str:
         """POST one notification, retrying: "sent", "rejected" or "failed"."""

@@ -1,7 +1,9 @@
 """Pushers: where a user's notifications should be sent (spec: client-server-api
 modules/push.md, pusher.yaml: GET /pushers, POST /pushers/set).
 
-HTTP pushers are delivered to by starling.push.delivery (`/_matrix/push/v1/notify`);
+HTTP pushers are delivered to by starling.push.delivery (`/_matrix/push/v1/notify`),
+each from its own stored position in the events stream (a new pusher starts at the
+current position);
 e-mail pushers are stored and listed but no e-mail is sent.
 
 Stored in the `pushers` table (starling/storage/pushers.py). As the spec asks, a pusher
@@ -11,6 +13,7 @@ user.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -80,8 +83,10 @@ def _validated(body: dict[str, Any]) -> dict[str, Any] | None:
 
 
 class PusherService:
-    def __init__(self, store: PusherStore) -> None:
+    def __init__(self, store: PusherStore, current_position: Callable[[], int]) -> None:
         self._store = store
+        # The events stream's position: a new pusher is pushed only what comes after it.
+        self._current_position = current_position
 
     async def get_pushers(self, user_id: str) -> list[dict[str, Any]]:
         return await self._store.list(user_id)
@@ -107,6 +112,7 @@ class PusherService:
                 replace_others=not append,
                 max_per_user=MAX_PUSHERS_PER_USER,
                 token_hash=hash_token(access_token) if access_token is not None else None,
+                start_position=self._current_position(),
             )
         except TooManyPushers:
             raise invalid_param(f"A user can have at most {MAX_PUSHERS_PER_USER} pushers") from None

@@ -56,9 +56,12 @@ class PusherStore:
         replace_others: bool,
         max_per_user: int,
         token_hash: bytes | None = None,
+        start_position: int = 0,
     ) -> None:
         """Add or replace the user's pusher with this app_id and pushkey; with
-        `replace_others`, other users' pushers with the same pair go (spec: `append`)."""
+        `replace_others`, other users' pushers with the same pair go (spec: `append`).
+        A new pusher delivers notifications after `start_position` (the events stream's
+        position now: nothing older); a replaced one keeps its position."""
         app_id, pushkey = pusher["app_id"], pusher["pushkey"]
         async with self._db.transaction() as txn:
             if replace_others:
@@ -79,7 +82,7 @@ class PusherStore:
                 raise TooManyPushers()
             await txn.execute(
                 "INSERT INTO pushers (user_id, app_id, pushkey, access_token_hash, data,"
-                " created_ts) VALUES (?, ?, ?, ?, ?, ?)"
+                " created_ts, last_stream_ordering) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET data = excluded.data,"
                 " access_token_hash = excluded.access_token_hash",
                 user_id,
@@ -88,6 +91,7 @@ class PusherStore:
                 token_hash,
                 orjson.dumps(pusher).decode(),
                 int(time.time() * 1000),
+                start_position,
             )
 
     async def delete(self, user_id: str, app_id: str, pushkey: str) -> bool:

@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 from aiohttp import web
 
-from tests.support.harness import Harness
+from starling.storage.database import Database
+from tests.support.harness import Harness, make_harness
 
 V3 = "/_matrix/client/v3"
 NOTIFY = "/_matrix/push/v1/notify"
@@ -74,11 +76,13 @@ async def gateway() -> AsyncIterator[Gateway]:
 async def pushing(hs: Harness) -> AsyncIterator[Harness]:
     sender = hs.services.push_sender
     sender.first_backoff = 0.01
+    await hs.services.push_evaluator.start()
     await sender.start()
     try:
         yield hs
     finally:
         await sender.stop()
+        await hs.services.push_evaluator.stop()
 
 
 async def ok(hs: Harness, method: str, path: str, token: str, body: Any = None) -> Any:
@@ -276,3 +280,42 @@ async def test_read_receipt_pushes_the_new_badge(pushing: Harness, gateway: Gate
     assert badge["counts"] == {"unread": 0}
     assert "event_id" not in badge and "type" not in badge
     assert badge["devices"][0]["pushkey"] == "key1"
+
+
+async def test_restart_pushes_what_was_queued_or_persisted_while_down(
+    database: Database, tmp_path: Path, gateway: Gateway
+) -> None:
+    """Per-pusher positions are stored: a notification still being retried when the server
+    stops, and an event persisted while pushing was down, both reach the gateway after a
+    restart (a new service graph on the same database), in order, once each."""
+    async with make_harness(database, tmp_path, ip_range_blacklist=[]) as hs:
+        hs.services.push_sender.first_backoff = 30.0  # still waiting to retry at stop
+        await hs.services.push_evaluator.start()
+        await hs.services.push_sender.start()
+        _alice, atok, _bob, btok, room = await dm_room(hs)
+        await set_pusher(hs, btok, gateway)
+        gateway.fail = 1_000  # the gateway is down
+        queued = await hs.send_message(atok, room, "queued at stop")
+        for _ in range(500):  # a hang guard of 5 s
+            if gateway.attempts:
+                break
+            await asyncio.sleep(0.01)
+        assert gateway.attempts == 1
+        await hs.services.push_sender.stop()
+        await hs.services.push_evaluator.stop()
+        # Persisted while nothing evaluated or pushed (as while the server is down).
+        missed = await hs.send_message(atok, room, "sent while down")
+    gateway.fail = 0
+    async with make_harness(database, tmp_path, ip_range_blacklist=[]) as hs:
+        await hs.services.push_evaluator.start()
+        await hs.services.push_sender.start()
+        try:
+            first, second = await gateway.next(), await gateway.next()
+            assert [first["event_id"], second["event_id"]] == [queued, missed]
+            assert second["counts"]["unread"] == 2
+            after = await hs.send_message(atok, room, "after restart")
+            assert (await gateway.next())["event_id"] == after
+            assert gateway.received.empty()
+        finally:
+            await hs.services.push_sender.stop()
+            await hs.services.push_evaluator.stop()

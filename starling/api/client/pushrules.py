@@ -3,12 +3,14 @@
 Spec: client-server-api modules/push.md, pushrules.yaml (#get_matrixclientv3pushrules,
 #get_matrixclientv3pushrulesglobal, GET/PUT/DELETE
 #put_matrixclientv3pushrulesglobalkindruleid, .../enabled, .../actions) and pusher.yaml
-(#get_matrixclientv3pushers, #post_matrixclientv3pushersset).
+(#get_matrixclientv3pushers, #post_matrixclientv3pushersset), notifications.yaml
+(#get_matrixclientv3notifications).
 
 Only the "global" scope exists. Server-default rules (IDs starting with ".") can be
 enabled/disabled and given other actions, but not created, moved or deleted (400).
 Pushers are stored and listed; HTTP pushers are delivered to in the background
-(starling.push.delivery). GET /notifications is not implemented.
+(starling.push.delivery). GET /notifications reads what the push evaluator stored
+(starling.push.notifications).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from starling.api.http import json_response, read_json_object
 from starling.api.routing import requester_of
 from starling.errors import MatrixError, invalid_param, not_found
 from starling.protocol import push_rules as pr
+from starling.push.notifications import NotificationsService
 from starling.push.pushers import PusherService
 from starling.push.service import PushRulesService
 
@@ -48,9 +51,15 @@ def _kind(request: web.Request) -> str:
 
 
 class PushRuleRoutes:
-    def __init__(self, push_rules: PushRulesService, pushers: PusherService) -> None:
+    def __init__(
+        self,
+        push_rules: PushRulesService,
+        pushers: PusherService,
+        notifications: NotificationsService,
+    ) -> None:
         self.push_rules = push_rules
         self.pushers = pushers
+        self.notifications = notifications
 
     # GET /_matrix/client/v3/pushrules/
     # (spec: client-server-api/#get_matrixclientv3pushrules)
@@ -186,3 +195,14 @@ class PushRuleRoutes:
         body = await read_json_object(request)
         await self.pushers.set_pusher(requester.user_id, body, access_token=requester.access_token)
         return json_response({})
+
+    # GET /_matrix/client/v3/notifications
+    # (spec: client-server-api/#get_matrixclientv3notifications)
+    async def get_notifications(self, request: web.Request) -> web.Response:
+        requester = requester_of(request)
+        query = request.query
+        return json_response(
+            await self.notifications.get(
+                requester.user_id, query.get("from"), query.get("limit"), query.get("only")
+            )
+        )

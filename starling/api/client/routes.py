@@ -71,7 +71,7 @@ def client_table(svc: Services) -> RouteTable:
     account_data = AccountDataRoutes(svc.account_data)
     directory = DirectoryRoutes(svc.directory)
     capabilities = CapabilityRoutes(svc.config.default_room_version)
-    push = PushRuleRoutes(svc.push_rules, svc.pushers)
+    push = PushRuleRoutes(svc.push_rules, svc.pushers, svc.notifications)
     reports = ReportRoutes(svc.reports)
     relations = RelationRoutes(svc.relations)
     voip = VoipRoutes(svc.config)
@@ -250,6 +250,7 @@ def client_table(svc: Services) -> RouteTable:
         delete("/pushrules/{path:.*}", push.malformed),
         get("/pushers", push.get_pushers),
         post("/pushers/set", push.set_pusher),
+        get("/notifications", push.get_notifications),
         # reporting content (the message rate limit bounds report floods)
         post(
             "/rooms/{roomId}/report/{eventId}",
