@@ -43,6 +43,7 @@ from starling.api.federation.auth import (
 )
 from starling.api.federation.routes import federation_table, keys_table, openid_table
 from starling.api.http import make_web_app
+from starling.api.inprocess import in_process
 from starling.api.media import media_tables
 from starling.api.routing import Guards, mount
 from starling.api.services import Services
@@ -75,6 +76,8 @@ from starling.federation.room_edus import RoomEdus
 from starling.federation.sender import FederationSender, JoinedHosts
 from starling.federation.timestamps import TimestampLookup
 from starling.federation.transport import FederationTransport, build_federation_transport
+from starling.lowbandwidth.server import FEATURE as LB_FEATURE
+from starling.lowbandwidth.server import LowBandwidthServer, load_or_create_key
 from starling.media.filestore import FileStore
 from starling.media.service import MediaService
 from starling.modules.api import ModuleApi, ModuleCallbacks, load_modules
@@ -1097,7 +1100,9 @@ def build_media(
     return MediaService(config, MediaStore(db), files, remote=remote)
 
 
-def build_listener_app(services: Services, listener: Listener) -> web.Application:
+def build_listener_app(
+    services: Services, listener: Listener, *, extra_versions: dict[str, Any] | None = None
+) -> web.Application:
     """The aiohttp application serving one listener's resources."""
     config = services.config
     names = {n for r in listener.resources for n in r.names}
@@ -1109,7 +1114,7 @@ def build_listener_app(services: Services, listener: Listener) -> web.Applicatio
     if listener.type == "metrics":
         register_metrics(app)
         return app
-    DiscoveryResource(config).register(
+    DiscoveryResource(config, extra_versions).register(
         app, client="client" in names, federation="federation" in names
     )
     guards = Guards(
@@ -1150,6 +1155,7 @@ class Homeserver:
     runners: list[web.AppRunner] = field(default_factory=list)
     bound: list[str] = field(default_factory=list)
     peers: PeerCounter = field(default_factory=PeerCounter)  # open connections per address
+    low_bandwidth: LowBandwidthServer | None = None
 
     @classmethod
     async def start(cls, config: Config) -> Homeserver:
@@ -1175,13 +1181,26 @@ class Homeserver:
         return hs
 
     async def _start_listeners(self) -> None:
+        extra_versions: dict[str, Any] = {}
+        lb_config = self.config.low_bandwidth
+        if lb_config.port is not None:
+            # Bound first, so /versions can publish its port and Noise key.
+            key = load_or_create_key(self.config.resolve_path(lb_config.noise_key_path))
+            self.low_bandwidth = LowBandwidthServer(lb_config, key)
+            await self.low_bandwidth.start()
+            extra_versions[LB_FEATURE] = self.low_bandwidth.advert()
+            for host in lb_config.bind_addresses:
+                self.bound.append(f"coap+noise://{host}:{self.low_bandwidth.port}")
         for listener in self.config.listeners:
             if listener.type == "metrics" and not self.config.enable_metrics:
                 logger.warning(
                     "metrics listener on port %d ignored: enable_metrics is off", listener.port
                 )
                 continue
-            app = build_listener_app(self.services, listener)
+            app = build_listener_app(self.services, listener, extra_versions=extra_versions)
+            if self.low_bandwidth is not None and self.low_bandwidth.dispatch is None:
+                if any("client" in r.names for r in listener.resources):
+                    self.low_bandwidth.dispatch = in_process(app)
             runner = self._runner(app, listener)
             await runner.setup()
             self.runners.append(runner)
@@ -1216,6 +1235,8 @@ class Homeserver:
         """Stop accepting, let in-flight requests finish (bounded), close the database."""
         # End /sync long-polls now, so draining does not wait for their timeouts.
         self.services.notifier.close()
+        if self.low_bandwidth is not None:
+            await self.low_bandwidth.stop()
         for runner in self.runners:
             try:
                 await asyncio.wait_for(runner.cleanup(), SHUTDOWN_GRACE_SECONDS + 1)

@@ -334,6 +334,41 @@ class OutgoingWebhook:
 
 
 @dataclass
+class WebSocketConfig:
+    """The WebSocket transport's limits (docs/transports.md)."""
+
+    # Largest client frame; a larger one closes the socket with 1009.
+    max_message_size: str | int = "1M"
+    # Request frames served at once per socket; more are refused M_LIMIT_EXCEEDED.
+    max_in_flight: int = 8
+    # Ping interval (seconds); a peer that does not pong within half of it is dropped.
+    heartbeat: float = 30.0
+    # Seconds a socket without an Authorization header has to send its auth frame.
+    auth_timeout: float = 10.0
+
+
+@dataclass
+class LowBandwidthConfig:
+    """Low-bandwidth Matrix (MSC3079) over CoAP on UDP, secured with Noise
+    (docs/transports.md). Off unless `port` is set."""
+
+    port: int | None = None
+    bind_addresses: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    # The server's static Noise key (X25519, raw 32 bytes), created on first start.
+    noise_key_path: str = "noise.key"
+    # Live Noise sessions in all; the oldest idle one is dropped to admit a new one.
+    max_sessions: int = 1000
+    # Live sessions per client address (a handshake costs the server two X25519 operations).
+    max_sessions_per_ip: int = 20
+    # A session without traffic for this long is forgotten (seconds).
+    session_idle_timeout: float = 600.0
+    # Requests served at once per session; more are answered 4.29 M_LIMIT_EXCEEDED.
+    max_in_flight: int = 8
+    # Largest request body reassembled from Block1 blocks, and largest answer.
+    max_body_size: str | int = "1M"
+
+
+@dataclass
 class WebhooksConfig:
     incoming: list[IncomingWebhook] = field(default_factory=list)
     outgoing: list[OutgoingWebhook] = field(default_factory=list)
@@ -371,6 +406,9 @@ class Config:
     modules: list[dict[str, Any]] = field(default_factory=list)
     # Starling's own webhooks (no Synapse equivalent): starling/webhooks/.
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    # Transports beyond HTTPS+JSON (docs/transports.md).
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    low_bandwidth: LowBandwidthConfig = field(default_factory=LowBandwidthConfig)
     default_room_version: str = DEFAULT_ROOM_VERSION
 
     # .well-known: served when set (Synapse: serve_server_wellknown).
@@ -652,6 +690,38 @@ def _check_http_limits(limits: HttpLimits) -> None:
         raise ConfigError("http_limits.max_connections_per_ip: must be 0 (no cap) or more")
 
 
+def _size_in(value: str | int, key: str) -> None:
+    try:
+        size = parse_size(value)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+    if not 1024 <= size <= 64 * 1024 * 1024:
+        raise ConfigError(f"{key}: must be from 1K to 64M")
+
+
+def _check_transports(cfg: Config) -> None:
+    ws = cfg.websocket
+    _size_in(ws.max_message_size, "websocket.max_message_size")
+    if not 1 <= ws.max_in_flight <= 1000:
+        raise ConfigError("websocket.max_in_flight: must be from 1 to 1000")
+    for name in ("heartbeat", "auth_timeout"):
+        if not 0 < getattr(ws, name) <= 3600:
+            raise ConfigError(f"websocket.{name}: must be between 0 and 3600 seconds")
+    lb = cfg.low_bandwidth
+    if lb.port is not None and not 0 <= lb.port <= 65535:
+        raise ConfigError("low_bandwidth.port: must be a UDP port (0 picks a free one)")
+    if not 1 <= lb.max_sessions <= 1_000_000 or not 1 <= lb.max_sessions_per_ip <= lb.max_sessions:
+        raise ConfigError(
+            "low_bandwidth.max_sessions (1 to 1000000) and max_sessions_per_ip "
+            "(1 to max_sessions): out of range"
+        )
+    if not 1 <= lb.max_in_flight <= 1000:
+        raise ConfigError("low_bandwidth.max_in_flight: must be from 1 to 1000")
+    if not 0 < lb.session_idle_timeout <= 86400:
+        raise ConfigError("low_bandwidth.session_idle_timeout: must be between 0 and 86400 s")
+    _size_in(lb.max_body_size, "low_bandwidth.max_body_size")
+
+
 def _check_semantics(cfg: Config) -> None:
     from starling.protocol.identifiers import is_valid_server_name
 
@@ -684,6 +754,7 @@ def _check_semantics(cfg: Config) -> None:
     _check_federation(cfg)
     _check_webhooks(cfg.webhooks)
     _check_http_limits(cfg.http_limits)
+    _check_transports(cfg)
     if cfg.max_request_body_size < 1024:
         raise ConfigError("max_request_body_size: must be at least 1024 bytes")
     if not cfg.listeners:

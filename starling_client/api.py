@@ -7,9 +7,11 @@ import json
 import os
 import time
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
+
+from starling_client.transport import Transport, TransportLost, choose_transport
 
 API = "/_matrix/client/v3"
 
@@ -24,22 +26,44 @@ class MatrixError(Exception):
         self.error = error
 
 
+def _answer(status: int, answer: Any) -> dict[str, Any]:
+    """The JSON object of a success, or the MatrixError of anything else."""
+    if status >= 400 or not isinstance(answer, dict):
+        errcode = answer.get("errcode", "M_UNKNOWN") if isinstance(answer, dict) else "M_UNKNOWN"
+        error = answer.get("error", "") if isinstance(answer, dict) else str(answer)
+        raise MatrixError(status, str(errcode), str(error))
+    return answer
+
+
 def _q(value: str) -> str:
     return quote(value, safe="")
 
 
 class Api:
     def __init__(
-        self, homeserver: str, access_token: str | None = None, *, timeout_s: float = 60.0
+        self,
+        homeserver: str,
+        access_token: str | None = None,
+        *,
+        timeout_s: float = 60.0,
+        transport: str = "auto",
     ) -> None:
         self.homeserver = homeserver.rstrip("/")
         self.access_token = access_token
         self._session: aiohttp.ClientSession | None = None
         self._timeout_s = timeout_s
+        # Transport hook (starling_client/transport.py): "auto" carries authenticated
+        # JSON requests and /sync over the WebSocket when /versions offers it; "http"
+        # never does. Chosen once, before the first authenticated request.
+        self.transport_choice = transport
+        self.transport: Transport | None = None
         self._txn = itertools.count()
         self._txn_prefix = f"{int(time.time() * 1000)}.{os.getpid()}"
 
     async def close(self) -> None:
+        if self.transport is not None:
+            await self.transport.close()
+            self.transport = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -61,6 +85,17 @@ class Api:
     ) -> dict[str, Any]:
         if self._session is None:
             self._session = aiohttp.ClientSession()
+        if auth and self.access_token and data is None and path.startswith("/_matrix/client/"):
+            carrier = await self._carrier()
+            if carrier is not None:
+                full = f"{path}?{urlencode(params)}" if params else path
+                try:
+                    status, answer = await carrier.request(
+                        method, full, body, timeout_s or self._timeout_s
+                    )
+                except (TransportLost, TimeoutError) as e:
+                    raise MatrixError(0, "M_CONNECTION", f"WebSocket: {e}") from e
+                return _answer(status, answer)
         headers = {}
         if auth and self.access_token:
             headers["Authorization"] = f"Bearer {self.access_token}"
@@ -88,18 +123,18 @@ class Api:
         try:
             answer = json.loads(raw) if raw else {}
         except ValueError:
-            answer = None
-        if status >= 400 or not isinstance(answer, dict):
-            errcode = (
-                answer.get("errcode", "M_UNKNOWN") if isinstance(answer, dict) else "M_UNKNOWN"
+            answer = raw[:200].decode(errors="replace")
+        return _answer(status, answer)
+
+    async def _carrier(self) -> Transport | None:
+        """The transport for authenticated JSON requests, chosen on first use."""
+        if self.transport_choice == "auto" and self.access_token:
+            self.transport_choice = "chosen"
+            assert self._session is not None
+            self.transport = await choose_transport(
+                self._session, self.homeserver, self.access_token
             )
-            error = (
-                answer.get("error", "")
-                if isinstance(answer, dict)
-                else raw[:200].decode(errors="replace")
-            )
-            raise MatrixError(status, str(errcode), str(error))
-        return answer
+        return self.transport
 
     async def get_bytes(self, path: str, *, timeout_s: float | None = None) -> bytes:
         if self._session is None:
@@ -147,6 +182,15 @@ class Api:
     # ---- sync and rooms ---------------------------------------------------------------
 
     async def sync(self, since: str | None, timeout_ms: int) -> dict[str, Any]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        carrier = await self._carrier()
+        if carrier is not None:
+            try:
+                status, answer = await carrier.sync(since, timeout_ms)
+            except TransportLost as e:
+                raise MatrixError(0, "M_CONNECTION", f"WebSocket: {e}") from e
+            return _answer(status, answer)
         params = {"timeout": str(timeout_ms)}
         if since:
             params["since"] = since

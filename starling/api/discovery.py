@@ -6,6 +6,8 @@ server-server-api "Resolving server names" (/.well-known/matrix/server).
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -31,8 +33,10 @@ UNSTABLE_FEATURES: dict[str, bool] = {
 
 
 class DiscoveryResource:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, extra_versions: dict[str, Any] | None = None) -> None:
         self._config = config
+        # Top-level /versions keys of optional transports (MSC3079's low-bandwidth entry).
+        self._extra_versions = extra_versions or {}
 
     def register(self, app: web.Application, *, client: bool, federation: bool) -> None:
         app.router.add_get("/health", self.health)
@@ -49,7 +53,11 @@ class DiscoveryResource:
     async def versions(self, request: web.Request) -> web.Response:
         """GET /_matrix/client/versions (spec: client-server-api/#get_matrixclientversions)."""
         return json_response(
-            {"versions": SUPPORTED_SPEC_VERSIONS, "unstable_features": UNSTABLE_FEATURES}
+            {
+                "versions": SUPPORTED_SPEC_VERSIONS,
+                "unstable_features": UNSTABLE_FEATURES,
+                **self._extra_versions,
+            }
         )
 
     async def well_known_client(self, request: web.Request) -> web.Response:

@@ -81,7 +81,7 @@ def client_table(svc: Services) -> RouteTable:
     user_directory = UserDirectoryRoutes(svc.config.user_directory.enabled, svc.user_directory)
     search = SearchRoutes(svc.search)
     hierarchy = HierarchyRoutes(svc.hierarchy)
-    websocket = WebSocketRoutes(svc.auth)
+    websocket = WebSocketRoutes(svc.auth, svc.config.websocket)
     routes: list[Route] = [
         # Accounts: registration, login, tokens, account management, devices
         post("/register", accounts.register, NONE),

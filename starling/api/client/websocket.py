@@ -29,23 +29,22 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from yarl import URL
 
 from starling.accounts.auth import Requester
+from starling.api.inprocess import METHODS, bad_client_path, dispatch
 from starling.api.routing import TokenAuthenticator, access_token_from
+from starling.config import WebSocketConfig, parse_size
 from starling.errors import MatrixError, invalid_param, missing_token
 
 logger = logging.getLogger(__name__)
 
 FEATURE = "org.starling.ws"
-MAX_MESSAGE_BYTES = 1024 * 1024
-"""A larger client frame closes the socket with 1009 (message too big)."""
-MAX_IN_FLIGHT = 8
-"""Request frames being served at once per socket; more are refused M_LIMIT_EXCEEDED."""
-HEARTBEAT_SECONDS = 30.0
-"""Ping interval; a peer that does not pong within half of it is disconnected."""
-AUTH_TIMEOUT_SECONDS = 10.0
+# The limits are configurable (`websocket:` in the configuration, WebSocketConfig):
+# a client frame over max_message_size closes the socket with 1009 (message too big);
+# at most max_in_flight request frames are served at once per socket (more are refused
+# M_LIMIT_EXCEEDED); a ping every heartbeat seconds (a peer that does not pong within half
+# of it is disconnected); the auth frame must come within auth_timeout seconds.
+MAX_MESSAGE_BYTES = parse_size(WebSocketConfig.max_message_size)
 SYNC_POLL_MS = 30_000
-METHODS = ("GET", "PUT", "POST", "DELETE")
 MAX_ID_LENGTH = 128
-CLIENT_PREFIX = "/_matrix/client/"
 WS_PATH = f"/_matrix/client/unstable/{FEATURE}/ws"
 
 
@@ -57,8 +56,9 @@ def _error(e: MatrixError, request_id: str | None = None) -> dict[str, Any]:
 
 
 class WebSocketRoutes:
-    def __init__(self, auth: TokenAuthenticator) -> None:
+    def __init__(self, auth: TokenAuthenticator, config: WebSocketConfig) -> None:
         self.auth = auth
+        self.config = config
 
     # GET /_matrix/client/unstable/org.starling.ws/ws
     # (spec: none, Starling's own unstable transport; see docs/transports.md)
@@ -66,14 +66,16 @@ class WebSocketRoutes:
         if "access_token" in request.query:
             raise invalid_param("Send the access token in a frame or header, not the URL")
         ws = web.WebSocketResponse(
-            heartbeat=HEARTBEAT_SECONDS, compress=True, max_msg_size=MAX_MESSAGE_BYTES
+            heartbeat=self.config.heartbeat,
+            compress=True,
+            max_msg_size=parse_size(self.config.max_message_size),
         )
         if not ws.can_prepare(request).ok:
             raise MatrixError(400, "M_UNRECOGNIZED", "Expected a WebSocket upgrade")
         token = access_token_from(request)
         requester = await self.auth.requester_for_token(token) if token else None
         await ws.prepare(request)
-        await _Session(request, ws, self.auth, requester, token).run()
+        await _Session(request, ws, self.auth, self.config, requester, token).run()
         return ws
 
 
@@ -85,12 +87,14 @@ class _Session:
         request: web.Request,
         ws: web.WebSocketResponse,
         auth: TokenAuthenticator,
+        config: WebSocketConfig,
         requester: Requester | None,
         token: str | None,
     ) -> None:
         self.request = request
         self.ws = ws
         self.auth = auth
+        self.config = config
         self.requester = requester
         self.token = token
         self.send_lock = asyncio.Lock()
@@ -131,7 +135,7 @@ class _Session:
         """Reads the auth frame; on failure sends an error frame and closes."""
         try:
             try:
-                message = await self.ws.receive(timeout=AUTH_TIMEOUT_SECONDS)
+                message = await self.ws.receive(timeout=self.config.auth_timeout)
             except TimeoutError:
                 raise missing_token() from None
             if message.type is not WSMsgType.TEXT:
@@ -227,27 +231,15 @@ class _Session:
         path = frame.get("path")
         if method not in METHODS:
             raise invalid_param(f"'method' must be one of {METHODS}")
-        if not isinstance(path, str) or not path.startswith(CLIENT_PREFIX):
-            raise invalid_param(f"'path' must be a path under {CLIENT_PREFIX}")
-        try:
-            url = URL(path)
-        except ValueError:
-            raise invalid_param("Malformed 'path'") from None
-        segments = url.raw_path.split("/")
-        if (
-            url.is_absolute()
-            or not url.raw_path.startswith(CLIENT_PREFIX)
-            or url.raw_path.startswith(WS_PATH)
-            or any(segment in (".", "..") for segment in segments)
-            # Media streams files, which a JSON frame cannot carry.
-            or (len(segments) > 4 and segments[4] == "media")
-        ):
-            raise invalid_param("This path cannot be requested over the WebSocket")
+        if not isinstance(path, str):
+            raise invalid_param("'path' must be a string")
+        refused = bad_client_path(path, refused_prefixes=(WS_PATH,))
+        if refused is not None:
+            raise invalid_param(refused)
         body = None if "body" not in frame else orjson.dumps(frame["body"])
-        if len(self.in_flight) >= MAX_IN_FLIGHT:
-            raise MatrixError(
-                429, "M_LIMIT_EXCEEDED", f"At most {MAX_IN_FLIGHT} requests in flight"
-            )
+        limit = self.config.max_in_flight
+        if len(self.in_flight) >= limit:
+            raise MatrixError(429, "M_LIMIT_EXCEEDED", f"At most {limit} requests in flight")
         task = asyncio.create_task(self.answer(request_id, str(method), path, body))
         self.in_flight.add(task)
         task.add_done_callback(self.in_flight.discard)
@@ -257,26 +249,8 @@ class _Session:
         await self.send({"type": "response", "id": request_id, "status": status, "body": answer})
 
     async def dispatch(self, method: str, path: str, body: bytes | None) -> tuple[int, Any]:
-        """One request through the listener's app (its middlewares and guards) as if it
-        came over HTTP with this session's token; returns (status, parsed JSON body)."""
-        headers = {"Authorization": f"Bearer {self.token}"}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        try:
-            sub = self.request.clone(method=method, rel_url=path, headers=headers)
-        except ValueError:
-            return 400, {"errcode": "M_INVALID_PARAM", "error": "Malformed path"}
-        # The body is the frame's, never the upgrade request's stream.
-        sub._read_bytes = body or b""
-        try:
-            response = await self.request.app._handle(sub)
-        except Exception:
-            logger.exception("WebSocket subrequest %s %s failed", method, URL(path).path)
-            return 500, {"errcode": "M_UNKNOWN", "error": "Internal server error"}
-        raw = response.body if isinstance(response, web.Response) else None
-        if not isinstance(raw, bytes):
-            return 400, {"errcode": "M_UNRECOGNIZED", "error": "Not a JSON endpoint"}
-        try:
-            return response.status, orjson.loads(raw) if raw else {}
-        except orjson.JSONDecodeError:
-            return 400, {"errcode": "M_UNRECOGNIZED", "error": "Not a JSON endpoint"}
+        """One request through the listener's app as if it came over HTTP with this
+        session's token (starling/api/inprocess.py); (status, parsed JSON body)."""
+        return await dispatch(
+            self.request.app, method, path, body, self.token, template=self.request
+        )

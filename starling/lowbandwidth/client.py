@@ -1,0 +1,290 @@
+"""A low-bandwidth client: Client-Server requests over CoAP+CBOR+Noise (MSC3079).
+
+Used by the client SDK (starling_client/lowbandwidth.py), `starling debug coap`, the
+tests and the benchmark. aiocoap does CoAP (confirmable retransmission, Block1/Block2);
+its UDP transport is replaced by one Noise session with the server, whose static key
+the caller got from /_matrix/client/versions over HTTPS. The access token travels once
+per session in option 256 (the server keeps it: MSC3079's stickiness), and option 257
+asks for CBOR integer keys (version 1) in answers.
+
+`loss` drops that share of datagrams in both directions (seeded), to test CoAP's
+retransmission; `rebind()` moves to a new local port, as a phone changing networks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from typing import Any
+from urllib.parse import urlencode
+
+from aiocoap import Code, Context, Message, interfaces
+from aiocoap.numbers.constants import TransportTuning
+from aiocoap.numbers.optionnumbers import OptionNumber
+from aiocoap.optiontypes import OpaqueOption, UintOption
+from aiocoap.transports.generic_udp import GenericMessageInterface
+
+from starling.lowbandwidth import codec, noise
+from starling.lowbandwidth.server import (
+    OPTION_ACCESS_TOKEN,
+    OPTION_CBOR_VERSION,
+    http_status,
+)
+
+logger = logging.getLogger(__name__)
+
+METHOD_CODES = {"GET": Code.GET, "POST": Code.POST, "PUT": Code.PUT, "DELETE": Code.DELETE}
+HANDSHAKE_TRIES = 6
+HANDSHAKE_TIMEOUT_S = 1.0
+
+
+class LowBandwidthError(Exception):
+    """No answer: the handshake failed or the request timed out."""
+
+
+class _Tuning(TransportTuning):  # type: ignore[misc]
+    def __init__(self, ack_timeout: float) -> None:
+        super().__init__()
+        self.ACK_TIMEOUT = ack_timeout
+
+
+class _Server(interfaces.EndpointAddress):  # type: ignore[misc]
+    """The one remote of this client: its Noise session with the server."""
+
+    is_multicast = False
+    is_multicast_locally = False
+    scheme = "coap"
+
+    def __init__(self, client: LowBandwidthClient) -> None:
+        self.client = client
+
+    def send(self, data: bytes) -> None:
+        self.client._send_coap(data)
+
+    @property
+    def hostinfo(self) -> str:
+        return f"{self.client.host}:{self.client.port}"
+
+    @property
+    def hostinfo_local(self) -> str:
+        return "client"
+
+    @property
+    def uri_base(self) -> str:
+        return f"coap://{self.hostinfo}"
+
+    @property
+    def uri_base_local(self) -> str:
+        return "coap://client"
+
+    @property
+    def blockwise_key(self) -> int:
+        return id(self)
+
+
+class _Interface(GenericMessageInterface):  # type: ignore[misc]
+    def __init__(self, mman: Any, client: LowBandwidthClient) -> None:
+        super().__init__(mman, logger, asyncio.get_running_loop())
+        self._client = client
+        self._pool = self
+
+    async def determine_remote(self, request: Message) -> _Server:
+        return self._client._server
+
+    async def recognize_remote(self, remote: Any) -> bool:
+        return remote is self._client._server
+
+    async def shutdown(self) -> None:
+        self._mman = None
+
+    async def connect(self, sockaddr: Any) -> _Server:  # pragma: no cover
+        return self._client._server
+
+
+class _Socket(asyncio.DatagramProtocol):
+    def __init__(self, client: LowBandwidthClient) -> None:
+        self.client = client
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a datagram transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.client._received(data)
+
+    def error_received(self, exc: Exception) -> None:
+        logger.debug("low-bandwidth client socket error: %s", exc)
+
+
+class LowBandwidthClient:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        server_public_key: bytes,
+        *,
+        loss: float = 0.0,
+        seed: int = 0,
+        ack_timeout: float = 2.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.server_public_key = server_public_key
+        self.access_token: str | None = None
+        self.loss = loss
+        self._random = random.Random(seed)
+        self._tuning = _Tuning(ack_timeout)
+        self._server = _Server(self)
+        self._socket: _Socket | None = None
+        self._channel: noise.SecureChannel | None = None
+        self._initiator: noise.Initiator | None = None
+        self._handshaken: asyncio.Event = asyncio.Event()
+        self._context: Context | None = None
+        self._interface: _Interface | None = None
+        self._token_sent = False
+        # Bytes on the wire (UDP payloads) each way, and datagrams, for the benchmark.
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.datagrams_sent = 0
+        self.datagrams_received = 0
+        self.dropped_by_loss = 0
+
+    @classmethod
+    async def connect(
+        cls, host: str, port: int, server_public_key: bytes, **kwargs: Any
+    ) -> LowBandwidthClient:
+        client = cls(host, port, server_public_key, **kwargs)
+        await client._bind()
+        await client.handshake()
+        context = Context(loop=asyncio.get_running_loop(), loggername="starling.coap.client")
+
+        async def make(mman: Any) -> _Interface:
+            client._interface = _Interface(mman, client)
+            return client._interface
+
+        await context._append_tokenmanaged_messagemanaged_transport(make)
+        client._context = context
+        return client
+
+    async def _bind(self) -> None:
+        loop = asyncio.get_running_loop()
+        old = self._socket
+        sock = _Socket(self)
+        await loop.create_datagram_endpoint(lambda: sock, remote_addr=(self.host, self.port))
+        self._socket = sock
+        if old is not None and old.transport is not None:
+            old.transport.close()
+
+    async def rebind(self) -> None:
+        """A new local address (a phone changing networks); the session stays."""
+        await self._bind()
+
+    async def handshake(self) -> None:
+        """A new Noise session (also after the server forgot ours)."""
+        for _ in range(HANDSHAKE_TRIES):
+            self._handshaken = asyncio.Event()
+            self._initiator = noise.Initiator(self.server_public_key)
+            self._sendto(self._initiator.init)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._handshaken.wait(), HANDSHAKE_TIMEOUT_S)
+                self._token_sent = False  # a new session must be told the token
+                return
+        raise LowBandwidthError(f"no Noise handshake with {self.host}:{self.port}")
+
+    def _sendto(self, data: bytes) -> None:
+        if self._socket is None or self._socket.transport is None:
+            return
+        if self.loss and self._random.random() < self.loss:
+            self.dropped_by_loss += 1
+            return
+        self.bytes_sent += len(data)
+        self.datagrams_sent += 1
+        self._socket.transport.sendto(data)
+
+    def _send_coap(self, data: bytes) -> None:
+        if self._channel is not None:
+            self._sendto(self._channel.seal(data))
+
+    def _received(self, data: bytes) -> None:
+        if self.loss and self._random.random() < self.loss:
+            self.dropped_by_loss += 1
+            return
+        self.bytes_received += len(data)
+        self.datagrams_received += 1
+        if not data:
+            return
+        if data[0] == noise.HANDSHAKE_RESPONSE and self._initiator is not None:
+            try:
+                self._channel = self._initiator.finish(data)
+            except noise.NoiseError:
+                return
+            self._initiator = None
+            self._handshaken.set()
+        elif data[0] == noise.UNKNOWN_SESSION and self._channel is not None:
+            if noise.session_id_of(data) == self._channel.session_id and self._initiator is None:
+                # The server restarted or forgot us: a new session, then CoAP retransmits.
+                asyncio.get_running_loop().create_task(self.handshake())
+        elif data[0] == noise.DATA and self._channel is not None:
+            try:
+                plaintext = self._channel.open(data)
+            except noise.NoiseError:
+                return  # tampered or replayed: as if lost
+            if self._interface is not None:
+                self._interface._received_datagram(self._server, plaintext)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        params: dict[str, str] | None = None,
+        timeout_s: float = 60.0,
+    ) -> tuple[int, Any]:
+        """(HTTP status, JSON body) of one Client-Server request."""
+        assert self._context is not None, "connect() first"
+        message = Message(
+            code=METHOD_CODES[method],
+            uri_path=codec.compress_path(path.partition("?")[0]),
+            transport_tuning=self._tuning,
+        )
+        query = list((params or {}).items())
+        if "?" in path:
+            from urllib.parse import parse_qsl
+
+            query = parse_qsl(path.partition("?")[2], keep_blank_values=True) + query
+        if query:
+            message.opt.uri_query = [urlencode([item]) for item in query]
+        if body is not None:
+            message.payload = codec.encode(body)
+            message.opt.content_format = codec.CBOR_CONTENT_FORMAT
+        if self.access_token and not self._token_sent:
+            message.opt.add_option(
+                OpaqueOption(OptionNumber(OPTION_ACCESS_TOKEN), self.access_token.encode())
+            )
+            message.opt.add_option(UintOption(OptionNumber(OPTION_CBOR_VERSION), 1))
+            self._token_sent = True
+        message.remote = self._server
+        try:
+            response = await asyncio.wait_for(self._context.request(message).response, timeout_s)
+        except TimeoutError as e:
+            self._token_sent = False  # the server may never have seen it
+            raise LowBandwidthError(f"{method} {path}: no answer in {timeout_s}s") from e
+        except Exception as e:  # aiocoap's own errors: retransmissions exhausted...
+            self._token_sent = False
+            raise LowBandwidthError(f"{method} {path}: {e}") from e
+        try:
+            answer = codec.decode(bytes(response.payload)) if response.payload else {}
+        except codec.CodecError:
+            answer = {"errcode": "M_NOT_JSON", "error": "The answer is not CBOR"}
+        return http_status(response.code), answer
+
+    async def close(self) -> None:
+        if self._context is not None:
+            with contextlib.suppress(Exception):
+                await self._context.shutdown()
+            self._context = None
+        if self._socket is not None and self._socket.transport is not None:
+            self._socket.transport.close()

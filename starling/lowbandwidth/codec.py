@@ -1,0 +1,159 @@
+"""MSC3079's CBOR bodies and CoAP path enums (pure: no I/O).
+
+CBOR: JSON objects become CBOR maps whose well-known keys may be integers (Appendix A,
+version 1). Decoding expands them; a key present both as an integer and as its string
+wins as the string (MSC3079: "the string key MUST be used"); a string such as "8" is
+never expanded. Only what JSON can express is accepted (no floats: Matrix forbids them;
+no byte strings, tags or undefined), to a bounded depth, so a CBOR body means exactly
+one JSON body.
+
+Paths: `/9/{roomId}/{eventType}/{txnId}` is the short form of
+`/_matrix/client/r0/rooms/{roomId}/send/{eventType}/{txnId}`; the parameters fill the
+template left to right. Full paths are always accepted too.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote
+
+import cbor2
+
+from starling.lowbandwidth.tables import CBOR_KEYS_V1, PATH_ENUMS_V1
+
+CBOR_CONTENT_FORMAT = 60  # application/cbor (RFC 7252 §12.3 registry, RFC 8949)
+MAX_DEPTH = 64
+KEY_TO_INT: dict[str, int] = {name: i + 1 for i, name in enumerate(CBOR_KEYS_V1)}
+INT_TO_KEY: dict[int, str] = {i + 1: name for i, name in enumerate(CBOR_KEYS_V1)}
+
+
+class CodecError(ValueError):
+    """The body or path is not acceptable; `errcode` is the Matrix error to answer."""
+
+    def __init__(self, errcode: str, message: str) -> None:
+        super().__init__(message)
+        self.errcode = errcode
+
+
+def _shorten(value: Any, depth: int = 0) -> Any:
+    if depth > MAX_DEPTH:
+        raise CodecError("M_BAD_JSON", "Too deeply nested")
+    if isinstance(value, dict):
+        return {KEY_TO_INT.get(k, k): _shorten(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shorten(v, depth + 1) for v in value]
+    return value
+
+
+def encode(value: Any, *, integer_keys: bool = True) -> bytes:
+    """JSON value → canonical CBOR (RFC 7049 §3.9 key order), with the integer keys of
+    version 1 unless the client did not ask for them."""
+    return cbor2.dumps(_shorten(value) if integer_keys else value, canonical=True)
+
+
+def _expand(value: Any, depth: int = 0) -> Any:
+    if depth > MAX_DEPTH:
+        raise CodecError("M_BAD_JSON", "Too deeply nested")
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        numbered: dict[str, Any] = {}
+        for key, item in value.items():
+            if isinstance(key, str):
+                out[key] = _expand(item, depth + 1)
+            elif type(key) is int and key in INT_TO_KEY:
+                numbered[INT_TO_KEY[key]] = _expand(item, depth + 1)
+            else:
+                raise CodecError("M_BAD_JSON", f"Unknown map key {key!r:.40}")
+        for key, item in numbered.items():
+            out.setdefault(key, item)  # the string form wins
+        return out
+    if isinstance(value, list):
+        return [_expand(v, depth + 1) for v in value]
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if type(value) is int:
+        return value
+    raise CodecError("M_BAD_JSON", f"{type(value).__name__} has no JSON form here")
+
+
+def loads(data: bytes) -> Any:
+    """CBOR → Python value, keys not expanded; CodecError M_NOT_JSON if malformed."""
+    try:
+        return cbor2.loads(data)
+    except (cbor2.CBORDecodeError, RecursionError, ValueError, TypeError, OverflowError):
+        raise CodecError("M_NOT_JSON", "The body is not well-formed CBOR") from None
+
+
+def expand(value: Any) -> Any:
+    """A `loads` value → JSON value; CodecError M_BAD_JSON if it has no JSON form."""
+    return _expand(value)
+
+
+def decode(data: bytes) -> Any:
+    """CBOR body → JSON value; CodecError (M_NOT_JSON / M_BAD_JSON) if it is not one."""
+    return _expand(loads(data))
+
+
+def uses_integer_keys(value: Any, depth: int = 0) -> bool:
+    """Whether a decoded (not yet expanded) body uses integer keys anywhere: then the
+    client understands version 1 (MSC3079 "Versioning")."""
+    if depth > MAX_DEPTH:
+        return False
+    if isinstance(value, dict):
+        return any(isinstance(k, int) for k in value) or any(
+            uses_integer_keys(v, depth + 1) for v in value.values()
+        )
+    if isinstance(value, list):
+        return any(uses_integer_keys(v, depth + 1) for v in value)
+    return False
+
+
+_PARAM = re.compile(r"\{[^}]+\}")
+_TEMPLATES: dict[str, tuple[str, int]] = {
+    enum: (template.replace("/r0/", "/v3/", 1), len(_PARAM.findall(template)))
+    for enum, template in PATH_ENUMS_V1.items()
+}
+# Full path → (enum, params), for the client: literal segments must match exactly.
+_MATCHERS: list[tuple[re.Pattern[str], str]] = [
+    (
+        re.compile(
+            "^"
+            + _PARAM.sub("([^/]+)", re.escape(template).replace(r"\{", "{").replace(r"\}", "}"))
+            + "$"
+        ),
+        enum,
+    )
+    for enum, (template, _) in _TEMPLATES.items()
+]
+
+
+def expand_path(segments: tuple[str, ...] | list[str]) -> str:
+    """CoAP Uri-Path segments (already unescaped) → the HTTP path of the Client-Server
+    API (percent-escaped). A one-character first segment is an enum; anything else is
+    taken as a full path."""
+    if not segments:
+        raise CodecError("M_UNRECOGNIZED", "No path")
+    first, rest = segments[0], list(segments[1:])
+    entry = _TEMPLATES.get(first) if len(first) == 1 else None
+    if entry is not None:
+        template, count = entry
+        if len(rest) != count:
+            raise CodecError(
+                "M_UNRECOGNIZED", f"Path enum {first} takes {count} parameters, not {len(rest)}"
+            )
+        params = iter(rest)
+        return _PARAM.sub(lambda _m: quote(next(params), safe=""), template)
+    return "/" + "/".join(quote(s, safe="") for s in segments)
+
+
+def compress_path(path: str) -> list[str]:
+    """An HTTP path (escaped, v3 or r0) → the shortest Uri-Path segments (unescaped)."""
+    from urllib.parse import unquote
+
+    normal = path.replace("/_matrix/client/r0/", "/_matrix/client/v3/", 1)
+    for pattern, enum in _MATCHERS:
+        match = pattern.match(normal)
+        if match:
+            return [enum, *(unquote(g) for g in match.groups())]
+    return [unquote(s) for s in path.lstrip("/").split("/")]

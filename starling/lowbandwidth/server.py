@@ -1,0 +1,524 @@
+"""The low-bandwidth listener: MSC3079 CoAP over UDP, every datagram sealed with Noise.
+
+aiocoap does CoAP itself (RFC 7252 messages, confirmable retransmission, duplicate
+detection, separate responses for long-polls). Its UDP transport is replaced by
+`_NoiseInterface`: each datagram is opened with the session's Noise keys before aiocoap
+sees it, and each datagram aiocoap sends is sealed. Each Noise session is one aiocoap
+remote, so "the connection" of MSC3079 (sticky access token and CBOR version) is the
+session, and it survives the client's address changing.
+
+`_MatrixResource` turns each CoAP request into a Client-Server request (path enums,
+Uri-Query, CBOR → JSON, the access-token option 256) and hands it to `dispatch`: the same
+in-process dispatch as the WebSocket (starling/api/inprocess.py, injected by app.py),
+so routes, guards and rate limits are exactly those of HTTP. Blockwise transfer
+(RFC 7959) is done here rather than by aiocoap, so it can be bounded: Block1 request
+bodies are reassembled up to `max_body_size`; a large answer is kept (per session, a
+few, briefly) so its Block2 blocks all come from one response — a /sync is never
+re-run for block 2 (MSC3079 asks this of pushed syncs too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from aiocoap import Code, Context, Message, interfaces
+from aiocoap.numbers.constants import MAX_REGULAR_BLOCK_SIZE_EXP
+from aiocoap.optiontypes import BlockOption
+from aiocoap.resource import Resource
+from aiocoap.transports.generic_udp import GenericMessageInterface
+
+from starling.config import LowBandwidthConfig, parse_size
+from starling.lowbandwidth import codec, noise
+
+logger = logging.getLogger(__name__)
+
+Dispatch = Callable[[str, str, bytes | None, str | None, str], Awaitable[tuple[int, Any]]]
+"""(method, path with query, JSON body, access token, client address) → (status, JSON)."""
+
+FEATURE = "org.matrix.msc3079.low_bandwidth"
+NOISE_FEATURE = "org.starling.noise"
+OPTION_ACCESS_TOKEN = 256
+OPTION_CBOR_VERSION = 257
+MAX_DATAGRAM = 1600  # a 1024-byte block, CoAP options and the Noise header fit
+MAX_TOKEN_LENGTH = 1024
+ASSEMBLIES_PER_SESSION = 4
+ANSWERS_PER_SESSION = 4
+BLOCK_TTL_SECONDS = 120.0
+METHODS = {Code.GET: "GET", Code.POST: "POST", Code.PUT: "PUT", Code.DELETE: "DELETE"}
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """The server's static Noise private key, created (mode 0600) on first start."""
+    if path.exists():
+        key = path.read_bytes()
+        if len(key) != 32:
+            raise ValueError(f"{path}: not a 32-byte X25519 private key")
+        return key
+    key = noise.generate_private_key()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+    return key
+
+
+def coap_code(status: int, method: str) -> Code:
+    """HTTP status → CoAP code (RFC 8075 §7): 2xx success, c.dd for the errors."""
+    if 200 <= status < 300:
+        return Code.CONTENT if method == "GET" else Code.CHANGED
+    cls, detail = divmod(status, 100)
+    if cls not in (4, 5):
+        cls, detail = 5, 0
+    return Code((cls << 5) | (detail if detail < 32 else 0))
+
+
+def http_status(code: Code) -> int:
+    """CoAP response code → HTTP status (the client's reverse of `coap_code`)."""
+    cls, detail = divmod(int(code), 32)
+    return 200 if cls == 2 else cls * 100 + detail
+
+
+@dataclass(eq=False)
+class Session(interfaces.EndpointAddress):  # type: ignore[misc]
+    """One Noise session, which is one CoAP remote (hashed by identity)."""
+
+    channel: noise.SecureChannel
+    address: tuple[str, int]
+    endpoint: _NoiseEndpoint
+    init_digest: bytes
+    handshake_response: bytes
+    last_seen: float = field(default_factory=time.monotonic)
+    access_token: str | None = None
+    cbor_version: int = 0
+    in_flight: int = 0
+    assemblies: OrderedDict[Any, tuple[float, bytearray]] = field(default_factory=OrderedDict)
+    answers: OrderedDict[Any, tuple[float, Message]] = field(default_factory=OrderedDict)
+
+    def send(self, data: bytes) -> None:
+        self.endpoint.send_sealed(self, data)
+
+    @property
+    def ip(self) -> str:
+        return self.address[0]
+
+    # aiocoap's EndpointAddress interface
+    is_multicast = False
+    is_multicast_locally = False
+    scheme = "coap"
+    maximum_block_size_exp = MAX_REGULAR_BLOCK_SIZE_EXP
+
+    @property
+    def hostinfo(self) -> str:
+        return f"noise-{self.channel.session_id:08x}"
+
+    @property
+    def hostinfo_local(self) -> str:
+        return self.endpoint.hostinfo_local
+
+    @property
+    def uri_base(self) -> str:
+        return f"coap://{self.hostinfo}"
+
+    @property
+    def uri_base_local(self) -> str:
+        return f"coap://{self.hostinfo_local}"
+
+    @property
+    def blockwise_key(self) -> int:
+        return id(self)
+
+
+class _NoiseEndpoint(asyncio.DatagramProtocol):
+    """The UDP socket: handshakes, session table, opening and sealing datagrams."""
+
+    def __init__(self, config: LowBandwidthConfig, private_key: bytes) -> None:
+        self.config = config
+        self.private_key = private_key
+        self.sessions: dict[int, Session] = {}
+        self.by_init: dict[bytes, Session] = {}
+        self.transport: asyncio.DatagramTransport | None = None
+        self.interface: _NoiseInterface | None = None
+        self.hostinfo_local = ""
+        # Dropped datagrams by reason (tests and metrics): nothing bad is ever answered
+        # with more than a fixed-size handshake reply or a 5-byte "no such session".
+        self.dropped: dict[str, int] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a datagram transport
+        host, port = transport.get_extra_info("sockname")[:2]
+        self.hostinfo_local = f"{host}:{port}"
+
+    def _drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            self._received(data, addr)
+        except Exception:  # one bad datagram must never stop the listener
+            logger.exception("low-bandwidth datagram from %s failed", addr[0])
+            self._drop("error")
+
+    def _received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if not data or len(data) > MAX_DATAGRAM:
+            self._drop("size")
+            return
+        if data[0] == noise.HANDSHAKE_INIT:
+            self._handshake(data, addr)
+            return
+        session_id = noise.session_id_of(data)
+        if session_id is None or data[0] != noise.DATA:
+            self._drop("kind")
+            return
+        session = self.sessions.get(session_id)
+        if session is None:
+            self._drop("unknown_session")
+            self._sendto(bytes([noise.UNKNOWN_SESSION]) + data[1:5], addr)
+            return
+        try:
+            plaintext = session.channel.open(data)
+        except noise.NoiseError as e:
+            self._drop("replayed" if str(e) == "Replayed" else "unauthentic")
+            return
+        session.address = addr  # roaming: answer where the last authentic datagram came from
+        session.last_seen = time.monotonic()
+        if self.interface is not None:
+            self.interface.received(session, plaintext)
+
+    def _handshake(self, data: bytes, addr: tuple[str, int]) -> None:
+        digest = hashlib.blake2s(data).digest()
+        existing = self.by_init.get(digest)
+        if existing is not None:
+            # A retransmitted first message: the same answer, not a second session.
+            self._sendto(existing.handshake_response, addr)
+            return
+        try:
+            channel, response = noise.respond(self.private_key, data)
+        except noise.NoiseError:
+            self._drop("handshake")
+            return
+        self._make_room(addr[0])
+        session = Session(channel, addr, self, digest, response)
+        self.sessions[channel.session_id] = session
+        self.by_init[digest] = session
+        self._sendto(response, addr)
+
+    def _make_room(self, ip: str) -> None:
+        """Expire idle sessions; then, if the address or the server is at its cap, drop
+        the longest-idle session (of that address first)."""
+        now = time.monotonic()
+        for session in [
+            s
+            for s in self.sessions.values()
+            if now - s.last_seen > self.config.session_idle_timeout
+        ]:
+            self.forget(session)
+        mine = [s for s in self.sessions.values() if s.ip == ip]
+        if len(mine) >= self.config.max_sessions_per_ip:
+            self.forget(min(mine, key=lambda s: s.last_seen))
+        if len(self.sessions) >= self.config.max_sessions:
+            self.forget(min(self.sessions.values(), key=lambda s: s.last_seen))
+
+    def forget(self, session: Session) -> None:
+        self.sessions.pop(session.channel.session_id, None)
+        self.by_init.pop(session.init_digest, None)
+
+    def _sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(data, addr)
+
+    def send_sealed(self, session: Session, data: bytes) -> None:
+        if self.sessions.get(session.channel.session_id) is not session:
+            return  # forgotten: its client will handshake again
+        try:
+            self._sendto(session.channel.seal(data), session.address)
+        except noise.NoiseError:
+            self.forget(session)
+
+    def error_received(self, exc: Exception) -> None:
+        logger.debug("low-bandwidth socket error: %s", exc)
+
+
+class _NoiseInterface(GenericMessageInterface):  # type: ignore[misc]
+    """aiocoap's message interface over the Noise endpoint (server side)."""
+
+    def __init__(self, mman: Any, endpoint: _NoiseEndpoint) -> None:
+        super().__init__(mman, logger, asyncio.get_running_loop())
+        self._endpoint = endpoint
+        self._pool = self
+        endpoint.interface = self
+
+    def received(self, session: Session, plaintext: bytes) -> None:
+        self._received_datagram(session, plaintext)
+
+    async def shutdown(self) -> None:  # the pool's shutdown
+        self._mman = None
+        if self._endpoint.transport is not None:
+            self._endpoint.transport.close()
+
+    async def determine_remote(self, request: Message) -> None:
+        return None  # the server never starts exchanges
+
+    async def connect(self, sockaddr: Any) -> None:  # pragma: no cover - never called
+        raise RuntimeError("The low-bandwidth listener does not open connections")
+
+
+def _error(status: int, errcode: str, message: str) -> tuple[int, dict[str, str]]:
+    return status, {"errcode": errcode, "error": message}
+
+
+class _MatrixResource(Resource):  # type: ignore[misc]
+    def __init__(self, config: LowBandwidthConfig, dispatch: Dispatch) -> None:
+        super().__init__()
+        self.config = config
+        self.dispatch = dispatch
+        self.max_body = parse_size(config.max_body_size)
+
+    async def needs_blockwise_assembly(self, request: Message) -> bool:
+        return False  # done in render, with bounds
+
+    async def render(self, request: Message) -> Message:
+        session = request.remote
+        if not isinstance(session, Session):
+            return Message(code=Code.FORBIDDEN)
+        method = METHODS.get(request.code)
+        if method is None:
+            return Message(code=Code.METHOD_NOT_ALLOWED)
+        key = (request.code, request.get_cache_key([23, 27, 6, OPTION_ACCESS_TOKEN]))
+        block2 = request.opt.block2
+        if block2 is not None and block2.block_number > 0:
+            return self._next_block(session, key, block2)
+        try:
+            body = self._assemble(session, key, request)
+        except _Continue as c:
+            return c.response
+        if session.in_flight >= self.config.max_in_flight:
+            status, answer = _error(
+                429, "M_LIMIT_EXCEEDED", f"At most {self.config.max_in_flight} in flight"
+            )
+        else:
+            session.in_flight += 1
+            try:
+                status, answer = await self._serve(session, method, request, body)
+            finally:
+                session.in_flight -= 1
+        response = self._response(session, method, status, answer)
+        if request.opt.block1 is not None:
+            response.opt.block1 = request.opt.block1
+        return self._first_block(session, key, request, response)
+
+    async def _serve(
+        self, session: Session, method: str, request: Message, body: bytes
+    ) -> tuple[int, Any]:
+        for option in request.opt.get_option(OPTION_ACCESS_TOKEN):
+            token = bytes(option.value).decode("utf-8", "replace")
+            token = token.removeprefix("Bearer ")
+            if not 0 < len(token) <= MAX_TOKEN_LENGTH:
+                return _error(400, "M_INVALID_PARAM", "Malformed access token option")
+            session.access_token = token  # sticky for the session (MSC3079)
+        for option in request.opt.get_option(OPTION_CBOR_VERSION):
+            raw = bytes(option.value)
+            session.cbor_version = int.from_bytes(raw, "big") if len(raw) <= 4 else 0
+        try:
+            path = codec.expand_path(list(request.opt.uri_path))
+        except codec.CodecError as e:
+            return _error(404, e.errcode, str(e))
+        query = []
+        for item in request.opt.uri_query:
+            name, _, value = item.partition("=")
+            query.append((name, value))
+        if query:
+            path += "?" + urlencode(query)
+        json_body: bytes | None = None
+        if body:
+            fmt = request.opt.content_format
+            if fmt is not None and int(fmt) != codec.CBOR_CONTENT_FORMAT:
+                return _error(415, "M_NOT_JSON", "Send application/cbor (content-format 60)")
+            try:
+                raw = codec.loads(body)
+                value = codec.expand(raw)
+            except codec.CodecError as e:
+                return _error(400, e.errcode, str(e))
+            if session.cbor_version == 0 and codec.uses_integer_keys(raw):
+                session.cbor_version = 1  # numeric keys mean it speaks version 1 (MSC3079)
+            json_body = orjson.dumps(value)
+        return await self.dispatch(method, path, json_body, session.access_token, session.ip)
+
+    def _response(self, session: Session, method: str, status: int, answer: Any) -> Message:
+        payload = codec.encode(answer, integer_keys=session.cbor_version >= 1)
+        if len(payload) > self.max_body:
+            status, answer = _error(500, "M_TOO_LARGE", "The answer is over max_body_size")
+            payload = codec.encode(answer, integer_keys=session.cbor_version >= 1)
+        return Message(
+            code=coap_code(status, method),
+            payload=payload,
+            content_format=codec.CBOR_CONTENT_FORMAT,
+        )
+
+    def _assemble(self, session: Session, key: Any, request: Message) -> bytes:
+        """The request body, reassembled from Block1 blocks (bounded)."""
+        block1 = request.opt.block1
+        payload = bytes(request.payload)
+        if block1 is None:
+            if len(payload) > self.max_body:
+                raise _Continue(self._coded(413, "M_TOO_LARGE", "Request body too large"))
+            return payload
+        now = time.monotonic()
+        for stale in [k for k, (t, _) in session.assemblies.items() if now - t > BLOCK_TTL_SECONDS]:
+            del session.assemblies[stale]
+        if block1.start + len(payload) > self.max_body:
+            session.assemblies.pop(key, None)
+            raise _Continue(self._coded(413, "M_TOO_LARGE", "Request body too large"))
+        if block1.block_number == 0:
+            while len(session.assemblies) >= ASSEMBLIES_PER_SESSION:
+                session.assemblies.popitem(last=False)
+            buffer = bytearray()
+            session.assemblies[key] = (now, buffer)
+        else:
+            entry = session.assemblies.get(key)
+            if entry is None or len(entry[1]) != block1.start:
+                session.assemblies.pop(key, None)
+                raise _Continue(Message(code=Code.REQUEST_ENTITY_INCOMPLETE))
+            buffer = entry[1]
+            session.assemblies[key] = (now, buffer)
+        if block1.more and len(payload) != block1.size:
+            session.assemblies.pop(key, None)
+            raise _Continue(self._coded(400, "M_INVALID_PARAM", "Block1 of the wrong size"))
+        buffer += payload
+        if block1.more:
+            raise _Continue(Message(code=Code.CONTINUE, block1=block1))
+        del session.assemblies[key]
+        return bytes(buffer)
+
+    @staticmethod
+    def _coded(status: int, errcode: str, message: str) -> Message:
+        return Message(
+            code=coap_code(status, "POST"),
+            payload=codec.encode({"errcode": errcode, "error": message}),
+            content_format=codec.CBOR_CONTENT_FORMAT,
+        )
+
+    def _first_block(
+        self, session: Session, key: Any, request: Message, response: Message
+    ) -> Message:
+        size = session.maximum_payload_size
+        szx = session.maximum_block_size_exp
+        if request.opt.block2 is not None:
+            szx = min(szx, request.opt.block2.size_exponent)
+            size = 2 ** (szx + 4)
+        if len(response.payload) <= size:
+            return response
+        while len(session.answers) >= ANSWERS_PER_SESSION:
+            session.answers.popitem(last=False)
+        session.answers[key] = (time.monotonic(), response)
+        return self._slice(response, 0, szx)
+
+    def _next_block(self, session: Session, key: Any, block2: Any) -> Message:
+        entry = session.answers.get(key)
+        if entry is None or time.monotonic() - entry[0] > BLOCK_TTL_SECONDS:
+            session.answers.pop(key, None)
+            return Message(code=Code.REQUEST_ENTITY_INCOMPLETE)
+        response = entry[1]
+        if block2.start >= len(response.payload):
+            return self._coded(400, "M_INVALID_PARAM", "Block2 past the end")
+        block = self._slice(response, block2.block_number, block2.size_exponent)
+        if not block.opt.block2.more:
+            session.answers.pop(key, None)
+        return block
+
+    @staticmethod
+    def _slice(response: Message, number: int, szx: int) -> Message:
+        size = 2 ** (szx + 4)
+        payload = response.payload[number * size : (number + 1) * size]
+        more = (number + 1) * size < len(response.payload)
+        return Message(
+            code=response.code,
+            payload=payload,
+            content_format=codec.CBOR_CONTENT_FORMAT,
+            block2=BlockOption.BlockwiseTuple(number, more, szx),
+        )
+
+
+class _Continue(Exception):
+    """Answer now (2.31 Continue, or an error) without dispatching."""
+
+    def __init__(self, response: Message) -> None:
+        self.response = response
+
+
+@dataclass
+class LowBandwidthServer:
+    """The running listener: `start` binds, `advert` is its /versions entry."""
+
+    config: LowBandwidthConfig
+    private_key: bytes
+    dispatch: Dispatch | None = None
+    endpoints: list[_NoiseEndpoint] = field(default_factory=list)
+    contexts: list[Context] = field(default_factory=list)
+    port: int = 0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        site = _MatrixResource(self.config, self._dispatch)
+        for host in self.config.bind_addresses:
+            endpoint = _NoiseEndpoint(self.config, self.private_key)
+            await loop.create_datagram_endpoint(
+                lambda endpoint=endpoint: endpoint,  # type: ignore[misc]
+                local_addr=(host, self.port or self.config.port or 0),
+            )
+            assert endpoint.transport is not None
+            self.port = endpoint.transport.get_extra_info("sockname")[1]
+            context = Context(loop=loop, serversite=site, loggername="starling.coap")
+
+            async def make(mman: Any, endpoint: _NoiseEndpoint = endpoint) -> _NoiseInterface:
+                return _NoiseInterface(mman, endpoint)
+
+            await context._append_tokenmanaged_messagemanaged_transport(make)
+            self.endpoints.append(endpoint)
+            self.contexts.append(context)
+
+    async def _dispatch(
+        self, method: str, path: str, body: bytes | None, token: str | None, remote: str
+    ) -> tuple[int, Any]:
+        if self.dispatch is None:
+            return _error(503, "M_UNKNOWN", "Starting up")
+        return await self.dispatch(method, path, body, token, remote)
+
+    @property
+    def public_key(self) -> bytes:
+        return noise.public_key(self.private_key)
+
+    def advert(self) -> dict[str, Any]:
+        """The /versions entry (MSC3079 "Versioning", with our Noise parameters in place of
+        the `dtls` port: we do not serve DTLS)."""
+        import base64
+
+        return {
+            "cbor_enum_version": 1,
+            "coap_enum_version": 1,
+            NOISE_FEATURE: {
+                "port": self.port,
+                "protocol": noise.PROTOCOL.decode(),
+                "public_key": base64.b64encode(self.public_key).decode().rstrip("="),
+            },
+        }
+
+    async def stop(self) -> None:
+        for context in self.contexts:
+            with contextlib.suppress(Exception):
+                await context.shutdown()
+        for endpoint in self.endpoints:
+            if endpoint.transport is not None:
+                endpoint.transport.close()
+        self.contexts.clear()
+        self.endpoints.clear()

@@ -1,0 +1,84 @@
+"""MSC3079's CBOR layer and path enums: the proposal's own example round-trips exactly."""
+
+from __future__ import annotations
+
+import pytest
+
+from starling.lowbandwidth import codec, noise
+
+MSC_JSON = {
+    "type": "m.room.message",
+    "content": {"msgtype": "m.text", "body": "Hello World"},
+    "sender": "@alice:localhost",
+    "room_id": "!foo:localhost",
+    "unsigned": {"bool_value": True, "null_value": None},
+}
+MSC_CBOR = bytes.fromhex(
+    "a5026e6d2e726f6f6d2e6d65737361676503a2181b6b48656c6c6f20576f726c64181c666d2e7465787405"
+    "6e21666f6f3a6c6f63616c686f7374067040616c6963653a6c6f63616c686f737409a26a626f6f6c5f7661"
+    "6c7565f56a6e756c6c5f76616c7565f6"
+)
+
+
+def test_msc_example_round_trips() -> None:
+    assert codec.encode(MSC_JSON) == MSC_CBOR
+    assert codec.decode(MSC_CBOR) == MSC_JSON
+
+
+def test_string_key_wins_and_numeric_strings_stay() -> None:
+    raw = codec.cbor2.dumps({8: 1, "origin_server_ts": 2, "8": 3})
+    assert codec.decode(raw) == {"origin_server_ts": 2, "8": 3}
+
+
+@pytest.mark.parametrize(
+    "raw, errcode",
+    [
+        (b"\xa5\x02", "M_NOT_JSON"),
+        (b"\xff", "M_NOT_JSON"),
+        (codec.cbor2.dumps({"x": 1.5}), "M_BAD_JSON"),
+        (codec.cbor2.dumps({999: 1}), "M_BAD_JSON"),
+        (codec.cbor2.dumps(b"bytes"), "M_BAD_JSON"),
+        (b"\x81" * 200 + b"\x00", "M_BAD_JSON"),
+    ],
+)
+def test_bad_cbor_refused(raw: bytes, errcode: str) -> None:
+    with pytest.raises(codec.CodecError) as e:
+        codec.decode(raw)
+    assert e.value.errcode == errcode
+
+
+def test_path_enums() -> None:
+    segments = ["9", "!7mqP7DYBUOmwAweF:localhost", "m.room.message", "$.AAABeH6obLU"]
+    path = codec.expand_path(segments)
+    assert path == (
+        "/_matrix/client/v3/rooms/%217mqP7DYBUOmwAweF%3Alocalhost/send/m.room.message/"
+        "%24.AAABeH6obLU"
+    )
+    assert codec.compress_path(path) == segments
+    assert codec.compress_path("/_matrix/client/r0/sync") == ["7"]
+    assert codec.expand_path(["7"]) == "/_matrix/client/v3/sync"
+    with pytest.raises(codec.CodecError):
+        codec.expand_path(["9", "only-one"])
+    assert codec.expand_path(["_matrix", "client", "v3", "account", "whoami"]) == (
+        "/_matrix/client/v3/account/whoami"
+    )
+
+
+def test_noise_replay_window_and_tamper() -> None:
+    key = noise.generate_private_key()
+    initiator = noise.Initiator(noise.public_key(key))
+    server, response = noise.respond(key, initiator.init)
+    client = initiator.finish(response)
+    first, second = client.seal(b"one"), client.seal(b"two")
+    assert server.open(second) == b"two"  # reordered: still accepted once
+    assert server.open(first) == b"one"
+    for replay in (first, second):
+        with pytest.raises(noise.NoiseError):
+            server.open(replay)
+    tampered = bytearray(client.seal(b"three"))
+    tampered[-1] ^= 1
+    with pytest.raises(noise.NoiseError):
+        server.open(bytes(tampered))
+    wrong = noise.Initiator(noise.public_key(noise.generate_private_key()))
+    with pytest.raises(noise.NoiseError):
+        noise.respond(key, wrong.init)
