@@ -587,10 +587,10 @@ async def test_heroes_for_unnamed_room_and_knocks(hs: Harness) -> None:
 async def test_logout_drops_the_devices_connections(hs: Harness) -> None:
     _, tok = await hs.register("alice")
     body = await ss(hs, tok, all_rooms())
-    assert len(hs.services.sliding_sync.connections) == 1
+    assert await hs.services.sliding_sync.connections.count() == 1
     status, _ = await hs.request("POST", f"{V3}/logout", tok, {})
     assert status == 200
-    assert len(hs.services.sliding_sync.connections) == 0
+    assert await hs.services.sliding_sync.connections.count() == 0
     assert body["pos"]
 
 

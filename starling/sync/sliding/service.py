@@ -44,6 +44,7 @@ class SlidingSyncService:
         extensions: SlidingExtensions,
         activity: RoomActivity,
         ignored_users: IgnoredLookup,
+        connections: ConnectionStore,
     ) -> None:
         self._sync = sync
         self._notifier = notifier
@@ -53,14 +54,14 @@ class SlidingSyncService:
         self._extensions = extensions
         self._activity = activity
         self._ignored = ignored_users
-        self.connections = ConnectionStore()
+        self.connections = connections
         self._presence: PresenceHook | None = None
 
     async def devices_changed(self, user_id: str, device_ids: Sequence[str], deleted: bool) -> None:
         """A device deleted (or logged out) takes its connections with it."""
         if deleted:
             for device_id in device_ids:
-                self.connections.forget_device(user_id, device_id)
+                await self.connections.forget_device(user_id, device_id)
 
     def use_presence(self, hook: PresenceHook) -> None:
         """Polling marks the user online (MSC4186 `set_presence`, as /sync does)."""
@@ -69,11 +70,11 @@ class SlidingSyncService:
     async def sync(self, req: SlidingRequest) -> dict[str, Any]:
         device = req.device_id or ""
         if req.pos is None:
-            conn = self.connections.start(req.user_id, device, req.conn_id)
+            conn = await self.connections.start(req.user_id, device, req.conn_id)
             base_seq: int | None = None
             snapshot = EMPTY
         else:
-            conn, base_seq, snapshot = self.connections.resume(
+            conn, base_seq, snapshot = await self.connections.resume(
                 req.user_id, device, req.conn_id, req.pos
             )
         first = req.pos is None
@@ -90,7 +91,7 @@ class SlidingSyncService:
             woken = await self._wait(req.user_id, now, deadline - loop.time())
             if not woken:
                 break
-        response["pos"] = self.connections.record(conn, base_seq, new_snapshot)
+        response["pos"] = await self.connections.record(conn, base_seq, new_snapshot)
         return response
 
     async def _wait(self, user_id: str, built_at: SyncToken, remaining: float) -> bool:

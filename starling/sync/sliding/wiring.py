@@ -10,11 +10,13 @@ from starling.storage.account_data import AccountDataStore
 from starling.storage.database import Database
 from starling.storage.events import EventStore
 from starling.storage.memberships import MembershipStore
+from starling.storage.sliding_connections import SlidingConnectionStore
 from starling.storage.sliding_sync import SlidingSyncStore
 from starling.storage.state import StateStore
 from starling.sync.lazy_members import LazyMemberCache
 from starling.sync.room_sync import RoomSyncBuilder
 from starling.sync.service import SyncService
+from starling.sync.sliding.connections import ConnectionStore
 from starling.sync.sliding.extensions import KeyCounts, SlidingExtensions
 from starling.sync.sliding.room_list import RoomActivity, RoomLister, RoomMetaCache
 from starling.sync.sliding.rooms import RoomResultBuilder, UnreadLookup
@@ -65,4 +67,5 @@ def build_sliding_sync(
         extensions=SlidingExtensions({ext.stream_name: ext for ext in sync.extensions}, key_counts),
         activity=activity,
         ignored_users=ignored_users,
+        connections=ConnectionStore(SlidingConnectionStore(db)),
     )
