@@ -228,9 +228,13 @@ class RoomCreator:
                 {"history_visibility": "shared"},
                 "",
             )
-        if preset != "public_chat" and ("m.room.guest_access", "") not in state_keys_set:
+        if ("m.room.guest_access", "") not in state_keys_set:
+            # The spec's preset table: private presets give can_join, public_chat gives
+            # forbidden — sent explicitly (Synapse leaves it out, which means the same), so
+            # that an upgrade carries the room's guest policy over as a state event.
+            guest_access = "forbidden" if preset == "public_chat" else "can_join"
             await send(
-                room_id, req.creator, "m.room.guest_access", {"guest_access": "can_join"}, ""
+                room_id, req.creator, "m.room.guest_access", {"guest_access": guest_access}, ""
             )
         for ev in req.initial_state:
             if ev["type"] in _CONTROLLED:

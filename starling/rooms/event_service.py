@@ -131,6 +131,7 @@ class RoomEventService:
         redacts: str | None = None,
         check: Callable[[Mapping[StateKey, Event], RoomVersion], Awaitable[None]] | None = None,
         countersign: Callable[[Event], Awaitable[Event]] | None = None,
+        before_persist: Callable[[Event], Awaitable[None]] | None = None,
     ) -> Event:
         """Create, authorise and persist one event in an existing room.
 
@@ -141,6 +142,10 @@ class RoomEventService:
         `check` runs under the room lock against the current state, before the event is
         built, for rules that are the client API's rather than the auth rules' (e.g. a
         redaction needs the redact level). Raises MatrixError.
+
+        `before_persist` runs with the authorised event, still under the room lock, before
+        it is stored: work that must name the event's ID before it exists in the room (a
+        room upgrade's new room points at the tombstone, as Synapse builds it first).
         """
         async with self.room_lock(room_id):
             room_version = await self._events.get_room_version(room_id)
@@ -149,7 +154,7 @@ class RoomEventService:
             if txn_id is None or device_id is None:
                 return await self._send_locked(
                     room_id, room_version, sender, event_type, content, state_key,
-                    device_id, txn_id, redacts, check, countersign,
+                    device_id, txn_id, redacts, check, countersign, before_persist,
                 )  # fmt: skip
             # A transaction ID is scoped to the device and the request: the same ID in
             # another room is another message. New IDs are the rule and a unique index
@@ -159,7 +164,7 @@ class RoomEventService:
             try:
                 return await self._send_locked(
                     room_id, room_version, sender, event_type, content, state_key,
-                    device_id, txn_id, redacts, check, countersign,
+                    device_id, txn_id, redacts, check, countersign, before_persist,
                 )  # fmt: skip
             except (MatrixError, UniqueViolation):
                 existing = await self._events.get_event_by_txn(sender, device_id, room_id, txn_id)
@@ -185,6 +190,7 @@ class RoomEventService:
         redacts: str | None,
         check: Callable[[Mapping[StateKey, Event], RoomVersion], Awaitable[None]] | None,
         countersign: Callable[[Event], Awaitable[Event]] | None,
+        before_persist: Callable[[Event], Awaitable[None]] | None = None,
     ) -> Event:
         """`send`'s work, under the room lock."""
         extremities = await self._events.get_forward_extremities(room_id)
@@ -216,6 +222,8 @@ class RoomEventService:
             raise MatrixError(403, "M_FORBIDDEN", decision.reason)
         if countersign is not None:
             event = await countersign(event)
+        if before_persist is not None:
+            await before_persist(event)
         await self._persister.persist(
             event, EventContext(before), device_id=device_id, txn_id=txn_id, fresh=True
         )

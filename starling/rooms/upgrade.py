@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -78,23 +79,71 @@ class RoomUpgrader:
         if user_power(state, user_id) < levels.event_level("m.room.tombstone", True):
             raise forbidden("You don't have permission to upgrade this room")
 
-        extremities = await self._store.get_forward_extremities(old_room_id)
-        last_event = sorted(extremities)[0] if extremities else None
         creation: dict[str, Any] = {"room_version": new_rv.identifier}
-        predecessor: dict[str, Any] = {"room_id": old_room_id}
-        if last_event is not None:
-            predecessor["event_id"] = last_event
-        creation["predecessor"] = predecessor
         for key in ("type", "m.federate"):
             if key in create.content:
                 creation[key] = copy.deepcopy(create.content[key])
         if new_rv.create_event_has_creator:
             creation["creator"] = user_id
-        new_room_id = await self._create_new_room(
-            new_rv.room_id_from_create_event, creation, user_id
-        )
-        send = self._events.send
+        tombstone = {"body": "This room has been replaced"}
+        if new_rv.room_id_from_create_event:
+            # The new room's ID is its create event's hash, so the create event cannot name
+            # the tombstone that names the room: it points at the old room's last event
+            # (the field is deprecated and optional since v1.16).
+            extremities = await self._store.get_forward_extremities(old_room_id)
+            predecessor: dict[str, Any] = {"room_id": old_room_id}
+            if extremities:
+                predecessor["event_id"] = sorted(extremities)[0]
+            new_room_id = await self._build_new_room(
+                None, {**creation, "predecessor": predecessor}, state, member, user_id
+            )
+            await self._events.send(
+                old_room_id,
+                user_id,
+                "m.room.tombstone",
+                {**tombstone, "replacement_room": new_room_id},
+                "",
+            )
+        else:
+            # As Synapse: the tombstone is built and authorised first, the new room is made
+            # with `predecessor.event_id` = the tombstone (the old room's last event), then
+            # the tombstone is stored — a refused tombstone creates no room.
+            new_room_id = f"!{secrets.token_urlsafe(18)}:{self._server_name}"
 
+            async def build(tomb: Event) -> None:
+                predecessor = {"room_id": old_room_id, "event_id": tomb.event_id}
+                creation["predecessor"] = predecessor
+                await self._build_new_room(new_room_id, creation, state, member, user_id)
+
+            await self._events.send(
+                old_room_id,
+                user_id,
+                "m.room.tombstone",
+                {**tombstone, "replacement_room": new_room_id},
+                "",
+                before_persist=build,
+            )
+        await self._move_aliases(state, old_room_id, new_room_id, user_id)
+        await self._restrict_old_room(state, old_room_id, user_id)
+        if self._is_public is not None and self._publish is not None:
+            if await self._is_public(old_room_id):
+                await self._publish(new_room_id, True)
+                await self._publish(old_room_id, False)
+        return new_room_id
+
+    async def _build_new_room(
+        self,
+        room_id: str | None,
+        creation: dict[str, Any],
+        state: dict[StateKey, Event],
+        member: Event,
+        user_id: str,
+    ) -> str:
+        """Create the replacement room with the old room's defining state; returns its ID."""
+        rv = get_room_version(creation["room_version"])
+        create = await self._events.create_room_event(rv, room_id, user_id, creation)
+        new_room_id = create.room_id
+        send = self._events.send
         profile: dict[str, Any] = {
             k: member.content[k] for k in ("displayname", "avatar_url") if k in member.content
         }
@@ -105,7 +154,7 @@ class RoomUpgrader:
             new_room_id,
             user_id,
             "m.room.power_levels",
-            self._new_power_levels(state, user_id, new_rv.privileged_creators),
+            self._new_power_levels(state, user_id, rv.privileged_creators),
             "",
         )
         for etype in COPIED_STATE:
@@ -121,31 +170,7 @@ class RoomUpgrader:
                     {"membership": "ban", **_reason(ev)},
                     target,
                 )
-
-        await self._move_aliases(state, old_room_id, new_room_id, user_id)
-        await send(
-            old_room_id,
-            user_id,
-            "m.room.tombstone",
-            {"body": "This room has been replaced", "replacement_room": new_room_id},
-            "",
-        )
-        await self._restrict_old_room(state, old_room_id, user_id)
-        if self._is_public is not None and self._publish is not None:
-            if await self._is_public(old_room_id):
-                await self._publish(new_room_id, True)
-                await self._publish(old_room_id, False)
         return new_room_id
-
-    async def _create_new_room(
-        self, id_from_create: bool, creation: dict[str, Any], user_id: str
-    ) -> str:
-        import secrets
-
-        rv = get_room_version(creation["room_version"])
-        room_id = None if id_from_create else f"!{secrets.token_urlsafe(18)}:{self._server_name}"
-        create = await self._events.create_room_event(rv, room_id, user_id, creation)
-        return create.room_id
 
     def _new_power_levels(
         self, state: dict[StateKey, Event], user_id: str, privileged_creators: bool
