@@ -1,4 +1,4 @@
-"""POST /keys/upload, /keys/query, /keys/claim: shapes, signatures, errors, claim-once."""
+"""POST /keys/upload, /keys/query, /keys/claim: shapes, errors, claim-once."""
 
 from __future__ import annotations
 
@@ -74,7 +74,6 @@ async def test_query_remote_user_is_a_failure_without_federation(hs: Harness) ->
 
 async def test_bad_device_keys_are_refused_and_nothing_stored(hs: Harness) -> None:
     alice = await new_device(hs, "alice")
-    other = SigningKey.generate()
     good = alice.device_keys()
 
     def variant(**changes: Any) -> dict[str, Any]:
@@ -83,18 +82,15 @@ async def test_bad_device_keys_are_refused_and_nothing_stored(hs: Harness) -> No
         return sign(keys, alice.user_id, alice.key_id, alice.key)
 
     unsigned = {k: v for k, v in good.items() if k != "signatures"}
-    wrongly_signed = sign(unsigned, alice.user_id, alice.key_id, other)
-    signed_as_other_user = sign(unsigned, "@mallory:test.local", alice.key_id, alice.key)
     cases = [
-        (unsigned, "M_BAD_JSON"),
-        (wrongly_signed, "M_INVALID_SIGNATURE"),
-        (signed_as_other_user, "M_INVALID_SIGNATURE"),
+        (unsigned, "M_BAD_JSON"),  # `signatures` is required (it may be empty)
         (variant(user_id="@bob:test.local"), "M_INVALID_PARAM"),
         (variant(device_id="OTHER"), "M_INVALID_PARAM"),
         (variant(algorithms="m.olm.v1"), "M_BAD_JSON"),
-        (variant(keys={**good["keys"], "rsa:DEV": curve25519()}), "M_INVALID_PARAM"),
-        (variant(keys={"ed25519:DEV": good["keys"]["ed25519:DEV"]}), "M_INVALID_PARAM"),
-        (variant(keys={**good["keys"], "curve25519:DEV": "not base64!"}), "M_INVALID_PARAM"),
+        (variant(keys={**good["keys"], "nocolon": curve25519()}), "M_INVALID_PARAM"),
+        (variant(keys={**good["keys"], "curve25519:DEV": 5}), "M_BAD_JSON"),
+        (variant(keys={**good["keys"], "curve25519:DEV": "k" * 2000}), "M_BAD_JSON"),
+        ({**good, "signatures": {alice.user_id: {alice.key_id: 1}}}, "M_BAD_JSON"),
     ]
     for body, errcode in cases:
         status, resp = await upload(
@@ -107,27 +103,49 @@ async def test_bad_device_keys_are_refused_and_nothing_stored(hs: Harness) -> No
     assert await hs.services.e2ee.keys.key_counts(alice.user_id, "DEV") == ({}, [])
 
 
-async def test_device_keys_cannot_change_but_may_be_resigned(hs: Harness) -> None:
+async def test_device_keys_may_be_replaced(hs: Harness) -> None:
+    """New identity keys for the same device replace the old ones (as Synapse) and count
+    as a device-list change; a re-upload of the same keys is not one."""
     alice = await new_device(hs, "alice")
     first = alice.device_keys()
     await upload_ok(hs, alice, device_keys=first)
+    position = hs.services.e2ee.device_lists.current_position()
     await upload_ok(hs, alice, device_keys=first)  # an identical retry
-    # Same keys, an added signature (e.g. a new cross-signing setup): accepted.
-    extra = sign(first, alice.user_id, "ed25519:somekey", SigningKey.generate())
-    await upload_ok(hs, alice, device_keys=extra)
-    # New identity keys for the same device: refused, the old ones stay.
+    assert hs.services.e2ee.device_lists.current_position() == position
     alice.key = SigningKey.generate()
-    status, resp = await upload(hs, alice, {"device_keys": alice.device_keys()})
-    assert status == 400 and resp["errcode"] == "M_INVALID_PARAM"
+    second = alice.device_keys()
+    await upload_ok(hs, alice, device_keys=second)
+    assert hs.services.e2ee.device_lists.current_position() > position
     found = await query(hs, alice, {alice.user_id: []})
-    assert found["device_keys"][alice.user_id]["DEV"]["keys"] == first["keys"]
+    assert found["device_keys"][alice.user_id]["DEV"]["keys"] == second["keys"]
+
+
+async def test_placeholder_keys_are_stored_as_given(hs: Harness) -> None:
+    """Only the shape of device and one-time keys is checked (as Synapse; clients verify
+    the keys and signatures they download): SyTest's placeholder keys, empty or bogus
+    self-signatures and unsigned string one-time keys of any algorithm are stored and
+    served back unchanged."""
+    alice = await new_device(hs, "alice")
+    bob = await new_device(hs, "bob")
+    device_keys = {
+        "user_id": alice.user_id,
+        "device_id": "DEV",
+        "algorithms": ["m.olm.curve25519-aes-sha256"],
+        "keys": {"curve25519:DEV": "curve25519+key", "ed25519:DEV": "ed25519+key"},
+        "signatures": {alice.user_id: {"ed25519:DEV": "self+signature"}},
+    }
+    assert await upload_ok(
+        hs, alice, device_keys=device_keys, one_time_keys={"my_algorithm:id1": "KIhH"}
+    ) == {"one_time_key_counts": {"my_algorithm": 1}}
+    found = await query(hs, bob, {alice.user_id: []})
+    got = found["device_keys"][alice.user_id]["DEV"]
+    assert got == {**device_keys, "unsigned": {}}
+    claimed = await claim(hs, bob, {alice.user_id: {"DEV": "my_algorithm"}})
+    assert claimed["one_time_keys"] == {alice.user_id: {"DEV": {"my_algorithm:id1": "KIhH"}}}
 
 
 async def test_one_time_key_errors(hs: Harness) -> None:
     alice = await new_device(hs, "alice")
-    # One-time keys before any device keys cannot be verified.
-    status, resp = await upload(hs, alice, {"one_time_keys": alice.one_time_keys(1)})
-    assert status == 400 and resp["errcode"] == "M_INVALID_PARAM"
     await upload_ok(hs, alice, device_keys=alice.device_keys())
     otks = alice.one_time_keys(3)
     await upload_ok(hs, alice, one_time_keys=otks)
@@ -140,18 +158,11 @@ async def test_one_time_key_errors(hs: Harness) -> None:
     status, resp = await upload(hs, alice, {"one_time_keys": clash})
     assert status == 400 and resp["errcode"] == "M_INVALID_PARAM"
     bad_cases = [
-        ({"curve25519:AAA": curve25519()}, "M_INVALID_PARAM"),
-        ({"signed_curve25519:AAA": {"key": curve25519()}}, "M_BAD_JSON"),
-        (
-            {
-                "signed_curve25519:AAA": sign(
-                    {"key": curve25519()}, alice.user_id, alice.key_id, SigningKey.generate()
-                )
-            },
-            "M_INVALID_SIGNATURE",
-        ),
-        ({"nocolon": {"key": curve25519()}}, "M_INVALID_PARAM"),
-        ({"signed_curve25519:AAA": "string"}, "M_BAD_JSON"),
+        ({"signed_curve25519:AAA": {"key": curve25519()}}, "M_BAD_JSON"),  # no signatures
+        ({"signed_curve25519:AAA": {"signatures": {}}}, "M_BAD_JSON"),  # no key
+        ({"nocolon": {"key": curve25519(), "signatures": {}}}, "M_INVALID_PARAM"),
+        ({"signed_curve25519:AAA": 5}, "M_BAD_JSON"),
+        ({"signed_curve25519:AAA": "k" * 2000}, "M_BAD_JSON"),
     ]
     for keys, errcode in bad_cases:
         status, resp = await upload(hs, alice, {"one_time_keys": keys})
