@@ -18,6 +18,7 @@ from aiohttp import web
 
 from starling.account_data.service import AccountDataService
 from starling.accounts.auth import RequestAuthenticator
+from starling.accounts.client_ips import ClientIps
 from starling.accounts.passwords import PasswordHasher
 from starling.accounts.registration_tokens import RegistrationTokens
 from starling.accounts.service import AccountService
@@ -381,6 +382,7 @@ async def build_services(
     )
     passwords = PasswordHasher()
     auth = RequestAuthenticator(account_store, app_services)
+    client_ips = ClientIps(account_store)
     accounts = AccountService(
         config=config,
         store=account_store,
@@ -616,6 +618,7 @@ async def build_services(
         memberships=membership_store,
         auth=auth,
         rate_limits=rate_limits,
+        flush_seen=client_ips.flush,
     )
     await admin_users.load_rate_limit_overrides()
     admin_rooms = AdminRooms(
@@ -770,6 +773,7 @@ async def build_services(
         app_service_queries=app_service_queries,
         incoming_webhooks=incoming_webhooks,
         outgoing_webhooks=outgoing_webhooks,
+        client_ips=client_ips,
         app_services=app_services,
         app_service_client=app_service_client,
         app_service_sender=app_service_sender,
@@ -1121,6 +1125,7 @@ def build_listener_app(
         auth=services.auth,
         rate_limits=services.rate_limits,
         authenticate_origin=authenticate_origin,
+        seen=services.client_ips.seen,
     )
     if "client" in names:
         mount(app, client_table(services), guards)
@@ -1168,6 +1173,7 @@ class Homeserver:
             await hs.services.push_sender.start()
             hs.services.media.start()
             hs.services.admin_history.start()
+            hs.services.client_ips.start()
             if hs.services.e2ee.remote_device_lists is not None:
                 # Users left stale by the last run (a resync that had not succeeded).
                 await hs.services.e2ee.remote_device_lists.start()
@@ -1247,6 +1253,7 @@ class Homeserver:
         await self.services.presence.close()
         await self.services.media.close()
         await self.services.admin_history.close()
+        await self.services.client_ips.close()
         for stop in self.services.e2ee.on_stop:
             await stop()
         await self.services.federation_sender.stop()

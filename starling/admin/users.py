@@ -11,7 +11,7 @@ requests.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +72,7 @@ def device_json(device: Device) -> dict[str, Any]:
     out: dict[str, Any] = {
         "device_id": device.device_id,
         "last_seen_ip": device.last_seen_ip,
-        "last_seen_user_agent": None,
+        "last_seen_user_agent": device.last_seen_user_agent,
         "last_seen_ts": device.last_seen_ts,
         "user_id": device.user_id,
         "dehydrated": False,
@@ -112,7 +112,10 @@ class AdminUsers:
         memberships: MembershipStore,
         auth: RequestAuthenticator,
         rate_limits: RateLimits,
+        flush_seen: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        # Writes where devices were last seen before reading them (whois, devices, users).
+        self._flush_seen = flush_seen
         self._server_name = server_name
         self._accounts = accounts
         self._account_store = account_store
@@ -255,10 +258,15 @@ class AdminUsers:
 
     # -- sessions and devices
 
+    async def _seen_written(self) -> None:
+        if self._flush_seen is not None:
+            await self._flush_seen()
+
     async def whois(self, user_id: str) -> dict[str, Any]:
-        """GET /_synapse/admin/v1/whois/{userId}: per device, where and when it was seen
-        (the user agent is not recorded)."""
+        """GET /_synapse/admin/v1/whois/{userId}: per device, where, when and with which
+        user agent it was last seen."""
         await self._details(user_id)
+        await self._seen_written()
         devices: dict[str, Any] = {}
         for device in await self._accounts.list_devices(user_id):
             connections = []
@@ -267,7 +275,7 @@ class AdminUsers:
                     {
                         "ip": device.last_seen_ip,
                         "last_seen": device.last_seen_ts,
-                        "user_agent": None,
+                        "user_agent": device.last_seen_user_agent,
                     }
                 )
             devices[device.device_id] = {"sessions": [{"connections": connections}]}
@@ -275,6 +283,7 @@ class AdminUsers:
 
     async def devices(self, user_id: str) -> list[dict[str, Any]]:
         await self._details(user_id)
+        await self._seen_written()
         return [device_json(d) for d in await self._accounts.list_devices(user_id)]
 
     async def device(self, user_id: str, device_id: str) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from starling.protocol.identifiers import MAX_ID_BYTES, is_valid_room_id, is_val
 from starling.ratelimit import RateLimits
 
 OriginCheck = Callable[[web.Request], Awaitable[str]]
+SeenHook = Callable[[str, str | None, str | None, str | None], None]
 """Authenticates a federation request; returns its origin server."""
 
 REQUESTER_KEY = web.RequestKey("requester", Requester)
@@ -141,6 +142,9 @@ class Guards:
     auth: TokenAuthenticator | None = None
     rate_limits: RateLimits | None = None
     authenticate_origin: OriginCheck | None = None
+    # Told (user, device, address, user agent) of every authenticated request: where
+    # devices were last seen (starling/accounts/client_ips.py).
+    seen: SeenHook | None = None
 
 
 # --- what handlers read --------------------------------------------------------------------
@@ -209,7 +213,7 @@ def access_token_from(request: web.Request) -> str | None:
 
 
 async def _authenticate_user(
-    request: web.Request, auth: TokenAuthenticator, guests: bool
+    request: web.Request, auth: TokenAuthenticator, guests: bool, seen: SeenHook | None = None
 ) -> Requester:
     token = access_token_from(request)
     if token is None:
@@ -223,6 +227,8 @@ async def _authenticate_user(
         )
     request[USER_ID_KEY] = found.user_id  # for the access log
     request[REQUESTER_KEY] = found
+    if seen is not None:
+        seen(found.user_id, found.device_id, request.remote, request.headers.get("User-Agent"))
     return found
 
 
@@ -248,21 +254,22 @@ def guarded(route: Route, guards: Guards) -> Handler:
     rate_limits = guards.rate_limits
     guests = route.guests
     rate_limit = route.rate_limit
+    seen = guards.seen
 
     async def guard(request: web.Request) -> web.StreamResponse:
         key: str | None = None
         if kind is Auth.USER:
             assert auth is not None
-            found = await _authenticate_user(request, auth, guests)
+            found = await _authenticate_user(request, auth, guests, seen)
             key = found.user_id if found.rate_limited else None
         elif kind is Auth.OPTIONAL:
             assert auth is not None
             if access_token_from(request) is not None:
-                found = await _authenticate_user(request, auth, guests)
+                found = await _authenticate_user(request, auth, guests, seen)
                 key = found.user_id if found.rate_limited else None
         elif kind is Auth.ADMIN:
             assert auth is not None
-            admin = await _authenticate_user(request, auth, guests)
+            admin = await _authenticate_user(request, auth, guests, seen)
             if not admin.is_admin:
                 raise forbidden("You are not a server admin")
             key = admin.user_id

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from starling.account_data.service import AccountDataService
 from starling.accounts.auth import RequestAuthenticator
+from starling.accounts.client_ips import ClientIps
 from starling.accounts.registration_tokens import RegistrationTokens
 from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
@@ -68,6 +69,8 @@ class Services:
     auth: RequestAuthenticator
     accounts: AccountService
     shared_secret_registration: SharedSecretRegistration
+    # where devices were last seen (every authenticated request tells it)
+    client_ips: ClientIps
     registration_tokens: RegistrationTokens
     # the admin API's services (Synapse's /_synapse/admin)
     admin_users: AdminUsers

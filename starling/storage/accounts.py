@@ -57,6 +57,7 @@ class Device:
     display_name: str | None
     last_seen_ts: int | None
     last_seen_ip: str | None
+    last_seen_user_agent: str | None = None
 
 
 class TokenOwner(NamedTuple):
@@ -109,6 +110,7 @@ UNSET: Any = _Unset()
 
 _USER_COLUMNS = "user_id, password_hash, created_ts, admin, deactivated, is_guest, appservice_id"
 _DEVICE_COLUMNS = "user_id, device_id, display_name, last_seen_ts, last_seen_ip"
+_DEVICE_READ = _DEVICE_COLUMNS + ", last_seen_user_agent"
 _REG_TOKEN_COLUMNS = "token, uses_allowed, pending, completed, expiry_time"
 _REG_TOKEN_VALID = (
     "(uses_allowed IS NULL OR pending + completed < uses_allowed)"
@@ -129,7 +131,7 @@ def _user(row: Row) -> User:
 
 
 def _device(row: Row) -> Device:
-    return Device(row[0], row[1], row[2], row[3], row[4])
+    return Device(row[0], row[1], row[2], row[3], row[4], row[5])
 
 
 def _registration_token(row: Row) -> RegistrationToken:
@@ -265,7 +267,7 @@ class AccountStore:
 
     async def get_device(self, user_id: str, device_id: str) -> Device | None:
         row = await self._db.fetch_one(
-            f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE user_id = ? AND device_id = ?",
+            f"SELECT {_DEVICE_READ} FROM devices WHERE user_id = ? AND device_id = ?",
             user_id,
             device_id,
         )
@@ -273,7 +275,7 @@ class AccountStore:
 
     async def list_devices(self, user_id: str) -> list[Device]:
         rows = await self._db.fetch_all(
-            f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE user_id = ? ORDER BY device_id",
+            f"SELECT {_DEVICE_READ} FROM devices WHERE user_id = ? ORDER BY device_id",
             user_id,
         )
         return [_device(row) for row in rows]
@@ -292,16 +294,17 @@ class AccountStore:
         )
 
     async def update_devices_last_seen(
-        self, seen: Iterable[tuple[str, str, int, str | None]]
+        self, seen: Iterable[tuple[str, str, int, str | None, str | None]]
     ) -> None:
-        """Batch update from ``(user_id, device_id, last_seen_ts, last_seen_ip)`` tuples —
-        for a periodic flush of the client-IP tracker, not one write per request."""
-        rows = [(ts, ip, user_id, device_id) for user_id, device_id, ts, ip in seen]
+        """Batch update from ``(user_id, device_id, last_seen_ts, last_seen_ip,
+        user_agent)`` tuples — for a periodic flush of the client-IP tracker, not one
+        write per request."""
+        rows = [(ts, ip, ua, user_id, device_id) for user_id, device_id, ts, ip, ua in seen]
         if not rows:
             return
         async with self._db.transaction() as txn:
             await txn.executemany(
-                "UPDATE devices SET last_seen_ts = ?, last_seen_ip = ?"
+                "UPDATE devices SET last_seen_ts = ?, last_seen_ip = ?, last_seen_user_agent = ?"
                 " WHERE user_id = ? AND device_id = ?",
                 rows,
             )

@@ -3,6 +3,7 @@ engines, with non-admins refused and bad input answered with Matrix errors."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -327,6 +328,20 @@ async def test_devices_and_whois(hs: Harness, admin: str) -> None:
     connection = resp["devices"]["DEV"]["sessions"][0]["connections"][0]
     assert resp["user_id"] == bob and connection["ip"] == "10.0.0.1"
     assert connection["last_seen"] == 99
+    # Every authenticated request records where, when and with what the device was seen.
+    before = int(time.time() * 1000)
+    ua = "Element/1.11 " + "x" * 600
+    async with hs.client.get(
+        "/_matrix/client/v3/account/whoami",
+        headers={"Authorization": f"Bearer {token}", "User-Agent": ua},
+    ) as r:
+        assert r.status == 200
+    status, resp = await hs.request("GET", f"{V1}/whois/{bob}", admin)
+    connection = resp["devices"]["DEV"]["sessions"][0]["connections"][0]
+    assert connection["ip"] == "127.0.0.1" and connection["last_seen"] >= before
+    assert connection["user_agent"] == ua[:512]
+    status, resp = await hs.request("GET", f"{V2}/users/{bob}/devices/DEV", admin)
+    assert resp["last_seen_user_agent"] == ua[:512] and resp["last_seen_ip"] == "127.0.0.1"
     status, resp = await hs.request(
         "POST", f"{V2}/users/{bob}/devices", admin, {"device_id": "NEW"}
     )

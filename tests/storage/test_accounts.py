@@ -119,11 +119,16 @@ async def test_devices(store: AccountStore) -> None:
     assert device is not None and device.display_name == "Work"
 
     await store.update_devices_last_seen(
-        [(ALICE, "PHONE", 100, "192.0.2.1"), (ALICE, "LAPTOP", 200, None), (BOB, "X", 1, None)]
+        [
+            (ALICE, "PHONE", 100, "192.0.2.1", "Element/1.0"),
+            (ALICE, "LAPTOP", 200, None, None),
+            (BOB, "X", 1, None, None),
+        ]
     )
     await store.update_devices_last_seen([])
     phone, laptop = await store.get_device(ALICE, "PHONE"), await store.get_device(ALICE, "LAPTOP")
     assert phone is not None and (phone.last_seen_ts, phone.last_seen_ip) == (100, "192.0.2.1")
+    assert phone.last_seen_user_agent == "Element/1.0"
     assert laptop is not None and (laptop.last_seen_ts, laptop.last_seen_ip) == (200, None)
 
 
