@@ -4,6 +4,10 @@ Keys may only be written to the current (latest) version. When a session already
 key, the spec decides which one is kept: the verified one; if both or neither are, the one
 with the lower first_message_index; if those are equal, the one with the lower
 forwarded_count (a tie keeps the stored key). The etag moves whenever stored keys change.
+
+`auth_data` and `session_data` are the algorithm's, opaque to the server: the spec's
+schema gives objects (what m.megolm_backup.v1 uses), Synapse stores any JSON, and SyTest
+sends strings, so an object or a string is stored as given and handed back unchanged.
 """
 
 from __future__ import annotations
@@ -68,8 +72,8 @@ def parse_room_key(room_id: str, session_id: str, data: Any) -> RoomKey:
             raise bad_json(f"'{name}' must be a non-negative integer")
     if not isinstance(verified, bool):
         raise bad_json("'is_verified' must be a boolean")
-    if not isinstance(session_data, dict):
-        raise bad_json("'session_data' must be an object")
+    if not isinstance(session_data, (dict, str)):
+        raise bad_json("'session_data' must be an object or a string")
     encoded = canonical(session_data)
     if len(encoded) > MAX_SESSION_DATA_BYTES:
         raise MatrixError(413, "M_TOO_LARGE", "'session_data' is too large")
@@ -103,8 +107,8 @@ class KeyBackupService:
         auth_data = body.get("auth_data")
         if auth_data is None:
             raise missing_param("Missing 'auth_data'")
-        if not isinstance(auth_data, dict):
-            raise bad_json("'auth_data' must be an object")
+        if not isinstance(auth_data, (dict, str)):
+            raise bad_json("'auth_data' must be an object or a string")
         return algorithm, canonical(auth_data)
 
     async def create_version(self, user_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -137,7 +141,8 @@ class KeyBackupService:
     async def update_version(self, user_id: str, raw: str, body: Mapping[str, Any]) -> None:
         algorithm, auth_data = self._algorithm_and_auth_data(body)
         found = await self._version(user_id, raw)
-        if "version" in body and body["version"] != raw:
+        # Compared as text: the version is a string, but some clients send the number.
+        if "version" in body and str(body["version"]) != raw:
             raise invalid_param("'version' in the body does not match the path")
         if algorithm != found.algorithm:
             raise invalid_param("'algorithm' does not match the backup's algorithm")

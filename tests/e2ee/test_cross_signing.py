@@ -154,3 +154,13 @@ async def test_signatures_upload(hs: Harness) -> None:
         "POST", f"{V3}/keys/signatures/upload", alice.token, {alice.user_id: "x"}
     )
     assert (status, resp["errcode"]) == (400, "M_BAD_JSON")
+
+
+async def test_signing_uploads_are_also_served_under_unstable(hs: Harness) -> None:
+    """Clients from before v1.1 (and SyTest) use /unstable, as Synapse still serves."""
+    alice = await new_device(hs, "alice")
+    for endpoint in ("device_signing/upload", "signatures/upload"):
+        status, resp = await hs.request(
+            "POST", f"/_matrix/client/unstable/keys/{endpoint}", alice.token, {}
+        )
+        assert status != 404 and resp.get("errcode") != "M_UNRECOGNIZED", (endpoint, resp)

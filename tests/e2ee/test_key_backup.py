@@ -67,6 +67,15 @@ async def test_versions(hs: Harness) -> None:
     assert status == 200
     status, resp = await hs.request("GET", f"{V3}/room_keys/version", alice.token)
     assert resp["auth_data"] == {"public_key": "new"}
+    # auth_data is the algorithm's and opaque: a string is kept as given (as Synapse).
+    opaque = {"algorithm": ALGORITHM, "auth_data": "anopaquestring"}
+    status, _ = await hs.request("PUT", f"{V3}/room_keys/version/{v2}", alice.token, opaque)
+    assert status == 200
+    status, resp = await hs.request("GET", f"{V3}/room_keys/version/{v2}", alice.token)
+    assert resp["auth_data"] == "anopaquestring"
+    bad = {"algorithm": ALGORITHM, "auth_data": 5}
+    status, resp = await hs.request("PUT", f"{V3}/room_keys/version/{v2}", alice.token, bad)
+    assert (status, resp["errcode"]) == (400, "M_BAD_JSON")
     for body in (
         {"algorithm": "other", "auth_data": {}},
         {"algorithm": ALGORITHM, "auth_data": {}, "version": v1},
@@ -166,7 +175,7 @@ async def test_key_errors(hs: Harness) -> None:
     bad = [
         ({**key(), "first_message_index": -1}, "M_BAD_JSON"),
         ({**key(), "is_verified": "yes"}, "M_BAD_JSON"),
-        ({**key(), "session_data": "x"}, "M_BAD_JSON"),
+        ({**key(), "session_data": 5}, "M_BAD_JSON"),
         ({k: v for k, v in key().items() if k != "forwarded_count"}, "M_BAD_JSON"),
     ]
     for body, errcode in bad:
@@ -183,3 +192,23 @@ async def test_key_errors(hs: Harness) -> None:
     assert resp["count"] == 0
     status, resp = await hs.request("GET", f"{V3}/room_keys/keys", alice.token)
     assert (status, resp["errcode"]) == (400, "M_MISSING_PARAM")
+
+
+async def test_room_ids_and_session_data_are_opaque(hs: Harness) -> None:
+    """The room a backed-up key is for is the client's opaque ID (SyTest uses "!abcd"),
+    and session_data may be a string: both are stored and given back as sent."""
+    alice = await new_device(hs, "alice")
+    version = await create(hs, alice)
+    body = {**key(), "session_data": "anopaquestring"}
+    status, resp = await put(hs, alice, version, "/!abcd/1234", body)
+    assert status == 200, resp
+    status, resp = await hs.request(
+        "GET", f"{V3}/room_keys/keys/!abcd/1234", alice.token, params={"version": version}
+    )
+    assert (status, resp) == (200, body)
+    status, resp = await hs.request(
+        "GET", f"{V3}/room_keys/keys/!notaroom/nosession", alice.token, params={"version": version}
+    )
+    assert (status, resp["errcode"]) == (404, "M_NOT_FOUND")
+    status, resp = await put(hs, alice, version, "/notaroom/1234", key())
+    assert (status, resp["errcode"]) == (400, "M_INVALID_PARAM")

@@ -63,7 +63,7 @@ class KeyBackupRoutes:
     async def put_keys(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
-        room_id = request.match_info.get("roomId")
+        room_id = request.match_info.get("keyRoomId")
         session_id = request.match_info.get("sessionId")
         keys: list[RoomKey]
         if room_id is None:
@@ -89,7 +89,7 @@ class KeyBackupRoutes:
         result = await self.key_backup.get_keys(
             requester.user_id,
             request.query.get("version"),
-            request.match_info.get("roomId"),
+            request.match_info.get("keyRoomId"),
             request.match_info.get("sessionId"),
         )
         return json_response(result)
@@ -103,7 +103,7 @@ class KeyBackupRoutes:
         result = await self.key_backup.delete_keys(
             requester.user_id,
             request.query.get("version"),
-            request.match_info.get("roomId"),
+            request.match_info.get("keyRoomId"),
             request.match_info.get("sessionId"),
         )
         return json_response(result)

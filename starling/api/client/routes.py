@@ -44,6 +44,7 @@ from starling.api.services import Services
 PREFIX = "/_matrix/client/{version}"
 V1 = ("v1",)
 V3_R0 = ("v3", "r0")
+V3_UNSTABLE = ("v3", "unstable")
 SIMPLIFIED_SLIDING_SYNC = ("unstable/org.matrix.simplified_msc3575",)
 NONE = Auth.NONE
 OPTIONAL = Auth.OPTIONAL
@@ -176,8 +177,9 @@ def client_table(svc: Services) -> RouteTable:
         post("/keys/query", keys.query, guests=True),
         post("/keys/claim", keys.claim, guests=True),
         get("/keys/changes", keys.changes),
-        post("/keys/device_signing/upload", keys.upload_signing_keys),
-        post("/keys/signatures/upload", keys.upload_signatures),
+        # Also under /unstable, where clients used them before v1.1 (as Synapse serves).
+        post("/keys/device_signing/upload", keys.upload_signing_keys, versions=V3_UNSTABLE),
+        post("/keys/signatures/upload", keys.upload_signatures, versions=V3_UNSTABLE),
         put("/sendToDevice/{eventType}/{txnId}", to_device.send, guests=True),
         post("/room_keys/version", backup.create_version),
         get("/room_keys/version", backup.get_version),
@@ -186,7 +188,10 @@ def client_table(svc: Services) -> RouteTable:
         delete("/room_keys/version/{version}", backup.delete_version),
         *(
             route
-            for suffix in ("", "/{roomId}", "/{roomId}/{sessionId}")
+            # {keyRoomId}: the room a backed-up key is for, an opaque client-chosen ID
+            # that is only stored (Synapse stores any); the generic {roomId} check would
+            # refuse IDs such as SyTest's "!abcd".
+            for suffix in ("", "/{keyRoomId}", "/{keyRoomId}/{sessionId}")
             for route in (
                 put(f"/room_keys/keys{suffix}", backup.put_keys),
                 get(f"/room_keys/keys{suffix}", backup.get_keys),
