@@ -163,7 +163,7 @@ def add_debug_commands(sub: Any) -> None:
     debug = sub.add_parser(
         "debug",
         help="protocol tools: canonical JSON, event IDs, auth checks, state resolution, "
-        "federation checks",
+        "federation checks, one low-bandwidth (CoAP) request",
         description="Protocol tools for server admins. Read JSON, print JSON; exit 2 on bad input.",
     )
     dsub = debug.add_subparsers(dest="debug_command", metavar="TOOL")
@@ -230,6 +230,85 @@ def add_debug_commands(sub: Any) -> None:
     f.add_argument("server_name", metavar="SERVER_NAME")
     f.add_argument("-c", "--config", help="path to starling.yaml (federation settings)")
     f.set_defaults(func=_wrap(cmd_federation_check))
+
+    q = dsub.add_parser(
+        "coap",
+        help="send one Client-Server request over low-bandwidth CoAP+CBOR+Noise",
+        description=(
+            "Like curl for MSC3079: reads BASE_URL/_matrix/client/versions (HTTPS) for the "
+            "UDP port and Noise key, then sends METHOD PATH over CoAP+CBOR+Noise and prints "
+            '{"status", "body" (as JSON), "bytes": {"sent", "received"}}. The access token '
+            "is taken from the STARLING_ACCESS_TOKEN environment variable (not an argument: "
+            "those end up in shell history). Exits 0 for a 2xx/3xx answer, 1 otherwise."
+        ),
+    )
+    q.add_argument("base_url", metavar="BASE_URL", help="e.g. https://matrix.example.org")
+    q.add_argument("method", metavar="METHOD", choices=["GET", "PUT", "POST", "DELETE"])
+    q.add_argument("path", metavar="PATH", help="e.g. /_matrix/client/v3/account/whoami")
+    q.add_argument("-d", "--data", help="JSON request body")
+    q.set_defaults(func=_wrap(cmd_coap))
+
+
+def cmd_coap(args: argparse.Namespace) -> int:
+    """One Client-Server request over low-bandwidth CoAP+CBOR+Noise, like curl."""
+    import asyncio
+    import base64
+    import os
+
+    import aiohttp
+
+    from starling.lowbandwidth.client import LowBandwidthClient, LowBandwidthError
+    from starling.lowbandwidth.server import FEATURE, NOISE_FEATURE
+
+    body = None
+    if args.data is not None:
+        try:
+            body = parse_json_strict(args.data.encode())
+        except CanonicalJsonError as e:
+            raise BadInput(f"--data is not JSON: {e}") from None
+    base = args.base_url.rstrip("/")
+    token = os.environ.get("STARLING_ACCESS_TOKEN")
+
+    async def discover() -> tuple[str, int, bytes]:
+        from yarl import URL
+
+        host = URL(base).host or "127.0.0.1"
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(
+                    base + "/_matrix/client/versions", timeout=aiohttp.ClientTimeout(total=10)
+                ) as resp,
+            ):
+                versions = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            raise BadInput(f"cannot read {base}/_matrix/client/versions: {e}") from None
+        info = versions.get(FEATURE, {}).get(NOISE_FEATURE) if isinstance(versions, dict) else None
+        if not isinstance(info, dict):
+            raise BadInput(f"{base} does not offer low-bandwidth Matrix over Noise")
+        key = base64.b64decode(str(info["public_key"]) + "=" * (-len(info["public_key"]) % 4))
+        return host, int(info["port"]), key
+
+    async def run() -> dict[str, Any]:
+        host, port, key = await discover()
+        client = await LowBandwidthClient.connect(host, port, key)
+        client.access_token = token
+        try:
+            status, answer = await client.request(args.method, args.path, body, timeout_s=60)
+        finally:
+            await client.close()
+        return {
+            "status": status,
+            "body": answer,
+            "bytes": {"sent": client.bytes_sent, "received": client.bytes_received},
+        }
+
+    try:
+        report = asyncio.run(run())
+    except LowBandwidthError as e:
+        raise BadInput(str(e)) from None
+    _print(report)
+    return 0 if report["status"] < 400 else 1
 
 
 def cmd_federation_check(args: argparse.Namespace) -> int:

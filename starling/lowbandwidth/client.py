@@ -18,7 +18,7 @@ import contextlib
 import logging
 import random
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl
 
 from aiocoap import Code, Context, Message, interfaces
 from aiocoap.numbers.constants import TransportTuning
@@ -30,6 +30,8 @@ from starling.lowbandwidth import codec, noise
 from starling.lowbandwidth.server import (
     OPTION_ACCESS_TOKEN,
     OPTION_CBOR_VERSION,
+    OPTION_DEFLATE,
+    SYNC_PATH,
     http_status,
 )
 
@@ -128,6 +130,8 @@ class LowBandwidthClient:
         loss: float = 0.0,
         seed: int = 0,
         ack_timeout: float = 2.0,
+        deflate: bool = True,
+        max_body_size: int = 16 * 1024 * 1024,
     ) -> None:
         self.host = host
         self.port = port
@@ -144,6 +148,13 @@ class LowBandwidthClient:
         self._context: Context | None = None
         self._interface: _Interface | None = None
         self._token_sent = False
+        self._session_options_sent = False
+        self.deflate = deflate
+        self.max_body_size = max_body_size
+        # Our last /sync answers (CBOR) by next_batch: the server may compress the next
+        # one against the answer our `since` names (DEFLATE_SINCE_CONTENT_FORMAT).
+        self._sync_references: dict[str, bytes] = {}
+        self.last_content_format: int | None = None  # of the last answer (tests, debug)
         # Bytes on the wire (UDP payloads) each way, and datagrams, for the benchmark.
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -190,6 +201,8 @@ class LowBandwidthClient:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._handshaken.wait(), HANDSHAKE_TIMEOUT_S)
                 self._token_sent = False  # a new session must be told the token
+                self._session_options_sent = False
+                self._sync_references.clear()
                 return
         raise LowBandwidthError(f"no Noise handshake with {self.host}:{self.port}")
 
@@ -252,34 +265,61 @@ class LowBandwidthClient:
         )
         query = list((params or {}).items())
         if "?" in path:
-            from urllib.parse import parse_qsl
-
             query = parse_qsl(path.partition("?")[2], keep_blank_values=True) + query
-        if query:
-            message.opt.uri_query = [urlencode([item]) for item in query]
+        if query:  # Uri-Query values are raw text (RFC 7252 §6.5), not %-escaped
+            message.opt.uri_query = [f"{name}={value}" for name, value in query]
+        since = dict(query).get("since")
         if body is not None:
-            message.payload = codec.encode(body)
+            payload = codec.encode(body)
             message.opt.content_format = codec.CBOR_CONTENT_FORMAT
+            if self.deflate:
+                packed = codec.deflate(payload)
+                if len(packed) < len(payload):
+                    payload = packed
+                    message.opt.content_format = codec.DEFLATE_CONTENT_FORMAT
+            message.payload = payload
+        if not self._session_options_sent:
+            # Sticky for the session: integer keys (257) and, if wanted, DEFLATE (65000).
+            message.opt.add_option(UintOption(OptionNumber(OPTION_CBOR_VERSION), 1))
+            if self.deflate:
+                message.opt.add_option(UintOption(OptionNumber(OPTION_DEFLATE), 1))
+            self._session_options_sent = True
         if self.access_token and not self._token_sent:
             message.opt.add_option(
                 OpaqueOption(OptionNumber(OPTION_ACCESS_TOKEN), self.access_token.encode())
             )
-            message.opt.add_option(UintOption(OptionNumber(OPTION_CBOR_VERSION), 1))
             self._token_sent = True
         message.remote = self._server
         try:
             response = await asyncio.wait_for(self._context.request(message).response, timeout_s)
         except TimeoutError as e:
-            self._token_sent = False  # the server may never have seen it
+            self._token_sent = self._session_options_sent = False  # maybe never seen
             raise LowBandwidthError(f"{method} {path}: no answer in {timeout_s}s") from e
         except Exception as e:  # aiocoap's own errors: retransmissions exhausted...
-            self._token_sent = False
+            self._token_sent = self._session_options_sent = False
             raise LowBandwidthError(f"{method} {path}: {e}") from e
+        status = http_status(response.code)
+        fmt = response.opt.content_format
+        self.last_content_format = None if fmt is None else int(fmt)
+        payload = bytes(response.payload)
         try:
-            answer = codec.decode(bytes(response.payload)) if response.payload else {}
-        except codec.CodecError:
-            answer = {"errcode": "M_NOT_JSON", "error": "The answer is not CBOR"}
-        return http_status(response.code), answer
+            if fmt is not None and int(fmt) == codec.DEFLATE_CONTENT_FORMAT:
+                payload = codec.inflate(payload, self.max_body_size)
+            elif fmt is not None and int(fmt) == codec.DEFLATE_SINCE_CONTENT_FORMAT:
+                reference = self._sync_references.get(since or "")
+                if reference is None:
+                    raise codec.CodecError("M_NOT_JSON", "Compressed against an unknown answer")
+                payload = codec.inflate(payload, self.max_body_size, reference)
+            answer = codec.decode(payload) if payload else {}
+        except codec.CodecError as e:
+            return 502, {"errcode": e.errcode, "error": f"Bad answer: {e}"}
+        if status == 200 and path.partition("?")[0] in (SYNC_PATH, "/_matrix/client/r0/sync"):
+            next_batch = answer.get("next_batch") if isinstance(answer, dict) else None
+            if isinstance(next_batch, str):
+                self._sync_references[next_batch] = payload
+                while len(self._sync_references) > 4:
+                    del self._sync_references[next(iter(self._sync_references))]
+        return status, answer
 
     async def close(self) -> None:
         if self._context is not None:

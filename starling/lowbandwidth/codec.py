@@ -15,6 +15,7 @@ template left to right. Full paths are always accepted too.
 from __future__ import annotations
 
 import re
+import zlib
 from typing import Any
 from urllib.parse import quote
 
@@ -157,3 +158,69 @@ def compress_path(path: str) -> list[str]:
         if match:
             return [enum, *(unquote(g) for g in match.groups())]
     return [unquote(s) for s in path.lstrip("/").split("/")]
+
+
+# --- DEFLATE (opt-in, MSC3079 "DEFLATE"; docs/transports.md) -------------------------
+#
+# MSC3079 allows DEFLATE when negotiated, and warns of CRIME: compression must be opt-in.
+# A client opts in per session with option 65000 (value 1). Each body is compressed on its
+# own (raw DEFLATE, RFC 1951) — UDP may lose or reorder messages, so no state is carried
+# from one message to the next — against a preset dictionary of strings common in
+# Client-Server bodies; a /sync answer is also compressed against the previous answer,
+# the one whose `next_batch` is this request's `since` (both sides hold it, named by the
+# request itself, so loss and reordering cannot desynchronise them).
+DEFLATE_CONTENT_FORMAT = 65060  # experimental range: CBOR, deflated, preset dictionary v1
+DEFLATE_SINCE_CONTENT_FORMAT = 65061  # … and the answer named by `since` as dictionary
+WINDOW = 32768
+
+_COMMON_STRINGS = (
+    "m.room.create m.room.member m.room.power_levels m.room.join_rules m.room.name "
+    "m.room.topic m.room.avatar m.room.canonical_alias m.room.aliases m.room.encrypted "
+    "m.room.encryption m.room.history_visibility m.room.guest_access m.room.redaction "
+    "m.room.server_acl m.room.tombstone m.room.pinned_events m.room.third_party_invite "
+    "m.reaction m.relates_to m.annotation m.replace m.thread m.in_reply_to rel_type "
+    "m.text m.emote m.notice m.image m.file m.audio m.video m.location "
+    "org.matrix.custom.html m.megolm.v1.aes-sha2 m.olm.v1.curve25519-aes-sha2 "
+    "signed_curve25519 curve25519 ed25519 device_one_time_keys_count "
+    "device_unused_fallback_key_types org.matrix.msc2732.device_unused_fallback_key_types "
+    "unread_notifications notification_count highlight_count unread_thread_notifications "
+    "summary m.heroes m.joined_member_count m.invited_member_count "
+    "m.push_rules m.direct m.fully_read m.receipt m.read m.read.private m.typing "
+    "m.presence online offline unavailable last_active_ago currently_active "
+    "shared public invited joined world_readable can_join forbidden knock restricted "
+    "public_chat private_chat trusted_private_chat ban kick leave "
+    "guest_access users_default events_default state_default notifications "
+    "room_version creator m.federate predecessor membership displayname avatar_url "
+    "left org.matrix.msc4222.state_after prev_batch next_batch limited "
+    "M_FORBIDDEN M_UNKNOWN_TOKEN M_MISSING_TOKEN M_NOT_FOUND M_LIMIT_EXCEEDED M_UNKNOWN "
+    "M_BAD_JSON M_NOT_JSON M_INVALID_PARAM M_USER_IN_USE M_ROOM_IN_USE "
+    "m.login.password m.login.token m.login.dummy m.id.user "
+    "expires_in_ms refresh_token retry_after_ms "
+).split()
+PRESET_DICTIONARY: bytes = b"".join(cbor2.dumps(s) for s in _COMMON_STRINGS)
+
+
+def _zdict(reference: bytes) -> bytes:
+    return (PRESET_DICTIONARY + reference)[-WINDOW:]
+
+
+def deflate(data: bytes, reference: bytes = b"") -> bytes:
+    compressor = zlib.compressobj(
+        9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, _zdict(reference)
+    )
+    return compressor.compress(data) + compressor.flush()
+
+
+def inflate(data: bytes, max_size: int, reference: bytes = b"") -> bytes:
+    """The original bytes; CodecError if corrupt, truncated or over `max_size` (a
+    decompression bomb stops at the limit, it is never inflated whole)."""
+    decompressor = zlib.decompressobj(-15, _zdict(reference))
+    try:
+        out = decompressor.decompress(data, max_size)
+    except zlib.error:
+        raise CodecError("M_NOT_JSON", "The body is not valid DEFLATE") from None
+    if decompressor.unconsumed_tail:
+        raise CodecError("M_TOO_LARGE", "The inflated body is too large")
+    if not decompressor.eof:
+        raise CodecError("M_NOT_JSON", "The DEFLATE body is truncated")
+    return out

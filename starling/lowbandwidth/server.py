@@ -51,6 +51,12 @@ FEATURE = "org.matrix.msc3079.low_bandwidth"
 NOISE_FEATURE = "org.starling.noise"
 OPTION_ACCESS_TOKEN = 256
 OPTION_CBOR_VERSION = 257
+# Starling's: uint 1 = deflate bodies for this session (opt-in). From the range the CoAP
+# option registry reserves for experiments (65000-65535; even: elective), as 258 is
+# RFC 7967's No-Response.
+OPTION_DEFLATE = 65000
+SYNC_PATH = "/_matrix/client/v3/sync"
+SYNC_REFERENCES = 2  # /sync answers kept per session as DEFLATE dictionaries
 MAX_DATAGRAM = 1600  # a 1024-byte block, CoAP options and the Noise header fit
 MAX_TOKEN_LENGTH = 1024
 ASSEMBLIES_PER_SESSION = 4
@@ -101,6 +107,10 @@ class Session(interfaces.EndpointAddress):  # type: ignore[misc]
     last_seen: float = field(default_factory=time.monotonic)
     access_token: str | None = None
     cbor_version: int = 0
+    deflate: bool = False
+    # The last /sync answers sent (CBOR), by their next_batch: the next request's
+    # `since` names the one to compress against.
+    sync_references: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
     in_flight: int = 0
     assemblies: OrderedDict[Any, tuple[float, bytearray]] = field(default_factory=OrderedDict)
     answers: OrderedDict[Any, tuple[float, Message]] = field(default_factory=OrderedDict)
@@ -273,6 +283,14 @@ class _NoiseInterface(GenericMessageInterface):  # type: ignore[misc]
         raise RuntimeError("The low-bandwidth listener does not open connections")
 
 
+def _uint(value: Any) -> int:
+    """An option's uint value (aiocoap gives unknown options as bytes)."""
+    if isinstance(value, int):
+        return value
+    raw = bytes(value)
+    return int.from_bytes(raw, "big") if len(raw) <= 4 else 0
+
+
 def _error(status: int, errcode: str, message: str) -> tuple[int, dict[str, str]]:
     return status, {"errcode": errcode, "error": message}
 
@@ -302,6 +320,8 @@ class _MatrixResource(Resource):  # type: ignore[misc]
             body = self._assemble(session, key, request)
         except _Continue as c:
             return c.response
+        since: str | None = None
+        is_sync = False
         if session.in_flight >= self.config.max_in_flight:
             status, answer = _error(
                 429, "M_LIMIT_EXCEEDED", f"At most {self.config.max_in_flight} in flight"
@@ -309,30 +329,36 @@ class _MatrixResource(Resource):  # type: ignore[misc]
         else:
             session.in_flight += 1
             try:
-                status, answer = await self._serve(session, method, request, body)
+                status, answer, path = await self._serve(session, method, request, body)
             finally:
                 session.in_flight -= 1
-        response = self._response(session, method, status, answer)
+            is_sync = method == "GET" and path.split("?", 1)[0] == SYNC_PATH
+            for item in request.opt.uri_query:
+                if item.startswith("since="):
+                    since = item[len("since=") :]
+        response = self._response(session, method, status, answer, is_sync, since)
         if request.opt.block1 is not None:
             response.opt.block1 = request.opt.block1
         return self._first_block(session, key, request, response)
 
     async def _serve(
         self, session: Session, method: str, request: Message, body: bytes
-    ) -> tuple[int, Any]:
+    ) -> tuple[int, Any, str]:
+        """(status, JSON answer, the Client-Server path it was for)."""
         for option in request.opt.get_option(OPTION_ACCESS_TOKEN):
             token = bytes(option.value).decode("utf-8", "replace")
             token = token.removeprefix("Bearer ")
             if not 0 < len(token) <= MAX_TOKEN_LENGTH:
-                return _error(400, "M_INVALID_PARAM", "Malformed access token option")
+                return (*_error(400, "M_INVALID_PARAM", "Malformed access token option"), "")
             session.access_token = token  # sticky for the session (MSC3079)
         for option in request.opt.get_option(OPTION_CBOR_VERSION):
-            raw = bytes(option.value)
-            session.cbor_version = int.from_bytes(raw, "big") if len(raw) <= 4 else 0
+            session.cbor_version = _uint(option.value)
+        for option in request.opt.get_option(OPTION_DEFLATE):
+            session.deflate = _uint(option.value) == 1
         try:
             path = codec.expand_path(list(request.opt.uri_path))
         except codec.CodecError as e:
-            return _error(404, e.errcode, str(e))
+            return (*_error(404, e.errcode, str(e)), "")
         query = []
         for item in request.opt.uri_query:
             name, _, value = item.partition("=")
@@ -342,27 +368,61 @@ class _MatrixResource(Resource):  # type: ignore[misc]
         json_body: bytes | None = None
         if body:
             fmt = request.opt.content_format
-            if fmt is not None and int(fmt) != codec.CBOR_CONTENT_FORMAT:
-                return _error(415, "M_NOT_JSON", "Send application/cbor (content-format 60)")
             try:
+                if fmt is not None and int(fmt) == codec.DEFLATE_CONTENT_FORMAT:
+                    body = codec.inflate(body, self.max_body)
+                elif fmt is not None and int(fmt) != codec.CBOR_CONTENT_FORMAT:
+                    return (
+                        *_error(415, "M_NOT_JSON", "Send application/cbor (content-format 60)"),
+                        path,
+                    )
                 raw = codec.loads(body)
                 value = codec.expand(raw)
             except codec.CodecError as e:
-                return _error(400, e.errcode, str(e))
+                return (
+                    *_error(413 if e.errcode == "M_TOO_LARGE" else 400, e.errcode, str(e)),
+                    path,
+                )
             if session.cbor_version == 0 and codec.uses_integer_keys(raw):
                 session.cbor_version = 1  # numeric keys mean it speaks version 1 (MSC3079)
             json_body = orjson.dumps(value)
-        return await self.dispatch(method, path, json_body, session.access_token, session.ip)
+        status, answer = await self.dispatch(
+            method, path, json_body, session.access_token, session.ip
+        )
+        return status, answer, path
 
-    def _response(self, session: Session, method: str, status: int, answer: Any) -> Message:
+    def _response(
+        self,
+        session: Session,
+        method: str,
+        status: int,
+        answer: Any,
+        is_sync: bool = False,
+        since: str | None = None,
+    ) -> Message:
         payload = codec.encode(answer, integer_keys=session.cbor_version >= 1)
         if len(payload) > self.max_body:
             status, answer = _error(500, "M_TOO_LARGE", "The answer is over max_body_size")
             payload = codec.encode(answer, integer_keys=session.cbor_version >= 1)
+        content_format = codec.CBOR_CONTENT_FORMAT
+        if session.deflate:
+            reference = session.sync_references.get(since or "") if is_sync else None
+            packed = codec.deflate(payload, reference or b"")
+            if is_sync and status == 200 and isinstance(answer, dict):
+                next_batch = answer.get("next_batch")
+                if isinstance(next_batch, str):
+                    session.sync_references[next_batch] = payload
+                    while len(session.sync_references) > SYNC_REFERENCES:
+                        session.sync_references.popitem(last=False)
+            if len(packed) < len(payload):
+                payload = packed
+                content_format = (
+                    codec.DEFLATE_SINCE_CONTENT_FORMAT
+                    if reference is not None
+                    else codec.DEFLATE_CONTENT_FORMAT
+                )
         return Message(
-            code=coap_code(status, method),
-            payload=payload,
-            content_format=codec.CBOR_CONTENT_FORMAT,
+            code=coap_code(status, method), payload=payload, content_format=content_format
         )
 
     def _assemble(self, session: Session, key: Any, request: Message) -> bytes:
@@ -444,7 +504,7 @@ class _MatrixResource(Resource):  # type: ignore[misc]
         return Message(
             code=response.code,
             payload=payload,
-            content_format=codec.CBOR_CONTENT_FORMAT,
+            content_format=response.opt.content_format,
             block2=BlockOption.BlockwiseTuple(number, more, szx),
         )
 

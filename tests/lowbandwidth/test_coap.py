@@ -126,6 +126,9 @@ async def test_register_login_room_send_sync(lb: LowBandwidthServer) -> None:
                 params={"since": later["next_batch"], "timeout": "5000"},
             )
         assert "second" in bodies
+        # DEFLATE was asked for (the default): an incremental sync is compressed against
+        # the answer its `since` names.
+        assert client.last_content_format == codec.DEFLATE_SINCE_CONTENT_FORMAT
         # Errors are the server's Matrix errors, with the CoAP code of the HTTP status.
         status, error = await client.request("GET", "/_matrix/client/v3/rooms/nope/state")
         assert status == 400 and error["errcode"] in ("M_INVALID_PARAM", "M_UNKNOWN")
@@ -143,7 +146,7 @@ async def test_versions_advert(hs: Harness, lb: LowBandwidthServer) -> None:
 
 
 async def test_no_token_and_bad_input_get_errors(lb: LowBandwidthServer) -> None:
-    client = await connect(lb)
+    client = await connect(lb, deflate=False)  # answers read raw below
     try:
         status, error = await client.request("GET", "/_matrix/client/v3/account/whoami")
         assert status == 401 and error["errcode"] == "M_MISSING_TOKEN"
@@ -165,6 +168,18 @@ async def test_no_token_and_bad_input_get_errors(lb: LowBandwidthServer) -> None
             message.remote = client._server
             response = await client._context.request(message).response
             assert codec.decode(response.payload)["errcode"] in ("M_BAD_JSON", "M_NOT_JSON")
+        # DEFLATE bodies: corrupt → M_NOT_JSON; a bomb stops at max_body_size → 4.13.
+        bomb = codec.deflate(codec.encode({"name": "x" * 100_000}))
+        for payload, errcode in ((b"\xff\x00junk", "M_NOT_JSON"), (bomb, "M_TOO_LARGE")):
+            message = Message(
+                code=Code.POST,
+                uri_path=["G"],
+                payload=payload,
+                content_format=codec.DEFLATE_CONTENT_FORMAT,
+            )
+            message.remote = client._server
+            response = await client._context.request(message).response
+            assert codec.decode(response.payload)["errcode"] == errcode
         # Oversized body: 4.13 before any dispatch (Block1 is reassembled only to 8K here).
         status, error = await client.request(
             "POST", "/_matrix/client/v3/createRoom", {"name": "x" * 9000}

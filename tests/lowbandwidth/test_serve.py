@@ -1,0 +1,110 @@
+"""Low-bandwidth Matrix against a real `starling serve` (both engines): the listener is
+configured (here by environment override), published in /versions, and a client
+registers, logs in, creates a room, sends and syncs over CoAP+CBOR+Noise; `starling debug
+coap` sends one request like curl."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from starling.lowbandwidth.client import LowBandwidthClient
+from tests.interop.conftest import RunningServer, free_port, starling_server
+
+__all__ = ["starling_server"]
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def lb_port(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Set before `starling_server` starts: `starling serve` reads it from its environment."""
+    port = free_port()
+    monkeypatch.setenv("STARLING_LOW_BANDWIDTH__PORT", str(port))
+    return port
+
+
+@pytest.fixture
+async def versions(lb_port: int, starling_server: RunningServer) -> AsyncIterator[dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(starling_server.url + "/_matrix/client/versions") as resp,
+    ):
+        yield await resp.json()
+
+
+async def test_end_to_end_over_coap_noise(
+    lb_port: int,
+    starling_server: RunningServer,
+    versions: dict[str, Any],
+) -> None:
+    info = versions["org.matrix.msc3079.low_bandwidth"]
+    assert info["cbor_enum_version"] == 1 and info["coap_enum_version"] == 1
+    noise_info = info["org.starling.noise"]
+    assert noise_info["port"] == lb_port
+    key = base64.b64decode(noise_info["public_key"] + "=")
+    client = await LowBandwidthClient.connect("127.0.0.1", lb_port, key)
+    try:
+        status, reg = await client.request(
+            "POST",
+            "/_matrix/client/v3/register",
+            {"username": "lb", "password": "a long password", "auth": {"type": "m.login.dummy"}},
+        )
+        assert status == 200, reg
+        status, login = await client.request(
+            "POST",
+            "/_matrix/client/v3/login",
+            {
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": "lb"},
+                "password": "a long password",
+            },
+        )
+        assert status == 200, login
+        client.access_token = login["access_token"]
+        status, room = await client.request("POST", "/_matrix/client/v3/createRoom", {})
+        assert status == 200, room
+        status, sent = await client.request(
+            "PUT",
+            f"/_matrix/client/v3/rooms/{room['room_id']}/send/m.room.message/1",
+            {"msgtype": "m.text", "body": "over udp"},
+        )
+        assert status == 200, sent
+        status, sync = await client.request("GET", "/_matrix/client/v3/sync")
+        assert status == 200
+        timeline = sync["rooms"]["join"][room["room_id"]]["timeline"]["events"]
+        assert sent["event_id"] in [e["event_id"] for e in timeline]
+    finally:
+        await client.close()
+
+    # `starling debug coap`, with the token from the environment.
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "starling.cli",
+            "debug",
+            "coap",
+            starling_server.url,
+            "GET",
+            "/_matrix/client/v3/account/whoami",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "STARLING_ACCESS_TOKEN": login["access_token"]},
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["status"] == 200 and report["body"]["user_id"] == login["user_id"]
+    assert report["bytes"]["sent"] > 0
