@@ -1032,7 +1032,13 @@ async def build_room_extras(
     account_data_store = AccountDataStore(db, await StreamIdGenerator.create(db, "account_data"))
     account_data = AccountDataService(account_data_store, notifier)
     receipt_store = ReceiptStore(db, await StreamIdGenerator.create(db, "receipts"))
-    push_rules = PushRulesService(account_data, membership_store, profile_store, room_events)
+    push_rules = PushRulesService(
+        account_data,
+        membership_store,
+        profile_store,
+        room_events,
+        legacy_mention_rules=config.legacy_mention_push_rules,
+    )
     presence = await PresenceService.create(
         PresenceStore(db, await StreamIdGenerator.create(db, "presence")),
         membership_store,

@@ -400,6 +400,8 @@ class Config:
     allow_guest_access: bool = False
     # Other servers may read our published room directory (Synapse's key and default).
     allow_public_rooms_over_federation: bool = False
+    # The body-based mention push rules spec v1.17 removed (Synapse still has them).
+    legacy_mention_push_rules: bool = False
     # Application-service registration files (Synapse's format; starling/appservice/).
     app_service_config_files: list[str] = field(default_factory=list)
     # Python modules (Synapse's key): [{module: dotted.Class, config: {...}}]; starling/modules/.

@@ -95,10 +95,58 @@ def _fill_user_id(value: Any, user_id: str) -> Any:
     return user_id if value == _USER_ID_PLACEHOLDER else value
 
 
-def default_rules(user_id: str) -> Ruleset:
-    """The spec's server-default rules for one user, in evaluation order (a fresh copy)."""
+# The body-based mention rules spec v1.17 removed (MSC4210), as Synapse still ships them by
+# default: for clients that mention without `m.mentions`. Only with `legacy_mentions`.
+_HIGHLIGHT: JsonDict = {"set_tweak": "highlight"}
+_SOUND: JsonDict = {"set_tweak": "sound", "value": "default"}
+_LEGACY_OVERRIDE_AFTER: dict[str, JsonDict] = {
+    ".m.rule.is_user_mention": {
+        "rule_id": ".m.rule.contains_display_name",
+        "default": True,
+        "enabled": True,
+        "conditions": [{"kind": "contains_display_name"}],
+        "actions": ["notify", _SOUND, _HIGHLIGHT],
+    },
+    ".m.rule.is_room_mention": {
+        "rule_id": ".m.rule.roomnotif",
+        "default": True,
+        "enabled": True,
+        "conditions": [
+            {"kind": "event_match", "key": "content.body", "pattern": "@room"},
+            {"kind": "sender_notification_permission", "key": "room"},
+        ],
+        "actions": ["notify", _HIGHLIGHT],
+    },
+}
+
+
+def _legacy_content_rule(user_id: str) -> JsonDict:
+    return {
+        "rule_id": ".m.rule.contains_user_name",
+        "default": True,
+        "enabled": True,
+        "pattern": user_id[1:].partition(":")[0],
+        "actions": ["notify", _SOUND, _HIGHLIGHT],
+    }
+
+
+def default_rules(user_id: str, legacy_mentions: bool = False) -> Ruleset:
+    """The spec's server-default rules for one user, in evaluation order (a fresh copy);
+    with `legacy_mentions` also the removed body-based mention rules, where Synapse has
+    them (after the `m.mentions` rule of each kind of mention; the user-name rule is the
+    only content rule)."""
     template = _default_template()
-    return {kind: _fill_user_id(template.get(kind, []), user_id) for kind in KINDS}
+    rules = {kind: _fill_user_id(template.get(kind, []), user_id) for kind in KINDS}
+    if legacy_mentions:
+        override: list[JsonDict] = []
+        for rule in rules["override"]:
+            override.append(rule)
+            extra = _LEGACY_OVERRIDE_AFTER.get(rule["rule_id"])
+            if extra is not None:
+                override.append(copy.deepcopy(extra))
+        rules["override"] = override
+        rules["content"] = [*rules["content"], _legacy_content_rule(user_id)]
+    return rules
 
 
 def is_server_default(rule_id: str) -> bool:
@@ -212,15 +260,18 @@ def _stored_rules(stored: Mapping[str, Any] | None, kind: str) -> list[JsonDict]
     return [r for r in rules if isinstance(r, dict) and isinstance(r.get("rule_id"), str)]
 
 
-def merge_with_defaults(user_id: str, stored: Mapping[str, Any] | None) -> Ruleset:
+def merge_with_defaults(
+    user_id: str, stored: Mapping[str, Any] | None, legacy_mentions: bool = False
+) -> Ruleset:
     """The user's full ruleset: their own rules (first within each kind) and the server
     defaults (with their stored enabled/actions changes), `.m.rule.master` first of all.
+    `legacy_mentions`: see `default_rules`.
 
     `stored` is a ruleset as written before (the m.push_rules "global" object); defaults
     no longer known are dropped and new ones appear with their spec defaults.
     """
     merged: Ruleset = {}
-    for kind, defaults in default_rules(user_id).items():
+    for kind, defaults in default_rules(user_id, legacy_mentions).items():
         own: list[JsonDict] = []
         changed: dict[str, JsonDict] = {}
         seen: set[str] = set()

@@ -56,7 +56,10 @@ class PushRulesService:
         memberships: MembershipStore,
         profiles: ProfileStore,
         room_events: RoomEventService,
+        *,
+        legacy_mention_rules: bool = False,
     ) -> None:
+        self._legacy_mentions = legacy_mention_rules
         self._account_data = account_data
         self._memberships = memberships
         self._profiles = profiles
@@ -70,7 +73,9 @@ class PushRulesService:
         """The user's full global ruleset, defaults merged in, in evaluation order."""
         stored = await self._account_data.get(user_id, None, PUSH_RULES)
         scope = stored.get(SCOPE) if isinstance(stored, dict) else None
-        return pr.merge_with_defaults(user_id, scope if isinstance(scope, dict) else None)
+        return pr.merge_with_defaults(
+            user_id, scope if isinstance(scope, dict) else None, self._legacy_mentions
+        )
 
     async def get_rule(self, user_id: str, kind: str, rule_id: str) -> dict[str, Any]:
         return pr.find_rule(await self.get_ruleset(user_id), kind, rule_id)

@@ -100,6 +100,25 @@ def test_default_rules_behaviour() -> None:
     assert _rules().evaluate(_msg(sender=ME), _ctx()) is None  # own events never match
 
 
+def test_legacy_mention_rules_only_when_asked() -> None:
+    """The body-based rules spec v1.17 removed, where Synapse still has them."""
+    legacy = pr.PushRuleSet(pr.merge_with_defaults(ME, None, legacy_mentions=True))
+    ruleset = pr.merge_with_defaults(ME, None, legacy_mentions=True)
+    override = [r["rule_id"] for r in ruleset["override"]]
+    assert override.index(".m.rule.contains_display_name") == (
+        override.index(".m.rule.is_user_mention") + 1
+    )
+    assert override.index(".m.rule.roomnotif") == override.index(".m.rule.is_room_mention") + 1
+    assert [r["rule_id"] for r in ruleset["content"]] == [".m.rule.contains_user_name"]
+    assert ruleset["content"][0]["pattern"] == ME[1:].partition(":")[0]
+    named = _msg(f"hey {ME[1:].partition(':')[0]}, lunch?")
+    assert _rule_id(named, rules=legacy) == ".m.rule.contains_user_name"
+    assert pr.is_highlight(legacy.evaluate(named, _ctx()))
+    assert _rule_id(_msg("@room look"), _ctx(level=50), rules=legacy) == ".m.rule.roomnotif"
+    assert _rule_id(_msg("@room look"), _ctx(level=0), rules=legacy) == ".m.rule.message"
+    assert _rule_id(named) == ".m.rule.message"  # off by default (the spec's rules)
+
+
 def test_member_events() -> None:
     invite = {
         "type": "m.room.member",

@@ -73,6 +73,8 @@ def sytest_settings(hs: dict[str, Any]) -> dict[str, Any]:
         "allow_guest_access": True,
         # SyTest lists remote room directories (as Synapse's SyTest config allows)
         "allow_public_rooms_over_federation": True,
+        # SyTest mentions users by their name in the body only, as Synapse's defaults allow.
+        "legacy_mention_push_rules": True,
         "url_preview_enabled": True,
         # SyTest's push gateway (and app services) serve HTTPS with its test CA.
         "use_insecure_ssl_client_just_for_testing_do_not_use": True,
