@@ -93,3 +93,41 @@ class SlidingSyncStore:
             position,
         )
         return [(str(r[0]), int(r[1]), str(r[2]), str(r[3]), r[4]) for r in rows]
+
+    # --- the threads extension (MSC4360) -------------------------------------------------
+
+    async def thread_updates(
+        self, room_ids: Sequence[str], lower: int | None, upper: int | None, limit: int
+    ) -> list[tuple[str, str, str, int]]:
+        """(room ID, thread root ID, latest reply ID, its position) of the threads of these
+        rooms whose latest reply is in (lower, upper], latest first."""
+        if not room_ids:
+            return []
+        rows = await self._db.fetch_all(
+            "SELECT t.room_id, t.thread_id, t.latest_event_id, t.latest_stream_ordering"
+            f" FROM threads t WHERE {self._db.sql.in_array('t.room_id')}"
+            " AND t.latest_stream_ordering > ? AND t.latest_stream_ordering <= ?"
+            " ORDER BY t.latest_stream_ordering DESC LIMIT ?",
+            self._db.sql.array(room_ids),
+            lower if lower is not None else -(2**62),
+            upper if upper is not None else 2**62,
+            limit,
+        )
+        return [(r[0], r[1], r[2], int(r[3])) for r in rows]
+
+    async def threads_with_several_replies(
+        self, thread_ids: Sequence[str], lower: int | None, upper: int
+    ) -> set[str]:
+        """The threads among these with more than one reply in (lower, upper]."""
+        if not thread_ids:
+            return set()
+        rows = await self._db.fetch_all(
+            "SELECT r.relates_to_id FROM event_relations r"
+            f" WHERE {self._db.sql.in_array('r.relates_to_id')} AND r.rel_type = 'm.thread'"
+            " AND r.stream_ordering > ? AND r.stream_ordering <= ?"
+            " GROUP BY r.relates_to_id HAVING COUNT(*) > 1",
+            self._db.sql.array(thread_ids),
+            lower if lower is not None else -(2**62),
+            upper,
+        )
+        return {r[0] for r in rows}

@@ -170,3 +170,88 @@ async def test_polling_marks_the_user_online(hs: Harness) -> None:
     status, body = await hs.request("GET", f"{V3}/presence/{alice}/status", tok)
     assert status == 200
     assert body["presence"] == "online"
+
+
+async def thread_reply(hs: Harness, token: str, room: str, root: str, body: str) -> str:
+    status, resp = await hs.request(
+        "PUT",
+        f"{V3}/rooms/{room}/send/m.room.message/{body.replace(' ', '_')}",
+        token,
+        {
+            "msgtype": "m.text",
+            "body": body,
+            "m.relates_to": {"rel_type": "m.thread", "event_id": root},
+        },
+    )
+    assert status == 200, resp
+    return str(resp["event_id"])
+
+
+async def test_threads_extension_and_thread_updates(hs: Harness) -> None:
+    """MSC4360 under its unstable name: updates per thread (not per reply), roots with
+    their latest reply bundled, prev_batch for threads with several replies (usable with
+    /relations), threads already in a timeline left out without include_roots, only the
+    user's joined rooms, and /thread_updates paging the rest."""
+    name = "io.element.msc4360.threads"
+    _, atok = await hs.register("alice")
+    _, btok = await hs.register("bob")
+    room = await hs.create_room(atok, preset="public_chat")
+    await join(hs, btok, room)
+    other = await hs.create_room(atok, preset="public_chat")  # bob is not in it
+    root = await hs.send_message(atok, room, "root")
+    quiet_root = await hs.send_message(atok, room, "quiet root")
+    await thread_reply(hs, atok, room, quiet_root, "quiet reply")
+    await thread_reply(hs, atok, room, root, "reply 1")
+    latest = await thread_reply(hs, atok, room, root, "reply 2")
+    other_root = await hs.send_message(atok, other, "elsewhere")
+    await thread_reply(hs, atok, other, other_root, "not for bob")
+
+    body = {
+        "lists": {"all": {"ranges": [[0, 9]], "timeline_limit": 0, "required_state": []}},
+        "extensions": {name: {"enabled": True, "include_roots": True}},
+    }
+    first = await ss(hs, btok, body)
+    updates = first["extensions"][name]["updates"]
+    assert set(updates) == {room} and set(updates[room]) == {root, quiet_root}
+    shown = updates[room][root]["thread_root"]
+    assert shown["event_id"] == root
+    assert shown["unsigned"]["m.relations"]["m.thread"]["latest_event"]["event_id"] == latest
+    assert "prev_batch" not in updates[room][quiet_root]  # one reply only
+    # prev_batch continues in /relations with dir=b, before the latest reply.
+    status, rel = await hs.request(
+        "GET",
+        f"{V3.replace('v3', 'v1')}/rooms/{room}/relations/{root}/m.thread",
+        btok,
+        params={"dir": "b", "from": updates[room][root]["prev_batch"]},
+    )
+    assert status == 200, rel
+    assert [e["content"]["body"] for e in rel["chunk"]] == ["reply 1"]
+
+    # Nothing new: the extension is left out.
+    quiet = await ss(hs, btok, body, pos=first["pos"], timeout=0)
+    assert name not in quiet["extensions"]
+
+    # Without include_roots, a reply the timeline carries is not repeated.
+    body_tl = {
+        "lists": {"all": {"ranges": [[0, 9]], "timeline_limit": 5, "required_state": []}},
+        "extensions": {name: {"enabled": True}},
+    }
+    await thread_reply(hs, atok, room, quiet_root, "seen in timeline")
+    seen = await ss(hs, btok, body_tl, pos=quiet["pos"])
+    assert name not in seen["extensions"], seen["extensions"]
+
+    # A limit of 1 leaves a prev_batch for /thread_updates.
+    body_one = {**body, "extensions": {name: {"enabled": True, "limit": 1}}}
+    one = await ss(hs, btok, body_one)
+    assert len(one["extensions"][name]["updates"][room]) == 1
+    token = one["extensions"][name]["prev_batch"]
+    path = "/_matrix/client/unstable/io.element.msc4360/thread_updates"
+    status, page = await hs.request("GET", path, btok, params={"dir": "b", "from": token})
+    assert status == 200, page
+    assert list(page["chunk"][room]) == [root]
+    assert page["chunk"][room][root]["thread_root"]["event_id"] == root
+    assert "next_batch" not in page
+    status, err = await hs.request("GET", path, btok, params={"dir": "f"})
+    assert status == 400 and err["errcode"] == "M_INVALID_PARAM"
+    status, err = await hs.request("GET", path, btok, params={"dir": "b", "from": "junk"})
+    assert status == 400

@@ -165,6 +165,7 @@ def client_table(svc: Services) -> RouteTable:
         # Sync and filters
         get("/sync", sync.sync, guests=True),
         post("/sync", sliding.sync, guests=True, versions=SIMPLIFIED_SLIDING_SYNC),
+        get("/thread_updates", sliding.thread_updates, versions=("unstable/io.element.msc4360",)),
         post("/user/{userId}/filter", filters.create, guests=True),
         get("/user/{userId}/filter/{filterId}", filters.get, guests=True),
         post("/user/{userId}/openid/request_token", openid.request_token),

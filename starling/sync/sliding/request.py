@@ -35,6 +35,9 @@ LAZY = "$LAZY"
 ME = "$ME"
 WILD = "*"
 _DIGITS = re.compile(r"[0-9]{1,18}")
+THREADS_EXTENSIONS = ("io.element.msc4360.threads", "threads")  # unstable name first
+THREADS_DEFAULT_LIMIT = 100
+THREADS_MAX_LIMIT = 100  # the MSC lets servers impose a smaller limit than asked
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,16 @@ class ScopedExtension:
 
 
 @dataclass(frozen=True)
+class ThreadsExtension:
+    """MSC4360's threads extension: `name` is the key the client asked under (the
+    unstable `io.element.msc4360.threads` or `threads`), answered under the same."""
+
+    name: str
+    include_roots: bool = False
+    limit: int = THREADS_DEFAULT_LIMIT
+
+
+@dataclass(frozen=True)
 class ExtensionsRequest:
     to_device: bool = False
     to_device_since: int | None = None
@@ -130,6 +143,7 @@ class ExtensionsRequest:
     account_data: ScopedExtension | None = None
     receipts: ScopedExtension | None = None
     typing: ScopedExtension | None = None
+    threads: ThreadsExtension | None = None
 
 
 @dataclass(frozen=True)
@@ -347,6 +361,23 @@ def parse_extensions(raw: Any) -> ExtensionsRequest:
             raise invalid_param("'extensions.to_device.since' must be a to_device next_batch")
         since = int(text)
     e2ee = _obj(body.get("e2ee"), "extensions.e2ee")
+    threads: ThreadsExtension | None = None
+    for name in THREADS_EXTENSIONS:
+        raw_threads = _obj(body.get(name), f"extensions.{name}")
+        if not _bool(raw_threads.get("enabled"), f"extensions.{name}.enabled"):
+            continue
+        raw_limit = raw_threads.get("limit")
+        limit = (
+            THREADS_DEFAULT_LIMIT
+            if raw_limit is None
+            else _int(raw_limit, f"extensions.{name}.limit", 1, 2**31)
+        )
+        threads = ThreadsExtension(
+            name,
+            bool(_bool(raw_threads.get("include_roots"), f"extensions.{name}.include_roots")),
+            min(limit, THREADS_MAX_LIMIT),
+        )
+        break
     return ExtensionsRequest(
         to_device=bool(_bool(to_device.get("enabled"), "extensions.to_device.enabled")),
         to_device_since=since,
@@ -354,6 +385,7 @@ def parse_extensions(raw: Any) -> ExtensionsRequest:
         account_data=_scoped(body.get("account_data"), "extensions.account_data"),
         receipts=_scoped(body.get("receipts"), "extensions.receipts"),
         typing=_scoped(body.get("typing"), "extensions.typing"),
+        threads=threads,
     )
 
 

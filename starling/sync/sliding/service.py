@@ -23,6 +23,7 @@ from starling.sync.sliding.extensions import ExtensionRooms, SlidingExtensions
 from starling.sync.sliding.request import ScopedExtension, SlidingRequest
 from starling.sync.sliding.room_list import RoomActivity, RoomList, RoomLister
 from starling.sync.sliding.rooms import RoomResultBuilder, RoomWork
+from starling.sync.sliding.threads import ThreadUpdates
 from starling.sync.tokens import SyncToken
 
 # The most timeline events one response carries, over all its rooms.
@@ -45,7 +46,9 @@ class SlidingSyncService:
         activity: RoomActivity,
         ignored_users: IgnoredLookup,
         connections: ConnectionStore,
+        threads: ThreadUpdates,
     ) -> None:
+        self._threads = threads
         self._sync = sync
         self._notifier = notifier
         self._memberships = memberships
@@ -144,6 +147,28 @@ class SlidingSyncService:
                 streams,
             ),
         )
+        threads = req.extensions.threads
+        if threads is not None:
+            # After the rooms: a thread whose latest reply is in a timeline here is left
+            # out unless the client asked for roots.
+            in_timelines = {
+                e.get("event_id") for room in built.rooms.values() for e in room.get("timeline", [])
+            }
+            updates, prev_batch = await self._threads.updates(
+                req.user_id,
+                req.device_id,
+                None if first else snapshot.token.events,
+                now.events,
+                threads.limit,
+                threads.include_roots,
+                {e for e in in_timelines if isinstance(e, str)},
+            )
+            if updates or prev_batch is not None:
+                # Omitted when there is nothing (as Synapse does).
+                extensions[threads.name] = {"updates": updates}
+                if prev_batch is not None:
+                    extensions[threads.name]["prev_batch"] = prev_batch
+                ext_data = True
         rooms_sent = dict(snapshot.rooms)
         rooms_sent.update(built.sent)
         counts = {name: result.count for name, result in listed.lists.items()}
@@ -163,6 +188,19 @@ class SlidingSyncService:
             in_scope,
         )
         return response, has_data, new_snapshot
+
+    async def thread_updates(
+        self,
+        user_id: str,
+        device_id: str | None,
+        from_token: str | None,
+        to_token: str | None,
+        limit: int,
+    ) -> dict[str, Any]:
+        """GET /thread_updates (MSC4360's companion endpoint)."""
+        return await self._threads.page(
+            user_id, device_id, from_token, to_token, limit, self._sync.current_token().events
+        )
 
     async def _works(self, listed: RoomList, snapshot: Snapshot) -> list[RoomWork]:
         """The rooms to look at: matched, and new to the connection or changed since."""

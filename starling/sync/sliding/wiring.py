@@ -21,6 +21,7 @@ from starling.sync.sliding.extensions import KeyCounts, SlidingExtensions
 from starling.sync.sliding.room_list import RoomActivity, RoomLister, RoomMetaCache
 from starling.sync.sliding.rooms import RoomResultBuilder, UnreadLookup
 from starling.sync.sliding.service import IgnoredLookup, SlidingSyncService
+from starling.sync.sliding.threads import ThreadUpdates
 
 
 def build_sliding_sync(
@@ -68,4 +69,11 @@ def build_sliding_sync(
         activity=activity,
         ignored_users=ignored_users,
         connections=ConnectionStore(SlidingConnectionStore(db)),
+        threads=ThreadUpdates(
+            store,
+            event_store,
+            formatter,
+            visibility.filter_events,
+            membership_store.get_joined_rooms,
+        ),
     )
