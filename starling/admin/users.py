@@ -11,6 +11,7 @@ requests.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +43,7 @@ def user_json(user: UserDetails, *, full: bool) -> dict[str, Any]:
         "name": user.user_id,
         "is_guest": user.is_guest,
         "admin": user.admin,
-        "user_type": None,
+        "user_type": user.user_type,
         "deactivated": user.deactivated,
         "erased": user.erased,
         "shadow_banned": user.shadow_banned,
@@ -96,6 +97,18 @@ class UserChanges:
     deactivated: bool | None = None
     locked: bool | None = None
     approved: bool | None = None
+    threepids: list[tuple[str, str]] | None = None
+    """(medium, address), canonical: replaces the user's third-party IDs."""
+    user_type: str | None = None
+    set_user_type: bool = False
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# Synapse's built-in user types (UserTypes); None is an ordinary user.
+USER_TYPES = frozenset({"support", "bot"})
 
 
 class AdminUsers:
@@ -152,7 +165,20 @@ class AdminUsers:
         return body
 
     async def get_user(self, user_id: str) -> dict[str, Any]:
-        return user_json(await self._details(user_id), full=True)
+        out = user_json(await self._details(user_id), full=True)
+        out["threepids"] = await self._store.threepids(user_id)
+        return out
+
+    async def set_user_type(self, user_id: str, user_type: str | None) -> None:
+        """The type of a user just registered with the shared secret."""
+        await self._store.set_user_type(user_id, user_type)
+
+    async def user_by_threepid(self, medium: str, address: str) -> str:
+        """GET /_synapse/admin/v1/threepid/{medium}/users/{address}."""
+        user_id = await self._store.user_by_threepid(medium, address)
+        if user_id is None:
+            raise not_found("User not found")
+        return user_id
 
     async def is_admin(self, user_id: str) -> bool:
         return (await self._details(user_id)).admin
@@ -166,6 +192,13 @@ class AdminUsers:
             raise invalid_param("You may not demote yourself.")
         if changes.password is not None:
             check_password(changes.password)
+        if changes.set_user_type and changes.user_type not in (None, *USER_TYPES):
+            raise invalid_param("Invalid user type")
+        if changes.threepids:
+            # Checked before anything changes; set_threepids checks again as it writes.
+            taken = await self._store.threepid_taken(user_id, changes.threepids)
+            if taken is not None:
+                raise MatrixError(409, "M_THREEPID_IN_USE", f"{taken} is already in use")
         existing = await self._store.get_details(user_id)
         created = existing is None
         if existing is None:
@@ -199,6 +232,14 @@ class AdminUsers:
             await self._store.set_flag(user_id, "locked", changes.locked)
         if changes.approved is not None:
             await self._store.set_flag(user_id, "approved", changes.approved)
+        if changes.set_user_type:
+            await self._store.set_user_type(user_id, changes.user_type)
+        if changes.threepids is not None:
+            taken = await self._store.set_threepids(user_id, changes.threepids, _now_ms())
+            if taken is not None:
+                raise MatrixError(409, "M_THREEPID_IN_USE", f"{taken} is already in use")
+        if changes.deactivated is True:
+            await self._store.set_threepids(user_id, [], _now_ms())  # as Synapse
         self._auth.invalidate_user(user_id)
         for field in _PROFILE_FIELDS:
             if getattr(changes, "set_" + field) and not (created and field == "displayname"):
@@ -230,6 +271,7 @@ class AdminUsers:
         and with ``erase`` the profile goes and the account is marked erased."""
         await self._details(user_id)
         await self._accounts.deactivate(user_id, erase=erase)
+        await self._store.set_threepids(user_id, [], _now_ms())  # as Synapse
         if erase:
             await self._store.set_flag(user_id, "erased", True)
 

@@ -29,6 +29,7 @@ class UserDetails:
     last_seen_ts: int | None
     appservice_id: str | None
     approved: bool
+    user_type: str | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,16 +48,17 @@ class UserFilter:
     """Whether locked users are included."""
     approved: bool | None = None
     """True: only approved users; False: only those waiting for approval; None: both."""
-    no_users: bool = False
-    """``not_user_type=""`` excludes users without a type: all of ours."""
+    not_user_types: tuple[str, ...] = ()
+    """Synapse's ``not_user_type`` (repeatable): users of these types are left out; ""
+    stands for users without a type."""
 
 
-# order_by value -> column (Synapse's names; `user_type` has no column here: all are NULL).
+# order_by value -> column (Synapse's names).
 ORDER_COLUMNS: dict[str, str] = {
     "name": "u.user_id",
     "is_guest": "u.is_guest",
     "admin": "u.admin",
-    "user_type": "u.user_id",
+    "user_type": "u.user_type",
     "deactivated": "u.deactivated",
     "shadow_banned": "u.shadow_banned",
     "displayname": "p.displayname",
@@ -64,13 +66,13 @@ ORDER_COLUMNS: dict[str, str] = {
     "creation_ts": "u.created_ts",
     "last_seen_ts": "(SELECT MAX(d.last_seen_ts) FROM devices AS d WHERE d.user_id = u.user_id)",
 }
-_NULLABLE_ORDERS = frozenset({"displayname", "avatar_url", "last_seen_ts"})
+_NULLABLE_ORDERS = frozenset({"displayname", "avatar_url", "last_seen_ts", "user_type"})
 
 _DETAIL_COLUMNS = (
     "u.user_id, u.is_guest, u.admin, u.deactivated, u.erased, u.shadow_banned, u.locked,"
     " p.displayname, p.avatar_url, u.created_ts,"
     " (SELECT MAX(d.last_seen_ts) FROM devices AS d WHERE d.user_id = u.user_id)"
-    " AS last_seen_ts, u.appservice_id, u.approved"
+    " AS last_seen_ts, u.appservice_id, u.approved, u.user_type"
 )
 _FROM = "FROM users AS u LEFT JOIN profiles AS p ON p.user_id = u.user_id"
 
@@ -90,6 +92,7 @@ def _details(row: Row) -> UserDetails:
         last_seen_ts=row[10],
         appservice_id=row[11],
         approved=bool(row[12]),
+        user_type=row[13],
     )
 
 
@@ -116,8 +119,12 @@ class AdminUserStore:
         `ORDER_COLUMNS`; ties are broken by ascending user ID."""
         clauses: list[str] = []
         args: list[Any] = []
-        if where.no_users:
-            clauses.append("FALSE")
+        if "" in where.not_user_types:
+            clauses.append("u.user_type IS NOT NULL")
+        types = [t for t in where.not_user_types if t]
+        if types:
+            clauses.append(f"(u.user_type IS NULL OR NOT {self._db.sql.in_array('u.user_type')})")
+            args.append(self._db.sql.array(types))
         if where.name is not None:
             clauses.append(
                 "(LOWER(u.user_id) LIKE ? ESCAPE '\\' OR LOWER(p.displayname) LIKE ? ESCAPE '\\')"
@@ -159,6 +166,75 @@ class AdminUserStore:
         return bool(
             await self._db.execute(f"UPDATE users SET {flag} = ? WHERE user_id = ?", value, user_id)
         )
+
+    async def set_user_type(self, user_id: str, user_type: str | None) -> None:
+        await self._db.execute(
+            "UPDATE users SET user_type = ? WHERE user_id = ?", user_type, user_id
+        )
+
+    # -- third-party IDs
+
+    async def threepids(self, user_id: str) -> list[dict[str, Any]]:
+        rows = await self._db.fetch_all(
+            "SELECT medium, address, added_at, validated_at FROM user_threepids"
+            " WHERE user_id = ? ORDER BY medium, address",
+            user_id,
+        )
+        return [
+            {"medium": r[0], "address": r[1], "added_at": r[2], "validated_at": r[3]} for r in rows
+        ]
+
+    async def threepid_taken(self, user_id: str, threepids: list[tuple[str, str]]) -> str | None:
+        """The first of `threepids` that belongs to another user, if any."""
+        sql = self._db.sql
+        rows = await self._db.fetch_all(
+            "SELECT medium, address FROM user_threepids"
+            f" WHERE {sql.in_array('address')} AND user_id != ? ORDER BY address",
+            sql.array(sorted({a for _, a in threepids})),
+            user_id,
+        )
+        wanted = set(threepids)
+        return next((str(r[1]) for r in rows if (r[0], r[1]) in wanted), None)
+
+    async def set_threepids(
+        self, user_id: str, threepids: list[tuple[str, str]], now_ms: int
+    ) -> str | None:
+        """Make the user's third-party IDs exactly `threepids` (those kept keep their
+        times). Changes nothing and returns the address when one belongs to another user."""
+        wanted = set(threepids)
+        sql = self._db.sql
+        async with self._db.transaction() as txn:
+            taken = await txn.fetch_all(
+                "SELECT medium, address FROM user_threepids"
+                f" WHERE {sql.in_array('address')} AND user_id != ?",
+                sql.array(sorted({a for _, a in wanted})),
+                user_id,
+            )
+            for medium, address in taken:
+                if (medium, address) in wanted:
+                    return str(address)
+            current = {
+                (r[0], r[1])
+                for r in await txn.fetch_all(
+                    "SELECT medium, address FROM user_threepids WHERE user_id = ?", user_id
+                )
+            }
+            for medium, address in current - wanted:
+                await txn.execute(
+                    "DELETE FROM user_threepids WHERE medium = ? AND address = ?", medium, address
+                )
+            await txn.executemany(
+                "INSERT INTO user_threepids (user_id, medium, address, validated_at, added_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(user_id, m, a, now_ms, now_ms) for m, a in sorted(wanted - current)],
+            )
+        return None
+
+    async def user_by_threepid(self, medium: str, address: str) -> str | None:
+        value = await self._db.fetch_val(
+            "SELECT user_id FROM user_threepids WHERE medium = ? AND address = ?", medium, address
+        )
+        return None if value is None else str(value)
 
     async def reactivate(self, user_id: str, password_hash: str | None) -> bool:
         return bool(

@@ -21,7 +21,7 @@ async def _nonce(hs: Harness) -> str:
 
 
 def _body(nonce: str, username: str, password: str, admin: bool, **extra: Any) -> dict[str, Any]:
-    mac = registration_mac(SECRET, nonce, username, password, admin, None)
+    mac = registration_mac(SECRET, nonce, username, password, admin, extra.get("user_type"))
     return {
         "nonce": nonce,
         "username": username,
@@ -91,9 +91,15 @@ async def test_shared_secret_bad_requests(ohs: Harness) -> None:
     status, resp = await ohs.request("POST", f"{ADMIN}/register", body=body)
     assert (status, resp["errcode"]) == (400, "M_INVALID_USERNAME")
     nonce = await _nonce(ohs)
-    body = _body(nonce, "frank", "pw", False, user_type="bot")
+    body = _body(nonce, "frank", "pw", False, user_type="robot")
     status, resp = await ohs.request("POST", f"{ADMIN}/register", body=body)
     assert (status, resp["errcode"]) == (400, "M_INVALID_PARAM")
+    nonce = await _nonce(ohs)
+    body = _body(nonce, "frank", "pw", False, user_type="bot")
+    status, resp = await ohs.request("POST", f"{ADMIN}/register", body=body)
+    assert status == 200, resp
+    details = await ohs.services.admin_users.get_user(resp["user_id"])
+    assert details["user_type"] == "bot"
     await ohs.register("taken")
     nonce = await _nonce(ohs)
     status, resp = await ohs.request(

@@ -226,8 +226,14 @@ async def test_deactivate_and_reactivate_through_put(hs: Harness, admin: str) ->
         ({"locked": 1}, "M_BAD_JSON"),
         ({"displayname": 5}, "M_BAD_JSON"),
         ({"avatar_url": "http://example.org/a.png"}, "M_INVALID_PARAM"),
-        ({"threepids": [{"medium": "email", "address": "a@b.c"}]}, "M_INVALID_PARAM"),
-        ({"user_type": "bot"}, "M_INVALID_PARAM"),
+        ({"threepids": [{"medium": "fax", "address": "1"}]}, "M_INVALID_PARAM"),
+        ({"threepids": [{"medium": "email", "address": "nope"}]}, "M_INVALID_PARAM"),
+        ({"threepids": [{"medium": "msisdn", "address": "12a"}]}, "M_INVALID_PARAM"),
+        ({"threepids": "a@b.c"}, "M_BAD_JSON"),
+        ({"threepids": ["a@b.c"]}, "M_BAD_JSON"),
+        ({"external_ids": [{"auth_provider": "x", "external_id": "y"}]}, "M_INVALID_PARAM"),
+        ({"user_type": "robot"}, "M_INVALID_PARAM"),
+        ({"user_type": 5}, "M_BAD_JSON"),
         ({"password": "x" * 600}, "M_INVALID_PARAM"),
     ],
 )
@@ -240,6 +246,57 @@ async def test_put_user_bad_input(
         status, resp = await hs.request("PUT", f"{V2}/users/{target}", admin, body)
         assert (status, resp["errcode"]) == (400, errcode), (target, body)
     assert not await hs.services.account_store.user_exists("@brandnew:test.local")
+
+
+async def test_threepids_and_user_types(hs: Harness, admin: str) -> None:
+    bob, _ = await hs.register("bob")
+    carol, _ = await hs.register("carol")
+    body = {
+        "threepids": [
+            {"medium": "email", "address": " Bob@Example.ORG"},
+            {"medium": "msisdn", "address": "+4412345"},
+        ],
+        "user_type": "bot",
+    }
+    status, resp = await hs.request("PUT", f"{V2}/users/{bob}", admin, body)
+    assert status == 200, resp
+    assert resp["user_type"] == "bot"
+    assert [(t["medium"], t["address"]) for t in resp["threepids"]] == [
+        ("email", "bob@example.org"),
+        ("msisdn", "4412345"),
+    ]
+    assert all(t["added_at"] == t["validated_at"] > 0 for t in resp["threepids"])
+    status, resp = await hs.request("GET", f"{V1}/threepid/email/users/BOB@example.org", admin)
+    assert (status, resp) == (200, {"user_id": bob})
+    status, resp = await hs.request("GET", f"{V1}/threepid/email/users/x@example.org", admin)
+    assert (status, resp["errcode"]) == (404, "M_NOT_FOUND")
+    status, resp = await hs.request("GET", f"{V1}/threepid/fax/users/1", admin)
+    assert (status, resp["errcode"]) == (400, "M_INVALID_PARAM")
+    # An address belongs to one account: nothing changes for carol (nor a new user).
+    taken = {"threepids": [{"medium": "email", "address": "bob@example.org"}], "admin": True}
+    for target in (carol, f"@dave:{HS}"):
+        status, resp = await hs.request("PUT", f"{V2}/users/{target}", admin, taken)
+        assert (status, resp["errcode"]) == (409, "M_THREEPID_IN_USE"), target
+    status, resp = await hs.request("GET", f"{V2}/users/{carol}", admin)
+    assert resp["admin"] is False and resp["threepids"] == []
+    assert not await hs.services.account_store.user_exists(f"@dave:{HS}")
+    # not_user_type leaves types out ("" stands for no type).
+    status, resp = await hs.request("GET", f"{V2}/users", admin, params={"not_user_type": "bot"})
+    assert bob not in [u["name"] for u in resp["users"]] and resp["total"] == 2
+    status, resp = await hs.request("GET", f"{V2}/users", admin, params={"not_user_type": ""})
+    assert [u["name"] for u in resp["users"]] == [bob]
+    status, resp = await hs.request("GET", f"{V2}/users", admin, params={"order_by": "user_type"})
+    assert [u["name"] for u in resp["users"]][-1] == bob
+    # Replacing the list keeps what stays, drops the rest; deactivation drops them all.
+    body = {"threepids": [{"medium": "msisdn", "address": "4412345"}], "user_type": None}
+    status, resp = await hs.request("PUT", f"{V2}/users/{bob}", admin, body)
+    assert [t["address"] for t in resp["threepids"]] == ["4412345"] and resp["user_type"] is None
+    status, resp = await hs.request("PUT", f"{V2}/users/{carol}", admin, taken)
+    assert status == 200 and resp["threepids"][0]["address"] == "bob@example.org"
+    status, _ = await hs.request("POST", f"{V1}/deactivate/{carol}", admin, {})
+    assert status == 200
+    status, resp = await hs.request("GET", f"{V1}/threepid/email/users/bob@example.org", admin)
+    assert status == 404
 
 
 async def test_put_user_refusals(hs: Harness, admin: str) -> None:

@@ -28,6 +28,44 @@ def _device_id(value: Any) -> str:
     return value
 
 
+MAX_THREEPIDS = 100
+MAX_ADDRESS_LENGTH = 320
+
+
+def canonical_threepid(medium: Any, address: Any) -> tuple[str, str]:
+    """(medium, address) as stored: e-mail addresses lower-cased (Synapse's
+    canonicalise_email), phone numbers as digits; 400 for anything else."""
+    if medium not in ("email", "msisdn"):
+        raise invalid_param("'medium' must be 'email' or 'msisdn'")
+    if not isinstance(address, str) or not 0 < len(address) <= MAX_ADDRESS_LENGTH:
+        raise invalid_param("'address' must be a non-empty string")
+    address = address.strip()
+    if medium == "email":
+        local, at, domain = address.rpartition("@")
+        if not at or not local or not domain or any(c.isspace() for c in address):
+            raise invalid_param(f"{address[:80]!r} is not an e-mail address")
+        return medium, f"{local}@{domain}".lower()
+    digits = address.removeprefix("+")
+    if not digits.isascii() or not digits.isdigit() or len(digits) > 20:
+        raise invalid_param(f"{address[:80]!r} is not a phone number (digits only)")
+    return medium, digits
+
+
+def _threepids(value: Any) -> list[tuple[str, str]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_THREEPIDS:
+        raise bad_json(f"'threepids' must be a list of at most {MAX_THREEPIDS} objects")
+    out: list[tuple[str, str]] = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise bad_json("Each of 'threepids' must be an object with 'medium' and 'address'")
+        pair = canonical_threepid(item.get("medium"), item.get("address"))
+        if pair not in out:
+            out.append(pair)
+    return out
+
+
 def _user_filter(request: web.Request, *, v3: bool) -> UserFilter:
     name = request.query.get("name")
     user_id = request.query.get("user_id")
@@ -43,7 +81,7 @@ def _user_filter(request: web.Request, *, v3: bool) -> UserFilter:
         deactivated=deactivated,
         locked=query_bool(request, "locked", False),
         approved=optional_bool_query(request, "approved"),
-        no_users="" in request.query.getall("not_user_type", []),
+        not_user_types=tuple(request.query.getall("not_user_type", [])[:20]),
     )
 
 
@@ -77,13 +115,11 @@ class AdminUserRoutes:
         password = body.get("password")
         if password is not None and not isinstance(password, str):
             raise bad_json("'password' must be a string")
-        threepids = body.get("threepids")
-        if threepids is not None and threepids != []:
-            raise invalid_param("Third-party IDs are not supported by this server")
         if body.get("external_ids") not in (None, []):
             raise invalid_param("External IDs are not supported by this server")
-        if body.get("user_type") is not None:
-            raise invalid_param("User types are not supported by this server")
+        user_type = body.get("user_type")
+        if user_type is not None and not isinstance(user_type, str):
+            raise bad_json("'user_type' must be a string or null")
         logout = body_bool(body, "logout_devices")
         changes = UserChanges(
             password=password,
@@ -96,6 +132,9 @@ class AdminUserRoutes:
             deactivated=body_bool(body, "deactivated"),
             locked=body_bool(body, "locked"),
             approved=body_bool(body, "approved"),
+            threepids=_threepids(body.get("threepids")),
+            user_type=user_type,
+            set_user_type="user_type" in body,
         )
         created = await self._users.put_user(requester_of(request).user_id, user_id, changes)
         return json_response(await self._users.get_user(user_id), status=201 if created else 200)
@@ -286,6 +325,14 @@ class AdminUserRoutes:
         await self._users.username_available(username)
         return json_response({"available": True})
 
+    async def user_by_threepid(self, request: web.Request) -> web.Response:
+        """GET /_synapse/admin/v1/threepid/{medium}/users/{address}
+        (Synapse admin API: docs/admin_api/user_admin_api.md#find-a-user-based-on-their-third-party-id-threepid-or-3pid)"""
+        medium, address = canonical_threepid(
+            request.match_info["medium"], request.match_info["address"]
+        )
+        return json_response({"user_id": await self._users.user_by_threepid(medium, address)})
+
     def routes(self) -> list[Route]:
         v2 = ("v2",)
         return [
@@ -315,4 +362,5 @@ class AdminUserRoutes:
             post("/users/{userId}/override_ratelimit", self.set_rate_limit, Auth.ADMIN),
             delete("/users/{userId}/override_ratelimit", self.delete_rate_limit, Auth.ADMIN),
             get("/username_available", self.username_available, Auth.ADMIN),
+            get("/threepid/{medium}/users/{address}", self.user_by_threepid, Auth.ADMIN),
         ]
