@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -314,3 +315,81 @@ class Api:
         return await self.get_bytes(
             f"/_matrix/client/v1/media/download/{_q(server)}/{_q(media_id)}", timeout_s=600
         )
+
+    async def media_config(self) -> dict[str, Any]:
+        """The server's media limits (`m.upload.size`); empty if it does not say."""
+        try:
+            return await self.request("GET", "/_matrix/client/v1/media/config")
+        except MatrixError as e:
+            if e.status in (404, 405):
+                return {}
+            raise
+
+    async def upload_stream(
+        self, chunks: AsyncIterator[bytes], size: int, content_type: str
+    ) -> str:
+        """Upload `size` bytes given piece by piece (never held whole in memory)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        headers = {"Content-Type": content_type, "Content-Length": str(size)}
+        if self.access_token:
+            headers["Authorization"] = f"Bearer {self.access_token}"
+        try:
+            async with self._session.post(
+                self.homeserver + "/_matrix/media/v3/upload",
+                data=chunks,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=600),
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise MatrixError(0, "M_CONNECTION", f"cannot reach {self.homeserver}: {e}") from e
+        try:
+            answer = json.loads(raw) if raw else {}
+        except ValueError:
+            answer = {}
+        if status >= 400 or not isinstance(answer, dict) or "content_uri" not in answer:
+            answer = answer if isinstance(answer, dict) else {}
+            raise MatrixError(
+                status, str(answer.get("errcode", "M_UNKNOWN")), str(answer.get("error", ""))
+            )
+        return str(answer["content_uri"])
+
+    async def download_stream(
+        self, mxc: str, sink: Callable[[bytes], Awaitable[None]], *, max_bytes: int
+    ) -> int:
+        """Download a file piece by piece into `sink`; refuses more than `max_bytes`.
+        Returns the number of bytes."""
+        if not mxc.startswith("mxc://") or mxc.count("/") != 3:
+            raise MatrixError(0, "M_INVALID_PARAM", f"not an mxc:// URI: {mxc!r}")
+        server, media_id = mxc[len("mxc://") :].split("/", 1)
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        headers = {"Authorization": f"Bearer {self.access_token}"} if self.access_token else {}
+        url = f"{self.homeserver}/_matrix/client/v1/media/download/{_q(server)}/{_q(media_id)}"
+        total = 0
+        try:
+            async with self._session.get(
+                url, headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_read=600)
+            ) as resp:
+                if resp.status >= 400:
+                    raw = await resp.content.read(65536)
+                    try:
+                        answer = json.loads(raw)
+                    except ValueError:
+                        answer = {}
+                    answer = answer if isinstance(answer, dict) else {}
+                    raise MatrixError(
+                        resp.status,
+                        str(answer.get("errcode", "M_UNKNOWN")),
+                        str(answer.get("error", "")),
+                    )
+                async for piece in resp.content.iter_chunked(1 << 20):
+                    total += len(piece)
+                    if total > max_bytes:
+                        raise MatrixError(0, "M_TOO_LARGE", f"{mxc} is larger than expected")
+                    await sink(piece)
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise MatrixError(0, "M_CONNECTION", f"cannot reach {self.homeserver}: {e}") from e
+        return total

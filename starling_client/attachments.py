@@ -107,6 +107,11 @@ def parse_encrypted_file(info: Any) -> FileKey:
     return FileKey(key, iv, digest)
 
 
+def ctr_decryptor(file_key: FileKey) -> Any:
+    """A streaming decryptor (`update`, `finalize`) for a file whose hash was checked."""
+    return _cipher(file_key.key, file_key.iv).decryptor()
+
+
 def decrypt_attachment(ciphertext: bytes, info: Any) -> bytes:
     """The plaintext, after checking the ciphertext's SHA-256 (before any decryption)."""
     file_key = parse_encrypted_file(info)

@@ -11,8 +11,8 @@
     starling-chat --store DIR verify USER_ID [DEVICE_ID] [--yes] [--wait] [--timeout S]
     starling-chat --store DIR files push DIR | files ls [--json] | files pull [PATH] --to DIR
     starling-chat --store DIR tui
-    starling-chat --store DIR backup
-    starling-chat --store DIR restore --recovery-key KEY
+    starling-chat --store DIR backup [--recovery-passphrase-file F]
+    starling-chat --store DIR restore --recovery-key KEY | --recovery-passphrase-file F
     starling-chat --store DIR devices USER_ID [--json]
 
 The store's secrets are sealed with a key derived from a passphrase: STARLING_CHAT_PASSPHRASE,
@@ -64,6 +64,18 @@ def passphrase(args: argparse.Namespace, store_dir: Path) -> str:
     with os.fdopen(fd, "w") as out:
         text = secrets.token_urlsafe(32)
         out.write(text)
+    return text
+
+
+def recovery_passphrase(args: argparse.Namespace) -> str | None:
+    """The secret-storage passphrase of `backup` / `restore`, from a file (never the
+    command line, where other users of the machine could read it)."""
+    name = getattr(args, "recovery_passphrase_file", None)
+    if not name:
+        return None
+    text = Path(name).read_text(encoding="utf-8").strip()
+    if len(text) < 8:
+        raise CliError(f"the recovery passphrase in {name} is too short (8 characters at least)")
     return text
 
 
@@ -146,7 +158,7 @@ async def command(client: Client, args: argparse.Namespace) -> int:
     elif args.command == "backup":
         status = await client.backup_status()
         if status["version"] is None:
-            recovery_key = await client.create_backup()
+            recovery_key = await client.create_backup(recovery_passphrase(args))
             status = await client.backup_status()
             print(f"recovery key: {recovery_key}", file=out)
             print(
@@ -163,7 +175,10 @@ async def command(client: Client, args: argparse.Namespace) -> int:
             status = await client.backup_status()
         print(f"backup version {status['version']}: {status['count']} room keys", file=out)
     elif args.command == "restore":
-        count = await client.restore_backup(args.recovery_key)
+        secret = recovery_passphrase(args)
+        if (secret is None) == (args.recovery_key is None):
+            raise CliError("give either --recovery-key or --recovery-passphrase-file")
+        count = await client.restore_backup(args.recovery_key, passphrase=secret)
         status = await client.backup_status()
         print(f"restored {count} room keys from backup version {status['version']}", file=out)
     elif args.command == "tui":
@@ -463,9 +478,19 @@ def parser() -> argparse.ArgumentParser:
     pull.add_argument("path", nargs="?", help="a file or directory in the backup (default: all)")
     pull.add_argument("--to", required=True, help="where to write them")
 
-    sub.add_parser("backup", help="create the key backup (prints the recovery key once) or show it")
+    backup = sub.add_parser(
+        "backup", help="create the key backup (prints the recovery key once) or show it"
+    )
+    backup.add_argument(
+        "--recovery-passphrase-file",
+        help="derive the secret-storage key from the passphrase in this file (the printed "
+        "recovery key works as well)",
+    )
     restore = sub.add_parser("restore", help="restore room keys from the key backup")
-    restore.add_argument("--recovery-key", required=True)
+    restore.add_argument("--recovery-key")
+    restore.add_argument(
+        "--recovery-passphrase-file", help="a file holding the secret-storage passphrase"
+    )
 
     verify_p = sub.add_parser("verify", help="verify a device by comparing emoji (SAS)")
     verify_p.add_argument("user_id")

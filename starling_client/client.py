@@ -41,6 +41,8 @@ from starling_client.backup import (
     encode_recovery_key,
     encrypt_secret,
     key_description,
+    key_from_passphrase,
+    passphrase_parameters,
 )
 from starling_client.crypto import MEGOLM, CryptoMachine, DecryptionError, Device
 from starling_client.encoding import b64decode, b64encode
@@ -53,6 +55,8 @@ STORE_FILE = "client.db"
 ENCRYPTION_STATE = {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": MEGOLM}}
 # Events waiting for a room key are retried on later syncs; this many at most per client.
 MAX_PENDING = 5000
+# Events fetched to fill the gap of a `limited` sync timeline, at most, per room and sync.
+MAX_GAP_EVENTS = 1000
 
 
 @dataclass
@@ -205,6 +209,8 @@ class Client:
 
     async def close(self) -> None:
         await self.api.close()
+        self.store.save_machine(self.crypto)
+        self.store.clean_shutdown()
         self.store.close()
 
     @property
@@ -251,7 +257,8 @@ class Client:
             requests = [e for e in verification if e[1] == "m.room_key_request"]
             await self._on_verification_events([e for e in verification if e not in requests])
             await self._answer_key_requests(requests)
-            messages = self._apply_timelines(answer, initial=since is None)
+            gaps = await self._fill_gaps(answer) if since is not None else {}
+            messages = self._apply_timelines(answer, initial=since is None, gaps=gaps)
             await self._request_missing_keys()
             self.store.save_machine(self.crypto)
             if isinstance(answer.get("next_batch"), str):
@@ -326,7 +333,45 @@ class Client:
                 self.crypto.receive_withheld(sender, content)
         return verification
 
-    def _apply_timelines(self, answer: dict[str, Any], *, initial: bool) -> list[Message]:
+    async def _fill_gaps(self, answer: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+        """The events a `limited` timeline left out (more arrived since the last sync than
+        the server sends at once), paged back with /messages from `prev_batch` until an
+        event we already hold, at most MAX_GAP_EVENTS a room; oldest first."""
+        gaps: dict[str, list[dict[str, Any]]] = {}
+        for room_id, room in ((answer.get("rooms") or {}).get("join") or {}).items():
+            timeline = room.get("timeline") if isinstance(room, dict) else None
+            if not isinstance(timeline, dict) or timeline.get("limited") is not True:
+                continue
+            token = timeline.get("prev_batch")
+            found: list[dict[str, Any]] = []
+            while isinstance(token, str) and len(found) < MAX_GAP_EVENTS:
+                page = await self.api.messages(
+                    room_id, limit=min(100, MAX_GAP_EVENTS - len(found)), from_token=token
+                )
+                chunk = [e for e in page.get("chunk") or [] if isinstance(e, dict)]
+                known = next(
+                    (
+                        i
+                        for i, e in enumerate(chunk)
+                        if self.store.has_message(room_id, str(e.get("event_id", "")))
+                    ),
+                    None,
+                )
+                found.extend(chunk if known is None else chunk[:known])
+                next_token = page.get("end")
+                if known is not None or not chunk or next_token == token:
+                    break
+                token = next_token
+            gaps[room_id] = found[::-1]
+        return gaps
+
+    def _apply_timelines(
+        self,
+        answer: dict[str, Any],
+        *,
+        initial: bool,
+        gaps: dict[str, list[dict[str, Any]]] | None = None,
+    ) -> list[Message]:
         # Events that waited for their room key may decrypt now.
         messages = self._retry_pending()
         rooms = answer.get("rooms") or {}
@@ -334,7 +379,10 @@ class Client:
             if not isinstance(room, dict):
                 continue
             info = self.rooms[room_id]
-            for event in (room.get("timeline") or {}).get("events", []):
+            events = (room.get("timeline") or {}).get("events", [])
+            if gaps and gaps.get(room_id):
+                events = [*gaps[room_id], *(events if isinstance(events, list) else [])]
+            for event in events:
                 if not isinstance(event, dict) or "state_key" in event:
                     continue
                 if event.get("type") not in ("m.room.message", "m.room.encrypted", "m.sticker"):
@@ -574,6 +622,10 @@ class Client:
     ) -> dict[str, Any]:
         crypto = self.crypto
         members = info.recipients()
+        if crypto.share_up_to_date(info.room_id, members):
+            # Nothing changed since the key went to every member device: no device, Olm or
+            # withheld checks per message (they made sending O(devices) a message).
+            return crypto.encrypt_room_event(info.room_id, event_type, content)
         crypto.track_users(members)
         await self._query_keys()
         claims = crypto.missing_olm_sessions(members)
@@ -601,6 +653,7 @@ class Client:
         if notices:
             await self.api.send_to_device("m.room_key.withheld", notices)
             self._no_olm_told.update((u, d) for u, ds in notices.items() for d in ds)
+        crypto.note_shared(info.room_id, members)
         self.store.save_machine(crypto)
         return crypto.encrypt_room_event(info.room_id, event_type, content)
 
@@ -926,26 +979,24 @@ class Client:
             "this_device_has_key": bool(info and mine and mine[0] == info.get("version")),
         }
 
-    async def create_backup(self) -> str:
+    async def create_backup(self, passphrase: str | None = None) -> str:
         """Set up secret storage and a new key backup; upload every room key we hold. The
-        recovery key it returns is shown once and never stored."""
-        ssss_key = os.urandom(32)
+        secret-storage key is random, or derived from `passphrase` (`m.pbkdf2`, its
+        parameters in the key description, as the spec and Element do); either way the
+        recovery key it returns (that key, encoded) opens it too. Shown once, never stored."""
+        if passphrase is not None:
+            parameters = passphrase_parameters()
+            ssss_key = await asyncio.to_thread(key_from_passphrase, passphrase, parameters)
+            description = key_description(ssss_key, "passphrase", parameters)
+        else:
+            ssss_key = os.urandom(32)
+            description = key_description(ssss_key, "recovery")
         key_id = b64encode(os.urandom(18))
         backup_private = os.urandom(32)
         auth_data = self.crypto.sign({"public_key": backup_public_key(backup_private)})
         version = await self.api.create_backup_version(BACKUP_ALGORITHM, auth_data)
-        await self.api.set_account_data(
-            self.user_id, f"m.secret_storage.key.{key_id}", key_description(ssss_key, "recovery")
-        )
-        await self.api.set_account_data(
-            self.user_id,
-            BACKUP_SECRET,
-            {
-                "encrypted": {
-                    key_id: encrypt_secret(ssss_key, BACKUP_SECRET, b64encode(backup_private))
-                }
-            },
-        )
+        await self.api.set_account_data(self.user_id, f"m.secret_storage.key.{key_id}", description)
+        await self._store_secret(ssss_key, key_id, BACKUP_SECRET, b64encode(backup_private))
         await self.api.set_account_data(
             self.user_id, "m.secret_storage.default_key", {"key": key_id}
         )
@@ -954,6 +1005,49 @@ class Client:
         self.store.put_secret("backup_key", b64encode(backup_private))
         await self.upload_room_keys()
         return encode_recovery_key(ssss_key)
+
+    async def _store_secret(self, ssss_key: bytes, key_id: str, name: str, secret: str) -> None:
+        """Put one secret into secret storage, encrypted with the key `key_id`."""
+        await self.api.set_account_data(
+            self.user_id, name, {"encrypted": {key_id: encrypt_secret(ssss_key, name, secret)}}
+        )
+
+    async def open_secret_storage(
+        self, recovery_key: str | None = None, *, passphrase: str | None = None
+    ) -> tuple[str, bytes]:
+        """The default secret-storage key's ID and the key itself, from the recovery key or
+        from the passphrase it was made with; checked against the key description's MAC."""
+        default = await self.api.get_account_data(self.user_id, "m.secret_storage.default_key")
+        key_id = default.get("key") if default else None
+        if not isinstance(key_id, str):
+            raise BackupError("this account has no secret storage")
+        description = await self.api.get_account_data(
+            self.user_id, f"m.secret_storage.key.{key_id}"
+        )
+        if passphrase is not None:
+            parameters = (description or {}).get("passphrase")
+            if parameters is None:
+                raise BackupError(
+                    "this secret storage was set up without a passphrase: use the recovery key"
+                )
+            ssss_key = await asyncio.to_thread(key_from_passphrase, passphrase, parameters)
+            wrong = "wrong passphrase"
+        elif recovery_key is not None:
+            ssss_key = decode_recovery_key(recovery_key)
+            wrong = "wrong recovery key"
+        else:
+            raise BackupError("a recovery key or a passphrase is needed")
+        if not check_key(ssss_key, description):
+            raise BackupError(wrong)
+        return key_id, ssss_key
+
+    async def _read_secret(self, key_id: str, ssss_key: bytes, name: str) -> str | None:
+        """A secret from secret storage; None when it is not stored there."""
+        data = await self.api.get_account_data(self.user_id, name)
+        encrypted = (data or {}).get("encrypted")
+        if not isinstance(encrypted, dict) or key_id not in encrypted:
+            return None
+        return decrypt_secret(ssss_key, name, encrypted[key_id])
 
     async def upload_room_keys(self) -> int:
         """Back up the room keys not in the current backup yet; how many were sent."""
@@ -984,23 +1078,18 @@ class Client:
         self.store.mark_backed_up(version, [(e.room_id, e.session_id) for e in todo])
         return len(todo)
 
-    async def restore_backup(self, recovery_key: str) -> int:
-        """Open secret storage with the recovery key, take the backup key from it, and import
-        every room key of the current backup; events waiting for those keys decrypt. Returns
-        how many sessions were imported. This device then backs up to the same backup."""
-        ssss_key = decode_recovery_key(recovery_key)
-        default = await self.api.get_account_data(self.user_id, "m.secret_storage.default_key")
-        key_id = default.get("key") if default else None
-        if not isinstance(key_id, str):
-            raise BackupError("this account has no secret storage")
-        description = await self.api.get_account_data(
-            self.user_id, f"m.secret_storage.key.{key_id}"
-        )
-        if not check_key(ssss_key, description):
-            raise BackupError("wrong recovery key")
-        secret = await self.api.get_account_data(self.user_id, BACKUP_SECRET)
-        encrypted = (secret or {}).get("encrypted")
-        private = b64decode(decrypt_secret(ssss_key, BACKUP_SECRET, (encrypted or {}).get(key_id)))
+    async def restore_backup(
+        self, recovery_key: str | None = None, *, passphrase: str | None = None
+    ) -> int:
+        """Open secret storage with the recovery key (or its passphrase), take the backup key
+        from it, and import every room key of the current backup; events waiting for those
+        keys decrypt. Returns how many sessions were imported. This device then backs up to
+        the same backup."""
+        key_id, ssss_key = await self.open_secret_storage(recovery_key, passphrase=passphrase)
+        stored = await self._read_secret(key_id, ssss_key, BACKUP_SECRET)
+        if stored is None:
+            raise BackupError("secret storage holds no key backup key")
+        private = b64decode(stored)
         info = await self.api.backup_version()
         if info is None or info.get("algorithm") != BACKUP_ALGORITHM:
             raise BackupError("the server has no key backup this client can read")

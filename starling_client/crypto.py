@@ -37,6 +37,9 @@ MAX_OLM_SESSIONS_PER_KEY = 6
 CLAIM_RETRY_MS = 5 * 60 * 1000
 # Megolm indices remembered per inbound session to refuse replays.
 MAX_SEEN_INDICES = 10_000
+# A room whose key was shared with every member device is not checked again before each
+# message while nothing changed (devices, Olm sessions, members), for at most this long.
+SHARE_RECHECK_MS = 60_000
 
 
 class DecryptionError(Exception):
@@ -235,6 +238,10 @@ class CryptoMachine:
         self.outbound: dict[str, OutboundGroupSession] = {}
         self.withheld: dict[str, str] = {}  # "room|session" or "user|*" → code and reason
         self._changes = Changes(account=account is None, meta=account is None)
+        # Bumped by anything that may change who must get a room key (device lists, Olm
+        # sessions, outbound sessions, trust); see share_up_to_date. In memory only.
+        self._share_epoch = 0
+        self._share_checked: dict[str, tuple[frozenset[str], int, int]] = {}
 
     # ---- identity -------------------------------------------------------------------
 
@@ -343,6 +350,7 @@ class CryptoMachine:
                 self._changes.meta = True
 
     def receive_device_list_changes(self, changed: Iterable[str], left: Iterable[str]) -> None:
+        self._share_epoch += 1
         for user in changed:
             if user in self.tracked and user not in self.outdated:
                 self.outdated.add(user)
@@ -358,6 +366,7 @@ class CryptoMachine:
         """Start following these users' device lists (members of encrypted rooms, and us)."""
         for user in users:
             if user not in self.tracked:
+                self._share_epoch += 1
                 self.tracked.add(user)
                 self.outdated.add(user)
                 self._changes.meta = True
@@ -369,6 +378,7 @@ class CryptoMachine:
         """Take the devices `/keys/query` gave for `users`. A device is kept only when its
         keys are signed by its own Ed25519 key and name the right user and device; a device
         that comes back with a different Ed25519 key than before is refused (TOFU)."""
+        self._share_epoch += 1
         device_keys = response.get("device_keys")
         if not isinstance(device_keys, dict):
             return
@@ -433,6 +443,7 @@ class CryptoMachine:
         if device is None:
             raise KeyError(f"unknown device {user} {device_id}")
         device.verified = verified
+        self._share_epoch += 1
         self._changes.meta = True
 
     # ---- Olm ---------------------------------------------------------------------------
@@ -467,6 +478,7 @@ class CryptoMachine:
     ) -> None:
         """Start an Olm session with every device whose claimed key carries the device's
         signature."""
+        self._share_epoch += 1
         now = self.clock()
         answer = response.get("one_time_keys")
         answer = answer if isinstance(answer, dict) else {}
@@ -497,6 +509,7 @@ class CryptoMachine:
                     self._changes.meta = True
 
     def _add_olm_session(self, entry: OlmSession) -> None:
+        self._share_epoch += 1
         sessions = self.olm_sessions.setdefault(entry.sender_key, [])
         sessions.insert(0, entry)
         del sessions[MAX_OLM_SESSIONS_PER_KEY:]
@@ -809,6 +822,7 @@ class CryptoMachine:
             self.discard_outbound(room_id)
 
     def discard_outbound(self, room_id: str) -> None:
+        self._share_epoch += 1
         if self.outbound.pop(room_id, None) is not None:
             self._changes.outbound[room_id] = None
 
@@ -822,6 +836,32 @@ class CryptoMachine:
             return True
         # A device that had the key is no longer a recipient (left, removed, blocked).
         return not outbound.shared_with <= recipients
+
+    def share_up_to_date(self, room_id: str, members: Iterable[str]) -> bool:
+        """Whether the room's current outbound session may encrypt the next message without
+        the full per-device check: `note_shared` ran for these members since the last change
+        to devices, Olm sessions, trust or sessions, recently, and no rotation is due. The
+        fast path of sending; False means: run the whole check (claim, share, withheld)."""
+        outbound = self.outbound.get(room_id)
+        checked = self._share_checked.get(room_id)
+        if outbound is None or checked is None:
+            return False
+        members = frozenset(members)
+        now = self.clock()
+        if checked[0] != members or checked[1] != self._share_epoch:
+            return False
+        if now - checked[2] >= SHARE_RECHECK_MS or not members.isdisjoint(self.outdated):
+            return False
+        settings = self.rooms.get(room_id, RoomEncryption())
+        return (
+            outbound.messages < settings.rotation_period_msgs
+            and now - outbound.created_ms < settings.rotation_period_ms
+        )
+
+    def note_shared(self, room_id: str, members: Iterable[str]) -> None:
+        """The room key went to every member device that could get it (see
+        share_up_to_date)."""
+        self._share_checked[room_id] = (frozenset(members), self._share_epoch, self.clock())
 
     def share_room_key(self, room_id: str, members: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Make sure the room has a current outbound session and return the to-device
@@ -866,6 +906,7 @@ class CryptoMachine:
         ]
 
     def _new_outbound(self, room_id: str) -> OutboundGroupSession:
+        self._share_epoch += 1
         session = vodozemac.GroupSession()
         outbound = OutboundGroupSession(room_id, session, self.clock())
         self.outbound[room_id] = outbound

@@ -54,6 +54,8 @@ CREATE TABLE IF NOT EXISTS messages (
 """
 
 SCRYPT_N = 2**15
+# kv flag: outbound Megolm sessions were used since the last clean shutdown.
+OUTBOUND_IN_USE = "outbound_in_use"
 
 
 class StoreError(Exception):
@@ -88,6 +90,14 @@ class Store:
         self.path = path
         self.db = sqlite3.connect(path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
+        # Commits are atomic and survive a crash of the program without an fsync each (WAL,
+        # synchronous=NORMAL); an OS crash or power cut may lose the last ones. What must
+        # not be lost that way is committed durably (`_tx(durable=True)`): keys, Olm
+        # sessions, device trust — and a mark before an outbound Megolm session is used, so
+        # a session whose ratchet may have rolled back is never used again (load_machine).
+        # One fsync per message sent made sending several times slower.
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self._outbound_marked = False
         self.db.executescript(SCHEMA)
         os.chmod(path, 0o600)
         salt_hex = self._get("salt")
@@ -133,7 +143,7 @@ class Store:
         )
 
     def save_session(self, session: Session) -> None:
-        with self._tx():
+        with self._tx(durable=True):
             self._put("homeserver", session.homeserver)
             self._put("user_id", session.user_id)
             self._put("device_id", session.device_id)
@@ -148,10 +158,11 @@ class Store:
 
     def put_secret(self, name: str, value: str | None) -> None:
         """A sealed value (the backup key...); None deletes it."""
-        if value is None:
-            self.db.execute("DELETE FROM kv WHERE key = ?", (f"secret:{name}",))
-        else:
-            self._put(f"secret:{name}", self.seal(value))
+        with self._tx(durable=True):
+            if value is None:
+                self.db.execute("DELETE FROM kv WHERE key = ?", (f"secret:{name}",))
+            else:
+                self._put(f"secret:{name}", self.seal(value))
 
     def get_secret(self, name: str) -> str | None:
         sealed = self._get(f"secret:{name}")
@@ -224,15 +235,43 @@ class Store:
                 m["messages"],
                 {(u, d, c) for u, d, c in m["shared_with"]},
             )
+        if self._get(OUTBOUND_IN_USE) == "1":
+            # The last process used outbound sessions and did not close cleanly: their saved
+            # ratchet may be behind what was sent, and reusing a Megolm index would encrypt
+            # two messages with one key. New sessions will be made (and shared) instead.
+            for room_id in list(machine.outbound):
+                machine.discard_outbound(room_id)
+            with self._tx(durable=True):
+                self.db.execute("DELETE FROM outbound_sessions")
+                self._put(OUTBOUND_IN_USE, "0")
         machine.drain_changes()
         return machine
+
+    def clean_shutdown(self) -> None:
+        """Everything was saved: the outbound sessions in the store are current."""
+        if self._outbound_marked:
+            with self._tx(durable=True):
+                self._put(OUTBOUND_IN_USE, "0")
+            self._outbound_marked = False
 
     def save_machine(self, machine: CryptoMachine) -> None:
         """Persist what changed in the machine since the last save, in one transaction."""
         changes = machine.drain_changes()
         if changes.empty():
             return
-        with self._tx():
+        # Advancing an outbound session's ratchet (a message sent) and remembering decrypted
+        # indices may be lost to an OS crash; anything else is written durably.
+        durable = bool(
+            changes.account
+            or changes.meta
+            or changes.olm_sessions
+            or any(not e.seen for e in changes.inbound)  # a new room key, not a seen index
+        )
+        mark = bool(changes.outbound) and not self._outbound_marked
+        with self._tx(durable=durable or mark):
+            if mark:
+                self._put(OUTBOUND_IN_USE, "1")
+                self._outbound_marked = True
             if changes.account:
                 self._put("account", machine.account.pickle(self.key))
             if changes.meta or changes.account:
@@ -298,6 +337,12 @@ class Store:
         )
         return cursor.rowcount > 0
 
+    def has_message(self, room_id: str, event_id: str) -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM messages WHERE room_id = ? AND event_id = ?", (room_id, event_id)
+        ).fetchone()
+        return row is not None
+
     def messages(
         self, room_id: str, *, unseen_only: bool = False, limit: int = 1000
     ) -> list[dict[str, Any]]:
@@ -334,11 +379,18 @@ class Store:
                 )
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[None]:
-        self.db.execute("BEGIN IMMEDIATE")
+    def _tx(self, *, durable: bool = False) -> Iterator[None]:
+        """A transaction; `durable` ones are on disk (fsync) when it returns."""
+        if durable:
+            self.db.execute("PRAGMA synchronous=FULL")
         try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        finally:
+            if durable:
+                self.db.execute("PRAGMA synchronous=NORMAL")

@@ -125,3 +125,62 @@ def test_backed_up_session_restores_on_a_new_machine() -> None:
     # An exported key that is garbage is refused.
     with pytest.raises(DecryptionError):
         bob2.import_inbound(ROOM, "not a key", "", "")
+
+
+# A secret storage made by another client with a passphrase (the vector of mautrix-python's
+# crypto/ssss/key_test.py): the passphrase and the recovery key open the same key, which
+# decrypts the cross-signing master key stored in it.
+VECTOR_DESCRIPTION = {
+    "algorithm": "m.secret_storage.v1.aes-hmac-sha2",
+    "passphrase": {
+        "algorithm": "m.pbkdf2",
+        "iterations": 500000,
+        "salt": "y863BOoqOadgDp8S3FtHXikDJEalsQ7d",
+    },
+    "iv": "xxkTK0L4UzxgAFkQ6XPwsw",
+    "mac": "MEhooO0ZhFJNxUhvRMSxBnJfL20wkLgle3ocY0ee/eA",
+}
+VECTOR_RECOVERY_KEY = "EsTE s92N EtaX s2h6 VQYF 9Kao tHYL mkyL GKMh isZb KJ4E tvoC"
+VECTOR_PASSPHRASE = "correct horse battery staple"
+VECTOR_MASTER_SECRET = {
+    "iv": "BpKP9nQJTE9jrsAssoxPqQ==",
+    "ciphertext": "fNRiiiidezjerTgV+G6pUtmeF3izzj5re/mVvY0hO2kM6kYGrxLuIu2ej80=",
+    "mac": "/gWGDGMyOLmbJp+aoSLh5JxCs0AdS6nAhjzpe+9G2Q0=",
+}
+VECTOR_MASTER_KEY = bytes.fromhex(
+    "68f97fd1922eecf6b82bb890d24d0652984e7a1d703b9e867b7ebaf7feb95b6f"
+)
+
+
+def test_secret_storage_passphrase_matches_another_clients_vector() -> None:
+    from starling_client.backup import (
+        MAX_PBKDF2_ITERATIONS,
+        key_from_passphrase,
+        passphrase_parameters,
+    )
+    from starling_client.encoding import b64decode
+
+    key = key_from_passphrase(VECTOR_PASSPHRASE, VECTOR_DESCRIPTION["passphrase"])
+    assert key == decode_recovery_key(VECTOR_RECOVERY_KEY)
+    assert check_key(key, VECTOR_DESCRIPTION)
+    wrong = key_from_passphrase("Correct horse battery staple", VECTOR_DESCRIPTION["passphrase"])
+    assert not check_key(wrong, VECTOR_DESCRIPTION)
+    secret = decrypt_secret(key, "m.cross_signing.master", VECTOR_MASTER_SECRET)
+    assert b64decode(secret) == VECTOR_MASTER_KEY
+
+    # Our own parameters: m.pbkdf2, a fresh salt, Element's iteration count, 256 bits.
+    params = passphrase_parameters()
+    assert params["algorithm"] == "m.pbkdf2" and params["bits"] == 256
+    assert params["iterations"] >= 100_000 and params != passphrase_parameters()
+    # Hostile parameters are refused before any work is done.
+    for bad in (
+        {"algorithm": "m.scrypt", "salt": "s", "iterations": 1},
+        {"algorithm": "m.pbkdf2", "salt": "s", "iterations": MAX_PBKDF2_ITERATIONS + 1},
+        {"algorithm": "m.pbkdf2", "salt": "s", "iterations": 0},
+        {"algorithm": "m.pbkdf2", "salt": 5, "iterations": 10},
+        {"algorithm": "m.pbkdf2", "salt": "s", "iterations": True},
+        {"algorithm": "m.pbkdf2", "salt": "s", "iterations": 10, "bits": 128},
+        None,
+    ):
+        with pytest.raises(BackupError):
+            key_from_passphrase("x", bad)

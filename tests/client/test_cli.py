@@ -119,9 +119,13 @@ async def test_cli_conversation(starling_server: RunningServer, tmp_path: Path) 
     )
     assert done.returncode == 1 and "M_FORBIDDEN" in done.stderr, done.stderr
 
-    # Key backup: Alice backs up (the recovery key is printed once), then a new device of
-    # hers restores it and reads the room's history, which it could not decrypt before.
-    out = await ok(alice, "backup")
+    # Key backup with a secret-storage passphrase: Alice backs up (the recovery key is still
+    # printed once), then a new device of hers restores it with the passphrase and reads the
+    # room's history, which it could not decrypt before. (test_file_backup restores with
+    # the recovery key.)
+    phrase = tmp_path / "recovery-phrase"
+    phrase.write_text("correct horse battery staple\n")
+    out = await ok(alice, "backup", "--recovery-passphrase-file", str(phrase))
     recovery_key = out.splitlines()[0].removeprefix("recovery key: ")
     assert len(recovery_key.replace(" ", "")) == 48
     assert "room keys" in out.splitlines()[-1]
@@ -136,7 +140,15 @@ async def test_cli_conversation(starling_server: RunningServer, tmp_path: Path) 
     assert done.returncode == 1 and "recovery key" in done.stderr, done.stderr
     done = await asyncio.to_thread(chat, alice2, "backup")
     assert done.returncode == 1 and "restore --recovery-key" in done.stderr
-    out = await ok(alice2, "restore", "--recovery-key", recovery_key)
+    bad_phrase = tmp_path / "bad-phrase"
+    bad_phrase.write_text("incorrect horse battery staple")
+    done = await asyncio.to_thread(
+        chat, alice2, "restore", "--recovery-passphrase-file", str(bad_phrase)
+    )
+    assert done.returncode == 1 and "wrong passphrase" in done.stderr, done.stderr
+    done = await asyncio.to_thread(chat, alice2, "restore")
+    assert done.returncode == 1 and "--recovery-key or" in done.stderr, done.stderr
+    out = await ok(alice2, "restore", "--recovery-passphrase-file", str(phrase))
     assert out.startswith("restored ") and not out.startswith("restored 0 ")
     lines = (
         await ok(alice2, "tail", room_id, "--count", "3", "--timeout", "30", "--json")

@@ -501,3 +501,42 @@ def test_a_sync_without_counts_uploads_nothing_more(
         assert not alice.needs_upload()
         assert server.upload(alice) is None
     assert len(server.otks[("@alice:example.org", "ALICE1")]) == before
+
+
+def test_share_fast_path_holds_only_while_nothing_changed(
+    world: tuple[KeyServer, CryptoMachine, CryptoMachine], clock: Clock
+) -> None:
+    """Sending skips the per-device checks only while no device, Olm session, member or
+    rotation rule could change who needs the key; every such change sends it the long way."""
+    server, alice, bob = world
+    assert not alice.share_up_to_date(ROOM, MEMBERS)  # no session yet
+    send(server, alice, MEMBERS, [bob], "one", "$1")
+    alice.note_shared(ROOM, MEMBERS)
+    assert alice.share_up_to_date(ROOM, MEMBERS)
+    assert not alice.share_up_to_date(ROOM, [*MEMBERS, "@carol:example.org"])  # members
+    # A device-list change, a new device, a verification, time: each ends the fast path.
+    alice.receive_device_list_changes(["@bob:example.org"], [])
+    assert not alice.share_up_to_date(ROOM, MEMBERS)
+    bob2 = CryptoMachine("@bob:example.org", "BOB2", clock=clock)
+    server.upload(bob2)
+    server.query(alice)
+    assert not alice.share_up_to_date(ROOM, MEMBERS)
+    second = send(server, alice, MEMBERS, [bob, bob2], "two", "$2")  # the long way: bob2 gets it
+    assert bob2.decrypt_room_event(ROOM, second).content["body"] == "two"
+    alice.note_shared(ROOM, MEMBERS)
+    assert alice.share_up_to_date(ROOM, MEMBERS)
+    alice.set_verified("@bob:example.org", "BOB2")
+    assert not alice.share_up_to_date(ROOM, MEMBERS)
+    alice.note_shared(ROOM, MEMBERS)
+    clock.now += 61_000
+    assert not alice.share_up_to_date(ROOM, MEMBERS)
+    alice.note_shared(ROOM, MEMBERS)
+    # A rotation due by count is never skipped.
+    alice.set_room_encryption(ROOM, {"algorithm": MEGOLM, "rotation_period_msgs": 3})
+    assert alice.outbound[ROOM].messages == 2
+    alice.encrypt_room_event(ROOM, "m.room.message", {"body": "three"})
+    assert not alice.share_up_to_date(ROOM, MEMBERS)
+    # A member leaving drops the session.
+    alice.note_shared(ROOM, MEMBERS)
+    alice.member_left(ROOM, "@bob:example.org")
+    assert not alice.share_up_to_date(ROOM, MEMBERS)

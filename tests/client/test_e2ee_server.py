@@ -174,6 +174,12 @@ async def _two_starling(server: RunningServer, tmp_path: Path, opened: list) -> 
         [alice], lambda: has_text(alice, room_id, reply_id, reply), "Alice decrypted Bob's reply"
     )
 
+    # A burst larger than a sync's timeline (the server sends the newest few, `limited`):
+    # Bob's next sync fills the gap from /messages, so none is missed.
+    burst = [await alice.send_text(room_id, f"burst {i}") for i in range(25)]
+    got = await bob.sync_once(timeout_ms=0)
+    assert [m.event_id for m in got if m.body and m.body.startswith("burst ")] == burst
+
     # Carol joins then leaves; Alice's next message uses a new session Carol never gets.
     await register(server, "carol", tmp_path / "carol-reg")
     carol = await starling_login(server, "carol", tmp_path / "carol", opened)

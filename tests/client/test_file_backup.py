@@ -102,3 +102,75 @@ def test_unsafe_index_paths_are_refused() -> None:
         with pytest.raises(FileBackupError):
             safe_relative(bad)
     assert str(safe_relative("a/b/c.txt")) == "a/b/c.txt"
+
+
+async def test_large_files_go_in_parts_streamed_and_an_interrupted_push_resumes(
+    starling_server: RunningServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A file larger than the part size is stored as several attachments, each with its own
+    key; a push that fails half-way sends only the missing parts the next time; the pull
+    checks every part and the whole, and skips files already restored."""
+    from starling_client import files as files_mod
+    from starling_client.client import Client
+    from starling_client.files import FileBackup
+
+    monkeypatch.setattr(files_mod, "PART_SIZE", files_mod.MIN_PART_SIZE)  # 1 MiB parts
+    server = starling_server
+    await register(server, "alice", tmp_path / "alice-reg")
+    client = await Client.login(tmp_path / "dev", server.url, "alice", PASSWORD, "pw")
+    try:
+        tree = tmp_path / "tree"
+        tree.mkdir()
+        big = os.urandom(3 * (1 << 20) + 12345)  # 4 parts
+        await asyncio.to_thread((tree / "big.bin").write_bytes, big)
+        await asyncio.to_thread((tree / "small.txt").write_bytes, b"small\n")
+        backup = FileBackup(client)
+
+        real_upload = client.api.upload_stream
+        calls = 0
+
+        async def failing_upload(*args: object, **kwargs: object) -> str:
+            nonlocal calls
+            calls += 1
+            if calls == 3:
+                from starling_client.api import MatrixError
+
+                raise MatrixError(0, "M_CONNECTION", "the network went away")
+            return await real_upload(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(client.api, "upload_stream", failing_upload)
+        with pytest.raises(Exception, match="network went away"):
+            await backup.push(tree)
+        monkeypatch.setattr(client.api, "upload_stream", real_upload)
+        result = await backup.push(tree)
+        assert (result.sent, result.resumed_parts) == (2, 2), result
+        assert result.bytes_sent == len(big) - 2 * (1 << 20) + len(b"small\n")
+
+        index = await backup.index()
+        parts = index["big.bin"].parts
+        assert [p["size"] for p in parts] == [1 << 20] * 3 + [12345]
+        assert len({p["file"]["key"]["k"] for p in parts}) == 4  # a key per part
+        assert index["small.txt"].file is not None and not index["small.txt"].parts
+
+        out = tmp_path / "out"
+        assert await backup.pull(out) == 2
+        assert await asyncio.to_thread((out / "big.bin").read_bytes) == big
+        assert not [
+            p for p in out.iterdir() if p.name.endswith((".starling-part", ".starling-cipher"))
+        ]
+        # Pulling again skips what is already there, byte-identical.
+        seen: list[str] = []
+        await backup.pull(out, progress=lambda path, what, n, total: seen.append(what))
+        assert seen == ["unchanged", "unchanged"]
+
+        # A part whose ciphertext the server changed is refused; nothing is written.
+        entry = index["big.bin"]
+        entry.parts[1]["file"]["hashes"]["sha256"] = entry.parts[0]["file"]["hashes"]["sha256"]
+        with pytest.raises(FileBackupError, match="SHA-256"):
+            await backup._pull_one(entry, tmp_path / "bad" / "big.bin")
+        assert not (tmp_path / "bad" / "big.bin").exists()
+        assert not list((tmp_path / "bad").iterdir())
+    finally:
+        await client.close()
