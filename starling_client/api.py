@@ -185,7 +185,9 @@ class Api:
     async def sync(self, since: str | None, timeout_ms: int) -> dict[str, Any]:
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        carrier = await self._carrier()
+        # The pushed stream cannot tell "nothing new" from "not pushed yet" without waiting,
+        # so a sync that must answer at once (timeout 0) is one request (on the socket too).
+        carrier = await self._carrier() if timeout_ms > 0 else None
         if carrier is not None:
             try:
                 status, answer = await carrier.sync(since, timeout_ms)
@@ -318,12 +320,17 @@ class Api:
 
     async def media_config(self) -> dict[str, Any]:
         """The server's media limits (`m.upload.size`); empty if it does not say."""
-        try:
-            return await self.request("GET", "/_matrix/client/v1/media/config")
+        try:  # plain HTTP: media endpoints are not carried by the WebSocket
+            raw = await self.get_bytes("/_matrix/client/v1/media/config")
         except MatrixError as e:
             if e.status in (404, 405):
                 return {}
             raise
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            return {}
+        return answer if isinstance(answer, dict) else {}
 
     async def upload_stream(
         self, chunks: AsyncIterator[bytes], size: int, content_type: str
