@@ -425,6 +425,8 @@ class Config:
     password_config: PasswordConfig = field(default_factory=PasswordConfig)
     # None: anyone who may moderate a room may publish it (Synapse before 1.126).
     room_list_publication_rules: list[PublicationRule] | None = None
+    # Only server admins (and application services) may create rooms (Starling's own).
+    restrict_room_creation_to_admins: bool = False
 
     # VoIP: TURN servers handed to clients (/voip/turnServer), Synapse's keys.
     turn_uris: list[str] = field(default_factory=list)

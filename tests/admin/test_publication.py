@@ -1,4 +1,5 @@
 """room_list_publication_rules (Synapse's): who may list rooms in the room directory;
+restrict_room_creation_to_admins: who may create rooms;
 admins always may. Both engines."""
 
 from __future__ import annotations
@@ -50,3 +51,17 @@ async def test_publication_rules(database: Database, tmp_path: Path) -> None:
         assert {room, other, listed} <= rooms and hidden not in rooms
         status, resp = await hs.request("GET", f"{C}/directory/list/room/{hidden}", bob)
         assert resp == {"visibility": "private"}
+
+
+async def test_room_creation_restricted_to_admins(database: Database, tmp_path: Path) -> None:
+    config = {**CONFIG, "restrict_room_creation_to_admins": True}
+    async with make_harness(database, tmp_path, **config) as hs:
+        _, admin = await hs.register("root", admin=True)
+        _, bob = await hs.register("bob")
+        status, resp = await hs.request("POST", f"{C}/createRoom", bob, {"name": "Mine"})
+        assert (status, resp["errcode"]) == (403, "M_FORBIDDEN")
+        room = await hs.create_room(admin, preset="public_chat")
+        status, _ = await hs.request("POST", f"{C}/join/{room}", bob, {})
+        assert status == 200  # joining is not creating
+        status, resp = await hs.request("GET", "/_synapse/admin/v1/rooms", admin)
+        assert resp["total_rooms"] == 1

@@ -17,7 +17,7 @@ from starling.api.client.common import body_str
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import requester_of
 from starling.directory.service import DirectoryService
-from starling.errors import MatrixError, invalid_param
+from starling.errors import MatrixError, forbidden, invalid_param
 from starling.protocol.identifiers import is_valid_room_alias, is_valid_user_id
 from starling.rooms.client_events import ClientEvents
 from starling.rooms.creation import CreateRoomRequest, RoomCreator
@@ -60,7 +60,12 @@ class RoomRoutes:
         upgrader: RoomUpgrader,
         directory: DirectoryService,
         events: ClientEvents,
+        *,
+        admins_create_rooms_only: bool = False,
     ) -> None:
+        # `restrict_room_creation_to_admins`: createRoom only for server admins (and
+        # application services, whose bridges make rooms).
+        self.admins_create_rooms_only = admins_create_rooms_only
         self.creator = creator
         self.membership = membership
         self.upgrader = upgrader
@@ -81,6 +86,8 @@ class RoomRoutes:
     # (spec: client-server-api/#post_matrixclientv3createroom)
     async def create_room(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
+        if self.admins_create_rooms_only and not (requester.is_admin or requester.app_service):
+            raise forbidden("Only server admins may create rooms on this server")
         body = await read_json_object(request)
         req = CreateRoomRequest.from_body(requester.user_id, body)
         if requester.shadow_banned:

@@ -55,7 +55,12 @@ def client_table(svc: Services) -> RouteTable:
     e2ee = svc.e2ee
     accounts = AccountRoutes(svc.server_name, svc.accounts)
     rooms = RoomRoutes(
-        svc.room_creator, svc.membership, svc.room_upgrader, svc.directory, svc.client_events
+        svc.room_creator,
+        svc.membership,
+        svc.room_upgrader,
+        svc.directory,
+        svc.client_events,
+        admins_create_rooms_only=svc.config.restrict_room_creation_to_admins,
     )
     reads = RoomReadRoutes(svc.room_history)
     sync = SyncRoutes(svc.sync, svc.sync_filters)
