@@ -167,6 +167,10 @@ async def users_create(c: AdminClient, a: argparse.Namespace) -> Result:
         body["password"] = password
     if a.displayname is not None:
         body["displayname"] = a.displayname
+    if a.email:
+        body["threepids"] = [{"medium": "email", "address": e} for e in a.email]
+    if a.user_type is not None:
+        body["user_type"] = a.user_type or None
     return await c.call("PUT", f"{ADMIN}/v2/users/{_q(a.user)}", body), _fields
 
 
@@ -190,6 +194,54 @@ async def users_devices(c: AdminClient, a: argparse.Namespace) -> Result:
     body = await c.call("GET", f"{ADMIN}/v2/users/{_q(a.user)}/devices")
     columns = ["device_id", "display_name", "last_seen_ip", "last_seen_ts"]
     return body, _table_of("devices", columns)
+
+
+async def users_whois(c: AdminClient, a: argparse.Namespace) -> Result:
+    body = await c.call("GET", f"{ADMIN}/v1/whois/{_q(a.user)}")
+
+    def show(out: TextIO, b: Any) -> None:
+        rows = [
+            {"device_id": device, **connection}
+            for device, info in sorted(b["devices"].items())
+            for session in info["sessions"]
+            for connection in session["connections"]
+        ]
+        print_table(out, rows, ["device_id", "ip", "last_seen", "user_agent"])
+
+    return body, show
+
+
+async def _wait_task(
+    c: AdminClient, path: str, wait: bool, done: Sequence[str] = ("complete", "failed")
+) -> dict[str, Any]:
+    """Poll a background task's status (purge, redaction) until it ends or time is up."""
+    deadline = time.monotonic() + DELETE_WAIT_SECONDS
+    status: dict[str, Any] = {"status": "scheduled"}
+    while wait and time.monotonic() < deadline:
+        status = await c.call("GET", path)
+        if status["status"] in done:
+            break
+        await asyncio.sleep(0.2)
+    return status
+
+
+async def users_redact(c: AdminClient, a: argparse.Namespace) -> Result:
+    request: dict[str, Any] = {"rooms": a.room or [], "use_admin": a.use_admin}
+    if a.reason:
+        request["reason"] = a.reason
+    if a.limit is not None:
+        request["limit"] = a.limit
+    started = await c.call("POST", f"{ADMIN}/v1/user/{_q(a.user)}/redact", request)
+    redact_id = started["redact_id"]
+    status = await _wait_task(c, f"{ADMIN}/v1/user/redact_status/{_q(redact_id)}", a.wait)
+    status = {"redact_id": redact_id, **status}
+
+    def show(out: TextIO, b: Any) -> None:
+        out.write(f"redaction {b['redact_id']}: {b['status']}\n")
+        for event_id, error in (b.get("failed_redactions") or {}).items():
+            out.write(f"  not redacted {event_id}: {error}\n")
+
+    return status, show
 
 
 async def users_rooms(c: AdminClient, a: argparse.Namespace) -> Result:
@@ -249,6 +301,23 @@ async def rooms_delete(c: AdminClient, a: argparse.Namespace) -> Result:
     if status.get("status") == "failed":
         raise AdminError(500, {"errcode": "M_UNKNOWN", "error": status.get("error", "")})
     return status, show
+
+
+async def rooms_purge_history(c: AdminClient, a: argparse.Namespace) -> Result:
+    request: dict[str, Any] = {"delete_local_events": a.delete_local}
+    if a.before_event:
+        request["purge_up_to_event_id"] = a.before_event
+    elif a.days is not None:
+        request["purge_up_to_ts"] = int((time.time() - a.days * 86400) * 1000)
+    else:
+        raise UsageError("give --before-event or --days")
+    started = await c.call("POST", f"{ADMIN}/v1/purge_history/{_q(a.room)}", request)
+    purge_id = started["purge_id"]
+    status = await _wait_task(c, f"{ADMIN}/v1/purge_history_status/{_q(purge_id)}", a.wait)
+    status = {"purge_id": purge_id, **status}
+    if status["status"] == "failed":
+        raise AdminError(500, {"errcode": "M_UNKNOWN", "error": status.get("error", "")})
+    return status, lambda out, b: out.write(f"purge {b['purge_id']}: {b['status']}\n")
 
 
 async def rooms_block(c: AdminClient, a: argparse.Namespace, block: bool) -> Result:
@@ -396,6 +465,8 @@ def add_admin_commands(sub: Any) -> None:
     p.add_argument("--password", help="prompted for on a terminal if omitted")
     p.add_argument("--displayname")
     p.add_argument("--admin", action="store_true", help="make them a server admin")
+    p.add_argument("--email", action="append", help="their e-mail address (repeatable)")
+    p.add_argument("--user-type", help="support or bot ('' for an ordinary user)")
     p = command(users, "deactivate", "deactivate an account", users_deactivate)
     p.add_argument("user")
     p.add_argument("--erase", action="store_true", help="also erase the profile (GDPR)")
@@ -418,6 +489,18 @@ def add_admin_commands(sub: Any) -> None:
         ).add_argument("user")
     command(users, "devices", "a user's devices", users_devices).add_argument("user")
     command(users, "rooms", "the rooms a user is joined to", users_rooms).add_argument("user")
+    command(users, "whois", "where and with what a user was last seen", users_whois).add_argument(
+        "user"
+    )
+    p = command(users, "redact", "redact a user's messages (spam clean-up)", users_redact)
+    p.add_argument("user")
+    p.add_argument("--room", action="append", help="only in this room (repeatable; default all)")
+    p.add_argument("--reason", help="shown with each redaction")
+    p.add_argument("--limit", type=int, help="newest events per room (default 1000)")
+    p.add_argument("--use-admin", action="store_true", help="redact as the admin")
+    p.add_argument(
+        "--wait", action=argparse.BooleanOptionalAction, default=True, help="wait until done"
+    )
     p = command(users, "login-as", "print an access token for the user", users_login_as)
     p.add_argument("user")
     p = command(users, "shadow-ban", "shadow-ban a user", users_shadow_ban)
@@ -442,6 +525,14 @@ def add_admin_commands(sub: Any) -> None:
         default=True,
         help="remove it from the database (default: yes)",
     )
+    p.add_argument(
+        "--wait", action=argparse.BooleanOptionalAction, default=True, help="wait until done"
+    )
+    p = command(rooms, "purge-history", "delete a room's old messages", rooms_purge_history)
+    p.add_argument("room")
+    p.add_argument("--before-event", help="delete what came before this event ID")
+    p.add_argument("--days", type=float, help="delete what is older than this many days")
+    p.add_argument("--delete-local", action="store_true", help="this server's users' messages too")
     p.add_argument(
         "--wait", action=argparse.BooleanOptionalAction, default=True, help="wait until done"
     )

@@ -79,6 +79,33 @@ async def test_cli_commands(hs: Harness, admin: str, capsys: pytest.CaptureFixtu
     assert code == 2 and "cannot reach" in capsys.readouterr().err
 
 
+async def test_cli_history_commands(
+    hs: Harness, admin: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bob, bob_token = await hs.register("bob")
+    room = await hs.create_room(bob_token, preset="public_chat")
+    first = await hs.send_message(bob_token, room, "first")
+    cut = await hs.send_message(bob_token, room, "second")
+    await hs.send_message(bob_token, room, "third")
+    code = await admin_cli(
+        hs, admin, "rooms", "purge-history", room, "--before-event", cut, "--delete-local"
+    )
+    assert code == 0 and ": complete" in capsys.readouterr().out
+    assert await hs.services.event_store.get_event(first) is None
+    assert await admin_cli(hs, admin, "rooms", "purge-history", room) == 2
+    assert "--before-event or --days" in capsys.readouterr().err
+    code = await admin_cli(hs, admin, "users", "redact", bob, "--reason", "spam")
+    assert code == 0 and ": complete" in capsys.readouterr().out
+    found = await hs.services.event_store.get_event(cut)
+    assert found is not None and found.meta.redacted_by is not None
+    code = await admin_cli(
+        hs, admin, "users", "create", f"@bot:{HS}", "--password", "pw", "--email", "Bot@x.org"
+    )
+    assert code == 0 and "bot@x.org" in capsys.readouterr().out
+    assert await admin_cli(hs, admin, "users", "whois", bob) == 0
+    assert capsys.readouterr().out.split()[:4] == ["DEVICE_ID", "IP", "LAST_SEEN", "USER_AGENT"]
+
+
 @pytest.mark.integration
 def test_cli_against_starling_serve(tmp_path: Path, database_arg: str) -> None:
     port = free_port()
@@ -119,6 +146,10 @@ def test_cli_against_starling_serve(tmp_path: Path, database_arg: str) -> None:
         assert listed.returncode == 0, listed.stderr
         names = [u["name"] for u in json.loads(listed.stdout)["users"]]
         assert names == ["@dana:localhost", "@root:localhost"]
+        # The admin's own requests were recorded: where, when, with which user agent.
+        whois = run(*env_args, "users", "whois", "@root:localhost")
+        assert whois.returncode == 0 and "127.0.0.1" in whois.stdout, whois.stderr
+        assert "aiohttp" in whois.stdout
         gone = run(*env_args, "users", "deactivate", "@dana:localhost")
         assert gone.returncode == 0 and "deactivated" in gone.stdout
         refused = run("admin", "--server", url, "--token", "nonsense", "users", "list")
