@@ -58,6 +58,7 @@ from starling.config import Config, Listener, parse_size
 from starling.directory.publication import PublicationRules
 from starling.directory.service import DirectoryService
 from starling.directory.service import RemotePublicRooms as RemotePublicRoomsFetcher
+from starling.directory.summary import RoomSummaries
 from starling.e2ee.federation_keys import RemoteKeys
 from starling.e2ee.remote_device_lists import RemoteDeviceLists
 from starling.e2ee.services import build_e2ee
@@ -671,6 +672,14 @@ async def build_services(
         client_events=client_events,
         retention=config.retention,
     )
+    hierarchy = SpaceHierarchy(
+        room_events,
+        event_store,
+        membership_store,
+        server_name=config.server_name,
+        remote=RemoteHierarchy(federation.client).fetch,
+        server_allowed=federation_inbound.access.server_allowed,
+    )
     return Components(
         config=config,
         audit_log=AuditLog(AuditLogStore(db)),
@@ -758,14 +767,8 @@ async def build_services(
         e2ee=e2ee,
         user_directory=user_directory,
         search=search,
-        hierarchy=SpaceHierarchy(
-            room_events,
-            event_store,
-            membership_store,
-            server_name=config.server_name,
-            remote=RemoteHierarchy(federation.client).fetch,
-            server_allowed=federation_inbound.access.server_allowed,
-        ),
+        hierarchy=hierarchy,
+        room_summaries=RoomSummaries(extras.directory, hierarchy),
         federation=federation,
         federation_sender=federation_sender,
         federation_inbound=federation_inbound,

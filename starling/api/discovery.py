@@ -27,6 +27,9 @@ SUPPORTED_SPEC_VERSIONS: list[str] = [
 UNSTABLE_FEATURES: dict[str, bool] = {
     # Simplified sliding sync (MSC4186), which Element X requires.
     "org.matrix.simplified_msc3575": True,
+    # Room summaries (MSC3266, /v1/room_summary), as Synapse advertises them: clients
+    # that see it use the stable path.
+    "org.matrix.msc3266": True,
     # Starling's WebSocket transport (docs/transports.md).
     "org.starling.ws": True,
 }

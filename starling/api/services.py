@@ -24,6 +24,7 @@ from starling.admin.users import AdminUsers
 from starling.appservice.queries import AppServiceQueries
 from starling.config import Config
 from starling.directory.service import DirectoryService
+from starling.directory.summary import RoomSummaries
 from starling.e2ee.services import E2ee
 from starling.federation.inbound import FederationInbound
 from starling.federation.membership import ResidentMembership
@@ -122,6 +123,8 @@ class Services:
     user_directory: UserDirectoryService
     search: SearchService
     hierarchy: SpaceHierarchy
+    # room summaries (/v1/room_summary, MSC3266): the hierarchy's entry for one room
+    room_summaries: RoomSummaries
     # OpenID tokens for third parties (client request_token, federation userinfo)
     openid: OpenIdTokens
     # /timestamp_to_event (client and federation)

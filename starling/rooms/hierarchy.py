@@ -35,7 +35,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -286,6 +286,50 @@ class SpaceHierarchy:
                 return True
         member = await self._memberships.get_membership(summary["room_id"], user_id)
         return member is not None and member.membership in ("join", "invite")
+
+    # --- room summaries (spec v1.15 /room_summary, MSC3266) ---------------------------------
+
+    async def summary(self, user_id: str | None, room_id: str, via: Sequence[str]) -> JsonDict:
+        """One room's summary, as the hierarchy's entry for it (without children): from
+        the local state when this server is in the room, else from the first of `via`
+        that describes it (server-server /hierarchy). Shown to whoever may see the room
+        in a hierarchy; without a user (unauthenticated), only for public, knockable or
+        world-readable rooms. Anything else is 404, as for an unknown room."""
+        state = await self._local_state(room_id)
+        entry: JsonDict | None = None
+        if state is not None:
+            if user_id is None:
+                visible = _text(
+                    state, "m.room.history_visibility", "history_visibility"
+                ) == "world_readable" or _text(state, "m.room.join_rules", "join_rule") in (
+                    VISIBLE_JOIN_RULES
+                )
+            else:
+                visible = await self._accessible(user_id, room_id, state)
+            if visible:
+                entry = await self._entry(room_id, state, [])
+        elif self._remote is not None:
+            for server in [s for s in dict.fromkeys(via) if s != self._server_name][:MAX_VIA]:
+                parsed = parse_answer(await self._remote(server, room_id, False), room_id)
+                if parsed is None:
+                    continue
+                remote = parsed[0]
+                if user_id is None:
+                    visible = remote.get("join_rule") in VISIBLE_JOIN_RULES or bool(
+                        remote.get("world_readable")
+                    )
+                else:
+                    visible = await self._remote_accessible(user_id, remote)
+                if visible:
+                    entry = dict(remote)
+                break
+        if entry is None:
+            raise not_found("Room not found or not accessible")
+        entry.pop("children_state", None)
+        if user_id is not None:
+            member = await self._memberships.get_membership(room_id, user_id)
+            entry["membership"] = member.membership if member is not None else "leave"
+        return entry
 
     # --- for other servers ---------------------------------------------------------------
 

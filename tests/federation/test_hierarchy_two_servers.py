@@ -124,3 +124,20 @@ async def test_hierarchy_across_servers(engine: str, tmp_path: Path) -> None:
             a, "GET", f"/_matrix/federation/v1/hierarchy/{private}", origin=b.server_name, key=key
         )
         assert status == 200 and answer["room"]["join_rule"] == "invite", answer
+
+        # Room summaries (MSC3266) of rooms b is not in, through the same federation
+        # endpoint: the public one from `via`; the private one only now bob is invited
+        # (b's view of the invite: membership "invite").
+        status, summary = await b.client_request(
+            "GET",
+            f"/_matrix/client/v1/room_summary/{public}",
+            bob.token,
+            params={"via": a_name},
+        )
+        assert status == 200, summary
+        assert summary["name"] == "Public on a" and summary["membership"] == "leave"
+        assert "children_state" not in summary
+        status, summary = await b.client_request(
+            "GET", f"/_matrix/client/v1/room_summary/{public}", bob.token
+        )
+        assert status == 404  # no via: b cannot describe a room it is not in

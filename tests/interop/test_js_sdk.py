@@ -84,6 +84,8 @@ async def test_js_sdk_conversation(starling_server: RunningServer) -> None:
         assert types.count("m.room.message") == MESSAGES
         assert types[-1] == "m.room.member"  # Alice's rename, the room's last event
         assert report["messages_request_events"] == len(types)
+        assert report["summary_name"] == "js-sdk interop"
+        assert "GET /_matrix/client/v1/room_summary/" in server.log.read_text(errors="replace")
         assert time.monotonic() - started < TIMEOUT_S
         assert "Traceback" not in server.log.read_text(errors="replace")
     except BaseException:

@@ -1,5 +1,7 @@
 """Client-Server API: GET /_matrix/client/v1/rooms/{roomId}/hierarchy (spec: "Spaces",
-#get_matrixclientv1roomsroomidhierarchy). The walk is `starling.rooms.hierarchy`."""
+#get_matrixclientv1roomsroomidhierarchy). The walk is `starling.rooms.hierarchy`. Room
+summaries (spec v1.15 /room_summary, MSC3266), which are the hierarchy's entry for one
+room, are `starling.directory.summary`."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ from aiohttp import web
 
 from starling.api.client.common import query_bool, query_int
 from starling.api.http import json_response
-from starling.api.routing import requester_of
+from starling.api.routing import optional_requester, requester_of
+from starling.directory.summary import RoomSummaries
 from starling.errors import invalid_param
 from starling.rooms.hierarchy import DEFAULT_LIMIT, MAX_LIMIT, SpaceHierarchy
 
@@ -15,8 +18,30 @@ MAX_TOKEN_LENGTH = 128
 
 
 class HierarchyRoutes:
-    def __init__(self, hierarchy: SpaceHierarchy) -> None:
+    def __init__(self, hierarchy: SpaceHierarchy, summaries: RoomSummaries) -> None:
         self.service = hierarchy
+        self.summaries = summaries
+
+    # GET /_matrix/client/v1/room_summary/{roomIdOrAlias}
+    # (spec: client-server-api/#get_matrixclientv1room_summaryroomidoralias)
+    async def room_summary(self, request: web.Request) -> web.Response:
+        return await self._summary(request, unstable=False)
+
+    # GET /_matrix/client/unstable/im.nheko.summary/summary/{roomIdOrAlias} and
+    # GET /_matrix/client/unstable/im.nheko.summary/rooms/{roomIdOrAlias}/summary
+    # (spec: MSC3266's unstable paths; Synapse RoomSummaryRestServlet)
+    async def unstable_summary(self, request: web.Request) -> web.Response:
+        return await self._summary(request, unstable=True)
+
+    async def _summary(self, request: web.Request, *, unstable: bool) -> web.Response:
+        requester = optional_requester(request)
+        body = await self.summaries.summary(
+            requester.user_id if requester is not None else None,
+            request.match_info["roomIdOrAlias"],
+            request.query.getall("via", []),
+            unstable,
+        )
+        return json_response(body)
 
     # GET /_matrix/client/v1/rooms/{roomId}/hierarchy
     # (spec: client-server-api/#get_matrixclientv1roomsroomidhierarchy)

@@ -46,6 +46,7 @@ V1 = ("v1",)
 V3_R0 = ("v3", "r0")
 V3_UNSTABLE = ("v3", "unstable")
 SIMPLIFIED_SLIDING_SYNC = ("unstable/org.matrix.simplified_msc3575",)
+ROOM_SUMMARY_UNSTABLE = ("unstable/im.nheko.summary",)
 NONE = Auth.NONE
 OPTIONAL = Auth.OPTIONAL
 
@@ -86,7 +87,7 @@ def client_table(svc: Services) -> RouteTable:
     appservice = AppServiceRoutes(svc.app_service_queries)
     user_directory = UserDirectoryRoutes(svc.config.user_directory.enabled, svc.user_directory)
     search = SearchRoutes(svc.search)
-    hierarchy = HierarchyRoutes(svc.hierarchy)
+    hierarchy = HierarchyRoutes(svc.hierarchy, svc.room_summaries)
     websocket = WebSocketRoutes(svc.auth, svc.config.websocket)
     routes: list[Route] = [
         # Accounts: registration, login, tokens, account management, devices
@@ -162,6 +163,27 @@ def client_table(svc: Services) -> RouteTable:
         ),
         get("/rooms/{roomId}/threads", relations.threads, versions=V1),
         get("/rooms/{roomId}/hierarchy", hierarchy.hierarchy, versions=V1),
+        get(
+            "/room_summary/{roomIdOrAlias}",
+            hierarchy.room_summary,
+            OPTIONAL,
+            guests=True,
+            versions=V1,
+        ),
+        get(
+            "/summary/{roomIdOrAlias}",
+            hierarchy.unstable_summary,
+            OPTIONAL,
+            guests=True,
+            versions=ROOM_SUMMARY_UNSTABLE,
+        ),
+        get(
+            "/rooms/{roomIdOrAlias}/summary",
+            hierarchy.unstable_summary,
+            OPTIONAL,
+            guests=True,
+            versions=ROOM_SUMMARY_UNSTABLE,
+        ),
         get(
             "/rooms/{roomId}/timestamp_to_event",
             timestamps.timestamp_to_event,

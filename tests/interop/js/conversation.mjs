@@ -322,6 +322,13 @@ async function main() {
     assert.deepEqual(backMessages.reverse(), sent, "/messages backwards");
     assert.equal(back.chunk.at(-1).type, EventType.RoomCreate);
     result.messages_request_events = back.chunk.length;
+
+    // Room summary (MSC3266): the SDK takes the stable path when /versions advertises
+    // org.matrix.msc3266, as Synapse does.
+    const summary = await bobAgain.getRoomSummary(roomId);
+    assert.equal(summary.room_id, roomId, "room summary");
+    assert.equal(summary.membership, "join", "room summary membership");
+    result.summary_name = summary.name;
     bobAgain.stopClient();
 
     clearTimeout(overall);
