@@ -1,6 +1,6 @@
 """The web admin console in a real headless browser (Debian's Chromium driven by Selenium):
-log in, approve a pending registration, find a user and deactivate them, quarantine a media item, delete a room, dismiss a
-report. A screenshot of each page goes to $STARLING_TEST_ARTIFACTS/console (default
+log in, approve a pending registration, find a user, redact their messages and deactivate
+them, quarantine a media item, purge a room's history, delete the room, dismiss a report. A screenshot of each page goes to $STARLING_TEST_ARTIFACTS/console (default
 test-artifacts/console). Both engines."""
 
 from __future__ import annotations
@@ -112,6 +112,9 @@ async def test_console_in_a_browser(hs: Harness, engine: str) -> None:
             wait.until(lambda d: bob in d.find_element(By.ID, "users-table").text)
             driver.save_screenshot(str(shots / "3-users.png"))
             row = driver.find_element(By.XPATH, f"//table[@id='users-table']//tr[td[1]='{bob}']")
+            row.find_element(By.XPATH, ".//button[text()='Redact messages']").click()
+            wait.until(status_says(f"Messages of {bob} redacted: complete"))
+            row = driver.find_element(By.XPATH, f"//table[@id='users-table']//tr[td[1]='{bob}']")
             row.find_element(By.XPATH, ".//button[text()='Deactivate']").click()
             wait.until(status_says(f"{bob} deactivated"))
 
@@ -139,6 +142,14 @@ async def test_console_in_a_browser(hs: Harness, engine: str) -> None:
 
             driver.find_element(By.LINK_TEXT, "Rooms").click()
             wait.until(lambda d: "Rowdy room" in d.find_element(By.ID, "rooms-table").text)
+            purge = driver.find_element(By.ID, "purge-form")
+            purge.find_element(By.NAME, "room_id").send_keys(room)
+            days = purge.find_element(By.NAME, "days")
+            days.clear()
+            days.send_keys("0")
+            purge.find_element(By.NAME, "local").click()
+            purge.find_element(By.TAG_NAME, "button").click()
+            wait.until(status_says(f"History of {room} purged: complete"))
             driver.save_screenshot(str(shots / "6-rooms.png"))
             driver.find_element(
                 By.XPATH, "//table[@id='rooms-table']//button[text()='Delete']"
@@ -152,6 +163,8 @@ async def test_console_in_a_browser(hs: Harness, engine: str) -> None:
             driver.find_element(By.LINK_TEXT, "Audit log").click()
             wait.until(lambda d: "/deactivate/" in d.find_element(By.ID, "audit-table").text)
             assert "/rooms/" in driver.find_element(By.ID, "audit-table").text
+            assert "/purge_history/" in driver.find_element(By.ID, "audit-table").text
+            assert "/redact" in driver.find_element(By.ID, "audit-table").text
             driver.save_screenshot(str(shots / "7-audit-log.png"))
 
             driver.find_element(By.ID, "logout").click()

@@ -92,6 +92,16 @@ function fillTable(table, rows, columns, actions) {
 
 const enc = encodeURIComponent;
 
+// Poll a background task's status (room deletion, purge, redaction) until it ends.
+async function waitTask(path) {
+  for (let i = 0; i < 300; i++) {
+    const st = await api("GET", path);
+    if (st.status === "complete" || st.status === "failed") return st;
+    await new Promise((done) => setTimeout(done, 200));
+  }
+  return { status: "still running" };
+}
+
 // --- pages ---------------------------------------------------------------------------------
 
 async function showDashboard() {
@@ -154,6 +164,14 @@ async function showUsers() {
                     await showUsers();
                   }),
                 ]),
+            button("Redact messages", async () => {
+              if (!confirm("Redact every message of " + u.name + "?")) return;
+              const started = await api("POST", ADMIN + "/v1/user/" + enc(u.name) + "/redact", { rooms: [] });
+              say("Redacting the messages of " + u.name + "…");
+              const st = await waitTask(ADMIN + "/v1/user/redact_status/" + enc(started.redact_id));
+              const failed = Object.keys(st.failed_redactions || {}).length;
+              say("Messages of " + u.name + " redacted: " + st.status + (failed ? ", " + failed + " could not be" : ""), failed > 0);
+            }),
             button("Deactivate", async () => {
               if (!confirm("Deactivate " + u.name + "? This cannot be undone.")) return;
               await api("POST", ADMIN + "/v1/deactivate/" + enc(u.name), { erase: false });
@@ -214,6 +232,20 @@ async function showRooms() {
       }),
     ],
   );
+}
+
+async function purgeHistory(event) {
+  event.preventDefault();
+  const form = event.target;
+  const roomId = form.room_id.value.trim();
+  const days = Number(form.days.value);
+  const started = await api("POST", ADMIN + "/v1/purge_history/" + enc(roomId), {
+    purge_up_to_ts: Math.floor(Date.now() - days * 86400000),
+    delete_local_events: form.local.checked,
+  });
+  say("Purging the history of " + roomId + "…");
+  const st = await waitTask(ADMIN + "/v1/purge_history_status/" + enc(started.purge_id));
+  say("History of " + roomId + " purged: " + st.status + (st.error ? " (" + st.error + ")" : ""), st.status !== "complete");
 }
 
 async function showMedia(event) {
@@ -392,6 +424,7 @@ window.addEventListener("DOMContentLoaded", () => {
   $("users-search").addEventListener("submit", guard(showUsers));
   $("user-create").addEventListener("submit", guard(createUser));
   $("rooms-search").addEventListener("submit", guard(showRooms));
+  $("purge-form").addEventListener("submit", guard(purgeHistory));
   $("media-search").addEventListener("submit", guard(showMedia));
   window.addEventListener("hashchange", route);
   route();
