@@ -133,6 +133,11 @@ class MediaResource:
     async def config(self, request: web.Request) -> web.Response:
         return json_response(self._media.media_config())
 
+    # GET /_matrix/media/unstable/org.matrix.msc4034/usage
+    # (spec: MSC4034 "Media limits API, space usage"; Starling adds io.starling.upload_limits)
+    async def usage(self, request: web.Request) -> web.Response:
+        return json_response(await self._media.usage(requester_of(request).user_id))
+
     # POST /_matrix/media/v3/upload
     # (spec: client-server-api/#post_matrixmediav3upload)
     async def upload(self, request: web.Request) -> web.Response:
@@ -264,6 +269,7 @@ def media_tables(services: Services) -> tuple[RouteTable, RouteTable]:
             get(f"/download/{ids}/{{fileName}}", r.download_legacy, Auth.NONE),
             get(f"/thumbnail/{ids}", r.thumbnail_legacy, Auth.NONE),
             get("/preview_url", r.preview_url),
+            get("/usage", r.usage, versions=("unstable/org.matrix.msc4034",)),
         ],
     )
     return client, legacy

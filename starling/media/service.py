@@ -231,6 +231,28 @@ class MediaService:
     def media_config(self) -> dict[str, Any]:
         return {"m.upload.size": self.max_upload_size}
 
+    async def usage(self, user_id: str) -> dict[str, Any]:
+        """MSC4034's storage usage (both the m. and the unstable names), plus each of
+        `media_upload_limits` with what the user has spent of it: the quota a client
+        shows before an upload is refused."""
+        used, files = await self.store.usage(user_id)
+        now = self._now_ms()
+        limits = [
+            {
+                "time_period_ms": period_ms,
+                "max_size": max_bytes,
+                "used": await self.store.uploaded_bytes_since(user_id, now - period_ms),
+            }
+            for period_ms, max_bytes in self._quotas
+        ]
+        return {
+            "m.storage.used": used,
+            "m.storage.files": files,
+            "org.matrix.msc4034.storage.used": used,
+            "org.matrix.msc4034.storage.files": files,
+            "io.starling.upload_limits": limits,
+        }
+
     def _new_media_id(self) -> str:
         return secrets.token_urlsafe(18).replace("-", "a").replace("_", "b")
 

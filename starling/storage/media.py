@@ -218,6 +218,15 @@ class MediaStore:
             now_ms - 60_000,
         )
 
+    async def usage(self, user_id: str) -> tuple[int, int]:
+        """(bytes, files) of the user's uploads stored here (what counts for quotas)."""
+        row = await self._db.fetch_one(
+            "SELECT COALESCE(SUM(media_length), 0), COUNT(*) FROM media WHERE user_id = ?"
+            " AND sha256 IS NOT NULL AND url_cache = FALSE",
+            user_id,
+        )
+        return (int(row[0] or 0), int(row[1] or 0)) if row is not None else (0, 0)
+
     async def uploaded_bytes_since(self, user_id: str, since_ms: int) -> int:
         value = await self._db.fetch_val(
             # uploaded_ts, not created_ts: content put into a media ID reserved long ago

@@ -183,10 +183,22 @@ async def test_upload_quota(make_hs: MakeHs) -> None:
     status, body = await hs.request("POST", f"{V3}/upload", alice, raw=b"c")
     assert status == 403 and body["errcode"] == "M_FORBIDDEN"
     await upload(hs, bob, b"d" * 3000)  # per user
+    # What a client shows the user before an upload is refused (MSC4034 + the limits).
+    usage = "/_matrix/media/unstable/org.matrix.msc4034/usage"
+    status, body = await hs.request("GET", usage, alice)
+    assert status == 200 and body["m.storage.used"] == 3000 and body["m.storage.files"] == 2
+    assert body["org.matrix.msc4034.storage.used"] == 3000
+    assert body["io.starling.upload_limits"] == [
+        {"time_period_ms": 3_600_000, "max_size": 3000, "used": 3000}
+    ]
+    status, _ = await hs.request("GET", usage)
+    assert status == 401
     # The quota counts what was uploaded within the period only.
     clock = hs.services.media._clock
     hs.services.media._clock = lambda: clock() + 3601
     await upload(hs, alice, b"e" * 3000)
+    status, body = await hs.request("GET", usage, alice)
+    assert body["m.storage.used"] == 6000 and body["io.starling.upload_limits"][0]["used"] == 3000
 
 
 async def test_unauthenticated_endpoints_are_frozen(make_hs: MakeHs, tmp_path: Path) -> None:
