@@ -563,7 +563,7 @@ def _parse_response(destination: str, status: int, raw: bytes) -> Any:
             errcode = value["errcode"]
         if isinstance(value.get("error"), str):
             message = value["error"][:1000]
-    raise FederationError(status, errcode, message)
+    raise FederationError(status, errcode, message, body=value if isinstance(value, dict) else None)
 
 
 _NOT_JSON = object()

@@ -11,15 +11,37 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class FederationError(Exception):
     """A remote server answered with an error (or an unusable body)."""
 
-    def __init__(self, status: int, errcode: str | None, message: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        errcode: str | None,
+        message: str,
+        *,
+        body: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(f"{status} {errcode or ''}: {message}".replace("  ", " "))
         self.status = status
         self.errcode = errcode
         self.message = message
+        # The error's JSON object as the server sent it (None if it sent none): the
+        # fields some errors carry besides errcode (M_INCOMPATIBLE_ROOM_VERSION's
+        # room_version).
+        self.body = body
+
+    @property
+    def unknown_endpoint(self) -> bool:
+        """The server does not serve this endpoint (spec: 404/405 M_UNRECOGNIZED; older
+        servers answer 404 or 405 without a Matrix error, or 400 M_UNRECOGNIZED), so a
+        deprecated version of it may be worth trying."""
+        if self.status in (404, 405):
+            return self.errcode in (None, "M_UNRECOGNIZED")
+        return self.status == 400 and self.errcode == "M_UNRECOGNIZED"
 
 
 class FederationUnreachable(Exception):

@@ -9,9 +9,10 @@ For one event, under the room's lock:
 2. signatures (dropped if forged);
 3. content hash (redacted if it does not match);
    then missing prev events are fetched with `get_missing_events` (pushed events only,
-   bounded), and what is still missing is bridged with `state_ids` at the event: the
-   state and auth chain events we lack are fetched, checked (steps 1-4) and stored as
-   outliers, and the state before the event resolves our side with the remote's;
+   bounded); a pushed event whose prev events are still missing is refused. A pulled
+   event's missing prev events are bridged: `state_ids` at each, plus the prev event
+   itself; the events we lack are fetched, checked (steps 1-4) and stored as outliers,
+   and the state before the event resolves those states with ours;
 4. its own auth events (rejected if they are wrong or do not allow it);
 5. the state before it (rejected);
 6. the room's current state (soft-failed; pushed and gap-filled events, not backfill).
@@ -57,6 +58,10 @@ from starling.rooms.persister import EventContext
 from starling.rooms.state_calculator import MissingStateError, StateSnapshot
 
 logger = logging.getLogger(__name__)
+
+# Missing prev events of one event whose state is asked for across a gap (one state_ids
+# request each, one after the other); an event whose gap is wider is not taken in.
+MAX_GAP_PREV_EVENTS = 10
 
 ServerAllowed = Callable[[str, str], Awaitable[bool]]
 """(room_id, server_name) -> whether the room's server ACL lets that server in."""
@@ -231,6 +236,11 @@ class FederationEventHandler:
             )
         if fetch_missing:
             await self._fetch_missing_prev_events(origin, event)
+            if await self._missing_prev_events(event):
+                # A pushed event is taken in only once its sender has shown us what it
+                # follows: the events get_missing_events pulled are bridged to our DAG
+                # (state_ids at their missing prev events), the pushed one is not.
+                return "its prev events could not be found (get_missing_events)"
         await self._ensure_auth_events(origin, event)
 
         before = await self._state_before(origin, event)
@@ -414,27 +424,64 @@ class FederationEventHandler:
     async def _state_across_gap(
         self, origin: str, event: Event, missing: Sequence[str]
     ) -> StateSnapshot | None:
+        """The state before `event` when some of its prev events are not in our DAG: for
+        each missing prev event, the state `origin` had before it (state_ids) plus the
+        prev event itself (fetched and checked like the state), resolved together with
+        the state after the prev events we do hold. None if `origin` cannot tell us."""
         room_id = event.room_id
         rv = event.room_version
-        answer = await self._remote.state_ids(origin, room_id, event.event_id)
+        if len(missing) > MAX_GAP_PREV_EVENTS:
+            logger.info("%s: %d prev events missing, too many to ask", event.event_id, len(missing))
+            return None
+        state_sets: list[Mapping[StateKey, str]] = []
+        for prev_id in missing:
+            after = await self._state_after_remote_event(origin, room_id, rv, prev_id)
+            if after is None:
+                return None
+            state_sets.append(after)
+        known_prevs = [p for p in event.prev_event_ids if p not in set(missing)]
+        if known_prevs:
+            try:
+                ours = await self._calculator.state_after_events(room_id, rv, known_prevs)
+                state_sets.append(ours.ids)
+            except MissingStateError:
+                pass  # those prevs are outliers too, with no state of their own here
+        if len(state_sets) == 1:
+            return StateSnapshot(dict(state_sets[0]), None)
+        try:
+            resolved = await self._calculator.resolve(rv, state_sets)
+        except MissingStateError:
+            return None
+        return StateSnapshot(resolved, None)
+
+    async def _state_after_remote_event(
+        self, origin: str, room_id: str, rv: RoomVersion, event_id: str
+    ) -> dict[StateKey, str] | None:
+        """The state after `event_id` as `origin` sees it: its state_ids answer (the state
+        before the event) with the event itself on top when it is a state event that its
+        auth events and that state allow. Every event we lack is fetched, checked (steps
+        1-4) and stored as an outlier; what does not pass is left out of the state."""
+        answer = await self._remote.state_ids(origin, room_id, event_id)
         if answer is None:
             return None
         state_ids, auth_ids = answer
-        wanted = set(state_ids) | set(auth_ids)
+        wanted = set(state_ids) | set(auth_ids) | {event_id}
         have = await self._events.get_events_with_meta(wanted)
         need = wanted - have.keys()
         if need:
             if len(need) > MAX_SINGLE_FETCHES:
-                pdus = await self._remote.state(origin, room_id, event.event_id)
+                pdus = await self._remote.state(origin, room_id, event_id)
+                if event_id in need:
+                    pdus.extend(await self._remote.events(origin, [event_id]))
             else:
-                pdus = await self._remote.event_auth(origin, room_id, event.event_id)
+                pdus = await self._remote.event_auth(origin, room_id, event_id)
                 fetched_ids = {
                     ev.event_id for ev in parse_batch(pdus, room_id, rv, None)[0].values()
                 }
                 rest = sorted(need - fetched_ids)
                 pdus = [*pdus, *(await self._remote.events(origin, rest))]
             await self._store_outliers(pdus, room_id, rv, wanted=need)
-        stored = await self._events.get_events(state_ids)
+        stored = await self._events.get_events(state_ids)  # rejected ones are not returned
         remote_state: dict[StateKey, str] = {}
         for eid in state_ids:
             ev = stored.get(eid)
@@ -442,12 +489,14 @@ class FederationEventHandler:
                 remote_state[ev.state_map_key] = eid
         if ("m.room.create", "") not in remote_state:
             return None
-        known_prevs = [p for p in event.prev_event_ids if p not in set(missing)]
-        if not known_prevs:
-            return StateSnapshot(remote_state, None)
-        try:
-            ours = await self._calculator.state_after_events(room_id, rv, known_prevs)
-            resolved = await self._calculator.resolve(rv, [ours.ids, remote_state])
-        except MissingStateError:
-            return StateSnapshot(remote_state, None)
-        return StateSnapshot(resolved, None)
+        top = (await self._events.get_events([event_id])).get(event_id)
+        if top is None:
+            logger.info("gap: %s from %s is not usable", event_id, origin)
+        elif top.is_state and top.room_id == room_id:
+            # Authorised by its own auth events (step 4, or it would not be returned). It
+            # is not judged by the state the remote claims before it, which is no more
+            # trustworthy than the event: that state is resolved with ours below, and
+            # state resolution (v2) checks every conflicted event against the resolved
+            # power state before keeping it.
+            remote_state[top.state_map_key] = event_id
+        return remote_state

@@ -119,6 +119,13 @@ def parse_pdu(pdu: Any, room_version: RoomVersion, event_id: str | None) -> Even
     """An event from a request body, checked for format and (if given) its claimed ID."""
     if not isinstance(pdu, dict):
         raise bad_json("The event must be a JSON object")
+    # Unsigned (or unhashed) is a failed signature check, refused as such (403) rather
+    # than as a malformed event.
+    signatures, hashes = pdu.get("signatures"), pdu.get("hashes")
+    if not isinstance(signatures, dict) or not signatures:
+        raise forbidden("The event is not signed")
+    if not isinstance(hashes, dict) or not hashes:
+        raise forbidden("The event has no content hash")
     try:
         validate_pdu(pdu, room_version)
     except EventFormatError as e:
@@ -253,29 +260,40 @@ class ResidentMembership:
             raise forbidden("The event is not allowed by the room's current state")
         return event
 
-    async def send_join_response(self, event: Event, *, countersigned: bool) -> dict[str, Any]:
-        """The v2 send_join answer: the state before the join and its auth chain."""
-        state_ids = await self._events.get_state_ids_before(event.event_id)
-        if state_ids is None:
+    async def send_join_response(
+        self, event: Event, *, countersigned: bool, omit_members: bool = False
+    ) -> dict[str, Any]:
+        """The v2 send_join answer: the state before the join and the auth chain of the
+        join and of that state. With `omit_members` (the joining server can take a
+        partial answer, spec v1.6) the member events are left out of the state — but for
+        the room's heroes when it has no name nor canonical alias, which the joining
+        server's clients need — and the auth chain leaves out what the state holds."""
+        state_ids = dict(await self._events.get_state_ids_before(event.event_id) or {})
+        if not state_ids:
             raise MatrixError(500, "M_UNKNOWN", "The join's state is not known")
-        chain = await self._events.get_auth_chain_ids([*state_ids.values(), event.event_id])
-        chain -= set(state_ids.values())
-        found = await self._events.get_events([*state_ids.values(), *chain], allow_rejected=True)
-        state = [pdu_for_federation(found[e]) for e in state_ids.values() if e in found]
-        auth_chain = [pdu_for_federation(found[e]) for e in sorted(chain) if e in found]
-        members = await self._events.get_events(
-            [eid for (t, _), eid in state_ids.items() if t == "m.room.member"]
-        )
+        member_ids = [eid for (t, _), eid in state_ids.items() if t == "m.room.member"]
+        members = await self._events.get_events(member_ids)
         servers = sorted(
             {server_of(m.state_key or "") for m in members.values() if m.membership == "join"}
             - {""}
             | {self._server_name}
         )
+        if omit_members:
+            kept = _heroes(state_ids, members, event.sender)
+            state_ids = {
+                k: eid for k, eid in state_ids.items() if k[0] != "m.room.member" or k in kept
+            }
+        chain = await self._events.get_auth_chain_ids([*state_ids.values(), event.event_id])
+        if omit_members:
+            chain -= set(state_ids.values())
+        found = await self._events.get_events([*state_ids.values(), *chain], allow_rejected=True)
+        state = [pdu_for_federation(found[e]) for e in state_ids.values() if e in found]
+        auth_chain = [pdu_for_federation(found[e]) for e in sorted(chain) if e in found]
         body: dict[str, Any] = {
             "origin": self._server_name,
             "state": state,
             "auth_chain": auth_chain,
-            "members_omitted": False,
+            "members_omitted": omit_members,
             "servers_in_room": servers,
         }
         if countersigned:
@@ -303,6 +321,8 @@ class ResidentMembership:
     ) -> Event:
         """PUT /invite/{roomId}/{eventId}: countersign an invite of one of our users and,
         when this server is not in the room, remember it so the user sees it in /sync."""
+        # The room's server ACL (when we hold its state) applies before anything else.
+        await self._check_origin_allowed(room_id, origin)
         event = parse_pdu(pdu, room_version, event_id)
         if event.room_id != room_id:
             raise bad_json(f"The event is for {event.room_id}, not {room_id}")
@@ -438,6 +458,27 @@ class ResidentMembership:
             if named not in joined:
                 raise forbidden(f"{named} is not in the room")
         return self._builder.countersign(event)
+
+
+# Heroes of a room summary (Client-Server API, /sync's room summary: up to 5 members).
+MAX_HEROES = 5
+
+
+def _heroes(
+    state_ids: Mapping[StateKey, str], members: Mapping[str, Event], joiner: str
+) -> set[StateKey]:
+    """The member entries a partial send_join answer keeps: when the room has neither
+    m.room.name nor m.room.canonical_alias, the first joined or invited members (by
+    depth, as the room summary's heroes) other than the joining user."""
+    if ("m.room.name", "") in state_ids or ("m.room.canonical_alias", "") in state_ids:
+        return set()
+    candidates = [
+        m
+        for m in members.values()
+        if m.membership in ("join", "invite") and m.state_key not in (None, joiner)
+    ]
+    candidates.sort(key=lambda m: (m.depth, m.event_id))
+    return {("m.room.member", m.state_key or "") for m in candidates[:MAX_HEROES]}
 
 
 def stripped_state(events: Any) -> list[dict[str, Any]]:

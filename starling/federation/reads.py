@@ -66,6 +66,10 @@ class FederationReads:
         self._access = access
         self._clock = clock
 
+    async def check_origin(self, room_id: str, origin: str) -> None:
+        """403 unless `origin` is allowed by the room's ACL and takes part in it."""
+        await self._access.check_origin(room_id, origin)
+
     def _transaction(self, pdus: list[dict[str, Any]]) -> dict[str, Any]:
         return {"origin": self._server_name, "origin_server_ts": self._clock(), "pdus": pdus}
 
@@ -105,7 +109,11 @@ class FederationReads:
         self, origin: str, room_id: str, event_id: str
     ) -> tuple[list[str], set[str]]:
         await self._access.check_origin(room_id, origin)
-        event, _ = await self._event_in_room(room_id, event_id)
+        event, meta = await self._event_in_room(room_id, event_id)
+        # A rejected event is no point of the DAG (nothing may cite it), so there is no
+        # state "at" it to serve; neither for an outlier, whose state we do not know.
+        if getattr(meta, "rejected_reason", None) is not None:
+            raise not_found(f"No state is known at {event_id}: it was rejected")
         state = await self._events.get_state_ids_before(event.event_id)
         if state is None:
             raise not_found(f"No state is known at {event_id}")

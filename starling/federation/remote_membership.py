@@ -166,10 +166,47 @@ class RemoteMembership:
         )
 
     async def leave_room(self, room_id: str, user_id: str, content: dict[str, Any]) -> Event:
-        """Reject an invite to (or retract a knock on) a room this server is not in."""
-        return await self.leave(
-            room_id, user_id, await self._candidates(room_id, user_id, ()), content
+        """Reject an invite to (or retract a knock on) a room this server is not in. When
+        no server of the room will take the leave (unreachable, refusing, erroring), it is
+        made here alone, so the user is not left holding an invite they cannot refuse."""
+        try:
+            return await self.leave(
+                room_id, user_id, await self._candidates(room_id, user_id, ()), content
+            )
+        except MatrixError as e:
+            local = await self._local_leave(room_id, user_id, content)
+            if local is None:
+                raise
+            logger.info("%s left %s here only (the room's servers: %s)", user_id, room_id, e)
+            return local
+
+    async def _local_leave(
+        self, room_id: str, user_id: str, content: dict[str, Any]
+    ) -> Event | None:
+        """A leave built and signed here, following the user's invite or knock (its only
+        prev and auth event), stored out of band like the invite: no other server has it
+        or needs it. None when the user holds no invite or knock."""
+        current = await self._memberships.get_membership(room_id, user_id)
+        if current is None or current.membership not in ("invite", "knock"):
+            return None
+        found = await self._events.get_events([current.event_id], allow_rejected=True)
+        held = found.get(current.event_id)
+        if held is None:
+            return None
+        rv = held.room_version
+        template = self._builder.template(
+            room_version=rv,
+            room_id=room_id,
+            event_type="m.room.member",
+            sender=user_id,
+            content={**content, "membership": "leave"},
+            state_key=user_id,
+            prev_events=[held],
+            auth_events=[held],
         )
+        event = self._builder.adopt_template(template, rv)
+        await self._store.store(event)
+        return event
 
     async def countersigned_invite(self, event: Event) -> Event:
         """Our invite of another server's user, signed by that server (invite v2), with
@@ -213,11 +250,8 @@ class RemoteMembership:
 
         async def attempt(server: str) -> Event:
             room_version, event = await self._make(server, "join", room_id, user_id, content)
-            response = await self._client.put_json(
-                server,
-                _path("/_matrix/federation/v2/send_join/{}/{}", room_id, event.event_id),
-                pdu_for_federation(event),
-                timeout=HANDSHAKE_TIMEOUT,
+            response = await self._put_v2_or_v1(
+                server, "send_join", room_id, event.event_id, pdu_for_federation(event)
             )
             if not isinstance(response, dict):
                 raise _BadResident("send_join answer is not an object")
@@ -269,16 +303,33 @@ class RemoteMembership:
 
         async def attempt(server: str) -> Event:
             _, event = await self._make(server, "leave", room_id, user_id, content)
-            await self._client.put_json(
-                server,
-                _path("/_matrix/federation/v2/send_leave/{}/{}", room_id, event.event_id),
-                pdu_for_federation(event),
-                timeout=HANDSHAKE_TIMEOUT,
+            await self._put_v2_or_v1(
+                server, "send_leave", room_id, event.event_id, pdu_for_federation(event)
             )
             await self._store.store(event)
             return event
 
         return await self._try(candidates, attempt)
+
+    async def _put_v2_or_v1(
+        self, server: str, endpoint: str, room_id: str, event_id: str, body: Any
+    ) -> Any:
+        """PUT /v2/{endpoint}; a server that does not serve v2 (older than Matrix 1.0's
+        v2 endpoints) is asked the deprecated v1, whose answer is wrapped as
+        `[200, answer]`."""
+        path = "/_matrix/federation/{}/" + endpoint + "/{}/{}"
+        try:
+            return await self._client.put_json(
+                server, _path(path, "v2", room_id, event_id), body, timeout=HANDSHAKE_TIMEOUT
+            )
+        except FederationError as e:
+            if not e.unknown_endpoint:
+                raise
+        logger.info("%s does not serve v2 %s: trying v1", server, endpoint)
+        answer = await self._client.put_json(
+            server, _path(path, "v1", room_id, event_id), body, timeout=HANDSHAKE_TIMEOUT
+        )
+        return unwrap_v1(answer)
 
     async def _make(
         self,
@@ -347,6 +398,7 @@ class RemoteMembership:
                         400 if e.status < 500 else 502,
                         e.errcode or "M_UNKNOWN",
                         e.message or str(e),
+                        **passed_through_fields(e),
                     ) from None
             except _BadResident as e:
                 last = f"{server}: {e}"
@@ -360,23 +412,17 @@ class RemoteMembership:
         with both signatures, ready to persist."""
         target = server_of(event.state_key or "")
         try:
-            response = await self._client.put_json(
-                target,
-                _path("/_matrix/federation/v2/invite/{}/{}", event.room_id, event.event_id),
-                {
-                    "room_version": event.room_version.identifier,
-                    "event": pdu_for_federation(event),
-                    "invite_room_state": invite_room_state,
-                },
-                timeout=INVITE_TIMEOUT,
-            )
+            response = await self._send_invite(target, event, invite_room_state)
         except FederationUnreachable as e:
             raise MatrixError(502, "M_UNKNOWN", f"Cannot reach {target}: {e.reason}") from None
         except FederationError as e:
             if e.status == 403:
                 raise forbidden(e.message or f"{target} refused the invite") from None
             raise MatrixError(
-                400 if e.status < 500 else 502, e.errcode or "M_UNKNOWN", e.message or str(e)
+                400 if e.status < 500 else 502,
+                e.errcode or "M_UNKNOWN",
+                e.message or str(e),
+                **passed_through_fields(e),
             ) from None
         signed_json = response.get("event") if isinstance(response, dict) else None
         try:
@@ -393,6 +439,61 @@ class RemoteMembership:
         if not isinstance(signatures, dict) or target not in signatures:
             raise MatrixError(502, "M_UNKNOWN", f"{target} did not sign the invite")
         return signed
+
+    async def _send_invite(
+        self, target: str, event: Event, invite_room_state: list[dict[str, Any]]
+    ) -> Any:
+        """invite v2; for rooms of versions 1 and 2 (the only ones v1 can carry) a server
+        that does not serve v2 is asked v1, the stripped state in the event's unsigned."""
+        path = "/_matrix/federation/{}/invite/{}/{}"
+        pdu = pdu_for_federation(event)
+        body = {
+            "room_version": event.room_version.identifier,
+            "event": pdu,
+            "invite_room_state": invite_room_state,
+        }
+        try:
+            return await self._client.put_json(
+                target,
+                _path(path, "v2", event.room_id, event.event_id),
+                body,
+                timeout=INVITE_TIMEOUT,
+            )
+        except FederationError as e:
+            if not (e.unknown_endpoint and event.room_version.identifier in V1_INVITE_VERSIONS):
+                raise
+        logger.info("%s does not serve v2 invite: trying v1", target)
+        v1_body = {**pdu, "unsigned": {"invite_room_state": invite_room_state}}
+        answer = await self._client.put_json(
+            target,
+            _path(path, "v1", event.room_id, event.event_id),
+            v1_body,
+            timeout=INVITE_TIMEOUT,
+        )
+        return unwrap_v1(answer)
+
+
+# The room versions a v1 invite may be for (spec: the receiver must assume 1 or 2).
+V1_INVITE_VERSIONS = ("1", "2")
+
+
+def unwrap_v1(answer: Any) -> Any:
+    """The answer of a deprecated v1 endpoint (`[200, body]`, MSC1802) as v2 gives it;
+    anything else is a malformed answer: None."""
+    if isinstance(answer, list) and len(answer) == 2 and answer[0] == 200:
+        return answer[1]
+    return None
+
+
+def passed_through_fields(error: FederationError) -> dict[str, Any]:
+    """The fields of a remote's error our client should see besides errcode and error:
+    only those the spec defines for that errcode, and only well-formed."""
+    body = error.body or {}
+    if error.errcode == "M_INCOMPATIBLE_ROOM_VERSION":
+        version = body.get("room_version")
+        if isinstance(version, str) and 0 < len(version) <= 64:
+            return {"room_version": version}
+    return {}
 
 
 class _BadResident(Exception):

@@ -354,6 +354,15 @@ class RoomSyncBuilder:
         end_metas = await self._events.get_events_with_meta(
             p.end_event for p in plans if p.end_event is not None
         )
+        for p in plans:
+            # A room never joined (an invite or knock from another server, then left):
+            # its leave is an out-of-band event, in no timeline of the room, yet the one
+            # thing to show for it (as Synapse does).
+            ended = end_metas.get(p.end_event or "")
+            if p.no_state and not p.events and ended is not None and ended.meta.outlier:
+                position = ended.meta.stream_ordering
+                if position is not None and (p.lower is None or position > p.lower):
+                    p.events = [ended]
         # The state each room's `state` section is measured at: before the timeline's
         # first event (with use_state_after, the room's state at the end of the window);
         # with no timeline, the room's state at the end of its window. "The room's state

@@ -56,6 +56,7 @@ class FakeRemote:
         self.hidden: set[str] = set()  # event IDs the remote pretends not to have
         self.withheld: set[str] = set()  # left out of get_missing_events answers only
         self.extra: list[Event] = []  # slipped into every backfill/get_missing_events answer
+        self.state_asked_at: list[str] = []  # the event_id of each state/state_ids request
 
     def _event(self, eid: str) -> Event:
         ev = self.dag.events.get(eid)
@@ -76,6 +77,7 @@ class FakeRemote:
         self.calls.append((kind, path))
         if kind in ("state_ids", "state"):
             assert query is not None
+            self.state_asked_at.append(query["event_id"])
             ev = self._event(query["event_id"])
             state = self.dag.state_before(ev)
             chain = self.dag.auth_chain(state.values())

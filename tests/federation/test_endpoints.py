@@ -144,6 +144,11 @@ async def test_bad_requests(hs: Harness, federation_client: TestClient) -> None:
         "GET", "/_matrix/federation/v1/backfill/%21unknown%3Ax?v=%24a&limit=5"
     )
     assert status == 403
+    # A server not in the room hears that first, whatever its body holds.
+    status, err = await remote.request(
+        "POST", "/_matrix/federation/v1/get_missing_events/%21unknown%3Ax", {}
+    )
+    assert status == 403 and err["errcode"] == "M_FORBIDDEN"
 
 
 async def test_queries_over_http(hs: Harness, federation_client: TestClient) -> None:

@@ -116,7 +116,9 @@ class NoState:
         return {}
 
 
-def make(residents: FakeResidents) -> tuple[RemoteMembership, Joins, Store]:
+def make(residents: FakeResidents, held: Any = None) -> tuple[RemoteMembership, Joins, Store]:
+    """The joining side over `residents`; `held` (if given) answers for this server's
+    memberships and events."""
     joins, store = Joins(), Store()
     remote = RemoteMembership(
         server_name=HERE,
@@ -125,8 +127,8 @@ def make(residents: FakeResidents) -> tuple[RemoteMembership, Joins, Store]:
         joins=joins,
         verifier=Verifier(),
         store=store,
-        memberships=NoMemberships(),
-        events=NoEvents(),
+        memberships=held or NoMemberships(),
+        events=held or NoEvents(),
         state=NoState(),
     )
     return remote, joins, store
@@ -265,3 +267,145 @@ async def test_an_invite_must_come_back_as_the_same_event_signed_by_the_invitee(
     with pytest.raises(MatrixError) as refused:
         await remote.invite(invite, [])
     assert refused.value.status == 403
+
+
+class OldResidents(FakeResidents):
+    """Residents that serve only the deprecated v1 of send_join/send_leave/invite: v2 is
+    an unknown endpoint (404 without a Matrix error, as SyTest's and old servers answer)."""
+
+    async def put_json(
+        self, destination: str, path: str, body: Any, *, timeout: float = 60.0
+    ) -> Any:
+        if path.startswith("/_matrix/federation/v2/"):
+            self.calls.append(("PUT", destination, path))
+            raise FederationError(404, None, "not found")
+        return [200, await super().put_json(destination, path, body, timeout=timeout)]
+
+
+async def test_a_resident_without_v2_gets_v1_send_join_and_send_leave() -> None:
+    residents = OldResidents()
+    residents.make["old.test"] = {"event": template(), "room_version": "10"}
+    residents.send["old.test"] = {"state": [{"x": 1}], "auth_chain": []}
+    remote, joins, store = make(residents)
+    await remote.join(ROOM, ALICE, ["old.test"], {})
+    assert [p.split("/")[3:5] for m, _, p in residents.calls if m == "PUT"] == [
+        ["v2", "send_join"],
+        ["v1", "send_join"],
+    ]
+    assert joins.processed[0][2] == [{"x": 1}]  # the [200, answer] wrapper taken off
+    residents.make["old.test"] = {
+        "event": template(content={"membership": "leave"}),
+        "room_version": "10",
+    }
+    residents.send["old.test"] = {}
+    await remote.leave(ROOM, ALICE, ["old.test"], {})
+    assert residents.calls[-1][2].startswith("/_matrix/federation/v1/send_leave/")
+    assert store.stored[-1].membership == "leave"
+
+
+async def test_a_missing_v2_is_not_taken_for_any_error() -> None:
+    """A 404 with a Matrix error (the room is unknown there) is that server's answer, not
+    a missing endpoint: no v1 retry."""
+    residents = FakeResidents()
+    residents.make["a.test"] = {"event": template(), "room_version": "10"}
+    residents.send["a.test"] = FederationError(403, "M_FORBIDDEN", "no")
+    remote, _, _ = make(residents)
+    with pytest.raises(MatrixError):
+        await remote.join(ROOM, ALICE, ["a.test"], {})
+    assert [p.split("/")[3] for m, _, p in residents.calls if m == "PUT"] == ["v2"]
+
+
+async def test_v1_invite_only_for_room_versions_one_and_two() -> None:
+    theirs = EventBuilder("far.test", SigningKey.generate())
+    builder = EventBuilder(HERE, SigningKey.generate())
+    residents = OldResidents()
+    remote, _, _ = make(residents)
+    residents.send["far.test"] = lambda body: {"event": theirs.countersign(invite).pdu}
+    fields = {"sender": ALICE, "state_key": "@bob:far.test", "content": {"membership": "invite"}}
+    v2_room = get_room_version("2")
+    pair = {"sha256": "A" * 43}
+    old_format = template(
+        **fields,
+        event_id="$inv:here.test",
+        origin=HERE,
+        prev_events=[["$p:here.test", pair]],
+        auth_events=[["$a:here.test", pair]],
+    )
+    invite = builder.finish(old_format, v2_room)
+    signed = await remote.invite(invite, [{"type": "m.room.name"}])
+    assert set(signed.pdu["signatures"]) == {HERE, "far.test"}
+    assert residents.calls[-1][2].startswith("/_matrix/federation/v1/invite/")
+    invite = builder.finish(template(**fields), RV)  # room version 10: v1 cannot carry it
+    with pytest.raises(MatrixError):
+        await remote.invite(invite, [])
+    assert residents.calls[-1][2].startswith("/_matrix/federation/v2/invite/")
+
+
+async def test_incompatible_room_version_reaches_the_client_with_its_version() -> None:
+    residents = FakeResidents()
+    residents.make["a.test"] = FederationError(
+        400,
+        "M_INCOMPATIBLE_ROOM_VERSION",
+        "upgrade",
+        body={"errcode": "M_INCOMPATIBLE_ROOM_VERSION", "room_version": "99", "x": "dropped"},
+    )
+    remote, _, _ = make(residents)
+    with pytest.raises(MatrixError) as refused:
+        await remote.join(ROOM, ALICE, ["a.test"], {})
+    assert refused.value.to_json() == {
+        "errcode": "M_INCOMPATIBLE_ROOM_VERSION",
+        "error": "upgrade",
+        "room_version": "99",
+    }
+
+
+class InvitedHere:
+    """Alice holds `invite` (an invite from another server to a room we are not in)."""
+
+    def __init__(self, invite: Event) -> None:
+        self.invite = invite
+
+    async def get_membership(self, room_id: str, user_id: str) -> Membership | None:
+        return Membership(room_id, user_id, "invite", self.invite.event_id, 3)
+
+    async def get_events(
+        self, event_ids: Iterable[str], allow_rejected: bool = False
+    ) -> Mapping[str, Event]:
+        return {e: self.invite for e in event_ids if e == self.invite.event_id}
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        FederationError(403, "M_FORBIDDEN", "no"),
+        FederationError(500, None, "boom"),
+        FederationUnreachable("inviter.test", "down"),
+    ],
+)
+async def test_an_invite_is_rejected_here_when_its_servers_will_not_take_the_leave(
+    failure: Exception,
+) -> None:
+    inviter = EventBuilder("inviter.test", SigningKey.generate())
+    invite = inviter.finish(
+        template(sender="@carol:inviter.test", content={"membership": "invite"}), RV
+    )
+    residents = FakeResidents()
+    residents.make["inviter.test"] = failure
+    residents.make["resident.test"] = failure
+    held = InvitedHere(invite)
+    remote, _, store = make(residents, held)
+    leave = await remote.leave_room(ROOM, ALICE, {"reason": "no thanks"})
+    assert (leave.sender, leave.state_key, leave.membership) == (ALICE, ALICE, "leave")
+    assert leave.content["reason"] == "no thanks"
+    assert list(leave.prev_event_ids) == [invite.event_id]
+    assert HERE in leave.pdu["signatures"]
+    assert store.stored == [leave]
+    assert not any(m == "PUT" for m, _, _ in residents.calls)  # nothing was sent
+
+
+async def test_no_local_leave_without_an_invite() -> None:
+    residents = FakeResidents()  # every server unreachable
+    remote, _, store = make(residents)
+    with pytest.raises(MatrixError):
+        await remote.leave_room(ROOM, ALICE, {})
+    assert store.stored == []

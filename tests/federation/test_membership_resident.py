@@ -112,6 +112,11 @@ async def setup(hs: Harness) -> AsyncIterator[Setup]:
     yield Setup(hs)
 
 
+def json_key(pdu: dict[str, Any]) -> str:
+    """An event of an answer told apart by its canonical content (IDs may be implicit)."""
+    return repr(sorted(pdu.items()))
+
+
 async def expect(errcode: str, status: int, coro: Any) -> MatrixError:
     with pytest.raises(MatrixError) as info:
         await coro
@@ -410,6 +415,16 @@ async def test_invites_are_countersigned_only_for_local_users_from_their_inviter
         403,
         setup.resident.receive_invite(OTHER, room_id, good.event_id, good.pdu, rv, state),
     )
+    # A server the ACL bans hears so before anything else (even for a user unknown here).
+    banned_builder = EventBuilder("banned.test", SigningKey.generate())
+    banned = invite("@eve:banned.test", "@nobody:test.local", banned_builder)
+    await expect(
+        "M_FORBIDDEN",
+        403,
+        setup.resident.receive_invite(
+            "banned.test", room_id, banned.event_id, banned.pdu, rv, state
+        ),
+    )
     nobody = invite(f"@carol:{REMOTE}", "@nobody:test.local", setup.remote_builder)
     await expect(
         "M_NOT_FOUND",
@@ -451,3 +466,48 @@ async def test_an_invite_into_a_room_we_are_in_goes_through_the_receipt_checks(
     assert origin == REMOTE and pdu == signed.pdu
     assert set(pdu["signatures"]) == {REMOTE, setup.hs.server_name}
     assert setup.invites.stored == []  # the DAG is here: no out-of-band copy
+
+
+async def test_an_unsigned_join_is_a_failed_signature_check(setup: Setup) -> None:
+    room, _ = await setup.room(preset="public_chat")
+    join = await setup.signed_join(room, f"@bob:{REMOTE}")
+    for key in ("signatures", "hashes"):
+        bare = {k: v for k, v in join.pdu.items() if k != key}
+        await expect(
+            "M_FORBIDDEN",
+            403,
+            setup.resident.send_membership(REMOTE, room, join.event_id, bare, "join"),
+        )
+    assert setup.receiver.pdus == []
+
+
+async def test_send_join_answer_whole_or_without_members(setup: Setup) -> None:
+    """The whole answer's auth chain is closed by itself (it holds the state events the
+    chain cites); with omit_members the member events are left out but for the heroes of
+    a room without a name, and the chain leaves out what the state holds."""
+    room, alice = await setup.room(preset="public_chat")
+    members = [f"@m{i}:{REMOTE}" for i in range(7)]
+    for user in members:
+        await setup.join_remote(room, user)
+    store, state = setup.hs.services.event_store, setup.hs.services.state_store
+    joiner = members[-1]
+    join_id = (await state.get_current_state_ids(room))[("m.room.member", joiner)]
+    join = (await store.get_events([join_id]))[join_id]
+
+    whole = await setup.resident.send_join_response(join, countersigned=False)
+    assert whole["members_omitted"] is False
+    state_types = [(e["type"], e["state_key"]) for e in whole["state"]]
+    assert ("m.room.member", alice) in state_types and len(whole["state"]) >= 8
+    # Alice's join and the power levels cite each other's keys: both are in the state and
+    # in the chain (before omit_members, the chain did not repeat what the state held).
+    assert {e["type"] for e in whole["auth_chain"]} >= {"m.room.power_levels", "m.room.member"}
+    assert REMOTE in whole["servers_in_room"]
+
+    partial = await setup.resident.send_join_response(join, countersigned=False, omit_members=True)
+    assert partial["members_omitted"] is True
+    kept = [e["state_key"] for e in partial["state"] if e["type"] == "m.room.member"]
+    # The first five members by depth other than the joiner: alice and m0..m3.
+    assert kept and len(kept) == 5 and joiner not in kept and alice in kept
+    in_state = {json_key(e) for e in partial["state"]}
+    assert not any(json_key(e) in in_state for e in partial["auth_chain"])
+    assert partial["servers_in_room"] == whole["servers_in_room"]

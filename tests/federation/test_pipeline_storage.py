@@ -129,12 +129,13 @@ async def test_missing_events_and_gap_on_storage(hs: Harness) -> None:
     dave = room.remote.user("dave")
     dave_join = room.dag.join(dave)
     room.client.withheld.add(dave_join.event_id)
-    m3 = room.dag.message(dave, "3")
-    assert await room.push(m3) is None  # dave's join only through state_ids
+    m3 = room.dag.message(dave, "3")  # pulled; dave's join only through state_ids
+    m4 = room.dag.message(room.alice, "4")
+    assert await room.push(m4) is None
     assert room.client.count("state_ids") == 1
     assert (await room.meta(dave_join.event_id)).outlier
     timeline = await _timeline(hs, token, room.dag.room_id)
-    assert timeline[-3:] == [m1.event_id, m2.event_id, m3.event_id]
+    assert timeline[-4:] == [m1.event_id, m2.event_id, m3.event_id, m4.event_id]
     state = await hs.services.state_store.get_current_state_ids(room.dag.room_id)
     assert state[("m.room.member", dave)] == dave_join.event_id
 

@@ -137,3 +137,20 @@ async def test_history_visibility_joined_hides_earlier_events(scenario: Scenario
     bodies = [p["content"].get("body") for p in answer["pdus"] if p["type"] == "m.room.message"]
     assert bodies == [None]
     assert (await reads.get_event(REMOTE, secret))["pdus"][0]["content"]["body"] == "0"
+
+
+async def test_no_state_is_served_at_a_rejected_event(scenario: Scenario) -> None:
+    s = scenario
+    mallory = s.remote.user("mallory")  # never joined: her topic is rejected
+    auth = [s.dag.current_state()[k] for k in s.dag.current_state() if k[0] == "m.room.create"]
+    bad = s.dag.add(mallory, "m.room.topic", {"topic": "x"}, state_key="", auth=auth)
+    assert await s.send(bad) is None
+    assert s.rooms.meta(bad.event_id).rejected_reason is not None
+    reads = _reads(s)
+    for call in (
+        reads.state_ids(REMOTE, s.dag.room_id, bad.event_id),
+        reads.state(REMOTE, s.dag.room_id, bad.event_id),
+    ):
+        with pytest.raises(MatrixError) as e:
+            await call
+        assert (e.value.status, e.value.errcode) == (404, "M_NOT_FOUND")

@@ -37,16 +37,22 @@ async def test_fetching_is_bounded(scenario: Scenario) -> None:
     assert len(s.rooms.timeline) == 5 + MISSING_EVENTS_LIMIT * MISSING_EVENTS_ROUNDS + 1
 
 
-async def test_forged_missing_event_is_dropped_and_the_gap_bridged(scenario: Scenario) -> None:
+async def test_forged_missing_event_is_dropped_and_the_gap_bridged_below_it(
+    scenario: Scenario,
+) -> None:
     s = scenario
     from tests.federation.dag import FakeServer
 
     impostor = FakeServer("remote.example")
     forged = s.dag.message(s.alice, "forged", signer=impostor)
+    pulled = s.dag.message(s.alice, "pulled")
     after = s.dag.message(s.alice, "after")
     assert await s.send(after) is None
     assert forged.event_id not in s.rooms.events
-    assert s.client.count("state_ids") == 1
+    # The pulled event's gap (the dropped forgery) is bridged at the forgery's ID: the
+    # remote's state before it, without it (it is not stored).
+    assert s.client.state_asked_at == [forged.event_id]
+    assert s.rooms.meta(pulled.event_id).rejected_reason is None
     assert s.rooms.meta(after.event_id).rejected_reason is None
 
 

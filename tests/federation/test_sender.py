@@ -32,6 +32,7 @@ class FakeClient:
         self.sent: list[tuple[str, str, dict[str, Any]]] = []
         self.down: set[str] = set()
         self.refuse: set[str] = set()
+        self.unauthorized: set[str] = set()  # answer 401 (cannot check our signature yet)
         self.gate: asyncio.Event | None = None
         self.room_version: RoomVersion | None = None  # set once a room exists
 
@@ -44,6 +45,8 @@ class FakeClient:
             raise FederationUnreachable(destination, "connection refused")
         if destination in self.refuse:
             raise FederationError(400, "M_BAD_JSON", "no")
+        if destination in self.unauthorized:
+            raise FederationError(401, "M_UNAUTHORIZED", "cannot fetch your keys")
         assert path.startswith("/_matrix/federation/v1/send/")
         self.sent.append((destination, path, body))
         return {"pdus": {}}
@@ -252,6 +255,17 @@ async def test_a_successful_retry_ends_the_backoff(setup: Setup) -> None:
     second = await setup.say(room, alice, "after")
     await wait_for(lambda: second in setup.client.event_ids(REMOTE))
     assert setup.client.event_ids(REMOTE)[-2:] == [first, second]
+    await wait_for(lambda: not sender.is_backing_off(REMOTE))
+
+
+async def test_a_transaction_answered_401_is_kept_and_retried(setup: Setup) -> None:
+    room, alice = await setup.room_with_remote(REMOTE)
+    sender = await setup.start(BackoffPolicy(initial_ms=20, short_cap_ms=40))
+    setup.client.unauthorized.add(REMOTE)
+    first = await setup.say(room, alice, "before they have our keys")
+    await wait_for(lambda: sender.is_backing_off(REMOTE))
+    setup.client.unauthorized.clear()
+    await wait_for(lambda: first in setup.client.event_ids(REMOTE))
     await wait_for(lambda: not sender.is_backing_off(REMOTE))
 
 

@@ -119,6 +119,9 @@ class FederationEventsApi:
         """POST /_matrix/federation/v1/get_missing_events/{roomId}
         (spec: server-server-api/#post_matrixfederationv1get_missing_eventsroomid)"""
         body = federation_body(request)
+        # A server the room's ACL bans (or that is not in the room) hears only that,
+        # whatever its request holds.
+        await self._reads.check_origin(request.match_info["roomId"], origin(request))
         answer = await self._reads.get_missing_events(
             origin(request),
             request.match_info["roomId"],

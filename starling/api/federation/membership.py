@@ -80,19 +80,21 @@ class FederationMembershipApi:
         (spec: server-server-api/#get_matrixfederationv1make_joinroomiduserid)."""
         return await self._make(request, "join")
 
-    async def _send_join(self, request: web.Request) -> dict[str, Any]:
+    async def _send_join(self, request: web.Request, *, omit_members: bool) -> dict[str, Any]:
         origin = calling_server(request)
         room_id, event_id = _room_and(request, "eventId")
         pdu = federation_body(request)
-        before = pdu.get("signatures")
+        before = pdu.get("signatures") if isinstance(pdu, dict) else None
         event = await self._resident.send_membership(origin, room_id, event_id, pdu, "join")
         countersigned = event.pdu.get("signatures") != before
-        return await self._resident.send_join_response(event, countersigned=countersigned)
+        return await self._resident.send_join_response(
+            event, countersigned=countersigned, omit_members=omit_members
+        )
 
     async def send_join_v1(self, request: web.Request) -> web.Response:
         """PUT /_matrix/federation/v1/send_join/{roomId}/{eventId}
         (spec: server-server-api/#put_matrixfederationv1send_joinroomideventid)."""
-        body = await self._send_join(request)
+        body = await self._send_join(request, omit_members=False)
         return json_response(
             [200, {k: body[k] for k in ("origin", "state", "auth_chain") if k in body}]
         )
@@ -100,7 +102,10 @@ class FederationMembershipApi:
     async def send_join_v2(self, request: web.Request) -> web.Response:
         """PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}
         (spec: server-server-api/#put_matrixfederationv2send_joinroomideventid)."""
-        return json_response(await self._send_join(request))
+        raw = request.query.get("omit_members", "false")
+        if raw not in ("true", "false"):
+            raise MatrixError(400, "M_INVALID_PARAM", "omit_members must be true or false")
+        return json_response(await self._send_join(request, omit_members=raw == "true"))
 
     # --- leaves -----------------------------------------------------------------------------
 

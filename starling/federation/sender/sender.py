@@ -559,7 +559,7 @@ class FederationSender:
                 timeout=TXN_TIMEOUT_SECONDS,
             )
         except FederationError as e:
-            if e.status == 429 or e.status >= 500:
+            if e.status in RETRYABLE_STATUSES or e.status >= 500:
                 logger.info("federation: %s answered %s; backing off", dest.name, e)
                 await self._failed(dest)
                 return False
@@ -619,6 +619,12 @@ class FederationSender:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
+
+
+# Answers meaning "not now" rather than "never": 401 (the destination could not check our
+# signature yet: it failed to fetch our keys, or our clocks disagree), 408 and 429. The
+# transaction is kept and retried with backoff, like a 5xx.
+RETRYABLE_STATUSES = frozenset({401, 408, 429})
 
 
 def _pdu_json(event: Event) -> dict[str, Any]:
