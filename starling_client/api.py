@@ -94,7 +94,9 @@ class Api:
                     status, answer = await carrier.request(
                         method, full, body, timeout_s or self._timeout_s
                     )
-                except (TransportLost, TimeoutError) as e:
+                except TransportLost as e:
+                    raise MatrixError(e.status, e.errcode, f"WebSocket: {e}") from e
+                except TimeoutError as e:
                     raise MatrixError(0, "M_CONNECTION", f"WebSocket: {e}") from e
                 return _answer(status, answer)
         headers = {}
@@ -192,7 +194,7 @@ class Api:
             try:
                 status, answer = await carrier.sync(since, timeout_ms)
             except TransportLost as e:
-                raise MatrixError(0, "M_CONNECTION", f"WebSocket: {e}") from e
+                raise MatrixError(e.status, e.errcode, f"WebSocket: {e}") from e
             return _answer(status, answer)
         params = {"timeout": str(timeout_ms)}
         if since:

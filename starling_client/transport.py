@@ -36,6 +36,17 @@ IDEMPOTENT = ("GET", "PUT", "DELETE")
 class TransportLost(Exception):
     """The socket dropped and could not be reopened; the caller sees status 0."""
 
+    status = 0
+    errcode = "M_CONNECTION"
+
+
+class TokenRefused(TransportLost):
+    """The server refused the socket's token (logged out): the caller sees 401, as over
+    HTTP, and no reconnection is tried."""
+
+    status = 401
+    errcode = "M_UNKNOWN_TOKEN"
+
 
 class Transport(Protocol):
     """What `Api` needs of a carrier of JSON Client-Server requests."""
@@ -113,6 +124,10 @@ class WebSocketTransport:
                 heartbeat=30.0,
                 timeout=aiohttp.ClientWSTimeout(ws_close=CONNECT_TIMEOUT_S),
             )
+        except aiohttp.WSServerHandshakeError as e:
+            if e.status == 401:
+                raise TokenRefused("the access token was refused") from e
+            raise TransportLost(f"cannot open {self._url}: {e}") from e
         except (aiohttp.ClientError, TimeoutError) as e:
             raise TransportLost(f"cannot open {self._url}: {e}") from e
         try:
@@ -138,6 +153,8 @@ class WebSocketTransport:
                     await self.connect()
                     self.reconnects += 1
                     return
+                except TokenRefused:
+                    raise
                 except TransportLost as e:
                     last = e
                     await asyncio.sleep(delay)

@@ -269,3 +269,20 @@ async def test_too_many_requests_in_flight(hs: Harness) -> None:
         "id": "s8",
     }
     await asyncio.wait_for(ws.close(), WAIT)
+
+
+async def test_logout_closes_the_socket(hs: Harness) -> None:
+    _, tok = await hs.register("alice")
+    ws = await connect(hs, tok)
+    await ws.send_json({"type": "sync"})
+    await next_sync(ws)
+    status, _ = await hs.request("POST", "/_matrix/client/v3/logout", tok, {})
+    assert status == 200
+    for _ in range(10):
+        message = await ws.receive(timeout=WAIT)
+        if message.type is WSMsgType.CLOSE:
+            break
+        got = orjson.loads(message.data)
+        if got["type"] == "error":
+            assert got["errcode"] == "M_UNKNOWN_TOKEN"
+    assert ws.close_code == 1008

@@ -91,3 +91,22 @@ async def test_http_when_not_offered(hs: Harness, monkeypatch: pytest.MonkeyPatc
         assert forced.transport is None
     finally:
         await forced.close()
+
+
+async def test_logged_out_token_is_401_not_a_reconnect_loop(hs: Harness) -> None:
+    _, tok = await hs.register("carol")
+    api = Api(base_url(hs), tok)
+    try:
+        initial = await api.sync(None, 0)
+        assert isinstance(api.transport, WebSocketTransport)
+        status, _ = await hs.request("POST", "/_matrix/client/v3/logout", tok, {})
+        assert status == 200
+        with pytest.raises(MatrixError) as error:
+            for _ in range(3):
+                await api.sync(initial["next_batch"], 1000)
+        assert error.value.status == 401 and error.value.errcode == "M_UNKNOWN_TOKEN"
+        with pytest.raises(MatrixError) as error:
+            await api.create_room({})
+        assert error.value.status == 401
+    finally:
+        await api.close()

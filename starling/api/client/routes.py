@@ -88,7 +88,7 @@ def client_table(svc: Services) -> RouteTable:
     user_directory = UserDirectoryRoutes(svc.config.user_directory.enabled, svc.user_directory)
     search = SearchRoutes(svc.search)
     hierarchy = HierarchyRoutes(svc.hierarchy, svc.room_summaries)
-    websocket = WebSocketRoutes(svc.auth, svc.config.websocket)
+    websocket = WebSocketRoutes(svc.auth, svc.config.websocket, svc.accounts.add_device_listener)
     routes: list[Route] = [
         # Accounts: registration, login, tokens, account management, devices
         post("/register", accounts.register, NONE),

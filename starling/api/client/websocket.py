@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -29,6 +30,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from yarl import URL
 
 from starling.accounts.auth import Requester
+from starling.accounts.service import DeviceListener
 from starling.api.inprocess import METHODS, bad_client_path, dispatch
 from starling.api.routing import TokenAuthenticator, access_token_from
 from starling.config import WebSocketConfig, parse_size
@@ -56,9 +58,33 @@ def _error(e: MatrixError, request_id: str | None = None) -> dict[str, Any]:
 
 
 class WebSocketRoutes:
-    def __init__(self, auth: TokenAuthenticator, config: WebSocketConfig) -> None:
+    def __init__(
+        self,
+        auth: TokenAuthenticator,
+        config: WebSocketConfig,
+        add_device_listener: Callable[[DeviceListener], None] | None = None,
+    ) -> None:
         self.auth = auth
         self.config = config
+        # single-process: open sockets by (user, device), to close them when the device
+        # is deleted (logout); a logout served by another worker is only noticed when
+        # the socket's next request or sync poll finds its token gone.
+        self.sockets: dict[tuple[str, str], set[_Session]] = {}
+        self._revoking: set[asyncio.Task[None]] = set()
+        if add_device_listener is not None:
+            add_device_listener(self.devices_changed)
+
+    async def devices_changed(self, user_id: str, device_ids: list[str], deleted: bool) -> None:
+        """A logged-out (deleted) device's sockets are closed at once."""
+        if not deleted:
+            return
+        for device_id in device_ids:
+            for session in list(self.sockets.get((user_id, device_id), ())):
+                # Not awaited: closing waits for the client's close frame, and the
+                # logout request that got us here must not wait for it.
+                task = asyncio.create_task(session.revoke())
+                self._revoking.add(task)
+                task.add_done_callback(self._revoking.discard)
 
     # GET /_matrix/client/unstable/org.starling.ws/ws
     # (spec: none, Starling's own unstable transport; see docs/transports.md)
@@ -75,7 +101,7 @@ class WebSocketRoutes:
         token = access_token_from(request)
         requester = await self.auth.requester_for_token(token) if token else None
         await ws.prepare(request)
-        await _Session(request, ws, self.auth, self.config, requester, token).run()
+        await _Session(request, ws, self.auth, self.config, requester, token, self.sockets).run()
         return ws
 
 
@@ -90,7 +116,9 @@ class _Session:
         config: WebSocketConfig,
         requester: Requester | None,
         token: str | None,
+        registry: dict[tuple[str, str], set[_Session]],
     ) -> None:
+        self.registry = registry
         self.request = request
         self.ws = ws
         self.auth = auth
@@ -113,6 +141,9 @@ class _Session:
             if self.requester is None and not await self.authenticate():
                 return
             assert self.requester is not None
+            key = self._key()
+            if key is not None:
+                self.registry.setdefault(key, set()).add(self)
             await self.send(
                 {
                     "type": "authenticated",
@@ -126,10 +157,27 @@ class _Session:
                 elif message.type is WSMsgType.BINARY:
                     await self.send(_error(MatrixError(400, "M_NOT_JSON", "Send text frames")))
         finally:
+            key = self._key()
+            if key is not None and key in self.registry:
+                self.registry[key].discard(self)
+                if not self.registry[key]:
+                    del self.registry[key]
             tasks = [*self.in_flight, *([self.sync_task] if self.sync_task else [])]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _key(self) -> tuple[str, str] | None:
+        if self.requester is None or self.requester.device_id is None:
+            return None
+        return self.requester.user_id, self.requester.device_id
+
+    async def revoke(self) -> None:
+        """The token is gone (logout, device deleted): tell the client, close."""
+        error = MatrixError(401, "M_UNKNOWN_TOKEN", "The access token was logged out")
+        await self.send(_error(error))
+        with contextlib.suppress(ConnectionError):
+            await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"M_UNKNOWN_TOKEN")
 
     async def authenticate(self) -> bool:
         """Reads the auth frame; on failure sends an error frame and closes."""
@@ -220,6 +268,8 @@ class _Session:
                 )
                 await self.send(dict(_error(error), status=status, stream="sync"))
                 self.sync_task = None
+                if self._token_gone(status, body):
+                    await self.revoke()
                 return
             next_batch = body.get("next_batch")
             if since is None or next_batch != since:
@@ -247,6 +297,12 @@ class _Session:
     async def answer(self, request_id: str, method: str, path: str, body: bytes | None) -> None:
         status, answer = await self.dispatch(method, path, body)
         await self.send({"type": "response", "id": request_id, "status": status, "body": answer})
+        if self._token_gone(status, answer):
+            await self.revoke()
+
+    @staticmethod
+    def _token_gone(status: int, body: Any) -> bool:
+        return status == 401 and isinstance(body, dict) and body.get("errcode") == "M_UNKNOWN_TOKEN"
 
     async def dispatch(self, method: str, path: str, body: bytes | None) -> tuple[int, Any]:
         """One request through the listener's app as if it came over HTTP with this
