@@ -49,6 +49,7 @@ class PurgeTask:
     error: str | None = None
     deleted: int = 0
     finished_at: float | None = None
+    updated_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": self.status}
@@ -65,6 +66,7 @@ class RedactTask:
     failed_redactions: dict[str, str] = field(default_factory=dict)
     redacted: int = 0
     finished_at: float | None = None
+    updated_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
     def to_json(self) -> dict[str, Any]:
         return {"status": self.status, "failed_redactions": self.failed_redactions}
@@ -127,11 +129,14 @@ class AdminHistory:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    def _expire(self, tasks: dict[str, Any]) -> None:
+    def _drop_expired(self, tasks: dict[str, Any]) -> None:
         now = time.monotonic()
         for key, task in list(tasks.items()):
             if task.finished_at is not None and now - task.finished_at > STATUS_KEPT_SECONDS:
                 del tasks[key]
+
+    def _expire(self, tasks: dict[str, Any]) -> None:
+        self._drop_expired(tasks)
         if len(tasks) >= MAX_TASKS:
             raise MatrixError(429, "M_LIMIT_EXCEEDED", "Too many admin tasks; try again later")
 
@@ -185,6 +190,7 @@ class AdminHistory:
             task.error = e.error if isinstance(e, MatrixError) else str(e) or type(e).__name__
         finally:
             task.finished_at = time.monotonic()
+            task.updated_ms = int(time.time() * 1000)
             self._purging_rooms.discard(task.room_id)
 
     async def purge(self, room_id: str, below_depth: int, delete_local: bool) -> int:
@@ -224,6 +230,7 @@ class AdminHistory:
         self, task: RedactTask, admin_id: str, rooms: list[str], req: RedactRequest
     ) -> None:
         task.status = "active"
+        task.updated_ms = int(time.time() * 1000)
         try:
             targets = await self._store.events_to_redact(
                 task.user_id, rooms, limit=req.limit, after_ts=req.after_ts, before_ts=req.before_ts
@@ -251,6 +258,7 @@ class AdminHistory:
             task.failed_redactions.setdefault("", str(e) or type(e).__name__)
         finally:
             task.finished_at = time.monotonic()
+            task.updated_ms = int(time.time() * 1000)
 
     def redact_status(self, redact_id: str) -> dict[str, Any]:
         task = self._redactions.get(redact_id)
@@ -258,15 +266,46 @@ class AdminHistory:
             raise not_found(f"redact id {redact_id[:80]!r} not found")
         return task.to_json()
 
+    def scheduled_tasks(self) -> list[dict[str, Any]]:
+        """The purges and redactions of the last day, as Synapse's scheduled tasks."""
+        self._drop_expired(self._purges)
+        self._drop_expired(self._redactions)
+        out: list[dict[str, Any]] = [
+            {
+                "id": t.purge_id,
+                "action": "purge_history",
+                "status": t.status,
+                "timestamp_ms": t.updated_ms,
+                "resource_id": t.room_id,
+                "result": {"deleted_events": t.deleted},
+                "error": t.error,
+            }
+            for t in self._purges.values()
+        ]
+        out += [
+            {
+                "id": t.redact_id,
+                "action": "redact_all_events",
+                "status": t.status,
+                "timestamp_ms": t.updated_ms,
+                "resource_id": t.user_id,
+                "result": {"redacted": t.redacted, "failed_redactions": t.failed_redactions},
+                "error": None,
+            }
+            for t in self._redactions.values()
+        ]
+        return out
+
     # -- retention
 
     def effective_lifetime(self, policy: dict[str, Any] | None) -> int | None:
         """How long (ms) a room's messages live: its m.room.retention max_lifetime (an
-        integer; anything else is ignored) or the default policy's, within the allowed
+        positive integer; anything else is ignored) or the default policy's, within the allowed
         range; None: forever."""
         r = self._retention
         value = (policy or {}).get("max_lifetime")
-        lifetime = value if isinstance(value, int) and not isinstance(value, bool) else None
+        valid = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        lifetime = value if valid else None
         if lifetime is None:
             lifetime = _ms(r.default_policy.max_lifetime)
         if lifetime is None:

@@ -101,6 +101,7 @@ class DeleteTask:
     failed_to_kick_users: list[str] = field(default_factory=list)
     local_aliases: list[str] = field(default_factory=list)
     finished_at: float | None = None
+    updated_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -437,6 +438,7 @@ class AdminRooms:
 
     async def _run_delete(self, admin_id: str, task: DeleteTask, req: DeleteRequest) -> None:
         task.status = "active"
+        task.updated_ms = int(time.time() * 1000)
         try:
             await self._shut_down(admin_id, task, req)
             task.status = "complete"
@@ -446,6 +448,7 @@ class AdminRooms:
             task.error = str(e) or type(e).__name__
         finally:
             task.finished_at = time.monotonic()
+            task.updated_ms = int(time.time() * 1000)
 
     async def _shut_down(self, admin_id: str, task: DeleteTask, req: DeleteRequest) -> None:
         room_id = task.room_id
@@ -475,6 +478,22 @@ class AdminRooms:
         if task.failed_to_kick_users and not req.force_purge:
             raise RuntimeError("Local users are still in the room; use force_purge to purge")
         await self._store.purge(room_id)
+
+    def scheduled_tasks(self) -> list[dict[str, Any]]:
+        """The room deletions of the last day, as Synapse's scheduled tasks."""
+        self._expire_statuses()
+        return [
+            {
+                "id": t.delete_id,
+                "action": "shutdown_and_purge_room",
+                "status": t.status,
+                "timestamp_ms": t.updated_ms,
+                "resource_id": t.room_id,
+                "result": t.to_json()["shutdown_room"],
+                "error": t.error,
+            }
+            for t in self._tasks.values()
+        ]
 
     def delete_status(self, delete_id: str) -> dict[str, Any]:
         self._expire_statuses()

@@ -85,6 +85,7 @@ async def test_console_in_a_browser(hs: Harness, engine: str) -> None:
             driver.execute_script("window.confirm = () => true;")
 
             assert "Awaiting approval\n1" in driver.find_element(By.ID, "stats").text
+            assert "Background tasks running\n0" in driver.find_element(By.ID, "stats").text
 
             driver.find_element(By.LINK_TEXT, "Users").click()
             pending = wait.until(

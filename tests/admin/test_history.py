@@ -32,6 +32,7 @@ async def test_history_endpoints_refuse_non_admins(hs: Harness) -> None:
         ("GET", f"{V1}/purge_history_status/x"),
         ("POST", f"{V1}/user/@a:test.local/redact"),
         ("GET", f"{V1}/user/redact_status/x"),
+        ("GET", f"{V1}/scheduled_tasks"),
     ]:
         status, resp = await hs.request(method, path, plain, {"rooms": []})
         assert (status, resp["errcode"]) == (403, "M_FORBIDDEN"), path
@@ -117,6 +118,22 @@ async def test_purge_history(hs: Harness, admin: str) -> None:
     newest = (await _messages(hs, alice_token, room))[0]
     assert newest["content"].get("body") == "after"
 
+    # Every purge is a scheduled task (Synapse's listing), filtered as asked.
+    status, resp = await hs.request(
+        "GET", f"{V1}/scheduled_tasks", admin, params={"action_name": "purge_history"}
+    )
+    tasks = resp["scheduled_tasks"]
+    assert status == 200 and len(tasks) == 3
+    assert {(t["status"], t["resource_id"], t["error"]) for t in tasks} == {
+        ("complete", room, None)
+    }
+    assert sorted(t["result"]["deleted_events"] for t in tasks) == [0, 0, 4]
+    status, resp = await hs.request(
+        "GET", f"{V1}/scheduled_tasks", admin, params={"resource_id": other}
+    )
+    assert resp == {"scheduled_tasks": []}
+    status, resp = await hs.request("GET", f"{V1}/scheduled_tasks", admin, params={"status": "x"})
+    assert (status, resp["errcode"]) == (400, "M_INVALID_PARAM")
     status, resp = await hs.request(
         "GET", f"{V1}/audit_log", admin, params={"target": room, "limit": "50"}
     )

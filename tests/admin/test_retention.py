@@ -77,7 +77,8 @@ async def test_retention_purge_job(hs: Harness) -> None:
     history._clock = lambda: now + 3 * 86_400
     assert await history.run_retention_job(RetentionPurgeJob(longest_max_lifetime="1s")) == 0
     assert await _bodies(hs, short) == ["three", "four"]
-    assert history.effective_lifetime({"max_lifetime": "soon"}) is None
+    for bad in ("soon", 0, -5, True):
+        assert history.effective_lifetime({"max_lifetime": bad}) is None
 
 
 @pytest.mark.parametrize(

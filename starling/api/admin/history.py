@@ -9,7 +9,9 @@ from typing import Any
 from aiohttp import web
 
 from starling.admin.history import AdminHistory, RedactRequest
+from starling.admin.rooms import AdminRooms
 from starling.api.admin.common import body_bool
+from starling.api.client.common import query_int
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import Auth, Route, get, post, requester_of
 from starling.errors import MatrixError, bad_json, invalid_param
@@ -29,9 +31,33 @@ def _int_field(body: dict[str, Any], key: str) -> int | None:
     return value
 
 
+TASK_STATUSES = ("scheduled", "active", "complete", "cancelled", "failed")
+
+
 class AdminHistoryRoutes:
-    def __init__(self, history: AdminHistory) -> None:
+    def __init__(self, history: AdminHistory, rooms: AdminRooms) -> None:
         self._history = history
+        self._rooms = rooms
+
+    async def scheduled_tasks(self, request: web.Request) -> web.Response:
+        """GET /_synapse/admin/v1/scheduled_tasks
+        (Synapse admin API: docs/admin_api/scheduled_tasks.md): room deletions, history
+        purges and redactions of the last day (they run in this process)."""
+        q = request.query
+        status = q.get("status") or None
+        if status is not None and status not in TASK_STATUSES:
+            raise invalid_param(f"status must be one of {', '.join(TASK_STATUSES)}")
+        max_ts = query_int(request, "max_timestamp", 2**62, maximum=2**62)
+        tasks = [
+            t
+            for t in [*self._rooms.scheduled_tasks(), *self._history.scheduled_tasks()]
+            if (not q.get("action_name") or t["action"] == q["action_name"])
+            and (not q.get("resource_id") or t["resource_id"] == q["resource_id"])
+            and (status is None or t["status"] == status)
+            and t["timestamp_ms"] < max_ts
+        ]
+        tasks.sort(key=lambda t: (t["timestamp_ms"], t["id"]))
+        return json_response({"scheduled_tasks": tasks})
 
     async def purge_history(self, request: web.Request) -> web.Response:
         """POST /_synapse/admin/v1/purge_history/{roomId}[/{eventId}]
@@ -105,4 +131,5 @@ class AdminHistoryRoutes:
             get("/purge_history_status/{purgeId}", self.purge_status, Auth.ADMIN),
             post("/user/{userId}/redact", self.redact_user, Auth.ADMIN),
             get("/user/redact_status/{redactId}", self.redact_status, Auth.ADMIN),
+            get("/scheduled_tasks", self.scheduled_tasks, Auth.ADMIN),
         ]

@@ -194,7 +194,7 @@ def admin_table(svc: Services) -> RouteTable:
         # rooms: list, details, members, state, block, delete (and its status), join
         *AdminRoomRoutes(svc.admin_rooms).routes(),
         # history: purge (and its status), redact a user's events (and its status)
-        *AdminHistoryRoutes(svc.admin_history).routes(),
+        *AdminHistoryRoutes(svc.admin_history, svc.admin_rooms).routes(),
         # media: per user and room, quarantine, protection, deletion, remote cache
         *AdminMediaRoutes(svc.admin_media).routes(),
         # what users reported

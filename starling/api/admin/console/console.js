@@ -105,13 +105,16 @@ async function waitTask(path) {
 // --- pages ---------------------------------------------------------------------------------
 
 async function showDashboard() {
-  const [users, pending, rooms, reports, destinations] = await Promise.all([
+  const [users, pending, rooms, reports, destinations, tasks] = await Promise.all([
     api("GET", ADMIN + "/v3/users", undefined, { limit: 1 }),
     api("GET", ADMIN + "/v3/users", undefined, { limit: 1, approved: "false" }),
     api("GET", ADMIN + "/v1/rooms", undefined, { limit: 1 }),
     api("GET", ADMIN + "/v1/event_reports", undefined, { limit: 1 }),
     api("GET", ADMIN + "/v1/federation/destinations", undefined, { limit: 1000 }),
+    api("GET", ADMIN + "/v1/scheduled_tasks"),
   ]);
+  const running = tasks.scheduled_tasks.filter((t) => t.status === "active" || t.status === "scheduled").length;
+  const failedTasks = tasks.scheduled_tasks.filter((t) => t.status === "failed").length;
   const failing = destinations.destinations.filter((d) => d.failure_ts).length;
   const stats = [
     ["Users", users.total],
@@ -120,6 +123,8 @@ async function showDashboard() {
     ["Open reports", reports.total],
     ["Federation destinations", destinations.total],
     ["Destinations failing", failing],
+    ["Background tasks running", running],
+    ["Background tasks failed (24 h)", failedTasks],
   ];
   const dl = $("stats");
   dl.replaceChildren();
