@@ -24,7 +24,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,6 +180,9 @@ class Keyring:
         self._generation: dict[str, int] = {}
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._last_fetch: dict[str, float] = {}
+        # single-process: the notary's fetches in flight, one per server (bounded by the
+        # servers being asked about at once).
+        self._notary_in_flight: dict[str, asyncio.Task[None]] = {}
 
     def now_ms(self) -> int:
         return self._clock_ms()
@@ -349,18 +352,44 @@ class Keyring:
     # --- notary --------------------------------------------------------------------------
 
     async def responses_for(
-        self, server_name: str, minimum_valid_until_ts: int
+        self, server_name: str, minimum_valid_until_ts: int, key_ids: Sequence[str] = ()
     ) -> list[dict[str, Any]]:
-        """Key responses of `server_name` as held, fetching from it directly when none is
-        valid until `minimum_valid_until_ts`; the last ones received when it cannot be
-        reached (so old signatures stay checkable)."""
+        """Key responses of `server_name` for a notary answer: for each key asked for (or
+        the latest response when none is named), the latest response listing it. Asked
+        of the server first when none of them is valid until `minimum_valid_until_ts`
+        (one fetch per server at a time); what was last received when it cannot be
+        reached or answers nothing better, even expired (old signatures stay checkable)."""
+        if not is_valid_server_name(server_name):
+            return []
+        wanted = set(key_ids)
+
+        def usable(stored: list[tuple[str, StoredResponse]]) -> list[StoredResponse]:
+            return [r for k, r in stored if not wanted or k in wanted]
+
         stored = await self._store.get_responses(server_name)
-        fresh = [r for r in stored if r.valid_until_ts >= minimum_valid_until_ts]
-        if not fresh and is_valid_server_name(server_name):
-            last = self._last_fetch.get(server_name)
-            if last is None or self._monotonic() - last >= REFETCH_INTERVAL:
-                self._last_fetch[server_name] = self._monotonic()
-                _trim(self._last_fetch)
+        if not any(r.valid_until_ts >= minimum_valid_until_ts for r in usable(stored)):
+            await self._notary_fetch(server_name)
+            stored = await self._store.get_responses(server_name)
+        out: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for r in usable(stored):  # the longest valid first
+            if r.response_json in seen:
+                continue
+            seen.add(r.response_json)
+            try:
+                value = orjson.loads(r.response_json)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(value, dict):
+                out.append(value)
+        return out if wanted else out[:1]
+
+    async def _notary_fetch(self, server_name: str) -> None:
+        """GET the server's keys for the notary; concurrent askers share one request."""
+        task = self._notary_in_flight.get(server_name)
+        if task is None:
+
+            async def fetch() -> None:
                 try:
                     response = await self._client.get_json(
                         server_name, KEY_SERVER_PATH, timeout=KEY_FETCH_TIMEOUT
@@ -368,16 +397,11 @@ class Keyring:
                     await self.accept_response(server_name, response, from_server=server_name)
                 except (FederationError, FederationUnreachable, KeyResponseError) as e:
                     logger.info("notary: fetching keys of %s failed: %s", server_name, e)
-                stored = await self._store.get_responses(server_name)
-        out = []
-        for r in stored:
-            try:
-                value = orjson.loads(r.response_json)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(value, dict):
-                out.append(value)
-        return out[:1] if out else []
+
+            task = asyncio.create_task(fetch())
+            self._notary_in_flight[server_name] = task
+            task.add_done_callback(lambda _t: self._notary_in_flight.pop(server_name, None))
+        await asyncio.shield(task)
 
 
 def _trim(cache: dict[str, Any]) -> None:
@@ -420,14 +444,18 @@ class KeyServer:
             self._own = (body, now + self._refresh_ms // 2)
         return self._own[0]
 
-    async def query(self, criteria: Mapping[str, int]) -> list[dict[str, Any]]:
-        """Notary answer for {server_name: minimum_valid_until_ts}: each server's
-        responses, counter-signed by this server."""
+    async def query(
+        self, criteria: Mapping[str, int], key_ids: Mapping[str, Sequence[str]] | None = None
+    ) -> list[dict[str, Any]]:
+        """Notary answer for {server_name: minimum_valid_until_ts} (and, per server, the
+        key IDs asked for, if any): each server's responses, counter-signed by this
+        server."""
 
         async def one(server_name: str, minimum: int) -> list[dict[str, Any]]:
             if server_name == self._server_name:
                 return [self.own_keys()]
-            responses = await self._keyring.responses_for(server_name, minimum)
+            wanted = (key_ids or {}).get(server_name, ())
+            responses = await self._keyring.responses_for(server_name, minimum, wanted)
             return [sign_json(r, self._server_name, self._key, strict=False) for r in responses]
 
         results = await asyncio.gather(*(one(s, m) for s, m in criteria.items()))

@@ -1,7 +1,8 @@
 """Other servers' signing keys and the key responses they came in (the keyring's store).
 
 Keys accumulate: a key once seen stays (old events stay verifiable); the validity of a
-key only grows. The latest response per (server, where it came from) is kept for the notary.
+key only grows. For the notary, the latest response listing each key (per server it came
+from) is kept: a newer response that no longer lists a key does not replace its answer.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class ServerKeyStore:
     ) -> None:
         """Upsert `keys` (validity = the greater of old and new) and the response, in one
         transaction."""
+        keys = list(keys)
         rows = [(server_name, k.key_id, k.verify_key, k.valid_until_ts, fetched_ts) for k in keys]
         async with self._db.transaction() as txn:
             if rows:
@@ -68,27 +70,36 @@ class ServerKeyStore:
                     " fetched_ts = excluded.fetched_ts",
                     rows,
                 )
-            if response is not None:
-                await txn.execute(
-                    "INSERT INTO server_key_responses"
-                    " (server_name, from_server, valid_until_ts, fetched_ts, response_json)"
-                    " VALUES (?, ?, ?, ?, ?)"
-                    " ON CONFLICT (server_name, from_server) DO UPDATE SET"
+            if response is not None and rows:
+                # The response under each key it lists (current and old ones).
+                await txn.executemany(
+                    "INSERT INTO server_key_responses_per_key"
+                    " (server_name, key_id, from_server, valid_until_ts, fetched_ts,"
+                    " response_json) VALUES (?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (server_name, key_id, from_server) DO UPDATE SET"
                     " valid_until_ts = excluded.valid_until_ts,"
                     " fetched_ts = excluded.fetched_ts,"
                     " response_json = excluded.response_json",
-                    server_name,
-                    response.from_server,
-                    response.valid_until_ts,
-                    response.fetched_ts,
-                    response.response_json,
+                    [
+                        (
+                            server_name,
+                            k.key_id,
+                            response.from_server,
+                            response.valid_until_ts,
+                            response.fetched_ts,
+                            response.response_json,
+                        )
+                        for k in keys
+                    ],
                 )
 
-    async def get_responses(self, server_name: str) -> list[StoredResponse]:
+    async def get_responses(self, server_name: str) -> list[tuple[str, StoredResponse]]:
+        """(key ID, the latest response listing it) for each key of `server_name` and
+        each server it came from, the longest valid first."""
         rows = await self._db.fetch_all(
-            "SELECT from_server, valid_until_ts, fetched_ts, response_json"
-            " FROM server_key_responses WHERE server_name = ?"
-            " ORDER BY valid_until_ts DESC",
+            "SELECT key_id, from_server, valid_until_ts, fetched_ts, response_json"
+            " FROM server_key_responses_per_key WHERE server_name = ?"
+            " ORDER BY valid_until_ts DESC, fetched_ts DESC, key_id",
             server_name,
         )
-        return [StoredResponse(r[0], r[1], r[2], r[3]) for r in rows]
+        return [(r[0], StoredResponse(r[1], r[2], r[3], r[4])) for r in rows]

@@ -167,6 +167,9 @@ async def test_version_and_key_endpoints(hs: Harness, fed: TestClient) -> None:
     (answer,) = body["server_keys"]
     verify_signed_json(answer, REMOTE, key.key_id, key.verify_key)
     verify_signed_json(answer, "test.local", ours.key_id, ours.verify_key)
+    # The deprecated form naming the key: the same answer.
+    status, named = await call(fed, "GET", f"/_matrix/key/v2/query/{REMOTE}/{key.key_id}")
+    assert status == 200 and named["server_keys"][0]["verify_keys"] == answer["verify_keys"]
 
     status, body = await call(
         fed,
@@ -190,6 +193,7 @@ async def test_version_and_key_endpoints(hs: Harness, fed: TestClient) -> None:
         {"server_keys": {REMOTE: []}},
         {"server_keys": {REMOTE: {"k": {"minimum_valid_until_ts": "x"}}}},
         {"server_keys": {f"s{i}.test": {} for i in range(101)}},
+        {"server_keys": {REMOTE: {f"ed25519:{i}": {} for i in range(21)}}},
     ):
         status, body = await call(fed, "POST", "/_matrix/key/v2/query", body=bad)
         assert status == 400 and body["errcode"].startswith("M_"), bad

@@ -323,3 +323,34 @@ async def test_key_response_overtaking_a_cache_load_is_not_lost(database: Databa
     with contextlib.suppress(SignatureVerifyError):
         await loading
     assert await keyring.get_verify_key(REMOTE, key.key_id, NOW) == key.verify_key
+
+
+async def test_notary_refetches_for_a_later_minimum_and_keeps_keys_the_server_dropped(
+    database: Database,
+) -> None:
+    """A query whose minimum_valid_until_ts no held response meets asks the server again
+    at once (not after a refetch interval); what it answers never replaces the response
+    for a key it no longer lists, and when it cannot answer the expired one is served."""
+    client, clock = FakeClient(), Clock()
+    keyring = make_keyring(database, client, clock)
+    server = KeyServer(US, SigningKey.generate("us1"), keyring, clock_ms=lambda: clock.ms)
+    first, second = SigningKey.generate("k1"), SigningKey.generate("k2")
+    expired = NOW - DAY
+    path = (REMOTE, "/_matrix/key/v2/server")
+    client.answers[path] = remote_keys(first, expired)
+    (a1,) = await server.query({REMOTE: 0}, {REMOTE: [first.key_id]})
+    assert first.key_id in a1["verify_keys"]
+    # Asked again with a later minimum: fetched again (it answers the same expired key).
+    (a2,) = await server.query({REMOTE: expired + 1000}, {REMOTE: [first.key_id]})
+    assert a2["valid_until_ts"] == expired
+    assert [c[:2] for c in client.calls] == [path, path]
+    # It now lists only a second key: asked for the first, the first's response stays.
+    client.answers[path] = remote_keys(second, expired + 1000)
+    await server.query({REMOTE: clock.ms}, {REMOTE: [first.key_id]})
+    assert len(client.calls) == 3
+    (a3,) = await server.query({REMOTE: expired}, {REMOTE: [first.key_id]})
+    assert first.key_id in a3["verify_keys"] and len(client.calls) == 3
+    # Down: the newest known response (the second key's) for an unnamed key.
+    client.answers.clear()
+    (a4,) = await server.query({REMOTE: clock.ms})
+    assert second.key_id in a4["verify_keys"]

@@ -15,6 +15,7 @@ from starling.protocol.identifiers import is_valid_server_name
 
 # Servers one notary query may ask about.
 MAX_SERVERS_PER_QUERY = 100
+MAX_KEYS_PER_SERVER = 20
 
 
 def _now_ms() -> int:
@@ -32,8 +33,10 @@ class KeysApi:
 
     async def query_one(self, request: web.Request) -> web.Response:
         """GET /_matrix/key/v2/query/{serverName}
-        (spec: server-server-api/#get_matrixkeyv2queryservername)."""
+        (spec: server-server-api/#get_matrixkeyv2queryservername); also the deprecated
+        form naming a key, /query/{serverName}/{keyId} (Synapse serves it too)."""
         server_name = request.match_info["server_name"]
+        key_id = request.match_info.get("key_id")
         raw = request.query.get("minimum_valid_until_ts")
         if raw is None:
             minimum = _now_ms()
@@ -44,7 +47,9 @@ class KeysApi:
                 raise invalid_param("minimum_valid_until_ts must be an integer") from None
         if not is_valid_server_name(server_name):
             return json_response({"server_keys": []})
-        return json_response({"server_keys": await self._keys.query({server_name: minimum})})
+        key_ids = {server_name: [key_id]} if key_id else None
+        answer = await self._keys.query({server_name: minimum}, key_ids)
+        return json_response({"server_keys": answer})
 
     async def query_many(self, request: web.Request) -> web.Response:
         """POST /_matrix/key/v2/query
@@ -57,6 +62,7 @@ class KeysApi:
             raise invalid_param(f"at most {MAX_SERVERS_PER_QUERY} servers per query")
         now = _now_ms()
         criteria: dict[str, int] = {}
+        key_ids: dict[str, list[str]] = {}
         for server_name, key_criteria in server_keys.items():
             if not isinstance(key_criteria, dict):
                 raise bad_json(f"server_keys.{server_name} must be an object of key IDs")
@@ -69,8 +75,11 @@ class KeysApi:
                 if not isinstance(ts, int) or isinstance(ts, bool):
                     raise bad_json("minimum_valid_until_ts must be an integer")
                 stated.append(ts)
+            if len(key_criteria) > MAX_KEYS_PER_SERVER:
+                raise invalid_param(f"at most {MAX_KEYS_PER_SERVER} key IDs per server")
             if stated:
                 minimum = max(stated)
             if is_valid_server_name(server_name):
                 criteria[server_name] = minimum
-        return json_response({"server_keys": await self._keys.query(criteria)})
+                key_ids[server_name] = list(key_criteria)
+        return json_response({"server_keys": await self._keys.query(criteria, key_ids)})

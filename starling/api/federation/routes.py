@@ -79,6 +79,8 @@ def keys_table(services: Services) -> RouteTable:
         # The deprecated form naming a key ID: the same answer (Synapse serves it too).
         get("/server/{key_id}", keys.server_keys, NONE),
         get("/query/{server_name}", keys.query_one, NONE),
+        # The deprecated form naming a key ID (Synapse serves it too).
+        get("/query/{server_name}/{key_id}", keys.query_one, NONE),
         post("/query", keys.query_many, NONE),
     ]
     return RouteTable("keys", "/_matrix/key/{version}", ("v2",), routes)
