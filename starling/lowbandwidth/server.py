@@ -61,6 +61,14 @@ MAX_DATAGRAM = 1600  # a 1024-byte block, CoAP options and the Noise header fit
 MAX_TOKEN_LENGTH = 1024
 ASSEMBLIES_PER_SESSION = 4
 ANSWERS_PER_SESSION = 4
+HANDSHAKE_BURST = 20
+HANDSHAKE_PER_SECOND = 2.0
+"""Handshakes per client address (each costs two X25519 operations): a token bucket."""
+HANDSHAKE_BUCKETS = 10_000
+BUFFER_BUDGET = 64 * 1024 * 1024
+"""Bytes held for blockwise transfers (half-received bodies, large answers being read
+block by block) across all sessions: per-session caps alone would let 1000 sessions hold
+gigabytes. Beyond it a new transfer is answered 5.03 M_LIMIT_EXCEEDED (retry later)."""
 BLOCK_TTL_SECONDS = 120.0
 METHODS = {Code.GET: "GET", Code.POST: "POST", Code.PUT: "PUT", Code.DELETE: "DELETE"}
 
@@ -157,6 +165,7 @@ class _NoiseEndpoint(asyncio.DatagramProtocol):
         self.private_key = private_key
         self.sessions: dict[int, Session] = {}
         self.by_init: dict[bytes, Session] = {}
+        self.handshake_buckets: dict[str, tuple[float, float]] = {}  # ip → (tokens, time)
         self.transport: asyncio.DatagramTransport | None = None
         self.interface: _NoiseInterface | None = None
         self.hostinfo_local = ""
@@ -212,6 +221,9 @@ class _NoiseEndpoint(asyncio.DatagramProtocol):
             # A retransmitted first message: the same answer, not a second session.
             self._sendto(existing.handshake_response, addr)
             return
+        if not self._may_handshake(addr[0]):
+            self._drop("handshake_rate")
+            return
         try:
             channel, response = noise.respond(self.private_key, data)
         except noise.NoiseError:
@@ -222,6 +234,27 @@ class _NoiseEndpoint(asyncio.DatagramProtocol):
         self.sessions[channel.session_id] = session
         self.by_init[digest] = session
         self._sendto(response, addr)
+
+    def _may_handshake(self, ip: str) -> bool:
+        now = time.monotonic()
+        if len(self.handshake_buckets) >= HANDSHAKE_BUCKETS and ip not in self.handshake_buckets:
+            # Full buckets are forgotten (a full bucket is the default anyway).
+            full = [
+                k
+                for k, (t, at) in self.handshake_buckets.items()
+                if t >= HANDSHAKE_BURST or now - at > HANDSHAKE_BURST / HANDSHAKE_PER_SECOND
+            ]
+            for k in full:
+                del self.handshake_buckets[k]
+            if len(self.handshake_buckets) >= HANDSHAKE_BUCKETS:
+                return False
+        tokens, at = self.handshake_buckets.get(ip, (float(HANDSHAKE_BURST), now))
+        tokens = min(float(HANDSHAKE_BURST), tokens + (now - at) * HANDSHAKE_PER_SECOND)
+        if tokens < 1:
+            self.handshake_buckets[ip] = (tokens, now)
+            return False
+        self.handshake_buckets[ip] = (tokens - 1, now)
+        return True
 
     def _make_room(self, ip: str) -> None:
         """Expire idle sessions; then, if the address or the server is at its cap, drop
@@ -411,7 +444,9 @@ class _MatrixResource(Resource):  # type: ignore[misc]
             if is_sync and status == 200 and isinstance(answer, dict):
                 next_batch = answer.get("next_batch")
                 if isinstance(next_batch, str):
-                    session.sync_references[next_batch] = payload
+                    # Only the last WINDOW bytes can serve as a dictionary: keeping
+                    # just those bounds each session to 2 x 32 KiB, with no change.
+                    session.sync_references[next_batch] = payload[-codec.WINDOW :]
                     while len(session.sync_references) > SYNC_REFERENCES:
                         session.sync_references.popitem(last=False)
             if len(packed) < len(payload):
@@ -454,6 +489,9 @@ class _MatrixResource(Resource):  # type: ignore[misc]
         if block1.more and len(payload) != block1.size:
             session.assemblies.pop(key, None)
             raise _Continue(self._coded(400, "M_INVALID_PARAM", "Block1 of the wrong size"))
+        if self._buffered(session) + len(payload) > BUFFER_BUDGET:
+            session.assemblies.pop(key, None)
+            raise _Continue(self._coded(503, "M_LIMIT_EXCEEDED", "Busy; retry later"))
         buffer += payload
         if block1.more:
             raise _Continue(Message(code=Code.CONTINUE, block1=block1))
@@ -480,8 +518,20 @@ class _MatrixResource(Resource):  # type: ignore[misc]
             return response
         while len(session.answers) >= ANSWERS_PER_SESSION:
             session.answers.popitem(last=False)
+        if self._buffered(session) + len(response.payload) > BUFFER_BUDGET:
+            return self._coded(503, "M_LIMIT_EXCEEDED", "Busy; retry later")
         session.answers[key] = (time.monotonic(), response)
         return self._slice(response, 0, szx)
+
+    @staticmethod
+    def _buffered(session: Session) -> int:
+        """Bytes held for blockwise transfers by every live session of this listener
+        (at most max_sessions x 8 entries: summed when a transfer grows, not kept)."""
+        return sum(
+            sum(len(buf) for _, buf in s.assemblies.values())
+            + sum(len(m.payload) for _, m in s.answers.values())
+            for s in session.endpoint.sessions.values()
+        )
 
     def _next_block(self, session: Session, key: Any, block2: Any) -> Message:
         entry = session.answers.get(key)

@@ -293,3 +293,42 @@ async def test_in_flight_limit(lb: LowBandwidthServer) -> None:
         assert statuses == [200, 200, 200, 429]
     finally:
         await client.close()
+
+
+async def test_blockwise_buffer_budget(
+    lb: LowBandwidthServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Half-received bodies count against one budget for all sessions: over it, 5.03."""
+    from starling.lowbandwidth import server as lb_server
+
+    monkeypatch.setattr(lb_server, "BUFFER_BUDGET", 3000)
+    client = await connect(lb, deflate=False)
+    try:
+        status, error = await client.request(
+            "POST", "/_matrix/client/v3/register", {"username": "x" * 6000}
+        )
+        assert status == 503 and error["errcode"] == "M_LIMIT_EXCEEDED"
+        status, _ = await client.request("GET", "/_matrix/client/versions")
+        assert status == 200
+    finally:
+        await client.close()
+
+
+async def test_handshakes_rate_limited_per_address(lb: LowBandwidthServer) -> None:
+    endpoint = lb.endpoints[0]
+    client = await connect(lb)  # one handshake of the burst
+    try:
+        assert client._socket is not None and client._socket.transport is not None
+        for _ in range(30):
+            client._socket.transport.sendto(noise.Initiator(lb.public_key).init)
+        for _ in range(100):
+            if endpoint.dropped.get("handshake_rate", 0) >= 5:
+                break
+            await asyncio.sleep(0.01)
+        assert endpoint.dropped.get("handshake_rate", 0) >= 5
+        # The per-address cap (4 here) may have evicted our session for those: the client
+        # handshakes again once the bucket refills, and CoAP retransmits the request.
+        status, _ = await client.request("GET", "/_matrix/client/versions")
+        assert status == 200
+    finally:
+        await client.close()
