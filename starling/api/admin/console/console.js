@@ -105,14 +105,18 @@ async function waitTask(path) {
 // --- pages ---------------------------------------------------------------------------------
 
 async function showDashboard() {
-  const [users, pending, rooms, reports, destinations, tasks] = await Promise.all([
+  const [users, pending, rooms, reports, destinations, tasks, media] = await Promise.all([
     api("GET", ADMIN + "/v3/users", undefined, { limit: 1 }),
     api("GET", ADMIN + "/v3/users", undefined, { limit: 1, approved: "false" }),
     api("GET", ADMIN + "/v1/rooms", undefined, { limit: 1 }),
     api("GET", ADMIN + "/v1/event_reports", undefined, { limit: 1 }),
     api("GET", ADMIN + "/v1/federation/destinations", undefined, { limit: 1000 }),
     api("GET", ADMIN + "/v1/scheduled_tasks"),
+    api("GET", ADMIN + "/v1/statistics/users/media", undefined, { limit: 1000, order_by: "media_length", dir: "b" }),
   ]);
+  const mediaBytes = media.users.reduce((sum, u) => sum + u.media_length, 0);
+  const mediaFiles = media.users.reduce((sum, u) => sum + u.media_count, 0);
+  const top = media.total > media.users.length ? " (the " + media.users.length + " largest users)" : "";
   const running = tasks.scheduled_tasks.filter((t) => t.status === "active" || t.status === "scheduled").length;
   const failedTasks = tasks.scheduled_tasks.filter((t) => t.status === "failed").length;
   const failing = destinations.destinations.filter((d) => d.failure_ts).length;
@@ -121,6 +125,7 @@ async function showDashboard() {
     ["Awaiting approval", pending.total],
     ["Rooms", rooms.total_rooms],
     ["Open reports", reports.total],
+    ["Media stored" + top, (mediaBytes / 1048576).toFixed(1) + " MiB in " + mediaFiles + " files"],
     ["Federation destinations", destinations.total],
     ["Destinations failing", failing],
     ["Background tasks running", running],
