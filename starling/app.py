@@ -630,6 +630,9 @@ async def build_services(
         membership=membership,
         memberships=membership_store,
         aliases=alias_store,
+        creator=room_creator,
+        accounts=account_store,
+        profiles=profile_store,
     )
     membership.use_room_blocks(admin_rooms.is_blocked)
     media = build_media(config, db, FederationMediaFetcher(federation.client))

@@ -279,7 +279,11 @@ async def rooms_members(c: AdminClient, a: argparse.Namespace) -> Result:
 
 
 async def rooms_delete(c: AdminClient, a: argparse.Namespace) -> Result:
-    request = {"block": a.block, "purge": a.purge}
+    request: dict[str, Any] = {"block": a.block, "purge": a.purge}
+    if a.new_room_user:
+        request["new_room_user_id"] = a.new_room_user
+        if a.message:
+            request["message"] = a.message
     started = await c.call("DELETE", f"{ADMIN}/v2/rooms/{_q(a.room)}", request)
     delete_id = started["delete_id"]
     deadline = time.monotonic() + DELETE_WAIT_SECONDS
@@ -519,6 +523,8 @@ def add_admin_commands(sub: Any) -> None:
     p = command(rooms, "delete", "make everyone leave a room and purge it", rooms_delete)
     p.add_argument("room")
     p.add_argument("--block", action="store_true", help="and refuse joins from now on")
+    p.add_argument("--new-room-user", help="this local user opens a room the members move to")
+    p.add_argument("--message", help="what --new-room-user says there first")
     p.add_argument(
         "--purge",
         action=argparse.BooleanOptionalAction,

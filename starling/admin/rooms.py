@@ -11,6 +11,7 @@ blocks it (no local user may join it again) and, by default, purges it from the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -19,12 +20,15 @@ from typing import Any
 
 from starling.errors import MatrixError, forbidden, invalid_param, not_found
 from starling.rooms.client_format import redacted_pdu
+from starling.rooms.creation import CreateRoomRequest, RoomCreator
 from starling.rooms.event_service import RoomEventService
 from starling.rooms.membership import MembershipService
+from starling.storage.accounts import AccountStore, UserExists
 from starling.storage.admin_rooms import AdminRoomStore, RoomSummary
 from starling.storage.aliases import AliasStore
 from starling.storage.events import EventStore
 from starling.storage.memberships import MembershipStore
+from starling.storage.profiles import ProfileStore
 from starling.sync.filtering import EventFilter
 from starling.sync.history import BEGINNING
 from starling.sync.tokens import HistoryPosition
@@ -100,6 +104,7 @@ class DeleteTask:
     kicked_users: list[str] = field(default_factory=list)
     failed_to_kick_users: list[str] = field(default_factory=list)
     local_aliases: list[str] = field(default_factory=list)
+    new_room_id: str | None = None
     finished_at: float | None = None
     updated_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
@@ -112,7 +117,7 @@ class DeleteTask:
                 "kicked_users": self.kicked_users,
                 "failed_to_kick_users": self.failed_to_kick_users,
                 "local_aliases": self.local_aliases,
-                "new_room_id": None,
+                "new_room_id": self.new_room_id,
             },
         }
         if self.error is not None:
@@ -120,11 +125,24 @@ class DeleteTask:
         return out
 
 
+# Synapse's defaults for the room the members of a deleted room are moved to.
+DEFAULT_NEW_ROOM_NAME = "Content Violation Notification"
+DEFAULT_NEW_ROOM_MESSAGE = (
+    "Sharing illegal content on this server is not permitted and rooms in violation will be "
+    "blocked."
+)
+
+
 @dataclass(frozen=True)
 class DeleteRequest:
     block: bool = False
     purge: bool = True
     force_purge: bool = False
+    new_room_user_id: str | None = None
+    """Set: that local user makes a new room, says `message` there, and every local
+    member of the deleted room is moved into it (its local aliases too)."""
+    room_name: str | None = None
+    message: str | None = None
 
 
 class AdminRooms:
@@ -138,8 +156,15 @@ class AdminRooms:
         membership: MembershipService,
         memberships: MembershipStore,
         aliases: AliasStore,
+        creator: RoomCreator,
+        accounts: AccountStore,
+        profiles: ProfileStore,
     ) -> None:
+        self._creator = creator
+        self._accounts = accounts
+        self._profiles = profiles
         self._server_name = server_name
+        self.server_name = server_name
         self._store = store
         self._room_events = room_events
         self._events = events
@@ -458,6 +483,8 @@ class AdminRooms:
         if not known:
             return
         suffix = ":" + self._server_name
+        if req.new_room_user_id is not None:
+            task.new_room_id = await self._new_room(req)
         members = await self._memberships.get_members(room_id)
         for m in sorted(members, key=lambda m: m.user_id):
             if not m.user_id.endswith(suffix) or m.membership not in ("join", "invite", "knock"):
@@ -469,9 +496,20 @@ class AdminRooms:
             except MatrixError as e:
                 logger.warning("deleting %s: %s could not leave: %s", room_id, m.user_id, e)
                 task.failed_to_kick_users.append(m.user_id)
+                continue
+            if task.new_room_id is not None and m.user_id != req.new_room_user_id:
+                try:
+                    await self._membership.join(task.new_room_id, m.user_id)
+                except MatrixError as e:
+                    logger.warning("deleting %s: %s not moved: %s", room_id, m.user_id, e)
         for alias in await self._aliases.aliases_for_room(room_id):
             if alias.endswith(suffix):
+                creator = await self._aliases.get_alias_creator(alias)
                 await self._aliases.delete_alias(alias)
+                if task.new_room_id is not None:
+                    await self._aliases.create_alias(
+                        alias, task.new_room_id, creator or req.new_room_user_id or ""
+                    )
                 task.local_aliases.append(alias)
         if not req.purge:
             return
@@ -494,6 +532,29 @@ class AdminRooms:
             }
             for t in self._tasks.values()
         ]
+
+    async def _new_room(self, req: DeleteRequest) -> str:
+        """Synapse's `new_room_user_id`: a public room made by that user (created if it
+        does not exist yet), where members may read but not write, with the message."""
+        user_id = req.new_room_user_id
+        assert user_id is not None
+        if not await self._accounts.user_exists(user_id):
+            with contextlib.suppress(UserExists):
+                await self._accounts.create_user(user_id, None)
+                await self._profiles.create_profile(user_id, user_id[1:].split(":", 1)[0])
+        new_room_id, _ = await self._creator.create(
+            CreateRoomRequest(
+                creator=user_id,
+                preset="public_chat",
+                name=req.room_name or DEFAULT_NEW_ROOM_NAME,
+                power_level_content_override={"users_default": -10},
+            )
+        )
+        body = req.message or DEFAULT_NEW_ROOM_MESSAGE
+        await self._room_events.send(
+            new_room_id, user_id, "m.room.message", {"msgtype": "m.text", "body": body}
+        )
+        return new_room_id
 
     def delete_status(self, delete_id: str) -> dict[str, Any]:
         self._expire_statuses()

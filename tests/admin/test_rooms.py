@@ -212,6 +212,35 @@ async def test_delete_room_with_block_and_purge(hs: Harness, admin: str) -> None
     await hs.send_message(alice_token, other, "still here")
 
 
+async def test_delete_room_moves_members_to_a_new_room(hs: Harness, admin: str) -> None:
+    alice, alice_token = await hs.register("alice")
+    bob, bob_token = await hs.register("bob")
+    room = await hs.create_room(alice_token, preset="public_chat", room_alias_name="moved")
+    status, _ = await hs.request("POST", f"{C}/join/{room}", bob_token, {})
+    assert status == 200
+    moderator = f"@moderator:{HS}"  # not an account yet: made on the way, as in Synapse
+    body = {"new_room_user_id": moderator, "room_name": "Closed", "message": "Room closed."}
+    status, resp = await hs.request("DELETE", f"{V1}/rooms/{room}", admin, body)
+    assert status == 200, resp
+    new_room = resp["new_room_id"]
+    assert new_room and sorted(resp["kicked_users"]) == [alice, bob]
+    assert resp["local_aliases"] == [f"#moved:{HS}"]
+    status, members = await hs.request("GET", f"{V1}/rooms/{new_room}/members", admin)
+    assert members["members"] == sorted([alice, bob, moderator])
+    status, details = await hs.request("GET", f"{V1}/rooms/{new_room}", admin)
+    assert details["name"] == "Closed" and details["creator"] == moderator
+    status, resp = await hs.request("GET", f"{C}/directory/room/%23moved:{HS}", bob_token)
+    assert resp["room_id"] == new_room  # the alias now leads to the new room
+    status, resp = await hs.request(
+        "GET", f"{C}/rooms/{new_room}/messages", bob_token, params={"dir": "b", "limit": "20"}
+    )
+    assert "Room closed." in [e["content"].get("body") for e in resp["chunk"]]
+    status, resp = await hs.request(  # members may read, not write (users_default -10)
+        "PUT", f"{C}/rooms/{new_room}/send/m.room.message/t1", bob_token, {"body": "x"}
+    )
+    assert (status, resp["errcode"]) == (403, "M_FORBIDDEN")
+
+
 async def test_delete_room_v1_without_purge(hs: Harness, admin: str) -> None:
     alice, alice_token = await hs.register("alice")
     room = await hs.create_room(alice_token)
@@ -230,7 +259,10 @@ async def test_delete_room_bad_input(hs: Harness, admin: str) -> None:
     for body, errcode in [
         ({"block": "yes"}, "M_BAD_JSON"),
         ({"purge": 1}, "M_BAD_JSON"),
-        ({"new_room_user_id": f"@alice:{HS}"}, "M_BAD_JSON"),
+        ({"new_room_user_id": "alice"}, "M_BAD_JSON"),
+        ({"new_room_user_id": "@alice:elsewhere.org"}, "M_INVALID_PARAM"),
+        ({"new_room_user_id": f"@alice:{HS}", "room_name": 5}, "M_BAD_JSON"),
+        ({"message": "x" * 10_001}, "M_BAD_JSON"),
     ]:
         status, resp = await hs.request("DELETE", f"{V2}/rooms/{room}", admin, body)
         assert (status, resp["errcode"]) == (400, errcode), body

@@ -13,7 +13,7 @@ from starling.api.client.common import query_int
 from starling.api.client.room_reads import _room_event_filter as room_event_filter
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import Auth, Route, delete, get, post, put, requester_of
-from starling.errors import bad_json, missing_param
+from starling.errors import bad_json, invalid_param, missing_param
 from starling.protocol.identifiers import is_valid_user_id
 from starling.sync.tokens import parse_history_position
 
@@ -108,14 +108,28 @@ class AdminRoomRoutes:
 
     async def _delete_request(self, request: web.Request) -> DeleteRequest:
         body = await read_json_object(request)
-        for unsupported in ("new_room_user_id",):
-            if body.get(unsupported) is not None:
-                raise bad_json(f"'{unsupported}' is not supported by this server")
         block = body_bool(body, "block")
         purge = body_bool(body, "purge")
         force = body_bool(body, "force_purge")
+        new_user = body.get("new_room_user_id")
+        if new_user is not None:
+            if not isinstance(new_user, str) or not is_valid_user_id(new_user):
+                raise bad_json("'new_room_user_id' must be a user ID")
+            if not new_user.endswith(":" + self._rooms.server_name):
+                raise invalid_param("User must be our own: " + new_user[:100])
+        texts = {}
+        for key, longest in (("room_name", 255), ("message", 10_000)):
+            value = body.get(key)
+            if value is not None and (not isinstance(value, str) or len(value) > longest):
+                raise bad_json(f"'{key}' must be a string of at most {longest} characters")
+            texts[key] = value
         return DeleteRequest(
-            block=bool(block), purge=True if purge is None else purge, force_purge=bool(force)
+            block=bool(block),
+            purge=True if purge is None else purge,
+            force_purge=bool(force),
+            new_room_user_id=new_user,
+            room_name=texts["room_name"],
+            message=texts["message"],
         )
 
     async def delete_v1(self, request: web.Request) -> web.Response:
