@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,10 @@ from aiohttp import web
 from starling.account_data.service import AccountDataService
 from starling.accounts.auth import RequestAuthenticator
 from starling.accounts.client_ips import ClientIps
+from starling.accounts.external import ExternalAccounts
+from starling.accounts.oidc import SsoService
 from starling.accounts.passwords import PasswordHasher
+from starling.accounts.registration import local_user_id
 from starling.accounts.registration_tokens import RegistrationTokens
 from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
@@ -34,6 +38,7 @@ from starling.admin.users import AdminUsers
 from starling.api.admin.console import add_console_routes
 from starling.api.admin.registration import admin_table
 from starling.api.client.routes import client_table
+from starling.api.client.sso import SsoRoutes, oidc_callback_table
 from starling.api.connection_guard import ConnectionLimits, GuardedAppRunner, PeerCounter
 from starling.api.discovery import DiscoveryResource, register_metrics
 from starling.api.federation.auth import (
@@ -82,7 +87,13 @@ from starling.lowbandwidth.server import FEATURE as LB_FEATURE
 from starling.lowbandwidth.server import LowBandwidthServer, load_or_create_key
 from starling.media.filestore import FileStore
 from starling.media.service import MediaService
-from starling.modules.api import ModuleApi, ModuleCallbacks, load_modules
+from starling.modules.api import (
+    MediaUpload,
+    ModuleApi,
+    ModuleCallbacks,
+    ModuleServices,
+    load_modules,
+)
 from starling.notifier import Notifier
 from starling.openid.tokens import OpenIdTokens
 from starling.presence.service import PresenceService
@@ -127,6 +138,7 @@ from starling.storage.directory import DirectoryStore
 from starling.storage.e2ee_stores import E2eeStores
 from starling.storage.event_timestamps import EventTimestampStore
 from starling.storage.events import EventStore
+from starling.storage.external_login import ExternalLoginStore
 from starling.storage.federation_sender import FederationSenderStore
 from starling.storage.federation_transactions import InboundTransactionStore
 from starling.storage.filters import FilterStore
@@ -396,6 +408,12 @@ async def build_services(
         rate_limits=rate_limits,
         app_services=app_services,
     )
+    external_accounts = ExternalAccounts(
+        config.server_name, account_store, profile_store, ExternalLoginStore(db), app_services
+    )
+    accounts.use_external_login(external_accounts, ExternalLoginStore(db))
+    sso = SsoService(config, ExternalLoginStore(db), accounts.login_external)
+    accounts.sso_providers = sso.providers
     extras.directory.use_app_services(app_services, app_service_queries.query_alias)
     app_service_sender = AppServiceSender(
         app_services,
@@ -667,7 +685,18 @@ async def build_services(
         membership_store,
         rate_limits,
     )
-    build_modules(config, client_events, room_events, account_store)
+    build_modules(
+        config,
+        db,
+        client_events,
+        room_events,
+        membership,
+        room_creator,
+        media,
+        accounts,
+        external_accounts,
+        account_store,
+    )
     admin_history = AdminHistory(
         server_name=config.server_name,
         store=HistoryStore(db, config.server_name, event_store),
@@ -712,6 +741,7 @@ async def build_services(
         passwords=passwords,
         auth=auth,
         accounts=accounts,
+        sso=sso,
         shared_secret_registration=SharedSecretRegistration(config.registration_shared_secret),
         events_stream=events_stream,
         event_store=event_store,
@@ -788,30 +818,80 @@ async def build_services(
 
 def build_modules(
     config: Config,
+    db: Database,
     client_events: ClientEvents,
     room_events: RoomEventService,
-    accounts: AccountStore,
+    membership: MembershipService,
+    room_creator: RoomCreator,
+    media: MediaService,
+    accounts: AccountService,
+    external: ExternalAccounts,
+    account_store: AccountStore,
 ) -> None:
-    """Load the modules of `modules:` and plug their callbacks in."""
+    """Load the modules of `modules:` and plug their callbacks in (modules/api.py)."""
     if not config.modules:
         return
     callbacks = ModuleCallbacks()
+    data = ExternalLoginStore(db)
 
-    async def send_message(room_id: str, sender: str, body: str) -> str:
-        event = await room_events.send(
-            room_id, sender, "m.room.message", {"msgtype": "m.text", "body": body}
+    async def register_user(localpart: str, display_name: str | None) -> str:
+        user_id = local_user_id(config.server_name, localpart.lower())
+        try:
+            await account_store.create_user(user_id, None)
+        except UserExists:
+            raise MatrixError(400, "M_USER_IN_USE", f"{user_id} is already taken") from None
+        await profile_store_create(user_id, display_name or localpart.lower())
+        return user_id
+
+    profile_store_create = ProfileStore(db).create_profile
+
+    async def send_event(
+        room_id: str, sender: str, event_type: str, content: dict[str, Any], state_key: str | None
+    ) -> str:
+        if state_key is not None:
+            return await client_events.set_state(room_id, sender, event_type, state_key, content)
+        event = await client_events.send(
+            room_id, sender, event_type, content, device_id=None, txn_id=secrets.token_hex(8)
         )
         return event.event_id
 
     api = ModuleApi(
         config.server_name,
         callbacks,
-        user_exists=accounts.user_exists,
-        send_message=send_message,
+        ModuleServices(
+            user_exists=account_store.user_exists,
+            register_user=register_user,
+            send_event=send_event,
+            get_data=data.get_module_data,
+            put_data=data.put_module_data,
+            delete_data=data.delete_module_data,
+        ),
     )
     load_modules(config.modules, api)
     if callbacks.check_event_for_spam:
         client_events.use_policy(callbacks.check_event)
+    if callbacks.user_may_invite:
+        membership.use_invite_policy(callbacks.check_invite)
+    if callbacks.user_may_create_room:
+        room_creator.use_policy(callbacks.check_create_room)
+    if callbacks.check_registration_for_spam:
+        accounts.use_registration_policy(callbacks.check_registration)
+    if callbacks.check_media_file_for_spam:
+
+        async def upload_policy(
+            user_id: str,
+            content_type: str | None,
+            upload_name: str | None,
+            size: int,
+            sha256: str,
+            read: Callable[[], Awaitable[bytes]],
+        ) -> str | None:
+            upload = MediaUpload(user_id, content_type, upload_name, size, sha256, read)
+            return await callbacks.check_media(upload)
+
+        media.use_upload_policy(upload_policy)
+    for login_type, fields, checker in callbacks.auth_checkers:
+        accounts.add_auth_checker(login_type, fields, checker)
     if callbacks.event_listeners:
         pending: set[asyncio.Task[None]] = set()
 
@@ -1142,6 +1222,8 @@ def build_listener_app(
     if "client" in names:
         mount(app, client_table(services), guards)
         mount(app, webhooks_table(services.incoming_webhooks), guards)
+        sso_routes = SsoRoutes(services.sso, services.config.client_base_url.startswith("https:"))
+        mount(app, oidc_callback_table(sso_routes), guards)
         mount(app, admin_table(services), guards)
         add_console_routes(app)
     if names & {"client", "media"}:
@@ -1275,6 +1357,7 @@ class Homeserver:
         await self.services.push_sender.stop()
         await self.services.app_service_sender.stop()
         await self.services.outgoing_webhooks.stop()
+        await self.services.sso.close()
         await self.services.app_service_client.close()
         await self.services.federation.close()
         self.services.passwords.close()

@@ -254,9 +254,63 @@ class PasswordPolicy:
 
 @dataclass
 class PasswordConfig:
-    """Synapse's `password_config` section (only its `policy` here)."""
+    """Synapse's `password_config` section (its `policy` and `localdb_enabled`)."""
 
     policy: PasswordPolicy = field(default_factory=PasswordPolicy)
+    # False: passwords are checked only by password providers (modules), never locally.
+    localdb_enabled: bool = True
+
+
+@dataclass
+class OidcUserMapping:
+    """`oidc_providers[].user_mapping_provider.config` (Synapse's default mapper's keys).
+    Templates are Jinja-like: ``{{ user.claim }}``, optionally ``| lower``."""
+
+    subject_claim: str = "sub"
+    localpart_template: str = "{{ user.preferred_username }}"
+    display_name_template: str | None = "{{ user.name }}"
+    email_template: str | None = None
+
+
+@dataclass
+class OidcUserMappingProvider:
+    config: OidcUserMapping = field(default_factory=OidcUserMapping)
+
+
+@dataclass
+class OidcProvider:
+    """One of Synapse's `oidc_providers`: an OpenID Connect provider for m.login.sso."""
+
+    idp_id: str = "oidc"
+    idp_name: str = "OpenID Connect"
+    issuer: str = ""
+    client_id: str = ""
+    client_secret: str | None = None
+    client_auth_method: Literal["client_secret_basic", "client_secret_post", "none"] = (
+        "client_secret_basic"
+    )
+    scopes: list[str] = field(default_factory=lambda: ["openid", "profile"])
+    # True: the endpoints come from <issuer>/.well-known/openid-configuration.
+    discover: bool = True
+    authorization_endpoint: str | None = None
+    token_endpoint: str | None = None
+    userinfo_endpoint: str | None = None
+    jwks_uri: str | None = None
+    # "auto": claims from the ID token; "userinfo_endpoint": also from userinfo.
+    user_profile_method: Literal["auto", "userinfo_endpoint"] = "auto"
+    pkce_method: Literal["auto", "always", "never"] = "always"
+    # True: a first login may take over an existing account of the same localpart that
+    # no identity of this provider is linked to yet (migrations). Off: a new localpart.
+    allow_existing_users: bool = False
+    user_mapping_provider: OidcUserMappingProvider = field(default_factory=OidcUserMappingProvider)
+
+
+@dataclass
+class SsoConfig:
+    """Synapse's `sso` section: client redirect URLs (prefixes) that SSO sends the login
+    token to at once; any other gets a page asking the user to confirm first."""
+
+    client_whitelist: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -406,6 +460,9 @@ class Config:
     app_service_config_files: list[str] = field(default_factory=list)
     # Python modules (Synapse's key): [{module: dotted.Class, config: {...}}]; starling/modules/.
     modules: list[dict[str, Any]] = field(default_factory=list)
+    # OpenID Connect providers for m.login.sso (Synapse's keys): accounts/oidc.py.
+    oidc_providers: list[OidcProvider] = field(default_factory=list)
+    sso: SsoConfig = field(default_factory=SsoConfig)
     # Starling's own webhooks (no Synapse equivalent): starling/webhooks/.
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     # Transports beyond HTTPS+JSON (docs/transports.md).
@@ -757,6 +814,7 @@ def _check_semantics(cfg: Config) -> None:
     _check_media(cfg)
     _check_federation(cfg)
     _check_webhooks(cfg.webhooks)
+    _check_oidc(cfg)
     _check_http_limits(cfg.http_limits)
     _check_transports(cfg)
     if cfg.max_request_body_size < 1024:
@@ -826,6 +884,34 @@ def _check_webhooks(hooks: WebhooksConfig) -> None:
             raise ConfigError(f"webhooks.outgoing[{i}].url: an http(s) URL")
         if not 1 <= out.max_attempts <= 100:
             raise ConfigError(f"webhooks.outgoing[{i}].max_attempts: between 1 and 100")
+
+
+def _check_oidc(cfg: Config) -> None:
+    from urllib.parse import urlsplit
+
+    seen: set[str] = set()
+    for i, p in enumerate(cfg.oidc_providers):
+        where = f"oidc_providers[{i}]"
+        if not re.fullmatch(r"[A-Za-z0-9_.~-]{1,64}", p.idp_id):
+            raise ConfigError(f"{where}.idp_id: 1-64 of A-Z a-z 0-9 _ . ~ -")
+        if p.idp_id in seen:
+            raise ConfigError(f"{where}.idp_id: {p.idp_id!r} is used twice")
+        seen.add(p.idp_id)
+        if not p.client_id:
+            raise ConfigError(f"{where}.client_id: required")
+        if p.client_auth_method != "none" and not p.client_secret:
+            raise ConfigError(f"{where}.client_secret: required by {p.client_auth_method}")
+        if "openid" not in p.scopes:
+            raise ConfigError(f"{where}.scopes: must include openid")
+        urls = [p.issuer] if p.discover else [
+            p.issuer, p.authorization_endpoint, p.token_endpoint, p.jwks_uri
+        ]  # fmt: skip
+        for url in urls:
+            if not url or urlsplit(url).scheme not in ("http", "https"):
+                raise ConfigError(
+                    f"{where}: issuer (and without discover, authorization_endpoint,"
+                    " token_endpoint, jwks_uri) must be http(s) URLs"
+                )
 
 
 def _check_federation(cfg: Config) -> None:

@@ -9,6 +9,7 @@ with the stage checkers defined here (password, dummy, registration token).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import secrets
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from starling.accounts.auth import RequestAuthenticator, Requester
+from starling.accounts.external import ExternalAccounts, ExternalIdentity
 from starling.accounts.passwords import PasswordHasher
 from starling.accounts.registration import check_password, local_user_id, register_local_user
 from starling.accounts.uia import (
@@ -39,6 +41,7 @@ from starling.ratelimit import RateLimits, TokenBuckets
 from starling.rooms.membership import MembershipService
 from starling.storage.accounts import AccountStore, UIAuthSession, UserExists
 from starling.storage.accounts import Device as Device  # what list_devices answers
+from starling.storage.external_login import ExternalLoginStore
 from starling.storage.memberships import MembershipStore
 from starling.storage.profiles import ProfileStore
 
@@ -53,6 +56,18 @@ MAX_LOGIN_NAME_LENGTH = 512
 # Unauthenticated /register probes (each creates a UIA session) and availability checks:
 # at least this generous, more when rc_registration is (e.g. --no-rate-limit).
 PROBE_LIMIT = RateLimit(per_second=1.0, burst_count=20)
+# m.login.token tokens (minted by the SSO callback) are good once, for this long.
+LOGIN_TOKEN_LIFETIME_MS = 2 * 60 * 1000
+# A password provider that has not answered by then counts as having said no.
+AUTH_CHECKER_TIMEOUT = 20.0
+
+# A password provider (module API ``auth_checkers``): (username, login type, the login
+# request's fields) → who signed in, or None. `username` is the local part the client
+# named, lower-cased.
+AuthChecker = Callable[[str, str, Mapping[str, Any]], Awaitable[ExternalIdentity | None]]
+# A module's verdict on a registration (the localpart asked for, or None for a generated
+# one): None allows it, a reason refuses it.
+RegistrationPolicy = Callable[[str | None], Awaitable[str | None]]
 
 
 def probe_limit(rc_registration: RateLimit) -> RateLimit:
@@ -192,6 +207,13 @@ class AccountService:
         self._device_listeners: list[DeviceListener] = []
         # user ID -> monotonic time until which its logins are refused (failed attempts).
         self._locked_until: dict[str, float] = {}
+        # login type -> (the fields it needs, password providers in module order)
+        self._auth_checkers: dict[str, tuple[tuple[str, ...], list[AuthChecker]]] = {}
+        self._external: ExternalAccounts | None = None
+        self._links: ExternalLoginStore | None = None
+        self._registration_policy: RegistrationPolicy | None = None
+        # (idp id, name) of the SSO providers GET /login lists (accounts/oidc.py).
+        self.sso_providers: list[tuple[str, str]] = []
 
     @property
     def server_name(self) -> str:
@@ -313,6 +335,16 @@ class AccountService:
             await self._failed_login(key)
             raise _bad_login()
         self._check_lockout(user_id)
+        if PASSWORD in self._auth_checkers:
+            localpart = user_id[1:].split(":", 1)[0]
+            identity = await self._ask_providers(PASSWORD, localpart, {"password": password})
+            if identity is not None:
+                return await self._external_session(
+                    await self._resolve(identity), device_id, initial_display_name, refreshable
+                )
+            if not self._config.password_config.localdb_enabled:
+                await self._failed_login(user_id)
+                raise _bad_login()
         record = await self._store.get_user(user_id)
         if record is None:
             await self._failed_login(user_id)
@@ -333,6 +365,152 @@ class AccountService:
             raise MatrixError(
                 401, "M_USER_LOCKED", "This account has been locked", soft_logout=True
             )
+        return await self.issue_session(
+            user_id, device_id, initial_display_name, refreshable=refreshable
+        )
+
+    # -- external login: password providers, SSO, m.login.token (accounts/external.py)
+
+    def use_external_login(self, external: ExternalAccounts, links: ExternalLoginStore) -> None:
+        self._external = external
+        self._links = links
+
+    def add_auth_checker(
+        self, login_type: str, fields: Sequence[str], checker: AuthChecker
+    ) -> None:
+        """A password provider for `login_type` (m.login.password or its own type), whose
+        requests must carry `fields` (strings)."""
+        known = self._auth_checkers.get(login_type)
+        if known is not None and known[0] != tuple(fields):
+            raise ValueError(f"{login_type} is already provided with other fields")
+        self._auth_checkers.setdefault(login_type, (tuple(fields), []))[1].append(checker)
+
+    def use_registration_policy(self, policy: RegistrationPolicy) -> None:
+        self._registration_policy = policy
+
+    def login_flows(self) -> list[dict[str, Any]]:
+        """GET /login's flows."""
+        flows: list[dict[str, Any]] = []
+        if self._config.password_config.localdb_enabled or PASSWORD in self._auth_checkers:
+            flows.append({"type": PASSWORD})
+        flows.extend({"type": t} for t in self._auth_checkers if t != PASSWORD)
+        if self.sso_providers:
+            flows.append(
+                {
+                    "type": "m.login.sso",
+                    "identity_providers": [{"id": i, "name": n} for i, n in self.sso_providers],
+                }
+            )
+            flows.append({"type": "m.login.token"})
+        return flows
+
+    def provides_login_type(self, login_type: str) -> bool:
+        return login_type in self._auth_checkers and login_type != PASSWORD
+
+    async def _ask_providers(
+        self, login_type: str, username: str, body: Mapping[str, Any]
+    ) -> ExternalIdentity | None:
+        fields, checkers = self._auth_checkers[login_type]
+        values: dict[str, Any] = {}
+        for name in fields:
+            value = body.get(name)
+            if not isinstance(value, str):
+                raise bad_json(f"{login_type} needs '{name}' (a string)")
+            values[name] = value
+        for checker in checkers:
+            try:
+                async with asyncio.timeout(AUTH_CHECKER_TIMEOUT):
+                    identity = await checker(username, login_type, values)
+            except (TimeoutError, Exception):
+                # No detail: a provider's error may quote what it was given.
+                logger.warning("a password provider failed for %s; trying the next", login_type)
+                continue
+            if identity is not None:
+                return identity
+        return None
+
+    async def login_with_provider(
+        self,
+        ip: str,
+        login_type: str,
+        body: Mapping[str, Any],
+        *,
+        device_id: str | None,
+        initial_display_name: str | None,
+        refreshable: bool,
+    ) -> Session:
+        """POST /login with a login type a password provider added."""
+        user = identifier_user(body)
+        user_id = self._login_user_id(user)
+        key = user_id or user[:MAX_LOGIN_NAME_LENGTH]
+        await self._rate_limits.check_login(ip, key)
+        if user_id is None:
+            await self._failed_login(key)
+            raise _bad_login()
+        self._check_lockout(user_id)
+        identity = await self._ask_providers(login_type, user_id[1:].split(":", 1)[0], body)
+        if identity is None:
+            await self._failed_login(user_id)
+            raise _bad_login()
+        return await self._external_session(
+            await self._resolve(identity), device_id, initial_display_name, refreshable
+        )
+
+    async def _resolve(self, identity: ExternalIdentity) -> str:
+        if self._external is None:
+            raise MatrixError(500, "M_UNKNOWN", "External login is not set up")
+        return await self._external.resolve(identity)
+
+    async def login_external(self, identity: ExternalIdentity) -> str:
+        """An SSO callback's identity → its local user (created on first login), checked
+        as a login would be; returns a one-use m.login.token token."""
+        user_id = await self._resolve(identity)
+        await self._check_can_log_in(user_id)
+        if self._links is None:
+            raise MatrixError(500, "M_UNKNOWN", "External login is not set up")
+        token = secrets.token_urlsafe(32)
+        await self._links.add_login_token(
+            token, user_id, identity.provider, self._clock_ms() + LOGIN_TOKEN_LIFETIME_MS
+        )
+        return token
+
+    async def login_with_token(
+        self,
+        ip: str,
+        token: str,
+        *,
+        device_id: str | None,
+        initial_display_name: str | None,
+        refreshable: bool,
+    ) -> Session:
+        """POST /login with m.login.token (spec: "Token-based login")."""
+        await self._rate_limits.check_login(ip, "m.login.token")
+        user_id = None
+        if self._links is not None and 0 < len(token) <= MAX_TOKEN_LENGTH:
+            user_id = await self._links.consume_login_token(token, self._clock_ms())
+        if user_id is None:
+            raise forbidden("Invalid or expired login token")
+        return await self._external_session(user_id, device_id, initial_display_name, refreshable)
+
+    async def _check_can_log_in(self, user_id: str) -> None:
+        record = await self._store.get_user(user_id)
+        if record is None or record.deactivated:
+            raise forbidden("This account has been deactivated")
+        if not await self._store.is_approved(user_id):
+            raise awaiting_approval()
+        if await self._store.is_locked(user_id):
+            raise MatrixError(
+                401, "M_USER_LOCKED", "This account has been locked", soft_logout=True
+            )
+
+    async def _external_session(
+        self,
+        user_id: str,
+        device_id: str | None,
+        initial_display_name: str | None,
+        refreshable: bool,
+    ) -> Session:
+        await self._check_can_log_in(user_id)
         return await self.issue_session(
             user_id, device_id, initial_display_name, refreshable=refreshable
         )
@@ -381,6 +559,14 @@ class AccountService:
             # token proven with another account's password). 403, as Synapse.
             raise forbidden("The identifier is not the logged-in user")
         self._check_lockout(session.user_id)
+        if PASSWORD in self._auth_checkers and self._links is not None:
+            # An account of a password provider proves itself there (its own link only).
+            localpart = session.user_id[1:].split(":", 1)[0]
+            identity = await self._ask_providers(PASSWORD, localpart, {"password": password})
+            if identity is not None and session.user_id == (
+                await self._links.user_for_external_id(identity.provider, identity.external_id)
+            ):
+                return
         record = await self._store.get_user(session.user_id)
         if (
             record is None
@@ -505,6 +691,12 @@ class AccountService:
                 raise _user_in_use(user_id)
         if req.password is not None:
             check_password(req.password, self._config.password_config.policy)
+        if self._registration_policy is not None:
+            reason = await self._registration_policy(
+                user_id[1:].split(":", 1)[0] if user_id is not None else None
+            )
+            if reason is not None:
+                raise forbidden(reason)
         if req.auth is None:
             self._buckets.take("register_probe", ip, self._probe_limit)
         else:

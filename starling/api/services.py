@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from starling.account_data.service import AccountDataService
 from starling.accounts.auth import RequestAuthenticator
 from starling.accounts.client_ips import ClientIps
+from starling.accounts.oidc import SsoService
 from starling.accounts.registration_tokens import RegistrationTokens
 from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
@@ -69,6 +70,8 @@ class Services:
     # accounts
     auth: RequestAuthenticator
     accounts: AccountService
+    # single sign-on: OpenID Connect providers for m.login.sso (accounts/oidc.py)
+    sso: SsoService
     shared_secret_registration: SharedSecretRegistration
     # where devices were last seen (every authenticated request tells it)
     client_ips: ClientIps

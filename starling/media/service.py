@@ -40,6 +40,13 @@ from starling.storage.media import MediaIdTaken, MediaInfo, MediaStore, NewMedia
 if TYPE_CHECKING:
     from starling.media import thumbnailer
 
+# (user, content type, upload name, size, sha256, read the bytes) → None allows, a reason
+# refuses (server modules' check_media_file_for_spam).
+UploadPolicy = Callable[
+    [str, str | None, str | None, int, str, Callable[[], Awaitable[bytes]]],
+    Awaitable[str | None],
+]
+
 logger = logging.getLogger(__name__)
 
 
@@ -173,6 +180,7 @@ class MediaService:
         self._remote_locks: KeyedLock[tuple[str, str]] = KeyedLock()
         self._remote_misses: OrderedDict[tuple[str, str], tuple[float, MatrixError]] = OrderedDict()
         self._uploaded = asyncio.Condition()
+        self._upload_policy: UploadPolicy | None = None
         self._buckets = TokenBuckets()
         burst = parse_size(config.remote_media_download_burst_count)
         # None (a burst of 0): no limit.
@@ -258,6 +266,35 @@ class MediaService:
 
     # --- storing content ----------------------------------------------------------
 
+    def use_upload_policy(self, policy: UploadPolicy) -> None:
+        """Server modules' verdict on an upload (check_media_file_for_spam)."""
+        self._upload_policy = policy
+
+    async def _check_upload(
+        self,
+        user_id: str,
+        staged: StagedFile,
+        content_type: str | None,
+        upload_name: str | None,
+    ) -> None:
+        """403 (and the staged file gone) when a module refuses the upload."""
+        if self._upload_policy is None:
+            return
+
+        async def read() -> bytes:
+            return await asyncio.to_thread(staged.temp_path.read_bytes)
+
+        try:
+            reason = await self._upload_policy(
+                user_id, content_type, upload_name, staged.size, staged.sha256, read
+            )
+        except BaseException:
+            await self.files.discard(staged)
+            raise
+        if reason is not None:
+            await self.files.discard(staged)
+            raise forbidden(reason)
+
     async def _stage(
         self, user_id: str, chunks: AsyncIterator[bytes], declared_length: int | None
     ) -> StagedFile:
@@ -328,6 +365,7 @@ class MediaService:
         """POST /upload: store content under a new media ID; returns the mxc:// URI."""
         upload_name = check_upload_name(upload_name)
         staged = await self._stage(user_id, chunks, declared_length)
+        await self._check_upload(user_id, staged, content_type, upload_name)
         media_id = self._new_media_id()
         now = self._now_ms()
         row = NewMedia(
@@ -393,6 +431,7 @@ class MediaService:
             raise not_found("Unknown media ID")
         self._check_pending(await self.store.get_media(server_name, media_id), user_id)
         staged = await self._stage(user_id, chunks, declared_length)
+        await self._check_upload(user_id, staged, content_type, upload_name)
 
         async def fill() -> bool:
             return await self.store.complete_pending(

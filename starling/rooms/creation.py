@@ -9,12 +9,13 @@ Synapse where the spec leaves them open.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from starling.errors import MatrixError, bad_json, invalid_param
+from starling.errors import MatrixError, bad_json, forbidden, invalid_param
 from starling.protocol.event import Event
 from starling.protocol.identifiers import is_valid_room_alias, is_valid_user_id
 from starling.protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion, get_room_version
@@ -164,9 +165,20 @@ class RoomCreator:
         self._publish = publish_room
         self._may_publish = may_publish
         self._invite = invite
+        # Server modules' verdict on a room creation (creator, request): None allows.
+        self._policy: Callable[[str, dict[str, Any]], Awaitable[str | None]] | None = None
+
+    def use_policy(self, policy: Callable[[str, dict[str, Any]], Awaitable[str | None]]) -> None:
+        self._policy = policy
 
     async def create(self, req: CreateRoomRequest) -> tuple[str, Event]:
         """Create the room; returns (room_id, create event)."""
+        if self._policy is not None:
+            request = dataclasses.asdict(req)
+            del request["creator"]
+            reason = await self._policy(req.creator, request)
+            if reason is not None:
+                raise forbidden(reason)
         version_id = req.room_version or self._default_room_version
         if version_id not in KNOWN_ROOM_VERSIONS:
             raise MatrixError(

@@ -95,6 +95,9 @@ class MembershipService:
         self._server_name = server_name
         self._rate_limits = rate_limits
         self._is_blocked: Callable[[str], Awaitable[bool]] | None = None
+        # Server modules' verdict on a local user's invite (inviter, invitee, room):
+        # None allows, a reason refuses (modules/api.py user_may_invite).
+        self._invite_policy: Callable[[str, str, str], Awaitable[str | None]] | None = None
 
     def use_room_blocks(self, is_blocked: Callable[[str], Awaitable[bool]]) -> None:
         """Refuse local joins to rooms an admin blocked (set once, at start)."""
@@ -256,6 +259,9 @@ class MembershipService:
         content = _reason({"membership": "leave"}, reason)
         return await self._events.send(room_id, user_id, "m.room.member", content, user_id)
 
+    def use_invite_policy(self, policy: Callable[[str, str, str], Awaitable[str | None]]) -> None:
+        self._invite_policy = policy
+
     async def invite(
         self,
         room_id: str,
@@ -276,6 +282,10 @@ class MembershipService:
             raise forbidden(f"{target} is banned from the room")
         if ratelimit and self._rate_limits is not None:
             await self._rate_limits.check_invite(sender, room_id, target)
+        if self._invite_policy is not None and sender.endswith(":" + self._server_name):
+            reason = await self._invite_policy(sender, target, room_id)
+            if reason is not None:
+                raise forbidden(reason)
         content = {**(await self._profile(target)), **(content or {}), "membership": "invite"}
         if is_direct:
             content["is_direct"] = True

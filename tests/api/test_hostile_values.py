@@ -65,6 +65,9 @@ _UPSTREAM_FAILURE = 502
 
 def _check(failures: list[Any], what: Any, status: int, resp: Any) -> None:
     is_error = isinstance(resp, dict) and "errcode" in resp
+    if str(what[1]).startswith("/_synapse/client/") and isinstance(resp, bytes):
+        # Pages for a browser (the SSO callback, as Synapse's): errors are HTML pages.
+        is_error = resp.startswith(b"<!DOCTYPE html>")
     if status == _UPSTREAM_FAILURE and is_error:
         return
     if status >= 500 or (status >= 400 and not is_error):

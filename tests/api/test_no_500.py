@@ -100,6 +100,9 @@ async def test_no_route_answers_garbage_with_a_500(hs: Harness, real_ids: bool) 
                 status, resp = await hs.request(method, path, tok, raw=body)
                 if status >= 500:
                     failures.append((method, path, body, tok is not None, status, resp))
+                elif status >= 400 and path.startswith("/_synapse/client/"):
+                    # Pages for a browser (the SSO callback, as Synapse's): an HTML error.
+                    assert isinstance(resp, bytes) and resp.startswith(b"<!DOCTYPE html>")
                 elif status >= 400:
                     # Errors carry an errcode; a user-interactive auth challenge (401 with
                     # flows) is the one 4xx without one.

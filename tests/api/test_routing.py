@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from starling.accounts.auth import Requester
 from starling.api.admin.registration import admin_table
 from starling.api.client.routes import client_table
+from starling.api.client.sso import SsoRoutes, oidc_callback_table
 from starling.api.federation.routes import federation_table, keys_table
 from starling.api.http import json_response, make_web_app
 from starling.api.media import media_tables
@@ -211,6 +212,7 @@ def _served_tables() -> list[RouteTable]:
         federation_table(services),
         keys_table(services),
         webhooks_table(services.incoming_webhooks),
+        oidc_callback_table(SsoRoutes(services.sso, False)),
     ]
 
 

@@ -4,6 +4,7 @@ is told of every new event, and sends a message through its handle (both engines
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from starling.config import ConfigError
-from starling.modules.api import NOT_SPAM, ModuleApi
+from starling.modules.api import NOT_SPAM, ExternalIdentity, MediaUpload, ModuleApi
 from starling.storage import Database
 from tests.support.harness import make_harness
 
@@ -85,3 +86,93 @@ async def test_bad_modules_stop_the_start(database: Database, tmp_path: Path) ->
         with pytest.raises(ConfigError, match=message):
             async with make_harness(database, tmp_path, modules=modules):
                 pass
+
+
+class Policy:
+    """Every other callback of the API, a password provider with a login type of its own,
+    and the handle (register a user, send an event, keep data)."""
+
+    api: ModuleApi
+
+    def __init__(self, config: dict[str, Any], api: ModuleApi) -> None:
+        Policy.api = api
+        api.register_spam_checker_callbacks(
+            user_may_invite=self.may_invite,
+            user_may_create_room=self.may_create_room,
+            check_registration_for_spam=self.may_register,
+            check_media_file_for_spam=self.media_ok,
+        )
+        api.register_password_auth_provider_callbacks(
+            auth_checkers={("org.example.pin", ("pin",)): self.check_pin}
+        )
+
+    async def may_invite(self, inviter: str, invitee: str, room_id: str) -> str | None:
+        return "No inviting the boss" if invitee.startswith("@boss:") else None
+
+    async def may_create_room(self, user_id: str, request: dict[str, Any]) -> str:
+        return "Rooms need a name" if not request.get("name") else NOT_SPAM
+
+    async def may_register(self, localpart: str | None) -> str | None:
+        return "That name is reserved" if localpart == "admin" else None
+
+    async def media_ok(self, upload: MediaUpload) -> str | None:
+        return "No executables" if (await upload.read()).startswith(b"MZ") else None
+
+    async def check_pin(
+        self, username: str, login_type: str, fields: Mapping[str, Any]
+    ) -> ExternalIdentity | None:
+        if fields["pin"] != "4711":
+            return None
+        return ExternalIdentity("pins", f"pin-{username}", username, display_name="Pin User")
+
+
+async def test_module_callbacks_password_provider_and_handle(
+    database: Database, tmp_path: Path
+) -> None:
+    modules = [{"module": f"{__name__}.Policy"}]
+    async with make_harness(
+        database,
+        tmp_path,
+        modules=modules,
+        enable_registration=True,
+        enable_registration_without_verification=True,
+    ) as hs:
+        alice, token = await hs.register("alice")
+        await hs.register("boss")
+        status, body = await hs.request("POST", f"{V3}/createRoom", token, {})
+        assert (status, body["error"]) == (403, "Rooms need a name")
+        room_id = await hs.create_room(token, name="Plans")
+        status, body = await hs.request(
+            "POST", f"{V3}/rooms/{room_id}/invite", token, {"user_id": "@boss:" + hs.server_name}
+        )
+        assert (status, body["error"]) == (403, "No inviting the boss")
+        status, body = await hs.request(
+            "POST", f"{V3}/register", None, {"username": "admin", "password": "xyzzy-12345"}
+        )
+        assert (status, body["error"]) == (403, "That name is reserved")
+        for data, expected in [(b"MZ\x90\x00", 403), (b"plain text", 200)]:
+            status, body = await hs.request("POST", "/_matrix/media/v3/upload", token, raw=data)
+            assert status == expected, body
+        # The module's own login type: listed, and a first login creates the account.
+        status, body = await hs.request("GET", f"{V3}/login")
+        assert {"type": "org.example.pin"} in body["flows"]
+        login = {"type": "org.example.pin", "identifier": {"type": "m.id.user", "user": "Pat"}}
+        status, body = await hs.request("POST", f"{V3}/login", None, {**login, "pin": "0000"})
+        assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
+        status, body = await hs.request("POST", f"{V3}/login", None, {**login, "pin": "4711"})
+        assert status == 200, body
+        assert body["user_id"] == "@pat:" + hs.server_name
+        status, body = await hs.request("GET", f"{V3}/profile/@pat:{hs.server_name}/displayname")
+        assert body == {"displayname": "Pin User"}
+        # The handle: a user, an event sent as them (a client's rules apply), data kept.
+        api = Policy.api
+        bot = await api.register_user("Bot", "The Bot")
+        assert bot == "@bot:" + hs.server_name and await api.user_exists(bot)
+        with pytest.raises(ValueError):
+            await api.send_message(room_id, "@mallory:elsewhere.example", "hi")
+        event_id = await api.send_event(room_id, alice, "m.room.topic", {"topic": "t"}, "")
+        assert event_id.startswith("$")
+        await api.put_data("counter", {"n": 1})
+        assert await api.get_data("counter") == {"n": 1}
+        await api.delete_data("counter")
+        assert await api.get_data("counter") is None

@@ -135,7 +135,7 @@ class AccountRoutes:
     # GET /_matrix/client/v3/login
     # (spec: client-server-api/#get_matrixclientv3login)
     async def login_flows(self, request: web.Request) -> web.Response:
-        flows = [{"type": "m.login.password"}]
+        flows = self.accounts.login_flows()
         if self.accounts.has_app_services:
             flows.append({"type": APP_SERVICE_LOGIN})
         return json_response({"flows": flows})
@@ -150,6 +150,27 @@ class AccountRoutes:
             session = await self.accounts.login_as_app_service_user(
                 requester,
                 identifier_user(body),
+                device_id=_device_id(body),
+                initial_display_name=body_str(body, "initial_device_display_name"),
+                refreshable=_bool(body, "refresh_token", False),
+            )
+            return json_response({**session.to_json(), "home_server": self.server_name})
+        if login_type == "m.login.token" and self.accounts.sso_providers:
+            token = body_str(body, "token", required=True)
+            assert token is not None
+            session = await self.accounts.login_with_token(
+                _remote(request),
+                token,
+                device_id=_device_id(body),
+                initial_display_name=body_str(body, "initial_device_display_name"),
+                refreshable=_bool(body, "refresh_token", False),
+            )
+            return json_response({**session.to_json(), "home_server": self.server_name})
+        if login_type is not None and self.accounts.provides_login_type(login_type):
+            session = await self.accounts.login_with_provider(
+                _remote(request),
+                login_type,
+                body,
                 device_id=_device_id(body),
                 initial_display_name=body_str(body, "initial_device_display_name"),
                 refreshable=_bool(body, "refresh_token", False),

@@ -30,6 +30,7 @@ from starling.api.client.room_reads import RoomReadRoutes
 from starling.api.client.rooms import RoomRoutes
 from starling.api.client.search import SearchRoutes
 from starling.api.client.sliding_sync import SlidingSyncRoutes
+from starling.api.client.sso import SsoRoutes
 from starling.api.client.sync import SyncRoutes
 from starling.api.client.timestamps import TimestampRoutes
 from starling.api.client.to_device import ToDeviceRoutes
@@ -89,6 +90,7 @@ def client_table(svc: Services) -> RouteTable:
     search = SearchRoutes(svc.search)
     hierarchy = HierarchyRoutes(svc.hierarchy, svc.room_summaries)
     websocket = WebSocketRoutes(svc.auth, svc.config.websocket, svc.accounts.add_device_listener)
+    sso = SsoRoutes(svc.sso, svc.config.client_base_url.startswith("https:"))
     routes: list[Route] = [
         # Accounts: registration, login, tokens, account management, devices
         post("/register", accounts.register, NONE),
@@ -101,6 +103,8 @@ def client_table(svc: Services) -> RouteTable:
         ),
         get("/login", accounts.login_flows, NONE),
         post("/login", accounts.login, NONE),
+        get("/login/sso/redirect", sso.redirect, NONE),
+        get("/login/sso/redirect/{idpId}", sso.redirect_to, NONE),
         post("/refresh", accounts.refresh, NONE),
         post("/logout", accounts.logout, guests=True),
         post("/logout/all", accounts.logout_all),
