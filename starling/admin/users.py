@@ -101,6 +101,8 @@ class UserChanges:
     """(medium, address), canonical: replaces the user's third-party IDs."""
     user_type: str | None = None
     set_user_type: bool = False
+    external_ids: list[tuple[str, str]] | None = None
+    """(auth_provider, external_id): replaces the user's external identities."""
 
 
 def _now_ms() -> int:
@@ -167,7 +169,15 @@ class AdminUsers:
     async def get_user(self, user_id: str) -> dict[str, Any]:
         out = user_json(await self._details(user_id), full=True)
         out["threepids"] = await self._store.threepids(user_id)
+        out["external_ids"] = await self._store.external_ids(user_id)
         return out
+
+    async def user_by_external_id(self, provider: str, external_id: str) -> str:
+        """GET /_synapse/admin/v1/auth_providers/{provider}/users/{externalId}."""
+        user_id = await self._store.user_by_external_id(provider, external_id)
+        if user_id is None:
+            raise not_found("User not found")
+        return user_id
 
     async def set_user_type(self, user_id: str, user_type: str | None) -> None:
         """The type of a user just registered with the shared secret."""
@@ -199,6 +209,10 @@ class AdminUsers:
             taken = await self._store.threepid_taken(user_id, changes.threepids)
             if taken is not None:
                 raise MatrixError(409, "M_THREEPID_IN_USE", f"{taken} is already in use")
+        if changes.external_ids:
+            ext = await self._store.external_id_taken(user_id, changes.external_ids)
+            if ext is not None:
+                raise MatrixError(409, "M_UNKNOWN", "External id is already in use.")
         existing = await self._store.get_details(user_id)
         created = existing is None
         if existing is None:
@@ -238,6 +252,8 @@ class AdminUsers:
             taken = await self._store.set_threepids(user_id, changes.threepids, _now_ms())
             if taken is not None:
                 raise MatrixError(409, "M_THREEPID_IN_USE", f"{taken} is already in use")
+        if changes.external_ids is not None:
+            await self._store.set_external_ids(user_id, changes.external_ids)
         if changes.deactivated is True:
             await self._store.set_threepids(user_id, [], _now_ms())  # as Synapse
         self._auth.invalidate_user(user_id)

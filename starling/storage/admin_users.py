@@ -236,6 +236,63 @@ class AdminUserStore:
         )
         return None if value is None else str(value)
 
+    # -- external identities (user_external_ids, shared with SSO/LDAP login)
+
+    async def external_ids(self, user_id: str) -> list[dict[str, str]]:
+        rows = await self._db.fetch_all(
+            "SELECT auth_provider, external_id FROM user_external_ids WHERE user_id = ?"
+            " ORDER BY auth_provider, external_id",
+            user_id,
+        )
+        return [{"auth_provider": r[0], "external_id": r[1]} for r in rows]
+
+    async def external_id_taken(
+        self, user_id: str, ids: list[tuple[str, str]]
+    ) -> tuple[str, str] | None:
+        """The first of `ids` (provider, external ID) linked to another user, if any."""
+        sql = self._db.sql
+        rows = await self._db.fetch_all(
+            "SELECT auth_provider, external_id FROM user_external_ids"
+            f" WHERE {sql.in_array('external_id')} AND user_id != ?"
+            " ORDER BY auth_provider, external_id",
+            sql.array(sorted({e for _, e in ids})),
+            user_id,
+        )
+        wanted = set(ids)
+        return next(((str(r[0]), str(r[1])) for r in rows if (r[0], r[1]) in wanted), None)
+
+    async def set_external_ids(self, user_id: str, ids: list[tuple[str, str]]) -> None:
+        """Make the user's external identities exactly `ids` (the caller checked that
+        none is another user's; the primary key refuses a race)."""
+        wanted = set(ids)
+        async with self._db.transaction() as txn:
+            current = {
+                (str(r[0]), str(r[1]))
+                for r in await txn.fetch_all(
+                    "SELECT auth_provider, external_id FROM user_external_ids WHERE user_id = ?",
+                    user_id,
+                )
+            }
+            for provider, external_id in current - wanted:
+                await txn.execute(
+                    "DELETE FROM user_external_ids WHERE auth_provider = ? AND external_id = ?",
+                    provider,
+                    external_id,
+                )
+            await txn.executemany(
+                "INSERT INTO user_external_ids (auth_provider, external_id, user_id)"
+                " VALUES (?, ?, ?)",
+                [(p, e, user_id) for p, e in sorted(wanted - current)],
+            )
+
+    async def user_by_external_id(self, provider: str, external_id: str) -> str | None:
+        value = await self._db.fetch_val(
+            "SELECT user_id FROM user_external_ids WHERE auth_provider = ? AND external_id = ?",
+            provider,
+            external_id,
+        )
+        return None if value is None else str(value)
+
     async def reactivate(self, user_id: str, password_hash: str | None) -> bool:
         return bool(
             await self._db.execute(

@@ -231,7 +231,9 @@ async def test_deactivate_and_reactivate_through_put(hs: Harness, admin: str) ->
         ({"threepids": [{"medium": "msisdn", "address": "12a"}]}, "M_INVALID_PARAM"),
         ({"threepids": "a@b.c"}, "M_BAD_JSON"),
         ({"threepids": ["a@b.c"]}, "M_BAD_JSON"),
-        ({"external_ids": [{"auth_provider": "x", "external_id": "y"}]}, "M_INVALID_PARAM"),
+        ({"external_ids": [{"auth_provider": "", "external_id": "y"}]}, "M_BAD_JSON"),
+        ({"external_ids": [{"auth_provider": "oidc-x"}]}, "M_BAD_JSON"),
+        ({"external_ids": {"oidc-x": "y"}}, "M_BAD_JSON"),
         ({"user_type": "robot"}, "M_INVALID_PARAM"),
         ({"user_type": 5}, "M_BAD_JSON"),
         ({"password": "x" * 600}, "M_INVALID_PARAM"),
@@ -297,6 +299,32 @@ async def test_threepids_and_user_types(hs: Harness, admin: str) -> None:
     assert status == 200
     status, resp = await hs.request("GET", f"{V1}/threepid/email/users/bob@example.org", admin)
     assert status == 404
+
+
+async def test_external_ids(hs: Harness, admin: str) -> None:
+    bob, _ = await hs.register("bob")
+    carol, _ = await hs.register("carol")
+    ids = [
+        {"auth_provider": "oidc-corp", "external_id": "b-123"},
+        {"auth_provider": "ldap", "external_id": "uid=bob"},
+    ]
+    status, resp = await hs.request("PUT", f"{V2}/users/{bob}", admin, {"external_ids": ids})
+    assert status == 200, resp
+    assert resp["external_ids"] == sorted(ids, key=lambda e: e["auth_provider"])
+    path = f"{V1}/auth_providers/oidc-corp/users/b-123"
+    status, resp = await hs.request("GET", path, admin)
+    assert (status, resp) == (200, {"user_id": bob})
+    status, resp = await hs.request("GET", f"{V1}/auth_providers/oidc-corp/users/nobody", admin)
+    assert (status, resp["errcode"]) == (404, "M_NOT_FOUND")
+    # Another user cannot take one (409, nothing changed); replacing drops the rest.
+    status, resp = await hs.request("PUT", f"{V2}/users/{carol}", admin, {"external_ids": ids[:1]})
+    assert status == 409
+    status, resp = await hs.request("PUT", f"{V2}/users/{bob}", admin, {"external_ids": ids[1:]})
+    assert resp["external_ids"] == ids[1:]
+    status, resp = await hs.request("PUT", f"{V2}/users/{carol}", admin, {"external_ids": ids[:1]})
+    assert status == 200 and resp["external_ids"] == ids[:1]
+    status, resp = await hs.request("GET", path, admin)
+    assert resp == {"user_id": carol}
 
 
 async def test_put_user_refusals(hs: Harness, admin: str) -> None:

@@ -66,6 +66,27 @@ def _threepids(value: Any) -> list[tuple[str, str]] | None:
     return out
 
 
+MAX_EXTERNAL_ID_LENGTH = 512
+
+
+def _external_ids(value: Any) -> list[tuple[str, str]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_THREEPIDS:
+        raise bad_json(f"'external_ids' must be a list of at most {MAX_THREEPIDS} objects")
+    out: list[tuple[str, str]] = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise bad_json("Each of 'external_ids' must be an object")
+        pair = (item.get("auth_provider"), item.get("external_id"))
+        for name, part in zip(("auth_provider", "external_id"), pair, strict=True):
+            if not isinstance(part, str) or not 0 < len(part) <= MAX_EXTERNAL_ID_LENGTH:
+                raise bad_json(f"'{name}' must be a non-empty string (at most 512 characters)")
+        if pair not in out:
+            out.append((str(pair[0]), str(pair[1])))
+    return out
+
+
 def _user_filter(request: web.Request, *, v3: bool) -> UserFilter:
     name = request.query.get("name")
     user_id = request.query.get("user_id")
@@ -115,8 +136,6 @@ class AdminUserRoutes:
         password = body.get("password")
         if password is not None and not isinstance(password, str):
             raise bad_json("'password' must be a string")
-        if body.get("external_ids") not in (None, []):
-            raise invalid_param("External IDs are not supported by this server")
         user_type = body.get("user_type")
         if user_type is not None and not isinstance(user_type, str):
             raise bad_json("'user_type' must be a string or null")
@@ -133,6 +152,7 @@ class AdminUserRoutes:
             locked=body_bool(body, "locked"),
             approved=body_bool(body, "approved"),
             threepids=_threepids(body.get("threepids")),
+            external_ids=_external_ids(body.get("external_ids")),
             user_type=user_type,
             set_user_type="user_type" in body,
         )
@@ -333,6 +353,14 @@ class AdminUserRoutes:
         )
         return json_response({"user_id": await self._users.user_by_threepid(medium, address)})
 
+    async def user_by_external_id(self, request: web.Request) -> web.Response:
+        """GET /_synapse/admin/v1/auth_providers/{provider}/users/{externalId}
+        (Synapse admin API: docs/admin_api/user_admin_api.md#find-a-user-based-on-their-id-in-an-auth-provider)"""
+        user_id = await self._users.user_by_external_id(
+            request.match_info["provider"], request.match_info["externalId"]
+        )
+        return json_response({"user_id": user_id})
+
     def routes(self) -> list[Route]:
         v2 = ("v2",)
         return [
@@ -363,4 +391,9 @@ class AdminUserRoutes:
             delete("/users/{userId}/override_ratelimit", self.delete_rate_limit, Auth.ADMIN),
             get("/username_available", self.username_available, Auth.ADMIN),
             get("/threepid/{medium}/users/{address}", self.user_by_threepid, Auth.ADMIN),
+            get(
+                "/auth_providers/{provider}/users/{externalId}",
+                self.user_by_external_id,
+                Auth.ADMIN,
+            ),
         ]
