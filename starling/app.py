@@ -64,6 +64,7 @@ from starling.directory.publication import PublicationRules
 from starling.directory.service import DirectoryService
 from starling.directory.service import RemotePublicRooms as RemotePublicRoomsFetcher
 from starling.directory.summary import RoomSummaries
+from starling.e2ee.dehydrated import DehydratedDevices
 from starling.e2ee.federation_keys import RemoteKeys
 from starling.e2ee.remote_device_lists import RemoteDeviceLists
 from starling.e2ee.services import build_e2ee
@@ -134,6 +135,7 @@ from starling.storage.appservice import AppServiceStore
 from starling.storage.audit_log import AuditLogStore
 from starling.storage.database import Database, open_database
 from starling.storage.database import DatabaseConfig as StorageConfig
+from starling.storage.dehydrated_devices import DehydratedDeviceStore
 from starling.storage.directory import DirectoryStore
 from starling.storage.e2ee_stores import E2eeStores
 from starling.storage.event_timestamps import EventTimestampStore
@@ -450,6 +452,15 @@ async def build_services(
     )
     room_events.add_listener(e2ee.device_lists.on_new_event)
     accounts.add_device_listener(e2ee.keys.devices_changed)
+    dehydrated_devices = DehydratedDevices(
+        DehydratedDeviceStore(db),
+        e2ee.keys,
+        e2ee.to_device,
+        accounts.create_device,
+        accounts.delete_devices,
+        lambda user_id, device_id: _device_exists(accounts, user_id, device_id),
+    )
+    accounts.add_device_listener(dehydrated_devices.devices_changed)
     sync.sync.add_extension(e2ee.to_device_extension)
     sync.sync.add_extension(e2ee.device_lists_extension)
     sliding_sync = build_sliding_sync(
@@ -798,6 +809,7 @@ async def build_services(
         push_sender=push_sender,
         push_evaluator=push_evaluator,
         e2ee=e2ee,
+        dehydrated_devices=dehydrated_devices,
         user_directory=user_directory,
         search=search,
         hierarchy=hierarchy,
@@ -1097,6 +1109,10 @@ class RoomExtras:
     def sync_extensions(self) -> list[SyncExtension]:
         # Unread counts go last: they fill in the rooms the others put in the response.
         return [self.typing, self.receipts, self.account_data, self.presence, self.unread_counts]
+
+
+async def _device_exists(accounts: AccountService, user_id: str, device_id: str) -> bool:
+    return await accounts.get_device(user_id, device_id) is not None
 
 
 async def build_room_extras(

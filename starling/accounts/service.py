@@ -928,9 +928,11 @@ class AccountService:
     async def list_devices(self, user_id: str) -> list[Device]:
         return await self._store.list_devices(user_id)
 
-    async def create_device(self, user_id: str, device_id: str) -> bool:
+    async def create_device(
+        self, user_id: str, device_id: str, display_name: str | None = None
+    ) -> bool:
         """Create the device (no token) unless it exists; True if it was created."""
-        created = await self._store.upsert_device(user_id, device_id)
+        created = await self._store.upsert_device(user_id, device_id, display_name)
         if created:
             await self._devices_changed(user_id, [device_id], False)
         return created

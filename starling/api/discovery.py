@@ -30,6 +30,8 @@ UNSTABLE_FEATURES: dict[str, bool] = {
     # Room summaries (MSC3266, /v1/room_summary), as Synapse advertises them: clients
     # that see it use the stable path.
     "org.matrix.msc3266": True,
+    # Dehydrated devices (MSC3814), as Synapse advertises them.
+    "org.matrix.msc3814": True,
     # Starling's WebSocket transport (docs/transports.md).
     "org.starling.ws": True,
 }

@@ -26,6 +26,7 @@ from starling.appservice.queries import AppServiceQueries
 from starling.config import Config
 from starling.directory.service import DirectoryService
 from starling.directory.summary import RoomSummaries
+from starling.e2ee.dehydrated import DehydratedDevices
 from starling.e2ee.services import E2ee
 from starling.federation.inbound import FederationInbound
 from starling.federation.membership import ResidentMembership
@@ -122,6 +123,8 @@ class Services:
     relations: RelationsService
     # end-to-end encryption: keys, cross-signing, to-device, device lists, key backup
     e2ee: E2ee
+    # dehydrated devices (MSC3814)
+    dehydrated_devices: DehydratedDevices
     # discovery: the user directory, server-side search of room events, space hierarchies
     user_directory: UserDirectoryService
     search: SearchService

@@ -229,6 +229,19 @@ class ToDeviceService:
             rows.extend((user_id, d, m) for d, m in sorted(targets.items()))
         return rows
 
+    async def messages_after(
+        self, user_id: str, device_id: str, after: int | None, limit: int
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """A device without /sync (a dehydrated one, MSC3814): its messages after `after`,
+        having deleted those up to it (the client has them), oldest first."""
+        if after is not None:
+            after = await self._store.acknowledge(user_id, device_id, after)
+        found = await self._store.get_messages(
+            user_id, device_id, after or 0, self._stream.current_position(), limit
+        )
+        self._drained.pop((user_id, device_id), None)
+        return [(position, orjson.loads(message)) for position, message in found]
+
     async def messages_for_sync(
         self, user_id: str, device_id: str, since: int | None, upto: int
     ) -> list[dict[str, Any]]:

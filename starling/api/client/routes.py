@@ -13,6 +13,8 @@ from starling.api.client.account_data import AccountDataRoutes
 from starling.api.client.accounts import AccountRoutes
 from starling.api.client.appservice import AppServiceRoutes
 from starling.api.client.capabilities import CapabilityRoutes
+from starling.api.client.dehydrated import PREFIX as DEHYDRATED
+from starling.api.client.dehydrated import DehydratedDeviceRoutes
 from starling.api.client.directory import DirectoryRoutes
 from starling.api.client.filters import FilterRoutes
 from starling.api.client.hierarchy import HierarchyRoutes
@@ -89,6 +91,7 @@ def client_table(svc: Services) -> RouteTable:
     user_directory = UserDirectoryRoutes(svc.config.user_directory.enabled, svc.user_directory)
     search = SearchRoutes(svc.search)
     hierarchy = HierarchyRoutes(svc.hierarchy, svc.room_summaries)
+    dehydrated = DehydratedDeviceRoutes(svc.dehydrated_devices)
     websocket = WebSocketRoutes(svc.auth, svc.config.websocket, svc.accounts.add_device_listener)
     sso = SsoRoutes(svc.sso, svc.config.client_base_url.startswith("https:"))
     routes: list[Route] = [
@@ -167,6 +170,16 @@ def client_table(svc: Services) -> RouteTable:
         ),
         get("/rooms/{roomId}/threads", relations.threads, versions=V1),
         get("/rooms/{roomId}/hierarchy", hierarchy.hierarchy, versions=V1),
+        # Dehydrated devices (MSC3814)
+        get("/dehydrated_device", dehydrated.get, versions=(DEHYDRATED,)),
+        put("/dehydrated_device", dehydrated.put, versions=(DEHYDRATED,)),
+        delete("/dehydrated_device", dehydrated.delete, versions=(DEHYDRATED,)),
+        get("/dehydrated_device/{deviceId}/events", dehydrated.events, versions=(DEHYDRATED,)),
+        post(
+            "/dehydrated_device/{deviceId}/events",
+            dehydrated.events_post,
+            versions=(DEHYDRATED,),
+        ),
         get(
             "/room_summary/{roomIdOrAlias}",
             hierarchy.room_summary,
