@@ -578,7 +578,9 @@ async def build_services(
         federation_sender,
         membership_store.users_sharing_a_room,
         extras.presence,
+        membership_store.get_joined_users,
     )
+    room_events.add_listener(presence_federation.on_new_event)
     extras.presence.is_local = lambda user_id: server_of(user_id) == config.server_name
     extras.presence.on_local_changes = presence_federation.local_changes
     federation_inbound.edus.register("m.presence", presence_federation.on_edu)

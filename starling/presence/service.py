@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -43,6 +43,9 @@ ACTIVE_WINDOW_MS = 60_000
 IDLE_TIMEOUT_MS = 5 * 60_000
 # Users not syncing for this long go offline.
 SYNC_TIMEOUT_MS = 30_000
+# Offline users active within this long are still shown to a server that has just come to
+# share a room with them.
+SHARE_ACTIVE_WITHIN_MS = 7 * 24 * 3600 * 1000
 # How often the timeouts are checked and last-active times flushed.
 CHECK_INTERVAL_S = 5.0
 FLUSH_INTERVAL_MS = 60_000
@@ -260,6 +263,11 @@ class PresenceService:
         new = _Presence(
             presence, status_msg, max(0, self._now() - last_active_ago), currently_active
         )
+        held = self._states.get(user_id)
+        if held is not None and held.last_active_ts == 0 and held.state == "offline":
+            # Only the default we assumed (nothing was ever heard of them): the first
+            # word from their server is news even when it says offline.
+            del self._states[user_id]
         await self._apply({user_id: new})
 
     def _ensure_loop(self) -> None:
@@ -325,6 +333,19 @@ class PresenceService:
             out["currently_active"] = state.currently_active
         return out
 
+    async def presence_to_share(self, user_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The formatted presence of `user_ids` that a server which has just come to share
+        a room with them is told: all but the default offline of users not active for a
+        week (as Synapse)."""
+        now = self._now()
+        out: dict[str, dict[str, Any]] = {}
+        for user_id in user_ids:
+            state = await self._load(user_id)
+            recent = state.last_active_ts and now - state.last_active_ts < SHARE_ACTIVE_WITHIN_MS
+            if state.state != "offline" or recent or state.status_msg is not None:
+                out[user_id] = self._format(user_id, state, now)
+        return out
+
     async def get_presence(self, observer: str, user_id: str) -> dict[str, Any]:
         """GET /presence/{userId}/status, as `observer` (403 unless they share a room)."""
         if not self.enabled:
@@ -350,7 +371,25 @@ class PresenceService:
                 await self._load(user_id)
             wanted = sorted(users)
         elif since is None:
-            wanted = sorted(u for u in users if u in self._not_offline)
+            # Ours who are not offline (the timeouts keep that set true), and other
+            # servers' users whose last word was not offline (their servers time them
+            # out and tell us), read from the store when not in memory.
+            remote = sorted(u for u in users if not self.is_local(u) and u not in self._states)
+            for user_id, row in (await self._store.get(remote)).items():
+                self._states.setdefault(
+                    user_id,
+                    _Presence(row.state, row.status_msg, row.last_active_ts, row.currently_active),
+                )
+            wanted = sorted(
+                u
+                for u in users
+                if u in self._not_offline
+                or (
+                    not self.is_local(u)
+                    and u in self._states
+                    and self._states[u].state != "offline"
+                )
+            )
         else:
             rows = await self._store.changed_between(since, upto, sorted(users))
             for row in rows:

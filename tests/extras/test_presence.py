@@ -161,3 +161,23 @@ async def test_presence_disabled(database: Database, tmp_path: Path) -> None:
         )
         response, added, _ = await contribute(hs, hs.services.presence, bob, None)
         assert not added and response == {}
+
+
+async def test_other_servers_users_in_initial_syncs(hs: Harness) -> None:
+    """A remote user's presence, as their server told it, is in an initial sync while not
+    offline; the first word about a user never heard of is news even when offline."""
+    alice, _alice_token, _bob, _bob_token, room_id = await shared_room(hs)
+    rob, olga = "@rob:remote.test", "@olga:remote.test"
+    for user in (rob, olga):
+        await hs.services.room_events.send(
+            room_id, user, "m.room.member", {"membership": "join"}, user
+        )
+    presence = hs.services.presence
+    _, _, since = await contribute(hs, presence, alice, None)
+    await presence.remote_update(rob, "online", None, 5, True)
+    await presence.remote_update(olga, "offline", None, 60_000, False)
+    response, _, _ = await contribute(hs, presence, alice, None)
+    initial = presence_events(response)
+    assert initial[rob]["presence"] == "online" and olga not in initial
+    response, _, _ = await contribute(hs, presence, alice, since)
+    assert presence_events(response)[olga]["presence"] == "offline"

@@ -4,6 +4,7 @@ foreign users dropped)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from starling.federation.edu import EduRegistry
@@ -133,6 +134,10 @@ class FakePresence:
     ) -> None:
         self.updates.append((user_id, presence, status_msg, ago, active))
 
+    async def presence_to_share(self, user_ids: Any) -> dict[str, dict[str, Any]]:
+        online = {"@alice:here.test": {"presence": "online", "currently_active": True}}
+        return {u: online[u] for u in user_ids if u in online}
+
 
 async def test_presence_batched_per_server_and_taken_for_users_sharing_a_room() -> None:
     fakes = Fakes()
@@ -192,3 +197,37 @@ async def test_presence_batched_per_server_and_taken_for_users_sharing_a_room() 
     await fed.local_changes({"@alice:here.test": {"presence": "online"}})
     await registry.dispatch("remote.test", {"edu_type": "m.presence", "content": {"push": push}})
     assert fakes.sent == [] and presence.updates == []
+
+
+async def test_a_join_tells_the_servers_new_to_each_other_of_presence() -> None:
+    """bob (remote.test) joins: remote.test hears of alice, ours and online. alice joins:
+    every other server in the room hears of her; who the presence service leaves out
+    (the long inactive) is not sent."""
+    from starling.protocol.event import Event
+    from starling.protocol.room_versions import get_room_version
+
+    fakes, presence = Fakes(), FakePresence()
+
+    async def sharing(user_id: str) -> set[str]:
+        return set()
+
+    fed = PresenceFederation("here.test", fakes, sharing, presence, fakes.joined, join_delay=0)
+
+    def join(user: str) -> Event:
+        pdu = {"type": "m.room.member", "room_id": ROOM, "sender": user, "state_key": user}
+        pdu["content"] = {"membership": "join"}
+        return Event(pdu, EVENT, get_room_version("10"))
+
+    fed.on_new_event(join("@bob:remote.test"), 1)
+    await asyncio.gather(*fed._tasks)
+    alice = {"user_id": "@alice:here.test", "presence": "online", "last_active_ago": 0}
+    alice["currently_active"] = True
+    assert fakes.sent == [("remote.test", "m.presence", {"push": [alice]})]
+    fakes.sent.clear()
+    fed.on_new_event(join("@alice:here.test"), 2)
+    await asyncio.gather(*fed._tasks)
+    assert sorted(d for d, _, _ in fakes.sent) == ["other.test", "remote.test"]
+    presence.enabled = False
+    fakes.sent.clear()
+    fed.on_new_event(join("@bob:remote.test"), 3)
+    assert fakes.sent == [] and not fed._tasks
