@@ -664,6 +664,7 @@ async def build_services(
         creator=room_creator,
         accounts=account_store,
         profiles=profile_store,
+        timestamps=EventTimestampStore(db),
     )
     membership.use_room_blocks(admin_rooms.is_blocked)
     media = build_media(config, db, FederationMediaFetcher(federation.client))

@@ -26,6 +26,7 @@ from starling.rooms.membership import MembershipService
 from starling.storage.accounts import AccountStore, UserExists
 from starling.storage.admin_rooms import AdminRoomStore, RoomSummary
 from starling.storage.aliases import AliasStore
+from starling.storage.event_timestamps import EventTimestampStore
 from starling.storage.events import EventStore
 from starling.storage.memberships import MembershipStore
 from starling.storage.profiles import ProfileStore
@@ -159,7 +160,9 @@ class AdminRooms:
         creator: RoomCreator,
         accounts: AccountStore,
         profiles: ProfileStore,
+        timestamps: EventTimestampStore,
     ) -> None:
+        self._timestamps = timestamps
         self._creator = creator
         self._accounts = accounts
         self._profiles = profiles
@@ -321,6 +324,16 @@ class AdminRooms:
                 stream - 1 if backwards else stream, last_event.depth
             ).encode()
         return body
+
+    async def timestamp_to_event(self, room_id: str, ts: int, forwards: bool) -> dict[str, Any]:
+        """GET /_synapse/admin/v1/rooms/{roomId}/timestamp_to_event: the event closest to
+        `ts` in that direction, from this server's copy only (as Synapse's admin API)."""
+        await self._summary(room_id)
+        found = await self._timestamps.closest_event(room_id, ts, forwards)
+        if found is None:
+            way = "forward" if forwards else "backward"
+            raise not_found(f"Unable to find event from {ts} in {way} direction")
+        return {"event_id": found[0], "origin_server_ts": found[1]}
 
     async def forward_extremities(self, room_id: str) -> list[dict[str, Any]]:
         await self._summary(room_id)

@@ -29,6 +29,7 @@ ROOM_ENDPOINTS = [
     ("GET", f"{V2}/rooms/delete_status/xyz"),
     ("POST", f"{V1}/rooms/{ROOM}/make_room_admin"),
     ("POST", f"{V1}/join/{ROOM}"),
+    ("GET", f"{V1}/rooms/{ROOM}/timestamp_to_event?ts=1"),
 ]
 
 
@@ -210,6 +211,27 @@ async def test_delete_room_with_block_and_purge(hs: Harness, admin: str) -> None
     # the other rooms are untouched and the server carries on
     other = await hs.create_room(alice_token)
     await hs.send_message(alice_token, other, "still here")
+
+
+async def test_timestamp_to_event(hs: Harness, admin: str) -> None:
+    _, alice_token = await hs.register("alice")
+    room = await hs.create_room(alice_token)  # the admin is not in it: no matter
+    first = await hs.send_message(alice_token, room, "one")
+    path = f"{V1}/rooms/{room}/timestamp_to_event"
+    found = await hs.services.event_store.get_event(first)
+    assert found is not None
+    ts = found.event.origin_server_ts
+    status, resp = await hs.request("GET", path, admin, params={"ts": str(ts), "dir": "f"})
+    assert (status, resp) == (200, {"event_id": first, "origin_server_ts": ts})
+    status, resp = await hs.request("GET", path, admin, params={"ts": str(ts + 10**9)})
+    assert status == 404 and resp["errcode"] == "M_NOT_FOUND"
+    status, resp = await hs.request("GET", path, admin, params={"ts": str(ts + 10**9), "dir": "b"})
+    assert status == 200 and resp["event_id"] == first
+    for params in ({}, {"ts": "x"}, {"ts": "1", "dir": "sideways"}):
+        status, resp = await hs.request("GET", path, admin, params=params)
+        assert status == 400 and resp["errcode"].startswith("M_"), params
+    status, resp = await hs.request("GET", f"{V1}/rooms/!nope:{HS}/timestamp_to_event?ts=1", admin)
+    assert (status, resp["errcode"]) == (404, "M_NOT_FOUND")
 
 
 async def test_delete_room_moves_members_to_a_new_room(hs: Harness, admin: str) -> None:

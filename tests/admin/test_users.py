@@ -43,6 +43,8 @@ USER_ENDPOINTS = [
     ("POST", f"{V1}/users/@bob:{HS}/shadow_ban"),
     ("DELETE", f"{V1}/users/@bob:{HS}/shadow_ban"),
     ("GET", f"{V1}/username_available?username=x"),
+    ("GET", f"{V1}/threepid/email/users/a@b.c"),
+    ("GET", f"{V1}/auth_providers/oidc-x/users/y"),
 ]
 
 

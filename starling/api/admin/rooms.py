@@ -11,9 +11,11 @@ from starling.admin.rooms import AdminRooms, DeleteRequest
 from starling.api.admin.common import backwards, body_bool, optional_bool_query
 from starling.api.client.common import query_int
 from starling.api.client.room_reads import _room_event_filter as room_event_filter
+from starling.api.client.timestamps import required_ts
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import Auth, Route, delete, get, post, put, requester_of
 from starling.errors import bad_json, invalid_param, missing_param
+from starling.federation.timestamps import parse_direction
 from starling.protocol.identifiers import is_valid_user_id
 from starling.sync.tokens import parse_history_position
 
@@ -81,6 +83,15 @@ class AdminRoomRoutes:
                 limit=query_int(request, "limit", 10, maximum=MAX_MESSAGES),
                 efilter=room_event_filter(request),
             )
+        )
+
+    async def timestamp_to_event(self, request: web.Request) -> web.Response:
+        """GET /_synapse/admin/v1/rooms/{roomId}/timestamp_to_event
+        (Synapse admin API: docs/admin_api/rooms.md#room-timestamp-to-event-api)"""
+        ts = required_ts(request)
+        forwards = parse_direction(request.query.get("dir", "f"))  # Synapse's default
+        return json_response(
+            await self._rooms.timestamp_to_event(request.match_info["roomId"], ts, forwards)
         )
 
     async def forward_extremities(self, request: web.Request) -> web.Response:
@@ -196,6 +207,7 @@ class AdminRoomRoutes:
             get("/rooms/{roomId}/state", self.state, Auth.ADMIN),
             get("/rooms/{roomId}/messages", self.messages, Auth.ADMIN),
             get("/rooms/{roomId}/forward_extremities", self.forward_extremities, Auth.ADMIN),
+            get("/rooms/{roomId}/timestamp_to_event", self.timestamp_to_event, Auth.ADMIN),
             get("/rooms/{roomId}/block", self.get_block, Auth.ADMIN),
             put("/rooms/{roomId}/block", self.put_block, Auth.ADMIN),
             delete("/rooms/{roomId}", self.delete_v1, Auth.ADMIN),
