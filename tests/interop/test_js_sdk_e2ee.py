@@ -2,7 +2,8 @@
 serve` (both engines), newest release and one a year older (npm alias matrix-js-sdk-old),
 through tests/interop/js/e2ee.mjs: cross-signing bootstrapped by Alice and seen by Bob, an
 encrypted room created with an invite and joined (Bob's client knows it is encrypted),
-messages both ways decrypted, an olm-encrypted to-device message, a second device that
+messages both ways decrypted, an encrypted image and voice message (media encrypted as Element
+does, downloaded through authenticated media and decrypted), an olm-encrypted to-device message, a second device that
 decrypts new messages and, logged out, leaves the peer's device list; SAS verification
 between the two users' devices; a key backup created on one device and restored on a new one
 that decrypts the old messages; the server holds only ciphertext. The script asserts every step; this test checks its JSON report and the server's
@@ -83,6 +84,7 @@ async def test_js_sdk_rust_crypto(starling_server: RunningServer, sdk: str) -> N
         assert report["alice_device_signed_by_owner"] is True
         assert report["bob_knows_room_encrypted"] is True
         assert report["messages_decrypted"] == 4
+        assert report["attachments_round_trip"] == ["m.image", "m.audio (voice)"]
         assert report["to_device_olm"] in (True, "not reported by this SDK")
         assert report["second_device_decrypted"] is True
         assert report["logged_out_device_gone"] is True

@@ -8,7 +8,9 @@
 // encrypted from the invite-then-join sync, and messages go both ways, each decrypted by the
 // other; the server's copy of the room (raw /messages) holds only m.room.encrypted; an
 // olm-encrypted to-device message reaches Bob; Bob sees Alice's cross-signing identity; a
-// second device of Bob's logs in and decrypts a new message; when it logs out, it leaves
+// encrypted image and voice message go from Alice to Bob (attachments encrypted as
+// Element Web does, uploaded, downloaded by Bob through authenticated media and decrypted);
+// a second device of Bob's logs in and decrypts a new message; when it logs out, it leaves
 // Alice's view of Bob's devices; SAS verification between Alice's and Bob's devices; a key
 // backup made by Alice's device is restored on a new one, which decrypts the old messages;
 // both clients then idle (no /keys/query loop). Every step is asserted here; on success stdout holds one
@@ -16,6 +18,8 @@
 
 import "./node22.mjs";
 import assert from "node:assert/strict";
+import { webcrypto } from "node:crypto";
+import { decryptAttachment, encryptAttachment } from "./attachment.mjs";
 
 const BASE_URL = process.argv[2] ?? process.env.STARLING_URL;
 const SDK = process.argv[3] ?? "matrix-js-sdk";
@@ -116,6 +120,49 @@ async function decryptedBody(client, roomId, eventId, what) {
     });
 }
 
+/** The decrypted content of the event `eventId` once `client` has it in `roomId`. */
+async function decryptedContent(client, roomId, eventId, what) {
+    return until(what, async () => {
+        const ev = client
+            .getRoom(roomId)
+            ?.getLiveTimeline()
+            .getEvents()
+            .find((e) => e.getId() === eventId);
+        if (!ev) return undefined;
+        await client.decryptEventIfNeeded(ev);
+        if (ev.isDecryptionFailure() || ev.getType() !== "m.room.message") return undefined;
+        assert.equal(ev.getWireType(), "m.room.encrypted", `${what}: sent in the clear`);
+        return ev.getContent();
+    });
+}
+
+/** Alice sends an encrypted attachment (`extra` completes the content); Bob decrypts the
+ * event, downloads the media through authenticated media and decrypts it. */
+async function attachmentRoundTrip(alice, bob, bobCreds, roomId, plaintext, extra) {
+    const { data, info } = await encryptAttachment(plaintext);
+    const upload = await alice.uploadContent(new Blob([data]), {
+        type: "application/octet-stream",
+        includeFilename: false,
+    });
+    const mimetype = extra.info.mimetype;
+    const sent = await alice.sendMessage(roomId, {
+        ...extra,
+        file: { ...info, url: upload.content_uri, mimetype },
+    });
+    const content = await decryptedContent(bob, roomId, sent.event_id, `${extra.msgtype} at Bob`);
+    assert.equal(content.msgtype, extra.msgtype);
+    assert.equal(content.url, undefined, "an encrypted attachment has no plain url");
+    const url = bob.mxcUrlToHttp(content.file.url, undefined, undefined, undefined, false, true, true);
+    assert.ok(url?.includes("/_matrix/client/v1/media/download/"), `download URL ${url}`);
+    const resp = await fetch(url, { headers: { Authorization: `Bearer ${bobCreds.access_token}` } });
+    assert.equal(resp.status, 200, `download ${url}`);
+    const ciphertext = new Uint8Array(await resp.arrayBuffer());
+    assert.ok(!Buffer.from(ciphertext).equals(Buffer.from(plaintext)), "media stored in the clear");
+    const decrypted = await decryptAttachment(ciphertext, content.file);
+    assert.ok(Buffer.from(decrypted).equals(Buffer.from(plaintext)), `${extra.msgtype} bytes differ`);
+    return content;
+}
+
 async function rawMessages(creds, roomId) {
     const url = `${BASE_URL}/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/messages?dir=b&limit=100`;
     const resp = await fetch(url, { headers: { Authorization: `Bearer ${creds.access_token}` } });
@@ -192,6 +239,25 @@ async function main() {
     plaintexts.push("secret from bob 1");
     assert.equal(await decryptedBody(alice, roomId, sent2.event_id, "Bob's reply at Alice"), plaintexts[1]);
     result.messages_decrypted = 2;
+
+    // An encrypted image and an encrypted voice message (MSC3245, as Element sends them).
+    const image = webcrypto.getRandomValues(new Uint8Array(4096));
+    await attachmentRoundTrip(alice, bob, bobCreds, roomId, image, {
+        msgtype: "m.image",
+        body: "photo.png",
+        info: { mimetype: "image/png", size: image.length, w: 64, h: 64 },
+    });
+    const voice = Buffer.concat([Buffer.from("OggS"), webcrypto.getRandomValues(new Uint8Array(2048))]);
+    const voiceContent = await attachmentRoundTrip(alice, bob, bobCreds, roomId, voice, {
+        msgtype: "m.audio",
+        body: "Voice message",
+        info: { mimetype: "audio/ogg", size: voice.length, duration: 1500 },
+        "org.matrix.msc1767.audio": { duration: 1500, waveform: [0, 512, 1024, 512, 0] },
+        "org.matrix.msc3245.voice": {},
+    });
+    assert.deepEqual(voiceContent["org.matrix.msc3245.voice"], {});
+    assert.equal(voiceContent["org.matrix.msc1767.audio"].duration, 1500);
+    result.attachments_round_trip = ["m.image", "m.audio (voice)"];
 
     // Olm-encrypted to-device from Alice to Bob's device.
     // matrix-js-sdk 43 says how a to-device message came (ReceivedToDeviceMessage); 36 only
@@ -332,7 +398,7 @@ async function main() {
     const chunk = await rawMessages(aliceCreds, roomId);
     const types = chunk.map((e) => e.type);
     assert.ok(!types.includes("m.room.message"), `plaintext message on the server: ${types}`);
-    assert.equal(types.filter((t) => t === "m.room.encrypted").length, 4);
+    assert.equal(types.filter((t) => t === "m.room.encrypted").length, 6); // 4 texts, 2 files
     const raw = JSON.stringify(chunk);
     for (const p of plaintexts) assert.ok(!raw.includes(p), `plaintext "${p}" on the server`);
     result.server_ciphertext_only = true;
