@@ -11,7 +11,7 @@ import asyncio
 import logging
 import secrets
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +58,7 @@ from starling.appservice.client import AppServiceClient
 from starling.appservice.queries import AppServiceQueries
 from starling.appservice.registration import load_registrations
 from starling.appservice.registry import AppServiceRegistry
-from starling.appservice.sender import AppServiceSender
+from starling.appservice.sender import AppServiceSender, E2eePositions
 from starling.config import Config, Listener, parse_size
 from starling.directory.publication import PublicationRules
 from starling.directory.service import DirectoryService
@@ -440,6 +440,12 @@ async def build_services(
         events_stream.current_position,
     )
     room_events.add_listener(outgoing_webhooks.on_new_event)
+
+    def notify_e2ee(users: Iterable[str]) -> None:
+        notifier.notify(users=users)
+        # New to-device messages or device-list changes: MSC2409/MSC3202 services look.
+        app_service_sender.wake()
+
     e2ee = build_e2ee(
         config.server_name,
         db,
@@ -447,8 +453,11 @@ async def build_services(
         account_store,
         event_store,
         membership_store,
-        lambda users: notifier.notify(users=users),
+        notify_e2ee,
         rate_limits,
+    )
+    app_service_sender.use_e2ee(
+        E2eePositions(e2ee.to_device.current_position, e2ee.device_lists.current_position)
     )
     room_events.add_listener(e2ee.device_lists.on_new_event)
     accounts.add_device_listener(e2ee.keys.devices_changed)

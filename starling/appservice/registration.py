@@ -13,7 +13,10 @@ A registration is a YAML file listed in ``app_service_config_files``::
       rooms:   []
     rate_limited: false               # default true
     protocols: [telegram]             # third-party protocols it answers for
-    receive_ephemeral: true           # also MSC2409's de.sorunome.msc2409.push_ephemeral
+    receive_ephemeral: true           # also MSC2409's de.sorunome.msc2409.push_ephemeral:
+                                      # typing, receipts, presence and to-device messages
+    org.matrix.msc3202: true          # device lists, one-time-key counts and fallback key
+                                      # types of its users' devices (encrypting bridges)
 
 Namespace regexes are the admin's own patterns, compiled with Python's ``re``. A value is
 in a namespace when the regex matches the *whole* value (``fullmatch``; Synapse matches a
@@ -70,6 +73,7 @@ class AppService:
     rate_limited: bool = True
     protocols: tuple[str, ...] = ()
     receive_ephemeral: bool = False
+    msc3202: bool = False
     source: str = ""
 
     def owns_user(self, user_id: str) -> bool:
@@ -179,6 +183,7 @@ def parse_registration(data: Any, source: str, server_name: str) -> AppService:
         rate_limited=_bool(data, "rate_limited", True, source),
         protocols=tuple(protocols),
         receive_ephemeral=receive_ephemeral,
+        msc3202=_bool(data, "org.matrix.msc3202", False, source),
         source=source,
     )
 

@@ -26,6 +26,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -37,7 +38,7 @@ from starling.delivery.loop import Attempt, DeliveryLoop
 from starling.federation.sender.backoff import BackoffPolicy
 from starling.protocol.event import Event
 from starling.storage.aliases import AliasStore
-from starling.storage.appservice import AppServiceStore, QueuedTransaction
+from starling.storage.appservice import AppServiceStore, Extras, QueuedTransaction
 from starling.storage.events import EventStore, StoredEvent
 from starling.storage.memberships import MembershipStore
 
@@ -46,6 +47,17 @@ logger = logging.getLogger(__name__)
 MAX_EVENTS_PER_TRANSACTION = 100
 MAX_EPHEMERAL_PER_TRANSACTION = 100
 MAX_QUEUED_EPHEMERAL = 1000
+MAX_TO_DEVICE_REQUESTS = 20  # to-device sends (each up to 10,000 devices) per transaction
+MAX_DEVICE_LIST_POSITIONS = 100
+
+
+@dataclass(frozen=True)
+class E2eePositions:
+    """The current positions of the to_device and device_lists streams (app.py wires
+    them once the end-to-end encryption services exist)."""
+
+    to_device_position: Callable[[], int]
+    device_list_position: Callable[[], int]
 
 
 def client_event(stored: StoredEvent, now_ms: int) -> dict[str, Any]:
@@ -128,8 +140,17 @@ class AppServiceSender:
         self._backoff = backoff or BackoffPolicy()
         self._clock_ms = clock_ms
         self._loops: dict[str, DeliveryLoop[QueuedTransaction]] = {}
+        self._e2ee: E2eePositions | None = None
         self._ephemeral: dict[str, list[dict[str, Any]]] = {}
         self.on_delivered: list[Callable[[str, int], Awaitable[None] | None]] = []
+
+    def use_e2ee(self, positions: E2eePositions) -> None:
+        self._e2ee = positions
+
+    def wake(self) -> None:
+        """New to-device messages or device-list changes: the services look again."""
+        for loop in self._loops.values():
+            loop.wake.set()
 
     def _services(self) -> Sequence[AppService]:
         return [s for s in self._registry.services if s.url]
@@ -204,7 +225,7 @@ class AppServiceSender:
         return Attempt.DELIVERED
 
     async def _build_next(self, service: AppService) -> bool:
-        """Store the next transaction (or just move the position past events the service
+        """Store the next transaction (or just move the positions past what the service
         does not care about); False when there was nothing new."""
         known = await self._store.get_position(service.id)
         position = known[0] if known is not None else self._current_position()
@@ -215,28 +236,31 @@ class AppServiceSender:
             else []
         )
         ephemeral = self._ephemeral.get(service.id, [])[:MAX_EPHEMERAL_PER_TRANSACTION]
-        if not rows and not ephemeral:
-            if upto > position:
-                await self._store.set_position(service.id, upto)
-            return False
         new_position = rows[-1][1] if len(rows) == MAX_EVENTS_PER_TRANSACTION else upto
         new_position = max(new_position, position)
-        stored = await self._events.get_events_with_meta(eid for eid, _ in rows)
-        interest = _Interest(self._memberships, self._aliases)
-        now = self._clock_ms()
         events = []
-        for event_id, _ in rows:
-            pair = stored.get(event_id)
-            if pair is not None and await interest(service, pair[0]):
-                events.append(client_event(pair, now))
-        if not events and not ephemeral:
-            await self._store.set_position(service.id, new_position)
-            return True
-        body: dict[str, Any] = {"events": events}
+        if rows:
+            stored = await self._events.get_events_with_meta(eid for eid, _ in rows)
+            interest = _Interest(self._memberships, self._aliases)
+            now = self._clock_ms()
+            for event_id, _ in rows:
+                pair = stored.get(event_id)
+                if pair is not None and await interest(service, pair[0]):
+                    events.append(client_event(pair, now))
+        e2ee_body, extras, moved = await self._e2ee_part(service, events)
+        if not events and not ephemeral and not e2ee_body:
+            if new_position > position:
+                await self._store.set_position(service.id, new_position)
+            if moved:
+                await self._store.set_stream_positions(service.id, extras.positions)
+            return new_position > position or moved
+        body: dict[str, Any] = {"events": events, **e2ee_body}
         if ephemeral:
             body["ephemeral"] = ephemeral
             body["de.sorunome.msc2409.ephemeral"] = ephemeral
-        txn_id = await self._store.enqueue(service.id, orjson.dumps(body).decode(), new_position)
+        txn_id = await self._store.enqueue(
+            service.id, orjson.dumps(body).decode(), new_position, extras
+        )
         del self._ephemeral.get(service.id, [])[: len(ephemeral)]
         logger.debug(
             "application service %s: transaction %d (%d events, %d ephemeral)",
@@ -246,3 +270,85 @@ class AppServiceSender:
             len(ephemeral),
         )
         return True
+
+    async def _e2ee_part(
+        self, service: AppService, events: list[dict[str, Any]]
+    ) -> tuple[dict[str, Any], Extras, bool]:
+        """MSC2409 to-device messages (for ``receive_ephemeral``) and MSC3202 device
+        lists, one-time-key counts and fallback key types (for ``org.matrix.msc3202``):
+        the transaction's fields, the positions and inbox rows it moves, and whether any
+        position moved."""
+        e2ee = self._e2ee
+        body: dict[str, Any] = {}
+        positions: dict[str, int] = {}
+        taken: list[tuple[str, str, int]] = []
+        if e2ee is None or not (service.receive_ephemeral or service.msc3202):
+            return body, Extras(), False
+        moved = False
+        users: set[str] = set()
+        if service.receive_ephemeral:
+            upto = e2ee.to_device_position()
+            after = await self._store.stream_position(service.id, "to_device", upto)
+            if upto > after:
+                rows, reached = await self._store.to_device_between(
+                    after, upto, MAX_TO_DEVICE_REQUESTS
+                )
+                messages = []
+                for stream_id, user_id, device_id, message_json in rows:
+                    # Its exclusive users' messages are the service's alone: they move
+                    # from the inbox into the transaction (their devices never sync).
+                    if not service.user_in_namespace(user_id, exclusive=True):
+                        continue
+                    message = orjson.loads(message_json)
+                    message["to_user_id"] = user_id
+                    message["to_device_id"] = device_id
+                    messages.append(message)
+                    taken.append((user_id, device_id, stream_id))
+                    users.add(user_id)
+                if messages:
+                    body["de.sorunome.msc2409.to_device"] = messages
+                positions["to_device"] = reached
+                moved = True
+        if service.msc3202:
+            upto = e2ee.device_list_position()
+            after = await self._store.stream_position(service.id, "device_lists", upto)
+            if upto > after:
+                changed_users, reached = await self._store.device_list_changes_between(
+                    after, upto, MAX_DEVICE_LIST_POSITIONS
+                )
+                changed = await self._seen_by(service, changed_users)
+                if changed:
+                    body["org.matrix.msc3202.device_list"] = {
+                        "changed": sorted(changed),
+                        "left": [],
+                    }
+                positions["device_lists"] = reached
+                moved = True
+            for event in events:
+                for user in (event.get("sender"), event.get("state_key")):
+                    if isinstance(user, str) and service.user_in_namespace(user, exclusive=True):
+                        users.add(user)
+            if users:
+                counts, fallback = await self._store.key_counts(sorted(users))
+                if counts:
+                    body["org.matrix.msc3202.device_one_time_keys_count"] = counts
+                    # The name before MSC3202's rename, which bridges still read.
+                    body["org.matrix.msc3202.device_one_time_key_counts"] = counts
+                    body["org.matrix.msc3202.device_unused_fallback_key_types"] = fallback
+        return body, Extras(positions, taken), moved
+
+    async def _seen_by(self, service: AppService, users: set[str]) -> set[str]:
+        """Of `users`, those the service's users can see device changes of: its own, and
+        those sharing a room with one of its users."""
+        seen = {u for u in users if service.owns_user(u)}
+        rest = users - seen
+        if not rest:
+            return seen
+        rooms_of = await self._store.joined_rooms_of(sorted(rest))
+        members = await self._memberships.get_joined_users_for_rooms(
+            {r for rooms in rooms_of.values() for r in rooms}
+        )
+        for user, rooms in rooms_of.items():
+            if any(service.owns_user(m) for r in rooms for m in members.get(r, ())):
+                seen.add(user)
+        return seen

@@ -32,6 +32,7 @@ class FakeAppService:
         self.on_alias_query: Callable[[str], Any] | None = None
         self.protocol_answer: dict[str, Any] | None = None
         self.changed = asyncio.Event()
+        self.registration_extra: dict[str, Any] = {}
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -51,6 +52,7 @@ class FakeAppService:
             "protocols": ["fakenet"],
             "receive_ephemeral": True,
         }
+        data.update(self.registration_extra)
         data.update(overrides)
         return data
 
