@@ -334,6 +334,21 @@ class Api:
             return {}
         return answer if isinstance(answer, dict) else {}
 
+    async def media_usage(self) -> dict[str, Any]:
+        """What the user stores on the server and their upload quotas (MSC4034's usage;
+        Starling adds `io.starling.upload_limits`); empty if the server does not say."""
+        try:
+            raw = await self.get_bytes("/_matrix/media/unstable/org.matrix.msc4034/usage")
+        except MatrixError as e:
+            if e.status in (400, 404, 405):
+                return {}
+            raise
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            return {}
+        return answer if isinstance(answer, dict) else {}
+
     async def upload_stream(
         self, chunks: AsyncIterator[bytes], size: int, content_type: str
     ) -> str:

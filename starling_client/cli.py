@@ -33,6 +33,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from starling_client.api import MatrixError
 from starling_client.backup import BackupError
@@ -285,6 +286,39 @@ def progress_bar(path: str, what: str, done: int, total: int) -> None:
     sys.stderr.flush()
 
 
+def quota_line(usage: dict[str, Any]) -> str:
+    """'storage: 12.0 MiB in 40 files; quota 1.0 GiB per 1 d, 3.5 MiB used' from the
+    server's usage answer (empty when the server sets no upload quota)."""
+
+    def size(n: int) -> str:
+        if n < 1024:
+            return f"{n} B"
+        value = float(n)
+        for unit in ("KiB", "MiB", "GiB"):
+            value /= 1024
+            if value < 1024 or unit == "GiB":
+                break
+        return f"{value:.1f} {unit}"
+
+    used, files = usage.get("m.storage.used"), usage.get("m.storage.files")
+    if not isinstance(used, int) or not isinstance(files, int):
+        return ""
+    if not usage.get("io.starling.upload_limits"):
+        return ""  # no quota: nothing worth a line after every push
+    parts = [f"storage: {size(used)} in {files} files"]
+    for limit in usage.get("io.starling.upload_limits") or []:
+        try:
+            days = int(limit["time_period_ms"]) / 86_400_000
+            period = f"{days:g} d" if days >= 1 else f"{days * 24:g} h"
+            parts.append(
+                f"quota {size(int(limit['max_size']))} per {period},"
+                f" {size(int(limit['used']))} used"
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+    return "; ".join(parts)
+
+
 async def files_command(client: Client, args: argparse.Namespace) -> None:
     backup = FileBackup(client)
     try:
@@ -294,6 +328,9 @@ async def files_command(client: Client, args: argparse.Namespace) -> None:
                 f"{result.sent} sent ({result.bytes_sent} bytes), {result.deduplicated} "
                 f"deduplicated, {result.unchanged} unchanged"
             )
+            quota = quota_line(await client.api.media_usage())
+            if quota:
+                print(quota)
         elif args.files_command == "ls":
             for entry in sorted((await backup.index()).values(), key=lambda e: e.path):
                 if args.json:

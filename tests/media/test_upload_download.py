@@ -16,6 +16,7 @@ from nio.crypto.attachments import decrypt_attachment, encrypt_attachment
 
 from starling.config import ConfigError
 from starling.media.service import RemoteMedia
+from starling_client.cli import quota_line
 from tests.media.conftest import MakeHs, auth, get, media_id, upload
 from tests.support.harness import Harness, make_test_config
 
@@ -193,6 +194,9 @@ async def test_upload_quota(make_hs: MakeHs) -> None:
     ]
     status, _ = await hs.request("GET", usage)
     assert status == 401
+    # The client prints it after a file-backup push.
+    assert quota_line(body) == "storage: 2.9 KiB in 2 files; quota 2.9 KiB per 1 h, 2.9 KiB used"
+    assert quota_line({**body, "io.starling.upload_limits": []}) == ""
     # The quota counts what was uploaded within the period only.
     clock = hs.services.media._clock
     hs.services.media._clock = lambda: clock() + 3601
