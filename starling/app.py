@@ -37,6 +37,7 @@ from starling.admin.rooms import AdminRooms
 from starling.admin.users import AdminUsers
 from starling.api.admin.console import add_console_routes
 from starling.api.admin.registration import admin_table
+from starling.api.cbor import cbor_middleware
 from starling.api.client.routes import client_table
 from starling.api.client.sso import SsoRoutes, oidc_callback_table
 from starling.api.connection_guard import ConnectionLimits, GuardedAppRunner, PeerCounter
@@ -1248,6 +1249,8 @@ def build_listener_app(
         seen=services.client_ips.seen,
     )
     if "client" in names:
+        # Outermost, so errors the edge turns into JSON are converted too (MSC3079).
+        app.middlewares.insert(0, cbor_middleware)
         mount(app, client_table(services), guards)
         mount(app, webhooks_table(services.incoming_webhooks), guards)
         sso_routes = SsoRoutes(services.sso, services.config.client_base_url.startswith("https:"))

@@ -771,6 +771,13 @@ def _check_transports(cfg: Config) -> None:
     lb = cfg.low_bandwidth
     if lb.port is not None and not 0 <= lb.port <= 65535:
         raise ConfigError("low_bandwidth.port: must be a UDP port (0 picks a free one)")
+    if lb.port is not None and not any(
+        "client" in r.names for listener in cfg.listeners for r in listener.resources
+    ):
+        raise ConfigError(
+            "low_bandwidth.port: needs a listener with the `client` resource (its requests "
+            "are served through that listener's routes)"
+        )
     if not 1 <= lb.max_sessions <= 1_000_000 or not 1 <= lb.max_sessions_per_ip <= lb.max_sessions:
         raise ConfigError(
             "low_bandwidth.max_sessions (1 to 1000000) and max_sessions_per_ip "

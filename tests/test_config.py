@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,3 +119,22 @@ def test_open_registration_without_verification_must_be_confirmed() -> None:
         environ={},
     )
     assert tokens.registration_requires_token
+
+
+def test_transport_limits_checked() -> None:
+    base: dict[str, Any] = {"server_name": "a.org"}
+    cfg = load_config_dict({**base, "websocket": {"max_in_flight": 3}}, environ={})
+    assert cfg.websocket.max_in_flight == 3
+    for bad in (
+        {"websocket": {"max_message_size": "1G"}},
+        {"websocket": {"heartbeat": 0}},
+        {"low_bandwidth": {"port": 70000}},
+        {"low_bandwidth": {"port": 8008, "max_sessions_per_ip": 5000}},
+        {"low_bandwidth": {"port": 8008, "max_body_size": "12Q"}},
+        {
+            "low_bandwidth": {"port": 8008},
+            "listeners": [{"resources": [{"names": ["federation"]}]}],
+        },
+    ):
+        with pytest.raises(ConfigError):
+            load_config_dict({**base, **bad}, environ={})

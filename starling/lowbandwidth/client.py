@@ -1,6 +1,7 @@
 """A low-bandwidth client: Client-Server requests over CoAP+CBOR+Noise (MSC3079).
 
-Used by the client SDK (starling_client/lowbandwidth.py), `starling debug coap`, the
+A module of its own (the client SDK `starling_client` may not import the server's package,
+and this client shares the codec with the server). Used by `starling debug coap`, the
 tests and the benchmark. aiocoap does CoAP (confirmable retransmission, Block1/Block2);
 its UDP transport is replaced by one Noise session with the server, whose static key
 the caller got from /_matrix/client/versions over HTTPS. The access token travels once
