@@ -412,7 +412,12 @@ async def build_services(
         app_services=app_services,
     )
     external_accounts = ExternalAccounts(
-        config.server_name, account_store, profile_store, ExternalLoginStore(db), app_services
+        config.server_name,
+        account_store,
+        profile_store,
+        ExternalLoginStore(db),
+        app_services,
+        set_threepids=AdminUserStore(db).set_threepids,
     )
     accounts.use_external_login(external_accounts, ExternalLoginStore(db))
     sso = SsoService(config, ExternalLoginStore(db), accounts.login_external)

@@ -16,6 +16,8 @@ may ``dedupe``: a taken localpart becomes ``alice1``, ``alice2``..., as Synapse 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from starling.appservice.registry import AppServiceRegistry
@@ -60,7 +62,12 @@ class ExternalAccounts:
         profiles: ProfileStore,
         links: ExternalLoginStore,
         app_services: AppServiceRegistry | None = None,
+        set_threepids: Callable[[str, list[tuple[str, str]], int], Awaitable[str | None]]
+        | None = None,
     ) -> None:
+        # Records a new account's e-mail addresses as its third-party IDs (admin store);
+        # an address another account has is left out, never moved.
+        self._set_threepids = set_threepids
         self._server_name = server_name
         self._accounts = accounts
         self._profiles = profiles
@@ -106,12 +113,24 @@ class ExternalAccounts:
                 if winner is None:
                     raise MatrixError(500, "M_UNKNOWN", "Could not link the account")
                 return winner
-            logger.info("%s: first login of %s created %s", identity.provider, "a user", user_id)
+            await self._record_emails(user_id, identity.emails)
+            logger.info("%s: a first login created %s", identity.provider, user_id)
             return user_id
         raise forbidden(
             f"The user name {base!r} is taken on this server by another account; "
             "ask an administrator"
         )
+
+    async def _record_emails(self, user_id: str, emails: tuple[str, ...]) -> None:
+        if self._set_threepids is None:
+            return
+        now = int(time.time() * 1000)
+        wanted = sorted({e.strip().lower() for e in emails if "@" in e and len(e) <= 254})
+        while wanted:
+            taken = await self._set_threepids(user_id, [("email", e) for e in wanted], now)
+            if taken is None:
+                return
+            wanted.remove(taken)
 
     async def _link_existing(self, identity: ExternalIdentity, user_id: str) -> bool:
         record = await self._accounts.get_user(user_id)

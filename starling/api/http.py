@@ -142,10 +142,14 @@ async def read_json_object(request: web.Request, allow_empty: bool = False) -> d
 
 
 # Query parameters that carry a secret (the deprecated `?access_token=`, registration and
-# login tokens, 3PID client secrets): their values never reach a log.
+# login tokens, 3PID client secrets, the OpenID Connect callback's code and state): their
+# values never reach a log.
 SECRET_QUERY_PARAMS = frozenset(
-    {"access_token", "token", "login_token", "loginToken", "refresh_token", "client_secret"}
-)
+    {
+        "access_token", "token", "login_token", "loginToken", "refresh_token", "client_secret",
+        "code", "state",
+    }
+)  # fmt: skip
 MAX_LOGGED_PATH = 400
 
 

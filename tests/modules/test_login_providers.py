@@ -21,6 +21,7 @@ import pytest
 
 from starling.modules.ldap import LdapAuthProvider
 from starling.storage import Database
+from starling.storage.admin_users import AdminUserStore
 from starling.storage.external_login import ExternalLoginStore
 from tests.support.dbfixtures import fresh_database_url
 from tests.support.harness import Harness, make_harness
@@ -135,6 +136,8 @@ async def test_ldap_login(database: Database, tmp_path: Path, slapd: str) -> Non
         assert jdoe == f"@jdoe:{hs.server_name}"
         status, profile = await hs.request("GET", f"{V3}/profile/{jdoe}/displayname")
         assert profile == {"displayname": "Jane Doe"}
+        threepids = await AdminUserStore(database).threepids(jdoe)
+        assert [(t["medium"], t["address"]) for t in threepids] == [("email", "jane@example.org")]
         # The next login finds the same account (by the link, not by name).
         status, again = await login(hs, "jdoe", "correct horse")
         assert (status, again["user_id"]) == (200, jdoe)

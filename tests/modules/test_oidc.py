@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from starling.storage import Database
+from starling.storage.admin_users import AdminUserStore
 from tests.modules.oidc_provider import OidcProvider
 from tests.support.harness import Harness, make_harness
 
@@ -52,6 +53,7 @@ def oidc_config(idp: OidcProvider) -> dict[str, Any]:
                     "config": {
                         "localpart_template": "{{ user.preferred_username | lower }}",
                         "display_name_template": "{{ user.name }}",
+                        "email_template": "{{ user.email }}",
                     }
                 },
             }
@@ -111,7 +113,12 @@ async def test_sso_login_with_openid_connect(
                     "identity_providers": [{"id": "oidc-test", "name": "Test IdP"}]} in body["flows"]  # fmt: skip
             assert {"type": "m.login.token"} in body["flows"]
 
-            alice = {"sub": "u-1", "preferred_username": "Alice", "name": "Alice A."}
+            alice = {
+                "sub": "u-1",
+                "preferred_username": "Alice",
+                "name": "Alice A.",
+                "email": "Alice@X.org",
+            }
             status, location = await sso(hs, provider, alice)
             assert status == 302, location
             status, body = await token_login(hs, location)
@@ -131,12 +138,27 @@ async def test_sso_login_with_openid_connect(
             # so does one whose name is a local account's (no takeover by claims).
             await hs.register("bob")
             for claims, expected in [
-                ({"sub": "u-2", "preferred_username": "alice", "name": "Alice A."}, "alice1"),
+                # The same e-mail address too: it stays alice's, nobody else's.
+                (
+                    {
+                        "sub": "u-2",
+                        "preferred_username": "alice",
+                        "name": "Alice A.",
+                        "email": "alice@x.org",
+                    },
+                    "alice1",
+                ),
                 ({"sub": "u-3", "preferred_username": "bob", "email": "bob@x.org"}, "bob1"),
             ]:
                 status, location = await sso(hs, provider, claims)
                 _, body = await token_login(hs, location)
                 assert body["user_id"] == f"@{expected}:{hs.server_name}"
+
+            emails = AdminUserStore(database)
+            assert [t["address"] for t in await emails.threepids(f"@alice:{hs.server_name}")] == [
+                "alice@x.org"
+            ]
+            assert await emails.threepids(f"@alice1:{hs.server_name}") == []
 
             # A client URL outside sso.client_whitelist: a page to confirm, no redirect.
             status, page = await sso(hs, provider, alice, redirect="https://evil.example/<x>")
