@@ -115,6 +115,7 @@ from starling.relations.service import RelationAggregator, RelationsService
 from starling.rooms.builder import EventBuilder
 from starling.rooms.client_events import ClientEvents
 from starling.rooms.creation import RoomCreator
+from starling.rooms.delayed import DelayedEvents
 from starling.rooms.event_service import RoomEventService
 from starling.rooms.guests import GuestEvictor
 from starling.rooms.hierarchy import SpaceHierarchy
@@ -137,6 +138,7 @@ from starling.storage.audit_log import AuditLogStore
 from starling.storage.database import Database, open_database
 from starling.storage.database import DatabaseConfig as StorageConfig
 from starling.storage.dehydrated_devices import DehydratedDeviceStore
+from starling.storage.delayed_events import DelayedEventStore
 from starling.storage.directory import DirectoryStore
 from starling.storage.e2ee_stores import E2eeStores
 from starling.storage.event_timestamps import EventTimestampStore
@@ -828,6 +830,7 @@ async def build_services(
         push_evaluator=push_evaluator,
         e2ee=e2ee,
         dehydrated_devices=dehydrated_devices,
+        delayed_events=DelayedEvents(DelayedEventStore(db), client_events),
         user_directory=user_directory,
         search=search,
         hierarchy=hierarchy,
@@ -1300,6 +1303,7 @@ class Homeserver:
         try:
             await hs.services.federation_sender.start()
             await hs.services.push_evaluator.start()
+            await hs.services.delayed_events.start()
             await hs.services.push_sender.start()
             hs.services.media.start()
             hs.services.admin_history.start()
@@ -1390,6 +1394,7 @@ class Homeserver:
         if self.services.e2ee.remote_device_lists is not None:
             await self.services.e2ee.remote_device_lists.close()
         await self.services.push_evaluator.stop()
+        await self.services.delayed_events.stop()
         await self.services.push_sender.stop()
         await self.services.app_service_sender.stop()
         await self.services.outgoing_webhooks.stop()

@@ -32,6 +32,8 @@ UNSTABLE_FEATURES: dict[str, bool] = {
     "org.matrix.msc3266": True,
     # Dehydrated devices (MSC3814), as Synapse advertises them.
     "org.matrix.msc3814": True,
+    # Delayed events (MSC4140, Element Call), as Synapse advertises them.
+    "org.matrix.msc4140": True,
     # Starling's WebSocket transport (docs/transports.md).
     "org.starling.ws": True,
 }

@@ -45,6 +45,7 @@ from starling.receipts.service import ReceiptsService
 from starling.relations.service import RelationsService
 from starling.rooms.client_events import ClientEvents
 from starling.rooms.creation import RoomCreator
+from starling.rooms.delayed import DelayedEvents
 from starling.rooms.event_service import RoomEventService
 from starling.rooms.hierarchy import SpaceHierarchy
 from starling.rooms.locks import RoomLocks
@@ -125,6 +126,8 @@ class Services:
     e2ee: E2ee
     # dehydrated devices (MSC3814)
     dehydrated_devices: DehydratedDevices
+    # delayed events (MSC4140): scheduled sends, sent by a timer
+    delayed_events: DelayedEvents
     # discovery: the user directory, server-side search of room events, space hierarchies
     user_directory: UserDirectoryService
     search: SearchService

@@ -85,6 +85,7 @@ async def test_js_sdk_conversation(starling_server: RunningServer) -> None:
         assert types[-1] == "m.room.member"  # Alice's rename, the room's last event
         assert report["messages_request_events"] == len(types)
         assert report["summary_name"] == "js-sdk interop"
+        assert report["delayed_event_sent"] is True
         assert "GET /_matrix/client/v1/room_summary/" in server.log.read_text(errors="replace")
         assert time.monotonic() - started < TIMEOUT_S
         assert "Traceback" not in server.log.read_text(errors="replace")

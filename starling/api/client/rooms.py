@@ -21,6 +21,7 @@ from starling.errors import MatrixError, forbidden, invalid_param
 from starling.protocol.identifiers import is_valid_room_alias, is_valid_user_id
 from starling.rooms.client_events import ClientEvents
 from starling.rooms.creation import CreateRoomRequest, RoomCreator
+from starling.rooms.delayed import DELAY_PARAM, DelayedEvents, fake_delay_id
 from starling.rooms.membership import MembershipService
 from starling.rooms.upgrade import RoomUpgrader
 
@@ -62,7 +63,10 @@ class RoomRoutes:
         events: ClientEvents,
         *,
         admins_create_rooms_only: bool = False,
+        delayed: DelayedEvents | None = None,
     ) -> None:
+        # MSC4140: a send or state PUT with org.matrix.msc4140.delay is scheduled instead.
+        self.delayed = delayed
         # `restrict_room_creation_to_admins`: createRoom only for server admins (and
         # application services, whose bridges make rooms).
         self.admins_create_rooms_only = admins_create_rooms_only
@@ -232,6 +236,23 @@ class RoomRoutes:
         redacts = None
         if event_type == "m.room.redaction":
             redacts = body_str(content, "redacts", required=True)
+        delay = request.query.get(DELAY_PARAM)
+        if delay is not None and self.delayed is not None and event_type != "m.room.redaction":
+            if requester.shadow_banned:
+                # Scheduled nowhere: the timer would otherwise send it for real later.
+                return json_response({"delay_id": fake_delay_id()})
+            return json_response(
+                await self.delayed.schedule(
+                    requester.user_id,
+                    requester.transaction_scope,
+                    room_id,
+                    event_type,
+                    None,
+                    content,
+                    delay,
+                    txn_id,
+                )
+            )
         if requester.shadow_banned:
             return json_response({"event_id": fake_event_id()})
         event = await self.events.send(
@@ -255,6 +276,21 @@ class RoomRoutes:
         if len(state_key.encode()) > MAX_TYPE_BYTES:
             raise invalid_param("State key must be at most 255 bytes")
         content = await read_json_object(request)
+        delay = request.query.get(DELAY_PARAM)
+        if delay is not None and self.delayed is not None:
+            if requester.shadow_banned:
+                return json_response({"delay_id": fake_delay_id()})
+            return json_response(
+                await self.delayed.schedule(
+                    requester.user_id,
+                    requester.transaction_scope,
+                    request.match_info["roomId"],
+                    event_type,
+                    state_key,
+                    content,
+                    delay,
+                )
+            )
         if requester.shadow_banned and (
             event_type != "m.room.member" or state_key != requester.user_id
         ):

@@ -15,6 +15,8 @@ from starling.api.client.appservice import AppServiceRoutes
 from starling.api.client.capabilities import CapabilityRoutes
 from starling.api.client.dehydrated import PREFIX as DEHYDRATED
 from starling.api.client.dehydrated import DehydratedDeviceRoutes
+from starling.api.client.delayed import PREFIX as DELAYED
+from starling.api.client.delayed import DelayedEventRoutes
 from starling.api.client.directory import DirectoryRoutes
 from starling.api.client.filters import FilterRoutes
 from starling.api.client.hierarchy import HierarchyRoutes
@@ -65,7 +67,9 @@ def client_table(svc: Services) -> RouteTable:
         svc.directory,
         svc.client_events,
         admins_create_rooms_only=svc.config.restrict_room_creation_to_admins,
+        delayed=svc.delayed_events,
     )
+    delayed = DelayedEventRoutes(svc.delayed_events)
     reads = RoomReadRoutes(svc.room_history)
     sync = SyncRoutes(svc.sync, svc.sync_filters)
     sliding = SlidingSyncRoutes(svc.sliding_sync)
@@ -170,6 +174,10 @@ def client_table(svc: Services) -> RouteTable:
         ),
         get("/rooms/{roomId}/threads", relations.threads, versions=V1),
         get("/rooms/{roomId}/hierarchy", hierarchy.hierarchy, versions=V1),
+        # Delayed events (MSC4140): managed by delay ID, with or without a token
+        get("/delayed_events", delayed.list, versions=(DELAYED,)),
+        post("/delayed_events/{delayId}", delayed.act_in_body, OPTIONAL, versions=(DELAYED,)),
+        post("/delayed_events/{delayId}/{action}", delayed.act, OPTIONAL, versions=(DELAYED,)),
         # Dehydrated devices (MSC3814)
         get("/dehydrated_device", dehydrated.get, versions=(DEHYDRATED,)),
         put("/dehydrated_device", dehydrated.put, versions=(DEHYDRATED,)),

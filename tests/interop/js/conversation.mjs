@@ -329,6 +329,21 @@ async function main() {
     assert.equal(summary.room_id, roomId, "room summary");
     assert.equal(summary.membership, "join", "room summary membership");
     result.summary_name = summary.name;
+
+    // Delayed events (MSC4140, as Element Call uses them): a message scheduled for later,
+    // listed, then sent at once by its delay ID.
+    const delayed = await bobAgain._unstable_sendDelayedEvent(roomId, { delay: 600_000 }, null, "m.room.message", {
+        msgtype: "m.text",
+        body: "sent by delay id",
+    });
+    assert.ok(delayed.delay_id, "no delay_id");
+    const scheduled = await bobAgain._unstable_getDelayedEvents();
+    assert.deepEqual(scheduled.delayed_events.map((e) => e.delay_id), [delayed.delay_id]);
+    await bobAgain._unstable_sendScheduledDelayedEvent(delayed.delay_id);
+    const finalised = await bobAgain._unstable_getDelayedEvents("finalised");
+    result.delayed_event_sent = finalised.delayed_events.some(
+        (e) => e.delay_id === delayed.delay_id && e.event_id,
+    );
     bobAgain.stopClient();
 
     clearTimeout(overall);
