@@ -49,6 +49,7 @@ MAX_EPHEMERAL_PER_TRANSACTION = 100
 MAX_QUEUED_EPHEMERAL = 1000
 MAX_TO_DEVICE_REQUESTS = 20  # to-device sends (each up to 10,000 devices) per transaction
 MAX_DEVICE_LIST_POSITIONS = 100
+MAX_MEMBERSHIP_TRANSITIONS = 10_000
 
 
 @dataclass(frozen=True)
@@ -316,11 +317,11 @@ class AppServiceSender:
                 changed_users, reached = await self._store.device_list_changes_between(
                     after, upto, MAX_DEVICE_LIST_POSITIONS
                 )
-                changed = await self._seen_by(service, changed_users)
-                if changed:
+                changed, left = await self._device_list(service, changed_users, after, reached)
+                if changed or left:
                     body["org.matrix.msc3202.device_list"] = {
                         "changed": sorted(changed),
-                        "left": [],
+                        "left": sorted(left),
                     }
                 positions["device_lists"] = reached
                 moved = True
@@ -337,18 +338,46 @@ class AppServiceSender:
                     body["org.matrix.msc3202.device_unused_fallback_key_types"] = fallback
         return body, Extras(positions, taken), moved
 
-    async def _seen_by(self, service: AppService, users: set[str]) -> set[str]:
-        """Of `users`, those the service's users can see device changes of: its own, and
-        those sharing a room with one of its users."""
-        seen = {u for u in users if service.owns_user(u)}
-        rest = users - seen
-        if not rest:
-            return seen
-        rooms_of = await self._store.joined_rooms_of(sorted(rest))
+    async def _device_list(
+        self, service: AppService, changed_users: set[str], after: int, upto: int
+    ) -> tuple[set[str], set[str]]:
+        """MSC3202's device list for (after, upto]: `changed` — users who changed devices
+        or keys and whom the service's users can see (its own, or sharing a room with
+        one), and users newly sharing a room with its users; `left` — users who shared a
+        room with its users and share none any more."""
+        transitions = await self._store.membership_transitions_between(
+            after, upto, MAX_MEMBERSHIP_TRANSITIONS
+        )
+        rooms = {room for room, _, _ in transitions}
+        members = await self._memberships.get_joined_users_for_rooms(rooms)
+        newly: set[str] = set()
+        maybe_left: set[str] = set()
+        for room, user, joined in transitions:
+            room_members = members.get(room, frozenset())
+            if service.owns_user(user):
+                # Its user joined or left: the room's members are new to it, or may be gone.
+                (newly if joined else maybe_left).update(room_members)
+            elif joined and any(service.owns_user(m) for m in room_members):
+                newly.add(user)
+            elif not joined:
+                maybe_left.add(user)
+        candidates = {u for u in changed_users | newly | maybe_left if not service.owns_user(u)}
+        sharing = await self._sharing(service, candidates)
+        changed = {u for u in changed_users if service.owns_user(u)}
+        changed |= (changed_users | newly) & sharing
+        left = {u for u in maybe_left if not service.owns_user(u)} - sharing
+        return changed, left
+
+    async def _sharing(self, service: AppService, users: set[str]) -> set[str]:
+        """Of `users`, those sharing a room with one of the service's users now."""
+        if not users:
+            return set()
+        rooms_of = await self._store.joined_rooms_of(sorted(users))
         members = await self._memberships.get_joined_users_for_rooms(
             {r for rooms in rooms_of.values() for r in rooms}
         )
-        for user, rooms in rooms_of.items():
-            if any(service.owns_user(m) for r in rooms for m in members.get(r, ())):
-                seen.add(user)
-        return seen
+        return {
+            user
+            for user, rooms in rooms_of.items()
+            if any(service.owns_user(m) for r in rooms for m in members.get(r, ()))
+        }

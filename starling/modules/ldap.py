@@ -12,6 +12,7 @@
           bind_dn: "cn=matrix,dc=example,dc=com"
           bind_password: "..."
           filter: "(objectClass=inetOrgPerson)"
+          tls_options: {validate: true, ca_certs_file: /etc/ssl/certs/ldap-ca.pem}
           # Starling's additions: timeouts (seconds), and whether a first login may take
           # over an existing account of the same name (migrations from Synapse).
           timeout: 10
@@ -49,6 +50,11 @@ from starling.modules.api import ModuleApi
 logger = logging.getLogger(__name__)
 
 PROVIDER = "ldap"
+# ldap3.Tls's arguments, which Synapse's tls_options passes on (validate: a boolean).
+TLS_OPTIONS = {
+    "validate", "local_private_key_file", "local_certificate_file", "local_private_key_password",
+    "version", "ca_certs_file", "valid_names", "ca_certs_path", "ca_certs_data", "ciphers", "sni",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -63,18 +69,20 @@ class LdapConfig:
     bind_password: str | None
     filter: str | None
     timeout: float
-    validate_certs: bool
+    tls: tuple[tuple[str, Any], ...]  # ldap3.Tls arguments (Synapse's tls_options)
     allow_existing_users: bool
 
     @classmethod
     def parse(cls, config: Mapping[str, Any]) -> LdapConfig:
         known = {
             "enabled", "uri", "start_tls", "base", "attributes", "bind_dn", "bind_password",
-            "filter", "timeout", "tls_options", "allow_existing_users",
+            "filter", "timeout", "tls_options", "allow_existing_users", "active_directory",
         }  # fmt: skip
         unknown = set(config) - known
         if unknown:
             raise ValueError(f"unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
+        if config.get("active_directory"):
+            raise ValueError("'active_directory' (UPN logins) is not supported; use search mode")
         uri = config.get("uri")
         uris = [uri] if isinstance(uri, str) else uri
         if not isinstance(uris, list) or not uris or not all(isinstance(u, str) for u in uris):
@@ -99,8 +107,12 @@ class LdapConfig:
         if not isinstance(timeout, int | float) or not 0 < timeout <= 120:
             raise ValueError("'timeout': seconds, more than 0 and at most 120")
         tls_options = config.get("tls_options") or {}
-        if not isinstance(tls_options, dict):
-            raise ValueError("'tls_options': a mapping")
+        if not isinstance(tls_options, dict) or set(tls_options) - TLS_OPTIONS:
+            raise ValueError(f"'tls_options': a mapping of {sorted(TLS_OPTIONS)}")
+        tls = {k: v for k, v in tls_options.items() if k != "validate"}
+        tls["validate"] = (
+            ssl.CERT_NONE if tls_options.get("validate") is False else ssl.CERT_REQUIRED
+        )
         return cls(
             uris=tuple(uris),
             start_tls=bool(config.get("start_tls", False)),
@@ -112,7 +124,7 @@ class LdapConfig:
             bind_password=bind_password,
             filter=filt,
             timeout=float(timeout),
-            validate_certs=bool(tls_options.get("validate", True)),
+            tls=tuple(sorted(tls.items())),
             allow_existing_users=bool(config.get("allow_existing_users", False)),
         )
 
@@ -130,6 +142,12 @@ class LdapAuthProvider:
     def __init__(self, config: Mapping[str, Any], api: ModuleApi) -> None:
         self._enabled = bool(config.get("enabled", True))
         self.config = LdapConfig.parse(config)
+        try:
+            # Built once: ldap3 reads the certificate files here, so a wrong path stops
+            # the start instead of failing every login.
+            self._tls = ldap3.Tls(**dict(self.config.tls))
+        except LDAPException as e:
+            raise ValueError(f"'tls_options': {e}") from None
         if not self._enabled:
             return
         api.register_password_auth_provider_callbacks(
@@ -148,7 +166,7 @@ class LdapAuthProvider:
         """A bound connection to the first URI that answers, or LDAPException (a wrong
         password included). Each URI in turn, once, each within the timeout (not
         ldap3's ServerPool, which waits between rounds)."""
-        tls = ldap3.Tls(validate=ssl.CERT_REQUIRED if self.config.validate_certs else ssl.CERT_NONE)
+        tls = self._tls
         error: LDAPException | None = None
         for uri in self.config.uris:
             server = ldap3.Server(

@@ -196,6 +196,20 @@ class AppServiceStore:
         )
         return {r[0] for r in rows}, reached
 
+    async def membership_transitions_between(
+        self, after: int, upto: int, limit: int
+    ) -> list[tuple[str, str, bool]]:
+        """(room_id, user_id, joined) of joins and leaves on the device_lists stream in
+        (after, upto], oldest first, at most `limit`."""
+        rows = await self._db.fetch_all(
+            "SELECT room_id, user_id, joined FROM device_list_memberships"
+            " WHERE stream_id > ? AND stream_id <= ? ORDER BY stream_id LIMIT ?",
+            after,
+            upto,
+            limit,
+        )
+        return [(r[0], r[1], bool(r[2])) for r in rows]
+
     async def key_counts(
         self, user_ids: Sequence[str]
     ) -> tuple[dict[str, dict[str, dict[str, int]]], dict[str, dict[str, list[str]]]]:

@@ -119,3 +119,22 @@ async def test_to_device_device_lists_and_key_counts(hs: Harness, fake: FakeAppS
     assert sync.get("to_device", {}).get("events", []) == []
     status, sync = await hs.request("GET", f"{V3}/sync", bob_token, params={"timeout": "0"})
     assert [e["content"] for e in sync["to_device"]["events"]] == [{"secret": 2}]
+
+    # Carol joins: newly sharing a room with the ghost, so "changed"; bob leaves the only
+    # room he shared with it: "left".
+    carol, carol_token = await hs.register("carol")
+    status, _ = await hs.request(
+        "POST", f"{V3}/rooms/{room_id}/invite", bob_token, {"user_id": carol}
+    )
+    assert status == 200
+    status, _ = await hs.request("POST", f"{V3}/rooms/{room_id}/join", carol_token, {})
+    assert status == 200
+    await fake.wait_for(lambda: carol in changed())
+    status, _ = await hs.request("POST", f"{V3}/rooms/{room_id}/leave", bob_token, {})
+    assert status == 200
+
+    def left() -> set[str]:
+        return {u for d in field(fake, "org.matrix.msc3202.device_list") for u in d["left"]}
+
+    await fake.wait_for(lambda: bob in left())
+    assert carol not in left() and GHOST not in left()

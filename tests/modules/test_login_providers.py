@@ -204,8 +204,13 @@ async def test_ldap_direct_bind_and_unreachable_server(slapd: str) -> None:
         await down.check_password("jdoe", "m.login.password", {"password": "correct horse"}) is None
     )
     assert time.monotonic() - started < 10
-    with pytest.raises(ValueError, match="uri"):
-        LdapAuthProvider(ldap_config("http://x"), Api())  # type: ignore[arg-type]
+    for bad, message in [
+        (ldap_config("http://x"), "uri"),
+        (ldap_config(slapd, tls_options={"ca_certs_file": "/no/such/ca.pem"}), "tls_options"),
+        (ldap_config(slapd, active_directory=True), "active_directory"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            LdapAuthProvider(bad, Api())  # type: ignore[arg-type]
 
 
 async def test_sql_user_table_login(engine: str, database: Database, tmp_path: Path) -> None:
