@@ -429,6 +429,16 @@ async def test_devices_and_whois(hs: Harness, admin: str) -> None:
     assert connection["user_agent"] == ua[:512]
     status, resp = await hs.request("GET", f"{V2}/users/{bob}/devices/DEV", admin)
     assert resp["last_seen_user_agent"] == ua[:512] and resp["last_seen_ip"] == "127.0.0.1"
+    # The spec's endpoint: the same answer, for an admin or the user themselves only.
+    client_whois = f"/_matrix/client/v3/admin/whois/{bob}"
+    status, mine = await hs.request("GET", client_whois, token)
+    seen = mine["devices"]["DEV"]["sessions"][0]["connections"][0]
+    assert status == 200 and seen["ip"] == "127.0.0.1" and "aiohttp" in seen["user_agent"]
+    status, theirs = await hs.request("GET", client_whois, admin)
+    assert status == 200 and theirs["user_id"] == bob
+    _, other = await hs.register("nosy")
+    status, resp = await hs.request("GET", client_whois, other)
+    assert (status, resp["errcode"]) == (403, "M_FORBIDDEN")
     status, resp = await hs.request(
         "POST", f"{V2}/users/{bob}/devices", admin, {"device_id": "NEW"}
     )

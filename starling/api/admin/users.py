@@ -14,7 +14,7 @@ from starling.api.admin.common import backwards, body_bool, optional_bool_query
 from starling.api.client.common import query_bool, query_int
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import Auth, Route, delete, get, post, put, requester_of
-from starling.errors import bad_json, invalid_param, missing_param
+from starling.errors import bad_json, forbidden, invalid_param, missing_param
 from starling.profile.service import validate_field
 
 MAX_LIMIT = 1000
@@ -203,6 +203,16 @@ class AdminUserRoutes:
         """GET /_synapse/admin/v1/whois/{userId}
         (Synapse admin API: docs/admin_api/user_admin_api.md#query-current-sessions-for-a-user)"""
         return json_response(await self._users.whois(request.match_info["userId"]))
+
+    async def client_whois(self, request: web.Request) -> web.Response:
+        """GET /_matrix/client/v3/admin/whois/{userId}
+        (spec: client-server-api/#get_matrixclientv3adminwhoisuserid): the same answer,
+        for a server admin or for the user themselves (as Synapse allows)."""
+        user_id = request.match_info["userId"]
+        requester = requester_of(request)
+        if not requester.is_admin and requester.user_id != user_id:
+            raise forbidden("You are not a server admin")
+        return json_response(await self._users.whois(user_id))
 
     async def list_devices(self, request: web.Request) -> web.Response:
         """GET /_synapse/admin/v2/users/{userId}/devices

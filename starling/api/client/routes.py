@@ -9,6 +9,7 @@ whoami and the E2EE key endpoints — and, like Synapse, what clients need to ru
 
 from __future__ import annotations
 
+from starling.api.admin.users import AdminUserRoutes
 from starling.api.client.account_data import AccountDataRoutes
 from starling.api.client.accounts import AccountRoutes
 from starling.api.client.appservice import AppServiceRoutes
@@ -287,6 +288,8 @@ def client_table(svc: Services) -> RouteTable:
         ),
         get("/publicRooms", directory.get_public_rooms, OPTIONAL),
         post("/publicRooms", directory.post_public_rooms),
+        # Server administration: where a user's devices were last seen (self or admin)
+        get("/admin/whois/{userId}", AdminUserRoutes(svc.admin_users).client_whois),
         # Discovery: user directory, server-side search
         post("/user_directory/search", user_directory.search, versions=V3_R0),
         post("/search", search.search, versions=V3_R0),
