@@ -20,11 +20,14 @@ API = "/_matrix/client/v3"
 class MatrixError(Exception):
     """An error answer from the homeserver (or no answer at all: status 0)."""
 
-    def __init__(self, status: int, errcode: str, error: str) -> None:
+    def __init__(
+        self, status: int, errcode: str, error: str, body: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(f"{errcode}: {error} (HTTP {status})" if status else error)
         self.status = status
         self.errcode = errcode
         self.error = error
+        self.body = body  # the whole error answer (a 401's interactive-auth flows)
 
 
 def _answer(status: int, answer: Any) -> dict[str, Any]:
@@ -32,7 +35,9 @@ def _answer(status: int, answer: Any) -> dict[str, Any]:
     if status >= 400 or not isinstance(answer, dict):
         errcode = answer.get("errcode", "M_UNKNOWN") if isinstance(answer, dict) else "M_UNKNOWN"
         error = answer.get("error", "") if isinstance(answer, dict) else str(answer)
-        raise MatrixError(status, str(errcode), str(error))
+        raise MatrixError(
+            status, str(errcode), str(error), answer if isinstance(answer, dict) else None
+        )
     return answer
 
 
@@ -256,6 +261,32 @@ class Api:
 
     async def keys_claim(self, one_time_keys: dict[str, dict[str, str]]) -> dict[str, Any]:
         return await self.request("POST", f"{API}/keys/claim", {"one_time_keys": one_time_keys})
+
+    async def upload_signing_keys(self, body: dict[str, Any], user_id: str, password: str) -> None:
+        """`/keys/device_signing/upload`, answering the user-interactive authentication the
+        server asks for with the account password (`m.login.password`)."""
+        path = f"{API}/keys/device_signing/upload"
+        try:
+            await self.request("POST", path, body)
+            return
+        except MatrixError as e:
+            if e.status != 401 or not isinstance(e.body, dict) or "session" not in e.body:
+                raise
+            session = e.body["session"]
+        auth = {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": user_id},
+            "password": password,
+            "session": session,
+        }
+        await self.request("POST", path, {**body, "auth": auth})
+
+    async def upload_signatures(self, signed: dict[str, dict[str, Any]]) -> None:
+        """`/keys/signatures/upload`; a failure for any key is an error."""
+        answer = await self.request("POST", f"{API}/keys/signatures/upload", signed)
+        failures = answer.get("failures")
+        if isinstance(failures, dict) and failures:
+            raise MatrixError(400, "M_INVALID_SIGNATURE", f"signatures refused: {failures}")
 
     # ---- account data and key backup ----------------------------------------------------
 

@@ -43,6 +43,11 @@ from starling_client.store import StoreError
 from starling_client.verification import Sas
 
 PASSPHRASE_ENV = "STARLING_CHAT_PASSPHRASE"
+IDENTITY_WORDS = {
+    "verified": "verified",
+    "unverified": "unverified",
+    "changed": "CHANGED IDENTITY (their cross-signing key is not the one seen before)",
+}
 
 
 class CliError(Exception):
@@ -110,6 +115,13 @@ async def run(args: argparse.Namespace) -> int:
         )
         try:
             print(f"logged in as {client.user_id} (device {client.device_id})")
+            if client.user_trust(client.user_id) == "verified":
+                print("cross-signing: this device is signed by your identity")
+            else:
+                print(
+                    "cross-signing: your identity exists on another device: "
+                    "'restore' (or verify this device from one of the others) to trust it"
+                )
         finally:
             await client.close()
         return 0
@@ -197,12 +209,22 @@ async def command(client: Client, args: argparse.Namespace) -> int:
             client, args.user_id, args.device_id, args.yes, args.wait, args.timeout, args.start
         )
     elif args.command == "devices":
-        for device in await client.devices(args.user_id):
+        devices = await client.devices(args.user_id)
+        identity = client.user_trust(args.user_id)
+        for device in devices:
             if args.json:
-                print(json.dumps(device), file=out)
+                print(json.dumps({**device, "identity": identity}), file=out)
             else:
-                state = "verified" if device["verified"] else "unverified"
+                state = (
+                    "verified"
+                    if device["verified"]
+                    else "cross-signed"
+                    if device["trusted"]
+                    else "unverified"
+                )
                 print(f"{device['device_id']}\t{device['ed25519']}\t{state}", file=out)
+        if not args.json:
+            print(f"identity: {IDENTITY_WORDS[identity]}", file=out)
     else:  # pragma: no cover - argparse refuses unknown commands
         raise CliError(f"unknown command {args.command}")
     return 0
@@ -268,6 +290,8 @@ async def verify(
         sas = await asyncio.wait_for(run(), timeout_s)
     except TimeoutError:
         raise CliError(f"verification did not finish within {timeout_s:g}s") from None
+    if sas.master_verified:
+        print(f"identity of {sas.their_user}: {IDENTITY_WORDS[client.user_trust(sas.their_user)]}")
     print(f"verified {sas.their_user} {sas.their_device}")
 
 

@@ -44,6 +44,16 @@ from starling_client.backup import (
     key_from_passphrase,
     passphrase_parameters,
 )
+from starling_client.cross_signing import (
+    MASTER,
+    SECRET_NAMES,
+    SELF_SIGNING,
+    USAGES,
+    USER_SIGNING,
+    CrossSigningError,
+    SigningKey,
+    key_object,
+)
 from starling_client.crypto import MEGOLM, CryptoMachine, DecryptionError, Device
 from starling_client.encoding import b64decode, b64encode
 from starling_client.store import Session, Store, StoreError
@@ -139,7 +149,11 @@ class Client:
     def __init__(self, store: Store, session: Session) -> None:
         self.store = store
         self.session = session
-        self.api = Api(session.homeserver, session.access_token)
+        # Plain HTTP, not the WebSocket's pushed /sync stream: the server drops to-device
+        # messages (room keys) once its stream has synced past them, so a stream restarted
+        # from the client's own position (a retry, a one-shot sync) can lose a room key
+        # for good. An encrypted client cannot afford that.
+        self.api = Api(session.homeserver, session.access_token, transport="http")
         self.crypto: CryptoMachine = store.load_machine(session.user_id, session.device_id)
         self.rooms: dict[str, RoomInfo] = {
             r: RoomInfo.from_json(d) for r, d in store.rooms().items()
@@ -153,6 +167,7 @@ class Client:
         self._no_olm_told: set[tuple[str, str]] = set()  # devices sent m.no_olm
         self._our_requests: dict[str, tuple[str, str]] = {}  # txn → (user, device) asked
         self._requested: set[tuple[str, str]] = set()  # (room, session) keys asked for
+        self._noted: dict[str, set[str]] = {}  # verifications whose result was acted on
 
     # ---- opening ------------------------------------------------------------------------
 
@@ -165,9 +180,12 @@ class Client:
         password: str,
         passphrase: str,
         device_name: str = "starling-chat",
+        *,
+        cross_signing: bool = True,
     ) -> Client:
         """Log in with a password and start a fresh store in `store_dir` for the new device
-        (its keys are uploaded and a first sync is made)."""
+        (its keys are uploaded and a first sync is made). If the account has no
+        cross-signing keys yet, they are created and this device signed with them."""
         path = store_dir / STORE_FILE
         if path.exists():
             existing = Store(path, passphrase)
@@ -193,6 +211,10 @@ class Client:
         client = cls(store, session)
         await client.upload_keys()
         await client.sync_once(timeout_ms=0)
+        if cross_signing:
+            # The password is at hand only now: a first device sets up the account's
+            # cross-signing identity (a later one gets the keys from secret storage).
+            await client.bootstrap_cross_signing(password)
         return client
 
     @classmethod
@@ -828,7 +850,7 @@ class Client:
                     device.ed25519,
                     transaction_id=txn,
                 )
-                self.verifications[txn] = sas
+                self.verifications[txn] = self._with_masters(sas)
                 await self._send_verification(sender, from_device, start)
                 continue
             if kind == "m.key.verification.start":
@@ -851,7 +873,7 @@ class Client:
                     device.ed25519,
                     content,
                 )
-                self.verifications[txn] = sas
+                self.verifications[txn] = self._with_masters(sas)
                 if sas.state == "cancelled":
                     await self._send_verification(sender, from_device, sas.cancellation())
                 elif txn in self._readied:
@@ -862,17 +884,36 @@ class Client:
                 continue
             for outgoing in ongoing.receive(kind, content):
                 await self._send_verification(ongoing.their_user, ongoing.their_device, outgoing)
-            self._note_verified(ongoing)
+            await self._note_verified(ongoing)
 
-    def _note_verified(self, sas: Sas) -> None:
-        if sas.verified:
-            device = self.crypto.devices.get(sas.their_user, {}).get(sas.their_device)
-            if device is not None and device.ed25519 == sas.their_ed25519 and not device.verified:
-                self.crypto.set_verified(sas.their_user, sas.their_device)
-                self.store.save_machine(self.crypto)
-                if sas.their_user == self.user_id:
-                    # A newly trusted device of ours may answer the key requests it ignored.
-                    self._requested.clear()
+    def _with_masters(self, sas: Sas) -> Sas:
+        """Send our master key in the MAC when this device trusts it, and check theirs."""
+        ours = self.crypto.cross_signing.get(self.user_id, {}).get(MASTER)
+        sas.own_master = ours if ours is not None and ours == self.crypto.own_master else None
+        sas.their_master = self.crypto.cross_signing.get(sas.their_user, {}).get(MASTER)
+        return sas
+
+    async def _note_verified(self, sas: Sas) -> None:
+        if not sas.verified or sas.their_user in self._noted.get(sas.transaction_id, ()):
+            return
+        self._noted[sas.transaction_id] = {sas.their_user}
+        device = self.crypto.devices.get(sas.their_user, {}).get(sas.their_device)
+        if device is not None and device.ed25519 == sas.their_ed25519 and not device.verified:
+            self.crypto.set_verified(sas.their_user, sas.their_device)
+            self.store.save_machine(self.crypto)
+            if sas.their_user == self.user_id:
+                # A newly trusted device of ours may answer the key requests it ignored.
+                self._requested.clear()
+        if sas.master_verified and sas.their_master is not None:
+            self.crypto.verify_master(sas.their_user, sas.their_master)
+            self.store.save_machine(self.crypto)
+        try:
+            if sas.their_user == self.user_id and device is not None:
+                await self._cross_sign_own_device(device)
+            elif sas.master_verified:
+                await self._cross_sign_user(sas.their_user)
+        except (MatrixError, CrossSigningError) as e:
+            log.warning("verified, but the cross-signing signature was not uploaded: %s", e)
 
     async def start_verification(self, user_id: str, device_id: str) -> Sas:
         """Begin a SAS verification with one device (`m.key.verification.start`); syncs
@@ -890,7 +931,7 @@ class Client:
                 device_id,
                 device.ed25519,
             )
-            self.verifications[sas.transaction_id] = sas
+            self.verifications[sas.transaction_id] = self._with_masters(sas)
             await self._send_verification(user_id, device_id, start)
         return sas
 
@@ -953,11 +994,145 @@ class Client:
         async with self._lock:
             for outgoing in sas.confirm():
                 await self._send_verification(sas.their_user, sas.their_device, outgoing)
-            self._note_verified(sas)
+            await self._note_verified(sas)
 
     async def cancel_verification(self, sas: Sas, *, mismatch: bool = False) -> None:
         outgoing = sas.mismatch() if mismatch else sas.cancel()
         await self._send_verification(sas.their_user, sas.their_device, outgoing)
+
+    # ---- cross-signing ------------------------------------------------------------------
+
+    def _signing_key(self, usage: str) -> SigningKey | None:
+        secret = self.store.get_secret(f"cross_signing:{usage}")
+        return SigningKey.from_secret(secret) if secret else None
+
+    def _keep_signing_keys(self, keys: dict[str, SigningKey]) -> None:
+        for usage, key in keys.items():
+            self.store.put_secret(f"cross_signing:{usage}", key.secret())
+
+    async def _refresh_keys(self, user: str) -> None:
+        self.crypto.track_users([user])
+        self.crypto.outdated.add(user)
+        await self._query_keys()
+
+    async def bootstrap_cross_signing(self, password: str, *, reset: bool = False) -> bool:
+        """Create the account's master, self-signing and user-signing keys, upload them
+        (the server asks for the password: user-interactive auth), and sign this device
+        with the self-signing key. False, doing nothing, when the account already has a
+        master key (this device then gets the keys from secret storage: `restore`) —
+        unless `reset`: a new identity replaces it (everyone who verified the user sees a
+        changed identity)."""
+        async with self._lock:
+            await self._refresh_keys(self.user_id)
+            if self.crypto.cross_signing.get(self.user_id, {}).get(MASTER) and not reset:
+                return False
+            keys = {usage: SigningKey.generate() for usage in USAGES}
+            master = keys[MASTER]
+            user = self.user_id
+            body = {
+                "master_key": key_object(user, MASTER, master.public),
+                "self_signing_key": master.sign(
+                    key_object(user, SELF_SIGNING, keys[SELF_SIGNING].public), user
+                ),
+                "user_signing_key": master.sign(
+                    key_object(user, USER_SIGNING, keys[USER_SIGNING].public), user
+                ),
+            }
+            self._keep_signing_keys(keys)  # before the server has them: never lost
+            await self.api.upload_signing_keys(body, user, password)
+            self.crypto.own_master = master.public
+            self.crypto.pinned_masters.pop(user, None)  # our own new identity
+            await self._refresh_keys(user)
+            self.crypto.verify_master(user, master.public)
+            self.store.save_machine(self.crypto)
+            # This device vouches for the master key, and the self-signing key for it.
+            await self.api.upload_signatures(
+                {
+                    user: {
+                        self.device_id: keys[SELF_SIGNING].sign(self.crypto.device_keys(), user),
+                        master.public: self.crypto.sign(body["master_key"]),
+                    }
+                }
+            )
+            await self._refresh_keys(user)
+            self.store.save_machine(self.crypto)
+        return True
+
+    async def _import_signing_keys(self, key_id: str, ssss_key: bytes) -> bool:
+        """Take the cross-signing private keys from secret storage (after checking each is
+        the account's current public key), trust our master key, and sign this device."""
+        await self._refresh_keys(self.user_id)
+        published = self.crypto.cross_signing.get(self.user_id, {})
+        keys: dict[str, SigningKey] = {}
+        for usage in USAGES:
+            secret = await self._read_secret(key_id, ssss_key, SECRET_NAMES[usage])
+            if secret is None:
+                continue
+            key = SigningKey.from_secret(secret)
+            if published.get(usage) != key.public:
+                log.warning("secret storage's %s key is not the account's: ignored", usage)
+                continue
+            keys[usage] = key
+        if MASTER not in keys:
+            return False
+        self._keep_signing_keys(keys)
+        self.crypto.verify_master(self.user_id, keys[MASTER].public)
+        self.store.save_machine(self.crypto)
+        device = self.crypto.devices.get(self.user_id, {}).get(self.device_id)
+        if SELF_SIGNING in keys and (device is None or not device.cross_signed):
+            await self.api.upload_signatures(
+                {
+                    self.user_id: {
+                        self.device_id: keys[SELF_SIGNING].sign(
+                            self.crypto.device_keys(), self.user_id
+                        )
+                    }
+                }
+            )
+            await self._refresh_keys(self.user_id)
+            self.store.save_machine(self.crypto)
+        return True
+
+    async def _cross_sign_own_device(self, device: Device) -> None:
+        """Sign another device of ours, verified by SAS, with our self-signing key."""
+        key = self._signing_key(SELF_SIGNING)
+        if key is None or device.cross_signed:
+            return
+        await self._refresh_keys(self.user_id)
+        if self.crypto.cross_signing.get(self.user_id, {}).get(SELF_SIGNING) != key.public:
+            return
+        keys = await self.api.keys_query([self.user_id])
+        raw = ((keys.get("device_keys") or {}).get(self.user_id) or {}).get(device.device_id)
+        if (
+            not isinstance(raw, dict)
+            or raw.get("keys", {}).get(f"ed25519:{device.device_id}") != device.ed25519
+        ):
+            return
+        await self.api.upload_signatures(
+            {self.user_id: {device.device_id: key.sign(_without_unsigned(raw), self.user_id)}}
+        )
+        await self._refresh_keys(self.user_id)
+        self.store.save_machine(self.crypto)
+
+    async def _cross_sign_user(self, user: str) -> None:
+        """Sign another user's master key (verified by SAS) with our user-signing key, so
+        our other devices, and theirs, see them as verified by us."""
+        key = self._signing_key(USER_SIGNING)
+        if key is None:
+            return
+        master = self.crypto.cross_signing.get(user, {}).get(MASTER)
+        obj = self.crypto.master_objects.get(user)
+        if master is None or obj is None or self.crypto.verified_masters.get(user) != master:
+            return
+        if self.crypto.cross_signing.get(self.user_id, {}).get(USER_SIGNING) != key.public:
+            return
+        await self.api.upload_signatures(
+            {user: {master: key.sign(_without_unsigned(obj), self.user_id)}}
+        )
+
+    def user_trust(self, user: str) -> str:
+        """ "verified", "unverified" or "changed" (identity changed since first seen)."""
+        return self.crypto.user_trust(user)
 
     # ---- key backup ---------------------------------------------------------------------
 
@@ -994,9 +1169,17 @@ class Client:
         key_id = b64encode(os.urandom(18))
         backup_private = os.urandom(32)
         auth_data = self.crypto.sign({"public_key": backup_public_key(backup_private)})
+        master = self._signing_key(MASTER)
+        if master is not None and master.public == self.crypto.own_master:
+            # Signed by our identity too: our other devices trust the backup through it.
+            auth_data = master.sign(auth_data, self.user_id)
         version = await self.api.create_backup_version(BACKUP_ALGORITHM, auth_data)
         await self.api.set_account_data(self.user_id, f"m.secret_storage.key.{key_id}", description)
         await self._store_secret(ssss_key, key_id, BACKUP_SECRET, b64encode(backup_private))
+        for usage in USAGES:
+            signing = self._signing_key(usage)
+            if signing is not None:
+                await self._store_secret(ssss_key, key_id, SECRET_NAMES[usage], signing.secret())
         await self.api.set_account_data(
             self.user_id, "m.secret_storage.default_key", {"key": key_id}
         )
@@ -1086,6 +1269,11 @@ class Client:
         keys decrypt. Returns how many sessions were imported. This device then backs up to
         the same backup."""
         key_id, ssss_key = await self.open_secret_storage(recovery_key, passphrase=passphrase)
+        async with self._lock:
+            try:
+                await self._import_signing_keys(key_id, ssss_key)
+            except (MatrixError, CrossSigningError, BackupError) as e:
+                log.warning("cross-signing keys not taken from secret storage: %s", e)
         stored = await self._read_secret(key_id, ssss_key, BACKUP_SECRET)
         if stored is None:
             raise BackupError("secret storage holds no key backup key")
@@ -1143,4 +1331,12 @@ class Client:
             self.crypto.track_users([user_id])
             self.crypto.outdated.add(user_id)
             await self._query_keys()
-        return [d.to_json() for d in self.crypto.devices.get(user_id, {}).values()]
+        return [
+            {**d.to_json(), "trusted": self.crypto.device_trusted(d)}
+            for d in self.crypto.devices.get(user_id, {}).values()
+        ]
+
+
+def _without_unsigned(obj: dict[str, Any]) -> dict[str, Any]:
+    """A key object as it was uploaded (the server adds `unsigned` when it answers)."""
+    return {k: v for k, v in obj.items() if k != "unsigned"}

@@ -22,6 +22,12 @@ from typing import Any
 
 import vodozemac
 
+from starling_client.cross_signing import (
+    MASTER,
+    SELF_SIGNING,
+    USER_SIGNING,
+    public_key_of,
+)
 from starling_client.encoding import b64decode, b64encode, canonical_json
 
 OLM = "m.olm.v1.curve25519-aes-sha2"
@@ -61,8 +67,9 @@ class Device:
     ed25519: str
     algorithms: list[str] = field(default_factory=list)
     display_name: str | None = None
-    verified: bool = False
+    verified: bool = False  # verified on this device (SAS)
     blocked: bool = False
+    cross_signed: bool = False  # signed by its owner's (master-signed) self-signing key
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,6 +81,7 @@ class Device:
             "display_name": self.display_name,
             "verified": self.verified,
             "blocked": self.blocked,
+            "cross_signed": self.cross_signed,
         }
 
     @classmethod
@@ -242,6 +250,16 @@ class CryptoMachine:
         # sessions, outbound sessions, trust); see share_up_to_date. In memory only.
         self._share_epoch = 0
         self._share_checked: dict[str, tuple[frozenset[str], int, int]] = {}
+        # Cross-signing: each user's checked public keys ({"master", "self_signing", and
+        # for us "user_signing"}), the master key first seen per user (a different one
+        # later is a changed identity), the master keys verified (SAS, or signed by our
+        # user-signing key), and our own master key when this device holds or trusts it.
+        self.cross_signing: dict[str, dict[str, str]] = {}
+        self.pinned_masters: dict[str, str] = {}
+        self.verified_masters: dict[str, str] = {}
+        self.own_master: str | None = None
+        # Another user's master key object as the server gave it (to sign it after a SAS).
+        self.master_objects: dict[str, dict[str, Any]] = {}
 
     # ---- identity -------------------------------------------------------------------
 
@@ -383,16 +401,26 @@ class CryptoMachine:
         if not isinstance(device_keys, dict):
             return
         failures = response.get("failures") or {}
+        users = sorted(set(users), key=lambda u: u != self.user_id)  # ours first: our USK
+        # `failures` is keyed by server name: that server's users were not answered.
+        failed = {u for u in users if u.partition(":")[2] in failures}
+        for user in users:
+            if user not in failed:
+                self._receive_cross_signing(user, response)
         for user in users:
             answer = device_keys.get(user)
             if not isinstance(answer, dict):
                 continue
             known = self.devices.get(user, {})
             fresh: dict[str, Device] = {}
+            self_signing = self.cross_signing.get(user, {}).get(SELF_SIGNING)
             for device_id, keys in answer.items():
                 device = self._check_device(user, device_id, keys)
                 if device is None:
                     continue
+                device.cross_signed = self_signing is not None and verify_json(
+                    keys, user, f"ed25519:{self_signing}", self_signing
+                )
                 old = known.get(device_id)
                 if old is not None:
                     if old.ed25519 != device.ed25519:
@@ -400,9 +428,94 @@ class CryptoMachine:
                     device.verified, device.blocked = old.verified, old.blocked
                 fresh[device_id] = device
             self.devices[user] = fresh
-            if user not in failures:
+            if user not in failed:
                 self.outdated.discard(user)
             self._changes.meta = True
+
+    def _receive_cross_signing(self, user: str, response: dict[str, Any]) -> None:
+        """Take a user's cross-signing keys from a /keys/query answer: the master key, and
+        the self-signing (and for us the user-signing) key only when the master signed it.
+        A master key other than the first one seen is a changed identity (user_trust)."""
+
+        def section(name: str) -> Any:
+            part = response.get(name)
+            return part.get(user) if isinstance(part, dict) else None
+
+        master_obj = section("master_keys")
+        master = public_key_of(master_obj, user, MASTER)
+        if master is None:
+            if self.cross_signing.pop(user, None) is not None:
+                self._changes.meta = True
+            return
+        keys = {MASTER: master}
+        for usage, name in (
+            (SELF_SIGNING, "self_signing_keys"),
+            (USER_SIGNING, "user_signing_keys"),
+        ):
+            obj = section(name)
+            public = public_key_of(obj, user, usage)
+            if public is not None and verify_json(obj, user, f"ed25519:{master}", master):
+                keys[usage] = public
+        if self.cross_signing.get(user) != keys:
+            self.cross_signing[user] = keys
+            self._changes.meta = True
+        self.master_objects[user] = master_obj
+        if user not in self.pinned_masters:
+            self.pinned_masters[user] = master
+            self._changes.meta = True
+        # A master key our (trusted) user-signing key signed was verified by one of our
+        # devices: trusted here too.
+        our_usk = self._trusted_user_signing_key()
+        if (
+            user != self.user_id
+            and our_usk is not None
+            and self.verified_masters.get(user) != master
+            and self.pinned_masters.get(user) == master
+            and verify_json(master_obj, self.user_id, f"ed25519:{our_usk}", our_usk)
+        ):
+            self.verified_masters[user] = master
+            self._changes.meta = True
+
+    def _trusted_user_signing_key(self) -> str | None:
+        """Our user-signing public key, if our master key is trusted and signed it."""
+        ours = self.cross_signing.get(self.user_id, {})
+        if self.own_master is None or ours.get(MASTER) != self.own_master:
+            return None
+        return ours.get(USER_SIGNING)
+
+    def user_trust(self, user: str) -> str:
+        """ "verified", "unverified", or "changed" (the user's master key is not the one
+        first seen here: their identity changed, or the server swapped it)."""
+        master = self.cross_signing.get(user, {}).get(MASTER)
+        if master is None:
+            return "unverified"
+        if self.pinned_masters.get(user, master) != master:
+            return "changed"
+        if user == self.user_id:
+            return "verified" if self.own_master == master else "unverified"
+        return "verified" if self.verified_masters.get(user) == master else "unverified"
+
+    def verify_master(self, user: str, master: str) -> bool:
+        """The user's master key `master` was verified (its MAC checked in a SAS): trust it,
+        and accept it as their identity from now on. False if it is not their current key."""
+        if self.cross_signing.get(user, {}).get(MASTER) != master:
+            return False
+        self.pinned_masters[user] = master
+        if user == self.user_id:
+            self.own_master = master
+        else:
+            self.verified_masters[user] = master
+        self._share_epoch += 1
+        self._changes.meta = True
+        return True
+
+    def device_trusted(self, device: Device) -> bool:
+        """Verified here, or cross-signed by an owner whose identity we trust."""
+        if device.blocked:
+            return False
+        if device.verified:
+            return True
+        return device.cross_signed and self.user_trust(device.user_id) == "verified"
 
     def _check_device(self, user: str, device_id: str, keys: Any) -> Device | None:
         if not isinstance(keys, dict):
@@ -597,7 +710,7 @@ class CryptoMachine:
             sender,
             sender_key,
             device.device_id if device else None,
-            bool(device and device.verified),
+            bool(device and self.device_trusted(device)),
             ed25519=claimed_ed,
         )
 
@@ -722,7 +835,7 @@ class CryptoMachine:
         if not isinstance(device_id, str) or device_id == self.device_id:
             return None
         device = self.devices.get(self.user_id, {}).get(device_id)
-        if device is None or not device.verified or device.blocked:
+        if device is None or not self.device_trusted(device):
             return None
         if not isinstance(body, dict) or body.get("algorithm") != MEGOLM:
             return None
@@ -749,7 +862,7 @@ class CryptoMachine:
         if decrypted.sender != self.user_id:
             return False
         device = self.device_by_curve(self.user_id, decrypted.sender_key)
-        if device is None or not device.verified or device.ed25519 != decrypted.ed25519:
+        if device is None or not self.device_trusted(device) or device.ed25519 != decrypted.ed25519:
             return False
         content = decrypted.content
         room_id, key = content.get("room_id"), content.get("session_key")
@@ -995,7 +1108,10 @@ class CryptoMachine:
             entry.sender_key,
             device.device_id if device else None,
             bool(
-                entry.sender and device and device.verified and device.ed25519 == entry.signing_key
+                entry.sender
+                and device
+                and self.device_trusted(device)
+                and device.ed25519 == entry.signing_key
             ),
             session_id,
         )
@@ -1025,6 +1141,10 @@ class CryptoMachine:
                 for r, s in self.rooms.items()
             },
             "failed_claims": self.failed_claims,
+            "cross_signing": self.cross_signing,
+            "pinned_masters": self.pinned_masters,
+            "verified_masters": self.verified_masters,
+            "own_master": self.own_master,
         }
 
     def load_meta(self, meta: dict[str, Any]) -> None:
@@ -1039,3 +1159,7 @@ class CryptoMachine:
         self.outdated = set(meta.get("outdated", []))
         self.rooms = {r: RoomEncryption(*s) for r, s in meta.get("rooms", {}).items()}
         self.failed_claims = dict(meta.get("failed_claims", {}))
+        self.cross_signing = dict(meta.get("cross_signing", {}))
+        self.pinned_masters = dict(meta.get("pinned_masters", {}))
+        self.verified_masters = dict(meta.get("verified_masters", {}))
+        self.own_master = meta.get("own_master")

@@ -24,14 +24,19 @@ from starling_client.api import MatrixError
 from starling_client.client import Client, Message
 from starling_client.verification import Sas
 
+TRUST_MARKS = {"verified": "✓", "unverified": "", "changed": " ⚠ changed identity"}
 
-def message_line(message: Message) -> str:
+
+def message_line(message: Message, identity: str = "unverified") -> str:
+    """A timeline line; `identity` is the sender's cross-signing trust (user_trust): ✓ for a
+    verified user, a warning when their identity changed."""
     when = time.strftime("%H:%M", time.localtime(message.origin_server_ts / 1000))
     lock = "🔒" if message.encrypted else "  "
     body = message.body if message.body is not None else f"[{message.msgtype}]"
     if message.msgtype in ("m.image", "m.file", "m.audio", "m.video"):
         body = f"[{message.msgtype[2:]}] {body}"
-    return f"{when} {lock} {message.sender}: {body}"
+    mark = TRUST_MARKS.get(identity, "")
+    return f"{when} {lock} {message.sender}{mark}: {body}"
 
 
 class RoomItem(ListItem):
@@ -150,7 +155,7 @@ class ChatApp(App[None]):
         if message.event_id in self.shown:
             return
         self.shown.add(message.event_id)
-        self.log_view.write(message_line(message))
+        self.log_view.write(message_line(message, self.client.user_trust(message.sender)))
 
     # ---- sending ------------------------------------------------------------------------
 
@@ -209,7 +214,13 @@ class ChatApp(App[None]):
         else:
             state = f"key backup: version {backup['version']} (restore it on this device)"
         who = f"{self.client.user_id} ({self.client.device_id})"
-        self.status_line.update(f"{who} · {state}")
+        identity = self.client.user_trust(self.client.user_id)
+        cross = {
+            "verified": "identity: verified",
+            "unverified": "identity: not trusted on this device (restore or verify it)",
+            "changed": "identity: CHANGED",
+        }[identity]
+        self.status_line.update(f"{who} · {cross} · {state}")
 
     # ---- verification -------------------------------------------------------------------
 
@@ -224,7 +235,8 @@ class ChatApp(App[None]):
                 self.push_screen(VerificationDialog(sas), self._verification_answer(sas))
             if sas.verified and f"done:{txn}" not in self.dialogs:
                 self.dialogs.add(f"done:{txn}")
-                self.notify(f"verified {sas.their_user} {sas.their_device}")
+                trust = self.client.user_trust(sas.their_user)
+                self.notify(f"verified {sas.their_user} {sas.their_device} (identity: {trust})")
 
     def _verification_answer(self, sas: Sas) -> Any:
         async def answered(match: bool | None) -> None:

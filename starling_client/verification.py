@@ -126,6 +126,11 @@ class Sas:
     their_mac: dict[str, Any] | None = None
     we_confirmed: bool = False
     done_received: bool = False
+    # Cross-signing master keys: ours is sent in our MAC; theirs (as /keys/query gave it)
+    # is checked against their MAC, and `master_verified` says it checked out.
+    own_master: str | None = None
+    their_master: str | None = None
+    master_verified: bool = False
     _sas: vodozemac.Sas = field(default_factory=vodozemac.Sas)
     _established: vodozemac.EstablishedSas | None = None
 
@@ -345,13 +350,17 @@ class Sas:
         self.we_confirmed = True
         info = self._mac_info(self.own_user, self.own_device, self.their_user, self.their_device)
         key_id = f"ed25519:{self.own_device}"
+        macs = {key_id: self._mac(self.own_ed25519, info + key_id)}
+        if self.own_master:
+            master_id = f"ed25519:{self.own_master}"
+            macs[master_id] = self._mac(self.own_master, info + master_id)
         out: list[Outgoing] = [
             (
                 "m.key.verification.mac",
                 {
                     "transaction_id": self.transaction_id,
-                    "mac": {key_id: self._mac(self.own_ed25519, info + key_id)},
-                    "keys": self._mac(key_id, info + "KEY_IDS"),
+                    "mac": macs,
+                    "keys": self._mac(",".join(sorted(macs)), info + "KEY_IDS"),
                 },
             )
         ]
@@ -387,8 +396,13 @@ class Sas:
             self._fail("m.key_mismatch", "the device's own key was not sent")
         if not self._mac_matches(self.their_ed25519, info + device_key, macs[device_key]):
             self._fail("m.key_mismatch", "the device key does not match its MAC")
-        # Other key IDs (a cross-signing master key) are covered by the KEY_IDS MAC; we
-        # do not verify cross-signing keys yet, so they are not trusted either.
+        # Their cross-signing master key, when they sent it and it is the one we know for
+        # them; other key IDs are covered by the KEY_IDS MAC and otherwise ignored.
+        master_id = f"ed25519:{self.their_master}" if self.their_master else None
+        if master_id is not None and master_id in macs:
+            if not self._mac_matches(str(self.their_master), info + master_id, macs[master_id]):
+                self._fail("m.key_mismatch", "the master key does not match its MAC")
+            self.master_verified = True
         self.verified = True
         self.state = "done"
         return [("m.key.verification.done", {"transaction_id": self.transaction_id})]

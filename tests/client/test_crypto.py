@@ -6,6 +6,7 @@ and forgery refusals, one-time and fallback key replenishing."""
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -540,3 +541,94 @@ def test_share_fast_path_holds_only_while_nothing_changed(
     alice.note_shared(ROOM, MEMBERS)
     alice.member_left(ROOM, "@bob:example.org")
     assert not alice.share_up_to_date(ROOM, MEMBERS)
+
+
+def test_cross_signing_trust_from_keys_query(
+    world: tuple[KeyServer, CryptoMachine, CryptoMachine],
+) -> None:
+    """A device is trusted through cross-signing only along valid signatures from a trusted
+    master key; a self-signing key the master did not sign counts for nothing; a master key
+    signed by our user-signing key is verified; a new master key is a changed identity."""
+    from starling_client.cross_signing import SigningKey, key_object
+
+    server, alice, _ = world
+    bob_id, alice_id = "@bob:example.org", "@alice:example.org"
+
+    def identity(user: str) -> dict[str, SigningKey]:
+        return {u: SigningKey.generate() for u in ("master", "self_signing", "user_signing")}
+
+    def section(user: str, keys: dict[str, SigningKey], *, sign_ssk: bool = True) -> dict[str, Any]:
+        master = keys["master"]
+        ssk = key_object(user, "self_signing", keys["self_signing"].public)
+        usk = key_object(user, "user_signing", keys["user_signing"].public)
+        return {
+            "master_keys": {user: key_object(user, "master", master.public)},
+            "self_signing_keys": {user: master.sign(ssk, user) if sign_ssk else ssk},
+            "user_signing_keys": {user: master.sign(usk, user)},
+        }
+
+    def query(user: str, extra: dict[str, Any], device_sig: SigningKey | None) -> None:
+        devices = copy.deepcopy(server.device_keys[user])
+        if device_sig is not None:
+            devices = {d: device_sig.sign(k, user) for d, k in devices.items()}
+        alice.outdated.add(user)
+        alice.receive_keys_query([user], {"device_keys": {user: devices}, **extra})
+
+    mine, bobs = identity(alice_id), identity(bob_id)
+    alice.own_master = mine["master"].public
+    query(alice_id, section(alice_id, mine), mine["self_signing"])
+    assert alice.user_trust(alice_id) == "verified"
+
+    # Bob's devices signed by a self-signing key his master did not sign: not cross-signed.
+    query(bob_id, section(bob_id, bobs, sign_ssk=False), bobs["self_signing"])
+    device = alice.devices[bob_id]["BOB1"]
+    assert not device.cross_signed and not alice.device_trusted(device)
+    # Properly signed: cross-signed, but Bob is not verified yet, so not trusted.
+    query(bob_id, section(bob_id, bobs), bobs["self_signing"])
+    device = alice.devices[bob_id]["BOB1"]
+    assert device.cross_signed and alice.user_trust(bob_id) == "unverified"
+    assert not alice.device_trusted(device)
+    # The server shows our user-signing key's signature on Bob's master: verified.
+    signed = section(bob_id, bobs)
+    signed["master_keys"][bob_id] = mine["user_signing"].sign(
+        signed["master_keys"][bob_id], alice_id
+    )
+    query(bob_id, signed, bobs["self_signing"])
+    assert alice.user_trust(bob_id) == "verified"
+    assert alice.device_trusted(alice.devices[bob_id]["BOB1"])
+    # A signature by some other key claiming to be ours does not count.
+    other = identity(alice_id)
+    forged = section(bob_id, bobs)
+    forged["master_keys"][bob_id] = other["user_signing"].sign(
+        forged["master_keys"][bob_id], alice_id
+    )
+    alice.verified_masters.clear()
+    query(bob_id, forged, bobs["self_signing"])
+    assert alice.user_trust(bob_id) == "unverified"
+    assert alice.verify_master(bob_id, bobs["master"].public)
+    # Bob's identity is replaced: changed, and his devices signed by it are not trusted.
+    new = identity(bob_id)
+    query(bob_id, section(bob_id, new), new["self_signing"])
+    assert alice.user_trust(bob_id) == "changed"
+    assert not alice.device_trusted(alice.devices[bob_id]["BOB1"])
+    assert not alice.verify_master(bob_id, bobs["master"].public)  # not his current key
+    assert alice.verify_master(bob_id, new["master"].public)  # verified again: accepted
+    assert alice.user_trust(bob_id) == "verified"
+    # The state survives the store's metadata round trip.
+    again = CryptoMachine(alice_id, "ALICE1", alice.account)
+    again.load_meta(json.loads(json.dumps(alice.meta())))
+    assert again.user_trust(bob_id) == "verified" and again.user_trust(alice_id) == "verified"
+
+
+def test_a_server_that_failed_to_answer_leaves_its_users_outdated(
+    world: tuple[KeyServer, CryptoMachine, CryptoMachine],
+) -> None:
+    # /keys/query's `failures` is keyed by server name: those users were not answered.
+    _, alice, _ = world
+    alice.track_users(["@carol:elsewhere.example"])
+    alice.outdated.update({"@carol:elsewhere.example", "@bob:example.org"})
+    alice.receive_keys_query(
+        ["@carol:elsewhere.example", "@bob:example.org"],
+        {"device_keys": {"@bob:example.org": {}}, "failures": {"elsewhere.example": {}}},
+    )
+    assert alice.outdated == {"@carol:elsewhere.example"}

@@ -1,7 +1,8 @@
 """Starling's own client and matrix-js-sdk with Rust crypto (the stack Element Web runs on)
 through a real `starling serve` (both engines), the JS side driven by
-tests/interop/js/peer.mjs: encrypted messages both ways, and an encrypted image and voice
-message from Starling that js-sdk receives and decrypts with WebCrypto (Element's way).
+tests/interop/js/peer.mjs: encrypted messages both ways, and encrypted images and voice
+messages both ways (js-sdk's side encrypts and decrypts them with WebCrypto, Element's
+way).
 
 Needs Node.js and `make dev-js`; skipped without them, except in CI."""
 
@@ -152,6 +153,35 @@ async def test_starling_and_js_sdk_exchange_encrypted_messages_and_media(
         await alice.send_voice(room_id, tmp_path / "memo.ogg")
         got = (await peer.expect(peer.event("memo.ogg"), "received the voice message"))["event"]
         assert got["msgtype"] == "m.audio" and got["voice"] and got["info"]["duration"] == 2000
+
+        # js-sdk → Starling: an image and a voice message encrypted by WebCrypto.
+        voice = opus_file(1)
+        for msgtype, body, mimetype, data, info, is_voice in (
+            ("m.image", "js.png", "image/png", png(40, 30), {"w": 40, "h": 30}, False),
+            ("m.audio", "js.ogg", "audio/ogg", voice, {"duration": 1000}, True),
+        ):
+            await peer.send(
+                {
+                    "cmd": "send_media",
+                    "room_id": room_id,
+                    "msgtype": msgtype,
+                    "body": body,
+                    "mimetype": mimetype,
+                    "data": base64.b64encode(data).decode(),
+                    "info": info,
+                    "voice": is_voice,
+                }
+            )
+            sent = (await peer.expect(lambda x: "sent" in x, f"sent {body}"))["sent"]
+            deadline = time.monotonic() + DEADLINE_S
+            while not any(m.event_id == sent for m in alice.timeline(room_id)):
+                assert time.monotonic() < deadline, f"Starling never decrypted {body}"
+                await alice.sync_once(timeout_ms=500)
+            message = next(m for m in alice.timeline(room_id) if m.event_id == sent)
+            assert message.encrypted and message.msgtype == msgtype and message.sender == jay
+            assert await alice.download(message) == data
+            if is_voice:
+                assert "org.matrix.msc3245.voice" in message.content
         await peer.send({"cmd": "exit"})
     finally:
         await alice.close()
@@ -225,7 +255,10 @@ async def test_sas_verification_with_js_sdk(
 ) -> None:
     """Starling requests a verification of a js-sdk (Rust crypto) device the way Element
     does (request, ready, start); js-sdk accepts, both show the same emoji and decimals, and
-    each ends with the other's device verified."""
+    each ends with the other's device verified — and, both having cross-signing (Starling's
+    set up at login, js-sdk's by bootstrapCrossSigning with the password), each user
+    cross-signing-verified by the other: the MACs carried the master keys and each side
+    signed the other's with its user-signing key."""
     server = starling_server
     await register(server, "alice", tmp_path / "alice-reg")
     await register(server, "jay", tmp_path / "jay-reg")
@@ -239,6 +272,14 @@ async def test_sas_verification_with_js_sdk(
         deadline = time.monotonic() + DEADLINE_S
         while alice.rooms[room_id].members.get(jay) != "join" and time.monotonic() < deadline:
             await alice.sync_once(timeout_ms=300)
+        await peer.send({"cmd": "bootstrap_cross_signing"})
+        assert (await peer.expect(lambda x: "cross_signing" in x, "bootstrapped"))["cross_signing"]
+        jay_devices = {d["device_id"]: d for d in await alice.devices(jay)}
+        assert jay_devices[jay_device]["cross_signed"] and not jay_devices[jay_device]["trusted"]
+        assert alice.user_trust(jay) == "unverified"
+        await peer.send({"cmd": "trust", "user_id": alice.user_id, "device_id": alice.device_id})
+        before = (await peer.expect(lambda x: "trust" in x, "saw Alice's identity"))["trust"]
+        assert before["device_signed_by_owner"] and not before["cross_signing_verified"]
         await peer.send(
             {"cmd": "await_verification", "user_id": alice.user_id, "device_id": alice.device_id}
         )
@@ -261,6 +302,30 @@ async def test_sas_verification_with_js_sdk(
         assert sas.verified, (sas.cancel_code, sas.cancel_reason)
         assert alice.crypto.devices[jay][jay_device].verified
         assert (await peer.expect(lambda x: "verified" in x, "finished"))["verified"] is True
+        # Cross-signing both ways.
+        assert sas.master_verified and alice.user_trust(jay) == "verified"
+        await peer.send(
+            {
+                "cmd": "trust",
+                "user_id": alice.user_id,
+                "device_id": alice.device_id,
+                "wait": True,
+            }
+        )
+        after = (await peer.expect(lambda x: "trust" in x, "re-checked Alice"))["trust"]
+        assert after["cross_signing_verified"], after
+        assert after["device_cross_signing_verified"], after
+        # Alice's signature on Jay's master key is on the server: a new Starling device of
+        # Alice's that takes her keys from secret storage trusts Jay without a SAS.
+        recovery_key = await alice.create_backup()
+        alice2 = await Client.login(tmp_path / "alice2", server.url, "alice", PASSWORD, "pw")
+        try:
+            await alice2.restore_backup(recovery_key)
+            devices = {d["device_id"]: d for d in await alice2.devices(jay)}
+            assert alice2.user_trust(jay) == "verified"
+            assert devices[jay_device]["trusted"] and not devices[jay_device]["verified"]
+        finally:
+            await alice2.close()
         await peer.send({"cmd": "exit"})
     finally:
         await alice.close()

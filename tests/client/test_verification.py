@@ -122,3 +122,40 @@ def test_mismatch_cancels() -> None:
     assert kind == "m.key.verification.cancel" and content["code"] == "m.mismatched_sas"
     bob.receive(kind, content)
     assert bob.state == "cancelled" and not bob.verified
+
+
+def test_master_keys_travel_in_the_mac_and_a_wrong_one_is_refused() -> None:
+    from starling_client.cross_signing import SigningKey
+
+    alice_master, bob_master = SigningKey.generate().public, SigningKey.generate().public
+    alice, bob, _ = pair()
+    alice.own_master, alice.their_master = alice_master, bob_master
+    bob.own_master, bob.their_master = bob_master, alice_master
+    exchange(alice, bob)
+    (mac_a,) = alice.confirm()
+    assert set(mac_a[1]["mac"]) == {"ed25519:ADEV", f"ed25519:{alice_master}"}
+    bob.receive(*mac_a)
+    mac_b, _ = bob.confirm()
+    alice.receive(*mac_b)
+    assert alice.verified and alice.master_verified and bob.verified and bob.master_verified
+
+    # Bob expects another master key for Alice than the one her MAC vouches for.
+    alice, bob, _ = pair()
+    alice.own_master = alice_master
+    bob.their_master = SigningKey.generate().public
+    exchange(alice, bob)
+    (mac_a,) = alice.confirm()
+    bob.receive(*mac_a)
+    out = bob.confirm()
+    assert not bob.master_verified  # her master key is not the one Bob knows: not trusted
+    assert bob.verified  # the device itself checked out
+    # A MAC whose master-key entry was tampered with is a key mismatch.
+    alice, bob, _ = pair()
+    alice.own_master, bob.their_master = alice_master, alice_master
+    exchange(alice, bob)
+    (mac_a,) = alice.confirm()
+    forged = dict(mac_a[1])
+    forged["mac"] = {**forged["mac"], f"ed25519:{alice_master}": forged["mac"]["ed25519:ADEV"]}
+    bob.receive("m.key.verification.mac", forged)
+    out = bob.confirm()
+    assert out[-1][1]["code"] == "m.key_mismatch" and not bob.master_verified

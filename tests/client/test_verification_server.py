@@ -72,7 +72,7 @@ async def test_verify_a_starling_client_driven_by_the_cli(
     )
     out, err = await asyncio.wait_for(login.communicate(), 60)
     assert login.returncode == 0, err
-    bob_device = out.decode().split("(device ")[1].rstrip(")\n")
+    bob_device = out.decode().splitlines()[0].split("(device ")[1].rstrip(")")
 
     # Bob's CLI waits for a verification from Alice and accepts matching emoji.
     bob = await asyncio.create_subprocess_exec(
@@ -106,6 +106,10 @@ async def test_verify_a_starling_client_driven_by_the_cli(
     assert lines[-1] == f"verified @alice:localhost {alice.device_id}"
     assert sas.verified
     assert alice.crypto.devices["@bob:localhost"][bob_device].verified
+    # Cross-signing: both bootstrapped at login; the MACs carried the master keys, so each
+    # now verifies the other user (and Bob's CLI says so).
+    assert "identity of @alice:localhost: verified" in lines
+    assert sas.master_verified and alice.user_trust("@bob:localhost") == "verified"
     # Bob's store remembers that Alice's device is verified.
     store = Store(tmp_path / "bob" / "client.db", PASSPHRASE)
     try:

@@ -10,6 +10,8 @@
 // Commands, one JSON object a line on stdin:
 //   {"cmd": "send", "room_id": ..., "body": ...}           → {"sent": event_id}
 //   {"cmd": "download", "file": <EncryptedFile>}           → {"downloaded": base64 of plaintext}
+//   {"cmd": "send_media", "room_id", "msgtype", "body", "mimetype", "data": base64,
+//    "info": {...}, "voice": bool}   encrypt (WebCrypto), upload, send → {"sent": event_id}
 //   {"cmd": "make_backup"}    secret storage + a key backup of every room key it holds
 //                             → {"recovery_key": "EsT1 ..."}
 //   {"cmd": "restore_backup", "recovery_key": ...}  backup key from secret storage, then
@@ -19,6 +21,11 @@
 //                             then {"verified": true} once the device is verified
 //   {"cmd": "await_verification", "user_id": ..., "device_id": ...}  accept the next incoming verification request, confirm
 //                             the emoji → {"sas": {emoji, decimal}}, then {"verified": bool}
+//   {"cmd": "bootstrap_cross_signing"}  create and upload cross-signing keys (UIA with the
+//                             password) → {"cross_signing": true}
+//   {"cmd": "trust", "user_id": ..., "device_id": ..., "wait": bool}  that user's identity
+//                             and device as seen here (with wait: until the identity is
+//                             cross-signing verified, 20 s at most) → {"trust": {...}}
 //   {"cmd": "exit"}
 // Everything it prints besides those lines goes to stderr.
 
@@ -246,6 +253,79 @@ process.stdin.on("data", async (chunk) => {
                     .getCrypto()
                     .getDeviceVerificationStatus(request.otherUserId, command.device_id);
                 out({ verified: Boolean(status?.isVerified()) });
+            } else if (command.cmd === "send_media") {
+                // An encrypted image or voice message, encrypted here with WebCrypto.
+                const { encryptAttachment } = await import("./attachment.mjs");
+                const plain = Buffer.from(command.data, "base64");
+                const { data: ciphertext, info } = await encryptAttachment(plain);
+                const resp = await fetch(`${BASE_URL}/_matrix/media/v3/upload`, {
+                    method: "POST",
+                    headers: {
+                        Authorization: `Bearer ${creds.access_token}`,
+                        "Content-Type": "application/octet-stream",
+                    },
+                    body: ciphertext,
+                });
+                const uploaded = await resp.json();
+                const content = {
+                    msgtype: command.msgtype,
+                    body: command.body,
+                    file: { ...info, url: uploaded.content_uri },
+                    info: { mimetype: command.mimetype, size: plain.length, ...(command.info ?? {}) },
+                };
+                if (command.voice) {
+                    content["org.matrix.msc3245.voice"] = {};
+                    content["org.matrix.msc1767.audio"] = { duration: command.info?.duration };
+                }
+                const room = client.getRoom(command.room_id);
+                if (room) await client.getCrypto().prepareToEncrypt(room);
+                const sent = await client.sendMessage(command.room_id, content);
+                out({ sent: sent.event_id });
+            } else if (command.cmd === "bootstrap_cross_signing") {
+                // The server asks for the password (user-interactive auth): first call
+                // without auth to learn the session, then with the password.
+                await client.getCrypto().bootstrapCrossSigning({
+                    authUploadDeviceSigningKeys: async (makeRequest) => {
+                        let session;
+                        try {
+                            await makeRequest(null);
+                            return;
+                        } catch (e) {
+                            session = e?.data?.session;
+                            if (!session) throw e;
+                        }
+                        await makeRequest({
+                            type: "m.login.password",
+                            identifier: { type: "m.id.user", user: USERNAME },
+                            password: PASSWORD,
+                            session,
+                        });
+                    },
+                });
+                const status = await client.getCrypto().getCrossSigningStatus();
+                out({ cross_signing: status.publicKeysOnDevice && status.privateKeysCachedLocally.masterKey });
+            } else if (command.cmd === "trust") {
+                // How this client sees a user's identity and one of their devices.
+                const crypto = client.getCrypto();
+                const deadline = Date.now() + 20_000;
+                for (;;) {
+                    await crypto.getUserDeviceInfo([command.user_id], true);
+                    const user = await crypto.getUserVerificationStatus(command.user_id);
+                    const device = await crypto.getDeviceVerificationStatus(
+                        command.user_id,
+                        command.device_id,
+                    );
+                    const result = {
+                        cross_signing_verified: user.isCrossSigningVerified(),
+                        device_cross_signing_verified: Boolean(device?.crossSigningVerified),
+                        device_signed_by_owner: Boolean(device?.signedByOwner),
+                    };
+                    if ((!command.wait || result.cross_signing_verified) || Date.now() > deadline) {
+                        out({ trust: result });
+                        break;
+                    }
+                    await new Promise((r) => setTimeout(r, 300));
+                }
             } else if (command.cmd === "exit") {
                 client.stopClient();
                 process.exit(0);
