@@ -83,6 +83,7 @@ from starling.federation.remote_membership import OutOfBandMemberships, RemoteMe
 from starling.federation.remote_queries import RemoteQueries
 from starling.federation.room_edus import RoomEdus
 from starling.federation.sender import FederationSender, JoinedHosts
+from starling.federation.sender.backoff import BackoffPolicy
 from starling.federation.timestamps import TimestampLookup
 from starling.federation.transport import FederationTransport, build_federation_transport
 from starling.lowbandwidth.server import FEATURE as LB_FEATURE
@@ -641,6 +642,10 @@ async def build_services(
         verify_certificates=not config.use_insecure_ssl_client_just_for_testing_do_not_use,
         room_details=room_details_from(
             state_store.get_current_state_ids, event_store.get_events_with_meta
+        ),
+        # The shared retry policy, from the sender's first wait up to a minute.
+        backoff=lambda initial_ms: BackoffPolicy(
+            initial_ms=initial_ms, short_cap_ms=60_000, long_cap_ms=60_000
         ),
     )
     # The evaluator reads the events stream from its stored position; the listener only

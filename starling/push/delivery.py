@@ -13,8 +13,8 @@ resumes (events persisted while the server was down are evaluated at start, so t
 pushed too). A notification sent just before a crash, whose position was not yet stored,
 is sent again (at least once; a gateway sees the same event ID).
 
-A failed request (connection error, timeout, non-2xx) is retried with exponential backoff,
-at most MAX_ATTEMPTS times; then that notification is given up on. A pushkey the gateway
+A failed request (connection error, timeout, non-2xx) is retried with exponential backoff
+(the shared BackoffPolicy), at most MAX_ATTEMPTS times; then that notification is given up on. A pushkey the gateway
 lists in `rejected` removes the pusher (spec: the homeserver "MUST" remove it). Badge
 updates after a read receipt are not stored: they are sent at once (a newer one follows
 the next receipt).
@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -148,6 +149,28 @@ def badge_body(pusher: dict[str, Any], unread: int) -> dict[str, Any]:
     return {"notification": {"counts": {"unread": unread}, "devices": [device], "prio": "low"}}
 
 
+class RetryPolicy(Protocol):
+    """What starling.federation.sender.backoff.BackoffPolicy offers."""
+
+    def next_interval(self, previous_ms: int, failing_since_ms: int, now_ms: int) -> int: ...
+
+    def jittered(self, interval_ms: int) -> int: ...
+
+
+class _DoublingPolicy:
+    """Without a policy given (unit use): doubling from `initial_ms` up to the cap."""
+
+    def __init__(self, initial_ms: int) -> None:
+        self._initial_ms = initial_ms
+
+    def next_interval(self, previous_ms: int, failing_since_ms: int, now_ms: int) -> int:
+        nxt = self._initial_ms if previous_ms <= 0 else previous_ms * 2
+        return min(nxt, int(MAX_BACKOFF_SECONDS * 1000))
+
+    def jittered(self, interval_ms: int) -> int:
+        return interval_ms
+
+
 class PushSender:
     """Background delivery of stored notifications to HTTP push gateways."""
 
@@ -162,7 +185,9 @@ class PushSender:
         verify_certificates: bool = True,
         first_backoff: float = FIRST_BACKOFF_SECONDS,
         room_details: RoomDetails = _no_details,
+        backoff: Callable[[int], RetryPolicy] | None = None,
     ) -> None:
+        self._backoff = backoff or _DoublingPolicy
         self._pushers = pushers
         self._actions = actions
         self._events = events
@@ -316,7 +341,12 @@ class PushSender:
     async def _deliver(self, key: PusherKey, url: str, body: dict[str, Any]) -> str:
         """POST one notification, retrying: "sent", "rejected" or "failed"."""
         assert self._session is not None
-        delay = self.first_backoff
+        # The shared retry policy (federation/sender/backoff.py BackoffPolicy, given by
+        # the composition root: importing it here would make a package cycle), started at
+        # first_backoff.
+        policy = self._backoff(max(1, int(self.first_backoff * 1000)))
+        failing_since = int(time.monotonic() * 1000)
+        wait_ms = 0
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 async with self._session.post(url, json=body) as resp:
@@ -334,8 +364,9 @@ class PushSender:
                     return "failed"
                 reason = repr(e)
             if attempt < MAX_ATTEMPTS:
+                wait_ms = policy.next_interval(wait_ms, failing_since, int(time.monotonic() * 1000))
+                delay = policy.jittered(wait_ms) / 1000
                 logger.info("push to %s failed (%s); retry in %.1fs", url, reason, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
         logger.warning("push to %s failed %d times; notification dropped", url, MAX_ATTEMPTS)
         return "failed"
