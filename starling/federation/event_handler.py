@@ -253,6 +253,8 @@ class FederationEventHandler:
             verdict = check_against_state(event, auth_state)
             if isinstance(verdict, Rejected):
                 rejected_reason = verdict.reason
+        if rejected_reason is None:
+            rejected_reason = await self._redacts_across_rooms(event)
         soft_failed = False
         if rejected_reason is None and not backfilled:
             soft_failed = await self._soft_fails(event, before)
@@ -267,6 +269,17 @@ class FederationEventHandler:
         await self._persister.persist(event, context)
         outcome = "rejected" if rejected_reason else "soft_failed" if soft_failed else "accepted"
         INBOUND_PDUS.labels(outcome).inc()
+        return None
+
+    async def _redacts_across_rooms(self, event: Event) -> str | None:
+        """A redaction naming an event we hold of another room is rejected (as Synapse
+        does): it could never apply, and only a forger sends one."""
+        if event.type != "m.room.redaction" or not event.redacts:
+            return None
+        found = await self._events.get_events([event.redacts], allow_rejected=True)
+        target = found.get(event.redacts)
+        if target is not None and target.room_id != event.room_id:
+            return "it redacts an event of another room"
         return None
 
     async def _check_own_auth_events(self, event: Event) -> str | None:

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from starling.protocol.event import Event, StateKey
+from starling.protocol.power_levels import PowerLevels, server_of
 from starling.protocol.room_versions import RoomVersion
 from starling.rooms.state_calculator import StateCalculator, StateSnapshot
 from starling.storage.database import Database, Transaction
@@ -189,6 +190,28 @@ class EventPersister:
 
     # --- timeline events -----------------------------------------------------------------
 
+    async def _may_redact(
+        self, redaction: Event, target_id: str, state_before: Mapping[StateKey, str]
+    ) -> bool:
+        """Whether an accepted redaction is applied to its target (spec: Server-Server
+        API, "Redactions"; room versions 3 and later leave this to the receiving server):
+        the target must be an event of the same room, sent by a user of the redaction
+        sender's server, or the sender must hold the redact power level in the state
+        before the redaction. A target not here yet is not redacted later."""
+        found = await self._events.get_events([target_id], allow_rejected=True)
+        target = found.get(target_id)
+        if target is None or target.room_id != redaction.room_id:
+            return False
+        if server_of(target.sender) == server_of(redaction.sender):
+            return True
+        keys = [("m.room.create", ""), ("m.room.power_levels", "")]
+        ids = {k: state_before[k] for k in keys if k in state_before}
+        loaded = await self._events.get_events(list(ids.values()))
+        create = loaded.get(ids.get(("m.room.create", ""), ""))
+        power = loaded.get(ids.get(("m.room.power_levels", ""), ""))
+        levels = PowerLevels.from_state(create, power, redaction.room_version)
+        return levels.user_level(redaction.sender) >= levels.redact
+
     async def persist(
         self,
         event: Event,
@@ -282,6 +305,10 @@ class EventPersister:
         )
         member_events[event.event_id] = event
         redaction_target = event.redacts if event.type == "m.room.redaction" and accepted else None
+        if redaction_target is not None and not await self._may_redact(
+            event, redaction_target, before.ids
+        ):
+            redaction_target = None  # kept in the DAG, but the target stays as it is
 
         async with self._db.transaction() as txn:
             if room_version is not None:

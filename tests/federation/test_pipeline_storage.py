@@ -223,3 +223,39 @@ async def test_messages_backfills_at_the_start_of_local_history(hs: Harness) -> 
     ]
     assert bodies == ["old 0", "old 1", "old 2"]
     assert room.client.count("backfill") == 1
+
+
+async def test_a_redaction_is_applied_only_by_its_targets_server_or_with_power(
+    hs: Harness,
+) -> None:
+    """Room versions 3+: a redaction passes the auth rules whoever sends it, but only one
+    from the target's sender's server, or by someone with the redact level, redacts."""
+    room = Room(hs)
+    bob, _token = await room.join()
+    room_id = room.dag.room_id
+    sent = await hs.services.room_events.send(
+        room_id, bob, "m.room.message", {"msgtype": "m.text", "body": "mine"}, None
+    )
+    target = sent.event_id
+    carol = room.remote.user("carol")
+    assert await room.push(room.dag.join(carol)) is None
+    fake = room.dag.add(carol, "m.room.redaction", {}, extra={"redacts": target})
+    assert await room.push(fake) is None
+    assert (await room.meta(fake.event_id)).rejected_reason is None  # in the DAG...
+    assert (await room.meta(target)).redacted_by is None  # ...but not applied
+    real = room.dag.add(room.alice, "m.room.redaction", {}, extra={"redacts": target})
+    assert await room.push(real) is None  # alice holds the redact level
+    assert (await room.meta(target)).redacted_by == real.event_id
+
+
+async def test_a_redaction_of_another_rooms_event_is_rejected(hs: Harness) -> None:
+    room = Room(hs)
+    bob, token = await room.join()
+    elsewhere = await hs.create_room(token)
+    sent = await hs.services.room_events.send(
+        elsewhere, bob, "m.room.message", {"msgtype": "m.text", "body": "there"}, None
+    )
+    forged = room.dag.add(room.alice, "m.room.redaction", {}, extra={"redacts": sent.event_id})
+    assert await room.push(forged) is None
+    assert "another room" in (await room.meta(forged.event_id)).rejected_reason
+    assert (await room.meta(sent.event_id)).redacted_by is None

@@ -71,7 +71,10 @@ class OriginAuthenticator:
         try:
             auth = parse_header(header)
         except XMatrixError as e:
-            raise unauthorized(str(e)) from None
+            # A header that does not parse (bad syntax, an origin that is not a server
+            # name) is a malformed request, 400 (as Synapse); one that parses but does
+            # not verify is 401.
+            raise MatrixError(400, "M_UNAUTHORIZED", f"Malformed X-Matrix header: {e}") from None
         if not auth.key.startswith(ED25519 + ":"):
             # No other algorithm exists: refused without fetching the origin's keys.
             raise unauthorized(f"Unsupported key algorithm in {auth.key!r}")
