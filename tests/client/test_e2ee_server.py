@@ -13,6 +13,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nio import (
@@ -405,33 +406,51 @@ async def _attachments(server: RunningServer, tmp_path: Path, opened: list) -> N
     assert "org.matrix.msc3245.voice" in audio
     assert audio["info"]["duration"] == 3000 and audio["info"]["mimetype"] == "audio/ogg"
 
-    # nio → Starling: an encrypted file uploaded and sent by nio.
+    # nio → Starling: an encrypted image, voice message and file uploaded and sent by nio.
     nio_doc = b"nio's secret attachment " * 50
-    uploaded, keys = await nina.client.upload(
-        io.BytesIO(nio_doc), "text/plain", "nio.txt", encrypt=True, filesize=len(nio_doc)
-    )
-    assert isinstance(uploaded, UploadResponse) and keys is not None
-    sent = await nina.client.room_send(
-        room_id,
-        "m.room.message",
-        {
-            "msgtype": "m.file",
-            "body": "nio.txt",
+    nio_image = png(64, 48)
+    nio_voice = opus_file(2)
+    for msgtype, body, mimetype, data, extra in (
+        ("m.image", "nio.png", "image/png", nio_image, {"info": {"w": 64, "h": 48}}),
+        (
+            "m.audio",
+            "nio.ogg",
+            "audio/ogg",
+            nio_voice,
+            {
+                "info": {"duration": 2000},
+                "org.matrix.msc3245.voice": {},
+                "org.matrix.msc1767.audio": {"duration": 2000},
+            },
+        ),
+        ("m.file", "nio.txt", "text/plain", nio_doc, {}),
+    ):
+        uploaded, keys = await nina.client.upload(
+            io.BytesIO(data), mimetype, body, encrypt=True, filesize=len(data)
+        )
+        assert isinstance(uploaded, UploadResponse) and keys is not None
+        content: dict[str, Any] = {
+            "msgtype": msgtype,
+            "body": body,
             "file": {**keys, "url": uploaded.content_uri},
-            "info": {"mimetype": "text/plain", "size": len(nio_doc)},
-        },
-        ignore_unverified_devices=True,
-    )
-    sent_id = expect(sent, RoomSendResponse).event_id
-    await sync_until(
-        [alice],
-        lambda: any(m.event_id == sent_id for m in texts(alice, room_id)),
-        "Starling received nio's file",
-        others=[nina],
-    )
-    message = next(m for m in texts(alice, room_id) if m.event_id == sent_id)
-    assert message.encrypted and message.msgtype == "m.file"
-    assert await alice.download(message) == nio_doc
+            **extra,
+        }
+        content["info"] = {**content.get("info", {}), "mimetype": mimetype, "size": len(data)}
+        sent = await nina.client.room_send(
+            room_id, "m.room.message", content, ignore_unverified_devices=True
+        )
+        sent_id = expect(sent, RoomSendResponse).event_id
+        await sync_until(
+            [alice],
+            lambda sent_id=sent_id: any(m.event_id == sent_id for m in texts(alice, room_id)),
+            f"Starling received nio's {body}",
+            others=[nina],
+        )
+        message = next(m for m in texts(alice, room_id) if m.event_id == sent_id)
+        assert message.encrypted and message.msgtype == msgtype
+        assert await alice.download(message) == data
+        if msgtype == "m.audio":
+            assert "org.matrix.msc3245.voice" in message.content
 
     # The server's media holds only ciphertext.
     await assert_ciphertext_only(server, alice.session.access_token, room_id, [])
