@@ -117,3 +117,36 @@ async def test_js_sdk_rust_crypto(starling_server: RunningServer, sdk: str) -> N
     except BaseException:
         print(f"--- starling serve ({server.engine}) log tail ---\n{server.log_tail()}")
         raise
+
+
+async def test_js_sdk_dehydrated_device(starling_server: RunningServer) -> None:
+    """MSC3814 with the newest matrix-js-sdk (tests/interop/js/dehydration.mjs): Alice's
+    client uploads a dehydrated device; Bob's message, sent while she is away, is decrypted
+    by a device of hers that logs in afterwards and rehydrates it."""
+    node = node_or_skip()
+    server = starling_server
+    try:
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [node, str(JS_DIR / "dehydration.mjs"), server.url],
+            cwd=JS_DIR,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+        )
+        assert done.returncode == 0, f"dehydration.mjs failed:\n{done.stderr[-6000:]}"
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        assert report == {
+            "dehydration_supported": True,
+            "dehydrated_device_uploaded": True,
+            "rehydrated": True,
+            "decrypted_after_rehydration": True,
+        }
+        # The new device read the dehydrated device's to-device messages from the server.
+        paths = [(m, p, st) for m, p, st in access_log(server) if "/dehydrated_device/" in p]
+        assert any(m == "GET" and p.endswith("/events") and st == 200 for m, p, st in paths)
+        assert "Traceback" not in server.log.read_text(errors="replace")
+    except BaseException:
+        print(server.log.read_text(errors="replace")[-6000:])
+        raise
