@@ -48,8 +48,9 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from starling.accounts.external import ExternalIdentity
-from starling.config import Config, OidcProvider
+from starling.config import Config, OidcProvider, RateLimit
 from starling.errors import MatrixError
+from starling.ratelimit import TokenBuckets
 from starling.storage.external_login import ExternalLoginStore, SsoSession, token_hash
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES
                        "ES384", "ES512", "EdDSA"]  # fmt: skip
 JWKS_REFRESH_S = 60
 MAX_REDIRECT_URL = 2048
+# Each redirect stores an SSO session: per client address, 20 at once then one a second.
+SSO_START_LIMIT = RateLimit(per_second=1.0, burst_count=20)
 
 
 class SsoError(Exception):
@@ -127,6 +130,7 @@ class _Provider:
         self.config = config
         self.id = auth_provider_id(config)
         self._http = http
+        # single-process: caches of the provider's own documents; each worker fetches its own.
         self._metadata: dict[str, Any] | None = None
         self._keys: KeySet | None = None
         self._keys_at = 0.0
@@ -282,6 +286,8 @@ class SsoService:
         }
         self._session: aiohttp.ClientSession | None = None
         self._verify = not config.use_insecure_ssl_client_just_for_testing_do_not_use
+        # single-process: each worker limits the SSO starts it serves (its share).
+        self._buckets = TokenBuckets()
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -318,11 +324,12 @@ class SsoService:
         )
         return _page("Sign in", f"<p>Sign in with:</p><ul>{items}</ul>")
 
-    async def start(self, idp_id: str, redirect_url: str) -> SsoRedirect:
+    async def start(self, idp_id: str, redirect_url: str, ip: str = "") -> SsoRedirect:
         provider = self._providers.get(idp_id)
         if provider is None:
             raise MatrixError(404, "M_NOT_FOUND", "Unknown identity provider")
         _check_redirect_url(redirect_url)
+        self._buckets.take("sso_start", ip, SSO_START_LIMIT)
         meta = await provider.metadata()
         state = secrets.token_urlsafe(24)
         nonce = secrets.token_urlsafe(24)

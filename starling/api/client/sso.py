@@ -67,18 +67,18 @@ class SsoRoutes:
         if not providers:
             raise MatrixError(404, "M_NOT_FOUND", "This server has no single sign-on")
         if len(providers) == 1:
-            return _respond(await self.start(providers[0][0], url), self.secure)
+            return _respond(await self.start(providers[0][0], url, request), self.secure)
         return _html(self.sso.picker_page(url))
 
     # GET /_matrix/client/v3/login/sso/redirect/{idpId}
     # (spec: client-server-api/#get_matrixclientv3loginssoredirectidpid)
     async def redirect_to(self, request: web.Request) -> web.Response:
         url = _redirect_url(request)
-        return _respond(await self.start(request.match_info["idpId"], url), self.secure)
+        return _respond(await self.start(request.match_info["idpId"], url, request), self.secure)
 
-    async def start(self, idp_id: str, url: str) -> SsoRedirect:
+    async def start(self, idp_id: str, url: str, request: web.Request) -> SsoRedirect:
         try:
-            return await self.sso.start(idp_id, url)
+            return await self.sso.start(idp_id, url, request.remote or "unknown")
         except SsoError as e:
             raise MatrixError(502, "M_UNKNOWN", e.message) from None
 
