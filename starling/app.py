@@ -424,7 +424,7 @@ async def build_services(
     )
     accounts.use_external_login(external_accounts, ExternalLoginStore(db))
     sso = SsoService(config, ExternalLoginStore(db), accounts.login_external)
-    accounts.sso_providers = sso.providers
+    accounts.sso_providers = sso.identity_providers()
     extras.directory.use_app_services(app_services, app_service_queries.query_alias)
     app_service_sender = AppServiceSender(
         app_services,

@@ -278,11 +278,26 @@ class OidcUserMappingProvider:
 
 
 @dataclass
+class OidcAttributeRequirement:
+    """A claim a user must have to sign in (Synapse's `attribute_requirements`): equal to
+    `value`, or holding it when the claim is a list."""
+
+    attribute: str = ""
+    value: str = ""
+
+
+@dataclass
 class OidcProvider:
     """One of Synapse's `oidc_providers`: an OpenID Connect provider for m.login.sso."""
 
     idp_id: str = "oidc"
     idp_name: str = "OpenID Connect"
+    # Shown by clients on the sign-in button (Synapse's keys): an mxc:// icon, a brand.
+    idp_icon: str | None = None
+    idp_brand: str | None = None
+    # False: only people who signed in before (linked accounts) may; no new accounts.
+    enable_registration: bool = True
+    attribute_requirements: list[OidcAttributeRequirement] = field(default_factory=list)
     issuer: str = ""
     client_id: str = ""
     client_secret: str | None = None

@@ -305,6 +305,18 @@ class SsoService:
     def providers(self) -> list[tuple[str, str]]:
         return [(p.id, p.config.idp_name) for p in self._providers.values()]
 
+    def identity_providers(self) -> list[dict[str, str]]:
+        """GET /login's ``identity_providers`` (spec: "m.login.sso")."""
+        out = []
+        for p in self._providers.values():
+            entry = {"id": p.id, "name": p.config.idp_name}
+            if p.config.idp_icon:
+                entry["icon"] = p.config.idp_icon
+            if p.config.idp_brand:
+                entry["brand"] = p.config.idp_brand
+            out.append(entry)
+        return out
+
     @property
     def callback_url(self) -> str:
         return self._config.client_base_url.rstrip("/") + CALLBACK_PATH
@@ -396,9 +408,19 @@ class SsoService:
                 # OpenID Connect Core §5.3.2: userinfo of another subject is not this user.
                 raise SsoError(403, "The identity provider's userinfo is of someone else")
             claims = {**info, **claims}
+        for req in provider.config.attribute_requirements:
+            value = claims.get(req.attribute)
+            if not (value == req.value or (isinstance(value, list) and req.value in value)):
+                raise SsoError(403, "You are not allowed to sign in here")
         identity = self._identity(provider, claims)
+        if not provider.config.enable_registration and not await self._is_linked(identity):
+            raise SsoError(403, "There is no account of yours here, and new ones are not made")
         login_token = await self._login_external(identity)
         return self._to_client(session.client_redirect_url, login_token)
+
+    async def _is_linked(self, identity: ExternalIdentity) -> bool:
+        user = await self._store.user_for_external_id(identity.provider, identity.external_id)
+        return user is not None
 
     def _identity(self, provider: _Provider, claims: Mapping[str, Any]) -> ExternalIdentity:
         mapping = provider.config.user_mapping_provider.config

@@ -212,8 +212,8 @@ class AccountService:
         self._external: ExternalAccounts | None = None
         self._links: ExternalLoginStore | None = None
         self._registration_policy: RegistrationPolicy | None = None
-        # (idp id, name) of the SSO providers GET /login lists (accounts/oidc.py).
-        self.sso_providers: list[tuple[str, str]] = []
+        # The SSO providers GET /login lists (accounts/oidc.py): id, name, icon, brand.
+        self.sso_providers: list[dict[str, str]] = []
 
     @property
     def server_name(self) -> str:
@@ -398,7 +398,7 @@ class AccountService:
             flows.append(
                 {
                     "type": "m.login.sso",
-                    "identity_providers": [{"id": i, "name": n} for i, n in self.sso_providers],
+                    "identity_providers": self.sso_providers,
                 }
             )
             flows.append({"type": "m.login.token"})

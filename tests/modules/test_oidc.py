@@ -49,6 +49,9 @@ def oidc_config(idp: OidcProvider) -> dict[str, Any]:
                 "client_secret": idp.client_secret,
                 "scopes": ["openid", "profile"],
                 "user_profile_method": "userinfo_endpoint",
+                "idp_brand": "org.example",
+                "idp_icon": "mxc://example.org/icon",
+                "attribute_requirements": [{"attribute": "groups", "value": "staff"}],
                 "user_mapping_provider": {
                     "config": {
                         "localpart_template": "{{ user.preferred_username | lower }}",
@@ -110,7 +113,8 @@ async def test_sso_login_with_openid_connect(
         try:
             status, body = await hs.request("GET", f"{V3}/login")
             assert {"type": "m.login.sso",
-                    "identity_providers": [{"id": "oidc-test", "name": "Test IdP"}]} in body["flows"]  # fmt: skip
+                    "identity_providers": [{"id": "oidc-test", "name": "Test IdP",
+                    "icon": "mxc://example.org/icon", "brand": "org.example"}]} in body["flows"]  # fmt: skip
             assert {"type": "m.login.token"} in body["flows"]
 
             alice = {
@@ -118,6 +122,7 @@ async def test_sso_login_with_openid_connect(
                 "preferred_username": "Alice",
                 "name": "Alice A.",
                 "email": "Alice@X.org",
+                "groups": ["staff", "dev"],
             }
             status, location = await sso(hs, provider, alice)
             assert status == 302, location
@@ -145,10 +150,19 @@ async def test_sso_login_with_openid_connect(
                         "preferred_username": "alice",
                         "name": "Alice A.",
                         "email": "alice@x.org",
+                        "groups": "staff",
                     },
                     "alice1",
                 ),
-                ({"sub": "u-3", "preferred_username": "bob", "email": "bob@x.org"}, "bob1"),
+                (
+                    {
+                        "sub": "u-3",
+                        "preferred_username": "bob",
+                        "email": "bob@x.org",
+                        "groups": ["staff"],
+                    },
+                    "bob1",
+                ),
             ]:
                 status, location = await sso(hs, provider, claims)
                 _, body = await token_login(hs, location)
@@ -171,6 +185,15 @@ async def test_sso_login_with_openid_connect(
                 provider.tamper = tamper
                 status, page = await sso(hs, provider, alice)
                 assert status == 403 and "loginToken" not in page, tamper
+            # Not in the required group; and, with registration off, only known subjects.
+            status, page = await sso(hs, provider, {**alice, "sub": "u-9", "groups": ["guests"]})
+            assert status == 403 and "not allowed" in page
+            hs.services.config.oidc_providers[0].enable_registration = False
+            status, page = await sso(hs, provider, {**alice, "sub": "u-10"})
+            assert status == 403 and "new ones are not made" in page
+            status, location = await sso(hs, provider, alice)
+            assert status == 302 and "loginToken=" in location
+            hs.services.config.oidc_providers[0].enable_registration = True
             status, page = await sso(hs, provider, alice, cookie=False)
             assert status == 403 and "another browser" in page
             requests = provider.token_requests
