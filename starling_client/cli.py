@@ -115,7 +115,9 @@ async def run(args: argparse.Namespace) -> int:
         )
         try:
             print(f"logged in as {client.user_id} (device {client.device_id})")
-            if client.user_trust(client.user_id) == "verified":
+            if client.cross_signing_error is not None:
+                print(f"cross-signing: not set up ({client.cross_signing_error})")
+            elif client.user_trust(client.user_id) == "verified":
                 print("cross-signing: this device is signed by your identity")
             else:
                 print(

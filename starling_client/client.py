@@ -168,6 +168,7 @@ class Client:
         self._our_requests: dict[str, tuple[str, str]] = {}  # txn → (user, device) asked
         self._requested: set[tuple[str, str]] = set()  # (room, session) keys asked for
         self._noted: dict[str, set[str]] = {}  # verifications whose result was acted on
+        self.cross_signing_error: str | None = None  # why login could not set it up
 
     # ---- opening ------------------------------------------------------------------------
 
@@ -213,8 +214,14 @@ class Client:
         await client.sync_once(timeout_ms=0)
         if cross_signing:
             # The password is at hand only now: a first device sets up the account's
-            # cross-signing identity (a later one gets the keys from secret storage).
-            await client.bootstrap_cross_signing(password)
+            # cross-signing identity (a later one gets the keys from secret storage). A
+            # server that refuses (another auth flow, no cross-signing) does not undo the
+            # login: the device works, its identity just stays unset.
+            try:
+                await client.bootstrap_cross_signing(password)
+            except MatrixError as e:
+                log.warning("cross-signing not set up: %s", e)
+                client.cross_signing_error = str(e)
         return client
 
     @classmethod
@@ -1039,7 +1046,12 @@ class Client:
                 ),
             }
             self._keep_signing_keys(keys)  # before the server has them: never lost
-            await self.api.upload_signing_keys(body, user, password)
+            try:
+                await self.api.upload_signing_keys(body, user, password)
+            except MatrixError:
+                for usage in USAGES:
+                    self.store.put_secret(f"cross_signing:{usage}", None)
+                raise
             self.crypto.own_master = master.public
             self.crypto.pinned_masters.pop(user, None)  # our own new identity
             await self._refresh_keys(user)
@@ -1176,9 +1188,10 @@ class Client:
         version = await self.api.create_backup_version(BACKUP_ALGORITHM, auth_data)
         await self.api.set_account_data(self.user_id, f"m.secret_storage.key.{key_id}", description)
         await self._store_secret(ssss_key, key_id, BACKUP_SECRET, b64encode(backup_private))
+        published = self.crypto.cross_signing.get(self.user_id, {})
         for usage in USAGES:
             signing = self._signing_key(usage)
-            if signing is not None:
+            if signing is not None and published.get(usage) == signing.public:
                 await self._store_secret(ssss_key, key_id, SECRET_NAMES[usage], signing.secret())
         await self.api.set_account_data(
             self.user_id, "m.secret_storage.default_key", {"key": key_id}

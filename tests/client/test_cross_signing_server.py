@@ -119,3 +119,27 @@ async def test_cross_signing_bootstrap_secret_storage_sas_and_changed_identity(
     fresh = {d["device_id"]: d for d in await alice.devices(bob.user_id)}
     assert fresh[bob2.device_id]["cross_signed"] and not fresh[bob2.device_id]["trusted"]
     assert fresh[bob.device_id]["verified"]  # the SAS-verified device stays verified itself
+
+
+async def test_a_refused_bootstrap_does_not_undo_the_login(
+    starling_server: RunningServer,
+    tmp_path: Path,
+    opened: list[Client],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that will not take the keys (another auth flow, say) leaves a working
+    device without an identity, and says why."""
+    from starling_client.api import Api, MatrixError
+
+    async def refuse(*_: object, **__: object) -> None:
+        raise MatrixError(401, "M_FORBIDDEN", "SSO only")
+
+    monkeypatch.setattr(Api, "upload_signing_keys", refuse)
+    await register(starling_server, "carol", tmp_path / "carol-reg")
+    carol = await Client.login(tmp_path / "carol", starling_server.url, "carol", PASSWORD, "pw")
+    opened.append(carol)
+    assert carol.cross_signing_error is not None and "SSO only" in carol.cross_signing_error
+    assert carol.user_trust(carol.user_id) == "unverified"
+    assert carol.store.get_secret("cross_signing:master") is None  # no stray keys kept
+    room_id = await carol.create_room(name="still works")
+    assert await carol.send_text(room_id, "hello")

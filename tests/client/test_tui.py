@@ -92,6 +92,14 @@ async def test_tui_chat_and_verification(starling_server: RunningServer, tmp_pat
             )
             status = str(app.query_one("#status").render())
             assert alice.user_id in status and "key backup" in status
+            assert "identity: verified" in status  # cross-signing set up at login
+            # The SAS carried both master keys: Bob's identity is verified here now, and
+            # his next message is marked so in the timeline.
+            await until(lambda: alice.user_trust(bob.user_id) == "verified", "trusted Bob")
+            marked_id = await bob.send_text(room_id, "now verified")
+            await until(lambda: marked_id in app.shown, "showed Bob's verified message")
+            text = "\n".join(line.text for line in log.lines)
+            assert f"{bob.user_id}✓: now verified" in text
     finally:
         await alice.close()
         await bob.close()
