@@ -5,6 +5,7 @@ an SQLite file on the sqlite run). Both engines for Starling's own database."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import sqlite3
@@ -119,7 +120,10 @@ async def login(hs: Harness, user: str, password: str) -> tuple[int, Any]:
     )  # fmt: skip
 
 
-async def test_ldap_login(database: Database, tmp_path: Path, slapd: str) -> None:
+async def test_ldap_login(
+    database: Database, tmp_path: Path, slapd: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     modules = [
         {"module": "ldap_auth_provider.LdapAuthProviderModule", "config": ldap_config(slapd)}
     ]
@@ -168,6 +172,9 @@ async def test_ldap_login(database: Database, tmp_path: Path, slapd: str) -> Non
         assert "taken" in body["error"]
         status, body = await login(hs, "alice", "local-alice-pw")
         assert (status, body["user_id"]) == (200, alice)
+    # Nothing logged a password, right or wrong, nor the service account's.
+    for secret in ("correct horse", "wrong horse", "ldap-alice-pw", "twin-pw", ADMIN_PW):
+        assert secret not in caplog.text
 
 
 async def test_ldap_direct_bind_and_unreachable_server(slapd: str) -> None:

@@ -5,6 +5,7 @@ hands a login token to the client, m.login.token logs in. Both engines."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -107,8 +108,9 @@ async def token_login(hs: Harness, location: str) -> tuple[int, Any]:
 
 
 async def test_sso_login_with_openid_connect(
-    database: Database, tmp_path: Path, provider: OidcProvider
+    database: Database, tmp_path: Path, provider: OidcProvider, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     async with make_harness(database, tmp_path, **oidc_config(provider)) as hs:
         try:
             status, body = await hs.request("GET", f"{V3}/login")
@@ -218,3 +220,6 @@ async def test_sso_login_with_openid_connect(
                 assert resp.status == 400
         finally:
             await hs.services.sso.close()
+    # Neither the client secret nor any login token reached a log.
+    assert provider.client_secret not in caplog.text
+    assert "loginToken=" not in caplog.text
