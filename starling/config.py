@@ -274,6 +274,8 @@ class OidcUserMapping:
 
 @dataclass
 class OidcUserMappingProvider:
+    # Synapse's default mapper is the only one (its name is accepted, for old configs).
+    module: str | None = None
     config: OidcUserMapping = field(default_factory=OidcUserMapping)
 
 
@@ -925,6 +927,12 @@ def _check_oidc(cfg: Config) -> None:
             raise ConfigError(f"{where}.client_secret: required by {p.client_auth_method}")
         if "openid" not in p.scopes:
             raise ConfigError(f"{where}.scopes: must include openid")
+        mapper = p.user_mapping_provider.module
+        if mapper not in (None, "synapse.handlers.oidc.JinjaOidcMappingProvider"):
+            raise ConfigError(
+                f"{where}.user_mapping_provider.module: only Synapse's default"
+                " (synapse.handlers.oidc.JinjaOidcMappingProvider) is supported"
+            )
         urls = [p.issuer] if p.discover else [
             p.issuer, p.authorization_endpoint, p.token_endpoint, p.jwks_uri
         ]  # fmt: skip

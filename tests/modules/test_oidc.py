@@ -54,6 +54,7 @@ def oidc_config(idp: OidcProvider) -> dict[str, Any]:
                 "idp_icon": "mxc://example.org/icon",
                 "attribute_requirements": [{"attribute": "groups", "value": "staff"}],
                 "user_mapping_provider": {
+                    "module": "synapse.handlers.oidc.JinjaOidcMappingProvider",
                     "config": {
                         "localpart_template": "{{ user.preferred_username | lower }}",
                         "display_name_template": "{{ user.name }}",
