@@ -2,8 +2,11 @@
 
 Rooms on the left with their unread counts (a lock marks encrypted rooms), the selected
 room's timeline on the right, a composer at the bottom (Enter sends; `/file PATH` sends an
-attachment). The status line shows the key-backup state. When another device asks to
-verify ours, a dialog shows the emoji and asks whether they match. A background worker
+attachment; `/verify USER_ID [DEVICE_ID]` starts a verification). The status line shows
+the key-backup state and whether this device trusts your cross-signing identity; senders
+are marked ✓ when verified, ⚠ when their identity changed. When a verification reaches
+the emoji (another device asked, or we did), a dialog shows them and asks whether they
+match. A background worker
 keeps syncing.
 """
 
@@ -86,7 +89,10 @@ class ChatApp(App[None]):
         # Kept as attributes: with a dialog on top, App.query_one searches the dialog.
         self.rooms_view = ListView(id="rooms")
         self.log_view = RichLog(id="timeline", wrap=True, markup=False)
-        self.composer = Input(placeholder="Message (Enter sends; /file PATH)", id="composer")
+        self.composer = Input(
+            placeholder="Message (Enter sends; /file PATH; /verify USER_ID [DEVICE_ID])",
+            id="composer",
+        )
         self.status_line = Static("", id="status")
 
     def compose(self) -> ComposeResult:
@@ -163,6 +169,9 @@ class ChatApp(App[None]):
     async def send(self, event: Input.Submitted) -> None:
         text = event.value.strip()
         event.input.value = ""
+        if text.startswith("/verify "):
+            await self.start_verification(text.split()[1:])
+            return
         if not text or self.current is None:
             return
         try:
@@ -223,6 +232,32 @@ class ChatApp(App[None]):
         self.status_line.update(f"{who} · {cross} · {state}")
 
     # ---- verification -------------------------------------------------------------------
+
+    async def start_verification(self, args: list[str]) -> None:
+        """`/verify USER_ID [DEVICE_ID]`: request a SAS with that device (the user's only
+        other device when left out); the emoji dialog opens when the keys are exchanged."""
+        if not args or len(args) > 2:
+            self.notify("usage: /verify USER_ID [DEVICE_ID]", severity="error")
+            return
+        user = args[0]
+        try:
+            if len(args) == 2:
+                device = args[1]
+            else:
+                devices = [
+                    d["device_id"]
+                    for d in await self.client.devices(user)
+                    if not (user == self.client.user_id and d["device_id"] == self.client.device_id)
+                ]
+                if len(devices) != 1:
+                    self.notify(f"{user} has {len(devices)} devices: name one", severity="error")
+                    return
+                device = devices[0]
+            await self.client.request_verification(user, device)
+        except MatrixError as e:
+            self.notify(f"verification not started: {e}", severity="error")
+            return
+        self.notify(f"verification requested from {user} {device}")
 
     async def handle_verifications(self) -> None:
         for txn in self.client.incoming_verifications():

@@ -100,6 +100,24 @@ async def test_tui_chat_and_verification(starling_server: RunningServer, tmp_pat
             await until(lambda: marked_id in app.shown, "showed Bob's verified message")
             text = "\n".join(line.text for line in log.lines)
             assert f"{bob.user_id}✓: now verified" in text
+
+            # Now the TUI starts one: `/verify USER_ID` requests a SAS with Bob's only device.
+            await pilot.click("#composer")
+            await pilot.press(*f"/verify {bob.user_id}", "enter")
+            await until(lambda: bool(bob.incoming_verifications()), "asked Bob", bob_syncs=True)
+            await bob.accept_verification(bob.incoming_verifications()[0])
+            await until(
+                lambda: isinstance(app.screen, VerificationDialog) and app.screen.sas.we_started,
+                "showed the dialog of its own request",
+                bob_syncs=True,
+            )
+            ours = app.screen.sas
+            theirs = bob.verifications[ours.transaction_id]
+            await until(lambda: theirs.state == "keys", "Bob got the keys", bob_syncs=True)
+            assert ours.emoji() == theirs.emoji()
+            await pilot.click("#match")
+            await bob.confirm_verification(theirs)
+            await until(lambda: ours.verified and theirs.verified, "verified", bob_syncs=True)
     finally:
         await alice.close()
         await bob.close()
