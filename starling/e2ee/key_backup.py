@@ -20,8 +20,12 @@ import orjson
 from starling.e2ee.validation import canonical
 from starling.errors import MatrixError, bad_json, invalid_param, missing_param, not_found
 from starling.protocol.numbers import parse_int
-from starling.storage.database import Database
-from starling.storage.key_backup import BackupVersion, KeyBackupStore
+from starling.storage.key_backup import (
+    BackupVersion,
+    BackupVersionGone,
+    BackupVersionSuperseded,
+    KeyBackupStore,
+)
 from starling.storage.key_backup import RoomKey as RoomKey  # what parse_room_key makes
 
 MAX_KEYS_PER_REQUEST = 10_000
@@ -91,8 +95,7 @@ def room_key_json(key: RoomKey) -> dict[str, Any]:
 
 
 class KeyBackupService:
-    def __init__(self, db: Database, store: KeyBackupStore) -> None:
-        self._db = db
+    def __init__(self, store: KeyBackupStore) -> None:
         self._store = store
 
     # -- versions
@@ -181,34 +184,17 @@ class KeyBackupService:
         if len(keys) > MAX_KEYS_PER_REQUEST:
             raise invalid_param(f"At most {MAX_KEYS_PER_REQUEST} keys may be stored at once")
         version = await self._writable(user_id, raw_version)
-        async with self._db.transaction() as txn:
-            etag = await self._store.lock_version(txn, user_id, version)
-            if etag is None:  # deleted meanwhile
-                raise _unknown_version(raw_version)
-            # A new version created since the check above is the current one now: keys
-            # must not land in the old one (create_version waits for this lock).
-            latest = await self._store.current_version_in(txn, user_id)
-            if latest != version:
-                raise MatrixError(
-                    403,
-                    "M_WRONG_ROOM_KEYS_VERSION",
-                    "Wrong backup version",
-                    current_version=str(latest),
-                )
-            current = await self._store.get_keys_for_rooms(
-                txn, user_id, version, [k.room_id for k in keys]
-            )
-            winners: dict[tuple[str, str], RoomKey] = {}
-            for key in keys:
-                slot = (key.room_id, key.session_id)
-                if keeps_new(winners.get(slot) or current.get(slot), key):
-                    winners[slot] = key
-            changed = [k for slot, k in winners.items() if current.get(slot) != k]
-            if changed:
-                await self._store.upsert_keys(txn, user_id, version, changed)
-                await self._store.bump_etag(txn, user_id, version)
-                etag += 1
-            count = await self._store.count_keys_in(txn, user_id, version)
+        try:
+            etag, count = await self._store.put_keys(user_id, version, keys, keeps_new)
+        except BackupVersionGone:
+            raise _unknown_version(raw_version) from None
+        except BackupVersionSuperseded as e:
+            raise MatrixError(
+                403,
+                "M_WRONG_ROOM_KEYS_VERSION",
+                "Wrong backup version",
+                current_version=str(e.current),
+            ) from None
         return {"etag": str(etag), "count": count}
 
     async def get_keys(
@@ -243,12 +229,10 @@ class KeyBackupService:
         if raw_version is None:
             raise missing_param("Missing 'version' query parameter")
         found = await self._version(user_id, raw_version)
-        async with self._db.transaction() as txn:
-            etag = await self._store.lock_version(txn, user_id, found.version)
-            if etag is None:
-                raise _unknown_version(raw_version)
-            if await self._store.delete_keys(txn, user_id, found.version, room_id, session_id):
-                await self._store.bump_etag(txn, user_id, found.version)
-                etag += 1
-            count = await self._store.count_keys_in(txn, user_id, found.version)
+        try:
+            etag, count = await self._store.delete_keys_of_version(
+                user_id, found.version, room_id, session_id
+            )
+        except BackupVersionGone:
+            raise _unknown_version(raw_version) from None
         return {"etag": str(etag), "count": count}

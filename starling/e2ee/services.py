@@ -104,7 +104,7 @@ def build_e2ee(
         federation_keys=FederationKeyServer(
             server_name, keys, accounts, device_list_store.outbound_head
         ),
-        key_backup=KeyBackupService(db, stores.key_backup),
+        key_backup=KeyBackupService(stores.key_backup),
         device_lists=tracker,
         device_list_store=device_list_store,
         to_device_extension=ToDeviceExtension(to_device, keys),

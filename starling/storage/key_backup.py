@@ -8,10 +8,32 @@ etag moves once per change, also under concurrent uploads on PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from starling.storage.database import Database, Row, Transaction, UniqueViolation
+from starling.storage.database import (
+    Database,
+    Row,
+    StorageError,
+    Transaction,
+    UniqueViolation,
+)
+
+
+class BackupVersionGone(StorageError):
+    """The version is not live (deleted meanwhile); the write rolled back."""
+
+
+class BackupVersionSuperseded(StorageError):
+    """A newer version became the current one meanwhile; the write rolled back."""
+
+    def __init__(self, current: int | None) -> None:
+        super().__init__(f"backup version superseded by {current}")
+        self.current = current
+
+
+# (the stored key or an earlier one of the same upload, the new key) -> keep the new one
+KeepsNew = Callable[["RoomKey | None", "RoomKey"], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +168,57 @@ class KeyBackupStore:
                 args.append(session_id)
         rows = await self._db.fetch_all(sql + " ORDER BY room_id, session_id", *args)
         return [_room_key(r) for r in rows]
+
+    async def put_keys(
+        self, user_id: str, version: int, keys: Sequence[RoomKey], keeps_new: KeepsNew
+    ) -> tuple[int, int]:
+        """In one transaction: store the keys ``keeps_new`` prefers over the stored ones
+        (and over earlier ones of the same upload) in the current version ``version``,
+        moving its etag once if anything changed. Returns (etag, key count). Raises
+        BackupVersionGone / BackupVersionSuperseded (nothing written)."""
+        async with self._db.transaction() as txn:
+            etag = await self.lock_version(txn, user_id, version)
+            if etag is None:  # deleted meanwhile
+                raise BackupVersionGone(f"backup version {version} is gone")
+            # A new version created since the caller's check is the current one now: keys
+            # must not land in the old one (create_version waits for this lock).
+            latest = await self.current_version_in(txn, user_id)
+            if latest != version:
+                raise BackupVersionSuperseded(latest)
+            current = await self.get_keys_for_rooms(
+                txn, user_id, version, [k.room_id for k in keys]
+            )
+            winners: dict[tuple[str, str], RoomKey] = {}
+            for key in keys:
+                slot = (key.room_id, key.session_id)
+                if keeps_new(winners.get(slot) or current.get(slot), key):
+                    winners[slot] = key
+            changed = [k for slot, k in winners.items() if current.get(slot) != k]
+            if changed:
+                await self.upsert_keys(txn, user_id, version, changed)
+                await self.bump_etag(txn, user_id, version)
+                etag += 1
+            count = await self.count_keys_in(txn, user_id, version)
+        return etag, count
+
+    async def delete_keys_of_version(
+        self,
+        user_id: str,
+        version: int,
+        room_id: str | None = None,
+        session_id: str | None = None,
+    ) -> tuple[int, int]:
+        """In one transaction: delete the version's keys (of a room, of a session),
+        moving its etag if any went. Returns (etag, key count); raises BackupVersionGone."""
+        async with self._db.transaction() as txn:
+            etag = await self.lock_version(txn, user_id, version)
+            if etag is None:
+                raise BackupVersionGone(f"backup version {version} is gone")
+            if await self.delete_keys(txn, user_id, version, room_id, session_id):
+                await self.bump_etag(txn, user_id, version)
+                etag += 1
+            count = await self.count_keys_in(txn, user_id, version)
+        return etag, count
 
     @staticmethod
     async def current_version_in(txn: Transaction, user_id: str) -> int | None:
