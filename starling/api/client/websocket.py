@@ -128,6 +128,8 @@ class _Session:
         self.send_lock = asyncio.Lock()
         self.in_flight: set[asyncio.Task[None]] = set()
         self.sync_task: asyncio.Task[None] | None = None
+        self.revoking = False
+        self.revoked = asyncio.Event()
 
     async def send(self, frame: dict[str, Any]) -> None:
         if self.ws.closed:
@@ -157,6 +159,11 @@ class _Session:
                 elif message.type is WSMsgType.BINARY:
                     await self.send(_error(MatrixError(400, "M_NOT_JSON", "Send text frames")))
         finally:
+            if self.revoking:
+                # Let the close handshake finish before the connection is torn down
+                # (otherwise the client sees 1006 instead of 1008).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.revoked.wait(), self.config.auth_timeout)
             key = self._key()
             if key is not None and key in self.registry:
                 self.registry[key].discard(self)
@@ -174,10 +181,16 @@ class _Session:
 
     async def revoke(self) -> None:
         """The token is gone (logout, device deleted): tell the client, close."""
-        error = MatrixError(401, "M_UNKNOWN_TOKEN", "The access token was logged out")
-        await self.send(_error(error))
-        with contextlib.suppress(ConnectionError):
-            await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"M_UNKNOWN_TOKEN")
+        if self.revoked.is_set() or self.revoking:
+            return
+        self.revoking = True
+        try:
+            error = MatrixError(401, "M_UNKNOWN_TOKEN", "The access token was logged out")
+            await self.send(_error(error))
+            with contextlib.suppress(ConnectionError):
+                await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"M_UNKNOWN_TOKEN")
+        finally:
+            self.revoked.set()
 
     async def authenticate(self) -> bool:
         """Reads the auth frame; on failure sends an error frame and closes."""
