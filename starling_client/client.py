@@ -169,6 +169,8 @@ class Client:
         self._requested: set[tuple[str, str]] = set()  # (room, session) keys asked for
         self._noted: dict[str, set[str]] = {}  # verifications whose result was acted on
         self.cross_signing_error: str | None = None  # why login could not set it up
+        self._secret_requests: dict[str, str] = {}  # our m.secret.request IDs → secret name
+        self._secrets_received: dict[str, str] = {}  # name → secret, not yet taken
 
     # ---- opening ------------------------------------------------------------------------
 
@@ -284,8 +286,13 @@ class Client:
             await self._query_keys()
             verification = self._apply_to_device(answer)
             requests = [e for e in verification if e[1] == "m.room_key_request"]
-            await self._on_verification_events([e for e in verification if e not in requests])
+            secret_requests = [e for e in verification if e[1] == "m.secret.request"]
+            await self._on_verification_events(
+                [e for e in verification if e not in requests and e not in secret_requests]
+            )
             await self._answer_key_requests(requests)
+            await self._answer_secret_requests(secret_requests)
+            await self._take_shared_secrets()
             gaps = await self._fill_gaps(answer) if since is not None else {}
             messages = self._apply_timelines(answer, initial=since is None, gaps=gaps)
             await self._request_missing_keys()
@@ -356,8 +363,26 @@ class Client:
                 continue
             if not isinstance(content, dict):
                 continue
-            if kind.startswith("m.key.verification.") or kind == "m.room_key_request":
+            if kind.startswith("m.key.verification.") or kind in (
+                "m.room_key_request",
+                "m.secret.request",
+            ):
                 verification.append((sender, kind, content))
+            elif kind == "m.secret.send":
+                # Only over Olm, from a trusted device of ours, answering our own request.
+                request_id, secret = content.get("request_id"), content.get("secret")
+                name = self._secret_requests.get(str(request_id))
+                if (
+                    decrypted is not None
+                    and decrypted.sender == self.user_id
+                    and decrypted.verified
+                    and name is not None
+                    and isinstance(secret, str)
+                ):
+                    self._secrets_received[name] = secret
+                    self._secret_requests = {
+                        r: n for r, n in self._secret_requests.items() if n != name
+                    }
             elif kind == "m.room_key.withheld":
                 self.crypto.receive_withheld(sender, content)
         return verification
@@ -917,6 +942,7 @@ class Client:
         try:
             if sas.their_user == self.user_id and device is not None:
                 await self._cross_sign_own_device(device)
+                await self._request_secrets(device)
             elif sas.master_verified:
                 await self._cross_sign_user(sas.their_user)
         except (MatrixError, CrossSigningError) as e:
@@ -1141,6 +1167,118 @@ class Client:
         await self.api.upload_signatures(
             {user: {master: key.sign(_without_unsigned(obj), self.user_id)}}
         )
+
+    # ---- secrets shared between our own devices (m.secret.request / m.secret.send) --------
+
+    SHAREABLE = (*SECRET_NAMES.values(), BACKUP_SECRET)
+
+    def _local_secret(self, name: str) -> str | None:
+        """A secret this device holds, by its secret-storage name."""
+        for usage, secret_name in SECRET_NAMES.items():
+            if name == secret_name:
+                key = self._signing_key(usage)
+                published = self.crypto.cross_signing.get(self.user_id, {}).get(usage)
+                return key.secret() if key is not None and key.public == published else None
+        if name == BACKUP_SECRET:
+            return self.store.get_secret("backup_key")
+        return None
+
+    async def _request_secrets(self, device: Device) -> None:
+        """Ask a newly verified device of ours for the secrets this device lacks (the
+        cross-signing keys, the backup key): the spec's sharing, for a new device verified
+        by SAS instead of restored from secret storage."""
+        for name in self.SHAREABLE:
+            if self._local_secret(name) is not None or name in self._secret_requests.values():
+                continue
+            request_id = secrets.token_urlsafe(12)
+            self._secret_requests[request_id] = name
+            request = {
+                "name": name,
+                "action": "request",
+                "requesting_device_id": self.device_id,
+                "request_id": request_id,
+            }
+            await self.api.send_to_device(
+                "m.secret.request", {self.user_id: {device.device_id: request}}
+            )
+
+    async def _answer_secret_requests(
+        self, requests: list[tuple[str, str, dict[str, Any]]]
+    ) -> None:
+        """Give a secret to a device of ours that asks, only if this device trusts it
+        (verified, or cross-signed under our trusted identity), and only over Olm."""
+        for sender, _, content in requests:
+            if sender != self.user_id or content.get("action") != "request":
+                continue
+            device_id, name = content.get("requesting_device_id"), content.get("name")
+            request_id = content.get("request_id")
+            if not isinstance(device_id, str) or device_id == self.device_id:
+                continue
+            if not isinstance(request_id, str) or name not in self.SHAREABLE:
+                continue
+            device = self.crypto.devices.get(self.user_id, {}).get(device_id)
+            secret = self._local_secret(str(name))
+            if device is None or secret is None or not self.crypto.device_trusted(device):
+                continue
+            if device.curve25519 not in self.crypto.olm_sessions:
+                claims = {self.user_id: {device_id: "signed_curve25519"}}
+                self.crypto.receive_keys_claim(claims, await self.api.keys_claim(claims))
+            if device.curve25519 not in self.crypto.olm_sessions:
+                continue
+            encrypted = self.crypto.encrypt_olm(
+                device, "m.secret.send", {"request_id": request_id, "secret": secret}
+            )
+            await self.api.send_to_device(
+                "m.room.encrypted", {self.user_id: {device_id: encrypted}}
+            )
+            self.store.save_machine(self.crypto)
+
+    async def _take_shared_secrets(self) -> None:
+        """Keep the secrets our other devices sent, each checked against what the server
+        publishes (cross-signing public keys, the backup's public key)."""
+        received, self._secrets_received = self._secrets_received, {}
+        if not received:
+            return
+        published = self.crypto.cross_signing.get(self.user_id, {})
+        keys: dict[str, SigningKey] = {}
+        for usage, name in SECRET_NAMES.items():
+            if name in received:
+                try:
+                    key = SigningKey.from_secret(received[name])
+                except CrossSigningError:
+                    continue
+                if published.get(usage) == key.public:
+                    keys[usage] = key
+        if MASTER in keys:
+            self._keep_signing_keys(keys)
+            self.crypto.verify_master(self.user_id, keys[MASTER].public)
+        own = self.crypto.devices.get(self.user_id, {}).get(self.device_id)
+        if SELF_SIGNING in keys and (own is None or not own.cross_signed):
+            await self.api.upload_signatures(
+                {
+                    self.user_id: {
+                        self.device_id: keys[SELF_SIGNING].sign(
+                            self.crypto.device_keys(), self.user_id
+                        )
+                    }
+                }
+            )
+            self.crypto.outdated.add(self.user_id)
+        if BACKUP_SECRET in received:
+            info = await self.api.backup_version()
+            try:
+                private = b64decode(received[BACKUP_SECRET])
+                if len(private) != 32:
+                    raise BackupError("a backup key is 32 bytes")
+                public = backup_public_key(private)
+            except (ValueError, TypeError, BackupError) as e:
+                log.warning("a shared backup key is unusable: %s", e)
+                public = None
+            auth = (info or {}).get("auth_data")
+            if info is not None and isinstance(auth, dict) and auth.get("public_key") == public:
+                self.store.put_secret("backup_version", str(info["version"]))
+                self.store.put_secret("backup_key", b64encode(private))
+        self.store.save_machine(self.crypto)
 
     def user_trust(self, user: str) -> str:
         """ "verified", "unverified" or "changed" (identity changed since first seen)."""

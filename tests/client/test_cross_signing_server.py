@@ -143,3 +143,40 @@ async def test_a_refused_bootstrap_does_not_undo_the_login(
     assert carol.store.get_secret("cross_signing:master") is None  # no stray keys kept
     room_id = await carol.create_room(name="still works")
     assert await carol.send_text(room_id, "hello")
+
+
+async def test_a_new_device_verified_by_sas_gets_the_secrets_from_the_other(
+    starling_server: RunningServer, tmp_path: Path, opened: list[Client]
+) -> None:
+    """Instead of restoring from secret storage, a new device verified by SAS with one of
+    the user's devices asks it for the secrets (m.secret.request); it answers over Olm
+    (m.secret.send) to a device it trusts, and the new device checks each against the
+    account's published keys: it then trusts the identity, is cross-signed and backs up."""
+    await register(starling_server, "alice", tmp_path / "alice-reg")
+    one = await Client.login(tmp_path / "one", starling_server.url, "alice", PASSWORD, "pw")
+    opened.append(one)
+    await one.create_backup()
+    two = await Client.login(tmp_path / "two", starling_server.url, "alice", PASSWORD, "pw")
+    opened.append(two)
+    assert two.user_trust(two.user_id) == "unverified"
+    assert not (await two.backup_status())["this_device_has_key"]
+
+    sas = await two.start_verification(two.user_id, one.device_id)
+    await sync_until([one], lambda: bool(one.incoming_verifications()), "one saw the start")
+    await one.accept_verification(one.incoming_verifications()[0])
+    theirs = one.verifications[sas.transaction_id]
+    await sync_until([one, two], lambda: sas.state == "keys" == theirs.state, "keys")
+    await two.confirm_verification(sas)
+    await one.confirm_verification(theirs)
+    await sync_until(
+        [one, two],
+        lambda: (
+            two.user_trust(two.user_id) == "verified"
+            and two.store.get_secret("backup_key") is not None
+        ),
+        "two got the secrets",
+    )
+    assert two.store.get_secret("cross_signing:self_signing") is not None
+    assert (await two.backup_status())["this_device_has_key"]
+    mine = {d["device_id"]: d for d in await one.devices(one.user_id)}
+    assert mine[two.device_id]["verified"] and mine[two.device_id]["cross_signed"]
