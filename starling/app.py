@@ -86,6 +86,8 @@ from starling.federation.sender import FederationSender, JoinedHosts
 from starling.federation.sender.backoff import BackoffPolicy
 from starling.federation.timestamps import TimestampLookup
 from starling.federation.transport import FederationTransport, build_federation_transport
+from starling.identity.client import IdentityServerClient
+from starling.identity.service import ThreepidService
 from starling.lowbandwidth.server import FEATURE as LB_FEATURE
 from starling.lowbandwidth.server import LowBandwidthServer, load_or_create_key
 from starling.media.filestore import FileStore
@@ -109,6 +111,7 @@ from starling.push.evaluator import PushEvaluator
 from starling.push.notifications import NotificationsService
 from starling.push.pushers import PusherService
 from starling.push.service import PushRulesService
+from starling.push.upgrade import UpgradeUserState
 from starling.ratelimit import RateLimits
 from starling.receipts.service import ReceiptsService
 from starling.receipts.unread import UnreadCounts
@@ -163,6 +166,7 @@ from starling.storage.search import SearchStore
 from starling.storage.server_keys import ServerKeyStore
 from starling.storage.state import StateStore
 from starling.storage.streams import StreamIdGenerator
+from starling.storage.threepids import ThreepidBindingStore
 from starling.storage.user_directory import UserDirectoryStore
 from starling.storage.webhooks import WebhookStore
 from starling.sync.extension import SyncExtension
@@ -695,6 +699,34 @@ async def build_services(
         store=AdminMediaStore(db, config.server_name),
         media=media,
     )
+    threepids = ThreepidService(
+        IdentityServerClient(
+            config.server_name,
+            signing_key,
+            address_policy=IPRangePolicy(config.ip_range_blacklist, config.ip_range_whitelist),
+            verify_certificates=not config.use_insecure_ssl_client_just_for_testing_do_not_use,
+        ),
+        ThreepidBindingStore(db),
+        room_events,
+        profile_lookup,
+        config.server_name,
+    )
+
+    async def invite_bound_3pid(room_id: str, sender: str, target: str) -> Event:
+        return await membership.invite(room_id, sender, target)
+
+    threepids.use_invite(invite_bound_3pid)
+    room_upgrader = RoomUpgrader(
+        config.server_name,
+        room_events,
+        event_store,
+        alias_store,
+        is_public=extras.directory.is_public,
+        publish=extras.directory.publish,
+        copy_user_state=UpgradeUserState(extras.account_data, extras.push_rules).copy,
+        joined_users=membership_store.get_joined_users,
+    )
+    membership.use_after_remote_join(room_upgrader.transfer_after_join)
     reports = ContentReports(
         store=ReportStore(db),
         events=event_store,
@@ -792,14 +824,8 @@ async def build_services(
         persister=persister,
         room_creator=room_creator,
         membership=membership,
-        room_upgrader=RoomUpgrader(
-            config.server_name,
-            room_events,
-            event_store,
-            alias_store,
-            is_public=extras.directory.is_public,
-            publish=extras.directory.publish,
-        ),
+        threepids=threepids,
+        room_upgrader=room_upgrader,
         media=media,
         notifier=notifier,
         sync=sync.sync,
@@ -1405,6 +1431,7 @@ class Homeserver:
         await self.services.outgoing_webhooks.stop()
         await self.services.sso.close()
         await self.services.app_service_client.close()
+        await self.services.threepids.client.close()
         await self.services.federation.close()
         self.services.passwords.close()
         await self.services.db.close()

@@ -33,6 +33,7 @@ from starling.federation.membership import ResidentMembership
 from starling.federation.sender import FederationSender
 from starling.federation.timestamps import TimestampLookup
 from starling.federation.transport import FederationTransport
+from starling.identity.service import ThreepidService
 from starling.media.service import MediaService
 from starling.openid.tokens import OpenIdTokens
 from starling.presence.service import PresenceService
@@ -99,6 +100,8 @@ class Services:
     room_creator: RoomCreator
     membership: MembershipService
     room_upgrader: RoomUpgrader
+    # identity servers: 3PID binds and unbinds, third-party invites
+    threepids: ThreepidService
     client_events: ClientEvents
     # media
     media: MediaService

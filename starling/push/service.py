@@ -113,6 +113,28 @@ class PushRulesService:
     async def set_actions(self, user_id: str, kind: str, rule_id: str, actions: Any) -> None:
         await self._modify(user_id, lambda rs: pr.set_actions(rs, kind, rule_id, actions))
 
+    async def copy_room_rules(self, user_id: str, old_room_id: str, new_room_id: str) -> None:
+        """After a room upgrade: the user's own rules about the old room (its room rule,
+        and rules with a `room_id` condition naming it) again for the new room, as
+        Synapse's copy_push_rules_from_room_to_room_for_user. Existing ones are kept."""
+
+        def change(ruleset: pr.Ruleset) -> pr.Ruleset:
+            for kind in pr.KINDS:
+                for rule in list(ruleset.get(kind, [])):
+                    if rule.get("default"):
+                        continue
+                    copied = _for_room(kind, rule, old_room_id, new_room_id)
+                    if copied is None:
+                        continue
+                    try:
+                        pr.find_rule(ruleset, kind, copied["rule_id"])
+                        continue  # already there
+                    except pr.PushRuleNotFound:
+                        ruleset = pr.put_rule(ruleset, kind, copied)
+            return ruleset
+
+        await self._modify(user_id, change)
+
     async def _modify(self, user_id: str, change: Callable[[pr.Ruleset], pr.Ruleset]) -> None:
         async with self._locks(user_id):
             new = change(await self.get_ruleset(user_id))
@@ -200,3 +222,25 @@ class _RoomFacts:
             )
             self._by_sender[sender] = ctx
         return ctx
+
+
+def _for_room(kind: str, rule: dict[str, Any], old: str, new: str) -> dict[str, Any] | None:
+    """A copy of a user rule about room `old` made about room `new`, or None."""
+    if kind == "room":
+        return {**rule, "rule_id": new} if rule.get("rule_id") == old else None
+    conditions = rule.get("conditions")
+    if not isinstance(conditions, list) or not any(
+        isinstance(c, dict) and c.get("key") == "room_id" and c.get("pattern") == old
+        for c in conditions
+    ):
+        return None
+    rule_id = str(rule.get("rule_id", "")).replace(old, new)
+    if rule_id == rule.get("rule_id"):
+        rule_id = f"{rule_id}-{new}"[: pr.MAX_RULE_ID_LENGTH]
+    new_conditions = [
+        {**c, "pattern": new}
+        if isinstance(c, dict) and c.get("key") == "room_id" and c.get("pattern") == old
+        else c
+        for c in conditions
+    ]
+    return {**rule, "rule_id": rule_id, "conditions": new_conditions}

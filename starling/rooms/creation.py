@@ -24,6 +24,7 @@ from starling.rooms.event_service import RoomEventService
 PRESETS = ("private_chat", "public_chat", "trusted_private_chat")
 MAX_INITIAL_STATE = 100
 MAX_INVITES = 100
+INVITE_3PID_KEYS = ("id_server", "id_access_token", "medium", "address")
 
 # Events whose initial values the preset or request sets; initial_state may not override
 # the ones createRoom itself decides.
@@ -42,6 +43,8 @@ class CreateRoomRequest:
     topic: str | None = None
     room_alias_name: str | None = None
     invite: list[str] = field(default_factory=list)
+    # Sent by the caller once the room exists (starling.identity: identity-server calls).
+    invite_3pid: list[dict[str, Any]] = field(default_factory=list)
     is_direct: bool = False
     initial_state: list[dict[str, Any]] = field(default_factory=list)
     creation_content: dict[str, Any] = field(default_factory=dict)
@@ -91,9 +94,18 @@ class CreateRoomRequest:
         is_direct = body.get("is_direct", False)
         if not isinstance(is_direct, bool):
             raise bad_json("'is_direct' must be a boolean")
-        if body.get("invite_3pid"):
-            raise MatrixError(
-                400, "M_UNRECOGNIZED", "Third-party invites are not supported by this server"
+        invite_3pid = body.get("invite_3pid") or []
+        if (
+            not isinstance(invite_3pid, list)
+            or len(invite_3pid) > MAX_INVITES
+            or not all(
+                isinstance(i, dict) and all(isinstance(i.get(k), str) for k in INVITE_3PID_KEYS)
+                for i in invite_3pid
+            )
+        ):
+            raise bad_json(
+                f"'invite_3pid' must be a list of at most {MAX_INVITES} objects with "
+                + ", ".join(INVITE_3PID_KEYS)
             )
         return cls(
             creator=creator,
@@ -104,6 +116,7 @@ class CreateRoomRequest:
             topic=opt_str("topic"),
             room_alias_name=opt_str("room_alias_name"),
             invite=list(dict.fromkeys(invite)),
+            invite_3pid=invite_3pid,
             is_direct=is_direct,
             initial_state=initial_state,
             creation_content=opt_obj("creation_content") or {},
@@ -112,8 +125,10 @@ class CreateRoomRequest:
 
 
 def default_power_levels(
-    req: CreateRoomRequest, rv: RoomVersion, invitees_as_admins: bool
+    req: CreateRoomRequest, rv: RoomVersion, invitees_as_admins: bool, private: bool = False
 ) -> dict[str, Any]:
+    """The spec leaves the defaults to the server: Synapse's, including its private
+    presets' `invite: 0` (in an invite-only chat every member may invite others)."""
     users: dict[str, int] = {}
     if not rv.privileged_creators:
         users[req.creator] = 100
@@ -139,7 +154,7 @@ def default_power_levels(
         "ban": 50,
         "kick": 50,
         "redact": 50,
-        "invite": 50,
+        "invite": 0 if private else 50,
     }
 
 
@@ -219,7 +234,9 @@ class RoomCreator:
         member = {"membership": "join", **(await self._profile(req.creator))}
         await send(room_id, req.creator, "m.room.member", member, req.creator)
 
-        pl = default_power_levels(req, rv, preset == "trusted_private_chat")
+        pl = default_power_levels(
+            req, rv, preset == "trusted_private_chat", private=preset != "public_chat"
+        )
         if req.power_level_content_override:
             pl.update(copy.deepcopy(req.power_level_content_override))
         await send(room_id, req.creator, "m.room.power_levels", pl, "")

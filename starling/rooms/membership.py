@@ -20,6 +20,7 @@ server before the invite is persisted). Without it such requests are M_NOT_FOUND
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
@@ -57,6 +58,8 @@ class RemoteRooms(Protocol):
 
 MAX_REASON_LENGTH = 1024
 MEMBERSHIPS = ("join", "leave", "invite", "ban", "knock")
+logger = logging.getLogger(__name__)
+
 _JOIN_KEYS: list[StateKey] = [
     ("m.room.create", ""),
     ("m.room.join_rules", ""),
@@ -98,10 +101,16 @@ class MembershipService:
         # Server modules' verdict on a local user's invite (inviter, invitee, room):
         # None allows, a reason refuses (modules/api.py user_may_invite).
         self._invite_policy: Callable[[str, str, str], Awaitable[str | None]] | None = None
+        self._after_remote_join: Callable[[str], Awaitable[None]] | None = None
 
     def use_room_blocks(self, is_blocked: Callable[[str], Awaitable[bool]]) -> None:
         """Refuse local joins to rooms an admin blocked (set once, at start)."""
         self._is_blocked = is_blocked
+
+    def use_after_remote_join(self, after: Callable[[str], Awaitable[None]]) -> None:
+        """Run after a local user joined a room through another server (set once, at
+        start): room upgrades carry this server's state over (RoomUpgrader)."""
+        self._after_remote_join = after
 
     def use_remote(self, remote: RemoteRooms) -> None:
         """Reach rooms this server is not in through other servers (set once, at start)."""
@@ -190,7 +199,13 @@ class MembershipService:
                 raise _guest_forbidden()
             if self._rate_limits is not None:
                 await self._rate_limits.check_join(user_id, room_id, local=False)
-            return await self._remote.join_room(room_id, user_id, [*via, *others], new_content)
+            joined = await self._remote.join_room(room_id, user_id, [*via, *others], new_content)
+            if self._after_remote_join is not None:
+                try:
+                    await self._after_remote_join(room_id)
+                except Exception:  # the join itself succeeded
+                    logger.exception("after joining %s", room_id)
+            return joined
         if not await self._room_known(room_id):
             raise MatrixError(404, "M_NOT_FOUND", f"No known room {room_id}")
         state = await self._events.current_state_events(

@@ -39,6 +39,9 @@ COPIED_STATE = (
 
 Publisher = Callable[[str, bool], Awaitable[None]]
 IsPublic = Callable[[str], Awaitable[bool]]
+# (old room, new room, local users): copies each user's own state about the room
+# (starling.push.upgrade.UpgradeUserState).
+UserStateCopier = Callable[[str, str, list[str]], Awaitable[None]]
 
 
 class RoomUpgrader:
@@ -50,7 +53,11 @@ class RoomUpgrader:
         aliases: AliasStore,
         is_public: IsPublic | None = None,
         publish: Publisher | None = None,
+        copy_user_state: UserStateCopier | None = None,
+        joined_users: Callable[[str], Awaitable[frozenset[str]]] | None = None,
     ) -> None:
+        self._copy_user_state = copy_user_state
+        self._joined_users = joined_users
         self._server_name = server_name
         self._events = events
         self._store = event_store
@@ -125,11 +132,42 @@ class RoomUpgrader:
             )
         await self._move_aliases(state, old_room_id, new_room_id, user_id)
         await self._restrict_old_room(state, old_room_id, user_id)
+        if self._copy_user_state is not None and self._joined_users is not None:
+            members = await self._joined_users(old_room_id)
+            local = sorted(u for u in members if u.partition(":")[2] == self._server_name)
+            await self._copy_user_state(old_room_id, new_room_id, local)
         if self._is_public is not None and self._publish is not None:
             if await self._is_public(old_room_id):
                 await self._publish(new_room_id, True)
                 await self._publish(old_room_id, False)
         return new_room_id
+
+    async def transfer_after_join(self, room_id: str) -> None:
+        """A user of this server joined `room_id` through another server: if the room
+        replaces one this server knows, do here what the upgrading server did there
+        (Synapse's transfer_room_state_on_room_upgrade): local aliases and the directory
+        entry move to the new room, and local members' own state follows it."""
+        state = await self._events.current_state_events(room_id, [("m.room.create", "")])
+        create = state.get(("m.room.create", ""))
+        predecessor = create.content.get("predecessor") if create is not None else None
+        old_room_id = predecessor.get("room_id") if isinstance(predecessor, dict) else None
+        if not isinstance(old_room_id, str) or old_room_id == room_id:
+            return
+        old_state = await self._events.current_state_events(old_room_id)
+        if not old_state:
+            return
+        for alias in await self._aliases.aliases_for_room(old_room_id):
+            creator = await self._aliases.get_alias_creator(alias)
+            await self._aliases.delete_alias(alias)
+            await self._aliases.create_alias(alias, room_id, creator or "")
+        if self._is_public is not None and self._publish is not None:
+            if await self._is_public(old_room_id):
+                await self._publish(room_id, True)
+                await self._publish(old_room_id, False)
+        if self._copy_user_state is not None and self._joined_users is not None:
+            members = await self._joined_users(old_room_id)
+            local = sorted(u for u in members if u.partition(":")[2] == self._server_name)
+            await self._copy_user_state(old_room_id, room_id, local)
 
     async def _build_new_room(
         self,

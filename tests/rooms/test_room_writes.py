@@ -170,11 +170,22 @@ async def test_room_upgrade(hs: Harness, old: str, new: str) -> None:
         "POST", f"{V3}/rooms/{room_id}/upgrade", atok, {"new_version": "99"}
     )
     assert status == 400 and body["errcode"] == "M_UNSUPPORTED_ROOM_VERSION"
+    # Alice's own state about the room: a tag, m.direct, a room push rule.
+    await hs.request("PUT", f"{V3}/user/{alice}/rooms/{room_id}/tags/u.work", atok, {})
+    await hs.request("PUT", f"{V3}/user/{alice}/account_data/m.direct", atok, {carol: [room_id]})
+    rule = {"actions": ["dont_notify"]}
+    await hs.request("PUT", f"{V3}/pushrules/global/room/{room_id}", atok, rule)
     status, body = await hs.request(
         "POST", f"{V3}/rooms/{room_id}/upgrade", atok, {"new_version": new}
     )
     assert status == 200, body
     new_room = body["replacement_room"]
+    # ...follows the room to its replacement (Synapse's copy_user_state_on_room_upgrade).
+    data = hs.services.account_data
+    assert await data.get_tags(alice, new_room) == {"u.work": {}}
+    assert await data.get(alice, None, "m.direct") == {carol: [room_id, new_room]}
+    status, got = await hs.request("GET", f"{V3}/pushrules/global/room/{new_room}", atok)
+    assert status == 200 and got["actions"] == ["dont_notify"]
     events = hs.services.room_events
     old_state = await events.current_state_events(room_id)
     assert old_state[("m.room.tombstone", "")].content["replacement_room"] == new_room

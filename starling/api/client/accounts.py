@@ -31,6 +31,7 @@ from starling.errors import (
     missing_token,
     not_found,
 )
+from starling.identity.service import ThreepidService
 
 APP_SERVICE_LOGIN = "m.login.application_service"
 
@@ -66,9 +67,12 @@ def _remote(request: web.Request) -> str:
 
 
 class AccountRoutes:
-    def __init__(self, server_name: str, accounts: AccountService) -> None:
+    def __init__(
+        self, server_name: str, accounts: AccountService, threepids: ThreepidService
+    ) -> None:
         self.server_name = server_name
         self.accounts = accounts
+        self.identity = threepids
 
     # POST /_matrix/client/v3/register
     # (spec: client-server-api/#post_matrixclientv3register)
@@ -232,7 +236,33 @@ class AccountRoutes:
     # GET /_matrix/client/v3/account/3pid
     # (spec: client-server-api/#get_matrixclientv3account3pid)
     async def threepids(self, request: web.Request) -> web.Response:
-        return json_response({"threepids": []})  # no third-party IDs are bound here
+        # This server validates no third-party IDs itself (no e-mail or SMS), so an
+        # account has none of its own; binds made through it are on identity servers.
+        return json_response({"threepids": []})
+
+    # POST /_matrix/client/v3/account/3pid/bind
+    # (spec: client-server-api/#post_matrixclientv3account3pidbind)
+    async def bind_threepid(self, request: web.Request) -> web.Response:
+        requester = requester_of(request)
+        await self.identity.bind(requester.user_id, await read_json_object(request))
+        return json_response({})
+
+    # POST /_matrix/client/v3/account/3pid/unbind
+    # (spec: client-server-api/#post_matrixclientv3account3pidunbind)
+    async def unbind_threepid(self, request: web.Request) -> web.Response:
+        requester = requester_of(request)
+        body = await read_json_object(request)
+        result = await self.identity.unbind_request(requester.user_id, body)
+        return json_response({"id_server_unbind_result": result})
+
+    # POST /_matrix/client/v3/account/3pid/delete
+    # (spec: client-server-api/#post_matrixclientv3account3piddelete)
+    async def delete_threepid(self, request: web.Request) -> web.Response:
+        requester = requester_of(request)
+        body = await read_json_object(request)
+        # No 3PID of the account to remove here (see threepids); it is unbound.
+        result = await self.identity.unbind_request(requester.user_id, body)
+        return json_response({"id_server_unbind_result": result})
 
     # POST /_matrix/client/v3/account/password
     # (spec: client-server-api/#post_matrixclientv3accountpassword)
@@ -255,15 +285,16 @@ class AccountRoutes:
         requester = requester_of(request)
         body = await read_json_object(request, allow_empty=True)
         erase = _bool(body, "erase", False)
-        body_str(body, "id_server")
+        id_server = body_str(body, "id_server")
         if requester.app_service is None:
             # An application service deactivates its users without user-interactive auth.
             await self.accounts.require_password_auth(
                 requester, body.get("auth"), request.path, request.method
             )
+        # The 3PIDs bound through this server are unbound first (Synapse's order).
+        result = await self.identity.unbind_all(requester.user_id, id_server)
         await self.accounts.deactivate(requester.user_id, erase=erase)
-        # No third-party IDs are bound here, so there was nothing to unbind.
-        return json_response({"id_server_unbind_result": "success"})
+        return json_response({"id_server_unbind_result": result})
 
     # GET /_matrix/client/v3/devices
     # (spec: client-server-api/#get_matrixclientv3devices)

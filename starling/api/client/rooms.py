@@ -17,7 +17,8 @@ from starling.api.client.common import body_str
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import requester_of
 from starling.directory.service import DirectoryService
-from starling.errors import MatrixError, forbidden, invalid_param
+from starling.errors import bad_json, forbidden, invalid_param
+from starling.identity.service import ThreepidService
 from starling.protocol.identifiers import is_valid_room_alias, is_valid_user_id
 from starling.rooms.client_events import ClientEvents
 from starling.rooms.creation import CreateRoomRequest, RoomCreator
@@ -61,12 +62,14 @@ class RoomRoutes:
         upgrader: RoomUpgrader,
         directory: DirectoryService,
         events: ClientEvents,
+        threepids: ThreepidService,
         *,
         admins_create_rooms_only: bool = False,
         delayed: DelayedEvents | None = None,
     ) -> None:
         # MSC4140: a send or state PUT with org.matrix.msc4140.delay is scheduled instead.
         self.delayed = delayed
+        self.threepids = threepids
         # `restrict_room_creation_to_admins`: createRoom only for server admins (and
         # application services, whose bridges make rooms).
         self.admins_create_rooms_only = admins_create_rooms_only
@@ -96,7 +99,10 @@ class RoomRoutes:
         req = CreateRoomRequest.from_body(requester.user_id, body)
         if requester.shadow_banned:
             req.invite = []  # a shadow-banned user's invites reach nobody
+            req.invite_3pid = []
         room_id, _ = await self.creator.create(req)
+        for invite in req.invite_3pid:  # the spec's step 8, after the other invites
+            await self.threepids.invite(room_id, requester.user_id, invite)
         return json_response({"room_id": room_id})
 
     # POST /_matrix/client/v3/join/{roomIdOrAlias}
@@ -108,12 +114,29 @@ class RoomRoutes:
         target = request.match_info.get("roomIdOrAlias") or request.match_info["roomId"]
         room_id, servers = await self._resolve_room(target)
         via = request.query.getall("via", []) or request.query.getall("server_name", [])
+        signed = body.get("third_party_signed")
+        if signed is not None:
+            # The spec: the signed invite must match a pending m.room.third_party_invite,
+            # with key validity checked; it becomes the invite this join then follows.
+            if not isinstance(signed, dict) or not isinstance(signed.get("sender"), str):
+                raise bad_json("'third_party_signed' must be an object with a 'sender'")
+            await self.threepids.accept_signed_invite(
+                room_id, signed["sender"], requester.user_id, signed
+            )
+        # Other keys of the body go into the member event's content, as Synapse does
+        # (the membership service drops the keys only it may set).
+        extra = {
+            k: v
+            for k, v in body.items()
+            if k not in ("reason", "third_party_signed", "third_party_invite", "membership")
+        }
         await self.membership.join(
             room_id,
             requester.user_id,
             reason=body_str(body, "reason"),
             via=[*via, *servers],
             guest=requester.is_guest,
+            content=extra,
         )
         return json_response({"room_id": room_id})
 
@@ -151,10 +174,11 @@ class RoomRoutes:
     async def invite(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
-        if "id_server" in body or "medium" in body:
-            raise MatrixError(
-                400, "M_UNRECOGNIZED", "Third-party invites are not supported by this server"
-            )
+        if "user_id" not in body and ("id_server" in body or "medium" in body):
+            # A third-party invite (spec: "Third-party invites"): by identity server.
+            if not requester.shadow_banned:
+                await self.threepids.invite(request.match_info["roomId"], requester.user_id, body)
+            return json_response({})
         if requester.shadow_banned:
             _target_user(body)
             return json_response({})

@@ -60,13 +60,14 @@ OPTIONAL = Auth.OPTIONAL
 def client_table(svc: Services) -> RouteTable:
     """Every Client-Server endpoint; paths are under /_matrix/client/v3 unless marked."""
     e2ee = svc.e2ee
-    accounts = AccountRoutes(svc.server_name, svc.accounts)
+    accounts = AccountRoutes(svc.server_name, svc.accounts, svc.threepids)
     rooms = RoomRoutes(
         svc.room_creator,
         svc.membership,
         svc.room_upgrader,
         svc.directory,
         svc.client_events,
+        svc.threepids,
         admins_create_rooms_only=svc.config.restrict_room_creation_to_admins,
         delayed=svc.delayed_events,
     )
@@ -118,6 +119,10 @@ def client_table(svc: Services) -> RouteTable:
         post("/logout/all", accounts.logout_all),
         get("/account/whoami", accounts.whoami, guests=True),
         get("/account/3pid", accounts.threepids),
+        # bind/unbind were under /unstable before v1.1 (clients and SyTest still use it)
+        post("/account/3pid/bind", accounts.bind_threepid, versions=V3_UNSTABLE),
+        post("/account/3pid/unbind", accounts.unbind_threepid, versions=V3_UNSTABLE),
+        post("/account/3pid/delete", accounts.delete_threepid, versions=V3_UNSTABLE),
         post("/account/password", accounts.change_password),
         post("/account/deactivate", accounts.deactivate),
         get("/devices", accounts.list_devices, guests=True),

@@ -21,6 +21,7 @@ from starling.api.federation.membership import FederationMembershipApi
 from starling.api.federation.openid import FederationOpenIdApi
 from starling.api.federation.public_rooms import PublicRoomsApi
 from starling.api.federation.queries import FederationQueriesApi
+from starling.api.federation.threepid import FederationThreepidApi
 from starling.api.federation.timestamps import FederationTimestampApi
 from starling.api.federation.user_keys import UserKeysApi
 from starling.api.routing import Auth, Route, RouteTable, get, post
@@ -56,6 +57,8 @@ def federation_table(services: Services) -> RouteTable:
         *FederationTimestampApi(services.timestamps).routes(),
         # spaces: /hierarchy/{roomId}
         *FederationHierarchyApi(services.hierarchy).routes(),
+        # identity servers: /3pid/onbind (unsigned)
+        *FederationThreepidApi(services.threepids).routes(),
     ]
     return RouteTable("federation", "/_matrix/federation/{version}", ("v1",), routes)
 

@@ -1,0 +1,1 @@
+"""Talking to identity servers: binding third-party IDs and third-party invites."""
