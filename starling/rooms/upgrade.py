@@ -199,6 +199,10 @@ class RoomUpgrader:
             ev = state.get((etype, ""))
             if ev is not None and ev.content:
                 await send(new_room_id, user_id, etype, copy.deepcopy(ev.content), "")
+            elif etype == "m.room.guest_access":
+                # Absent means forbidden; the new room says so explicitly (Synapse would
+                # apply its private_chat default, can_join, letting guests in).
+                await send(new_room_id, user_id, etype, {"guest_access": "forbidden"}, "")
         for (etype, target), ev in state.items():
             if etype == "m.room.member" and ev.membership == "ban":
                 await send(

@@ -197,7 +197,7 @@ async def test_room_upgrade(hs: Harness, old: str, new: str) -> None:
         tombstone = old_state[("m.room.tombstone", "")]
         assert create.content["predecessor"]["event_id"] == tombstone.event_id
     assert new_state[("m.room.name", "")].content["name"] == "Old"
-    # public_chat gives guest_access forbidden (spec preset table); the upgrade copies it.
+    # public_chat has no guest_access (absent: forbidden); the new room states it.
     assert new_state[("m.room.guest_access", "")].content == {"guest_access": "forbidden"}
     assert new_state[("m.room.member", carol)].membership == "ban"
     assert new_state[("m.room.member", alice)].membership == "join"
