@@ -127,13 +127,30 @@ class ThreepidService:
                 result = "no-support"
         return result
 
+    async def account_threepids(self, user_id: str) -> list[dict[str, Any]]:
+        """GET /account/3pid: the account's own third-party IDs (set by an admin or
+        taken from an external login; this server validates none itself)."""
+        return await self._bindings.account_threepids(user_id)
+
     async def unbind_request(self, user_id: str, body: dict[str, Any]) -> str:
-        """POST /account/3pid/unbind and /account/3pid/delete (which would also remove
-        the 3PID from the account, where this server keeps none)."""
+        """POST /account/3pid/unbind: undo the bind on the identity server only."""
         medium = _str(body, "medium")
         address = _str(body, "address")
         assert medium is not None and address is not None
         return await self.unbind(user_id, medium, address, _str(body, "id_server", required=False))
+
+    async def delete_request(self, user_id: str, body: dict[str, Any]) -> str:
+        """POST /account/3pid/delete: its binds made through this server are undone,
+        then the 3PID leaves the account (Synapse's order: an identity server that
+        cannot be reached fails the request and the account keeps the 3PID)."""
+        medium = _str(body, "medium")
+        address = _str(body, "address")
+        assert medium is not None and address is not None
+        result = await self.unbind(
+            user_id, medium, address, _str(body, "id_server", required=False)
+        )
+        await self._bindings.remove_from_account(user_id, medium, address)
+        return result
 
     async def unbind_all(self, user_id: str, id_server: str | None) -> str:
         """On deactivation: every 3PID bound through us; "no-support" if one could not

@@ -1,4 +1,6 @@
-"""Which identity servers a user's third-party IDs were bound to through this server.
+"""A user's third-party IDs: those of the account (user_threepids, which the admin API
+and external logins also write) and which identity servers they were bound to through
+this server.
 
 One row per (user, medium, address, identity server), written after a successful
 /account/3pid/bind and removed after a successful unbind (spec: client-server-api
@@ -51,3 +53,26 @@ class ThreepidBindingStore:
             user_id,
         )
         return [ThreepidBinding(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    # -- the account's own third-party IDs (user_threepids)
+
+    async def account_threepids(self, user_id: str) -> list[dict[str, object]]:
+        """GET /account/3pid: medium, address, validated_at, added_at."""
+        rows = await self._db.fetch_all(
+            "SELECT medium, address, validated_at, added_at FROM user_threepids"
+            " WHERE user_id = ? ORDER BY medium, address",
+            user_id,
+        )
+        return [
+            {"medium": r[0], "address": r[1], "validated_at": r[2], "added_at": r[3]} for r in rows
+        ]
+
+    async def remove_from_account(self, user_id: str, medium: str, address: str) -> bool:
+        """Whether the account had this third-party ID (now removed)."""
+        removed = await self._db.execute(
+            "DELETE FROM user_threepids WHERE user_id = ? AND medium = ? AND address = ?",
+            user_id,
+            medium,
+            address,
+        )
+        return bool(removed)

@@ -223,3 +223,34 @@ async def test_third_party_invites(hs: Harness, idserver: FakeIdentityServer) ->
         "POST", f"{V3}/createRoom", atok, {"invite_3pid": [{"medium": 1}]}
     )
     assert (status, resp["errcode"]) == (400, "M_BAD_JSON")
+
+
+async def test_the_accounts_own_threepids_are_listed_and_deleted(hs: Harness) -> None:
+    # One source of an account's 3PIDs: what an admin sets (or an external login
+    # records) is what GET /account/3pid lists and /account/3pid/delete removes.
+    alice, token = await hs.register("alice")
+    _, bob_token = await hs.register("bob")
+    _, root = await hs.register("root", admin=True)
+    status, resp = await hs.request("GET", f"{V3}/account/3pid", token)
+    assert (status, resp) == (200, {"threepids": []})
+    threepids = [{"medium": "email", "address": EMAIL}]
+    status, resp = await hs.request(
+        "PUT", f"/_synapse/admin/v2/users/{alice}", root, {"threepids": threepids}
+    )
+    assert status == 200, resp
+    status, resp = await hs.request("GET", f"{V3}/account/3pid", token)
+    assert status == 200
+    [entry] = resp["threepids"]
+    assert (entry["medium"], entry["address"]) == ("email", EMAIL)
+    assert isinstance(entry["validated_at"], int) and isinstance(entry["added_at"], int)
+    # Another user cannot delete it from alice's account.
+    unbind = {"medium": "email", "address": EMAIL}
+    status, _ = await hs.request("POST", f"{V3}/account/3pid/delete", bob_token, unbind)
+    assert status == 200
+    status, resp = await hs.request("GET", f"{V3}/account/3pid", token)
+    assert len(resp["threepids"]) == 1
+    # Bound to no identity server through us: removed, nothing to unbind.
+    status, resp = await hs.request("POST", f"{V3}/account/3pid/delete", token, unbind)
+    assert (status, resp) == (200, {"id_server_unbind_result": "no-support"})
+    status, resp = await hs.request("GET", f"{V3}/account/3pid", token)
+    assert (status, resp) == (200, {"threepids": []})

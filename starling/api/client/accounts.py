@@ -236,9 +236,10 @@ class AccountRoutes:
     # GET /_matrix/client/v3/account/3pid
     # (spec: client-server-api/#get_matrixclientv3account3pid)
     async def threepids(self, request: web.Request) -> web.Response:
-        # This server validates no third-party IDs itself (no e-mail or SMS), so an
-        # account has none of its own; binds made through it are on identity servers.
-        return json_response({"threepids": []})
+        requester = requester_of(request)
+        return json_response(
+            {"threepids": await self.identity.account_threepids(requester.user_id)}
+        )
 
     # POST /_matrix/client/v3/account/3pid/bind
     # (spec: client-server-api/#post_matrixclientv3account3pidbind)
@@ -260,8 +261,7 @@ class AccountRoutes:
     async def delete_threepid(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
-        # No 3PID of the account to remove here (see threepids); it is unbound.
-        result = await self.identity.unbind_request(requester.user_id, body)
+        result = await self.identity.delete_request(requester.user_id, body)
         return json_response({"id_server_unbind_result": result})
 
     # POST /_matrix/client/v3/account/password
