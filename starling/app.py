@@ -60,7 +60,9 @@ from starling.appservice.queries import AppServiceQueries
 from starling.appservice.registration import load_registrations
 from starling.appservice.registry import AppServiceRegistry
 from starling.appservice.sender import AppServiceSender, E2eePositions
-from starling.config import Config, Listener, parse_size
+from starling.cluster.bus import ClusterBus, channel_for
+from starling.cluster.wiring import ClusterParts, ClusterRoles, join_cluster
+from starling.config import Config, ConfigError, Listener, parse_size
 from starling.directory.publication import PublicationRules
 from starling.directory.service import DirectoryService
 from starling.directory.service import RemotePublicRooms as RemotePublicRoomsFetcher
@@ -315,7 +317,8 @@ async def build_services(
         rate_limits=rate_limits,
     )
     room_events.add_listener(
-        GuestEvictor(membership_store, membership, account_store.guests_among).on_event
+        GuestEvictor(membership_store, membership, account_store.guests_among).on_event,
+        writer_only=True,
     )
     federation_sender = FederationSender(
         config.server_name,
@@ -472,7 +475,7 @@ async def build_services(
     app_service_sender.use_e2ee(
         E2eePositions(e2ee.to_device.current_position, e2ee.device_lists.current_position)
     )
-    room_events.add_listener(e2ee.device_lists.on_new_event)
+    room_events.add_listener(e2ee.device_lists.on_new_event, writer_only=True)
     accounts.add_device_listener(e2ee.keys.devices_changed)
     dehydrated_devices = DehydratedDevices(
         DehydratedDeviceStore(db),
@@ -973,7 +976,7 @@ def build_modules(
             pending.add(task)
             task.add_done_callback(pending.discard)
 
-        room_events.add_listener(tell)
+        room_events.add_listener(tell, writer_only=True)
 
 
 def build_webhooks(
@@ -1317,6 +1320,21 @@ def build_listener_app(
     return app
 
 
+MAIN_INSTANCE = "main"
+
+
+def cluster_roles(config: Config, instance: str) -> ClusterRoles:
+    """The singletons `instance` runs: all of them without workers (no `redis:`)."""
+    if config.redis is None or not config.redis.enabled:
+        return ClusterRoles(True, True, True, True)
+    return ClusterRoles(
+        federation_sender=instance == config.federation_sender_instances[0],
+        pusher=instance == config.pusher_instances[0],
+        appservice_sender=instance == config.notify_appservices_from_worker,
+        background_tasks=instance == config.run_background_tasks_on,
+    )
+
+
 @dataclass
 class Homeserver:
     config: Config
@@ -1325,31 +1343,77 @@ class Homeserver:
     bound: list[str] = field(default_factory=list)
     peers: PeerCounter = field(default_factory=PeerCounter)  # open connections per address
     low_bandwidth: LowBandwidthServer | None = None
+    instance: str = MAIN_INSTANCE
+    bus: ClusterBus | None = None
 
     @classmethod
-    async def start(cls, config: Config) -> Homeserver:
+    async def start(cls, config: Config, worker: str | None = None) -> Homeserver:
+        """Build and start the server; `worker` names this process among several
+        (docs/scaling.md; needs `redis:`), None for the main process."""
         signing_key = load_signing_key(config)
+        clustered = config.redis is not None and config.redis.enabled
+        if worker is not None and not clustered:
+            raise ConfigError("--worker needs a redis: section (workers share Redis)")
+        instance = worker or MAIN_INSTANCE
         db = await open_database(storage_config(config))
-        hs = cls(config=config, services=await build_services(config, db, signing_key))
         try:
-            await hs.services.federation_sender.start()
-            await hs.services.push_evaluator.start()
-            await hs.services.delayed_events.start()
-            await hs.services.push_sender.start()
-            hs.services.media.start()
-            hs.services.admin_history.start()
+            services = await build_services(config, db, signing_key)
+        except BaseException:
+            await db.close()
+            raise
+        hs = cls(config=config, services=services, instance=instance)
+        roles = cluster_roles(config, instance)
+        try:
+            if clustered:
+                assert config.redis is not None
+                a = config.database.args
+                where = f"{a.host or '127.0.0.1'}:{a.port or 5432}/{a.database}"
+                hs.bus = ClusterBus(
+                    instance, config.redis, channel_for(config.server_name, where)
+                )
+                await hs.bus.start()
+                await join_cluster(hs.bus, hs._cluster_parts(), roles)
+            if roles.federation_sender:
+                await hs.services.federation_sender.start()
+            # Per process: each flushes the client addresses it saw.
             hs.services.client_ips.start()
-            if hs.services.e2ee.remote_device_lists is not None:
-                # Users left stale by the last run (a resync that had not succeeded).
-                await hs.services.e2ee.remote_device_lists.start()
-            await hs.services.accounts.ensure_app_service_senders()
-            await hs.services.app_service_sender.start()
-            await hs.services.outgoing_webhooks.start()
+            if roles.pusher:
+                # The evaluator reads the events stream from its stored position and
+                # wakes the sender in the same process.
+                await hs.services.push_evaluator.start()
+                await hs.services.push_sender.start()
+            if roles.background_tasks:
+                await hs.services.delayed_events.start()
+                hs.services.media.start()
+                hs.services.admin_history.start()
+                if hs.services.e2ee.remote_device_lists is not None:
+                    # Users left stale by the last run (a resync that had not succeeded).
+                    await hs.services.e2ee.remote_device_lists.start()
+                await hs.services.outgoing_webhooks.start()
+            if roles.appservice_sender:
+                await hs.services.accounts.ensure_app_service_senders()
+                await hs.services.app_service_sender.start()
             await hs._start_listeners()
         except BaseException:
             await hs.stop()
             raise
         return hs
+
+    def _cluster_parts(self) -> ClusterParts:
+        s = self.services
+        return ClusterParts(
+            db=s.db,
+            notifier=s.notifier,
+            room_locks=s.room_locks,
+            persister=s.persister,
+            event_store=s.event_store,
+            state_store=s.state_store,
+            membership_store=s.membership_store,
+            auth=s.auth,
+            federation_sender=s.federation_sender,
+            push_sender=s.push_sender,
+            app_service_sender=s.app_service_sender,
+        )
 
     async def _start_listeners(self) -> None:
         extra_versions: dict[str, Any] = {}
@@ -1434,4 +1498,7 @@ class Homeserver:
         await self.services.threepids.client.close()
         await self.services.federation.close()
         self.services.passwords.close()
+        if self.bus is not None:
+            await self.bus.stop()
+        await self.services.room_locks.close()
         await self.services.db.close()

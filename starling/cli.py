@@ -73,18 +73,26 @@ def cmd_generate_config(args: argparse.Namespace) -> int:
 # --- serve -------------------------------------------------------------------------------
 
 
-async def _serve(config: Config, config_path: str) -> int:
+async def _serve(config: Config, config_path: str, worker: str | None = None) -> int:
     from starling.accounts.passwords import release_freed_memory_promptly
     from starling.app import Homeserver
+    from starling.cluster.bus import BusUnavailable
 
     release_freed_memory_promptly()
-    hs = await Homeserver.start(config)
+    try:
+        hs = await Homeserver.start(config, worker)
+    except BusUnavailable as e:
+        raise RuntimeError(str(e)) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    who = f" (worker {worker})" if worker else ""
     for url in hs.bound:
-        print(f"Starling {__version__} for {config.server_name} listening on {url}", flush=True)
+        print(
+            f"Starling {__version__} for {config.server_name}{who} listening on {url}",
+            flush=True,
+        )
     print(
         "Create the first user with:\n"
         f"  {_own_command()} register-user -c {config_path} alice --password 'secret' --admin",
@@ -114,9 +122,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         load_app_services(config)  # checked before anything starts
     except ConfigError as e:
         return _fail(f"invalid configuration: {e}")
+    if args.worker is not None:
+        from starling.config import WORKER_NAME
+
+        if not WORKER_NAME.fullmatch(args.worker) or args.worker == "main":
+            return _fail(
+                f"--worker: {args.worker!r} is not a worker name (lowercase letters, digits,"
+                " _ and -, not 'main', which is the process started without --worker)"
+            )
+        if config.redis is None or not config.redis.enabled:
+            return _fail("--worker needs a redis: section in the config (docs/scaling.md)")
     _setup_logging(config)
     try:
-        return asyncio.run(_serve(config, args.config))
+        return asyncio.run(_serve(config, args.config[0], args.worker))
     except ConfigError as e:  # found while building the server (e.g. a module's config)
         return _fail(f"invalid configuration: {e}")
     except OSError as e:
@@ -231,7 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the homeserver",
         description="Run the homeserver until SIGTERM or SIGINT, then drain and exit 0.",
     )
-    s.add_argument("-c", "--config", required=True, help="path to starling.yaml")
+    s.add_argument(
+        "-c",
+        "--config",
+        required=True,
+        action="append",
+        help="path to starling.yaml; repeat to add files whose top-level keys replace the"
+        " earlier ones' (a worker's own listeners, as Synapse's --config-path)",
+    )
+    s.add_argument(
+        "--worker",
+        metavar="NAME",
+        help="run as worker NAME of a server with several processes sharing PostgreSQL and"
+        " Redis (needs redis: in the config; docs/scaling.md). Without it: the main process",
+    )
     s.set_defaults(func=cmd_serve)
 
     r = sub.add_parser(

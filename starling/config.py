@@ -18,7 +18,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -85,6 +85,18 @@ class DatabaseConfig:
         host = a.host or "127.0.0.1"
         port = a.port or 5432
         return f"postgresql://{auth}@{host}:{port}/{a.database}"
+
+
+@dataclass
+class RedisConfig:
+    """The bus between the processes of one server (Synapse's `redis:` keys). Unset (no
+    `redis:` section, or `enabled: false`): one process, nothing shared."""
+
+    enabled: bool = True
+    host: str = "localhost"
+    port: int = 6379
+    password: str | None = None
+    dbid: int = 0  # Synapse's name for the Redis database number
 
 
 @dataclass
@@ -451,6 +463,15 @@ class Config:
     public_baseurl: str | None = None
     listeners: list[Listener] = field(default_factory=lambda: [Listener()])
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    # Several processes (workers) of this server share PostgreSQL and this Redis
+    # (docs/scaling.md). None: a single process, exactly as without workers.
+    redis: RedisConfig | None = None
+    # Which process runs each singleton (Synapse's keys): the main process (started
+    # without --worker) is "main". Background jobs: media retention, device-list resyncs.
+    run_background_tasks_on: str = "main"
+    federation_sender_instances: list[str] = field(default_factory=lambda: ["main"])
+    pusher_instances: list[str] = field(default_factory=lambda: ["main"])
+    notify_appservices_from_worker: str = "main"
     signing_key_path: str = "signing.key"
     media_store_path: str = "media_store"
     max_upload_size: str | int = "50M"
@@ -865,12 +886,45 @@ def _check_semantics(cfg: Config) -> None:
             "registration_requires_token: true, or confirm with "
             "enable_registration_without_verification: true"
         )
+    _check_workers(cfg)
     if cfg.database.args.cp_min < 1 or cfg.database.args.cp_max < cfg.database.args.cp_min:
         raise ConfigError("database.args: need 1 <= cp_min <= cp_max")
     for name in ("rc_message", "rc_registration", "rc_joins_per_room", "rc_to_device"):
         rl: RateLimit = getattr(cfg, name)
         if rl.per_second < 0 or rl.burst_count < 0:
             raise ConfigError(f"{name}: per_second and burst_count must not be negative")
+
+
+WORKER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+
+def _check_workers(cfg: Config) -> None:
+    redis = cfg.redis
+    if redis is not None and redis.enabled:
+        if cfg.database.is_sqlite:
+            raise ConfigError(
+                "redis: workers share one PostgreSQL database; SQLite serves one process "
+                "(move with `starling port-db`, or remove the redis section)"
+            )
+        if not 0 < redis.port <= 65535:
+            raise ConfigError("redis.port: must be between 1 and 65535")
+        if redis.dbid < 0:
+            raise ConfigError("redis.dbid: must be 0 or more")
+    for key in ("federation_sender_instances", "pusher_instances"):
+        names: list[str] = getattr(cfg, key)
+        if len(names) != 1:
+            # Synapse shards these by destination / user; Starling runs one of each.
+            raise ConfigError(f"{key}: name exactly one process (sharding is not supported)")
+    for key, name in (
+        ("run_background_tasks_on", cfg.run_background_tasks_on),
+        ("federation_sender_instances", cfg.federation_sender_instances[0]),
+        ("pusher_instances", cfg.pusher_instances[0]),
+        ("notify_appservices_from_worker", cfg.notify_appservices_from_worker),
+    ):
+        if not WORKER_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{key}: {name!r} is not a worker name (lowercase letters, digits, _ and -)"
+            )
 
 
 MIN_WEBHOOK_SECRET_LENGTH = 16
@@ -1083,9 +1137,26 @@ def load_config_dict(
     return cfg
 
 
-def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Read, merge with the environment and validate a config file."""
+def load_config(
+    path: str | Path | Sequence[str | Path], environ: Mapping[str, str] | None = None
+) -> Config:
+    """Read, merge with the environment and validate a config file. Several files (as
+    Synapse's repeated --config-path, e.g. the shared file then a worker's own listeners):
+    a top-level key of a later file replaces the earlier one's; relative paths are
+    resolved from the first file's directory."""
+    if not isinstance(path, (str, Path)):
+        paths = list(path)
+        if not paths:
+            raise ConfigError("no config file given")
+        merged: dict[str, Any] = {}
+        for one in paths:
+            merged.update(_read_config_file(Path(one)) or {})
+        return load_config_dict(merged, environ, config_dir=str(Path(paths[0]).resolve().parent))
     p = Path(path)
+    return load_config_dict(_read_config_file(p), environ, config_dir=str(p.resolve().parent))
+
+
+def _read_config_file(p: Path) -> dict[str, Any] | None:
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
@@ -1096,7 +1167,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of keys to values")
-    return load_config_dict(data, environ, config_dir=str(p.resolve().parent))
+    return data
 
 
 def all_keys() -> list[tuple[str, str, Any]]:

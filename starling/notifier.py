@@ -5,12 +5,16 @@ waiters for the users or rooms named, in O(waiters woken), and a waiter costs no
 while it waits (one future). Positions are only hints: a woken /sync re-reads the
 streams, so a spurious wake-up is harmless and a missed one is impossible as long as
 every writer notifies after its commit.
+
+With workers (starling/cluster), `relay` tells every other process of each `notify`, and
+they wake their own waiters: a /sync long-polling on one process wakes for a message sent
+through another. The bus delivers a notification after the stream positions it follows.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 class _Waiter:
@@ -27,9 +31,18 @@ class Notifier:
         self._by_user: dict[str, set[_Waiter]] = {}
         self._by_room: dict[str, set[_Waiter]] = {}
         self._closed = False
+        # Set with workers: (users, rooms) of each local notify, for the other processes.
+        self.relay: Callable[[list[str], list[str]], None] | None = None
 
     def notify(self, *, users: Iterable[str] = (), rooms: Iterable[str] = ()) -> None:
         """Something changed for these users and/or in these rooms."""
+        if self.relay is not None:
+            users, rooms = list(users), list(rooms)
+            self.relay(users, rooms)
+        self.notify_here(users=users, rooms=rooms)
+
+    def notify_here(self, *, users: Iterable[str] = (), rooms: Iterable[str] = ()) -> None:
+        """`notify` for this process's waiters only (another process's notification)."""
         woken: set[_Waiter] = set()
         for user_id in users:
             woken |= self._by_user.get(user_id, set())

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from starling.appservice.registration import AppService
 from starling.appservice.registry import AppServiceRegistry
@@ -59,6 +61,27 @@ class RequestAuthenticator:
         self._store = store
         self._app_services = app_services or AppServiceRegistry()
         self._cache: dict[str, tuple[TokenSession, float]] = {}
+        # Set with workers (starling/cluster): every invalidation is told to the other
+        # processes, as (method name, arguments), so a revoked token fails everywhere.
+        self.on_invalidate: Callable[[str, list[Any]], None] | None = None
+
+    def _tell(self, method: str, *args: Any) -> None:
+        if self.on_invalidate is not None:
+            self.on_invalidate(method, list(args))
+
+    def invalidate_here(self, method: str, args: list[Any]) -> None:
+        """Apply another process's invalidation (see on_invalidate): not told on."""
+        if method == "clear":
+            self._cache.clear()
+            return
+        if method == "token":
+            self._drop_token(args[0])
+        elif method == "user":
+            self._drop_user(args[0])
+        elif method == "device":
+            self._drop_device(args[0], args[1])
+        elif method == "refresh":
+            self._drop_refresh_tokens(args[0])
 
     async def requester_for_token(
         self, token: str, user_id: str | None = None, device_id: str | None = None
@@ -128,22 +151,38 @@ class RequestAuthenticator:
         return Requester(user_id, None, False, token, app_service=service)
 
     def invalidate_token(self, token: str) -> None:
-        self._cache.pop(token, None)
+        self._drop_token(token)
+        self._tell("token", token)
 
     def invalidate_user(self, user_id: str) -> None:
-        for token, (owner, _) in list(self._cache.items()):
-            if owner.user_id == user_id:
-                del self._cache[token]
+        self._drop_user(user_id)
+        self._tell("user", user_id)
 
     def invalidate_device(self, user_id: str, device_id: str) -> None:
-        for token, (owner, _) in list(self._cache.items()):
-            if owner.user_id == user_id and owner.device_id == device_id:
-                del self._cache[token]
+        self._drop_device(user_id, device_id)
+        self._tell("device", user_id, device_id)
 
     def invalidate_refresh_tokens(self, refresh_token_ids: list[int]) -> None:
         """Drop the access tokens issued with these (now revoked) refresh tokens."""
         if not refresh_token_ids:
             return
+        self._drop_refresh_tokens(refresh_token_ids)
+        self._tell("refresh", refresh_token_ids)
+
+    def _drop_token(self, token: str) -> None:
+        self._cache.pop(token, None)
+
+    def _drop_user(self, user_id: str) -> None:
+        for token, (owner, _) in list(self._cache.items()):
+            if owner.user_id == user_id:
+                del self._cache[token]
+
+    def _drop_device(self, user_id: str, device_id: str) -> None:
+        for token, (owner, _) in list(self._cache.items()):
+            if owner.user_id == user_id and owner.device_id == device_id:
+                del self._cache[token]
+
+    def _drop_refresh_tokens(self, refresh_token_ids: list[int]) -> None:
         ids = set(refresh_token_ids)
         for token, (owner, _) in list(self._cache.items()):
             if owner.refresh_token_id in ids:

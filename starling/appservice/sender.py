@@ -144,6 +144,9 @@ class AppServiceSender:
         self._e2ee: E2eePositions | None = None
         self._ephemeral: dict[str, list[dict[str, Any]]] = {}
         self.on_delivered: list[Callable[[str, int], Awaitable[None] | None]] = []
+        # Set with workers on the processes that do not send to services: ephemeral data
+        # goes over the cluster bus to the one that does (starling/cluster).
+        self.forward: Callable[[dict[str, Any], list[str]], None] | None = None
 
     def use_e2ee(self, positions: E2eePositions) -> None:
         self._e2ee = positions
@@ -184,6 +187,9 @@ class AppServiceSender:
     def add_ephemeral(self, edu: dict[str, Any], users: Sequence[str] = ()) -> None:
         """Queue ephemeral data for every ``receive_ephemeral`` service that owns one of
         `users` (or, with no users given, for all of them)."""
+        if self.forward is not None:
+            self.forward(edu, list(users))
+            return
         for service in self._services():
             if not service.receive_ephemeral:
                 continue

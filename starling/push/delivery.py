@@ -204,6 +204,9 @@ class PushSender:
         self._dirty: set[PusherKey] = set()
         self._session: aiohttp.ClientSession | None = None
         self._side_tasks: set[asyncio.Task[None]] = set()
+        # Set with workers on the processes that do not push: badge updates go over the
+        # cluster bus to the one that does (starling/cluster).
+        self.forward: Callable[[str], None] | None = None
 
     def notified(self, user_ids: set[str]) -> None:
         """The evaluator stored new notifications for these users: wake their pushers."""
@@ -214,6 +217,9 @@ class PushSender:
         """The user read something (a read receipt): their gateways get the new unread
         count alone, so a phone's badge follows (a notification with only `counts` and
         `devices`, as the push gateway API allows and Synapse sends)."""
+        if self.forward is not None:
+            self.forward(user_id)
+            return
         if self._running:
             self._side_task(self._send_badge(user_id))
 

@@ -25,7 +25,9 @@ outlier or was backfilled. From that, and only here, in one transaction:
 - auth edges (`event_auth`), relations, search, redactions of accepted events.
 
 After commit, listeners hear about accepted timeline events (not backfilled ones) and
-about current-state changes.
+about current-state changes. With workers (starling/cluster) the `relay` tells the other
+processes the same, and they `replay` it to their listeners — except those registered
+`writer_only` (listeners that write, which must run once: on the process that persisted).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from starling.protocol.event import Event, StateKey
 from starling.protocol.power_levels import PowerLevels, server_of
@@ -51,6 +54,19 @@ logger = logging.getLogger(__name__)
 NewEventListener = Callable[[Event, int], None]
 # (room_id, {key: new event ID or None if the key left the state}, position)
 StateDeltaListener = Callable[[str, Mapping[StateKey, str | None], int], None]
+
+
+class PersistRelay(Protocol):
+    """What the persister tells the other processes (starling/cluster), after commit."""
+
+    def room(self, room_id: str) -> None:
+        """The room's extremities, state or members may have changed."""
+
+    def event(self, event_id: str, position: int) -> None:
+        """A timeline event the listeners heard about."""
+
+    def state(self, room_id: str, changed: Mapping[StateKey, str | None], position: int) -> None:
+        """A change of the room's current state."""
 
 
 @dataclass(frozen=True)
@@ -91,12 +107,17 @@ class EventPersister:
         self._relations = relations
         self._search = search
         self._listeners: list[NewEventListener] = []
+        self._writer_only: set[NewEventListener] = set()
         self._state_listeners: list[StateDeltaListener] = []
+        self.relay: PersistRelay | None = None
 
-    def add_listener(self, listener: NewEventListener) -> None:
+    def add_listener(self, listener: NewEventListener, *, writer_only: bool = False) -> None:
         """Called (after commit, on the loop) with each accepted timeline event that is
-        not backfilled, and its position."""
+        not backfilled, and its position. `writer_only`: only on the process that
+        persisted the event (with workers), for listeners that write or act once."""
         self._listeners.append(listener)
+        if writer_only:
+            self._writer_only.add(listener)
 
     def add_state_listener(self, listener: StateDeltaListener) -> None:
         """Called (after commit) with each change of a room's current state."""
@@ -162,6 +183,7 @@ class EventPersister:
                     txn, room_id, event.room_version, event.sender, event.origin_server_ts
                 )
             position = await self._stream.next_id(txn)
+            self._room_written(txn, room_id)
             if existing is None:
                 await self._events.insert_event(
                     txn,
@@ -319,6 +341,7 @@ class EventPersister:
                 position = -(await self._backfill_stream.next_id(txn))
             else:
                 position = await self._stream.next_id(txn)
+            self._room_written(txn, room_id)
             group_before = before.group
             if group_before is None and before.ids:
                 group_before = await self._state.create_group(
@@ -449,13 +472,42 @@ class EventPersister:
         await self._memberships.remove(txn, room_id, gone)
 
     def _notify(self, event: Event, position: int) -> None:
+        if self.relay is not None:
+            self.relay.event(event.event_id, position)
+        self._call_listeners(event, position, remote=False)
+
+    def _call_listeners(self, event: Event, position: int, *, remote: bool) -> None:
         for listener in self._listeners:
+            if remote and listener in self._writer_only:
+                continue
             try:
                 listener(event, position)
             except Exception:
                 logger.exception("new-event listener failed for %s", event.event_id)
 
+    def replay_event(self, event: Event, position: int) -> None:
+        """Another process persisted `event` (with workers): tell the listeners here."""
+        self._call_listeners(event, position, remote=True)
+
+    def replay_state(
+        self, room_id: str, changed: Mapping[StateKey, str | None], position: int
+    ) -> None:
+        """Another process changed a room's current state (with workers)."""
+        self._call_state_listeners(room_id, changed, position)
+
+    def _room_written(self, txn: Transaction, room_id: str) -> None:
+        relay = self.relay
+        if relay is not None:
+            txn.call_after_commit(lambda: relay.room(room_id))
+
     def _notify_state(
+        self, room_id: str, changed: Mapping[StateKey, str | None], position: int
+    ) -> None:
+        if self.relay is not None:
+            self.relay.state(room_id, changed, position)
+        self._call_state_listeners(room_id, changed, position)
+
+    def _call_state_listeners(
         self, room_id: str, changed: Mapping[StateKey, str | None], position: int
     ) -> None:
         for listener in self._state_listeners:

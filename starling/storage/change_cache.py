@@ -16,7 +16,7 @@ moves up to the newest position forgotten.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -29,6 +29,8 @@ class StreamChangeCache(Generic[K]):
         self._max_keys = max_keys
         self._earliest = _UNKNOWN
         self._last: OrderedDict[K, int] = OrderedDict()
+        # Set with workers (starling/cluster): each local change is told to the others.
+        self.on_change: Callable[[K, int], None] | None = None
 
     def start(self, position: int) -> None:
         """Every change after `position` is recorded from now on."""
@@ -40,6 +42,18 @@ class StreamChangeCache(Generic[K]):
         return self._earliest
 
     def changed(self, key: K, position: int) -> None:
+        self.changed_here(key, position)
+        if self.on_change is not None:
+            self.on_change(key, position)
+
+    def reset(self, position: int) -> None:
+        """Forget everything: only changes after `position` are known from now on (the
+        other processes' changes may have been missed)."""
+        self._last.clear()
+        self._earliest = position
+
+    def changed_here(self, key: K, position: int) -> None:
+        """`changed` for another process's write: not told on."""
         last = self._last.pop(key, None)
         self._last[key] = position if last is None else max(last, position)
         while len(self._last) > self._max_keys:

@@ -16,7 +16,7 @@ accepted events) and backward extremities (prev events of accepted events that w
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar
@@ -65,6 +65,9 @@ class LruCache(Generic[K, V]):
     def __init__(self, max_size: int) -> None:
         self._data: OrderedDict[K, V] = OrderedDict()
         self._max = max_size
+        # Bumped by every pop: a read that began before an invalidation (here, or one
+        # from another process) must not put its older answer back (see `fill`).
+        self.generation = 0
 
     def get(self, key: K) -> V | None:
         v = self._data.get(key)
@@ -79,7 +82,14 @@ class LruCache(Generic[K, V]):
             self._data.popitem(last=False)
 
     def pop(self, key: K) -> None:
+        self.generation += 1
         self._data.pop(key, None)
+
+    def fill(self, key: K, value: V, generation: int) -> None:
+        """Cache what a read found, unless something was invalidated since the read
+        began (its `generation` then): the read may predate that write."""
+        if generation == self.generation:
+            self.put(key, value)
 
     def keys(self) -> list[K]:
         return list(self._data)
@@ -115,6 +125,26 @@ class EventStore:
         # Per room, (position, state_after) of its newest served timeline events, oldest
         # first, complete from the first one (see record_state_tip).
         self._tips: LruCache[str, list[tuple[int, int]]] = LruCache(10_000)
+        # Set with workers (starling/cluster): tells the other processes of invalidations.
+        self.on_invalidate: Callable[[str], None] | None = None
+
+    def drop_room_caches(self, room_id: str) -> None:
+        """Another process wrote the room (or may have: its lock was just taken): forget
+        its extremities and state tips, which only this process's writes kept fresh."""
+        self._forward.pop(room_id)
+        self._backward.pop(room_id)
+        self._tips.pop(room_id)
+
+    @property
+    def room_changes(self) -> StreamChangeCache[str]:
+        """Which rooms got timeline events after a position (what /sync asks)."""
+        return self._room_changes
+
+    def drop_all_caches(self) -> None:
+        """Forget everything cached (another process's news may have been missed)."""
+        for cache in (self._events, self._forward, self._backward, self._tips):
+            for key in cache.keys():
+                cache.pop(key)
 
     def track_room_changes(self, position: int) -> None:
         """Remember, from events-stream `position` on, which rooms got timeline events."""
@@ -272,6 +302,12 @@ class EventStore:
     def invalidate(self, event_id: str) -> None:
         """Forget a cached event whose metadata changed (e.g. it was redacted)."""
         self._events.pop(event_id)
+        if self.on_invalidate is not None:
+            self.on_invalidate(event_id)
+
+    def invalidate_here(self, event_id: str) -> None:
+        """`invalidate` for another process's change: not told on."""
+        self._events.pop(event_id)
 
     async def get_event_by_txn(
         self, sender: str, device_id: str, room_id: str, txn_id: str
@@ -290,11 +326,12 @@ class EventStore:
         """The room's newest accepted events (cached; written only under the room's lock)."""
         hit = self._forward.get(room_id)
         if hit is None:
+            generation = self._forward.generation
             rows = await self._db.fetch_all(
                 "SELECT event_id FROM forward_extremities WHERE room_id = ?", room_id
             )
             hit = frozenset(str(r[0]) for r in rows)
-            self._forward.put(room_id, hit)
+            self._forward.fill(room_id, hit, generation)
         return sorted(hit)
 
     async def get_max_depth(self, event_ids: Sequence[str]) -> int:
@@ -772,11 +809,12 @@ class EventStore:
     async def _backward_extremities(self, room_id: str) -> frozenset[str]:
         hit = self._backward.get(room_id)
         if hit is None:
+            generation = self._backward.generation
             rows = await self._db.fetch_all(
                 "SELECT event_id FROM backward_extremities WHERE room_id = ?", room_id
             )
             hit = frozenset(str(r[0]) for r in rows)
-            self._backward.put(room_id, hit)
+            self._backward.fill(room_id, hit, generation)
         return hit
 
     async def is_backward_extremity(self, room_id: str, event_id: str) -> bool:

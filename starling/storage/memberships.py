@@ -7,7 +7,7 @@ a membership (only this process writes memberships).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -52,6 +52,23 @@ class MembershipStore:
         self._joined_generation = 0
         self._user_rooms: dict[str, dict[str, Membership]] = {}
         self._member_changes: StreamChangeCache[str] | None = None
+        # Set with workers (starling/cluster): tells the other processes (rooms, users).
+        self.on_invalidate: Callable[[list[str], list[str]], None] | None = None
+
+    def invalidate_all(self) -> None:
+        """Forget every cached membership (news from other processes lost)."""
+        self._joined_generation += 1
+        self._joined.clear()
+        self._user_rooms.clear()
+
+    def invalidate_here(self, room_ids: Iterable[str], user_ids: Iterable[str]) -> None:
+        """Forget the cached members of rooms and rooms of users (another process
+        changed them, or may have)."""
+        self._joined_generation += 1
+        for room_id in room_ids:
+            self._joined.pop(room_id, None)
+        for user_id in user_ids:
+            self._user_rooms.pop(user_id, None)
 
     def use_member_changes(self, changes: StreamChangeCache[str]) -> None:
         """Where the current-state-delta stream's membership changes are remembered
@@ -79,6 +96,10 @@ class MembershipStore:
             for m in rows:
                 self._joined.pop(m.room_id, None)
                 self._user_rooms.pop(m.user_id, None)
+            if self.on_invalidate is not None:
+                self.on_invalidate(
+                    sorted({m.room_id for m in rows}), sorted({m.user_id for m in rows})
+                )
 
         txn.call_after_commit(invalidate)
 
@@ -153,6 +174,8 @@ class MembershipStore:
             self._joined.pop(room_id, None)
             for user_id in user_ids:
                 self._user_rooms.pop(user_id, None)
+            if self.on_invalidate is not None:
+                self.on_invalidate([room_id], list(user_ids))
 
         txn.call_after_commit(invalidate)
 

@@ -11,6 +11,7 @@ Also here: :func:`create_database` / :func:`drop_database`, used by tests and by
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import urllib.parse
@@ -53,8 +54,9 @@ async def _translated(call: Awaitable[T]) -> T:
 class PostgresDatabase(Database):
     sql = POSTGRES
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, dsn: str = "") -> None:
         self._pool = pool
+        self._dsn = dsn
         self._closed = False
 
     @classmethod
@@ -68,7 +70,7 @@ class PostgresDatabase(Database):
             )
         except (OSError, asyncpg.PostgresError) as e:
             raise StorageError(f"cannot connect to PostgreSQL at {_redact(dsn)}: {e}") from e
-        return cls(pool)
+        return cls(pool, dsn)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -116,6 +118,54 @@ class PostgresDatabase(Database):
             return
         self._closed = True
         await self._pool.close()
+
+    async def session_locks(self) -> SessionLocks:
+        """Advisory locks held across transactions, on a connection of their own (see
+        SessionLocks). The caller closes it."""
+        self._check_open()
+        # Not a pooled connection: the pool's reset on release would drop the locks, and
+        # an exhausted pool must never block an unlock.
+        try:
+            conn = await asyncpg.connect(self._dsn)
+        except (OSError, asyncpg.PostgresError) as e:
+            raise StorageError(f"cannot connect to PostgreSQL at {_redact(self._dsn)}: {e}") from e
+        return SessionLocks(conn)
+
+
+class SessionLocks:
+    """PostgreSQL session-level advisory locks on one dedicated connection: what keeps two
+    processes from writing one room at once (rooms/locks.py). Only `try_lock` is offered
+    (a blocking pg_advisory_lock would stall every other lock on this connection); the
+    caller polls. If the connection dies, PostgreSQL has released every lock it held, and
+    `lost` is set so that holders can tell."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+        self._io = asyncio.Lock()  # one statement at a time on the connection
+        self.lost = False
+
+    async def try_lock(self, classid: int, objid: int) -> bool:
+        """Take the lock if free; StorageError if the session is gone."""
+        async with self._io:
+            try:
+                got = await self._conn.fetchval(
+                    "SELECT pg_try_advisory_lock($1, $2)", classid, objid
+                )
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+                self.lost = True
+                raise StorageError(f"advisory lock session lost: {e}") from e
+        return bool(got)
+
+    async def unlock(self, classid: int, objid: int) -> None:
+        async with self._io:
+            try:
+                await self._conn.fetchval("SELECT pg_advisory_unlock($1, $2)", classid, objid)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                self.lost = True  # the session is gone, and its locks with it
+
+    async def close(self) -> None:
+        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            await self._conn.close()
 
 
 class PostgresTransaction(Transaction):

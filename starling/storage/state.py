@@ -48,6 +48,11 @@ class StateStore:
 
             txn.call_after_commit(record)
 
+    def drop_current_state_cache(self) -> None:
+        """Forget every room's cached current state (news from other processes lost)."""
+        for room_id in self._current.keys():
+            self._current.pop(room_id)
+
     def forget_room(self, room_id: str) -> None:
         """Drop the cached current state of a room purged from the database. (Cached state
         groups are keyed by group number, never reused, so they can stay.)"""
@@ -227,6 +232,7 @@ class StateStore:
         hit = self._current.get(room_id)
         if hit is not None:
             return hit
+        generation = self._current.generation
         rows = await self._db.fetch_all(
             "SELECT k.type, k.state_key, ev.event_id FROM current_state cs"
             " JOIN state_keys k ON k.key_nid = cs.key_nid"
@@ -235,7 +241,7 @@ class StateStore:
             room_id,
         )
         state = {(r[0], r[1]): r[2] for r in rows}
-        self._current.put(room_id, state)
+        self._current.fill(room_id, state, generation)
         return state
 
     async def get_current_state_for_rooms(
@@ -252,6 +258,7 @@ class StateStore:
             else:
                 out[room_id] = hit
         if missing:
+            generation = self._current.generation
             rows = await self._db.fetch_all(
                 "SELECT cs.room_id, k.type, k.state_key, ev.event_id FROM current_state cs"
                 " JOIN state_keys k ON k.key_nid = cs.key_nid"
@@ -263,7 +270,7 @@ class StateStore:
             for room_id, etype, state_key, event_id in rows:
                 loaded[room_id][(etype, state_key)] = event_id
             for room_id, state in loaded.items():
-                self._current.put(room_id, state)
+                self._current.fill(room_id, state, generation)
                 out[room_id] = state
         return out
 

@@ -17,16 +17,49 @@ memory; only the high-water mark is persisted, for restarts:
   id leaves a gap, which readers do not mind.
 
 Create one generator per stream per process, at start, with :meth:`StreamIdGenerator.create`.
+
+Several processes (workers, docs/scaling.md) write the same streams on PostgreSQL. Then
+:meth:`StreamIdGenerator.use_cluster` makes every allocation take the stream's
+transaction-scoped advisory lock before ``nextval``: positions of one stream are committed
+in the order they were handed out, cluster-wide, at the price of one writer at a time per
+stream between its allocation and its commit. That is what makes the rule hold across
+processes with no bookkeeping of other writers: a committed position P means every lower
+position has finished (committed or rolled back), so a reader may move to any position it
+has been told was committed. Each writer publishes its committed positions (through the
+cluster bus) and every process follows them with :meth:`advance`. A crashed writer's
+transaction is rolled back by PostgreSQL, which releases the lock: nobody waits for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import weakref
+import zlib
+from collections.abc import Callable
 
 from starling.storage.database import Database, StorageError, Transaction
 
 _STREAM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}\Z")
+
+# pg_advisory_xact_lock(classid, objid): the class of stream locks (room locks use another).
+STREAM_LOCK_CLASS = 0x53545231
+
+
+# Every generator created per database, so that workers can switch them all to cluster mode.
+_GENERATORS: weakref.WeakKeyDictionary[Database, list[StreamIdGenerator]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def generators_of(db: Database) -> list[StreamIdGenerator]:
+    """The stream generators created on `db` in this process."""
+    return list(_GENERATORS.get(db, []))
+
+
+def advisory_key(name: str) -> int:
+    """A stable signed 32-bit key for a name (a collision only serialises more)."""
+    return zlib.crc32(name.encode()) - 2**31
 
 
 class StreamIdGenerator:
@@ -39,6 +72,10 @@ class StreamIdGenerator:
         self._unfinished: dict[int, None] = {}
         self._allocate_lock = asyncio.Lock()
         self._sequence = f"stream_seq_{name}"
+        # Set by use_cluster: other processes write this stream too.
+        self._publish: Callable[[str, int], None] | None = None
+        # Cluster mode: the highest position known committed (here or by another process).
+        self._committed = last
 
     @classmethod
     async def create(cls, db: Database, name: str) -> StreamIdGenerator:
@@ -48,6 +85,11 @@ class StreamIdGenerator:
         if db.dialect == "postgres":
             sequence = f"stream_seq_{name}"
             async with db.transaction() as txn:
+                # IF NOT EXISTS is not safe against another process creating it at the
+                # same moment (workers starting together): serialise on the stream's lock.
+                await txn.execute(
+                    "SELECT pg_advisory_xact_lock(?, ?)", STREAM_LOCK_CLASS, advisory_key(name)
+                )
                 await txn.execute(f"CREATE SEQUENCE IF NOT EXISTS {sequence} MINVALUE 1")
                 row = await txn.fetch_one(f"SELECT last_value, is_called FROM {sequence}")
             assert row is not None
@@ -64,10 +106,44 @@ class StreamIdGenerator:
                         "SELECT position FROM stream_positions WHERE stream_name = ?", name
                     )
                 )
-        return cls(db, name, last)
+        generator = cls(db, name, last)
+        _GENERATORS.setdefault(db, []).append(generator)
+        return generator
+
+    async def use_cluster(self, db: Database, publish: Callable[[str, int], None]) -> None:
+        """Other processes write this stream too (PostgreSQL only): serialise allocation
+        to commit through the advisory lock, and `publish(name, position)` each commit.
+        The start position is re-read under the lock: the sequence may have handed out a
+        position whose transaction (in another process) has not committed yet."""
+        if self._dialect != "postgres":
+            raise StorageError("several processes need PostgreSQL")
+        self._publish = publish
+        self._committed = -1
+        await self.reload(db)
+
+    def advance(self, position: int) -> None:
+        """Another process committed `position` (cluster mode): every lower one finished."""
+        if position > self._committed:
+            self._committed = position
+            self._last = max(self._last, position)
+
+    async def reload(self, db: Database) -> None:
+        """Re-read the committed position from the database (cluster mode, after the bus
+        lost messages): the shared lock waits for the writer in flight, if any."""
+        async with db.transaction() as txn:
+            await txn.execute(
+                "SELECT pg_advisory_xact_lock_shared(?, ?)",
+                STREAM_LOCK_CLASS,
+                advisory_key(self.name),
+            )
+            row = await txn.fetch_one(f"SELECT last_value, is_called FROM {self._sequence}")
+        assert row is not None
+        self.advance(int(row["last_value"]) if row["is_called"] else int(row["last_value"]) - 1)
 
     def current_position(self) -> int:
         """The highest position up to which every write has finished."""
+        if self._publish is not None:
+            return self._committed
         for first_unfinished in self._unfinished:
             return first_unfinished - 1
         return self._last
@@ -83,6 +159,13 @@ class StreamIdGenerator:
         if not txn.active:
             # Its callbacks would never run, and the id would hold the stream back forever.
             raise StorageError("stream ids must be allocated inside an open transaction")
+        if self._publish is not None:
+            # Held until this transaction ends; taken outside _allocate_lock so that a
+            # transaction waiting for another process never blocks this one's own second
+            # allocation (the lock is re-entrant within the transaction).
+            await txn.execute(
+                "SELECT pg_advisory_xact_lock(?, ?)", STREAM_LOCK_CLASS, advisory_key(self.name)
+            )
         if self._dialect == "postgres":
             # The lock keeps registration in the same order as the sequence hands out ids.
             async with self._allocate_lock:
@@ -112,6 +195,12 @@ class StreamIdGenerator:
             for i in ids:
                 self._unfinished.pop(i, None)
 
+        def committed() -> None:
+            finished()
+            if self._publish is not None:
+                self.advance(ids[-1])
+                self._publish(self.name, ids[-1])
+
         def rolled_back() -> None:
             finished()
             if self._dialect == "sqlite":
@@ -119,5 +208,5 @@ class StreamIdGenerator:
                 # stream_positions row rolled back with it: hand them all back.
                 self._last = min(self._last, ids[0] - 1)
 
-        txn.call_after_commit(finished)
+        txn.call_after_commit(committed)
         txn.call_on_rollback(rolled_back)

@@ -162,6 +162,9 @@ class FederationSender:
         self._txn_prefix = f"{clock():x}"
         self._txn_counter = itertools.count(1)
         self._stored_edus: list[StoredEdus] = []
+        # Set with workers on the processes that do not send: what would start sending
+        # here goes over the cluster bus to the one that does (starling/cluster).
+        self.forward: Callable[[str, list[Any]], None] | None = None
 
     def use_stored_edus(self, source: StoredEdus, *, first: bool = False) -> None:
         """Carry `source`'s persisted EDUs (call before `start`). Sources fill each
@@ -220,6 +223,9 @@ class FederationSender:
 
     def destination_is_up(self, server: str) -> None:
         """`server` just sent us a request: if we were backing off from it, stop and flush."""
+        if self.forward is not None:
+            self.forward("destination_is_up", [server])
+            return
         dest = self._destinations.get(server)
         if dest is None or not dest.backing_off or self._stopping:
             return
@@ -249,6 +255,9 @@ class FederationSender:
 
     def send_edu(self, destination: str, edu_type: str, content: dict[str, Any]) -> None:
         """Queue an EDU for `destination` (sent with the next transaction, in order)."""
+        if self.forward is not None:
+            self.forward("send_edu", [destination, edu_type, content])
+            return
         if destination == self._server_name or self._stopping:
             return
         dest = self._destination(destination)
@@ -257,6 +266,9 @@ class FederationSender:
 
     def stored_edus_added(self, destination: str) -> None:
         """The stored-EDU source has new EDUs for `destination` (after its commit)."""
+        if self.forward is not None:
+            self.forward("stored_edus_added", [destination])
+            return
         if destination == self._server_name or self._stopping:
             return
         dest = self._destination(destination)

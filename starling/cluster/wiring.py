@@ -1,0 +1,231 @@
+"""Joining a process to the others of its server (docs/scaling.md): what each process tells
+the others over the bus, and what it does with what they tell it.
+
+Told (after commit, in the order it happened here):
+- committed stream positions, every stream (storage/streams.py allocates them in commit
+  order cluster-wide, so a position told is a position every reader may move to);
+- what a write makes stale: an event whose metadata changed, a room written (its
+  extremities, state tips, current state, members), memberships of users, the "which
+  rooms / whose memberships changed" caches /sync reads, access tokens revoked;
+- persisted timeline events and current-state changes, which the other processes replay
+  to their own listeners (sync wake-ups, sliding-sync room lists, the senders where they
+  run), except `writer_only` ones;
+- notifier wake-ups, applied after the positions they follow;
+- work for the singletons (federation EDUs, push badges, appservice ephemeral data) from
+  processes that do not run them.
+
+Every relay is silent while this process applies another's news (`ClusterBus.quiet`), so
+nothing echoes. A process that lost the bus forgets every such cache and re-reads the
+positions (`resync`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from starling.accounts.auth import RequestAuthenticator
+from starling.appservice.sender import AppServiceSender
+from starling.cluster.bus import ClusterBus
+from starling.federation.sender.sender import FederationSender
+from starling.notifier import Notifier
+from starling.protocol.event import StateKey
+from starling.push.delivery import PushSender
+from starling.rooms.locks import RoomLocks
+from starling.rooms.persister import EventPersister
+from starling.storage.change_cache import StreamChangeCache
+from starling.storage.database import Database
+from starling.storage.events import EventStore
+from starling.storage.memberships import MembershipStore
+from starling.storage.postgres import PostgresDatabase
+from starling.storage.state import StateStore
+from starling.storage.streams import StreamIdGenerator, generators_of
+
+logger = logging.getLogger(__name__)
+
+# What a process that does not send may ask the federation sender to do.
+_FEDERATION_METHODS = frozenset({"send_edu", "stored_edus_added", "destination_is_up"})
+
+
+@dataclass
+class ClusterRoles:
+    """Which singletons this process runs."""
+
+    federation_sender: bool
+    pusher: bool
+    appservice_sender: bool
+    background_tasks: bool
+
+
+@dataclass
+class ClusterParts:
+    """The pieces of a built server that take part (app.py fills it)."""
+
+    db: Database
+    notifier: Notifier
+    room_locks: RoomLocks
+    persister: EventPersister
+    event_store: EventStore
+    state_store: StateStore
+    membership_store: MembershipStore
+    auth: RequestAuthenticator
+    federation_sender: FederationSender
+    push_sender: PushSender
+    app_service_sender: AppServiceSender
+
+
+class _Quiet:
+    """Set while another process's news is applied: relays say nothing then."""
+
+    def __init__(self) -> None:
+        self.on = False
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        self.on = True
+        try:
+            yield
+        finally:
+            self.on = False
+
+
+class _PersistRelay:
+    def __init__(self, bus: ClusterBus, quiet: _Quiet) -> None:
+        self._bus = bus
+        self._quiet = quiet
+
+    def room(self, room_id: str) -> None:
+        if not self._quiet.on:
+            self._bus.send("room", room_id)
+
+    def event(self, event_id: str, position: int) -> None:
+        if not self._quiet.on:
+            self._bus.send("event", [event_id, position])
+
+    def state(self, room_id: str, changed: Mapping[StateKey, str | None], position: int) -> None:
+        if not self._quiet.on:
+            self._bus.send(
+                "state", [room_id, [[t, k, e] for (t, k), e in changed.items()], position]
+            )
+
+
+async def join_cluster(bus: ClusterBus, parts: ClusterParts, roles: ClusterRoles) -> None:
+    """Wire `parts` to the bus (already started). Call before serving anything."""
+    if not isinstance(parts.db, PostgresDatabase):
+        raise RuntimeError("workers need PostgreSQL")
+    db: PostgresDatabase = parts.db
+    quiet = _Quiet()
+
+    def send(kind: str, payload: Any) -> None:
+        if not quiet.on:
+            bus.send(kind, payload)
+
+    # --- streams -------------------------------------------------------------------------
+    generators: dict[str, list[StreamIdGenerator]] = {}
+    for generator in generators_of(db):
+        generators.setdefault(generator.name, []).append(generator)
+        await generator.use_cluster(db, bus.position)
+
+    def advance(stream: str, position: int) -> None:
+        for generator in generators.get(stream, ()):
+            generator.advance(position)
+
+    bus.on_position(advance)
+
+    # --- caches --------------------------------------------------------------------------
+    events, state, members = parts.event_store, parts.state_store, parts.membership_store
+    change_caches: dict[str, StreamChangeCache[str]] = {
+        "rooms": events.room_changes,
+        "members": state.member_changes,
+    }
+    for name, cache in change_caches.items():
+        cache.on_change = lambda key, position, name=name: send("scc", [name, key, position])
+
+    def scc(payload: list[Any]) -> None:
+        name, key, position = payload
+        cache = change_caches.get(name)
+        if cache is not None:
+            cache.changed_here(key, int(position))
+
+    def forget_room(room_id: str) -> None:
+        events.drop_room_caches(room_id)
+        state.forget_room(room_id)
+        members.invalidate_here([room_id], [])
+
+    events.on_invalidate = lambda event_id: send("ev_inv", event_id)
+    members.on_invalidate = lambda rooms, users: send("mem", [rooms, users])
+    parts.auth.on_invalidate = lambda method, args: send("tok", [method, args])
+    bus.on("ev_inv", events.invalidate_here)
+    bus.on("mem", lambda p: members.invalidate_here(p[0], p[1]))
+    bus.on("tok", lambda p: parts.auth.invalidate_here(p[0], p[1]))
+    bus.on("scc", scc)
+    bus.on("room", forget_room)
+    await parts.room_locks.use_cluster(db.session_locks, forget_room)
+
+    # --- events and state, replayed to this process's listeners ------------------------
+    parts.persister.relay = _PersistRelay(bus, quiet)
+
+    async def replay_event(payload: list[Any]) -> None:
+        event_id, position = payload[0], int(payload[1])
+        stored = await events.get_event(event_id)
+        if stored is None:
+            logger.warning("cluster: event %s announced but not found", event_id)
+            return
+        with quiet():
+            parts.persister.replay_event(stored[0], position)
+
+    def replay_state(payload: list[Any]) -> None:
+        room_id, changed, position = payload
+        delta: dict[StateKey, str | None] = {(t, k): e for t, k, e in changed}
+        with quiet():
+            parts.persister.replay_state(room_id, delta, int(position))
+
+    bus.on("event", replay_event)
+    bus.on("state", replay_state)
+
+    # --- the notifier: after the positions ---------------------------------------------
+    parts.notifier.relay = lambda users, rooms: send("notify", [users, rooms])
+    bus.on(
+        "notify",
+        lambda p: parts.notifier.notify_here(users=p[0], rooms=p[1]),
+        after_positions=True,
+    )
+
+    # --- singletons ----------------------------------------------------------------------
+    sender = parts.federation_sender
+    if roles.federation_sender:
+
+        def federation(payload: list[Any]) -> None:
+            method, args = payload
+            if method in _FEDERATION_METHODS:
+                getattr(sender, method)(*args)
+
+        bus.on("fed", federation)
+    else:
+        sender.forward = lambda method, args: bus.send("fed", [method, args])
+    if roles.pusher:
+        bus.on("push_badge", parts.push_sender.badge_changed)
+    else:
+        parts.push_sender.forward = lambda user_id: bus.send("push_badge", user_id)
+    if roles.appservice_sender:
+        bus.on("as_eph", lambda p: parts.app_service_sender.add_ephemeral(p[0], p[1]))
+    else:
+        parts.app_service_sender.forward = lambda edu, users: bus.send("as_eph", [edu, users])
+
+    # --- after a lost subscription ------------------------------------------------------
+    async def resync() -> None:
+        for generator in generators_of(db):
+            await generator.reload(db)
+        events.drop_all_caches()
+        state.drop_current_state_cache()
+        members.invalidate_all()
+        parts.auth.invalidate_here("clear", [])
+        position = parts.persister.current_position
+        for cache in change_caches.values():
+            cache.reset(position)
+        parts.notifier.notify_all()
+
+    bus.on_resync(resync)
