@@ -256,7 +256,8 @@ async def build_services(
     state_store = StateStore(db)
     membership_store = MembershipStore(db)
     # /sync asks "which rooms / whose memberships changed since": remembered in memory
-    # from here on (one writer process), so most incremental syncs need no query for it.
+    # from here on (with workers, other processes' changes arrive through the bus), so
+    # most incremental syncs need no query for it.
     event_store.track_room_changes(events_stream.current_position())
     state_store.member_changes.start(events_stream.current_position())
     membership_store.use_member_changes(state_store.member_changes)
@@ -1368,9 +1369,7 @@ class Homeserver:
                 assert config.redis is not None
                 a = config.database.args
                 where = f"{a.host or '127.0.0.1'}:{a.port or 5432}/{a.database}"
-                hs.bus = ClusterBus(
-                    instance, config.redis, channel_for(config.server_name, where)
-                )
+                hs.bus = ClusterBus(instance, config.redis, channel_for(config.server_name, where))
                 await hs.bus.start()
                 await join_cluster(hs.bus, hs._cluster_parts(), roles)
             if roles.federation_sender:

@@ -116,7 +116,8 @@ class EventStore:
         self._events: LruCache[str, StoredEvent] = LruCache(cache_size)
         self._room_versions: dict[str, RoomVersion] = {}
         # Per-room extremities, cached: every write to them holds the room's lock and
-        # updates the cache after commit (one writer process; scale-out must invalidate).
+        # updates the cache after commit (with workers, other processes' writes drop it,
+        # starling/cluster).
         self._forward: LruCache[str, frozenset[str]] = LruCache(10_000)
         self._backward: LruCache[str, frozenset[str]] = LruCache(10_000)
         # Rooms with new timeline events (what get_rooms_changed_between finds), from

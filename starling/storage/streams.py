@@ -6,8 +6,8 @@ every position <= P has finished (committed or rolled back). Readers (sync, the 
 sender...) read up to ``current_position()``, so a slow transaction holding position 5 never
 lets a reader skip past it after position 6 commits.
 
-One process writes each stream (DESIGN: one writer process), so the bookkeeping lives in
-memory; only the high-water mark is persisted, for restarts:
+Within one process the bookkeeping lives in memory; only the high-water mark is
+persisted, for restarts:
 
 - SQLite: all writes are serialised, so the next id is ``last + 1`` in memory and the
   ``stream_positions`` row is updated in the same transaction. A rollback hands the ids
