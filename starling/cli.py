@@ -184,6 +184,83 @@ def cmd_register_user(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- port-db -----------------------------------------------------------------------------
+
+
+async def _port_db(config: Config, sqlite_path: Path, resume: bool) -> int:
+    from starling.app import storage_config
+    from starling.storage.database import DatabaseConfig, open_database
+    from starling.storage.port import (
+        PortError,
+        other_connections,
+        port_sqlite_to_postgres,
+        sqlite_in_use,
+    )
+
+    if sqlite_in_use(sqlite_path):
+        return _fail(f"{sqlite_path} is open in another process: stop the server first", 1)
+    # The SQLite side is brought to this version's schema first (as a start would).
+    source = await open_database(str(sqlite_path))
+    await source.close()
+    # One connection: other_connections() then counts everyone else.
+    target_url = storage_config(config).url
+    target = await open_database(DatabaseConfig(target_url, pool_min_size=1, pool_max_size=1))
+    try:
+        if await other_connections(target):
+            return _fail(
+                "another process is connected to the PostgreSQL database: stop the server"
+                " (and every worker) first",
+                1,
+            )
+        tty = sys.stderr.isatty()
+        last_table = ""
+
+        def progress(table: str, copied: int, total: int) -> None:
+            nonlocal last_table
+            width = 30
+            done = width if total == 0 else min(width, copied * width // max(total, 1))
+            line = f"{table:<36} [{'#' * done}{'.' * (width - done)}] {copied}/{total}"
+            if tty:
+                end = "\n" if copied >= total else ""
+                print(f"\r{line}", end=end, file=sys.stderr, flush=True)
+            elif table != last_table or copied >= total:
+                if copied >= total:
+                    print(line, file=sys.stderr, flush=True)
+            last_table = table
+
+        try:
+            report = await port_sqlite_to_postgres(
+                sqlite_path, target, resume=resume, progress=progress
+            )
+        except PortError as e:
+            return _fail(str(e), 1)
+    finally:
+        await target.close()
+    rows = sum(report.tables.values())
+    print(
+        f"Copied {rows} rows in {len(report.tables)} tables (counts verified); "
+        f"{len(report.sequences)} sequences set. Start the server on the PostgreSQL config; "
+        "keep media_store_path and the signing key as they were."
+    )
+    return 0
+
+
+def cmd_port_db(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        return _fail(f"invalid configuration: {e}")
+    if config.database.is_sqlite:
+        return _fail("the config must name the PostgreSQL database to copy into (database:)")
+    path = Path(args.sqlite_database)
+    if not path.is_file():
+        return _fail(f"no SQLite database at {path}")
+    try:
+        return asyncio.run(_port_db(config, path, args.resume))
+    except OSError as e:
+        return _fail(f"cannot port: {e}", 1)
+
+
 # --- version -----------------------------------------------------------------------------
 
 
@@ -275,6 +352,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--password", help="the password (prompted for on a terminal if omitted)")
     r.add_argument("--admin", action="store_true", help="make the user a server admin")
     r.set_defaults(func=cmd_register_user)
+
+    p = sub.add_parser(
+        "port-db",
+        help="copy a SQLite database into PostgreSQL",
+        description="Copy every table of a SQLite database into a new PostgreSQL database"
+        " (the one the config names), set its sequences and stream positions, and verify"
+        " the row counts (like Synapse's synapse_port_db). Stop the server first; an"
+        " interrupted port continues with --resume.",
+    )
+    p.add_argument(
+        "-c",
+        "--config",
+        "--postgres-config",
+        required=True,
+        action="append",
+        help="the config whose database: is the PostgreSQL database to fill",
+    )
+    p.add_argument("--sqlite-database", required=True, help="the SQLite file to copy from")
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted port into the same database"
+    )
+    p.set_defaults(func=cmd_port_db)
 
     v = sub.add_parser("version", help="print the version", description="Print the version.")
     v.set_defaults(func=cmd_version)

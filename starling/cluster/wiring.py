@@ -156,6 +156,17 @@ async def join_cluster(bus: ClusterBus, parts: ClusterParts, roles: ClusterRoles
         members.invalidate_here([room_id], [])
 
     events.on_invalidate = lambda event_id: send("ev_inv", event_id)
+    events.on_forget = lambda room_id, ids: send("purged", [room_id, ids])
+
+    def purged(payload: list[Any]) -> None:
+        room_id, ids = payload
+        if ids is None:
+            events.forget_room_here(room_id)
+        else:
+            events.forget_events_here(room_id, ids)
+        forget_room(room_id)
+
+    bus.on("purged", purged)
     members.on_invalidate = lambda rooms, users: send("mem", [rooms, users])
     parts.auth.on_invalidate = lambda method, args: send("tok", [method, args])
     bus.on("ev_inv", events.invalidate_here)

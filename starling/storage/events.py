@@ -128,6 +128,9 @@ class EventStore:
         self._tips: LruCache[str, list[tuple[int, int]]] = LruCache(10_000)
         # Set with workers (starling/cluster): tells the other processes of invalidations.
         self.on_invalidate: Callable[[str], None] | None = None
+        # Set with workers: purges told to the others (room, purged event IDs or None
+        # for the whole room).
+        self.on_forget: Callable[[str, list[str] | None], None] | None = None
 
     def drop_room_caches(self, room_id: str) -> None:
         """Another process wrote the room (or may have: its lock was just taken): forget
@@ -207,7 +210,14 @@ class EventStore:
 
     def forget_room(self, room_id: str) -> None:
         """Drop what is cached of a room purged from the database (admin room deletion)."""
+        self.forget_room_here(room_id)
+        if self.on_forget is not None:
+            self.on_forget(room_id, None)
+
+    def forget_room_here(self, room_id: str) -> None:
+        """`forget_room` for another process's purge: not told on."""
         self._room_versions.pop(room_id, None)
+        self._tips.pop(room_id)
         self._forward.pop(room_id)
         self._backward.pop(room_id)
         for event_id in self._events.keys():
@@ -217,14 +227,20 @@ class EventStore:
 
     def forget_events(self, room_id: str, event_ids: Iterable[str]) -> None:
         """Drop cached events deleted by a history purge (admin API, retention)."""
-        self.forget_extremities(room_id)
+        ids = list(event_ids)
+        self.forget_events_here(room_id, ids)
+        if self.on_forget is not None:
+            self.on_forget(room_id, ids)
+
+    def forget_events_here(self, room_id: str, event_ids: Iterable[str]) -> None:
+        """`forget_events` for another process's purge: not told on."""
+        self.drop_room_caches(room_id)
         for event_id in event_ids:
             self._events.pop(event_id)
 
     def forget_extremities(self, room_id: str) -> None:
         """Drop the room's cached extremities after a history purge changed them."""
-        self._forward.pop(room_id)
-        self._backward.pop(room_id)
+        self.forget_events(room_id, [])
 
     async def get_room_version(self, room_id: str) -> RoomVersion | None:
         rv = self._room_versions.get(room_id)
