@@ -1412,6 +1412,7 @@ class Homeserver:
             federation_sender=s.federation_sender,
             push_sender=s.push_sender,
             app_service_sender=s.app_service_sender,
+            typing=s.typing,
         )
 
     async def _start_listeners(self) -> None:

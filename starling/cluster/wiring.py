@@ -11,6 +11,8 @@ Told (after commit, in the order it happened here):
   to their own listeners (sync wake-ups, sliding-sync room lists, the senders where they
   run), except `writer_only` ones;
 - notifier wake-ups, applied after the positions they follow;
+- typing (each process keeps every room's typing users; the typing stream's positions
+  are wall-clock based, so they agree closely enough between processes);
 - work for the singletons (federation EDUs, push badges, appservice ephemeral data) from
   processes that do not run them.
 
@@ -43,6 +45,7 @@ from starling.storage.memberships import MembershipStore
 from starling.storage.postgres import PostgresDatabase
 from starling.storage.state import StateStore
 from starling.storage.streams import StreamIdGenerator, generators_of
+from starling.typing.service import TypingService
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +78,7 @@ class ClusterParts:
     federation_sender: FederationSender
     push_sender: PushSender
     app_service_sender: AppServiceSender
+    typing: TypingService
 
 
 class _Quiet:
@@ -204,6 +208,19 @@ async def join_cluster(bus: ClusterBus, parts: ClusterParts, roles: ClusterRoles
         lambda p: parts.notifier.notify_here(users=p[0], rooms=p[1]),
         after_positions=True,
     )
+
+    # --- typing: every process keeps the room's typing users -------------------------
+    parts.typing.relay = lambda room, user, typing, ms: send("typing", [room, user, typing, ms])
+
+    def typing_changed(payload: list[Any]) -> None:
+        room_id, user_id, typing, timeout_ms = payload
+        with quiet():  # its notify wakes this process's syncs, and is not relayed
+            if typing:
+                parts.typing.started_here(room_id, user_id, int(timeout_ms))
+            else:
+                parts.typing.stopped_here(room_id, user_id)
+
+    bus.on("typing", typing_changed)
 
     # --- singletons ----------------------------------------------------------------------
     sender = parts.federation_sender

@@ -55,6 +55,10 @@ class TypingService:
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         # Told of each local user's typing change (room, user, typing): federation.
         self.on_local_change: Callable[[str, str, bool], Awaitable[None]] | None = None
+        # Set with workers (starling/cluster): each change made here is told to the other
+        # processes as (room, user, typing, timeout ms); they apply it to their own copy
+        # (`started_here`, `stopped_here`), so a user's typing shows on every process.
+        self.relay: Callable[[str, str, bool, int], None] | None = None
 
     def current_position(self) -> int:
         return self._position
@@ -83,6 +87,17 @@ class TypingService:
 
     def started(self, room_id: str, user_id: str, timeout_ms: int) -> None:
         """Record that a user is typing (also for typing EDUs from federation)."""
+        self.started_here(room_id, user_id, timeout_ms)
+        if self.relay is not None:
+            self.relay(room_id, user_id, True, timeout_ms)
+
+    def stopped(self, room_id: str, user_id: str) -> None:
+        self.stopped_here(room_id, user_id)
+        if self.relay is not None:
+            self.relay(room_id, user_id, False, 0)
+
+    def started_here(self, room_id: str, user_id: str, timeout_ms: int) -> None:
+        """`started` for this process only (another process's change)."""
         seconds = max(0, min(timeout_ms, MAX_TYPING_TIMEOUT_MS)) / 1000
         users = self._typing.setdefault(room_id, {})
         was_typing = users.get(user_id, 0.0) > self._clock()
@@ -97,7 +112,8 @@ class TypingService:
         if not was_typing:
             self._changed(room_id)
 
-    def stopped(self, room_id: str, user_id: str) -> None:
+    def stopped_here(self, room_id: str, user_id: str) -> None:
+        """`stopped` for this process only (another process's change)."""
         timer = self._timers.pop((room_id, user_id), None)
         if timer is not None:
             timer.cancel()

@@ -4,7 +4,8 @@ A real `starling serve` main process and two `--worker` processes, each with its
 listener, share the database and the bus; clients talk to any of them, as behind a load
 balancer. Checked, each against the running trio:
 
-- a /sync long-poll on A wakes for a message sent through B, promptly;
+- a /sync long-poll on A wakes for a message sent through B, promptly, and for a user
+  typing through C;
 - concurrent sends to one room through all three give one DAG: a single forward
   extremity, every event's prev_events the event before it, the same history and current
   state read through each process; a transaction ID retried through another process
@@ -243,6 +244,23 @@ async def test_sync_on_one_worker_wakes_for_a_send_through_another(trio: Trio) -
     # "Within milliseconds": the send's own round trip plus one bus hop; bounded loosely
     # so that a loaded CI machine does not make it flaky.
     assert max(latencies) < 2.0, latencies
+
+
+async def test_typing_through_one_worker_shows_in_a_sync_on_another(trio: Trio) -> None:
+    alice, bob, room = await _room_with(trio)
+    since = await _settled_sync(bob, trio.a.url)
+    poll = asyncio.ensure_future(bob.ok(trio.a.url, "GET", "/sync", since=since, timeout="20000"))
+    await asyncio.sleep(0.3)
+    await alice.ok(
+        trio.c.url,
+        "PUT",
+        f"/rooms/{room}/typing/{alice.user_id}",
+        {"typing": True, "timeout": 30000},
+    )
+    answer = await asyncio.wait_for(poll, 10)
+    ephemeral = answer["rooms"]["join"][room]["ephemeral"]["events"]
+    typing = [e for e in ephemeral if e["type"] == "m.typing"]
+    assert typing and typing[0]["content"]["user_ids"] == [alice.user_id]
 
 
 async def test_concurrent_sends_through_three_workers_give_one_dag(trio: Trio) -> None:
