@@ -1413,6 +1413,7 @@ class Homeserver:
             push_sender=s.push_sender,
             app_service_sender=s.app_service_sender,
             typing=s.typing,
+            delayed_events=s.delayed_events,
         )
 
     async def _start_listeners(self) -> None:

@@ -36,6 +36,7 @@ from starling.federation.sender.sender import FederationSender
 from starling.notifier import Notifier
 from starling.protocol.event import StateKey
 from starling.push.delivery import PushSender
+from starling.rooms.delayed import DelayedEvents
 from starling.rooms.locks import RoomLocks
 from starling.rooms.persister import EventPersister
 from starling.storage.change_cache import StreamChangeCache
@@ -79,6 +80,7 @@ class ClusterParts:
     push_sender: PushSender
     app_service_sender: AppServiceSender
     typing: TypingService
+    delayed_events: DelayedEvents
 
 
 class _Quiet:
@@ -242,6 +244,11 @@ async def join_cluster(bus: ClusterBus, parts: ClusterParts, roles: ClusterRoles
         bus.on("as_eph", lambda p: parts.app_service_sender.add_ephemeral(p[0], p[1]))
     else:
         parts.app_service_sender.forward = lambda edu, users: bus.send("as_eph", [edu, users])
+
+    if roles.background_tasks:
+        bus.on("delayed", lambda _: parts.delayed_events.wake_here())
+    else:
+        parts.delayed_events.relay = lambda: bus.send("delayed", None)
 
     # --- after a lost subscription ------------------------------------------------------
     async def resync() -> None:

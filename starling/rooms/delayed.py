@@ -98,6 +98,9 @@ class DelayedEvents:
         self._events = events
         self._clock_ms = clock_ms
         self._wake = asyncio.Event()
+        # Set with workers on the processes that do not run the sending task: a change
+        # of the schedule wakes the one that does (starling/cluster).
+        self.relay: Callable[[], None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     # --- scheduling and managing ----------------------------------------------------------
@@ -137,7 +140,7 @@ class DelayedEvents:
             ),
             txn_key,
         )
-        self._wake.set()
+        self._changed()
         return {"delay_id": delay_id}
 
     async def act(self, delay_id: str, action: Any) -> dict[str, Any]:
@@ -168,7 +171,7 @@ class DelayedEvents:
                 await self._store.unclaim(delay_id)  # stays scheduled (MSC)
                 raise
             await self._store.complete(delay_id, "sent", self._clock_ms(), event_id)
-        self._wake.set()
+        self._changed()
         return {}
 
     @staticmethod
@@ -190,6 +193,15 @@ class DelayedEvents:
         return {"delayed_events": [_view(e) for e in found]}
 
     # --- the timer --------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        self._wake.set()
+        if self.relay is not None:
+            self.relay()
+
+    def wake_here(self) -> None:
+        """Another process changed the schedule: look at it again."""
+        self._wake.set()
 
     async def start(self) -> None:
         if self._task is None:
