@@ -49,6 +49,8 @@ from starling.storage.postgres import create_database, drop_database
 ROOT = Path(__file__).resolve().parents[1]
 V3 = "/_matrix/client/v3"
 SERVER_NAME = "bench.local"
+# Every event of a sync in its timeline (the default limit of 10 would hide a burst).
+TIMELINE_FILTER = '{"room":{"timeline":{"limit":1000}},"presence":{"not_types":["*"]}}'
 
 
 def free_port() -> int:
@@ -295,7 +297,13 @@ async def measure(args: argparse.Namespace, count: int) -> Result:
             async def receive(base: str, token: str, since: str) -> None:
                 while not done.is_set():
                     answer = await call(
-                        session, "GET", f"{base}{V3}/sync", token, since=since, timeout="5000"
+                        session,
+                        "GET",
+                        f"{base}{V3}/sync",
+                        token,
+                        since=since,
+                        timeout="5000",
+                        filter=TIMELINE_FILTER,
                     )
                     now = time.monotonic()
                     since = answer["next_batch"]

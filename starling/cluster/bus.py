@@ -154,13 +154,16 @@ class ClusterBus:
             await self._pending.wait()
             self._pending.clear()
             messages = self._outbox[:MAX_BATCH_MESSAGES]
-            positions = self._positions
+            del self._outbox[: len(messages)]
+            positions: dict[str, int] = {}
+            if self._outbox:
+                # Positions go with the last of the messages queued before them: a
+                # position must never arrive before the news it implies.
+                self._pending.set()
+            else:
+                positions, self._positions = self._positions, {}
             if not messages and not positions:
                 continue
-            del self._outbox[: len(messages)]
-            self._positions = {}
-            if self._outbox:
-                self._pending.set()
             data = orjson.dumps({"i": self.instance, "m": messages, "p": positions})
             while True:
                 try:

@@ -130,14 +130,17 @@ async def join_cluster(bus: ClusterBus, parts: ClusterParts, roles: ClusterRoles
             bus.send(kind, payload)
 
     # --- streams -------------------------------------------------------------------------
+    # Every handler is registered before anything is read (no await until then), so no
+    # news is missed from here on; what was committed before is read from PostgreSQL
+    # below (`use_cluster` reads the positions under the streams' locks).
     generators: dict[str, list[StreamIdGenerator]] = {}
     for generator in generators_of(db):
         generators.setdefault(generator.name, []).append(generator)
-        await generator.use_cluster(db, bus.position)
 
     def advance(stream: str, position: int) -> None:
         for generator in generators.get(stream, ()):
-            generator.advance(position)
+            if generator.clustered:
+                generator.advance(position)
 
     bus.on_position(advance)
 
@@ -180,7 +183,6 @@ async def join_cluster(bus: ClusterBus, parts: ClusterParts, roles: ClusterRoles
     bus.on("tok", lambda p: parts.auth.invalidate_here(p[0], p[1]))
     bus.on("scc", scc)
     bus.on("room", forget_room)
-    await parts.room_locks.use_cluster(db.session_locks, forget_room)
 
     # --- events and state, replayed to this process's listeners ------------------------
     parts.persister.relay = _PersistRelay(bus, quiet)
@@ -264,3 +266,17 @@ async def join_cluster(bus: ClusterBus, parts: ClusterParts, roles: ClusterRoles
         parts.notifier.notify_all()
 
     bus.on_resync(resync)
+
+    # --- now read what was committed before this process listened -----------------------
+    await parts.room_locks.use_cluster(db.session_locks, forget_room)
+    for generator in generators_of(db):
+        await generator.use_cluster(db, bus.position)
+    # Changes committed before the handlers were registered are at or below the
+    # positions just read: the change caches know only what comes after them, and
+    # nothing cached while the server was being built is kept.
+    position = parts.persister.current_position
+    for cache in change_caches.values():
+        cache.known_from(position)
+    events.drop_all_caches()
+    state.drop_current_state_cache()
+    members.invalidate_all()

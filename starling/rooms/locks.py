@@ -16,6 +16,7 @@ so each process polls PostgreSQL for a room at most once at a time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -32,6 +33,8 @@ ROOM_LOCK_CLASS = 0x53524D31
 # Polling for a room another process holds: from 1 ms doubling to 20 ms.
 _FIRST_POLL = 0.001
 _MAX_POLL = 0.02
+# Pings of the lock session: well within its idle timeout (SESSION_IDLE_TIMEOUT_S).
+KEEPALIVE_SECONDS = 15.0
 
 
 class RoomLocks:
@@ -40,6 +43,7 @@ class RoomLocks:
         self._connect: Callable[[], Awaitable[SessionLocks]] | None = None
         self._session: SessionLocks | None = None
         self._forget: Callable[[str], None] = lambda room_id: None
+        self._keepalive: asyncio.Task[None] | None = None
 
     async def use_cluster(
         self, connect: Callable[[], Awaitable[SessionLocks]], forget: Callable[[str], None]
@@ -50,8 +54,26 @@ class RoomLocks:
         self._connect = connect
         self._forget = forget
         self._session = await connect()
+        self._keepalive = asyncio.get_running_loop().create_task(self._ping_forever())
+
+    async def _ping_forever(self) -> None:
+        """PostgreSQL ends the lock session of a process that stops talking (a frozen
+        one), releasing its rooms; a running process pings it well within that time."""
+        while True:
+            await asyncio.sleep(KEEPALIVE_SECONDS)
+            session = self._session
+            if session is not None and not session.lost:
+                try:
+                    await session.ping()
+                except StorageError:
+                    logger.warning("room locks: the PostgreSQL session was lost")
 
     async def close(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keepalive
+            self._keepalive = None
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -46,6 +46,11 @@ class StreamChangeCache(Generic[K]):
         if self.on_change is not None:
             self.on_change(key, position)
 
+    def known_from(self, position: int) -> None:
+        """Changes at or below `position` may have been missed (recorded ones stay)."""
+        if self._earliest == _UNKNOWN or position > self._earliest:
+            self._earliest = position
+
     def reset(self, position: int) -> None:
         """Forget everything: only changes after `position` are known from now on (the
         other processes' changes may have been missed)."""

@@ -129,7 +129,15 @@ class PostgresDatabase(Database):
             conn = await asyncpg.connect(self._dsn)
         except (OSError, asyncpg.PostgresError) as e:
             raise StorageError(f"cannot connect to PostgreSQL at {_redact(self._dsn)}: {e}") from e
+        # A frozen process must not hold its locks for ever: PostgreSQL ends this session
+        # after a minute without a statement (PostgreSQL 14+; the owner pings it well
+        # within that while the process runs).
+        with contextlib.suppress(asyncpg.PostgresError):
+            await conn.execute(f"SET idle_session_timeout = '{SESSION_IDLE_TIMEOUT_S}s'")
         return SessionLocks(conn)
+
+
+SESSION_IDLE_TIMEOUT_S = 60
 
 
 class SessionLocks:
@@ -155,6 +163,15 @@ class SessionLocks:
                 self.lost = True
                 raise StorageError(f"advisory lock session lost: {e}") from e
         return bool(got)
+
+    async def ping(self) -> None:
+        """Keep the session from timing out; StorageError if it is gone."""
+        async with self._io:
+            try:
+                await self._conn.fetchval("SELECT 1")
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+                self.lost = True
+                raise StorageError(f"advisory lock session lost: {e}") from e
 
     async def unlock(self, classid: int, objid: int) -> None:
         async with self._io:

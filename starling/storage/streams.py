@@ -121,6 +121,11 @@ class StreamIdGenerator:
         self._committed = -1
         await self.reload(db)
 
+    @property
+    def clustered(self) -> bool:
+        """Whether `use_cluster` has been called (other processes write this stream)."""
+        return self._publish is not None
+
     def advance(self, position: int) -> None:
         """Another process committed `position` (cluster mode): every lower one finished."""
         if position > self._committed:
