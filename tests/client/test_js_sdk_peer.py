@@ -329,3 +329,47 @@ async def test_sas_verification_with_js_sdk(
         await peer.send({"cmd": "exit"})
     finally:
         await alice.close()
+
+
+async def test_js_sdk_starts_the_sas_and_starling_answers(
+    starling_server: RunningServer, tmp_path: Path, peer_process: Callable[[str], Any]
+) -> None:
+    """The other way round: js-sdk (Rust crypto) requests and starts the verification,
+    Starling answers `ready` and accepts; the same emoji on both sides, each device verified
+    at the other."""
+    server = starling_server
+    await register(server, "alice", tmp_path / "alice-reg")
+    await register(server, "jay", tmp_path / "jay-reg")
+    alice = await Client.login(tmp_path / "alice", server.url, "alice", PASSWORD, "pw")
+    try:
+        peer: Peer = await peer_process("jay")
+        ready = (await peer.expect(lambda x: "ready" in x, "started"))["ready"]
+        jay, jay_device = ready["user_id"], ready["device_id"]
+        room_id = await alice.create_room(invite=[jay])
+        deadline = time.monotonic() + DEADLINE_S
+        while alice.rooms[room_id].members.get(jay) != "join" and time.monotonic() < deadline:
+            await alice.sync_once(timeout_ms=300)
+        await peer.send({"cmd": "verify", "user_id": alice.user_id, "device_id": alice.device_id})
+        while not alice.incoming_verifications(jay) and time.monotonic() < deadline:
+            await alice.sync_once(timeout_ms=300)
+        incoming = alice.incoming_verifications(jay)
+        assert incoming, f"js-sdk's request never came: {peer.lines}"
+        txn = incoming[0]
+        await alice.accept_verification(txn)
+        while txn not in alice.verifications and time.monotonic() < deadline:
+            await alice.sync_once(timeout_ms=300)
+        sas = alice.verifications[txn]
+        while sas.state not in ("keys", "cancelled") and time.monotonic() < deadline:
+            await alice.sync_once(timeout_ms=300)
+        assert sas.state == "keys" and not sas.we_started, (sas.cancel_code, sas.cancel_reason)
+        shown = (await peer.expect(lambda x: "sas" in x, "showed the emoji"))["sas"]
+        assert [e for e, _ in shown["emoji"]] == [e for e, _ in sas.emoji()]
+        await alice.confirm_verification(sas)
+        while not sas.verified and sas.state != "cancelled" and time.monotonic() < deadline:
+            await alice.sync_once(timeout_ms=300)
+        assert sas.verified, (sas.cancel_code, sas.cancel_reason)
+        assert alice.crypto.devices[jay][jay_device].verified
+        assert (await peer.expect(lambda x: "verified" in x, "finished"))["verified"] is True
+        await peer.send({"cmd": "exit"})
+    finally:
+        await alice.close()
