@@ -27,8 +27,8 @@ from starling.e2ee.validation import (
 from starling.errors import MatrixError, bad_json, forbidden, missing_param, not_found
 from starling.protocol.signing import VerifyKey
 from starling.storage.accounts import AccountStore
-from starling.storage.database import Database
 from starling.storage.e2e_keys import E2eKeyStore, StoredSignature
+from starling.storage.e2ee_writes import DeviceChange, E2eeWrites
 
 _BODY_KEYS = {
     "master": "master_key",
@@ -58,14 +58,14 @@ def _verify_key_of(key: Mapping[str, Any]) -> tuple[str, VerifyKey] | None:
 class CrossSigningService:
     def __init__(
         self,
-        db: Database,
+        writes: E2eeWrites,
         store: E2eKeyStore,
         accounts: AccountStore,
         device_lists: DeviceListTracker,
         *,
         clock_ms: Callable[[], int] = _now_ms,
     ) -> None:
-        self._db = db
+        self._writes = writes
         self._store = store
         self._accounts = accounts
         self._device_lists = device_lists
@@ -140,13 +140,17 @@ class CrossSigningService:
             "user_signing" in new and current.get("user_signing") != new["user_signing"][1]
         )
         audience = await self._device_lists.audience(user_id) if public_change else set()
-        async with self._db.transaction() as txn:
-            await self._store.set_cross_signing_keys(txn, user_id, new, self._clock_ms())
-            if public_change:
-                await self._device_lists.mark_changed(txn, [user_id], notify=audience)
-            if private_change:
-                # Only the user sees their user-signing key.
-                await self._device_lists.mark_changed(txn, [user_id], observer=user_id)
+        changes: list[tuple[DeviceChange, set[str]]] = []
+        if public_change:
+            changes.append((DeviceChange([user_id]), audience))
+        if private_change:
+            # Only the user sees their user-signing key.
+            changes.append((DeviceChange([user_id], observer=user_id), set()))
+        positions = await self._writes.set_cross_signing_keys(
+            user_id, new, self._clock_ms(), [c for c, _ in changes]
+        )
+        for (change, notify), ids in zip(changes, positions, strict=True):
+            self._device_lists.announce(change, ids, notify=notify)
 
     # -- POST /keys/signatures/upload
 
@@ -207,12 +211,14 @@ class CrossSigningService:
             own = any(s.target_user_id == user_id for s in to_store)
             others = sorted({s.target_user_id for s in to_store if s.target_user_id != user_id})
             audience = await self._device_lists.audience(user_id) if own else set()
-            async with self._db.transaction() as txn:
-                await self._store.store_signatures(txn, to_store)
-                if own:
-                    await self._device_lists.mark_changed(txn, [user_id], notify=audience)
-                if others:
-                    await self._device_lists.mark_changed(txn, others, observer=user_id)
+            changes: list[tuple[DeviceChange, set[str]]] = []
+            if own:
+                changes.append((DeviceChange([user_id]), audience))
+            if others:
+                changes.append((DeviceChange(others, observer=user_id), set()))
+            positions = await self._writes.store_signatures(to_store, [c for c, _ in changes])
+            for (change, notify), ids in zip(changes, positions, strict=True):
+                self._device_lists.announce(change, ids, notify=notify)
         return {"failures": failures}
 
     def _own_signature(

@@ -22,8 +22,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from starling.protocol.event import Event
-from starling.storage.database import Database, Transaction
 from starling.storage.device_lists import DeviceListStore
+from starling.storage.e2ee_writes import DeviceChange, E2eeWrites
 from starling.storage.memberships import MembershipStore
 from starling.storage.streams import StreamIdGenerator
 
@@ -48,14 +48,14 @@ class DeviceListChanges:
 class DeviceListTracker:
     def __init__(
         self,
-        db: Database,
+        writes: E2eeWrites,
         store: DeviceListStore,
         stream: StreamIdGenerator,
         memberships: MembershipStore,
         previous_memberships: PreviousMemberships,
         notify: NotifyUsers,
     ) -> None:
-        self._db = db
+        self._writes = writes
         self._store = store
         self._stream = stream
         self._memberships = memberships
@@ -78,7 +78,6 @@ class DeviceListTracker:
 
     async def mark_changed(
         self,
-        txn: Transaction,
         user_ids: Sequence[str],
         *,
         observer: str | None = None,
@@ -86,45 +85,49 @@ class DeviceListTracker:
         device_ids: Sequence[str] = (),
         deleted: bool = False,
     ) -> int:
-        """Inside the caller's transaction: these users' devices or keys changed. With
-        ``observer``, only that user is told. ``notify`` is woken after the commit, and
-        the listeners are told of a change everyone may see (``device_ids``: which
-        devices, none for cross-signing keys; ``deleted``: they were deleted). Each device
-        gets its own stream position (so each of its federation updates has its own
-        `stream_id`); the last one is returned."""
-        ids = await self._stream.next_ids(txn, max(1, len(device_ids)))
-        stream_id = ids[-1]
-        await self._store.add_changes(txn, stream_id, user_ids, observer)
+        """These users' devices or keys changed (a write of the stream alone); see
+        `announce`. The last stream position is returned."""
+        change = DeviceChange(user_ids, observer, device_ids)
+        (ids,) = await self._writes.add_device_changes([change])
+        self.announce(change, ids, notify=notify, deleted=deleted)
+        return ids[-1]
+
+    def announce(
+        self,
+        change: DeviceChange,
+        ids: Sequence[int],
+        *,
+        notify: Iterable[str] = (),
+        deleted: bool = False,
+    ) -> None:
+        """After the commit of ``change`` (at stream positions ``ids``, one per device):
+        wake ``notify`` (and the observer, if only they may see it), and tell the
+        listeners of a change everyone may see (``device_ids``: which devices, none for
+        cross-signing keys; ``deleted``: they were deleted), each device with its own
+        position (its own federation `stream_id`)."""
         wake = set(notify)
-        if observer is not None:
-            wake.add(observer)
-
-        def after_commit() -> None:
-            self._notify(wake)
-            if observer is None:
-                for listener in self.listeners:
-                    for user_id in user_ids:
-                        if not device_ids:
-                            listener(user_id, [], deleted, stream_id)
-                            continue
-                        for device_id, device_stream_id in zip(device_ids, ids, strict=True):
-                            listener(user_id, [device_id], deleted, device_stream_id)
-
-        txn.call_after_commit(after_commit)
-        return stream_id
+        if change.observer is not None:
+            wake.add(change.observer)
+        self._notify(wake)
+        if change.observer is None:
+            for listener in self.listeners:
+                for user_id in change.user_ids:
+                    if not change.device_ids:
+                        listener(user_id, [], deleted, ids[-1])
+                        continue
+                    for device_id, device_stream_id in zip(change.device_ids, ids, strict=True):
+                        listener(user_id, [device_id], deleted, device_stream_id)
 
     async def new_position(self) -> int:
         """A fresh position on the stream, with nothing written at it (federation
         renumbers an update whose own position was overtaken by a later one)."""
-        async with self._db.transaction() as txn:
-            return await self._stream.next_id(txn)
+        return await self._writes.new_device_list_position()
 
     async def mark_remote_changed(self, user_id: str) -> None:
         """Another server says its user's devices or keys changed: tell whoever shares a
         room with them (their /keys/changes and sync `device_lists`)."""
         audience = await self.audience(user_id)
-        async with self._db.transaction() as txn:
-            await self.mark_changed(txn, [user_id], notify=audience)
+        await self.mark_changed([user_id], notify=audience)
 
     # -- room memberships (from RoomEventService listeners)
 
@@ -160,9 +163,7 @@ class DeviceListTracker:
                 rows.append((event.room_id, event.state_key, now_joined))
         if not rows:
             return
-        async with self._db.transaction() as txn:
-            stream_id = await self._stream.next_id(txn)
-            await self._store.add_memberships(txn, stream_id, rows)
+        await self._writes.add_memberships(rows)
         wake: set[str] = {user_id for _, user_id, _ in rows}
         members = await self._memberships.get_joined_users_for_rooms(r for r, _, _ in rows)
         for users in members.values():

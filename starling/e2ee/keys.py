@@ -22,9 +22,8 @@ from starling.e2ee.validation import (
 )
 from starling.errors import MatrixError, bad_json, invalid_param
 from starling.protocol.identifiers import is_valid_user_id
-from starling.storage.database import Database
 from starling.storage.e2e_keys import ClaimKey, E2eKeyStore, StoredSignature
-from starling.storage.to_device import ToDeviceStore
+from starling.storage.e2ee_writes import DeviceChange, E2eeWrites
 
 # Most one-time (or fallback) keys in one upload, and unclaimed per device: clients keep
 # ~50 and upload in small batches; this bounds what one device can make us store.
@@ -107,18 +106,16 @@ class E2eKeyService:
     def __init__(
         self,
         server_name: str,
-        db: Database,
+        writes: E2eeWrites,
         store: E2eKeyStore,
-        to_device_store: ToDeviceStore,
         device_lists: DeviceListTracker,
         *,
         remote: RemoteKeyQuerier | None = None,
         clock_ms: Callable[[], int] = _now_ms,
     ) -> None:
         self._server_name = server_name
-        self._db = db
+        self._writes = writes
         self._store = store
-        self._to_device = to_device_store
         self._device_lists = device_lists
         self.remote = remote
         self.remote_cache: CachedRemoteKeys | None = None
@@ -142,38 +139,43 @@ class E2eKeyService:
         )
         audience = await self._device_lists.audience(user_id) if new_device_keys else set()
         now = self._clock_ms()
-        async with self._db.transaction() as txn:
-            if new_device_keys is not None:
-                existing = await self._store.device_keys_for_update(txn, user_id, device_id)
-                # New identity keys replace a device's old ones, as in Synapse (the spec
-                # does not forbid it, and SyTest's device-list tests rely on it): the
-                # change reaches every observer as a device-list update, and clients
-                # refuse a known device whose ed25519 key changed (their TOFU check).
-                if existing != new_device_keys:
-                    await self._store.set_device_keys(txn, user_id, device_id, new_device_keys, now)
-                    await self._device_lists.mark_changed(
-                        txn, [user_id], notify=audience, device_ids=[device_id]
+
+        def check_one_time(stored_keys: Mapping[tuple[str, str], str]) -> None:
+            for algorithm, key_id, key_json in one_time:
+                existing_key = stored_keys.get((algorithm, key_id))
+                if existing_key != key_json and (
+                    existing_key is None or _signed_part(existing_key) != _signed_part(key_json)
+                ):
+                    raise invalid_param(
+                        f"One-time key {algorithm}:{key_id} already exists with another value"
                     )
-            if one_time:
-                stored_keys = await self._store.add_one_time_keys(
-                    txn, user_id, device_id, one_time, now
-                )
-                for algorithm, key_id, key_json in one_time:
-                    existing_key = stored_keys.get((algorithm, key_id))
-                    if existing_key != key_json and (
-                        existing_key is None or _signed_part(existing_key) != _signed_part(key_json)
-                    ):
-                        raise invalid_param(
-                            f"One-time key {algorithm}:{key_id} already exists with another value"
-                        )
-            await self._store.set_fallback_keys(txn, user_id, device_id, fallback)
-            counts = await self._store.count_one_time_keys_in(txn, user_id, device_id)
+
+        def check_counts(counts: Mapping[str, int]) -> None:
             if one_time and sum(counts.values()) > MAX_UNCLAIMED_KEYS:
                 raise MatrixError(
                     400,
                     "M_RESOURCE_LIMIT_EXCEEDED",
                     f"A device may hold at most {MAX_UNCLAIMED_KEYS} unclaimed one-time keys",
                 )
+
+        # New identity keys replace a device's old ones, as in Synapse (the spec does not
+        # forbid it, and SyTest's device-list tests rely on it): the change reaches every
+        # observer as a device-list update, and clients refuse a known device whose
+        # ed25519 key changed (their TOFU check).
+        ids, counts = await self._writes.upload_keys(
+            user_id,
+            device_id,
+            new_device_keys,
+            one_time,
+            fallback,
+            now,
+            check_one_time=check_one_time,
+            check_counts=check_counts,
+        )
+        if ids is not None:
+            self._device_lists.announce(
+                DeviceChange([user_id], device_ids=[device_id]), ids, notify=audience
+            )
         return {"one_time_key_counts": counts}
 
     # -- POST /keys/query
@@ -375,13 +377,10 @@ class E2eKeyService:
         if not device_ids:
             return
         audience = await self._device_lists.audience(user_id)
-        async with self._db.transaction() as txn:
-            if deleted:
-                await self._store.delete_device_keys(txn, user_id, device_ids)
-                await self._to_device.delete_inboxes(txn, user_id, device_ids)
-            await self._device_lists.mark_changed(
-                txn, [user_id], notify=audience, device_ids=device_ids, deleted=deleted
-            )
+        ids = await self._writes.devices_changed(user_id, device_ids, deleted)
+        self._device_lists.announce(
+            DeviceChange([user_id], device_ids=device_ids), ids, notify=audience, deleted=deleted
+        )
 
     # -- sync: per-device key counts
 

@@ -69,14 +69,14 @@ def build_e2ee(
     key_store = stores.keys
     to_device_store = stores.to_device
     tracker = DeviceListTracker(
-        db,
+        stores.writes,
         stores.device_lists,
         stores.device_lists_stream,
         memberships,
         previous_memberships,
         notify,
     )
-    keys = E2eKeyService(server_name, db, key_store, to_device_store, tracker)
+    keys = E2eKeyService(server_name, stores.writes, key_store, tracker)
     device_list_store = stores.remote_device_lists
     to_device_stream = stores.to_device_stream
     federated_to_device = FederatedToDevice(
@@ -98,7 +98,7 @@ def build_e2ee(
     )
     return E2ee(
         keys=keys,
-        cross_signing=CrossSigningService(db, key_store, accounts, tracker),
+        cross_signing=CrossSigningService(stores.writes, key_store, accounts, tracker),
         to_device=to_device,
         federated_to_device=federated_to_device,
         federation_keys=FederationKeyServer(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from starling.storage.database import Database
 from starling.storage.device_lists import DeviceListStore
 from starling.storage.e2e_keys import E2eKeyStore
+from starling.storage.e2ee_writes import E2eeWrites
 from starling.storage.federation_to_device import FederationToDeviceStore
 from starling.storage.key_backup import KeyBackupStore
 from starling.storage.remote_device_lists import RemoteDeviceListStore
@@ -25,16 +26,23 @@ class E2eeStores:
     remote_device_lists: RemoteDeviceListStore
     federation_to_device: FederationToDeviceStore
     key_backup: KeyBackupStore
+    # The writes spanning several of the tables above.
+    writes: E2eeWrites
 
     @classmethod
     async def open(cls, db: Database) -> E2eeStores:
+        keys = E2eKeyStore(db)
+        to_device = ToDeviceStore(db)
+        device_lists = DeviceListStore(db)
+        device_lists_stream = await StreamIdGenerator.create(db, "device_lists")
         return cls(
-            keys=E2eKeyStore(db),
-            to_device=ToDeviceStore(db),
+            keys=keys,
+            to_device=to_device,
             to_device_stream=await StreamIdGenerator.create(db, "to_device"),
-            device_lists=DeviceListStore(db),
-            device_lists_stream=await StreamIdGenerator.create(db, "device_lists"),
+            device_lists=device_lists,
+            device_lists_stream=device_lists_stream,
             remote_device_lists=RemoteDeviceListStore(db),
             federation_to_device=FederationToDeviceStore(db),
             key_backup=KeyBackupStore(db),
+            writes=E2eeWrites(db, keys, to_device, device_lists, device_lists_stream),
         )
