@@ -86,6 +86,7 @@ from starling.federation.remote_queries import RemoteQueries
 from starling.federation.room_edus import RoomEdus
 from starling.federation.sender import FederationSender, JoinedHosts
 from starling.federation.sender.backoff import BackoffPolicy
+from starling.federation.third_party_invites import ThirdPartyInviteExchange
 from starling.federation.timestamps import TimestampLookup
 from starling.federation.transport import FederationTransport, build_federation_transport
 from starling.identity.client import IdentityServerClient
@@ -720,6 +721,21 @@ async def build_services(
         return await membership.invite(room_id, sender, target)
 
     threepids.use_invite(invite_bound_3pid)
+
+    # A signed 3PID invite for a room on another server: its inviter's server sends it.
+    async def send_third_party_invite(
+        room_id: str, sender: str, target: str, content: dict[str, Any]
+    ) -> Event:
+        return await membership.invite(room_id, sender, target, content=content)
+
+    third_party_exchange = ThirdPartyInviteExchange(
+        config.server_name,
+        federation.client,
+        room_events,
+        send_third_party_invite,
+        threepids.client.key_is_valid,
+    )
+    threepids.use_exchange(third_party_exchange.exchange)
     room_upgrader = RoomUpgrader(
         config.server_name,
         room_events,
@@ -829,6 +845,7 @@ async def build_services(
         room_creator=room_creator,
         membership=membership,
         threepids=threepids,
+        third_party_exchange=third_party_exchange,
         room_upgrader=room_upgrader,
         media=media,
         notifier=notifier,

@@ -31,6 +31,7 @@ from starling.e2ee.services import E2ee
 from starling.federation.inbound import FederationInbound
 from starling.federation.membership import ResidentMembership
 from starling.federation.sender import FederationSender
+from starling.federation.third_party_invites import ThirdPartyInviteExchange
 from starling.federation.timestamps import TimestampLookup
 from starling.federation.transport import FederationTransport
 from starling.identity.service import ThreepidService
@@ -102,6 +103,7 @@ class Services:
     room_upgrader: RoomUpgrader
     # identity servers: 3PID binds and unbinds, third-party invites
     threepids: ThreepidService
+    third_party_exchange: ThirdPartyInviteExchange
     client_events: ClientEvents
     # media
     media: MediaService

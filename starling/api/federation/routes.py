@@ -21,6 +21,7 @@ from starling.api.federation.membership import FederationMembershipApi
 from starling.api.federation.openid import FederationOpenIdApi
 from starling.api.federation.public_rooms import PublicRoomsApi
 from starling.api.federation.queries import FederationQueriesApi
+from starling.api.federation.third_party import FederationThirdPartyApi
 from starling.api.federation.threepid import FederationThreepidApi
 from starling.api.federation.timestamps import FederationTimestampApi
 from starling.api.federation.user_keys import UserKeysApi
@@ -59,6 +60,8 @@ def federation_table(services: Services) -> RouteTable:
         *FederationHierarchyApi(services.hierarchy).routes(),
         # identity servers: /3pid/onbind (unsigned)
         *FederationThreepidApi(services.threepids).routes(),
+        # /exchange_third_party_invite/{roomId}
+        *FederationThirdPartyApi(services.third_party_exchange).routes(),
     ]
     return RouteTable("federation", "/_matrix/federation/{version}", ("v1",), routes)
 
