@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -26,6 +26,10 @@ logger = logging.getLogger(__name__)
 
 CLIENT_PREFIX = "/_matrix/client/"
 METHODS = ("GET", "PUT", "POST", "DELETE")
+# Request state (never settable over HTTP: it is not a header or query parameter) that
+# makes GET /sync read without acknowledging: the WebSocket's server-chained polls, whose
+# `since` is a response the client may not have processed yet (docs/transports.md).
+SYNC_NO_ACK = web.RequestKey("starling.sync_no_ack", bool)
 
 
 def bad_client_path(path: str, *, refused_prefixes: tuple[str, ...] = ()) -> str | None:
@@ -108,10 +112,12 @@ async def dispatch(
     *,
     template: web.Request | None = None,
     remote: str = "unknown",
+    state: Mapping[web.RequestKey[Any], Any] | None = None,
 ) -> tuple[int, Any]:
     """Serves one request through `app` with `token` as its bearer; returns (status,
     parsed JSON body). `template` (the WebSocket's upgrade request) is cloned so the
-    answer sees its address and listener; without it a synthetic request from `remote`."""
+    answer sees its address and listener; without it a synthetic request from `remote`.
+    `state`: request state for the handler (e.g. SYNC_NO_ACK)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if body is not None:
         headers["Content-Type"] = "application/json"
@@ -124,6 +130,8 @@ async def dispatch(
         return 400, {"errcode": "M_INVALID_PARAM", "error": "Malformed path"}
     # The body is the transport message's, never a stream of the original connection.
     sub._read_bytes = body or b""
+    for key, value in (state or {}).items():
+        sub[key] = value
     try:
         response = await app._handle(sub)
     except Exception:

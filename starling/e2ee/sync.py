@@ -17,6 +17,7 @@ from starling.e2ee.device_lists import DeviceListTracker
 from starling.e2ee.keys import E2eKeyService
 from starling.e2ee.to_device import ToDeviceService
 from starling.sync.extension import SyncContext
+from starling.sync.tokens import SyncToken
 
 
 class ToDeviceExtension:
@@ -29,11 +30,18 @@ class ToDeviceExtension:
     def current_position(self) -> int:
         return self._to_device.current_position()
 
+    async def acknowledge(self, user_id: str, device_id: str, token: SyncToken) -> None:
+        """The device has processed the /sync response whose `next_batch` is ``token``
+        (the WebSocket's `ack` frame): its to-device messages are done with."""
+        position = token.streams.get(self.stream_name)
+        if position is not None:
+            await self._to_device.acknowledge(user_id, device_id, position)
+
     async def contribute(self, ctx: SyncContext, response: dict[str, Any]) -> bool:
         if ctx.device_id is None:
             return False
         events = await self._to_device.messages_for_sync(
-            ctx.user_id, ctx.device_id, ctx.since, ctx.upto
+            ctx.user_id, ctx.device_id, ctx.since, ctx.upto, acknowledge=ctx.acknowledge
         )
         if events:
             response["to_device"] = {"events": events}

@@ -3,7 +3,8 @@
 Spec: client-server-api "Send-to-Device messaging". One request is one position on the
 to_device stream and at most one message per recipient device, so a device's messages are
 ordered by position. A message stays in the inbox until a /sync from a token past it
-arrives; a response that had to stop early (at most `MAX_PER_SYNC` messages) records what
+arrives (or the WebSocket's `ack` frame names such a token: the WebSocket's own chained
+polls do not acknowledge, docs/transports.md); a response that had to stop early (at most `MAX_PER_SYNC` messages) records what
 it carried, so the next /sync acknowledges exactly that and not the rest (and moves the
 stream on, so that no later response shares its token).
 
@@ -242,11 +243,30 @@ class ToDeviceService:
         self._drained.pop((user_id, device_id), None)
         return [(position, orjson.loads(message)) for position, message in found]
 
+    async def acknowledge(self, user_id: str, device_id: str, since: int) -> None:
+        """The device has processed the response whose token held ``since`` (the
+        WebSocket's `ack` frame): delete what it carried, as a /sync from it would.
+        Clamped to the stream, as /sync clamps its `since`: a token from the future
+        cannot acknowledge messages not yet delivered."""
+        since = min(since, self._stream.current_position())
+        await self._store.acknowledge(user_id, device_id, since)
+
     async def messages_for_sync(
-        self, user_id: str, device_id: str, since: int | None, upto: int
+        self,
+        user_id: str,
+        device_id: str,
+        since: int | None,
+        upto: int,
+        *,
+        acknowledge: bool = True,
     ) -> list[dict[str, Any]]:
         """The device's messages for a /sync from ``since`` whose token will hold ``upto``,
         acknowledging what the ``since`` token's response carried.
+
+        ``acknowledge=False`` (the WebSocket's server-chained polls: the client may not
+        have processed the ``since`` response yet) reads the same messages but deletes
+        nothing; the client acknowledges later (an `ack` frame, or the `since` of its
+        next stream or /sync), and a stream resumed from an older token gets them again.
 
         A device whose inbox a sync found empty up to P, syncing from P while the stream
         is still at P, has nothing to acknowledge or read: every message added since has
@@ -256,8 +276,10 @@ class ToDeviceService:
             self._drained.move_to_end(key)
             return []
         after = 0
-        if since is not None:
+        if since is not None and acknowledge:
             after = await self._store.acknowledge(user_id, device_id, since)
+        elif since is not None:
+            after = await self._store.delivered_upto(user_id, device_id, since)
         found = await self._store.get_messages(user_id, device_id, after, upto, MAX_PER_SYNC)
         if len(found) == MAX_PER_SYNC and found[-1][0] < upto:
             async with self._db.transaction() as txn:
@@ -269,6 +291,10 @@ class ToDeviceService:
                 await self._stream.next_id(txn)
         if found:
             self._drained.pop(key, None)
+        elif not acknowledge:
+            # Messages at or below `after` may still be waiting for their ack: the
+            # shortcut above (which skips the acknowledgement) must not be armed.
+            pass
         else:
             # Everything at or below `after` was deleted, nothing is in (after, upto].
             self._drained[key] = upto

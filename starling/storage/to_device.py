@@ -103,14 +103,7 @@ class ToDeviceStore:
         """The device has the response whose token held ``token_position``: delete what
         that response (and every earlier one) carried. Returns the position acknowledged."""
         async with self._db.transaction() as txn:
-            delivered = await txn.fetch_val(
-                "SELECT delivered_upto FROM to_device_deliveries"
-                " WHERE user_id = ? AND device_id = ? AND token_position = ?",
-                user_id,
-                device_id,
-                token_position,
-            )
-            acked = token_position if delivered is None else int(delivered)
+            acked = await self._delivered_upto(txn, user_id, device_id, token_position)
             await txn.execute(
                 "DELETE FROM to_device_inbox WHERE user_id = ? AND device_id = ?"
                 " AND stream_id <= ?",
@@ -128,6 +121,24 @@ class ToDeviceStore:
                 token_position,
             )
         return acked
+
+    async def delivered_upto(self, user_id: str, device_id: str, token_position: int) -> int:
+        """What the response whose token held ``token_position`` carried up to (read
+        only: nothing is acknowledged; the WebSocket's server-chained polls)."""
+        return await self._delivered_upto(self._db, user_id, device_id, token_position)
+
+    @staticmethod
+    async def _delivered_upto(
+        db: Transaction | Database, user_id: str, device_id: str, token_position: int
+    ) -> int:
+        delivered = await db.fetch_val(
+            "SELECT delivered_upto FROM to_device_deliveries"
+            " WHERE user_id = ? AND device_id = ? AND token_position = ?",
+            user_id,
+            device_id,
+            token_position,
+        )
+        return token_position if delivered is None else int(delivered)
 
     async def get_messages(
         self, user_id: str, device_id: str, after: int, upto: int, limit: int

@@ -37,6 +37,10 @@ class SyncContext:
     # `matches_json(event, room_id)` and `filter_json(events, room_id)` (which also
     # applies the section's `limit`). Extensions read it as `filters`.
     sync_filter: SyncFilter | None = None
+    # False for the WebSocket's server-chained polls: `since` is a response the server
+    # pushed, not one the client has processed, so nothing may be consumed by it (the
+    # to-device inbox is only read, not acknowledged; docs/transports.md).
+    acknowledge: bool = True
 
     def __post_init__(self) -> None:
         if self.sync_filter is None:

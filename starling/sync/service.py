@@ -51,6 +51,8 @@ class SyncRequest:
     # MSC4222 before it became stable: a client that asked with the unstable parameter
     # (`org.matrix.msc4222.use_state_after`, matrix-js-sdk) reads the unstable key.
     unstable_state_after: bool = False
+    # False: `since` does not acknowledge what its response carried (SyncContext).
+    acknowledge: bool = True
 
     @property
     def state_key(self) -> str:
@@ -213,6 +215,7 @@ class SyncService:
                 filter=dict(req.filter.raw),
                 set_presence=req.set_presence,
                 sync_filter=req.filter,
+                acknowledge=req.acknowledge,
             )
             try:
                 if await ext.contribute(ctx, response):

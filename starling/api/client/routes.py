@@ -98,7 +98,12 @@ def client_table(svc: Services) -> RouteTable:
     search = SearchRoutes(svc.search)
     hierarchy = HierarchyRoutes(svc.hierarchy, svc.room_summaries)
     dehydrated = DehydratedDeviceRoutes(svc.dehydrated_devices)
-    websocket = WebSocketRoutes(svc.auth, svc.config.websocket, svc.accounts.add_device_listener)
+    websocket = WebSocketRoutes(
+        svc.auth,
+        svc.config.websocket,
+        svc.accounts.add_device_listener,
+        e2ee.to_device_extension.acknowledge,
+    )
     sso = SsoRoutes(svc.sso, svc.config.client_base_url.startswith("https:"))
     routes: list[Route] = [
         # Accounts: registration, login, tokens, account management, devices

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from starling.api.client.common import query_bool, query_int
 from starling.api.http import json_response
+from starling.api.inprocess import SYNC_NO_ACK
 from starling.api.routing import requester_of
 from starling.errors import MatrixError, invalid_param
 from starling.sync.filters import SyncFilters
@@ -54,6 +55,8 @@ class SyncRoutes:
                 set_presence=set_presence,
                 use_state_after=stable_state_after or unstable_state_after,
                 unstable_state_after=unstable_state_after and not stable_state_after,
+                # Only the WebSocket's in-process chained polls set this (never HTTP).
+                acknowledge=not request.get(SYNC_NO_ACK, False),
             )
         )
         return json_response(response)

@@ -7,7 +7,12 @@ session. JSON text frames:
   ``Authorization: Bearer``; a token in the URL is refused: URLs end up in logs);
 - client → ``{"type": "sync", "since"?, "filter"?, "set_presence"?}`` starts the stream;
   the server pushes ``{"type": "sync", "body": <the /sync response>}`` whenever /sync
-  would answer something new, each long-poll resuming from the previous ``next_batch``;
+  would answer something new, each long-poll resuming from the previous ``next_batch``.
+  Those chained polls acknowledge nothing (the client may not have processed the pushed
+  response): the stream's `since` acknowledges as /sync's does, and so does
+- client → ``{"type": "ack", "since": <a next_batch it has processed>}``: its to-device
+  messages are deleted; unacknowledged ones come again to a stream resumed from an older
+  token (a reconnect), as over HTTP;
 - client → ``{"type": "request", "id", "method", "path", "body"?}``, answered by
   ``{"type": "response", "id", "status", "body"}``;
 - bad input → ``{"type": "error", "errcode", "error", "id"?}``, the socket stays open.
@@ -22,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -31,10 +36,11 @@ from yarl import URL
 
 from starling.accounts.auth import Requester
 from starling.accounts.service import DeviceListener
-from starling.api.inprocess import METHODS, bad_client_path, dispatch
+from starling.api.inprocess import METHODS, SYNC_NO_ACK, bad_client_path, dispatch
 from starling.api.routing import TokenAuthenticator, access_token_from
 from starling.config import WebSocketConfig, parse_size
 from starling.errors import MatrixError, invalid_param, missing_token
+from starling.sync.tokens import SyncToken
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +56,11 @@ MAX_ID_LENGTH = 128
 WS_PATH = f"/_matrix/client/unstable/{FEATURE}/ws"
 
 
+# (user_id, device_id, token): the device has processed the /sync response whose
+# next_batch is `token` (ToDeviceExtension.acknowledge).
+Acknowledge = Callable[[str, str, SyncToken], Awaitable[None]]
+
+
 def _error(e: MatrixError, request_id: str | None = None) -> dict[str, Any]:
     frame: dict[str, Any] = {"type": "error", **e.to_json()}
     if request_id is not None:
@@ -63,9 +74,11 @@ class WebSocketRoutes:
         auth: TokenAuthenticator,
         config: WebSocketConfig,
         add_device_listener: Callable[[DeviceListener], None] | None = None,
+        acknowledge: Acknowledge | None = None,
     ) -> None:
         self.auth = auth
         self.config = config
+        self.acknowledge = acknowledge
         # single-process: open sockets by (user, device), to close them when the device
         # is deleted (logout); a logout served by another worker is only noticed when
         # the socket's next request or sync poll finds its token gone.
@@ -101,7 +114,9 @@ class WebSocketRoutes:
         token = access_token_from(request)
         requester = await self.auth.requester_for_token(token) if token else None
         await ws.prepare(request)
-        await _Session(request, ws, self.auth, self.config, requester, token, self.sockets).run()
+        await _Session(
+            request, ws, self.auth, self.config, requester, token, self.sockets, self.acknowledge
+        ).run()
         return ws
 
 
@@ -117,8 +132,10 @@ class _Session:
         requester: Requester | None,
         token: str | None,
         registry: dict[tuple[str, str], set[_Session]],
+        acknowledge: Acknowledge | None = None,
     ) -> None:
         self.registry = registry
+        self.acknowledge = acknowledge
         self.request = request
         self.ws = ws
         self.auth = auth
@@ -238,12 +255,27 @@ class _Session:
                 self.start_request(raw_id, frame)
             elif kind == "sync":
                 self.start_sync(frame)
+            elif kind == "ack":
+                await self.on_ack(frame)
             elif kind == "auth":
                 raise invalid_param("This socket is already authenticated")
             else:
                 raise MatrixError(400, "M_UNRECOGNIZED", f"Unknown frame type {kind!r:.40}")
         except MatrixError as e:
             await self.send(_error(e, request_id))
+
+    async def on_ack(self, frame: dict[str, Any]) -> None:
+        """`{"type": "ack", "since": T}`: the client has processed the pushed response
+        whose next_batch is T. Awaited in frame order (it is one small delete), so an ack
+        is done before any later frame is read. No answer unless malformed."""
+        since = frame.get("since")
+        if not isinstance(since, str):
+            raise invalid_param("'since' must be a sync token (a next_batch)")
+        token = SyncToken.parse(since)
+        assert self.requester is not None
+        device_id = self.requester.device_id
+        if self.acknowledge is not None and device_id is not None:
+            await self.acknowledge(self.requester.user_id, device_id, token)
 
     def start_sync(self, frame: dict[str, Any]) -> None:
         if self.sync_task is not None:
@@ -265,14 +297,23 @@ class _Session:
         self.sync_task = asyncio.create_task(self.sync_stream(query))
 
     async def sync_stream(self, query: dict[str, str]) -> None:
-        """Long-polls /sync from `since`, pushing each answer that moved the token."""
+        """Long-polls /sync from `since`, pushing each answer that moved the token.
+
+        The first poll's `since` is the client's (it has processed that response, so it
+        acknowledges, as /sync does); every later `since` is a response we pushed, which
+        the client may never process (the socket drops, the client restarts): those
+        polls acknowledge nothing, the client does with `ack` frames."""
         since = query.get("since")
+        chained = False
         while not self.ws.closed:
             params = dict(query, timeout=str(SYNC_POLL_MS))
             if since is not None:
                 params["since"] = since
             status, body = await self.dispatch(
-                "GET", str(URL("/_matrix/client/v3/sync").with_query(params)), None
+                "GET",
+                str(URL("/_matrix/client/v3/sync").with_query(params)),
+                None,
+                state={SYNC_NO_ACK: True} if chained else None,
             )
             if status != 200 or not isinstance(body, dict):
                 body = body if isinstance(body, dict) else {}
@@ -288,6 +329,7 @@ class _Session:
             if since is None or next_batch != since:
                 await self.send({"type": "sync", "body": body})
             since = next_batch if isinstance(next_batch, str) else since
+            chained = since is not None
 
     def start_request(self, request_id: str, frame: dict[str, Any]) -> None:
         method = frame.get("method")
@@ -317,9 +359,15 @@ class _Session:
     def _token_gone(status: int, body: Any) -> bool:
         return status == 401 and isinstance(body, dict) and body.get("errcode") == "M_UNKNOWN_TOKEN"
 
-    async def dispatch(self, method: str, path: str, body: bytes | None) -> tuple[int, Any]:
+    async def dispatch(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        state: dict[web.RequestKey[Any], Any] | None = None,
+    ) -> tuple[int, Any]:
         """One request through the listener's app as if it came over HTTP with this
         session's token (starling/api/inprocess.py); (status, parsed JSON body)."""
         return await dispatch(
-            self.request.app, method, path, body, self.token, template=self.request
+            self.request.app, method, path, body, self.token, template=self.request, state=state
         )
