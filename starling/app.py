@@ -466,7 +466,6 @@ async def build_services(
 
     e2ee = build_e2ee(
         config.server_name,
-        db,
         await E2eeStores.open(db),
         account_store,
         event_store,

@@ -27,9 +27,8 @@ import orjson
 
 from starling.protocol.canonical_json import CanonicalJsonError, encode_canonical_json
 from starling.protocol.identifiers import is_valid_user_id
-from starling.storage.database import Database, Transaction
+from starling.storage.e2ee_writes import E2eeWrites
 from starling.storage.federation_to_device import FederationToDeviceStore
-from starling.storage.streams import StreamIdGenerator
 from starling.storage.to_device import ToDeviceStore
 
 logger = logging.getLogger(__name__)
@@ -49,19 +48,17 @@ class FederatedToDevice:
     def __init__(
         self,
         server_name: str,
-        db: Database,
+        writes: E2eeWrites,
         store: FederationToDeviceStore,
         inbox: ToDeviceStore,
-        stream: StreamIdGenerator,
         notify: Callable[[Iterable[str]], None],
         *,
         clock_ms: Callable[[], int] = _now_ms,
     ) -> None:
         self._server_name = server_name
-        self._db = db
+        self._writes = writes
         self._store = store
         self._inbox = inbox
-        self._stream = stream
         self._notify = notify
         self._clock_ms = clock_ms
         self._last_prune = 0
@@ -70,17 +67,12 @@ class FederatedToDevice:
 
     # --- outbound -------------------------------------------------------------------------
 
-    async def queue(
-        self,
-        txn: Transaction,
-        sender: str,
-        event_type: str,
-        by_server: Mapping[str, Mapping[str, Any]],
-    ) -> None:
-        """Within the sending request's transaction: one EDU per destination server."""
-        if not by_server:
-            return
-        stream_id = await self._stream.next_id(txn)
+    def outbound(
+        self, sender: str, event_type: str, by_server: Mapping[str, Mapping[str, Any]]
+    ) -> list[tuple[str, str]]:
+        """The outbox rows of one request: one EDU (its content JSON, with a fresh
+        `message_id`) per destination server. The sending request's transaction writes
+        them (E2eeWrites.send_to_device); `wake_all` follows its commit."""
         rows = []
         for server, messages in sorted(by_server.items()):
             content = {
@@ -90,9 +82,11 @@ class FederatedToDevice:
                 "messages": messages,
             }
             rows.append((server, orjson.dumps(content).decode()))
-        await self._store.add_outbound(txn, stream_id, rows)
-        servers = list(by_server)
-        txn.call_after_commit(lambda: self._wake_all(servers))
+        return rows
+
+    def wake_all(self, servers: Iterable[str]) -> None:
+        """After the commit of outbox EDUs: tell the federation sender."""
+        self._wake_all(servers)
 
     def _wake_all(self, servers: Iterable[str]) -> None:
         if self.wake is None:
@@ -156,15 +150,17 @@ class FederatedToDevice:
             targets.update({d: m for d, m in by_device.items() if d != "*" and d in known})
             rows.extend((user_id, d, m) for d, m in sorted(targets.items()))
         now = self._clock_ms()
-        async with self._db.transaction() as txn:
-            if not await self._store.claim_message_id(txn, origin, message_id, now):
-                logger.debug("to-device %s from %s already delivered", message_id, origin)
-                return
-            if now - self._last_prune > _PRUNE_EVERY_MS:
-                self._last_prune = now
-                await self._store.prune_received(txn, now - RECEIVED_LIFETIME_MS)
-            if rows:
-                stream_id = await self._stream.next_id(txn)
-                await self._inbox.add_messages(txn, stream_id, rows, sender)
-                recipients = {u for u, _, _ in rows}
-                txn.call_after_commit(lambda: self._notify(recipients))
+
+        def prune_before() -> int | None:
+            if now - self._last_prune <= _PRUNE_EVERY_MS:
+                return None
+            self._last_prune = now
+            return now - RECEIVED_LIFETIME_MS
+
+        if not await self._writes.deliver_remote_to_device(
+            origin, message_id, now, prune_before=prune_before, rows=rows, sender=sender
+        ):
+            logger.debug("to-device %s from %s already delivered", message_id, origin)
+            return
+        if rows:
+            self._notify({u for u, _, _ in rows})

@@ -16,7 +16,6 @@ from starling.e2ee.sync import DeviceListsExtension, ToDeviceExtension
 from starling.e2ee.to_device import ToDeviceService
 from starling.ratelimit import RateLimits
 from starling.storage.accounts import AccountStore
-from starling.storage.database import Database
 from starling.storage.e2ee_stores import E2eeStores
 from starling.storage.events import EventStore
 from starling.storage.memberships import MembershipStore
@@ -44,7 +43,6 @@ class E2ee:
 
 def build_e2ee(
     server_name: str,
-    db: Database,
     stores: E2eeStores,
     accounts: AccountStore,
     events: EventStore,
@@ -81,15 +79,14 @@ def build_e2ee(
     to_device_stream = stores.to_device_stream
     federated_to_device = FederatedToDevice(
         server_name,
-        db,
+        stores.writes,
         stores.federation_to_device,
         to_device_store,
-        to_device_stream,
         notify,
     )
     to_device = ToDeviceService(
         server_name,
-        db,
+        stores.writes,
         to_device_store,
         to_device_stream,
         notify,

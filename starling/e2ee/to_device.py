@@ -29,7 +29,7 @@ from starling.errors import MatrixError, bad_json, invalid_param
 from starling.protocol.canonical_json import CanonicalJsonError, encode_canonical_json
 from starling.protocol.identifiers import is_valid_user_id
 from starling.ratelimit import RateLimits
-from starling.storage.database import Database, Transaction
+from starling.storage.e2ee_writes import E2eeWrites, InboxCounts
 from starling.storage.streams import StreamIdGenerator
 from starling.storage.to_device import ToDeviceStore
 
@@ -56,16 +56,15 @@ MAX_DRAINED = 50_000
 
 
 class RemoteToDeviceOutbox(Protocol):
-    """Queues to-device messages for users on other servers (federation EDUs), within
-    the sending request's transaction (e2ee/federated_to_device.py)."""
+    """To-device messages for users on other servers (federation EDUs,
+    e2ee/federated_to_device.py): the outbox rows the sending request's transaction
+    writes, and the wake-up after its commit."""
 
-    async def queue(
-        self,
-        txn: Transaction,
-        sender: str,
-        event_type: str,
-        by_server: Mapping[str, Mapping[str, Any]],
-    ) -> None: ...
+    def outbound(
+        self, sender: str, event_type: str, by_server: Mapping[str, Mapping[str, Any]]
+    ) -> list[tuple[str, str]]: ...
+
+    def wake_all(self, servers: Iterable[str]) -> None: ...
 
 
 def _now_ms() -> int:
@@ -86,7 +85,7 @@ class ToDeviceService:
     def __init__(
         self,
         server_name: str,
-        db: Database,
+        writes: E2eeWrites,
         store: ToDeviceStore,
         stream: StreamIdGenerator,
         notify: Callable[[Iterable[str]], None],
@@ -96,7 +95,7 @@ class ToDeviceService:
         rate_limits: RateLimits | None = None,
     ) -> None:
         self._server_name = server_name
-        self._db = db
+        self._writes = writes
         self._store = store
         self._stream = stream
         self._notify = notify
@@ -154,32 +153,45 @@ class ToDeviceService:
             remote_count = sum(len(d) for by_user in remote.values() for d in by_user.values())
             await self._rate_limits.check_to_device(sender, len(rows) + remote_count)
         now = self._clock_ms()
-        async with self._db.transaction() as txn:
-            if not await self._store.claim_txn(txn, sender, sender_device or "", txn_id, now):
-                return  # a retry of a request already served
-            if now - self._last_prune > _PRUNE_EVERY_MS:
-                self._last_prune = now
-                await self._store.prune_txns(txn, now - TXN_ID_LIFETIME_MS)
-            if rows:
-                await self._refuse_if_full(txn, sender, event_type, [(u, d) for u, d, _ in rows])
-                stream_id = await self._stream.next_id(txn)
-                await self._store.add_messages(txn, stream_id, rows, sender)
-                recipients = {u for u, _, _ in rows}
-                txn.call_after_commit(lambda: self._notify(recipients))
-            if remote:
-                if self.remote is None:
-                    logger.info("to-device %s for %s not sent: no federation", event_type, remote)
-                else:
-                    await self.remote.queue(txn, sender, event_type, remote)
+        outbound: list[tuple[str, str]] = []
+        if remote and self.remote is not None:
+            outbound = self.remote.outbound(sender, event_type, remote)
 
-    async def _refuse_if_full(
-        self, txn: Transaction, sender: str, event_type: str, recipients: list[tuple[str, str]]
+        def prune_before() -> int | None:
+            if now - self._last_prune <= _PRUNE_EVERY_MS:
+                return None
+            self._last_prune = now
+            return now - TXN_ID_LIFETIME_MS
+
+        def check_capacity(from_sender: InboxCounts, sizes: InboxCounts) -> None:
+            self._refuse_if_full(sender, event_type, from_sender, sizes)
+
+        if not await self._writes.send_to_device(
+            sender,
+            sender_device or "",
+            txn_id,
+            now,
+            prune_before=prune_before,
+            rows=rows,
+            check_capacity=check_capacity,
+            outbound=outbound,
+        ):
+            return  # a retry of a request already served
+        if rows:
+            self._notify({u for u, _, _ in rows})
+        if remote:
+            if self.remote is None:
+                logger.info("to-device %s for %s not sent: no federation", event_type, remote)
+            else:
+                self.remote.wake_all(list(remote))
+
+    def _refuse_if_full(
+        self, sender: str, event_type: str, from_sender: InboxCounts, sizes: InboxCounts
     ) -> None:
         """429 for the whole request (the transaction, and so the claimed txn ID, rolls
-        back) when a recipient's inbox is full, or holds as many messages from this
-        sender as one sender may have waiting: the client retries later; nothing is
-        lost unseen."""
-        from_sender = await self._store.pending_from(txn, sender, recipients)
+        back) when a recipient's inbox is full (``sizes``: pending messages per
+        recipient), or holds as many messages from this sender (``from_sender``) as one
+        sender may have waiting: the client retries later; nothing is lost unseen."""
         flooded = sorted(k for k, n in from_sender.items() if n >= self.max_pending_per_sender)
         if flooded:
             user_id, device_id = flooded[0]
@@ -187,7 +199,6 @@ class ToDeviceService:
                 f"{user_id}'s device {device_id} has {self.max_pending_per_sender} messages"
                 " from you waiting; retry once it has read them"
             )
-        sizes = await self._store.inbox_sizes(txn, recipients)
         full = sorted(k for k, n in sizes.items() if n >= self.max_inbox)
         if full:
             logger.info(
@@ -282,13 +293,9 @@ class ToDeviceService:
             after = await self._store.delivered_upto(user_id, device_id, since)
         found = await self._store.get_messages(user_id, device_id, after, upto, MAX_PER_SYNC)
         if len(found) == MAX_PER_SYNC and found[-1][0] < upto:
-            async with self._db.transaction() as txn:
-                await self._store.record_partial_delivery(
-                    txn, user_id, device_id, upto, found[-1][0]
-                )
-                # Move the stream on, so the next response's token differs from this
-                # one's: a token then tells which of the two the client has.
-                await self._stream.next_id(txn)
+            # Also moves the stream on, so the next response's token differs from this
+            # one's: a token then tells which of the two the client has.
+            await self._writes.record_partial_delivery(user_id, device_id, upto, found[-1][0])
         if found:
             self._drained.pop(key, None)
         elif not acknowledge:

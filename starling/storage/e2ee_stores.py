@@ -34,15 +34,25 @@ class E2eeStores:
         keys = E2eKeyStore(db)
         to_device = ToDeviceStore(db)
         device_lists = DeviceListStore(db)
+        to_device_stream = await StreamIdGenerator.create(db, "to_device")
         device_lists_stream = await StreamIdGenerator.create(db, "device_lists")
+        federation_to_device = FederationToDeviceStore(db)
         return cls(
             keys=keys,
             to_device=to_device,
-            to_device_stream=await StreamIdGenerator.create(db, "to_device"),
+            to_device_stream=to_device_stream,
             device_lists=device_lists,
             device_lists_stream=device_lists_stream,
             remote_device_lists=RemoteDeviceListStore(db),
-            federation_to_device=FederationToDeviceStore(db),
+            federation_to_device=federation_to_device,
             key_backup=KeyBackupStore(db),
-            writes=E2eeWrites(db, keys, to_device, device_lists, device_lists_stream),
+            writes=E2eeWrites(
+                db,
+                keys,
+                to_device,
+                device_lists,
+                device_lists_stream,
+                to_device_stream,
+                federation_to_device,
+            ),
         )

@@ -16,11 +16,17 @@ from dataclasses import dataclass
 from starling.storage.database import Database, Transaction
 from starling.storage.device_lists import DeviceListStore
 from starling.storage.e2e_keys import E2eKeyStore, StoredSignature
+from starling.storage.federation_to_device import FederationToDeviceStore
 from starling.storage.streams import StreamIdGenerator
-from starling.storage.to_device import ToDeviceStore
+from starling.storage.to_device import InboxRow, ToDeviceStore
 
 # (algorithm, key_id, key_json)
 KeyRow = tuple[str, str, str]
+# (user, device) -> pending messages (from one sender, in all), for those that have any
+InboxCounts = Mapping[tuple[str, str], int]
+# Asked once a write is sure to happen: the age below which to prune the remembered
+# transaction/message IDs, or None for not now.
+PruneBefore = Callable[[], int | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,12 +48,16 @@ class E2eeWrites:
         to_device: ToDeviceStore,
         device_lists: DeviceListStore,
         device_lists_stream: StreamIdGenerator,
+        to_device_stream: StreamIdGenerator,
+        federation_to_device: FederationToDeviceStore,
     ) -> None:
         self._db = db
         self._keys = keys
         self._to_device = to_device
         self._device_lists = device_lists
         self._stream = device_lists_stream
+        self._to_device_stream = to_device_stream
+        self._federation_to_device = federation_to_device
 
     async def _add_change(self, txn: Transaction, change: DeviceChange) -> list[int]:
         """The change's stream positions (one per device, at least one); the row sits
@@ -144,3 +154,78 @@ class E2eeWrites:
             counts = await self._keys.count_one_time_keys_in(txn, user_id, device_id)
             check_counts(counts)
         return ids, counts
+
+    # -- to-device messages (the to_device stream)
+
+    async def send_to_device(
+        self,
+        sender: str,
+        sender_device: str,
+        txn_id: str,
+        now_ms: int,
+        *,
+        prune_before: PruneBefore,
+        rows: Sequence[InboxRow],
+        check_capacity: Callable[[InboxCounts, InboxCounts], None],
+        outbound: Sequence[tuple[str, str]],
+    ) -> bool:
+        """PUT /sendToDevice in one transaction: claim the request's transaction ID
+        (False: already claimed, nothing written), put ``rows`` in the inboxes at one new
+        position once ``check_capacity`` (pending from the sender, pending in all, per
+        recipient) did not raise, and the ``(destination, EDU content JSON)`` rows in the
+        federation outbox at the next one."""
+        async with self._db.transaction() as txn:
+            if not await self._to_device.claim_txn(txn, sender, sender_device, txn_id, now_ms):
+                return False
+            older_than = prune_before()
+            if older_than is not None:
+                await self._to_device.prune_txns(txn, older_than)
+            if rows:
+                recipients = [(u, d) for u, d, _ in rows]
+                check_capacity(
+                    await self._to_device.pending_from(txn, sender, recipients),
+                    await self._to_device.inbox_sizes(txn, recipients),
+                )
+                stream_id = await self._to_device_stream.next_id(txn)
+                await self._to_device.add_messages(txn, stream_id, rows, sender)
+            if outbound:
+                stream_id = await self._to_device_stream.next_id(txn)
+                await self._federation_to_device.add_outbound(txn, stream_id, outbound)
+        return True
+
+    async def deliver_remote_to_device(
+        self,
+        origin: str,
+        message_id: str,
+        now_ms: int,
+        *,
+        prune_before: PruneBefore,
+        rows: Sequence[InboxRow],
+        sender: str,
+    ) -> bool:
+        """An inbound EDU in one transaction: claim its ``message_id`` (False: already
+        delivered, nothing written) and put ``rows`` in the inboxes at one new position."""
+        async with self._db.transaction() as txn:
+            if not await self._federation_to_device.claim_message_id(
+                txn, origin, message_id, now_ms
+            ):
+                return False
+            older_than = prune_before()
+            if older_than is not None:
+                await self._federation_to_device.prune_received(txn, older_than)
+            if rows:
+                stream_id = await self._to_device_stream.next_id(txn)
+                await self._to_device.add_messages(txn, stream_id, rows, sender)
+        return True
+
+    async def record_partial_delivery(
+        self, user_id: str, device_id: str, token_position: int, delivered_upto: int
+    ) -> None:
+        """A /sync response stopped early: record what it carried, and move the stream
+        on, so the next response's token differs from this one's (a token then tells
+        which of the two the client has)."""
+        async with self._db.transaction() as txn:
+            await self._to_device.record_partial_delivery(
+                txn, user_id, device_id, token_position, delivered_upto
+            )
+            await self._to_device_stream.next_id(txn)
