@@ -129,6 +129,7 @@ from starling.rooms.hierarchy import SpaceHierarchy
 from starling.rooms.locks import RoomLocks
 from starling.rooms.membership import MembershipService
 from starling.rooms.persister import EventPersister
+from starling.rooms.retention import RetentionLimits, RetentionWindow
 from starling.rooms.state_calculator import StateCalculator
 from starling.rooms.upgrade import RoomUpgrader
 from starling.rooms.visibility import HistoryVisibility
@@ -256,6 +257,14 @@ async def build_services(
     event_store = EventStore(db, cache_size=parse_size(config.event_cache_size))
     state_store = StateStore(db)
     membership_store = MembershipStore(db)
+    retention = RetentionLimits(config.retention)
+    # What clients may read (history visibility, then retention): one judge for every path.
+    visibility = HistoryVisibility(
+        event_store,
+        state_store,
+        membership_store,
+        RetentionWindow(retention, event_store, state_store) if retention.enabled else None,
+    )
     # /sync asks "which rooms / whose memberships changed since": remembered in memory
     # from here on (with workers, other processes' changes arrive through the bus), so
     # most incremental syncs need no query for it.
@@ -360,7 +369,7 @@ async def build_services(
         profile_store,
         alias_store,
         room_events,
-        HistoryVisibility(event_store, state_store, membership_store),
+        visibility,
         RemotePublicRooms(federation.client).fetch,
         RemoteQueries(federation.client),
     )
@@ -388,7 +397,14 @@ async def build_services(
         return await federation_inbound.backfiller.backfill(room_id)
 
     sync = build_sync(
-        FilterStore(db), event_store, state_store, membership_store, room_events, notifier, backfill
+        FilterStore(db),
+        event_store,
+        state_store,
+        membership_store,
+        room_events,
+        notifier,
+        backfill,
+        visibility=visibility,
     )
     for extension in extras.sync_extensions():
         sync.sync.add_extension(extension)
@@ -398,13 +414,13 @@ async def build_services(
             event_store,
             relation_store,
             extras.account_data.get_ignored_users,
-            HistoryVisibility(event_store, state_store, membership_store).filter_events,
+            visibility.filter_events,
         ).bundle
     )
     relations = RelationsService(
         event_store,
         relation_store,
-        HistoryVisibility(event_store, state_store, membership_store),
+        visibility,
         sync.formatter,
         sync.room_history.access,
     )
@@ -502,6 +518,7 @@ async def build_services(
         extras.account_data.get_ignored_users,
         e2ee.keys.key_counts,
         extras.unread_counts.counts,
+        visibility=visibility,
     )
     sliding_sync.use_presence(extras.presence.set_presence_from_sync)
     accounts.add_device_listener(sliding_sync.devices_changed)
@@ -514,7 +531,7 @@ async def build_services(
         event_store,
         state_store,
         membership_store,
-        HistoryVisibility(event_store, state_store, membership_store),
+        visibility,
         sync.formatter,
         sync.room_history.state_events,
     )
@@ -855,7 +872,7 @@ async def build_services(
             sync.sync,
             event_store,
             membership_store,
-            HistoryVisibility(event_store, state_store, membership_store),
+            visibility,
             sync.formatter,
             sync.room_history,
             notifier,

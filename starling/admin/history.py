@@ -33,6 +33,7 @@ from starling.config import RetentionConfig, RetentionPurgeJob, parse_duration
 from starling.errors import MatrixError, not_found
 from starling.rooms.client_events import ClientEvents
 from starling.rooms.event_service import RoomEventService
+from starling.rooms.retention import RetentionLimits
 from starling.storage.admin_history import HistoryStore, RoomRetention
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ class AdminHistory:
         self._room_events = room_events
         self._client_events = client_events
         self._retention = retention
+        self._limits = RetentionLimits(retention)
         self._clock = clock
         # single-process: task statuses (as Synapse's, lost on restart) and the rooms
         # being purged (a second worker would need a database lock).
@@ -299,23 +301,8 @@ class AdminHistory:
     # -- retention
 
     def effective_lifetime(self, policy: dict[str, Any] | None) -> int | None:
-        """How long (ms) a room's messages live: its m.room.retention max_lifetime (an
-        positive integer; anything else is ignored) or the default policy's, within the allowed
-        range; None: forever."""
-        r = self._retention
-        value = (policy or {}).get("max_lifetime")
-        valid = isinstance(value, int) and not isinstance(value, bool) and value > 0
-        lifetime = value if valid else None
-        if lifetime is None:
-            lifetime = _ms(r.default_policy.max_lifetime)
-        if lifetime is None:
-            return None
-        low, high = _ms(r.allowed_lifetime_min), _ms(r.allowed_lifetime_max)
-        if low is not None and lifetime < low:
-            lifetime = low
-        if high is not None and lifetime > high:
-            lifetime = high
-        return lifetime
+        """How long (ms) a room's messages live (rooms.retention); None: forever."""
+        return self._limits.lifetime(policy)
 
     async def run_retention_job(self, job: RetentionPurgeJob) -> int:
         """One run of a purge job: every room whose lifetime lies in the job's range

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from starling.protocol.event import Event, StateKey
+from starling.rooms.retention import RetentionWindow
 from starling.storage.events import EventStore, StoredEvent
 from starling.storage.memberships import MembershipStore
 from starling.storage.state import StateStore
@@ -63,10 +64,17 @@ def allowed(event: Event, user_id: str, visibility: str, membership: str, is_pee
 
 
 class HistoryVisibility:
-    def __init__(self, events: EventStore, state: StateStore, memberships: MembershipStore) -> None:
+    def __init__(
+        self,
+        events: EventStore,
+        state: StateStore,
+        memberships: MembershipStore,
+        retention: RetentionWindow | None = None,
+    ) -> None:
         self._events = events
         self._state = state
         self._memberships = memberships
+        self._retention = retention
 
     async def filter_events(
         self,
@@ -81,6 +89,18 @@ class HistoryVisibility:
         is looked up when not given.
         """
         pairs = [p for p in pairs if p.meta.rejected_reason is None]
+        if pairs and self._retention is not None:
+            oldest = await self._retention.oldest_allowed({p.event.room_id for p in pairs})
+            if oldest:
+                # Expired messages are hidden until a purge job deletes them (Synapse);
+                # state events stay.
+                pairs = [
+                    p
+                    for p in pairs
+                    if p.event.state_key is not None
+                    or p.event.origin_server_ts
+                    >= oldest.get(p.event.room_id, p.event.origin_server_ts)
+                ]
         if not pairs:
             return []
         if joined_rooms is None:

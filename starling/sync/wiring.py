@@ -36,9 +36,10 @@ def build_sync(
     room_events: RoomEventService,
     notifier: Notifier,
     backfill: Callable[[str], Awaitable[bool]] | None = None,
+    *,
+    visibility: HistoryVisibility,
 ) -> SyncServices:
     """`backfill(room_id)` fetches older history from other servers for /messages."""
-    visibility = HistoryVisibility(event_store, state_store, membership_store)
     formatter = EventFormatter(event_store)
     rooms = RoomSyncBuilder(
         event_store, state_store, membership_store, visibility, formatter, LazyMemberCache()

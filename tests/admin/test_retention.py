@@ -94,3 +94,31 @@ async def test_retention_purge_job(hs: Harness) -> None:
 def test_retention_config_errors(tmp_path: Path, retention: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match="retention"):
         make_test_config(tmp_path, retention=retention)
+
+
+async def test_expired_messages_are_hidden_before_the_purge(hs: Harness) -> None:
+    # As Synapse: a message older than its room's lifetime is not shown to clients even
+    # while a purge job has not deleted it yet; state events stay visible.
+    _, token = await hs.register("alice")
+    room = await hs.create_room(token)
+    status, _ = await hs.request(
+        "PUT", f"{C}/rooms/{room}/state/m.room.retention/", token, {"max_lifetime": 60_000}
+    )
+    assert status == 200
+    event_id = await hs.send_message(token, room, "ephemeral")
+
+    async def bodies() -> list[str]:
+        status, resp = await hs.request("GET", f"{C}/rooms/{room}/messages?dir=b&limit=50", token)
+        assert status == 200, resp
+        return [e["content"].get("body") for e in resp["chunk"] if e["type"] == "m.room.message"]
+
+    assert await bodies() == ["ephemeral"]
+    window = hs.services.room_history._visibility._retention
+    assert window is not None
+    now = time.time()
+    window._clock = lambda: now + 120
+    assert await bodies() == []
+    status, _ = await hs.request("GET", f"{C}/rooms/{room}/event/{event_id}", token)
+    assert status == 404
+    status, resp = await hs.request("GET", f"{C}/rooms/{room}/messages?dir=b&limit=50", token)
+    assert any(e["type"] == "m.room.create" for e in resp["chunk"])

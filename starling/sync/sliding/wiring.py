@@ -37,6 +37,8 @@ def build_sliding_sync(
     ignored_users: IgnoredLookup,
     key_counts: KeyCounts,
     unread_counts: UnreadLookup,
+    *,
+    visibility: HistoryVisibility,
 ) -> SlidingSyncService:
     """Call after every /sync extension is registered: sliding sync serves the same ones."""
     store = SlidingSyncStore(db)
@@ -45,7 +47,6 @@ def build_sliding_sync(
     room_events.add_state_listener(activity.on_state_change)
     meta = RoomMetaCache(store, event_store)
     room_events.add_state_listener(meta.on_state_change)
-    visibility = HistoryVisibility(event_store, state_store, membership_store)
     builder = RoomResultBuilder(
         event_store,
         state_store,
