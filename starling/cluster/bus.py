@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -38,7 +38,7 @@ from starling.config import RedisConfig
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Any], Awaitable[None] | None]
-PositionHandler = Callable[[str, int], None]
+PositionHandler = Callable[[str, int, int], None]  # (stream, previous, position)
 ResyncHandler = Callable[[], Awaitable[None]]
 
 # Reconnecting to Redis: from 0.1 s doubling to 5 s.
@@ -72,7 +72,7 @@ class ClusterBus:
         self._position_handlers: list[PositionHandler] = []
         self._resync_handlers: list[ResyncHandler] = []
         self._outbox: list[list[Any]] = []
-        self._positions: dict[str, int] = {}
+        self._positions: list[list[Any]] = []
         self._pending = asyncio.Event()
         self._client: aioredis.Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -99,11 +99,14 @@ class ClusterBus:
         self._outbox.append([kind, payload])
         self._pending.set()
 
-    def position(self, stream: str, position: int) -> None:
-        """This process committed `position` on `stream`."""
-        if position > self._positions.get(stream, -1):
-            self._positions[stream] = position
+    def position(self, stream: str, previous: int, position: int) -> None:
+        """This process committed `position` on `stream`, the commit after `previous`."""
+        self._positions.append([stream, previous, position])
         self._pending.set()
+
+    def add_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` while the bus runs (cancelled by stop)."""
+        self._tasks.append(asyncio.get_running_loop().create_task(coro))
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -155,13 +158,13 @@ class ClusterBus:
             self._pending.clear()
             messages = self._outbox[:MAX_BATCH_MESSAGES]
             del self._outbox[: len(messages)]
-            positions: dict[str, int] = {}
+            positions: list[list[Any]] = []
             if self._outbox:
                 # Positions go with the last of the messages queued before them: a
                 # position must never arrive before the news it implies.
                 self._pending.set()
             else:
-                positions, self._positions = self._positions, {}
+                positions, self._positions = self._positions, []
             if not messages and not positions:
                 continue
             data = orjson.dumps({"i": self.instance, "m": messages, "p": positions})
@@ -216,7 +219,7 @@ class ClusterBus:
             if not isinstance(batch, dict) or batch.get("i") == self.instance:
                 return
             messages = batch.get("m") or []
-            positions = batch.get("p") or {}
+            positions = batch.get("p") or []
         except orjson.JSONDecodeError:
             logger.warning("cluster bus: ignoring a message that is not JSON")
             return
@@ -226,9 +229,9 @@ class ClusterBus:
             handler = self._before.get(kind)
             if handler is not None:
                 failed |= not await self._run(handler, kind, payload)
-        for stream, position in positions.items():
+        for stream, previous, position in positions:
             for position_handler in self._position_handlers:
-                position_handler(stream, int(position))
+                position_handler(stream, int(previous), int(position))
         for kind, payload in messages:
             handler = self._after.get(kind)
             if handler is not None:

@@ -23,6 +23,7 @@ positions (`resync`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -50,6 +51,8 @@ from starling.typing.service import TypingService
 
 logger = logging.getLogger(__name__)
 
+# How long later commits may wait for the news of an earlier one before a resync.
+STALL_SECONDS = 3.0
 # What a process that does not send may ask the federation sender to do.
 _FEDERATION_METHODS = frozenset({"send_edu", "stored_edus_added", "destination_is_up"})
 
@@ -137,10 +140,10 @@ async def join_cluster(bus: ClusterBus, parts: ClusterParts, roles: ClusterRoles
     for generator in generators_of(db):
         generators.setdefault(generator.name, []).append(generator)
 
-    def advance(stream: str, position: int) -> None:
+    def advance(stream: str, previous: int, position: int) -> None:
         for generator in generators.get(stream, ()):
             if generator.clustered:
-                generator.advance(position)
+                generator.advance(previous, position)
 
     bus.on_position(advance)
 
@@ -266,6 +269,17 @@ async def join_cluster(bus: ClusterBus, parts: ClusterParts, roles: ClusterRoles
         parts.notifier.notify_all()
 
     bus.on_resync(resync)
+
+    async def watch_chains() -> None:
+        """A commit whose news never came (a message lost) leaves later ones waiting:
+        after STALL_SECONDS, re-read positions and forget what the bus keeps fresh."""
+        while True:
+            await asyncio.sleep(1.0)
+            if any(g.stalled_for() > STALL_SECONDS for g in generators_of(db) if g.clustered):
+                logger.warning("cluster: a stream's commits are missing news; resyncing")
+                await resync()
+
+    bus.add_task(watch_chains())
 
     # --- now read what was committed before this process listened -----------------------
     await parts.room_locks.use_cluster(db.session_locks, forget_room)

@@ -25,15 +25,24 @@ in the order they were handed out, cluster-wide, at the price of one writer at a
 stream between its allocation and its commit. That is what makes the rule hold across
 processes with no bookkeeping of other writers: a committed position P means every lower
 position has finished (committed or rolled back), so a reader may move to any position it
-has been told was committed. Each writer publishes its committed positions (through the
-cluster bus) and every process follows them with :meth:`advance`. A crashed writer's
-transaction is rolled back by PostgreSQL, which releases the lock: nobody waits for it.
+has been told was committed *and whose news (cache invalidations, change records) it has
+applied*. So each commit is a link of a chain: under the lock the writer reads the
+stream's last committed position from ``stream_positions`` (the row it then updates to
+its own), and publishes (name, previous, position) through the cluster bus. Every
+process, the writer included, moves its visible position along the chain only
+(:meth:`advance`): position P becomes visible once the link ending at the commit before
+it has been applied, so a process never shows P while another process's earlier commit
+is still on its way over Redis (rolled-back positions are never links, so they hold
+nobody up). A chain that stays broken (a lost message) is noticed (`stalled_for`) and the
+process re-reads (`reload`). A crashed writer's transaction is rolled back by
+PostgreSQL, which releases the lock: nobody waits for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import time
 import weakref
 import zlib
 from collections.abc import Callable
@@ -73,9 +82,12 @@ class StreamIdGenerator:
         self._allocate_lock = asyncio.Lock()
         self._sequence = f"stream_seq_{name}"
         # Set by use_cluster: other processes write this stream too.
-        self._publish: Callable[[str, int], None] | None = None
-        # Cluster mode: the highest position known committed (here or by another process).
+        self._publish: Callable[[str, int, int], None] | None = None
+        # Cluster mode: the end of the chain of commits applied here (the visible
+        # position), and links heard ahead of it: previous -> position.
         self._committed = last
+        self._ahead: dict[int, int] = {}
+        self._ahead_since: float | None = None
 
     @classmethod
     async def create(cls, db: Database, name: str) -> StreamIdGenerator:
@@ -110,13 +122,28 @@ class StreamIdGenerator:
         _GENERATORS.setdefault(db, []).append(generator)
         return generator
 
-    async def use_cluster(self, db: Database, publish: Callable[[str, int], None]) -> None:
+    async def use_cluster(self, db: Database, publish: Callable[[str, int, int], None]) -> None:
         """Other processes write this stream too (PostgreSQL only): serialise allocation
-        to commit through the advisory lock, and `publish(name, position)` each commit.
-        The start position is re-read under the lock: the sequence may have handed out a
-        position whose transaction (in another process) has not committed yet."""
+        to commit through the advisory lock, and `publish(name, previous, position)` each
+        commit. The start position is read under the lock (see `reload`)."""
         if self._dialect != "postgres":
             raise StorageError("several processes need PostgreSQL")
+        async with db.transaction() as txn:
+            await txn.execute(
+                "SELECT pg_advisory_xact_lock(?, ?)", STREAM_LOCK_CLASS, advisory_key(self.name)
+            )
+            # The chain starts at what the sequence has handed out (every one of those
+            # has finished: the lock is ours), never below what the row already says.
+            row = await txn.fetch_one(f"SELECT last_value, is_called FROM {self._sequence}")
+            assert row is not None
+            handed_out = int(row["last_value"]) if row["is_called"] else int(row["last_value"]) - 1
+            await txn.execute(
+                "INSERT INTO stream_positions (stream_name, position) VALUES (?, ?)"
+                " ON CONFLICT (stream_name) DO UPDATE SET position ="
+                " GREATEST(stream_positions.position, excluded.position)",
+                self.name,
+                handed_out,
+            )
         self._publish = publish
         self._committed = -1
         await self.reload(db)
@@ -126,24 +153,40 @@ class StreamIdGenerator:
         """Whether `use_cluster` has been called (other processes write this stream)."""
         return self._publish is not None
 
-    def advance(self, position: int) -> None:
-        """Another process committed `position` (cluster mode): every lower one finished."""
+    def advance(self, previous: int, position: int) -> None:
+        """A commit (here or in another process) whose news has been applied here: the
+        link previous -> position of the chain (cluster mode)."""
         if position > self._committed:
-            self._committed = position
-            self._last = max(self._last, position)
+            self._ahead[previous] = position
+        while self._committed in self._ahead:
+            self._committed = self._ahead.pop(self._committed)
+        self._last = max(self._last, self._committed)
+        for stale in [p for p in self._ahead if p < self._committed]:
+            del self._ahead[stale]
+        self._ahead_since = (self._ahead_since or time.monotonic()) if self._ahead else None
+
+    def stalled_for(self) -> float:
+        """Seconds that links have been waiting for a missing one (0: none waiting)."""
+        return 0.0 if self._ahead_since is None else time.monotonic() - self._ahead_since
 
     async def reload(self, db: Database) -> None:
-        """Re-read the committed position from the database (cluster mode, after the bus
-        lost messages): the shared lock waits for the writer in flight, if any."""
+        """Re-read the chain's end from the database (cluster mode: at start, and after
+        the bus lost messages): the shared lock waits for the writer in flight, if any."""
         async with db.transaction() as txn:
             await txn.execute(
                 "SELECT pg_advisory_xact_lock_shared(?, ?)",
                 STREAM_LOCK_CLASS,
                 advisory_key(self.name),
             )
-            row = await txn.fetch_one(f"SELECT last_value, is_called FROM {self._sequence}")
-        assert row is not None
-        self.advance(int(row["last_value"]) if row["is_called"] else int(row["last_value"]) - 1)
+            position = int(
+                await txn.fetch_val(
+                    "SELECT position FROM stream_positions WHERE stream_name = ?", self.name
+                )
+            )
+        if position > self._committed:
+            self._committed = position
+            self._ahead_since = None
+        self.advance(self._committed, self._committed)  # follow links heard meanwhile
 
     def current_position(self) -> int:
         """The highest position up to which every write has finished."""
@@ -164,12 +207,18 @@ class StreamIdGenerator:
         if not txn.active:
             # Its callbacks would never run, and the id would hold the stream back forever.
             raise StorageError("stream ids must be allocated inside an open transaction")
+        previous: int | None = None
         if self._publish is not None:
             # Held until this transaction ends; taken outside _allocate_lock so that a
             # transaction waiting for another process never blocks this one's own second
             # allocation (the lock is re-entrant within the transaction).
             await txn.execute(
                 "SELECT pg_advisory_xact_lock(?, ?)", STREAM_LOCK_CLASS, advisory_key(self.name)
+            )
+            previous = int(
+                await txn.fetch_val(
+                    "SELECT position FROM stream_positions WHERE stream_name = ?", self.name
+                )
             )
         if self._dialect == "postgres":
             # The lock keeps registration in the same order as the sequence hands out ids.
@@ -178,7 +227,13 @@ class StreamIdGenerator:
                     f"SELECT nextval('{self._sequence}') FROM generate_series(1, ?)", count
                 )
                 ids = sorted(int(row[0]) for row in rows)
-                self._register(txn, ids)
+                self._register(txn, ids, previous)
+            if previous is not None:
+                await txn.queue(
+                    "UPDATE stream_positions SET position = ? WHERE stream_name = ?",
+                    ids[-1],
+                    self.name,
+                )
         else:
             # No await between reading and advancing _last: the SQLite writer is serialised
             # anyway, and this keeps the allocation atomic on the event loop.
@@ -191,7 +246,7 @@ class StreamIdGenerator:
             )
         return ids
 
-    def _register(self, txn: Transaction, ids: list[int]) -> None:
+    def _register(self, txn: Transaction, ids: list[int], previous: int | None = None) -> None:
         self._last = max(self._last, ids[-1])
         for i in ids:
             self._unfinished[i] = None
@@ -202,9 +257,9 @@ class StreamIdGenerator:
 
         def committed() -> None:
             finished()
-            if self._publish is not None:
-                self.advance(ids[-1])
-                self._publish(self.name, ids[-1])
+            if self._publish is not None and previous is not None:
+                self.advance(previous, ids[-1])
+                self._publish(self.name, previous, ids[-1])
 
         def rolled_back() -> None:
             finished()

@@ -43,6 +43,7 @@ from tests.support.dbfixtures import fresh_database_url
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 V3 = "/_matrix/client/v3"
+FILTER = '{"room":{"timeline":{"limit":1000}}}'
 REDIS_ENV = "STARLING_TEST_REDIS"
 
 
@@ -266,6 +267,24 @@ async def test_typing_through_one_worker_shows_in_a_sync_on_another(trio: Trio) 
 async def test_concurrent_sends_through_three_workers_give_one_dag(trio: Trio) -> None:
     alice, bob, room = await _room_with(trio)
     per_worker = 12
+    sinces = [await _settled_sync(bob, w.url) for w in trio.workers]
+    seen: list[list[str]] = [[] for _ in trio.workers]
+    sending = True
+
+    async def follow(index: int) -> None:
+        """Bob's sync stream on one process, while the three send: every event once."""
+        since = sinces[index]
+        base = trio.workers[index].url
+        while sending or not all_sent <= set(seen[index]):
+            answer = await bob.ok(base, "GET", "/sync", since=since, timeout="1000", filter=FILTER)
+            since = answer["next_batch"]
+            joined = answer["rooms"]["join"].get(room)
+            if joined:
+                assert not joined["timeline"]["limited"]
+                seen[index] += [e["event_id"] for e in joined["timeline"]["events"]]
+
+    all_sent: set[str] = set()
+    followers = [asyncio.ensure_future(follow(i)) for i in range(3)]
 
     async def send(client: Client, base: str, tag: str) -> list[str]:
         ids = []
@@ -286,8 +305,15 @@ async def test_concurrent_sends_through_three_workers_give_one_dag(trio: Trio) -
         # A state change racing with the messages: state must come out the same everywhere.
         alice.ok(trio.b.url, "PUT", f"/rooms/{room}/state/m.room.topic/", {"topic": "raced"}),
     )
-    all_sent = {e for ids in sent[:3] for e in ids}
+    all_sent |= {e for ids in sent[:3] for e in ids}
     assert len(all_sent) == 3 * per_worker
+    sending = False
+    # Every process's sync stream got every event exactly once (no position shown before
+    # the news of an earlier commit by another process).
+    await asyncio.wait_for(asyncio.gather(*followers), 30)
+    for events in seen:
+        assert all_sent <= set(events)
+        assert len(events) == len(set(events))
 
     # A retried transaction ID through other processes gives the original event.
     again_b = await alice.ok(

@@ -36,8 +36,8 @@ async def _pair(
     a = await StreamIdGenerator.create(db_a, name)
     b = await StreamIdGenerator.create(db_b, name)
     # The "bus": each tells the other of its commits.
-    await a.use_cluster(db_a, lambda _, position: b.advance(position))
-    await b.use_cluster(db_b, lambda _, position: a.advance(position))
+    await a.use_cluster(db_a, lambda _, previous, position: b.advance(previous, position))
+    await b.use_cluster(db_b, lambda _, previous, position: a.advance(previous, position))
     return a, b
 
 
@@ -119,6 +119,41 @@ async def test_a_process_starting_mid_write_does_not_see_the_unfinished_position
     position = await writing
     await joining
     assert b.current_position() == position
+
+
+async def test_a_commit_is_not_visible_before_the_news_of_an_earlier_one(
+    two_processes: tuple[Database, Database],
+) -> None:
+    """B commits, its news is still on the way to A; A commits next: A must not show its
+    own position (a reader there would skip B's commit, whose change records it has not
+    got yet) until B's news arrives."""
+    db_a, db_b = two_processes
+    a = await StreamIdGenerator.create(db_a, "presence")
+    b = await StreamIdGenerator.create(db_b, "presence")
+    in_flight: list[tuple[int, int]] = []  # B's news, held back
+    await a.use_cluster(db_a, lambda _, previous, position: b.advance(previous, position))
+    await b.use_cluster(db_b, lambda _, previous, position: in_flight.append((previous, position)))
+    async with db_b.transaction() as txn:
+        from_b = await b.next_id(txn)
+    async with db_a.transaction() as txn:
+        from_a = await a.next_id(txn)
+    assert from_a > from_b
+    assert a.current_position() < from_b  # A waits for B's news
+    assert b.current_position() == from_a  # B heard A's, which follows its own
+    for previous, position in in_flight:
+        a.advance(previous, position)
+    assert a.current_position() == from_a
+    # A rolled-back allocation is no link: it holds nobody up.
+    with pytest.raises(RuntimeError):
+        async with db_a.transaction() as txn:
+            await a.next_id(txn)
+            raise RuntimeError("rolled back")
+    async with db_b.transaction() as txn:
+        last = await b.next_id(txn)
+    for previous, position in in_flight[1:]:
+        a.advance(previous, position)
+    assert a.current_position() == b.current_position() == last
+    assert a.stalled_for() == 0.0
 
 
 async def test_cluster_mode_needs_postgres(tmp_path: Path) -> None:
