@@ -10,7 +10,8 @@ balancer. Checked, each against the running trio:
   extremity, every event's prev_events the event before it, the same history and current
   state read through each process; a transaction ID retried through another process
   gives back the original event;
-- an access token logged out on A is refused on C (whose cache held it) within a second;
+- an access token logged out on A, and a token of an account deactivated on A, are
+  refused on C (whose cache held them) within a second;
 - SIGKILLing a worker while it sends loses no acknowledged message, and the other two
   carry on (their streams are not held back by the dead one's unfinished transaction).
 
@@ -377,6 +378,31 @@ async def test_a_token_logged_out_on_one_worker_is_refused_on_another(trio: Trio
             assert answer["errcode"] == "M_UNKNOWN_TOKEN"
             break
         assert time.monotonic() < deadline, "C still accepts a token logged out on A"
+        await asyncio.sleep(0.02)
+
+
+async def test_an_account_deactivated_on_one_worker_is_refused_on_another(trio: Trio) -> None:
+    name = f"dave{secrets.token_hex(3)}"
+    dave = await trio.register(name, trio.a.url)
+    await dave.ok(trio.c.url, "GET", "/account/whoami")  # cached on C now
+    await dave.ok(
+        trio.a.url,
+        "POST",
+        "/account/deactivate",
+        {
+            "auth": {
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": name},
+                "password": "workers-pw",
+            }
+        },
+    )
+    deadline = time.monotonic() + 1.0
+    while True:
+        status, _ = await dave.call(trio.c.url, "GET", "/account/whoami")
+        if status == 401:
+            break
+        assert time.monotonic() < deadline, "C still accepts a deactivated account's token"
         await asyncio.sleep(0.02)
 
 
