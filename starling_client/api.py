@@ -192,9 +192,10 @@ class Api:
     async def sync(self, since: str | None, timeout_ms: int) -> dict[str, Any]:
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        # The pushed stream cannot tell "nothing new" from "not pushed yet" without waiting,
-        # so a sync that must answer at once (timeout 0) is one request (on the socket too).
-        carrier = await self._carrier() if timeout_ms > 0 else None
+        # A sync that must answer at once (timeout 0) is a response already pushed after
+        # `since`, else one request on the socket (transport.py `_sync_now`): the stream
+        # cannot tell "nothing new" from "not pushed yet" without waiting.
+        carrier = await self._carrier()
         if carrier is not None:
             try:
                 status, answer = await carrier.sync(since, timeout_ms)

@@ -8,7 +8,12 @@ socket; otherwise (or if the socket cannot be opened) everything stays on HTTP.
 The socket's sync stream is /sync itself pushed by the server: `sync(since)` returns the
 next pushed response after `since`. If the socket drops, it is reopened (bounded retries
 with backoff) and the stream restarted from the last `next_batch` handed to the caller,
-so nothing is lost or duplicated. Requests that cannot be safely repeated (POST) are not
+so nothing is lost or duplicated. The server's chained polls acknowledge no to-device
+messages: `sync(since)` with the `next_batch` of the response handed out last means the
+caller has processed it, so it sends `{"type": "ack", "since"}` then (as a /sync from it
+would acknowledge); a caller that restarts from an older token gets what it did not
+acknowledge again. A one-shot sync (timeout 0) takes a response already pushed after
+its `since`, else is one /sync request on the socket; the stream and its queue stay. Requests that cannot be safely repeated (POST) are not
 retried after a drop; GET, PUT (Matrix PUTs carry transaction IDs) and DELETE are.
 """
 
@@ -20,6 +25,7 @@ import itertools
 import json
 import logging
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
 import aiohttp
 
@@ -98,6 +104,8 @@ class WebSocketTransport:
         # body handed to the caller. None: no stream on the current socket.
         self._stream_since: str | None = None
         self._streaming = False
+        # The last token acknowledged on this stream (the stream's since, or an ack).
+        self._acked: str | None = None
         self._connect_lock = asyncio.Lock()
         self.reconnects = 0  # sockets opened after the first (tests and metrics)
 
@@ -236,12 +244,21 @@ class WebSocketTransport:
 
     async def sync(self, since: str | None, timeout_ms: int) -> tuple[int, Any]:
         """The next /sync response after `since` from the pushed stream; an empty
-        response (same token) if nothing came within the timeout, as /sync answers."""
+        response (same token) if nothing came within the timeout, as /sync answers.
+        `since` is the caller's word that it processed the response with that token."""
+        if timeout_ms <= 0:
+            return await self._sync_now(since)
         for _attempt in range(RECONNECT_ATTEMPTS):
             if not self.connected:
                 await self._reconnect()
             if not self._streaming or since != self._stream_since:
                 await self._restart_stream(since)
+            elif since is not None and since != self._acked:
+                try:
+                    await self._send({"type": "ack", "since": since})
+                except TransportLost:
+                    continue  # reopened on the next round; the stream's since acks
+                self._acked = since
             # An initial sync always answers; later ones wait no longer than the caller
             # would have long-polled (the stream keeps running for the next call).
             wait_s = 60.0 if since is None else timeout_ms / 1000
@@ -257,6 +274,30 @@ class WebSocketTransport:
             return status, body
         raise TransportLost("the sync stream kept dropping")
 
+    async def _sync_now(self, since: str | None) -> tuple[int, Any]:
+        """A sync that must answer at once (the stream cannot tell "nothing new" from
+        "not pushed yet" without waiting): a response already pushed after `since` if
+        one is queued (never dropped: the stream goes on from it), else one /sync
+        request on the socket (acknowledging `since`, as over HTTP)."""
+        if self._streaming and since is not None and since == self._stream_since:
+            if since != self._acked:
+                with contextlib.suppress(TransportLost):
+                    await self._send({"type": "ack", "since": since})
+                    self._acked = since
+            if not self._pushed.empty():
+                status, body = self._pushed.get_nowait()
+                if status == 200 and isinstance(body, dict):
+                    next_batch = body.get("next_batch")
+                    self._stream_since = next_batch if isinstance(next_batch, str) else since
+                    return status, body
+                if status != 0:
+                    return status, body
+                # The socket dropped (status 0): fall through to a request, which reopens.
+        path = "/_matrix/client/v3/sync?timeout=0"
+        if since is not None:
+            path += "&" + urlencode({"since": since})
+        return await self.request("GET", path, None, CONNECT_TIMEOUT_S + 30)
+
     async def _restart_stream(self, since: str | None) -> None:
         """One stream per socket: a stream from another position needs a fresh socket."""
         if self._streaming:
@@ -268,4 +309,5 @@ class WebSocketTransport:
         self._pushed = asyncio.Queue()
         self._streaming = True
         self._stream_since = since
+        self._acked = since
         await self._send(frame)

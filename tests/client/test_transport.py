@@ -4,6 +4,7 @@ the in-process homeserver on both engines."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -108,5 +109,70 @@ async def test_logged_out_token_is_401_not_a_reconnect_loop(hs: Harness) -> None
         with pytest.raises(MatrixError) as error:
             await api.create_room({})
         assert error.value.status == 401
+    finally:
+        await api.close()
+
+
+async def test_to_device_not_lost_when_pushed_response_is_not_processed(hs: Harness) -> None:
+    """A to-device message pushed in a response the caller never processed (the socket
+    drops, the caller retries from its own token) comes again; once the caller asks from
+    that response's token (its ack), it is gone for good. A one-shot sync takes a response
+    already pushed instead of dropping it."""
+    alice, tok = await hs.register("dora")
+    _, bob_tok = await hs.register("ed")
+
+    async def to_device(text: str) -> None:
+        status, _ = await hs.request(
+            "PUT",
+            f"/_matrix/client/v3/sendToDevice/org.example.test/{text}",
+            bob_tok,
+            {"messages": {alice: {"*": {"text": text}}}},
+        )
+        assert status == 200
+
+    async def until_to_device(api: Api, since: str) -> tuple[list[str], str, str]:
+        """(texts, the since that brought them, their response's next_batch)."""
+        for _ in range(10):
+            body = await api.sync(since, 5000)
+            got = [e["content"]["text"] for e in body.get("to_device", {}).get("events", [])]
+            if got:
+                return got, since, body["next_batch"]
+            since = body["next_batch"]
+        raise AssertionError("no to-device message")
+
+    api = Api(base_url(hs), tok)
+    try:
+        start = (await api.sync(None, 0))["next_batch"]
+        transport = api.transport
+        assert isinstance(transport, WebSocketTransport)
+        await to_device("one")
+        got, before, after = await until_to_device(api, start)
+        assert got == ["one"]
+        # Not processed: the socket drops and the caller retries from its old token.
+        assert transport._ws is not None
+        await transport._ws.close()
+        got, _, after = await until_to_device(api, before)
+        assert got == ["one"]
+        # Processed: the next sync from its token acknowledges it.
+        await to_device("two")
+        got, _, after_two = await until_to_device(api, after)
+        assert got == ["two"]
+        status, body = await hs.request(
+            "GET", f"/_matrix/client/v3/sync?since={before}&timeout=0", tok
+        )
+        assert status == 200 and [e["content"]["text"] for e in body["to_device"]["events"]] == [
+            "two"
+        ]  # "one" acknowledged by the sync from `after`
+
+        # A response pushed while the caller was busy is taken by a one-shot sync.
+        await to_device("three")
+        for _ in range(100):
+            if not transport._pushed.empty():
+                break
+            await asyncio.sleep(0.05)
+        reconnects = transport.reconnects
+        body = await api.sync(after_two, 0)
+        assert [e["content"]["text"] for e in body["to_device"]["events"]] == ["three"]
+        assert transport.reconnects == reconnects and transport._streaming
     finally:
         await api.close()
