@@ -192,9 +192,9 @@ class Api:
     async def sync(self, since: str | None, timeout_ms: int) -> dict[str, Any]:
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        # A sync that must answer at once (timeout 0) is a response already pushed after
-        # `since`, else one request on the socket (transport.py `_sync_now`): the stream
-        # cannot tell "nothing new" from "not pushed yet" without waiting.
+        # A sync that must answer at once (timeout 0) is one request on the socket
+        # (transport.py `_sync_now`): the stream cannot tell "nothing new" from "not
+        # pushed yet" without waiting.
         carrier = await self._carrier()
         if carrier is not None:
             try:

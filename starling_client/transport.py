@@ -12,8 +12,8 @@ so nothing is lost or duplicated. The server's chained polls acknowledge no to-d
 messages: `sync(since)` with the `next_batch` of the response handed out last means the
 caller has processed it, so it sends `{"type": "ack", "since"}` then (as a /sync from it
 would acknowledge); a caller that restarts from an older token gets what it did not
-acknowledge again. A one-shot sync (timeout 0) takes a response already pushed after
-its `since`, else is one /sync request on the socket; the stream and its queue stay. Requests that cannot be safely repeated (POST) are not
+acknowledge again. A one-shot sync (timeout 0) is one /sync request on the socket; the
+stream and its queue stay. Requests that cannot be safely repeated (POST) are not
 retried after a drop; GET, PUT (Matrix PUTs carry transaction IDs) and DELETE are.
 """
 
@@ -275,24 +275,13 @@ class WebSocketTransport:
         raise TransportLost("the sync stream kept dropping")
 
     async def _sync_now(self, since: str | None) -> tuple[int, Any]:
-        """A sync that must answer at once (the stream cannot tell "nothing new" from
-        "not pushed yet" without waiting): a response already pushed after `since` if
-        one is queued (never dropped: the stream goes on from it), else one /sync
-        request on the socket (acknowledging `since`, as over HTTP)."""
-        if self._streaming and since is not None and since == self._stream_since:
-            if since != self._acked:
-                with contextlib.suppress(TransportLost):
-                    await self._send({"type": "ack", "since": since})
-                    self._acked = since
-            if not self._pushed.empty():
-                status, body = self._pushed.get_nowait()
-                if status == 200 and isinstance(body, dict):
-                    next_batch = body.get("next_batch")
-                    self._stream_since = next_batch if isinstance(next_batch, str) else since
-                    return status, body
-                if status != 0:
-                    return status, body
-                # The socket dropped (status 0): fall through to a request, which reopens.
+        """A sync that must answer at once: one /sync request on the socket, like HTTP
+        (everything up to now, acknowledging `since`). Not the stream's queue: its oldest
+        response may lack what arrived since (an invite the caller is looking for), and
+        the stream cannot tell "nothing new" from "not pushed yet" without waiting. The
+        stream and its queue are left alone; a later `sync` from this answer's token
+        restarts the stream from there, which loses nothing (unacknowledged to-device
+        messages come again from that token)."""
         path = "/_matrix/client/v3/sync?timeout=0"
         if since is not None:
             path += "&" + urlencode({"since": since})

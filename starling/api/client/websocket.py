@@ -147,6 +147,7 @@ class _Session:
         self.sync_task: asyncio.Task[None] | None = None
         self.revoking = False
         self.revoked = asyncio.Event()
+        self.last_ack: str | None = None
 
     async def send(self, frame: dict[str, Any]) -> None:
         if self.ws.closed:
@@ -274,8 +275,11 @@ class _Session:
         token = SyncToken.parse(since)
         assert self.requester is not None
         device_id = self.requester.device_id
+        if since == self.last_ack:
+            return  # a repeat: nothing more to delete (no write per repeated frame)
         if self.acknowledge is not None and device_id is not None:
             await self.acknowledge(self.requester.user_id, device_id, token)
+            self.last_ack = since
 
     def start_sync(self, frame: dict[str, Any]) -> None:
         if self.sync_task is not None:
