@@ -149,11 +149,11 @@ class Client:
     def __init__(self, store: Store, session: Session) -> None:
         self.store = store
         self.session = session
-        # Plain HTTP, not the WebSocket's pushed /sync stream: the server drops to-device
-        # messages (room keys) once its stream has synced past them, so a stream restarted
-        # from the client's own position (a retry, a one-shot sync) can lose a room key
-        # for good. An encrypted client cannot afford that.
-        self.api = Api(session.homeserver, session.access_token, transport="http")
+        # The WebSocket when the server offers it, else HTTP. Its pushed /sync stream
+        # deletes no to-device message (room key) until this client acknowledges the
+        # response that carried it (Api.sync from that next_batch), so a dropped socket
+        # or a restart gets them again.
+        self.api = Api(session.homeserver, session.access_token, transport="auto")
         self.crypto: CryptoMachine = store.load_machine(session.user_id, session.device_id)
         self.rooms: dict[str, RoomInfo] = {
             r: RoomInfo.from_json(d) for r, d in store.rooms().items()
@@ -1249,8 +1249,10 @@ class Client:
                     continue
                 if published.get(usage) == key.public:
                     keys[usage] = key
+        # Each key was checked against the published one on its own; the secrets may
+        # arrive in different sync responses, so keep whichever came.
+        self._keep_signing_keys(keys)
         if MASTER in keys:
-            self._keep_signing_keys(keys)
             self.crypto.verify_master(self.user_id, keys[MASTER].public)
         own = self.crypto.devices.get(self.user_id, {}).get(self.device_id)
         if SELF_SIGNING in keys and (own is None or not own.cross_signed):

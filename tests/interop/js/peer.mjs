@@ -198,7 +198,21 @@ process.stdin.on("data", async (chunk) => {
                     "matrix-js-sdk/lib/crypto-api/index.js"
                 );
                 process.stderr.write("VERIFY: downloading devices\n");
-                await crypto.getUserDeviceInfo([command.user_id], true);
+                // requestDeviceVerification needs the device in the Rust crypto machine, which
+                // learns a room member's devices only once its sync has processed the join
+                // (getUserDeviceInfo of a user not tracked yet downloads them over HTTP
+                // without telling the machine): wait until the machine knows it.
+                const known = Date.now() + 30_000;
+                for (;;) {
+                    await crypto.getUserDeviceInfo([command.user_id], true);
+                    const status = await crypto.getDeviceVerificationStatus(
+                        command.user_id,
+                        command.device_id,
+                    );
+                    if (status !== null) break;
+                    if (Date.now() > known) throw new Error("the device never became known");
+                    await new Promise((r) => setTimeout(r, 200));
+                }
                 process.stderr.write("VERIFY: requesting\n");
                 const request = await crypto.requestDeviceVerification(
                     command.user_id,
