@@ -298,12 +298,10 @@ class ToDeviceService:
             await self._writes.record_partial_delivery(user_id, device_id, upto, found[-1][0])
         if found:
             self._drained.pop(key, None)
-        elif not acknowledge:
-            # Messages at or below `after` may still be waiting for their ack: the
-            # shortcut above (which skips the acknowledgement) must not be armed.
-            pass
-        else:
+        elif acknowledge:
             # Everything at or below `after` was deleted, nothing is in (after, upto].
+            # (Not armed for an unacknowledged read: messages at or below `after` may
+            # still wait for their ack, which the shortcut above would skip.)
             self._drained[key] = upto
             self._drained.move_to_end(key)
             if len(self._drained) > MAX_DRAINED:

@@ -452,7 +452,8 @@ class FederationEventHandler:
             if after is None:
                 return None
             state_sets.append(after)
-        known_prevs = [p for p in event.prev_event_ids if p not in set(missing)]
+        missing_set = set(missing)
+        known_prevs = [p for p in event.prev_event_ids if p not in missing_set]
         if known_prevs:
             try:
                 ours = await self._calculator.state_after_events(room_id, rv, known_prevs)
