@@ -19,10 +19,14 @@ messages each, which bob joined. Then, measured:
 4. **receive** x N: alice sends (unmeasured, over HTTP); bob's sync brings it: an HTTP
    long-poll, a pushed WebSocket frame, a CoAP long-poll.
 
-Bytes are TCP payload (TLS records included) counted by a relay in front of the TLS
-listener, and UDP payload (Noise framing included) counted by the CoAP client. IP, TCP
-and UDP headers and TCP's ACK segments are not counted (they would add 28 bytes per UDP
-datagram and at least 40 per TCP segment, and TCP sends more segments).
+Bytes are what the client's link carries at the IP layer. TCP: a relay in front of the
+TLS listener counts the payload (TLS records included), and the kernel's TCP_INFO on its
+client-facing socket counts every segment both ways (SYN, pure ACKs, retransmissions),
+each with IPv4 (20) and TCP (20 + 12 of timestamps when negotiated) headers; the relay's
+MSS is clamped to 1460 (a 1500-byte MTU) so segmentation is a real link's, not
+loopback's 64 KiB. UDP: the CoAP client counts every datagram it sends and receives
+(CoAP retransmissions included), each with 28 bytes of IPv4+UDP headers. Link-layer
+framing is not counted; neither is closing the connection after the flow.
 Loops are bounded: N messages (default 20), each wait at most 30 s.
 """
 
@@ -31,8 +35,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import socket
 import ssl
 import statistics
+import struct
 import tempfile
 import time
 from collections.abc import Callable
@@ -57,8 +63,40 @@ ROOMS = 10
 WAIT_S = 30.0
 
 
+IPV4_HEADER = 20
+UDP_HEADER = 8
+TCP_HEADER = 20
+TCP_TIMESTAMPS = 12  # the timestamp option, padded: on every segment once negotiated
+TCP_SYN_OPTIONS = 20  # MSS, SACK-permitted, timestamps, window scale (Linux's SYN)
+ETHERNET_MSS = 1460  # a 1500-byte MTU: what a real link would segment at
+# struct tcp_info (linux/tcp.h) offsets of the fields read here
+_TCPI_OPTIONS = 5
+_TCPI_TOTAL_RETRANS = 100
+_TCPI_SEGS_OUT = 136
+_TCPI_SEGS_IN = 140
+_TCPI_BYTES_RETRANS = 208
+_TCPI_SIZE = 216
+_TCPI_OPT_TIMESTAMPS = 1
+
+
+def tcp_counters(sock: Any) -> tuple[int, int, int, bool]:
+    """(segments out, segments in, bytes retransmitted, timestamps on) of a live TCP
+    socket, from the kernel's TCP_INFO (Linux ≥ 4.19)."""
+    raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCPI_SIZE)
+    if len(raw) < _TCPI_SIZE:
+        raise RuntimeError("TCP_INFO too short: this benchmark needs Linux >= 4.19")
+    segs_out, segs_in = struct.unpack_from("=II", raw, _TCPI_SEGS_OUT)
+    (retrans_bytes,) = struct.unpack_from("=Q", raw, _TCPI_BYTES_RETRANS)
+    return segs_out, segs_in, retrans_bytes, bool(raw[_TCPI_OPTIONS] & _TCPI_OPT_TIMESTAMPS)
+
+
 class Relay:
-    """A TCP relay in front of the server that counts the bytes each way."""
+    """A TCP relay in front of the server that counts what the client's link carries:
+    TCP payload (TLS records included) each way, and, from the kernel's TCP_INFO on the
+    client-facing socket, every segment both ways (handshake, pure ACKs, FINs,
+    retransmissions) with its IPv4 and TCP headers. The listening socket's MSS is
+    clamped to Ethernet's 1460, so large answers are cut into segments as on a real
+    link rather than loopback's 64 KiB."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
@@ -66,16 +104,43 @@ class Relay:
         self.down = 0
         self.server: asyncio.Server | None = None
         self.port = 0
+        self.sockets: list[Any] = []
+        self.closed_headers = 0  # header bytes of connections already gone
+
+    @property
+    def payload(self) -> int:
+        return self.up + self.down
+
+    @property
+    def headers(self) -> int:
+        """IPv4+TCP header bytes of every segment so far (retransmitted payload too)."""
+        return self.closed_headers + sum(self._headers(s) for s in self.sockets)
+
+    @staticmethod
+    def _headers(sock: Any) -> int:
+        try:
+            segs_out, segs_in, retrans, timestamps = tcp_counters(sock)
+        except OSError:
+            return 0
+        per_segment = IPV4_HEADER + TCP_HEADER + (TCP_TIMESTAMPS if timestamps else 0)
+        syn_extra = 2 * (TCP_SYN_OPTIONS - (TCP_TIMESTAMPS if timestamps else 0))
+        return (segs_out + segs_in) * per_segment + syn_extra + retrans
 
     @property
     def total(self) -> int:
-        return self.up + self.down
+        return self.payload + self.headers
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, ETHERNET_MSS)
+        listener.bind(("127.0.0.1", 0))
+        self.server = await asyncio.start_server(self._handle, sock=listener)
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        self.sockets.append(sock)
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, up: bool) -> None:
@@ -90,6 +155,11 @@ class Relay:
             except (ConnectionError, OSError):
                 pass
             finally:
+                if not up:
+                    # The last reading of this connection (its closing FIN exchange is
+                    # outside every measured phase).
+                    self.closed_headers += self._headers(sock)
+                    self.sockets.remove(sock)
                 dst.close()
 
         await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
@@ -106,6 +176,7 @@ class Result:
     send_request_only: list[int] = field(default_factory=list)
     sends: list[int] = field(default_factory=list)
     receives: list[int] = field(default_factory=list)
+    payload: int = 0  # the whole flow without IP/TCP/UDP headers (the old method)
 
 
 class Meter:
@@ -167,6 +238,7 @@ async def run_http(
     _, rooms = await setup_user(Api(base, transport="http"), alice, name)
     result = Result("WebSocket (TLS)" if ws else "HTTPS+JSON")
     meter = Meter(lambda: relay.total)
+    payload = Meter(lambda: relay.payload)
     bob = Api(https, transport="auto" if ws else "http")
     connector = aiohttp.TCPConnector(ssl=False)
     bob._session = aiohttp.ClientSession(connector=connector)
@@ -193,9 +265,9 @@ async def run_http(
     for i in range(n):
         body = f"from alice {i}"
         await alice.send(rooms[i % ROOMS], "m.room.message", {"msgtype": "m.text", "body": body})
-        meter.take()
         since, _ = await wait_for(sync, since, body)
         result.receives.append(meter.take())
+    result.payload = payload.take()
     await bob.close()
     return result
 
@@ -204,8 +276,15 @@ async def run_coap(base: str, alice: Api, name: str, n: int, port: int, key: byt
     _, rooms = await setup_user(Api(base, transport="http"), alice, name)
     result = Result("CoAP+CBOR+Noise")
     bob = await LowBandwidthClient.connect("127.0.0.1", port, key)
-    meter = Meter(lambda: bob.bytes_sent + bob.bytes_received)
+
+    def wire() -> int:
+        datagrams = bob.datagrams_sent + bob.datagrams_received
+        return bob.bytes_sent + bob.bytes_received + datagrams * (IPV4_HEADER + UDP_HEADER)
+
+    meter = Meter(wire)
     meter.mark = 0  # the handshake is part of login
+    payload = Meter(lambda: bob.bytes_sent + bob.bytes_received)
+    payload.mark = 0
     status, login = await bob.request(
         "POST",
         "/_matrix/client/v3/login",
@@ -241,9 +320,9 @@ async def run_coap(base: str, alice: Api, name: str, n: int, port: int, key: byt
     for i in range(n):
         body = f"from alice {i}"
         await alice.send(rooms[i % ROOMS], "m.room.message", {"msgtype": "m.text", "body": body})
-        meter.take()
         since, _ = await wait_for(sync, since, body)
         result.receives.append(meter.take())
+    result.payload = payload.take()
     await bob.close()
     return result
 
@@ -369,8 +448,10 @@ def render(results: list[Result], lat: dict[str, list[float]], n: int) -> str:
         f"{git_commit()}, {cpu_model()})",
         "",
         f"Flow: login, initial sync of {ROOMS} rooms, send {n} messages (each with its "
-        f"echo by sync), receive {n}. Bytes = TCP payload incl. TLS, or UDP payload incl. "
-        "Noise; IP/TCP/UDP headers and ACKs not counted.",
+        f"echo by sync), receive {n}. Bytes on the client's link: IPv4+TCP headers of "
+        "every segment (handshake, ACKs, retransmissions; MSS 1460) with the TCP payload "
+        "incl. TLS, or IPv4+UDP headers of every datagram (retransmissions too) with the "
+        "UDP payload incl. Noise. Link-layer framing (Ethernet, radio) is not counted.",
         "",
         "| | " + " | ".join(r.name for r in results) + " |",
         "|---|" + "---:|" * len(results),
@@ -385,6 +466,7 @@ def render(results: list[Result], lat: dict[str, list[float]], n: int) -> str:
         ("send + echo sync (median)", lambda r: statistics.median(r.sends)),
         ("receive: one sync (median)", lambda r: statistics.median(r.receives)),
         ("whole flow", lambda r: float(total(r))),
+        ("whole flow, payload only (no IP/TCP/UDP headers)", lambda r: float(r.payload)),
     ]
     for label, fn in rows:
         lines.append(f"| {label} | " + " | ".join(f"{fn(r):.0f}" for r in results) + " |")
