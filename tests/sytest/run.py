@@ -156,6 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--expected-failures", type=Path, help="list of tests expected to fail")
     ap.add_argument("--timeout", type=int, help="whole-run limit in seconds (SYTEST_TIMEOUT)")
     ap.add_argument(
+        "--impl-name",
+        default=os.environ.get("SYTEST_HS_IMPL_NAME") or "synapse",
+        help="SyTest's implementation name for the External plugin (default synapse: Starling"
+        " serves the Synapse admin API, so SyTest's tests tagged for Synapse run too;"
+        " 'external' leaves them out)",
+    )
+    ap.add_argument(
         "--no-install-deps",
         action="store_true",
         help="never apt-get SyTest's Perl dependencies (default: install them when missing"
@@ -195,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     # `exec`: the adapter replaces SyTest's /bin/sh, so SyTest's SIGINT reaches a process that
     # waits for Starling to drain rather than a shell it kills.
     hs_command = "exec " + shlex.join([sys.executable, str(ADAPTER)])
-    cmd = ["bash", str(runner), "--hs-command", hs_command]
+    cmd = ["bash", str(runner), "--hs-command", hs_command, "--hs-impl-name", args.impl_name]
     if not args.no_install_deps and perl_deps_missing(runner, env):
         if not install_deps_allowed():
             print(
