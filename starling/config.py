@@ -910,6 +910,14 @@ def _check_workers(cfg: Config) -> None:
             raise ConfigError("redis.port: must be between 1 and 65535")
         if redis.dbid < 0:
             raise ConfigError("redis.dbid: must be 0 or more")
+        if cfg.oidc_providers and not cfg.public_baseurl:
+            # Without it each process names its own listener in the callback URL, and the
+            # provider's redirect back (which may land on any process) fails the code
+            # exchange, whose redirect_uri must be the one the sign-in started with.
+            raise ConfigError(
+                "public_baseurl: must be set with workers and oidc_providers (every "
+                "process must give the identity provider the same callback URL)"
+            )
     for key in ("federation_sender_instances", "pusher_instances"):
         names: list[str] = getattr(cfg, key)
         if len(names) != 1:

@@ -138,3 +138,26 @@ def test_transport_limits_checked() -> None:
     ):
         with pytest.raises(ConfigError):
             load_config_dict({**base, **bad}, environ={})
+
+
+def test_workers_with_oidc_need_public_baseurl() -> None:
+    """Each process would otherwise name its own listener in the OIDC callback URL, and a
+    callback landing on another process would fail the code exchange."""
+    data: dict[str, Any] = {
+        "server_name": "a.org",
+        "database": {"name": "psycopg2", "args": {"database": "starling"}},
+        "redis": {"host": "127.0.0.1"},
+        "oidc_providers": [
+            {
+                "idp_id": "x",
+                "issuer": "https://idp.example/",
+                "client_id": "c",
+                "client_secret": "s",
+            }
+        ],
+    }
+    with pytest.raises(ConfigError) as e:
+        load_config_dict(data, environ={})
+    assert "public_baseurl" in str(e.value)
+    cfg = load_config_dict({**data, "public_baseurl": "https://matrix.a.org/"}, environ={})
+    assert cfg.client_base_url == "https://matrix.a.org/"

@@ -130,7 +130,9 @@ class _Provider:
         self.config = config
         self.id = auth_provider_id(config)
         self._http = http
-        # single-process: caches of the provider's own documents; each worker fetches its own.
+        # Per process, by design: the provider's own documents (each worker fetches its
+        # own copy). The SSO sessions (state, nonce, verifier) are in the database, so the
+        # callback may land on any worker (tests/cluster).
         self._metadata: dict[str, Any] | None = None
         self._keys: KeySet | None = None
         self._keys_at = 0.0

@@ -13,7 +13,9 @@ balancer. Checked, each against the running trio:
 - an access token logged out on A, and a token of an account deactivated on A, are
   refused on C (whose cache held them) within a second;
 - SIGKILLing a worker while it sends loses no acknowledged message, and the other two
-  carry on (their streams are not held back by the dead one's unfinished transaction).
+  carry on (their streams are not held back by the dead one's unfinished transaction);
+- single sign-on (OpenID Connect) started on A comes back from the provider to C, and the
+  login token it hands out logs in on B; the state is good once, on any process.
 
 PostgreSQL only: several processes on one SQLite file are not supported (the config
 refuses `redis:` with SQLite). Needs Redis at 127.0.0.1:6379 ($STARLING_TEST_REDIS):
@@ -30,15 +32,18 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import orjson
 import pytest
 import pytest_asyncio
 import yaml
+from aiohttp import web
 
 from starling.storage import open_database
 from tests.crash.server import KillableServer, free_port
+from tests.modules.oidc_provider import OidcProvider
 from tests.support.dbfixtures import fresh_database_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -46,6 +51,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 V3 = "/_matrix/client/v3"
 FILTER = '{"room":{"timeline":{"limit":1000}}}'
 REDIS_ENV = "STARLING_TEST_REDIS"
+SSO_CLIENT = "https://app.example/after-login"
 
 
 def _redis_address() -> tuple[str, int]:
@@ -148,11 +154,18 @@ class Client:
 
 
 class Trio:
-    def __init__(self, workers: list[Worker], session: aiohttp.ClientSession, dsn: str) -> None:
+    def __init__(
+        self,
+        workers: list[Worker],
+        session: aiohttp.ClientSession,
+        dsn: str,
+        idp: OidcProvider,
+    ) -> None:
         self.a, self.b, self.c = workers
         self.workers = workers
         self.session = session
         self.dsn = dsn
+        self.idp = idp
 
     async def register(self, name: str, base: str) -> Client:
         async with self.session.post(
@@ -178,7 +191,22 @@ class Trio:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def trio(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Trio]:
+async def idp() -> AsyncIterator[OidcProvider]:
+    """An OpenID Connect provider on loopback (tests/modules/oidc_provider.py)."""
+    provider = OidcProvider()
+    runner = web.AppRunner(provider.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    provider.issuer = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        yield provider
+    finally:
+        await runner.cleanup()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def trio(tmp_path_factory: pytest.TempPathFactory, idp: OidcProvider) -> AsyncIterator[Trio]:
     await _require_redis()
     data_dir = tmp_path_factory.mktemp("workers")
     async with fresh_database_url("postgres", data_dir) as dsn:
@@ -187,13 +215,29 @@ async def trio(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Trio]:
         config = yaml.safe_load(config_path.read_text())
         host, port = _redis_address()
         config["redis"] = {"host": host, "port": port}
+        config["oidc_providers"] = [
+            {
+                "idp_id": "test",
+                "idp_name": "Test IdP",
+                "issuer": idp.issuer,
+                "client_id": idp.client_id,
+                "client_secret": idp.client_secret,
+                "scopes": ["openid", "profile"],
+                "user_mapping_provider": {
+                    "config": {"localpart_template": "{{ user.preferred_username }}"}
+                },
+            }
+        ]
+        config["sso"] = {"client_whitelist": [SSO_CLIENT]}
+        workers = [Worker(data_dir, None), Worker(data_dir, "w1"), Worker(data_dir, "w2")]
+        # The load balancer's address would be here; the first process stands in for it.
+        config["public_baseurl"] = workers[0].url + "/"
         config_path.write_text(yaml.safe_dump(config))
         del main
-        workers = [Worker(data_dir, None), Worker(data_dir, "w1"), Worker(data_dir, "w2")]
         try:
             await asyncio.gather(*(w.start() for w in workers))
             async with aiohttp.ClientSession() as session:
-                yield Trio(workers, session, dsn)
+                yield Trio(workers, session, dsn, idp)
         finally:
             for w in workers:
                 w.stop()
@@ -457,3 +501,48 @@ async def test_killing_a_worker_loses_no_acknowledged_event(trio: Trio) -> None:
     # B comes back and serves again.
     await trio.b.start()
     await bob.ok(trio.b.url, "GET", "/sync", timeout="0")
+
+
+async def test_sso_callback_on_another_worker_logs_in(trio: Trio) -> None:
+    """Behind a load balancer the provider's redirect back lands on any process: the
+    SSO session (state, nonce, PKCE verifier, cookie hash) is in PostgreSQL, and so is
+    the login token."""
+    name = f"erin{secrets.token_hex(3)}"
+    trio.idp.next_user = {"sub": f"subject-{name}", "preferred_username": name}
+    async with aiohttp.ClientSession() as browser:
+        async with browser.get(
+            f"{trio.a.url}{V3}/login/sso/redirect/oidc-test",
+            params={"redirectUrl": SSO_CLIENT},
+            allow_redirects=False,
+        ) as resp:
+            assert resp.status == 302, await resp.text()
+            to_idp = resp.headers["Location"]
+            cookie = resp.cookies["starling_oidc_session"].value
+        async with browser.get(to_idp, allow_redirects=False) as resp:
+            assert resp.status == 302, await resp.text()
+            back = urlsplit(resp.headers["Location"])
+        assert back.path == "/_synapse/client/oidc/callback"
+        callback = f"{back.path}?{back.query}"
+        headers = {"Cookie": f"starling_oidc_session={cookie}"}
+        async with browser.get(
+            trio.c.url + callback, headers=headers, allow_redirects=False
+        ) as resp:
+            assert resp.status == 302, await resp.text()
+            location = resp.headers["Location"]
+        # The state is good once, whichever process sees it again.
+        async with browser.get(
+            trio.b.url + callback, headers=headers, allow_redirects=False
+        ) as resp:
+            assert resp.status == 400
+    assert location.startswith(SSO_CLIENT + "?")
+    token = parse_qs(urlsplit(location).query)["loginToken"][0]
+    login = {"type": "m.login.token", "token": token}
+    async with trio.session.post(f"{trio.b.url}{V3}/login", json=login) as resp:
+        answer = await resp.json()
+        assert resp.status == 200, answer
+    assert answer["user_id"] == f"@{name}:localhost"
+    # ... and once: not again on A.
+    async with trio.session.post(f"{trio.a.url}{V3}/login", json=login) as resp:
+        assert resp.status == 403
+    me = Client(trio.session, answer["user_id"], answer["access_token"])
+    assert (await me.ok(trio.c.url, "GET", "/account/whoami"))["user_id"] == answer["user_id"]
