@@ -164,6 +164,8 @@ class RegistrationRequest:
     inhibit_login: bool | None
     refresh_token: bool
     auth: Any
+    # Synapse's `guest_access_token`: the guest account this registration upgrades.
+    guest_access_token: str | None = None
 
 
 class AccountService:
@@ -685,7 +687,13 @@ class AccountService:
             inhibit_login = bool(remembered.get("inhibit_login", False))
         password_hash = remembered.get("password_hash") if req.password is None else None
         user_id = None
-        if username is not None:
+        guest_id = None
+        if req.guest_access_token is not None:
+            # Upgrading a guest account (as Synapse): its owner proves it with the guest's
+            # token, and the account keeps its user ID, rooms and profile.
+            guest_id = await self._guest_to_upgrade(req.guest_access_token, username)
+            user_id = guest_id
+        elif username is not None:
             user_id = self._registrable_user_id(username)
             if await self._store.user_exists(user_id):
                 raise _user_in_use(user_id)
@@ -735,6 +743,18 @@ class AccountService:
                     },
                 )
             raise
+        if guest_id is not None:
+            return await self._upgrade_guest(
+                guest_id,
+                req,
+                password_hash,
+                done.session_id,
+                {
+                    "device_id": device_id,
+                    "display_name": display_name,
+                    "inhibit_login": inhibit_login,
+                },
+            )
         try:
             if user_id is None:
                 user_id = await self._create_generated_user(
@@ -766,6 +786,45 @@ class AccountService:
             device_id,
             display_name,
             inhibit_login=inhibit_login,
+            refreshable=req.refresh_token,
+        )
+
+    async def _guest_to_upgrade(self, token: str, username: str | None) -> str:
+        """The guest account a registration with `guest_access_token` upgrades: the token
+        must be a guest's, and a `username`, if given, must be that guest's localpart."""
+        requester = await self._auth.requester_for_token(token)
+        if not requester.is_guest:
+            raise forbidden("guest_access_token is not a guest's access token")
+        if username is not None and (
+            local_user_id(self.server_name, username.lower()) != requester.user_id
+        ):
+            raise forbidden(
+                "Cannot register taken user ID without valid guest credentials for that user"
+            )
+        return requester.user_id
+
+    async def _upgrade_guest(
+        self,
+        user_id: str,
+        req: RegistrationRequest,
+        password_hash: str | None,
+        session_id: str,
+        login: dict[str, Any],
+    ) -> dict[str, Any]:
+        """The guest account becomes a full account with the password (Synapse's
+        `was_guest` registration); then a new device logs in as for any registration."""
+        if req.password is not None:
+            password_hash = await self._passwords.hash(req.password)
+        if not await self._store.upgrade_guest(user_id, password_hash):
+            await self.uia.release(session_id)
+            raise forbidden("This account is no longer a guest account")
+        self._auth.invalidate_user(user_id)
+        await self.uia.record_result(session_id, user_id)
+        return await self._login_result(
+            user_id,
+            login["device_id"],
+            login["display_name"],
+            inhibit_login=bool(login["inhibit_login"]),
             refreshable=req.refresh_token,
         )
 

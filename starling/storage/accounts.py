@@ -214,6 +214,18 @@ class AccountStore:
             )
         )
 
+    async def upgrade_guest(self, user_id: str, password_hash: str | None) -> bool:
+        """A guest account becomes a full one with this password; False unless it was a
+        guest (already upgraded, or never one)."""
+        return bool(
+            await self._db.execute(
+                "UPDATE users SET password_hash = ?, is_guest = FALSE"
+                " WHERE user_id = ? AND is_guest",
+                password_hash,
+                user_id,
+            )
+        )
+
     async def set_admin(self, user_id: str, admin: bool) -> bool:
         return bool(
             await self._db.execute("UPDATE users SET admin = ? WHERE user_id = ?", admin, user_id)

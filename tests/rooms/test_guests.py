@@ -15,7 +15,11 @@ V3 = "/_matrix/client/v3"
 
 @pytest.fixture
 def hs_config() -> dict[str, Any]:
-    return {"allow_guest_access": True}
+    return {
+        "allow_guest_access": True,
+        "enable_registration": True,
+        "enable_registration_without_verification": True,
+    }
 
 
 async def _guest(hs: Harness) -> tuple[str, str]:
@@ -83,3 +87,47 @@ async def test_guests_join_by_alias_only_rooms_that_admit_them(hs: Harness) -> N
     assert status == 200
     status, body = await hs.request("POST", f"{V3}/join/{alias}", token, {})
     assert status == 200 and body["room_id"] == room, body
+
+
+async def test_a_guest_upgrades_to_a_full_account(hs: Harness) -> None:
+    """POST /register with the guest's `guest_access_token` (Synapse's upgrade): the same
+    user ID becomes a full account with the password; another guest's token, a wrong
+    username or a second upgrade are refused."""
+    _, owner = await hs.register()
+    room = await hs.create_room(owner, preset="public_chat")
+    guest, token = await _guest(hs)
+    _, other_token = await _guest(hs)
+    localpart = guest[1:].split(":", 1)[0]
+    body = {"username": localpart, "password": "SIR_Arthur_David", "guest_access_token": token}
+    status, resp = await hs.request("POST", f"{V3}/register", None, body)
+    assert status == 401 and "session" in resp, resp  # UIA first, the ID not refused
+    status, resp = await hs.request(
+        "POST", f"{V3}/register", None, {**body, "guest_access_token": other_token}
+    )
+    assert status == 403 and resp["errcode"] == "M_FORBIDDEN", resp
+    status, resp = await hs.request(
+        "POST", f"{V3}/register", None, {**body, "auth": {"type": "m.login.dummy"}}
+    )
+    assert status == 200 and resp["user_id"] == guest, resp
+    new_token = resp["access_token"]
+    status, resp = await hs.request("GET", f"{V3}/account/whoami", new_token)
+    assert status == 200 and resp["is_guest"] is False
+    status, resp = await hs.request("GET", f"{V3}/account/whoami", token)
+    assert status == 200 and resp["is_guest"] is False  # the old token: no longer a guest
+    # a full account joins rooms that do not admit guests, and logs in with the password
+    assert (await hs.request("POST", f"{V3}/rooms/{room}/join", new_token, {}))[0] == 200
+    status, resp = await hs.request(
+        "POST",
+        f"{V3}/login",
+        None,
+        {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": localpart},
+            "password": "SIR_Arthur_David",
+        },
+    )
+    assert status == 200 and resp["user_id"] == guest, resp
+    status, resp = await hs.request(
+        "POST", f"{V3}/register", None, {**body, "auth": {"type": "m.login.dummy"}}
+    )
+    assert status == 403, resp  # no longer a guest token

@@ -96,6 +96,7 @@ class AccountRoutes:
             ),
             refresh_token=refresh,
             auth=body.get("auth"),
+            guest_access_token=body_str(body, "guest_access_token"),
         )
         auth = body.get("auth")
         auth_type = auth.get("type") if isinstance(auth, dict) else None
