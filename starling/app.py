@@ -128,6 +128,7 @@ from starling.rooms.guests import GuestEvictor
 from starling.rooms.hierarchy import SpaceHierarchy
 from starling.rooms.locks import RoomLocks
 from starling.rooms.membership import MembershipService
+from starling.rooms.peeks import PeekService
 from starling.rooms.persister import EventPersister
 from starling.rooms.retention import RetentionLimits, RetentionWindow
 from starling.rooms.state_calculator import StateCalculator
@@ -158,6 +159,7 @@ from starling.storage.filters import FilterStore
 from starling.storage.media import MediaStore
 from starling.storage.memberships import MembershipStore
 from starling.storage.openid import OpenIdStore
+from starling.storage.peeks import PeekStore
 from starling.storage.presence import PresenceStore
 from starling.storage.profiles import ProfileStore
 from starling.storage.push_actions import PushActionStore
@@ -408,6 +410,15 @@ async def build_services(
     )
     for extension in extras.sync_extensions():
         sync.sync.add_extension(extension)
+    peeks = PeekService(
+        PeekStore(db, await StreamIdGenerator.create(db, "peeks")),
+        state_store,
+        visibility,
+        notifier,
+        config.server_name,
+    )
+    sync.sync.use_peeks(peeks)
+    room_events.add_listener(peeks.on_event, writer_only=True)
     sync.sync.use_ignored_users(extras.account_data.get_ignored_users)
     sync.formatter.use_aggregations(
         RelationAggregator(
@@ -522,6 +533,7 @@ async def build_services(
     )
     sliding_sync.use_presence(extras.presence.set_presence_from_sync)
     accounts.add_device_listener(sliding_sync.devices_changed)
+    accounts.add_device_listener(peeks.devices_changed)
     user_directory = UserDirectoryService(
         UserDirectoryStore(db), search_all_users=config.user_directory.search_all_users
     )
@@ -866,6 +878,7 @@ async def build_services(
         media=media,
         notifier=notifier,
         sync=sync.sync,
+        peeks=peeks,
         sliding_sync=sliding_sync,
         room_history=sync.room_history,
         legacy_sync=LegacySync(

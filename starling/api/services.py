@@ -52,6 +52,7 @@ from starling.rooms.event_service import RoomEventService
 from starling.rooms.hierarchy import SpaceHierarchy
 from starling.rooms.locks import RoomLocks
 from starling.rooms.membership import MembershipService
+from starling.rooms.peeks import PeekService
 from starling.rooms.persister import EventPersister
 from starling.rooms.state_calculator import StateCalculator
 from starling.rooms.upgrade import RoomUpgrader
@@ -120,6 +121,8 @@ class Services:
     notifications: NotificationsService
     # sync: /sync, filters, room reads
     sync: SyncService
+    # peeking into world-readable rooms (MSC2753): rooms.peek in /sync
+    peeks: PeekService
     sliding_sync: SlidingSyncService
     sync_filters: SyncFilters
     room_history: RoomHistory

@@ -76,12 +76,15 @@ class RoomsRequest:
     # The name of each room's state section ("state", "state_after", or MSC4222's
     # unstable "org.matrix.msc4222.state_after" for a client that asked that way).
     state_key: str = "state"
+    # Rooms the device peeks into (MSC2753, rooms/peeks.py): True for a peek newer than
+    # `since` (the whole room is sent), False for one the client already has.
+    peeks: Mapping[str, bool] = field(default_factory=dict)
 
 
 @dataclass
 class _Plan:
     room_id: str
-    section: str  # "join" or "leave"
+    section: str  # "join", "leave" or "peek"
     lower: int | None  # timeline: events after this position...
     upper: int  # ...up to and including this one
     full_state: bool  # send all state rather than a delta from `lower`
@@ -124,11 +127,15 @@ class RoomSyncBuilder:
             plans, invites, knocks = await self._initial_plans(req, memberships)
         else:
             plans, invites, knocks = await self._incremental_plans(req, memberships, joined)
+        if req.peeks:
+            plans.extend(await self._peek_plans(req, memberships))
         filt = req.filter
         plans = [p for p in plans if filt.includes_room(p.room_id)]
         invites = [m for m in invites if filt.includes_room(m.room_id)]
         knocks = [m for m in knocks if filt.includes_room(m.room_id)]
         rooms: dict[str, dict[str, Any]] = {"join": {}, "invite": {}, "leave": {}, "knock": {}}
+        if req.peeks:
+            rooms["peek"] = {}
         has_data = False
         if plans:
             has_data = await self._fill_rooms(req, plans, joined, rooms)
@@ -284,6 +291,64 @@ class RoomSyncBuilder:
                 )
         return plans, invites, knocks
 
+    async def _peek_plans(
+        self, req: RoomsRequest, memberships: Mapping[str, Membership]
+    ) -> list[_Plan]:
+        """Peeked rooms (MSC2753) still world-readable and not joined: a peek new to
+        the token is sent whole, as a newly joined room; an older one when it changed."""
+        plans: list[_Plan] = []
+        steady: list[str] = []
+        for room_id, new in sorted(req.peeks.items()):
+            m = memberships.get(room_id)
+            if m is not None and m.membership == "join":
+                continue  # under rooms.join (joining ends the peek)
+            if await self._visibility.current_visibility(room_id) != "world_readable":
+                continue
+            if new or req.since is None:
+                plans.append(_Plan(room_id, "peek", None, req.upto, full_state=True))
+            else:
+                steady.append(room_id)
+        if steady:
+            assert req.since is not None
+            if req.full_state:
+                active = set(steady)
+            else:
+                active = await self._events.get_rooms_changed_between(steady, req.since, req.upto)
+            plans.extend(
+                _Plan(room_id, "peek", req.since, req.upto, full_state=req.full_state)
+                for room_id in steady
+                if room_id in active
+            )
+        return plans
+
+    async def _visible_to_peekers(
+        self, peeked: set[str], candidates: Sequence[StoredEvent], visible: list[StoredEvent]
+    ) -> list[StoredEvent]:
+        """`visible` (in `candidates` order) with, for peeked rooms, the state events
+        still in the room's current state: a world-readable room's current state is
+        anyone's to read (GET /rooms/{roomId}/state), even the part set before the room
+        became world-readable (its m.room.create first of all), which history
+        visibility alone would hide from a non-member."""
+        seen = {pair.event.event_id for pair in visible}
+        extra: set[str] = set()
+        current: dict[str, Mapping[StateKey, str]] = {}
+        for pair in candidates:
+            ev = pair.event
+            if ev.room_id not in peeked or ev.state_key is None or ev.event_id in seen:
+                continue
+            if ev.room_id not in current:
+                current[ev.room_id] = await self._state.get_current_state_ids(ev.room_id)
+            if current[ev.room_id].get((ev.type, ev.state_key)) == ev.event_id:
+                extra.add(ev.event_id)
+        if not extra:
+            return visible
+        return [
+            p
+            for p in candidates
+            if p.event.event_id in seen or p.event.event_id in extra
+            if p.meta.rejected_reason is None
+        ]
+
     # --- timelines -----------------------------------------------------------------------
 
     async def _load_timelines(
@@ -323,6 +388,9 @@ class RoomSyncBuilder:
             visible = await self._visibility.filter_events(
                 req.user_id, candidates, joined_rooms=joined
             )
+            peeked = {p.room_id for p in pending if p.section == "peek"}
+            if peeked:
+                visible = await self._visible_to_peekers(peeked, candidates, visible)
             by_room: dict[str, list[StoredEvent]] = {}
             for pair in visible:
                 by_room.setdefault(pair.event.room_id, []).append(pair)
@@ -481,7 +549,7 @@ class RoomSyncBuilder:
                 },
                 req.state_key: {"events": state_section},
             }
-            if p.section == "join":
+            if p.section in ("join", "peek"):
                 entry["summary"] = summaries.get(p.room_id, {})
             rooms[p.section][p.room_id] = entry
             has_data = True
@@ -531,7 +599,7 @@ class RoomSyncBuilder:
         rooms = [
             p.room_id
             for p in plans
-            if p.section == "join" and (p.full_state or p.room_id in touched)
+            if p.section in ("join", "peek") and (p.full_state or p.room_id in touched)
         ]
         if not rooms:
             return {}

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from starling.errors import MatrixError
 from starling.notifier import Notifier
@@ -65,6 +65,18 @@ class SyncRequest:
 IgnoredUsersLookup = Callable[[str], Awaitable[frozenset[str]]]
 
 
+class PeekSource(Protocol):
+    """The rooms each device peeks into (rooms/peeks.py), on a stream of its own."""
+
+    stream_name: str
+
+    def current_position(self) -> int: ...
+
+    async def peeked_rooms(self, user_id: str, device_id: str | None) -> dict[str, int]:
+        """Room ID -> the stream position of the device's peek."""
+        ...
+
+
 class SyncService:
     def __init__(
         self,
@@ -79,6 +91,7 @@ class SyncService:
         self._rooms = rooms
         self._extensions: list[SyncExtension] = []
         self._ignored_users: IgnoredUsersLookup | None = None
+        self._peeks: PeekSource | None = None
         room_events.add_listener(self._on_new_event)
         room_events.add_state_listener(self._on_state_change)
 
@@ -86,6 +99,15 @@ class SyncService:
         """Where to read a user's m.ignored_user_list: their events (other than state)
         and their invites are left out of that user's syncs (spec: "Ignoring Users")."""
         self._ignored_users = lookup
+
+    def use_peeks(self, peeks: PeekSource) -> None:
+        """Where to read the rooms a device peeks into (MSC2753): they appear under
+        `rooms.peek`, and their position is part of every sync token from now on."""
+        if not STREAM_NAME.fullmatch(peeks.stream_name) or any(
+            e.stream_name == peeks.stream_name for e in self._extensions
+        ):
+            raise ValueError(f"invalid peek stream name {peeks.stream_name!r}")
+        self._peeks = peeks
 
     def _on_new_event(self, event: Event, position: int) -> None:
         users = [event.state_key] if event.type == "m.room.member" and event.state_key else []
@@ -107,7 +129,9 @@ class SyncService:
         name = extension.stream_name
         if not STREAM_NAME.fullmatch(name):
             raise ValueError(f"invalid sync stream name {name!r}")
-        if any(e.stream_name == name for e in self._extensions):
+        if any(e.stream_name == name for e in self._extensions) or (
+            self._peeks is not None and self._peeks.stream_name == name
+        ):
             raise ValueError(f"sync stream {name!r} is already registered")
         self._extensions.append(extension)
 
@@ -117,10 +141,10 @@ class SyncService:
 
     def current_token(self) -> SyncToken:
         """Where every stream is now."""
-        return SyncToken(
-            self._room_events.current_position,
-            MappingProxyType({e.stream_name: e.current_position() for e in self._extensions}),
-        )
+        streams = {e.stream_name: e.current_position() for e in self._extensions}
+        if self._peeks is not None:
+            streams[self._peeks.stream_name] = self._peeks.current_position()
+        return SyncToken(self._room_events.current_position, MappingProxyType(streams))
 
     def has_moved(self, since: SyncToken) -> bool:
         """Whether any stream is past `since` (or `since` lacks a stream's position)."""
@@ -148,6 +172,10 @@ class SyncService:
             if remaining <= 0:
                 break
             rooms = await self._memberships.get_joined_rooms(req.user_id)
+            if self._peeks is not None:
+                peeked = await self._peeks.peeked_rooms(req.user_id, req.device_id)
+                if peeked:
+                    rooms = [*rooms, *peeked]
             # No await from this check to the waiter's registration inside wait().
             if not self.current_token().same_positions(built_at):
                 continue
@@ -178,6 +206,18 @@ class SyncService:
         since_events = min(since.events, now.events) if since is not None else None
         streams = dict(now.streams)
         response: dict[str, Any] = {"next_batch": "", "rooms": {}}
+        peeks: dict[str, bool] = {}
+        if self._peeks is not None:
+            name = self._peeks.stream_name
+            peek_upto = now.streams[name]
+            peek_since = None
+            if since is not None and not req.full_state:
+                peek_since = since.streams.get(name)
+            for room_id, position in (
+                await self._peeks.peeked_rooms(req.user_id, req.device_id)
+            ).items():
+                if position <= peek_upto:  # a later peek is the next response's
+                    peeks[room_id] = peek_since is None or position > peek_since
         rooms = await self._rooms.build(
             RoomsRequest(
                 user_id=req.user_id,
@@ -195,6 +235,7 @@ class SyncService:
                     if self._ignored_users is not None
                     else frozenset()
                 ),
+                peeks=peeks,
             )
         )
         response["rooms"] = rooms.rooms

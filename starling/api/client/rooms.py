@@ -17,13 +17,14 @@ from starling.api.client.common import body_str
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import requester_of
 from starling.directory.service import DirectoryService
-from starling.errors import bad_json, forbidden, invalid_param
+from starling.errors import bad_json, forbidden, invalid_param, unrecognized
 from starling.identity.service import ThreepidService
 from starling.protocol.identifiers import is_valid_room_alias, is_valid_user_id
 from starling.rooms.client_events import ClientEvents
 from starling.rooms.creation import CreateRoomRequest, RoomCreator
 from starling.rooms.delayed import DELAY_PARAM, DelayedEvents, fake_delay_id
 from starling.rooms.membership import MembershipService
+from starling.rooms.peeks import PeekService
 from starling.rooms.upgrade import RoomUpgrader
 
 MAX_TYPE_BYTES = 255
@@ -66,7 +67,9 @@ class RoomRoutes:
         *,
         admins_create_rooms_only: bool = False,
         delayed: DelayedEvents | None = None,
+        peeks: PeekService | None = None,
     ) -> None:
+        self.peeks = peeks
         # MSC4140: a send or state PUT with org.matrix.msc4140.delay is scheduled instead.
         self.delayed = delayed
         self.threepids = threepids
@@ -139,6 +142,27 @@ class RoomRoutes:
             content=extra,
         )
         return json_response({"room_id": room_id})
+
+    # POST /_matrix/client/v3/peek/{roomIdOrAlias}  (MSC2753; rooms/peeks.py)
+    async def peek(self, request: web.Request) -> web.Response:
+        requester = requester_of(request)
+        await read_json_object(request, allow_empty=True)
+        room_id, _ = await self._resolve_room(request.match_info["roomIdOrAlias"])
+        if self.peeks is None:
+            raise unrecognized(404, "Peeking is not available")
+        await self.peeks.peek(requester.user_id, requester.device_id, room_id)
+        return json_response({"room_id": room_id})
+
+    # POST /_matrix/client/v3/rooms/{roomId}/unpeek  (MSC2753)
+    async def unpeek(self, request: web.Request) -> web.Response:
+        requester = requester_of(request)
+        await read_json_object(request, allow_empty=True)
+        if self.peeks is None:
+            raise unrecognized(404, "Peeking is not available")
+        await self.peeks.unpeek(
+            requester.user_id, requester.device_id, request.match_info["roomId"]
+        )
+        return json_response({})
 
     # POST /_matrix/client/v3/knock/{roomIdOrAlias}
     # (spec: client-server-api/#post_matrixclientv3knockroomidoralias)

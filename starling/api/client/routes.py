@@ -70,6 +70,7 @@ def client_table(svc: Services) -> RouteTable:
         svc.threepids,
         admins_create_rooms_only=svc.config.restrict_room_creation_to_admins,
         delayed=svc.delayed_events,
+        peeks=svc.peeks,
     )
     delayed = DelayedEventRoutes(svc.delayed_events)
     reads = RoomReadRoutes(svc.room_history)
@@ -142,6 +143,8 @@ def client_table(svc: Services) -> RouteTable:
         post("/join/{roomIdOrAlias}", rooms.join, guests=True),
         post("/rooms/{roomId}/join", rooms.join, guests=True),
         post("/knock/{roomIdOrAlias}", rooms.knock),
+        post("/peek/{roomIdOrAlias}", rooms.peek, guests=True),
+        post("/rooms/{roomId}/unpeek", rooms.unpeek, guests=True),
         post("/rooms/{roomId}/leave", rooms.leave, guests=True),
         post("/rooms/{roomId}/forget", rooms.forget),
         post("/rooms/{roomId}/invite", rooms.invite),
