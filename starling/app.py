@@ -13,7 +13,7 @@ import secrets
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -60,8 +60,7 @@ from starling.appservice.queries import AppServiceQueries
 from starling.appservice.registration import load_registrations
 from starling.appservice.registry import AppServiceRegistry
 from starling.appservice.sender import AppServiceSender, E2eePositions
-from starling.cluster.bus import ClusterBus, channel_for
-from starling.cluster.wiring import ClusterParts, ClusterRoles, join_cluster
+from starling.cluster.roles import ClusterRoles
 from starling.config import Config, ConfigError, Listener, parse_size
 from starling.directory.publication import PublicationRules
 from starling.directory.service import DirectoryService
@@ -91,8 +90,6 @@ from starling.federation.timestamps import TimestampLookup
 from starling.federation.transport import FederationTransport, build_federation_transport
 from starling.identity.client import IdentityServerClient
 from starling.identity.service import ThreepidService
-from starling.lowbandwidth.server import FEATURE as LB_FEATURE
-from starling.lowbandwidth.server import LowBandwidthServer, load_or_create_key
 from starling.media.filestore import FileStore
 from starling.media.service import MediaService
 from starling.modules.api import (
@@ -184,6 +181,13 @@ from starling.typing.service import TypingService
 from starling.user_directory.service import UserDirectoryService
 from starling.webhooks.incoming import IncomingWebhooks
 from starling.webhooks.outgoing import OutgoingWebhooks
+
+if TYPE_CHECKING:
+    # Imported where used: Redis (workers) and the CoAP/Noise stack (low_bandwidth) are
+    # off by default, and their imports cost ~20 MiB of idle memory.
+    from starling.cluster.bus import ClusterBus
+    from starling.cluster.wiring import ClusterParts
+    from starling.lowbandwidth.server import LowBandwidthServer
 
 logger = logging.getLogger(__name__)
 
@@ -1413,6 +1417,9 @@ class Homeserver:
         try:
             if clustered:
                 assert config.redis is not None
+                from starling.cluster.bus import ClusterBus, channel_for
+                from starling.cluster.wiring import join_cluster
+
                 a = config.database.args
                 where = f"{a.host or '127.0.0.1'}:{a.port or 5432}/{a.database}"
                 hs.bus = ClusterBus(instance, config.redis, channel_for(config.server_name, where))
@@ -1445,6 +1452,8 @@ class Homeserver:
         return hs
 
     def _cluster_parts(self) -> ClusterParts:
+        from starling.cluster.wiring import ClusterParts
+
         s = self.services
         return ClusterParts(
             db=s.db,
@@ -1467,6 +1476,9 @@ class Homeserver:
         lb_config = self.config.low_bandwidth
         if lb_config.port is not None:
             # Bound first, so /versions can publish its port and Noise key.
+            from starling.lowbandwidth.server import FEATURE as LB_FEATURE
+            from starling.lowbandwidth.server import LowBandwidthServer, load_or_create_key
+
             key = load_or_create_key(self.config.resolve_path(lb_config.noise_key_path))
             self.low_bandwidth = LowBandwidthServer(lb_config, key)
             await self.low_bandwidth.start()

@@ -76,12 +76,17 @@ def cmd_generate_config(args: argparse.Namespace) -> int:
 async def _serve(config: Config, config_path: str, worker: str | None = None) -> int:
     from starling.accounts.passwords import release_freed_memory_promptly
     from starling.app import Homeserver
-    from starling.cluster.bus import BusUnavailable
 
+    bus_errors: tuple[type[Exception], ...] = ()
+    if config.redis is not None and config.redis.enabled:
+        # Only with workers: a single process never imports Redis (idle memory).
+        from starling.cluster.bus import BusUnavailable
+
+        bus_errors = (BusUnavailable,)
     release_freed_memory_promptly()
     try:
         hs = await Homeserver.start(config, worker)
-    except BusUnavailable as e:
+    except bus_errors as e:
         raise RuntimeError(str(e)) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

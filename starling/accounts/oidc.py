@@ -38,20 +38,22 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 import orjson
-from joserfc import jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
 
 from starling.accounts.external import ExternalIdentity
 from starling.config import Config, OidcProvider, RateLimit
 from starling.errors import MatrixError
 from starling.ratelimit import TokenBuckets
 from starling.storage.external_login import ExternalLoginStore, SsoSession, token_hash
+
+if TYPE_CHECKING:
+    # joserfc (and cryptography under it) is imported on the first ID token: OIDC is off
+    # by default and the import costs ~10 MiB of idle memory.
+    from joserfc.jwk import KeySet
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +191,9 @@ class _Provider:
         now = time.monotonic()
         if self._keys is not None and not (refresh and now - self._keys_at > JWKS_REFRESH_S):
             return self._keys
+        from joserfc.errors import JoseError
+        from joserfc.jwk import KeySet
+
         jwks = await self._get_json((await self.metadata())["jwks_uri"])
         try:
             self._keys = KeySet.import_key_set(jwks)  # type: ignore[arg-type]
@@ -199,6 +204,9 @@ class _Provider:
 
     async def verify_id_token(self, id_token: str, nonce: str, now: float) -> dict[str, Any]:
         """The ID token's claims, once its signature and claims check out."""
+        from joserfc import jwt
+        from joserfc.errors import JoseError
+
         cfg = self.config
         try:
             try:

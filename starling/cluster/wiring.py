@@ -33,6 +33,7 @@ from typing import Any
 from starling.accounts.auth import RequestAuthenticator
 from starling.appservice.sender import AppServiceSender
 from starling.cluster.bus import ClusterBus
+from starling.cluster.roles import ClusterRoles
 from starling.federation.sender.sender import FederationSender
 from starling.notifier import Notifier
 from starling.protocol.event import StateKey
@@ -55,16 +56,6 @@ logger = logging.getLogger(__name__)
 STALL_SECONDS = 3.0
 # What a process that does not send may ask the federation sender to do.
 _FEDERATION_METHODS = frozenset({"send_edu", "stored_edus_added", "destination_is_up"})
-
-
-@dataclass
-class ClusterRoles:
-    """Which singletons this process runs."""
-
-    federation_sender: bool
-    pusher: bool
-    appservice_sender: bool
-    background_tasks: bool
 
 
 @dataclass

@@ -20,11 +20,15 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from starling.locks import KeyedLock
 from starling.storage.database import StorageError
-from starling.storage.postgres import SessionLocks
 from starling.storage.streams import advisory_key
+
+if TYPE_CHECKING:
+    # Only with workers, on PostgreSQL: asyncpg is not imported by a server on SQLite.
+    from starling.storage.postgres import SessionLocks
 
 logger = logging.getLogger(__name__)
 
