@@ -39,8 +39,10 @@ class UserDirectoryStore:
         """Up to `limit` active local users matching every word as a prefix, best first
         (then those with a display name and an avatar, then by user ID).
 
-        `public_rooms` None: any user may be found. Otherwise only users sharing a
-        joined room with `searcher`, or joined to one of `public_rooms`.
+        `public_rooms` None: any user but the searcher may be found. Otherwise only
+        users sharing a joined room with `searcher` (the searcher not among them), or
+        joined to one of `public_rooms` (the searcher too), as Synapse's
+        users_who_share_private_rooms and users_in_public_rooms.
         """
         if not words:
             return []
@@ -48,15 +50,18 @@ class UserDirectoryStore:
         source, score = sql.user_directory_source()
         args: list[Any] = [sql.prefix_query(words)]
         where = " WHERE NOT u.deactivated AND NOT u.is_guest"
-        if public_rooms is not None:
+        if public_rooms is None:
+            where += " AND p.user_id <> ?"
+            args.append(searcher)
+        else:
             where += (
                 " AND EXISTS (SELECT 1 FROM room_memberships m"
                 " WHERE m.user_id = p.user_id AND m.membership = 'join' AND ("
-                " m.room_id IN (SELECT mine.room_id FROM room_memberships mine"
-                "   WHERE mine.user_id = ? AND mine.membership = 'join')"
+                " (m.user_id <> ? AND m.room_id IN (SELECT mine.room_id FROM room_memberships"
+                "   mine WHERE mine.user_id = ? AND mine.membership = 'join'))"
                 f" OR {sql.in_array('m.room_id')}))"
             )
-            args += [searcher, sql.array(list(public_rooms))]
+            args += [searcher, searcher, sql.array(list(public_rooms))]
         rows = await self._db.fetch_all(
             f"SELECT p.user_id, p.displayname, p.avatar_url FROM {source}"
             f" JOIN users u ON u.user_id = p.user_id{where}"

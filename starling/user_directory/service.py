@@ -4,8 +4,9 @@ Matching is by word prefix, case-insensitive, over the user ID and display name 
 Synapse does): "ali sm" finds "Alice Smith". Who can be found follows Synapse's
 `user_directory.search_all_users`: by default only users who share a room with the
 searcher or are joined to a public room — one whose join rule is `public` or whose
-history is `world_readable` (the rooms the spec lists for profile look-up). With it on,
-every active local user.
+history is `world_readable` (the rooms the spec lists for profile look-up). The searcher
+finds themselves only through a public room. With it on, every active local user but
+the searcher (Synapse's rules, which SyTest checks).
 
 The set of public rooms is kept in memory: read once in one query, then refreshed for
 the rooms whose join rules or history visibility changed (a new-event listener marks

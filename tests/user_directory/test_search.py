@@ -118,6 +118,22 @@ async def test_only_users_sharing_a_room_or_in_public_rooms(hs: Harness) -> None
     assert found(await search(hs, stok, "lonely")) == [loner]
 
 
+async def test_searcher_finds_themselves_only_through_a_public_room(hs: Harness) -> None:
+    me, tok = await hs.register("myself")
+    other, otok = await hs.register("other")
+    room = await hs.create_room(otok, preset="private_chat", invite=[me])
+    await join(hs, tok, room)
+    # Sharing a private room shows each to the other, never to themselves.
+    assert found(await search(hs, tok, "myself")) == []
+    assert found(await search(hs, otok, "myself")) == [me]
+    status, _ = await hs.request(
+        "PUT", f"{V3}/rooms/{room}/state/m.room.join_rules/", otok, {"join_rule": "public"}
+    )
+    assert status == 200
+    assert found(await search(hs, tok, "myself")) == [me]
+    assert found(await search(hs, tok, "other")) == [other]
+
+
 async def test_deactivated_users_are_not_found(hs: Harness) -> None:
     _searcher, stok = await hs.register("searcher")
     gone, gtok = await hs.register("gone")
@@ -172,6 +188,11 @@ class TestSearchAllUsers:
         _, stok = await hs.register("searcher")
         loner, _ = await hs.register("lonely")
         assert found(await search(hs, stok, "lonely")) == [loner]
+
+    async def test_never_finds_the_searcher(self, hs: Harness) -> None:
+        _, stok = await hs.register("searcher")
+        await hs.create_room(stok, preset="public_chat")
+        assert found(await search(hs, stok, "searcher")) == []
 
 
 class TestDisabled:
