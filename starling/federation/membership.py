@@ -45,7 +45,9 @@ logger = logging.getLogger(__name__)
 
 # The spec allows at most 20 prev_events.
 MAX_PREV_EVENTS = 20
-# State shown to knockers and invitees (the spec's recommended stripped state).
+# State shown to knockers and invitees (the spec's recommended stripped state), plus the
+# room's m.room.guest_access: an invited guest's server can only tell from it whether the
+# room admits guests (spec: Guest access) before joining through us.
 STRIPPED_STATE_TYPES = (
     "m.room.create",
     "m.room.join_rules",
@@ -54,6 +56,7 @@ STRIPPED_STATE_TYPES = (
     "m.room.topic",
     "m.room.canonical_alias",
     "m.room.encryption",
+    "m.room.guest_access",
 )
 
 

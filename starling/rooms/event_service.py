@@ -106,6 +106,11 @@ class RoomEventService:
         except MissingStateError as e:
             raise MatrixError(500, "M_UNKNOWN", f"Cannot resolve room state: {e}") from None
 
+    async def get_event(self, event_id: str) -> Event | None:
+        """A stored event (rejected ones too), or None."""
+        stored = await self._events.get_event(event_id)
+        return None if stored is None else stored.event
+
     async def current_state_ids(self, room_id: str) -> dict[StateKey, str]:
         return await self._state.get_current_state_ids(room_id)
 

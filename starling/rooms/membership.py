@@ -195,7 +195,7 @@ class MembershipService:
         )
         others = await self._reach_through_others(room_id)
         if others is not None and self._remote is not None:
-            if guest:  # the room's guest_access cannot be checked before joining
+            if guest and not await self._invited_guest_admitted(room_id, user_id):
                 raise _guest_forbidden()
             if self._rate_limits is not None:
                 await self._rate_limits.check_join(user_id, room_id, local=False)
@@ -230,6 +230,29 @@ class MembershipService:
             # Only a new join is limited: a profile change of a member is not a join.
             await self._rate_limits.check_join(user_id, room_id, local=True)
         return await self._events.send(room_id, user_id, "m.room.member", new_content, user_id)
+
+    async def _invited_guest_admitted(self, room_id: str, user_id: str) -> bool:
+        """Whether a guest may join a room of other servers: this server cannot read the
+        room's state before joining, so only a pending invite whose stripped state (from the
+        inviting server) has m.room.guest_access `can_join` admits them (Starling's invites
+        carry it; an invite without it leaves the guest out)."""
+        mine = await self._memberships.get_membership(room_id, user_id)
+        if mine is None or mine.membership != "invite":
+            return False
+        invite = await self._events.get_event(mine.event_id)
+        unsigned = invite.pdu.get("unsigned") if invite is not None else None
+        stripped = unsigned.get("invite_room_state") if isinstance(unsigned, dict) else None
+        if not isinstance(stripped, list):
+            return False
+        for event in stripped:
+            if (
+                isinstance(event, dict)
+                and event.get("type") == "m.room.guest_access"
+                and event.get("state_key") == ""
+                and isinstance(event.get("content"), dict)
+            ):
+                return bool(event["content"].get("guest_access") == "can_join")
+        return False
 
     async def _restricted_join_authoriser(
         self, room_id: str, user_id: str, state: dict[StateKey, Event]
