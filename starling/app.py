@@ -539,9 +539,13 @@ async def build_services(
     accounts.add_device_listener(sliding_sync.devices_changed)
     accounts.add_device_listener(peeks.devices_changed)
     user_directory = UserDirectoryService(
-        UserDirectoryStore(db), search_all_users=config.user_directory.search_all_users
+        UserDirectoryStore(db),
+        search_all_users=config.user_directory.search_all_users,
+        server_name=config.server_name,
+        events=event_store,
     )
     room_events.add_listener(user_directory.on_new_event)
+    room_events.add_state_listener(user_directory.on_state_change)
     search = SearchService(
         search_store,
         event_store,

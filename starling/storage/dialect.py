@@ -122,8 +122,9 @@ class Dialect(abc.ABC):
         and the expression of their score (higher is more relevant)."""
 
     @abc.abstractmethod
-    def user_directory_source(self) -> tuple[str, str]:
-        """Like :meth:`event_search_source`, for ``profiles p`` matched by user ID and
+    def user_directory_source(self, remote: bool = False) -> tuple[str, str]:
+        """Like :meth:`event_search_source`, for ``profiles p`` (with `remote`, the
+        ``user_directory_remote p`` of other servers' users) matched by user ID and
         display name words."""
 
     def render_migration(self, sql: str) -> str:
@@ -171,11 +172,16 @@ class SqliteDialect(Dialect):
             "f.score",
         )
 
-    def user_directory_source(self) -> tuple[str, str]:
+    def user_directory_source(self, remote: bool = False) -> tuple[str, str]:
+        fts, table = (
+            ("user_directory_remote_fts", "user_directory_remote")
+            if remote
+            else ("user_directory_fts", "profiles")
+        )
         return (
-            "(SELECT rowid AS profile_rowid, -rank AS score FROM user_directory_fts"
-            " WHERE user_directory_fts MATCH ?) f"
-            " JOIN profiles p ON p.rowid = f.profile_rowid",
+            f"(SELECT rowid AS profile_rowid, -rank AS score FROM {fts}"
+            f" WHERE {fts} MATCH ?) f"
+            f" JOIN {table} p ON p.rowid = f.profile_rowid",
             "f.score",
         )
 
@@ -210,14 +216,16 @@ class PostgresDialect(Dialect):
             "ts_rank_cd(s.vector, f.q)",
         )
 
-    def user_directory_source(self) -> tuple[str, str]:
-        # The same expression as the profiles_directory index of migration 0010.
+    def user_directory_source(self, remote: bool = False) -> tuple[str, str]:
+        # The same expression as the profiles_directory index of migration 0010 and
+        # user_directory_remote_words of 0043.
         vector = (
             "to_tsvector('simple', regexp_replace(p.user_id || ' ' ||"
             " COALESCE(p.displayname, ''), '[[:punct:]]', ' ', 'g'))"
         )
+        table = "user_directory_remote" if remote else "profiles"
         return (
-            f"(SELECT to_tsquery('simple', ?) AS q) f JOIN profiles p ON {vector} @@ f.q",
+            f"(SELECT to_tsquery('simple', ?) AS q) f JOIN {table} p ON {vector} @@ f.q",
             f"ts_rank_cd({vector}, f.q)",
         )
 

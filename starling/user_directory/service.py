@@ -1,4 +1,4 @@
-"""POST /user_directory/search: find local users by user ID or display name.
+"""POST /user_directory/search: find users by user ID or display name.
 
 Matching is by word prefix, case-insensitive, over the user ID and display name (as
 Synapse does): "ali sm" finds "Alice Smith". Who can be found follows Synapse's
@@ -6,7 +6,9 @@ Synapse does): "ali sm" finds "Alice Smith". Who can be found follows Synapse's
 searcher or are joined to a public room — one whose join rule is `public` or whose
 history is `world_readable` (the rooms the spec lists for profile look-up). The searcher
 finds themselves only through a public room. With it on, every active local user but
-the searcher (Synapse's rules, which SyTest checks).
+the searcher (Synapse's rules, which SyTest checks). Other servers' users are found the
+same way while they are joined to a room this server is in (one with a local member):
+a room the server left shows none of them.
 
 The set of public rooms is kept in memory: read once in one query, then refreshed for
 the rooms whose join rules or history visibility changed (a new-event listener marks
@@ -15,13 +17,23 @@ them), so a search costs one statement.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
-from starling.protocol.event import Event
+from starling.protocol.event import Event, StateKey
+from starling.storage.events import EventStore
 from starling.storage.search import search_words
 from starling.storage.user_directory import UserDirectoryStore
+
+logger = logging.getLogger(__name__)
+
+# What of a remote member event's profile is indexed.
+MAX_NAME = 256
+MAX_URL = 1000
 
 _PUBLICITY_TYPES = frozenset({"m.room.join_rules", "m.room.history_visibility"})
 
@@ -36,15 +48,75 @@ def _is_public(states: dict[str, Any]) -> bool:
 
 
 class UserDirectoryService:
-    def __init__(self, store: UserDirectoryStore, *, search_all_users: bool) -> None:
+    def __init__(
+        self,
+        store: UserDirectoryStore,
+        *,
+        search_all_users: bool,
+        server_name: str = "",
+        events: EventStore | None = None,
+    ) -> None:
         self._store = store
         self._search_all_users = search_all_users
         self._public: set[str] | None = None
         self._stale: set[str] = set()
+        # Other servers' users come from member events (read through `events`).
+        self._remote_suffix = ":" + server_name
+        self._events = events
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def on_new_event(self, event: Event, position: int) -> None:
         if event.type in _PUBLICITY_TYPES and event.state_key == "":
             self._stale.add(event.room_id)
+
+    def on_state_change(
+        self, room_id: str, changed: Mapping[StateKey, str | None], position: int
+    ) -> None:
+        """RoomEventService state listener: a room's publicity may have changed (also
+        when its state arrives whole, joining over federation), and other servers'
+        users joined or changed their profile. (With workers every process hears each
+        change and writes the same rows: idempotent upserts.)"""
+        members: list[str] = []
+        for (etype, key), eid in changed.items():
+            if etype in _PUBLICITY_TYPES and key == "":
+                self._stale.add(room_id)
+            elif (
+                etype == "m.room.member"
+                and eid is not None
+                and self._events is not None
+                and not key.endswith(self._remote_suffix)
+            ):
+                members.append(eid)
+        if members:
+            task = asyncio.get_running_loop().create_task(self._remote_members(room_id, members))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _remote_members(self, room_id: str, event_ids: list[str]) -> None:
+        """Index other servers' joined users: with the display name and avatar of a
+        public room's member event; from a private room by user ID only (a per-room
+        nickname there is not for everyone to search, as in Synapse)."""
+        assert self._events is not None
+        try:
+            events = await self._events.get_events(event_ids)
+            joined = [e for e in events.values() if e.membership == "join" and e.state_key]
+            if not joined:
+                return
+            public = room_id in await self._public_rooms()
+            for event in joined:
+                assert event.state_key is not None
+                if public:
+                    name = event.content.get("displayname")
+                    avatar = event.content.get("avatar_url")
+                    await self._store.set_remote_profile(
+                        event.state_key,
+                        name[:MAX_NAME] if isinstance(name, str) else None,
+                        avatar if isinstance(avatar, str) and len(avatar) <= MAX_URL else None,
+                    )
+                else:
+                    await self._store.add_remote_user(event.state_key)
+        except Exception:
+            logger.exception("user directory: could not index the members of %s", room_id)
 
     async def _public_rooms(self) -> set[str]:
         if self._public is None:
