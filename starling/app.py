@@ -112,7 +112,7 @@ from starling.push.notifications import NotificationsService
 from starling.push.pushers import PusherService
 from starling.push.service import PushRulesService
 from starling.push.upgrade import UpgradeUserState
-from starling.ratelimit import RateLimits
+from starling.ratelimit import RateLimits, TokenBuckets
 from starling.receipts.service import ReceiptsService
 from starling.receipts.unread import UnreadCounts
 from starling.relations.service import RelationAggregator, RelationsService
@@ -186,6 +186,7 @@ if TYPE_CHECKING:
     # Imported where used: Redis (workers) and the CoAP/Noise stack (low_bandwidth) are
     # off by default, and their imports cost ~20 MiB of idle memory.
     from starling.cluster.bus import ClusterBus
+    from starling.cluster.ratelimit import RedisBuckets
     from starling.cluster.wiring import ClusterParts
     from starling.lowbandwidth.server import LowBandwidthServer
 
@@ -463,7 +464,9 @@ async def build_services(
         set_threepids=AdminUserStore(db).set_threepids,
     )
     accounts.use_external_login(external_accounts, ExternalLoginStore(db))
-    sso = SsoService(config, ExternalLoginStore(db), accounts.login_external)
+    sso = SsoService(
+        config, ExternalLoginStore(db), accounts.login_external, buckets=rate_limits.buckets
+    )
     accounts.sso_providers = sso.identity_providers()
     extras.directory.use_app_services(app_services, app_service_queries.query_alias)
     app_service_sender = AppServiceSender(
@@ -487,6 +490,7 @@ async def build_services(
         room_events,
         event_store,
         events_stream.current_position,
+        rate_limits.buckets,
     )
     room_events.add_listener(outgoing_webhooks.on_new_event)
 
@@ -734,7 +738,7 @@ async def build_services(
         timestamps=EventTimestampStore(db),
     )
     membership.use_room_blocks(admin_rooms.is_blocked)
-    media = build_media(config, db, FederationMediaFetcher(federation.client))
+    media = build_media(config, db, FederationMediaFetcher(federation.client), rate_limits.buckets)
     admin_media = AdminMedia(
         server_name=config.server_name,
         store=AdminMediaStore(db, config.server_name),
@@ -1044,6 +1048,7 @@ def build_webhooks(
     room_events: RoomEventService,
     event_store: EventStore,
     current_position: Callable[[], int],
+    buckets: TokenBuckets | None = None,
 ) -> tuple[IncomingWebhooks, OutgoingWebhooks]:
     """Starling's own webhooks (config `webhooks`)."""
 
@@ -1074,6 +1079,7 @@ def build_webhooks(
         is_joined=is_joined,
         join=join,
         send=send,
+        buckets=buckets,
     )
     outgoing = OutgoingWebhooks(
         config.webhooks.outgoing,
@@ -1315,11 +1321,14 @@ async def build_room_extras(
 
 
 def build_media(
-    config: Config, db: Database, remote: FederationMediaFetcher | None = None
+    config: Config,
+    db: Database,
+    remote: FederationMediaFetcher | None = None,
+    buckets: TokenBuckets | None = None,
 ) -> MediaService:
     files = FileStore(config.resolve_path(config.media_store_path))
     files.setup()
-    return MediaService(config, MediaStore(db), files, remote=remote)
+    return MediaService(config, MediaStore(db), files, remote=remote, buckets=buckets)
 
 
 def build_listener_app(
@@ -1400,6 +1409,7 @@ class Homeserver:
     low_bandwidth: LowBandwidthServer | None = None
     instance: str = MAIN_INSTANCE
     bus: ClusterBus | None = None
+    shared_buckets: RedisBuckets | None = None
 
     @classmethod
     async def start(cls, config: Config, worker: str | None = None) -> Homeserver:
@@ -1422,12 +1432,14 @@ class Homeserver:
             if clustered:
                 assert config.redis is not None
                 from starling.cluster.bus import ClusterBus, channel_for
+                from starling.cluster.ratelimit import RedisBuckets
                 from starling.cluster.wiring import join_cluster
 
                 a = config.database.args
                 where = f"{a.host or '127.0.0.1'}:{a.port or 5432}/{a.database}"
                 hs.bus = ClusterBus(instance, config.redis, channel_for(config.server_name, where))
                 await hs.bus.start()
+                hs.shared_buckets = RedisBuckets(config.redis, hs.bus.channel)
                 await join_cluster(hs.bus, hs._cluster_parts(), roles)
             if roles.federation_sender:
                 await hs.services.federation_sender.start()
@@ -1473,6 +1485,8 @@ class Homeserver:
             app_service_sender=s.app_service_sender,
             typing=s.typing,
             delayed_events=s.delayed_events,
+            rate_limits=s.rate_limits,
+            shared_buckets=self.shared_buckets,
         )
 
     async def _start_listeners(self) -> None:
@@ -1563,5 +1577,7 @@ class Homeserver:
         self.services.passwords.close()
         if self.bus is not None:
             await self.bus.stop()
+        if self.shared_buckets is not None:
+            await self.shared_buckets.close()
         await self.services.room_locks.close()
         await self.services.db.close()

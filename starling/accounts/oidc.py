@@ -286,6 +286,7 @@ class SsoService:
         login_external: Callable[[ExternalIdentity], Awaitable[str]],
         *,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        buckets: TokenBuckets | None = None,
     ) -> None:
         self._config = config
         self._store = store
@@ -296,8 +297,8 @@ class SsoService:
         }
         self._session: aiohttp.ClientSession | None = None
         self._verify = not config.use_insecure_ssl_client_just_for_testing_do_not_use
-        # single-process: each worker limits the SSO starts it serves (its share).
-        self._buckets = TokenBuckets()
+        # Shared by the processes with workers (starling/ratelimit.py).
+        self._buckets = buckets or TokenBuckets()
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -351,7 +352,7 @@ class SsoService:
         if provider is None:
             raise MatrixError(404, "M_NOT_FOUND", "Unknown identity provider")
         _check_redirect_url(redirect_url)
-        self._buckets.take("sso_start", ip, SSO_START_LIMIT)
+        await self._buckets.take("sso_start", ip, SSO_START_LIMIT)
         meta = await provider.metadata()
         state = secrets.token_urlsafe(24)
         nonce = secrets.token_urlsafe(24)

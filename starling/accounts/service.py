@@ -37,7 +37,7 @@ from starling.accounts.uia import (
 from starling.appservice.registry import AppServiceRegistry, exclusive_error
 from starling.config import Config, RateLimit
 from starling.errors import MatrixError, bad_json, forbidden, limit_exceeded, missing_param
-from starling.ratelimit import RateLimits, TokenBuckets
+from starling.ratelimit import RateLimits
 from starling.rooms.membership import MembershipService
 from starling.storage.accounts import AccountStore, UIAuthSession, UserExists
 from starling.storage.accounts import Device as Device  # what list_devices answers
@@ -78,7 +78,6 @@ def probe_limit(rc_registration: RateLimit) -> RateLimit:
 
 
 TOKEN_VALIDITY_LIMIT = RateLimit(per_second=0.1, burst_count=5)  # Synapse's default
-_LOCKOUT_MAX_ENTRIES = 10_000
 
 DeviceListener = Callable[[str, list[str], bool], Awaitable[None] | None]
 
@@ -204,11 +203,10 @@ class AccountService:
         self._rate_limits = rate_limits
         self._clock_ms = clock_ms
         self.refreshable_token_lifetime_ms = refreshable_token_lifetime_ms
-        self._buckets = TokenBuckets()
+        self._buckets = rate_limits.buckets
         self._probe_limit = probe_limit(config.rc_registration)
         self._device_listeners: list[DeviceListener] = []
         # user ID -> monotonic time until which its logins are refused (failed attempts).
-        self._locked_until: dict[str, float] = {}
         # login type -> (the fields it needs, password providers in module order)
         self._auth_checkers: dict[str, tuple[tuple[str, ...], list[AuthChecker]]] = {}
         self._external: ExternalAccounts | None = None
@@ -336,7 +334,7 @@ class AccountService:
         if user_id is None:
             await self._failed_login(key)
             raise _bad_login()
-        self._check_lockout(user_id)
+        await self._check_lockout(user_id)
         if PASSWORD in self._auth_checkers:
             localpart = user_id[1:].split(":", 1)[0]
             identity = await self._ask_providers(PASSWORD, localpart, {"password": password})
@@ -449,7 +447,7 @@ class AccountService:
         if user_id is None:
             await self._failed_login(key)
             raise _bad_login()
-        self._check_lockout(user_id)
+        await self._check_lockout(user_id)
         identity = await self._ask_providers(login_type, user_id[1:].split(":", 1)[0], body)
         if identity is None:
             await self._failed_login(user_id)
@@ -526,15 +524,10 @@ class AccountService:
         except MatrixError:
             return None
 
-    def _check_lockout(self, user_id: str) -> None:
-        until = self._locked_until.get(user_id)
-        if until is None:
-            return
-        remaining = until - time.monotonic()
-        if remaining <= 0:
-            del self._locked_until[user_id]
-            return
-        raise limit_exceeded(int(remaining * 1000) + 1)
+    async def _check_lockout(self, user_id: str) -> None:
+        remaining_ms = await self._buckets.held("login_lockout", user_id)
+        if remaining_ms > 0:
+            raise limit_exceeded(remaining_ms)
 
     async def _failed_login(self, user_id: str) -> None:
         """Count a failed attempt; once the limit trips, every login (right or wrong) of
@@ -543,10 +536,8 @@ class AccountService:
             await self._rate_limits.check_failed_login(user_id)
         except MatrixError as e:
             retry_ms = int(e.extra.get("retry_after_ms", 1000))
-            if len(self._locked_until) >= _LOCKOUT_MAX_ENTRIES:
-                now = time.monotonic()
-                self._locked_until = {k: v for k, v in self._locked_until.items() if v > now}
-            self._locked_until[user_id] = time.monotonic() + retry_ms / 1000
+            # On every process (the buckets are shared with workers).
+            await self._buckets.hold("login_lockout", user_id, retry_ms)
             raise
 
     # -- user-interactive auth with a password (account management)
@@ -560,7 +551,7 @@ class AccountService:
             # Not a wrong password to retry: someone else's credentials (a stolen access
             # token proven with another account's password). 403, as Synapse.
             raise forbidden("The identifier is not the logged-in user")
-        self._check_lockout(session.user_id)
+        await self._check_lockout(session.user_id)
         if PASSWORD in self._auth_checkers and self._links is not None:
             # An account of a password provider proves itself there (its own link only).
             localpart = session.user_id[1:].split(":", 1)[0]
@@ -600,7 +591,7 @@ class AccountService:
     async def check_username_available(self, ip: str, username: str) -> None:
         """GET /register/available: M_INVALID_USERNAME, M_USER_IN_USE or nothing."""
         self._check_registration_enabled()
-        self._buckets.take("register_available", ip, self._probe_limit)
+        await self._buckets.take("register_available", ip, self._probe_limit)
         user_id = self._registrable_user_id(username)
         if await self._store.user_exists(user_id):
             raise _user_in_use(user_id)
@@ -619,7 +610,7 @@ class AccountService:
     async def registration_token_valid(self, ip: str, token: str) -> bool:
         """GET /register/m.login.registration_token/validity."""
         self._check_registration_enabled()
-        self._buckets.take("token_validity", ip, TOKEN_VALIDITY_LIMIT)
+        await self._buckets.take("token_validity", ip, TOKEN_VALIDITY_LIMIT)
         if len(token) > MAX_TOKEN_LENGTH:
             return False
         found = await self._store.get_registration_token(token)
@@ -706,7 +697,7 @@ class AccountService:
             if reason is not None:
                 raise forbidden(reason)
         if req.auth is None:
-            self._buckets.take("register_probe", ip, self._probe_limit)
+            await self._buckets.take("register_probe", ip, self._probe_limit)
         else:
             if req.password is None and password_hash is None:
                 raise missing_param("Missing 'password'")

@@ -13,6 +13,8 @@ Told (after commit, in the order it happened here):
 - notifier wake-ups, applied after the positions they follow;
 - typing (each process keeps every room's typing users; the typing stream's positions
   are wall-clock based, so they agree closely enough between processes);
+- rate limits: every process spends from the same buckets in Redis
+  (starling/cluster/ratelimit.py); admins' per-user overrides are relayed;
 - work for the singletons (federation EDUs, push badges, appservice ephemeral data) from
   processes that do not run them.
 
@@ -34,10 +36,12 @@ from starling.accounts.auth import RequestAuthenticator
 from starling.appservice.sender import AppServiceSender
 from starling.cluster.bus import ClusterBus
 from starling.cluster.roles import ClusterRoles
+from starling.config import RateLimit
 from starling.federation.sender.sender import FederationSender
 from starling.notifier import Notifier
 from starling.protocol.event import StateKey
 from starling.push.delivery import PushSender
+from starling.ratelimit import RateLimits, SharedBuckets
 from starling.rooms.delayed import DelayedEvents
 from starling.rooms.locks import RoomLocks
 from starling.rooms.persister import EventPersister
@@ -75,6 +79,8 @@ class ClusterParts:
     app_service_sender: AppServiceSender
     typing: TypingService
     delayed_events: DelayedEvents
+    rate_limits: RateLimits
+    shared_buckets: SharedBuckets | None
 
 
 class _Quiet:
@@ -219,6 +225,22 @@ async def join_cluster(bus: ClusterBus, parts: ClusterParts, roles: ClusterRoles
                 parts.typing.stopped_here(room_id, user_id)
 
     bus.on("typing", typing_changed)
+
+    # --- rate limits: one allowance whichever process a client reaches ----------------
+    parts.rate_limits.buckets.shared = parts.shared_buckets
+
+    def relay_override(user_id: str, limit: RateLimit | None) -> None:
+        limits = None if limit is None else [limit.per_second, limit.burst_count]
+        send("rl_override", [user_id, limits])
+
+    def override(payload: list[Any]) -> None:
+        user_id, limit = payload
+        parts.rate_limits.set_message_override_here(
+            user_id, None if limit is None else RateLimit(float(limit[0]), int(limit[1]))
+        )
+
+    parts.rate_limits.relay = relay_override
+    bus.on("rl_override", override)
 
     # --- singletons ----------------------------------------------------------------------
     sender = parts.federation_sender

@@ -160,6 +160,7 @@ class MediaService:
         files: FileStore,
         remote: RemoteMediaFetcher | None = None,
         clock: Callable[[], float] = time.time,
+        buckets: TokenBuckets | None = None,
     ) -> None:
         self._config = config
         self.server_name = config.server_name
@@ -181,7 +182,7 @@ class MediaService:
         self._remote_misses: OrderedDict[tuple[str, str], tuple[float, MatrixError]] = OrderedDict()
         self._uploaded = asyncio.Condition()
         self._upload_policy: UploadPolicy | None = None
-        self._buckets = TokenBuckets()
+        self._buckets = buckets or TokenBuckets()
         burst = parse_size(config.remote_media_download_burst_count)
         # None (a burst of 0): no limit.
         self._download_limit = (
@@ -384,7 +385,7 @@ class MediaService:
 
     async def create(self, user_id: str) -> tuple[str, int]:
         """POST /create: reserve a media ID; returns (mxc URI, unused_expires_at)."""
-        self._buckets.take("media_create", user_id, self._config.rc_media_create)
+        await self._buckets.take("media_create", user_id, self._config.rc_media_create)
         now = self._now_ms()
         await self.store.delete_expired_pending(now)
         pending = await self.store.count_pending(user_id, now)
@@ -553,11 +554,11 @@ class MediaService:
                 # What one client address makes us download (Synapse's
                 # remote_media_download_*): refused while its allowance is spent; one
                 # download may overdraw it.
-                self._buckets.take("remote_media", client_ip, limit)
+                await self._buckets.take("remote_media", client_ip, limit)
             try:
                 size = await self._fetch_remote(server_name, media_id, timeout_ms)
                 if limit is not None and client_ip is not None:
-                    self._buckets.spend("remote_media", client_ip, limit, size - 1)
+                    await self._buckets.spend("remote_media", client_ip, limit, size - 1)
             except MatrixError as e:
                 if e.status in (404, 502):
                     self._remote_misses[key] = (time.monotonic() + REMOTE_MISS_SECONDS, e)

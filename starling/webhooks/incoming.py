@@ -33,6 +33,7 @@ class IncomingWebhooks:
         is_joined: Callable[[str, str], Awaitable[bool]],
         join: Callable[[str, str], Awaitable[Any]],
         send: Callable[[str, str, dict[str, Any]], Awaitable[str]],
+        buckets: TokenBuckets | None = None,
     ) -> None:
         self._server_name = server_name
         self._hooks = {h.id: h for h in hooks}
@@ -40,7 +41,7 @@ class IncomingWebhooks:
         self._is_joined = is_joined
         self._join = join
         self._send = send
-        self._buckets = TokenBuckets()
+        self._buckets = buckets or TokenBuckets()
 
     def sender_of(self, hook: IncomingWebhook) -> str:
         return f"@{hook.sender_localpart}:{self._server_name}"
@@ -74,7 +75,7 @@ class IncomingWebhooks:
     async def post(self, hook_id: str, secret: str, body: dict[str, Any]) -> str:
         """Post the message; its event ID."""
         hook = self._hook(hook_id, secret)
-        self._buckets.take("webhook", hook.id, HOOK_RATE)
+        await self._buckets.take("webhook", hook.id, HOOK_RATE)
         text = self.message(hook, body)
         sender = self.sender_of(hook)
         await self._ensure_user(sender)

@@ -14,6 +14,9 @@ balancer. Checked, each against the running trio:
   refused on C (whose cache held them) within a second;
 - SIGKILLing a worker while it sends loses no acknowledged message, and the other two
   carry on (their streams are not held back by the dead one's unfinished transaction);
+- rate limits are one allowance whichever process a client reaches: an admin's
+  per-user message limit set on A holds on B and C, and failed logins through all three
+  lock the account out on every one;
 - single sign-on (OpenID Connect) started on A comes back from the provider to C, and the
   login token it hands out logs in on B; the state is good once, on any process.
 
@@ -229,6 +232,9 @@ async def trio(tmp_path_factory: pytest.TempPathFactory, idp: OidcProvider) -> A
             }
         ]
         config["sso"] = {"client_whitelist": [SSO_CLIENT]}
+        # Three wrong passwords per account (no refill within a test), every other
+        # limit off (generate-config --no-rate-limit).
+        config["rc_login"]["failed_attempts"] = {"per_second": 0.001, "burst_count": 3}
         workers = [Worker(data_dir, None), Worker(data_dir, "w1"), Worker(data_dir, "w2")]
         # The load balancer's address would be here; the first process stands in for it.
         config["public_baseurl"] = workers[0].url + "/"
@@ -546,3 +552,76 @@ async def test_sso_callback_on_another_worker_logs_in(trio: Trio) -> None:
         assert resp.status == 403
     me = Client(trio.session, answer["user_id"], answer["access_token"])
     assert (await me.ok(trio.c.url, "GET", "/account/whoami"))["user_id"] == answer["user_id"]
+
+
+async def test_a_message_limit_is_one_allowance_across_workers(trio: Trio) -> None:
+    name = f"root{secrets.token_hex(3)}"
+    await trio.register(name, trio.a.url)
+    db = await open_database(trio.dsn, migrate=False)
+    try:
+        await db.execute("UPDATE users SET admin = ? WHERE user_id = ?", True, f"@{name}:localhost")
+    finally:
+        await db.close()
+    admin = await trio.login(name, trio.a.url)  # a new token: not cached as a non-admin
+    alice, _, room = await _room_with(trio)
+    override = f"/_synapse/admin/v1/users/{alice.user_id}/override_ratelimit"
+    # Three messages, never refilled; set on A, so B and C must hear of it.
+    async with trio.session.post(
+        trio.a.url + override,
+        json={"messages_per_second": 0, "burst_count": 3},
+        headers={"Authorization": f"Bearer {admin.token}"},
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+
+    async def send(worker: Worker, i: int) -> tuple[int, Any]:
+        return await alice.call(
+            worker.url,
+            "PUT",
+            f"/rooms/{room}/send/m.room.message/limited{i}",
+            {"msgtype": "m.text", "body": f"limited {i}"},
+        )
+
+    for i, worker in enumerate((trio.b, trio.c, trio.a)):
+        status, answer = await send(worker, i)
+        assert status == 200, (worker.name, answer)
+    for i, worker in enumerate((trio.b, trio.c, trio.a), start=3):
+        status, answer = await send(worker, i)
+        assert status == 429, (worker.name, answer)
+        assert answer["errcode"] == "M_LIMIT_EXCEEDED"
+    # Lifted on C: every process's limit goes back to the config's (unlimited here).
+    async with trio.session.delete(
+        trio.c.url + override, headers={"Authorization": f"Bearer {admin.token}"}
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+    deadline = time.monotonic() + 1.0
+    while (await send(trio.a, 10))[0] != 200:
+        assert time.monotonic() < deadline, "A still applies the override lifted on C"
+        await asyncio.sleep(0.02)
+    assert (await send(trio.b, 11))[0] == 200
+
+
+async def test_failed_logins_through_every_worker_lock_the_account_out(trio: Trio) -> None:
+    name = f"frank{secrets.token_hex(3)}"
+    await trio.register(name, trio.a.url)
+
+    async def login(worker: Worker, password: str) -> tuple[int, Any]:
+        async with trio.session.post(
+            f"{worker.url}{V3}/login",
+            json={
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": name},
+                "password": password,
+            },
+        ) as resp:
+            return resp.status, await resp.json()
+
+    # rc_login.failed_attempts: 3 — one try through each process uses them up.
+    for worker in trio.workers:
+        status, answer = await login(worker, "wrong")
+        assert (status, answer["errcode"]) == (403, "M_FORBIDDEN"), worker.name
+    status, answer = await login(trio.a, "wrong")
+    assert (status, answer["errcode"]) == (429, "M_LIMIT_EXCEEDED")
+    # Locked out everywhere, even with the right password.
+    for worker in (trio.b, trio.c):
+        status, answer = await login(worker, "workers-pw")
+        assert (status, answer["errcode"]) == (429, "M_LIMIT_EXCEEDED"), worker.name
