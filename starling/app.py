@@ -700,6 +700,9 @@ async def build_services(
     # The evaluator reads the events stream from its stored position; the listener only
     # wakes it. It tells the sender whose pushers have new notifications.
     room_events.add_listener(push_evaluator.on_new_event)
+    # An invite from another server is an out-of-band member event: no new-event
+    # listener hears it, only the state listeners.
+    room_events.add_state_listener(push_evaluator.on_state_change)
     push_evaluator.on_notified = push_sender.notified
     federation_receipt = extras.receipts.on_local_receipt
 

@@ -82,12 +82,29 @@ def room_details_from(
             "room_alias": (("m.room.canonical_alias", ""), "alias"),
             "sender_display_name": (("m.room.member", event.sender), "displayname"),
         }
-        ids = [state[key] for key, _ in wanted.values() if key in state]
-        found = await get_events(ids) if ids else {}
+        contents: dict[tuple[str, str], Any] = {}
+        if state:
+            ids = [state[key] for key, _ in wanted.values() if key in state]
+            found = await get_events(ids) if ids else {}
+            for key, _ in wanted.values():
+                pair = found.get(state.get(key, ""))
+                if pair is not None:
+                    contents[key] = pair[0].content
+        else:
+            # A room this server is not in (an invite from another server): what the
+            # inviting server told of it, the invite's stripped state (as Synapse).
+            stripped = event.unsigned.get("invite_room_state")
+            for entry in stripped if isinstance(stripped, list) else ():
+                if (
+                    isinstance(entry, dict)
+                    and isinstance(entry.get("type"), str)
+                    and isinstance(entry.get("state_key"), str)
+                    and isinstance(entry.get("content"), dict)
+                ):
+                    contents[(entry["type"], entry["state_key"])] = entry["content"]
         out: dict[str, Any] = {}
         for name, (key, field) in wanted.items():
-            pair = found.get(state.get(key, ""))
-            value = pair[0].content.get(field) if pair is not None else None
+            value = contents.get(key, {}).get(field)
             if isinstance(value, str) and value:
                 out[name] = value
         # Like Synapse: a room without a name is named by its canonical alias.

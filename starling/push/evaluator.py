@@ -3,7 +3,9 @@
 Spec: client-server-api modules/push.md ("Receiving notifications"). A background task
 reads the events stream from a position stored in the database (push_evaluator_position),
 evaluates each timeline event against the push rules of the room's joined local users
-(and of the invitee of an invite; never the sender, never a user who ignores the sender),
+(and of the invitee of an invite, also one from another server to a room this server is
+not in: an out-of-band member event with a stream position; never the sender, never a
+user who ignores the sender),
 and stores the events that `notify` (event_push_actions) in the same transaction that
 moves the position past them. So:
 
@@ -28,11 +30,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starling.account_data.service import AccountDataService
-from starling.protocol.event import Event
+from starling.protocol.event import Event, StateKey
 from starling.protocol.push_rules import is_highlight, notifies
 from starling.push.service import PushRulesService
 from starling.storage.events import EventStore
@@ -84,6 +86,15 @@ class PushEvaluator:
         """A RoomEventService listener: only a wake-up (the task reads the stream)."""
         self._idle.clear()
         self._wake.set()
+
+    def on_state_change(
+        self, room_id: str, changed: Mapping[StateKey, str | None], position: int
+    ) -> None:
+        """A RoomEventService state listener: a wake-up for out-of-band member events
+        (an invite from another server), which reach no new-event listener."""
+        if any(etype == "m.room.member" for etype, _ in changed):
+            self._idle.clear()
+            self._wake.set()
 
     async def start(self) -> None:
         if self._task is None:

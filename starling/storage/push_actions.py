@@ -73,11 +73,14 @@ class PushActionStore:
 
     async def timeline_after(self, after: int, upto: int, limit: int) -> list[tuple[str, int]]:
         """(event ID, position) of accepted timeline events in (after, upto], in stream
-        order (backfilled history has negative positions and is never pushed)."""
+        order (backfilled history has negative positions and is never pushed), and of
+        the out-of-band member events there (an invite from another server to a room
+        this server is not in: an outlier, but with a stream position)."""
         rows = await self._db.fetch_all(
             "SELECT e.event_id, e.stream_ordering FROM events e"
             " WHERE e.stream_ordering > ? AND e.stream_ordering <= ?"
-            " AND NOT e.outlier AND NOT e.soft_failed AND e.rejected_reason IS NULL"
+            " AND (NOT e.outlier OR e.type = 'm.room.member')"
+            " AND NOT e.soft_failed AND e.rejected_reason IS NULL"
             " ORDER BY e.stream_ordering LIMIT ?",
             after,
             upto,

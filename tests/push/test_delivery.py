@@ -14,6 +14,10 @@ from urllib.parse import quote
 import pytest
 from aiohttp import web
 
+from starling.protocol.event import Event
+from starling.protocol.room_versions import get_room_version
+from starling.protocol.signing import SigningKey
+from starling.rooms.builder import EventBuilder
 from starling.storage.database import Database
 from tests.support.harness import Harness, make_harness
 
@@ -319,3 +323,47 @@ async def test_restart_pushes_what_was_queued_or_persisted_while_down(
         finally:
             await hs.services.push_sender.stop()
             await hs.services.push_evaluator.stop()
+
+
+async def test_invite_from_another_server_is_pushed(pushing: Harness, gateway: Gateway) -> None:
+    """An invite to a room this server is not in arrives as an out-of-band member event
+    (an outlier with a stream position): it is evaluated and pushed all the same, named
+    from the stripped state the inviting server sent."""
+    hs = pushing
+    bob, btok = await hs.register()
+    await set_pusher(hs, btok, gateway)
+    rv = get_room_version("10")
+    built = EventBuilder("other.example", SigningKey.generate("k1")).build(
+        room_version=rv,
+        room_id="!remote:other.example",
+        event_type="m.room.member",
+        sender="@carol:other.example",
+        content={"membership": "invite"},
+        state_key=bob,
+        prev_events=[],
+        auth_events=[],
+    )
+    stripped = [
+        {
+            "type": "m.room.name",
+            "state_key": "",
+            "sender": "@carol:other.example",
+            "content": {"name": "Over There"},
+        },
+        {
+            "type": "m.room.member",
+            "state_key": "@carol:other.example",
+            "sender": "@carol:other.example",
+            "content": {"membership": "join", "displayname": "Carol"},
+        },
+    ]
+    invite = Event({**built.pdu, "unsigned": {"invite_room_state": stripped}}, built.event_id, rv)
+    async with hs.services.room_locks.lock(invite.room_id):
+        await hs.services.persister.persist_out_of_band_membership(invite)
+    n = await gateway.next()
+    assert n["event_id"] == invite.event_id
+    assert n["type"] == "m.room.member" and n["membership"] == "invite"
+    assert n["user_is_target"] is True
+    assert n["sender"] == "@carol:other.example"
+    assert n["room_name"] == "Over There"
+    assert n["sender_display_name"] == "Carol"

@@ -67,6 +67,7 @@ async def test_notifications_paging_highlight_and_read(evaluating: Harness) -> N
     assert first["event"]["content"]["body"] == "three" and first["event"]["sender"] == alice
     assert "notify" in first["actions"] and first["read"] is False
     assert isinstance(first["ts"], int) and first["ts"] > 0
+    assert first["profile_tag"] is None  # the key is there, as Synapse sends it
     highlight = {"set_tweak": "highlight"}
     assert any(a == highlight or a == {**highlight, "value": True} for a in listed[1]["actions"])
 
