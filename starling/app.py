@@ -120,6 +120,7 @@ from starling.rooms.builder import EventBuilder
 from starling.rooms.client_events import ClientEvents
 from starling.rooms.creation import RoomCreator
 from starling.rooms.delayed import DelayedEvents
+from starling.rooms.erasure import ErasedUsers
 from starling.rooms.event_service import RoomEventService
 from starling.rooms.guests import GuestEvictor
 from starling.rooms.hierarchy import SpaceHierarchy
@@ -266,11 +267,13 @@ async def build_services(
     membership_store = MembershipStore(db)
     retention = RetentionLimits(config.retention)
     # What clients may read (history visibility, then retention): one judge for every path.
+    erased = ErasedUsers(account_store.erased_among, config.server_name)
     visibility = HistoryVisibility(
         event_store,
         state_store,
         membership_store,
         RetentionWindow(retention, event_store, state_store) if retention.enabled else None,
+        erased,
     )
     # /sync asks "which rooms / whose memberships changed since": remembered in memory
     # from here on (with workers, other processes' changes arrive through the bus), so
@@ -464,6 +467,7 @@ async def build_services(
         set_threepids=AdminUserStore(db).set_threepids,
     )
     accounts.use_external_login(external_accounts, ExternalLoginStore(db))
+    accounts.add_erasure_listener(erased.changed)
     sso = SsoService(
         config, ExternalLoginStore(db), accounts.login_external, buckets=rate_limits.buckets
     )
@@ -572,6 +576,7 @@ async def build_services(
         client=federation.client,
         queries=FederationQueries(config.server_name, extras.directory, extras.profile),
     )
+    federation_inbound.reads.use_erased(erased)
     resident, remote = build_federation_membership(
         config,
         signing_key,

@@ -206,6 +206,7 @@ class AccountService:
         self._buckets = rate_limits.buckets
         self._probe_limit = probe_limit(config.rc_registration)
         self._device_listeners: list[DeviceListener] = []
+        self._erasure_listeners: list[Callable[[str], None]] = []
         # user ID -> monotonic time until which its logins are refused (failed attempts).
         # login type -> (the fields it needs, password providers in module order)
         self._auth_checkers: dict[str, tuple[tuple[str, ...], list[AuthChecker]]] = {}
@@ -227,6 +228,14 @@ class AccountService:
         return await self._auth.requester_for_token(token)
 
     # -- device listeners
+
+    def add_erasure_listener(self, callback: Callable[[str], None]) -> None:
+        """`callback(user_id)` when a user is erased or reactivated here."""
+        self._erasure_listeners.append(callback)
+
+    def erasure_changed(self, user_id: str) -> None:
+        for listener in self._erasure_listeners:
+            listener(user_id)
 
     def add_device_listener(self, callback: DeviceListener) -> None:
         """See the class docstring."""
@@ -1045,6 +1054,10 @@ class AccountService:
         await self._store.deactivate(user_id)
         await self.logout_all(user_id)
         if erase:
+            # Erased (Synapse's GDPR erasure): the profile goes, and the user's events are
+            # redacted for whoever was not joined when they were sent (rooms/erasure.py).
+            await self._store.set_erased(user_id)
+            self.erasure_changed(user_id)
             await self._profiles.set_field(user_id, "displayname", None)
             await self._profiles.set_field(user_id, "avatar_url", None)
         rooms = await self._memberships.get_rooms_for_user(user_id)

@@ -240,6 +240,7 @@ class AdminUsers:
                     raise invalid_param("Must provide a password to re-activate an account.")
                 password_hash = await self._passwords.hash(changes.password)
                 await self._store.reactivate(user_id, password_hash)
+                self._accounts.erasure_changed(user_id)  # reactivation clears `erased`
             elif changes.password is not None and not existing.deactivated:
                 await self._set_password(user_id, changes.password, changes.logout_devices)
         if changes.locked is not None:

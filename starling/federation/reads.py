@@ -21,6 +21,7 @@ from starling.errors import MatrixError
 from starling.federation.room_access import RoomAccess
 from starling.protocol.event import Event, StateKey
 from starling.protocol.redaction import RedactionError, redact
+from starling.rooms.erasure import ErasedUsers
 
 # Spec: backfill and get_missing_events answer at most this many events per request.
 MAX_BACKFILL = 100
@@ -65,6 +66,16 @@ class FederationReads:
         self._events = events
         self._access = access
         self._clock = clock
+        self._erased: ErasedUsers | None = None
+
+    def use_erased(self, erased: ErasedUsers) -> None:
+        """Serve erased users' events redacted (set once, at start; rooms/erasure.py)."""
+        self._erased = erased
+
+    async def _erased_senders(self, events: Iterable[Event]) -> set[str]:
+        if self._erased is None:
+            return set()
+        return await self._erased.erased_among(e.sender for e in events)
 
     async def check_origin(self, room_id: str, origin: str) -> None:
         """403 unless `origin` is allowed by the room's ACL and takes part in it."""
@@ -101,7 +112,11 @@ class FederationReads:
         await self._access.check_origin(event.room_id, origin)
         if event.event_id not in await self._access.visible_to_server(origin, [event]):
             raise not_found(f"Unknown event {event_id}")
-        return self._transaction([pdu_for_federation(event, meta)])
+        pdu = pdu_for_federation(event, meta)
+        if await self._erased_senders([event]):
+            with contextlib.suppress(RedactionError):
+                pdu = redact(pdu, event.room_version)
+        return self._transaction([pdu])
 
     # --- GET /state and /state_ids -----------------------------------------------------
 
@@ -218,10 +233,11 @@ class FederationReads:
         self, origin: str, found: Sequence[tuple[Event, Any]]
     ) -> list[dict[str, Any]]:
         visible = await self._access.visible_to_server(origin, [ev for ev, _ in found])
+        erased = await self._erased_senders(ev for ev, _ in found)
         out = []
         for event, meta in found:
             pdu = pdu_for_federation(event, meta)
-            if event.event_id not in visible:
+            if event.event_id not in visible or event.sender in erased:
                 try:
                     pdu = redact(pdu, event.room_version)
                 except RedactionError:

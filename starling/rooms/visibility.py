@@ -9,6 +9,9 @@ as Synapse does: a history_visibility change is judged by the more permissive of
 and new settings, and a user's own membership event by the more permissive of their old
 and new membership (so everyone sees their own leave).
 
+An erased user's events (rooms/erasure.py) are shown in full only to users who were
+joined when they were sent; whoever else may see them gets the redacted form (Synapse).
+
 Judging is per distinct state group, not per event: messages between two state changes
 share a group, so a page of a busy room costs one lookup of two state keys.
 """
@@ -18,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from starling.protocol.event import Event, StateKey
+from starling.protocol.redaction import RedactionError, redact
+from starling.rooms.erasure import ErasedUsers
 from starling.rooms.retention import RetentionWindow
 from starling.storage.events import EventStore, StoredEvent
 from starling.storage.memberships import MembershipStore
@@ -63,6 +68,23 @@ def allowed(event: Event, user_id: str, visibility: str, membership: str, is_pee
     return not is_peeking  # shared
 
 
+def _joined_at(event: Event, user_id: str, membership: str) -> bool:
+    """Whether the user was joined when the event was sent (their own join counts)."""
+    if event.type == "m.room.member" and event.state_key == user_id:
+        return membership == "join" or event.membership == "join"
+    return membership == "join"
+
+
+def _redacted(pair: StoredEvent) -> StoredEvent:
+    """The event as its redacted form (an erased sender's, for a later joiner)."""
+    event = pair.event
+    try:
+        pdu = redact(event.pdu, event.room_version)
+    except RedactionError:
+        return pair
+    return StoredEvent(Event(pdu, event.event_id, event.room_version), pair.meta)
+
+
 class HistoryVisibility:
     def __init__(
         self,
@@ -70,11 +92,13 @@ class HistoryVisibility:
         state: StateStore,
         memberships: MembershipStore,
         retention: RetentionWindow | None = None,
+        erased: ErasedUsers | None = None,
     ) -> None:
         self._events = events
         self._state = state
         self._memberships = memberships
         self._retention = retention
+        self._erased = erased
 
     async def filter_events(
         self,
@@ -108,7 +132,7 @@ class HistoryVisibility:
         else:
             joined = set(joined_rooms)
         decided = await self._state_decisions(user_id, {m.state_before for _, m in pairs})
-        return [
+        seen = [
             pair
             for pair in pairs
             if allowed(
@@ -118,9 +142,26 @@ class HistoryVisibility:
                 pair.event.room_id not in joined,
             )
         ]
+        if self._erased is None or not seen:
+            return seen
+        erased = await self._erased.erased_among(p.event.sender for p in seen)
+        if not erased:
+            return seen
+        return [
+            _redacted(pair)
+            if pair.event.sender in erased
+            and not _joined_at(pair.event, user_id, decided[pair.meta.state_before][1])
+            else pair
+            for pair in seen
+        ]
 
     async def is_visible(self, user_id: str, pair: StoredEvent) -> bool:
         return bool(await self.filter_events(user_id, [pair]))
+
+    async def visible_form(self, user_id: str, pair: StoredEvent) -> StoredEvent | None:
+        """The event as the user may see it (redacted for an erased sender), or None."""
+        seen = await self.filter_events(user_id, [pair])
+        return seen[0] if seen else None
 
     async def _state_decisions(
         self, user_id: str, groups: Iterable[int | None]

@@ -214,6 +214,20 @@ class AccountStore:
             )
         )
 
+    async def set_erased(self, user_id: str) -> None:
+        """Mark the account erased (a deactivation with `erase`)."""
+        await self._db.execute("UPDATE users SET erased = TRUE WHERE user_id = ?", user_id)
+
+    async def erased_among(self, user_ids: list[str]) -> set[str]:
+        """Which of these users are erased (one query)."""
+        if not user_ids:
+            return set()
+        rows = await self._db.fetch_all(
+            f"SELECT user_id FROM users WHERE erased AND {self._db.sql.in_array('user_id')}",
+            self._db.sql.array(user_ids),
+        )
+        return {str(r[0]) for r in rows}
+
     async def upgrade_guest(self, user_id: str, password_hash: str | None) -> bool:
         """A guest account becomes a full one with this password; False unless it was a
         guest (already upgraded, or never one)."""

@@ -171,9 +171,10 @@ class RoomHistory:
                 if e.status == 403:
                     raise not_found("Event not found") from None
                 raise
-        if not await self._visibility.is_visible(user_id, found):
+        seen = await self._visibility.visible_form(user_id, found)
+        if seen is None:
             raise not_found("Event not found")
-        return await self._formatter.format_one(found, FormatOptions(user_id, device_id))
+        return await self._formatter.format_one(seen, FormatOptions(user_id, device_id))
 
     async def state_events(self, user_id: str, room_id: str) -> list[JsonDict]:
         access = await self.access(user_id, room_id)
