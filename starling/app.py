@@ -149,6 +149,7 @@ from starling.storage.delayed_events import DelayedEventStore
 from starling.storage.directory import DirectoryStore
 from starling.storage.e2ee_stores import E2eeStores
 from starling.storage.event_timestamps import EventTimestampStore
+from starling.storage.event_writes import EventWrites
 from starling.storage.events import EventStore
 from starling.storage.external_login import ExternalLoginStore
 from starling.storage.federation_sender import FederationSenderStore
@@ -310,15 +311,20 @@ async def build_services(
 
     state_calculator = StateCalculator(event_store, state_store)
     persister = EventPersister(
-        db,
         event_store,
         state_store,
         membership_store,
-        events_stream,
-        await StreamIdGenerator.create(db, "backfill"),
+        EventWrites(
+            db,
+            event_store,
+            state_store,
+            membership_store,
+            events_stream,
+            await StreamIdGenerator.create(db, "backfill"),
+            relation_store,
+            search_store,
+        ),
         state_calculator,
-        relation_store,
-        search_store,
     )
     room_locks = RoomLocks()
     room_events = RoomEventService(

@@ -41,13 +41,15 @@ from starling.protocol.event import Event, StateKey
 from starling.protocol.power_levels import PowerLevels, server_of
 from starling.protocol.room_versions import RoomVersion
 from starling.rooms.state_calculator import StateCalculator, StateSnapshot
-from starling.storage.database import Database, Transaction
+from starling.storage.event_writes import (
+    CurrentStateChange,
+    EventWrites,
+    MemberRow,
+    TimelineWrite,
+)
 from starling.storage.events import EventStore
-from starling.storage.memberships import Membership, MembershipStore
-from starling.storage.relations import RelationStore
-from starling.storage.search import SearchStore
+from starling.storage.memberships import MembershipStore
 from starling.storage.state import StateStore
-from starling.storage.streams import StreamIdGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -87,25 +89,17 @@ class EventContext:
 class EventPersister:
     def __init__(
         self,
-        db: Database,
         events: EventStore,
         state: StateStore,
         memberships: MembershipStore,
-        events_stream: StreamIdGenerator,
-        backfill_stream: StreamIdGenerator,
+        writes: EventWrites,
         calculator: StateCalculator,
-        relations: RelationStore,
-        search: SearchStore,
     ) -> None:
-        self._db = db
         self._events = events
         self._state = state
         self._memberships = memberships
-        self._stream = events_stream
-        self._backfill_stream = backfill_stream
+        self._writes = writes
         self._calculator = calculator
-        self._relations = relations
-        self._search = search
         self._listeners: list[NewEventListener] = []
         self._writer_only: set[NewEventListener] = set()
         self._state_listeners: list[StateDeltaListener] = []
@@ -125,7 +119,7 @@ class EventPersister:
 
     @property
     def current_position(self) -> int:
-        return self._stream.current_position()
+        return self._writes.current_position()
 
     # --- outliers ------------------------------------------------------------------------
 
@@ -154,12 +148,9 @@ class EventPersister:
                     unknown_rooms[event.room_id] = event
             elif await self._events.get_room_version(event.room_id) is None:
                 unknown_rooms[event.room_id] = event
-        async with self._db.transaction() as txn:
-            for room_id, first in sorted(unknown_rooms.items()):
-                await self._events.store_room(
-                    txn, room_id, room_version, first.sender, first.origin_server_ts
-                )
-            await self._events.insert_outliers(txn, list(new.values()), rejected or {})
+        await self._writes.store_outliers(
+            unknown_rooms, room_version, list(new.values()), rejected or {}
+        )
 
     async def persist_out_of_band_membership(self, event: Event) -> int:
         """A member event of a room whose state this server does not have — an invite
@@ -171,43 +162,20 @@ class EventPersister:
         if event.type != "m.room.member" or event.state_key is None or event.membership is None:
             raise ValueError(f"{event.event_id} is not a member event")
         existing = await self._events.get_event(event.event_id)
-        if existing is not None and existing[1].stream_ordering is not None:
-            return existing[1].stream_ordering
+        if existing is not None and existing.meta.stream_ordering is not None:
+            return existing.meta.stream_ordering
         room_id, user_id = event.room_id, event.state_key
         known_room = await self._events.get_room_version(room_id) is not None
         previous = await self._memberships.get_membership(room_id, user_id)
         key: StateKey = ("m.room.member", user_id)
-        async with self._db.transaction() as txn:
-            if not known_room:
-                await self._events.store_room(
-                    txn, room_id, event.room_version, event.sender, event.origin_server_ts
-                )
-            position = await self._stream.next_id(txn)
-            self._room_written(txn, room_id)
-            if existing is None:
-                await self._events.insert_event(
-                    txn,
-                    event,
-                    stream_ordering=position,
-                    state_before=None,
-                    state_after=None,
-                    outlier=True,
-                )
-            else:
-                await self._events.set_outlier_position(txn, event.event_id, position)
-            await self._state.record_state_delta(
-                txn,
-                room_id,
-                key,
-                event.event_id,
-                previous.event_id if previous is not None else None,
-                position,
-            )
-            await self._memberships.record(
-                txn, [Membership(room_id, user_id, event.membership, event.event_id, position)]
-            )
-            delta: dict[StateKey, str | None] = {key: event.event_id}
-            txn.call_after_commit(lambda: self._notify_state(room_id, delta, position))
+        position = await self._writes.store_out_of_band_membership(
+            event,
+            new_room=not known_room,
+            promote_outlier=existing is not None,
+            previous_event_id=previous.event_id if previous is not None else None,
+        )
+        self._room_written(room_id)
+        self._notify_state(room_id, {key: event.event_id}, position)
         return position
 
     # --- timeline events -----------------------------------------------------------------
@@ -254,8 +222,8 @@ class EventPersister:
             await self.persist_outliers([event], event.room_version, rejected=reasons)
             return None
         existing = None if fresh else await self._events.get_event(event.event_id)
-        if existing is not None and not existing[1].outlier:
-            return existing[1].stream_ordering
+        if existing is not None and not existing.meta.outlier:
+            return existing.meta.stream_ordering
         room_version = new_room
         if room_version is None and await self._events.get_room_version(room_id) is None:
             room_version = event.room_version  # first timeline event of a remote room
@@ -280,7 +248,7 @@ class EventPersister:
         if accepted and event.prev_event_ids:
             known = await self._events.get_events_with_meta(event.prev_event_ids)
             missing_prevs = [
-                p for p in event.prev_event_ids if p not in known or known[p][1].outlier
+                p for p in event.prev_event_ids if p not in known or known[p].meta.outlier
             ]
             for prev_event, prev_meta in known.values():
                 if prev_meta.rejected_reason is not None or prev_meta.soft_failed:
@@ -332,93 +300,40 @@ class EventPersister:
         ):
             redaction_target = None  # kept in the DAG, but the target stays as it is
 
-        async with self._db.transaction() as txn:
-            if room_version is not None:
-                await self._events.store_room(
-                    txn, room_id, room_version, event.sender, event.origin_server_ts
-                )
-            if context.backfilled:
-                position = -(await self._backfill_stream.next_id(txn))
-            else:
-                position = await self._stream.next_id(txn)
-            self._room_written(txn, room_id)
-            group_before = before.group
-            if group_before is None and before.ids:
-                group_before = await self._state.create_group(
-                    txn, room_id, None, before.ids, before.ids, nids
-                )
-            if existing is not None:
-                nid = await self._events.promote_outlier(
-                    txn,
-                    event,
-                    stream_ordering=position,
-                    state_before=group_before,
-                    state_after=group_before,
-                    replaces_state=replaces,
-                    rejected_reason=context.rejected_reason,
-                    soft_failed=context.soft_failed,
-                )
-            else:
-                nid = await self._events.insert_event(
-                    txn,
-                    event,
-                    stream_ordering=position,
-                    state_before=group_before,
-                    state_after=group_before,
-                    replaces_state=replaces,
-                    rejected_reason=context.rejected_reason,
-                    soft_failed=context.soft_failed,
-                    device_id=device_id,
-                    txn_id=txn_id,
-                )
-            nids[event.event_id] = nid
-            if accepted:
-                await self._relations.record(txn, event, position)
-                await self._search.record(txn, event, position)
-            if changes_state:
-                group_after = await self._state.create_group(
-                    txn,
-                    room_id,
-                    group_before,
-                    {event.state_map_key: event.event_id},
-                    after_ids,
-                    nids,
-                )
-                await self._events.set_state_after(txn, event.event_id, nid, group_after)
-            if becomes_extremity or replaced_extremities:
-                await self._events.set_forward_extremities(
-                    txn,
-                    room_id,
-                    replaced_extremities,
-                    event.event_id if becomes_extremity else None,
-                )
-            if missing_prevs or fills_gap:
-                await self._events.update_backward_extremities(
-                    txn, room_id, missing_prevs, [event.event_id] if fills_gap else []
-                )
-            if new_state is not None:
-                await self._state.update_current_state(
-                    txn,
-                    room_id,
-                    new_state,
-                    changed,
-                    nids,
-                    previous=previous_state,
-                    position=position,
-                )
-                await self._record_memberships(txn, room_id, changed, member_events, position)
-            if redaction_target is not None:
-                await self._events.mark_redacted(txn, redaction_target, event.event_id)
-                await self._relations.on_redacted(txn, redaction_target, room_id)
-                await self._search.on_redacted(txn, redaction_target)
-            if accepted and not context.backfilled:
-                state_after = group_after if changes_state else group_before
-                if state_after is not None:
-                    self._events.record_state_tip(txn, room_id, position, state_after)
-                txn.call_after_commit(lambda: self._notify(event, position))
-            if changed:
-                delta = dict(changed)
-                txn.call_after_commit(lambda: self._notify_state(room_id, delta, position))
+        current_state = None
+        if new_state is not None:
+            members, members_gone = _member_rows(changed, member_events)
+            current_state = CurrentStateChange(
+                previous_state, new_state, changed, members, members_gone
+            )
+        position = await self._writes.store_timeline_event(
+            TimelineWrite(
+                event,
+                new_room=room_version,
+                backfilled=context.backfilled,
+                promote_outlier=existing is not None,
+                state_before_group=before.group,
+                state_before_ids=before.ids,
+                state_after_ids=after_ids if changes_state else None,
+                replaces_state=replaces,
+                rejected_reason=context.rejected_reason,
+                soft_failed=context.soft_failed,
+                device_id=device_id,
+                txn_id=txn_id,
+                nids=nids,
+                becomes_extremity=becomes_extremity,
+                replaced_extremities=replaced_extremities,
+                missing_prevs=missing_prevs,
+                fills_gap=fills_gap,
+                current_state=current_state,
+                redaction_target=redaction_target,
+            )
+        )
+        self._room_written(room_id)
+        if accepted and not context.backfilled:
+            self._notify(event, position)
+        if changed:
+            self._notify_state(room_id, changed, position)
         return position
 
     async def _current_state_with(
@@ -448,29 +363,6 @@ class EventPersister:
             return states[groups[0]]
         return await self._calculator.resolve(room_version, [states[g] for g in groups])
 
-    async def _record_memberships(
-        self,
-        txn: Transaction,
-        room_id: str,
-        changed: Mapping[StateKey, str | None],
-        member_events: Mapping[str, Event],
-        position: int,
-    ) -> None:
-        rows: list[Membership] = []
-        gone: list[str] = []
-        for (etype, user_id), eid in changed.items():
-            if etype != "m.room.member":
-                continue
-            if eid is None:
-                gone.append(user_id)
-                continue
-            member_event = member_events.get(eid)
-            if member_event is None or member_event.membership is None:
-                continue
-            rows.append(Membership(room_id, user_id, member_event.membership, eid, position))
-        await self._memberships.record(txn, rows)
-        await self._memberships.remove(txn, room_id, gone)
-
     def _notify(self, event: Event, position: int) -> None:
         if self.relay is not None:
             self.relay.event(event.event_id, position)
@@ -495,10 +387,9 @@ class EventPersister:
         """Another process changed a room's current state (with workers)."""
         self._call_state_listeners(room_id, changed, position)
 
-    def _room_written(self, txn: Transaction, room_id: str) -> None:
-        relay = self.relay
-        if relay is not None:
-            txn.call_after_commit(lambda: relay.room(room_id))
+    def _room_written(self, room_id: str) -> None:
+        if self.relay is not None:
+            self.relay.room(room_id)
 
     def _notify_state(
         self, room_id: str, changed: Mapping[StateKey, str | None], position: int
@@ -515,3 +406,23 @@ class EventPersister:
                 listener(room_id, changed, position)
             except Exception:
                 logger.exception("state listener failed for %s", room_id)
+
+
+def _member_rows(
+    changed: Mapping[StateKey, str | None], member_events: Mapping[str, Event]
+) -> tuple[list[MemberRow], list[str]]:
+    """The member events among a current-state change, and the users whose member key
+    left the state."""
+    rows: list[MemberRow] = []
+    gone: list[str] = []
+    for (etype, user_id), eid in changed.items():
+        if etype != "m.room.member":
+            continue
+        if eid is None:
+            gone.append(user_id)
+            continue
+        member_event = member_events.get(eid)
+        if member_event is None or member_event.membership is None:
+            continue
+        rows.append((user_id, member_event.membership, eid))
+    return rows, gone
