@@ -1288,7 +1288,6 @@ async def build_room_extras(
             visible=visibility.is_visible,
         ),
         unread_counts=UnreadCounts(
-            db,
             receipt_store,
             event_store,
             events_stream,

@@ -38,11 +38,10 @@ from starling.protocol.push_rules import PushRuleSet, is_highlight, notifies
 from starling.push.service import PushRulesService
 from starling.receipts.service import MAIN_THREAD, thread_of
 from starling.rooms.event_service import RoomEventService
-from starling.storage.database import Database
 from starling.storage.events import EventStore
 from starling.storage.memberships import MembershipStore
 from starling.storage.profiles import ProfileStore
-from starling.storage.receipts import ReceiptStore, events_after_bounds
+from starling.storage.receipts import ReceiptStore
 from starling.storage.streams import StreamIdGenerator
 from starling.sync.extension import SyncContext
 from starling.sync.sections import joined_room, wants_thread_counts
@@ -83,7 +82,6 @@ class UnreadCounts:
 
     def __init__(
         self,
-        db: Database,
         receipts: ReceiptStore,
         events: EventStore,
         events_stream: StreamIdGenerator,
@@ -92,7 +90,6 @@ class UnreadCounts:
         room_events: RoomEventService,
         push_rules: PushRulesService,
     ) -> None:
-        self._db = db
         self._receipts = receipts
         self._events = events
         self._events_stream = events_stream
@@ -154,7 +151,9 @@ class UnreadCounts:
                 scan_from[room_id] = start
         candidates: list[tuple[str, str, int]] = []
         if scan_from:
-            candidates = await events_after_bounds(self._db, user_id, scan_from, window, upper=upto)
+            candidates = await self._receipts.events_after_bounds(
+                user_id, scan_from, window, upper=upto
+            )
         candidates.sort(key=lambda c: c[2], reverse=True)  # newest first
         loaded = await self._events.get_events([eid for _, eid, _ in candidates])
         batch = [(room_id, loaded[eid], pos) for room_id, eid, pos in candidates if eid in loaded]

@@ -117,37 +117,36 @@ class ReceiptStore:
         )
         return None if value is None else str(value)
 
-
-async def events_after_bounds(
-    db: Database,
-    user_id: str,
-    lower_bounds: dict[str, int],
-    per_room_cap: int,
-    upper: int | None = None,
-) -> list[tuple[str, str, int]]:
-    """(room_id, event_id, stream_ordering) of the newest events (at most `per_room_cap`
-    per room) after each room's lower bound (and at most `upper`, when given) that others
-    sent, of any type: the events push rules are evaluated on for unread counts. One
-    query for all rooms."""
-    if not lower_bounds:
-        return []
-    bounds_sql, bounds_args = db.sql.text_int_pairs(
-        "b", "room_id", "lower_bound", list(lower_bounds.items())
-    )
-    upper_sql = "" if upper is None else " AND e.stream_ordering <= ?"
-    upper_args = () if upper is None else (upper,)
-    rows = await db.fetch_all(
-        "SELECT room_id, event_id, stream_ordering FROM ("
-        "  SELECT e.room_id, e.event_id, e.stream_ordering, ROW_NUMBER() OVER ("
-        "    PARTITION BY e.room_id ORDER BY e.stream_ordering DESC) AS rn"
-        f"  FROM {bounds_sql}"
-        "  JOIN events e ON e.room_id = b.room_id AND e.stream_ordering > b.lower_bound"
-        "  WHERE e.sender <> ? AND NOT e.soft_failed AND e.rejected_reason IS NULL"
-        f"    AND e.redacted_by IS NULL{upper_sql}"
-        ") x WHERE rn <= ?",
-        *bounds_args,
-        user_id,
-        *upper_args,
-        per_room_cap,
-    )
-    return [(r[0], r[1], int(r[2])) for r in rows]
+    async def events_after_bounds(
+        self,
+        user_id: str,
+        lower_bounds: dict[str, int],
+        per_room_cap: int,
+        upper: int | None = None,
+    ) -> list[tuple[str, str, int]]:
+        """(room_id, event_id, stream_ordering) of the newest events (at most `per_room_cap`
+        per room) after each room's lower bound (and at most `upper`, when given) that others
+        sent, of any type: the events push rules are evaluated on for unread counts. One
+        query for all rooms."""
+        if not lower_bounds:
+            return []
+        bounds_sql, bounds_args = self._db.sql.text_int_pairs(
+            "b", "room_id", "lower_bound", list(lower_bounds.items())
+        )
+        upper_sql = "" if upper is None else " AND e.stream_ordering <= ?"
+        upper_args = () if upper is None else (upper,)
+        rows = await self._db.fetch_all(
+            "SELECT room_id, event_id, stream_ordering FROM ("
+            "  SELECT e.room_id, e.event_id, e.stream_ordering, ROW_NUMBER() OVER ("
+            "    PARTITION BY e.room_id ORDER BY e.stream_ordering DESC) AS rn"
+            f"  FROM {bounds_sql}"
+            "  JOIN events e ON e.room_id = b.room_id AND e.stream_ordering > b.lower_bound"
+            "  WHERE e.sender <> ? AND NOT e.soft_failed AND e.rejected_reason IS NULL"
+            f"    AND e.redacted_by IS NULL{upper_sql}"
+            ") x WHERE rn <= ?",
+            *bounds_args,
+            user_id,
+            *upper_args,
+            per_room_cap,
+        )
+        return [(r[0], r[1], int(r[2])) for r in rows]
