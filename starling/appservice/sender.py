@@ -252,7 +252,7 @@ class AppServiceSender:
             now = self._clock_ms()
             for event_id, _ in rows:
                 pair = stored.get(event_id)
-                if pair is not None and await interest(service, pair[0]):
+                if pair is not None and await interest(service, pair.event):
                     events.append(client_event(pair, now))
         e2ee_body, extras, moved = await self._e2ee_part(service, events)
         if not events and not ephemeral and not e2ee_body:

@@ -194,7 +194,7 @@ async def join_cluster(bus: ClusterBus, parts: ClusterParts, roles: ClusterRoles
             logger.warning("cluster: event %s announced but not found", event_id)
             return
         with quiet():
-            parts.persister.replay_event(stored[0], position)
+            parts.persister.replay_event(stored.event, position)
 
     def replay_state(payload: list[Any]) -> None:
         room_id, changed, position = payload

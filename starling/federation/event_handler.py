@@ -320,11 +320,11 @@ class FederationEventHandler:
 
     async def _is_known_in_dag(self, event_id: str) -> bool:
         got = await self._events.get_events_with_meta([event_id])
-        return event_id in got and not got[event_id][1].outlier
+        return event_id in got and not got[event_id].meta.outlier
 
     async def _missing_prev_events(self, event: Event) -> list[str]:
         got = await self._events.get_events_with_meta(event.prev_event_ids)
-        return [p for p in event.prev_event_ids if p not in got or got[p][1].outlier]
+        return [p for p in event.prev_event_ids if p not in got or got[p].meta.outlier]
 
     async def _origin_in_room(self, origin: str, event: Event) -> bool:
         """Whether `origin` takes part in the room: one of its users is joined, or the

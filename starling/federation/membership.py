@@ -39,6 +39,7 @@ from starling.protocol.restricted_joins import (
 )
 from starling.protocol.room_versions import EventFormat, RoomVersion
 from starling.rooms.builder import EventBuilder, auth_keys_for, listed_auth_events
+from starling.storage.events import StoredEvent
 from starling.storage.memberships import Membership
 
 logger = logging.getLogger(__name__)
@@ -67,9 +68,7 @@ class ResidentEvents(Protocol):
         self, event_ids: Iterable[str], allow_rejected: bool = False
     ) -> Mapping[str, Event]: ...
 
-    async def get_events_with_meta(
-        self, event_ids: Iterable[str]
-    ) -> Mapping[str, tuple[Event, Any]]: ...
+    async def get_events_with_meta(self, event_ids: Iterable[str]) -> Mapping[str, StoredEvent]: ...
 
     async def get_forward_extremities(self, room_id: str) -> list[str]: ...
 
@@ -256,7 +255,7 @@ class ResidentMembership:
         got = (await self._events.get_events_with_meta([event.event_id])).get(event.event_id)
         if got is None:
             raise forbidden("The event was not accepted")
-        meta = got[1]
+        meta = got.meta
         if meta.rejected_reason is not None:
             raise forbidden(f"The event is not allowed: {meta.rejected_reason}")
         if meta.soft_failed or meta.outlier:

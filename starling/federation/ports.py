@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from starling.protocol.event import Event, StateKey
 from starling.protocol.room_versions import RoomVersion
+from starling.storage.events import StoredEvent
 
 
 class Snapshot(Protocol):
@@ -50,9 +51,7 @@ class EventMetaView(Protocol):
 class EventReader(Protocol):
     async def get_room_version(self, room_id: str) -> RoomVersion | None: ...
 
-    async def get_events_with_meta(
-        self, event_ids: Iterable[str]
-    ) -> Mapping[str, tuple[Event, Any]]: ...
+    async def get_events_with_meta(self, event_ids: Iterable[str]) -> Mapping[str, StoredEvent]: ...
 
     async def get_events(
         self, event_ids: Iterable[str], allow_rejected: bool = False

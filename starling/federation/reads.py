@@ -22,6 +22,7 @@ from starling.federation.room_access import RoomAccess
 from starling.protocol.event import Event, StateKey
 from starling.protocol.redaction import RedactionError, redact
 from starling.rooms.erasure import ErasedUsers
+from starling.storage.events import StoredEvent
 
 # Spec: backfill and get_missing_events answer at most this many events per request.
 MAX_BACKFILL = 100
@@ -32,9 +33,7 @@ MAX_NAMED_EVENTS = 50
 
 
 class EventGraphReader(Protocol):
-    async def get_events_with_meta(
-        self, event_ids: Iterable[str]
-    ) -> Mapping[str, tuple[Event, Any]]: ...
+    async def get_events_with_meta(self, event_ids: Iterable[str]) -> Mapping[str, StoredEvent]: ...
 
     async def get_state_ids_before(self, event_id: str) -> Mapping[StateKey, str] | None: ...
 
@@ -84,9 +83,9 @@ class FederationReads:
     def _transaction(self, pdus: list[dict[str, Any]]) -> dict[str, Any]:
         return {"origin": self._server_name, "origin_server_ts": self._clock(), "pdus": pdus}
 
-    async def _event_in_room(self, room_id: str, event_id: str) -> tuple[Event, Any]:
+    async def _event_in_room(self, room_id: str, event_id: str) -> StoredEvent:
         got = (await self._events.get_events_with_meta([event_id])).get(event_id)
-        if got is None or got[0].room_id != room_id:
+        if got is None or got.event.room_id != room_id:
             raise not_found(f"Unknown event {event_id} in room {room_id}")
         return got
 
@@ -184,7 +183,7 @@ class FederationReads:
         found = await self._walk_back(
             room_id, latest, include_start=False, stop=stop, limit=limit, min_depth=min_depth
         )
-        found.sort(key=lambda pair: (pair[0].depth, pair[0].event_id))
+        found.sort(key=lambda pair: (pair.event.depth, pair.event.event_id))
         return {"events": await self._serve_filtered(origin, found)}
 
     # --- the walk ----------------------------------------------------------------------
@@ -198,9 +197,9 @@ class FederationReads:
         stop: set[str],
         limit: int,
         min_depth: int = 0,
-    ) -> list[tuple[Event, Any]]:
+    ) -> list[StoredEvent]:
         """Breadth-first over prev_events from `start`, deepest first, one query per level."""
-        out: list[tuple[Event, Any]] = []
+        out: list[StoredEvent] = []
         seen: set[str] = set(stop)
         frontier: list[str] = []
         if include_start:
@@ -209,28 +208,28 @@ class FederationReads:
             starts = await self._events.get_events_with_meta(start)
             for eid in start:
                 got = starts.get(eid)
-                if got is not None and got[0].room_id == room_id:
-                    frontier.extend(got[0].prev_event_ids)
+                if got is not None and got.event.room_id == room_id:
+                    frontier.extend(got.event.prev_event_ids)
         while frontier and len(out) < limit:
             ids = [e for e in dict.fromkeys(frontier) if e not in seen]
             seen.update(ids)
             level_got = await self._events.get_events_with_meta(ids)
             level = sorted(
-                (pair for pair in level_got.values() if pair[0].room_id == room_id),
-                key=lambda pair: (-pair[0].depth, pair[0].event_id),
+                (pair for pair in level_got.values() if pair.event.room_id == room_id),
+                key=lambda pair: (-pair.event.depth, pair.event.event_id),
             )
             frontier = []
-            for event, meta in level:
+            for stored in level:
                 if len(out) >= limit:
                     break
-                if event.depth < min_depth:
+                if stored.event.depth < min_depth:
                     continue
-                out.append((event, meta))
-                frontier.extend(p for p in event.prev_event_ids if p not in seen)
+                out.append(stored)
+                frontier.extend(p for p in stored.event.prev_event_ids if p not in seen)
         return out
 
     async def _serve_filtered(
-        self, origin: str, found: Sequence[tuple[Event, Any]]
+        self, origin: str, found: Sequence[StoredEvent]
     ) -> list[dict[str, Any]]:
         visible = await self._access.visible_to_server(origin, [ev for ev, _ in found])
         erased = await self._erased_senders(ev for ev, _ in found)

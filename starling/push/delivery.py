@@ -32,7 +32,7 @@ import aiohttp
 
 from starling.address_guard import AddressPolicy, guarded_socket_factory, is_blocked_error
 from starling.protocol.event import Event
-from starling.storage.events import EventStore
+from starling.storage.events import EventStore, StoredEvent
 from starling.storage.push_actions import PushAction, PushActionStore
 from starling.storage.pushers import PusherStore
 
@@ -70,10 +70,10 @@ async def _no_details(event: Event) -> dict[str, Any]:
 
 def room_details_from(
     current_state: Callable[[str], Awaitable[Mapping[tuple[str, str], str]]],
-    get_events: Callable[[list[str]], Awaitable[Mapping[str, Any]]],
+    get_events: Callable[[list[str]], Awaitable[Mapping[str, StoredEvent]]],
 ) -> RoomDetails:
     """Reads room_name, room_alias and sender_display_name from the room's current state.
-    `get_events` maps event IDs to stored (event, meta) pairs."""
+    `get_events` maps event IDs to the stored events."""
 
     async def details(event: Event) -> dict[str, Any]:
         state = await current_state(event.room_id)
@@ -89,7 +89,7 @@ def room_details_from(
             for key, _ in wanted.values():
                 pair = found.get(state.get(key, ""))
                 if pair is not None:
-                    contents[key] = pair[0].content
+                    contents[key] = pair.event.content
         else:
             # A room this server is not in (an invite from another server): what the
             # inviting server told of it, the invite's stripped state (as Synapse).
@@ -348,7 +348,7 @@ class PushSender:
         for action in backlog:
             pair = loaded.get(action.event_id)
             if pair is not None:
-                event = pair[0]
+                event = pair.event
                 unread = await self._unread(user_id)
                 details = await self._room_details(event)
                 body = notification_body(

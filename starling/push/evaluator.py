@@ -140,7 +140,7 @@ class PushEvaluator:
         rows = await self._store.timeline_after(self._position, upto, BATCH_EVENTS)
         new_position = rows[-1][1] if len(rows) == BATCH_EVENTS else upto
         loaded = await self._events.get_events_with_meta(eid for eid, _ in rows)
-        batch = [(loaded[eid][0], pos) for eid, pos in rows if eid in loaded]
+        batch = [(loaded[eid].event, pos) for eid, pos in rows if eid in loaded]
         actions = await self._evaluate(batch)
         await self._store.add(actions, new_position)
         self._position = new_position

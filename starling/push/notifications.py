@@ -89,7 +89,7 @@ class NotificationsService:
         notifications = []
         for action, event in zip(present, formatted, strict=True):
             room_read = read.get(action.room_id, {})
-            thread = _thread_of(loaded[action.event_id][0])
+            thread = _thread_of(loaded[action.event_id].event)
             upto = max(room_read.get("", -1), room_read.get(thread, -1))
             notifications.append(
                 {

@@ -159,7 +159,7 @@ class RelationAggregator:
         for root_id, summary in list(summaries.items()):
             if summary.latest_event_id in seen:
                 continue
-            root = wanted[root_id][0]
+            root = wanted[root_id].event
             replies = await self._visible_children(user_id, root.room_id, root_id, THREAD)
             replies = [p for p in replies if p.event.sender not in ignored]
             if not replies:

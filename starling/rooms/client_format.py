@@ -175,8 +175,8 @@ class EventFormatter:
         if redaction is not None:
             # Formatted plainly: a redaction's own redacted_because is never needed.
             unsigned["redacted_because"] = self._one(
-                redaction[0],
-                redaction[1],
+                redaction.event,
+                redaction.meta,
                 FormatOptions(opts.user_id, opts.device_id, opts.include_room_id),
                 now,
                 {},
@@ -233,7 +233,7 @@ class EventFormatter:
                 "current_user_participated": bundle.thread.participated,
             }
         if bundle.replace is not None:
-            out["m.replace"] = self._one(*bundle.replace, inner, now, {})
+            out["m.replace"] = self._one(bundle.replace.event, bundle.replace.meta, inner, now, {})
         if bundle.references:
             out["m.reference"] = {"chunk": [{"event_id": eid} for eid in bundle.references]}
         return out

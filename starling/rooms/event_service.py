@@ -177,11 +177,11 @@ class RoomEventService:
                 got = await self._events.get_event(existing) if existing is not None else None
                 if got is None:
                     raise
-                if got[0].type != event_type or got[0].redacts != redacts:
+                if got.event.type != event_type or got.event.redacts != redacts:
                     raise invalid_param(
                         "Transaction ID already used for another request in this room"
                     ) from None
-                return got[0]
+                return got.event
 
     async def _send_locked(
         self,

@@ -58,7 +58,7 @@ class StateCalculator:
         missing = [
             eid
             for eid in event_ids
-            if eid not in metas or metas[eid][1].outlier or metas[eid][1].state_after is None
+            if eid not in metas or metas[eid].meta.outlier or metas[eid].meta.state_after is None
         ]
         if missing:
             raise MissingStateError(missing)

@@ -222,7 +222,7 @@ class EventStore:
         self._backward.pop(room_id)
         for event_id in self._events.keys():
             cached = self._events.get(event_id)
-            if cached is not None and cached[0].room_id == room_id:
+            if cached is not None and cached.event.room_id == room_id:
                 self._events.pop(event_id)
 
     def forget_events(self, room_id: str, event_ids: Iterable[str]) -> None:

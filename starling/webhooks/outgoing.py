@@ -148,7 +148,7 @@ class OutgoingWebhooks:
         bodies = []
         for event_id, stream_position in rows:
             pair = stored.get(event_id)
-            if pair is not None and wanted(hook, pair[0]):
+            if pair is not None and wanted(hook, pair.event):
                 body = {"hook": hook.id, "event": client_event(pair, now)}
                 bodies.append((stream_position, orjson.dumps(body).decode()))
         await self._store.enqueue(hook.id, bodies, new_position)

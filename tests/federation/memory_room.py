@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from starling.protocol.event import Event, StateKey
 from starling.protocol.room_versions import RoomVersion
@@ -36,10 +37,17 @@ class Meta:
     position: int | None = None
 
 
+class Stored(NamedTuple):
+    """The fake's StoredEvent: the event and what the fake knows of it."""
+
+    event: Event
+    meta: Meta
+
+
 @dataclass
 class MemoryRooms:
     rooms: dict[str, RoomVersion] = field(default_factory=dict)
-    events: dict[str, tuple[Event, Meta]] = field(default_factory=dict)
+    events: dict[str, Stored] = field(default_factory=dict)
     extremities: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     current: dict[str, dict[StateKey, str]] = field(default_factory=dict)
     position: int = 0
@@ -51,7 +59,7 @@ class MemoryRooms:
     async def get_room_version(self, room_id: str) -> RoomVersion | None:
         return self.rooms.get(room_id)
 
-    async def get_events_with_meta(self, event_ids: Iterable[str]) -> dict[str, tuple[Event, Meta]]:
+    async def get_events_with_meta(self, event_ids: Iterable[str]) -> dict[str, Stored]:
         return {e: self.events[e] for e in event_ids if e in self.events}
 
     async def get_events(
@@ -72,7 +80,7 @@ class MemoryRooms:
     async def get_joined_users(self, room_id: str) -> frozenset[str]:
         out = set()
         for (etype, sk), eid in self.current.get(room_id, {}).items():
-            if etype == "m.room.member" and self.events[eid][0].membership == "join":
+            if etype == "m.room.member" and self.events[eid].event.membership == "join":
                 out.add(sk)
         return frozenset(out)
 
@@ -132,7 +140,7 @@ class MemoryRooms:
     ) -> StateSnapshot:
         sets = []
         for eid in event_ids:
-            meta = self.events[eid][1]
+            meta = self.events[eid].meta
             if meta.state_after is None:
                 raise MissingStateError(frozenset([eid]))
             sets.append(meta.state_after)
@@ -159,7 +167,9 @@ class MemoryRooms:
     ) -> None:
         for ev in events:
             reason = (rejected or {}).get(ev.event_id)
-            self.events.setdefault(ev.event_id, (ev, Meta(outlier=True, rejected_reason=reason)))
+            self.events.setdefault(
+                ev.event_id, Stored(ev, Meta(outlier=True, rejected_reason=reason))
+            )
 
     async def persist(
         self, event: Event, context: EventContext, *, new_room: RoomVersion | None = None
@@ -180,7 +190,7 @@ class MemoryRooms:
             state_before=dict(context.state_before.ids),
             position=pos,
         )
-        self.events[event.event_id] = (event, meta)
+        self.events[event.event_id] = Stored(event, meta)
         if context.rejected_reason is None and not context.soft_failed:
             if not context.backfilled:
                 self.timeline.append(event.event_id)
@@ -196,7 +206,7 @@ class MemoryRooms:
     # --- test helpers -------------------------------------------------------------------
 
     def meta(self, event_id: str) -> Meta:
-        return self.events[event_id][1]
+        return self.events[event_id].meta
 
     async def seed(self, room_version: RoomVersion, events: Sequence[Event]) -> None:
         """Persist `events` (in order, each accepted on top of the previous ones)."""

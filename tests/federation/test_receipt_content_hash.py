@@ -44,6 +44,6 @@ async def test_redacted_state_event_keeps_protected_keys(scenario: Scenario) -> 
     pdu["content"] = {"join_rule": "invite", "extra": 2}
     pdu = sign_event(pdu, "remote.example", scenario.remote.key, event.room_version)
     assert await scenario.send(Event(pdu, event.event_id, event.room_version)) is None
-    stored = scenario.rooms.events[event.event_id][0]
+    stored = scenario.rooms.events[event.event_id].event
     assert stored.content == {"join_rule": "invite"}
     assert scenario.rooms.current[scenario.dag.room_id][("m.room.join_rules", "")] == event.event_id

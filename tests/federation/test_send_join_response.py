@@ -75,7 +75,7 @@ async def test_forged_state_is_not_used(room_version: RoomVersion) -> None:
         pdus,
         [dict(e.pdu) for e in dag.auth_chain(state.values())],
     )
-    stored = rooms.events[topic.event_id][0]
+    stored = rooms.events[topic.event_id].event
     assert "topic" not in stored.content
 
 

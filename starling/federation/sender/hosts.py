@@ -12,11 +12,11 @@ query and one event query for all the groups it has not seen.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from starling.protocol.event import Event, StateKey
 from starling.protocol.server_acl import ACL_EVENT_TYPE, server_allowed
-from starling.storage.events import LruCache
+from starling.storage.events import LruCache, StoredEvent
 
 
 class StateGroups(Protocol):
@@ -90,10 +90,10 @@ class JoinedHosts:
             out[group] = hosts
         return out
 
-    async def for_events(self, events: Sequence[tuple[Event, Any]]) -> dict[str, frozenset[str]]:
+    async def for_events(self, events: Sequence[StoredEvent]) -> dict[str, frozenset[str]]:
         """event ID -> the servers that must receive it (this server not removed).
 
-        Each pair is (event, meta) with `state_before`/`state_after` group numbers; an
+        Each event's meta has `state_before`/`state_after` group numbers; an
         event without them falls back to the room's current members.
         """
         groups: set[int] = set()

@@ -52,6 +52,7 @@ from starling.federation.metrics import (
 from starling.federation.sender.backoff import BackoffPolicy
 from starling.federation.sender.hosts import JoinedHosts, server_of
 from starling.protocol.event import Event
+from starling.storage.events import StoredEvent
 from starling.storage.federation_sender import DestinationRow as DestinationRow
 from starling.storage.federation_sender import FederationSenderStore
 
@@ -91,9 +92,7 @@ class StoredEdus(Protocol):
 
 
 class SenderEvents(Protocol):
-    async def get_events_with_meta(
-        self, event_ids: Iterable[str]
-    ) -> Mapping[str, tuple[Event, Any]]: ...
+    async def get_events_with_meta(self, event_ids: Iterable[str]) -> Mapping[str, StoredEvent]: ...
 
     async def get_forward_extremities(self, room_id: str) -> list[str]: ...
 
@@ -321,7 +320,7 @@ class FederationSender:
         rows = await self._store.stream_events(self._position, upto, FAN_OUT_BATCH)
         batch_end = upto if len(rows) < FAN_OUT_BATCH else rows[-1][1]
         to_send = await self._events_to_send(rows)
-        hosts = await self._hosts.for_events([(ev, meta) for _, ev, meta, _ in to_send])
+        hosts = await self._hosts.for_events([StoredEvent(ev, meta) for _, ev, meta, _ in to_send])
         per_dest: dict[str, list[tuple[int, Event]]] = {}
         for position, event, _, origin in to_send:
             for host in hosts.get(event.event_id, ()):
@@ -371,7 +370,7 @@ class FederationSender:
         foreign = [
             eid
             for eid, _ in rows
-            if eid in found and server_of(found[eid][0].sender) != self._server_name
+            if eid in found and server_of(found[eid].event.sender) != self._server_name
         ]
         relayed = await self._store.relayed_origins(foreign)
         out: list[tuple[int, Event, Any, str | None]] = []
@@ -468,7 +467,9 @@ class FederationSender:
             )
         else:
             candidates = await self._events_to_send(rows)
-            hosts = await self._hosts.for_events([(ev, meta) for _, ev, meta, _ in candidates])
+            hosts = await self._hosts.for_events(
+                [StoredEvent(ev, meta) for _, ev, meta, _ in candidates]
+            )
             events = [
                 (pos, ev)
                 for pos, ev, _, origin in candidates

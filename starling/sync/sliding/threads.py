@@ -68,14 +68,16 @@ class ThreadUpdates:
         several = await self._store.threads_with_several_replies([r[1] for r in rows], lower, upper)
         loaded = await self._events.get_events_with_meta(r[1] for r in rows)
         roots = await self._visible(user_id, [loaded[r[1]] for r in rows if r[1] in loaded])
-        visible = {pair[0].event_id: pair for pair in roots}
+        visible = {pair.event.event_id: pair for pair in roots}
         formatted: dict[str, dict[str, Any]] = {}
         if include_roots and roots:
             shown = await self._formatter.format(roots, FormatOptions(user_id, device_id))
-            formatted = {pair[0].event_id: event for pair, event in zip(roots, shown, strict=True)}
+            formatted = {
+                pair.event.event_id: event for pair, event in zip(roots, shown, strict=True)
+            }
         out: dict[str, dict[str, Any]] = {}
         for room_id, thread_id, _latest_id, latest_pos in rows:
-            if thread_id not in visible or visible[thread_id][0].room_id != room_id:
+            if thread_id not in visible or visible[thread_id].event.room_id != room_id:
                 continue
             update: dict[str, Any] = {}
             if include_roots:
