@@ -1500,6 +1500,7 @@ class Homeserver:
             delayed_events=s.delayed_events,
             rate_limits=s.rate_limits,
             shared_buckets=self.shared_buckets,
+            presence=s.presence,
         )
 
     async def _start_listeners(self) -> None:

@@ -13,6 +13,9 @@ Told (after commit, in the order it happened here):
 - notifier wake-ups, applied after the positions they follow;
 - typing (each process keeps every room's typing users; the typing stream's positions
   are wall-clock based, so they agree closely enough between processes);
+- presence: every announced state (each process keeps everyone's, the newest stream
+  position winning), and heartbeats — who syncs through this process, who was active —
+  to the process that runs the timeouts (the background tasks' one);
 - rate limits: every process spends from the same buckets in Redis
   (starling/cluster/ratelimit.py); admins' per-user overrides are relayed;
 - work for the singletons (federation EDUs, push badges, appservice ephemeral data) from
@@ -39,6 +42,7 @@ from starling.cluster.roles import ClusterRoles
 from starling.config import RateLimit
 from starling.federation.sender.sender import FederationSender
 from starling.notifier import Notifier
+from starling.presence.service import PresenceService
 from starling.protocol.event import StateKey
 from starling.push.delivery import PushSender
 from starling.ratelimit import RateLimits, SharedBuckets
@@ -50,6 +54,7 @@ from starling.storage.database import Database
 from starling.storage.events import EventStore
 from starling.storage.memberships import MembershipStore
 from starling.storage.postgres import PostgresDatabase
+from starling.storage.presence import PresenceRow
 from starling.storage.state import StateStore
 from starling.storage.streams import StreamIdGenerator, generators_of
 from starling.typing.service import TypingService
@@ -81,6 +86,7 @@ class ClusterParts:
     delayed_events: DelayedEvents
     rate_limits: RateLimits
     shared_buckets: SharedBuckets | None
+    presence: PresenceService
 
 
 class _Quiet:
@@ -226,6 +232,29 @@ async def join_cluster(bus: ClusterBus, parts: ClusterParts, roles: ClusterRoles
 
     bus.on("typing", typing_changed)
 
+    # --- presence: everyone's on every process; the timeouts on one ---------------------
+    presence = parts.presence
+    presence.runs_timeouts = roles.background_tasks
+    presence.relay = lambda rows: send(
+        "presence",
+        [
+            [r.user_id, r.state, r.status_msg, r.last_active_ts, r.currently_active, r.stream_id]
+            for r in rows
+        ],
+    )
+    bus.on(
+        "presence",
+        lambda p: presence.changed_elsewhere(
+            PresenceRow(str(u), str(st), msg, int(active), bool(current), int(position))
+            for u, st, msg, active, current, position in p
+        ),
+    )
+    if roles.background_tasks:
+        bus.on("presence_beat", presence.heartbeat_elsewhere)
+    else:
+        presence.relay_heartbeat = lambda beats: bus.send("presence_beat", beats)
+        bus.add_task(presence.heartbeat_loop())
+
     # --- rate limits: one allowance whichever process a client reaches ----------------
     parts.rate_limits.buckets.shared = parts.shared_buckets
 
@@ -276,6 +305,7 @@ async def join_cluster(bus: ClusterBus, parts: ClusterParts, roles: ClusterRoles
         state.drop_current_state_cache()
         members.invalidate_all()
         parts.auth.invalidate_here("clear", [])
+        await presence.reload()
         position = parts.persister.current_position
         for cache in change_caches.values():
             cache.reset(position)

@@ -11,6 +11,14 @@ idle for five minutes becomes unavailable; a user who set presence by syncing or
 and has not synced for 30 seconds (and has no /sync long-poll waiting) goes offline. One
 background loop, running only while someone is not offline, applies these timeouts.
 
+With workers (docs/scaling.md) every process keeps every user's presence: each
+visible change is written with its stream position and relayed over the bus, and a
+process takes a relayed or stored state only when its position is newer than the one it
+holds, so all of them end on the latest write. The timeouts run on one process (the one
+running background tasks, `runs_timeouts`); the others tell it, every few seconds, who is
+syncing through them and who was active (`heartbeat`), so a user whose long-polls land
+on another process does not time out, and one whose process died does.
+
 Users see the presence of users they share a room with, and their own. With
 `presence.enabled: false`, PUT is accepted and ignored, GET answers offline, and /sync
 carries no presence.
@@ -49,6 +57,9 @@ SHARE_ACTIVE_WITHIN_MS = 7 * 24 * 3600 * 1000
 # How often the timeouts are checked and last-active times flushed.
 CHECK_INTERVAL_S = 5.0
 FLUSH_INTERVAL_MS = 60_000
+# With workers: how often a process that does not run the timeouts tells the one that
+# does who is syncing through it and who was active (well within SYNC_TIMEOUT_MS).
+HEARTBEAT_S = 5.0
 
 
 @dataclass(slots=True)
@@ -83,6 +94,10 @@ class PresenceService:
         self._not_offline: set[str] = set()
         self._syncing: dict[str, int] = {}
         self._unflushed: dict[str, int] = {}  # user -> last_active_ts not yet written
+        # The stream position of each held state (with workers, the newest write wins).
+        self._positions: dict[str, int] = {}
+        # Users whose activity or end of sync the timeouts' process has not heard of.
+        self._touched: set[str] = set()
         self._last_flush = 0
         self._loop_task: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
@@ -90,6 +105,11 @@ class PresenceService:
         # out here; other servers time out their own), and who hears of local changes.
         self.is_local: Callable[[str], bool] = lambda user_id: True
         self.on_local_changes: Callable[[dict[str, dict[str, Any]]], Awaitable[None]] | None = None
+        # With workers (cluster/wiring.py): whether this process applies the timeouts,
+        # and how it tells the others of announced states and heartbeats.
+        self.runs_timeouts = True
+        self.relay: Callable[[list[PresenceRow]], None] | None = None
+        self.relay_heartbeat: Callable[[list[tuple[str, int, int]]], None] | None = None
 
     @classmethod
     async def create(
@@ -104,12 +124,16 @@ class PresenceService:
         """Load the users who were not offline (their timeouts then apply as usual)."""
         service = cls(store, memberships, notifier, enabled=enabled, clock=clock)
         now = service._now()
-        for row in await store.get_not_offline():
-            service._states[row.user_id] = _Presence(
+        service._hold_not_offline(await store.get_not_offline(), now)
+        return service
+
+    def _hold_not_offline(self, rows: Iterable[PresenceRow], now: int) -> None:
+        for row in rows:
+            self._states[row.user_id] = _Presence(
                 row.state, row.status_msg, row.last_active_ts, row.currently_active, now
             )
-            service._not_offline.add(row.user_id)
-        return service
+            self._positions[row.user_id] = row.stream_id
+            self._not_offline.add(row.user_id)
 
     def _now(self) -> int:
         return int(self._clock() * 1000)
@@ -127,7 +151,10 @@ class PresenceService:
                 if row is None
                 else _Presence(row.state, row.status_msg, row.last_active_ts, False)
             )
-            self._states.setdefault(user_id, state)
+            if user_id not in self._states:
+                self._states[user_id] = state
+                if row is not None:
+                    self._positions[user_id] = row.stream_id
             state = self._states[user_id]
         return state
 
@@ -192,6 +219,8 @@ class PresenceService:
                 state = self._states.get(user_id)
                 if state is not None:
                     state.last_sync_ts = self._now()
+                    if not self.runs_timeouts:
+                        self._touched.add(user_id)
 
     def bump_active(self, user_id: str) -> None:
         """The user did something (sent an event...): refresh last_active_ts in memory;
@@ -205,6 +234,8 @@ class PresenceService:
         state.last_active_ts = now
         if state.currently_active and state.state == "online":
             self._unflushed[user_id] = now
+            if not self.runs_timeouts:
+                self._touched.add(user_id)
             return
         new = replace(state, state="online", currently_active=True)
         self._spawn(self._apply({user_id: new}))
@@ -233,6 +264,10 @@ class PresenceService:
         ]
         async with self._write_lock:
             await self._store.announce(rows)
+            for row in rows:
+                self._positions[row.user_id] = row.stream_id
+            if self.relay is not None:
+                self.relay(rows)
         rooms: set[str] = set()
         for user_id, state in visible.items():
             self._states[user_id] = state
@@ -270,7 +305,91 @@ class PresenceService:
             del self._states[user_id]
         await self._apply({user_id: new})
 
+    # --- with workers ------------------------------------------------------------------
+
+    def changed_elsewhere(self, rows: Iterable[PresenceRow]) -> None:
+        """States another process announced (relayed): taken when newer than held."""
+        now = self._now()
+        for row in rows:
+            if row.stream_id <= self._positions.get(row.user_id, 0):
+                continue
+            self._adopt(row, now)
+        self._ensure_loop()
+
+    def _adopt(self, row: PresenceRow, now: int) -> None:
+        """Hold `row`, a state written by another process after the one held here. It
+        was set just now there (by a sync, a PUT or activity): the sync timeout starts
+        again here too."""
+        held = self._states.get(row.user_id)
+        self._states[row.user_id] = _Presence(
+            row.state,
+            row.status_msg,
+            max(row.last_active_ts, held.last_active_ts if held is not None else 0),
+            row.currently_active,
+            now,
+        )
+        self._positions[row.user_id] = row.stream_id
+        if row.state == "offline" or not self.is_local(row.user_id):
+            self._not_offline.discard(row.user_id)
+        else:
+            self._not_offline.add(row.user_id)
+
+    def heartbeat(self) -> None:
+        """On a process that does not run the timeouts: tell the one that does which
+        users are syncing here (a long-poll waiting now) and who was active or stopped
+        syncing since the last heartbeat."""
+        if self.relay_heartbeat is None:
+            return
+        now = self._now()
+        beats: list[tuple[str, int, int]] = []
+        touched, self._touched = self._touched, set()
+        for user_id in self._not_offline | touched:
+            state = self._states.get(user_id)
+            if state is None:
+                continue
+            if user_id in self._syncing or self._notifier.is_waiting(user_id):
+                beats.append((user_id, state.last_active_ts, now))
+            elif user_id in touched:
+                beats.append((user_id, state.last_active_ts, state.last_sync_ts))
+        if beats:
+            self.relay_heartbeat(beats)
+
+    def heartbeat_elsewhere(self, beats: Iterable[tuple[str, int, int]]) -> None:
+        """Another process's heartbeat: its users' activity and syncs count here."""
+        for user_id, last_active_ts, last_sync_ts in beats:
+            state = self._states.get(user_id)
+            if state is None:
+                continue
+            state.last_active_ts = max(state.last_active_ts, int(last_active_ts))
+            state.last_sync_ts = max(state.last_sync_ts, int(last_sync_ts))
+
+    async def heartbeat_loop(self) -> None:
+        """Heartbeats (and this process's last-active flushes) while the server runs."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            try:
+                self.heartbeat()
+                if self._unflushed and self._now() - self._last_flush >= FLUSH_INTERVAL_MS:
+                    await self.flush()
+            except Exception:
+                logger.exception("presence heartbeat failed")
+
+    async def reload(self) -> None:
+        """After news from other processes may have been lost: hold the stored states of
+        everyone not offline, and forget the others' (read again when needed)."""
+        rows = await self._store.get_not_offline()
+        now = self._now()
+        local = {u for u in self._states if self.is_local(u)}
+        for user_id in local:
+            del self._states[user_id]
+            self._positions.pop(user_id, None)
+        self._not_offline.clear()
+        self._hold_not_offline(rows, now)
+        self._ensure_loop()
+
     def _ensure_loop(self) -> None:
+        if not self.runs_timeouts:
+            return
         if self._not_offline and (self._loop_task is None or self._loop_task.done()):
             self._loop_task = asyncio.get_running_loop().create_task(self._timeout_loop())
 
@@ -397,6 +516,10 @@ class PresenceService:
                     self._states[row.user_id] = _Presence(
                         row.state, row.status_msg, row.last_active_ts, row.currently_active
                     )
+                    self._positions[row.user_id] = row.stream_id
+                elif row.stream_id > self._positions.get(row.user_id, 0):
+                    # Written by another process, whose relay has not arrived yet.
+                    self._adopt(row, now)
             wanted = sorted(row.user_id for row in rows)
         return [
             {

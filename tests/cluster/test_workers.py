@@ -14,6 +14,11 @@ balancer. Checked, each against the running trio:
   refused on C (whose cache held them) within a second;
 - SIGKILLing a worker while it sends loses no acknowledged message, and the other two
   carry on (their streams are not held back by the dead one's unfinished transaction);
+- presence is one state whichever process a client reaches: set on A, it shows in a
+  long-poll on C and in GET on B (which held the old state); a user whose presence was
+  set on one process and who then long-polls through another stays online past the sync
+  timeout, and one who stopped syncing goes offline (the timeouts run on one process,
+  told by the others who syncs through them);
 - rate limits are one allowance whichever process a client reaches: an admin's
   per-user message limit set on A holds on B and C, and failed logins through all three
   lock the account out on every one;
@@ -625,3 +630,55 @@ async def test_failed_logins_through_every_worker_lock_the_account_out(trio: Tri
     for worker in (trio.b, trio.c):
         status, answer = await login(worker, "workers-pw")
         assert (status, answer["errcode"]) == (429, "M_LIMIT_EXCEEDED"), worker.name
+
+
+async def _presence(client: Client, worker: Worker, user_id: str) -> dict[str, Any]:
+    answer: dict[str, Any] = await client.ok(worker.url, "GET", f"/presence/{user_id}/status")
+    return answer
+
+
+async def test_presence_set_on_one_worker_is_seen_on_the_others(trio: Trio) -> None:
+    alice, bob, _ = await _room_with(trio)
+    # B holds alice's state (offline) from this read.
+    assert (await _presence(bob, trio.b, alice.user_id))["presence"] == "offline"
+    since = await _settled_sync(bob, trio.c.url)
+    poll = asyncio.ensure_future(bob.ok(trio.c.url, "GET", "/sync", since=since, timeout="20000"))
+    await asyncio.sleep(0.3)
+    await alice.ok(
+        trio.a.url,
+        "PUT",
+        f"/presence/{alice.user_id}/status",
+        {"presence": "unavailable", "status_msg": "in a meeting"},
+    )
+    answer = await asyncio.wait_for(poll, 10)
+    events = [e for e in answer["presence"]["events"] if e["sender"] == alice.user_id]
+    assert events and events[-1]["content"]["presence"] == "unavailable"
+    assert events[-1]["content"]["status_msg"] == "in a meeting"
+    deadline = time.monotonic() + 1.0
+    while (await _presence(bob, trio.b, alice.user_id)).get("status_msg") != "in a meeting":
+        assert time.monotonic() < deadline, "B still shows the presence it held before"
+        await asyncio.sleep(0.02)
+    # Changed again on B: the newest write wins on every process, A included.
+    await alice.ok(trio.b.url, "PUT", f"/presence/{alice.user_id}/status", {"presence": "online"})
+    deadline = time.monotonic() + 1.0
+    for worker in trio.workers:
+        while (await _presence(bob, worker, alice.user_id))["presence"] != "online":
+            assert time.monotonic() < deadline, f"{worker.name} missed the change made on B"
+            await asyncio.sleep(0.02)
+
+
+async def test_presence_timeouts_count_syncs_on_every_worker(trio: Trio) -> None:
+    """The sync timeout is 30 s (presence/service.py): this test takes about 40 s."""
+    alice, bob, _ = await _room_with(trio)
+    # Alice comes online on A (which runs the timeouts), then long-polls through B only.
+    await alice.ok(trio.a.url, "PUT", f"/presence/{alice.user_id}/status", {"presence": "online"})
+    # Bob comes online by one sync through C, and stops.
+    await bob.ok(trio.c.url, "GET", "/sync", timeout="0", set_presence="online")
+    started = time.monotonic()
+    since = (await alice.ok(trio.b.url, "GET", "/sync", timeout="0"))["next_batch"]
+    while time.monotonic() - started < 40:
+        answer = await alice.ok(trio.b.url, "GET", "/sync", since=since, timeout="5000")
+        since = answer["next_batch"]
+    seen_by_bob = await _presence(bob, trio.c, alice.user_id)
+    assert seen_by_bob["presence"] == "online", seen_by_bob
+    assert (await _presence(alice, trio.b, bob.user_id))["presence"] == "offline"
