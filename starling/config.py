@@ -335,6 +335,24 @@ class OidcProvider:
 
 
 @dataclass
+class CasConfig:
+    """Synapse's `cas_config`: sign-in through a CAS server (m.login.sso, and the legacy
+    m.login.cas). The CAS user name becomes the localpart (Synapse's mapping); a first
+    sign-in with the name of an existing account signs into that account, as Synapse's."""
+
+    enabled: bool = False
+    server_url: str = ""  # the CAS server's base URL: <server_url>/login, /proxyValidate
+    idp_id: str = "cas"
+    idp_name: str = "CAS"
+    idp_icon: str | None = None
+    idp_brand: str | None = None
+    displayname_attribute: str | None = None
+    # attribute -> required value (null: the attribute must be present)
+    required_attributes: dict[str, str | None] = field(default_factory=dict)
+    enable_registration: bool = True
+
+
+@dataclass
 class SsoConfig:
     """Synapse's `sso` section: client redirect URLs (prefixes) that SSO sends the login
     token to at once; any other gets a page asking the user to confirm first."""
@@ -501,6 +519,7 @@ class Config:
     # OpenID Connect providers for m.login.sso (Synapse's keys): accounts/oidc.py.
     oidc_providers: list[OidcProvider] = field(default_factory=list)
     sso: SsoConfig = field(default_factory=SsoConfig)
+    cas_config: CasConfig = field(default_factory=CasConfig)
     # Starling's own webhooks (no Synapse equivalent): starling/webhooks/.
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     # Transports beyond HTTPS+JSON (docs/transports.md).
@@ -976,6 +995,12 @@ def _check_oidc(cfg: Config) -> None:
     from urllib.parse import urlsplit
 
     seen: set[str] = set()
+    cas = cfg.cas_config
+    if cas.enabled:
+        if urlsplit(cas.server_url).scheme not in ("http", "https"):
+            raise ConfigError("cas_config.server_url: must be an http(s) URL")
+        if not re.fullmatch(r"[A-Za-z0-9_.~-]{1,64}", cas.idp_id) or cas.idp_id.startswith("oidc"):
+            raise ConfigError("cas_config.idp_id: 1-64 of A-Z a-z 0-9 _ . ~ -, not oidc...")
     for i, p in enumerate(cfg.oidc_providers):
         where = f"oidc_providers[{i}]"
         if not re.fullmatch(r"[A-Za-z0-9_.~-]{1,64}", p.idp_id):

@@ -44,8 +44,9 @@ from urllib.parse import urlencode, urlsplit
 import aiohttp
 import orjson
 
+from starling.accounts.cas import CasError, CasProvider, map_username_to_localpart
 from starling.accounts.external import ExternalIdentity
-from starling.config import Config, OidcProvider, RateLimit
+from starling.config import CasConfig, Config, OidcProvider, RateLimit
 from starling.errors import MatrixError
 from starling.ratelimit import TokenBuckets
 from starling.storage.external_login import ExternalLoginStore, SsoSession, token_hash
@@ -297,6 +298,12 @@ class SsoService:
         }
         self._session: aiohttp.ClientSession | None = None
         self._verify = not config.use_insecure_ssl_client_just_for_testing_do_not_use
+        # CAS (accounts/cas.py): one more provider for m.login.sso, and m.login.cas.
+        self.cas = (
+            CasProvider(config.cas_config, config.client_base_url, self._http)
+            if config.cas_config.enabled
+            else None
+        )
         # Shared by the processes with workers (starling/ratelimit.py).
         self._buckets = buckets or TokenBuckets()
 
@@ -314,17 +321,25 @@ class SsoService:
 
     @property
     def providers(self) -> list[tuple[str, str]]:
-        return [(p.id, p.config.idp_name) for p in self._providers.values()]
+        out = [(p.id, p.config.idp_name) for p in self._providers.values()]
+        if self.cas is not None:
+            out.append((self.cas.id, self.cas.config.idp_name))
+        return out
 
     def identity_providers(self) -> list[dict[str, str]]:
         """GET /login's ``identity_providers`` (spec: "m.login.sso")."""
+        configs: list[OidcProvider | CasConfig] = [p.config for p in self._providers.values()]
+        ids = [p.id for p in self._providers.values()]
+        if self.cas is not None:
+            configs.append(self.cas.config)
+            ids.append(self.cas.id)
         out = []
-        for p in self._providers.values():
-            entry = {"id": p.id, "name": p.config.idp_name}
-            if p.config.idp_icon:
-                entry["icon"] = p.config.idp_icon
-            if p.config.idp_brand:
-                entry["brand"] = p.config.idp_brand
+        for idp_id, config in zip(ids, configs, strict=True):
+            entry = {"id": idp_id, "name": config.idp_name}
+            if config.idp_icon:
+                entry["icon"] = config.idp_icon
+            if config.idp_brand:
+                entry["brand"] = config.idp_brand
             out.append(entry)
         return out
 
@@ -348,6 +363,11 @@ class SsoService:
         return _page("Sign in", f"<p>Sign in with:</p><ul>{items}</ul>")
 
     async def start(self, idp_id: str, redirect_url: str, ip: str = "") -> SsoRedirect:
+        if self.cas is not None and idp_id == self.cas.id:
+            _check_redirect_url(redirect_url)
+            await self._buckets.take("sso_start", ip, SSO_START_LIMIT)
+            service = self.cas.service_url("redirectUrl", redirect_url)
+            return SsoRedirect(location=self.cas.login_url(service))
         provider = self._providers.get(idp_id)
         if provider is None:
             raise MatrixError(404, "M_NOT_FOUND", "Unknown identity provider")
@@ -429,6 +449,57 @@ class SsoService:
         login_token = await self._login_external(identity)
         return self._to_client(session.client_redirect_url, login_token)
 
+    async def cas_login(self, ticket: str, redirect_url: str) -> SsoRedirect:
+        """GET /login/cas/ticket?redirectUrl=...&ticket=...: the CAS server vouches for
+        the ticket; the client at redirectUrl gets a login token (accounts/cas.py)."""
+        cas = self.cas
+        if cas is None:
+            raise SsoError(404, "CAS sign-in is not enabled here")
+        try:
+            _check_redirect_url(redirect_url)
+        except MatrixError as e:
+            raise SsoError(400, e.error) from None
+        try:
+            user = await cas.validate(ticket, cas.service_url("redirectUrl", redirect_url))
+        except CasError as e:
+            raise SsoError(e.status, e.message) from None
+        identity = ExternalIdentity(
+            provider=cas.id,
+            external_id=user.name,
+            localpart=map_username_to_localpart(user.name),
+            display_name=cas.display_name(user),
+            # As Synapse's CAS: a first sign-in with an existing account's name is that
+            # account (CAS names the server's own users).
+            allow_existing_user=True,
+        )
+        if not cas.config.enable_registration and not await self._is_linked(identity):
+            raise SsoError(403, "There is no account of yours here, and new ones are not made")
+        login_token = await self._login_external(identity)
+        return self._to_client(redirect_url, login_token)
+
+    def cas_ui_auth_start(self, session_id: str) -> str | None:
+        """Where the m.login.sso fallback sends the browser for a UIA session (CAS)."""
+        if self.cas is None:
+            return None
+        return self.cas.login_url(self.cas.service_url("session", session_id))
+
+    async def cas_ui_auth(
+        self,
+        ticket: str,
+        session_id: str,
+        complete: Callable[[str, str, str], Awaitable[bool]],
+    ) -> bool:
+        """GET /login/cas/ticket?session=...&ticket=...: the CAS user signed in for a UIA
+        session; `complete(session, provider, CAS name)` records the stage."""
+        cas = self.cas
+        if cas is None:
+            raise SsoError(404, "CAS sign-in is not enabled here")
+        try:
+            user = await cas.validate(ticket, cas.service_url("session", session_id))
+        except CasError as e:
+            raise SsoError(e.status, e.message) from None
+        return await complete(session_id, cas.id, user.name)
+
     async def _is_linked(self, identity: ExternalIdentity) -> bool:
         user = await self._store.user_for_external_id(identity.provider, identity.external_id)
         return user is not None
@@ -482,6 +553,11 @@ def _page(title: str, body: str) -> str:
         f"<title>{html.escape(title)}</title></head><body>"
         f"<h1>{html.escape(title)}</h1>{body}</body></html>"
     )
+
+
+def sso_page(title: str, body_html: str) -> str:
+    """One of the SSO pages (body_html is already escaped)."""
+    return _page(title, body_html)
 
 
 def sso_error_page(error: SsoError) -> str:

@@ -27,6 +27,7 @@ from starling.accounts.uia import (
     DUMMY,
     PASSWORD,
     REGISTRATION_TOKEN,
+    SSO,
     AuthRequired,
     CompletedAuth,
     StageChecker,
@@ -411,6 +412,8 @@ class AccountService:
                 }
             )
             flows.append({"type": "m.login.token"})
+        if self._config.cas_config.enabled:
+            flows.append({"type": "m.login.cas"})  # Synapse's legacy CAS login type
         return flows
 
     def provides_login_type(self, login_type: str) -> bool:
@@ -581,15 +584,34 @@ class AccountService:
     async def require_password_auth(
         self, requester: Requester, auth: Any, uri: str, method: str
     ) -> CompletedAuth:
-        """UIA for account management: one flow, m.login.password as the requester."""
+        """UIA for account management: m.login.password as the requester, or m.login.sso
+        when the requester has signed in through CAS before (as Synapse offers SSO only
+        to users with an SSO identity; the stage completes at the CAS ticket URL)."""
+        flows = [[PASSWORD]]
+        if await self.sso_stage_offered(requester.user_id):
+            flows.append([SSO])
         return await self.uia.authenticate(
             auth,
             uri=uri,
             method=method,
             user_id=requester.user_id,
-            flows=[[PASSWORD]],
+            flows=flows,
             checkers={PASSWORD: self._check_password_stage},
         )
+
+    async def sso_stage_offered(self, user_id: str) -> bool:
+        cas = self._config.cas_config
+        if not cas.enabled or self._links is None:
+            return False
+        return any(p == cas.idp_id for p, _ in await self._links.external_ids_of(user_id))
+
+    async def complete_sso_ui_auth(self, session_id: str, provider: str, external_id: str) -> bool:
+        """The SSO callback signed `external_id` in at `provider` for UIA session
+        `session_id` (see UserInteractiveAuth.complete_sso)."""
+        user_id = None
+        if self._links is not None:
+            user_id = await self._links.user_for_external_id(provider, external_id)
+        return await self.uia.complete_sso(session_id, user_id)
 
     # -- registration
 

@@ -32,6 +32,9 @@ MAX_SESSION_ID_LENGTH = 255
 
 DUMMY = "m.login.dummy"
 PASSWORD = "m.login.password"
+SSO = "m.login.sso"
+# Session parameter: an SSO sign-in for the session was another user's (complete_sso).
+SSO_MISMATCH = "sso_user_mismatch"
 REGISTRATION_TOKEN = "m.login.registration_token"
 
 
@@ -129,6 +132,12 @@ class UserInteractiveAuth:
         else:
             session = await self._existing_session(session_id, uri, method, user_id)
 
+        offered_sso = any(SSO in f for f in flows)
+        if offered_sso and session_id is not None:
+            state = await self.session_state(session.session_id)
+            if state is not None and (state.params or {}).get(SSO_MISMATCH):
+                raise forbidden("The single sign-on for this session was another user's")
+
         def required(errcode: str | None = None, error: str = "") -> AuthRequired:
             body: dict[str, Any] = {
                 "flows": [{"stages": list(f)} for f in flows],
@@ -164,6 +173,20 @@ class UserInteractiveAuth:
         if not found:
             raise _unknown_session()
         return CompletedAuth(session.session_id, session.user_id, token)
+
+    async def complete_sso(self, session_id: str, user_id: str | None) -> bool:
+        """An SSO sign-in made for a session (the m.login.sso stage, done out of band by
+        the SSO callback): complete when the signed-in user is the session's own; anyone
+        else's sign-in spoils the session (its next request gets 403, as Synapse)."""
+        if len(session_id) > MAX_SESSION_ID_LENGTH:
+            return False
+        session = await self._store.get_session(session_id)
+        if session is None or session.created_ts < self._clock_ms() - SESSION_LIFETIME_MS:
+            return False
+        if session.user_id is None or session.user_id != user_id:
+            await self._store.set_params(session_id, {SSO_MISMATCH: True})
+            return False
+        return await self._store.mark_stage_completed(session_id, SSO)
 
     # --- registration sessions: remembered parameters, replayed results ---------------
 

@@ -83,6 +83,10 @@ def sytest_settings(hs: dict[str, Any]) -> dict[str, Any]:
         "app_service_config_files": list(hs.get("app_service_config_files") or []),
         "log_level": os.environ.get("STARLING_SYTEST_LOG_LEVEL", "INFO"),
     }
+    cas = hs.get("cas") or {}
+    if cas.get("server_url"):
+        # SyTest's fake CAS server (its /cas/login and /cas/proxyValidate).
+        settings["cas_config"] = {"enabled": True, "server_url": cas["server_url"]}
     return settings
 
 

@@ -105,7 +105,11 @@ def client_table(svc: Services) -> RouteTable:
         svc.accounts.add_device_listener,
         e2ee.to_device_extension.acknowledge,
     )
-    sso = SsoRoutes(svc.sso, svc.config.client_base_url.startswith("https:"))
+    sso = SsoRoutes(
+        svc.sso,
+        svc.config.client_base_url.startswith("https:"),
+        svc.accounts.complete_sso_ui_auth,
+    )
     routes: list[Route] = [
         # Accounts: registration, login, tokens, account management, devices
         post("/register", accounts.register, NONE),
@@ -120,6 +124,9 @@ def client_table(svc: Services) -> RouteTable:
         post("/login", accounts.login, NONE),
         get("/login/sso/redirect", sso.redirect, NONE),
         get("/login/sso/redirect/{idpId}", sso.redirect_to, NONE),
+        get("/login/cas/redirect", sso.cas_redirect, NONE, versions=V3_R0),
+        get("/login/cas/ticket", sso.cas_ticket, NONE, versions=V3_R0),
+        get("/auth/m.login.sso/fallback/web", sso.sso_fallback, NONE, versions=V3_R0),
         post("/refresh", accounts.refresh, NONE),
         post("/logout", accounts.logout, guests=True),
         post("/logout/all", accounts.logout_all),
