@@ -17,7 +17,8 @@ messages each, which bob joined. Then, measured:
 3. **send** x N: bob sends a message and receives its remote echo by sync (clients must).
    "request only" is the send request and its answer alone.
 4. **receive** x N: alice sends (unmeasured, over HTTP); bob's sync brings it: an HTTP
-   long-poll, a pushed WebSocket frame, a CoAP long-poll.
+   long-poll, a pushed WebSocket frame, a CoAP Observe notification (RFC 7641: bob
+   registered once, with the initial sync as its first answer).
 
 Bytes are what the client's link carries at the IP layer. TCP: a relay in front of the
 TLS listener counts the payload (TLS records included), and the kernel's TCP_INFO on its
@@ -297,17 +298,15 @@ async def run_coap(base: str, alice: Api, name: str, n: int, port: int, key: byt
     assert status == 200, login
     bob.access_token = login["access_token"]
     result.phases["login"] = meter.take()
-    status, initial = await bob.request("GET", "/_matrix/client/v3/sync")
-    assert status == 200, initial
+    # /sync by CoAP Observe: the registration's first answer is the initial sync, then
+    # the server pushes each new /sync answer (no request per sync).
+    stream = bob.observe_sync()
+    initial = await anext(stream)
     result.phases["initial sync"] = meter.take()
     since = str(initial["next_batch"])
 
     async def sync(since: str) -> dict[str, Any]:
-        status, answer = await bob.request(
-            "GET", "/_matrix/client/v3/sync", params={"since": since, "timeout": "30000"}
-        )
-        assert status == 200, answer
-        return dict(answer)
+        return await asyncio.wait_for(anext(stream), WAIT_S)
 
     for i in range(n):
         body = f"from bob {i}"
@@ -323,6 +322,7 @@ async def run_coap(base: str, alice: Api, name: str, n: int, port: int, key: byt
         since, _ = await wait_for(sync, since, body)
         result.receives.append(meter.take())
     result.payload = payload.take()
+    await stream.aclose()
     await bob.close()
     return result
 

@@ -148,12 +148,19 @@ async def dispatch(
 
 def in_process(
     app: web.Application,
-) -> Callable[[str, str, bytes | None, str | None, str], Awaitable[tuple[int, Any]]]:
+) -> Callable[..., Awaitable[tuple[int, Any]]]:
     """The dispatch a transport without an HTTP request of its own (low-bandwidth CoAP)
-    is given: the path checks of `bad_client_path`, then `dispatch` from `remote`."""
+    is given: the path checks of `bad_client_path`, then `dispatch` from `remote`;
+    `acknowledge=False` sets SYNC_NO_ACK (the Observe stream's chained polls)."""
 
     async def run(
-        method: str, path: str, body: bytes | None, token: str | None, remote: str
+        method: str,
+        path: str,
+        body: bytes | None,
+        token: str | None,
+        remote: str,
+        *,
+        acknowledge: bool = True,
     ) -> tuple[int, Any]:
         if method not in METHODS:
             return 405, {"errcode": "M_UNRECOGNIZED", "error": "Unsupported method"}
@@ -162,6 +169,7 @@ def in_process(
         )
         if refused is not None:
             return 400, {"errcode": "M_INVALID_PARAM", "error": refused}
-        return await dispatch(app, method, path, body, token, remote=remote)
+        state = None if acknowledge else {SYNC_NO_ACK: True}
+        return await dispatch(app, method, path, body, token, remote=remote, state=state)
 
     return run

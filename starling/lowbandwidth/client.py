@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -41,10 +42,20 @@ logger = logging.getLogger(__name__)
 METHOD_CODES = {"GET": Code.GET, "POST": Code.POST, "PUT": Code.PUT, "DELETE": Code.DELETE}
 HANDSHAKE_TRIES = 6
 HANDSHAKE_TIMEOUT_S = 1.0
+MAX_QUEUED = 64  # pushed /sync answers waiting for the consumer of observe_sync
 
 
 class LowBandwidthError(Exception):
     """No answer: the handshake failed or the request timed out."""
+
+
+class ObserveEnded(Exception):
+    """The server ended a /sync observation with an error answer (status, body)."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"{status}: {body}")
+        self.status = status
+        self.body = body
 
 
 class _Tuning(TransportTuning):  # type: ignore[misc]
@@ -248,17 +259,10 @@ class LowBandwidthClient:
             if self._interface is not None:
                 self._interface._received_datagram(self._server, plaintext)
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        params: dict[str, str] | None = None,
-        timeout_s: float = 60.0,
-    ) -> tuple[int, Any]:
-        """(HTTP status, JSON body) of one Client-Server request."""
-        assert self._context is not None, "connect() first"
+    def _message(
+        self, method: str, path: str, body: Any, params: dict[str, str] | None
+    ) -> tuple[Message, str | None]:
+        """The CoAP request for a Client-Server request, and its `since` (if any)."""
         message = Message(
             code=METHOD_CODES[method],
             uri_path=codec.compress_path(path.partition("?")[0]),
@@ -269,7 +273,6 @@ class LowBandwidthClient:
             query = parse_qsl(path.partition("?")[2], keep_blank_values=True) + query
         if query:  # Uri-Query values are raw text (RFC 7252 §6.5), not %-escaped
             message.opt.uri_query = [f"{name}={value}" for name, value in query]
-        since = dict(query).get("since")
         if body is not None:
             payload = codec.encode(body)
             message.opt.content_format = codec.CBOR_CONTENT_FORMAT
@@ -291,14 +294,11 @@ class LowBandwidthClient:
             )
             self._token_sent = True
         message.remote = self._server
-        try:
-            response = await asyncio.wait_for(self._context.request(message).response, timeout_s)
-        except TimeoutError as e:
-            self._token_sent = self._session_options_sent = False  # maybe never seen
-            raise LowBandwidthError(f"{method} {path}: no answer in {timeout_s}s") from e
-        except Exception as e:  # aiocoap's own errors: retransmissions exhausted...
-            self._token_sent = self._session_options_sent = False
-            raise LowBandwidthError(f"{method} {path}: {e}") from e
+        return message, dict(query).get("since")
+
+    def _answer(self, response: Message, since: str | None, is_sync: bool) -> tuple[int, Any]:
+        """(HTTP status, JSON body) of a CoAP answer; a /sync answer is kept as the
+        DEFLATE reference of the one that will follow it."""
         status = http_status(response.code)
         fmt = response.opt.content_format
         self.last_content_format = None if fmt is None else int(fmt)
@@ -314,13 +314,95 @@ class LowBandwidthClient:
             answer = codec.decode(payload) if payload else {}
         except codec.CodecError as e:
             return 502, {"errcode": e.errcode, "error": f"Bad answer: {e}"}
-        if status == 200 and path.partition("?")[0] in (SYNC_PATH, "/_matrix/client/r0/sync"):
+        if status == 200 and is_sync:
             next_batch = answer.get("next_batch") if isinstance(answer, dict) else None
             if isinstance(next_batch, str):
                 self._sync_references[next_batch] = payload
                 while len(self._sync_references) > 4:
                     del self._sync_references[next(iter(self._sync_references))]
         return status, answer
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        params: dict[str, str] | None = None,
+        timeout_s: float = 60.0,
+    ) -> tuple[int, Any]:
+        """(HTTP status, JSON body) of one Client-Server request."""
+        assert self._context is not None, "connect() first"
+        message, since = self._message(method, path, body, params)
+        try:
+            response = await asyncio.wait_for(self._context.request(message).response, timeout_s)
+        except TimeoutError as e:
+            self._token_sent = self._session_options_sent = False  # maybe never seen
+            raise LowBandwidthError(f"{method} {path}: no answer in {timeout_s}s") from e
+        except Exception as e:  # aiocoap's own errors: retransmissions exhausted...
+            self._token_sent = self._session_options_sent = False
+            raise LowBandwidthError(f"{method} {path}: {e}") from e
+        is_sync = path.partition("?")[0] in (SYNC_PATH, "/_matrix/client/r0/sync")
+        return self._answer(response, since, is_sync)
+
+    async def observe_sync(
+        self,
+        since: str | None = None,
+        *,
+        params: dict[str, str] | None = None,
+        timeout_s: float = 60.0,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """/sync by CoAP Observe (RFC 7641, MSC3079): yields the first answer (from
+        `since`, or the initial sync), then each /sync answer the server pushes, each
+        following the previous one's `next_batch`. Ends with LowBandwidthError when the
+        registration is lost (the caller registers again from the last `next_batch` it
+        processed: nothing is lost), or a MatrixError-shaped ObserveEnded when the
+        server ends it with an error."""
+        assert self._context is not None, "connect() first"
+        query = dict(params or {})
+        if since is not None:
+            query["since"] = since
+        query.setdefault("timeout", "0")
+        message, _ = self._message("GET", SYNC_PATH, None, query)
+        message.opt.observe = 0
+        request = self._context.request(message)
+        # aiocoap's `async for` over an observation keeps only the latest notification
+        # (Observe is lossy for a resource's state); /sync answers are a chain, none
+        # may be skipped, so they are queued here (bounded: a consumer that falls
+        # MAX_QUEUED behind loses the registration and registers again from the last
+        # next_batch it processed).
+        queue: asyncio.Queue[Message | BaseException] = asyncio.Queue()
+        observation = request.observation
+        if observation is not None:
+            observation.register_callback(queue.put_nowait, _suppress_deprecation=True)
+            observation.register_errback(queue.put_nowait, _suppress_deprecation=True)
+        try:
+            try:
+                response = await asyncio.wait_for(request.response, timeout_s)
+            except Exception as e:
+                self._token_sent = self._session_options_sent = False
+                raise LowBandwidthError(f"observe /sync: {e}") from e
+            status, answer = self._answer(response, since, True)
+            if status != 200:
+                raise ObserveEnded(status, answer)
+            yield answer
+            since = answer.get("next_batch", since)
+            if observation is None or response.opt.observe is None:
+                raise LowBandwidthError("the server did not accept the observation")
+            while True:
+                if queue.qsize() > MAX_QUEUED:
+                    raise LowBandwidthError("observe /sync: the consumer fell behind")
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise LowBandwidthError(f"observe /sync ended: {item}") from item
+                status, answer = self._answer(item, since, True)
+                if status != 200:
+                    raise ObserveEnded(status, answer)
+                yield answer
+                since = answer.get("next_batch", since)
+        finally:
+            if observation is not None and not observation.cancelled:
+                observation.cancel()
 
     async def close(self) -> None:
         if self._context is not None:

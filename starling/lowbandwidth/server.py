@@ -26,10 +26,10 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 import orjson
@@ -44,8 +44,23 @@ from starling.lowbandwidth import codec, noise
 
 logger = logging.getLogger(__name__)
 
-Dispatch = Callable[[str, str, bytes | None, str | None, str], Awaitable[tuple[int, Any]]]
-"""(method, path with query, JSON body, access token, client address) → (status, JSON)."""
+
+class Dispatch(Protocol):
+    """(method, path with query, JSON body, access token, client address) → (status,
+    JSON); `acknowledge=False` makes a /sync read without acknowledging its `since`
+    (SYNC_NO_ACK: the Observe stream's server-chained polls)."""
+
+    def __call__(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        token: str | None,
+        remote: str,
+        *,
+        acknowledge: bool = True,
+    ) -> Awaitable[tuple[int, Any]]: ...
+
 
 FEATURE = "org.matrix.msc3079.low_bandwidth"
 NOISE_FEATURE = "org.starling.noise"
@@ -70,6 +85,9 @@ BUFFER_BUDGET = 64 * 1024 * 1024
 block by block) across all sessions: per-session caps alone would let 1000 sessions hold
 gigabytes. Beyond it a new transfer is answered 5.03 M_LIMIT_EXCEEDED (retry later)."""
 BLOCK_TTL_SECONDS = 120.0
+OBSERVE_POLL_MS = 60_000
+"""The Observe stream's server-side long-polls (no bytes on the wire when nothing moved)."""
+OBSERVE_NUMBER_MODULO = 1 << 24  # RFC 7641 §4.4: 24-bit sequence numbers
 METHODS = {Code.GET: "GET", Code.POST: "POST", Code.PUT: "PUT", Code.DELETE: "DELETE"}
 
 
@@ -122,6 +140,9 @@ class Session(interfaces.EndpointAddress):  # type: ignore[misc]
     in_flight: int = 0
     assemblies: OrderedDict[Any, tuple[float, bytearray]] = field(default_factory=OrderedDict)
     answers: OrderedDict[Any, tuple[float, Message]] = field(default_factory=OrderedDict)
+    # The session's /sync Observe registration (at most one: a new one ends it).
+    observation: asyncio.Task[Any] | None = None
+    block_read: asyncio.Event = field(default_factory=asyncio.Event)  # a Block2 was served
 
     def send(self, data: bytes) -> None:
         self.endpoint.send_sealed(self, data)
@@ -275,6 +296,9 @@ class _NoiseEndpoint(asyncio.DatagramProtocol):
     def forget(self, session: Session) -> None:
         self.sessions.pop(session.channel.session_id, None)
         self.by_init.pop(session.init_digest, None)
+        if session.observation is not None:
+            session.observation.cancel()
+            session.observation = None
 
     def _sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -328,11 +352,18 @@ def _error(status: int, errcode: str, message: str) -> tuple[int, dict[str, str]
     return status, {"errcode": errcode, "error": message}
 
 
+def _is_sync(request: Message) -> bool:
+    try:
+        return codec.expand_path(list(request.opt.uri_path)) == SYNC_PATH
+    except codec.CodecError:
+        return False
+
+
 class _MatrixResource(Resource):  # type: ignore[misc]
     def __init__(self, config: LowBandwidthConfig, dispatch: Dispatch) -> None:
         super().__init__()
         self.config = config
-        self.dispatch = dispatch
+        self._dispatch = dispatch
         self.max_body = parse_size(config.max_body_size)
 
     async def needs_blockwise_assembly(self, request: Message) -> bool:
@@ -374,20 +405,126 @@ class _MatrixResource(Resource):  # type: ignore[misc]
             response.opt.block1 = request.opt.block1
         return self._first_block(session, key, request, response)
 
-    async def _serve(
-        self, session: Session, method: str, request: Message, body: bytes
-    ) -> tuple[int, Any, str]:
-        """(status, JSON answer, the Client-Server path it was for)."""
+    @staticmethod
+    def _session_options(session: Session, request: Message) -> tuple[int, Any] | None:
+        """Take the sticky options (token 256, CBOR version 257, DEFLATE 65000) into the
+        session; an error answer if the token option is malformed."""
         for option in request.opt.get_option(OPTION_ACCESS_TOKEN):
             token = bytes(option.value).decode("utf-8", "replace")
             token = token.removeprefix("Bearer ")
             if not 0 < len(token) <= MAX_TOKEN_LENGTH:
-                return (*_error(400, "M_INVALID_PARAM", "Malformed access token option"), "")
+                return _error(400, "M_INVALID_PARAM", "Malformed access token option")
             session.access_token = token  # sticky for the session (MSC3079)
         for option in request.opt.get_option(OPTION_CBOR_VERSION):
             session.cbor_version = _uint(option.value)
         for option in request.opt.get_option(OPTION_DEFLATE):
             session.deflate = _uint(option.value) == 1
+        return None
+
+    async def render_to_pipe(self, pipe: Any) -> None:
+        """A GET /sync with Observe: 0 is an Observe registration (RFC 7641, MSC3079);
+        everything else is one request, one answer (`render`)."""
+        request = pipe.request
+        block2 = request.opt.block2
+        if (
+            request.opt.observe == 0
+            and request.code == Code.GET
+            and isinstance(request.remote, Session)
+            and (block2 is None or block2.block_number == 0)
+            and request.opt.block1 is None
+            and _is_sync(request)
+        ):
+            await self._observe_sync(pipe, request.remote)
+            return
+        await super().render_to_pipe(pipe)
+
+    async def _observe_sync(self, pipe: Any, session: Session) -> None:
+        """The /sync Observe stream. The first answer is the /sync the request asks for
+        (its `since`, filter and `timeout`; it acknowledges `since`, as /sync does).
+        Then the server long-polls /sync from the previous answer's `next_batch` and
+        pushes each answer that moved the token as a confirmable notification (MSC3079:
+        pushed syncs MUST be confirmable; aiocoap sends one at a time per client, so
+        they arrive in order). Those chained polls acknowledge nothing (SYNC_NO_ACK):
+        a notification may arrive and never be processed, so to-device messages are
+        deleted only when the client syncs or registers again from a later `since`.
+        A notification too large for one datagram is sent as Block2 block 0; the
+        client GETs the other blocks (RFC 7959 §3.4) from that same stored answer, and
+        the next notification waits until it has (or BLOCK_TTL_SECONDS). The stream
+        ends when the client loses interest (RST, a failed retransmission: aiocoap
+        cancels this task), when a newer registration of the session replaces it, or
+        with an error answer (e.g. the token was logged out)."""
+        request = pipe.request
+        refused = self._session_options(session, request)
+        if refused is not None:
+            pipe.add_response(self._response(session, "GET", *refused), is_last=True)
+            return
+        if session.observation is not None:
+            session.observation.cancel()
+        session.observation = asyncio.current_task()
+        key = (request.code, request.get_cache_key([23, 27, 6, OPTION_ACCESS_TOKEN]))
+        query: list[tuple[str, str]] = []
+        for item in request.opt.uri_query:
+            name, _, value = item.partition("=")
+            query.append((name, value))
+        since = next((v for n, v in query if n == "since"), None) or None
+        timeout = next((v for n, v in query if n == "timeout"), "0")
+        rest = [(n, v) for n, v in query if n not in ("since", "timeout")]
+        number = 0
+        try:
+            while True:
+                first = number == 0
+                params = [*rest, ("timeout", timeout if first else str(OBSERVE_POLL_MS))]
+                if since is not None:
+                    params.append(("since", since))
+                status, answer = await self._dispatch(
+                    "GET",
+                    SYNC_PATH + "?" + urlencode(params),
+                    None,
+                    session.access_token,
+                    session.ip,
+                    acknowledge=first,
+                )
+                next_batch = answer.get("next_batch") if isinstance(answer, dict) else None
+                if status == 200 and not first and next_batch == since:
+                    continue  # nothing new: nothing on the wire
+                response = self._first_block(
+                    session,
+                    key,
+                    request,
+                    self._response(session, "GET", status, answer, True, since),
+                )
+                if status != 200 or not response.code.is_successful():
+                    pipe.add_response(response, is_last=True)
+                    return
+                response.opt.observe = number % OBSERVE_NUMBER_MODULO
+                pipe.add_response(response, is_last=False)
+                number += 1
+                since = next_batch if isinstance(next_batch, str) else since
+                await self._blocks_fetched(session, key)
+        finally:
+            if session.observation is asyncio.current_task():
+                session.observation = None
+
+    @staticmethod
+    async def _blocks_fetched(session: Session, key: Any) -> None:
+        """Until the client has read the last block of the answer stored under `key`
+        (it is popped then), or it expired."""
+        entry = session.answers.get(key)
+        if entry is None:
+            return
+        deadline = entry[0] + BLOCK_TTL_SECONDS
+        while session.answers.get(key) is entry and time.monotonic() < deadline:
+            session.block_read.clear()
+            with contextlib.suppress(TimeoutError):  # re-checked each second (evictions)
+                await asyncio.wait_for(session.block_read.wait(), 1.0)
+
+    async def _serve(
+        self, session: Session, method: str, request: Message, body: bytes
+    ) -> tuple[int, Any, str]:
+        """(status, JSON answer, the Client-Server path it was for)."""
+        refused = self._session_options(session, request)
+        if refused is not None:
+            return (*refused, "")
         try:
             path = codec.expand_path(list(request.opt.uri_path))
         except codec.CodecError as e:
@@ -419,7 +556,7 @@ class _MatrixResource(Resource):  # type: ignore[misc]
             if session.cbor_version == 0 and codec.uses_integer_keys(raw):
                 session.cbor_version = 1  # numeric keys mean it speaks version 1 (MSC3079)
             json_body = orjson.dumps(value)
-        status, answer = await self.dispatch(
+        status, answer = await self._dispatch(
             method, path, json_body, session.access_token, session.ip
         )
         return status, answer, path
@@ -544,6 +681,7 @@ class _MatrixResource(Resource):  # type: ignore[misc]
         block = self._slice(response, block2.block_number, block2.size_exponent)
         if not block.opt.block2.more:
             session.answers.pop(key, None)
+            session.block_read.set()
         return block
 
     @staticmethod
@@ -598,11 +736,18 @@ class LowBandwidthServer:
             self.contexts.append(context)
 
     async def _dispatch(
-        self, method: str, path: str, body: bytes | None, token: str | None, remote: str
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        token: str | None,
+        remote: str,
+        *,
+        acknowledge: bool = True,
     ) -> tuple[int, Any]:
         if self.dispatch is None:
             return _error(503, "M_UNKNOWN", "Starting up")
-        return await self.dispatch(method, path, body, token, remote)
+        return await self.dispatch(method, path, body, token, remote, acknowledge=acknowledge)
 
     @property
     def public_key(self) -> bytes:
@@ -624,6 +769,15 @@ class LowBandwidthServer:
         }
 
     async def stop(self) -> None:
+        observations = [
+            s.observation
+            for endpoint in self.endpoints
+            for s in endpoint.sessions.values()
+            if s.observation is not None
+        ]
+        for task in observations:
+            task.cancel()
+        await asyncio.gather(*observations, return_exceptions=True)
         for context in self.contexts:
             with contextlib.suppress(Exception):
                 await context.shutdown()
