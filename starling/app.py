@@ -169,6 +169,8 @@ from starling.storage.remote_device_lists import DeviceListOutboxStore
 from starling.storage.reports import ReportStore
 from starling.storage.search import SearchStore
 from starling.storage.server_keys import ServerKeyStore
+from starling.storage.sliding_connections import SlidingConnectionStore
+from starling.storage.sliding_sync import SlidingSyncStore
 from starling.storage.state import StateStore
 from starling.storage.streams import StreamIdGenerator
 from starling.storage.threepids import ThreepidBindingStore
@@ -535,7 +537,8 @@ async def build_services(
     sync.sync.add_extension(e2ee.to_device_extension)
     sync.sync.add_extension(e2ee.device_lists_extension)
     sliding_sync = build_sliding_sync(
-        db,
+        SlidingSyncStore(db),
+        SlidingConnectionStore(db),
         event_store,
         state_store,
         membership_store,

@@ -1,4 +1,5 @@
-"""Builds the sliding sync service from its collaborators (called by starling.app)."""
+"""Builds the sliding sync service from its collaborators and stores (called by
+starling.app, which opens the stores)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from starling.rooms.client_format import EventFormatter
 from starling.rooms.event_service import RoomEventService
 from starling.rooms.visibility import HistoryVisibility
 from starling.storage.account_data import AccountDataStore
-from starling.storage.database import Database
 from starling.storage.events import EventStore
 from starling.storage.memberships import MembershipStore
 from starling.storage.sliding_connections import SlidingConnectionStore
@@ -25,7 +25,8 @@ from starling.sync.sliding.threads import ThreadUpdates
 
 
 def build_sliding_sync(
-    db: Database,
+    store: SlidingSyncStore,
+    connection_store: SlidingConnectionStore,
     event_store: EventStore,
     state_store: StateStore,
     membership_store: MembershipStore,
@@ -41,7 +42,6 @@ def build_sliding_sync(
     visibility: HistoryVisibility,
 ) -> SlidingSyncService:
     """Call after every /sync extension is registered: sliding sync serves the same ones."""
-    store = SlidingSyncStore(db)
     activity = RoomActivity(store, room_events.current_position)
     room_events.add_listener(activity.on_new_event)
     room_events.add_state_listener(activity.on_state_change)
@@ -69,7 +69,7 @@ def build_sliding_sync(
         extensions=SlidingExtensions({ext.stream_name: ext for ext in sync.extensions}, key_counts),
         activity=activity,
         ignored_users=ignored_users,
-        connections=ConnectionStore(SlidingConnectionStore(db)),
+        connections=ConnectionStore(connection_store),
         threads=ThreadUpdates(
             store,
             event_store,
