@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from starling.accounts.auth import Requester
 from starling.appservice.registry import AppServiceRegistry, exclusive_error
 from starling.directory.publication import PublicationRules
-from starling.errors import MatrixError, forbidden, invalid_param, not_found
+from starling.errors import MatrixError, bad_json, forbidden, invalid_param, not_found
 from starling.protocol.event import Event
 from starling.protocol.identifiers import is_valid_room_alias, is_valid_room_id
 from starling.protocol.numbers import parse_int
@@ -43,6 +44,35 @@ DEFAULT_PUBLIC_ROOMS_LIMIT = 100
 MAX_PUBLIC_ROOMS_LIMIT = 500
 MAX_SEARCH_TERM_LENGTH = 256
 _RELEVANT = frozenset({*DIRECTORY_STATE_TYPES, "m.room.member"})
+
+
+@dataclass(frozen=True, slots=True)
+class PublicRoomsFilter:
+    """The `filter` of a POST /publicRooms (client or federation)."""
+
+    search: str | None = None  # generic_search_term, stripped; None for none
+    room_types: list[str | None] | None = None
+
+    @classmethod
+    def from_body(cls, raw: Any, max_term_length: int) -> PublicRoomsFilter:
+        """Parses the filter object (None: no filter); 400 for a malformed one."""
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict):
+            raise bad_json("'filter' must be an object")
+        term = raw.get("generic_search_term")
+        if term is not None and not isinstance(term, str):
+            raise bad_json("'generic_search_term' must be a string")
+        if term is not None and len(term) > max_term_length:
+            raise invalid_param(f"The search term is longer than {max_term_length}")
+        room_types = raw.get("room_types")
+        if room_types is not None and (
+            not isinstance(room_types, list)
+            or not all(t is None or isinstance(t, str) for t in room_types)
+        ):
+            raise bad_json("'room_types' must be a list of strings or nulls")
+        return cls(term.strip() if term else None, room_types)
+
 
 # Fetches another server's directory: (server, limit, since, filter) -> response.
 RemotePublicRooms = Callable[

@@ -15,7 +15,11 @@ from aiohttp import web
 from starling.api.client.common import body_str
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import requester_of
-from starling.directory.service import MAX_SEARCH_TERM_LENGTH, DirectoryService
+from starling.directory.service import (
+    MAX_SEARCH_TERM_LENGTH,
+    DirectoryService,
+    PublicRoomsFilter,
+)
 from starling.errors import bad_json, invalid_param
 from starling.protocol.numbers import parse_int
 
@@ -118,25 +122,12 @@ class DirectoryRoutes:
     async def post_public_rooms(self, request: web.Request) -> web.Response:
         body = await read_json_object(request, allow_empty=True)
         since = body_str(body, "since")
-        search_filter = body.get("filter")
-        if search_filter is None:
-            search_filter = {}
-        if not isinstance(search_filter, dict):
-            raise bad_json("'filter' must be an object")
-        term = body_str(search_filter, "generic_search_term")
-        if term is not None and len(term) > MAX_SEARCH_TERM_LENGTH:
-            raise invalid_param(f"The search term is longer than {MAX_SEARCH_TERM_LENGTH}")
-        room_types = search_filter.get("room_types")
-        if room_types is not None and (
-            not isinstance(room_types, list)
-            or not all(t is None or isinstance(t, str) for t in room_types)
-        ):
-            raise bad_json("'room_types' must be a list of strings or nulls")
+        search_filter = PublicRoomsFilter.from_body(body.get("filter"), MAX_SEARCH_TERM_LENGTH)
         result = await self.directory.public_rooms(
             limit=_limit(body.get("limit")),
             since=since or None,
-            search=term.strip() if term else None,
-            room_types=room_types,
+            search=search_filter.search,
+            room_types=search_filter.room_types,
             server=request.query.get("server") or None,
             network=body_str(body, "third_party_instance_id") or None,
             all_networks=_flag(body, "include_all_networks"),

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from starling.api.federation.auth import federation_body
 from starling.api.http import json_response
-from starling.directory.service import DirectoryService
+from starling.directory.service import DirectoryService, PublicRoomsFilter
 from starling.errors import bad_json, forbidden, invalid_param
 
 MAX_SEARCH_TERM_LENGTH = 1000
@@ -54,24 +54,14 @@ class PublicRoomsApi:
         since = body.get("since")
         if since is not None and not isinstance(since, str):
             raise bad_json("'since' must be a string")
-        search_filter = body.get("filter") or {}
-        if not isinstance(search_filter, dict):
-            raise bad_json("'filter' must be an object")
-        term = search_filter.get("generic_search_term")
-        if term is not None and not isinstance(term, str):
-            raise bad_json("'generic_search_term' must be a string")
-        if term is not None and len(term) > MAX_SEARCH_TERM_LENGTH:
-            raise invalid_param(f"The search term is longer than {MAX_SEARCH_TERM_LENGTH}")
-        room_types = search_filter.get("room_types")
-        if room_types is not None and (
-            not isinstance(room_types, list)
-            or not all(t is None or isinstance(t, str) for t in room_types)
-        ):
-            raise bad_json("'room_types' must be a list of strings or nulls")
+        # A false or empty filter counts as none here.
+        search_filter = PublicRoomsFilter.from_body(
+            body.get("filter") or None, MAX_SEARCH_TERM_LENGTH
+        )
         result = await self._directory.public_rooms(
             limit=_limit(body.get("limit")),
             since=since or None,
-            search=term.strip() if term else None,
-            room_types=room_types,
+            search=search_filter.search,
+            room_types=search_filter.room_types,
         )
         return json_response(result)
