@@ -8,6 +8,7 @@ Reads of room data (event, state, members, messages, context) live in `room_read
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -53,6 +54,22 @@ def _target_user(body: dict[str, Any]) -> str:
     if not is_valid_user_id(user_id):
         raise invalid_param(f"{user_id!r} is not a valid user ID")
     return user_id
+
+
+# kick, ban, unban: (room_id, sender, target, reason) -> the member event
+Moderation = Callable[[str, str, str, str | None], Awaitable[object]]
+
+
+async def _moderate(request: web.Request, action: Moderation) -> web.Response:
+    """A kick, ban or unban: `{"user_id", "reason"?}` in the body."""
+    body = await read_json_object(request)
+    await action(
+        request.match_info["roomId"],
+        requester_of(request).user_id,
+        _target_user(body),
+        body_str(body, "reason"),
+    )
+    return json_response({})
 
 
 class RoomRoutes:
@@ -217,41 +234,17 @@ class RoomRoutes:
     # POST /_matrix/client/v3/rooms/{roomId}/kick
     # (spec: client-server-api/#post_matrixclientv3roomsroomidkick)
     async def kick(self, request: web.Request) -> web.Response:
-        requester = requester_of(request)
-        body = await read_json_object(request)
-        await self.membership.kick(
-            request.match_info["roomId"],
-            requester.user_id,
-            _target_user(body),
-            body_str(body, "reason"),
-        )
-        return json_response({})
+        return await _moderate(request, self.membership.kick)
 
     # POST /_matrix/client/v3/rooms/{roomId}/ban
     # (spec: client-server-api/#post_matrixclientv3roomsroomidban)
     async def ban(self, request: web.Request) -> web.Response:
-        requester = requester_of(request)
-        body = await read_json_object(request)
-        await self.membership.ban(
-            request.match_info["roomId"],
-            requester.user_id,
-            _target_user(body),
-            body_str(body, "reason"),
-        )
-        return json_response({})
+        return await _moderate(request, self.membership.ban)
 
     # POST /_matrix/client/v3/rooms/{roomId}/unban
     # (spec: client-server-api/#post_matrixclientv3roomsroomidunban)
     async def unban(self, request: web.Request) -> web.Response:
-        requester = requester_of(request)
-        body = await read_json_object(request)
-        await self.membership.unban(
-            request.match_info["roomId"],
-            requester.user_id,
-            _target_user(body),
-            body_str(body, "reason"),
-        )
-        return json_response({})
+        return await _moderate(request, self.membership.unban)
 
     # POST /_matrix/client/v3/rooms/{roomId}/upgrade
     # (spec: client-server-api/#post_matrixclientv3roomsroomidupgrade)
