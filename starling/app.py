@@ -727,6 +727,7 @@ async def build_services(
             push_sender.badge_changed(receipt.user_id)
 
     extras.receipts.on_local_receipt = on_local_receipt
+    shared_secret_registration = SharedSecretRegistration(config.registration_shared_secret)
     admin_users = AdminUsers(
         server_name=config.server_name,
         accounts=accounts,
@@ -738,6 +739,7 @@ async def build_services(
         memberships=membership_store,
         auth=auth,
         rate_limits=rate_limits,
+        shared_secret=shared_secret_registration,
         flush_seen=client_ips.flush,
     )
     await admin_users.load_rate_limit_overrides()
@@ -887,7 +889,7 @@ async def build_services(
         auth=auth,
         accounts=accounts,
         sso=sso,
-        shared_secret_registration=SharedSecretRegistration(config.registration_shared_secret),
+        shared_secret_registration=shared_secret_registration,
         events_stream=events_stream,
         event_store=event_store,
         state_store=state_store,

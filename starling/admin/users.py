@@ -22,6 +22,7 @@ from starling.accounts.auth import RequestAuthenticator
 from starling.accounts.passwords import PasswordHasher
 from starling.accounts.registration import check_password, local_user_id, register_local_user
 from starling.accounts.service import AccountService
+from starling.accounts.shared_secret import SharedSecretRegistration
 from starling.config import RateLimit
 from starling.errors import MatrixError, invalid_param, not_found
 from starling.profile.service import ProfileService
@@ -127,6 +128,7 @@ class AdminUsers:
         memberships: MembershipStore,
         auth: RequestAuthenticator,
         rate_limits: RateLimits,
+        shared_secret: SharedSecretRegistration,
         flush_seen: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         # Writes where devices were last seen before reading them (whois, devices, users).
@@ -141,6 +143,7 @@ class AdminUsers:
         self._memberships = memberships
         self._auth = auth
         self._rate_limits = rate_limits
+        self._shared_secret = shared_secret
 
     # -- lookups
 
@@ -179,9 +182,30 @@ class AdminUsers:
             raise not_found("User not found")
         return user_id
 
-    async def set_user_type(self, user_id: str, user_type: str | None) -> None:
-        """The type of a user just registered with the shared secret."""
-        await self._store.set_user_type(user_id, user_type)
+    async def register_with_shared_secret(
+        self,
+        nonce: str,
+        username: str,
+        password: str,
+        mac: str,
+        *,
+        admin: bool,
+        user_type: str | None,
+        displayname: str | None,
+    ) -> dict[str, Any]:
+        """POST /_synapse/admin/v1/register: the nonce is spent by every attempt, the
+        HMAC over the details checked, then the account made (with its user type)."""
+        if user_type is not None and user_type not in USER_TYPES:
+            # Spent like any other attempt, so a refused request cannot be replayed.
+            self._shared_secret.discard_nonce(nonce)
+            raise invalid_param("Invalid user type")
+        self._shared_secret.verify(nonce, username, password, admin, user_type, mac)
+        result = await self._accounts.register_by_admin(
+            username, password, admin=admin, displayname=displayname
+        )
+        if user_type is not None:
+            await self._store.set_user_type(result["user_id"], user_type)
+        return result
 
     async def user_by_threepid(self, medium: str, address: str) -> str:
         """GET /_synapse/admin/v1/threepid/{medium}/users/{address}."""

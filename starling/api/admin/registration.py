@@ -15,9 +15,8 @@ from typing import Any
 from aiohttp import web
 
 from starling.accounts.registration_tokens import UNSET, RegistrationToken, RegistrationTokens
-from starling.accounts.service import AccountService
 from starling.accounts.shared_secret import SharedSecretRegistration
-from starling.admin.users import USER_TYPES, AdminUsers
+from starling.admin.users import AdminUsers
 from starling.api.admin.audit import AdminAuditRoutes, with_audit
 from starling.api.admin.federation import FederationDestinationsAdmin
 from starling.api.admin.history import AdminHistoryRoutes
@@ -72,12 +71,10 @@ class AdminRegistrationRoutes:
     def __init__(
         self,
         shared_secret: SharedSecretRegistration,
-        accounts: AccountService,
         tokens: RegistrationTokens,
         users: AdminUsers,
     ) -> None:
         self.shared_secret = shared_secret
-        self.accounts = accounts
         self.tokens = tokens
         self.users = users
 
@@ -101,16 +98,15 @@ class AdminRegistrationRoutes:
             raise bad_json("'admin' must be a boolean")
         assert nonce is not None and username is not None
         assert password is not None and mac is not None
-        if user_type is not None and user_type not in USER_TYPES:
-            # Spent like any other attempt, so a refused request cannot be replayed.
-            self.shared_secret.discard_nonce(nonce)
-            raise invalid_param("Invalid user type")
-        self.shared_secret.verify(nonce, username, password, admin, user_type, mac)
-        result = await self.accounts.register_by_admin(
-            username, password, admin=admin, displayname=displayname
+        result = await self.users.register_with_shared_secret(
+            nonce,
+            username,
+            password,
+            mac,
+            admin=admin,
+            user_type=user_type,
+            displayname=displayname,
         )
-        if user_type is not None:
-            await self.users.set_user_type(result["user_id"], user_type)
         return json_response(result)
 
     async def list_tokens(self, request: web.Request) -> web.Response:
@@ -176,7 +172,7 @@ class AdminRegistrationRoutes:
 def admin_table(svc: Services) -> RouteTable:
     """The admin API on Synapse's paths (/_synapse/admin/v1)."""
     r = AdminRegistrationRoutes(
-        svc.shared_secret_registration, svc.accounts, svc.registration_tokens, svc.admin_users
+        svc.shared_secret_registration, svc.registration_tokens, svc.admin_users
     )
     routes = [
         # Shared-secret registration: the HMAC over the nonce is the credential.
