@@ -1217,6 +1217,11 @@ class Components(Services):
     profile_store: ProfileStore
     alias_store: AliasStore
     filter_store: FilterStore
+    # the event path every federation flow shares (DESIGN §6): the per-room write lock,
+    # the state calculator and the one persister
+    room_locks: RoomLocks
+    state_calculator: StateCalculator
+    persister: EventPersister
     notifier: Notifier
     unread_counts: UnreadCounts
     push_sender: PushSender

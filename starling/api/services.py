@@ -50,11 +50,8 @@ from starling.rooms.creation import RoomCreator
 from starling.rooms.delayed import DelayedEvents
 from starling.rooms.event_service import RoomEventService
 from starling.rooms.hierarchy import SpaceHierarchy
-from starling.rooms.locks import RoomLocks
 from starling.rooms.membership import MembershipService
 from starling.rooms.peeks import PeekService
-from starling.rooms.persister import EventPersister
-from starling.rooms.state_calculator import StateCalculator
 from starling.rooms.upgrade import RoomUpgrader
 from starling.search.service import SearchService
 from starling.sync.filters import SyncFilters
@@ -94,11 +91,6 @@ class Services:
     # rooms
     rate_limits: RateLimits
     room_events: RoomEventService
-    # the event path every federation flow shares (DESIGN §6): the per-room write lock,
-    # the state calculator and the one persister
-    room_locks: RoomLocks
-    state_calculator: StateCalculator
-    persister: EventPersister
     room_creator: RoomCreator
     membership: MembershipService
     room_upgrader: RoomUpgrader
