@@ -30,15 +30,35 @@ class MatrixError(Exception):
         self.body = body  # the whole error answer (a 401's interactive-auth flows)
 
 
+def _decode(raw: bytes) -> Any:
+    """A response body: its JSON, or (not JSON) the start of its text."""
+    try:
+        return json.loads(raw) if raw else {}
+    except ValueError:
+        return raw[:200].decode(errors="replace")
+
+
+def _error(status: int, answer: Any) -> MatrixError:
+    """The MatrixError of an error answer (a Matrix error object, or anything else)."""
+    if isinstance(answer, dict):
+        errcode, error = answer.get("errcode", "M_UNKNOWN"), answer.get("error", "")
+        return MatrixError(status, str(errcode), str(error), answer)
+    return MatrixError(status, "M_UNKNOWN", str(answer))
+
+
 def _answer(status: int, answer: Any) -> dict[str, Any]:
     """The JSON object of a success, or the MatrixError of anything else."""
     if status >= 400 or not isinstance(answer, dict):
-        errcode = answer.get("errcode", "M_UNKNOWN") if isinstance(answer, dict) else "M_UNKNOWN"
-        error = answer.get("error", "") if isinstance(answer, dict) else str(answer)
-        raise MatrixError(
-            status, str(errcode), str(error), answer if isinstance(answer, dict) else None
-        )
+        raise _error(status, answer)
     return answer
+
+
+def _mxc_parts(mxc: str) -> tuple[str, str]:
+    """(server name, media ID) of an mxc:// URI."""
+    if not mxc.startswith("mxc://") or mxc.count("/") != 3:
+        raise MatrixError(0, "M_INVALID_PARAM", f"not an mxc:// URI: {mxc!r}")
+    server, media_id = mxc[len("mxc://") :].split("/", 1)
+    return server, media_id
 
 
 def _q(value: str) -> str:
@@ -77,6 +97,17 @@ class Api:
     def txn_id(self) -> str:
         return f"{self._txn_prefix}.{next(self._txn)}"
 
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"} if self.access_token else {}
+
+    def _unreachable(self, e: Exception) -> MatrixError:
+        return MatrixError(0, "M_CONNECTION", f"cannot reach {self.homeserver}: {e}")
+
     async def request(
         self,
         method: str,
@@ -89,8 +120,7 @@ class Api:
         timeout_s: float | None = None,
         auth: bool = True,
     ) -> dict[str, Any]:
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
+        session = self._http()
         if auth and self.access_token and data is None and path.startswith("/_matrix/client/"):
             carrier = await self._carrier()
             if carrier is not None:
@@ -104,9 +134,7 @@ class Api:
                 except TimeoutError as e:
                     raise MatrixError(0, "M_CONNECTION", f"WebSocket: {e}") from e
                 return _answer(status, answer)
-        headers = {}
-        if auth and self.access_token:
-            headers["Authorization"] = f"Bearer {self.access_token}"
+        headers = self._auth_headers() if auth else {}
         if data is not None:
             headers["Content-Type"] = content_type or "application/octet-stream"
             payload: bytes | None = data
@@ -116,7 +144,7 @@ class Api:
         else:
             payload = None
         try:
-            async with self._session.request(
+            async with session.request(
                 method,
                 self.homeserver + path,
                 data=payload,
@@ -127,47 +155,31 @@ class Api:
                 raw = await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as e:
-            raise MatrixError(0, "M_CONNECTION", f"cannot reach {self.homeserver}: {e}") from e
-        try:
-            answer = json.loads(raw) if raw else {}
-        except ValueError:
-            answer = raw[:200].decode(errors="replace")
-        return _answer(status, answer)
+            raise self._unreachable(e) from e
+        return _answer(status, _decode(raw))
 
     async def _carrier(self) -> Transport | None:
         """The transport for authenticated JSON requests, chosen on first use."""
         if self.transport_choice == "auto" and self.access_token:
             self.transport_choice = "chosen"
-            assert self._session is not None
             self.transport = await choose_transport(
-                self._session, self.homeserver, self.access_token
+                self._http(), self.homeserver, self.access_token
             )
         return self.transport
 
     async def get_bytes(self, path: str, *, timeout_s: float | None = None) -> bytes:
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        headers = {"Authorization": f"Bearer {self.access_token}"} if self.access_token else {}
         try:
-            async with self._session.get(
+            async with self._http().get(
                 self.homeserver + path,
-                headers=headers,
+                headers=self._auth_headers(),
                 timeout=aiohttp.ClientTimeout(total=timeout_s or self._timeout_s),
             ) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
-                    try:
-                        answer = json.loads(raw)
-                    except ValueError:
-                        answer = {}
-                    raise MatrixError(
-                        resp.status,
-                        str(answer.get("errcode", "M_UNKNOWN")),
-                        str(answer.get("error", "")),
-                    )
+                    raise _error(resp.status, _decode(raw))
                 return raw
         except (aiohttp.ClientError, TimeoutError) as e:
-            raise MatrixError(0, "M_CONNECTION", f"cannot reach {self.homeserver}: {e}") from e
+            raise self._unreachable(e) from e
 
     # ---- accounts ---------------------------------------------------------------------
 
@@ -190,8 +202,6 @@ class Api:
     # ---- sync and rooms ---------------------------------------------------------------
 
     async def sync(self, since: str | None, timeout_ms: int) -> dict[str, Any]:
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
         # A sync that must answer at once (timeout 0) is one request on the socket
         # (transport.py `_sync_now`): the stream cannot tell "nothing new" from "not
         # pushed yet" without waiting.
@@ -345,53 +355,46 @@ class Api:
         return str(answer["content_uri"])
 
     async def download(self, mxc: str) -> bytes:
-        if not mxc.startswith("mxc://") or mxc.count("/") != 3:
-            raise MatrixError(0, "M_INVALID_PARAM", f"not an mxc:// URI: {mxc!r}")
-        server, media_id = mxc[len("mxc://") :].split("/", 1)
+        server, media_id = _mxc_parts(mxc)
         return await self.get_bytes(
             f"/_matrix/client/v1/media/download/{_q(server)}/{_q(media_id)}", timeout_s=600
         )
 
-    async def media_config(self) -> dict[str, Any]:
-        """The server's media limits (`m.upload.size`); empty if it does not say."""
-        try:  # plain HTTP: media endpoints are not carried by the WebSocket
-            raw = await self.get_bytes("/_matrix/client/v1/media/config")
+    async def _optional_object(self, path: str, absent: tuple[int, ...]) -> dict[str, Any]:
+        """A JSON object read over plain HTTP (media endpoints are not carried by the
+        WebSocket); empty when the server answers with a status in `absent` or no
+        object."""
+        try:
+            raw = await self.get_bytes(path)
         except MatrixError as e:
-            if e.status in (404, 405):
+            if e.status in absent:
                 return {}
             raise
-        try:
-            answer = json.loads(raw)
-        except ValueError:
-            return {}
+        answer = _decode(raw)
         return answer if isinstance(answer, dict) else {}
+
+    async def media_config(self) -> dict[str, Any]:
+        """The server's media limits (`m.upload.size`); empty if it does not say."""
+        return await self._optional_object("/_matrix/client/v1/media/config", (404, 405))
 
     async def media_usage(self) -> dict[str, Any]:
         """What the user stores on the server and their upload quotas (MSC4034's usage;
         Starling adds `io.starling.upload_limits`); empty if the server does not say."""
-        try:
-            raw = await self.get_bytes("/_matrix/media/unstable/org.matrix.msc4034/usage")
-        except MatrixError as e:
-            if e.status in (400, 404, 405):
-                return {}
-            raise
-        try:
-            answer = json.loads(raw)
-        except ValueError:
-            return {}
-        return answer if isinstance(answer, dict) else {}
+        return await self._optional_object(
+            "/_matrix/media/unstable/org.matrix.msc4034/usage", (400, 404, 405)
+        )
 
     async def upload_stream(
         self, chunks: AsyncIterator[bytes], size: int, content_type: str
     ) -> str:
         """Upload `size` bytes given piece by piece (never held whole in memory)."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        headers = {"Content-Type": content_type, "Content-Length": str(size)}
-        if self.access_token:
-            headers["Authorization"] = f"Bearer {self.access_token}"
+        headers = {
+            "Content-Type": content_type,
+            "Content-Length": str(size),
+            **self._auth_headers(),
+        }
         try:
-            async with self._session.post(
+            async with self._http().post(
                 self.homeserver + "/_matrix/media/v3/upload",
                 data=chunks,
                 headers=headers,
@@ -400,16 +403,10 @@ class Api:
                 raw = await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as e:
-            raise MatrixError(0, "M_CONNECTION", f"cannot reach {self.homeserver}: {e}") from e
-        try:
-            answer = json.loads(raw) if raw else {}
-        except ValueError:
-            answer = {}
-        if status >= 400 or not isinstance(answer, dict) or "content_uri" not in answer:
-            answer = answer if isinstance(answer, dict) else {}
-            raise MatrixError(
-                status, str(answer.get("errcode", "M_UNKNOWN")), str(answer.get("error", ""))
-            )
+            raise self._unreachable(e) from e
+        answer = _answer(status, _decode(raw))
+        if "content_uri" not in answer:
+            raise _error(status, answer)
         return str(answer["content_uri"])
 
     async def download_stream(
@@ -417,35 +414,22 @@ class Api:
     ) -> int:
         """Download a file piece by piece into `sink`; refuses more than `max_bytes`.
         Returns the number of bytes."""
-        if not mxc.startswith("mxc://") or mxc.count("/") != 3:
-            raise MatrixError(0, "M_INVALID_PARAM", f"not an mxc:// URI: {mxc!r}")
-        server, media_id = mxc[len("mxc://") :].split("/", 1)
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        headers = {"Authorization": f"Bearer {self.access_token}"} if self.access_token else {}
+        server, media_id = _mxc_parts(mxc)
         url = f"{self.homeserver}/_matrix/client/v1/media/download/{_q(server)}/{_q(media_id)}"
         total = 0
         try:
-            async with self._session.get(
-                url, headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_read=600)
+            async with self._http().get(
+                url,
+                headers=self._auth_headers(),
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=600),
             ) as resp:
                 if resp.status >= 400:
-                    raw = await resp.content.read(65536)
-                    try:
-                        answer = json.loads(raw)
-                    except ValueError:
-                        answer = {}
-                    answer = answer if isinstance(answer, dict) else {}
-                    raise MatrixError(
-                        resp.status,
-                        str(answer.get("errcode", "M_UNKNOWN")),
-                        str(answer.get("error", "")),
-                    )
+                    raise _error(resp.status, _decode(await resp.content.read(65536)))
                 async for piece in resp.content.iter_chunked(1 << 20):
                     total += len(piece)
                     if total > max_bytes:
                         raise MatrixError(0, "M_TOO_LARGE", f"{mxc} is larger than expected")
                     await sink(piece)
         except (aiohttp.ClientError, TimeoutError) as e:
-            raise MatrixError(0, "M_CONNECTION", f"cannot reach {self.homeserver}: {e}") from e
+            raise self._unreachable(e) from e
         return total
