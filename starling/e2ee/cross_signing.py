@@ -208,11 +208,18 @@ class CrossSigningService:
                         "error": e.error,
                     }
         if to_store:
-            own = any(s.target_user_id == user_id for s in to_store)
+            own = [s for s in to_store if s.target_user_id == user_id]
+            # A signature of one of the user's devices changes that device's keys: other
+            # servers hear it as an m.device_list_update with the keys (as from Synapse);
+            # one of the master key changes the cross-signing keys (m.signing_key_update).
+            own_devices = sorted({s.target_key_id for s in own if s.target_key_id in devices})
+            own_master = any(s.target_key_id not in devices for s in own)
             others = sorted({s.target_user_id for s in to_store if s.target_user_id != user_id})
             audience = await self._device_lists.audience(user_id) if own else set()
             changes: list[tuple[DeviceChange, set[str]]] = []
-            if own:
+            if own_devices:
+                changes.append((DeviceChange([user_id], device_ids=own_devices), audience))
+            if own_master:
                 changes.append((DeviceChange([user_id]), audience))
             if others:
                 changes.append((DeviceChange(others, observer=user_id), set()))

@@ -3,13 +3,14 @@
 Two kinds of rows go on the stream (starling.storage.device_lists):
 - a user's devices or cross-signing keys changed (written by the key services in the same
   transaction as the change);
-- a user's membership of a room went into or out of "join" (written here, from the room
-  event listener, batched).
+- a user's membership of a room went into or out of "join", or became "invite" (written
+  here, from the room event listener, batched).
 
 For a reader U and a range (since, upto], `changes` reports:
 - changed: users sharing a room with U now whose devices/keys changed in the range, plus
   users who newly share a room with U (U joined a room they are in, or they joined one of
-  U's rooms). U's own changes are included.
+  U's rooms), plus users invited into U's rooms (as Synapse: clients encrypt for invited
+  members). U's own changes are included.
 - left: users who left a room U is in, or were in a room U left, and now share no room
   with U.
 """
@@ -155,17 +156,23 @@ class DeviceListTracker:
     async def _record_memberships(self, events: Sequence[Event]) -> None:
         previous = await self._previous_memberships([e.event_id for e in events])
         rows: list[tuple[str, str, bool]] = []
+        invites: list[tuple[str, str]] = []
         for event in events:
             assert event.state_key is not None
+            before = previous.get(event.event_id)
             now_joined = event.membership == "join"
-            was_joined = previous.get(event.event_id) == "join"
+            was_joined = before == "join"
             if now_joined != was_joined:
                 rows.append((event.room_id, event.state_key, now_joined))
-        if not rows:
+            elif event.membership == "invite" and before != "invite":
+                invites.append((event.room_id, event.state_key))
+        if not rows and not invites:
             return
-        await self._writes.add_memberships(rows)
+        await self._writes.add_memberships(rows, invites)
         wake: set[str] = {user_id for _, user_id, _ in rows}
-        members = await self._memberships.get_joined_users_for_rooms(r for r, _, _ in rows)
+        members = await self._memberships.get_joined_users_for_rooms(
+            {r for r, _, _ in rows} | {r for r, _ in invites}
+        )
         for users in members.values():
             wake |= users
         self._notify(wake)
@@ -186,11 +193,14 @@ class DeviceListTracker:
         if upto <= since:
             return DeviceListChanges([], [])
         joined_rooms = await self._memberships.get_joined_rooms(user_id)
+        in_rooms = set(joined_rooms)
         sharing = await self.audience(user_id)
         newly_sharing: set[str] = set()
         maybe_left: set[str] = set()
         # The user's own transitions first, to know which rooms they were in.
-        transitions = await self._store.membership_changes(user_id, joined_rooms, since, upto)
+        transitions, invites = await self._store.membership_and_invite_changes(
+            user_id, joined_rooms, since, upto
+        )
         rooms_left = {room for room, member, joined in transitions if member == user_id}
         rooms_left -= set(joined_rooms)
         if rooms_left:
@@ -207,5 +217,8 @@ class DeviceListTracker:
                 (newly_sharing if joined else maybe_left).add(member)
         changed = await self._store.changed_users(user_id, sharing, since, upto)
         changed |= newly_sharing & sharing
+        # Users invited into the user's rooms (Synapse's newly invited users: a client
+        # encrypting for invited members starts tracking them).
+        changed |= {m for room, m in invites if m != user_id and room in in_rooms}
         left = maybe_left - sharing
         return DeviceListChanges(sorted(changed), sorted(left))

@@ -203,7 +203,8 @@ class AppServiceStore:
         (after, upto], oldest first, at most `limit`."""
         rows = await self._db.fetch_all(
             "SELECT room_id, user_id, joined FROM device_list_memberships"
-            " WHERE stream_id > ? AND stream_id <= ? ORDER BY stream_id LIMIT ?",
+            " WHERE stream_id > ? AND stream_id <= ? AND NOT invited"
+            " ORDER BY stream_id LIMIT ?",
             after,
             upto,
             limit,

@@ -27,13 +27,17 @@ class DeviceListStore:
 
     @staticmethod
     async def add_memberships(
-        txn: Transaction, stream_id: int, rows: Sequence[tuple[str, str, bool]]
+        txn: Transaction,
+        stream_id: int,
+        rows: Sequence[tuple[str, str, bool]],
+        invites: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """``(room_id, user_id, joined)`` transitions."""
+        """``(room_id, user_id, joined)`` transitions, and ``(room_id, user_id)`` invites."""
         await txn.executemany(
-            "INSERT INTO device_list_memberships (stream_id, room_id, user_id, joined)"
-            " VALUES (?, ?, ?, ?)",
-            [(stream_id, r, u, j) for r, u, j in rows],
+            "INSERT INTO device_list_memberships (stream_id, room_id, user_id, joined, invited)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(stream_id, r, u, j, False) for r, u, j in rows]
+            + [(stream_id, r, u, False, True) for r, u in invites],
         )
 
     async def changed_users(
@@ -59,12 +63,20 @@ class DeviceListStore:
         self, user_id: str, room_ids: Iterable[str], since: int, upto: int
     ) -> list[tuple[str, str, bool]]:
         """``(room_id, user_id, joined)`` in (since, upto], oldest first, for the user's own
-        transitions and every transition in ``room_ids``."""
+        transitions and every transition in ``room_ids`` (invites left out)."""
+        joins, _ = await self.membership_and_invite_changes(user_id, room_ids, since, upto)
+        return joins
+
+    async def membership_and_invite_changes(
+        self, user_id: str, room_ids: Iterable[str], since: int, upto: int
+    ) -> tuple[list[tuple[str, str, bool]], list[tuple[str, str]]]:
+        """`membership_changes`, and the ``(room_id, user_id)`` invites into ``room_ids``
+        in (since, upto]."""
         if upto <= since:
-            return []
+            return [], []
         sql = self._db.sql
         rows = await self._db.fetch_all(
-            "SELECT room_id, user_id, joined FROM device_list_memberships"
+            "SELECT room_id, user_id, joined, invited FROM device_list_memberships"
             " WHERE stream_id > ? AND stream_id <= ?"
             f" AND (user_id = ? OR {sql.in_array('room_id')}) ORDER BY stream_id",
             since,
@@ -72,4 +84,6 @@ class DeviceListStore:
             user_id,
             sql.array(sorted(set(room_ids))),
         )
-        return [(r[0], r[1], bool(r[2])) for r in rows]
+        joins = [(r[0], r[1], bool(r[2])) for r in rows if not r[3]]
+        invites = [(r[0], r[1]) for r in rows if r[3]]
+        return joins, invites

@@ -83,11 +83,14 @@ class E2eeWrites:
         async with self._db.transaction() as txn:
             return await self._stream.next_id(txn)
 
-    async def add_memberships(self, rows: Sequence[tuple[str, str, bool]]) -> int:
-        """``(room_id, user_id, joined)`` transitions at one new position, returned."""
+    async def add_memberships(
+        self, rows: Sequence[tuple[str, str, bool]], invites: Sequence[tuple[str, str]] = ()
+    ) -> int:
+        """``(room_id, user_id, joined)`` transitions and ``(room_id, user_id)`` invites at
+        one new position, returned."""
         async with self._db.transaction() as txn:
             stream_id = await self._stream.next_id(txn)
-            await self._device_lists.add_memberships(txn, stream_id, rows)
+            await self._device_lists.add_memberships(txn, stream_id, rows, invites)
         return stream_id
 
     # -- keys and the changes announcing them

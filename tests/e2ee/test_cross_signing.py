@@ -122,8 +122,16 @@ async def test_signatures_upload(hs: Harness) -> None:
         },
         bob.user_id: {bob_keys.master.public_key_base64: signed_bob},
     }
+    told: list[tuple[str, list[str]]] = []
+    hs.services.e2ee.device_lists.listeners.append(
+        lambda user, devices, deleted, stream_id: told.append((user, list(devices)))
+    )
     status, resp = await hs.request("POST", f"{V3}/keys/signatures/upload", alice.token, body)
     assert (status, resp) == (200, {"failures": {}})
+    # Everyone may see it (other servers are told, as the federation listener is): the
+    # signed device as a device change (an m.device_list_update with its new keys), the
+    # signed master key as a cross-signing one; alice's signature of bob's key is hers.
+    assert sorted(told) == [(alice.user_id, []), (alice.user_id, ["DEV"])]
     status, resp = await hs.request(
         "POST",
         f"{V3}/keys/signatures/upload",

@@ -132,3 +132,36 @@ async def test_new_and_deleted_devices_are_changes(hs: Harness) -> None:
     since = await position(hs)
     await hs.services.e2ee.keys.devices_changed(bob.user_id, ["DEV"], True)
     assert (await device_lists(hs, alice, since))["changed"] == [bob.user_id]
+
+
+async def test_invited_users_are_reported_changed(hs: Harness) -> None:
+    """As Synapse: a user invited into one of my rooms appears in my device_lists.changed
+    (a client encrypting for invited members starts tracking them); joining reports them
+    again; the invitee hears of nobody until they join."""
+    alice = await new_device(hs, "alice")
+    bob = await new_device(hs, "bob")
+    carol = await new_device(hs, "carol")
+    room = await hs.create_room(alice.token, preset="private_chat")
+    since = await position(hs)
+    status, resp = await hs.request(
+        "POST", f"{V3}/rooms/{room}/invite", alice.token, {"user_id": bob.user_id}
+    )
+    assert status == 200, resp
+    assert await device_lists(hs, alice, since) == {"changed": [bob.user_id], "left": []}
+    assert await device_lists(hs, bob, since) == {"changed": [], "left": []}
+    assert await device_lists(hs, carol, since) == {"changed": [], "left": []}
+    since = await position(hs)
+    await join(hs, bob, room)
+    assert (await device_lists(hs, alice, since))["changed"] == [bob.user_id]
+    assert alice.user_id in (await device_lists(hs, bob, since))["changed"]
+    # An application service's view of joins and leaves is not changed by invites.
+    transitions = await hs.services.db.fetch_all(
+        "SELECT user_id, joined, invited FROM device_list_memberships WHERE room_id = ?"
+        " ORDER BY stream_id",
+        room,
+    )
+    assert [(r[0], bool(r[1]), bool(r[2])) for r in transitions] == [
+        (alice.user_id, True, False),
+        (bob.user_id, False, True),
+        (bob.user_id, True, False),
+    ]
