@@ -64,6 +64,12 @@ class RequestAuthenticator:
         # Set with workers (starling/cluster): every invalidation is told to the other
         # processes, as (method name, arguments), so a revoked token fails everywhere.
         self.on_invalidate: Callable[[str, list[Any]], None] | None = None
+        # Told of every invalidation another process made (open WebSockets recheck).
+        self._elsewhere: list[Callable[[str, list[Any]], None]] = []
+
+    def add_elsewhere_listener(self, listener: Callable[[str, list[Any]], None]) -> None:
+        """Call `listener(method, args)` after applying another process's invalidation."""
+        self._elsewhere.append(listener)
 
     def _tell(self, method: str, *args: Any) -> None:
         if self.on_invalidate is not None:
@@ -82,6 +88,8 @@ class RequestAuthenticator:
             self._drop_device(args[0], args[1])
         elif method == "refresh":
             self._drop_refresh_tokens(args[0])
+        for listener in self._elsewhere:
+            listener(method, args)
 
     async def requester_for_token(
         self, token: str, user_id: str | None = None, device_id: str | None = None

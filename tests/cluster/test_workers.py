@@ -11,7 +11,8 @@ balancer. Checked, each against the running trio:
   state read through each process; a transaction ID retried through another process
   gives back the original event;
 - an access token logged out on A, and a token of an account deactivated on A, are
-  refused on C (whose cache held them) within a second;
+  refused on C (whose cache held them) within a second; a WebSocket of that device open
+  on B is closed;
 - SIGKILLing a worker while it sends loses no acknowledged message, and the other two
   carry on (their streams are not held back by the dead one's unfinished transaction);
 - presence is one state whichever process a client reaches: set on A, it shows in a
@@ -682,3 +683,23 @@ async def test_presence_timeouts_count_syncs_on_every_worker(trio: Trio) -> None
     seen_by_bob = await _presence(bob, trio.c, alice.user_id)
     assert seen_by_bob["presence"] == "online", seen_by_bob
     assert (await _presence(alice, trio.b, bob.user_id))["presence"] == "offline"
+
+
+async def test_a_logout_on_one_worker_closes_the_devices_websocket_on_another(
+    trio: Trio,
+) -> None:
+    name = f"gina{secrets.token_hex(3)}"
+    await trio.register(name, trio.a.url)
+    gina = await trio.login(name, trio.a.url)
+    async with trio.session.ws_connect(
+        f"{trio.b.url}/_matrix/client/unstable/org.starling.ws/ws",
+        headers={"Authorization": f"Bearer {gina.token}"},
+    ) as ws:
+        hello = await ws.receive_json(timeout=10)
+        assert hello["type"] == "authenticated"
+        await gina.ok(trio.a.url, "POST", "/logout", {})
+        # Well before the socket's own sync poll or heartbeat would notice.
+        frame = await ws.receive_json(timeout=1.0)
+        assert (frame["type"], frame["errcode"]) == ("error", "M_UNKNOWN_TOKEN")
+        closing = await ws.receive(timeout=1.0)
+        assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 1008

@@ -105,6 +105,7 @@ def client_table(svc: Services) -> RouteTable:
         svc.accounts.add_device_listener,
         e2ee.to_device_extension.acknowledge,
     )
+    svc.auth.add_elsewhere_listener(websocket.invalidated_elsewhere)
     sso = SsoRoutes(
         svc.sso,
         svc.config.client_base_url.startswith("https:"),

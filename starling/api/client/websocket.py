@@ -79,9 +79,10 @@ class WebSocketRoutes:
         self.auth = auth
         self.config = config
         self.acknowledge = acknowledge
-        # single-process: open sockets by (user, device), to close them when the device
-        # is deleted (logout); a logout served by another worker is only noticed when
-        # the socket's next request or sync poll finds its token gone.
+        # Open sockets by (user, device), to close them when the device is deleted
+        # (logout); with workers, a logout or deactivation served by another process
+        # makes the sockets it may concern check their token again
+        # (`invalidated_elsewhere`).
         self.sockets: dict[tuple[str, str], set[_Session]] = {}
         self._revoking: set[asyncio.Task[None]] = set()
         if add_device_listener is not None:
@@ -98,6 +99,32 @@ class WebSocketRoutes:
                 task = asyncio.create_task(session.revoke())
                 self._revoking.add(task)
                 task.add_done_callback(self._revoking.discard)
+
+    def invalidated_elsewhere(self, method: str, args: list[Any]) -> None:
+        """Another process revoked access tokens (RequestAuthenticator's relayed
+        invalidations): the sockets of that device, user or token check their token
+        again and close if it no longer works."""
+        if method == "device":
+            sessions = set(self.sockets.get((args[0], args[1]), ()))
+        elif method == "user":
+            sessions = {s for (u, _), group in self.sockets.items() if u == args[0] for s in group}
+        elif method == "token":
+            sessions = {s for group in self.sockets.values() for s in group if s.token == args[0]}
+        else:
+            return
+        for session in sessions:
+            task = asyncio.create_task(self._recheck(session))
+            self._revoking.add(task)
+            task.add_done_callback(self._revoking.discard)
+
+    async def _recheck(self, session: _Session) -> None:
+        if session.token is None:
+            return
+        try:
+            await self.auth.requester_for_token(session.token)
+        except MatrixError as e:
+            if e.status == 401:
+                await session.revoke()
 
     # GET /_matrix/client/unstable/org.starling.ws/ws
     # (spec: none, Starling's own unstable transport; see docs/transports.md)
