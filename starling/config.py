@@ -929,12 +929,13 @@ def _check_workers(cfg: Config) -> None:
             raise ConfigError("redis.port: must be between 1 and 65535")
         if redis.dbid < 0:
             raise ConfigError("redis.dbid: must be 0 or more")
-        if cfg.oidc_providers and not cfg.public_baseurl:
+        if (cfg.oidc_providers or cfg.cas_config.enabled) and not cfg.public_baseurl:
             # Without it each process names its own listener in the callback URL, and the
             # provider's redirect back (which may land on any process) fails the code
-            # exchange, whose redirect_uri must be the one the sign-in started with.
+            # exchange (OIDC's redirect_uri, CAS's service) that must name the URL the
+            # sign-in started with.
             raise ConfigError(
-                "public_baseurl: must be set with workers and oidc_providers (every "
+                "public_baseurl: must be set with workers and single sign-on (every "
                 "process must give the identity provider the same callback URL)"
             )
     for key in ("federation_sender_instances", "pusher_instances"):

@@ -161,3 +161,8 @@ def test_workers_with_oidc_need_public_baseurl() -> None:
     assert "public_baseurl" in str(e.value)
     cfg = load_config_dict({**data, "public_baseurl": "https://matrix.a.org/"}, environ={})
     assert cfg.client_base_url == "https://matrix.a.org/"
+    cas = {"enabled": True, "server_url": "https://cas.example/cas"}
+    del data["oidc_providers"]
+    with pytest.raises(ConfigError) as e:
+        load_config_dict({**data, "cas_config": cas}, environ={})
+    assert "public_baseurl" in str(e.value)
