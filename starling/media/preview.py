@@ -63,6 +63,7 @@ def fetch_failed(msg: str = "Failed to download content") -> MatrixError:
 class UrlPreviewer:
     def __init__(self, config: Config, store: MediaStore, image_sink: ImageSink) -> None:
         self._enabled = config.url_preview_enabled
+        self._verify = not config.use_insecure_ssl_client_just_for_testing_do_not_use
         self._policy = IPPolicy(
             config.url_preview_ip_range_blacklist, config.url_preview_ip_range_whitelist
         )
@@ -86,7 +87,9 @@ class UrlPreviewer:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = guarded_session(self._policy, FETCH_TIMEOUT)
+            self._session = guarded_session(
+                self._policy, FETCH_TIMEOUT, verify_certificates=self._verify
+            )
         return self._session
 
     # --- the endpoint -------------------------------------------------------------

@@ -140,8 +140,13 @@ def guarded_socket_factory(policy: IPPolicy) -> Any:
     return address_guard.guarded_socket_factory(policy, "the URL preview IP policy")
 
 
-def guarded_session(policy: IPPolicy, timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession:
+def guarded_session(
+    policy: IPPolicy, timeout: aiohttp.ClientTimeout, *, verify_certificates: bool = True
+) -> aiohttp.ClientSession:
+    """`verify_certificates=False` only under `use_insecure_ssl_client_just_for_testing_
+    do_not_use` (test suites serving pages with their own CA, as Synapse allows)."""
     connector = aiohttp.TCPConnector(
+        ssl=verify_certificates,  # True: the default verification
         resolver=GuardedResolver(policy),
         use_dns_cache=False,
         socket_factory=guarded_socket_factory(policy),

@@ -333,3 +333,43 @@ def test_opengraph_parser_bounds_and_charsets() -> None:
         assert decode_html(b"<title>x\xff</title>", charset) == "<title>x\ufffd</title>"
     meta = b'<meta charset="undefined"><title>x</title>'
     assert parse_opengraph(decode_html(meta, None))["og:title"] == "x"
+
+
+async def test_certificates_are_verified_unless_the_insecure_testing_switch_is_on(
+    tmp_path: Any,
+) -> None:
+    """A page served with a certificate of an unknown CA is refused; with
+    `use_insecure_ssl_client_just_for_testing_do_not_use` (test suites with their own CA,
+    as Synapse's switch) it is fetched."""
+    import ssl
+
+    from tests.federation.harness import make_test_pki
+
+    pki = make_test_pki(tmp_path / "pki")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.cert, pki.key)
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text=PLAIN, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/p", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    tls_site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await tls_site.start()
+    url = f"https://127.0.0.1:{runner.addresses[0][1]}/p"
+    policy = IPPolicy(allow=["127.0.0.0/8"])
+    timeout = aiohttp.ClientTimeout(total=10)
+    try:
+        async with guarded_session(policy, timeout) as session:
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                async with session.get(url):
+                    pass
+        async with (
+            guarded_session(policy, timeout, verify_certificates=False) as session,
+            session.get(url) as resp,
+        ):
+            assert resp.status == 200 and "Just a" in await resp.text()
+    finally:
+        await runner.cleanup()
