@@ -120,6 +120,7 @@ from starling.rooms.builder import EventBuilder
 from starling.rooms.client_events import ClientEvents
 from starling.rooms.creation import RoomCreator
 from starling.rooms.delayed import DelayedEvents
+from starling.rooms.ephemeral import EphemeralMessages
 from starling.rooms.erasure import ErasedUsers
 from starling.rooms.event_service import RoomEventService
 from starling.rooms.guests import GuestEvictor
@@ -148,6 +149,7 @@ from starling.storage.dehydrated_devices import DehydratedDeviceStore
 from starling.storage.delayed_events import DelayedEventStore
 from starling.storage.directory import DirectoryStore
 from starling.storage.e2ee_stores import E2eeStores
+from starling.storage.event_expiry import EventExpiryStore
 from starling.storage.event_timestamps import EventTimestampStore
 from starling.storage.event_writes import EventWrites
 from starling.storage.events import EventStore
@@ -349,6 +351,10 @@ async def build_services(
         GuestEvictor(membership_store, membership, account_store.guests_among).on_event,
         writer_only=True,
     )
+    ephemeral_messages = None
+    if config.enable_ephemeral_messages:
+        ephemeral_messages = EphemeralMessages(EventExpiryStore(db, event_store), event_store)
+        room_events.add_listener(ephemeral_messages.on_new_event, writer_only=True)
     federation_sender = FederationSender(
         config.server_name,
         FederationSenderStore(db),
@@ -943,6 +949,7 @@ async def build_services(
         e2ee=e2ee,
         dehydrated_devices=dehydrated_devices,
         delayed_events=DelayedEvents(DelayedEventStore(db), client_events),
+        ephemeral_messages=ephemeral_messages,
         user_directory=user_directory,
         search=search,
         hierarchy=hierarchy,
@@ -1230,6 +1237,8 @@ class Components(Services):
     app_service_client: AppServiceClient
     app_service_sender: AppServiceSender
     outgoing_webhooks: OutgoingWebhooks
+    # MSC2228 (enable_ephemeral_messages): None when off
+    ephemeral_messages: EphemeralMessages | None = None
 
 
 @dataclass
@@ -1475,6 +1484,8 @@ class Homeserver:
                 await hs.services.push_sender.start()
             if roles.background_tasks:
                 await hs.services.delayed_events.start()
+                if hs.services.ephemeral_messages is not None:
+                    await hs.services.ephemeral_messages.start()
                 hs.services.media.start()
                 hs.services.admin_history.start()
                 if hs.services.e2ee.remote_device_lists is not None:
@@ -1591,6 +1602,8 @@ class Homeserver:
             await self.services.e2ee.remote_device_lists.close()
         await self.services.push_evaluator.stop()
         await self.services.delayed_events.stop()
+        if self.services.ephemeral_messages is not None:
+            await self.services.ephemeral_messages.stop()
         await self.services.push_sender.stop()
         await self.services.app_service_sender.stop()
         await self.services.outgoing_webhooks.stop()

@@ -520,6 +520,9 @@ class Config:
     oidc_providers: list[OidcProvider] = field(default_factory=list)
     sso: SsoConfig = field(default_factory=SsoConfig)
     cas_config: CasConfig = field(default_factory=CasConfig)
+    # MSC2228 (Synapse's experimental key): messages with org.matrix.self_destruct_after
+    # are censored at that time (rooms/ephemeral.py).
+    enable_ephemeral_messages: bool = False
     # Starling's own webhooks (no Synapse equivalent): starling/webhooks/.
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     # Transports beyond HTTPS+JSON (docs/transports.md).

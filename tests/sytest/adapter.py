@@ -76,6 +76,8 @@ def sytest_settings(hs: dict[str, Any]) -> dict[str, Any]:
         # SyTest mentions users by their name in the body only, as Synapse's defaults allow.
         "legacy_mention_push_rules": True,
         "url_preview_enabled": True,
+        # MSC2228 self-destructing messages, as Synapse's SyTest config turns them on.
+        "enable_ephemeral_messages": True,
         # SyTest's push gateway (and app services) serve HTTPS with its test CA.
         "use_insecure_ssl_client_just_for_testing_do_not_use": True,
         "url_preview_ip_range_whitelist": ["127.0.0.0/8", "::1/128"],
