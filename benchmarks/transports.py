@@ -54,9 +54,9 @@ from benchmarks.machine import ROOT, cpu_model, git_commit
 from starling.app import Homeserver
 from starling.config import load_config_dict
 from starling.generate_config import write_self_signed_certificate
-from starling.lowbandwidth.client import LowBandwidthClient
 from starling.protocol.signing import SigningKey
 from starling_client.api import Api
+from starling_client.lowbandwidth import LowBandwidthClient
 
 SERVER_NAME = "localhost"
 PASSWORD = "benchmark password"

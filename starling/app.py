@@ -1529,8 +1529,8 @@ class Homeserver:
         lb_config = self.config.low_bandwidth
         if lb_config.port is not None:
             # Bound first, so /versions can publish its port and Noise key.
-            from starling.lowbandwidth.server import FEATURE as LB_FEATURE
             from starling.lowbandwidth.server import LowBandwidthServer, load_or_create_key
+            from starling.protocol.lowbandwidth.coap import FEATURE as LB_FEATURE
 
             key = load_or_create_key(self.config.resolve_path(lb_config.noise_key_path))
             self.low_bandwidth = LowBandwidthServer(lb_config, key)

@@ -257,8 +257,8 @@ def cmd_coap(args: argparse.Namespace) -> int:
 
     import aiohttp
 
-    from starling.lowbandwidth.client import LowBandwidthClient, LowBandwidthError
-    from starling.lowbandwidth.server import FEATURE, NOISE_FEATURE
+    from starling.protocol.lowbandwidth.coap import FEATURE, NOISE_FEATURE
+    from starling_client.lowbandwidth import LowBandwidthClient, LowBandwidthError
 
     body = None
     if args.data is not None:

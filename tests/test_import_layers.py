@@ -168,3 +168,22 @@ def test_the_cycle_check_sees_a_cycle() -> None:
     }
     assert _cycles(graph) == [["rooms", "search", "sync"]]
     assert _cycles({"api": {"rooms"}, "rooms": {"storage"}}) == []
+
+
+CLIENT_PKG = PKG.parent / "starling_client"
+
+
+@pytest.mark.parametrize(
+    "path", sorted(CLIENT_PKG.rglob("*.py")), ids=lambda p: p.name if isinstance(p, Path) else p
+)
+def test_client_sdk_imports_only_protocol(path: Path) -> None:
+    """starling_client is a separate program: of the server's package it may import only
+    the pure protocol layer (DESIGN.md §2)."""
+    module = "starling_client." + path.stem
+    bad = [
+        imp
+        for imp in _imports(path, module)
+        if (imp == "starling" or imp.startswith("starling."))
+        and not imp.startswith("starling.protocol")
+    ]
+    assert not bad, f"{module} imports the server's packages: {bad}"

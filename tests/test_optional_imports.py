@@ -28,7 +28,8 @@ def test_the_lazy_imports_still_resolve() -> None:
     from starling.accounts.oidc import _Provider
     from starling.cluster.bus import BusUnavailable, ClusterBus, channel_for
     from starling.cluster.wiring import ClusterParts, ClusterRoles, join_cluster
-    from starling.lowbandwidth.server import FEATURE, LowBandwidthServer, load_or_create_key
+    from starling.lowbandwidth.server import LowBandwidthServer, load_or_create_key
+    from starling.protocol.lowbandwidth.coap import FEATURE
 
     assert ClusterRoles is not None and ClusterParts is not None
     assert callable(join_cluster) and callable(channel_for) and callable(load_or_create_key)

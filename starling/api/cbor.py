@@ -17,7 +17,7 @@ from aiohttp import web
 
 from starling.api.http import Handler, error_response
 from starling.errors import MatrixError
-from starling.lowbandwidth import codec
+from starling.protocol.lowbandwidth import codec
 
 CBOR = "application/cbor"
 

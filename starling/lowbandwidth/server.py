@@ -40,7 +40,14 @@ from aiocoap.resource import Resource
 from aiocoap.transports.generic_udp import GenericMessageInterface
 
 from starling.config import LowBandwidthConfig, parse_size
-from starling.lowbandwidth import codec, noise
+from starling.protocol.lowbandwidth import codec, noise
+from starling.protocol.lowbandwidth.coap import (
+    NOISE_FEATURE,
+    OPTION_ACCESS_TOKEN,
+    OPTION_CBOR_VERSION,
+    OPTION_DEFLATE,
+    SYNC_PATH,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,15 +69,6 @@ class Dispatch(Protocol):
     ) -> Awaitable[tuple[int, Any]]: ...
 
 
-FEATURE = "org.matrix.msc3079.low_bandwidth"
-NOISE_FEATURE = "org.starling.noise"
-OPTION_ACCESS_TOKEN = 256
-OPTION_CBOR_VERSION = 257
-# Starling's: uint 1 = deflate bodies for this session (opt-in). From the range the CoAP
-# option registry reserves for experiments (65000-65535; even: elective), as 258 is
-# RFC 7967's No-Response.
-OPTION_DEFLATE = 65000
-SYNC_PATH = "/_matrix/client/v3/sync"
 SYNC_REFERENCES = 2  # /sync answers kept per session as DEFLATE dictionaries
 MAX_DATAGRAM = 1600  # a 1024-byte block, CoAP options and the Noise header fit
 MAX_TOKEN_LENGTH = 1024
@@ -113,12 +111,6 @@ def coap_code(status: int, method: str) -> Code:
     if cls not in (4, 5):
         cls, detail = 5, 0
     return Code((cls << 5) | (detail if detail < 32 else 0))
-
-
-def http_status(code: Code) -> int:
-    """CoAP response code → HTTP status (the client's reverse of `coap_code`)."""
-    cls, detail = divmod(int(code), 32)
-    return 200 if cls == 2 else cls * 100 + detail
 
 
 @dataclass(eq=False)

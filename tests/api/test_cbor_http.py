@@ -8,7 +8,7 @@ from typing import Any
 import cbor2
 import pytest
 
-from starling.lowbandwidth import codec
+from starling.protocol.lowbandwidth import codec
 from tests.support.harness import UNLIMITED_ROOM_RATES, Harness
 
 CBOR = "application/cbor"

@@ -14,9 +14,10 @@ import pytest
 
 from starling.api.inprocess import in_process
 from starling.config import LowBandwidthConfig
-from starling.lowbandwidth import codec, noise
-from starling.lowbandwidth.client import LowBandwidthClient
-from starling.lowbandwidth.server import FEATURE, LowBandwidthServer
+from starling.lowbandwidth.server import LowBandwidthServer
+from starling.protocol.lowbandwidth import codec, noise
+from starling.protocol.lowbandwidth.coap import FEATURE
+from starling_client.lowbandwidth import LowBandwidthClient
 from tests.support.harness import UNLIMITED_ROOM_RATES, Harness
 
 FAST = {"ack_timeout": 0.3}

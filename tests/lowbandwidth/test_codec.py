@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from starling.lowbandwidth import codec, noise
+from starling.protocol.lowbandwidth import codec, noise
 
 MSC_JSON = {
     "type": "m.room.message",

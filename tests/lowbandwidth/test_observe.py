@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from starling.lowbandwidth import codec
-from starling.lowbandwidth.client import LowBandwidthClient, ObserveEnded
 from starling.lowbandwidth.server import LowBandwidthServer
+from starling.protocol.lowbandwidth import codec
+from starling_client.lowbandwidth import LowBandwidthClient, ObserveEnded
 from tests.lowbandwidth.test_coap import FAST, connect, hs_config, lb, register
 
 __all__ = ["hs_config", "lb"]  # fixtures

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from starling.lowbandwidth.client import LowBandwidthClient
+from starling_client.lowbandwidth import LowBandwidthClient
 from tests.interop.conftest import RunningServer, free_port, starling_server
 
 __all__ = ["starling_server"]

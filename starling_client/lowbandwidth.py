@@ -1,8 +1,9 @@
 """A low-bandwidth client: Client-Server requests over CoAP+CBOR+Noise (MSC3079).
 
-A module of its own (the client SDK `starling_client` may not import the server's package,
-and this client shares the codec with the server). Used by `starling debug coap`, the
-tests and the benchmark. aiocoap does CoAP (confirmable retransmission, Block1/Block2);
+Part of the client SDK: it imports only the shared, pure layer of the server's package
+(starling/protocol/lowbandwidth: codec, Noise framing, option numbers). Used by the SDK's
+`Api(transport="coap")` (starling_client/transport.py), `starling debug coap`, the tests
+and the benchmark. aiocoap does CoAP (confirmable retransmission, Block1/Block2);
 its UDP transport is replaced by one Noise session with the server, whose static key
 the caller got from /_matrix/client/versions over HTTPS. The access token travels once
 per session in option 256 (the server keeps it: MSC3079's stickiness), and option 257
@@ -28,8 +29,8 @@ from aiocoap.numbers.optionnumbers import OptionNumber
 from aiocoap.optiontypes import OpaqueOption, UintOption
 from aiocoap.transports.generic_udp import GenericMessageInterface
 
-from starling.lowbandwidth import codec, noise
-from starling.lowbandwidth.server import (
+from starling.protocol.lowbandwidth import codec, noise
+from starling.protocol.lowbandwidth.coap import (
     OPTION_ACCESS_TOKEN,
     OPTION_CBOR_VERSION,
     OPTION_DEFLATE,

@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import cbor2
 
-from starling.lowbandwidth.tables import CBOR_KEYS_V1, PATH_ENUMS_V1
+from starling.protocol.lowbandwidth.tables import CBOR_KEYS_V1, PATH_ENUMS_V1
 
 CBOR_CONTENT_FORMAT = 60  # application/cbor (RFC 7252 §12.3 registry, RFC 8949)
 MAX_DEPTH = 64
