@@ -486,9 +486,20 @@ class PresenceService:
             return []
         now = self._now()
         if since is None and include_offline:
-            for user_id in sorted(users):
-                await self._load(user_id)
-            wanted = sorted(users)
+            # One read for all those not in memory (a newly joined room's members can be
+            # thousands); read, not kept: most of them are offline.
+            missing = sorted(u for u in users if u not in self._states)
+            stored = await self._store.get(missing)
+            return [
+                {
+                    "type": "m.presence",
+                    "sender": user_id,
+                    "content": self._format(
+                        user_id, self._states.get(user_id) or _from_row(stored.get(user_id)), now
+                    ),
+                }
+                for user_id in sorted(users)
+            ]
         elif since is None:
             # Ours who are not offline (the timeouts keep that set true), and other
             # servers' users whose last word was not offline (their servers time them
@@ -533,20 +544,32 @@ class PresenceService:
 
     async def contribute(self, ctx: SyncContext, response: dict[str, Any]) -> bool:
         """m.presence events of the requester and the users sharing a room with them,
-        changed in (since, upto] (on an initial sync: those who are not offline)."""
+        changed in (since, upto] (on an initial sync: those who are not offline); and
+        on an incremental sync the current presence of the users who newly came into
+        view (ctx.newly_joined_users), changed or not, as Synapse sends it, since the
+        client was never told it."""
         if not self.enabled:
             return False
         await self.set_presence_from_sync(ctx.user_id, ctx.set_presence)
         allowed = section_matcher(ctx, "presence")
         users = await self._memberships.users_sharing_a_room(ctx.user_id)
         users.add(ctx.user_id)
-        events = [
-            event
-            for event in await self.presence_events(users, ctx.since, ctx.upto)
-            if allowed(event, None)
-        ]
+        found = await self.presence_events(users, ctx.since, ctx.upto)
+        if ctx.since is not None and ctx.newly_joined_users:
+            changed = {event["sender"] for event in found}
+            found += await self.presence_events(
+                set(ctx.newly_joined_users) - changed, None, ctx.upto, include_offline=True
+            )
+        events = [event for event in found if allowed(event, None)]
         add_global_events(response, "presence", events)
         return bool(events)
+
+
+def _from_row(row: PresenceRow | None) -> _Presence:
+    """A stored presence (none stored: offline), as `_load` reads it."""
+    if row is None:
+        return _Presence("offline", None, 0, False)
+    return _Presence(row.state, row.status_msg, row.last_active_ts, False)
 
 
 def _visible_change(old: _Presence, new: _Presence) -> bool:

@@ -187,7 +187,10 @@ class EventFormatter:
             if relations:
                 unsigned["m.relations"] = relations
         if opts.event_format == "federation":
+            # The PDU as servers exchange it, plus its event_id (which room versions
+            # 3 and later leave out of the PDU): Synapse's federation format has it.
             out = dict(pdu)
+            out["event_id"] = event.event_id
             merged = dict(out.get("unsigned") or {})
             merged.update(unsigned)
             out["unsigned"] = merged

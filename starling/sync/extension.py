@@ -41,6 +41,10 @@ class SyncContext:
     # pushed, not one the client has processed, so nothing may be consumed by it (the
     # to-device inbox is only read, not acknowledged; docs/transports.md).
     acknowledge: bool = True
+    # Incremental syncs: users who came into the user's view in the window (members of
+    # rooms joined in it, users joining or invited to the user's rooms): the presence
+    # extension sends their current presence even when it did not change.
+    newly_joined_users: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.sync_filter is None:

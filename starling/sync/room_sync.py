@@ -90,8 +90,11 @@ class _Plan:
     full_state: bool  # send all state rather than a delta from `lower`
     no_state: bool = False  # never joined: no state at all (a rejected invite)
     end_event: str | None = None  # leave rooms: the departure; its state ends the room
+    # Joined in this window (incremental sync): always `limited`, as Synapse and
+    # Dendrite send it, since the client holds none of its history.
+    newly_joined: bool = False
     events: list[StoredEvent] = field(default_factory=list)  # newest first
-    limited: bool = False
+    limited: bool = False  # older events exist that the timeline leaves out
     exhausted: bool = False
     scanned_to: int | None = None  # oldest position read so far
 
@@ -101,6 +104,10 @@ class RoomsResult:
     rooms: dict[str, dict[str, Any]]
     has_data: bool
     joined_rooms: frozenset[str]
+    # Incremental syncs: users who came into the user's view in this window, whose
+    # presence the client has never been sent: the members of rooms joined in it, and
+    # users the timeline or state shows joining, invited or knocking (not the user).
+    newly_joined_users: frozenset[str] = frozenset()
 
 
 class RoomSyncBuilder:
@@ -137,8 +144,9 @@ class RoomSyncBuilder:
         if req.peeks:
             rooms["peek"] = {}
         has_data = False
+        newcomers: frozenset[str] = frozenset()
         if plans:
-            has_data = await self._fill_rooms(req, plans, joined, rooms)
+            has_data, newcomers = await self._fill_rooms(req, plans, joined, rooms)
         if invites:
             rooms["invite"] = await self._stripped_rooms(req, invites, "invite_state")
             has_data = True
@@ -146,7 +154,7 @@ class RoomSyncBuilder:
             rooms["knock"] = await self._stripped_rooms(req, knocks, "knock_state")
             has_data = True
         visible_joined = frozenset(r for r in joined if filt.includes_room(r))
-        return RoomsResult(rooms, has_data, visible_joined)
+        return RoomsResult(rooms, has_data, visible_joined, newcomers)
 
     # --- which rooms ---------------------------------------------------------------------
 
@@ -232,6 +240,7 @@ class RoomSyncBuilder:
                             since if stayed_joined else None,
                             req.upto,
                             full_state=not stayed_joined,
+                            newly_joined=not stayed_joined,
                         )
                     )
                 elif latest == "invite" and last_id is not None:
@@ -321,34 +330,6 @@ class RoomSyncBuilder:
             )
         return plans
 
-    async def _visible_to_peekers(
-        self, peeked: set[str], candidates: Sequence[StoredEvent], visible: list[StoredEvent]
-    ) -> list[StoredEvent]:
-        """`visible` (in `candidates` order) with, for peeked rooms, the state events
-        still in the room's current state: a world-readable room's current state is
-        anyone's to read (GET /rooms/{roomId}/state), even the part set before the room
-        became world-readable (its m.room.create first of all), which history
-        visibility alone would hide from a non-member."""
-        seen = {pair.event.event_id for pair in visible}
-        extra: set[str] = set()
-        current: dict[str, Mapping[StateKey, str]] = {}
-        for pair in candidates:
-            ev = pair.event
-            if ev.room_id not in peeked or ev.state_key is None or ev.event_id in seen:
-                continue
-            if ev.room_id not in current:
-                current[ev.room_id] = await self._state.get_current_state_ids(ev.room_id)
-            if current[ev.room_id].get((ev.type, ev.state_key)) == ev.event_id:
-                extra.add(ev.event_id)
-        if not extra:
-            return visible
-        return [
-            p
-            for p in candidates
-            if p.event.event_id in seen or p.event.event_id in extra
-            if p.meta.rejected_reason is None
-        ]
-
     # --- timelines -----------------------------------------------------------------------
 
     async def _load_timelines(
@@ -364,6 +345,7 @@ class RoomSyncBuilder:
             MAX_REFILL_ROUNDS + 1,
         )
         pending = list(plans)
+        readable = frozenset(p.room_id for p in plans if p.section in ("join", "peek"))
         for round_, fetch in enumerate(schedule.sizes()):
             ranges = [
                 (p.room_id, p.lower, p.scanned_to - 1 if p.scanned_to is not None else p.upper)
@@ -385,12 +367,7 @@ class RoomSyncBuilder:
                     )
                     and (pair.event.state_key is not None or pair.event.sender not in req.ignored)
                 )
-            visible = await self._visibility.filter_events(
-                req.user_id, candidates, joined_rooms=joined
-            )
-            peeked = {p.room_id for p in pending if p.section == "peek"}
-            if peeked:
-                visible = await self._visible_to_peekers(peeked, candidates, visible)
+            visible = await self._visible_timeline(req, candidates, joined, readable)
             by_room: dict[str, list[StoredEvent]] = {}
             for pair in visible:
                 by_room.setdefault(pair.event.room_id, []).append(pair)
@@ -409,6 +386,42 @@ class RoomSyncBuilder:
                 break
             pending = still
 
+    async def _visible_timeline(
+        self,
+        req: RoomsRequest,
+        candidates: list[StoredEvent],
+        joined: frozenset[str],
+        readable: frozenset[str],
+    ) -> list[StoredEvent]:
+        """The candidates history visibility lets the user see, in order; and in the
+        timelines of joined and peeked rooms (`readable`), every state event that is
+        still part of the room's current state, whatever the visibility (as Synapse
+        does): the reader may read it with /state anyway. So a client that rejoins a
+        `joined`-visibility room sees who joined while it was away in the timeline that
+        rebuilds its member list, and a peeker of a world-readable room gets the state
+        set before it became world-readable (its m.room.create first of all)."""
+        state_rooms = {
+            e.room_id for e, _ in candidates if e.state_key is not None and e.room_id in readable
+        }
+        current = await self._state.get_current_state_for_rooms(state_rooms) if state_rooms else {}
+        always = {
+            e.event_id
+            for e, meta in candidates
+            if e.state_key is not None
+            and meta.rejected_reason is None
+            and current.get(e.room_id, {}).get((e.type, e.state_key)) == e.event_id
+        }
+        rest = [pair for pair in candidates if pair.event.event_id not in always]
+        shown = await self._visibility.filter_events(req.user_id, rest, joined_rooms=joined)
+        if not always:
+            return shown
+        kept = {pair.event.event_id: pair for pair in shown}
+        return [
+            kept.get(pair.event.event_id, pair)
+            for pair in candidates
+            if pair.event.event_id in always or pair.event.event_id in kept
+        ]
+
     # --- state ---------------------------------------------------------------------------
 
     async def _fill_rooms(
@@ -417,7 +430,8 @@ class RoomSyncBuilder:
         plans: list[_Plan],
         joined: frozenset[str],
         rooms: dict[str, dict[str, Any]],
-    ) -> bool:
+    ) -> tuple[bool, frozenset[str]]:
+        """Fills the rooms' entries; (whether any was added, the newly joined users)."""
         await self._load_timelines(req, plans, joined)
         end_metas = await self._events.get_events_with_meta(
             p.end_event for p in plans if p.end_event is not None
@@ -494,20 +508,36 @@ class RoomSyncBuilder:
             if lazy:
                 chosen = self._lazy_members(req, p, target, chosen, known, new_known, redundant)
             state_ids[p.room_id] = chosen
+        wanted_state = {eid for ids in state_ids.values() for eid in ids.values()}
+        state_events = await self._events.get_events_with_meta(wanted_state)
+        sfilter = req.filter.state
+        state_pairs: dict[str, list[StoredEvent]] = {}
+        for p in plans:
+            in_timeline = set() if req.use_state_after else {e.event_id for e, _ in p.events}
+            pairs = [
+                state_events[eid]
+                for eid in state_ids[p.room_id].values()
+                if eid in state_events and eid not in in_timeline
+            ]
+            state_pairs[p.room_id] = [
+                pair
+                for pair in pairs
+                if sfilter.matches(
+                    pair.event.type, pair.event.sender, pair.event.room_id, pair.event.content
+                )
+            ]
         # Incremental rooms left with nothing to show (their new events all filtered
-        # out or invisible, and no state change) are left out.
+        # out or invisible, and no state change the filters let through) are left out.
         plans = [
             p
             for p in plans
-            if p.events or p.full_state or p.section == "leave" or state_ids[p.room_id]
+            if p.events or p.full_state or p.section == "leave" or state_pairs[p.room_id]
         ]
         if not plans:
-            return False
+            if lazy:
+                self._lazy.record(req.user_id, req.device_id, req.next_token, new_known)
+            return False, frozenset()
 
-        timeline_ids = {e.event_id for p in plans for e, _ in p.events}
-        wanted_state = {eid for p in plans for eid in state_ids[p.room_id].values()}
-        state_events = await self._events.get_events_with_meta(wanted_state)
-        sfilter = req.filter.state
         opts = FormatOptions(
             req.user_id,
             req.device_id,
@@ -522,13 +552,7 @@ class RoomSyncBuilder:
             start = len(batch)
             batch.extend(reversed(p.events))
             mid = len(batch)
-            for eid in state_ids[p.room_id].values():
-                pair = state_events.get(eid)
-                if pair is None or (eid in timeline_ids and not req.use_state_after):
-                    continue
-                ev = pair.event
-                if sfilter.matches(ev.type, ev.sender, ev.room_id, ev.content):
-                    batch.append(pair)
+            batch.extend(state_pairs[p.room_id])
             spans.append((p, start, mid))
         formatted = await self._formatter.format(batch, opts)
         summaries = await self._summaries(req.user_id, plans, targets, batch)
@@ -540,12 +564,8 @@ class RoomSyncBuilder:
             entry: dict[str, Any] = {
                 "timeline": {
                     "events": timeline_events,
-                    "limited": p.limited,
-                    "prev_batch": pagination_token(
-                        (p.events[-1].meta.stream_ordering or 0) - 1
-                        if p.events
-                        else (p.lower if p.lower is not None else p.upper)
-                    ),
+                    "limited": p.limited or p.newly_joined,
+                    "prev_batch": pagination_token(_prev_batch(p)),
                 },
                 req.state_key: {"events": state_section},
             }
@@ -555,7 +575,37 @@ class RoomSyncBuilder:
             has_data = True
         if lazy:
             self._lazy.record(req.user_id, req.device_id, req.next_token, new_known)
-        return has_data
+        newcomers: frozenset[str] = frozenset()
+        if req.since is not None:
+            newcomers = await self._newcomers(req.user_id, plans, state_pairs)
+        return has_data, newcomers
+
+    async def _newcomers(
+        self,
+        user_id: str,
+        plans: Sequence[_Plan],
+        state_pairs: Mapping[str, Sequence[StoredEvent]],
+    ) -> frozenset[str]:
+        """RoomsResult.newly_joined_users for the joined rooms of an incremental sync."""
+        users: set[str] = set()
+        new_rooms: list[str] = []
+        for p in plans:
+            if p.section != "join":
+                continue
+            if p.newly_joined:
+                new_rooms.append(p.room_id)
+            for ev, _ in (*p.events, *state_pairs[p.room_id]):
+                if (
+                    ev.type == "m.room.member"
+                    and ev.state_key is not None
+                    and ev.membership in ("join", "invite", "knock")
+                ):
+                    users.add(ev.state_key)
+        if new_rooms:
+            for members in (await self._memberships.get_joined_users_for_rooms(new_rooms)).values():
+                users |= members
+        users.discard(user_id)
+        return frozenset(users)
 
     def _lazy_members(
         self,
@@ -567,19 +617,29 @@ class RoomSyncBuilder:
         new_known: dict[str, Mapping[str, str]],
         redundant: bool,
     ) -> dict[StateKey, str]:
-        """Keep non-member state; of members, only the timeline's senders and the user,
-        and of those only what this client does not already have."""
-        wanted = {e.sender for e, _ in p.events} | {req.user_id}
-        out = {k: v for k, v in chosen.items() if k[0] != "m.room.member"}
+        """Lazy-loading members (spec): of the member events the state would hold, only
+        the timeline's senders' (and, when the room is sent with full state, the user's
+        own, so the client knows it is in the room), each unless this client already has
+        it (include_redundant_members: even then). A room sent as a delta keeps every
+        membership that changed between `since` and the timeline's start: the state
+        section is all the state of the gap, so a client learns who joined or left while
+        the timeline skipped it (as Synapse sends gapped syncs)."""
+        wanted = {e.sender for e, _ in p.events}
+        if p.full_state:
+            wanted.add(req.user_id)
+            out = {k: v for k, v in chosen.items() if k[0] != "m.room.member"}
+        else:
+            out = dict(chosen)
         room_known = known.get(p.room_id, {})
         room_new = dict(room_known)
         for user in wanted:
-            eid = target.get(("m.room.member", user))
-            if eid is None:
-                continue
-            if redundant or room_known.get(user) != eid or ("m.room.member", user) in chosen:
-                out[("m.room.member", user)] = eid
-            room_new[user] = eid
+            key = ("m.room.member", user)
+            eid = target.get(key)
+            if eid is not None and (redundant or room_known.get(user) != eid):
+                out[key] = eid
+        for (etype, state_key), eid in out.items():
+            if etype == "m.room.member":
+                room_new[state_key] = eid
         for ev, _ in p.events:
             if ev.type == "m.room.member" and ev.state_key is not None:
                 room_new[ev.state_key] = ev.event_id
@@ -707,3 +767,17 @@ class RoomSyncBuilder:
                 ]
             out[event.room_id] = {key: {"events": [*stripped, own]}}
         return out
+
+
+def _prev_batch(p: _Plan) -> int:
+    """Where paging back from a room's timeline starts: before its first event; for a
+    timeline read from the room's start that holds all of it (not limited), at its end,
+    as Synapse answers, so /messages from it gives the same events again rather than
+    nothing (clients and SyTest page from there; the spec lets prev_batch be left out
+    when nothing is earlier, never promises an empty page); with no events, where the
+    window starts."""
+    if p.events and (p.lower is not None or p.limited):
+        return (p.events[-1].meta.stream_ordering or 0) - 1
+    if p.events:
+        return p.upper
+    return p.lower if p.lower is not None else p.upper

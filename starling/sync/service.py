@@ -257,6 +257,7 @@ class SyncService:
                 set_presence=req.set_presence,
                 sync_filter=req.filter,
                 acknowledge=req.acknowledge,
+                newly_joined_users=rooms.newly_joined_users,
             )
             try:
                 if await ext.contribute(ctx, response):
@@ -278,8 +279,10 @@ class SyncService:
 
     @staticmethod
     def _complete_rooms(response: dict[str, Any], req: SyncRequest, upto: int) -> None:
-        """Rooms an extension added (ephemeral or account data only) get the empty
-        timeline and state every client expects to find."""
+        """Every room gets the sections clients expect to find, empty when nothing is
+        new (as Synapse sends them): a room an extension added (ephemeral or account
+        data only) an empty timeline and state, a joined room its `ephemeral` and
+        `account_data`, a left room its `account_data`."""
         state_key = req.state_key
         for section in ("join", "leave"):
             rooms: Mapping[str, dict[str, Any]] = response["rooms"].get(section, {})
@@ -293,3 +296,6 @@ class SyncService:
                     entry.setdefault(state_key, {"events": []})
                     if section == "join":
                         entry.setdefault("summary", {})
+                entry.setdefault("account_data", {"events": []})
+                if section == "join":
+                    entry.setdefault("ephemeral", {"events": []})

@@ -157,13 +157,15 @@ class TypingService:
 
     async def contribute(self, ctx: SyncContext, response: dict[str, Any]) -> bool:
         """m.typing in the ephemeral section of each joined room whose typing changed in
-        (since, upto] (on an initial sync: each room where someone is typing)."""
+        (since, upto]; on an initial sync, of each room whose typing changed since this
+        process started, even when nobody types any more (as Synapse does: a client
+        that starts over learns that the typing it may have shown has stopped)."""
         allowed = section_matcher(ctx, "ephemeral")
         since = ctx.since
         if since is not None and since > self._position:
             since = None  # a token from before a restart
         if since is None:
-            candidates = [r for r in self._typing if r in ctx.joined_rooms]
+            candidates = [r for r in ctx.joined_rooms if r in self._changed_at]
         elif len(self._changed_at) < len(ctx.joined_rooms):
             candidates = [
                 r for r, at in self._changed_at.items() if at > since and r in ctx.joined_rooms
@@ -173,8 +175,6 @@ class TypingService:
         added = False
         for room_id in candidates:
             users = self.typing_users(room_id)
-            if since is None and not users:
-                continue
             event = {"type": "m.typing", "content": {"user_ids": users}}
             if not allowed(event, room_id):
                 continue

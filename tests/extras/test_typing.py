@@ -15,7 +15,7 @@ def typing_path(room_id: str, user_id: str) -> str:
 
 
 async def test_typing_reaches_other_member_and_stops(hs: Harness) -> None:
-    alice, alice_token, bob, _, room_id = await shared_room(hs)
+    alice, alice_token, bob, bob_token, room_id = await shared_room(hs)
     typing = hs.services.typing
     _, _, since = await contribute(hs, typing, bob, None)
 
@@ -40,9 +40,19 @@ async def test_typing_reaches_other_member_and_stops(hs: Harness) -> None:
     response, added, _ = await contribute(hs, typing, bob, since)
     assert ephemeral(response, room_id, "m.typing")[0]["content"] == {"user_ids": []}
 
-    # An initial sync shows only rooms where someone types.
+    # An initial sync shows the rooms whose typing changed since the server started,
+    # even when nobody types any more (as Synapse): a client starting over learns that
+    # what it may have shown stopped (SyTest "Typing can be explicitly stopped").
     response, added, _ = await contribute(hs, typing, bob, None)
-    assert not added and response == {}
+    assert added
+    assert ephemeral(response, room_id, "m.typing") == [
+        {"type": "m.typing", "content": {"user_ids": []}}
+    ]
+    # A room where nobody ever typed has no m.typing.
+    other = await hs.create_room(alice_token, preset="public_chat")
+    await join(hs, bob_token, other)
+    response, _, _ = await contribute(hs, typing, bob, None)
+    assert ephemeral(response, other, "m.typing") == []
 
 
 async def test_typing_expires(hs: Harness) -> None:
