@@ -139,6 +139,7 @@ from starling.storage.accounts import AccountStore, UIAuthStore, UserExists
 from starling.storage.admin_history import HistoryStore
 from starling.storage.admin_media import AdminMediaStore
 from starling.storage.admin_rooms import AdminRoomStore
+from starling.storage.admin_tasks import AdminTaskStore
 from starling.storage.admin_users import AdminUserStore
 from starling.storage.aliases import AliasExists, AliasStore
 from starling.storage.appservice import AppServiceStore
@@ -761,6 +762,7 @@ async def build_services(
         accounts=account_store,
         profiles=profile_store,
         timestamps=EventTimestampStore(db),
+        task_statuses=AdminTaskStore(db),
     )
     membership.use_room_blocks(admin_rooms.is_blocked)
     media = build_media(config, db, FederationMediaFetcher(federation.client), rate_limits.buckets)
@@ -856,6 +858,7 @@ async def build_services(
         room_events=room_events,
         client_events=client_events,
         retention=config.retention,
+        tasks=AdminTaskStore(db),
     )
     hierarchy = SpaceHierarchy(
         room_events,

@@ -15,7 +15,9 @@ user_admin_api.md "Redact events of a user", docs/message_retention_policies.md)
   jobs delete older history, local events included (as Synapse). Expired events are
   served until the next job runs.
 
-Task statuses are kept in memory for a day, as Synapse keeps them.
+Task statuses are kept for a day, as Synapse keeps them: in memory while the task runs
+here, and in the database (AdminTaskStore) at each step, so that with workers any
+process answers a status query.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from starling.rooms.client_events import ClientEvents
 from starling.rooms.event_service import RoomEventService
 from starling.rooms.retention import RetentionLimits
 from starling.storage.admin_history import HistoryStore, RoomRetention
+from starling.storage.admin_tasks import AdminTaskStore
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +100,7 @@ class AdminHistory:
         client_events: ClientEvents,
         retention: RetentionConfig,
         clock: Callable[[], float] = time.time,
+        tasks: AdminTaskStore | None = None,
     ) -> None:
         self._local_suffix = ":" + server_name
         self._store = store
@@ -105,8 +109,11 @@ class AdminHistory:
         self._retention = retention
         self._limits = RetentionLimits(retention)
         self._clock = clock
-        # single-process: task statuses (as Synapse's, lost on restart) and the rooms
-        # being purged (a second worker would need a database lock).
+        self._tasks = tasks
+        # The tasks running (or run) here; their statuses also go to `tasks`, which
+        # every process reads. Per process: the rooms being purged here (two workers
+        # purging one room at once take turns at its write lock; the second finds less
+        # to delete).
         self._purges: dict[str, PurgeTask] = {}
         self._purging_rooms: set[str] = set()
         self._redactions: dict[str, RedactTask] = {}
@@ -179,6 +186,7 @@ class AdminHistory:
         task = PurgeTask(secrets.token_urlsafe(12), room_id)
         self._purges[task.purge_id] = task
         self._purging_rooms.add(room_id)
+        await self._save_purge(task)
         self._spawn(self._run_purge(task, depth, delete_local_events))
         return task.purge_id
 
@@ -194,6 +202,33 @@ class AdminHistory:
             task.finished_at = time.monotonic()
             task.updated_ms = int(time.time() * 1000)
             self._purging_rooms.discard(task.room_id)
+            await self._save_purge(task)
+
+    async def _save(
+        self, task_id: str, action: str, resource: str, status: dict[str, Any], entry: Any
+    ) -> None:
+        if self._tasks is None:
+            return
+        try:
+            await self._tasks.save(
+                task_id, action, resource, status, entry, int(entry["timestamp_ms"])
+            )
+        except Exception:
+            # The task goes on; only other processes' status queries miss this step.
+            logger.exception("saving the status of admin task %s failed", task_id)
+
+    async def _save_purge(self, task: PurgeTask) -> None:
+        await self._save(
+            task.purge_id, "purge_history", task.room_id, task.to_json(), _purge_entry(task)
+        )
+
+    async def _save_redact(self, task: RedactTask) -> None:
+        await self._save(
+            task.redact_id, "redact_all_events", task.user_id, task.to_json(), _redact_entry(task)
+        )
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
 
     async def purge(self, room_id: str, below_depth: int, delete_local: bool) -> int:
         """Delete the room's events below `below_depth` (see HistoryStore); how many went."""
@@ -211,11 +246,15 @@ class AdminHistory:
         logger.info("purged %d events of %s below depth %d", deleted, room_id, below_depth)
         return deleted
 
-    def purge_status(self, purge_id: str) -> dict[str, Any]:
+    async def purge_status(self, purge_id: str) -> dict[str, Any]:
         task = self._purges.get(purge_id)
-        if task is None:
-            raise not_found(f"purge id {purge_id[:80]!r} not found")
-        return task.to_json()
+        if task is not None:
+            return task.to_json()
+        if self._tasks is not None:
+            found = await self._tasks.status("purge_history", purge_id, self._now_ms())
+            if found is not None:
+                return found
+        raise not_found(f"purge id {purge_id[:80]!r} not found")
 
     # -- redacting a user's events
 
@@ -225,6 +264,7 @@ class AdminHistory:
         rooms = req.rooms or await self._store.rooms_of_user(user_id)
         task = RedactTask(secrets.token_urlsafe(12), user_id)
         self._redactions[task.redact_id] = task
+        await self._save_redact(task)
         self._spawn(self._run_redact(task, admin_id, rooms, req))
         return task.redact_id
 
@@ -233,6 +273,7 @@ class AdminHistory:
     ) -> None:
         task.status = "active"
         task.updated_ms = int(time.time() * 1000)
+        await self._save_redact(task)
         try:
             targets = await self._store.events_to_redact(
                 task.user_id, rooms, limit=req.limit, after_ts=req.after_ts, before_ts=req.before_ts
@@ -261,42 +302,33 @@ class AdminHistory:
         finally:
             task.finished_at = time.monotonic()
             task.updated_ms = int(time.time() * 1000)
+            await self._save_redact(task)
 
-    def redact_status(self, redact_id: str) -> dict[str, Any]:
+    async def redact_status(self, redact_id: str) -> dict[str, Any]:
         task = self._redactions.get(redact_id)
-        if task is None:
-            raise not_found(f"redact id {redact_id[:80]!r} not found")
-        return task.to_json()
+        if task is not None:
+            return task.to_json()
+        if self._tasks is not None:
+            found = await self._tasks.status("redact_all_events", redact_id, self._now_ms())
+            if found is not None:
+                return found
+        raise not_found(f"redact id {redact_id[:80]!r} not found")
 
-    def scheduled_tasks(self) -> list[dict[str, Any]]:
-        """The purges and redactions of the last day, as Synapse's scheduled tasks."""
+    async def scheduled_tasks(self) -> list[dict[str, Any]]:
+        """The purges and redactions of the last day, as Synapse's scheduled tasks (the
+        ones running here as they are now, the others as last saved)."""
         self._drop_expired(self._purges)
         self._drop_expired(self._redactions)
-        out: list[dict[str, Any]] = [
-            {
-                "id": t.purge_id,
-                "action": "purge_history",
-                "status": t.status,
-                "timestamp_ms": t.updated_ms,
-                "resource_id": t.room_id,
-                "result": {"deleted_events": t.deleted},
-                "error": t.error,
-            }
-            for t in self._purges.values()
-        ]
-        out += [
-            {
-                "id": t.redact_id,
-                "action": "redact_all_events",
-                "status": t.status,
-                "timestamp_ms": t.updated_ms,
-                "resource_id": t.user_id,
-                "result": {"redacted": t.redacted, "failed_redactions": t.failed_redactions},
-                "error": None,
-            }
-            for t in self._redactions.values()
-        ]
-        return out
+        out: dict[str, dict[str, Any]] = {}
+        if self._tasks is not None:
+            for action in ("purge_history", "redact_all_events"):
+                for entry in await self._tasks.tasks(action, self._now_ms()):
+                    out[entry["id"]] = entry
+        for p in self._purges.values():
+            out[p.purge_id] = _purge_entry(p)
+        for r in self._redactions.values():
+            out[r.redact_id] = _redact_entry(r)
+        return list(out.values())
 
     # -- retention
 
@@ -351,3 +383,27 @@ class AdminHistory:
                     logger.info("retention: purged %d expired events", purged)
             except Exception:
                 logger.exception("retention: a purge job failed")
+
+
+def _purge_entry(t: PurgeTask) -> dict[str, Any]:
+    return {
+        "id": t.purge_id,
+        "action": "purge_history",
+        "status": t.status,
+        "timestamp_ms": t.updated_ms,
+        "resource_id": t.room_id,
+        "result": {"deleted_events": t.deleted},
+        "error": t.error,
+    }
+
+
+def _redact_entry(t: RedactTask) -> dict[str, Any]:
+    return {
+        "id": t.redact_id,
+        "action": "redact_all_events",
+        "status": t.status,
+        "timestamp_ms": t.updated_ms,
+        "resource_id": t.user_id,
+        "result": {"redacted": t.redacted, "failed_redactions": t.failed_redactions},
+        "error": None,
+    }

@@ -25,6 +25,7 @@ from starling.rooms.event_service import RoomEventService
 from starling.rooms.membership import MembershipService
 from starling.storage.accounts import AccountStore, UserExists
 from starling.storage.admin_rooms import AdminRoomStore, RoomSummary
+from starling.storage.admin_tasks import AdminTaskStore
 from starling.storage.aliases import AliasStore
 from starling.storage.event_timestamps import EventTimestampStore
 from starling.storage.events import EventStore
@@ -161,8 +162,12 @@ class AdminRooms:
         accounts: AccountStore,
         profiles: ProfileStore,
         timestamps: EventTimestampStore,
+        task_statuses: AdminTaskStore | None = None,
     ) -> None:
         self._timestamps = timestamps
+        # Deletions run here are in `_tasks`; every step is saved in `task_statuses`,
+        # which any process reads (workers).
+        self._task_statuses = task_statuses
         self._creator = creator
         self._accounts = accounts
         self._profiles = profiles
@@ -458,6 +463,7 @@ class AdminRooms:
             await self._summary(room_id)
         task = DeleteTask(secrets.token_urlsafe(12), room_id)
         self._tasks[task.delete_id] = task
+        await self._save_delete(task)
         running = asyncio.create_task(self._run_delete(admin_id, task, req))
         self._running.add(running)
         running.add_done_callback(self._running.discard)
@@ -468,15 +474,19 @@ class AdminRooms:
         if not req.block:
             await self._summary(room_id)
         task = DeleteTask(secrets.token_urlsafe(12), room_id)
-        await self._run_delete(admin_id, task, req)
+        await self._run_delete(admin_id, task, req, save=False)
         if task.status == "failed":
             raise MatrixError(500, "M_UNKNOWN", task.error or "Room deletion failed")
         shutdown: dict[str, Any] = task.to_json()["shutdown_room"]
         return shutdown
 
-    async def _run_delete(self, admin_id: str, task: DeleteTask, req: DeleteRequest) -> None:
+    async def _run_delete(
+        self, admin_id: str, task: DeleteTask, req: DeleteRequest, *, save: bool = True
+    ) -> None:
         task.status = "active"
         task.updated_ms = int(time.time() * 1000)
+        if save:
+            await self._save_delete(task)
         try:
             await self._shut_down(admin_id, task, req)
             task.status = "complete"
@@ -487,6 +497,24 @@ class AdminRooms:
         finally:
             task.finished_at = time.monotonic()
             task.updated_ms = int(time.time() * 1000)
+            if save:
+                await self._save_delete(task)
+
+    async def _save_delete(self, task: DeleteTask) -> None:
+        if self._task_statuses is None:
+            return
+        try:
+            await self._task_statuses.save(
+                task.delete_id,
+                DELETE_ACTION,
+                task.room_id,
+                task.to_json(),
+                _delete_entry(task),
+                task.updated_ms,
+            )
+        except Exception:
+            # The deletion goes on; only other processes' status queries miss this step.
+            logger.exception("saving the status of room deletion %s failed", task.delete_id)
 
     async def _shut_down(self, admin_id: str, task: DeleteTask, req: DeleteRequest) -> None:
         room_id = task.room_id
@@ -530,21 +558,17 @@ class AdminRooms:
             raise RuntimeError("Local users are still in the room; use force_purge to purge")
         await self._store.purge(room_id)
 
-    def scheduled_tasks(self) -> list[dict[str, Any]]:
-        """The room deletions of the last day, as Synapse's scheduled tasks."""
+    async def scheduled_tasks(self) -> list[dict[str, Any]]:
+        """The room deletions of the last day, as Synapse's scheduled tasks (the ones
+        running here as they are now, the others as last saved)."""
         self._expire_statuses()
-        return [
-            {
-                "id": t.delete_id,
-                "action": "shutdown_and_purge_room",
-                "status": t.status,
-                "timestamp_ms": t.updated_ms,
-                "resource_id": t.room_id,
-                "result": t.to_json()["shutdown_room"],
-                "error": t.error,
-            }
-            for t in self._tasks.values()
-        ]
+        out: dict[str, dict[str, Any]] = {}
+        if self._task_statuses is not None:
+            for entry in await self._task_statuses.tasks(DELETE_ACTION, _now_ms()):
+                out[entry["id"]] = entry
+        for t in self._tasks.values():
+            out[t.delete_id] = _delete_entry(t)
+        return list(out.values())
 
     async def _new_room(self, req: DeleteRequest) -> str:
         """Synapse's `new_room_user_id`: a public room made by that user (created if it
@@ -569,16 +593,45 @@ class AdminRooms:
         )
         return new_room_id
 
-    def delete_status(self, delete_id: str) -> dict[str, Any]:
+    async def delete_status(self, delete_id: str) -> dict[str, Any]:
         self._expire_statuses()
         task = self._tasks.get(delete_id)
-        if task is None:
-            raise not_found("delete id not found")
-        return task.to_json()
+        if task is not None:
+            return task.to_json()
+        if self._task_statuses is not None:
+            found = await self._task_statuses.status(DELETE_ACTION, delete_id, _now_ms())
+            if found is not None:
+                return found
+        raise not_found("delete id not found")
 
-    def delete_statuses(self, room_id: str) -> list[dict[str, Any]]:
+    async def delete_statuses(self, room_id: str) -> list[dict[str, Any]]:
         self._expire_statuses()
-        found = [t.to_json() for t in self._tasks.values() if t.room_id == room_id]
+        found: dict[str, dict[str, Any]] = {}
+        if self._task_statuses is not None:
+            for status in await self._task_statuses.statuses_of(DELETE_ACTION, room_id, _now_ms()):
+                found[status["delete_id"]] = status
+        for t in self._tasks.values():
+            if t.room_id == room_id:
+                found[t.delete_id] = t.to_json()
         if not found:
             raise not_found("No delete task for room")
-        return found
+        return list(found.values())
+
+
+DELETE_ACTION = "shutdown_and_purge_room"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _delete_entry(t: DeleteTask) -> dict[str, Any]:
+    return {
+        "id": t.delete_id,
+        "action": DELETE_ACTION,
+        "status": t.status,
+        "timestamp_ms": t.updated_ms,
+        "resource_id": t.room_id,
+        "result": t.to_json()["shutdown_room"],
+        "error": t.error,
+    }

@@ -23,6 +23,8 @@ balancer. Checked, each against the running trio:
 - rate limits are one allowance whichever process a client reaches: an admin's
   per-user message limit set on A holds on B and C, and failed logins through all three
   lock the account out on every one;
+- the admin API's background tasks (room deletion, user redaction) started on A report
+  their status on B and C;
 - single sign-on (OpenID Connect) started on A comes back from the provider to C, and the
   login token it hands out logs in on B; the state is good once, on any process.
 
@@ -560,7 +562,7 @@ async def test_sso_callback_on_another_worker_logs_in(trio: Trio) -> None:
     assert (await me.ok(trio.c.url, "GET", "/account/whoami"))["user_id"] == answer["user_id"]
 
 
-async def test_a_message_limit_is_one_allowance_across_workers(trio: Trio) -> None:
+async def _admin(trio: Trio) -> Client:
     name = f"root{secrets.token_hex(3)}"
     await trio.register(name, trio.a.url)
     db = await open_database(trio.dsn, migrate=False)
@@ -568,7 +570,11 @@ async def test_a_message_limit_is_one_allowance_across_workers(trio: Trio) -> No
         await db.execute("UPDATE users SET admin = ? WHERE user_id = ?", True, f"@{name}:localhost")
     finally:
         await db.close()
-    admin = await trio.login(name, trio.a.url)  # a new token: not cached as a non-admin
+    return await trio.login(name, trio.a.url)  # a new token: not cached as a non-admin
+
+
+async def test_a_message_limit_is_one_allowance_across_workers(trio: Trio) -> None:
+    admin = await _admin(trio)
     alice, _, room = await _room_with(trio)
     override = f"/_synapse/admin/v1/users/{alice.user_id}/override_ratelimit"
     # Three messages, never refilled; set on A, so B and C must hear of it.
@@ -703,3 +709,51 @@ async def test_a_logout_on_one_worker_closes_the_devices_websocket_on_another(
         assert (frame["type"], frame["errcode"]) == ("error", "M_UNKNOWN_TOKEN")
         closing = await ws.receive(timeout=1.0)
         assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 1008
+
+
+async def test_admin_task_statuses_are_answered_by_every_worker(trio: Trio) -> None:
+    admin = await _admin(trio)
+    alice, _, room = await _room_with(trio)
+    for i in range(3):
+        await alice.ok(
+            trio.a.url,
+            "PUT",
+            f"/rooms/{room}/send/m.room.message/r{i}",
+            {"msgtype": "m.text", "body": f"to redact {i}"},
+        )
+    auth = {"Authorization": f"Bearer {admin.token}"}
+
+    async def admin_call(worker: Worker, method: str, path: str, body: Any = None) -> Any:
+        async with trio.session.request(
+            method, f"{worker.url}/_synapse/admin{path}", json=body, headers=auth
+        ) as resp:
+            answer = await resp.json()
+            assert resp.status == 200, (worker.name, path, answer)
+            return answer
+
+    async def until_complete(worker: Worker, path: str) -> Any:
+        deadline = time.monotonic() + 20
+        while True:
+            answer = await admin_call(worker, "GET", path)
+            if answer["status"] == "complete":
+                return answer
+            assert answer["status"] in ("scheduled", "active"), answer
+            assert time.monotonic() < deadline, answer
+            await asyncio.sleep(0.1)
+
+    redact_id = (
+        await admin_call(trio.a, "POST", f"/v1/user/{alice.user_id}/redact", {"rooms": [room]})
+    )["redact_id"]
+    done = await until_complete(trio.b, f"/v1/user/redact_status/{redact_id}")
+    assert done["failed_redactions"] == {}
+    delete_id = (await admin_call(trio.a, "DELETE", f"/v2/rooms/{room}", {"purge": False}))[
+        "delete_id"
+    ]
+    deleted = await until_complete(trio.c, f"/v2/rooms/delete_status/{delete_id}")
+    assert alice.user_id in deleted["shutdown_room"]["kicked_users"]
+    by_room = await admin_call(trio.b, "GET", f"/v2/rooms/{room}/delete_status")
+    assert [r["delete_id"] for r in by_room["results"]] == [delete_id]
+    tasks = (await admin_call(trio.c, "GET", "/v1/scheduled_tasks"))["scheduled_tasks"]
+    listed = {t["id"]: (t["action"], t["status"]) for t in tasks}
+    assert listed[redact_id] == ("redact_all_events", "complete")
+    assert listed[delete_id] == ("shutdown_and_purge_room", "complete")

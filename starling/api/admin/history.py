@@ -42,7 +42,7 @@ class AdminHistoryRoutes:
     async def scheduled_tasks(self, request: web.Request) -> web.Response:
         """GET /_synapse/admin/v1/scheduled_tasks
         (Synapse admin API: docs/admin_api/scheduled_tasks.md): room deletions, history
-        purges and redactions of the last day (they run in this process)."""
+        purges and redactions of the last day, whichever process runs them."""
         q = request.query
         status = q.get("status") or None
         if status is not None and status not in TASK_STATUSES:
@@ -50,7 +50,10 @@ class AdminHistoryRoutes:
         max_ts = query_int(request, "max_timestamp", 2**62, maximum=2**62)
         tasks = [
             t
-            for t in [*self._rooms.scheduled_tasks(), *self._history.scheduled_tasks()]
+            for t in [
+                *await self._rooms.scheduled_tasks(),
+                *await self._history.scheduled_tasks(),
+            ]
             if (not q.get("action_name") or t["action"] == q["action_name"])
             and (not q.get("resource_id") or t["resource_id"] == q["resource_id"])
             and (status is None or t["status"] == status)
@@ -84,7 +87,7 @@ class AdminHistoryRoutes:
     async def purge_status(self, request: web.Request) -> web.Response:
         """GET /_synapse/admin/v1/purge_history_status/{purgeId}
         (Synapse admin API: docs/admin_api/purge_history_api.md#purge-status-query)"""
-        return json_response(self._history.purge_status(request.match_info["purgeId"]))
+        return json_response(await self._history.purge_status(request.match_info["purgeId"]))
 
     async def redact_user(self, request: web.Request) -> web.Response:
         """POST /_synapse/admin/v1/user/{userId}/redact
@@ -122,7 +125,7 @@ class AdminHistoryRoutes:
     async def redact_status(self, request: web.Request) -> web.Response:
         """GET /_synapse/admin/v1/user/redact_status/{redactId}
         (Synapse admin API: docs/admin_api/user_admin_api.md#check-the-status-of-a-redaction-process)"""
-        return json_response(self._history.redact_status(request.match_info["redactId"]))
+        return json_response(await self._history.redact_status(request.match_info["redactId"]))
 
     def routes(self) -> list[Route]:
         return [

@@ -164,12 +164,14 @@ class AdminRoomRoutes:
     async def delete_status_by_room(self, request: web.Request) -> web.Response:
         """GET /_synapse/admin/v2/rooms/{roomId}/delete_status
         (Synapse admin API: docs/admin_api/rooms.md#query-by-room_id)"""
-        return json_response({"results": self._rooms.delete_statuses(request.match_info["roomId"])})
+        return json_response(
+            {"results": await self._rooms.delete_statuses(request.match_info["roomId"])}
+        )
 
     async def delete_status(self, request: web.Request) -> web.Response:
         """GET /_synapse/admin/v2/rooms/delete_status/{deleteId}
         (Synapse admin API: docs/admin_api/rooms.md#query-by-delete_id)"""
-        return json_response(self._rooms.delete_status(request.match_info["deleteId"]))
+        return json_response(await self._rooms.delete_status(request.match_info["deleteId"]))
 
     async def largest_rooms(self, request: web.Request) -> web.Response:
         """GET /_synapse/admin/v1/statistics/database/rooms
