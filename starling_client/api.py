@@ -79,8 +79,9 @@ class Api:
         self._session: aiohttp.ClientSession | None = None
         self._timeout_s = timeout_s
         # Transport hook (starling_client/transport.py): "auto" carries authenticated
-        # JSON requests and /sync over the WebSocket when /versions offers it; "http"
-        # never does. Chosen once, before the first authenticated request.
+        # JSON requests and /sync over the WebSocket when /versions offers it; "coap"
+        # over low-bandwidth CoAP+CBOR+Noise when offered (else as "auto"); "http"
+        # never leaves HTTP. Chosen once, before the first authenticated request.
         self.transport_choice = transport
         self.transport: Transport | None = None
         self._txn = itertools.count()
@@ -130,9 +131,13 @@ class Api:
                         method, full, body, timeout_s or self._timeout_s
                     )
                 except TransportLost as e:
-                    raise MatrixError(e.status, e.errcode, f"WebSocket: {e}") from e
+                    raise MatrixError(
+                        e.status, e.errcode, f"{type(self.transport).__name__}: {e}"
+                    ) from e
                 except TimeoutError as e:
-                    raise MatrixError(0, "M_CONNECTION", f"WebSocket: {e}") from e
+                    raise MatrixError(
+                        0, "M_CONNECTION", f"{type(self.transport).__name__}: {e}"
+                    ) from e
                 return _answer(status, answer)
         headers = self._auth_headers() if auth else {}
         if data is not None:
@@ -160,10 +165,11 @@ class Api:
 
     async def _carrier(self) -> Transport | None:
         """The transport for authenticated JSON requests, chosen on first use."""
-        if self.transport_choice == "auto" and self.access_token:
+        if self.transport_choice in ("auto", "coap") and self.access_token:
+            coap = self.transport_choice == "coap"
             self.transport_choice = "chosen"
             self.transport = await choose_transport(
-                self._http(), self.homeserver, self.access_token
+                self._http(), self.homeserver, self.access_token, coap=coap
             )
         return self.transport
 
@@ -210,7 +216,9 @@ class Api:
             try:
                 status, answer = await carrier.sync(since, timeout_ms)
             except TransportLost as e:
-                raise MatrixError(e.status, e.errcode, f"WebSocket: {e}") from e
+                raise MatrixError(
+                    e.status, e.errcode, f"{type(self.transport).__name__}: {e}"
+                ) from e
             return _answer(status, answer)
         params = {"timeout": str(timeout_ms)}
         if since:

@@ -1,9 +1,11 @@
 """Transports beyond HTTPS+JSON for the client SDK (docs/transports.md).
 
 `Api` (starling_client/api.py) asks `choose_transport` once, before its first
-authenticated request: when the server's /versions offers Starling's WebSocket
-(`unstable_features["org.starling.ws"]`), Client-Server requests and /sync go over one
-socket; otherwise (or if the socket cannot be opened) everything stays on HTTP.
+authenticated request. Asked for CoAP (`Api(transport="coap")`) and offered it by
+/versions (MSC3079's key with our Noise parameters), requests and /sync go over
+low-bandwidth CoAP+CBOR+Noise (`CoapTransport`, below). Otherwise, when /versions offers
+Starling's WebSocket (`unstable_features["org.starling.ws"]`), Client-Server requests and
+/sync go over one socket; otherwise (or if neither opens) everything stays on HTTP.
 
 The socket's sync stream is /sync itself pushed by the server: `sync(since)` returns the
 next pushed response after `since`. If the socket drops, it is reopened (bounded retries
@@ -67,9 +69,11 @@ class Transport(Protocol):
 
 
 async def choose_transport(
-    session: aiohttp.ClientSession, homeserver: str, access_token: str
+    session: aiohttp.ClientSession, homeserver: str, access_token: str, *, coap: bool = False
 ) -> Transport | None:
-    """The WebSocket if /versions offers it and it opens, else None (plain HTTP)."""
+    """With `coap`, low-bandwidth CoAP if /versions offers it and the Noise handshake
+    succeeds; else the WebSocket if /versions offers it and it opens; else None (plain
+    HTTP)."""
     try:
         async with session.get(
             homeserver + "/_matrix/client/versions",
@@ -78,6 +82,10 @@ async def choose_transport(
             versions = await resp.json(content_type=None) if resp.status == 200 else {}
     except (aiohttp.ClientError, TimeoutError, ValueError):
         return None
+    if coap and isinstance(versions, dict):
+        lowbandwidth = await coap_transport(versions, homeserver, access_token)
+        if lowbandwidth is not None:
+            return lowbandwidth
     features = versions.get("unstable_features") if isinstance(versions, dict) else None
     if not isinstance(features, dict) or features.get(WS_FEATURE) is not True:
         return None
@@ -300,3 +308,124 @@ class WebSocketTransport:
         self._stream_since = since
         self._acked = since
         await self._send(frame)
+
+
+class CoapTransport:
+    """Low-bandwidth Matrix (MSC3079: CoAP+CBOR over Noise, starling_client/lowbandwidth.py)
+    as `Api`'s carrier, when asked for (`Api(transport="coap")`) and offered by /versions.
+
+    Requests are CoAP requests on one Noise session (the token sent once). `sync(since,
+    timeout)` reads the server's /sync Observe stream (no request per sync): a pump task
+    queues each answer; `sync` hands them out in order, each following the previous
+    `next_batch`. A `since` other than the last one handed out (a restart, an older
+    token) registers again from it. The pushed answers acknowledge no to-device messages,
+    so once the caller has processed one that carried some (it calls `sync` with its
+    `next_batch`), the stream is registered again from that token, which acknowledges them
+    as /sync does. A lost registration (retransmissions exhausted, a server restart) is
+    registered again from the last token handed out: nothing lost or duplicated."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client  # a starling_client.lowbandwidth.LowBandwidthClient
+        self._queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+        self._pump: asyncio.Task[None] | None = None
+        self._stream_since: str | None = None  # the last token handed out on the stream
+        self._unacked_to_device = False
+        self.registrations = 0  # Observe registrations made (tests and metrics)
+
+    async def request(self, method: str, path: str, body: Any, timeout_s: float) -> tuple[int, Any]:
+        from starling_client.lowbandwidth import LowBandwidthError
+
+        try:
+            status, answer = await self.client.request(method, path, body, timeout_s=timeout_s)
+        except LowBandwidthError as e:
+            raise TransportLost(str(e)) from e
+        return status, answer
+
+    async def sync(self, since: str | None, timeout_ms: int) -> tuple[int, Any]:
+        if timeout_ms <= 0:
+            params = {"timeout": "0", **({"since": since} if since else {})}
+            return await self.request(
+                "GET", "/_matrix/client/v3/sync?" + urlencode(params), None, 60.0
+            )
+        if self._pump is None or since != self._stream_since or self._unacked_to_device:
+            await self._register(since)
+        wait_s = 60.0 if since is None else timeout_ms / 1000
+        try:
+            status, body = await asyncio.wait_for(self._queue.get(), wait_s)
+        except TimeoutError:
+            return 200, {"next_batch": since} if since else {}
+        if status == 0:  # the registration was lost: again from `since`, once
+            await self._register(since)
+            try:
+                status, body = await asyncio.wait_for(self._queue.get(), wait_s)
+            except TimeoutError:
+                return 200, {"next_batch": since} if since else {}
+            if status == 0:
+                raise TransportLost(str(body))
+        if status == 200 and isinstance(body, dict):
+            next_batch = body.get("next_batch")
+            self._stream_since = next_batch if isinstance(next_batch, str) else since
+            self._unacked_to_device = bool(body.get("to_device", {}).get("events"))
+        return status, body
+
+    async def _register(self, since: str | None) -> None:
+        await self._stop_pump()
+        self._queue = asyncio.Queue()
+        self._stream_since = since
+        self._unacked_to_device = False
+        self.registrations += 1
+        self._pump = asyncio.create_task(self._run(since, self._queue))
+
+    async def _run(self, since: str | None, queue: asyncio.Queue[tuple[int, Any]]) -> None:
+        from starling_client.lowbandwidth import LowBandwidthError, ObserveEnded
+
+        try:
+            async for body in self.client.observe_sync(since):
+                await queue.put((200, body))
+        except ObserveEnded as e:
+            await queue.put((e.status, e.body))
+        except LowBandwidthError as e:
+            await queue.put((0, str(e)))
+
+    async def _stop_pump(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pump
+            self._pump = None
+
+    async def close(self) -> None:
+        await self._stop_pump()
+        await self.client.close()
+
+
+async def coap_transport(
+    versions: dict[str, Any], homeserver: str, access_token: str
+) -> CoapTransport | None:
+    """A CoapTransport to the low-bandwidth listener /versions advertises (on the
+    homeserver's host; its Noise key learnt over HTTPS), or None if none is offered or
+    the handshake fails."""
+    import base64
+    from urllib.parse import urlsplit
+
+    from starling.protocol.lowbandwidth.coap import FEATURE, NOISE_FEATURE
+
+    advert = versions.get(FEATURE)
+    noise_info = advert.get(NOISE_FEATURE) if isinstance(advert, dict) else None
+    host = urlsplit(homeserver).hostname
+    if not isinstance(noise_info, dict) or host is None:
+        return None
+    try:
+        port = int(noise_info["port"])
+        key = base64.b64decode(str(noise_info["public_key"]) + "=" * 3)[:32]
+    except (KeyError, TypeError, ValueError):
+        return None
+    from starling_client.lowbandwidth import LowBandwidthClient, LowBandwidthError
+
+    try:
+        client = await LowBandwidthClient.connect(host, port, key)
+    except (LowBandwidthError, OSError) as e:
+        log.info("CoAP offered but not usable: %s", e)
+        return None
+    client.access_token = access_token
+    return CoapTransport(client)

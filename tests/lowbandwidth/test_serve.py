@@ -17,7 +17,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from starling_client.api import Api
 from starling_client.lowbandwidth import LowBandwidthClient
+from starling_client.transport import CoapTransport
 from tests.interop.conftest import RunningServer, free_port, starling_server
 
 __all__ = ["starling_server"]
@@ -108,3 +110,70 @@ async def test_end_to_end_over_coap_noise(
     report = json.loads(done.stdout)
     assert report["status"] == 200 and report["body"]["user_id"] == login["user_id"]
     assert report["bytes"]["sent"] > 0
+
+
+async def test_sdk_api_chooses_coap_when_asked(
+    lb_port: int, starling_server: RunningServer, versions: dict[str, Any]
+) -> None:
+    """`Api(transport="coap")`: requests and /sync over CoAP+Noise (the sync by Observe,
+    one registration for many syncs); to-device messages are acknowledged once the caller
+    has processed the answer that carried them (the stream registers again from its
+    token), so a /sync from an older token no longer brings them."""
+    http = Api(starling_server.url, transport="http")
+    reg = await http.request(
+        "POST",
+        "/_matrix/client/v3/register",
+        {"username": "sdk", "password": "a long password", "auth": {"type": "m.login.dummy"}},
+        auth=False,
+    )
+    token = str(reg["access_token"])
+    http.access_token = token
+    api = Api(starling_server.url, token, transport="coap")
+    try:
+        room_id = await api.create_room({})
+        transport = api.transport
+        assert isinstance(transport, CoapTransport)
+        initial = await api.sync(None, 0)
+        assert room_id in initial["rooms"]["join"]
+        since = str(initial["next_batch"])
+
+        async def until(predicate: Any) -> dict[str, Any]:
+            nonlocal since
+            for _ in range(10):
+                body = await api.sync(since, 5000)
+                since = str(body["next_batch"])
+                if predicate(body):
+                    return body
+            raise AssertionError("never arrived")
+
+        def has(text: str) -> Any:
+            def check(body: dict[str, Any]) -> bool:
+                room = body.get("rooms", {}).get("join", {}).get(room_id, {})
+                events = room.get("timeline", {}).get("events", [])
+                return any(e["content"].get("body") == text for e in events)
+
+            return check
+
+        await api.send(room_id, "m.room.message", {"msgtype": "m.text", "body": "by coap"})
+        await until(has("by coap"))
+        await http.send(room_id, "m.room.message", {"msgtype": "m.text", "body": "by http"})
+        await until(has("by http"))
+        assert transport.registrations == 1  # one Observe registration served them all
+
+        # A to-device message to ourselves: pushed, then acknowledged by the next sync.
+        device = str(reg["device_id"])
+        before = since
+        await http.request(
+            "PUT",
+            "/_matrix/client/v3/sendToDevice/m.test/t1",
+            {"messages": {reg["user_id"]: {device: {"n": 1}}}},
+        )
+        await until(lambda body: bool(body.get("to_device", {}).get("events")))
+        await http.send(room_id, "m.room.message", {"msgtype": "m.text", "body": "after"})
+        await until(has("after"))
+        assert transport.registrations == 2  # registered again from the processed token
+        again = await http.sync(before, 0)
+        assert not again.get("to_device", {}).get("events")
+    finally:
+        await api.close()
+        await http.close()
