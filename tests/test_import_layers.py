@@ -159,6 +159,21 @@ def test_no_package_import_cycles() -> None:
     assert not cycles, f"packages that import each other (directly or not): {cycles}"
 
 
+def test_the_checker_sees_deferred_imports(tmp_path: Path) -> None:
+    """Imports under TYPE_CHECKING and inside functions count too, so the cycles #19
+    named (rooms ↔ sync, account_data ↔ receipts) stay caught however they come back."""
+    src = tmp_path / "x.py"
+    src.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from starling.sync.service import SyncService\n"
+        "def later() -> None:\n"
+        "    from starling.receipts import service\n"
+    )
+    found = _imports(src, "starling.rooms.x")
+    assert {"starling.sync.service", "starling.receipts"} <= found
+
+
 def test_the_cycle_check_sees_a_cycle() -> None:
     graph = {
         "rooms": {"sync", "storage"},
