@@ -26,11 +26,11 @@ from starling.api.admin.reports import AdminReportRoutes
 from starling.api.admin.rooms import AdminRoomRoutes
 from starling.api.admin.server import AdminServerRoutes
 from starling.api.admin.users import AdminUserRoutes
-from starling.api.client.common import body_str, query_bool
+from starling.api.client.common import body_flag, body_str, query_bool
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import Auth, RouteTable, delete, get, post, put
 from starling.api.services import Services
-from starling.errors import bad_json, invalid_param, not_found
+from starling.errors import invalid_param, not_found
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9._~-]{1,64}\Z")
 DEFAULT_TOKEN_LENGTH = 16
@@ -93,9 +93,7 @@ class AdminRegistrationRoutes:
         mac = body_str(body, "mac", required=True)
         displayname = body_str(body, "displayname")
         user_type = body_str(body, "user_type")
-        admin = body.get("admin", False)
-        if not isinstance(admin, bool):
-            raise bad_json("'admin' must be a boolean")
+        admin = body_flag(body, "admin")
         assert nonce is not None and username is not None
         assert password is not None and mac is not None
         result = await self.users.register_with_shared_secret(

@@ -20,7 +20,7 @@ from starling.accounts.service import (
     RegistrationRequest,
     identifier_user,
 )
-from starling.api.client.common import body_str
+from starling.api.client.common import body_flag, body_str
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import access_token_from, requester_of
 from starling.errors import (
@@ -37,13 +37,6 @@ APP_SERVICE_LOGIN = "m.login.application_service"
 
 MAX_DEVICES_PER_REQUEST = 1000
 MAX_DEVICE_ID_LENGTH = 255
-
-
-def _bool(body: dict[str, Any], key: str, default: bool) -> bool:
-    value = body.get(key, default)
-    if not isinstance(value, bool):
-        raise bad_json(f"'{key}' must be a boolean")
-    return value
 
 
 def _device_id(body: dict[str, Any]) -> str | None:
@@ -79,7 +72,7 @@ class AccountRoutes:
     async def register(self, request: web.Request) -> web.Response:
         kind = request.query.get("kind", "user")
         body = await read_json_object(request, allow_empty=True)
-        refresh = _bool(body, "refresh_token", False)
+        refresh = body_flag(body, "refresh_token", False)
         display_name = body_str(body, "initial_device_display_name")
         if kind == "guest":
             result = await self.accounts.register_guest(_remote(request), display_name, refresh)
@@ -92,7 +85,7 @@ class AccountRoutes:
             device_id=_device_id(body),
             initial_device_display_name=display_name,
             inhibit_login=(
-                _bool(body, "inhibit_login", False) if "inhibit_login" in body else None
+                body_flag(body, "inhibit_login", False) if "inhibit_login" in body else None
             ),
             refresh_token=refresh,
             auth=body.get("auth"),
@@ -157,7 +150,7 @@ class AccountRoutes:
                 identifier_user(body),
                 device_id=_device_id(body),
                 initial_display_name=body_str(body, "initial_device_display_name"),
-                refreshable=_bool(body, "refresh_token", False),
+                refreshable=body_flag(body, "refresh_token", False),
             )
             return json_response({**session.to_json(), "home_server": self.server_name})
         if login_type == "m.login.token" and self.accounts.sso_providers:
@@ -168,7 +161,7 @@ class AccountRoutes:
                 token,
                 device_id=_device_id(body),
                 initial_display_name=body_str(body, "initial_device_display_name"),
-                refreshable=_bool(body, "refresh_token", False),
+                refreshable=body_flag(body, "refresh_token", False),
             )
             return json_response({**session.to_json(), "home_server": self.server_name})
         if login_type is not None and self.accounts.provides_login_type(login_type):
@@ -178,7 +171,7 @@ class AccountRoutes:
                 body,
                 device_id=_device_id(body),
                 initial_display_name=body_str(body, "initial_device_display_name"),
-                refreshable=_bool(body, "refresh_token", False),
+                refreshable=body_flag(body, "refresh_token", False),
             )
             return json_response({**session.to_json(), "home_server": self.server_name})
         if login_type != "m.login.password":
@@ -192,7 +185,7 @@ class AccountRoutes:
             password,
             device_id=_device_id(body),
             initial_display_name=body_str(body, "initial_device_display_name"),
-            refreshable=_bool(body, "refresh_token", False),
+            refreshable=body_flag(body, "refresh_token", False),
         )
         return json_response({**session.to_json(), "home_server": self.server_name})
 
@@ -272,7 +265,7 @@ class AccountRoutes:
         body = await read_json_object(request)
         new_password = body_str(body, "new_password", required=True)
         assert new_password is not None
-        logout_devices = _bool(body, "logout_devices", True)
+        logout_devices = body_flag(body, "logout_devices", True)
         self.accounts.check_new_password(new_password)  # before UIA, which spends the session
         await self.accounts.require_password_auth(
             requester, body.get("auth"), request.path, request.method
@@ -285,7 +278,7 @@ class AccountRoutes:
     async def deactivate(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request, allow_empty=True)
-        erase = _bool(body, "erase", False)
+        erase = body_flag(body, "erase", False)
         id_server = body_str(body, "id_server")
         if requester.app_service is None:
             # An application service deactivates its users without user-interactive auth.

@@ -35,6 +35,15 @@ def query_bool(request: web.Request, name: str, default: bool = False) -> bool:
     raise invalid_param(f"'{name}' must be true or false")
 
 
+def body_flag(body: dict[str, Any], key: str, default: bool = False, *, where: str = "") -> bool:
+    """A boolean field, `default` when absent (null is no boolean); `where` prefixes the
+    key in the error (a nested object's path)."""
+    value = body.get(key, default)
+    if not isinstance(value, bool):
+        raise MatrixError(400, "M_BAD_JSON", f"'{where}{key}' must be a boolean")
+    return value
+
+
 def body_str(body: dict[str, Any], key: str, *, required: bool = False) -> str | None:
     value = body.get(key)
     if value is None:

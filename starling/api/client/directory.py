@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from starling.api.client.common import body_str
+from starling.api.client.common import body_flag, body_str
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import requester_of
 from starling.directory.service import (
@@ -130,13 +130,6 @@ class DirectoryRoutes:
             room_types=search_filter.room_types,
             server=request.query.get("server") or None,
             network=body_str(body, "third_party_instance_id") or None,
-            all_networks=_flag(body, "include_all_networks"),
+            all_networks=body_flag(body, "include_all_networks"),
         )
         return json_response(result)
-
-
-def _flag(body: dict[str, Any], key: str) -> bool:
-    value = body.get(key, False)
-    if not isinstance(value, bool):
-        raise bad_json(f"'{key}' must be a boolean")
-    return value

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from starling.api.client.common import body_flag
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import requester_of
 from starling.errors import MatrixError, bad_json, invalid_param, missing_param
@@ -32,13 +33,6 @@ def _object(obj: dict[str, Any], key: str, where: str) -> dict[str, Any] | None:
         return None
     if not isinstance(value, dict):
         raise bad_json(f"'{where}{key}' must be an object")
-    return value
-
-
-def _bool(obj: dict[str, Any], key: str, where: str) -> bool:
-    value = obj.get(key, False)
-    if not isinstance(value, bool):
-        raise bad_json(f"'{where}{key}' must be a boolean")
     return value
 
 
@@ -75,7 +69,7 @@ def parse_room_events(category: dict[str, Any]) -> RoomEventsQuery:
         context = EventContextRequest(
             before_limit=_count(context_obj, "before_limit", 5),
             after_limit=_count(context_obj, "after_limit", 5),
-            include_profile=_bool(context_obj, "include_profile", "event_context."),
+            include_profile=body_flag(context_obj, "include_profile", where="event_context."),
         )
     group_keys: set[str] = set()
     groupings = _object(category, "groupings", where)
@@ -95,7 +89,7 @@ def parse_room_events(category: dict[str, Any]) -> RoomEventsQuery:
         limit=min(efilter.limit or DEFAULT_LIMIT, MAX_LIMIT),
         by_rank=order_by == "rank",
         context=context,
-        include_state=_bool(category, "include_state", where),
+        include_state=body_flag(category, "include_state", where=where),
         group_by_room="room_id" in group_keys,
         group_by_sender="sender" in group_keys,
     )

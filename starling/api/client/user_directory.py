@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from starling.api.client.common import body_str
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import requester_of
-from starling.errors import bad_json, missing_param
+from starling.errors import bad_json
 from starling.user_directory.service import UserDirectoryService
 
 DEFAULT_LIMIT = 10
@@ -28,11 +29,8 @@ class UserDirectoryRoutes:
     async def search(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
-        term = body.get("search_term")
-        if term is None:
-            raise missing_param("Missing 'search_term'")
-        if not isinstance(term, str):
-            raise bad_json("'search_term' must be a string")
+        term = body_str(body, "search_term", required=True)
+        assert term is not None
         limit = body.get("limit", DEFAULT_LIMIT)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise bad_json("'limit' must be a non-negative integer")
