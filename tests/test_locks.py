@@ -1,4 +1,5 @@
-"""KeyedLock: one holder per key, other keys in parallel, nothing kept for idle keys."""
+"""KeyedLock: one holder per key, other keys in parallel, nothing kept for idle keys.
+SharedTasks: one task per key for concurrent callers, surviving callers that leave."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 
 import pytest
 
-from starling.locks import KeyedLock
+from starling.locks import KeyedLock, SharedTasks
 
 
 async def test_one_holder_per_key_in_arrival_order() -> None:
@@ -71,3 +72,46 @@ async def test_a_cancelled_waiter_does_not_leak() -> None:
     await asyncio.wait_for(h, 10)
     await asyncio.gather(w, return_exceptions=True)
     assert len(locks) == 0
+
+
+async def test_shared_tasks_one_run_per_key_while_it_runs() -> None:
+    tasks: SharedTasks[str, int] = SharedTasks()
+    started: list[str] = []
+    release = asyncio.Event()
+
+    async def work(key: str) -> int:
+        started.append(key)
+        await release.wait()
+        return len(started)
+
+    callers = [asyncio.create_task(tasks.run(k, lambda k=k: work(k))) for k in "aab"]
+    for _ in range(5):  # the callers start, then the tasks they share
+        await asyncio.sleep(0)
+    assert started == ["a", "b"] and "a" in tasks and len(tasks) == 2
+    release.set()
+    assert await asyncio.wait_for(asyncio.gather(*callers), 10) == [2, 2, 2]
+    assert len(tasks) == 0
+    # Done work is forgotten: the next call runs again.
+    assert await tasks.run("a", lambda: work("a")) == 3
+
+
+async def test_shared_tasks_survive_a_caller_that_leaves_and_share_errors() -> None:
+    tasks: SharedTasks[str, int] = SharedTasks()
+    release = asyncio.Event()
+
+    async def work() -> int:
+        await release.wait()
+        raise ValueError("boom")
+
+    leaver = asyncio.create_task(tasks.run("k", work))
+    stayer = asyncio.create_task(tasks.run("k", work))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    leaver.cancel()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert "k" in tasks  # the first caller leaving does not cancel the work
+    release.set()
+    with pytest.raises(ValueError, match="boom"):
+        await asyncio.wait_for(stayer, 10)
+    assert leaver.cancelled() and len(tasks) == 0

@@ -13,7 +13,6 @@ failed us is not asked again for a while (unless its backward extremities moved)
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from typing import Any, Protocol
 
 from starling.federation.receipt.fetched import ancestors_within, parse_batch
 from starling.federation.receipt.remote import RemoteEvents
+from starling.locks import SharedTasks
 from starling.protocol.power_levels import server_of
 from starling.protocol.room_versions import RoomVersion
 
@@ -67,7 +67,7 @@ class Backfiller:
         self._memberships = memberships
         self._remote = remote
         self._pipeline = pipeline
-        self._running: dict[str, asyncio.Task[bool]] = {}
+        self._running: SharedTasks[str, bool] = SharedTasks()
         self._clock = clock
         # room -> (when every server failed, the backward extremities then)
         self._failed: dict[str, tuple[float, frozenset[str]]] = {}
@@ -75,12 +75,7 @@ class Backfiller:
     async def backfill(self, room_id: str, limit: int = BACKFILL_LIMIT) -> bool:
         """Fetch history before the room's backward extremities; True if any server
         answered with events (which are then stored)."""
-        task = self._running.get(room_id)
-        if task is None:
-            task = asyncio.create_task(self._backfill(room_id, limit))
-            self._running[room_id] = task
-            task.add_done_callback(lambda _: self._running.pop(room_id, None))
-        return await asyncio.shield(task)
+        return await self._running.run(room_id, lambda: self._backfill(room_id, limit))
 
     async def _backfill(self, room_id: str, limit: int) -> bool:
         extremities = (await self._graph.get_backward_extremities(room_id))[:MAX_EXTREMITIES]

@@ -36,6 +36,7 @@ from starling.federation.errors import (
     FederationUnreachable,
     SignatureVerifyError,
 )
+from starling.locks import SharedTasks
 from starling.protocol.event import Event
 from starling.protocol.event_signing import (
     EventSigningError,
@@ -178,11 +179,11 @@ class Keyring:
         # Bumped by every stored key response: a load from the store that a response
         # overtook must not put its stale keys into the cache.
         self._generation: dict[str, int] = {}
-        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._in_flight: SharedTasks[str, None] = SharedTasks()
         self._last_fetch: dict[str, float] = {}
         # single-process: the notary's fetches in flight, one per server (bounded by the
         # servers being asked about at once).
-        self._notary_in_flight: dict[str, asyncio.Task[None]] = {}
+        self._notary_in_flight: SharedTasks[str, None] = SharedTasks()
 
     def now_ms(self) -> int:
         return self._clock_ms()
@@ -271,17 +272,13 @@ class Keyring:
         return None
 
     async def _fetch(self, server_name: str, key_id: str, at_ts: int) -> None:
-        task = self._in_flight.get(server_name)
-        if task is None:
+        if server_name not in self._in_flight:
             last = self._last_fetch.get(server_name)
             if last is not None and self._monotonic() - last < REFETCH_INTERVAL:
                 return
             self._last_fetch[server_name] = self._monotonic()
             _trim(self._last_fetch)
-            task = asyncio.create_task(self._fetch_keys(server_name, key_id, at_ts))
-            self._in_flight[server_name] = task
-            task.add_done_callback(lambda _t: self._in_flight.pop(server_name, None))
-        await asyncio.shield(task)
+        await self._in_flight.run(server_name, lambda: self._fetch_keys(server_name, key_id, at_ts))
 
     async def _fetch_keys(self, server_name: str, key_id: str, at_ts: int) -> None:
         """From the server itself, then from each notary until the key is known."""
@@ -386,22 +383,17 @@ class Keyring:
 
     async def _notary_fetch(self, server_name: str) -> None:
         """GET the server's keys for the notary; concurrent askers share one request."""
-        task = self._notary_in_flight.get(server_name)
-        if task is None:
 
-            async def fetch() -> None:
-                try:
-                    response = await self._client.get_json(
-                        server_name, KEY_SERVER_PATH, timeout=KEY_FETCH_TIMEOUT
-                    )
-                    await self.accept_response(server_name, response, from_server=server_name)
-                except (FederationError, FederationUnreachable, KeyResponseError) as e:
-                    logger.info("notary: fetching keys of %s failed: %s", server_name, e)
+        async def fetch() -> None:
+            try:
+                response = await self._client.get_json(
+                    server_name, KEY_SERVER_PATH, timeout=KEY_FETCH_TIMEOUT
+                )
+                await self.accept_response(server_name, response, from_server=server_name)
+            except (FederationError, FederationUnreachable, KeyResponseError) as e:
+                logger.info("notary: fetching keys of %s failed: %s", server_name, e)
 
-            task = asyncio.create_task(fetch())
-            self._notary_in_flight[server_name] = task
-            task.add_done_callback(lambda _t: self._notary_in_flight.pop(server_name, None))
-        await asyncio.shield(task)
+        await self._notary_in_flight.run(server_name, fetch)
 
 
 def _trim(cache: dict[str, Any]) -> None:

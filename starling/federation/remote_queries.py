@@ -13,7 +13,6 @@ ago is found on the next try.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from typing import Any, Protocol
 from starling.errors import MatrixError
 from starling.federation.errors import FederationError, FederationUnreachable
 from starling.federation.sender.hosts import server_of
+from starling.locks import SharedTasks
 
 QUERY_TIMEOUT = 15.0
 MAX_SERVERS = 20
@@ -40,7 +40,7 @@ class RemoteQueries:
         self._client = client
         self._clock = clock
         self._aliases: OrderedDict[str, tuple[float, tuple[str, list[str]]]] = OrderedDict()
-        self._alias_lookups: dict[str, asyncio.Task[tuple[str, list[str]]]] = {}
+        self._alias_lookups: SharedTasks[str, tuple[str, list[str]]] = SharedTasks()
 
     async def query_directory(self, alias: str, *, fresh: bool = False) -> tuple[str, list[str]]:
         """GET /query/directory at the alias's server: (room ID, servers in the room),
@@ -48,12 +48,9 @@ class RemoteQueries:
         hit = None if fresh else self._aliases.get(alias)
         if hit is not None and self._clock() - hit[0] < ALIAS_CACHE_SECONDS:
             return hit[1][0], list(hit[1][1])
-        task = self._alias_lookups.get(alias)
-        if task is None:
-            task = asyncio.create_task(self._query_directory(alias))
-            self._alias_lookups[alias] = task
-            task.add_done_callback(lambda _: self._alias_lookups.pop(alias, None))
-        room_id, servers = await asyncio.shield(task)
+        room_id, servers = await self._alias_lookups.run(
+            alias, lambda: self._query_directory(alias)
+        )
         self._aliases[alias] = (self._clock(), (room_id, servers))
         self._aliases.move_to_end(alias)
         while len(self._aliases) > MAX_CACHED_ALIASES:

@@ -25,6 +25,7 @@ import orjson
 
 from starling.config import Config, parse_size
 from starling.errors import MatrixError, invalid_param
+from starling.locks import SharedTasks
 from starling.media.opengraph import decode_html, parse_opengraph
 from starling.media.ssrf import IPPolicy, guarded_session, is_blocked_error
 from starling.storage.media import MediaStore
@@ -74,7 +75,7 @@ class UrlPreviewer:
         self._store = store
         self._image_sink = image_sink
         self._session: aiohttp.ClientSession | None = None
-        self._inflight: dict[str, asyncio.Task[dict[str, Any]]] = {}
+        self._inflight: SharedTasks[str, dict[str, Any]] = SharedTasks()
 
     @property
     def policy(self) -> IPPolicy:
@@ -104,21 +105,8 @@ class UrlPreviewer:
         if cached is not None:
             result: dict[str, Any] = orjson.loads(cached)
             return result
-        task = self._inflight.get(url)
-        if task is None:
-            task = asyncio.create_task(self._build(user_id, url))
-            self._inflight[url] = task
-            task.add_done_callback(self._fetch_done(url))
         # One client going away must not cancel the fetch others wait for.
-        return await asyncio.shield(task)
-
-    def _fetch_done(self, url: str) -> Callable[[asyncio.Task[dict[str, Any]]], None]:
-        def done(task: asyncio.Task[dict[str, Any]]) -> None:
-            self._inflight.pop(url, None)
-            if not task.cancelled():
-                task.exception()  # retrieved: every waiter may have gone away
-
-        return done
+        return await self._inflight.run(url, lambda: self._build(user_id, url))
 
     async def _build(self, user_id: str, url: str) -> dict[str, Any]:
         fetched = await self.fetch(url, accept="text/html,application/xhtml+xml,image/*;q=0.9")
