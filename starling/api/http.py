@@ -31,6 +31,7 @@ from starling.errors import (
     too_large,
     unrecognized,
 )
+from starling.protocol.canonical_json import nested_within
 
 logger = logging.getLogger("starling.http")
 access_logger = logging.getLogger("starling.access")
@@ -78,19 +79,6 @@ def error_response(err: MatrixError) -> web.Response:
     return json_response(err.to_json(), status=err.status, headers=err.headers or None)
 
 
-def _depth_ok(value: Any, limit: int) -> bool:
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        v, d = stack.pop()
-        if d > limit:
-            return False
-        if isinstance(v, dict):
-            stack.extend((x, d + 1) for x in v.values() if isinstance(x, (dict, list)))
-        elif isinstance(v, list):
-            stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
-    return True
-
-
 def parse_json_object(raw: bytes, allow_empty: bool = False) -> dict[str, Any]:
     """A request body as a JSON object, or M_NOT_JSON."""
     if not raw.strip():
@@ -103,7 +91,7 @@ def parse_json_object(raw: bytes, allow_empty: bool = False) -> dict[str, Any]:
         raise not_json(f"Content not JSON: {e}") from None
     if not isinstance(value, dict):
         raise not_json("Request body must be a JSON object")
-    if not _depth_ok(value, MAX_JSON_DEPTH):
+    if not nested_within(value, MAX_JSON_DEPTH):
         raise not_json(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     return value
 

@@ -53,7 +53,11 @@ from starling.federation.discovery import (
 )
 from starling.federation.errors import FederationDenied, FederationError, FederationUnreachable
 from starling.federation.ip_ranges import IPRangePolicy, guarded_socket_factory, is_blocked_error
-from starling.protocol.canonical_json import CanonicalJsonError, encode_canonical_json_lenient
+from starling.protocol.canonical_json import (
+    CanonicalJsonError,
+    encode_canonical_json_lenient,
+    nested_within,
+)
 from starling.protocol.signing import SigningKey
 from starling.protocol.x_matrix import XMatrixError, sign_request
 
@@ -84,19 +88,6 @@ OUTBOUND_SECONDS = Histogram(
 def federation_path(template: str, *args: str) -> str:
     """`template` with each `{}` replaced by the percent-encoded argument."""
     return template.format(*(quote(a, safe="") for a in args))
-
-
-def _depth_ok(value: Any, limit: int) -> bool:
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        v, d = stack.pop()
-        if d > limit:
-            return False
-        if isinstance(v, dict):
-            stack.extend((x, d + 1) for x in v.values() if isinstance(x, (dict, list)))
-        elif isinstance(v, list):
-            stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
-    return True
 
 
 def _encode_query(query: Query | None) -> str:
@@ -550,7 +541,7 @@ def _parse_response(destination: str, status: int, raw: bytes) -> Any:
         value = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
         value = _NOT_JSON
-    if value is not _NOT_JSON and not _depth_ok(value, MAX_RESPONSE_JSON_DEPTH):
+    if value is not _NOT_JSON and not nested_within(value, MAX_RESPONSE_JSON_DEPTH):
         raise FederationError(status, None, f"{destination} answered JSON nested too deeply")
     if 200 <= status < 300:
         if value is _NOT_JSON or value is None:

@@ -32,6 +32,21 @@ MAX_NESTING = 254
 _STRICT = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
 
 
+def nested_within(value: Any, limit: int) -> bool:
+    """Whether a parsed JSON value nests containers at most `limit` deep (a scalar or an
+    empty container is depth 1); walked without recursion, so any input is safe."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if d > limit:
+            return False
+        if isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values() if isinstance(x, (dict, list)))
+        elif isinstance(v, list):
+            stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
+    return True
+
+
 class CanonicalJsonError(ValueError):
     """The value has no canonical JSON form, or the JSON text does not parse to one."""
 

@@ -15,6 +15,7 @@ from starling.protocol.canonical_json import (
     CanonicalJsonError,
     encode_canonical_json,
     encode_canonical_json_lenient,
+    nested_within,
     parse_json_lenient,
     parse_json_strict,
 )
@@ -223,3 +224,13 @@ def test_extreme_exponents_refused_or_zero() -> None:
     with pytest.raises(CanonicalJsonError):
         parse_json_strict("[0e-99999999999999999999]")
     assert parse_json_strict("[0e-999, -0e-999999999999999999, 1e-0]") == [0, 0, 1]
+
+
+def test_nested_within_counts_container_depth() -> None:
+    assert nested_within("scalar", 1) and nested_within({}, 1)
+    assert nested_within({"a": [1, {"b": 2}]}, 3)
+    assert not nested_within({"a": [1, {"b": 2}]}, 2)
+    deep: list[object] = []
+    for _ in range(100_000):  # far past the recursion limit: walked with a stack
+        deep = [deep]
+    assert not nested_within(deep, 1000)
