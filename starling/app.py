@@ -20,6 +20,7 @@ from aiohttp import web
 from starling.account_data.service import AccountDataService
 from starling.accounts.auth import RequestAuthenticator
 from starling.accounts.client_ips import ClientIps
+from starling.accounts.email import EmailValidation
 from starling.accounts.external import ExternalAccounts
 from starling.accounts.oidc import SsoService
 from starling.accounts.passwords import PasswordHasher
@@ -38,6 +39,7 @@ from starling.admin.users import AdminUsers
 from starling.api.admin.console import add_console_routes
 from starling.api.admin.registration import admin_table
 from starling.api.cbor import cbor_middleware
+from starling.api.client.email import email_submit_table
 from starling.api.client.routes import client_table
 from starling.api.client.sso import SsoRoutes, oidc_callback_table
 from starling.api.connection_guard import ConnectionLimits, GuardedAppRunner, PeerCounter
@@ -176,6 +178,7 @@ from starling.storage.sliding_connections import SlidingConnectionStore
 from starling.storage.sliding_sync import SlidingSyncStore
 from starling.storage.state import StateStore
 from starling.storage.streams import StreamIdGenerator
+from starling.storage.threepid_validation import ThreepidValidationStore
 from starling.storage.threepids import ThreepidBindingStore
 from starling.storage.user_directory import UserDirectoryStore
 from starling.storage.webhooks import WebhookStore
@@ -483,6 +486,10 @@ async def build_services(
     )
     accounts.use_external_login(external_accounts, ExternalLoginStore(db))
     accounts.add_erasure_listener(erased.changed)
+    if config.email is not None:
+        accounts.use_email(
+            EmailValidation(config, ThreepidValidationStore(db), buckets=rate_limits.buckets)
+        )
     sso = SsoService(
         config, ExternalLoginStore(db), accounts.login_external, buckets=rate_limits.buckets
     )
@@ -1396,6 +1403,7 @@ def build_listener_app(
         mount(app, webhooks_table(services.incoming_webhooks), guards)
         sso_routes = SsoRoutes(services.sso, services.config.client_base_url.startswith("https:"))
         mount(app, oidc_callback_table(sso_routes), guards)
+        mount(app, email_submit_table(services.accounts.email), guards)
         mount(app, admin_table(services), guards)
         add_console_routes(app)
     if names & {"client", "media"}:

@@ -335,6 +335,24 @@ class OidcProvider:
 
 
 @dataclass
+class EmailConfig:
+    """Synapse's `email` section (the part for validating addresses): the SMTP server
+    this server sends its mail through, and the sender. With it, users may add an email
+    address to their account (and register with one), then log in with it."""
+
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_user: str | None = None
+    smtp_pass: str | None = None
+    # STARTTLS before anything else is sent (the server's certificate checked).
+    require_transport_security: bool = False
+    notif_from: str = ""
+    app_name: str = "Matrix"
+    # how long the emailed link stays good
+    validation_token_lifetime: str = "1h"
+
+
+@dataclass
 class CasConfig:
     """Synapse's `cas_config`: sign-in through a CAS server (m.login.sso, and the legacy
     m.login.cas). The CAS user name becomes the localpart (Synapse's mapping); a first
@@ -523,6 +541,8 @@ class Config:
     # MSC2228 (Synapse's experimental key): messages with org.matrix.self_destruct_after
     # are censored at that time (rooms/ephemeral.py).
     enable_ephemeral_messages: bool = False
+    # Synapse's `email`: None (the default) sends no mail, so no address validation.
+    email: EmailConfig | None = None
     # Starling's own webhooks (no Synapse equivalent): starling/webhooks/.
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     # Transports beyond HTTPS+JSON (docs/transports.md).
@@ -999,6 +1019,16 @@ def _check_oidc(cfg: Config) -> None:
     from urllib.parse import urlsplit
 
     seen: set[str] = set()
+    if cfg.email is not None:
+        if "@" not in cfg.email.notif_from:
+            raise ConfigError("email.notif_from: an address to send from is needed")
+        if not 0 < cfg.email.smtp_port < 65536:
+            raise ConfigError("email.smtp_port: must be a port number")
+        try:
+            if parse_duration(cfg.email.validation_token_lifetime) <= 0:
+                raise ValueError("must be positive")
+        except ValueError as e:
+            raise ConfigError(f"email.validation_token_lifetime: {e}") from None
     cas = cfg.cas_config
     if cas.enabled:
         if urlsplit(cas.server_url).scheme not in ("http", "https"):

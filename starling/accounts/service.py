@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from starling.accounts.auth import RequestAuthenticator, Requester
+from starling.accounts.email import EMAIL_IDENTITY, EmailValidation
 from starling.accounts.external import ExternalAccounts, ExternalIdentity
 from starling.accounts.passwords import PasswordHasher
 from starling.accounts.registration import check_password, local_user_id, register_local_user
@@ -213,6 +214,7 @@ class AccountService:
         self._auth_checkers: dict[str, tuple[tuple[str, ...], list[AuthChecker]]] = {}
         self._external: ExternalAccounts | None = None
         self._links: ExternalLoginStore | None = None
+        self._email: EmailValidation | None = None
         self._registration_policy: RegistrationPolicy | None = None
         # The SSO providers GET /login lists (accounts/oidc.py): id, name, icon, brand.
         self.sso_providers: list[dict[str, str]] = []
@@ -554,8 +556,30 @@ class AccountService:
 
     # -- user-interactive auth with a password (account management)
 
+    async def login_identifier(self, body: Mapping[str, Any]) -> str:
+        """The user a password login (or UIA password stage) names: by user ID or
+        localpart, or by an email address on an account (medium/address, or an
+        m.id.thirdparty identifier). An address on no account fails as a bad login."""
+        identifier = body.get("identifier")
+        medium: Any = None
+        address: Any = None
+        if isinstance(identifier, dict) and identifier.get("type") == "m.id.thirdparty":
+            medium, address = identifier.get("medium"), identifier.get("address")
+        elif identifier is None and ("medium" in body or "address" in body):
+            medium, address = body.get("medium"), body.get("address")
+        else:
+            return identifier_user(body)
+        if self._email is None or not self._email.enabled:
+            raise _no_threepids()
+        if not isinstance(medium, str) or not isinstance(address, str) or len(address) > 320:
+            raise bad_json("'medium' and 'address' must be strings")
+        user_id = await self._email.user_for_address(medium, address)
+        if user_id is None:
+            raise _bad_login()
+        return user_id
+
     async def _check_password_stage(self, session: UIAuthSession, auth: Mapping[str, Any]) -> None:
-        user = identifier_user(auth)
+        user = await self.login_identifier(auth)
         password = auth.get("password")
         if not isinstance(password, str):
             raise bad_json("'auth.password' must be a string")
@@ -673,7 +697,19 @@ class AccountService:
     def registration_flows(self) -> list[list[str]]:
         if self._config.registration_requires_token:
             return [[REGISTRATION_TOKEN]]
+        if self._email is not None and self._email.enabled:
+            # An email address is welcome, not required (as Synapse without
+            # registrations_require_3pid): the address becomes the account's.
+            return [[DUMMY], [EMAIL_IDENTITY]]
         return [[DUMMY]]
+
+    def use_email(self, email: EmailValidation) -> None:
+        """Email validation (accounts/email.py), set once at start."""
+        self._email = email
+
+    @property
+    def email(self) -> EmailValidation | None:
+        return self._email
 
     async def register(self, ip: str, req: RegistrationRequest, uri: str) -> dict[str, Any]:
         """POST /register (kind=user): validate, run UIA, create the account and log in.
@@ -737,6 +773,8 @@ class AccountService:
             DUMMY: check_dummy,
             REGISTRATION_TOKEN: self._check_registration_token_stage,
         }
+        if self._email is not None and self._email.enabled:
+            checkers[EMAIL_IDENTITY] = self._email.check_registration_stage
         try:
             done = await self.uia.authenticate(
                 req.auth,
@@ -798,6 +836,8 @@ class AccountService:
             raise
         if done.registration_token is not None:
             await self._store.complete_registration_token(done.registration_token)
+        if self._email is not None:
+            await self._email.after_registration(done.session_id, user_id)
         await self.uia.record_result(done.session_id, user_id)
         if self._config.registration_requires_approval:
             # The account exists but logs in only once an admin approves it: the login

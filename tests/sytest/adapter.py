@@ -85,6 +85,14 @@ def sytest_settings(hs: dict[str, Any]) -> dict[str, Any]:
         "app_service_config_files": list(hs.get("app_service_config_files") or []),
         "log_level": os.environ.get("STARLING_SYTEST_LOG_LEVEL", "INFO"),
     }
+    smtp = hs.get("smtp") or {}
+    if smtp.get("host") and smtp.get("port"):
+        # SyTest's mail sink: validation mails for the email 3PID tests.
+        settings["email"] = {
+            "smtp_host": smtp["host"],
+            "smtp_port": int(smtp["port"]),
+            "notif_from": smtp.get("notif_from") or "homeserver@localhost",
+        }
     cas = hs.get("cas") or {}
     if cas.get("server_url"):
         # SyTest's fake CAS server (its /cas/login and /cas/proxyValidate).

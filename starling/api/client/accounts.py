@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from starling.accounts.auth import Requester
+from starling.accounts.email import EmailValidation
 from starling.accounts.service import (
     AccountService,
     Device,
@@ -176,7 +177,7 @@ class AccountRoutes:
             return json_response({**session.to_json(), "home_server": self.server_name})
         if login_type != "m.login.password":
             raise MatrixError(400, "M_UNKNOWN", f"Unknown login type {login_type!r}")
-        user = identifier_user(body)
+        user = await self.accounts.login_identifier(body)
         password = body_str(body, "password", required=True)
         assert password is not None
         session = await self.accounts.login_with_password(
@@ -234,6 +235,50 @@ class AccountRoutes:
         return json_response(
             {"threepids": await self.identity.account_threepids(requester.user_id)}
         )
+
+    def _email(self) -> EmailValidation:
+        email = self.accounts.email
+        if email is None or not email.enabled:
+            raise MatrixError(
+                400, "M_THREEPID_DENIED", "This server does not send email: no email addresses"
+            )
+        return email
+
+    # POST /_matrix/client/v3/register/email/requestToken
+    # (spec: client-server-api/#post_matrixclientv3registeremailrequesttoken)
+    async def register_email_token(self, request: web.Request) -> web.Response:
+        body = await read_json_object(request)
+        return json_response(await self._email().request_token(body, registering=True))
+
+    # POST /_matrix/client/v3/account/3pid/email/requestToken
+    # (spec: client-server-api/#post_matrixclientv3account3pidemailrequesttoken)
+    async def account_email_token(self, request: web.Request) -> web.Response:
+        body = await read_json_object(request)
+        return json_response(await self._email().request_token(body, registering=False))
+
+    # POST /_matrix/client/v3/account/3pid/add
+    # (spec: client-server-api/#post_matrixclientv3account3pidadd)
+    async def add_threepid(self, request: web.Request) -> web.Response:
+        requester = requester_of(request)
+        body = await read_json_object(request)
+        email = self._email()
+        await email.validated(body)  # a bad session fails before the password is asked
+        await self.accounts.require_password_auth(
+            requester, body.get("auth"), request.path, request.method
+        )
+        await email.add_to_account(requester.user_id, body)
+        return json_response({})
+
+    # POST /_matrix/client/v3/account/3pid (deprecated: three_pid_creds, no UIA; as
+    # Synapse, only a session this server validated, and `bind` is not done here)
+    async def add_threepid_deprecated(self, request: web.Request) -> web.Response:
+        requester = requester_of(request)
+        body = await read_json_object(request)
+        creds = body.get("three_pid_creds", body.get("threePidCreds"))
+        if creds is None:
+            raise missing_param("Missing 'three_pid_creds'")
+        await self._email().add_to_account(requester.user_id, creds)
+        return json_response({})
 
     # POST /_matrix/client/v3/account/3pid/bind
     # (spec: client-server-api/#post_matrixclientv3account3pidbind)

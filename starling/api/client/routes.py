@@ -135,6 +135,10 @@ def client_table(svc: Services) -> RouteTable:
         get("/account/3pid", accounts.threepids),
         # bind/unbind were under /unstable before v1.1 (clients and SyTest still use it)
         post("/account/3pid/bind", accounts.bind_threepid, versions=V3_UNSTABLE),
+        post("/account/3pid/add", accounts.add_threepid, versions=V3_UNSTABLE),
+        post("/account/3pid", accounts.add_threepid_deprecated, versions=V3_R0),
+        post("/account/3pid/email/requestToken", accounts.account_email_token, NONE),
+        post("/register/email/requestToken", accounts.register_email_token, NONE),
         post("/account/3pid/unbind", accounts.unbind_threepid, versions=V3_UNSTABLE),
         post("/account/3pid/delete", accounts.delete_threepid, versions=V3_UNSTABLE),
         post("/account/password", accounts.change_password),
