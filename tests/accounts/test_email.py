@@ -104,6 +104,8 @@ async def test_email_registration_login_and_adding(
     database: Database, tmp_path: Path, smtp: SmtpSink
 ) -> None:
     async with make_harness(database, tmp_path, **email_config(smtp)) as hs:
+        _, caps = await hs.request("GET", f"{V3}/capabilities", (await hs.register())[1])
+        assert caps["capabilities"]["m.3pid_changes"] == {"enabled": True}
         status, body = await hs.request("POST", f"{V3}/register", None, {})
         assert status == 401 and {"stages": ["m.login.email.identity"]} in body["flows"]
         session = body["session"]

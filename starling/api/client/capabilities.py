@@ -13,7 +13,7 @@ from starling.api.http import json_response
 from starling.protocol.room_versions import KNOWN_ROOM_VERSIONS
 
 
-def capabilities(default_room_version: str) -> dict[str, Any]:
+def capabilities(default_room_version: str, threepid_changes: bool = False) -> dict[str, Any]:
     return {
         "m.change_password": {"enabled": True},
         "m.room_versions": {
@@ -22,15 +22,16 @@ def capabilities(default_room_version: str) -> dict[str, Any]:
         },
         "m.set_displayname": {"enabled": True},
         "m.set_avatar_url": {"enabled": True},
-        "m.3pid_changes": {"enabled": False},
+        # email addresses can be added when the server sends mail (accounts/email.py)
+        "m.3pid_changes": {"enabled": threepid_changes},
         "m.get_login_token": {"enabled": False},
         "m.profile_fields": {"enabled": True, "allowed": ["displayname", "avatar_url"]},
     }
 
 
 class CapabilityRoutes:
-    def __init__(self, default_room_version: str) -> None:
-        self.body = {"capabilities": capabilities(default_room_version)}
+    def __init__(self, default_room_version: str, threepid_changes: bool = False) -> None:
+        self.body = {"capabilities": capabilities(default_room_version, threepid_changes)}
 
     # GET /_matrix/client/v3/capabilities
     # (spec: client-server-api/#get_matrixclientv3capabilities)

@@ -87,7 +87,10 @@ def client_table(svc: Services) -> RouteTable:
     profile = ProfileRoutes(svc.profile)
     account_data = AccountDataRoutes(svc.account_data)
     directory = DirectoryRoutes(svc.directory)
-    capabilities = CapabilityRoutes(svc.config.default_room_version)
+    capabilities = CapabilityRoutes(
+        svc.config.default_room_version,
+        threepid_changes=svc.accounts.email is not None and svc.accounts.email.enabled,
+    )
     push = PushRuleRoutes(svc.push_rules, svc.pushers, svc.notifications)
     reports = ReportRoutes(svc.reports)
     relations = RelationRoutes(svc.relations)
