@@ -1533,6 +1533,7 @@ class Homeserver:
             rate_limits=s.rate_limits,
             shared_buckets=self.shared_buckets,
             presence=s.presence,
+            media=s.media,
         )
 
     async def _start_listeners(self) -> None:

@@ -41,6 +41,7 @@ from starling.cluster.bus import ClusterBus
 from starling.cluster.roles import ClusterRoles
 from starling.config import RateLimit
 from starling.federation.sender.sender import FederationSender
+from starling.media.service import MediaService
 from starling.notifier import Notifier
 from starling.presence.service import PresenceService
 from starling.protocol.event import StateKey
@@ -87,6 +88,7 @@ class ClusterParts:
     rate_limits: RateLimits
     shared_buckets: SharedBuckets | None
     presence: PresenceService
+    media: MediaService
 
 
 class _Quiet:
@@ -326,6 +328,7 @@ async def join_cluster(bus: ClusterBus, parts: ClusterParts, roles: ClusterRoles
 
     # --- now read what was committed before this process listened -----------------------
     await parts.room_locks.use_cluster(db.session_locks, forget_room)
+    await parts.media.use_cluster(db.session_locks)
     for generator in generators_of(db):
         await generator.use_cluster(db, bus.position)
     # Changes committed before the handlers were registered are at or below the

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from starling.config import Config, RateLimit, parse_duration, parse_size
 from starling.errors import MatrixError, forbidden, invalid_param, not_found, too_large
-from starling.locks import KeyedLock
+from starling.locks import ClusterKeyedLock, KeyedLock
 from starling.media.filestore import ContentTooLarge, FileStore, StagedFile
 from starling.media.preview import UrlPreviewer
 from starling.protocol.identifiers import is_valid_server_name
@@ -39,6 +39,7 @@ from starling.storage.media import MediaIdTaken, MediaInfo, MediaStore, NewMedia
 
 if TYPE_CHECKING:
     from starling.media import thumbnailer
+    from starling.storage.postgres import SessionLocks
 
 # (user, content type, upload name, size, sha256, read the bytes) → None allows, a reason
 # refuses (server modules' check_media_file_for_spam).
@@ -48,6 +49,9 @@ UploadPolicy = Callable[
 ]
 
 logger = logging.getLogger(__name__)
+
+# pg_advisory_lock(classid, objid): the class of media locks (rooms and streams use others).
+MEDIA_LOCK_CLASS = 0x534D4431
 
 
 def _thumbnailer() -> Any:
@@ -175,10 +179,13 @@ class MediaService:
             (parse_duration(q.time_period), parse_size(q.max_size))
             for q in config.media_upload_limits
         ]
-        self._hash_locks: KeyedLock[str] = KeyedLock()
-        self._quota_locks: KeyedLock[str] = KeyedLock()
+        # Across processes with workers (use_cluster): a file's hash (committing and
+        # releasing it: a release on one process must not delete a file another is
+        # naming), a user's quota, a remote file being fetched (once, not per process).
+        self._locks: ClusterKeyedLock[tuple[str, ...]] = ClusterKeyedLock(
+            MEDIA_LOCK_CLASS, "\0".join
+        )
         self._thumb_locks: KeyedLock[tuple[str, str, int, int, str, bool]] = KeyedLock()
-        self._remote_locks: KeyedLock[tuple[str, str]] = KeyedLock()
         self._remote_misses: OrderedDict[tuple[str, str], tuple[float, MatrixError]] = OrderedDict()
         self._uploaded = asyncio.Condition()
         self._upload_policy: UploadPolicy | None = None
@@ -229,7 +236,12 @@ class MediaService:
             if len(batch) < 500:
                 return purged
 
+    async def use_cluster(self, connect: Callable[[], Awaitable[SessionLocks]]) -> None:
+        """Other processes of the server store media too (workers): lock across them."""
+        await self._locks.use_cluster(connect)
+
     async def close(self) -> None:
+        await self._locks.close()
         if self._retention_task is not None:
             self._retention_task.cancel()
             with suppress(asyncio.CancelledError):
@@ -323,11 +335,10 @@ class MediaService:
     ) -> T:
         """Check the user's upload quota and write the row in one step per user, so two
         uploads finishing together cannot both pass a check that counts neither.
-        One process: the lock is in memory (a second process would need a database lock
-        on the user's uploads)."""
+        With workers the lock is PostgreSQL's too, so it holds across processes."""
         if not self._quotas:
             return await self._commit(staged, write_row)
-        async with self._quota_locks(user_id):
+        async with self._locks(("quota", user_id)):
             try:
                 await self._check_quota(user_id, staged.size)
             except BaseException:
@@ -338,7 +349,7 @@ class MediaService:
     async def _commit(self, staged: StagedFile, write_row: Callable[[], Awaitable[T]]) -> T:
         """Move staged content into the store and write the row naming it, atomically with
         respect to releases of the same hash."""
-        async with self._hash_locks(staged.sha256):
+        async with self._locks(("hash", staged.sha256)):
             await self.files.commit(staged)
             try:
                 return await write_row()
@@ -350,7 +361,7 @@ class MediaService:
     async def _release(self, hashes: list[str]) -> None:
         """Delete the files no row names any more."""
         for sha256 in set(hashes):
-            async with self._hash_locks(sha256):
+            async with self._locks(("hash", sha256)):
                 if not await self.store.sha256_in_use(sha256):
                     await self.files.delete(sha256)
 
@@ -540,7 +551,7 @@ class MediaService:
         if self.remote is None or not allow_remote:
             raise not_found("Media not found")
         key = (server_name, media_id)
-        async with self._remote_locks(key):
+        async with self._locks(("remote", *key)):
             info = await self.store.get_media(server_name, media_id)
             if info is not None and info.uploaded:
                 return info
