@@ -55,8 +55,13 @@ class CachedRemoteKeys(Protocol):
     """The cache of remote users' device lists (e2ee.remote_device_lists)."""
 
     async def cached_keys(
-        self, users: Mapping[str, list[str]]
+        self, users: Mapping[str, list[str]], wait_s: float = 0.0
     ) -> tuple[dict[str, Any], dict[str, list[str]]]: ...
+
+
+# How long a query waits for the remote cache's resync of a user sharing a room with
+# ours that it is not caching yet (as Synapse resyncs then); then it asks their server.
+QUERY_RESYNC_WAIT_S = 5.0
 
 
 def _now_ms() -> int:
@@ -283,7 +288,9 @@ class E2eKeyService:
         result: dict[str, Any],
     ) -> None:
         if self.remote_cache is not None:
-            cached, users = await self.remote_cache.cached_keys(users)
+            cached, users = await self.remote_cache.cached_keys(
+                users, min(QUERY_RESYNC_WAIT_S, timeout_ms / 2000)
+            )
             for section, by_user in cached.items():
                 result[section].update(by_user)
             if not users:

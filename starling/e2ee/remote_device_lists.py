@@ -11,14 +11,18 @@ Per tracked user we keep the `stream_id` of the last update applied. An inbound
 `m.device_list_update` is applied when every one of its `prev_id`s is an update we have
 applied (usually exactly the last one); one with an older `stream_id` was already seen.
 Anything else - a `prev_id` we do not know (a gap), no `prev_id`, a deleted device, keys
-that do not name the user and device - marks the user stale and schedules a resync. A
+that name another user or device - marks the user stale and schedules a resync. Device
+keys are otherwise kept as the owner's server sent them (Synapse does the same; clients
+verify the keys they download). A
 resync runs in the background (never inside the /send transaction that brought the
 update), at most one per user at a time and `MAX_CONCURRENT_RESYNCS` at once, retried
 with backoff while it fails; updates that arrive meanwhile are replayed after it.
 
 `/keys/query` answers a tracked, fresh user from the cache; anyone else (not tracked,
 stale) is asked over federation as before, which also starts their resync when they
-share a room with one of ours.
+share a room with one of ours — a query for all devices of a user not tracked yet waits
+a few seconds for that first resync and is then answered from the cache (as Synapse
+does).
 
 Only one process writes the cache (the per-user locks are in memory); a second writer
 process would need the chain position checked in the database, which `apply_update`
@@ -45,6 +49,7 @@ logger = logging.getLogger(__name__)
 # Synapse ignores snapshots of users with more devices than this.
 MAX_DEVICES = 1000
 MAX_DISPLAY_NAME = 100
+MAX_DEVICE_KEYS_BYTES = 64 * 1024
 MAX_CONCURRENT_RESYNCS = 5
 RESYNC_TIMEOUT_S = 30.0
 # Seconds between failed resync attempts; after the last one the user stays stale (and
@@ -90,6 +95,23 @@ def _key_of(obj: Any, user_id: str, device_id: str | None = None) -> str | None:
         return encode_canonical_json(obj).decode()
     except CanonicalJsonError:
         return None
+
+
+def _device_keys_of(obj: Any, user_id: str, device_id: str) -> str | None:
+    """A device's keys as canonical JSON, cached and served as the owner's server gave
+    them (as Synapse does: SyTest's servers give placeholders such as
+    `{"device_keys": {}}`), unless they name another user or device, or are too large.
+    Clients check device keys themselves (signatures, user and device IDs); we only pass
+    them on."""
+    if not isinstance(obj, dict):
+        return None
+    if obj.get("user_id", user_id) != user_id or obj.get("device_id", device_id) != device_id:
+        return None
+    try:
+        encoded = encode_canonical_json(obj).decode()
+    except CanonicalJsonError:
+        return None
+    return encoded if len(encoded) <= MAX_DEVICE_KEYS_BYTES else None
 
 
 def _display_name(value: Any) -> str | None:
@@ -158,7 +180,7 @@ class RemoteDeviceLists:
         known = {state.stream_id, *self._recent.get(user_id, ())}
         deleted = content.get("deleted", False) is True
         keys = content.get("keys")
-        key_json = None if keys is None else _key_of(keys, user_id, device_id)
+        key_json = None if keys is None else _device_keys_of(keys, user_id, device_id)
         follows = (
             isinstance(prev_ids, list)
             and bool(prev_ids)
@@ -338,7 +360,7 @@ class RemoteDeviceLists:
             if not isinstance(device_id, str) or not device_id or len(device_id) > 255:
                 return None
             keys = device.get("keys")
-            key_json = None if keys is None else _key_of(keys, user_id, device_id)
+            key_json = None if keys is None else _device_keys_of(keys, user_id, device_id)
             out[device_id] = RemoteDevice(
                 user_id, device_id, _display_name(device.get("device_display_name")), key_json
             )
@@ -373,15 +395,18 @@ class RemoteDeviceLists:
     # -- /keys/query
 
     async def cached_keys(
-        self, users: Mapping[str, list[str]]
+        self, users: Mapping[str, list[str]], wait_s: float = 0.0
     ) -> tuple[dict[str, Any], dict[str, list[str]]]:
         """The cached keys of the tracked, fresh users among ``users`` (a /keys/query
         answer: device_keys, master_keys, self_signing_keys), and the users left to ask
         their server. Users sharing a room with ours that are not cached yet start
-        tracking (a resync in the background)."""
+        tracking (a resync). As Synapse, a query for all of such a user's devices waits
+        for that first resync (at most ``wait_s`` seconds) and is answered from the
+        cache; a stale user's server is asked at once, as before."""
         states = await self._store.states(users)
         fresh = [u for u, s in states.items() if not s.stale and u not in self._resyncing]
         rest = {u: d for u, d in users.items() if u not in fresh}
+        waiting: list[str] = []
         for user_id in rest:
             state = states.get(user_id)
             if state is not None:
@@ -389,6 +414,17 @@ class RemoteDeviceLists:
             elif await self._shares_room(user_id):
                 await self._store.track(user_id, self._clock_ms())
                 self._schedule(user_id)
+                if not rest[user_id]:
+                    waiting.append(user_id)  # no cache at all yet: wait for the first
+        tasks = [self._resyncing[u] for u in waiting if u in self._resyncing]
+        if tasks and wait_s > 0:
+            await asyncio.wait(tasks, timeout=wait_s)
+            now = await self._store.states(waiting)
+            for user_id in waiting:
+                state = now.get(user_id)
+                if state is not None and not state.stale and user_id not in self._resyncing:
+                    fresh.append(user_id)
+                    del rest[user_id]
         answer: dict[str, Any] = {"device_keys": {}, "master_keys": {}, "self_signing_keys": {}}
         if not fresh:
             return answer, rest

@@ -11,7 +11,11 @@ from typing import Any
 
 import pytest
 
-from starling.e2ee.remote_device_lists import MAX_DEVICES, RemoteDeviceLists
+from starling.e2ee.remote_device_lists import (
+    MAX_DEVICE_KEYS_BYTES,
+    MAX_DEVICES,
+    RemoteDeviceLists,
+)
 from starling.storage import Database
 from starling.storage.remote_device_lists import RemoteDeviceListStore
 
@@ -278,6 +282,62 @@ async def test_keys_under_other_names_are_not_cached(
     await cache.settle()
     got = await cached(cache)
     assert got is not None and set(got["devices"]) == {"PHONE"}
+
+
+async def test_device_keys_are_passed_on_as_given(
+    cache: RemoteDeviceLists, remote: FakeRemote
+) -> None:
+    """As Synapse: a device's keys are cached and served as the owner's server gave them
+    (SyTest's servers give `{"device_keys": {}}`), unless they name another user or
+    device, or are too large; clients verify the keys they download."""
+    placeholder = {"device_keys": {}}
+    remote.devices = {
+        "PHONE": placeholder,
+        "OTHER": {**device_keys(BOB, "PHONE"), "device_id": "PHONE"},
+        "HUGE": {"device_keys": {"x": "a" * (MAX_DEVICE_KEYS_BYTES + 1)}},
+    }
+    await cache.device_list_update(update("PHONE", 10, [9], keys=placeholder))
+    await cache.settle()
+    got = await cached(cache)
+    assert got is not None
+    assert set(got["devices"]) == {"PHONE"}
+    assert got["devices"]["PHONE"] == {
+        "device_keys": {},
+        "unsigned": {"device_display_name": "PHONE name"},
+    }
+    # The chain goes on with placeholders too; a display name comes with it.
+    await cache.device_list_update(
+        {**update("PHONE", 11, [10], keys=placeholder), "device_display_name": "renamed"}
+    )
+    got = await cached(cache)
+    assert got is not None
+    assert got["devices"]["PHONE"]["unsigned"] == {"device_display_name": "renamed"}
+    assert remote.calls == 1
+
+
+async def test_a_query_for_all_devices_waits_for_the_resync_it_starts(
+    cache: RemoteDeviceLists, remote: FakeRemote
+) -> None:
+    """As Synapse: a query for every device of a user sharing a room with ours that is
+    not cached yet resyncs them and is answered from the cache; a query for some
+    devices, or one whose resync fails within the wait, is left to their server."""
+    answer, rest = await cache.cached_keys({BOB: ["PHONE"]}, wait_s=5.0)
+    assert rest == {BOB: ["PHONE"]}  # not waited for (the resync runs on)
+    await cache.settle()
+    await cache.forget([BOB])
+    calls = remote.calls
+    answer, rest = await cache.cached_keys({BOB: []}, wait_s=5.0)
+    assert rest == {}
+    assert set(answer["device_keys"][BOB]) == {"PHONE"}
+    assert remote.calls == calls + 1
+    # Someone sharing no room is not tracked, so not waited for.
+    answer, rest = await cache.cached_keys({"@nobody:there.test": []}, wait_s=5.0)
+    assert rest == {"@nobody:there.test": []}
+    # Their server failing: asked over federation after the resync gave up.
+    await cache.forget([BOB])
+    remote.fail = 100
+    answer, rest = await cache.cached_keys({BOB: []}, wait_s=5.0)
+    assert rest == {BOB: []}
 
 
 async def test_signing_key_updates(cache: RemoteDeviceLists, remote: FakeRemote) -> None:
