@@ -26,8 +26,9 @@ class ClientIps:
     def __init__(self, store: AccountStore, clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._clock = clock
-        # single-process: sightings not yet written (each worker flushes its own; the
-        # newest write wins, as in Synapse).
+        # Per process, by design: sightings not yet written. Each worker flushes its own
+        # (the store keeps the newest sighting, whichever process flushes last), so an
+        # admin's whois shows a request served elsewhere after that process's next flush (5 s).
         self._pending: dict[tuple[str, str], tuple[int, str | None, str | None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()

@@ -181,8 +181,9 @@ class Keyring:
         self._generation: dict[str, int] = {}
         self._in_flight: SharedTasks[str, None] = SharedTasks()
         self._last_fetch: dict[str, float] = {}
-        # single-process: the notary's fetches in flight, one per server (bounded by the
-        # servers being asked about at once).
+        # Per process, by design: the notary's fetches in flight, one per server (bounded
+        # by the servers being asked about at once). Two workers asked about one server at
+        # once each fetch its keys once; the stored keys then serve both.
         self._notary_in_flight: SharedTasks[str, None] = SharedTasks()
 
     def now_ms(self) -> int:

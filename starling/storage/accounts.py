@@ -324,14 +324,16 @@ class AccountStore:
     ) -> None:
         """Batch update from ``(user_id, device_id, last_seen_ts, last_seen_ip,
         user_agent)`` tuples — for a periodic flush of the client-IP tracker, not one
-        write per request."""
-        rows = [(ts, ip, ua, user_id, device_id) for user_id, device_id, ts, ip, ua in seen]
+        write per request. A sighting older than the stored one is dropped: with workers
+        each process flushes its own, and a late flush must not put an older one back."""
+        rows = [(ts, ip, ua, user_id, device_id, ts) for user_id, device_id, ts, ip, ua in seen]
         if not rows:
             return
         async with self._db.transaction() as txn:
             await txn.executemany(
                 "UPDATE devices SET last_seen_ts = ?, last_seen_ip = ?, last_seen_user_agent = ?"
-                " WHERE user_id = ? AND device_id = ?",
+                " WHERE user_id = ? AND device_id = ?"
+                " AND (last_seen_ts IS NULL OR last_seen_ts <= ?)",
                 rows,
             )
 

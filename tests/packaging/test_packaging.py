@@ -32,6 +32,53 @@ def _generated(tmp_path: Path, database: str = "sqlite") -> Path:
     return generate(tmp_path, "example.org", database=database)
 
 
+def test_the_dockerfile_installs_what_pyproject_packages() -> None:
+    """The image is `pip install .` of what the Dockerfile copies: that must be every
+    package pyproject finds, its readme, every data file (package-data patterns cover
+    each tracked non-Python file), on a Python that pyproject allows."""
+    import fnmatch
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    python = re.search(r"^FROM python:(\d+)\.(\d+)", dockerfile, re.M)
+    assert python is not None, "the image is not built on an official Python image"
+    required = re.fullmatch(r">=(\d+)\.(\d+)", project["project"]["requires-python"])
+    assert required is not None
+    assert tuple(map(int, python.groups())) >= tuple(map(int, required.groups()))
+    copied = {
+        part.rstrip("/").removeprefix("./")
+        for line in re.findall(r"^COPY (.+) \S+$", dockerfile, re.M)
+        for part in line.split()
+    }
+    assert {"pyproject.toml", project["project"]["readme"]} <= copied
+    include = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {
+        d.name
+        for d in ROOT.iterdir()
+        if (d / "__init__.py").exists() and any(fnmatch.fnmatch(d.name, p) for p in include)
+    }
+    assert packages and packages <= copied, packages - copied
+    tracked = subprocess.run(
+        ["git", "ls-files", *sorted(packages)], cwd=ROOT, capture_output=True, text=True
+    )
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout")
+    package_data = project["tool"]["setuptools"]["package-data"]
+    for name in tracked.stdout.split():
+        if name.endswith(".py"):
+            continue
+        path = Path(name)
+        covered = any(
+            fnmatch.fnmatch(str(path.relative_to(Path(*pkg.split(".")))), pattern)
+            for pkg, patterns in package_data.items()
+            if path.is_relative_to(Path(*pkg.split(".")))
+            for pattern in patterns
+        )
+        assert covered, f"{name} would be left out of the image (add it to package-data)"
+
+
 def test_the_image_listeners_file_is_a_valid_override(tmp_path: Path) -> None:
     config = load_config([_generated(tmp_path), CONTRIB / "docker" / "listeners.yaml"])
     assert {listener.port for listener in config.listeners} == {8008, 8448}

@@ -130,6 +130,10 @@ async def test_devices(store: AccountStore) -> None:
     assert phone is not None and (phone.last_seen_ts, phone.last_seen_ip) == (100, "192.0.2.1")
     assert phone.last_seen_user_agent == "Element/1.0"
     assert laptop is not None and (laptop.last_seen_ts, laptop.last_seen_ip) == (200, None)
+    # An older sighting flushed later (another worker's) does not replace a newer one.
+    await store.update_devices_last_seen([(ALICE, "PHONE", 50, "198.51.100.7", "Old/0.1")])
+    phone = await store.get_device(ALICE, "PHONE")
+    assert phone is not None and (phone.last_seen_ts, phone.last_seen_ip) == (100, "192.0.2.1")
 
 
 async def test_delete_devices_deletes_their_tokens(store: AccountStore) -> None:

@@ -189,7 +189,7 @@ class ConnectionStore:
     ) -> None:
         self._store = store
         self._clock_ms = clock_ms
-        # single-process: a cache of immutable snapshots (never stale: each pos is still
+        # Per process, by design: a cache of immutable snapshots (never stale: each pos is still
         # checked against the database), so it needs no sharing between workers.
         self._cache: OrderedDict[tuple[ConnKey, int, int], Snapshot] = OrderedDict()
 
