@@ -168,6 +168,7 @@ class LowBandwidthClient:
         # one against the answer our `since` names (DEFLATE_SINCE_CONTENT_FORMAT).
         self._sync_references: dict[str, bytes] = {}
         self.last_content_format: int | None = None  # of the last answer (tests, debug)
+        self.last_sync_payload = b""  # the last /sync answer, CBOR (an Observe base)
         # Bytes on the wire (UDP payloads) each way, and datagrams, for the benchmark.
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -230,8 +231,13 @@ class LowBandwidthClient:
         self._socket.transport.sendto(data)
 
     def _send_coap(self, data: bytes) -> None:
-        if self._channel is not None:
+        if self._channel is None:
+            return
+        try:
             self._sendto(self._channel.seal(data))
+        except noise.NoiseError:  # the session's counter is spent: a new one
+            self._channel = None
+            asyncio.get_running_loop().create_task(self.handshake())
 
     def _received(self, data: bytes) -> None:
         if self.loss and self._random.random() < self.loss:
@@ -297,9 +303,12 @@ class LowBandwidthClient:
         message.remote = self._server
         return message, dict(query).get("since")
 
-    def _answer(self, response: Message, since: str | None, is_sync: bool) -> tuple[int, Any]:
+    def _answer(
+        self, response: Message, since: str | None, is_sync: bool, base: bytes | None = None
+    ) -> tuple[int, Any]:
         """(HTTP status, JSON body) of a CoAP answer; a /sync answer is kept as the
-        DEFLATE reference of the one that will follow it."""
+        DEFLATE reference of the one that will follow it (and in `last_sync_payload`).
+        `base`: the first answer of the Observe registration a notification belongs to."""
         status = http_status(response.code)
         fmt = response.opt.content_format
         self.last_content_format = None if fmt is None else int(fmt)
@@ -307,8 +316,15 @@ class LowBandwidthClient:
         try:
             if fmt is not None and int(fmt) == codec.DEFLATE_CONTENT_FORMAT:
                 payload = codec.inflate(payload, self.max_body_size)
-            elif fmt is not None and int(fmt) == codec.DEFLATE_SINCE_CONTENT_FORMAT:
+            elif fmt is not None and int(fmt) in (
+                codec.DEFLATE_SINCE_CONTENT_FORMAT,
+                codec.DEFLATE_BASE_CONTENT_FORMAT,
+            ):
                 reference = self._sync_references.get(since or "")
+                if int(fmt) == codec.DEFLATE_BASE_CONTENT_FORMAT:
+                    if base is None or reference is None:
+                        raise codec.CodecError("M_NOT_JSON", "Compressed against an unknown base")
+                    reference = base[-codec.WINDOW :] + reference
                 if reference is None:
                     raise codec.CodecError("M_NOT_JSON", "Compressed against an unknown answer")
                 payload = codec.inflate(payload, self.max_body_size, reference)
@@ -317,6 +333,7 @@ class LowBandwidthClient:
             return 502, {"errcode": e.errcode, "error": f"Bad answer: {e}"}
         if status == 200 and is_sync:
             next_batch = answer.get("next_batch") if isinstance(answer, dict) else None
+            self.last_sync_payload = payload
             if isinstance(next_batch, str):
                 self._sync_references[next_batch] = payload
                 while len(self._sync_references) > 4:
@@ -386,6 +403,7 @@ class LowBandwidthClient:
             status, answer = self._answer(response, since, True)
             if status != 200:
                 raise ObserveEnded(status, answer)
+            base = self.last_sync_payload  # part of every notification's dictionary
             yield answer
             since = answer.get("next_batch", since)
             if observation is None or response.opt.observe is None:
@@ -396,7 +414,7 @@ class LowBandwidthClient:
                 item = await queue.get()
                 if isinstance(item, BaseException):
                     raise LowBandwidthError(f"observe /sync ended: {item}") from item
-                status, answer = self._answer(item, since, True)
+                status, answer = self._answer(item, since, True, base)
                 if status != 200:
                     raise ObserveEnded(status, answer)
                 yield answer

@@ -462,6 +462,7 @@ class _MatrixResource(Resource):  # type: ignore[misc]
         timeout = next((v for n, v in query if n == "timeout"), "0")
         rest = [(n, v) for n, v in query if n not in ("since", "timeout")]
         number = 0
+        base: bytes | None = None  # the first answer (CBOR): part of every later dictionary
         try:
             while True:
                 first = number == 0
@@ -483,8 +484,11 @@ class _MatrixResource(Resource):  # type: ignore[misc]
                     session,
                     key,
                     request,
-                    self._response(session, "GET", status, answer, True, since),
+                    self._response(session, "GET", status, answer, True, since, base),
                 )
+                if first and status == 200:
+                    base = codec.encode(answer, integer_keys=session.cbor_version >= 1)
+                    base = base[-codec.WINDOW :]
                 if status != 200 or not response.code.is_successful():
                     pipe.add_response(response, is_last=True)
                     return
@@ -561,7 +565,11 @@ class _MatrixResource(Resource):  # type: ignore[misc]
         answer: Any,
         is_sync: bool = False,
         since: str | None = None,
+        base: bytes | None = None,
     ) -> Message:
+        """The CoAP answer; with DEFLATE, a /sync answer is compressed against the answer
+        `since` names, and an Observe notification also against its registration's
+        first answer (`base`)."""
         payload = codec.encode(answer, integer_keys=session.cbor_version >= 1)
         if len(payload) > self.max_body:
             status, answer = _error(500, "M_TOO_LARGE", "The answer is over max_body_size")
@@ -569,6 +577,10 @@ class _MatrixResource(Resource):  # type: ignore[misc]
         content_format = codec.CBOR_CONTENT_FORMAT
         if session.deflate:
             reference = session.sync_references.get(since or "") if is_sync else None
+            since_format = codec.DEFLATE_SINCE_CONTENT_FORMAT
+            if reference is not None and base:
+                reference = base[-codec.WINDOW :] + reference
+                since_format = codec.DEFLATE_BASE_CONTENT_FORMAT
             packed = codec.deflate(payload, reference or b"")
             if is_sync and status == 200 and isinstance(answer, dict):
                 next_batch = answer.get("next_batch")
@@ -581,9 +593,7 @@ class _MatrixResource(Resource):  # type: ignore[misc]
             if len(packed) < len(payload):
                 payload = packed
                 content_format = (
-                    codec.DEFLATE_SINCE_CONTENT_FORMAT
-                    if reference is not None
-                    else codec.DEFLATE_CONTENT_FORMAT
+                    since_format if reference is not None else codec.DEFLATE_CONTENT_FORMAT
                 )
         return Message(
             code=coap_code(status, method), payload=payload, content_format=content_format

@@ -82,3 +82,18 @@ def test_noise_replay_window_and_tamper() -> None:
     wrong = noise.Initiator(noise.public_key(noise.generate_private_key()))
     with pytest.raises(noise.NoiseError):
         noise.respond(key, wrong.init)
+
+
+def test_noise_datagram_overhead_and_spent_counter() -> None:
+    key = noise.generate_private_key()
+    initiator = noise.Initiator(noise.public_key(key))
+    server, response = noise.respond(key, initiator.init)
+    client = initiator.finish(response)
+    sealed = client.seal(b"coap")
+    assert len(sealed) == 4 + 25  # kind, session ID, 4-byte counter, 16-byte tag
+    assert server.open(sealed) == b"coap"
+    # The last counter a session may use, then the session is spent.
+    client._counter = noise.MAX_COUNTER
+    assert server.open(client.seal(b"last")) == b"last"
+    with pytest.raises(noise.NoiseError):
+        client.seal(b"one too many")

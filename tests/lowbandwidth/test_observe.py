@@ -80,8 +80,9 @@ async def test_observe_pushes_each_message_once(lb: LowBandwidthServer) -> None:
         # No request was sent for them: only the ACK of each confirmable notification
         # (one may have been queued, and acknowledged, before `datagrams` was read).
         assert 0 < client.datagrams_sent - datagrams <= pushed
-        # Pushed syncs are compressed against the previous one, as long-polls are.
-        assert client.last_content_format == codec.DEFLATE_SINCE_CONTENT_FORMAT
+        # Pushed syncs are compressed against the registration's first answer and the
+        # previous one (both ends hold exactly those; a mismatch would not decode).
+        assert client.last_content_format == codec.DEFLATE_BASE_CONTENT_FORMAT
         # A notification over one block (1024 bytes, incompressible text): its other
         # blocks are fetched from the stored answer, and it decodes whole.
         big = os.urandom(1500).hex()

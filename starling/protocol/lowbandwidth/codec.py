@@ -171,6 +171,9 @@ def compress_path(path: str) -> list[str]:
 # request itself, so loss and reordering cannot desynchronise them).
 DEFLATE_CONTENT_FORMAT = 65060  # experimental range: CBOR, deflated, preset dictionary v1
 DEFLATE_SINCE_CONTENT_FORMAT = 65061  # … and the answer named by `since` as dictionary
+# … and, before that answer, the first answer of the Observe registration it belongs to
+# (an initial sync holds every room ID, member and name the notifications will repeat).
+DEFLATE_BASE_CONTENT_FORMAT = 65062
 WINDOW = 32768
 
 _COMMON_STRINGS = (

@@ -11,9 +11,9 @@ Datagrams (first byte is the kind):
 - ``0x01 | NK message 1`` (client → server: ephemeral key, 48 bytes);
 - ``0x02 | NK message 2`` (server → client); its encrypted payload is the 4-byte
   session ID the server chose;
-- ``0x03 | session ID (4) | counter (8, big-endian) | AEAD(CoAP message)``: one CoAP
+- ``0x03 | session ID (4) | counter (4, big-endian) | AEAD(CoAP message)``: one CoAP
   message, ChaCha20-Poly1305 under the session's key for that direction, the counter as
-  nonce and the 13-byte header as associated data (so a header cannot be swapped);
+  nonce and the 9-byte header as associated data (so a header cannot be swapped);
 - ``0x04 | session ID (4)``: "no such session" (server → client, unauthenticated: at worst
   a forged one makes the client handshake again).
 
@@ -39,12 +39,14 @@ HANDSHAKE_INIT = 0x01
 HANDSHAKE_RESPONSE = 0x02
 DATA = 0x03
 UNKNOWN_SESSION = 0x04
-HEADER = struct.Struct(">BIQ")  # kind, session ID, counter: 13 bytes
+HEADER = struct.Struct(">BII")  # kind, session ID, counter: 9 bytes
 INIT_LENGTH = 1 + 32 + 16
 RESPONSE_LENGTH = 1 + 32 + 4 + 16
 TAG_LENGTH = 16
 REPLAY_WINDOW = 1024
-MAX_COUNTER = 2**64 - 2  # Noise reserves 2^64-1
+# A 4-byte counter (4 bytes saved on every datagram): 2^32 datagrams per direction, after
+# which the session is spent and the client handshakes again.
+MAX_COUNTER = 2**32 - 1
 
 
 class NoiseError(Exception):
