@@ -1532,6 +1532,7 @@ class Homeserver:
             delayed_events=s.delayed_events,
             rate_limits=s.rate_limits,
             shared_buckets=self.shared_buckets,
+            reload_rate_limit_overrides=s.admin_users.load_rate_limit_overrides,
             presence=s.presence,
             media=s.media,
         )

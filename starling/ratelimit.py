@@ -180,6 +180,10 @@ class RateLimits:
         if self.relay is not None:
             self.relay(user_id, limit)
 
+    def replace_message_overrides_here(self, overrides: dict[str, RateLimit]) -> None:
+        """All the overrides at once, as stored (a process that may have missed some)."""
+        self._message_overrides = dict(overrides)
+
     def set_message_override_here(self, user_id: str, limit: RateLimit | None) -> None:
         """`set_message_override` in this process only."""
         if limit is None:

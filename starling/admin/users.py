@@ -421,9 +421,14 @@ class AdminUsers:
     # -- rate-limit overrides
 
     async def load_rate_limit_overrides(self) -> None:
-        """At start: the overrides admins set, into the running rate limits."""
-        for user_id, per_second, burst in await self._store.rate_limit_overrides():
-            self._rate_limits.set_message_override(user_id, RateLimit(per_second, burst))
+        """At start (and, with workers, after a lost bus): the overrides admins set, into
+        this process's running rate limits."""
+        self._rate_limits.replace_message_overrides_here(
+            {
+                user_id: RateLimit(per_second, burst)
+                for user_id, per_second, burst in await self._store.rate_limit_overrides()
+            }
+        )
 
     async def rate_limit_override(self, user_id: str) -> dict[str, int]:
         await self._details(user_id)

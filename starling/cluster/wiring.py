@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +87,7 @@ class ClusterParts:
     delayed_events: DelayedEvents
     rate_limits: RateLimits
     shared_buckets: SharedBuckets | None
+    reload_rate_limit_overrides: Callable[[], Awaitable[None]]
     presence: PresenceService
     media: MediaService
 
@@ -308,6 +309,7 @@ async def join_cluster(bus: ClusterBus, parts: ClusterParts, roles: ClusterRoles
         members.invalidate_all()
         parts.auth.invalidate_here("clear", [])
         await presence.reload()
+        await parts.reload_rate_limit_overrides()
         position = parts.persister.current_position
         for cache in change_caches.values():
             cache.reset(position)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from starling.config import RateLimit
 from tests.admin.conftest import login, set_password
 from tests.support.harness import Harness
 
@@ -651,3 +652,9 @@ async def test_rate_limit_override(hs: Harness, admin: str) -> None:
     await hs.services.admin_users.load_rate_limit_overrides()
     status, resp = await hs.request("GET", path, admin)
     assert resp == {"messages_per_second": 5, "burst_count": 7}
+    # Loading again (a worker that lost the bus) drops an override deleted meanwhile.
+    limits = hs.services.rate_limits
+    limits.set_message_override_here("@gone:" + HS, RateLimit(0, 1))
+    await hs.services.admin_users.load_rate_limit_overrides()
+    for _ in range(3):
+        await limits.check_message("@gone:" + HS)  # rc_message again, not a burst of 1
