@@ -67,12 +67,14 @@ class TokenBuckets:
         return self.shared
 
     def _shared_failed(self, e: Exception) -> None:
-        logger.warning(
-            "rate limits: the shared buckets failed (%s); counting in this process for %.0f s",
-            e,
-            SHARED_RETRY_SECONDS,
-        )
-        self._shared_down_until = self._clock() + SHARED_RETRY_SECONDS
+        now = self._clock()
+        if now >= self._shared_down_until:  # once per outage, not per check in flight
+            logger.warning(
+                "rate limits: the shared buckets failed (%s); counting in this process for %.0f s",
+                e,
+                SHARED_RETRY_SECONDS,
+            )
+        self._shared_down_until = now + SHARED_RETRY_SECONDS
 
     async def take(self, action: str, key: str, limit: RateLimit, cost: float = 1.0) -> None:
         """Spend `cost` tokens or raise M_LIMIT_EXCEEDED."""

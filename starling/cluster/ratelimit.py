@@ -20,10 +20,12 @@ from redis.exceptions import RedisError
 from starling.config import RateLimit, RedisConfig
 from starling.ratelimit import SharedUnavailable
 
-# A rate-limit check waits at most this long for Redis.
+# A rate-limit check waits at most this long for Redis's answer.
 TIMEOUT_SECONDS = 0.5
-# Redis connections one process may use for rate limits at once.
-MAX_CONNECTIONS = 20
+# Redis connections one process may use for rate limits at once; more checks at once
+# wait for one, at most POOL_WAIT_SECONDS.
+MAX_CONNECTIONS = 32
+POOL_WAIT_SECONDS = 2.0
 
 # KEYS[1]: the bucket. ARGV: burst, per second, cost, overdraw ("1": spend even below
 # zero). Returns the seconds to wait as a string ("0": spent).
@@ -66,7 +68,9 @@ class RedisBuckets:
 
     def __init__(self, config: RedisConfig, prefix: str) -> None:
         self._prefix = prefix
-        self._client = aioredis.Redis(
+        # A blocking pool: more checks at once than connections wait for one (a plain
+        # pool refuses them, "Too many connections").
+        pool = aioredis.BlockingConnectionPool(
             host=config.host,
             port=config.port,
             password=config.password,
@@ -74,6 +78,10 @@ class RedisBuckets:
             socket_connect_timeout=TIMEOUT_SECONDS,
             socket_timeout=TIMEOUT_SECONDS,
             max_connections=MAX_CONNECTIONS,
+            timeout=POOL_WAIT_SECONDS,
+        )
+        self._client = aioredis.Redis(
+            connection_pool=pool,
             # No retries: redis-py's default backs off for seconds; a failed check falls
             # back to the process's own buckets instead.
             retry=Retry(NoBackoff(), 0),
@@ -110,3 +118,4 @@ class RedisBuckets:
 
     async def close(self) -> None:
         await self._client.aclose()
+        await self._client.connection_pool.disconnect()
