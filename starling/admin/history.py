@@ -2,9 +2,9 @@
 and message retention policies (Synapse: docs/admin_api/purge_history_api.md,
 user_admin_api.md "Redact events of a user", docs/message_retention_policies.md).
 
-- A purge deletes the room's events before a cut-off event (or before a time), never its
-  state events and, unless asked, never this server's users' events (HistoryStore says
-  what goes). It runs in the background, one per room at a time, in batches that each
+- A purge takes the room's events before a cut-off event (or before a time) out of its
+  timelines: it deletes them, but never its state events and, unless asked, never this
+  server's users' events, which become outliers instead (HistoryStore says what goes). It runs in the background, one per room at a time, in batches that each
   hold the room's write lock, so the room stays usable.
 - Redacting a user's events sends one ordinary redaction per event through the client
   rules (ClientEvents.redact): as the user themselves when they are local (Synapse
@@ -172,7 +172,7 @@ class AdminHistory:
                 raise MatrixError(400, "M_UNKNOWN", "Event is for wrong room.")
             depth = found[1]
         elif before_ts is not None:
-            found_depth = await self._store.depth_before_ts(room_id, before_ts)
+            found_depth = await self._store.cut_depth_at_ts(room_id, before_ts)
             if found_depth is None:
                 raise not_found("there is no event to be purged")
             depth = found_depth
@@ -231,19 +231,27 @@ class AdminHistory:
         return int(self._clock() * 1000)
 
     async def purge(self, room_id: str, below_depth: int, delete_local: bool) -> int:
-        """Delete the room's events below `below_depth` (see HistoryStore); how many went."""
+        """Purge the room's events below `below_depth` (see HistoryStore): delete them,
+        or make the kept local ones outliers; how many were deleted."""
         async with self._room_events.room_lock(room_id):
             await self._store.check_purge_point(room_id, below_depth)
             await self._store.mark_gaps(room_id, below_depth, delete_local)
-        deleted = 0
+        deleted = hidden = 0
         while True:
             async with self._room_events.room_lock(room_id):
-                n = await self._store.purge_batch(room_id, below_depth, delete_local)
-            if n == 0:
+                gone, outliers = await self._store.purge_batch(room_id, below_depth, delete_local)
+            if gone == 0 and outliers == 0:
                 break
-            deleted += n
+            deleted += gone
+            hidden += outliers
             await asyncio.sleep(0)  # let other requests in between batches
-        logger.info("purged %d events of %s below depth %d", deleted, room_id, below_depth)
+        logger.info(
+            "purged %s below depth %d: %d events deleted, %d local ones made outliers",
+            room_id,
+            below_depth,
+            deleted,
+            hidden,
+        )
         return deleted
 
     async def purge_status(self, purge_id: str) -> dict[str, Any]:
@@ -354,7 +362,7 @@ class AdminHistory:
                 continue
             if room.room_id in self._purging_rooms:
                 continue
-            depth = await self._store.depth_before_ts(room.room_id, now_ms - lifetime)
+            depth = await self._store.cut_depth_at_ts(room.room_id, now_ms - lifetime)
             if depth is None:
                 continue
             self._purging_rooms.add(room.room_id)

@@ -17,8 +17,8 @@ arrived since, so a long-polling client's incremental sync costs one short query
 new events' evaluation, not a re-evaluation of everything unread. Like Synapse, which
 stores push actions when an event arrives, an event is evaluated once, with the room's
 facts (member count, power levels, display name) of that moment. A change of the user's
-rules, a new join (an older lower bound) or a redaction in the room starts that room
-afresh.
+rules, a new join (an older lower bound), a redaction in the room or a purge of its
+history starts that room afresh.
 
 The counts change with every new event and receipt, so this extension's "position" is
 the sum of the events and receipts positions: it moves whenever either stream does.
@@ -66,7 +66,8 @@ _Entry = tuple[int, str, bool]
 class _Scanned:
     """What is known of one (user, room): every event of others after `lower` up to
     `upto` was evaluated with `rules`; `entries` are the notifying ones, newest first (at
-    most SCAN_FACTOR * UNREAD_CAP). `generation` is the room's redaction count then."""
+    most SCAN_FACTOR * UNREAD_CAP). `generation` is the room's redaction and purge count
+    then."""
 
     rules: PushRuleSet
     lower: int
@@ -111,6 +112,11 @@ class UnreadCounts:
         if event.type == "m.room.redaction":
             self._redactions[event.room_id] = self._redactions.get(event.room_id, 0) + 1
 
+    def _generation(self, room_id: str) -> int:
+        """Moves with every redaction in the room and every history purge step (purged
+        events no longer count)."""
+        return self._redactions.get(room_id, 0) + self._events.purge_generation(room_id)
+
     def current_position(self) -> int:
         return self._events_stream.current_position() + self._receipts.stream.current_position()
 
@@ -132,7 +138,7 @@ class UnreadCounts:
             joined_at = memberships[room_id].stream_ordering or 0
             low = max(joined_at, read.get(room_id, {}).get("", 0))
             lower[room_id] = low
-            gen = generation[room_id] = self._redactions.get(room_id, 0)
+            gen = generation[room_id] = self._generation(room_id)
             hit = self._scanned.get((user_id, room_id))
             if (
                 hit is not None
@@ -173,7 +179,7 @@ class UnreadCounts:
             entries = new if scanned.get(room_id, 0) >= window else new + kept[room_id]
             del entries[window:]
             kept[room_id] = entries
-            if self._redactions.get(room_id, 0) == generation[room_id]:
+            if self._generation(room_id) == generation[room_id]:
                 self._remember(
                     (user_id, room_id),
                     _Scanned(rules, lower[room_id], upto, generation[room_id], entries),

@@ -1,18 +1,22 @@
 """What purging a room's history and redacting a user's events read and change.
 
 Purging history follows Synapse's purge (storage/databases/main/purge_events.py): every
-event of the room older (by depth) than a cut-off goes, except state events (the auth
-chains and every state group need them; they also keep the room's current state whole)
-and, unless asked, events sent by this server's users (they may be the only copy). The
-events that go are the PDU rows and everything indexed by them: graph edges, auth edges,
-relations, threads they root or end, search entries, relay bookkeeping and forward
-extremities. Where an event that stays names a deleted one as a prev event, the deleted
-one becomes a backward extremity (as Synapse: backfill may fetch it again from another
-server still in the room).
+event of the room older (by depth) than a cut-off leaves the room's timelines. Non-state
+events of other servers' users are deleted: the PDU rows and everything indexed by them
+(graph edges, auth edges, relations, threads they root or end, search entries, relay
+bookkeeping and forward extremities). The others stay stored but become outliers, as
+Synapse makes them: state events (the auth chains and every state group need them; they
+also keep the room's current state whole) and, unless asked to delete them too, events
+of this server's users (they may be the only copy). Outliers are in no /messages, /sync
+timeline, unread count, search or relation, yet GET /rooms/{roomId}/event/{eventId}
+still finds them and backfill can bring them back into the timeline. They keep their
+state group, so history visibility still decides who may read them (a remote server's
+/backfill included).
 
-Unlike Synapse, the events that stay are left in the timeline (Synapse turns them into
-outliers): a reader paginating back sees the room's old state changes, never a hole in
-the stream positions sync relies on.
+Where a timeline event at or after the cut-off names a purged event as a prev event,
+the purged one becomes a backward extremity (as Synapse: backfill may fetch it again
+from another server still in the room; one kept as an outlier is then promoted back
+into the timeline).
 """
 
 from __future__ import annotations
@@ -63,15 +67,32 @@ class HistoryStore:
         )
         return None if row is None else (str(row[0]), int(row[1]))
 
-    async def depth_before_ts(self, room_id: str, ts: int) -> int | None:
-        """The depth of the room's last timeline event sent before `ts` (Synapse: the
-        event before the first stream position received at `ts`): the purge cut-off."""
+    async def cut_depth_at_ts(self, room_id: str, ts: int) -> int | None:
+        """The purge cut-off for a time: the depth of the room's first timeline event sent
+        at or after `ts` (everything sent before goes), or of its newest one if none was
+        (as Synapse, which cuts at the event at or before the first stream position
+        received at `ts`: the newest event always stays). None when the room has no
+        event sent before `ts` (nothing to purge)."""
+        served = "room_id = ? AND stream_ordering IS NOT NULL AND NOT outlier"
+        if (
+            await self._db.fetch_val(
+                f"SELECT 1 FROM events WHERE {served} AND origin_server_ts < ? LIMIT 1", room_id, ts
+            )
+            is None
+        ):
+            return None
         value = await self._db.fetch_val(
-            "SELECT depth FROM events WHERE room_id = ? AND origin_server_ts < ?"
-            " AND stream_ordering IS NOT NULL ORDER BY depth DESC, stream_ordering DESC LIMIT 1",
+            f"SELECT depth FROM events WHERE {served} AND origin_server_ts >= ?"
+            " ORDER BY origin_server_ts, stream_ordering LIMIT 1",
             room_id,
             ts,
         )
+        if value is None:
+            value = await self._db.fetch_val(
+                f"SELECT depth FROM events WHERE {served}"
+                " ORDER BY depth DESC, stream_ordering DESC LIMIT 1",
+                room_id,
+            )
         return None if value is None else int(value)
 
     async def room_exists(self, room_id: str) -> bool:
@@ -102,17 +123,17 @@ class HistoryStore:
         return where + " AND e.sender NOT LIKE ?", [self._local_pattern]
 
     async def mark_gaps(self, room_id: str, below_depth: int, delete_local: bool) -> None:
-        """Before deleting: the doomed events that a surviving later event names as a prev
-        event become backward extremities (where backfill would start)."""
-        doomed, extra = self._doomed(delete_local)
+        """Before purging: the purged events (deleted or made outliers) that a timeline
+        event at or after the cut-off names as a prev event become backward extremities
+        (where backfill would start)."""
         rows = await self._db.fetch_all(
             "SELECT DISTINCT e.event_id FROM events AS e"
             " JOIN event_edges AS ed ON ed.prev_event_id = e.event_id"
             " JOIN events AS child ON child.event_nid = ed.event_nid"
-            f" WHERE {doomed} AND child.room_id = e.room_id AND child.depth >= ?",
+            " WHERE e.room_id = ? AND e.depth < ?"
+            " AND child.room_id = e.room_id AND child.depth >= ? AND NOT child.outlier",
             room_id,
             below_depth,
-            *extra,
             below_depth,
         )
         if rows:
@@ -124,9 +145,12 @@ class HistoryStore:
                 )
                 txn.call_after_commit(lambda: self._events.forget_extremities(room_id))
 
-    async def purge_batch(self, room_id: str, below_depth: int, delete_local: bool) -> int:
-        """Delete up to PURGE_BATCH doomed events and what indexes them, in one
-        transaction; how many went (0: done). The caller holds the room's lock."""
+    async def purge_batch(
+        self, room_id: str, below_depth: int, delete_local: bool
+    ) -> tuple[int, int]:
+        """Purge up to PURGE_BATCH events in one transaction: first the ones deleted,
+        then the ones kept (state events; local ones without `delete_local`) made
+        outliers. (deleted, hidden); (0, 0): done. The caller holds the room's lock."""
         doomed, extra = self._doomed(delete_local)
         async with self._db.transaction() as txn:
             rows = await txn.fetch_all(
@@ -137,23 +161,34 @@ class HistoryStore:
                 *extra,
                 PURGE_BATCH,
             )
+            if rows:
+                nids = [int(r[0]) for r in rows]
+                ids = [str(r[1]) for r in rows]
+                await self._delete_events(txn, room_id, nids, ids)
+                txn.call_after_commit(lambda: self._events.forget_events(room_id, ids))
+                return len(ids), 0
+            rows = await txn.fetch_all(
+                "SELECT e.event_nid, e.event_id FROM events AS e"
+                " WHERE e.room_id = ? AND e.depth < ? AND NOT e.outlier"
+                " ORDER BY e.event_nid LIMIT ?",
+                room_id,
+                below_depth,
+                PURGE_BATCH,
+            )
             if not rows:
-                return 0
+                return 0, 0
             nids = [int(r[0]) for r in rows]
-            ids = [str(r[1]) for r in rows]
-            await self._delete_events(txn, room_id, nids, ids)
-            txn.call_after_commit(lambda: self._events.forget_events(room_id, ids))
-        return len(ids)
+            hidden = [str(r[1]) for r in rows]
+            await self._hide_events(txn, room_id, nids, hidden)
+            txn.call_after_commit(lambda: self._events.forget_events(room_id, hidden))
+        return 0, len(hidden)
 
-    async def _delete_events(
-        self, txn: Transaction, room_id: str, nids: Sequence[int], ids: Sequence[str]
-    ) -> None:
+    async def _unindex(self, txn: Transaction, room_id: str, ids: Sequence[str]) -> None:
+        """What indexes the events as part of the timeline: relations, threads, search
+        entries, forward extremities."""
         sql = self._db.sql
         in_ids = sql.array(ids)
-        await txn.execute(
-            f"DELETE FROM event_edges WHERE {sql.in_array('event_nid')}", sql.array(nids)
-        )
-        for table in ("event_auth", "event_relations", "event_search", "federation_relayed_events"):
+        for table in ("event_relations", "event_search"):
             await txn.execute(f"DELETE FROM {table} WHERE {sql.in_array('event_id')}", in_ids)
         await txn.execute(
             f"DELETE FROM threads WHERE room_id = ? AND ({sql.in_array('thread_id')}"
@@ -167,6 +202,31 @@ class HistoryStore:
             room_id,
             in_ids,
         )
+
+    async def _hide_events(
+        self, txn: Transaction, room_id: str, nids: Sequence[int], ids: Sequence[str]
+    ) -> None:
+        """Kept events leave the timeline: outliers (their stream position, state groups,
+        PDU, graph and auth edges stay; promoting them back is what backfill does with an
+        outlier)."""
+        await self._unindex(txn, room_id, ids)
+        sql = self._db.sql
+        await txn.execute(
+            f"UPDATE events SET outlier = TRUE WHERE {sql.in_array('event_nid')}",
+            sql.array(nids),
+        )
+
+    async def _delete_events(
+        self, txn: Transaction, room_id: str, nids: Sequence[int], ids: Sequence[str]
+    ) -> None:
+        sql = self._db.sql
+        in_ids = sql.array(ids)
+        await self._unindex(txn, room_id, ids)
+        await txn.execute(
+            f"DELETE FROM event_edges WHERE {sql.in_array('event_nid')}", sql.array(nids)
+        )
+        for table in ("event_auth", "federation_relayed_events"):
+            await txn.execute(f"DELETE FROM {table} WHERE {sql.in_array('event_id')}", in_ids)
         await txn.execute(f"DELETE FROM events WHERE {sql.in_array('event_nid')}", sql.array(nids))
 
     # -- a user's events

@@ -131,6 +131,9 @@ class EventStore:
         # Set with workers: purges told to the others (room, purged event IDs or None
         # for the whole room).
         self.on_forget: Callable[[str, list[str] | None], None] | None = None
+        # Per room, how many history purges (or their steps) this process heard of:
+        # what remembers counts over a room's timeline starts afresh when it moves.
+        self._purges: dict[str, int] = {}
 
     def drop_room_caches(self, room_id: str) -> None:
         """Another process wrote the room (or may have: its lock was just taken): forget
@@ -234,9 +237,14 @@ class EventStore:
 
     def forget_events_here(self, room_id: str, event_ids: Iterable[str]) -> None:
         """`forget_events` for another process's purge: not told on."""
+        self._purges[room_id] = self._purges.get(room_id, 0) + 1
         self.drop_room_caches(room_id)
         for event_id in event_ids:
             self._events.pop(event_id)
+
+    def purge_generation(self, room_id: str) -> int:
+        """How many history purge steps of the room this process has heard of."""
+        return self._purges.get(room_id, 0)
 
     def forget_extremities(self, room_id: str) -> None:
         """Drop the room's cached extremities after a history purge changed them."""
@@ -882,9 +890,9 @@ class EventStore:
 
     async def get_state_ids_before(self, event_id: str) -> dict[StateKey, str] | None:
         """The room state before the event, or None if the event is unknown or an
-        outlier (its state is not known here)."""
+        outlier whose state is not known here (a purge's outliers keep theirs)."""
         found = await self.get_event(event_id)
-        if found is None or found.meta.outlier or found.meta.state_before is None:
+        if found is None or found.meta.state_before is None:
             if found is not None and not found.meta.outlier and found.event.prev_event_ids == ():
                 return {}  # a create event: the state before it is empty
             return None

@@ -224,7 +224,9 @@ class MembershipStore:
         rows = await self._db.fetch_all(
             "SELECT room_id, json FROM events WHERE type = 'm.room.member' AND state_key = ?"
             f" AND {self._db.sql.in_array('room_id')}"
-            " AND NOT soft_failed AND rejected_reason IS NULL AND NOT outlier",
+            " AND NOT soft_failed AND rejected_reason IS NULL"
+            # Timeline events, or ones a history purge made outliers (they keep a state).
+            " AND (NOT outlier OR state_before IS NOT NULL)",
             user_id,
             self._db.sql.array(wanted),
         )

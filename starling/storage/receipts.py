@@ -126,8 +126,9 @@ class ReceiptStore:
     ) -> list[tuple[str, str, int]]:
         """(room_id, event_id, stream_ordering) of the newest events (at most `per_room_cap`
         per room) after each room's lower bound (and at most `upper`, when given) that others
-        sent, of any type: the events push rules are evaluated on for unread counts. One
-        query for all rooms."""
+        sent, of any type, outliers left out (an old event a history purge took out of the
+        timeline): the events push rules are evaluated on for unread counts. One query
+        for all rooms."""
         if not lower_bounds:
             return []
         bounds_sql, bounds_args = self._db.sql.text_int_pairs(
@@ -142,7 +143,7 @@ class ReceiptStore:
             f"  FROM {bounds_sql}"
             "  JOIN events e ON e.room_id = b.room_id AND e.stream_ordering > b.lower_bound"
             "  WHERE e.sender <> ? AND NOT e.soft_failed AND e.rejected_reason IS NULL"
-            f"    AND e.redacted_by IS NULL{upper_sql}"
+            f"    AND NOT e.outlier AND e.redacted_by IS NULL{upper_sql}"
             ") x WHERE rn <= ?",
             *bounds_args,
             user_id,

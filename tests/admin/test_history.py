@@ -3,8 +3,11 @@ user's events (user_admin_api.md), Synapse's paths and shapes, both engines."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from starling.rooms.persister import EventContext
+from starling.rooms.state_calculator import StateSnapshot
 from tests.support.harness import Harness
 
 V1 = "/_synapse/admin/v1"
@@ -42,6 +45,10 @@ async def test_purge_history(hs: Harness, admin: str) -> None:
     alice, alice_token = await hs.register("alice")
     room = await hs.create_room(alice_token, name="Old")
     other = await hs.create_room(alice_token)
+    bob, bob_token = await hs.register("bob")
+    for who, what, body in [(alice_token, "invite", {"user_id": bob}), (bob_token, "join", {})]:
+        status, _ = await hs.request("POST", f"{C}/rooms/{room}/{what}", who, body)
+        assert status == 200
     old = [await hs.send_message(alice_token, room, f"old {i}") for i in range(3)]
     status, _ = await hs.request(
         "PUT",
@@ -69,8 +76,14 @@ async def test_purge_history(hs: Harness, admin: str) -> None:
     status, resp = await hs.request("GET", f"{V1}/purge_history_status/nope", admin)
     assert (status, resp["errcode"]) == (404, "M_NOT_FOUND")
 
-    # By default this server's users' events stay.
+    # Bob has read nothing yet: every message of Alice's counts.
+    status, resp = await hs.request("GET", f"{C}/sync", bob_token)
+    assert resp["rooms"]["join"][room]["unread_notifications"]["notification_count"] == 5
+
+    # By default this server's users' events stay stored, but as outliers: out of every
+    # timeline (/messages, /sync, unread counts, search, relations), still readable alone.
     messages = "SELECT COUNT(*) FROM events WHERE room_id = ? AND state_key IS NULL"
+    outliers = messages + " AND outlier"
     before = await _count(hs, messages, room)
     status, resp = await hs.request("POST", f"{V1}/purge_history/{room}/{cut}", admin, {})
     assert status == 200, resp
@@ -78,9 +91,54 @@ async def test_purge_history(hs: Harness, admin: str) -> None:
     status, resp = await hs.request("GET", f"{V1}/purge_history_status/{resp['purge_id']}", admin)
     assert (status, resp) == (200, {"status": "complete"})
     assert await _count(hs, messages, room) == before
-
+    assert await _count(hs, outliers, room) == 4  # the three old messages and the reaction
+    # State stays too, as outliers: the current state is whole, the timeline starts at
+    # the cut-off.
     state = "SELECT COUNT(*) FROM events WHERE room_id = ? AND state_key IS NOT NULL"
     state_before = await _count(hs, state, room)
+    assert await _count(hs, state + " AND NOT outlier", room) == 0
+    chunk = await _messages(hs, alice_token, room)
+    assert [e["content"].get("body") for e in chunk] == ["new", "cut"]
+    status, resp = await hs.request("GET", f"{C}/sync", alice_token)
+    timeline = resp["rooms"]["join"][room]["timeline"]["events"]
+    assert not {e["event_id"] for e in timeline} & set(old)
+    assert any(e["type"] == "m.room.name" for e in resp["rooms"]["join"][room]["state"]["events"])
+    status, resp = await hs.request("GET", f"{C}/sync", bob_token)
+    assert resp["rooms"]["join"][room]["unread_notifications"]["notification_count"] == 2
+    status, resp = await hs.request(
+        "POST",
+        f"{C}/search",
+        alice_token,
+        {"search_categories": {"room_events": {"search_term": "old"}}},
+    )
+    assert status == 200 and resp["search_categories"]["room_events"]["count"] == 0, resp
+    status, resp = await hs.request(
+        "GET", f"/_matrix/client/v1/rooms/{room}/relations/{old[0]}", alice_token
+    )
+    assert (status, resp["chunk"]) == (200, []), resp
+    status, resp = await hs.request("GET", f"{C}/rooms/{room}/event/{old[1]}", alice_token)
+    assert (status, resp["content"]["body"]) == (200, "old 1"), resp
+    # They keep their state, so history visibility still decides who reads them (a
+    # remote server backfilling from us included).
+    state_at = await hs.services.event_store.get_state_ids_before(old[1])
+    assert state_at is not None and ("m.room.name", "") in state_at
+    # The event the cut-off follows is where backfill starts; backfilled again (as
+    # another server in the room would send it), it is back in the history.
+    store = hs.services.event_store
+    (reaction,) = await store.get_backward_extremities(room)
+    found = await store.get_event(reaction)
+    assert found is not None and found.meta.outlier
+    before_reaction = await store.get_state_ids_before(reaction)
+    assert before_reaction is not None
+    async with hs.services.room_locks.lock(room):
+        position = await hs.services.persister.persist(
+            found.event, EventContext(StateSnapshot(before_reaction, None), backfilled=True)
+        )
+    assert position is not None and position < 0
+    assert await store.get_backward_extremities(room) == [old[2]]
+    chunk = await _messages(hs, alice_token, room)
+    assert [e["event_id"] for e in chunk][2:] == [reaction]
+
     status, resp = await hs.request(
         "POST",
         f"{V1}/purge_history/{room}",
@@ -206,3 +264,32 @@ async def test_redact_user_events(hs: Harness, admin: str) -> None:
     assert set(failed) >= {keep} and len(failed) == 2, failed  # alice's room: message, join
     status, resp = await hs.request("GET", f"{V1}/audit_log", admin, params={"target": bob})
     assert any(e["path"].endswith("/redact") and e["admin"] == root for e in resp["entries"])
+
+
+async def test_purge_history_by_ts(hs: Harness, admin: str) -> None:
+    """The cut-off for a time is the first event sent at or after it (Synapse's: the
+    event at the first stream position received then): every event before goes."""
+    _, token = await hs.register("carol")
+    room = await hs.create_room(token, name="By time")
+    sent = []
+    for i in range(3):
+        sent.append(await hs.send_message(token, room, f"m{i}"))
+        await asyncio.sleep(0.01)
+    ts = int(
+        await hs.services.db.fetch_val(
+            "SELECT origin_server_ts FROM events WHERE event_id = ?", sent[1]
+        )
+    )
+    status, resp = await hs.request(
+        "POST", f"{V1}/purge_history/{room}", admin, {"purge_up_to_ts": ts}
+    )
+    assert status == 200, resp
+    await hs.services.admin_history.settle()
+    assert [e["content"].get("body") for e in await _messages(hs, token, room)] == ["m2", "m1"]
+    # Past every event: the newest one is the cut-off, and stays.
+    status, resp = await hs.request(
+        "POST", f"{V1}/purge_history/{room}", admin, {"purge_up_to_ts": ts + 10**9}
+    )
+    assert status == 200, resp
+    await hs.services.admin_history.settle()
+    assert [e["content"].get("body") for e in await _messages(hs, token, room)] == ["m2"]
