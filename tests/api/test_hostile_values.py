@@ -65,8 +65,12 @@ _UPSTREAM_FAILURE = 502
 
 def _check(failures: list[Any], what: Any, status: int, resp: Any) -> None:
     is_error = isinstance(resp, dict) and "errcode" in resp
-    if str(what[1]).startswith("/_synapse/client/") and isinstance(resp, bytes):
-        # Pages for a browser (the SSO callback, as Synapse's): errors are HTML pages.
+    path = str(what[1])
+    if isinstance(resp, bytes) and (
+        path.startswith("/_synapse/client/") or path.endswith("/login/cas/ticket")
+    ):
+        # Pages for a browser (the SSO callback and the CAS service URL the CAS server
+        # sends the browser back to, as Synapse's): errors are HTML pages.
         is_error = resp.startswith(b"<!DOCTYPE html>")
     if status == _UPSTREAM_FAILURE and is_error:
         return
