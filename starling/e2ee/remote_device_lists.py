@@ -20,9 +20,9 @@ with backoff while it fails; updates that arrive meanwhile are replayed after it
 
 `/keys/query` answers a tracked, fresh user from the cache; anyone else (not tracked,
 stale) is asked over federation as before, which also starts their resync when they
-share a room with one of ours — a query for all devices of a user not tracked yet waits
-a few seconds for that first resync and is then answered from the cache (as Synapse
-does).
+share a room with one of ours — a query for all of a user's devices waits a few seconds
+for a resync attempt under way and is then answered from the cache (as Synapse resyncs
+inline); a resync waiting to retry is not waited for.
 
 Only one process writes the cache (the per-user locks are in memory); a second writer
 process would need the chain position checked in the database, which `apply_update`
@@ -142,6 +142,9 @@ class RemoteDeviceLists:
         self._lock: KeyedLock[str] = KeyedLock()
         self._recent: dict[str, deque[int]] = {}
         self._resyncing: dict[str, asyncio.Task[None]] = {}
+        # Set when the resync attempt running for a user ends (none while it waits to
+        # retry): what a /keys/query waits for.
+        self._attempts: dict[str, asyncio.Event] = {}
         self._pending: dict[str, list[dict[str, Any]]] = {}
         self._overflowed: set[str] = set()
         self.resyncs = 0  # successful resyncs (tests, metrics)
@@ -260,6 +263,7 @@ class RemoteDeviceLists:
     def _schedule(self, user_id: str) -> None:
         if user_id in self._resyncing:
             return
+        self._attempts[user_id] = asyncio.Event()  # the first attempt is on its way
         task = asyncio.get_running_loop().create_task(self._resync_loop(user_id))
         self._resyncing[user_id] = task
 
@@ -278,11 +282,16 @@ class RemoteDeviceLists:
         done = False
         try:
             for delay in (*self._retry_delays, None):
-                async with self._slots:
-                    try:
-                        done = await self.resync(user_id)
-                    except Exception:
-                        logger.exception("resyncing the device list of %s failed", user_id)
+                attempt = self._attempts.setdefault(user_id, asyncio.Event())
+                try:
+                    async with self._slots:
+                        try:
+                            done = await self.resync(user_id)
+                        except Exception:
+                            logger.exception("resyncing the device list of %s failed", user_id)
+                finally:
+                    self._attempts.pop(user_id, None)
+                    attempt.set()
                 if done:
                     break
                 if delay is None:
@@ -400,9 +409,10 @@ class RemoteDeviceLists:
         """The cached keys of the tracked, fresh users among ``users`` (a /keys/query
         answer: device_keys, master_keys, self_signing_keys), and the users left to ask
         their server. Users sharing a room with ours that are not cached yet start
-        tracking (a resync). As Synapse, a query for all of such a user's devices waits
-        for that first resync (at most ``wait_s`` seconds) and is answered from the
-        cache; a stale user's server is asked at once, as before."""
+        tracking (a resync). As Synapse, a query for all devices of a user whose resync
+        attempt is running (just started, or already under way) waits for it (at most
+        ``wait_s`` seconds) and is answered from the cache if it succeeded; one waiting
+        to retry is not waited for."""
         states = await self._store.states(users)
         fresh = [u for u, s in states.items() if not s.stale and u not in self._resyncing]
         rest = {u: d for u, d in users.items() if u not in fresh}
@@ -414,11 +424,17 @@ class RemoteDeviceLists:
             elif await self._shares_room(user_id):
                 await self._store.track(user_id, self._clock_ms())
                 self._schedule(user_id)
-                if not rest[user_id]:
-                    waiting.append(user_id)  # no cache at all yet: wait for the first
-        tasks = [self._resyncing[u] for u in waiting if u in self._resyncing]
-        if tasks and wait_s > 0:
-            await asyncio.wait(tasks, timeout=wait_s)
+            else:
+                continue
+            if not rest[user_id] and user_id in self._attempts:
+                waiting.append(user_id)
+        if waiting and wait_s > 0:
+            waits = [asyncio.ensure_future(self._attempts[u].wait()) for u in waiting]
+            try:
+                await asyncio.wait(waits, timeout=wait_s)
+            finally:
+                for w in waits:
+                    w.cancel()
             now = await self._store.states(waiting)
             for user_id in waiting:
                 state = now.get(user_id)

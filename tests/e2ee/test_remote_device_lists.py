@@ -330,6 +330,16 @@ async def test_a_query_for_all_devices_waits_for_the_resync_it_starts(
     assert rest == {}
     assert set(answer["device_keys"][BOB]) == {"PHONE"}
     assert remote.calls == calls + 1
+    # A stale user whose resync is under way: the query waits for it.
+    remote.gate = asyncio.Event()
+    await cache.device_list_update(update("PHONE", 50, [49]))  # a gap: stale, resyncing
+    query = asyncio.ensure_future(cache.cached_keys({BOB: []}, wait_s=5.0))
+    await asyncio.sleep(0.05)
+    assert not query.done()
+    remote.gate.set()
+    answer, rest = await query
+    assert rest == {} and set(answer["device_keys"][BOB]) == {"PHONE"}
+    remote.gate = None
     # Someone sharing no room is not tracked, so not waited for.
     answer, rest = await cache.cached_keys({"@nobody:there.test": []}, wait_s=5.0)
     assert rest == {"@nobody:there.test": []}
