@@ -13,6 +13,9 @@ Cases, each after a warm-up:
   sent first (the independent harness's delivery run leaves 200 unread).
 - `send`: sequential PUT /send into one room.
 - `create`: POST /createRoom (public_chat, a name and a topic).
+- `concurrent`: 16 PUT /send at once, two senders in each of 8 rooms (the throughput
+  row's shape); the figures are per message (CPU and trips of the whole burst / 16), and
+  `commits` counts SQLite COMMITs (or PostgreSQL transactions) per message.
 
 "Trips" are the jobs handed to SQLite's reader and writer threads (each a thread switch
 and a wait on a shared machine), or on PostgreSQL the statements sent (each a round trip;
@@ -48,6 +51,8 @@ class TripCounter:
 
     def __init__(self) -> None:
         self.trips = 0
+        self.commits = 0
+        self._count_commits()
         self._count_postgres()
         cls = sqlite_engine.SqliteDatabase
         self._orig_write = cls._submit_write
@@ -64,6 +69,16 @@ class TripCounter:
 
         cls._submit_write = submit_write  # type: ignore[method-assign]
         cls._read = read  # type: ignore[method-assign]
+
+    def _count_commits(self) -> None:
+        counter = self
+        original = sqlite_engine._commit_op
+
+        def commit_op(conn: Any, sql: str, args: Any) -> None:
+            counter.commits += 1
+            original(conn, sql, args)
+
+        sqlite_engine._commit_op = commit_op
 
     def _count_postgres(self) -> None:
         from starling.storage import postgres
@@ -90,6 +105,7 @@ class TripCounter:
         @contextlib.asynccontextmanager
         async def counted_transaction(db: Any) -> Any:
             counter.trips += 2  # BEGIN, COMMIT
+            counter.commits += 1
             async with transaction(db) as txn:
                 yield txn
 
@@ -102,29 +118,38 @@ async def measure(
     op: Callable[[int], Awaitable[None]],
     trips: TripCounter,
     profile: cProfile.Profile | None,
-) -> tuple[float, float, float]:
-    """Median CPU (µs), median wall (µs) and mean trips of `op`, `before` untimed."""
+    per: int = 1,
+) -> tuple[float, float, float, float]:
+    """Median CPU (µs), median wall (µs), mean trips and commits of `op` (divided by
+    `per`, the requests one op makes), `before` untimed."""
     cpu: list[float] = []
     wall: list[float] = []
     total_trips = 0
+    total_commits = 0
     for i in range(n):
         await before(i)
-        t0, w0, k0 = time.process_time(), time.perf_counter(), trips.trips
+        t0, w0, k0, c0 = time.process_time(), time.perf_counter(), trips.trips, trips.commits
         if profile is not None:
             profile.enable()
         await op(i)
         if profile is not None:
             profile.disable()
-        cpu.append(time.process_time() - t0)
-        wall.append(time.perf_counter() - w0)
+        cpu.append((time.process_time() - t0) / per)
+        wall.append((time.perf_counter() - w0) / per)
         total_trips += trips.trips - k0
-    return statistics.median(cpu) * 1e6, statistics.median(wall) * 1e6, total_trips / n
+        total_commits += trips.commits - c0
+    return (
+        statistics.median(cpu) * 1e6,
+        statistics.median(wall) * 1e6,
+        total_trips / n / per,
+        total_commits / n / per,
+    )
 
 
 async def run(args: argparse.Namespace) -> None:
     trips = TripCounter()
     tmp = Path(tempfile.mkdtemp(prefix="starling-hot-"))
-    rows: list[tuple[str, float, float, float]] = []
+    rows: list[tuple[str, float, float, float, float]] = []
     async with (
         make_test_database(args.engine, tmp) as db,
         make_harness(db, tmp, presence={"enabled": False}, **UNLIMITED_ROOM_RATES) as hs,
@@ -173,25 +198,41 @@ async def run(args: argparse.Namespace) -> None:
         async def create(i: int) -> None:
             await hs.create_room(at, preset="public_chat", name=f"room {i}", topic="t")
 
-        cases: dict[str, tuple[Callable[[int], Awaitable[None]], Any]] = {
-            "sync": (send_one, sync_once),
-            "send": (nothing, send_one),
-            "create": (nothing, create),
+        # The throughput row's shape: two senders in each of 8 rooms, all at once.
+        senders = []
+        for _ in range(8):
+            shared = await hs.create_room(at, preset="public_chat")
+            status, _ = await hs.request("POST", f"{V3}/join/{shared}", bt, {})
+            assert status == 200
+            senders += [(at, shared), (bt, shared)]
+
+        async def burst(i: int) -> None:
+            await asyncio.gather(*(hs.send_message(t, r, f"c{i}") for t, r in senders))
+
+        cases: dict[str, tuple[Callable[[int], Awaitable[None]], Any, int]] = {
+            "sync": (send_one, sync_once, 1),
+            "send": (nothing, send_one, 1),
+            "create": (nothing, create, 1),
+            "concurrent": (nothing, burst, len(senders)),
         }
-        for name, (before, op) in cases.items():
-            await measure(10, before, op, trips, None)  # warm-up
+        for name, (before, op, per) in cases.items():
+            if args.cases and name not in args.cases.split(","):
+                continue
+            await measure(10 if per == 1 else 2, before, op, trips, None)  # warm-up
             profile = cProfile.Profile() if args.profile == name else None
             n = args.n if name != "create" else max(10, args.n // 5)
-            cpu, wall, per_op = await measure(n, before, op, trips, profile)
-            rows.append((name, cpu, wall, per_op))
+            if per > 1:
+                n = max(5, args.n // per)
+            cpu, wall, per_op, commits = await measure(n, before, op, trips, profile, per)
+            rows.append((name, cpu, wall, per_op, commits))
             if profile is not None:
                 pstats.Stats(profile).sort_stats(args.sort).print_stats(args.top)
     print(f"engine {args.engine}, {args.unread} unread before the sync case, n={args.n}")
     trips_name = "SQLite thread trips" if args.engine == "sqlite" else "PostgreSQL round trips"
-    print(f"| case | CPU per request (µs, median) | wall (µs, median) | {trips_name} |")
-    print("|---|---:|---:|---:|")
-    for name, cpu, wall, per_op in rows:
-        print(f"| {name} | {cpu:.0f} | {wall:.0f} | {per_op:.1f} |")
+    print(f"| case | CPU per request (µs, median) | wall (µs, median) | {trips_name} | commits |")
+    print("|---|---:|---:|---:|---:|")
+    for name, cpu, wall, per_op, commits in rows:
+        print(f"| {name} | {cpu:.0f} | {wall:.0f} | {per_op:.1f} | {commits:.2f} |")
 
 
 def main() -> None:
@@ -199,7 +240,8 @@ def main() -> None:
     ap.add_argument("--engine", choices=("sqlite", "postgres"), default="sqlite")
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--unread", type=int, default=200)
-    ap.add_argument("--profile", choices=("sync", "send", "create"))
+    ap.add_argument("--profile", choices=("sync", "send", "create", "concurrent"))
+    ap.add_argument("--cases", help="comma-separated subset of sync,send,create,concurrent")
     ap.add_argument("--sort", default="cumulative", help="pstats order for --profile")
     ap.add_argument("--top", type=int, default=40, help="rows of --profile output")
     asyncio.run(run(ap.parse_args()))

@@ -20,6 +20,7 @@ import importlib.metadata
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -290,6 +291,18 @@ def summarize_profile(path: Path, top: int = 25) -> str:
     return "\n".join(lines)
 
 
+def median_results(runs: list[Results]) -> Results:
+    """Each metric's median over the runs of one server (notes of every run kept)."""
+    out = Results()
+    for key in {k for r in runs for k in r.values}:
+        samples = [r.values[key] for r in runs if key in r.values]
+        out.values[key] = statistics.median(samples)
+    for i, r in enumerate(runs):
+        prefix = f"round {i + 1}: " if len(runs) > 1 else ""
+        out.notes.extend(prefix + n for n in r.notes)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         prog="benchmarks/run_server.sh", description=__doc__.split("\n")[0]
@@ -298,6 +311,13 @@ def main() -> int:
     ap.add_argument("--only", choices=SERVERS, help="run one server only (no ratios)")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
     ap.add_argument("--order", default="starling,synapse", help="which server goes first")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run each server this many times, alternating (the order reversed every round);"
+        " the table gives each metric's median over the rounds",
+    )
     ap.add_argument("--profile", type=Path, help="py-spy Starling, collapsed stacks to FILE")
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/")
@@ -343,14 +363,28 @@ def main() -> int:
         for db in dbs:
             if db == "postgres":
                 asyncio.run(servers.recreate_postgres_databases())
-            results: dict[str, Results] = {}
+            rounds: dict[str, list[Results]] = {name: [] for name in order}
+            loads: list[str] = []
             try:
-                for name in order:
-                    profile = args.profile if name == "starling" else None
-                    results[name] = run_one(name, db, workdir, params, scenarios, profile)
+                for i in range(max(1, args.rounds)):
+                    for name in order if i % 2 == 0 else list(reversed(order)):
+                        if db == "postgres" and (i or name != order[0]):
+                            # Each run starts from empty databases, as the first one.
+                            asyncio.run(servers.recreate_postgres_databases())
+                        profile = args.profile if name == "starling" else None
+                        load_avg = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+                        loads.append(f"round {i + 1} {name}: load average {load_avg}")
+                        rounds[name].append(
+                            run_one(name, db, workdir / f"r{i}", params, scenarios, profile)
+                        )
             finally:
                 if db == "postgres":
                     asyncio.run(servers.drop_postgres_databases())
+            results = {name: median_results(runs) for name, runs in rounds.items()}
+            if args.rounds > 1:
+                results[order[0]].notes.append(
+                    f"{args.rounds} rounds, alternating; medians. " + "; ".join(loads)
+                )
             text = report(db, results, params, machine_description(load_at_start), sys.argv[1:])
             reports.append(text)
             print(text, flush=True)

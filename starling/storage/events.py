@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Generic, NamedTuple, TypeVar
 
 import orjson
@@ -28,6 +28,7 @@ from starling.protocol.redaction import RedactionError, redact
 from starling.protocol.room_versions import RoomVersion, get_room_version
 from starling.storage.change_cache import StreamChangeCache
 from starling.storage.database import Database, Row, StorageError, Transaction
+from starling.storage.row_ids import row_ids
 from starling.storage.state_chain import chain_query
 
 
@@ -107,12 +108,15 @@ _EVENT_COLUMNS = (
 # What clients may see as timeline events: not outliers, not soft-failed, not rejected.
 # Recent (position, state group) pairs remembered per room for get_state_groups_at.
 MAX_TIPS = 8
+# Served timeline events remembered per room for incremental /sync (see _recent).
+MAX_RECENT = 16
 _SERVED = "NOT e.outlier AND NOT e.soft_failed AND e.rejected_reason IS NULL"
 
 
 class EventStore:
     def __init__(self, db: Database, cache_size: int = 50_000) -> None:
         self._db = db
+        self._nids = row_ids(db, "events", "event_nid")
         self._events: LruCache[str, StoredEvent] = LruCache(cache_size)
         self._room_versions: dict[str, RoomVersion] = {}
         # Per-room extremities, cached: every write to them holds the room's lock and
@@ -126,6 +130,11 @@ class EventStore:
         # Per room, (position, state_after) of its newest served timeline events, oldest
         # first, complete from the first one (see record_state_tip).
         self._tips: LruCache[str, list[tuple[int, int]]] = LruCache(10_000)
+        # Per room, (position, event ID) of its newest served timeline events, oldest
+        # first, complete from the first one (recorded after each commit, under the
+        # room's lock, with the change cache): an incremental /sync's timeline is read
+        # from these and the event cache, not the database (get_recent_events_for_ranges).
+        self._recent: LruCache[str, list[tuple[int, str]]] = LruCache(10_000)
         # Set with workers (starling/cluster): tells the other processes of invalidations.
         self.on_invalidate: Callable[[str], None] | None = None
         # Set with workers: purges told to the others (room, purged event IDs or None
@@ -141,6 +150,7 @@ class EventStore:
         self._forward.pop(room_id)
         self._backward.pop(room_id)
         self._tips.pop(room_id)
+        self._recent.pop(room_id)
 
     @property
     def room_changes(self) -> StreamChangeCache[str]:
@@ -149,7 +159,7 @@ class EventStore:
 
     def drop_all_caches(self) -> None:
         """Forget everything cached (another process's news may have been missed)."""
-        for cache in (self._events, self._forward, self._backward, self._tips):
+        for cache in (self._events, self._forward, self._backward, self._tips, self._recent):
             for key in cache.keys():
                 cache.pop(key)
 
@@ -185,16 +195,41 @@ class EventStore:
     def _record_room_change(
         self,
         txn: Transaction,
+        event_id: str,
         room_id: str,
         position: int | None,
         outlier: bool,
         soft_failed: bool,
         rejected_reason: str | None,
     ) -> None:
-        # Exactly the events get_rooms_changed_between counts.
+        # Exactly the events get_rooms_changed_between counts (and _SERVED selects).
         if position is not None and position > 0 and not outlier and not soft_failed:
             if rejected_reason is None:
-                txn.call_after_commit(lambda: self._room_changes.changed(room_id, position))
+
+                def record() -> None:
+                    self._room_changes.changed(room_id, position)
+                    recent = self._recent.get(room_id)
+                    if recent is None:
+                        recent = []
+                        self._recent.put(room_id, recent)
+                    recent.append((position, event_id))
+                    if len(recent) > 1 and recent[-2][0] > position:
+                        recent.sort()
+                    del recent[:-MAX_RECENT]
+
+                txn.call_after_commit(record)
+
+    def _recent_in_range(
+        self, room_id: str, lower: int | None, upper: int, limit: int
+    ) -> list[str] | None:
+        """The newest `limit` served events of the room in (lower, upper], newest first,
+        if the remembered ones cover that range (None: ask the database)."""
+        recent = self._recent.get(room_id)
+        if not recent or lower is None or lower + 1 < recent[0][0]:
+            return None
+        ids = [eid for pos, eid in recent if lower < pos <= upper]
+        ids.reverse()
+        return ids[:limit]
 
     # --- rooms ---------------------------------------------------------------------------
 
@@ -221,6 +256,7 @@ class EventStore:
         """`forget_room` for another process's purge: not told on."""
         self._room_versions.pop(room_id, None)
         self._tips.pop(room_id)
+        self._recent.pop(room_id)
         self._forward.pop(room_id)
         self._backward.pop(room_id)
         for event_id in self._events.keys():
@@ -496,9 +532,25 @@ class EventStore:
         One statement per 50 rooms: a UNION ALL of per-room top-N scans, each served by
         the (room_id, stream_ordering) index, so a room's cost is `limit` rows however
         long its history (a window function would scan every event of every room).
+        A range the room's remembered newest events cover (`_recent`: an incremental
+        /sync's) is answered from them and the event cache instead.
         """
         out: dict[str, list[StoredEvent]] = {}
-        items = list(ranges)
+        items: list[tuple[str, int | None, int]] = []
+        remembered: list[tuple[tuple[str, int | None, int], list[str]]] = []
+        for item in ranges:
+            ids = self._recent_in_range(*item, limit)
+            if ids is None:
+                items.append(item)
+            elif ids:
+                remembered.append((item, ids))
+        if remembered:
+            got = await self.get_events_with_meta(i for _, ids in remembered for i in ids)
+            for item, ids in remembered:
+                if all(i in got for i in ids):
+                    out[item[0]] = [got[i] for i in ids]
+                else:  # purged meanwhile: the database knows what is left
+                    items.append(item)
         for start in range(0, len(items), 50):
             chunk = items[start : start + 50]
             parts: list[str] = []
@@ -600,11 +652,7 @@ class EventStore:
         txn_id: str | None = None,
     ) -> int:
         """Insert one event and its DAG edges; returns its event_nid."""
-        nid = await txn.fetch_val(
-            "INSERT INTO events (event_id, room_id, stream_ordering, depth, type, state_key,"
-            " sender, origin_server_ts, json, state_before, state_after, rejected_reason,"
-            " soft_failed, outlier, device_id, txn_id, replaces_state)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING event_nid",
+        values = (
             event.event_id,
             event.room_id,
             stream_ordering,
@@ -623,6 +671,27 @@ class EventStore:
             txn_id,
             replaces_state,
         )
+        columns = (
+            "event_id, room_id, stream_ordering, depth, type, state_key, sender,"
+            " origin_server_ts, json, state_before, state_after, rejected_reason, soft_failed,"
+            " outlier, device_id, txn_id, replaces_state"
+        )
+        allocated = await self._nids.allocate(txn)
+        if allocated is None:
+            nid = await txn.fetch_val(
+                f"INSERT INTO events ({columns}) VALUES ({', '.join('?' * len(values))})"
+                " RETURNING event_nid",
+                *values,
+            )
+        else:
+            # SQLite: the key is known, so the INSERT goes with the commit (row_ids.py).
+            nid = allocated[0]
+            await txn.queue(
+                f"INSERT INTO events (event_nid, {columns})"
+                f" VALUES (?, {', '.join('?' * len(values))})",
+                nid,
+                *values,
+            )
         if event.prev_event_ids and not outlier:
             await txn.executemany(
                 "INSERT INTO event_edges (event_nid, prev_event_id) VALUES (?, ?)"
@@ -645,8 +714,9 @@ class EventStore:
         )
         txn.call_after_commit(lambda: self._events.put(event.event_id, StoredEvent(event, meta)))
         self._record_room_change(
-            txn, event.room_id, stream_ordering, outlier, soft_failed, rejected_reason
-        )
+            txn, event.event_id, event.room_id, stream_ordering, outlier, soft_failed,
+            rejected_reason,
+        )  # fmt: skip
         return int(nid)
 
     async def _insert_auth_edges(self, txn: Transaction, events: Sequence[Event]) -> None:
@@ -666,25 +736,40 @@ class EventStore:
         are."""
         if not events:
             return
-        await txn.executemany(
-            "INSERT INTO events (event_id, room_id, stream_ordering, depth, type, state_key,"
-            " sender, origin_server_ts, json, rejected_reason, outlier)"
-            " VALUES (?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, TRUE) ON CONFLICT (event_id) DO NOTHING",
-            [
-                (
-                    e.event_id,
-                    e.room_id,
-                    e.depth,
-                    e.type,
-                    e.state_key,
-                    e.sender,
-                    e.origin_server_ts,
-                    orjson.dumps(e.pdu).decode(),
-                    rejected.get(e.event_id),
-                )
-                for e in events
-            ],
+        rows = [
+            (
+                e.event_id,
+                e.room_id,
+                e.depth,
+                e.type,
+                e.state_key,
+                e.sender,
+                e.origin_server_ts,
+                orjson.dumps(e.pdu).decode(),
+                rejected.get(e.event_id),
+            )
+            for e in events
+        ]
+        columns = (
+            "event_id, room_id, stream_ordering, depth, type, state_key, sender,"
+            " origin_server_ts, json, rejected_reason, outlier"
         )
+        values = "?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, TRUE"
+        # SQLite: keys from the allocator insert_event uses (a skipped duplicate leaves a
+        # gap); PostgreSQL: the identity column's.
+        nids = await self._nids.allocate(txn, len(rows))
+        if nids is None:
+            await txn.executemany(
+                f"INSERT INTO events ({columns}) VALUES ({values})"
+                " ON CONFLICT (event_id) DO NOTHING",
+                rows,
+            )
+        else:
+            await txn.executemany(
+                f"INSERT INTO events (event_nid, {columns}) VALUES (?, {values})"
+                " ON CONFLICT (event_id) DO NOTHING",
+                [(nid, *row) for nid, row in zip(nids, rows, strict=True)],
+            )
         await self._insert_auth_edges(txn, events)
         await self._insert_outlier_edges(txn, events)
 
@@ -756,8 +841,9 @@ class EventStore:
             )
         txn.call_after_commit(lambda: self.invalidate(event.event_id))
         self._record_room_change(
-            txn, event.room_id, stream_ordering, False, soft_failed, rejected_reason
-        )
+            txn, event.event_id, event.room_id, stream_ordering, False, soft_failed,
+            rejected_reason,
+        )  # fmt: skip
         return int(nid)
 
     async def set_outlier_position(self, txn: Transaction, event_id: str, position: int) -> None:
@@ -908,8 +994,18 @@ class EventStore:
         """Record the state group after a state event (stored after the event itself,
         whose nid the group's entry needs)."""
         await txn.queue("UPDATE events SET state_after = ? WHERE event_nid = ?", group, event_nid)
-        # The cached meta was built with state_after = before; refresh it.
-        txn.call_after_commit(lambda: self.invalidate(event_id))
+
+        def refresh() -> None:
+            # The cached meta was built with state_after = before: other processes drop
+            # theirs, this one keeps the event with the new group (the next event in the
+            # room reads it as its prev event, and would otherwise wait for the database).
+            hit = self._events.get(event_id)
+            self.invalidate(event_id)
+            if hit is not None:
+                meta = replace(hit.meta, state_after=group)
+                self._events.put(event_id, StoredEvent(hit.event, meta))
+
+        txn.call_after_commit(refresh)
 
     async def mark_redacted(self, txn: Transaction, target_id: str, redaction_id: str) -> None:
         await txn.queue(

@@ -7,6 +7,14 @@ executor). An asyncio lock hands that writer to one ``transaction()`` block (or 
 threads, each with its own read-only connection; WAL lets them read while the writer
 writes, and each read sees everything committed before it started.
 
+Commits are pipelined: a block's last job (its deferred statements and COMMIT) is handed
+to the writer thread and the lock passes on at once, so the next transaction's first
+statements queue right behind that COMMIT instead of waiting for the event loop to
+notice it finished (under load, a wait for a core). The writer thread runs jobs in order,
+so the next transaction sees the commit; a COMMIT that fails rolls back in its own job,
+before anything queued behind it runs. The block's caller still returns only once its
+COMMIT is done (a read after a write sees it) and its after-commit callbacks have run.
+
 No sqlite3 call ever runs on the event-loop thread (including connect and close).
 """
 
@@ -115,6 +123,17 @@ def _begin_op(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> None:
 
 def _commit_op(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> None:
     conn.commit()
+
+
+def _run_ops_and_commit(conn: sqlite3.Connection, ops: Sequence[_Op]) -> None:
+    """A transaction's last job (ending with `_commit_op`): on any failure it rolls back
+    here, so that the jobs queued behind it start from a clean connection."""
+    try:
+        _run_ops(conn, ops)
+    except BaseException:
+        if conn.in_transaction:
+            conn.rollback()
+        raise
 
 
 def _begin(conn: sqlite3.Connection) -> None:
@@ -232,7 +251,10 @@ class SqliteDatabase(Database):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
-        async with self._write_lock:
+        lock = self._write_lock
+        await lock.acquire()
+        locked = True
+        try:
             self._check_open()
             assert self._writer is not None
             txn = SqliteTransaction(self)
@@ -240,9 +262,14 @@ class SqliteDatabase(Database):
             try:
                 yield txn
                 txn.active = False
+                # BEGIN (if nothing ran yet), the deferred statements, COMMIT: one trip,
+                # which rolls itself back if it fails. The next transaction may queue its
+                # statements behind it now (see the module docstring).
+                job = self._submit_write(_run_ops_and_commit, txn._take((_commit_op, "", ())))
+                lock.release()
+                locked = False
                 try:
-                    # BEGIN (if nothing ran yet), the deferred statements, COMMIT: one trip.
-                    await _settle(self._submit_write(_run_ops, txn._take((_commit_op, "", ()))))
+                    await _settle(job)
                 except sqlite3.IntegrityError as e:  # deferred statements or constraints
                     raise _translate(e) from e
                 committed = True
@@ -250,8 +277,12 @@ class SqliteDatabase(Database):
                 txn.active = False
                 if not committed:
                     txn._pending.clear()
-                    await _settle(self._submit_write(sqlite3.Connection.rollback))
+                    if locked:  # the block itself failed: nothing was handed over yet
+                        await _settle(self._submit_write(sqlite3.Connection.rollback))
                 txn._finish(committed)
+        finally:
+            if locked:
+                lock.release()
 
     async def close(self) -> None:
         if self._closed:

@@ -19,6 +19,7 @@ from starling.protocol.event import StateKey
 from starling.storage.change_cache import StreamChangeCache
 from starling.storage.database import Database, Transaction
 from starling.storage.events import LruCache
+from starling.storage.row_ids import row_ids
 from starling.storage.state_chain import chain_query as _chain_query
 
 MAX_CHAIN_LENGTH = 32
@@ -29,6 +30,7 @@ StateMap = Mapping[StateKey, str]
 class StateStore:
     def __init__(self, db: Database, cache_size: int = 5_000) -> None:
         self._db = db
+        self._group_ids = row_ids(db, "state_groups", "state_group")
         self._groups: LruCache[int, tuple[StateMap, int]] = LruCache(cache_size)
         self._key_nids: dict[StateKey, int] = {}
         self._current: LruCache[str, dict[StateKey, str]] = LruCache(cache_size)
@@ -191,15 +193,28 @@ class StateStore:
                 prev_group = None
                 chain_length = 0
         entries = delta if prev_group is not None else full_state
-        group = int(
-            await txn.fetch_val(
-                "INSERT INTO state_groups (room_id, prev_group, chain_length) VALUES (?, ?, ?)"
-                " RETURNING state_group",
+        allocated = await self._group_ids.allocate(txn)
+        if allocated is None:
+            group = int(
+                await txn.fetch_val(
+                    "INSERT INTO state_groups (room_id, prev_group, chain_length)"
+                    " VALUES (?, ?, ?) RETURNING state_group",
+                    room_id,
+                    prev_group,
+                    chain_length,
+                )
+            )
+        else:
+            # SQLite: the key is known, so the INSERT goes with the commit (row_ids.py).
+            group = allocated[0]
+            await txn.queue(
+                "INSERT INTO state_groups (state_group, room_id, prev_group, chain_length)"
+                " VALUES (?, ?, ?, ?)",
+                group,
                 room_id,
                 prev_group,
                 chain_length,
             )
-        )
         if entries:
             nids = await self._key_nids_for(txn, list(entries))
             event_nids = await self._complete_event_nids(txn, entries.values(), event_nids)

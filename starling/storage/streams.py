@@ -11,7 +11,9 @@ persisted, for restarts:
 
 - SQLite: all writes are serialised, so the next id is ``last + 1`` in memory and the
   ``stream_positions`` row is updated in the same transaction. A rollback hands the ids
-  back, keeping memory and the row equal.
+  back, keeping memory and the row equal — unless a later transaction has allocated
+  meanwhile (its statements queue behind a pipelined COMMIT that may still fail): then
+  they are a gap, which readers do not mind.
 - PostgreSQL: transactions run concurrently, so ids come from a sequence
   (``stream_seq_<name>``, created on first use), which never takes a row lock; a rolled-back
   id leaves a gap, which readers do not mind.
@@ -263,10 +265,12 @@ class StreamIdGenerator:
 
         def rolled_back() -> None:
             finished()
-            if self._dialect == "sqlite":
-                # Every later id came from this same transaction (one writer), and the
-                # stream_positions row rolled back with it: hand them all back.
-                self._last = min(self._last, ids[0] - 1)
+            if self._dialect == "sqlite" and self._last == ids[-1]:
+                # No later id was handed out (one writer; a commit is pipelined, so the
+                # next transaction may have allocated before this one failed to commit),
+                # and the stream_positions row rolled back with it: hand them back.
+                # Otherwise they stay a gap, as on PostgreSQL.
+                self._last = ids[0] - 1
 
         txn.call_after_commit(committed)
         txn.call_on_rollback(rolled_back)
