@@ -22,8 +22,6 @@ user (else 429 M_LIMIT_EXCEEDED).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -34,6 +32,7 @@ import orjson
 
 from starling.errors import MatrixError, invalid_param, limit_exceeded, not_found
 from starling.rooms.client_events import ClientEvents
+from starling.rooms.due_timer import DueTimer
 from starling.storage.delayed_events import DelayedEvent, DelayedEventStore
 
 logger = logging.getLogger(__name__)
@@ -97,11 +96,12 @@ class DelayedEvents:
         self._store = store
         self._events = events
         self._clock_ms = clock_ms
-        self._wake = asyncio.Event()
+        self._timer = DueTimer(
+            "delayed-events", self._run_due, lambda: self._clock_ms(), IDLE_WAKE_SECONDS
+        )
         # Set with workers on the processes that do not run the sending task: a change
         # of the schedule wakes the one that does (starling/cluster).
         self.relay: Callable[[], None] | None = None
-        self._task: asyncio.Task[None] | None = None
 
     # --- scheduling and managing ----------------------------------------------------------
 
@@ -195,47 +195,29 @@ class DelayedEvents:
     # --- the timer --------------------------------------------------------------------------
 
     def _changed(self) -> None:
-        self._wake.set()
+        self._timer.wake()
         if self.relay is not None:
             self.relay()
 
     def wake_here(self) -> None:
         """Another process changed the schedule: look at it again."""
-        self._wake.set()
+        self._timer.wake()
 
     async def start(self) -> None:
-        if self._task is None:
+        if not self._timer.running:
             await self._store.reset_claims()
-            self._task = asyncio.create_task(self._run(), name="delayed-events")
+            self._timer.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await self._timer.stop()
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                self._wake.clear()
-                now = self._clock_ms()
-                for event in await self._store.due(now, DUE_BATCH):
-                    await self._send_due(event)
-                await self._store.prune_finalised(now - FINALISED_KEPT_MS)
-                upcoming = await self._store.next_send_ts()
-                wait = (
-                    IDLE_WAKE_SECONDS
-                    if upcoming is None
-                    else max(0.0, (upcoming - self._clock_ms()) / 1000)
-                )
-                if wait > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), min(wait, IDLE_WAKE_SECONDS))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("delayed events: sending failed; retrying")
-                await asyncio.sleep(1.0)
+    async def _run_due(self) -> int | None:
+        """Send what is due, forget old finalised ones; the next send time."""
+        now = self._clock_ms()
+        for event in await self._store.due(now, DUE_BATCH):
+            await self._send_due(event)
+        await self._store.prune_finalised(now - FINALISED_KEPT_MS)
+        return await self._store.next_send_ts()
 
     async def _send_due(self, event: DelayedEvent) -> None:
         if not await self._store.claim(event.delay_id):

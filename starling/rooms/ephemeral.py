@@ -11,7 +11,6 @@ IDLE_WAKE_SECONDS for another worker's)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import orjson
 
 from starling.protocol.event import Event
 from starling.protocol.redaction import RedactionError, redact
+from starling.rooms.due_timer import DueTimer
 from starling.storage.event_expiry import EventExpiryStore
 from starling.storage.events import EventStore
 
@@ -51,8 +51,9 @@ class EphemeralMessages:
         self._store = store
         self._events = events
         self._clock_ms = clock_ms
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._timer = DueTimer(
+            "ephemeral-messages", self._run_due, lambda: self._clock_ms(), IDLE_WAKE_SECONDS
+        )
         self._writes: set[asyncio.Task[Any]] = set()
 
     def on_new_event(self, event: Event, _position: int) -> None:
@@ -70,7 +71,7 @@ class EphemeralMessages:
         except Exception:
             logger.exception("ephemeral messages: recording the expiry of %s failed", event_id)
             return
-        self._wake.set()
+        self._timer.wake()
 
     async def settle(self) -> None:
         """Wait for the expiry times being recorded (tests)."""
@@ -78,16 +79,12 @@ class EphemeralMessages:
             await asyncio.wait(list(self._writes))
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="ephemeral-messages")
+        self._timer.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
         for pending in list(self._writes):
             pending.cancel()
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await self._timer.stop()
 
     async def expire_due(self) -> int:
         """Censor every event that is due; how many."""
@@ -113,22 +110,6 @@ class EphemeralMessages:
             return
         await self._store.censor(event_id, orjson.dumps(pruned).decode())
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                self._wake.clear()
-                await self.expire_due()
-                upcoming = await self._store.next_expiry()
-                wait = (
-                    IDLE_WAKE_SECONDS
-                    if upcoming is None
-                    else max(0.0, (upcoming - self._clock_ms()) / 1000)
-                )
-                if wait > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), min(wait, IDLE_WAKE_SECONDS))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("ephemeral messages: expiring failed; retrying")
-                await asyncio.sleep(1.0)
+    async def _run_due(self) -> int | None:
+        await self.expire_due()
+        return await self._store.next_expiry()
