@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from aiocoap import Code, Context, Message, interfaces
+from aiocoap.message import Direction
 from aiocoap.numbers.constants import TransportTuning
 from aiocoap.numbers.optionnumbers import OptionNumber
 from aiocoap.optiontypes import OpaqueOption, UintOption
@@ -133,6 +134,27 @@ class _Socket(asyncio.DatagramProtocol):
         logger.debug("low-bandwidth client socket error: %s", exc)
 
 
+def _without_session_options(data: bytes) -> bytes:
+    """aiocoap builds a Block2 follow-up request from the original one, so it would
+    repeat the sticky session options (the access token: ~50 bytes a block) the server
+    already holds; they are taken out of block follow-ups here."""
+    if len(data) < 4 or not (1 <= data[1] <= 31):  # not a request (RFC 7252 §3: code 0.xx)
+        return data
+    message = Message.decode(data)
+    block2 = message.opt.block2
+    if block2 is None or block2.block_number == 0:
+        return data
+    if not any(
+        message.opt.get_option(OptionNumber(n))
+        for n in (OPTION_ACCESS_TOKEN, OPTION_CBOR_VERSION, OPTION_DEFLATE)
+    ):
+        return data
+    for number in (OPTION_ACCESS_TOKEN, OPTION_CBOR_VERSION, OPTION_DEFLATE):
+        message.opt.delete_option(OptionNumber(number))
+    message.direction = Direction.OUTGOING  # re-encoded as the message we send
+    return bytes(message.encode())
+
+
 class LowBandwidthClient:
     def __init__(
         self,
@@ -233,6 +255,7 @@ class LowBandwidthClient:
     def _send_coap(self, data: bytes) -> None:
         if self._channel is None:
             return
+        data = _without_session_options(data)
         try:
             self._sendto(self._channel.seal(data))
         except noise.NoiseError:  # the session's counter is spent: a new one

@@ -86,6 +86,10 @@ BLOCK_TTL_SECONDS = 120.0
 OBSERVE_POLL_MS = 60_000
 """The Observe stream's server-side long-polls (no bytes on the wire when nothing moved)."""
 OBSERVE_NUMBER_MODULO = 1 << 24  # RFC 7641 §4.4: 24-bit sequence numbers
+# Options that do not tell two requests apart for blockwise transfers: Block2, Block1,
+# Observe, and the sticky session options (the client sends those once, so a block
+# follow-up may omit them).
+NOT_IN_CACHE_KEY = [23, 27, 6, OPTION_ACCESS_TOKEN, OPTION_CBOR_VERSION, OPTION_DEFLATE]
 METHODS = {Code.GET: "GET", Code.POST: "POST", Code.PUT: "PUT", Code.DELETE: "DELETE"}
 
 
@@ -368,7 +372,7 @@ class _MatrixResource(Resource):  # type: ignore[misc]
         method = METHODS.get(request.code)
         if method is None:
             return Message(code=Code.METHOD_NOT_ALLOWED)
-        key = (request.code, request.get_cache_key([23, 27, 6, OPTION_ACCESS_TOKEN]))
+        key = (request.code, request.get_cache_key(NOT_IN_CACHE_KEY))
         block2 = request.opt.block2
         if block2 is not None and block2.block_number > 0:
             return self._next_block(session, key, block2)
@@ -453,7 +457,7 @@ class _MatrixResource(Resource):  # type: ignore[misc]
         if session.observation is not None:
             session.observation.cancel()
         session.observation = asyncio.current_task()
-        key = (request.code, request.get_cache_key([23, 27, 6, OPTION_ACCESS_TOKEN]))
+        key = (request.code, request.get_cache_key(NOT_IN_CACHE_KEY))
         query: list[tuple[str, str]] = []
         for item in request.opt.uri_query:
             name, _, value = item.partition("=")

@@ -97,3 +97,28 @@ def test_noise_datagram_overhead_and_spent_counter() -> None:
     assert server.open(client.seal(b"last")) == b"last"
     with pytest.raises(noise.NoiseError):
         client.seal(b"one too many")
+
+
+def test_block_follow_ups_leave_out_the_session_options() -> None:
+    from aiocoap import CON, GET, Message
+    from aiocoap.numbers.optionnumbers import OptionNumber
+    from aiocoap.optiontypes import BlockOption, OpaqueOption
+
+    from starling.protocol.lowbandwidth.coap import OPTION_ACCESS_TOKEN
+    from starling_client.lowbandwidth import _without_session_options
+
+    def request(block: int) -> bytes:
+        message = Message(code=GET, mtype=CON, uri_path=["7"], mid=7, token=b"\x01")
+        message.opt.uri_query = ["timeout=0"]
+        message.opt.add_option(OpaqueOption(OptionNumber(OPTION_ACCESS_TOKEN), b"t" * 40))
+        message.opt.block2 = BlockOption.BlockwiseTuple(block, False, 6)
+        return bytes(message.encode())
+
+    first, follow_up = request(0), request(3)
+    assert _without_session_options(first) == first  # block 0 carries them (sticky)
+    stripped = _without_session_options(follow_up)
+    assert len(stripped) <= len(follow_up) - 40
+    decoded = Message.decode(stripped)
+    assert decoded.opt.get_option(OptionNumber(OPTION_ACCESS_TOKEN)) == ()
+    assert decoded.opt.block2.block_number == 3 and decoded.mid == 7
+    assert list(decoded.opt.uri_query) == ["timeout=0"] and decoded.token == b"\x01"
