@@ -113,27 +113,31 @@ class UserDirectoryStore:
         )
         return [(float(r[3]), DirectoryUser(r[0], r[1], r[2])) for r in rows]
 
-    async def set_remote_profile(
-        self, user_id: str, displayname: str | None, avatar_url: str | None
+    async def set_remote_profiles(
+        self,
+        profiles: Sequence[tuple[str, str | None, str | None]],
+        user_ids_only: Sequence[str] = (),
     ) -> None:
-        """Another server's user with the profile of their member event in a public
-        room."""
-        await self._db.execute(
-            "INSERT INTO user_directory_remote (user_id, displayname, avatar_url)"
-            " VALUES (?, ?, ?) ON CONFLICT (user_id) DO UPDATE"
-            " SET displayname = excluded.displayname, avatar_url = excluded.avatar_url",
-            user_id,
-            displayname,
-            avatar_url,
-        )
-
-    async def add_remote_user(self, user_id: str) -> None:
-        """Another server's user seen only in private rooms: found by user ID."""
-        await self._db.execute(
-            "INSERT INTO user_directory_remote (user_id) VALUES (?)"
-            " ON CONFLICT (user_id) DO NOTHING",
-            user_id,
-        )
+        """Other servers' users: (user ID, display name, avatar URL) from their member
+        events in public rooms, and users seen only in private rooms (found by user ID;
+        a profile already known is kept). One transaction (a room joined over federation
+        brings all its members at once)."""
+        if not profiles and not user_ids_only:
+            return
+        async with self._db.transaction() as txn:
+            if profiles:
+                await txn.executemany(
+                    "INSERT INTO user_directory_remote (user_id, displayname, avatar_url)"
+                    " VALUES (?, ?, ?) ON CONFLICT (user_id) DO UPDATE"
+                    " SET displayname = excluded.displayname, avatar_url = excluded.avatar_url",
+                    profiles,
+                )
+            if user_ids_only:
+                await txn.executemany(
+                    "INSERT INTO user_directory_remote (user_id) VALUES (?)"
+                    " ON CONFLICT (user_id) DO NOTHING",
+                    [(u,) for u in user_ids_only],
+                )
 
     async def public_room_candidates(
         self, room_ids: Sequence[str] | None = None

@@ -103,18 +103,22 @@ class UserDirectoryService:
             if not joined:
                 return
             public = room_id in await self._public_rooms()
+            profiles: list[tuple[str, str | None, str | None]] = []
             for event in joined:
                 assert event.state_key is not None
-                if public:
-                    name = event.content.get("displayname")
-                    avatar = event.content.get("avatar_url")
-                    await self._store.set_remote_profile(
+                name = event.content.get("displayname")
+                avatar = event.content.get("avatar_url")
+                profiles.append(
+                    (
                         event.state_key,
                         name[:MAX_NAME] if isinstance(name, str) else None,
                         avatar if isinstance(avatar, str) and len(avatar) <= MAX_URL else None,
                     )
-                else:
-                    await self._store.add_remote_user(event.state_key)
+                )
+            if public:
+                await self._store.set_remote_profiles(profiles)
+            else:
+                await self._store.set_remote_profiles([], [p[0] for p in profiles])
         except Exception:
             logger.exception("user directory: could not index the members of %s", room_id)
 
