@@ -61,9 +61,10 @@ class ObserveEnded(Exception):
 
 
 class _Tuning(TransportTuning):  # type: ignore[misc]
-    def __init__(self, ack_timeout: float) -> None:
+    def __init__(self, ack_timeout: float, max_retransmit: int) -> None:
         super().__init__()
         self.ACK_TIMEOUT = ack_timeout
+        self.MAX_RETRANSMIT = max_retransmit
 
 
 class _Server(interfaces.EndpointAddress):  # type: ignore[misc]
@@ -165,6 +166,7 @@ class LowBandwidthClient:
         loss: float = 0.0,
         seed: int = 0,
         ack_timeout: float = 2.0,
+        max_retransmit: int = 4,
         deflate: bool = True,
         max_body_size: int = 16 * 1024 * 1024,
     ) -> None:
@@ -174,7 +176,9 @@ class LowBandwidthClient:
         self.access_token: str | None = None
         self.loss = loss
         self._random = random.Random(seed)
-        self._tuning = _Tuning(ack_timeout)
+        # RFC 7252's MAX_RETRANSMIT (4): a request fails when 5 transmissions got no
+        # answer; a very lossy link may want more.
+        self._tuning = _Tuning(ack_timeout, max_retransmit)
         self._server = _Server(self)
         self._socket: _Socket | None = None
         self._channel: noise.SecureChannel | None = None
