@@ -1012,10 +1012,9 @@ def build_modules(
     ) -> str:
         if state_key is not None:
             return await client_events.set_state(room_id, sender, event_type, state_key, content)
-        event = await client_events.send(
+        return await client_events.send(
             room_id, sender, event_type, content, device_id=None, txn_id=secrets.token_hex(8)
         )
-        return event.event_id
 
     api = ModuleApi(
         config.server_name,

@@ -224,8 +224,14 @@ class ThreepidService:
         )
         await self._events.send(room_id, sender, "m.room.member", content, target)
 
-    async def invite(self, room_id: str, sender: str, body: dict[str, Any]) -> None:
-        """A 3PID invite (`id_server`, `id_access_token`, `medium`, `address`)."""
+    async def invite(
+        self, room_id: str, sender: str, body: dict[str, Any], *, shadow_banned: bool = False
+    ) -> None:
+        """A 3PID invite (`id_server`, `id_access_token`, `medium`, `address`). A
+        shadow-banned sender's is not even looked at: it reaches nobody, and they are told
+        it worked (Synapse)."""
+        if shadow_banned:
+            return
         id_server = check_id_server(_str(body, "id_server"))
         token = _str(body, "id_access_token", required=False)
         medium = _str(body, "medium")

@@ -12,6 +12,8 @@ message, setting state and redacting, on top of building and authorising the eve
   ``rc_admin_redaction`` (when set) for someone else's.
 - ``redacts`` is a content key from room version 11 on (top level before it).
 - Server modules (`starling.modules`) may refuse a message or state event (403).
+- A shadow-banned sender's message, redaction or state event (other than their own
+  membership) is answered with a made-up event ID and persisted nowhere (Synapse).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from starling.protocol.room_versions import RoomVersion
 from starling.ratelimit import RateLimits
 from starling.rooms.event_service import RoomEventService, user_power
 from starling.rooms.membership import MembershipService
+from starling.rooms.shadow_ban import fake_event_id
 from starling.storage.aliases import AliasStore
 from starling.storage.events import EventStore
 from starling.storage.memberships import MembershipStore
@@ -95,10 +98,13 @@ class ClientEvents:
         device_id: str | None,
         txn_id: str,
         redacts: str | None = None,
-    ) -> Event:
-        """A message event (a redaction when `redacts` names its target)."""
+        shadow_banned: bool = False,
+    ) -> str:
+        """The ID of a message event (a redaction when `redacts` names its target)."""
+        if shadow_banned:
+            return fake_event_id()
         await self._apply_policy(room_id, sender, event_type, content)
-        return await self._room_events.send(
+        event = await self._room_events.send(
             room_id,
             sender,
             event_type,
@@ -108,6 +114,7 @@ class ClientEvents:
             redacts=redacts,
             check=self._redaction_check(room_id, sender, redacts) if redacts else None,
         )
+        return event.event_id
 
     async def set_state(
         self,
@@ -118,8 +125,11 @@ class ClientEvents:
         content: dict[str, Any],
         *,
         guest: bool = False,
+        shadow_banned: bool = False,
     ) -> str:
         """The ID of the state event now in place for (event_type, state_key)."""
+        if shadow_banned and (event_type != "m.room.member" or state_key != sender):
+            return fake_event_id()  # joining and leaving still work
         key = (event_type, state_key)
         if event_type == "m.room.member":
             changed = await self._membership.set_membership(
@@ -148,15 +158,19 @@ class ClientEvents:
         device_id: str | None,
         txn_id: str,
         rate_limited: bool = True,
-    ) -> Event:
-        """`rate_limited=False`: an admin's sweep (the admin API), not a client's request."""
+        shadow_banned: bool = False,
+    ) -> str:
+        """The redaction's ID. `rate_limited=False`: an admin's sweep (the admin API), not
+        a client's request."""
+        if shadow_banned:
+            return fake_event_id()
         content: dict[str, Any] = {}
         if reason is not None:
             content["reason"] = reason
         version = await self._events.get_room_version(room_id)
         if version is not None and version.redacts_in_content:
             content["redacts"] = target_id
-        return await self._room_events.send(
+        event = await self._room_events.send(
             room_id,
             sender,
             "m.room.redaction",
@@ -166,6 +180,7 @@ class ClientEvents:
             redacts=target_id,
             check=self._redaction_check(room_id, sender, target_id, rate_limited=rate_limited),
         )
+        return event.event_id
 
     async def _check_canonical_alias(self, room_id: str, content: dict[str, Any]) -> None:
         aliases = []

@@ -186,8 +186,13 @@ class RoomCreator:
     def use_policy(self, policy: Callable[[str, dict[str, Any]], Awaitable[str | None]]) -> None:
         self._policy = policy
 
-    async def create(self, req: CreateRoomRequest) -> tuple[str, Event]:
-        """Create the room; returns (room_id, create event)."""
+    async def create(
+        self, req: CreateRoomRequest, *, shadow_banned: bool = False
+    ) -> tuple[str, Event]:
+        """Create the room; returns (room_id, create event). A shadow-banned creator's room
+        is made, but its invites reach nobody (Synapse)."""
+        if shadow_banned:
+            req = dataclasses.replace(req, invite=[], invite_3pid=[])
         if self._policy is not None:
             request = dataclasses.asdict(req)
             del request["creator"]

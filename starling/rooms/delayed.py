@@ -115,7 +115,12 @@ class DelayedEvents:
         content: dict[str, Any],
         delay_param: str,
         txn_id: str | None = None,
+        *,
+        shadow_banned: bool = False,
     ) -> dict[str, Any]:
+        if shadow_banned:
+            # Scheduled nowhere: the timer would otherwise send it for real later.
+            return {"delay_id": fake_delay_id()}
         delay = parse_delay(delay_param)
         if await self._store.count_scheduled(user_id) >= MAX_SCHEDULED:
             raise limit_exceeded(60_000)
@@ -240,7 +245,7 @@ class DelayedEvents:
             return await self._events.set_state(
                 event.room_id, event.user_id, event.event_type, event.state_key, event.content
             )
-        sent = await self._events.send(
+        return await self._events.send(
             event.room_id,
             event.user_id,
             event.event_type,
@@ -248,4 +253,3 @@ class DelayedEvents:
             device_id=None,
             txn_id=event.delay_id,
         )
-        return sent.event_id

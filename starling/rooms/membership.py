@@ -300,6 +300,14 @@ class MembershipService:
     def use_invite_policy(self, policy: Callable[[str, str, str], Awaitable[str | None]]) -> None:
         self._invite_policy = policy
 
+    async def invite_by_request(
+        self, room_id: str, sender: str, target: str, reason: str | None, *, shadow_banned: bool
+    ) -> None:
+        """A client's invite (POST /invite). A shadow-banned sender's reaches nobody; they
+        are told it worked (Synapse)."""
+        if not shadow_banned:
+            await self.invite(room_id, sender, target, reason=reason)
+
     async def invite(
         self,
         room_id: str,

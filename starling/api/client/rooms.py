@@ -13,7 +13,6 @@ from typing import Any
 
 from aiohttp import web
 
-from starling.admin.shadow_ban import fake_event_id
 from starling.api.client.common import body_str
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import requester_of
@@ -23,7 +22,7 @@ from starling.identity.service import ThreepidService
 from starling.protocol.identifiers import is_valid_room_alias, is_valid_user_id
 from starling.rooms.client_events import ClientEvents
 from starling.rooms.creation import CreateRoomRequest, RoomCreator
-from starling.rooms.delayed import DELAY_PARAM, DelayedEvents, fake_delay_id
+from starling.rooms.delayed import DELAY_PARAM, DelayedEvents
 from starling.rooms.membership import MembershipService
 from starling.rooms.peeks import PeekService
 from starling.rooms.upgrade import RoomUpgrader
@@ -117,12 +116,11 @@ class RoomRoutes:
             raise forbidden("Only server admins may create rooms on this server")
         body = await read_json_object(request)
         req = CreateRoomRequest.from_body(requester.user_id, body)
-        if requester.shadow_banned:
-            req.invite = []  # a shadow-banned user's invites reach nobody
-            req.invite_3pid = []
-        room_id, _ = await self.creator.create(req)
+        room_id, _ = await self.creator.create(req, shadow_banned=requester.shadow_banned)
         for invite in req.invite_3pid:  # the spec's step 8, after the other invites
-            await self.threepids.invite(room_id, requester.user_id, invite)
+            await self.threepids.invite(
+                room_id, requester.user_id, invite, shadow_banned=requester.shadow_banned
+            )
         return json_response({"room_id": room_id})
 
     # POST /_matrix/client/v3/join/{roomIdOrAlias}
@@ -217,17 +215,19 @@ class RoomRoutes:
         body = await read_json_object(request)
         if "user_id" not in body and ("id_server" in body or "medium" in body):
             # A third-party invite (spec: "Third-party invites"): by identity server.
-            if not requester.shadow_banned:
-                await self.threepids.invite(request.match_info["roomId"], requester.user_id, body)
+            await self.threepids.invite(
+                request.match_info["roomId"],
+                requester.user_id,
+                body,
+                shadow_banned=requester.shadow_banned,
+            )
             return json_response({})
-        if requester.shadow_banned:
-            _target_user(body)
-            return json_response({})
-        await self.membership.invite(
+        await self.membership.invite_by_request(
             request.match_info["roomId"],
             requester.user_id,
             _target_user(body),
-            reason=body_str(body, "reason"),
+            body_str(body, "reason"),
+            shadow_banned=requester.shadow_banned,
         )
         return json_response({})
 
@@ -279,9 +279,6 @@ class RoomRoutes:
             redacts = body_str(content, "redacts", required=True)
         delay = request.query.get(DELAY_PARAM)
         if delay is not None and self.delayed is not None and event_type != "m.room.redaction":
-            if requester.shadow_banned:
-                # Scheduled nowhere: the timer would otherwise send it for real later.
-                return json_response({"delay_id": fake_delay_id()})
             return json_response(
                 await self.delayed.schedule(
                     requester.user_id,
@@ -292,11 +289,10 @@ class RoomRoutes:
                     content,
                     delay,
                     txn_id,
+                    shadow_banned=requester.shadow_banned,
                 )
             )
-        if requester.shadow_banned:
-            return json_response({"event_id": fake_event_id()})
-        event = await self.events.send(
+        event_id = await self.events.send(
             room_id,
             requester.user_id,
             event_type,
@@ -304,8 +300,9 @@ class RoomRoutes:
             device_id=requester.transaction_scope,
             txn_id=txn_id,
             redacts=redacts,
+            shadow_banned=requester.shadow_banned,
         )
-        return json_response({"event_id": event.event_id})
+        return json_response({"event_id": event_id})
 
     # PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}
     # PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}
@@ -319,8 +316,6 @@ class RoomRoutes:
         content = await read_json_object(request)
         delay = request.query.get(DELAY_PARAM)
         if delay is not None and self.delayed is not None:
-            if requester.shadow_banned:
-                return json_response({"delay_id": fake_delay_id()})
             return json_response(
                 await self.delayed.schedule(
                     requester.user_id,
@@ -330,12 +325,9 @@ class RoomRoutes:
                     state_key,
                     content,
                     delay,
+                    shadow_banned=requester.shadow_banned,
                 )
             )
-        if requester.shadow_banned and (
-            event_type != "m.room.member" or state_key != requester.user_id
-        ):
-            return json_response({"event_id": fake_event_id()})
         event_id = await self.events.set_state(
             request.match_info["roomId"],
             requester.user_id,
@@ -343,6 +335,7 @@ class RoomRoutes:
             state_key,
             content,
             guest=requester.is_guest,
+            shadow_banned=requester.shadow_banned,
         )
         return json_response({"event_id": event_id})
 
@@ -354,14 +347,13 @@ class RoomRoutes:
         requester = requester_of(request)
         txn_id = _txn_id(request)
         body = await read_json_object(request, allow_empty=True)
-        if requester.shadow_banned:
-            return json_response({"event_id": fake_event_id()})
-        event = await self.events.redact(
+        event_id = await self.events.redact(
             request.match_info["roomId"],
             requester.user_id,
             request.match_info["eventId"],
             body_str(body, "reason"),
             device_id=requester.transaction_scope,
             txn_id=txn_id,
+            shadow_banned=requester.shadow_banned,
         )
-        return json_response({"event_id": event.event_id})
+        return json_response({"event_id": event_id})
