@@ -795,6 +795,7 @@ async def build_services(
         return await membership.invite(room_id, sender, target)
 
     threepids.use_invite(invite_bound_3pid)
+    room_creator.use_third_party_invites(threepids.invite)
 
     # A signed 3PID invite for a room on another server: its inviter's server sends it.
     async def send_third_party_invite(

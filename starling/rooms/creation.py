@@ -2,8 +2,9 @@
 
 Spec: client-server-api "Creation" — the create event, the creator's join, power levels
 (with power_level_content_override), the canonical alias, the preset's join rules, history
-visibility and guest access, initial_state, name, topic, then the invites. Defaults follow
-Synapse where the spec leaves them open.
+visibility and guest access, initial_state, name, topic, then the invites (users, then
+third-party ones through the identity service). Defaults follow Synapse where the spec
+leaves them open.
 """
 
 from __future__ import annotations
@@ -182,9 +183,18 @@ class RoomCreator:
         self._invite = invite
         # Server modules' verdict on a room creation (creator, request): None allows.
         self._policy: Callable[[str, dict[str, Any]], Awaitable[str | None]] | None = None
+        # (room_id, sender, invite_3pid entry): a 3PID invite (the identity service's).
+        self._invite_3pid: Callable[[str, str, dict[str, Any]], Awaitable[None]] | None = None
 
     def use_policy(self, policy: Callable[[str, dict[str, Any]], Awaitable[str | None]]) -> None:
         self._policy = policy
+
+    def use_third_party_invites(
+        self, invite: Callable[[str, str, dict[str, Any]], Awaitable[None]]
+    ) -> None:
+        """How `invite_3pid` entries are invited (identity/service.py; set in app.py, which
+        builds it later)."""
+        self._invite_3pid = invite
 
     async def create(
         self, req: CreateRoomRequest, *, shadow_banned: bool = False
@@ -287,6 +297,9 @@ class RoomCreator:
         if self._invite is not None:
             for user_id in req.invite:
                 await self._invite(room_id, req.creator, user_id, req.is_direct)
+        if self._invite_3pid is not None:
+            for invite in req.invite_3pid:  # the spec's step 8, after the other invites
+                await self._invite_3pid(room_id, req.creator, invite)
         return room_id, create
 
     def _new_room_id(self) -> str:

@@ -223,6 +223,20 @@ async def test_third_party_invites(hs: Harness, idserver: FakeIdentityServer) ->
         "POST", f"{V3}/createRoom", atok, {"invite_3pid": [{"medium": 1}]}
     )
     assert (status, resp["errcode"]) == (400, "M_BAD_JSON")
+    # createRoom's invite_3pid: each entry is a 3PID invite once the room is made.
+    both = [invite, {**invite, "address": "carol@example.org"}]
+    status, resp = await hs.request("POST", f"{V3}/createRoom", atok, {"invite_3pid": both})
+    assert status == 200, resp
+    state = await hs.services.room_events.current_state_events(resp["room_id"])
+    assert state[("m.room.third_party_invite", "tok1")].sender == alice
+    assert state[("m.room.member", carol)].membership == "invite"
+    # A shadow-banned creator's room is made; its invites reach nobody.
+    await hs.services.admin_users.set_shadow_banned(alice, True)
+    status, resp = await hs.request("POST", f"{V3}/createRoom", atok, {"invite_3pid": both})
+    assert status == 200, resp
+    state = await hs.services.room_events.current_state_events(resp["room_id"])
+    assert ("m.room.third_party_invite", "tok1") not in state
+    assert ("m.room.member", carol) not in state
 
 
 async def test_the_accounts_own_threepids_are_listed_and_deleted(hs: Harness) -> None:

@@ -117,10 +117,6 @@ class RoomRoutes:
         body = await read_json_object(request)
         req = CreateRoomRequest.from_body(requester.user_id, body)
         room_id, _ = await self.creator.create(req, shadow_banned=requester.shadow_banned)
-        for invite in req.invite_3pid:  # the spec's step 8, after the other invites
-            await self.threepids.invite(
-                room_id, requester.user_id, invite, shadow_banned=requester.shadow_banned
-            )
         return json_response({"room_id": room_id})
 
     # POST /_matrix/client/v3/join/{roomIdOrAlias}
