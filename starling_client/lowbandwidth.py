@@ -306,7 +306,13 @@ class LowBandwidthClient:
         if "?" in path:
             query = parse_qsl(path.partition("?")[2], keep_blank_values=True) + query
         if query:  # Uri-Query values are raw text (RFC 7252 §6.5), not %-escaped
-            message.opt.uri_query = [f"{name}={value}" for name, value in query]
+            items = []
+            for name, value in query:
+                short = codec.pack_token(value) if name == "since" else None
+                if short is not None:  # ~120 characters → ~40 (codec.PACKED_SINCE)
+                    name, value = codec.PACKED_SINCE, short
+                items.append(f"{name}={value}")
+            message.opt.uri_query = items
         if body is not None:
             payload = codec.encode(body)
             message.opt.content_format = codec.CBOR_CONTENT_FORMAT

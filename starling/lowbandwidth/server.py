@@ -348,6 +348,17 @@ def _error(status: int, errcode: str, message: str) -> tuple[int, dict[str, str]
     return status, {"errcode": errcode, "error": message}
 
 
+def _query(request: Message) -> list[tuple[str, str]]:
+    """Uri-Query as (name, value) pairs, a packed `zs` token expanded to `since`."""
+    query = []
+    for item in request.opt.uri_query:
+        name, _, value = item.partition("=")
+        if name == codec.PACKED_SINCE:
+            name, value = "since", codec.unpack_token(value)
+        query.append((name, value))
+    return query
+
+
 def _is_sync(request: Message) -> bool:
     try:
         return codec.expand_path(list(request.opt.uri_path)) == SYNC_PATH
@@ -393,9 +404,8 @@ class _MatrixResource(Resource):  # type: ignore[misc]
             finally:
                 session.in_flight -= 1
             is_sync = method == "GET" and path.split("?", 1)[0] == SYNC_PATH
-            for item in request.opt.uri_query:
-                if item.startswith("since="):
-                    since = item[len("since=") :]
+            with contextlib.suppress(codec.CodecError):  # a bad one was answered 4.00
+                since = dict(_query(request)).get("since")
         response = self._response(session, method, status, answer, is_sync, since)
         if request.opt.block1 is not None:
             response.opt.block1 = request.opt.block1
@@ -458,10 +468,12 @@ class _MatrixResource(Resource):  # type: ignore[misc]
             session.observation.cancel()
         session.observation = asyncio.current_task()
         key = (request.code, request.get_cache_key(NOT_IN_CACHE_KEY))
-        query: list[tuple[str, str]] = []
-        for item in request.opt.uri_query:
-            name, _, value = item.partition("=")
-            query.append((name, value))
+        try:
+            query = _query(request)
+        except codec.CodecError as e:
+            error = self._response(session, "GET", *_error(400, e.errcode, str(e)))
+            pipe.add_response(error, is_last=True)
+            return
         since = next((v for n, v in query if n == "since"), None) or None
         timeout = next((v for n, v in query if n == "timeout"), "0")
         rest = [(n, v) for n, v in query if n not in ("since", "timeout")]
@@ -529,10 +541,10 @@ class _MatrixResource(Resource):  # type: ignore[misc]
             path = codec.expand_path(list(request.opt.uri_path))
         except codec.CodecError as e:
             return (*_error(404, e.errcode, str(e)), "")
-        query = []
-        for item in request.opt.uri_query:
-            name, _, value = item.partition("=")
-            query.append((name, value))
+        try:
+            query = _query(request)
+        except codec.CodecError as e:
+            return (*_error(400, e.errcode, str(e)), path)
         if query:
             path += "?" + urlencode(query)
         json_body: bytes | None = None

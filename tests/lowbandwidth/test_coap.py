@@ -335,3 +335,25 @@ async def test_handshakes_rate_limited_per_address(lb: LowBandwidthServer) -> No
         assert status == 200
     finally:
         await client.close()
+
+
+async def test_packed_since_token(lb: LowBandwidthServer) -> None:
+    client = await connect(lb)
+    try:
+        answer = await register(client, "packer")
+        client.access_token = answer["access_token"]
+        status, first = await client.request("GET", "/_matrix/client/v3/sync")
+        assert status == 200
+        since = first["next_batch"]
+        assert codec.pack_token(since) is not None  # sent as `zs`, about a third as long
+        status, later = await client.request(
+            "GET", "/_matrix/client/v3/sync", params={"since": since, "timeout": "0"}
+        )
+        # The server read the same token: the answer follows it (and was compressed
+        # against the answer that token names).
+        assert status == 200 and isinstance(later["next_batch"], str)
+        assert client.last_content_format == codec.DEFLATE_SINCE_CONTENT_FORMAT
+        status, error = await client.request("GET", "/_matrix/client/v3/sync?zs=!!!")
+        assert status == 400 and error["errcode"] == "M_INVALID_PARAM"
+    finally:
+        await client.close()

@@ -122,3 +122,18 @@ def test_block_follow_ups_leave_out_the_session_options() -> None:
     assert decoded.opt.get_option(OptionNumber(OPTION_ACCESS_TOKEN)) == ()
     assert decoded.opt.block2.block_number == 3 and decoded.mid == 7
     assert list(decoded.opt.uri_query) == ["timeout=0"] and decoded.token == b"\x01"
+
+
+def test_packed_sync_tokens() -> None:
+    token = (
+        "s450~account_data.0~device_lists.97~peeks.0~presence.0~receipts.0~to_device.0"
+        "~typing.1796580062738~unread_counts.450"
+    )
+    packed = codec.pack_token(token)
+    assert packed is not None and len(packed) < len(token) / 2
+    assert codec.unpack_token(packed) == token
+    assert codec.pack_token("s1") is None  # not shorter: sent as it is
+    for bad in ("!!!", "AAAA", codec.pack_token("x" * 5000) or ""):
+        with pytest.raises(codec.CodecError) as e:
+            codec.unpack_token(bad)
+        assert e.value.errcode == "M_INVALID_PARAM"
