@@ -796,6 +796,7 @@ async def build_services(
 
     threepids.use_invite(invite_bound_3pid)
     room_creator.use_third_party_invites(threepids.invite)
+    accounts.use_unbind_all(threepids.unbind_all)
 
     # A signed 3PID invite for a room on another server: its inviter's server sends it.
     async def send_third_party_invite(

@@ -216,6 +216,9 @@ class AccountService:
         self._links: ExternalLoginStore | None = None
         self._email: EmailValidation | None = None
         self._registration_policy: RegistrationPolicy | None = None
+        # (user_id, id_server) -> id_server_unbind_result: deactivation's unbinding of the
+        # user's 3PIDs from identity servers (identity/service.py, set in app.py).
+        self._unbind_all: Callable[[str, str | None], Awaitable[str]] | None = None
         # The SSO providers GET /login lists (accounts/oidc.py): id, name, icon, brand.
         self.sso_providers: list[dict[str, str]] = []
 
@@ -399,6 +402,9 @@ class AccountService:
 
     def use_registration_policy(self, policy: RegistrationPolicy) -> None:
         self._registration_policy = policy
+
+    def use_unbind_all(self, unbind_all: Callable[[str, str | None], Awaitable[str]]) -> None:
+        self._unbind_all = unbind_all
 
     def login_flows(self) -> list[dict[str, Any]]:
         """GET /login's flows."""
@@ -1110,6 +1116,28 @@ class AccountService:
         await self._store.delete_tokens_except(requester.user_id, requester.access_token)
         self._auth.invalidate_user(requester.user_id)
         await self._devices_changed(requester.user_id, others, True)
+
+    async def deactivate_by_request(
+        self,
+        requester: Requester,
+        auth: Any,
+        uri: str,
+        method: str,
+        *,
+        erase: bool,
+        id_server: str | None,
+    ) -> str:
+        """POST /account/deactivate; answers `id_server_unbind_result`. User-interactive
+        auth first, except for an application service (it deactivates its users without);
+        the 3PIDs bound through this server are unbound before the account goes (Synapse's
+        order)."""
+        if requester.app_service is None:
+            await self.require_password_auth(requester, auth, uri, method)
+        result = "success"
+        if self._unbind_all is not None:
+            result = await self._unbind_all(requester.user_id, id_server)
+        await self.deactivate(requester.user_id, erase=erase)
+        return result
 
     async def deactivate(self, user_id: str, *, erase: bool) -> None:
         """Deactivate: no password, no devices or tokens, out of every room."""

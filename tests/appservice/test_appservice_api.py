@@ -77,6 +77,20 @@ async def test_as_token_acts_as_the_sender_or_a_registered_namespace_user(hs: Ha
     assert (status, body["errcode"]) == (401, "M_UNKNOWN_TOKEN")
 
 
+async def test_a_service_deactivates_its_users_without_interactive_auth(hs: Harness) -> None:
+    await _register_ghost(hs)
+    status, body = await hs.request(
+        "POST", f"{V3}/account/deactivate", AS_TOKEN, {}, params={"user_id": GHOST}
+    )
+    assert (status, body) == (200, {"id_server_unbind_result": "success"})
+    user = await hs.services.account_store.get_user(GHOST)
+    assert user is not None and user.deactivated
+    # An ordinary user's token still needs it.
+    _, token = await hs.register("carol")
+    status, body = await hs.request("POST", f"{V3}/account/deactivate", token, {})
+    assert status == 401 and "flows" in body
+
+
 async def test_registration_in_and_out_of_the_namespace(hs: Harness) -> None:
     body = await _register_ghost(hs)
     assert body["user_id"] == GHOST and "access_token" in body and "device_id" in body

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import argon2
 import pytest
 from aiohttp import web
 
@@ -144,6 +145,27 @@ async def test_bind_unbind_and_deactivation(hs: Harness, idserver: FakeIdentityS
     assert status == 200
     assert await hs.services.threepids.unbind_all(alice, None) == "success"
     assert idserver.bindings == {}
+    # POST /account/deactivate (after its user-interactive auth) unbinds before it
+    # deactivates.
+    status, _ = await hs.request(
+        "POST", f"{V3}/account/3pid/bind", token, {**bind, "client_secret": "s"}
+    )
+    assert status == 200 and idserver.bindings == {("email", EMAIL): alice}
+    cheap = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+    await hs.services.account_store.set_password_hash(alice, cheap.hash("pw"))
+    status, resp = await hs.request("POST", f"{V3}/account/deactivate", token, {})
+    assert status == 401 and idserver.bindings != {}  # nothing unbound before the auth
+    auth = {
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": alice},
+        "password": "pw",
+        "session": resp["session"],
+    }
+    status, resp = await hs.request("POST", f"{V3}/account/deactivate", token, {"auth": auth})
+    assert (status, resp) == (200, {"id_server_unbind_result": "success"})
+    assert idserver.bindings == {}
+    user = await hs.services.account_store.get_user(alice)
+    assert user is not None and user.deactivated
 
 
 async def test_third_party_invites(hs: Harness, idserver: FakeIdentityServer) -> None:

@@ -324,15 +324,14 @@ class AccountRoutes:
         requester = requester_of(request)
         body = await read_json_object(request, allow_empty=True)
         erase = body_flag(body, "erase", False)
-        id_server = body_str(body, "id_server")
-        if requester.app_service is None:
-            # An application service deactivates its users without user-interactive auth.
-            await self.accounts.require_password_auth(
-                requester, body.get("auth"), request.path, request.method
-            )
-        # The 3PIDs bound through this server are unbound first (Synapse's order).
-        result = await self.identity.unbind_all(requester.user_id, id_server)
-        await self.accounts.deactivate(requester.user_id, erase=erase)
+        result = await self.accounts.deactivate_by_request(
+            requester,
+            body.get("auth"),
+            request.path,
+            request.method,
+            erase=erase,
+            id_server=body_str(body, "id_server"),
+        )
         return json_response({"id_server_unbind_result": result})
 
     # GET /_matrix/client/v3/devices
