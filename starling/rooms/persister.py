@@ -289,8 +289,13 @@ class EventPersister:
         if before.group is None and before.ids:
             needed_nids |= set(before.ids.values())
         nids = await self._events.nids_for_event_ids(list(needed_nids))
+        # The event itself is not stored yet: it is added below, not looked up.
         member_events = await self._events.get_events(
-            [e for (t, _), e in changed.items() if t == "m.room.member" and e is not None],
+            [
+                e
+                for (t, _), e in changed.items()
+                if t == "m.room.member" and e is not None and e != event.event_id
+            ],
             allow_rejected=True,
         )
         member_events[event.event_id] = event
