@@ -418,6 +418,7 @@ async def build_services(
         may_publish=may_publish,
         invite=invite,
         alias_taken=alias_taken,
+        admins_only=config.restrict_room_creation_to_admins,
     )
 
     async def backfill(room_id: str) -> bool:

@@ -171,8 +171,13 @@ class RoomCreator:
         may_publish: Callable[[str, str], Awaitable[bool]] | None = None,
         invite: Callable[[str, str, str, bool], Awaitable[Event]] | None = None,
         alias_taken: Callable[[str], Awaitable[bool]] | None = None,
+        *,
+        admins_only: bool = False,
     ) -> None:
         self._alias_taken = alias_taken
+        # `restrict_room_creation_to_admins`: a client's createRoom only for server admins
+        # and application services (whose bridges make rooms).
+        self._admins_only = admins_only
         self._server_name = server_name
         self._events = events
         self._default_room_version = default_room_version
@@ -197,10 +202,14 @@ class RoomCreator:
         self._invite_3pid = invite
 
     async def create(
-        self, req: CreateRoomRequest, *, shadow_banned: bool = False
+        self, req: CreateRoomRequest, *, shadow_banned: bool = False, privileged: bool = True
     ) -> tuple[str, Event]:
-        """Create the room; returns (room_id, create event). A shadow-banned creator's room
-        is made, but its invites reach nobody (Synapse)."""
+        """Create the room; returns (room_id, create event). `privileged=False`: a client's
+        request from someone neither a server admin nor an application service (refused
+        under `admins_only`). A shadow-banned creator's room is made, but its invites reach
+        nobody (Synapse)."""
+        if self._admins_only and not privileged:
+            raise forbidden("Only server admins may create rooms on this server")
         if shadow_banned:
             req = dataclasses.replace(req, invite=[], invite_3pid=[])
         if self._policy is not None:

@@ -17,7 +17,7 @@ from starling.api.client.common import body_str
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import requester_of
 from starling.directory.service import DirectoryService
-from starling.errors import bad_json, forbidden, invalid_param, unrecognized
+from starling.errors import bad_json, invalid_param, unrecognized
 from starling.identity.service import ThreepidService
 from starling.protocol.identifiers import is_valid_room_alias, is_valid_user_id
 from starling.rooms.client_events import ClientEvents
@@ -81,7 +81,6 @@ class RoomRoutes:
         events: ClientEvents,
         threepids: ThreepidService,
         *,
-        admins_create_rooms_only: bool = False,
         delayed: DelayedEvents | None = None,
         peeks: PeekService | None = None,
     ) -> None:
@@ -89,9 +88,6 @@ class RoomRoutes:
         # MSC4140: a send or state PUT with org.matrix.msc4140.delay is scheduled instead.
         self.delayed = delayed
         self.threepids = threepids
-        # `restrict_room_creation_to_admins`: createRoom only for server admins (and
-        # application services, whose bridges make rooms).
-        self.admins_create_rooms_only = admins_create_rooms_only
         self.creator = creator
         self.membership = membership
         self.upgrader = upgrader
@@ -112,11 +108,13 @@ class RoomRoutes:
     # (spec: client-server-api/#post_matrixclientv3createroom)
     async def create_room(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
-        if self.admins_create_rooms_only and not (requester.is_admin or requester.app_service):
-            raise forbidden("Only server admins may create rooms on this server")
         body = await read_json_object(request)
         req = CreateRoomRequest.from_body(requester.user_id, body)
-        room_id, _ = await self.creator.create(req, shadow_banned=requester.shadow_banned)
+        room_id, _ = await self.creator.create(
+            req,
+            shadow_banned=requester.shadow_banned,
+            privileged=requester.is_admin or requester.app_service is not None,
+        )
         return json_response({"room_id": room_id})
 
     # POST /_matrix/client/v3/join/{roomIdOrAlias}

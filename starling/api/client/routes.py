@@ -68,7 +68,6 @@ def client_table(svc: Services) -> RouteTable:
         svc.directory,
         svc.client_events,
         svc.threepids,
-        admins_create_rooms_only=svc.config.restrict_room_creation_to_admins,
         delayed=svc.delayed_events,
         peeks=svc.peeks,
     )
