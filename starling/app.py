@@ -798,6 +798,7 @@ async def build_services(
     threepids.use_invite(invite_bound_3pid)
     room_creator.use_third_party_invites(threepids.invite)
     accounts.use_unbind_all(threepids.unbind_all)
+    membership.use_signed_invites(threepids.accept_signed_invite)
 
     # A signed 3PID invite for a room on another server: its inviter's server sends it.
     async def send_third_party_invite(

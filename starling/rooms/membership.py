@@ -101,6 +101,11 @@ class MembershipService:
         # Server modules' verdict on a local user's invite (inviter, invitee, room):
         # None allows, a reason refuses (modules/api.py user_may_invite).
         self._invite_policy: Callable[[str, str, str], Awaitable[str | None]] | None = None
+        # (room_id, sender, target, signed): a join's `third_party_signed` checked against
+        # the room's m.room.third_party_invite and sent as the invite (identity/service.py).
+        self._accept_signed: Callable[[str, str, str, dict[str, Any]], Awaitable[None]] | None = (
+            None
+        )
         self._after_remote_join: Callable[[str], Awaitable[None]] | None = None
 
     def use_room_blocks(self, is_blocked: Callable[[str], Awaitable[bool]]) -> None:
@@ -171,6 +176,40 @@ class MembershipService:
         if current is not None and current.membership == "ban":
             return await self.unban(room_id, sender, target, reason)
         return await self.kick(room_id, sender, target, reason)
+
+    def use_signed_invites(
+        self, accept: Callable[[str, str, str, dict[str, Any]], Awaitable[None]]
+    ) -> None:
+        self._accept_signed = accept
+
+    async def join_by_request(
+        self,
+        room_id: str,
+        user_id: str,
+        body: dict[str, Any],
+        *,
+        reason: str | None,
+        via: Sequence[str],
+        guest: bool,
+    ) -> None:
+        """A client's join (POST /join, /rooms/{roomId}/join) with its request body. With
+        `third_party_signed` (spec: "Third-party invites"), the signed invite must match a
+        pending m.room.third_party_invite, with key validity checked; it becomes the
+        invite this join then follows. The body's other keys go into the member event's
+        content, as Synapse does (`join` drops those only it may set)."""
+        signed = body.get("third_party_signed")
+        if signed is not None:
+            if not isinstance(signed, dict) or not isinstance(signed.get("sender"), str):
+                raise bad_json("'third_party_signed' must be an object with a 'sender'")
+            if self._accept_signed is None:
+                raise forbidden("Third-party invites are not available on this server")
+            await self._accept_signed(room_id, signed["sender"], user_id, signed)
+        extra = {
+            k: v
+            for k, v in body.items()
+            if k not in ("reason", "third_party_signed", "third_party_invite", "membership")
+        }
+        await self.join(room_id, user_id, reason=reason, via=via, guest=guest, content=extra)
 
     async def join(
         self,

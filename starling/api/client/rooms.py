@@ -17,7 +17,7 @@ from starling.api.client.common import body_str
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import requester_of
 from starling.directory.service import DirectoryService
-from starling.errors import bad_json, invalid_param, unrecognized
+from starling.errors import invalid_param, unrecognized
 from starling.identity.service import ThreepidService
 from starling.protocol.identifiers import is_valid_room_alias, is_valid_user_id
 from starling.rooms.client_events import ClientEvents
@@ -126,29 +126,14 @@ class RoomRoutes:
         target = request.match_info.get("roomIdOrAlias") or request.match_info["roomId"]
         room_id, servers = await self._resolve_room(target)
         via = request.query.getall("via", []) or request.query.getall("server_name", [])
-        signed = body.get("third_party_signed")
-        if signed is not None:
-            # The spec: the signed invite must match a pending m.room.third_party_invite,
-            # with key validity checked; it becomes the invite this join then follows.
-            if not isinstance(signed, dict) or not isinstance(signed.get("sender"), str):
-                raise bad_json("'third_party_signed' must be an object with a 'sender'")
-            await self.threepids.accept_signed_invite(
-                room_id, signed["sender"], requester.user_id, signed
-            )
-        # Other keys of the body go into the member event's content, as Synapse does
-        # (the membership service drops the keys only it may set).
-        extra = {
-            k: v
-            for k, v in body.items()
-            if k not in ("reason", "third_party_signed", "third_party_invite", "membership")
-        }
-        await self.membership.join(
+        reason = body_str(body, "reason")
+        await self.membership.join_by_request(
             room_id,
             requester.user_id,
-            reason=body_str(body, "reason"),
+            body,
+            reason=reason,
             via=[*via, *servers],
             guest=requester.is_guest,
-            content=extra,
         )
         return json_response({"room_id": room_id})
 
