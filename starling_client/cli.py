@@ -111,7 +111,13 @@ async def run(args: argparse.Namespace) -> int:
     if args.command == "login":
         user = args.user_id
         client = await Client.login(
-            store_dir, args.homeserver, user, args.password, key, args.device_name
+            store_dir,
+            args.homeserver,
+            user,
+            args.password,
+            key,
+            args.device_name,
+            transport=args.transport,
         )
         try:
             print(f"logged in as {client.user_id} (device {client.device_id})")
@@ -127,7 +133,7 @@ async def run(args: argparse.Namespace) -> int:
         finally:
             await client.close()
         return 0
-    client = Client.open(store_dir, key)
+    client = Client.open(store_dir, key, transport=args.transport)
     try:
         return await command(client, args)
     finally:
@@ -481,6 +487,12 @@ def parser() -> argparse.ArgumentParser:
         prog="starling-chat", description="Starling's end-to-end encrypted Matrix client"
     )
     p.add_argument("--store", required=True, help="directory of this device's session and keys")
+    p.add_argument(
+        "--transport",
+        choices=("auto", "http", "coap"),
+        default="auto",
+        help="auto: the WebSocket when offered; coap: low-bandwidth CoAP+Noise when offered",
+    )
     p.add_argument(
         "--passphrase-file", help=f"file holding the store passphrase (or set {PASSPHRASE_ENV})"
     )

@@ -146,14 +146,15 @@ class Message:
 class Client:
     """One logged-in device. Not thread-safe; one sync loop per client."""
 
-    def __init__(self, store: Store, session: Session) -> None:
+    def __init__(self, store: Store, session: Session, *, transport: str = "auto") -> None:
         self.store = store
         self.session = session
         # The WebSocket when the server offers it, else HTTP. Its pushed /sync stream
         # deletes no to-device message (room key) until this client acknowledges the
         # response that carried it (Api.sync from that next_batch), so a dropped socket
-        # or a restart gets them again.
-        self.api = Api(session.homeserver, session.access_token, transport="auto")
+        # or a restart gets them again. transport="coap": low-bandwidth CoAP when offered
+        # (docs/transports.md), "http": plain HTTP.
+        self.api = Api(session.homeserver, session.access_token, transport=transport)
         self.crypto: CryptoMachine = store.load_machine(session.user_id, session.device_id)
         self.rooms: dict[str, RoomInfo] = {
             r: RoomInfo.from_json(d) for r, d in store.rooms().items()
@@ -185,6 +186,7 @@ class Client:
         device_name: str = "starling-chat",
         *,
         cross_signing: bool = True,
+        transport: str = "auto",
     ) -> Client:
         """Log in with a password and start a fresh store in `store_dir` for the new device
         (its keys are uploaded and a first sync is made). If the account has no
@@ -211,7 +213,7 @@ class Client:
         )
         store = Store(path, passphrase)
         store.save_session(session)
-        client = cls(store, session)
+        client = cls(store, session, transport=transport)
         await client.upload_keys()
         await client.sync_once(timeout_ms=0)
         if cross_signing:
@@ -227,7 +229,7 @@ class Client:
         return client
 
     @classmethod
-    def open(cls, store_dir: Path, passphrase: str) -> Client:
+    def open(cls, store_dir: Path, passphrase: str, *, transport: str = "auto") -> Client:
         path = store_dir / STORE_FILE
         if not path.exists():
             raise StoreError(f"no session in {store_dir}: log in first")
@@ -236,7 +238,7 @@ class Client:
         if session is None:
             store.close()
             raise StoreError(f"no session in {store_dir}: log in first")
-        return cls(store, session)
+        return cls(store, session, transport=transport)
 
     async def close(self) -> None:
         await self.api.close()

@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 
 from starling_client.api import Api
+from starling_client.client import Client
 from starling_client.lowbandwidth import LowBandwidthClient
 from starling_client.transport import CoapTransport
 from tests.interop.conftest import RunningServer, free_port, starling_server
@@ -177,3 +178,59 @@ async def test_sdk_api_chooses_coap_when_asked(
     finally:
         await api.close()
         await http.close()
+
+
+async def test_e2ee_client_over_coap(
+    lb_port: int, starling_server: RunningServer, versions: dict[str, Any], tmp_path: Any
+) -> None:
+    """starling_client.Client with transport="coap" (alice) and over HTTP (bob): login,
+    keys, an encrypted room, a message each way, each decrypted by the other; every
+    authenticated request of alice's went over CoAP."""
+    http = Api(starling_server.url, transport="http")
+    for name in ("alice", "bob"):
+        await http.request(
+            "POST",
+            "/_matrix/client/v3/register",
+            {"username": name, "password": "a long password", "auth": {"type": "m.login.dummy"}},
+            auth=False,
+        )
+    await http.close()
+    clients: list[Client] = []
+    try:
+        for name, transport in (("alice", "coap"), ("bob", "http")):
+            clients.append(
+                await Client.login(
+                    tmp_path / name,
+                    starling_server.url,
+                    name,
+                    "a long password",
+                    "store passphrase",
+                    transport=transport,
+                )
+            )
+        alice, bob = clients
+        assert isinstance(alice.api.transport, CoapTransport)
+
+        async def until(done: Any) -> None:
+            for _ in range(40):
+                if done():
+                    return
+                for client in clients:
+                    await client.sync_once(timeout_ms=300)
+            assert done()
+
+        def has(client: Client, room_id: str, body: str) -> bool:
+            return any(m.body == body and m.encrypted for m in client.timeline(room_id, limit=100))
+
+        room_id = await alice.create_room(name="lb", invite=[bob.user_id])
+        await until(lambda: bob.rooms.get(room_id) is not None)
+        await bob.join(room_id)
+        await until(lambda: alice.rooms[room_id].members.get(bob.user_id) == "join")
+        await alice.send_text(room_id, "from alice over udp")
+        await until(lambda: has(bob, room_id, "from alice over udp"))
+        await bob.send_text(room_id, "from bob over tcp")
+        await until(lambda: has(alice, room_id, "from bob over tcp"))
+        assert alice.api.transport.client.bytes_received > 0
+    finally:
+        for client in clients:
+            await client.close()
