@@ -38,7 +38,14 @@ from starling.accounts.uia import (
 )
 from starling.appservice.registry import AppServiceRegistry, exclusive_error
 from starling.config import Config, RateLimit
-from starling.errors import MatrixError, bad_json, forbidden, limit_exceeded, missing_param
+from starling.errors import (
+    MatrixError,
+    bad_json,
+    forbidden,
+    limit_exceeded,
+    missing_param,
+    not_found,
+)
 from starling.ratelimit import RateLimits
 from starling.rooms.membership import MembershipService
 from starling.storage.accounts import AccountStore, UIAuthSession, UserExists
@@ -1080,6 +1087,35 @@ class AccountService:
             await self._devices_changed(user_id, [device_id], False)
         return renamed
 
+    async def update_device(
+        self, user_id: str, device_id: str, *, rename: bool, display_name: str | None
+    ) -> None:
+        """PUT /devices/{deviceId}: renamed when the body has `display_name` (null clears
+        it); an unknown device is 404 either way."""
+        if not rename:
+            found = await self.get_device(user_id, device_id) is not None
+        else:
+            found = await self.rename_device(user_id, device_id, display_name)
+        if not found:
+            raise not_found("No such device")
+
+    async def delete_device_by_request(
+        self, requester: Requester, device_id: str, auth: Any, uri: str, method: str
+    ) -> None:
+        """DELETE /devices/{deviceId}: an unknown device is 404 before user-interactive
+        auth is asked for."""
+        if await self.get_device(requester.user_id, device_id) is None:
+            raise not_found("No such device")
+        await self.require_password_auth(requester, auth, uri, method)
+        await self.delete_devices(requester.user_id, [device_id])
+
+    async def delete_devices_by_request(
+        self, requester: Requester, device_ids: Sequence[str], auth: Any, uri: str, method: str
+    ) -> None:
+        """POST /delete_devices: after user-interactive auth; unknown IDs are skipped."""
+        await self.require_password_auth(requester, auth, uri, method)
+        await self.delete_devices(requester.user_id, device_ids)
+
     async def delete_devices(self, user_id: str, device_ids: Sequence[str]) -> list[str]:
         """Delete those of ``device_ids`` that exist, with their tokens; return them."""
         wanted = set(device_ids)
@@ -1098,6 +1134,22 @@ class AccountService:
     def check_new_password(self, password: str) -> None:
         """A password a user chose: the length limits and password_config.policy."""
         check_password(password, self._config.password_config.policy)
+
+    async def change_password_by_request(
+        self,
+        requester: Requester,
+        new_password: str,
+        auth: Any,
+        uri: str,
+        method: str,
+        *,
+        logout_devices: bool,
+    ) -> None:
+        """POST /account/password: the new password is checked before user-interactive
+        auth, which would spend the session."""
+        self.check_new_password(new_password)
+        await self.require_password_auth(requester, auth, uri, method)
+        await self.change_password(requester, new_password, logout_devices=logout_devices)
 
     async def change_password(
         self, requester: Requester, new_password: str, *, logout_devices: bool

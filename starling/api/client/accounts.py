@@ -311,11 +311,14 @@ class AccountRoutes:
         new_password = body_str(body, "new_password", required=True)
         assert new_password is not None
         logout_devices = body_flag(body, "logout_devices", True)
-        self.accounts.check_new_password(new_password)  # before UIA, which spends the session
-        await self.accounts.require_password_auth(
-            requester, body.get("auth"), request.path, request.method
+        await self.accounts.change_password_by_request(
+            requester,
+            new_password,
+            body.get("auth"),
+            request.path,
+            request.method,
+            logout_devices=logout_devices,
         )
-        await self.accounts.change_password(requester, new_password, logout_devices=logout_devices)
         return json_response({})
 
     # POST /_matrix/client/v3/account/deactivate
@@ -355,14 +358,12 @@ class AccountRoutes:
     async def update_device(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request, allow_empty=True)
-        device_id = request.match_info["deviceId"]
-        if "display_name" not in body:
-            if await self.accounts.get_device(requester.user_id, device_id) is None:
-                raise not_found("No such device")
-            return json_response({})
-        name = body_str(body, "display_name")
-        if not await self.accounts.rename_device(requester.user_id, device_id, name):
-            raise not_found("No such device")
+        await self.accounts.update_device(
+            requester.user_id,
+            request.match_info["deviceId"],
+            rename="display_name" in body,
+            display_name=body_str(body, "display_name"),
+        )
         return json_response({})
 
     # DELETE /_matrix/client/v3/devices/{deviceId}
@@ -370,13 +371,13 @@ class AccountRoutes:
     async def delete_device(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request, allow_empty=True)
-        device_id = request.match_info["deviceId"]
-        if await self.accounts.get_device(requester.user_id, device_id) is None:
-            raise not_found("No such device")
-        await self.accounts.require_password_auth(
-            requester, body.get("auth"), request.path, request.method
+        await self.accounts.delete_device_by_request(
+            requester,
+            request.match_info["deviceId"],
+            body.get("auth"),
+            request.path,
+            request.method,
         )
-        await self.accounts.delete_devices(requester.user_id, [device_id])
         return json_response({})
 
     # POST /_matrix/client/v3/delete_devices
@@ -391,8 +392,7 @@ class AccountRoutes:
             raise bad_json("'devices' must be a list of strings")
         if len(devices) > MAX_DEVICES_PER_REQUEST:
             raise invalid_param(f"At most {MAX_DEVICES_PER_REQUEST} devices per request")
-        await self.accounts.require_password_auth(
-            requester, body.get("auth"), request.path, request.method
+        await self.accounts.delete_devices_by_request(
+            requester, devices, body.get("auth"), request.path, request.method
         )
-        await self.accounts.delete_devices(requester.user_id, devices)
         return json_response({})
