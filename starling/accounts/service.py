@@ -724,6 +724,25 @@ class AccountService:
     def email(self) -> EmailValidation | None:
         return self._email
 
+    def sending_email(self) -> EmailValidation:
+        """Email validation, for the endpoints that need it: 400 M_THREEPID_DENIED when
+        this server sends no email."""
+        if self._email is None or not self._email.enabled:
+            raise MatrixError(
+                400, "M_THREEPID_DENIED", "This server does not send email: no email addresses"
+            )
+        return self._email
+
+    async def add_threepid_by_request(
+        self, requester: Requester, body: dict[str, Any], uri: str, method: str
+    ) -> None:
+        """POST /account/3pid/add: a bad validation session fails before the password is
+        asked for; then user-interactive auth; then the address is the account's."""
+        email = self.sending_email()
+        await email.validated(body)
+        await self.require_password_auth(requester, body.get("auth"), uri, method)
+        await email.add_to_account(requester.user_id, body)
+
     async def register(self, ip: str, req: RegistrationRequest, uri: str) -> dict[str, Any]:
         """POST /register (kind=user): validate, run UIA, create the account and log in.
 

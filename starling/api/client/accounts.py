@@ -237,12 +237,7 @@ class AccountRoutes:
         )
 
     def _email(self) -> EmailValidation:
-        email = self.accounts.email
-        if email is None or not email.enabled:
-            raise MatrixError(
-                400, "M_THREEPID_DENIED", "This server does not send email: no email addresses"
-            )
-        return email
+        return self.accounts.sending_email()
 
     # POST /_matrix/client/v3/register/email/requestToken
     # (spec: client-server-api/#post_matrixclientv3registeremailrequesttoken)
@@ -261,12 +256,7 @@ class AccountRoutes:
     async def add_threepid(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
-        email = self._email()
-        await email.validated(body)  # a bad session fails before the password is asked
-        await self.accounts.require_password_auth(
-            requester, body.get("auth"), request.path, request.method
-        )
-        await email.add_to_account(requester.user_id, body)
+        await self.accounts.add_threepid_by_request(requester, body, request.path, request.method)
         return json_response({})
 
     # POST /_matrix/client/v3/account/3pid (deprecated: three_pid_creds, no UIA; as
