@@ -120,6 +120,40 @@ class UnreadCounts:
     def current_position(self) -> int:
         return self._events_stream.current_position() + self._receipts.stream.current_position()
 
+    async def _candidates(
+        self, user_id: str, scan_from: dict[str, int], window: int, upto: int
+    ) -> list[tuple[str, str, int]]:
+        """(room, event ID, position) of the newest `window` events per room after its
+        bound that others sent, not redacted (ReceiptStore.events_after_bounds): from the
+        room's remembered newest events when they cover the range (an incremental sync's
+        case, no read), from the database otherwise."""
+        asked: dict[str, int] = {}
+        remembered: dict[str, list[tuple[str, int]]] = {}
+        for room_id, start in scan_from.items():
+            ids = self._events.recent_event_ids(room_id, start, upto)
+            if ids is None:
+                asked[room_id] = start
+            elif ids:
+                remembered[room_id] = ids
+        out: list[tuple[str, str, int]] = []
+        if remembered:
+            got = await self._events.get_events_with_meta(
+                eid for ids in remembered.values() for eid, _ in ids
+            )
+            for room_id, ids in remembered.items():
+                if any(eid not in got for eid, _ in ids):  # purged meanwhile
+                    asked[room_id] = scan_from[room_id]
+                    continue
+                picked = [
+                    (room_id, eid, pos)
+                    for eid, pos in ids
+                    if got[eid].event.sender != user_id and got[eid].meta.redacted_by is None
+                ]
+                out.extend(picked[:window])
+        if asked:
+            out.extend(await self._receipts.events_after_bounds(user_id, asked, window, upper=upto))
+        return out
+
     async def counts(self, user_id: str, room_ids: Iterable[str]) -> dict[str, Counts]:
         """Per room, per thread: [notification count, highlight count]."""
         memberships = await self._memberships.get_rooms_for_user(user_id)
@@ -155,11 +189,7 @@ class UnreadCounts:
                 start = low
             if start < upto:
                 scan_from[room_id] = start
-        candidates: list[tuple[str, str, int]] = []
-        if scan_from:
-            candidates = await self._receipts.events_after_bounds(
-                user_id, scan_from, window, upper=upto
-            )
+        candidates = await self._candidates(user_id, scan_from, window, upto)
         candidates.sort(key=lambda c: c[2], reverse=True)  # newest first
         loaded = await self._events.get_events([eid for _, eid, _ in candidates])
         batch = [(room_id, loaded[eid], pos) for room_id, eid, pos in candidates if eid in loaded]

@@ -219,17 +219,23 @@ class EventStore:
 
                 txn.call_after_commit(record)
 
+    def recent_event_ids(
+        self, room_id: str, lower: int | None, upper: int
+    ) -> list[tuple[str, int]] | None:
+        """(event ID, position) of the room's served timeline events in (lower, upper],
+        newest first, if the remembered ones cover that range (None: ask the database)."""
+        recent = self._recent.get(room_id)
+        if not recent or lower is None or lower + 1 < recent[0][0]:
+            return None
+        return [(eid, pos) for pos, eid in reversed(recent) if lower < pos <= upper]
+
     def _recent_in_range(
         self, room_id: str, lower: int | None, upper: int, limit: int
     ) -> list[str] | None:
         """The newest `limit` served events of the room in (lower, upper], newest first,
         if the remembered ones cover that range (None: ask the database)."""
-        recent = self._recent.get(room_id)
-        if not recent or lower is None or lower + 1 < recent[0][0]:
-            return None
-        ids = [eid for pos, eid in recent if lower < pos <= upper]
-        ids.reverse()
-        return ids[:limit]
+        found = self.recent_event_ids(room_id, lower, upper)
+        return None if found is None else [eid for eid, _ in found[:limit]]
 
     # --- rooms ---------------------------------------------------------------------------
 
