@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.api.test_no_500 import PLACEHOLDERS, _routes
+from tests.api.test_no_500 import PLACEHOLDERS, _routes, is_browser_page
 from tests.support.harness import Harness
 
 HOSTILE = ["9999999999999999999", "-9999999999999999999", "²", "٣", "1e3", " 1", "\x00"]
@@ -65,12 +65,7 @@ _UPSTREAM_FAILURE = 502
 
 def _check(failures: list[Any], what: Any, status: int, resp: Any) -> None:
     is_error = isinstance(resp, dict) and "errcode" in resp
-    path = str(what[1])
-    if isinstance(resp, bytes) and (
-        path.startswith("/_synapse/client/") or path.endswith("/login/cas/ticket")
-    ):
-        # Pages for a browser (the SSO callback and the CAS service URL the CAS server
-        # sends the browser back to, as Synapse's): errors are HTML pages.
+    if isinstance(resp, bytes) and is_browser_page(str(what[0]), str(what[1])):
         is_error = resp.startswith(b"<!DOCTYPE html>")
     if status == _UPSTREAM_FAILURE and is_error:
         return

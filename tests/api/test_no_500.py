@@ -15,6 +15,16 @@ import pytest
 
 from tests.support.harness import Harness
 
+
+def is_browser_page(method: str, path: str) -> bool:
+    """Pages for a browser, whose errors are HTML pages (as Synapse's): the SSO callback,
+    the CAS service URL the CAS server sends the browser back to, the emailed validation
+    link (its POST form is the spec's JSON `submit_url`)."""
+    return method == "GET" and (
+        path.startswith("/_synapse/client/") or path.endswith("/login/cas/ticket")
+    )
+
+
 PLACEHOLDERS = {
     "roomId": "!nope:test.local",
     "roomIdOrAlias": "#nope:test.local",
@@ -100,8 +110,7 @@ async def test_no_route_answers_garbage_with_a_500(hs: Harness, real_ids: bool) 
                 status, resp = await hs.request(method, path, tok, raw=body)
                 if status >= 500:
                     failures.append((method, path, body, tok is not None, status, resp))
-                elif status >= 400 and path.startswith("/_synapse/client/"):
-                    # Pages for a browser (the SSO callback, as Synapse's): an HTML error.
+                elif status >= 400 and is_browser_page(method, path):
                     assert isinstance(resp, bytes) and resp.startswith(b"<!DOCTYPE html>")
                 elif status >= 400:
                     # Errors carry an errcode; a user-interactive auth challenge (401 with

@@ -259,8 +259,9 @@ class AccountRoutes:
         await self.accounts.add_threepid_by_request(requester, body, request.path, request.method)
         return json_response({})
 
-    # POST /_matrix/client/v3/account/3pid (deprecated: three_pid_creds, no UIA; as
-    # Synapse, only a session this server validated, and `bind` is not done here)
+    # POST /_matrix/client/v3/account/3pid
+    # (spec: client-server-api/#post_matrixclientv3account3pid, deprecated: three_pid_creds,
+    # no UIA; as Synapse, only a session this server validated, and `bind` is not done here)
     async def add_threepid_deprecated(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)

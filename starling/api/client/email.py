@@ -42,7 +42,10 @@ class EmailSubmitRoutes:
         return self.email
 
     async def link(self, request: web.Request) -> web.Response:
-        email = self._require()
+        # A browser opens this link: every answer is a page, errors included.
+        if self.email is None or not self.email.enabled:
+            return _page("This link does not work", "This server does not validate email.", 404)
+        email = self.email
         q = request.query
         if await email.submit_token(q.get("sid"), q.get("client_secret"), q.get("token")):
             return _page("Email address confirmed", "Return to your application to carry on.")

@@ -137,7 +137,8 @@ class RoomRoutes:
         )
         return json_response({"room_id": room_id})
 
-    # POST /_matrix/client/v3/peek/{roomIdOrAlias}  (MSC2753; rooms/peeks.py)
+    # POST /_matrix/client/v3/peek/{roomIdOrAlias}
+    # (spec: MSC2753 "Peeking via /sync", as SyTest's peeking tests use it; rooms/peeks.py)
     async def peek(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         await read_json_object(request, allow_empty=True)
@@ -147,7 +148,8 @@ class RoomRoutes:
         await self.peeks.peek(requester.user_id, requester.device_id, room_id)
         return json_response({"room_id": room_id})
 
-    # POST /_matrix/client/v3/rooms/{roomId}/unpeek  (MSC2753)
+    # POST /_matrix/client/v3/rooms/{roomId}/unpeek
+    # (spec: MSC2753 "Peeking via /sync")
     async def unpeek(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         await read_json_object(request, allow_empty=True)

@@ -101,7 +101,8 @@ class SsoRoutes:
         except SsoError as e:
             raise MatrixError(502, "M_UNKNOWN", e.message) from None
 
-    # GET /_matrix/client/v3/login/cas/redirect (Synapse's legacy m.login.cas redirect)
+    # GET /_matrix/client/v3/login/cas/redirect
+    # (Synapse LoginCasRedirectServlet: the legacy m.login.cas redirect)
     async def cas_redirect(self, request: web.Request) -> web.Response:
         cas = self.sso.cas
         if cas is None:
@@ -109,8 +110,9 @@ class SsoRoutes:
         url = _redirect_url(request)
         return _respond(await self.start(cas.id, url, request), self.secure)
 
-    # GET /_matrix/client/{r0,v3}/login/cas/ticket (Synapse's CAS service URL: the CAS
-    # server sends the browser back here with a ticket)
+    # GET /_matrix/client/v3/login/cas/ticket
+    # (Synapse CasTicketServlet: the CAS service URL; the CAS server sends the browser
+    # back here with a ticket)
     async def cas_ticket(self, request: web.Request) -> web.Response:
         ticket = request.query.get("ticket", "")
         session = request.query.get("session")
