@@ -17,7 +17,7 @@ import string
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from starling.accounts.auth import RequestAuthenticator, Requester
 from starling.accounts.email import EMAIL_IDENTITY, EmailValidation
@@ -174,6 +174,10 @@ class RegistrationRequest:
     auth: Any
     # Synapse's `guest_access_token`: the guest account this registration upgrades.
     guest_access_token: str | None = None
+
+
+APP_SERVICE_LOGIN = "m.login.application_service"
+LoginRoute = Literal["app_service", "token", "provider", "password"]
 
 
 class AccountService:
@@ -429,10 +433,26 @@ class AccountService:
             flows.append({"type": "m.login.token"})
         if self._config.cas_config.enabled:
             flows.append({"type": "m.login.cas"})  # Synapse's legacy CAS login type
+        if self.has_app_services:
+            flows.append({"type": APP_SERVICE_LOGIN})
         return flows
 
     def provides_login_type(self, login_type: str) -> bool:
         return login_type in self._auth_checkers and login_type != PASSWORD
+
+    def login_route(self, login_type: str) -> LoginRoute:
+        """Which sign-in a POST /login of `login_type` is: an application service's,
+        m.login.token (only with SSO configured), a password provider's own type, or
+        m.login.password; any other type is 400 M_UNKNOWN."""
+        if login_type == APP_SERVICE_LOGIN:
+            return "app_service"
+        if login_type == "m.login.token" and self.sso_providers:
+            return "token"
+        if self.provides_login_type(login_type):
+            return "provider"
+        if login_type != PASSWORD:
+            raise MatrixError(400, "M_UNKNOWN", f"Unknown login type {login_type!r}")
+        return "password"
 
     async def _ask_providers(
         self, login_type: str, username: str, body: Mapping[str, Any]

@@ -16,6 +16,7 @@ from aiohttp import web
 from starling.accounts.auth import Requester
 from starling.accounts.email import EmailValidation
 from starling.accounts.service import (
+    APP_SERVICE_LOGIN,
     AccountService,
     Device,
     RegistrationRequest,
@@ -33,8 +34,6 @@ from starling.errors import (
     not_found,
 )
 from starling.identity.service import ThreepidService
-
-APP_SERVICE_LOGIN = "m.login.application_service"
 
 MAX_DEVICES_PER_REQUEST = 1000
 MAX_DEVICE_ID_LENGTH = 255
@@ -134,17 +133,16 @@ class AccountRoutes:
     # GET /_matrix/client/v3/login
     # (spec: client-server-api/#get_matrixclientv3login)
     async def login_flows(self, request: web.Request) -> web.Response:
-        flows = self.accounts.login_flows()
-        if self.accounts.has_app_services:
-            flows.append({"type": APP_SERVICE_LOGIN})
-        return json_response({"flows": flows})
+        return json_response({"flows": self.accounts.login_flows()})
 
     # POST /_matrix/client/v3/login
     # (spec: client-server-api/#post_matrixclientv3login)
     async def login(self, request: web.Request) -> web.Response:
         body = await read_json_object(request)
         login_type = body_str(body, "type", required=True)
-        if login_type == APP_SERVICE_LOGIN:
+        assert login_type is not None
+        route = self.accounts.login_route(login_type)
+        if route == "app_service":
             requester = await self._app_service_requester(request)
             session = await self.accounts.login_as_app_service_user(
                 requester,
@@ -154,7 +152,7 @@ class AccountRoutes:
                 refreshable=body_flag(body, "refresh_token", False),
             )
             return json_response({**session.to_json(), "home_server": self.server_name})
-        if login_type == "m.login.token" and self.accounts.sso_providers:
+        if route == "token":
             token = body_str(body, "token", required=True)
             assert token is not None
             session = await self.accounts.login_with_token(
@@ -165,7 +163,7 @@ class AccountRoutes:
                 refreshable=body_flag(body, "refresh_token", False),
             )
             return json_response({**session.to_json(), "home_server": self.server_name})
-        if login_type is not None and self.accounts.provides_login_type(login_type):
+        if route == "provider":
             session = await self.accounts.login_with_provider(
                 _remote(request),
                 login_type,
@@ -175,8 +173,6 @@ class AccountRoutes:
                 refreshable=body_flag(body, "refresh_token", False),
             )
             return json_response({**session.to_json(), "home_server": self.server_name})
-        if login_type != "m.login.password":
-            raise MatrixError(400, "M_UNKNOWN", f"Unknown login type {login_type!r}")
         user = await self.accounts.login_identifier(body)
         password = body_str(body, "password", required=True)
         assert password is not None
