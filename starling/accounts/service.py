@@ -44,6 +44,7 @@ from starling.errors import (
     forbidden,
     limit_exceeded,
     missing_param,
+    missing_token,
     not_found,
 )
 from starling.ratelimit import RateLimits
@@ -174,6 +175,9 @@ class RegistrationRequest:
     auth: Any
     # Synapse's `guest_access_token`: the guest account this registration upgrades.
     guest_access_token: str | None = None
+    # The body's own `type` (as given, any JSON): m.login.application_service there is
+    # the earlier form of an application service's registration.
+    type: Any = None
 
 
 APP_SERVICE_LOGIN = "m.login.application_service"
@@ -243,6 +247,18 @@ class AccountService:
 
     async def requester_for_token(self, token: str) -> Requester:
         return await self._auth.requester_for_token(token)
+
+    async def app_service_requester(self, token: str | None) -> Requester:
+        """The application service calling with `token` (m.login.application_service
+        registration and login need its as_token)."""
+        if token is None:
+            raise missing_token()
+        requester = await self._auth.requester_for_token(token)
+        if requester.app_service is None:
+            raise MatrixError(
+                401, "M_UNKNOWN_TOKEN", "m.login.application_service needs an as_token"
+            )
+        return requester
 
     # -- device listeners
 
@@ -762,6 +778,24 @@ class AccountService:
         await email.validated(body)
         await self.require_password_auth(requester, body.get("auth"), uri, method)
         await email.add_to_account(requester.user_id, body)
+
+    async def register_user(
+        self,
+        ip: str,
+        req: RegistrationRequest,
+        uri: str,
+        access_token: Callable[[], str | None],
+    ) -> dict[str, Any]:
+        """POST /register?kind=user: an application service's registration of a user of
+        its namespace when the body's `type` or its `auth` type is
+        m.login.application_service (Synapse accepts both; the request's `access_token()`
+        must then be the service's as_token), else a user's own. The token is read only
+        for the former: a user's registration never looks at its Authorization header."""
+        auth_type = req.auth.get("type") if isinstance(req.auth, dict) else None
+        if APP_SERVICE_LOGIN in (req.type, auth_type):
+            requester = await self.app_service_requester(access_token())
+            return await self.register_app_service_user(requester, req.username, req)
+        return await self.register(ip, req, uri)
 
     async def register(self, ip: str, req: RegistrationRequest, uri: str) -> dict[str, Any]:
         """POST /register (kind=user): validate, run UIA, create the account and log in.

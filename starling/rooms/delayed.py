@@ -45,6 +45,7 @@ FINALISED_KEPT_MS = 24 * 3600 * 1000
 DUE_BATCH = 50
 IDLE_WAKE_SECONDS = 3600.0
 ACTIONS = ("send", "cancel", "restart")
+REDACTION = "m.room.redaction"
 
 
 def fake_delay_id() -> str:
@@ -104,6 +105,83 @@ class DelayedEvents:
         self.relay: Callable[[], None] | None = None
 
     # --- scheduling and managing ----------------------------------------------------------
+
+    async def send(
+        self,
+        user_id: str,
+        device_id: str | None,
+        room_id: str,
+        event_type: str,
+        content: dict[str, Any],
+        delay_param: str | None,
+        txn_id: str,
+        *,
+        redacts: str | None = None,
+        shadow_banned: bool = False,
+    ) -> dict[str, Any]:
+        """A client's message send: scheduled (`{"delay_id"}`) when it asks for a delay,
+        else sent now (`{"event_id"}`). A redaction is never delayed: it is sent at once
+        whatever the delay parameter says."""
+        if delay_param is None or event_type == REDACTION:
+            event_id = await self._events.send(
+                room_id,
+                user_id,
+                event_type,
+                content,
+                device_id=device_id,
+                txn_id=txn_id,
+                redacts=redacts,
+                shadow_banned=shadow_banned,
+            )
+            return {"event_id": event_id}
+        return await self.schedule(
+            user_id,
+            device_id,
+            room_id,
+            event_type,
+            None,
+            content,
+            delay_param,
+            txn_id,
+            shadow_banned=shadow_banned,
+        )
+
+    async def set_state(
+        self,
+        user_id: str,
+        device_id: str | None,
+        room_id: str,
+        event_type: str,
+        state_key: str,
+        content: dict[str, Any],
+        delay_param: str | None,
+        *,
+        guest: bool = False,
+        shadow_banned: bool = False,
+    ) -> dict[str, Any]:
+        """A client's state PUT: scheduled (`{"delay_id"}`) when it asks for a delay, else
+        set now (`{"event_id"}`)."""
+        if delay_param is None:
+            event_id = await self._events.set_state(
+                room_id,
+                user_id,
+                event_type,
+                state_key,
+                content,
+                guest=guest,
+                shadow_banned=shadow_banned,
+            )
+            return {"event_id": event_id}
+        return await self.schedule(
+            user_id,
+            device_id,
+            room_id,
+            event_type,
+            state_key,
+            content,
+            delay_param,
+            shadow_banned=shadow_banned,
+        )
 
     async def schedule(
         self,

@@ -115,6 +115,14 @@ async def test_registration_in_and_out_of_the_namespace(hs: Harness) -> None:
         {"type": "m.login.application_service", "username": "someone"},
     )
     assert (status, body["errcode"]) == (400, "M_EXCLUSIVE")
+    # The type may be given as the auth's instead (Synapse accepts both forms).
+    status, body = await hs.request(
+        "POST",
+        f"{V3}/register",
+        AS_TOKEN,
+        {"auth": {"type": "m.login.application_service"}, "username": "bridge_dave"},
+    )
+    assert status == 200 and body["user_id"].startswith("@bridge_dave:"), body
     # Without the service's token the login type is refused.
     _, token = await hs.register("eve")
     for bearer in (None, token):

@@ -103,6 +103,21 @@ async def test_schedule_send_manage_and_list(timer: Harness) -> None:
     assert await topic(hs, tok, room) == "delayed"
     assert (await ok(hs, "GET", DE, tok))["delayed_events"] == []
 
+    # A redaction is never delayed: sent at once, whatever the delay asks.
+    target = await ok(hs, "PUT", f"{send}/t2", tok, {"msgtype": "m.text", "body": "oops"})
+    redaction = await ok(
+        hs,
+        "PUT",
+        f"{V3}/rooms/{quote(room)}/send/m.room.redaction/t3",
+        tok,
+        {"redacts": target["event_id"]},
+        params={DELAY: "3600000"},
+    )
+    assert set(redaction) == {"event_id"}
+    got = await ok(hs, "GET", f"{V3}/rooms/{quote(room)}/event/{quote(target['event_id'])}", tok)
+    assert got["content"] == {} and "redacted_because" in got["unsigned"]
+    assert (await ok(hs, "GET", DE, tok))["delayed_events"] == []
+
     # Errors.
     for value, code in (
         ("0", "M_INVALID_PARAM"),

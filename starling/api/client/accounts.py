@@ -13,10 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from starling.accounts.auth import Requester
 from starling.accounts.email import EmailValidation
 from starling.accounts.service import (
-    APP_SERVICE_LOGIN,
     AccountService,
     Device,
     RegistrationRequest,
@@ -26,11 +24,9 @@ from starling.api.client.common import body_flag, body_str
 from starling.api.http import json_response, read_json_object
 from starling.api.routing import access_token_from, requester_of
 from starling.errors import (
-    MatrixError,
     bad_json,
     invalid_param,
     missing_param,
-    missing_token,
     not_found,
 )
 from starling.identity.service import ThreepidService
@@ -90,27 +86,12 @@ class AccountRoutes:
             refresh_token=refresh,
             auth=body.get("auth"),
             guest_access_token=body_str(body, "guest_access_token"),
+            type=body.get("type"),
         )
-        auth = body.get("auth")
-        auth_type = auth.get("type") if isinstance(auth, dict) else None
-        if APP_SERVICE_LOGIN in (body.get("type"), auth_type):
-            # An application service registering a user of its namespace.
-            requester = await self._app_service_requester(request)
-            result = await self.accounts.register_app_service_user(requester, req.username, req)
-            return json_response(result)
-        result = await self.accounts.register(_remote(request), req, request.path)
+        result = await self.accounts.register_user(
+            _remote(request), req, request.path, lambda: access_token_from(request)
+        )
         return json_response(result)
-
-    async def _app_service_requester(self, request: web.Request) -> Requester:
-        token = access_token_from(request)
-        if token is None:
-            raise missing_token()
-        requester = await self.accounts.requester_for_token(token)
-        if requester.app_service is None:
-            raise MatrixError(
-                401, "M_UNKNOWN_TOKEN", "m.login.application_service needs an as_token"
-            )
-        return requester
 
     # GET /_matrix/client/v3/register/available
     # (spec: client-server-api/#get_matrixclientv3registeravailable)
@@ -143,7 +124,7 @@ class AccountRoutes:
         assert login_type is not None
         route = self.accounts.login_route(login_type)
         if route == "app_service":
-            requester = await self._app_service_requester(request)
+            requester = await self.accounts.app_service_requester(access_token_from(request))
             session = await self.accounts.login_as_app_service_user(
                 requester,
                 identifier_user(body),

@@ -80,12 +80,12 @@ class RoomRoutes:
         directory: DirectoryService,
         events: ClientEvents,
         threepids: ThreepidService,
+        delayed: DelayedEvents,
         *,
-        delayed: DelayedEvents | None = None,
         peeks: PeekService | None = None,
     ) -> None:
         self.peeks = peeks
-        # MSC4140: a send or state PUT with org.matrix.msc4140.delay is scheduled instead.
+        # Sends and state PUTs: sent now, or scheduled when they ask for a delay (MSC4140).
         self.delayed = delayed
         self.threepids = threepids
         self.creator = creator
@@ -258,32 +258,19 @@ class RoomRoutes:
         redacts = None
         if event_type == "m.room.redaction":
             redacts = body_str(content, "redacts", required=True)
-        delay = request.query.get(DELAY_PARAM)
-        if delay is not None and self.delayed is not None and event_type != "m.room.redaction":
-            return json_response(
-                await self.delayed.schedule(
-                    requester.user_id,
-                    requester.transaction_scope,
-                    room_id,
-                    event_type,
-                    None,
-                    content,
-                    delay,
-                    txn_id,
-                    shadow_banned=requester.shadow_banned,
-                )
+        return json_response(
+            await self.delayed.send(
+                requester.user_id,
+                requester.transaction_scope,
+                room_id,
+                event_type,
+                content,
+                request.query.get(DELAY_PARAM),
+                txn_id,
+                redacts=redacts,
+                shadow_banned=requester.shadow_banned,
             )
-        event_id = await self.events.send(
-            room_id,
-            requester.user_id,
-            event_type,
-            content,
-            device_id=requester.transaction_scope,
-            txn_id=txn_id,
-            redacts=redacts,
-            shadow_banned=requester.shadow_banned,
         )
-        return json_response({"event_id": event_id})
 
     # PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}
     # PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}
@@ -295,30 +282,19 @@ class RoomRoutes:
         if len(state_key.encode()) > MAX_TYPE_BYTES:
             raise invalid_param("State key must be at most 255 bytes")
         content = await read_json_object(request)
-        delay = request.query.get(DELAY_PARAM)
-        if delay is not None and self.delayed is not None:
-            return json_response(
-                await self.delayed.schedule(
-                    requester.user_id,
-                    requester.transaction_scope,
-                    request.match_info["roomId"],
-                    event_type,
-                    state_key,
-                    content,
-                    delay,
-                    shadow_banned=requester.shadow_banned,
-                )
+        return json_response(
+            await self.delayed.set_state(
+                requester.user_id,
+                requester.transaction_scope,
+                request.match_info["roomId"],
+                event_type,
+                state_key,
+                content,
+                request.query.get(DELAY_PARAM),
+                guest=requester.is_guest,
+                shadow_banned=requester.shadow_banned,
             )
-        event_id = await self.events.set_state(
-            request.match_info["roomId"],
-            requester.user_id,
-            event_type,
-            state_key,
-            content,
-            guest=requester.is_guest,
-            shadow_banned=requester.shadow_banned,
         )
-        return json_response({"event_id": event_id})
 
     # PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}
     # (spec: client-server-api/#put_matrixclientv3roomsroomidredacteventidtxnid)

@@ -68,7 +68,7 @@ def client_table(svc: Services) -> RouteTable:
         svc.directory,
         svc.client_events,
         svc.threepids,
-        delayed=svc.delayed_events,
+        svc.delayed_events,
         peeks=svc.peeks,
     )
     delayed = DelayedEventRoutes(svc.delayed_events)
