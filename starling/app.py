@@ -573,6 +573,7 @@ async def build_services(
     user_directory = UserDirectoryService(
         UserDirectoryStore(db),
         search_all_users=config.user_directory.search_all_users,
+        enabled=config.user_directory.enabled,
         server_name=config.server_name,
         events=event_store,
     )

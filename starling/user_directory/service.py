@@ -53,11 +53,14 @@ class UserDirectoryService:
         store: UserDirectoryStore,
         *,
         search_all_users: bool,
+        enabled: bool = True,
         server_name: str = "",
         events: EventStore | None = None,
     ) -> None:
         self._store = store
         self._search_all_users = search_all_users
+        # `user_directory.enabled` off: every search answers no results (as Synapse does).
+        self._enabled = enabled
         self._public: set[str] | None = None
         self._stale: set[str] = set()
         # Other servers' users come from member events (read through `events`).
@@ -146,6 +149,8 @@ class UserDirectoryService:
         return public
 
     async def search(self, searcher: str, term: str, limit: int) -> dict[str, Any]:
+        if not self._enabled or limit == 0:
+            return {"results": [], "limited": False}
         words = search_words(term)
         public = None if self._search_all_users else sorted(await self._public_rooms())
         users = await self._store.search(words, limit + 1, searcher=searcher, public_rooms=public)

@@ -97,7 +97,7 @@ def client_table(svc: Services) -> RouteTable:
     openid = OpenIdRoutes(svc.openid)
     timestamps = TimestampRoutes(svc.timestamps)
     appservice = AppServiceRoutes(svc.app_service_queries)
-    user_directory = UserDirectoryRoutes(svc.config.user_directory.enabled, svc.user_directory)
+    user_directory = UserDirectoryRoutes(svc.user_directory)
     search = SearchRoutes(svc.search)
     hierarchy = HierarchyRoutes(svc.hierarchy, svc.room_summaries)
     dehydrated = DehydratedDeviceRoutes(svc.dehydrated_devices)

@@ -1,7 +1,8 @@
 """Client-Server API: POST /user_directory/search (spec: client-server-api "User
 Directory", #post_matrixclientv3user_directorysearch).
 
-With `user_directory.enabled` off, every search answers no results (as Synapse does).
+With `user_directory.enabled` off, every search answers no results (as Synapse does;
+UserDirectoryService decides).
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ MAX_TERM_LENGTH = 256
 
 
 class UserDirectoryRoutes:
-    def __init__(self, enabled: bool, user_directory: UserDirectoryService) -> None:
-        self.enabled = enabled
+    def __init__(self, user_directory: UserDirectoryService) -> None:
         self.user_directory = user_directory
 
     # POST /_matrix/client/v3/user_directory/search
@@ -35,7 +35,5 @@ class UserDirectoryRoutes:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise bad_json("'limit' must be a non-negative integer")
         limit = min(limit, MAX_LIMIT)
-        if not self.enabled or limit == 0:
-            return json_response({"results": [], "limited": False})
         result = await self.user_directory.search(requester.user_id, term[:MAX_TERM_LENGTH], limit)
         return json_response(result)
