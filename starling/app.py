@@ -189,6 +189,7 @@ from starling.sync.sliding.wiring import build_sliding_sync
 from starling.sync.wiring import build_sync
 from starling.typing.service import TypingService
 from starling.user_directory.service import UserDirectoryService
+from starling.voip import TurnServers
 from starling.webhooks.incoming import IncomingWebhooks
 from starling.webhooks.outgoing import OutgoingWebhooks
 
@@ -891,6 +892,7 @@ async def build_services(
         admin_history=admin_history,
         registration_tokens=RegistrationTokens(account_store),
         openid=OpenIdTokens(config.server_name, OpenIdStore(db)),
+        turn=TurnServers(config),
         timestamps=TimestampLookup(
             config.server_name,
             EventTimestampStore(db),

@@ -61,6 +61,7 @@ from starling.sync.service import SyncService
 from starling.sync.sliding.service import SlidingSyncService
 from starling.typing.service import TypingService
 from starling.user_directory.service import UserDirectoryService
+from starling.voip import TurnServers
 from starling.webhooks.incoming import IncomingWebhooks
 
 
@@ -138,6 +139,8 @@ class Services:
     openid: OpenIdTokens
     # /timestamp_to_event (client and federation)
     timestamps: TimestampLookup
+    # TURN server credentials (/voip/turnServer)
+    turn: TurnServers
     # application services: their queries (users, aliases, third-party lookups, ping)
     app_service_queries: AppServiceQueries
     # incoming webhooks (Starling's own): a POST to a secret URL posts to a room

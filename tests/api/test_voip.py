@@ -46,3 +46,22 @@ async def test_thirdparty_without_bridges(hs: Harness) -> None:
     assert await hs.request("GET", f"{V3}/thirdparty/protocols", token) == (200, {})
     status, body = await hs.request("GET", f"{V3}/thirdparty/protocol/irc", token)
     assert status == 404 and body["errcode"] == "M_NOT_FOUND"
+
+
+async def test_turn_refused_to_guests_unless_allowed(database: Database, tmp_path: Path) -> None:
+    async with make_harness(
+        database,
+        tmp_path,
+        turn_uris=["turn:turn.example.org"],
+        turn_username="u",
+        turn_password="p",
+        turn_allow_guests=False,
+        allow_guest_access=True,
+    ) as hs:
+        status, guest = await hs.request("POST", f"{V3}/register?kind=guest", None, {})
+        assert status == 200, guest
+        status, body = await hs.request("GET", f"{V3}/voip/turnServer", guest["access_token"])
+        assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
+        _, token = await hs.register()
+        status, body = await hs.request("GET", f"{V3}/voip/turnServer", token)
+        assert status == 200 and (body["username"], body["password"]) == ("u", "p")

@@ -93,7 +93,7 @@ def client_table(svc: Services) -> RouteTable:
     push = PushRuleRoutes(svc.push_rules, svc.pushers, svc.notifications)
     reports = ReportRoutes(svc.reports)
     relations = RelationRoutes(svc.relations)
-    voip = VoipRoutes(svc.config)
+    voip = VoipRoutes(svc.turn)
     openid = OpenIdRoutes(svc.openid)
     timestamps = TimestampRoutes(svc.timestamps)
     appservice = AppServiceRoutes(svc.app_service_queries)
