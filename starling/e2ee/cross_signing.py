@@ -1,8 +1,9 @@
 """Cross-signing: the master, self-signing and user-signing keys, and signatures on keys.
 
 Spec: client-server-api "Cross-signing" (/keys/device_signing/upload,
-/keys/signatures/upload). User-interactive authentication for replacing keys is the HTTP
-handler's (it needs the request); `needs_auth` tells it when the spec requires it.
+/keys/signatures/upload). `upload_by_request` decides when replacing keys needs
+user-interactive authentication (the spec's rule); the auth itself is the caller's
+callback (it needs the request).
 """
 
 from __future__ import annotations
@@ -106,6 +107,21 @@ class CrossSigningService:
         return True
 
     # -- POST /keys/device_signing/upload
+
+    async def upload_by_request(
+        self,
+        user_id: str,
+        body: Mapping[str, Any],
+        authenticate: Callable[[], Awaitable[object]],
+    ) -> None:
+        """A client's upload: a retry of the stored keys changes nothing (and needs no
+        auth); replacing an existing master key setup runs `authenticate` (the caller's
+        user-interactive auth) first; then the keys are stored."""
+        if await self.is_noop(user_id, body):
+            return
+        if await self.needs_auth(user_id, body):
+            await authenticate()
+        await self.upload_keys(user_id, body)
 
     async def upload_keys(self, user_id: str, body: Mapping[str, Any]) -> None:
         current = await self._current(user_id)

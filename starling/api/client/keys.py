@@ -90,14 +90,13 @@ class KeyRoutes:
     async def upload_signing_keys(self, request: web.Request) -> web.Response:
         requester = requester_of(request)
         body = await read_json_object(request)
-        cross_signing = self.cross_signing
-        if await cross_signing.is_noop(requester.user_id, body):
-            return json_response({})
-        if await cross_signing.needs_auth(requester.user_id, body):
-            await self.accounts.require_password_auth(
+        await self.cross_signing.upload_by_request(
+            requester.user_id,
+            body,
+            lambda: self.accounts.require_password_auth(
                 requester, body.get("auth"), request.path, request.method
-            )
-        await cross_signing.upload_keys(requester.user_id, body)
+            ),
+        )
         return json_response({})
 
     # POST /_matrix/client/v3/keys/signatures/upload
