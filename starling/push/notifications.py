@@ -78,7 +78,9 @@ class NotificationsService:
             return {"notifications": []}
         found = await self._actions.for_user(user_id, before, limit, only == "highlight")
         loaded = await self._events.get_events_with_meta(a.event_id for a in found)
-        present = [a for a in found if a.event_id in loaded]
+        # A purged event is deleted, or kept as an outlier outside every timeline
+        # (admin purge_history): either way it is no longer a notification.
+        present = [a for a in found if a.event_id in loaded and not loaded[a.event_id].meta.outlier]
         read = await self._receipts.get_read_positions(
             user_id, sorted({a.room_id for a in present})
         )

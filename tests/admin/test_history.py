@@ -293,3 +293,34 @@ async def test_purge_history_by_ts(hs: Harness, admin: str) -> None:
     assert status == 200, resp
     await hs.services.admin_history.settle()
     assert [e["content"].get("body") for e in await _messages(hs, token, room)] == ["m2"]
+
+
+async def test_purged_events_leave_notifications(hs: Harness, admin: str) -> None:
+    """Purged events, deleted or kept as outliers, are no longer in /notifications."""
+    evaluator = hs.services.push_evaluator
+    await evaluator.start()
+    try:
+        _, alice_token = await hs.register("alice")
+        _bob, bob_token = await hs.register("bob")
+        room = await hs.create_room(alice_token, preset="public_chat")
+        status, _ = await hs.request("POST", f"{C}/join/{room}", bob_token, {})
+        assert status == 200
+        old = [await hs.send_message(alice_token, room, f"old {i}") for i in range(2)]
+        cut = await hs.send_message(alice_token, room, "cut")
+        new = await hs.send_message(alice_token, room, "new")
+
+        async def listed() -> list[str]:
+            await evaluator.caught_up()
+            status, resp = await hs.request("GET", f"{C}/notifications", bob_token)
+            assert status == 200, resp
+            return [n["event"]["event_id"] for n in resp["notifications"]]
+
+        assert await listed() == [new, cut, *reversed(old)]
+        status, resp = await hs.request("POST", f"{V1}/purge_history/{room}/{cut}", admin, {})
+        assert status == 200, resp
+        await hs.services.admin_history.settle()
+        # Alice is local, so her old messages are kept as outliers, not deleted.
+        assert await _count(hs, "SELECT COUNT(*) FROM events WHERE outlier AND room_id = ?", room)
+        assert await listed() == [new, cut]
+    finally:
+        await evaluator.stop()
