@@ -815,7 +815,7 @@ async def build_services(
         send_third_party_invite,
         threepids.client.key_is_valid,
     )
-    threepids.use_exchange(third_party_exchange.exchange)
+    threepids.use_exchange(third_party_exchange.exchange, federation_sender.record_relayed)
     room_upgrader = RoomUpgrader(
         config.server_name,
         room_events,

@@ -25,7 +25,7 @@ from typing import Any
 
 from starling.errors import MatrixError, bad_json, invalid_param
 from starling.identity.client import IdentityServerClient, IdentityServerError, check_id_server
-from starling.protocol.event import Event
+from starling.protocol.event import Event, StateKey
 from starling.rooms.event_service import RoomEventService
 from starling.rooms.third_party_invites import third_party_invite_content
 from starling.storage.threepids import ThreepidBindingStore
@@ -38,6 +38,9 @@ MEDIA = ("email", "msisdn")
 Invite = Callable[[str, str, str], Awaitable[Event]]
 # (room_id, inviter, invitee, signed): exchange_third_party_invite through the room's server.
 Exchange = Callable[[str, str, str, Any], Awaitable[None]]
+# (event_id, origin): this server sends the event to the room's other servers although its
+# sender is another server's user (the federation sender's record_relayed).
+RecordRelayed = Callable[[str, str], Awaitable[None]]
 MAX_ONBIND_INVITES = 100
 ProfileLookup = Callable[[str], Awaitable[dict[str, Any]]]
 
@@ -69,6 +72,7 @@ class ThreepidService:
     ) -> None:
         self._server_name = server_name
         self._exchange: Exchange | None = None
+        self._record_relayed: RecordRelayed | None = None
         self.client = client
         self._bindings = bindings
         self._events = room_events
@@ -171,10 +175,19 @@ class ThreepidService:
 
     # --- third-party invites ---------------------------------------------------------
 
-    def use_exchange(self, exchange: Exchange) -> None:
-        """How a signed invite reaches a room this server cannot send it in itself: the
-        federation side's exchange_third_party_invite (set once, at start)."""
+    def use_exchange(self, exchange: Exchange, record_relayed: RecordRelayed) -> None:
+        """How a signed invite reaches a room this server is not in: the federation
+        side's exchange_third_party_invite; and how an invite this server makes for
+        another server's inviter reaches the room's other servers (set once, at start)."""
         self._exchange = exchange
+        self._record_relayed = record_relayed
+
+    def _joined_here(self, state: dict[StateKey, Event]) -> bool:
+        """Is one of this server's users joined to the room (its current `state`)?"""
+        return any(
+            etype == "m.room.member" and self._is_mine(key) and event.membership == "join"
+            for (etype, key), event in state.items()
+        )
 
     async def on_bind(self, body: dict[str, Any]) -> None:
         """POST /_matrix/federation/v1/3pid/onbind: an identity server tells us that an
@@ -211,10 +224,16 @@ class ThreepidService:
     async def accept_signed_invite(
         self, room_id: str, sender: str, target: str, signed: Any
     ) -> None:
-        """Send the invite a signed third-party invite stands for, in a room of this
-        server, from a local inviter; otherwise hand it to the federation side."""
+        """Send the invite a signed third-party invite stands for. Spec (server-server
+        API, Third-party invites): "If the invited homeserver is in the room the invite
+        came from, it can auth the event and send it", whoever the inviter is; otherwise
+        it asks the inviter's server (exchange_third_party_invite). An invite made here
+        for another server's inviter carries only this server's signature, which the
+        spec allows for third-party invites (the auth rules check `signed` against the
+        room's m.room.third_party_invite keys instead), and this server sends it to the
+        room's other servers, the inviter's included (as Synapse's send_on_behalf_of)."""
         state = await self._events.current_state_events(room_id)
-        if not state or not self._is_mine(sender):
+        if not self._joined_here(state):
             if self._exchange is None:
                 raise MatrixError(404, "M_NOT_FOUND", "The room is not on this server")
             await self._exchange(room_id, sender, target, signed)
@@ -222,7 +241,18 @@ class ThreepidService:
         content = await third_party_invite_content(
             state, sender, target, signed, self.client.key_is_valid
         )
-        await self._events.send(room_id, sender, "m.room.member", content, target)
+        relay = None
+        if not self._is_mine(sender):
+            record = self._record_relayed
+            if record is None:
+                raise MatrixError(404, "M_NOT_FOUND", "Cannot send invites for other servers")
+
+            async def relay(event: Event) -> None:
+                await record(event.event_id, self._server_name)
+
+        await self._events.send(
+            room_id, sender, "m.room.member", content, target, before_persist=relay
+        )
 
     async def invite(
         self, room_id: str, sender: str, body: dict[str, Any], *, shadow_banned: bool = False
