@@ -14,7 +14,9 @@ table answers "what do we serve and how is it guarded".
    M_FORBIDDEN; a federation request through the origin authenticator);
 2. checks the path parameters that name Matrix identifiers, one rule each for every
    table: ``roomId`` a room ID, ``userId`` a user ID, ``eventId`` an event ID
-   (400 M_INVALID_PARAM);
+   (400 M_INVALID_PARAM), except those a route leaves to its handler (`late_parameters`:
+   the federation membership PUTs check the body's event first, then that the path
+   names it);
 3. spends the route's rate limit, keyed by the requester (429 M_LIMIT_EXCEEDED).
 
 Limits that need the request's content (login and registration per address, joins and
@@ -88,6 +90,9 @@ class Route:
     versions: tuple[str, ...] = ()
     """The versions (and unstable aliases) it is served under; empty: the table's."""
     rate_limit: RateClass | None = None
+    late_parameters: tuple[str, ...] = ()
+    """Path parameters the guard does not check: the handler checks them itself, after
+    the body (an ID that must name the body's event)."""
 
 
 @dataclass(frozen=True)
@@ -105,8 +110,11 @@ class _Method:
         guests: bool = False,
         versions: tuple[str, ...] = (),
         rate_limit: RateClass | None = None,
+        late_parameters: tuple[str, ...] = (),
     ) -> Route:
-        return Route(self.method, path, handler, auth, guests, versions, rate_limit)
+        return Route(
+            self.method, path, handler, auth, guests, versions, rate_limit, late_parameters
+        )
 
 
 get = _Method("GET")
@@ -190,10 +198,10 @@ PATH_PARAMETERS: dict[str, Callable[[str], None]] = {
 }
 
 
-def check_path_parameters(request: web.Request) -> None:
+def check_path_parameters(request: web.Request, skip: tuple[str, ...] = ()) -> None:
     for name, value in request.match_info.items():
         check = PATH_PARAMETERS.get(name)
-        if check is not None:
+        if check is not None and name not in skip:
             check(value)
 
 
@@ -255,6 +263,7 @@ def guarded(route: Route, guards: Guards) -> Handler:
     guests = route.guests
     rate_limit = route.rate_limit
     seen = guards.seen
+    late = route.late_parameters
 
     async def guard(request: web.Request) -> web.StreamResponse:
         key: str | None = None
@@ -276,7 +285,7 @@ def guarded(route: Route, guards: Guards) -> Handler:
         elif kind is Auth.FEDERATION:
             assert authenticate_origin is not None
             key = request[ORIGIN_KEY] = await authenticate_origin(request)
-        check_path_parameters(request)
+        check_path_parameters(request, late)
         if rate_limit is not None and key is not None:
             assert rate_limits is not None
             await _spend(rate_limits, rate_limit, key)

@@ -29,7 +29,7 @@ from starling.protocol.auth_rules import check_auth_rules
 from starling.protocol.event import Event, StateKey
 from starling.protocol.event_format import EventFormatError, validate_pdu
 from starling.protocol.hashing import compute_event_id
-from starling.protocol.identifiers import is_valid_user_id
+from starling.protocol.identifiers import MAX_ID_BYTES, is_valid_user_id
 from starling.protocol.power_levels import PowerLevels
 from starling.protocol.restricted_joins import (
     AUTHORISER_KEY,
@@ -139,6 +139,9 @@ def parse_pdu(pdu: Any, room_version: RoomVersion, event_id: str | None) -> Even
     else:
         actual = compute_event_id(pdu, room_version)
     if event_id is not None and actual != event_id:
+        # The path's event ID is checked here, after the body (api/federation/membership).
+        if not event_id.startswith("$") or len(event_id.encode()) > MAX_ID_BYTES:
+            raise MatrixError(400, "M_INVALID_PARAM", f"{event_id[:80]!r} is not an event ID")
         raise bad_json(f"The event's ID is {actual}, not {event_id}")
     return Event(pdu, actual, room_version)
 

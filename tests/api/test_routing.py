@@ -86,6 +86,7 @@ def table() -> RouteTable:
             get("/admin", me, Auth.ADMIN),
             get("/peer", peer, Auth.FEDERATION),
             get("/rooms/{roomId}/users/{userId}/events/{eventId}", me),
+            put("/late/{roomId}/{eventId}", me, late_parameters=("eventId",)),
             put("/send", me, rate_limit=RateClass.MESSAGE),
             get("/old", who, Auth.NONE, versions=("r0", "unstable/org.example.msc1")),
         ],
@@ -181,6 +182,13 @@ async def test_good_identifiers_reach_the_handler(client: Any) -> None:
     )
     assert status == 200
     assert (body["roomId"], body["userId"], body["eventId"]) == (room, "@bob:test.local", event)
+
+
+async def test_late_parameters_are_left_to_the_handler(client: Any) -> None:
+    status, body = await call(client, "PUT", "/v3/late/!room:test.local/xxx", "alice", json={})
+    assert (status, body["eventId"]) == (200, "xxx")
+    status, body = await call(client, "PUT", "/v3/late/nope/xxx", "alice", json={})
+    assert (status, body["errcode"]) == (400, "M_INVALID_PARAM")  # the others still are
 
 
 async def test_authentication_comes_before_the_path_check(client: Any) -> None:

@@ -202,6 +202,21 @@ async def test_send_join_refuses_anything_but_that_join(setup: Setup) -> None:
         400,
         setup.resident.send_membership(REMOTE, room, "$other", join.pdu, "join"),
     )
+    # The body is checked before the path's ID (the guard leaves {eventId} to the
+    # handler): a float anywhere in it is M_BAD_JSON, whatever the path says; a good
+    # body with a path that is no event ID is M_INVALID_PARAM.
+    await expect(
+        "M_BAD_JSON",
+        400,
+        setup.resident.send_membership(
+            REMOTE, room, "xxx", {**join.pdu, "contents": {"bad": 1.1}}, "join"
+        ),
+    )
+    await expect(
+        "M_INVALID_PARAM",
+        400,
+        setup.resident.send_membership(REMOTE, room, "xxx", join.pdu, "join"),
+    )
     # A join of remote.test's user sent by other.test.
     await expect(
         "M_FORBIDDEN",

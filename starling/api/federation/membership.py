@@ -31,6 +31,10 @@ from starling.protocol.room_versions import KNOWN_ROOM_VERSIONS, get_room_versio
 
 FEDERATION = Auth.FEDERATION
 V2 = ("v2",)
+# The PUTs' {eventId} names the event in the body: the body is checked first (a malformed
+# event is M_BAD_JSON whatever the path says), then that the path names it
+# (starling.federation.membership.parse_pdu), as the spec orders no checks between them.
+BODY_FIRST = ("eventId",)
 
 
 def _room_and(request: web.Request, second: str) -> tuple[str, str]:
@@ -49,15 +53,50 @@ class FederationMembershipApi:
         """This area's rows of `routes.federation_table`."""
         return [
             get("/make_join/{roomId}/{userId}", self.make_join, FEDERATION),
-            put("/send_join/{roomId}/{eventId}", self.send_join_v1, FEDERATION),
-            put("/send_join/{roomId}/{eventId}", self.send_join_v2, FEDERATION, versions=V2),
+            put(
+                "/send_join/{roomId}/{eventId}",
+                self.send_join_v1,
+                FEDERATION,
+                late_parameters=BODY_FIRST,
+            ),
+            put(
+                "/send_join/{roomId}/{eventId}",
+                self.send_join_v2,
+                FEDERATION,
+                versions=V2,
+                late_parameters=BODY_FIRST,
+            ),
             get("/make_leave/{roomId}/{userId}", self.make_leave, FEDERATION),
-            put("/send_leave/{roomId}/{eventId}", self.send_leave_v1, FEDERATION),
-            put("/send_leave/{roomId}/{eventId}", self.send_leave_v2, FEDERATION, versions=V2),
+            put(
+                "/send_leave/{roomId}/{eventId}",
+                self.send_leave_v1,
+                FEDERATION,
+                late_parameters=BODY_FIRST,
+            ),
+            put(
+                "/send_leave/{roomId}/{eventId}",
+                self.send_leave_v2,
+                FEDERATION,
+                versions=V2,
+                late_parameters=BODY_FIRST,
+            ),
             get("/make_knock/{roomId}/{userId}", self.make_knock, FEDERATION),
-            put("/send_knock/{roomId}/{eventId}", self.send_knock, FEDERATION),
-            put("/invite/{roomId}/{eventId}", self.invite_v1, FEDERATION),
-            put("/invite/{roomId}/{eventId}", self.invite_v2, FEDERATION, versions=V2),
+            put(
+                "/send_knock/{roomId}/{eventId}",
+                self.send_knock,
+                FEDERATION,
+                late_parameters=BODY_FIRST,
+            ),
+            put(
+                "/invite/{roomId}/{eventId}", self.invite_v1, FEDERATION, late_parameters=BODY_FIRST
+            ),
+            put(
+                "/invite/{roomId}/{eventId}",
+                self.invite_v2,
+                FEDERATION,
+                versions=V2,
+                late_parameters=BODY_FIRST,
+            ),
         ]
 
     # --- joins ------------------------------------------------------------------------------
