@@ -427,7 +427,15 @@ class RemoteMembership:
         signed_json = response.get("event") if isinstance(response, dict) else None
         try:
             signed = parse_pdu(signed_json, event.room_version, event.event_id)
-        except MatrixError:
+        except MatrixError as e:
+            if e.errcode == "M_BAD_JSON":
+                # Not a valid event of the room version (e.g. a float in room version
+                # 6+). The client's /invite lists only 400s for requests that cannot be
+                # done, a remote server's refusal included (M_UNSUPPORTED_ROOM_VERSION);
+                # Synapse answers this one 400 M_BAD_JSON too.
+                raise MatrixError(
+                    400, "M_BAD_JSON", f"{target} returned an invalid invite: {e.error}"
+                ) from None
             raise MatrixError(502, "M_UNKNOWN", f"{target} returned a bad invite") from None
         if signed.content != event.content or signed.sender != event.sender:
             raise MatrixError(502, "M_UNKNOWN", f"{target} changed the invite")

@@ -256,8 +256,16 @@ async def test_an_invite_must_come_back_as_the_same_event_signed_by_the_invitee(
     assert set(signed.pdu["signatures"]) == {HERE, "far.test"}
 
     residents.send["far.test"] = lambda body: {"event": body["event"]}  # not signed
-    with pytest.raises(MatrixError):
+    with pytest.raises(MatrixError) as refused:
         await remote.invite(invite, [])
+    assert (refused.value.status, refused.value.errcode) == (502, "M_UNKNOWN")
+    # Not an event of the room version (a float): 400 M_BAD_JSON, as Synapse answers.
+    floated = theirs.countersign(invite).pdu
+    residents.send["far.test"] = lambda body: {"event": {**floated, "bad_val": 1.1}}
+    with pytest.raises(MatrixError) as refused:
+        await remote.invite(invite, [])
+    assert (refused.value.status, refused.value.errcode) == (400, "M_BAD_JSON")
+    assert "far.test" in refused.value.error
     changed = dict(invite.pdu)
     changed["content"] = {"membership": "invite", "reason": "changed"}
     residents.send["far.test"] = lambda body: {"event": changed}
