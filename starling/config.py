@@ -522,6 +522,13 @@ class Config:
     enable_registration: bool = False
     enable_registration_without_verification: bool = False
     registration_requires_token: bool = False
+    # Google reCAPTCHA (Synapse's keys; accounts/recaptcha.py): with
+    # enable_registration_captcha every registration flow starts with m.login.recaptcha.
+    # With the private key alone the stage is checked when a client submits it, unasked.
+    enable_registration_captcha: bool = False
+    recaptcha_public_key: str | None = None
+    recaptcha_private_key: str | None = None
+    recaptcha_siteverify_api: str = "https://www.recaptcha.net/recaptcha/api/siteverify"
     registration_shared_secret: str | None = None
     # New accounts from /register wait for an admin's approval (Synapse's MSC3866).
     registration_requires_approval: bool = False
@@ -916,16 +923,18 @@ def _check_semantics(cfg: Config) -> None:
                 f"listeners[{i}].tls: needs tls_certificate_path and tls_private_key_path "
                 "(PEM files; `starling generate-config --tls-self-signed` makes a pair)"
             )
+    _check_recaptcha(cfg)
     if (
         cfg.enable_registration
         and not cfg.registration_requires_token
+        and not cfg.enable_registration_captcha
         and not cfg.enable_registration_without_verification
     ):
         # Synapse's guard: anyone on the internet could create accounts with no check.
         raise ConfigError(
             "enable_registration: open registration without verification (no "
-            "registration_requires_token) lets anyone create accounts; set "
-            "registration_requires_token: true, or confirm with "
+            "registration_requires_token or enable_registration_captcha) lets anyone "
+            "create accounts; set registration_requires_token: true, or confirm with "
             "enable_registration_without_verification: true"
         )
     _check_workers(cfg)
@@ -935,6 +944,24 @@ def _check_semantics(cfg: Config) -> None:
         rl: RateLimit = getattr(cfg, name)
         if rl.per_second < 0 or rl.burst_count < 0:
             raise ConfigError(f"{name}: per_second and burst_count must not be negative")
+
+
+def _check_recaptcha(cfg: Config) -> None:
+    from urllib.parse import urlsplit
+
+    for key in ("recaptcha_public_key", "recaptcha_private_key"):
+        value = getattr(cfg, key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{key}: must be a string")
+    if cfg.enable_registration_captcha and not (
+        cfg.recaptcha_public_key and cfg.recaptcha_private_key
+    ):
+        raise ConfigError(
+            "enable_registration_captcha: needs recaptcha_public_key and recaptcha_private_key"
+        )
+    url = urlsplit(cfg.recaptcha_siteverify_api)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ConfigError("recaptcha_siteverify_api: must be an http(s) URL")
 
 
 WORKER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")

@@ -23,6 +23,7 @@ from starling.accounts.auth import RequestAuthenticator, Requester
 from starling.accounts.email import EMAIL_IDENTITY, EmailValidation
 from starling.accounts.external import ExternalAccounts, ExternalIdentity
 from starling.accounts.passwords import PasswordHasher
+from starling.accounts.recaptcha import RECAPTCHA, Recaptcha
 from starling.accounts.registration import check_password, local_user_id, register_local_user
 from starling.accounts.uia import (
     DUMMY,
@@ -230,6 +231,9 @@ class AccountService:
         self._external: ExternalAccounts | None = None
         self._links: ExternalLoginStore | None = None
         self._email: EmailValidation | None = None
+        # reCAPTCHA (accounts/recaptcha.py): its stage is checkable once the private key is
+        # set; registration asks for it only with enable_registration_captcha.
+        self.recaptcha = Recaptcha(config) if config.recaptcha_private_key else None
         self._registration_policy: RegistrationPolicy | None = None
         # (user_id, id_server) -> id_server_unbind_result: deactivation's unbinding of the
         # user's 3PIDs from identity servers (identity/service.py, set in app.py).
@@ -686,6 +690,16 @@ class AccountService:
             user_id = await self._links.user_for_external_id(provider, external_id)
         return await self.uia.complete_sso(session_id, user_id)
 
+    async def complete_recaptcha_fallback(self, session_id: str, response: str, ip: str) -> bool:
+        """The reCAPTCHA fallback page's form: check the widget's answer and record the
+        stage for the UIA session (StageFailed when the captcha is wrong; False when the
+        session is unknown)."""
+        if self.recaptcha is None:
+            raise MatrixError(404, "M_UNRECOGNIZED", "reCAPTCHA is not configured here")
+        return await self.uia.complete_out_of_band(
+            session_id, RECAPTCHA, self.recaptcha.checker(ip), {"response": response}
+        )
+
     # -- registration
 
     def _check_registration_enabled(self) -> None:
@@ -744,13 +758,25 @@ class AccountService:
             raise StageFailed("M_UNAUTHORIZED", "Invalid registration token")
 
     def registration_flows(self) -> list[list[str]]:
+        flows: list[list[str]]
         if self._config.registration_requires_token:
-            return [[REGISTRATION_TOKEN]]
-        if self._email is not None and self._email.enabled:
+            flows = [[REGISTRATION_TOKEN]]
+        elif self._email is not None and self._email.enabled:
             # An email address is welcome, not required (as Synapse without
             # registrations_require_3pid): the address becomes the account's.
-            return [[DUMMY], [EMAIL_IDENTITY]]
-        return [[DUMMY]]
+            flows = [[DUMMY], [EMAIL_IDENTITY]]
+        else:
+            flows = [[DUMMY]]
+        if self._config.enable_registration_captcha:
+            # As Synapse: the captcha first, in every flow.
+            flows = [[RECAPTCHA, *f] for f in flows]
+        return flows
+
+    def registration_params(self) -> dict[str, Any]:
+        """The registration 401's ``params`` (spec: each stage's parameters)."""
+        if self.recaptcha is not None and self._config.enable_registration_captcha:
+            return {RECAPTCHA: self.recaptcha.params()}
+        return {}
 
     def use_email(self, email: EmailValidation) -> None:
         """Email validation (accounts/email.py), set once at start."""
@@ -861,6 +887,8 @@ class AccountService:
         }
         if self._email is not None and self._email.enabled:
             checkers[EMAIL_IDENTITY] = self._email.check_registration_stage
+        if self.recaptcha is not None:
+            checkers[RECAPTCHA] = self.recaptcha.checker(ip)
         try:
             done = await self.uia.authenticate(
                 req.auth,
@@ -869,7 +897,10 @@ class AccountService:
                 user_id=None,
                 flows=self.registration_flows(),
                 checkers=checkers,
+                params=self.registration_params(),
                 keep_session=True,
+                # A configured server checks a captcha it was not asked for, as Synapse.
+                unoffered=(RECAPTCHA,),
             )
         except AuthRequired as e:
             session = e.body.get("session")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,12 +110,16 @@ class UserInteractiveAuth:
         checkers: Mapping[str, StageChecker],
         params: Mapping[str, Any] | None = None,
         keep_session: bool = False,
+        unoffered: Collection[str] = (),
     ) -> CompletedAuth:
         """Advance the session in ``auth``; return once a flow is complete, else raise
         :class:`AuthRequired`. ``user_id`` is the authenticated requester (None for
         registration); a session only serves the user, URI and method that started it.
         With ``keep_session`` the used session stays, marked claimed (see
-        `RegistrationSessions`)."""
+        `RegistrationSessions`). A stage in ``unoffered`` (with a checker) is checked and
+        recorded when a client submits it though no flow offers it, as Synapse does for
+        every stage it can check (reCAPTCHA with only its keys configured); other stages
+        no flow offers are refused (M_UNRECOGNIZED)."""
         if auth is not None and not isinstance(auth, dict):
             raise bad_json("'auth' must be an object")
         auth = auth or {}
@@ -154,7 +158,7 @@ class UserInteractiveAuth:
         if stage is not None and stage not in session.completed:
             # A completed stage is never re-checked (spec: completed stages cannot be
             # retried); the request then just reports progress or proceeds.
-            if stage not in offered or stage not in checkers:
+            if (stage not in offered and stage not in unoffered) or stage not in checkers:
                 raise required("M_UNRECOGNIZED", f"Authentication type {stage} is not offered")
             try:
                 await checkers[stage](session, auth)
@@ -187,6 +191,22 @@ class UserInteractiveAuth:
             await self._store.set_params(session_id, {SSO_MISMATCH: True})
             return False
         return await self._store.mark_stage_completed(session_id, SSO)
+
+    async def complete_out_of_band(
+        self, session_id: str, stage: str, checker: StageChecker, auth: Mapping[str, Any]
+    ) -> bool:
+        """A stage done on its fallback page (spec: "Fallback"): ``checker`` checks
+        ``auth`` (StageFailed when wrong) and the stage is recorded for the session. False:
+        the session is unknown or expired."""
+        if len(session_id) > MAX_SESSION_ID_LENGTH:
+            return False
+        session = await self._store.get_session(session_id)
+        if session is None or session.created_ts < self._clock_ms() - SESSION_LIFETIME_MS:
+            return False
+        if stage in session.completed:
+            return True
+        await checker(session, auth)
+        return await self._store.mark_stage_completed(session_id, stage)
 
     # --- registration sessions: remembered parameters, replayed results ---------------
 

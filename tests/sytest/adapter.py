@@ -16,6 +16,7 @@ What SyTest assumes of every homeserver, and how it is set here:
 - open registration with the dummy stage, the shared secret from the JSON, guest access;
 - no rate limits (`--no-rate-limit`);
 - URL previews on, loopback pages allowed (SyTest serves the page it previews);
+- reCAPTCHA keys with SyTest's fake siteverify API, not required for registration;
 - SyTest's application-service registration files (`app_service_config_files`).
 
 Database: SQLite in the server's directory, or PostgreSQL when `$STARLING_SYTEST_POSTGRES`
@@ -93,6 +94,14 @@ def sytest_settings(hs: dict[str, Any]) -> dict[str, Any]:
             "smtp_port": int(smtp["port"]),
             "notif_from": smtp.get("notif_from") or "homeserver@localhost",
         }
+    recaptcha = hs.get("recaptcha") or {}
+    if recaptcha.get("siteverify_api") and recaptcha.get("private_key"):
+        # SyTest's fake siteverify API, as Synapse's SyTest config has it: the keys only,
+        # so a submitted captcha is verified but registrations do not need one
+        # (enable_registration_captcha stays off).
+        settings["recaptcha_siteverify_api"] = recaptcha["siteverify_api"]
+        settings["recaptcha_public_key"] = recaptcha.get("public_key") or ""
+        settings["recaptcha_private_key"] = recaptcha["private_key"]
     cas = hs.get("cas") or {}
     if cas.get("server_url"):
         # SyTest's fake CAS server (its /cas/login and /cas/proxyValidate).

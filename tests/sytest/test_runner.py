@@ -83,6 +83,11 @@ def test_adapter_config_is_valid_and_serves_everything_on_the_tls_port(tmp_path:
         "federation_ca_path": str(pki.ca_cert),
         "registration_shared_secret": "reg_secret",
         "app_service_config_files": [],
+        "recaptcha": {
+            "siteverify_api": "https://localhost:28500/recaptcha/api/siteverify",
+            "public_key": "sytest_recaptcha_public_key",
+            "private_key": "sytest_recaptcha_private_key",
+        },
     }
     (tmp_path / "sytest-hs.json").write_text(json.dumps(hs), encoding="utf-8")
     path = adapter.generate_config(hs, tmp_path / "starling", "sqlite")
@@ -98,6 +103,10 @@ def test_adapter_config_is_valid_and_serves_everything_on_the_tls_port(tmp_path:
     assert config.allow_guest_access and config.enable_registration
     assert config.url_preview_enabled
     assert config.rc_message.per_second >= 1000
+    # SyTest's fake siteverify: a captcha is checked when submitted, never required.
+    assert config.recaptcha_private_key == "sytest_recaptcha_private_key"
+    assert config.recaptcha_siteverify_api.endswith(":28500/recaptcha/api/siteverify")
+    assert not config.enable_registration_captcha
 
 
 def test_new_failures_are_traced_to_their_files_and_retried_once(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ from starling.api.client.sync import SyncRoutes
 from starling.api.client.timestamps import TimestampRoutes
 from starling.api.client.to_device import ToDeviceRoutes
 from starling.api.client.typing import TypingRoutes
+from starling.api.client.uia_fallback import uia_fallback_routes
 from starling.api.client.user_directory import UserDirectoryRoutes
 from starling.api.client.voip import VoipRoutes
 from starling.api.client.websocket import FEATURE as WS_FEATURE
@@ -130,6 +131,7 @@ def client_table(svc: Services) -> RouteTable:
         get("/login/cas/redirect", sso.cas_redirect, NONE, versions=V3_R0),
         get("/login/cas/ticket", sso.cas_ticket, NONE, versions=V3_R0),
         get("/auth/m.login.sso/fallback/web", sso.sso_fallback, NONE, versions=V3_R0),
+        *uia_fallback_routes(svc.accounts, V3_R0),
         post("/refresh", accounts.refresh, NONE),
         post("/logout", accounts.logout, guests=True),
         post("/logout/all", accounts.logout_all),
