@@ -54,6 +54,7 @@ from benchmarks.machine import ROOT, cpu_model, git_commit
 from starling.app import Homeserver
 from starling.config import load_config_dict
 from starling.generate_config import write_self_signed_certificate
+from starling.protocol.lowbandwidth import noise
 from starling.protocol.signing import SigningKey
 from starling_client.api import Api
 from starling_client.lowbandwidth import LowBandwidthClient
@@ -69,6 +70,7 @@ UDP_HEADER = 8
 TCP_HEADER = 20
 TCP_TIMESTAMPS = 12  # the timestamp option, padded: on every segment once negotiated
 TCP_SYN_OPTIONS = 20  # MSS, SACK-permitted, timestamps, window scale (Linux's SYN)
+NOISE_OVERHEAD = noise.HEADER.size + noise.TAG_LENGTH  # on every data datagram
 ETHERNET_MSS = 1460  # a 1500-byte MTU: what a real link would segment at
 # struct tcp_info (linux/tcp.h) offsets of the fields read here
 _TCPI_OPTIONS = 5
@@ -178,6 +180,8 @@ class Result:
     sends: list[int] = field(default_factory=list)
     receives: list[int] = field(default_factory=list)
     payload: int = 0  # the whole flow without IP/TCP/UDP headers (the old method)
+    datagrams: int = 0  # CoAP: datagrams of the whole flow (each pays IPv4+UDP and Noise)
+    cold_send: tuple[int, int] = (0, 0)  # one send on a new connection: (IP layer, payload)
 
 
 class Meter:
@@ -270,6 +274,16 @@ async def run_http(
         result.receives.append(meter.take())
     result.payload = payload.take()
     await bob.close()
+    if not ws:
+        # matrix-org's FOSDEM 2019 measure: one message sent on a new connection.
+        await asyncio.sleep(0.3)  # the closed connection's FIN exchange is not counted
+        meter.take()
+        payload.take()
+        cold = Api(https, str(login["access_token"]), transport="http")
+        cold._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False))
+        await cold.send(rooms[0], "m.room.message", {"msgtype": "m.text", "body": "test"})
+        result.cold_send = (meter.take(), payload.take())
+        await cold.close()
     return result
 
 
@@ -322,8 +336,23 @@ async def run_coap(base: str, alice: Api, name: str, n: int, port: int, key: byt
         since, _ = await wait_for(sync, since, body)
         result.receives.append(meter.take())
     result.payload = payload.take()
+    result.datagrams = bob.datagrams_sent + bob.datagrams_received
     await stream.aclose()
     await bob.close()
+    # matrix-org's FOSDEM 2019 measure: one message sent on a new connection (a Noise
+    # handshake, then the send carrying the token and session options).
+    cold = await LowBandwidthClient.connect("127.0.0.1", port, key)
+    cold.access_token = bob.access_token
+    status, _ = await cold.request(
+        "PUT",
+        f"/_matrix/client/v3/rooms/{rooms[0]}/send/m.room.message/cold",
+        {"msgtype": "m.text", "body": "test"},
+    )
+    assert status == 200
+    datagrams = cold.datagrams_sent + cold.datagrams_received
+    cold_payload = cold.bytes_sent + cold.bytes_received
+    result.cold_send = (cold_payload + datagrams * (IPV4_HEADER + UDP_HEADER), cold_payload)
+    await cold.close()
     return result
 
 
@@ -471,10 +500,34 @@ def render(results: list[Result], lat: dict[str, list[float]], n: int) -> str:
     for label, fn in rows:
         lines.append(f"| {label} | " + " | ".join(f"{fn(r):.0f}" for r in results) + " |")
     lines.append(
-        "| HTTPS÷this (whole flow) | "
+        "| HTTPS÷this (whole flow, IP layer) | "
         + " | ".join(f"{total(base) / total(r):.1f}x" for r in results)
         + " |"
     )
+    lines.append(
+        "| HTTPS÷this (whole flow, payload only) | "
+        + " | ".join(f"{base.payload / r.payload:.1f}x" for r in results)
+        + " |"
+    )
+    colds = [r for r in results if r.cold_send[0]]
+    for label, index in (("IP layer", 0), ("payload only", 1)):
+        lines.append(
+            f"| one send on a new connection, {label} | "
+            + " | ".join(str(r.cold_send[index]) if r.cold_send[0] else "-" for r in results)
+            + " |"
+        )
+    if colds:
+        lines.append(
+            "| HTTPS÷this (one send on a new connection, IP layer / payload) | "
+            + " | ".join(
+                f"{base.cold_send[0] / r.cold_send[0]:.1f}x / "
+                f"{base.cold_send[1] / r.cold_send[1]:.1f}x"
+                if r.cold_send[0]
+                else "-"
+                for r in results
+            )
+            + " |"
+        )
     lines.append(
         "| HTTPS÷this (per receive) | "
         + " | ".join(
@@ -483,6 +536,18 @@ def render(results: list[Result], lat: dict[str, list[float]], n: int) -> str:
         )
         + " |"
     )
+    for r in results:
+        if r.datagrams:
+            framing = r.datagrams * (IPV4_HEADER + UDP_HEADER + NOISE_OVERHEAD)
+            target = total(base) / 30
+            lines += [
+                "",
+                f"Floor ({r.name}): the flow took {r.datagrams} datagrams; their IPv4+UDP "
+                f"({IPV4_HEADER + UDP_HEADER}) and Noise ({NOISE_OVERHEAD}) framing alone "
+                f"is {framing} bytes, before any CoAP or body. 30x fewer than HTTPS's "
+                f"{total(base)} would be {target:.0f} bytes in all: "
+                f"{target / r.datagrams:.0f} bytes a datagram with this many datagrams.",
+            ]
     lines += [
         "",
         f"Delivery latency, alice's send returned → bob has the message ({n} samples, ms):",

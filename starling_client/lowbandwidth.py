@@ -45,6 +45,10 @@ METHOD_CODES = {"GET": Code.GET, "POST": Code.POST, "PUT": Code.PUT, "DELETE": C
 HANDSHAKE_TRIES = 6
 HANDSHAKE_TIMEOUT_S = 1.0
 MAX_QUEUED = 64  # pushed /sync answers waiting for the consumer of observe_sync
+# Path enums whose room is one the user has normally joined: their `{roomId}` travels as a
+# room reference (codec.room_reference, 12 bytes instead of ~45); the server resolves it
+# among the user's joined rooms, and the request is repeated with the full ID if not.
+ROOM_REFERENCE_ENUMS = frozenset("89ABCDEFJMOPQYZatu")
 
 
 class LowBandwidthError(Exception):
@@ -169,6 +173,7 @@ class LowBandwidthClient:
         max_retransmit: int = 4,
         deflate: bool = True,
         max_body_size: int = 16 * 1024 * 1024,
+        room_references: bool = True,
     ) -> None:
         self.host = host
         self.port = port
@@ -189,6 +194,7 @@ class LowBandwidthClient:
         self._token_sent = False
         self._session_options_sent = False
         self.deflate = deflate
+        self.room_references = room_references
         self.max_body_size = max_body_size
         # Our last /sync answers (CBOR) by next_batch: the server may compress the next
         # one against the answer our `since` names (DEFLATE_SINCE_CONTENT_FORMAT).
@@ -294,13 +300,22 @@ class LowBandwidthClient:
                 self._interface._received_datagram(self._server, plaintext)
 
     def _message(
-        self, method: str, path: str, body: Any, params: dict[str, str] | None
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        params: dict[str, str] | None,
+        *,
+        room_references: bool = False,
     ) -> tuple[Message, str | None]:
         """The CoAP request for a Client-Server request, and its `since` (if any)."""
+        segments = codec.compress_path(path.partition("?")[0])
+        if room_references and segments[0] in ROOM_REFERENCE_ENUMS:
+            for i in codec.room_slots(segments):
+                if segments[i].startswith("!"):
+                    segments[i] = codec.room_reference(segments[i])
         message = Message(
-            code=METHOD_CODES[method],
-            uri_path=codec.compress_path(path.partition("?")[0]),
-            transport_tuning=self._tuning,
+            code=METHOD_CODES[method], uri_path=segments, transport_tuning=self._tuning
         )
         query = list((params or {}).items())
         if "?" in path:
@@ -384,7 +399,30 @@ class LowBandwidthClient:
     ) -> tuple[int, Any]:
         """(HTTP status, JSON body) of one Client-Server request."""
         assert self._context is not None, "connect() first"
-        message, since = self._message(method, path, body, params)
+        status, answer = await self._request(
+            method, path, body, params, timeout_s, self.room_references
+        )
+        if (
+            status == 404
+            and self.room_references
+            and isinstance(answer, dict)
+            and answer.get("errcode") == codec.ROOM_REFERENCE_ERRCODE
+        ):
+            # Not a room the server finds among ours (not joined yet, or left): by name.
+            status, answer = await self._request(method, path, body, params, timeout_s, False)
+        return status, answer
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        params: dict[str, str] | None,
+        timeout_s: float,
+        room_references: bool,
+    ) -> tuple[int, Any]:
+        assert self._context is not None, "connect() first"
+        message, since = self._message(method, path, body, params, room_references=room_references)
         try:
             response = await asyncio.wait_for(self._context.request(message).response, timeout_s)
         except TimeoutError as e:

@@ -70,6 +70,8 @@ class Dispatch(Protocol):
 
 
 SYNC_REFERENCES = 2  # /sync answers kept per session as DEFLATE dictionaries
+ROOM_REFERENCES = 64  # resolved room references kept per session (codec.room_reference)
+JOINED_ROOMS_PATH = "/_matrix/client/v3/joined_rooms"
 MAX_DATAGRAM = 1600  # a 1024-byte block, CoAP options and the Noise header fit
 MAX_TOKEN_LENGTH = 1024
 ASSEMBLIES_PER_SESSION = 4
@@ -139,6 +141,8 @@ class Session(interfaces.EndpointAddress):  # type: ignore[misc]
     # The session's /sync Observe registration (at most one: a new one ends it).
     observation: asyncio.Task[Any] | None = None
     block_read: asyncio.Event = field(default_factory=asyncio.Event)  # a Block2 was served
+    # Room references (`~...`) this session used, resolved to room IDs (most recent last).
+    room_references: OrderedDict[str, str] = field(default_factory=OrderedDict)
 
     def send(self, data: bytes) -> None:
         self.endpoint.send_sealed(self, data)
@@ -537,8 +541,14 @@ class _MatrixResource(Resource):  # type: ignore[misc]
         refused = self._session_options(session, request)
         if refused is not None:
             return (*refused, "")
+        segments = list(request.opt.uri_path)
+        if any(codec.is_room_reference(segments[i]) for i in codec.room_slots(segments)):
+            resolved = await self._resolve_rooms(session, segments)
+            if isinstance(resolved, tuple):
+                return (*resolved, "")
+            segments = resolved
         try:
-            path = codec.expand_path(list(request.opt.uri_path))
+            path = codec.expand_path(segments)
         except codec.CodecError as e:
             return (*_error(404, e.errcode, str(e)), "")
         try:
@@ -572,6 +582,45 @@ class _MatrixResource(Resource):  # type: ignore[misc]
             method, path, json_body, session.access_token, session.ip
         )
         return status, answer, path
+
+    async def _resolve_rooms(
+        self, session: Session, segments: list[str]
+    ) -> list[str] | tuple[int, Any]:
+        """The path segments with each room reference (`~...`, codec.room_reference) in
+        a `{roomId}` slot replaced by the room ID it names among the rooms the session's
+        user has joined (asked of /joined_rooms, with the session's token, when the
+        session has not resolved it yet); an error answer (4.04
+        ROOM_REFERENCE_ERRCODE) if one names no joined room or more than one: the
+        client then sends the full room ID."""
+        out = list(segments)
+        refs = session.room_references
+        slots = [i for i in codec.room_slots(segments) if codec.is_room_reference(segments[i])]
+        if any(segments[i] not in refs for i in slots):
+            status, answer = await self._dispatch(
+                "GET", JOINED_ROOMS_PATH, None, session.access_token, session.ip
+            )
+            if status != 200:
+                return status, answer
+            joined = answer.get("joined_rooms") if isinstance(answer, dict) else None
+            found: dict[str, list[str]] = {}
+            for room_id in joined if isinstance(joined, list) else []:
+                if isinstance(room_id, str):
+                    found.setdefault(codec.room_reference(room_id), []).append(room_id)
+            for i in slots:
+                rooms = found.get(segments[i], [])
+                if len(rooms) != 1:
+                    return _error(
+                        404,
+                        codec.ROOM_REFERENCE_ERRCODE,
+                        "No single joined room has this reference; send the room ID",
+                    )
+                refs[segments[i]] = rooms[0]
+        for i in slots:
+            refs.move_to_end(segments[i])
+            out[i] = refs[segments[i]]
+        while len(refs) > ROOM_REFERENCES:
+            refs.popitem(last=False)
+        return out
 
     def _response(
         self,

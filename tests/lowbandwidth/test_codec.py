@@ -90,13 +90,41 @@ def test_noise_datagram_overhead_and_spent_counter() -> None:
     server, response = noise.respond(key, initiator.init)
     client = initiator.finish(response)
     sealed = client.seal(b"coap")
-    assert len(sealed) == 4 + 25  # kind, session ID, 4-byte counter, 16-byte tag
+    assert len(sealed) == 4 + 23  # kind, session ID, counter's low 16 bits, 16-byte tag
     assert server.open(sealed) == b"coap"
     # The last counter a session may use, then the session is spent.
     client._counter = noise.MAX_COUNTER
+    server._window.highest = noise.MAX_COUNTER - 3  # the receiver was nearly there
     assert server.open(client.seal(b"last")) == b"last"
     with pytest.raises(noise.NoiseError):
         client.seal(b"one too many")
+
+
+def test_noise_counter_rebuilt_from_its_low_bits() -> None:
+    """Only the counter's low 16 bits travel; the receiver takes the nearest counter with
+    those bits: across a wrap, reordered, after a run of losses. A datagram too far
+    behind is refused (replay window), and one whose counter was guessed wrong fails
+    authentication rather than being accepted."""
+    assert noise.full_counter(0xFFFF, -1) == 0xFFFF
+    assert noise.full_counter(0x0002, 0xFFFE) == 0x10002  # wrapped forwards
+    assert noise.full_counter(0xFFFD, 0x10003) == 0xFFFD  # reordered behind a wrap
+    assert noise.full_counter(0x1234, 5 * 65536 + 0x1000) == 5 * 65536 + 0x1234
+    key = noise.generate_private_key()
+    initiator = noise.Initiator(noise.public_key(key))
+    server, response = noise.respond(key, initiator.init)
+    client = initiator.finish(response)
+    client._counter = 65536 - 3
+    assert server.open(client.seal(b"first")) == b"first"  # nothing lower to mistake it for
+    sealed = [client.seal(bytes([i])) for i in range(8)]  # across the 16-bit wrap
+    for datagram in [*sealed[4:], *sealed[:4]]:  # reordered
+        assert len(server.open(datagram)) == 1
+    for datagram in sealed:
+        with pytest.raises(noise.NoiseError):
+            server.open(datagram)  # replayed
+    client._counter += 40_000  # a gap past half the 16-bit space: guessed wrong
+    with pytest.raises(noise.NoiseError):
+        server.open(client.seal(b"lost"))
+    assert server._window.highest == 65536 + 5  # forgeries and failures never move it
 
 
 def test_block_follow_ups_leave_out_the_session_options() -> None:

@@ -15,6 +15,7 @@ template left to right. Full paths are always accepted too.
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import zlib
 from typing import Any
@@ -267,3 +268,38 @@ def unpack_token(packed: str) -> str:
     except (ValueError, CodecError):
         raise CodecError("M_INVALID_PARAM", "Malformed packed sync token") from None
     return token
+
+
+# --- Room references (Starling's; docs/transports.md "Room references") ----------------
+#
+# CoAP never compresses options, and a room ID in a Uri-Path (`/9/{roomId}/...`) costs
+# ~45 bytes on every send. In a `{roomId}` slot of a path enum the client may put
+# `~` + the first 64 bits of SHA-256(room ID) in unpadded URL-safe base64 (12 characters;
+# a room ID always starts with `!`, so the two cannot be confused). The server resolves
+# it among the rooms the session's user has joined, and only there: no reference is
+# taken as a room the user is not in; an unknown or ambiguous one is answered 4.04
+# ROOM_REFERENCE_ERRCODE, and the client repeats the request with the full ID.
+ROOM_REFERENCE_PREFIX = "~"
+ROOM_REFERENCE_ERRCODE = "ORG.STARLING.UNKNOWN_ROOM_REFERENCE"
+_ROOM_SLOT = "{roomId}"
+
+
+def room_reference(room_id: str) -> str:
+    """The short reference of a room ID (pure function of the ID)."""
+    digest = hashlib.sha256(room_id.encode()).digest()[:8]
+    return ROOM_REFERENCE_PREFIX + base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def is_room_reference(segment: str) -> bool:
+    return len(segment) == 12 and segment.startswith(ROOM_REFERENCE_PREFIX)
+
+
+def room_slots(segments: tuple[str, ...] | list[str]) -> list[int]:
+    """Indexes of the segments of an enum path that fill a `{roomId}` parameter."""
+    if not segments or len(segments[0]) != 1 or segments[0] not in _TEMPLATES:
+        return []
+    template, count = _TEMPLATES[segments[0]]
+    if len(segments) != count + 1:
+        return []
+    params = _PARAM.findall(template)
+    return [i + 1 for i, name in enumerate(params) if name == _ROOM_SLOT]

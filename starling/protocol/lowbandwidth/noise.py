@@ -11,13 +11,17 @@ Datagrams (first byte is the kind):
 - ``0x01 | NK message 1`` (client → server: ephemeral key, 48 bytes);
 - ``0x02 | NK message 2`` (server → client); its encrypted payload is the 4-byte
   session ID the server chose;
-- ``0x03 | session ID (4) | counter (4, big-endian) | AEAD(CoAP message)``: one CoAP
-  message, ChaCha20-Poly1305 under the session's key for that direction, the counter as
-  nonce and the 9-byte header as associated data (so a header cannot be swapped);
+- ``0x03 | session ID (4) | counter (low 16 bits, big-endian) | AEAD(CoAP message)``:
+  one CoAP message, ChaCha20-Poly1305 under the session's key for that direction, the
+  full counter as nonce and the 7-byte header as associated data (so a header cannot be
+  swapped). The receiver rebuilds the full counter as the value with those low bits
+  nearest to the highest authentic counter + 1 (as DTLS 1.3 and QUIC do with their
+  sequence and packet numbers): right unless 32768 datagrams in a row were lost, and a
+  wrong guess only fails authentication;
 - ``0x04 | session ID (4)``: "no such session" (server → client, unauthenticated: at worst
   a forged one makes the client handshake again).
 
-UDP reorders and drops, so nonces are explicit, and replays are refused with a sliding
+UDP reorders and drops, so nonces are explicit (their low bits), and replays are refused with a sliding
 window over the last 1024 counters (as DTLS and WireGuard do). A session is found by its
 ID, not by the sender's address: a client whose address changes (mobile) keeps its
 session; the server answers at the address of the last authentic datagram.
@@ -39,14 +43,29 @@ HANDSHAKE_INIT = 0x01
 HANDSHAKE_RESPONSE = 0x02
 DATA = 0x03
 UNKNOWN_SESSION = 0x04
-HEADER = struct.Struct(">BII")  # kind, session ID, counter: 9 bytes
+HEADER = struct.Struct(">BIH")  # kind, session ID, counter's low 16 bits: 7 bytes
+COUNTER_BITS = 16
 INIT_LENGTH = 1 + 32 + 16
 RESPONSE_LENGTH = 1 + 32 + 4 + 16
 TAG_LENGTH = 16
 REPLAY_WINDOW = 1024
-# A 4-byte counter (4 bytes saved on every datagram): 2^32 datagrams per direction, after
-# which the session is spent and the client handshakes again.
+# 2^32 datagrams per direction, after which the session is spent and the client
+# handshakes again (only its low 16 bits travel: 2 bytes fewer on every datagram).
 MAX_COUNTER = 2**32 - 1
+
+
+def full_counter(low: int, highest: int) -> int:
+    """The counter whose low COUNTER_BITS are `low`, nearest to `highest` + 1 (RFC 9000
+    §A.3's packet-number decoding; RFC 9147 §4.2.2 does the same for DTLS 1.3)."""
+    expected = highest + 1
+    span = 1 << COUNTER_BITS
+    half = span // 2
+    candidate = (expected & ~(span - 1)) | low
+    if candidate + half <= expected and candidate + span <= MAX_COUNTER:
+        return candidate + span
+    if candidate > expected + half and candidate >= span:
+        return candidate - span
+    return candidate
 
 
 class NoiseError(Exception):
@@ -97,7 +116,7 @@ class SecureChannel:
     def seal(self, plaintext: bytes) -> bytes:
         if self._counter > MAX_COUNTER:
             raise NoiseError("Session exhausted; handshake again")
-        header = HEADER.pack(DATA, self.session_id, self._counter)
+        header = HEADER.pack(DATA, self.session_id, self._counter & ((1 << COUNTER_BITS) - 1))
         self._send.set_nonce(self._counter)
         self._counter += 1
         return header + bytes(self._send.encrypt_with_ad(header, plaintext))
@@ -107,9 +126,10 @@ class SecureChannel:
         window only moves for authentic datagrams, so forgeries cannot push it."""
         if len(datagram) < HEADER.size + TAG_LENGTH:
             raise NoiseError("Too short")
-        kind, session_id, counter = HEADER.unpack_from(datagram)
-        if kind != DATA or session_id != self.session_id or counter > MAX_COUNTER:
+        kind, session_id, low = HEADER.unpack_from(datagram)
+        if kind != DATA or session_id != self.session_id:
             raise NoiseError("Not a data datagram of this session")
+        counter = full_counter(low, self._window.highest)
         if not self._window.fresh(counter):
             raise NoiseError("Replayed")
         self._receive.set_nonce(counter)
