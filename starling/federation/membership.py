@@ -325,7 +325,14 @@ class ResidentMembership:
         invite_room_state: Any,
     ) -> Event:
         """PUT /invite/{roomId}/{eventId}: countersign an invite of one of our users and,
-        when this server is not in the room, remember it so the user sees it in /sync."""
+        when this server is not in the room, remember it so the user sees it in /sync.
+
+        The spec lists what to refuse (not an invite, not signed by its sender's server,
+        a target on another server) and does not ask whether the target exists: an
+        invite of a name no account holds is countersigned too, as Synapse does (the
+        answer does not tell which names exist), and when the room is not here nothing
+        is kept for it. In a room this server is in it goes through the receipt checks
+        like any invite, which a /send transaction could carry without this handshake."""
         # The room's server ACL (when we hold its state) applies before anything else.
         await self._check_origin_allowed(room_id, origin)
         event = parse_pdu(pdu, room_version, event_id)
@@ -334,8 +341,9 @@ class ResidentMembership:
         if event.type != "m.room.member" or event.membership != "invite":
             raise bad_json("The event must be an invite")
         target = event.state_key or ""
-        if server_of(target) != self._server_name or not await self._user_exists(target):
-            raise MatrixError(404, "M_NOT_FOUND", f"No user {target} here")
+        if server_of(target) != self._server_name:
+            # The spec's SHOULD for "the state_key is not a user ID on the receiving server".
+            raise MatrixError(400, "M_INVALID_PARAM", f"{target} is not a user of this server")
         if server_of(event.sender) != origin:
             raise forbidden(f"{event.sender} is not a user of {origin}")
         known = await self._events.get_room_version(room_id)
@@ -352,7 +360,7 @@ class ResidentMembership:
             problem = await self._receiver.on_send_pdu(origin, dict(signed.pdu))
             if problem is not None:
                 logger.info("invite %s from %s: %s", signed.event_id, origin, problem)
-        else:
+        elif await self._user_exists(target):
             stripped = stripped_state(invite_room_state)
             stored = dict(signed.pdu)
             unsigned = dict(stored.get("unsigned") or {})

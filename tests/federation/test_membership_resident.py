@@ -440,11 +440,14 @@ async def test_invites_are_countersigned_only_for_local_users_from_their_inviter
             "banned.test", room_id, banned.event_id, banned.pdu, rv, state
         ),
     )
-    nobody = invite(f"@carol:{REMOTE}", "@nobody:test.local", setup.remote_builder)
+    # A user of another server: the spec's M_INVALID_PARAM.
+    elsewhere = invite(f"@carol:{REMOTE}", f"@bob:{OTHER}", setup.remote_builder)
     await expect(
-        "M_NOT_FOUND",
-        404,
-        setup.resident.receive_invite(REMOTE, room_id, nobody.event_id, nobody.pdu, rv, state),
+        "M_INVALID_PARAM",
+        400,
+        setup.resident.receive_invite(
+            REMOTE, room_id, elsewhere.event_id, elsewhere.pdu, rv, state
+        ),
     )
     # A signature that does not verify.
     setup.verifier.fail = True
@@ -463,6 +466,15 @@ async def test_invites_are_countersigned_only_for_local_users_from_their_inviter
     assert set(signed.pdu["signatures"]) == {REMOTE, setup.hs.server_name}
     (stored,) = setup.invites.stored
     assert stored.unsigned["invite_room_state"] == state
+
+    # A name no account holds: countersigned as any (the answer does not say which
+    # names exist, as Synapse's), and nothing kept for nobody.
+    nobody = invite(f"@carol:{REMOTE}", "@nobody:test.local", setup.remote_builder)
+    signed = await setup.resident.receive_invite(
+        REMOTE, room_id, nobody.event_id, nobody.pdu, rv, state
+    )
+    assert set(signed.pdu["signatures"]) == {REMOTE, setup.hs.server_name}
+    assert len(setup.invites.stored) == 1
 
 
 async def test_an_invite_into_a_room_we_are_in_goes_through_the_receipt_checks(
