@@ -218,6 +218,30 @@ async def test_relayed_join_goes_to_the_other_servers_not_its_origin(setup: Setu
     assert theirs not in setup.client.event_ids(REMOTE) + setup.client.event_ids(OTHER)
 
 
+async def test_an_event_made_here_for_another_servers_user_goes_to_every_server(
+    setup: Setup,
+) -> None:
+    # A third-party invite this server made for another server's inviter
+    # (starling.identity.service: recorded with this server as its origin before it
+    # is stored) goes to every other server in the room, the inviter's included.
+    room, _ = await setup.room_with_remote(REMOTE, OTHER)
+    sender = await setup.start()
+    inviter = f"@bob:{OTHER}"
+
+    async def record(event: Any) -> None:
+        await sender.record_relayed(event.event_id, setup.hs.server_name)
+
+    made = await setup.services.room_events.send(
+        room,
+        inviter,
+        "m.room.message",
+        {"msgtype": "m.text", "body": "made here"},
+        before_persist=record,
+    )
+    await wait_for(lambda: made.event_id in setup.client.event_ids(REMOTE))
+    await wait_for(lambda: made.event_id in setup.client.event_ids(OTHER))
+
+
 async def test_backoff_then_reset_by_an_inbound_request(setup: Setup) -> None:
     room, alice = await setup.room_with_remote(REMOTE)
     sender = await setup.start()  # a one-minute backoff: only the reset can deliver
