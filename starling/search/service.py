@@ -174,7 +174,8 @@ class SearchService:
             if m.membership == "join":
                 bounds[room_id] = UNBOUNDED
                 joined.append(room_id)
-            elif m.membership in ("leave", "ban"):
+            elif m.membership == "leave":
+                # A banned user reads nothing more of the room (RoomHistory.access).
                 departed[room_id] = m.event_id
         if departed:
             # A forgotten room's history is no longer searchable (spec: /forget).

@@ -119,17 +119,26 @@ class RoomHistory:
         self._current_position = current_position
 
     async def access(self, user_id: str, room_id: str) -> RoomAccess:
-        """What of the room the user may read, or 403 M_FORBIDDEN."""
+        """What of the room the user may read, or 403 M_FORBIDDEN.
+
+        Members read the room now; a user who left reads it as of their departure (spec:
+        "If the user has left the room then the state is taken from the state of the room
+        when they left"), until they forget it. A banned user reads nothing more than
+        anyone may (spec: "A banned user will not be treated as a joined user, and so will
+        not be able to send or receive events in the room"; Synapse's
+        check_user_in_room_or_world_readable): every read path through here (state,
+        members, /messages, /context, /event, relations, room initialSync) refuses them
+        unless the room is world-readable."""
         m = await self._memberships.get_membership(room_id, user_id)
         if m is not None and m.membership == "join":
             return RoomAccess(room_id, "join", None, None, True)
         if (
             m is not None
-            and m.membership in ("leave", "ban")
+            and m.membership == "leave"
             # Once forgotten, a room's history is no longer theirs to read (spec: /forget).
             and room_id not in await self._memberships.forgotten_rooms(user_id)
-            # A rejected invite, a rescinded knock or a ban from outside gives no view
-            # of a room they were never in.
+            # A rejected invite or a rescinded knock gives no view of a room they were
+            # never in.
             and await self._memberships.rooms_ever_joined(user_id, [room_id])
         ):
             found = await self._events.get_event(m.event_id)
@@ -139,6 +148,8 @@ class RoomHistory:
             await self._state.get_current_state_ids(room_id)
         ):
             return RoomAccess(room_id, m.membership if m else None, None, None, False)
+        if m is not None and m.membership == "ban":
+            raise forbidden(f"You are banned from room {room_id}")
         raise forbidden(f"You are not in room {room_id} and it is not world-readable")
 
     async def _state_at_access(self, access: RoomAccess) -> Mapping[StateKey, str]:
@@ -166,7 +177,8 @@ class RoomHistory:
         m = await self._memberships.get_membership(room_id, user_id)
         if m is not None and m.membership in ("leave", "ban"):
             try:
-                await self.access(user_id, room_id)  # refused once they forgot the room
+                # Refused once they forgot the room, and to the banned (see access).
+                await self.access(user_id, room_id)
             except MatrixError as e:
                 if e.status == 403:
                     raise not_found("Event not found") from None

@@ -165,3 +165,71 @@ async def test_never_joined_departure_gives_no_view_of_the_room(hs: Harness) -> 
     await _leave(hs, d, room)
     status, body = await hs.request("GET", f"{V3}/rooms/{room}/state/m.room.topic", d)
     assert status == 200 and body == {"topic": "secret topic"}
+
+
+async def test_a_banned_user_reads_nothing_more_unless_world_readable(hs: Harness) -> None:
+    """Spec ("Banning users in a room"): a banned user "will not be able to send or receive
+    events in the room". Unlike a user who left (who reads the room as of their
+    departure), a banned one gets 403 on every room read, as Synapse's
+    check_user_in_room_or_world_readable (and /event's 404, its only error), and /search
+    leaves the room out; a world-readable room stays readable, as for anyone."""
+    _, a = await hs.register("alice")
+    bob, b = await hs.register("bob")
+    carol, c = await hs.register("carol")
+    room = await _public_room(hs, a)
+    for tok in (b, c):
+        await _join(hs, tok, room)
+    event = await hs.send_message(a, room, "findme before the ban")
+    await _leave(hs, c, room)  # carol left: she keeps her view, as of her departure
+    status, body = await hs.request("POST", f"{V3}/rooms/{room}/ban", a, {"user_id": bob})
+    assert status == 200, body
+    search = {"search_categories": {"room_events": {"search_term": "findme"}}}
+
+    status, body = await hs.request("GET", f"{V3}/rooms/{room}/event/{event}", b)
+    assert (status, body["errcode"]) == (404, "M_NOT_FOUND"), body
+    for path in (
+        f"{V3}/rooms/{room}/context/{event}",
+        f"{V3}/rooms/{room}/state",
+        f"{V3}/rooms/{room}/state/m.room.member/{bob}",
+        f"{V3}/rooms/{room}/state/m.room.create",
+        f"{V3}/rooms/{room}/members",
+        f"{V3}/rooms/{room}/joined_members",
+        f"{V3}/rooms/{room}/messages?dir=b",
+        f"{V3}/rooms/{room}/initialSync",
+        f"{V1}/rooms/{room}/relations/{event}",
+        f"{V1}/rooms/{room}/threads",
+    ):
+        status, body = await hs.request("GET", path, b)
+        assert (status, body["errcode"]) == (403, "M_FORBIDDEN"), (path, body)
+    status, body = await hs.request("POST", f"{V3}/search", b, search)
+    assert status == 200 and body["search_categories"]["room_events"]["results"] == []
+
+    # The one who left still reads the room as it was when she left.
+    for path in (
+        f"{V3}/rooms/{room}/event/{event}",
+        f"{V3}/rooms/{room}/context/{event}",
+        f"{V3}/rooms/{room}/state/m.room.member/{carol}",
+        f"{V3}/rooms/{room}/members",
+        f"{V3}/rooms/{room}/messages?dir=b",
+    ):
+        status, body = await hs.request("GET", path, c)
+        assert status == 200, (path, body)
+    status, body = await hs.request("POST", f"{V3}/search", c, search)
+    assert status == 200 and len(body["search_categories"]["room_events"]["results"]) == 1
+
+    # World-readable: the banned user reads the room as anyone may (its current state).
+    visibility = {"history_visibility": "world_readable"}
+    status, body = await hs.request(
+        "PUT", f"{V3}/rooms/{room}/state/m.room.history_visibility/", a, visibility
+    )
+    assert status == 200, body
+    status, body = await hs.request("GET", f"{V3}/rooms/{room}/state/m.room.member/{bob}", b)
+    assert status == 200 and body["membership"] == "ban", body
+    status, body = await hs.request("GET", f"{V3}/rooms/{room}/state/m.room.history_visibility", b)
+    assert status == 200 and body == visibility, body
+    later = await hs.send_message(a, room, "said after the ban")
+    for path in (f"{V3}/rooms/{room}/event/{later}", f"{V3}/rooms/{room}/members"):
+        status, body = await hs.request("GET", path, b)
+        assert status == 200, (path, body)
+    status, body = await hs.request("GET", f"{V3}/rooms/{room}/messages?dir=b", b)
+    assert status == 200 and later in [e["event_id"] for e in body["chunk"]], body
