@@ -218,6 +218,12 @@ class LowBandwidthClient:
         context = Context(loop=asyncio.get_running_loop(), loggername="starling.coap.client")
 
         async def make(mman: Any) -> _Interface:
+            # aiocoap counts tokens up from a random 16-bit start, sending them without
+            # leading zero bytes: from 0 the first 255 are one byte, not two, on every
+            # request and answer. Noise authenticates every datagram, so tokens need no
+            # randomness against off-path spoofing (RFC 7252 §5.3.1 asks for it only
+            # without security); they stay unique, counting up, as aiocoap needs.
+            mman.token_manager._token = 0
             client._interface = _Interface(mman, client)
             return client._interface
 

@@ -357,3 +357,29 @@ async def test_packed_since_token(lb: LowBandwidthServer) -> None:
         assert status == 400 and error["errcode"] == "M_INVALID_PARAM"
     finally:
         await client.close()
+
+
+async def test_one_byte_tokens(lb: LowBandwidthServer) -> None:
+    """The client's CoAP tokens count up from 0: one byte on each request and answer
+    (Noise authenticates datagrams, so they need no randomness); still unique."""
+    from aiocoap import Message
+
+    client = await connect(lb)
+    assert client._channel is not None
+    channel = client._channel
+    seal, sent = channel.seal, []
+
+    def recording(plaintext: bytes) -> bytes:
+        sent.append(Message.decode(plaintext))
+        return seal(plaintext)
+
+    channel.seal = recording  # type: ignore[method-assign]
+    try:
+        for _ in range(3):
+            status, _ = await client.request("GET", "/_matrix/client/versions")
+            assert status == 200
+        tokens = [m.token for m in sent if m.code.is_request()]
+        assert len(tokens) == 3 and len(set(tokens)) == 3
+        assert all(len(t) == 1 for t in tokens)
+    finally:
+        await client.close()
