@@ -293,7 +293,12 @@ async def build_services(
     membership_store.use_member_changes(state_store.member_changes)
     profile_store = ProfileStore(db)
     alias_store = AliasStore(db)
+    # With workers, other processes write relations and keys too: the memories of
+    # "this new event has no children" and of each device's key counts are for one
+    # process only.
+    single_process = not (config.redis is not None and config.redis.enabled)
     relation_store = RelationStore(db)
+    relation_store.remember_childless = single_process
     search_store = SearchStore(db)
 
     async def user_exists(user_id: str) -> bool:
@@ -527,9 +532,11 @@ async def build_services(
         # New to-device messages or device-list changes: MSC2409/MSC3202 services look.
         app_service_sender.wake()
 
+    e2ee_stores = await E2eeStores.open(db)
+    e2ee_stores.keys.remember_counts = single_process
     e2ee = build_e2ee(
         config.server_name,
-        await E2eeStores.open(db),
+        e2ee_stores,
         account_store,
         event_store,
         membership_store,

@@ -23,7 +23,13 @@ class _Waiter:
     def __init__(self, user_id: str, rooms: frozenset[str]) -> None:
         self.user_id = user_id
         self.rooms = rooms
-        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # True: notified; False: timed out.
+        self.future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+
+def _time_out(future: asyncio.Future[bool]) -> None:
+    if not future.done():
+        future.set_result(False)
 
 
 class Notifier:
@@ -50,14 +56,14 @@ class Notifier:
             woken |= self._by_room.get(room_id, set())
         for waiter in woken:
             if not waiter.future.done():
-                waiter.future.set_result(None)
+                waiter.future.set_result(True)
 
     def notify_all(self) -> None:
         """Wake every waiter (e.g. on shutdown, or a change visible to everyone)."""
         for waiters in list(self._by_user.values()):
             for waiter in waiters:
                 if not waiter.future.done():
-                    waiter.future.set_result(None)
+                    waiter.future.set_result(True)
 
     async def wait(self, user_id: str, rooms: Iterable[str], timeout: float) -> bool:
         """Wait until notified for the user or one of the rooms, or the timeout.
@@ -68,12 +74,14 @@ class Notifier:
         self._by_user.setdefault(user_id, set()).add(waiter)
         for room_id in waiter.rooms:
             self._by_room.setdefault(room_id, set()).add(waiter)
+        # The waiter's own future, a timer resolving it False: a wake-up resumes the
+        # waiting task in the next loop iteration (wait_for and shield took three).
+        future = waiter.future
+        timer = future.get_loop().call_later(timeout, _time_out, future)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
-            return True
-        except TimeoutError:
-            return False
+            return await future
         finally:
+            timer.cancel()
             self._remove(waiter)
 
     def _remove(self, waiter: _Waiter) -> None:

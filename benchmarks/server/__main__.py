@@ -208,11 +208,15 @@ def run_one(
 
 def machine_description(load_at_start: tuple[float, float, float]) -> str:
     load_avg = ", ".join(f"{x:.2f}" for x in load_at_start)
+    try:
+        synapse = importlib.metadata.version("matrix-synapse")
+    except importlib.metadata.PackageNotFoundError:  # `--only starling` from the dev venv
+        synapse = "not installed"
     return (
         f"{cpu_model()}, {os.cpu_count()} cores (shared with other engineers' processes; "
         f"load average at start {load_avg}, at end "
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}); Python {platform.python_version()}; "
-        f"matrix-synapse {importlib.metadata.version('matrix-synapse')}; Starling {git_commit()}"
+        f"matrix-synapse {synapse}; Starling {git_commit()}"
     )
 
 

@@ -332,6 +332,7 @@ class EventPersister:
                 fills_gap=fills_gap,
                 current_state=current_state,
                 redaction_target=redaction_target,
+                fresh=fresh,
             )
         )
         self._room_written(room_id)

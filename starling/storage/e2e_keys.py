@@ -15,12 +15,17 @@ claimers take the next key instead of all waiting for (and then losing) the same
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from starling.storage.database import Database, Transaction
 
 ClaimKey = tuple[str, str, str]  # (user_id, device_id, algorithm)
+KeyCounts = tuple[dict[str, int], list[str]]
+
+# Devices whose one-time key counts and unused fallback key types are remembered.
+MAX_REMEMBERED_COUNTS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +63,29 @@ def _claims_source(txn: Transaction, claims: Sequence[ClaimKey]) -> tuple[str, l
 
 
 class E2eKeyStore:
+    """`key_counts` (asked by every /sync) is remembered per device until one of this
+    store's writes of that device's one-time or fallback keys commits. That holds while
+    this process is the only writer: with workers `remember_counts` is turned off."""
+
     def __init__(self, db: Database) -> None:
         self._db = db
+        self.remember_counts = True
+        self._counts: OrderedDict[tuple[str, str], KeyCounts] = OrderedDict()
+        # Bumped after each commit that changed some device's keys: a read that started
+        # before it may have missed that commit, so its answer is not remembered.
+        self._counts_changes = 0
+
+    def _forget_counts_after_commit(
+        self, txn: Transaction, user_id: str, device_ids: Iterable[str]
+    ) -> None:
+        keys = [(user_id, d) for d in device_ids]
+
+        def forget() -> None:
+            self._counts_changes += 1
+            for key in keys:
+                self._counts.pop(key, None)
+
+        txn.call_after_commit(forget)
 
     # -- device keys
 
@@ -113,8 +139,8 @@ class E2eKeyStore:
 
     # -- one-time keys
 
-    @staticmethod
     async def add_one_time_keys(
+        self,
         txn: Transaction,
         user_id: str,
         device_id: str,
@@ -126,6 +152,7 @@ class E2eKeyStore:
         the caller can refuse a reused key ID by rolling back."""
         if not keys:
             return {}
+        self._forget_counts_after_commit(txn, user_id, [device_id])
         await txn.executemany(
             "INSERT INTO e2e_one_time_keys"
             " (user_id, device_id, algorithm, key_id, key_json, added_ts)"
@@ -154,9 +181,16 @@ class E2eKeyStore:
         )
         return {r[0]: int(r[1]) for r in rows}
 
-    async def key_counts(self, user_id: str, device_id: str) -> tuple[dict[str, int], list[str]]:
+    async def key_counts(self, user_id: str, device_id: str) -> KeyCounts:
         """`count_one_time_keys` and `unused_fallback_key_types` in one query (every
-        /sync asks for both)."""
+        /sync asks for both), or from memory when no write changed them since (the
+        caller gets its own copies)."""
+        key = (user_id, device_id)
+        remembered = self._counts.get(key) if self.remember_counts else None
+        if remembered is not None:
+            self._counts.move_to_end(key)
+            return dict(remembered[0]), list(remembered[1])
+        changes = self._counts_changes
         rows = await self._db.fetch_all(
             "SELECT 'o', algorithm, COUNT(*) FROM e2e_one_time_keys"
             " WHERE user_id = ? AND device_id = ? GROUP BY algorithm"
@@ -168,7 +202,12 @@ class E2eKeyStore:
             device_id,
         )
         counts = {r[1]: int(r[2]) for r in rows if r[0] == "o"}
-        return counts, sorted(r[1] for r in rows if r[0] == "f")
+        unused = sorted(r[1] for r in rows if r[0] == "f")
+        if self.remember_counts and changes == self._counts_changes:
+            self._counts[key] = (dict(counts), list(unused))
+            if len(self._counts) > MAX_REMEMBERED_COUNTS:
+                self._counts.popitem(last=False)
+        return counts, unused
 
     async def count_one_time_keys(self, user_id: str, device_id: str) -> dict[str, int]:
         rows = await self._db.fetch_all(
@@ -187,6 +226,8 @@ class E2eKeyStore:
         if not claims:
             return {}
         async with self._db.transaction() as txn:
+            for user_id, device_id, _ in claims:
+                self._forget_counts_after_commit(txn, user_id, [device_id])
             source, params = _claims_source(txn, claims)
             if txn.dialect == "postgres":
                 pick = (
@@ -225,14 +266,18 @@ class E2eKeyStore:
 
     # -- fallback keys
 
-    @staticmethod
     async def set_fallback_keys(
-        txn: Transaction, user_id: str, device_id: str, keys: Sequence[tuple[str, str, str]]
+        self,
+        txn: Transaction,
+        user_id: str,
+        device_id: str,
+        keys: Sequence[tuple[str, str, str]],
     ) -> None:
         """Replace the fallback key of each algorithm given. Re-uploading the same key
         keeps its used flag; a new key starts unused."""
         if not keys:
             return
+        self._forget_counts_after_commit(txn, user_id, [device_id])
         await txn.executemany(
             "INSERT INTO e2e_fallback_keys"
             " (user_id, device_id, algorithm, key_id, key_json, used)"
@@ -260,6 +305,8 @@ class E2eKeyStore:
         if not claims:
             return {}
         async with self._db.transaction() as txn:
+            for user_id, device_id, _ in claims:
+                self._forget_counts_after_commit(txn, user_id, [device_id])
             source, params = _claims_source(txn, claims)
             rows = await txn.fetch_all(
                 f"UPDATE e2e_fallback_keys SET used = TRUE FROM {source}"
@@ -341,11 +388,13 @@ class E2eKeyStore:
 
     # -- devices going away
 
-    @staticmethod
-    async def delete_device_keys(txn: Transaction, user_id: str, device_ids: Sequence[str]) -> None:
+    async def delete_device_keys(
+        self, txn: Transaction, user_id: str, device_ids: Sequence[str]
+    ) -> None:
         """Remove everything stored for these devices' keys."""
         if not device_ids:
             return
+        self._forget_counts_after_commit(txn, user_id, device_ids)
         sql = txn.sql
         for table, column in (
             ("e2e_device_keys", "device_id"),

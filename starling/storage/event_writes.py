@@ -71,6 +71,8 @@ class TimelineWrite:
     fills_gap: bool
     current_state: CurrentStateChange | None
     redaction_target: str | None
+    # Built here just now (a local event): nothing can relate to it yet.
+    fresh: bool = False
 
     @property
     def accepted(self) -> bool:
@@ -209,6 +211,8 @@ class EventWrites:
             nids[event.event_id] = nid
             if write.accepted:
                 await self._relations.record(txn, event, position)
+                if write.fresh:
+                    self._relations.note_new_parent(txn, event.event_id)
                 await self._search.record(txn, event, position)
             state_after = group_before
             if write.state_after_ids is not None:

@@ -11,6 +11,7 @@ to an event we do not have) is ignored.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,8 @@ REPLACE = "m.replace"
 ANNOTATION = "m.annotation"
 REFERENCE = "m.reference"
 MAX_ID_LENGTH = 255
+# New local events remembered as having no children (the newest, the ones /sync carries).
+MAX_REMEMBERED_CHILDLESS = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +93,30 @@ class Aggregations:
 
 
 class RelationStore:
+    """Remembers which new local events have no children yet, so that the bundled
+    aggregations of the events an incremental /sync carries (usually just sent, nothing
+    relates to them yet) need no query: an event this server has just built has an
+    event ID nobody could name before (a hash of its content, timestamp and prev
+    events; a random one in the oldest room versions), and every relation recorded since
+    goes through `record`, which forgets its parent. That holds while this process is
+    the only writer: with workers `remember_childless` is turned off."""
+
     def __init__(self, db: Database) -> None:
         self._db = db
+        self.remember_childless = True
+        self._childless: OrderedDict[str, None] = OrderedDict()
+
+    def note_new_parent(self, txn: Transaction, event_id: str) -> None:
+        """`event_id` was built here just now: once `txn` commits, it has no children."""
+        if not self.remember_childless:
+            return
+
+        def remember() -> None:
+            self._childless[event_id] = None
+            if len(self._childless) > MAX_REMEMBERED_CHILDLESS:
+                self._childless.popitem(last=False)
+
+        txn.call_after_commit(remember)
 
     # --- writing -------------------------------------------------------------------------
 
@@ -100,6 +125,7 @@ class RelationStore:
         relation = relation_of(event.content)
         if relation is None or relation.parent_id == event.event_id:
             return
+        self._childless.pop(relation.parent_id, None)
         thread_id = relation.parent_id if relation.rel_type == THREAD else None
         await txn.queue(
             "INSERT INTO event_relations (event_id, relates_to_id, rel_type, room_id, type,"
@@ -289,7 +315,13 @@ class RelationStore:
         - for each of `reference_targets`: the events that m.reference it, oldest first.
 
         Children sent by `ignored` users are left out of threads and references.
+        Parents known to have no children are not asked about.
         """
+        if self._childless:
+            childless = self._childless
+            thread_roots = [e for e in thread_roots if e not in childless]
+            edit_targets = [e for e in edit_targets if e not in childless]
+            reference_targets = [e for e in reference_targets if e not in childless]
         parts: list[str] = []
         args: list[Any] = []
         array = self._db.sql.array

@@ -58,3 +58,46 @@ async def test_sync_carries_to_device_counts_and_device_lists(hs: Harness) -> No
 
     alice_next = await sync(hs, alice, alice_first["next_batch"])
     assert bob.user_id in alice_next["device_lists"]["changed"]
+
+
+async def test_key_counts_follow_claims_between_syncs(hs: Harness) -> None:
+    """The counts every sync carries are remembered per device (E2eKeyStore): a claim
+    of a one-time key, then of the fallback key, shows in the very next sync."""
+    alice = await new_device(hs, "alice")
+    bob = await new_device(hs, "bob")
+    await upload_ok(
+        hs,
+        bob,
+        device_keys=bob.device_keys(),
+        one_time_keys=bob.one_time_keys(2),
+        fallback_keys=bob.fallback_key(),
+    )
+    first = await sync(hs, bob)
+    assert first["device_one_time_keys_count"] == {"signed_curve25519": 2}
+    # Asked again from memory: the same answer, and a caller's change does not stick.
+    again = await sync(hs, bob)
+    assert again["device_one_time_keys_count"] == {"signed_curve25519": 2}
+    again["device_one_time_keys_count"]["signed_curve25519"] = 99
+    again["device_unused_fallback_key_types"].append("x")
+    counts = []
+    for _ in range(3):
+        status, body = await hs.request(
+            "POST",
+            f"{V3}/keys/claim",
+            alice.token,
+            {"one_time_keys": {bob.user_id: {"DEV": "signed_curve25519"}}},
+        )
+        assert status == 200, body
+        assert body["one_time_keys"][bob.user_id]["DEV"]
+        after = await sync(hs, bob)
+        counts.append(
+            (after["device_one_time_keys_count"], after["device_unused_fallback_key_types"])
+        )
+    assert counts == [
+        ({"signed_curve25519": 1}, ["signed_curve25519"]),
+        ({"signed_curve25519": 0}, ["signed_curve25519"]),
+        ({"signed_curve25519": 0}, []),  # the third claim took the fallback key
+    ]
+    # A new upload shows at once too.
+    await upload_ok(hs, bob, one_time_keys=bob.one_time_keys(3, start=10))
+    assert (await sync(hs, bob))["device_one_time_keys_count"] == {"signed_curve25519": 3}
