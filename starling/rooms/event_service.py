@@ -276,6 +276,71 @@ class RoomEventService:
             return event
         raise MatrixError(409, "M_UNKNOWN", "Could not pick a free room ID; retry")
 
+    async def create_room(
+        self,
+        room_version: RoomVersion,
+        room_id: str | None,
+        sender: str,
+        content: dict[str, Any],
+        initial: Sequence[tuple[str, dict[str, Any], str]],
+    ) -> list[Event]:
+        """Build a new room's create event and, each on top of the one before, the
+        `initial` state events (type, content, state key) sent by `sender`; authorise
+        each against the state before it and persist them all in one transaction.
+        Returns the events, create event first. The room ID is picked as in
+        `create_room_event`. If an initial event is refused by the auth rules, the events
+        before it are persisted and the refusal (403) raised, as separate sends would."""
+        for _ in range(MAX_CREATE_ATTEMPTS):
+            ts = max(self._builder.now(), self._last_create_ts + 1)
+            self._last_create_ts = ts
+            create = self._builder.build(
+                room_version=room_version,
+                room_id=room_id,
+                event_type="m.room.create",
+                sender=sender,
+                content=content,
+                state_key="",
+                prev_events=[],
+                auth_events=[],
+                origin_server_ts=ts,
+            )
+            decision = check_auth_rules(create, {})
+            if not decision.allowed:
+                raise MatrixError(400, "M_BAD_JSON", f"Invalid create event: {decision.reason}")
+            async with self.room_lock(create.room_id):
+                if await self._events.get_room_version(create.room_id) is not None:
+                    continue
+                chain = [create]
+                state: dict[StateKey, Event] = {create.state_map_key: create}
+                refusal: MatrixError | None = None
+                for event_type, event_content, state_key in initial:
+                    keys = auth_keys_for(event_type, state_key, sender, event_content, room_version)
+                    auth_state = {k: state[k] for k in keys if k in state}
+                    event = self._builder.build(
+                        room_version=room_version,
+                        room_id=create.room_id,
+                        event_type=event_type,
+                        sender=sender,
+                        content=event_content,
+                        state_key=state_key,
+                        prev_events=[chain[-1]],
+                        auth_events=listed_auth_events(auth_state, room_version),
+                    )
+                    decision = check_auth_rules(event, auth_state)
+                    if not decision.allowed:
+                        refusal = MatrixError(403, "M_FORBIDDEN", decision.reason)
+                        break
+                    chain.append(event)
+                    state[event.state_map_key] = event
+                try:
+                    await self._persister.persist_new_room(chain, room_version)
+                except UniqueViolation:
+                    continue  # another process took this ID in the meantime
+            if refusal is not None:
+                raise refusal
+            return chain
+        raise MatrixError(409, "M_UNKNOWN", "Could not pick a free room ID; retry")
+
     async def _load_state(
         self, state: Mapping[StateKey, str], keys: Sequence[StateKey]
     ) -> dict[StateKey, Event]:

@@ -342,6 +342,58 @@ class EventPersister:
             self._notify_state(room_id, changed, position)
         return position
 
+    async def persist_new_room(self, events: Sequence[Event], room_version: RoomVersion) -> None:
+        """A new room's first state events — its create event, then each event's only
+        prev event the one before, with the state after it as its state before (createRoom
+        builds and authorises them so) — in ONE transaction, decided without reads: each
+        event is accepted, becomes the only forward extremity and sets its key of the
+        current state. The caller holds the room's lock and has checked the room is new.
+        Listeners hear about every event after commit, in order, as from `persist`."""
+        writes: list[TimelineWrite] = []
+        state: dict[StateKey, str] = {}
+        prev: str | None = None
+        for i, event in enumerate(events):
+            key = event.state_map_key
+            expected_prevs = [] if prev is None else [prev]
+            if event.state_key is None or list(event.prev_event_ids) != expected_prevs:
+                raise ValueError(f"{event.event_id} does not follow the new room's chain")
+            if (i == 0) != (event.type == "m.room.create"):
+                raise ValueError("a new room's chain starts with its create event only")
+            before = state
+            state = {**before, key: event.event_id}
+            changed: dict[StateKey, str | None] = {key: event.event_id}
+            members, gone = _member_rows(changed, {event.event_id: event})
+            writes.append(
+                TimelineWrite(
+                    event,
+                    new_room=room_version if i == 0 else None,
+                    backfilled=False,
+                    promote_outlier=False,
+                    state_before_group=None,
+                    state_before_ids=before,
+                    state_after_ids=state,
+                    replaces_state=before.get(key),
+                    rejected_reason=None,
+                    soft_failed=False,
+                    device_id=None,
+                    txn_id=None,
+                    nids={},
+                    becomes_extremity=True,
+                    replaced_extremities=expected_prevs,
+                    missing_prevs=[],
+                    fills_gap=False,
+                    current_state=CurrentStateChange(before, state, changed, members, gone),
+                    redaction_target=None,
+                    fresh=True,
+                )
+            )
+            prev = event.event_id
+        positions = await self._writes.store_new_room_events(writes)
+        for event, position in zip(events, positions, strict=True):
+            self._room_written(event.room_id)
+            self._notify(event, position)
+            self._notify_state(event.room_id, {event.state_map_key: event.event_id}, position)
+
     async def _current_state_with(
         self, event: Event, after_ids: Mapping[StateKey, str], other_extremities: Sequence[str]
     ) -> Mapping[StateKey, str]:

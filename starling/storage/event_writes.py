@@ -167,85 +167,105 @@ class EventWrites:
     async def store_timeline_event(self, write: TimelineWrite) -> int:
         """Store the event as `write` says; returns its stream position (negative for a
         backfilled event)."""
+        await self._state.intern_keys(_state_keys(write))
+        async with self._db.transaction() as txn:
+            position, _ = await self._store_timeline_event(txn, write, write.state_before_group)
+        return position
+
+    async def store_new_room_events(self, writes: Sequence[TimelineWrite]) -> list[int]:
+        """A new room's first events, each the only successor of the one before, in ONE
+        transaction (createRoom): the state before each event after the first is the
+        group after the one before (created in this transaction). Returns the positions."""
+        positions: list[int] = []
+        await self._state.intern_keys(k for write in writes for k in _state_keys(write))
+        async with self._db.transaction() as txn:
+            group: int | None = None
+            for i, write in enumerate(writes):
+                position, group = await self._store_timeline_event(
+                    txn, write, write.state_before_group if i == 0 else group
+                )
+                positions.append(position)
+        return positions
+
+    async def _store_timeline_event(
+        self, txn: Transaction, write: TimelineWrite, group_before: int | None
+    ) -> tuple[int, int | None]:
+        """One event's rows in `txn`; returns its position and the state group after it."""
         event, room_id = write.event, write.event.room_id
         nids = dict(write.nids)
-        async with self._db.transaction() as txn:
-            if write.new_room is not None:
-                await self._events.store_room(
-                    txn, room_id, write.new_room, event.sender, event.origin_server_ts
-                )
-            if write.backfilled:
-                position = -(await self._backfill_stream.next_id(txn))
-            else:
-                position = await self._stream.next_id(txn)
-            group_before = write.state_before_group
-            if group_before is None and write.state_before_ids:
-                before = write.state_before_ids
-                group_before = await self._state.create_group(
-                    txn, room_id, None, before, before, nids
-                )
-            if write.promote_outlier:
-                nid = await self._events.promote_outlier(
-                    txn,
-                    event,
-                    stream_ordering=position,
-                    state_before=group_before,
-                    state_after=group_before,
-                    replaces_state=write.replaces_state,
-                    rejected_reason=write.rejected_reason,
-                    soft_failed=write.soft_failed,
-                )
-            else:
-                nid = await self._events.insert_event(
-                    txn,
-                    event,
-                    stream_ordering=position,
-                    state_before=group_before,
-                    state_after=group_before,
-                    replaces_state=write.replaces_state,
-                    rejected_reason=write.rejected_reason,
-                    soft_failed=write.soft_failed,
-                    device_id=write.device_id,
-                    txn_id=write.txn_id,
-                )
-            nids[event.event_id] = nid
-            if write.accepted:
-                await self._relations.record(txn, event, position)
-                if write.fresh:
-                    self._relations.note_new_parent(txn, event.event_id)
-                await self._search.record(txn, event, position)
-            state_after = group_before
-            if write.state_after_ids is not None:
-                assert event.state_key is not None
-                state_after = await self._state.create_group(
-                    txn,
-                    room_id,
-                    group_before,
-                    {event.state_map_key: event.event_id},
-                    write.state_after_ids,
-                    nids,
-                )
-                await self._events.set_state_after(txn, event.event_id, nid, state_after)
-            if write.becomes_extremity or write.replaced_extremities:
-                await self._events.set_forward_extremities(
-                    txn,
-                    room_id,
-                    write.replaced_extremities,
-                    event.event_id if write.becomes_extremity else None,
-                )
-            if write.missing_prevs or write.fills_gap:
-                await self._events.update_backward_extremities(
-                    txn, room_id, write.missing_prevs, [event.event_id] if write.fills_gap else []
-                )
-            if write.current_state is not None:
-                await self._update_current_state(txn, room_id, write.current_state, nids, position)
-            if write.redaction_target is not None:
-                await self._events.mark_redacted(txn, write.redaction_target, event.event_id)
-                await self._relations.on_redacted(txn, write.redaction_target, room_id)
-                await self._search.on_redacted(txn, write.redaction_target)
-            if write.accepted and not write.backfilled and state_after is not None:
-                self._events.record_state_tip(txn, room_id, position, state_after)
-        return position
+        if write.new_room is not None:
+            await self._events.store_room(
+                txn, room_id, write.new_room, event.sender, event.origin_server_ts
+            )
+        if write.backfilled:
+            position = -(await self._backfill_stream.next_id(txn))
+        else:
+            position = await self._stream.next_id(txn)
+        if group_before is None and write.state_before_ids:
+            before = write.state_before_ids
+            group_before = await self._state.create_group(txn, room_id, None, before, before, nids)
+        if write.promote_outlier:
+            nid = await self._events.promote_outlier(
+                txn,
+                event,
+                stream_ordering=position,
+                state_before=group_before,
+                state_after=group_before,
+                replaces_state=write.replaces_state,
+                rejected_reason=write.rejected_reason,
+                soft_failed=write.soft_failed,
+            )
+        else:
+            nid = await self._events.insert_event(
+                txn,
+                event,
+                stream_ordering=position,
+                state_before=group_before,
+                state_after=group_before,
+                replaces_state=write.replaces_state,
+                rejected_reason=write.rejected_reason,
+                soft_failed=write.soft_failed,
+                device_id=write.device_id,
+                txn_id=write.txn_id,
+            )
+        nids[event.event_id] = nid
+        if write.accepted:
+            await self._relations.record(txn, event, position)
+            if write.fresh:
+                self._relations.note_new_parent(txn, event.event_id)
+            await self._search.record(txn, event, position)
+        state_after = group_before
+        if write.state_after_ids is not None:
+            assert event.state_key is not None
+            state_after = await self._state.create_group(
+                txn,
+                room_id,
+                group_before,
+                {event.state_map_key: event.event_id},
+                write.state_after_ids,
+                nids,
+            )
+            await self._events.set_state_after(txn, event.event_id, nid, state_after)
+        if write.becomes_extremity or write.replaced_extremities:
+            await self._events.set_forward_extremities(
+                txn,
+                room_id,
+                write.replaced_extremities,
+                event.event_id if write.becomes_extremity else None,
+            )
+        if write.missing_prevs or write.fills_gap:
+            await self._events.update_backward_extremities(
+                txn, room_id, write.missing_prevs, [event.event_id] if write.fills_gap else []
+            )
+        if write.current_state is not None:
+            await self._update_current_state(txn, room_id, write.current_state, nids, position)
+        if write.redaction_target is not None:
+            await self._events.mark_redacted(txn, write.redaction_target, event.event_id)
+            await self._relations.on_redacted(txn, write.redaction_target, room_id)
+            await self._search.on_redacted(txn, write.redaction_target)
+        if write.accepted and not write.backfilled and state_after is not None:
+            self._events.record_state_tip(txn, room_id, position, state_after)
+        return position, state_after
 
     async def _update_current_state(
         self,
@@ -272,3 +292,16 @@ class EventWrites:
             ],
         )
         await self._memberships.remove(txn, room_id, change.members_gone)
+
+
+def _state_keys(write: TimelineWrite) -> set[StateKey]:
+    """The (type, state_key) pairs `write` stores rows for, but for those of a full
+    snapshot replacing a long chain (all known already, but after a restart)."""
+    keys: set[StateKey] = set()
+    if write.state_before_group is None:
+        keys.update(write.state_before_ids)
+    if write.state_after_ids is not None:
+        keys.add(write.event.state_map_key)
+    if write.current_state is not None:
+        keys.update(write.current_state.changed)
+    return keys

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import re
 import urllib.parse
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 
@@ -34,6 +36,13 @@ from starling.storage.dialect import POSTGRES, to_dollar_params
 T = TypeVar("T")
 
 STATEMENT_CACHE_SIZE = 512
+
+# Set while a task holds a transaction's connection. A statement through the pool from
+# there waits for a second connection: enough such tasks at once exhaust the pool and
+# wait for ever (createRoom did, #20). Tests check it (`pool_in_transaction`).
+_in_transaction: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "starling_pg_in_transaction", default=False
+)
 
 
 def _rowcount(status: str) -> int:
@@ -72,34 +81,47 @@ class PostgresDatabase(Database):
             raise StorageError(f"cannot connect to PostgreSQL at {_redact(dsn)}: {e}") from e
         return cls(pool, dsn)
 
+    # Tests set this: a pooled statement from inside a transaction warns ("warn") or
+    # raises ("raise") instead of risking the pool (see `_in_transaction`).
+    pool_in_transaction: Literal["allow", "warn", "raise"] = "allow"
+
     def _check_open(self) -> None:
         if self._closed:
             raise StorageError("database is closed")
 
-    async def fetch_all(self, sql: str, *args: Any) -> list[Row]:
+    def _check_pool_use(self) -> None:
         self._check_open()
+        if self.pool_in_transaction != "allow" and _in_transaction.get():
+            message = "a pooled statement inside a transaction: use the transaction"
+            if self.pool_in_transaction == "raise":
+                raise StorageError(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    async def fetch_all(self, sql: str, *args: Any) -> list[Row]:
+        self._check_pool_use()
         rows: list[Row] = await _translated(self._pool.fetch(to_dollar_params(sql), *args))
         return rows
 
     async def fetch_one(self, sql: str, *args: Any) -> Row | None:
-        self._check_open()
+        self._check_pool_use()
         row: Row | None = await _translated(self._pool.fetchrow(to_dollar_params(sql), *args))
         return row
 
     async def execute(self, sql: str, *args: Any) -> int:
-        self._check_open()
+        self._check_pool_use()
         status = await _translated(self._pool.execute(to_dollar_params(sql), *args))
         return _rowcount(status)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
-        self._check_open()
+        self._check_pool_use()
         async with self._pool.acquire() as conn:
+            token = _in_transaction.set(True)
             pg_txn = conn.transaction()
-            await pg_txn.start()
             txn = PostgresTransaction(conn)
             committed = False
             try:
+                await pg_txn.start()
                 yield txn
                 txn.active = False
                 await _translated(pg_txn.commit())
@@ -111,6 +133,8 @@ class PostgresDatabase(Database):
                     # broken is dealt with by the pool when the connection is released.
                     with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError):
                         await pg_txn.rollback()
+                # Callbacks (and tasks they start) run outside the transaction.
+                _in_transaction.reset(token)
                 txn._finish(committed)
 
     async def close(self) -> None:

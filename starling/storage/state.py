@@ -33,6 +33,11 @@ class StateStore:
         self._group_ids = row_ids(db, "state_groups", "state_group")
         self._groups: LruCache[int, tuple[StateMap, int]] = LruCache(cache_size)
         self._key_nids: dict[StateKey, int] = {}
+        # Groups created by transactions still open (their creator may build on them:
+        # createRoom's chain), until commit or rollback. Never read through the pool: an
+        # open transaction's rows are invisible there, and a transaction waiting for a
+        # pooled connection while holding one can exhaust the pool (it did: #20).
+        self._uncommitted: dict[int, tuple[StateMap, int]] = {}
         self._current: LruCache[str, dict[StateKey, str]] = LruCache(cache_size)
         # Users whose m.room.member changed in the current-state-delta stream (what
         # MembershipStore.get_membership_changes reads), once started.
@@ -66,18 +71,23 @@ class StateStore:
         """The full state of a group: (type, state_key) -> event ID."""
         return (await self._load_group(group))[0]
 
-    async def _load_group(self, group: int) -> tuple[StateMap, int]:
-        hit = self._groups.get(group)
+    async def _load_group(self, group: int, txn: Transaction | None = None) -> tuple[StateMap, int]:
+        """A group's state and chain length; inside a transaction read through it (see
+        `_uncommitted`)."""
+        hit = self._groups.get(group) or self._uncommitted.get(group)
         if hit is None:
-            await self.get_state_ids_for_groups([group])
+            await self.get_state_ids_for_groups([group], txn)
             hit = self._groups.get(group)
         if hit is None:  # evicted at once by a tiny cache: read without caching
-            state = (await self.get_state_ids_for_groups([group]))[group]
+            state = (await self.get_state_ids_for_groups([group], txn))[group]
             return state, 0
         return hit
 
-    async def get_state_ids_for_groups(self, groups: Iterable[int]) -> dict[int, StateMap]:
-        """Full state for several groups: cached ones free, the rest in one query."""
+    async def get_state_ids_for_groups(
+        self, groups: Iterable[int], txn: Transaction | None = None
+    ) -> dict[int, StateMap]:
+        """Full state for several groups: cached ones free, the rest in one query
+        (through `txn` when given)."""
         out: dict[int, StateMap] = {}
         missing: list[int] = []
         for group in set(groups):
@@ -88,7 +98,7 @@ class StateStore:
                 out[group] = hit[0]
         if not missing:
             return out
-        rows = await self._db.fetch_all(
+        rows = await (txn or self._db).fetch_all(
             _chain_query(self._db.sql.in_array("sg.state_group")),
             self._db.sql.array(missing),
         )
@@ -140,6 +150,19 @@ class StateStore:
                 out[int(root)][(etype, state_key)] = event_id
         return out
 
+    async def intern_keys(self, keys: Iterable[StateKey]) -> None:
+        """Intern the (type, state_key) pairs not known yet in a short transaction of
+        their own, before the write transaction that needs them begins. Inside that one,
+        an INSERT of a key another open transaction has just inserted waits for it to end,
+        and two transactions each waiting for a key the other inserted is a deadlock
+        (PostgreSQL aborts one: a 500); here they wait for a short commit at most. Call it
+        holding no transaction (it uses the pool)."""
+        missing = sorted({k for k in keys if k not in self._key_nids})
+        if not missing:
+            return
+        async with self._db.transaction() as txn:
+            await self._key_nids_for(txn, missing)
+
     async def _key_nids_for(self, txn: Transaction, keys: list[StateKey]) -> dict[StateKey, int]:
         out: dict[StateKey, int] = {}
         missing: list[StateKey] = []
@@ -150,6 +173,7 @@ class StateStore:
             else:
                 out[key] = nid
         if missing:
+            missing.sort()  # the same lock order in every transaction
             await txn.executemany(
                 "INSERT INTO state_keys (type, state_key) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 missing,
@@ -163,10 +187,13 @@ class StateStore:
                 txn.sql.array(sorted({t for t, _ in wanted})),
                 txn.sql.array(sorted({k for _, k in wanted})),
             )
+            found: dict[StateKey, int] = {}
             for etype, state_key, nid in rows:
                 if (etype, state_key) in wanted:
-                    out[(etype, state_key)] = int(nid)
-                    self._key_nids[(etype, state_key)] = int(nid)
+                    found[(etype, state_key)] = int(nid)
+            out.update(found)
+            # Known for good once committed (a rolled-back INSERT leaves no row).
+            txn.call_after_commit(lambda: self._key_nids.update(found))
         return out
 
     async def create_group(
@@ -187,7 +214,7 @@ class StateStore:
         """
         chain_length = 0
         if prev_group is not None:
-            _, prev_chain = await self._load_group(prev_group)
+            _, prev_chain = await self._load_group(prev_group, txn)
             chain_length = prev_chain + 1
             if chain_length > MAX_CHAIN_LENGTH:
                 prev_group = None
@@ -224,7 +251,17 @@ class StateStore:
                 [(group, nids[k], event_nids[eid]) for k, eid in entries.items()],
             )
         snapshot: StateMap = MappingProxyType(dict(full_state))
-        txn.call_after_commit(lambda: self._groups.put(group, (snapshot, chain_length)))
+        self._uncommitted[group] = (snapshot, chain_length)
+
+        def committed() -> None:
+            self._uncommitted.pop(group, None)
+            self._groups.put(group, (snapshot, chain_length))
+
+        def rolled_back() -> None:
+            self._uncommitted.pop(group, None)
+
+        txn.call_after_commit(committed)
+        txn.call_on_rollback(rolled_back)
         return group
 
     async def _complete_event_nids(

@@ -6,13 +6,21 @@ import asyncio
 
 from starling.rooms.builder import EventBuilder
 from starling.rooms.event_service import MAX_CREATE_ATTEMPTS
+from starling.storage import Database
+from starling.storage.postgres import PostgresDatabase
 from tests.support.harness import Harness
 
 V3 = "/_matrix/client/v3"
 
 
-async def test_concurrent_create_room_by_one_user_makes_distinct_rooms(hs: Harness) -> None:
+async def test_concurrent_create_room_by_one_user_makes_distinct_rooms(
+    hs: Harness, database: Database
+) -> None:
     _, tok = await hs.register("alice")
+    if isinstance(database, PostgresDatabase):
+        # Each creation is one transaction: none may wait for a second pooled connection
+        # (40 at once exhausted the pool and hung, #20).
+        database.pool_in_transaction = "raise"
     # Freeze the clock: every create event would get the same origin_server_ts, the worst
     # case of several requests in one millisecond. More creations than the retry bound
     # (MAX_CREATE_ATTEMPTS), as a benchmark setting up 50 rooms at once.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from starling.protocol.hashing import compute_event_id
@@ -26,6 +28,44 @@ async def test_create_room_and_send(hs: Harness) -> None:
     event, meta = found
     assert compute_event_id(event.pdu, event.room_version) == eid
     assert meta.stream_ordering is not None
+
+
+async def test_create_room_events_form_one_chain(hs: Harness) -> None:
+    """createRoom's initial events (one transaction) are a chain: each cites the one
+    before, its state before is the group after it, positions increase, and the room has
+    one forward extremity, the last event."""
+    _, tok = await hs.register("alice")
+    room_id = await hs.create_room(tok, name="N", topic="t", preset="private_chat")
+    store = hs.services.event_store
+    recent = await store.get_recent_events_for_ranges([(room_id, None, 10**9)], 100)
+    chain = sorted(recent[room_id], key=lambda e: e.meta.stream_ordering or 0)
+    types = [e.event.type for e in chain]
+    assert types == [
+        "m.room.create", "m.room.member", "m.room.power_levels", "m.room.join_rules",
+        "m.room.history_visibility", "m.room.guest_access", "m.room.name", "m.room.topic",
+    ]  # fmt: skip
+    for before, after in itertools.pairwise(chain):
+        assert list(after.event.prev_event_ids) == [before.event.event_id]
+        assert after.meta.state_before == before.meta.state_after is not None
+        assert before.meta.stream_ordering < after.meta.stream_ordering
+    assert await store.get_forward_extremities(room_id) == [chain[-1].event.event_id]
+    state = await hs.services.room_events.current_state_ids(room_id)
+    assert {
+        state[(e.event.type, e.event.state_key)] for e in chain if e.event.state_key is not None
+    } == {e.event.event_id for e in chain}
+
+
+async def test_create_room_refused_initial_event_keeps_the_ones_before(hs: Harness) -> None:
+    """An initial event the power levels refuse answers 403, as separate sends did: the
+    events before it are stored."""
+    alice, tok = await hs.register("alice")
+    status, body = await hs.request(
+        "POST",
+        f"{V3}/createRoom",
+        tok,
+        {"power_level_content_override": {"state_default": 100, "users": {alice: 50}}},
+    )
+    assert (status, body.get("errcode")) == (403, "M_FORBIDDEN"), body
 
 
 async def test_transaction_id_retries_answer_the_first_event(hs: Harness) -> None:

@@ -26,6 +26,7 @@ from starling.storage.migrator import (
     load_migrations,
     schema_version,
 )
+from starling.storage.postgres import PostgresDatabase
 from tests.support.dbfixtures import postgres_admin_dsn, small_pool_config
 
 
@@ -246,6 +247,8 @@ async def test_concurrent_single_writes(database: Database) -> None:
 
 async def test_reads_see_committed_writes_and_not_uncommitted_ones(database: Database) -> None:
     await _make_table(database)
+    if isinstance(database, PostgresDatabase):
+        database.pool_in_transaction = "allow"  # a pooled read inside one, on purpose
     for i in range(20):
         await database.execute("INSERT INTO kv (k, v) VALUES (?, ?)", f"k{i}", i)
         # Each read may land on any reader connection; every one must see the write.

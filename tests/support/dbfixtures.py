@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 
 from starling.storage import Database, DatabaseConfig, open_database
-from starling.storage.postgres import create_database, drop_database
+from starling.storage.postgres import PostgresDatabase, create_database, drop_database
 
 ENGINES = ("sqlite", "postgres")
 POSTGRES_ENV = "STARLING_TEST_POSTGRES"
@@ -75,6 +75,9 @@ async def make_test_database(
     ``migrate=False``, closed and deleted on exit."""
     async with fresh_database_url(engine, tmp_path) as url:
         db = await open_database(small_pool_config(url), migrate=migrate)
+        if isinstance(db, PostgresDatabase):
+            # A pooled statement from inside a transaction can exhaust the pool (#20).
+            db.pool_in_transaction = "warn"
         try:
             yield db
         finally:
