@@ -226,6 +226,28 @@ async def test_fallback_page_completes_the_stage(
         assert (status, resp["errcode"]) == (400, "M_MISSING_PARAM")
 
 
+async def test_fallback_page_refuses_hostile_input(
+    make_hs: HarnessFactory, siteverify: FakeSiteverify
+) -> None:
+    async with make_hs(**_keys(siteverify, enable_registration_captcha=True)) as hs:
+        form = "application/x-www-form-urlencoded"
+        for params, data, content_type, status in [
+            ({}, b"g-recaptcha-response=x", form, 400),
+            ({"session": "s" * 300}, b"", form, 400),
+            ({"session": "abc"}, b'{"json": 1}', "application/json", 400),
+            ({"session": "abc"}, b"\xff\xfe" * 10, form, 400),
+            ({"session": "abc"}, b"x" * 20000, form, 413),
+        ]:
+            async with hs.client.post(
+                FALLBACK, params=params, data=data, headers={"Content-Type": content_type}
+            ) as resp:
+                assert resp.status == status, (params, data[:20], await resp.text())
+        assert siteverify.forms == []
+        async with hs.client.get(FALLBACK, params={"session": '"><script>'}) as resp:
+            page = await resp.text()
+            assert resp.status == 200 and '"><script>' not in page
+
+
 def test_config_requires_both_keys_to_enable(tmp_path: Any) -> None:
     with pytest.raises(ConfigError, match="enable_registration_captcha"):
         make_test_config(tmp_path, enable_registration_captcha=True, recaptcha_public_key="p")

@@ -99,7 +99,11 @@ class UiaFallbackRoutes:
     async def recaptcha_submit(self, request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > 4 * 4096:
             raise MatrixError(413, "M_TOO_LARGE", "Form too large")
-        form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        try:
+            posted = await request.post()
+        except (UnicodeDecodeError, ValueError):
+            raise MatrixError(400, "M_INVALID_PARAM", "Malformed form") from None
+        form = {k: v for k, v in posted.items() if isinstance(v, str)}
         session = _session(request, form)
         response = form.get("g-recaptcha-response", "")[: MAX_RESPONSE_LENGTH + 1]
         remote = request.remote or "unknown"
