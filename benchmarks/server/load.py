@@ -275,7 +275,9 @@ async def delivery_latency(api: Api, sender: User, syncer: User, p: Params, res:
     """A client long-polls /sync (timeout 30 s, a filter for this one room); another user
     sends `delivery_n` messages one at a time, each after the previous one arrived (and
     20 ms for the poll to be waiting again). Latency: from just before the PUT /send to the
-    /sync response that carries the event."""
+    /sync response that carries the event, read and parsed. Both clients are tasks of
+    this one process, so the client's own work and scheduling are part of the figure
+    (docs/performance.md, "Issue 20, third pass", splits it)."""
     room = await api.create_room(sender, name="delivery")
     await api.join(syncer, room)
     filter_id = await api.filter(
