@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import getpass
 import logging
-import logging.config
 import os
 import signal
 import sys
@@ -34,7 +32,9 @@ def _setup_logging(config: Config) -> None:
     if config.log_config:
         path = config.resolve_path(config.log_config)
         with open(path, encoding="utf-8") as f:
-            logging.config.dictConfig(yaml.safe_load(f))
+            from logging import config as logging_config  # only with a log config
+
+            logging_config.dictConfig(yaml.safe_load(f))
         return
     logging.basicConfig(
         level=config.log_level,
@@ -178,6 +178,8 @@ def cmd_register_user(args: argparse.Namespace) -> int:
     if password is None:
         if not sys.stdin.isatty():
             return _fail("--password is required when not run on a terminal")
+        import getpass
+
         password = getpass.getpass("Password: ")
         if password != getpass.getpass("Confirm password: "):
             return _fail("passwords do not match")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -58,6 +57,8 @@ def map_username_to_localpart(username: str) -> str:
 
 def parse_service_response(body: bytes) -> CasUser:
     """The user of a CAS `serviceResponse` (authenticationSuccess), or CasError."""
+    import xml.etree.ElementTree as ET  # here: ~0.8 MiB of idle memory without CAS
+
     try:
         root = ET.fromstring(body)
     except ET.ParseError:

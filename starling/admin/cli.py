@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import os
 import sys
 import time
@@ -405,6 +404,8 @@ async def login(c: AdminClient, a: argparse.Namespace) -> Result:
 def _ask_password(confirm: bool = True) -> str:
     if not sys.stdin.isatty():
         raise UsageError("give --password (no terminal to ask on)")
+    import getpass
+
     password = getpass.getpass("Password: ")
     if confirm and getpass.getpass("Again: ") != password:
         raise UsageError("the passwords differ")

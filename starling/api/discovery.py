@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from starling.api.http import json_response
 from starling.config import Config
 from starling.errors import MatrixError
+from starling.metrics import enable as enable_metrics
+from starling.metrics import exposition
 
 # The spec versions whose core Client-Server API is served (docs/status.md lists the
 # optional modules not implemented yet). v1.11 is what tells clients to use
@@ -90,9 +91,12 @@ class DiscoveryResource:
 
 async def metrics_handler(request: web.Request) -> web.Response:
     """GET /metrics and /_synapse/metrics — Prometheus text format."""
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    body, content_type = exposition()
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 def register_metrics(app: web.Application) -> None:
+    """Serve /metrics; metrics count from now on (`starling.metrics`)."""
+    enable_metrics()
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/_synapse/metrics", metrics_handler)

@@ -20,7 +20,6 @@ from urllib.parse import unquote_plus
 
 import orjson
 from aiohttp import web
-from prometheus_client import Counter, Histogram
 
 from starling.errors import (
     ConflictError,
@@ -31,6 +30,7 @@ from starling.errors import (
     too_large,
     unrecognized,
 )
+from starling.metrics import Counter, Histogram
 from starling.protocol.canonical_json import nested_within
 
 logger = logging.getLogger("starling.http")

@@ -36,7 +36,6 @@ from urllib.parse import quote, urlencode
 import aiohttp
 import orjson
 from aiohttp.abc import AbstractResolver
-from prometheus_client import Counter, Histogram
 from yarl import URL
 
 from starling import __version__
@@ -53,6 +52,7 @@ from starling.federation.discovery import (
 )
 from starling.federation.errors import FederationDenied, FederationError, FederationUnreachable
 from starling.federation.ip_ranges import IPRangePolicy, guarded_socket_factory, is_blocked_error
+from starling.metrics import Counter, Histogram
 from starling.protocol.canonical_json import (
     CanonicalJsonError,
     encode_canonical_json_lenient,

@@ -4,7 +4,7 @@ their latency, and inbound PDUs by outcome."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from starling.metrics import Counter, Gauge, Histogram
 
 DESTINATION_QUEUE = Gauge(
     "starling_federation_destination_queue",

@@ -26,7 +26,6 @@ import orjson
 from starling.config import Config, parse_size
 from starling.errors import MatrixError, invalid_param
 from starling.locks import SharedTasks
-from starling.media.opengraph import decode_html, parse_opengraph
 from starling.media.ssrf import IPPolicy, guarded_session, is_blocked_error
 from starling.storage.media import MediaStore
 
@@ -114,6 +113,9 @@ class UrlPreviewer:
         if fetched.content_type.startswith("image/"):
             await self._attach_image(og, user_id, fetched)
         elif fetched.content_type in ("text/html", "application/xhtml+xml"):
+            # Here: html.parser is not imported at start (idle memory).
+            from starling.media.opengraph import decode_html, parse_opengraph
+
             text = await asyncio.get_running_loop().run_in_executor(
                 None, decode_html, fetched.body, fetched.charset
             )

@@ -17,7 +17,6 @@ NaN and infinity as null), so one type walk over the value remains, see `_check_
 from __future__ import annotations
 
 import contextlib
-import decimal
 import json
 from typing import Any
 
@@ -169,6 +168,8 @@ def _integral_number(text: str) -> int:
     """A JSON number written with an exponent, as an integer if it is one."""
     if "e" not in text and "E" not in text:
         raise CanonicalJsonError("floats are not allowed in canonical JSON")
+    import decimal  # rare: not imported at start (idle memory)
+
     try:
         number = decimal.Decimal(text)
     except decimal.DecimalException:  # an exponent beyond what decimal can hold

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from starling import metrics
 from starling.federation.client import OUTBOUND_REQUESTS, FederationClient, federation_path
 from starling.federation.errors import FederationDenied, FederationError, FederationUnreachable
 from starling.federation.ip_ranges import IPRangePolicy
@@ -255,6 +256,7 @@ async def test_errors_and_limits(tmp_path: Path) -> None:
             federation_verify_certificates=False,
         )
         d = f"localhost:{port}"
+        metrics.enable()  # as serving /metrics does (enable_metrics)
         not_found_before = OUTBOUND_REQUESTS.labels("GET", "4xx")._value.get()
         try:
             with pytest.raises(FederationError) as e:

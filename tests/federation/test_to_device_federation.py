@@ -175,6 +175,10 @@ async def test_inbound_refuses_foreign_senders_and_garbage(hs: Harness) -> None:
 async def test_metrics_count_failures_and_queued_edus(setup: Setup) -> None:
     from prometheus_client import REGISTRY
 
+    from starling import metrics
+
+    metrics.enable()  # as serving /metrics does (enable_metrics)
+
     def sample(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0
 
