@@ -23,6 +23,9 @@ from starling.storage.database import Database, Transaction
 
 ClaimKey = tuple[str, str, str]  # (user_id, device_id, algorithm)
 KeyCounts = tuple[dict[str, int], list[str]]
+# Remembered counts, immutable and small (a device without keys shares _NO_KEYS).
+_Remembered = tuple[tuple[tuple[str, int], ...], tuple[str, ...]]
+_NO_KEYS: _Remembered = ((), ())
 
 # Devices whose one-time key counts and unused fallback key types are remembered.
 MAX_REMEMBERED_COUNTS = 10_000
@@ -70,7 +73,7 @@ class E2eKeyStore:
     def __init__(self, db: Database) -> None:
         self._db = db
         self.remember_counts = True
-        self._counts: OrderedDict[tuple[str, str], KeyCounts] = OrderedDict()
+        self._counts: OrderedDict[tuple[str, str], _Remembered] = OrderedDict()
         # Bumped after each commit that changed some device's keys: a read that started
         # before it may have missed that commit, so its answer is not remembered.
         self._counts_changes = 0
@@ -204,7 +207,8 @@ class E2eKeyStore:
         counts = {r[1]: int(r[2]) for r in rows if r[0] == "o"}
         unused = sorted(r[1] for r in rows if r[0] == "f")
         if self.remember_counts and changes == self._counts_changes:
-            self._counts[key] = (dict(counts), list(unused))
+            value = (tuple(counts.items()), tuple(unused))
+            self._counts[key] = value if value != _NO_KEYS else _NO_KEYS
             if len(self._counts) > MAX_REMEMBERED_COUNTS:
                 self._counts.popitem(last=False)
         return counts, unused
