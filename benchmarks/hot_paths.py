@@ -13,6 +13,10 @@ Cases, each after a warm-up:
   sent first (the independent harness's delivery run leaves 200 unread).
 - `send`: sequential PUT /send into one room.
 - `create`: POST /createRoom (public_chat, a name and a topic).
+- `initial`: carol's initial /sync (the initial-sync row's shape: timeline limit 10) in
+  `--sync-rooms` rooms of `--sync-messages` messages each (set up only when the case runs;
+  `--n` / 10 requests). The cache of decoded events is the configured default, so with
+  hundreds of rooms the repeats show what falls out of it.
 - `concurrent`: 16 PUT /send at once, two senders in each of 8 rooms (the throughput
   row's shape); the figures are per message (CPU and trips of the whole burst / 16), and
   `commits` counts SQLite COMMITs (or PostgreSQL transactions) per message.
@@ -30,6 +34,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import gc
 import pstats
 import statistics
 import tempfile
@@ -45,6 +50,28 @@ from tests.support.harness import UNLIMITED_ROOM_RATES, make_harness
 V3 = "/_matrix/client/v3"
 
 
+class GcTimer:
+    """Wall time spent in the garbage collector's full (generation 2) collections."""
+
+    def __init__(self) -> None:
+        self.full_ms = 0.0
+        self.full = 0
+        self._t0 = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.full += 1
+            self.full_ms += (time.perf_counter() - self._t0) * 1000
+
+
+GC = GcTimer()
+
+
 class TripCounter:
     """Counts jobs submitted to SQLite's threads, and statements sent to PostgreSQL
     (BEGIN and COMMIT included), patched in for the run."""
@@ -52,6 +79,8 @@ class TripCounter:
     def __init__(self) -> None:
         self.trips = 0
         self.commits = 0
+        # With --statements: (SQL, wall ms) of each statement, PostgreSQL only.
+        self.log: list[tuple[str, float, tuple[Any, ...]]] | None = None
         self._count_commits()
         self._count_postgres()
         cls = sqlite_engine.SqliteDatabase
@@ -97,7 +126,12 @@ class TripCounter:
 
             async def counted(db: Any, sql: str, *args: Any, _original: Any = original) -> Any:
                 counter.trips += 1
-                return await _original(db, sql, *args)
+                t0 = time.perf_counter()
+                try:
+                    return await _original(db, sql, *args)
+                finally:
+                    if counter.log is not None:
+                        counter.log.append((sql, (time.perf_counter() - t0) * 1000, args))
 
             setattr(db_cls, name, counted)
         transaction = db_cls.transaction
@@ -126,6 +160,7 @@ async def measure(
     wall: list[float] = []
     total_trips = 0
     total_commits = 0
+    gc_ms, gc_full = GC.full_ms, GC.full
     for i in range(n):
         await before(i)
         t0, w0, k0, c0 = time.process_time(), time.perf_counter(), trips.trips, trips.commits
@@ -138,6 +173,11 @@ async def measure(
         wall.append((time.perf_counter() - w0) / per)
         total_trips += trips.trips - k0
         total_commits += trips.commits - c0
+    if GC.full > gc_full:
+        print(
+            f"  ({GC.full - gc_full} full GC collections in {n} requests, "
+            f"{GC.full_ms - gc_ms:.0f} ms)"
+        )
     return (
         statistics.median(cpu) * 1e6,
         statistics.median(wall) * 1e6,
@@ -209,25 +249,95 @@ async def run(args: argparse.Namespace) -> None:
         async def burst(i: int) -> None:
             await asyncio.gather(*(hs.send_message(t, r, f"c{i}") for t, r in senders))
 
+        selected = args.cases.split(",") if args.cases else None
+        carol_token = ""
+        initial_filter = ""
+        initial_rooms: list[str] = []
+        if selected is None or "initial" in selected:
+            _, carol_token = await hs.register("carol")
+            sem = asyncio.Semaphore(8)
+
+            async def make_room(i: int) -> str:
+                async with sem:
+                    return await hs.create_room(carol_token, name=f"sync {i}")
+
+            initial_rooms = list(
+                await asyncio.gather(*(make_room(i) for i in range(args.sync_rooms)))
+            )
+
+            async def fill(room_id: str) -> None:
+                async with sem:
+                    for j in range(args.sync_messages):
+                        await hs.send_message(carol_token, room_id, f"history {j}")
+
+            await asyncio.gather(*(fill(r) for r in initial_rooms))
+            _, f = await hs.request(
+                "POST",
+                f"{V3}/user/@carol:{hs.server_name}/filter",
+                carol_token,
+                {"room": {"timeline": {"limit": 10}}},
+            )
+            initial_filter = f["filter_id"]
+
+        async def initial(i: int) -> None:
+            status, body = await hs.request(
+                "GET", f"{V3}/sync", carol_token, params={"filter": initial_filter}
+            )
+            assert status == 200, body
+            joined = body["rooms"]["join"]
+            assert len(joined) == len(initial_rooms), len(joined)
+            for room_id in initial_rooms:
+                n_events = len(joined[room_id]["timeline"]["events"])
+                assert n_events == 10 or args.sync_messages < 10, (room_id, n_events)
+
         cases: dict[str, tuple[Callable[[int], Awaitable[None]], Any, int]] = {
             "sync": (send_one, sync_once, 1),
             "send": (nothing, send_one, 1),
             "create": (nothing, create, 1),
             "concurrent": (nothing, burst, len(senders)),
+            "initial": (nothing, initial, 1),
         }
         for name, (before, op, per) in cases.items():
-            if args.cases and name not in args.cases.split(","):
+            if selected is not None and name not in selected:
                 continue
-            await measure(10 if per == 1 else 2, before, op, trips, None)  # warm-up
+            warm = 10 if per == 1 else 2
+            if name == "initial":
+                warm = 1
+            await measure(warm, before, op, trips, None)  # warm-up
             profile = cProfile.Profile() if args.profile == name else None
             n = args.n if name != "create" else max(10, args.n // 5)
             if per > 1:
                 n = max(5, args.n // per)
+            if name == "initial":
+                n = max(3, args.n // 10)
             cpu, wall, per_op, commits = await measure(n, before, op, trips, profile, per)
             rows.append((name, cpu, wall, per_op, commits))
             if profile is not None:
                 pstats.Stats(profile).sort_stats(args.sort).print_stats(args.top)
-    print(f"engine {args.engine}, {args.unread} unread before the sync case, n={args.n}")
+            if args.statements:
+                trips.log = []
+                await op(0)
+                print(f"statements of one `{name}` request (pool reads; wall ms, SQL):")
+                log, trips.log = trips.log, None
+                for sql, ms, sql_args in log:
+                    plan = await db.fetch_all(f"EXPLAIN (ANALYZE) {sql}", *sql_args)
+                    times = " ".join(
+                        line[0].split(":")[1].strip()
+                        for line in plan[-2:]
+                        if line[0].startswith(("Planning", "Execution"))
+                    )
+                    print(f"  {ms:8.2f}  (plan, execute: {times})  {' '.join(sql.split())[:200]}")
+                if log:
+                    sql, _, sql_args = max(log, key=lambda entry: entry[1])
+                    plan = await db.fetch_all(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *sql_args)
+                    print("the slowest one, EXPLAIN ANALYZE:")
+                    shown = plan if len(plan) <= args.top else [*plan[: args.top - 3], *plan[-3:]]
+                    for line in shown:
+                        print("   ", line[0])
+    print(
+        f"engine {args.engine}, {args.unread} unread before the sync case, n={args.n}; "
+        f"initial: {args.sync_rooms} rooms x {args.sync_messages} messages"
+    )
     trips_name = "SQLite thread trips" if args.engine == "sqlite" else "PostgreSQL round trips"
     print(f"| case | CPU per request (µs, median) | wall (µs, median) | {trips_name} | commits |")
     print("|---|---:|---:|---:|---:|")
@@ -240,8 +350,15 @@ def main() -> None:
     ap.add_argument("--engine", choices=("sqlite", "postgres"), default="sqlite")
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--unread", type=int, default=200)
-    ap.add_argument("--profile", choices=("sync", "send", "create", "concurrent"))
-    ap.add_argument("--cases", help="comma-separated subset of sync,send,create,concurrent")
+    ap.add_argument("--sync-rooms", type=int, default=50, help="rooms of the initial case")
+    ap.add_argument("--sync-messages", type=int, default=100, help="messages in each")
+    ap.add_argument("--profile", choices=("sync", "send", "create", "concurrent", "initial"))
+    ap.add_argument("--cases", help="comma-separated subset of sync,send,create,concurrent,initial")
+    ap.add_argument(
+        "--statements",
+        action="store_true",
+        help="print each PostgreSQL read of one more request of each case, with its time",
+    )
     ap.add_argument("--sort", default="cumulative", help="pstats order for --profile")
     ap.add_argument("--top", type=int, default=40, help="rows of --profile output")
     asyncio.run(run(ap.parse_args()))

@@ -31,7 +31,10 @@ import yaml
 
 SERVER_NAME = "bench.local"
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-DATABASES = {"starling": "bench_starling", "synapse": "bench_synapse"}
+# BENCH_DB_SUFFIX: other names, so two runs sharing one PostgreSQL server do not drop
+# each other's databases.
+_SUFFIX = os.environ.get("BENCH_DB_SUFFIX", "")
+DATABASES = {"starling": f"bench_starling{_SUFFIX}", "synapse": f"bench_synapse{_SUFFIX}"}
 # Rate limits nobody reaches (the same numbers `starling generate-config --no-rate-limit` uses).
 UNLIMITED = {"per_second": 1_000_000, "burst_count": 1_000_000}
 POOL = {"cp_min": 5, "cp_max": 10}  # Synapse's defaults, given to both

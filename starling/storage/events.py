@@ -535,8 +535,8 @@ class EventStore:
         """For each (room, from_exclusive, to_inclusive), up to `limit` newest timeline
         events in that range, newest first.
 
-        One statement per 50 rooms: a UNION ALL of per-room top-N scans, each served by
-        the (room_id, stream_ordering) index, so a room's cost is `limit` rows however
+        One statement per 50 rooms on SQLite (on PostgreSQL one in all, LATERAL): a UNION
+        ALL of per-room top-N scans, each served by the (room_id, stream_ordering) index, so a room's cost is `limit` rows however
         long its history (a window function would scan every event of every room).
         A range the room's remembered newest events cover (`_recent`: an incremental
         /sync's) is answered from them and the event cache instead.
@@ -557,6 +557,28 @@ class EventStore:
                     out[item[0]] = [got[i] for i in ids]
                 else:  # purged meanwhile: the database knows what is left
                     items.append(item)
+        if items and self._db.dialect == "postgres":
+            # One statement for every room: a LATERAL top-N scan per (room, range) row of
+            # the arrays. The UNION ALL below costs PostgreSQL a plan per room on every
+            # call (33 ms of planning for 50 rooms, against 3 ms of execution); this one
+            # plans once, whatever the number of rooms.
+            rows = await self._db.fetch_all(
+                f"SELECT {_EVENT_COLUMNS}"
+                " FROM unnest(CAST(? AS TEXT[]), CAST(? AS BIGINT[]), CAST(? AS BIGINT[]))"
+                " AS x(room_id, lower_pos, upper_pos)"
+                " CROSS JOIN LATERAL (SELECT * FROM events e WHERE e.room_id = x.room_id"
+                " AND e.stream_ordering > x.lower_pos AND e.stream_ordering <= x.upper_pos"
+                f" AND {_SERVED} ORDER BY e.stream_ordering DESC LIMIT ?) AS e"
+                " JOIN rooms r ON r.room_id = e.room_id",
+                [room_id for room_id, _, _ in items],
+                [lower if lower is not None else 0 for _, lower, _ in items],
+                [upper for _, _, upper in items],
+                limit,
+            )
+            for row in rows:
+                pair = self._cached_row(row)
+                out.setdefault(pair.event.room_id, []).append(pair)
+            items = []
         for start in range(0, len(items), 50):
             chunk = items[start : start + 50]
             parts: list[str] = []
