@@ -22,8 +22,8 @@ Cases, each after a warm-up:
   `commits` counts SQLite COMMITs (or PostgreSQL transactions) per message.
 
 "Trips" are the jobs handed to SQLite's reader and writer threads (each a thread switch
-and a wait on a shared machine), or on PostgreSQL the statements sent (each a round trip;
-BEGIN and COMMIT counted): exact counts that do not move with load. CPU is `time.process_time()` per request (all threads,
+and a wait on a shared machine), or on PostgreSQL the messages sent and waited for (each a
+round trip; BEGIN and COMMIT counted, also when they go with other statements): exact counts that do not move with load. CPU is `time.process_time()` per request (all threads,
 the in-process test client included), the median of `--n` requests. Uses the test
 harness (tests/support), so it runs from a checkout with the dev dependencies.
 """
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import cProfile
 import gc
 import pstats
@@ -73,8 +72,8 @@ GC = GcTimer()
 
 
 class TripCounter:
-    """Counts jobs submitted to SQLite's threads, and statements sent to PostgreSQL
-    (BEGIN and COMMIT included), patched in for the run."""
+    """Counts jobs submitted to SQLite's threads, and round trips to PostgreSQL, patched
+    in for the run."""
 
     def __init__(self) -> None:
         self.trips = 0
@@ -110,40 +109,34 @@ class TripCounter:
         sqlite_engine._commit_op = commit_op
 
     def _count_postgres(self) -> None:
-        from starling.storage import postgres
+        """Every message asyncpg sends and waits for (one round trip each: a
+        transaction's BEGIN, deferred statements and COMMIT may share one, postgres.py)."""
+        import asyncpg
 
         counter = self
-        txn_run = postgres.PostgresTransaction._run
+        conn_cls = asyncpg.connection.Connection
+        for name in ("execute", "executemany", "fetch", "fetchrow", "fetchval"):
+            original = getattr(conn_cls, name)
 
-        def run(txn: Any, method: Any, sql: str, *args: Any) -> Any:
-            counter.trips += 1
-            return txn_run(txn, method, sql, *args)
-
-        postgres.PostgresTransaction._run = run  # type: ignore[method-assign]
-        db_cls = postgres.PostgresDatabase
-        for name in ("fetch_all", "fetch_one", "execute"):
-            original = getattr(db_cls, name)
-
-            async def counted(db: Any, sql: str, *args: Any, _original: Any = original) -> Any:
+            async def counted(
+                conn: Any,
+                query: str,
+                *args: Any,
+                _original: Any = original,
+                _name: str = name,
+                **kw: Any,
+            ) -> Any:
                 counter.trips += 1
+                if query == "COMMIT" or query.endswith(";\nCOMMIT"):
+                    counter.commits += 1
                 t0 = time.perf_counter()
                 try:
-                    return await _original(db, sql, *args)
+                    return await _original(conn, query, *args, **kw)
                 finally:
-                    if counter.log is not None:
-                        counter.log.append((sql, (time.perf_counter() - t0) * 1000, args))
+                    if counter.log is not None and _name.startswith("fetch"):
+                        counter.log.append((query, (time.perf_counter() - t0) * 1000, args))
 
-            setattr(db_cls, name, counted)
-        transaction = db_cls.transaction
-
-        @contextlib.asynccontextmanager
-        async def counted_transaction(db: Any) -> Any:
-            counter.trips += 2  # BEGIN, COMMIT
-            counter.commits += 1
-            async with transaction(db) as txn:
-                yield txn
-
-        db_cls.transaction = counted_transaction  # type: ignore[method-assign,assignment]
+            setattr(conn_cls, name, counted)
 
 
 async def measure(
@@ -317,7 +310,7 @@ async def run(args: argparse.Namespace) -> None:
             if args.statements:
                 trips.log = []
                 await op(0)
-                print(f"statements of one `{name}` request (pool reads; wall ms, SQL):")
+                print(f"statements of one `{name}` request (reads; wall ms, SQL):")
                 log, trips.log = trips.log, None
                 for sql, ms, sql_args in log:
                     plan = await db.fetch_all(f"EXPLAIN (ANALYZE) {sql}", *sql_args)

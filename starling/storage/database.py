@@ -96,8 +96,8 @@ class Transaction(abc.ABC):
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement once per parameter row, batched. An engine may run it
         later, together with the next statement that returns something or the commit
-        (SQLite does: one trip to the writer thread for several statements); a failure
-        then surfaces there, still inside the transaction."""
+        (both do: SQLite in one trip to the writer thread, PostgreSQL in one message);
+        a failure then surfaces there, still inside the transaction."""
 
     async def queue(self, sql: str, *args: Any) -> None:
         """`execute` for a statement whose row count nobody needs; an engine may run it

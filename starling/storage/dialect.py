@@ -40,8 +40,20 @@ def to_dollar_params(sql: str) -> str:
     """
     if "?" not in sql:
         return sql
+    parts = split_placeholders(sql)
+    out = [parts[0]]
+    for n, part in enumerate(parts[1:], 1):
+        out.append(f"${n}")
+        out.append(part)
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=4096)
+def split_placeholders(sql: str) -> tuple[str, ...]:
+    """The SQL around its ``?`` placeholders (one more part than placeholders), with
+    ``?`` inside string literals, quoted identifiers and comments left in the parts."""
+    parts: list[str] = []
     out: list[str] = []
-    n = 0
     i = 0
     length = len(sql)
     while i < length:
@@ -65,8 +77,8 @@ def to_dollar_params(sql: str) -> str:
             out.append(sql[i:end])
             i = end
         elif c == "?":
-            n += 1
-            out.append(f"${n}")
+            parts.append("".join(out))
+            out = []
             i += 1
         else:
             # Copy the plain run up to the next character that matters, in one slice.
@@ -75,7 +87,8 @@ def to_dollar_params(sql: str) -> str:
                 j += 1
             out.append(sql[i:j])
             i = j
-    return "".join(out)
+    parts.append("".join(out))
+    return tuple(parts)
 
 
 _MIGRATION_TOKEN = re.compile(r"\{(\w+)\}")

@@ -704,22 +704,13 @@ class EventStore:
             " origin_server_ts, json, state_before, state_after, rejected_reason, soft_failed,"
             " outlier, device_id, txn_id, replaces_state"
         )
-        allocated = await self._nids.allocate(txn)
-        if allocated is None:
-            nid = await txn.fetch_val(
-                f"INSERT INTO events ({columns}) VALUES ({', '.join('?' * len(values))})"
-                " RETURNING event_nid",
-                *values,
-            )
-        else:
-            # SQLite: the key is known, so the INSERT goes with the commit (row_ids.py).
-            nid = allocated[0]
-            await txn.queue(
-                f"INSERT INTO events (event_nid, {columns})"
-                f" VALUES (?, {', '.join('?' * len(values))})",
-                nid,
-                *values,
-            )
+        # The key is known, so the INSERT goes with the commit (row_ids.py).
+        nid = (await self._nids.allocate(txn))[0]
+        await txn.queue(
+            f"INSERT INTO events (event_nid, {columns}) VALUES (?, {', '.join('?' * len(values))})",
+            nid,
+            *values,
+        )
         if event.prev_event_ids and not outlier:
             await txn.executemany(
                 "INSERT INTO event_edges (event_nid, prev_event_id) VALUES (?, ?)"
@@ -784,8 +775,8 @@ class EventStore:
         )
         values = "?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, TRUE"
         # SQLite: keys from the allocator insert_event uses (a skipped duplicate leaves a
-        # gap); PostgreSQL: the identity column's.
-        nids = await self._nids.allocate(txn, len(rows))
+        # gap); PostgreSQL: the identity column chooses, from the same sequence.
+        nids = await self._nids.allocate(txn, len(rows)) if txn.dialect == "sqlite" else None
         if nids is None:
             await txn.executemany(
                 f"INSERT INTO events ({columns}) VALUES ({values})"

@@ -31,7 +31,7 @@ from starling.storage.database import (
     Transaction,
     UniqueViolation,
 )
-from starling.storage.dialect import POSTGRES, to_dollar_params
+from starling.storage.dialect import POSTGRES, split_placeholders, to_dollar_params
 
 T = TypeVar("T")
 
@@ -43,6 +43,14 @@ STATEMENT_CACHE_SIZE = 512
 _in_transaction: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "starling_pg_in_transaction", default=False
 )
+
+
+async def _release_as_is(conn: asyncpg.Connection) -> None:
+    """What a pooled connection needs on release beyond asyncpg's own ROLLBACK of a
+    transaction left open: nothing. Pooled connections hold no session state (no SET,
+    LISTEN, cursors or session advisory locks: those live on `SessionLocks`' own
+    connections). asyncpg's default reset query (unlock all, close all, unlisten, reset
+    all) is a round trip that every pooled statement and transaction waited for."""
 
 
 def _rowcount(status: str) -> int:
@@ -76,6 +84,7 @@ class PostgresDatabase(Database):
                 min_size=min(min_size, max_size),
                 max_size=max_size,
                 statement_cache_size=STATEMENT_CACHE_SIZE,
+                reset=_release_as_is,
             )
         except (OSError, asyncpg.PostgresError) as e:
             raise StorageError(f"cannot connect to PostgreSQL at {_redact(dsn)}: {e}") from e
@@ -117,22 +126,21 @@ class PostgresDatabase(Database):
         self._check_pool_use()
         async with self._pool.acquire() as conn:
             token = _in_transaction.set(True)
-            pg_txn = conn.transaction()
             txn = PostgresTransaction(conn)
             committed = False
             try:
-                await pg_txn.start()
                 yield txn
                 txn.active = False
-                await _translated(pg_txn.commit())
+                # BEGIN if not sent yet, the deferred statements and COMMIT: one trip
+                # (none for a block that ran nothing).
+                await txn._flush(commit=True)
                 committed = True
             finally:
                 txn.active = False
-                if not committed and not conn.is_closed():
-                    # A failed COMMIT has already ended the transaction; anything else
-                    # broken is dealt with by the pool when the connection is released.
+                if not committed and not conn.is_closed() and conn.is_in_transaction():
+                    # Anything else broken is dealt with by the pool on release.
                     with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError):
-                        await pg_txn.rollback()
+                        await conn.execute("ROLLBACK")
                 # Callbacks (and tasks they start) run outside the transaction.
                 _in_transaction.reset(token)
                 txn._finish(committed)
@@ -210,16 +218,46 @@ class SessionLocks:
 
 
 class PostgresTransaction(Transaction):
+    """Statements whose answer nobody awaits (`queue`, `executemany`) wait, with their
+    parameters written into the SQL as literals (`_literal`), and go to the server in one
+    simple-protocol message together with the next statement that must run (before it)
+    or with the COMMIT; BEGIN goes with the first of them. PostgreSQL runs such a message's
+    statements in order, each seeing the ones before, and stops at the first error (the
+    transaction is then aborted and rolled back), so this is the same as running them
+    one by one, in fewer round trips. A statement whose parameters cannot be written as
+    literals (floats, bytes...: see `_literal`) runs as before, after the
+    waiting ones are sent."""
+
     sql = POSTGRES
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         super().__init__()
         self._conn = conn
+        self._pending: list[str] = ["BEGIN"]
+        self._begun = False
 
-    def _run(self, method: Callable[..., Awaitable[T]], sql: str, *args: Any) -> Awaitable[T]:
+    def _check(self) -> None:
         if not self.active:
             raise StorageError("transaction used outside its `async with` block")
-        return _translated(method(to_dollar_params(sql), *args))
+
+    async def _flush(self, *, commit: bool = False) -> None:
+        """Send the waiting statements (and COMMIT) in one message."""
+        script = self._pending
+        self._pending = []
+        if commit:
+            if not self._begun and script == ["BEGIN"]:
+                return  # nothing ran: nothing to commit
+            script.append("COMMIT")
+        elif not script:
+            return
+        self._begun = True
+        await _translated(self._conn.execute(";\n".join(script)))
+
+    async def _run(self, method: Callable[..., Awaitable[T]], sql: str, *args: Any) -> T:
+        self._check()
+        if self._pending:
+            await self._flush()
+        return await _translated(method(to_dollar_params(sql), *args))
 
     async def fetch_all(self, sql: str, *args: Any) -> list[Row]:
         rows: list[Row] = await self._run(self._conn.fetch, sql, *args)
@@ -233,7 +271,71 @@ class PostgresTransaction(Transaction):
         return _rowcount(await self._run(self._conn.execute, sql, *args))
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        await self._run(self._conn.executemany, sql, rows)
+        self._check()
+        batch = rows if isinstance(rows, list | tuple) else list(rows)
+        inlined = [_inline(sql, row) for row in batch]
+        if all(s is not None for s in inlined):
+            self._pending.extend(s for s in inlined if s is not None)
+        elif batch:
+            await self._run(self._conn.executemany, sql, batch)
+
+    async def queue(self, sql: str, *args: Any) -> None:
+        self._check()
+        inlined = _inline(sql, args)
+        if inlined is None:
+            await self.execute(sql, *args)
+        else:
+            self._pending.append(inlined)
+
+
+def _inline(sql: str, args: Sequence[Any]) -> str | None:
+    """`sql` with its ``?`` placeholders replaced by `args` as SQL literals, or None if
+    one of them has no literal form here."""
+    parts = split_placeholders(sql)
+    if len(parts) != len(args) + 1:
+        return None  # let the server say what is wrong, as for any statement
+    out = [parts[0]]
+    for arg, part in zip(args, parts[1:], strict=True):
+        literal = _literal(arg)
+        if literal is None:
+            return None
+        out.append(literal)
+        out.append(part)
+    return "".join(out)
+
+
+def _literal(value: Any) -> str | None:
+    """A parameter as an SQL literal that the server reads back as exactly that value,
+    whatever the setting of standard_conforming_strings, or None (floats, bytes, NUL
+    characters...: no literal form here, the statement runs with parameters instead).
+    A string literal is untyped, so it takes the column's type as a parameter would."""
+    if value is None:
+        return "NULL"
+    if value is True:
+        return "TRUE"
+    if value is False:
+        return "FALSE"
+    if type(value) is int:
+        # In parentheses when negative: "x - -1" would start a comment.
+        return str(value) if value >= 0 else f"({value})"
+    if type(value) is str:
+        if "\x00" in value:
+            return None  # the server refuses it as a parameter; let it say so
+        return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+    if type(value) is list or type(value) is tuple:
+        # An untyped array literal ('{...}'): like a parameter, it takes the type the
+        # context gives it (`col = ANY(?)`: an array of the column's type).
+        elements = []
+        for element in value:
+            if type(element) is int:
+                elements.append(str(element))
+            elif type(element) is str and "\x00" not in element:
+                quoted = element.replace("\\", "\\\\").replace('"', '\\"')
+                elements.append(f'"{quoted}"')
+            else:
+                return None
+        return _literal("{" + ",".join(elements) + "}")
+    return None
 
 
 # -- creating and dropping databases (tests, setup commands)

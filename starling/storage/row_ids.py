@@ -12,19 +12,25 @@ a later one was handed out meanwhile (a commit is pipelined, sqlite.py): then it
 as with AUTOINCREMENT itself.
 
 Every INSERT into such a table must take its key here once the allocator is used, or the
-two would hand out the same key. On PostgreSQL `allocate` returns None: the caller lets
-the identity column choose (and reads it with RETURNING; statements are not deferred
-there anyway).
+two would hand out the same key. On PostgreSQL the keys come from the identity column's
+own sequence, reserved `RESERVE_BLOCK` at a time (one round trip per block, inside the
+transaction that needs the first of them), so those INSERTs are deferred there too
+(postgres.py) instead of coming back with RETURNING; other INSERTs may let the column
+choose, from the same sequence. Keys are increasing per process, not across processes;
+unused reserved keys are a gap.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import weakref
 
 from starling.storage.database import Database, Transaction
 
 _NAME = re.compile(r"^[a-z_]+\Z")
+# PostgreSQL: keys reserved from the sequence per round trip.
+RESERVE_BLOCK = 64
 
 _ALLOCATORS: weakref.WeakKeyDictionary[Database, dict[tuple[str, str], RowIds]] = (
     weakref.WeakKeyDictionary()
@@ -49,14 +55,33 @@ class RowIds:
         self._table = table
         self._column = column
         self._last: int | None = None
+        # PostgreSQL: keys taken from the sequence, not handed out yet.
+        self._reserved: list[int] = []
+        self._reserving = asyncio.Lock()
 
-    async def allocate(self, txn: Transaction, count: int = 1) -> list[int] | None:
-        """`count` new increasing keys for rows `txn` inserts (SQLite), or None
-        (PostgreSQL: let the database choose)."""
-        if txn.dialect != "sqlite":
-            return None
+    async def _reserve(self, txn: Transaction, count: int) -> None:
+        async with self._reserving:
+            if len(self._reserved) >= count:
+                return  # another allocation reserved meanwhile
+            want = max(count - len(self._reserved), RESERVE_BLOCK)
+            rows = await txn.fetch_all(
+                "SELECT nextval(pg_get_serial_sequence(?, ?)) FROM generate_series(1, ?)",
+                self._table,
+                self._column,
+                want,
+            )
+            self._reserved.extend(sorted(int(row[0]) for row in rows))
+
+    async def allocate(self, txn: Transaction, count: int = 1) -> list[int]:
+        """`count` new increasing keys for rows `txn` inserts."""
         if count < 1:
             raise ValueError("count must be at least 1")
+        if txn.dialect != "sqlite":
+            while len(self._reserved) < count:
+                await self._reserve(txn, count)
+            keys = self._reserved[:count]
+            del self._reserved[:count]
+            return keys
         if self._last is None:
             # The writer lock is held: no other transaction allocates while this reads.
             last = await txn.fetch_val(

@@ -220,28 +220,16 @@ class StateStore:
                 prev_group = None
                 chain_length = 0
         entries = delta if prev_group is not None else full_state
-        allocated = await self._group_ids.allocate(txn)
-        if allocated is None:
-            group = int(
-                await txn.fetch_val(
-                    "INSERT INTO state_groups (room_id, prev_group, chain_length)"
-                    " VALUES (?, ?, ?) RETURNING state_group",
-                    room_id,
-                    prev_group,
-                    chain_length,
-                )
-            )
-        else:
-            # SQLite: the key is known, so the INSERT goes with the commit (row_ids.py).
-            group = allocated[0]
-            await txn.queue(
-                "INSERT INTO state_groups (state_group, room_id, prev_group, chain_length)"
-                " VALUES (?, ?, ?, ?)",
-                group,
-                room_id,
-                prev_group,
-                chain_length,
-            )
+        # The key is known, so the INSERT goes with the commit (row_ids.py).
+        group = (await self._group_ids.allocate(txn))[0]
+        await txn.queue(
+            "INSERT INTO state_groups (state_group, room_id, prev_group, chain_length)"
+            " VALUES (?, ?, ?, ?)",
+            group,
+            room_id,
+            prev_group,
+            chain_length,
+        )
         if entries:
             nids = await self._key_nids_for(txn, list(entries))
             event_nids = await self._complete_event_nids(txn, entries.values(), event_nids)

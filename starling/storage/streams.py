@@ -55,6 +55,8 @@ _STREAM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}\Z")
 
 # pg_advisory_xact_lock(classid, objid): the class of stream locks (room locks use another).
 STREAM_LOCK_CLASS = 0x53545231
+# PostgreSQL, one process: positions reserved from the sequence per round trip.
+RESERVE_BLOCK = 64
 
 
 # Every generator created per database, so that workers can switch them all to cluster mode.
@@ -82,6 +84,8 @@ class StreamIdGenerator:
         # order and ids are allocated in increasing order), so the first key is the least.
         self._unfinished: dict[int, None] = {}
         self._allocate_lock = asyncio.Lock()
+        # PostgreSQL, one process: positions reserved from the sequence, not handed out yet.
+        self._reserved: list[int] = []
         self._sequence = f"stream_seq_{name}"
         # Set by use_cluster: other processes write this stream too.
         self._publish: Callable[[str, int, int], None] | None = None
@@ -147,6 +151,7 @@ class StreamIdGenerator:
                 handed_out,
             )
         self._publish = publish
+        self._reserved.clear()  # below what other processes take from now on
         self._committed = -1
         await self.reload(db)
 
@@ -222,7 +227,15 @@ class StreamIdGenerator:
                     "SELECT position FROM stream_positions WHERE stream_name = ?", self.name
                 )
             )
-        if self._dialect == "postgres":
+        if self._dialect == "postgres" and self._publish is None:
+            # One process writes the stream: positions come from a block reserved from
+            # the sequence ahead (`_reserve`), handed out without a round trip.
+            while len(self._reserved) < count:
+                await self._reserve(txn, count)
+            ids = self._reserved[:count]
+            del self._reserved[:count]
+            self._register(txn, ids)
+        elif self._dialect == "postgres":
             # The lock keeps registration in the same order as the sequence hands out ids.
             async with self._allocate_lock:
                 rows = await txn.fetch_all(
@@ -247,6 +260,20 @@ class StreamIdGenerator:
                 self.name,
             )
         return ids
+
+    async def _reserve(self, txn: Transaction, count: int) -> None:
+        """Reserve at least `count` more positions from the sequence (PostgreSQL, one
+        process). They are handed out in increasing order: the sequence only grows, and
+        one reservation at a time. Unused ones are a gap (after a restart or
+        `use_cluster`), which readers do not mind."""
+        async with self._allocate_lock:
+            if len(self._reserved) >= count:
+                return  # another allocation reserved meanwhile
+            want = max(count - len(self._reserved), RESERVE_BLOCK)
+            rows = await txn.fetch_all(
+                f"SELECT nextval('{self._sequence}') FROM generate_series(1, ?)", want
+            )
+            self._reserved.extend(sorted(int(row[0]) for row in rows))
 
     def _register(self, txn: Transaction, ids: list[int], previous: int | None = None) -> None:
         self._last = max(self._last, ids[-1])
