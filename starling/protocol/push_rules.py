@@ -554,27 +554,54 @@ def _rule_matchers(kind: str, rule: Mapping[str, Any]) -> tuple[Matcher, ...]:
     return tuple(_compile_condition(c) for c in conditions)
 
 
+def _compile_rule(kind: str, rule: Mapping[str, Any]) -> _CompiledRule:
+    actions = rule.get("actions")
+    return _CompiledRule(
+        kind,
+        rule["rule_id"],
+        _rule_matchers(kind, rule),
+        clean_actions(actions if isinstance(actions, list) else []),
+    )
+
+
+# Compiled rules shared between users (issue 20, memory): most users have the server-default
+# rules, which differ between users only in the two that name the user, so a compiled rule
+# set per user was ~14 KiB of identical closures; now ~1 KiB. Keyed by the rule's JSON;
+# bounded (emptied when full: rule sets already built keep theirs).
+_SHARED_RULES_MAX = 4096
+_shared_rules: dict[tuple[str, str], _CompiledRule] = {}
+
+
+def _shared_rule(kind: str, rule: Mapping[str, Any], user_id: str | None) -> _CompiledRule:
+    try:
+        key = (kind, json.dumps(rule, sort_keys=True))
+    except (TypeError, ValueError):  # not JSON (never from account data): not shared
+        return _compile_rule(kind, rule)
+    if user_id and user_id in key[1]:
+        return _compile_rule(kind, rule)  # names its user: no one else's
+    hit = _shared_rules.get(key)
+    if hit is None:
+        hit = _compile_rule(kind, rule)
+        if len(_shared_rules) >= _SHARED_RULES_MAX:
+            _shared_rules.clear()
+        _shared_rules[key] = hit
+    return hit
+
+
 class PushRuleSet:
     """A user's ruleset compiled for evaluation. Build once per ruleset and reuse."""
 
     __slots__ = ("_rules", "uses_display_name", "uses_member_count", "uses_power_levels")
 
-    def __init__(self, ruleset: Ruleset) -> None:
+    def __init__(self, ruleset: Ruleset, user_id: str | None = None) -> None:
+        """`user_id`: whose rules these are; rules naming that user are not shared."""
         compiled: list[_CompiledRule] = []
         uses: set[str] = set()
         for kind in KINDS:
             for rule in ruleset.get(kind, []):
                 if rule.get("enabled") is False:
                     continue
-                actions = rule.get("actions")
-                compiled.append(
-                    _CompiledRule(
-                        kind,
-                        rule["rule_id"],
-                        _rule_matchers(kind, rule),
-                        clean_actions(actions if isinstance(actions, list) else []),
-                    )
-                )
+                compiled.append(_shared_rule(kind, rule, user_id))
                 for c in rule.get("conditions") or ():
                     if isinstance(c, dict) and isinstance(c.get("kind"), str):
                         uses.add(c["kind"])

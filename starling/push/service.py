@@ -86,7 +86,7 @@ class PushRulesService:
         if hit is not None:
             self._compiled.move_to_end(user_id)
             return hit
-        compiled = pr.PushRuleSet(await self.get_ruleset(user_id))
+        compiled = pr.PushRuleSet(await self.get_ruleset(user_id), user_id)
         self._compiled[user_id] = compiled
         if len(self._compiled) > CACHE_SIZE:
             self._compiled.popitem(last=False)

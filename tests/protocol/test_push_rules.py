@@ -318,3 +318,33 @@ def test_event_match_patterns_do_not_backtrack() -> None:
         ]
 
     assert finishes(work) == [False, False]
+
+
+def test_compiled_rules_are_shared_between_users_but_not_the_ones_naming_a_user() -> None:
+    # Issue 20 (memory): the server-default rules are compiled once for everyone; the two
+    # that name their user (invite_for_me, is_user_mention) stay each user's own.
+    alice, bob = "@alice:example.org", "@bob:example.org"
+    a = pr.PushRuleSet(pr.merge_with_defaults(alice, None, False), alice)
+    b = pr.PushRuleSet(pr.merge_with_defaults(bob, None, False), bob)
+    shared = {r.rule_id for r, s in zip(a._rules, b._rules, strict=True) if r is s}
+    assert ".m.rule.member_event" in shared and ".m.rule.message" in shared
+    assert ".m.rule.invite_for_me" not in shared and ".m.rule.is_user_mention" not in shared
+    invite = {
+        "type": "m.room.member",
+        "sender": "@carol:example.org",
+        "state_key": bob,
+        "content": {"membership": "invite"},
+    }
+    bob_match = b.match(invite, pr.PushContext(user_id=bob))
+    assert bob_match is not None and bob_match[1] == ".m.rule.invite_for_me"
+    alice_match = a.match(invite, pr.PushContext(user_id=alice))
+    assert alice_match is None or alice_match[1] != ".m.rule.invite_for_me"
+    mention = {
+        "type": "m.room.message",
+        "sender": "@carol:example.org",
+        "content": {"body": "hi", "m.mentions": {"user_ids": [alice]}},
+    }
+    alice_mention = a.match(mention, pr.PushContext(user_id=alice))
+    assert alice_mention is not None and alice_mention[1] == ".m.rule.is_user_mention"
+    bob_mention = b.match(mention, pr.PushContext(user_id=bob))
+    assert bob_mention is None or bob_mention[1] != ".m.rule.is_user_mention"
