@@ -20,9 +20,9 @@ with backoff while it fails; updates that arrive meanwhile are replayed after it
 
 `/keys/query` answers a tracked, fresh user from the cache; anyone else (not tracked,
 stale) is asked over federation as before, which also starts their resync when they
-share a room with one of ours — a query for all of a user's devices waits a few seconds
-for a resync attempt under way and is then answered from the cache (as Synapse resyncs
-inline); a resync waiting to retry is not waited for.
+share a room with one of ours — a query waits a few seconds for a resync attempt under
+way and is then answered from the cache (as Synapse resyncs inline for a query of all
+devices); a resync waiting to retry is not waited for.
 
 Only one process writes the cache (the per-user locks are in memory); a second writer
 process would need the chain position checked in the database, which `apply_update`
@@ -162,23 +162,27 @@ class RemoteDeviceLists:
             return
         assert isinstance(stream_id, int)
         async with self._lock(user_id):
-            await self._device_list_update(user_id, device_id, stream_id, content)
+            applied = await self._device_list_update(user_id, device_id, stream_id, content)
+        if applied:
+            await self._changed(user_id)
 
     async def _device_list_update(
         self, user_id: str, device_id: str, stream_id: int, content: Mapping[str, Any]
-    ) -> None:
+    ) -> bool:
+        """Whether the update was applied to the cache (otherwise it was a repeat, or a
+        resync is on its way, which announces the change once the list is stored)."""
         state = await self._store.state(user_id)
         if state is None:
             await self._store.track(user_id, self._clock_ms())
             self._keep_pending(user_id, dict(content))
             self._schedule(user_id)
-            return
+            return False
         if state.stale or user_id in self._resyncing:
             self._keep_pending(user_id, dict(content))
             self._schedule(user_id)
-            return
+            return False
         if stream_id <= state.stream_id:
-            return  # already applied, or older than the snapshot we have
+            return False  # already applied, or older than the snapshot we have
         prev_ids = content.get("prev_id", [])
         known = {state.stream_id, *self._recent.get(user_id, ())}
         deleted = content.get("deleted", False) is True
@@ -201,7 +205,7 @@ class RemoteDeviceLists:
             )
             await self._store.mark_stale(user_id, self._clock_ms())
             self._schedule(user_id)
-            return
+            return False
         applied = await self._store.apply_update(
             user_id,
             state.stream_id,
@@ -217,6 +221,7 @@ class RemoteDeviceLists:
         else:
             await self._store.mark_stale(user_id, self._clock_ms())
             self._schedule(user_id)
+        return applied
 
     async def signing_key_update(self, content: Mapping[str, Any]) -> None:
         user_id = content.get("user_id")
@@ -233,12 +238,15 @@ class RemoteDeviceLists:
         if not keys:
             return
         async with self._lock(user_id):
-            if not await self._store.set_cross_signing(user_id, keys):
+            stored = await self._store.set_cross_signing(user_id, keys)
+            if not stored:
                 await self._store.track(user_id, self._clock_ms())
                 self._schedule(user_id)
             elif user_id in self._resyncing:
                 # The running resync may bring back older keys: one more follows it.
                 self._overflowed.add(user_id)
+        if stored:
+            await self._changed(user_id)
 
     def _remember(self, user_id: str, stream_id: int) -> None:
         recent = self._recent.get(user_id)
@@ -280,6 +288,7 @@ class RemoteDeviceLists:
 
     async def _resync_loop(self, user_id: str) -> None:
         done = False
+        announced = False
         try:
             for delay in (*self._retry_delays, None):
                 attempt = self._attempts.setdefault(user_id, asyncio.Event())
@@ -294,6 +303,11 @@ class RemoteDeviceLists:
                     attempt.set()
                 if done:
                     break
+                if not announced:
+                    # The change cannot be fetched for now: announce it anyway, so that
+                    # clients ask again (a stale user's keys are asked of their server).
+                    announced = True
+                    await self._changed(user_id)
                 if delay is None:
                     logger.warning("giving up resyncing the device list of %s for now", user_id)
                     break
@@ -409,10 +423,11 @@ class RemoteDeviceLists:
         """The cached keys of the tracked, fresh users among ``users`` (a /keys/query
         answer: device_keys, master_keys, self_signing_keys), and the users left to ask
         their server. Users sharing a room with ours that are not cached yet start
-        tracking (a resync). As Synapse, a query for all devices of a user whose resync
-        attempt is running (just started, or already under way) waits for it (at most
-        ``wait_s`` seconds) and is answered from the cache if it succeeded; one waiting
-        to retry is not waited for."""
+        tracking (a resync). A query for a user whose resync attempt is running (just
+        started, or already under way) waits for it (at most ``wait_s`` seconds) and is
+        answered from the cache if it succeeded - for all their devices as Synapse does,
+        and for some of them too (Synapse asks their server again then, racing the
+        resync it already has in flight); one waiting to retry is not waited for."""
         states = await self._store.states(users)
         fresh = [u for u, s in states.items() if not s.stale and u not in self._resyncing]
         rest = {u: d for u, d in users.items() if u not in fresh}
@@ -426,7 +441,7 @@ class RemoteDeviceLists:
                 self._schedule(user_id)
             else:
                 continue
-            if not rest[user_id] and user_id in self._attempts:
+            if user_id in self._attempts:
                 waiting.append(user_id)
         if waiting and wait_s > 0:
             waits = [asyncio.ensure_future(self._attempts[u].wait()) for u in waiting]

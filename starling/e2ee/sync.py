@@ -67,7 +67,15 @@ class DeviceListsExtension:
         if ctx.since is None or ctx.full_state or ctx.since == ctx.upto:
             return False
         found = await self._tracker.changes(ctx.user_id, ctx.since, ctx.upto)
-        if not found.changed and not found.left:
+        # Both lists are optional (spec: DeviceLists); an empty one is left out, as
+        # ruma-based servers do: a client reads a missing list as empty, and a client
+        # waiting for some user in `changed` sees that no change came with a `left`.
+        lists = {
+            name: users
+            for name, users in (("changed", found.changed), ("left", found.left))
+            if users
+        }
+        if not lists:
             return False
-        response["device_lists"] = {"changed": found.changed, "left": found.left}
+        response["device_lists"] = lists
         return True

@@ -204,15 +204,19 @@ class DeviceListFederation:
         is the origin's)."""
         if await self._shared(content):
             if self._cache is not None:
+                # The cache announces the change (sync `device_lists.changed`,
+                # /keys/changes) once it holds it: applied now, or after a resync.
                 await self._cache.device_list_update(content)
-            await self._mark_remote_changed(content["user_id"])
+            else:
+                await self._mark_remote_changed(content["user_id"])
 
     async def on_signing_key_update(self, origin: str, content: dict[str, Any]) -> None:
         """`m.signing_key_update` from `origin`."""
         if await self._shared(content):
             if self._cache is not None:
                 await self._cache.signing_key_update(content)
-            await self._mark_remote_changed(content["user_id"])
+            else:
+                await self._mark_remote_changed(content["user_id"])
 
     async def _shared(self, content: dict[str, Any]) -> bool:
         user_id = content.get("user_id")

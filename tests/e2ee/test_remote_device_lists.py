@@ -318,11 +318,12 @@ async def test_device_keys_are_passed_on_as_given(
 async def test_a_query_for_all_devices_waits_for_the_resync_it_starts(
     cache: RemoteDeviceLists, remote: FakeRemote
 ) -> None:
-    """As Synapse: a query for every device of a user sharing a room with ours that is
-    not cached yet resyncs them and is answered from the cache; a query for some
-    devices, or one whose resync fails within the wait, is left to their server."""
-    answer, rest = await cache.cached_keys({BOB: ["PHONE"]}, wait_s=5.0)
-    assert rest == {BOB: ["PHONE"]}  # not waited for (the resync runs on)
+    """A query for the devices (all, or some) of a user sharing a room with ours that is
+    not cached yet resyncs them and is answered from the cache; one whose resync fails
+    within the wait is left to their server."""
+    answer, rest = await cache.cached_keys({BOB: ["PHONE", "NOPE"]}, wait_s=5.0)
+    assert rest == {} and set(answer["device_keys"][BOB]) == {"PHONE"}
+    assert remote.calls == 1
     await cache.settle()
     await cache.forget([BOB])
     calls = remote.calls
@@ -423,3 +424,57 @@ async def test_stale_users_are_resynced_at_start(
     await again.start()
     await again.settle()
     assert await cached(again) is not None
+
+
+async def test_a_change_is_announced_once_the_cache_holds_it(
+    cache: RemoteDeviceLists, remote: FakeRemote
+) -> None:
+    """`changed` (sync, /keys/changes) tells clients to /keys/query now: it is announced
+    when the update is applied or the resync that replaces it is stored, never while the
+    cache still holds the old list (a client querying then would get the old devices, or
+    an answer from the remote server in place of the cache)."""
+    remote.gate = asyncio.Event()
+    # Untracked: a resync; nothing is announced until it is stored.
+    await cache.device_list_update(update("PHONE", 10, [9]))
+    await asyncio.sleep(0.01)
+    assert remote.changed == []
+    remote.gate.set()
+    await cache.settle()
+    assert remote.changed == [BOB]
+    # Applied from the chain: announced at once.
+    await cache.device_list_update(update("TABLET", 11, [10]))
+    assert remote.changed == [BOB, BOB]
+    # A repeat: nothing.
+    await cache.device_list_update(update("TABLET", 11, [10]))
+    assert remote.changed == [BOB, BOB]
+    # A deleted device: announced when the resync without it is stored.
+    remote.devices["TABLET"] = device_keys(BOB, "TABLET")
+    remote.stream_id = 12
+    remote.gate = asyncio.Event()
+    await cache.device_list_update(update("PHONE", 12, [11], deleted=True))
+    await asyncio.sleep(0.01)
+    assert remote.changed == [BOB, BOB]
+    del remote.devices["PHONE"]
+    remote.gate.set()
+    await cache.settle()
+    assert remote.changed == [BOB] * 3
+    got = await cached(cache)
+    assert got is not None and set(got["devices"]) == {"TABLET"}
+    # A gap whose resync finds the list as it was: nothing to fetch, nothing announced.
+    remote.stream_id = 20
+    await cache.device_list_update(update("GHOST", 20, [15]))
+    await cache.settle()
+    assert remote.changed == [BOB] * 3
+    # A resync that cannot reach the server: announced anyway after the first failed
+    # attempt (the client's query then goes to the server, as for any stale user).
+    remote.fail = 100
+    await cache.device_list_update(update("PHONE", 30, [29]))
+    await cache.settle()
+    assert remote.changed == [BOB] * 4
+    # A cross-signing key update for a tracked user is stored and announced at once.
+    remote.fail = 0
+    await cache.device_list_update(update("PHONE", 31, [30]))
+    await cache.settle()
+    announced = len(remote.changed)
+    await cache.signing_key_update({"user_id": BOB, "master_key": master(BOB, "M9")})
+    assert len(remote.changed) == announced + 1

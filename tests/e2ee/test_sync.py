@@ -101,3 +101,26 @@ async def test_key_counts_follow_claims_between_syncs(hs: Harness) -> None:
     # A new upload shows at once too.
     await upload_ok(hs, bob, one_time_keys=bob.one_time_keys(3, start=10))
     assert (await sync(hs, bob))["device_one_time_keys_count"] == {"signed_curve25519": 3}
+
+
+async def test_device_lists_leave_out_an_empty_list(hs: Harness) -> None:
+    """`changed` and `left` are both optional (DeviceLists): an empty one is not sent, so
+    a sync that brings only a leave says nothing of `changed`, and a client waiting for
+    some user's change can tell that none came with it."""
+    alice = await new_device(hs, "alice")
+    bob = await new_device(hs, "bob")
+    room = await hs.create_room(alice.token, preset="public_chat")
+    status, _ = await hs.request("POST", f"{V3}/join/{room}", bob.token, {})
+    assert status == 200
+    await hs.services.e2ee.device_lists.flush()
+    before = await sync(hs, alice)
+    await upload_ok(hs, bob, device_keys=bob.device_keys())
+    changed = await sync(hs, alice, before["next_batch"])
+    assert changed["device_lists"] == {"changed": [bob.user_id]}
+    status, _ = await hs.request("POST", f"{V3}/rooms/{room}/leave", bob.token, {})
+    assert status == 200
+    await hs.services.e2ee.device_lists.flush()
+    left = await sync(hs, alice, changed["next_batch"])
+    assert left["device_lists"] == {"left": [bob.user_id]}
+    quiet = await sync(hs, alice, left["next_batch"])
+    assert "device_lists" not in quiet

@@ -146,6 +146,35 @@ async def test_inbound_updates_mark_users_sharing_a_room_only() -> None:
     assert fakes.marked == []
 
 
+class FakeCache:
+    def __init__(self) -> None:
+        self.updates: list[str] = []
+
+    async def device_list_update(self, content: Mapping[str, Any]) -> None:
+        self.updates.append("device")
+
+    async def signing_key_update(self, content: Mapping[str, Any]) -> None:
+        self.updates.append("signing")
+
+
+async def test_with_a_cache_the_cache_announces_the_change() -> None:
+    """With the remote device-list cache, an inbound update is the cache's to announce
+    (once it holds it: applied, or resynced), not marked on arrival."""
+    fakes = Fakes()
+    cache = FakeCache()
+    fed = DeviceListFederation(
+        "here.test", fakes, fakes.users_sharing, fakes.keys_of, fakes.mark, fakes, cache
+    )
+    update = {"user_id": BOB, "device_id": "D", "stream_id": 5, "prev_id": [99]}
+    await fed.on_device_list_update("remote.test", update)
+    await fed.on_signing_key_update("remote.test", {"user_id": BOB})
+    assert cache.updates == ["device", "signing"]
+    assert fakes.marked == []
+    # A user nobody here shares a room with: not even the cache hears of it.
+    await fed.on_device_list_update("remote.test", {**update, "user_id": "@x:remote.test"})
+    assert cache.updates == ["device", "signing"]
+
+
 class FakePoster:
     def __init__(self, answer: Any) -> None:
         self.answer = answer
