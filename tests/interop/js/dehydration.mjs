@@ -153,6 +153,12 @@ async function main() {
         const devices = await bob.getCrypto().getUserDeviceInfo([aliceId], true);
         return devices.get(aliceId)?.has(dehydratedId);
     });
+    // Bob's client encrypts for the members it knows: createRoom answers once the invite is
+    // stored, but Bob's client learns of it from its next /sync (as Element waits for a new
+    // room to come down /sync before using it).
+    await until("Alice's invite in Bob's view", async () => {
+        return bob.getRoom(roomId)?.getMember(aliceId)?.membership === "invite" || undefined;
+    });
     const sent = await bob.sendTextMessage(roomId, "for alice, while she was away");
 
     // Alice's new device: rehydrate, then read Bob's message.
