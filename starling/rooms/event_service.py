@@ -67,10 +67,13 @@ class RoomEventService:
         # The last origin_server_ts given to a create event (see create_room_event).
         self._last_create_ts = 0
 
-    def add_listener(self, listener: NewEventListener, *, writer_only: bool = False) -> None:
+    def add_listener(
+        self, listener: NewEventListener, *, writer_only: bool = False, first: bool = False
+    ) -> None:
         """Called (after commit, on the loop) with each new timeline event and its position
-        (`writer_only`: only on the process that persisted it; see EventPersister)."""
-        self._persister.add_listener(listener, writer_only=writer_only)
+        (`writer_only`: only on the process that persisted it; `first`: before the others;
+        see EventPersister)."""
+        self._persister.add_listener(listener, writer_only=writer_only, first=first)
 
     def add_state_listener(self, listener: StateDeltaListener) -> None:
         """Called (after commit) with each change of a room's current state."""

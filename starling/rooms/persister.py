@@ -105,11 +105,18 @@ class EventPersister:
         self._state_listeners: list[StateDeltaListener] = []
         self.relay: PersistRelay | None = None
 
-    def add_listener(self, listener: NewEventListener, *, writer_only: bool = False) -> None:
+    def add_listener(
+        self, listener: NewEventListener, *, writer_only: bool = False, first: bool = False
+    ) -> None:
         """Called (after commit, on the loop) with each accepted timeline event that is
         not backfilled, and its position. `writer_only`: only on the process that
-        persisted the event (with workers), for listeners that write or act once."""
-        self._listeners.append(listener)
+        persisted the event (with workers), for listeners that write or act once.
+        `first`: called before the listeners there are (the long-polls' wake-up, so the
+        waiting clients' tasks run before the background senders' on the next turn)."""
+        if first:
+            self._listeners.insert(0, listener)
+        else:
+            self._listeners.append(listener)
         if writer_only:
             self._writer_only.add(listener)
 

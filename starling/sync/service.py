@@ -92,7 +92,9 @@ class SyncService:
         self._extensions: list[SyncExtension] = []
         self._ignored_users: IgnoredUsersLookup | None = None
         self._peeks: PeekSource | None = None
-        room_events.add_listener(self._on_new_event)
+        # First: a woken /sync (no database trip for one new event) answers before the
+        # senders and the push evaluator woken by the same event start reading.
+        room_events.add_listener(self._on_new_event, first=True)
         room_events.add_state_listener(self._on_state_change)
 
     def use_ignored_users(self, lookup: IgnoredUsersLookup) -> None:
