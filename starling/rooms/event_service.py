@@ -238,6 +238,29 @@ class RoomEventService:
         )
         return event
 
+    def _next_create_event(
+        self, room_version: RoomVersion, room_id: str | None, sender: str, content: dict[str, Any]
+    ) -> Event:
+        """One attempt's m.room.create event, authorised: it takes the next unused
+        millisecond of this process (see `create_room_event`)."""
+        ts = max(self._builder.now(), self._last_create_ts + 1)
+        self._last_create_ts = ts
+        event = self._builder.build(
+            room_version=room_version,
+            room_id=room_id,
+            event_type="m.room.create",
+            sender=sender,
+            content=content,
+            state_key="",
+            prev_events=[],
+            auth_events=[],
+            origin_server_ts=ts,
+        )
+        decision = check_auth_rules(event, {})
+        if not decision.allowed:
+            raise MatrixError(400, "M_BAD_JSON", f"Invalid create event: {decision.reason}")
+        return event
+
     async def create_room_event(
         self, room_version: RoomVersion, room_id: str | None, sender: str, content: dict[str, Any]
     ) -> Event:
@@ -251,22 +274,7 @@ class RoomEventService:
         instead of all walking the same sequence (50 at once used to exhaust the attempts).
         """
         for _ in range(MAX_CREATE_ATTEMPTS):
-            ts = max(self._builder.now(), self._last_create_ts + 1)
-            self._last_create_ts = ts
-            event = self._builder.build(
-                room_version=room_version,
-                room_id=room_id,
-                event_type="m.room.create",
-                sender=sender,
-                content=content,
-                state_key="",
-                prev_events=[],
-                auth_events=[],
-                origin_server_ts=ts,
-            )
-            decision = check_auth_rules(event, {})
-            if not decision.allowed:
-                raise MatrixError(400, "M_BAD_JSON", f"Invalid create event: {decision.reason}")
+            event = self._next_create_event(room_version, room_id, sender, content)
             async with self.room_lock(event.room_id):
                 if await self._events.get_room_version(event.room_id) is not None:
                     continue
@@ -294,22 +302,7 @@ class RoomEventService:
         `create_room_event`. If an initial event is refused by the auth rules, the events
         before it are persisted and the refusal (403) raised, as separate sends would."""
         for _ in range(MAX_CREATE_ATTEMPTS):
-            ts = max(self._builder.now(), self._last_create_ts + 1)
-            self._last_create_ts = ts
-            create = self._builder.build(
-                room_version=room_version,
-                room_id=room_id,
-                event_type="m.room.create",
-                sender=sender,
-                content=content,
-                state_key="",
-                prev_events=[],
-                auth_events=[],
-                origin_server_ts=ts,
-            )
-            decision = check_auth_rules(create, {})
-            if not decision.allowed:
-                raise MatrixError(400, "M_BAD_JSON", f"Invalid create event: {decision.reason}")
+            create = self._next_create_event(room_version, room_id, sender, content)
             async with self.room_lock(create.room_id):
                 if await self._events.get_room_version(create.room_id) is not None:
                     continue

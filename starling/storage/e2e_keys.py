@@ -15,11 +15,11 @@ claimers take the next key instead of all waiting for (and then losing) the same
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from starling.storage.database import Database, Transaction
+from starling.storage.events import LruCache
 
 ClaimKey = tuple[str, str, str]  # (user_id, device_id, algorithm)
 KeyCounts = tuple[dict[str, int], list[str]]
@@ -73,20 +73,19 @@ class E2eKeyStore:
     def __init__(self, db: Database) -> None:
         self._db = db
         self.remember_counts = True
-        self._counts: OrderedDict[tuple[str, str], _Remembered] = OrderedDict()
-        # Bumped after each commit that changed some device's keys: a read that started
-        # before it may have missed that commit, so its answer is not remembered.
-        self._counts_changes = 0
+        # Forgotten after each commit that changed the device's keys; the cache's
+        # generation then keeps a read that started before it from being remembered.
+        self._counts: LruCache[tuple[str, str], _Remembered] = LruCache(MAX_REMEMBERED_COUNTS)
 
     def _forget_counts_after_commit(
-        self, txn: Transaction, user_id: str, device_ids: Iterable[str]
+        self, txn: Transaction, devices: Iterable[tuple[str, str]]
     ) -> None:
-        keys = [(user_id, d) for d in device_ids]
+        """Once `txn` commits, the (user, device) pairs' remembered counts are stale."""
+        keys = list(devices)
 
         def forget() -> None:
-            self._counts_changes += 1
             for key in keys:
-                self._counts.pop(key, None)
+                self._counts.pop(key)
 
         txn.call_after_commit(forget)
 
@@ -155,7 +154,7 @@ class E2eKeyStore:
         the caller can refuse a reused key ID by rolling back."""
         if not keys:
             return {}
-        self._forget_counts_after_commit(txn, user_id, [device_id])
+        self._forget_counts_after_commit(txn, [(user_id, device_id)])
         await txn.executemany(
             "INSERT INTO e2e_one_time_keys"
             " (user_id, device_id, algorithm, key_id, key_json, added_ts)"
@@ -191,9 +190,8 @@ class E2eKeyStore:
         key = (user_id, device_id)
         remembered = self._counts.get(key) if self.remember_counts else None
         if remembered is not None:
-            self._counts.move_to_end(key)
             return dict(remembered[0]), list(remembered[1])
-        changes = self._counts_changes
+        generation = self._counts.generation
         rows = await self._db.fetch_all(
             "SELECT 'o', algorithm, COUNT(*) FROM e2e_one_time_keys"
             " WHERE user_id = ? AND device_id = ? GROUP BY algorithm"
@@ -206,11 +204,9 @@ class E2eKeyStore:
         )
         counts = {r[1]: int(r[2]) for r in rows if r[0] == "o"}
         unused = sorted(r[1] for r in rows if r[0] == "f")
-        if self.remember_counts and changes == self._counts_changes:
+        if self.remember_counts:
             value = (tuple(counts.items()), tuple(unused))
-            self._counts[key] = value if value != _NO_KEYS else _NO_KEYS
-            if len(self._counts) > MAX_REMEMBERED_COUNTS:
-                self._counts.popitem(last=False)
+            self._counts.fill(key, value if value != _NO_KEYS else _NO_KEYS, generation)
         return counts, unused
 
     async def count_one_time_keys(self, user_id: str, device_id: str) -> dict[str, int]:
@@ -230,8 +226,7 @@ class E2eKeyStore:
         if not claims:
             return {}
         async with self._db.transaction() as txn:
-            for user_id, device_id, _ in claims:
-                self._forget_counts_after_commit(txn, user_id, [device_id])
+            self._forget_counts_after_commit(txn, ((u, d) for u, d, _ in claims))
             source, params = _claims_source(txn, claims)
             if txn.dialect == "postgres":
                 pick = (
@@ -281,7 +276,7 @@ class E2eKeyStore:
         keeps its used flag; a new key starts unused."""
         if not keys:
             return
-        self._forget_counts_after_commit(txn, user_id, [device_id])
+        self._forget_counts_after_commit(txn, [(user_id, device_id)])
         await txn.executemany(
             "INSERT INTO e2e_fallback_keys"
             " (user_id, device_id, algorithm, key_id, key_json, used)"
@@ -309,8 +304,7 @@ class E2eKeyStore:
         if not claims:
             return {}
         async with self._db.transaction() as txn:
-            for user_id, device_id, _ in claims:
-                self._forget_counts_after_commit(txn, user_id, [device_id])
+            self._forget_counts_after_commit(txn, ((u, d) for u, d, _ in claims))
             source, params = _claims_source(txn, claims)
             rows = await txn.fetch_all(
                 f"UPDATE e2e_fallback_keys SET used = TRUE FROM {source}"
@@ -398,7 +392,7 @@ class E2eKeyStore:
         """Remove everything stored for these devices' keys."""
         if not device_ids:
             return
-        self._forget_counts_after_commit(txn, user_id, device_ids)
+        self._forget_counts_after_commit(txn, ((user_id, d) for d in device_ids))
         sql = txn.sql
         for table, column in (
             ("e2e_device_keys", "device_id"),

@@ -92,6 +92,10 @@ class LruCache(Generic[K, V]):
         if generation == self.generation:
             self.put(key, value)
 
+    def clear(self) -> None:
+        self.generation += 1
+        self._data.clear()
+
     def keys(self) -> list[K]:
         return list(self._data)
 

@@ -11,13 +11,13 @@ to an event we do not have) is ignored.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from starling.protocol.event import Event
 from starling.storage.database import Database, Transaction
+from starling.storage.events import LruCache
 
 THREAD = "m.thread"
 REPLACE = "m.replace"
@@ -104,19 +104,14 @@ class RelationStore:
     def __init__(self, db: Database) -> None:
         self._db = db
         self.remember_childless = True
-        self._childless: OrderedDict[str, None] = OrderedDict()
+        self._childless: LruCache[str, bool] = LruCache(MAX_REMEMBERED_CHILDLESS)
 
     def note_new_parent(self, txn: Transaction, event_id: str) -> None:
         """`event_id` was built here just now: once `txn` commits, it has no children."""
         if not self.remember_childless:
             return
 
-        def remember() -> None:
-            self._childless[event_id] = None
-            if len(self._childless) > MAX_REMEMBERED_CHILDLESS:
-                self._childless.popitem(last=False)
-
-        txn.call_after_commit(remember)
+        txn.call_after_commit(lambda: self._childless.put(event_id, True))
 
     # --- writing -------------------------------------------------------------------------
 
@@ -125,7 +120,7 @@ class RelationStore:
         relation = relation_of(event.content)
         if relation is None or relation.parent_id == event.event_id:
             return
-        self._childless.pop(relation.parent_id, None)
+        self._childless.pop(relation.parent_id)
         thread_id = relation.parent_id if relation.rel_type == THREAD else None
         await txn.queue(
             "INSERT INTO event_relations (event_id, relates_to_id, rel_type, room_id, type,"
@@ -318,10 +313,10 @@ class RelationStore:
         Parents known to have no children are not asked about.
         """
         if self._childless:
-            childless = self._childless
-            thread_roots = [e for e in thread_roots if e not in childless]
-            edit_targets = [e for e in edit_targets if e not in childless]
-            reference_targets = [e for e in reference_targets if e not in childless]
+            childless = self._childless.get
+            thread_roots = [e for e in thread_roots if not childless(e)]
+            edit_targets = [e for e in edit_targets if not childless(e)]
+            reference_targets = [e for e in reference_targets if not childless(e)]
         parts: list[str] = []
         args: list[Any] = []
         array = self._db.sql.array
