@@ -152,7 +152,7 @@ class HistoryStore:
         then the ones kept (state events; local ones without `delete_local`) made
         outliers. (deleted, hidden); (0, 0): done. The caller holds the room's lock."""
         doomed, extra = self._doomed(delete_local)
-        async with self._db.transaction() as txn:
+        async with self._db.transaction(heavy=True) as txn:
             rows = await txn.fetch_all(
                 f"SELECT e.event_nid, e.event_id FROM events AS e WHERE {doomed}"
                 " ORDER BY e.event_nid LIMIT ?",

@@ -181,7 +181,7 @@ class AdminRoomStore:
         """Remove every trace of the room (events, state, memberships, aliases, receipts,
         relations, search entries, federation bookkeeping); returns how many events went.
         The caller makes sure no local user is still in it."""
-        async with self._db.transaction() as txn:
+        async with self._db.transaction(heavy=True) as txn:
             event_count = int(
                 await txn.fetch_val("SELECT COUNT(*) FROM events WHERE room_id = ?", room_id) or 0
             )

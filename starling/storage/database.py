@@ -146,8 +146,12 @@ class Database(abc.ABC):
         """One write in its own transaction; return the number of rows it changed."""
 
     @abc.abstractmethod
-    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
-        """``async with db.transaction() as txn:`` — commit on exit, rollback on error."""
+    def transaction(self, *, heavy: bool = False) -> AbstractAsyncContextManager[Transaction]:
+        """``async with db.transaction() as txn:`` — commit on exit, rollback on error.
+
+        ``heavy``: its statements may scan or delete many rows (purges, migrations, a
+        port). SQLite then keeps it off the event loop's thread, where it runs small
+        writes (storage/sqlite.py); PostgreSQL runs every statement on the server anyway."""
 
     @abc.abstractmethod
     async def close(self) -> None:

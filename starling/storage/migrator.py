@@ -135,7 +135,7 @@ async def apply_migrations(db: Database, migrations: list[Migration] | None = No
     for migration in migrations:
         if migration.version <= current:
             continue
-        async with db.transaction() as txn:
+        async with db.transaction(heavy=True) as txn:
             # Re-read under the lock: another process may have migrated meanwhile.
             if await _version_in(txn) >= migration.version:
                 continue

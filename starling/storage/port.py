@@ -253,11 +253,11 @@ async def _copy_table(
         rows = [[convert(v) for convert, v in zip(converters, r[1:], strict=True)] for r in batch]
         last_rowid = int(batch[-1][0])
         copied += len(batch)
-        async with target.transaction() as txn:
+        async with target.transaction(heavy=True) as txn:
             await txn.executemany(insert, rows)
             await _record(txn, table, last_rowid, copied, done=False)
         progress(table, copied, total)
-    async with target.transaction() as txn:
+    async with target.transaction(heavy=True) as txn:
         await _record(txn, table, last_rowid, copied, done=True)
     return copied
 
@@ -305,7 +305,7 @@ async def _set_sequences(
         sequence = f"stream_seq_{name}"
         if not str(name).replace("_", "").isalnum():
             raise PortError(f"unexpected stream name {name!r}")
-        async with target.transaction() as txn:
+        async with target.transaction(heavy=True) as txn:
             await txn.execute(
                 "SELECT pg_advisory_xact_lock(?, ?)", STREAM_LOCK_CLASS, advisory_key(name)
             )

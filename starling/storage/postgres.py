@@ -122,7 +122,9 @@ class PostgresDatabase(Database):
         return _rowcount(status)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
+    async def transaction(self, *, heavy: bool = False) -> AsyncIterator[Transaction]:
+        # `heavy` matters only to SQLite (storage/database.py): every statement here runs
+        # on the PostgreSQL server, never on the event loop.
         self._check_pool_use()
         async with self._pool.acquire() as conn:
             token = _in_transaction.set(True)

@@ -15,13 +15,30 @@ so the next transaction sees the commit; a COMMIT that fails rolls back in its o
 before anything queued behind it runs. The block's caller still returns only once its
 COMMIT is done (a read after a write sees it) and its after-commit callbacks have run.
 
-No sqlite3 call ever runs on the event-loop thread (including connect and close).
+Small writes run on the event loop's own thread when the writer thread is idle. A job
+handed to the writer thread costs two thread switches and, worse, a wait for the GIL
+each time sqlite3 takes it back after a statement while the loop is busy: under 16
+concurrent senders on 2 cores that made the writer thread, not the CPU, the limit
+(docs/performance.md, "fourth pass": 411-512 msg/s with every write on the thread,
+717-760 with small ones inline). A job runs inline only when nothing is queued on or
+running in the writer thread (so the one connection is never used by two threads at once
+and jobs still run in the order they were submitted), the transaction was not opened with
+``heavy=True`` (purges, migrations, ports: statements that may scan or delete many rows),
+and it is small (at most INLINE_MAX_OPS statements and INLINE_MAX_ROWS rows of
+``executemany``). Everything else, connect and close, and reads go to threads.
+
+SQLite's automatic checkpoint runs inside a COMMIT, which could now be on the loop's
+thread, so the writer connection has it off. A checkpoint thread with its own connection
+checkpoints instead (PASSIVE: it copies what no reader still needs, and the writer goes on
+appending meanwhile) every CHECKPOINT_EVERY commits and after every transaction that was
+not small.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import shutil
 import sqlite3
 import tempfile
@@ -44,7 +61,14 @@ from starling.storage.dialect import SQLITE
 
 T = TypeVar("T")
 
+logger = logging.getLogger(__name__)
+
 BUSY_TIMEOUT_SECONDS = 10.0
+# What may run on the event loop's thread (module docstring).
+INLINE_MAX_OPS = 64
+INLINE_MAX_ROWS = 256
+# SQLite's own default is 1 000 WAL pages; a small transaction writes 5-20.
+CHECKPOINT_EVERY = 100
 
 
 def _connect(path: str, *, query_only: bool) -> sqlite3.Connection:
@@ -65,6 +89,8 @@ def _connect(path: str, *, query_only: bool) -> sqlite3.Connection:
         if mode != "wal":
             conn.close()
             raise StorageError(f"could not put {path} in WAL mode (got {mode!r})")
+        # Checkpoints run on the writer thread, never inside an inline COMMIT (docstring).
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
     return conn
 
 
@@ -106,6 +132,17 @@ def _executemany(conn: sqlite3.Connection, sql: str, rows: Iterable[Sequence[Any
 
 
 _Op = tuple[Callable[..., Any], str, Sequence[Any]]
+
+
+def _small(ops: Sequence[_Op]) -> bool:
+    """Whether these statements may run on the event loop's thread (module docstring)."""
+    if len(ops) > INLINE_MAX_OPS:
+        return False
+    rows = 0
+    for fn, _sql, args in ops:
+        if fn is _executemany:
+            rows += len(args)
+    return rows <= INLINE_MAX_ROWS
 
 
 def _run_ops(conn: sqlite3.Connection, ops: Sequence[_Op]) -> Any:
@@ -176,6 +213,14 @@ class SqliteDatabase(Database):
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
+        # Jobs handed to the writer thread (counted by the event loop) and of those, the
+        # ones finished (counted by the writer thread): equal means it is idle.
+        self._submitted = 0
+        self._finished = 0
+        self._commits = 0  # since the last checkpoint
+        self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-checkpoint")
+        self._checkpoint_conn: sqlite3.Connection | None = None
+        self._checkpointing = False
 
     @classmethod
     async def open(cls, path: str, *, readers: int = 4) -> SqliteDatabase:
@@ -201,15 +246,59 @@ class SqliteDatabase(Database):
         if self._closed:
             raise StorageError("database is closed")
 
-    def _submit_write(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        return asyncio.wrap_future(self._writer_executor.submit(fn, self._writer, *args))
+    def _submit_write(
+        self, fn: Callable[..., T], *args: Any, inline: bool = False
+    ) -> asyncio.Future[T]:
+        """Run ``fn(writer connection, *args)``: here and now if ``inline`` is allowed and
+        the writer thread is idle, else queued on the writer thread."""
+        if inline and self._finished == self._submitted:
+            done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+            try:
+                done.set_result(fn(self._writer, *args))
+            except Exception as e:
+                done.set_exception(e)
+            return done
+        self._submitted += 1
+        return asyncio.wrap_future(self._writer_executor.submit(self._writer_job, fn, args))
+
+    def _writer_job(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        try:
+            return fn(self._writer, *args)
+        finally:
+            self._finished += 1  # only this thread writes it
+
+    def _committed(self, small: bool) -> None:
+        """Count a commit; every CHECKPOINT_EVERY, and after any large transaction, start
+        a checkpoint on the checkpoint thread (SQLite's automatic one is off)."""
+        self._commits += 1
+        if (small and self._commits < CHECKPOINT_EVERY) or self._closed or self._checkpointing:
+            return
+        self._commits = 0
+        self._checkpointing = True
+        job = asyncio.wrap_future(self._checkpointer.submit(self._checkpoint))
+        job.add_done_callback(self._checkpoint_done)
+
+    def _checkpoint(self) -> None:
+        """Runs on the checkpoint thread."""
+        if self._checkpoint_conn is None:
+            # Not _connect: setting the journal mode may wait for the writer's lock. A
+            # PASSIVE checkpoint never waits for anyone.
+            self._checkpoint_conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False
+            )
+        self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+
+    def _checkpoint_done(self, job: asyncio.Future[None]) -> None:
+        self._checkpointing = False
+        if not job.cancelled() and job.exception() is not None:
+            logger.warning("SQLite checkpoint failed: %s", job.exception())
 
     async def _on_writer_thread(self, fn: Callable[[], T]) -> T:
         return await asyncio.wrap_future(self._writer_executor.submit(fn))
 
-    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _write(self, fn: Callable[..., T], *args: Any, inline: bool = False) -> T:
         try:
-            return await self._submit_write(fn, *args)
+            return await self._submit_write(fn, *args, inline=inline)
         except sqlite3.IntegrityError as e:
             raise _translate(e) from e
 
@@ -246,18 +335,21 @@ class SqliteDatabase(Database):
     async def execute(self, sql: str, *args: Any) -> int:
         async with self._write_lock:
             self._check_open()
-            # In autocommit mode a single statement is its own transaction.
-            return await self._write(_execute, sql, args)
+            # In autocommit mode a single statement is its own transaction. It may be
+            # any size (cleanups delete by age), so it runs on the writer thread.
+            count = await self._write(_execute, sql, args)
+            self._committed(small=True)
+            return count
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
+    async def transaction(self, *, heavy: bool = False) -> AsyncIterator[Transaction]:
         lock = self._write_lock
         await lock.acquire()
         locked = True
         try:
             self._check_open()
             assert self._writer is not None
-            txn = SqliteTransaction(self)
+            txn = SqliteTransaction(self, heavy)
             committed = False
             try:
                 yield txn
@@ -265,7 +357,9 @@ class SqliteDatabase(Database):
                 # BEGIN (if nothing ran yet), the deferred statements, COMMIT: one trip,
                 # which rolls itself back if it fails. The next transaction may queue its
                 # statements behind it now (see the module docstring).
-                job = self._submit_write(_run_ops_and_commit, txn._take((_commit_op, "", ())))
+                ops = txn._take((_commit_op, "", ()))
+                small = txn._small(ops)
+                job = self._submit_write(_run_ops_and_commit, ops, inline=small)
                 lock.release()
                 locked = False
                 try:
@@ -273,12 +367,14 @@ class SqliteDatabase(Database):
                 except sqlite3.IntegrityError as e:  # deferred statements or constraints
                     raise _translate(e) from e
                 committed = True
+                self._committed(small and not txn.large)
             finally:
                 txn.active = False
                 if not committed:
                     txn._pending.clear()
                     if locked:  # the block itself failed: nothing was handed over yet
-                        await _settle(self._submit_write(sqlite3.Connection.rollback))
+                        rollback = self._submit_write(sqlite3.Connection.rollback, inline=not heavy)
+                        await _settle(rollback)
                 txn._finish(committed)
         finally:
             if locked:
@@ -293,8 +389,13 @@ class SqliteDatabase(Database):
             await asyncio.to_thread(self._shutdown)
 
     def _shutdown(self) -> None:
-        """Runs on a helper thread: drain both executors, close every connection."""
+        """Runs on a helper thread: drain the executors, close every connection (the
+        writer last: the last connection to close checkpoints and removes the WAL)."""
         self._reader_executor.shutdown(wait=True)
+        self._checkpointer.shutdown(wait=True)
+        if self._checkpoint_conn is not None:
+            self._checkpoint_conn.close()
+            self._checkpoint_conn = None
         if self._writer is not None:
             writer = self._writer
             self._writer_executor.submit(writer.close).result()
@@ -310,9 +411,13 @@ class SqliteDatabase(Database):
 class SqliteTransaction(Transaction):
     sql = SQLITE
 
-    def __init__(self, db: SqliteDatabase) -> None:
+    def __init__(self, db: SqliteDatabase, heavy: bool) -> None:
         super().__init__()
         self._db = db
+        self._heavy = heavy
+        # Whether an earlier trip of this transaction was too large to run inline: its
+        # commit then counts as large (a checkpoint follows).
+        self.large = heavy
         # Statements not run yet (BEGIN first): they go to the writer thread with the next
         # statement whose answer is awaited, or with the commit.
         self._pending: list[_Op] = [(_begin_op, "", ())]
@@ -323,23 +428,33 @@ class SqliteTransaction(Transaction):
         self._pending = []
         return ops
 
+    def _small(self, ops: Sequence[_Op]) -> bool:
+        """Whether this trip may run on the event loop's thread (module docstring)."""
+        small = not self._heavy and _small(ops)
+        self.large |= not small
+        return small
+
+    async def _trip(self, op: _Op) -> Any:
+        ops = self._take(op)
+        return await self._db._write(_run_ops, ops, inline=self._small(ops))
+
     def _check(self) -> None:
         if not self.active:
             raise StorageError("transaction used outside its `async with` block")
 
     async def fetch_all(self, sql: str, *args: Any) -> list[Row]:
         self._check()
-        rows: list[Row] = await self._db._write(_run_ops, self._take((_fetch_all, sql, args)))
+        rows: list[Row] = await self._trip((_fetch_all, sql, args))
         return rows
 
     async def fetch_one(self, sql: str, *args: Any) -> Row | None:
         self._check()
-        row: Row | None = await self._db._write(_run_ops, self._take((_fetch_one, sql, args)))
+        row: Row | None = await self._trip((_fetch_one, sql, args))
         return row
 
     async def execute(self, sql: str, *args: Any) -> int:
         self._check()
-        count: int = await self._db._write(_run_ops, self._take((_execute, sql, args)))
+        count: int = await self._trip((_execute, sql, args))
         return count
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from importlib.abc import Traversable
 from pathlib import Path
@@ -269,34 +270,177 @@ async def test_concurrent_reads(database: Database) -> None:
 # -- engine specifics
 
 
-async def test_sqlite_never_blocks_the_event_loop(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    loop_thread = threading.get_ident()
-    threads: set[int] = set()
+def _spy_threads(monkeypatch: pytest.MonkeyPatch, *names: str) -> dict[str, set[int]]:
+    """Which threads ran each of these sqlite engine functions."""
+    seen: dict[str, set[int]] = {name: set() for name in names}
 
     def spy(name: str) -> None:
         real = getattr(sqlite_engine, name)
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            threads.add(threading.get_ident())
+            seen[name].add(threading.get_ident())
             return real(*args, **kwargs)
 
         monkeypatch.setattr(sqlite_engine, name, wrapper)
 
-    for name in ("_connect", "_fetch_all", "_fetch_one", "_execute", "_executemany", "_begin"):
+    for name in names:
         spy(name)
+    return seen
+
+
+async def test_sqlite_keeps_connects_reads_and_large_writes_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop_thread = threading.get_ident()
+    seen = _spy_threads(
+        monkeypatch, "_connect", "_fetch_all", "_fetch_one", "_execute", "_executemany", "_begin"
+    )
+    db = await open_database(small_pool_config(str(tmp_path / "db.sqlite")))
+    assert seen["_connect"] and loop_thread not in seen["_connect"]
+    for threads in seen.values():
+        threads.clear()  # the migrations' small transactions may have run inline
+    try:
+        await _make_table(db)  # a single statement: any size, so the writer thread
+        await db.fetch_all("SELECT * FROM kv")
+        await db.fetch_one("SELECT * FROM kv")
+        async with db.transaction(heavy=True) as txn:
+            await txn.execute("INSERT INTO kv (k, v) VALUES ('h', 1)")
+            await txn.fetch_one("SELECT * FROM kv")
+        many = [(f"k{i}", i) for i in range(sqlite_engine.INLINE_MAX_ROWS + 1)]
+        async with db.transaction() as txn:
+            await txn.executemany("INSERT INTO kv (k, v) VALUES (?, ?)", many)
+        assert await db.fetch_val("SELECT COUNT(*) FROM kv") == len(many) + 1
+    finally:
+        await db.close()
+    used = set().union(*seen.values())
+    assert seen["_begin"] and seen["_executemany"] and seen["_fetch_one"]
+    assert used and loop_thread not in used
+
+
+async def test_sqlite_runs_a_small_write_on_the_loop_only_while_the_writer_is_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop_thread = threading.get_ident()
+    db = await open_database(small_pool_config(str(tmp_path / "db.sqlite")))
+    assert isinstance(db, sqlite_engine.SqliteDatabase)
+    try:
+        await _make_table(db)
+        seen = _spy_threads(monkeypatch, "_begin", "_execute")
+        async with db.transaction() as txn:
+            await txn.execute("INSERT INTO kv (k, v) VALUES ('a', 1)")
+        assert seen["_begin"] == {loop_thread} and seen["_execute"] == {loop_thread}
+
+        # Keep the writer thread busy: the next small transaction must queue behind
+        # that job, on that thread (one connection, never two threads at once).
+        release = threading.Event()
+        order: list[str] = []
+
+        def busy(conn: Any) -> None:
+            release.wait(10)
+            order.append("busy")
+
+        blocker = db._submit_write(busy)
+        seen["_begin"].clear()
+
+        async def small() -> None:
+            async with db.transaction() as txn:
+                await txn.execute("INSERT INTO kv (k, v) VALUES ('b', 2)")
+            order.append("small")
+
+        task = asyncio.create_task(small())
+        await asyncio.sleep(0.05)
+        assert not task.done() and order == []
+        release.set()
+        await blocker
+        await task
+        assert order == ["busy", "small"]
+        assert seen["_begin"] and loop_thread not in seen["_begin"]
+        # Idle again: back on the loop.
+        seen["_begin"].clear()
+        async with db.transaction() as txn:
+            await txn.execute("INSERT INTO kv (k, v) VALUES ('c', 3)")
+        assert seen["_begin"] == {loop_thread}
+        rows = await db.fetch_all("SELECT k FROM kv ORDER BY k")
+        assert [r["k"] for r in rows] == ["a", "b", "c"]
+    finally:
+        await db.close()
+
+
+async def test_sqlite_inline_commit_failure_rolls_back_and_leaves_a_clean_writer(
+    tmp_path: Path,
+) -> None:
     db = await open_database(small_pool_config(str(tmp_path / "db.sqlite")))
     try:
         await _make_table(db)
         async with db.transaction() as txn:
-            await txn.executemany("INSERT INTO kv (k, v) VALUES (?, ?)", [("a", 1)])
-            await txn.fetch_one("SELECT * FROM kv")
-        await db.fetch_all("SELECT * FROM kv")
-        await db.fetch_one("SELECT * FROM kv")
+            await txn.queue("INSERT INTO kv (k, v) VALUES ('a', 1)")
+        with pytest.raises(UniqueViolation):
+            async with db.transaction() as txn:
+                await txn.queue("INSERT INTO kv (k, v) VALUES ('b', 2)")
+                await txn.queue("INSERT INTO kv (k, v) VALUES ('a', 3)")  # the commit fails
+        async with db.transaction() as txn:
+            await txn.queue("INSERT INTO kv (k, v) VALUES ('c', 4)")
+        rows = await db.fetch_all("SELECT k, v FROM kv ORDER BY k")
+        assert [(r["k"], r["v"]) for r in rows] == [("a", 1), ("c", 4)]
     finally:
         await db.close()
-    assert threads and loop_thread not in threads
+
+
+async def test_sqlite_checkpoints_on_its_own_thread(tmp_path: Path) -> None:
+    """SQLite's automatic checkpoint (inside a COMMIT, which may be on the loop) is off;
+    the checkpoint thread checkpoints every CHECKPOINT_EVERY commits and after a heavy
+    transaction, while writes go on."""
+    loop_thread = threading.get_ident()
+    db = await open_database(small_pool_config(str(tmp_path / "db.sqlite")))
+    assert isinstance(db, sqlite_engine.SqliteDatabase)
+    ran: list[int] = []
+    real = db._checkpoint
+
+    def spy() -> None:
+        ran.append(threading.get_ident())
+        real()
+
+    db._checkpoint = spy  # type: ignore[method-assign]
+
+    async def checkpoint_finished() -> None:
+        for _ in range(500):
+            if ran and not db._checkpointing:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("no checkpoint ran")
+
+    try:
+        await _make_table(db)
+        async with db.transaction() as txn:
+            assert await txn.fetch_val("PRAGMA wal_autocheckpoint") == 0
+        while db._checkpointing:  # one the migrations started
+            await asyncio.sleep(0.01)
+        ran.clear()
+        db._commits = 0
+        for i in range(sqlite_engine.CHECKPOINT_EVERY - 1):
+            async with db.transaction() as txn:
+                await txn.queue("INSERT INTO kv (k, v) VALUES (?, ?)", f"k{i}", i)
+        assert not ran
+        async with db.transaction() as txn:
+            await txn.queue("INSERT INTO kv (k, v) VALUES ('last', 0)")
+        await checkpoint_finished()
+        assert loop_thread not in ran
+        # Everything committed so far is now in the database file: a fresh connection
+        # reading the file alone (no WAL) sees it.
+        snapshot = tmp_path / "copy.sqlite"
+        snapshot.write_bytes((tmp_path / "db.sqlite").read_bytes())
+        assert (
+            await asyncio.to_thread(
+                lambda: sqlite3.connect(snapshot).execute("SELECT COUNT(*) FROM kv").fetchone()[0]
+            )
+            == sqlite_engine.CHECKPOINT_EVERY
+        )
+        ran.clear()
+        async with db.transaction(heavy=True) as txn:
+            await txn.queue("DELETE FROM kv")
+        await checkpoint_finished()
+    finally:
+        await db.close()
 
 
 async def test_sqlite_settings(tmp_path: Path) -> None:

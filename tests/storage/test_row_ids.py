@@ -81,7 +81,10 @@ async def test_a_failed_commit_does_not_harm_the_transaction_queued_behind_it(
     positions: dict[str, int] = {}
 
     async def failing() -> None:
-        async with database.transaction() as txn:
+        # heavy: on SQLite its COMMIT goes to the writer thread (a small one would run
+        # on the loop, done before the next transaction starts), so the next one's
+        # statements queue behind a COMMIT still running.
+        async with database.transaction(heavy=True) as txn:
             positions["failing"] = await stream.next_id(txn)
             # Deferred on SQLite: it fails with the COMMIT.
             await txn.queue("INSERT INTO things (name) VALUES ('taken')")
