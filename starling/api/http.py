@@ -10,6 +10,7 @@ from the query string: `loggable_path`).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import re
@@ -208,15 +209,19 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     route = _route_name(request)
     REQUESTS.labels(route, request.method, str(response.status)).inc()
     REQUEST_SECONDS.labels(route, request.method).observe(elapsed)
-    access_logger.info(
-        '%s "%s %s" %d %.1fms user=%s',
-        request.remote,
-        request.method,
-        loggable_path(request.path, request.query_string),
-        response.status,
-        elapsed * 1000,
-        request.get(USER_ID_KEY, "-"),
-    )
+    if access_logger.isEnabledFor(logging.INFO):
+        # Written once this task yields: after its response and after any /sync this
+        # request woke (those were scheduled first), not in front of them.
+        asyncio.get_running_loop().call_soon(
+            access_logger.info,
+            '%s "%s %s" %d %.1fms user=%s',
+            request.remote,
+            request.method,
+            loggable_path(request.path, request.query_string),
+            response.status,
+            elapsed * 1000,
+            request.get(USER_ID_KEY, "-"),
+        )
     return response
 
 
