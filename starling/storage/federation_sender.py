@@ -95,7 +95,7 @@ class FederationSenderStore:
                     " < excluded.stream_ordering",
                     rows,
                 )
-            await txn.execute(
+            await txn.queue(  # with the COMMIT: no round trip of its own
                 "INSERT INTO federation_stream_position (stream_name, position) VALUES (?, ?)"
                 " ON CONFLICT (stream_name) DO UPDATE SET position = excluded.position",
                 EVENTS_STREAM,
