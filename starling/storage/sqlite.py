@@ -89,7 +89,7 @@ def _connect(path: str, *, query_only: bool) -> sqlite3.Connection:
         if mode != "wal":
             conn.close()
             raise StorageError(f"could not put {path} in WAL mode (got {mode!r})")
-        # Checkpoints run on the writer thread, never inside an inline COMMIT (docstring).
+        # Checkpoints run on their own thread, never inside an inline COMMIT (docstring).
         conn.execute("PRAGMA wal_autocheckpoint = 0")
     return conn
 
@@ -367,7 +367,7 @@ class SqliteDatabase(Database):
                 except sqlite3.IntegrityError as e:  # deferred statements or constraints
                     raise _translate(e) from e
                 committed = True
-                self._committed(small and not txn.large)
+                self._committed(small=not txn.large)  # large: some trip was not small
             finally:
                 txn.active = False
                 if not committed:

@@ -113,3 +113,15 @@ async def upload_ok(hs: Harness, device: Device, **body: Any) -> dict[str, Any]:
     assert status == 200, resp
     result: dict[str, Any] = resp
     return result
+
+
+async def alice_and_bob_in_a_room(hs: Harness) -> tuple[Device, Device, str]:
+    """Two users with a device each, sharing a public room; the device-list changes of
+    the join are flushed, so a sync after this sees only what the test does next."""
+    alice = await new_device(hs, "alice")
+    bob = await new_device(hs, "bob")
+    room = await hs.create_room(alice.token, preset="public_chat")
+    status, _ = await hs.request("POST", f"{V3}/join/{room}", bob.token, {})
+    assert status == 200
+    await hs.services.e2ee.device_lists.flush()
+    return alice, bob, room

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.e2ee.support import V3, Device, new_device, upload_ok
+from tests.e2ee.support import V3, Device, alice_and_bob_in_a_room, new_device, upload_ok
 from tests.support.harness import Harness
 
 
@@ -19,12 +19,7 @@ async def sync(hs: Harness, device: Device, since: str | None = None) -> dict[st
 
 
 async def test_sync_carries_to_device_counts_and_device_lists(hs: Harness) -> None:
-    alice = await new_device(hs, "alice")
-    bob = await new_device(hs, "bob")
-    room = await hs.create_room(alice.token, preset="public_chat")
-    status, _ = await hs.request("POST", f"{V3}/join/{room}", bob.token, {})
-    assert status == 200
-    await hs.services.e2ee.device_lists.flush()
+    alice, bob, _ = await alice_and_bob_in_a_room(hs)
     first = await sync(hs, bob)
     assert first["device_one_time_keys_count"] == {"signed_curve25519": 0}
     assert first["device_unused_fallback_key_types"] == []
@@ -107,12 +102,7 @@ async def test_device_lists_leave_out_an_empty_list(hs: Harness) -> None:
     """`changed` and `left` are both optional (DeviceLists): an empty one is not sent, so
     a sync that brings only a leave says nothing of `changed`, and a client waiting for
     some user's change can tell that none came with it."""
-    alice = await new_device(hs, "alice")
-    bob = await new_device(hs, "bob")
-    room = await hs.create_room(alice.token, preset="public_chat")
-    status, _ = await hs.request("POST", f"{V3}/join/{room}", bob.token, {})
-    assert status == 200
-    await hs.services.e2ee.device_lists.flush()
+    alice, bob, room = await alice_and_bob_in_a_room(hs)
     before = await sync(hs, alice)
     await upload_ok(hs, bob, device_keys=bob.device_keys())
     changed = await sync(hs, alice, before["next_batch"])

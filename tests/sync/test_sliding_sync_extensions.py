@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tests.e2ee.support import new_device, upload_ok
+from tests.e2ee.support import alice_and_bob_in_a_room, new_device, upload_ok
 from tests.support.harness import Harness
 from tests.sync.helpers import V3, join
 from tests.sync.test_sliding_sync import all_rooms, ss
@@ -17,12 +17,7 @@ def with_ext(**extensions: Any) -> dict[str, Any]:
 
 
 async def test_to_device_and_e2ee(hs: Harness) -> None:
-    alice = await new_device(hs, "alice")
-    bob = await new_device(hs, "bob")
-    room = await hs.create_room(alice.token, preset="public_chat")
-    status, _ = await hs.request("POST", f"{V3}/join/{room}", bob.token, {})
-    assert status == 200
-    await hs.services.e2ee.device_lists.flush()
+    alice, bob, _ = await alice_and_bob_in_a_room(hs)
     ext = {"to_device": {"enabled": True}, "e2ee": {"enabled": True}}
     first = await ss(hs, bob.token, with_ext(**ext))
     e2ee = first["extensions"]["e2ee"]
