@@ -26,8 +26,10 @@ outlier or was backfilled. From that, and only here, in one transaction:
 
 After commit, listeners hear about accepted timeline events (not backfilled ones) and
 about current-state changes. With workers (starling/cluster) the `relay` tells the other
-processes the same, and they `replay` it to their listeners — except those registered
-`writer_only` (listeners that write, which must run once: on the process that persisted).
+processes the same, from the commit's own callbacks (so the news travels with the stream
+position, not after it), and they `replay` it to their listeners — except those
+registered `writer_only` (listeners that write, which must run once: on the process that
+persisted).
 """
 
 from __future__ import annotations
@@ -175,14 +177,15 @@ class EventPersister:
         known_room = await self._events.get_room_version(room_id) is not None
         previous = await self._memberships.get_membership(room_id, user_id)
         key: StateKey = ("m.room.member", user_id)
+        changed: Mapping[StateKey, str | None] = {key: event.event_id}
         position = await self._writes.store_out_of_band_membership(
             event,
             new_room=not known_room,
             promote_outlier=existing is not None,
             previous_event_id=previous.event_id if previous is not None else None,
+            on_commit=self._tell_others(room_id, None, changed),
         )
-        self._room_written(room_id)
-        self._notify_state(room_id, {key: event.event_id}, position)
+        self._call_state_listeners(room_id, changed, position)
         return position
 
     # --- timeline events -----------------------------------------------------------------
@@ -340,13 +343,15 @@ class EventPersister:
                 current_state=current_state,
                 redaction_target=redaction_target,
                 fresh=fresh,
-            )
+            ),
+            on_commit=self._tell_others(
+                room_id, event if accepted and not context.backfilled else None, changed
+            ),
         )
-        self._room_written(room_id)
         if accepted and not context.backfilled:
-            self._notify(event, position)
+            self._call_listeners(event, position, remote=False)
         if changed:
-            self._notify_state(room_id, changed, position)
+            self._call_state_listeners(room_id, changed, position)
         return position
 
     async def persist_new_room(self, events: Sequence[Event], room_version: RoomVersion) -> None:
@@ -395,11 +400,19 @@ class EventPersister:
                 )
             )
             prev = event.event_id
-        positions = await self._writes.store_new_room_events(writes)
+        tell = [self._tell_others(e.room_id, e, {e.state_map_key: e.event_id}) for e in events]
+
+        def told(positions: list[int]) -> None:
+            for tell_one, position in zip(tell, positions, strict=True):
+                if tell_one is not None:
+                    tell_one(position)
+
+        positions = await self._writes.store_new_room_events(writes, told)
         for event, position in zip(events, positions, strict=True):
-            self._room_written(event.room_id)
-            self._notify(event, position)
-            self._notify_state(event.room_id, {event.state_map_key: event.event_id}, position)
+            self._call_listeners(event, position, remote=False)
+            self._call_state_listeners(
+                event.room_id, {event.state_map_key: event.event_id}, position
+            )
 
     async def _current_state_with(
         self, event: Event, after_ids: Mapping[StateKey, str], other_extremities: Sequence[str]
@@ -428,10 +441,27 @@ class EventPersister:
             return states[groups[0]]
         return await self._calculator.resolve(room_version, [states[g] for g in groups])
 
-    def _notify(self, event: Event, position: int) -> None:
-        if self.relay is not None:
-            self.relay.event(event.event_id, position)
-        self._call_listeners(event, position, remote=False)
+    def _tell_others(
+        self, room_id: str, event: Event | None, changed: Mapping[StateKey, str | None]
+    ) -> Callable[[int], None] | None:
+        """What the other processes (with workers) hear of a write to `room_id`, said
+        in its commit's callbacks: in the same bus batch as the stream position it takes,
+        and so applied before it there (starling/cluster/bus.py). Told later, a reader
+        elsewhere could move past the position with the room's caches (its newest events,
+        state tips, current state) still the old ones, and miss the event.
+        `event`: the timeline event the listeners hear of, if any."""
+        relay = self.relay
+        if relay is None:
+            return None
+
+        def tell(position: int) -> None:
+            relay.room(room_id)
+            if event is not None:
+                relay.event(event.event_id, position)
+            if changed:
+                relay.state(room_id, changed, position)
+
+        return tell
 
     def _call_listeners(self, event: Event, position: int, *, remote: bool) -> None:
         for listener in self._listeners:
@@ -450,17 +480,6 @@ class EventPersister:
         self, room_id: str, changed: Mapping[StateKey, str | None], position: int
     ) -> None:
         """Another process changed a room's current state (with workers)."""
-        self._call_state_listeners(room_id, changed, position)
-
-    def _room_written(self, room_id: str) -> None:
-        if self.relay is not None:
-            self.relay.room(room_id)
-
-    def _notify_state(
-        self, room_id: str, changed: Mapping[StateKey, str | None], position: int
-    ) -> None:
-        if self.relay is not None:
-            self.relay.state(room_id, changed, position)
         self._call_state_listeners(room_id, changed, position)
 
     def _call_state_listeners(

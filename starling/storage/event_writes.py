@@ -6,13 +6,16 @@ decision to one of these methods, which writes every table it touches (events, s
 groups, extremities, current state and its delta stream, memberships, relations, search,
 redactions) and allocates the stream position inside that transaction: a reader never
 sees an event without its state, nor a position without its rows. A method that raises
-has committed nothing. The persister tells its listeners (and other processes) once the
-method has returned.
+has committed nothing. The persister tells its listeners once the method has returned;
+what other processes must hear of a write (`on_commit`) is said in the commit's own
+callbacks, beside the stream position's publication (storage/streams.py), so that news
+never trails the position it explains.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from starling.protocol.event import Event, StateKey
@@ -27,6 +30,9 @@ from starling.storage.streams import StreamIdGenerator
 
 # (user_id, membership, event_id): a member event now in the room's current state.
 MemberRow = tuple[str, str, str]
+# Called with a write's stream position once its transaction commits, synchronously
+# among the commit's callbacks (see the module docstring).
+OnCommit = Callable[[int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +133,7 @@ class EventWrites:
         new_room: bool,
         promote_outlier: bool,
         previous_event_id: str | None,
+        on_commit: OnCommit | None = None,
     ) -> int:
         """A member event stored as an outlier with a stream position, recorded as the
         user's membership and in the current-state-delta stream (after
@@ -162,20 +169,31 @@ class EventWrites:
             await self._memberships.record(
                 txn, [Membership(room_id, user_id, event.membership, event.event_id, position)]
             )
+            if on_commit is not None:
+                txn.call_after_commit(functools.partial(on_commit, position))
         return position
 
-    async def store_timeline_event(self, write: TimelineWrite) -> int:
+    async def store_timeline_event(
+        self, write: TimelineWrite, on_commit: OnCommit | None = None
+    ) -> int:
         """Store the event as `write` says; returns its stream position (negative for a
         backfilled event)."""
         await self._state.intern_keys(_state_keys(write))
         async with self._db.transaction() as txn:
             position, _ = await self._store_timeline_event(txn, write, write.state_before_group)
+            if on_commit is not None:
+                txn.call_after_commit(functools.partial(on_commit, position))
         return position
 
-    async def store_new_room_events(self, writes: Sequence[TimelineWrite]) -> list[int]:
+    async def store_new_room_events(
+        self,
+        writes: Sequence[TimelineWrite],
+        on_commit_all: Callable[[list[int]], None] | None = None,
+    ) -> list[int]:
         """A new room's first events, each the only successor of the one before, in ONE
         transaction (createRoom): the state before each event after the first is the
-        group after the one before (created in this transaction). Returns the positions."""
+        group after the one before (created in this transaction). Returns the positions,
+        which `on_commit_all` is also called with."""
         positions: list[int] = []
         await self._state.intern_keys(k for write in writes for k in _state_keys(write))
         async with self._db.transaction() as txn:
@@ -185,6 +203,8 @@ class EventWrites:
                     txn, write, write.state_before_group if i == 0 else group
                 )
                 positions.append(position)
+            if on_commit_all is not None:
+                txn.call_after_commit(functools.partial(on_commit_all, positions))
         return positions
 
     async def _store_timeline_event(

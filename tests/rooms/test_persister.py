@@ -8,7 +8,8 @@ signatures or auth rules; it stores what the context says.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from starling.protocol.signing import SigningKey
 from starling.rooms.builder import EventBuilder, auth_keys_for, listed_auth_events
 from starling.rooms.persister import EventContext
 from starling.rooms.state_calculator import MissingStateError, StateSnapshot
+from starling.storage.database import Transaction
 from tests.support.harness import Harness
 
 V3 = "/_matrix/client/v3"
@@ -495,3 +497,77 @@ async def test_sync_state_after_a_fork_is_the_resolved_state(hs: Harness) -> Non
     assert [e["event_id"] for e in room["state"]["events"] if e["type"] == "m.room.topic"] == [
         winner.event_id
     ]
+
+
+async def test_other_processes_hear_of_a_write_inside_its_commit(
+    hs: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With workers, what the persister tells the other processes of a write (drop the
+    room's caches, the event, the state change) is queued among the commit's own
+    callbacks, where the stream position is published too: one bus batch, news first.
+    Told after the write returned, the position could go out alone (PostgreSQL's pool
+    release yields to the bus's sender), and a /sync on another process moved past the
+    event with the room's old cached timeline: the event was never shown there."""
+    s = hs.services
+    real_transaction = s.db.transaction
+    committing = 0  # transactions between COMMIT and the end of their `async with`
+
+    @contextlib.asynccontextmanager
+    async def watched(**kwargs: Any) -> AsyncIterator[Transaction]:
+        nonlocal committing
+        ran = []
+
+        def commit_callbacks_begin() -> None:
+            nonlocal committing
+            committing += 1
+            ran.append(True)
+
+        async with real_transaction(**kwargs) as txn:
+            txn.call_after_commit(commit_callbacks_begin)  # the first of its callbacks
+            yield txn
+        if ran:
+            committing -= 1
+
+    told: list[tuple[str, str, bool]] = []
+
+    class Relay:
+        def room(self, room_id: str) -> None:
+            told.append(("room", room_id, committing > 0))
+
+        def event(self, event_id: str, position: int) -> None:
+            told.append(("event", event_id, committing > 0))
+
+        def state(
+            self, room_id: str, changed: Mapping[StateKey, str | None], position: int
+        ) -> None:
+            told.append(("state", room_id, committing > 0))
+
+    _, atok = await hs.register("alice")
+    s.persister.relay = Relay()
+    monkeypatch.setattr(s.db, "transaction", watched)
+    room_id = await hs.create_room(atok)  # persist_new_room
+    status, body = await hs.request(
+        "PUT", f"{V3}/rooms/{room_id}/state/m.room.topic", atok, {"topic": "raced"}
+    )
+    assert status == 200, body
+    status, body = await hs.request(
+        "PUT", f"{V3}/rooms/{room_id}/send/m.room.message/t1", atok, {"body": "hi"}
+    )
+    assert status == 200, body
+    invite = EventBuilder("other.example", BUILDER_KEY).build(
+        room_version=get_room_version("10"),
+        room_id="!remote:other.example",
+        event_type="m.room.member",
+        sender="@carol:other.example",
+        content={"membership": "invite"},
+        state_key=f"@alice:{hs.server_name}",
+        prev_events=[],
+        auth_events=[],
+    )
+    async with s.room_locks.lock(invite.room_id):
+        await s.persister.persist_out_of_band_membership(invite)
+    s.persister.relay = None
+    kinds = [kind for kind, _, _ in told]
+    assert {"room", "event", "state"} <= set(kinds), told
+    assert ("room", invite.room_id, True) in told
+    assert all(inside for _, _, inside in told), told
