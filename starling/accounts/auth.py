@@ -61,6 +61,10 @@ class RequestAuthenticator:
         self._store = store
         self._app_services = app_services or AppServiceRegistry()
         self._cache: dict[str, tuple[TokenSession, float]] = {}
+        # Bumped by every invalidation: a token read that began before a logout (or a
+        # deactivation, a device deletion) must not cache the session it found once
+        # the logout has dropped it, or the token would work on for TOKEN_CACHE_SECONDS.
+        self._generation = 0
         # Set with workers (starling/cluster): every invalidation is told to the other
         # processes, as (method name, arguments), so a revoked token fails everywhere.
         self.on_invalidate: Callable[[str, list[Any]], None] | None = None
@@ -78,6 +82,7 @@ class RequestAuthenticator:
     def invalidate_here(self, method: str, args: list[Any]) -> None:
         """Apply another process's invalidation (see on_invalidate): not told on."""
         if method == "clear":
+            self._generation += 1
             self._cache.clear()
             return
         if method == "token":
@@ -117,6 +122,7 @@ class RequestAuthenticator:
         if hit is not None and hit[1] > now:
             owner = hit[0]
         else:
+            generation = self._generation
             owner = await self._store.get_token_session(token)
             if owner is None:
                 raise unknown_token()
@@ -125,7 +131,8 @@ class RequestAuthenticator:
                 self.invalidate_refresh_tokens(revoked)
             if len(self._cache) >= TOKEN_CACHE_MAX:
                 self._cache.clear()
-            self._cache[token] = (owner, now + TOKEN_CACHE_SECONDS)
+            if generation == self._generation:  # nothing was revoked while it was read
+                self._cache[token] = (owner, now + TOKEN_CACHE_SECONDS)
         if owner.deactivated:
             self._cache.pop(token, None)
             raise MatrixError(401, "M_USER_DEACTIVATED", "This account has been deactivated")
@@ -178,19 +185,23 @@ class RequestAuthenticator:
         self._tell("refresh", refresh_token_ids)
 
     def _drop_token(self, token: str) -> None:
+        self._generation += 1
         self._cache.pop(token, None)
 
     def _drop_user(self, user_id: str) -> None:
+        self._generation += 1
         for token, (owner, _) in list(self._cache.items()):
             if owner.user_id == user_id:
                 del self._cache[token]
 
     def _drop_device(self, user_id: str, device_id: str) -> None:
+        self._generation += 1
         for token, (owner, _) in list(self._cache.items()):
             if owner.user_id == user_id and owner.device_id == device_id:
                 del self._cache[token]
 
     def _drop_refresh_tokens(self, refresh_token_ids: list[int]) -> None:
+        self._generation += 1
         ids = set(refresh_token_ids)
         for token, (owner, _) in list(self._cache.items()):
             if owner.refresh_token_id in ids:

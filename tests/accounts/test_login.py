@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from tests.accounts.conftest import PASSWORD, HarnessFactory, R, login, register
 from tests.support.harness import Harness
 
@@ -144,6 +146,37 @@ async def test_logout_deletes_token_and_device(ohs: Harness) -> None:
     assert [d["device_id"] for d in resp["devices"]] == [other["device_id"]]
     status, resp = await ohs.request("POST", f"{R}/logout")
     assert (status, resp["errcode"]) == (401, "M_MISSING_TOKEN")
+
+
+async def test_a_token_read_overlapping_its_logout_is_not_cached(
+    ohs: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request whose token look-up began before the logout and ended after it is
+    answered (it raced the logout), but the session it read is not cached: the logged-out
+    token is refused at once, not for the token cache's minute."""
+    reg = await register(ohs, "ines")
+    token = reg["access_token"]
+    store = ohs.services.account_store
+    real = store.get_token_session
+    read, release = asyncio.Event(), asyncio.Event()
+
+    async def held(looked_up: str) -> Any:
+        session = await real(looked_up)
+        if looked_up == token and not read.is_set():
+            read.set()
+            await release.wait()
+        return session
+
+    monkeypatch.setattr(store, "get_token_session", held)
+    early = asyncio.ensure_future(ohs.request("GET", f"{R}/account/whoami", token))
+    await asyncio.wait_for(read.wait(), 10)
+    status, resp = await ohs.request("POST", f"{R}/logout", token, {})
+    assert (status, resp) == (200, {})
+    release.set()
+    status, _ = await asyncio.wait_for(early, 10)
+    assert status == 200
+    status, resp = await ohs.request("GET", f"{R}/account/whoami", token)
+    assert (status, resp["errcode"]) == (401, "M_UNKNOWN_TOKEN")
 
 
 async def test_logout_all(ohs: Harness) -> None:
