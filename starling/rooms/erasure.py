@@ -28,6 +28,9 @@ class ErasedUsers:
         self._suffix = ":" + server_name
         self._clock = clock
         self._cache: dict[str, tuple[bool, float]] = {}
+        # Bumped by every `changed`: a look-up that began before an erasure must not
+        # cache its older answer after it (the user would read as not erased).
+        self._generation = 0
 
     async def erased_among(self, user_ids: Iterable[str]) -> set[str]:
         """Which of these users are erased: only this server's users can be (another
@@ -45,14 +48,17 @@ class ErasedUsers:
             else:
                 missing.append(user_id)
         if missing:
+            generation = self._generation
             found = await self._lookup(sorted(missing))
-            if len(self._cache) + len(missing) > CACHE_MAX:
-                self._cache.clear()
-            for user_id in missing:
-                self._cache[user_id] = (user_id in found, now + CACHE_SECONDS)
+            if generation == self._generation:
+                if len(self._cache) + len(missing) > CACHE_MAX:
+                    self._cache.clear()
+                for user_id in missing:
+                    self._cache[user_id] = (user_id in found, now + CACHE_SECONDS)
             erased |= found
         return erased
 
     def changed(self, user_id: str) -> None:
         """A user was erased or reactivated here: ask again next time."""
+        self._generation += 1
         self._cache.pop(user_id, None)

@@ -4,8 +4,10 @@ were joined when they were sent, and are redacted for everyone who joined later
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import quote
 
+from starling.rooms.erasure import ErasedUsers
 from tests.support.harness import Harness
 
 V3 = "/_matrix/client/v3"
@@ -54,3 +56,31 @@ async def test_only_members_at_the_time_see_an_erased_users_messages(hs: Harness
     status, page = await hs.request("GET", f"{V3}/rooms/{room}/messages?dir=b&limit=20", bob)
     (message,) = [e for e in page["chunk"] if e["event_id"] == event_id]
     assert message["content"]["body"] == "body1"
+
+
+async def test_a_look_up_overlapping_an_erasure_is_not_cached() -> None:
+    """A look-up that began before an erasure here answers what it read, but does not
+    cache it: the next read asks again and sees the user erased (not for CACHE_SECONDS
+    later)."""
+    erased_now: set[str] = set()
+    read, release = asyncio.Event(), asyncio.Event()
+    calls = 0
+
+    async def lookup(user_ids: list[str]) -> set[str]:
+        nonlocal calls
+        calls += 1
+        answer = erased_now & set(user_ids)
+        if calls == 1:
+            read.set()
+            await release.wait()
+        return answer
+
+    users = ErasedUsers(lookup, "test.local")
+    early = asyncio.ensure_future(users.erased_among(["@alice:test.local"]))
+    await asyncio.wait_for(read.wait(), 10)
+    erased_now.add("@alice:test.local")
+    users.changed("@alice:test.local")
+    release.set()
+    assert await asyncio.wait_for(early, 10) == set()
+    assert await users.erased_among(["@alice:test.local"]) == {"@alice:test.local"}
+    assert calls == 2
