@@ -136,6 +136,10 @@ class RoomMetaCache:
                 out[room_id] = hit
         if not missing:
             return out
+        # An encryption event committed while this reads pops the room first: the
+        # older answer is then not cached (`fill`), or the room read as unencrypted
+        # until evicted.
+        generation = self._cache.generation
         state = await self._store.current_state_of_types(
             missing, ("m.room.create", "m.room.encryption")
         )
@@ -152,7 +156,7 @@ class RoomMetaCache:
                     room_type if isinstance(room_type, str) else None,
                     ("m.room.encryption", "") in entries,
                 )
-                self._cache.put(room_id, meta)
+                self._cache.fill(room_id, meta, generation)
             else:
                 # A remote invite or knock: what the stripped state says (not cached, it
                 # changes once the user joins).
