@@ -121,13 +121,18 @@ class MembershipStore:
         """Every room where the user has a membership (any kind), keyed by room ID."""
         hit = self._user_rooms.get(user_id)
         if hit is None:
+            # A membership committed while this reads (the user's createRoom or join
+            # racing their /sync) drops the entry first: the older rows are then not
+            # cached, or /sync would leave that room out until the next change.
+            generation = self._joined_generation
             rows = await self._db.fetch_all(
                 "SELECT room_id, user_id, membership, event_id, stream_ordering"
                 " FROM room_memberships WHERE user_id = ?",
                 user_id,
             )
             hit = {r[0]: Membership(*r) for r in rows}
-            self._user_rooms[user_id] = hit
+            if generation == self._joined_generation:
+                self._user_rooms[user_id] = hit
         return hit
 
     async def get_joined_rooms(self, user_id: str) -> list[str]:
