@@ -60,6 +60,9 @@ class AccountDataService:
         self._store = store
         self._notifier = notifier
         self._ignored: dict[str, frozenset[str]] = {}
+        # Bumped by every write of an ignored-users list: a read begun before it must
+        # not put the older list back over the one the write cached.
+        self._ignored_generation = 0
         self._locks: KeyedLock[str] = KeyedLock()
 
     def current_position(self) -> int:
@@ -98,6 +101,7 @@ class AccountDataService:
         the stream position."""
         position = await self._store.put(user_id, room_id or GLOBAL, data_type, content)
         if data_type == IGNORED_USERS and room_id is None:
+            self._ignored_generation += 1
             self._ignored[user_id] = _ignored_from(content, user_id)
         self._notifier.notify(users=[user_id])
         return position
@@ -106,8 +110,10 @@ class AccountDataService:
         """The users this user ignores (from m.ignored_user_list), cached."""
         hit = self._ignored.get(user_id)
         if hit is None:
+            generation = self._ignored_generation
             hit = _ignored_from(await self._store.get(user_id, GLOBAL, IGNORED_USERS), user_id)
-            self._ignored[user_id] = hit
+            if generation == self._ignored_generation:
+                self._ignored[user_id] = hit
         return hit
 
     # --- tags ------------------------------------------------------------------------
