@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, replace
-from typing import Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import orjson
 
@@ -346,19 +346,12 @@ class EventStore:
             else:
                 found[eid] = hit
         if missing:
-            # A redaction (or another change of an event's row) that commits while this
-            # read waits invalidates the event before the stale row is back: `fill`
-            # then keeps it out of the cache.
-            generation = self._events.generation
-            rows = await self._db.fetch_all(
+            for pair in await self._fetch_events(
                 f"SELECT {_EVENT_COLUMNS} FROM events e JOIN rooms r ON r.room_id = e.room_id"
                 f" WHERE {self._db.sql.in_array('e.event_id')}",
                 self._db.sql.array(missing),
-            )
-            for row in rows:
-                pair = self._from_row(row)
-                self._events.fill(row[0], pair, generation)
-                found[row[0]] = pair
+            ):
+                found[pair.event.event_id] = pair
         return found
 
     async def get_events(
@@ -427,8 +420,7 @@ class EventStore:
         (from_exclusive, to_inclusive], newest first when `backwards`."""
         lower = from_exclusive if from_exclusive is not None else -(2**62)
         order = "DESC" if backwards else "ASC"
-        generation = self._events.generation
-        rows = await self._db.fetch_all(
+        return await self._fetch_events(
             f"SELECT {_EVENT_COLUMNS} FROM events e JOIN rooms r ON r.room_id = e.room_id"
             " WHERE e.room_id = ? AND e.stream_ordering > ? AND e.stream_ordering <= ?"
             f" AND {_SERVED} ORDER BY e.stream_ordering {order} LIMIT ?",
@@ -437,7 +429,6 @@ class EventStore:
             to_inclusive,
             limit,
         )
-        return [self._cached_row(row, generation) for row in rows]
 
     async def get_events_for_rooms_between(
         self, room_ids: Sequence[str], from_exclusive: int, to_inclusive: int, limit: int
@@ -446,8 +437,7 @@ class EventStore:
         first, at most `limit` (the legacy /events stream)."""
         if not room_ids:
             return []
-        generation = self._events.generation
-        rows = await self._db.fetch_all(
+        return await self._fetch_events(
             f"SELECT {_EVENT_COLUMNS} FROM events e JOIN rooms r ON r.room_id = e.room_id"
             f" WHERE {self._db.sql.in_array('e.room_id')}"
             " AND e.stream_ordering > ? AND e.stream_ordering <= ?"
@@ -457,7 +447,6 @@ class EventStore:
             to_inclusive,
             limit,
         )
-        return [self._cached_row(row, generation) for row in rows]
 
     async def get_room_history(
         self,
@@ -499,15 +488,13 @@ class EventStore:
             clauses.append("e.stream_ordering <= ?")
             args.append(max_stream)
         order = "DESC" if backwards else "ASC"
-        generation = self._events.generation
-        rows = await self._db.fetch_all(
+        return await self._fetch_events(
             f"SELECT {_EVENT_COLUMNS} FROM events e JOIN rooms r ON r.room_id = e.room_id"
             f" WHERE {' AND '.join(clauses)}"
             f" ORDER BY e.depth {order}, e.stream_ordering {order} LIMIT ?",
             *args,
             limit,
         )
-        return [self._cached_row(row, generation) for row in rows]
 
     async def get_recent_events_for_rooms(
         self, room_ids: Sequence[str], from_exclusive: int | None, to_inclusive: int, limit: int
@@ -520,8 +507,7 @@ class EventStore:
         if not room_ids:
             return {}
         lower = from_exclusive if from_exclusive is not None else -(2**62)
-        generation = self._events.generation
-        rows = await self._db.fetch_all(
+        pairs = await self._fetch_events(
             f"SELECT {_EVENT_COLUMNS} FROM ("
             "  SELECT e.*, ROW_NUMBER() OVER ("
             "    PARTITION BY e.room_id ORDER BY e.stream_ordering DESC) AS rn"
@@ -536,8 +522,7 @@ class EventStore:
             limit,
         )
         out: dict[str, list[StoredEvent]] = {}
-        for row in rows:
-            pair = self._cached_row(row, generation)
+        for pair in pairs:
             out.setdefault(pair.event.room_id, []).append(pair)
         return out
 
@@ -574,8 +559,7 @@ class EventStore:
             # the arrays. The UNION ALL below costs PostgreSQL a plan per room on every
             # call (33 ms of planning for 50 rooms, against 3 ms of execution); this one
             # plans once, whatever the number of rooms.
-            generation = self._events.generation
-            rows = await self._db.fetch_all(
+            pairs = await self._fetch_events(
                 f"SELECT {_EVENT_COLUMNS}"
                 " FROM unnest(CAST(? AS TEXT[]), CAST(? AS BIGINT[]), CAST(? AS BIGINT[]))"
                 " AS x(room_id, lower_pos, upper_pos)"
@@ -588,8 +572,7 @@ class EventStore:
                 [upper for _, _, upper in items],
                 limit,
             )
-            for row in rows:
-                pair = self._cached_row(row, generation)
+            for pair in pairs:
                 out.setdefault(pair.event.room_id, []).append(pair)
             items = []
         for start in range(0, len(items), 50):
@@ -606,10 +589,8 @@ class EventStore:
                 )
                 # Backfilled events (negative positions) are history, never /sync timeline.
                 args.extend([room_id, lower if lower is not None else 0, upper, limit])
-            generation = self._events.generation
-            rows = await self._db.fetch_all(" UNION ALL ".join(parts), *args)
-            for row in rows:
-                pair = self._cached_row(row, generation)
+            pairs = await self._fetch_events(" UNION ALL ".join(parts), *args)
+            for pair in pairs:
                 out.setdefault(pair.event.room_id, []).append(pair)
         for events in out.values():
             events.sort(key=lambda p: -(p.meta.stream_ordering or 0))
@@ -644,16 +625,21 @@ class EventStore:
                     out[room_id] = int(group)
         return out
 
-    def _cached_row(self, row: Row, generation: int) -> StoredEvent:
-        """The event of a row read when the event cache was at `generation` (what the
-        cache holds, if anything: never older than the row), cached unless an event was
-        invalidated since (the row may predate that change, e.g. a redaction)."""
-        hit = self._events.get(row[0])
-        if hit is not None:
-            return hit
-        pair = self._from_row(row)
-        self._events.fill(row[0], pair, generation)
-        return pair
+    async def _fetch_events(self, sql: str, *args: Any) -> list[StoredEvent]:
+        """The events of rows of `_EVENT_COLUMNS`, through the event cache: what it holds
+        is taken (never older than the row); a row is cached unless an event was
+        invalidated while the query ran (the row may predate that change, e.g. a
+        redaction's commit: `LruCache.fill`)."""
+        generation = self._events.generation
+        rows = await self._db.fetch_all(sql, *args)
+        out: list[StoredEvent] = []
+        for row in rows:
+            pair = self._events.get(row[0])
+            if pair is None:
+                pair = self._from_row(row)
+                self._events.fill(row[0], pair, generation)
+            out.append(pair)
+        return out
 
     async def get_rooms_changed_between(
         self, room_ids: Sequence[str], from_exclusive: int, to_inclusive: int

@@ -9,6 +9,7 @@ import pytest
 
 from tests.accounts.conftest import PASSWORD, HarnessFactory, R, login, register
 from tests.support.harness import Harness
+from tests.support.holds import hold_first_call
 
 
 def _password_login(identifier: Any, password: str = PASSWORD) -> dict[str, Any]:
@@ -156,23 +157,17 @@ async def test_a_token_read_overlapping_its_logout_is_not_cached(
     token is refused at once, not for the token cache's minute."""
     reg = await register(ohs, "ines")
     token = reg["access_token"]
-    store = ohs.services.account_store
-    real = store.get_token_session
-    read, release = asyncio.Event(), asyncio.Event()
-
-    async def held(looked_up: str) -> Any:
-        session = await real(looked_up)
-        if looked_up == token and not read.is_set():
-            read.set()
-            await release.wait()
-        return session
-
-    monkeypatch.setattr(store, "get_token_session", held)
+    hold = hold_first_call(
+        monkeypatch,
+        ohs.services.account_store,
+        "get_token_session",
+        lambda looked_up: looked_up == token,
+    )
     early = asyncio.ensure_future(ohs.request("GET", f"{R}/account/whoami", token))
-    await asyncio.wait_for(read.wait(), 10)
+    await hold.wait_reached()
     status, resp = await ohs.request("POST", f"{R}/logout", token, {})
     assert (status, resp) == (200, {})
-    release.set()
+    hold.release()
     status, _ = await asyncio.wait_for(early, 10)
     assert status == 200
     status, resp = await ohs.request("GET", f"{R}/account/whoami", token)

@@ -9,6 +9,7 @@ import pytest
 
 from tests.extras.helpers import V3, contribute, shared_room
 from tests.support.harness import Harness
+from tests.support.holds import hold_first_call
 
 
 def global_events(response: dict[str, Any]) -> dict[str, Any]:
@@ -149,23 +150,17 @@ async def test_an_ignored_list_read_overlapping_its_change_is_not_cached(
     """A read of the ignored users that began before the list changed must not put the
     older list back over the new one (/sync would show the ignored user's messages)."""
     alice, alice_token, bob, _, _ = await shared_room(hs)
-    db = hs.services.db
-    real = db.fetch_val
-    read, release = asyncio.Event(), asyncio.Event()
-
-    async def fetch_val(sql: str, *args: Any) -> Any:
-        value = await real(sql, *args)
-        if "m.ignored_user_list" in args and not read.is_set():
-            read.set()
-            await release.wait()
-        return value
-
-    monkeypatch.setattr(db, "fetch_val", fetch_val)
+    hold = hold_first_call(
+        monkeypatch,
+        hs.services.db,
+        "fetch_val",
+        lambda sql, *args: "m.ignored_user_list" in args,
+    )
     early = asyncio.ensure_future(hs.services.account_data.get_ignored_users(alice))
-    await asyncio.wait_for(read.wait(), 10)
+    await hold.wait_reached()
     path = f"{V3}/user/{alice}/account_data/m.ignored_user_list"
     status, _ = await hs.request("PUT", path, alice_token, {"ignored_users": {bob: {}}})
     assert status == 200
-    release.set()
+    hold.release()
     assert await asyncio.wait_for(early, 10) == frozenset()
     assert await hs.services.account_data.get_ignored_users(alice) == {bob}

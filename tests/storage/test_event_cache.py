@@ -8,33 +8,20 @@ the redaction had dropped it.)"""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
 from tests.support.harness import Harness
+from tests.support.holds import Hold, hold_first_call
 
 V3 = "/_matrix/client/v3"
 
 
-async def _held_read(
-    hs: Harness, monkeypatch: pytest.MonkeyPatch, event_id: str
-) -> tuple[asyncio.Event, asyncio.Event]:
-    """The next `fetch_all` that names `event_id` runs its query, then waits for the
-    second event before returning (the first is set when its rows are in)."""
-    db = hs.services.db
-    real = db.fetch_all
-    read, release = asyncio.Event(), asyncio.Event()
-
-    async def fetch_all(sql: str, *args: Any) -> Any:
-        rows = await real(sql, *args)
-        if not read.is_set() and event_id in repr(args):
-            read.set()
-            await release.wait()
-        return rows
-
-    monkeypatch.setattr(db, "fetch_all", fetch_all)
-    return read, release
+def _hold_read_naming(hs: Harness, monkeypatch: pytest.MonkeyPatch, name: str) -> Hold:
+    """The next database read whose arguments name `name` is held after its query."""
+    return hold_first_call(
+        monkeypatch, hs.services.db, "fetch_all", lambda sql, *args: name in repr(args)
+    )
 
 
 async def _redact(hs: Harness, token: str, room_id: str, event_id: str) -> None:
@@ -42,6 +29,12 @@ async def _redact(hs: Harness, token: str, room_id: str, event_id: str) -> None:
         "PUT", f"{V3}/rooms/{room_id}/redact/{event_id}/r1", token, {"reason": "no"}
     )
     assert status == 200, body
+
+
+async def _assert_redacted_now(hs: Harness, event_id: str) -> None:
+    now = await hs.services.event_store.get_event(event_id)
+    assert now is not None and now.meta.redacted_by is not None
+    assert "body" not in now.event.content
 
 
 async def test_a_read_from_before_a_redaction_is_not_cached(
@@ -52,18 +45,15 @@ async def test_a_read_from_before_a_redaction_is_not_cached(
     event_id = await hs.send_message(tok, room_id, "secret")
     store = hs.services.event_store
     store.invalidate(event_id)  # the next read asks the database
-    read, release = await _held_read(hs, monkeypatch, event_id)
+    hold = _hold_read_naming(hs, monkeypatch, event_id)
 
     early = asyncio.ensure_future(store.get_event(event_id))
-    await asyncio.wait_for(read.wait(), 10)
+    await hold.wait_reached()
     await _redact(hs, tok, room_id, event_id)
-    release.set()
+    hold.release()
     stale = await asyncio.wait_for(early, 10)
     assert stale is not None and stale.event.content.get("body") == "secret"
-
-    now = await store.get_event(event_id)
-    assert now is not None and now.meta.redacted_by is not None
-    assert "body" not in now.event.content
+    await _assert_redacted_now(hs, event_id)
 
 
 async def test_a_timeline_read_from_before_a_redaction_is_not_cached(
@@ -76,15 +66,12 @@ async def test_a_timeline_read_from_before_a_redaction_is_not_cached(
     store = hs.services.event_store
     store.invalidate(event_id)
     upto = hs.services.persister.current_position
-    read, release = await _held_read(hs, monkeypatch, room_id)
+    hold = _hold_read_naming(hs, monkeypatch, room_id)
 
     early = asyncio.ensure_future(store.get_room_events_between(room_id, None, upto, 50))
-    await asyncio.wait_for(read.wait(), 10)
+    await hold.wait_reached()
     await _redact(hs, tok, room_id, event_id)
-    release.set()
+    hold.release()
     rows = await asyncio.wait_for(early, 10)
     assert event_id in [pair.event.event_id for pair in rows]
-
-    now = await store.get_event(event_id)
-    assert now is not None and now.meta.redacted_by is not None
-    assert "body" not in now.event.content
+    await _assert_redacted_now(hs, event_id)

@@ -7,11 +7,11 @@ section of sync" timed out on it: two createRooms of one user racing two /syncs.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
 from tests.support.harness import Harness
+from tests.support.holds import hold_first_call
 
 
 async def test_a_rooms_read_from_before_a_join_is_not_cached(
@@ -19,23 +19,17 @@ async def test_a_rooms_read_from_before_a_join_is_not_cached(
 ) -> None:
     user, tok = await hs.register("alice")
     store = hs.services.membership_store
-    db = hs.services.db
-    real = db.fetch_all
-    read, release = asyncio.Event(), asyncio.Event()
-
-    async def fetch_all(sql: str, *args: Any) -> Any:
-        rows = await real(sql, *args)
-        if "FROM room_memberships WHERE user_id" in sql and not read.is_set():
-            read.set()
-            await release.wait()
-        return rows
-
-    monkeypatch.setattr(db, "fetch_all", fetch_all)
+    hold = hold_first_call(
+        monkeypatch,
+        hs.services.db,
+        "fetch_all",
+        lambda sql, *args: "FROM room_memberships WHERE user_id" in sql,
+    )
     store.invalidate_here([], [user])  # the next read asks the database
     early = asyncio.ensure_future(store.get_rooms_for_user(user))
-    await asyncio.wait_for(read.wait(), 10)
+    await hold.wait_reached()
     room_id = await hs.create_room(tok)
-    release.set()
+    hold.release()
     assert room_id not in await asyncio.wait_for(early, 10)
 
     assert room_id in await store.get_rooms_for_user(user)
