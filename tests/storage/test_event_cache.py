@@ -37,14 +37,21 @@ async def _assert_redacted_now(hs: Harness, event_id: str) -> None:
     assert "body" not in now.event.content
 
 
-async def test_a_read_from_before_a_redaction_is_not_cached(
-    hs: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def _uncached_message(hs: Harness) -> tuple[str, str, str]:
+    """(token, room, event): a message the event cache does not hold (the next read of
+    it asks the database)."""
     _, tok = await hs.register("alice")
     room_id = await hs.create_room(tok)
     event_id = await hs.send_message(tok, room_id, "secret")
+    hs.services.event_store.invalidate(event_id)
+    return tok, room_id, event_id
+
+
+async def test_a_read_from_before_a_redaction_is_not_cached(
+    hs: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tok, room_id, event_id = await _uncached_message(hs)
     store = hs.services.event_store
-    store.invalidate(event_id)  # the next read asks the database
     hold = _hold_read_naming(hs, monkeypatch, event_id)
 
     early = asyncio.ensure_future(store.get_event(event_id))
@@ -60,11 +67,8 @@ async def test_a_timeline_read_from_before_a_redaction_is_not_cached(
     hs: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same for the timeline reads (/sync, /messages), which fill the cache too."""
-    _, tok = await hs.register("alice")
-    room_id = await hs.create_room(tok)
-    event_id = await hs.send_message(tok, room_id, "secret")
+    tok, room_id, event_id = await _uncached_message(hs)
     store = hs.services.event_store
-    store.invalidate(event_id)
     upto = hs.services.persister.current_position
     hold = _hold_read_naming(hs, monkeypatch, room_id)
 
